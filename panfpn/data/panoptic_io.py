@@ -1,0 +1,90 @@
+"""Reading and writing COCO-panoptic files: id PNGs (id = R + 256 G + 256^2 B) and JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """Segment ids of an id PNG's pixels.
+
+    rgb: uint8 ``[H, W, 3]``. Returns int32 ``[H, W]`` (ids < 2^24 fit), 0 = void.
+    """
+    rgb = rgb.astype(np.int32, copy=False)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def id_to_rgb(ids: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`rgb_to_id`: int ``[H, W]`` ids -> uint8 ``[H, W, 3]``."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() >= 1 << 24):
+        raise ValueError("segment ids must lie in [0, 2^24) to be stored in an RGB PNG")
+    return np.stack([ids % 256, (ids // 256) % 256, ids // 65536], axis=-1).astype(np.uint8)
+
+
+def read_id_png(path: str | os.PathLike) -> np.ndarray:
+    """Read an id PNG into int32 ``[H, W]`` segment ids."""
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    return rgb_to_id(rgb)
+
+
+def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file as uint8 ``[H, W, 3]`` RGB (greyscale and RGBA are converted)."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def load_json(path: str | os.PathLike) -> dict:
+    """Load a JSON file, naming the file in the error when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+
+
+def write_json_atomic(path: str | os.PathLike, obj: object) -> None:
+    """Write JSON through a temporary file and ``os.replace`` so readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def segment_bbox_area(id_map: np.ndarray, seg_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """COCO boxes ``[x, y, w, h]`` and pixel areas of the given segment ids.
+
+    id_map: int ``[H, W]``; seg_ids: int ``[K]``. Returns int64 ``[K, 4]`` boxes and ``[K]``
+    areas; a segment absent from the map gets area 0 and box ``[0, 0, 0, 0]``.
+    """
+    seg_ids = np.asarray(seg_ids)
+    masks = id_map[None] == seg_ids[:, None, None]  # [K, H, W]
+    areas = masks.sum(axis=(1, 2)).astype(np.int64)
+    rows = masks.any(axis=2)  # [K, H]
+    cols = masks.any(axis=1)  # [K, W]
+    boxes = np.zeros((len(seg_ids), 4), dtype=np.int64)
+    present = areas > 0
+    if present.any():
+        h, w = id_map.shape
+        y0 = rows.argmax(axis=1)
+        y1 = h - rows[:, ::-1].argmax(axis=1)
+        x0 = cols.argmax(axis=1)
+        x1 = w - cols[:, ::-1].argmax(axis=1)
+        boxes[present] = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1)[present]
+    return boxes, areas

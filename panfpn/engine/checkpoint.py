@@ -1,0 +1,91 @@
+"""Training checkpoints: full state (model, optimizer, scheduler, scaler, iteration, RNG), atomic writes."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LAST_CHECKPOINT = "last_checkpoint"  # text file naming the newest checkpoint in a run dir
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """Write with torch.save to a temp file in the same folder, fsync, then rename over ``path``.
+
+    A crash (or SIGKILL) mid-write leaves the previous file intact, never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """RNG states as tensors and plain values, so checkpoints load with ``weights_only=True``."""
+    version, py_state, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state = {
+        "python": [version, torch.tensor(py_state, dtype=torch.int64), gauss],
+        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_has_gauss, np_gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    version, py_state, gauss = state["python"]
+    random.setstate((version, tuple(py_state.tolist()), gauss))
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = state["numpy"]
+    np.random.set_state((np_name, np_keys.numpy().astype(np.uint32), np_pos, np_has_gauss, np_gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: str | os.PathLike, name: str, state: dict[str, Any]) -> Path:
+    """Save ``state`` as ``run_dir/name`` atomically and point ``last_checkpoint`` at it."""
+    path = Path(run_dir) / name
+    atomic_torch_save(state, path)
+    atomic_write_text(Path(run_dir) / LAST_CHECKPOINT, name)
+    return path
+
+
+def find_last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint named in ``run_dir/last_checkpoint``, or None when there is none."""
+    marker = Path(run_dir) / LAST_CHECKPOINT
+    if not marker.is_file():
+        return None
+    path = Path(run_dir) / marker.read_text().strip()
+    if not path.is_file():
+        raise FileNotFoundError(f"{marker} names {path.name}, which does not exist in {run_dir}")
+    return path
+
+
+def load_training_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load one of our training checkpoints; never with the unrestricted unpickler."""
+    return torch.load(path, map_location=map_location, weights_only=True)

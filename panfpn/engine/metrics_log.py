@@ -1,0 +1,61 @@
+"""Where training metrics go: TensorBoard event files, ``metrics.jsonl`` and the console (main rank)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+logger = logging.getLogger("panfpn")
+
+
+class MetricsLog:
+    """Writes scalar dicts to TensorBoard and one JSON line per call to ``metrics.jsonl``.
+
+    On non-main ranks every call is a no-op, so callers need no rank checks.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.run_dir = Path(run_dir)
+        self._tb = None
+        self._jsonl = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+
+    def scalars(self, step: int, values: Mapping[str, float], *, kind: str = "train") -> None:
+        """Log ``values`` (names like ``loss/total`` or ``pq/All``) at iteration ``step``."""
+        if not self.enabled:
+            return
+        for name, value in values.items():
+            self._tb.add_scalar(name, value, step)
+        record: dict[str, Any] = {"kind": kind, "iter": step}
+        record.update({k: (v if math.isfinite(v) else str(v)) for k, v in values.items()})
+        self._jsonl.write(json.dumps(record) + "\n")
+
+    def images(self, step: int, tag: str, images: list[np.ndarray]) -> None:
+        """Log HxWx3 uint8 images (e.g. panoptic overlays) under ``tag/i``."""
+        if not self.enabled:
+            return
+        for i, img in enumerate(images):
+            self._tb.add_image(f"{tag}/{i}", img, step, dataformats="HWC")
+
+    def flush(self) -> None:
+        if self.enabled:
+            self._tb.flush()
+            self._jsonl.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._tb.close()
+            self._jsonl.close()
+            self.enabled = False

@@ -1,0 +1,75 @@
+"""Builders shared by train, eval and predict: logging, metadata, model, batch transfer."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from panfpn.data.metadata import DatasetMetadata
+from panfpn.engine.config import ConfigError
+
+logger = logging.getLogger("panfpn")
+
+
+def setup_logging(run_dir: Path | None) -> None:
+    """Console logging on every rank at INFO; a ``log.txt`` in the run dir on the main rank."""
+    logger.setLevel(logging.INFO)
+    if not any(getattr(h, "_panfpn", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", "%H:%M:%S"))
+        handler._panfpn = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / "log.txt"
+        if not any(getattr(h, "baseFilename", None) == str(path.resolve()) for h in logger.handlers):
+            file_handler = logging.FileHandler(path)
+            file_handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s"))
+            logger.addHandler(file_handler)
+
+
+def build_metadata(cfg: DictConfig) -> DatasetMetadata:
+    """Instantiate ``data.metadata`` and check the class counts the model config reads from it."""
+    metadata = instantiate(cfg.data.metadata)
+    expected = {
+        "data.num_thing_classes": metadata.num_thing_classes,
+        "data.num_sem_classes": metadata.num_sem_classes,
+        "data.thing_sem_labels": list(metadata.thing_sem_labels),
+    }
+    for key, value in expected.items():
+        configured = OmegaConf.select(cfg, key)
+        if OmegaConf.is_config(configured):
+            configured = OmegaConf.to_container(configured)
+        if configured != value:
+            raise ConfigError(f"config key '{key}' is {configured!r} but the dataset metadata gives {value!r}")
+    return metadata
+
+
+def build_model_from_config(cfg: DictConfig) -> torch.nn.Module:
+    """The model of ``cfg.model`` with ``cfg.weights`` loaded (if set); the report is logged."""
+    from panfpn.modeling.build import build_model
+
+    return build_model(cfg)
+
+
+def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move every tensor of a collated batch (nested in lists/dicts) to ``device``."""
+    non_blocking = device.type == "cuda"
+
+    def move(x):
+        if isinstance(x, torch.Tensor):
+            return x.to(device, non_blocking=non_blocking)
+        if isinstance(x, dict):
+            return {k: move(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [move(v) for v in x]
+        return x
+
+    return {k: move(v) for k, v in batch.items()}

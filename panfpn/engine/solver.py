@@ -1,0 +1,97 @@
+"""Optimizer parameter groups and iteration-based learning-rate schedules (warmup + steps or cosine)."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+_NORM_TYPES = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
+    nn.LayerNorm, nn.InstanceNorm2d, nn.LocalResponseNorm,
+)
+
+
+def param_groups(
+    model: nn.Module, *, weight_decay: float, weight_decay_norm: float | None = 0.0,
+    weight_decay_bias: float | None = None,
+) -> list[dict]:
+    """Split trainable parameters by weight decay: norms get ``weight_decay_norm``, biases
+    ``weight_decay_bias`` (None = same as ``weight_decay``); frozen parameters are left out."""
+    wd_norm = weight_decay if weight_decay_norm is None else weight_decay_norm
+    wd_bias = weight_decay if weight_decay_bias is None else weight_decay_bias
+    groups: dict[float, list[torch.Tensor]] = {}
+    seen: set[int] = set()
+    for module in model.modules():
+        is_norm = isinstance(module, _NORM_TYPES)
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            wd = wd_norm if is_norm else (wd_bias if name == "bias" else weight_decay)
+            groups.setdefault(wd, []).append(p)
+    return [{"params": ps, "weight_decay": wd} for wd, ps in groups.items()]
+
+
+def build_optimizer(
+    model: nn.Module, optimizer_factory: Callable[..., torch.optim.Optimizer], *, lr: float,
+    weight_decay: float, weight_decay_norm: float | None = 0.0,
+    weight_decay_bias: float | None = None,
+) -> torch.optim.Optimizer:
+    """Instantiate a ``_partial_`` optimizer (SGD, AdamW, ...) on the model's parameter groups."""
+    groups = param_groups(model, weight_decay=weight_decay, weight_decay_norm=weight_decay_norm,
+                          weight_decay_bias=weight_decay_bias)
+    return optimizer_factory(groups, lr=lr, weight_decay=weight_decay)
+
+
+class WarmupMultiStep:
+    """lr factor at iteration ``it``: linear warmup from ``warmup_factor``, then ×gamma at each step."""
+
+    def __init__(self, *, steps: Sequence[int], gamma: float = 0.1, warmup_iters: int = 1000,
+                 warmup_factor: float = 0.001, max_iter: int | None = None) -> None:
+        if list(steps) != sorted(steps):
+            raise ValueError(f"solver.schedule.steps must be increasing, got {list(steps)}")
+        if max_iter is not None and any(s > max_iter for s in steps):
+            raise ValueError(f"solver.schedule.steps {list(steps)} go past solver.max_iter={max_iter}")
+        self.steps = list(steps)
+        self.gamma = gamma
+        self.warmup_iters = warmup_iters
+        self.warmup_factor = warmup_factor
+
+    def __call__(self, it: int) -> float:
+        factor = self.gamma ** sum(1 for s in self.steps if it >= s)
+        return factor * _warmup(it, self.warmup_iters, self.warmup_factor)
+
+
+class WarmupCosine:
+    """lr factor: linear warmup, then half-cosine from 1 to ``final_factor`` at ``max_iter``."""
+
+    def __init__(self, *, max_iter: int, warmup_iters: int = 1000, warmup_factor: float = 0.001,
+                 final_factor: float = 0.0) -> None:
+        self.max_iter = max_iter
+        self.warmup_iters = warmup_iters
+        self.warmup_factor = warmup_factor
+        self.final_factor = final_factor
+
+    def __call__(self, it: int) -> float:
+        progress = min(it, self.max_iter) / max(self.max_iter, 1)
+        cos = self.final_factor + (1 - self.final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return cos * _warmup(it, self.warmup_iters, self.warmup_factor)
+
+
+def _warmup(it: int, warmup_iters: int, warmup_factor: float) -> float:
+    if it >= warmup_iters or warmup_iters <= 0:
+        return 1.0
+    alpha = it / warmup_iters
+    return warmup_factor * (1 - alpha) + alpha
+
+
+def scaled_lr(base_lr: float, *, reference_batch: int, global_batch: int) -> float:
+    """Linear scaling rule: lr grows with the global batch relative to the recipe's batch."""
+    return base_lr * global_batch / reference_batch
+
+
+def clip_gradients(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
+    return torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm)

@@ -38,7 +38,7 @@ def read_id_png(path: str | os.PathLike) -> np.ndarray:
 def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as uint8 ``[H, W, 3]`` RGB (greyscale and RGBA are converted)."""
     with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"))
+        return np.array(img.convert("RGB"))  # a writable copy, as torch.from_numpy wants
 
 
 def load_json(path: str | os.PathLike) -> dict:

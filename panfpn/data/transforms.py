@@ -1,0 +1,144 @@
+"""Joint geometric transforms of an image and its panoptic id map.
+
+Every transform is a callable ``(image, id_map) -> (image, id_map)`` with ``image`` uint8
+``[3, H, W]`` and ``id_map`` int ``[H, W]``. The image is resampled bilinearly and the id map
+by nearest neighbour (ids must never be blended); targets are derived afterwards
+(:mod:`panfpn.data.targets`), so masks, boxes and semantic labels always agree.
+
+Randomness comes from torch's global generator, which DataLoader seeds per worker, so a seeded
+loader gives reproducible augmentation.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Literal, Sequence
+
+import torch
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+def _check_pair(image: torch.Tensor, id_map: torch.Tensor) -> None:
+    if image.ndim != 3 or id_map.ndim != 2 or image.shape[1:] != id_map.shape:
+        raise ValueError(f"expected image [3, H, W] and id map [H, W] of the same size, got "
+                         f"{tuple(image.shape)} and {tuple(id_map.shape)}")
+
+
+def resize_nearest(id_map: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Nearest-neighbour resize of an integer map ``[H, W]`` sampling at pixel centres."""
+    h, w = id_map.shape
+    rows = ((torch.arange(height, dtype=torch.float64) + 0.5) * (h / height)).long().clamp_(max=h - 1)
+    cols = ((torch.arange(width, dtype=torch.float64) + 0.5) * (w / width)).long().clamp_(max=w - 1)
+    return id_map.index_select(0, rows).index_select(1, cols)
+
+
+def resize_pair(image: torch.Tensor, id_map: torch.Tensor, height: int, width: int) -> Pair:
+    """Resize image (bilinear, antialiased) and id map (nearest) to ``height x width``."""
+    if (height, width) == tuple(id_map.shape):
+        return image, id_map
+    image = TF.resize(image, [height, width], interpolation=InterpolationMode.BILINEAR,
+                      antialias=True)
+    return image, resize_nearest(id_map, height, width)
+
+
+def shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
+    """Output size when the shorter side becomes ``short`` and the longer at most ``max_size``."""
+    scale = short / min(h, w)
+    if max(h, w) * scale > max_size:
+        scale = max_size / max(h, w)
+    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+
+
+class ResizeShortestEdge:
+    """Resize so the shorter side is a sampled length, the longer at most ``max_size``.
+
+    ``sample_style="choice"`` picks one of ``short_edge_lengths``; ``"range"`` draws an integer
+    uniformly in ``[min, max]`` of the two given lengths.
+    """
+
+    def __init__(self, short_edge_lengths: int | Sequence[int], max_size: int = 1333,
+                 sample_style: Literal["choice", "range"] = "choice") -> None:
+        lengths = ([int(short_edge_lengths)] if isinstance(short_edge_lengths, int)
+                   else [int(v) for v in short_edge_lengths])
+        if sample_style not in ("choice", "range"):
+            raise ValueError(f"sample_style must be 'choice' or 'range', got {sample_style!r}")
+        if not lengths or (sample_style == "range" and len(lengths) != 2):
+            raise ValueError(f"short_edge_lengths for sample_style={sample_style!r} must be "
+                             f"{'two values' if sample_style == 'range' else 'non-empty'}, got {lengths}")
+        self.lengths, self.max_size, self.sample_style = lengths, int(max_size), sample_style
+
+    def _sample(self) -> int:
+        if self.sample_style == "range":
+            return int(torch.randint(min(self.lengths), max(self.lengths) + 1, ()).item())
+        return self.lengths[int(torch.randint(len(self.lengths), ()).item())]
+
+    def __call__(self, image: torch.Tensor, id_map: torch.Tensor) -> Pair:
+        _check_pair(image, id_map)
+        h, w = id_map.shape
+        return resize_pair(image, id_map, *shortest_edge_size(h, w, self._sample(), self.max_size))
+
+    def __repr__(self) -> str:
+        return (f"ResizeShortestEdge({self.lengths}, max_size={self.max_size}, "
+                f"sample_style={self.sample_style!r})")
+
+
+class RandomHorizontalFlip:
+    """Mirror image and id map left-right with probability ``prob``."""
+
+    def __init__(self, prob: float = 0.5) -> None:
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"flip prob must be in [0, 1], got {prob}")
+        self.prob = float(prob)
+
+    def __call__(self, image: torch.Tensor, id_map: torch.Tensor) -> Pair:
+        _check_pair(image, id_map)
+        if torch.rand(()).item() < self.prob:
+            return image.flip(-1), id_map.flip(-1)
+        return image, id_map
+
+    def __repr__(self) -> str:
+        return f"RandomHorizontalFlip(prob={self.prob})"
+
+
+class RandomCrop:
+    """Crop a random ``height x width`` window (the whole side when the image is smaller).
+
+    Instances emptied by the crop disappear from the targets because targets are derived from
+    the cropped id map; their boxes are the tight boxes of the cropped masks.
+    """
+
+    def __init__(self, height: int, width: int) -> None:
+        if height < 1 or width < 1:
+            raise ValueError(f"crop size must be positive, got {height}x{width}")
+        self.height, self.width = int(height), int(width)
+
+    def __call__(self, image: torch.Tensor, id_map: torch.Tensor) -> Pair:
+        _check_pair(image, id_map)
+        h, w = id_map.shape
+        ch, cw = min(self.height, h), min(self.width, w)
+        y0 = int(torch.randint(h - ch + 1, ()).item())
+        x0 = int(torch.randint(w - cw + 1, ()).item())
+        return image[:, y0:y0 + ch, x0:x0 + cw], id_map[y0:y0 + ch, x0:x0 + cw]
+
+    def __repr__(self) -> str:
+        return f"RandomCrop({self.height}, {self.width})"
+
+
+class Compose:
+    """Apply transforms in order."""
+
+    def __init__(self, transforms: Iterable) -> None:
+        self.transforms = list(transforms)
+        for t in self.transforms:
+            if not callable(t):
+                raise TypeError(f"transform {t!r} is not callable")
+
+    def __call__(self, image: torch.Tensor, id_map: torch.Tensor) -> Pair:
+        for t in self.transforms:
+            image, id_map = t(image, id_map)
+        return image, id_map
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms})"

@@ -1,0 +1,196 @@
+"""Run a model over a validation set and compute PQ, mIoU and (optionally) COCO box/mask AP.
+
+Ground truth comes from the eval dataset's ``gt_panoptic`` + ``segments_info`` (original
+resolution); predictions never round-trip through PNG files.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from panfpn.data.collate import collate_panoptic
+from panfpn.data.metadata import DatasetMetadata
+from panfpn.data.targets import semantic_map
+from panfpn.engine import distributed as du
+from panfpn.evaluation import PQAccumulator, SemSegEvaluator
+from panfpn.utils.visualize import panoptic_overlay, side_by_side
+
+logger = logging.getLogger("panfpn")
+
+
+class InferenceSampler(Sampler[int]):
+    """Contiguous shard of ``range(size)`` per rank, without the padding DistributedSampler adds
+    (a duplicated image would be counted twice by the evaluator)."""
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1) -> None:
+        per = -(-size // world_size)
+        self.indices = list(range(min(rank * per, size), min((rank + 1) * per, size)))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def build_eval_loader(cfg: DictConfig, dataset: Dataset) -> DataLoader:
+    size = len(dataset)  # type: ignore[arg-type]
+    if cfg.eval.max_images:
+        size = min(size, int(cfg.eval.max_images))
+    sampler = InferenceSampler(size, du.get_rank(), du.get_world_size())
+    return DataLoader(dataset, batch_size=int(cfg.eval.batch_size), sampler=sampler,
+                      num_workers=int(cfg.data.num_workers), collate_fn=collate_panoptic)
+
+
+def to_dataset_segments(segments: Iterable[dict], metadata: DatasetMetadata) -> list[dict]:
+    """Model segments (contiguous categories) -> ``{"id", "category_id", "isthing", "score"}``."""
+    return [
+        {"id": int(s["id"]), "category_id": metadata.segment_category_id(s["isthing"], s["category"]),
+         "isthing": bool(s["isthing"]), "score": s.get("score"), "area": int(s["area"])}
+        for s in segments
+    ]
+
+
+def instances_to_coco(output: dict, image_id, metadata: DatasetMetadata) -> list[dict]:
+    """One image's ``instances`` output as COCO result dicts (XYWH boxes, RLE masks)."""
+    from pycocotools import mask as mask_util
+
+    inst = output["instances"]
+    if len(inst["scores"]) == 0:
+        return []
+    boxes = inst["boxes"].float().cpu().numpy()
+    masks = np.asfortranarray(inst["masks"].cpu().numpy().astype(np.uint8).transpose(1, 2, 0))
+    rles = mask_util.encode(masks)
+    results = []
+    for i, (box, score, label) in enumerate(zip(boxes, inst["scores"].tolist(), inst["labels"].tolist())):
+        rle = rles[i]
+        rle["counts"] = rle["counts"].decode("ascii")
+        results.append({
+            "image_id": image_id, "category_id": metadata.thing_ids[label], "score": float(score),
+            "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
+            "segmentation": rle,
+        })
+    return results
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, loader: DataLoader, metadata: DatasetMetadata, *, device: torch.device,
+    compute_ap: bool = True, max_images: int | None = None, num_vis: int = 0, progress: bool = True,
+    writer: Any = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` on ``loader`` (an eval dataset); results are reduced over ranks.
+
+    Returns ``{"panoptic": pq_compute-style dict, "sem_seg": {"mIoU", "IoU", ...},
+    "bbox"/"segm": COCO AP dicts (when compute_ap), "num_images", "overlays": [uint8 HxWx3]}``.
+    ``writer`` (e.g. a PanopticPredictionWriter) receives every prediction when given.
+    """
+    was_training = model.training
+    model.eval()
+    pq = PQAccumulator(metadata.to_coco_categories())
+    sem = SemSegEvaluator(metadata.num_sem_classes, device=device)
+    coco_results: list[dict] = []
+    gt_records: list[dict] = []
+    overlays: list[np.ndarray] = []
+    seen = 0
+    bar = tqdm(loader, desc="eval", disable=not (progress and du.is_main_process()), dynamic_ncols=True)
+    for batch in bar:
+        from panfpn.engine.setup import move_batch
+
+        batch = move_batch(batch, device)
+        outputs = model(batch)
+        for i, out in enumerate(outputs):
+            image_id = batch["image_ids"][i]
+            id_map, segments = out["panoptic"]
+            pred_segments = to_dataset_segments(segments, metadata)
+            gt_map = batch["gt_panoptic"][i].to(device)
+            gt_segments = batch["segments_info"][i]
+            pq.update(id_map, pred_segments, gt_map, gt_segments, image_id=image_id)
+            sem.update(out["sem_seg"], semantic_map(gt_map, gt_segments, metadata).to(device))
+            if compute_ap:
+                coco_results.extend(instances_to_coco(out, image_id, metadata))
+                gt_records.append({"image_id": image_id, "height": gt_map.shape[0],
+                                   "width": gt_map.shape[1], "segments_info": gt_segments,
+                                   "gt_panoptic": gt_map.cpu().numpy()})
+            if writer is not None:
+                writer.add(image_id, batch["file_names"][i], id_map, pred_segments)
+            if len(overlays) < num_vis and du.is_main_process():
+                overlays.append(_overlay(batch, i, id_map, pred_segments, gt_map, gt_segments, metadata))
+            seen += 1
+        if max_images is not None and seen >= max_images:
+            break
+    results: dict[str, Any] = {"panoptic": pq.compute(), "sem_seg": sem.compute()}
+    if compute_ap:
+        results.update(_coco_ap(coco_results, gt_records, metadata))
+    results["num_images"] = _sum_over_ranks(seen, device)
+    results["overlays"] = overlays
+    if was_training:
+        model.train()
+    return results
+
+
+def _sum_over_ranks(n: int, device: torch.device) -> int:
+    if not du.is_distributed():
+        return n
+    t = torch.tensor([n], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(t)
+    return int(t.item())
+
+
+def _coco_ap(results: list[dict], gt_records: list[dict], metadata: DatasetMetadata) -> dict:
+    from panfpn.evaluation.coco_ap import coco_instance_ap
+
+    if du.is_distributed():
+        gathered_r: list = [None] * du.get_world_size()
+        gathered_g: list = [None] * du.get_world_size()
+        torch.distributed.all_gather_object(gathered_r, results)
+        torch.distributed.all_gather_object(gathered_g, gt_records)
+        results = [r for part in gathered_r for r in part]
+        gt_records = [g for part in gathered_g for g in part]
+    return coco_instance_ap(results, gt_records, metadata)
+
+
+def _overlay(batch, i, id_map, pred_segments, gt_map, gt_segments, metadata) -> np.ndarray:
+    h, w = batch["image_sizes"][i]
+    image = batch["images"][i, :, :h, :w].float()[None]
+    image = F.interpolate(image, size=tuple(gt_map.shape), mode="bilinear", align_corners=False)
+    image = image[0].permute(1, 2, 0).round().clamp(0, 255).byte().cpu().numpy()
+    pred = panoptic_overlay(image, id_map.cpu().numpy(), pred_segments, metadata)
+    gt = panoptic_overlay(image, gt_map.cpu().numpy(), gt_segments, metadata)
+    return side_by_side(gt, pred)
+
+
+def metrics_to_scalars(metrics: dict) -> dict[str, float]:
+    """Flatten evaluation results into TensorBoard scalar names (percent, like papers report)."""
+    scalars: dict[str, float] = {}
+    for split in ("All", "Things", "Stuff"):
+        for key in ("pq", "sq", "rq"):
+            scalars[f"{key}/{split}"] = 100.0 * metrics["panoptic"][split][key]
+    scalars["sem_seg/mIoU"] = 100.0 * metrics["sem_seg"]["mIoU"]
+    for task in ("bbox", "segm"):
+        if task in metrics:
+            for key, value in metrics[task].items():
+                scalars[f"{task}/{key}"] = 100.0 * value
+    return scalars
+
+
+def format_results(metrics: dict) -> str:
+    """The familiar PQ table plus mIoU and AP lines, as printed by tools/eval.py and the demo."""
+    lines = [f"{'':10s}{'PQ':>8s}{'SQ':>8s}{'RQ':>8s}{'N':>6s}"]
+    for split in ("All", "Things", "Stuff"):
+        r = metrics["panoptic"][split]
+        lines.append(f"{split:10s}{100 * r['pq']:8.2f}{100 * r['sq']:8.2f}{100 * r['rq']:8.2f}{r['n']:6d}")
+    lines.append(f"mIoU {100 * metrics['sem_seg']['mIoU']:.2f}")
+    for task in ("bbox", "segm"):
+        if task in metrics:
+            lines.append(f"{task} AP {100 * metrics[task]['AP']:.2f}  AP50 {100 * metrics[task]['AP50']:.2f}"
+                         f"  AP75 {100 * metrics[task]['AP75']:.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,15 @@
+"""Evaluate a checkpoint: `python tools/eval.py weights=path/to/model.pth [experiment=...]`."""
+
+import hydra
+from omegaconf import DictConfig
+
+from panfpn.engine.eval_run import evaluate_from_config
+
+
+@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    evaluate_from_config(cfg)
+
+
+if __name__ == "__main__":
+    main()

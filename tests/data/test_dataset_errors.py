@@ -1,0 +1,137 @@
+"""Every malformed input raises an error that names the file and/or the image id."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from panfpn.data.dataset import PanopticDataset
+from panfpn.data.panoptic_io import id_to_rgb, read_id_png
+
+
+@pytest.fixture
+def ds_root(tmp_path, synthetic_root) -> Path:
+    """A private copy of the first 3 synthetic images, free to corrupt."""
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "panoptic").mkdir()
+    data = json.loads((synthetic_root / "panoptic.json").read_text())
+    data["images"], data["annotations"] = data["images"][:3], data["annotations"][:3]
+    for img, ann in zip(data["images"], data["annotations"]):
+        shutil.copy(synthetic_root / "images" / img["file_name"], root / "images")
+        shutil.copy(synthetic_root / "panoptic" / ann["file_name"], root / "panoptic")
+    (root / "panoptic.json").write_text(json.dumps(data))
+    return root
+
+
+def _load(root: Path) -> PanopticDataset:
+    return PanopticDataset(root / "panoptic.json", root / "images", root / "panoptic")
+
+
+def _edit_json(root: Path, fn) -> None:
+    path = root / "panoptic.json"
+    data = json.loads(path.read_text())
+    fn(data)
+    path.write_text(json.dumps(data))
+
+
+def test_valid_copy_loads(ds_root):
+    ds = _load(ds_root)
+    assert len(ds) == 3 and ds[2]["image_id"] == 3
+
+
+def test_missing_json(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothere.json"):
+        PanopticDataset(tmp_path / "nothere.json", tmp_path, tmp_path)
+
+
+def test_malformed_json(ds_root):
+    (ds_root / "panoptic.json").write_text("{not json")
+    with pytest.raises(ValueError, match="panoptic.json is not valid JSON"):
+        _load(ds_root)
+
+
+def test_missing_top_level_key(ds_root):
+    _edit_json(ds_root, lambda d: d.pop("categories"))
+    with pytest.raises(ValueError, match="panoptic.json: missing top-level key 'categories'"):
+        _load(ds_root)
+
+
+def test_missing_image(ds_root):
+    (ds_root / "images" / "000002.jpg").unlink()
+    ds = _load(ds_root)
+    with pytest.raises(FileNotFoundError, match=r"image id 2 .*000002\.jpg"):
+        ds[1]
+
+
+def test_missing_png(ds_root):
+    (ds_root / "panoptic" / "000003.png").unlink()
+    ds = _load(ds_root)
+    with pytest.raises(FileNotFoundError, match=r"image id 3 .*000003\.png"):
+        ds[2]
+
+
+def test_png_segment_absent_from_json(ds_root):
+    def drop_first_segment(d):
+        d["annotations"][0]["segments_info"].pop(0)
+    _edit_json(ds_root, drop_first_segment)
+    with pytest.raises(ValueError, match=r"000001\.png \(image id 1\).*in the PNG but not in"):
+        _load(ds_root)[0]
+
+
+def test_json_segment_absent_from_png(ds_root):
+    def add_ghost(d):
+        d["annotations"][1]["segments_info"].append(
+            {"id": 123, "category_id": 1, "iscrowd": 0, "area": 5, "bbox": [0, 0, 1, 1]})
+    _edit_json(ds_root, add_ghost)
+    with pytest.raises(ValueError, match=r"000002\.png \(image id 2\).*\[123\].*no pixels"):
+        _load(ds_root)[1]
+
+
+def test_unknown_category(ds_root):
+    def bad_cat(d):
+        d["annotations"][2]["segments_info"][0]["category_id"] = 999
+    _edit_json(ds_root, bad_cat)
+    with pytest.raises(ValueError, match=r"panoptic.json: image id 3 .*unknown category id 999"):
+        _load(ds_root)
+
+
+def test_size_mismatch(ds_root):
+    png = ds_root / "panoptic" / "000001.png"
+    ids = read_id_png(png)
+    Image.fromarray(id_to_rgb(np.pad(ids, ((0, 4), (0, 0)), mode="edge"))).save(png)
+    with pytest.raises(ValueError, match=r"image id 1: image .*000001\.jpg is 128x128 .*132x128"):
+        _load(ds_root)[0]
+
+
+def test_annotation_without_image_entry(ds_root):
+    _edit_json(ds_root, lambda d: d["images"].pop(1))
+    with pytest.raises(ValueError, match=r"'000002\.png' refers to image id 2"):
+        _load(ds_root)
+
+
+def test_image_without_annotation(ds_root):
+    _edit_json(ds_root, lambda d: d["annotations"].pop(0))
+    with pytest.raises(ValueError, match=r"no annotation, e\.g\. image ids \['1'\]"):
+        _load(ds_root)
+
+
+def test_duplicate_segment_id(ds_root):
+    def dup(d):
+        segs = d["annotations"][0]["segments_info"]
+        segs.append(dict(segs[0]))
+    _edit_json(ds_root, dup)
+    with pytest.raises(ValueError, match="image id 1 has duplicate segment id"):
+        _load(ds_root)
+
+
+def test_sem_seg_mode_conflicting_with_metadata(ds_root):
+    from panfpn.data.synthetic import synthetic_metadata
+    with pytest.raises(ValueError, match="sem_seg_mode='all' contradicts"):
+        PanopticDataset(ds_root / "panoptic.json", ds_root / "images", ds_root / "panoptic",
+                        metadata=synthetic_metadata(), sem_seg_mode="all")

@@ -1,0 +1,146 @@
+"""Joint transforms keep image, masks, boxes and semantic labels aligned."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from panfpn.data.metadata import DatasetMetadata
+from panfpn.data.targets import masks_to_boxes, panoptic_targets
+from panfpn.data.transforms import (Compose, RandomCrop, RandomHorizontalFlip, ResizeShortestEdge,
+                                    resize_nearest, shortest_edge_size)
+
+META = DatasetMetadata.from_coco_categories([
+    {"id": 5, "name": "box", "isthing": 1},
+    {"id": 9, "name": "disc", "isthing": 1},
+    {"id": 40, "name": "ground", "isthing": 0},
+])
+RED = torch.tensor([255, 0, 0], dtype=torch.uint8)
+GROUND, BOX, DISC = 1000, 70000, 300  # segment ids (70000 > 2^16 exercises wide ids)
+SEGMENTS = [{"id": GROUND, "category_id": 40, "iscrowd": 0},
+            {"id": BOX, "category_id": 5, "iscrowd": 0},
+            {"id": DISC, "category_id": 9, "iscrowd": 0}]
+
+
+def _scene(h: int = 60, w: int = 80) -> tuple[torch.Tensor, torch.Tensor]:
+    """A red rectangle (rows 10..29, cols 20..49) on grey ground and a small blue square at the
+    top-left corner (rows 0..4, cols 0..4)."""
+    image = torch.full((3, h, w), 128, dtype=torch.uint8)
+    id_map = torch.full((h, w), GROUND, dtype=torch.int32)
+    image[:, 10:30, 20:50] = RED[:, None, None]
+    id_map[10:30, 20:50] = BOX
+    image[:, 0:5, 0:5] = torch.tensor([0, 0, 255], dtype=torch.uint8)[:, None, None]
+    id_map[0:5, 0:5] = DISC
+    return image, id_map
+
+
+def _red_box(image: torch.Tensor) -> list[float]:
+    """Tight XYXY box of the clearly red pixels of an image."""
+    red = (image[0] > 200) & (image[1] < 60) & (image[2] < 60)
+    return masks_to_boxes(red[None])[0].tolist()
+
+
+def _check_aligned(image: torch.Tensor, id_map: torch.Tensor, tol: float = 0.0) -> dict:
+    """Targets of the id map agree with the image's red pixels (within ``tol`` pixels, for
+    non-integer scales where bilinear blending shifts the thresholded edge)."""
+    t = panoptic_targets(id_map, SEGMENTS, META)
+    inst = t["instances"]
+    k = inst["labels"].tolist().index(META.thing_label(5))
+    assert torch.allclose(inst["boxes"][k], torch.tensor(_red_box(image)), atol=tol, rtol=0)
+    assert torch.equal(inst["masks"][k].bool(), id_map == BOX)
+    assert torch.equal(t["sem_seg"], torch.where(id_map == GROUND, 0, 1))  # stuff 0, 'thing' 1
+    return t
+
+
+def test_identity_targets_and_box():
+    image, id_map = _scene()
+    t = _check_aligned(image, id_map)
+    assert t["instances"]["boxes"].tolist() == [[20, 10, 50, 30], [0, 0, 5, 5]]
+    assert t["instances"]["labels"].tolist() == [0, 1]
+    assert t["crowd"]["masks"].shape == (0, 60, 80)
+
+
+def test_flip_moves_box():
+    image, id_map = _scene()
+    image, id_map = RandomHorizontalFlip(prob=1.0)(image, id_map)
+    t = _check_aligned(image, id_map)
+    assert t["instances"]["boxes"][0].tolist() == [80 - 50, 10, 80 - 20, 30]
+    same = RandomHorizontalFlip(prob=0.0)(*_scene())
+    assert torch.equal(same[1], _scene()[1])
+
+
+def test_resize_scales_box():
+    image, id_map = _scene()
+    image, id_map = ResizeShortestEdge([120], max_size=1000)(image, id_map)
+    assert id_map.shape == (120, 160) and image.shape == (3, 120, 160)
+    t = _check_aligned(image, id_map)
+    assert t["instances"]["boxes"][0].tolist() == [40, 20, 100, 60]
+    assert set(torch.unique(id_map).tolist()) == {GROUND, BOX, DISC}  # nearest: no blended ids
+
+
+def test_resize_respects_max_size_and_range():
+    assert shortest_edge_size(60, 80, 120, 1000) == (120, 160)
+    assert shortest_edge_size(60, 200, 120, 300) == (90, 300)
+    torch.manual_seed(0)
+    t = ResizeShortestEdge([30, 40], max_size=1000, sample_style="range")
+    shorts = {min(t(*_scene())[1].shape) for _ in range(40)}
+    assert shorts <= set(range(30, 41)) and len(shorts) > 3
+    with pytest.raises(ValueError, match="sample_style"):
+        ResizeShortestEdge([1, 2], sample_style="uniform")
+    with pytest.raises(ValueError, match="two values"):
+        ResizeShortestEdge([1, 2, 3], sample_style="range")
+
+
+def test_crop_recomputes_boxes_and_drops_emptied_instances():
+    torch.manual_seed(0)
+    crop = RandomCrop(25, 30)
+    dropped = clipped = 0
+    for _ in range(30):
+        image, id_map = crop(*_scene())
+        assert id_map.shape == (25, 30) and image.shape == (3, 25, 30)
+        t = panoptic_targets(id_map, SEGMENTS, META)
+        labels = t["instances"]["labels"].tolist()
+        assert (1 in labels) == bool((id_map == DISC).any())
+        dropped += 1 not in labels
+        if (id_map == BOX).any():
+            _check_aligned(image, id_map)
+            box = t["instances"]["boxes"][labels.index(0)]
+            clipped += int(box[2] - box[0]) < 30 or int(box[3] - box[1]) < 20
+        assert t["instances"]["masks"].flatten(1).any(1).all()  # no empty masks kept
+    assert dropped > 0 and clipped > 0
+
+
+def test_crop_larger_than_image_keeps_it():
+    image, id_map = _scene()
+    out = RandomCrop(100, 100)(image, id_map)
+    assert torch.equal(out[1], id_map)
+
+
+def test_compose_resize_crop_flip_stays_aligned():
+    torch.manual_seed(1)
+    t = Compose([ResizeShortestEdge([50, 90], max_size=500, sample_style="range"),
+                 RandomCrop(40, 60), RandomHorizontalFlip(0.5)])
+    for _ in range(20):
+        image, id_map = t(*_scene())
+        if (id_map == BOX).sum() > 4:
+            _check_aligned(image, id_map, tol=1.0)
+
+
+def test_transforms_follow_torch_seed():
+    t = Compose([ResizeShortestEdge([40, 50, 60, 70]), RandomCrop(30, 30), RandomHorizontalFlip()])
+    torch.manual_seed(5)
+    a = [t(*_scene())[1] for _ in range(5)]
+    torch.manual_seed(5)
+    b = [t(*_scene())[1] for _ in range(5)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_resize_nearest_integer_factor_repeats():
+    m = torch.arange(6, dtype=torch.int32).reshape(2, 3)
+    assert torch.equal(resize_nearest(m, 4, 6), m.repeat_interleave(2, 0).repeat_interleave(2, 1))
+
+
+def test_shape_mismatch_is_rejected():
+    image, id_map = _scene()
+    with pytest.raises(ValueError, match="same size"):
+        RandomHorizontalFlip(1.0)(image, id_map[:-1])

@@ -47,7 +47,9 @@ class ResumableTrainingSampler(Sampler):
         while True:
             order = self._epoch_order(epoch)
             for idx in order[offset:]:
-                yield idx, (self.seed * 7919 + self.rank) * 1_000_000_007 + position
+                # Seed from the position in the global stream (rank-interleaved), so N processes
+                # with batch b augment exactly like one process with batch N*b.
+                yield idx, self.seed * 1_000_000_007 + position * self.world_size + self.rank
                 position += 1
             epoch, offset = epoch + 1, 0
 

@@ -160,7 +160,8 @@ def train(cfg: DictConfig) -> dict:
 
     ddp_model = model
     if du.is_distributed():
-        if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
+        # SyncBN needs CUDA; on CPU (gloo) BN statistics stay per process.
+        if device.type == "cuda" and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         ddp_model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,

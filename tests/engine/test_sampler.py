@@ -44,3 +44,11 @@ def test_sample_randomness_depends_only_on_seed_and_leaves_global_rng_alone():
     torch.manual_seed(5)
     assert ds[(1, 123)] == a
     assert ds[(1, 124)] != a
+
+
+def test_two_ranks_see_the_samples_and_seeds_of_one_process_with_double_batch():
+    single = take(ResumableTrainingSampler(8, seed=2), 8)
+    r0 = take(ResumableTrainingSampler(8, seed=2, rank=0, world_size=2), 4)
+    r1 = take(ResumableTrainingSampler(8, seed=2, rank=1, world_size=2), 4)
+    interleaved = [x for pair in zip(r0, r1) for x in pair]
+    assert interleaved == single

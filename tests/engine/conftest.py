@@ -1,0 +1,45 @@
+"""Compose the project's hydra config with tiny CPU overrides, as the tools would."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+# Small enough to train a few iterations in seconds on one CPU thread.
+TINY = [
+    "data.train.num_images=8", "data.train.height=64", "data.train.width=64",
+    "data.train.transforms.transforms.0.short_edge_lengths=[64]",
+    "data.train.transforms.transforms.0.max_size=128",
+    "data.val.num_images=3", "data.val.height=64", "data.val.width=64",
+    "data.batch_size=2", "data.num_workers=0",
+    "solver.max_iter=4", "solver.schedule.steps=[3]", "solver.schedule.warmup_iters=2",
+    "train.log_period=1", "train.checkpoint_period=2", "train.progress_bar=false",
+    "eval.max_images=2",
+]
+
+
+def compose_config(overrides=(), *, output_dir=None):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        extra = [f"output_dir={output_dir}"] if output_dir is not None else []
+        return compose(config_name="config", overrides=[*overrides, *extra])
+
+
+@pytest.fixture
+def tiny_args():
+    return list(TINY)
+
+
+@pytest.fixture
+def compose():
+    return compose_config
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    def make(*overrides, run_dir=None):
+        return compose_config([*TINY, *overrides], output_dir=run_dir or tmp_path / "run")
+    return make

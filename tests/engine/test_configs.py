@@ -1,0 +1,60 @@
+import pytest
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from panfpn.engine.config import ConfigError, validate_config
+from panfpn.engine.setup import build_metadata
+
+EXPERIMENTS = ["synthetic_cpu", "coco_r50_1x", "coco_r50_3x", "coco_r101_3x", "cityscapes_r50"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_validates_and_builds_its_solver(name, tmp_path, compose):
+    cfg = compose([f"experiment={name}"], output_dir=tmp_path)
+    validate_config(cfg)
+    OmegaConf.resolve(cfg)
+    schedule = instantiate(cfg.solver.schedule)
+    assert schedule(cfg.solver.max_iter - 1) > 0
+    assert cfg.model._target_.endswith("PanopticFPN") or "_target_" in cfg.model
+    metadata = build_metadata(cfg)  # class counts in the data config agree with the metadata
+    assert metadata.num_sem_classes == cfg.data.num_sem_classes
+
+
+def test_detectron2_recipes(compose):
+    r50 = compose(["experiment=coco_r50_1x"])
+    assert (r50.solver.base_lr, r50.solver.ims_per_batch, r50.solver.max_iter) == (0.02, 16, 90000)
+    assert list(r50.solver.schedule.steps) == [60000, 80000]
+    assert r50.solver.schedule.warmup_iters == 1000
+    r3x = compose(["experiment=coco_r101_3x"])
+    assert (r3x.solver.max_iter, list(r3x.solver.schedule.steps)) == (270000, [210000, 250000])
+    assert "r101" in r3x.model.backbone._target_.lower() or r3x.model.backbone.get("depth") == 101
+    city = compose(["experiment=cityscapes_r50"])
+    assert (city.solver.base_lr, city.solver.ims_per_batch, city.solver.max_iter) == (0.01, 32, 65000)
+    assert list(city.solver.schedule.steps) == [40000, 55000]
+    assert city.data.num_sem_classes == 19
+
+
+def test_unknown_key_on_command_line_fails_with_its_name(compose):
+    with pytest.raises(ConfigCompositionException, match="chekpoint_period"):
+        compose(["train.chekpoint_period=5"])
+
+
+def test_unknown_key_added_by_a_config_fails_with_its_name(tmp_path, compose):
+    cfg = compose(["+train.chekpoint_period=5"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"train\.chekpoint_period.*checkpoint_period"):
+        validate_config(cfg)
+
+
+def test_bad_choice_fails_with_key_name(tmp_path, compose):
+    cfg = compose(["train.on_nonfinite=ignore"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="train.on_nonfinite"):
+        validate_config(cfg)
+
+
+def test_missing_coco_root_names_the_config_key(tmp_path, monkeypatch, compose):
+    for var in ("COCO_ROOT", "PANFPN_DATA"):
+        monkeypatch.delenv(var, raising=False)
+    cfg = compose(["experiment=coco_r50_1x"], output_dir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="data.root"):
+        instantiate(cfg.data.val)

@@ -1,0 +1,87 @@
+import json
+import math
+
+import pytest
+import torch
+
+from panfpn.engine.checkpoint import find_last_checkpoint, load_training_checkpoint
+from panfpn.engine.trainer import NonFiniteLossError, train
+
+
+def test_train_runs_checkpoints_logs_and_evaluates(tiny_cfg, tmp_path):
+    run = tmp_path / "run"
+    result = train(tiny_cfg())
+    assert result["iteration"] == 4 and not result["interrupted"]
+    assert find_last_checkpoint(run).name == "model_final.pth"
+    assert (run / "model_0000002.pth").is_file()
+    ckpt = load_training_checkpoint(run / "model_final.pth")
+    assert ckpt["iteration"] == 4 and {"model", "optimizer", "scheduler", "scaler", "rng"} <= set(ckpt)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in records if r["kind"] == "train"]
+    assert [r["iter"] for r in train_rows] == [1, 2, 3, 4]
+    for key in ("loss/loss_sem_seg", "loss/loss_rpn_cls", "loss/loss_rpn_loc", "loss/loss_cls",
+                "loss/loss_box_reg", "loss/loss_mask", "lr", "time/iter", "time/data"):
+        assert all(math.isfinite(r[key]) for r in train_rows), key
+    eval_rows = [r for r in records if r["kind"] == "eval"]
+    assert len(eval_rows) == 1 and {"pq/All", "pq/Things", "pq/Stuff", "sem_seg/mIoU"} <= set(eval_rows[0])
+    assert 0.0 <= result["eval"]["panoptic"]["All"]["pq"] <= 1.0
+
+    # TensorBoard reads the event files we wrote.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    assert "loss/total" in acc.Tags()["scalars"] and "pq/All" in acc.Tags()["scalars"]
+    assert len(acc.Scalars("loss/total")) == 4
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tiny_cfg, tmp_path, workers):
+    overrides = (f"data.num_workers={workers}", "train.eval_period=-1")
+    straight = train(tiny_cfg(*overrides, run_dir=tmp_path / "a"))
+    train(tiny_cfg(*overrides, "solver.max_iter=2", run_dir=tmp_path / "b"))
+    resumed = train(tiny_cfg(*overrides, "resume=true", run_dir=tmp_path / "b"))
+    assert resumed["iteration"] == straight["iteration"] == 4
+    a = load_training_checkpoint(tmp_path / "a" / "model_final.pth")["model"]
+    b = load_training_checkpoint(tmp_path / "b" / "model_final.pth")["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_nonfinite_loss_raises_naming_iteration_and_term(tiny_cfg, monkeypatch):
+    from panfpn.modeling import panoptic_fpn
+
+    original = panoptic_fpn.PanopticFPN.forward
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        out = original(self, batch)
+        calls["n"] += 1
+        if self.training and calls["n"] == 3:
+            out["loss_mask"] = out["loss_mask"] * float("nan")
+        return out
+
+    monkeypatch.setattr(panoptic_fpn.PanopticFPN, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"iteration 2: loss_mask=nan"):
+        train(tiny_cfg("train.eval_period=-1"))
+
+
+def test_nonfinite_loss_skip_mode_skips_the_step(tiny_cfg, monkeypatch, tmp_path):
+    from panfpn.modeling import panoptic_fpn
+
+    original = panoptic_fpn.PanopticFPN.forward
+    calls = {"n": 0}
+
+    def poisoned(self, batch):
+        out = original(self, batch)
+        calls["n"] += 1
+        if self.training and calls["n"] == 2:
+            out["loss_cls"] = out["loss_cls"] + float("inf")
+        return out
+
+    monkeypatch.setattr(panoptic_fpn.PanopticFPN, "forward", poisoned)
+    result = train(tiny_cfg("train.eval_period=-1", "train.on_nonfinite=skip"))
+    assert result["iteration"] == 4 and result["losses"]["skipped_steps"] == 1.0
+    ckpt = load_training_checkpoint(tmp_path / "run" / "model_final.pth")
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())

@@ -38,7 +38,8 @@ class PanopticDataset(Dataset):
         json_file: COCO-panoptic JSON (``images``, ``annotations`` with ``segments_info``,
             ``categories``).
         image_root: folder of the images; an image's ``file_name`` is looked up there, then in
-            the subfolder named by its prefix before the first ``_`` (Cityscapes' city folders).
+            the subfolder named by its prefix before the first ``_`` (Cityscapes' city folders),
+            also with createPanopticImgs' ``_gtFine_leftImg8bit`` corrected to ``_leftImg8bit``.
         panoptic_root: folder of the id PNGs named by the annotations' ``file_name``.
         metadata: categories and contiguous id spaces; default: the JSON's ``categories``.
         transforms: joint ``(image, id_map) -> (image, id_map)`` transform (see transforms.py).
@@ -107,8 +108,15 @@ class PanopticDataset(Dataset):
         rec = self.records[index]
         candidates = [self.image_root / rec.file_name]
         name = Path(rec.file_name).name
-        if "_" in name:  # Cityscapes: <city>_<seq>_<frame>_leftImg8bit.png under <city>/
-            candidates.append(self.image_root / name.split("_")[0] / name)
+        # createPanopticImgs names the image '<frame>_gtFine_leftImg8bit.png' while the file on
+        # disk is '<frame>_leftImg8bit.png', under a folder named by the city prefix.
+        names = [name] + ([name.replace("_gtFine_leftImg8bit", "_leftImg8bit")]
+                          if "_gtFine_leftImg8bit" in name else [])
+        for n in names:
+            if n != name:
+                candidates.append(self.image_root / n)
+            if "_" in n:
+                candidates.append(self.image_root / n.split("_")[0] / n)
         for path in candidates:
             if path.is_file():
                 return path

@@ -1,0 +1,235 @@
+"""The fused panoptic merge equals the sequential definition of DESIGN.md section 4 on every input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from panfpn.modeling import merge as merge_mod
+from panfpn.modeling.merge import MergeThresholds, merge_panoptic, merge_panoptic_batch
+
+
+def sequential_merge(probs, scores, labels, sem, things, score_thresh, overlap_thresh, stuff_area):
+    """The definition, written plainly in numpy, one instance and one stuff label at a time."""
+    probs, scores, labels, sem = (t.numpy() for t in (probs, scores, labels, sem))
+    id_map = np.zeros(sem.shape, dtype=np.int32)
+    segments = []
+    # Python's sort is stable: on equal scores the lower index stays first.
+    for i in sorted(range(len(scores)), key=lambda k: -float(scores[k])):
+        if float(scores[i]) < score_thresh:
+            break
+        mask = probs[i] > 0.5
+        area = int(mask.sum())
+        if area == 0:
+            continue
+        free = mask & (id_map == 0)
+        if (area - int(free.sum())) / area > overlap_thresh or not free.any():
+            continue
+        id_map[free] = len(segments) + 1
+        segments.append({"id": len(segments) + 1, "isthing": True, "category": int(labels[i]),
+                         "score": float(scores[i]), "area": int(free.sum())})
+    for label in sorted(set(np.unique(sem).tolist()) - set(things)):
+        region = (sem == label) & (id_map == 0)
+        if region.sum() == 0 or region.sum() < stuff_area:
+            continue
+        id_map[region] = len(segments) + 1
+        segments.append({"id": len(segments) + 1, "isthing": False, "category": int(label),
+                         "score": None, "area": int(region.sum())})
+    return id_map, segments
+
+
+def random_case(seed):
+    """Tiny random image: blob masks with duplicates, subsets, empties, exact 0.5 probabilities and
+    tied scores; blocky semantic labels with tiny regions; thresholds including the edge values."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
+    ri = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))  # noqa: E731
+    h, w, n = ri(8, 40), ri(8, 40), ri(0, 20)
+    ys, xs = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+    probs = torch.zeros(n, h, w)
+    for i in range(n):
+        kind = ri(0, 9)
+        if kind == 0 or i == 0 and kind < 3:
+            continue  # empty mask
+        if kind <= 2 and i > 0:  # a copy, a subset or a superset of an earlier mask
+            j = ri(0, i - 1)
+            probs[i] = probs[j] * (0.7 + 0.6 * rnd(1)) if kind == 1 else probs[j] * (rnd(h, w) > 0.3)
+            continue
+        cy, cx, ry, rx = rnd(1) * h, rnd(1) * w, 1 + rnd(1) * h / 2, 1 + rnd(1) * w / 2
+        d = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2
+        probs[i] = torch.sigmoid(3 * (1 - d)) * (rnd(1) * 0.5 + 0.5)
+    probs[rnd(n, h, w) < 0.05] = 0.5  # exactly 0.5 is background
+    scores = rnd(n) if ri(0, 1) else torch.tensor([0.3, 0.5, 0.7, 0.9])[torch.randint(0, 4, (n,), generator=g)]
+    labels = torch.randint(0, 5, (n,), generator=g)
+    num_sem = ri(1, 8)
+    block = ri(1, 6)
+    coarse = torch.randint(0, num_sem, (h // block + 1, w // block + 1), generator=g)
+    sem = coarse.repeat_interleave(block, 0).repeat_interleave(block, 1)[:h, :w].contiguous()
+    sem[rnd(h, w) < 0.03] = ri(0, num_sem - 1)  # speckles: tiny regions
+    things = [t for t in range(num_sem) if rnd(1) < 0.3]
+    score_thresh = [1.5, 0.95, 0.0, 0.0, 0.5, 0.5, float(rnd(1)) * 0.8][ri(0, 6)]
+    overlap_thresh = [0.0, 1.0, 0.5, 1 / 3, 2.0, float(rnd(1))][ri(0, 5)]
+    stuff_area = [0, 1, ri(2, 40)][ri(0, 2)]
+    return probs, scores, labels, sem, things, score_thresh, overlap_thresh, stuff_area
+
+
+def check_partition(id_map, segments):
+    """Segment ids are 1..K, the areas are the pixel counts, nothing else is in the map."""
+    assert id_map.dtype == torch.int32
+    assert [s["id"] for s in segments] == list(range(1, len(segments) + 1))
+    counts = torch.bincount(id_map.reshape(-1).long(), minlength=len(segments) + 1)
+    assert counts.numel() == len(segments) + 1
+    assert [s["area"] for s in segments] == counts[1:].tolist()
+    assert all(s["area"] > 0 for s in segments)
+
+
+@pytest.mark.parametrize("strategy,rowwise", [("loop", True), ("fixpoint", False)])
+def test_fused_merge_equals_sequential_definition(strategy, rowwise, monkeypatch):
+    monkeypatch.setattr(merge_mod, "_CHUNK_ELEMENTS", 97)  # many pixel chunks, ragged last one
+    for seed in range(250):
+        probs, scores, labels, sem, things, st, ot, sa = random_case(seed)
+        want_map, want_segments = sequential_merge(probs, scores, labels, sem, things, st, ot, sa)
+        if seed % 5 == 0 and want_segments:  # stuff_area exactly at a region's size, and one above
+            stuff = [s["area"] for s in want_segments if not s["isthing"]]
+            if stuff:
+                sa = stuff[seed % len(stuff)] + (seed // 5) % 2
+                want_map, want_segments = sequential_merge(probs, scores, labels, sem, things, st, ot, sa)
+        id_map, segments = merge_mod._merge(
+            probs, scores, labels, sem, things, score_thresh=st, overlap_thresh=ot, stuff_area=sa,
+            strategy=strategy, rowwise=rowwise,
+        )
+        case = f"seed {seed}: n={len(scores)} size={tuple(sem.shape)} thresholds={st, ot, sa}"
+        assert torch.equal(id_map, torch.from_numpy(want_map)), case
+        assert segments == want_segments, case
+        check_partition(id_map, segments)
+
+
+def test_fixpoint_fallback_to_loop_is_exact(monkeypatch):
+    # With no fixed-point steps the check fails whenever an instance is dropped, so the loop runs.
+    monkeypatch.setattr(merge_mod, "_FIXPOINT_STEPS", 0)
+    calls = []
+    loop = merge_mod._resolve_loop
+    monkeypatch.setattr(merge_mod, "_resolve_loop", lambda *a: calls.append(1) or loop(*a))
+    for seed in range(60):
+        probs, scores, labels, sem, things, st, ot, sa = random_case(seed)
+        want_map, want_segments = sequential_merge(probs, scores, labels, sem, things, st, ot, sa)
+        id_map, segments = merge_mod._merge(
+            probs, scores, labels, sem, things, score_thresh=st, overlap_thresh=ot, stuff_area=sa,
+            strategy="fixpoint",
+        )
+        assert torch.equal(id_map, torch.from_numpy(want_map)), f"seed {seed}"
+        assert segments == want_segments, f"seed {seed}"
+    assert calls, "the fallback was never exercised"
+
+
+def test_public_api_on_edge_cases():
+    things = [2]
+    sem = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3]])
+    full = torch.ones(1, 3, 4)
+    # N = 0: only stuff; label 2 is 'thing' and stays void.
+    id_map, segments = merge_panoptic(torch.zeros(0, 3, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long),
+                                      sem, thing_sem_labels=things, stuff_area=2)
+    assert [(s["category"], s["area"]) for s in segments] == [(0, 4), (1, 4), (3, 2)]
+    assert (id_map[2, :2] == 0).all()
+    # All scores below the threshold: same as no instances.
+    below = merge_panoptic(full, torch.tensor([0.49]), torch.tensor([7]), sem,
+                           thing_sem_labels=things, stuff_area=2)
+    assert below[1] == segments and torch.equal(below[0], id_map)
+    # A score equal to the threshold is kept; a fully overlapped duplicate is dropped even at 1.0.
+    two = torch.ones(2, 3, 4)
+    id_map, segments = merge_panoptic(two, torch.tensor([0.5, 0.5]), torch.tensor([7, 8]), sem,
+                                      thing_sem_labels=things, overlap_thresh=1.0)
+    assert [(s["category"], s["area"], s["score"]) for s in segments] == [(7, 12, 0.5)]
+    assert (id_map == 1).all()
+    # Probabilities of exactly 0.5 are background.
+    half = torch.full((1, 3, 4), 0.5)
+    assert merge_panoptic(half, torch.ones(1), torch.ones(1, dtype=torch.long), sem,
+                          thing_sem_labels=things, stuff_area=100)[1] == []
+
+
+def test_max_allowed_overlap_matches_python_division():
+    areas = torch.arange(0, 400)
+    for t in [0.0, 1e-9, 0.1, 0.2, 1 / 3, 0.5, 2 / 3, 0.7, 0.9, 0.999999, 1.0, 1.5, -0.2]:
+        got = merge_mod._max_allowed_overlap(areas, t).tolist()
+        for a, limit in zip(areas.tolist(), got):
+            allowed = [x for x in range(a) if x / a <= t]
+            assert limit == (max(allowed) if allowed else -1), (a, t)
+
+
+def test_batch_and_thresholds():
+    case = [random_case(s)[:4] for s in (3, 4)]
+    out = merge_panoptic_batch([c[0] for c in case], [c[1] for c in case], [c[2] for c in case],
+                               [c[3] for c in case], thing_sem_labels=[1],
+                               thresholds=MergeThresholds(stuff_area=5))
+    for (probs, scores, labels, sem), (id_map, segments) in zip(case, out):
+        want = sequential_merge(probs, scores, labels, sem, [1], 0.5, 0.5, 5)
+        assert torch.equal(id_map, torch.from_numpy(want[0])) and segments == want[1]
+    with pytest.raises(ValueError, match="image 1"):
+        merge_panoptic_batch([case[0][0], case[0][0][:, :2]], [case[0][1]] * 2, [case[0][2]] * 2,
+                             [case[0][3]] * 2, thing_sem_labels=[1])
+    with pytest.raises(ValueError, match="stuff_area"):
+        MergeThresholds(stuff_area=-1)
+    with pytest.raises(ValueError, match="sem_labels must be >= 0"):
+        merge_panoptic(torch.zeros(0, 2, 2), torch.zeros(0), torch.zeros(0, dtype=torch.long),
+                       -torch.ones(2, 2, dtype=torch.long), thing_sem_labels=[])
+    with pytest.raises(ValueError, match="thing_sem_labels"):
+        merge_panoptic(torch.zeros(0, 2, 2), torch.zeros(0), torch.zeros(0, dtype=torch.long),
+                       torch.ones(2, 2, dtype=torch.long), thing_sem_labels=[-1])
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts the ATen ops that read device values back to the host."""
+
+    SYNCING = {"aten::_local_scalar_dense", "aten::nonzero", "aten::equal", "aten::unique",
+               "aten::_unique2", "aten::masked_select"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name in self.SYNCING:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("strategy", ["loop", "fixpoint"])
+def test_host_reads_do_not_grow_with_instances(strategy, monkeypatch):
+    tolist_calls = []
+    original = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: tolist_calls.append(1) or original(t))
+    sem = torch.randint(0, 4, (32, 32), generator=torch.Generator().manual_seed(0))
+
+    def reads(n):
+        probs = torch.rand(n, 32, 32, generator=torch.Generator().manual_seed(n))
+        tolist_calls.clear()
+        with _HostReads() as mode:
+            merge_mod._merge(probs, torch.linspace(1, 0.6, n), torch.zeros(n, dtype=torch.long), sem,
+                             [3], score_thresh=0.5, overlap_thresh=0.7, stuff_area=4,
+                             strategy=strategy, rowwise=False)
+        return mode.count + len(tolist_calls)
+
+    assert reads(3) == reads(40) <= 6
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_with_constant_syncs():
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        import warnings
+
+        for seed in range(20):
+            probs, scores, labels, sem, things, st, ot, sa = random_case(seed)
+            want = merge_panoptic(probs, scores, labels, sem, thing_sem_labels=things,
+                                  score_thresh=st, overlap_thresh=ot, stuff_area=sa)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                got = merge_panoptic(probs.cuda(), scores.cuda(), labels.cuda(), sem.cuda(),
+                                     thing_sem_labels=things, score_thresh=st, overlap_thresh=ot,
+                                     stuff_area=sa)
+            assert torch.equal(got[0].cpu(), want[0]) and got[1] == want[1], f"seed {seed}"
+            assert len(caught) <= 6, [str(w.message) for w in caught]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

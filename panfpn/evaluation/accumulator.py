@@ -1,0 +1,110 @@
+"""In-memory panoptic quality during evaluation: no PNG round trip, id maps stay on their device.
+
+Each :meth:`PQAccumulator.update` reduces the image to its (gt id, pred id, pixel count) pairs
+on the maps' device and hands them to the shared rules in :mod:`panfpn.evaluation.pq_rules`,
+so the result equals :func:`panfpn.evaluation.pq.pq_compute` on the same predictions written
+to files. On CUDA the counting is one ``torch.unique`` (one host sync per image); on CPU the
+run-length path of :mod:`panfpn.evaluation.id_runs` is used, which is several times faster than
+sorting every pixel.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+
+from panfpn.evaluation.id_runs import pair_counts, runs_of_ids
+from panfpn.evaluation.pq_rules import (PQInputError, PQStat, accumulate_image,
+                                        normalize_categories, pq_results)
+
+
+def _pairs(gt: torch.Tensor, pred: torch.Tensor, image_id: Any) -> list[tuple[int, int, int]]:
+    """(gt id, pred id, count) pairs of two int maps ``[H, W]``, counted on their device."""
+    if gt.device.type == "cpu" and pred.device.type == "cpu":
+        g, p = gt.reshape(-1).numpy(), pred.reshape(-1).numpy()
+        if g.min(initial=0) < 0 or p.min(initial=0) < 0:
+            raise PQInputError(f"image {image_id!r}: id maps hold negative ids")
+        return pair_counts(runs_of_ids(g), runs_of_ids(p))
+    pred = pred.to(gt.device)
+    # One key per pixel; a negative id on either side makes the key's high half negative,
+    # which is checked after the (already syncing) unique instead of with an extra sync.
+    key = (gt.reshape(-1).long() << 32) | pred.reshape(-1).long()
+    keys, counts = torch.unique(key, return_counts=True)
+    keys, counts = keys.cpu().numpy(), counts.cpu().numpy()
+    gt_ids = keys >> 32
+    if gt_ids.shape[0] and gt_ids[0] < 0:
+        raise PQInputError(f"image {image_id!r}: id maps hold negative ids")
+    return list(zip(gt_ids.tolist(), (keys & 0xFFFFFFFF).tolist(), counts.tolist()))
+
+
+class PQAccumulator:
+    """Panoptic quality summed over images, reduced across ranks on :meth:`compute`.
+
+    Args:
+        categories: ``{category_id: {"isthing": 0/1, ...}}`` or a list of COCO category dicts
+            (``id``, ``isthing``). Dataset category ids, as in the ground truth.
+    """
+
+    def __init__(self, categories: Mapping[int, Mapping] | Sequence[Mapping]):
+        self.categories = normalize_categories(categories)
+        self._cat_ids = sorted(self.categories)
+        self.reset()
+
+    def reset(self) -> None:
+        self.stat = PQStat()
+        self.num_images = 0
+
+    @torch.no_grad()
+    def update(self, pred_id_map: torch.Tensor, pred_segments: Sequence[Mapping[str, Any]],
+               gt_id_map: torch.Tensor, gt_segments: Sequence[Mapping[str, Any]],
+               image_id: Any = None) -> None:
+        """Add one image.
+
+        Args:
+            pred_id_map: int ``[H, W]`` (any device), 0 = void.
+            pred_segments: ``[{"id", "category_id"}]``, dataset category ids.
+            gt_id_map: int ``[H, W]`` (any device), 0 = void.
+            gt_segments: ``[{"id", "category_id", "iscrowd", "area"}]``; a missing ``area`` is
+                counted from ``gt_id_map``.
+            image_id: named in error messages.
+        """
+        pred_id_map = torch.as_tensor(pred_id_map)
+        gt_id_map = torch.as_tensor(gt_id_map)
+        if pred_id_map.shape != gt_id_map.shape or pred_id_map.dim() != 2:
+            raise PQInputError(
+                f"image {image_id!r}: prediction is {tuple(pred_id_map.shape)} but the ground "
+                f"truth is {tuple(gt_id_map.shape)}; both must be [H, W]"
+            )
+        if pred_id_map.is_floating_point() or gt_id_map.is_floating_point():
+            raise PQInputError(f"image {image_id!r}: id maps must be integer tensors")
+        pairs = _pairs(gt_id_map, pred_id_map, image_id)
+        accumulate_image(self.stat, image_id, gt_segments, pred_segments, pairs,
+                         self.categories, gt_area_from_pixels=True)
+        self.num_images += 1
+
+    def _reduced_stat(self) -> PQStat:
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self.stat
+        device = (torch.device("cuda", torch.cuda.current_device())
+                  if dist.get_backend() == "nccl" else torch.device("cpu"))
+        table = torch.tensor(
+            [[self.stat.tp.get(c, 0), self.stat.fp.get(c, 0), self.stat.fn.get(c, 0),
+              self.stat.iou.get(c, 0.0)] for c in self._cat_ids],
+            dtype=torch.float64, device=device,
+        ).reshape(len(self._cat_ids), 4)
+        dist.all_reduce(table)
+        rows = table.cpu().numpy()
+        out = PQStat()
+        for cat, (tp, fp, fn, iou) in zip(self._cat_ids, rows):
+            out.tp[cat], out.fp[cat], out.fn[cat] = int(tp), int(fp), int(fn)
+            out.iou[cat] = float(iou)
+        return out
+
+    def compute(self) -> dict:
+        """The :func:`~panfpn.evaluation.pq.pq_compute` result dict over every rank's images."""
+        return pq_results(self._reduced_stat(), self.categories)
+
+
+__all__ = ["PQAccumulator"]

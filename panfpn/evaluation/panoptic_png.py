@@ -1,0 +1,109 @@
+"""Reading and writing COCO-panoptic PNGs (id = R + 256 G + 256^2 B), plus a cache of decoded runs.
+
+Decoding dominates folder-vs-folder PQ. Measured on 640x480 COCO-style panoptic PNGs (one
+core): pyspng (libspng) 1.4 ms, OpenCV 2.1 ms, torchvision.io.decode_png 2.0 ms, Pillow
+2.5 ms. pyspng is used when it is installed, Pillow otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from panfpn.evaluation.id_runs import Runs, runs_of_rgb
+
+try:  # optional: about 1.8x faster than Pillow on panoptic PNGs
+    import pyspng as _pyspng
+except ImportError:  # pragma: no cover - depends on the environment
+    _pyspng = None
+
+_CACHE_MAGIC = 0x50414E5255_4E53  # "PANRUNS"
+_CACHE_VERSION = 1
+
+
+def decoder_name() -> str:
+    return "pyspng" if _pyspng is not None else "pillow"
+
+
+def decode_rgb(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
+    """Decode PNG bytes to ``[H, W, 3]`` uint8 RGB (an alpha channel is dropped)."""
+    if _pyspng is not None:
+        try:
+            rgb = _pyspng.load(data, "RGB")
+        except Exception as err:  # libspng raises bare RuntimeErrors without the file name
+            raise ValueError(f"cannot decode PNG {path}: {err}") from err
+    else:
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"PNG {path} is not 8-bit RGB (got {rgb.dtype} {rgb.shape})")
+    return rgb
+
+
+def read_runs(path: str | os.PathLike) -> tuple[Runs, tuple[int, int]]:
+    """Runs and ``(H, W)`` of a panoptic PNG."""
+    with open(path, "rb") as f:
+        rgb = decode_rgb(f.read(), path)
+    return runs_of_rgb(rgb), rgb.shape[:2]
+
+
+def id_to_rgb(id_map: np.ndarray) -> np.ndarray:
+    """``[H, W]`` integer ids in ``[0, 2^24)`` -> ``[H, W, 3]`` uint8 colours."""
+    ids = np.asarray(id_map)
+    if ids.size and (ids.min() < 0 or ids.max() >= 1 << 24):
+        raise ValueError(f"panoptic ids must lie in [0, 2^24), got {ids.min()}..{ids.max()}")
+    ids = ids.astype(np.uint32)
+    return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
+
+
+def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
+    """``[H, W, 3]`` uint8 colours -> ``[H, W]`` int64 ids."""
+    rgb = np.asarray(rgb).astype(np.int64)
+    return rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16)
+
+
+class RunsCache:
+    """Decoded runs of ground-truth PNGs on disk, keyed by (absolute path, mtime, size).
+
+    Evaluating many checkpoints against one validation set decodes its ground truth once: a
+    later run reads a few tens of kB of runs per image instead of decoding the PNG. An entry
+    is recomputed whenever the PNG's modification time or size changes.
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike):
+        self.dir = Path(cache_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _entry(self, path: str) -> Path:
+        return self.dir / (hashlib.sha1(path.encode()).hexdigest()[:24] + ".runs")
+
+    def read_runs(self, path: str | os.PathLike) -> tuple[Runs, tuple[int, int]]:
+        path = os.path.abspath(path)
+        st = os.stat(path)
+        entry = self._entry(path)
+        header_len = 7
+        try:
+            raw = np.fromfile(entry, dtype=np.int64)
+            magic, version, mtime, size, h, w, r = raw[:header_len].tolist()
+            if (magic, version, mtime, size) == (_CACHE_MAGIC, _CACHE_VERSION, st.st_mtime_ns,
+                                                 st.st_size) and raw.shape[0] == header_len + 2 * r:
+                starts = raw[header_len:header_len + r]
+                ids = raw[header_len + r:]
+                return (starts, ids, h * w), (h, w)
+        except (OSError, ValueError):
+            pass  # missing or unreadable entry: decode and rewrite it
+        runs, (h, w) = read_runs(path)
+        starts, ids, _ = runs
+        header = np.array([_CACHE_MAGIC, _CACHE_VERSION, st.st_mtime_ns, st.st_size, h, w,
+                           starts.shape[0]], np.int64)
+        tmp = entry.with_suffix(f".tmp{os.getpid()}")
+        np.concatenate([header, starts, ids]).tofile(tmp)
+        os.replace(tmp, entry)
+        return runs, (h, w)

@@ -1,0 +1,247 @@
+"""Panoptic quality rules on one image's confusion counts, shared by every PQ entry point.
+
+Both the file evaluator (:func:`panfpn.evaluation.pq.pq_compute`) and the in-memory
+:class:`panfpn.evaluation.accumulator.PQAccumulator` reduce an image to the same input: the
+list of (ground-truth id, predicted id, pixel count) pairs of the two id maps. Everything that
+decides a match, a false positive or a false negative lives here, so the two can never drift.
+
+The rules are those of the COCO panoptic API (Kirillov et al., "Panoptic Segmentation"):
+
+* id 0 is void. Predicted pixels on ground-truth void are removed from the union.
+* Ground-truth segments with ``iscrowd == 1`` are never matched. A predicted segment that is
+  not matched is not a false positive when more than half of its pixels lie on void or on the
+  crowd region of its own category (the last crowd segment of that category listed in the
+  image's ``segments_info``, as in the reference implementation).
+* A match needs the same category and IoU > 0.5 (strictly).
+* The ground-truth area comes from ``segments_info`` (``area``); the predicted area is counted
+  from the predicted id map.
+* PQ/SQ/RQ per category; a category with TP + FP + FN == 0 gets zeros and is left out of the
+  means, which are split into All / Things / Stuff.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+VOID = 0
+
+
+class PQInputError(ValueError):
+    """Input a panoptic evaluation cannot score (the message names the image)."""
+
+
+@dataclass
+class PQStat:
+    """Per-category sums: true positives, false positives, false negatives, summed IoU of TPs."""
+
+    tp: dict[int, int] = field(default_factory=dict)
+    fp: dict[int, int] = field(default_factory=dict)
+    fn: dict[int, int] = field(default_factory=dict)
+    iou: dict[int, float] = field(default_factory=dict)
+
+    def merge(self, other: "PQStat") -> "PQStat":
+        """Add ``other``'s sums into this one (in place) and return self."""
+        for mine, theirs in ((self.tp, other.tp), (self.fp, other.fp), (self.fn, other.fn),
+                             (self.iou, other.iou)):
+            for cat, value in theirs.items():
+                mine[cat] = mine.get(cat, 0) + value
+        return self
+
+    def categories(self) -> set[int]:
+        return set(self.tp) | set(self.fp) | set(self.fn)
+
+
+def index_segments(segments: Sequence[Mapping[str, Any]], image_id: Any, side: str) -> dict:
+    """``{segment id: segment}`` in listing order; a repeated id is an error."""
+    by_id: dict[int, Mapping[str, Any]] = {}
+    for seg in segments:
+        try:
+            seg_id = int(seg["id"])
+            seg["category_id"]
+        except KeyError as err:
+            raise PQInputError(
+                f"image {image_id!r}: a {side} segment lacks the key {err.args[0]!r}: {dict(seg)}"
+            ) from None
+        if seg_id in by_id:
+            raise PQInputError(
+                f"image {image_id!r}: segment id {seg_id} is listed twice in the {side} segments_info"
+            )
+        by_id[seg_id] = seg
+    return by_id
+
+
+def accumulate_image(
+    stat: PQStat,
+    image_id: Any,
+    gt_segments: Sequence[Mapping[str, Any]],
+    pred_segments: Sequence[Mapping[str, Any]],
+    pairs: Sequence[tuple[int, int, int]],
+    categories: Mapping[int, Any],
+    *,
+    gt_area_from_pixels: bool = False,
+) -> None:
+    """Score one image and add its TP/FP/FN/IoU to ``stat``.
+
+    Args:
+        stat: the running sums, updated in place.
+        image_id: used in error messages only.
+        gt_segments: ground-truth ``segments_info`` (``id``, ``category_id``, ``iscrowd``, ``area``).
+        pred_segments: predicted ``segments_info`` (``id``, ``category_id``).
+        pairs: every ``(gt_id, pred_id, pixel_count)`` with a non-zero count, each pair once,
+            in ascending ``(gt_id, pred_id)`` order (the order only fixes which error is
+            reported first).
+        categories: known category ids (values unused here).
+        gt_area_from_pixels: take a ground-truth segment's area from the id map when its
+            ``area`` key is missing (in-memory use); otherwise a missing ``area`` is an error.
+
+    Raises:
+        PQInputError: a predicted id map id without a segment, a predicted segment absent from
+            the map, an unknown predicted category, or a repeated segment id.
+    """
+    gt_by_id = index_segments(gt_segments, image_id, "ground-truth")
+    pred_by_id = index_segments(pred_segments, image_id, "predicted")
+
+    pred_area: dict[int, int] = {}
+    gt_pixels: dict[int, int] = {}
+    counts: dict[tuple[int, int], int] = {}
+    for gt_id, pred_id, count in pairs:
+        pred_area[pred_id] = pred_area.get(pred_id, 0) + count
+        gt_pixels[gt_id] = gt_pixels.get(gt_id, 0) + count
+        counts[(gt_id, pred_id)] = count
+
+    for pred_id in sorted(pred_area):
+        seg = pred_by_id.get(pred_id)
+        if seg is None:
+            if pred_id == VOID:
+                continue
+            raise PQInputError(
+                f"image {image_id!r}: segment id {pred_id} is in the predicted id map (PNG) "
+                "but not in the predicted segments_info (JSON)"
+            )
+        if seg["category_id"] not in categories:
+            raise PQInputError(
+                f"image {image_id!r}: predicted segment {pred_id} has unknown category_id "
+                f"{seg['category_id']}"
+            )
+    absent = [pred_id for pred_id in pred_by_id if pred_id not in pred_area]
+    if absent:
+        raise PQInputError(
+            f"image {image_id!r}: segment ids {absent} are in the predicted segments_info (JSON) "
+            "but not in the predicted id map (PNG)"
+        )
+
+    def gt_area(gt_id: int) -> int:
+        seg = gt_by_id[gt_id]
+        if "area" in seg:
+            return seg["area"]
+        if gt_area_from_pixels:
+            return gt_pixels.get(gt_id, 0)
+        raise PQInputError(f"image {image_id!r}: ground-truth segment {gt_id} has no 'area'")
+
+    gt_matched: set[int] = set()
+    pred_matched: set[int] = set()
+    for (gt_id, pred_id), inter in counts.items():
+        gt_seg = gt_by_id.get(gt_id)
+        pred_seg = pred_by_id.get(pred_id)
+        if gt_seg is None or pred_seg is None or gt_seg.get("iscrowd", 0) == 1:
+            continue
+        cat = gt_seg["category_id"]
+        if cat != pred_seg["category_id"]:
+            continue
+        union = pred_area[pred_id] + gt_area(gt_id) - inter - counts.get((VOID, pred_id), 0)
+        iou = inter / union
+        if iou > 0.5:
+            stat.tp[cat] = stat.tp.get(cat, 0) + 1
+            stat.iou[cat] = stat.iou.get(cat, 0.0) + iou
+            gt_matched.add(gt_id)
+            pred_matched.add(pred_id)
+
+    crowd_of_category: dict[int, int] = {}
+    for gt_id, gt_seg in gt_by_id.items():
+        if gt_id in gt_matched:
+            continue
+        cat = gt_seg["category_id"]
+        if gt_seg.get("iscrowd", 0) == 1:
+            crowd_of_category[cat] = gt_id  # the last one listed wins, as in the reference
+            continue
+        stat.fn[cat] = stat.fn.get(cat, 0) + 1
+
+    for pred_id, pred_seg in pred_by_id.items():
+        if pred_id in pred_matched:
+            continue
+        cat = pred_seg["category_id"]
+        ignored = counts.get((VOID, pred_id), 0)
+        if cat in crowd_of_category:
+            ignored += counts.get((crowd_of_category[cat], pred_id), 0)
+        if ignored / pred_area[pred_id] > 0.5:
+            continue
+        stat.fp[cat] = stat.fp.get(cat, 0) + 1
+
+
+def _average(stat: PQStat, categories: Mapping[int, Mapping[str, Any]],
+             isthing: bool | None) -> tuple[dict, dict]:
+    pq = sq = rq = 0.0
+    n = 0
+    per_class: dict[int, dict] = {}
+    for cat, info in categories.items():
+        if isthing is not None and (info.get("isthing") == 1) != isthing:
+            continue
+        tp, fp, fn = stat.tp.get(cat, 0), stat.fp.get(cat, 0), stat.fn.get(cat, 0)
+        iou = stat.iou.get(cat, 0.0)
+        entry = {"pq": 0.0, "sq": 0.0, "rq": 0.0, "tp": tp, "fp": fp, "fn": fn, "iou": iou}
+        per_class[cat] = entry
+        if tp + fp + fn == 0:
+            continue
+        n += 1
+        denom = tp + 0.5 * fp + 0.5 * fn
+        entry["pq"] = iou / denom
+        entry["sq"] = iou / tp if tp else 0.0
+        entry["rq"] = tp / denom
+        pq += entry["pq"]
+        sq += entry["sq"]
+        rq += entry["rq"]
+    if n == 0:  # the reference divides by zero here; report zeros with n = 0 instead
+        return {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}, per_class
+    return {"pq": pq / n, "sq": sq / n, "rq": rq / n, "n": n}, per_class
+
+
+def pq_results(stat: PQStat, categories: Mapping[int, Mapping[str, Any]]) -> dict:
+    """The COCO panoptic API result dict from summed statistics.
+
+    Returns:
+        ``{"All"|"Things"|"Stuff": {"pq", "sq", "rq", "n"}, "per_class": {category_id: {"pq",
+        "sq", "rq", "tp", "fp", "fn", "iou"}}}``; scores are fractions, ``n`` the number of
+        categories averaged, ``iou`` the summed IoU of the category's true positives.
+    """
+    results: dict[str, Any] = {}
+    for name, isthing in (("All", None), ("Things", True), ("Stuff", False)):
+        results[name], per_class = _average(stat, categories, isthing)
+        if name == "All":
+            results["per_class"] = per_class
+    return results
+
+
+def normalize_categories(categories: Any) -> dict[int, dict]:
+    """``{id: {"isthing": 0/1, ...}}`` from that form or a list of COCO category dicts."""
+    if isinstance(categories, Mapping):
+        items = [(int(k), dict(v)) for k, v in categories.items()]
+    else:
+        items = [(int(c["id"]), dict(c)) for c in categories]
+    out: dict[int, dict] = {}
+    for cat_id, info in items:
+        if "isthing" not in info:
+            raise PQInputError(f"category {cat_id} has no 'isthing' key: {info}")
+        info["isthing"] = int(bool(info["isthing"]))
+        out[cat_id] = info
+    return out
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """The familiar PQ / SQ / RQ / N table (scores in percent)."""
+    lines = [f"{'':10s}| {'PQ':>5s} {'SQ':>5s} {'RQ':>5s} {'N':>5s}", "-" * 41]
+    for name in ("All", "Things", "Stuff"):
+        r = results[name]
+        lines.append(f"{name:10s}| {100 * r['pq']:5.1f} {100 * r['sq']:5.1f} "
+                     f"{100 * r['rq']:5.1f} {r['n']:5d}")
+    return "\n".join(lines)

@@ -1,0 +1,154 @@
+"""Detectron2 Panoptic FPN checkpoints: a safe ``.pkl`` reader and the parameter-name mapping.
+
+Detectron2 model-zoo files are pickles of ``{"model": {name: numpy array}, "__author__": ...}``.
+They are read with an unpickler that can only rebuild numpy arrays and plain containers, so a
+crafted file cannot run code. Names are mapped one by one from ours to Detectron2's
+(:func:`ours_to_d2`); loading inverts that table over the model's own keys.
+
+Conventions of those weights that our model does differently, handled in
+:func:`panfpn.modeling.weights.load_weights`: BGR input with the Caffe mean
+(103.530, 116.280, 123.675) and std 1 (ours is RGB: the first conv's input channels are
+flipped and the mean/std reversed), and the stage stride on the bottleneck's 1x1 conv
+(``stride_in_1x1``). Their box classifier puts background last, as ours does.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import pickle
+import re
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+# Detectron2's input convention for its MSRA-initialised model-zoo models, BGR order.
+D2_PIXEL_MEAN_BGR = (103.530, 116.280, 123.675)
+D2_PIXEL_STD_BGR = (1.0, 1.0, 1.0)
+
+
+def _numpy_global(module: str, name: str) -> Any:
+    # numpy 2 moved numpy.core to numpy._core; pickles written by numpy 1 name the old path.
+    for mod in (module, module.replace("numpy.core", "numpy._core")):
+        try:
+            obj = __import__(mod, fromlist=[name])
+            return getattr(obj, name)
+        except (ImportError, AttributeError):
+            continue
+    raise pickle.UnpicklingError(f"numpy has no {module}.{name}")
+
+
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("collections", "OrderedDict"),
+}
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Resolves only the globals numpy arrays and OrderedDicts need; anything else is refused."""
+
+    def __init__(self, file: io.BufferedIOBase, path: str) -> None:
+        super().__init__(file, encoding="latin1")  # latin1: numpy arrays pickled by Python 2
+        self._path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _ALLOWED:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name} from {self._path}: a weights pickle may only "
+                "contain numpy arrays and plain containers (the file may be malicious)")
+        if module == "collections":
+            return collections.OrderedDict
+        return _numpy_global(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError(f"refusing persistent ids in {self._path}")
+
+
+def load_d2_pickle(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a Detectron2 ``.pkl`` checkpoint -> ``{name: tensor}`` (the ``"model"`` entry).
+
+    Raises ``pickle.UnpicklingError`` for any object other than arrays/containers and
+    ``ValueError`` for a file that is not a ``{name: array}`` mapping.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        obj = _ArrayOnlyUnpickler(f, path).load()
+    state = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a dict of arrays (optionally under 'model'), got {type(obj).__name__}")
+    out: dict[str, torch.Tensor] = {}
+    for name, value in state.items():
+        if isinstance(value, (np.ndarray, np.generic)) and np.asarray(value).dtype != object:
+            out[str(name)] = torch.from_numpy(np.array(value))
+        else:
+            raise ValueError(f"{path}: entry {name!r} is a {type(value).__name__}, not a numeric array")
+    return out
+
+
+def is_d2_state_dict(state: dict[str, Any]) -> bool:
+    """Whether the names look like a Detectron2 (generalized R-CNN / panoptic) model."""
+    return any(k.startswith(("backbone.bottom_up.", "proposal_generator.", "roi_heads.box_predictor.",
+                             "sem_seg_head.")) for k in state)
+
+
+def _sub(pattern: str, fn: Callable[[re.Match], str]) -> tuple[re.Pattern, Callable[[re.Match], str]]:
+    return re.compile(pattern), fn
+
+
+# Ours -> Detectron2. Index arithmetic accounts for the ReLU/Flatten/Upsample entries that sit
+# between the layers of nn.Sequential containers on either side.
+_RULES = [
+    _sub(r"backbone\.body\.conv1\.weight$", lambda m: "backbone.bottom_up.stem.conv1.weight"),
+    _sub(r"backbone\.body\.bn1\.(\w+)$", lambda m: f"backbone.bottom_up.stem.conv1.norm.{m[1]}"),
+    _sub(r"backbone\.body\.layer(\d)\.(\d+)\.conv(\d)\.weight$",
+         lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.weight"),
+    _sub(r"backbone\.body\.layer(\d)\.(\d+)\.bn(\d)\.(\w+)$",
+         lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.norm.{m[4]}"),
+    _sub(r"backbone\.body\.layer(\d)\.(\d+)\.downsample\.0\.weight$",
+         lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.shortcut.weight"),
+    _sub(r"backbone\.body\.layer(\d)\.(\d+)\.downsample\.1\.(\w+)$",
+         lambda m: f"backbone.bottom_up.res{int(m[1]) + 1}.{m[2]}.shortcut.norm.{m[3]}"),
+    _sub(r"backbone\.fpn\.inner_blocks\.(\d)\.0\.(weight|bias)$",
+         lambda m: f"backbone.fpn_lateral{int(m[1]) + 2}.{m[2]}"),
+    _sub(r"backbone\.fpn\.layer_blocks\.(\d)\.0\.(weight|bias)$",
+         lambda m: f"backbone.fpn_output{int(m[1]) + 2}.{m[2]}"),
+    _sub(r"rpn\.head\.conv\.0\.0\.(weight|bias)$", lambda m: f"proposal_generator.rpn_head.conv.{m[1]}"),
+    _sub(r"rpn\.head\.cls_logits\.(weight|bias)$",
+         lambda m: f"proposal_generator.rpn_head.objectness_logits.{m[1]}"),
+    _sub(r"rpn\.head\.bbox_pred\.(weight|bias)$", lambda m: f"proposal_generator.rpn_head.anchor_deltas.{m[1]}"),
+    # fcs = [Flatten, Linear, ReLU, Linear, ReLU]: Linear n sits at index 2n - 1.
+    _sub(r"roi_heads\.box_head\.fcs\.(\d+)\.(weight|bias)$",
+         lambda m: f"roi_heads.box_head.fc{(int(m[1]) + 1) // 2}.{m[2]}"),
+    _sub(r"roi_heads\.box_head\.(cls_score|bbox_pred)\.(weight|bias)$",
+         lambda m: f"roi_heads.box_predictor.{m[1]}.{m[2]}"),
+    # convs = [Conv, ReLU, Conv, ReLU, ...]: conv n sits at index 2(n - 1).
+    _sub(r"roi_heads\.mask_head\.convs\.(\d+)\.(weight|bias)$",
+         lambda m: f"roi_heads.mask_head.mask_fcn{int(m[1]) // 2 + 1}.{m[2]}"),
+    _sub(r"roi_heads\.mask_head\.(deconv|predictor)\.(weight|bias)$",
+         lambda m: f"roi_heads.mask_head.{m[1]}.{m[2]}"),
+    # Detectron2 alternates conv and Upsample entries in each level: stage k sits at index 2k.
+    _sub(r"semantic_head\.levels\.(\d)\.(\d+)\.conv\.weight$",
+         lambda m: f"sem_seg_head.p{int(m[1]) + 2}.{2 * int(m[2])}.weight"),
+    _sub(r"semantic_head\.levels\.(\d)\.(\d+)\.norm\.(weight|bias)$",
+         lambda m: f"sem_seg_head.p{int(m[1]) + 2}.{2 * int(m[2])}.norm.{m[3]}"),
+    _sub(r"semantic_head\.predictor\.(weight|bias)$", lambda m: f"sem_seg_head.predictor.{m[1]}"),
+]
+
+# Detectron2 entries that carry no learned weights of ours (recomputed or set by the loader).
+D2_IGNORED = re.compile(r"(^|\.)(pixel_mean|pixel_std|cell_anchors\.\d+)$|num_batches_tracked$")
+
+
+def ours_to_d2(name: str) -> str | None:
+    """Detectron2's name for one of our state-dict keys, or None if it has no counterpart."""
+    for pattern, fn in _RULES:
+        m = pattern.match(name)
+        if m:
+            return fn(m)
+    return None

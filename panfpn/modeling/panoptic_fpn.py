@@ -1,0 +1,154 @@
+"""Panoptic FPN (Kirillov et al., 2019): Mask R-CNN and a semantic FPN head on one backbone."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection.image_list import ImageList
+
+from panfpn.modeling.backbone import ResNetFPN
+from panfpn.modeling.merge import MergeThresholds, merge_panoptic
+from panfpn.modeling.postprocess import paste_masks, rescale_boxes, resize_sem_logits
+from panfpn.modeling.roi_heads import RoIHeads
+from panfpn.modeling.rpn import RPN
+from panfpn.modeling.semantic_head import SemanticFPNHead
+
+LOSS_KEYS = ("loss_sem_seg", "loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask")
+IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
+IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
+SIZE_DIVISIBILITY = 32  # P5 has stride 32: smaller multiples would misalign the FPN levels
+
+
+class PanopticFPN(nn.Module):
+    """Backbone + semantic head + RPN + RoI heads, fused into panoptic output by :func:`merge_panoptic`.
+
+    Input: the batch of ``collate_panoptic`` (docs/interfaces.md section 2). Only ``images``
+    (uint8 ``[B, 3, Hp, Wp]`` RGB), ``image_sizes`` and, in eval, ``orig_sizes`` are read, plus the
+    targets ``instances`` and ``sem_seg`` in training. Tensors may be on any device; they are moved
+    to the model's device.
+
+    Output contract (the one place it is defined for the model):
+
+    * ``model.train()``: ``dict[str, Tensor]`` of scalar losses, already multiplied by their weights:
+      ``loss_sem_seg`` (cross-entropy, 255 ignored), ``loss_rpn_cls``, ``loss_rpn_loc``, ``loss_cls``,
+      ``loss_box_reg``, ``loss_mask``. The training objective is their sum.
+    * ``model.eval()``: ``list[dict]``, one per image, everything at the image's ``orig_size`` (H0, W0):
+
+      - ``"panoptic"``: ``(id_map, segments)``; ``id_map`` int32 ``[H0, W0]``, 0 = void, ids 1..K;
+        ``segments``: list of ``{"id": int, "isthing": bool, "category": int, "score": float | None,
+        "area": int}``, ``category`` = contiguous thing label (things) or semantic label (stuff).
+      - ``"instances"``: ``{"boxes": float32 [D, 4] XYXY original pixels, "scores": [D],
+        "labels": int64 [D] contiguous thing labels, "masks": bool [D, H0, W0]}`` by descending score.
+      - ``"sem_seg"``: int64 ``[H0, W0]`` semantic argmax.
+    """
+
+    def __init__(
+        self,
+        backbone: ResNetFPN,
+        semantic_head: SemanticFPNHead,
+        rpn: RPN,
+        roi_heads: RoIHeads,
+        *,
+        thing_sem_labels: Sequence[int],
+        merge: MergeThresholds = MergeThresholds(),
+        pixel_mean: Sequence[float] = IMAGENET_MEAN_RGB,
+        pixel_std: Sequence[float] = IMAGENET_STD_RGB,
+        loss_weights: Mapping[str, float] | None = None,
+    ) -> None:
+        """
+        Args:
+            backbone, semantic_head, rpn, roi_heads: the built parts.
+            thing_sem_labels: semantic labels that stand for things (COCO: the merged 'thing' label).
+            merge: thresholds of the panoptic merge.
+            pixel_mean, pixel_std: RGB normalisation in 0..255 units.
+            loss_weights: multipliers by loss key; unlisted keys weigh 1, ``loss_sem_seg`` 0.5.
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.semantic_head = semantic_head
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.thing_sem_labels = [int(x) for x in thing_sem_labels]
+        self.merge_thresholds = merge
+        weights = {k: 1.0 for k in LOSS_KEYS} | {"loss_sem_seg": 0.5}
+        unknown = set(loss_weights or {}) - set(LOSS_KEYS)
+        if unknown:
+            raise ValueError(f"loss_weights has unknown keys {sorted(unknown)}; valid keys: {list(LOSS_KEYS)}")
+        self.loss_weights = weights | {k: float(v) for k, v in (loss_weights or {}).items()}
+        # Persistent buffers: a checkpoint carries the normalisation its weights were trained with.
+        self.register_buffer("pixel_mean", torch.tensor([float(v) for v in pixel_mean]).view(3, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor([float(v) for v in pixel_std]).view(3, 1, 1))
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor] | list[dict[str, Any]]:
+        images = self.preprocess(batch["images"], batch["image_sizes"])
+        features = self.backbone(images.tensors)
+        sem_logits = self.semantic_head(features)
+        if self.training:
+            return self.losses(batch, images, features, sem_logits)
+        proposals, _ = self.rpn(images, features)
+        detections = self.roi_heads(features, proposals, images.image_sizes)
+        return self.postprocess(detections, sem_logits, images.image_sizes, batch["orig_sizes"])
+
+    def preprocess(self, images: torch.Tensor, image_sizes: Sequence[Sequence[int]]) -> ImageList:
+        """uint8 RGB ``[B, 3, Hp, Wp]`` -> normalised float, padding zeroed, size a multiple of 32."""
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"batch['images'] must be uint8 [B, 3, H, W], got {images.dtype} "
+                             f"{list(images.shape)}")
+        x = (images.to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
+        sizes = [(int(h), int(w)) for h, w in image_sizes]
+        # The collate pads with black; zero in normalised space (the mean colour) is what the
+        # weights were trained with (Detectron2 pads after normalising).
+        for i, (h, w) in enumerate(sizes):
+            x[i, :, h:, :] = 0
+            x[i, :, :, w:] = 0
+        x = F.pad(x, _pad_amount(x.shape[-2:]))
+        return ImageList(x, sizes)
+
+    def losses(self, batch: Mapping[str, Any], images: ImageList, features: Mapping[str, torch.Tensor],
+               sem_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        sem_seg = batch["sem_seg"].to(self.device, non_blocking=True)
+        sem_seg = F.pad(sem_seg, _pad_amount(sem_seg.shape[-2:]), value=self.semantic_head.ignore_index)
+        targets = [{k: v.to(self.device, non_blocking=True) for k, v in inst.items()}
+                   for inst in batch["instances"]]
+        losses = {"loss_sem_seg": self.semantic_head.loss(sem_logits, sem_seg)}
+        proposals, rpn_losses = self.rpn(images, features, [t["boxes"] for t in targets])
+        losses |= rpn_losses
+        losses |= self.roi_heads(features, proposals, images.image_sizes, targets)
+        return {k: losses[k] * self.loss_weights[k] for k in LOSS_KEYS}
+
+    @torch.no_grad()
+    def postprocess(self, detections: Sequence[Mapping[str, torch.Tensor]], sem_logits: torch.Tensor,
+                    image_sizes: Sequence[tuple[int, int]],
+                    orig_sizes: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
+        """Per image: rescale boxes, paste masks, resize semantic logits, then merge."""
+        results = []
+        for det, logits, size, orig in zip(detections, sem_logits, image_sizes, orig_sizes):
+            orig = (int(orig[0]), int(orig[1]))
+            boxes = rescale_boxes(det["boxes"], size, orig)
+            probs = paste_masks(det["mask_probs"], boxes, orig)
+            sem = resize_sem_logits(logits, size, orig).argmax(dim=0)
+            # Only instances that can pass the merge's score threshold need their soft masks.
+            cand = det["scores"] >= self.merge_thresholds.score_thresh
+            panoptic = merge_panoptic(probs[cand], det["scores"][cand], det["labels"][cand], sem,
+                                      thing_sem_labels=self.thing_sem_labels, **asdict(self.merge_thresholds))
+            results.append({
+                "panoptic": panoptic,
+                "instances": {"boxes": boxes, "scores": det["scores"], "labels": det["labels"],
+                              "masks": probs > 0.5},
+                "sem_seg": sem,
+            })
+        return results
+
+
+def _pad_amount(size: Sequence[int]) -> tuple[int, int, int, int]:
+    """F.pad amounts (left, right, top, bottom) bringing ``(H, W)`` up to a multiple of 32."""
+    h, w = int(size[0]), int(size[1])
+    return (0, -w % SIZE_DIVISIBILITY, 0, -h % SIZE_DIVISIBILITY)

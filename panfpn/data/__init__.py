@@ -1,0 +1,9 @@
+"""Data: COCO-panoptic datasets, synthetic data, joint transforms, targets, batching.
+
+- ``metadata``: category ids <-> contiguous labels (DatasetMetadata)
+- ``builtin_meta``: COCO panoptic and Cityscapes categories
+- ``dataset``: PanopticDataset (JSON + id PNGs + images -> samples, docs/interfaces.md section 1)
+- ``transforms`` / ``targets``: joint resize/flip/crop, then targets derived from the id map
+- ``collate`` / ``loader``: padded batches (section 2), DataLoader with (distributed) sampling
+- ``synthetic``: the default generated dataset; ``build``: hydra ``_target_`` builders
+"""

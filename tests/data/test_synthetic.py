@@ -129,3 +129,12 @@ def test_ground_truth_against_itself_is_perfect_pq(synthetic_root):
     assert res["All"]["pq"] == pytest.approx(1.0)
     assert res["All"]["n"] == 8
     assert all(v["pq"] == pytest.approx(1.0) for v in res["per_class"].values())
+
+
+def test_command_line_writes_dataset(tmp_path, capsys):
+    from panfpn.data.synthetic import main
+    main(["--out", str(tmp_path / "cli"), "--num-images", "2", "--seed", "3", "--height", "48",
+          "--width", "64"])
+    assert "wrote 2 images" in capsys.readouterr().out
+    ds = _dataset(tmp_path / "cli")
+    assert len(ds) == 2 and ds[1]["image"].shape == (3, 48, 64)

@@ -20,23 +20,29 @@ from panfpn.evaluation.pq_rules import (PQInputError, PQStat, accumulate_image,
                                         normalize_categories, pq_results)
 
 
+def pair_counts_torch(gt: torch.Tensor, pred: torch.Tensor) -> list[tuple[int, int, int]]:
+    """(gt id, pred id, count) pairs of two int maps ``[H, W]`` with one sort on their device.
+
+    Ids must be non-negative and below 2^31 (int32 maps). A negative id on either side makes
+    the key's high half negative, so it shows up as a negative gt id in the result (checked by
+    the caller) without an extra host sync.
+    """
+    key = (gt.reshape(-1).long() << 32) | pred.to(gt.device).reshape(-1).long()
+    keys, counts = torch.unique(key, return_counts=True)  # the one host sync
+    keys, counts = keys.cpu().numpy(), counts.cpu().numpy()
+    return list(zip((keys >> 32).tolist(), (keys & 0xFFFFFFFF).tolist(), counts.tolist()))
+
+
 def _pairs(gt: torch.Tensor, pred: torch.Tensor, image_id: Any) -> list[tuple[int, int, int]]:
-    """(gt id, pred id, count) pairs of two int maps ``[H, W]``, counted on their device."""
     if gt.device.type == "cpu" and pred.device.type == "cpu":
         g, p = gt.reshape(-1).numpy(), pred.reshape(-1).numpy()
         if g.min(initial=0) < 0 or p.min(initial=0) < 0:
             raise PQInputError(f"image {image_id!r}: id maps hold negative ids")
         return pair_counts(runs_of_ids(g), runs_of_ids(p))
-    pred = pred.to(gt.device)
-    # One key per pixel; a negative id on either side makes the key's high half negative,
-    # which is checked after the (already syncing) unique instead of with an extra sync.
-    key = (gt.reshape(-1).long() << 32) | pred.reshape(-1).long()
-    keys, counts = torch.unique(key, return_counts=True)
-    keys, counts = keys.cpu().numpy(), counts.cpu().numpy()
-    gt_ids = keys >> 32
-    if gt_ids.shape[0] and gt_ids[0] < 0:
+    pairs = pair_counts_torch(gt, pred)
+    if pairs and pairs[0][0] < 0:
         raise PQInputError(f"image {image_id!r}: id maps hold negative ids")
-    return list(zip(gt_ids.tolist(), (keys & 0xFFFFFFFF).tolist(), counts.tolist()))
+    return pairs
 
 
 class PQAccumulator:

@@ -1,0 +1,88 @@
+"""Semantic segmentation metrics (per-class IoU, mIoU, pixel accuracy) from a confusion matrix.
+
+The confusion matrix is accumulated with one ``bincount`` per image on the labels' device (no
+host sync) and summed across ranks on :meth:`SemSegEvaluator.compute`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+class SemSegEvaluator:
+    """Confusion-matrix semantic segmentation evaluation.
+
+    Args:
+        num_classes: C; labels ``0..C-1``.
+        ignore_label: ground-truth pixels with this label (or any label outside ``0..C-1``)
+            are not scored. Predicted labels outside ``0..C-1`` count as wrong.
+    """
+
+    def __init__(self, num_classes: int, ignore_label: int = 255):
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_label = ignore_label
+        self.reset()
+
+    def reset(self) -> None:
+        # Row/column C collects unscored ground truth and out-of-range predictions.
+        self.confusion: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
+        """Add one image (or a batch): ``pred`` and ``gt`` int ``[..., H, W]`` of one shape."""
+        if pred.shape != gt.shape:
+            raise ValueError(f"prediction {tuple(pred.shape)} and ground truth "
+                             f"{tuple(gt.shape)} differ in shape")
+        c = self.num_classes
+        pred = pred.to(gt.device).reshape(-1).long()
+        gt = gt.reshape(-1).long()
+        gt = torch.where((gt >= 0) & (gt < c), gt, c)
+        pred = torch.where((pred >= 0) & (pred < c), pred, c)
+        counts = torch.bincount(gt * (c + 1) + pred, minlength=(c + 1) ** 2).reshape(c + 1, c + 1)
+        if self.confusion is None:
+            self.confusion = counts
+        else:
+            self.confusion += counts.to(self.confusion.device)
+
+    def _reduced(self) -> torch.Tensor:
+        c = self.num_classes
+        conf = self.confusion if self.confusion is not None else torch.zeros(
+            c + 1, c + 1, dtype=torch.long)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            if dist.get_backend() == "nccl":
+                conf = conf.to(torch.device("cuda", torch.cuda.current_device()))
+            conf = conf.clone()
+            dist.all_reduce(conf)
+        return conf.cpu()[:c].double()  # drop unscored ground truth
+
+    def compute(self) -> dict:
+        """Metrics as fractions.
+
+        Returns:
+            ``{"mIoU", "fwIoU", "mACC", "pACC", "IoU": [C] (nan for a class absent from both
+            prediction and ground truth), "ACC": [C] (nan for a class absent from the ground
+            truth)}``; the means are over classes whose value is not nan.
+        """
+        conf = self._reduced()
+        c = self.num_classes
+        tp = conf.diagonal()[:c]
+        gt_count = conf.sum(1)
+        pred_count = conf[:, :c].sum(0)
+        union = gt_count + pred_count - tp
+        nan = torch.tensor(float("nan"), dtype=torch.float64)
+        iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
+        acc = torch.where(gt_count > 0, tp / gt_count.clamp(min=1), nan)
+        total = gt_count.sum()
+        valid_iou = ~torch.isnan(iou)
+        freq = gt_count / total.clamp(min=1)
+        return {
+            "mIoU": float(iou[valid_iou].mean()) if valid_iou.any() else 0.0,
+            "fwIoU": float((freq[valid_iou] * iou[valid_iou]).sum()),
+            "mACC": float(acc[~torch.isnan(acc)].mean()) if (~torch.isnan(acc)).any() else 0.0,
+            "pACC": float(tp.sum() / total) if total > 0 else 0.0,
+            "IoU": iou.tolist(),
+            "ACC": acc.tolist(),
+        }

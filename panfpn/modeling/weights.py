@@ -102,7 +102,8 @@ def _load_torchvision_enum(model: nn.Module, source: Any) -> LoadReport:
     except Exception as err:  # network errors come in many types (URLError, OSError, HTTPError)
         raise RuntimeError(
             f"could not fetch torchvision weights {weights}: {err}. Without internet, download "
-            f"{weights.url} elsewhere and pass the local file as weights=") from err
+            f"{weights.url} elsewhere and pass the local file as weights=, or put it in "
+            f"{os.path.join(torch.hub.get_dir(), 'checkpoints')}") from err
     mapped = {f"backbone.body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
     report = LoadReport(str(weights), "torchvision imagenet")
     return _load_into(model, mapped, report, scope="backbone.body.")
@@ -153,8 +154,9 @@ def _load_into(model: nn.Module, mapped: dict[str, torch.Tensor], report: LoadRe
             usable[key] = value.to(ours[key].dtype)
     model.load_state_dict(usable, strict=False)
     report.loaded = sorted(usable)
+    mismatched = {key for key, _, _ in report.shape_mismatch}
     report.missing = sorted(k for k in ours if k.startswith(scope) and k not in usable
-                            and not k.endswith(ignore_missing))
+                            and k not in mismatched and not k.endswith(ignore_missing))
     log = logger.info if report.complete else logger.warning
     log("%s", report)
     return report

@@ -48,7 +48,7 @@ def evaluate_from_config(cfg: DictConfig) -> dict:
                        max_images=cfg.eval.max_images, num_vis=0, progress=True, writer=writer)
     metrics.pop("overlays", None)
     if writer is not None:
-        writer.finalize()
+        writer.write_json()
     if du.is_main_process():
         print(format_results(metrics))
         print(per_class_table(metrics, metadata))

@@ -7,78 +7,38 @@ resolution); predictions never round-trip through PNG files.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from panfpn.data.collate import collate_panoptic
+from panfpn.data.loader import ShardSampler
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.targets import semantic_map
 from panfpn.engine import distributed as du
-from panfpn.evaluation import PQAccumulator, SemSegEvaluator
+from panfpn.engine.setup import move_batch
+from panfpn.evaluation.accumulator import PQAccumulator
+from panfpn.evaluation.coco_ap import COCOAPEvaluator
+from panfpn.evaluation.semantic import SemSegEvaluator
+from panfpn.evaluation.writer import model_segments_to_dataset
 from panfpn.utils.visualize import panoptic_overlay, side_by_side
 
 logger = logging.getLogger("panfpn")
 
 
-class InferenceSampler(Sampler[int]):
-    """Contiguous shard of ``range(size)`` per rank, without the padding DistributedSampler adds
-    (a duplicated image would be counted twice by the evaluator)."""
-
-    def __init__(self, size: int, rank: int = 0, world_size: int = 1) -> None:
-        per = -(-size // world_size)
-        self.indices = list(range(min(rank * per, size), min((rank + 1) * per, size)))
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
 def build_eval_loader(cfg: DictConfig, dataset: Dataset) -> DataLoader:
+    """Unpadded per-rank shard of the first ``eval.max_images`` images (all when null)."""
     size = len(dataset)  # type: ignore[arg-type]
     if cfg.eval.max_images:
         size = min(size, int(cfg.eval.max_images))
-    sampler = InferenceSampler(size, du.get_rank(), du.get_world_size())
+    sampler = ShardSampler(size, du.get_rank(), du.get_world_size())
     return DataLoader(dataset, batch_size=int(cfg.eval.batch_size), sampler=sampler,
                       num_workers=int(cfg.data.num_workers), collate_fn=collate_panoptic)
-
-
-def to_dataset_segments(segments: Iterable[dict], metadata: DatasetMetadata) -> list[dict]:
-    """Model segments (contiguous categories) -> ``{"id", "category_id", "isthing", "score"}``."""
-    return [
-        {"id": int(s["id"]), "category_id": metadata.segment_category_id(s["isthing"], s["category"]),
-         "isthing": bool(s["isthing"]), "score": s.get("score"), "area": int(s["area"])}
-        for s in segments
-    ]
-
-
-def instances_to_coco(output: dict, image_id, metadata: DatasetMetadata) -> list[dict]:
-    """One image's ``instances`` output as COCO result dicts (XYWH boxes, RLE masks)."""
-    from pycocotools import mask as mask_util
-
-    inst = output["instances"]
-    if len(inst["scores"]) == 0:
-        return []
-    boxes = inst["boxes"].float().cpu().numpy()
-    masks = np.asfortranarray(inst["masks"].cpu().numpy().astype(np.uint8).transpose(1, 2, 0))
-    rles = mask_util.encode(masks)
-    results = []
-    for i, (box, score, label) in enumerate(zip(boxes, inst["scores"].tolist(), inst["labels"].tolist())):
-        rle = rles[i]
-        rle["counts"] = rle["counts"].decode("ascii")
-        results.append({
-            "image_id": image_id, "category_id": metadata.thing_ids[label], "score": float(score),
-            "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
-            "segmentation": rle,
-        })
-    return results
 
 
 @torch.no_grad()
@@ -95,31 +55,29 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    pq = PQAccumulator(metadata.to_coco_categories())
-    sem = SemSegEvaluator(metadata.num_sem_classes, device=device)
-    coco_results: list[dict] = []
-    gt_records: list[dict] = []
+    categories = metadata.to_coco_categories()
+    pq = PQAccumulator(categories)
+    sem = SemSegEvaluator(metadata.num_sem_classes)
+    ap = COCOAPEvaluator(categories) if compute_ap else None
     overlays: list[np.ndarray] = []
     seen = 0
     bar = tqdm(loader, desc="eval", disable=not (progress and du.is_main_process()), dynamic_ncols=True)
     for batch in bar:
-        from panfpn.engine.setup import move_batch
-
         batch = move_batch(batch, device)
         outputs = model(batch)
         for i, out in enumerate(outputs):
             image_id = batch["image_ids"][i]
             id_map, segments = out["panoptic"]
-            pred_segments = to_dataset_segments(segments, metadata)
+            pred_segments = model_segments_to_dataset(segments, metadata)
             gt_map = batch["gt_panoptic"][i].to(device)
             gt_segments = batch["segments_info"][i]
             pq.update(id_map, pred_segments, gt_map, gt_segments, image_id=image_id)
             sem.update(out["sem_seg"], semantic_map(gt_map, gt_segments, metadata).to(device))
-            if compute_ap:
-                coco_results.extend(instances_to_coco(out, image_id, metadata))
-                gt_records.append({"image_id": image_id, "height": gt_map.shape[0],
-                                   "width": gt_map.shape[1], "segments_info": gt_segments,
-                                   "gt_panoptic": gt_map.cpu().numpy()})
+            if ap is not None:
+                inst = out["instances"]
+                thing_ids = torch.as_tensor(metadata.thing_ids, device=inst["labels"].device)
+                ap.add_ground_truth(image_id, gt_map, gt_segments)
+                ap.update(image_id, inst["boxes"], inst["scores"], thing_ids[inst["labels"]], inst["masks"])
             if writer is not None:
                 writer.add(image_id, batch["file_names"][i], id_map, pred_segments)
             if len(overlays) < num_vis and du.is_main_process():
@@ -128,8 +86,8 @@ def evaluate(
         if max_images is not None and seen >= max_images:
             break
     results: dict[str, Any] = {"panoptic": pq.compute(), "sem_seg": sem.compute()}
-    if compute_ap:
-        results.update(_coco_ap(coco_results, gt_records, metadata))
+    if ap is not None:
+        results.update(ap.compute())
     results["num_images"] = _sum_over_ranks(seen, device)
     results["overlays"] = overlays
     if was_training:
@@ -143,19 +101,6 @@ def _sum_over_ranks(n: int, device: torch.device) -> int:
     t = torch.tensor([n], dtype=torch.int64, device=device)
     torch.distributed.all_reduce(t)
     return int(t.item())
-
-
-def _coco_ap(results: list[dict], gt_records: list[dict], metadata: DatasetMetadata) -> dict:
-    from panfpn.evaluation.coco_ap import coco_instance_ap
-
-    if du.is_distributed():
-        gathered_r: list = [None] * du.get_world_size()
-        gathered_g: list = [None] * du.get_world_size()
-        torch.distributed.all_gather_object(gathered_r, results)
-        torch.distributed.all_gather_object(gathered_g, gt_records)
-        results = [r for part in gathered_r for r in part]
-        gt_records = [g for part in gathered_g for g in part]
-    return coco_instance_ap(results, gt_records, metadata)
 
 
 def _overlay(batch, i, id_map, pred_segments, gt_map, gt_segments, metadata) -> np.ndarray:

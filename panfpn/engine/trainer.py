@@ -79,6 +79,9 @@ def _training_loader(cfg: DictConfig, dataset, start_iter: int) -> DataLoader:
     return DataLoader(
         SeededSampleDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
         collate_fn=collate_panoptic, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+        # Its own generator: creating the iterator must not draw from the global RNG, or a
+        # resumed run's model randomness would drift from the uninterrupted run's.
+        generator=torch.Generator().manual_seed(int(cfg.seed)),
     )
 
 
@@ -199,7 +202,7 @@ def train(cfg: DictConfig) -> dict:
                 torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
             nonfinite, stop_now = bool(flags[0]), bool(flags[1])
             if nonfinite:
-                bad = {k: float(v) for k, v in losses.items() if not math.isfinite(float(v))}
+                bad = {k: float(v.detach()) for k, v in losses.items() if not math.isfinite(float(v.detach()))}
                 message = f"non-finite loss at iteration {it}: " + ", ".join(
                     f"{k}={v}" for k, v in bad.items()) if bad else f"non-finite loss at iteration {it} on another rank"
                 if cfg.train.on_nonfinite == "raise":

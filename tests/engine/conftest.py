@@ -34,7 +34,7 @@ def tiny_args():
 
 
 @pytest.fixture
-def compose():
+def compose_cfg():
     return compose_config
 
 

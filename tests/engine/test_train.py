@@ -1,5 +1,6 @@
 import json
 import math
+import signal
 
 import pytest
 import torch
@@ -36,10 +37,25 @@ def test_train_runs_checkpoints_logs_and_evaluates(tiny_cfg, tmp_path):
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_resume_gives_the_weights_of_an_uninterrupted_run(tiny_cfg, tmp_path, workers):
-    overrides = (f"data.num_workers={workers}", "train.eval_period=-1")
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tiny_cfg, tmp_path, workers, monkeypatch):
+    overrides = (f"data.num_workers={workers}", "train.eval_period=-1", "train.checkpoint_period=100")
     straight = train(tiny_cfg(*overrides, run_dir=tmp_path / "a"))
-    train(tiny_cfg(*overrides, "solver.max_iter=2", run_dir=tmp_path / "b"))
+
+    from panfpn.modeling import panoptic_fpn
+
+    original = panoptic_fpn.PanopticFPN.forward
+    calls = {"n": 0}
+
+    def interrupted(self, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:  # SIGTERM arrives during the second iteration
+            signal.raise_signal(signal.SIGTERM)
+        return original(self, batch)
+
+    monkeypatch.setattr(panoptic_fpn.PanopticFPN, "forward", interrupted)
+    stopped = train(tiny_cfg(*overrides, run_dir=tmp_path / "b"))
+    assert stopped["interrupted"] and stopped["iteration"] == 2
+    monkeypatch.setattr(panoptic_fpn.PanopticFPN, "forward", original)
     resumed = train(tiny_cfg(*overrides, "resume=true", run_dir=tmp_path / "b"))
     assert resumed["iteration"] == straight["iteration"] == 4
     a = load_training_checkpoint(tmp_path / "a" / "model_final.pth")["model"]

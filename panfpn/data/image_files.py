@@ -1,0 +1,171 @@
+"""User image files for inference: listing a file / folder / glob, and reading images safely.
+
+Nothing here raises on one bad file: :class:`ImageFileDataset` returns a failure record that
+names the file and the reason, so a batch over a folder never stops at a corrupt JPEG or a
+stray ``notes.txt``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from panfpn.data.metadata import IGNORE_LABEL
+
+Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class ImageReadError(ValueError):
+    """An input file is not an image Pillow can decode (the message names the file)."""
+
+
+def image_extensions() -> frozenset[str]:
+    """Lower-case suffixes (``.jpg``, ``.png``, ...) of every format this Pillow build opens."""
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items()
+                     if fmt in Image.OPEN)
+
+
+def list_image_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
+                     recursive: bool = False) -> list[Path]:
+    """Expand inputs into a sorted, de-duplicated list of files.
+
+    Each input is a file, a folder (its visible files; with ``recursive`` also those of its
+    subfolders) or a glob pattern (``*``, ``?``, ``[``; ``**`` matches folders when
+    ``recursive``). Every file of a folder is listed, images or not, so that callers can report
+    what they skip instead of ignoring it silently; hidden files (``.name``) are left out.
+
+    Raises:
+        FileNotFoundError: an input matches nothing (names the input).
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    found: dict[Path, None] = {}
+    for spec in inputs:
+        spec = os.path.expanduser(str(spec))
+        path = Path(spec)
+        if path.is_file():
+            matches = [path]
+        elif path.is_dir():
+            walk = path.rglob("*") if recursive else path.iterdir()
+            matches = [p for p in walk if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+        elif glob.has_magic(spec):
+            matches = [Path(p) for p in glob.glob(spec, recursive=recursive) if Path(p).is_file()]
+        else:
+            matches = []
+        if not matches:
+            raise FileNotFoundError(f"predict input {spec!r} is not a file, a folder with files, "
+                                    f"or a glob pattern matching files")
+        for p in sorted(matches):
+            found.setdefault(p, None)
+    return list(found)
+
+
+def output_stems(paths: Sequence[Path]) -> list[str]:
+    """A unique output name stem per input file.
+
+    The file's stem when no other input shares it (``a.jpg`` -> ``a``); otherwise its path
+    relative to the inputs' common folder, with the suffix kept and separators as ``__``
+    (``x/a.jpg``, ``y/a.jpg`` -> ``x__a_jpg``, ``y__a_jpg``), so outputs never overwrite each other.
+    """
+    stems = [p.stem for p in paths]
+    counts: dict[str, int] = {}
+    for s in stems:
+        counts[s] = counts.get(s, 0) + 1
+    if all(c == 1 for c in counts.values()):
+        return stems
+    resolved = [p.resolve() for p in paths]
+    root = Path(os.path.commonpath([str(p.parent) for p in resolved]))
+    out = []
+    for s, p in zip(stems, resolved):
+        if counts[s] == 1:
+            out.append(s)
+        else:
+            rel = p.relative_to(root)
+            out.append("__".join([*rel.parent.parts, f"{rel.stem}_{rel.suffix.lstrip('.')}"]))
+    return out
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file as uint8 ``[H, W, 3]`` RGB, upright.
+
+    The EXIF orientation tag is applied (as image viewers do), so overlays line up with what
+    the user sees; greyscale, palette and RGBA images are converted to RGB.
+
+    Raises:
+        ImageReadError: the file is not a decodable image (truncated, corrupt, not an image).
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: a truncated file fails here, not later in a worker
+            img = ImageOps.exif_transpose(img)
+            return np.array(img.convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types on bad files; report all
+        raise ImageReadError(f"{path}: cannot read as an image ({type(e).__name__}: {e})") from None
+
+
+@dataclass(frozen=True)
+class FailedImage:
+    """An input that was skipped: its path and why."""
+
+    path: str
+    error: str
+
+
+class ImageFileDataset(Dataset):
+    """Image files as eval-style samples (docs/interfaces.md section 1) without ground truth.
+
+    A sample has ``image`` (uint8 ``[3, H, W]``, transformed), ``image_id`` and ``file_name``
+    (the output stem and the file's name), ``orig_size`` ``(H0, W0)``, empty ``instances`` /
+    ``crowd``, an all-ignore ``sem_seg`` ``[H, W]``, plus ``path`` (str) and ``orig_image``
+    (uint8 ``[H0, W0, 3]``, for overlays). A file that cannot be read gives a
+    :class:`FailedImage` instead of raising.
+
+    Args:
+        paths: input files (see :func:`list_image_files`).
+        transforms: the test transform, a joint ``(image, id_map)`` callable; None keeps the size.
+        keep_original: also return ``orig_image`` (needed for overlays).
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], *, transforms: Transform | None = None,
+                 keep_original: bool = True) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.stems = output_stems(self.paths)
+        self.transforms = transforms
+        self.keep_original = keep_original
+        self._extensions = image_extensions()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict | FailedImage:
+        path = self.paths[index]
+        if path.suffix.lower() not in self._extensions:
+            return FailedImage(str(path), f"not an image file (suffix {path.suffix or 'none'!r})")
+        try:
+            rgb = read_image(path)
+        except ImageReadError as e:
+            return FailedImage(str(path), str(e))
+        h0, w0 = rgb.shape[:2]
+        image = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+        if self.transforms is not None:
+            # the transforms are joint; a 1-byte placeholder map keeps their resize cheap
+            image, _ = self.transforms(image, torch.zeros((h0, w0), dtype=torch.uint8))
+        h, w = image.shape[-2:]
+        empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64),
+                 "masks": torch.zeros((0, h, w), dtype=torch.uint8)}
+        sample = {"image": image, "image_id": self.stems[index], "file_name": path.name,
+                  "orig_size": (h0, w0), "instances": empty, "crowd": dict(empty),
+                  "sem_seg": torch.full((h, w), IGNORE_LABEL, dtype=torch.int64), "path": str(path)}
+        if self.keep_original:
+            sample["orig_image"] = rgb
+        return sample

@@ -33,6 +33,39 @@ class ProposalLimits:
     nms_thresh: float = 0.7
 
 
+class FixedStrideAnchorGenerator(AnchorGenerator):
+    """torchvision's AnchorGenerator with the true level strides and unrounded cell anchors.
+
+    torchvision infers each level's stride as ``padded_size // grid_size``, which is wrong when
+    the padded size is not a multiple of the level's stride (P6 of an 800-pixel-high input:
+    800 // 13 = 61, not 64), shifting the largest anchors; and it rounds the cell anchors to
+    integers. Detectron2 does neither, and its weights were trained with its anchors.
+    """
+
+    def __init__(self, sizes: Sequence[int], aspect_ratios: Sequence[float], strides: Sequence[int]) -> None:
+        super().__init__(tuple((int(s),) for s in sizes),
+                         (tuple(float(r) for r in aspect_ratios),) * len(sizes))
+        self.strides = [int(s) for s in strides]
+
+    def generate_anchors(self, scales, aspect_ratios, dtype=torch.float32, device=torch.device("cpu")):
+        scales = torch.as_tensor(scales, dtype=dtype, device=device)
+        ratios = torch.as_tensor(aspect_ratios, dtype=dtype, device=device)
+        # aspect ratio = h / w at constant area size^2
+        hs = (torch.sqrt(ratios)[:, None] * scales[None, :]).view(-1)
+        ws = (scales[None, :] / torch.sqrt(ratios)[:, None]).view(-1)
+        return torch.stack([-ws, -hs, ws, hs], dim=1) / 2
+
+    def forward(self, image_list: ImageList, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        if len(feature_maps) != len(self.strides):
+            raise ValueError(f"RPN got {len(feature_maps)} feature levels for {len(self.strides)} anchor sizes")
+        device = feature_maps[0].device
+        grid_sizes = [list(f.shape[-2:]) for f in feature_maps]
+        strides = [[torch.tensor(s, device=device), torch.tensor(s, device=device)] for s in self.strides]
+        self.set_cell_anchors(feature_maps[0].dtype, device)
+        anchors = torch.cat(self.grid_anchors(grid_sizes, strides))
+        return [anchors for _ in image_list.image_sizes]
+
+
 class RPN(RegionProposalNetwork):
     """One anchor size per FPN level, several aspect ratios; a shared conv head on every level.
 
@@ -50,13 +83,12 @@ class RPN(RegionProposalNetwork):
         in_channels: int = 256,
         anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        anchor_strides: Sequence[int] = (4, 8, 16, 32, 64),
         sampling: RPNSampling = RPNSampling(),
         limits: ProposalLimits = ProposalLimits(),
     ) -> None:
-        sizes = tuple((int(s),) for s in anchor_sizes)
-        ratios = (tuple(float(r) for r in aspect_ratios),) * len(sizes)
         super().__init__(
-            AnchorGenerator(sizes, ratios),
+            FixedStrideAnchorGenerator(anchor_sizes, aspect_ratios, anchor_strides),
             RPNHead(in_channels, len(aspect_ratios)),
             fg_iou_thresh=sampling.fg_iou_thresh,
             bg_iou_thresh=sampling.bg_iou_thresh,

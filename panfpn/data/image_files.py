@@ -26,6 +26,10 @@ Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Ten
 class ImageReadError(ValueError):
     """An input file is not an image Pillow can decode (the message names the file)."""
 
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
 
 def image_extensions() -> frozenset[str]:
     """Lower-case suffixes (``.jpg``, ``.png``, ...) of every format this Pillow build opens."""
@@ -110,7 +114,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             img = ImageOps.exif_transpose(img)
             return np.array(img.convert("RGB"))
     except Exception as e:  # noqa: BLE001 - Pillow raises many types on bad files; report all
-        raise ImageReadError(f"{path}: cannot read as an image ({type(e).__name__}: {e})") from None
+        raise ImageReadError(path, f"cannot read as an image ({type(e).__name__}: {e})") from None
 
 
 @dataclass(frozen=True)
@@ -134,12 +138,16 @@ class ImageFileDataset(Dataset):
         paths: input files (see :func:`list_image_files`).
         transforms: the test transform, a joint ``(image, id_map)`` callable; None keeps the size.
         keep_original: also return ``orig_image`` (needed for overlays).
+        stems: output stems (the samples' ``image_id``), one per path; default
+            :func:`output_stems` of ``paths``.
     """
 
     def __init__(self, paths: Sequence[str | os.PathLike], *, transforms: Transform | None = None,
-                 keep_original: bool = True) -> None:
+                 keep_original: bool = True, stems: Sequence[str] | None = None) -> None:
         self.paths = [Path(p) for p in paths]
-        self.stems = output_stems(self.paths)
+        self.stems = list(stems) if stems is not None else output_stems(self.paths)
+        if len(self.stems) != len(self.paths):
+            raise ValueError(f"got {len(self.stems)} stems for {len(self.paths)} paths")
         self.transforms = transforms
         self.keep_original = keep_original
         self._extensions = image_extensions()
@@ -154,7 +162,7 @@ class ImageFileDataset(Dataset):
         try:
             rgb = read_image(path)
         except ImageReadError as e:
-            return FailedImage(str(path), str(e))
+            return FailedImage(str(path), e.reason)
         h0, w0 = rgb.shape[:2]
         image = torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
         if self.transforms is not None:

@@ -1,0 +1,19 @@
+"""Predict on image files: `python tools/predict.py weights=model.pth predict.input=path/to/images`.
+
+The input is an image file, a folder or a glob; results (panoptic PNGs + JSON, overlays) go to
+`predict.output_dir` (default: the run dir). See panfpn/engine/predict_run.py.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from panfpn.engine.predict_run import predict_from_config
+
+
+@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    predict_from_config(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,35 +1,39 @@
 """Fused panoptic merge: instance masks + semantic labels -> one panoptic id map (DESIGN.md section 4).
 
-The definition is sequential (each instance sees what earlier, higher-scoring ones claimed), but it is
-computed here with a constant number of host synchronisations per image and no Python work per pixel:
+The definition is sequential (each instance sees what earlier, higher-scoring ones claimed); it is
+computed here with a constant number of host reads per image and no Python work per pixel.
 
 1. Candidates are the instances with ``score >= score_thresh``, by descending score (stable: on equal
-   scores the lower input index comes first). Their masks (``prob > 0.5``) are thresholded in pixel
-   chunks; one matrix product per chunk gives, per pixel, how many candidates cover it and, where it is
-   exactly one, which one. Row sums give each mask's area.
-2. A pixel covered by at most one candidate can never be part of an overlap, so the sequential keep /
-   drop decisions depend only on the pixels covered two or more times. Those are gathered into a small
-   ``[n, P]`` matrix, and the decisions are resolved exactly on it (section "Resolving keep decisions").
-3. Owners follow directly: a singly covered pixel belongs to its candidate if that one is kept; a
-   multiply covered pixel to the first kept candidate covering it. Because a kept instance takes only
-   its unclaimed pixels, "claimed" is always the union of the full masks of the earlier kept instances.
-4. Stuff: one bincount of the semantic labels over the still unclaimed pixels.
+   scores the lower input index comes first); candidate ``k`` is the k-th of that order.
+2. Coverage codes: the masks (``prob > 0.5``) are thresholded chunk by chunk into a float32 buffer
+   sized to stay in cache, and one matrix product per chunk turns the ``n`` mask rows into ``1 + G``
+   rows per pixel: the number of candidates covering it, and the set of those candidates as ``G``
+   words of ``_BITS`` bits (weights ``2**j``). The products are exact: inputs are 0/1 and powers of
+   two (exact even in TF32 or bf16), and every sum is an integer below ``2**24`` (float32-exact).
+3. Patterns: every covered pixel is reduced to its coverage pattern; pixels with the same pattern are
+   interchangeable for the merge, so the sequential logic runs on the ``U`` distinct patterns
+   (typically a few hundred) weighted by their pixel counts, not on pixels.
+4. Keep decisions (below) on the ``[n, U]`` pattern matrix; a covered pixel then belongs to the first
+   kept candidate in its pattern. Because a kept instance takes only its unclaimed pixels, the claimed
+   set is always the union of the full masks of the earlier kept instances, so "first kept candidate
+   covering the pixel" is exactly the sequential owner.
+5. Stuff: one histogram of the semantic labels over the still unclaimed pixels.
 
-Resolving keep decisions: instance ``i`` is kept iff ``|mask_i ∩ claimed_i| <= L_i``, where ``L_i`` is
-the largest overlap allowed by ``overlap / area <= overlap_thresh`` (the ratio evaluated in float64, as
-``inter / area`` in Python) and ``overlap < area`` (an instance whose every pixel is already claimed
-would get an empty segment, so it is dropped; this matters only when ``overlap_thresh >= 1``). Two exact
-schemes are provided:
+Keep decisions: instance ``i`` is kept iff ``|mask_i ∩ claimed_i| <= L_i``, where ``L_i`` is the largest
+overlap with ``overlap / area <= overlap_thresh`` (the ratio in float64, as ``inter / area`` in Python)
+and ``overlap < area`` (an instance whose every pixel is already claimed would get an empty segment, so
+it is dropped; this matters only when ``overlap_thresh >= 1``). Empty masks get ``L_i = -1``. Two exact
+schemes:
 
-* ``"loop"``: a loop over the candidates made of tensor operations on the ``[P]`` overlap pixels; it
-  never reads a value back to the host. Cheapest on CPU.
+* ``"loop"``: one small group of tensor operations per candidate on the ``[U]`` pattern vector; it never
+  reads a value back to the host. The CPU choice.
 * ``"fixpoint"``: ``keep = F(keep)`` where ``F`` evaluates every decision at once given a guess of all
-  earlier decisions. Decision ``i`` depends only on decisions ``< i``, so ``F`` has exactly one fixed
-  point, the sequential answer, and each application fixes at least one more leading decision. A few
-  applications, then one equality check (one host sync); if not converged, the loop finishes the job.
-  Few kernel launches, so it is the choice on GPUs.
+  earlier ones. Decision ``i`` depends only on decisions ``< i``, so ``F`` has exactly one fixed point,
+  the sequential answer, and each application fixes at least one more leading decision. A few
+  applications, one equality check (one host read), and the loop only if that check fails. Few kernel
+  launches: the accelerator choice.
 
-Conventions (the same as Detectron2's panoptic combination, whose defaults these are): a score equal to
+Conventions (those of Detectron2's panoptic combination, whose defaults these are): a score equal to
 ``score_thresh`` is kept; an overlap share equal to ``overlap_thresh`` is kept; a probability of exactly
 0.5 is background; a stuff region needs ``max(stuff_area, 1)`` unclaimed pixels (segments are never
 empty).
@@ -45,12 +49,14 @@ from torch import Tensor
 
 __all__ = ["MergeThresholds", "merge_panoptic", "merge_panoptic_batch"]
 
-# Elements of the float32 chunk buffer [n, chunk]: bounds extra memory at 64 MiB whatever N, H, W are,
-# and keeps every per-chunk float32 count below 2**24, where float32 integer sums are exact.
-_CHUNK_ELEMENTS = 1 << 24
-# The coverer index of a singly covered pixel is carried as two float32 matmul outputs, each < 1024,
-# so that it stays exact even under TF32 matmuls (10-bit mantissa).
-_INDEX_SPLIT = 1024
+# Candidate bits per coverage word: a sum of distinct powers of two below 2**20 is exact in float32.
+_BITS = 20
+# Coverage words packed into one int64 sort key (3 x 20 = 60 bits).
+_WORDS_PER_KEY = 3
+# Elements of the [n, chunk] threshold buffer: cache-sized on CPU (measured fastest), larger on
+# accelerators where fewer, bigger kernels win; both bound the extra memory whatever N, H, W are.
+_CPU_CHUNK_ELEMENTS = 1 << 20
+_DEVICE_CHUNK_ELEMENTS = 1 << 24
 # Applications of F before the fixed-point check; typical images converge within two or three.
 _FIXPOINT_STEPS = 3
 
@@ -211,114 +217,140 @@ def _thing_label_list(thing_sem_labels: Sequence[int] | Tensor) -> list[int]:
 def _merge(
     mask_probs: Tensor, scores: Tensor, labels: Tensor, sem_labels: Tensor,
     thing_sem_labels: list[int], *, score_thresh: float, overlap_thresh: float,
-    stuff_area: int, strategy: str | None = None, rowwise: bool | None = None,
+    stuff_area: int, strategy: str | None = None,
 ) -> tuple[Tensor, list[Segment]]:
-    """The merge on checked inputs. ``strategy`` ("loop" or "fixpoint") and ``rowwise`` (threshold
-    rows one by one instead of gathering them) default to the faster choice for the device; every
-    choice gives the same result (tests run them all on CPU)."""
+    """The merge on checked inputs. ``strategy`` ("loop" or "fixpoint") defaults to the faster one
+    for the device; both give the same result (the tests run both on CPU)."""
     device = sem_labels.device
     height, width = sem_labels.shape
     num_pixels = height * width
     sem = sem_labels.reshape(-1).long()
+    if strategy is None:
+        strategy = "loop" if device.type == "cpu" else "fixpoint"
+    if strategy not in ("loop", "fixpoint"):
+        raise ValueError(f"merge: unknown strategy {strategy!r}")
 
-    # Host sync 1: the candidate count (shapes below depend on it) and the semantic label range.
+    # Host read 1: the candidate count (shapes below depend on it) and the semantic label range.
     # Non-candidates (NaN scores included) sort last, so the candidates are a prefix of the order.
     is_candidate = scores >= score_thresh
     key = torch.where(is_candidate, scores, float("-inf"))
     order = torch.sort(key, descending=True, stable=True).indices
     sem_range = torch.stack([sem.min(), sem.max()]) if num_pixels else sem.new_zeros(2)
-    head = torch.cat([is_candidate.sum().view(1).long(), sem_range.long()]).tolist()
-    num_candidates, sem_min, sem_max = head
+    num_candidates, sem_min, sem_max = torch.cat(
+        [is_candidate.sum().view(1).long(), sem_range.long()]
+    ).tolist()
     if sem_min < 0:
         raise ValueError(f"merge: sem_labels must be >= 0, found {sem_min}")
     cand = order[:num_candidates]
-    if strategy is None:
-        strategy = "loop" if device.type == "cpu" else "fixpoint"
-    if rowwise is None:
-        rowwise = device.type == "cpu"
 
+    id_map = torch.zeros(num_pixels, dtype=torch.int32, device=device)
+    keep = torch.zeros(num_candidates, dtype=torch.bool, device=device)
+    taken = torch.zeros(num_candidates, dtype=torch.int64, device=device)
     if num_candidates:
-        probs = mask_probs.reshape(mask_probs.shape[0], num_pixels)
-        owner_of_single, cov_area = _cover(probs, cand, num_candidates, rowwise)
-        area, cov = cov_area
-        multi = torch.nonzero(cov >= 2).squeeze(1)  # host sync 2
-        overlap_masks = probs[cand[:, None], multi[None, :]] > 0.5  # [n, P]
-        limit = _max_allowed_overlap(area, overlap_thresh)
-        if multi.numel() == 0:  # no pixel is covered twice: every non-empty mask is kept whole
-            keep, inter, first = limit >= 0, torch.zeros_like(area), multi
-        elif strategy == "loop":
-            keep, inter, first = _resolve_loop(overlap_masks, limit)
-        elif strategy == "fixpoint":
-            keep, inter, first = _resolve_fixpoint(overlap_masks, limit)  # host sync 3
-        else:
-            raise ValueError(f"merge: unknown strategy {strategy!r}")
-        # Segment id of each candidate (0 = dropped); index n stands for "no candidate".
-        ids = torch.where(keep, torch.cumsum(keep, 0, dtype=torch.int32), 0)
-        ids = torch.cat([ids, ids.new_zeros(1)])
-        id_map = ids[owner_of_single]
-        id_map[multi] = ids[first]
-        num_things = keep.sum()
-        taken = area - inter
-    else:
-        id_map = torch.zeros(num_pixels, dtype=torch.int32, device=device)
-        keep = torch.zeros(0, dtype=torch.bool, device=device)
-        taken = torch.zeros(0, dtype=torch.int64, device=device)
-        num_things = torch.zeros((), dtype=torch.int64, device=device)
+        chunk_elements = _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _DEVICE_CHUNK_ELEMENTS
+        words = _coverage_words(mask_probs.reshape(-1, num_pixels), cand, chunk_elements)
+        covered = torch.nonzero((words > 0).any(0)).squeeze(1)  # host read 2
+        if covered.numel():
+            keys = _pack_keys(words.index_select(1, covered))
+            inverse, patterns, weight = _group_patterns(keys)  # host read 3
+            masks = _decode_bits(patterns, num_candidates)  # [n, U]
+            area = (masks * weight).sum(1)
+            limit = _max_allowed_overlap(area, overlap_thresh)
+            resolve = _resolve_loop if strategy == "loop" else _resolve_fixpoint  # fixpoint: read 4
+            keep, inter, first = resolve(masks, weight, limit)
+            # Segment id of each candidate (0 = dropped); index n stands for "no kept candidate".
+            ids = torch.where(keep, torch.cumsum(keep, 0, dtype=torch.int32), 0)
+            ids = torch.cat([ids, ids.new_zeros(1)])
+            id_map[covered] = ids[first][inverse]
+            taken = area - inter
 
-    # Stuff: unclaimed pixels per semantic label, in one bincount.
+    # Stuff: unclaimed pixels per semantic label, in one histogram (index_add_: no host read).
     num_labels = sem_max + 1
     unclaimed = id_map == 0
-    counts = torch.bincount(
-        torch.where(unclaimed, sem, num_labels), minlength=num_labels + 1
+    counts = torch.zeros(num_labels + 1, dtype=torch.int64, device=device).index_add_(
+        0, torch.where(unclaimed, sem, num_labels),
+        torch.ones(1, dtype=torch.int64, device=device).expand(num_pixels),
     )[:num_labels]
-    is_thing = torch.zeros(num_labels, dtype=torch.bool, device=device)
-    thing_ids = [t for t in thing_sem_labels if t < num_labels]
-    is_thing[torch.tensor(thing_ids, dtype=torch.long, device=device)] = True
-    is_stuff = (~is_thing) & (counts >= max(stuff_area, 1))
-    stuff_ids = torch.where(is_stuff, num_things + torch.cumsum(is_stuff, 0), 0).to(torch.int32)
+    is_thing = torch.zeros(num_labels, dtype=torch.bool)
+    is_thing[[t for t in thing_sem_labels if t < num_labels]] = True
+    is_stuff = ~is_thing.to(device) & (counts >= max(stuff_area, 1))
+    first_stuff_id = keep.sum()
+    stuff_ids = torch.where(is_stuff, first_stuff_id + torch.cumsum(is_stuff, 0), 0).to(torch.int32)
     id_map = torch.where(unclaimed, stuff_ids[sem], id_map)
 
-    segments = _segment_list(cand, keep, taken, scores, labels, is_stuff, counts)  # host sync 4
+    segments = _segment_list(cand, keep, taken, scores, labels, is_stuff, counts)  # last host read
     return id_map.view(height, width), segments
 
 
-def _cover(probs: Tensor, cand: Tensor, n: int, rowwise: bool) -> tuple[Tensor, tuple]:
-    """Thresholded candidate masks, reduced in pixel chunks.
+def _coverage_words(probs: Tensor, cand: Tensor, chunk_elements: int) -> Tensor:
+    """Per pixel, the set of candidates covering it, as bit words.
 
-    probs: float ``[N, HW]``; cand: long ``[n]``.
-    Returns ``owner_of_single`` long ``[HW]`` (the candidate position covering a pixel that exactly one
-    candidate covers, else ``n``) and ``(area [n] int64, cov [HW] int32)``: mask areas and the number of
-    candidates covering each pixel.
+    probs: float ``[N, HW]``; cand: long ``[n]`` candidate rows in order.
+    Returns float32 ``[G, HW]``, ``G = ceil(n / _BITS)``: word ``g`` is the sum of ``2**(k % _BITS)``
+    over the covering candidates ``k`` with ``k // _BITS == g``; exact integers below ``2**_BITS``.
     """
-    num_pixels, device = probs.shape[1], probs.device
-    chunk = max(1, _CHUNK_ELEMENTS // n)
-    position = torch.arange(n, device=device)
-    # Rows: count, low part + 1, high part of the candidate position (see _INDEX_SPLIT).
-    weights = torch.stack([
-        torch.ones(n, device=device),
-        (position % _INDEX_SPLIT + 1).float(),
-        (position // _INDEX_SPLIT).float(),
-    ])
-    area = torch.zeros(n, dtype=torch.int64, device=device)
-    cov = torch.empty(num_pixels, dtype=torch.int32, device=device)
-    owner = torch.empty(num_pixels, dtype=torch.int64, device=device)
-    buf = torch.empty(n, min(chunk, num_pixels), dtype=torch.float32, device=device)
-    rows = cand.tolist() if rowwise else None  # a host read; free on CPU, where rowwise is used
+    n, num_pixels, device = cand.numel(), probs.shape[1], probs.device
+    num_words = (n + _BITS - 1) // _BITS
+    bit_weights = torch.pow(2.0, (torch.arange(n, device=device) % _BITS).float())
+    words = torch.empty(num_words, num_pixels, dtype=torch.float32, device=device)
+    chunk = max(1, min(num_pixels, chunk_elements // n))
+    masks_buf = torch.empty(n, chunk, dtype=torch.float32, device=device)
+    rows_buf = masks_buf if probs.dtype == torch.float32 else torch.empty(
+        n, chunk, dtype=probs.dtype, device=device)
     for start in range(0, num_pixels, chunk):
         stop = min(start + chunk, num_pixels)
-        masks = buf[:, : stop - start]
-        if rows is not None:
-            # On CPU a row-by-row compare beats gathering the float rows first (no big copy).
-            for k, row in enumerate(rows):
-                torch.gt(probs[row, start:stop], 0.5, out=masks[k])
-        else:
-            torch.gt(probs[:, start:stop].index_select(0, cand), 0.5, out=masks)
-        area += masks.sum(1).long()  # exact: chunk < 2**24 pixels
-        count, low, high = (weights @ masks).unbind(0)  # exact integers, see _INDEX_SPLIT
-        cov[start:stop] = count.int()
-        single = high.long() * _INDEX_SPLIT + low.long() - 1
-        owner[start:stop] = torch.where(count == 1, single, n)
-    return owner, (area, cov)
+        masks, rows = masks_buf[:, : stop - start], rows_buf[:, : stop - start]
+        torch.index_select(probs[:, start:stop], 0, cand, out=rows)
+        torch.gt(rows, 0.5, out=masks)  # compared in the input dtype
+        for g in range(num_words):
+            # One [1, B] x [B, chunk] product per word: the weight matrix is block diagonal, and
+            # skipping its zero blocks makes this several times cheaper than one [G, n] product.
+            group = slice(g * _BITS, min((g + 1) * _BITS, n))
+            torch.mm(bit_weights[None, group], masks[group], out=words[g : g + 1, start:stop])
+    return words
+
+
+def _pack_keys(words: Tensor) -> Tensor:
+    """int64 ``[K, C]`` sort keys from float ``[G, C]`` words, ``_WORDS_PER_KEY`` words per key."""
+    keys = []
+    for first in range(0, words.shape[0], _WORDS_PER_KEY):
+        key = words[first].long()
+        for j in range(1, min(_WORDS_PER_KEY, words.shape[0] - first)):
+            key += words[first + j].long() * (1 << (_BITS * j))  # bit fields do not overlap
+        keys.append(key)
+    return torch.stack(keys)
+
+
+def _group_patterns(keys: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Distinct columns of ``keys`` (int64 ``[K, C]``), found by lexicographic sorting.
+
+    Returns ``inverse`` long ``[C]`` (pattern of each column), ``patterns`` int64 ``[K, U]`` and
+    ``weight`` int64 ``[U]`` (columns per pattern). One host read (the number of patterns).
+    """
+    num_cols = keys.shape[1]
+    if keys.shape[0] == 1:  # up to 60 candidates: one key per column, torch.unique does it all
+        patterns, inverse, weight = torch.unique(
+            keys[0], sorted=True, return_inverse=True, return_counts=True)
+        return inverse, patterns[None], weight
+    perm = torch.sort(keys[-1], stable=True).indices
+    for key in keys.flip(0)[1:]:  # stable sorts, least significant key first: lexicographic order
+        perm = perm[torch.sort(key[perm], stable=True).indices]
+    sorted_keys = keys.index_select(1, perm)
+    starts_pattern = torch.ones(num_cols, dtype=torch.bool, device=keys.device)
+    starts_pattern[1:] = (sorted_keys[:, 1:] != sorted_keys[:, :-1]).any(0)
+    inverse = torch.empty_like(perm)
+    inverse[perm] = torch.cumsum(starts_pattern, 0) - 1
+    starts = torch.nonzero(starts_pattern).squeeze(1)
+    weight = torch.diff(starts, append=starts.new_full((1,), num_cols))
+    return inverse, sorted_keys.index_select(1, starts), weight
+
+
+def _decode_bits(patterns: Tensor, n: int) -> Tensor:
+    """bool ``[n, U]``: candidate ``k`` is in pattern ``u`` (inverse of the words and keys)."""
+    k = torch.arange(n, device=patterns.device)
+    word = k // _BITS
+    shift = (word % _WORDS_PER_KEY) * _BITS + k % _BITS
+    return ((patterns[word // _WORDS_PER_KEY] >> shift[:, None]) & 1).bool()
 
 
 def _max_allowed_overlap(area: Tensor, overlap_thresh: float) -> Tensor:
@@ -340,50 +372,49 @@ def _max_allowed_overlap(area: Tensor, overlap_thresh: float) -> Tensor:
     return torch.where(area > 0, limit, -1.0).long()
 
 
-def _resolve_loop(masks: Tensor, limit: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _resolve_loop(masks: Tensor, weight: Tensor, limit: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Sequential keep decisions with device tensor ops only (no host reads).
 
-    masks: bool ``[n, P]`` candidate masks on the multiply covered pixels; limit: int64 ``[n]``.
+    masks: bool ``[n, U]`` candidate-in-pattern; weight: int64 ``[U]`` pixels per pattern;
+    limit: int64 ``[n]`` (see :func:`_max_allowed_overlap`).
     Returns ``keep`` bool ``[n]``, ``inter`` int64 ``[n]`` (claimed pixels of each mask when its turn
-    came), ``first`` long ``[P]`` (first kept candidate covering the pixel, ``n`` if none).
+    came), ``first`` long ``[U]`` (first kept candidate in the pattern, ``n`` if none).
     """
-    n, num_multi = masks.shape
-    claimed = torch.zeros(num_multi, dtype=torch.bool, device=masks.device)
-    first = torch.full((num_multi,), n, dtype=torch.int64, device=masks.device)
+    n, num_patterns = masks.shape
+    claimed = torch.zeros(num_patterns, dtype=torch.bool, device=masks.device)
+    first = torch.full((num_patterns,), n, dtype=torch.int64, device=masks.device)
     keeps, inters = [], []
     for i in range(n):
         row = masks[i]
-        inter = (row & claimed).sum()
+        inter = ((row & claimed) * weight).sum()
         keep = inter <= limit[i]
         take = row & ~claimed & keep
         first.masked_fill_(take, i)
         claimed |= take
         keeps.append(keep)
         inters.append(inter)
-    if not keeps:
-        return limit >= 0, limit.new_zeros(0), first
     return torch.stack(keeps), torch.stack(inters), first
 
 
-def _claims_given(masks: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
-    """For a guess ``keep`` [n]: first kept candidate per pixel (``n`` if none) ``[P]`` and each mask's
-    overlap with the union of the kept masks before it ``[n]``."""
+def _claims_given(masks: Tensor, weight: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """For a guess ``keep`` [n]: the first kept candidate of each pattern (``n`` if none) ``[U]`` and
+    each mask's overlap with the union of the kept masks before it ``[n]``."""
     n = masks.shape[0]
     position = torch.arange(n, dtype=torch.int32, device=masks.device)[:, None]
     first = torch.where(masks & keep[:, None], position, n).amin(0)
-    inter = (masks & (first[None, :] < position)).sum(1)
+    inter = ((masks & (first[None, :] < position)) * weight).sum(1)
     return first.long(), inter
 
 
-def _resolve_fixpoint(masks: Tensor, limit: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _resolve_fixpoint(masks: Tensor, weight: Tensor, limit: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Same result as :func:`_resolve_loop` by fixed-point iteration (see the module docstring)."""
     keep = limit >= 0
     for _ in range(_FIXPOINT_STEPS):
-        keep = _claims_given(masks, keep)[1] <= limit
-    first, inter = _claims_given(masks, keep)
+        keep = _claims_given(masks, weight, keep)[1] <= limit
+    first, inter = _claims_given(masks, weight, keep)
     if torch.equal(inter <= limit, keep):  # the unique fixed point is the sequential answer
         return keep, inter, first
-    return _resolve_loop(masks, limit)
+    return _resolve_loop(masks, weight, limit)
 
 
 def _segment_list(

@@ -85,9 +85,10 @@ def check_partition(id_map, segments):
     assert all(s["area"] > 0 for s in segments)
 
 
-@pytest.mark.parametrize("strategy,rowwise", [("loop", True), ("fixpoint", False)])
-def test_fused_merge_equals_sequential_definition(strategy, rowwise, monkeypatch):
-    monkeypatch.setattr(merge_mod, "_CHUNK_ELEMENTS", 97)  # many pixel chunks, ragged last one
+@pytest.mark.parametrize("strategy,bits", [("loop", 20), ("fixpoint", 20), ("loop", 2), ("fixpoint", 3)])
+def test_fused_merge_equals_sequential_definition(strategy, bits, monkeypatch):
+    monkeypatch.setattr(merge_mod, "_CPU_CHUNK_ELEMENTS", 97)  # many pixel chunks, ragged last one
+    monkeypatch.setattr(merge_mod, "_BITS", bits)  # few bits: many coverage words and sort keys
     for seed in range(250):
         probs, scores, labels, sem, things, st, ot, sa = random_case(seed)
         want_map, want_segments = sequential_merge(probs, scores, labels, sem, things, st, ot, sa)
@@ -98,7 +99,7 @@ def test_fused_merge_equals_sequential_definition(strategy, rowwise, monkeypatch
                 want_map, want_segments = sequential_merge(probs, scores, labels, sem, things, st, ot, sa)
         id_map, segments = merge_mod._merge(
             probs, scores, labels, sem, things, score_thresh=st, overlap_thresh=ot, stuff_area=sa,
-            strategy=strategy, rowwise=rowwise,
+            strategy=strategy,
         )
         case = f"seed {seed}: n={len(scores)} size={tuple(sem.shape)} thresholds={st, ot, sa}"
         assert torch.equal(id_map, torch.from_numpy(want_map)), case
@@ -208,28 +209,58 @@ def test_host_reads_do_not_grow_with_instances(strategy, monkeypatch):
         with _HostReads() as mode:
             merge_mod._merge(probs, torch.linspace(1, 0.6, n), torch.zeros(n, dtype=torch.long), sem,
                              [3], score_thresh=0.5, overlap_thresh=0.7, stuff_area=4,
-                             strategy=strategy, rowwise=False)
+                             strategy=strategy)
         return mode.count + len(tolist_calls)
 
-    assert reads(3) == reads(40) <= 6
+    assert reads(3) == reads(40) == reads(70) <= 6  # 70: several sort keys
+
+
+def test_half_precision_probabilities():
+    probs, scores, labels, sem, things, st, ot, sa = random_case(7)
+    probs = probs.half()
+    want_map, want_segments = sequential_merge(probs, scores, labels, sem, things, st, ot, sa)
+    id_map, segments = merge_panoptic(probs, scores, labels, sem, thing_sem_labels=things,
+                                      score_thresh=st, overlap_thresh=ot, stuff_area=sa)
+    assert torch.equal(id_map, torch.from_numpy(want_map)) and segments == want_segments
 
 
 @pytest.mark.gpu
 def test_cuda_matches_cpu_with_constant_syncs():
+    import warnings
+
+    def cuda_run(probs, scores, labels, sem, things, st, ot, sa):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = merge_panoptic(probs.cuda(), scores.cuda(), labels.cuda(), sem.cuda(),
+                                 thing_sem_labels=things, score_thresh=st, overlap_thresh=ot,
+                                 stuff_area=sa)
+        return out, sum("synchroniz" in str(w.message) for w in caught)
+
     torch.cuda.set_sync_debug_mode("warn")
     try:
-        import warnings
-
-        for seed in range(20):
-            probs, scores, labels, sem, things, st, ot, sa = random_case(seed)
-            want = merge_panoptic(probs, scores, labels, sem, thing_sem_labels=things,
-                                  score_thresh=st, overlap_thresh=ot, stuff_area=sa)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                got = merge_panoptic(probs.cuda(), scores.cuda(), labels.cuda(), sem.cuda(),
-                                     thing_sem_labels=things, score_thresh=st, overlap_thresh=ot,
-                                     stuff_area=sa)
-            assert torch.equal(got[0].cpu(), want[0]) and got[1] == want[1], f"seed {seed}"
-            assert len(caught) <= 6, [str(w.message) for w in caught]
+        for seed in range(40):
+            case = random_case(seed)
+            want = merge_panoptic(case[0], case[1], case[2], case[3], thing_sem_labels=case[4],
+                                  score_thresh=case[5], overlap_thresh=case[6], stuff_area=case[7])
+            (id_map, segments), _ = cuda_run(*case)
+            assert torch.equal(id_map.cpu(), want[0]) and segments == want[1], f"seed {seed}"
+        sem = torch.randint(0, 4, (64, 64))
+        syncs = []
+        for n in (3, 60):
+            probs = torch.rand(n, 64, 64, generator=torch.Generator().manual_seed(n))
+            syncs.append(cuda_run(probs, torch.linspace(1, 0.6, n), torch.zeros(n, dtype=torch.long),
+                                  sem, [3], 0.5, 0.7, 4)[1])
+        assert syncs[0] == syncs[1] > 0, syncs
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_group_patterns_finds_each_distinct_column_once(monkeypatch):
+    monkeypatch.setattr(merge_mod, "_BITS", 2)
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randint(0, 3, (3, 500), generator=g)  # K = 3 sort keys, 27 possible columns
+    inverse, patterns, weight = merge_mod._group_patterns(keys)
+    want = torch.unique(keys, dim=1)
+    assert torch.equal(patterns, want)  # lexicographic, each once
+    assert torch.equal(patterns[:, inverse], keys)
+    assert torch.equal(weight, torch.bincount(inverse, minlength=want.shape[1]))

@@ -78,7 +78,7 @@ class BoxHead(nn.Module):
         loss_cls = F.cross_entropy(class_logits, labels)
         fg = torch.nonzero(labels < self.num_classes).squeeze(1)
         cols = labels[fg, None] * 4 + torch.arange(4, device=labels.device)
-        pred = box_deltas[fg[:, None], cols]
+        pred = box_deltas[fg[:, None], cols].float()
         target = self.box_coder.encode(matched_boxes[fg], proposals[fg])
         loss_box = F.l1_loss(pred, target, reduction="sum") / max(labels.numel(), 1)
         return {"loss_cls": loss_cls, "loss_box_reg": loss_box}
@@ -90,7 +90,7 @@ class BoxHead(nn.Module):
         """Per image: ``boxes [D, 4]`` (clipped, input pixels), ``scores [D]``, ``labels [D]`` int64,
         sorted by decreasing score, D <= ``detections_per_image``."""
         k = self.num_classes
-        scores_all = F.softmax(class_logits, dim=-1)[:, :k]
+        scores_all = F.softmax(class_logits.float(), dim=-1)[:, :k]
         boxes_all = self.box_coder.decode(box_deltas, torch.cat(list(proposals))).view(-1, k, 4)
         results = []
         for scores, boxes, (h, w) in zip(scores_all.split([len(p) for p in proposals]),

@@ -77,10 +77,10 @@ class MaskHead(nn.Module):
         if len(labels) == 0:
             # Keep the head in the graph (DDP needs every parameter to receive a gradient).
             return mask_logits.sum() * 0.0
-        logits = mask_logits[torch.arange(len(labels), device=labels.device), labels]
+        logits = mask_logits[torch.arange(len(labels), device=labels.device), labels].float()
         return F.binary_cross_entropy_with_logits(logits, targets, reduction="mean")
 
     @torch.no_grad()
     def predict(self, mask_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Probabilities of each detection's predicted class: ``[D, M, M]`` in [0, 1]."""
-        return mask_logits[torch.arange(len(labels), device=labels.device), labels].sigmoid()
+        return mask_logits[torch.arange(len(labels), device=labels.device), labels].float().sigmoid()

@@ -41,7 +41,7 @@ def resize_sem_logits(logits: torch.Tensor, image_size: tuple[int, int],
                       out_size: tuple[int, int]) -> torch.Tensor:
     """``logits [C, Hp, Wp]`` of a padded input -> ``[C, H0, W0]``: crop the padding, then resize."""
     h, w = image_size
-    cropped = logits[None, :, :h, :w]
+    cropped = logits[None, :, :h, :w].float()
     if (h, w) == tuple(out_size):
         return cropped[0]
     return F.interpolate(cropped, size=tuple(out_size), mode="bilinear", align_corners=False)[0]

@@ -55,7 +55,9 @@ class MultiLevelRoIAlign(nn.Module):
 
     def forward(self, features: Mapping[str, torch.Tensor], boxes: Sequence[torch.Tensor]) -> torch.Tensor:
         maps = [features[f"p{lvl}"] for lvl in self.levels]
-        rois = boxes_to_rois(boxes).to(maps[0].dtype)
+        # Box coordinates stay float32 even under autocast: bf16 would round a 1000-pixel
+        # coordinate to a multiple of 4-8 pixels.
+        rois = boxes_to_rois(boxes).float()
         out = maps[0].new_zeros((len(rois), maps[0].shape[1], self.output_size, self.output_size))
         if len(rois) == 0:
             return out
@@ -64,7 +66,7 @@ class MultiLevelRoIAlign(nn.Module):
             # nonzero() syncs once per level; RoIAlign needs the subset anyway.
             idx = torch.nonzero(level == i).squeeze(1)
             if idx.numel():
-                out[idx] = roi_align(fmap, rois[idx], self.output_size, spatial_scale=scale,
+                out[idx] = roi_align(fmap.float(), rois[idx], self.output_size, spatial_scale=scale,
                                      sampling_ratio=self.sampling_ratio, aligned=True).to(out.dtype)
         return out
 
@@ -88,7 +90,8 @@ class BoxCoder:
     def decode(self, deltas: torch.Tensor, refs: torch.Tensor) -> torch.Tensor:
         """``deltas``: ``[N, 4k]``, ``refs``: ``[N, 4]`` XYXY -> boxes ``[N, 4k]`` XYXY."""
         wx, wy, ww, wh = self.weights
-        refs = refs.to(deltas.dtype)
+        # Always float32: under autocast the deltas may arrive as bf16/fp16.
+        deltas, refs = deltas.float(), refs.float()
         rw, rh = (refs[:, 2] - refs[:, 0])[:, None], (refs[:, 3] - refs[:, 1])[:, None]
         rx, ry = refs[:, 0, None] + 0.5 * rw, refs[:, 1, None] + 0.5 * rh
         dx, dy = deltas[:, 0::4] / wx, deltas[:, 1::4] / wy

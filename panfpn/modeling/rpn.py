@@ -66,6 +66,15 @@ class FixedStrideAnchorGenerator(AnchorGenerator):
         return [anchors for _ in image_list.image_sizes]
 
 
+class _Float32RPNHead(RPNHead):
+    """RPNHead whose outputs are float32: under autocast they would be bf16/fp16, and torchvision
+    decodes proposals in the dtype of the deltas (bf16 rounds coordinates to several pixels)."""
+
+    def forward(self, x: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        logits, deltas = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in deltas]
+
+
 class RPN(RegionProposalNetwork):
     """One anchor size per FPN level, several aspect ratios; a shared conv head on every level.
 
@@ -89,7 +98,7 @@ class RPN(RegionProposalNetwork):
     ) -> None:
         super().__init__(
             FixedStrideAnchorGenerator(anchor_sizes, aspect_ratios, anchor_strides),
-            RPNHead(in_channels, len(aspect_ratios)),
+            _Float32RPNHead(in_channels, len(aspect_ratios)),
             fg_iou_thresh=sampling.fg_iou_thresh,
             bg_iou_thresh=sampling.bg_iou_thresh,
             batch_size_per_image=sampling.batch_size_per_image,

@@ -80,5 +80,5 @@ class SemanticFPNHead(nn.Module):
             raise ValueError(f"sem_seg has size {tuple(sem_seg.shape[-2:])} but the semantic logits "
                              f"have {tuple(logits.shape[-2:])}; pad sem_seg like the images")
         # Sum / clamped count instead of 'mean': an all-ignore batch gives 0, not 0/0 = NaN.
-        total = F.cross_entropy(logits, sem_seg, ignore_index=self.ignore_index, reduction="sum")
+        total = F.cross_entropy(logits.float(), sem_seg, ignore_index=self.ignore_index, reduction="sum")
         return total / (sem_seg != self.ignore_index).sum().clamp(min=1)

@@ -108,3 +108,30 @@ def test_bad_images_raise_clear_error():
     batch["images"] = batch["images"].float()
     with pytest.raises(ValueError, match="uint8"):
         model(batch)
+
+
+def test_eval_without_detections_gives_stuff_only():
+    cfg = compose_model_config("panoptic_fpn_small", "synthetic",
+                               ("model.roi_heads.box_head.test.score_thresh=1.0", "model.merge.stuff_area=1"))
+    model = build_model(cfg).eval()
+    batch = make_batch([(64, 64)], [(70, 50)], num_things=4, num_sem=5)
+    with torch.no_grad():
+        (result,) = model(batch)
+    check_panoptic(result, (70, 50), num_things=4, num_sem=5, thing_sem_labels=[4])
+    assert len(result["instances"]["scores"]) == 0
+    assert result["panoptic"][1] and not any(s["isthing"] for s in result["panoptic"][1])
+
+
+def test_bf16_autocast_keeps_boxes_and_losses_in_float32():
+    cfg = compose_model_config("panoptic_fpn_small", "synthetic", EVAL_ALL)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    batch = make_batch([(64, 96)], [(64, 96)], num_things=4, num_sem=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.train()(batch)
+        sum(losses.values()).backward()
+        with torch.no_grad():
+            (result,) = model.eval()(batch)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    assert result["instances"]["boxes"].dtype == torch.float32
+    check_panoptic(result, (64, 96), num_things=4, num_sem=5, thing_sem_labels=[4])

@@ -101,22 +101,20 @@ class ResNetFPN(nn.Module):
         self._stride_in_1x1 = bool(value)
 
     def _freeze(self, freeze_at: int) -> None:
-        modules = [nn.ModuleList([self.body.conv1, self.body.bn1])]
-        modules += [getattr(self.body, name) for name in _STAGES]
-        for module in modules[:freeze_at]:
-            for p in module.parameters():
+        groups = [("conv1", "bn1"), *((name,) for name in _STAGES)]
+        # Names, not module references: SyncBatchNorm conversion replaces the BN modules.
+        self._frozen_names = [name for group in groups[:freeze_at] for name in group]
+        for name in self._frozen_names:
+            for p in getattr(self.body, name).parameters():
                 p.requires_grad_(False)
-            # Trainable BN inside a frozen stage must also keep its statistics.
-            for m in module.modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    m.eval()
-        self._frozen = modules[:freeze_at]
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> "ResNetFPN":
         super().train(mode)
-        for module in self._frozen:
-            for m in module.modules():
-                if isinstance(m, nn.BatchNorm2d):
+        # Trainable BN inside a frozen stage must also keep its statistics.
+        for name in self._frozen_names:
+            for m in getattr(self.body, name).modules():
+                if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)):
                     m.eval()
         return self
 

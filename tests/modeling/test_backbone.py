@@ -86,3 +86,11 @@ def test_bad_arguments_name_the_option():
         ResNetFPN(42)
     with pytest.raises(ValueError, match="norm"):
         ResNetFPN(18, norm="batchnorm")
+
+
+def test_frozen_stages_keep_bn_statistics_after_syncbn_conversion():
+    bb = ResNetFPN(18, norm="bn", freeze_at=2, out_channels=32)
+    bb = nn.SyncBatchNorm.convert_sync_batchnorm(bb)
+    bb.train()
+    assert isinstance(bb.body.bn1, nn.SyncBatchNorm) and not bb.body.bn1.training
+    assert not bb.body.layer1[0].bn1.training and bb.body.layer2[0].bn1.training

@@ -5,11 +5,11 @@ computed here with a constant number of host reads per image and no Python work 
 
 1. Candidates are the instances with ``score >= score_thresh``, by descending score (stable: on equal
    scores the lower input index comes first); candidate ``k`` is the k-th of that order.
-2. Coverage codes: the masks (``prob > 0.5``) are thresholded chunk by chunk into a float32 buffer
-   sized to stay in cache, and one matrix product per chunk turns the ``n`` mask rows into ``1 + G``
-   rows per pixel: the number of candidates covering it, and the set of those candidates as ``G``
-   words of ``_BITS`` bits (weights ``2**j``). The products are exact: inputs are 0/1 and powers of
-   two (exact even in TF32 or bf16), and every sum is an integer below ``2**24`` (float32-exact).
+2. Coverage words: the masks (``prob > 0.5``) are thresholded chunk by chunk into a float32 buffer
+   sized to stay in cache, and small matrix products turn the ``n`` mask rows into ``G`` rows per
+   pixel: the set of candidates covering it, as words of ``_BITS`` bits (weights ``2**j``). The
+   products are exact: inputs are 0/1 and powers of two (exact even in TF32 or bf16), and every sum
+   is an integer below ``2**20`` (float32-exact in any summation order).
 3. Patterns: every covered pixel is reduced to its coverage pattern; pixels with the same pattern are
    interchangeable for the merge, so the sequential logic runs on the ``U`` distinct patterns
    (typically a few hundred) weighted by their pixel counts, not on pixels.
@@ -57,6 +57,8 @@ _WORDS_PER_KEY = 3
 # accelerators where fewer, bigger kernels win; both bound the extra memory whatever N, H, W are.
 _CPU_CHUNK_ELEMENTS = 1 << 20
 _DEVICE_CHUNK_ELEMENTS = 1 << 24
+# Semantic labels are histogram bins; anything this large is a bug upstream, not a label.
+_MAX_SEM_LABEL = 1 << 20
 # Applications of F before the fixed-point check; typical images converge within two or three.
 _FIXPOINT_STEPS = 3
 
@@ -232,15 +234,17 @@ def _merge(
 
     # Host read 1: the candidate count (shapes below depend on it) and the semantic label range.
     # Non-candidates (NaN scores included) sort last, so the candidates are a prefix of the order.
-    is_candidate = scores >= score_thresh
+    is_candidate = scores.double() >= score_thresh  # float64, like comparing Python floats
     key = torch.where(is_candidate, scores, float("-inf"))
     order = torch.sort(key, descending=True, stable=True).indices
     sem_range = torch.stack([sem.min(), sem.max()]) if num_pixels else sem.new_zeros(2)
     num_candidates, sem_min, sem_max = torch.cat(
         [is_candidate.sum().view(1).long(), sem_range.long()]
     ).tolist()
-    if sem_min < 0:
-        raise ValueError(f"merge: sem_labels must be >= 0, found {sem_min}")
+    if sem_min < 0 or sem_max >= _MAX_SEM_LABEL:
+        raise ValueError(
+            f"merge: sem_labels must be in [0, {_MAX_SEM_LABEL}), found {sem_min}..{sem_max}"
+        )
     cand = order[:num_candidates]
 
     id_map = torch.zeros(num_pixels, dtype=torch.int32, device=device)
@@ -248,7 +252,8 @@ def _merge(
     taken = torch.zeros(num_candidates, dtype=torch.int64, device=device)
     if num_candidates:
         chunk_elements = _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _DEVICE_CHUNK_ELEMENTS
-        words = _coverage_words(mask_probs.reshape(-1, num_pixels), cand, chunk_elements)
+        probs = mask_probs.reshape(mask_probs.shape[0], num_pixels)
+        words = _coverage_words(probs, cand, chunk_elements)
         covered = torch.nonzero((words > 0).any(0)).squeeze(1)  # host read 2
         if covered.numel():
             keys = _pack_keys(words.index_select(1, covered))

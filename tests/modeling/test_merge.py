@@ -150,6 +150,19 @@ def test_public_api_on_edge_cases():
                           thing_sem_labels=things, stuff_area=100)[1] == []
 
 
+def test_empty_image_and_float64_score_threshold():
+    id_map, segments = merge_panoptic(torch.rand(3, 0, 5), torch.ones(3), torch.zeros(3, dtype=torch.long),
+                                      torch.zeros(0, 5, dtype=torch.long), thing_sem_labels=[])
+    assert id_map.shape == (0, 5) and segments == []
+    # A threshold just above a float32 score must drop it (no rounding of the threshold to float32).
+    score = torch.tensor([0.1])
+    just_above = float(score) + 1e-12
+    sem = torch.zeros(2, 2, dtype=torch.long)
+    out = merge_panoptic(torch.ones(1, 2, 2), score, torch.zeros(1, dtype=torch.long), sem,
+                         thing_sem_labels=[0], score_thresh=just_above)
+    assert out[1] == []
+
+
 def test_max_allowed_overlap_matches_python_division():
     areas = torch.arange(0, 400)
     for t in [0.0, 1e-9, 0.1, 0.2, 1 / 3, 0.5, 2 / 3, 0.7, 0.9, 0.999999, 1.0, 1.5, -0.2]:
@@ -172,7 +185,7 @@ def test_batch_and_thresholds():
                              [case[0][3]] * 2, thing_sem_labels=[1])
     with pytest.raises(ValueError, match="stuff_area"):
         MergeThresholds(stuff_area=-1)
-    with pytest.raises(ValueError, match="sem_labels must be >= 0"):
+    with pytest.raises(ValueError, match="sem_labels must be in"):
         merge_panoptic(torch.zeros(0, 2, 2), torch.zeros(0), torch.zeros(0, dtype=torch.long),
                        -torch.ones(2, 2, dtype=torch.long), thing_sem_labels=[])
     with pytest.raises(ValueError, match="thing_sem_labels"):

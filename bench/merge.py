@@ -99,19 +99,25 @@ def sequential_merge(mask_probs, scores, labels, sem_labels, *, thing_sem_labels
     return id_map, segments
 
 
-def timed(fn, repeats: int, device: str) -> tuple[float, object]:
-    """Median wall time in ms (after one warm-up call) and the last result."""
-    out = fn()
-    times = []
+def timed_pair(fn_a, fn_b, repeats: int, device: str) -> tuple[float, float, object, object]:
+    """Median wall times in ms of two functions, alternated call by call so that both see the same
+    machine load (after one warm-up call each), and their last results."""
+    out_a, out_b = fn_a(), fn_b()
+    times_a, times_b = [], []
     for _ in range(repeats):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), out
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            out = fn()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - start) * 1e3)
+            if fn is fn_a:
+                out_a = out
+            else:
+                out_b = out
+    return statistics.median(times_a), statistics.median(times_b), out_a, out_b
 
 
 def main() -> None:
@@ -130,8 +136,10 @@ def main() -> None:
     ratios = []
     for seed in range(args.seeds):
         inputs = make_inputs(args.height, args.width, args.instances, num_sem, seed, args.device)
-        t_ref, ref = timed(lambda: sequential_merge(*inputs, **kwargs), args.repeats, args.device)
-        t_fused, fused = timed(lambda: merge_panoptic(*inputs, **kwargs), args.repeats, args.device)
+        t_ref, t_fused, ref, fused = timed_pair(
+            lambda: sequential_merge(*inputs, **kwargs), lambda: merge_panoptic(*inputs, **kwargs),
+            args.repeats, args.device,
+        )
         if not (torch.equal(ref[0], fused[0]) and ref[1] == fused[1]):
             raise SystemExit(f"seed {seed}: fused merge and reference disagree")
         things = sum(s["isthing"] for s in ref[1])

@@ -49,7 +49,7 @@ def _images(folder, sizes=((40, 56), (64, 48))):
 
 def _cfg(tiny_cfg, weights, folder, out, *extra):
     return tiny_cfg(f"weights={weights}", f"++predict.input={folder}", f"++predict.output_dir={out}",
-                    "++predict.batch_size=2", RESIZE, *extra)
+                    "++predict.batch_size=2", "++predict.overlay_format=png", RESIZE, *extra)
 
 
 def test_folder_with_corrupt_and_non_image_files(tiny_cfg, weights, tmp_path):
@@ -206,7 +206,7 @@ def test_predict_images_maps_categories_scores_and_colours(tmp_path):
     model = _FakeModel()
     result = predict_images(model, list_image_files(folder), meta, tmp_path / "out", batch_size=2,
                             transforms=ResizeShortestEdge(32, max_size=200), overlay_alpha=0.5,
-                            progress=False)
+                            overlay_format="png", write_threads=2, progress=False)
     assert result["predicted"] == ["img0", "img1", "img2"]
     # batched 2 + 1, resized to a shorter side of 32 and padded to a multiple of 32
     assert model.seen[0] == ((2, 3, 32, 96), [(32, 48), (32, 67)]) and model.seen[1][0][0] == 1
@@ -231,3 +231,42 @@ def test_predict_images_maps_categories_scores_and_colours(tmp_path):
     void = (slice(40, 64), slice(40, 96))  # below the thing, right of the stuff
     np.testing.assert_array_equal(overlay[void], image[void])
     assert (overlay[y0, x0 + 1:x1 - 1] == 255).all()  # the thing's outline
+
+
+def test_json_keeps_other_images_and_input_order_with_threads(tmp_path):
+    from panfpn.engine.predict_run import predict_images
+
+    meta = synthetic_metadata()
+    first, second = tmp_path / "first", tmp_path / "second"
+    _images(first, sizes=((20, 24),))
+    (first / "img0.png").rename(first / "old.png")
+    _images(second, sizes=((20, 24), (24, 20), (20, 30), (30, 20), (22, 22)))
+    out = tmp_path / "out"
+    predict_images(_FakeModel(), list_image_files(first), meta, out, progress=False)
+    result = predict_images(_FakeModel(), list_image_files(second), meta, out, batch_size=2,
+                            write_threads=3, progress=False)
+    assert result["predicted"] == [f"img{k}" for k in range(5)]
+    data = json.loads((out / "panoptic.json").read_text())
+    # the earlier run's image stays listed, first; this run's follow in input order
+    assert [a["image_id"] for a in data["annotations"]] == ["old"] + [f"img{k}" for k in range(5)]
+    assert [i["id"] for i in data["images"]] == ["old"] + [f"img{k}" for k in range(5)]
+    assert data["images"][1]["path"].endswith("img0.png")
+    for k, (h, w) in enumerate(((20, 24), (24, 20), (20, 30), (30, 20), (22, 22))):
+        with Image.open(out / "overlays" / f"img{k}.jpg") as im:  # JPEG overlays by default
+            assert im.format == "JPEG" and im.size == (w, h)
+
+
+def test_unreadable_previous_json_needs_overwrite(tmp_path):
+    from panfpn.engine.predict_run import predict_images
+
+    folder = tmp_path / "in"
+    _images(folder, sizes=((20, 24),))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "panoptic.json").write_text("{not json")
+    with pytest.raises(ValueError, match="panoptic.json.*overwrite"):
+        predict_images(_FakeModel(), list_image_files(folder), synthetic_metadata(), out, progress=False)
+    result = predict_images(_FakeModel(), list_image_files(folder), synthetic_metadata(), out,
+                            overwrite=True, progress=False)
+    assert result["predicted"] == ["img0"]
+    assert len(json.loads((out / "panoptic.json").read_text())["annotations"]) == 1

@@ -15,7 +15,7 @@ TINY = [
     "data.train.transforms.transforms.0.max_size=128",
     "data.val.num_images=3", "data.val.height=64", "data.val.width=64",
     "data.batch_size=2", "data.num_workers=0",
-    "solver.max_iter=4", "solver.schedule.steps=[3]", "solver.schedule.warmup_iters=2",
+    "solver=synthetic_sgd", "solver.max_iter=4", "solver.schedule.steps=[3]", "solver.schedule.warmup_iters=2",
     "train.log_period=1", "train.checkpoint_period=2", "train.progress_bar=false",
     "eval.max_images=2",
 ]

@@ -190,7 +190,7 @@ def train(cfg: DictConfig) -> dict:
     ddp_model.train()
     data_iter = iter(loader)
     with _StopFlag() as stop:
-        t_end = time.perf_counter()
+        t_start = t_end = time.perf_counter()
         while it < max_iter:
             batch = move_batch(next(data_iter), device)
             t_data = time.perf_counter()
@@ -252,7 +252,8 @@ def train(cfg: DictConfig) -> dict:
                 metrics = evaluate(model, val_loader, metadata, device=device,
                                    compute_ap=bool(cfg.eval.compute_ap), max_images=cfg.eval.max_images,
                                    num_vis=int(cfg.train.num_vis_images), progress=False)
-                log.scalars(it, metrics_to_scalars(metrics), kind="eval")
+                log.scalars(it, {**metrics_to_scalars(metrics), "time/elapsed_s": time.perf_counter() - t_start},
+                            kind="eval")
                 if metrics.get("overlays"):
                     log.images(it, "val/panoptic", metrics["overlays"])
                 result["eval"] = {k: v for k, v in metrics.items() if k != "overlays"}

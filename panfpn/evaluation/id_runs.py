@@ -40,17 +40,18 @@ def runs_of_rgb(rgb: np.ndarray) -> Runs:
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
     flat = np.ascontiguousarray(rgb).reshape(-1)
-    pixel = np.flatnonzero(flat[3:] != flat[:-3]) // 3  # pixel index - 1 of each changed byte
-    if pixel.shape[0]:
-        keep = np.empty(pixel.shape[0], bool)
-        keep[0] = True
-        np.not_equal(pixel[1:], pixel[:-1], out=keep[1:])
-        pixel = pixel[keep]
-    starts = np.empty(pixel.shape[0] + 1, np.int64)
-    starts[0] = 0
-    np.add(pixel, 1, out=starts[1:])
-    at = flat.reshape(n, 3)[starts].astype(np.int64)
-    ids = at[:, 0] | (at[:, 1] << 8) | (at[:, 2] << 16)
+    changed = np.empty(3 * n, bool)
+    changed[:3] = True  # pixel 0 starts the first run
+    np.not_equal(flat[3:], flat[:-3], out=changed[3:])
+    pixel = np.flatnonzero(changed) // 3
+    keep = np.empty(pixel.shape[0], bool)
+    keep[0] = True
+    np.not_equal(pixel[1:], pixel[:-1], out=keep[1:])
+    starts = pixel[keep]
+    at = starts * 3
+    ids = flat[at].astype(np.int64)
+    ids |= flat[at + 1].astype(np.int64) << 8
+    ids |= flat[at + 2].astype(np.int64) << 16
     return starts, ids, n
 
 
@@ -66,20 +67,24 @@ def pair_counts(gt: Runs, pred: Runs) -> list[tuple[int, int, int]]:
         raise ValueError(f"id maps hold {n} and {n_pred} pixels")
     if n == 0:
         return []
-    # The pieces on which both maps are constant start at the union of both run starts.
-    starts = np.concatenate([g_starts, p_starts])
-    starts.sort(kind="stable")  # two sorted halves: a merge
-    keep = np.empty(starts.shape[0], bool)
-    keep[0] = True
-    np.not_equal(starts[1:], starts[:-1], out=keep[1:])
-    starts = starts[keep]
+    # The pieces on which both maps are constant start at the union of both run starts. A
+    # stable argsort of two sorted halves is a linear merge; it also tells which run of each
+    # map a piece lies in (the count of that map's starts up to it).
+    merged = np.concatenate([g_starts, p_starts])
+    order = np.argsort(merged, kind="stable")
+    merged = merged[order]
+    g_of = np.cumsum(order < g_starts.shape[0]) - 1
+    p_of = np.arange(merged.shape[0]) - g_of - 1
+    last = np.empty(merged.shape[0], bool)  # of equal starts keep the last: both counts are in
+    last[-1] = True
+    np.not_equal(merged[1:], merged[:-1], out=last[:-1])
+    starts, g_of, p_of = merged[last], g_of[last], p_of[last]
     lengths = np.diff(starts, append=n)
-    g_of = np.searchsorted(g_starts, starts, side="right") - 1
-    p_of = np.searchsorted(p_starts, starts, side="right") - 1
     # Dense per-image indices keep the count table tiny: (#gt ids) x (#pred ids).
-    g_vals, g_inv = np.unique(g_ids, return_inverse=True)
-    p_vals, p_inv = np.unique(p_ids, return_inverse=True)
-    cell = g_inv[g_of] * p_vals.shape[0] + p_inv[p_of]
+    g_vals, p_vals = np.unique(g_ids), np.unique(p_ids)
+    g_dense = np.searchsorted(g_vals, g_ids)
+    p_dense = np.searchsorted(p_vals, p_ids)
+    cell = g_dense[g_of] * p_vals.shape[0] + p_dense[p_of]
     table = np.bincount(cell, weights=lengths, minlength=g_vals.shape[0] * p_vals.shape[0])
     nz = np.flatnonzero(table)
     gi, pi = np.divmod(nz, p_vals.shape[0])

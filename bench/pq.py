@@ -1,0 +1,357 @@
+"""Speed of panfpn's PQ evaluation against hotcoco, panopticapi and the PNG decoding floor.
+
+Generates a COCO-panoptic ground truth and a perturbed prediction (default 300 images of
+640x480, about 30 segments each) in a temporary folder, then times on the same cores:
+
+* ours: ``panfpn.evaluation.pq_compute`` (cold, and again with a warm ground-truth cache);
+* hotcoco's ``PanopticEval`` (Rust, multi-threaded);
+* panopticapi's ``pq_compute`` when available: importable here, or through
+  ``--panopticapi-python /path/to/python`` of a venv that has it (it pins numpy<2);
+* the floor: reading and decoding the same PNGs with the fastest decoder on all cores;
+* the in-memory ``PQAccumulator`` per 800x1216 image on CPU (and CUDA when available).
+
+Each figure is the best of ``--repeat`` runs. Usage::
+
+    python bench/pq.py [--images 300] [--workers N] [--panopticapi-python /tmp/papi/bin/python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import multiprocessing
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from panfpn.evaluation.id_runs import pair_counts, runs_of_rgb  # noqa: E402
+from panfpn.evaluation.panoptic_png import decode_rgb, decoder_name, id_to_rgb  # noqa: E402
+from panfpn.evaluation.pq import pq_compute, tune_worker_malloc  # noqa: E402
+from panfpn.evaluation.pq_rules import PQStat, accumulate_image  # noqa: E402
+
+THING_IDS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21]
+STUFF_IDS = [92, 93, 95, 100, 107, 109, 112, 118, 119, 122, 125, 128, 130, 133, 138, 141]
+
+
+def scene(rng: np.random.Generator, h: int, w: int, n_stuff: int = 8, n_things: int = 22):
+    """GT and prediction id maps + segments: wavy stuff bands and elliptic things."""
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    bounds = np.sort(rng.uniform(0, h, n_stuff - 1))
+    freq, phase = rng.uniform(20, 80, n_stuff - 1), rng.uniform(0, 6, n_stuff - 1)
+    things = [(rng.uniform(0, h), rng.uniform(0, w), *rng.uniform(10, 80, 2))
+              for _ in range(n_things)]
+    stuff_cat = rng.choice(STUFF_IDS, n_stuff, replace=False)
+    thing_cat = rng.choice(THING_IDS, n_things)
+    crowd = rng.random(n_things) < 0.05
+
+    def paint(jitter: float, drop: np.ndarray):
+        wave = np.stack([b + 20 * np.sin(xx[0] / f + p + jitter * rng.normal())
+                         for b, f, p in zip(bounds, freq, phase)])
+        band = (yy[None] > wave[:, None, :]).sum(0)
+        ids = rng.choice(np.arange(1, 1 << 24), n_stuff + n_things, replace=False)
+        id_map = ids[band]
+        segs = [{"id": int(ids[k]), "category_id": int(stuff_cat[k]), "iscrowd": 0}
+                for k in range(n_stuff)]
+        for k, (cy, cx, ry, rx) in enumerate(things):
+            if drop[k]:
+                continue
+            cy, cx = cy + jitter * rng.normal() * 4, cx + jitter * rng.normal() * 4
+            id_map[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = ids[n_stuff + k]
+            segs.append({"id": int(ids[n_stuff + k]), "category_id": int(thing_cat[k]),
+                         "iscrowd": int(crowd[k])})
+        if jitter == 0:
+            id_map[: h // 30] = 0  # a void strip in the ground truth
+        present = set(np.unique(id_map).tolist())
+        segs = [s for s in segs if s["id"] in present]
+        for s in segs:
+            mask = id_map == s["id"]
+            ys, xs = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+            s["area"] = int(mask.sum())
+            s["bbox"] = [int(xs[0]), int(ys[0]), int(xs[-1] - xs[0] + 1), int(ys[-1] - ys[0] + 1)]
+        return id_map, segs
+
+    gt = paint(0.0, np.zeros(n_things, bool))
+    pred = paint(1.0, rng.random(n_things) < 0.1)
+    for s in pred[1]:
+        s.pop("iscrowd"), s.pop("bbox")
+    return gt, pred
+
+
+def _write_one(args):
+    folder, seed, h, w = args
+    (gt_map, gt_segs), (pred_map, pred_segs) = scene(np.random.default_rng(seed), h, w)
+    name = f"{seed:012d}.png"
+    Image.fromarray(id_to_rgb(gt_map)).save(Path(folder) / "gt" / name)
+    Image.fromarray(id_to_rgb(pred_map)).save(Path(folder) / "pred" / name)
+    return seed, name, gt_segs, pred_segs
+
+
+def write_dataset(folder: Path, n: int, h: int, w: int, workers: int) -> tuple[Path, Path]:
+    (folder / "gt").mkdir(parents=True)
+    (folder / "pred").mkdir()
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        rows = pool.map(_write_one, [(str(folder), i, h, w) for i in range(n)])
+    cats = ([{"id": c, "name": str(c), "isthing": 1} for c in THING_IDS]
+            + [{"id": c, "name": str(c), "isthing": 0} for c in STUFF_IDS])
+    images = [{"id": i, "file_name": name.replace(".png", ".jpg"), "height": h, "width": w}
+              for i, name, _, _ in rows]
+    for side, idx in (("gt", 2), ("pred", 3)):
+        anns = [{"image_id": r[0], "file_name": r[1], "segments_info": r[idx]} for r in rows]
+        (folder / f"{side}.json").write_text(
+            json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return folder / "gt.json", folder / "pred.json"
+
+
+def best_of(fn, repeat: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all threads) plus its reaped children (pool workers)."""
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds, result) of one call."""
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, cpu_seconds() - c0, out
+
+
+def _decode_files(paths):
+    for p in paths:
+        with open(p, "rb") as f:
+            decode_rgb(f.read(), p)
+    return len(paths)
+
+
+def decode_floor(paths: list[str], workers: int) -> int:
+    n_chunks = min(len(paths), workers * 4)
+    # Same worker set-up as pq_compute's, for a like-for-like floor.
+    with multiprocessing.get_context("fork").Pool(workers, initializer=tune_worker_malloc) as pool:
+        return sum(pool.map(_decode_files, [paths[i::n_chunks] for i in range(n_chunks)]))
+
+
+def stage_breakdown(folder: Path, gt_json: Path, pred_json: Path, n: int = 100) -> dict:
+    """Per-image CPU milliseconds of each stage on one core (CPU time: robust to other load)."""
+    tune_worker_malloc()  # as in pq_compute's workers
+    gt = json.loads(gt_json.read_text())["annotations"][:n]
+    pred = json.loads(pred_json.read_text())["annotations"][:n]
+    cats = {c["id"]: c for c in json.loads(gt_json.read_text())["categories"]}
+    t = dict.fromkeys(("read", "decode", "runs", "pairs", "rules"), 0.0)
+    stat = PQStat()
+    stage_pairs = list(zip(gt, pred))
+    for g, p in stage_pairs[:3]:  # warm-up: first calls pay for imports and allocations
+        accumulate_image(stat, g["image_id"], g["segments_info"], p["segments_info"],
+                         pair_counts(*[runs_of_rgb(decode_rgb((folder / side / a["file_name"])
+                                                                .read_bytes()))
+                                       for side, a in (("gt", g), ("pred", p))]), cats)
+    for g, p in stage_pairs:
+        t0 = time.process_time()
+        datas = [(folder / "gt" / g["file_name"]).read_bytes(),
+                 (folder / "pred" / p["file_name"]).read_bytes()]
+        t1 = time.process_time()
+        rgbs = [decode_rgb(d) for d in datas]
+        t2 = time.process_time()
+        runs = [runs_of_rgb(x) for x in rgbs]
+        t3 = time.process_time()
+        pairs = pair_counts(*runs)
+        t4 = time.process_time()
+        accumulate_image(stat, g["image_id"], g["segments_info"], p["segments_info"], pairs, cats)
+        t5 = time.process_time()
+        for k, dt in zip(t, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            t[k] += dt
+    return {k: 1000 * v / n for k, v in t.items()}
+
+
+def run_panopticapi(python: str | None, gt_json: Path, pred_json: Path, repeat: int):
+    """Seconds of panopticapi's pq_compute (best of repeat) and its All PQ, or None."""
+    code = (
+        "import contextlib, io, json, sys, time\n"
+        "from panopticapi.evaluation import pq_compute\n"
+        "best = 1e9\n"
+        f"for _ in range({repeat}):\n"
+        "    t0 = time.perf_counter()\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"        r = pq_compute({str(gt_json)!r}, {str(pred_json)!r})\n"
+        "    best = min(best, time.perf_counter() - t0)\n"
+        "print(json.dumps([best, r['All']['pq']]))\n"
+    )
+    exe = python or sys.executable
+    proc = subprocess.run([exe, "-c", code], capture_output=True, text=True)  # noqa: S603
+    if proc.returncode != 0:
+        return None, proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"
+    return json.loads(proc.stdout.strip().splitlines()[-1]), None
+
+
+def bench_accumulator(repeat: int) -> dict:
+    import torch
+
+    from panfpn.evaluation import PQAccumulator
+
+    (gt_map, gt_segs), (pred_map, pred_segs) = scene(np.random.default_rng(0), 800, 1216)
+    cats = ([{"id": c, "isthing": 1} for c in THING_IDS]
+            + [{"id": c, "isthing": 0} for c in STUFF_IDS])
+    # Dense 1..K prediction ids, as the model produces.
+    remap = {s["id"]: k + 1 for k, s in enumerate(pred_segs)}
+    pred_dense = np.zeros(pred_map.shape, np.int32)
+    for old, new in remap.items():
+        pred_dense[pred_map == old] = new
+    pred_segs = [dict(s, id=remap[s["id"]]) for s in pred_segs]
+    out = {}
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for dev in devices:
+        g = torch.from_numpy(gt_map.astype(np.int32)).to(dev)
+        p = torch.from_numpy(pred_dense).to(dev)
+        acc = PQAccumulator(cats)
+        acc.update(p, pred_segs, g, gt_segs)  # warm-up
+        reps = 20
+
+        def run():
+            for _ in range(reps):
+                acc.update(p, pred_segs, g, gt_segs)
+            if dev == "cuda":
+                torch.cuda.synchronize()
+
+        sec, _ = best_of(run, repeat)
+        out[dev] = 1000 * sec / reps
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=300)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--panopticapi-python", default=None,
+                    help="python of a venv with panopticapi (default: try this interpreter)")
+    ap.add_argument("--keep", default=None, help="generate into this folder and keep it")
+    args = ap.parse_args()
+    workers = args.workers
+
+    tmp = None
+    if args.keep:
+        folder = Path(args.keep)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="pq_bench_")
+        folder = Path(tmp.name)
+    t0 = time.perf_counter()
+    if (folder / "pred.json").exists():  # --keep of an earlier run: reuse it
+        gt_json, pred_json = folder / "gt.json", folder / "pred.json"
+        args.images = len(json.loads(gt_json.read_text())["annotations"])
+    else:
+        gt_json, pred_json = write_dataset(folder, args.images, args.height, args.width, workers)
+    print(f"generated or found {args.images} images {args.height}x{args.width} in "
+          f"{time.perf_counter() - t0:.1f} s; {workers} workers on {os.cpu_count()} cores; "
+          f"decoder: {decoder_name()}")
+    n_segs = np.mean([len(a["segments_info"]) for a in
+                      json.loads(gt_json.read_text())["annotations"]])
+    print(f"mean ground-truth segments per image: {n_segs:.1f}")
+
+    cache = folder / "gt_cache"
+    paths = [str(p) for p in sorted((folder / "gt").glob("*.png"))
+             + sorted((folder / "pred").glob("*.png"))]
+    fill_s, _ = best_of(lambda: pq_compute(gt_json, pred_json, workers=workers,
+                                           cache_dir=cache), 1)
+
+    def hotcoco_run():
+        from hotcoco.panoptic import PanopticEval
+
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            ev = PanopticEval(str(gt_json), str(pred_json))
+            ev.evaluate()
+            return ev.results()
+
+    contenders = {
+        "ours (pq_compute)": lambda: pq_compute(gt_json, pred_json, workers=workers),
+        "ours, warm GT cache": lambda: pq_compute(gt_json, pred_json, workers=workers,
+                                                  cache_dir=cache),
+        f"decode floor ({len(paths)} PNGs, {decoder_name()})": lambda: decode_floor(paths, workers),
+    }
+    try:
+        import hotcoco.panoptic  # noqa: F401
+
+        contenders["hotcoco PanopticEval"] = hotcoco_run
+    except ImportError:
+        print("hotcoco: skipped (not installed)")
+    # Interleaved repeats: on a shared machine every contender sees the same load. CPU seconds
+    # (all threads and worker processes) are reported beside wall time: they do not depend on
+    # what else runs on the machine.
+    rows = {name: float("inf") for name in contenders}
+    cpu = {name: float("inf") for name in contenders}
+    outs: dict = {}
+    for _ in range(args.repeat):
+        for name, fn in contenders.items():
+            wall, cpu_s, outs[name] = timed(fn)
+            rows[name] = min(rows[name], wall)
+            cpu[name] = min(cpu[name], cpu_s)
+    ours = outs["ours (pq_compute)"]
+    assert outs["ours, warm GT cache"] == ours
+    if "hotcoco PanopticEval" in outs:
+        assert abs(outs["hotcoco PanopticEval"]["All"]["pq"] - ours["All"]["pq"]) < 1e-12
+    rows["ours, filling the GT cache"] = fill_s
+
+    papi, why = run_panopticapi(args.panopticapi_python, gt_json, pred_json, args.repeat)
+    papi_s = None
+    if papi is None:
+        print(f"panopticapi: skipped ({why}); pass --panopticapi-python of a venv that has it")
+    else:
+        papi_s = papi[0]
+        rows["panopticapi pq_compute"] = papi_s
+        assert abs(papi[1] - ours["All"]["pq"]) < 1e-12
+
+    print(f"\nPQ = {100 * ours['All']['pq']:.2f} (All); best of {args.repeat}: wall time, and "
+          "CPU time of all threads and processes:")
+    for name, sec in rows.items():
+        c = f"{cpu[name]:7.3f} s CPU" if name in cpu else " " * 13
+        print(f"  {name:42s} {sec:7.3f} s wall {1000 * sec / args.images:6.2f} ms/image  {c}")
+    print("ratios, wall (CPU in brackets); > 1 = the other takes longer:")
+    floor_name = f"decode floor ({len(paths)} PNGs, {decoder_name()})"
+
+    def ratio(a: str, b: str) -> str:
+        c = f" ({cpu[a] / cpu[b]:5.2f}x)" if a in cpu and b in cpu else ""
+        return f"{rows[a] / rows[b]:5.2f}x{c}"
+
+    for other in ("hotcoco PanopticEval", "panopticapi pq_compute"):
+        if other in rows:
+            print(f"  {other} / ours: cold {ratio(other, 'ours (pq_compute)')}, "
+                  f"warm cache {ratio(other, 'ours, warm GT cache')}")
+    print(f"  ours / decode floor: cold {ratio('ours (pq_compute)', floor_name)}, "
+          f"warm cache {ratio('ours, warm GT cache', floor_name)}  (1.00 = pure decoding)")
+
+    stages = stage_breakdown(folder, gt_json, pred_json)
+    total = sum(stages.values())
+    print("where the time goes, one core, CPU ms per image (GT + prediction PNG):")
+    for k, v in stages.items():
+        print(f"  {k:8s} {v:6.3f} ms  {100 * v / total:5.1f} %")
+
+    acc = bench_accumulator(args.repeat)
+    for dev, ms in acc.items():
+        print(f"PQAccumulator.update, 800x1216 image, {dev}: {ms:.2f} ms/image")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Run-length helpers against plain per-pixel numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from panfpn.evaluation.id_runs import pair_counts, runs_of_ids, runs_of_rgb, segment_boxes
+from panfpn.evaluation.panoptic_png import id_to_rgb, rgb_to_id
+from pq_case_gen import make_case
+
+
+def _expand(runs):
+    starts, ids, n = runs
+    return np.repeat(ids, np.diff(starts, append=n))
+
+
+def test_runs_reproduce_the_map_from_ids_and_colours():
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        gt, _, pred, _ = make_case(rng)
+        for m in (gt, pred):
+            runs = runs_of_ids(m.reshape(-1))
+            assert np.array_equal(_expand(runs), m.reshape(-1))
+            assert np.all(runs[1][1:] != runs[1][:-1])  # maximal runs
+            rgb_runs = runs_of_rgb(id_to_rgb(m))
+            assert all(np.array_equal(a, b) for a, b in zip(rgb_runs[:2], runs[:2]))
+            assert np.array_equal(rgb_to_id(id_to_rgb(m)), m)
+
+
+def test_pair_counts_equal_per_pixel_counting():
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        gt, _, pred, _ = make_case(rng)
+        keys, counts = np.unique(gt.reshape(-1) * (1 << 24) + pred.reshape(-1), return_counts=True)
+        expected = list(zip((keys >> 24).tolist(), (keys & 0xFFFFFF).tolist(), counts.tolist()))
+        assert pair_counts(runs_of_ids(gt.reshape(-1)), runs_of_ids(pred.reshape(-1))) == expected
+
+
+def test_segment_boxes_equal_per_pixel_boxes():
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        m, _, _, _ = make_case(rng)
+        boxes = segment_boxes(runs_of_ids(m.reshape(-1)), m.shape[1])
+        assert set(boxes) == set(np.unique(m).tolist())
+        for seg_id, (area, (x, y, w, h)) in boxes.items():
+            ys, xs = np.nonzero(m == seg_id)
+            assert area == ys.size
+            assert (x, y, w, h) == (xs.min(), ys.min(), xs.max() - xs.min() + 1,
+                                    ys.max() - ys.min() + 1)
+
+
+def test_empty_maps():
+    empty = np.zeros(0, np.int64)
+    assert pair_counts(runs_of_ids(empty), runs_of_ids(empty)) == []
+    assert runs_of_rgb(np.zeros((0, 5, 3), np.uint8))[2] == 0

@@ -58,6 +58,7 @@ class PanopticFPN(nn.Module):
         pixel_mean: Sequence[float] = IMAGENET_MEAN_RGB,
         pixel_std: Sequence[float] = IMAGENET_STD_RGB,
         loss_weights: Mapping[str, float] | None = None,
+        channels_last: bool = True,
     ) -> None:
         """
         Args:
@@ -66,6 +67,8 @@ class PanopticFPN(nn.Module):
             merge: thresholds of the panoptic merge.
             pixel_mean, pixel_std: RGB normalisation in 0..255 units.
             loss_weights: multipliers by loss key; unlisted keys weigh 1, ``loss_sem_seg`` 0.5.
+            channels_last: run the convolutions in NHWC layout (about 1.5x faster training on
+                CPU through oneDNN, and the layout tensor cores want under AMP).
         """
         super().__init__()
         self.backbone = backbone
@@ -82,6 +85,8 @@ class PanopticFPN(nn.Module):
         # Persistent buffers: a checkpoint carries the normalisation its weights were trained with.
         self.register_buffer("pixel_mean", torch.tensor([float(v) for v in pixel_mean]).view(3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor([float(v) for v in pixel_std]).view(3, 1, 1))
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
 
     @property
     def device(self) -> torch.device:
@@ -109,7 +114,7 @@ class PanopticFPN(nn.Module):
         for i, (h, w) in enumerate(sizes):
             x[i, :, h:, :] = 0
             x[i, :, :, w:] = 0
-        x = F.pad(x, _pad_amount(x.shape[-2:]))
+        x = F.pad(x, _pad_amount(x.shape[-2:])).contiguous(memory_format=self.memory_format)
         return ImageList(x, sizes)
 
     def losses(self, batch: Mapping[str, Any], images: ImageList, features: Mapping[str, torch.Tensor],

@@ -4,9 +4,10 @@ Two setups, each measured in the same run:
   small   the synthetic CPU model (R18, 64 channels) on 128x128 images;
   r50     Panoptic FPN R50-FPN (COCO classes) on 800x1216 images (the COCO test size, so the
           test transform leaves them as they are).
-For each: images/s of ``predict_images`` with overlays, without overlays, and of the model's
-forward alone on the same already-decoded batches (the reference); the ratios show what reading,
-writing and drawing cost on top of the model.
+For each: images/s of ``predict_images`` end to end (read, resize, model, id PNG + JSON, overlay;
+writing runs in threads beside the model) and of the model's forward alone on the same
+already-decoded batches (the reference), plus each host stage timed alone on the model's outputs,
+as a share of the forward: on a GPU, where the forward is short, these are what bound throughput.
 
 Random weights give no detection above 0.05 and so no thing segment to write or draw; by default
 (``--full-load``) the box score threshold and the merge's score threshold are set to 0, so each
@@ -20,6 +21,7 @@ Input images are the two real COCO samples resized to the setup's size.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import tempfile
@@ -37,6 +39,8 @@ from PIL import Image
 from panfpn.data.image_files import ImageFileDataset, list_image_files
 from panfpn.engine.predict_run import collate_predict, predict_images
 from panfpn.engine.setup import build_metadata, build_model_from_config
+from panfpn.evaluation.writer import PanopticPredictionWriter, model_segments_to_dataset
+from panfpn.utils.visualize import panoptic_overlay
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(ROOT / "configs")
@@ -78,18 +82,44 @@ def sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def forward_only(model, paths, transforms, batch_size: int, device: torch.device) -> float:
-    """Seconds of the model's forward over pre-decoded, pre-collated batches (outputs on host)."""
+def forward_only(model, paths, transforms, batch_size: int, device: torch.device) -> tuple[float, list]:
+    """Seconds of the model's forward over pre-decoded, pre-collated batches, and the outputs
+    (id maps on the host, as predict reads them back)."""
     dataset = ImageFileDataset(paths, transforms=transforms, keep_original=False)
     batches = [collate_predict([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])[0]
                for i in range(0, len(dataset), batch_size)]
+    outputs = []
     sync(device)
     start = time.perf_counter()
     for batch in batches:
         for out in model(batch):
-            out["panoptic"][0].cpu()  # predict reads the id map back; count that here too
+            id_map, segments = out["panoptic"]
+            outputs.append((id_map.cpu().numpy(), segments))
     sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, outputs
+
+
+def host_costs(paths, transforms, outputs, metadata, folder: Path) -> dict[str, float]:
+    """Milliseconds per image of each host stage of predict, timed alone on the model's outputs."""
+    dataset = ImageFileDataset(paths, transforms=transforms)
+    writer = PanopticPredictionWriter(folder, metadata)
+    (folder / "vis").mkdir(parents=True, exist_ok=True)
+    t = {"read + resize": 0.0, "id PNG + JSON entry": 0.0, "overlay draw": 0.0, "overlay JPEG": 0.0}
+    for i, (id_map, segments) in enumerate(outputs):
+        start = time.perf_counter()
+        sample = dataset[i]
+        t["read + resize"] += time.perf_counter() - start
+        segs = model_segments_to_dataset(segments, metadata)
+        start = time.perf_counter()
+        writer.add(f"im{i}", f"im{i}.jpg", id_map, segs)
+        t["id PNG + JSON entry"] += time.perf_counter() - start
+        start = time.perf_counter()
+        vis = panoptic_overlay(sample["orig_image"], id_map, segs, metadata)
+        t["overlay draw"] += time.perf_counter() - start
+        start = time.perf_counter()
+        Image.fromarray(vis).save(folder / "vis" / f"im{i}.jpg", quality=92)
+        t["overlay JPEG"] += time.perf_counter() - start
+    return {k: 1000 * v / len(outputs) for k, v in t.items()}
 
 
 def run(name: str, args, device: torch.device) -> None:
@@ -101,34 +131,30 @@ def run(name: str, args, device: torch.device) -> None:
         # warm up (allocator, kernels, lazy imports) on one image
         predict_images(model, paths[:1], metadata, tmp / "warm", transforms=transforms, device=device,
                        batch_size=1, progress=False)
-        fwd, full, plain, things = [], [], [], []
+        fwd, full = [], []
         for rep in range(args.repeats):
-            fwd.append(forward_only(model, paths, transforms, args.batch_size, device))
+            seconds, outputs = forward_only(model, paths, transforms, args.batch_size, device)
+            fwd.append(seconds)
             r = predict_images(model, paths, metadata, tmp / "out", transforms=transforms, device=device,
                                batch_size=args.batch_size, num_workers=args.workers, overwrite=True,
-                               overlay=True, progress=False)
+                               write_threads=args.write_threads, progress=False)
             full.append(r["seconds"])
-            r = predict_images(model, paths, metadata, tmp / "out2", transforms=transforms, device=device,
-                               batch_size=args.batch_size, num_workers=args.workers, overwrite=True,
-                               overlay=False, progress=False)
-            plain.append(r["seconds"])
-        import json
-
+        host = host_costs(paths, transforms, outputs, metadata, tmp / "host")
         anns = json.loads((tmp / "out" / "panoptic.json").read_text())["annotations"]
         segs = [len(a["segments_info"]) for a in anns]
         things = [sum(metadata.category(s["category_id"]).isthing for s in a["segments_info"]) for a in anns]
-    ips = {k: n / statistics.median(v) for k, v in (("forward", fwd), ("predict", full),
-                                                      ("predict_no_overlay", plain))}
+    fwd_ms, full_ms = 1000 * statistics.median(fwd) / n, 1000 * statistics.median(full) / n
     print(f"\n[{name}] {n} images {size[0]}x{size[1]}, batch {args.batch_size}, device {device}, "
-          f"workers {args.workers}, median of {args.repeats}; segments/image {np.mean(segs):.1f} "
-          f"(things {np.mean(things):.1f})")
-    print(f"  model forward only (reference) {ips['forward']:8.2f} img/s  {1000 / ips['forward']:8.1f} ms/img")
-    for key in ("predict", "predict_no_overlay"):
-        print(f"  {key:30s} {ips[key]:8.2f} img/s  {1000 / ips[key]:8.1f} ms/img   "
-              f"ratio to forward {ips[key] / ips['forward']:.2f}")
-    per_img_overlay = 1000 * (1 / ips["predict"] - 1 / ips["predict_no_overlay"])
-    per_img_io = 1000 * (1 / ips["predict_no_overlay"] - 1 / ips["forward"])
-    print(f"  overhead per image: reading+resizing+writing PNG/JSON {per_img_io:.1f} ms, overlay {per_img_overlay:.1f} ms")
+          f"loader workers {args.workers}, write threads {args.write_threads}, median of {args.repeats}; "
+          f"segments/image {np.mean(segs):.1f} (things {np.mean(things):.1f})")
+    print(f"  model forward alone (reference)  {1000 / fwd_ms:8.2f} img/s  {fwd_ms:9.1f} ms/img")
+    print(f"  predict end to end               {1000 / full_ms:8.2f} img/s  {full_ms:9.1f} ms/img   "
+          f"ratio to forward {fwd_ms / full_ms:.2f}")
+    print("  host stages, timed alone (ms/img, and as a share of the forward):")
+    for key, ms in host.items():
+        print(f"    {key:22s} {ms:8.1f} ms  {100 * ms / fwd_ms:6.1f} %")
+    total = sum(host.values())
+    print(f"    {'total':22s} {total:8.1f} ms  {100 * total / fwd_ms:6.1f} %")
 
 
 def main() -> None:
@@ -138,7 +164,8 @@ def main() -> None:
     parser.add_argument("--num-small", type=int, default=16)
     parser.add_argument("--num-r50", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers (decode + resize)")
+    parser.add_argument("--write-threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--setups", nargs="+", default=["small", "r50"], choices=sorted(SETUPS))
     parser.add_argument("--no-full-load", dest="full_load", action="store_false")

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from panfpn.data.collate import collate_panoptic
 from panfpn.data.image_files import FailedImage, ImageFileDataset, list_image_files, output_stems
@@ -204,33 +205,34 @@ def predict_images(
     pending: deque[Future] = deque()
     start = time.perf_counter()
     bar = tqdm(total=len(dataset), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
-    try:
-        for batch, bad in loader:
-            for f in bad:
-                logger.warning("skipped %s: %s", f.path, f.error)
-            failed.extend(bad)
-            for i, out in enumerate(model(batch) if batch is not None else []):
-                id_map, segments = out["panoptic"]
-                job = functools.partial(_write_one, targets, batch["image_ids"][i], batch["paths"][i],
-                                        id_map.cpu().numpy(), model_segments_to_dataset(segments, metadata),
-                                        batch["orig_images"][i])
-                if pool is None:
-                    job()
-                else:
-                    pending.append(pool.submit(job))
-                    while len(pending) > 2 * write_threads:  # bound the images held in memory
-                        pending.popleft().result()
-                predicted.append(batch["image_ids"][i])
-            bar.update(len(bad) + (len(batch["image_ids"]) if batch is not None else 0))
-        while pending:
-            pending.popleft().result()
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        # also after an error or Ctrl-C, so what was written is listed in the JSON
-        _finish_json(targets.writer, kept, stems, paths)
-        _write_failed(out_dir, failed)
+    with logging_redirect_tqdm(loggers=[logger]):  # log lines above the progress bar, not through it
+        try:
+            for batch, bad in loader:
+                for f in bad:
+                    logger.warning("skipped %s: %s", f.path, f.error)
+                failed.extend(bad)
+                for i, out in enumerate(model(batch) if batch is not None else []):
+                    id_map, segments = out["panoptic"]
+                    job = functools.partial(_write_one, targets, batch["image_ids"][i], batch["paths"][i],
+                                            id_map.cpu().numpy(), model_segments_to_dataset(segments, metadata),
+                                            batch["orig_images"][i])
+                    if pool is None:
+                        job()
+                    else:
+                        pending.append(pool.submit(job))
+                        while len(pending) > 2 * write_threads:  # bound the images held in memory
+                            pending.popleft().result()
+                    predicted.append(batch["image_ids"][i])
+                bar.update(len(bad) + (len(batch["image_ids"]) if batch is not None else 0))
+            while pending:
+                pending.popleft().result()
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            # also after an error or Ctrl-C, so what was written is listed in the JSON
+            _finish_json(targets.writer, kept, stems, paths)
+            _write_failed(out_dir, failed)
     seconds = time.perf_counter() - start
     logger.info("predicted %d image(s), skipped %d existing, %d failed; results in %s",
                 len(predicted), len(skipped), len(failed), out_dir)

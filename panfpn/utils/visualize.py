@@ -231,8 +231,9 @@ def _draw_labels(image: np.ndarray, pos: np.ndarray, ids: np.ndarray, segments: 
     font = _font(max(10, round(max(h, w) / 55)))
     canvas = Image.fromarray(image)
     draw = ImageDraw.Draw(canvas)
-    # stuff first, so thing labels are drawn on top where they meet
-    ordered = sorted(segments, key=lambda s: metadata.category(int(s["category_id"])).isthing)
+    # stuff first, then things by ascending score: where labels meet, the surest is on top
+    ordered = sorted(segments, key=lambda s: (metadata.category(int(s["category_id"])).isthing,
+                                              float(s.get("score") or 0.0)))
     for seg in ordered:
         k = index[int(seg["id"])]
         cat = metadata.category(int(seg["category_id"]))

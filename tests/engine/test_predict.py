@@ -270,3 +270,23 @@ def test_unreadable_previous_json_needs_overwrite(tmp_path):
                             overwrite=True, progress=False)
     assert result["predicted"] == ["img0"]
     assert len(json.loads((out / "panoptic.json").read_text())["annotations"]) == 1
+
+
+def test_error_mid_run_still_lists_what_was_written(tmp_path):
+    from panfpn.engine.predict_run import predict_images
+
+    class FailsOnSecondBatch(_FakeModel):
+        def forward(self, batch):
+            if self.seen:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return super().forward(batch)
+
+    folder = tmp_path / "in"
+    _images(folder, sizes=((20, 24), (24, 20), (20, 30)))
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="simulated"):
+        predict_images(FailsOnSecondBatch(), list_image_files(folder), synthetic_metadata(), out,
+                       batch_size=2, progress=False)
+    data = json.loads((out / "panoptic.json").read_text())
+    assert [a["image_id"] for a in data["annotations"]] == ["img0", "img1"]
+    assert not list(out.rglob(".*tmp*"))  # no temporary files left behind

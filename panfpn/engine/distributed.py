@@ -31,6 +31,9 @@ def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> torch.d
     Without torchrun's variables (WORLD_SIZE unset or 1) nothing is initialised. Backend: NCCL on
     GPU, gloo on CPU.
     """
+    from panfpn.engine.slurm_env import apply_slurm_env
+
+    apply_slurm_env()  # srun without torchrun: map SLURM_* to torchrun's variables
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device == "auto":
@@ -46,6 +49,12 @@ def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> torch.d
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     return dev
+
+
+def shared_run_dir(run_dir: str | os.PathLike) -> str:
+    """Rank 0's run dir on every rank: hydra stamps each process's dir with its own start time,
+    so ranks started a second apart would otherwise write (and resume) in different folders."""
+    return str(broadcast_object(str(run_dir)))
 
 
 def barrier() -> None:

@@ -34,7 +34,7 @@ def evaluate_from_config(cfg: DictConfig) -> dict:
     if not cfg.weights:
         raise ConfigError("config key 'weights' must name the checkpoint to evaluate (weights=path/to/model.pth)")
     device = du.init_distributed(cfg.device)
-    out_dir = Path(cfg.output_dir)
+    out_dir = Path(du.shared_run_dir(cfg.output_dir))
     setup_logging(out_dir if du.is_main_process() else None)
     metadata = build_metadata(cfg)
     model = build_model_from_config(cfg).to(device)

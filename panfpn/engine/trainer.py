@@ -124,7 +124,7 @@ def train(cfg: DictConfig) -> dict:
     """
     validate_config(cfg)
     device = du.init_distributed(cfg.device)
-    run_dir = Path(cfg.output_dir)
+    run_dir = Path(du.shared_run_dir(cfg.output_dir))
     setup_logging(run_dir if du.is_main_process() else None)
     seed_everything(int(cfg.seed) + du.get_rank())
 

@@ -47,10 +47,15 @@ def decode_rgb(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
     return rgb
 
 
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """``[H, W, 3]`` uint8 colours of a panoptic PNG file."""
+    with open(path, "rb") as f:
+        return decode_rgb(f.read(), path)
+
+
 def read_runs(path: str | os.PathLike) -> tuple[Runs, tuple[int, int]]:
     """Runs and ``(H, W)`` of a panoptic PNG."""
-    with open(path, "rb") as f:
-        rgb = decode_rgb(f.read(), path)
+    rgb = read_rgb(path)
     return runs_of_rgb(rgb), rgb.shape[:2]
 
 

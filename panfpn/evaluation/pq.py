@@ -1,4 +1,4 @@
-"""Folder-vs-folder panoptic quality of COCO-panoptic files: a drop-in for panopticapi's ``pq_compute``.
+"""Panoptic quality of COCO-panoptic folders: a drop-in for panopticapi's ``pq_compute``.
 
 Same arguments, same result dict, same rules (see :mod:`panfpn.evaluation.pq_rules`), same
 errors on bad input; faster: each image becomes a few thousand runs right after decoding (see
@@ -23,8 +23,10 @@ import sys
 import time
 from typing import Any, Sequence
 
-from panfpn.evaluation.id_runs import pair_counts
-from panfpn.evaluation.panoptic_png import RunsCache, read_runs
+import numpy as np
+
+from panfpn.evaluation.id_runs import pair_counts, pair_counts_rgb, runs_of_rgb
+from panfpn.evaluation.panoptic_png import RunsCache, read_rgb
 from panfpn.evaluation.pq_rules import (PQInputError, PQStat, accumulate_image, format_table,
                                         normalize_categories, pq_results)
 
@@ -47,6 +49,14 @@ def tune_worker_malloc() -> None:
     mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: return heap memory only above 256 MB free
 
 
+def _known_ids(segments: Sequence[dict]) -> np.ndarray | None:
+    """Sorted ids a PNG should hold (its segments and void): a hint for the pair counting."""
+    try:
+        return np.unique(np.array([0] + [int(s["id"]) for s in segments], np.int64))
+    except (KeyError, TypeError, ValueError):
+        return None  # malformed segments are reported by the rules, with the image named
+
+
 def _evaluate_chunk(chunk: Sequence[tuple[dict, dict]], gt_folder: str, pred_folder: str,
                     categories: dict, cache_dir: str | None) -> PQStat:
     cache = RunsCache(cache_dir) if cache_dir else None
@@ -55,15 +65,25 @@ def _evaluate_chunk(chunk: Sequence[tuple[dict, dict]], gt_folder: str, pred_fol
         image_id = gt_ann["image_id"]
         gt_path = os.path.join(gt_folder, gt_ann["file_name"])
         pred_path = os.path.join(pred_folder, pred_ann["file_name"])
-        gt_runs, gt_size = cache.read_runs(gt_path) if cache else read_runs(gt_path)
-        pred_runs, pred_size = read_runs(pred_path)
+        known = (_known_ids(gt_ann["segments_info"]), _known_ids(pred_ann["segments_info"]))
+        if cache:
+            gt_runs, gt_size = cache.read_runs(gt_path)
+            pred_rgb = read_rgb(pred_path)
+            pred_size = pred_rgb.shape[:2]
+        else:
+            gt_rgb, pred_rgb = read_rgb(gt_path), read_rgb(pred_path)
+            gt_size, pred_size = gt_rgb.shape[:2], pred_rgb.shape[:2]
         if gt_size != pred_size:
             raise PQInputError(
                 f"image {image_id!r}: ground truth {gt_path} is {gt_size[0]}x{gt_size[1]} but the "
                 f"prediction {pred_path} is {pred_size[0]}x{pred_size[1]} (HxW)"
             )
+        if cache:
+            pairs = pair_counts(gt_runs, runs_of_rgb(pred_rgb), *known)
+        else:
+            pairs = pair_counts_rgb(gt_rgb, pred_rgb, *known)
         accumulate_image(stat, image_id, gt_ann["segments_info"], pred_ann["segments_info"],
-                         pair_counts(gt_runs, pred_runs), categories)
+                         pairs, categories)
     return stat
 
 
@@ -121,7 +141,8 @@ def pq_compute(gt_json_file: str | os.PathLike, pred_json_file: str | os.PathLik
     """
     start = time.perf_counter()
     gt_json_file, pred_json_file = os.fspath(gt_json_file), os.fspath(pred_json_file)
-    gt_folder = os.fspath(gt_folder) if gt_folder is not None else gt_json_file.rsplit(".json", 1)[0]
+    gt_folder = (os.fspath(gt_folder) if gt_folder is not None
+                 else gt_json_file.rsplit(".json", 1)[0])
     pred_folder = (os.fspath(pred_folder) if pred_folder is not None
                    else pred_json_file.rsplit(".json", 1)[0])
     for folder, what in ((gt_folder, "ground-truth"), (pred_folder, "prediction")):

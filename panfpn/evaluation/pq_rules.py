@@ -65,7 +65,8 @@ def index_segments(segments: Sequence[Mapping[str, Any]], image_id: Any, side: s
             ) from None
         if seg_id in by_id:
             raise PQInputError(
-                f"image {image_id!r}: segment id {seg_id} is listed twice in the {side} segments_info"
+                f"image {image_id!r}: segment id {seg_id} is listed twice in the {side} "
+                "segments_info"
             )
         by_id[seg_id] = seg
     return by_id
@@ -86,7 +87,8 @@ def accumulate_image(
     Args:
         stat: the running sums, updated in place.
         image_id: used in error messages only.
-        gt_segments: ground-truth ``segments_info`` (``id``, ``category_id``, ``iscrowd``, ``area``).
+        gt_segments: ground-truth ``segments_info`` (``id``, ``category_id``, ``iscrowd``,
+            ``area``).
         pred_segments: predicted ``segments_info`` (``id``, ``category_id``).
         pairs: every ``(gt_id, pred_id, pixel_count)`` with a non-zero count, each pair once,
             in ascending ``(gt_id, pred_id)`` order (the order only fixes which error is

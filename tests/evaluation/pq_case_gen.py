@@ -126,5 +126,6 @@ def write_cases(folder: Path, seed: int, n: int) -> tuple[Path, Path, list]:
     rng = np.random.default_rng(seed)
     cases = [make_case(rng) for _ in range(n)]
     gt_json = write_panoptic(folder, "gt", [(i, g, gs) for i, (g, gs, _, _) in enumerate(cases)])
-    pred_json = write_panoptic(folder, "pred", [(i, p, ps) for i, (_, _, p, ps) in enumerate(cases)])
+    pred_json = write_panoptic(folder, "pred",
+                               [(i, p, ps) for i, (_, _, p, ps) in enumerate(cases)])
     return gt_json, pred_json, cases

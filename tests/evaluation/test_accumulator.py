@@ -1,4 +1,4 @@
-"""PQAccumulator equals pq_compute on the same predictions written to files, on any device and rank count."""
+"""PQAccumulator equals pq_compute on the same predictions written to files, on any device/ranks."""
 
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from panfpn.evaluation.id_runs import pair_counts, runs_of_ids, runs_of_rgb, segment_boxes
+from panfpn.evaluation.id_runs import (pair_counts, pair_counts_rgb, runs_of_ids, runs_of_rgb,
+                                       segment_boxes)
 from panfpn.evaluation.panoptic_png import id_to_rgb, rgb_to_id
 from pq_case_gen import make_case
 
@@ -33,7 +34,15 @@ def test_pair_counts_equal_per_pixel_counting():
         gt, _, pred, _ = make_case(rng)
         keys, counts = np.unique(gt.reshape(-1) * (1 << 24) + pred.reshape(-1), return_counts=True)
         expected = list(zip((keys >> 24).tolist(), (keys & 0xFFFFFF).tolist(), counts.tolist()))
-        assert pair_counts(runs_of_ids(gt.reshape(-1)), runs_of_ids(pred.reshape(-1))) == expected
+        runs = runs_of_ids(gt.reshape(-1)), runs_of_ids(pred.reshape(-1))
+        assert pair_counts(*runs) == expected
+        assert pair_counts_rgb(id_to_rgb(gt), id_to_rgb(pred)) == expected
+        # Id hints (from the JSON) change nothing, whether complete or missing an id.
+        full = np.unique(gt), np.unique(pred)
+        partial = full[0][1:], full[1][:-1]
+        for hints in (full, partial):
+            assert pair_counts(*runs, *hints) == expected
+            assert pair_counts_rgb(id_to_rgb(gt), id_to_rgb(pred), *hints) == expected
 
 
 def test_segment_boxes_equal_per_pixel_boxes():

@@ -37,7 +37,8 @@ def assert_same(ours: dict, ref: dict) -> None:
             assert abs(ours[split][m] - ref[split][m]) <= 1e-12, (split, m)
     for cat, mine in ours["per_class"].items():
         theirs = ref["per_class"][cat]
-        assert (mine["tp"], mine["fp"], mine["fn"]) == (theirs["tp"], theirs["fp"], theirs["fn"]), cat
+        counts = ("tp", "fp", "fn")
+        assert [mine[k] for k in counts] == [theirs[k] for k in counts], cat
         if mine["tp"] + mine["fp"] + mine["fn"]:
             for m in ("pq", "sq", "rq"):
                 assert abs(mine[m] - theirs[m]) <= 1e-12, (cat, m)

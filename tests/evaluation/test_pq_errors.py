@@ -117,7 +117,8 @@ def _accumulator_inputs():
 
 @pytest.mark.parametrize("edit, expected", [
     (lambda p, ps, g, gs: (p, ps[:1], g, gs), "not in the predicted segments_info"),
-    (lambda p, ps, g, gs: (p, ps + [{"id": 4, "category_id": 1}], g, gs), "[4] are in the predicted"),
+    (lambda p, ps, g, gs: (p, ps + [{"id": 4, "category_id": 1}], g, gs),
+     "[4] are in the predicted"),
     (lambda p, ps, g, gs: (p, [dict(ps[0], category_id=2), ps[1]], g, gs), "unknown category_id 2"),
     (lambda p, ps, g, gs: (p[:, :7], ps, g, gs), "(6, 7)"),
     (lambda p, ps, g, gs: (p, ps + ps[:1], g, gs), "listed twice"),

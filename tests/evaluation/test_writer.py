@@ -42,8 +42,8 @@ def test_model_segments_to_dataset_round_trip():
     assert [s["category_id"] for s in out] == [META.thing_ids[2], META.stuff_ids[1]]
     assert out[0]["score"] == pytest.approx(0.7) and "score" not in out[1]
     with pytest.raises(ValueError, match="merged 'thing'"):
-        model_segments_to_dataset([{"id": 1, "isthing": False, "category": META.num_sem_classes - 1}],
-                                  META)
+        merged_thing = META.num_sem_classes - 1
+        model_segments_to_dataset([{"id": 1, "isthing": False, "category": merged_thing}], META)
 
 
 def test_written_files_evaluate_like_the_in_memory_accumulator(tmp_path):

@@ -23,9 +23,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-import numpy as np
-
-from panfpn.evaluation.id_runs import pair_counts, pair_counts_rgb, runs_of_rgb
+from panfpn.evaluation.id_runs import known_ids, pair_counts, pair_counts_rgb, runs_of_rgb
 from panfpn.evaluation.panoptic_png import RunsCache, read_rgb
 from panfpn.evaluation.pq_rules import (PQInputError, PQStat, accumulate_image, format_table,
                                         normalize_categories, pq_results)
@@ -49,14 +47,6 @@ def tune_worker_malloc() -> None:
     mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: return heap memory only above 256 MB free
 
 
-def _known_ids(segments: Sequence[dict]) -> np.ndarray | None:
-    """Sorted ids a PNG should hold (its segments and void): a hint for the pair counting."""
-    try:
-        return np.unique(np.array([0] + [int(s["id"]) for s in segments], np.int64))
-    except (KeyError, TypeError, ValueError):
-        return None  # malformed segments are reported by the rules, with the image named
-
-
 def _evaluate_chunk(chunk: Sequence[tuple[dict, dict]], gt_folder: str, pred_folder: str,
                     categories: dict, cache_dir: str | None) -> PQStat:
     cache = RunsCache(cache_dir) if cache_dir else None
@@ -65,7 +55,7 @@ def _evaluate_chunk(chunk: Sequence[tuple[dict, dict]], gt_folder: str, pred_fol
         image_id = gt_ann["image_id"]
         gt_path = os.path.join(gt_folder, gt_ann["file_name"])
         pred_path = os.path.join(pred_folder, pred_ann["file_name"])
-        known = (_known_ids(gt_ann["segments_info"]), _known_ids(pred_ann["segments_info"]))
+        known = (known_ids(gt_ann["segments_info"]), known_ids(pred_ann["segments_info"]))
         if cache:
             gt_runs, gt_size = cache.read_runs(gt_path)
             pred_rgb = read_rgb(pred_path)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from panfpn.evaluation.id_runs import (pair_counts, pair_counts_rgb, runs_of_ids, runs_of_rgb,
-                                       segment_boxes)
+from panfpn.evaluation.id_runs import (pair_counts, pair_counts_ids, pair_counts_rgb, runs_of_ids,
+                                       runs_of_rgb, segment_boxes)
 from panfpn.evaluation.panoptic_png import id_to_rgb, rgb_to_id
 from pq_case_gen import make_case
 
@@ -37,12 +37,14 @@ def test_pair_counts_equal_per_pixel_counting():
         runs = runs_of_ids(gt.reshape(-1)), runs_of_ids(pred.reshape(-1))
         assert pair_counts(*runs) == expected
         assert pair_counts_rgb(id_to_rgb(gt), id_to_rgb(pred)) == expected
+        assert pair_counts_ids(gt, pred) == expected
         # Id hints (from the JSON) change nothing, whether complete or missing an id.
         full = np.unique(gt), np.unique(pred)
         partial = full[0][1:], full[1][:-1]
         for hints in (full, partial):
             assert pair_counts(*runs, *hints) == expected
             assert pair_counts_rgb(id_to_rgb(gt), id_to_rgb(pred), *hints) == expected
+            assert pair_counts_ids(gt, pred, *hints) == expected
 
 
 def test_segment_boxes_equal_per_pixel_boxes():

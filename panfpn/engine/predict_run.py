@@ -229,7 +229,9 @@ def predict_images(
         finally:
             bar.close()
             if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+                # Finish the queued writes (at most 2 x write_threads images) even after an error:
+                # those predictions exist, and cancelling them raced with the JSON listing.
+                pool.shutdown(wait=True)
             # also after an error or Ctrl-C, so what was written is listed in the JSON
             _finish_json(targets.writer, kept, stems, paths)
             _write_failed(out_dir, failed)

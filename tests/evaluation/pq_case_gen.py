@@ -129,3 +129,18 @@ def write_cases(folder: Path, seed: int, n: int) -> tuple[Path, Path, list]:
     pred_json = write_panoptic(folder, "pred",
                                [(i, p, ps) for i, (_, _, p, ps) in enumerate(cases)])
     return gt_json, pred_json, cases
+
+
+def assert_same(ours: dict, ref: dict) -> None:
+    """Same counts per class and scores within 1e-12 (ref: a result dict of ours or hotcoco's)."""
+    for split in ("All", "Things", "Stuff"):
+        assert ours[split]["n"] == ref[split]["n"], split
+        for m in ("pq", "sq", "rq"):
+            assert abs(ours[split][m] - ref[split][m]) <= 1e-12, (split, m)
+    for cat, mine in ours["per_class"].items():
+        theirs = ref["per_class"][cat]
+        counts = ("tp", "fp", "fn")
+        assert [mine[k] for k in counts] == [theirs[k] for k in counts], cat
+        if mine["tp"] + mine["fp"] + mine["fn"]:
+            for m in ("pq", "sq", "rq"):
+                assert abs(mine[m] - theirs[m]) <= 1e-12, (cat, m)

@@ -14,8 +14,7 @@ import torch.multiprocessing as mp
 from panfpn.evaluation import PQAccumulator, pq_compute
 from panfpn.evaluation.accumulator import pair_counts_torch
 from panfpn.evaluation.id_runs import pair_counts, runs_of_ids
-from pq_case_gen import CATEGORIES, make_case, write_cases
-from test_pq_compute import assert_same
+from pq_case_gen import CATEGORIES, assert_same, make_case, write_cases
 
 
 def _feed(acc, cases, device="cpu", drop_area=False, start=0, step=1):

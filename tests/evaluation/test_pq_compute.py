@@ -15,7 +15,7 @@ import pytest
 
 from panfpn.evaluation.pq import main as pq_main
 from panfpn.evaluation.pq import pq_compute
-from pq_case_gen import THINGS, write_cases
+from pq_case_gen import THINGS, assert_same, write_cases
 
 hotcoco_panoptic = pytest.importorskip("hotcoco.panoptic")
 
@@ -28,20 +28,6 @@ def hotcoco_results(gt_json: Path, pred_json: Path, **folders) -> dict:
         ev = hotcoco_panoptic.PanopticEval(str(gt_json), str(pred_json), **folders)
         ev.evaluate()
         return ev.results()
-
-
-def assert_same(ours: dict, ref: dict) -> None:
-    for split in ("All", "Things", "Stuff"):
-        assert ours[split]["n"] == ref[split]["n"], split
-        for m in ("pq", "sq", "rq"):
-            assert abs(ours[split][m] - ref[split][m]) <= 1e-12, (split, m)
-    for cat, mine in ours["per_class"].items():
-        theirs = ref["per_class"][cat]
-        counts = ("tp", "fp", "fn")
-        assert [mine[k] for k in counts] == [theirs[k] for k in counts], cat
-        if mine["tp"] + mine["fp"] + mine["fn"]:
-            for m in ("pq", "sq", "rq"):
-                assert abs(mine[m] - theirs[m]) <= 1e-12, (cat, m)
 
 
 def corner_counts(cases) -> dict:

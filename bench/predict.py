@@ -38,7 +38,8 @@ from PIL import Image
 
 from panfpn.data.image_files import ImageFileDataset, list_image_files
 from panfpn.engine.predict_run import collate_predict, predict_images
-from panfpn.engine.setup import build_metadata, build_model_from_config
+from panfpn.engine.setup import build_metadata
+from panfpn.modeling.build import build_model
 from panfpn.evaluation.writer import PanopticPredictionWriter, model_segments_to_dataset
 from panfpn.utils.visualize import panoptic_overlay
 
@@ -61,7 +62,7 @@ def build(name: str, full_load: bool, device: torch.device):
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # frozen BN without weights: irrelevant for speed
-        model = build_model_from_config(cfg).to(device).eval()
+        model = build_model(cfg).to(device).eval()
     node = cfg.data.val.transforms
     return model, build_metadata(cfg), (instantiate(node) if node is not None else None), size
 

@@ -13,7 +13,8 @@ from panfpn.data.panoptic_io import write_json_atomic
 from panfpn.engine import distributed as du
 from panfpn.engine.config import ConfigError, validate_config
 from panfpn.engine.evaluator import build_eval_loader, evaluate, format_results
-from panfpn.engine.setup import build_metadata, build_model_from_config, setup_logging
+from panfpn.modeling.build import build_model
+from panfpn.engine.setup import build_metadata, setup_logging
 
 logger = logging.getLogger("panfpn")
 
@@ -37,7 +38,7 @@ def evaluate_from_config(cfg: DictConfig) -> dict:
     out_dir = Path(du.shared_run_dir(cfg.output_dir))
     setup_logging(out_dir if du.is_main_process() else None)
     metadata = build_metadata(cfg)
-    model = build_model_from_config(cfg).to(device)
+    model = build_model(cfg).to(device)
     loader = build_eval_loader(cfg, instantiate(cfg.data.val))
     writer = None
     if cfg.eval.save_predictions:

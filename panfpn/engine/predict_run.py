@@ -41,7 +41,8 @@ from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.panoptic_io import load_json, write_json_atomic
 from panfpn.engine import distributed as du
 from panfpn.engine.config import ConfigError, validate_config
-from panfpn.engine.setup import build_metadata, build_model_from_config, setup_logging
+from panfpn.modeling.build import build_model
+from panfpn.engine.setup import build_metadata, setup_logging
 from panfpn.evaluation.writer import PanopticPredictionWriter, model_segments_to_dataset
 from panfpn.utils.visualize import panoptic_overlay
 
@@ -129,7 +130,7 @@ def predict_from_config(cfg: DictConfig) -> dict[str, Any]:
     metadata = build_metadata(cfg)
     transforms_cfg = OmegaConf.select(cfg, "data.val.transforms", default=None)
     transforms = instantiate(transforms_cfg) if transforms_cfg is not None else None
-    model = build_model_from_config(cfg).to(device)
+    model = build_model(cfg).to(device)
     logger.info("predicting %d input file(s) into %s (test transform: %s)", len(paths), out_dir, transforms)
     return predict_images(model, paths, metadata, out_dir, transforms=transforms, device=device,
                           batch_size=int(opts.batch_size), num_workers=int(opts.num_workers),

@@ -1,4 +1,4 @@
-"""Builders shared by train, eval and predict: logging, metadata, model, batch transfer."""
+"""Setup shared by train, eval and predict: logging, metadata checks, batch transfer."""
 
 from __future__ import annotations
 
@@ -50,13 +50,6 @@ def build_metadata(cfg: DictConfig) -> DatasetMetadata:
         if configured != value:
             raise ConfigError(f"config key '{key}' is {configured!r} but the dataset metadata gives {value!r}")
     return metadata
-
-
-def build_model_from_config(cfg: DictConfig) -> torch.nn.Module:
-    """The model of ``cfg.model`` with ``cfg.weights`` loaded (if set); the report is logged."""
-    from panfpn.modeling.build import build_model
-
-    return build_model(cfg)
 
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

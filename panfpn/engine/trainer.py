@@ -29,7 +29,8 @@ from panfpn.engine.config import validate_config
 from panfpn.engine.evaluator import build_eval_loader, evaluate, metrics_to_scalars
 from panfpn.engine.metrics_log import MetricsLog
 from panfpn.engine.sampler import ResumableTrainingSampler, SeededSampleDataset
-from panfpn.engine.setup import build_metadata, build_model_from_config, move_batch, setup_logging
+from panfpn.modeling.build import build_model
+from panfpn.engine.setup import build_metadata, move_batch, setup_logging
 from panfpn.engine.solver import build_optimizer, clip_gradients, scaled_lr
 
 logger = logging.getLogger("panfpn")
@@ -129,7 +130,7 @@ def train(cfg: DictConfig) -> dict:
     seed_everything(int(cfg.seed) + du.get_rank())
 
     metadata = build_metadata(cfg)
-    model = build_model_from_config(cfg).to(device)
+    model = build_model(cfg).to(device)
     world = du.get_world_size()
     global_batch = int(cfg.data.batch_size) * world
     lr = scaled_lr(float(cfg.solver.base_lr), reference_batch=int(cfg.solver.ims_per_batch),

@@ -16,7 +16,7 @@ from panfpn.data.panoptic_io import read_id_png
 from panfpn.data.synthetic import synthetic_metadata
 from panfpn.engine.config import ConfigError
 from panfpn.engine.predict_run import predict_from_config
-from panfpn.engine.setup import build_model_from_config
+from panfpn.modeling.build import build_model
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 # test transform: shorter side 48, so the model runs at another size than the inputs
@@ -30,7 +30,7 @@ def weights(tmp_path_factory):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"output_dir={tmp_path_factory.mktemp('w')}"])
     torch.manual_seed(0)
-    model = build_model_from_config(cfg)
+    model = build_model(cfg)
     path = tmp_path_factory.mktemp("ckpt") / "model.pth"
     torch.save({"model": model.state_dict()}, path)
     return path

@@ -34,6 +34,18 @@ def test_train_runs_checkpoints_logs_and_evaluates(tiny_cfg, tmp_path):
     acc.Reload()
     assert "loss/total" in acc.Tags()["scalars"] and "pq/All" in acc.Tags()["scalars"]
     assert len(acc.Scalars("loss/total")) == 4
+    assert {"val/panoptic/0", "val/panoptic/1"} <= set(acc.Tags()["images"])  # GT | prediction overlays
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_amp_and_gradient_clipping(tiny_cfg, tmp_path, dtype):
+    result = train(tiny_cfg("train.amp=true", f"train.amp_dtype={dtype}", "train.clip_grad_norm=1.0",
+                            "train.eval_period=-1"))
+    assert result["iteration"] == 4
+    assert all(math.isfinite(v) for k, v in result["losses"].items() if k.startswith("loss/"))
+    ckpt = load_training_checkpoint(tmp_path / "run" / "model_final.pth")
+    # float16 trains through the grad scaler (its state is checkpointed); bfloat16 needs none
+    assert bool(ckpt["scaler"]) == (dtype == "float16")
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -48,26 +48,37 @@ def test_amp_and_gradient_clipping(tiny_cfg, tmp_path, dtype):
     assert bool(ckpt["scaler"]) == (dtype == "float16")
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_resume_gives_the_weights_of_an_uninterrupted_run(tiny_cfg, tmp_path, workers, monkeypatch):
-    overrides = (f"data.num_workers={workers}", "train.eval_period=-1", "train.checkpoint_period=100")
-    straight = train(tiny_cfg(*overrides, run_dir=tmp_path / "a"))
-
+def wrap_forward(monkeypatch, hook):
+    """Patch PanopticFPN.forward so ``hook(call_number, outputs)`` runs on each call (1-based)
+    before the outputs are returned; returns a function that restores the original."""
     from panfpn.modeling import panoptic_fpn
 
     original = panoptic_fpn.PanopticFPN.forward
     calls = {"n": 0}
 
-    def interrupted(self, batch):
+    def wrapped(self, batch):
+        out = original(self, batch)
         calls["n"] += 1
-        if calls["n"] == 2:  # SIGTERM arrives during the second iteration
-            signal.raise_signal(signal.SIGTERM)
-        return original(self, batch)
+        hook(calls["n"], out)
+        return out
 
-    monkeypatch.setattr(panoptic_fpn.PanopticFPN, "forward", interrupted)
+    monkeypatch.setattr(panoptic_fpn.PanopticFPN, "forward", wrapped)
+    return lambda: monkeypatch.setattr(panoptic_fpn.PanopticFPN, "forward", original)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_gives_the_weights_of_an_uninterrupted_run(tiny_cfg, tmp_path, workers, monkeypatch):
+    overrides = (f"data.num_workers={workers}", "train.eval_period=-1", "train.checkpoint_period=100")
+    straight = train(tiny_cfg(*overrides, run_dir=tmp_path / "a"))
+
+    def sigterm_in_second_iteration(n, out):
+        if n == 2:
+            signal.raise_signal(signal.SIGTERM)
+
+    restore = wrap_forward(monkeypatch, sigterm_in_second_iteration)
     stopped = train(tiny_cfg(*overrides, run_dir=tmp_path / "b"))
     assert stopped["interrupted"] and stopped["iteration"] == 2
-    monkeypatch.setattr(panoptic_fpn.PanopticFPN, "forward", original)
+    restore()
     resumed = train(tiny_cfg(*overrides, "resume=true", run_dir=tmp_path / "b"))
     assert resumed["iteration"] == straight["iteration"] == 4
     a = load_training_checkpoint(tmp_path / "a" / "model_final.pth")["model"]
@@ -78,37 +89,21 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(tiny_cfg, tmp_path, wo
 
 
 def test_nonfinite_loss_raises_naming_iteration_and_term(tiny_cfg, monkeypatch):
-    from panfpn.modeling import panoptic_fpn
-
-    original = panoptic_fpn.PanopticFPN.forward
-    calls = {"n": 0}
-
-    def poisoned(self, batch):
-        out = original(self, batch)
-        calls["n"] += 1
-        if self.training and calls["n"] == 3:
+    def nan_mask_loss_in_third_iteration(n, out):
+        if n == 3:
             out["loss_mask"] = out["loss_mask"] * float("nan")
-        return out
 
-    monkeypatch.setattr(panoptic_fpn.PanopticFPN, "forward", poisoned)
+    wrap_forward(monkeypatch, nan_mask_loss_in_third_iteration)
     with pytest.raises(NonFiniteLossError, match=r"iteration 2: loss_mask=nan"):
         train(tiny_cfg("train.eval_period=-1"))
 
 
 def test_nonfinite_loss_skip_mode_skips_the_step(tiny_cfg, monkeypatch, tmp_path):
-    from panfpn.modeling import panoptic_fpn
-
-    original = panoptic_fpn.PanopticFPN.forward
-    calls = {"n": 0}
-
-    def poisoned(self, batch):
-        out = original(self, batch)
-        calls["n"] += 1
-        if self.training and calls["n"] == 2:
+    def inf_cls_loss_in_second_iteration(n, out):
+        if n == 2:
             out["loss_cls"] = out["loss_cls"] + float("inf")
-        return out
 
-    monkeypatch.setattr(panoptic_fpn.PanopticFPN, "forward", poisoned)
+    wrap_forward(monkeypatch, inf_cls_loss_in_second_iteration)
     result = train(tiny_cfg("train.eval_period=-1", "train.on_nonfinite=skip"))
     assert result["iteration"] == 4 and result["losses"]["skipped_steps"] == 1.0
     ckpt = load_training_checkpoint(tmp_path / "run" / "model_final.pth")

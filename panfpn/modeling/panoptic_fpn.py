@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -11,8 +10,8 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
 from panfpn.modeling.backbone import ResNetFPN
-from panfpn.modeling.merge import MergeThresholds, merge_panoptic
-from panfpn.modeling.postprocess import paste_masks, rescale_boxes, resize_sem_logits
+from panfpn.modeling.merge import MergeThresholds
+from panfpn.modeling.postprocess import panoptic_results
 from panfpn.modeling.roi_heads import RoIHeads
 from panfpn.modeling.rpn import RPN
 from panfpn.modeling.semantic_head import SemanticFPNHead
@@ -104,18 +103,8 @@ class PanopticFPN(nn.Module):
 
     def preprocess(self, images: torch.Tensor, image_sizes: Sequence[Sequence[int]]) -> ImageList:
         """uint8 RGB ``[B, 3, Hp, Wp]`` -> normalised float, padding zeroed, size a multiple of 32."""
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"batch['images'] must be uint8 [B, 3, H, W], got {images.dtype} "
-                             f"{list(images.shape)}")
-        x = (images.to(self.device, non_blocking=True).float() - self.pixel_mean) / self.pixel_std
-        sizes = [(int(h), int(w)) for h, w in image_sizes]
-        # The collate pads with black; zero in normalised space (the mean colour) is what the
-        # weights were trained with (Detectron2 pads after normalising).
-        for i, (h, w) in enumerate(sizes):
-            x[i, :, h:, :] = 0
-            x[i, :, :, w:] = 0
-        x = F.pad(x, _pad_amount(x.shape[-2:])).contiguous(memory_format=self.memory_format)
-        return ImageList(x, sizes)
+        return normalize_images(images.to(self.device, non_blocking=True), image_sizes, self.pixel_mean,
+                                self.pixel_std, memory_format=self.memory_format)
 
     def losses(self, batch: Mapping[str, Any], images: ImageList, features: Mapping[str, torch.Tensor],
                sem_logits: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -129,29 +118,33 @@ class PanopticFPN(nn.Module):
         losses |= self.roi_heads(features, proposals, images.image_sizes, targets)
         return {k: losses[k] * self.loss_weights[k] for k in LOSS_KEYS}
 
-    @torch.no_grad()
     def postprocess(self, detections: Sequence[Mapping[str, torch.Tensor]], sem_logits: torch.Tensor,
                     image_sizes: Sequence[tuple[int, int]],
                     orig_sizes: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
         """Per image: rescale boxes, paste masks, resize semantic logits, then merge."""
-        results = []
-        for det, logits, size, orig in zip(detections, sem_logits, image_sizes, orig_sizes):
-            orig = (int(orig[0]), int(orig[1]))
-            boxes = rescale_boxes(det["boxes"], size, orig)
-            probs = paste_masks(det["mask_probs"], boxes, orig)
-            sem = resize_sem_logits(logits, size, orig).argmax(dim=0)
-            # Only instances that can pass the merge's score threshold need their soft masks.
-            cand = det["scores"] >= self.merge_thresholds.score_thresh
-            panoptic = merge_panoptic(probs[cand], det["scores"][cand], det["labels"][cand], sem,
-                                      thing_sem_labels=self.thing_sem_labels, **asdict(self.merge_thresholds))
-            results.append({
-                "panoptic": panoptic,
-                "instances": {"boxes": boxes, "scores": det["scores"], "labels": det["labels"],
-                              "masks": probs > 0.5},
-                "sem_seg": sem,
-            })
-        return results
+        return panoptic_results(detections, sem_logits, image_sizes, orig_sizes,
+                                thing_sem_labels=self.thing_sem_labels, merge=self.merge_thresholds)
 
+
+def normalize_images(images: torch.Tensor, image_sizes: Sequence[Sequence[int]], pixel_mean: torch.Tensor,
+                     pixel_std: torch.Tensor, *,
+                     memory_format: torch.memory_format = torch.contiguous_format) -> ImageList:
+    """uint8 RGB ``[B, 3, Hp, Wp]`` -> normalised float ``ImageList``, padding zeroed, size a multiple of 32.
+
+    ``pixel_mean``, ``pixel_std``: ``[3, 1, 1]`` in 0..255 units, on the images' device.
+    """
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"batch['images'] must be uint8 [B, 3, H, W], got {images.dtype} "
+                         f"{list(images.shape)}")
+    x = (images.float() - pixel_mean) / pixel_std
+    sizes = [(int(h), int(w)) for h, w in image_sizes]
+    # The collate pads with black; zero in normalised space (the mean colour) is what the
+    # weights were trained with (Detectron2 pads after normalising).
+    for i, (h, w) in enumerate(sizes):
+        x[i, :, h:, :] = 0
+        x[i, :, :, w:] = 0
+    x = F.pad(x, _pad_amount(x.shape[-2:])).contiguous(memory_format=memory_format)
+    return ImageList(x, sizes)
 
 def _pad_amount(size: Sequence[int]) -> tuple[int, int, int, int]:
     """F.pad amounts (left, right, top, bottom) bringing ``(H, W)`` up to a multiple of 32."""

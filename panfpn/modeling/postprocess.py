@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import Any, Mapping, Sequence
+
 import torch
 import torch.nn.functional as F
+
+from panfpn.modeling.merge import MergeThresholds, merge_panoptic
 
 
 def _interp_weights(lo: torch.Tensor, hi: torch.Tensor, length: int, size: int) -> torch.Tensor:
@@ -55,3 +60,33 @@ def rescale_boxes(boxes: torch.Tensor, image_size: tuple[int, int],
     out = boxes * scale
     return torch.stack([out[:, 0].clamp(0, w0), out[:, 1].clamp(0, h0),
                         out[:, 2].clamp(0, w0), out[:, 3].clamp(0, h0)], dim=1)
+
+
+@torch.no_grad()
+def panoptic_results(detections: Sequence[Mapping[str, torch.Tensor]], sem_logits: torch.Tensor,
+                     image_sizes: Sequence[tuple[int, int]], orig_sizes: Sequence[Sequence[int]], *,
+                     thing_sem_labels: Sequence[int], merge: MergeThresholds) -> list[dict[str, Any]]:
+    """The eval output of ``PanopticFPN`` (its docstring is the contract) from detections and logits.
+
+    ``detections``: per image ``{"boxes" [D, 4] input pixels, "scores" [D], "labels" [D],
+    "mask_probs" [D, M, M]}``; ``sem_logits``: ``[B, C, Hp, Wp]`` of the padded input;
+    ``image_sizes``: unpadded input sizes; ``orig_sizes``: the output sizes. Per image: rescale
+    boxes, paste masks, resize semantic logits, then merge.
+    """
+    results = []
+    for det, logits, size, orig in zip(detections, sem_logits, image_sizes, orig_sizes):
+        orig = (int(orig[0]), int(orig[1]))
+        boxes = rescale_boxes(det["boxes"], size, orig)
+        probs = paste_masks(det["mask_probs"], boxes, orig)
+        sem = resize_sem_logits(logits, size, orig).argmax(dim=0)
+        # Only instances that can pass the merge's score threshold need their soft masks.
+        cand = det["scores"] >= merge.score_thresh
+        panoptic = merge_panoptic(probs[cand], det["scores"][cand], det["labels"][cand], sem,
+                                  thing_sem_labels=thing_sem_labels, **asdict(merge))
+        results.append({
+            "panoptic": panoptic,
+            "instances": {"boxes": boxes, "scores": det["scores"], "labels": det["labels"],
+                          "masks": probs > 0.5},
+            "sem_seg": sem,
+        })
+    return results

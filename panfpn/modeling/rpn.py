@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 
 
 @dataclass(frozen=True)
@@ -130,9 +130,27 @@ class RPN(RegionProposalNetwork):
         features: Mapping[str, torch.Tensor],
         gt_boxes: Sequence[torch.Tensor] | None = None,
     ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        if not self.training:
+            levels = list(features.values())
+            objectness, deltas = self.head(levels)
+            return self.proposals(images, levels, objectness, deltas), {}
         targets = None if gt_boxes is None else [{"boxes": b} for b in gt_boxes]
         proposals, losses = super().forward(images, dict(features), targets)
-        if not self.training:
-            return proposals, {}
         return proposals, {"loss_rpn_cls": losses["loss_objectness"],
                            "loss_rpn_loc": losses["loss_rpn_box_reg"]}
+
+    @torch.no_grad()
+    def proposals(self, images: ImageList, features: Sequence[torch.Tensor],
+                  objectness: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Eval proposals from the head's raw outputs (the exported network's cut, see modeling/export.py).
+
+        ``features``: per level ``[B, C, Hl, Wl]`` (only shapes, dtype and device are read, for the
+        anchors); ``objectness``: per level ``[B, A, Hl, Wl]`` logits; ``deltas``: per level
+        ``[B, 4A, Hl, Wl]``. Returns per image ``[Pi, 4]`` XYXY input pixels, clipped, after NMS.
+        """
+        anchors = self.anchor_generator(images, list(features))
+        per_level = [int(o[0].numel()) for o in objectness]  # A * Hl * Wl anchors per level
+        flat_objectness, flat_deltas = concat_box_prediction_layers(list(objectness), list(deltas))
+        boxes = self.box_coder.decode(flat_deltas, anchors).view(len(anchors), -1, 4)
+        proposals, _ = self.filter_proposals(boxes, flat_objectness, images.image_sizes, per_level)
+        return proposals

@@ -192,13 +192,13 @@ def run_exported(network: Any, postprocess: PanopticPostprocess,
 
 def example_input(height: int, width: int, *, batch_size: int = 2,
                   device: torch.device | str = "cpu") -> torch.Tensor:
-    """A random normalised input ``[batch_size, 3, height, width]`` for tracing."""
+    """A random normalised input ``[batch_size, 3, height, width]`` for tracing (use a batch of
+    at least 2 for a dynamic export: tracing with 1 specialises the graph on it)."""
     for name, size in (("height", height), ("width", width)):
         if size % SIZE_DIVISIBILITY or not MIN_SIZE <= size <= MAX_SIZE:
             raise ValueError(f"export {name} must be a multiple of {SIZE_DIVISIBILITY} in "
                              f"[{MIN_SIZE}, {MAX_SIZE}], got {size}")
-    # Batch 2: tracing with a batch of 1 would specialise the graph on it.
-    return torch.randn((max(2, batch_size), 3, height, width), device=device)
+    return torch.randn((batch_size, 3, height, width), device=device)
 
 
 def _dynamic_shapes() -> dict[str, dict[int, Any]]:
@@ -217,10 +217,10 @@ def _check_eval(network: ExportableNetwork) -> None:
 def export_program(network: ExportableNetwork, *, height: int = 800, width: int = 1216,
                    dynamic: bool = True) -> torch.export.ExportedProgram:
     """``torch.export`` of ``network`` traced on a ``[2, 3, height, width]`` input; batch, H and W
-    dynamic unless ``dynamic=False`` (then the program only takes that exact shape)."""
+    dynamic unless ``dynamic=False`` (then the program only takes ``[1, 3, height, width]``)."""
     _check_eval(network)
     device = next(network.parameters()).device
-    x = example_input(height, width, device=device)
+    x = example_input(height, width, batch_size=2 if dynamic else 1, device=device)
     with torch.no_grad():
         return torch.export.export(network, (x,), dynamic_shapes=_dynamic_shapes() if dynamic else None)
 
@@ -230,7 +230,8 @@ def export_onnx(network: ExportableNetwork, path: str | os.PathLike, *, height: 
     """Write ``network`` as an ONNX model (inputs/outputs named :data:`INPUT_NAME`/:data:`OUTPUT_NAMES`).
 
     Uses the TorchScript-based exporter (``dynamo=False``): the dynamo exporter needs the
-    ``onnxscript`` package. Batch, H and W are dynamic axes unless ``dynamic=False``. Written to
+    ``onnxscript`` package. Batch, H and W are dynamic axes unless ``dynamic=False`` (then the
+    model takes ``[1, 3, height, width]`` only). Written to
     a temporary file first, then moved into place.
     """
     _check_eval(network)
@@ -239,7 +240,7 @@ def export_onnx(network: ExportableNetwork, path: str | os.PathLike, *, height: 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     device = next(network.parameters()).device
-    x = example_input(height, width, device=device)
+    x = example_input(height, width, batch_size=2 if dynamic else 1, device=device)
     axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
     for name in OUTPUT_NAMES:
         axes[name] = {0: "batch", 2: f"{name}_height", 3: f"{name}_width"}
@@ -250,8 +251,34 @@ def export_onnx(network: ExportableNetwork, path: str | os.PathLike, *, height: 
             torch.onnx.export(network, (x,), tmp, dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
                               dynamic_axes=axes if dynamic else None)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def save_program(program: torch.export.ExportedProgram, path: str | os.PathLike) -> Path:
+    """``torch.export.save`` through a temporary file and ``os.replace`` (load with ``torch.export.load``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # torch.export.save wants the .pt2 suffix; mkstemp's 0600 mode would hide the file from others.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.pt2")
+    os.close(fd)
+    try:
+        torch.export.save(program, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def max_abs_diffs(got: Sequence[Any], want: Sequence[torch.Tensor]) -> dict[str, float]:
+    """Per output name, the largest absolute difference between two flat network outputs."""
+    if len(got) != len(want):
+        raise ValueError(f"output counts differ: {len(got)} vs {len(want)}")
+    return {name: float((torch.as_tensor(g).to(w.device).float() - w.float()).abs().max())
+            for name, g, w in zip(OUTPUT_NAMES, got, want)}

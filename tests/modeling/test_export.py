@@ -136,3 +136,34 @@ def test_bad_inputs_are_refused(setup, program, tmp_path):
             PanopticPostprocess(model)
     finally:
         model.eval()
+
+
+def test_export_from_config_round_trip(setup, tmp_path):
+    # tools/export.py's function: files from a checkpoint, reloaded and run with the eager remainder
+    # rebuilt from the same config + weights, give the checkpoint's eager results.
+    from panfpn.engine.config import ConfigError
+    from panfpn.engine.export_run import export_from_config
+
+    model, _, batch, expected = setup
+    weights = tmp_path / "model.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    stem = tmp_path / "out" / "net"
+    overrides = (*EVAL_ALL, f"weights={weights}", f"output_dir={tmp_path}", f"++export.output={stem}",
+                 f"++export.height={TRACE_SIZE[0]}", f"++export.width={TRACE_SIZE[1]}", "device=cpu")
+    cfg = compose_model_config("panoptic_fpn_small", "synthetic", overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = export_from_config(cfg)
+    assert set(summary["files"]) == {"onnx", "torch_export"}
+    assert set(summary["max_abs_diff"]) == {"onnx", "torch_export"}
+    for diffs in summary["max_abs_diff"].values():
+        assert list(diffs) == list(OUTPUT_NAMES) and max(diffs.values()) <= RAW_ATOL
+    assert stem.with_suffix(".json").is_file()
+
+    rebuilt = build_model(cfg).eval()
+    program = torch.export.load(summary["files"]["torch_export"])
+    _assert_same_results(run_exported(program, PanopticPostprocess(rebuilt), batch), expected)
+
+    bad = compose_model_config("panoptic_fpn_small", "synthetic", (*overrides, "++export.formatt=onnx"))
+    with pytest.raises(ConfigError, match="export.formatt"):
+        export_from_config(bad)

@@ -1,0 +1,154 @@
+"""``export_from_config(cfg) -> dict``: the job behind tools/export.py.
+
+Exports the network part of the model (backbone, semantic head, RPN head; see
+panfpn/modeling/export.py for the cut) to ``<stem>.pt2`` (``torch.export``) and/or ``<stem>.onnx``,
+checks each against the eager network on a random input of another size, and writes
+``<stem>.json`` describing the inputs, outputs and the measured differences. The eager remainder
+(proposals, RoI heads, merge) is rebuilt from the same config and weights at run time:
+``PanopticPostprocess(build_model(cfg).eval())`` with ``run_exported``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from panfpn.data.panoptic_io import write_json_atomic
+from panfpn.engine.config import ConfigError, validate_config
+from panfpn.engine.setup import setup_logging
+from panfpn.modeling import export as ex
+from panfpn.modeling.build import build_model
+
+logger = logging.getLogger("panfpn")
+
+FORMATS = ("onnx", "torch_export", "both")
+DEFAULTS = {"format": "both", "output": None, "height": 800, "width": 1216, "dynamic": True,
+            "opset": ex.DEFAULT_OPSET, "verify": True}
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """The ``export`` config section.
+
+    Attributes:
+        format: ``onnx``, ``torch_export`` or ``both``.
+        output: path stem of the files (``.onnx``, ``.pt2``, ``.json`` are added); default
+            ``<output_dir>/model``.
+        height, width: traced input size, multiples of 32; with ``dynamic`` the graph takes any
+            size >= ``MIN_SIZE`` (and any batch size), else exactly this one.
+        dynamic: dynamic batch, height and width.
+        opset: ONNX opset (>= 17).
+        verify: run the exported graphs on a random input and compare with the eager network.
+    """
+
+    format: str = "both"
+    output: str | None = None
+    height: int = 800
+    width: int = 1216
+    dynamic: bool = True
+    opset: int = ex.DEFAULT_OPSET
+    verify: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> "ExportOptions":
+        node = OmegaConf.select(cfg, "export", default=None)
+        given = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+        unknown = set(given) - set(DEFAULTS)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {sorted(f'export.{k}' for k in unknown)}; "
+                              f"known: {sorted(DEFAULTS)}")
+        opts = cls(**(DEFAULTS | given))
+        if opts.format not in FORMATS:
+            raise ConfigError(f"config key 'export.format' must be one of {list(FORMATS)}, got {opts.format!r}")
+        return opts
+
+
+def export_from_config(cfg: DictConfig) -> dict[str, Any]:
+    """Export the model of ``cfg`` (``cfg.weights`` loaded); returns ``{"files": {...},
+    "max_abs_diff": {format: {output name: float}}}`` and writes ``<stem>.json`` with the same."""
+    opts = ExportOptions.from_config(cfg)
+    # The rest of the config is checked as usual; the export section was checked above.
+    rest = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "export"])
+    validate_config(rest)
+    if not cfg.weights:
+        logger.warning("no weights given: exporting a randomly initialised model (set weights=path/to/model.pth)")
+    stem = Path(opts.output) if opts.output else Path(cfg.output_dir) / "model"
+    setup_logging(Path(cfg.output_dir))
+    device = _device(cfg.device)
+    model = build_model(cfg).to(device).eval()
+    network = ex.ExportableNetwork(model)
+
+    files: dict[str, str] = {}
+    runners: dict[str, Any] = {}
+    if opts.format in ("torch_export", "both"):
+        program = ex.export_program(network, height=opts.height, width=opts.width, dynamic=opts.dynamic)
+        files["torch_export"] = str(ex.save_program(program, stem.with_suffix(".pt2")))
+        runners["torch_export"] = program
+        logger.info("wrote %s", files["torch_export"])
+    if opts.format in ("onnx", "both"):
+        path = ex.export_onnx(network, stem.with_suffix(".onnx"), height=opts.height, width=opts.width,
+                              dynamic=opts.dynamic, opset=opts.opset)
+        files["onnx"] = str(path)
+        runners["onnx"] = _onnx_session(path) if opts.verify else None
+        logger.info("wrote %s", path)
+
+    diffs = _verify(network, runners, opts, device) if opts.verify else {}
+    summary = {
+        "files": files,
+        "max_abs_diff": diffs,
+        "input": {"name": ex.INPUT_NAME, "shape": ["batch", 3, "height", "width"], "dtype": "float32",
+                  "trace_size": [opts.height, opts.width], "dynamic": opts.dynamic,
+                  "min_size": ex.MIN_SIZE, "size_divisibility": 32,
+                  "normalisation": {"pixel_mean": model.pixel_mean.flatten().tolist(),
+                                    "pixel_std": model.pixel_std.flatten().tolist(),
+                                    "channels": "RGB, 0..255; padding set to 0 after normalising"}},
+        "outputs": list(ex.OUTPUT_NAMES),
+        "weights": str(cfg.weights) if cfg.weights else None,
+        "opset": opts.opset if "onnx" in files else None,
+    }
+    write_json_atomic(stem.with_suffix(".json"), summary)
+    return summary
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("config key 'device' asks for cuda, but no CUDA device is available")
+    return torch.device(name)
+
+
+def _onnx_session(path: Path) -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        logger.warning("onnxruntime is not installed: the ONNX model is not verified")
+        return None
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _verify(network: ex.ExportableNetwork, runners: dict[str, Any], opts: ExportOptions,
+            device: torch.device) -> dict[str, dict[str, float]]:
+    """Max abs difference per output against the eager network, on another size when dynamic."""
+    h, w = opts.height, opts.width
+    if opts.dynamic:  # a size the graph was not traced at, still within the limits
+        h = h + 32 if h + 32 <= ex.MAX_SIZE else h - 32
+        w = w - 32 if w - 32 >= ex.MIN_SIZE else w + 32
+    # Batch 1 when dynamic: traced with 2, so this checks the dynamic batch too.
+    x = ex.example_input(h, w, batch_size=1, device=device)
+    diffs = {}
+    with torch.no_grad():
+        want = network(x)
+        scale = max(float(t.abs().max()) for t in want)
+        for name, runner in runners.items():
+            if runner is None:
+                continue
+            diffs[name] = ex.max_abs_diffs(ex.as_network(runner)(x), want)
+            logger.info("%s vs eager on %dx%d: max abs diff %.2e (largest output magnitude %.2e)",
+                        name, h, w, max(diffs[name].values()), scale)
+    return diffs

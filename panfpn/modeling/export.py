@@ -29,7 +29,7 @@ Usage::
     program = export_program(net, height=800, width=1216)        # torch.export.ExportedProgram
     export_onnx(net, "model.onnx", height=800, width=1216)         # opset 17
     post = PanopticPostprocess(model)
-    results = run_exported(program, post, batch)                    # == model(batch)
+    results = run_exported(as_network(program), post, batch)        # == model(batch)
     results = run_exported(onnxruntime.InferenceSession("model.onnx"), post, batch)
 """
 
@@ -148,6 +148,26 @@ class PanopticPostprocess(nn.Module):
                                 thing_sem_labels=self.thing_sem_labels, merge=self.merge_thresholds)
 
 
+class ProgramNetwork:
+    """A ``torch.export`` program called like :class:`ExportableNetwork`.
+
+    ``program.module()`` builds a new GraphModule (tens of ms), so it is done once here; a
+    dynamic program refuses inputs below :data:`MIN_SIZE` with a clear message instead of a guard
+    failure.
+    """
+
+    def __init__(self, program: torch.export.ExportedProgram) -> None:
+        self.program = program
+        self.module = program.module()
+
+    def __call__(self, images: torch.Tensor) -> Sequence[torch.Tensor]:
+        height, width = images.shape[-2:]
+        if min(height, width) < MIN_SIZE:
+            raise ValueError(f"the exported program takes padded inputs of at least {MIN_SIZE}x{MIN_SIZE}, "
+                             f"got {height}x{width}; run larger images (or the eager model)")
+        return self.module(images)
+
+
 class OnnxNetwork:
     """An onnxruntime session called like :class:`ExportableNetwork`: tensor in, tensors out (CPU)."""
 
@@ -161,9 +181,10 @@ class OnnxNetwork:
 
 
 def as_network(network: Any) -> Network:
-    """An ``ExportedProgram``, an onnxruntime ``InferenceSession`` or any callable -> a callable."""
+    """An ``ExportedProgram``, an onnxruntime ``InferenceSession`` or any callable -> a callable
+    (convert once when calling many times: wrapping a program costs tens of ms)."""
     if isinstance(network, torch.export.ExportedProgram):
-        return network.module()
+        return ProgramNetwork(network)
     if hasattr(network, "get_inputs") and hasattr(network, "run"):
         return OnnxNetwork(network)
     if callable(network):
@@ -179,13 +200,9 @@ def run_exported(network: Any, postprocess: PanopticPostprocess,
     eager remainder; returns what ``model.eval()(batch)`` returns.
 
     ``network``: ``ExportedProgram``, onnxruntime ``InferenceSession`` or a callable as
-    :class:`ExportableNetwork`. A dynamic ``torch.export`` program takes H, W >= :data:`MIN_SIZE`.
+    :class:`ExportableNetwork` (such as :func:`as_network`'s result, best for repeated calls).
     """
     images = postprocess.preprocess(batch["images"], batch["image_sizes"])
-    height, width = images.tensors.shape[-2:]
-    if isinstance(network, torch.export.ExportedProgram) and min(height, width) < MIN_SIZE:
-        raise ValueError(f"the exported program takes padded inputs of at least {MIN_SIZE}x{MIN_SIZE}, "
-                         f"got {height}x{width}; run larger images (or the eager model)")
     outputs = as_network(network)(images.tensors)
     return postprocess(outputs, images.image_sizes, batch["orig_sizes"])
 

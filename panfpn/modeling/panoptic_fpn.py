@@ -146,6 +146,7 @@ def normalize_images(images: torch.Tensor, image_sizes: Sequence[Sequence[int]],
     x = F.pad(x, _pad_amount(x.shape[-2:])).contiguous(memory_format=memory_format)
     return ImageList(x, sizes)
 
+
 def _pad_amount(size: Sequence[int]) -> tuple[int, int, int, int]:
     """F.pad amounts (left, right, top, bottom) bringing ``(H, W)`` up to a multiple of 32."""
     h, w = int(size[0]), int(size[1])

@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PYTHON) tools/train.py experiment=synthetic_cpu solver.max_iter=$${DEMO_ITERS:-1500}
+	$(PYTHON) tools/train.py experiment=synthetic_cpu solver.max_iter=$${DEMO_ITERS:-600}
 
 test: $(STAMP)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)

@@ -123,7 +123,8 @@ def metrics_to_scalars(metrics: dict) -> dict[str, float]:
     for task in ("bbox", "segm"):
         if task in metrics:
             for key, value in metrics[task].items():
-                scalars[f"{task}/{key}"] = 100.0 * value
+                if value >= 0:  # COCOeval reports -1 for an area range with no ground truth
+                    scalars[f"{task}/{key}"] = 100.0 * value
     return scalars
 
 

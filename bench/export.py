@@ -69,9 +69,11 @@ def main() -> None:
     backends = {"eager": net, "torch_export": as_network(program), "onnxruntime": as_network(session)}
     with torch.no_grad():
         want = net(x)
+        scale = max(float(t.abs().max()) for t in want)
         for name in ("torch_export", "onnxruntime"):
             diff = max(max_abs_diffs(backends[name](x), want).values())
-            print(f"  {name:13s} raw outputs max abs diff vs eager: {diff:.2e}")
+            print(f"  {name:13s} raw outputs max abs diff vs eager: {diff:.2e} "
+                  f"(largest output magnitude {scale:.2e})")
         times = {k: {"network": [], "pipeline": []} for k in backends}
         for rep in range(args.reps + 1):
             for name, fn in backends.items():

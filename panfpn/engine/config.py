@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 # raises on unexpected arguments) plus the data keys the engine reads itself.
 KNOWN_KEYS: dict[str, set[str] | None] = {
     "": {"seed", "device", "resume", "weights", "output_dir", "train", "eval", "solver", "model",
-         "data", "experiment", "predict"},
+         "data", "experiment", "predict", "export"},
     "train": {"log_period", "checkpoint_period", "eval_period", "amp", "amp_dtype", "clip_grad_norm",
               "on_nonfinite", "num_vis_images", "progress_bar"},
     "eval": {"max_images", "save_predictions", "compute_ap", "batch_size"},

@@ -117,6 +117,42 @@ def _save(run_dir: Path, state: dict, *, final: bool = False) -> None:
     du.barrier()
 
 
+def _resume(run_dir: Path, model, optimizer, scheduler, scaler) -> int:
+    """Load the last checkpoint of ``run_dir`` into the training state; returns its iteration."""
+    last = find_last_checkpoint(run_dir)
+    if last is None:
+        logger.info("resume=true but %s holds no checkpoint: starting from scratch", run_dir)
+        return 0
+    ckpt = load_training_checkpoint(last)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    rng = ckpt["rng"]
+    restore_rng_state(rng[du.get_rank()] if len(rng) == du.get_world_size() else rng[0])
+    logger.info("resumed from %s at iteration %d", last, ckpt["iteration"])
+    return int(ckpt["iteration"])
+
+
+def _wrap_distributed(model: torch.nn.Module, device: torch.device):
+    """``(model, ddp_model)``: SyncBN + DDP under torch.distributed, the model itself otherwise."""
+    if not du.is_distributed():
+        return model, model
+    # SyncBN needs CUDA; on CPU (gloo) BN statistics stay per process.
+    if device.type == "cuda" and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                  find_unused_parameters=False)
+    return model, ddp
+
+
+def _nonfinite_message(losses: dict[str, torch.Tensor], it: int) -> str:
+    bad = {k: float(v.detach()) for k, v in losses.items() if not math.isfinite(float(v.detach()))}
+    if not bad:
+        return f"non-finite loss at iteration {it} on another rank"
+    return f"non-finite loss at iteration {it}: " + ", ".join(f"{k}={v}" for k, v in bad.items())
+
+
 def train(cfg: DictConfig) -> dict:
     """Train the model the config describes; returns final metrics and the run's facts.
 
@@ -147,30 +183,8 @@ def train(cfg: DictConfig) -> dict:
     use_scaler = bool(cfg.train.amp) and cfg.train.amp_dtype == "float16"
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
-    start_iter = 0
-    last = find_last_checkpoint(run_dir) if cfg.resume else None
-    if cfg.resume and last is None:
-        logger.info("resume=true but %s holds no checkpoint: starting from scratch", run_dir)
-    if last is not None:
-        ckpt = load_training_checkpoint(last)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        start_iter = int(ckpt["iteration"])
-        rng = ckpt["rng"]
-        restore_rng_state(rng[du.get_rank()] if len(rng) == world else rng[0])
-        logger.info("resumed from %s at iteration %d", last, start_iter)
-
-    ddp_model = model
-    if du.is_distributed():
-        # SyncBN needs CUDA; on CPU (gloo) BN statistics stay per process.
-        if device.type == "cuda" and any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        ddp_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=False,
-        )
+    start_iter = _resume(run_dir, model, optimizer, scheduler, scaler) if cfg.resume else 0
+    model, ddp_model = _wrap_distributed(model, device)
 
     train_set = instantiate(cfg.data.train)
     loader = _training_loader(cfg, train_set, start_iter)
@@ -203,9 +217,7 @@ def train(cfg: DictConfig) -> dict:
                 torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
             nonfinite, stop_now = bool(flags[0]), bool(flags[1])
             if nonfinite:
-                bad = {k: float(v.detach()) for k, v in losses.items() if not math.isfinite(float(v.detach()))}
-                message = f"non-finite loss at iteration {it}: " + ", ".join(
-                    f"{k}={v}" for k, v in bad.items()) if bad else f"non-finite loss at iteration {it} on another rank"
+                message = _nonfinite_message(losses, it)
                 if cfg.train.on_nonfinite == "raise":
                     bar.close()
                     log.close()

@@ -37,7 +37,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from panfpn.evaluation.id_runs import pair_counts_rgb  # noqa: E402
-from panfpn.evaluation.panoptic_png import decode_rgb, decoder_name, id_to_rgb  # noqa: E402
+from panfpn.data.panoptic_io import id_to_rgb  # noqa: E402
+from panfpn.evaluation.panoptic_png import decode_rgb, decoder_name  # noqa: E402
 from panfpn.evaluation.pq import pq_compute, tune_worker_malloc  # noqa: E402
 from panfpn.evaluation.pq_rules import PQStat, accumulate_image  # noqa: E402
 

@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image
 
 from panfpn.data.metadata import DatasetMetadata
-from panfpn.data.panoptic_io import id_to_rgb, segment_bbox_area, write_json_atomic
+from panfpn.data.panoptic_io import id_to_rgb, segment_bbox_area
+from panfpn.utils.atomic import write_json_atomic
 
 # Bump when the generated content changes, so cached datasets are regenerated.
 GENERATOR_VERSION = 1

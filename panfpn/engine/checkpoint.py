@@ -4,43 +4,24 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from panfpn.utils.atomic import atomic_write
+
 LAST_CHECKPOINT = "last_checkpoint"  # text file naming the newest checkpoint in a run dir
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """Write with torch.save to a temp file in the same folder, fsync, then rename over ``path``.
-
-    A crash (or SIGKILL) mid-write leaves the previous file intact, never a truncated one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """torch.save through a synced temp file and a rename: a crash mid-write keeps the old file."""
+    atomic_write(path, lambda f: torch.save(obj, f), fsync=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text), mode="w")
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from panfpn.data.panoptic_io import write_json_atomic
+from panfpn.utils.atomic import save_image_atomic, write_json_atomic
 from panfpn.engine import distributed as du
 from panfpn.engine.config import ConfigError, validate_config
 from panfpn.engine.evaluator import build_eval_loader, evaluate, format_results
@@ -46,8 +46,9 @@ def evaluate_from_config(cfg: DictConfig) -> dict:
 
         writer = PanopticPredictionWriter(out_dir / "predictions", metadata)
     metrics = evaluate(model, loader, metadata, device=device, compute_ap=bool(cfg.eval.compute_ap),
-                       max_images=cfg.eval.max_images, num_vis=0, progress=True, writer=writer)
-    metrics.pop("overlays", None)
+                       max_images=cfg.eval.max_images, num_vis=int(cfg.eval.save_overlays),
+                       progress=True, writer=writer)
+    overlays = metrics.pop("overlays", [])
     if writer is not None:
         writer.write_json()
     if du.is_main_process():
@@ -55,4 +56,6 @@ def evaluate_from_config(cfg: DictConfig) -> dict:
         print(per_class_table(metrics, metadata))
         write_json_atomic(out_dir / "eval_results.json", json.loads(json.dumps(metrics, default=str)))
         logger.info("wrote %s", out_dir / "eval_results.json")
+        for i, overlay in enumerate(overlays):
+            save_image_atomic(out_dir / "overlays" / f"{i:04d}.png", overlay)
     return metrics

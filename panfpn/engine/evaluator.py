@@ -110,7 +110,7 @@ def _overlay(batch, i, id_map, pred_segments, gt_map, gt_segments, metadata) -> 
     image = image[0].permute(1, 2, 0).round().clamp(0, 255).byte().cpu().numpy()
     pred = panoptic_overlay(image, id_map.cpu().numpy(), pred_segments, metadata)
     gt = panoptic_overlay(image, gt_map.cpu().numpy(), gt_segments, metadata)
-    return side_by_side(gt, pred)
+    return side_by_side(gt, pred, titles=("ground truth", "prediction"))
 
 
 def metrics_to_scalars(metrics: dict) -> dict[str, float]:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from panfpn.data.panoptic_io import write_json_atomic
+from panfpn.utils.atomic import write_json_atomic
 from panfpn.engine.config import ConfigError, validate_config
 from panfpn.engine.setup import setup_logging
 from panfpn.modeling import export as ex

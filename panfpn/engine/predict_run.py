@@ -30,7 +30,6 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -38,7 +37,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from panfpn.data.collate import collate_panoptic
 from panfpn.data.image_files import FailedImage, ImageFileDataset, list_image_files, output_stems
 from panfpn.data.metadata import DatasetMetadata
-from panfpn.data.panoptic_io import load_json, write_json_atomic
+from panfpn.data.panoptic_io import load_json
+from panfpn.utils.atomic import save_image_atomic, write_json_atomic
 from panfpn.engine import distributed as du
 from panfpn.engine.config import ConfigError, validate_config
 from panfpn.modeling.build import build_model
@@ -310,18 +310,8 @@ def _write_one(targets: _Targets, stem: str, path: str, id_map: np.ndarray, segm
             info["score"] = scores[info["id"]]
     if targets.overlay_dir is not None and image is not None:
         vis = panoptic_overlay(image, id_map, segments, targets.metadata, alpha=targets.alpha)
-        _save_image_atomic(targets.overlay_dir / f"{stem}.{targets.overlay_format}", vis)
-
-
-def _save_image_atomic(path: Path, array: np.ndarray) -> None:
-    fmt, options = OVERLAY_FORMATS[path.suffix.lstrip(".")]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        Image.fromarray(array).save(tmp, format=fmt, **options)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        fmt, options = OVERLAY_FORMATS[targets.overlay_format]
+        save_image_atomic(targets.overlay_dir / f"{stem}.{targets.overlay_format}", vis, fmt, **options)
 
 
 def _write_failed(out_dir: Path, failed: list[FailedImage]) -> None:

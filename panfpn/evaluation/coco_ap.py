@@ -19,7 +19,8 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from panfpn.evaluation.panoptic_png import decode_rgb, rgb_to_id
+from panfpn.data.panoptic_io import rgb_to_id
+from panfpn.evaluation.panoptic_png import decode_rgb
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 

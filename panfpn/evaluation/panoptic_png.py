@@ -59,21 +59,6 @@ def read_runs(path: str | os.PathLike) -> tuple[Runs, tuple[int, int]]:
     return runs_of_rgb(rgb), rgb.shape[:2]
 
 
-def id_to_rgb(id_map: np.ndarray) -> np.ndarray:
-    """``[H, W]`` integer ids in ``[0, 2^24)`` -> ``[H, W, 3]`` uint8 colours."""
-    ids = np.asarray(id_map)
-    if ids.size and (ids.min() < 0 or ids.max() >= 1 << 24):
-        raise ValueError(f"panoptic ids must lie in [0, 2^24), got {ids.min()}..{ids.max()}")
-    ids = ids.astype(np.uint32)
-    return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
-
-
-def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
-    """``[H, W, 3]`` uint8 colours -> ``[H, W]`` int64 ids."""
-    rgb = np.asarray(rgb).astype(np.int64)
-    return rgb[..., 0] | (rgb[..., 1] << 8) | (rgb[..., 2] << 16)
-
-
 class RunsCache:
     """Decoded runs of ground-truth PNGs on disk, keyed by (absolute path, mtime, size).
 

@@ -7,18 +7,17 @@ The layout is the one the COCO panoptic API and :func:`panfpn.evaluation.pq.pq_c
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from panfpn.data.metadata import DatasetMetadata
+from panfpn.utils.atomic import save_image_atomic, write_json_atomic
 from panfpn.evaluation.id_runs import runs_of_ids, segment_boxes
-from panfpn.evaluation.panoptic_png import id_to_rgb
+from panfpn.data.panoptic_io import id_to_rgb
 
 
 def model_segments_to_dataset(segments: Sequence[Mapping[str, Any]],
@@ -42,16 +41,6 @@ def model_segments_to_dataset(segments: Sequence[Mapping[str, Any]],
             entry["score"] = float(seg["score"])
         out.append(entry)
     return out
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class PanopticPredictionWriter:
@@ -118,8 +107,7 @@ class PanopticPredictionWriter:
                                   "area": area, "bbox": bbox, "iscrowd": 0})
         png_name = f"{Path(file_name).stem}.png"
         rgb = id_to_rgb(id_map)
-        _atomic_write_bytes(self.png_dir / png_name,
-                            lambda p: Image.fromarray(rgb).save(p, format="PNG"))
+        save_image_atomic(self.png_dir / png_name, rgb)
         ann = {"image_id": image_id, "file_name": png_name, "segments_info": segments_info}
         self.annotations.append(ann)
         self.images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
@@ -144,12 +132,7 @@ class PanopticPredictionWriter:
             annotations = [a for part in gathered for a in part[1]]
         data = {"images": images, "annotations": annotations,
                 "categories": self.metadata.to_coco_categories()}
-
-        def dump(path: Path) -> None:
-            with open(path, "w") as f:
-                json.dump(data, f)
-
-        _atomic_write_bytes(self.json_path, dump)
+        write_json_atomic(self.json_path, data)
         return self.json_path
 
     def __enter__(self) -> "PanopticPredictionWriter":

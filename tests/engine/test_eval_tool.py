@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from PIL import Image
 from hydra.utils import instantiate
 
 from panfpn.engine.eval_run import evaluate_from_config
@@ -13,12 +14,16 @@ from panfpn.evaluation import pq_compute
 def test_eval_writes_results_and_predictions_consistent_with_pq_compute(tiny_cfg, tmp_path):
     train(tiny_cfg("train.eval_period=-1", run_dir=tmp_path / "train"))
     weights = tmp_path / "train" / "model_final.pth"
-    cfg = tiny_cfg(f"weights={weights}", "eval.save_predictions=true", "eval.max_images=null",
+    cfg = tiny_cfg(f"weights={weights}", "eval.save_predictions=true", "eval.max_images=null", "eval.save_overlays=2",
                    "model.merge.score_thresh=0.0", "model.merge.stuff_area=1", run_dir=tmp_path / "eval")
     metrics = evaluate_from_config(cfg)
     saved = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
     assert saved["panoptic"]["All"]["pq"] == pytest.approx(metrics["panoptic"]["All"]["pq"])
     assert {"sem_seg", "bbox", "segm", "num_images"} <= set(saved) and saved["num_images"] == 3
+    overlays = sorted((tmp_path / "eval" / "overlays").iterdir())
+    assert [p.name for p in overlays] == ["0000.png", "0001.png"]
+    with Image.open(overlays[0]) as im:  # ground truth | prediction, side by side, 64x64 images
+        assert im.width > 2 * 64 and im.height >= 64
 
     # The written prediction files, evaluated from disk against the dataset's own ground truth,
     # give exactly what the in-memory accumulator gave.

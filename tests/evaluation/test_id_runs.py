@@ -6,7 +6,7 @@ import numpy as np
 
 from panfpn.evaluation.id_runs import (pair_counts, pair_counts_ids, pair_counts_rgb, runs_of_ids,
                                        runs_of_rgb, segment_boxes)
-from panfpn.evaluation.panoptic_png import id_to_rgb, rgb_to_id
+from panfpn.data.panoptic_io import id_to_rgb, rgb_to_id
 from pq_case_gen import make_case
 
 

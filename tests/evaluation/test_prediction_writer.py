@@ -13,7 +13,7 @@ from PIL import Image
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.evaluation import (PanopticPredictionWriter, PQAccumulator, model_segments_to_dataset,
                                pq_compute)
-from panfpn.evaluation.panoptic_png import rgb_to_id
+from panfpn.data.panoptic_io import rgb_to_id
 from pq_case_gen import CATEGORIES, assert_same, make_case, write_panoptic
 
 META = DatasetMetadata.from_coco_categories(CATEGORIES)

@@ -36,7 +36,6 @@ Usage::
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -44,6 +43,7 @@ import torch
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
+from panfpn.utils.atomic import atomic_write_path
 from panfpn.modeling.panoptic_fpn import SIZE_DIVISIBILITY, PanopticFPN, normalize_images
 from panfpn.modeling.postprocess import panoptic_results
 
@@ -261,36 +261,20 @@ def export_onnx(network: ExportableNetwork, path: str | os.PathLike, *, height: 
     axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
     for name in OUTPUT_NAMES:
         axes[name] = {0: "batch", 2: f"{name}_height", 3: f"{name}_width"}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+
+    def write(tmp: Path) -> None:
         with torch.no_grad():
-            torch.onnx.export(network, (x,), tmp, dynamo=False, opset_version=opset,
+            torch.onnx.export(network, (x,), str(tmp), dynamo=False, opset_version=opset,
                               input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
                               dynamic_axes=axes if dynamic else None)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+
+    return atomic_write_path(path, write)
 
 
 def save_program(program: torch.export.ExportedProgram, path: str | os.PathLike) -> Path:
     """``torch.export.save`` through a temporary file and ``os.replace`` (load with ``torch.export.load``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # torch.export.save wants the .pt2 suffix; mkstemp's 0600 mode would hide the file from others.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.pt2")
-    os.close(fd)
-    try:
-        torch.export.save(program, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    # torch.export.save wants the .pt2 suffix on the temp file too.
+    return atomic_write_path(path, lambda tmp: torch.export.save(program, str(tmp)), suffix=".tmp.pt2")
 
 
 def max_abs_diffs(got: Sequence[Any], want: Sequence[torch.Tensor]) -> dict[str, float]:

@@ -15,21 +15,41 @@ from typing import IO, Any, Callable
 import numpy as np
 
 
+def _default_mode() -> int:
+    # mkstemp creates 0600 files; give the result the permissions a plain open() would.
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], *, mode: str = "wb",
                  fsync: bool = False) -> Path:
     """Call ``write(file)`` on a temp file beside ``path``, then rename it over ``path``.
 
     ``fsync`` flushes to disk before the rename (checkpoints: survive a power cut, not just a crash).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
+
+    def write_file(tmp: Path) -> None:
+        with open(tmp, mode) as f:
             write(f)
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
+
+    return atomic_write_path(path, write_file)
+
+
+def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], Any], *, suffix: str = ".tmp") -> Path:
+    """Like :func:`atomic_write` for writers that take a file name (ONNX, torch.export):
+    ``write(tmp_path)``, then rename over ``path``. ``suffix`` ends the temp name (some writers
+    insist on an extension)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

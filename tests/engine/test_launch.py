@@ -62,3 +62,30 @@ def test_two_process_gloo_ddp_matches_single_process_with_same_global_batch(tmp_
     assert b["loss/total"] == pytest.approx(a["loss/total"], rel=0.15)
     ddp_ckpt = load_training_checkpoint(find_last_checkpoint(tmp_path / "ddp"))
     assert ddp_ckpt["iteration"] == 1 and len(ddp_ckpt["rng"]) == 2
+
+
+def test_two_process_eval_equals_single_process(tmp_path, tiny_args):
+    common = [*tiny_args, "eval.max_images=null", "data.val.num_images=5", "model.merge.score_thresh=0.0",
+              "model.merge.stuff_area=1"]
+    train_run = subprocess.run(
+        [sys.executable, str(ROOT / "tools/train.py"), *common, "solver.max_iter=2", "solver.schedule.steps=[]",
+         "train.eval_period=-1", f"hydra.run.dir={tmp_path / 'train'}"], env=_env(), capture_output=True,
+        text=True, timeout=300)
+    assert train_run.returncode == 0, train_run.stderr[-3000:]
+    weights = f"weights={tmp_path / 'train' / 'model_final.pth'}"
+    single = subprocess.run([sys.executable, str(ROOT / "tools/eval.py"), *common, weights,
+                             f"hydra.run.dir={tmp_path / 'one'}"], env=_env(), capture_output=True,
+                            text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(ROOT / "tools/eval.py"), *common, weights, f"hydra.run.dir={tmp_path / 'two'}"],
+        env=_env(), capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "eval_results.json").read_text())
+    two = json.loads((tmp_path / "two" / "eval_results.json").read_text())
+    assert one["num_images"] == two["num_images"] == 5
+    for split in ("All", "Things", "Stuff"):
+        assert two["panoptic"][split]["pq"] == pytest.approx(one["panoptic"][split]["pq"], abs=1e-12)
+    assert two["sem_seg"]["mIoU"] == pytest.approx(one["sem_seg"]["mIoU"], abs=1e-12)
+    assert two["segm"]["AP"] == pytest.approx(one["segm"]["AP"], abs=1e-12)

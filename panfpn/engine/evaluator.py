@@ -13,11 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from panfpn.data.collate import collate_panoptic
-from panfpn.data.loader import ShardSampler
+from panfpn.data.loader import build_dataloader
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.targets import semantic_map
 from panfpn.engine import distributed as du
@@ -34,11 +33,10 @@ logger = logging.getLogger("panfpn")
 def build_eval_loader(cfg: DictConfig, dataset: Dataset) -> DataLoader:
     """Unpadded per-rank shard of the first ``eval.max_images`` images (all when null)."""
     size = len(dataset)  # type: ignore[arg-type]
-    if cfg.eval.max_images:
-        size = min(size, int(cfg.eval.max_images))
-    sampler = ShardSampler(size, du.get_rank(), du.get_world_size())
-    return DataLoader(dataset, batch_size=int(cfg.eval.batch_size), sampler=sampler,
-                      num_workers=int(cfg.data.num_workers), collate_fn=collate_panoptic)
+    if cfg.eval.max_images and int(cfg.eval.max_images) < size:
+        dataset = Subset(dataset, range(int(cfg.eval.max_images)))
+    return build_dataloader(dataset, batch_size=int(cfg.eval.batch_size),
+                            num_workers=int(cfg.data.num_workers), shuffle=False, distributed=True)
 
 
 @torch.no_grad()

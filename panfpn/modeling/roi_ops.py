@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
+from panfpn.modeling.roi_align_sparse import roi_align_sparse
+
 # Deltas dw/dh are clamped so exp() cannot overflow for a wild prediction (box growth <= 1000/16).
 _SCALE_CLAMP = math.log(1000.0 / 16)
 
@@ -66,9 +68,18 @@ class MultiLevelRoIAlign(nn.Module):
             # nonzero() syncs once per level; RoIAlign needs the subset anyway.
             idx = torch.nonzero(level == i).squeeze(1)
             if idx.numel():
-                out[idx] = roi_align(fmap.float(), rois[idx], self.output_size, spatial_scale=scale,
-                                     sampling_ratio=self.sampling_ratio, aligned=True).to(out.dtype)
+                align = roi_align_sparse if _use_sparse(fmap) else roi_align
+                out[idx] = align(fmap.float(), rois[idx], self.output_size, spatial_scale=scale,
+                                 sampling_ratio=self.sampling_ratio, aligned=True).to(out.dtype)
         return out
+
+
+def _use_sparse(features: torch.Tensor) -> bool:
+    """The sparse-matrix RoIAlign on CPU (2-10x faster there); torchvision's kernel on GPUs and
+    whenever the graph is traced, compiled or exported (ONNX and torch.export know that op)."""
+    return (features.device.type == "cpu" and not torch.jit.is_tracing()
+            and not torch.jit.is_scripting() and not torch.compiler.is_compiling()
+            and not torch.compiler.is_exporting())
 
 
 class BoxCoder:

@@ -36,7 +36,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from panfpn.evaluation.id_runs import pair_counts_rgb  # noqa: E402
+from panfpn.evaluation.id_runs import known_ids, pair_counts_rgb  # noqa: E402
 from panfpn.data.panoptic_io import id_to_rgb  # noqa: E402
 from panfpn.evaluation.panoptic_png import decode_rgb, decoder_name  # noqa: E402
 from panfpn.evaluation.pq import pq_compute, tune_worker_malloc  # noqa: E402
@@ -169,7 +169,8 @@ def stage_breakdown(folder: Path, gt_json: Path, pred_json: Path, n: int = 100) 
         t1 = time.process_time()
         rgbs = [decode_rgb(d) for d in datas]
         t2 = time.process_time()
-        pairs = pair_counts_rgb(*rgbs)
+        pairs = pair_counts_rgb(*rgbs, known_ids(g["segments_info"]),
+                                known_ids(p["segments_info"]))
         t3 = time.process_time()
         accumulate_image(stat, g["image_id"], g["segments_info"], p["segments_info"], pairs, cats)
         t4 = time.process_time()
@@ -243,8 +244,14 @@ def main() -> None:
     ap.add_argument("--panopticapi-python", default=None,
                     help="python of a venv with panopticapi (default: try this interpreter)")
     ap.add_argument("--keep", default=None, help="generate into this folder and keep it")
+    ap.add_argument("--accumulator-only", action="store_true",
+                    help="only time PQAccumulator.update (CPU, and CUDA when available)")
     args = ap.parse_args()
     workers = args.workers
+    if args.accumulator_only:
+        for dev, ms in bench_accumulator(args.repeat).items():
+            print(f"PQAccumulator.update, 800x1216 image, {dev}: {ms:.2f} ms/image")
+        return
 
     tmp = None
     if args.keep:

@@ -79,7 +79,7 @@ def _use_sparse(features: torch.Tensor) -> bool:
     whenever the graph is traced, compiled or exported (ONNX and torch.export know that op)."""
     return (features.device.type == "cpu" and not torch.jit.is_tracing()
             and not torch.jit.is_scripting() and not torch.compiler.is_compiling()
-            and not torch.compiler.is_exporting())
+            and not getattr(torch.compiler, "is_exporting", lambda: False)())
 
 
 class BoxCoder:

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Every GPU measurement the open issues ask for, in one run (about 6-8 minutes on one H100):
+#   CUDA tests (pytest -m gpu), fused merge vs sequential (issue 3: >= 10x), model speed vs
+#   torchvision Mask R-CNN at 800x1216 (issue 3), PQAccumulator per 800x1216 image (issue 4:
+#   < 1 ms), engine training speed at 800x1333 with bf16 AMP (issue 5), a short tools/train.py
+#   run on CUDA, and the PQ bench on the machine's cores.
+#
+# The machine has torch/torchvision but not hydra-core, omegaconf, antlr4, pycocotools, pyspng
+# or hotcoco. Fetch their wheels once into ./.whl (ignored by git) on the dev machine:
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#     --platform manylinux2014_x86_64 -d .whl hydra-core omegaconf antlr4-python3-runtime==4.9.3 \
+#     pycocotools pyspng hotcoco
+# then run this script there with `.whl` carried; results land in $OUT (one file per step).
+set -uo pipefail
+OUT=${OUT:-/tmp/panfpn_gpu_checks}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, torchvision; print(torch.__version__, torchvision.__version__)" | tee -a "$OUT/gpu.txt"
+
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep going on failure
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name ($(date +%T)): $*"
+    timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+    echo "   exit $? after $SECONDS s total"
+    tail -n 12 "$OUT/$name.txt"
+}
+
+step tests 120 python3 -m pytest -q -m gpu -p no:cacheprovider tests
+step merge 60 python3 bench/merge.py --device cuda
+step accumulator 60 python3 bench/pq.py --accumulator-only
+step model 150 python3 bench/model.py --device cuda --size 800 1216 --iters 10 --warmup 3
+step train_speed 120 python3 bench/train_speed.py --device cuda --size 800 1333 --amp --iters 20
+step train_cuda 90 python3 tools/train.py device=cuda solver.max_iter=100 \
+    output_dir="$OUT/run" train.progress_bar=false
+step pq 90 python3 bench/pq.py --repeat 2
+rm -rf "$OUT/run"  # only the logs come back

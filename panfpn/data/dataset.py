@@ -7,6 +7,7 @@ derived from the PNG and the JSON alone; the sample format is docs/interfaces.md
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from torch.utils.data import Dataset
 from panfpn.data.metadata import DatasetMetadata, SemSegMode
 from panfpn.data.panoptic_io import load_json, read_id_png, read_rgb_image
 from panfpn.data.targets import panoptic_targets
+
+logger = logging.getLogger(__name__)
 
 Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -46,12 +49,15 @@ class PanopticDataset(Dataset):
         is_train: eval datasets (False) also return ``gt_panoptic`` and ``segments_info``.
         sem_seg_mode: semantic label space when ``metadata`` is taken from the JSON
             (default ``"stuff_plus_thing"``).
+        filter_empty: drop images without a non-crowd thing segment (Detectron2's
+            ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``, on for training there): they give the
+            instance head nothing to learn. The count dropped is logged.
     """
 
     def __init__(self, json_file: str | os.PathLike, image_root: str | os.PathLike,
                  panoptic_root: str | os.PathLike, *, metadata: DatasetMetadata | None = None,
                  transforms: Transform | None = None, is_train: bool = True,
-                 sem_seg_mode: SemSegMode | None = None) -> None:
+                 sem_seg_mode: SemSegMode | None = None, filter_empty: bool = False) -> None:
         self.json_file = Path(json_file)
         self.image_root = Path(image_root)
         self.panoptic_root = Path(panoptic_root)
@@ -71,6 +77,20 @@ class PanopticDataset(Dataset):
                              f"{metadata.sem_seg_mode!r}")
         self.metadata = metadata
         self.records = self._parse(data)
+        if filter_empty:
+            self.records = self._drop_without_things(self.records)
+
+    def _drop_without_things(self, records: list[_Record]) -> list[_Record]:
+        things = set(self.metadata.thing_ids)
+        kept = [r for r in records
+                if any(s["category_id"] in things and not s.get("iscrowd", 0) for s in r.segments)]
+        if not kept:
+            raise ValueError(f"{self.json_file}: no image has a non-crowd thing segment, so "
+                             f"filter_empty would leave nothing to train on")
+        if len(kept) < len(records):
+            logger.info("%s: dropped %d of %d images without non-crowd thing segments "
+                        "(filter_empty=true)", self.json_file, len(records) - len(kept), len(records))
+        return kept
 
     def _parse(self, data: dict) -> list[_Record]:
         images = {}

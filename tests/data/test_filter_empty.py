@@ -1,0 +1,75 @@
+"""filter_empty drops training images without a non-crowd thing, and says so."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from panfpn.data.dataset import PanopticDataset
+
+THING_IDS = {1, 3, 7, 12}  # the synthetic dataset's things
+
+
+@pytest.fixture
+def ds_root(tmp_path, synthetic_root):
+    """3 synthetic images: image 1's things all marked crowd, image 2 keeps one non-crowd thing."""
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "panoptic").mkdir()
+    data = json.loads((synthetic_root / "panoptic.json").read_text())
+    data["images"], data["annotations"] = data["images"][:3], data["annotations"][:3]
+    for img, ann in zip(data["images"], data["annotations"]):
+        shutil.copy(synthetic_root / "images" / img["file_name"], root / "images")
+        shutil.copy(synthetic_root / "panoptic" / ann["file_name"], root / "panoptic")
+    for seg in data["annotations"][0]["segments_info"]:
+        if seg["category_id"] in THING_IDS:
+            seg["iscrowd"] = 1
+    first_thing = True
+    for seg in data["annotations"][1]["segments_info"]:
+        if seg["category_id"] in THING_IDS:
+            seg["iscrowd"] = 0 if first_thing else 1
+            first_thing = False
+    (root / "panoptic.json").write_text(json.dumps(data))
+    return root, data
+
+
+def _load(root, **kw):
+    return PanopticDataset(root / "panoptic.json", root / "images", root / "panoptic", **kw)
+
+
+def test_drops_images_whose_things_are_all_crowd(ds_root, caplog):
+    root, data = ds_root
+    assert [r.image_id for r in _load(root).records] == [1, 2, 3]
+    with caplog.at_level(logging.INFO, logger="panfpn.data.dataset"):
+        kept = _load(root, filter_empty=True)
+    # Image 1 (only crowd things) goes; image 2 (one non-crowd thing) stays.
+    assert [r.image_id for r in kept.records] == [2, 3]
+    assert len(kept) == 2 and kept[0]["image_id"] == 2
+    assert "dropped 1 of 3 images" in caplog.text
+
+
+def test_nothing_left_is_an_error_naming_the_file(ds_root):
+    root, data = ds_root
+    for ann in data["annotations"]:
+        for seg in ann["segments_info"]:
+            if seg["category_id"] in THING_IDS:
+                seg["iscrowd"] = 1
+    (root / "panoptic.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"panoptic.json: no image has a non-crowd thing"):
+        _load(root, filter_empty=True)
+
+
+def test_training_configs_filter_and_validation_configs_do_not():
+    config_dir = str(Path(__file__).resolve().parents[2] / "configs")
+    for data in ("synthetic", "coco_panoptic", "cityscapes_panoptic"):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[f"data={data}"])
+        assert cfg.data.train.filter_empty is True, data
+        assert not cfg.data.val.get("filter_empty", False), data

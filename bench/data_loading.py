@@ -19,14 +19,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from panfpn.data.loader import build_dataloader, iterate_forever
+from panfpn.data.loader import build_training_loader
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "data" / "synthetic.yaml"
 
 
 def images_per_second(dataset, *, batch_size: int, num_workers: int, batches: int) -> float:
-    loader = build_dataloader(dataset, batch_size=batch_size, num_workers=num_workers, seed=0)
-    it = iterate_forever(loader)
+    it = iter(build_training_loader(dataset, batch_size=batch_size, num_workers=num_workers, seed=0))
     for _ in range(3):  # warm-up: worker start, first file reads
         next(it)
     t0 = time.perf_counter()

@@ -36,7 +36,7 @@ def build_eval_loader(cfg: DictConfig, dataset: Dataset) -> DataLoader:
     if cfg.eval.max_images and int(cfg.eval.max_images) < size:
         dataset = Subset(dataset, range(int(cfg.eval.max_images)))
     return build_dataloader(dataset, batch_size=int(cfg.eval.batch_size),
-                            num_workers=int(cfg.data.num_workers), shuffle=False, distributed=True)
+                            num_workers=int(cfg.data.num_workers), distributed=True)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from panfpn.data.collate import collate_panoptic
+from panfpn.data.loader import build_training_loader
 from panfpn.engine import distributed as du
 from panfpn.engine.checkpoint import (
     capture_rng_state, find_last_checkpoint, load_training_checkpoint, restore_rng_state,
@@ -28,7 +28,6 @@ from panfpn.engine.checkpoint import (
 from panfpn.engine.config import validate_config
 from panfpn.engine.evaluator import build_eval_loader, evaluate, metrics_to_scalars
 from panfpn.engine.metrics_log import MetricsLog
-from panfpn.engine.sampler import ResumableTrainingSampler, SeededSampleDataset
 from panfpn.modeling.build import build_model
 from panfpn.engine.setup import build_metadata, move_batch, setup_logging
 from panfpn.engine.solver import build_optimizer, clip_gradients, scaled_lr
@@ -71,19 +70,10 @@ def seed_everything(seed: int) -> None:
 
 
 def _training_loader(cfg: DictConfig, dataset, start_iter: int) -> DataLoader:
-    batch_size = int(cfg.data.batch_size)
-    sampler = ResumableTrainingSampler(
-        len(dataset), seed=int(cfg.seed), rank=du.get_rank(), world_size=du.get_world_size(),
-        start=start_iter * batch_size,
-    )
-    workers = int(cfg.data.num_workers)
-    return DataLoader(
-        SeededSampleDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
-        collate_fn=collate_panoptic, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
-        # Its own generator: creating the iterator must not draw from the global RNG, or a
-        # resumed run's model randomness would drift from the uninterrupted run's.
-        generator=torch.Generator().manual_seed(int(cfg.seed)),
-    )
+    return build_training_loader(
+        dataset, batch_size=int(cfg.data.batch_size), seed=int(cfg.seed),
+        num_workers=int(cfg.data.num_workers), start_iter=start_iter,
+        distributed=du.is_distributed(), pin_memory=torch.cuda.is_available())
 
 
 def _autocast(cfg: DictConfig, device: torch.device):

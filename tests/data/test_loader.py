@@ -10,7 +10,7 @@ import torch
 from panfpn.data import loader as loader_mod
 from panfpn.data.collate import collate_panoptic
 from panfpn.data.dataset import PanopticDataset
-from panfpn.data.loader import ShardSampler, build_dataloader, iterate_forever
+from panfpn.data.loader import ShardSampler, build_dataloader, build_training_loader
 from panfpn.data.synthetic import synthetic_metadata
 from panfpn.data.transforms import Compose, RandomCrop, RandomHorizontalFlip, ResizeShortestEdge
 
@@ -45,27 +45,32 @@ def test_collate_pads_to_divisibility(synthetic_root):
 
 
 def _ids(loader, n):
-    return [b["image_ids"] for b in itertools.islice(iterate_forever(loader), n)]
+    return [b["image_ids"] for b in itertools.islice(loader, n)]
 
 
-def test_epochs_reshuffle_deterministically(synthetic_root):
+def test_epochs_reshuffle_deterministically_and_resume_mid_epoch(synthetic_root):
     ds = _dataset(synthetic_root)
-    loader = build_dataloader(ds, batch_size=8, num_workers=0, shuffle=True, seed=3)
-    assert len(loader) == 5
-    first = _ids(loader, 10)
+    first = _ids(build_training_loader(ds, batch_size=8, seed=3), 10)
     epoch0, epoch1 = sum(first[:5], []), sum(first[5:], [])
     assert sorted(epoch0) == sorted(epoch1) == list(range(1, 41))
     assert epoch0 != epoch1
-    assert _ids(build_dataloader(ds, batch_size=8, num_workers=0, seed=3), 10) == first
-    assert _ids(build_dataloader(ds, batch_size=8, num_workers=0, seed=4), 5) != first[:5]
-    # resuming at epoch 1 continues with the same order
-    resumed = build_dataloader(ds, batch_size=8, num_workers=0, seed=3)
-    assert [b["image_ids"] for b in itertools.islice(iterate_forever(resumed, 1), 5)] == first[5:]
+    assert _ids(build_training_loader(ds, batch_size=8, seed=3), 10) == first
+    assert _ids(build_training_loader(ds, batch_size=8, seed=4), 5) != first[:5]
+    # Resuming at iteration 3 (mid epoch 0) continues with exactly the same stream.
+    assert _ids(build_training_loader(ds, batch_size=8, seed=3, start_iter=3), 7) == first[3:]
+
+
+def test_resumed_loader_augments_like_the_uninterrupted_one(synthetic_root):
+    ds = _dataset(synthetic_root, _augment())
+    full = list(itertools.islice(build_training_loader(ds, batch_size=4, seed=0), 4))
+    resumed = list(itertools.islice(build_training_loader(ds, batch_size=4, seed=0, start_iter=2), 2))
+    for a, b in zip(full[2:], resumed):
+        assert a["image_ids"] == b["image_ids"] and torch.equal(a["images"], b["images"])
 
 
 def test_eval_loader_keeps_order_and_every_image(synthetic_root):
     ds = _dataset(synthetic_root, is_train=False)
-    loader = build_dataloader(ds, batch_size=3, num_workers=0, shuffle=False)
+    loader = build_dataloader(ds, batch_size=3, num_workers=0)
     ids = sum((b["image_ids"] for b in loader), [])
     assert ids == list(range(1, 41))
 
@@ -73,13 +78,15 @@ def test_eval_loader_keeps_order_and_every_image(synthetic_root):
 def test_worker_augmentation_is_seeded(synthetic_root):
     ds = _dataset(synthetic_root, _augment())
 
-    def first_batches(seed):
-        loader = build_dataloader(ds, batch_size=4, num_workers=1, seed=seed)
-        return [(b["image_ids"], b["images"].clone()) for b in itertools.islice(iterate_forever(loader), 3)]
+    def first_batches(seed, workers=1):
+        loader = build_training_loader(ds, batch_size=4, num_workers=workers, seed=seed)
+        return [(b["image_ids"], b["images"].clone()) for b in itertools.islice(loader, 3)]
 
     a, b, c = first_batches(0), first_batches(0), first_batches(1)
     assert all(x[0] == y[0] and torch.equal(x[1], y[1]) for x, y in zip(a, b))
     assert any(x[0] != y[0] or not torch.equal(x[1], y[1]) for x, y in zip(a, c))
+    # The augmentation does not depend on the number of workers either.
+    assert all(x[0] == y[0] and torch.equal(x[1], y[1]) for x, y in zip(a, first_batches(0, 0)))
 
 
 def test_shard_sampler_partitions_without_padding():
@@ -94,13 +101,16 @@ def test_distributed_ranks_get_disjoint_training_slices(synthetic_root, monkeypa
     got = []
     for rank in range(2):
         monkeypatch.setattr(loader_mod, "_rank_world", lambda rank=rank: (rank, 2))
-        loader = build_dataloader(ds, batch_size=5, num_workers=0, distributed=True, seed=0)
+        loader = build_training_loader(ds, batch_size=5, distributed=True, seed=0)
         got.append(sum(_ids(loader, 4), []))
     assert not set(got[0]) & set(got[1])
     assert sorted(got[0] + got[1]) == list(range(1, 41))
 
 
-def test_empty_loader_is_reported(synthetic_root):
-    loader = build_dataloader(_dataset(synthetic_root), batch_size=64, num_workers=0)
-    with pytest.raises(ValueError, match="yields no batch"):
-        next(iterate_forever(loader))
+def test_empty_training_set_is_reported(synthetic_root):
+    ds = _dataset(synthetic_root)
+    ds.records = []
+    with pytest.raises(ValueError, match="training dataset PanopticDataset has no images"):
+        build_training_loader(ds, batch_size=2, seed=0)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        build_training_loader(_dataset(synthetic_root), batch_size=0, seed=0)

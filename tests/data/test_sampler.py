@@ -2,7 +2,7 @@ import itertools
 
 import torch
 
-from panfpn.engine.sampler import ResumableTrainingSampler, SeededSampleDataset
+from panfpn.data.sampler import ResumableTrainingSampler, SeededSampleDataset
 
 
 def take(sampler, n):

@@ -7,8 +7,7 @@ Imported lazily so ``import panfpn`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from panfpn.utils.lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -18,8 +17,4 @@ _EXPORTS = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'panfpn' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -6,8 +6,7 @@ never pay for importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from panfpn.utils.lazy import lazy_getattr
 
 _EXPORTS = {
     "pq_compute": "panfpn.evaluation.pq",
@@ -23,8 +22,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'panfpn.evaluation' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -1,0 +1,23 @@
+"""Package attributes load on first use: importing panfpn or its evaluator costs no torch import."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def test_packages_import_without_torch_until_a_name_is_used():
+    code = ("import sys, panfpn, panfpn.evaluation as ev\n"
+            "assert 'torch' not in sys.modules\n"
+            "ev.PQInputError\n"
+            "assert 'torch' not in sys.modules\n"  # the PQ rules are pure Python + numpy
+            "panfpn.build_model\n"
+            "assert 'torch' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_unknown_attribute_names_the_package():
+    import panfpn.evaluation
+
+    with pytest.raises(AttributeError, match="'panfpn.evaluation' has no attribute 'nope'"):
+        panfpn.evaluation.nope  # noqa: B018

@@ -77,9 +77,11 @@ class MultiLevelRoIAlign(nn.Module):
 def _use_sparse(features: torch.Tensor) -> bool:
     """The sparse-matrix RoIAlign on CPU (2-10x faster there); torchvision's kernel on GPUs and
     whenever the graph is traced, compiled or exported (ONNX and torch.export know that op)."""
-    return (features.device.type == "cpu" and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting() and not torch.compiler.is_compiling()
-            and not getattr(torch.compiler, "is_exporting", lambda: False)())
+    if features.device.type != "cpu" or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    compiler = getattr(torch, "compiler", None)  # is_compiling: torch >= 2.3, is_exporting: >= 2.5
+    return not any(getattr(compiler, name, lambda: False)()
+                   for name in ("is_compiling", "is_exporting"))
 
 
 class BoxCoder:

@@ -71,3 +71,32 @@ def test_rescale_boxes():
     boxes = torch.tensor([[10.0, 20, 30, 40], [0, 0, 200, 200]])
     out = rescale_boxes(boxes, (100, 200), (50, 400))
     assert out.tolist() == [[20.0, 10, 60, 20], [0, 0, 400, 50]]
+
+
+def test_pooler_cpu_fast_path_equals_torchvision_path(monkeypatch):
+    from panfpn.modeling import roi_ops
+
+    g = torch.Generator().manual_seed(0)
+    feats = {f"p{l}": torch.randn(2, 4, 256 // 2**l, 256 // 2**l, generator=g) for l in range(2, 6)}
+    boxes = []
+    for _ in range(2):
+        xy = torch.rand(30, 2, generator=g) * 200
+        boxes.append(torch.cat([xy, xy + 4 + torch.rand(30, 2, generator=g) * 300], 1))
+    pooler = MultiLevelRoIAlign(7)
+    assert roi_ops._use_sparse(feats["p2"])
+    fast = pooler(feats, boxes)
+    monkeypatch.setattr(roi_ops, "_use_sparse", lambda features: False)
+    torch.testing.assert_close(fast, pooler(feats, boxes), rtol=1e-5, atol=1e-5)
+
+
+def test_tracing_keeps_torchvision_roi_align():
+    from panfpn.modeling import roi_ops
+
+    seen = []
+
+    def probe(x):
+        seen.append(roi_ops._use_sparse(x))
+        return x * 2
+
+    torch.jit.trace(probe, torch.zeros(1, 1, 2, 2))
+    assert seen == [False]

@@ -56,6 +56,23 @@ def save_checkpoint(run_dir: str | os.PathLike, name: str, state: dict[str, Any]
     return path
 
 
+def prune_checkpoints(run_dir: str | os.PathLike, keep: int | None) -> list[Path]:
+    """Delete all but the newest ``keep`` periodic checkpoints (``model_<iteration>.pth``) of
+    ``run_dir``; ``model_final.pth`` and the one ``last_checkpoint`` names always stay.
+    ``keep=None`` keeps everything. Returns the deleted paths."""
+    if keep is None:
+        return []
+    if keep < 1:
+        raise ValueError(f"train.keep_checkpoints must be >= 1 or null, got {keep}")
+    periodic = sorted(p for p in Path(run_dir).glob("model_*.pth")
+                      if p.stem.removeprefix("model_").isdigit())
+    last = find_last_checkpoint(run_dir)
+    doomed = [p for p in periodic[:-keep] if last is None or p.name != last.name]
+    for path in doomed:
+        path.unlink()
+    return doomed
+
+
 def find_last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     """The checkpoint named in ``run_dir/last_checkpoint``, or None when there is none."""
     marker = Path(run_dir) / LAST_CHECKPOINT

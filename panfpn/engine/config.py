@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 KNOWN_KEYS: dict[str, set[str] | None] = {
     "": {"seed", "device", "resume", "weights", "output_dir", "train", "eval", "solver", "model",
          "data", "experiment", "predict", "export"},
-    "train": {"log_period", "checkpoint_period", "eval_period", "amp", "amp_dtype", "clip_grad_norm",
+    "train": {"log_period", "checkpoint_period", "keep_checkpoints", "eval_period", "amp", "amp_dtype", "clip_grad_norm",
               "on_nonfinite", "num_vis_images", "progress_bar"},
     "eval": {"max_images", "save_predictions", "compute_ap", "batch_size", "save_overlays"},
     "solver": {"optimizer", "base_lr", "ims_per_batch", "weight_decay", "weight_decay_norm",
@@ -62,3 +62,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"config keys without a value (???): {sorted(missing)}")
     if cfg.solver.max_iter <= 0:
         raise ConfigError(f"config key 'solver.max_iter' must be positive, got {cfg.solver.max_iter}")
+    keep = cfg.train.get("keep_checkpoints")
+    if keep is not None and (not isinstance(keep, int) or isinstance(keep, bool) or keep < 1):
+        raise ConfigError(f"config key 'train.keep_checkpoints' must be null or an integer >= 1, "
+                          f"got {keep!r}")

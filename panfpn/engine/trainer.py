@@ -22,8 +22,8 @@ from tqdm import tqdm
 from panfpn.data.loader import build_training_loader
 from panfpn.engine import distributed as du
 from panfpn.engine.checkpoint import (
-    capture_rng_state, find_last_checkpoint, load_training_checkpoint, restore_rng_state,
-    save_checkpoint,
+    capture_rng_state, find_last_checkpoint, load_training_checkpoint, prune_checkpoints,
+    restore_rng_state, save_checkpoint,
 )
 from panfpn.engine.config import validate_config
 from panfpn.engine.evaluator import build_eval_loader, evaluate, metrics_to_scalars
@@ -99,11 +99,13 @@ def _checkpoint_state(model, optimizer, scheduler, scaler, iteration: int, cfg: 
     }
 
 
-def _save(run_dir: Path, state: dict, *, final: bool = False) -> None:
+def _save(run_dir: Path, state: dict, *, keep: int | None, final: bool = False) -> None:
     if du.is_main_process():
         name = "model_final.pth" if final else f"model_{state['iteration']:07d}.pth"
         path = save_checkpoint(run_dir, name, state)
         logger.info("saved checkpoint %s", path)
+        for old in prune_checkpoints(run_dir, keep):
+            logger.info("removed old checkpoint %s (train.keep_checkpoints=%d)", old.name, keep)
     du.barrier()
 
 
@@ -242,13 +244,14 @@ def train(cfg: DictConfig) -> dict:
                                 lr=f"{scalars['lr']:.2e}")
                 window, times = {}, {"iter": 0.0, "data": 0.0, "n": 0}
             if stop_now:
-                _save(run_dir, _checkpoint_state(model, optimizer, scheduler, scaler, it, cfg))
+                _save(run_dir, _checkpoint_state(model, optimizer, scheduler, scaler, it, cfg),
+                      keep=cfg.train.keep_checkpoints)
                 result.update(iteration=it, interrupted=True,
                               checkpoint=str(find_last_checkpoint(run_dir)))
                 break
             if it % int(cfg.train.checkpoint_period) == 0 or it == max_iter:
                 _save(run_dir, _checkpoint_state(model, optimizer, scheduler, scaler, it, cfg),
-                      final=it == max_iter)
+                      keep=cfg.train.keep_checkpoints, final=it == max_iter)
                 result["checkpoint"] = str(find_last_checkpoint(run_dir))
             eval_period = int(cfg.train.eval_period)
             if val_loader is not None and (it == max_iter or (eval_period > 0 and it % eval_period == 0)):

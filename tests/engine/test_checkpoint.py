@@ -43,3 +43,21 @@ def test_last_checkpoint_marker(tmp_path):
     os.remove(tmp_path / "model_0000020.pth")
     with pytest.raises(FileNotFoundError, match="model_0000020.pth"):
         ck.find_last_checkpoint(tmp_path)
+
+
+def test_prune_keeps_the_newest_periodic_checkpoints_final_and_last(tmp_path):
+    for it in (10, 20, 30, 40):
+        ck.save_checkpoint(tmp_path, f"model_{it:07d}.pth", {"iteration": it})
+    ck.save_checkpoint(tmp_path, "model_final.pth", {"iteration": 50})
+    (tmp_path / "model_best_notes.pth").write_bytes(b"user file")  # not ours: never touched
+    assert ck.prune_checkpoints(tmp_path, None) == []
+    removed = ck.prune_checkpoints(tmp_path, 2)
+    assert sorted(p.name for p in removed) == ["model_0000010.pth", "model_0000020.pth"]
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == [
+        "model_0000030.pth", "model_0000040.pth", "model_best_notes.pth", "model_final.pth"]
+    # The checkpoint last_checkpoint names survives even when it is not among the newest.
+    ck.atomic_write_text(tmp_path / ck.LAST_CHECKPOINT, "model_0000030.pth")
+    ck.prune_checkpoints(tmp_path, 1)
+    assert (tmp_path / "model_0000030.pth").is_file() and (tmp_path / "model_0000040.pth").is_file()
+    with pytest.raises(ValueError, match="keep_checkpoints must be >= 1"):
+        ck.prune_checkpoints(tmp_path, 0)

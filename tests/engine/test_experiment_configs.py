@@ -52,6 +52,13 @@ def test_bad_choice_fails_with_key_name(tmp_path, compose_cfg):
         validate_config(cfg)
 
 
+@pytest.mark.parametrize("value", ["0", "-2", "two", "true"])
+def test_bad_keep_checkpoints_fails_with_key_name(tmp_path, compose_cfg, value):
+    cfg = compose_cfg([f"train.keep_checkpoints={value}"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="train.keep_checkpoints"):
+        validate_config(cfg)
+
+
 def test_missing_coco_root_names_the_config_key(tmp_path, monkeypatch, compose_cfg):
     for var in ("COCO_ROOT", "PANFPN_DATA"):
         monkeypatch.delenv(var, raising=False)

@@ -37,6 +37,13 @@ def test_train_runs_checkpoints_logs_and_evaluates(tiny_cfg, tmp_path):
     assert {"val/panoptic/0", "val/panoptic/1"} <= set(acc.Tags()["images"])  # GT | prediction overlays
 
 
+def test_keep_checkpoints_limits_the_periodic_checkpoints(tiny_cfg, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg("solver.max_iter=6", "solver.schedule.steps=[5]", "train.keep_checkpoints=1",
+                   "train.eval_period=-1"))
+    assert sorted(p.name for p in run.glob("*.pth")) == ["model_0000004.pth", "model_final.pth"]
+
+
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_amp_and_gradient_clipping(tiny_cfg, tmp_path, dtype):
     result = train(tiny_cfg("train.amp=true", f"train.amp_dtype={dtype}", "train.clip_grad_norm=1.0",

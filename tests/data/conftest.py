@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,3 +26,19 @@ def synthetic_root(tmp_path_factory) -> Path:
 def synthetic_spec() -> tuple[int, int]:
     """(number of images, seed) of ``synthetic_root``."""
     return NUM_IMAGES, SEED
+
+
+@pytest.fixture
+def small_copy(tmp_path, synthetic_root):
+    """A private copy of the first 3 images of ``synthetic_root``, free to edit or corrupt:
+    returns (root, its JSON as a dict). Write the dict back to ``root / "panoptic.json"``."""
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "panoptic").mkdir()
+    data = json.loads((synthetic_root / "panoptic.json").read_text())
+    data["images"], data["annotations"] = data["images"][:3], data["annotations"][:3]
+    for img, ann in zip(data["images"], data["annotations"]):
+        shutil.copy(synthetic_root / "images" / img["file_name"], root / "images")
+        shutil.copy(synthetic_root / "panoptic" / ann["file_name"], root / "panoptic")
+    (root / "panoptic.json").write_text(json.dumps(data))
+    return root, data

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +14,9 @@ from panfpn.data.panoptic_io import id_to_rgb, read_id_png
 
 
 @pytest.fixture
-def ds_root(tmp_path, synthetic_root) -> Path:
+def ds_root(small_copy) -> Path:
     """A private copy of the first 3 synthetic images, free to corrupt."""
-    root = tmp_path / "ds"
-    (root / "images").mkdir(parents=True)
-    (root / "panoptic").mkdir()
-    data = json.loads((synthetic_root / "panoptic.json").read_text())
-    data["images"], data["annotations"] = data["images"][:3], data["annotations"][:3]
-    for img, ann in zip(data["images"], data["annotations"]):
-        shutil.copy(synthetic_root / "images" / img["file_name"], root / "images")
-        shutil.copy(synthetic_root / "panoptic" / ann["file_name"], root / "panoptic")
-    (root / "panoptic.json").write_text(json.dumps(data))
-    return root
+    return small_copy[0]
 
 
 def _load(root: Path) -> PanopticDataset:

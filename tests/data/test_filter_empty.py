@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,16 +16,9 @@ THING_IDS = {1, 3, 7, 12}  # the synthetic dataset's things
 
 
 @pytest.fixture
-def ds_root(tmp_path, synthetic_root):
+def ds_root(small_copy):
     """3 synthetic images: image 1's things all marked crowd, image 2 keeps one non-crowd thing."""
-    root = tmp_path / "ds"
-    (root / "images").mkdir(parents=True)
-    (root / "panoptic").mkdir()
-    data = json.loads((synthetic_root / "panoptic.json").read_text())
-    data["images"], data["annotations"] = data["images"][:3], data["annotations"][:3]
-    for img, ann in zip(data["images"], data["annotations"]):
-        shutil.copy(synthetic_root / "images" / img["file_name"], root / "images")
-        shutil.copy(synthetic_root / "panoptic" / ann["file_name"], root / "panoptic")
+    root, data = small_copy
     for seg in data["annotations"][0]["segments_info"]:
         if seg["category_id"] in THING_IDS:
             seg["iscrowd"] = 1

@@ -6,13 +6,8 @@
 #   run on CUDA, and the PQ bench on the machine's cores.
 #
 # The machine has torch/torchvision but not hydra-core, omegaconf, antlr4, pycocotools, pyspng
-# or hotcoco. Fetch their wheels once into ./.whl (ignored by git) on the dev machine:
-#   echo /.whl/ >> .git/info/exclude
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-#     --platform manylinux2014_x86_64 -d .whl hydra-core omegaconf antlr4-python3-runtime==4.9.3 \
-#     pycocotools pyspng hotcoco
-# then run this script there with `.whl` carried; results land in $OUT (one file per step).
+# or hotcoco: `make device-wheels` puts their wheels in ./.whl (git-ignored, ~4 MB); run this
+# script there with `.whl` carried. Results land in $OUT, one file per step.
 set -uo pipefail
 OUT=${OUT:-/tmp/panfpn_gpu_checks}
 mkdir -p "$OUT"

@@ -29,6 +29,26 @@ def _bilinear_axis(coord: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
     return low, high, 1.0 - frac, frac, inside
 
 
+def _roi_grid(rois: torch.Tensor, output_size: int, spatial_scale: float, sampling_ratio: int,
+              aligned: bool) -> tuple[torch.Tensor, ...]:
+    """Per RoI: start x/y and bin width/height in feature pixels, sampling points per bin side."""
+    offset = 0.5 if aligned else 0.0
+    x0 = rois[:, 1] * spatial_scale - offset
+    y0 = rois[:, 2] * spatial_scale - offset
+    roi_w = rois[:, 3] * spatial_scale - offset - x0
+    roi_h = rois[:, 4] * spatial_scale - offset - y0
+    if not aligned:  # the legacy op forces a RoI to be at least one pixel
+        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
+    bin_w, bin_h = roi_w / output_size, roi_h / output_size
+    if sampling_ratio > 0:
+        grid_h = torch.full((rois.shape[0],), sampling_ratio, dtype=torch.long, device=rois.device)
+        grid_w = grid_h
+    else:
+        grid_h = torch.ceil(bin_h).long().clamp(min=0)
+        grid_w = torch.ceil(bin_w).long().clamp(min=0)
+    return x0, y0, bin_w, bin_h, grid_h, grid_w
+
+
 def interpolation_matrix(rois: torch.Tensor, output_size: int, spatial_scale: float,
                          feature_shape: tuple[int, int, int], sampling_ratio: int = 0,
                          aligned: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,21 +72,9 @@ def interpolation_matrix(rois: torch.Tensor, output_size: int, spatial_scale: fl
     device = rois.device
     rois = rois.float()
     n_rois, bins = rois.shape[0], output_size * output_size
-    offset = 0.5 if aligned else 0.0
     image = rois[:, 0].long()
-    x0 = rois[:, 1] * spatial_scale - offset
-    y0 = rois[:, 2] * spatial_scale - offset
-    roi_w = rois[:, 3] * spatial_scale - offset - x0
-    roi_h = rois[:, 4] * spatial_scale - offset - y0
-    if not aligned:  # the legacy op forces a RoI to be at least one pixel
-        roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
-    bin_w, bin_h = roi_w / output_size, roi_h / output_size
-    if sampling_ratio > 0:
-        grid_h = torch.full((n_rois,), sampling_ratio, dtype=torch.long, device=device)
-        grid_w = grid_h
-    else:
-        grid_h = torch.ceil(bin_h).long().clamp(min=0)
-        grid_w = torch.ceil(bin_w).long().clamp(min=0)
+    x0, y0, bin_w, bin_h, grid_h, grid_w = _roi_grid(rois, output_size, spatial_scale,
+                                                     sampling_ratio, aligned)
     samples = grid_h * grid_w  # per bin of each RoI; 0 for an empty RoI (its output is 0)
 
     # One entry per sampling point, enumerated row by row: (row, k-th point of the row).
@@ -101,6 +109,13 @@ def interpolation_matrix(rois: torch.Tensor, output_size: int, spatial_scale: fl
     return matrix, samples.clamp(min=1)
 
 
+# Sampling points per matrix. Building one costs ~300 bytes of temporaries per point, so this
+# bounds them to ~300 MB (huge RoIs on large images, e.g. Cityscapes at full resolution, can
+# need tens of millions of points); a training step at 800x1333, batch 2 (~0.6M points in the
+# box pooler) stays in one group.
+MAX_POINTS = 1 << 20
+
+
 class _SparseTimesDense(torch.autograd.Function):
     """``matrix @ dense`` in float32, differentiable in ``dense`` (also under autocast)."""
 
@@ -116,19 +131,46 @@ class _SparseTimesDense(torch.autograd.Function):
 
 
 def roi_align_sparse(features: torch.Tensor, rois: torch.Tensor, output_size: int,
-                     spatial_scale: float = 1.0, sampling_ratio: int = 0,
-                     aligned: bool = True) -> torch.Tensor:
+                     spatial_scale: float = 1.0, sampling_ratio: int = 0, aligned: bool = True,
+                     max_points: int = MAX_POINTS) -> torch.Tensor:
     """``torchvision.ops.roi_align`` (same arguments, ``rois`` as ``[R, 5]``) as ``M @ F``.
 
     Differentiable in ``features`` (not in ``rois``, like RoIAlign). Returns float32
     ``[R, C, P, P]`` in channels-last memory; a channels-last ``features`` is read in place.
+    RoIs are processed in groups of at most ``max_points`` sampling points.
     """
     batch, channels, height, width = features.shape
-    matrix, samples = interpolation_matrix(rois, output_size, spatial_scale,
-                                           (batch, height, width), sampling_ratio, aligned)
     flat = features.float().permute(0, 2, 3, 1).reshape(batch * height * width, channels)
-    with torch.autocast(features.device.type, enabled=False):  # float32, like RoIAlign's kernel
-        out = _SparseTimesDense.apply(matrix, flat)
-        out = out.reshape(rois.shape[0], output_size * output_size, channels)
-        out = out / samples.float()[:, None, None]
+    rois = rois.float()
+    outs = [_align_chunk(flat, chunk, output_size, spatial_scale, (batch, height, width),
+                         sampling_ratio, aligned)
+            for chunk in _chunks(rois, output_size, spatial_scale, sampling_ratio, aligned,
+                                 max_points)]
+    out = torch.cat(outs) if len(outs) > 1 else outs[0]
     return out.reshape(rois.shape[0], output_size, output_size, channels).permute(0, 3, 1, 2)
+
+
+def _chunks(rois: torch.Tensor, output_size: int, spatial_scale: float, sampling_ratio: int,
+            aligned: bool, max_points: int) -> tuple[torch.Tensor, ...]:
+    """Consecutive groups of RoIs with at most ``max_points`` sampling points each (a RoI
+    with more is a group of its own), so the matrix's temporaries stay bounded."""
+    *_, grid_h, grid_w = _roi_grid(rois, output_size, spatial_scale, sampling_ratio, aligned)
+    points = grid_h * grid_w * (output_size * output_size)
+    ends = points.cumsum(0)
+    if rois.shape[0] == 0 or int(ends[-1]) <= max_points:
+        return (rois,)
+    group = torch.div(ends - points, max_points, rounding_mode="floor")  # by each RoI's start
+    sizes = torch.unique_consecutive(group, return_counts=True)[1]
+    return torch.split(rois, sizes.tolist())
+
+
+def _align_chunk(flat: torch.Tensor, rois: torch.Tensor, output_size: int, spatial_scale: float,
+                 feature_shape: tuple[int, int, int], sampling_ratio: int,
+                 aligned: bool) -> torch.Tensor:
+    """``[R, P*P, C]`` RoIAlign output of ``rois`` from the ``[B*H*W, C]`` feature view."""
+    matrix, samples = interpolation_matrix(rois, output_size, spatial_scale, feature_shape,
+                                           sampling_ratio, aligned)
+    with torch.autocast(flat.device.type, enabled=False):  # float32, like RoIAlign's kernel
+        out = _SparseTimesDense.apply(matrix, flat)
+        out = out.reshape(rois.shape[0], output_size * output_size, flat.shape[1])
+        return out / samples.float()[:, None, None]

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-from panfpn.modeling.roi_align_sparse import interpolation_matrix, roi_align_sparse
+from panfpn.modeling.roi_align_sparse import _chunks, interpolation_matrix, roi_align_sparse
 
 
 def _random_rois(g: torch.Generator, n: int, batch: int, extent: float) -> torch.Tensor:
@@ -71,3 +71,21 @@ def test_points_exactly_on_the_inside_limits():
     ours = roi_align_sparse(features, rois, 1, sampling_ratio=1, aligned=False)
     assert ref.flatten().tolist() == [63.0, 0.0, 0.0, 0.0, 32.0]
     torch.testing.assert_close(ours, ref)
+
+
+def test_grouped_rois_give_the_same_values_and_gradients():
+    # A point budget far below one RoI's points splits the RoIs into many groups (one RoI per
+    # group); the result must not depend on the grouping.
+    g = torch.Generator().manual_seed(5)
+    features = torch.randn(2, 3, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
+    rois = _random_rois(g, 40, 2, extent=64)
+    assert len(_chunks(rois, 5, 0.25, 0, True, max_points=60)) > 10
+    whole_in = features.clone().requires_grad_()
+    split_in = features.clone().requires_grad_()
+    whole = roi_align_sparse(whole_in, rois, 5, spatial_scale=0.25)
+    split = roi_align_sparse(split_in, rois, 5, spatial_scale=0.25, max_points=60)
+    torch.testing.assert_close(split, whole, rtol=0, atol=0)
+    grad = torch.randn(whole.shape, generator=g)
+    whole.backward(grad)
+    split.backward(grad)
+    torch.testing.assert_close(split_in.grad, whole_in.grad, rtol=1e-6, atol=1e-6)

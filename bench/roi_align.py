@@ -41,22 +41,24 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=256)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cuda: is cuSPARSE worth it on GPUs too?")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     h, w = args.size
+    device = torch.device(args.device)
     feats = {f"p{lvl}": torch.randn(args.batch, args.channels, h >> lvl, w >> lvl, generator=g)
-             .contiguous(memory_format=torch.channels_last) for lvl in range(2, 6)}
+             .contiguous(memory_format=torch.channels_last).to(device) for lvl in range(2, 6)}
     loads = {"box 7x7": (7, 512), "mask 14x14": (14, 128)}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
+    print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{h}x{w}, {args.channels} channels; forward + backward, median of {args.iters}")
     total = {"torchvision": 0.0, "sparse": 0.0}
     for name, (size, per_image) in loads.items():
         pooler = MultiLevelRoIAlign(size)
         boxes = [random_boxes(g, per_image, h, w) for _ in range(args.batch)]
         rois = torch.cat([torch.cat([torch.full((per_image, 1), float(i)), b], 1)
-                          for i, b in enumerate(boxes)])
+                          for i, b in enumerate(boxes)]).to(device)
         level = pooler.level_of(rois)
         times: dict[str, list[float]] = {"torchvision": [], "sparse": []}
         grads = {}
@@ -70,6 +72,8 @@ def main() -> None:
                         out = fn(inputs[f"p{lvl}"], sel, size, spatial_scale=1 / 2**lvl,
                                  sampling_ratio=0, aligned=True)
                         out.backward(torch.ones_like(out))
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
                 if it:
                     times[impl].append(time.perf_counter() - start)
                 else:

@@ -7,6 +7,7 @@ import math
 import random
 import signal
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -227,7 +228,11 @@ def train(cfg: DictConfig) -> dict:
                 scaler.update()
                 for k, v in losses.items():
                     window.setdefault(k, []).append(float(v.detach()))
-            scheduler.step()
+            with warnings.catch_warnings():
+                # The schedule follows iterations, also those whose step was skipped (fp16 grad
+                # scaler overflow, on_nonfinite=skip); torch warns about that on the first one.
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+                scheduler.step()
             it += 1
             t_now = time.perf_counter()
             times["iter"] += t_now - t_end

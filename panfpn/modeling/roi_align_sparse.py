@@ -12,9 +12,28 @@ same sampling points computed in the same float32 order, summed in a different o
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
+
+
+@functools.lru_cache(maxsize=None)
+def sparse_mm_works(device_type: str = "cpu") -> bool:
+    """Whether this torch build multiplies sparse CSR matrices (and their transposes) on that
+    device: the MKL-backed CPU kernels are missing from some builds (macOS, Windows), and
+    callers then keep torchvision's RoIAlign."""
+    matrix = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 3.0]], device=device_type)
+    dense = torch.arange(6.0, device=device_type).reshape(3, 2)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta")
+            csr = matrix.to_sparse_csr()
+        product = torch.sparse.mm(csr, dense)
+        back = torch.sparse.mm(csr.t(), product)
+    except (RuntimeError, NotImplementedError):
+        return False
+    return bool(torch.equal(product, matrix @ dense) and torch.equal(back, matrix.t() @ product))
 
 
 def _bilinear_axis(coord: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-from panfpn.modeling.roi_align_sparse import roi_align_sparse
+from panfpn.modeling.roi_align_sparse import roi_align_sparse, sparse_mm_works
 
 # Deltas dw/dh are clamped so exp() cannot overflow for a wild prediction (box growth <= 1000/16).
 _SCALE_CLAMP = math.log(1000.0 / 16)
@@ -75,9 +75,12 @@ class MultiLevelRoIAlign(nn.Module):
 
 
 def _use_sparse(features: torch.Tensor) -> bool:
-    """The sparse-matrix RoIAlign on CPU (2-10x faster there); torchvision's kernel on GPUs and
-    whenever the graph is traced, compiled or exported (ONNX and torch.export know that op)."""
+    """The sparse-matrix RoIAlign on CPU (2-10x faster there) where this torch build has the
+    sparse kernels; torchvision's kernel on GPUs and whenever the graph is traced, compiled or
+    exported (ONNX and torch.export know that op)."""
     if features.device.type != "cpu" or torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False
+    if not sparse_mm_works("cpu"):
         return False
     compiler = getattr(torch, "compiler", None)  # is_compiling: torch >= 2.3, is_exporting: >= 2.5
     return not any(getattr(compiler, name, lambda: False)()

@@ -105,3 +105,25 @@ def test_tracing_keeps_torchvision_roi_align():
         torch.jit.trace(probe, torch.zeros(1, 1, 2, 2), check_trace=False)
     probe(torch.zeros(1, 1, 2, 2))
     assert seen == [False, True]
+
+
+def test_builds_without_sparse_kernels_keep_torchvision_roi_align(monkeypatch):
+    from panfpn.modeling import roi_align_sparse, roi_ops
+
+    assert roi_align_sparse.sparse_mm_works("cpu")  # this build (MKL) has them
+    monkeypatch.setattr(roi_ops, "sparse_mm_works", lambda device_type: False)
+    assert not roi_ops._use_sparse(torch.zeros(1, 1, 2, 2))
+
+
+def test_sparse_probe_reports_a_missing_kernel(monkeypatch):
+    from panfpn.modeling import roi_align_sparse
+
+    def missing(*args):
+        raise NotImplementedError("addmm_out_sparse_csr not compiled in")
+
+    roi_align_sparse.sparse_mm_works.cache_clear()
+    monkeypatch.setattr(torch.sparse, "mm", missing)
+    try:
+        assert roi_align_sparse.sparse_mm_works("cpu") is False
+    finally:
+        roi_align_sparse.sparse_mm_works.cache_clear()

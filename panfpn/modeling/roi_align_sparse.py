@@ -156,7 +156,7 @@ def roi_align_sparse(features: torch.Tensor, rois: torch.Tensor, output_size: in
 
     Differentiable in ``features`` (not in ``rois``, like RoIAlign). Returns float32
     ``[R, C, P, P]`` in channels-last memory; a channels-last ``features`` is read in place.
-    RoIs are processed in groups of at most ``max_points`` sampling points.
+    RoIs are processed in groups of about ``max_points`` sampling points (see ``_chunks``).
     """
     batch, channels, height, width = features.shape
     flat = features.float().permute(0, 2, 3, 1).reshape(batch * height * width, channels)
@@ -171,8 +171,9 @@ def roi_align_sparse(features: torch.Tensor, rois: torch.Tensor, output_size: in
 
 def _chunks(rois: torch.Tensor, output_size: int, spatial_scale: float, sampling_ratio: int,
             aligned: bool, max_points: int) -> tuple[torch.Tensor, ...]:
-    """Consecutive groups of RoIs with at most ``max_points`` sampling points each (a RoI
-    with more is a group of its own), so the matrix's temporaries stay bounded."""
+    """Consecutive groups of RoIs: those whose points start within the same ``max_points``
+    stretch of the running total, so a group holds under ``max_points`` plus one RoI's points
+    and the matrix's temporaries stay bounded."""
     *_, grid_h, grid_w = _roi_grid(rois, output_size, spatial_scale, sampling_ratio, aligned)
     points = grid_h * grid_w * (output_size * output_size)
     ends = points.cumsum(0)

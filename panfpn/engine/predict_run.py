@@ -38,7 +38,7 @@ from panfpn.data.collate import collate_panoptic
 from panfpn.data.image_files import FailedImage, ImageFileDataset, list_image_files, output_stems
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.panoptic_io import load_json
-from panfpn.utils.atomic import save_image_atomic, write_json_atomic
+from panfpn.utils.atomic import atomic_write, save_image_atomic, write_json_atomic
 from panfpn.engine import distributed as du
 from panfpn.engine.config import ConfigError, validate_config
 from panfpn.modeling.build import build_model
@@ -318,6 +318,5 @@ def _write_failed(out_dir: Path, failed: list[FailedImage]) -> None:
     """failed.json (``{"failed": [{"path", "error"}]}``) and failed.txt (``path<TAB>error`` lines)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "failed.json", {"failed": [dataclasses.asdict(f) for f in failed]})
-    tmp = out_dir / f".failed.txt.tmp{os.getpid()}"
-    tmp.write_text("".join(f"{f.path}\t{f.error}\n" for f in failed))
-    os.replace(tmp, out_dir / "failed.txt")
+    lines = "".join(f"{f.path}\t{f.error}\n" for f in failed)
+    atomic_write(out_dir / "failed.txt", lambda f: f.write(lines), mode="w")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from panfpn.evaluation.id_runs import Runs, runs_of_rgb
+from panfpn.utils.atomic import atomic_write_path
 
 try:  # optional: about 1.8x faster than Pillow on panoptic PNGs
     import pyspng as _pyspng
@@ -93,7 +94,6 @@ class RunsCache:
         starts, ids, _ = runs
         header = np.array([_CACHE_MAGIC, _CACHE_VERSION, st.st_mtime_ns, st.st_size, h, w,
                            starts.shape[0]], np.int64)
-        tmp = entry.with_suffix(f".tmp{os.getpid()}")
-        np.concatenate([header, starts, ids]).tofile(tmp)
-        os.replace(tmp, entry)
+        data = np.concatenate([header, starts, ids])
+        atomic_write_path(entry, data.tofile)
         return runs, (h, w)

@@ -27,6 +27,7 @@ from panfpn.evaluation.id_runs import known_ids, pair_counts, pair_counts_rgb, r
 from panfpn.evaluation.panoptic_png import RunsCache, read_rgb
 from panfpn.evaluation.pq_rules import (PQInputError, PQStat, accumulate_image, format_table,
                                         normalize_categories, pq_results)
+from panfpn.utils.atomic import atomic_write
 
 
 def tune_worker_malloc() -> None:
@@ -184,10 +185,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     if args.out:
-        tmp = f"{args.out}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=1)
-        os.replace(tmp, args.out)
+        atomic_write(args.out, lambda f: json.dump(results, f, indent=1), mode="w")
     return results
 
 

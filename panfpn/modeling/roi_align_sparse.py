@@ -12,10 +12,20 @@ same sampling points computed in the same float32 order, summed in a different o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
+from typing import Iterator
 
 import torch
+
+
+@contextlib.contextmanager
+def _quiet_csr_beta() -> Iterator[None]:
+    """Silences torch's 'sparse CSR tensor support is in beta' notice."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta")
+        yield
 
 
 @functools.lru_cache(maxsize=None)
@@ -26,8 +36,7 @@ def sparse_mm_works(device_type: str = "cpu") -> bool:
     matrix = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 3.0]], device=device_type)
     dense = torch.arange(6.0, device=device_type).reshape(3, 2)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta")
+        with _quiet_csr_beta():
             csr = matrix.to_sparse_csr()
         product = torch.sparse.mm(csr, dense)
         back = torch.sparse.mm(csr.t(), product)
@@ -120,8 +129,7 @@ def interpolation_matrix(rois: torch.Tensor, output_size: int, spatial_scale: fl
                            y_hi * width + x_lo, y_hi * width + x_hi], 1) + base[:, None]
     crow = torch.zeros(n_rois * bins + 1, dtype=torch.long, device=device)
     torch.cumsum(4 * per_row, 0, out=crow[1:])
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta")
+    with _quiet_csr_beta():
         matrix = torch.sparse_csr_tensor(crow, columns.reshape(-1), values.reshape(-1),
                                          size=(n_rois * bins, batch * height * width),
                                          check_invariants=False)

@@ -64,11 +64,11 @@ class MultiLevelRoIAlign(nn.Module):
         if len(rois) == 0:
             return out
         level = self.level_of(rois)
+        align = roi_align_sparse if _use_sparse(maps[0]) else roi_align
         for i, (fmap, scale) in enumerate(zip(maps, self.scales)):
             # nonzero() syncs once per level; RoIAlign needs the subset anyway.
             idx = torch.nonzero(level == i).squeeze(1)
             if idx.numel():
-                align = roi_align_sparse if _use_sparse(fmap) else roi_align
                 out[idx] = align(fmap.float(), rois[idx], self.output_size, spatial_scale=scale,
                                  sampling_ratio=self.sampling_ratio, aligned=True).to(out.dtype)
         return out

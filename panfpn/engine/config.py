@@ -22,7 +22,7 @@ KNOWN_KEYS: dict[str, set[str] | None] = {
     "solver": {"optimizer", "base_lr", "ims_per_batch", "weight_decay", "weight_decay_norm",
                "weight_decay_bias", "max_iter", "schedule"},
     "data": {"train", "val", "metadata", "num_thing_classes", "num_sem_classes", "thing_sem_labels",
-             "batch_size", "num_workers", "root", "name", "sem_seg_mode"},
+             "batch_size", "num_workers", "root", "name", "sem_seg_mode", "skip_bad_images"},
 }
 CHOICES = {
     "train.on_nonfinite": {"raise", "skip"},

@@ -29,6 +29,7 @@ from panfpn.engine.checkpoint import (
 from panfpn.engine.config import validate_config
 from panfpn.engine.evaluator import build_eval_loader, evaluate, metrics_to_scalars
 from panfpn.engine.metrics_log import MetricsLog
+from panfpn.engine.model_spec import describe_model
 from panfpn.modeling.build import build_model
 from panfpn.engine.setup import build_metadata, move_batch, setup_logging
 from panfpn.engine.solver import build_optimizer, clip_gradients, scaled_lr
@@ -84,7 +85,8 @@ def _autocast(cfg: DictConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _checkpoint_state(model, optimizer, scheduler, scaler, iteration: int, cfg: DictConfig) -> dict:
+def _checkpoint_state(model, optimizer, scheduler, scaler, iteration: int, cfg: DictConfig,
+                      metadata) -> dict:
     rng_all_ranks = [capture_rng_state()]
     if du.is_distributed():
         rng_all_ranks = [None] * du.get_world_size()
@@ -97,6 +99,7 @@ def _checkpoint_state(model, optimizer, scheduler, scaler, iteration: int, cfg: 
         "iteration": iteration,
         "rng": rng_all_ranks,
         "config": OmegaConf.to_yaml(cfg),
+        **describe_model(cfg, metadata),
     }
 
 
@@ -249,13 +252,13 @@ def train(cfg: DictConfig) -> dict:
                                 lr=f"{scalars['lr']:.2e}")
                 window, times = {}, {"iter": 0.0, "data": 0.0, "n": 0}
             if stop_now:
-                _save(run_dir, _checkpoint_state(model, optimizer, scheduler, scaler, it, cfg),
+                _save(run_dir, _checkpoint_state(model, optimizer, scheduler, scaler, it, cfg, metadata),
                       keep=cfg.train.keep_checkpoints)
                 result.update(iteration=it, interrupted=True,
                               checkpoint=str(find_last_checkpoint(run_dir)))
                 break
             if it % int(cfg.train.checkpoint_period) == 0 or it == max_iter:
-                _save(run_dir, _checkpoint_state(model, optimizer, scheduler, scaler, it, cfg),
+                _save(run_dir, _checkpoint_state(model, optimizer, scheduler, scaler, it, cfg, metadata),
                       keep=cfg.train.keep_checkpoints, final=it == max_iter)
                 result["checkpoint"] = str(find_last_checkpoint(run_dir))
             eval_period = int(cfg.train.eval_period)

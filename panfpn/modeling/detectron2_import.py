@@ -6,10 +6,20 @@ crafted file cannot run code. Names are mapped one by one from ours to Detectron
 (:func:`ours_to_d2`); loading inverts that table over the model's own keys.
 
 Conventions of those weights that our model does differently, handled in
-:func:`panfpn.modeling.weights.load_weights`: BGR input with the Caffe mean
-(103.530, 116.280, 123.675) and std 1 (ours is RGB: the first conv's input channels are
-flipped and the mean/std reversed), and the stage stride on the bottleneck's 1x1 conv
-(``stride_in_1x1``). Their box classifier puts background last, as ours does.
+:func:`panfpn.modeling.weights.load_weights`:
+
+- BGR input with the Caffe mean (103.530, 116.280, 123.675) and std 1 (ours is RGB: the first
+  conv's input channels are flipped and the mean/std reversed);
+- the stage stride on the bottleneck's 1x1 conv (``stride_in_1x1``);
+- the semantic head's label order (:func:`d2_semantic_rows`). Detectron2's Panoptic FPN puts the
+  merged 'things' class at 0 and stuff class i (ascending category id) at i + 1; its panoptic
+  combination skips label 0 as 'things'. Ours has stuff 0..S-1 and the merged thing label S, so
+  the predictor's rows are permuted by category. A head with a label per category (Cityscapes
+  style) uses Detectron2's contiguous ids in dataset order (Cityscapes train ids), which is our
+  ascending-category-id order: kept as is.
+
+Their box classifier puts background last, as ours does; their mask and box heads index thing
+classes in ascending category id, as ours do.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import io
 import os
 import pickle
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -152,3 +162,53 @@ def ours_to_d2(name: str) -> str | None:
         if m:
             return fn(m)
     return None
+
+
+# Our keys of the semantic head's 1x1 predictor, whose rows are the semantic labels.
+SEM_PREDICTOR_KEYS = ("semantic_head.predictor.weight", "semantic_head.predictor.bias")
+
+
+def d2_semantic_rows(num_classes: int, thing_sem_labels: Sequence[int], source: str = "") -> tuple[list[int], str]:
+    """For each of our semantic labels, the Detectron2 predictor row holding it, and a note saying why.
+
+    ``thing_sem_labels == [num_classes - 1]`` (one merged thing label, last): Detectron2 has it at
+    row 0 and stuff k at row k + 1. Otherwise (a label per category): Detectron2's dataset order,
+    the same as ours. Raises ``ValueError`` when the thing labels do not fit ``num_classes``.
+    """
+    things = [int(t) for t in thing_sem_labels]
+    if len(set(things)) != len(things) or any(not 0 <= t < num_classes for t in things):
+        raise ValueError(
+            f"{source}: cannot map Detectron2's semantic head by category: the model's "
+            f"thing_sem_labels {things} do not fit its {num_classes} semantic classes")
+    if things == [num_classes - 1]:
+        rows = list(range(1, num_classes)) + [0]
+        return rows, (f"semantic predictor rows permuted from Detectron2's order (things at 0, stuff i "
+                      f"at i+1) to ours (stuff 0..{num_classes - 2}, things {num_classes - 1})")
+    return list(range(num_classes)), (
+        f"semantic predictor rows kept in order: a head with {len(things)} thing labels among "
+        f"{num_classes} uses Detectron2's contiguous ids in dataset order (Cityscapes train ids), "
+        "which is ours (ascending category id)")
+
+
+def remap_d2_semantic_predictor(mapped: dict[str, torch.Tensor], num_classes: int,
+                                thing_sem_labels: Sequence[int] | None, source: str) -> str | None:
+    """Permute the Detectron2 semantic predictor in ``mapped`` (our names) into our label order.
+
+    Returns the note for the load report (None when the file has no semantic predictor). A predictor
+    whose row count is not ``num_classes`` is left as it is: it cannot be loaded, and the loader
+    reports it as a shape mismatch.
+    """
+    present = [k for k in SEM_PREDICTOR_KEYS if k in mapped]
+    if not present:
+        return None
+    if thing_sem_labels is None:
+        raise ValueError(f"{source}: the model has no thing_sem_labels, so the order of Detectron2's "
+                         "semantic classes in it cannot be known")
+    rows, note = d2_semantic_rows(num_classes, thing_sem_labels, source)
+    if any(mapped[k].shape[0] != num_classes for k in present):
+        counts = {k: int(mapped[k].shape[0]) for k in present}
+        return f"semantic predictor not remapped: the file has {counts} rows, the model {num_classes}"
+    index = torch.tensor(rows)
+    for key in present:
+        mapped[key] = mapped[key].index_select(0, index)
+    return note

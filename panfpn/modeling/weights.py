@@ -6,7 +6,8 @@ Accepted sources:
   - a local torchvision ResNet state dict (``.pth``): loaded into the ResNet body;
   - our own checkpoints (``.pth`` / ``.pt``, a bare state dict or a dict with a ``"model"`` key);
   - Detectron2 Panoptic FPN checkpoints: model-zoo ``.pkl`` (read without general unpickling) or
-    ``.pth``; converted by name, with their BGR / Caffe-mean and ``stride_in_1x1`` conventions.
+    ``.pth``; converted by name, with their BGR / Caffe-mean and ``stride_in_1x1`` conventions and
+    the semantic head's rows permuted into our label order.
 Tensor files are always read with ``torch.load(weights_only=True)``.
 """
 
@@ -24,7 +25,8 @@ import torchvision
 from torch import nn
 
 from panfpn.modeling.detectron2_import import (
-    D2_IGNORED, D2_PIXEL_MEAN_BGR, D2_PIXEL_STD_BGR, is_d2_state_dict, load_d2_pickle, ours_to_d2,
+    D2_IGNORED, D2_PIXEL_MEAN_BGR, D2_PIXEL_STD_BGR, SEM_PREDICTOR_KEYS, is_d2_state_dict, load_d2_pickle,
+    ours_to_d2, remap_d2_semantic_predictor,
 )
 
 logger = logging.getLogger("panfpn")
@@ -132,6 +134,11 @@ def _load_d2(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> L
         mapped["pixel_std"] = torch.tensor(D2_PIXEL_STD_BGR[::-1]).view(3, 1, 1)
         report.notes.append(f"pixel mean/std set to Detectron2's Caffe values in RGB order "
                             f"{D2_PIXEL_MEAN_BGR[::-1]} / {D2_PIXEL_STD_BGR}")
+    sem_key = SEM_PREDICTOR_KEYS[0]
+    if sem_key in ours:
+        note = remap_d2_semantic_predictor(mapped, ours[sem_key].shape[0],
+                                           getattr(model, "thing_sem_labels", None), source)
+        report.notes += [note] if note else []
     backbone = getattr(model, "backbone", None)
     if backbone is not None and getattr(backbone, "depth", 0) >= 50 and not backbone.stride_in_1x1:
         backbone.stride_in_1x1 = True

@@ -49,7 +49,8 @@ def small_model(depth=50, seed=0, norm="frozen_bn", stride_in_1x1=False):
 
 
 def as_detectron2(model) -> dict:
-    """Write a model in Detectron2's conventions: its names, BGR first conv, numpy arrays."""
+    """Write a model in Detectron2's conventions: its names, BGR first conv, semantic label order,
+    numpy arrays."""
     out = {}
     for key, value in model.state_dict().items():
         name = ours_to_d2(key)
@@ -58,6 +59,8 @@ def as_detectron2(model) -> dict:
         value = value.numpy().copy()
         if key == "backbone.body.conv1.weight":
             value = value[:, ::-1].copy()  # RGB -> BGR input channels
+        if key.startswith("semantic_head.predictor."):  # Detectron2: merged things at 0, stuff i at i+1
+            value = np.concatenate([value[-1:], value[:-1]])
         out[name] = value
     return out
 

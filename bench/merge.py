@@ -59,7 +59,7 @@ def make_inputs(height: int, width: int, num_instances: int, num_sem: int, seed:
     coarse.view(-1)[: num_sem - 1] = torch.arange(num_sem - 1)
     coarse = coarse.view(-1)[torch.randperm(coarse.numel(), generator=g)].view(20, 30)
     sem = F.interpolate(coarse[None, None].float(), size=(height, width), mode="nearest")[0, 0].long()
-    confident = (probs[scores > 0.4] > 0.5).any(0)
+    confident = (probs[scores > 0.4] >= 0.5).any(0)
     sem[confident] = num_sem - 1
     return tuple(t.to(device) for t in (probs, scores, labels, sem))
 
@@ -73,7 +73,7 @@ def sequential_merge(mask_probs, scores, labels, sem_labels, *, thing_sem_labels
     for i, score in zip(order.tolist(), scores[order].tolist()):
         if score < score_thresh:
             break
-        mask = mask_probs[i] > 0.5
+        mask = mask_probs[i] >= 0.5
         area = mask.sum().item()
         if area == 0:
             continue

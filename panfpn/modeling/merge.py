@@ -5,7 +5,7 @@ computed here with a constant number of host reads per image and no Python work 
 
 1. Candidates are the instances with ``score >= score_thresh``, by descending score (stable: on equal
    scores the lower input index comes first); candidate ``k`` is the k-th of that order.
-2. Coverage words: the masks (``prob > 0.5``) are thresholded chunk by chunk into a float32 buffer
+2. Coverage words: the masks (``prob >= 0.5``) are thresholded chunk by chunk into a float32 buffer
    sized to stay in cache, and small matrix products turn the ``n`` mask rows into ``G`` rows per
    pixel: the set of candidates covering it, as words of ``_BITS`` bits (weights ``2**j``). The
    products are exact: inputs are 0/1 and powers of two (exact even in TF32 or bf16), and every sum
@@ -35,7 +35,7 @@ schemes:
 
 Conventions (those of Detectron2's panoptic combination, whose defaults these are): a score equal to
 ``score_thresh`` is kept; an overlap share equal to ``overlap_thresh`` is kept; a probability of exactly
-0.5 is background; a stuff region needs ``max(stuff_area, 1)`` unclaimed pixels (segments are never
+0.5 is foreground (Detectron2 pastes masks as ``prob >= 0.5``); a stuff region needs ``max(stuff_area, 1)`` unclaimed pixels (segments are never
 empty).
 """
 
@@ -306,7 +306,7 @@ def _coverage_words(probs: Tensor, cand: Tensor, chunk_elements: int) -> Tensor:
         stop = min(start + chunk, num_pixels)
         masks, rows = masks_buf[:, : stop - start], rows_buf[:, : stop - start]
         torch.index_select(probs[:, start:stop], 0, cand, out=rows)
-        torch.gt(rows, 0.5, out=masks)  # compared in the input dtype
+        torch.ge(rows, 0.5, out=masks)  # compared in the input dtype
         for g in range(num_words):
             # One [1, B] x [B, chunk] product per word: the weight matrix is block diagonal, and
             # skipping its zero blocks makes this several times cheaper than one [G, n] product.

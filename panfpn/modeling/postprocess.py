@@ -86,7 +86,7 @@ def panoptic_results(detections: Sequence[Mapping[str, torch.Tensor]], sem_logit
         results.append({
             "panoptic": panoptic,
             "instances": {"boxes": boxes, "scores": det["scores"], "labels": det["labels"],
-                          "masks": probs > 0.5},
+                          "masks": probs >= 0.5},  # Detectron2 keeps p >= 0.5
             "sem_seg": sem,
         })
     return results

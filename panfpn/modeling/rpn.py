@@ -1,4 +1,5 @@
-"""Region proposal network: torchvision's anchors, head and proposal filtering, Detectron2's loss."""
+"""Region proposal network: torchvision's anchors, head and proposal filtering, Detectron2's loss and
+its rule for dropping proposals (only empty or non-finite boxes)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
+from torchvision.ops import boxes as box_ops
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,26 @@ class RPN(RegionProposalNetwork):
         return proposals, {"loss_rpn_cls": losses["loss_objectness"],
                            "loss_rpn_loc": losses["loss_rpn_box_reg"]}
 
+    def filter_proposals(self, proposals: torch.Tensor, objectness: torch.Tensor,
+                         image_shapes: list[tuple[int, int]],
+                         num_anchors_per_level: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """torchvision's filtering (top-k per level, clip, NMS per level, top-k per image) with
+        Detectron2's rules: only boxes with zero width or height after clipping are dropped
+        (torchvision drops sides below 1e-3 px), and non-finite boxes or scores."""
+        num_images = proposals.shape[0]
+        objectness = objectness.detach().reshape(num_images, -1)
+        levels = torch.cat([torch.full((n,), i, dtype=torch.int64, device=proposals.device)
+                            for i, n in enumerate(num_anchors_per_level)])
+        top = self._get_top_n_idx(objectness, num_anchors_per_level)
+        rows = torch.arange(num_images, device=proposals.device)[:, None]
+        scores, boxes = objectness[rows, top].sigmoid(), proposals[rows, top]
+        kept_boxes, kept_scores = [], []
+        for b, s, lvl, size in zip(boxes, scores, levels[top], image_shapes):
+            b, s = filter_image_proposals(b, s, lvl, size, self.nms_thresh, self.post_nms_top_n())
+            kept_boxes.append(b)
+            kept_scores.append(s)
+        return kept_boxes, kept_scores
+
     @torch.no_grad()
     def proposals(self, images: ImageList, features: Sequence[torch.Tensor],
                   objectness: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -154,3 +176,20 @@ class RPN(RegionProposalNetwork):
         boxes = self.box_coder.decode(flat_deltas, anchors).view(len(anchors), -1, 4)
         proposals, _ = self.filter_proposals(boxes, flat_objectness, images.image_sizes, per_level)
         return proposals
+
+
+def nonempty(boxes: torch.Tensor) -> torch.Tensor:
+    """Boxes ``[N, 4]`` XYXY with positive width and height (Detectron2's ``Boxes.nonempty()``)."""
+    return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+
+
+def filter_image_proposals(boxes: torch.Tensor, scores: torch.Tensor, levels: torch.Tensor,
+                           image_size: tuple[int, int], nms_thresh: float,
+                           post_nms_topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image's proposals: clip to ``image_size`` (H, W), drop empty and non-finite boxes, NMS
+    within each level, keep the ``post_nms_topk`` best. Returns ``(boxes, scores)`` by descending score."""
+    boxes = box_ops.clip_boxes_to_image(boxes, image_size)
+    keep = nonempty(boxes) & torch.isfinite(boxes).all(1) & torch.isfinite(scores)
+    boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
+    keep = box_ops.batched_nms(boxes, scores, levels, nms_thresh)[:post_nms_topk]
+    return boxes[keep], scores[keep]

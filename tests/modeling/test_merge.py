@@ -20,7 +20,7 @@ def sequential_merge(probs, scores, labels, sem, things, score_thresh, overlap_t
     for i in sorted(range(len(scores)), key=lambda k: -float(scores[k])):
         if float(scores[i]) < score_thresh:
             break
-        mask = probs[i] > 0.5
+        mask = probs[i] >= 0.5
         area = int(mask.sum())
         if area == 0:
             continue
@@ -60,7 +60,7 @@ def random_case(seed):
         cy, cx, ry, rx = rnd(1) * h, rnd(1) * w, 1 + rnd(1) * h / 2, 1 + rnd(1) * w / 2
         d = ((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2
         probs[i] = torch.sigmoid(3 * (1 - d)) * (rnd(1) * 0.5 + 0.5)
-    probs[rnd(n, h, w) < 0.05] = 0.5  # exactly 0.5 is background
+    probs[rnd(n, h, w) < 0.05] = 0.5  # exactly 0.5 is foreground
     scores = rnd(n) if ri(0, 1) else torch.tensor([0.3, 0.5, 0.7, 0.9])[torch.randint(0, 4, (n,), generator=g)]
     labels = torch.randint(0, 5, (n,), generator=g)
     num_sem = ri(1, 8)
@@ -144,10 +144,14 @@ def test_public_api_on_edge_cases():
                                       thing_sem_labels=things, overlap_thresh=1.0)
     assert [(s["category"], s["area"], s["score"]) for s in segments] == [(7, 12, 0.5)]
     assert (id_map == 1).all()
-    # Probabilities of exactly 0.5 are background.
+    # Probabilities of exactly 0.5 are foreground (Detectron2 pastes masks as prob >= 0.5); the
+    # next float below 0.5 is background.
     half = torch.full((1, 3, 4), 0.5)
-    assert merge_panoptic(half, torch.ones(1), torch.ones(1, dtype=torch.long), sem,
-                          thing_sem_labels=things, stuff_area=100)[1] == []
+    half[0, 2] = torch.nextafter(torch.tensor(0.5), torch.tensor(0.0))
+    id_map, segments = merge_panoptic(half, torch.ones(1), torch.ones(1, dtype=torch.long), sem,
+                                      thing_sem_labels=things, stuff_area=100)
+    assert [(s["category"], s["area"]) for s in segments] == [(1, 8)]
+    assert (id_map[:2] == 1).all() and (id_map[2] == 0).all()
 
 
 def test_empty_image_and_float64_score_threshold():

@@ -19,7 +19,9 @@ Conventions of those weights that our model does differently, handled in
   ascending-category-id order: kept as is.
 
 Their box classifier puts background last, as ours does; their mask and box heads index thing
-classes in ascending category id, as ours do.
+classes in ascending category id, as ours do. Inference matches theirs where the weights alone do
+not decide: the RPN drops only empty (or non-finite) proposals (``rpn.py``) and masks are
+binarised as ``probability >= 0.5`` (``postprocess.py``, ``merge.py``).
 """
 
 from __future__ import annotations
@@ -172,8 +174,10 @@ def d2_semantic_rows(num_classes: int, thing_sem_labels: Sequence[int], source: 
     """For each of our semantic labels, the Detectron2 predictor row holding it, and a note saying why.
 
     ``thing_sem_labels == [num_classes - 1]`` (one merged thing label, last): Detectron2 has it at
-    row 0 and stuff k at row k + 1. Otherwise (a label per category): Detectron2's dataset order,
-    the same as ours. Raises ``ValueError`` when the thing labels do not fit ``num_classes``.
+    row 0 and stuff k at row k + 1 (its Panoptic FPN merge skips label 0 as 'things', so every such
+    checkpoint has this layout; a per-category head whose one thing label is the last is read the
+    same way). Otherwise (a label per category): Detectron2's dataset order, the same as ours.
+    Raises ``ValueError`` when the thing labels do not fit ``num_classes``.
     """
     things = [int(t) for t in thing_sem_labels]
     if len(set(things)) != len(things) or any(not 0 <= t < num_classes for t in things):

@@ -35,8 +35,8 @@ schemes:
 
 Conventions (those of Detectron2's panoptic combination, whose defaults these are): a score equal to
 ``score_thresh`` is kept; an overlap share equal to ``overlap_thresh`` is kept; a probability of exactly
-0.5 is foreground (Detectron2 pastes masks as ``prob >= 0.5``); a stuff region needs ``max(stuff_area, 1)`` unclaimed pixels (segments are never
-empty).
+0.5 is foreground (Detectron2 pastes masks as ``prob >= 0.5``); a stuff region needs
+``max(stuff_area, 1)`` unclaimed pixels (segments are never empty).
 """
 
 from __future__ import annotations

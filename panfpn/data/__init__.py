@@ -8,3 +8,5 @@
   resumable training loader and the ordered, sharded evaluation loader
 - ``synthetic``: the default generated dataset; ``build``: hydra ``_target_`` builders
 """
+
+from panfpn.data import resolvers as _resolvers  # noqa: E402,F401 - registers the panfpn.* config resolvers

@@ -29,21 +29,30 @@ _META_KEYS = ("num_thing_classes", "num_sem_classes", "thing_sem_labels")
 _categories_cache: dict[tuple[str, int, int], list[dict]] = {}
 
 
-def _root(root: str | os.PathLike | None, what: str) -> Path:
+def split_json_candidates(root: str | os.PathLike, split: str) -> list[Path]:
+    """Where the annotation JSON of ``split`` may lie under ``root`` (:data:`JSON_CANDIDATES`)."""
+    base = Path(os.path.expanduser(str(root)))
+    return [base / c.format(split=split) for c in JSON_CANDIDATES]
+
+
+def find_split_json(root: str | os.PathLike | None, split: str, *, required: bool = True) -> str | None:
+    """The annotation JSON of ``split`` under ``root`` (the first candidate that exists).
+
+    Not found (or ``root`` unset): FileNotFoundError naming what was tried, or None when not
+    ``required`` (the config resolver: a job that never reads this split must not fail on it).
+    """
     if root in (None, ""):
+        if not required:
+            return None
         raise FileNotFoundError(f"config key 'data.root' is not set: set data.root=/path/to/dataset "
-                                f"(or the {what} path of each split)")
-    return Path(os.path.expanduser(str(root)))
-
-
-def find_split_json(root: str | os.PathLike | None, split: str) -> str:
-    """The annotation JSON of ``split`` under ``root`` (the first of :data:`JSON_CANDIDATES`)."""
-    base = _root(root, f"data.{split}.json_file")
-    tried = [base / c.format(split=split) for c in JSON_CANDIDATES]
+                                f"(or data.{split}.json_file and the other paths of each split)")
+    tried = split_json_candidates(root, split)
     for path in tried:
         if path.is_file():
             return str(path)
-    raise FileNotFoundError(f"no {split} annotations under data.root={base}: tried "
+    if not required:
+        return None
+    raise FileNotFoundError(f"no {split} annotations under data.root={root}: tried "
                             f"{', '.join(map(str, tried))}; set data.{split}.json_file=PATH for "
                             f"another layout")
 
@@ -61,8 +70,14 @@ def _folder(given: str | os.PathLike | None, candidates: list[Path], key: str) -
                             f"is a folder")
 
 
-def json_categories(json_file: str | os.PathLike) -> list[dict]:
+def json_categories(json_file: str | os.PathLike | None) -> list[dict]:
     """The validated ``categories`` of a COCO-panoptic JSON, parsed once per file version."""
+    if json_file in (None, "", "None"):
+        raise FileNotFoundError(
+            "config key 'data.metadata.json_file' is null: no JSON to read the categories from (it "
+            "defaults to the train JSON, found under data.root as annotations/panoptic_train.json "
+            "or annotations/panoptic_train2017.json); set data.root, data.train.json_file or "
+            "data.metadata.json_file")
     path = Path(json_file).expanduser().resolve()
     st = path.stat() if path.is_file() else None
     key = (str(path), st.st_size if st else -1, st.st_mtime_ns if st else -1)
@@ -83,7 +98,7 @@ def json_metadata(json_file: str | os.PathLike, sem_seg_mode: SemSegMode = "stuf
                                                 name=name or Path(json_file).stem)
 
 
-def json_meta_value(json_file: str, key: str, sem_seg_mode: str = "stuff_plus_thing") -> int | list[int]:
+def json_meta_value(json_file: str | None, key: str, sem_seg_mode: str = "stuff_plus_thing") -> int | list[int]:
     """``num_thing_classes``, ``num_sem_classes`` or ``thing_sem_labels`` of a JSON's categories
     (the ``panfpn.json_meta`` config resolver)."""
     if key not in _META_KEYS:

@@ -3,8 +3,9 @@
 - ``${panfpn.json_meta:JSON,KEY[,SEM_SEG_MODE]}``: ``num_thing_classes``, ``num_sem_classes`` or
   ``thing_sem_labels`` of the categories in a COCO-panoptic JSON
   (:func:`panfpn.data.folder.json_meta_value`);
-- ``${panfpn.panoptic_json:ROOT,SPLIT}``: the split's annotation JSON under a dataset folder
-  (:func:`panfpn.data.folder.find_split_json`);
+- ``${panfpn.panoptic_json:ROOT,SPLIT}``: the split's annotation JSON under a dataset folder,
+  null when there is none (the dataset builder then names what it tried;
+  :func:`panfpn.data.folder.find_split_json`);
 - ``${panfpn.num_workers:N}``: ``min(N, CPUs this process may use)`` DataLoader workers.
 """
 
@@ -27,16 +28,16 @@ def default_num_workers(cap: int | str = 4) -> int:
     return min(int(cap), available_cpus())
 
 
-def _json_meta(json_file: str, key: str, sem_seg_mode: str = "stuff_plus_thing"):
+def _json_meta(json_file: str | None, key: str, sem_seg_mode: str = "stuff_plus_thing"):
     from panfpn.data.folder import json_meta_value
 
-    return json_meta_value(str(json_file), str(key), str(sem_seg_mode))
+    return json_meta_value(json_file, str(key), str(sem_seg_mode))
 
 
-def _panoptic_json(root, split: str) -> str:
+def _panoptic_json(root, split: str) -> str | None:
     from panfpn.data.folder import find_split_json
 
-    return find_split_json(root, str(split))
+    return find_split_json(root, str(split), required=False)
 
 
 def register_resolvers() -> None:

@@ -137,11 +137,32 @@ def test_coco_names_and_explicit_paths(tmp_path):
                    f"data.val.png_dir={other}/annotations/panoptic_val2017", f"data.val.image_dir={other}/val2017")
     assert len(instantiate(cfg.data.train)) == 2 and len(instantiate(cfg.data.val)) == 2
     cfg = _compose("data=coco_panoptic_folder")
-    with pytest.raises(InterpolationResolutionError, match=r"config key 'data.root' is not set"):
+    with pytest.raises(InterpolationResolutionError, match=r"'data.metadata.json_file' is null.*set data.root"):
         cfg.data.num_thing_classes  # noqa: B018 - resolving it is the test
-    cfg = _compose("data=coco_panoptic_folder", f"data.root={tmp_path}")
-    with pytest.raises(InterpolationResolutionError, match=r"no train annotations under data.root=.*panoptic_train\.json"):
-        cfg.data.train.json_file  # noqa: B018
+    with pytest.raises(InstantiationException, match=r"'data.metadata.json_file' is null"):
+        instantiate(cfg.data.train)
+    meta = f"data.metadata.json_file={coco}/annotations/panoptic_train2017.json"
+    with pytest.raises(InstantiationException, match=r"config key 'data.root' is not set"):
+        instantiate(_compose("data=coco_panoptic_folder", meta).data.train)
+    cfg = _compose("data=coco_panoptic_folder", f"data.root={tmp_path}", meta)
+    with pytest.raises(InstantiationException, match=r"no val annotations under data.root=.*panoptic_val\.json"):
+        instantiate(cfg.data.val)
+
+
+def test_evaluation_without_the_train_split(custom_root, tmp_path):
+    """Only the val split on disk: the metadata is read from the val JSON instead."""
+    from panfpn.engine.eval_run import evaluate_from_config
+    from panfpn.engine.trainer import train
+
+    base = ["data=coco_panoptic_folder", f"data.root={custom_root}", *TINY]
+    train(_compose(*base, "solver.max_iter=1", "solver.schedule.steps=[]", "solver.schedule.warmup_iters=0", "train.eval_period=-1", f"output_dir={tmp_path / 'run'}"))
+    shutil.rmtree(custom_root / "images" / "train")
+    (custom_root / "annotations" / "panoptic_train.json").unlink()
+    val_json = custom_root / "annotations" / "panoptic_val.json"
+    metrics = evaluate_from_config(_compose(*base, f"data.metadata.json_file={val_json}",
+                                            f"weights={tmp_path / 'run' / 'model_final.pth'}",
+                                            f"output_dir={tmp_path / 'eval'}"))
+    assert 0.0 <= metrics["panoptic"]["All"]["pq"] <= 1.0
 
 
 def test_synthetic_defaults_differ_from_the_custom_categories():

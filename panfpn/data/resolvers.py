@@ -6,7 +6,8 @@
 - ``${panfpn.panoptic_json:ROOT,SPLIT}``: the split's annotation JSON under a dataset folder,
   null when there is none (the dataset builder then names what it tried;
   :func:`panfpn.data.folder.find_split_json`);
-- ``${panfpn.num_workers:N}``: ``min(N, CPUs this process may use)`` DataLoader workers.
+- ``${panfpn.num_workers:N}``: ``min(N, CPUs this process may use / processes on the node)``
+  DataLoader workers.
 """
 
 from __future__ import annotations
@@ -24,8 +25,13 @@ def available_cpus() -> int:
 
 
 def default_num_workers(cap: int | str = 4) -> int:
-    """``min(cap, available_cpus())``: as many loader workers as the machine gives, at most ``cap``."""
-    return min(int(cap), available_cpus())
+    """Loader workers per process: ``min(cap, CPUs / processes on this node)``, at least 1.
+
+    The processes on a node are torchrun's ``LOCAL_WORLD_SIZE`` (1 without it); under Slurm's
+    task-per-GPU launch each task's affinity mask already holds only its own CPUs.
+    """
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return min(int(cap), max(1, available_cpus() // local))
 
 
 def _json_meta(json_file: str | None, key: str, sem_seg_mode: str = "stuff_plus_thing"):

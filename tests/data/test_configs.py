@@ -111,6 +111,7 @@ def test_every_data_config_is_covered():
 @pytest.mark.parametrize("name", ALL_DATA_CONFIGS)
 def test_num_workers_fit_the_cpus_this_process_may_use(name, monkeypatch):
     """The Cityscapes config asked for 4 workers whatever the machine had."""
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     cap = 1 if name == "synthetic" else 4
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 1)
@@ -121,6 +122,8 @@ def test_num_workers_fit_the_cpus_this_process_may_use(name, monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)), raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 64)
     assert _cfg(name).data.num_workers == cap
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")  # torchrun: 32 processes share the 64 CPUs
+    assert _cfg(name).data.num_workers == min(cap, 2)
 
 
 @pytest.mark.parametrize("name", ALL_DATA_CONFIGS)

@@ -98,7 +98,8 @@ def json_metadata(json_file: str | os.PathLike, sem_seg_mode: SemSegMode = "stuf
                                                 name=name or Path(json_file).stem)
 
 
-def json_meta_value(json_file: str | None, key: str, sem_seg_mode: str = "stuff_plus_thing") -> int | list[int]:
+def json_meta_value(json_file: str | None, key: str,
+                    sem_seg_mode: str = "stuff_plus_thing") -> int | list[int]:
     """``num_thing_classes``, ``num_sem_classes`` or ``thing_sem_labels`` of a JSON's categories
     (the ``panfpn.json_meta`` config resolver)."""
     if key not in _META_KEYS:

@@ -141,8 +141,9 @@ def pair_annotations(annotations: object, images: Mapping[int | str, tuple[dict,
     for ann in annotations:
         image_id = ann.get("image_id") if isinstance(ann, dict) else None
         if image_id not in images:
-            raise ValueError(f"{json_file}: annotation {ann.get('file_name') if isinstance(ann, dict) else ann!r} "
-                             f"refers to image id {image_id!r}, which has no entry in 'images'")
+            name = ann.get("file_name") if isinstance(ann, dict) else ann
+            raise ValueError(f"{json_file}: annotation {name!r} refers to image id {image_id!r}, "
+                             f"which has no entry in 'images'")
         if image_id in done:
             raise ValueError(f"{json_file}: image id {image_id!r} has two annotations")
         done.add(image_id)

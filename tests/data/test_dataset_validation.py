@@ -44,7 +44,8 @@ def test_duplicate_image_file_name_is_refused(small_copy):
     root, data = small_copy
     data["images"][1]["file_name"] = "./000001.jpg"  # the same file after normalisation
     _write(root, data)
-    with pytest.raises(ValueError, match=r"panoptic\.json: image ids 1 and 2 both have file_name '000001\.jpg'"):
+    with pytest.raises(ValueError,
+                       match=r"panoptic\.json: image ids 1 and 2 both have file_name '000001\.jpg'"):
         _open(root)
 
 

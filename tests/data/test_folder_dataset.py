@@ -70,7 +70,8 @@ TINY = [  # the small model, 64 px images, 4 iterations, evaluation at the end
     "data.train.transforms.transforms.0.max_size=128",
     "data.val.transforms.short_edge_lengths=[64]", "data.val.transforms.max_size=128",
     "data.batch_size=2", "data.num_workers=0",
-    "solver=synthetic_sgd", "solver.max_iter=4", "solver.schedule.steps=[3]", "solver.schedule.warmup_iters=2",
+    "solver=synthetic_sgd", "solver.max_iter=4", "solver.schedule.steps=[3]",
+    "solver.schedule.warmup_iters=2",
     "train.log_period=1", "train.checkpoint_period=100", "train.progress_bar=false", "eval.max_images=2",
 ]
 
@@ -91,7 +92,8 @@ def test_counts_and_metadata_come_from_the_train_json(custom_root):
     assert set(sample["instances"]["labels"].tolist()) <= {0, 1, 2}
     assert int(sample["sem_seg"][sample["sem_seg"] != 255].max()) <= 5
     cfg_all = _compose("data=coco_panoptic_folder", f"data.root={custom_root}", "data.sem_seg_mode=all")
-    assert cfg_all.data.num_sem_classes == 8 and list(cfg_all.data.thing_sem_labels) == [5, 6, 7]  # ids 40-42 after 5-9
+    # 'all': a label per category in id order, so things 40-42 come after stuff 5-9
+    assert cfg_all.data.num_sem_classes == 8 and list(cfg_all.data.thing_sem_labels) == [5, 6, 7]
 
 
 def test_custom_folder_trains_then_evaluates(custom_root, tmp_path):
@@ -116,8 +118,8 @@ def test_val_with_other_categories_is_refused(custom_root):
     val_json.write_text(json.dumps(data))
     cfg = _compose("data=coco_panoptic_folder", f"data.root={custom_root}")
     instantiate(cfg.data.train)
-    with pytest.raises(InstantiationException, match=r"panoptic_val\.json: its categories differ from "
-                                                     r"the metadata 'panoptic_train'.*only in the metadata: \[9\]"):
+    with pytest.raises(InstantiationException, match=r"panoptic_val\.json: its categories differ from the "
+                                                     r"metadata 'panoptic_train'.*only in the metadata: \[9\]"):
         instantiate(cfg.data.val)
 
 
@@ -132,12 +134,15 @@ def test_coco_names_and_explicit_paths(tmp_path):
     other = tmp_path / "other"
     shutil.copytree(coco, other)
     (other / "annotations" / "panoptic_val2017.json").rename(other / "v.json")
-    cfg = _compose("data=coco_panoptic_folder", f"data.train.json_file={other}/annotations/panoptic_train2017.json",
+    cfg = _compose("data=coco_panoptic_folder",
+                   f"data.train.json_file={other}/annotations/panoptic_train2017.json",
                    f"data.train.image_dir={other}/train2017", f"data.val.json_file={other}/v.json",
-                   f"data.val.png_dir={other}/annotations/panoptic_val2017", f"data.val.image_dir={other}/val2017")
+                   f"data.val.png_dir={other}/annotations/panoptic_val2017",
+                   f"data.val.image_dir={other}/val2017")
     assert len(instantiate(cfg.data.train)) == 2 and len(instantiate(cfg.data.val)) == 2
     cfg = _compose("data=coco_panoptic_folder")
-    with pytest.raises(InterpolationResolutionError, match=r"'data.metadata.json_file' is null.*set data.root"):
+    with pytest.raises(InterpolationResolutionError,
+                       match=r"'data.metadata.json_file' is null.*set data.root"):
         cfg.data.num_thing_classes  # noqa: B018 - resolving it is the test
     with pytest.raises(InstantiationException, match=r"'data.metadata.json_file' is null"):
         instantiate(cfg.data.train)
@@ -145,7 +150,8 @@ def test_coco_names_and_explicit_paths(tmp_path):
     with pytest.raises(InstantiationException, match=r"config key 'data.root' is not set"):
         instantiate(_compose("data=coco_panoptic_folder", meta).data.train)
     cfg = _compose("data=coco_panoptic_folder", f"data.root={tmp_path}", meta)
-    with pytest.raises(InstantiationException, match=r"no val annotations under data.root=.*panoptic_val\.json"):
+    with pytest.raises(InstantiationException,
+                       match=r"no val annotations under data.root=.*panoptic_val\.json"):
         instantiate(cfg.data.val)
 
 
@@ -155,7 +161,8 @@ def test_evaluation_without_the_train_split(custom_root, tmp_path):
     from panfpn.engine.trainer import train
 
     base = ["data=coco_panoptic_folder", f"data.root={custom_root}", *TINY]
-    train(_compose(*base, "solver.max_iter=1", "solver.schedule.steps=[]", "solver.schedule.warmup_iters=0", "train.eval_period=-1", f"output_dir={tmp_path / 'run'}"))
+    train(_compose(*base, "solver.max_iter=1", "solver.schedule.steps=[]",
+                   "solver.schedule.warmup_iters=0", "train.eval_period=-1", f"output_dir={tmp_path / 'run'}"))
     shutil.rmtree(custom_root / "images" / "train")
     (custom_root / "annotations" / "panoptic_train.json").unlink()
     val_json = custom_root / "annotations" / "panoptic_val.json"

@@ -144,7 +144,8 @@ class PanopticDataset(Dataset):
 
     def _bad(self, path: Path, index: int, error: ImageReadError) -> BadImageError:
         image_id = self.records[index].image_id
-        hint = "" if self.skip_bad_images else " (data.skip_bad_images=true skips such images)"
+        hint = (" (data.skip_bad_images=true skips such training images)"
+                if self.is_train and not self.skip_bad_images else "")
         return BadImageError(f"image id {image_id!r} of {self.json_file}: {error}{hint}",
                              path=path, reason=error.reason, image_id=image_id)
 

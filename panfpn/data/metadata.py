@@ -58,6 +58,7 @@ class DatasetMetadata:
 
         Ids must be integers: ``"1"`` or ``1.5`` is a ValueError, never converted.
         """
+        categories = list(categories)
         for c in categories:
             if not isinstance(c["id"], numbers.Integral) or isinstance(c["id"], bool):
                 raise ValueError(f"category {c.get('name', '?')!r} of metadata {name!r} has id "

@@ -37,7 +37,7 @@ def read_id_png(path: str | os.PathLike) -> np.ndarray:
 
     Raises:
         ImageReadError: the file is truncated or not an image (names the file).
-        ValueError: the PNG is not 8-bit RGB (RGBA, palette): its pixels cannot hold ids.
+        ValueError: the PNG is not RGB, RGBA or palette (e.g. greyscale): it cannot hold ids.
     """
     try:
         with Image.open(path) as img:
@@ -47,8 +47,8 @@ def read_id_png(path: str | os.PathLike) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 - Pillow raises many types on bad files; report all
         raise ImageReadError.for_file(path, f"cannot read as a PNG ({type(e).__name__}: {e})") from None
     if rgb is None:
-        raise ValueError(f"{path}: a panoptic id PNG must be 8-bit RGB (id = R + 256 G + 256^2 B), "
-                         f"got image mode {mode!r}")
+        raise ValueError(f"{path}: a panoptic id PNG must be RGB (id = R + 256 G + 256^2 B; RGBA "
+                         f"and palette PNGs are read as RGB), got image mode {mode!r}")
     return rgb_to_id(rgb)
 
 

@@ -120,3 +120,14 @@ def test_categories_differing_from_the_given_metadata_are_refused(small_copy):
     with pytest.raises(ValueError, match=r"panoptic\.json: its categories differ from the metadata "
                                          r"'synthetic'.*thing/stuff differs: \[1\]"):
         _open(root, metadata=synthetic_metadata())
+
+
+def test_greyscale_id_png_is_refused_with_its_mode(small_copy):
+    """A greyscale PNG cannot hold R + 256 G + 256^2 B ids; its mode is named, not a wrong id."""
+    from PIL import Image
+
+    root, _ = small_copy
+    path = root / "panoptic" / "000001.png"
+    Image.open(path).convert("L").save(path)
+    with pytest.raises(ValueError, match=r"000001\.png: a panoptic id PNG must be RGB .*got image mode 'L'"):
+        _open(root)[0]

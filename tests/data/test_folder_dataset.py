@@ -176,3 +176,21 @@ def test_synthetic_defaults_differ_from_the_custom_categories():
     """Guards the premise of these tests: the counts really differ from the synthetic set's."""
     meta = synthetic_metadata()
     assert (meta.num_thing_classes, meta.num_sem_classes) != (3, 6)
+
+
+def test_json_categories_are_parsed_once_per_file_version(custom_root, monkeypatch):
+    from panfpn.data import folder
+
+    calls = []
+    real = folder.load_json
+    monkeypatch.setattr(folder, "load_json", lambda p: calls.append(p) or real(p))
+    json_file = custom_root / "annotations" / "panoptic_train.json"
+    for key in ("num_thing_classes", "num_sem_classes", "thing_sem_labels", "num_thing_classes"):
+        folder.json_meta_value(str(json_file), key)
+    assert len(calls) == 1
+    data = json.loads(json_file.read_text())
+    data["categories"] = [c for c in data["categories"] if c["id"] != 9]  # a new version of the file
+    json_file.write_text(json.dumps(data))
+    calls.clear()
+    assert folder.json_meta_value(str(json_file), "num_sem_classes") == 5 and len(calls) == 1
+    assert folder.json_meta_value(str(json_file), "num_sem_classes") == 5 and len(calls) == 1

@@ -1,5 +1,9 @@
 """Dataset builders that hydra configs name with ``_target_`` (configs/data/*.yaml).
 
+Every builder's ``skip_bad_images`` is :class:`PanopticDataset`'s (the configs pass
+``data.skip_bad_images`` to the train split). The generic folder dataset is
+:func:`panfpn.data.folder.folder_panoptic_dataset`.
+
 Data roots come from the config (``data.root``) or, when it is null, from the environment:
 COCO: ``$COCO_ROOT``, else ``$PANFPN_DATA/coco``; Cityscapes: ``$CITYSCAPES_DATASET`` (the
 variable cityscapesscripts reads), else ``$PANFPN_DATA/cityscapes``.
@@ -19,7 +23,8 @@ from panfpn.data.synthetic import ensure_synthetic, synthetic_metadata
 
 def synthetic_dataset(split: str = "train", *, num_images: int, seed: int, height: int = 128,
                       width: int = 128, transforms: Transform | None = None, is_train: bool = True,
-                      cache_dir: str | None = None, filter_empty: bool = False) -> PanopticDataset:
+                      cache_dir: str | None = None, filter_empty: bool = False,
+                      skip_bad_images: bool = False) -> PanopticDataset:
     """The synthetic dataset with these parameters, generated into the cache on first use.
 
     Splits differ by ``seed`` (the configs give train and val different seeds); ``split`` only
@@ -28,7 +33,7 @@ def synthetic_dataset(split: str = "train", *, num_images: int, seed: int, heigh
     root = ensure_synthetic(split, num_images, seed, height, width, cache_dir=cache_dir)
     return PanopticDataset(root / "panoptic.json", root / "images", root / "panoptic",
                            metadata=synthetic_metadata(), transforms=transforms, is_train=is_train,
-                           filter_empty=filter_empty)
+                           filter_empty=filter_empty, skip_bad_images=skip_bad_images)
 
 
 def _resolve_root(root: str | os.PathLike | None, env_vars: tuple[str, ...], subdir: str,
@@ -55,7 +60,7 @@ def _require(path: Path, what: str, root: Path) -> Path:
 
 def coco_panoptic_dataset(root: str | os.PathLike | None = None, split: str = "train", *,
                           transforms: Transform | None = None, is_train: bool = True,
-                          filter_empty: bool = False) -> PanopticDataset:
+                          filter_empty: bool = False, skip_bad_images: bool = False) -> PanopticDataset:
     """COCO 2017 panoptic: ``root/annotations/panoptic_{split}2017.json``, its PNG folder
     ``root/annotations/panoptic_{split}2017/`` and images ``root/{split}2017/``."""
     base = _resolve_root(root, ("COCO_ROOT",), "coco", "COCO panoptic")
@@ -65,12 +70,14 @@ def coco_panoptic_dataset(root: str | os.PathLike | None = None, split: str = "t
                        f"panoptic_{split}2017.zip there)", base)
     image_dir = _require(base / f"{split}2017", "COCO images", base)
     return PanopticDataset(json_file, image_dir, png_dir, metadata=coco_panoptic_metadata(),
-                           transforms=transforms, is_train=is_train, filter_empty=filter_empty)
+                           transforms=transforms, is_train=is_train, filter_empty=filter_empty,
+                           skip_bad_images=skip_bad_images)
 
 
 def cityscapes_panoptic_dataset(root: str | os.PathLike | None = None, split: str = "train", *,
                                 use_train_id: bool = False, transforms: Transform | None = None,
-                                is_train: bool = True, filter_empty: bool = False) -> PanopticDataset:
+                                is_train: bool = True, filter_empty: bool = False,
+                                skip_bad_images: bool = False) -> PanopticDataset:
     """Cityscapes as ``createPanopticImgs`` leaves it: ``root/gtFine/cityscapes_panoptic_{split}
     [_trainId].json`` + PNG folder of the same name, images ``root/leftImg8bit/{split}/<city>/``.
 
@@ -91,7 +98,8 @@ def cityscapes_panoptic_dataset(root: str | os.PathLike | None = None, split: st
     image_dir = _require(base / "leftImg8bit" / split, "Cityscapes images", base)
     return PanopticDataset(json_file, image_dir, png_dir,
                            metadata=cityscapes_panoptic_metadata(use_train_id),
-                           transforms=transforms, is_train=is_train, filter_empty=filter_empty)
+                           transforms=transforms, is_train=is_train, filter_empty=filter_empty,
+                           skip_bad_images=skip_bad_images)
 
 
 def check_metadata_matches(cfg_values: Mapping, metadata: DatasetMetadata) -> None:

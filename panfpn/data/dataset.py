@@ -3,6 +3,10 @@
 Reads the COCO 2017 layout and the output of cityscapesscripts' ``createPanopticImgs`` as is
 (label ids or train ids, string image ids, images under ``<city>/`` subfolders). Every target is
 derived from the PNG and the JSON alone; the sample format is docs/interfaces.md section 1.
+
+Opening a dataset validates its JSON (:mod:`panfpn.data.validate`). Images are read upright
+(EXIF orientation applied, :func:`panfpn.data.image_io.read_image`); the id PNG is read as stored
+and must have the upright image's size: annotations are drawn on the image as viewers show it.
 """
 
 from __future__ import annotations
@@ -15,11 +19,15 @@ from typing import Callable
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
+from panfpn.data.bad_images import BadImageError, append_bad_image
+from panfpn.data.image_io import SWAPPING_ORIENTATIONS, ImageReadError, exif_orientation, read_image
 from panfpn.data.metadata import DatasetMetadata, SemSegMode
-from panfpn.data.panoptic_io import load_json, read_id_png, read_rgb_image
+from panfpn.data.panoptic_io import load_json, read_id_png
 from panfpn.data.targets import panoptic_targets
+from panfpn.data.validate import check_categories, check_same_categories, index_images, pair_annotations
 
 logger = logging.getLogger(__name__)
 
@@ -52,22 +60,36 @@ class PanopticDataset(Dataset):
         filter_empty: drop images without a non-crowd thing segment (Detectron2's
             ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``, on for training there): they give the
             instance head nothing to learn. The count dropped is logged.
+        skip_bad_images: an image or id PNG that cannot be decoded (truncated, corrupt) is
+            replaced by the next good sample (index + 1, + 2, ...: the same on every run and
+            resume), logged as a warning and appended to ``bad_images_log`` when that is set;
+            False (default): such a file raises :class:`BadImageError` naming it and the image id.
+
+    Attributes:
+        bad_images_log: file (Path) that skipped images are appended to as
+            ``path<TAB>image_id<TAB>error`` lines, once each; None: not written.
+        bad_images: ``{index: error}`` of the samples this process has skipped.
     """
 
     def __init__(self, json_file: str | os.PathLike, image_root: str | os.PathLike,
                  panoptic_root: str | os.PathLike, *, metadata: DatasetMetadata | None = None,
                  transforms: Transform | None = None, is_train: bool = True,
-                 sem_seg_mode: SemSegMode | None = None, filter_empty: bool = False) -> None:
+                 sem_seg_mode: SemSegMode | None = None, filter_empty: bool = False,
+                 skip_bad_images: bool = False) -> None:
         self.json_file = Path(json_file)
         self.image_root = Path(image_root)
         self.panoptic_root = Path(panoptic_root)
         self.transforms = transforms
         self.is_train = is_train
+        self.skip_bad_images = bool(skip_bad_images)
+        self.bad_images_log: Path | None = None
+        self.bad_images: dict[int, str] = {}
         data = load_json(self.json_file)
         for key in ("images", "annotations", "categories"):
             if key not in data:
                 raise ValueError(f"{self.json_file}: missing top-level key {key!r} "
                                  f"(not a COCO-panoptic annotation file?)")
+        json_categories = check_categories(data["categories"], self.json_file)
         if metadata is None:
             metadata = DatasetMetadata.from_coco_categories(
                 data["categories"], sem_seg_mode=sem_seg_mode or "stuff_plus_thing",
@@ -75,8 +97,12 @@ class PanopticDataset(Dataset):
         elif sem_seg_mode is not None and sem_seg_mode != metadata.sem_seg_mode:
             raise ValueError(f"sem_seg_mode={sem_seg_mode!r} contradicts the given metadata's "
                              f"{metadata.sem_seg_mode!r}")
+        else:
+            check_same_categories(json_categories, metadata, self.json_file)
         self.metadata = metadata
-        self.records = self._parse(data)
+        images = index_images(data["images"], self.json_file)
+        self.records = [_Record(*fields) for fields in
+                        pair_annotations(data["annotations"], images, self.json_file, json_categories)]
         if filter_empty:
             self.records = self._drop_without_things(self.records)
 
@@ -91,34 +117,6 @@ class PanopticDataset(Dataset):
             logger.info("%s: dropped %d of %d images without non-crowd thing segments "
                         "(filter_empty=true)", self.json_file, len(records) - len(kept), len(records))
         return kept
-
-    def _parse(self, data: dict) -> list[_Record]:
-        images = {}
-        for img in data["images"]:
-            images[img["id"]] = img
-        records = []
-        for ann in data["annotations"]:
-            image_id = ann["image_id"]
-            if image_id not in images:
-                raise ValueError(f"{self.json_file}: annotation {ann.get('file_name')!r} refers to "
-                                 f"image id {image_id!r}, which has no entry in 'images'")
-            seen = set()
-            for seg in ann["segments_info"]:
-                if seg["category_id"] not in self.metadata:
-                    raise ValueError(f"{self.json_file}: image id {image_id!r} segment {seg['id']} "
-                                     f"has unknown category id {seg['category_id']}")
-                if seg["id"] in seen or seg["id"] == 0:
-                    raise ValueError(f"{self.json_file}: image id {image_id!r} has "
-                                     f"{'duplicate' if seg['id'] else 'void (0)'} segment id {seg['id']}")
-                seen.add(seg["id"])
-            records.append(_Record(image_id, images[image_id]["file_name"], ann["file_name"],
-                                   tuple(ann["segments_info"])))
-        missing = set(images) - {r.image_id for r in records}
-        if missing:
-            some = sorted(map(str, missing))[:5]
-            raise ValueError(f"{self.json_file}: {len(missing)} image(s) have no annotation, "
-                             f"e.g. image ids {some}")
-        return records
 
     def __len__(self) -> int:
         return len(self.records)
@@ -144,13 +142,23 @@ class PanopticDataset(Dataset):
                                 f"{rec.file_name!r} in {self.json_file}); tried "
                                 f"{', '.join(map(str, candidates))}")
 
+    def _bad(self, path: Path, index: int, error: ImageReadError) -> BadImageError:
+        image_id = self.records[index].image_id
+        hint = (" (data.skip_bad_images=true skips such training images)"
+                if self.is_train and not self.skip_bad_images else "")
+        return BadImageError(f"image id {image_id!r} of {self.json_file}: {error}{hint}",
+                             path=path, reason=error.reason, image_id=image_id)
+
     def read_panoptic(self, index: int) -> np.ndarray:
         """Validated id map int32 ``[H0, W0]`` of sample ``index`` (0 = void)."""
         rec = self.records[index]
         path = self.panoptic_root / rec.png_name
         if not path.is_file():
             raise FileNotFoundError(f"panoptic PNG of image id {rec.image_id!r} not found: {path}")
-        id_map = read_id_png(path)
+        try:
+            id_map = read_id_png(path)
+        except ImageReadError as e:
+            raise self._bad(path, index, e) from None
         present = np.unique(id_map)
         present = set(present[present != 0].tolist())
         listed = {int(s["id"]) for s in rec.segments}
@@ -163,15 +171,32 @@ class PanopticDataset(Dataset):
                              f"have no pixels in the PNG")
         return id_map
 
-    def __getitem__(self, index: int) -> dict:
+    def read_image(self, index: int) -> tuple[Path, np.ndarray]:
+        """``(path, uint8 [H0, W0, 3] upright RGB)`` of sample ``index``."""
+        path = self.image_path(index)
+        try:
+            return path, read_image(path)
+        except ImageReadError as e:
+            raise self._bad(path, index, e) from None
+
+    def _size_mismatch(self, index: int, path: Path, image_hw: tuple, map_hw: tuple) -> ValueError:
         rec = self.records[index]
-        image_path = self.image_path(index)
+        message = (f"image id {rec.image_id!r}: image {path} is {image_hw[0]}x{image_hw[1]} (EXIF "
+                   f"orientation applied) but its panoptic PNG {rec.png_name} is {map_hw[0]}x{map_hw[1]}")
+        with Image.open(path) as img:
+            orientation = exif_orientation(img)
+        if orientation in SWAPPING_ORIENTATIONS and image_hw == map_hw[::-1]:
+            message += (f"; the image's EXIF orientation {orientation} turns it by 90 degrees: the "
+                        f"PNG follows the stored pixels, not the image as viewers show it")
+        return ValueError(message)
+
+    def load(self, index: int) -> dict:
+        """Sample ``index`` (docs/interfaces.md section 1); raises BadImageError on a bad file."""
+        rec = self.records[index]
+        image_path, image_np = self.read_image(index)
         id_map_np = self.read_panoptic(index)
-        image_np = read_rgb_image(image_path)
         if image_np.shape[:2] != id_map_np.shape:
-            raise ValueError(f"image id {rec.image_id!r}: image {image_path} is "
-                             f"{image_np.shape[0]}x{image_np.shape[1]} but its panoptic PNG "
-                             f"{rec.png_name} is {id_map_np.shape[0]}x{id_map_np.shape[1]}")
+            raise self._size_mismatch(index, image_path, image_np.shape[:2], id_map_np.shape)
         gt_panoptic = torch.from_numpy(id_map_np)
         image = torch.from_numpy(image_np).permute(2, 0, 1).contiguous()
         id_map = gt_panoptic
@@ -184,3 +209,26 @@ class PanopticDataset(Dataset):
             sample["gt_panoptic"] = gt_panoptic
             sample["segments_info"] = [dict(s) for s in rec.segments]
         return sample
+
+    def _skip(self, index: int, error: BadImageError) -> None:
+        self.bad_images[index] = str(error)
+        logger.warning("skipping unreadable %s (image id %r): %s (data.skip_bad_images=true)",
+                       error.path, error.image_id, error.reason)
+        if self.bad_images_log is not None:
+            append_bad_image(self.bad_images_log, str(error.path), error.image_id, error.reason)
+
+    def __getitem__(self, index: int) -> dict:
+        if not self.skip_bad_images:
+            return self.load(index)
+        n = len(self.records)
+        for step in range(n):
+            i = (index + step) % n
+            if i in self.bad_images:
+                continue
+            try:
+                return self.load(i)
+            except BadImageError as e:
+                self._skip(i, e)
+        raise BadImageError(f"{self.json_file}: none of its {n} images can be decoded "
+                            f"(skip_bad_images=true has nothing left to return); first: "
+                            f"{next(iter(self.bad_images.values()))}")

@@ -1,4 +1,5 @@
-"""User image files for inference: listing a file / folder / glob, and reading images safely.
+"""User image files for inference: listing a file / folder / glob, and reading them safely
+(decoding is :func:`panfpn.data.image_io.read_image`, shared with the datasets).
 
 Nothing here raises on one bad file: :class:`ImageFileDataset` returns a failure record that
 names the file and the reason, so a batch over a folder never stops at a corrupt JPEG or a
@@ -13,22 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
 
+from panfpn.data.image_io import ImageReadError, read_image
 from panfpn.data.metadata import IGNORE_LABEL
 
+__all__ = ["FailedImage", "ImageFileDataset", "ImageReadError", "image_extensions",
+           "list_image_files", "output_stems", "read_image"]
+
 Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-class ImageReadError(ValueError):
-    """An input file is not an image Pillow can decode (the message names the file)."""
-
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = str(path), reason
 
 
 def image_extensions() -> frozenset[str]:
@@ -96,25 +92,6 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
             rel = p.relative_to(root)
             out.append("__".join([*rel.parent.parts, f"{rel.stem}_{rel.suffix.lstrip('.')}"]))
     return out
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file as uint8 ``[H, W, 3]`` RGB, upright.
-
-    The EXIF orientation tag is applied (as image viewers do), so overlays line up with what
-    the user sees; greyscale, palette and RGBA images are converted to RGB.
-
-    Raises:
-        ImageReadError: the file is not a decodable image (truncated, corrupt, not an image).
-    """
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()  # decode now: a truncated file fails here, not later in a worker
-            img = ImageOps.exif_transpose(img)
-            return np.array(img.convert("RGB"))
-    except Exception as e:  # noqa: BLE001 - Pillow raises many types on bad files; report all
-        raise ImageReadError(path, f"cannot read as an image ({type(e).__name__}: {e})") from None
 
 
 @dataclass(frozen=True)

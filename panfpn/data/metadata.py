@@ -8,6 +8,7 @@ merged 'thing' label ``C-1``) or ``"all"`` (Cityscapes: every category in ascend
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Iterable, Literal, Mapping
 
@@ -53,7 +54,15 @@ class DatasetMetadata:
         cls, categories: Iterable[Mapping], *, sem_seg_mode: SemSegMode = "stuff_plus_thing",
         name: str = "",
     ) -> "DatasetMetadata":
-        """Build from COCO-panoptic ``categories`` dicts (id, name, isthing, color)."""
+        """Build from COCO-panoptic ``categories`` dicts (id, name, isthing, color).
+
+        Ids must be integers: ``"1"`` or ``1.5`` is a ValueError, never converted.
+        """
+        categories = list(categories)
+        for c in categories:
+            if not isinstance(c["id"], numbers.Integral) or isinstance(c["id"], bool):
+                raise ValueError(f"category {c.get('name', '?')!r} of metadata {name!r} has id "
+                                 f"{c['id']!r} ({type(c['id']).__name__}); ids must be integers")
         cats = tuple(
             Category(
                 id=int(c["id"]),

@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from panfpn.data.image_io import ImageReadError
+
+_ID_PNG_MODES = ("RGB", "RGBA", "P")
+
 
 def rgb_to_id(rgb: np.ndarray) -> np.ndarray:
     """Segment ids of an id PNG's pixels.
@@ -28,16 +32,24 @@ def id_to_rgb(ids: np.ndarray) -> np.ndarray:
 
 
 def read_id_png(path: str | os.PathLike) -> np.ndarray:
-    """Read an id PNG into int32 ``[H, W]`` segment ids."""
-    with Image.open(path) as img:
-        rgb = np.asarray(img.convert("RGB"))
+    """Read an id PNG into int32 ``[H, W]`` segment ids, as stored (no EXIF orientation: id
+    PNGs carry none, and COCO's are in the stored pixel order).
+
+    Raises:
+        ImageReadError: the file is truncated or not an image (names the file).
+        ValueError: the PNG is not RGB, RGBA or palette (e.g. greyscale): it cannot hold ids.
+    """
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            rgb = np.asarray(img.convert("RGB")) if mode in _ID_PNG_MODES else None
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types on bad files; report all
+        raise ImageReadError.for_file(path, f"cannot read as a PNG ({type(e).__name__}: {e})") from None
+    if rgb is None:
+        raise ValueError(f"{path}: a panoptic id PNG must be RGB (id = R + 256 G + 256^2 B; RGBA "
+                         f"and palette PNGs are read as RGB), got image mode {mode!r}")
     return rgb_to_id(rgb)
-
-
-def read_rgb_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as uint8 ``[H, W, 3]`` RGB (greyscale and RGBA are converted)."""
-    with Image.open(path) as img:
-        return np.array(img.convert("RGB"))  # a writable copy, as torch.from_numpy wants
 
 
 def load_json(path: str | os.PathLike) -> dict:

@@ -9,9 +9,10 @@ random 24-bit values, so code that assumes contiguous ids or ids < 256 fails on 
 
 Command line::
 
-    python -m panfpn.data.synthetic --out DIR --num-images N --seed S [--height H --width W]
+    python -m panfpn.data.synthetic --out DIR --num-images N --seed S [--height H --width W] [--overwrite]
 
-writes ``DIR/images/*.jpg``, ``DIR/panoptic/*.png`` and ``DIR/panoptic.json``.
+writes ``DIR/images/*.jpg``, ``DIR/panoptic/*.png`` and ``DIR/panoptic.json``; a ``DIR`` that
+already holds a dataset is refused unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -25,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.panoptic_io import id_to_rgb, segment_bbox_area
-from panfpn.utils.atomic import write_json_atomic
+from panfpn.utils.atomic import save_image_atomic, write_json_atomic
 
 # Bump when the generated content changes, so cached datasets are regenerated.
 GENERATOR_VERSION = 1
@@ -248,17 +248,42 @@ def generate_image(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray
     return np.clip(img, 0, 255).astype(np.uint8), id_map, segments
 
 
+def existing_dataset_files(out: str | os.PathLike) -> list[str]:
+    """What in ``out`` belongs to a dataset: ``panoptic.json``, a non-empty ``images/`` or ``panoptic/``."""
+    out = Path(out)
+    found = ["panoptic.json"] if (out / "panoptic.json").exists() else []
+    found += [f"{sub}/ ({sum(1 for _ in (out / sub).iterdir())} files)" for sub in ("images", "panoptic")
+              if (out / sub).is_dir() and any((out / sub).iterdir())]
+    return found
+
+
+def _clear_dataset(out: Path) -> None:
+    """Remove what :func:`generate_dataset` writes (and nothing else) before overwriting."""
+    (out / "panoptic.json").unlink(missing_ok=True)
+    for sub in ("images", "panoptic"):
+        if (out / sub).is_dir():
+            shutil.rmtree(out / sub)
+
+
 def generate_dataset(out: str | os.PathLike, num_images: int, seed: int, *, height: int = 128,
-                     width: int = 128) -> Path:
-    """Write a complete COCO-panoptic dataset to ``out`` (created; must not hold one already).
+                     width: int = 128, overwrite: bool = False) -> Path:
+    """Write a complete COCO-panoptic dataset to ``out``.
 
     Layout: ``out/images/{id:06d}.jpg``, ``out/panoptic/{id:06d}.png``, ``out/panoptic.json``.
-    The content depends only on ``(num_images, seed, height, width)``.
+    The content depends only on ``(num_images, seed, height, width)``. A folder that already holds
+    a dataset (:func:`existing_dataset_files`) is refused with FileExistsError unless
+    ``overwrite``, which first removes ``panoptic.json``, ``images/`` and ``panoptic/``.
     """
     if num_images < 1 or height < 32 or width < 32:
         raise ValueError(f"need num_images >= 1 and an image of at least 32x32, got "
                          f"{num_images} images of {height}x{width}")
     out = Path(out)
+    found = existing_dataset_files(out)
+    if found and not overwrite:
+        raise FileExistsError(f"{out} already holds a dataset ({', '.join(found)}); choose an empty "
+                              f"folder, or overwrite it (--overwrite, overwrite=True)")
+    if found:
+        _clear_dataset(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "panoptic").mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
@@ -266,8 +291,8 @@ def generate_dataset(out: str | os.PathLike, num_images: int, seed: int, *, heig
     for k, child in enumerate(np.random.SeedSequence(seed).spawn(num_images)):
         img, id_map, segments = generate_image(height, width, np.random.default_rng(child))
         image_id = k + 1
-        Image.fromarray(img).save(out / "images" / f"{image_id:06d}.jpg", quality=95)
-        Image.fromarray(id_to_rgb(id_map)).save(out / "panoptic" / f"{image_id:06d}.png")
+        save_image_atomic(out / "images" / f"{image_id:06d}.jpg", img, "JPEG", quality=95)
+        save_image_atomic(out / "panoptic" / f"{image_id:06d}.png", id_to_rgb(id_map))
         images.append({"id": image_id, "file_name": f"{image_id:06d}.jpg", "height": height,
                        "width": width})
         annotations.append({"image_id": image_id, "file_name": f"{image_id:06d}.png",
@@ -319,8 +344,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--width", type=int, default=128)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a dataset already in --out (its panoptic.json, images/, panoptic/)")
     a = p.parse_args(argv)
-    out = generate_dataset(a.out, a.num_images, a.seed, height=a.height, width=a.width)
+    try:
+        out = generate_dataset(a.out, a.num_images, a.seed, height=a.height, width=a.width,
+                               overwrite=a.overwrite)
+    except FileExistsError as e:
+        p.error(str(e))
     print(f"wrote {a.num_images} images to {out}")
 
 

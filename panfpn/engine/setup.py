@@ -11,6 +11,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+import panfpn.data.resolvers  # noqa: F401 - registers the panfpn.* resolvers the data configs use
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine.config import ConfigError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -97,3 +98,54 @@ def test_cityscapes_transforms_follow_the_paper():
     assert (crop.height, crop.width) == (512, 1024) and flip.prob == 0.5
     assert isinstance(crop, RandomCrop)
     assert instantiate(cfg.data.metadata).name == "cityscapes_panoptic_trainId"
+
+
+ALL_DATA_CONFIGS = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_every_data_config_is_covered():
+    assert ALL_DATA_CONFIGS == ["cityscapes_panoptic", "coco_panoptic", "coco_panoptic_folder", "synthetic"]
+
+
+@pytest.mark.parametrize("name", ALL_DATA_CONFIGS)
+def test_num_workers_fit_the_cpus_this_process_may_use(name, monkeypatch):
+    """The Cityscapes config asked for 4 workers whatever the machine had."""
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    cap = 1 if name == "synthetic" else 4
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert _cfg(name).data.num_workers == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(3)), raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    assert _cfg(name).data.num_workers == min(cap, 3)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert _cfg(name).data.num_workers == cap
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")  # torchrun: 32 processes share the 64 CPUs
+    assert _cfg(name).data.num_workers == min(cap, 2)
+
+
+@pytest.mark.parametrize("name", ALL_DATA_CONFIGS)
+def test_skip_bad_images_is_a_data_key_the_train_split_follows(name):
+    cfg = _cfg(name)
+    assert cfg.data.skip_bad_images is False
+    assert OmegaConf.to_container(cfg.data.train)["skip_bad_images"] == "${data.skip_bad_images}"
+    assert "skip_bad_images" not in cfg.data.val  # evaluation sees every image or fails
+
+
+def test_skip_bad_images_reaches_the_train_dataset(tmp_path):
+    cfg = _cfg("synthetic", **{"data.train.num_images": 2, "data.train.cache_dir": str(tmp_path),
+                               "data.skip_bad_images": True})
+    assert instantiate(cfg.data.train).skip_bad_images is True
+
+
+def test_readme_cityscapes_train_id_key_switches_both_splits():
+    """README named data.train.use_train_id, which left the val split on label ids."""
+    data_section = README.read_text().split("\n## Data\n", 1)[1].split("\n## ", 1)[0]
+    keys = re.findall(r"(data\.[\w.]*use_train_id)=true", data_section)
+    assert keys, "README's Data section names no use_train_id key"
+    for key in keys:
+        cfg = _cfg("cityscapes_panoptic", **{key: True})
+        assert cfg.data.train.use_train_id is True and cfg.data.val.use_train_id is True, key
+        assert instantiate(cfg.data.metadata).name == "cityscapes_panoptic_trainId", key

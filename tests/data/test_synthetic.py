@@ -138,3 +138,36 @@ def test_command_line_writes_dataset(tmp_path, capsys):
     assert "wrote 2 images" in capsys.readouterr().out
     ds = _dataset(tmp_path / "cli")
     assert len(ds) == 2 and ds[1]["image"].shape == (3, 48, 64)
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_command_line_refuses_a_folder_holding_a_dataset(tmp_path, capsys):
+    """Today a second run overwrote the first dataset's panoptic.json and images."""
+    from panfpn.data.synthetic import main
+    out = tmp_path / "mine"
+    generate_dataset(out, 3, 0, height=48, width=48)
+    before = _snapshot(out)
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(out), "--num-images", "2", "--seed", "5", "--height", "48", "--width", "48"])
+    assert e.value.code == 2
+    assert f"{out} already holds a dataset (panoptic.json, images/ (3 files)" in capsys.readouterr().err
+    assert _snapshot(out) == before
+    main(["--out", str(out), "--num-images", "2", "--seed", "5", "--height", "48", "--width", "48",
+          "--overwrite"])
+    assert len(_dataset(out)) == 2 and sorted(p.name for p in (out / "images").iterdir()) == [
+        "000001.jpg", "000002.jpg"]  # the third image of the old dataset is gone too
+
+
+@pytest.mark.parametrize("leftover", ["panoptic.json", "images/a.jpg", "panoptic/a.png"])
+def test_generate_dataset_refuses_any_part_of_a_dataset(tmp_path, leftover):
+    out = tmp_path / "x"
+    (out / leftover).parent.mkdir(parents=True, exist_ok=True)
+    (out / leftover).write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"already holds a dataset.*overwrite"):
+        generate_dataset(out, 1, 0, height=32, width=32)
+    assert (out / leftover).read_text() == "keep me"
+    (tmp_path / "empty" / "images").mkdir(parents=True)  # an empty folder is no dataset
+    assert len(_dataset(generate_dataset(tmp_path / "empty", 1, 0, height=32, width=32))) == 1

@@ -272,10 +272,13 @@ class _Loop:
             self.bar.update(1)
             if it % int(self.cfg.train.log_period) == 0 or it == self.max_iter:
                 self.log_window(it)
-            if signum or it == self.max_iter or it % period == 0:
+            saved = bool(signum) or it == self.max_iter or it % period == 0
+            if saved:
                 self.save(it, final=it == self.max_iter)
             if not signum and self.eval_due(it):
                 signum = self.evaluate(it, t_start)
+                if signum and not saved:  # stopped during the evaluation: keep this iteration
+                    self.save(it, final=False)
             if signum:
                 self.result.update(interrupted=True, signal=signum)
                 break
@@ -318,7 +321,7 @@ class _Loop:
             raise NonFiniteLossError(message + " (set train.on_nonfinite=skip to skip such steps)")
         self.skipped += 1
         self.consecutive += 1
-        self.bad_terms.update(_nonfinite_terms(losses))
+        self.bad_terms.update(list(_nonfinite_terms(losses)))
         limit = int(self.cfg.train.max_consecutive_nonfinite)
         if self.consecutive >= limit:
             raise NonFiniteLossError(

@@ -121,15 +121,17 @@ def test_temp_files_of_a_killed_write_are_removed_at_start(tiny_cfg, tmp_path):
     assert ".model_0000002.pth.k2j4hq_1.tmp" in log_text(run)
 
 
-def test_metrics_hold_each_iteration_once_after_resume(tiny_cfg, tmp_path):
+@pytest.mark.parametrize("cut_line", [False, True], ids=["whole_lines", "last_line_cut"])
+def test_metrics_hold_each_iteration_once_after_resume(tiny_cfg, tmp_path, cut_line):
     run = tmp_path / "run"
     train(tiny_cfg(*NO_EVAL))
-    # As if killed while writing model_final: the log has iterations 1-4, the marker names 2,
-    # and the last metrics line was cut short.
+    # As if killed while writing model_final: the log has iterations 1-4, the marker names 2
+    # (and, when cut_line, the kill also cut the last metrics line short).
     (run / "model_final.pth").unlink()
     (run / LAST_CHECKPOINT).write_text("model_0000002.pth")
-    with open(run / "metrics.jsonl", "a") as f:
-        f.write('{"kind": "train", "it')
+    if cut_line:
+        with open(run / "metrics.jsonl", "a") as f:
+            f.write('{"kind": "train", "it')
     train(tiny_cfg(*NO_EVAL, "resume=true"))
     assert [r["iter"] for r in rows(run)] == [1, 2, 3, 4]
 
@@ -137,4 +139,4 @@ def test_metrics_hold_each_iteration_once_after_resume(tiny_cfg, tmp_path):
 
     acc = EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
-    assert [e.step for e in acc.Scalars("loss/total")] == [1, 2, 3, 4]  # purge_step hid the old 3, 4
+    assert [e.step for e in acc.Scalars("loss/total")] == [1, 2, 3, 4]  # each step shown once

@@ -140,3 +140,17 @@ def test_metrics_hold_each_iteration_once_after_resume(tiny_cfg, tmp_path, cut_l
     acc = EventAccumulator(str(run / "tensorboard"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("loss/total")] == [1, 2, 3, 4]  # each step shown once
+
+
+@pytest.mark.parametrize("marker", ["missing", "names_a_deleted_file"])
+def test_a_lost_marker_resumes_from_the_newest_checkpoint_not_from_scratch(tiny_cfg, tmp_path, marker):
+    run = tmp_path / "run"
+    train(tiny_cfg(*NO_EVAL))
+    if marker == "missing":
+        (run / LAST_CHECKPOINT).unlink()
+    else:
+        (run / LAST_CHECKPOINT).write_text("model_0000009.pth")
+    result = train(tiny_cfg(*NO_EVAL, "solver.max_iter=6", "resume=true"))
+    assert result["iteration"] == 6
+    assert "model_final.pth at iteration 4" in log_text(run)
+    assert [r["iter"] for r in rows(run)] == [1, 2, 3, 4, 5, 6]

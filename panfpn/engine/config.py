@@ -51,15 +51,16 @@ def _is_number(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
-def integer(minimum: int | None = None, *, nullable: bool = False, optional: bool = False) -> Check:
+def integer(minimum: int | None = None, *, nullable: bool = False) -> Check:
+    """An int (not a bool, not a float like 2.5), at least ``minimum``; None too when ``nullable``."""
     wants = "an integer" + (f" >= {minimum}" if minimum is not None else "")
     return Check(("null or " if nullable else "") + wants,
-                 lambda v: (nullable and v is None) or (_is_int(v) and (minimum is None or v >= minimum)),
-                 optional)
+                 lambda v: (nullable and v is None) or (_is_int(v) and (minimum is None or v >= minimum)))
 
 
 def number(*, above: float | None = None, at_least: float | None = None, at_most: float | None = None,
            nullable: bool = False) -> Check:
+    """A finite int or float (not a bool) within the given bounds; None too when ``nullable``."""
     bounds = [f"{op} {b}" for op, b in ((">", above), (">=", at_least), ("<=", at_most)) if b is not None]
     wants = " and ".join(["a finite number " + bounds[0], *bounds[1:]]) if bounds else "a finite number"
 
@@ -73,10 +74,12 @@ def number(*, above: float | None = None, at_least: float | None = None, at_most
 
 
 def boolean(*, optional: bool = False) -> Check:
+    """A real boolean: hydra parses true/false; 'maybe', 1 or 'yes' are errors."""
     return Check("a boolean (true/false)", lambda v: isinstance(v, bool), optional)
 
 
 def one_of(*choices: str) -> Check:
+    """One of the given strings."""
     return Check(f"one of {sorted(choices)}", lambda v: isinstance(v, str) and v in choices)
 
 

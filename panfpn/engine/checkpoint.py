@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from pathlib import Path
@@ -12,7 +13,19 @@ import torch
 
 from panfpn.utils.atomic import atomic_write
 
+logger = logging.getLogger("panfpn")
+
 LAST_CHECKPOINT = "last_checkpoint"  # text file naming the newest checkpoint in a run dir
+FINAL_CHECKPOINT = "model_final.pth"
+# What a training checkpoint must hold to resume from it.
+RESUME_KEYS = ("model", "optimizer", "scaler", "iteration", "rng")
+# Temp files panfpn.utils.atomic leaves beside a target when the writer is killed mid-write
+# (".<target name>.<random>.tmp"): checkpoints, the last_checkpoint marker, metrics.jsonl.
+STALE_TEMP_PATTERNS = (".model_*.pth.*.tmp", f".{LAST_CHECKPOINT}.*.tmp", ".metrics.jsonl.*.tmp")
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run dir can be resumed from (each one named with its reason)."""
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -87,3 +100,64 @@ def find_last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 def load_training_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Load one of our training checkpoints; never with the unrestricted unpickler."""
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def remove_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temp files a killed checkpoint/marker/metrics write left in ``run_dir``."""
+    removed = sorted({p for pattern in STALE_TEMP_PATTERNS for p in Path(run_dir).glob(pattern)
+                      if p.is_file()})
+    for path in removed:
+        path.unlink()
+    return removed
+
+
+def resume_candidates(run_dir: str | os.PathLike) -> list[Path]:
+    """The run's checkpoints, the one ``last_checkpoint`` names first, then newest first (mtime)."""
+    run_dir = Path(run_dir)
+    ours = [p for p in run_dir.glob("model_*.pth")
+            if p.name == FINAL_CHECKPOINT or p.stem.removeprefix("model_").isdigit()]
+    ours.sort(key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
+    marker = run_dir / LAST_CHECKPOINT
+    named = run_dir / marker.read_text().strip() if marker.is_file() else None
+    if named is not None and named in ours:
+        ours.remove(named)
+        ours.insert(0, named)
+    return ours
+
+
+def _load_for_resume(path: Path) -> dict:
+    try:
+        ckpt = load_training_checkpoint(path)
+    except Exception as err:  # truncated zip, pickle error, I/O error: the file is unusable
+        raise CheckpointError(f"{path} cannot be loaded ({type(err).__name__}: {err})") from err
+    missing = [k for k in RESUME_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(RESUME_KEYS)
+    if missing:
+        raise CheckpointError(f"{path} is not a training checkpoint (it lacks {missing})")
+    return ckpt
+
+
+def load_resumable(run_dir: str | os.PathLike) -> tuple[Path, dict] | None:
+    """The newest checkpoint of ``run_dir`` that loads, as ``(path, state)``; None when the run
+    dir holds no checkpoint. A bad one is logged as an error naming it, and the next older one is
+    tried; CheckpointError when none loads (never a silent fresh start)."""
+    run_dir = Path(run_dir)
+    marker = run_dir / LAST_CHECKPOINT
+    if marker.is_file() and not (run_dir / marker.read_text().strip()).is_file():
+        logger.error("%s names %s, which does not exist", marker, marker.read_text().strip())
+    failures: list[str] = []
+    for path in resume_candidates(run_dir):
+        try:
+            ckpt = _load_for_resume(path)
+        except CheckpointError as err:
+            logger.error("%s", err)
+            failures.append(str(err))
+            continue
+        if failures:
+            logger.warning("resuming from the older checkpoint %s instead: %s", path, "; ".join(failures))
+        return path, ckpt
+    if failures:
+        raise CheckpointError(f"resume=true but no checkpoint in {run_dir} loads: " + "; ".join(failures))
+    if marker.is_file():
+        raise CheckpointError(f"resume=true but {marker} names {marker.read_text().strip()}, which does "
+                              f"not exist, and {run_dir} holds no other checkpoint")
+    return None

@@ -7,7 +7,7 @@ resolution); predictions never round-trip through PNG files.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ def build_eval_loader(cfg: DictConfig, dataset: Dataset) -> DataLoader:
 def evaluate(
     model: torch.nn.Module, loader: DataLoader, metadata: DatasetMetadata, *, device: torch.device,
     compute_ap: bool = True, max_images: int | None = None, num_vis: int = 0, progress: bool = True,
-    writer: Any = None,
+    writer: Any = None, should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``loader`` (an eval dataset); results are reduced over ranks.
 
@@ -61,6 +61,8 @@ def evaluate(
     seen = 0
     bar = tqdm(loader, desc="eval", disable=not (progress and du.is_main_process()), dynamic_ncols=True)
     for batch in bar:
+        if should_stop is not None and should_stop():  # e.g. Ctrl-C during a training run's evaluation
+            break
         batch = move_batch(batch, device)
         outputs = model(batch)
         for i, out in enumerate(outputs):

@@ -11,16 +11,21 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from panfpn.utils.atomic import atomic_write
+
 logger = logging.getLogger("panfpn")
 
 
 class MetricsLog:
     """Writes scalar dicts to TensorBoard and one JSON line per call to ``metrics.jsonl``.
 
-    On non-main ranks every call is a no-op, so callers need no rank checks.
+    On non-main ranks every call is a no-op, so callers need no rank checks. ``resumed_at`` (the
+    iteration a resumed run starts from) drops what an earlier attempt logged after it, from
+    ``metrics.jsonl`` (rewritten atomically) and from TensorBoard (``purge_step``).
     """
 
-    def __init__(self, run_dir: str | os.PathLike, *, enabled: bool = True) -> None:
+    def __init__(self, run_dir: str | os.PathLike, *, enabled: bool = True,
+                 resumed_at: int | None = None) -> None:
         self.enabled = enabled
         self.run_dir = Path(run_dir)
         self._tb = None
@@ -29,7 +34,11 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            purge_step = None
+            if resumed_at is not None:
+                purge_step = resumed_at + 1
+                drop_records_after(self.run_dir / "metrics.jsonl", resumed_at)
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge_step)
             self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
 
     def scalars(self, step: int, values: Mapping[str, float], *, kind: str = "train") -> None:
@@ -59,3 +68,29 @@ class MetricsLog:
             self._tb.close()
             self._jsonl.close()
             self.enabled = False
+
+
+def drop_records_after(path: Path, iteration: int) -> int:
+    """Rewrite the JSON-lines file ``path`` without records past ``iteration`` (and without a
+    line cut short by a kill), so a resumed run logs each iteration once; returns how many went."""
+    if not path.is_file():
+        return 0
+    kept: list[str] = []
+    dropped = 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            logger.warning("%s: dropping an unreadable line (a write cut short?): %.80s", path, line)
+            dropped += 1
+            continue
+        if int(record.get("iter", 0)) > iteration:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        atomic_write(path, lambda f: f.write("".join(f"{line}\n" for line in kept)), mode="w")
+        logger.info("%s: dropped %d records past the resumed iteration %d", path, dropped, iteration)
+    return dropped

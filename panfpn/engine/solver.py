@@ -88,6 +88,17 @@ def _warmup(it: int, warmup_iters: int, warmup_factor: float) -> float:
     return warmup_factor * (1 - alpha) + alpha
 
 
+def set_schedule_iteration(scheduler: torch.optim.lr_scheduler.LambdaLR, iteration: int) -> list[float]:
+    """Put a freshly built schedule at ``iteration`` (resume): the optimizer's lrs become the
+    current config's ``base_lr * factor(iteration)``, as if it had stepped there; returns them."""
+    scheduler.last_epoch = iteration
+    lrs = [base * fn(iteration) for base, fn in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs):
+        group["lr"] = lr
+    scheduler._last_lr = list(lrs)  # what get_last_lr() reports
+    return lrs
+
+
 def scaled_lr(base_lr: float, *, reference_batch: int, global_batch: int) -> float:
     """Linear scaling rule: lr grows with the global batch relative to the recipe's batch."""
     return base_lr * global_batch / reference_batch

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import signal
 import time
 import warnings
+from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -23,42 +25,59 @@ from tqdm import tqdm
 from panfpn.data.loader import build_training_loader
 from panfpn.engine import distributed as du
 from panfpn.engine.checkpoint import (
-    capture_rng_state, find_last_checkpoint, load_training_checkpoint, prune_checkpoints,
-    restore_rng_state, save_checkpoint,
+    capture_rng_state, find_last_checkpoint, prune_checkpoints, remove_stale_temp_files, save_checkpoint,
 )
 from panfpn.engine.config import validate_config
 from panfpn.engine.evaluator import build_eval_loader, evaluate, metrics_to_scalars
 from panfpn.engine.metrics_log import MetricsLog
 from panfpn.engine.model_spec import describe_model
-from panfpn.modeling.build import build_model
+from panfpn.engine.resume import Resumed, resume_training
 from panfpn.engine.setup import build_metadata, move_batch, setup_logging
+from panfpn.modeling.build import build_model
 from panfpn.engine.solver import build_optimizer, clip_gradients, scaled_lr
 
 logger = logging.getLogger("panfpn")
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or infinite (train.on_nonfinite=raise)."""
+    """A loss term became NaN or infinite (train.on_nonfinite=raise), or too many steps had to be
+    skipped for it (train.on_nonfinite=skip): the run stops without writing model_final."""
 
 
 class _StopFlag:
-    """Set by SIGTERM/SIGINT; the loop checkpoints and exits at the next iteration boundary."""
+    """Set by the first SIGTERM/SIGINT: the loop checkpoints and stops at the next iteration
+    boundary (or evaluation batch). A second one of the same signal gets the previous handler's
+    behaviour: Ctrl-C twice raises KeyboardInterrupt at once. DataLoader workers forked meanwhile
+    inherit the handler and ignore the signal (a terminal's Ctrl-C reaches them too): the main
+    process ends them when it stops."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
 
     def __enter__(self) -> "_StopFlag":
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
+                if signal.getsignal(sig) is signal.SIG_IGN:  # e.g. nohup: the launcher wants it ignored
+                    continue
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: signals cannot be caught here
                 pass
         return self
 
     def _handle(self, signum, frame) -> None:
-        logger.warning("received signal %d: saving a checkpoint and stopping", signum)
-        self.requested = True
+        if os.getpid() != self._pid:  # a forked DataLoader worker
+            return
+        logger.warning("received signal %d: saving a checkpoint and stopping (send it again to abort "
+                       "at once)", signum)
+        if self.signum is None:
+            self.signum = signum
+        signal.signal(signum, self._previous[signum])
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
@@ -85,8 +104,27 @@ def _autocast(cfg: DictConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _build_solver(cfg: DictConfig, model: torch.nn.Module, device: torch.device):
+    """``(optimizer, scheduler, scaler)`` from the solver config, lr scaled to the global batch."""
+    world = du.get_world_size()
+    global_batch = int(cfg.data.batch_size) * world
+    lr = scaled_lr(float(cfg.solver.base_lr), reference_batch=int(cfg.solver.ims_per_batch),
+                   global_batch=global_batch)
+    if global_batch != int(cfg.solver.ims_per_batch):
+        logger.info("global batch %d (%d per process x %d) differs from solver.ims_per_batch=%d: "
+                    "lr scaled linearly %.6g -> %.6g", global_batch, cfg.data.batch_size, world,
+                    cfg.solver.ims_per_batch, cfg.solver.base_lr, lr)
+    optimizer = build_optimizer(
+        model, instantiate(cfg.solver.optimizer), lr=lr, weight_decay=float(cfg.solver.weight_decay),
+        weight_decay_norm=cfg.solver.weight_decay_norm, weight_decay_bias=cfg.solver.weight_decay_bias,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, instantiate(cfg.solver.schedule))
+    use_scaler = bool(cfg.train.amp) and cfg.train.amp_dtype == "float16"
+    return optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=use_scaler)
+
+
 def _checkpoint_state(model, optimizer, scheduler, scaler, iteration: int, cfg: DictConfig,
-                      metadata) -> dict:
+                      metadata, skipped_steps: int = 0) -> dict:
     rng_all_ranks = [capture_rng_state()]
     if du.is_distributed():
         rng_all_ranks = [None] * du.get_world_size()
@@ -94,9 +132,10 @@ def _checkpoint_state(model, optimizer, scheduler, scaler, iteration: int, cfg: 
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "scheduler": scheduler.state_dict(),  # informative: a resume rebuilds it from the config
         "scaler": scaler.state_dict(),
         "iteration": iteration,
+        "skipped_steps": skipped_steps,
         "rng": rng_all_ranks,
         "config": OmegaConf.to_yaml(cfg),
         **describe_model(cfg, metadata),
@@ -113,21 +152,11 @@ def _save(run_dir: Path, state: dict, *, keep: int | None, final: bool = False) 
     du.barrier()
 
 
-def _resume(run_dir: Path, model, optimizer, scheduler, scaler) -> int:
-    """Load the last checkpoint of ``run_dir`` into the training state; returns its iteration."""
-    last = find_last_checkpoint(run_dir)
-    if last is None:
-        logger.info("resume=true but %s holds no checkpoint: starting from scratch", run_dir)
-        return 0
-    ckpt = load_training_checkpoint(last)
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    scaler.load_state_dict(ckpt["scaler"])
-    rng = ckpt["rng"]
-    restore_rng_state(rng[du.get_rank()] if len(rng) == du.get_world_size() else rng[0])
-    logger.info("resumed from %s at iteration %d", last, ckpt["iteration"])
-    return int(ckpt["iteration"])
+def _remove_stale_temp_files(run_dir: Path) -> None:
+    if du.is_main_process():
+        for path in remove_stale_temp_files(run_dir):
+            logger.warning("removed %s, left by a checkpoint or log write that was killed", path)
+    du.barrier()
 
 
 def _wrap_distributed(model: torch.nn.Module, device: torch.device):
@@ -142,8 +171,20 @@ def _wrap_distributed(model: torch.nn.Module, device: torch.device):
     return model, ddp
 
 
+def _max_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise maximum over all ranks, so every rank takes the same decision."""
+    t = torch.tensor(values, dtype=torch.float32, device=device)
+    if du.is_distributed():
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return t.tolist()
+
+
+def _nonfinite_terms(losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v.detach()) for k, v in losses.items() if not math.isfinite(float(v.detach()))}
+
+
 def _nonfinite_message(losses: dict[str, torch.Tensor], it: int) -> str:
-    bad = {k: float(v.detach()) for k, v in losses.items() if not math.isfinite(float(v.detach()))}
+    bad = _nonfinite_terms(losses)
     if not bad:
         return f"non-finite loss at iteration {it} on another rank"
     return f"non-finite loss at iteration {it}: " + ", ".join(f"{k}={v}" for k, v in bad.items())
@@ -152,130 +193,196 @@ def _nonfinite_message(losses: dict[str, torch.Tensor], it: int) -> str:
 def train(cfg: DictConfig) -> dict:
     """Train the model the config describes; returns final metrics and the run's facts.
 
-    Returns ``{"iteration", "interrupted", "checkpoint", "eval", "losses"}`` where ``eval`` is the
-    last evaluation's metrics (None when evaluation is off) and ``losses`` the last logged window.
+    Returns ``{"iteration", "interrupted", "signal", "checkpoint", "eval", "losses"}`` where
+    ``eval`` is the last evaluation's metrics (None when evaluation is off), ``losses`` the last
+    logged window and ``signal`` the number of the SIGTERM/SIGINT that stopped the run (a checkpoint
+    was saved; ``interrupted`` is then True and tools/train.py exits with 128 + signal).
     """
     validate_config(cfg)
     device = du.init_distributed(cfg.device)
     run_dir = Path(du.shared_run_dir(cfg.output_dir))
     setup_logging(run_dir if du.is_main_process() else None)
+    _remove_stale_temp_files(run_dir)
     seed_everything(int(cfg.seed) + du.get_rank())
 
     metadata = build_metadata(cfg)
     model = build_model(cfg).to(device)
-    world = du.get_world_size()
-    global_batch = int(cfg.data.batch_size) * world
-    lr = scaled_lr(float(cfg.solver.base_lr), reference_batch=int(cfg.solver.ims_per_batch),
-                   global_batch=global_batch)
-    if global_batch != int(cfg.solver.ims_per_batch):
-        logger.info("global batch %d (%d per process x %d) differs from solver.ims_per_batch=%d: "
-                    "lr scaled linearly %.6g -> %.6g", global_batch, cfg.data.batch_size, world,
-                    cfg.solver.ims_per_batch, cfg.solver.base_lr, lr)
-    optimizer = build_optimizer(
-        model, instantiate(cfg.solver.optimizer), lr=lr, weight_decay=float(cfg.solver.weight_decay),
-        weight_decay_norm=cfg.solver.weight_decay_norm, weight_decay_bias=cfg.solver.weight_decay_bias,
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, instantiate(cfg.solver.schedule))
-    use_scaler = bool(cfg.train.amp) and cfg.train.amp_dtype == "float16"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-
-    start_iter = _resume(run_dir, model, optimizer, scheduler, scaler) if cfg.resume else 0
+    optimizer, scheduler, scaler = _build_solver(cfg, model, device)
+    resumed = Resumed()
+    if cfg.resume:
+        resumed = resume_training(run_dir, cfg, model=model, optimizer=optimizer, scheduler=scheduler,
+                                  scaler=scaler)
     model, ddp_model = _wrap_distributed(model, device)
 
-    train_set = instantiate(cfg.data.train)
-    loader = _training_loader(cfg, train_set, start_iter)
+    loader = _training_loader(cfg, instantiate(cfg.data.train), resumed.iteration)
     val_loader = None
     if cfg.train.eval_period >= 0:
         val_loader = build_eval_loader(cfg, instantiate(cfg.data.val))
+    log = MetricsLog(run_dir, enabled=du.is_main_process(),
+                     resumed_at=resumed.iteration if cfg.resume else None)
+    bar = tqdm(total=int(cfg.solver.max_iter), initial=resumed.iteration, dynamic_ncols=True, desc="train",
+               disable=not (du.is_main_process() and cfg.train.progress_bar))
+    loop = _Loop(cfg, device=device, run_dir=run_dir, model=model, ddp_model=ddp_model,
+                 optimizer=optimizer, scheduler=scheduler, scaler=scaler, metadata=metadata, log=log,
+                 bar=bar, val_loader=val_loader, resumed=resumed)
+    try:
+        with _StopFlag() as stop:
+            return loop.run(loader, stop)
+    finally:
+        bar.close()
+        log.close()
 
-    max_iter = int(cfg.solver.max_iter)
-    log = MetricsLog(run_dir, enabled=du.is_main_process())
-    result: dict[str, Any] = {"iteration": start_iter, "interrupted": False, "eval": None,
-                              "losses": {}, "checkpoint": None}
-    window: dict[str, list[float]] = {}
-    times = {"iter": 0.0, "data": 0.0, "n": 0}
-    skipped = 0
-    bar = tqdm(total=max_iter, initial=start_iter, disable=not (du.is_main_process() and cfg.train.progress_bar),
-               dynamic_ncols=True, desc="train")
-    it = start_iter
-    ddp_model.train()
-    data_iter = iter(loader)
-    with _StopFlag() as stop:
+
+class _Loop:
+    """One training run: steps, logging, checkpoints and evaluations, from the resumed iteration."""
+
+    def __init__(self, cfg: DictConfig, *, device, run_dir, model, ddp_model, optimizer, scheduler,
+                 scaler, metadata, log, bar, val_loader, resumed: Resumed) -> None:
+        self.cfg, self.device, self.run_dir, self.metadata = cfg, device, run_dir, metadata
+        self.model, self.ddp_model, self.val_loader = model, ddp_model, val_loader
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.log, self.bar = log, bar
+        self.start_iter, self.max_iter = resumed.iteration, int(cfg.solver.max_iter)
+        self.skipped, self.consecutive = resumed.skipped_steps, 0
+        self.bad_terms: Counter[str] = Counter()
+        self.window: dict[str, list[float]] = {}
+        self.times = {"iter": 0.0, "data": 0.0, "n": 0}
+        self.stop = _StopFlag()
+        self.result: dict[str, Any] = {
+            "iteration": self.start_iter, "interrupted": False, "signal": None, "eval": None, "losses": {},
+            "checkpoint": str(resumed.checkpoint) if resumed.checkpoint else None}
+
+    def run(self, loader: DataLoader, stop: _StopFlag) -> dict:
+        """Train from the start iteration to solver.max_iter, or until a signal stops it."""
+        self.stop = stop
+        it, period = self.start_iter, int(self.cfg.train.checkpoint_period)
+        data_iter = iter(loader)
+        self.ddp_model.train()
         t_start = t_end = time.perf_counter()
-        while it < max_iter:
-            batch = move_batch(next(data_iter), device)
+        while it < self.max_iter:
+            batch = move_batch(next(data_iter), self.device)
             t_data = time.perf_counter()
-            with _autocast(cfg, device):
-                losses = ddp_model(batch)
-            total = sum(losses.values())
-            flags = torch.tensor([float(not torch.isfinite(total)), float(stop.requested)], device=device)
-            if du.is_distributed():
-                torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-            nonfinite, stop_now = bool(flags[0]), bool(flags[1])
-            if nonfinite:
-                message = _nonfinite_message(losses, it)
-                if cfg.train.on_nonfinite == "raise":
-                    bar.close()
-                    log.close()
-                    raise NonFiniteLossError(message + " (set train.on_nonfinite=skip to skip such steps)")
-                logger.warning("%s: step skipped (train.on_nonfinite=skip)", message)
-                skipped += 1
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(total).backward()
-                if cfg.train.clip_grad_norm:
-                    scaler.unscale_(optimizer)
-                    clip_gradients(model.parameters(), float(cfg.train.clip_grad_norm))
-                scaler.step(optimizer)
-                scaler.update()
-                for k, v in losses.items():
-                    window.setdefault(k, []).append(float(v.detach()))
-            with warnings.catch_warnings():
-                # The schedule follows iterations, also those whose step was skipped (fp16 grad
-                # scaler overflow, on_nonfinite=skip); torch warns about that on the first one.
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-                scheduler.step()
+            signum = self.step(batch, it)
             it += 1
             t_now = time.perf_counter()
-            times["iter"] += t_now - t_end
-            times["data"] += t_data - t_end
-            times["n"] += 1
+            self.times["iter"] += t_now - t_end
+            self.times["data"] += t_data - t_end
+            self.times["n"] += 1
             t_end = t_now
-            bar.update(1)
-
-            if it % int(cfg.train.log_period) == 0 or it == max_iter:
-                scalars = _window_scalars(window, times, optimizer, device, skipped)
-                result["losses"] = scalars
-                log.scalars(it, scalars)
-                bar.set_postfix(loss=f"{scalars.get('loss/total', float('nan')):.3f}",
-                                lr=f"{scalars['lr']:.2e}")
-                window, times = {}, {"iter": 0.0, "data": 0.0, "n": 0}
-            if stop_now:
-                _save(run_dir, _checkpoint_state(model, optimizer, scheduler, scaler, it, cfg, metadata),
-                      keep=cfg.train.keep_checkpoints)
-                result.update(iteration=it, interrupted=True,
-                              checkpoint=str(find_last_checkpoint(run_dir)))
+            self.bar.update(1)
+            if it % int(self.cfg.train.log_period) == 0 or it == self.max_iter:
+                self.log_window(it)
+            saved = bool(signum) or it == self.max_iter or it % period == 0
+            if saved:
+                self.save(it, final=it == self.max_iter)
+            if not signum and self.eval_due(it):
+                signum = self.evaluate(it, t_start)
+                if signum and not saved:  # stopped during the evaluation: keep this iteration
+                    self.save(it, final=False)
+            if signum:
+                self.result.update(interrupted=True, signal=signum)
                 break
-            if it % int(cfg.train.checkpoint_period) == 0 or it == max_iter:
-                _save(run_dir, _checkpoint_state(model, optimizer, scheduler, scaler, it, cfg, metadata),
-                      keep=cfg.train.keep_checkpoints, final=it == max_iter)
-                result["checkpoint"] = str(find_last_checkpoint(run_dir))
-            eval_period = int(cfg.train.eval_period)
-            if val_loader is not None and (it == max_iter or (eval_period > 0 and it % eval_period == 0)):
-                metrics = evaluate(model, val_loader, metadata, device=device,
-                                   compute_ap=bool(cfg.eval.compute_ap), max_images=cfg.eval.max_images,
-                                   num_vis=int(cfg.train.num_vis_images), progress=False)
-                log.scalars(it, {**metrics_to_scalars(metrics), "time/elapsed_s": time.perf_counter() - t_start},
-                            kind="eval")
-                if metrics.get("overlays"):
-                    log.images(it, "val/panoptic", metrics["overlays"])
-                result["eval"] = {k: v for k, v in metrics.items() if k != "overlays"}
-                ddp_model.train()
-    bar.close()
-    log.close()
-    result["iteration"] = it
-    return result
+        if stop.requested and not self.result["interrupted"]:  # came during the last save
+            self.result.update(interrupted=True, signal=stop.signum)
+        self.result["iteration"] = it
+        return self.result
+
+    def step(self, batch: dict, it: int) -> int:
+        """One optimisation step; returns the signal number any rank received (0: none)."""
+        with _autocast(self.cfg, self.device):
+            losses = self.ddp_model(batch)
+        total = sum(losses.values())
+        nonfinite, signum = _max_over_ranks(
+            [float(not torch.isfinite(total)), float(self.stop.signum or 0)], self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        if nonfinite:
+            self.nonfinite(losses, it)
+        else:
+            self.consecutive = 0
+            self.scaler.scale(total).backward()
+            if self.cfg.train.clip_grad_norm:
+                self.scaler.unscale_(self.optimizer)
+                clip_gradients(self.model.parameters(), float(self.cfg.train.clip_grad_norm))
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            for k, v in losses.items():
+                self.window.setdefault(k, []).append(float(v.detach()))
+        with warnings.catch_warnings():
+            # The schedule follows iterations, also those whose step was skipped (fp16 grad
+            # scaler overflow, on_nonfinite=skip); torch warns about that on the first one.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            self.scheduler.step()
+        return int(signum)
+
+    def nonfinite(self, losses: dict[str, torch.Tensor], it: int) -> None:
+        """Raise (on_nonfinite=raise, or too many skipped in a row) or count a skipped step."""
+        message = _nonfinite_message(losses, it)
+        if self.cfg.train.on_nonfinite == "raise":
+            raise NonFiniteLossError(message + " (set train.on_nonfinite=skip to skip such steps)")
+        self.skipped += 1
+        self.consecutive += 1
+        self.bad_terms.update(list(_nonfinite_terms(losses)))
+        limit = int(self.cfg.train.max_consecutive_nonfinite)
+        if self.consecutive >= limit:
+            raise NonFiniteLossError(
+                f"{message}: {self.consecutive} non-finite steps in a row (train.max_consecutive_nonfinite="
+                f"{limit}); training stopped without writing model_final "
+                f"(last checkpoint: {self.result['checkpoint']})")
+        logger.warning("%s: step skipped (train.on_nonfinite=skip, %d in a row)", message, self.consecutive)
+
+    def log_window(self, it: int) -> None:
+        scalars = _window_scalars(self.window, self.times, self.optimizer, self.device, self.skipped)
+        self.result["losses"] = scalars
+        self.log.scalars(it, scalars)
+        self.bar.set_postfix(loss=f"{scalars.get('loss/total', float('nan')):.3f}", lr=f"{scalars['lr']:.2e}")
+        self.window, self.times = {}, {"iter": 0.0, "data": 0.0, "n": 0}
+
+    def save(self, it: int, *, final: bool) -> None:
+        if final:
+            self.check_skipped_fraction()
+        state = _checkpoint_state(self.model, self.optimizer, self.scheduler, self.scaler, it, self.cfg,
+                                  self.metadata, self.skipped)
+        _save(self.run_dir, state, keep=self.cfg.train.keep_checkpoints, final=final)
+        self.result["checkpoint"] = str(find_last_checkpoint(self.run_dir))
+
+    def check_skipped_fraction(self) -> None:
+        """NonFiniteLossError before model_final when too many of the run's steps were skipped."""
+        fraction = self.cfg.train.max_skipped_fraction
+        if fraction is None or self.skipped <= float(fraction) * self.max_iter:
+            return
+        terms = ", ".join(f"{k} x{n}" for k, n in self.bad_terms.most_common()) or "on another rank"
+        raise NonFiniteLossError(
+            f"{self.skipped} of {self.max_iter} steps were skipped for non-finite losses ({terms}), more "
+            f"than train.max_skipped_fraction={fraction}: model_final not written "
+            f"(last checkpoint: {self.result['checkpoint']})")
+
+    def eval_due(self, it: int) -> bool:
+        period = int(self.cfg.train.eval_period)
+        return self.val_loader is not None and (it == self.max_iter or (period > 0 and it % period == 0))
+
+    def evaluate(self, it: int, t_start: float) -> int:
+        """Evaluate and log; a signal stops it within a batch (then nothing is logged and the
+        signal number is returned, 0 otherwise)."""
+        cfg = self.cfg
+        signum = int(_max_over_ranks([float(self.stop.signum or 0)], self.device)[0])
+        if signum:  # came during the checkpoint save just before
+            return signum
+        metrics = evaluate(self.model, self.val_loader, self.metadata, device=self.device,
+                           compute_ap=bool(cfg.eval.compute_ap), max_images=cfg.eval.max_images,
+                           num_vis=int(cfg.train.num_vis_images), progress=False,
+                           should_stop=lambda: self.stop.requested)
+        self.ddp_model.train()
+        signum = int(_max_over_ranks([float(self.stop.signum or 0)], self.device)[0])
+        if signum:
+            logger.warning("evaluation at iteration %d interrupted by signal %d: its partial metrics "
+                           "are not logged", it, signum)
+            return signum
+        self.log.scalars(it, {**metrics_to_scalars(metrics), "time/elapsed_s": time.perf_counter() - t_start},
+                         kind="eval")
+        if metrics.get("overlays"):
+            self.log.images(it, "val/panoptic", metrics["overlays"])
+        self.result["eval"] = {k: v for k, v in metrics.items() if k != "overlays"}
+        return 0
 
 
 def _window_scalars(window: dict[str, list[float]], times: dict, optimizer, device, skipped: int) -> dict:

@@ -1,4 +1,4 @@
-"""End-to-end launches through tools/train.py: SIGTERM handling and 2-process gloo DDP."""
+"""End-to-end launches through tools/train.py: signal handling and 2-process gloo DDP."""
 
 import json
 import os
@@ -26,19 +26,30 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_sigterm_saves_a_loadable_checkpoint_and_exits_cleanly(tmp_path, tiny_args):
+@pytest.mark.parametrize("sig,workers,whole_group", [
+    (signal.SIGTERM, 0, False),  # Slurm / kill: the training process alone
+    (signal.SIGINT, 1, True),    # Ctrl-C in a terminal: the process group, DataLoader workers too
+], ids=["sigterm", "ctrl_c"])
+def test_signal_saves_a_loadable_checkpoint_and_exits_128_plus_signal(tmp_path, tiny_args, sig, workers,
+                                                                     whole_group):
     run = tmp_path / "run"
-    args = [*tiny_args, "solver.max_iter=100000", "solver.schedule.steps=[50000]",
+    args = [*tiny_args, "solver.max_iter=100000", "solver.schedule.steps=[50000]", f"data.num_workers={workers}",
             "train.checkpoint_period=100000", "train.eval_period=-1", f"hydra.run.dir={run}"]
     proc = subprocess.Popen([sys.executable, str(ROOT / "tools/train.py"), *args], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     deadline = time.time() + 180
     while time.time() < deadline and len(_metrics(run)) < 2 and proc.poll() is None:
         time.sleep(0.5)
     assert proc.poll() is None, proc.stdout.read()
-    proc.send_signal(signal.SIGTERM)
+    if whole_group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
+    # 128 + signal, like a shell reports a process the signal ended: `train && eval` stops here.
+    assert proc.returncode == 128 + sig, out
+    assert "continue with resume=true" in out
     ckpt = load_training_checkpoint(find_last_checkpoint(run))
     assert 2 <= ckpt["iteration"] < 100000
 

@@ -10,6 +10,7 @@ OVERFIT = [
     "data.train.num_images=4", "data.train.height=64", "data.train.width=64", "data.train.transforms=null",
     # the validation split is the training images themselves (same seed), read as an eval dataset
     "data.val.num_images=4", "data.val.seed=0", "data.val.height=64", "data.val.width=64",
+    "data.val.transforms=null",  # the training images untransformed, as trained (no resize to 128)
     "data.batch_size=4", "data.num_workers=0",
     "solver=adamw_cosine", "solver.max_iter=300", "solver.schedule.warmup_iters=20", "solver.base_lr=0.002",
     "model.merge.stuff_area=16", "train.log_period=1", "train.checkpoint_period=1000",

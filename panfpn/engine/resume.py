@@ -1,0 +1,148 @@
+"""Resume a run from its run dir: right, or a clear error.
+
+The newest checkpoint that loads is used (a corrupt one is named and skipped); the model config
+must be the checkpoint's; the optimizer, lr schedule and their hyperparameters follow the CURRENT
+solver config (so ``solver.max_iter`` can be raised to extend a run), and the log says what changed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from panfpn.engine import distributed as du
+from panfpn.engine.checkpoint import load_resumable, restore_rng_state
+from panfpn.engine.config import ConfigError
+from panfpn.engine.solver import set_schedule_iteration
+
+logger = logging.getLogger("panfpn")
+_ABSENT = "<absent>"
+
+
+@dataclass
+class Resumed:
+    """Where a resumed run starts."""
+
+    iteration: int = 0
+    skipped_steps: int = 0
+    checkpoint: Path | None = None
+
+
+def _flatten(node: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}.{key}"))
+        return flat
+    return {prefix: node}
+
+
+def config_changes(old: dict, new: dict, prefix: str) -> list[str]:
+    """``["prefix.key: old -> new", ...]`` for every leaf that differs (lists count as leaves)."""
+    a, b = _flatten(old, prefix), _flatten(new, prefix)
+    return [f"{key}: {a.get(key, _ABSENT)!r} -> {b.get(key, _ABSENT)!r}"
+            for key in sorted(set(a) | set(b)) if a.get(key, _ABSENT) != b.get(key, _ABSENT)]
+
+
+def _container(node: Any) -> Any:
+    """A config node as plain data, resolved when its interpolations resolve."""
+    try:
+        return OmegaConf.to_container(node, resolve=True)
+    except OmegaConfBaseException:
+        return OmegaConf.to_container(node, resolve=False)
+
+
+def checkpoint_section(ckpt: dict, name: str) -> dict | None:
+    """Section ``name`` of the config a checkpoint was trained with (its ``config`` yaml)."""
+    text = ckpt.get("config")
+    node = OmegaConf.select(OmegaConf.create(text), name) if text else None
+    return _container(node) if node is not None else None
+
+
+def check_same_model(cfg: DictConfig, ckpt: dict, path: Path) -> None:
+    """ConfigError naming every model key that differs from the checkpoint's model config."""
+    if ckpt.get("model_config"):
+        old = _container(OmegaConf.create(ckpt["model_config"]))
+    else:
+        old = checkpoint_section(ckpt, "model")
+    if old is None:
+        logger.warning("%s records no model config: cannot check that the model is the same", path)
+        return
+    changes = config_changes(old, _container(cfg.model), "model")
+    if changes:
+        raise ConfigError(f"resume=true: the model config differs from the one {path} was trained "
+                          f"with: {'; '.join(changes)}. Resume with the checkpoint's model config, or "
+                          f"start a new run (another output_dir) with weights={path}")
+
+
+def _check_solver(cfg: DictConfig, old: dict | None, path: Path) -> list[str]:
+    """The solver changes since the checkpoint; ConfigError for those that cannot resume."""
+    if old is None:
+        logger.warning("%s records no config: the solver changes since it cannot be listed", path)
+        return []
+    new = _container(cfg.solver)
+    old_opt = (old.get("optimizer") or {}).get("_target_")
+    new_opt = (new.get("optimizer") or {}).get("_target_")
+    if old_opt != new_opt:
+        raise ConfigError(f"resume=true: solver.optimizer._target_ is {new_opt!r} but {path} holds the "
+                          f"state of {old_opt!r}; an optimizer's state cannot be carried to another one")
+    return config_changes(old, new, "solver")
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict, path: Path) -> None:
+    """Load the optimizer's state (momenta) but keep the hyperparameters the current config set."""
+    current = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(state)
+    except ValueError as err:
+        raise ConfigError(f"resume=true: the optimizer state in {path} does not fit the current parameter "
+                          f"groups ({err}); the weight-decay split (solver.weight_decay_norm / "
+                          f"solver.weight_decay_bias) or the trainable parameters changed") from err
+    for group, hyper in zip(optimizer.param_groups, current):
+        group.update(hyper)
+
+
+def _check_iteration(iteration: int, cfg: DictConfig, path: Path) -> None:
+    max_iter = int(cfg.solver.max_iter)
+    if iteration > max_iter:
+        raise ConfigError(f"resume=true: {path} is at iteration {iteration}, past solver.max_iter={max_iter}; "
+                          f"raise solver.max_iter to continue the run")
+    if iteration == max_iter:
+        logger.info("%s is at solver.max_iter=%d: nothing left to train", path, max_iter)
+
+
+def resume_training(run_dir: str | os.PathLike, cfg: DictConfig, *, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                    scaler: torch.amp.GradScaler) -> Resumed:
+    """Load the newest loadable checkpoint of ``run_dir`` into the training state built from
+    ``cfg``; the lr schedule is ``cfg``'s, set to the checkpoint's iteration."""
+    found = load_resumable(run_dir)
+    if found is None:
+        logger.info("resume=true but %s holds no checkpoint: starting from scratch", run_dir)
+        return Resumed()
+    path, ckpt = found
+    iteration = int(ckpt["iteration"])
+    check_same_model(cfg, ckpt, path)
+    changes = _check_solver(cfg, checkpoint_section(ckpt, "solver"), path)
+    _check_iteration(iteration, cfg, path)
+    model.load_state_dict(ckpt["model"])
+    _load_optimizer(optimizer, ckpt["optimizer"], path)
+    scaler.load_state_dict(ckpt["scaler"])
+    rng = ckpt["rng"]
+    restore_rng_state(rng[du.get_rank()] if len(rng) == du.get_world_size() else rng[0])
+    lr = set_schedule_iteration(scheduler, iteration)[0]
+    old_lr = float(ckpt["optimizer"]["param_groups"][0]["lr"])
+    if changes or not math.isclose(lr, old_lr, rel_tol=1e-9, abs_tol=0.0):
+        logger.warning("resume: the solver config changed since %s (%s); the lr schedule follows the "
+                       "current config: lr %.6g at iteration %d (the checkpoint had %.6g)", path,
+                       "; ".join(changes) or "only the lr scaling for the global batch", lr, iteration, old_lr)
+    logger.info("resumed from %s at iteration %d (lr %.6g)", path, iteration, lr)
+    return Resumed(iteration, int(ckpt.get("skipped_steps", 0)), path)

@@ -37,6 +37,7 @@ from panfpn.modeling.build import build_model
 from panfpn.engine.solver import build_optimizer, clip_gradients, scaled_lr
 
 logger = logging.getLogger("panfpn")
+BAD_IMAGES_LOG = "bad_images.txt"  # images data.skip_bad_images skipped: path, image id, error
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -214,7 +215,10 @@ def train(cfg: DictConfig) -> dict:
                                   scaler=scaler)
     model, ddp_model = _wrap_distributed(model, device)
 
-    loader = _training_loader(cfg, instantiate(cfg.data.train), resumed.iteration)
+    train_set = instantiate(cfg.data.train)
+    if hasattr(train_set, "bad_images_log"):  # data.skip_bad_images lists what it skipped here
+        train_set.bad_images_log = run_dir / BAD_IMAGES_LOG
+    loader = _training_loader(cfg, train_set, resumed.iteration)
     val_loader = None
     if cfg.train.eval_period >= 0:
         val_loader = build_eval_loader(cfg, instantiate(cfg.data.val))

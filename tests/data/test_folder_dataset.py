@@ -194,3 +194,32 @@ def test_json_categories_are_parsed_once_per_file_version(custom_root, monkeypat
     calls.clear()
     assert folder.json_meta_value(str(json_file), "num_sem_classes") == 5 and len(calls) == 1
     assert folder.json_meta_value(str(json_file), "num_sem_classes") == 5 and len(calls) == 1
+
+
+def _truncate_one_image(root: Path) -> Path:
+    image = sorted((root / "images" / "train").iterdir())[1]
+    image.write_bytes(image.read_bytes()[:200])  # a cut-off download
+    return image
+
+
+def test_training_run_names_a_truncated_image(custom_root, tmp_path):
+    from panfpn.engine.trainer import train
+
+    bad = _truncate_one_image(custom_root)
+    cfg = _compose("data=coco_panoptic_folder", f"data.root={custom_root}", *TINY, "train.eval_period=-1",
+                   f"output_dir={tmp_path / 'run'}")
+    with pytest.raises(Exception, match=rf"image id \d+ of .*{bad.name}: cannot read") as err:
+        train(cfg)
+    assert "skip_bad_images" in str(err.value)
+    assert not (tmp_path / "run" / "model_final.pth").exists()
+
+
+def test_training_run_skips_and_lists_a_truncated_image(custom_root, tmp_path):
+    from panfpn.engine.trainer import train
+
+    bad = _truncate_one_image(custom_root)
+    cfg = _compose("data=coco_panoptic_folder", f"data.root={custom_root}", *TINY, "train.eval_period=-1",
+                   "data.skip_bad_images=true", f"output_dir={tmp_path / 'run'}")
+    assert train(cfg)["iteration"] == 4
+    lines = (tmp_path / "run" / "bad_images.txt").read_text().splitlines()
+    assert len(lines) == 1 and lines[0].split("\t")[0] == str(bad)

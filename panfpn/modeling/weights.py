@@ -89,11 +89,11 @@ class LoadReport:
         lines = [f"weights {self.source} ({self.format}): {len(self.loaded)} tensors loaded"]
         lines += [f"  note: {n}" for n in self.notes]
         if self.missing:
-            lines.append(f"  NOT in the file, left as initialised ({len(self.missing)}): {_short(self.missing)}")
+            lines.append(f"  NOT in the file ({len(self.missing)}): {_short(self.missing)}")
         if self.unexpected:
             lines.append(f"  in the file but not mapped ({len(self.unexpected)}): {_short(self.unexpected)}")
         for key, ours, theirs in self.shape_mismatch:
-            lines.append(f"  shape mismatch, skipped: {key} model {list(ours)} vs file {list(theirs)}")
+            lines.append(f"  shape mismatch: {key} model {list(ours)} vs file {list(theirs)}")
         return "\n".join(lines)
 
 
@@ -192,7 +192,15 @@ def _read_d2_pickle(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _check(report: LoadReport, allow_partial: bool) -> None:
-    """Raise :class:`WeightsError` when nothing matched, or (strict) when anything did not fit."""
+    """Log the report; raise :class:`WeightsError` when nothing matched, or (strict) when anything
+    did not fit."""
+    if report.complete:
+        logger.info("%s", report)
+    elif not report.matched or not allow_partial:
+        logger.warning("%s\n  -> refused, the model is left as it was", report)
+    else:
+        logger.warning("%s\n  -> partial load (weights_partial=true): the %d model tensors listed above are "
+                       "left as initialised", report, len(report.missing) + len(report.shape_mismatch))
     if not report.matched:
         raise WeightsError(f"weights {report.source} ({report.format}) match nothing in the model: 0 tensors "
                            f"loaded; {report.problems() or 'the file holds no usable tensors'}")
@@ -204,9 +212,6 @@ def _check(report: LoadReport, allow_partial: bool) -> None:
             "If the config's model is not the one these weights were trained with, fix the model "
             "config; to fine-tune (e.g. other class counts) set weights_partial=true, which skips "
             "and lists these tensors")
-    logger.warning("partial load (weights_partial=true): %d tensors loaded, %d skipped and left as "
-                   "initialised (listed above)", len(report.loaded),
-                   len(report.missing) + len(report.shape_mismatch))
 
 
 def _snapshot(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
@@ -274,7 +279,8 @@ def _load_d2(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> L
 
 def _load_into(model: nn.Module, mapped: dict[str, torch.Tensor], report: LoadReport, *, scope: str,
                ignore_missing: tuple[str, ...] = ()) -> LoadReport:
-    """Copy the entries of ``mapped`` whose name and shape fit; fill in the report."""
+    """Copy the entries of ``mapped`` whose name and shape fit; fill in the report (checked and
+    logged by :func:`load_weights`, which undoes the copy when it refuses the load)."""
     ours = model.state_dict()
     usable = {}
     for key, value in mapped.items():
@@ -292,6 +298,4 @@ def _load_into(model: nn.Module, mapped: dict[str, torch.Tensor], report: LoadRe
     ignore = (*ignore_missing, "num_batches_tracked")
     report.missing = sorted(k for k in ours if k.startswith(scope) and k not in usable
                             and k not in mismatched and not k.endswith(ignore))
-    log = logger.info if report.complete else logger.warning
-    log("%s", report)
     return report

@@ -190,6 +190,7 @@ def test_fine_tuning_with_other_class_counts_needs_weights_partial(trained, tmp_
     with caplog.at_level(logging.INFO, logger="panfpn"):
         result = train(compose_config([*other, "weights_partial=true"], output_dir=tmp_path / "partial"))
     assert result["iteration"] == 2
-    assert "shape mismatch, skipped: roi_heads.box_head.cls_score.weight model [7, 128] vs file [5, 128]" in caplog.text
+    assert "shape mismatch: roi_heads.box_head.cls_score.weight model [7, 128] vs file [5, 128]" in caplog.text
+    assert "partial load (weights_partial=true)" in caplog.text
     tuned = torch.load(tmp_path / "partial" / "model_final.pth", weights_only=True)
     assert tuned["model"]["roi_heads.box_head.cls_score.weight"].shape[0] == 7

@@ -197,7 +197,7 @@ def _check(report: LoadReport, allow_partial: bool) -> None:
     if report.complete:
         logger.info("%s", report)
     elif not report.matched or not allow_partial:
-        logger.warning("%s\n  -> refused, the model is left as it was", report)
+        logger.warning("%s\n  -> refused: nothing loaded, the model is left as it was", report)
     else:
         logger.warning("%s\n  -> partial load (weights_partial=true): the %d model tensors listed above are "
                        "left as initialised", report, len(report.missing) + len(report.shape_mismatch))

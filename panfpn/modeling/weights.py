@@ -153,8 +153,8 @@ def check_weights_path(source: str | os.PathLike) -> Path:
     """The weights file as a Path; errors name the path and the accepted formats."""
     path = Path(source)
     if path.is_dir():
-        hint = next((f" (did you mean {path / n}?)" for n in ("model_final.pth", "last_checkpoint")
-                     if (path / n).is_file()), "")
+        found = sorted(path.glob("model_*.pth"), key=lambda p: (p.name == "model_final.pth", p.name))
+        hint = f" (did you mean {found[-1]}?)" if found else ""
         raise WeightsError(f"weights={path} is a directory, not a weights file{hint}; {_formats()}")
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist (and is not a torchvision weights name "
@@ -202,8 +202,8 @@ def _check(report: LoadReport, allow_partial: bool) -> None:
         logger.warning("%s\n  -> partial load (weights_partial=true): the %d model tensors listed above are "
                        "left as initialised", report, len(report.missing) + len(report.shape_mismatch))
     if not report.matched:
-        raise WeightsError(f"weights {report.source} ({report.format}) match nothing in the model: 0 tensors "
-                           f"loaded; {report.problems() or 'the file holds no usable tensors'}")
+        raise WeightsError(f"weights {report.source} ({report.format}) match nothing in the model: no tensor of the file fits "
+                           f"it; {report.problems() or 'the file holds no usable tensors'}")
     if report.complete:
         return
     if not allow_partial:

@@ -202,8 +202,8 @@ def _check(report: LoadReport, allow_partial: bool) -> None:
         logger.warning("%s\n  -> partial load (weights_partial=true): the %d model tensors listed above are "
                        "left as initialised", report, len(report.missing) + len(report.shape_mismatch))
     if not report.matched:
-        raise WeightsError(f"weights {report.source} ({report.format}) match nothing in the model: no tensor of the file fits "
-                           f"it; {report.problems() or 'the file holds no usable tensors'}")
+        raise WeightsError(f"weights {report.source} ({report.format}) match nothing in the model: no "
+                           f"tensor of the file fits it; {report.problems() or 'the file holds no tensors'}")
     if report.complete:
         return
     if not allow_partial:

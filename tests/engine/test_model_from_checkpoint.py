@@ -87,7 +87,8 @@ def test_legacy_checkpoint_uses_its_training_config(trained, reference_metrics, 
         del ckpt[key]
     assert "${" in ckpt["config"]  # unresolved, as older checkpoints stored it
     torch.save(ckpt, tmp_path / "old.pth")
-    metrics = evaluate_from_config(compose_config([*EVAL, f"weights={tmp_path / 'old.pth'}"], output_dir=tmp_path / "e"))
+    cfg = compose_config([*EVAL, f"weights={tmp_path / 'old.pth'}"], output_dir=tmp_path / "e")
+    metrics = evaluate_from_config(cfg)
     _same_metrics(metrics, reference_metrics)
 
 

@@ -110,6 +110,24 @@ def test_overrides_win_and_differences_are_listed(trained, tmp_path, caplog):
     assert plain.model.merge_thresholds.score_thresh == 0.0
 
 
+def test_transform_override_and_model_group_override(trained, tmp_path, caplog):
+    resize = "data.val.transforms.short_edge_lengths=[96]"
+    cfg = compose_config([*EVAL, f"weights={trained}", resize], output_dir=tmp_path)
+    with caplog.at_level(logging.INFO, logger="panfpn"):
+        built = build_inference_model(cfg, [resize])
+    assert built.test_transform["short_edge_lengths"] == [96]
+    assert instantiate(built.cfg.data.val).transforms.lengths == [96]  # what eval builds its dataset with
+    assert "data.val.transforms: checkpoint" in caplog.text
+    recorded = build_inference_model(cfg, [])
+    assert recorded.test_transform["short_edge_lengths"] == [64]
+    assert instantiate(recorded.cfg.data.val).transforms.lengths == [64]
+
+    # model=<name> on the command line takes the config's model whole: here not the trained one.
+    group = compose_config([*EVAL, f"weights={trained}", "model=panoptic_fpn_small"], output_dir=tmp_path)
+    with pytest.raises(WeightsError, match="with another shape"):
+        build_inference_model(group, ["model=panoptic_fpn_small"])
+
+
 def test_model_from_checkpoint_false_lists_the_differences_then_refuses(trained, tmp_path, caplog):
     cfg = compose_config([*EVAL, f"weights={trained}", "model_from_checkpoint=false"], output_dir=tmp_path)
     with caplog.at_level(logging.INFO, logger="panfpn"), pytest.raises(WeightsError) as err:

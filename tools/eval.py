@@ -1,4 +1,8 @@
-"""Evaluate a checkpoint: `python tools/eval.py weights=path/to/model.pth [experiment=...]`."""
+"""Evaluate a checkpoint: `python tools/eval.py weights=path/to/model.pth [data=... data.root=...]`.
+
+A panfpn checkpoint brings its own model, labels and test transform (command-line `model.*`
+overrides win; `model_from_checkpoint=false` uses the config's); see panfpn/engine/inference_model.py.
+"""
 
 import hydra
 from omegaconf import DictConfig

@@ -2,6 +2,7 @@
 
 Writes `<export.output or run dir/model>.onnx` / `.pt2` / `.json`; see panfpn/engine/export_run.py
 and panfpn/modeling/export.py (what is exported, and how to run it with the eager remainder).
+A panfpn checkpoint brings its own model config (see panfpn/engine/inference_model.py).
 """
 
 import hydra

@@ -1,7 +1,8 @@
 """Predict on image files: `python tools/predict.py weights=model.pth predict.input=path/to/images`.
 
 The input is an image file, a folder or a glob; results (panoptic PNGs + JSON, overlays) go to
-`predict.output_dir` (default: the run dir). See panfpn/engine/predict_run.py.
+`predict.output_dir` (default: the run dir). A panfpn checkpoint brings its own model, labels and
+test transform (see panfpn/engine/inference_model.py). See panfpn/engine/predict_run.py.
 """
 
 import hydra

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 # raises on unexpected arguments) plus the data keys the engine reads itself.
 KNOWN_KEYS: dict[str, set[str] | None] = {
     "": {"seed", "device", "resume", "weights", "output_dir", "train", "eval", "solver", "model",
-         "data", "experiment", "predict", "export"},
+         "data", "experiment", "predict", "export", "weights_partial", "model_from_checkpoint"},
     "train": {"log_period", "checkpoint_period", "keep_checkpoints", "eval_period", "amp", "amp_dtype", "clip_grad_norm",
               "on_nonfinite", "max_consecutive_nonfinite", "max_skipped_fraction", "num_vis_images",
               "progress_bar"},

@@ -6,6 +6,8 @@ import json
 import logging
 from pathlib import Path
 
+from typing import Sequence
+
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -13,7 +15,8 @@ from panfpn.utils.atomic import save_image_atomic, write_json_atomic
 from panfpn.engine import distributed as du
 from panfpn.engine.config import ConfigError, validate_config
 from panfpn.engine.evaluator import build_eval_loader, evaluate, format_results
-from panfpn.modeling.build import build_model
+from panfpn.engine.inference_model import build_inference_model
+from panfpn.engine.model_spec import same_labels
 from panfpn.engine.setup import build_metadata, setup_logging
 
 logger = logging.getLogger("panfpn")
@@ -28,18 +31,24 @@ def per_class_table(metrics: dict, metadata) -> str:
     return "\n".join(rows)
 
 
-def evaluate_from_config(cfg: DictConfig) -> dict:
+def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict:
     """Evaluate ``cfg.weights`` on ``cfg.data.val``; writes ``eval_results.json`` (and predictions
-    when ``eval.save_predictions``) into ``cfg.output_dir``; returns the metrics."""
+    when ``eval.save_predictions``) into ``cfg.output_dir``; returns the metrics.
+
+    The model, its labels and test transform come from the checkpoint's record when it has one
+    (see :func:`panfpn.engine.inference_model.build_inference_model`; ``overrides`` as there).
+    """
     validate_config(cfg)
     if not cfg.weights:
         raise ConfigError("config key 'weights' must name the checkpoint to evaluate (weights=path/to/model.pth)")
     device = du.init_distributed(cfg.device)
     out_dir = Path(du.shared_run_dir(cfg.output_dir))
     setup_logging(out_dir if du.is_main_process() else None)
-    metadata = build_metadata(cfg)
-    model = build_model(cfg).to(device)
-    loader = build_eval_loader(cfg, instantiate(cfg.data.val))
+    built = build_inference_model(cfg, overrides)
+    metadata = built.metadata
+    _check_dataset_labels(metadata, build_metadata(cfg), cfg)
+    model = built.model.to(device)
+    loader = build_eval_loader(cfg, instantiate(built.cfg.data.val))
     writer = None
     if cfg.eval.save_predictions:
         from panfpn.evaluation.writer import PanopticPredictionWriter
@@ -59,3 +68,13 @@ def evaluate_from_config(cfg: DictConfig) -> dict:
         for i, overlay in enumerate(overlays):
             save_image_atomic(out_dir / "overlays" / f"{i:04d}.png", overlay)
     return metrics
+
+
+def _check_dataset_labels(model_labels, dataset_labels, cfg: DictConfig) -> None:
+    """A model evaluated on another label space gives a meaningless PQ: refuse it."""
+    if not same_labels(model_labels, dataset_labels):
+        raise ConfigError(
+            f"the model of {cfg.weights} predicts the categories of '{model_labels.name}' "
+            f"({len(model_labels.categories)} categories, ids {[c.id for c in model_labels.categories][:8]}...) but "
+            f"data.val is '{dataset_labels.name}' ({len(dataset_labels.categories)} categories, ids "
+            f"{[c.id for c in dataset_labels.categories][:8]}...): evaluate on the dataset it was trained for")

@@ -5,7 +5,8 @@ panfpn/modeling/export.py for the cut) to ``<stem>.pt2`` (``torch.export``) and/
 checks each against the eager network on a random input of another size, and writes
 ``<stem>.json`` describing the inputs, outputs and the measured differences. The eager remainder
 (proposals, RoI heads, merge) is rebuilt from the same config and weights at run time:
-``PanopticPostprocess(build_model(cfg).eval())`` with ``run_exported``.
+``PanopticPostprocess(build_inference_model(cfg).model.eval())`` with ``run_exported``. The model
+is the one the checkpoint records (see :mod:`panfpn.engine.inference_model`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -22,7 +23,7 @@ from panfpn.utils.atomic import write_json_atomic
 from panfpn.engine.config import ConfigError, validate_config
 from panfpn.engine.setup import setup_logging
 from panfpn.modeling import export as ex
-from panfpn.modeling.build import build_model
+from panfpn.engine.inference_model import build_inference_model
 
 logger = logging.getLogger("panfpn")
 
@@ -68,9 +69,11 @@ class ExportOptions:
         return opts
 
 
-def export_from_config(cfg: DictConfig) -> dict[str, Any]:
-    """Export the model of ``cfg`` (``cfg.weights`` loaded); returns ``{"files": {...},
-    "max_abs_diff": {format: {output name: float}}}`` and writes ``<stem>.json`` with the same."""
+def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, Any]:
+    """Export the model of ``cfg.weights`` (the checkpoint's recorded model when it has one, else
+    ``cfg.model``; ``overrides`` as in :func:`~panfpn.engine.inference_model.build_inference_model`);
+    returns ``{"files": {...}, "max_abs_diff": {format: {output name: float}}}`` and writes
+    ``<stem>.json`` with the same."""
     opts = ExportOptions.from_config(cfg)
     # The rest of the config is checked as usual; the export section was checked above.
     rest = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "export"])
@@ -80,7 +83,7 @@ def export_from_config(cfg: DictConfig) -> dict[str, Any]:
     stem = Path(opts.output) if opts.output else Path(cfg.output_dir) / "model"
     setup_logging(Path(cfg.output_dir))
     device = _device(cfg.device)
-    model = build_model(cfg).to(device).eval()
+    model = build_inference_model(cfg, overrides, require_heads=False).model.to(device).eval()
     network = ex.ExportableNetwork(model)
 
     files: dict[str, str] = {}

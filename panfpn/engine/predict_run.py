@@ -41,8 +41,8 @@ from panfpn.data.panoptic_io import load_json
 from panfpn.utils.atomic import atomic_write, save_image_atomic, write_json_atomic
 from panfpn.engine import distributed as du
 from panfpn.engine.config import ConfigError, validate_config
-from panfpn.modeling.build import build_model
-from panfpn.engine.setup import build_metadata, setup_logging
+from panfpn.engine.inference_model import build_inference_model
+from panfpn.engine.setup import setup_logging
 from panfpn.evaluation.writer import PanopticPredictionWriter, model_segments_to_dataset
 from panfpn.utils.visualize import panoptic_overlay
 
@@ -109,8 +109,10 @@ def predict_options(cfg: DictConfig) -> PredictOptions:
     return opts
 
 
-def predict_from_config(cfg: DictConfig) -> dict[str, Any]:
-    """Predict ``cfg.weights`` on ``cfg.predict.input`` with the ``cfg.data.val`` test transform.
+def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, Any]:
+    """Predict ``cfg.weights`` on ``cfg.predict.input``; model, labels and test transform come from
+    the checkpoint's record when it has one, else from the config (``cfg.data.val.transforms``);
+    see :func:`panfpn.engine.inference_model.build_inference_model` (``overrides`` as there).
 
     Returns the summary of :func:`predict_images`.
     """
@@ -127,10 +129,9 @@ def predict_from_config(cfg: DictConfig) -> dict[str, Any]:
     setup_logging(out_dir)
     paths = list_image_files(opts.input if isinstance(opts.input, str) else list(opts.input),
                              recursive=bool(opts.recursive))
-    metadata = build_metadata(cfg)
-    transforms_cfg = OmegaConf.select(cfg, "data.val.transforms", default=None)
-    transforms = instantiate(transforms_cfg) if transforms_cfg is not None else None
-    model = build_model(cfg).to(device)
+    built = build_inference_model(cfg, overrides)
+    metadata, transforms = built.metadata, built.transform()
+    model = built.model.to(device)
     logger.info("predicting %d input file(s) into %s (test transform: %s)", len(paths), out_dir, transforms)
     return predict_images(model, paths, metadata, out_dir, transforms=transforms, device=device,
                           batch_size=int(opts.batch_size), num_workers=int(opts.num_workers),

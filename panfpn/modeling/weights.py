@@ -9,12 +9,18 @@ Accepted sources:
     ``.pth``; converted by name, with their BGR / Caffe-mean and ``stride_in_1x1`` conventions and
     the semantic head's rows permuted into our label order.
 Tensor files are always read with ``torch.load(weights_only=True)``.
+
+Loading is strict: every model tensor in scope (the whole model; the ResNet body for ImageNet
+weights) must be loaded and every file tensor used, else :class:`WeightsError`. With
+``allow_partial=True`` (fine-tuning) what does not fit is skipped and listed. Weights that match
+nothing are always an error, and a failed load leaves the model as it was.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +38,17 @@ from panfpn.modeling.detectron2_import import (
 logger = logging.getLogger("panfpn")
 _ENUM_NAME = re.compile(r"^\w+_Weights\.\w+$")
 _RESNET_KEY = re.compile(r"^(conv1\.weight|bn1\.\w+|layer\d\.\d+\.|fc\.(weight|bias))")
+ACCEPTED_FORMATS = ("a panfpn checkpoint (.pth/.pt)", "a Detectron2 checkpoint (.pkl or .pth)",
+                    "a torchvision ResNet state dict (.pth)",
+                    "a torchvision weights name such as ResNet50_Weights.IMAGENET1K_V1")
+TORCH_SUFFIXES = (".pth", ".pt")
+# Set from conventions (Detectron2's Caffe mean), not read from the file: they do not count as a match.
+_NORMALISATION = ("pixel_mean", "pixel_std")
+BACKBONE_ONLY_FORMATS = ("torchvision resnet", "torchvision imagenet")
+
+
+class WeightsError(ValueError):
+    """Weights that cannot be read, or that do not fit the model (see :func:`load_weights`)."""
 
 
 @dataclass
@@ -52,15 +69,33 @@ class LoadReport:
         """Every model entry in scope was loaded and every source entry was used."""
         return not (self.missing or self.unexpected or self.shape_mismatch)
 
+    @property
+    def matched(self) -> list[str]:
+        """The loaded keys that came from the file (not the normalisation set by convention)."""
+        return [k for k in self.loaded if k not in _NORMALISATION]
+
+    def problems(self, limit: int = 5) -> str:
+        """One line: how many tensors did not fit, by kind, with the first keys of each."""
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} model tensor(s) not in the file ({_short(self.missing, limit)})")
+        if self.shape_mismatch:
+            first = [f"{k} model {list(a)} vs file {list(b)}" for k, a, b in self.shape_mismatch]
+            parts.append(f"{len(first)} with another shape ({_short(first, limit)})")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} file tensor(s) the model does not have "
+                         f"({_short(self.unexpected, limit)})")
+        return "; ".join(parts)
+
     def __str__(self) -> str:
         lines = [f"weights {self.source} ({self.format}): {len(self.loaded)} tensors loaded"]
         lines += [f"  note: {n}" for n in self.notes]
         if self.missing:
-            lines.append(f"  NOT in the file, left as initialised ({len(self.missing)}): {_short(self.missing)}")
+            lines.append(f"  NOT in the file ({len(self.missing)}): {_short(self.missing)}")
         if self.unexpected:
             lines.append(f"  in the file but not mapped ({len(self.unexpected)}): {_short(self.unexpected)}")
         for key, ours, theirs in self.shape_mismatch:
-            lines.append(f"  shape mismatch, skipped: {key} model {list(ours)} vs file {list(theirs)}")
+            lines.append(f"  shape mismatch: {key} model {list(ours)} vs file {list(theirs)}")
         return "\n".join(lines)
 
 
@@ -68,26 +103,41 @@ def _short(keys: list[str], limit: int = 12) -> str:
     return ", ".join(keys[:limit]) + (f", ... (+{len(keys) - limit})" if len(keys) > limit else "")
 
 
-def load_weights(model: nn.Module, source: str | os.PathLike | torchvision.models.WeightsEnum) -> LoadReport:
+def load_weights(model: nn.Module, source: str | os.PathLike | torchvision.models.WeightsEnum, *,
+                 allow_partial: bool = False) -> LoadReport:
     """Load ``source`` into ``model`` (a :class:`~panfpn.modeling.panoptic_fpn.PanopticFPN`) in place.
 
-    Never raises for keys that do not fit: the returned :class:`LoadReport` lists missing,
-    unexpected and shape-mismatched keys (check ``report.complete``). Raises ``FileNotFoundError``
-    for a missing file, ``pickle.UnpicklingError`` for a pickle holding anything but arrays.
+    Strict unless ``allow_partial``: a model tensor in scope left unloaded, a shape mismatch or a
+    file tensor the model lacks raises :class:`WeightsError` naming how many and the first keys.
+    With ``allow_partial`` those are skipped and listed in the returned (and logged) report. Zero
+    tensors matched is always an error. On any error the model is left exactly as it was.
+    Raises ``FileNotFoundError`` for a missing file, ``WeightsError`` for an unreadable one or an
+    unknown format, ``pickle.UnpicklingError`` for a pickle holding anything but arrays.
     """
+    saved = _snapshot(model)
+    try:
+        report = _dispatch(model, source)
+        _check(report, allow_partial)
+    except BaseException:
+        _restore(model, saved)
+        raise
+    return report
+
+
+def _dispatch(model: nn.Module, source: Any) -> LoadReport:
     if isinstance(source, torchvision.models.WeightsEnum) or (
             isinstance(source, str) and _ENUM_NAME.match(source) and not os.path.exists(source)):
         return _load_torchvision_enum(model, source)
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist (and is not a torchvision weights name "
-                                "like 'ResNet50_Weights.IMAGENET1K_V1')")
+    path = check_weights_path(source)
     if path.suffix == ".pkl":
-        return _load_d2(model, load_d2_pickle(path), str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+        return _load_d2(model, _read_d2_pickle(path), str(path))
+    obj = read_torch_file(path)
     state = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state dict (or a dict with a 'model' state dict)")
+        raise WeightsError(f"{path}: expected a state dict (or a dict with a 'model' state dict) of "
+                           f"tensors, got {type(state).__name__}; {_formats()}")
+    if not state:
+        raise WeightsError(f"{path} holds no tensors: it matches nothing in the model")
     if is_d2_state_dict(state):
         return _load_d2(model, state, str(path))
     if all(_RESNET_KEY.match(k) for k in state):
@@ -95,6 +145,94 @@ def load_weights(model: nn.Module, source: str | os.PathLike | torchvision.model
                                   if not k.startswith("fc.")},
                           LoadReport(str(path), "torchvision resnet"), scope="backbone.body.")
     return _load_into(model, dict(state), LoadReport(str(path), "panfpn"), scope="")
+
+
+def _formats() -> str:
+    return "weights= accepts " + "; ".join(ACCEPTED_FORMATS)
+
+
+def check_weights_path(source: str | os.PathLike) -> Path:
+    """The weights file as a Path; errors name the path and the accepted formats."""
+    path = Path(source)
+    if path.is_dir():
+        found = sorted(path.glob("model_*.pth"), key=lambda p: (p.name == "model_final.pth", p.name))
+        hint = f" (did you mean {found[-1]}?)" if found else ""
+        raise WeightsError(f"weights={path} is a directory, not a weights file{hint}; {_formats()}")
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist (and is not a torchvision weights name "
+                                "like 'ResNet50_Weights.IMAGENET1K_V1')")
+    if path.suffix not in (".pkl", *TORCH_SUFFIXES):
+        raise WeightsError(f"weights={path}: unknown format {path.suffix or '(no suffix)'!r}; {_formats()}")
+    return path
+
+
+def read_torch_file(path: str | os.PathLike) -> Any:
+    """``torch.load(weights_only=True)`` on CPU, memory-mapped when possible; an unreadable file
+    raises :class:`WeightsError` naming it and the accepted formats."""
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:  # legacy (non-zip) torch files cannot be memory-mapped
+            if "mmap" not in str(err):
+                raise
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, UnicodeDecodeError) as err:
+        raise WeightsError(f"cannot read {path} as a torch weights file ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else ''}); {_formats()}") from err
+
+
+def _read_d2_pickle(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_d2_pickle(path)
+    except pickle.UnpicklingError as err:
+        if str(err).startswith("refusing"):  # a pickle that tries to run code: say so as it is
+            raise
+        raise WeightsError(f"cannot read {path} as a Detectron2 .pkl ({err}); {_formats()}") from err
+    except (EOFError, ValueError, UnicodeDecodeError, IndexError, KeyError, TypeError) as err:
+        raise WeightsError(f"cannot read {path} as a Detectron2 .pkl ({type(err).__name__}: {err}); "
+                           f"{_formats()}") from err
+
+
+def _check(report: LoadReport, allow_partial: bool) -> None:
+    """Log the report; raise :class:`WeightsError` when nothing matched, or (strict) when anything
+    did not fit."""
+    if report.complete:
+        logger.info("%s", report)
+    elif not report.matched or not allow_partial:
+        logger.warning("%s\n  -> refused: nothing loaded, the model is left as it was", report)
+    else:
+        logger.warning("%s\n  -> partial load (weights_partial=true): the %d model tensors listed above are "
+                       "left as initialised", report, len(report.missing) + len(report.shape_mismatch))
+    if not report.matched:
+        raise WeightsError(f"weights {report.source} ({report.format}) match nothing in the model: no "
+                           f"tensor of the file fits it; {report.problems() or 'the file holds no tensors'}")
+    if report.complete:
+        return
+    if not allow_partial:
+        raise WeightsError(
+            f"weights {report.source} ({report.format}) do not fit the model: {report.problems()}. "
+            "If the config's model is not the one these weights were trained with, fix the model "
+            "config; to fine-tune (e.g. other class counts) set weights_partial=true, which skips "
+            "and lists these tensors")
+
+
+def _snapshot(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+    """Tensors and plain attributes (e.g. conv strides, ``stride_in_1x1``) to undo a failed load."""
+    tensors = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    plain = (bool, int, float, str, tuple, type(None))
+    attrs = {name: {k: v for k, v in vars(m).items() if isinstance(v, plain)}
+             for name, m in model.named_modules()}
+    return tensors, attrs
+
+
+def _restore(model: nn.Module, saved: tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]) -> None:
+    tensors, attrs = saved
+    modules = dict(model.named_modules())
+    for name, values in attrs.items():
+        vars(modules[name]).update(values)
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            value.copy_(tensors[key])
 
 
 def _load_torchvision_enum(model: nn.Module, source: Any) -> LoadReport:
@@ -148,7 +286,8 @@ def _load_d2(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> L
 
 def _load_into(model: nn.Module, mapped: dict[str, torch.Tensor], report: LoadReport, *, scope: str,
                ignore_missing: tuple[str, ...] = ()) -> LoadReport:
-    """Copy the entries of ``mapped`` whose name and shape fit; fill in the report."""
+    """Copy the entries of ``mapped`` whose name and shape fit; fill in the report (checked and
+    logged by :func:`load_weights`, which undoes the copy when it refuses the load)."""
     ours = model.state_dict()
     usable = {}
     for key, value in mapped.items():
@@ -162,8 +301,8 @@ def _load_into(model: nn.Module, mapped: dict[str, torch.Tensor], report: LoadRe
     model.load_state_dict(usable, strict=False)
     report.loaded = sorted(usable)
     mismatched = {key for key, _, _ in report.shape_mismatch}
+    # BN bookkeeping counters are not weights: files often lack them (torchvision's ImageNet files)
+    ignore = (*ignore_missing, "num_batches_tracked")
     report.missing = sorted(k for k in ours if k.startswith(scope) and k not in usable
-                            and k not in mismatched and not k.endswith(ignore_missing))
-    log = logger.info if report.complete else logger.warning
-    log("%s", report)
+                            and k not in mismatched and not k.endswith(ignore))
     return report

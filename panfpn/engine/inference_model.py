@@ -1,0 +1,114 @@
+"""``build_inference_model(cfg)``: the model, label metadata and test transform that eval, predict
+and export run with.
+
+With ``model_from_checkpoint: true`` (the default) and ``weights`` a panfpn training checkpoint that
+records its model (:mod:`panfpn.engine.model_spec`), the recorded model config, label metadata and
+test transform are used; only explicit command-line overrides of ``model.*`` keys (or a
+``model=<name>`` group override, which takes the config's model whole) and of
+``data.val.transforms`` replace recorded values. Every key where the model used differs from the
+record is logged. Other weights (Detectron2, torchvision, bare state dicts) or
+``model_from_checkpoint=false`` use the config's model, metadata and transform.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from panfpn.data.metadata import DatasetMetadata
+from panfpn.engine.model_spec import (
+    ModelRecord, check_labels_fit_model, command_line_overrides, config_differences, effective_model_config,
+    log_differences, read_model_record, transform_overridden,
+)
+from panfpn.engine.setup import build_metadata
+from panfpn.modeling.build import instantiate_model, load_configured_weights
+from panfpn.modeling.weights import BACKBONE_ONLY_FORMATS, LoadReport, WeightsError
+
+logger = logging.getLogger("panfpn")
+
+
+@dataclass
+class InferenceModel:
+    """What :func:`build_inference_model` returns. ``cfg`` is the config as used: its ``model``
+    node and ``data.val.transforms`` replaced by the effective ones (resolved)."""
+
+    model: nn.Module
+    metadata: DatasetMetadata
+    test_transform: Any  # transforms config (``_target_`` dict) or None
+    cfg: DictConfig
+    record: ModelRecord | None  # the checkpoint's record when the model came from it
+    report: LoadReport | None
+
+    def transform(self) -> Any:
+        """The instantiated test transform (None: images are used as they are)."""
+        return instantiate(self.test_transform) if self.test_transform is not None else None
+
+
+def build_inference_model(cfg: DictConfig, overrides: Sequence[str] | None = None, *,
+                          require_heads: bool = True) -> InferenceModel:
+    """Build the model to run ``cfg.weights`` with (see the module doc for which config wins).
+
+    ``overrides``: the user's explicit overrides (hydra syntax); None: hydra's command line when
+    running under hydra, else none (from Python, the recorded model is used as it is).
+    ``require_heads``: refuse backbone-only weights (ImageNet), whose heads would be random.
+    """
+    overrides = command_line_overrides() if overrides is None else list(overrides)
+    weights = OmegaConf.select(cfg, "weights", default=None)
+    record = read_model_record(weights) if weights else None
+    use_record = record is not None and bool(OmegaConf.select(cfg, "model_from_checkpoint", default=True))
+    config_transform = _resolved(cfg, "data.val.transforms")
+    if use_record:
+        model_cfg = effective_model_config(cfg, record, overrides)
+        _note_ignored_config_model(cfg, record)
+        metadata = record.metadata if record.metadata is not None else build_metadata(cfg)
+        keep = record.has_transform and not transform_overridden(overrides)
+        transform = record.test_transform if keep else config_transform
+    else:
+        model_cfg = _resolved(cfg, "model")
+        metadata = build_metadata(cfg)
+        transform = config_transform
+        if weights and record is None:
+            logger.info("weights %s record no model: the model comes from the config", weights)
+    if record is not None:
+        diffs = config_differences(record.model_config, model_cfg, "model")
+        if record.has_transform and transform != record.test_transform:
+            diffs.append(("data.val.transforms", record.test_transform, transform))
+        log_differences(record, diffs)
+    check_labels_fit_model(model_cfg, metadata, "of the checkpoint" if use_record else "of data.metadata")
+    eff = _with_model(cfg, model_cfg, transform)
+    model = instantiate_model(eff)
+    report = load_configured_weights(model, eff)
+    if require_heads and report is not None and report.format in BACKBONE_ONLY_FORMATS:
+        raise WeightsError(f"weights {report.source} hold only an ImageNet backbone: the heads would be "
+                           "random; give a trained checkpoint (ours or Detectron2's)")
+    return InferenceModel(model, metadata, transform, eff, record if use_record else None, report)
+
+
+def _resolved(cfg: DictConfig, key: str) -> Any:
+    node = OmegaConf.select(cfg, key, default=None)
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+
+
+def _note_ignored_config_model(cfg: DictConfig, record: ModelRecord) -> None:
+    diffs = config_differences(record.model_config, _resolved(cfg, "model"), "model")
+    if diffs:
+        logger.info("model from %s; the config's own model differs in %d key(s) (%s), not used "
+                    "(model_from_checkpoint=false uses it)", record.source, len(diffs),
+                    ", ".join(k for k, _, _ in diffs[:5]) + (", ..." if len(diffs) > 5 else ""))
+    else:
+        logger.info("model from %s (the same as the config's)", record.source)
+
+
+def _with_model(cfg: DictConfig, model_cfg: dict[str, Any], transform: Any) -> DictConfig:
+    eff = copy.deepcopy(cfg)
+    with open_dict(eff):
+        eff.model = model_cfg
+        if OmegaConf.select(eff, "data.val", default=None) is not None:
+            eff.data.val.transforms = transform
+    return eff

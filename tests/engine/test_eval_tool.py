@@ -14,9 +14,10 @@ from panfpn.evaluation import pq_compute
 def test_eval_writes_results_and_predictions_consistent_with_pq_compute(tiny_cfg, tmp_path):
     train(tiny_cfg("train.eval_period=-1", run_dir=tmp_path / "train"))
     weights = tmp_path / "train" / "model_final.pth"
+    merge_overrides = ["model.merge.score_thresh=0.0", "model.merge.stuff_area=1"]  # many segments
     cfg = tiny_cfg(f"weights={weights}", "eval.save_predictions=true", "eval.max_images=null", "eval.save_overlays=2",
-                   "model.merge.score_thresh=0.0", "model.merge.stuff_area=1", run_dir=tmp_path / "eval")
-    metrics = evaluate_from_config(cfg)
+                   *merge_overrides, run_dir=tmp_path / "eval")
+    metrics = evaluate_from_config(cfg, overrides=merge_overrides)  # as on the command line: they win
     saved = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
     assert saved["panoptic"]["All"]["pq"] == pytest.approx(metrics["panoptic"]["All"]["pq"])
     assert {"sem_seg", "bbox", "segm", "num_images"} <= set(saved) and saved["num_images"] == 3

@@ -43,7 +43,7 @@ BAD = [
     ("solver.base_lr=nan", "solver.base_lr", "a finite number > 0", "nan (float)"),
     ("solver.ims_per_batch=0", "solver.ims_per_batch", "an integer >= 1", "0 (int)"),
     ("solver.weight_decay=-0.1", "solver.weight_decay", "a finite number >= 0", "-0.1 (float)"),
-    ("+data.skip_bad_images=maybe", "data.skip_bad_images", "a boolean (true/false)", "'maybe' (str)"),
+    ("data.skip_bad_images=maybe", "data.skip_bad_images", "a boolean (true/false)", "'maybe' (str)"),
 ]
 
 
@@ -58,7 +58,7 @@ def test_bad_value_is_one_config_error_naming_key_and_value(compose_cfg, tmp_pat
 @pytest.mark.parametrize("override", [
     "train.clip_grad_norm=1", "train.clip_grad_norm=0.5", "train.keep_checkpoints=2", "eval.max_images=3",
     "train.eval_period=-1", "solver.base_lr=1", "solver.weight_decay=0", "train.max_skipped_fraction=null",
-    "+data.skip_bad_images=true", "seed=-3", "resume=true",
+    "data.skip_bad_images=true", "seed=-3", "resume=true",
 ])
 def test_good_values_pass(compose_cfg, tmp_path, override):
     validate_config(compose_cfg([override], output_dir=tmp_path))

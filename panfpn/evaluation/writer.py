@@ -203,21 +203,31 @@ class PanopticPredictionWriter:
             self.write_json()
 
 
-class SemanticPredictionWriter:
-    """Semantic predictions as single-channel PNGs of dataset category ids, one per image.
+def semantic_pixel_ids(metadata: DatasetMetadata, *, void_id: int = 0) -> list[int]:
+    """The PNG value of each semantic label: its dataset category id (COCO category ids,
+    Cityscapes label ids), except Cityscapes train-id metadata (``use_train_id``), whose labels
+    are written as their label ids too, since the official evaluator reads label ids only. The
+    merged 'thing' label of ``stuff_plus_thing`` metadata (COCO) has no category: ``void_id``."""
+    ids = [void_id if c is None else int(c) for c in metadata.sem_label_to_category]
+    if metadata.name == "cityscapes_panoptic_trainId":
+        from panfpn.data.builtin_meta import cityscapes_panoptic_categories
 
-    Each pixel holds the category id of its semantic label (``metadata.sem_label_to_category``):
-    for Cityscapes the label ids (or train ids with ``use_train_id``), which is what
-    cityscapesscripts' ``evalPixelLevelSemanticLabeling`` reads when it finds
-    ``<out_dir>/<city>_<seq>_<frame>.png`` for ``*_gtFine_labelIds.png``. The merged 'thing' label of
-    ``stuff_plus_thing`` metadata (COCO) has no category and is written as ``void_id`` (0). uint8
-    PNGs when every id fits, uint16 otherwise.
+        label_id = {c["name"]: c["id"] for c in cityscapes_panoptic_categories(use_train_id=False)}
+        ids = [label_id[metadata.category(c).name] for c in ids]
+    return ids
+
+
+class SemanticPredictionWriter:
+    """Semantic predictions as single-channel PNGs, one per image, in the dataset's pixel ids
+    (:func:`semantic_pixel_ids`): for Cityscapes its label ids, what cityscapesscripts'
+    ``evalPixelLevelSemanticLabeling`` reads when it finds ``<city>_<seq>_<frame>.png`` for
+    ``*_gtFine_labelIds.png``. uint8 PNGs when every id fits, uint16 otherwise.
     """
 
     def __init__(self, out_dir: str | os.PathLike, metadata: DatasetMetadata, *, void_id: int = 0):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        ids = [void_id if c is None else int(c) for c in metadata.sem_label_to_category]
+        ids = semantic_pixel_ids(metadata, void_id=void_id)
         if min(ids) < 0 or max(ids) >= 1 << 16:
             raise ValueError(f"semantic category ids must lie in [0, 65535] for a PNG, got {ids}")
         self.dtype = np.uint8 if max(ids) < 256 else np.uint16

@@ -50,6 +50,7 @@ from panfpn.utils.atomic import atomic_write, save_image_atomic, write_json_atom
 from panfpn.engine import distributed as du
 from panfpn.engine.config import ConfigError, validate_config
 from panfpn.modeling.build import build_model
+from panfpn.modeling.postprocess import box_instance_masks
 from panfpn.engine.setup import build_metadata, setup_logging
 from panfpn.evaluation.writer import (PanopticPredictionWriter, SemanticPredictionWriter,
                                      model_segments_to_dataset)
@@ -344,7 +345,9 @@ def predict_images(
                 for f in bad:
                     logger.warning("skipped %s: %s", f.path, f.error)
                 failed.extend(bad)
-                for i, out in enumerate(model(batch) if batch is not None else []):
+                with box_instance_masks():  # predict never reads instance masks: keep them in boxes
+                    outputs = model(batch) if batch is not None else []
+                for i, out in enumerate(outputs):
                     stem = batch["image_ids"][i]
                     id_map, segments = out["panoptic"]
                     sem = out["sem_seg"].cpu().numpy() if targets.semantic is not None else None

@@ -6,7 +6,10 @@ Each case runs in its own subprocess and reports its peak resident set size (``r
   reference     the forward with outputs at the network's input size (800x1200): model, input,
                 features, heads, merge at 960k pixels; what the photo costs beyond this is the
                 cost of the original size
-  model_24mp    the same forward with outputs at 4000x6000 (postprocess + merge at 24 MP)
+  model_24mp    the same forward with outputs at 4000x6000 (postprocess + merge at 24 MP), instance
+                masks kept inside their boxes (``box_instance_masks()``, as tools/predict.py runs it)
+  model_24mp_dense  the same with dense bool [100, 4000, 6000] instance masks (the default eval
+                output; 2.3 GiB of them alone)
   predict_24mp  tools/predict.py's loop on a 24 MP JPEG: decode, resize (800/1333), model,
                 panoptic PNG + JSON, overlay JPEG, semantic PNG
 
@@ -29,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-CASES = ("reference", "model_24mp", "predict_24mp")
+CASES = ("reference", "model_24mp", "model_24mp_dense", "predict_24mp")
 PHOTO = (4000, 6000)  # H, W
 INPUT = (800, 1200)   # ResizeShortestEdge(800, max_size=1333) of a 4000x6000 photo
 
@@ -76,8 +79,12 @@ def run_case(case: str, stress: bool, threads: int) -> dict:
     start = time.perf_counter()
     info: dict = {"parameters": sum(p.numel() for p in model.parameters())}
     with torch.inference_mode():
-        if case in ("reference", "model_24mp"):
-            out = model(_batch(INPUT if case == "reference" else PHOTO))[0]
+        if case in ("reference", "model_24mp", "model_24mp_dense"):
+            import contextlib
+            from panfpn.modeling.postprocess import box_instance_masks
+            boxed = box_instance_masks() if case == "model_24mp" else contextlib.nullcontext()
+            with boxed:
+                out = model(_batch(INPUT if case == "reference" else PHOTO))[0]
             info.update({"detections": int(out["instances"]["scores"].numel()),
                          "segments": len(out["panoptic"][1]), "size": list(out["sem_seg"].shape)})
         else:
@@ -128,11 +135,11 @@ def main() -> None:
             results[case] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(case, json.dumps(results[case]), flush=True)
     ref = results.get("reference", {}).get("peak_rss_mib")
-    print(f"\n{'case':14s}{'peak RSS MiB':>14s}{'vs reference':>14s}{'seconds':>10s}")
+    print(f"\n{'case':18s}{'peak RSS MiB':>14s}{'vs reference':>14s}{'seconds':>10s}")
     for case, r in results.items():
         if "peak_rss_mib" in r:
             ratio = f"{r['peak_rss_mib'] / ref:.2f}x" if ref else "-"
-            print(f"{case:14s}{r['peak_rss_mib']:14.0f}{ratio:>14s}{r['seconds']:10.1f}")
+            print(f"{case:18s}{r['peak_rss_mib']:14.0f}{ratio:>14s}{r['seconds']:10.1f}")
 
 
 if __name__ == "__main__":

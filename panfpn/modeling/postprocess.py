@@ -124,8 +124,11 @@ def sem_argmax(logits: torch.Tensor, image_size: tuple[int, int], out_size: tupl
         return cropped[0].argmax(dim=0)
     num_classes = cropped.shape[1]
     group = max(1, chunk_elements // max(1, out_size[0] * out_size[1]))
+    # NaN can only appear in the upsampled logits if the logits hold a NaN or an infinity
+    check_nan = not bool(torch.isfinite(cropped).all())
     best_val = torch.full(out_size, float("-inf"), device=cropped.device)
-    best_idx = torch.zeros(out_size, dtype=torch.int64, device=cropped.device)
+    index_dtype = torch.int16 if num_classes <= torch.iinfo(torch.int16).max else torch.int64
+    best_idx = torch.zeros(out_size, dtype=index_dtype, device=cropped.device)
     better = torch.empty(out_size, dtype=torch.bool, device=cropped.device)
     for start in range(0, num_classes, group):
         up = F.interpolate(cropped[:, start:start + group], size=out_size, mode="bilinear",
@@ -136,14 +139,15 @@ def sem_argmax(logits: torch.Tensor, image_size: tuple[int, int], out_size: tupl
         torch.gt(val, best_val, out=better)
         if start == 0:
             better.fill_(True)
-        better |= val.isnan() & ~best_val.isnan()
+        if check_nan:
+            better |= val.isnan() & ~best_val.isnan()
         torch.where(better, val, best_val, out=best_val)
         if idx is None:
             best_idx.masked_fill_(better, start)
         else:
-            torch.where(better, idx + start, best_idx, out=best_idx)
+            torch.where(better, (idx + start).to(index_dtype), best_idx, out=best_idx)
         del up, val, idx
-    return best_idx
+    return best_idx.long()
 
 
 def resize_sem_logits(logits: torch.Tensor, image_size: tuple[int, int],

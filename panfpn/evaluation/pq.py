@@ -94,6 +94,9 @@ def _load_json(path: str, what: str) -> dict:
     for key in ("annotations",) + (("categories",) if what == "ground-truth" else ()):
         if not isinstance(data.get(key), list):
             raise PQInputError(f"{what} JSON {path} has no {key!r} list")
+    for i, cat in enumerate(data.get("categories", []) if what == "ground-truth" else []):
+        if not isinstance(cat, dict) or "id" not in cat:
+            raise PQInputError(f"{what} JSON {path}: categories[{i}] has no 'id': {cat!r:.200}")
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or not all(k in ann for k in _ANNOTATION_KEYS):
             raise PQInputError(f"{what} JSON {path}: annotations[{i}] needs the keys "

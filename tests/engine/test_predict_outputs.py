@@ -158,3 +158,15 @@ def test_image_id_rules():
     assert image_ids(twins, output_stems(twins), "auto") == output_stems(twins)  # falls back: unique
     with pytest.raises(ConfigError, match="needs a group"):
         image_ids(paths, stems, "[a-z]+")
+
+
+def test_new_predict_keys_are_in_the_config_and_checked(tiny_cfg, tmp_path):
+    from panfpn.engine.predict_run import predict_options
+
+    opts = predict_options(tiny_cfg("predict.input=x.jpg", "predict.image_id=cityscapes", "predict.json_every=5",
+                                    "predict.semantic=true"))
+    assert (opts.image_id, opts.json_every, opts.semantic) == ("cityscapes", 5, True)
+    with pytest.raises(ConfigError, match="predict.image_id.*regular expression.*'\\(unclosed'"):
+        predict_options(tiny_cfg("predict.input=x.jpg", "predict.image_id='(unclosed'"))
+    with pytest.raises(ConfigError, match="predict.json_every.*got 0"):
+        predict_options(tiny_cfg("predict.input=x.jpg", "predict.json_every=0"))

@@ -113,8 +113,9 @@ def _cli(*args):
                           capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
-@pytest.mark.parametrize("which", ["gt", "pred"])
-@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"annotations": [{"image_id": 1}]}'])
+@pytest.mark.parametrize("which,content", [
+    *((w, c) for w in ("gt", "pred") for c in ("{not json", "[1, 2]", '{"annotations": [{"image_id": 1}]}')),
+    ("gt", '{"annotations": [], "categories": [{"isthing": 1}]}')])
 def test_cli_invalid_json_is_one_line_naming_the_file(tmp_path, which, content):
     gt_json, pred_json = _dataset(tmp_path)
     bad = gt_json if which == "gt" else pred_json

@@ -397,23 +397,33 @@ def _plan(paths: list[Path], stems: list[str], ids: dict[str, Any], targets: _Ta
     todo, skipped = [], []
     for i, stem in enumerate(stems):
         entry = previous.get(f"{stem}.png")
-        missing = [p for p in targets.files(stem) if not p.exists()]
-        if not overwrite and entry is not None and not missing and entry[1]["image_id"] == ids[stem]:
+        if not overwrite and entry is not None and _is_done(entry, paths[i], ids[stem], targets.files(stem)):
             skipped.append(stem)  # its entry stays listed, at its place
             logger.info("skipped %s: done (predict.overwrite=true redoes it)", paths[i])
             continue
         previous.pop(f"{stem}.png", None)
-        if entry is None and not overwrite and len(missing) < len(targets.files(stem)):
+        if entry is None and not overwrite and any(p.exists() for p in targets.files(stem)):
             logger.warning("redoing %s: outputs exist but %s does not list them (an interrupted run?)",
                            paths[i], targets.writer.json_path)
         todo.append(i)
+    new_ids = {ids[stems[i]] for i in todo}
     kept = []
     for name, (img, ann) in previous.items():
-        if (targets.writer.png_dir / name).is_file():
-            kept.append((img, ann))
-        else:
+        if not (targets.writer.png_dir / name).is_file():
             logger.warning("dropping %s from %s: its PNG is missing", name, targets.writer.json_path)
+        elif ann["image_id"] in new_ids:
+            logger.warning("dropping %s from %s: image id %r is now another input's", name,
+                           targets.writer.json_path, ann["image_id"])
+        else:
+            kept.append((img, ann))
     return todo, skipped, kept
+
+
+def _is_done(entry: tuple[dict, dict], path: Path, image_id: Any, files: list[Path]) -> bool:
+    """A listed image is done when it is the same input (path, image id) and all its files exist."""
+    img, ann = entry
+    same_input = ann["image_id"] == image_id and img.get("path", str(path)) == str(path)
+    return same_input and all(p.exists() for p in files)
 
 
 def _previous_entries(json_path: Path, overwrite: bool) -> dict[str, tuple[dict, dict]]:

@@ -170,3 +170,14 @@ def test_new_predict_keys_are_in_the_config_and_checked(tiny_cfg, tmp_path):
         predict_options(tiny_cfg("predict.input=x.jpg", "predict.image_id='(unclosed'"))
     with pytest.raises(ConfigError, match="predict.json_every.*got 0"):
         predict_options(tiny_cfg("predict.input=x.jpg", "predict.json_every=0"))
+
+
+def test_another_image_with_the_same_name_is_not_taken_for_done(tmp_path):
+    out = tmp_path / "out"
+    _photos(tmp_path / "a", ["x.jpg"])
+    _photos(tmp_path / "b", ["x.jpg"], size=(10, 14))
+    predict_images(StripesModel(), [tmp_path / "a" / "x.jpg"], synthetic_metadata(), out, progress=False)
+    result = predict_images(StripesModel(), [tmp_path / "b" / "x.jpg"], synthetic_metadata(), out, progress=False)
+    assert result["predicted"] == ["x"]  # b/x.jpg is another photo: predicted, not skipped
+    data = _assert_json_lists_exactly_the_files(out, expected_count=1)
+    assert data["images"][0]["path"] == str(tmp_path / "b" / "x.jpg") and data["images"][0]["height"] == 10

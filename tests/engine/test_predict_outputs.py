@@ -79,7 +79,7 @@ def _assert_json_lists_exactly_the_files(out: Path, expected_count: int | None =
     assert sorted(listed) == on_disk and len(set(listed)) == len(listed)
     assert sorted(f"{Path(n).stem}.jpg" for n in listed) == sorted(p.name for p in (out / "overlays").iterdir())
     for ann in data["annotations"]:  # each PNG is whole and agrees with its entry
-        ids = set(np.unique(read_id_png(out / "panoptic" / ann["file_name"])).tolist())
+        ids = set(np.unique(read_id_png(out / "panoptic" / ann["file_name"])).tolist()) - {0}
         assert ids == {s["id"] for s in ann["segments_info"]}
     assert [i["id"] for i in data["images"]] == [a["image_id"] for a in data["annotations"]]
     if expected_count is not None:
@@ -181,3 +181,32 @@ def test_another_image_with_the_same_name_is_not_taken_for_done(tmp_path):
     assert result["predicted"] == ["x"]  # b/x.jpg is another photo: predicted, not skipped
     data = _assert_json_lists_exactly_the_files(out, expected_count=1)
     assert data["images"][0]["path"] == str(tmp_path / "b" / "x.jpg") and data["images"][0]["height"] == 10
+
+
+@pytest.mark.slow
+def test_tools_predict_killed_with_sigkill_then_rerun(tiny_cfg, tmp_path):
+    """The user's case end to end: tools/predict.py killed with SIGKILL mid-run, then run again."""
+    import signal
+    import time
+
+    from panfpn.engine.trainer import train
+
+    train(tiny_cfg("train.eval_period=-1", run_dir=tmp_path / "train"))  # a real checkpoint, quickly
+    inp, out = tmp_path / "in", tmp_path / "out"
+    _photos(inp, [f"p{k:03d}.jpg" for k in range(150)], size=(32, 40))
+    root = Path(__file__).resolve().parents[2]
+    cmd = [sys.executable, str(root / "tools" / "predict.py"), f"weights={tmp_path / 'train' / 'model_final.pth'}",
+           f"predict.input={inp}", f"predict.output_dir={out}", "predict.batch_size=1", "predict.num_workers=0",
+           "device=cpu", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if len(list((out / "panoptic").glob("p*.png"))) >= 10:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    assert len(list((out / "panoptic").glob("p*.png"))) < 150
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    data = _assert_json_lists_exactly_the_files(out, expected_count=150)
+    assert [a["image_id"] for a in data["annotations"]] == [f"p{k:03d}" for k in range(150)]

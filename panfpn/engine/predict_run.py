@@ -326,6 +326,8 @@ def predict_images(
                        SemanticPredictionWriter(out_dir / SEMANTIC_DIR, metadata) if semantic else None)
     if targets.overlay_dir is not None:
         targets.overlay_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps([out_dir, targets.writer.png_dir, targets.overlay_dir,
+                         targets.semantic.out_dir if targets.semantic else None])
     todo, skipped, kept = _plan(paths, stems, ids, targets, overwrite)
     state = _JsonState(targets.writer, kept, stems, paths, max(1, int(json_every)))
     dataset = ImageFileDataset([paths[i] for i in todo], transforms=transforms, keep_original=overlay,
@@ -417,6 +419,23 @@ def _plan(paths: list[Path], stems: list[str], ids: dict[str, Any], targets: _Ta
         else:
             kept.append((img, ann))
     return todo, skipped, kept
+
+
+# panfpn.utils.atomic's temp names: "." + target name + "." + mkstemp's 8 random characters + ".tmp"
+_STALE_TEMP = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
+
+
+def _remove_stale_temps(folders: list[Path | None]) -> None:
+    """Delete temp files that a killed run's atomic writes left in our output folders (one
+    output folder belongs to one run at a time)."""
+    for folder in folders:
+        if folder is None or not folder.is_dir():
+            continue
+        stale = [p for p in folder.iterdir() if p.is_file() and _STALE_TEMP.fullmatch(p.name)]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        if stale:
+            logger.warning("removed %d temporary file(s) of an interrupted run from %s", len(stale), folder)
 
 
 def _is_done(entry: tuple[dict, dict], path: Path, image_id: Any, files: list[Path]) -> bool:

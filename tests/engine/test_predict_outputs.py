@@ -73,9 +73,12 @@ def _run_killed(inp: Path, out: Path, kill_at: int, extra: str = "") -> None:
 
 
 def _assert_json_lists_exactly_the_files(out: Path, expected_count: int | None = None) -> dict:
+    """After a (re)run: no temp file of an interrupted write is left, and the JSON lists exactly
+    the PNGs and overlays on disk, each whole and agreeing with its entry."""
+    assert not [p for p in out.rglob("*.tmp")]
     data = json.loads((out / "panoptic.json").read_text())
     listed = [a["file_name"] for a in data["annotations"]]
-    on_disk = sorted(p.name for p in (out / "panoptic").iterdir() if not p.name.startswith("."))
+    on_disk = sorted(p.name for p in (out / "panoptic").iterdir())
     assert sorted(listed) == on_disk and len(set(listed)) == len(listed)
     assert sorted(f"{Path(n).stem}.jpg" for n in listed) == sorted(p.name for p in (out / "overlays").iterdir())
     for ann in data["annotations"]:  # each PNG is whole and agrees with its entry

@@ -22,7 +22,7 @@ KNOWN_KEYS: dict[str, set[str] | None] = {
     "train": {"log_period", "checkpoint_period", "keep_checkpoints", "eval_period", "amp", "amp_dtype", "clip_grad_norm",
               "on_nonfinite", "max_consecutive_nonfinite", "max_skipped_fraction", "num_vis_images",
               "progress_bar"},
-    "eval": {"max_images", "save_predictions", "compute_ap", "batch_size", "save_overlays"},
+    "eval": {"max_images", "save_predictions", "save_semantic", "compute_ap", "batch_size", "save_overlays"},
     "solver": {"optimizer", "base_lr", "ims_per_batch", "weight_decay", "weight_decay_norm",
                "weight_decay_bias", "max_iter", "schedule"},
     "data": {"train", "val", "metadata", "num_thing_classes", "num_sem_classes", "thing_sem_labels",

@@ -54,9 +54,16 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
         from panfpn.evaluation.writer import PanopticPredictionWriter
 
         writer = PanopticPredictionWriter(out_dir / "predictions", metadata)
+    # --- semantic label PNGs (eval.save_semantic): see panfpn.evaluation.writer ---
+    semantic_writer = None
+    if cfg.eval.get("save_semantic", False):
+        from panfpn.evaluation.writer import SemanticPredictionWriter
+
+        semantic_writer = SemanticPredictionWriter(out_dir / "semantic", metadata)
+    # --- end semantic PNGs ---
     metrics = evaluate(model, loader, metadata, device=device, compute_ap=bool(cfg.eval.compute_ap),
                        max_images=cfg.eval.max_images, num_vis=int(cfg.eval.save_overlays),
-                       progress=True, writer=writer)
+                       progress=True, writer=writer, semantic_writer=semantic_writer)
     overlays = metrics.pop("overlays", [])
     if writer is not None:
         writer.write_json()

@@ -43,13 +43,14 @@ def build_eval_loader(cfg: DictConfig, dataset: Dataset) -> DataLoader:
 def evaluate(
     model: torch.nn.Module, loader: DataLoader, metadata: DatasetMetadata, *, device: torch.device,
     compute_ap: bool = True, max_images: int | None = None, num_vis: int = 0, progress: bool = True,
-    writer: Any = None, should_stop: Callable[[], bool] | None = None,
+    writer: Any = None, semantic_writer: Any = None, should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``loader`` (an eval dataset); results are reduced over ranks.
 
     Returns ``{"panoptic": pq_compute-style dict, "sem_seg": {"mIoU", "IoU", ...},
     "bbox"/"segm": COCO AP dicts (when compute_ap), "num_images", "overlays": [uint8 HxWx3]}``.
-    ``writer`` (e.g. a PanopticPredictionWriter) receives every prediction when given.
+    ``writer`` (e.g. a PanopticPredictionWriter) receives every panoptic prediction (thing scores
+    included) and ``semantic_writer`` (a SemanticPredictionWriter) every semantic one, when given.
     """
     was_training = model.training
     model.eval()
@@ -80,6 +81,8 @@ def evaluate(
                 ap.update(image_id, inst["boxes"], inst["scores"], thing_ids[inst["labels"]], inst["masks"])
             if writer is not None:
                 writer.add(image_id, batch["file_names"][i], id_map, pred_segments)
+            if semantic_writer is not None:
+                semantic_writer.add(image_id, out["sem_seg"])
             if len(overlays) < num_vis and du.is_main_process():
                 overlays.append(_overlay(batch, i, id_map, pred_segments, gt_map, gt_segments, metadata))
             seen += 1

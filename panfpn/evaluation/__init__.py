@@ -1,4 +1,4 @@
-"""Evaluation: panoptic quality (files and in-memory), semantic mIoU, COCO AP, prediction writer.
+"""Evaluation: panoptic quality (files and in-memory), semantic mIoU, COCO AP, prediction writers.
 
 Names are imported lazily so that ``python -m panfpn.evaluation.pq`` and its worker processes
 never pay for importing torch.
@@ -18,6 +18,8 @@ _EXPORTS = {
     "instances_from_panoptic": "panfpn.evaluation.coco_ap",
     "PanopticPredictionWriter": "panfpn.evaluation.writer",
     "model_segments_to_dataset": "panfpn.evaluation.writer",
+    "SemanticPredictionWriter": "panfpn.evaluation.writer",
+    "prediction_file_stem": "panfpn.evaluation.writer",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -79,15 +79,32 @@ def _evaluate_chunk(chunk: Sequence[tuple[dict, dict]], gt_folder: str, pred_fol
 
 
 def _load_json(path: str, what: str) -> dict:
+    """Read a COCO-panoptic JSON; every problem is an error naming the file (no traceback)."""
     try:
-        with open(path) as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} JSON not found: {path}") from None
+    except (IsADirectoryError, PermissionError) as err:
+        raise PQInputError(f"{what} JSON {path} cannot be read: {err.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PQInputError(f"{what} JSON {path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise PQInputError(f"{what} JSON {path} must hold an object, got {type(data).__name__}")
     for key in ("annotations",) + (("categories",) if what == "ground-truth" else ()):
-        if key not in data:
-            raise PQInputError(f"{what} JSON {path} has no {key!r} key")
+        if not isinstance(data.get(key), list):
+            raise PQInputError(f"{what} JSON {path} has no {key!r} list")
+    for i, cat in enumerate(data.get("categories", []) if what == "ground-truth" else []):
+        if not isinstance(cat, dict) or "id" not in cat:
+            raise PQInputError(f"{what} JSON {path}: categories[{i}] has no 'id': {cat!r:.200}")
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or not all(k in ann for k in _ANNOTATION_KEYS):
+            raise PQInputError(f"{what} JSON {path}: annotations[{i}] needs the keys "
+                               f"{list(_ANNOTATION_KEYS)}, got {ann!r:.200}")
     return data
+
+
+_ANNOTATION_KEYS = ("image_id", "file_name", "segments_info")
 
 
 def match_annotations(gt_json: dict, pred_json: dict) -> list[tuple[dict, dict]]:
@@ -136,11 +153,12 @@ def pq_compute(gt_json_file: str | os.PathLike, pred_json_file: str | os.PathLik
                  else gt_json_file.rsplit(".json", 1)[0])
     pred_folder = (os.fspath(pred_folder) if pred_folder is not None
                    else pred_json_file.rsplit(".json", 1)[0])
+    # The JSON files first: a missing prediction JSON is reported as such, not as its PNG folder.
+    gt_json = _load_json(gt_json_file, "ground-truth")
+    pred_json = _load_json(pred_json_file, "prediction")
     for folder, what in ((gt_folder, "ground-truth"), (pred_folder, "prediction")):
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{what} PNG folder not found: {folder}")
-    gt_json = _load_json(gt_json_file, "ground-truth")
-    pred_json = _load_json(pred_json_file, "prediction")
     categories = normalize_categories(gt_json["categories"])
     pairs = match_annotations(gt_json, pred_json)
     cache = os.fspath(cache_dir) if cache_dir is not None else None

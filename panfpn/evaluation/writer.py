@@ -1,13 +1,19 @@
-"""Writing panoptic predictions as COCO-panoptic files (PNG per image + one JSON).
+"""Writing predictions as files the official tools read.
 
-The layout is the one the COCO panoptic API and :func:`panfpn.evaluation.pq.pq_compute` read:
-``<out_dir>/<name>.json`` and the PNGs in ``<out_dir>/<name>/``, so
-``pq_compute(gt_json, "<out_dir>/<name>.json")`` finds the folder by itself.
+Panoptic: COCO-panoptic PNG per image + one JSON (thing segments carry their ``score``), in the
+layout the COCO panoptic API, cityscapesscripts' panoptic evaluator and
+:func:`panfpn.evaluation.pq.pq_compute` read: ``<out_dir>/<name>.json`` and the PNGs in
+``<out_dir>/<name>/``. Semantic: one single-channel PNG of dataset category ids per image.
+
+Files are named by image id (:func:`prediction_file_stem`), never by the input file's stem, so
+two images can never share a file; a name that would be reused is an error, not an overwrite.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,6 +24,39 @@ from panfpn.data.metadata import DatasetMetadata
 from panfpn.utils.atomic import save_image_atomic, write_json_atomic
 from panfpn.evaluation.id_runs import runs_of_ids, segment_boxes
 from panfpn.data.panoptic_io import id_to_rgb
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def prediction_file_stem(image_id: Any) -> str:
+    """File stem for an image id: COCO int ids as 12 digits (COCO's own image file stems), string
+    ids (Cityscapes ``<city>_<seq>_<frame>``) as they are, other characters replaced by ``_``."""
+    if isinstance(image_id, (int, np.integer)) and not isinstance(image_id, bool):
+        return f"{int(image_id):012d}" if image_id >= 0 else str(int(image_id))
+    stem = _UNSAFE.sub("_", str(image_id))
+    if not stem or stem in (".", ".."):
+        raise ValueError(f"image id {image_id!r} gives no usable file name")
+    return stem
+
+
+class _NameRegistry:
+    """Thread-safe record of written file names -> image id; a name reused by another image (or
+    one image written twice) is an error naming both, never a silent overwrite."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._owner: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, name: str, image_id: Any) -> None:
+        with self._lock:
+            if name in self._owner:
+                other = self._owner[name]
+                why = ("written twice" if other == image_id
+                       else f"would overwrite the one of image {other!r}")
+                raise ValueError(f"image {image_id!r}: {self.what} {name} {why}")
+            self._owner[name] = image_id
 
 
 def model_segments_to_dataset(segments: Sequence[Mapping[str, Any]],
@@ -64,21 +103,28 @@ class PanopticPredictionWriter:
         self.png_dir.mkdir(parents=True, exist_ok=True)
         self.annotations: list[dict] = []
         self.images: list[dict] = []
+        self._names = _NameRegistry("prediction PNG")
+        self._lock = threading.Lock()
 
     def add(self, image_id: Any, file_name: str, id_map: torch.Tensor | np.ndarray,
-            segments: Sequence[Mapping[str, Any]]) -> dict:
-        """Write one image's PNG and remember its annotation.
+            segments: Sequence[Mapping[str, Any]], *, png_stem: str | None = None,
+            record: bool = True) -> dict:
+        """Write one image's PNG and (``record``) remember its annotation.
 
         Args:
             image_id: the dataset's image id (int or str).
-            file_name: the input image's file name; the PNG is ``<stem>.png``.
+            file_name: the input image's file name (the JSON's ``images`` entry).
             id_map: int ``[H, W]`` segment ids, 0 = void.
-            segments: ``[{"id", "category_id", ...}]`` with dataset category ids (see
+            segments: ``[{"id", "category_id", "score"?, ...}]`` with dataset category ids (see
                 :func:`model_segments_to_dataset`); segments with no pixel are left out.
+            png_stem: the PNG's stem; default :func:`prediction_file_stem` of ``image_id``.
+            record: False: only write the PNG; the caller lists it later with :meth:`record`
+                (after its other files for the image exist).
 
         Returns:
-            The annotation written to the JSON (``image_id``, ``file_name``, ``segments_info``
-            with ``id``, ``category_id``, ``area``, ``bbox`` [x, y, w, h], ``iscrowd`` = 0).
+            The annotation for the JSON (``image_id``, ``file_name``, ``segments_info`` with
+            ``id``, ``category_id``, ``area``, ``bbox`` [x, y, w, h], ``iscrowd`` = 0, and
+            ``score`` where the segment has one).
         """
         if isinstance(id_map, torch.Tensor):
             id_map = id_map.detach().cpu().numpy()
@@ -103,15 +149,29 @@ class PanopticPredictionWriter:
             if seg_id not in boxes:
                 continue
             area, bbox = boxes[seg_id]
-            segments_info.append({"id": seg_id, "category_id": int(seg["category_id"]),
-                                  "area": area, "bbox": bbox, "iscrowd": 0})
-        png_name = f"{Path(file_name).stem}.png"
-        rgb = id_to_rgb(id_map)
-        save_image_atomic(self.png_dir / png_name, rgb)
+            info = {"id": seg_id, "category_id": int(seg["category_id"]), "area": area,
+                    "bbox": bbox, "iscrowd": 0}
+            if seg.get("score") is not None:
+                info["score"] = float(seg["score"])
+            segments_info.append(info)
+        png_name = f"{png_stem if png_stem is not None else prediction_file_stem(image_id)}.png"
+        self._names.claim(png_name, image_id)
+        save_image_atomic(self.png_dir / png_name, id_to_rgb(id_map))
         ann = {"image_id": image_id, "file_name": png_name, "segments_info": segments_info}
-        self.annotations.append(ann)
-        self.images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
+        if record:
+            self.record(ann, {"id": image_id, "file_name": file_name, "height": h, "width": w})
         return ann
+
+    def record(self, annotation: Mapping[str, Any], image: Mapping[str, Any]) -> None:
+        """List an image (its annotation and ``images`` entry) in the JSON; thread-safe."""
+        with self._lock:
+            self.annotations.append(dict(annotation))
+            self.images.append(dict(image))
+
+    def snapshot(self) -> tuple[list[dict], list[dict]]:
+        """Copies of the images and annotations recorded so far (consistent under threads)."""
+        with self._lock:
+            return list(self.images), list(self.annotations)
 
     def add_model_output(self, image_id: Any, file_name: str, output: Mapping[str, Any]) -> dict:
         """Write a model's eval output for one image (its ``"panoptic"`` entry)."""
@@ -121,7 +181,7 @@ class PanopticPredictionWriter:
 
     def write_json(self) -> Path:
         """Write the JSON (gathered from every rank to rank 0 under torch.distributed)."""
-        images, annotations = self.images, self.annotations
+        images, annotations = self.snapshot()
         dist = torch.distributed
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             gathered: list = [None] * dist.get_world_size()
@@ -141,3 +201,51 @@ class PanopticPredictionWriter:
     def __exit__(self, *exc) -> None:
         if exc[0] is None:
             self.write_json()
+
+
+def semantic_pixel_ids(metadata: DatasetMetadata, *, void_id: int = 0) -> list[int]:
+    """The PNG value of each semantic label: its dataset category id (COCO category ids,
+    Cityscapes label ids), except Cityscapes train-id metadata (``use_train_id``), whose labels
+    are written as their label ids too, since the official evaluator reads label ids only. The
+    merged 'thing' label of ``stuff_plus_thing`` metadata (COCO) has no category: ``void_id``."""
+    ids = [void_id if c is None else int(c) for c in metadata.sem_label_to_category]
+    if metadata.name == "cityscapes_panoptic_trainId":
+        from panfpn.data.builtin_meta import cityscapes_panoptic_categories
+
+        label_id = {c["name"]: c["id"] for c in cityscapes_panoptic_categories(use_train_id=False)}
+        ids = [label_id[metadata.category(c).name] for c in ids]
+    return ids
+
+
+class SemanticPredictionWriter:
+    """Semantic predictions as single-channel PNGs, one per image, in the dataset's pixel ids
+    (:func:`semantic_pixel_ids`): for Cityscapes its label ids, what cityscapesscripts'
+    ``evalPixelLevelSemanticLabeling`` reads when it finds ``<city>_<seq>_<frame>.png`` for
+    ``*_gtFine_labelIds.png``. uint8 PNGs when every id fits, uint16 otherwise.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, metadata: DatasetMetadata, *, void_id: int = 0):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        ids = semantic_pixel_ids(metadata, void_id=void_id)
+        if min(ids) < 0 or max(ids) >= 1 << 16:
+            raise ValueError(f"semantic category ids must lie in [0, 65535] for a PNG, got {ids}")
+        self.dtype = np.uint8 if max(ids) < 256 else np.uint16
+        self.lut = np.asarray(ids, dtype=self.dtype)
+        self._names = _NameRegistry("semantic PNG")
+
+    def add(self, image_id: Any, sem_labels: torch.Tensor | np.ndarray,
+            *, png_stem: str | None = None) -> Path:
+        """Write ``sem_labels`` (int ``[H, W]`` semantic labels ``0..C-1``) as category ids."""
+        if isinstance(sem_labels, torch.Tensor):
+            sem_labels = sem_labels.detach().cpu().numpy()
+        labels = np.asarray(sem_labels)
+        if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"image {image_id!r}: semantic labels must be an integer [H, W] array, "
+                             f"got {labels.dtype} {labels.shape}")
+        if labels.size and (labels.min() < 0 or labels.max() >= len(self.lut)):
+            raise ValueError(f"image {image_id!r}: semantic labels {labels.min()}..{labels.max()} "
+                             f"outside 0..{len(self.lut) - 1}")
+        name = f"{png_stem if png_stem is not None else prediction_file_stem(image_id)}.png"
+        self._names.claim(name, image_id)
+        return save_image_atomic(self.out_dir / name, self.lut[labels])

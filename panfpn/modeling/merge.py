@@ -47,7 +47,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["MergeThresholds", "merge_panoptic", "merge_panoptic_batch"]
+__all__ = ["BoxMasks", "MergeThresholds", "merge_panoptic", "merge_panoptic_batch"]
 
 # Candidate bits per coverage word: a sum of distinct powers of two below 2**20 is exact in float32.
 _BITS = 20
@@ -61,6 +61,35 @@ _DEVICE_CHUNK_ELEMENTS = 1 << 24
 _MAX_SEM_LABEL = 1 << 20
 # Applications of F before the fixed-point check; typical images converge within two or three.
 _FIXPOINT_STEPS = 3
+# Larger images are merged in bands of about this many pixels (bounds the memory; same result).
+_PIXELS_PER_CHUNK = 1 << 22
+
+
+@dataclass(frozen=True)
+class BoxMasks:
+    """Instance masks kept inside their boxes: ``crops[i]`` (bool ``[h_i, w_i]``, True = covered) sits
+    at rows ``y0..y0+h_i`` and columns ``x0..x0+w_i`` (``origins[i] = (y0, x0)``) of an image of
+    ``size`` (H, W); False elsewhere. At 24 MP, 100 instances take their boxes' area instead of
+    2.4 GB (bool) or 9.6 GB (float) of full-size masks."""
+
+    crops: tuple[Tensor, ...]
+    origins: tuple[tuple[int, int], ...]
+    size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (len(self.crops), *self.size)
+
+    def dense(self, device: torch.device | str | None = None) -> Tensor:
+        """bool ``[N, H, W]`` full-size masks."""
+        device = device if device is not None else (self.crops[0].device if self.crops else "cpu")
+        out = torch.zeros(self.shape, dtype=torch.bool, device=device)
+        for i, (crop, (y0, x0)) in enumerate(zip(self.crops, self.origins)):
+            out[i, y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
+        return out
 
 
 @dataclass(frozen=True)
@@ -85,7 +114,7 @@ Segment = dict  # {"id": int, "isthing": bool, "category": int, "score": float |
 
 
 def merge_panoptic(
-    mask_probs: Tensor,
+    mask_probs: Tensor | BoxMasks,
     scores: Tensor,
     labels: Tensor,
     sem_labels: Tensor,
@@ -98,7 +127,9 @@ def merge_panoptic(
     """Merge one image's instances and semantic labels into a panoptic id map.
 
     Args:
-        mask_probs: float ``[N, H, W]``, per-instance foreground probabilities in [0, 1].
+        mask_probs: float ``[N, H, W]``, per-instance foreground probabilities in [0, 1]; or bool
+            ``[N, H, W]`` masks already thresholded (True = covered; 8x less memory than float32);
+            or :class:`BoxMasks` (thresholded masks inside their boxes: no full-size tensor).
         scores: float ``[N]``, instance scores.
         labels: int ``[N]``, contiguous thing labels.
         sem_labels: int ``[H, W]``, semantic argmax (labels >= 0).
@@ -167,15 +198,20 @@ def _check_thresholds(score_thresh: float, overlap_thresh: float, stuff_area: in
         raise ValueError(f"merge: stuff_area must be an int >= 0, got {stuff_area!r}")
 
 
-def _check_inputs(mask_probs: Tensor, scores: Tensor, labels: Tensor, sem_labels: Tensor) -> None:
+def _check_inputs(mask_probs: Tensor | BoxMasks, scores: Tensor, labels: Tensor, sem_labels: Tensor) -> None:
     if sem_labels.dim() != 2 or sem_labels.is_floating_point() or sem_labels.dtype == torch.bool:
         raise ValueError(
             f"merge: sem_labels must be an integer [H, W] tensor, got {sem_labels.dtype} "
             f"{tuple(sem_labels.shape)}"
         )
-    if mask_probs.dim() != 3 or not mask_probs.is_floating_point():
+    if isinstance(mask_probs, BoxMasks):
+        _check_box_masks(mask_probs, sem_labels)
+        # a zero-stride stand-in, so the shape and device checks below apply as they are
+        mask_probs = torch.zeros((), dtype=torch.bool, device=sem_labels.device).expand(
+            len(mask_probs), *sem_labels.shape)
+    if mask_probs.dim() != 3 or not (mask_probs.is_floating_point() or mask_probs.dtype == torch.bool):
         raise ValueError(
-            f"merge: mask_probs must be a float [N, H, W] tensor, got {mask_probs.dtype} "
+            f"merge: mask_probs must be a float or bool [N, H, W] tensor, got {mask_probs.dtype} "
             f"{tuple(mask_probs.shape)}"
         )
     if mask_probs.shape[1:] != sem_labels.shape:
@@ -198,6 +234,20 @@ def _check_inputs(mask_probs: Tensor, scores: Tensor, labels: Tensor, sem_labels
         raise ValueError(f"merge: all inputs must be on one device, got {sorted(map(str, devices))}")
 
 
+def _check_box_masks(masks: BoxMasks, sem_labels: Tensor) -> None:
+    h, w = sem_labels.shape
+    if tuple(masks.size) != (h, w) or len(masks.origins) != len(masks.crops):
+        raise ValueError(f"merge: BoxMasks of size {tuple(masks.size)} with {len(masks.crops)} crops and "
+                         f"{len(masks.origins)} origins; sem_labels is {(h, w)}")
+    for i, (crop, (y0, x0)) in enumerate(zip(masks.crops, masks.origins)):
+        if crop.dtype != torch.bool or crop.dim() != 2 or crop.device != sem_labels.device:
+            raise ValueError(f"merge: BoxMasks crop {i} must be a bool [h, w] tensor on "
+                             f"{sem_labels.device}, got {crop.dtype} {tuple(crop.shape)} on {crop.device}")
+        if y0 < 0 or x0 < 0 or y0 + crop.shape[0] > h or x0 + crop.shape[1] > w:
+            raise ValueError(f"merge: BoxMasks crop {i} {tuple(crop.shape)} at {(y0, x0)} leaves the "
+                             f"{h}x{w} image")
+
+
 def _thing_label_list(thing_sem_labels: Sequence[int] | Tensor) -> list[int]:
     if isinstance(thing_sem_labels, Tensor):
         thing_sem_labels = thing_sem_labels.reshape(-1).tolist()
@@ -217,12 +267,14 @@ def _thing_label_list(thing_sem_labels: Sequence[int] | Tensor) -> list[int]:
 
 
 def _merge(
-    mask_probs: Tensor, scores: Tensor, labels: Tensor, sem_labels: Tensor,
+    mask_probs: Tensor | BoxMasks, scores: Tensor, labels: Tensor, sem_labels: Tensor,
     thing_sem_labels: list[int], *, score_thresh: float, overlap_thresh: float,
-    stuff_area: int, strategy: str | None = None,
+    stuff_area: int, strategy: str | None = None, rows_per_chunk: int | None = None,
 ) -> tuple[Tensor, list[Segment]]:
     """The merge on checked inputs. ``strategy`` ("loop" or "fixpoint") defaults to the faster one
-    for the device; both give the same result (the tests run both on CPU)."""
+    for the device; both give the same result (the tests run both on CPU). Images above
+    ``_PIXELS_PER_CHUNK`` pixels are processed in bands of ``rows_per_chunk`` rows (two passes:
+    patterns, then owners), which bounds the memory; the result is the same."""
     device = sem_labels.device
     height, width = sem_labels.shape
     num_pixels = height * width
@@ -231,6 +283,8 @@ def _merge(
         strategy = "loop" if device.type == "cpu" else "fixpoint"
     if strategy not in ("loop", "fixpoint"):
         raise ValueError(f"merge: unknown strategy {strategy!r}")
+    rows = rows_per_chunk or max(1, _PIXELS_PER_CHUNK // max(1, width))
+    bands = [(r, min(r + rows, height)) for r in range(0, height, rows)] or [(0, 0)]
 
     # Host read 1: the candidate count (shapes below depend on it) and the semantic label range.
     # Non-candidates (NaN scores included) sort last, so the candidates are a prefix of the order.
@@ -251,40 +305,104 @@ def _merge(
     keep = torch.zeros(num_candidates, dtype=torch.bool, device=device)
     taken = torch.zeros(num_candidates, dtype=torch.int64, device=device)
     if num_candidates:
-        chunk_elements = _CPU_CHUNK_ELEMENTS if device.type == "cpu" else _DEVICE_CHUNK_ELEMENTS
-        probs = mask_probs.reshape(mask_probs.shape[0], num_pixels)
-        words = _coverage_words(probs, cand, chunk_elements)
-        covered = torch.nonzero((words > 0).any(0)).squeeze(1)  # host read 2
-        if covered.numel():
-            keys = _pack_keys(words.index_select(1, covered))
-            inverse, patterns, weight = _group_patterns(keys)  # host read 3
-            masks = _decode_bits(patterns, num_candidates)  # [n, U]
-            area = (masks * weight).sum(1)
-            limit = _max_allowed_overlap(area, overlap_thresh)
-            resolve = _resolve_loop if strategy == "loop" else _resolve_fixpoint  # fixpoint: read 4
-            keep, inter, first = resolve(masks, weight, limit)
-            # Segment id of each candidate (0 = dropped); index n stands for "no kept candidate".
-            ids = torch.where(keep, torch.cumsum(keep, 0, dtype=torch.int32), 0)
-            ids = torch.cat([ids, ids.new_zeros(1)])
-            id_map[covered] = ids[first][inverse]
-            taken = area - inter
+        keep, taken = _claim_things(mask_probs, cand, id_map, bands, width, overlap_thresh, strategy)
 
     # Stuff: unclaimed pixels per semantic label, in one histogram (index_add_: no host read).
     num_labels = sem_max + 1
-    unclaimed = id_map == 0
-    counts = torch.zeros(num_labels + 1, dtype=torch.int64, device=device).index_add_(
-        0, torch.where(unclaimed, sem, num_labels),
-        torch.ones(1, dtype=torch.int64, device=device).expand(num_pixels),
-    )[:num_labels]
+    counts = torch.zeros(num_labels + 1, dtype=torch.int64, device=device)
+    for r0, r1 in bands:
+        band = slice(r0 * width, r1 * width)
+        counts.index_add_(0, torch.where(id_map[band] == 0, sem[band], num_labels),
+                          torch.ones(1, dtype=torch.int64, device=device).expand((r1 - r0) * width))
+    counts = counts[:num_labels]
     is_thing = torch.zeros(num_labels, dtype=torch.bool)
     is_thing[[t for t in thing_sem_labels if t < num_labels]] = True
     is_stuff = ~is_thing.to(device) & (counts >= max(stuff_area, 1))
     first_stuff_id = keep.sum()
     stuff_ids = torch.where(is_stuff, first_stuff_id + torch.cumsum(is_stuff, 0), 0).to(torch.int32)
-    id_map = torch.where(unclaimed, stuff_ids[sem], id_map)
+    for r0, r1 in bands:
+        band = slice(r0 * width, r1 * width)
+        id_map[band] = torch.where(id_map[band] == 0, stuff_ids[sem[band]], id_map[band])
 
     segments = _segment_list(cand, keep, taken, scores, labels, is_stuff, counts)  # last host read
     return id_map.view(height, width), segments
+
+
+def _claim_things(masks: Tensor | BoxMasks, cand: Tensor, id_map: Tensor, bands: list[tuple[int, int]],
+                  width: int, overlap_thresh: float, strategy: str) -> tuple[Tensor, Tensor]:
+    """Keep decisions and the things' ids written into ``id_map`` (flat int32); returns ``keep``
+    and ``taken`` (pixels each candidate got). One band: one pass. Several: the patterns and their
+    pixel counts are gathered band by band and grouped again (pattern counts add up exactly), then
+    a second pass maps each band's pixels to the owners."""
+    num_candidates = cand.numel()
+    chunk_elements = _CPU_CHUNK_ELEMENTS if id_map.device.type == "cpu" else _DEVICE_CHUNK_ELEMENTS
+    if len(bands) == 1:
+        covered, keys = _band_keys(masks, cand, *bands[0], width, chunk_elements)
+        if not covered.numel():
+            return torch.zeros_like(cand, dtype=torch.bool), torch.zeros_like(cand)
+        inverse, patterns, weight = _group_patterns(keys)  # host read 3
+    else:
+        parts, weights = [], []
+        for r0, r1 in bands:
+            covered, keys = _band_keys(masks, cand, r0, r1, width, chunk_elements)
+            if covered.numel():
+                _, band_patterns, band_weight = _group_patterns(keys)
+                parts.append(band_patterns)
+                weights.append(band_weight)
+        if not parts:
+            return torch.zeros_like(cand, dtype=torch.bool), torch.zeros_like(cand)
+        joined = torch.cat(parts, 1)
+        inverse_joined, patterns, _ = _group_patterns(joined)
+        weight = torch.zeros(patterns.shape[1], dtype=torch.int64, device=joined.device).index_add_(
+            0, inverse_joined, torch.cat(weights))
+    pattern_masks = _decode_bits(patterns, num_candidates)  # [n, U]
+    area = (pattern_masks * weight).sum(1)
+    limit = _max_allowed_overlap(area, overlap_thresh)
+    resolve = _resolve_loop if strategy == "loop" else _resolve_fixpoint  # fixpoint: read 4
+    keep, inter, first = resolve(pattern_masks, weight, limit)
+    # Segment id of each candidate (0 = dropped); index n stands for "no kept candidate".
+    ids = torch.where(keep, torch.cumsum(keep, 0, dtype=torch.int32), 0)
+    owner_ids = torch.cat([ids, ids.new_zeros(1)])[first]  # [U]
+    if len(bands) == 1:
+        id_map[covered] = owner_ids[inverse]
+    else:
+        num_patterns = patterns.shape[1]
+        for r0, r1 in bands:
+            covered, keys = _band_keys(masks, cand, r0, r1, width, chunk_elements)
+            if covered.numel():
+                # every band pattern is one of the sorted global patterns: grouping both together
+                # gives back the global list, and each pixel's position in it
+                band_inverse = _group_patterns(torch.cat([patterns, keys], 1))[0][num_patterns:]
+                id_map[r0 * width + covered] = owner_ids[band_inverse]
+    return keep, area - inter
+
+
+def _band_keys(masks: Tensor | BoxMasks, cand: Tensor, r0: int, r1: int, width: int,
+               chunk_elements: int) -> tuple[Tensor, Tensor]:
+    """Covered pixels of rows ``r0..r1`` (flat indices within the band) and their sort keys."""
+    if isinstance(masks, BoxMasks):
+        words = _box_coverage_words(masks, cand, r0, r1)
+    else:
+        probs = masks.reshape(masks.shape[0], -1)[:, r0 * width:r1 * width]
+        words = _coverage_words(probs, cand, chunk_elements)
+    covered = torch.nonzero((words > 0).any(0)).squeeze(1)  # host read 2
+    if not covered.numel():
+        return covered, words.new_zeros((0, 0), dtype=torch.int64)
+    return covered, _pack_keys(words.index_select(1, covered))
+
+
+def _box_coverage_words(masks: BoxMasks, cand: Tensor, r0: int, r1: int) -> Tensor:
+    """:func:`_coverage_words` of rows ``r0..r1`` from masks stored inside their boxes: each
+    candidate adds its bit weight over its box (integer sums below ``2**_BITS``: exact)."""
+    n, (_, width) = cand.numel(), masks.size
+    num_words = (n + _BITS - 1) // _BITS
+    words = torch.zeros(num_words, r1 - r0, width, dtype=torch.float32, device=cand.device)
+    for k, i in enumerate(cand.tolist()):
+        crop, (y0, x0) = masks.crops[i], masks.origins[i]
+        a, b = max(y0, r0), min(y0 + crop.shape[0], r1)
+        if a < b and crop.shape[1]:
+            words[k // _BITS, a - r0:b - r0, x0:x0 + crop.shape[1]] += crop[a - y0:b - y0] * float(1 << (k % _BITS))
+    return words.view(num_words, -1)
 
 
 def _coverage_words(probs: Tensor, cand: Tensor, chunk_elements: int) -> Tensor:
@@ -306,7 +424,7 @@ def _coverage_words(probs: Tensor, cand: Tensor, chunk_elements: int) -> Tensor:
         stop = min(start + chunk, num_pixels)
         masks, rows = masks_buf[:, : stop - start], rows_buf[:, : stop - start]
         torch.index_select(probs[:, start:stop], 0, cand, out=rows)
-        torch.ge(rows, 0.5, out=masks)  # compared in the input dtype
+        torch.ge(rows, 0.5, out=masks)  # compared in the input dtype (bool: True -> 1 >= 0.5)
         for g in range(num_words):
             # One [1, B] x [B, chunk] product per word: the weight matrix is block diagonal, and
             # skipping its zero blocks makes this several times cheaper than one [G, n] product.

@@ -105,6 +105,39 @@ def test_missing_folder_and_png_are_named(tmp_path):
         pq_compute(gt_json, pred_json, workers=1)
 
 
+def _cli(*args):
+    import os
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "panfpn.evaluation.pq", *map(str, args)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+@pytest.mark.parametrize("which,content", [
+    *((w, c) for w in ("gt", "pred") for c in ("{not json", "[1, 2]", '{"annotations": [{"image_id": 1}]}')),
+    ("gt", '{"annotations": [], "categories": [{"isthing": 1}]}')])
+def test_cli_invalid_json_is_one_line_naming_the_file(tmp_path, which, content):
+    gt_json, pred_json = _dataset(tmp_path)
+    bad = gt_json if which == "gt" else pred_json
+    bad.write_text(content)
+    proc = _cli("--gt-json", gt_json, "--pred-json", pred_json, "--workers", 1)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(bad) in lines[0]
+    assert ("ground-truth" if which == "gt" else "prediction") in lines[0]
+
+
+def test_cli_missing_prediction_json_is_named_as_such(tmp_path):
+    gt_json, _ = _dataset(tmp_path)
+    missing = tmp_path / "elsewhere" / "preds.json"
+    proc = _cli("--gt-json", gt_json, "--pred-json", missing)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == f"error: prediction JSON not found: {missing}"
+    proc = _cli("--gt-json", tmp_path / "no_gt.json", "--pred-json", missing)
+    assert proc.stderr.strip() == f"error: ground-truth JSON not found: {tmp_path / 'no_gt.json'}"
+
+
 def _accumulator_inputs():
     gt = torch.zeros(6, 8, dtype=torch.int32)
     gt[:, 4:] = 70000

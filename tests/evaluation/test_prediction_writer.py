@@ -58,7 +58,7 @@ def test_written_files_evaluate_like_the_in_memory_accumulator(tmp_path):
             id_map, segs = output["panoptic"]
             acc.update(id_map, model_segments_to_dataset(segs, META), torch.from_numpy(gt), gs,
                        image_id=i)
-            assert ann["file_name"] == f"{i}.png"
+            assert ann["file_name"] == f"{i:012d}.png"  # COCO's file stem of image id i
     pred_json = tmp_path / "out" / "panoptic_pred.json"
     assert not list((tmp_path / "out").rglob("*.tmp*"))  # atomic writes left nothing behind
     from_files = pq_compute(gt_json, pred_json, workers=1)
@@ -92,7 +92,7 @@ def test_png_area_and_bbox_match_the_pixels(tmp_path):
         ys, xs = np.nonzero(id_map == seg_id)
         assert seg["area"] == ys.size and seg["iscrowd"] == 0
         assert seg["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
-    png = np.array(Image.open(tmp_path / "p" / "x.png"))
+    png = np.array(Image.open(tmp_path / "p" / "000000000042.png"))
     assert png.shape == (7, 9, 3) and np.array_equal(rgb_to_id(png), id_map)
 
 
@@ -105,3 +105,51 @@ def test_bad_writer_input_is_named(tmp_path):
         writer.add("b", "b.jpg", id_map, [{"id": 1, "category_id": 5}])
     with pytest.raises(ValueError, match="image 'c'.*integer"):
         writer.add("c", "c.jpg", id_map.astype(float), [{"id": 1, "category_id": 1}])
+
+
+def _stripes(k: int) -> np.ndarray:
+    id_map = np.zeros((4, 6), np.int32)
+    id_map[:, k % 6] = 1
+    return id_map
+
+
+def test_images_sharing_a_file_stem_keep_their_own_png(tmp_path):
+    """a/000001.jpg and b/000001.jpg (different image ids) used to write one 000001.png."""
+    writer = PanopticPredictionWriter(tmp_path, CATEGORIES, name="p")
+    items = [(1, "a/000001.jpg"), (2, "b/000001.jpg"),
+             ("frankfurt_000000_000019", "x/frankfurt_000000_000019_leftImg8bit.png"),
+             ("lindau_000000_000019", "y/frankfurt_000000_000019_leftImg8bit.png")]
+    for k, (image_id, file_name) in enumerate(items):
+        writer.add(image_id, file_name, _stripes(k), [{"id": 1, "category_id": 1}])
+    writer.write_json()
+    data = json.loads((tmp_path / "p.json").read_text())
+    names = [a["file_name"] for a in data["annotations"]]
+    assert names == ["000000000001.png", "000000000002.png", "frankfurt_000000_000019.png",
+                     "lindau_000000_000019.png"]
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == sorted(names)
+    for k, name in enumerate(names):  # each PNG holds its own image's map, none overwritten
+        assert np.array_equal(rgb_to_id(np.array(Image.open(tmp_path / "p" / name))), _stripes(k))
+
+
+def test_a_reused_file_name_is_an_error_not_an_overwrite(tmp_path):
+    writer = PanopticPredictionWriter(tmp_path, CATEGORIES, name="p")
+    writer.add("a/b", "1.jpg", _stripes(0), [{"id": 1, "category_id": 1}])
+    with pytest.raises(ValueError, match="image 'a_b'.*a_b.png would overwrite the one of image 'a/b'"):
+        writer.add("a_b", "2.jpg", _stripes(1), [{"id": 1, "category_id": 1}])
+    with pytest.raises(ValueError, match="image 'a/b'.*written twice"):
+        writer.add("a/b", "1.jpg", _stripes(1), [{"id": 1, "category_id": 1}])
+    assert np.array_equal(rgb_to_id(np.array(Image.open(tmp_path / "p" / "a_b.png"))), _stripes(0))
+
+
+def test_thing_scores_are_written_in_the_json(tmp_path):
+    """Eval's writer used to drop the scores predict added by hand; both now share the writer's."""
+    writer = PanopticPredictionWriter(tmp_path, META, name="p")
+    id_map = np.zeros((4, 6), np.int32)
+    id_map[:2] = 1
+    id_map[2:] = 2
+    segs = model_segments_to_dataset([{"id": 1, "isthing": True, "category": 0, "score": 0.625},
+                                      {"id": 2, "isthing": False, "category": 0, "score": None}], META)
+    writer.add(7, "7.jpg", id_map, segs)
+    writer.write_json()
+    info = {s["id"]: s for s in json.loads((tmp_path / "p.json").read_text())["annotations"][0]["segments_info"]}
+    assert info[1]["score"] == 0.625 and "score" not in info[2]

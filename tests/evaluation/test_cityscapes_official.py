@@ -1,0 +1,152 @@
+"""Our prediction files are scored by cityscapesscripts' own evaluators on a tiny Cityscapes-layout
+set built with the real createPanopticImgs, and give the numbers our evaluators give."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from panfpn.data.build import cityscapes_panoptic_dataset
+from panfpn.data.builtin_meta import cityscapes_panoptic_metadata
+from panfpn.data.collate import collate_panoptic
+from panfpn.data.image_files import list_image_files
+from panfpn.engine.evaluator import evaluate
+from panfpn.engine.predict_run import predict_images
+from panfpn.evaluation import pq_compute
+from panfpn.evaluation.writer import PanopticPredictionWriter, SemanticPredictionWriter
+
+csp = pytest.importorskip("cityscapesscripts.preparation.createPanopticImgs")
+
+H, W = 32, 64
+FRAMES = ("frankfurt_000000_000294", "lindau_000001_000019", "munster_000002_000019")
+
+
+def _instance_ids(k: int) -> np.ndarray:
+    """``*_gtFine_instanceIds.png`` in Cityscapes' encoding: label id for stuff, crowd and void
+    pixels, label id * 1000 + n for thing instances."""
+    m = np.full((H, W), 23, dtype=np.uint16)            # sky
+    m[H // 2:] = 7                                      # road
+    m[4:14, 0:12 + k] = 11                              # building
+    m[18:28, 5:20] = 26000 + k                          # car
+    m[18:28, 22:34] = 26001 + k                         # car
+    m[10:20, 40:50] = 24                                # person crowd
+    m[20:30, 50:58] = 25000                             # rider
+    m[28:, 58:] = 1                                     # ego vehicle (ignored in eval)
+    m[0:3, 30:40] = 9                                   # parking (ignored in eval)
+    return m
+
+
+@pytest.fixture(scope="module")
+def cityscapes_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cityscapes")
+    for k, frame in enumerate(FRAMES):
+        city = frame.split("_")[0]
+        gt_dir, img_dir = root / "gtFine" / "val" / city, root / "leftImg8bit" / "val" / city
+        gt_dir.mkdir(parents=True, exist_ok=True)
+        img_dir.mkdir(parents=True, exist_ok=True)
+        inst = _instance_ids(k)
+        Image.fromarray(inst).save(gt_dir / f"{frame}_gtFine_instanceIds.png")
+        label_ids = np.where(inst >= 1000, inst // 1000, inst).astype(np.uint8)
+        Image.fromarray(label_ids).save(gt_dir / f"{frame}_gtFine_labelIds.png")
+        rgb = np.random.default_rng(k).integers(0, 255, (H, W, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(img_dir / f"{frame}_leftImg8bit.png")
+    for use_train_id in (False, True):
+        csp.convert2panoptic(cityscapesPath=str(root / "gtFine"), outputFolder=str(root / "gtFine"),
+                             useTrainId=use_train_id, setNames=["val"])
+    return root
+
+
+class NoisyGroundTruthModel(torch.nn.Module):
+    """Semantic labels = the batch's ground truth with 30 % of the pixels (and all ignored ones)
+    replaced by random labels; panoptic = road and sky stuff plus one car (score 0.8)."""
+
+    def __init__(self, metadata):
+        super().__init__()
+        self.meta = metadata
+        self.gen = torch.Generator().manual_seed(0)
+
+    def forward(self, batch):
+        meta, outputs = self.meta, []
+        for i, (h, w) in enumerate(batch["orig_sizes"]):
+            gt = batch["sem_seg"][i, :h, :w] if "sem_seg" in batch else torch.full((h, w), 255)
+            noise = torch.randint(0, meta.num_sem_classes, (h, w), generator=self.gen)
+            flip = torch.rand((h, w), generator=self.gen) < 0.3
+            sem = torch.where(flip | (gt == 255), noise, gt)
+            id_map = torch.full((h, w), 2, dtype=torch.int32)
+            id_map[: h // 2] = 3
+            id_map[18:28, 5:20] = 1
+            car = meta.thing_ids.index(next(c.id for c in meta.categories if c.name == "car"))
+            road = meta.sem_label(next(c.id for c in meta.categories if c.name == "road"))
+            sky = meta.sem_label(next(c.id for c in meta.categories if c.name == "sky"))
+            segments = [{"id": 1, "isthing": True, "category": car, "score": 0.8, "area": 0},
+                        {"id": 2, "isthing": False, "category": road, "score": None, "area": 0},
+                        {"id": 3, "isthing": False, "category": sky, "score": None, "area": 0}]
+            outputs.append({"panoptic": (id_map, segments), "sem_seg": sem})
+        return outputs
+
+
+@pytest.mark.parametrize("use_train_id", [False, True])
+def test_semantic_pngs_score_the_same_miou_in_cityscapesscripts(cityscapes_root, tmp_path, monkeypatch,
+                                                                 use_train_id):
+    ds = cityscapes_panoptic_dataset(cityscapes_root, "val", use_train_id=use_train_id, is_train=False)
+    loader = DataLoader(ds, batch_size=2, collate_fn=collate_panoptic)
+    sem_writer = SemanticPredictionWriter(tmp_path / "results", ds.metadata)
+    pan_writer = PanopticPredictionWriter(tmp_path / "pan", ds.metadata)
+    metrics = evaluate(NoisyGroundTruthModel(ds.metadata), loader, ds.metadata, device=torch.device("cpu"),
+                       compute_ap=False, progress=False, writer=pan_writer, semantic_writer=sem_writer)
+    pan_writer.write_json()
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [f"{f}.png" for f in FRAMES]
+    # eval's prediction JSON carries the thing scores
+    anns = json.loads((tmp_path / "pan" / "panoptic_pred.json").read_text())["annotations"]
+    assert all(s["score"] == pytest.approx(0.8) for a in anns for s in a["segments_info"] if s["id"] == 1)
+
+    monkeypatch.setenv("CITYSCAPES_DATASET", str(cityscapes_root))
+    monkeypatch.setenv("CITYSCAPES_RESULTS", str(tmp_path / "results"))
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as pixel_eval
+
+    args = pixel_eval.args
+    monkeypatch.setattr(args, "quiet", True)
+    monkeypatch.setattr(args, "JSONOutput", False)
+    # iIoU is not compared (we report IoU only), and its code calls np.in1d, gone in numpy 2
+    monkeypatch.setattr(args, "evalInstLevelScore", False)
+    monkeypatch.setattr(args, "predictionPath", str(tmp_path / "results"))
+    monkeypatch.setattr(args, "predictionWalk", None)
+    gts = sorted(str(p) for p in (cityscapes_root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
+    preds = [pixel_eval.getPrediction(args, gt) for gt in gts]
+    official = pixel_eval.evaluateImgLists(preds, gts, args)
+    assert official["averageScoreClasses"] == pytest.approx(metrics["sem_seg"]["mIoU"], abs=1e-12)
+    assert 0.1 < metrics["sem_seg"]["mIoU"] < 0.95  # neither trivial nor perfect
+    ours = dict(zip([c.name for c in ds.metadata.categories], metrics["sem_seg"]["IoU"]))
+    scored = {name: iou for name, iou in official["classScores"].items() if iou == iou}  # not nan
+    assert set(scored) <= set(ours) and len(scored) >= 10
+    for name, iou in scored.items():
+        assert iou == pytest.approx(ours[name], abs=1e-12), name
+
+
+def test_predict_cityscapes_ids_are_scored_by_cityscapesscripts(cityscapes_root, tmp_path):
+    """predict used to name images by file stem (…_leftImg8bit): no match in createPanopticImgs' GT."""
+    meta = cityscapes_panoptic_metadata()
+    out = tmp_path / "pred"
+    paths = list_image_files(cityscapes_root / "leftImg8bit" / "val", recursive=True)
+    predict_images(NoisyGroundTruthModel(meta), paths, meta, out, progress=False, overlay=False,
+                   semantic=True)
+    data = json.loads((out / "panoptic.json").read_text())
+    assert [a["image_id"] for a in data["annotations"]] == list(FRAMES)
+    assert sorted(p.name for p in (out / "semantic").iterdir()) == [f"{f}_leftImg8bit.png" for f in FRAMES]
+
+    from cityscapesscripts.evaluation.evalPanopticSemanticLabeling import evaluatePanoptic
+
+    gt_json = cityscapes_root / "gtFine" / "cityscapes_panoptic_val.json"
+    official = evaluatePanoptic(str(gt_json), str(cityscapes_root / "gtFine" / "cityscapes_panoptic_val"),
+                                str(out / "panoptic.json"), str(out / "panoptic"), str(tmp_path / "r.json"))
+    ours = pq_compute(gt_json, out / "panoptic.json", workers=1)
+    assert 0 < ours["All"]["pq"] < 1
+    for split in ("All", "Things", "Stuff"):
+        for key in ("pq", "sq", "rq"):
+            assert official[split][key] == pytest.approx(ours[split][key], abs=1e-12), (split, key)

@@ -22,6 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from panfpn.modeling import merge as merge_mod
 from panfpn.modeling.merge import merge_panoptic
 
 
@@ -120,6 +121,19 @@ def timed_pair(fn_a, fn_b, repeats: int, device: str) -> tuple[float, float, obj
     return statistics.median(times_a), statistics.median(times_b), out_a, out_b
 
 
+def compare_strategies(args: argparse.Namespace, num_sem: int) -> None:
+    """Median ms of the fused merge with each keep-decision strategy, alternated call by call."""
+    kw = dict(score_thresh=0.5, overlap_thresh=0.5, stuff_area=4096)
+    for seed in range(args.seeds):
+        probs, scores, labels, sem = make_inputs(args.height, args.width, args.instances, num_sem, seed,
+                                                 args.device)
+        run = lambda s: lambda: merge_mod._merge(probs, scores, labels, sem, [num_sem - 1], strategy=s, **kw)  # noqa: E731
+        t_loop, t_fix, out_loop, out_fix = timed_pair(run("loop"), run("fixpoint"), args.repeats, args.device)
+        if not (torch.equal(out_loop[0], out_fix[0]) and out_loop[1] == out_fix[1]):
+            raise SystemExit(f"seed {seed}: strategies disagree")
+        print(f"seed {seed}: loop {t_loop:8.2f} ms | fixpoint {t_fix:8.2f} ms | fixpoint/loop {t_fix / t_loop:5.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -129,10 +143,15 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--strategies", action="store_true",
+                        help="time the fused merge's 'loop' vs 'fixpoint' keep decisions instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     num_sem = 54
     kwargs = dict(thing_sem_labels=[num_sem - 1], score_thresh=0.5, overlap_thresh=0.5, stuff_area=4096)
+    if args.strategies:
+        compare_strategies(args, num_sem)
+        return
     ratios = []
     for seed in range(args.seeds):
         inputs = make_inputs(args.height, args.width, args.instances, num_sem, seed, args.device)

@@ -1,4 +1,4 @@
-"""Fused panoptic merge vs a plain sequential merge, on a realistic COCO-sized output.
+"""Fused panoptic merge vs its sequential definition, on a realistic COCO-sized output.
 
     python bench/merge.py                 # CPU, one thread
     python bench/merge.py --device cuda   # GPU
@@ -8,9 +8,10 @@ its 0.05 score cut), masks pasted from 28x28 soft blobs into boxes of varied siz
 pixels), a third of them jittered duplicates of an earlier one; a 54-label semantic map (53 stuff
 labels, all present, plus the merged 'thing' label 53 over the confident instances).
 
-The reference is a reasonable per-instance torch loop in the style of Detectron2's combination
-(per instance: threshold, area, overlap with the claimed pixels, masked assignment; per stuff label:
-region, area, assignment), reading a few scalars back per instance. Both are checked to agree exactly.
+The reference is the merge's definition, ``panfpn.modeling.merge_reference.merge_panoptic_reference``:
+a per-instance torch loop in the style of Detectron2's combination (per instance: threshold, area,
+overlap with the claimed pixels, masked assignment; per stuff label: region, area, assignment),
+reading a few scalars back per instance. Both are checked to agree exactly.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from panfpn.modeling import merge as merge_mod
 from panfpn.modeling.merge import merge_panoptic
+from panfpn.modeling.merge_reference import merge_panoptic_reference
 
 
 def make_inputs(height: int, width: int, num_instances: int, num_sem: int, seed: int,
@@ -65,41 +66,6 @@ def make_inputs(height: int, width: int, num_instances: int, num_sem: int, seed:
     return tuple(t.to(device) for t in (probs, scores, labels, sem))
 
 
-def sequential_merge(mask_probs, scores, labels, sem_labels, *, thing_sem_labels, score_thresh=0.5,
-                     overlap_thresh=0.5, stuff_area=4096):
-    """The per-instance reference: same contract as ``merge_panoptic``."""
-    id_map = torch.zeros(sem_labels.shape, dtype=torch.int32, device=sem_labels.device)
-    segments = []
-    order = torch.sort(scores, descending=True, stable=True).indices
-    for i, score in zip(order.tolist(), scores[order].tolist()):
-        if score < score_thresh:
-            break
-        mask = mask_probs[i] >= 0.5
-        area = mask.sum().item()
-        if area == 0:
-            continue
-        inter = (mask & (id_map > 0)).sum().item()
-        if inter / area > overlap_thresh or inter == area:
-            continue
-        if inter > 0:
-            mask &= id_map == 0
-        id_map[mask] = len(segments) + 1
-        segments.append({"id": len(segments) + 1, "isthing": True, "category": int(labels[i]),
-                         "score": score, "area": area - inter})
-    things = set(thing_sem_labels)
-    for label in torch.unique(sem_labels).tolist():
-        if label in things:
-            continue
-        region = (sem_labels == label) & (id_map == 0)
-        area = region.sum().item()
-        if area < max(stuff_area, 1):
-            continue
-        id_map[region] = len(segments) + 1
-        segments.append({"id": len(segments) + 1, "isthing": False, "category": label,
-                         "score": None, "area": area})
-    return id_map, segments
-
-
 def timed_pair(fn_a, fn_b, repeats: int, device: str) -> tuple[float, float, object, object]:
     """Median wall times in ms of two functions, alternated call by call so that both see the same
     machine load (after one warm-up call each), and their last results."""
@@ -121,19 +87,6 @@ def timed_pair(fn_a, fn_b, repeats: int, device: str) -> tuple[float, float, obj
     return statistics.median(times_a), statistics.median(times_b), out_a, out_b
 
 
-def compare_strategies(args: argparse.Namespace, num_sem: int) -> None:
-    """Median ms of the fused merge with each keep-decision strategy, alternated call by call."""
-    kw = dict(score_thresh=0.5, overlap_thresh=0.5, stuff_area=4096)
-    for seed in range(args.seeds):
-        probs, scores, labels, sem = make_inputs(args.height, args.width, args.instances, num_sem, seed,
-                                                 args.device)
-        run = lambda s: lambda: merge_mod._merge(probs, scores, labels, sem, [num_sem - 1], strategy=s, **kw)  # noqa: E731
-        t_loop, t_fix, out_loop, out_fix = timed_pair(run("loop"), run("fixpoint"), args.repeats, args.device)
-        if not (torch.equal(out_loop[0], out_fix[0]) and out_loop[1] == out_fix[1]):
-            raise SystemExit(f"seed {seed}: strategies disagree")
-        print(f"seed {seed}: loop {t_loop:8.2f} ms | fixpoint {t_fix:8.2f} ms | fixpoint/loop {t_fix / t_loop:5.2f}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
@@ -143,20 +96,15 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--strategies", action="store_true",
-                        help="time the fused merge's 'loop' vs 'fixpoint' keep decisions instead")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     num_sem = 54
     kwargs = dict(thing_sem_labels=[num_sem - 1], score_thresh=0.5, overlap_thresh=0.5, stuff_area=4096)
-    if args.strategies:
-        compare_strategies(args, num_sem)
-        return
     ratios = []
     for seed in range(args.seeds):
         inputs = make_inputs(args.height, args.width, args.instances, num_sem, seed, args.device)
         t_ref, t_fused, ref, fused = timed_pair(
-            lambda: sequential_merge(*inputs, **kwargs), lambda: merge_panoptic(*inputs, **kwargs),
+            lambda: merge_panoptic_reference(*inputs, **kwargs), lambda: merge_panoptic(*inputs, **kwargs),
             args.repeats, args.device,
         )
         if not (torch.equal(ref[0], fused[0]) and ref[1] == fused[1]):

@@ -1,43 +1,21 @@
-"""The fused panoptic merge equals the sequential definition of DESIGN.md section 4 on every input."""
+"""The fused panoptic merge equals its sequential definition (panfpn.modeling.merge_reference) on every input."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from panfpn.modeling import merge as merge_mod
+from panfpn.modeling import merge_fused as fused
 from panfpn.modeling.merge import MergeThresholds, merge_panoptic, merge_panoptic_batch
+from panfpn.modeling.merge_reference import merge_panoptic_reference
 
 
-def sequential_merge(probs, scores, labels, sem, things, score_thresh, overlap_thresh, stuff_area):
-    """The definition, written plainly in numpy, one instance and one stuff label at a time."""
-    probs, scores, labels, sem = (t.numpy() for t in (probs, scores, labels, sem))
-    id_map = np.zeros(sem.shape, dtype=np.int32)
-    segments = []
-    # Python's sort is stable: on equal scores the lower index stays first.
-    for i in sorted(range(len(scores)), key=lambda k: -float(scores[k])):
-        if float(scores[i]) < score_thresh:
-            break
-        mask = probs[i] >= 0.5
-        area = int(mask.sum())
-        if area == 0:
-            continue
-        free = mask & (id_map == 0)
-        if (area - int(free.sum())) / area > overlap_thresh or not free.any():
-            continue
-        id_map[free] = len(segments) + 1
-        segments.append({"id": len(segments) + 1, "isthing": True, "category": int(labels[i]),
-                         "score": float(scores[i]), "area": int(free.sum())})
-    for label in sorted(set(np.unique(sem).tolist()) - set(things)):
-        region = (sem == label) & (id_map == 0)
-        if region.sum() == 0 or region.sum() < stuff_area:
-            continue
-        id_map[region] = len(segments) + 1
-        segments.append({"id": len(segments) + 1, "isthing": False, "category": int(label),
-                         "score": None, "area": int(region.sum())})
-    return id_map, segments
+def reference(probs, scores, labels, sem, things, score_thresh, overlap_thresh, stuff_area):
+    """The package's definition of the merge, called with a ``random_case`` tuple."""
+    return merge_panoptic_reference(probs, scores, labels, sem, thing_sem_labels=things,
+                                    score_thresh=score_thresh, overlap_thresh=overlap_thresh,
+                                    stuff_area=stuff_area)
 
 
 def random_case(seed):
@@ -85,71 +63,56 @@ def check_partition(id_map, segments):
     assert all(s["area"] > 0 for s in segments)
 
 
-@pytest.mark.parametrize("strategy,bits", [("loop", 20), ("fixpoint", 20), ("loop", 2), ("fixpoint", 3)])
-def test_fused_merge_equals_sequential_definition(strategy, bits, monkeypatch):
-    monkeypatch.setattr(merge_mod, "_CPU_CHUNK_ELEMENTS", 97)  # many pixel chunks, ragged last one
-    monkeypatch.setattr(merge_mod, "_BITS", bits)  # few bits: many coverage words and sort keys
+@pytest.mark.parametrize("bits", [20, 3, 2])
+def test_fused_merge_equals_sequential_definition(bits, monkeypatch):
+    monkeypatch.setattr(fused, "_CPU_CHUNK_ELEMENTS", 97)  # many pixel chunks, ragged last one
+    monkeypatch.setattr(fused, "_BITS", bits)  # few bits: many coverage words and sort keys
     for seed in range(250):
         probs, scores, labels, sem, things, st, ot, sa = random_case(seed)
-        want_map, want_segments = sequential_merge(probs, scores, labels, sem, things, st, ot, sa)
+        want_map, want_segments = reference(probs, scores, labels, sem, things, st, ot, sa)
         if seed % 5 == 0 and want_segments:  # stuff_area exactly at a region's size, and one above
             stuff = [s["area"] for s in want_segments if not s["isthing"]]
             if stuff:
                 sa = stuff[seed % len(stuff)] + (seed // 5) % 2
-                want_map, want_segments = sequential_merge(probs, scores, labels, sem, things, st, ot, sa)
-        id_map, segments = merge_mod._merge(
+                want_map, want_segments = reference(probs, scores, labels, sem, things, st, ot, sa)
+        id_map, segments = fused.merge_fused(
             probs, scores, labels, sem, things, score_thresh=st, overlap_thresh=ot, stuff_area=sa,
-            strategy=strategy,
         )
         case = f"seed {seed}: n={len(scores)} size={tuple(sem.shape)} thresholds={st, ot, sa}"
-        assert torch.equal(id_map, torch.from_numpy(want_map)), case
+        assert torch.equal(id_map, want_map), case
         assert segments == want_segments, case
         check_partition(id_map, segments)
 
 
-def test_fixpoint_fallback_to_loop_is_exact(monkeypatch):
-    # With no fixed-point steps the check fails whenever an instance is dropped, so the loop runs.
-    monkeypatch.setattr(merge_mod, "_FIXPOINT_STEPS", 0)
-    calls = []
-    loop = merge_mod._resolve_loop
-    monkeypatch.setattr(merge_mod, "_resolve_loop", lambda *a: calls.append(1) or loop(*a))
-    for seed in range(60):
-        probs, scores, labels, sem, things, st, ot, sa = random_case(seed)
-        want_map, want_segments = sequential_merge(probs, scores, labels, sem, things, st, ot, sa)
-        id_map, segments = merge_mod._merge(
-            probs, scores, labels, sem, things, score_thresh=st, overlap_thresh=ot, stuff_area=sa,
-            strategy="fixpoint",
-        )
-        assert torch.equal(id_map, torch.from_numpy(want_map)), f"seed {seed}"
-        assert segments == want_segments, f"seed {seed}"
-    assert calls, "the fallback was never exercised"
-
-
-def test_public_api_on_edge_cases():
+@pytest.mark.parametrize("merge", [merge_panoptic, merge_panoptic_reference])
+def test_public_api_on_edge_cases(merge):
+    """Hand-computed cases: the definition and the public entry both give them."""
     things = [2]
     sem = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 3, 3]])
     full = torch.ones(1, 3, 4)
     # N = 0: only stuff; label 2 is 'thing' and stays void.
-    id_map, segments = merge_panoptic(torch.zeros(0, 3, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long),
-                                      sem, thing_sem_labels=things, stuff_area=2)
+    id_map, segments = merge(torch.zeros(0, 3, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long),
+                             sem, thing_sem_labels=things, stuff_area=2)
     assert [(s["category"], s["area"]) for s in segments] == [(0, 4), (1, 4), (3, 2)]
     assert (id_map[2, :2] == 0).all()
-    # All scores below the threshold: same as no instances.
-    below = merge_panoptic(full, torch.tensor([0.49]), torch.tensor([7]), sem,
-                           thing_sem_labels=things, stuff_area=2)
-    assert below[1] == segments and torch.equal(below[0], id_map)
-    # A score equal to the threshold is kept; a fully overlapped duplicate is dropped even at 1.0.
+    # All scores below the threshold, or NaN: same as no instances.
+    for score in (0.49, float("nan")):
+        below = merge(full, torch.tensor([score]), torch.tensor([7]), sem,
+                      thing_sem_labels=things, stuff_area=2)
+        assert below[1] == segments and torch.equal(below[0], id_map)
+    # A score equal to the threshold is kept; on equal scores the lower index goes first; a fully
+    # overlapped duplicate is dropped even at 1.0.
     two = torch.ones(2, 3, 4)
-    id_map, segments = merge_panoptic(two, torch.tensor([0.5, 0.5]), torch.tensor([7, 8]), sem,
-                                      thing_sem_labels=things, overlap_thresh=1.0)
+    id_map, segments = merge(two, torch.tensor([0.5, 0.5]), torch.tensor([7, 8]), sem,
+                             thing_sem_labels=things, overlap_thresh=1.0)
     assert [(s["category"], s["area"], s["score"]) for s in segments] == [(7, 12, 0.5)]
     assert (id_map == 1).all()
     # Probabilities of exactly 0.5 are foreground (Detectron2 pastes masks as prob >= 0.5); the
     # next float below 0.5 is background.
     half = torch.full((1, 3, 4), 0.5)
     half[0, 2] = torch.nextafter(torch.tensor(0.5), torch.tensor(0.0))
-    id_map, segments = merge_panoptic(half, torch.ones(1), torch.ones(1, dtype=torch.long), sem,
-                                      thing_sem_labels=things, stuff_area=100)
+    id_map, segments = merge(half, torch.ones(1), torch.ones(1, dtype=torch.long), sem,
+                             thing_sem_labels=things, stuff_area=100)
     assert [(s["category"], s["area"]) for s in segments] == [(1, 8)]
     assert (id_map[:2] == 1).all() and (id_map[2] == 0).all()
 
@@ -170,7 +133,7 @@ def test_empty_image_and_float64_score_threshold():
 def test_max_allowed_overlap_matches_python_division():
     areas = torch.arange(0, 400)
     for t in [0.0, 1e-9, 0.1, 0.2, 1 / 3, 0.5, 2 / 3, 0.7, 0.9, 0.999999, 1.0, 1.5, -0.2]:
-        got = merge_mod._max_allowed_overlap(areas, t).tolist()
+        got = fused._max_allowed_overlap(areas, t).tolist()
         for a, limit in zip(areas.tolist(), got):
             allowed = [x for x in range(a) if x / a <= t]
             assert limit == (max(allowed) if allowed else -1), (a, t)
@@ -182,8 +145,8 @@ def test_batch_and_thresholds():
                                [c[3] for c in case], thing_sem_labels=[1],
                                thresholds=MergeThresholds(stuff_area=5))
     for (probs, scores, labels, sem), (id_map, segments) in zip(case, out):
-        want = sequential_merge(probs, scores, labels, sem, [1], 0.5, 0.5, 5)
-        assert torch.equal(id_map, torch.from_numpy(want[0])) and segments == want[1]
+        want = reference(probs, scores, labels, sem, [1], 0.5, 0.5, 5)
+        assert torch.equal(id_map, want[0]) and segments == want[1]
     with pytest.raises(ValueError, match="image 1"):
         merge_panoptic_batch([case[0][0], case[0][0][:, :2]], [case[0][1]] * 2, [case[0][2]] * 2,
                              [case[0][3]] * 2, thing_sem_labels=[1])
@@ -213,8 +176,7 @@ class _HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("strategy", ["loop", "fixpoint"])
-def test_host_reads_do_not_grow_with_instances(strategy, monkeypatch):
+def test_host_reads_do_not_grow_with_instances(monkeypatch):
     tolist_calls = []
     original = torch.Tensor.tolist
     monkeypatch.setattr(torch.Tensor, "tolist", lambda t: tolist_calls.append(1) or original(t))
@@ -224,9 +186,8 @@ def test_host_reads_do_not_grow_with_instances(strategy, monkeypatch):
         probs = torch.rand(n, 32, 32, generator=torch.Generator().manual_seed(n))
         tolist_calls.clear()
         with _HostReads() as mode:
-            merge_mod._merge(probs, torch.linspace(1, 0.6, n), torch.zeros(n, dtype=torch.long), sem,
-                             [3], score_thresh=0.5, overlap_thresh=0.7, stuff_area=4,
-                             strategy=strategy)
+            fused.merge_fused(probs, torch.linspace(1, 0.6, n), torch.zeros(n, dtype=torch.long), sem,
+                              [3], score_thresh=0.5, overlap_thresh=0.7, stuff_area=4)
         return mode.count + len(tolist_calls)
 
     assert reads(3) == reads(40) == reads(70) <= 6  # 70: several sort keys
@@ -235,10 +196,10 @@ def test_host_reads_do_not_grow_with_instances(strategy, monkeypatch):
 def test_half_precision_probabilities():
     probs, scores, labels, sem, things, st, ot, sa = random_case(7)
     probs = probs.half()
-    want_map, want_segments = sequential_merge(probs, scores, labels, sem, things, st, ot, sa)
+    want_map, want_segments = reference(probs, scores, labels, sem, things, st, ot, sa)
     id_map, segments = merge_panoptic(probs, scores, labels, sem, thing_sem_labels=things,
                                       score_thresh=st, overlap_thresh=ot, stuff_area=sa)
-    assert torch.equal(id_map, torch.from_numpy(want_map)) and segments == want_segments
+    assert torch.equal(id_map, want_map) and segments == want_segments
 
 
 @pytest.mark.gpu
@@ -273,10 +234,10 @@ def test_cuda_matches_cpu_with_constant_syncs():
 
 
 def test_group_patterns_finds_each_distinct_column_once(monkeypatch):
-    monkeypatch.setattr(merge_mod, "_BITS", 2)
+    monkeypatch.setattr(fused, "_BITS", 2)
     g = torch.Generator().manual_seed(0)
     keys = torch.randint(0, 3, (3, 500), generator=g)  # K = 3 sort keys, 27 possible columns
-    inverse, patterns, weight = merge_mod._group_patterns(keys)
+    inverse, patterns, weight = fused._group_patterns(keys)
     want = torch.unique(keys, dim=1)
     assert torch.equal(patterns, want)  # lexicographic, each once
     assert torch.equal(patterns[:, inverse], keys)

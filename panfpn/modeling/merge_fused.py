@@ -30,7 +30,7 @@ and grouped again, then a second pass paints each band): the memory is bounded, 
 
 One keep-decision strategy: a fixed-point variant (all decisions at once, iterated) was measured
 against the loop with ``bench/merge.py``; on CPU it made no end-to-end difference at COCO size and
-was 3x slower in its own stage at 300 candidates, so it was removed (bench/RESULTS.md).
+was 2-3x slower in its own stage at 300 candidates, so it was removed (bench/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from panfpn.modeling.build import build_model
-from panfpn.modeling.export import (ExportableNetwork, PanopticPostprocess, as_network, export_onnx,
+from panfpn.modeling.export import (as_network, export_onnx,
                                     export_program, max_abs_diffs, run_exported)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "modeling"))
@@ -46,7 +46,7 @@ def main() -> None:
     import onnxruntime as ort
 
     h, w = args.size
-    net = ExportableNetwork(model)
+    net = model.network
     t0 = time.perf_counter()
     program = export_program(net, height=h, width=w)
     t_export = time.perf_counter() - t0
@@ -64,8 +64,7 @@ def main() -> None:
 
     d = cfg.data
     batch = make_batch([(h, w)], [(h, w)], num_things=d.num_thing_classes, num_sem=d.num_sem_classes)
-    post = PanopticPostprocess(model)
-    x = post.preprocess(batch["images"], batch["image_sizes"]).tensors
+    x = net.preprocess(batch["images"], batch["image_sizes"]).tensors
     backends = {"eager": net, "torch_export": as_network(program), "onnxruntime": as_network(session)}
     with torch.no_grad():
         want = net(x)
@@ -83,7 +82,7 @@ def main() -> None:
                 if name == "eager":
                     model(batch)
                 else:
-                    run_exported(fn, post, batch)
+                    run_exported(fn, model, batch)
                 t2 = time.perf_counter()
                 if rep:  # the first repetition warms up
                     times[name]["network"].append(t1 - t0)

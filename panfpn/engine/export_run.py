@@ -5,7 +5,8 @@ panfpn/modeling/export.py for the cut) to ``<stem>.pt2`` (``torch.export``) and/
 checks each against the eager network on a random input of another size, and writes
 ``<stem>.json`` describing the inputs, outputs and the measured differences. The eager remainder
 (proposals, RoI heads, merge) is rebuilt from the same config and weights at run time:
-``PanopticPostprocess(build_inference_model(cfg).model.eval())`` with ``run_exported``. The model
+``run_exported(network, build_inference_model(cfg).model.eval(), batch)``, which uses that model's
+own preprocessing and postprocessor (``model.network`` is what is exported). The model
 is the one the checkpoint records (see :mod:`panfpn.engine.inference_model`).
 """
 
@@ -84,7 +85,7 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
     setup_logging(Path(cfg.output_dir))
     device = _device(cfg.device)
     model = build_inference_model(cfg, overrides, require_heads=False).model.to(device).eval()
-    network = ex.ExportableNetwork(model)
+    network = model.network
 
     files: dict[str, str] = {}
     runners: dict[str, Any] = {}
@@ -135,7 +136,7 @@ def _onnx_session(path: Path) -> Any:
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _verify(network: ex.ExportableNetwork, runners: dict[str, Any], opts: ExportOptions,
+def _verify(network: ex.PanopticNetwork, runners: dict[str, Any], opts: ExportOptions,
             device: torch.device) -> dict[str, dict[str, float]]:
     """Max abs difference per output against the eager network, on another size when dynamic."""
     h, w = opts.height, opts.width

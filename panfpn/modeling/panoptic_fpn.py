@@ -11,7 +11,9 @@ from torchvision.models.detection.image_list import ImageList
 
 from panfpn.modeling.backbone import ResNetFPN
 from panfpn.modeling.merge import MergeThresholds
-from panfpn.modeling.postprocess import panoptic_results
+from panfpn.modeling.network import (SIZE_DIVISIBILITY, PanopticNetwork, normalize_images, pad_amount,
+                                     split_outputs)
+from panfpn.modeling.postprocess import PanopticPostprocessor
 from panfpn.modeling.roi_heads import RoIHeads
 from panfpn.modeling.rpn import RPN
 from panfpn.modeling.semantic_head import SemanticFPNHead
@@ -19,11 +21,18 @@ from panfpn.modeling.semantic_head import SemanticFPNHead
 LOSS_KEYS = ("loss_sem_seg", "loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask")
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
 IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
-SIZE_DIVISIBILITY = 32  # P5 has stride 32: smaller multiples would misalign the FPN levels
+__all__ = ["LOSS_KEYS", "PanopticFPN", "SIZE_DIVISIBILITY", "normalize_images"]
 
 
 class PanopticFPN(nn.Module):
     """Backbone + semantic head + RPN + RoI heads, fused into panoptic output by :func:`merge_panoptic`.
+
+    The model is two objects over the same modules: :attr:`network` (normalisation, backbone,
+    semantic head, RPN head -> raw tensors; what is exported) and :attr:`postprocessor` (proposals,
+    RoI inference, mask pasting, merge). Eval is ``postprocessor(network(x))``; training feeds the
+    network's outputs to the heads' losses. This module owns the parameters and buffers, so the
+    ``state_dict`` keys are ``backbone.*``, ``semantic_head.*``, ``rpn.*``, ``roi_heads.*``,
+    ``pixel_mean``, ``pixel_std``.
 
     Input: the batch of ``collate_panoptic`` (docs/interfaces.md section 2). Only ``images``
     (uint8 ``[B, 3, Hp, Wp]`` RGB), ``image_sizes`` and, in eval, ``orig_sizes`` are read, plus the
@@ -91,63 +100,45 @@ class PanopticFPN(nn.Module):
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    @property
+    def network(self) -> PanopticNetwork:
+        """The network half, built on access over this model's modules and buffers (no copies)."""
+        net = PanopticNetwork(self.backbone, self.semantic_head, self.rpn.head, self.pixel_mean,
+                              self.pixel_std, memory_format=self.memory_format)
+        net.training = self.training  # the flag only: the shared modules keep their own modes
+        return net
+
+    @property
+    def postprocessor(self) -> PanopticPostprocessor:
+        """The postprocessor half, built on access over this model's RPN, RoI heads and settings."""
+        post = PanopticPostprocessor(self.rpn, self.roi_heads, thing_sem_labels=self.thing_sem_labels,
+                                     merge=self.merge_thresholds)
+        post.training = self.training
+        return post
+
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor] | list[dict[str, Any]]:
-        images = self.preprocess(batch["images"], batch["image_sizes"])
-        features = self.backbone(images.tensors)
-        sem_logits = self.semantic_head(features)
+        network = self.network
+        images = network.preprocess(batch["images"], batch["image_sizes"])
+        outputs = network(images.tensors)
         if self.training:
-            return self.losses(batch, images, features, sem_logits)
-        proposals, _ = self.rpn(images, features)
-        detections = self.roi_heads(features, proposals, images.image_sizes)
-        return self.postprocess(detections, sem_logits, images.image_sizes, batch["orig_sizes"])
+            return self.losses(batch, images, outputs)
+        return self.postprocessor(outputs, images.image_sizes, batch["orig_sizes"])
 
     def preprocess(self, images: torch.Tensor, image_sizes: Sequence[Sequence[int]]) -> ImageList:
         """uint8 RGB ``[B, 3, Hp, Wp]`` -> normalised float, padding zeroed, size a multiple of 32."""
-        return normalize_images(images.to(self.device, non_blocking=True), image_sizes, self.pixel_mean,
-                                self.pixel_std, memory_format=self.memory_format)
+        return self.network.preprocess(images, image_sizes)
 
-    def losses(self, batch: Mapping[str, Any], images: ImageList, features: Mapping[str, torch.Tensor],
-               sem_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(self, batch: Mapping[str, Any], images: ImageList,
+               outputs: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The weighted training losses from the network's outputs; each head computes its own."""
+        features, sem_logits, objectness, deltas = split_outputs(outputs)
         sem_seg = batch["sem_seg"].to(self.device, non_blocking=True)
-        sem_seg = F.pad(sem_seg, _pad_amount(sem_seg.shape[-2:]), value=self.semantic_head.ignore_index)
+        sem_seg = F.pad(sem_seg, pad_amount(sem_seg.shape[-2:]), value=self.semantic_head.ignore_index)
         targets = [{k: v.to(self.device, non_blocking=True) for k, v in inst.items()}
                    for inst in batch["instances"]]
         losses = {"loss_sem_seg": self.semantic_head.loss(sem_logits, sem_seg)}
-        proposals, rpn_losses = self.rpn(images, features, [t["boxes"] for t in targets])
+        proposals, rpn_losses = self.rpn.predict(images, list(features.values()), objectness, deltas,
+                                                 [t["boxes"] for t in targets])
         losses |= rpn_losses
         losses |= self.roi_heads(features, proposals, images.image_sizes, targets)
         return {k: losses[k] * self.loss_weights[k] for k in LOSS_KEYS}
-
-    def postprocess(self, detections: Sequence[Mapping[str, torch.Tensor]], sem_logits: torch.Tensor,
-                    image_sizes: Sequence[tuple[int, int]],
-                    orig_sizes: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
-        """Per image: rescale boxes, paste masks, resize semantic logits, then merge."""
-        return panoptic_results(detections, sem_logits, image_sizes, orig_sizes,
-                                thing_sem_labels=self.thing_sem_labels, merge=self.merge_thresholds)
-
-
-def normalize_images(images: torch.Tensor, image_sizes: Sequence[Sequence[int]], pixel_mean: torch.Tensor,
-                     pixel_std: torch.Tensor, *,
-                     memory_format: torch.memory_format = torch.contiguous_format) -> ImageList:
-    """uint8 RGB ``[B, 3, Hp, Wp]`` -> normalised float ``ImageList``, padding zeroed, size a multiple of 32.
-
-    ``pixel_mean``, ``pixel_std``: ``[3, 1, 1]`` in 0..255 units, on the images' device.
-    """
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"batch['images'] must be uint8 [B, 3, H, W], got {images.dtype} "
-                         f"{list(images.shape)}")
-    x = (images.float() - pixel_mean) / pixel_std
-    sizes = [(int(h), int(w)) for h, w in image_sizes]
-    # The collate pads with black; zero in normalised space (the mean colour) is what the
-    # weights were trained with (Detectron2 pads after normalising).
-    for i, (h, w) in enumerate(sizes):
-        x[i, :, h:, :] = 0
-        x[i, :, :, w:] = 0
-    x = F.pad(x, _pad_amount(x.shape[-2:])).contiguous(memory_format=memory_format)
-    return ImageList(x, sizes)
-
-
-def _pad_amount(size: Sequence[int]) -> tuple[int, int, int, int]:
-    """F.pad amounts (left, right, top, bottom) bringing ``(H, W)`` up to a multiple of 32."""
-    h, w = int(size[0]), int(size[1])
-    return (0, -w % SIZE_DIVISIBILITY, 0, -h % SIZE_DIVISIBILITY)

@@ -17,7 +17,11 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from torch import nn
+from torchvision.models.detection.image_list import ImageList
+
 from panfpn.modeling.merge import BoxMasks, MergeThresholds, merge_panoptic
+from panfpn.modeling.network import split_outputs
 
 _DENSE_INSTANCE_MASKS: contextvars.ContextVar[bool] = contextvars.ContextVar("dense_instance_masks",
                                                                                default=True)
@@ -192,3 +196,45 @@ def panoptic_results(detections: Sequence[Mapping[str, torch.Tensor]], sem_logit
             "sem_seg": sem,
         })
     return results
+
+
+class PanopticPostprocessor(nn.Module):
+    """The postprocessor half of Panoptic FPN: the network's raw outputs -> the eval output.
+
+    Proposals from the RPN outputs (``rpn.proposals``), RoI inference (box head, box NMS, mask
+    head), box rescaling, mask pasting, semantic argmax and the panoptic merge. Holds the model's
+    own ``rpn`` and ``roi_heads`` modules and its ``thing_sem_labels`` and ``merge`` settings (no
+    copies): ``PanopticFPN.postprocessor`` builds it on access. Eval mode only.
+
+    ``forward(outputs, image_sizes, orig_sizes)``: the network's flat outputs (tensors or arrays in
+    ``OUTPUT_NAMES`` order, any device) -> per-image dicts with ``panoptic``, ``instances``,
+    ``sem_seg`` (docs/interfaces.md section 3).
+    """
+
+    def __init__(self, rpn: nn.Module, roi_heads: nn.Module, *, thing_sem_labels: Sequence[int],
+                 merge: MergeThresholds) -> None:
+        super().__init__()
+        self.rpn = rpn
+        self.roi_heads = roi_heads
+        self.thing_sem_labels = thing_sem_labels
+        self.merge_thresholds = merge
+
+    @torch.no_grad()
+    def forward(self, outputs: Sequence[Any], image_sizes: Sequence[Sequence[int]],
+                orig_sizes: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
+        device = next(self.roi_heads.parameters()).device
+        features, sem_logits, objectness, deltas = split_outputs([torch.as_tensor(t).to(device)
+                                                                  for t in outputs])
+        sizes = [(int(h), int(w)) for h, w in image_sizes]
+        batch, height, width = sem_logits.shape[0], sem_logits.shape[-2], sem_logits.shape[-1]
+        if len(sizes) != batch or len(orig_sizes) != batch:
+            raise ValueError(f"network outputs are for {batch} images but got {len(sizes)} image_sizes "
+                             f"and {len(orig_sizes)} orig_sizes")
+        if self.rpn.training or self.roi_heads.training:
+            raise RuntimeError("the postprocessor runs in eval mode only; call model.eval()")
+        # The anchors and proposal clipping read only the image sizes, not the pixels.
+        images = ImageList(sem_logits.new_empty((batch, 3, height, width)), sizes)
+        proposals = self.rpn.proposals(images, list(features.values()), objectness, deltas)
+        detections = self.roi_heads(features, proposals, sizes)
+        return panoptic_results(detections, sem_logits, sizes, orig_sizes,
+                                thing_sem_labels=self.thing_sem_labels, merge=self.merge_thresholds)

@@ -85,7 +85,9 @@ class RPN(RegionProposalNetwork):
       - ``features``: ``{"p2": ..., "p6": ...}`` ``[B, C, Hp/s, Wp/s]``, one level per anchor size
       - ``gt_boxes``: training only, per image ``[Gi, 4]`` XYXY input pixels
     Returns ``(proposals, losses)``: per image ``[Pi, 4]`` XYXY boxes clipped to the image (detached),
-    and ``{"loss_rpn_cls", "loss_rpn_loc"}`` in training (``{}`` in eval).
+    and ``{"loss_rpn_cls", "loss_rpn_loc"}`` in training (``{}`` in eval). Training and eval make
+    proposals with the same code (:meth:`predict`; only the top-k limits differ by mode); training
+    adds the loss on the anchors. torchvision's ``RegionProposalNetwork.forward`` is not used.
     """
 
     def __init__(
@@ -132,14 +134,40 @@ class RPN(RegionProposalNetwork):
         features: Mapping[str, torch.Tensor],
         gt_boxes: Sequence[torch.Tensor] | None = None,
     ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        levels = list(features.values())
+        objectness, deltas = self.head(levels)
+        return self.predict(images, levels, objectness, deltas, gt_boxes)
+
+    def predict(self, images: ImageList, features: Sequence[torch.Tensor], objectness: Sequence[torch.Tensor],
+                deltas: Sequence[torch.Tensor], gt_boxes: Sequence[torch.Tensor] | None = None,
+                ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Proposals from the head's outputs, the same way in training and eval (:meth:`proposals`);
+        in training also the loss on the anchors (``gt_boxes`` per image ``[Gi, 4]`` XYXY)."""
+        anchors = self.anchor_generator(images, list(features))
+        flat_objectness, flat_deltas = concat_box_prediction_layers(list(objectness), list(deltas))
+        per_level = [int(o[0].numel()) for o in objectness]  # A * Hl * Wl anchors per level
+        proposals = self.decode_proposals(anchors, flat_objectness, flat_deltas, images.image_sizes, per_level)
         if not self.training:
-            levels = list(features.values())
-            objectness, deltas = self.head(levels)
-            return self.proposals(images, levels, objectness, deltas), {}
-        targets = None if gt_boxes is None else [{"boxes": b} for b in gt_boxes]
-        proposals, losses = super().forward(images, dict(features), targets)
-        return proposals, {"loss_rpn_cls": losses["loss_objectness"],
-                           "loss_rpn_loc": losses["loss_rpn_box_reg"]}
+            return proposals, {}
+        if gt_boxes is None:
+            raise ValueError("the RPN needs gt_boxes in training mode")
+        return proposals, self.losses(anchors, flat_objectness, flat_deltas, gt_boxes)
+
+    def decode_proposals(self, anchors: list[torch.Tensor], objectness: torch.Tensor, deltas: torch.Tensor,
+                         image_sizes: list[tuple[int, int]], per_level: list[int]) -> list[torch.Tensor]:
+        """Flat logits ``[B*N, 1]`` and deltas ``[B*N, 4]`` on ``anchors`` -> per image proposals
+        ``[Pi, 4]`` XYXY input pixels, clipped, filtered, after NMS (detached)."""
+        boxes = self.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
+        proposals, _ = self.filter_proposals(boxes, objectness, image_sizes, per_level)
+        return proposals
+
+    def losses(self, anchors: list[torch.Tensor], objectness: torch.Tensor, deltas: torch.Tensor,
+               gt_boxes: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``loss_rpn_cls`` and ``loss_rpn_loc`` of the flat head outputs against the GT boxes."""
+        labels, matched = self.assign_targets_to_anchors(anchors, [{"boxes": b} for b in gt_boxes])
+        regression_targets = self.box_coder.encode(matched, anchors)
+        loss_cls, loss_loc = self.compute_loss(objectness, deltas, labels, regression_targets)
+        return {"loss_rpn_cls": loss_cls, "loss_rpn_loc": loss_loc}
 
     def filter_proposals(self, proposals: torch.Tensor, objectness: torch.Tensor,
                          image_shapes: list[tuple[int, int]],
@@ -164,18 +192,15 @@ class RPN(RegionProposalNetwork):
     @torch.no_grad()
     def proposals(self, images: ImageList, features: Sequence[torch.Tensor],
                   objectness: Sequence[torch.Tensor], deltas: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Eval proposals from the head's raw outputs (the exported network's cut, see modeling/export.py).
+        """Eval proposals from the head's raw outputs (the network/postprocessor cut, see modeling/export.py).
 
         ``features``: per level ``[B, C, Hl, Wl]`` (only shapes, dtype and device are read, for the
         anchors); ``objectness``: per level ``[B, A, Hl, Wl]`` logits; ``deltas``: per level
         ``[B, 4A, Hl, Wl]``. Returns per image ``[Pi, 4]`` XYXY input pixels, clipped, after NMS.
         """
-        anchors = self.anchor_generator(images, list(features))
-        per_level = [int(o[0].numel()) for o in objectness]  # A * Hl * Wl anchors per level
-        flat_objectness, flat_deltas = concat_box_prediction_layers(list(objectness), list(deltas))
-        boxes = self.box_coder.decode(flat_deltas, anchors).view(len(anchors), -1, 4)
-        proposals, _ = self.filter_proposals(boxes, flat_objectness, images.image_sizes, per_level)
-        return proposals
+        if self.training:
+            raise RuntimeError("RPN.proposals is the eval path; in training call forward or predict with gt_boxes")
+        return self.predict(images, features, objectness, deltas)[0]
 
 
 def nonempty(boxes: torch.Tensor) -> torch.Tensor:

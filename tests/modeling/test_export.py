@@ -1,5 +1,6 @@
 """Export of the network (torch.export, ONNX) and the eager remainder, against the eager model."""
 
+import dataclasses
 import warnings
 
 import pytest
@@ -7,8 +8,8 @@ import torch
 from omegaconf import OmegaConf
 
 from panfpn.modeling.build import build_model
-from panfpn.modeling.export import (MIN_SIZE, OUTPUT_NAMES, ExportableNetwork, PanopticPostprocess,
-                                    as_network, export_onnx, export_program, run_exported)
+from panfpn.modeling.export import (MIN_SIZE, OUTPUT_NAMES, as_network, export_onnx, export_program,
+                                    run_exported)
 
 from modeling_helpers import check_panoptic, compose_model_config, make_batch
 
@@ -36,7 +37,7 @@ def setup():
 @pytest.fixture(scope="module")
 def program(setup):
     model = setup[0]
-    return export_program(ExportableNetwork(model), height=TRACE_SIZE[0], width=TRACE_SIZE[1])
+    return export_program(model.network, height=TRACE_SIZE[0], width=TRACE_SIZE[1])
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +46,12 @@ def onnx_session(setup, tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "net.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
-        export_onnx(ExportableNetwork(setup[0]), path, height=TRACE_SIZE[0], width=TRACE_SIZE[1])
+        export_onnx(setup[0].network, path, height=TRACE_SIZE[0], width=TRACE_SIZE[1])
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def _network_input(model, batch):
-    return PanopticPostprocess(model).preprocess(batch["images"], batch["image_sizes"]).tensors
+    return model.network.preprocess(batch["images"], batch["image_sizes"]).tensors
 
 
 def _assert_same_results(got, expected):
@@ -80,9 +81,9 @@ def test_outputs_are_non_trivial(setup):
 
 
 def test_eager_split_equals_model_exactly(setup):
-    # The cut itself changes nothing: eager network + remainder == model.eval(), bit for bit.
+    # The cut itself changes nothing: eager network + postprocessor == model.eval(), bit for bit.
     model, _, batch, expected = setup
-    got = run_exported(ExportableNetwork(model), PanopticPostprocess(model), batch)
+    got = run_exported(model.network, model, batch)
     for g, e in zip(got, expected):
         assert torch.equal(g["panoptic"][0], e["panoptic"][0])
         assert g["panoptic"][1] == e["panoptic"][1]
@@ -97,14 +98,14 @@ def test_exported_network_matches_eager(backend, setup, request):
     x = _network_input(model, batch)
     assert tuple(x.shape[-2:]) != TRACE_SIZE  # the dynamic H/W really is exercised
     with torch.no_grad():
-        want = ExportableNetwork(model)(x)
+        want = model.network(x)
         got = as_network(network)(x)
     assert len(got) == len(want) == len(OUTPUT_NAMES)
     for name, g, w in zip(OUTPUT_NAMES, got, want):
         assert g.shape == w.shape, name
         diff = (g - w).abs().max().item()
         assert diff <= RAW_ATOL, f"{backend} {name}: max abs diff {diff:.2e}"
-    _assert_same_results(run_exported(network, PanopticPostprocess(model), batch), expected)
+    _assert_same_results(run_exported(network, model, batch), expected)
 
 
 def test_dynamic_batch_and_size(setup, program):
@@ -115,7 +116,7 @@ def test_dynamic_batch_and_size(setup, program):
                        num_sem=d.num_sem_classes, seed=4)
     with torch.no_grad():
         expected = model(batch)
-    _assert_same_results(run_exported(program, PanopticPostprocess(model), batch), expected)
+    _assert_same_results(run_exported(program, model, batch), expected)
 
 
 def test_bad_inputs_are_refused(setup, program, tmp_path):
@@ -123,17 +124,17 @@ def test_bad_inputs_are_refused(setup, program, tmp_path):
     d = cfg.data
     small = make_batch([(64, 64)], [(64, 64)], num_things=d.num_thing_classes, num_sem=d.num_sem_classes)
     with pytest.raises(ValueError, match=f"at least {MIN_SIZE}"):
-        run_exported(program, PanopticPostprocess(model), small)
+        run_exported(program, model, small)
     with pytest.raises(ValueError, match="multiple of 32"):
-        export_program(ExportableNetwork(model), height=100, width=128)
+        export_program(model.network, height=100, width=128)
     with pytest.raises(ValueError, match="opset"):
-        export_onnx(ExportableNetwork(model), tmp_path / "x.onnx", height=96, width=96, opset=13)
+        export_onnx(model.network, tmp_path / "x.onnx", height=96, width=96, opset=13)
     model.train()
     try:
         with pytest.raises(ValueError, match="eval"):
-            export_program(ExportableNetwork(model), height=96, width=96)
+            export_program(model.network, height=96, width=96)
         with pytest.raises(ValueError, match="eval"):
-            PanopticPostprocess(model)
+            run_exported(program, model, small)
     finally:
         model.eval()
 
@@ -162,8 +163,30 @@ def test_export_from_config_round_trip(setup, tmp_path):
 
     rebuilt = build_model(cfg).eval()
     program = torch.export.load(summary["files"]["torch_export"])
-    _assert_same_results(run_exported(program, PanopticPostprocess(rebuilt), batch), expected)
+    _assert_same_results(run_exported(program, rebuilt, batch), expected)
 
     bad = compose_model_config("panoptic_fpn_small", "synthetic", (*overrides, "++export.formatt=onnx"))
     with pytest.raises(ConfigError, match="export.formatt"):
         export_from_config(bad)
+
+
+def test_network_and_postprocessor_are_the_models_own_state(setup, program):
+    # Two views over one model: no module, buffer or setting is copied, so a change to the model
+    # after export reaches the exported pipeline.
+    model, _, batch, expected = setup
+    net, post = model.network, model.postprocessor
+    assert net.backbone is model.backbone and net.semantic_head is model.semantic_head
+    assert net.rpn_head is model.rpn.head and post.rpn is model.rpn and post.roi_heads is model.roi_heads
+    assert net.pixel_mean is model.pixel_mean and net.pixel_std is model.pixel_std
+    assert post.merge_thresholds is model.merge_thresholds and post.thing_sem_labels is model.thing_sem_labels
+    saved = model.merge_thresholds
+    model.merge_thresholds = dataclasses.replace(saved, stuff_area=10**9)  # no stuff segment survives
+    try:
+        with torch.no_grad():
+            want = model(batch)
+        got = run_exported(program, model, batch)
+    finally:
+        model.merge_thresholds = saved
+    assert not any(not s["isthing"] for r in want for s in r["panoptic"][1])
+    assert any(not s["isthing"] for r in expected for s in r["panoptic"][1])
+    _assert_same_results(got, want)

@@ -40,6 +40,17 @@ def prediction_file_stem(image_id: Any) -> str:
     return stem
 
 
+def _integer_map(values: torch.Tensor | np.ndarray, image_id: Any, what: str) -> np.ndarray:
+    """``values`` as an integer ``[H, W]`` numpy array; a ValueError naming the image otherwise."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    values = np.asarray(values)
+    if values.ndim != 2 or not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"image {image_id!r}: {what} must be an integer [H, W] array, "
+                         f"got {values.dtype} {values.shape}")
+    return values
+
+
 class _NameRegistry:
     """Thread-safe record of written file names -> image id; a name reused by another image (or
     one image written twice) is an error naming both, never a silent overwrite."""
@@ -126,12 +137,7 @@ class PanopticPredictionWriter:
             ``id``, ``category_id``, ``area``, ``bbox`` [x, y, w, h], ``iscrowd`` = 0, and
             ``score`` where the segment has one).
         """
-        if isinstance(id_map, torch.Tensor):
-            id_map = id_map.detach().cpu().numpy()
-        id_map = np.asarray(id_map)
-        if id_map.ndim != 2 or not np.issubdtype(id_map.dtype, np.integer):
-            raise ValueError(f"image {image_id!r}: id_map must be an integer [H, W] array, "
-                             f"got {id_map.dtype} {id_map.shape}")
+        id_map = _integer_map(id_map, image_id, "id_map")
         h, w = id_map.shape
         boxes = segment_boxes(runs_of_ids(id_map.reshape(-1)), w)
         by_id = {int(s["id"]): s for s in segments}
@@ -237,12 +243,7 @@ class SemanticPredictionWriter:
     def add(self, image_id: Any, sem_labels: torch.Tensor | np.ndarray,
             *, png_stem: str | None = None) -> Path:
         """Write ``sem_labels`` (int ``[H, W]`` semantic labels ``0..C-1``) as category ids."""
-        if isinstance(sem_labels, torch.Tensor):
-            sem_labels = sem_labels.detach().cpu().numpy()
-        labels = np.asarray(sem_labels)
-        if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"image {image_id!r}: semantic labels must be an integer [H, W] array, "
-                             f"got {labels.dtype} {labels.shape}")
+        labels = _integer_map(sem_labels, image_id, "semantic labels")
         if labels.size and (labels.min() < 0 or labels.max() >= len(self.lut)):
             raise ValueError(f"image {image_id!r}: semantic labels {labels.min()}..{labels.max()} "
                              f"outside 0..{len(self.lut) - 1}")

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from panfpn.utils.dist import (all_gather_objects, all_reduce_mean, all_reduce_sum, barrier,  # noqa: F401
                                broadcast_object, get_rank, get_world_size, is_distributed,
                                is_main_process, resolve_device)
+from panfpn.utils.errors import ConfigError
 
 
 def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> torch.device:
@@ -28,6 +29,9 @@ def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> torch.d
 
     apply_slurm_env()  # srun without torchrun: map SLURM_* to torchrun's variables
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and isinstance(device, str) and device.startswith("cuda:"):
+        raise ConfigError(f"config key 'device' is {device!r}, one GPU for all {world} processes: use "
+                          "device=cuda (each process takes its LOCAL_RANK GPU) or device=auto")
     dev = resolve_device(device, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

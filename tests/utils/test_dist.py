@@ -95,3 +95,11 @@ def test_init_distributed_raises_the_same_config_error(monkeypatch, name):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(ConfigError, match=f"config key 'device'.*'{name}'"):
         init_distributed(name)
+
+
+def test_one_gpu_index_for_several_processes_is_refused(monkeypatch):
+    # under torchrun each rank takes its LOCAL_RANK GPU; cuda:0 would put every rank on one GPU
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ConfigError, match="config key 'device' is 'cuda:0', one GPU for all 2 processes"):
+        init_distributed("cuda:0")

@@ -20,11 +20,11 @@ import functools
 from typing import Iterator
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from panfpn.data.collate import collate_panoptic
 from panfpn.data.sampler import ResumableTrainingSampler, SeededSampleDataset
+from panfpn.utils.dist import get_rank, get_world_size
 
 
 class ShardSampler(Sampler[int]):
@@ -43,9 +43,7 @@ class ShardSampler(Sampler[int]):
 
 
 def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return get_rank(), get_world_size()
 
 
 def build_training_loader(dataset: Dataset, *, batch_size: int, seed: int, num_workers: int = 0,

@@ -2,17 +2,24 @@
 
 Hydra already refuses overriding a key that does not exist; these checks catch what a user's own
 yaml files (experiments, copied configs) add that nothing reads, and values of the wrong type or
-range (``solver.max_iter=abc``, ``resume=maybe``) before any work starts.
+range (``solver.max_iter=abc``, ``resume=maybe``, ``export.format=tflite``) before any work starts.
+One table (:data:`CHECKS`) covers every job's options (train, eval, predict, export); their
+defaults live in configs/config.yaml only, and the jobs read the validated node.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf
+
+from panfpn.modeling.export import MAX_SIZE, MIN_SIZE, SIZE_DIVISIBILITY
+from panfpn.utils.dist import DEVICE_NAMES, is_device_name
+from panfpn.utils.errors import ConfigError
 
 # Keys the engine reads. model/ and data/ nodes are checked by their constructors (instantiate
 # raises on unexpected arguments) plus the data keys the engine reads itself.
@@ -25,13 +32,18 @@ KNOWN_KEYS: dict[str, set[str] | None] = {
     "eval": {"max_images", "save_predictions", "save_semantic", "compute_ap", "batch_size", "save_overlays"},
     "solver": {"optimizer", "base_lr", "ims_per_batch", "weight_decay", "weight_decay_norm",
                "weight_decay_bias", "max_iter", "schedule"},
+    "predict": {"input", "output_dir", "batch_size", "num_workers", "overwrite", "overlay", "overlay_alpha",
+                "overlay_format", "write_threads", "recursive", "image_id", "json_every", "semantic"},
+    "export": {"format", "output", "height", "width", "dynamic", "opset", "verify"},
     "data": {"train", "val", "metadata", "num_thing_classes", "num_sem_classes", "thing_sem_labels",
              "batch_size", "num_workers", "root", "name", "sem_seg_mode", "skip_bad_images"},
 }
 
-
-class ConfigError(ValueError):
-    """A config key is unknown, missing or has a value outside its type, range or choices."""
+# Sections a job may do without (a config composed for training alone); when present, every key
+# of theirs must be there and valid.
+OPTIONAL_SECTIONS = ("predict", "export")
+# predict.image_id's named rules (panfpn.engine.predict_run.image_ids); anything else is a regex.
+IMAGE_ID_RULES = ("auto", "stem", "cityscapes", "coco_int")
 
 
 @dataclass(frozen=True)
@@ -51,11 +63,21 @@ def _is_number(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
-def integer(minimum: int | None = None, *, nullable: bool = False) -> Check:
-    """An int (not a bool, not a float like 2.5), at least ``minimum``; None too when ``nullable``."""
-    wants = "an integer" + (f" >= {minimum}" if minimum is not None else "")
-    return Check(("null or " if nullable else "") + wants,
-                 lambda v: (nullable and v is None) or (_is_int(v) and (minimum is None or v >= minimum)))
+def integer(minimum: int | None = None, *, maximum: int | None = None, multiple_of: int | None = None,
+            nullable: bool = False) -> Check:
+    """An int (not a bool, not a float like 2.5) in [``minimum``, ``maximum``], a multiple of
+    ``multiple_of``; None too when ``nullable``."""
+    wants = "an integer" + (f" >= {minimum}" if minimum is not None else "") \
+        + (f" and <= {maximum}" if maximum is not None else "") \
+        + (f", a multiple of {multiple_of}" if multiple_of is not None else "")
+
+    def accepts(v: Any) -> bool:
+        if nullable and v is None:
+            return True
+        return _is_int(v) and (minimum is None or v >= minimum) and (maximum is None or v <= maximum) \
+            and (multiple_of is None or v % multiple_of == 0)
+
+    return Check(("null or " if nullable else "") + wants, accepts)
 
 
 def number(*, above: float | None = None, at_least: float | None = None, at_most: float | None = None,
@@ -83,10 +105,44 @@ def one_of(*choices: str) -> Check:
     return Check(f"one of {sorted(choices)}", lambda v: isinstance(v, str) and v in choices)
 
 
+def string(*, nullable: bool = False) -> Check:
+    """A non-empty string (a path, a name); None too when ``nullable``."""
+    return Check(("null or " if nullable else "") + "a non-empty string",
+                 lambda v: (nullable and v is None) or (isinstance(v, str) and v != ""))
+
+
+def paths(*, nullable: bool = False) -> Check:
+    """A path or glob, or a non-empty list of them; None too when ``nullable``."""
+    def accepts(v: Any) -> bool:
+        if isinstance(v, list):
+            return bool(v) and all(isinstance(x, str) and x for x in v)
+        return (nullable and v is None) or (isinstance(v, str) and v != "")
+    return Check(("null or " if nullable else "") + "a path or glob, or a non-empty list of them", accepts)
+
+
+def rule_or_regex(*names: str) -> Check:
+    """One of the named rules, or a regular expression with at least one group (the value it takes)."""
+    def accepts(v: Any) -> bool:
+        if not isinstance(v, str):
+            return False
+        if v in names:
+            return True
+        try:
+            return re.compile(v).groups >= 1
+        except re.error:
+            return False
+    return Check(f"one of {list(names)} or a regular expression with a group (the id), e.g. "
+                 "'(.+)_leftImg8bit'", accepts)
+
+
 # Every engine key the training, eval, predict and export jobs read, with its type and range.
 CHECKS: dict[str, Check] = {
     "seed": integer(),
+    "device": Check(DEVICE_NAMES, is_device_name),
     "resume": boolean(),
+    "weights": string(nullable=True),
+    "weights_partial": boolean(),
+    "model_from_checkpoint": boolean(),
     "train.log_period": integer(1),
     "train.checkpoint_period": integer(1),
     "train.keep_checkpoints": integer(1, nullable=True),
@@ -101,6 +157,7 @@ CHECKS: dict[str, Check] = {
     "train.progress_bar": boolean(),
     "eval.max_images": integer(1, nullable=True),
     "eval.save_predictions": boolean(),
+    "eval.save_semantic": boolean(),
     "eval.compute_ap": boolean(),
     "eval.batch_size": integer(1),
     "eval.save_overlays": integer(0),
@@ -113,6 +170,28 @@ CHECKS: dict[str, Check] = {
     "data.batch_size": integer(1),
     "data.num_workers": integer(0),
     "data.skip_bad_images": boolean(optional=True),
+    # tools/predict.py (predict.input is required by the predict job only)
+    "predict.input": paths(nullable=True),
+    "predict.output_dir": string(nullable=True),
+    "predict.batch_size": integer(1),
+    "predict.num_workers": integer(0),
+    "predict.overwrite": boolean(),
+    "predict.overlay": boolean(),
+    "predict.overlay_alpha": number(at_least=0, at_most=1),
+    "predict.overlay_format": one_of("jpg", "png"),
+    "predict.write_threads": integer(0),
+    "predict.recursive": boolean(),
+    "predict.image_id": rule_or_regex(*IMAGE_ID_RULES),
+    "predict.json_every": integer(1),
+    "predict.semantic": boolean(),
+    # tools/export.py
+    "export.format": one_of("onnx", "torch_export", "both"),
+    "export.output": string(nullable=True),
+    "export.height": integer(MIN_SIZE, maximum=MAX_SIZE, multiple_of=SIZE_DIVISIBILITY),
+    "export.width": integer(MIN_SIZE, maximum=MAX_SIZE, multiple_of=SIZE_DIVISIBILITY),
+    "export.dynamic": boolean(),
+    "export.opset": integer(17),
+    "export.verify": boolean(),
 }
 
 
@@ -131,10 +210,14 @@ def check_value(key: str, value: Any, check: Check) -> None:
         raise ConfigError(f"config key '{key}' must be {check.wants}, got {value!r} ({type(value).__name__})")
 
 
-def _check_values(cfg: DictConfig) -> None:
+def _check_values(cfg: DictConfig, sections: Iterable[str]) -> None:
     for key, check in CHECKS.items():
         section, _, leaf = key.rpartition(".")
+        if section not in sections:
+            continue
         node = OmegaConf.select(cfg, section) if section else cfg
+        if node is None and section in OPTIONAL_SECTIONS:
+            continue
         if leaf not in node:
             if check.optional:
                 continue
@@ -145,17 +228,40 @@ def _check_values(cfg: DictConfig) -> None:
         check_value(key, value, check)
 
 
+def _check_keys(cfg: DictConfig, section: str) -> None:
+    """Unknown keys of one section (did-you-mean); a missing required section."""
+    node = cfg if section == "" else cfg.get(section)
+    if node is None:
+        if section in ("train", "eval", "solver", "data"):
+            raise ConfigError(f"config section '{section}' is missing")
+        return
+    known = KNOWN_KEYS.get(section)
+    if known is not None:
+        _unknown(section, node.keys(), known)
+
+
 def validate_config(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the first unknown key or bad value; also resolves interpolations."""
-    for section, known in KNOWN_KEYS.items():
-        node = cfg if section == "" else cfg.get(section)
-        if node is None:
-            if section in ("train", "eval", "solver", "data"):
-                raise ConfigError(f"config section '{section}' is missing")
-            continue
-        if known is not None:
-            _unknown(section, node.keys(), known)
+    """Raise ConfigError naming the first unknown key or bad value of every section present (the
+    predict and export sections too); also resolves interpolations."""
+    for section in KNOWN_KEYS:
+        _check_keys(cfg, section)
     missing = OmegaConf.missing_keys(cfg)
     if missing:
         raise ConfigError(f"config keys without a value (???): {sorted(missing)}")
-    _check_values(cfg)
+    _check_values(cfg, {key.rpartition(".")[0] for key in CHECKS})
+
+
+def section_values(cfg: DictConfig, section: str) -> dict[str, Any]:
+    """One section's keys as plain values, checked by the same table as :func:`validate_config`
+    (unknown keys, types, ranges); for a job reading its own section (``predict``, ``export``).
+
+    Raises:
+        ConfigError: naming the key and value; or when the section is absent (a config not
+            composed from configs/config.yaml, which holds every default).
+    """
+    node = OmegaConf.select(cfg, section, default=None)
+    if node is None:
+        raise ConfigError(f"config section '{section}' is missing (configs/config.yaml has it)")
+    _check_keys(cfg, section)
+    _check_values(cfg, {section})
+    return OmegaConf.to_container(node, resolve=True)

@@ -18,28 +18,25 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from panfpn.utils.atomic import write_json_atomic
-from panfpn.engine.config import ConfigError, validate_config
+from panfpn.utils.dist import resolve_device
+from panfpn.engine.config import section_values, validate_config
 from panfpn.engine.setup import setup_logging
 from panfpn.modeling import export as ex
 from panfpn.engine.inference_model import build_inference_model
 
 logger = logging.getLogger("panfpn")
 
-FORMATS = ("onnx", "torch_export", "both")
-DEFAULTS = {"format": "both", "output": None, "height": 800, "width": 1216, "dynamic": True,
-            "opset": ex.DEFAULT_OPSET, "verify": True}
-
-
 @dataclass(frozen=True)
 class ExportOptions:
-    """The ``export`` config section.
+    """The ``export`` config section, checked by :data:`panfpn.engine.config.CHECKS`; no defaults
+    here: every value comes from the config (defaults: configs/config.yaml).
 
     Attributes:
         format: ``onnx``, ``torch_export`` or ``both``.
-        output: path stem of the files (``.onnx``, ``.pt2``, ``.json`` are added); default
+        output: path stem of the files (``.onnx``, ``.pt2``, ``.json`` are added); None:
             ``<output_dir>/model``.
         height, width: traced input size, multiples of 32; with ``dynamic`` the graph takes any
             size >= ``MIN_SIZE`` (and any batch size), else exactly this one.
@@ -48,26 +45,18 @@ class ExportOptions:
         verify: run the exported graphs on a random input and compare with the eager network.
     """
 
-    format: str = "both"
-    output: str | None = None
-    height: int = 800
-    width: int = 1216
-    dynamic: bool = True
-    opset: int = ex.DEFAULT_OPSET
-    verify: bool = True
+    format: str
+    output: str | None
+    height: int
+    width: int
+    dynamic: bool
+    opset: int
+    verify: bool
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> "ExportOptions":
-        node = OmegaConf.select(cfg, "export", default=None)
-        given = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-        unknown = set(given) - set(DEFAULTS)
-        if unknown:
-            raise ConfigError(f"unknown config key(s) {sorted(f'export.{k}' for k in unknown)}; "
-                              f"known: {sorted(DEFAULTS)}")
-        opts = cls(**(DEFAULTS | given))
-        if opts.format not in FORMATS:
-            raise ConfigError(f"config key 'export.format' must be one of {list(FORMATS)}, got {opts.format!r}")
-        return opts
+        """``cfg.export``, checked by the config table (unknown keys with a did-you-mean, types, ranges)."""
+        return cls(**section_values(cfg, "export"))
 
 
 def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, Any]:
@@ -75,15 +64,13 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
     ``cfg.model``; ``overrides`` as in :func:`~panfpn.engine.inference_model.build_inference_model`);
     returns ``{"files": {...}, "max_abs_diff": {format: {output name: float}}}`` and writes
     ``<stem>.json`` with the same."""
+    validate_config(cfg)
     opts = ExportOptions.from_config(cfg)
-    # The rest of the config is checked as usual; the export section was checked above.
-    rest = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "export"])
-    validate_config(rest)
     if not cfg.weights:
         logger.warning("no weights given: exporting a randomly initialised model (set weights=path/to/model.pth)")
     stem = Path(opts.output) if opts.output else Path(cfg.output_dir) / "model"
     setup_logging(Path(cfg.output_dir))
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     model = build_inference_model(cfg, overrides, require_heads=False).model.to(device).eval()
     network = model.network
 
@@ -117,14 +104,6 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
     }
     write_json_atomic(stem.with_suffix(".json"), summary)
     return summary
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("config key 'device' asks for cuda, but no CUDA device is available")
-    return torch.device(name)
 
 
 def _onnx_session(path: Path) -> Any:

@@ -23,7 +23,6 @@ not in this run are kept while their PNG exists.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import logging
 import os
@@ -37,7 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -48,7 +47,7 @@ from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.panoptic_io import load_json
 from panfpn.utils.atomic import atomic_write, save_image_atomic, write_json_atomic
 from panfpn.engine import distributed as du
-from panfpn.engine.config import ConfigError, validate_config
+from panfpn.engine.config import IMAGE_ID_RULES, ConfigError, section_values, validate_config
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.setup import setup_logging
 from panfpn.modeling.postprocess import box_instance_masks
@@ -67,7 +66,8 @@ OVERLAY_FORMATS = {"jpg": ("JPEG", {"quality": 92}), "png": ("PNG", {"compress_l
 
 @dataclasses.dataclass(frozen=True)
 class PredictOptions:
-    """The ``predict`` config section.
+    """The ``predict`` config section, checked by :data:`panfpn.engine.config.CHECKS`; no defaults
+    here: every value comes from the config (defaults: configs/config.yaml).
 
     Attributes:
         input: an image file, a folder, a glob pattern, or a list of them.
@@ -86,54 +86,35 @@ class PredictOptions:
         semantic: also write ``semantic/<stem>.png`` (semantic labels as dataset category ids).
     """
 
-    input: str | list[str] | None = None
-    output_dir: str | None = None
-    batch_size: int = 2
-    num_workers: int = 0
-    overwrite: bool = False
-    overlay: bool = True
-    overlay_alpha: float = 0.55
-    overlay_format: str = "jpg"
-    write_threads: int = 2
-    recursive: bool = False
-    image_id: str = "auto"
-    json_every: int = 50
-    semantic: bool = False
+    input: str | list[str] | None
+    output_dir: str | None
+    batch_size: int
+    num_workers: int
+    overwrite: bool
+    overlay: bool
+    overlay_alpha: float
+    overlay_format: str
+    write_threads: int
+    recursive: bool
+    image_id: str
+    json_every: int
+    semantic: bool
 
 
 def predict_options(cfg: DictConfig) -> PredictOptions:
-    """Read and check ``cfg.predict`` (absent keys take :class:`PredictOptions`' defaults)."""
-    node = OmegaConf.select(cfg, "predict", default=None)
-    values = OmegaConf.to_container(node, resolve=True) if node is not None else {}
-    known = [f.name for f in dataclasses.fields(PredictOptions)]
-    for key in values:
-        if key not in known:
-            hint = difflib.get_close_matches(key, known, n=1)
-            raise ConfigError(f"unknown config key 'predict.{key}'"
-                              + (f"; did you mean '{hint[0]}'?" if hint else f"; known keys: {known}"))
-    opts = PredictOptions(**values)
+    """``cfg.predict`` as :class:`PredictOptions`, checked by the config table (unknown keys with a
+    did-you-mean, types, ranges, choices); ``predict.input`` must be set."""
+    opts = PredictOptions(**section_values(cfg, "predict"))
     if not opts.input:
         raise ConfigError("config key 'predict.input' must name an image file, a folder or a glob "
                           "(predict.input=path/to/images)")
-    if int(opts.batch_size) < 1 or int(opts.num_workers) < 0 or int(opts.write_threads) < 0:
-        raise ConfigError(f"config keys 'predict.batch_size' (>= 1), 'predict.num_workers' and "
-                          f"'predict.write_threads' (>= 0) got {opts.batch_size}, {opts.num_workers} "
-                          f"and {opts.write_threads}")
-    if opts.overlay_format not in OVERLAY_FORMATS:
-        raise ConfigError(f"config key 'predict.overlay_format' must be one of {sorted(OVERLAY_FORMATS)}, "
-                          f"got {opts.overlay_format!r}")
-    if not 0.0 <= float(opts.overlay_alpha) <= 1.0:
-        raise ConfigError(f"config key 'predict.overlay_alpha' must lie in [0, 1], got {opts.overlay_alpha}")
-    if int(opts.json_every) < 1:
-        raise ConfigError(f"config key 'predict.json_every' must be >= 1, got {opts.json_every}")
-    _id_rule(str(opts.image_id))  # a bad rule fails before the model is built
     return opts
 
 
 # createPanopticImgs: image id = the gtFine file name without "_gtFine_instanceIds.png", i.e. the
 # leftImg8bit file name without "_leftImg8bit.png": <city>_<sequence>_<frame>.
 _CITYSCAPES_STEM = re.compile(r"(?P<id>[^/\\]+_\d+_\d+)_leftImg8bit")
-ID_RULES = ("auto", "stem", "cityscapes", "coco_int")
+ID_RULES = IMAGE_ID_RULES
 
 
 def _id_rule(rule: str) -> str | re.Pattern:
@@ -212,8 +193,8 @@ def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None)
 
     Returns the summary of :func:`predict_images`.
     """
+    validate_config(cfg)
     opts = predict_options(cfg)
-    validate_config(OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "predict"]))
     if not cfg.weights:
         raise ConfigError("config key 'weights' must name the checkpoint to predict with "
                           "(weights=path/to/model.pth)")

@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import torch
-import torch.distributed as dist
 
 from panfpn.evaluation.id_runs import known_ids, pair_counts_ids
 from panfpn.evaluation.pq_rules import (PQInputError, PQStat, accumulate_image,
                                         normalize_categories, pq_results)
+from panfpn.utils.dist import all_reduce_sum, is_multiprocess
 
 
 def pair_counts_torch(gt: torch.Tensor, pred: torch.Tensor) -> list[tuple[int, int, int]]:
@@ -92,17 +92,14 @@ class PQAccumulator:
         self.num_images += 1
 
     def _reduced_stat(self) -> PQStat:
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if not is_multiprocess():
             return self.stat
-        device = (torch.device("cuda", torch.cuda.current_device())
-                  if dist.get_backend() == "nccl" else torch.device("cpu"))
         table = torch.tensor(
             [[self.stat.tp.get(c, 0), self.stat.fp.get(c, 0), self.stat.fn.get(c, 0),
               self.stat.iou.get(c, 0.0)] for c in self._cat_ids],
-            dtype=torch.float64, device=device,
+            dtype=torch.float64,
         ).reshape(len(self._cat_ids), 4)
-        dist.all_reduce(table)
-        rows = table.cpu().numpy()
+        rows = all_reduce_sum(table).numpy()
         out = PQStat()
         for cat, (tp, fp, fn, iou) in zip(self._cat_ids, rows):
             out.tp[cat], out.fp[cat], out.fn[cat] = int(tp), int(fp), int(fn)

@@ -21,6 +21,7 @@ from pycocotools.cocoeval import COCOeval
 
 from panfpn.data.panoptic_io import rgb_to_id
 from panfpn.evaluation.panoptic_png import decode_rgb
+from panfpn.utils.dist import all_gather_objects, is_multiprocess
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -172,10 +173,8 @@ class COCOAPEvaluator:
 
     def compute(self) -> dict:
         images, gt, dets = self.images, self.gt, self.dets
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            parts: list = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, (images, gt, dets))
+        if is_multiprocess():
+            parts = all_gather_objects((images, gt, dets))
             images = [x for p in parts for x in p[0]]
             gt = [x for p in parts for x in p[1]]
             dets = [x for p in parts for x in p[2]]

@@ -7,7 +7,8 @@ host sync) and summed across ranks on :meth:`SemSegEvaluator.compute`.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
+
+from panfpn.utils.dist import all_reduce_sum
 
 
 class SemSegEvaluator:
@@ -51,12 +52,7 @@ class SemSegEvaluator:
         c = self.num_classes
         conf = self.confusion if self.confusion is not None else torch.zeros(
             c + 1, c + 1, dtype=torch.long)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            if dist.get_backend() == "nccl":
-                conf = conf.to(torch.device("cuda", torch.cuda.current_device()))
-            conf = conf.clone()
-            dist.all_reduce(conf)
-        return conf.cpu()[:c].double()  # drop unscored ground truth
+        return all_reduce_sum(conf).cpu()[:c].double()  # drop unscored ground truth
 
     def compute(self) -> dict:
         """Metrics as fractions.

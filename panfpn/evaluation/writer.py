@@ -22,6 +22,7 @@ import torch
 
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.utils.atomic import save_image_atomic, write_json_atomic
+from panfpn.utils.dist import all_gather_objects, is_main_process, is_multiprocess
 from panfpn.evaluation.id_runs import runs_of_ids, segment_boxes
 from panfpn.data.panoptic_io import id_to_rgb
 
@@ -188,11 +189,9 @@ class PanopticPredictionWriter:
     def write_json(self) -> Path:
         """Write the JSON (gathered from every rank to rank 0 under torch.distributed)."""
         images, annotations = self.snapshot()
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, (images, annotations))
-            if dist.get_rank() != 0:
+        if is_multiprocess():
+            gathered = all_gather_objects((images, annotations))
+            if not is_main_process():
                 return self.json_path
             images = [i for part in gathered for i in part[0]]
             annotations = [a for part in gathered for a in part[1]]

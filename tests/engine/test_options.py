@@ -1,0 +1,124 @@
+"""The predict and export options go through the one config table: bad values and unknown keys
+name the key, the defaults come from configs/config.yaml only, and the jobs check the whole config."""
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from panfpn.engine.config import ConfigError, validate_config
+from panfpn.engine.export_run import ExportOptions, export_from_config
+from panfpn.engine.predict_run import PredictOptions, predict_from_config, predict_options
+
+YAML = Path(__file__).resolve().parents[2] / "configs" / "config.yaml"
+
+# (override, key, what the message must say it wants, the value as the message shows it)
+BAD = [
+    ("predict.batch_size=0", "predict.batch_size", "an integer >= 1", "0 (int)"),
+    ("predict.num_workers=-1", "predict.num_workers", "an integer >= 0", "-1 (int)"),
+    ("predict.num_workers=1.5", "predict.num_workers", "an integer >= 0", "1.5 (float)"),
+    ("predict.write_threads=-1", "predict.write_threads", "an integer >= 0", "-1 (int)"),
+    ("predict.overwrite=maybe", "predict.overwrite", "a boolean (true/false)", "'maybe' (str)"),
+    ("predict.overlay=1", "predict.overlay", "a boolean (true/false)", "1 (int)"),
+    ("predict.overlay_alpha=1.5", "predict.overlay_alpha", "a finite number >= 0 and <= 1", "1.5 (float)"),
+    ("predict.overlay_format=gif", "predict.overlay_format", "one of ['jpg', 'png']", "'gif' (str)"),
+    ("predict.recursive=yes", "predict.recursive", "a boolean (true/false)", "'yes' (str)"),
+    ("predict.json_every=0", "predict.json_every", "an integer >= 1", "0 (int)"),
+    ("predict.semantic=2", "predict.semantic", "a boolean (true/false)", "2 (int)"),
+    ("predict.image_id='[a-z]+'", "predict.image_id",
+     "one of ['auto', 'stem', 'cityscapes', 'coco_int'] or a regular expression with a group (the id), "
+     "e.g. '(.+)_leftImg8bit'", "'[a-z]+' (str)"),
+    ("predict.input=[]", "predict.input", "null or a path or glob, or a non-empty list of them", "[] (list)"),
+    ("export.format=tflite", "export.format", "one of ['both', 'onnx', 'torch_export']", "'tflite' (str)"),
+    ("export.height=100", "export.height", "an integer >= 96 and <= 4096, a multiple of 32", "100 (int)"),
+    ("export.width=64", "export.width", "an integer >= 96 and <= 4096, a multiple of 32", "64 (int)"),
+    ("export.opset=16", "export.opset", "an integer >= 17", "16 (int)"),
+    ("export.dynamic=maybe", "export.dynamic", "a boolean (true/false)", "'maybe' (str)"),
+    ("export.verify=0", "export.verify", "a boolean (true/false)", "0 (int)"),
+    ("device=tpu", "device", "'auto', 'cpu', 'cuda' or 'cuda:<index>'", "'tpu' (str)"),
+    ("eval.save_semantic=maybe", "eval.save_semantic", "a boolean (true/false)", "'maybe' (str)"),
+    ("weights_partial=maybe", "weights_partial", "a boolean (true/false)", "'maybe' (str)"),
+]
+
+
+@pytest.mark.parametrize("override,key,wants,shown", BAD, ids=[b[0] for b in BAD])
+def test_bad_predict_export_value_names_key_and_value(compose_cfg, tmp_path, override, key, wants, shown):
+    with pytest.raises(ConfigError) as err:
+        validate_config(compose_cfg([override], output_dir=tmp_path))
+    assert str(err.value) == f"config key '{key}' must be {wants}, got {shown}"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("++predict.overlay_fromat=png", "unknown config key 'predict.overlay_fromat'; did you mean 'overlay_format'?"),
+    ("++export.opsett=18", "unknown config key 'export.opsett'; did you mean 'opset'?"),
+])
+def test_unknown_key_gives_did_you_mean(compose_cfg, tmp_path, override, message):
+    cfg = compose_cfg([override, "predict.input=x.jpg"], output_dir=tmp_path)
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert str(err.value) == message
+    section = override[2:].split(".")[0]
+    with pytest.raises(ConfigError, match=re.escape(message)):  # the job's own reader: the same message
+        predict_options(cfg) if section == "predict" else ExportOptions.from_config(cfg)
+
+
+@pytest.mark.parametrize("good,bad", [
+    ("predict.image_id='(?P<id>.+)_photo'", "predict.image_id='.+_photo'"),  # a regex needs its group
+    ("predict.input=[a.jpg,b/]", "predict.input=[a.jpg,'']"),
+    ("predict.overlay_alpha=1", "predict.overlay_alpha=1.01"),
+    ("export.height=96", "export.height=64"),
+    ("export.width=4096", "export.width=4128"),
+    ("device=cuda:1", "device=cuda:x"),
+])
+def test_the_boundary_between_good_and_bad_values(compose_cfg, tmp_path, good, bad):
+    validate_config(compose_cfg([good], output_dir=tmp_path))
+    with pytest.raises(ConfigError, match=re.escape(f"config key '{bad.split('=')[0]}' must be")):
+        validate_config(compose_cfg([bad], output_dir=tmp_path))
+
+
+def test_options_have_no_defaults_of_their_own_and_take_the_yamls_values(compose_cfg, tmp_path):
+    for cls in (PredictOptions, ExportOptions):
+        defaults = {f.name for f in dataclasses.fields(cls)
+                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+        assert defaults == set(), f"{cls.__name__} duplicates configs/config.yaml defaults: {defaults}"
+    yaml = OmegaConf.load(YAML)
+    cfg = compose_cfg(["predict.input=x.jpg"], output_dir=tmp_path)
+    expected = dict(OmegaConf.to_container(yaml.predict), input="x.jpg")
+    assert dataclasses.asdict(predict_options(cfg)) == expected
+    assert dataclasses.asdict(ExportOptions.from_config(cfg)) == OmegaConf.to_container(yaml.export)
+
+
+@pytest.mark.parametrize("key", ["predict.num_workers", "export.opset"])
+def test_a_key_missing_from_the_section_is_an_error_not_a_hidden_default(compose_cfg, tmp_path, key):
+    cfg = compose_cfg([f"~{key}", "predict.input=x.jpg"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(f"config key '{key}' is missing")):
+        validate_config(cfg)
+    with pytest.raises(ConfigError, match=re.escape(f"config key '{key}' is missing")):
+        predict_options(cfg) if key.startswith("predict") else ExportOptions.from_config(cfg)
+
+
+def test_a_config_without_predict_or_export_sections_still_validates(compose_cfg, tmp_path):
+    cfg = compose_cfg(["~predict", "~export"], output_dir=tmp_path)
+    validate_config(cfg)  # a training config need not carry the tools' sections
+    with pytest.raises(ConfigError, match="config section 'predict' is missing"):
+        predict_options(cfg)
+
+
+def test_predict_job_checks_the_whole_config(tiny_cfg, tmp_path):
+    # before any work: the export section's bad value is reported, not just predict's own keys
+    cfg = tiny_cfg("predict.input=x.jpg", "export.format=tflite", "weights=model.pth")
+    with pytest.raises(ConfigError, match="config key 'export.format'.*'tflite'"):
+        predict_from_config(cfg)
+
+
+@pytest.mark.parametrize("override,match", [
+    ("predict.overlay_format=gif", "config key 'predict.overlay_format'.*'gif'"),
+    ("device=tpu", "config key 'device'.*'tpu'"),
+])
+def test_export_job_checks_the_whole_config(tiny_cfg, tmp_path, override, match):
+    cfg = tiny_cfg(override, f"export.output={tmp_path / 'net'}")
+    with pytest.raises(ConfigError, match=match):
+        export_from_config(cfg)
+    assert not (tmp_path / "net.json").exists()

@@ -12,8 +12,8 @@ import os
 import torch
 import torch.distributed as dist
 
-from panfpn.utils.dist import (all_gather_objects, all_reduce_mean, all_reduce_sum, barrier,  # noqa: F401
-                               broadcast_object, get_rank, get_world_size, is_distributed,
+from panfpn.utils.dist import (all_gather_objects, all_reduce_max, all_reduce_mean,  # noqa: F401
+                               all_reduce_sum, barrier, broadcast_object, get_rank, get_world_size, is_distributed,
                                is_main_process, resolve_device)
 from panfpn.utils.errors import ConfigError
 

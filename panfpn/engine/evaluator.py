@@ -99,11 +99,7 @@ def evaluate(
 
 
 def _sum_over_ranks(n: int, device: torch.device) -> int:
-    if not du.is_distributed():
-        return n
-    t = torch.tensor([n], dtype=torch.int64, device=device)
-    torch.distributed.all_reduce(t)
-    return int(t.item())
+    return int(du.all_reduce_sum(torch.tensor([n], dtype=torch.int64, device=device)).item())
 
 
 def _overlay(batch, i, id_map, pred_segments, gt_map, gt_segments, metadata) -> np.ndarray:

@@ -126,10 +126,7 @@ def _build_solver(cfg: DictConfig, model: torch.nn.Module, device: torch.device)
 
 def _checkpoint_state(model, optimizer, scheduler, scaler, iteration: int, cfg: DictConfig,
                       metadata, skipped_steps: int = 0) -> dict:
-    rng_all_ranks = [capture_rng_state()]
-    if du.is_distributed():
-        rng_all_ranks = [None] * du.get_world_size()
-        torch.distributed.all_gather_object(rng_all_ranks, capture_rng_state())
+    rng_all_ranks = du.all_gather_objects(capture_rng_state())
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -174,10 +171,7 @@ def _wrap_distributed(model: torch.nn.Module, device: torch.device):
 
 def _max_over_ranks(values: list[float], device: torch.device) -> list[float]:
     """Element-wise maximum over all ranks, so every rank takes the same decision."""
-    t = torch.tensor(values, dtype=torch.float32, device=device)
-    if du.is_distributed():
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return t.tolist()
+    return du.all_reduce_max(torch.tensor(values, dtype=torch.float32, device=device)).tolist()
 
 
 def _nonfinite_terms(losses: dict[str, torch.Tensor]) -> dict[str, float]:

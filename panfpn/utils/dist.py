@@ -68,6 +68,16 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return t.to(tensor.device)
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise maximum over ranks as a new tensor on ``tensor``'s device, so every rank
+    takes the same decision (a copy with 1 process)."""
+    if not is_multiprocess():
+        return tensor.clone()
+    t = tensor.to(collective_device()).clone()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.to(tensor.device)
+
+
 def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
     """Average scalar metrics over ranks (identity with one process)."""
     if not is_distributed() or not values:

@@ -319,8 +319,7 @@ def predict_images(
     model.eval()
     predicted: list[str] = []
     failed: list[FailedImage] = []
-    pool = ThreadPoolExecutor(max_workers=write_threads) if write_threads > 0 else None
-    pending: deque[Future] = deque()
+    queue = _WriteQueue(write_threads)
     start = time.perf_counter()
     bar = tqdm(total=len(dataset), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
     with logging_redirect_tqdm(loggers=[logger]):  # log lines above the progress bar, not through it
@@ -329,32 +328,13 @@ def predict_images(
                 for f in bad:
                     logger.warning("skipped %s: %s", f.path, f.error)
                 failed.extend(bad)
-                with box_instance_masks():  # predict never reads instance masks: keep them in boxes
-                    outputs = model(batch) if batch is not None else []
-                for i, out in enumerate(outputs):
-                    stem = batch["image_ids"][i]
-                    id_map, segments = out["panoptic"]
-                    sem = out["sem_seg"].cpu().numpy() if targets.semantic is not None else None
-                    job = functools.partial(_write_one, targets, stem, ids[stem], batch["paths"][i],
-                                            id_map.cpu().numpy(), model_segments_to_dataset(segments, metadata),
-                                            batch["orig_images"][i], sem)
-                    if pool is None:
-                        job()
-                    else:
-                        pending.append(pool.submit(job))
-                        while len(pending) > 2 * write_threads:  # bound the images held in memory
-                            pending.popleft().result()
-                    predicted.append(stem)
+                predicted += _predict_batch(model, batch, targets, ids, metadata, queue)
                 bar.update(len(bad) + (len(batch["image_ids"]) if batch is not None else 0))
                 state.maybe_write()
-            while pending:
-                pending.popleft().result()
+            queue.drain()
         finally:
             bar.close()
-            if pool is not None:
-                # Finish the queued writes (at most 2 x write_threads images) even after an error:
-                # those predictions exist, and cancelling them raced with the JSON listing.
-                pool.shutdown(wait=True)
+            queue.close()
             # also after an error or Ctrl-C, so what was written is listed in the JSON
             state.write()
             _write_failed(out_dir, failed)
@@ -367,6 +347,54 @@ def predict_images(
             "predicted": predicted, "skipped": skipped,
             "failed": [dataclasses.asdict(f) for f in failed], "seconds": seconds,
             "images_per_s": len(predicted) / seconds if seconds > 0 else 0.0}
+
+
+class _WriteQueue:
+    """Runs write jobs in ``threads`` threads (inline when 0) while the model works on, holding at
+    most 2 x ``threads`` images in memory."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self.pool = ThreadPoolExecutor(max_workers=threads) if threads > 0 else None
+        self.pending: deque[Future] = deque()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        if self.pool is None:
+            job()
+            return
+        self.pending.append(self.pool.submit(job))
+        while len(self.pending) > 2 * self.threads:  # bound the images held in memory
+            self.pending.popleft().result()
+
+    def drain(self) -> None:
+        """Wait for every queued write; re-raises the first that failed."""
+        while self.pending:
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        """Finish the queued writes, also after an error (those predictions exist, and cancelling
+        them raced with the JSON listing); raises nothing, so the JSON is still written."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+
+def _predict_batch(model: torch.nn.Module, batch: dict | None, targets: "_Targets", ids: dict[str, Any],
+                   metadata: DatasetMetadata, queue: _WriteQueue) -> list[str]:
+    """Run the model on one batch and queue the writes of its images; returns their stems."""
+    if batch is None:
+        return []
+    with box_instance_masks():  # predict never reads instance masks: keep them in boxes
+        outputs = model(batch)
+    stems = []
+    for i, out in enumerate(outputs):
+        stem = batch["image_ids"][i]
+        id_map, segments = out["panoptic"]
+        sem = out["sem_seg"].cpu().numpy() if targets.semantic is not None else None
+        queue.submit(functools.partial(_write_one, targets, stem, ids[stem], batch["paths"][i],
+                                       id_map.cpu().numpy(), model_segments_to_dataset(segments, metadata),
+                                       batch["orig_images"][i], sem))
+        stems.append(stem)
+    return stems
 
 
 def _plan(paths: list[Path], stems: list[str], ids: dict[str, Any], targets: _Targets,

@@ -22,7 +22,7 @@ The rules are those of the COCO panoptic API (Kirillov et al., "Panoptic Segment
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 VOID = 0
 
@@ -103,15 +103,36 @@ def accumulate_image(
     """
     gt_by_id = index_segments(gt_segments, image_id, "ground-truth")
     pred_by_id = index_segments(pred_segments, image_id, "predicted")
+    counts = {(gt_id, pred_id): count for gt_id, pred_id, count in pairs}
+    pred_area, gt_pixels = _areas(pairs)
+    _check_predicted(image_id, pred_by_id, pred_area, categories)
 
+    def gt_area(gt_id: int) -> int:
+        seg = gt_by_id[gt_id]
+        if "area" in seg:
+            return seg["area"]
+        if gt_area_from_pixels:
+            return gt_pixels.get(gt_id, 0)
+        raise PQInputError(f"image {image_id!r}: ground-truth segment {gt_id} has no 'area'")
+
+    gt_matched, pred_matched = _match(stat, gt_by_id, pred_by_id, counts, pred_area, gt_area)
+    crowd_of_category = _count_false_negatives(stat, gt_by_id, gt_matched)
+    _count_false_positives(stat, pred_by_id, pred_matched, counts, pred_area, crowd_of_category)
+
+
+def _areas(pairs: Sequence[tuple[int, int, int]]) -> tuple[dict[int, int], dict[int, int]]:
+    """Pixel areas of the predicted segments and of the ground-truth ones, from the pair counts."""
     pred_area: dict[int, int] = {}
     gt_pixels: dict[int, int] = {}
-    counts: dict[tuple[int, int], int] = {}
     for gt_id, pred_id, count in pairs:
         pred_area[pred_id] = pred_area.get(pred_id, 0) + count
         gt_pixels[gt_id] = gt_pixels.get(gt_id, 0) + count
-        counts[(gt_id, pred_id)] = count
+    return pred_area, gt_pixels
 
+
+def _check_predicted(image_id: Any, pred_by_id: Mapping[int, Mapping[str, Any]],
+                     pred_area: Mapping[int, int], categories: Mapping[int, Any]) -> None:
+    """Every predicted map id has a known segment and every listed segment has pixels."""
     for pred_id in sorted(pred_area):
         seg = pred_by_id.get(pred_id)
         if seg is None:
@@ -133,14 +154,12 @@ def accumulate_image(
             "but not in the predicted id map (PNG)"
         )
 
-    def gt_area(gt_id: int) -> int:
-        seg = gt_by_id[gt_id]
-        if "area" in seg:
-            return seg["area"]
-        if gt_area_from_pixels:
-            return gt_pixels.get(gt_id, 0)
-        raise PQInputError(f"image {image_id!r}: ground-truth segment {gt_id} has no 'area'")
 
+def _match(stat: PQStat, gt_by_id: Mapping[int, Mapping[str, Any]], pred_by_id: Mapping[int, Mapping[str, Any]],
+           counts: Mapping[tuple[int, int], int], pred_area: Mapping[int, int],
+           gt_area: Callable[[int], int]) -> tuple[set[int], set[int]]:
+    """True positives: same category, not crowd, IoU > 0.5 with void pixels of the prediction
+    left out of the union. Returns the matched ground-truth and predicted ids."""
     gt_matched: set[int] = set()
     pred_matched: set[int] = set()
     for (gt_id, pred_id), inter in counts.items():
@@ -158,7 +177,12 @@ def accumulate_image(
             stat.iou[cat] = stat.iou.get(cat, 0.0) + iou
             gt_matched.add(gt_id)
             pred_matched.add(pred_id)
+    return gt_matched, pred_matched
 
+
+def _count_false_negatives(stat: PQStat, gt_by_id: Mapping[int, Mapping[str, Any]],
+                           gt_matched: set[int]) -> dict[int, int]:
+    """Unmatched non-crowd ground truth counts as FN; returns each category's crowd segment id."""
     crowd_of_category: dict[int, int] = {}
     for gt_id, gt_seg in gt_by_id.items():
         if gt_id in gt_matched:
@@ -168,7 +192,13 @@ def accumulate_image(
             crowd_of_category[cat] = gt_id  # the last one listed wins, as in the reference
             continue
         stat.fn[cat] = stat.fn.get(cat, 0) + 1
+    return crowd_of_category
 
+
+def _count_false_positives(stat: PQStat, pred_by_id: Mapping[int, Mapping[str, Any]], pred_matched: set[int],
+                           counts: Mapping[tuple[int, int], int], pred_area: Mapping[int, int],
+                           crowd_of_category: Mapping[int, int]) -> None:
+    """Unmatched predictions count as FP unless more than half of them is void or crowd of their category."""
     for pred_id, pred_seg in pred_by_id.items():
         if pred_id in pred_matched:
             continue
@@ -179,7 +209,6 @@ def accumulate_image(
         if ignored / pred_area[pred_id] > 0.5:
             continue
         stat.fp[cat] = stat.fp.get(cat, 0) + 1
-
 
 def _average(stat: PQStat, categories: Mapping[int, Mapping[str, Any]],
              isthing: bool | None) -> tuple[dict, dict]:

@@ -12,7 +12,7 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from PIL import Image
@@ -20,11 +20,11 @@ from torch.utils.data import Dataset
 
 from panfpn.data.image_io import ImageReadError, read_image
 from panfpn.data.metadata import IGNORE_LABEL
+from panfpn.data.transforms import Transform
 
 __all__ = ["FailedImage", "ImageFileDataset", "ImageReadError", "image_extensions",
            "list_image_files", "output_stems", "read_image"]
 
-Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def image_extensions() -> frozenset[str]:

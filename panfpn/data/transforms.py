@@ -11,13 +11,14 @@ loader gives reproducible augmentation.
 
 from __future__ import annotations
 
-from typing import Iterable, Literal, Sequence
+from typing import Callable, Iterable, Literal, Sequence
 
 import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 Pair = tuple[torch.Tensor, torch.Tensor]
+Transform = Callable[[torch.Tensor, torch.Tensor], Pair]  # what every joint transform is
 
 
 def _check_pair(image: torch.Tensor, id_map: torch.Tensor) -> None:

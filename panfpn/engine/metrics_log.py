@@ -58,11 +58,6 @@ class MetricsLog:
         for i, img in enumerate(images):
             self._tb.add_image(f"{tag}/{i}", img, step, dataformats="HWC")
 
-    def flush(self) -> None:
-        if self.enabled:
-            self._tb.flush()
-            self._jsonl.flush()
-
     def close(self) -> None:
         if self.enabled:
             self._tb.close()

@@ -35,7 +35,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 from tqdm import tqdm

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 from typing import Any, Mapping, Sequence
 
@@ -19,7 +18,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from panfpn.data.panoptic_io import rgb_to_id
+from panfpn.data.panoptic_io import load_json, rgb_to_id
 from panfpn.evaluation.panoptic_png import decode_rgb
 from panfpn.utils.dist import all_gather_objects, is_multiprocess
 
@@ -68,8 +67,7 @@ def instances_from_panoptic(gt_json: str | os.PathLike | Mapping,
     if not isinstance(gt_json, Mapping):
         path = os.fspath(gt_json)
         gt_folder = gt_folder if gt_folder is not None else path.rsplit(".json", 1)[0]
-        with open(path) as f:
-            gt_json = json.load(f)
+        gt_json = load_json(path)
     if gt_folder is None:
         raise ValueError("gt_folder is needed when gt_json is given as a dict")
     things = _thing_categories(gt_json["categories"])

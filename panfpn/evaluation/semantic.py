@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from panfpn.data.metadata import IGNORE_LABEL
 from panfpn.utils.dist import all_reduce_sum
 
 
@@ -20,7 +21,7 @@ class SemSegEvaluator:
             are not scored. Predicted labels outside ``0..C-1`` count as wrong.
     """
 
-    def __init__(self, num_classes: int, ignore_label: int = 255):
+    def __init__(self, num_classes: int, ignore_label: int = IGNORE_LABEL):
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.num_classes = num_classes

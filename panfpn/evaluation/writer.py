@@ -180,12 +180,6 @@ class PanopticPredictionWriter:
         with self._lock:
             return list(self.images), list(self.annotations)
 
-    def add_model_output(self, image_id: Any, file_name: str, output: Mapping[str, Any]) -> dict:
-        """Write a model's eval output for one image (its ``"panoptic"`` entry)."""
-        id_map, segments = output["panoptic"]
-        return self.add(image_id, file_name, id_map,
-                        model_segments_to_dataset(segments, self.metadata))
-
     def write_json(self) -> Path:
         """Write the JSON (gathered from every rank to rank 0 under torch.distributed)."""
         images, annotations = self.snapshot()

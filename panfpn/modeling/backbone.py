@@ -14,7 +14,6 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 Norm = Literal["frozen_bn", "bn", "gn"]
 _DEPTHS = {18: "resnet18", 34: "resnet34", 50: "resnet50", 101: "resnet101"}
 _STAGES = ("layer1", "layer2", "layer3", "layer4")  # res2..res5
-FEATURE_STRIDES = {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
 
 
 def _norm_layer(norm: Norm) -> Callable[[int], nn.Module]:

@@ -54,8 +54,8 @@ def test_written_files_evaluate_like_the_in_memory_accumulator(tmp_path):
     with PanopticPredictionWriter(tmp_path / "out", META) as writer:
         for i, (gt, gs, pred, ps) in enumerate(cases):
             output = _as_model_output(pred, ps)
-            ann = writer.add_model_output(i, f"dir/{i}.jpg", output)
             id_map, segs = output["panoptic"]
+            ann = writer.add(i, f"dir/{i}.jpg", id_map, model_segments_to_dataset(segs, META))
             acc.update(id_map, model_segments_to_dataset(segs, META), torch.from_numpy(gt), gs,
                        image_id=i)
             assert ann["file_name"] == f"{i:012d}.png"  # COCO's file stem of image id i

@@ -20,7 +20,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from torchvision.ops import FrozenBatchNorm2d
 
 from panfpn.data.builtin_meta import cityscapes_panoptic_metadata, coco_panoptic_metadata
 from panfpn.modeling.backbone import ResNetFPN

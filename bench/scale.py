@@ -46,11 +46,11 @@ def generate(path: Path, images: int, segments: int, string_ids: bool) -> None:
         image_id = f"city_{i:06d}_000019" if string_ids else i + 1
         stem = image_id if string_ids else f"{i + 1:012d}"
         imgs.append({"id": image_id, "file_name": f"{stem}.jpg", "height": 480, "width": 640})
-        seg_ids = rng.integers(1, 1 << 24, segments)
+        seg_ids = int(rng.integers(1, 1 << 23)) + np.cumsum(rng.integers(1, 50_000, segments))
         cat = cat_ids[rng.integers(0, len(cat_ids), segments)]
         box = rng.integers(0, 400, (segments, 4))
         anns.append({"image_id": image_id, "file_name": f"{stem}.png", "segments_info": [
-            {"id": int(seg_ids[k]) + k, "category_id": int(cat[k]), "iscrowd": int(k == 0),
+            {"id": int(seg_ids[k]), "category_id": int(cat[k]), "iscrowd": int(k == 0),
              "bbox": box[k].tolist(), "area": int(box[k, 2] * box[k, 3])} for k in range(segments)]})
     with open(path, "w") as f:
         json.dump({"info": {}, "licenses": [], "images": imgs, "annotations": anns,
@@ -84,7 +84,8 @@ class RecordsOnly:
 
     def __getitem__(self, i: int) -> tuple[int, int]:
         rec = self.records[i]
-        return os.getpid(), len(rec.segments) + len(rec.file_name) + len(rec.png_name)
+        touched = sum(s["category_id"] + s["area"] + len(s["bbox"]) for s in rec.segments)
+        return os.getpid(), touched + len(rec.file_name) + len(rec.png_name)
 
 
 def open_old(json_file: Path) -> list:
@@ -147,8 +148,10 @@ def measure(mode: str, json_file: Path, cache_dir: Path, workers: int) -> dict:
 def _run(mode: str, a: argparse.Namespace, json_file: Path, cache_dir: Path) -> dict:
     cmd = [sys.executable, __file__, "--measure", mode, "--json", str(json_file),
            "--cache-dir", str(cache_dir), "--workers", str(a.workers)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"measuring {mode} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _report(r: dict, ref: dict) -> None:
@@ -183,9 +186,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = a.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
-        json_file = out / f"panoptic_{a.preset}_{a.images}.json"
+        json_file = out / f"panoptic_{a.preset}_{a.images}x{a.segments}.json"
         t0 = time.perf_counter()
-        generate(json_file, a.images, a.segments, a.preset == "cityscapes")
+        if not json_file.is_file():  # the content depends only on the name's parameters
+            generate(json_file, a.images, a.segments, a.preset == "cityscapes")
         print(f"{json_file.name}: {a.images} images x {a.segments} segments, "
               f"{json_file.stat().st_size / MB:.0f} MB (generated in {time.perf_counter() - t0:.0f} s); "
               f"{a.workers} workers, 2 epochs over the records")

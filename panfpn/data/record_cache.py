@@ -17,6 +17,7 @@ Format: four ``.npy`` arrays one after the other: a JSON header (uint8: key and 
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -132,9 +133,23 @@ def _build_lock(path: Path) -> Iterator[bool]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector: parsing COCO train2017 creates ~2M containers, and the
+    collections they trigger took over half of the parse and validation time (9 s of 13 s)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _build(parse: Callable[[], Parsed]) -> tuple[list, RecordStore]:
-    categories, isthing, rows = parse()
-    return categories, RecordStore.from_rows(rows, isthing)
+    with _gc_paused():
+        categories, isthing, rows = parse()
+        return categories, RecordStore.from_rows(rows, isthing)
 
 
 def load_records(json_file: str | os.PathLike, parse: Callable[[], Parsed], *,

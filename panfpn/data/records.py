@@ -49,11 +49,11 @@ class RecordStore(Sequence[Record]):
     @classmethod
     def from_rows(cls, rows: Iterable[tuple], isthing: Mapping[int, bool]) -> "RecordStore":
         """Encode ``(image_id, file_name, png_name, segments)`` rows (validated) into a store."""
-        chunks: list[bytes] = []
+        encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps
+        chunks: list[bytes] = []  # with arguments would build one per record (4x slower)
         flags: list[bool] = []
         for image_id, file_name, png_name, segments in rows:
-            chunks.append(json.dumps([image_id, file_name, png_name, list(segments)],
-                                     separators=(",", ":")).encode())
+            chunks.append(encode([image_id, file_name, png_name, list(segments)]).encode())
             flags.append(has_non_crowd_thing(segments, isthing))
         offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
         np.cumsum([len(c) for c in chunks], out=offsets[1:])

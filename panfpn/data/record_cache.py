@@ -5,8 +5,9 @@ done 8 times per machine. The first process to open a JSON writes its validated 
 (:class:`panfpn.data.records.RecordStore`) to ``$PANFPN_CACHE/records/`` while holding a lock
 file; the others wait for the lock and then memory-map the file, sharing its pages.
 
-The file is keyed by the JSON's absolute path, size, mtime_ns and :data:`FORMAT_VERSION`: a
-rewritten JSON is parsed, validated and cached again. It is written atomically
+The file is keyed by the JSON's absolute path, size, mtime_ns, inode and :data:`FORMAT_VERSION`:
+a rewritten JSON is parsed, validated and cached again (an in-place rewrite to the same size
+within the file system's timestamp granularity, a few ms, is not noticed). It is written atomically
 (:mod:`panfpn.utils.atomic`), and a file that does not read back whole (truncated, foreign,
 another version) is ignored and rebuilt, so a half-written cache is never used.
 
@@ -44,11 +45,12 @@ Parsed = tuple[list, Mapping[int, bool], Iterable[tuple]]
 
 
 def json_key(json_file: str | os.PathLike) -> dict:
-    """What identifies a JSON's content for the cache: absolute path, size, mtime_ns, version."""
+    """What identifies a JSON's content for the cache: absolute path, size, mtime_ns, inode
+    (a JSON replaced by a rename is a new inode) and the format version."""
     path = Path(json_file).absolute()
     st = path.stat()
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "version": FORMAT_VERSION}
+            "inode": st.st_ino, "version": FORMAT_VERSION}
 
 
 def cache_file(json_file: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -57,6 +59,30 @@ def cache_file(json_file: str | os.PathLike, cache_dir: str | os.PathLike | None
     digest = hashlib.sha1(path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return root / "records" / f"{Path(path).stem}-{digest}.v{FORMAT_VERSION}.npy"
+
+
+class MappedRecordStore(RecordStore):
+    """A RecordStore over a cache file: pickled (spawn/forkserver DataLoader workers) as the
+    file's path and key, so a worker maps the file instead of receiving a copy of the records."""
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray, has_thing: np.ndarray, *,
+                 path: Path, key: dict) -> None:
+        super().__init__(data, offsets, has_thing)
+        self.path, self.key = path, key
+
+    def __reduce__(self):
+        return _remap, (str(self.path), self.key, self.index)
+
+
+def _remap(path: str, key: dict, index: np.ndarray | None) -> RecordStore:
+    hit = read_cache(Path(path), key)
+    if hit is None:
+        raise RuntimeError(f"record cache {path} no longer holds the records of {key['path']} "
+                           f"(size {key['size']}, mtime_ns {key['mtime_ns']}): the JSON was "
+                           f"rewritten while a process used them; open the dataset again")
+    store = hit[1]
+    store.index = index
+    return store
 
 
 def write_cache(path: Path, key: dict, categories: list, store: RecordStore) -> None:
@@ -104,7 +130,7 @@ def read_cache(path: Path, key: dict) -> tuple[list, RecordStore] | None:
             return None  # another version of the JSON: rebuilt by the caller
         if len(offsets) == 0 or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
             raise ValueError("offsets are not increasing from 0")
-        return meta["categories"], RecordStore(data, offsets, has_thing)
+        return meta["categories"], MappedRecordStore(data, offsets, has_thing, path=path, key=key)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as e:

@@ -93,5 +93,7 @@ class RecordStore(Sequence[Record]):
     def select(self, positions: np.ndarray) -> "RecordStore":
         """A view of the records at ``positions`` (of this view) without copying the buffer."""
         positions = np.asarray(positions, dtype=np.int64)
-        base = positions if self.index is None else self.index[positions]
-        return RecordStore(self.data, self.offsets, self.has_thing, base)
+        view = object.__new__(type(self))  # keeps a subclass's state (a memory-mapped file)
+        view.__dict__.update(self.__dict__)
+        view.index = positions if self.index is None else self.index[positions]
+        return view

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import pickle
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -155,3 +156,24 @@ def test_concurrent_opens_parse_once(ds_json, tmp_path, monkeypatch):
     want = [(img["id"], ann["file_name"]) for img, ann in zip(data["images"], data["annotations"])]
     assert got == [want, want]
     assert counter.read_text() == "parse\n"  # the second waited for the first's cache
+
+
+def test_mapped_records_pickle_as_the_file_not_a_copy(ds_json, tmp_path):
+    """spawn/forkserver DataLoader workers receive the dataset pickled: they must map the file."""
+    json_file, data = ds_json
+    _open(json_file, tmp_path / "c")
+    ds = _open(json_file, tmp_path / "c", filter_empty=True)  # a cache hit, and a view of it
+    blob = pickle.dumps(ds.records)
+    assert len(blob) < 2000 and str(cache_file(json_file, tmp_path / "c")).encode() in blob
+    assert b"segments" not in blob and ds.records.data.nbytes > 1000  # no record inside
+    assert list(pickle.loads(blob)) == list(ds.records)
+    in_memory = PanopticDataset(json_file, json_file.parent, json_file.parent, record_cache=False)
+    assert list(pickle.loads(pickle.dumps(in_memory.records))) == list(in_memory.records)
+    seg = data["annotations"][0]["segments_info"][0]
+    seg["iscrowd"] = 1 - seg.get("iscrowd", 0)
+    mtime = json_file.stat().st_mtime_ns
+    json_file.write_text(json.dumps(data))
+    os.utime(json_file, ns=(mtime + 10**9, mtime + 10**9))  # however coarse the clock
+    _open(json_file, tmp_path / "c")  # rebuilds the cache for the new JSON
+    with pytest.raises(RuntimeError, match="no longer holds the records of .*open the dataset again"):
+        pickle.loads(blob)

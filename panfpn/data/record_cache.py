@@ -152,11 +152,13 @@ def _build_lock(path: Path) -> Iterator[bool]:
         yield False
         return
     with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            yield True
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        except OSError as e:  # e.g. a network file system without locks
+            logger.warning("cannot lock the record cache %s (%s): building without it", path, e)
+            yield False
+            return
+        yield True
 
 
 @contextlib.contextmanager

@@ -177,3 +177,12 @@ def test_mapped_records_pickle_as_the_file_not_a_copy(ds_json, tmp_path):
     _open(json_file, tmp_path / "c")  # rebuilds the cache for the new JSON
     with pytest.raises(RuntimeError, match="no longer holds the records of .*open the dataset again"):
         pickle.loads(blob)
+
+
+def test_unwritable_cache_dir_still_opens(ds_json, tmp_path, caplog):
+    json_file, data = ds_json
+    blocked = tmp_path / "not_a_dir"
+    blocked.write_text("a file where the cache folder would be")
+    ds = _open(json_file, blocked)
+    assert [r.image_id for r in ds.records] == [img["id"] for img in data["images"]]
+    assert "building without it" in caplog.text and "cannot write the record cache" in caplog.text

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +83,6 @@ def test_generated_data_gives_the_same_samples(generated, tmp_path, is_train):
 
 def test_filter_empty_keeps_the_same_images(generated, tmp_path):
     json_file = generated / "panoptic.json"
-    meta_things = None
     for record_cache in (False, True, True):
         ds = PanopticDataset(json_file, generated / "images", generated / "panoptic",
                              filter_empty=True, record_cache=record_cache, cache_dir=tmp_path)

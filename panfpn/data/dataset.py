@@ -7,13 +7,16 @@ derived from the PNG and the JSON alone; the sample format is docs/interfaces.md
 Opening a dataset validates its JSON (:mod:`panfpn.data.validate`). Images are read upright
 (EXIF orientation applied, :func:`panfpn.data.image_io.read_image`); the id PNG is read as stored
 and must have the upright image's size: annotations are drawn on the image as viewers show it.
+
+Records are kept compactly (:class:`panfpn.data.records.RecordStore`: shared by forked workers,
+not copied) and JSONs of 1 MB or more are parsed once per machine: their validated records are
+cached and memory-mapped (:mod:`panfpn.data.record_cache`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -26,6 +29,8 @@ from panfpn.data.bad_images import BadImageError, append_bad_image
 from panfpn.data.image_io import SWAPPING_ORIENTATIONS, ImageReadError, exif_orientation, read_image
 from panfpn.data.metadata import DatasetMetadata, SemSegMode
 from panfpn.data.panoptic_io import load_json, read_id_png
+from panfpn.data.record_cache import Parsed, load_records
+from panfpn.data.records import Record, RecordStore
 from panfpn.data.targets import panoptic_targets
 from panfpn.data.validate import check_categories, check_same_categories, index_images, pair_annotations
 
@@ -34,12 +39,7 @@ logger = logging.getLogger(__name__)
 Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
-@dataclass(frozen=True)
-class _Record:
-    image_id: int | str
-    file_name: str  # image file name from the JSON's image entry
-    png_name: str  # annotation file name
-    segments: tuple[dict, ...]
+_Record = Record  # the name this module used before records.py
 
 
 class PanopticDataset(Dataset):
@@ -64,8 +64,13 @@ class PanopticDataset(Dataset):
             replaced by the next good sample (index + 1, + 2, ...: the same on every run and
             resume), logged as a warning and appended to ``bad_images_log`` when that is set;
             False (default): such a file raises :class:`BadImageError` naming it and the image id.
+        record_cache: cache the validated records for the next process (rank, run) to
+            memory-map (:mod:`panfpn.data.record_cache`); None (default): for JSONs of 1 MB or more.
+        cache_dir: folder of that cache; default ``$PANFPN_CACHE`` or ``~/.cache/panfpn``.
 
     Attributes:
+        records: one :class:`panfpn.data.records.Record` per sample (a read-only sequence that
+            decodes a record when indexed).
         bad_images_log: file (Path) that skipped images are appended to as
             ``path<TAB>image_id<TAB>error`` lines, once each; None: not written.
         bad_images: ``{index: error}`` of the samples this process has skipped.
@@ -75,7 +80,8 @@ class PanopticDataset(Dataset):
                  panoptic_root: str | os.PathLike, *, metadata: DatasetMetadata | None = None,
                  transforms: Transform | None = None, is_train: bool = True,
                  sem_seg_mode: SemSegMode | None = None, filter_empty: bool = False,
-                 skip_bad_images: bool = False) -> None:
+                 skip_bad_images: bool = False, record_cache: bool | None = None,
+                 cache_dir: str | os.PathLike | None = None) -> None:
         self.json_file = Path(json_file)
         self.image_root = Path(image_root)
         self.panoptic_root = Path(panoptic_root)
@@ -84,15 +90,23 @@ class PanopticDataset(Dataset):
         self.skip_bad_images = bool(skip_bad_images)
         self.bad_images_log: Path | None = None
         self.bad_images: dict[int, str] = {}
-        data = load_json(self.json_file)
-        for key in ("images", "annotations", "categories"):
-            if key not in data:
-                raise ValueError(f"{self.json_file}: missing top-level key {key!r} "
-                                 f"(not a COCO-panoptic annotation file?)")
-        json_categories = check_categories(data["categories"], self.json_file)
+        self.metadata: DatasetMetadata
+        categories, store = load_records(
+            self.json_file, lambda: self._parse(metadata, sem_seg_mode),
+            use_cache=record_cache, cache_dir=cache_dir)
+        if not hasattr(self, "metadata"):  # from the cache: the JSON validated when it was built
+            self._set_metadata(categories, metadata, sem_seg_mode)
+        self.records: RecordStore | list[Record] = store
+        if filter_empty:
+            self.records = self._drop_without_things(store)
+
+    def _set_metadata(self, categories: object, metadata: DatasetMetadata | None,
+                      sem_seg_mode: SemSegMode | None) -> dict[int, bool]:
+        """Check the JSON's ``categories`` against ``metadata`` and set ``self.metadata``."""
+        json_categories = check_categories(categories, self.json_file)
         if metadata is None:
             metadata = DatasetMetadata.from_coco_categories(
-                data["categories"], sem_seg_mode=sem_seg_mode or "stuff_plus_thing",
+                categories, sem_seg_mode=sem_seg_mode or "stuff_plus_thing",
                 name=self.json_file.stem)
         elif sem_seg_mode is not None and sem_seg_mode != metadata.sem_seg_mode:
             raise ValueError(f"sem_seg_mode={sem_seg_mode!r} contradicts the given metadata's "
@@ -100,17 +114,25 @@ class PanopticDataset(Dataset):
         else:
             check_same_categories(json_categories, metadata, self.json_file)
         self.metadata = metadata
-        images = index_images(data["images"], self.json_file)
-        self.records = [_Record(*fields) for fields in
-                        pair_annotations(data["annotations"], images, self.json_file, json_categories)]
-        if filter_empty:
-            self.records = self._drop_without_things(self.records)
+        return json_categories
 
-    def _drop_without_things(self, records: list[_Record]) -> list[_Record]:
-        things = set(self.metadata.thing_ids)
-        kept = [r for r in records
-                if any(s["category_id"] in things and not s.get("iscrowd", 0) for s in r.segments)]
-        if not kept:
+    def _parse(self, metadata: DatasetMetadata | None, sem_seg_mode: SemSegMode | None) -> Parsed:
+        """Read and validate the JSON (in the order errors were always raised)."""
+        data = load_json(self.json_file)
+        for key in ("images", "annotations", "categories"):
+            if key not in data:
+                raise ValueError(f"{self.json_file}: missing top-level key {key!r} "
+                                 f"(not a COCO-panoptic annotation file?)")
+        json_categories = self._set_metadata(data["categories"], metadata, sem_seg_mode)
+        images = index_images(data["images"], self.json_file)
+        return data["categories"], json_categories, pair_annotations(
+            data["annotations"], images, self.json_file, json_categories)
+
+    def _drop_without_things(self, records: RecordStore) -> RecordStore:
+        # has_thing was computed from the JSON's isthing flags, which are the metadata's
+        # (check_same_categories) whether the metadata is given or read from the JSON.
+        kept = records.select(np.flatnonzero(records.thing_flags()))
+        if not len(kept):
             raise ValueError(f"{self.json_file}: no image has a non-crowd thing segment, so "
                              f"filter_empty would leave nothing to train on")
         if len(kept) < len(records):

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Mapping
 
 from panfpn.data.builtin_meta import cityscapes_panoptic_metadata, coco_panoptic_metadata
-from panfpn.data.dataset import PanopticDataset, Transform
+from panfpn.data.dataset import PanopticDataset
+from panfpn.data.transforms import Transform
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.synthetic import ensure_synthetic, synthetic_metadata
 

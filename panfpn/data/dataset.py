@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -32,11 +31,11 @@ from panfpn.data.panoptic_io import load_json, read_id_png
 from panfpn.data.record_cache import Parsed, load_records
 from panfpn.data.records import Record, RecordStore
 from panfpn.data.targets import panoptic_targets
+from panfpn.data.transforms import Transform
 from panfpn.data.validate import check_categories, check_same_categories, index_images, pair_annotations
 
 logger = logging.getLogger(__name__)
 
-Transform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 _Record = Record  # the name this module used before records.py

@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from panfpn.data.dataset import PanopticDataset, Transform
+from panfpn.data.dataset import PanopticDataset
+from panfpn.data.transforms import Transform
 from panfpn.data.metadata import DatasetMetadata, SemSegMode
 from panfpn.data.panoptic_io import load_json
 from panfpn.data.validate import check_categories

@@ -30,7 +30,7 @@ from panfpn.modeling.weights import WeightsError
 _spec = importlib.util.spec_from_file_location("engine_conftest", Path(__file__).with_name("conftest.py"))
 _conftest = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_conftest)
-TINY, compose_config = _conftest.TINY, _conftest.compose_config
+TINY = _conftest.TINY
 ROOT = Path(__file__).resolve().parents[2]
 
 # The trained model differs from the default model=panoptic_fpn_small in shapes (widths), in

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import torch
 from config_helpers import compose_config
 
 
 def compose_model_config(model: str, data: str = "synthetic", overrides: tuple[str, ...] = ()):
     """The root config with ``model=<model>`` and ``data=<data>`` (class counts come from data)."""
-    return compose_config([f"model={model}", f"data={data}", *overrides], output_dir="unused")
+    # output_dir: a run dir outside the checkout (export_from_config writes its log.txt there)
+    return compose_config([f"model={model}", f"data={data}", *overrides],
+                          output_dir=Path(tempfile.gettempdir()) / "panfpn-test-model-config")
 
 
 def make_batch(sizes, orig_sizes, *, num_things: int, num_sem: int, seed: int = 0) -> dict:

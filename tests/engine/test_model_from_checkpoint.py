@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from config_helpers import compose_config
 from hydra.utils import instantiate
 from PIL import Image
 

@@ -106,3 +106,21 @@ def test_overrides_are_nested_keys_and_typos_are_named():
     assert model.merge_thresholds.stuff_area == 7
     with pytest.raises(ValueError, match="nrom"):
         panfpn.panoptic_fpn_small(2, 3, backbone={"nrom": "gn"})
+
+
+def test_model_yaml_defaults_errors_are_named(tmp_path, monkeypatch):
+    from panfpn.modeling import zoo
+
+    (tmp_path / "a.yaml").write_text("defaults:\n  - b\n  - _self_\nx: 1\n")
+    (tmp_path / "b.yaml").write_text("defaults:\n  - a\n")
+    (tmp_path / "c.yaml").write_text("defaults:\n  - /data: synthetic\n")
+    (tmp_path / "d.yaml").write_text("x: 2\ny: 3\n")
+    (tmp_path / "e.yaml").write_text("defaults:\n  - d\nx: 4\n")  # _self_ absent: applied last
+    monkeypatch.setattr(zoo, "MODEL_CONFIG_DIR", tmp_path)
+    with pytest.raises(ValueError, match="cycle: a -> b -> a"):
+        zoo.load_model_yaml("a")
+    with pytest.raises(ValueError, match=r"c\.yaml: defaults entry .*not supported"):
+        zoo.load_model_yaml("c")
+    with pytest.raises(FileNotFoundError, match=r"no model config .*nope\.yaml"):
+        zoo.load_model_yaml("nope")
+    assert OmegaConf.to_container(zoo.load_model_yaml("e")) == {"x": 4, "y": 3}

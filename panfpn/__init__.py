@@ -1,7 +1,9 @@
 """panfpn: Panoptic FPN training, inference and exact PQ evaluation.
 
 ``panfpn.build_model(cfg)`` builds the model of a composed hydra config (weights loaded);
-``panfpn.load_weights(model, source)`` loads ours / Detectron2 / torchvision weights.
+``panfpn.load_weights(model, source)`` loads ours / Detectron2 / torchvision weights;
+``panfpn.panoptic_fpn_r50(num_thing_classes, num_stuff_classes, weights=...)`` (and ``_r101``,
+``_small``) build the packaged model configs from Python, without hydra.
 Imported lazily so ``import panfpn`` stays cheap.
 """
 
@@ -14,6 +16,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "build_model": "panfpn.modeling.build",
     "load_weights": "panfpn.modeling.weights",
+    "panoptic_fpn_r50": "panfpn.modeling.zoo",
+    "panoptic_fpn_r101": "panfpn.modeling.zoo",
+    "panoptic_fpn_small": "panfpn.modeling.zoo",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -5,10 +5,18 @@ import os
 import pytest
 import torch
 
+from config_helpers import compose_config
+
 torch.set_num_threads(1)
 os.environ.setdefault("PANFPN_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache", "test"))
 
 SHARED_SAMPLE = os.path.join(os.path.dirname(__file__), "assets", "coco_panoptic_sample")
+
+
+@pytest.fixture
+def compose_cfg():
+    """The compose helper (config_helpers.compose_config) as a fixture."""
+    return compose_config
 
 
 def pytest_collection_modifyitems(config, items):

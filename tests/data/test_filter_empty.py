@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from config_helpers import compose_config
 
 from panfpn.data.dataset import PanopticDataset
 
@@ -58,10 +56,7 @@ def test_nothing_left_is_an_error_naming_the_file(ds_root):
 
 
 def test_training_configs_filter_and_validation_configs_do_not():
-    config_dir = str(Path(__file__).resolve().parents[2] / "configs")
     for data in ("synthetic", "coco_panoptic", "cityscapes_panoptic"):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-            cfg = compose(config_name="config", overrides=[f"data={data}"])
+        cfg = compose_config([f"data={data}"])
         assert cfg.data.train.filter_empty is True, data
         assert not cfg.data.val.get("filter_empty", False), data

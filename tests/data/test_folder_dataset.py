@@ -8,15 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from config_helpers import compose_config
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf.errors import InterpolationResolutionError
 
 from panfpn.data.synthetic import generate_dataset, synthetic_metadata
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 # Synthetic category id -> the custom dataset's: 3 things (triangle and ring merged), 4 stuff plus
 # a stuff class without pixels, other ids and names than the synthetic defaults (4 things, 4 stuff).
@@ -60,9 +58,7 @@ def custom_root(tmp_path) -> Path:
 
 
 def _compose(*overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+    return compose_config(overrides)
 
 
 TINY = [  # the small model, 64 px images, 4 iterations, evaluation at the end

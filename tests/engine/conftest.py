@@ -1,12 +1,8 @@
 """Compose the project's hydra config with tiny CPU overrides, as the tools would."""
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+from config_helpers import compose_config
 
 # Small enough to train a few iterations in seconds on one CPU thread.
 TINY = [
@@ -21,21 +17,9 @@ TINY = [
 ]
 
 
-def compose_config(overrides=(), *, output_dir=None):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        extra = [f"output_dir={output_dir}"] if output_dir is not None else []
-        return compose(config_name="config", overrides=[*overrides, *extra])
-
-
 @pytest.fixture
 def tiny_args():
     return list(TINY)
-
-
-@pytest.fixture
-def compose_cfg():
-    return compose_config
 
 
 @pytest.fixture

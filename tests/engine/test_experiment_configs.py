@@ -6,7 +6,10 @@ from omegaconf import OmegaConf
 from panfpn.engine.config import ConfigError, validate_config
 from panfpn.engine.setup import build_metadata
 
-EXPERIMENTS = ["synthetic_cpu", "coco_r50_1x", "coco_r50_3x", "coco_r101_3x", "cityscapes_r50"]
+# experiment: (backbone depth, thing classes, semantic classes) as published for each dataset
+# (synthetic: 4 things, 4 stuff + the merged thing label; COCO: 80, 53 + 1; Cityscapes: 8, all 19).
+EXPERIMENTS = {"synthetic_cpu": (18, 4, 5), "coco_r50_1x": (50, 80, 54), "coco_r50_3x": (50, 80, 54),
+               "coco_r101_3x": (101, 80, 54), "cityscapes_r50": (50, 8, 19)}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -16,9 +19,14 @@ def test_every_experiment_composes_validates_and_builds_its_solver(name, tmp_pat
     OmegaConf.resolve(cfg)
     schedule = instantiate(cfg.solver.schedule)
     assert schedule(cfg.solver.max_iter - 1) > 0
-    assert cfg.model._target_.endswith("PanopticFPN") or "_target_" in cfg.model
-    metadata = build_metadata(cfg)  # class counts in the data config agree with the metadata
-    assert metadata.num_sem_classes == cfg.data.num_sem_classes
+    depth, num_things, num_sem = EXPERIMENTS[name]
+    metadata = build_metadata(cfg)  # raises when the data config's counts disagree with the metadata
+    assert (metadata.num_thing_classes, metadata.num_sem_classes) == (num_things, num_sem)
+    model = cfg.model  # the model reads the dataset's counts, on the backbone the recipe names
+    assert model._target_ == "panfpn.modeling.panoptic_fpn.PanopticFPN" and model.backbone.depth == depth
+    assert model.semantic_head.num_classes == num_sem
+    assert model.roi_heads.box_head.num_classes == model.roi_heads.mask_head.num_classes == num_things
+    assert list(model.thing_sem_labels) == metadata.thing_sem_labels
 
 
 def test_detectron2_recipes(compose_cfg):
@@ -28,7 +36,7 @@ def test_detectron2_recipes(compose_cfg):
     assert r50.solver.schedule.warmup_iters == 1000
     r3x = compose_cfg(["experiment=coco_r101_3x"])
     assert (r3x.solver.max_iter, list(r3x.solver.schedule.steps)) == (270000, [210000, 250000])
-    assert "r101" in r3x.model.backbone._target_.lower() or r3x.model.backbone.get("depth") == 101
+    assert r3x.model.backbone.depth == 101
     city = compose_cfg(["experiment=cityscapes_r50"])
     assert (city.solver.base_lr, city.solver.ims_per_batch, city.solver.max_iter) == (0.01, 32, 65000)
     assert list(city.solver.schedule.steps) == [40000, 55000]

@@ -12,6 +12,8 @@ import pytest
 
 from panfpn.engine.checkpoint import find_last_checkpoint, load_training_checkpoint
 
+# Subprocess launches of tools/train.py (tens of seconds each): the quick loop, -m "not slow", skips them.
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from config_helpers import compose_config
 from hydra.utils import instantiate
 from PIL import Image
 
@@ -30,7 +31,7 @@ from panfpn.modeling.weights import WeightsError
 _spec = importlib.util.spec_from_file_location("engine_conftest", Path(__file__).with_name("conftest.py"))
 _conftest = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_conftest)
-TINY, compose_config = _conftest.TINY, _conftest.compose_config
+TINY = _conftest.TINY
 ROOT = Path(__file__).resolve().parents[2]
 
 # The trained model differs from the default model=panoptic_fpn_small in shapes (widths), in

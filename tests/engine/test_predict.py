@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from config_helpers import compose_config
 from PIL import Image
 
 from panfpn.data.image_files import ImageFileDataset, list_image_files, output_stems, read_image
@@ -18,7 +17,6 @@ from panfpn.engine.config import ConfigError
 from panfpn.engine.predict_run import predict_from_config
 from panfpn.modeling.build import build_model
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 # test transform: shorter side 48, so the model runs at another size than the inputs
 RESIZE = ("++data.val.transforms={_target_:panfpn.data.transforms.ResizeShortestEdge,"
           "short_edge_lengths:[48],max_size:96}")
@@ -26,9 +24,7 @@ RESIZE = ("++data.val.transforms={_target_:panfpn.data.transforms.ResizeShortest
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"output_dir={tmp_path_factory.mktemp('w')}"])
+    cfg = compose_config(output_dir=tmp_path_factory.mktemp("w"))
     torch.manual_seed(0)
     model = build_model(cfg)
     path = tmp_path_factory.mktemp("ckpt") / "model.pth"

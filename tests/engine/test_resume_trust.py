@@ -9,7 +9,8 @@ import torch
 from panfpn.engine.checkpoint import CheckpointError, LAST_CHECKPOINT, load_training_checkpoint
 from panfpn.engine.config import ConfigError
 from panfpn.engine.trainer import train
-from tests.engine.conftest import TINY, compose_config
+from config_helpers import compose_config
+from tests.engine.conftest import TINY
 
 NO_EVAL = ("train.eval_period=-1",)
 # The default solver (AdamW, cosine decay to 0 at solver.max_iter), at the tiny size.

@@ -1,12 +1,10 @@
 """Slurm -> torchrun variables, and the submitit launcher config composing."""
 
-from pathlib import Path
-
 import pytest
+from config_helpers import compose_config
 
 from panfpn.engine.slurm_env import apply_slurm_env, expand_nodelist, tasks_on_node, torchrun_env_from_slurm
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 SRUN_TASK = {  # task 5 of a 2-node x 4-task step, as srun sets them
     "SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NODEID": "1", "SLURM_STEP_NUM_TASKS": "8",
     "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_STEP_TASKS_PER_NODE": "4(x2)", "SLURM_JOB_ID": "123456",
@@ -52,12 +50,7 @@ def test_missing_step_variable_is_named():
 
 
 def _compose_hydra(overrides):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    return compose_config(overrides, return_hydra_config=True)
 
 
 def test_slurm_launcher_config_composes():

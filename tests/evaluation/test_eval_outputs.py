@@ -4,13 +4,11 @@ reported mIoU; eval.save_predictions' JSON carries thing scores and one PNG per 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
+from config_helpers import compose_config
 from PIL import Image
 
 from panfpn.data.targets import semantic_map
@@ -20,16 +18,13 @@ from panfpn.evaluation import SemSegEvaluator
 from panfpn.evaluation.writer import prediction_file_stem
 from panfpn.modeling.build import build_model
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 TINY = ["data.val.num_images=3", "data.val.height=64", "data.val.width=64", "data.num_workers=0",
         "eval.max_images=null", "eval.compute_ap=false", "model.merge.score_thresh=0.0",
         "model.merge.stuff_area=1"]
 
 
 def _cfg(tmp_path, *extra):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=[*TINY, *extra, f"output_dir={tmp_path / 'eval'}"])
+    return compose_config([*TINY, *extra], output_dir=tmp_path / "eval")
 
 
 def test_eval_writes_semantic_pngs_and_scored_predictions(tmp_path):

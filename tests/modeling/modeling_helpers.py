@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+from config_helpers import compose_config
 
 
 def compose_model_config(model: str, data: str = "synthetic", overrides: tuple[str, ...] = ()):
     """The root config with ``model=<model>`` and ``data=<data>`` (class counts come from data)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config",
-                       overrides=[f"model={model}", f"data={data}", "output_dir=unused", *overrides])
+    # output_dir: a run dir outside the checkout (export_from_config writes its log.txt there)
+    return compose_config([f"model={model}", f"data={data}", *overrides],
+                          output_dir=Path(tempfile.gettempdir()) / "panfpn-test-model-config")
 
 
 def make_batch(sizes, orig_sizes, *, num_things: int, num_sem: int, seed: int = 0) -> dict:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import panfpn
 from panfpn.modeling.build import build_model
 from panfpn.modeling.panoptic_fpn import LOSS_KEYS
 
@@ -102,8 +103,7 @@ def test_padding_does_not_change_predictions():
 
 
 def test_bad_images_raise_clear_error():
-    cfg = compose_model_config("panoptic_fpn_small", "synthetic")
-    model = build_model(cfg).eval()
+    model = panfpn.panoptic_fpn_small(num_thing_classes=4, num_stuff_classes=4).eval()
     batch = make_batch([(64, 64)], [(64, 64)], num_things=4, num_sem=5)
     batch["images"] = batch["images"].float()
     with pytest.raises(ValueError, match="uint8"):

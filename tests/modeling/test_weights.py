@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.ops import FrozenBatchNorm2d
 
+import panfpn
 from panfpn.modeling.backbone import ResNetFPN
 from panfpn.modeling.box_head import BoxHead
 from panfpn.modeling.detectron2_import import D2_PIXEL_MEAN_BGR, ours_to_d2
@@ -89,12 +90,10 @@ def d2_pair(tmp_path_factory):
 
 def test_d2_names_are_detectron2s():
     """Known names and shapes of Detectron2's Panoptic FPN R50 checkpoint."""
-    from modeling_helpers import compose_model_config
-    from panfpn.modeling.build import build_model
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = build_model(compose_model_config("panoptic_fpn_r50", "coco_panoptic"))
+        model = panfpn.panoptic_fpn_r50(num_thing_classes=80, num_stuff_classes=53)
     names = {}
     for key, value in model.state_dict().items():
         name = ours_to_d2(key)

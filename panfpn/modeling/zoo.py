@@ -1,0 +1,124 @@
+"""Build the packaged models from Python, without hydra: ``panoptic_fpn_r50(num_thing_classes=80, ...)``.
+
+The single source of truth is ``configs/model/<name>.yaml`` (shipped inside the package as
+``panfpn/configs``): it is loaded with OmegaConf, its model-group ``defaults`` list applied as hydra
+does, the class counts filled in where the yaml reads ``${data.*}``, and built by ``build_model``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torchvision
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError
+from torch import nn
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
+
+WeightsSource = str | os.PathLike | torchvision.models.WeightsEnum | None
+
+
+def _model_yaml(name: str) -> Path:
+    path = MODEL_CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"no model config {path} (model configs here: {known})")
+    return path
+
+
+def load_model_yaml(name: str, _chain: tuple[str, ...] = ()) -> DictConfig:
+    """``configs/model/<name>.yaml`` with its ``defaults`` list (names in the model group and
+    ``_self_``, which is applied last when absent, as in hydra >= 1.1) merged; interpolations kept."""
+    if name in _chain:
+        raise ValueError(f"model config defaults form a cycle: {' -> '.join((*_chain, name))}")
+    path = _model_yaml(name)
+    node = OmegaConf.load(path)
+    defaults = node.pop("defaults", None) or []
+    if "_self_" not in defaults:
+        defaults = [*defaults, "_self_"]
+    merged = OmegaConf.create()
+    for entry in defaults:
+        if entry == "_self_":
+            merged = OmegaConf.merge(merged, node)
+        elif isinstance(entry, str) and "/" not in entry and ":" not in entry:
+            merged = OmegaConf.merge(merged, load_model_yaml(entry, (*_chain, name)))
+        else:
+            raise ValueError(f"{path}: defaults entry {entry!r} is not supported here "
+                             "(only other model configs by name, and _self_)")
+    return merged
+
+
+def data_counts(num_thing_classes: int, num_stuff_classes: int, sem_seg_mode: str = "stuff_plus_thing",
+                thing_sem_labels: Sequence[int] | None = None) -> dict[str, Any]:
+    """The ``data.*`` keys a model yaml reads, as the dataset metadata defines them: in
+    ``stuff_plus_thing`` the stuff labels come first and one merged 'thing' label last; in ``all``
+    every category has a label and ``thing_sem_labels`` (the things' labels) must be given."""
+    if not isinstance(num_thing_classes, int) or num_thing_classes < 1:
+        raise ValueError(f"num_thing_classes must be an int >= 1, got {num_thing_classes!r}")
+    if not isinstance(num_stuff_classes, int) or num_stuff_classes < 0:
+        raise ValueError(f"num_stuff_classes must be an int >= 0, got {num_stuff_classes!r}")
+    if sem_seg_mode == "stuff_plus_thing":
+        if thing_sem_labels is not None:
+            raise ValueError("thing_sem_labels is fixed in sem_seg_mode='stuff_plus_thing' "
+                             f"(the last label, {num_stuff_classes}); got {list(thing_sem_labels)}")
+        return {"num_thing_classes": num_thing_classes, "num_sem_classes": num_stuff_classes + 1,
+                "thing_sem_labels": [num_stuff_classes]}
+    if sem_seg_mode != "all":
+        raise ValueError(f"sem_seg_mode must be 'stuff_plus_thing' or 'all', got {sem_seg_mode!r}")
+    num_sem = num_thing_classes + num_stuff_classes
+    labels = [int(x) for x in thing_sem_labels] if thing_sem_labels is not None else None
+    if labels is None or len(set(labels)) != num_thing_classes or not all(0 <= x < num_sem for x in labels):
+        raise ValueError(f"sem_seg_mode='all' needs thing_sem_labels: {num_thing_classes} distinct "
+                         f"semantic labels in [0, {num_sem}) (the things' category positions); got {thing_sem_labels!r}")
+    return {"num_thing_classes": num_thing_classes, "num_sem_classes": num_sem, "thing_sem_labels": labels}
+
+
+def model_config(name: str, num_thing_classes: int = 80, num_stuff_classes: int = 53, *,
+                 sem_seg_mode: Literal["stuff_plus_thing", "all"] = "stuff_plus_thing",
+                 thing_sem_labels: Sequence[int] | None = None, **overrides: Any) -> DictConfig:
+    """A root config ``{model, data}`` for ``build_model``: the model yaml ``name`` with nested
+    ``overrides`` merged (e.g. ``backbone={"norm": "gn"}``; unknown keys are an error)."""
+    model = load_model_yaml(name)
+    OmegaConf.set_struct(model, True)
+    try:
+        model = OmegaConf.merge(model, overrides)
+    except ConfigKeyError as e:
+        raise ValueError(f"override of model config {name!r} ({_model_yaml(name)}): {e.msg}") from None
+    data = data_counts(num_thing_classes, num_stuff_classes, sem_seg_mode, thing_sem_labels)
+    return OmegaConf.create({"model": model, "data": data, "weights": None})
+
+
+def build_named_model(name: str, num_thing_classes: int = 80, num_stuff_classes: int = 53, *,
+                      weights: WeightsSource = None, allow_partial: bool = False, **kwargs: Any) -> nn.Module:
+    """The model of ``configs/model/<name>.yaml`` built as ``build_model`` builds it, then
+    ``weights`` loaded by :func:`panfpn.modeling.weights.load_weights` (strict unless ``allow_partial``)."""
+    from panfpn.modeling.build import build_model, instantiate_model
+    from panfpn.modeling.weights import load_weights
+
+    cfg = model_config(name, num_thing_classes, num_stuff_classes, **kwargs)
+    if weights is None:
+        return build_model(cfg)  # warns like the tools when frozen BN gets no weights
+    model = instantiate_model(cfg)
+    load_weights(model, weights, allow_partial=allow_partial)
+    return model
+
+
+def panoptic_fpn_r50(num_thing_classes: int = 80, num_stuff_classes: int = 53, *,
+                     weights: WeightsSource = None, **kwargs: Any) -> nn.Module:
+    """Panoptic FPN R50-FPN (``configs/model/panoptic_fpn_r50.yaml``); COCO class counts by default."""
+    return build_named_model("panoptic_fpn_r50", num_thing_classes, num_stuff_classes, weights=weights, **kwargs)
+
+
+def panoptic_fpn_r101(num_thing_classes: int = 80, num_stuff_classes: int = 53, *,
+                      weights: WeightsSource = None, **kwargs: Any) -> nn.Module:
+    """Panoptic FPN R101-FPN (``configs/model/panoptic_fpn_r101.yaml``); COCO class counts by default."""
+    return build_named_model("panoptic_fpn_r101", num_thing_classes, num_stuff_classes, weights=weights, **kwargs)
+
+
+def panoptic_fpn_small(num_thing_classes: int = 80, num_stuff_classes: int = 53, *,
+                       weights: WeightsSource = None, **kwargs: Any) -> nn.Module:
+    """The CPU-fast R18 model of the synthetic demo and tests (``configs/model/panoptic_fpn_small.yaml``)."""
+    return build_named_model("panoptic_fpn_small", num_thing_classes, num_stuff_classes, weights=weights, **kwargs)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 
-from panfpn.engine.trainer import train
+from panfpn.engine.train_run import train_from_config
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
@@ -37,7 +37,7 @@ def main() -> None:
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     t0 = time.perf_counter()
-    train(cfg)
+    train_from_config(cfg)
     wall = time.perf_counter() - t0
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     print(f"run dir {run_dir}; total wall time {wall / 60:.1f} min (data generation included)")

@@ -38,7 +38,7 @@ from PIL import Image
 
 from panfpn.data.image_files import ImageFileDataset, list_image_files
 from panfpn.engine.predict_run import collate_predict, predict_images
-from panfpn.engine.setup import build_metadata
+from panfpn.engine.job_setup import build_metadata
 from panfpn.modeling.build import build_model
 from panfpn.evaluation.writer import PanopticPredictionWriter, model_segments_to_dataset
 from panfpn.utils.visualize import panoptic_overlay

@@ -1,6 +1,6 @@
 """Training speed of the R50 COCO recipe through the real engine, against the bare model step.
 
-Runs ``panfpn.engine.trainer.train`` (data loading, augmentation seeding, forward, backward,
+Runs ``panfpn.engine.train_run.train_from_config`` (data loading, augmentation seeding, forward, backward,
 SGD step, logging, checkpoint at the end) with the ``coco_r50_1x`` model and solver on synthetic
 images of the requested size, and, in the same run, the bare step (forward + backward + SGD on
 one pre-collated batch) as the reference. Prints s/iter, images/s and the ratio engine / bare
@@ -26,8 +26,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from panfpn.data.collate import collate_panoptic
-from panfpn.engine.setup import move_batch
-from panfpn.engine.trainer import train
+from panfpn.engine.job_setup import move_batch
+from panfpn.engine.train_run import train_from_config
 from panfpn.modeling.build import build_model
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
@@ -75,7 +75,7 @@ def bare_step_times(cfg, device: torch.device, iters: int, warmup: int, amp: boo
 
 
 def engine_time_per_iter(cfg, iters: int, warmup: int) -> float:
-    train(cfg)
+    train_from_config(cfg)
     rows = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
     # one logged window covers every iteration; remove the warmup iterations' share using the
     # mean of the window (first iterations are slower, so this slightly overstates s/iter)
@@ -101,7 +101,7 @@ def main() -> None:
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"device {name}  R50-FPN Panoptic FPN  batch {args.batch}  {h}x{w}  amp={args.amp}")
     print(f"bare model step : {bare:.3f} s/iter  {args.batch / bare:.2f} img/s (median of {args.iters})")
-    print(f"engine (train()): {engine:.3f} s/iter  {args.batch / engine:.2f} img/s (mean incl. warmup)")
+    print(f"engine (train_from_config()): {engine:.3f} s/iter  {args.batch / engine:.2f} img/s (mean incl. warmup)")
     print(f"ratio engine / bare step: {engine / bare:.2f}")
 
 

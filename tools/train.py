@@ -9,18 +9,18 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from panfpn.engine.trainer import train
+from panfpn.engine.train_run import train_from_config
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    result = train(cfg)
+    result = train_from_config(cfg)
     if result["interrupted"]:
         print(f"training interrupted by signal {result['signal']} at iteration {result['iteration']}; "
               f"checkpoint {result['checkpoint']} (continue with resume=true)", file=sys.stderr)
         sys.exit(128 + int(result["signal"]))
     if result["eval"] is not None:
-        from panfpn.engine.evaluator import format_results
+        from panfpn.engine.eval_loop import format_results
 
         print(format_results(result["eval"]))
 

@@ -14,10 +14,10 @@ from omegaconf import DictConfig
 from panfpn.utils.atomic import save_image_atomic, write_json_atomic
 from panfpn.engine import distributed as du
 from panfpn.engine.config import ConfigError, validate_config
-from panfpn.engine.evaluator import build_eval_loader, evaluate, format_results
+from panfpn.engine.eval_loop import build_eval_loader, evaluate, format_results
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.model_spec import same_labels
-from panfpn.engine.setup import build_metadata, setup_logging
+from panfpn.engine.job_setup import build_metadata, setup_logging
 
 logger = logging.getLogger("panfpn")
 

@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from panfpn.utils.atomic import write_json_atomic
 from panfpn.utils.dist import resolve_device
 from panfpn.engine.config import section_values, validate_config
-from panfpn.engine.setup import setup_logging
+from panfpn.engine.job_setup import setup_logging
 from panfpn.modeling import export as ex
 from panfpn.engine.inference_model import build_inference_model
 

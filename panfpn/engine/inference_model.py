@@ -26,7 +26,7 @@ from panfpn.engine.model_spec import (
     ModelRecord, check_labels_fit_model, command_line_overrides, config_differences, effective_model_config,
     log_differences, read_model_record, transform_overridden,
 )
-from panfpn.engine.setup import build_metadata
+from panfpn.engine.job_setup import build_metadata
 from panfpn.modeling.build import instantiate_model, load_configured_weights
 from panfpn.modeling.weights import BACKBONE_ONLY_FORMATS, LoadReport, WeightsError
 

@@ -1,6 +1,6 @@
 """What a training checkpoint records about its model, so eval, predict and export can rebuild it.
 
-Checkpoints written by :mod:`panfpn.engine.trainer` carry, beside the weights:
+Checkpoints written by :mod:`panfpn.engine.train_run` carry, beside the weights:
 
 ``model_config``   yaml of the resolved ``cfg.model`` node (no interpolations left);
 ``metadata``       ``{"name", "sem_seg_mode", "categories"}`` (COCO category dicts): the label

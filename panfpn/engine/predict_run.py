@@ -48,7 +48,7 @@ from panfpn.utils.atomic import atomic_write, save_image_atomic, write_json_atom
 from panfpn.engine import distributed as du
 from panfpn.engine.config import IMAGE_ID_RULES, ConfigError, section_values, validate_config
 from panfpn.engine.inference_model import build_inference_model
-from panfpn.engine.setup import setup_logging
+from panfpn.engine.job_setup import setup_logging
 from panfpn.modeling.postprocess import box_instance_masks
 from panfpn.evaluation.writer import (PanopticPredictionWriter, SemanticPredictionWriter,
                                      model_segments_to_dataset)

@@ -77,7 +77,7 @@ def test_counts_and_metadata_come_from_the_train_json(custom_root):
     assert cfg.data.num_thing_classes == 3 and cfg.data.num_sem_classes == 6
     assert list(cfg.data.thing_sem_labels) == [5]
     assert cfg.model.roi_heads.box_head.num_classes == 3 and cfg.model.semantic_head.num_classes == 6
-    from panfpn.engine.setup import build_metadata
+    from panfpn.engine.job_setup import build_metadata
 
     meta = build_metadata(cfg)  # instantiates data.metadata and compares the counts
     assert meta.thing_ids == [40, 41, 42] and meta.stuff_ids == [5, 6, 7, 8, 9]
@@ -94,10 +94,10 @@ def test_counts_and_metadata_come_from_the_train_json(custom_root):
 
 def test_custom_folder_trains_then_evaluates(custom_root, tmp_path):
     from panfpn.engine.eval_run import evaluate_from_config
-    from panfpn.engine.trainer import train
+    from panfpn.engine.train_run import train_from_config
 
     base = ["data=coco_panoptic_folder", f"data.root={custom_root}", *TINY]
-    result = train(_compose(*base, f"output_dir={tmp_path / 'run'}"))
+    result = train_from_config(_compose(*base, f"output_dir={tmp_path / 'run'}"))
     assert result["iteration"] == 4 and result["eval"] is not None
     per_class = result["eval"]["panoptic"]["per_class"]
     assert {int(k) for k in per_class} <= {c["id"] for c in CATEGORIES}
@@ -154,10 +154,10 @@ def test_coco_names_and_explicit_paths(tmp_path):
 def test_evaluation_without_the_train_split(custom_root, tmp_path):
     """Only the val split on disk: the metadata is read from the val JSON instead."""
     from panfpn.engine.eval_run import evaluate_from_config
-    from panfpn.engine.trainer import train
+    from panfpn.engine.train_run import train_from_config
 
     base = ["data=coco_panoptic_folder", f"data.root={custom_root}", *TINY]
-    train(_compose(*base, "solver.max_iter=1", "solver.schedule.steps=[]",
+    train_from_config(_compose(*base, "solver.max_iter=1", "solver.schedule.steps=[]",
                    "solver.schedule.warmup_iters=0", "train.eval_period=-1", f"output_dir={tmp_path / 'run'}"))
     shutil.rmtree(custom_root / "images" / "train")
     (custom_root / "annotations" / "panoptic_train.json").unlink()
@@ -199,23 +199,23 @@ def _truncate_one_image(root: Path) -> Path:
 
 
 def test_training_run_names_a_truncated_image(custom_root, tmp_path):
-    from panfpn.engine.trainer import train
+    from panfpn.engine.train_run import train_from_config
 
     bad = _truncate_one_image(custom_root)
     cfg = _compose("data=coco_panoptic_folder", f"data.root={custom_root}", *TINY, "train.eval_period=-1",
                    f"output_dir={tmp_path / 'run'}")
     with pytest.raises(Exception, match=rf"image id \d+ of .*{bad.name}: cannot read") as err:
-        train(cfg)
+        train_from_config(cfg)
     assert "skip_bad_images" in str(err.value)
     assert not (tmp_path / "run" / "model_final.pth").exists()
 
 
 def test_training_run_skips_and_lists_a_truncated_image(custom_root, tmp_path):
-    from panfpn.engine.trainer import train
+    from panfpn.engine.train_run import train_from_config
 
     bad = _truncate_one_image(custom_root)
     cfg = _compose("data=coco_panoptic_folder", f"data.root={custom_root}", *TINY, "train.eval_period=-1",
                    "data.skip_bad_images=true", f"output_dir={tmp_path / 'run'}")
-    assert train(cfg)["iteration"] == 4
+    assert train_from_config(cfg)["iteration"] == 4
     lines = (tmp_path / "run" / "bad_images.txt").read_text().splitlines()
     assert len(lines) == 1 and lines[0].split("\t")[0] == str(bad)

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from panfpn.engine.config import ConfigError, validate_config
-from panfpn.engine.trainer import train
+from panfpn.engine.train_run import train_from_config
 
 # (override, key, what the message must say it wants, the value as the message shows it)
 BAD = [
@@ -73,5 +73,5 @@ def test_a_missing_engine_key_is_named(compose_cfg, tmp_path):
 @pytest.mark.parametrize("override", ["solver.max_iter=2.5", "train.checkpoint_period=0", "resume=maybe"])
 def test_train_refuses_before_any_work(tiny_cfg, tmp_path, override):
     with pytest.raises(ConfigError, match=re.escape(override.split("=")[0])):
-        train(tiny_cfg(override))
+        train_from_config(tiny_cfg(override))
     assert not (tmp_path / "run").exists()  # no run dir, no log, no checkpoint

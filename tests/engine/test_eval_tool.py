@@ -7,12 +7,12 @@ from PIL import Image
 from hydra.utils import instantiate
 
 from panfpn.engine.eval_run import evaluate_from_config
-from panfpn.engine.trainer import train
+from panfpn.engine.train_run import train_from_config
 from panfpn.evaluation import pq_compute
 
 
 def test_eval_writes_results_and_predictions_consistent_with_pq_compute(tiny_cfg, tmp_path):
-    train(tiny_cfg("train.eval_period=-1", run_dir=tmp_path / "train"))
+    train_from_config(tiny_cfg("train.eval_period=-1", run_dir=tmp_path / "train"))
     weights = tmp_path / "train" / "model_final.pth"
     merge_overrides = ["model.merge.score_thresh=0.0", "model.merge.stuff_area=1"]  # many segments
     cfg = tiny_cfg(f"weights={weights}", "eval.save_predictions=true", "eval.max_images=null", "eval.save_overlays=2",

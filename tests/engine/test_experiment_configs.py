@@ -4,7 +4,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from panfpn.engine.config import ConfigError, validate_config
-from panfpn.engine.setup import build_metadata
+from panfpn.engine.job_setup import build_metadata
 
 # experiment: (backbone depth, thing classes, semantic classes) as published for each dataset
 # (synthetic: 4 things, 4 stuff + the merged thing label; COCO: 80, 53 + 1; Cityscapes: 8, all 19).

@@ -6,7 +6,7 @@ import signal
 import pytest
 
 from panfpn.engine.checkpoint import find_last_checkpoint, load_training_checkpoint
-from panfpn.engine.trainer import train
+from panfpn.engine.train_run import train_from_config
 from tests.engine.test_train import wrap_forward
 
 # 6 validation images evaluated one by one after every iteration; no periodic checkpoint.
@@ -36,7 +36,7 @@ def signal_in_eval_call(monkeypatch, *signals):
 
 def test_ctrl_c_during_evaluation_stops_it_and_saves_the_iteration(tiny_cfg, tmp_path, monkeypatch):
     eval_calls = signal_in_eval_call(monkeypatch, signal.SIGINT)
-    result = train(tiny_cfg(*EVAL_EVERY_STEP))
+    result = train_from_config(tiny_cfg(*EVAL_EVERY_STEP))
     assert result["interrupted"] and result["signal"] == signal.SIGINT
     assert result["iteration"] == 1 and result["eval"] is None
     assert len(eval_calls) == 1  # the other 5 images were not evaluated
@@ -49,7 +49,7 @@ def test_ctrl_c_during_evaluation_stops_it_and_saves_the_iteration(tiny_cfg, tmp
 
 def test_ctrl_c_during_the_final_evaluation_still_reports_the_interruption(tiny_cfg, tmp_path, monkeypatch):
     eval_calls = signal_in_eval_call(monkeypatch, signal.SIGINT)
-    result = train(tiny_cfg(*EVAL_EVERY_STEP, "train.eval_period=0"))  # evaluate only at the end
+    result = train_from_config(tiny_cfg(*EVAL_EVERY_STEP, "train.eval_period=0"))  # evaluate only at the end
     assert result["interrupted"] and result["signal"] == signal.SIGINT and result["iteration"] == 4
     assert len(eval_calls) == 1 and result["eval"] is None
     assert load_training_checkpoint(tmp_path / "run" / "model_final.pth")["iteration"] == 4
@@ -59,13 +59,13 @@ def test_second_ctrl_c_aborts_at_once_and_handlers_are_restored(tiny_cfg, monkey
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     eval_calls = signal_in_eval_call(monkeypatch, signal.SIGINT, signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_cfg(*EVAL_EVERY_STEP))
+        train_from_config(tiny_cfg(*EVAL_EVERY_STEP))
     assert len(eval_calls) == 1
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
 def test_sigterm_reports_its_signal(tiny_cfg, tmp_path, monkeypatch):
     wrap_forward(monkeypatch, lambda n, out: signal.raise_signal(signal.SIGTERM) if n == 3 else None)
-    result = train(tiny_cfg("train.eval_period=-1", "train.checkpoint_period=100"))
+    result = train_from_config(tiny_cfg("train.eval_period=-1", "train.checkpoint_period=100"))
     assert result["interrupted"] and result["signal"] == signal.SIGTERM and result["iteration"] == 3
     assert result["checkpoint"] == str(tmp_path / "run" / "model_0000003.pth")

@@ -23,7 +23,7 @@ from panfpn.engine.eval_run import evaluate_from_config
 from panfpn.engine.export_run import export_from_config
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.predict_run import predict_from_config
-from panfpn.engine.trainer import train
+from panfpn.engine.train_run import train_from_config
 from panfpn.modeling.build import build_model
 from panfpn.modeling.export import ExportableNetwork, as_network, example_input, max_abs_diffs
 from panfpn.modeling.weights import WeightsError
@@ -52,7 +52,7 @@ EVAL = [*TINY, "eval.max_images=null"]
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     run = tmp_path_factory.mktemp("train")
-    train(compose_config([*TRAIN, *TRAINED_MODEL], output_dir=run))
+    train_from_config(compose_config([*TRAIN, *TRAINED_MODEL], output_dir=run))
     return run / "model_final.pth"
 
 
@@ -208,7 +208,7 @@ def test_fine_tuning_with_other_class_counts_needs_weights_partial(trained, tmp_
     with pytest.raises(WeightsError, match="weights_partial=true"):
         build_model(compose_config(other, output_dir=tmp_path / "strict"))
     with caplog.at_level(logging.INFO, logger="panfpn"):
-        result = train(compose_config([*other, "weights_partial=true"], output_dir=tmp_path / "partial"))
+        result = train_from_config(compose_config([*other, "weights_partial=true"], output_dir=tmp_path / "partial"))
     assert result["iteration"] == 2
     assert "shape mismatch: roi_heads.box_head.cls_score.weight model [7, 128] vs file [5, 128]" in caplog.text
     assert "partial load (weights_partial=true)" in caplog.text

@@ -3,7 +3,7 @@
 import pytest
 
 from panfpn.engine.checkpoint import load_training_checkpoint
-from panfpn.engine.trainer import NonFiniteLossError, train
+from panfpn.engine.train_run import NonFiniteLossError, train_from_config
 from tests.engine.test_train import wrap_forward
 
 SKIP = ("train.eval_period=-1", "train.on_nonfinite=skip", "solver.max_iter=10")
@@ -21,14 +21,14 @@ def test_skip_gives_up_after_the_default_five_in_a_row(tiny_cfg, tmp_path, monke
     with pytest.raises(NonFiniteLossError,
                        match=r"iteration 5: loss_mask=nan: 5 non-finite steps in a row "
                              r"\(train\.max_consecutive_nonfinite=5\)"):
-        train(tiny_cfg(*SKIP))
+        train_from_config(tiny_cfg(*SKIP))
     assert not (tmp_path / "run" / "model_final.pth").exists()
 
 
 def test_the_consecutive_limit_is_configurable(tiny_cfg, tmp_path, monkeypatch):
     wrap_forward(monkeypatch, nan_mask_loss_when(lambda n: n in (2, 4, 5)))
     with pytest.raises(NonFiniteLossError, match=r"iteration 4: .*2 non-finite steps in a row"):
-        train(tiny_cfg(*SKIP, "train.max_consecutive_nonfinite=2"))
+        train_from_config(tiny_cfg(*SKIP, "train.max_consecutive_nonfinite=2"))
     assert not (tmp_path / "run" / "model_final.pth").exists()
 
 
@@ -37,7 +37,7 @@ def test_too_many_skipped_steps_in_the_run_withhold_model_final(tiny_cfg, tmp_pa
     with pytest.raises(NonFiniteLossError,
                        match=r"7 of 10 steps were skipped for non-finite losses \(loss_mask x7\), more "
                              r"than train\.max_skipped_fraction=0\.5: model_final not written"):
-        train(tiny_cfg(*SKIP))
+        train_from_config(tiny_cfg(*SKIP))
     run = tmp_path / "run"
     assert not (run / "model_final.pth").exists()
     assert load_training_checkpoint(run / "model_0000008.pth")["skipped_steps"] == 6
@@ -45,6 +45,6 @@ def test_too_many_skipped_steps_in_the_run_withhold_model_final(tiny_cfg, tmp_pa
 
 def test_no_skipped_fraction_limit_when_null(tiny_cfg, tmp_path, monkeypatch):
     wrap_forward(monkeypatch, nan_mask_loss_when(lambda n: n % 4 != 1))
-    result = train(tiny_cfg(*SKIP, "train.max_skipped_fraction=null"))
+    result = train_from_config(tiny_cfg(*SKIP, "train.max_skipped_fraction=null"))
     assert result["iteration"] == 10 and result["losses"]["skipped_steps"] == 7.0
     assert load_training_checkpoint(tmp_path / "run" / "model_final.pth")["skipped_steps"] == 7

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from panfpn.engine.trainer import train
+from panfpn.engine.train_run import train_from_config
 
 OVERFIT = [
     "data.train.num_images=4", "data.train.height=64", "data.train.width=64", "data.train.transforms=null",
@@ -20,7 +20,7 @@ OVERFIT = [
 
 @pytest.mark.slow
 def test_small_model_overfits_a_few_images(compose_cfg, tmp_path):
-    result = train(compose_cfg(OVERFIT, output_dir=tmp_path))
+    result = train_from_config(compose_cfg(OVERFIT, output_dir=tmp_path))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss/total"] for r in rows if r["kind"] == "train"]
     assert len(losses) == 300

@@ -192,9 +192,9 @@ def test_tools_predict_killed_with_sigkill_then_rerun(tiny_cfg, tmp_path):
     import signal
     import time
 
-    from panfpn.engine.trainer import train
+    from panfpn.engine.train_run import train_from_config
 
-    train(tiny_cfg("train.eval_period=-1", run_dir=tmp_path / "train"))  # a real checkpoint, quickly
+    train_from_config(tiny_cfg("train.eval_period=-1", run_dir=tmp_path / "train"))  # a real checkpoint, quickly
     inp, out = tmp_path / "in", tmp_path / "out"
     _photos(inp, [f"p{k:03d}.jpg" for k in range(150)], size=(32, 40))
     root = Path(__file__).resolve().parents[2]

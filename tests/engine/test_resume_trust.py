@@ -8,7 +8,7 @@ import torch
 
 from panfpn.engine.checkpoint import CheckpointError, LAST_CHECKPOINT, load_training_checkpoint
 from panfpn.engine.config import ConfigError
-from panfpn.engine.trainer import train
+from panfpn.engine.train_run import train_from_config
 from config_helpers import compose_config
 from tests.engine.conftest import TINY
 
@@ -29,11 +29,11 @@ def log_text(run):
 
 def test_extending_a_run_follows_the_current_schedule_and_says_what_changed(tmp_path):
     straight = tmp_path / "straight"
-    train(compose_config([*COSINE, "solver.max_iter=8"], output_dir=straight))
+    train_from_config(compose_config([*COSINE, "solver.max_iter=8"], output_dir=straight))
     run = tmp_path / "run"
-    train(compose_config([*COSINE, "solver.max_iter=4"], output_dir=run))
+    train_from_config(compose_config([*COSINE, "solver.max_iter=4"], output_dir=run))
     assert rows(run)[-1]["lr"] == 0.0  # the 4-iteration cosine schedule ended at 0
-    result = train(compose_config([*COSINE, "solver.max_iter=8", "resume=true"], output_dir=run))
+    result = train_from_config(compose_config([*COSINE, "solver.max_iter=8", "resume=true"], output_dir=run))
     assert result["iteration"] == 8
     want = {r["iter"]: r["lr"] for r in rows(straight)}
     got = {r["iter"]: r["lr"] for r in rows(run)}
@@ -48,17 +48,17 @@ def test_extending_a_run_follows_the_current_schedule_and_says_what_changed(tmp_
 
 def test_resume_refuses_another_optimizer(tmp_path):
     run = tmp_path / "run"
-    train(compose_config([*COSINE, "solver.max_iter=2"], output_dir=run))
+    train_from_config(compose_config([*COSINE, "solver.max_iter=2"], output_dir=run))
     cfg = compose_config([*COSINE, "solver.max_iter=4", "resume=true", "solver.optimizer._target_=torch.optim.Adam"],
                          output_dir=run)
     with pytest.raises(ConfigError, match=r"solver\.optimizer\._target_ is 'torch\.optim\.Adam'.*AdamW"):
-        train(cfg)
+        train_from_config(cfg)
 
 
 @pytest.mark.parametrize("old_checkpoint", [False, True], ids=["model_config", "config_only"])
 def test_resume_with_another_model_config_names_the_keys(tiny_cfg, tmp_path, old_checkpoint):
     run = tmp_path / "run"
-    train(tiny_cfg(*NO_EVAL, "solver.max_iter=2", "solver.schedule.steps=[1]"))
+    train_from_config(tiny_cfg(*NO_EVAL, "solver.max_iter=2", "solver.schedule.steps=[1]"))
     final = run / "model_final.pth"
     if old_checkpoint:  # written before checkpoints recorded model_config: the config's model section
         ckpt = load_training_checkpoint(final)
@@ -66,7 +66,7 @@ def test_resume_with_another_model_config_names_the_keys(tiny_cfg, tmp_path, old
         torch.save(ckpt, final)
     cfg = tiny_cfg(*NO_EVAL, "solver.max_iter=4", "resume=true", "model.merge.score_thresh=0.3")
     with pytest.raises(ConfigError) as err:
-        train(cfg)
+        train_from_config(cfg)
     message = str(err.value)
     assert "model.merge.score_thresh: 0.5 -> 0.3" in message and str(final) in message
     assert "model.backbone" not in message  # only what differs
@@ -79,9 +79,9 @@ def _truncate(path):
 
 def test_corrupt_last_checkpoint_falls_back_to_the_older_one(tiny_cfg, tmp_path):
     run = tmp_path / "run"
-    train(tiny_cfg(*NO_EVAL))  # checkpoints at 2 and final (4)
+    train_from_config(tiny_cfg(*NO_EVAL))  # checkpoints at 2 and final (4)
     _truncate(run / "model_final.pth")
-    result = train(tiny_cfg(*NO_EVAL, "solver.max_iter=6", "resume=true"))
+    result = train_from_config(tiny_cfg(*NO_EVAL, "solver.max_iter=6", "resume=true"))
     assert result["iteration"] == 6
     log = log_text(run)
     assert re.search(r"ERROR\].*model_final\.pth cannot be loaded", log)
@@ -93,19 +93,19 @@ def test_corrupt_last_checkpoint_falls_back_to_the_older_one(tiny_cfg, tmp_path)
 
 def test_no_loadable_checkpoint_is_an_error_not_a_fresh_start(tiny_cfg, tmp_path):
     run = tmp_path / "run"
-    train(tiny_cfg(*NO_EVAL))
+    train_from_config(tiny_cfg(*NO_EVAL))
     for name in ("model_final.pth", "model_0000002.pth"):
         _truncate(run / name)
     with pytest.raises(CheckpointError) as err:
-        train(tiny_cfg(*NO_EVAL, "solver.max_iter=6", "resume=true"))
+        train_from_config(tiny_cfg(*NO_EVAL, "solver.max_iter=6", "resume=true"))
     assert "model_final.pth" in str(err.value) and "model_0000002.pth" in str(err.value)
     assert sorted(p.name for p in run.glob("*.pth")) == ["model_0000002.pth", "model_final.pth"]
 
 
 def test_resume_past_the_new_max_iter_is_an_error(tiny_cfg, tmp_path):
-    train(tiny_cfg(*NO_EVAL))
+    train_from_config(tiny_cfg(*NO_EVAL))
     with pytest.raises(ConfigError, match=r"at iteration 4, past solver\.max_iter=2"):
-        train(tiny_cfg(*NO_EVAL, "solver.max_iter=2", "solver.schedule.steps=[1]", "resume=true"))
+        train_from_config(tiny_cfg(*NO_EVAL, "solver.max_iter=2", "solver.schedule.steps=[1]", "resume=true"))
 
 
 def test_temp_files_of_a_killed_write_are_removed_at_start(tiny_cfg, tmp_path):
@@ -116,7 +116,7 @@ def test_temp_files_of_a_killed_write_are_removed_at_start(tiny_cfg, tmp_path):
     for name in stale:
         (run / name).write_bytes(b"half a file")
     (run / ".notes.tmp").write_text("not ours")
-    train(tiny_cfg(*NO_EVAL, "solver.max_iter=2", "solver.schedule.steps=[1]"))
+    train_from_config(tiny_cfg(*NO_EVAL, "solver.max_iter=2", "solver.schedule.steps=[1]"))
     assert not any((run / name).exists() for name in stale)
     assert (run / ".notes.tmp").read_text() == "not ours"
     assert ".model_0000002.pth.k2j4hq_1.tmp" in log_text(run)
@@ -125,7 +125,7 @@ def test_temp_files_of_a_killed_write_are_removed_at_start(tiny_cfg, tmp_path):
 @pytest.mark.parametrize("cut_line", [False, True], ids=["whole_lines", "last_line_cut"])
 def test_metrics_hold_each_iteration_once_after_resume(tiny_cfg, tmp_path, cut_line):
     run = tmp_path / "run"
-    train(tiny_cfg(*NO_EVAL))
+    train_from_config(tiny_cfg(*NO_EVAL))
     # As if killed while writing model_final: the log has iterations 1-4, the marker names 2
     # (and, when cut_line, the kill also cut the last metrics line short).
     (run / "model_final.pth").unlink()
@@ -133,7 +133,7 @@ def test_metrics_hold_each_iteration_once_after_resume(tiny_cfg, tmp_path, cut_l
     if cut_line:
         with open(run / "metrics.jsonl", "a") as f:
             f.write('{"kind": "train", "it')
-    train(tiny_cfg(*NO_EVAL, "resume=true"))
+    train_from_config(tiny_cfg(*NO_EVAL, "resume=true"))
     assert [r["iter"] for r in rows(run)] == [1, 2, 3, 4]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -146,12 +146,12 @@ def test_metrics_hold_each_iteration_once_after_resume(tiny_cfg, tmp_path, cut_l
 @pytest.mark.parametrize("marker", ["missing", "names_a_deleted_file"])
 def test_a_lost_marker_resumes_from_the_newest_checkpoint_not_from_scratch(tiny_cfg, tmp_path, marker):
     run = tmp_path / "run"
-    train(tiny_cfg(*NO_EVAL))
+    train_from_config(tiny_cfg(*NO_EVAL))
     if marker == "missing":
         (run / LAST_CHECKPOINT).unlink()
     else:
         (run / LAST_CHECKPOINT).write_text("model_0000009.pth")
-    result = train(tiny_cfg(*NO_EVAL, "solver.max_iter=6", "resume=true"))
+    result = train_from_config(tiny_cfg(*NO_EVAL, "solver.max_iter=6", "resume=true"))
     assert result["iteration"] == 6
     assert "model_final.pth at iteration 4" in log_text(run)
     assert [r["iter"] for r in rows(run)] == [1, 2, 3, 4, 5, 6]

@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from panfpn.engine.checkpoint import find_last_checkpoint, load_training_checkpoint
-from panfpn.engine.trainer import NonFiniteLossError, train
+from panfpn.engine.train_run import NonFiniteLossError, train_from_config
 
 
 def test_train_runs_checkpoints_logs_and_evaluates(tiny_cfg, tmp_path):
     run = tmp_path / "run"
-    result = train(tiny_cfg())
+    result = train_from_config(tiny_cfg())
     assert result["iteration"] == 4 and not result["interrupted"]
     assert find_last_checkpoint(run).name == "model_final.pth"
     assert (run / "model_0000002.pth").is_file()
@@ -39,14 +39,14 @@ def test_train_runs_checkpoints_logs_and_evaluates(tiny_cfg, tmp_path):
 
 def test_keep_checkpoints_limits_the_periodic_checkpoints(tiny_cfg, tmp_path):
     run = tmp_path / "run"
-    train(tiny_cfg("solver.max_iter=6", "solver.schedule.steps=[5]", "train.keep_checkpoints=1",
+    train_from_config(tiny_cfg("solver.max_iter=6", "solver.schedule.steps=[5]", "train.keep_checkpoints=1",
                    "train.eval_period=-1"))
     assert sorted(p.name for p in run.glob("*.pth")) == ["model_0000004.pth", "model_final.pth"]
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_amp_and_gradient_clipping(tiny_cfg, tmp_path, dtype):
-    result = train(tiny_cfg("train.amp=true", f"train.amp_dtype={dtype}", "train.clip_grad_norm=1.0",
+    result = train_from_config(tiny_cfg("train.amp=true", f"train.amp_dtype={dtype}", "train.clip_grad_norm=1.0",
                             "train.eval_period=-1"))
     assert result["iteration"] == 4
     assert all(math.isfinite(v) for k, v in result["losses"].items() if k.startswith("loss/"))
@@ -76,17 +76,17 @@ def wrap_forward(monkeypatch, hook):
 @pytest.mark.parametrize("workers", [0, 1])
 def test_resume_gives_the_weights_of_an_uninterrupted_run(tiny_cfg, tmp_path, workers, monkeypatch):
     overrides = (f"data.num_workers={workers}", "train.eval_period=-1", "train.checkpoint_period=100")
-    straight = train(tiny_cfg(*overrides, run_dir=tmp_path / "a"))
+    straight = train_from_config(tiny_cfg(*overrides, run_dir=tmp_path / "a"))
 
     def sigterm_in_second_iteration(n, out):
         if n == 2:
             signal.raise_signal(signal.SIGTERM)
 
     restore = wrap_forward(monkeypatch, sigterm_in_second_iteration)
-    stopped = train(tiny_cfg(*overrides, run_dir=tmp_path / "b"))
+    stopped = train_from_config(tiny_cfg(*overrides, run_dir=tmp_path / "b"))
     assert stopped["interrupted"] and stopped["iteration"] == 2
     restore()
-    resumed = train(tiny_cfg(*overrides, "resume=true", run_dir=tmp_path / "b"))
+    resumed = train_from_config(tiny_cfg(*overrides, "resume=true", run_dir=tmp_path / "b"))
     assert resumed["iteration"] == straight["iteration"] == 4
     a = load_training_checkpoint(tmp_path / "a" / "model_final.pth")["model"]
     b = load_training_checkpoint(tmp_path / "b" / "model_final.pth")["model"]
@@ -102,7 +102,7 @@ def test_nonfinite_loss_raises_naming_iteration_and_term(tiny_cfg, monkeypatch):
 
     wrap_forward(monkeypatch, nan_mask_loss_in_third_iteration)
     with pytest.raises(NonFiniteLossError, match=r"iteration 2: loss_mask=nan"):
-        train(tiny_cfg("train.eval_period=-1"))
+        train_from_config(tiny_cfg("train.eval_period=-1"))
 
 
 def test_nonfinite_loss_skip_mode_skips_the_step(tiny_cfg, monkeypatch, tmp_path):
@@ -111,7 +111,7 @@ def test_nonfinite_loss_skip_mode_skips_the_step(tiny_cfg, monkeypatch, tmp_path
             out["loss_cls"] = out["loss_cls"] + float("inf")
 
     wrap_forward(monkeypatch, inf_cls_loss_in_second_iteration)
-    result = train(tiny_cfg("train.eval_period=-1", "train.on_nonfinite=skip"))
+    result = train_from_config(tiny_cfg("train.eval_period=-1", "train.on_nonfinite=skip"))
     assert result["iteration"] == 4 and result["losses"]["skipped_steps"] == 1.0
     ckpt = load_training_checkpoint(tmp_path / "run" / "model_final.pth")
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())

@@ -16,7 +16,7 @@ from panfpn.data.build import cityscapes_panoptic_dataset
 from panfpn.data.builtin_meta import cityscapes_panoptic_metadata
 from panfpn.data.collate import collate_panoptic
 from panfpn.data.image_files import list_image_files
-from panfpn.engine.evaluator import evaluate
+from panfpn.engine.eval_loop import evaluate
 from panfpn.engine.predict_run import predict_images
 from panfpn.evaluation import pq_compute
 from panfpn.evaluation.writer import PanopticPredictionWriter, SemanticPredictionWriter

@@ -13,7 +13,7 @@ from PIL import Image
 
 from panfpn.data.targets import semantic_map
 from panfpn.engine.eval_run import evaluate_from_config
-from panfpn.engine.setup import build_metadata
+from panfpn.engine.job_setup import build_metadata
 from panfpn.evaluation import SemSegEvaluator
 from panfpn.evaluation.writer import prediction_file_stem
 from panfpn.modeling.build import build_model

@@ -1,4 +1,4 @@
-"""The training loop: ``train(cfg) -> dict``, one code path for one process or many (torchrun)."""
+"""The training loop: ``train_from_config(cfg) -> dict``, one code path for one process or many (torchrun)."""
 
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ from panfpn.engine.checkpoint import (
     capture_rng_state, find_last_checkpoint, prune_checkpoints, remove_stale_temp_files, save_checkpoint,
 )
 from panfpn.engine.config import validate_config
-from panfpn.engine.evaluator import build_eval_loader, evaluate, metrics_to_scalars
+from panfpn.engine.eval_loop import build_eval_loader, evaluate, metrics_to_scalars
 from panfpn.engine.metrics_log import MetricsLog
 from panfpn.engine.model_spec import describe_model
 from panfpn.engine.resume import Resumed, resume_training
-from panfpn.engine.setup import build_metadata, move_batch, setup_logging
+from panfpn.engine.job_setup import build_metadata, move_batch, setup_logging
 from panfpn.modeling.build import build_model
 from panfpn.engine.solver import build_optimizer, clip_gradients, scaled_lr
 
@@ -185,7 +185,7 @@ def _nonfinite_message(losses: dict[str, torch.Tensor], it: int) -> str:
     return f"non-finite loss at iteration {it}: " + ", ".join(f"{k}={v}" for k, v in bad.items())
 
 
-def train(cfg: DictConfig) -> dict:
+def train_from_config(cfg: DictConfig) -> dict:
     """Train the model the config describes; returns final metrics and the run's facts.
 
     Returns ``{"iteration", "interrupted", "signal", "checkpoint", "eval", "losses"}`` where

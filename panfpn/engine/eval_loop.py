@@ -20,7 +20,7 @@ from panfpn.data.loader import build_dataloader
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.targets import semantic_map
 from panfpn.engine import distributed as du
-from panfpn.engine.setup import move_batch
+from panfpn.engine.job_setup import move_batch
 from panfpn.evaluation.accumulator import PQAccumulator
 from panfpn.evaluation.coco_ap import COCOAPEvaluator
 from panfpn.evaluation.semantic import SemSegEvaluator

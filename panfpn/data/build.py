@@ -20,6 +20,7 @@ from panfpn.data.dataset import PanopticDataset
 from panfpn.data.transforms import Transform
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.synthetic import ensure_synthetic, synthetic_metadata
+from panfpn.utils.errors import ConfigError
 
 
 def synthetic_dataset(split: str = "train", *, num_images: int, seed: int, height: int = 128,
@@ -103,20 +104,22 @@ def cityscapes_panoptic_dataset(root: str | os.PathLike | None = None, split: st
                            skip_bad_images=skip_bad_images)
 
 
+COUNT_KEYS = ("num_thing_classes", "num_sem_classes", "thing_sem_labels")  # data.* keys the model reads
+
+
 def check_metadata_matches(cfg_values: Mapping, metadata: DatasetMetadata) -> None:
     """Check the literal class counts of a data config against its metadata.
 
     cfg_values: mapping with ``num_thing_classes``, ``num_sem_classes``, ``thing_sem_labels``
-    (e.g. the ``data`` config node). Raises ValueError naming the first key that disagrees.
+    (e.g. the ``data`` config node). Raises ConfigError naming the first key that disagrees.
     """
-    expected = {"num_thing_classes": metadata.num_thing_classes,
-                "num_sem_classes": metadata.num_sem_classes,
-                "thing_sem_labels": list(metadata.thing_sem_labels)}
+    expected = dict(zip(COUNT_KEYS, (metadata.num_thing_classes, metadata.num_sem_classes,
+                                     list(metadata.thing_sem_labels))))
     for key, value in expected.items():
         if key not in cfg_values:
-            raise ValueError(f"data config key 'data.{key}' is missing (metadata gives {value!r})")
+            raise ConfigError(f"data config key 'data.{key}' is missing (metadata gives {value!r})")
         got = cfg_values[key]
         got = list(got) if key == "thing_sem_labels" else got
         if got != value:
-            raise ValueError(f"data config key 'data.{key}' is {got!r} but the metadata "
+            raise ConfigError(f"data config key 'data.{key}' is {got!r} but the metadata "
                              f"{metadata.name!r} gives {value!r}")

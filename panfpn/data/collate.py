@@ -8,12 +8,14 @@ import torch
 
 from panfpn.data.metadata import IGNORE_LABEL
 
+SIZE_DIVISIBILITY = 32  # batches are padded to this multiple: the FPN's coarsest stride (P5)
+
 
 def _ceil_to(v: int, k: int) -> int:
     return (v + k - 1) // k * k if k > 1 else v
 
 
-def collate_panoptic(samples: Sequence[dict], size_divisibility: int = 32) -> dict:
+def collate_panoptic(samples: Sequence[dict], size_divisibility: int = SIZE_DIVISIBILITY) -> dict:
     """Pad and stack samples.
 
     Images are zero-padded and ``sem_seg`` is padded with 255 at the bottom/right to the

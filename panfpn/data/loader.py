@@ -22,7 +22,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from panfpn.data.collate import collate_panoptic
+from panfpn.data.collate import SIZE_DIVISIBILITY, collate_panoptic
 from panfpn.data.sampler import ResumableTrainingSampler, SeededSampleDataset
 from panfpn.utils.dist import get_rank, get_world_size
 
@@ -48,7 +48,7 @@ def _rank_world() -> tuple[int, int]:
 
 def build_training_loader(dataset: Dataset, *, batch_size: int, seed: int, num_workers: int = 0,
                           start_iter: int = 0, distributed: bool = False,
-                          size_divisibility: int = 32, pin_memory: bool = False) -> DataLoader:
+                          size_divisibility: int = SIZE_DIVISIBILITY, pin_memory: bool = False) -> DataLoader:
     """Endless DataLoader of :func:`collate_panoptic` training batches, resumable exactly.
 
     ``batch_size`` is per process; ``start_iter`` iterations of this rank are skipped without
@@ -74,7 +74,7 @@ def build_training_loader(dataset: Dataset, *, batch_size: int, seed: int, num_w
 
 
 def build_dataloader(dataset: Dataset, *, batch_size: int, num_workers: int = 0,
-                     distributed: bool = False, size_divisibility: int = 32,
+                     distributed: bool = False, size_divisibility: int = SIZE_DIVISIBILITY,
                      pin_memory: bool = False) -> DataLoader:
     """Evaluation DataLoader: dataset order, every image once (no padding, no dropping).
 

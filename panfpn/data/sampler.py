@@ -15,6 +15,11 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 
+# Primes that keep the (seed, epoch) and (seed, stream position) seed spaces of different run
+# seeds from overlapping for any realistic number of epochs / samples.
+EPOCH_SEED_STRIDE = 1_000_003
+SAMPLE_SEED_STRIDE = 1_000_000_007
+
 class ResumableTrainingSampler(Sampler):
     """Yields ``(index, sample_seed)`` forever: a fresh permutation per epoch, sharded by rank.
 
@@ -33,7 +38,7 @@ class ResumableTrainingSampler(Sampler):
         if not self.shuffle:
             order = list(range(self.size))
         else:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed(self.seed * EPOCH_SEED_STRIDE + epoch)
             order = torch.randperm(self.size, generator=g).tolist()
         # Every rank gets the same number of samples per epoch: pad by wrapping around.
         per_rank = -(-self.size // self.world_size)
@@ -49,7 +54,7 @@ class ResumableTrainingSampler(Sampler):
             for idx in order[offset:]:
                 # Seed from the position in the global stream (rank-interleaved), so N processes
                 # with batch b augment exactly like one process with batch N*b.
-                yield idx, self.seed * 1_000_000_007 + position * self.world_size + self.rank
+                yield idx, self.seed * SAMPLE_SEED_STRIDE + position * self.world_size + self.rank
                 position += 1
             epoch, offset = epoch + 1, 0
 

@@ -23,6 +23,7 @@ from panfpn.engine import distributed as du
 from panfpn.engine.job_setup import move_batch
 from panfpn.evaluation.accumulator import PQAccumulator
 from panfpn.evaluation.coco_ap import COCOAPEvaluator
+from panfpn.evaluation.pq_rules import format_table
 from panfpn.evaluation.semantic import SemSegEvaluator
 from panfpn.evaluation.writer import model_segments_to_dataset
 from panfpn.utils.visualize import panoptic_overlay, side_by_side
@@ -129,10 +130,7 @@ def metrics_to_scalars(metrics: dict) -> dict[str, float]:
 
 def format_results(metrics: dict) -> str:
     """The familiar PQ table plus mIoU and AP lines, as printed by tools/eval.py and the demo."""
-    lines = [f"{'':10s}{'PQ':>8s}{'SQ':>8s}{'RQ':>8s}{'N':>6s}"]
-    for split in ("All", "Things", "Stuff"):
-        r = metrics["panoptic"][split]
-        lines.append(f"{split:10s}{100 * r['pq']:8.2f}{100 * r['sq']:8.2f}{100 * r['rq']:8.2f}{r['n']:6d}")
+    lines = [format_table(metrics["panoptic"], decimals=2)]
     lines.append(f"mIoU {100 * metrics['sem_seg']['mIoU']:.2f}")
     for task in ("bbox", "segm"):
         if task in metrics:

@@ -94,7 +94,7 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
         "max_abs_diff": diffs,
         "input": {"name": ex.INPUT_NAME, "shape": ["batch", 3, "height", "width"], "dtype": "float32",
                   "trace_size": [opts.height, opts.width], "dynamic": opts.dynamic,
-                  "min_size": ex.MIN_SIZE, "size_divisibility": 32,
+                  "min_size": ex.MIN_SIZE, "size_divisibility": ex.SIZE_DIVISIBILITY,
                   "normalisation": {"pixel_mean": model.pixel_mean.flatten().tolist(),
                                     "pixel_std": model.pixel_std.flatten().tolist(),
                                     "channels": "RGB, 0..255; padding set to 0 after normalising"}},
@@ -120,8 +120,9 @@ def _verify(network: ex.PanopticNetwork, runners: dict[str, Any], opts: ExportOp
     """Max abs difference per output against the eager network, on another size when dynamic."""
     h, w = opts.height, opts.width
     if opts.dynamic:  # a size the graph was not traced at, still within the limits
-        h = h + 32 if h + 32 <= ex.MAX_SIZE else h - 32
-        w = w - 32 if w - 32 >= ex.MIN_SIZE else w + 32
+        step = ex.SIZE_DIVISIBILITY
+        h = h + step if h + step <= ex.MAX_SIZE else h - step
+        w = w - step if w - step >= ex.MIN_SIZE else w + step
     # Batch 1 when dynamic: traced with 2, so this checks the dynamic batch too.
     x = ex.example_input(h, w, batch_size=1, device=device)
     diffs = {}

@@ -12,10 +12,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import panfpn.data.resolvers  # noqa: F401 - registers the panfpn.* resolvers the data configs use
+from panfpn.data.build import COUNT_KEYS, check_metadata_matches
 from panfpn.data.metadata import DatasetMetadata
-from panfpn.engine.config import ConfigError
 
 logger = logging.getLogger("panfpn")
+_ABSENT = object()
 
 
 def setup_logging(run_dir: Path | None) -> None:
@@ -39,18 +40,14 @@ def setup_logging(run_dir: Path | None) -> None:
 def build_metadata(cfg: DictConfig) -> DatasetMetadata:
     """Instantiate ``data.metadata`` and check the class counts the model config reads from it."""
     metadata = instantiate(cfg.data.metadata)
-    expected = {
-        "data.num_thing_classes": metadata.num_thing_classes,
-        "data.num_sem_classes": metadata.num_sem_classes,
-        "data.thing_sem_labels": list(metadata.thing_sem_labels),
-    }
-    for key, value in expected.items():
-        configured = OmegaConf.select(cfg, key)
-        if OmegaConf.is_config(configured):
-            configured = OmegaConf.to_container(configured)
-        if configured != value:
-            raise ConfigError(f"config key '{key}' is {configured!r} but the dataset metadata gives {value!r}")
+    counts = {key: _plain(OmegaConf.select(cfg, f"data.{key}")) for key in COUNT_KEYS
+              if OmegaConf.select(cfg, f"data.{key}", default=_ABSENT) is not _ABSENT}
+    check_metadata_matches(counts, metadata)
     return metadata
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

@@ -268,11 +268,12 @@ def normalize_categories(categories: Any) -> dict[int, dict]:
     return out
 
 
-def format_table(results: Mapping[str, Any]) -> str:
-    """The familiar PQ / SQ / RQ / N table (scores in percent)."""
-    lines = [f"{'':10s}| {'PQ':>5s} {'SQ':>5s} {'RQ':>5s} {'N':>5s}", "-" * 41]
+def format_table(results: Mapping[str, Any], decimals: int = 1) -> str:
+    """The familiar PQ / SQ / RQ / N table (scores in percent; panopticapi prints 1 decimal)."""
+    width = decimals + 4
+    lines = [f"{'':10s}| {'PQ':>{width}s} {'SQ':>{width}s} {'RQ':>{width}s} {'N':>5s}", "-" * (26 + 3 * width)]
     for name in ("All", "Things", "Stuff"):
         r = results[name]
-        lines.append(f"{name:10s}| {100 * r['pq']:5.1f} {100 * r['sq']:5.1f} "
-                     f"{100 * r['rq']:5.1f} {r['n']:5d}")
+        lines.append(f"{name:10s}| {100 * r['pq']:{width}.{decimals}f} {100 * r['sq']:{width}.{decimals}f} "
+                     f"{100 * r['rq']:{width}.{decimals}f} {r['n']:5d}")
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 Norm = Literal["frozen_bn", "bn", "gn"]
+FPN_STRIDES = (4, 8, 16, 32, 64)  # P2..P6: the strides every head's defaults assume
 _DEPTHS = {18: "resnet18", 34: "resnet34", 50: "resnet50", 101: "resnet101"}
 _STAGES = ("layer1", "layer2", "layer3", "layer4")  # res2..res5
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms
 
+from panfpn.modeling.backbone import FPN_STRIDES
 from panfpn.modeling.roi_ops import BoxCoder, MultiLevelRoIAlign
 
 
@@ -39,7 +40,7 @@ class BoxHead(nn.Module):
         fc_dim: int = 1024,
         num_fc: int = 2,
         box_weights: Sequence[float] = (10.0, 10.0, 5.0, 5.0),
-        feature_strides: Sequence[int] = (4, 8, 16, 32),
+        feature_strides: Sequence[int] = FPN_STRIDES[:4],
         test: BoxTestConfig = BoxTestConfig(),
     ) -> None:
         super().__init__()

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from panfpn.modeling.backbone import FPN_STRIDES
 from panfpn.modeling.roi_ops import MultiLevelRoIAlign
 
 
@@ -27,7 +28,7 @@ class MaskHead(nn.Module):
         pooler_resolution: int = 14,
         conv_dim: int = 256,
         num_convs: int = 4,
-        feature_strides: Sequence[int] = (4, 8, 16, 32),
+        feature_strides: Sequence[int] = FPN_STRIDES[:4],
     ) -> None:
         super().__init__()
         self.pooler = MultiLevelRoIAlign(pooler_resolution, feature_strides=feature_strides)

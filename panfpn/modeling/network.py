@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
-SIZE_DIVISIBILITY = 32  # P5 has stride 32: smaller multiples would misalign the FPN levels
+from panfpn.data.collate import SIZE_DIVISIBILITY  # the batch contract: P5 stride, FPN levels align
+
 FEATURE_NAMES = ("p2", "p3", "p4", "p5", "p6")
 OUTPUT_NAMES = (*FEATURE_NAMES, "sem_logits", *(f"objectness_{n}" for n in FEATURE_NAMES),
                 *(f"deltas_{n}" for n in FEATURE_NAMES))

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
+from panfpn.modeling.backbone import FPN_STRIDES
 from panfpn.modeling.roi_align_sparse import roi_align_sparse, sparse_mm_works
 
 # Deltas dw/dh are clamped so exp() cannot overflow for a wild prediction (box growth <= 1000/16).
@@ -35,7 +36,7 @@ class MultiLevelRoIAlign(nn.Module):
         self,
         output_size: int,
         *,
-        feature_strides: Sequence[int] = (4, 8, 16, 32),
+        feature_strides: Sequence[int] = FPN_STRIDES[:4],
         sampling_ratio: int = 0,
         canonical_size: float = 224.0,
         canonical_level: int = 4,

@@ -13,6 +13,8 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 from torchvision.ops import boxes as box_ops
 
+from panfpn.modeling.backbone import FPN_STRIDES
+
 
 @dataclass(frozen=True)
 class RPNSampling:
@@ -96,7 +98,7 @@ class RPN(RegionProposalNetwork):
         in_channels: int = 256,
         anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
         aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-        anchor_strides: Sequence[int] = (4, 8, 16, 32, 64),
+        anchor_strides: Sequence[int] = FPN_STRIDES,
         sampling: RPNSampling = RPNSampling(),
         limits: ProposalLimits = ProposalLimits(),
     ) -> None:

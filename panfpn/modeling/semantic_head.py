@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from panfpn.modeling.backbone import FPN_STRIDES
+
 
 class ConvGNReLU(nn.Module):
     """conv3x3 (no bias: the norm has one) + GroupNorm + ReLU."""
@@ -41,7 +43,7 @@ class SemanticFPNHead(nn.Module):
         in_channels: int = 256,
         conv_channels: int = 128,
         num_groups: int = 32,
-        feature_strides: Sequence[int] = (4, 8, 16, 32),
+        feature_strides: Sequence[int] = FPN_STRIDES[:4],
         ignore_index: int = 255,
     ) -> None:
         super().__init__()

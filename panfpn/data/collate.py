@@ -20,7 +20,7 @@ def collate_panoptic(samples: Sequence[dict], size_divisibility: int = SIZE_DIVI
 
     Images are zero-padded and ``sem_seg`` is padded with 255 at the bottom/right to the
     batch's largest size rounded up to ``size_divisibility``: ``images`` uint8
-    ``[B, 3, Hp, Wp]``, ``sem_seg`` int64 ``[B, Hp, Wp]``. Per-image entries (instances, crowd,
+    ``[B, 3, Hp, Wp]``, ``sem_seg`` int64 ``[B, Hp, Wp]``. Per-image entries (instances,
     sizes, ids, and for eval samples ``gt_panoptic``/``segments_info``) are lists.
     """
     if not samples:
@@ -38,7 +38,6 @@ def collate_panoptic(samples: Sequence[dict], size_divisibility: int = SIZE_DIVI
         "image_sizes": sizes,
         "orig_sizes": [tuple(s["orig_size"]) for s in samples],
         "instances": [s["instances"] for s in samples],
-        "crowd": [s["crowd"] for s in samples],
         "sem_seg": sem_seg,
         "image_ids": [s["image_id"] for s in samples],
         "file_names": [s["file_name"] for s in samples],

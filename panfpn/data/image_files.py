@@ -106,8 +106,7 @@ class ImageFileDataset(Dataset):
     """Image files as eval-style samples (docs/interfaces.md section 1) without ground truth.
 
     A sample has ``image`` (uint8 ``[3, H, W]``, transformed), ``image_id`` and ``file_name``
-    (the output stem and the file's name), ``orig_size`` ``(H0, W0)``, empty ``instances`` /
-    ``crowd``, an all-ignore ``sem_seg`` ``[H, W]``, plus ``path`` (str) and ``orig_image``
+    (the output stem and the file's name), ``orig_size`` ``(H0, W0)``, empty ``instances``, an all-ignore ``sem_seg`` ``[H, W]``, plus ``path`` (str) and ``orig_image``
     (uint8 ``[H0, W0, 3]``, for overlays). A file that cannot be read gives a
     :class:`FailedImage` instead of raising.
 
@@ -149,7 +148,7 @@ class ImageFileDataset(Dataset):
         empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64),
                  "masks": torch.zeros((0, h, w), dtype=torch.uint8)}
         sample = {"image": image, "image_id": self.stems[index], "file_name": path.name,
-                  "orig_size": (h0, w0), "instances": empty, "crowd": dict(empty),
+                  "orig_size": (h0, w0), "instances": empty,
                   "sem_seg": torch.full((h, w), IGNORE_LABEL, dtype=torch.int64), "path": str(path)}
         if self.keep_original:
             sample["orig_image"] = rgb

@@ -67,24 +67,19 @@ def semantic_map(id_map: torch.Tensor, segments: Sequence[dict], metadata: Datas
 
 def panoptic_targets(id_map: torch.Tensor, segments: Sequence[dict],
                      metadata: DatasetMetadata) -> dict:
-    """Instance, crowd and semantic targets of one (already transformed) image.
+    """Instance and semantic targets of one (already transformed) image.
 
     id_map: int ``[H, W]`` segment ids, 0 = void. segments: COCO-panoptic ``segments_info``.
-    Returns ``{"instances": ..., "crowd": ..., "sem_seg": int64 [H, W]}``; instances and crowd
-    are dicts of ``boxes`` float32 ``[N, 4]`` XYXY, ``labels`` int64 ``[N]`` contiguous thing
-    labels and ``masks`` uint8 ``[N, H, W]``, in the order of ``segments``.
+    Returns ``{"instances": ..., "sem_seg": int64 [H, W]}``; instances is a dict of ``boxes``
+    float32 ``[N, 4]`` XYXY, ``labels`` int64 ``[N]`` contiguous thing labels and ``masks`` uint8
+    ``[N, H, W]`` of the non-crowd things, in the order of ``segments``. Crowd regions are no
+    instance target (as in Detectron2); in ``sem_seg`` they carry their category's label.
     """
-    inst_ids, inst_labels, crowd_ids, crowd_labels = [], [], [], []
+    inst_ids, inst_labels = [], []
     for s in segments:
         cat = metadata.category(int(s["category_id"]))
-        if not cat.isthing:
-            continue
-        if s.get("iscrowd", 0):
-            crowd_ids.append(int(s["id"]))
-            crowd_labels.append(metadata.thing_label(cat.id))
-        else:
+        if cat.isthing and not s.get("iscrowd", 0):
             inst_ids.append(int(s["id"]))
             inst_labels.append(metadata.thing_label(cat.id))
     return {"instances": _thing_targets(id_map, inst_ids, inst_labels),
-            "crowd": _thing_targets(id_map, crowd_ids, crowd_labels),
             "sem_seg": semantic_map(id_map, segments, metadata)}

@@ -92,9 +92,8 @@ def test_loads_create_panoptic_imgs_output(cityscapes_root, use_train_id):
         car, rider, person = (meta.thing_label(c) for c in
                               ((13, 12, 11) if use_train_id else (26, 25, 24)))
         assert sorted(s["instances"]["labels"].tolist()) == sorted([car, car, rider])
-        assert s["crowd"]["labels"].tolist() == [person]
-        assert torch.equal(s["crowd"]["masks"][0].bool(), torch.from_numpy(inst == 24))
-        assert s["crowd"]["boxes"][0].tolist() == [40, 10, 50, 20]
+        sem_person = meta.sem_label(11 if use_train_id else 24)
+        assert bool((s["sem_seg"][torch.from_numpy(inst == 24)] == sem_person).all())  # crowd: semantic only
         assert bool((s["gt_panoptic"][torch.from_numpy(inst == 1)] == 0).all())  # ego vehicle void
         for seg in s["segments_info"]:
             assert seg["category_id"] in meta

@@ -38,29 +38,29 @@ def test_builtin_metadata_is_the_official_list():
 def test_instances_equal_official_detection_conversion(dataset):
     det = json.loads((SAMPLE / "panoptic_coco_detection_format.json").read_text())
     meta = dataset.metadata
-    n_checked = 0
+    n_checked = n_crowd = 0
     for i in range(len(dataset)):
         s = dataset[i]
         h, w = s["orig_size"]
         assert s["image"].shape == (3, h, w)
         anns = [a for a in det["annotations"]
                 if a["image_id"] == s["image_id"] and meta.category(a["category_id"]).isthing]
-        for key, crowd in (("instances", 0), ("crowd", 1)):
-            want = [a for a in anns if a["iscrowd"] == crowd]
-            got = s[key]
-            assert len(got["labels"]) == len(want)
-            for k, a in enumerate(want):
-                rle = a["segmentation"]
-                if isinstance(rle["counts"], list):
-                    rle = mask_utils.frPyObjects(rle, h, w)
-                ref = torch.from_numpy(np.ascontiguousarray(mask_utils.decode(rle)))
-                assert torch.equal(got["masks"][k], ref)
-                assert int(got["masks"][k].sum()) == a["area"]
-                x, y, bw, bh = a["bbox"]
-                assert got["boxes"][k].tolist() == [x, y, x + bw, y + bh]
-                assert got["labels"][k] == meta.thing_label(a["category_id"])
-                n_checked += 1
-    assert n_checked == 43  # 41 instances + 2 crowd regions in the two images
+        want = [a for a in anns if not a["iscrowd"]]  # crowd regions are no instance target
+        n_crowd += len(anns) - len(want)
+        got = s["instances"]
+        assert len(got["labels"]) == len(want)
+        for k, a in enumerate(want):
+            rle = a["segmentation"]
+            if isinstance(rle["counts"], list):
+                rle = mask_utils.frPyObjects(rle, h, w)
+            ref = torch.from_numpy(np.ascontiguousarray(mask_utils.decode(rle)))
+            assert torch.equal(got["masks"][k], ref)
+            assert int(got["masks"][k].sum()) == a["area"]
+            x, y, bw, bh = a["bbox"]
+            assert got["boxes"][k].tolist() == [x, y, x + bw, y + bh]
+            assert got["labels"][k] == meta.thing_label(a["category_id"])
+            n_checked += 1
+    assert (n_checked, n_crowd) == (40, 3)  # instances and crowd regions of the two images
 
 
 def test_semantic_map_and_eval_fields(dataset):

@@ -39,10 +39,8 @@ def make_batch(sizes, orig_sizes, *, num_things: int, num_sem: int, seed: int = 
             boxes[j] = torch.tensor([x0, y0, x1, y1], dtype=torch.float32)
         instances.append({"boxes": boxes, "labels": torch.randint(0, num_things, (n,), generator=g),
                           "masks": masks})
-    empty = {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.long),
-             "masks": torch.zeros((0, 1, 1), dtype=torch.uint8)}
     return {"images": images, "image_sizes": list(sizes), "orig_sizes": list(orig_sizes),
-            "instances": instances, "crowd": [dict(empty) for _ in sizes], "sem_seg": sem_seg,
+            "instances": instances, "sem_seg": sem_seg,
             "image_ids": list(range(len(sizes))), "file_names": [f"{i}.png" for i in range(len(sizes))]}
 
 

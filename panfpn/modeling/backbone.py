@@ -47,7 +47,6 @@ class ResNetFPN(nn.Module):
         freeze_at: int = 2,
         stride_in_1x1: bool = False,
         out_channels: int = 256,
-        weights: str | torchvision.models.WeightsEnum | None = None,
     ) -> None:
         """
         Args:
@@ -57,8 +56,9 @@ class ResNetFPN(nn.Module):
             stride_in_1x1: put each stage's downsampling stride on the first 1x1 conv of the
                 bottleneck (MSRA / Detectron2 weights) instead of the 3x3 (torchvision weights).
             out_channels: FPN width.
-            weights: torchvision ImageNet weights, an enum or its name
-                (e.g. ``"ResNet50_Weights.IMAGENET1K_V1"``); downloaded by torchvision.
+
+        ImageNet weights come through the top-level ``weights`` config key
+        (:func:`panfpn.modeling.weights.load_weights`), the one way to give weights.
         """
         super().__init__()
         if depth not in _DEPTHS:
@@ -66,7 +66,7 @@ class ResNetFPN(nn.Module):
         if not 0 <= freeze_at <= 5:
             raise ValueError(f"freeze_at must be in 0..5, got {freeze_at}")
         builder = getattr(torchvision.models, _DEPTHS[depth])
-        body = builder(weights=weights, norm_layer=_norm_layer(norm))
+        body = builder(weights=None, norm_layer=_norm_layer(norm))
         # The classifier is not part of a detection backbone (and would inflate the parameter count).
         del body.fc, body.avgpool
         self.body = body

@@ -25,7 +25,7 @@ def build_model(cfg: DictConfig) -> nn.Module:
     """
     model = instantiate_model(cfg)
     if not load_configured_weights(model, cfg) and any(
-            isinstance(m, FrozenBatchNorm2d) for m in model.modules()) and not _backbone_pretrained(cfg):
+            isinstance(m, FrozenBatchNorm2d) for m in model.modules()):
         warnings.warn(
             "the backbone uses frozen BatchNorm but no weights were given: its statistics stay at "
             "their defaults, which diverges in training from scratch; set weights=... or "
@@ -47,6 +47,3 @@ def load_configured_weights(model: nn.Module, cfg: DictConfig) -> LoadReport | N
         return None
     return load_weights(model, source, allow_partial=bool(OmegaConf.select(cfg, "weights_partial", default=False)))
 
-
-def _backbone_pretrained(cfg: DictConfig) -> bool:
-    return bool(OmegaConf.select(cfg, "model.backbone.weights", default=None))

@@ -19,7 +19,7 @@ SMALL_BEFORE = {
     "merge": {"_target_": "panfpn.modeling.merge.MergeThresholds",
               "score_thresh": 0.5, "overlap_thresh": 0.5, "stuff_area": 64},
     "backbone": {"_target_": "panfpn.modeling.backbone.ResNetFPN", "depth": 18, "norm": "bn",
-                 "freeze_at": 0, "stride_in_1x1": False, "out_channels": 64, "weights": None},
+                 "freeze_at": 0, "stride_in_1x1": False, "out_channels": 64},
     "semantic_head": {"_target_": "panfpn.modeling.semantic_head.SemanticFPNHead",
                       "num_classes": 5, "in_channels": 64, "conv_channels": 64, "num_groups": 32},
     "rpn": {

@@ -8,47 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from panfpn.data.build import cityscapes_panoptic_dataset
 from panfpn.data.builtin_meta import cityscapes_panoptic_categories, cityscapes_panoptic_metadata
 
 csp = pytest.importorskip("cityscapesscripts.preparation.createPanopticImgs")
+from cityscapes_layout import H, W, instance_ids, write_cityscapes_root  # noqa: E402
 from cityscapesscripts.helpers.labels import id2label, labels  # noqa: E402
 
-H, W = 32, 64
 FRAMES = ("frankfurt_000000_000294", "lindau_000001_000019")
-
-
-def _instance_ids(k: int) -> np.ndarray:
-    """A tiny ``*_instanceIds.png`` content: label ids (stuff, crowd) and label*1000+n (things)."""
-    m = np.full((H, W), 23, dtype=np.uint16)            # sky
-    m[H // 2:] = 7                                      # road
-    m[4:14, 0:12] = 11                                  # building
-    m[18:28, 5:20] = 26000 + k                          # car instance
-    m[18:28, 22:34] = 26001 + k                         # another car
-    m[10:20, 40:50] = 24                                # person crowd (id < 1000)
-    m[20:30, 50:58] = 25000                             # rider
-    m[28:, 58:] = 1                                     # ego vehicle: ignored in eval -> void
-    m[0:3, 30:40] = 9                                   # parking: ignored in eval -> void
-    return m
 
 
 @pytest.fixture(scope="module")
 def cityscapes_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cityscapes")
-    for k, frame in enumerate(FRAMES):
-        city = frame.split("_")[0]
-        (root / "gtFine" / "val" / city).mkdir(parents=True, exist_ok=True)
-        (root / "leftImg8bit" / "val" / city).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(_instance_ids(k)).save(
-            root / "gtFine" / "val" / city / f"{frame}_gtFine_instanceIds.png")
-        rgb = np.random.default_rng(k).integers(0, 255, (H, W, 3), dtype=np.uint8)
-        Image.fromarray(rgb).save(root / "leftImg8bit" / "val" / city / f"{frame}_leftImg8bit.png")
-    for use_train_id in (False, True):
-        csp.convert2panoptic(cityscapesPath=str(root / "gtFine"), outputFolder=str(root / "gtFine"),
-                             useTrainId=use_train_id, setNames=["val"])
-    return root
+    return write_cityscapes_root(tmp_path_factory.mktemp("cityscapes"), FRAMES)
 
 
 def _train_id_map(instance_ids: np.ndarray) -> np.ndarray:
@@ -87,7 +60,7 @@ def test_loads_create_panoptic_imgs_output(cityscapes_root, use_train_id):
         assert s["image_id"] == frame and isinstance(s["image_id"], str)
         assert s["file_name"] == f"{frame}_leftImg8bit.png"
         assert s["orig_size"] == (H, W)
-        inst = _instance_ids(k)
+        inst = instance_ids(k)
         assert torch.equal(s["sem_seg"], torch.from_numpy(_train_id_map(inst)))
         car, rider, person = (meta.thing_label(c) for c in
                               ((13, 12, 11) if use_train_id else (26, 25, 24)))

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 
 from panfpn.data.build import cityscapes_panoptic_dataset
@@ -22,44 +20,14 @@ from panfpn.evaluation import pq_compute
 from panfpn.evaluation.writer import PanopticPredictionWriter, SemanticPredictionWriter
 
 csp = pytest.importorskip("cityscapesscripts.preparation.createPanopticImgs")
+from cityscapes_layout import write_cityscapes_root  # noqa: E402
 
-H, W = 32, 64
 FRAMES = ("frankfurt_000000_000294", "lindau_000001_000019", "munster_000002_000019")
-
-
-def _instance_ids(k: int) -> np.ndarray:
-    """``*_gtFine_instanceIds.png`` in Cityscapes' encoding: label id for stuff, crowd and void
-    pixels, label id * 1000 + n for thing instances."""
-    m = np.full((H, W), 23, dtype=np.uint16)            # sky
-    m[H // 2:] = 7                                      # road
-    m[4:14, 0:12 + k] = 11                              # building
-    m[18:28, 5:20] = 26000 + k                          # car
-    m[18:28, 22:34] = 26001 + k                         # car
-    m[10:20, 40:50] = 24                                # person crowd
-    m[20:30, 50:58] = 25000                             # rider
-    m[28:, 58:] = 1                                     # ego vehicle (ignored in eval)
-    m[0:3, 30:40] = 9                                   # parking (ignored in eval)
-    return m
 
 
 @pytest.fixture(scope="module")
 def cityscapes_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cityscapes")
-    for k, frame in enumerate(FRAMES):
-        city = frame.split("_")[0]
-        gt_dir, img_dir = root / "gtFine" / "val" / city, root / "leftImg8bit" / "val" / city
-        gt_dir.mkdir(parents=True, exist_ok=True)
-        img_dir.mkdir(parents=True, exist_ok=True)
-        inst = _instance_ids(k)
-        Image.fromarray(inst).save(gt_dir / f"{frame}_gtFine_instanceIds.png")
-        label_ids = np.where(inst >= 1000, inst // 1000, inst).astype(np.uint8)
-        Image.fromarray(label_ids).save(gt_dir / f"{frame}_gtFine_labelIds.png")
-        rgb = np.random.default_rng(k).integers(0, 255, (H, W, 3), dtype=np.uint8)
-        Image.fromarray(rgb).save(img_dir / f"{frame}_leftImg8bit.png")
-    for use_train_id in (False, True):
-        csp.convert2panoptic(cityscapesPath=str(root / "gtFine"), outputFolder=str(root / "gtFine"),
-                             useTrainId=use_train_id, setNames=["val"])
-    return root
+    return write_cityscapes_root(tmp_path_factory.mktemp("cityscapes"), FRAMES)
 
 
 class NoisyGroundTruthModel(torch.nn.Module):

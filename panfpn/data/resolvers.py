@@ -16,12 +16,7 @@ import os
 
 from omegaconf import OmegaConf
 
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one, else the count)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+from panfpn.utils.cpus import available_cpus
 
 
 def default_num_workers(cap: int | str = 4) -> int:

@@ -17,7 +17,7 @@ from panfpn.engine.config import ConfigError, validate_config
 from panfpn.engine.eval_loop import build_eval_loader, evaluate, format_results
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.model_spec import same_labels
-from panfpn.engine.job_setup import build_metadata, setup_logging
+from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, setup_logging
 
 logger = logging.getLogger("panfpn")
 
@@ -44,6 +44,7 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
     device = du.init_distributed(cfg.device)
     out_dir = Path(du.shared_run_dir(cfg.output_dir))
     setup_logging(out_dir if du.is_main_process() else None)
+    fit_threads_to_cpus()
     built = build_inference_model(cfg, overrides)
     metadata = built.metadata
     _check_dataset_labels(metadata, build_metadata(cfg), cfg)

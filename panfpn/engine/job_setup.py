@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 import panfpn.data.resolvers  # noqa: F401 - registers the panfpn.* resolvers the data configs use
 from panfpn.data.build import COUNT_KEYS, check_metadata_matches
 from panfpn.data.metadata import DatasetMetadata
+from panfpn.utils.cpus import available_cpus
 
 logger = logging.getLogger("panfpn")
 _ABSENT = object()
@@ -44,6 +46,18 @@ def build_metadata(cfg: DictConfig) -> DatasetMetadata:
               if OmegaConf.select(cfg, f"data.{key}", default=_ABSENT) is not _ABSENT}
     check_metadata_matches(counts, metadata)
     return metadata
+
+
+def fit_threads_to_cpus() -> int:
+    """Cap torch's intra-op threads at the CPUs this process may use (split among torchrun's
+    processes on the node): in a container with a CPU quota, torch's default (all visible cores)
+    oversubscribes the quota and every step slows down. Returns the thread count in use."""
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    allowed = max(1, available_cpus() // local)
+    if torch.get_num_threads() > allowed:
+        logger.info("torch threads %d -> %d (CPUs this process may use)", torch.get_num_threads(), allowed)
+        torch.set_num_threads(allowed)
+    return torch.get_num_threads()
 
 
 def _plain(value: Any) -> Any:

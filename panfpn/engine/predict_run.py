@@ -48,7 +48,7 @@ from panfpn.utils.atomic import atomic_write, save_image_atomic, write_json_atom
 from panfpn.engine import distributed as du
 from panfpn.engine.config import IMAGE_ID_RULES, ConfigError, section_values, validate_config
 from panfpn.engine.inference_model import build_inference_model
-from panfpn.engine.job_setup import setup_logging
+from panfpn.engine.job_setup import fit_threads_to_cpus, setup_logging
 from panfpn.modeling.postprocess import box_instance_masks
 from panfpn.evaluation.writer import (PanopticPredictionWriter, SemanticPredictionWriter,
                                      model_segments_to_dataset)
@@ -203,6 +203,7 @@ def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None)
     device = du.init_distributed(cfg.device)
     out_dir = Path(opts.output_dir if opts.output_dir else cfg.output_dir)
     setup_logging(out_dir)
+    fit_threads_to_cpus()
     paths = list_image_files(opts.input if isinstance(opts.input, str) else list(opts.input),
                              recursive=bool(opts.recursive))
     built = build_inference_model(cfg, overrides)

@@ -32,7 +32,7 @@ from panfpn.engine.eval_loop import build_eval_loader, evaluate, metrics_to_scal
 from panfpn.engine.metrics_log import MetricsLog
 from panfpn.engine.model_spec import describe_model
 from panfpn.engine.resume import Resumed, resume_training
-from panfpn.engine.job_setup import build_metadata, move_batch, setup_logging
+from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, move_batch, setup_logging
 from panfpn.modeling.build import build_model
 from panfpn.engine.solver import build_optimizer, clip_gradients, scaled_lr
 
@@ -197,6 +197,7 @@ def train_from_config(cfg: DictConfig) -> dict:
     device = du.init_distributed(cfg.device)
     run_dir = Path(du.shared_run_dir(cfg.output_dir))
     setup_logging(run_dir if du.is_main_process() else None)
+    fit_threads_to_cpus()
     _remove_stale_temp_files(run_dir)
     seed_everything(int(cfg.seed) + du.get_rank())
 

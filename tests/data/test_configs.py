@@ -112,6 +112,7 @@ def test_every_data_config_is_covered():
 def test_num_workers_fit_the_cpus_this_process_may_use(name, monkeypatch):
     """The Cityscapes config asked for 4 workers whatever the machine had."""
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr("panfpn.utils.cpus.CGROUP_CPU_MAX", Path("/nonexistent/cpu.max"))  # no quota
     cap = 1 if name == "synthetic" else 4
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 1)

@@ -44,7 +44,7 @@ from panfpn.utils.atomic import atomic_write_path
 from panfpn.modeling.network import FEATURE_NAMES, OUTPUT_NAMES, SIZE_DIVISIBILITY, PanopticNetwork, split_outputs
 from panfpn.modeling.panoptic_fpn import PanopticFPN
 
-__all__ = ["ExportableNetwork", "FEATURE_NAMES", "INPUT_NAME", "OUTPUT_NAMES", "MIN_SIZE", "MAX_SIZE", "DEFAULT_OPSET",
+__all__ = ["FEATURE_NAMES", "INPUT_NAME", "OUTPUT_NAMES", "MIN_SIZE", "MAX_SIZE", "DEFAULT_OPSET",
            "as_network", "example_input", "export_onnx", "export_program", "max_abs_diffs", "run_exported",
            "save_program", "split_outputs"]
 
@@ -54,11 +54,6 @@ MAX_SIZE = 4096
 DEFAULT_OPSET = 17
 
 Network = Callable[[torch.Tensor], Sequence[torch.Tensor]]
-
-
-def ExportableNetwork(model: PanopticFPN) -> PanopticNetwork:  # noqa: N802 (the former class name)
-    """``model.network``: kept for callers written when the exported part was a separate class."""
-    return model.network
 
 
 class ProgramNetwork:

@@ -25,7 +25,7 @@ from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.predict_run import predict_from_config
 from panfpn.engine.train_run import train_from_config
 from panfpn.modeling.build import build_model
-from panfpn.modeling.export import ExportableNetwork, as_network, example_input, max_abs_diffs
+from panfpn.modeling.export import as_network, example_input, max_abs_diffs
 from panfpn.modeling.weights import WeightsError
 
 _spec = importlib.util.spec_from_file_location("engine_conftest", Path(__file__).with_name("conftest.py"))
@@ -196,7 +196,7 @@ def test_export_under_the_default_config_exports_the_trained_model(trained, tmp_
     reference = build_model(compose_config([*TINY, *TRAINED_MODEL, f"weights={trained}"], output_dir=tmp_path)).eval()
     x = example_input(128, 160, batch_size=1)
     with torch.no_grad():
-        want = ExportableNetwork(reference)(x)
+        want = reference.network(x)
         diffs = max_abs_diffs(as_network(program)(x), want)
     assert max(diffs.values()) <= 1e-4, diffs
     assert want[0].shape[1] == 32  # the trained FPN width, not the default 64

@@ -303,13 +303,8 @@ def predict_images(
     paths = [Path(p) for p in paths]
     stems = output_stems(paths)
     ids = dict(zip(stems, image_ids(paths, stems, image_id)))
-    targets = _Targets(PanopticPredictionWriter(out_dir, metadata, name=PANOPTIC_NAME), metadata,
-                       out_dir / OVERLAY_DIR if overlay else None, overlay_format, float(overlay_alpha),
-                       SemanticPredictionWriter(out_dir / SEMANTIC_DIR, metadata) if semantic else None)
-    if targets.overlay_dir is not None:
-        targets.overlay_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps([out_dir, targets.writer.png_dir, targets.overlay_dir,
-                         targets.semantic.out_dir if targets.semantic else None])
+    targets = _prepare_targets(out_dir, metadata, overlay=overlay, overlay_format=overlay_format,
+                               overlay_alpha=float(overlay_alpha), semantic=semantic)
     todo, skipped, kept = _plan(paths, stems, ids, targets, overwrite)
     state = _JsonState(targets.writer, kept, stems, paths, max(1, int(json_every)))
     dataset = ImageFileDataset([paths[i] for i in todo], transforms=transforms, keep_original=overlay,
@@ -347,6 +342,19 @@ def predict_images(
             "predicted": predicted, "skipped": skipped,
             "failed": [dataclasses.asdict(f) for f in failed], "seconds": seconds,
             "images_per_s": len(predicted) / seconds if seconds > 0 else 0.0}
+
+
+def _prepare_targets(out_dir: Path, metadata: DatasetMetadata, *, overlay: bool, overlay_format: str,
+                     overlay_alpha: float, semantic: bool) -> "_Targets":
+    """The run's writers and folders; temp files a killed earlier run left there are removed."""
+    targets = _Targets(PanopticPredictionWriter(out_dir, metadata, name=PANOPTIC_NAME), metadata,
+                       out_dir / OVERLAY_DIR if overlay else None, overlay_format, overlay_alpha,
+                       SemanticPredictionWriter(out_dir / SEMANTIC_DIR, metadata) if semantic else None)
+    if targets.overlay_dir is not None:
+        targets.overlay_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps([out_dir, targets.writer.png_dir, targets.overlay_dir,
+                         targets.semantic.out_dir if targets.semantic else None])
+    return targets
 
 
 class _WriteQueue:

@@ -107,21 +107,31 @@ def _detections(n, h, w, seed, m=28):
             "mask_probs": probs}
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # cuBLAS may sum in another order
+
+
+def _on(det: dict, device: str) -> dict:
+    return {k: v.to(device) for k, v in det.items()}
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", range(4))
-def test_paste_masks_binary_equals_full_paste(seed):
-    det = _detections(40, 120, 90, seed)
+def test_paste_masks_binary_equals_full_paste(seed, device):
+    det = _on(_detections(40, 120, 90, seed), device)
     full = paste_masks(det["mask_probs"], det["boxes"], (120, 90))
     masks = paste_masks_binary(det["mask_probs"], det["boxes"], (120, 90))
     assert torch.equal(masks.dense(), full >= 0.5)
     assert bool((full == 0.5).any())  # the exactly-0.5 pixels occur, and are foreground
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", range(3))
-def test_panoptic_results_equal_the_full_size_computation(seed):
+def test_panoptic_results_equal_the_full_size_computation(seed, device):
     h, w, size, orig = 40, 32, (36, 30), (150, 97)
     det = _detections(30, *size, seed)
     det["scores"][::3] = 0.5  # at the threshold: kept
-    logits = _logits(7, h, w, seed=seed)[None]
+    det = _on(det, device)
+    logits = _logits(7, h, w, seed=seed)[None].to(device)
     merge = MergeThresholds(score_thresh=0.5, overlap_thresh=0.5, stuff_area=30)
     out = panoptic_results([det], logits, [size], [orig], thing_sem_labels=[6], merge=merge)[0]
     # the reference: the full-size float tensors, as before

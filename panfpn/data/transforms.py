@@ -184,6 +184,7 @@ class LargeScaleJitter:
             raise ValueError(f"pad_value must be a uint8 value (0..255), got {pad_value}")
         self.height, self.width = size
         self.min_scale, self.max_scale, self.pad_value = float(min_scale), float(max_scale), int(pad_value)
+        self._crop = RandomCrop(self.height, self.width)
 
     def sample_scale(self) -> float:
         """One scale drawn uniformly in ``[min_scale, max_scale]`` from torch's global generator."""
@@ -194,7 +195,7 @@ class LargeScaleJitter:
         h, w = id_map.shape
         size = scaled_size(h, w, self.height, self.width, self.sample_scale())
         image, id_map = resize_pair(image, id_map, *size)
-        image, id_map = RandomCrop(self.height, self.width)(image, id_map)
+        image, id_map = self._crop(image, id_map)
         return pad_pair(image, id_map, self.height, self.width, self.pad_value)
 
     def __repr__(self) -> str:

@@ -143,3 +143,61 @@ class Compose:
 
     def __repr__(self) -> str:
         return f"Compose({self.transforms})"
+
+
+def scaled_size(h: int, w: int, target_h: int, target_w: int, scale: float) -> tuple[int, int]:
+    """Size of an ``h x w`` image scaled (aspect kept) to fit ``scale`` times the target size."""
+    factor = min(target_h * scale / h, target_w * scale / w)
+    return max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5))
+
+
+def pad_pair(image: torch.Tensor, id_map: torch.Tensor, height: int, width: int,
+             pad_value: int = 0) -> Pair:
+    """Pad image (with ``pad_value``) and id map (with 0 = void) at the bottom/right to
+    ``height x width``; both must be no larger than that."""
+    h, w = id_map.shape
+    if (h, w) == (height, width):
+        return image, id_map
+    out_image = image.new_full((image.shape[0], height, width), pad_value)
+    out_ids = id_map.new_zeros((height, width))
+    out_image[:, :h, :w] = image
+    out_ids[:h, :w] = id_map
+    return out_image, out_ids
+
+
+class LargeScaleJitter:
+    """Large-scale jitter (Simple Copy-Paste, Ghiasi et al. 2021): resize to fit the output size
+    times a scale drawn uniformly in ``[min_scale, max_scale]`` (aspect kept), take a random
+    crop of at most the output size, then pad (image with ``pad_value``, ids with 0 = void) to
+    exactly ``output_size``. Padded pixels are void, so every target ignores them.
+    """
+
+    def __init__(self, output_size: int | Sequence[int] = (1024, 1024), min_scale: float = 0.1,
+                 max_scale: float = 2.0, pad_value: int = 0) -> None:
+        size = [int(output_size)] * 2 if isinstance(output_size, int) else [int(v) for v in output_size]
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"output_size must be a positive int or (height, width), got {output_size}")
+        if not 0.0 < min_scale <= max_scale:
+            raise ValueError(f"LSJ scales must satisfy 0 < min_scale <= max_scale, got "
+                             f"min_scale={min_scale}, max_scale={max_scale}")
+        if not 0 <= pad_value <= 255:
+            raise ValueError(f"pad_value must be a uint8 value (0..255), got {pad_value}")
+        self.height, self.width = size
+        self.min_scale, self.max_scale, self.pad_value = float(min_scale), float(max_scale), int(pad_value)
+        self._crop = RandomCrop(self.height, self.width)
+
+    def sample_scale(self) -> float:
+        """One scale drawn uniformly in ``[min_scale, max_scale]`` from torch's global generator."""
+        return self.min_scale + (self.max_scale - self.min_scale) * float(torch.rand(()).item())
+
+    def __call__(self, image: torch.Tensor, id_map: torch.Tensor) -> Pair:
+        _check_pair(image, id_map)
+        h, w = id_map.shape
+        size = scaled_size(h, w, self.height, self.width, self.sample_scale())
+        image, id_map = resize_pair(image, id_map, *size)
+        image, id_map = self._crop(image, id_map)
+        return pad_pair(image, id_map, self.height, self.width, self.pad_value)
+
+    def __repr__(self) -> str:
+        return (f"LargeScaleJitter(output_size=({self.height}, {self.width}), min_scale="
+                f"{self.min_scale}, max_scale={self.max_scale}, pad_value={self.pad_value})")

@@ -17,7 +17,8 @@ SMALL_BEFORE = {
     "channels_last": True,
     "loss_weights": {"loss_sem_seg": 0.5},
     "merge": {"_target_": "panfpn.modeling.merge.MergeThresholds",
-              "score_thresh": 0.5, "overlap_thresh": 0.5, "stuff_area": 64},
+              "score_thresh": 0.5, "overlap_thresh": 0.5, "stuff_area": 64,
+              "thing_min_remaining_area": 0},  # added later with its no-op default
     "backbone": {"_target_": "panfpn.modeling.backbone.ResNetFPN", "depth": 18, "norm": "bn",
                  "freeze_at": 0, "stride_in_1x1": False, "out_channels": 64},
     "semantic_head": {"_target_": "panfpn.modeling.semantic_head.SemanticFPNHead",

@@ -12,6 +12,8 @@ import panfpn
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.modeling.merge_reference import merge_panoptic_reference
 
+from merge_helpers import sequential_merge
+
 THINGS, STUFF = [3, 7, 20], [1, 5, 12, 40]  # non-contiguous dataset ids
 UNLABELED = [0, 255]  # ids a semantic model may write that are no category
 
@@ -19,33 +21,6 @@ UNLABELED = [0, 255]  # ids a semantic model may write that are no category
 def _metadata(mode: str) -> DatasetMetadata:
     cats = [{"id": i, "name": f"c{i}", "isthing": int(i in THINGS)} for i in THINGS + STUFF]
     return DatasetMetadata.from_coco_categories(cats, sem_seg_mode=mode)
-
-
-def sequential_merge(sem_ids, probs, scores, cat_ids, rules):
-    """The merge on dataset ids, one instance and one stuff id at a time: instances by descending
-    score (ties: input order) claim their unclaimed pixels unless dropped; then each stuff id,
-    ascending, takes its unclaimed pixels if there are at least max(stuff_area, 1)."""
-    id_map = torch.zeros(sem_ids.shape, dtype=torch.int32)
-    segs = []
-    score_list = scores.tolist()
-    order = sorted((i for i, s in enumerate(score_list) if s >= rules.score_thresh),
-                   key=lambda i: (-score_list[i], i))
-    for i in order:
-        mask = probs[i] >= 0.5
-        free = mask & (id_map == 0)
-        area, n_free = int(mask.sum()), int(free.sum())
-        if area == 0 or n_free == 0 or n_free < rules.thing_min_remaining_area:
-            continue
-        if rules.overlap_thresh is not None and (area - n_free) / area > rules.overlap_thresh:
-            continue
-        id_map[free] = len(segs) + 1
-        segs.append((len(segs) + 1, True, int(cat_ids[i]), score_list[i], n_free))
-    for cat in sorted(STUFF):
-        region = (sem_ids == cat) & (id_map == 0)
-        if int(region.sum()) >= max(rules.stuff_area, 1):
-            id_map[region] = len(segs) + 1
-            segs.append((len(segs) + 1, False, cat, None, int(region.sum())))
-    return id_map, segs
 
 
 def generated_predictions(seed):
@@ -72,7 +47,7 @@ def test_equals_sequential_merge_on_dataset_ids(mode, rules):
     painted = 0
     for seed in range(60):
         sem_ids, probs, scores, cat_ids = generated_predictions(seed)
-        want_map, want = sequential_merge(sem_ids, probs, scores, cat_ids, rules)
+        want_map, want = sequential_merge(sem_ids, probs, scores, cat_ids, rules, STUFF)
         masks = probs[:, None] if seed % 2 else probs  # torchvision's [N, 1, H, W] too
         id_map, segments = panfpn.merge_predictions(sem_ids, masks, scores, cat_ids, metadata=metadata,
                                                     rules=rules)

@@ -151,7 +151,12 @@ def _decode_masks(results: list[dict], size: tuple[int, int], image_id: Any) -> 
         if [int(v) for v in rle["size"]] != list(size):
             raise BadInput(f"image {image_id!r}: result {k} RLE size {rle['size']} is not the image's "
                            f"{list(size)}")
-        if isinstance(rle["counts"], list):  # uncompressed RLE
-            rle = mask_utils.frPyObjects(rle, *size)
-        masks[k] = mask_utils.decode(rle).astype(bool)
+        try:
+            if isinstance(rle["counts"], list):  # uncompressed RLE
+                rle = mask_utils.frPyObjects(rle, *size)
+            elif isinstance(rle["counts"], str):
+                rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+            masks[k] = mask_utils.decode(rle).astype(bool)
+        except (TypeError, ValueError, UnicodeError) as err:
+            raise BadInput(f"image {image_id!r}: result {k} RLE cannot be decoded: {err}") from err
     return masks

@@ -25,7 +25,7 @@ from panfpn.utils.errors import ConfigError
 # raises on unexpected arguments) plus the data keys the engine reads itself.
 KNOWN_KEYS: dict[str, set[str] | None] = {
     "": {"seed", "device", "resume", "weights", "output_dir", "train", "eval", "solver", "model",
-         "data", "experiment", "predict", "export", "weights_partial", "model_from_checkpoint"},
+         "data", "experiment", "predict", "export", "merge", "weights_partial", "model_from_checkpoint"},
     "train": {"log_period", "checkpoint_period", "keep_checkpoints", "eval_period", "amp", "amp_dtype", "clip_grad_norm",
               "on_nonfinite", "max_consecutive_nonfinite", "max_skipped_fraction", "num_vis_images",
               "progress_bar"},
@@ -35,13 +35,14 @@ KNOWN_KEYS: dict[str, set[str] | None] = {
     "predict": {"input", "output_dir", "batch_size", "num_workers", "overwrite", "overlay", "overlay_alpha",
                 "overlay_format", "write_threads", "recursive", "image_id", "json_every", "semantic"},
     "export": {"format", "output", "height", "width", "dynamic", "opset", "verify"},
+    "merge": {"semantic_dir", "instances_json", "images_json", "output_dir", "rules", "eval_gt_json"},
     "data": {"train", "val", "metadata", "num_thing_classes", "num_sem_classes", "thing_sem_labels",
              "batch_size", "num_workers", "root", "name", "sem_seg_mode", "skip_bad_images"},
 }
 
 # Sections a job may do without (a config composed for training alone); when present, every key
 # of theirs must be there and valid.
-OPTIONAL_SECTIONS = ("predict", "export")
+OPTIONAL_SECTIONS = ("predict", "export", "merge")
 # predict.image_id's named rules (panfpn.engine.predict_run.image_ids); anything else is a regex.
 IMAGE_ID_RULES = ("auto", "stem", "cityscapes", "coco_int")
 
@@ -184,6 +185,13 @@ CHECKS: dict[str, Check] = {
     "predict.image_id": rule_or_regex(*IMAGE_ID_RULES),
     "predict.json_every": integer(1),
     "predict.semantic": boolean(),
+    # tools/merge.py (its inputs are required by the merge job only)
+    "merge.semantic_dir": string(nullable=True),
+    "merge.instances_json": string(nullable=True),
+    "merge.images_json": string(nullable=True),
+    "merge.output_dir": string(nullable=True),
+    "merge.rules": one_of("textbook", "detectron2"),
+    "merge.eval_gt_json": string(nullable=True),
     # tools/export.py
     "export.format": one_of("onnx", "torch_export", "both"),
     "export.output": string(nullable=True),

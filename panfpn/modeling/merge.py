@@ -7,14 +7,16 @@ which gives exactly the same output with a constant number of host reads per ima
 the two are equal on hundreds of random inputs (tests/modeling/test_merge.py).
 
 Conventions (those of Detectron2's panoptic combination, whose defaults these are): a score equal to
-``score_thresh`` is kept; an overlap share equal to ``overlap_thresh`` is kept; a probability of exactly
-0.5 is foreground (Detectron2 pastes masks as ``prob >= 0.5``); a stuff region needs
-``max(stuff_area, 1)`` unclaimed pixels (segments are never empty).
+``score_thresh`` is kept; an overlap share equal to ``overlap_thresh`` is kept (``None``: no
+overlap-ratio rule); an instance needs ``thing_min_remaining_area`` unclaimed pixels (exactly the
+minimum is kept); a probability of exactly 0.5 is foreground (Detectron2 pastes masks as
+``prob >= 0.5``); a stuff region needs ``max(stuff_area, 1)`` unclaimed pixels (segments are never
+empty). ``MergeThresholds.detectron2()`` and ``MergeThresholds.textbook()`` name the two conventions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
@@ -54,20 +56,36 @@ class BoxMasks:
 
 @dataclass(frozen=True)
 class MergeThresholds:
-    """Thresholds of the panoptic merge (Detectron2's defaults).
+    """Rules of the panoptic merge as data (defaults: Detectron2's; see :meth:`textbook`).
 
     score_thresh: instances with a lower score are ignored.
-    overlap_thresh: an instance whose already-claimed share of its mask exceeds this is dropped.
+    overlap_thresh: an instance whose already-claimed share of its mask exceeds this is dropped;
+        None switches the overlap-ratio rule off entirely.
     stuff_area: a stuff label needs at least this many unclaimed pixels to become a segment
         (scale it with the image area for small images).
+    thing_min_remaining_area: an instance needs at least this many REMAINING pixels (covered and
+        not claimed by an earlier kept instance) when its turn comes; otherwise it is dropped.
     """
 
     score_thresh: float = 0.5
-    overlap_thresh: float = 0.5
+    overlap_thresh: float | None = 0.5
     stuff_area: int = 4096
+    thing_min_remaining_area: int = 0
 
     def __post_init__(self) -> None:
-        _check_thresholds(self.score_thresh, self.overlap_thresh, self.stuff_area)
+        _check_thresholds(self.score_thresh, self.overlap_thresh, self.stuff_area,
+                          self.thing_min_remaining_area)
+
+    @classmethod
+    def detectron2(cls) -> MergeThresholds:
+        """Detectron2's panoptic combination: score 0.5, overlap ratio 0.5, stuff area 4096."""
+        return cls(score_thresh=0.5, overlap_thresh=0.5, stuff_area=4096, thing_min_remaining_area=0)
+
+    @classmethod
+    def textbook(cls) -> MergeThresholds:
+        """The two-network heuristic merge: score 0.5, no overlap ratio, an instance needs 64
+        remaining pixels, every unclaimed non-thing pixel takes its semantic label (stuff area 0)."""
+        return cls(score_thresh=0.5, overlap_thresh=None, stuff_area=0, thing_min_remaining_area=64)
 
 
 def merge_panoptic(
@@ -78,8 +96,9 @@ def merge_panoptic(
     *,
     thing_sem_labels: Sequence[int] | Tensor,
     score_thresh: float = 0.5,
-    overlap_thresh: float = 0.5,
+    overlap_thresh: float | None = 0.5,
     stuff_area: int = 4096,
+    thing_min_remaining_area: int = 0,
 ) -> tuple[Tensor, list[Segment]]:
     """Merge one image's instances and semantic labels into a panoptic id map.
 
@@ -91,7 +110,8 @@ def merge_panoptic(
         labels: int ``[N]``, contiguous thing labels.
         sem_labels: int ``[H, W]``, semantic argmax (labels >= 0).
         thing_sem_labels: semantic labels that mean 'thing'; they are never turned into stuff.
-        score_thresh, overlap_thresh, stuff_area: see :class:`MergeThresholds`.
+        score_thresh, overlap_thresh, stuff_area, thing_min_remaining_area: see
+            :class:`MergeThresholds`.
 
     Returns:
         ``id_map``: int32 ``[H, W]`` on the input device, 0 = void, segment ids 1..K in creation order
@@ -99,12 +119,13 @@ def merge_panoptic(
         ``segments``: list of ``{"id", "isthing", "category", "score", "area"}``; ``category`` is the
         thing label (things) or the semantic label (stuff); ``score`` is None for stuff.
     """
-    _check_thresholds(score_thresh, overlap_thresh, stuff_area)
+    _check_thresholds(score_thresh, overlap_thresh, stuff_area, thing_min_remaining_area)
     _check_inputs(mask_probs, scores, labels, sem_labels)
     return merge_fused(
         mask_probs, scores, labels, sem_labels, _thing_label_list(thing_sem_labels),
-        score_thresh=float(score_thresh), overlap_thresh=float(overlap_thresh),
-        stuff_area=int(stuff_area),
+        score_thresh=float(score_thresh),
+        overlap_thresh=None if overlap_thresh is None else float(overlap_thresh),
+        stuff_area=int(stuff_area), thing_min_remaining_area=int(thing_min_remaining_area),
     )
 
 
@@ -135,8 +156,7 @@ def merge_panoptic_batch(
         try:
             results.append(merge_panoptic(
                 mask_probs[b], scores[b], labels[b], sem_labels[b],
-                thing_sem_labels=thing_sem_labels, score_thresh=thresholds.score_thresh,
-                overlap_thresh=thresholds.overlap_thresh, stuff_area=thresholds.stuff_area,
+                thing_sem_labels=thing_sem_labels, **asdict(thresholds),
             ))
         except ValueError as err:
             raise ValueError(f"merge_panoptic_batch: image {b}: {err}") from err
@@ -147,12 +167,16 @@ def merge_panoptic_batch(
 # checks
 
 
-def _check_thresholds(score_thresh: float, overlap_thresh: float, stuff_area: int) -> None:
+def _check_thresholds(score_thresh: float, overlap_thresh: float | None, stuff_area: int,
+                      thing_min_remaining_area: int) -> None:
     for name, value in (("score_thresh", score_thresh), ("overlap_thresh", overlap_thresh)):
-        if not isinstance(value, (int, float)) or value != value:
+        if name == "overlap_thresh" and value is None:
+            continue  # no overlap-ratio rule
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
             raise ValueError(f"merge: {name} must be a number, got {value!r}")
-    if isinstance(stuff_area, bool) or not isinstance(stuff_area, int) or stuff_area < 0:
-        raise ValueError(f"merge: stuff_area must be an int >= 0, got {stuff_area!r}")
+    for name, value in (("stuff_area", stuff_area), ("thing_min_remaining_area", thing_min_remaining_area)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"merge: {name} must be an int >= 0, got {value!r}")
 
 
 def _check_inputs(mask_probs: Tensor | BoxMasks, scores: Tensor, labels: Tensor, sem_labels: Tensor) -> None:

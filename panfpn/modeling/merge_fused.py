@@ -15,9 +15,12 @@ The definition paints one instance at a time; here each of its steps is one batc
 * Step 4 (things), on coverage patterns instead of pixels: pixels with the same set of covering
   candidates are interchangeable for step 4, so :func:`_group_patterns` reduces the covered pixels to
   their ``U`` distinct patterns (typically a few hundred) with pixel counts (host reads 2 and 3).
-  The ratio test ``(area - free) / area > overlap_thresh`` becomes an integer limit on the overlap,
-  :func:`_max_allowed_overlap` (exact against Python's float64 division; empty masks and masks with
-  no free pixel can never pass it). :func:`_resolve_loop` then takes the decisions in candidate
+  All of step 4's drop tests become one integer limit on each candidate's overlap (already claimed
+  pixels), :func:`_keep_limit`: the ratio test ``(area - free) / area > overlap_thresh`` via
+  :func:`_max_allowed_overlap` (exact against Python's float64 division; skipped when
+  ``overlap_thresh`` is None), the remaining-area minimum ``free >= thing_min_remaining_area`` as
+  ``overlap <= area - minimum``, and ``free >= 1`` (empty masks and masks with no free pixel can
+  never pass). :func:`_resolve_loop` then takes the decisions in candidate
   order on the ``[n, U]`` pattern matrix, with device operations only (no host read). Since a kept
   instance claims all its free pixels, the claimed set is the union of the earlier kept masks, so a
   pixel's owner is the first kept candidate covering it (:func:`_claim_things` writes the ids).
@@ -63,8 +66,8 @@ _PIXELS_PER_CHUNK = 1 << 22
 
 def merge_fused(
     mask_probs: Tensor | BoxMasks, scores: Tensor, labels: Tensor, sem_labels: Tensor,
-    thing_sem_labels: list[int], *, score_thresh: float, overlap_thresh: float, stuff_area: int,
-    rows_per_chunk: int | None = None,
+    thing_sem_labels: list[int], *, score_thresh: float, overlap_thresh: float | None, stuff_area: int,
+    thing_min_remaining_area: int = 0, rows_per_chunk: int | None = None,
 ) -> tuple[Tensor, list[Segment]]:
     """The merge on checked inputs (see :func:`panfpn.modeling.merge.merge_panoptic`).
     ``rows_per_chunk`` overrides the band height (tests; ``None``: about ``_PIXELS_PER_CHUNK``)."""
@@ -77,7 +80,8 @@ def merge_fused(
     keep = torch.zeros(cand.numel(), dtype=torch.bool, device=sem.device)
     taken = torch.zeros(cand.numel(), dtype=torch.int64, device=sem.device)
     if cand.numel():
-        keep, taken = _claim_things(mask_probs, cand, id_map, bands, width, overlap_thresh)
+        limits = (overlap_thresh, thing_min_remaining_area)
+        keep, taken = _claim_things(mask_probs, cand, id_map, bands, width, limits)
     is_stuff, counts = _paint_stuff(id_map, sem, bands, width, sem_max + 1, thing_sem_labels,
                                     stuff_area, first_id=keep.sum())
     segments = _segment_list(cand, keep, taken, scores, labels, is_stuff, counts)
@@ -102,9 +106,9 @@ def _candidate_order(scores: Tensor, sem: Tensor, score_thresh: float) -> tuple[
 
 
 def _claim_things(masks: Tensor | BoxMasks, cand: Tensor, id_map: Tensor, bands: list[tuple[int, int]],
-                  width: int, overlap_thresh: float) -> tuple[Tensor, Tensor]:
+                  width: int, limits: tuple[float | None, int]) -> tuple[Tensor, Tensor]:
     """Steps 3-4: keep decisions, the things' ids written into ``id_map`` (flat int32); returns
-    ``keep`` and ``taken`` (pixels each candidate got)."""
+    ``keep`` and ``taken`` (pixels each candidate got). ``limits``: (overlap_thresh, min remaining)."""
     chunk_elements = _CPU_CHUNK_ELEMENTS if id_map.device.type == "cpu" else _DEVICE_CHUNK_ELEMENTS
     none_kept = torch.zeros_like(cand, dtype=torch.bool), torch.zeros_like(cand)
     if len(bands) == 1:
@@ -119,7 +123,7 @@ def _claim_things(masks: Tensor | BoxMasks, cand: Tensor, id_map: Tensor, bands:
         patterns, weight = grouped
     pattern_masks = _decode_bits(patterns, cand.numel())  # [n, U]
     area = (pattern_masks * weight).sum(1)
-    keep, inter, first = _resolve_loop(pattern_masks, weight, _max_allowed_overlap(area, overlap_thresh))
+    keep, inter, first = _resolve_loop(pattern_masks, weight, _keep_limit(area, *limits))
     # Segment id of each candidate (0 = dropped); index n stands for "no kept candidate".
     ids = torch.where(keep, torch.cumsum(keep, 0, dtype=torch.int32), 0)
     owner_ids = torch.cat([ids, ids.new_zeros(1)])[first]  # [U]
@@ -258,6 +262,17 @@ def _decode_bits(patterns: Tensor, n: int) -> Tensor:
     word = k // _BITS
     shift = (word % _WORDS_PER_KEY) * _BITS + k % _BITS
     return ((patterns[word // _WORDS_PER_KEY] >> shift[:, None]) & 1).bool()
+
+
+def _keep_limit(area: Tensor, overlap_thresh: float | None, min_remaining: int) -> Tensor:
+    """Step 4's drop tests as one limit: a candidate is kept iff its overlap (claimed pixels of its
+    mask at its turn) is ``<=`` this. ``free = area - overlap``, so ``free >= max(min_remaining, 1)``
+    is ``overlap <= area - max(min_remaining, 1)``; the ratio test adds :func:`_max_allowed_overlap`.
+    ``area``: int64 [n]; an empty mask gets a negative limit (never kept)."""
+    limit = area - max(int(min_remaining), 1)
+    if overlap_thresh is not None:
+        limit = torch.minimum(limit, _max_allowed_overlap(area, overlap_thresh))
+    return limit
 
 
 def _max_allowed_overlap(area: Tensor, overlap_thresh: float) -> Tensor:

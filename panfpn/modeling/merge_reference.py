@@ -1,6 +1,7 @@
 """The panoptic merge's definition: plain sequential code, one instance and one stuff label at a time.
 
-This function IS the definition of the merge (Detectron2's panoptic combination rules and defaults);
+This function IS the definition of the merge (Detectron2's panoptic combination rules and defaults;
+the textbook rules are a configuration of the same steps, see ``MergeThresholds.textbook``);
 :func:`panfpn.modeling.merge.merge_panoptic` computes exactly the same output with a fused kernel
 (:mod:`panfpn.modeling.merge_fused`), and the tests check the two are equal on hundreds of random
 inputs. The rules, in order:
@@ -11,9 +12,13 @@ inputs. The rules, in order:
 3. Masks: instance ``i`` covers the pixels with ``mask_probs[i] >= 0.5`` (so exactly 0.5 is
    foreground, as Detectron2 pastes masks); a bool mask covers its True pixels.
 4. Things, in that order: ``area`` = covered pixels, ``free`` = covered pixels not yet claimed by an
-   earlier kept instance. The instance is dropped if ``area == 0``, if ``free`` is empty, or if
-   ``(area - |free|) / area > overlap_thresh`` (float64 division; a share equal to the threshold is
-   kept). Otherwise its ``free`` pixels are claimed and painted with the next segment id.
+   earlier kept instance. The instance is dropped if ``area == 0``, if ``free`` is empty, if
+   ``overlap_thresh`` is not None and ``(area - |free|) / area > overlap_thresh`` (float64 division;
+   a share equal to the threshold is kept; None: no overlap-ratio rule at all), or if
+   ``|free| < thing_min_remaining_area`` (the REMAINING, unclaimed pixels; exactly the minimum is
+   kept). All four tests read the same ``area`` and ``free`` of this turn, so their order does not
+   change the result. Otherwise its ``free`` pixels are claimed and painted with the next segment id
+   (a dropped instance claims nothing).
 5. Stuff: for each semantic label present in ``sem_labels``, ascending, that is not in
    ``thing_sem_labels``: the region is its still unclaimed pixels; it becomes a segment, painted
    with the next id, iff it has at least ``max(stuff_area, 1)`` pixels.
@@ -38,8 +43,8 @@ Segment = dict  # {"id": int, "isthing": bool, "category": int, "score": float |
 
 def merge_panoptic_reference(
     mask_probs: Tensor, scores: Tensor, labels: Tensor, sem_labels: Tensor, *,
-    thing_sem_labels: Sequence[int] | Tensor, score_thresh: float = 0.5, overlap_thresh: float = 0.5,
-    stuff_area: int = 4096,
+    thing_sem_labels: Sequence[int] | Tensor, score_thresh: float = 0.5,
+    overlap_thresh: float | None = 0.5, stuff_area: int = 4096, thing_min_remaining_area: int = 0,
 ) -> tuple[Tensor, list[Segment]]:
     """The merge by its definition (module docstring, steps 1-7), on dense masks.
 
@@ -56,7 +61,11 @@ def merge_panoptic_reference(
         mask = mask_probs[i] >= 0.5  # step 3
         free = mask & (id_map == 0)  # step 4
         area, num_free = int(mask.sum()), int(free.sum())
-        if area == 0 or num_free == 0 or (area - num_free) / area > overlap_thresh:
+        if area == 0 or num_free == 0:
+            continue
+        if overlap_thresh is not None and (area - num_free) / area > overlap_thresh:
+            continue
+        if num_free < thing_min_remaining_area:
             continue
         id_map[free] = len(segments) + 1
         segments.append({"id": len(segments) + 1, "isthing": True, "category": int(labels[i]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -11,16 +13,18 @@ from panfpn.modeling.merge import MergeThresholds, merge_panoptic, merge_panopti
 from panfpn.modeling.merge_reference import merge_panoptic_reference
 
 
-def reference(probs, scores, labels, sem, things, score_thresh, overlap_thresh, stuff_area):
+def reference(probs, scores, labels, sem, things, score_thresh, overlap_thresh, stuff_area,
+              min_remaining=0):
     """The package's definition of the merge, called with a ``random_case`` tuple."""
     return merge_panoptic_reference(probs, scores, labels, sem, thing_sem_labels=things,
                                     score_thresh=score_thresh, overlap_thresh=overlap_thresh,
-                                    stuff_area=stuff_area)
+                                    stuff_area=stuff_area, thing_min_remaining_area=min_remaining)
 
 
 def random_case(seed):
     """Tiny random image: blob masks with duplicates, subsets, empties, exact 0.5 probabilities and
-    tied scores; blocky semantic labels with tiny regions; thresholds including the edge values."""
+    tied scores; blocky semantic labels with tiny regions; thresholds including the edge values, the
+    overlap rule switched off (None) and remaining-area minimums 0, small, 64 and larger than any mask."""
     g = torch.Generator().manual_seed(seed)
     rnd = lambda *s: torch.rand(*s, generator=g)  # noqa: E731
     ri = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))  # noqa: E731
@@ -48,9 +52,10 @@ def random_case(seed):
     sem[rnd(h, w) < 0.03] = ri(0, num_sem - 1)  # speckles: tiny regions
     things = [t for t in range(num_sem) if rnd(1) < 0.3]
     score_thresh = [1.5, 0.95, 0.0, 0.0, 0.5, 0.5, float(rnd(1)) * 0.8][ri(0, 6)]
-    overlap_thresh = [0.0, 1.0, 0.5, 1 / 3, 2.0, float(rnd(1))][ri(0, 5)]
+    overlap_thresh = [0.0, 1.0, 0.5, 1 / 3, 2.0, float(rnd(1)), None, None][ri(0, 7)]
     stuff_area = [0, 1, ri(2, 40)][ri(0, 2)]
-    return probs, scores, labels, sem, things, score_thresh, overlap_thresh, stuff_area
+    min_remaining = [0, 0, 1, ri(2, 30), 64, 10**6][ri(0, 5)]
+    return probs, scores, labels, sem, things, score_thresh, overlap_thresh, stuff_area, min_remaining
 
 
 def check_partition(id_map, segments):
@@ -68,17 +73,23 @@ def test_fused_merge_equals_sequential_definition(bits, monkeypatch):
     monkeypatch.setattr(fused, "_CPU_CHUNK_ELEMENTS", 97)  # many pixel chunks, ragged last one
     monkeypatch.setattr(fused, "_BITS", bits)  # few bits: many coverage words and sort keys
     for seed in range(250):
-        probs, scores, labels, sem, things, st, ot, sa = random_case(seed)
-        want_map, want_segments = reference(probs, scores, labels, sem, things, st, ot, sa)
+        probs, scores, labels, sem, things, st, ot, sa, mr = random_case(seed)
+        want_map, want_segments = reference(probs, scores, labels, sem, things, st, ot, sa, mr)
         if seed % 5 == 0 and want_segments:  # stuff_area exactly at a region's size, and one above
             stuff = [s["area"] for s in want_segments if not s["isthing"]]
             if stuff:
                 sa = stuff[seed % len(stuff)] + (seed // 5) % 2
-                want_map, want_segments = reference(probs, scores, labels, sem, things, st, ot, sa)
+                want_map, want_segments = reference(probs, scores, labels, sem, things, st, ot, sa, mr)
+        if seed % 5 == 1 and want_segments:  # remaining-area minimum exactly at a thing's area, one above
+            taken = [s["area"] for s in want_segments if s["isthing"]]
+            if taken:
+                mr = taken[seed % len(taken)] + (seed // 5) % 2
+                want_map, want_segments = reference(probs, scores, labels, sem, things, st, ot, sa, mr)
         id_map, segments = fused.merge_fused(
             probs, scores, labels, sem, things, score_thresh=st, overlap_thresh=ot, stuff_area=sa,
+            thing_min_remaining_area=mr,
         )
-        case = f"seed {seed}: n={len(scores)} size={tuple(sem.shape)} thresholds={st, ot, sa}"
+        case = f"seed {seed}: n={len(scores)} size={tuple(sem.shape)} thresholds={st, ot, sa, mr}"
         assert torch.equal(id_map, want_map), case
         assert segments == want_segments, case
         check_partition(id_map, segments)
@@ -194,11 +205,12 @@ def test_host_reads_do_not_grow_with_instances(monkeypatch):
 
 
 def test_half_precision_probabilities():
-    probs, scores, labels, sem, things, st, ot, sa = random_case(7)
+    probs, scores, labels, sem, things, st, ot, sa, mr = random_case(7)
     probs = probs.half()
-    want_map, want_segments = reference(probs, scores, labels, sem, things, st, ot, sa)
+    want_map, want_segments = reference(probs, scores, labels, sem, things, st, ot, sa, mr)
     id_map, segments = merge_panoptic(probs, scores, labels, sem, thing_sem_labels=things,
-                                      score_thresh=st, overlap_thresh=ot, stuff_area=sa)
+                                      score_thresh=st, overlap_thresh=ot, stuff_area=sa,
+                                      thing_min_remaining_area=mr)
     assert torch.equal(id_map, want_map) and segments == want_segments
 
 
@@ -206,12 +218,12 @@ def test_half_precision_probabilities():
 def test_cuda_matches_cpu_with_constant_syncs():
     import warnings
 
-    def cuda_run(probs, scores, labels, sem, things, st, ot, sa):
+    def cuda_run(probs, scores, labels, sem, things, st, ot, sa, mr=0):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             out = merge_panoptic(probs.cuda(), scores.cuda(), labels.cuda(), sem.cuda(),
                                  thing_sem_labels=things, score_thresh=st, overlap_thresh=ot,
-                                 stuff_area=sa)
+                                 stuff_area=sa, thing_min_remaining_area=mr)
         return out, sum("synchroniz" in str(w.message) for w in caught)
 
     torch.cuda.set_sync_debug_mode("warn")
@@ -219,7 +231,8 @@ def test_cuda_matches_cpu_with_constant_syncs():
         for seed in range(40):
             case = random_case(seed)
             want = merge_panoptic(case[0], case[1], case[2], case[3], thing_sem_labels=case[4],
-                                  score_thresh=case[5], overlap_thresh=case[6], stuff_area=case[7])
+                                  score_thresh=case[5], overlap_thresh=case[6], stuff_area=case[7],
+                                  thing_min_remaining_area=case[8])
             (id_map, segments), _ = cuda_run(*case)
             assert torch.equal(id_map.cpu(), want[0]) and segments == want[1], f"seed {seed}"
         sem = torch.randint(0, 4, (64, 64))
@@ -242,3 +255,40 @@ def test_group_patterns_finds_each_distinct_column_once(monkeypatch):
     assert torch.equal(patterns, want)  # lexicographic, each once
     assert torch.equal(patterns[:, inverse], keys)
     assert torch.equal(weight, torch.bincount(inverse, minlength=want.shape[1]))
+
+
+@pytest.mark.parametrize("merge", [merge_panoptic, merge_panoptic_reference])
+def test_remaining_area_and_overlap_switch_by_hand(merge):
+    """10x10 image: A (score 0.9) rows 0-5 (60 px); B (0.8) the whole image (100 px, 40 still free
+    after A: overlap share 0.6); C (0.7) rows 8-9 (20 px, all free unless B was kept)."""
+    rows = torch.arange(10)[:, None].expand(10, 10)
+    masks = torch.stack([rows <= 5, rows >= 0, rows >= 8]).float()
+    scores, labels = torch.tensor([0.9, 0.8, 0.7]), torch.tensor([1, 2, 3])
+    sem = torch.zeros(10, 10, dtype=torch.long)
+
+    def kept(**rules):
+        _, segments = merge(masks, scores, labels, sem, thing_sem_labels=[0], **rules)
+        return [(s["category"], s["area"]) for s in segments if s["isthing"]]
+
+    assert kept(overlap_thresh=0.5) == [(1, 60), (3, 20)]  # B: 0.6 > 0.5
+    assert kept(overlap_thresh=0.6) == [(1, 60), (2, 40)]  # a share equal to the threshold is kept
+    assert kept(overlap_thresh=None) == kept(overlap_thresh=1.0) == [(1, 60), (2, 40)]
+    # The minimum is on the REMAINING pixels (B covers 100, 40 remain), exactly the minimum is kept.
+    assert kept(overlap_thresh=None, thing_min_remaining_area=40) == [(1, 60), (2, 40)]
+    assert kept(overlap_thresh=None, thing_min_remaining_area=41) == [(1, 60)]
+    assert kept(overlap_thresh=0.5, thing_min_remaining_area=20) == [(1, 60), (3, 20)]
+    assert kept(overlap_thresh=0.5, thing_min_remaining_area=21) == [(1, 60)]
+    assert kept(overlap_thresh=None, thing_min_remaining_area=101) == []
+    # The named conventions: Detectron2's is the default; the textbook's drops A (60 < 64), so B
+    # then takes the whole image and C has nothing left.
+    assert MergeThresholds() == MergeThresholds.detectron2()
+    assert kept(**asdict(MergeThresholds.detectron2())) == [(1, 60), (3, 20)]
+    assert kept(**asdict(MergeThresholds.textbook())) == [(2, 100)]
+
+
+def test_thresholds_are_checked():
+    for bad in ({"thing_min_remaining_area": -1}, {"thing_min_remaining_area": 2.5},
+                {"overlap_thresh": float("nan")}, {"overlap_thresh": "none"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            MergeThresholds(**bad)
+    assert MergeThresholds(overlap_thresh=None).overlap_thresh is None

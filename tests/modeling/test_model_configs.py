@@ -17,7 +17,8 @@ SMALL_BEFORE = {
     "channels_last": True,
     "loss_weights": {"loss_sem_seg": 0.5},
     "merge": {"_target_": "panfpn.modeling.merge.MergeThresholds",
-              "score_thresh": 0.5, "overlap_thresh": 0.5, "stuff_area": 64},
+              "score_thresh": 0.5, "overlap_thresh": 0.5, "stuff_area": 64,
+              "thing_min_remaining_area": 0},  # added later with its no-op default
     "backbone": {"_target_": "panfpn.modeling.backbone.ResNetFPN", "depth": 18, "norm": "bn",
                  "freeze_at": 0, "stride_in_1x1": False, "out_channels": 64},
     "semantic_head": {"_target_": "panfpn.modeling.semantic_head.SemanticFPNHead",
@@ -76,3 +77,16 @@ def test_r101_is_r50_with_a_deeper_backbone_key_for_key():
     r101 = _resolved(compose_model_config("panoptic_fpn_r101", "coco_panoptic").model)
     assert r101["backbone"].pop("depth") == 101 and r50["backbone"].pop("depth") == 50
     assert r101 == r50
+
+
+def test_textbook_merge_rules_from_model_merge_overrides():
+    """README 'Two networks + merge': these overrides give the model the textbook merge rules."""
+    from hydra.utils import instantiate
+
+    from panfpn.modeling.merge import MergeThresholds
+
+    cfg = compose_config(["model.merge.overlap_thresh=null", "model.merge.stuff_area=0",
+                          "model.merge.thing_min_remaining_area=64"], output_dir="unused")
+    assert instantiate(cfg.model.merge) == MergeThresholds.textbook()
+    r50 = compose_config(["model=panoptic_fpn_r50"], output_dir="unused")
+    assert instantiate(r50.model.merge) == MergeThresholds.detectron2()  # R50: Detectron2's rules

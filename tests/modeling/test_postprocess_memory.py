@@ -43,13 +43,14 @@ def test_banded_merge_and_box_masks_equal_the_sequential_definition(rows):
     from test_merge import random_case
 
     for seed in range(240):
-        probs, scores, labels, sem, things, st, ot, sa = random_case(seed)
+        probs, scores, labels, sem, things, st, ot, sa, mr = random_case(seed)
         want_map, want_segments = merge_panoptic_reference(
             probs, scores, labels, sem, thing_sem_labels=things, score_thresh=st, overlap_thresh=ot,
-            stuff_area=sa)
+            stuff_area=sa, thing_min_remaining_area=mr)
         for masks in (probs, _box_masks(probs, seed)):
             id_map, segments = merge_fused(masks, scores, labels, sem, things, score_thresh=st,
-                                           overlap_thresh=ot, stuff_area=sa, rows_per_chunk=rows)
+                                           overlap_thresh=ot, stuff_area=sa, thing_min_remaining_area=mr,
+                                           rows_per_chunk=rows)
             case = f"seed {seed} rows {rows} {type(masks).__name__}"
             assert torch.equal(id_map, want_map), case
             assert segments == want_segments, case

@@ -1,0 +1,131 @@
+"""tools/merge.py: semantic label PNGs + a COCO results JSON (RLE, as pycocotools writes it) ->
+COCO-panoptic PNG + JSON equal to a sequential merge written in the tests; bad inputs skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+import panfpn
+from merge_helpers import sequential_merge
+
+ROOT = Path(__file__).resolve().parents[2]
+THINGS, STUFF = [3, 7], [1, 5]
+CATEGORIES = [{"id": i, "name": f"c{i}", "isthing": int(i in THINGS), "color": [i, 2 * i, 3 * i]}
+              for i in sorted(THINGS + STUFF)]
+H, W = 24, 20
+
+
+def _image_predictions(seed):
+    g = torch.Generator().manual_seed(seed)
+    sem = torch.tensor([1, 5, 3, 7, 0])[torch.randint(0, 5, (H // 4, W // 4), generator=g)]
+    sem = sem.repeat_interleave(4, 0).repeat_interleave(4, 1)
+    n = 6
+    masks = torch.zeros(n, H, W, dtype=torch.bool)
+    for i in range(n):
+        y0, x0 = torch.randint(0, H - 4, (1,), generator=g).item(), torch.randint(0, W - 4, (1,), generator=g).item()
+        masks[i, y0:y0 + torch.randint(3, 14, (1,), generator=g).item(),
+              x0:x0 + torch.randint(3, 14, (1,), generator=g).item()] = True
+    scores = torch.tensor([0.95, 0.9, 0.8, 0.7, 0.6, 0.4], dtype=torch.float64)
+    labels = torch.tensor(THINGS)[torch.randint(0, 2, (n,), generator=g)]
+    return sem, masks, scores, labels
+
+
+def _rle(mask: np.ndarray) -> dict:
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}  # as COCO results JSON holds it
+
+
+def _write_panoptic_png(path: Path, id_map: np.ndarray) -> None:
+    """COCO-panoptic convention: id = R + 256 G + 256^2 B."""
+    rgb = np.stack([id_map % 256, id_map // 256 % 256, id_map // 65536], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(path)
+
+
+def _inputs(tmp_path: Path):
+    sem_dir = tmp_path / "sem"
+    sem_dir.mkdir()
+    images, results, expected = [], [], {}
+    for k in range(4):
+        sem, masks, scores, labels = _image_predictions(k)
+        images.append({"id": 100 + k, "file_name": f"img{k}.jpg", "height": H, "width": W})
+        if k != 2:  # image 102: no semantic PNG
+            Image.fromarray(sem.numpy().astype(np.uint8), mode="L").save(sem_dir / f"img{k}.png")
+        for m, s, c in zip(masks.numpy(), scores.tolist(), labels.tolist()):
+            rle = _rle(m if k != 3 else m[:, :-1])  # image 103: RLE of the wrong size
+            results.append({"image_id": 100 + k, "category_id": c, "segmentation": rle, "score": s})
+        expected[100 + k] = sequential_merge(sem, masks, scores, labels,
+                                             panfpn.MergeThresholds.textbook(), STUFF)
+    results.append({"image_id": 999, "category_id": 3, "segmentation": _rle(np.ones((H, W), bool)),
+                    "score": 0.9})
+    (tmp_path / "instances.json").write_text(json.dumps(results))
+    (tmp_path / "images.json").write_text(json.dumps({"images": images, "categories": CATEGORIES,
+                                                      "annotations": []}))
+    return images, expected
+
+
+def _ground_truth(tmp_path: Path, images, expected) -> Path:
+    """GT for the two good images, equal to the expected merge (so PQ is 100 iff the tool's
+    output matches it segment for segment)."""
+    (tmp_path / "gt").mkdir()
+    anns = []
+    for img in images[:2]:
+        id_map, segs = expected[img["id"]]
+        _write_panoptic_png(tmp_path / "gt" / f"img{img['id']}.png", id_map.numpy().astype(np.int64))
+        anns.append({"image_id": img["id"], "file_name": f"img{img['id']}.png", "segments_info": [
+            {"id": s[0], "category_id": s[2], "area": s[4], "iscrowd": 0, "bbox": [0, 0, 1, 1]}
+            for s in segs]})
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps({"images": images[:2], "annotations": anns, "categories": CATEGORIES}))
+    return path
+
+
+def test_merge_tool_equals_sequential_merge_and_skips_bad_inputs(tmp_path):
+    images, expected = _inputs(tmp_path)
+    gt_json = _ground_truth(tmp_path, images, expected)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools/merge.py"), "device=cpu", f"hydra.run.dir={tmp_path / 'run'}",
+         f"merge.semantic_dir={tmp_path / 'sem'}", f"merge.instances_json={tmp_path / 'instances.json'}",
+         f"merge.images_json={tmp_path / 'images.json'}", f"merge.output_dir={out}",
+         f"merge.eval_gt_json={gt_json}"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pred = json.loads((out / "panoptic_merged.json").read_text())
+    assert sorted(a["image_id"] for a in pred["annotations"]) == [100, 101]
+    painted = 0
+    for ann in pred["annotations"]:
+        want_map, want_segs = expected[ann["image_id"]]
+        rgb = np.asarray(Image.open(out / "panoptic_merged" / ann["file_name"])).astype(np.int64)
+        id_map = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+        assert np.array_equal(id_map, want_map.numpy())
+        got = [(s["id"], s["category_id"] in THINGS, s["category_id"], s.get("score"), s["area"])
+               for s in ann["segments_info"]]
+        assert got == want_segs
+        painted += len(got)
+    assert painted >= 4
+    skipped = json.loads((out / "merge_skipped.json").read_text())
+    assert set(skipped) == {"102", "103", "999"}
+    assert "missing" in skipped["102"] and "RLE size" in skipped["103"]
+    assert "PQ 100.00" in proc.stderr + proc.stdout
+
+
+def test_merge_tool_names_missing_inputs(compose_cfg, tmp_path):
+    from panfpn.engine.config import ConfigError
+    from panfpn.engine.merge_run import merge_from_config
+
+    cfg = compose_cfg(["merge.semantic_dir=x"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="merge.instances_json"):
+        merge_from_config(cfg)
+    with pytest.raises(ConfigError, match="merge.rules"):
+        merge_from_config(compose_cfg(["merge.rules=fancy"], output_dir=tmp_path))

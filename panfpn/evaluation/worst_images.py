@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from panfpn.evaluation.accumulator import pair_counts_torch
-from panfpn.evaluation.pq_rules import VOID, PQStat, accumulate_image, pq_results
+from panfpn.evaluation.pq_rules import VOID, PQStat, accumulate_image, normalize_categories, pq_results
 
 
 @dataclass
@@ -75,8 +75,8 @@ def wrong_class_pairs(gt_segments: Sequence[Mapping], pred_segments: Sequence[Ma
 class WorstImages:
     """Keeps the ``k`` images with the lowest per-image PQ (ties: the first seen stays)."""
 
-    def __init__(self, categories: Mapping[int, Mapping], k: int = 8):
-        self.categories = categories
+    def __init__(self, categories: Mapping[int, Mapping] | Sequence[Mapping], k: int = 8):
+        self.categories = normalize_categories(categories)  # {id: {"isthing"}} or COCO category dicts
         self.k = int(k)
         self._heap: list[tuple[float, int, ImageScore]] = []  # (-pq, -order, score): root = best kept
         self._order = itertools.count()

@@ -62,13 +62,19 @@ def summary_table(panoptic: Mapping[str, Any]) -> str:
             f"<tbody>{rows}</tbody></table>")
 
 
+def _scored(r: Mapping[str, Any]) -> bool:
+    """A category with no ground truth and no prediction has no PQ (left out of the means)."""
+    return int(r["tp"]) + int(r["fp"]) + int(r["fn"]) > 0
+
+
 def per_class_table(per_class: Mapping[Any, Mapping], names: Mapping[int, str]) -> str:
-    """One row per category; click a header to sort by it."""
+    """One row per category; click a header to sort by it. Unscored categories show "n/a"."""
     head = "".join(f'<th class="sortable">{h}</th>' for h in ("category", "PQ", "SQ", "RQ", "TP", "FP", "FN"))
     rows = []
     for cat, r in sorted(per_class.items(), key=lambda kv: -kv[1]["pq"]):
         cells = [_cell(_name(names, cat))]
-        cells += [_cell(f"{100 * r[k]:.4f}", f"{100 * r[k]:.2f}") for k in ("pq", "sq", "rq")]
+        cells += [_cell(f"{100 * r[k]:.4f}", f"{100 * r[k]:.2f}") if _scored(r) else _cell(-1, "n/a", "muted")
+                  for k in ("pq", "sq", "rq")]
         cells += [_cell(int(r[k])) for k in ("tp", "fp", "fn")]
         rows.append(f'<tr data-category="{int(cat)}">{"".join(cells)}</tr>')
     return f'<table id="per-class" class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
@@ -136,24 +142,27 @@ def build_report(metrics: Mapping[str, Any], names: Mapping[int, str], worst: Se
     """The whole ``report.html`` page (a string)."""
     pan = metrics["panoptic"]
     per_class = pan["per_class"]
-    chart = bar_chart([(_name(names, c), 100 * r["pq"]) for c, r in sorted(per_class.items(), key=lambda kv: -kv[1]["pq"])])
+    scored = sorted(((c, r) for c, r in per_class.items() if _scored(r)), key=lambda kv: -kv[1]["pq"])
+    chart = bar_chart([(_name(names, c), 100 * r["pq"]) for c, r in scored])
     body = [f'<p class="muted">{metrics.get("num_images", "?")} images</p>',
             "<h2>Panoptic quality</h2>", summary_table(pan), _other_metrics(metrics),
             "<h2>Per class (click a header to sort)</h2>", per_class_table(per_class, names),
-            '<h2>PQ per class</h2><div id="pq-chart">', chart, "</div>",
+            '<h2>PQ per class (categories with ground truth or predictions)</h2><div id="pq-chart">', chart, "</div>",
             f"<h2>Lowest per-image PQ ({len(worst)} images)</h2>", worst_images_section(worst, names)]
     return _page(title, body)
 
 
-def compare_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[int, float, float]]:
-    """(category id, PQ of A, PQ of B) for the categories of both runs, sorted by B - A ascending."""
+def compare_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[list[tuple[int, float, float]], list[int]]:
+    """(category id, PQ of A, PQ of B) sorted by B - A ascending, for the categories scored in both
+    runs; and the ids of those unscored in either (no delta to show)."""
     pa, pb = a["panoptic"]["per_class"], b["panoptic"]["per_class"]
     ka, kb = {int(k): v for k, v in pa.items()}, {int(k): v for k, v in pb.items()}
     if set(ka) != set(kb):
         raise ValueError(f"the two runs have different categories: only in A {sorted(set(ka) - set(kb))}, "
                          f"only in B {sorted(set(kb) - set(ka))}")
-    rows = [(c, ka[c]["pq"], kb[c]["pq"]) for c in ka]
-    return sorted(rows, key=lambda r: (r[2] - r[1], r[0]))
+    both = [c for c in ka if _scored(ka[c]) and _scored(kb[c])]
+    rows = [(c, ka[c]["pq"], kb[c]["pq"]) for c in both]
+    return sorted(rows, key=lambda r: (r[2] - r[1], r[0])), sorted(set(ka) - set(both))
 
 
 def build_compare(a: Mapping[str, Any], b: Mapping[str, Any], names: Mapping[int, str],
@@ -166,7 +175,7 @@ def build_compare(a: Mapping[str, Any], b: Mapping[str, Any], names: Mapping[int
         d = [100 * (y[k] - x[k]) for k in ("pq", "sq", "rq")]
         srows.append(f"<tr><td>{s}</td><td>{100 * x['pq']:.2f}</td><td>{100 * y['pq']:.2f}</td>"
                      + "".join(f'<td class="{"neg" if v < 0 else "pos"}">{v:+.2f}</td>' for v in d) + "</tr>")
-    rows = compare_rows(a, b)
+    rows, unscored = compare_rows(a, b)
     crow = []
     for c, pa, pb in rows:
         d = 100 * (pb - pa)
@@ -180,6 +189,9 @@ def build_compare(a: Mapping[str, Any], b: Mapping[str, Any], names: Mapping[int
             f'<thead><tr>{chead}</tr></thead><tbody>{"".join(crow)}</tbody></table>',
             '<h2>ΔPQ per class</h2><div id="pq-chart">',
             bar_chart([(_name(names, c), 100 * (pb - pa)) for c, pa, pb in rows], signed=True), "</div>"]
+    if unscored:
+        body.append('<p id="unscored" class="muted">no ground truth and no prediction in at least one run: '
+                    + html.escape(", ".join(_name(names, c) for c in unscored)) + "</p>")
     return _page("Panoptic evaluation: comparison", body)
 
 

@@ -11,6 +11,8 @@ class PageStructure(HTMLParser):
         super().__init__()
         self.tables: dict[str, dict] = {}
         self.svg_bars: list[dict] = []  # rects of class "bar" inside an <svg>
+        self.svg_bar_titles: list[dict] = []  # the same, with "title": the bar's tooltip text
+        self._in_title = False
         self.images: list[dict] = []
         self.attr_values: list[str] = []
         self.scripts: list[str] = []
@@ -38,6 +40,9 @@ class PageStructure(HTMLParser):
             self._in_svg += 1
         elif tag == "rect" and self._in_svg and "bar" in a.get("class", ""):
             self.svg_bars.append(a)
+            self.svg_bar_titles.append(dict(a, title=""))
+        elif tag == "title" and self._in_svg:
+            self._in_title = True
         elif tag == "img":
             self.images.append(a)
         elif tag == "script":
@@ -56,8 +61,12 @@ class PageStructure(HTMLParser):
             self._in_svg -= 1
         elif tag == "script":
             self._in_script = False
+        elif tag == "title":
+            self._in_title = False
 
     def handle_data(self, data):
+        if self._in_title and self.svg_bar_titles:
+            self.svg_bar_titles[-1]["title"] += data
         if self._row is not None and self._row:
             self._row[-1]["text"] += data
         if self._in_script:

@@ -22,7 +22,8 @@ from report_parse import PageStructure
 CATS = [{"id": 1, "name": "person", "isthing": 1, "color": [220, 20, 60]},
         {"id": 2, "name": "car", "isthing": 1, "color": [0, 0, 142]},
         {"id": 7, "name": "road", "isthing": 0, "color": [128, 64, 128]},
-        {"id": 9, "name": "sky", "isthing": 0, "color": [70, 130, 180]}]
+        {"id": 9, "name": "sky", "isthing": 0, "color": [70, 130, 180]},
+        {"id": 11, "name": "bus", "isthing": 1, "color": [0, 60, 100]}]
 CATEGORIES = {c["id"]: c for c in CATS}
 NAMES = {c["id"]: c["name"] for c in CATS}
 REPO = Path(__file__).resolve().parents[2]
@@ -72,9 +73,12 @@ def test_worst_images_keeps_the_k_lowest_and_draws_only_those():
     assert drawn == [0, 1, 3]  # image 0 entered while the heap was not full; 2 and 4 never did
 
 
-def _metrics(pq_by_cat: dict[int, float]) -> dict:
+def _metrics(pq_by_cat: dict[int, float | None]) -> dict:
+    """eval_results.json-like metrics; a None PQ is a category with no segments (TP = FP = FN = 0)."""
     per_class = {str(c): {"pq": v, "sq": min(1.0, v + 0.1), "rq": v / min(1.0, v + 0.1), "tp": 3, "fp": 1, "fn": 2,
-                          "iou": 0.0} for c, v in pq_by_cat.items()}
+                          "iou": 0.0} if v is not None else
+                 {"pq": 0.0, "sq": 0.0, "rq": 0.0, "tp": 0, "fp": 0, "fn": 0, "iou": 0.0}
+                 for c, v in pq_by_cat.items()}
     split = {"pq": 0.5, "sq": 0.7, "rq": 0.6, "n": len(pq_by_cat)}
     return {"panoptic": {"All": split, "Things": dict(split, n=2), "Stuff": dict(split, n=2), "per_class": per_class},
             "sem_seg": {"mIoU": 0.4}, "bbox": {"AP": 0.3, "AP50": 0.5}, "segm": {"AP": 0.25, "AP50": 0.45},
@@ -90,7 +94,7 @@ def _worst_scores(n: int):
 
 
 def test_report_page_structure_is_self_contained():
-    metrics = _metrics({1: 0.8, 2: 0.1, 7: 0.55, 9: 0.9})
+    metrics = _metrics({1: 0.8, 2: 0.1, 7: 0.55, 9: 0.9, 11: None})
     page = build_report(metrics, NAMES, _worst_scores(3))
     doc = PageStructure(page)
     summary = doc.texts("summary")
@@ -101,8 +105,11 @@ def test_report_page_structure_is_self_contained():
     assert [c["text"] for c in head] == ["category", "PQ", "SQ", "RQ", "TP", "FP", "FN"]
     assert all("sortable" in c["attrs"].get("class", "") for c in head) and "sortable" in table["class"]
     assert sorted(r[0] for r in doc.texts("per-class")) == sorted(NAMES.values())  # one row per class
-    assert {r[0]: r[1] for r in doc.texts("per-class")}["car"] == "10.00"
-    assert len(doc.svg_bars) == 4 and {b["fill"] for b in doc.svg_bars}
+    pq_text = {r[0]: r[1] for r in doc.texts("per-class")}
+    assert pq_text["car"] == "10.00" and pq_text["bus"] == "n/a"  # bus: no segments, no PQ (not 0)
+    assert len(doc.svg_bars) == 4  # one bar per scored class
+    widths = {b["title"].split(":")[0]: float(b["width"]) for b in doc.svg_bar_titles}
+    assert widths["sky"] > widths["person"] > widths["road"] > widths["car"] > 0
     other = dict(doc.texts("other-metrics"))
     assert other["mIoU"] == "40.00" and other["bbox AP"] == "30.00" and other["segm AP"] == "25.00"
     assert len(doc.images) == 3 and all(i["src"].startswith("data:image/png;base64,") for i in doc.images)
@@ -112,8 +119,8 @@ def test_report_page_structure_is_self_contained():
 
 
 def test_compare_rows_are_sorted_by_delta(tmp_path):
-    a = _metrics({1: 0.8, 2: 0.1, 7: 0.55, 9: 0.9})
-    b = _metrics({1: 0.7, 2: 0.4, 7: 0.56, 9: 0.3})
+    a = _metrics({1: 0.8, 2: 0.1, 7: 0.55, 9: 0.9, 11: 0.5})
+    b = _metrics({1: 0.7, 2: 0.4, 7: 0.56, 9: 0.3, 11: None})
     for run, m in (("a", a), ("b", b)):
         (tmp_path / run).mkdir()
         (tmp_path / run / "eval_results.json").write_text(json.dumps(m))
@@ -126,6 +133,7 @@ def test_compare_rows_are_sorted_by_delta(tmp_path):
     rows = doc.texts("per-class")
     assert [r[0] for r in rows] == ["sky", "person", "road", "car"]  # -60, -10, +1, +30 points
     assert [r[3] for r in rows] == ["-60.00", "-10.00", "+1.00", "+30.00"]
+    assert "bus" in page[page.index('id="unscored"'):]  # no PQ in run B: listed, not a -50 delta
     assert len(doc.svg_bars) == 4 and not re.search(r"https?://", page)
 
 

@@ -84,7 +84,8 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
             save_image_atomic(out_dir / "overlays" / f"{i:04d}.png", overlay)
     # --- report.html (eval.report) ---
     if worst is not None and du.is_main_process():
-        write_report(out_dir, metrics, metadata, worst.worst())
+        write_report(out_dir, metrics, metadata, worst.worst(),
+                     title=f"Panoptic evaluation: {Path(str(cfg.weights)).name} on {metadata.name or 'data.val'}")
     # --- end report.html ---
     return metrics
 
@@ -92,7 +93,7 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
 REPORT_WORST_IMAGES = 8  # images with the lowest per-image PQ shown in report.html
 
 
-def write_report(out_dir: Path, metrics: dict, metadata, worst) -> None:
+def write_report(out_dir: Path, metrics: dict, metadata, worst, title: str = "Panoptic evaluation") -> None:
     """report.html (self-contained page) and categories.json (names for tools/compare_evals.py)
     beside eval_results.json."""
     from panfpn.evaluation.report import build_report
@@ -100,8 +101,7 @@ def write_report(out_dir: Path, metrics: dict, metadata, worst) -> None:
     names = {c.id: c.name for c in metadata.categories}
     write_json_atomic(out_dir / "categories.json",
                       [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in metadata.categories])
-    page = build_report(json.loads(json.dumps(metrics, default=str)), names, worst,
-                        title=f"Panoptic evaluation: {metadata.name}")
+    page = build_report(json.loads(json.dumps(metrics, default=str)), names, worst, title=title)
     atomic_write(out_dir / "report.html", lambda f: f.write(page.encode("utf-8")))
     logger.info("wrote %s", out_dir / "report.html")
 

@@ -25,7 +25,8 @@ th,td{padding:3px 10px;border-bottom:1px solid #eee;text-align:right}
 th:first-child,td:first-child{text-align:left}
 th.sortable{cursor:pointer;background:#f4f4f8}th.sortable:hover{background:#e4e4f0}
 .neg{color:#b00020}.pos{color:#1b7f3a}.muted{color:#777}
-figure{margin:16px 0}figure img{max-width:100%;border:1px solid #ccc}
+#worst{display:flex;flex-wrap:wrap;gap:8px 24px}figure{margin:8px 0}
+figure img{min-width:360px;max-width:100%;border:1px solid #ccc;image-rendering:pixelated}
 ul.errors{font-size:13px;margin:4px 0}
 """
 
@@ -123,7 +124,7 @@ def worst_images_section(worst: Sequence[ImageScore], names: Mapping[int, str]) 
         img = f'<img alt="image {html.escape(str(s.image_id))}" src="{png_data_uri(s.overlay)}">' if s.overlay is not None else ""
         figs.append(f'<figure class="worst"><figcaption>image {html.escape(str(s.image_id))}: PQ '
                     f"{100 * s.pq:.2f}</figcaption>{img}{_errors_list(s, names)}</figure>")
-    return "".join(figs) or '<p class="muted">no images kept</p>'
+    return '<div id="worst">' + "".join(figs) + "</div>" if figs else '<p class="muted">no images kept</p>'
 
 
 def _other_metrics(metrics: Mapping[str, Any]) -> str:

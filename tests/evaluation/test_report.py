@@ -158,3 +158,17 @@ def test_report_renders_in_a_headless_browser(tmp_path):
     with Image.open(shot) as im:
         lo, hi = im.convert("L").getextrema()
         assert im.size == (1200, 1600) and lo < hi  # something was drawn, not a blank page
+
+
+@pytest.mark.skipif(_browser() is None, reason="no headless browser (chromium/google-chrome) installed to run the page's script")
+def test_clicking_a_header_sorts_the_per_class_table(tmp_path):
+    metrics = _metrics({1: 0.8, 2: 0.1, 7: 0.55, 9: 0.9})
+    metrics["panoptic"]["per_class"]["7"]["fn"] = 9
+    metrics["panoptic"]["per_class"]["2"]["fn"] = 0
+    page = build_report(metrics, NAMES)
+    click = "<script>document.querySelectorAll('#per-class th')[6].click();</script></body>"  # FN, ascending
+    (tmp_path / "r.html").write_text(page.replace("</body>", click), encoding="utf-8")
+    dom = subprocess.run([_browser(), "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom",
+                          (tmp_path / "r.html").as_uri()], check=True, timeout=120, capture_output=True, text=True).stdout
+    rows = PageStructure(dom).texts("per-class")
+    assert [r[6] for r in rows] == ["0", "2", "2", "9"] and rows[0][0] == "car" and rows[-1][0] == "road"

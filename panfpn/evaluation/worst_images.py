@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from panfpn.evaluation.accumulator import pair_counts_torch
+from panfpn.evaluation.id_runs import known_ids, pair_counts_ids
 from panfpn.evaluation.pq_rules import VOID, PQStat, accumulate_image, normalize_categories, pq_results
 
 
@@ -72,6 +73,16 @@ def wrong_class_pairs(gt_segments: Sequence[Mapping], pred_segments: Sequence[Ma
     return out
 
 
+def _pair_counts(gt: torch.Tensor, pred: torch.Tensor, gt_segments: Sequence[Mapping],
+                 pred_segments: Sequence[Mapping]) -> list[tuple[int, int, int]]:
+    """(gt id, pred id, count) pairs as the accumulator counts them: run lengths on CPU, one sort on GPU
+    (the accumulator has already refused negative ids for this image)."""
+    if gt.device.type == "cpu" and pred.device.type == "cpu":
+        return pair_counts_ids(gt.reshape(-1).numpy(), pred.reshape(-1).numpy(),
+                               known_ids(gt_segments), known_ids(pred_segments))
+    return pair_counts_torch(gt, pred)
+
+
 class WorstImages:
     """Keeps the ``k`` images with the lowest per-image PQ (ties: the first seen stays)."""
 
@@ -87,7 +98,7 @@ class WorstImages:
         """Score one image; draw its overlay only when it is among the ``k`` worst so far."""
         if self.k <= 0:
             return
-        pairs = pair_counts_torch(torch.as_tensor(gt_id_map), torch.as_tensor(pred_id_map))
+        pairs = _pair_counts(torch.as_tensor(gt_id_map), torch.as_tensor(pred_id_map), gt_segments, pred_segments)
         score = score_image(image_id, gt_segments, pred_segments, pairs, self.categories)
         if score is None:
             return

@@ -7,6 +7,7 @@ resolution); predictions never round-trip through PNG files.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -45,6 +46,7 @@ def evaluate(
     model: torch.nn.Module, loader: DataLoader, metadata: DatasetMetadata, *, device: torch.device,
     compute_ap: bool = True, max_images: int | None = None, num_vis: int = 0, progress: bool = True,
     writer: Any = None, semantic_writer: Any = None, should_stop: Callable[[], bool] | None = None,
+    collector: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``loader`` (an eval dataset); results are reduced over ranks.
 
@@ -52,6 +54,8 @@ def evaluate(
     "bbox"/"segm": COCO AP dicts (when compute_ap), "num_images", "overlays": [uint8 HxWx3]}``.
     ``writer`` (e.g. a PanopticPredictionWriter) receives every panoptic prediction (thing scores
     included) and ``semantic_writer`` (a SemanticPredictionWriter) every semantic one, when given.
+    ``collector`` (e.g. :class:`panfpn.evaluation.worst_images.WorstImages`) is called on the main
+    process with ``(image_id, pred id map, pred segments, gt id map, gt segments, make_overlay)``.
     """
     was_training = model.training
     model.eval()
@@ -86,6 +90,9 @@ def evaluate(
                 semantic_writer.add(image_id, out["sem_seg"])
             if len(overlays) < num_vis and du.is_main_process():
                 overlays.append(_overlay(batch, i, id_map, pred_segments, gt_map, gt_segments, metadata))
+            if collector is not None and du.is_main_process():
+                collector(image_id, id_map, pred_segments, gt_map, gt_segments,
+                          partial(_overlay, batch, i, id_map, pred_segments, gt_map, gt_segments, metadata))
             seen += 1
         if max_images is not None and seen >= max_images:
             break

@@ -1,0 +1,199 @@
+"""Self-contained HTML pages of evaluation results: ``report.html`` and the two-run comparison.
+
+No network and no server: CSS and the few lines of sorting JavaScript are inline, the chart is
+inline SVG and the worst images are base64 PNGs. Input is the eval_results.json dict
+(fractions; per-class keys may be str after JSON) and ``{category id: name}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from panfpn.evaluation.worst_images import ImageScore
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}
+th,td{padding:3px 10px;border-bottom:1px solid #eee;text-align:right}
+th:first-child,td:first-child{text-align:left}
+th.sortable{cursor:pointer;background:#f4f4f8}th.sortable:hover{background:#e4e4f0}
+.neg{color:#b00020}.pos{color:#1b7f3a}.muted{color:#777}
+#worst{display:flex;flex-wrap:wrap;gap:8px 24px}figure{margin:8px 0}
+figure img{min-width:360px;max-width:100%;border:1px solid #ccc;image-rendering:pixelated}
+ul.errors{font-size:13px;margin:4px 0}
+"""
+
+SORT_JS = """
+document.querySelectorAll('table.sortable').forEach(function(t){
+ t.querySelectorAll('th.sortable').forEach(function(th,i){th.addEventListener('click',function(){
+  var b=t.tBodies[0],rows=Array.from(b.rows),asc=th.dataset.dir!=='asc';th.dataset.dir=asc?'asc':'desc';
+  var col=th.cellIndex;rows.sort(function(x,y){var u=x.cells[col].dataset.v,v=y.cells[col].dataset.v;
+   var d=isNaN(u)?u.localeCompare(v):parseFloat(u)-parseFloat(v);return asc?d:-d;});
+  rows.forEach(function(r){b.appendChild(r);});});});});
+"""
+
+
+def _page(title: str, body: Sequence[str]) -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1>{''.join(body)}<script>{SORT_JS}</script></body></html>\n")
+
+
+def _name(names: Mapping[int, str], cat: Any) -> str:
+    return names.get(int(cat), f"category {cat}")
+
+
+def _cell(value: Any, text: str | None = None, cls: str = "") -> str:
+    attr = f' class="{cls}"' if cls else ""
+    return f'<td data-v="{html.escape(str(value))}"{attr}>{html.escape(text if text is not None else str(value))}</td>'
+
+
+def summary_table(panoptic: Mapping[str, Any]) -> str:
+    """All / Things / Stuff PQ, SQ, RQ (percent) and N."""
+    rows = "".join(f"<tr><td>{s}</td>" + "".join(f"<td>{100 * panoptic[s][k]:.2f}</td>" for k in ("pq", "sq", "rq"))
+                   + f"<td>{panoptic[s]['n']}</td></tr>" for s in ("All", "Things", "Stuff"))
+    return ('<table id="summary"><thead><tr><th></th><th>PQ</th><th>SQ</th><th>RQ</th><th>N</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table>")
+
+
+def _scored(r: Mapping[str, Any]) -> bool:
+    """A category with no ground truth and no prediction has no PQ (left out of the means)."""
+    return int(r["tp"]) + int(r["fp"]) + int(r["fn"]) > 0
+
+
+def per_class_table(per_class: Mapping[Any, Mapping], names: Mapping[int, str]) -> str:
+    """One row per category; click a header to sort by it. Unscored categories show "n/a"."""
+    head = "".join(f'<th class="sortable">{h}</th>' for h in ("category", "PQ", "SQ", "RQ", "TP", "FP", "FN"))
+    rows = []
+    for cat, r in sorted(per_class.items(), key=lambda kv: -kv[1]["pq"]):
+        cells = [_cell(_name(names, cat))]
+        cells += [_cell(f"{100 * r[k]:.4f}", f"{100 * r[k]:.2f}") if _scored(r) else _cell(-1, "n/a", "muted")
+                  for k in ("pq", "sq", "rq")]
+        cells += [_cell(int(r[k])) for k in ("tp", "fp", "fn")]
+        rows.append(f'<tr data-category="{int(cat)}">{"".join(cells)}</tr>')
+    return f'<table id="per-class" class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def bar_chart(values: Sequence[tuple[str, float]], *, signed: bool = False) -> str:
+    """Horizontal bars (inline SVG), one per (label, percent) in the given order."""
+    row, label_w, bar_w = 16, 170, 420
+    zero = label_w + (bar_w / 2 if signed else 0)
+    scale = max([abs(v) for _, v in values] + [1e-9]) if signed else 100.0
+    half = bar_w / 2 if signed else bar_w
+    parts = []
+    for i, (label, v) in enumerate(values):
+        y, w = i * row, abs(v) / scale * half
+        x = zero - w if v < 0 else zero
+        color = "#b00020" if v < 0 else ("#1b7f3a" if signed else "#3b6fb6")
+        parts.append(f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end" font-size="11">{html.escape(label[:26])}</text>'
+                     f'<rect class="bar" x="{x:.1f}" y="{y + 2}" width="{w:.1f}" height="{row - 4}" fill="{color}">'
+                     f'<title>{html.escape(label)}: {v:.2f}</title></rect>'
+                     f'<text x="{label_w + bar_w + 6}" y="{y + 12}" font-size="11">{v:{"+" if signed else ""}.2f}</text>')
+    height = max(row, row * len(values))
+    return (f'<svg width="{label_w + bar_w + 60}" height="{height}" '
+            f'role="img">{"".join(parts)}</svg>')
+
+
+def png_data_uri(image: np.ndarray) -> str:
+    """``data:image/png;base64,...`` of a uint8 ``[H, W, 3]`` image."""
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _errors_list(score: ImageScore, names: Mapping[int, str]) -> str:
+    items = [f"missed (FN): {_name(names, c)} ×{n}" for c, n in score.missed.items()]
+    items += [f"false (FP): {_name(names, c)} ×{n}" for c, n in score.false.items()]
+    items += [f"wrong class: {_name(names, g)} predicted as {_name(names, p)}" for g, p in score.wrong_class]
+    if not items:
+        return '<p class="muted">no segment errors</p>'
+    return '<ul class="errors">' + "".join(f"<li>{html.escape(t)}</li>" for t in items) + "</ul>"
+
+
+def worst_images_section(worst: Sequence[ImageScore], names: Mapping[int, str]) -> str:
+    """Ground truth | prediction overlays of the lowest-PQ images with their errors by category."""
+    figs = []
+    for s in worst:
+        img = f'<img alt="image {html.escape(str(s.image_id))}" src="{png_data_uri(s.overlay)}">' if s.overlay is not None else ""
+        figs.append(f'<figure class="worst"><figcaption>image {html.escape(str(s.image_id))}: PQ '
+                    f"{100 * s.pq:.2f}</figcaption>{img}{_errors_list(s, names)}</figure>")
+    return '<div id="worst">' + "".join(figs) + "</div>" if figs else '<p class="muted">no images kept</p>'
+
+
+def _other_metrics(metrics: Mapping[str, Any]) -> str:
+    rows = []
+    if "sem_seg" in metrics:
+        rows.append(f"<tr><td>mIoU</td><td>{100 * metrics['sem_seg']['mIoU']:.2f}</td></tr>")
+    for task in ("bbox", "segm"):
+        if task in metrics:
+            rows.append(f"<tr><td>{task} AP</td><td>{100 * metrics[task]['AP']:.2f}</td></tr>"
+                        f"<tr><td>{task} AP50</td><td>{100 * metrics[task]['AP50']:.2f}</td></tr>")
+    return f'<table id="other-metrics"><tbody>{"".join(rows)}</tbody></table>' if rows else ""
+
+
+def build_report(metrics: Mapping[str, Any], names: Mapping[int, str], worst: Sequence[ImageScore] = (),
+                 title: str = "Panoptic evaluation") -> str:
+    """The whole ``report.html`` page (a string)."""
+    pan = metrics["panoptic"]
+    per_class = pan["per_class"]
+    scored = sorted(((c, r) for c, r in per_class.items() if _scored(r)), key=lambda kv: -kv[1]["pq"])
+    chart = bar_chart([(_name(names, c), 100 * r["pq"]) for c, r in scored])
+    body = [f'<p class="muted">{metrics.get("num_images", "?")} images</p>',
+            "<h2>Panoptic quality</h2>", summary_table(pan), _other_metrics(metrics),
+            "<h2>Per class (click a header to sort)</h2>", per_class_table(per_class, names),
+            '<h2>PQ per class (categories with ground truth or predictions)</h2><div id="pq-chart">', chart, "</div>",
+            f"<h2>Lowest per-image PQ ({len(worst)} images)</h2>", worst_images_section(worst, names)]
+    return _page(title, body)
+
+
+def compare_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[list[tuple[int, float, float]], list[int]]:
+    """(category id, PQ of A, PQ of B) sorted by B - A ascending, for the categories scored in both
+    runs; and the ids of those unscored in either (no delta to show)."""
+    pa, pb = a["panoptic"]["per_class"], b["panoptic"]["per_class"]
+    ka, kb = {int(k): v for k, v in pa.items()}, {int(k): v for k, v in pb.items()}
+    if set(ka) != set(kb):
+        raise ValueError(f"the two runs have different categories: only in A {sorted(set(ka) - set(kb))}, "
+                         f"only in B {sorted(set(kb) - set(ka))}")
+    both = [c for c in ka if _scored(ka[c]) and _scored(kb[c])]
+    rows = [(c, ka[c]["pq"], kb[c]["pq"]) for c in both]
+    return sorted(rows, key=lambda r: (r[2] - r[1], r[0])), sorted(set(ka) - set(both))
+
+
+def build_compare(a: Mapping[str, Any], b: Mapping[str, Any], names: Mapping[int, str],
+                  labels: tuple[str, str] = ("A", "B")) -> str:
+    """Page comparing run B to run A: summary deltas and per-class PQ deltas sorted (worst first)."""
+    head = "".join(f"<th>{h}</th>" for h in ("", f"PQ {labels[0]}", f"PQ {labels[1]}", "ΔPQ", "ΔSQ", "ΔRQ"))
+    srows = []
+    for s in ("All", "Things", "Stuff"):
+        x, y = a["panoptic"][s], b["panoptic"][s]
+        d = [100 * (y[k] - x[k]) for k in ("pq", "sq", "rq")]
+        srows.append(f"<tr><td>{s}</td><td>{100 * x['pq']:.2f}</td><td>{100 * y['pq']:.2f}</td>"
+                     + "".join(f'<td class="{"neg" if v < 0 else "pos"}">{v:+.2f}</td>' for v in d) + "</tr>")
+    rows, unscored = compare_rows(a, b)
+    crow = []
+    for c, pa, pb in rows:
+        d = 100 * (pb - pa)
+        crow.append(f'<tr data-category="{c}">' + _cell(_name(names, c)) + _cell(f"{100 * pa:.4f}", f"{100 * pa:.2f}")
+                    + _cell(f"{100 * pb:.4f}", f"{100 * pb:.2f}") + _cell(f"{d:.4f}", f"{d:+.2f}", "neg" if d < 0 else "pos")
+                    + "</tr>")
+    chead = "".join(f'<th class="sortable">{h}</th>' for h in ("category", f"PQ {labels[0]}", f"PQ {labels[1]}", "ΔPQ"))
+    body = [f'<p class="muted">A = {html.escape(labels[0])}<br>B = {html.escape(labels[1])}; Δ = B − A (points)</p>',
+            f'<h2>Summary</h2><table id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(srows)}</tbody></table>',
+            f'<h2>Per-class ΔPQ (sorted, click a header to re-sort)</h2><table id="per-class" class="sortable">'
+            f'<thead><tr>{chead}</tr></thead><tbody>{"".join(crow)}</tbody></table>',
+            '<h2>ΔPQ per class</h2><div id="pq-chart">',
+            bar_chart([(_name(names, c), 100 * (pb - pa)) for c, pa, pb in rows], signed=True), "</div>"]
+    if unscored:
+        body.append('<p id="unscored" class="muted">no ground truth and no prediction in at least one run: '
+                    + html.escape(", ".join(_name(names, c) for c in unscored)) + "</p>")
+    return _page("Panoptic evaluation: comparison", body)
+
+
+__all__ = ["build_report", "build_compare", "compare_rows", "bar_chart", "png_data_uri"]

@@ -159,13 +159,13 @@ def _unused_source_keys(model: nn.Module) -> frozenset[str]:
 
 
 def _is_torchvision_body_state(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
-    """A torchvision classification state dict: every key is a ``backbone.body.`` entry of the
-    model or a classifier key its feature extractor dropped, and at least one is a body entry."""
+    """A torchvision classification state dict: no key is under one of the model's own top-level
+    names (``backbone.``, ``rpn.`` ...) and some key names a ``backbone.body.`` entry. Keys that do
+    not fit (another variant of the family) are then reported by the strict load, not guessed at."""
     ours = model.state_dict()
-    unused = _unused_source_keys(model)
-    in_body = [k for k in state if f"backbone.body.{k}" in ours]
-    return bool(in_body) and all(k in unused or f"backbone.body.{k}" in ours
-                                 or k.endswith("num_batches_tracked") for k in state)
+    top = {k.split(".")[0] for k in ours}
+    return (not any(k.split(".")[0] in top for k in state)
+            and any(f"backbone.body.{k}" in ours for k in state))
 
 
 def _map_torchvision_body(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

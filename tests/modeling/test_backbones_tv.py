@@ -150,7 +150,8 @@ def test_one_training_step_and_eval_contract(config):
                        thing_sem_labels=thing_sem)
 
 
-@pytest.mark.parametrize("config", CHEAP)
+# Swin-T: fixed-size export only (its window padding guards the input size; see README Backbones)
+@pytest.mark.parametrize("config", [*CHEAP, "panoptic_fpn_swin_t"])
 def test_torch_export_of_the_backbone_matches_eager(config):
     backbone = _backbone(config).eval()
     x = torch.randn(1, 3, 64, 96)

@@ -161,3 +161,16 @@ def test_torch_export_of_the_backbone_matches_eager(config):
     assert list(got) == list(want)
     for key in want:
         torch.testing.assert_close(got[key], want[key], atol=1e-4, rtol=1e-4)
+
+
+def test_weights_enum_name_loads_the_body_without_the_classifier(monkeypatch):
+    """``weights=MobileNet_V3_Large_Weights.IMAGENET1K_V1``: torchvision's file (faked here, no
+    network) loads completely into the body; its classifier head is dropped, not refused."""
+    torch.manual_seed(2)
+    state = torchvision.models.mobilenet_v3_large().state_dict()
+    enum = torchvision.models.MobileNet_V3_Large_Weights
+    monkeypatch.setattr(enum, "get_state_dict", lambda self, *a, **k: state)
+    model, _ = _full_model("panoptic_fpn_mobilenet_v3_large")
+    report = load_weights(model, "MobileNet_V3_Large_Weights.IMAGENET1K_V1")
+    assert report.format == "torchvision imagenet" and report.complete, str(report)
+    assert torch.equal(model.state_dict()["backbone.body.features.16.0.weight"], state["features.16.0.weight"])

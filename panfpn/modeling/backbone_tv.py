@@ -81,13 +81,13 @@ def _layout(shape: tuple[int, ...], hw: tuple[int, int], stride: int) -> str | N
     return None
 
 
-def find_return_nodes(model: nn.Module, name: str) -> tuple[list[str], list[tuple[str, ...]], bool]:
-    """Return nodes for strides 4..32, the five freeze groups (stem, stage 1..4) as parameter
-    prefixes, and whether the features are NHWC; ``features`` models are probed child by child."""
+def find_return_nodes(model: nn.Module, name: str) -> tuple[list[str], list[tuple[str, ...]]]:
+    """Return nodes for strides 4..32 and the five freeze groups (stem, stage 1..4) as parameter
+    prefixes; ``features`` models (ConvNeXt, Swin, MobileNet ...) are probed child by child."""
     family = _family(name)
     if family in _FAMILIES:
         stem, stages = _FAMILIES[family]
-        return list(stages), [stem, *((s,) for s in stages)], False
+        return list(stages), [stem, *((s,) for s in stages)]
     features = getattr(model, "features", None)
     if not isinstance(features, nn.Sequential):
         raise ValueError(f"model.backbone.name={name}: no known stage layout and no 'features' Sequential; "
@@ -96,21 +96,18 @@ def find_return_nodes(model: nn.Module, name: str) -> tuple[list[str], list[tupl
     features.eval()
     probed = _probe(features, _PROBE_HW)
     features.train(was_training)
-    nodes, layouts = [], set()
+    nodes = []
     for stride in FPN_STRIDES[:4]:
-        hits = [(n, _layout(s, _PROBE_HW, stride)) for n, s in probed if _layout(s, _PROBE_HW, stride)]
+        hits = [n for n, s in probed if _layout(s, _PROBE_HW, stride)]
         if not hits:
             raise ValueError(f"model.backbone.name={name}: no stage of 'features' gives stride {stride}; "
                              f"output shapes on a {_PROBE_HW} input: {probed}")
-        nodes.append(f"features.{hits[-1][0]}")
-        layouts.add(hits[-1][1])
-    if len(layouts) != 1:
-        raise ValueError(f"model.backbone.name={name}: stages mix NCHW and NHWC outputs ({nodes})")
+        nodes.append(f"features.{hits[-1]}")
     idx = [int(n.split(".")[1]) for n in nodes]
     bounds = [0, *idx]
     groups = [("features.0",)] + [tuple(f"features.{i}" for i in range(max(lo + 1, 1), hi + 1))
                                   for lo, hi in zip(bounds[:-1], bounds[1:])]
-    return nodes, groups, layouts == {"nhwc"}
+    return nodes, groups
 
 
 class TorchvisionFPN(nn.Module):
@@ -148,16 +145,18 @@ class TorchvisionFPN(nn.Module):
         if not 0 <= freeze_at <= 5:
             raise ValueError(f"model.backbone.freeze_at must be in 0..5, got {freeze_at}")
         model = _build_classifier(name, norm)
-        nodes, groups, nhwc = find_return_nodes(model, name)
-        if return_nodes is not None:
-            if len(return_nodes) != 4:
-                raise ValueError(f"model.backbone.return_nodes needs 4 names (strides 4..32), got {return_nodes}")
-            nodes = list(return_nodes)
-        self.name, self.nhwc, self.freeze_at = name, nhwc, freeze_at
+        if return_nodes is None:
+            nodes, groups = find_return_nodes(model, name)
+        elif len(return_nodes) != 4 or freeze_at:
+            raise ValueError(f"model.backbone.return_nodes needs 4 names (strides 4..32) and freeze_at=0 "
+                             f"(the stages to freeze are unknown); got {return_nodes}, freeze_at={freeze_at}")
+        else:
+            nodes, groups = list(return_nodes), []
+        self.name, self.freeze_at = name, freeze_at
         self.body = create_feature_extractor(model, {n: lvl for n, lvl in zip(nodes, _LEVELS)})
         kept = set(self.body.state_dict())
         self.unused_source_keys = frozenset(k for k in model.state_dict() if k not in kept)
-        in_channels = self._probe_channels()
+        in_channels, self.nhwc = self._probe_levels()
         self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=LastLevelMaxPool())
         self.out_channels = out_channels
         self._frozen_prefixes = tuple(p for group in groups[:freeze_at] for p in group)
@@ -166,14 +165,21 @@ class TorchvisionFPN(nn.Module):
                 param.requires_grad_(False)
         self.train(self.training)
 
-    def _probe_channels(self) -> list[int]:
-        """Channel count of each level, read from a dummy forward (eval mode: BN stats untouched)."""
+    def _probe_levels(self) -> tuple[list[int], bool]:
+        """Each level's channel count and whether the levels are NHWC (Swin), read from a dummy
+        forward (eval mode: BN statistics untouched); each level must have its stride."""
         was_training = self.body.training
         self.body.eval()
         with torch.no_grad():
-            feats = self._features(torch.zeros(1, 3, *_PROBE_HW))
+            out = self.body(torch.zeros(1, 3, *_PROBE_HW))
         self.body.train(was_training)
-        return [int(f.shape[1]) for f in feats.values()]
+        shapes = [tuple(out[k].shape) for k in _LEVELS]
+        layouts = [_layout(shape, _PROBE_HW, stride) for shape, stride in zip(shapes, FPN_STRIDES)]
+        if None in layouts or len(set(layouts)) != 1:
+            raise ValueError(f"model.backbone ({self.name}): the 4 return nodes must give strides 4, 8, 16, 32 "
+                             f"in one layout; on a {_PROBE_HW} input they give {shapes}")
+        nhwc = layouts[0] == "nhwc"
+        return [shape[3] if nhwc else shape[1] for shape in shapes], nhwc
 
     def _features(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         out = self.body(x)

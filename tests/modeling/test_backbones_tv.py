@@ -174,3 +174,15 @@ def test_weights_enum_name_loads_the_body_without_the_classifier(monkeypatch):
     report = load_weights(model, "MobileNet_V3_Large_Weights.IMAGENET1K_V1")
     assert report.format == "torchvision imagenet" and report.complete, str(report)
     assert torch.equal(model.state_dict()["backbone.body.features.16.0.weight"], state["features.16.0.weight"])
+
+
+def test_return_nodes_are_checked_for_their_strides():
+    """Explicit return nodes: accepted at strides 4..32 (with freeze_at=0), refused otherwise."""
+    nodes = ["features.3", "features.6", "features.12", "features.16"]
+    ok = TorchvisionFPN("mobilenet_v3_large", norm="bn", freeze_at=0, return_nodes=nodes)
+    assert [b[0].in_channels for b in ok.fpn.inner_blocks] == [24, 40, 112, 960]
+    with pytest.raises(ValueError, match="strides 4, 8, 16, 32"):
+        TorchvisionFPN("mobilenet_v3_large", norm="bn", freeze_at=0,
+                       return_nodes=["features.1", "features.6", "features.12", "features.16"])
+    with pytest.raises(ValueError, match="freeze_at=0"):
+        TorchvisionFPN("mobilenet_v3_large", return_nodes=nodes)

@@ -4,6 +4,9 @@ Accepted sources:
   - a torchvision ImageNet weights enum, or its name (``"ResNet50_Weights.IMAGENET1K_V1"``):
     fetched by torchvision (cached under ``$TORCH_HOME``) and loaded into the ResNet body;
   - a local torchvision ResNet state dict (``.pth``): loaded into the ResNet body;
+  - a local torchvision classification state dict of the configured backbone (any
+    :class:`~panfpn.modeling.backbone_tv.TorchvisionFPN`): loaded into its body, the classifier
+    head it does not have (``backbone.unused_source_keys``) dropped;
   - our own checkpoints (``.pth`` / ``.pt``, a bare state dict or a dict with a ``"model"`` key);
   - Detectron2 Panoptic FPN checkpoints: model-zoo ``.pkl`` (read without general unpickling) or
     ``.pth``; converted by name, with their BGR / Caffe-mean and ``stride_in_1x1`` conventions and

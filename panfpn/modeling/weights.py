@@ -4,6 +4,9 @@ Accepted sources:
   - a torchvision ImageNet weights enum, or its name (``"ResNet50_Weights.IMAGENET1K_V1"``):
     fetched by torchvision (cached under ``$TORCH_HOME``) and loaded into the ResNet body;
   - a local torchvision ResNet state dict (``.pth``): loaded into the ResNet body;
+  - a local torchvision classification state dict of the configured backbone (any
+    :class:`~panfpn.modeling.backbone_tv.TorchvisionFPN`): loaded into its body, the classifier
+    head it does not have (``backbone.unused_source_keys``) dropped;
   - our own checkpoints (``.pth`` / ``.pt``, a bare state dict or a dict with a ``"model"`` key);
   - Detectron2 Panoptic FPN checkpoints: model-zoo ``.pkl`` (read without general unpickling) or
     ``.pth``; converted by name, with their BGR / Caffe-mean and ``stride_in_1x1`` conventions and
@@ -40,6 +43,7 @@ _ENUM_NAME = re.compile(r"^\w+_Weights\.\w+$")
 _RESNET_KEY = re.compile(r"^(conv1\.weight|bn1\.\w+|layer\d\.\d+\.|fc\.(weight|bias))")
 ACCEPTED_FORMATS = ("a panfpn checkpoint (.pth/.pt)", "a Detectron2 checkpoint (.pkl or .pth)",
                     "a torchvision ResNet state dict (.pth)",
+                    "a torchvision classification state dict of the configured backbone (.pth)",
                     "a torchvision weights name such as ResNet50_Weights.IMAGENET1K_V1")
 TORCH_SUFFIXES = (".pth", ".pt")
 # Set from conventions (Detectron2's Caffe mean), not read from the file: they do not count as a match.
@@ -144,7 +148,33 @@ def _dispatch(model: nn.Module, source: Any) -> LoadReport:
         return _load_into(model, {f"backbone.body.{k}": v for k, v in state.items()
                                   if not k.startswith("fc.")},
                           LoadReport(str(path), "torchvision resnet"), scope="backbone.body.")
+    if _is_torchvision_body_state(model, state):
+        return _load_into(model, _map_torchvision_body(model, state),
+                          LoadReport(str(path), "torchvision imagenet"), scope="backbone.body.")
     return _load_into(model, dict(state), LoadReport(str(path), "panfpn"), scope="")
+
+
+# --- torchvision classification state dicts for any backbone (TorchvisionFPN) ---------------------
+def _unused_source_keys(model: nn.Module) -> frozenset[str]:
+    """Keys of the backbone's full torchvision model that its feature extractor dropped (the
+    classifier head); ResNetFPN has none listed, its ``fc.*`` is dropped by name."""
+    return frozenset(getattr(getattr(model, "backbone", None), "unused_source_keys", ()))
+
+
+def _is_torchvision_body_state(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    """A torchvision classification state dict: no key is under one of the model's own top-level
+    names (``backbone.``, ``rpn.`` ...) and some key names a ``backbone.body.`` entry. Keys that do
+    not fit (another variant of the family) are then reported by the strict load, not guessed at."""
+    ours = model.state_dict()
+    top = {k.split(".")[0] for k in ours}
+    return (not any(k.split(".")[0] in top for k in state)
+            and any(f"backbone.body.{k}" in ours for k in state))
+
+
+def _map_torchvision_body(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` under ``backbone.body.``, without the classifier head the backbone does not have."""
+    unused = _unused_source_keys(model) or frozenset(k for k in state if k.startswith("fc."))
+    return {f"backbone.body.{k}": v for k, v in state.items() if k not in unused}
 
 
 def _formats() -> str:
@@ -244,7 +274,7 @@ def _load_torchvision_enum(model: nn.Module, source: Any) -> LoadReport:
             f"could not fetch torchvision weights {weights}: {err}. Without internet, download "
             f"{weights.url} elsewhere and pass the local file as weights=, or put it in "
             f"{os.path.join(torch.hub.get_dir(), 'checkpoints')}") from err
-    mapped = {f"backbone.body.{k}": v for k, v in state.items() if not k.startswith("fc.")}
+    mapped = _map_torchvision_body(model, state)
     report = LoadReport(str(weights), "torchvision imagenet")
     return _load_into(model, mapped, report, scope="backbone.body.")
 

@@ -16,6 +16,9 @@ from panfpn.modeling.zoo import MODEL_CONFIG_DIR, model_config
 from modeling_helpers import compose_model_config, make_batch
 
 NAMES = ["panoptic_fpn_small", "panoptic_fpn_r50", "panoptic_fpn_r101"]
+# torchvision backbones (panfpn.modeling.backbone_tv): built by name with build_named_model
+TV_NAMES = ["panoptic_fpn_convnext_t", "panoptic_fpn_mobilenet_v3_large", "panoptic_fpn_regnety_3_2gf",
+            "panoptic_fpn_resnext101_32x8d", "panoptic_fpn_swin_t"]
 
 
 def _shapes(model) -> dict:
@@ -31,7 +34,16 @@ def _quiet(fn, *args, **kwargs):
 def test_packaged_model_configs_are_the_repository_configs():
     """panfpn/configs (the link shipped as package data) is the repository's configs folder."""
     assert MODEL_CONFIG_DIR.resolve() == (Path(CONFIG_DIR) / "model").resolve()
-    assert sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.yaml")) == sorted(NAMES)
+    assert sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.yaml")) == sorted(NAMES + TV_NAMES)
+
+
+@pytest.mark.parametrize("name", TV_NAMES)
+def test_torchvision_backbone_configs_load_as_hydra_composes_them(name):
+    """The zoo's defaults-list merge gives the same model node as hydra for the backbone configs."""
+    ours = model_config(name, 80, 53)
+    composed = compose_model_config(name, "coco_panoptic")
+    assert OmegaConf.to_container(ours.model, resolve=True) == OmegaConf.to_container(composed.model, resolve=True)
+    assert ours.model.backbone._target_ == "panfpn.modeling.backbone_tv.TorchvisionFPN"
 
 
 @pytest.mark.parametrize("name", NAMES)

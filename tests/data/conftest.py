@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
+from data_helpers import copy_first_images
 
 from panfpn.data.synthetic import generate_dataset
 
@@ -33,12 +32,4 @@ def small_copy(tmp_path, synthetic_root):
     """A private copy of the first 3 images of ``synthetic_root``, free to edit or corrupt:
     returns (root, its JSON as a dict). Write the dict back to ``root / "panoptic.json"``."""
     root = tmp_path / "ds"
-    (root / "images").mkdir(parents=True)
-    (root / "panoptic").mkdir()
-    data = json.loads((synthetic_root / "panoptic.json").read_text())
-    data["images"], data["annotations"] = data["images"][:3], data["annotations"][:3]
-    for img, ann in zip(data["images"], data["annotations"]):
-        shutil.copy(synthetic_root / "images" / img["file_name"], root / "images")
-        shutil.copy(synthetic_root / "panoptic" / ann["file_name"], root / "panoptic")
-    (root / "panoptic.json").write_text(json.dumps(data))
-    return root, data
+    return root, copy_first_images(synthetic_root, root, 3)

@@ -5,13 +5,12 @@ on resume and with DataLoader workers."""
 from __future__ import annotations
 
 import itertools
-import json
 import logging
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from data_helpers import copy_first_images
 
 from panfpn.data.bad_images import BadImageError
 from panfpn.data.dataset import PanopticDataset
@@ -24,14 +23,7 @@ from panfpn.data.transforms import Compose, RandomHorizontalFlip, ResizeShortest
 def six_images(tmp_path, synthetic_root) -> Path:
     """A private copy of the first 6 synthetic images."""
     root = tmp_path / "ds"
-    (root / "images").mkdir(parents=True)
-    (root / "panoptic").mkdir()
-    data = json.loads((synthetic_root / "panoptic.json").read_text())
-    data["images"], data["annotations"] = data["images"][:6], data["annotations"][:6]
-    for img, ann in zip(data["images"], data["annotations"]):
-        shutil.copy(synthetic_root / "images" / img["file_name"], root / "images")
-        shutil.copy(synthetic_root / "panoptic" / ann["file_name"], root / "panoptic")
-    (root / "panoptic.json").write_text(json.dumps(data))
+    copy_first_images(synthetic_root, root, 6)
     return root
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from panfpn.utils import atomic
 from panfpn.utils.atomic import atomic_write
 
 logger = logging.getLogger("panfpn")
@@ -19,9 +20,9 @@ LAST_CHECKPOINT = "last_checkpoint"  # text file naming the newest checkpoint in
 FINAL_CHECKPOINT = "model_final.pth"
 # What a training checkpoint must hold to resume from it.
 RESUME_KEYS = ("model", "optimizer", "scaler", "iteration", "rng")
-# Temp files panfpn.utils.atomic leaves beside a target when the writer is killed mid-write
-# (".<target name>.<random>.tmp"): checkpoints, the last_checkpoint marker, metrics.jsonl.
-STALE_TEMP_PATTERNS = (".model_*.pth.*.tmp", f".{LAST_CHECKPOINT}.*.tmp", ".metrics.jsonl.*.tmp")
+# The run-dir files training writes (their temp files are removed at start; other files of the
+# run dir, e.g. an evaluation's, are not training's to clean up).
+RUN_FILES = ("model_*.pth", LAST_CHECKPOINT, "metrics.jsonl")
 
 
 class CheckpointError(RuntimeError):
@@ -104,11 +105,7 @@ def load_training_checkpoint(path: str | os.PathLike, map_location: str | torch.
 
 def remove_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
     """Delete the temp files a killed checkpoint/marker/metrics write left in ``run_dir``."""
-    removed = sorted({p for pattern in STALE_TEMP_PATTERNS for p in Path(run_dir).glob(pattern)
-                      if p.is_file()})
-    for path in removed:
-        path.unlink()
-    return removed
+    return atomic.remove_stale_temp_files(run_dir, RUN_FILES)
 
 
 def resume_candidates(run_dir: str | os.PathLike) -> list[Path]:

@@ -44,7 +44,7 @@ from panfpn.data.collate import collate_panoptic
 from panfpn.data.image_files import FailedImage, ImageFileDataset, list_image_files, output_stems
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.panoptic_io import load_json
-from panfpn.utils.atomic import atomic_write, save_image_atomic, write_json_atomic
+from panfpn.utils.atomic import atomic_write, remove_stale_temp_files, save_image_atomic, write_json_atomic
 from panfpn.engine import distributed as du
 from panfpn.engine.config import IMAGE_ID_RULES, ConfigError, section_values, validate_config
 from panfpn.engine.inference_model import build_inference_model
@@ -440,18 +440,11 @@ def _plan(paths: list[Path], stems: list[str], ids: dict[str, Any], targets: _Ta
 
 
 # panfpn.utils.atomic's temp names: "." + target name + "." + mkstemp's 8 random characters + ".tmp"
-_STALE_TEMP = re.compile(r"\..+\.[A-Za-z0-9_]{8}\.tmp")
-
-
 def _remove_stale_temps(folders: list[Path | None]) -> None:
     """Delete temp files that a killed run's atomic writes left in our output folders (one
     output folder belongs to one run at a time)."""
     for folder in folders:
-        if folder is None or not folder.is_dir():
-            continue
-        stale = [p for p in folder.iterdir() if p.is_file() and _STALE_TEMP.fullmatch(p.name)]
-        for p in stale:
-            p.unlink(missing_ok=True)
+        stale = remove_stale_temp_files(folder) if folder is not None else []
         if stale:
             logger.warning("removed %d temporary file(s) of an interrupted run from %s", len(stale), folder)
 

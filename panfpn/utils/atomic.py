@@ -6,11 +6,13 @@ Every checkpoint, prediction PNG/JSON and overlay in panfpn is written through h
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Sequence
 
 import numpy as np
 
@@ -56,6 +58,23 @@ def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], Any], *, 
             os.unlink(tmp)
         raise
     return path
+
+
+# The temp name atomic_write_path gives ``<folder>/<target>``: ".<target>.<mkstemp's random part>.tmp".
+_TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[A-Za-z0-9_]+\.tmp")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, targets: Sequence[str] = ("*",)) -> list[Path]:
+    """Delete the temp files that writes killed mid-way (crash, ``kill -9``) left in ``folder``,
+    for target file names matching one of the glob patterns ``targets``; returns them, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = sorted(p for p in folder.iterdir() if p.is_file() and (m := _TEMP_NAME.fullmatch(p.name))
+                   and any(fnmatch.fnmatchcase(m["target"], t) for t in targets))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def write_json_atomic(path: str | os.PathLike, obj: object) -> Path:

@@ -12,11 +12,10 @@
 
 from __future__ import annotations
 
-import os
 
 from omegaconf import OmegaConf
 
-from panfpn.utils.cpus import available_cpus
+from panfpn.utils.cpus import cpus_per_local_process
 
 
 def default_num_workers(cap: int | str = 4) -> int:
@@ -25,8 +24,7 @@ def default_num_workers(cap: int | str = 4) -> int:
     The processes on a node are torchrun's ``LOCAL_WORLD_SIZE`` (1 without it); under Slurm's
     task-per-GPU launch each task's affinity mask already holds only its own CPUs.
     """
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    return min(int(cap), max(1, available_cpus() // local))
+    return min(int(cap), cpus_per_local_process())
 
 
 def _json_meta(json_file: str | None, key: str, sem_seg_mode: str = "stuff_plus_thing"):

@@ -26,7 +26,7 @@ from panfpn.engine.model_spec import (
     ModelRecord, check_labels_fit_model, command_line_overrides, config_differences, effective_model_config,
     log_differences, read_model_record, transform_overridden,
 )
-from panfpn.engine.job_setup import build_metadata
+from panfpn.engine.job_setup import build_metadata, resolved
 from panfpn.modeling.build import instantiate_model, load_configured_weights
 from panfpn.modeling.weights import BACKBONE_ONLY_FORMATS, LoadReport, WeightsError
 
@@ -62,7 +62,7 @@ def build_inference_model(cfg: DictConfig, overrides: Sequence[str] | None = Non
     weights = OmegaConf.select(cfg, "weights", default=None)
     record = read_model_record(weights) if weights else None
     use_record = record is not None and bool(OmegaConf.select(cfg, "model_from_checkpoint", default=True))
-    config_transform = _resolved(cfg, "data.val.transforms")
+    config_transform = resolved(cfg, "data.val.transforms")
     if use_record:
         model_cfg = effective_model_config(cfg, record, overrides)
         _note_ignored_config_model(cfg, record)
@@ -70,7 +70,7 @@ def build_inference_model(cfg: DictConfig, overrides: Sequence[str] | None = Non
         keep = record.has_transform and not transform_overridden(overrides)
         transform = record.test_transform if keep else config_transform
     else:
-        model_cfg = _resolved(cfg, "model")
+        model_cfg = resolved(cfg, "model")
         metadata = build_metadata(cfg)
         transform = config_transform
         if weights and record is None:
@@ -90,13 +90,8 @@ def build_inference_model(cfg: DictConfig, overrides: Sequence[str] | None = Non
     return InferenceModel(model, metadata, transform, eff, record if use_record else None, report)
 
 
-def _resolved(cfg: DictConfig, key: str) -> Any:
-    node = OmegaConf.select(cfg, key, default=None)
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
-
-
 def _note_ignored_config_model(cfg: DictConfig, record: ModelRecord) -> None:
-    diffs = config_differences(record.model_config, _resolved(cfg, "model"), "model")
+    diffs = config_differences(record.model_config, resolved(cfg, "model"), "model")
     if diffs:
         logger.info("model from %s; the config's own model differs in %d key(s) (%s), not used "
                     "(model_from_checkpoint=false uses it)", record.source, len(diffs),

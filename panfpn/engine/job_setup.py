@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 import panfpn.data.resolvers  # noqa: F401 - registers the panfpn.* resolvers the data configs use
 from panfpn.data.build import COUNT_KEYS, check_metadata_matches
 from panfpn.data.metadata import DatasetMetadata
-from panfpn.utils.cpus import available_cpus
+from panfpn.utils.cpus import cpus_per_local_process
 
 logger = logging.getLogger("panfpn")
 _ABSENT = object()
@@ -42,7 +41,7 @@ def setup_logging(run_dir: Path | None) -> None:
 def build_metadata(cfg: DictConfig) -> DatasetMetadata:
     """Instantiate ``data.metadata`` and check the class counts the model config reads from it."""
     metadata = instantiate(cfg.data.metadata)
-    counts = {key: _plain(OmegaConf.select(cfg, f"data.{key}")) for key in COUNT_KEYS
+    counts = {key: resolved(cfg, f"data.{key}") for key in COUNT_KEYS
               if OmegaConf.select(cfg, f"data.{key}", default=_ABSENT) is not _ABSENT}
     check_metadata_matches(counts, metadata)
     return metadata
@@ -52,16 +51,17 @@ def fit_threads_to_cpus() -> int:
     """Cap torch's intra-op threads at the CPUs this process may use (split among torchrun's
     processes on the node): in a container with a CPU quota, torch's default (all visible cores)
     oversubscribes the quota and every step slows down. Returns the thread count in use."""
-    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    allowed = max(1, available_cpus() // local)
+    allowed = cpus_per_local_process()
     if torch.get_num_threads() > allowed:
         logger.info("torch threads %d -> %d (CPUs this process may use)", torch.get_num_threads(), allowed)
         torch.set_num_threads(allowed)
     return torch.get_num_threads()
 
 
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+def resolved(cfg: DictConfig, key: str) -> Any:
+    """The value at dotted ``key`` as plain Python (containers resolved), None when absent."""
+    node = OmegaConf.select(cfg, key, default=None)
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

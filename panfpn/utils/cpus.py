@@ -29,3 +29,10 @@ def available_cpus(cpu_max: Path | None = None) -> int:
         cpus = os.cpu_count() or 1
     limit = cgroup_cpu_limit(cpu_max)
     return max(1, min(cpus, limit) if limit is not None else cpus)
+
+
+def cpus_per_local_process() -> int:
+    """This process's share of :func:`available_cpus` when torchrun starts ``LOCAL_WORLD_SIZE``
+    processes on the node (all of them without torchrun), at least 1."""
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, available_cpus() // local)

@@ -3,8 +3,10 @@ COCO-panoptic PNG + JSON equal to a sequential merge written in the tests; bad i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 import panfpn
-from merge_helpers import sequential_merge
+from merge_helpers import rgb_to_ids, sequential_merge
 
 ROOT = Path(__file__).resolve().parents[2]
 THINGS, STUFF = [3, 7], [1, 5]
@@ -129,3 +131,56 @@ def test_merge_tool_names_missing_inputs(compose_cfg, tmp_path):
         merge_from_config(cfg)
     with pytest.raises(ConfigError, match="merge.rules"):
         merge_from_config(compose_cfg(["merge.rules=fancy"], output_dir=tmp_path))
+
+
+def _tool_inputs(tmp_path: Path) -> list[str]:
+    return [f"merge.semantic_dir={tmp_path / 'sem'}", f"merge.instances_json={tmp_path / 'instances.json'}",
+            f"merge.images_json={tmp_path / 'images.json'}", "device=cpu"]
+
+
+def test_rule_overrides_from_the_command_line_are_used_and_recorded(compose_cfg, tmp_path):
+    from panfpn.engine.merge_run import merge_from_config
+
+    _inputs(tmp_path)
+    overrides = {"score_thresh": 0.65, "overlap_thresh": None, "stuff_area": 20}
+    out = tmp_path / "out"
+    cfg = compose_cfg([*_tool_inputs(tmp_path), "merge.rules=detectron2", "merge.score_thresh=0.65",
+                       "merge.overlap_thresh=none", "merge.stuff_area=20", "merge.workers=0"],
+                      output_dir=out)
+    summary = merge_from_config(cfg)
+    rules = panfpn.MergeThresholds(score_thresh=0.65, overlap_thresh=None, stuff_area=20,
+                                   thing_min_remaining_area=0)
+    pred = {a["image_id"]: a for a in json.loads((out / "panoptic_merged.json").read_text())["annotations"]}
+    assert sorted(pred) == [100, 101]
+    differs = 0
+    for image_id, ann in pred.items():
+        sem, masks, scores, labels = _image_predictions(image_id - 100)
+        want_map, want_segs = sequential_merge(sem, masks, scores, labels, rules, STUFF)
+        assert np.array_equal(rgb_to_ids(out / "panoptic_merged" / ann["file_name"]), want_map.numpy())
+        assert [(s["id"], s["category_id"], s["area"]) for s in ann["segments_info"]] == \
+            [(s[0], s[2], s[4]) for s in want_segs]
+        preset = sequential_merge(sem, masks, scores, labels, panfpn.MergeThresholds.detectron2(), STUFF)
+        differs += not torch.equal(preset[0], want_map)
+    assert differs  # the overrides matter on these inputs
+    record = json.loads((out / "merge_rules.json").read_text())
+    assert record == {"rules": dataclasses.asdict(rules), "preset": "detectron2", "overrides": overrides}
+    assert summary["rules"] == record
+    # null switches the overlap rule off too; an unset key keeps the preset's value
+    cfg = compose_cfg([*_tool_inputs(tmp_path), "merge.rules=textbook", "merge.overlap_thresh=null",
+                       "merge.thing_min_remaining_area=3"], output_dir=tmp_path / "out2")
+    assert merge_from_config(cfg)["rules"]["rules"] == dataclasses.asdict(dataclasses.replace(
+        panfpn.MergeThresholds.textbook(), thing_min_remaining_area=3))
+
+
+@pytest.mark.parametrize("override", ["merge.score_thresh=abc", "merge.score_thresh=null",
+                                      "merge.overlap_thresh=-0.5", "merge.overlap_thresh=nan",
+                                      "merge.stuff_area=1.5", "merge.thing_min_remaining_area=-1",
+                                      "merge.workers=-1", "merge.workers=two"])
+def test_bad_rule_values_name_the_key(compose_cfg, tmp_path, override):
+    from panfpn.engine.config import ConfigError
+    from panfpn.engine.merge_run import merge_from_config
+
+    key = override.split("=")[0]
+    cfg = compose_cfg([*_tool_inputs(tmp_path), override], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}' must be "):
+        merge_from_config(cfg)

@@ -16,7 +16,8 @@ import dataclasses
 import json
 import logging
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -63,7 +64,8 @@ def merge_from_config(cfg: DictConfig) -> dict[str, Any]:
     summary = merge_files(
         None if opts["semantic_dir"] is None else Path(opts["semantic_dir"]),
         Path(opts["instances_json"]), Path(images_json), out_dir, rules=rules,
-        device=resolve_device(cfg.device), workers=opts["workers"], rules_origin=origin,
+        device=resolve_device(cfg.device), workers=opts["workers"], write_threads=opts["write_threads"],
+        rules_origin=origin,
         semantic_json=None if opts["semantic_json"] is None else Path(opts["semantic_json"]))
     if opts["eval_gt_json"] is not None:
         from panfpn.evaluation.pq import pq_compute
@@ -99,12 +101,13 @@ def _load_json(path: Path, what: str) -> Any:
 
 def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Path, out_dir: Path, *,
                 rules: MergeThresholds, device: torch.device | str, workers: int = 0,
-                semantic_json: Path | None = None,
+                write_threads: int = 2, semantic_json: Path | None = None,
                 rules_origin: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Merge every image of ``images_json``; semantic input: ``semantic_dir`` (label PNGs) or
     ``semantic_json`` (COCO semantic results), exactly one. ``workers``: DataLoader processes that
-    read and decode (0: in this process). Returns ``{"json", "merged", "skipped", "rules",
-    "seconds"}`` (per-stage times: read, wait, merge, write, total)."""
+    read and decode (0: in this process); ``write_threads``: threads encoding the PNGs (0: inline).
+    Returns ``{"json", "merged", "skipped", "rules", "seconds"}`` (seconds per stage: read, wait,
+    merge, write, total)."""
     start = time.perf_counter()
     images_data = _load_json(images_json, "merge.images_json")
     if not isinstance(images_data, dict) or "images" not in images_data or "categories" not in images_data:
@@ -126,7 +129,7 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
     log.info("merge rules: %s", json.dumps(rules_record))
     write_json_atomic(out_dir / RULES_FILE, rules_record)
     writer = PanopticPredictionWriter(out_dir, metadata, name=PANOPTIC_NAME)
-    seconds = _merge_all(dataset, workers, rules, torch.device(device), writer, skipped)
+    seconds = _merge_all(dataset, workers, rules, torch.device(device), writer, skipped, write_threads)
     json_path = writer.write_json()
     write_json_atomic(out_dir / SKIPPED_FILE, skipped)
     seconds["total"] = time.perf_counter() - start
@@ -154,30 +157,71 @@ def _results_by_image(path: Path, key: str, known: set, images_json: Path,
 
 
 def _merge_all(dataset: MergeInputs, workers: int, rules: MergeThresholds, device: torch.device,
-               writer: PanopticPredictionWriter, skipped: dict[str, str]) -> dict[str, float]:
-    """Merge and write the images in order, their inputs read by ``workers`` processes; bad ones
-    go to ``skipped``. Returns the seconds spent per stage (read: summed over the workers)."""
+               writer: PanopticPredictionWriter, skipped: dict[str, str], write_threads: int) -> dict[str, float]:
+    """Merge the images in order, their inputs read by ``workers`` processes and their PNGs encoded
+    by ``write_threads`` threads; bad ones go to ``skipped``. Returns the seconds per stage (read:
+    summed over the workers; wait: for the loader; write: the main process's share)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                                          collate_fn=as_is)
     seconds = {"read": 0.0, "wait": 0.0, "merge": 0.0, "write": 0.0}
-    tick = time.perf_counter()
-    for item in tqdm(loader, total=len(dataset), desc="merge", unit="img"):
-        now = time.perf_counter()
-        seconds["wait"] += now - tick
-        seconds["read"] += item["seconds"]
-        image = item["image"]
-        try:
-            if item["error"] is not None:
-                raise BadInput(item["error"])
-            id_map, segments = _merge_one(item, dataset.metadata, rules, device)
-            seconds["merge"] += (tick := time.perf_counter()) - now
-            writer.add(image["id"], image["file_name"], id_map, segments)
-            seconds["write"] += time.perf_counter() - tick
-        except BadInput as err:
-            skipped[str(image["id"])] = str(err)
-            log.warning("skipped image %r: %s", image["id"], err)
+    with _OrderedWrites(writer, write_threads) as writes:
         tick = time.perf_counter()
+        for item in tqdm(loader, total=len(dataset), desc="merge", unit="img"):
+            now = time.perf_counter()
+            seconds["wait"] += now - tick
+            seconds["read"] += item["seconds"]
+            image = item["image"]
+            try:
+                if item["error"] is not None:
+                    raise BadInput(item["error"])
+                id_map, segments = _merge_one(item, dataset.metadata, rules, device)
+                seconds["merge"] += (tick := time.perf_counter()) - now
+                writes.add(image, id_map, segments)
+                seconds["write"] += time.perf_counter() - tick
+            except BadInput as err:
+                skipped[str(image["id"])] = str(err)
+                log.warning("skipped image %r: %s", image["id"], err)
+            tick = time.perf_counter()
+        tick = time.perf_counter()
+    seconds["write"] += time.perf_counter() - tick
     return seconds
+
+
+class _OrderedWrites:
+    """PNG encoding in ``threads`` threads (0: inline) while the next image merges; the JSON lists
+    the images in the order they were added, whatever order the threads finish in."""
+
+    def __init__(self, writer: PanopticPredictionWriter, threads: int) -> None:
+        self.writer = writer
+        self.pool = ThreadPoolExecutor(max_workers=threads) if threads > 0 else None
+        self.pending: deque[tuple[Future, dict]] = deque()
+        self.limit = 2 * threads
+
+    def add(self, image: Mapping[str, Any], id_map: Any, segments: list[dict]) -> None:
+        entry = {"id": image["id"], "file_name": image["file_name"], "height": int(id_map.shape[0]),
+                 "width": int(id_map.shape[1])}
+        if self.pool is None:
+            self.writer.add(image["id"], image["file_name"], id_map, segments)
+            return
+        self.pending.append((self.pool.submit(self.writer.add, image["id"], image["file_name"], id_map,
+                                              segments, record=False), entry))
+        while len(self.pending) > self.limit:
+            self._record_first()
+
+    def _record_first(self) -> None:
+        future, entry = self.pending.popleft()
+        self.writer.record(future.result(), entry)
+
+    def __enter__(self) -> "_OrderedWrites":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            while self.pending and exc[0] is None:
+                self._record_first()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _merge_one(item: Mapping[str, Any], metadata: DatasetMetadata, rules: MergeThresholds,

@@ -157,7 +157,8 @@ def _results_by_image(path: Path, key: str, known: set, images_json: Path,
 
 
 def _merge_all(dataset: MergeInputs, workers: int, rules: MergeThresholds, device: torch.device,
-               writer: PanopticPredictionWriter, skipped: dict[str, str], write_threads: int) -> dict[str, float]:
+               writer: PanopticPredictionWriter, skipped: dict[str, str],
+               write_threads: int) -> dict[str, float]:
     """Merge the images in order, their inputs read by ``workers`` processes and their PNGs encoded
     by ``write_threads`` threads; bad ones go to ``skipped``. Returns the seconds per stage (read:
     summed over the workers; wait: for the loader; write: the main process's share)."""

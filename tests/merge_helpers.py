@@ -31,3 +31,50 @@ def sequential_merge(sem_ids, probs, scores, cat_ids, rules, stuff_ids):
             id_map[region] = len(segs) + 1
             segs.append((len(segs) + 1, False, cat, None, int(region.sum())))
     return id_map, segs
+
+
+# ------------------------------------------------------------------------------------------------
+# tools/merge.py inputs and outputs, written in the formats other tools use (pycocotools RLE in a
+# COCO results JSON; COCO-panoptic PNG ids as R + 256 G + 256^2 B)
+
+
+def coco_rle(mask) -> dict:
+    """A bool [H, W] mask as a COCO results JSON holds it (pycocotools RLE, counts as a string)."""
+    import numpy as np
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(np.asarray(mask).astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def semantic_entries(image_id, sem_ids, skip_ids=()) -> list[dict]:
+    """One image's label map as a COCO semantic results JSON's entries: one RLE per category id
+    present (panopticapi's panoptic2semantic_segmentation format), except ``skip_ids``."""
+    import numpy as np
+
+    sem = np.asarray(sem_ids)
+    return [{"image_id": image_id, "category_id": int(c), "segmentation": coco_rle(sem == c)}
+            for c in np.unique(sem).tolist() if c not in skip_ids]
+
+
+def rgb_to_ids(path):
+    """A COCO-panoptic PNG's segment ids (R + 256 G + 256^2 B) as int64 [H, W]."""
+    import numpy as np
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(path)).astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+def same_partition(ids_a, cats_a: dict, ids_b, cats_b: dict) -> bool:
+    """Two id maps describe the same segments with the same categories per pixel (ids may differ;
+    0 is void in both)."""
+    import numpy as np
+
+    a, b = np.asarray(ids_a).ravel(), np.asarray(ids_b).ravel()
+    if a.shape != b.shape or not np.array_equal(a == 0, b == 0):
+        return False
+    pairs = {(int(x), int(y)) for x, y in zip(a.tolist(), b.tolist()) if x}
+    if len(pairs) != len({p[0] for p in pairs}) or len(pairs) != len({p[1] for p in pairs}):
+        return False
+    return all(cats_a[x] == cats_b[y] for x, y in pairs)

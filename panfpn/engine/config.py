@@ -35,7 +35,10 @@ KNOWN_KEYS: dict[str, set[str] | None] = {
     "predict": {"input", "output_dir", "batch_size", "num_workers", "overwrite", "overlay", "overlay_alpha",
                 "overlay_format", "write_threads", "recursive", "image_id", "json_every", "semantic"},
     "export": {"format", "output", "height", "width", "dynamic", "opset", "verify"},
-    "merge": {"semantic_dir", "instances_json", "images_json", "output_dir", "rules", "eval_gt_json"},
+    "merge": {"semantic_dir", "semantic_json", "instances_json", "images_json", "output_dir", "rules",
+              "score_thresh", "overlap_thresh", "stuff_area", "thing_min_remaining_area", "workers",
+              "write_threads",
+              "eval_gt_json"},
     "data": {"train", "val", "metadata", "num_thing_classes", "num_sem_classes", "thing_sem_labels",
              "batch_size", "num_workers", "root", "name", "sem_seg_mode", "skip_bad_images"},
 }
@@ -136,6 +139,14 @@ def rule_or_regex(*names: str) -> Check:
                  "'(.+)_leftImg8bit'", accepts)
 
 
+def preset_or(check: Check, *, none: bool = False) -> Check:
+    """``"preset"`` (keep the preset's value) or what ``check`` accepts; with ``none``, also null
+    or the string ``"none"`` (a rule switched off)."""
+    wants = "'preset', " + ("null or 'none', " if none else "") + check.wants
+    return Check(wants, lambda v: v == "preset" or (none and (v is None or v == "none"))
+                 or check.accepts(v))
+
+
 # Every engine key the training, eval, predict and export jobs read, with its type and range.
 CHECKS: dict[str, Check] = {
     "seed": integer(),
@@ -191,7 +202,14 @@ CHECKS: dict[str, Check] = {
     "merge.instances_json": string(nullable=True),
     "merge.images_json": string(nullable=True),
     "merge.output_dir": string(nullable=True),
+    "merge.semantic_json": string(nullable=True),
     "merge.rules": one_of("textbook", "detectron2"),
+    "merge.score_thresh": preset_or(number()),
+    "merge.overlap_thresh": preset_or(number(at_least=0), none=True),
+    "merge.stuff_area": preset_or(integer(0)),
+    "merge.thing_min_remaining_area": preset_or(integer(0)),
+    "merge.workers": integer(0),
+    "merge.write_threads": integer(0),
     "merge.eval_gt_json": string(nullable=True),
     # tools/export.py
     "export.format": one_of("onnx", "torch_export", "both"),

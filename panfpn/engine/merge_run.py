@@ -1,28 +1,33 @@
-"""tools/merge.py: saved semantic predictions (label PNGs in dataset ids) + instance predictions (a
-COCO results JSON with RLE masks) -> COCO-panoptic PNGs + JSON, merged by
-:func:`panfpn.modeling.merge_predictions.merge_predictions`; optionally scored with our PQ.
+"""tools/merge.py: saved semantic predictions (label PNGs in dataset ids, or a COCO semantic
+results JSON) + instance predictions (a COCO results JSON with RLE masks) -> COCO-panoptic PNGs +
+JSON, merged by :func:`panfpn.modeling.merge_predictions.merge_predictions`; optionally scored with
+our PQ.
 
-An image whose inputs are missing or bad (no semantic PNG, wrong size, a polygon or misfit RLE, an
-unknown category) is reported and skipped, never merged; the list goes to ``merge_skipped.json``.
+The rules are a preset (``merge.rules``) with single fields overridden (``merge.score_thresh`` ...);
+the rules used are logged and written to ``merge_rules.json``. Inputs are read and decoded in
+``merge.workers`` DataLoader workers (:mod:`panfpn.engine.merge_inputs`); the main process merges
+on ``device`` and writes, in the images' order. An image whose inputs are missing or bad is
+reported and skipped, never merged; the list goes to ``merge_skipped.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from collections import defaultdict
+import time
+from collections import defaultdict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
-from PIL import Image
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine.config import ConfigError, section_values
+from panfpn.engine.merge_inputs import BadInput, MergeInputs, as_is
 from panfpn.evaluation.writer import PanopticPredictionWriter
 from panfpn.modeling.merge import MergeThresholds
 from panfpn.modeling.merge_predictions import merge_predictions
@@ -33,32 +38,58 @@ log = logging.getLogger(__name__)
 
 PANOPTIC_NAME = "panoptic_merged"
 SKIPPED_FILE = "merge_skipped.json"
+RULES_FILE = "merge_rules.json"
+PRESETS = {"detectron2": MergeThresholds.detectron2, "textbook": MergeThresholds.textbook}
+# merge.<field> keys that override one field of the preset; "preset" keeps the preset's value
+RULE_KEYS = tuple(f.name for f in dataclasses.fields(MergeThresholds))
 
-
-class BadInput(ValueError):
-    """One image's inputs cannot be merged (the message says which file and why)."""
+__all__ = ["BadInput", "merge_files", "merge_from_config", "merge_rules"]
 
 
 def merge_from_config(cfg: DictConfig) -> dict[str, Any]:
     """Run the merge job of a composed config (section ``merge``, key ``device``)."""
     opts = section_values(cfg, "merge")
-    for key in ("semantic_dir", "instances_json"):
-        if opts[key] is None:
-            raise ConfigError(f"config key 'merge.{key}' is required by tools/merge.py")
+    if (opts["semantic_dir"] is None) == (opts["semantic_json"] is None):
+        raise ConfigError("tools/merge.py needs exactly one of config keys 'merge.semantic_dir' (label "
+                          "PNGs) and 'merge.semantic_json' (a COCO semantic results JSON), got "
+                          f"semantic_dir={opts['semantic_dir']!r}, semantic_json={opts['semantic_json']!r}")
+    if opts["instances_json"] is None:
+        raise ConfigError("config key 'merge.instances_json' is required by tools/merge.py")
     images_json = opts["images_json"] or opts["eval_gt_json"]
     if images_json is None:
         raise ConfigError("config key 'merge.images_json' (or merge.eval_gt_json) must name a "
                           "COCO-panoptic JSON with the images and categories")
     out_dir = Path(opts["output_dir"] or cfg.output_dir)
-    rules = MergeThresholds.textbook() if opts["rules"] == "textbook" else MergeThresholds.detectron2()
-    summary = merge_files(Path(opts["semantic_dir"]), Path(opts["instances_json"]), Path(images_json),
-                          out_dir, rules=rules, device=resolve_device(cfg.device))
+    rules, origin = merge_rules(opts)
+    summary = merge_files(
+        None if opts["semantic_dir"] is None else Path(opts["semantic_dir"]),
+        Path(opts["instances_json"]), Path(images_json), out_dir, rules=rules,
+        device=resolve_device(cfg.device), workers=opts["workers"], write_threads=opts["write_threads"],
+        rules_origin=origin,
+        semantic_json=None if opts["semantic_json"] is None else Path(opts["semantic_json"]))
     if opts["eval_gt_json"] is not None:
         from panfpn.evaluation.pq import pq_compute
 
         summary["pq"] = pq_compute(opts["eval_gt_json"], summary["json"], workers=1)
         log.info("PQ %.2f SQ %.2f RQ %.2f", *(100 * summary["pq"]["All"][k] for k in ("pq", "sq", "rq")))
     return summary
+
+
+def merge_rules(opts: Mapping[str, Any]) -> tuple[MergeThresholds, dict[str, Any]]:
+    """The preset ``opts["rules"]`` with each ``opts[<field>]`` that is not ``"preset"`` put in
+    (``"none"`` or None for ``overlap_thresh``: no overlap rule); also ``{"preset", "overrides"}``."""
+    if opts["rules"] not in PRESETS:
+        raise ConfigError(f"config key 'merge.rules' must be one of {sorted(PRESETS)}, got {opts['rules']!r}")
+    overrides = {}
+    for key in RULE_KEYS:
+        value = opts.get(key, "preset")
+        if value != "preset":
+            overrides[key] = None if value == "none" else value
+    try:
+        rules = dataclasses.replace(PRESETS[opts["rules"]](), **overrides)
+    except ValueError as err:
+        raise ConfigError(f"config keys merge.{{{','.join(overrides)}}} {overrides}: {err}") from err
+    return rules, {"preset": opts["rules"], "overrides": overrides}
 
 
 def _load_json(path: Path, what: str) -> Any:
@@ -68,95 +99,141 @@ def _load_json(path: Path, what: str) -> Any:
         raise ConfigError(f"{what} {path}: cannot be read as JSON: {err}") from err
 
 
-def merge_files(semantic_dir: Path, instances_json: Path, images_json: Path, out_dir: Path, *,
-                rules: MergeThresholds, device: torch.device) -> dict[str, Any]:
-    """Merge every image of ``images_json``; returns ``{"json", "merged", "skipped"}``."""
+def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Path, out_dir: Path, *,
+                rules: MergeThresholds, device: torch.device | str, workers: int = 0,
+                write_threads: int = 2, semantic_json: Path | None = None,
+                rules_origin: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Merge every image of ``images_json``; semantic input: ``semantic_dir`` (label PNGs) or
+    ``semantic_json`` (COCO semantic results), exactly one. ``workers``: DataLoader processes that
+    read and decode (0: in this process); ``write_threads``: threads encoding the PNGs (0: inline).
+    Returns ``{"json", "merged", "skipped", "rules", "seconds"}`` (seconds per stage: read, wait,
+    merge, write, total)."""
+    start = time.perf_counter()
     images_data = _load_json(images_json, "merge.images_json")
     if not isinstance(images_data, dict) or "images" not in images_data or "categories" not in images_data:
         raise ConfigError(f"merge.images_json {images_json}: needs 'images' and 'categories' "
                           "(a COCO-panoptic JSON)")
     metadata = DatasetMetadata.from_coco_categories(images_data["categories"], name=str(images_json))
-    results = _load_json(instances_json, "merge.instances_json")
-    if not isinstance(results, list):
-        raise ConfigError(f"merge.instances_json {instances_json}: must be a list of COCO results, "
-                          f"got {type(results).__name__}")
+    known = {img["id"] for img in images_data["images"]}
+    skipped: dict[str, str] = {}
+    instances = _results_by_image(instances_json, "merge.instances_json", known, images_json, skipped)
+    semantic_by_image = None
+    if semantic_json is not None:
+        semantic_by_image = _results_by_image(semantic_json, "merge.semantic_json", known, images_json,
+                                              skipped)
+    if (semantic_dir is None) == (semantic_json is None):
+        raise ConfigError("merge_files: give exactly one of semantic_dir and semantic_json")
+    dataset = MergeInputs(images_data["images"], instances, metadata, semantic_dir=semantic_dir,
+                          semantic_by_image=semantic_by_image, semantic_json=semantic_json)
+    rules_record = {"rules": dataclasses.asdict(rules), **(rules_origin or {})}
+    log.info("merge rules: %s", json.dumps(rules_record))
+    write_json_atomic(out_dir / RULES_FILE, rules_record)
+    writer = PanopticPredictionWriter(out_dir, metadata, name=PANOPTIC_NAME)
+    seconds = _merge_all(dataset, workers, rules, torch.device(device), writer, skipped, write_threads)
+    json_path = writer.write_json()
+    write_json_atomic(out_dir / SKIPPED_FILE, skipped)
+    seconds["total"] = time.perf_counter() - start
+    merged = len(writer.annotations)
+    log.info("merged %d images into %s; skipped %d (%s); seconds: %s", merged, json_path, len(skipped),
+             out_dir / SKIPPED_FILE, ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
+    return {"json": str(json_path), "merged": merged, "skipped": skipped, "rules": rules_record,
+            "seconds": seconds}
+
+
+def _results_by_image(path: Path, key: str, known: set, images_json: Path,
+                      skipped: dict[str, str]) -> dict[Any, list[dict]]:
+    """A COCO results JSON (a list of ``{"image_id", ...}``) grouped by image, in file order;
+    results for images not in ``images_json`` go to ``skipped``."""
+    results = _load_json(path, key)
+    if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
+        raise ConfigError(f"{key} {path}: must be a list of COCO results (objects), got "
+                          f"{type(results).__name__}")
     by_image: dict[Any, list[dict]] = defaultdict(list)
     for r in results:
         by_image[r.get("image_id")].append(r)
-    skipped: dict[str, str] = {}
-    known = {img["id"] for img in images_data["images"]}
     for image_id in sorted(set(by_image) - known, key=str):
-        skipped[str(image_id)] = f"{instances_json}: results for image {image_id!r} not in {images_json}"
-    writer = PanopticPredictionWriter(out_dir, metadata, name=PANOPTIC_NAME)
-    merged = 0
-    for image in tqdm(images_data["images"], desc="merge", unit="img"):
+        skipped.setdefault(str(image_id), f"{path}: results for image {image_id!r} not in {images_json}")
+    return dict(by_image)
+
+
+def _merge_all(dataset: MergeInputs, workers: int, rules: MergeThresholds, device: torch.device,
+               writer: PanopticPredictionWriter, skipped: dict[str, str],
+               write_threads: int) -> dict[str, float]:
+    """Merge the images in order, their inputs read by ``workers`` processes and their PNGs encoded
+    by ``write_threads`` threads; bad ones go to ``skipped``. Returns the seconds per stage (read:
+    summed over the workers; wait: for the loader; write: the main process's share)."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+                                         collate_fn=as_is)
+    seconds = {"read": 0.0, "wait": 0.0, "merge": 0.0, "write": 0.0}
+    with _OrderedWrites(writer, write_threads) as writes:
+        tick = time.perf_counter()
+        for item in tqdm(loader, total=len(dataset), desc="merge", unit="img"):
+            now = time.perf_counter()
+            seconds["wait"] += now - tick
+            seconds["read"] += item["seconds"]
+            image = item["image"]
+            try:
+                if item["error"] is not None:
+                    raise BadInput(item["error"])
+                id_map, segments = _merge_one(item, dataset.metadata, rules, device)
+                seconds["merge"] += (tick := time.perf_counter()) - now
+                writes.add(image, id_map, segments)
+                seconds["write"] += time.perf_counter() - tick
+            except BadInput as err:
+                skipped[str(image["id"])] = str(err)
+                log.warning("skipped image %r: %s", image["id"], err)
+            tick = time.perf_counter()
+        tick = time.perf_counter()
+    seconds["write"] += time.perf_counter() - tick
+    return seconds
+
+
+class _OrderedWrites:
+    """PNG encoding in ``threads`` threads (0: inline) while the next image merges; the JSON lists
+    the images in the order they were added, whatever order the threads finish in."""
+
+    def __init__(self, writer: PanopticPredictionWriter, threads: int) -> None:
+        self.writer = writer
+        self.pool = ThreadPoolExecutor(max_workers=threads) if threads > 0 else None
+        self.pending: deque[tuple[Future, dict]] = deque()
+        self.limit = 2 * threads
+
+    def add(self, image: Mapping[str, Any], id_map: Any, segments: list[dict]) -> None:
+        entry = {"id": image["id"], "file_name": image["file_name"], "height": int(id_map.shape[0]),
+                 "width": int(id_map.shape[1])}
+        if self.pool is None:
+            self.writer.add(image["id"], image["file_name"], id_map, segments)
+            return
+        self.pending.append((self.pool.submit(self.writer.add, image["id"], image["file_name"], id_map,
+                                              segments, record=False), entry))
+        while len(self.pending) > self.limit:
+            self._record_first()
+
+    def _record_first(self) -> None:
+        future, entry = self.pending.popleft()
+        self.writer.record(future.result(), entry)
+
+    def __enter__(self) -> "_OrderedWrites":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
         try:
-            _merge_one(image, by_image.get(image["id"], []), semantic_dir, metadata, rules, device, writer)
-            merged += 1
-        except BadInput as err:
-            skipped[str(image["id"])] = str(err)
-            log.warning("skipped image %r: %s", image["id"], err)
-    json_path = writer.write_json()
-    write_json_atomic(out_dir / SKIPPED_FILE, skipped)
-    log.info("merged %d images into %s; skipped %d (%s)", merged, json_path, len(skipped),
-             out_dir / SKIPPED_FILE)
-    return {"json": str(json_path), "merged": merged, "skipped": skipped}
+            while self.pending and exc[0] is None:
+                self._record_first()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _merge_one(image: dict, results: list[dict], semantic_dir: Path, metadata: DatasetMetadata,
-               rules: MergeThresholds, device: torch.device, writer: PanopticPredictionWriter) -> None:
-    """Read, check, merge and write one image; BadInput names the file and the problem."""
-    size = (int(image["height"]), int(image["width"]))
-    sem = _read_semantic(semantic_dir / (Path(image["file_name"]).stem + ".png"), size)
-    masks = torch.from_numpy(_decode_masks(results, size, image["id"])).to(device)
-    scores = torch.tensor([float(r.get("score", float("nan"))) for r in results], dtype=torch.float64)
-    if torch.isnan(scores).any():
-        raise BadInput(f"image {image['id']!r}: an instance result has no numeric score")
-    labels = torch.tensor([r.get("category_id", -1) for r in results], dtype=torch.long)
+def _merge_one(item: Mapping[str, Any], metadata: DatasetMetadata, rules: MergeThresholds,
+               device: torch.device) -> tuple[Any, list[dict]]:
+    """One image's decoded inputs -> (id map on the CPU, segments with dataset ids)."""
     try:
-        id_map, segments = merge_predictions(torch.from_numpy(sem).to(device), masks,
-                                             scores.to(device), labels.to(device),
-                                             metadata=metadata, rules=rules)
+        id_map, segments = merge_predictions(
+            item["sem"].to(device), item["masks"].to(device), item["scores"].to(device),
+            item["labels"].to(device), metadata=metadata, rules=rules)
     except ValueError as err:
-        raise BadInput(f"image {image['id']!r}: {err}") from err
-    writer.add(image["id"], image["file_name"], id_map.cpu().numpy(),
-               [{"id": s["id"], "category_id": s["category_id"], "isthing": int(s["isthing"]),
-                 **({"score": s["score"]} if s["score"] is not None else {})} for s in segments])
-
-
-def _read_semantic(path: Path, size: tuple[int, int]) -> np.ndarray:
-    if not path.is_file():
-        raise BadInput(f"semantic PNG {path} is missing")
-    try:
-        with Image.open(path) as img:
-            if img.mode not in ("L", "P", "I", "I;16"):
-                raise BadInput(f"semantic PNG {path}: mode {img.mode} is not a single-channel label map")
-            sem = np.asarray(img).astype(np.int64)
-    except OSError as err:
-        raise BadInput(f"semantic PNG {path}: cannot be read: {err}") from err
-    if sem.shape != size:
-        raise BadInput(f"semantic PNG {path} is {sem.shape[0]}x{sem.shape[1]}, the image is "
-                       f"{size[0]}x{size[1]}")
-    return sem
-
-
-def _decode_masks(results: list[dict], size: tuple[int, int], image_id: Any) -> np.ndarray:
-    """bool ``[N, H, W]`` from the results' RLE segmentations (compressed or not)."""
-    masks = np.zeros((len(results), *size), dtype=bool)
-    for k, r in enumerate(results):
-        rle = r.get("segmentation")
-        if not isinstance(rle, dict) or "counts" not in rle or "size" not in rle:
-            raise BadInput(f"image {image_id!r}: result {k} has no RLE segmentation (polygons and "
-                           "boxes are not masks)")
-        if [int(v) for v in rle["size"]] != list(size):
-            raise BadInput(f"image {image_id!r}: result {k} RLE size {rle['size']} is not the image's "
-                           f"{list(size)}")
-        try:
-            if isinstance(rle["counts"], list):  # uncompressed RLE
-                rle = mask_utils.frPyObjects(rle, *size)
-            elif isinstance(rle["counts"], str):
-                rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-            masks[k] = mask_utils.decode(rle).astype(bool)
-        except (TypeError, ValueError, UnicodeError) as err:
-            raise BadInput(f"image {image_id!r}: result {k} RLE cannot be decoded: {err}") from err
-    return masks
+        raise BadInput(f"image {item['image']['id']!r}: {err}") from err
+    return id_map.cpu().numpy(), [
+        {"id": s["id"], "category_id": s["category_id"], "isthing": int(s["isthing"]),
+         **({"score": s["score"]} if s["score"] is not None else {})} for s in segments]

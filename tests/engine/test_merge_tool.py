@@ -3,8 +3,10 @@ COCO-panoptic PNG + JSON equal to a sequential merge written in the tests; bad i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 import panfpn
-from merge_helpers import sequential_merge
+from merge_helpers import coco_rle, rgb_to_ids, semantic_entries, sequential_merge
 
 ROOT = Path(__file__).resolve().parents[2]
 THINGS, STUFF = [3, 7], [1, 5]
@@ -129,3 +131,159 @@ def test_merge_tool_names_missing_inputs(compose_cfg, tmp_path):
         merge_from_config(cfg)
     with pytest.raises(ConfigError, match="merge.rules"):
         merge_from_config(compose_cfg(["merge.rules=fancy"], output_dir=tmp_path))
+
+
+def _tool_inputs(tmp_path: Path) -> list[str]:
+    return [f"merge.semantic_dir={tmp_path / 'sem'}", f"merge.instances_json={tmp_path / 'instances.json'}",
+            f"merge.images_json={tmp_path / 'images.json'}", "device=cpu"]
+
+
+def test_rule_overrides_from_the_command_line_are_used_and_recorded(compose_cfg, tmp_path):
+    from panfpn.engine.merge_run import merge_from_config
+
+    _inputs(tmp_path)
+    overrides = {"score_thresh": 0.65, "overlap_thresh": None, "stuff_area": 20}
+    out = tmp_path / "out"
+    cfg = compose_cfg([*_tool_inputs(tmp_path), "merge.rules=detectron2", "merge.score_thresh=0.65",
+                       "merge.overlap_thresh=none", "merge.stuff_area=20", "merge.workers=0"],
+                      output_dir=out)
+    summary = merge_from_config(cfg)
+    rules = panfpn.MergeThresholds(score_thresh=0.65, overlap_thresh=None, stuff_area=20,
+                                   thing_min_remaining_area=0)
+    pred = {a["image_id"]: a for a in json.loads((out / "panoptic_merged.json").read_text())["annotations"]}
+    assert sorted(pred) == [100, 101]
+    differs = 0
+    for image_id, ann in pred.items():
+        sem, masks, scores, labels = _image_predictions(image_id - 100)
+        want_map, want_segs = sequential_merge(sem, masks, scores, labels, rules, STUFF)
+        assert np.array_equal(rgb_to_ids(out / "panoptic_merged" / ann["file_name"]), want_map.numpy())
+        assert [(s["id"], s["category_id"], s["area"]) for s in ann["segments_info"]] == \
+            [(s[0], s[2], s[4]) for s in want_segs]
+        preset = sequential_merge(sem, masks, scores, labels, panfpn.MergeThresholds.detectron2(), STUFF)
+        differs += not torch.equal(preset[0], want_map)
+    assert differs  # the overrides matter on these inputs
+    record = json.loads((out / "merge_rules.json").read_text())
+    assert record == {"rules": dataclasses.asdict(rules), "preset": "detectron2", "overrides": overrides}
+    assert summary["rules"] == record
+    # null switches the overlap rule off too; an unset key keeps the preset's value
+    cfg = compose_cfg([*_tool_inputs(tmp_path), "merge.rules=textbook", "merge.overlap_thresh=null",
+                       "merge.thing_min_remaining_area=3"], output_dir=tmp_path / "out2")
+    assert merge_from_config(cfg)["rules"]["rules"] == dataclasses.asdict(dataclasses.replace(
+        panfpn.MergeThresholds.textbook(), thing_min_remaining_area=3))
+
+
+@pytest.mark.parametrize("override", ["merge.score_thresh=abc", "merge.score_thresh=null",
+                                      "merge.overlap_thresh=-0.5", "merge.overlap_thresh=nan",
+                                      "merge.stuff_area=1.5", "merge.thing_min_remaining_area=-1",
+                                      "merge.workers=-1", "merge.workers=two", "merge.write_threads=-1"])
+def test_bad_rule_values_name_the_key(compose_cfg, tmp_path, override):
+    from panfpn.engine.config import ConfigError
+    from panfpn.engine.merge_run import merge_from_config
+
+    key = override.split("=")[0]
+    cfg = compose_cfg([*_tool_inputs(tmp_path), override], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}' must be "):
+        merge_from_config(cfg)
+
+
+def _semantic_json(tmp_path: Path, images, edit=None) -> Path:
+    """The semantic PNGs of _inputs as panopticapi's semantic results JSON (one RLE per category
+    present, thing categories included; 0 = unlabeled is no category); ``edit(entries)`` may change it."""
+    entries = []
+    for k, img in enumerate(images):
+        sem = _image_predictions(k)[0].numpy()
+        entries += semantic_entries(img["id"], sem, skip_ids={0})
+    entries.append({"image_id": 555, "category_id": 1, "segmentation": coco_rle(np.ones((H, W), bool))})
+    if edit is not None:
+        edit(entries)
+    path = tmp_path / "semantic.json"
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def _outputs(out: Path) -> tuple[dict, dict, dict[str, bytes]]:
+    return (json.loads((out / "panoptic_merged.json").read_text()),
+            json.loads((out / "merge_skipped.json").read_text()),
+            {p.name: p.read_bytes() for p in sorted((out / "panoptic_merged").iterdir())})
+
+
+def _run(compose_cfg, tmp_path, out, *overrides):
+    from panfpn.engine.merge_run import merge_from_config
+
+    return merge_from_config(compose_cfg([*_tool_inputs(tmp_path), *overrides], output_dir=out))
+
+
+def test_semantic_json_gives_the_label_png_result(compose_cfg, tmp_path):
+    images, _ = _inputs(tmp_path)
+    sem_json = _semantic_json(tmp_path, images)
+    _run(compose_cfg, tmp_path, tmp_path / "png", "merge.workers=0")
+    _run(compose_cfg, tmp_path, tmp_path / "json", "merge.workers=0", "merge.semantic_dir=null",
+         f"merge.semantic_json={sem_json}")
+    png_json, png_skipped, png_files = _outputs(tmp_path / "png")
+    json_json, json_skipped, json_files = _outputs(tmp_path / "json")
+    # image 102 has no PNG but has entries in the JSON
+    assert [a["image_id"] for a in json_json["annotations"]] == [100, 101, 102]
+    assert json_json["annotations"][:2] == png_json["annotations"] and len(png_files) == 2
+    assert png_json["images"] == json_json["images"][:2]
+    assert {k: json_files[k] for k in png_files} == png_files
+    assert set(png_skipped) == {"102", "103", "999"} and set(json_skipped) == {"103", "555", "999"}
+    assert "semantic.json: results for image 555" in json_skipped["555"]
+
+
+def _bad_semantic_cases():
+    def overlap(entries):  # image 100: a stuff entry grows over another stuff entry's pixels
+        first = next(e for e in entries if e["image_id"] == 100 and e["category_id"] == 1)
+        first["segmentation"] = coco_rle(np.ones((H, W), bool))
+
+    def duplicate(entries):
+        entries.append(dict(next(e for e in entries if e["image_id"] == 100 and e["category_id"] == 5)))
+
+    def unknown(entries):
+        entries.append({"image_id": 100, "category_id": 42, "segmentation": coco_rle(np.zeros((H, W), bool))})
+
+    def missing(entries):
+        entries[:] = [e for e in entries if e["image_id"] != 100]
+
+    def wrong_size(entries):
+        next(e for e in entries if e["image_id"] == 100 and e["category_id"] == 5)["segmentation"] = \
+            coco_rle(np.zeros((H, W + 1), bool))
+
+    return [(overlap, r"semantic entry \d+ \(category 5\) overlaps entry \d+ \(category 1\)"),
+            (duplicate, r"semantic entries \d+ and \d+ are both of category 5"),
+            (unknown, r"category_id 42, not a category"), (missing, "has no semantic entry"),
+            (wrong_size, r"RLE size \[24, 21\] is not the image's \[24, 20\]")]
+
+
+@pytest.mark.parametrize("edit, message", _bad_semantic_cases(),
+                         ids=["overlap", "duplicate", "unknown", "missing", "wrong_size"])
+def test_bad_semantic_json_entries_skip_the_image(compose_cfg, tmp_path, edit, message):
+    images, _ = _inputs(tmp_path)
+    sem_json = _semantic_json(tmp_path, images, edit)
+    summary = _run(compose_cfg, tmp_path, tmp_path / "out", "merge.workers=0", "merge.semantic_dir=null",
+                   f"merge.semantic_json={sem_json}")
+    assert re.search(message, summary["skipped"]["100"]), summary["skipped"]["100"]
+    assert summary["skipped"]["100"].startswith(f"{sem_json}: image 100")
+    assert summary["merged"] == 2  # 101 and 102 (103: a misfit instance RLE)
+
+
+@pytest.mark.parametrize("given", [(), ("merge.semantic_json=s.json",)], ids=["neither", "both"])
+def test_exactly_one_semantic_source(compose_cfg, tmp_path, given):
+    from panfpn.engine.config import ConfigError
+
+    drop = ["merge.semantic_dir=null"] if not given else []
+    with pytest.raises(ConfigError, match="exactly one of config keys 'merge.semantic_dir'"):
+        _run(compose_cfg, tmp_path, tmp_path / "out", *drop, *given)
+
+
+@pytest.mark.parametrize("semantic", ["png", "json"])
+def test_workers_give_identical_output(compose_cfg, tmp_path, semantic):
+    """Reader processes and PNG threads change nothing: same files, same order, same skip list."""
+    images, _ = _inputs(tmp_path)
+    source = [] if semantic == "png" else ["merge.semantic_dir=null",
+                                           f"merge.semantic_json={_semantic_json(tmp_path, images)}"]
+    one = _run(compose_cfg, tmp_path, tmp_path / "w0", "merge.workers=0", "merge.write_threads=0", *source)
+    two = _run(compose_cfg, tmp_path, tmp_path / "w2", "merge.workers=2", "merge.write_threads=2", *source)
+    assert _outputs(tmp_path / "w0") == _outputs(tmp_path / "w2")
+    assert list(one["skipped"]) == list(two["skipped"]) and one["merged"] == two["merged"] >= 2
+    assert [a["image_id"] for a in _outputs(tmp_path / "w2")[0]["annotations"]] == \
+        sorted(a["image_id"] for a in _outputs(tmp_path / "w2")[0]["annotations"])

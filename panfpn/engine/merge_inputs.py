@@ -1,0 +1,186 @@
+"""tools/merge.py's inputs, read and decoded per image (in DataLoader workers when there are any):
+the semantic prediction (a label PNG, or the entries of a COCO semantic-segmentation results JSON)
+and the instance results (RLE masks, scores, category ids).
+
+An image whose inputs are missing or bad comes back with an ``error`` message naming the file or
+the image and the problem (a :class:`BadInput`), never as a partial input.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from panfpn.data.metadata import DatasetMetadata
+
+# semantic value of pixels no semantic entry covers: outside every category id, so never stuff
+UNLABELED = -1
+
+
+class BadInput(ValueError):
+    """One image's inputs cannot be merged (the message says which file and why)."""
+
+
+class MergeInputs(torch.utils.data.Dataset):
+    """Image ``k`` of ``images`` -> ``{"index", "image", "sem", "masks", "scores", "labels",
+    "error", "seconds"}``: ``sem`` int64 ``[H, W]`` dataset category ids (:data:`UNLABELED` where
+    nothing is known), ``masks`` bool ``[N, H, W]``, ``scores`` float64 ``[N]``, ``labels`` int64
+    ``[N]``; ``error`` (a message) instead of them when the inputs are bad.
+
+    Exactly one semantic source: ``semantic_dir`` (``<file stem>.png`` label maps) or
+    ``semantic_by_image`` (image id -> its entries of a COCO semantic results JSON, from
+    ``semantic_json``, named in messages).
+    """
+
+    def __init__(self, images: Sequence[Mapping[str, Any]], instances: Mapping[Any, list[dict]],
+                 metadata: DatasetMetadata, *, semantic_dir: Path | None = None,
+                 semantic_by_image: Mapping[Any, list[dict]] | None = None,
+                 semantic_json: Path | None = None) -> None:
+        if (semantic_dir is None) == (semantic_by_image is None):
+            raise ValueError("MergeInputs: give exactly one of semantic_dir and semantic_by_image")
+        self.images = list(images)
+        self.instances = instances
+        self.metadata = metadata
+        self.semantic_dir = semantic_dir
+        self.semantic_by_image = semantic_by_image
+        self.semantic_json = semantic_json
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        start = time.perf_counter()
+        image = self.images[k]
+        item: dict[str, Any] = {"index": k, "image": image, "error": None}
+        try:
+            item.update(self._read(image))
+        except BadInput as err:
+            item["error"] = str(err)
+        item["seconds"] = time.perf_counter() - start
+        return item
+
+    def _read(self, image: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        size = (int(image["height"]), int(image["width"]))
+        if self.semantic_dir is not None:
+            sem = read_semantic_png(self.semantic_dir / (Path(image["file_name"]).stem + ".png"), size)
+        else:
+            sem = semantic_from_entries(self.semantic_by_image.get(image["id"], []), size, image["id"],
+                                        self.metadata, self.semantic_json)
+        results = self.instances.get(image["id"], [])
+        masks = decode_masks(results, size, image["id"])
+        scores = instance_scores(results, image["id"])
+        labels = instance_labels(results, image["id"])
+        return {"sem": torch.from_numpy(sem), "masks": torch.from_numpy(masks), "scores": scores,
+                "labels": labels}
+
+
+def as_is(item: dict[str, Any]) -> dict[str, Any]:
+    """DataLoader ``collate_fn`` for ``batch_size=None``: the item unchanged (picklable)."""
+    return item
+
+
+def instance_scores(results: Sequence[Mapping[str, Any]], image_id: Any) -> torch.Tensor:
+    """float64 ``[N]`` scores of the results; BadInput when one has no finite numeric score."""
+    scores = []
+    for k, r in enumerate(results):
+        s = r.get("score")
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or s != s:
+            raise BadInput(f"image {image_id!r}: instance result {k} has no numeric score "
+                           f"(score={s!r})")
+        scores.append(float(s))
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+def instance_labels(results: Sequence[Mapping[str, Any]], image_id: Any) -> torch.Tensor:
+    """int64 ``[N]`` category ids of the results; BadInput when one is not an integer."""
+    labels = [r.get("category_id") for r in results]
+    for k, c in enumerate(labels):
+        if isinstance(c, bool) or not isinstance(c, int):
+            raise BadInput(f"image {image_id!r}: instance result {k} has category_id {c!r}, not an integer")
+    return torch.tensor(labels, dtype=torch.long)
+
+
+def read_semantic_png(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """int64 ``[H, W]`` category ids of a single-channel label PNG of the image's size."""
+    if not path.is_file():
+        raise BadInput(f"semantic PNG {path} is missing")
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "P", "I", "I;16"):
+                raise BadInput(f"semantic PNG {path}: mode {img.mode} is not a single-channel label map")
+            sem = np.asarray(img).astype(np.int64)
+    except OSError as err:
+        raise BadInput(f"semantic PNG {path}: cannot be read: {err}") from err
+    if sem.shape != size:
+        raise BadInput(f"semantic PNG {path} is {sem.shape[0]}x{sem.shape[1]}, the image is "
+                       f"{size[0]}x{size[1]}")
+    return sem
+
+
+def semantic_from_entries(entries: Sequence[Mapping[str, Any]], size: tuple[int, int], image_id: Any,
+                          metadata: DatasetMetadata, source: Path | None) -> np.ndarray:
+    """One image's entries of a COCO semantic results JSON -> int64 ``[H, W]`` category ids.
+
+    As panopticapi's combine script: entries of thing categories are ignored; pixels no stuff
+    entry covers are :data:`UNLABELED`. A label map holds one category per pixel, so two stuff
+    entries that share a pixel, two entries of one category or an unknown category are a
+    BadInput (panopticapi would paint overlapping entries in file order, each with its own
+    area limit); so is an image with no entry at all (a semantic prediction that was not saved).
+    """
+    where = f"{source}: image {image_id!r}" if source is not None else f"image {image_id!r}"
+    if not entries:
+        raise BadInput(f"{where} has no semantic entry")
+    sem = np.full(size, UNLABELED, dtype=np.int64)
+    owner: dict[int, int] = {}
+    for k, entry in enumerate(entries):
+        cat = entry.get("category_id")
+        if isinstance(cat, bool) or not isinstance(cat, int) or cat not in metadata:
+            raise BadInput(f"{where}: semantic entry {k} has category_id {cat!r}, not a category of "
+                           f"the images JSON")
+        if metadata.category(cat).isthing:
+            continue
+        if cat in owner:
+            raise BadInput(f"{where}: semantic entries {owner[cat]} and {k} are both of category {cat}")
+        mask = decode_rle(entry.get("segmentation"), size, f"{where}: semantic entry {k}")
+        taken = sem[mask]
+        if (taken != UNLABELED).any():
+            other = int(taken[taken != UNLABELED][0])
+            raise BadInput(f"{where}: semantic entry {k} (category {cat}) overlaps entry {owner[other]} "
+                           f"(category {other}) on {int((taken != UNLABELED).sum())} pixels")
+        sem[mask] = cat
+        owner[cat] = k
+    return sem
+
+
+def decode_masks(results: Sequence[Mapping[str, Any]], size: tuple[int, int], image_id: Any) -> np.ndarray:
+    """bool ``[N, H, W]`` from the results' RLE segmentations (compressed or not)."""
+    masks = np.zeros((len(results), *size), dtype=bool)
+    for k, r in enumerate(results):
+        masks[k] = decode_rle(r.get("segmentation"), size, f"image {image_id!r}: result {k}")
+    return masks
+
+
+def decode_rle(rle: Any, size: tuple[int, int], what: str) -> np.ndarray:
+    """bool ``[H, W]`` of one COCO RLE (``counts`` a string, bytes or an uncompressed list)."""
+    if not isinstance(rle, dict) or "counts" not in rle or "size" not in rle:
+        raise BadInput(f"{what} has no RLE segmentation (polygons and boxes are not masks)")
+    try:
+        rle_size = [int(v) for v in rle["size"]]
+    except (TypeError, ValueError) as err:
+        raise BadInput(f"{what}: RLE size {rle['size']!r} is not [height, width]") from err
+    if rle_size != list(size):
+        raise BadInput(f"{what}: RLE size {rle['size']} is not the image's {list(size)}")
+    try:
+        if isinstance(rle["counts"], list):  # uncompressed RLE
+            rle = mask_utils.frPyObjects(rle, *size)
+        elif isinstance(rle["counts"], str):
+            rle = {"size": rle_size, "counts": rle["counts"].encode("ascii")}
+        return mask_utils.decode(rle).astype(bool)
+    except (TypeError, ValueError, UnicodeError) as err:
+        raise BadInput(f"{what}: RLE cannot be decoded: {err}") from err

@@ -18,8 +18,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from panfpn.data.panoptic_io import load_json, rgb_to_id
-from panfpn.evaluation.panoptic_png import decode_rgb
+from panfpn.data.panoptic_io import load_json, read_id_png
 from panfpn.utils.dist import all_gather_objects, is_multiprocess
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -75,8 +74,7 @@ def instances_from_panoptic(gt_json: str | os.PathLike | Mapping,
     anns: list[dict] = []
     for ann in gt_json["annotations"]:
         png = os.path.join(os.fspath(gt_folder), ann["file_name"])
-        with open(png, "rb") as f:
-            id_map = rgb_to_id(decode_rgb(f.read(), png))
+        id_map = read_id_png(png)
         anns += instances_of_image(ann["image_id"], id_map, ann["segments_info"], thing_ids,
                                    len(anns) + 1)
     images = [{"id": im["id"], "height": im["height"], "width": im["width"],

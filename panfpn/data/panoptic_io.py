@@ -1,11 +1,9 @@
-"""Reading and writing COCO-panoptic files: id PNGs (id = R + 256 G + 256^2 B) and JSON."""
+"""Reading and writing COCO-panoptic id PNGs (id = R + 256 G + 256^2 B) and the boxes of their segments."""
 
 from __future__ import annotations
 
 import io
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -105,18 +103,6 @@ def read_id_png(path: str | os.PathLike) -> np.ndarray:
         ValueError: the PNG is greyscale or 16-bit (names the file and the mode): it cannot hold ids.
     """
     return rgb_to_id(read_id_png_rgb(path))
-
-
-def load_json(path: str | os.PathLike) -> dict:
-    """Load a JSON file, naming the file in the error when it is missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
 def segment_bbox_area(id_map: np.ndarray, seg_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

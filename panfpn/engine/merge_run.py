@@ -8,7 +8,6 @@ unknown category) is reported and skipped, never merged; the list goes to ``merg
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -28,6 +27,7 @@ from panfpn.modeling.merge import MergeThresholds
 from panfpn.modeling.merge_predictions import merge_predictions
 from panfpn.utils.atomic import write_json_atomic
 from panfpn.utils.dist import resolve_device
+from panfpn.utils.json_file import JSONFileError, load_json
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,9 @@ def merge_from_config(cfg: DictConfig) -> dict[str, Any]:
 
 def _load_json(path: Path, what: str) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{what} {path}: cannot be read as JSON: {err}") from err
+        return load_json(path, what=what)
+    except JSONFileError as err:
+        raise ConfigError(str(err)) from err
 
 
 def merge_files(semantic_dir: Path, instances_json: Path, images_json: Path, out_dir: Path, *,

@@ -43,7 +43,6 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from panfpn.data.collate import collate_panoptic
 from panfpn.data.image_files import FailedImage, ImageFileDataset, list_image_files, output_stems
 from panfpn.data.metadata import DatasetMetadata
-from panfpn.data.panoptic_io import load_json
 from panfpn.utils.atomic import atomic_write, remove_stale_temp_files, save_image_atomic, write_json_atomic
 from panfpn.engine import distributed as du
 from panfpn.engine.config import IMAGE_ID_RULES, ConfigError, section_values, validate_config
@@ -52,6 +51,7 @@ from panfpn.engine.job_setup import fit_threads_to_cpus, setup_logging
 from panfpn.modeling.postprocess import box_instance_masks
 from panfpn.evaluation.writer import (PanopticPredictionWriter, SemanticPredictionWriter,
                                      model_segments_to_dataset)
+from panfpn.utils.json_file import load_json
 from panfpn.utils.visualize import panoptic_overlay
 
 logger = logging.getLogger("panfpn")
@@ -461,8 +461,8 @@ def _previous_entries(json_path: Path, overwrite: bool) -> dict[str, tuple[dict,
     if not json_path.is_file():
         return {}
     try:
-        data = load_json(json_path)
-        if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        data = load_json(json_path, what="prediction JSON", expect=dict)
+        if not isinstance(data.get("annotations"), list):
             raise ValueError(f"{json_path} has no 'annotations' list")
     except ValueError as e:
         if overwrite:

@@ -18,8 +18,9 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from panfpn.data.panoptic_io import load_json, read_id_png
+from panfpn.data.panoptic_io import read_id_png
 from panfpn.utils.dist import all_gather_objects, is_multiprocess
+from panfpn.utils.json_file import load_json
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -66,7 +67,7 @@ def instances_from_panoptic(gt_json: str | os.PathLike | Mapping,
     if not isinstance(gt_json, Mapping):
         path = os.fspath(gt_json)
         gt_folder = gt_folder if gt_folder is not None else path.rsplit(".json", 1)[0]
-        gt_json = load_json(path)
+        gt_json = load_json(path, what="ground-truth JSON", expect=dict)
     if gt_folder is None:
         raise ValueError("gt_folder is needed when gt_json is given as a dict")
     things = _thing_categories(gt_json["categories"])

@@ -29,6 +29,7 @@ from panfpn.evaluation.panoptic_png import RunsCache
 from panfpn.evaluation.pq_rules import (PQInputError, PQStat, accumulate_image, format_table,
                                         normalize_categories, pq_results)
 from panfpn.utils.atomic import atomic_write
+from panfpn.utils.json_file import JSONFileError, JSONFileNotFoundError, load_json
 
 
 def tune_worker_malloc() -> None:
@@ -93,16 +94,11 @@ def _evaluate_chunk(chunk: Sequence[tuple[dict, dict]], gt_folder: str, pred_fol
 def _load_json(path: str, what: str) -> dict:
     """Read a COCO-panoptic JSON; every problem is an error naming the file (no traceback)."""
     try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} JSON not found: {path}") from None
-    except (IsADirectoryError, PermissionError) as err:
-        raise PQInputError(f"{what} JSON {path} cannot be read: {err.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PQInputError(f"{what} JSON {path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise PQInputError(f"{what} JSON {path} must hold an object, got {type(data).__name__}")
+        data = load_json(path, what=f"{what} JSON", expect=dict)
+    except JSONFileNotFoundError:
+        raise  # a FileNotFoundError: "<what> JSON not found: <path>"
+    except JSONFileError as err:
+        raise PQInputError(str(err)) from None
     for key in ("annotations",) + (("categories",) if what == "ground-truth" else ()):
         if not isinstance(data.get(key), list):
             raise PQInputError(f"{what} JSON {path} has no {key!r} list")

@@ -126,3 +126,35 @@ def segment_bbox_area(id_map: np.ndarray, seg_ids: np.ndarray) -> tuple[np.ndarr
         x1 = w - cols[:, ::-1].argmax(axis=1)
         boxes[present] = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1)[present]
     return boxes, areas
+
+
+def segment_areas_boxes(id_map: np.ndarray) -> dict[int, tuple[int, list[int]]]:
+    """Pixel area and COCO box ``[x, y, w, h]`` of every id in an id map (void 0 included):
+    the ``area`` and ``bbox`` of COCO-panoptic ``segments_info``.
+
+    id_map: integer ``[H, W]``. Works on the runs of equal ids within each row (a few thousand
+    in a 640x480 map), not on one mask per segment.
+    """
+    h, w = id_map.shape
+    n = h * w
+    if n == 0:
+        return {}
+    flat = np.ascontiguousarray(id_map).reshape(-1)
+    starts_run = np.empty(n, bool)
+    starts_run[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=starts_run[1:])
+    starts_run[::w] = True  # a run never crosses a row end
+    starts = np.flatnonzero(starts_run)
+    lengths = np.diff(starts, append=n)
+    y, x0 = np.divmod(starts, w)
+    ids, inv = np.unique(flat[starts], return_inverse=True)
+    k = ids.shape[0]
+    area = np.bincount(inv, weights=lengths, minlength=k).astype(np.int64)
+    x_min, y_min = np.full(k, w, np.int64), np.full(k, h, np.int64)
+    x_end, y_end = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    np.minimum.at(x_min, inv, x0)
+    np.minimum.at(y_min, inv, y)
+    np.maximum.at(x_end, inv, x0 + lengths)
+    np.maximum.at(y_end, inv, y + 1)
+    return {int(i): (int(a), [int(x), int(t), int(xe - x), int(ye - t)])
+            for i, a, x, t, xe, ye in zip(ids, area, x_min, y_min, x_end, y_end)}

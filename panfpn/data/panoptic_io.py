@@ -105,29 +105,6 @@ def read_id_png(path: str | os.PathLike) -> np.ndarray:
     return rgb_to_id(read_id_png_rgb(path))
 
 
-def segment_bbox_area(id_map: np.ndarray, seg_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """COCO boxes ``[x, y, w, h]`` and pixel areas of the given segment ids.
-
-    id_map: int ``[H, W]``; seg_ids: int ``[K]``. Returns int64 ``[K, 4]`` boxes and ``[K]``
-    areas; a segment absent from the map gets area 0 and box ``[0, 0, 0, 0]``.
-    """
-    seg_ids = np.asarray(seg_ids)
-    masks = id_map[None] == seg_ids[:, None, None]  # [K, H, W]
-    areas = masks.sum(axis=(1, 2)).astype(np.int64)
-    rows = masks.any(axis=2)  # [K, H]
-    cols = masks.any(axis=1)  # [K, W]
-    boxes = np.zeros((len(seg_ids), 4), dtype=np.int64)
-    present = areas > 0
-    if present.any():
-        h, w = id_map.shape
-        y0 = rows.argmax(axis=1)
-        y1 = h - rows[:, ::-1].argmax(axis=1)
-        x0 = cols.argmax(axis=1)
-        x1 = w - cols[:, ::-1].argmax(axis=1)
-        boxes[present] = np.stack([x0, y0, x1 - x0, y1 - y0], axis=1)[present]
-    return boxes, areas
-
-
 def segment_areas_boxes(id_map: np.ndarray) -> dict[int, tuple[int, list[int]]]:
     """Pixel area and COCO box ``[x, y, w, h]`` of every id in an id map (void 0 included):
     the ``area`` and ``bbox`` of COCO-panoptic ``segments_info``.

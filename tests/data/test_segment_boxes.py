@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from panfpn.data.panoptic_io import segment_areas_boxes, segment_bbox_area
+from panfpn.data.panoptic_io import segment_areas_boxes
 from panfpn.data.targets import masks_to_boxes
-from panfpn.evaluation.id_runs import runs_of_ids, segment_boxes
 
 
 def _random_id_maps(seed: int = 0, n: int = 40):
@@ -39,10 +38,7 @@ def test_all_representations_agree_on_random_id_maps():
     for m in _random_id_maps():
         expected = _per_pixel(m)
         assert segment_areas_boxes(m) == expected
-        assert segment_boxes(runs_of_ids(m.reshape(-1)), m.shape[1]) == expected
         ids = sorted(expected)
-        boxes, areas = segment_bbox_area(m, np.array(ids))
-        assert {i: (a, b) for i, a, b in zip(ids, areas.tolist(), boxes.tolist())} == expected
         masks = torch.from_numpy(m.astype(np.int64))[None] == torch.tensor(ids)[:, None, None]
         xyxy = masks_to_boxes(masks)
         assert xyxy.dtype == torch.float32

@@ -37,8 +37,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from panfpn.evaluation.id_runs import known_ids, pair_counts_rgb  # noqa: E402
-from panfpn.data.panoptic_io import id_to_rgb  # noqa: E402
-from panfpn.evaluation.panoptic_png import decode_rgb, decoder_name  # noqa: E402
+from panfpn.data.panoptic_io import decode_id_png_rgb, id_png_decoder, id_to_rgb  # noqa: E402
 from panfpn.evaluation.pq import pq_compute, tune_worker_malloc  # noqa: E402
 from panfpn.evaluation.pq_rules import PQStat, accumulate_image  # noqa: E402
 
@@ -140,7 +139,7 @@ def timed(fn) -> tuple[float, float, object]:
 def _decode_files(paths):
     for p in paths:
         with open(p, "rb") as f:
-            decode_rgb(f.read(), p)
+            decode_id_png_rgb(f.read(), p)
     return len(paths)
 
 
@@ -167,7 +166,7 @@ def stage_breakdown(folder: Path, gt_json: Path, pred_json: Path, n: int = 100) 
         datas = [(folder / "gt" / g["file_name"]).read_bytes(),
                  (folder / "pred" / p["file_name"]).read_bytes()]
         t1 = time.process_time()
-        rgbs = [decode_rgb(d) for d in datas]
+        rgbs = [decode_id_png_rgb(d) for d in datas]
         t2 = time.process_time()
         pairs = pair_counts_rgb(*rgbs, known_ids(g["segments_info"]),
                                 known_ids(p["segments_info"]))
@@ -267,7 +266,7 @@ def main() -> None:
         gt_json, pred_json = write_dataset(folder, args.images, args.height, args.width, workers)
     print(f"generated or found {args.images} images {args.height}x{args.width} in "
           f"{time.perf_counter() - t0:.1f} s; {workers} workers on {os.cpu_count()} cores; "
-          f"decoder: {decoder_name()}")
+          f"decoder: {id_png_decoder()}")
     n_segs = np.mean([len(a["segments_info"]) for a in
                       json.loads(gt_json.read_text())["annotations"]])
     print(f"mean ground-truth segments per image: {n_segs:.1f}")
@@ -291,7 +290,7 @@ def main() -> None:
         "ours (pq_compute)": lambda: pq_compute(gt_json, pred_json, workers=workers),
         "ours, warm GT cache": lambda: pq_compute(gt_json, pred_json, workers=workers,
                                                   cache_dir=cache),
-        f"decode floor ({len(paths)} PNGs, {decoder_name()})": lambda: decode_floor(paths, workers),
+        f"decode floor ({len(paths)} PNGs, {id_png_decoder()})": lambda: decode_floor(paths, workers),
     }
     try:
         import hotcoco.panoptic  # noqa: F401
@@ -331,7 +330,7 @@ def main() -> None:
         c = f"{cpu[name]:7.3f} s CPU" if name in cpu else " " * 13
         print(f"  {name:42s} {sec:7.3f} s wall {1000 * sec / args.images:6.2f} ms/image  {c}")
     print("ratios, wall (CPU in brackets); > 1 = the other takes longer:")
-    floor_name = f"decode floor ({len(paths)} PNGs, {decoder_name()})"
+    floor_name = f"decode floor ({len(paths)} PNGs, {id_png_decoder()})"
 
     def ratio(a: str, b: str) -> str:
         c = f" ({cpu[a] / cpu[b]:5.2f}x)" if a in cpu and b in cpu else ""

@@ -90,7 +90,7 @@ class RecordsOnly:
 
 def open_old(json_file: Path) -> list:
     """The pre-RecordStore storage: the JSON parsed and validated into a list of records."""
-    from panfpn.data.panoptic_io import load_json
+    from panfpn.utils.json_file import load_json
     from panfpn.data.records import Record
     from panfpn.data.validate import check_categories, index_images, pair_annotations
 

@@ -8,19 +8,19 @@ tools/eval.py writes beside eval_results.json (ids are shown when neither run ha
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from panfpn.evaluation.report import build_compare
 from panfpn.utils.atomic import atomic_write
+from panfpn.utils.json_file import JSONFileError, load_json
 
 
 def _load(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise SystemExit(f"cannot read eval results {path}: {err}") from None
+        data = load_json(path, what="eval results", expect=dict)
+    except JSONFileError as err:
+        raise SystemExit(str(err)) from None
     if "panoptic" not in data or "per_class" not in data["panoptic"]:
         raise SystemExit(f"{path} is not an eval_results.json of tools/eval.py (no panoptic.per_class)")
     return data
@@ -31,7 +31,11 @@ def _names(*results: Path) -> dict[int, str]:
     for path in results:
         cats = path.parent / "categories.json"
         if cats.is_file():
-            for c in json.loads(cats.read_text()):
+            try:
+                categories = load_json(cats, what="category list", expect=list)
+            except JSONFileError as err:
+                raise SystemExit(str(err)) from None
+            for c in categories:
                 names.setdefault(int(c["id"]), str(c["name"]))
     return names
 

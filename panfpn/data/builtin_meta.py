@@ -8,10 +8,10 @@ evaluated classes (8 things, 11 stuff) as ``createPanopticImgs`` writes them, wi
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 
 from panfpn.data.metadata import DatasetMetadata
+from panfpn.utils.json_file import load_json
 
 # (name, label id, train id, colour, supercategory, isthing) -- cityscapesscripts' labels.py.
 _CITYSCAPES = (
@@ -39,8 +39,8 @@ _CITYSCAPES = (
 
 def coco_panoptic_categories() -> list[dict]:
     """The official COCO panoptic category dicts (id, name, supercategory, isthing, color)."""
-    text = resources.files("panfpn.data").joinpath("coco_panoptic_categories.json").read_text()
-    return json.loads(text)
+    with resources.as_file(resources.files("panfpn.data") / "coco_panoptic_categories.json") as path:
+        return load_json(path, what="packaged COCO category list", expect=list)
 
 
 def coco_panoptic_metadata() -> DatasetMetadata:

@@ -27,12 +27,13 @@ from torch.utils.data import Dataset
 from panfpn.data.bad_images import BadImageError, append_bad_image
 from panfpn.data.image_io import SWAPPING_ORIENTATIONS, ImageReadError, exif_orientation, read_image
 from panfpn.data.metadata import DatasetMetadata, SemSegMode
-from panfpn.data.panoptic_io import load_json, read_id_png
+from panfpn.data.panoptic_io import read_id_png
 from panfpn.data.record_cache import Parsed, load_records
 from panfpn.data.records import Record, RecordStore
 from panfpn.data.targets import panoptic_targets
 from panfpn.data.transforms import Transform
 from panfpn.data.validate import check_categories, check_same_categories, index_images, pair_annotations
+from panfpn.utils.json_file import load_json
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ class PanopticDataset(Dataset):
 
     def _parse(self, metadata: DatasetMetadata | None, sem_seg_mode: SemSegMode | None) -> Parsed:
         """Read and validate the JSON (in the order errors were always raised)."""
-        data = load_json(self.json_file)
+        data = load_json(self.json_file, what="annotation file", expect=dict)
         for key in ("images", "annotations", "categories"):
             if key not in data:
                 raise ValueError(f"{self.json_file}: missing top-level key {key!r} "

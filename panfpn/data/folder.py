@@ -18,8 +18,8 @@ from pathlib import Path
 from panfpn.data.dataset import PanopticDataset
 from panfpn.data.transforms import Transform
 from panfpn.data.metadata import DatasetMetadata, SemSegMode
-from panfpn.data.panoptic_io import load_json
 from panfpn.data.validate import check_categories
+from panfpn.utils.json_file import load_json
 
 # (JSON, image folder) candidates per split, relative to root; the PNG folder is the JSON's path
 # without ".json" (COCO's convention).
@@ -83,7 +83,7 @@ def json_categories(json_file: str | os.PathLike | None) -> list[dict]:
     st = path.stat() if path.is_file() else None
     key = (str(path), st.st_size if st else -1, st.st_mtime_ns if st else -1)
     if key not in _categories_cache:
-        data = load_json(path)  # names the file when missing or malformed
+        data = load_json(path, what="annotation file", expect=dict)  # names the file and problem
         if "categories" not in data:
             raise ValueError(f"{path}: missing top-level key 'categories' (not a COCO-panoptic "
                              f"annotation file?)")

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from panfpn.data.metadata import DatasetMetadata
-from panfpn.data.panoptic_io import id_to_rgb, segment_bbox_area
+from panfpn.data.panoptic_io import id_to_rgb, segment_areas_boxes
 from panfpn.utils.atomic import save_image_atomic, write_json_atomic
 
 # Bump when the generated content changes, so cached datasets are regenerated.
@@ -239,11 +239,11 @@ def generate_image(h: int, w: int, rng: np.random.Generator) -> tuple[np.ndarray
     id_map[void] = 0
     cats = [c[0] for c in _STUFF] + [_THINGS[k][0] for k, _ in thing_segs]
     crowd = [False] * n_stuff + [c for _, c in thing_segs]
-    boxes, areas = segment_bbox_area(id_map, ids)
+    boxes = segment_areas_boxes(id_map)
     segments = [
         {"id": int(ids[i]), "category_id": cats[i], "iscrowd": int(crowd[i]),
-         "area": int(areas[i]), "bbox": [int(v) for v in boxes[i]]}
-        for i in range(len(ids)) if areas[i] > 0
+         "area": boxes[int(ids[i])][0], "bbox": boxes[int(ids[i])][1]}
+        for i in range(len(ids)) if int(ids[i]) in boxes
     ]
     return np.clip(img, 0, 255).astype(np.uint8), id_map, segments
 

@@ -14,7 +14,10 @@ from panfpn.data.metadata import IGNORE_LABEL, DatasetMetadata
 
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight boxes of binary masks.
+    """Tight boxes of binary masks: the instance targets' boxes, from the masks of the transformed
+    id map that the mask targets need anyway (torch, no copy to numpy). Boxes of the segments of
+    an id map for files are :func:`panfpn.data.panoptic_io.segment_areas_boxes` (the same boxes,
+    as COCO ``[x, y, w, h]``).
 
     masks: ``[N, H, W]`` (any dtype, nonzero = inside), every mask non-empty.
     Returns float32 ``[N, 4]`` XYXY with exclusive x2/y2 (``max + 1``).

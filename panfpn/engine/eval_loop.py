@@ -80,10 +80,7 @@ def evaluate(
             pq.update(id_map, pred_segments, gt_map, gt_segments, image_id=image_id)
             sem.update(out["sem_seg"], semantic_map(gt_map, gt_segments, metadata).to(device))
             if ap is not None:
-                inst = out["instances"]
-                thing_ids = torch.as_tensor(metadata.thing_ids, device=inst["labels"].device)
-                ap.add_ground_truth(image_id, gt_map, gt_segments)
-                ap.update(image_id, inst["boxes"], inst["scores"], thing_ids[inst["labels"]], inst["masks"])
+                _add_to_ap(ap, image_id, out["instances"], gt_map, gt_segments, metadata)
             if writer is not None:
                 writer.add(image_id, batch["file_names"][i], id_map, pred_segments)
             if semantic_writer is not None:
@@ -96,14 +93,22 @@ def evaluate(
             seen += 1
         if max_images is not None and seen >= max_images:
             break
-    results: dict[str, Any] = {"panoptic": pq.compute(), "sem_seg": sem.compute()}
-    if ap is not None:
-        results.update(ap.compute())
+    results: dict[str, Any] = {"panoptic": pq.compute(), "sem_seg": sem.compute(),
+                               **(ap.compute() if ap is not None else {})}
     results["num_images"] = _sum_over_ranks(seen, device)
     results["overlays"] = overlays
     if was_training:
         model.train()
     return results
+
+
+def _add_to_ap(ap: COCOAPEvaluator, image_id: Any, instances: dict, gt_map: torch.Tensor,
+               gt_segments: list[dict], metadata: DatasetMetadata) -> None:
+    """One image's ground truth and detections (contiguous labels -> dataset category ids) for AP."""
+    thing_ids = torch.as_tensor(metadata.thing_ids, device=instances["labels"].device)
+    ap.add_ground_truth(image_id, gt_map, gt_segments)
+    ap.update(image_id, instances["boxes"], instances["scores"], thing_ids[instances["labels"]],
+              instances["masks"])
 
 
 def _sum_over_ranks(n: int, device: torch.device) -> int:

@@ -33,6 +33,7 @@ from panfpn.modeling.merge import MergeThresholds
 from panfpn.modeling.merge_predictions import merge_predictions
 from panfpn.utils.atomic import write_json_atomic
 from panfpn.utils.dist import resolve_device
+from panfpn.utils.json_file import JSONFileError, load_json
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,9 @@ def merge_rules(opts: Mapping[str, Any]) -> tuple[MergeThresholds, dict[str, Any
 
 def _load_json(path: Path, what: str) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{what} {path}: cannot be read as JSON: {err}") from err
+        return load_json(path, what=what)
+    except JSONFileError as err:
+        raise ConfigError(str(err)) from err
 
 
 def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Path, out_dir: Path, *,

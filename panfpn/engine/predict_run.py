@@ -43,7 +43,6 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from panfpn.data.collate import collate_panoptic
 from panfpn.data.image_files import FailedImage, ImageFileDataset, list_image_files, output_stems
 from panfpn.data.metadata import DatasetMetadata
-from panfpn.data.panoptic_io import load_json
 from panfpn.utils.atomic import atomic_write, remove_stale_temp_files, save_image_atomic, write_json_atomic
 from panfpn.engine import distributed as du
 from panfpn.engine.config import IMAGE_ID_RULES, ConfigError, section_values, validate_config
@@ -52,6 +51,7 @@ from panfpn.engine.job_setup import fit_threads_to_cpus, setup_logging
 from panfpn.modeling.postprocess import box_instance_masks
 from panfpn.evaluation.writer import (PanopticPredictionWriter, SemanticPredictionWriter,
                                      model_segments_to_dataset)
+from panfpn.utils.json_file import load_json
 from panfpn.utils.visualize import panoptic_overlay
 
 logger = logging.getLogger("panfpn")
@@ -299,7 +299,6 @@ def predict_images(
     if overlay_format not in OVERLAY_FORMATS:
         raise ValueError(f"overlay_format must be one of {sorted(OVERLAY_FORMATS)}, got {overlay_format!r}")
     out_dir = Path(out_dir)
-    device = torch.device(device)
     paths = [Path(p) for p in paths]
     stems = output_stems(paths)
     ids = dict(zip(stems, image_ids(paths, stems, image_id)))
@@ -310,35 +309,50 @@ def predict_images(
     dataset = ImageFileDataset([paths[i] for i in todo], transforms=transforms, keep_original=overlay,
                                stems=[stems[i] for i in todo])
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_predict,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=torch.device(device).type == "cuda")
     model.eval()
+    start = time.perf_counter()
+    predicted, failed = _predict_all(model, loader, targets, ids, state, write_threads=write_threads,
+                                     progress=progress)
+    return _summary(targets, len(paths), predicted, skipped, failed, time.perf_counter() - start)
+
+
+def _predict_all(model: torch.nn.Module, loader: DataLoader, targets: "_Targets", ids: dict[str, Any],
+                 state: _JsonState, *, write_threads: int, progress: bool) -> tuple[list[str], list[FailedImage]]:
+    """Predict every batch of ``loader`` and write its files (``write_threads`` threads); the JSON
+    and the failure lists are written also after an error or Ctrl-C, so that what was written is
+    listed. Returns the predicted stems and the unreadable inputs."""
     predicted: list[str] = []
     failed: list[FailedImage] = []
     queue = _WriteQueue(write_threads)
-    start = time.perf_counter()
-    bar = tqdm(total=len(dataset), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(loader.dataset), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
     with logging_redirect_tqdm(loggers=[logger]):  # log lines above the progress bar, not through it
         try:
             for batch, bad in loader:
                 for f in bad:
                     logger.warning("skipped %s: %s", f.path, f.error)
                 failed.extend(bad)
-                predicted += _predict_batch(model, batch, targets, ids, metadata, queue)
+                predicted += _predict_batch(model, batch, targets, ids, targets.metadata, queue)
                 bar.update(len(bad) + (len(batch["image_ids"]) if batch is not None else 0))
                 state.maybe_write()
             queue.drain()
         finally:
             bar.close()
             queue.close()
-            # also after an error or Ctrl-C, so what was written is listed in the JSON
             state.write()
-            _write_failed(out_dir, failed)
-    seconds = time.perf_counter() - start
+            _write_failed(targets.writer.out_dir, failed)
+    return predicted, failed
+
+
+def _summary(targets: "_Targets", num_inputs: int, predicted: list[str], skipped: list[str],
+             failed: list[FailedImage], seconds: float) -> dict[str, Any]:
+    """Log the run's counts and return :func:`predict_images`'s result dict."""
+    out_dir = targets.writer.out_dir
     logger.info("predicted %d image(s), skipped %d existing, %d failed; results in %s",
                 len(predicted), len(skipped), len(failed), out_dir)
     if failed:
         logger.warning("%d input(s) could not be read; listed in %s", len(failed), out_dir / "failed.txt")
-    return {"output_dir": str(out_dir), "json": str(targets.writer.json_path), "num_inputs": len(paths),
+    return {"output_dir": str(out_dir), "json": str(targets.writer.json_path), "num_inputs": num_inputs,
             "predicted": predicted, "skipped": skipped,
             "failed": [dataclasses.asdict(f) for f in failed], "seconds": seconds,
             "images_per_s": len(predicted) / seconds if seconds > 0 else 0.0}
@@ -461,8 +475,8 @@ def _previous_entries(json_path: Path, overwrite: bool) -> dict[str, tuple[dict,
     if not json_path.is_file():
         return {}
     try:
-        data = load_json(json_path)
-        if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
+        data = load_json(json_path, what="prediction JSON", expect=dict)
+        if not isinstance(data.get("annotations"), list):
             raise ValueError(f"{json_path} has no 'annotations' list")
     except ValueError as e:
         if overwrite:

@@ -18,9 +18,9 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from panfpn.data.panoptic_io import load_json, rgb_to_id
-from panfpn.evaluation.panoptic_png import decode_rgb
+from panfpn.data.panoptic_io import read_id_png
 from panfpn.utils.dist import all_gather_objects, is_multiprocess
+from panfpn.utils.json_file import load_json
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
@@ -67,7 +67,7 @@ def instances_from_panoptic(gt_json: str | os.PathLike | Mapping,
     if not isinstance(gt_json, Mapping):
         path = os.fspath(gt_json)
         gt_folder = gt_folder if gt_folder is not None else path.rsplit(".json", 1)[0]
-        gt_json = load_json(path)
+        gt_json = load_json(path, what="ground-truth JSON", expect=dict)
     if gt_folder is None:
         raise ValueError("gt_folder is needed when gt_json is given as a dict")
     things = _thing_categories(gt_json["categories"])
@@ -75,8 +75,7 @@ def instances_from_panoptic(gt_json: str | os.PathLike | Mapping,
     anns: list[dict] = []
     for ann in gt_json["annotations"]:
         png = os.path.join(os.fspath(gt_folder), ann["file_name"])
-        with open(png, "rb") as f:
-            id_map = rgb_to_id(decode_rgb(f.read(), png))
+        id_map = read_id_png(png)
         anns += instances_of_image(ann["image_id"], id_map, ann["segments_info"], thing_ids,
                                    len(anns) + 1)
     images = [{"id": im["id"], "height": im["height"], "width": im["width"],

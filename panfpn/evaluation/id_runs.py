@@ -171,34 +171,3 @@ def _ids_at(flat_rgb: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     ids |= flat_rgb[at + 1].astype(np.int64) << 8
     ids |= flat_rgb[at + 2].astype(np.int64) << 16
     return ids
-
-
-def segment_boxes(runs: Runs, width: int) -> dict[int, tuple[int, list[int]]]:
-    """Area and COCO box ``[x, y, w, h]`` of every id of a map ``width`` pixels wide."""
-    starts, ids, n = runs
-    if n == 0:
-        return {}
-    # Split runs at row starts so that each piece lies in one row.
-    rows = np.arange(0, n, width, dtype=np.int64)
-    cut = np.union1d(starts, rows)
-    run_of = np.searchsorted(starts, cut, side="right") - 1
-    piece_ids = ids[run_of]
-    lengths = np.diff(cut, append=n)
-    y, x0 = np.divmod(cut, width)
-    x1 = x0 + lengths  # exclusive
-    vals, inv = np.unique(piece_ids, return_inverse=True)
-    k = vals.shape[0]
-    area = np.bincount(inv, weights=lengths, minlength=k).astype(np.int64)
-    big = np.iinfo(np.int64).max
-    xmin = np.full(k, big)
-    ymin = np.full(k, big)
-    xmax = np.zeros(k, np.int64)
-    ymax = np.zeros(k, np.int64)
-    np.minimum.at(xmin, inv, x0)
-    np.minimum.at(ymin, inv, y)
-    np.maximum.at(xmax, inv, x1)
-    np.maximum.at(ymax, inv, y + 1)
-    return {
-        int(v): (int(a), [int(x), int(yy), int(xx - x), int(yb - yy)])
-        for v, a, x, yy, xx, yb in zip(vals, area, xmin, ymin, xmax, ymax)
-    }

@@ -1,8 +1,9 @@
-"""Reading and writing COCO-panoptic PNGs (id = R + 256 G + 256^2 B), plus a cache of decoded runs.
+"""Runs of COCO-panoptic PNGs (id = R + 256 G + 256^2 B), plus a cache of decoded runs.
 
-Decoding dominates folder-vs-folder PQ. Measured on 640x480 COCO-style panoptic PNGs (one
-core): pyspng (libspng) 1.4 ms, OpenCV 2.1 ms, torchvision.io.decode_png 2.0 ms, Pillow
-2.5 ms. pyspng is used when it is installed, Pillow otherwise.
+Decoding dominates folder-vs-folder PQ; the PNGs are read by the one id-PNG reader,
+:func:`panfpn.data.panoptic_io.read_id_png_rgb` (pyspng when installed: measured on 640x480
+COCO-style panoptic PNGs, one core, pyspng 1.4 ms, OpenCV 2.1 ms, torchvision.io.decode_png
+2.0 ms, Pillow 2.5 ms).
 """
 
 from __future__ import annotations
@@ -13,50 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
+from panfpn.data.panoptic_io import read_id_png_rgb
 from panfpn.evaluation.id_runs import Runs, runs_of_rgb
 from panfpn.utils.atomic import atomic_write_path
-
-try:  # optional: about 1.8x faster than Pillow on panoptic PNGs
-    import pyspng as _pyspng
-except ImportError:  # pragma: no cover - depends on the environment
-    _pyspng = None
 
 _CACHE_MAGIC = 0x50414E5255_4E53  # "PANRUNS"
 _CACHE_VERSION = 1
 
 
-def decoder_name() -> str:
-    return "pyspng" if _pyspng is not None else "pillow"
-
-
-def decode_rgb(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
-    """Decode PNG bytes to ``[H, W, 3]`` uint8 RGB (an alpha channel is dropped)."""
-    if _pyspng is not None:
-        try:
-            rgb = _pyspng.load(data, "RGB")
-        except Exception as err:  # libspng raises bare RuntimeErrors without the file name
-            raise ValueError(f"cannot decode PNG {path}: {err}") from err
-    else:
-        import io
-
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as im:
-            rgb = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ValueError(f"PNG {path} is not 8-bit RGB (got {rgb.dtype} {rgb.shape})")
-    return rgb
-
-
-def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """``[H, W, 3]`` uint8 colours of a panoptic PNG file."""
-    with open(path, "rb") as f:
-        return decode_rgb(f.read(), path)
-
-
 def read_runs(path: str | os.PathLike) -> tuple[Runs, tuple[int, int]]:
     """Runs and ``(H, W)`` of a panoptic PNG."""
-    rgb = read_rgb(path)
+    rgb = read_id_png_rgb(path)
     return runs_of_rgb(rgb), rgb.shape[:2]
 
 

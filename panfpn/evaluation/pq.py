@@ -23,11 +23,13 @@ import sys
 import time
 from typing import Any, Sequence
 
+from panfpn.data.panoptic_io import read_id_png_rgb
 from panfpn.evaluation.id_runs import known_ids, pair_counts, pair_counts_rgb, runs_of_rgb
-from panfpn.evaluation.panoptic_png import RunsCache, read_rgb
+from panfpn.evaluation.panoptic_png import RunsCache
 from panfpn.evaluation.pq_rules import (PQInputError, PQStat, accumulate_image, format_table,
                                         normalize_categories, pq_results)
 from panfpn.utils.atomic import atomic_write
+from panfpn.utils.json_file import JSONFileError, JSONFileNotFoundError, load_json
 
 
 def tune_worker_malloc() -> None:
@@ -48,6 +50,22 @@ def tune_worker_malloc() -> None:
     mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: return heap memory only above 256 MB free
 
 
+def _read_pngs(image_id: Any, gt_path: str, pred_path: str, cache: RunsCache | None) -> tuple:
+    """``(ground truth: its runs when cached, else its colours; its (H, W); predicted colours)``
+    of one image. A PNG that is not an 8-bit RGB PNG is a PQInputError naming the image and file."""
+    try:
+        if cache:
+            gt, gt_size = cache.read_runs(gt_path)
+        else:
+            gt = read_id_png_rgb(gt_path)
+            gt_size = gt.shape[:2]
+        return gt, gt_size, read_id_png_rgb(pred_path)
+    except FileNotFoundError:
+        raise
+    except ValueError as err:  # ImageReadError, or a greyscale / 16-bit PNG: names the file
+        raise PQInputError(f"image {image_id!r}: {err}") from None
+
+
 def _evaluate_chunk(chunk: Sequence[tuple[dict, dict]], gt_folder: str, pred_folder: str,
                     categories: dict, cache_dir: str | None) -> PQStat:
     cache = RunsCache(cache_dir) if cache_dir else None
@@ -57,22 +75,17 @@ def _evaluate_chunk(chunk: Sequence[tuple[dict, dict]], gt_folder: str, pred_fol
         gt_path = os.path.join(gt_folder, gt_ann["file_name"])
         pred_path = os.path.join(pred_folder, pred_ann["file_name"])
         known = (known_ids(gt_ann["segments_info"]), known_ids(pred_ann["segments_info"]))
-        if cache:
-            gt_runs, gt_size = cache.read_runs(gt_path)
-            pred_rgb = read_rgb(pred_path)
-            pred_size = pred_rgb.shape[:2]
-        else:
-            gt_rgb, pred_rgb = read_rgb(gt_path), read_rgb(pred_path)
-            gt_size, pred_size = gt_rgb.shape[:2], pred_rgb.shape[:2]
+        gt, gt_size, pred_rgb = _read_pngs(image_id, gt_path, pred_path, cache)
+        pred_size = pred_rgb.shape[:2]
         if gt_size != pred_size:
             raise PQInputError(
                 f"image {image_id!r}: ground truth {gt_path} is {gt_size[0]}x{gt_size[1]} but the "
                 f"prediction {pred_path} is {pred_size[0]}x{pred_size[1]} (HxW)"
             )
         if cache:
-            pairs = pair_counts(gt_runs, runs_of_rgb(pred_rgb), *known)
+            pairs = pair_counts(gt, runs_of_rgb(pred_rgb), *known)
         else:
-            pairs = pair_counts_rgb(gt_rgb, pred_rgb, *known)
+            pairs = pair_counts_rgb(gt, pred_rgb, *known)
         accumulate_image(stat, image_id, gt_ann["segments_info"], pred_ann["segments_info"],
                          pairs, categories)
     return stat
@@ -81,16 +94,11 @@ def _evaluate_chunk(chunk: Sequence[tuple[dict, dict]], gt_folder: str, pred_fol
 def _load_json(path: str, what: str) -> dict:
     """Read a COCO-panoptic JSON; every problem is an error naming the file (no traceback)."""
     try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{what} JSON not found: {path}") from None
-    except (IsADirectoryError, PermissionError) as err:
-        raise PQInputError(f"{what} JSON {path} cannot be read: {err.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PQInputError(f"{what} JSON {path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise PQInputError(f"{what} JSON {path} must hold an object, got {type(data).__name__}")
+        data = load_json(path, what=f"{what} JSON", expect=dict)
+    except JSONFileNotFoundError:
+        raise  # a FileNotFoundError: "<what> JSON not found: <path>"
+    except JSONFileError as err:
+        raise PQInputError(str(err)) from None
     for key in ("annotations",) + (("categories",) if what == "ground-truth" else ()):
         if not isinstance(data.get(key), list):
             raise PQInputError(f"{what} JSON {path} has no {key!r} list")

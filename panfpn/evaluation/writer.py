@@ -23,8 +23,7 @@ import torch
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.utils.atomic import save_image_atomic, write_json_atomic
 from panfpn.utils.dist import all_gather_objects, is_main_process, is_multiprocess
-from panfpn.evaluation.id_runs import runs_of_ids, segment_boxes
-from panfpn.data.panoptic_io import id_to_rgb
+from panfpn.data.panoptic_io import id_to_rgb, segment_areas_boxes
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -140,7 +139,7 @@ class PanopticPredictionWriter:
         """
         id_map = _integer_map(id_map, image_id, "id_map")
         h, w = id_map.shape
-        boxes = segment_boxes(runs_of_ids(id_map.reshape(-1)), w)
+        boxes = segment_areas_boxes(id_map)
         by_id = {int(s["id"]): s for s in segments}
         unknown = sorted(set(boxes) - set(by_id) - {0})
         if unknown:

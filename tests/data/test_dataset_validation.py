@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -21,62 +22,57 @@ def _write(root: Path, data: dict) -> None:
     (root / "panoptic.json").write_text(json.dumps(data))
 
 
+def _opening_fails(small_copy, edit: Callable[[dict], object], match: str, **kw) -> dict:
+    """Apply ``edit`` to the JSON of ``small_copy``; opening the dataset must raise a ValueError
+    matching ``match``. Returns the edited JSON."""
+    root, data = small_copy
+    edit(data)
+    _write(root, data)
+    with pytest.raises(ValueError, match=match):
+        _open(root, **kw)
+    return data
+
+
 def test_duplicate_image_id_is_refused(small_copy):
     """Two image entries with id 2: today the second silently takes the first's annotation."""
-    root, data = small_copy
-    data["images"][2]["id"] = 2
-    data["annotations"][2]["image_id"] = 2
-    _write(root, data)
-    with pytest.raises(ValueError, match=r"panoptic\.json: image id 2 appears twice in 'images' "
-                                         r"\('000002\.jpg' and '000003\.jpg'\)"):
-        _open(root)
+    def edit(data):
+        data["images"][2]["id"] = 2
+        data["annotations"][2]["image_id"] = 2
+
+    _opening_fails(small_copy, edit, r"panoptic\.json: image id 2 appears twice in 'images' "
+                                     r"\('000002\.jpg' and '000003\.jpg'\)")
 
 
 def test_two_annotations_for_one_image_are_refused(small_copy):
-    root, data = small_copy
-    data["annotations"][2]["image_id"] = 1
-    _write(root, data)
-    with pytest.raises(ValueError, match=r"panoptic\.json: image id 1 has two annotations"):
-        _open(root)
+    _opening_fails(small_copy, lambda data: data["annotations"][2].update(image_id=1),
+                   r"panoptic\.json: image id 1 has two annotations")
 
 
 def test_duplicate_image_file_name_is_refused(small_copy):
-    root, data = small_copy
-    data["images"][1]["file_name"] = "./000001.jpg"  # the same file after normalisation
-    _write(root, data)
-    with pytest.raises(ValueError,
-                       match=r"panoptic\.json: image ids 1 and 2 both have file_name '000001\.jpg'"):
-        _open(root)
+    # the same file after normalisation
+    _opening_fails(small_copy, lambda data: data["images"][1].update(file_name="./000001.jpg"),
+                   r"panoptic\.json: image ids 1 and 2 both have file_name '000001\.jpg'")
 
 
 def test_duplicate_png_file_name_is_refused(small_copy):
-    root, data = small_copy
-    data["annotations"][2]["file_name"] = "000002.png"
-    _write(root, data)
-    with pytest.raises(ValueError, match=r"panoptic\.json: the annotations of image ids 2 and 3 both "
-                                         r"have PNG file_name '000002\.png'"):
-        _open(root)
+    _opening_fails(small_copy, lambda data: data["annotations"][2].update(file_name="000002.png"),
+                   r"panoptic\.json: the annotations of image ids 2 and 3 both have PNG file_name "
+                   r"'000002\.png'")
 
 
 @pytest.mark.parametrize("name", ["../outside.jpg", "sub/../../outside.jpg", "..\\outside.jpg"])
 def test_image_file_name_leaving_the_root_is_refused(small_copy, name):
-    root, data = small_copy
+    root, _ = small_copy
     # the file exists outside the image folder, so a reader that follows '..' would find it
     shutil.copy(root / "images" / "000002.jpg", root / "outside.jpg")
-    data["images"][1]["file_name"] = name
-    _write(root, data)
-    with pytest.raises(ValueError, match=r"panoptic\.json: image id 2 has file_name .*outside\.jpg"
-                                         r".*leads outside its folder"):
-        _open(root)
+    _opening_fails(small_copy, lambda data: data["images"][1].update(file_name=name),
+                   r"panoptic\.json: image id 2 has file_name .*outside\.jpg.*leads outside its folder")
 
 
 def test_absolute_png_file_name_is_refused(small_copy):
-    root, data = small_copy
-    data["annotations"][0]["file_name"] = str((root / "panoptic" / "000001.png").resolve())
-    _write(root, data)
-    with pytest.raises(ValueError, match=r"panoptic\.json: the annotation of image id 1 has absolute "
-                                         r"file_name '/.*000001\.png'"):
-        _open(root)
+    absolute = str((small_copy[0] / "panoptic" / "000001.png").resolve())
+    _opening_fails(small_copy, lambda data: data["annotations"][0].update(file_name=absolute),
+                   r"panoptic\.json: the annotation of image id 1 has absolute file_name '/.*000001\.png'")
 
 
 def test_file_name_normalising_inside_the_root_is_accepted(small_copy):
@@ -89,24 +85,17 @@ def test_file_name_normalising_inside_the_root_is_accepted(small_copy):
 @pytest.mark.parametrize("bad", ["1", 1.5, 1.0, None, True])
 def test_non_integer_segment_category_id_is_refused(small_copy, bad):
     """A string id "1" used to be reported as 'unknown category id 1', as if it were the int."""
-    root, data = small_copy
-    seg = data["annotations"][1]["segments_info"][0]
-    seg["category_id"] = bad
-    _write(root, data)
-    with pytest.raises(ValueError, match=rf"panoptic\.json: image id 2 segment {seg['id']} has "
-                                         rf"category id {bad!r} of type {type(bad).__name__}; "
-                                         rf"category ids must be JSON integers"):
-        _open(root)
+    seg_id = small_copy[1]["annotations"][1]["segments_info"][0]["id"]
+    _opening_fails(small_copy, lambda data: data["annotations"][1]["segments_info"][0].update(category_id=bad),
+                   rf"panoptic\.json: image id 2 segment {seg_id} has category id {bad!r} of type "
+                   rf"{type(bad).__name__}; category ids must be JSON integers")
 
 
 @pytest.mark.parametrize("bad", ["101", 101.0])
 def test_non_integer_id_in_categories_is_refused(small_copy, bad):
-    root, data = small_copy
-    data["categories"][4]["id"] = bad
-    _write(root, data)
-    with pytest.raises(ValueError, match=rf"panoptic\.json: categories\[4\] \('gradient'\) has category "
-                                         rf"id {bad!r} of type {type(bad).__name__}"):
-        _open(root)
+    data = _opening_fails(small_copy, lambda data: data["categories"][4].update(id=bad),
+                          rf"panoptic\.json: categories\[4\] \('gradient'\) has category id {bad!r} "
+                          rf"of type {type(bad).__name__}")
     # the same category list as metadata is refused too, never converted
     with pytest.raises(ValueError, match=rf"has id {bad!r} \({type(bad).__name__}\); ids must be integers"):
         type(synthetic_metadata()).from_coco_categories(data["categories"])
@@ -114,12 +103,10 @@ def test_non_integer_id_in_categories_is_refused(small_copy, bad):
 
 def test_categories_differing_from_the_given_metadata_are_refused(small_copy):
     """A JSON whose category list is not the metadata's would train wrong labels silently."""
-    root, data = small_copy
-    data["categories"][0]["isthing"] = 0  # ellipse (id 1) is a thing in the metadata
-    _write(root, data)
-    with pytest.raises(ValueError, match=r"panoptic\.json: its categories differ from the metadata "
-                                         r"'synthetic'.*thing/stuff differs: \[1\]"):
-        _open(root, metadata=synthetic_metadata())
+    # ellipse (id 1) is a thing in the metadata
+    _opening_fails(small_copy, lambda data: data["categories"][0].update(isthing=0),
+                   r"panoptic\.json: its categories differ from the metadata 'synthetic'.*thing/stuff "
+                   r"differs: \[1\]", metadata=synthetic_metadata())
 
 
 def test_greyscale_id_png_is_refused_with_its_mode(small_copy):

@@ -179,7 +179,7 @@ def test_json_categories_are_parsed_once_per_file_version(custom_root, monkeypat
 
     calls = []
     real = folder.load_json
-    monkeypatch.setattr(folder, "load_json", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(folder, "load_json", lambda p, **kw: calls.append(p) or real(p, **kw))
     json_file = custom_root / "annotations" / "panoptic_train.json"
     for key in ("num_thing_classes", "num_sem_classes", "thing_sem_labels", "num_thing_classes"):
         folder.json_meta_value(str(json_file), key)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from panfpn.data.builtin_meta import coco_panoptic_metadata
 from panfpn.data.dataset import PanopticDataset
-from panfpn.data.panoptic_io import load_json
+from panfpn.utils.json_file import load_json
 from panfpn.data.records import Record, RecordStore
 from panfpn.data.synthetic import generate_dataset
 from panfpn.data.validate import check_categories, index_images, pair_annotations

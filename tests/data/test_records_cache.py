@@ -32,7 +32,7 @@ def _open(json_file: Path, cache: Path, **kw) -> PanopticDataset:
 
 
 def _forbid_parsing(monkeypatch) -> None:
-    def fail(path):
+    def fail(path, **kw):
         raise AssertionError(f"{path} was parsed although its cache is valid")
 
     monkeypatch.setattr(dataset_mod, "load_json", fail)
@@ -133,11 +133,11 @@ def test_default_caches_large_jsons_only(ds_json, tmp_path):
 def _slow_parse_and_count(counter: Path):
     real = dataset_mod.load_json
 
-    def load(path):
+    def load(path, **kw):
         with open(counter, "a") as f:
             f.write("parse\n")
         time.sleep(0.5)  # both processes are in open() at the same time
-        return real(path)
+        return real(path, **kw)
 
     return load
 

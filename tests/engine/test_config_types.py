@@ -1,4 +1,5 @@
-"""Every engine key is checked for type and range before any work, with one message naming it."""
+"""Every engine key (train, eval, solver, data, predict, export) is checked for type and range before
+any work, with one message naming it."""
 
 import re
 
@@ -44,6 +45,31 @@ BAD = [
     ("solver.ims_per_batch=0", "solver.ims_per_batch", "an integer >= 1", "0 (int)"),
     ("solver.weight_decay=-0.1", "solver.weight_decay", "a finite number >= 0", "-0.1 (float)"),
     ("data.skip_bad_images=maybe", "data.skip_bad_images", "a boolean (true/false)", "'maybe' (str)"),
+    # the tools' keys (predict, export) and run-wide ones
+    ("predict.batch_size=0", "predict.batch_size", "an integer >= 1", "0 (int)"),
+    ("predict.num_workers=-1", "predict.num_workers", "an integer >= 0", "-1 (int)"),
+    ("predict.num_workers=1.5", "predict.num_workers", "an integer >= 0", "1.5 (float)"),
+    ("predict.write_threads=-1", "predict.write_threads", "an integer >= 0", "-1 (int)"),
+    ("predict.overwrite=maybe", "predict.overwrite", "a boolean (true/false)", "'maybe' (str)"),
+    ("predict.overlay=1", "predict.overlay", "a boolean (true/false)", "1 (int)"),
+    ("predict.overlay_alpha=1.5", "predict.overlay_alpha", "a finite number >= 0 and <= 1", "1.5 (float)"),
+    ("predict.overlay_format=gif", "predict.overlay_format", "one of ['jpg', 'png']", "'gif' (str)"),
+    ("predict.recursive=yes", "predict.recursive", "a boolean (true/false)", "'yes' (str)"),
+    ("predict.json_every=0", "predict.json_every", "an integer >= 1", "0 (int)"),
+    ("predict.semantic=2", "predict.semantic", "a boolean (true/false)", "2 (int)"),
+    ("predict.image_id='[a-z]+'", "predict.image_id",
+     "one of ['auto', 'stem', 'cityscapes', 'coco_int'] or a regular expression with a group (the id), "
+     "e.g. '(.+)_leftImg8bit'", "'[a-z]+' (str)"),
+    ("predict.input=[]", "predict.input", "null or a path or glob, or a non-empty list of them", "[] (list)"),
+    ("export.format=tflite", "export.format", "one of ['both', 'onnx', 'torch_export']", "'tflite' (str)"),
+    ("export.height=100", "export.height", "an integer >= 96 and <= 4096, a multiple of 32", "100 (int)"),
+    ("export.width=64", "export.width", "an integer >= 96 and <= 4096, a multiple of 32", "64 (int)"),
+    ("export.opset=16", "export.opset", "an integer >= 17", "16 (int)"),
+    ("export.dynamic=maybe", "export.dynamic", "a boolean (true/false)", "'maybe' (str)"),
+    ("export.verify=0", "export.verify", "a boolean (true/false)", "0 (int)"),
+    ("device=tpu", "device", "'auto', 'cpu', 'cuda' or 'cuda:<index>'", "'tpu' (str)"),
+    ("eval.save_semantic=maybe", "eval.save_semantic", "a boolean (true/false)", "'maybe' (str)"),
+    ("weights_partial=maybe", "weights_partial", "a boolean (true/false)", "'maybe' (str)"),
 ]
 
 

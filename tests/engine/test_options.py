@@ -14,42 +14,6 @@ from panfpn.engine.predict_run import PredictOptions, predict_from_config, predi
 
 YAML = Path(__file__).resolve().parents[2] / "configs" / "config.yaml"
 
-# (override, key, what the message must say it wants, the value as the message shows it)
-BAD = [
-    ("predict.batch_size=0", "predict.batch_size", "an integer >= 1", "0 (int)"),
-    ("predict.num_workers=-1", "predict.num_workers", "an integer >= 0", "-1 (int)"),
-    ("predict.num_workers=1.5", "predict.num_workers", "an integer >= 0", "1.5 (float)"),
-    ("predict.write_threads=-1", "predict.write_threads", "an integer >= 0", "-1 (int)"),
-    ("predict.overwrite=maybe", "predict.overwrite", "a boolean (true/false)", "'maybe' (str)"),
-    ("predict.overlay=1", "predict.overlay", "a boolean (true/false)", "1 (int)"),
-    ("predict.overlay_alpha=1.5", "predict.overlay_alpha", "a finite number >= 0 and <= 1", "1.5 (float)"),
-    ("predict.overlay_format=gif", "predict.overlay_format", "one of ['jpg', 'png']", "'gif' (str)"),
-    ("predict.recursive=yes", "predict.recursive", "a boolean (true/false)", "'yes' (str)"),
-    ("predict.json_every=0", "predict.json_every", "an integer >= 1", "0 (int)"),
-    ("predict.semantic=2", "predict.semantic", "a boolean (true/false)", "2 (int)"),
-    ("predict.image_id='[a-z]+'", "predict.image_id",
-     "one of ['auto', 'stem', 'cityscapes', 'coco_int'] or a regular expression with a group (the id), "
-     "e.g. '(.+)_leftImg8bit'", "'[a-z]+' (str)"),
-    ("predict.input=[]", "predict.input", "null or a path or glob, or a non-empty list of them", "[] (list)"),
-    ("export.format=tflite", "export.format", "one of ['both', 'onnx', 'torch_export']", "'tflite' (str)"),
-    ("export.height=100", "export.height", "an integer >= 96 and <= 4096, a multiple of 32", "100 (int)"),
-    ("export.width=64", "export.width", "an integer >= 96 and <= 4096, a multiple of 32", "64 (int)"),
-    ("export.opset=16", "export.opset", "an integer >= 17", "16 (int)"),
-    ("export.dynamic=maybe", "export.dynamic", "a boolean (true/false)", "'maybe' (str)"),
-    ("export.verify=0", "export.verify", "a boolean (true/false)", "0 (int)"),
-    ("device=tpu", "device", "'auto', 'cpu', 'cuda' or 'cuda:<index>'", "'tpu' (str)"),
-    ("eval.save_semantic=maybe", "eval.save_semantic", "a boolean (true/false)", "'maybe' (str)"),
-    ("weights_partial=maybe", "weights_partial", "a boolean (true/false)", "'maybe' (str)"),
-]
-
-
-@pytest.mark.parametrize("override,key,wants,shown", BAD, ids=[b[0] for b in BAD])
-def test_bad_predict_export_value_names_key_and_value(compose_cfg, tmp_path, override, key, wants, shown):
-    with pytest.raises(ConfigError) as err:
-        validate_config(compose_cfg([override], output_dir=tmp_path))
-    assert str(err.value) == f"config key '{key}' must be {wants}, got {shown}"
-
-
 @pytest.mark.parametrize("override,message", [
     ("++predict.overlay_fromat=png", "unknown config key 'predict.overlay_fromat'; did you mean 'overlay_format'?"),
     ("++export.opsett=18", "unknown config key 'export.opsett'; did you mean 'opset'?"),

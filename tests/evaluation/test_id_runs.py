@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from panfpn.evaluation.id_runs import (pair_counts, pair_counts_ids, pair_counts_rgb, runs_of_ids,
-                                       runs_of_rgb, segment_boxes)
+                                       runs_of_rgb)
 from panfpn.data.panoptic_io import id_to_rgb, rgb_to_id
 from pq_case_gen import make_case
 
@@ -45,19 +45,6 @@ def test_pair_counts_equal_per_pixel_counting():
             assert pair_counts(*runs, *hints) == expected
             assert pair_counts_rgb(id_to_rgb(gt), id_to_rgb(pred), *hints) == expected
             assert pair_counts_ids(gt, pred, *hints) == expected
-
-
-def test_segment_boxes_equal_per_pixel_boxes():
-    rng = np.random.default_rng(2)
-    for _ in range(20):
-        m, _, _, _ = make_case(rng)
-        boxes = segment_boxes(runs_of_ids(m.reshape(-1)), m.shape[1])
-        assert set(boxes) == set(np.unique(m).tolist())
-        for seg_id, (area, (x, y, w, h)) in boxes.items():
-            ys, xs = np.nonzero(m == seg_id)
-            assert area == ys.size
-            assert (x, y, w, h) == (xs.min(), ys.min(), xs.max() - xs.min() + 1,
-                                    ys.max() - ys.min() + 1)
 
 
 def test_empty_maps():

@@ -163,3 +163,25 @@ def test_accumulator_rejects(edit, expected):
     with pytest.raises(PQInputError) as info:
         acc.update(*edit(*_accumulator_inputs()), image_id=BAD)
     assert BAD in str(info.value) and expected in str(info.value)
+
+
+@pytest.mark.parametrize("cache", [False, True])
+@pytest.mark.parametrize("which,bad", [("pred", "L"), ("pred", "I;16"), ("gt", "L"), ("pred", "truncated")])
+def test_non_rgb_or_truncated_png_is_refused_naming_image_and_file(tmp_path, which, bad, cache):
+    """A greyscale PNG was decoded as grey RGB by libspng: wrong ids, and a 16-bit one silently
+    lost its low byte; a truncated one raised a ValueError the CLI showed as a traceback."""
+    gt_json, pred_json = _dataset(tmp_path)
+    png = tmp_path / which / f"{BAD}.png"
+    with Image.open(png) as img:
+        grey = np.asarray(img.convert("L"))
+    if bad == "truncated":
+        png.write_bytes(png.read_bytes()[:60])
+    else:
+        Image.fromarray(grey if bad == "L" else grey.astype(np.uint16) * 257).save(png)
+    with pytest.raises(PQInputError) as info:
+        pq_compute(gt_json, pred_json, workers=1, cache_dir=tmp_path / "cache" if cache else None)
+    message = str(info.value)
+    assert message.startswith(f"image {BAD!r}: {png}: ")
+    assert (f"got image mode {bad!r}" if bad != "truncated" else "cannot read as a PNG") in message
+    proc = _cli("--gt-json", gt_json, "--pred-json", pred_json, "--workers", 1)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: {message}"

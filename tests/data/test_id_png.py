@@ -1,0 +1,127 @@
+"""The one id-PNG reader (panoptic_io.read_id_png): the same ids as Pillow's own decoding of RGB,
+RGBA and palette PNGs with either decoder, and greyscale / 16-bit PNGs refused naming the file and
+the mode, in the dataset as in the PQ evaluator."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from panfpn.data import panoptic_io
+from panfpn.data.dataset import PanopticDataset
+from panfpn.data.image_io import ImageReadError
+from panfpn.data.panoptic_io import read_id_png
+
+
+def write_png_rgb16(path: Path, rgb16: np.ndarray) -> None:
+    """A 16-bit-per-channel RGB PNG written from the PNG specification (Pillow cannot write one):
+    IHDR colour type 2, bit depth 16; filter type 0 rows of big-endian samples."""
+    h, w, _ = rgb16.shape
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    rows = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def _palette_image(rng: np.random.Generator, n_colours: int) -> Image.Image:
+    palette = rng.integers(0, 256, (n_colours, 3), dtype=np.uint8)
+    img = Image.fromarray(rng.integers(0, n_colours, (9, 13), dtype=np.uint8), mode="P")
+    img.putpalette(palette.ravel().tolist())
+    return img
+
+
+def _id_pngs(tmp_path: Path) -> dict[str, Path]:
+    """RGB, RGBA (alpha 0 included), 8-bit and 4-bit palette, palette with a transparent index."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (9, 13, 1), dtype=np.uint8)
+    alpha[0, :3] = 0
+    saves = {"rgb": (Image.fromarray(rgb), {}),
+             "rgba": (Image.fromarray(np.concatenate([rgb, alpha], axis=2)), {}),
+             "palette": (_palette_image(rng, 200), {}),
+             "palette_4bit": (_palette_image(rng, 16), {"bits": 4}),
+             "palette_transparent": (_palette_image(rng, 50), {"transparency": 3})}
+    paths = {}
+    for name, (img, kw) in saves.items():
+        paths[name] = tmp_path / f"{name}.png"
+        img.save(paths[name], **kw)
+    return paths
+
+
+def _pillow_ids(path: Path) -> np.ndarray:
+    """Pillow's colours of the file (palette colours, alpha dropped) as R + 256 G + 256^2 B."""
+    with Image.open(path) as img:
+        rgb = np.asarray(img.convert("RGBA"))[..., :3].astype(np.int64)
+    return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
+
+
+@pytest.fixture(params=["pyspng", "pillow"])
+def decoder(request, monkeypatch) -> str:
+    """Each decoder of the one reader: pyspng (when installed) and the Pillow fallback."""
+    if request.param == "pillow":
+        monkeypatch.setattr(panoptic_io, "_pyspng", None)
+    elif panoptic_io._pyspng is None:
+        pytest.skip("pyspng is not installed (the 'fast' extra): only the Pillow path can run")
+    assert panoptic_io.id_png_decoder() == request.param
+    return request.param
+
+
+def test_ids_equal_pillows_on_rgb_rgba_and_palette_pngs(tmp_path, decoder):
+    paths = _id_pngs(tmp_path)
+    for name, path in paths.items():
+        ids = read_id_png(path)
+        assert ids.dtype == np.int32 and ids.shape == (9, 13), name
+        np.testing.assert_array_equal(ids, _pillow_ids(path), err_msg=name)
+    assert np.unique(read_id_png(paths["palette_transparent"])).size > 1
+
+
+def _refused_pngs(tmp_path: Path) -> dict[str, Path]:
+    grey = np.random.default_rng(1).integers(0, 256, (9, 13), dtype=np.uint8)
+    paths = {mode: tmp_path / f"{mode.replace(';', '')}.png" for mode in ("L", "I;16", "LA", "RGB16")}
+    Image.fromarray(grey).save(paths["L"])
+    Image.fromarray(grey.astype(np.uint16) * 257).save(paths["I;16"])
+    Image.fromarray(np.stack([grey, grey], axis=2), mode="LA").save(paths["LA"])
+    write_png_rgb16(paths["RGB16"], np.stack([grey.astype(np.uint16) * 257] * 3, axis=2))
+    return paths
+
+
+MODE_MESSAGES = {"L": "got image mode 'L'", "I;16": "got image mode 'I;16'",
+                 "LA": "got image mode 'LA'", "RGB16": "got image mode 'RGB' with 16-bit samples"}
+
+
+def test_greyscale_and_16bit_pngs_are_refused_naming_file_and_mode(tmp_path, decoder):
+    for mode, path in _refused_pngs(tmp_path).items():
+        with pytest.raises(ValueError, match="a panoptic id PNG must be RGB") as err:
+            read_id_png(path)
+        assert str(err.value).startswith(f"{path}: ") and MODE_MESSAGES[mode] in str(err.value)
+
+
+def test_truncated_and_non_png_files_name_the_file(tmp_path, decoder):
+    path = _id_pngs(tmp_path)["rgb"]
+    path.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(ImageReadError, match="cannot read as a PNG") as err:
+        read_id_png(path)
+    assert err.value.path == str(path) and str(err.value).startswith(f"{path}: ")
+    jpeg = tmp_path / "ids.png"
+    Image.new("RGB", (8, 8)).save(jpeg, format="JPEG")  # lossy: ids would not survive
+    with pytest.raises(ImageReadError, match=r"ids\.png: not a PNG file"):
+        read_id_png(jpeg)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "RGB16"])
+def test_dataset_refuses_16bit_id_png_naming_file_and_mode(small_copy, tmp_path, mode):
+    """A 16-bit RGB PNG was read by Pillow as 8-bit RGB (high bytes): silently wrong ids."""
+    root, _ = small_copy
+    (root / "panoptic" / "000002.png").write_bytes(_refused_pngs(tmp_path)[mode].read_bytes())
+    ds = PanopticDataset(root / "panoptic.json", root / "images", root / "panoptic")
+    with pytest.raises(ValueError, match=r"000002\.png: a panoptic id PNG must be RGB") as err:
+        ds[1]
+    assert MODE_MESSAGES[mode] in str(err.value)

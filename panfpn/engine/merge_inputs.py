@@ -28,10 +28,14 @@ class BadInput(ValueError):
 
 
 class MergeInputs(torch.utils.data.Dataset):
-    """Image ``k`` of ``images`` -> ``{"index", "image", "sem", "masks", "scores", "labels",
-    "error", "seconds"}``: ``sem`` int64 ``[H, W]`` dataset category ids (:data:`UNLABELED` where
-    nothing is known), ``masks`` bool ``[N, H, W]``, ``scores`` float64 ``[N]``, ``labels`` int64
-    ``[N]``; ``error`` (a message) instead of them when the inputs are bad.
+    """Image ``k`` of ``images`` -> ``{"index", "image", "sem", "crops", "origins", "scores",
+    "labels", "error", "seconds"}``: ``sem`` int64 ``[H, W]`` dataset category ids
+    (:data:`UNLABELED` where nothing is known); the instances with a score of at least
+    ``score_thresh`` (the others can never become segments, so their masks are checked for the
+    image's size but not decoded): ``crops`` (bool numpy masks inside their boxes) at ``origins``
+    ``(y0, x0)``, ``scores`` float64 ``[N]``, ``labels`` int64 ``[N]``; ``error`` (a message)
+    instead of them when the inputs are bad. Crops travel as numpy arrays (pickled), not one
+    shared-memory tensor each.
 
     Exactly one semantic source: ``semantic_dir`` (``<file stem>.png`` label maps) or
     ``semantic_by_image`` (image id -> its entries of a COCO semantic results JSON, from
@@ -41,7 +45,7 @@ class MergeInputs(torch.utils.data.Dataset):
     def __init__(self, images: Sequence[Mapping[str, Any]], instances: Mapping[Any, list[dict]],
                  metadata: DatasetMetadata, *, semantic_dir: Path | None = None,
                  semantic_by_image: Mapping[Any, list[dict]] | None = None,
-                 semantic_json: Path | None = None) -> None:
+                 semantic_json: Path | None = None, score_thresh: float = float("-inf")) -> None:
         if (semantic_dir is None) == (semantic_by_image is None):
             raise ValueError("MergeInputs: give exactly one of semantic_dir and semantic_by_image")
         self.images = list(images)
@@ -50,6 +54,7 @@ class MergeInputs(torch.utils.data.Dataset):
         self.semantic_dir = semantic_dir
         self.semantic_by_image = semantic_by_image
         self.semantic_json = semantic_json
+        self.score_thresh = score_thresh
 
     def __len__(self) -> int:
         return len(self.images)
@@ -65,7 +70,7 @@ class MergeInputs(torch.utils.data.Dataset):
         item["seconds"] = time.perf_counter() - start
         return item
 
-    def _read(self, image: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def _read(self, image: Mapping[str, Any]) -> dict[str, Any]:
         size = (int(image["height"]), int(image["width"]))
         if self.semantic_dir is not None:
             sem = read_semantic_png(self.semantic_dir / (Path(image["file_name"]).stem + ".png"), size)
@@ -73,11 +78,15 @@ class MergeInputs(torch.utils.data.Dataset):
             sem = semantic_from_entries(self.semantic_by_image.get(image["id"], []), size, image["id"],
                                         self.metadata, self.semantic_json)
         results = self.instances.get(image["id"], [])
-        masks = decode_masks(results, size, image["id"])
         scores = instance_scores(results, image["id"])
         labels = instance_labels(results, image["id"])
-        return {"sem": torch.from_numpy(sem), "masks": torch.from_numpy(masks), "scores": scores,
-                "labels": labels}
+        kept = torch.nonzero(scores >= self.score_thresh).view(-1)
+        rles = [checked_rle(r.get("segmentation"), size, f"image {image['id']!r}: result {k}")
+                for k, r in enumerate(results)]
+        crops, origins = boxed_masks([rles[k] for k in kept.tolist()],
+                                     [f"image {image['id']!r}: result {k}" for k in kept.tolist()])
+        return {"sem": torch.from_numpy(sem), "crops": crops, "origins": origins,
+                "scores": scores[kept], "labels": labels[kept]}
 
 
 def as_is(item: dict[str, Any]) -> dict[str, Any]:
@@ -158,16 +167,32 @@ def semantic_from_entries(entries: Sequence[Mapping[str, Any]], size: tuple[int,
     return sem
 
 
-def decode_masks(results: Sequence[Mapping[str, Any]], size: tuple[int, int], image_id: Any) -> np.ndarray:
-    """bool ``[N, H, W]`` from the results' RLE segmentations (compressed or not)."""
-    masks = np.zeros((len(results), *size), dtype=bool)
-    for k, r in enumerate(results):
-        masks[k] = decode_rle(r.get("segmentation"), size, f"image {image_id!r}: result {k}")
-    return masks
+def boxed_masks(rles: Sequence[dict], whats: Sequence[str]) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+    """Decoded masks of checked RLEs, each cut to its box: bool crops and their ``(y0, x0)``;
+    BadInput naming ``whats[k]`` when RLE ``k`` cannot be decoded."""
+    crops, origins = [], []
+    for rle, what in zip(rles, whats):
+        try:
+            x0, y0, w, h = (int(v) for v in mask_utils.toBbox(rle))
+            crops.append(mask_utils.decode(rle)[y0:y0 + h, x0:x0 + w].astype(bool))
+        except (TypeError, ValueError) as err:
+            raise BadInput(f"{what}: RLE cannot be decoded: {err}") from err
+        origins.append((y0, x0))
+    return crops, origins
 
 
 def decode_rle(rle: Any, size: tuple[int, int], what: str) -> np.ndarray:
     """bool ``[H, W]`` of one COCO RLE (``counts`` a string, bytes or an uncompressed list)."""
+    rle = checked_rle(rle, size, what)
+    try:
+        return mask_utils.decode(rle).astype(bool)
+    except (TypeError, ValueError) as err:
+        raise BadInput(f"{what}: RLE cannot be decoded: {err}") from err
+
+
+def checked_rle(rle: Any, size: tuple[int, int], what: str) -> dict:
+    """A COCO RLE of the image's size as pycocotools takes it (compressed ``counts`` bytes);
+    BadInput naming ``what`` when it is not one (polygons, boxes, another size, bad counts)."""
     if not isinstance(rle, dict) or "counts" not in rle or "size" not in rle:
         raise BadInput(f"{what} has no RLE segmentation (polygons and boxes are not masks)")
     try:
@@ -178,9 +203,10 @@ def decode_rle(rle: Any, size: tuple[int, int], what: str) -> np.ndarray:
         raise BadInput(f"{what}: RLE size {rle['size']} is not the image's {list(size)}")
     try:
         if isinstance(rle["counts"], list):  # uncompressed RLE
-            rle = mask_utils.frPyObjects(rle, *size)
-        elif isinstance(rle["counts"], str):
-            rle = {"size": rle_size, "counts": rle["counts"].encode("ascii")}
-        return mask_utils.decode(rle).astype(bool)
+            return mask_utils.frPyObjects(rle, *size)
+        counts = rle["counts"].encode("ascii") if isinstance(rle["counts"], str) else rle["counts"]
+        if not isinstance(counts, bytes):
+            raise TypeError(f"counts is a {type(rle['counts']).__name__}")
+        return {"size": rle_size, "counts": counts}
     except (TypeError, ValueError, UnicodeError) as err:
         raise BadInput(f"{what}: RLE cannot be decoded: {err}") from err

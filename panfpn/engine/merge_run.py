@@ -29,7 +29,7 @@ from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine.config import ConfigError, section_values
 from panfpn.engine.merge_inputs import BadInput, MergeInputs, as_is
 from panfpn.evaluation.writer import PanopticPredictionWriter
-from panfpn.modeling.merge import MergeThresholds
+from panfpn.modeling.merge import BoxMasks, MergeThresholds
 from panfpn.modeling.merge_predictions import merge_predictions
 from panfpn.utils.atomic import write_json_atomic
 from panfpn.utils.dist import resolve_device
@@ -125,7 +125,8 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
     if (semantic_dir is None) == (semantic_json is None):
         raise ConfigError("merge_files: give exactly one of semantic_dir and semantic_json")
     dataset = MergeInputs(images_data["images"], instances, metadata, semantic_dir=semantic_dir,
-                          semantic_by_image=semantic_by_image, semantic_json=semantic_json)
+                          semantic_by_image=semantic_by_image, semantic_json=semantic_json,
+                          score_thresh=rules.score_thresh)
     rules_record = {"rules": dataclasses.asdict(rules), **(rules_origin or {})}
     log.info("merge rules: %s", json.dumps(rules_record))
     write_json_atomic(out_dir / RULES_FILE, rules_record)
@@ -231,10 +232,16 @@ def _merge_one(item: Mapping[str, Any], metadata: DatasetMetadata, rules: MergeT
     """One image's decoded inputs -> (id map on the CPU, segments with dataset ids)."""
     try:
         id_map, segments = merge_predictions(
-            item["sem"].to(device), item["masks"].to(device), item["scores"].to(device),
+            item["sem"].to(device), _box_masks(item, device), item["scores"].to(device),
             item["labels"].to(device), metadata=metadata, rules=rules)
     except ValueError as err:
         raise BadInput(f"image {item['image']['id']!r}: {err}") from err
     return id_map.cpu().numpy(), [
         {"id": s["id"], "category_id": s["category_id"], "isthing": int(s["isthing"]),
          **({"score": s["score"]} if s["score"] is not None else {})} for s in segments]
+
+
+def _box_masks(item: Mapping[str, Any], device: torch.device) -> BoxMasks:
+    """The item's kept instance masks, inside their boxes, on ``device``."""
+    return BoxMasks(crops=tuple(torch.from_numpy(c).to(device) for c in item["crops"]),
+                    origins=tuple(item["origins"]), size=tuple(item["sem"].shape))

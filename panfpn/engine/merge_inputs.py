@@ -203,10 +203,45 @@ def checked_rle(rle: Any, size: tuple[int, int], what: str) -> dict:
         raise BadInput(f"{what}: RLE size {rle['size']} is not the image's {list(size)}")
     try:
         if isinstance(rle["counts"], list):  # uncompressed RLE
+            check_runs(np.asarray(rle["counts"], dtype=np.int64), size)
             return mask_utils.frPyObjects(rle, *size)
         counts = rle["counts"].encode("ascii") if isinstance(rle["counts"], str) else rle["counts"]
         if not isinstance(counts, bytes):
             raise TypeError(f"counts is a {type(rle['counts']).__name__}")
+        check_runs(compressed_runs(counts), size)
         return {"size": rle_size, "counts": counts}
-    except (TypeError, ValueError, UnicodeError) as err:
+    except (TypeError, ValueError, UnicodeError, OverflowError) as err:
         raise BadInput(f"{what}: RLE cannot be decoded: {err}") from err
+
+
+def check_runs(runs: np.ndarray, size: tuple[int, int]) -> None:
+    """ValueError unless the run lengths are >= 0 and cover the image exactly (pycocotools'
+    decoder does not check: a broken RLE decodes to garbage instead of failing)."""
+    if runs.ndim != 1 or (runs < 0).any() or int(runs.sum()) != size[0] * size[1]:
+        raise ValueError(f"its run lengths cover {int(runs.sum()) if runs.ndim == 1 else '?'} pixels "
+                         f"(negative runs: {int((runs < 0).sum())}), the image has {size[0] * size[1]}")
+
+
+def compressed_runs(counts: bytes) -> np.ndarray:
+    """Run lengths of a COCO compressed RLE string (pycocotools' format: each run a group of
+    characters ``48 + 6 bits``, 5 value bits, 0x20 = more characters follow, 0x10 in the last one =
+    negative; from the fourth run on, the value is a difference to the run two before)."""
+    chars = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48
+    if chars.size == 0:
+        return chars
+    if (chars < 0).any() or (chars > 63).any():
+        raise ValueError("its counts string has characters outside '0'..'o'")
+    last = (chars & 0x20) == 0
+    if not last[-1]:
+        raise ValueError("its counts string ends inside a run")
+    starts = np.flatnonzero(np.r_[True, last[:-1]])
+    position = np.arange(chars.size) - np.repeat(starts, np.diff(np.r_[starts, chars.size]))
+    if position.max() > 7:
+        raise ValueError("its counts string holds a run longer than 40 bits")
+    values = np.add.reduceat((chars & 0x1F) << (5 * position), starts)
+    negative = (chars[last] & 0x10) != 0
+    values[negative] -= np.left_shift(1, 5 * (position[last][negative] + 1))
+    runs = values.copy()
+    runs[1::2] = np.cumsum(values[1::2])
+    runs[2::2] = np.cumsum(values[2::2])
+    return runs

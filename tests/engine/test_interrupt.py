@@ -14,6 +14,15 @@ EVAL_EVERY_STEP = ("train.eval_period=1", "train.checkpoint_period=100", "data.v
                    "eval.max_images=null", "eval.compute_ap=false", "train.num_vis_images=0")
 
 
+@pytest.fixture(autouse=True)
+def sigint_not_ignored():
+    """A shell starts background jobs (`pytest ... &`) with SIGINT ignored, and the trainer rightly
+    leaves an ignored signal alone; these tests need Python's default Ctrl-C handler."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def signal_in_eval_call(monkeypatch, *signals):
     """Raise ``signals`` during the model's first forward pass in eval mode; count eval calls."""
     from panfpn.modeling import panoptic_fpn

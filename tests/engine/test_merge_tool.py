@@ -287,3 +287,64 @@ def test_workers_give_identical_output(compose_cfg, tmp_path, semantic):
     assert list(one["skipped"]) == list(two["skipped"]) and one["merged"] == two["merged"] >= 2
     assert [a["image_id"] for a in _outputs(tmp_path / "w2")[0]["annotations"]] == \
         sorted(a["image_id"] for a in _outputs(tmp_path / "w2")[0]["annotations"])
+
+
+def test_inputs_below_the_score_threshold_are_checked_but_not_decoded():
+    """Only instances that can become segments are decoded (inside their boxes); every result
+    still needs a well-formed RLE of the image's size."""
+    from panfpn.data.metadata import DatasetMetadata
+    from panfpn.engine.merge_inputs import MergeInputs
+
+    metadata = DatasetMetadata.from_coco_categories(
+        [{"id": 1, "name": "a", "isthing": 1}, {"id": 2, "name": "b", "isthing": 0}], name="cats")
+    image = {"id": 7, "file_name": "x.jpg", "height": 6, "width": 8}
+    mask = np.zeros((6, 8), dtype=bool)
+    mask[1:4, 2:7] = True
+    good = {"category_id": 1, "segmentation": _rle(mask)}
+    wrong_size = {"category_id": 1, "segmentation": _rle(np.ones((5, 8), bool))}
+    entries = {7: [{"category_id": 2, "segmentation": _rle(np.ones((6, 8), bool))}]}
+
+    def read(results, thresh=0.5):
+        data = MergeInputs([image], {7: results}, metadata, semantic_by_image=entries, score_thresh=thresh)
+        return data[0]
+
+    item = read([{**good, "score": 0.9}, {**good, "score": 0.1}])
+    assert item["error"] is None and item["scores"].tolist() == [0.9] and item["origins"] == [(1, 2)]
+    assert item["crops"][0].shape == (3, 5) and item["crops"][0].all()
+    assert "RLE size" in read([{**good, "score": 0.9}, {**wrong_size, "score": 0.1}])["error"]
+    assert read([{**good, "score": 0.1}])["crops"] == []
+    assert len(read([{**good, "score": 0.1}], thresh=float("-inf"))["crops"]) == 1
+
+
+@pytest.mark.parametrize("counts", ["\x7f\x7f", "zz", "0000", "123", "", "1", "0Q", "o"])
+@pytest.mark.parametrize("score", [0.9, 0.1])
+def test_broken_rle_skips_the_image_instead_of_decoding_garbage(counts, score):
+    """pycocotools decodes a broken counts string to garbage (e.g. 1767 pixels set in a 6x8
+    mask) without an error; the run lengths are checked against the image first."""
+    from panfpn.engine.merge_inputs import BadInput, checked_rle
+
+    with pytest.raises(BadInput, match=r"image 7: result 0: RLE cannot be decoded"):
+        checked_rle({"size": [6, 8], "counts": counts}, (6, 8), "image 7: result 0")
+    with pytest.raises(BadInput, match=r"RLE cannot be decoded"):
+        checked_rle({"size": [6, 8], "counts": [10, -2, 40]}, (6, 8), "image 7: result 0")
+    with pytest.raises(BadInput, match=r"RLE cannot be decoded"):
+        checked_rle({"size": [6, 8], "counts": [10, 2]}, (6, 8), "image 7: result 0")
+
+
+@pytest.mark.parametrize("size", [(1, 1), (6, 8), (37, 91), (2000, 3000)])
+def test_compressed_runs_equal_the_masks_run_lengths(size):
+    """Run lengths read from pycocotools' own compressed strings equal the column-major runs of
+    the encoded mask (runs up to 6e6 pixels: 5-character groups; negative differences)."""
+    from panfpn.engine.merge_inputs import compressed_runs
+
+    rng = np.random.default_rng(size[0])
+    masks = [rng.random(size) < p for p in (0.02, 0.5, 0.98)]
+    full = np.zeros(size, dtype=bool)
+    full[size[0] // 3:, size[1] // 2:] = True
+    for mask in [*masks, full, np.zeros(size, bool), np.ones(size, bool)]:
+        flat = mask.T.ravel()
+        change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        runs = np.diff(np.r_[0, change, flat.size])
+        expected = np.r_[0, runs] if flat[0] else runs
+        counts = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"]
+        assert np.array_equal(compressed_runs(counts), expected)

@@ -1,6 +1,7 @@
 """tools/merge.py's merge vs COCO panopticapi's combine converter, images per second, same inputs.
 
-    python bench/merge_tool.py [--images 100] [--instances 100] [--workers 2] [--rounds 3]
+    python bench/merge_tool.py [--images 100] [--instances 100] [--workers 2] [--threads 2] [--rounds 3]
+    python bench/merge_tool.py --device cuda      # our merge on the GPU (reading stays on the CPU)
 
 Both read the same saved predictions from disk and write COCO-panoptic PNGs + JSON:
 
@@ -23,7 +24,6 @@ two outputs are checked to be the same partition with the same categories on eve
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import multiprocessing
 import os
@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -99,11 +98,10 @@ def _thing_owner(masks: np.ndarray, scores: torch.Tensor, thing_ids: list[int],
     return owner[region]
 
 
-def run_ours(paths: dict, out: Path, workers: int) -> None:
-    kwargs = {"rules": MergeThresholds.detectron2(), "device": torch.device("cpu")}
-    if "workers" in inspect.signature(merge_files).parameters:
-        kwargs["workers"] = workers
-    merge_files(paths["semantic_dir"], paths["instances_json"], paths["images_json"], out, **kwargs)
+def run_ours(paths: dict, out: Path, workers: int, threads: int, device: str) -> None:
+    merge_files(paths["semantic_dir"], paths["instances_json"], paths["images_json"], out,
+                rules=MergeThresholds.detectron2(), device=torch.device(device), workers=workers,
+                threads=threads)
 
 
 def run_panopticapi(paths: dict, out: Path) -> None:
@@ -152,10 +150,11 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--workers", type=int, default=multiprocessing.cpu_count(),
                         help="our loader workers (panopticapi always uses cpu_count() processes)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of our main process")
+    parser.add_argument("--threads", type=int, default=2, help="our merge threads (merge.threads)")
+    parser.add_argument("--device", default="cpu", help="where our merge runs (cpu, cuda)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)  # parallel work comes from the workers and merge threads, as in the tool
     try:
         import panopticapi.combine_semantic_and_instance_predictions  # noqa: F401
         have_papi = True
@@ -171,14 +170,15 @@ def main() -> None:
                 out = root / f"{name}{r}"
                 start = time.perf_counter()
                 if name == "ours":
-                    run_ours(paths, out, args.workers)
+                    run_ours(paths, out, args.workers, args.threads, args.device)
                 else:
                     with open(os.devnull, "w") as devnull, _redirect(devnull):
                         run_panopticapi(paths, out)
                 best[name] = min(best[name], time.perf_counter() - start)
         n = args.images
         print(f"{n} images {args.height}x{args.width}, {args.instances} detections each, "
-              f"{multiprocessing.cpu_count()} CPUs; our workers {args.workers}, torch threads {args.threads}")
+              f"{multiprocessing.cpu_count()} CPUs; ours on {args.device}, {args.workers} workers, "
+              f"{args.threads} merge threads")
         print(f"tools/merge.py : {best['ours']:7.2f} s  {n / best['ours']:7.1f} images/s")
         if have_papi:
             same = check_same(root / f"ours{args.rounds - 1}", root / f"panopticapi{args.rounds - 1}")

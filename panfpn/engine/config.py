@@ -37,8 +37,7 @@ KNOWN_KEYS: dict[str, set[str] | None] = {
     "export": {"format", "output", "height", "width", "dynamic", "opset", "verify"},
     "merge": {"semantic_dir", "semantic_json", "instances_json", "images_json", "output_dir", "rules",
               "score_thresh", "overlap_thresh", "stuff_area", "thing_min_remaining_area", "workers",
-              "write_threads",
-              "eval_gt_json"},
+              "threads", "eval_gt_json"},
     "data": {"train", "val", "metadata", "num_thing_classes", "num_sem_classes", "thing_sem_labels",
              "batch_size", "num_workers", "root", "name", "sem_seg_mode", "skip_bad_images"},
 }
@@ -209,7 +208,7 @@ CHECKS: dict[str, Check] = {
     "merge.stuff_area": preset_or(integer(0)),
     "merge.thing_min_remaining_area": preset_or(integer(0)),
     "merge.workers": integer(0),
-    "merge.write_threads": integer(0),
+    "merge.threads": integer(0),
     "merge.eval_gt_json": string(nullable=True),
     # tools/export.py
     "export.format": one_of("onnx", "torch_export", "both"),

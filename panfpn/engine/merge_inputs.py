@@ -234,8 +234,9 @@ def compressed_runs(counts: bytes) -> np.ndarray:
     last = (chars & 0x20) == 0
     if not last[-1]:
         raise ValueError("its counts string ends inside a run")
-    starts = np.flatnonzero(np.r_[True, last[:-1]])
-    position = np.arange(chars.size) - np.repeat(starts, np.diff(np.r_[starts, chars.size]))
+    ends = np.flatnonzero(last)
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    position = np.arange(chars.size) - starts[np.cumsum(last) - last]  # index within its run
     if position.max() > 7:
         raise ValueError("its counts string holds a run longer than 40 bits")
     values = np.add.reduceat((chars & 0x1F) << (5 * position), starts)

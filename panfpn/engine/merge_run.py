@@ -19,7 +19,7 @@ import time
 from collections import defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from omegaconf import DictConfig
@@ -65,7 +65,7 @@ def merge_from_config(cfg: DictConfig) -> dict[str, Any]:
     summary = merge_files(
         None if opts["semantic_dir"] is None else Path(opts["semantic_dir"]),
         Path(opts["instances_json"]), Path(images_json), out_dir, rules=rules,
-        device=resolve_device(cfg.device), workers=opts["workers"], write_threads=opts["write_threads"],
+        device=resolve_device(cfg.device), workers=opts["workers"], threads=opts["threads"],
         rules_origin=origin,
         semantic_json=None if opts["semantic_json"] is None else Path(opts["semantic_json"]))
     if opts["eval_gt_json"] is not None:
@@ -102,11 +102,11 @@ def _load_json(path: Path, what: str) -> Any:
 
 def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Path, out_dir: Path, *,
                 rules: MergeThresholds, device: torch.device | str, workers: int = 0,
-                write_threads: int = 2, semantic_json: Path | None = None,
+                threads: int = 2, semantic_json: Path | None = None,
                 rules_origin: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Merge every image of ``images_json``; semantic input: ``semantic_dir`` (label PNGs) or
     ``semantic_json`` (COCO semantic results), exactly one. ``workers``: DataLoader processes that
-    read and decode (0: in this process); ``write_threads``: threads encoding the PNGs (0: inline).
+    read and decode (0: in this process); ``threads``: threads that merge and write the images (0: inline).
     Returns ``{"json", "merged", "skipped", "rules", "seconds"}`` (seconds per stage: read, wait,
     merge, write, total)."""
     start = time.perf_counter()
@@ -131,7 +131,7 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
     log.info("merge rules: %s", json.dumps(rules_record))
     write_json_atomic(out_dir / RULES_FILE, rules_record)
     writer = PanopticPredictionWriter(out_dir, metadata, name=PANOPTIC_NAME)
-    seconds = _merge_all(dataset, workers, rules, torch.device(device), writer, skipped, write_threads)
+    seconds = _merge_all(dataset, workers, rules, torch.device(device), writer, skipped, threads)
     json_path = writer.write_json()
     write_json_atomic(out_dir / SKIPPED_FILE, skipped)
     seconds["total"] = time.perf_counter() - start
@@ -159,69 +159,79 @@ def _results_by_image(path: Path, key: str, known: set, images_json: Path,
 
 
 def _merge_all(dataset: MergeInputs, workers: int, rules: MergeThresholds, device: torch.device,
-               writer: PanopticPredictionWriter, skipped: dict[str, str],
-               write_threads: int) -> dict[str, float]:
-    """Merge the images in order, their inputs read by ``workers`` processes and their PNGs encoded
-    by ``write_threads`` threads; bad ones go to ``skipped``. Returns the seconds per stage (read:
-    summed over the workers; wait: for the loader; write: the main process's share)."""
+               writer: PanopticPredictionWriter, skipped: dict[str, str], threads: int) -> dict[str, float]:
+    """Merge the images, their inputs read by ``workers`` processes, each image merged and its PNG
+    written by one of ``threads`` threads (0: inline); images are listed in the JSON in their
+    order; bad ones go to ``skipped``. Returns the seconds per stage (read: summed over the
+    workers; wait: for the loader; merge and write: summed over the threads)."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                                          collate_fn=as_is)
     seconds = {"read": 0.0, "wait": 0.0, "merge": 0.0, "write": 0.0}
-    with _OrderedWrites(writer, write_threads) as writes:
+
+    def merge_and_write(item: dict[str, Any]) -> tuple[dict, dict]:
+        start = time.perf_counter()
+        if item["error"] is not None:
+            raise BadInput(item["error"])
+        id_map, segments = _merge_one(item, dataset.metadata, rules, device)
+        merged = time.perf_counter()
+        image = item["image"]
+        annotation = writer.add(image["id"], image["file_name"], id_map, segments, record=False)
+        entry = {"id": image["id"], "file_name": image["file_name"], "height": int(id_map.shape[0]),
+                 "width": int(id_map.shape[1])}
+        return annotation, {"entry": entry, "merge": merged - start, "write": time.perf_counter() - merged}
+
+    def record(item: dict[str, Any], outcome: Future) -> None:
+        try:
+            annotation, info = outcome.result()
+        except BadInput as err:
+            skipped[str(item["image"]["id"])] = str(err)
+            log.warning("skipped image %r: %s", item["image"]["id"], err)
+            return
+        writer.record(annotation, info["entry"])
+        seconds["merge"] += info["merge"]
+        seconds["write"] += info["write"]
+
+    with _InOrder(threads, record) as jobs:
         tick = time.perf_counter()
         for item in tqdm(loader, total=len(dataset), desc="merge", unit="img"):
-            now = time.perf_counter()
-            seconds["wait"] += now - tick
+            seconds["wait"] += time.perf_counter() - tick
             seconds["read"] += item["seconds"]
-            image = item["image"]
-            try:
-                if item["error"] is not None:
-                    raise BadInput(item["error"])
-                id_map, segments = _merge_one(item, dataset.metadata, rules, device)
-                seconds["merge"] += (tick := time.perf_counter()) - now
-                writes.add(image, id_map, segments)
-                seconds["write"] += time.perf_counter() - tick
-            except BadInput as err:
-                skipped[str(image["id"])] = str(err)
-                log.warning("skipped image %r: %s", image["id"], err)
+            jobs.submit(item, merge_and_write)
             tick = time.perf_counter()
-        tick = time.perf_counter()
-    seconds["write"] += time.perf_counter() - tick
     return seconds
 
 
-class _OrderedWrites:
-    """PNG encoding in ``threads`` threads (0: inline) while the next image merges; the JSON lists
-    the images in the order they were added, whatever order the threads finish in."""
+class _InOrder:
+    """Runs ``job(item)`` in ``threads`` threads (0: at once, inline) and hands each finished
+    future to ``done(item, future)`` in submission order, whatever order the threads finish in;
+    at most ``2 * threads`` jobs wait at a time."""
 
-    def __init__(self, writer: PanopticPredictionWriter, threads: int) -> None:
-        self.writer = writer
+    def __init__(self, threads: int, done: Callable[[Any, Future], None]) -> None:
         self.pool = ThreadPoolExecutor(max_workers=threads) if threads > 0 else None
-        self.pending: deque[tuple[Future, dict]] = deque()
+        self.done = done
+        self.pending: deque[tuple[Any, Future]] = deque()
         self.limit = 2 * threads
 
-    def add(self, image: Mapping[str, Any], id_map: Any, segments: list[dict]) -> None:
-        entry = {"id": image["id"], "file_name": image["file_name"], "height": int(id_map.shape[0]),
-                 "width": int(id_map.shape[1])}
+    def submit(self, item: Any, job: Callable[[Any], Any]) -> None:
         if self.pool is None:
-            self.writer.add(image["id"], image["file_name"], id_map, segments)
+            future: Future = Future()
+            try:
+                future.set_result(job(item))
+            except BadInput as err:
+                future.set_exception(err)
+            self.done(item, future)
             return
-        self.pending.append((self.pool.submit(self.writer.add, image["id"], image["file_name"], id_map,
-                                              segments, record=False), entry))
+        self.pending.append((item, self.pool.submit(job, item)))
         while len(self.pending) > self.limit:
-            self._record_first()
+            self.done(*self.pending.popleft())
 
-    def _record_first(self) -> None:
-        future, entry = self.pending.popleft()
-        self.writer.record(future.result(), entry)
-
-    def __enter__(self) -> "_OrderedWrites":
+    def __enter__(self) -> "_InOrder":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         try:
             while self.pending and exc[0] is None:
-                self._record_first()
+                self.done(*self.pending.popleft())
         finally:
             if self.pool is not None:
                 self.pool.shutdown(wait=True, cancel_futures=True)

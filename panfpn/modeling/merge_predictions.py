@@ -73,13 +73,12 @@ def _dataset_sem_to_labels(sem_ids: Tensor, metadata: DatasetMetadata) -> tuple[
                          f"{sem_ids.dtype} {tuple(sem_ids.shape)}")
     unknown = metadata.num_sem_classes
     lut_size = max(c.id for c in metadata.categories) + 1
-    lut = torch.full((lut_size,), unknown, dtype=torch.long)
+    # lut[id + 1] for ids -1..lut_size: every id outside [0, lut_size) is clamped onto an end entry
+    lut = torch.full((lut_size + 2,), unknown, dtype=torch.long)
     for cat_id, label in metadata.sem_lut().items():
-        lut[cat_id] = label
+        lut[cat_id + 1] = label
     lut = lut.to(sem_ids.device)
-    ids = sem_ids.long()
-    inside = (ids >= 0) & (ids < lut_size)
-    sem = torch.where(inside, lut[ids.clamp(0, lut_size - 1)], unknown)
+    sem = lut[sem_ids.long().clamp_(-1, lut_size) + 1]
     return sem, [*metadata.thing_sem_labels, unknown]
 
 

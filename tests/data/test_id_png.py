@@ -125,3 +125,22 @@ def test_dataset_refuses_16bit_id_png_naming_file_and_mode(small_copy, tmp_path,
     with pytest.raises(ValueError, match=r"000002\.png: a panoptic id PNG must be RGB") as err:
         ds[1]
     assert MODE_MESSAGES[mode] in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint32, np.uint16, np.float64])
+def test_id_to_rgb_follows_cocos_formula(dtype):
+    """R = id mod 256, G = id // 256 mod 256, B = id // 256^2 (COCO panoptic), whatever the dtype."""
+    from panfpn.data.panoptic_io import id_to_rgb, rgb_to_id
+
+    top = min(1 << 24, np.iinfo(dtype).max + 1 if np.dtype(dtype).kind in "iu" else 1 << 24)
+    ids = np.random.default_rng(0).integers(0, top, size=(7, 9)).astype(dtype)
+    ids[0, :3] = [0, top - 1, 256]
+    rgb = id_to_rgb(ids)
+    wide = ids.astype(np.int64)
+    assert rgb.dtype == np.uint8 and rgb.shape == (7, 9, 3) and rgb.flags.c_contiguous
+    assert np.array_equal(rgb[..., 0], wide % 256) and np.array_equal(rgb[..., 1], wide // 256 % 256)
+    assert np.array_equal(rgb[..., 2], wide // 65536)
+    assert np.array_equal(rgb_to_id(rgb), wide)
+    for bad in (-1, 1 << 24):
+        with pytest.raises(ValueError, match="2\\^24"):
+            id_to_rgb(np.array([[bad]], dtype=np.int64))

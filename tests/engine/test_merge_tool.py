@@ -175,7 +175,7 @@ def test_rule_overrides_from_the_command_line_are_used_and_recorded(compose_cfg,
 @pytest.mark.parametrize("override", ["merge.score_thresh=abc", "merge.score_thresh=null",
                                       "merge.overlap_thresh=-0.5", "merge.overlap_thresh=nan",
                                       "merge.stuff_area=1.5", "merge.thing_min_remaining_area=-1",
-                                      "merge.workers=-1", "merge.workers=two", "merge.write_threads=-1"])
+                                      "merge.workers=-1", "merge.workers=two", "merge.threads=-1"])
 def test_bad_rule_values_name_the_key(compose_cfg, tmp_path, override):
     from panfpn.engine.config import ConfigError
     from panfpn.engine.merge_run import merge_from_config
@@ -281,8 +281,8 @@ def test_workers_give_identical_output(compose_cfg, tmp_path, semantic):
     images, _ = _inputs(tmp_path)
     source = [] if semantic == "png" else ["merge.semantic_dir=null",
                                            f"merge.semantic_json={_semantic_json(tmp_path, images)}"]
-    one = _run(compose_cfg, tmp_path, tmp_path / "w0", "merge.workers=0", "merge.write_threads=0", *source)
-    two = _run(compose_cfg, tmp_path, tmp_path / "w2", "merge.workers=2", "merge.write_threads=2", *source)
+    one = _run(compose_cfg, tmp_path, tmp_path / "w0", "merge.workers=0", "merge.threads=0", *source)
+    two = _run(compose_cfg, tmp_path, tmp_path / "w2", "merge.workers=2", "merge.threads=2", *source)
     assert _outputs(tmp_path / "w0") == _outputs(tmp_path / "w2")
     assert list(one["skipped"]) == list(two["skipped"]) and one["merged"] == two["merged"] >= 2
     assert [a["image_id"] for a in _outputs(tmp_path / "w2")[0]["annotations"]] == \

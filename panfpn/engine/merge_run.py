@@ -28,7 +28,7 @@ from tqdm import tqdm
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine.config import ConfigError, section_values
 from panfpn.engine.merge_inputs import BadInput, MergeInputs, as_is
-from panfpn.evaluation.writer import PanopticPredictionWriter
+from panfpn.evaluation.writer import PanopticPredictionWriter, prediction_file_stem
 from panfpn.modeling.merge import BoxMasks, MergeThresholds
 from panfpn.modeling.merge_predictions import merge_predictions
 from panfpn.utils.atomic import write_json_atomic
@@ -130,6 +130,7 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
     rules_record = {"rules": dataclasses.asdict(rules), **(rules_origin or {})}
     log.info("merge rules: %s", json.dumps(rules_record))
     write_json_atomic(out_dir / RULES_FILE, rules_record)
+    _check_distinct_names(images_data["images"], images_json)
     writer = PanopticPredictionWriter(out_dir, metadata, name=PANOPTIC_NAME)
     seconds = _merge_all(dataset, workers, rules, torch.device(device), writer, skipped, threads)
     json_path = writer.write_json()
@@ -140,6 +141,19 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
              out_dir / SKIPPED_FILE, ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
     return {"json": str(json_path), "merged": merged, "skipped": skipped, "rules": rules_record,
             "seconds": seconds}
+
+
+def _check_distinct_names(images: list[dict], images_json: Path) -> None:
+    """ConfigError before anything is written when two images would write the same PNG (a
+    repeated image id, or ids with one file stem); worker processes cannot see each other's."""
+    by_name: dict[str, list] = defaultdict(list)
+    for image in images:
+        by_name[prediction_file_stem(image["id"])].append(image["id"])
+    clashes = {name: ids for name, ids in by_name.items() if len(ids) > 1}
+    if clashes:
+        name, ids = next(iter(clashes.items()))
+        raise ConfigError(f"merge.images_json {images_json}: images {ids} would all write {name}.png "
+                          f"({len(clashes)} such name(s)); image ids must be distinct")
 
 
 def _results_by_image(path: Path, key: str, known: set, images_json: Path,
@@ -160,25 +174,24 @@ def _results_by_image(path: Path, key: str, known: set, images_json: Path,
 
 def _merge_all(dataset: MergeInputs, workers: int, rules: MergeThresholds, device: torch.device,
                writer: PanopticPredictionWriter, skipped: dict[str, str], threads: int) -> dict[str, float]:
-    """Merge the images, their inputs read by ``workers`` processes, each image merged and its PNG
-    written by one of ``threads`` threads (0: inline); images are listed in the JSON in their
-    order; bad ones go to ``skipped``. Returns the seconds per stage (read: summed over the
-    workers; wait: for the loader; merge and write: summed over the threads)."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
+    """Merge the images and list them in the JSON in their order; bad ones go to ``skipped``.
+
+    On the CPU with ``workers``: each worker process reads, merges and writes whole images (like
+    panopticapi's process pool). Otherwise the workers (if any) read and decode, and ``threads``
+    threads of this process (0: inline) each merge one image on ``device`` and write its PNG.
+    Returns the seconds per stage (read, merge, write: summed over processes / threads; wait: for
+    the loader)."""
+    in_workers = device.type == "cpu" and workers > 0
+    source = _MergedInWorkers(dataset, rules, writer.out_dir) if in_workers else dataset
+    loader = torch.utils.data.DataLoader(source, batch_size=None, shuffle=False, num_workers=workers,
                                          collate_fn=as_is)
     seconds = {"read": 0.0, "wait": 0.0, "merge": 0.0, "write": 0.0}
 
     def merge_and_write(item: dict[str, Any]) -> tuple[dict, dict]:
-        start = time.perf_counter()
         if item["error"] is not None:
             raise BadInput(item["error"])
-        id_map, segments = _merge_one(item, dataset.metadata, rules, device)
-        merged = time.perf_counter()
-        image = item["image"]
-        annotation = writer.add(image["id"], image["file_name"], id_map, segments, record=False)
-        entry = {"id": image["id"], "file_name": image["file_name"], "height": int(id_map.shape[0]),
-                 "width": int(id_map.shape[1])}
-        return annotation, {"entry": entry, "merge": merged - start, "write": time.perf_counter() - merged}
+        return item["result"] if in_workers else _merge_and_write(item, dataset.metadata, rules, device,
+                                                                  writer)
 
     def record(item: dict[str, Any], outcome: Future) -> None:
         try:
@@ -191,7 +204,7 @@ def _merge_all(dataset: MergeInputs, workers: int, rules: MergeThresholds, devic
         seconds["merge"] += info["merge"]
         seconds["write"] += info["write"]
 
-    with _InOrder(threads, record) as jobs:
+    with _InOrder(0 if in_workers else threads, record) as jobs:
         tick = time.perf_counter()
         for item in tqdm(loader, total=len(dataset), desc="merge", unit="img"):
             seconds["wait"] += time.perf_counter() - tick
@@ -199,6 +212,46 @@ def _merge_all(dataset: MergeInputs, workers: int, rules: MergeThresholds, devic
             jobs.submit(item, merge_and_write)
             tick = time.perf_counter()
     return seconds
+
+
+def _merge_and_write(item: Mapping[str, Any], metadata: DatasetMetadata, rules: MergeThresholds,
+                     device: torch.device, writer: PanopticPredictionWriter) -> tuple[dict, dict]:
+    """Merge one image's decoded inputs and write its PNG (not yet listed in the JSON); returns
+    its annotation and ``{"entry" (its images entry), "merge", "write" (seconds)}``."""
+    start = time.perf_counter()
+    id_map, segments = _merge_one(item, metadata, rules, device)
+    merged = time.perf_counter()
+    image = item["image"]
+    annotation = writer.add(image["id"], image["file_name"], id_map, segments, record=False)
+    entry = {"id": image["id"], "file_name": image["file_name"], "height": int(id_map.shape[0]),
+             "width": int(id_map.shape[1])}
+    return annotation, {"entry": entry, "merge": merged - start, "write": time.perf_counter() - merged}
+
+
+class _MergedInWorkers(torch.utils.data.Dataset):
+    """Image ``k`` read, merged on the CPU and its PNG written, in the calling (worker) process:
+    ``{"image", "error", "seconds", "result"}`` with ``result`` as :func:`_merge_and_write`'s. Each
+    process writes through a writer of its own; the names were checked to be distinct up front."""
+
+    def __init__(self, inputs: MergeInputs, rules: MergeThresholds, out_dir: Path) -> None:
+        self.inputs, self.rules, self.out_dir = inputs, rules, out_dir
+        self._writer: PanopticPredictionWriter | None = None
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        item = self.inputs[k]
+        out = {"image": item["image"], "error": item["error"], "seconds": item["seconds"], "result": None}
+        if item["error"] is None:
+            if self._writer is None:
+                self._writer = PanopticPredictionWriter(self.out_dir, self.inputs.metadata, name=PANOPTIC_NAME)
+            try:
+                out["result"] = _merge_and_write(item, self.inputs.metadata, self.rules, torch.device("cpu"),
+                                                 self._writer)
+            except BadInput as err:
+                out["error"] = str(err)
+        return out
 
 
 class _InOrder:

@@ -277,14 +277,17 @@ def test_exactly_one_semantic_source(compose_cfg, tmp_path, given):
 
 @pytest.mark.parametrize("semantic", ["png", "json"])
 def test_workers_give_identical_output(compose_cfg, tmp_path, semantic):
-    """Reader processes and PNG threads change nothing: same files, same order, same skip list."""
+    """Worker processes (on the CPU they merge and write whole images) and merge threads change
+    nothing: same files, same order, same skip list."""
     images, _ = _inputs(tmp_path)
     source = [] if semantic == "png" else ["merge.semantic_dir=null",
                                            f"merge.semantic_json={_semantic_json(tmp_path, images)}"]
     one = _run(compose_cfg, tmp_path, tmp_path / "w0", "merge.workers=0", "merge.threads=0", *source)
+    threads = _run(compose_cfg, tmp_path, tmp_path / "t2", "merge.workers=0", "merge.threads=2", *source)
     two = _run(compose_cfg, tmp_path, tmp_path / "w2", "merge.workers=2", "merge.threads=2", *source)
-    assert _outputs(tmp_path / "w0") == _outputs(tmp_path / "w2")
-    assert list(one["skipped"]) == list(two["skipped"]) and one["merged"] == two["merged"] >= 2
+    assert _outputs(tmp_path / "w0") == _outputs(tmp_path / "w2") == _outputs(tmp_path / "t2")
+    assert list(one["skipped"]) == list(two["skipped"]) == list(threads["skipped"])
+    assert one["merged"] == two["merged"] == threads["merged"] >= 2
     assert [a["image_id"] for a in _outputs(tmp_path / "w2")[0]["annotations"]] == \
         sorted(a["image_id"] for a in _outputs(tmp_path / "w2")[0]["annotations"])
 
@@ -348,3 +351,18 @@ def test_compressed_runs_equal_the_masks_run_lengths(size):
         expected = np.r_[0, runs] if flat[0] else runs
         counts = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"]
         assert np.array_equal(compressed_runs(counts), expected)
+
+
+@pytest.mark.parametrize("clash", [[5, 5], [1, "000000000001"]])
+def test_images_writing_one_png_are_refused_before_any_write(compose_cfg, tmp_path, clash):
+    """A repeated image id, or two ids with one file stem, would overwrite a PNG (worker processes
+    cannot see each other's names): refused up front, naming the ids."""
+    from panfpn.engine.config import ConfigError
+
+    _inputs(tmp_path)
+    data = json.loads((tmp_path / "images.json").read_text())
+    data["images"][0]["id"], data["images"][1]["id"] = clash
+    (tmp_path / "images.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"images \[.*\] would all write 000000000\d+\.png"):
+        _run(compose_cfg, tmp_path, tmp_path / "out", "merge.workers=2")
+    assert not list((tmp_path / "out").glob("**/*.png"))

@@ -60,6 +60,11 @@ class DatasetMetadata:
         """
         categories = list(categories)
         for c in categories:
+            missing = [key for key in ("id", "isthing") if not isinstance(c, Mapping) or key not in c]
+            if missing:
+                raise ValueError(f"category {c!r} of metadata {name!r} has no {' or '.join(missing)}: "
+                                 "COCO-panoptic categories need id and isthing (a COCO instances JSON "
+                                 "has no isthing; use the panoptic one, e.g. panoptic_val2017.json)")
             if not isinstance(c["id"], numbers.Integral) or isinstance(c["id"], bool):
                 raise ValueError(f"category {c.get('name', '?')!r} of metadata {name!r} has id "
                                  f"{c['id']!r} ({type(c['id']).__name__}); ids must be integers")

@@ -114,7 +114,10 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
     if not isinstance(images_data, dict) or "images" not in images_data or "categories" not in images_data:
         raise ConfigError(f"merge.images_json {images_json}: needs 'images' and 'categories' "
                           "(a COCO-panoptic JSON)")
-    metadata = DatasetMetadata.from_coco_categories(images_data["categories"], name=str(images_json))
+    try:
+        metadata = DatasetMetadata.from_coco_categories(images_data["categories"], name=str(images_json))
+    except ValueError as err:
+        raise ConfigError(f"merge.images_json {images_json}: {err}") from err
     known = {img["id"] for img in images_data["images"]}
     skipped: dict[str, str] = {}
     instances = _results_by_image(instances_json, "merge.instances_json", known, images_json, skipped)

@@ -366,3 +366,17 @@ def test_images_writing_one_png_are_refused_before_any_write(compose_cfg, tmp_pa
     with pytest.raises(ConfigError, match=r"images \[.*\] would all write 000000000\d+\.png"):
         _run(compose_cfg, tmp_path, tmp_path / "out", "merge.workers=2")
     assert not list((tmp_path / "out").glob("**/*.png"))
+
+
+def test_an_instances_json_as_images_json_is_a_clear_error(compose_cfg, tmp_path):
+    """COCO's instances_val2017.json has images and categories but no 'isthing': a ConfigError
+    naming the file and what is missing, not a KeyError."""
+    from panfpn.engine.config import ConfigError
+
+    _inputs(tmp_path)
+    data = json.loads((tmp_path / "images.json").read_text())
+    for cat in data["categories"]:
+        del cat["isthing"]
+    (tmp_path / "images.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"merge.images_json .*images.json: .* has no isthing.*panoptic"):
+        _run(compose_cfg, tmp_path, tmp_path / "out")

@@ -136,8 +136,9 @@ def semantic_from_entries(entries: Sequence[Mapping[str, Any]], size: tuple[int,
                           metadata: DatasetMetadata, source: Path | None) -> np.ndarray:
     """One image's entries of a COCO semantic results JSON -> int64 ``[H, W]`` category ids.
 
-    As panopticapi's combine script: entries of thing categories are ignored; pixels no stuff
-    entry covers are :data:`UNLABELED`. A label map holds one category per pixel, so two stuff
+    As panopticapi's combine script: entries of thing categories are ignored (so is category 0
+    when it is no category: Detectron2's merged 'things' class); pixels no stuff entry covers are
+    :data:`UNLABELED`. A label map holds one category per pixel, so two stuff
     entries that share a pixel, two entries of one category or an unknown category are a
     BadInput (panopticapi would paint overlapping entries in file order, each with its own
     area limit); so is an image with no entry at all (a semantic prediction that was not saved).
@@ -149,6 +150,8 @@ def semantic_from_entries(entries: Sequence[Mapping[str, Any]], size: tuple[int,
     owner: dict[int, int] = {}
     for k, entry in enumerate(entries):
         cat = entry.get("category_id")
+        if cat == 0 and cat not in metadata:  # Detectron2's merged 'things' class (no COCO id is 0)
+            continue
         if isinstance(cat, bool) or not isinstance(cat, int) or cat not in metadata:
             raise BadInput(f"{where}: semantic entry {k} has category_id {cat!r}, not a category of "
                            f"the images JSON")

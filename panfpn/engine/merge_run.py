@@ -124,7 +124,7 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
     semantic_by_image = None
     if semantic_json is not None:
         semantic_by_image = _results_by_image(semantic_json, "merge.semantic_json", known, images_json,
-                                              skipped)
+                                              skipped, image_of=_image_id_or_file(images_data["images"]))
     if (semantic_dir is None) == (semantic_json is None):
         raise ConfigError("merge_files: give exactly one of semantic_dir and semantic_json")
     dataset = MergeInputs(images_data["images"], instances, metadata, semantic_dir=semantic_dir,
@@ -159,20 +159,40 @@ def _check_distinct_names(images: list[dict], images_json: Path) -> None:
                           f"({len(clashes)} such name(s)); image ids must be distinct")
 
 
-def _results_by_image(path: Path, key: str, known: set, images_json: Path,
-                      skipped: dict[str, str]) -> dict[Any, list[dict]]:
-    """A COCO results JSON (a list of ``{"image_id", ...}``) grouped by image, in file order;
-    results for images not in ``images_json`` go to ``skipped``."""
+def _results_by_image(path: Path, key: str, known: set, images_json: Path, skipped: dict[str, str],
+                      image_of: Callable[[dict], Any] = lambda r: r.get("image_id")) -> dict[Any, list[dict]]:
+    """A COCO results JSON (a list of objects naming their image, by ``image_of``) grouped by image,
+    in file order; results for images not in ``images_json`` go to ``skipped``."""
     results = _load_json(path, key)
     if not isinstance(results, list) or not all(isinstance(r, dict) for r in results):
         raise ConfigError(f"{key} {path}: must be a list of COCO results (objects), got "
                           f"{type(results).__name__}")
     by_image: dict[Any, list[dict]] = defaultdict(list)
     for r in results:
-        by_image[r.get("image_id")].append(r)
+        by_image[image_of(r)].append(r)
     for image_id in sorted(set(by_image) - known, key=str):
         skipped.setdefault(str(image_id), f"{path}: results for image {image_id!r} not in {images_json}")
     return dict(by_image)
+
+
+def _image_id_or_file(images: list[dict]) -> Callable[[dict], Any]:
+    """A semantic entry's image: its ``image_id`` (panopticapi's format), else its ``file_name``'s
+    stem matched to the images' (Detectron2's ``sem_seg_predictions.json`` names the input file)."""
+    by_stem: dict[str, list] = defaultdict(list)
+    for image in images:
+        by_stem[Path(str(image["file_name"])).stem].append(image["id"])
+
+    def image_of(entry: dict) -> Any:
+        if "image_id" in entry or "file_name" not in entry:
+            return entry.get("image_id")
+        stem = Path(str(entry["file_name"])).stem
+        ids = by_stem.get(stem, [f"file {entry['file_name']}"])
+        if len(ids) > 1:
+            raise ConfigError(f"merge.semantic_json: entry of file {entry['file_name']!r} could be any of "
+                              f"images {ids} (same file stem); give image_id in the entries")
+        return ids[0]
+
+    return image_of
 
 
 def _merge_all(dataset: MergeInputs, workers: int, rules: MergeThresholds, device: torch.device,

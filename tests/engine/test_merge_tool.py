@@ -380,3 +380,33 @@ def test_an_instances_json_as_images_json_is_a_clear_error(compose_cfg, tmp_path
     (tmp_path / "images.json").write_text(json.dumps(data))
     with pytest.raises(ConfigError, match=r"merge.images_json .*images.json: .* has no isthing.*panoptic"):
         _run(compose_cfg, tmp_path, tmp_path / "out")
+
+
+def test_detectron2_sem_seg_predictions_json_gives_the_label_png_result(compose_cfg, tmp_path):
+    """Detectron2's SemSegEvaluator writes sem_seg_predictions.json: entries keyed by the input
+    image's path ("file_name"), one RLE per label present, its merged 'things' class as category 0.
+    The tool reads it as it is and gives the label-PNG result."""
+    images, _ = _inputs(tmp_path)
+    entries = []
+    for k, img in enumerate(images):
+        sem = _image_predictions(k)[0].numpy()  # 0 = no stuff (Detectron2: the 'things' class)
+        for entry in semantic_entries(img["id"], sem):
+            del entry["image_id"]
+            entries.append({"file_name": f"datasets/coco/val2017/{img['file_name']}", **entry})
+    assert any(e["category_id"] == 0 for e in entries)
+    path = tmp_path / "sem_seg_predictions.json"
+    path.write_text(json.dumps(entries))
+    _run(compose_cfg, tmp_path, tmp_path / "png", "merge.workers=0")
+    _run(compose_cfg, tmp_path, tmp_path / "d2", "merge.workers=0", "merge.semantic_dir=null",
+         f"merge.semantic_json={path}")
+    png_json, _, png_files = _outputs(tmp_path / "png")
+    d2_json, d2_skipped, d2_files = _outputs(tmp_path / "d2")
+    assert d2_json["annotations"][:2] == png_json["annotations"] and len(png_files) == 2
+    assert {k: d2_files[k] for k in png_files} == png_files and set(d2_skipped) == {"103", "999"}
+    data = json.loads((tmp_path / "images.json").read_text())
+    data["images"][1]["file_name"] = "other/img0.jpg"  # two images with the stem img0
+    (tmp_path / "images.json").write_text(json.dumps(data))
+    from panfpn.engine.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"could be any of images \[100, 101\]"):
+        _run(compose_cfg, tmp_path, tmp_path / "d2b", "merge.semantic_dir=null", f"merge.semantic_json={path}")

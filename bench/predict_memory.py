@@ -12,6 +12,9 @@ Each case runs in its own subprocess and reports its peak resident set size (``r
                 output; 2.3 GiB of them alone)
   predict_24mp  tools/predict.py's loop on a 24 MP JPEG: decode, resize (800/1333), model,
                 panoptic PNG + JSON, overlay JPEG, semantic PNG
+  eval_24mp     the forward as tools/eval.py runs it (masks in their boxes) + COCO AP's encoding of
+                every instance mask, each made at full size when it is encoded
+  eval_24mp_dense  the same from the dense [100, 4000, 6000] masks (how eval ran before)
 
 R50 with COCO's class counts (80 things, 54 semantic labels), random weights (the memory does not
 depend on the values). Random weights give no detection above the 0.05 box threshold; ``--stress``
@@ -32,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-CASES = ("reference", "model_24mp", "model_24mp_dense", "predict_24mp")
+CASES = ("reference", "model_24mp", "model_24mp_dense", "predict_24mp", "eval_24mp", "eval_24mp_dense")
 PHOTO = (4000, 6000)  # H, W
 INPUT = (800, 1200)   # ResizeShortestEdge(800, max_size=1333) of a 4000x6000 photo
 
@@ -87,6 +90,23 @@ def run_case(case: str, stress: bool, threads: int) -> dict:
                 out = model(_batch(INPUT if case == "reference" else PHOTO))[0]
             info.update({"detections": int(out["instances"]["scores"].numel()),
                          "segments": len(out["panoptic"][1]), "size": list(out["sem_seg"].shape)})
+        elif case in ("eval_24mp", "eval_24mp_dense"):
+            import contextlib
+
+            from panfpn.engine.eval_loop import _MasksOneByOne
+            from panfpn.evaluation.coco_ap import COCOAPEvaluator
+            from panfpn.modeling.postprocess import box_instance_masks
+
+            dense = case == "eval_24mp_dense"
+            with contextlib.nullcontext() if dense else box_instance_masks():
+                out = model(_batch(PHOTO))[0]
+            inst = out["instances"]
+            ap = COCOAPEvaluator(meta.to_coco_categories())
+            ap.update("photo", inst["boxes"], inst["scores"],
+                      torch.as_tensor(meta.thing_ids)[inst["labels"]],
+                      inst["masks"] if dense else _MasksOneByOne(inst["masks"]))
+            info.update({"detections": int(inst["scores"].numel()), "encoded": len(ap.dets),
+                         "size": list(out["sem_seg"].shape)})
         else:
             from panfpn.data.image_files import list_image_files
             from panfpn.data.transforms import ResizeShortestEdge

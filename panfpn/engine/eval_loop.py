@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ from panfpn.evaluation.coco_ap import COCOAPEvaluator
 from panfpn.evaluation.pq_rules import format_table
 from panfpn.evaluation.semantic import SemSegEvaluator
 from panfpn.evaluation.writer import model_segments_to_dataset
+from panfpn.modeling.merge import BoxMasks
+from panfpn.modeling.postprocess import box_instance_masks
 from panfpn.utils.visualize import panoptic_overlay, side_by_side
 
 logger = logging.getLogger("panfpn")
@@ -70,7 +72,8 @@ def evaluate(
         if should_stop is not None and should_stop():  # e.g. Ctrl-C during a training run's evaluation
             break
         batch = move_batch(batch, device)
-        outputs = model(batch)
+        with box_instance_masks():  # AP encodes the instance masks one at a time from their boxes
+            outputs = model(batch)
         for i, out in enumerate(outputs):
             image_id = batch["image_ids"][i]
             id_map, segments = out["panoptic"]
@@ -107,8 +110,26 @@ def _add_to_ap(ap: COCOAPEvaluator, image_id: Any, instances: dict, gt_map: torc
     """One image's ground truth and detections (contiguous labels -> dataset category ids) for AP."""
     thing_ids = torch.as_tensor(metadata.thing_ids, device=instances["labels"].device)
     ap.add_ground_truth(image_id, gt_map, gt_segments)
-    ap.update(image_id, instances["boxes"], instances["scores"], thing_ids[instances["labels"]],
-              instances["masks"])
+    masks = instances["masks"]
+    if isinstance(masks, BoxMasks):  # full size one at a time: K x H x W bytes never exist at once
+        masks = _MasksOneByOne(masks)
+    ap.update(image_id, instances["boxes"], instances["scores"], thing_ids[instances["labels"]], masks)
+
+
+class _MasksOneByOne(Sequence):
+    """Masks kept inside their boxes as a sequence of full-size bool ``[H, W]`` masks, each made
+    when it is read (COCO AP encodes them one by one)."""
+
+    def __init__(self, masks: BoxMasks) -> None:
+        self.masks = masks
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def __getitem__(self, k: int) -> torch.Tensor:
+        if not 0 <= k < len(self.masks):
+            raise IndexError(k)
+        return self.masks.mask(k)
 
 
 def _sum_over_ranks(n: int, device: torch.device) -> int:

@@ -84,12 +84,12 @@ def instances_from_panoptic(gt_json: str | os.PathLike | Mapping,
 
 
 def detections_of_image(image_id: Any, boxes: np.ndarray, scores: np.ndarray,
-                        category_ids: np.ndarray, masks: np.ndarray | None = None) -> list[dict]:
+                        category_ids: np.ndarray, masks: np.ndarray | Sequence | None = None) -> list[dict]:
     """COCO result entries of one image.
 
     Args:
         boxes: ``[K, 4]`` float XYXY pixels. scores: ``[K]``. category_ids: ``[K]`` dataset ids.
-        masks: optional ``[K, H, W]`` bool.
+        masks: optional ``[K, H, W]`` bool, or a sequence of ``K`` bool ``[H, W]`` (tensors too).
     """
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     out = []
@@ -98,7 +98,8 @@ def detections_of_image(image_id: Any, boxes: np.ndarray, scores: np.ndarray,
         det = {"image_id": image_id, "category_id": int(category_ids[k]),
                "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(scores[k])}
         if masks is not None:
-            det["segmentation"] = _encode(np.asarray(masks[k]))
+            mask = masks[k]
+            det["segmentation"] = _encode(mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask))
         out.append(det)
     return out
 
@@ -159,14 +160,16 @@ class COCOAPEvaluator:
 
     def update(self, image_id: Any, boxes: torch.Tensor | np.ndarray,
                scores: torch.Tensor | np.ndarray, category_ids: torch.Tensor | np.ndarray,
-               masks: torch.Tensor | np.ndarray | None = None) -> None:
+               masks: torch.Tensor | np.ndarray | Sequence | None = None) -> None:
         """Detections of one image: boxes ``[K, 4]`` XYXY, scores ``[K]``, dataset category ids
-        ``[K]``, optional masks bool ``[K, H, W]``."""
+        ``[K]``, optional masks: bool ``[K, H, W]``, or any sequence of ``K`` bool ``[H, W]`` masks
+        (e.g. made one at a time, so that a large image never holds all ``K`` at full size)."""
         def host(x):
             return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
-        self.dets += detections_of_image(image_id, host(boxes), host(scores), host(category_ids),
-                                         None if masks is None else host(masks))
+        if isinstance(masks, (torch.Tensor, np.ndarray)):
+            masks = host(masks)
+        self.dets += detections_of_image(image_id, host(boxes), host(scores), host(category_ids), masks)
 
     def compute(self) -> dict:
         images, gt, dets = self.images, self.gt, self.dets

@@ -45,6 +45,13 @@ class BoxMasks:
     def shape(self) -> tuple[int, int, int]:
         return (len(self.crops), *self.size)
 
+    def mask(self, k: int) -> Tensor:
+        """bool ``[H, W]``: mask ``k`` at full size (one at a time: ``H x W`` bytes, not ``N x``)."""
+        crop, (y0, x0) = self.crops[k], self.origins[k]
+        out = torch.zeros(self.size, dtype=torch.bool, device=crop.device)
+        out[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]] = crop
+        return out
+
     def dense(self, device: torch.device | str | None = None) -> Tensor:
         """bool ``[N, H, W]`` full-size masks."""
         device = device if device is not None else (self.crops[0].device if self.crops else "cpu")

@@ -170,9 +170,22 @@ def _results_by_image(path: Path, key: str, known: set, images_json: Path, skipp
     by_image: dict[Any, list[dict]] = defaultdict(list)
     for r in results:
         by_image[image_of(r)].append(r)
+    _check_id_types(set(by_image) - known, known, key, path, images_json)
     for image_id in sorted(set(by_image) - known, key=str):
         skipped.setdefault(str(image_id), f"{path}: results for image {image_id!r} not in {images_json}")
     return dict(by_image)
+
+
+def _check_id_types(unknown: set, known: set, key: str, path: Path, images_json: Path) -> None:
+    """ConfigError when results name known images with ids of another type ("139" for 139): every
+    such image would otherwise be merged without them."""
+    known_text = {str(i): i for i in known}
+    mismatched = sorted((i for i in unknown if str(i) in known_text), key=str)
+    if mismatched:
+        i = mismatched[0]
+        raise ConfigError(f"{key} {path}: image_id {i!r} ({type(i).__name__}) is {known_text[str(i)]!r} "
+                          f"({type(known_text[str(i)]).__name__}) in {images_json}; the ids must be "
+                          f"of the same type ({len(mismatched)} such id(s))")
 
 
 def _image_id_or_file(images: list[dict]) -> Callable[[dict], Any]:

@@ -410,3 +410,17 @@ def test_detectron2_sem_seg_predictions_json_gives_the_label_png_result(compose_
 
     with pytest.raises(ConfigError, match=r"could be any of images \[100, 101\]"):
         _run(compose_cfg, tmp_path, tmp_path / "d2b", "merge.semantic_dir=null", f"merge.semantic_json={path}")
+
+
+def test_image_ids_of_another_type_are_an_error_not_images_without_instances(compose_cfg, tmp_path):
+    """Results with image_id "100" for image 100 would leave every image without its instances
+    (merged from the semantic map alone, exit 0): refused, naming both forms."""
+    from panfpn.engine.config import ConfigError
+
+    _inputs(tmp_path)
+    results = json.loads((tmp_path / "instances.json").read_text())
+    for r in results:
+        r["image_id"] = str(r["image_id"])
+    (tmp_path / "instances.json").write_text(json.dumps(results))
+    with pytest.raises(ConfigError, match=r"image_id '100' \(str\) is 100 \(int\)"):
+        _run(compose_cfg, tmp_path, tmp_path / "out")

@@ -106,7 +106,8 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
                 rules_origin: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Merge every image of ``images_json``; semantic input: ``semantic_dir`` (label PNGs) or
     ``semantic_json`` (COCO semantic results), exactly one. ``workers``: DataLoader processes that
-    read and decode (0: in this process); ``threads``: threads that merge and write the images (0: inline).
+    read and decode, and on the CPU also merge and write (0: all in this process); ``threads``: on a
+    GPU or with ``workers=0``, threads that merge and write one image each (0: inline).
     Returns ``{"json", "merged", "skipped", "rules", "seconds"}`` (seconds per stage: read, wait,
     merge, write, total)."""
     start = time.perf_counter()
@@ -118,6 +119,7 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
         metadata = DatasetMetadata.from_coco_categories(images_data["categories"], name=str(images_json))
     except ValueError as err:
         raise ConfigError(f"merge.images_json {images_json}: {err}") from err
+    _check_images(images_data["images"], images_json)
     known = {img["id"] for img in images_data["images"]}
     skipped: dict[str, str] = {}
     instances = _results_by_image(instances_json, "merge.instances_json", known, images_json, skipped)
@@ -144,6 +146,20 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
              out_dir / SKIPPED_FILE, ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
     return {"json": str(json_path), "merged": merged, "skipped": skipped, "rules": rules_record,
             "seconds": seconds}
+
+
+def _check_images(images: Any, images_json: Path) -> None:
+    """ConfigError naming the entry unless every image has an id, a file_name and a positive
+    integer height and width (what the merge reads of it)."""
+    if not isinstance(images, list):
+        raise ConfigError(f"merge.images_json {images_json}: 'images' must be a list")
+    for k, image in enumerate(images):
+        sizes_ok = isinstance(image, dict) and all(
+            isinstance(image.get(key), int) and not isinstance(image.get(key), bool) and image[key] > 0
+            for key in ("height", "width"))
+        if not sizes_ok or "id" not in image or not isinstance(image.get("file_name"), str):
+            raise ConfigError(f"merge.images_json {images_json}: images[{k}] = {image!r} needs an id, a "
+                              "file_name and integer height and width > 0")
 
 
 def _check_distinct_names(images: list[dict], images_json: Path) -> None:

@@ -424,3 +424,16 @@ def test_image_ids_of_another_type_are_an_error_not_images_without_instances(com
     (tmp_path / "instances.json").write_text(json.dumps(results))
     with pytest.raises(ConfigError, match=r"image_id '100' \(str\) is 100 \(int\)"):
         _run(compose_cfg, tmp_path, tmp_path / "out")
+
+
+@pytest.mark.parametrize("edit", [lambda im: im.pop("height"), lambda im: im.update(width="640"),
+                                  lambda im: im.update(width=0), lambda im: im.pop("file_name")])
+def test_an_image_entry_without_its_size_names_it(compose_cfg, tmp_path, edit):
+    from panfpn.engine.config import ConfigError
+
+    _inputs(tmp_path)
+    data = json.loads((tmp_path / "images.json").read_text())
+    edit(data["images"][2])
+    (tmp_path / "images.json").write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"images\[2\] = .* needs an id, a file_name and integer height"):
+        _run(compose_cfg, tmp_path, tmp_path / "out", "merge.workers=2")

@@ -79,7 +79,8 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
     if opts.format in ("torch_export", "both"):
         program = ex.export_program(network, height=opts.height, width=opts.width, dynamic=opts.dynamic)
         files["torch_export"] = str(ex.save_program(program, stem.with_suffix(".pt2")))
-        runners["torch_export"] = program
+        # verify what a user loads: the saved file, not the program still in memory
+        runners["torch_export"] = torch.export.load(files["torch_export"]) if opts.verify else None
         logger.info("wrote %s", files["torch_export"])
     if opts.format in ("onnx", "both"):
         path = ex.export_onnx(network, stem.with_suffix(".onnx"), height=opts.height, width=opts.width,

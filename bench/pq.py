@@ -6,7 +6,8 @@ Generates a COCO-panoptic ground truth and a perturbed prediction (default 300 i
 * ours: ``panfpn.evaluation.pq_compute`` (cold, and again with a warm ground-truth cache);
 * hotcoco's ``PanopticEval`` (Rust, multi-threaded);
 * panopticapi's ``pq_compute`` when available: importable here, or through
-  ``--panopticapi-python /path/to/python`` of a venv that has it (it pins numpy<2);
+  ``--panopticapi-python /path/to/python`` of a venv that has it (COCO's panopticapi is not on
+  PyPI: ``pip install --no-deps /path/to/a/checkout/of/cocodataset/panopticapi``; it runs on numpy 2);
 * the floor: reading and decoding the same PNGs with the fastest decoder on all cores;
 * the in-memory ``PQAccumulator`` per 800x1216 image on CPU (and CUDA when available).
 

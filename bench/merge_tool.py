@@ -24,6 +24,7 @@ two outputs are checked to be the same partition with the same categories on eve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -172,7 +173,8 @@ def main() -> None:
                 if name == "ours":
                     run_ours(paths, out, args.workers, args.threads, args.device)
                 else:
-                    with open(os.devnull, "w") as devnull, _redirect(devnull):
+                    # panopticapi prints progress per batch of images: keep the output readable
+                    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
                         run_panopticapi(paths, out)
                 best[name] = min(best[name], time.perf_counter() - start)
         n = args.images
@@ -185,13 +187,6 @@ def main() -> None:
             print(f"panopticapi    : {best['panopticapi']:7.2f} s  {n / best['panopticapi']:7.1f} images/s")
             print(f"speed-up {best['panopticapi'] / best['ours']:.2f}x; outputs: same partition and "
                   f"categories on all {same} images")
-
-
-def _redirect(stream):
-    """panopticapi prints progress per image batch; keep the bench output readable."""
-    import contextlib
-
-    return contextlib.redirect_stdout(stream)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,10 @@ class BadInput(ValueError):
 
 
 class MergeInputs(torch.utils.data.Dataset):
-    """Image ``k`` of ``images`` -> ``{"index", "image", "sem", "crops", "origins", "scores",
-    "labels", "error", "seconds"}``: ``sem`` int64 ``[H, W]`` dataset category ids
-    (:data:`UNLABELED` where nothing is known); the instances with a score of at least
-    ``score_thresh`` (the others can never become segments, so their masks are checked for the
-    image's size but not decoded): ``crops`` (bool numpy masks inside their boxes) at ``origins``
+    """Image ``k`` of ``images`` -> ``{"image", "sem", "crops", "origins", "scores", "labels",
+    "error", "seconds"}``: ``sem`` int64 ``[H, W]`` dataset category ids (:data:`UNLABELED` where
+    nothing is known); the instances with a score of at least ``score_thresh`` (the others can
+    never become segments, so their RLEs are checked (size, run lengths) but not decoded): ``crops`` (bool numpy masks inside their boxes) at ``origins``
     ``(y0, x0)``, ``scores`` float64 ``[N]``, ``labels`` int64 ``[N]``; ``error`` (a message)
     instead of them when the inputs are bad. Crops travel as numpy arrays (pickled), not one
     shared-memory tensor each.
@@ -62,7 +61,7 @@ class MergeInputs(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> dict[str, Any]:
         start = time.perf_counter()
         image = self.images[k]
-        item: dict[str, Any] = {"index": k, "image": image, "error": None}
+        item: dict[str, Any] = {"image": image, "error": None}
         try:
             item.update(self._read(image))
         except BadInput as err:
@@ -80,11 +79,10 @@ class MergeInputs(torch.utils.data.Dataset):
         results = self.instances.get(image["id"], [])
         scores = instance_scores(results, image["id"])
         labels = instance_labels(results, image["id"])
+        whats = [f"image {image['id']!r}: result {k}" for k in range(len(results))]
+        rles = [checked_rle(r.get("segmentation"), size, what) for r, what in zip(results, whats)]
         kept = torch.nonzero(scores >= self.score_thresh).view(-1)
-        rles = [checked_rle(r.get("segmentation"), size, f"image {image['id']!r}: result {k}")
-                for k, r in enumerate(results)]
-        crops, origins = boxed_masks([rles[k] for k in kept.tolist()],
-                                     [f"image {image['id']!r}: result {k}" for k in kept.tolist()])
+        crops, origins = boxed_masks([rles[k] for k in kept.tolist()], [whats[k] for k in kept.tolist()])
         return {"sem": torch.from_numpy(sem), "crops": crops, "origins": origins,
                 "scores": scores[kept], "labels": labels[kept]}
 

@@ -5,9 +5,10 @@ our PQ.
 
 The rules are a preset (``merge.rules``) with single fields overridden (``merge.score_thresh`` ...);
 the rules used are logged and written to ``merge_rules.json``. Inputs are read and decoded in
-``merge.workers`` DataLoader workers (:mod:`panfpn.engine.merge_inputs`); the main process merges
-on ``device`` and writes, in the images' order. An image whose inputs are missing or bad is
-reported and skipped, never merged; the list goes to ``merge_skipped.json``.
+``merge.workers`` DataLoader workers (:mod:`panfpn.engine.merge_inputs`); on the CPU the workers
+also merge and write whole images, on a GPU ``merge.threads`` threads of the main process merge on
+the device and write; the JSON lists the images in their order. An image whose inputs are missing
+or bad is reported and skipped, never merged; the list goes to ``merge_skipped.json``.
 """
 
 from __future__ import annotations
@@ -111,6 +112,8 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
     Returns ``{"json", "merged", "skipped", "rules", "seconds"}`` (seconds per stage: read, wait,
     merge, write, total)."""
     start = time.perf_counter()
+    if (semantic_dir is None) == (semantic_json is None):
+        raise ConfigError("merge_files: give exactly one of semantic_dir and semantic_json")
     images_data = _load_json(images_json, "merge.images_json")
     if not isinstance(images_data, dict) or "images" not in images_data or "categories" not in images_data:
         raise ConfigError(f"merge.images_json {images_json}: needs 'images' and 'categories' "
@@ -120,6 +123,7 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
     except ValueError as err:
         raise ConfigError(f"merge.images_json {images_json}: {err}") from err
     _check_images(images_data["images"], images_json)
+    _check_distinct_names(images_data["images"], images_json)
     known = {img["id"] for img in images_data["images"]}
     skipped: dict[str, str] = {}
     instances = _results_by_image(instances_json, "merge.instances_json", known, images_json, skipped)
@@ -127,15 +131,12 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
     if semantic_json is not None:
         semantic_by_image = _results_by_image(semantic_json, "merge.semantic_json", known, images_json,
                                               skipped, image_of=_image_id_or_file(images_data["images"]))
-    if (semantic_dir is None) == (semantic_json is None):
-        raise ConfigError("merge_files: give exactly one of semantic_dir and semantic_json")
     dataset = MergeInputs(images_data["images"], instances, metadata, semantic_dir=semantic_dir,
                           semantic_by_image=semantic_by_image, semantic_json=semantic_json,
                           score_thresh=rules.score_thresh)
     rules_record = {"rules": dataclasses.asdict(rules), **(rules_origin or {})}
     log.info("merge rules: %s", json.dumps(rules_record))
     write_json_atomic(out_dir / RULES_FILE, rules_record)
-    _check_distinct_names(images_data["images"], images_json)
     writer = PanopticPredictionWriter(out_dir, metadata, name=PANOPTIC_NAME)
     seconds = _merge_all(dataset, workers, rules, torch.device(device), writer, skipped, threads)
     json_path = writer.write_json()

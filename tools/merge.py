@@ -4,7 +4,7 @@
 Semantic label PNGs (dataset category ids; or `merge.semantic_json=`, a COCO semantic results JSON)
 + a COCO results JSON with RLE masks and scores -> COCO-panoptic PNGs + JSON
 (`merge.rules=textbook|detectron2`, single fields overridden by `merge.score_thresh=` ...;
-`merge.workers=`, `device=`); `merge.eval_gt_json=` also scores the result with our PQ. See panfpn/engine/merge_run.py and README "Two networks + merge".
+`merge.workers=`, `device=`); `merge.eval_gt_json=` also scores the result with our PQ. See panfpn/engine/merge_run.py and docs/merge.md.
 """
 
 import hydra

@@ -101,7 +101,7 @@ def test_cityscapes_transforms_follow_the_paper():
 
 
 ALL_DATA_CONFIGS = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
-README = Path(__file__).resolve().parents[2] / "README.md"
+DATA_DOC = Path(__file__).resolve().parents[2] / "docs" / "data.md"
 
 
 def test_every_data_config_is_covered():
@@ -141,11 +141,11 @@ def test_skip_bad_images_reaches_the_train_dataset(tmp_path):
     assert instantiate(cfg.data.train).skip_bad_images is True
 
 
-def test_readme_cityscapes_train_id_key_switches_both_splits():
-    """README named data.train.use_train_id, which left the val split on label ids."""
-    data_section = README.read_text().split("\n## Data\n", 1)[1].split("\n## ", 1)[0]
+def test_data_doc_cityscapes_train_id_key_switches_both_splits():
+    """The docs named data.train.use_train_id, which left the val split on label ids."""
+    data_section = DATA_DOC.read_text().split("\n## Data\n", 1)[1].split("\n## ", 1)[0]
     keys = re.findall(r"(data\.[\w.]*use_train_id)=true", data_section)
-    assert keys, "README's Data section names no use_train_id key"
+    assert keys, "docs/data.md's Data section names no use_train_id key"
     for key in keys:
         cfg = _cfg("cityscapes_panoptic", **{key: True})
         assert cfg.data.train.use_train_id is True and cfg.data.val.use_train_id is True, key

@@ -156,7 +156,7 @@ def test_one_training_step_and_eval_contract(config):
                        thing_sem_labels=thing_sem)
 
 
-# Swin-T: fixed-size export only (its window padding guards the input size; see README Backbones)
+# Swin-T: fixed-size export only (its window padding guards the input size; see docs/models.md Backbones)
 @pytest.mark.parametrize("config", [*CHEAP, "panoptic_fpn_swin_t"])
 def test_torch_export_of_the_backbone_matches_eager(config):
     backbone = _backbone(config).eval()

@@ -80,7 +80,7 @@ def test_r101_is_r50_with_a_deeper_backbone_key_for_key():
 
 
 def test_textbook_merge_rules_from_model_merge_overrides():
-    """README 'Two networks + merge': these overrides give the model the textbook merge rules."""
+    """docs/merge.md 'Two networks + merge': these overrides give the model the textbook merge rules."""
     from hydra.utils import instantiate
 
     from panfpn.modeling.merge import MergeThresholds

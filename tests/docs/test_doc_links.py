@@ -1,0 +1,46 @@
+"""Every relative link in README.md and docs/*.md names a file of the repository, and an anchor
+names a heading of that file (the README points into docs/, so a moved or renamed page shows here)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    body = re.sub(r"(?ms)^```.*?^```", "", page.read_text())
+    return {github_anchor(h) for h in re.findall(r"(?m)^#{1,6} (.+)$", body)}
+
+
+def links(page: Path) -> list[str]:
+    body = re.sub(r"(?ms)^```.*?^```", "", page.read_text())
+    return [t for t in LINK.findall(body) if not re.match(r"[a-z]+://|mailto:", t)]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(page):
+    broken = []
+    for target in links(page):
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        if not dest.exists():
+            broken.append(f"{target}: no file {dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest}")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            broken.append(f"{target}: no heading '#{anchor}' in {dest.name}")
+    assert not broken, f"{page.relative_to(ROOT)}: " + "; ".join(broken)
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    readme = {Path(t.partition("#")[0]).name for t in links(ROOT / "README.md") if t.startswith("docs/")}
+    missing = [p.name for p in PAGES[1:] if p.name not in readme]
+    assert not missing, f"docs pages the README does not link: {missing}"

@@ -41,7 +41,7 @@ from panfpn.engine.predict_run import collate_predict, predict_images
 from panfpn.engine.job_setup import build_metadata
 from panfpn.modeling.build import build_model
 from panfpn.evaluation.writer import PanopticPredictionWriter, model_segments_to_dataset
-from panfpn.utils.visualize import panoptic_overlay
+from panfpn.evaluation.visualize import panoptic_overlay
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = str(ROOT / "configs")

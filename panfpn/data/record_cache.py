@@ -29,8 +29,8 @@ from typing import Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from panfpn.data.records import RecordStore
-from panfpn.data.synthetic import default_cache_dir
 from panfpn.utils.atomic import atomic_write
+from panfpn.utils.cache_dir import default_cache_dir
 
 logger = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ import numpy as np
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.panoptic_io import id_to_rgb, segment_areas_boxes
 from panfpn.utils.atomic import save_image_atomic, write_json_atomic
+from panfpn.utils.cache_dir import default_cache_dir
 
 # Bump when the generated content changes, so cached datasets are regenerated.
 GENERATOR_VERSION = 1
@@ -303,11 +304,6 @@ def generate_dataset(out: str | os.PathLike, num_images: int, seed: int, *, heig
         "categories": synthetic_metadata().to_coco_categories(),
     })
     return out
-
-
-def default_cache_dir() -> Path:
-    """``$PANFPN_CACHE`` or ``~/.cache/panfpn``."""
-    return Path(os.environ.get("PANFPN_CACHE") or Path.home() / ".cache" / "panfpn")
 
 
 def ensure_synthetic(split: str, num_images: int, seed: int, height: int = 128, width: int = 128,

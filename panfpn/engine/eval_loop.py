@@ -29,7 +29,7 @@ from panfpn.evaluation.semantic import SemSegEvaluator
 from panfpn.evaluation.writer import model_segments_to_dataset
 from panfpn.modeling.merge import BoxMasks
 from panfpn.modeling.postprocess import box_instance_masks
-from panfpn.utils.visualize import panoptic_overlay, side_by_side
+from panfpn.evaluation.visualize import panoptic_overlay, side_by_side
 
 logger = logging.getLogger("panfpn")
 

@@ -52,7 +52,7 @@ from panfpn.modeling.postprocess import box_instance_masks
 from panfpn.evaluation.writer import (PanopticPredictionWriter, SemanticPredictionWriter,
                                      model_segments_to_dataset)
 from panfpn.utils.json_file import load_json
-from panfpn.utils.visualize import panoptic_overlay
+from panfpn.evaluation.visualize import panoptic_overlay
 
 logger = logging.getLogger("panfpn")
 

@@ -38,15 +38,11 @@ was 2-3x slower in its own stage at 300 candidates, so it was removed (bench/RES
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
+from panfpn.modeling.box_masks import BoxMasks
 from panfpn.modeling.merge_reference import Segment
-
-if TYPE_CHECKING:
-    from panfpn.modeling.merge import BoxMasks
 
 __all__ = ["merge_fused"]
 

@@ -102,19 +102,38 @@ class PanopticFPN(nn.Module):
 
     @property
     def network(self) -> PanopticNetwork:
-        """The network half, built on access over this model's modules and buffers (no copies)."""
-        net = PanopticNetwork(self.backbone, self.semantic_head, self.rpn.head, self.pixel_mean,
-                              self.pixel_std, memory_format=self.memory_format)
-        net.training = self.training  # the flag only: the shared modules keep their own modes
-        return net
+        """The network half over this model's modules and buffers (no copies), built once."""
+        return self._halves()[0]
 
     @property
     def postprocessor(self) -> PanopticPostprocessor:
-        """The postprocessor half, built on access over this model's RPN, RoI heads and settings."""
-        post = PanopticPostprocessor(self.rpn, self.roi_heads, thing_sem_labels=self.thing_sem_labels,
-                                     merge=self.merge_thresholds)
-        post.training = self.training
-        return post
+        """The postprocessor half over this model's RPN, RoI heads and settings, built once."""
+        return self._halves()[1]
+
+    def _halves(self) -> tuple[PanopticNetwork, PanopticPostprocessor]:
+        """The two halves, made on first use and kept outside the module tree (no second set of
+        ``state_dict`` keys), so ``.eval()`` or hooks set on them persist."""
+        halves = self.__dict__.get("_halves_cache")
+        if halves is None:
+            net = PanopticNetwork(self.backbone, self.semantic_head, self.rpn.head, self.pixel_mean,
+                                  self.pixel_std, memory_format=self.memory_format)
+            post = PanopticPostprocessor(self.rpn, self.roi_heads, thing_sem_labels=self.thing_sem_labels,
+                                         merge=self.merge_thresholds)
+            net.training = post.training = self.training  # the flags only: modules keep their own
+            halves = (net, post)
+            object.__setattr__(self, "_halves_cache", halves)
+        net, post = halves
+        # .to()/.cuda() replace this model's buffers; settings may be reassigned after construction.
+        net._buffers["pixel_mean"], net._buffers["pixel_std"] = self.pixel_mean, self.pixel_std
+        post.thing_sem_labels, post.merge_thresholds = self.thing_sem_labels, self.merge_thresholds
+        return halves
+
+    def train(self, mode: bool = True) -> PanopticFPN:
+        """Set the mode of the modules and of the two halves (whose flags are not in the tree)."""
+        super().train(mode)
+        for half in self.__dict__.get("_halves_cache") or ():
+            half.training = mode
+        return self
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor] | list[dict[str, Any]]:
         network = self.network

@@ -194,7 +194,7 @@ class _FakeModel(torch.nn.Module):
 def test_predict_images_maps_categories_scores_and_colours(tmp_path):
     from panfpn.data.transforms import ResizeShortestEdge
     from panfpn.engine.predict_run import predict_images
-    from panfpn.utils.visualize import segment_colors
+    from panfpn.evaluation.visualize import segment_colors
 
     folder = tmp_path / "in"
     _images(folder, sizes=((64, 96), (48, 100), (64, 96)))

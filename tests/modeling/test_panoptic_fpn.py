@@ -135,3 +135,31 @@ def test_bf16_autocast_keeps_boxes_and_losses_in_float32():
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
     assert result["instances"]["boxes"].dtype == torch.float32
     check_panoptic(result, (64, 96), num_things=4, num_sem=5, thing_sem_labels=[4])
+
+
+def test_network_and_postprocessor_are_built_once_and_keep_what_is_set_on_them():
+    """They were built anew on every access: `.eval()` on model.network or a hook on it was lost."""
+    import copy
+
+    import panfpn
+
+    model = panfpn.panoptic_fpn_small(4, 4).train()
+    keys = set(model.state_dict())
+    assert model.network is model.network and model.postprocessor is model.postprocessor
+    assert set(model.state_dict()) == keys  # the halves add no second set of keys
+    calls = []
+    model.network.register_forward_hook(lambda *args: calls.append(1))
+    model.network.eval()
+    assert not model.network.training and not model.backbone.training
+    model.eval()
+    batch = {"images": torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "image_sizes": [(64, 64)],
+             "orig_sizes": [(64, 64)]}
+    with torch.no_grad():
+        model(batch)
+    assert calls == [1]
+    model.train()
+    assert model.network.training and model.postprocessor.training
+    model.double()  # .to() replaces the model's buffers: the network follows
+    assert model.network.pixel_mean is model.pixel_mean and model.pixel_mean.dtype == torch.float64
+    clone = copy.deepcopy(model)
+    assert clone.network.backbone is clone.backbone and clone.network is not model.network

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from panfpn.data.metadata import DatasetMetadata
-from panfpn.utils.visualize import (boundary_mask, category_color, label_positions, panoptic_overlay,
+from panfpn.evaluation.visualize import (boundary_mask, category_color, label_positions, panoptic_overlay,
                                     segment_colors, segment_index, side_by_side)
 
 CATS = [

@@ -40,7 +40,8 @@ from panfpn.data.image_files import ImageFileDataset, list_image_files
 from panfpn.engine.predict_run import collate_predict, predict_images
 from panfpn.engine.job_setup import build_metadata
 from panfpn.modeling.build import build_model
-from panfpn.evaluation.writer import PanopticPredictionWriter, model_segments_to_dataset
+from panfpn.evaluation.label_mapping import model_segments_to_dataset
+from panfpn.evaluation.writer import PanopticPredictionWriter
 from panfpn.evaluation.visualize import panoptic_overlay
 
 ROOT = Path(__file__).resolve().parents[1]

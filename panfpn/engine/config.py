@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
+from panfpn.data.image_ids import IMAGE_ID_RULES
 from panfpn.modeling.export import MAX_SIZE, MIN_SIZE, SIZE_DIVISIBILITY
 from panfpn.utils.dist import DEVICE_NAMES, is_device_name
 from panfpn.utils.errors import ConfigError
@@ -45,8 +46,6 @@ KNOWN_KEYS: dict[str, set[str] | None] = {
 # Sections a job may do without (a config composed for training alone); when present, every key
 # of theirs must be there and valid.
 OPTIONAL_SECTIONS = ("predict", "export", "merge")
-# predict.image_id's named rules (panfpn.engine.predict_run.image_ids); anything else is a regex.
-IMAGE_ID_RULES = ("auto", "stem", "cityscapes", "coco_int")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from panfpn.evaluation.accumulator import PQAccumulator
 from panfpn.evaluation.coco_ap import COCOAPEvaluator
 from panfpn.evaluation.pq_rules import format_table
 from panfpn.evaluation.semantic import SemSegEvaluator
-from panfpn.evaluation.writer import model_segments_to_dataset
+from panfpn.evaluation.label_mapping import model_segments_to_dataset
 from panfpn.modeling.merge import BoxMasks
 from panfpn.modeling.postprocess import box_instance_masks
 from panfpn.evaluation.visualize import panoptic_overlay, side_by_side

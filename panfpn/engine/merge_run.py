@@ -5,7 +5,7 @@ our PQ.
 
 The rules are a preset (``merge.rules``) with single fields overridden (``merge.score_thresh`` ...);
 the rules used are logged and written to ``merge_rules.json``. Inputs are read and decoded in
-``merge.workers`` DataLoader workers (:mod:`panfpn.engine.merge_inputs`); on the CPU the workers
+``merge.workers`` DataLoader workers (:mod:`panfpn.data.merge_inputs`); on the CPU the workers
 also merge and write whole images, on a GPU ``merge.threads`` threads of the main process merge on
 the device and write; the JSON lists the images in their order. An image whose inputs are missing
 or bad is reported and skipped, never merged; the list goes to ``merge_skipped.json``.
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine.config import ConfigError, section_values
-from panfpn.engine.merge_inputs import BadInput, MergeInputs, as_is
+from panfpn.data.merge_inputs import BadInput, MergeInputs, as_is
 from panfpn.evaluation.writer import PanopticPredictionWriter, prediction_file_stem
 from panfpn.modeling.merge import BoxMasks, MergeThresholds
 from panfpn.modeling.merge_predictions import merge_predictions

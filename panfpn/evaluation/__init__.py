@@ -17,7 +17,7 @@ _EXPORTS = {
     "coco_ap": "panfpn.evaluation.coco_ap",
     "instances_from_panoptic": "panfpn.evaluation.coco_ap",
     "PanopticPredictionWriter": "panfpn.evaluation.writer",
-    "model_segments_to_dataset": "panfpn.evaluation.writer",
+    "model_segments_to_dataset": "panfpn.evaluation.label_mapping",
     "SemanticPredictionWriter": "panfpn.evaluation.writer",
     "prediction_file_stem": "panfpn.evaluation.writer",
 }

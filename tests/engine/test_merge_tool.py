@@ -296,7 +296,7 @@ def test_inputs_below_the_score_threshold_are_checked_but_not_decoded():
     """Only instances that can become segments are decoded (inside their boxes); every result
     still needs a well-formed RLE of the image's size."""
     from panfpn.data.metadata import DatasetMetadata
-    from panfpn.engine.merge_inputs import MergeInputs
+    from panfpn.data.merge_inputs import MergeInputs
 
     metadata = DatasetMetadata.from_coco_categories(
         [{"id": 1, "name": "a", "isthing": 1}, {"id": 2, "name": "b", "isthing": 0}], name="cats")
@@ -324,7 +324,7 @@ def test_inputs_below_the_score_threshold_are_checked_but_not_decoded():
 def test_broken_rle_skips_the_image_instead_of_decoding_garbage(counts, score):
     """pycocotools decodes a broken counts string to garbage (e.g. 1767 pixels set in a 6x8
     mask) without an error; the run lengths are checked against the image first."""
-    from panfpn.engine.merge_inputs import BadInput, checked_rle
+    from panfpn.data.merge_inputs import BadInput, checked_rle
 
     with pytest.raises(BadInput, match=r"image 7: result 0: RLE cannot be decoded"):
         checked_rle({"size": [6, 8], "counts": counts}, (6, 8), "image 7: result 0")
@@ -338,7 +338,7 @@ def test_broken_rle_skips_the_image_instead_of_decoding_garbage(counts, score):
 def test_compressed_runs_equal_the_masks_run_lengths(size):
     """Run lengths read from pycocotools' own compressed strings equal the column-major runs of
     the encoded mask (runs up to 6e6 pixels: 5-character groups; negative differences)."""
-    from panfpn.engine.merge_inputs import compressed_runs
+    from panfpn.data.merge_inputs import compressed_runs
 
     rng = np.random.default_rng(size[0])
     masks = [rng.random(size) < p for p in (0.02, 0.5, 0.98)]

@@ -82,7 +82,7 @@ def _save_predictions(root: Path, results, metadata) -> None:
 def test_tool_reproduces_the_models_panoptic_output(compose_cfg, tmp_path):
     from panfpn.data.synthetic import synthetic_metadata
     from panfpn.engine.merge_run import merge_from_config
-    from panfpn.evaluation.writer import model_segments_to_dataset
+    from panfpn.evaluation.label_mapping import model_segments_to_dataset
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

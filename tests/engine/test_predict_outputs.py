@@ -140,7 +140,7 @@ def test_same_stem_in_one_folder_and_in_two_folders_never_share_a_file(tmp_path)
 
 
 def test_image_id_rules():
-    from panfpn.engine.predict_run import image_ids
+    from panfpn.data.image_ids import image_ids
 
     paths = [Path("x/frankfurt_000000_000019_leftImg8bit.png"), Path("y/lindau_000001_000042_leftImg8bit.jpg")]
     stems = output_stems(paths)

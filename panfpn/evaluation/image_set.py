@@ -54,6 +54,8 @@ class ScoredImages:
         return len(self.loader)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "loader":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.loader, name)
 
     def record(self, num_scored: int) -> dict[str, Any]:

@@ -108,3 +108,18 @@ def test_a_nan_metric_is_written_as_null(tiny_cfg, tmp_path, weights, monkeypatc
     monkeypatch.setattr(SemSegEvaluator, "compute", lambda self: {**compute(self), "IoU": [0.5, float("nan")]})
     evaluate_from_config(tiny_cfg(f"weights={weights}", "eval.compute_ap=false", run_dir=tmp_path / "eval"))
     assert _strict(tmp_path / "eval" / "eval_results.json")["sem_seg"]["IoU"] == [0.5, None]
+
+
+def test_scored_images_records_what_the_loop_took():
+    from panfpn.evaluation.image_set import ScoredImages, image_set_digest
+
+    batches = [{"image_ids": [3, 1]}, {"image_ids": ["b", 2]}, {"image_ids": [9]}]
+    loader = ScoredImages(batches)
+    for n, _ in enumerate(loader):
+        if n == 1:
+            break  # the eval stops after max_images: the third batch is never taken
+    assert loader.record(4) == {"count": 4, "sha256": image_set_digest(["1", "2", "3", "b"]),
+                                "recipe": loader.record(4)["recipe"]}
+    assert image_set_digest([3, 1, "b", 2]) == hashlib.sha256(b"1\n2\n3\nb").hexdigest()
+    assert loader.record(5)["sha256"] is None and loader.record(5)["count"] == 5  # not what was scored
+    assert len(loader) == 3

@@ -1,8 +1,12 @@
-"""Compare two eval runs: `python tools/compare_evals.py runA/eval_results.json runB/eval_results.json --out compare.html`.
+"""Compare evaluations: `python tools/compare_evals.py evalA/eval_results.json evalB/eval_results.json [evalC/...] --out compare.html`.
 
-Writes a self-contained page (same style as report.html) with the All/Things/Stuff deltas and the
-per-class PQ deltas (B - A) sorted, worst first. Category names come from the categories.json that
-tools/eval.py writes beside eval_results.json (ids are shown when neither run has one).
+Writes a self-contained page (same style as report.html) comparing every run to the first (A):
+summary changes (PQ/SQ/RQ of All/Things/Stuff, mIoU, box/mask AP) and per-class PQ/SQ/RQ/TP/FP/FN
+changes. The runs must have scored the same images (the "image_set" record tools/eval.py writes in
+eval_results.json): different image sets, or a run without the record (written before it existed),
+are refused with exit code 1 unless --allow-different-images (then the page says so). Category
+names come from the categories.json tools/eval.py writes beside eval_results.json (ids are shown
+when no run has one). See docs/evaluation.md "Comparing evaluations".
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from panfpn.evaluation.report import build_compare
+from panfpn.evaluation.compare_page import build_compare, image_set_problems, make_runs
 from panfpn.utils.atomic import atomic_write
 from panfpn.utils.json_file import JSONFileError, load_json
 
@@ -27,30 +31,50 @@ def _load(path: Path) -> dict:
 
 
 def _names(*results: Path) -> dict[int, str]:
+    """Category names from each run's categories.json; an id named differently by two runs shows
+    both names (and a warning)."""
     names: dict[int, str] = {}
     for path in results:
         cats = path.parent / "categories.json"
-        if cats.is_file():
-            try:
-                categories = load_json(cats, what="category list", expect=list)
-            except JSONFileError as err:
-                raise SystemExit(str(err)) from None
-            for c in categories:
-                names.setdefault(int(c["id"]), str(c["name"]))
+        if not cats.is_file():
+            continue
+        try:
+            categories = load_json(cats, what="category list", expect=list)
+        except JSONFileError as err:
+            raise SystemExit(str(err)) from None
+        for c in categories:
+            cid, name = int(c["id"]), str(c["name"])
+            known = names.get(cid)
+            if known is None:
+                names[cid] = name
+            elif name not in known.split(" / "):
+                print(f"warning: {cats} names category {cid} '{name}', an earlier run '{known}'", file=sys.stderr)
+                names[cid] = f"{known} / {name}"
     return names
 
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_a", type=Path, help="eval_results.json of run A (the baseline)")
-    parser.add_argument("run_b", type=Path, help="eval_results.json of run B (compared to A)")
+    parser.add_argument("runs", type=Path, nargs="+",
+                        help="eval_results.json of each run; the first is the baseline (A)")
     parser.add_argument("--out", type=Path, default=Path("compare.html"), help="output HTML file")
+    parser.add_argument("--allow-different-images", action="store_true",
+                        help="compare evaluations of different (or unrecorded) image sets; the page says so")
     args = parser.parse_args(argv)
-    a, b = _load(args.run_a), _load(args.run_b)
+    if len(args.runs) < 2:
+        parser.error("give two or more eval_results.json files")
+    runs = make_runs([_load(p) for p in args.runs], [str(p) for p in args.runs])
+    problems = image_set_problems(runs)
+    if problems and not args.allow_different_images:
+        raise SystemExit("cannot compare: " + "; ".join(problems)
+                         + ". Compare evaluations of the same images (same data.val and eval.max_images), "
+                           "or pass --allow-different-images to compare anyway")
+    for problem in problems:
+        print(f"warning: {problem} (--allow-different-images)", file=sys.stderr)
     try:
-        page = build_compare(a, b, _names(args.run_a, args.run_b), labels=(str(args.run_a), str(args.run_b)))
+        page = build_compare(runs, _names(*args.runs), problems)
     except ValueError as err:
-        raise SystemExit(f"cannot compare {args.run_a} and {args.run_b}: {err}") from None
+        raise SystemExit(f"cannot compare {', '.join(map(str, args.runs))}: {err}") from None
     atomic_write(args.out, lambda f: f.write(page.encode("utf-8")))
     print(f"wrote {args.out}")
     return args.out

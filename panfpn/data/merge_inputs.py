@@ -8,6 +8,7 @@ the image and the problem (a :class:`BadInput`), never as a partial input.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -93,12 +94,13 @@ def as_is(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def instance_scores(results: Sequence[Mapping[str, Any]], image_id: Any) -> torch.Tensor:
-    """float64 ``[N]`` scores of the results; BadInput when one has no finite numeric score."""
+    """float64 ``[N]`` scores of the results; BadInput when one has no finite numeric score
+    (NaN and +/-Infinity, which Python's JSON reader accepts, are not scores)."""
     scores = []
     for k, r in enumerate(results):
         s = r.get("score")
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or s != s:
-            raise BadInput(f"image {image_id!r}: instance result {k} has no numeric score "
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+            raise BadInput(f"image {image_id!r}: instance result {k} has no finite numeric score "
                            f"(score={s!r})")
         scores.append(float(s))
     return torch.tensor(scores, dtype=torch.float64)

@@ -16,8 +16,10 @@ from panfpn.engine import distributed as du
 from panfpn.engine.config import ConfigError, validate_config
 from panfpn.engine.eval_loop import build_eval_loader, evaluate, format_results
 from panfpn.engine.inference_model import build_inference_model
-from panfpn.engine.model_spec import same_labels
+from panfpn.engine.model_spec import check_dataset_labels
 from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, setup_logging
+from panfpn.evaluation.image_set import ScoredImages
+from panfpn.utils.json_values import nonfinite_to_null
 
 logger = logging.getLogger("panfpn")
 
@@ -47,9 +49,9 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
     fit_threads_to_cpus()
     built = build_inference_model(cfg, overrides)
     metadata = built.metadata
-    _check_dataset_labels(metadata, build_metadata(cfg), cfg)
+    metadata = check_dataset_labels(metadata, build_metadata(cfg), cfg)  # names shown: the dataset's
     model = built.model.to(device)
-    loader = build_eval_loader(cfg, instantiate(built.cfg.data.val))
+    loader = ScoredImages(build_eval_loader(cfg, instantiate(built.cfg.data.val)))  # image ids -> "image_set"
     writer = None
     if cfg.eval.save_predictions:
         from panfpn.evaluation.writer import PanopticPredictionWriter
@@ -72,13 +74,14 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
     metrics = evaluate(model, loader, metadata, device=device, compute_ap=bool(cfg.eval.compute_ap),
                        max_images=cfg.eval.max_images, num_vis=int(cfg.eval.save_overlays),
                        progress=True, writer=writer, semantic_writer=semantic_writer, collector=worst)
+    metrics["image_set"] = loader.record(metrics["num_images"])
     overlays = metrics.pop("overlays", [])
     if writer is not None:
         writer.write_json()
     if du.is_main_process():
         print(format_results(metrics))
         print(per_class_table(metrics, metadata))
-        write_json_atomic(out_dir / "eval_results.json", json.loads(json.dumps(metrics, default=str)))
+        write_json_atomic(out_dir / "eval_results.json", nonfinite_to_null(json.loads(json.dumps(metrics, default=str))))
         logger.info("wrote %s", out_dir / "eval_results.json")
         for i, overlay in enumerate(overlays):
             save_image_atomic(out_dir / "overlays" / f"{i:04d}.png", overlay)
@@ -104,13 +107,3 @@ def write_report(out_dir: Path, metrics: dict, metadata, worst, title: str = "Pa
     page = build_report(json.loads(json.dumps(metrics, default=str)), names, worst, title=title)
     atomic_write(out_dir / "report.html", lambda f: f.write(page.encode("utf-8")))
     logger.info("wrote %s", out_dir / "report.html")
-
-
-def _check_dataset_labels(model_labels, dataset_labels, cfg: DictConfig) -> None:
-    """A model evaluated on another label space gives a meaningless PQ: refuse it."""
-    if not same_labels(model_labels, dataset_labels):
-        raise ConfigError(
-            f"the model of {cfg.weights} predicts the categories of '{model_labels.name}' "
-            f"({len(model_labels.categories)} categories, ids {[c.id for c in model_labels.categories][:8]}...) but "
-            f"data.val is '{dataset_labels.name}' ({len(dataset_labels.categories)} categories, ids "
-            f"{[c.id for c in dataset_labels.categories][:8]}...): evaluate on the dataset it was trained for")

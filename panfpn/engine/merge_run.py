@@ -20,7 +20,7 @@ import time
 from collections import defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from omegaconf import DictConfig
@@ -29,6 +29,7 @@ from tqdm import tqdm
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine.config import ConfigError, section_values
 from panfpn.data.merge_inputs import BadInput, MergeInputs, as_is
+from panfpn.engine.merge_output import earlier_merge_outputs, remove_outputs
 from panfpn.evaluation.writer import PanopticPredictionWriter, prediction_file_stem
 from panfpn.modeling.merge import BoxMasks, MergeThresholds
 from panfpn.modeling.merge_predictions import merge_predictions
@@ -63,11 +64,12 @@ def merge_from_config(cfg: DictConfig) -> dict[str, Any]:
                           "COCO-panoptic JSON with the images and categories")
     out_dir = Path(opts["output_dir"] or cfg.output_dir)
     rules, origin = merge_rules(opts)
+    earlier = earlier_merge_outputs(out_dir, bool(opts.get("overwrite", False)))  # refused unless ours + overwrite
     summary = merge_files(
         None if opts["semantic_dir"] is None else Path(opts["semantic_dir"]),
         Path(opts["instances_json"]), Path(images_json), out_dir, rules=rules,
         device=resolve_device(cfg.device), workers=opts["workers"], threads=opts["threads"],
-        rules_origin=origin,
+        rules_origin=origin, remove_first=earlier,
         semantic_json=None if opts["semantic_json"] is None else Path(opts["semantic_json"]))
     if opts["eval_gt_json"] is not None:
         from panfpn.evaluation.pq import pq_compute
@@ -104,11 +106,12 @@ def _load_json(path: Path, what: str) -> Any:
 def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Path, out_dir: Path, *,
                 rules: MergeThresholds, device: torch.device | str, workers: int = 0,
                 threads: int = 2, semantic_json: Path | None = None,
-                rules_origin: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                rules_origin: Mapping[str, Any] | None = None, remove_first: Sequence[Path] = ()) -> dict[str, Any]:
     """Merge every image of ``images_json``; semantic input: ``semantic_dir`` (label PNGs) or
     ``semantic_json`` (COCO semantic results), exactly one. ``workers``: DataLoader processes that
     read and decode, and on the CPU also merge and write (0: all in this process); ``threads``: on a
     GPU or with ``workers=0``, threads that merge and write one image each (0: inline).
+    ``remove_first``: an earlier run's outputs, deleted once the inputs are checked, before the first write.
     Returns ``{"json", "merged", "skipped", "rules", "seconds"}`` (seconds per stage: read, wait,
     merge, write, total)."""
     start = time.perf_counter()
@@ -136,6 +139,7 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
                           score_thresh=rules.score_thresh)
     rules_record = {"rules": dataclasses.asdict(rules), **(rules_origin or {})}
     log.info("merge rules: %s", json.dumps(rules_record))
+    remove_outputs(list(remove_first))
     write_json_atomic(out_dir / RULES_FILE, rules_record)
     writer = PanopticPredictionWriter(out_dir, metadata, name=PANOPTIC_NAME)
     seconds = _merge_all(dataset, workers, rules, torch.device(device), writer, skipped, threads)

@@ -198,6 +198,47 @@ def check_labels_fit_model(model_config: dict[str, Any], metadata: DatasetMetada
 
 
 def same_labels(a: DatasetMetadata, b: DatasetMetadata) -> bool:
-    """Same category ids, thing/stuff split and semantic mode (names and colours may differ)."""
+    """Same category ids, thing/stuff split and semantic mode (names and colours may differ:
+    :func:`renamed_categories` compares the names)."""
     key = lambda m: (m.sem_seg_mode, [(c.id, c.isthing) for c in m.categories])  # noqa: E731
     return key(a) == key(b)
+
+
+def _same_name(a: str, b: str) -> bool:
+    return a.strip().casefold() == b.strip().casefold()
+
+
+def renamed_categories(model_labels: DatasetMetadata, dataset_labels: DatasetMetadata) -> list[tuple[int, str, str]]:
+    """``(id, model's name, dataset's name)`` for every id both have under different names
+    (compared without case and surrounding spaces), in id order."""
+    theirs = {c.id: c.name for c in dataset_labels.categories}
+    return sorted((c.id, c.name, theirs[c.id]) for c in model_labels.categories
+                  if c.id in theirs and not _same_name(c.name, theirs[c.id]))
+
+
+def check_dataset_labels(model_labels: DatasetMetadata, dataset_labels: DatasetMetadata,
+                         cfg: DictConfig) -> DatasetMetadata:
+    """The labels to evaluate and report with. A model evaluated on another label space (other
+    ids, thing/stuff split or semantic mode) gives a meaningless PQ: ConfigError. Same ids under
+    other names (a dataset that reuses the ids for other classes, or two classes swapped): a
+    ConfigError naming each id and both names, unless ``eval.allow_renamed_categories`` accepts
+    the dataset's names on purpose (logged); the dataset's labels are returned then."""
+    if not same_labels(model_labels, dataset_labels):
+        raise ConfigError(
+            f"the model of {cfg.weights} predicts the categories of '{model_labels.name}' "
+            f"({len(model_labels.categories)} categories, ids {[c.id for c in model_labels.categories][:8]}...) but "
+            f"data.val is '{dataset_labels.name}' ({len(dataset_labels.categories)} categories, ids "
+            f"{[c.id for c in dataset_labels.categories][:8]}...): evaluate on the dataset it was trained for")
+    renamed = renamed_categories(model_labels, dataset_labels)
+    if not renamed:
+        return model_labels
+    pairs = "; ".join(f"id {i}: model '{ours}', dataset '{theirs}'" for i, ours, theirs in renamed)
+    if not OmegaConf.select(cfg, "eval.allow_renamed_categories", default=False):
+        raise ConfigError(
+            f"data.val ('{dataset_labels.name}') names {len(renamed)} of the category ids of the model of "
+            f"{cfg.weights} ('{model_labels.name}') differently: {pairs}. The dataset uses the model's ids "
+            "for other classes (or swaps them), so its PQ would score the wrong classes; if they are the "
+            "same classes under other names, set eval.allow_renamed_categories=true")
+    logger.warning("eval.allow_renamed_categories=true: %d category id(s) of the model of %s are named "
+                   "differently in data.val; the dataset's names are used: %s", len(renamed), cfg.weights, pairs)
+    return dataset_labels

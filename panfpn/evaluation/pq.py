@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     if args.out:
-        atomic_write(args.out, lambda f: json.dump(results, f, indent=1), mode="w")
+        atomic_write(args.out, lambda f: json.dump(results, f, indent=1, allow_nan=False), mode="w")
     return results
 
 

@@ -1,4 +1,5 @@
-"""Self-contained HTML pages of evaluation results: ``report.html`` and the two-run comparison.
+"""Self-contained HTML pages of evaluation results: ``report.html`` (and the pieces
+``compare.html``, :mod:`panfpn.evaluation.compare_page`, shares with it).
 
 No network and no server: CSS and the few lines of sorting JavaScript are inline, the chart is
 inline SVG and the worst images are base64 PNGs. Input is the eval_results.json dict
@@ -81,6 +82,13 @@ def per_class_table(per_class: Mapping[Any, Mapping], names: Mapping[int, str]) 
     return f'<table id="per-class" class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
+def signed_text(value: float, decimals: int = 2) -> str:
+    """A change as text: ``+1.25`` / ``-0.50``; one that rounds to zero is ``0.00`` (no change, not
+    a ``+0.00`` gain)."""
+    text = f"{value:+.{decimals}f}"
+    return text[1:] if float(text) == 0 else text
+
+
 def bar_chart(values: Sequence[tuple[str, float]], *, signed: bool = False) -> str:
     """Horizontal bars (inline SVG), one per (label, percent) in the given order."""
     row, label_w, bar_w = 16, 170, 420
@@ -95,7 +103,7 @@ def bar_chart(values: Sequence[tuple[str, float]], *, signed: bool = False) -> s
         parts.append(f'<text x="{label_w - 6}" y="{y + 12}" text-anchor="end" font-size="11">{html.escape(label[:26])}</text>'
                      f'<rect class="bar" x="{x:.1f}" y="{y + 2}" width="{w:.1f}" height="{row - 4}" fill="{color}">'
                      f'<title>{html.escape(label)}: {v:.2f}</title></rect>'
-                     f'<text x="{label_w + bar_w + 6}" y="{y + 12}" font-size="11">{v:{"+" if signed else ""}.2f}</text>')
+                     f'<text x="{label_w + bar_w + 6}" y="{y + 12}" font-size="11">{signed_text(v) if signed else f"{v:.2f}"}</text>')
     height = max(row, row * len(values))
     return (f'<svg width="{label_w + bar_w + 60}" height="{height}" '
             f'role="img">{"".join(parts)}</svg>')
@@ -153,47 +161,4 @@ def build_report(metrics: Mapping[str, Any], names: Mapping[int, str], worst: Se
     return _page(title, body)
 
 
-def compare_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[list[tuple[int, float, float]], list[int]]:
-    """(category id, PQ of A, PQ of B) sorted by B - A ascending, for the categories scored in both
-    runs; and the ids of those unscored in either (no delta to show)."""
-    pa, pb = a["panoptic"]["per_class"], b["panoptic"]["per_class"]
-    ka, kb = {int(k): v for k, v in pa.items()}, {int(k): v for k, v in pb.items()}
-    if set(ka) != set(kb):
-        raise ValueError(f"the two runs have different categories: only in A {sorted(set(ka) - set(kb))}, "
-                         f"only in B {sorted(set(kb) - set(ka))}")
-    both = [c for c in ka if _scored(ka[c]) and _scored(kb[c])]
-    rows = [(c, ka[c]["pq"], kb[c]["pq"]) for c in both]
-    return sorted(rows, key=lambda r: (r[2] - r[1], r[0])), sorted(set(ka) - set(both))
-
-
-def build_compare(a: Mapping[str, Any], b: Mapping[str, Any], names: Mapping[int, str],
-                  labels: tuple[str, str] = ("A", "B")) -> str:
-    """Page comparing run B to run A: summary deltas and per-class PQ deltas sorted (worst first)."""
-    head = "".join(f"<th>{h}</th>" for h in ("", f"PQ {labels[0]}", f"PQ {labels[1]}", "ΔPQ", "ΔSQ", "ΔRQ"))
-    srows = []
-    for s in ("All", "Things", "Stuff"):
-        x, y = a["panoptic"][s], b["panoptic"][s]
-        d = [100 * (y[k] - x[k]) for k in ("pq", "sq", "rq")]
-        srows.append(f"<tr><td>{s}</td><td>{100 * x['pq']:.2f}</td><td>{100 * y['pq']:.2f}</td>"
-                     + "".join(f'<td class="{"neg" if v < 0 else "pos"}">{v:+.2f}</td>' for v in d) + "</tr>")
-    rows, unscored = compare_rows(a, b)
-    crow = []
-    for c, pa, pb in rows:
-        d = 100 * (pb - pa)
-        crow.append(f'<tr data-category="{c}">' + _cell(_name(names, c)) + _cell(f"{100 * pa:.4f}", f"{100 * pa:.2f}")
-                    + _cell(f"{100 * pb:.4f}", f"{100 * pb:.2f}") + _cell(f"{d:.4f}", f"{d:+.2f}", "neg" if d < 0 else "pos")
-                    + "</tr>")
-    chead = "".join(f'<th class="sortable">{h}</th>' for h in ("category", f"PQ {labels[0]}", f"PQ {labels[1]}", "ΔPQ"))
-    body = [f'<p class="muted">A = {html.escape(labels[0])}<br>B = {html.escape(labels[1])}; Δ = B − A (points)</p>',
-            f'<h2>Summary</h2><table id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(srows)}</tbody></table>',
-            f'<h2>Per-class ΔPQ (sorted, click a header to re-sort)</h2><table id="per-class" class="sortable">'
-            f'<thead><tr>{chead}</tr></thead><tbody>{"".join(crow)}</tbody></table>',
-            '<h2>ΔPQ per class</h2><div id="pq-chart">',
-            bar_chart([(_name(names, c), 100 * (pb - pa)) for c, pa, pb in rows], signed=True), "</div>"]
-    if unscored:
-        body.append('<p id="unscored" class="muted">no ground truth and no prediction in at least one run: '
-                    + html.escape(", ".join(_name(names, c) for c in unscored)) + "</p>")
-    return _page("Panoptic evaluation: comparison", body)
-
-
-__all__ = ["build_report", "build_compare", "compare_rows", "bar_chart", "png_data_uri"]
+__all__ = ["build_report", "bar_chart", "png_data_uri", "signed_text"]

@@ -78,7 +78,9 @@ def remove_stale_temp_files(folder: str | os.PathLike, targets: Sequence[str] = 
 
 
 def write_json_atomic(path: str | os.PathLike, obj: object) -> Path:
-    return atomic_write(path, lambda f: json.dump(obj, f), mode="w")
+    """``obj`` as strict JSON: a NaN or infinite number is a ValueError, never the ``NaN`` /
+    ``Infinity`` literals strict parsers reject (see :mod:`panfpn.utils.json_values`)."""
+    return atomic_write(path, lambda f: json.dump(obj, f, allow_nan=False), mode="w")
 
 
 def save_image_atomic(path: str | os.PathLike, array: np.ndarray, fmt: str = "PNG", **options: Any) -> Path:

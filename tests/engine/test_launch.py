@@ -98,6 +98,7 @@ def test_two_process_eval_equals_single_process(tmp_path, tiny_args):
     one = json.loads((tmp_path / "one" / "eval_results.json").read_text())
     two = json.loads((tmp_path / "two" / "eval_results.json").read_text())
     assert one["num_images"] == two["num_images"] == 5
+    assert two["image_set"] == one["image_set"] and one["image_set"]["count"] == 5  # both ranks' images
     for split in ("All", "Things", "Stuff"):
         assert two["panoptic"][split]["pq"] == pytest.approx(one["panoptic"][split]["pq"], abs=1e-12)
     assert two["sem_seg"]["mIoU"] == pytest.approx(one["sem_seg"]["mIoU"], abs=1e-12)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import pytest
 import torch
 
 from panfpn.evaluation.accumulator import PQAccumulator, pair_counts_torch
-from panfpn.evaluation.report import build_compare, build_report
+from panfpn.evaluation.report import build_report
 from panfpn.evaluation.worst_images import WorstImages, score_image
 
 from report_parse import PageStructure
@@ -116,30 +114,6 @@ def test_report_page_structure_is_self_contained():
     assert "wrong class: car predicted as person" in page and "missed (FN): road" in page
     assert "false (FP): car" in page
     assert not re.search(r"https?://", page) and not any(s.startswith(("src=", "link=")) for s in doc.scripts)
-
-
-def test_compare_rows_are_sorted_by_delta(tmp_path):
-    a = _metrics({1: 0.8, 2: 0.1, 7: 0.55, 9: 0.9, 11: 0.5})
-    b = _metrics({1: 0.7, 2: 0.4, 7: 0.56, 9: 0.3, 11: None})
-    for run, m in (("a", a), ("b", b)):
-        (tmp_path / run).mkdir()
-        (tmp_path / run / "eval_results.json").write_text(json.dumps(m))
-        (tmp_path / run / "categories.json").write_text(json.dumps(CATS))
-    out = tmp_path / "compare.html"
-    subprocess.run([sys.executable, str(REPO / "tools" / "compare_evals.py"), str(tmp_path / "a" / "eval_results.json"),
-                    str(tmp_path / "b" / "eval_results.json"), "--out", str(out)], check=True, cwd=tmp_path)
-    page = out.read_text(encoding="utf-8")
-    doc = PageStructure(page)
-    rows = doc.texts("per-class")
-    assert [r[0] for r in rows] == ["sky", "person", "road", "car"]  # -60, -10, +1, +30 points
-    assert [r[3] for r in rows] == ["-60.00", "-10.00", "+1.00", "+30.00"]
-    assert "bus" in page[page.index('id="unscored"'):]  # no PQ in run B: listed, not a -50 delta
-    assert len(doc.svg_bars) == 4 and not re.search(r"https?://", page)
-
-
-def test_compare_refuses_runs_with_different_categories():
-    with pytest.raises(ValueError, match=r"only in A \[9\]"):
-        build_compare(_metrics({1: 0.5, 9: 0.2}), _metrics({1: 0.5}), NAMES)
 
 
 def _browser() -> str | None:

@@ -99,7 +99,7 @@ def known_keys(name: str) -> set[str]:
 class RunOptions:
     """Run-wide keys (the root of configs/config.yaml)."""
 
-    seed: int = option(integer(), "random seed (Python, NumPy, torch; each data worker derives its own)")
+    seed: int = option(integer(), "random seed (Python, NumPy, torch, the training sampler)")
     device: str = option(Check(DEVICE_NAMES, is_device_name), "cuda: the LOCAL_RANK GPU under torchrun")
     resume: bool = option(boolean(), "continue from the last checkpoint in output_dir")
     weights: str | None = option(string(nullable=True), "a file (ours / Detectron2 .pkl/.pth / torchvision "

@@ -56,3 +56,29 @@ def test_the_zoo_derives_counts_through_metadata():
     assert (meta.num_thing_classes, meta.num_sem_classes, meta.thing_sem_labels) == (2, 5, [0, 3])
     check_labels_fit(OmegaConf.to_container(model_config("panoptic_fpn_small", 80, 53).model, resolve=True),
                      coco_panoptic_metadata(), "of the zoo")
+
+
+def test_an_old_checkpoint_with_literal_counts_still_reads(tmp_path):
+    """Checkpoints from before the record kept their training config, with the counts as literals
+    in data (as the data yamls had them); its model node still resolves and fits the dataset."""
+    import torch
+
+    from panfpn.engine.model_spec import read_model_record
+
+    full = compose_config([], output_dir="unused")
+    old = OmegaConf.to_container(full, resolve=False)
+    old["data"].update(num_thing_classes=4, num_sem_classes=5, thing_sem_labels=[4])
+    del old["output_dir"]
+    torch.save({"model": {}, "config": OmegaConf.to_yaml(OmegaConf.create(old))}, tmp_path / "old.pth")
+    record = read_model_record(tmp_path / "old.pth")
+    assert record is not None and record.metadata is None
+    assert record.model_config["semantic_head"]["num_classes"] == 5
+    check_labels_fit(record.model_config, synthetic_metadata(), "of data.metadata")
+
+
+def test_a_users_data_yaml_with_literal_counts_still_composes():
+    """A copied data yaml of the old style states the counts: they win over the derived ones and
+    are checked against its categories."""
+    good = compose_config(["data.num_thing_classes=4", "data.num_sem_classes=5", "data.thing_sem_labels=[4]"],
+                          output_dir="unused")
+    assert build_metadata(good).num_sem_classes == 5 and good.model.semantic_head.num_classes == 5

@@ -12,6 +12,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+import panfpn.data.resolvers  # noqa: F401 - the panfpn.* resolvers (class counts, workers), as the tools register them
+
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 

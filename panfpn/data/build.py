@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping
 
 from panfpn.data.builtin_meta import cityscapes_panoptic_metadata, coco_panoptic_metadata
 from panfpn.data.dataset import PanopticDataset
 from panfpn.data.transforms import Transform
-from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.synthetic import ensure_synthetic, synthetic_metadata
-from panfpn.utils.errors import ConfigError
 
 
 def synthetic_dataset(split: str = "train", *, num_images: int, seed: int, height: int = 128,
@@ -103,23 +100,3 @@ def cityscapes_panoptic_dataset(root: str | os.PathLike | None = None, split: st
                            transforms=transforms, is_train=is_train, filter_empty=filter_empty,
                            skip_bad_images=skip_bad_images)
 
-
-COUNT_KEYS = ("num_thing_classes", "num_sem_classes", "thing_sem_labels")  # data.* keys the model reads
-
-
-def check_metadata_matches(cfg_values: Mapping, metadata: DatasetMetadata) -> None:
-    """Check the literal class counts of a data config against its metadata.
-
-    cfg_values: mapping with ``num_thing_classes``, ``num_sem_classes``, ``thing_sem_labels``
-    (e.g. the ``data`` config node). Raises ConfigError naming the first key that disagrees.
-    """
-    expected = dict(zip(COUNT_KEYS, (metadata.num_thing_classes, metadata.num_sem_classes,
-                                     list(metadata.thing_sem_labels))))
-    for key, value in expected.items():
-        if key not in cfg_values:
-            raise ConfigError(f"data config key 'data.{key}' is missing (metadata gives {value!r})")
-        got = cfg_values[key]
-        got = list(got) if key == "thing_sem_labels" else got
-        if got != value:
-            raise ConfigError(f"data config key 'data.{key}' is {got!r} but the metadata "
-                             f"{metadata.name!r} gives {value!r}")

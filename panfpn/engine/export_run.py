@@ -13,7 +13,6 @@ is the one the checkpoint records (see :mod:`panfpn.engine.inference_model`).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,42 +21,13 @@ from omegaconf import DictConfig
 
 from panfpn.utils.atomic import write_json_atomic
 from panfpn.utils.dist import resolve_device
-from panfpn.engine.config import section_values, validate_config
+from panfpn.engine.config import validate_config
+from panfpn.engine.config_schema import ExportOptions  # the export section's declaration
 from panfpn.engine.job_setup import setup_logging
 from panfpn.modeling import export as ex
 from panfpn.engine.inference_model import build_inference_model
 
 logger = logging.getLogger("panfpn")
-
-@dataclass(frozen=True)
-class ExportOptions:
-    """The ``export`` config section, checked by :data:`panfpn.engine.config.CHECKS`; no defaults
-    here: every value comes from the config (defaults: configs/config.yaml).
-
-    Attributes:
-        format: ``onnx``, ``torch_export`` or ``both``.
-        output: path stem of the files (``.onnx``, ``.pt2``, ``.json`` are added); None:
-            ``<output_dir>/model``.
-        height, width: traced input size, multiples of 32; with ``dynamic`` the graph takes any
-            size >= ``MIN_SIZE`` (and any batch size), else exactly this one.
-        dynamic: dynamic batch, height and width.
-        opset: ONNX opset (>= 17).
-        verify: run the exported graphs on a random input and compare with the eager network.
-    """
-
-    format: str
-    output: str | None
-    height: int
-    width: int
-    dynamic: bool
-    opset: int
-    verify: bool
-
-    @classmethod
-    def from_config(cls, cfg: DictConfig) -> "ExportOptions":
-        """``cfg.export``, checked by the config table (unknown keys with a did-you-mean, types, ranges)."""
-        return cls(**section_values(cfg, "export"))
-
 
 def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Export the model of ``cfg.weights`` (the checkpoint's recorded model when it has one, else

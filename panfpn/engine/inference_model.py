@@ -23,11 +23,11 @@ from torch import nn
 
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine.model_spec import (
-    ModelRecord, check_labels_fit_model, command_line_overrides, config_differences, effective_model_config,
+    ModelRecord, command_line_overrides, config_differences, effective_model_config,
     log_differences, read_model_record, transform_overridden,
 )
 from panfpn.engine.job_setup import build_metadata, resolved
-from panfpn.modeling.build import instantiate_model, load_configured_weights
+from panfpn.modeling.build import check_labels_fit, instantiate_model, load_configured_weights
 from panfpn.modeling.weights import BACKBONE_ONLY_FORMATS, LoadReport, WeightsError
 
 logger = logging.getLogger("panfpn")
@@ -80,7 +80,7 @@ def build_inference_model(cfg: DictConfig, overrides: Sequence[str] | None = Non
         if record.has_transform and transform != record.test_transform:
             diffs.append(("data.val.transforms", record.test_transform, transform))
         log_differences(record, diffs)
-    check_labels_fit_model(model_cfg, metadata, "of the checkpoint" if use_record else "of data.metadata")
+    check_labels_fit(model_cfg, metadata, "of the checkpoint" if use_record else "of data.metadata")
     eff = _with_model(cfg, model_cfg, transform)
     model = instantiate_model(eff)
     report = load_configured_weights(model, eff)

@@ -11,13 +11,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import panfpn.data.resolvers  # noqa: F401 - registers the panfpn.* resolvers the data configs use
-from panfpn.data.build import COUNT_KEYS, check_metadata_matches
+from panfpn.data.resolvers import LABEL_KEYS  # (importing it registers the panfpn.* resolvers)
 from panfpn.data.metadata import DatasetMetadata
+from panfpn.modeling.build import check_labels_fit
 from panfpn.utils.cpus import cpus_per_local_process
 
 logger = logging.getLogger("panfpn")
-_ABSENT = object()
 
 
 def setup_logging(run_dir: Path | None) -> None:
@@ -39,11 +38,11 @@ def setup_logging(run_dir: Path | None) -> None:
 
 
 def build_metadata(cfg: DictConfig) -> DatasetMetadata:
-    """Instantiate ``data.metadata`` and check the class counts the model config reads from it."""
+    """Instantiate ``data.metadata`` and check the class counts the model config reads from it
+    (derived from it in configs/config.yaml: this catches a ``data.num_*`` set by hand)."""
     metadata = instantiate(cfg.data.metadata)
-    counts = {key: resolved(cfg, f"data.{key}") for key in COUNT_KEYS
-              if OmegaConf.select(cfg, f"data.{key}", default=_ABSENT) is not _ABSENT}
-    check_metadata_matches(counts, metadata)
+    counts = {key: resolved(cfg, f"data.{key}") for key in LABEL_KEYS}
+    check_labels_fit(counts, metadata, "of data.metadata", node="data")
     return metadata
 
 

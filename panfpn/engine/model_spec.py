@@ -182,21 +182,6 @@ def _show(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def check_labels_fit_model(model_config: dict[str, Any], metadata: DatasetMetadata, where: str) -> None:
-    """Raise ConfigError when the model's class counts differ from the label metadata's."""
-    expected = {
-        "semantic_head.num_classes": metadata.num_sem_classes,
-        "roi_heads.box_head.num_classes": metadata.num_thing_classes,
-        "roi_heads.mask_head.num_classes": metadata.num_thing_classes,
-        "thing_sem_labels": list(metadata.thing_sem_labels),
-    }
-    flat = flatten(model_config, "")
-    for key, value in expected.items():
-        if key in flat and flat[key] != value:
-            raise ConfigError(f"model.{key} is {flat[key]!r} but the label metadata {where} "
-                              f"('{metadata.name}') gives {value!r}")
-
-
 def same_labels(a: DatasetMetadata, b: DatasetMetadata) -> bool:
     """Same category ids, thing/stuff split and semantic mode (names and colours may differ:
     :func:`renamed_categories` compares the names)."""

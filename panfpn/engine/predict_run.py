@@ -42,6 +42,7 @@ from panfpn.data.image_ids import image_ids
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine import distributed as du
 from panfpn.engine.config import ConfigError, section_values, validate_config
+from panfpn.engine.config_schema import PredictOptions  # the predict section's declaration
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.job_setup import fit_threads_to_cpus, setup_logging
 from panfpn.evaluation.prediction_folder import (OVERLAY_FORMATS, JsonState, PredictionTargets, WriteQueue,
@@ -51,41 +52,6 @@ from panfpn.modeling.postprocess import box_instance_masks
 
 logger = logging.getLogger("panfpn")
 
-@dataclasses.dataclass(frozen=True)
-class PredictOptions:
-    """The ``predict`` config section, checked by :data:`panfpn.engine.config.CHECKS`; no defaults
-    here: every value comes from the config (defaults: configs/config.yaml).
-
-    Attributes:
-        input: an image file, a folder, a glob pattern, or a list of them.
-        output_dir: where results go; None: the run's ``output_dir`` (hydra's run dir).
-        batch_size: images per forward pass.
-        num_workers: DataLoader workers decoding and resizing images (0: in the main process).
-        overwrite: redo images whose outputs exist (default: skip them).
-        overlay: also write the coloured overlays.
-        overlay_alpha: weight of segment colours in the overlays.
-        overlay_format: ``jpg`` (fast, small) or ``png`` (lossless).
-        write_threads: threads encoding PNGs and drawing overlays while the model runs (0: inline).
-        recursive: descend into subfolders of a folder input (and let ``**`` span folders).
-        image_id: how the JSON's ``image_id`` is made from a file (see :func:`panfpn.data.image_ids.image_ids`):
-            ``auto``, ``stem``, ``cityscapes``, ``coco_int`` or a regular expression.
-        json_every: rewrite ``panoptic.json`` after every this many finished images (and at the end).
-        semantic: also write ``semantic/<stem>.png`` (semantic labels as dataset category ids).
-    """
-
-    input: str | list[str] | None
-    output_dir: str | None
-    batch_size: int
-    num_workers: int
-    overwrite: bool
-    overlay: bool
-    overlay_alpha: float
-    overlay_format: str
-    write_threads: int
-    recursive: bool
-    image_id: str
-    json_every: int
-    semantic: bool
 
 
 def predict_options(cfg: DictConfig) -> PredictOptions:

@@ -1,16 +1,21 @@
-"""The builder that turns a hydra config into a model with its weights loaded."""
+"""The builder that turns a hydra config into a model with its weights loaded, and the one check
+that a model config's label spaces fit a dataset's categories."""
 
 from __future__ import annotations
 
 import logging
 import warnings
+from typing import Any, Mapping
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+import panfpn.data.resolvers  # noqa: F401 - the model configs read ${data.num_*}: panfpn.labels
+from panfpn.data.metadata import DatasetMetadata
 from panfpn.modeling.weights import LoadReport, load_weights
+from panfpn.utils.errors import ConfigError
 
 logger = logging.getLogger("panfpn")
 
@@ -47,3 +52,33 @@ def load_configured_weights(model: nn.Module, cfg: DictConfig) -> LoadReport | N
         return None
     return load_weights(model, source, allow_partial=bool(OmegaConf.select(cfg, "weights_partial", default=False)))
 
+
+
+# Where a config node holds each label fact: node -> {key: DatasetMetadata property}. "model": a
+# PanopticFPN config (configs/model/*.yaml); "data": the keys the model configs read, derived from
+# data.metadata in configs/config.yaml (so they differ only when set by hand).
+LABEL_CONFIG_KEYS = {
+    "model": {"semantic_head.num_classes": "num_sem_classes", "roi_heads.box_head.num_classes": "num_thing_classes",
+              "roi_heads.mask_head.num_classes": "num_thing_classes", "thing_sem_labels": "thing_sem_labels"},
+    "data": {"num_thing_classes": "num_thing_classes", "num_sem_classes": "num_sem_classes",
+             "thing_sem_labels": "thing_sem_labels"},
+}
+
+
+def check_labels_fit(config: Mapping[str, Any], metadata: DatasetMetadata, where: str, *,
+                     node: str = "model") -> None:
+    """Raise ConfigError when the class counts or thing labels in ``config`` (a ``model`` node: a
+    config's, a checkpoint's recorded one; or the ``data`` node's derived keys) differ from what
+    ``metadata``'s categories give; ``where`` says whose metadata, for the message. The one check of
+    labels against a dataset; keys the config lacks (another architecture) are not checked."""
+    for key, prop in LABEL_CONFIG_KEYS[node].items():
+        value: Any = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if value is None:
+            continue
+        wants = getattr(metadata, prop)
+        got = list(value) if prop == "thing_sem_labels" and not isinstance(value, (str, int)) else value
+        if got != (list(wants) if prop == "thing_sem_labels" else wants):
+            raise ConfigError(f"{node}.{key} is {got!r} but the label metadata {where} "
+                              f"('{metadata.name}') gives {wants!r}")

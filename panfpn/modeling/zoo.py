@@ -2,7 +2,8 @@
 
 The single source of truth is ``configs/model/<name>.yaml`` (shipped inside the package as
 ``panfpn/configs``): it is loaded with OmegaConf, its model-group ``defaults`` list applied as hydra
-does, the class counts filled in where the yaml reads ``${data.*}``, and built by ``build_model``.
+does, the class counts filled in where the yaml reads ``${data.*}`` (derived from metadata with the
+given counts, as a dataset config derives them from its categories), and built by ``build_model``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import torchvision
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 from torch import nn
+
+from panfpn.data.metadata import Category, DatasetMetadata
+from panfpn.data.resolvers import label_keys
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "model"
 
@@ -51,29 +55,39 @@ def load_model_yaml(name: str, _chain: tuple[str, ...] = ()) -> DictConfig:
     return merged
 
 
-def data_counts(num_thing_classes: int, num_stuff_classes: int, sem_seg_mode: str = "stuff_plus_thing",
-                thing_sem_labels: Sequence[int] | None = None) -> dict[str, Any]:
-    """The ``data.*`` keys a model yaml reads, as the dataset metadata defines them: in
-    ``stuff_plus_thing`` the stuff labels come first and one merged 'thing' label last; in ``all``
-    every category has a label and ``thing_sem_labels`` (the things' labels) must be given."""
+def counts_metadata(num_thing_classes: int, num_stuff_classes: int, sem_seg_mode: str = "stuff_plus_thing",
+                    thing_sem_labels: Sequence[int] | None = None) -> DatasetMetadata:
+    """Metadata with these counts (category ids 1..T+S, named by their id), so the zoo derives a
+    model's label spaces as every dataset does: in ``stuff_plus_thing`` the stuff labels come first
+    and one merged 'thing' label last; in ``all`` every category has a label and
+    ``thing_sem_labels`` (the things' labels) must be given."""
     if not isinstance(num_thing_classes, int) or num_thing_classes < 1:
         raise ValueError(f"num_thing_classes must be an int >= 1, got {num_thing_classes!r}")
     if not isinstance(num_stuff_classes, int) or num_stuff_classes < 0:
         raise ValueError(f"num_stuff_classes must be an int >= 0, got {num_stuff_classes!r}")
+    total = num_thing_classes + num_stuff_classes
     if sem_seg_mode == "stuff_plus_thing":
         if thing_sem_labels is not None:
             raise ValueError("thing_sem_labels is fixed in sem_seg_mode='stuff_plus_thing' "
                              f"(the last label, {num_stuff_classes}); got {list(thing_sem_labels)}")
-        return {"num_thing_classes": num_thing_classes, "num_sem_classes": num_stuff_classes + 1,
-                "thing_sem_labels": [num_stuff_classes]}
-    if sem_seg_mode != "all":
+        things = set(range(num_stuff_classes, total))
+    elif sem_seg_mode == "all":
+        labels = [int(x) for x in thing_sem_labels] if thing_sem_labels is not None else None
+        if labels is None or len(set(labels)) != num_thing_classes or not all(0 <= x < total for x in labels):
+            raise ValueError(f"sem_seg_mode='all' needs thing_sem_labels: {num_thing_classes} distinct "
+                             f"semantic labels in [0, {total}) (the things' category positions); got {thing_sem_labels!r}")
+        things = set(labels)
+    else:
         raise ValueError(f"sem_seg_mode must be 'stuff_plus_thing' or 'all', got {sem_seg_mode!r}")
-    num_sem = num_thing_classes + num_stuff_classes
-    labels = [int(x) for x in thing_sem_labels] if thing_sem_labels is not None else None
-    if labels is None or len(set(labels)) != num_thing_classes or not all(0 <= x < num_sem for x in labels):
-        raise ValueError(f"sem_seg_mode='all' needs thing_sem_labels: {num_thing_classes} distinct "
-                         f"semantic labels in [0, {num_sem}) (the things' category positions); got {thing_sem_labels!r}")
-    return {"num_thing_classes": num_thing_classes, "num_sem_classes": num_sem, "thing_sem_labels": labels}
+    categories = tuple(Category(id=i + 1, name=str(i + 1), isthing=i in things) for i in range(total))
+    return DatasetMetadata(categories, sem_seg_mode=sem_seg_mode, name="zoo")  # type: ignore[arg-type]
+
+
+def data_counts(num_thing_classes: int, num_stuff_classes: int, sem_seg_mode: str = "stuff_plus_thing",
+                thing_sem_labels: Sequence[int] | None = None) -> dict[str, Any]:
+    """The ``data.*`` keys a model yaml reads, derived from :func:`counts_metadata` by the same
+    function as a dataset config's (``panfpn.data.resolvers.label_keys``)."""
+    return label_keys(counts_metadata(num_thing_classes, num_stuff_classes, sem_seg_mode, thing_sem_labels))
 
 
 def model_config(name: str, num_thing_classes: int = 80, num_stuff_classes: int = 53, *,

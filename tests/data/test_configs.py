@@ -12,7 +12,9 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from panfpn.data.build import check_metadata_matches
+from config_helpers import compose_config
+
+from panfpn.data.resolvers import LABEL_KEYS, label_keys
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.transforms import Compose, RandomCrop, RandomHorizontalFlip, ResizeShortestEdge
 
@@ -28,21 +30,24 @@ def _cfg(name: str, **overrides):
 
 
 @pytest.mark.parametrize("name", ["synthetic", "coco_panoptic", "cityscapes_panoptic"])
-def test_metadata_matches_literal_counts(name):
-    cfg = _cfg(name)
+def test_counts_derive_from_the_metadata_no_data_config_states_them(name):
+    """Class counts and thing labels were literals in each data yaml, checked against the metadata."""
+    raw = OmegaConf.load(CONFIGS / f"{name}.yaml")
+    assert not set(LABEL_KEYS) & set(raw.keys()), f"{name}.yaml states a class count"
+    cfg = compose_config([f"data={name}"], output_dir="unused")
     meta = instantiate(cfg.data.metadata)
     assert isinstance(meta, DatasetMetadata)
-    check_metadata_matches(cfg.data, meta)
+    assert OmegaConf.to_container(cfg.data)["num_thing_classes"] == "${panfpn.labels:${data.metadata},num_thing_classes}"
+    assert {k: OmegaConf.to_container(cfg.data, resolve=True)[k] for k in LABEL_KEYS} == label_keys(meta)
     assert {"train", "val", "batch_size", "num_workers"} <= set(cfg.data.keys())
 
 
-def test_check_metadata_names_the_wrong_key():
-    cfg = _cfg("synthetic", **{"data.num_sem_classes": 4})
-    with pytest.raises(ValueError, match="data.num_sem_classes' is 4 .* gives 5"):
-        check_metadata_matches(cfg.data, instantiate(cfg.data.metadata))
-    del cfg.data["thing_sem_labels"]
-    with pytest.raises(ValueError, match="data.thing_sem_labels' is missing"):
-        check_metadata_matches({"num_thing_classes": 4, "num_sem_classes": 5}, instantiate(cfg.data.metadata))
+def test_counts_follow_the_metadata_node():
+    """Another metadata on the synthetic config: its counts reach the model, nothing else to edit."""
+    cfg = compose_config(["data.metadata._target_=panfpn.data.builtin_meta.coco_panoptic_metadata"],
+                         output_dir="unused")
+    assert (cfg.data.num_thing_classes, cfg.data.num_sem_classes, list(cfg.data.thing_sem_labels)) == (80, 54, [53])
+    assert (cfg.model.semantic_head.num_classes, cfg.model.roi_heads.mask_head.num_classes) == (54, 80)
 
 
 def test_synthetic_config_builds_datasets(tmp_path):

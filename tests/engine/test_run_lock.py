@@ -149,3 +149,46 @@ def test_a_lock_file_removed_by_its_releasing_holder_is_not_locked(tmp_path, mon
             third.acquire()
     finally:
         second.release()
+
+
+def _rank_main(rank, world, init_file, free_run, held_run, out_dir):
+    import json
+
+    import torch.distributed as dist
+
+    from panfpn.engine.run_lock import hold_run_dir
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        result = {}
+        with hold_run_dir(free_run) as lock:  # rank 0 holds it for the whole job
+            dist.barrier()
+            result["held"] = lock is not None and lock.held
+            result["holder_pid"] = read_record(Path(free_run) / LOCK_FILE)["pid"]
+            dist.barrier()
+        try:
+            with hold_run_dir(held_run):
+                result["busy"] = None
+        except RunDirBusyError as err:  # every rank, not only the one that tried the lock
+            result["busy"] = str(err)
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+            json.dump({**result, "pid": os.getpid()}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_rank_0_holds_the_lock_and_every_rank_fails_when_it_is_taken(tmp_path, holder):
+    import json
+
+    import torch.multiprocessing as mp
+
+    free = tmp_path / "free"
+    mp.spawn(_rank_main, args=(2, str(tmp_path / "init"), str(free), str(tmp_path / "run"), str(tmp_path)),
+             nprocs=2)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["held"] for r in ranks] == [True, False]
+    assert ranks[0]["holder_pid"] == ranks[1]["holder_pid"] == ranks[0]["pid"]
+    assert not (free / LOCK_FILE).exists()
+    for r in ranks:
+        assert f"is in use by another training: pid {holder.pid}" in r["busy"]

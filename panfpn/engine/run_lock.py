@@ -143,15 +143,18 @@ def hold_run_dir(run_dir: str | os.PathLike) -> Iterator[RunDirLock | None]:
     """Lock ``run_dir`` for one training, on rank 0 (all ranks share the folder); every rank
     raises RunDirBusyError when it is held, so that a torchrun/Slurm job fails as a whole."""
     lock = RunDirLock(run_dir) if du.is_main_process() else None
-    error = None
+    error: Exception | None = None
     if lock is not None:
         try:
             lock.acquire()
-        except RunDirBusyError as err:
-            error = str(err)
-    error = du.broadcast_object(error)
+        except Exception as err:  # told to the other ranks first, or they would wait for rank 0
+            error = err
+    told = du.broadcast_object(None if error is None else (isinstance(error, RunDirBusyError), str(error)))
     if error is not None:
-        raise RunDirBusyError(error)
+        raise error
+    if told is not None:
+        busy, message = told
+        raise RunDirBusyError(message) if busy else RuntimeError(f"rank 0 cannot lock {run_dir}: {message}")
     try:
         yield lock
     finally:

@@ -51,15 +51,13 @@ class AtomicWriteError(OSError):
 
 
 def _os_error(err: BaseException) -> OSError | None:
-    """The OSError behind ``err``: itself, or one it was raised from or while handling (torch.save
-    reports a failed write as ``RuntimeError: unexpected pos ...`` raised while handling it)."""
+    """The OSError behind ``err``: itself, or the one a RuntimeError was raised from or while
+    handling (torch.save reports a failed write as ``RuntimeError: unexpected pos ...``)."""
     seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, OSError):
-            return err
+    while isinstance(err, RuntimeError) and id(err) not in seen:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
-    return None
+    return err if isinstance(err, OSError) else None
 
 
 def _write_error(path: Path, err: OSError, step: str) -> AtomicWriteError:
@@ -93,7 +91,7 @@ def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], Any], *, 
     except BaseException as err:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        os_err = _os_error(err) if isinstance(err, Exception) else None  # not KeyboardInterrupt
+        os_err = _os_error(err)
         if os_err is None or isinstance(err, AtomicWriteError):
             raise
         raise _write_error(path, os_err, step) from err

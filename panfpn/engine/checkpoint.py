@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from panfpn.modeling.weights import load_error_reason, torch_file_problem
 from panfpn.utils import atomic
 from panfpn.utils.atomic import atomic_write
 
@@ -26,7 +27,8 @@ RUN_FILES = ("model_*.pth", LAST_CHECKPOINT, "metrics.jsonl")
 
 
 class CheckpointError(RuntimeError):
-    """No checkpoint of a run dir can be resumed from (each one named with its reason)."""
+    """A training checkpoint cannot be read, or no checkpoint of a run dir can be resumed from
+    (each one named with its reason)."""
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -98,9 +100,25 @@ def find_last_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return path
 
 
+_EXPECTED = ("expected a training checkpoint as tools/train.py writes it (a torch.save zip file of a "
+             f"dict with {', '.join(RESUME_KEYS)})")
+
+
 def load_training_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load one of our training checkpoints; never with the unrestricted unpickler."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Load one of our training checkpoints; never with the unrestricted unpickler. A file that
+    is not one (empty, text, truncated, another pickle) is a CheckpointError naming it."""
+    problem = torch_file_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"{path} cannot be loaded: {problem}; {_EXPECTED}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except MemoryError:
+        raise
+    except Exception as err:  # truncated zip, pickle error, I/O error: the file is unusable
+        raise CheckpointError(f"{path} cannot be loaded ({load_error_reason(path, err)}); {_EXPECTED}") from err
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} holds a {type(ckpt).__name__}, not a training checkpoint; {_EXPECTED}")
+    return ckpt
 
 
 def remove_stale_temp_files(run_dir: str | os.PathLike) -> list[Path]:
@@ -125,11 +143,11 @@ def resume_candidates(run_dir: str | os.PathLike) -> list[Path]:
 def _load_for_resume(path: Path) -> dict:
     try:
         ckpt = load_training_checkpoint(path)
-    except Exception as err:  # truncated zip, pickle error, I/O error: the file is unusable
-        raise CheckpointError(f"{path} cannot be loaded ({type(err).__name__}: {err})") from err
-    missing = [k for k in RESUME_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(RESUME_KEYS)
+    except OSError as err:  # unreadable (permissions, I/O error)
+        raise CheckpointError(f"{path} cannot be read ({err}); {_EXPECTED}") from err
+    missing = [k for k in RESUME_KEYS if k not in ckpt]
     if missing:
-        raise CheckpointError(f"{path} is not a training checkpoint (it lacks {missing})")
+        raise CheckpointError(f"{path} is not a training checkpoint (it lacks {missing}); {_EXPECTED}")
     return ckpt
 
 

@@ -32,6 +32,7 @@ from panfpn.engine.eval_loop import build_eval_loader, evaluate, metrics_to_scal
 from panfpn.engine.metrics_log import MetricsLog
 from panfpn.engine.model_spec import describe_model
 from panfpn.engine.resume import Resumed, resume_training
+from panfpn.engine.run_lock import hold_run_dir
 from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, move_batch, setup_logging
 from panfpn.modeling.build import build_model
 from panfpn.engine.solver import build_optimizer, clip_gradients, scaled_lr
@@ -196,6 +197,11 @@ def train_from_config(cfg: DictConfig) -> dict:
     validate_config(cfg)
     device = du.init_distributed(cfg.device)
     run_dir = Path(du.shared_run_dir(cfg.output_dir))
+    with hold_run_dir(run_dir):  # one live training per run folder, released on every exit
+        return _train(cfg, device, run_dir)
+
+
+def _train(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict:
     setup_logging(run_dir if du.is_main_process() else None)
     fit_threads_to_cpus()
     _remove_stale_temp_files(run_dir)

@@ -196,9 +196,52 @@ def check_weights_path(source: str | os.PathLike) -> Path:
     return path
 
 
+def torch_file_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be a ``torch.save`` file, told by its first bytes (empty, text, other
+    binary data); None when it may be one (a zip archive, or a pickle: torch's legacy format)."""
+    with open(path, "rb") as f:
+        head = f.read(32)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):  # zip, or pickle protocol >= 2
+        return None
+    kind = "text" if _is_text(head) else "binary data"
+    return f"it is {kind} starting with {head[:16]!r}, not a zip archive written by torch.save"
+
+
+def _is_text(head: bytes) -> bool:
+    """Whether the first bytes of a file read as UTF-8 text (a character cut at the end allowed)."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 3:
+            return False
+        text = head[:err.start].decode("utf-8")
+    return all(c.isprintable() or c in "\t\r\n" for c in text)
+
+
+def load_error_reason(path: str | os.PathLike, err: BaseException) -> str:
+    """What is wrong with ``path``, on one line, from the error ``torch.load`` raised on it (torch's
+    weights-only refusal hides it in a paragraph of advice)."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        reason = f"UnpicklingError: the weights-only unpickler refused it: {' '.join(text.split())}"
+    else:
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        reason = f"{type(err).__name__}: {first[:300]}" if first else type(err).__name__
+    if not _is_zip(path):
+        reason += "; it is a plain pickle, not a zip archive written by torch.save"
+    return reason
+
+
 def read_torch_file(path: str | os.PathLike) -> Any:
     """``torch.load(weights_only=True)`` on CPU, memory-mapped when possible; an unreadable file
-    raises :class:`WeightsError` naming it and the accepted formats."""
+    (empty, text, truncated, not a torch file) raises :class:`WeightsError` naming it, what is
+    wrong and the accepted formats."""
+    problem = torch_file_problem(path)
+    if problem is not None:
+        raise WeightsError(f"cannot read {path} as a torch weights file: {problem}; {_formats()}")
     try:
         try:
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -206,9 +249,11 @@ def read_torch_file(path: str | os.PathLike) -> Any:
             if "mmap" not in str(err):
                 raise
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, UnicodeDecodeError) as err:
-        raise WeightsError(f"cannot read {path} as a torch weights file ({type(err).__name__}: "
-                           f"{str(err).splitlines()[0] if str(err) else ''}); {_formats()}") from err
+    except MemoryError:
+        raise
+    except Exception as err:  # a damaged file fails anywhere in torch's reader or the unpickler
+        raise WeightsError(f"cannot read {path} as a torch weights file ({load_error_reason(path, err)}); "
+                           f"{_formats()}") from err
 
 
 def _read_d2_pickle(path: Path) -> dict[str, torch.Tensor]:
@@ -217,10 +262,22 @@ def _read_d2_pickle(path: Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as err:
         if str(err).startswith("refusing"):  # a pickle that tries to run code: say so as it is
             raise
-        raise WeightsError(f"cannot read {path} as a Detectron2 .pkl ({err}); {_formats()}") from err
-    except (EOFError, ValueError, UnicodeDecodeError, IndexError, KeyError, TypeError) as err:
-        raise WeightsError(f"cannot read {path} as a Detectron2 .pkl ({type(err).__name__}: {err}); "
+        raise WeightsError(f"cannot read {path} as a Detectron2 .pkl ({err}){_zip_hint(path)}; "
                            f"{_formats()}") from err
+    except (MemoryError, OSError):
+        raise  # OSError names the file itself
+    except Exception as err:  # a damaged pickle fails anywhere in the unpickler
+        raise WeightsError(f"cannot read {path} as a Detectron2 .pkl ({type(err).__name__}: {err})"
+                           f"{_zip_hint(path)}; {_formats()}") from err
+
+
+def _is_zip(path: str | os.PathLike) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _zip_hint(path: Path) -> str:
+    return ": it is a zip archive, as torch.save writes (a .pth file named .pkl?)" if _is_zip(path) else ""
 
 
 def _check(report: LoadReport, allow_partial: bool) -> None:

@@ -41,22 +41,60 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], *, mode: s
     return atomic_write_path(path, write_file)
 
 
+class AtomicWriteError(OSError):
+    """A write through this module failed (disk full, permissions, I/O error): the message names
+    the file, the OS error and that the previous file was left as it was. ``errno`` and
+    ``filename`` are the OS error's errno and the target file."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind ``err``: itself, or the one a RuntimeError was raised from or while
+    handling (torch.save reports a failed write as ``RuntimeError: unexpected pos ...``)."""
+    seen = set()
+    while isinstance(err, RuntimeError) and id(err) not in seen:
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return err if isinstance(err, OSError) else None
+
+
+def _write_error(path: Path, err: OSError, step: str) -> AtomicWriteError:
+    try:
+        existed = path.exists()
+    except OSError:  # e.g. no permission to look into the folder
+        existed = False
+    previous = f"the previous {path.name} is unchanged" if existed else f"no {path.name} was written"
+    reason = f"[Errno {err.errno}] {err.strerror}" if err.errno is not None else str(err)
+    return AtomicWriteError(err.errno, f"cannot write {path} ({step}): {reason}; {previous}", str(path))
+
+
 def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], Any], *, suffix: str = ".tmp") -> Path:
     """Like :func:`atomic_write` for writers that take a file name (ONNX, torch.export):
     ``write(tmp_path)``, then rename over ``path``. ``suffix`` ends the temp name (some writers
-    insist on an extension)."""
+    insist on an extension). A failure of the OS (disk full, permissions) raises AtomicWriteError
+    naming ``path``; the previous ``path`` is left as it was and the temp file removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    step = "creating its folder"
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        step = "creating a temp file beside it"
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(fd)
+        step = "writing a temp file beside it"
         write(Path(tmp))
+        step = "renaming the temp file over it"
         os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        os_err = _os_error(err)
+        if os_err is None or isinstance(err, AtomicWriteError):
+            raise
+        raise _write_error(path, os_err, step) from err
     return path
 
 

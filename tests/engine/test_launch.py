@@ -1,4 +1,5 @@
-"""End-to-end launches through tools/train.py: signal handling and 2-process gloo DDP."""
+"""End-to-end launches through tools/train.py: signal handling, one training per run folder and
+2-process gloo DDP. Every process is started in its own group and killed with it (process_helpers)."""
 
 import json
 import os
@@ -11,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from panfpn.engine.checkpoint import find_last_checkpoint, load_training_checkpoint
+from panfpn.engine.run_lock import LOCK_FILE, RunDirLock
+from process_helpers import run as run_in_group, started
 
 # Subprocess launches of tools/train.py (tens of seconds each): the quick loop, -m "not slow", skips them.
 pytestmark = pytest.mark.slow
@@ -37,32 +40,43 @@ def test_signal_saves_a_loadable_checkpoint_and_exits_128_plus_signal(tmp_path, 
     run = tmp_path / "run"
     args = [*tiny_args, "solver.max_iter=100000", "solver.schedule.steps=[50000]", f"data.num_workers={workers}",
             "train.checkpoint_period=100000", "train.eval_period=-1", f"hydra.run.dir={run}"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tools/train.py"), *args], env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    deadline = time.time() + 180
-    while time.time() < deadline and len(_metrics(run)) < 2 and proc.poll() is None:
-        time.sleep(0.5)
-    assert proc.poll() is None, proc.stdout.read()
-    if whole_group:
-        os.killpg(proc.pid, sig)
-    else:
-        proc.send_signal(sig)
-    out, _ = proc.communicate(timeout=120)
+    # Its own process group with Python's Ctrl-C handling (also when pytest's shell ignores SIGINT),
+    # killed whole when the test ends: a failure never leaves the 100000-iteration run behind.
+    with started([sys.executable, str(ROOT / "tools/train.py"), *args], env=_env(), stdout=subprocess.PIPE,
+                 stderr=subprocess.STDOUT, text=True) as proc:
+        deadline = time.time() + 180
+        while time.time() < deadline and len(_metrics(run)) < 2 and proc.poll() is None:
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stdout.read()
+        if not whole_group:  # meanwhile, a second training into the same folder is refused at once
+            second = run_in_group([sys.executable, str(ROOT / "tools/train.py"), *args], env=_env(),
+                                  capture_output=True, text=True, timeout=120)
+            assert second.returncode == 1, second.stderr[-3000:]
+            assert f"{run} is in use by another training: pid {proc.pid} on host" in second.stderr
+        if whole_group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=120)
     # 128 + signal, like a shell reports a process the signal ended: `train && eval` stops here.
     assert proc.returncode == 128 + sig, out
     assert "continue with resume=true" in out
     ckpt = load_training_checkpoint(find_last_checkpoint(run))
     assert 2 <= ckpt["iteration"] < 100000
+    iterations = [r["iter"] for r in _metrics(run) if r["kind"] == "train"]
+    assert iterations == sorted(set(iterations))  # each iteration logged once: no second writer
+    assert not (run / LOCK_FILE).exists()  # released on the way out
+    with RunDirLock(run) as lock:
+        assert lock.held
 
 
 def test_two_process_gloo_ddp_matches_single_process_with_same_global_batch(tmp_path, tiny_args):
     common = [*tiny_args, "solver.max_iter=1", "solver.schedule.steps=[]", "train.eval_period=-1"]
-    single = subprocess.run(
+    single = run_in_group(
         [sys.executable, str(ROOT / "tools/train.py"), *common, "data.batch_size=2",
          f"hydra.run.dir={tmp_path / 'single'}"], env=_env(), capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = subprocess.run(
+    ddp = run_in_group(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(ROOT / "tools/train.py"), *common, "data.batch_size=1", f"hydra.run.dir={tmp_path / 'ddp'}"],
         env=_env(), capture_output=True, text=True, timeout=300)
@@ -80,17 +94,17 @@ def test_two_process_gloo_ddp_matches_single_process_with_same_global_batch(tmp_
 def test_two_process_eval_equals_single_process(tmp_path, tiny_args):
     common = [*tiny_args, "eval.max_images=null", "data.val.num_images=5", "model.merge.score_thresh=0.0",
               "model.merge.stuff_area=1"]
-    train_run = subprocess.run(
+    train_run = run_in_group(
         [sys.executable, str(ROOT / "tools/train.py"), *common, "solver.max_iter=2", "solver.schedule.steps=[]",
          "train.eval_period=-1", f"hydra.run.dir={tmp_path / 'train'}"], env=_env(), capture_output=True,
         text=True, timeout=300)
     assert train_run.returncode == 0, train_run.stderr[-3000:]
     weights = f"weights={tmp_path / 'train' / 'model_final.pth'}"
-    single = subprocess.run([sys.executable, str(ROOT / "tools/eval.py"), *common, weights,
+    single = run_in_group([sys.executable, str(ROOT / "tools/eval.py"), *common, weights,
                              f"hydra.run.dir={tmp_path / 'one'}"], env=_env(), capture_output=True,
                             text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
-    ddp = subprocess.run(
+    ddp = run_in_group(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(ROOT / "tools/eval.py"), *common, weights, f"hydra.run.dir={tmp_path / 'two'}"],
         env=_env(), capture_output=True, text=True, timeout=300)

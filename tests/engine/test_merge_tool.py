@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from pycocotools import mask as mask_utils
 
 import panfpn
 from merge_helpers import coco_rle, rgb_to_ids, semantic_entries, sequential_merge
+from process_helpers import run as run_in_group
 
 ROOT = Path(__file__).resolve().parents[2]
 THINGS, STUFF = [3, 7], [1, 5]
@@ -96,7 +96,7 @@ def test_merge_tool_equals_sequential_merge_and_skips_bad_inputs(tmp_path):
     gt_json = _ground_truth(tmp_path, images, expected)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run(
+    proc = run_in_group(
         [sys.executable, str(ROOT / "tools/merge.py"), "device=cpu", f"hydra.run.dir={tmp_path / 'run'}",
          f"merge.semantic_dir={tmp_path / 'sem'}", f"merge.instances_json={tmp_path / 'instances.json'}",
          f"merge.images_json={tmp_path / 'images.json'}", f"merge.output_dir={out}",

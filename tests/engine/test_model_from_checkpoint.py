@@ -7,7 +7,6 @@ import importlib.util
 import json
 import logging
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from panfpn.engine.train_run import train_from_config
 from panfpn.modeling.build import build_model
 from panfpn.modeling.export import as_network, example_input, max_abs_diffs
 from panfpn.modeling.weights import WeightsError
+from process_helpers import run as run_in_group
 
 _spec = importlib.util.spec_from_file_location("engine_conftest", Path(__file__).with_name("conftest.py"))
 _conftest = importlib.util.module_from_spec(_spec)
@@ -153,7 +153,7 @@ def test_eval_command_line_reads_hydra_overrides(trained, tmp_path):
     cmd = [sys.executable, str(ROOT / "tools" / "eval.py"), f"weights={trained}", *data, "eval.max_images=null",
            "eval.compute_ap=false", "model.merge.score_thresh=0.3", "device=cpu", f"hydra.run.dir={run}"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    done = run_in_group(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "model.merge.score_thresh: checkpoint 0.0, used 0.3" in done.stderr
     assert "model.backbone.out_channels: checkpoint" not in done.stderr  # the default group is not used

@@ -66,9 +66,11 @@ KILLED_RUN = textwrap.dedent("""
 
 
 def _run_killed(inp: Path, out: Path, kill_at: int, extra: str = "") -> None:
+    from process_helpers import run as run_in_group  # here: the child imports this module without it
+
     code = KILLED_RUN.format(tests=str(Path(__file__).parent), kill_at=kill_at, inp=str(inp),
                              out=str(out), extra=extra)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = run_in_group([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr  # really killed, not finished
 
 
@@ -193,6 +195,7 @@ def test_tools_predict_killed_with_sigkill_then_rerun(tiny_cfg, tmp_path):
     import time
 
     from panfpn.engine.train_run import train_from_config
+    from process_helpers import run as run_in_group, started
 
     train_from_config(tiny_cfg("train.eval_period=-1", run_dir=tmp_path / "train"))  # a real checkpoint, quickly
     inp, out = tmp_path / "in", tmp_path / "out"
@@ -201,15 +204,15 @@ def test_tools_predict_killed_with_sigkill_then_rerun(tiny_cfg, tmp_path):
     cmd = [sys.executable, str(root / "tools" / "predict.py"), f"weights={tmp_path / 'train' / 'model_final.pth'}",
            f"predict.input={inp}", f"predict.output_dir={out}", "predict.batch_size=1", "predict.num_workers=0",
            "device=cpu", f"hydra.run.dir={tmp_path / 'run'}"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if len(list((out / "panoptic").glob("p*.png"))) >= 10:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    with started(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(list((out / "panoptic").glob("p*.png"))) >= 10:
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.02)
+        assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert len(list((out / "panoptic").glob("p*.png"))) < 150
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_in_group(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     data = _assert_json_lists_exactly_the_files(out, expected_count=150)
     assert [a["image_id"] for a in data["annotations"]] == [f"p{k:03d}" for k in range(150)]

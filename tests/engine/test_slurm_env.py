@@ -86,18 +86,22 @@ def test_two_srun_tasks_form_a_process_group():
     import os
     import subprocess
     import sys
+    from contextlib import ExitStack
+
+    from process_helpers import started
 
     base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "RANK", "WORLD_SIZE",
                                                                        "LOCAL_RANK", "MASTER_"))}
-    procs = []
-    for rank in range(2):
-        env = base | {"SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0",
-                      "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NODELIST": "localhost",
-                      "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_JOB_ID": str(os.getpid()),
-                      "OMP_NUM_THREADS": "1"}
-        procs.append(subprocess.Popen([sys.executable, "-c", _RANK_SCRIPT], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
-    outs = [p.communicate(timeout=120) for p in procs]
+    with ExitStack() as stack:  # both ranks killed (process groups) when the test ends, pass or fail
+        procs = []
+        for rank in range(2):
+            env = base | {"SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0",
+                          "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NODELIST": "localhost",
+                          "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_JOB_ID": str(os.getpid()),
+                          "OMP_NUM_THREADS": "1"}
+            procs.append(stack.enter_context(started([sys.executable, "-c", _RANK_SCRIPT], env=env,
+                                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        outs = [p.communicate(timeout=120) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err
     assert sorted(o.split() for o, _ in outs) == [["0", "2", "3"], ["1", "2", "3"]]

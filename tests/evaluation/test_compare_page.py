@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from panfpn.evaluation.compare_page import build_compare, make_runs
 from panfpn.evaluation.image_set import image_set_record
 from panfpn.evaluation.report import signed_text
 
+from process_helpers import run as run_in_group
 from report_parse import PageStructure
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,7 +62,7 @@ def test_two_runs_per_class_changes_sorted_with_zero_as_no_change(tmp_path):
     a = _metrics({1: 0.8, 2: 0.1, 7: 0.55, 9: 0.9, 11: 0.5})
     b = _metrics({1: 0.7, 2: 0.4, 7: 0.55, 9: 0.3, 11: None}, fp=2, miou=0.4)
     out = tmp_path / "compare.html"
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "compare_evals.py"), *_write(tmp_path, {"a": a, "b": b}),
+    proc = run_in_group([sys.executable, str(REPO / "tools" / "compare_evals.py"), *_write(tmp_path, {"a": a, "b": b}),
                            "--out", str(out)], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     doc = PageStructure(out.read_text(encoding="utf-8"))
@@ -118,7 +118,7 @@ def test_different_image_sets_are_refused_unless_allowed(tmp_path, capsys, b_ima
 
 def test_results_without_an_image_set_record_are_refused_unless_allowed(tmp_path):
     paths = _write(tmp_path, {"a": _metrics({1: 0.5}), "b": _metrics({1: 0.6}, record=False)})
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "compare_evals.py"), *paths, "--out",
+    proc = run_in_group([sys.executable, str(REPO / "tools" / "compare_evals.py"), *paths, "--out",
                            str(tmp_path / "c.html")], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 1 and f"{paths[1]} records no image set (8 images" in proc.stderr
     _tool().main([*paths, "--out", str(tmp_path / "c.html"), "--allow-different-images"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from panfpn.evaluation.pq import main as pq_main
 from panfpn.evaluation.pq import pq_compute
 from pq_case_gen import THINGS, assert_same, write_cases
+from process_helpers import run as run_in_group
 
 hotcoco_panoptic = pytest.importorskip("hotcoco.panoptic")
 
@@ -148,10 +148,10 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
     pred = json.loads(pred_json.read_text())
     pred["annotations"].pop(1)
     pred_json.write_text(json.dumps(pred))
-    proc = subprocess.run([sys.executable, "-m", "panfpn.evaluation.pq", "--gt-json", str(gt_json),
-                           "--pred-json", str(pred_json), "--workers", "1"],
-                          capture_output=True, text=True,
-                          cwd=Path(__file__).parents[2])
+    proc = run_in_group([sys.executable, "-m", "panfpn.evaluation.pq", "--gt-json", str(gt_json),
+                         "--pred-json", str(pred_json), "--workers", "1"],
+                        capture_output=True, text=True,
+                        cwd=Path(__file__).parents[2])
     assert proc.returncode == 2
     assert "image 1" in proc.stderr and "no prediction" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -11,6 +11,7 @@ from PIL import Image
 
 from panfpn.evaluation import PQAccumulator, PQInputError, pq_compute
 from pq_case_gen import CATEGORIES, to_rgb, write_panoptic
+from process_helpers import run as run_in_group
 
 BAD = "frankfurt_000000_000294"  # string ids, as in Cityscapes
 
@@ -107,10 +108,9 @@ def test_missing_folder_and_png_are_named(tmp_path):
 
 def _cli(*args):
     import os
-    import subprocess
     import sys
-    return subprocess.run([sys.executable, "-m", "panfpn.evaluation.pq", *map(str, args)],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return run_in_group([sys.executable, "-m", "panfpn.evaluation.pq", *map(str, args)],
+                        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
 
 
 @pytest.mark.parametrize("which,content", [

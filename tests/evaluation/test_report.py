@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from panfpn.evaluation.accumulator import PQAccumulator, pair_counts_torch
 from panfpn.evaluation.report import build_report
 from panfpn.evaluation.worst_images import WorstImages, score_image
 
+from process_helpers import run as run_in_group
 from report_parse import PageStructure
 
 CATS = [{"id": 1, "name": "person", "isthing": 1, "color": [220, 20, 60]},
@@ -125,8 +125,8 @@ def test_report_renders_in_a_headless_browser(tmp_path):
     page = tmp_path / "report.html"
     page.write_text(build_report(_metrics({1: 0.8, 2: 0.1, 7: 0.55, 9: 0.9}), NAMES, _worst_scores(2)), encoding="utf-8")
     shot = tmp_path / "shot.png"
-    subprocess.run([_browser(), "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={shot}",
-                    "--window-size=1200,1600", page.as_uri()], check=True, timeout=120)
+    run_in_group([_browser(), "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={shot}",
+                  "--window-size=1200,1600", page.as_uri()], check=True, timeout=120)
     from PIL import Image
 
     with Image.open(shot) as im:
@@ -142,7 +142,7 @@ def test_clicking_a_header_sorts_the_per_class_table(tmp_path):
     page = build_report(metrics, NAMES)
     click = "<script>document.querySelectorAll('#per-class th')[6].click();</script></body>"  # FN, ascending
     (tmp_path / "r.html").write_text(page.replace("</body>", click), encoding="utf-8")
-    dom = subprocess.run([_browser(), "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom",
-                          (tmp_path / "r.html").as_uri()], check=True, timeout=120, capture_output=True, text=True).stdout
+    dom = run_in_group([_browser(), "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom",
+                        (tmp_path / "r.html").as_uri()], check=True, timeout=120, capture_output=True, text=True).stdout
     rows = PageStructure(dom).texts("per-class")
     assert [r[6] for r in rows] == ["0", "2", "2", "9"] and rows[0][0] == "car" and rows[-1][0] == "road"

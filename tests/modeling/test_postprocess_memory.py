@@ -4,7 +4,6 @@ of the full-size computation (semantic argmax, pasted masks, merge), and fits in
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import textwrap
 from dataclasses import asdict
@@ -17,6 +16,7 @@ from panfpn.modeling.merge_fused import merge_fused
 from panfpn.modeling.merge_reference import merge_panoptic_reference
 from panfpn.modeling.postprocess import (box_instance_masks, panoptic_results, paste_masks, paste_masks_binary,
                                          rescale_boxes, resize_sem_logits, sem_argmax)
+from process_helpers import run as run_in_group
 
 
 def _box_masks(probs: torch.Tensor, seed: int) -> BoxMasks:
@@ -179,7 +179,7 @@ PEAK = textwrap.dedent("""
 def test_12mp_postprocess_peak_memory():
     """54 classes at 3000x4000 used to take 2.6 GB of float logits alone, plus 4 bytes per pixel
     per instance; now the floats are a channel and a box at a time."""
-    proc = subprocess.run([sys.executable, "-c", PEAK], capture_output=True, text=True)
+    proc = run_in_group([sys.executable, "-c", PEAK], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     grown = r["peak_mib"] - r["before_mib"]

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from panfpn.utils.json_file import JSONFileError, JSONFileNotFoundError, load_json
+from process_helpers import run as run_in_group
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,7 +80,7 @@ def test_compare_evals_reports_a_bad_file_in_one_line(tmp_path):
         path.parent.mkdir()
     good.write_text('{"panoptic": {"per_class": {}}}')
     bad.write_text('{"panoptic": ')
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "compare_evals.py"), str(good), str(bad),
-                           "--out", str(tmp_path / "c.html")], capture_output=True, text=True)
+    proc = run_in_group([sys.executable, str(REPO / "tools" / "compare_evals.py"), str(good), str(bad),
+                         "--out", str(tmp_path / "c.html")], capture_output=True, text=True)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"eval results {bad} is not valid JSON: Expecting value: line 1 column 14 (char 13)"

@@ -1,9 +1,10 @@
 """Package attributes load on first use: importing panfpn or its evaluator costs no torch import."""
 
-import subprocess
 import sys
 
 import pytest
+
+from process_helpers import run as run_in_group
 
 
 def test_packages_import_without_torch_until_a_name_is_used():
@@ -13,7 +14,7 @@ def test_packages_import_without_torch_until_a_name_is_used():
             "assert 'torch' not in sys.modules\n"  # the PQ rules are pure Python + numpy
             "panfpn.build_model\n"
             "assert 'torch' in sys.modules\n")
-    subprocess.run([sys.executable, "-c", code], check=True)
+    run_in_group([sys.executable, "-c", code], check=True)
 
 
 def test_unknown_attribute_names_the_package():

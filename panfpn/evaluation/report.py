@@ -10,12 +10,18 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
+from panfpn.data.metadata import DatasetMetadata
 from panfpn.evaluation.worst_images import ImageScore
+from panfpn.utils.atomic import atomic_write, write_json_atomic
+
+logger = logging.getLogger("panfpn")
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
@@ -138,6 +144,25 @@ def _other_metrics(metrics: Mapping[str, Any]) -> str:
     return f'<table id="other-metrics"><tbody>{"".join(rows)}</tbody></table>' if rows else ""
 
 
+def area_table(by_area: Mapping[str, Any]) -> str:
+    """PQ / SQ / RQ (All, Things, Stuff) and TP / FP / FN of small, medium and large segments."""
+    head = "".join(f"<th>{h}</th>" for h in ("size", "PQ", "SQ", "RQ", "PQ things", "PQ stuff", "TP", "FP", "FN"))
+    limits = by_area.get("thresholds", {})
+    lo, hi = limits.get("small_below", 1024), limits.get("large_above", 9216)
+    sizes = {"small": f"area < {lo}", "medium": f"{lo} ≤ area ≤ {hi}", "large": f"area > {hi}"}
+    rows = []
+    for bucket, label in sizes.items():
+        r = by_area[bucket]
+        cells = [f"{100 * r['All'][k]:.2f}" for k in ("pq", "sq", "rq")]
+        cells += [f"{100 * r[s]['pq']:.2f}" if r[s]["n"] else "n/a" for s in ("Things", "Stuff")]
+        cells += [str(int(r[k])) for k in ("tp", "fp", "fn")]
+        rows.append(f'<tr data-size="{bucket}"><td>{bucket} ({html.escape(label)})</td>'
+                    + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return (f'<table id="pq-by-area"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+            '<p class="muted">A true positive or a missed segment counts in the size of its ground-truth segment, '
+            "a false positive in the size of the prediction.</p>")
+
+
 def build_report(metrics: Mapping[str, Any], names: Mapping[int, str], worst: Sequence[ImageScore] = (),
                  title: str = "Panoptic evaluation") -> str:
     """The whole ``report.html`` page (a string)."""
@@ -147,10 +172,25 @@ def build_report(metrics: Mapping[str, Any], names: Mapping[int, str], worst: Se
     chart = bar_chart([(_name(names, c), 100 * r["pq"]) for c, r in scored])
     body = [f'<p class="muted">{metrics.get("num_images", "?")} images</p>',
             "<h2>Panoptic quality</h2>", summary_table(pan), _other_metrics(metrics),
+            *(["<h2>PQ by segment area</h2>", area_table(metrics["panoptic_by_area"])]
+              if "panoptic_by_area" in metrics else []),
             "<h2>Per class (click a header to sort)</h2>", per_class_table(per_class, names),
             '<h2>PQ per class (categories with ground truth or predictions)</h2><div id="pq-chart">', chart, "</div>",
             f"<h2>Lowest per-image PQ ({len(worst)} images)</h2>", worst_images_section(worst, names)]
     return _page(title, body)
+
+
+def write_report(out_dir: str | Path, metrics: Mapping[str, Any], metadata: DatasetMetadata,
+                 worst: Sequence[ImageScore], title: str = "Panoptic evaluation") -> None:
+    """report.html (self-contained page) and categories.json (names for tools/compare_evals.py) in
+    ``out_dir``, beside eval_results.json; ``metrics`` as in eval_results.json."""
+    out_dir = Path(out_dir)
+    names = {c.id: c.name for c in metadata.categories}
+    write_json_atomic(out_dir / "categories.json",
+                      [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in metadata.categories])
+    page = build_report(metrics, names, worst, title=title)
+    atomic_write(out_dir / "report.html", lambda f: f.write(page.encode("utf-8")))
+    logger.info("wrote %s", out_dir / "report.html")
 
 
 def compare_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[list[tuple[int, float, float]], list[int]]:
@@ -196,4 +236,4 @@ def build_compare(a: Mapping[str, Any], b: Mapping[str, Any], names: Mapping[int
     return _page("Panoptic evaluation: comparison", body)
 
 
-__all__ = ["build_report", "build_compare", "compare_rows", "bar_chart", "png_data_uri"]
+__all__ = ["area_table", "build_report", "build_compare", "compare_rows", "bar_chart", "png_data_uri", "write_report"]

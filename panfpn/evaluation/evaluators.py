@@ -21,7 +21,6 @@ from panfpn.evaluation.accumulator import PQAccumulator
 from panfpn.evaluation.coco_ap import COCOAPEvaluator
 from panfpn.evaluation.evaluator import EvalImage, Evaluator
 from panfpn.evaluation.semantic import SemSegEvaluator
-from panfpn.modeling.merge import BoxMasks
 from panfpn.utils.atomic import save_image_atomic
 from panfpn.utils.dist import is_main_process
 
@@ -77,8 +76,8 @@ class COCOAP(Evaluator):
             instances = img.output["instances"]
             self.ap.add_ground_truth(img.image_id, img.gt_map, img.gt_segments)
             masks = instances["masks"]
-            if isinstance(masks, BoxMasks):  # full size one at a time: K x H x W bytes never exist at once
-                masks = MasksOneByOne(masks)
+            if not isinstance(masks, torch.Tensor) and hasattr(masks, "mask"):  # BoxMasks: full size one
+                masks = MasksOneByOne(masks)  # at a time, K x H x W bytes never exist at once
             labels = instances["labels"]
             self.ap.update(img.image_id, instances["boxes"], instances["scores"],
                            self.thing_ids.to(labels.device)[labels], masks)
@@ -88,10 +87,11 @@ class COCOAP(Evaluator):
 
 
 class MasksOneByOne(Sequence):
-    """Masks kept inside their boxes as a sequence of full-size bool ``[H, W]`` masks, each made
-    when it is read (COCO AP encodes them one by one)."""
+    """Masks kept inside their boxes (``panfpn.modeling.merge.BoxMasks``: ``len`` and ``.mask(k)``)
+    as a sequence of full-size bool ``[H, W]`` masks, each made when it is read (COCO AP encodes
+    them one by one)."""
 
-    def __init__(self, masks: BoxMasks) -> None:
+    def __init__(self, masks: Any) -> None:
         self.masks = masks
 
     def __len__(self) -> int:

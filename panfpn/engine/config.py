@@ -30,7 +30,7 @@ KNOWN_KEYS: dict[str, set[str] | None] = {
               "on_nonfinite", "max_consecutive_nonfinite", "max_skipped_fraction", "num_vis_images",
               "progress_bar"},
     "eval": {"max_images", "save_predictions", "save_semantic", "compute_ap", "batch_size", "save_overlays", "report",
-             "evaluators"},
+             "report_browse", "evaluators"},
     "solver": {"optimizer", "base_lr", "ims_per_batch", "weight_decay", "weight_decay_norm",
                "weight_decay_bias", "max_iter", "schedule"},
     "predict": {"input", "output_dir", "batch_size", "num_workers", "overwrite", "overlay", "overlay_alpha",
@@ -174,6 +174,7 @@ CHECKS: dict[str, Check] = {
     "eval.batch_size": integer(1),
     "eval.save_overlays": integer(0),
     "eval.report": boolean(),
+    "eval.report_browse": boolean(),
     "eval.evaluators": Check("a list of evaluator names (e.g. pq_by_area) or {_target_: module.Class} entries",
                              lambda v: isinstance(v, list) and all((isinstance(x, str) and x) or (
                                  isinstance(x, dict) and "_target_" in x) for x in v)),

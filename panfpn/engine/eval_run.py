@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from panfpn.utils.atomic import write_json_atomic
 from panfpn.engine import distributed as du
 from panfpn.engine.config import ConfigError, validate_config
+from panfpn.engine.eval_context import eval_context
 from panfpn.engine.eval_loop import build_eval_loader, evaluate, format_results
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.model_spec import same_labels
@@ -50,8 +51,10 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
     metadata = built.metadata
     _check_dataset_labels(metadata, build_metadata(cfg), cfg)
     model = built.model.to(device)
-    loader = build_eval_loader(cfg, instantiate(built.cfg.data.val))
-    evaluators = build_evaluators(cfg, metadata, out_dir)
+    dataset = instantiate(built.cfg.data.val)
+    loader = build_eval_loader(cfg, dataset)
+    context = eval_context(cfg, built, dataset) if cfg.eval.report and du.is_main_process() else None
+    evaluators = build_evaluators(built.cfg, metadata, out_dir, context=context)
     metrics = evaluate(model, loader, metadata, evaluators, device=device, max_images=cfg.eval.max_images)
     metrics.pop("overlays", None)
     if du.is_main_process():

@@ -6,7 +6,8 @@ Always: PQ (``panoptic``) and mIoU (``sem_seg``); COCO AP (``bbox``, ``segm``) w
 ``{_target_: module.Class, ...}``, a class built with ``metadata=`` and the entry's other keys;
 last the overlays (``overlays``). tools/eval.py adds what writes files into ``out_dir``: the
 prediction PNGs + JSON (``eval.save_predictions``), the semantic PNGs (``eval.save_semantic``)
-and report.html (``eval.report``).
+and report.html (``eval.report``; every image's overlay in ``report_images/`` with
+``eval.report_browse``).
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ REPORT_WORST_IMAGES = 8  # images with the lowest per-image PQ shown in report.h
 
 
 def build_evaluators(cfg: DictConfig, metadata: DatasetMetadata, out_dir: str | Path | None = None, *,
-                     training: bool = False) -> list[Evaluator]:
+                     training: bool = False, context: dict[str, str] | None = None) -> list[Evaluator]:
     """The evaluators of ``cfg`` (module docstring). ``training``: those of training-time
-    evaluation (no files; ``train.num_vis_images`` overlays for TensorBoard)."""
+    evaluation (no files; ``train.num_vis_images`` overlays for TensorBoard). ``context``: what the
+    run used, shown at the top of report.html."""
     evaluators: list[Evaluator] = [PanopticQuality(metadata), SemanticSegmentation(metadata)]
     if cfg.eval.compute_ap:
         evaluators.append(COCOAP(metadata))
@@ -44,7 +46,9 @@ def build_evaluators(cfg: DictConfig, metadata: DatasetMetadata, out_dir: str | 
         evaluators.append(SemanticPNGWriter(metadata, out_dir / "semantic"))
     if cfg.eval.get("report", True):
         title = f"Panoptic evaluation: {Path(str(cfg.weights)).name} on {metadata.name or 'data.val'}"
-        evaluators.append(ReportCollector(metadata, out_dir, k=REPORT_WORST_IMAGES, title=title))
+        evaluators.append(ReportCollector(metadata, out_dir, k=REPORT_WORST_IMAGES, title=title, context=context,
+                                          score_thresh=OmegaConf.select(cfg, "model.merge.score_thresh"),
+                                          browse=bool(cfg.eval.get("report_browse", True))))
     return evaluators + [Overlays(cfg.eval.save_overlays, out_dir / "overlays")]
 
 

@@ -59,14 +59,25 @@ class EvalImage:
         """int64 ``[H, W]`` semantic labels of the ground truth (255 = ignore), on the gt map's device."""
         return semantic_map(self.gt_map, self.gt_segments, self.metadata).to(self.gt_map.device)
 
-    def overlay(self) -> np.ndarray:
-        """uint8 ``[H, 2W + gap, 3]``: ground truth | prediction drawn over the image."""
+    def overlay(self, max_width: int | None = None) -> np.ndarray:
+        """uint8 ``[H, 2W + gap, 3]``: ground truth | prediction drawn over the image, at the
+        original resolution or (``max_width``) scaled down so that the two halves fit in it."""
+        full = tuple(self.gt_map.shape)
+        size = full
+        if max_width is not None and 2 * full[1] > max_width:
+            scale = max_width / (2 * full[1])
+            size = (max(1, round(full[0] * scale)), max(1, round(full[1] * scale)))
         h, w = self.batch["image_sizes"][self.index]
-        image = self.batch["images"][self.index, :, :h, :w].float()[None]
-        image = F.interpolate(image, size=tuple(self.gt_map.shape), mode="bilinear", align_corners=False)
-        image = image[0].permute(1, 2, 0).round().clamp(0, 255).byte().cpu().numpy()
-        pred = panoptic_overlay(image, self.pred_map.cpu().numpy(), self.pred_segments, self.metadata)
-        gt = panoptic_overlay(image, self.gt_map.cpu().numpy(), self.gt_segments, self.metadata)
+        image = self.batch["images"][self.index, :, :h, :w]
+        if (h, w) != size:
+            image = F.interpolate(image.float()[None], size=size, mode="bilinear", align_corners=False)[0]
+        image = image.permute(1, 2, 0).float().round().clamp(0, 255).byte().cpu().numpy()
+        gt, pred = self.gt_map.cpu(), self.pred_map.cpu()
+        if size != full:  # nearest pixel of each id map
+            rows, cols = torch.arange(size[0]) * full[0] // size[0], torch.arange(size[1]) * full[1] // size[1]
+            gt, pred = gt[rows][:, cols], pred[rows][:, cols]
+        pred = panoptic_overlay(image, pred.numpy(), self.pred_segments, self.metadata)
+        gt = panoptic_overlay(image, gt.numpy(), self.gt_segments, self.metadata)
         return side_by_side(gt, pred, titles=("ground truth", "prediction"))
 
 

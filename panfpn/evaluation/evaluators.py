@@ -9,7 +9,6 @@ in the protocol of :mod:`panfpn.evaluation.evaluator`; which of them run is deci
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -20,9 +19,13 @@ from panfpn.data.metadata import DatasetMetadata
 from panfpn.evaluation.accumulator import PQAccumulator
 from panfpn.evaluation.coco_ap import COCOAPEvaluator
 from panfpn.evaluation.evaluator import EvalImage, Evaluator
+from panfpn.evaluation.report_collector import ReportCollector
 from panfpn.evaluation.semantic import SemSegEvaluator
 from panfpn.utils.atomic import save_image_atomic
 from panfpn.utils.dist import is_main_process
+
+__all__ = ["COCOAP", "MasksOneByOne", "Overlays", "PanopticPNGWriter", "PanopticQuality",
+           "ReportCollector", "SemanticPNGWriter", "SemanticSegmentation"]
 
 
 class PanopticQuality(Evaluator):
@@ -170,38 +173,3 @@ class Overlays(Evaluator):
         if self.out_dir is not None:
             for i, overlay in enumerate(self.overlays):
                 save_image_atomic(Path(self.out_dir) / f"{i:04d}.png", overlay)
-
-
-class ReportCollector(Evaluator):
-    """report.html and categories.json in ``out_dir`` (:meth:`finish`): every metric, and the ``k``
-    images of the main process with the lowest per-image PQ, their overlays and errors; no results."""
-
-    def __init__(self, metadata: DatasetMetadata, out_dir: str | Path, *, k: int = 8,
-                 title: str = "Panoptic evaluation") -> None:
-        self.metadata, self.out_dir, self.k, self.title = metadata, Path(out_dir), int(k), title
-        self.reset()
-
-    def reset(self) -> None:
-        from panfpn.evaluation.worst_images import WorstImages
-
-        self.worst = WorstImages(self.metadata.to_coco_categories(), k=self.k)
-
-    def process(self, batch: Mapping[str, Any], outputs: Sequence[EvalImage]) -> None:
-        if not is_main_process():
-            return
-        for img in outputs:
-            self.worst(img.image_id, img.pred_map, img.pred_segments, img.gt_map, img.gt_segments,
-                       img.overlay, pairs=img.pairs)
-
-    def evaluate(self) -> dict[str, Any]:
-        return {}
-
-    def finish(self, results: Mapping[str, Any]) -> None:
-        from panfpn.evaluation.report import write_report
-
-        metrics = json.loads(json.dumps({k: v for k, v in results.items() if k != "overlays"}, default=str))
-        write_report(self.out_dir, metrics, self.metadata, self.worst.worst(), title=self.title)
-
-
-__all__ = ["COCOAP", "MasksOneByOne", "Overlays", "PanopticPNGWriter", "PanopticQuality",
-           "ReportCollector", "SemanticPNGWriter", "SemanticSegmentation"]

@@ -104,9 +104,12 @@ class WorstImages:
             pairs = _pair_counts(torch.as_tensor(gt_id_map), torch.as_tensor(pred_id_map), gt_segments,
                                  pred_segments)
         score = score_image(image_id, gt_segments, pred_segments, pairs, self.categories)
-        if score is None:
-            return
-        if len(self._heap) >= self.k and score.pq >= -self._heap[0][0]:
+        if score is not None:
+            self.offer(score, make_overlay)
+
+    def offer(self, score: ImageScore, make_overlay: Callable[[], np.ndarray] | None = None) -> None:
+        """Keep an already scored image when it is among the ``k`` worst so far (then draw its overlay)."""
+        if self.k <= 0 or (len(self._heap) >= self.k and score.pq >= -self._heap[0][0]):
             return
         if make_overlay is not None:
             score.overlay = make_overlay()

@@ -4,6 +4,7 @@ area against a brute-force count, and an evaluator added by config reaching eval
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -218,7 +219,14 @@ def test_an_evaluator_added_by_config_reaches_eval_results_and_the_report(tmp_pa
     assert saved["my_count"]["images"] == 2 and saved["my_count"] == metrics["my_count"]
     assert set(saved["panoptic_by_area"]) == {"small", "medium", "large", "thresholds"}
     assert {"panoptic", "sem_seg", "bbox", "segm", "num_images"} <= set(saved)
-    assert 'id="pq-by-area"' in (tmp_path / "eval" / "report.html").read_text(encoding="utf-8")
+    page = (tmp_path / "eval" / "report.html").read_text(encoding="utf-8")
+    assert 'id="pq-by-area"' in page
+    from report_parse import PageStructure
+
+    context = dict(PageStructure(page).texts("context"))
+    assert context["checkpoint"] == str(weights) and context["iteration"] == "-"  # a bare state dict
+    assert re.search(r"\d+\.\d\d M parameters", context["model"]) and "score_thresh=0.0" in context["merge"]
+    assert context["split"].startswith("val: 2 images") and context["dataset"] == "synthetic"
 
 
 @pytest.mark.parametrize("entry, message", [

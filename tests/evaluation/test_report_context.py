@@ -7,7 +7,6 @@ import json
 import re
 
 import pytest
-import torch
 from torch.utils.data import DataLoader
 
 from noisy_model import NoisyGroundTruthModel

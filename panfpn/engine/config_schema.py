@@ -32,6 +32,12 @@ from panfpn.utils.dist import DEVICE_NAMES, is_device_name
 
 T = TypeVar("T")
 
+
+def _evaluator_list(value: Any) -> bool:
+    """eval.evaluators: a list of non-empty names or mappings with a ``_target_``."""
+    return isinstance(value, list) and all((isinstance(x, str) and x) or (isinstance(x, dict) and "_target_" in x)
+                                           for x in value)
+
 # section name ("" = the root) -> its dataclass, in declaration order (docs/config.md follows it)
 SECTIONS: dict[str, type] = {}
 # where a section's values come from when not from configs/config.yaml: its config group
@@ -148,6 +154,11 @@ class EvalOptions:
     report: bool = option(boolean(), "tools/eval.py: report.html beside eval_results.json")
     allow_renamed_categories: bool = option(boolean(), "evaluate a dataset whose category ids have other "
                                             "names than the checkpoint's (logged; the dataset's names are shown)")
+    report_browse: bool = option(boolean(), "tools/eval.py: every image's overlay in report_images/, browsable "
+                                 "in report.html (paged, sorted by per-image PQ)")
+    evaluators: list = option(Check("a list of evaluator names (e.g. pq_by_area) or {_target_: module.Class} entries",
+                                    _evaluator_list), "metrics beyond PQ / mIoU / AP: built-in names or "
+                              "{_target_: module.Class} entries (docs/evaluation.md#evaluators)")
 
 
 @section("solver")

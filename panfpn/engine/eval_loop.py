@@ -1,4 +1,6 @@
-"""Run a model over a validation set and compute PQ, mIoU and (optionally) COCO box/mask AP.
+"""Run a model over a validation set and feed each batch to a list of evaluators (PQ, mIoU, COCO
+AP, writers, ...: :mod:`panfpn.evaluation.evaluator` for the protocol, :mod:`panfpn.evaluation.build`
+for the list a config asks for).
 
 Ground truth comes from the eval dataset's ``gt_panoptic`` + ``segments_info`` (original
 resolution); predictions never round-trip through PNG files.
@@ -7,29 +9,21 @@ resolution); predictions never round-trip through PNG files.
 from __future__ import annotations
 
 import logging
-from functools import partial
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from panfpn.data.loader import build_dataloader
 from panfpn.data.metadata import DatasetMetadata
-from panfpn.data.targets import semantic_map
 from panfpn.engine import distributed as du
 from panfpn.engine.job_setup import move_batch
-from panfpn.evaluation.accumulator import PQAccumulator
-from panfpn.evaluation.coco_ap import COCOAPEvaluator
+from panfpn.evaluation.evaluator import Evaluator, eval_images
+from panfpn.evaluation.evaluators import MasksOneByOne as _MasksOneByOne  # noqa: F401 (bench/predict_memory.py)
 from panfpn.evaluation.pq_rules import format_table
-from panfpn.evaluation.semantic import SemSegEvaluator
-from panfpn.evaluation.label_mapping import model_segments_to_dataset
-from panfpn.modeling.merge import BoxMasks
 from panfpn.modeling.postprocess import box_instance_masks
-from panfpn.evaluation.visualize import panoptic_overlay, side_by_side
 
 logger = logging.getLogger("panfpn")
 
@@ -45,27 +39,19 @@ def build_eval_loader(cfg: DictConfig, dataset: Dataset) -> DataLoader:
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, loader: DataLoader, metadata: DatasetMetadata, *, device: torch.device,
-    compute_ap: bool = True, max_images: int | None = None, num_vis: int = 0, progress: bool = True,
-    writer: Any = None, semantic_writer: Any = None, should_stop: Callable[[], bool] | None = None,
-    collector: Callable[..., None] | None = None,
+    model: torch.nn.Module, loader: DataLoader, metadata: DatasetMetadata, evaluators: Sequence[Evaluator], *,
+    device: torch.device, max_images: int | None = None, progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``model`` on ``loader`` (an eval dataset); results are reduced over ranks.
-
-    Returns ``{"panoptic": pq_compute-style dict, "sem_seg": {"mIoU", "IoU", ...},
-    "bbox"/"segm": COCO AP dicts (when compute_ap), "num_images", "overlays": [uint8 HxWx3]}``.
-    ``writer`` (e.g. a PanopticPredictionWriter) receives every panoptic prediction (thing scores
-    included) and ``semantic_writer`` (a SemanticPredictionWriter) every semantic one, when given.
-    ``collector`` (e.g. :class:`panfpn.evaluation.worst_images.WorstImages`) is called on the main
-    process with ``(image_id, pred id map, pred segments, gt id map, gt segments, make_overlay)``.
+    """Run ``model`` on ``loader`` (an eval dataset) and feed every batch to each evaluator (built by
+    :func:`panfpn.evaluation.build.build_evaluators`); returns their results, reduced over ranks,
+    merged into one dict, plus ``num_images``: e.g. ``{"panoptic": pq_compute-style dict, "sem_seg":
+    {"mIoU", "IoU", ...}, "bbox"/"segm": COCO AP dicts, "overlays": [uint8 HxWx3], "num_images"}``.
     """
     was_training = model.training
     model.eval()
-    categories = metadata.to_coco_categories()
-    pq = PQAccumulator(categories)
-    sem = SemSegEvaluator(metadata.num_sem_classes)
-    ap = COCOAPEvaluator(categories) if compute_ap else None
-    overlays: list[np.ndarray] = []
+    for evaluator in evaluators:
+        evaluator.reset()
     seen = 0
     bar = tqdm(loader, desc="eval", disable=not (progress and du.is_main_process()), dynamic_ncols=True)
     for batch in bar:
@@ -73,77 +59,27 @@ def evaluate(
             break
         batch = move_batch(batch, device)
         with box_instance_masks():  # AP encodes the instance masks one at a time from their boxes
-            outputs = model(batch)
-        for i, out in enumerate(outputs):
-            image_id = batch["image_ids"][i]
-            id_map, segments = out["panoptic"]
-            pred_segments = model_segments_to_dataset(segments, metadata)
-            gt_map = batch["gt_panoptic"][i].to(device)
-            gt_segments = batch["segments_info"][i]
-            pq.update(id_map, pred_segments, gt_map, gt_segments, image_id=image_id)
-            sem.update(out["sem_seg"], semantic_map(gt_map, gt_segments, metadata).to(device))
-            if ap is not None:
-                _add_to_ap(ap, image_id, out["instances"], gt_map, gt_segments, metadata)
-            if writer is not None:
-                writer.add(image_id, batch["file_names"][i], id_map, pred_segments)
-            if semantic_writer is not None:
-                semantic_writer.add(image_id, out["sem_seg"])
-            if len(overlays) < num_vis and du.is_main_process():
-                overlays.append(_overlay(batch, i, id_map, pred_segments, gt_map, gt_segments, metadata))
-            if collector is not None and du.is_main_process():
-                collector(image_id, id_map, pred_segments, gt_map, gt_segments,
-                          partial(_overlay, batch, i, id_map, pred_segments, gt_map, gt_segments, metadata))
-            seen += 1
+            outputs = eval_images(batch, model(batch), metadata, device)
+        for evaluator in evaluators:
+            evaluator.process(batch, outputs)
+        seen += len(outputs)
         if max_images is not None and seen >= max_images:
             break
-    results: dict[str, Any] = {"panoptic": pq.compute(), "sem_seg": sem.compute(),
-                               **(ap.compute() if ap is not None else {})}
+    results: dict[str, Any] = {}
+    for evaluator in evaluators:  # every rank, same order: evaluate() gathers over ranks
+        part = evaluator.evaluate()
+        clash = sorted(set(part) & set(results))
+        if clash:
+            raise ValueError(f"{type(evaluator).__name__} returns {clash}, already returned by another evaluator")
+        results.update(part)
     results["num_images"] = _sum_over_ranks(seen, device)
-    results["overlays"] = overlays
     if was_training:
         model.train()
     return results
 
 
-def _add_to_ap(ap: COCOAPEvaluator, image_id: Any, instances: dict, gt_map: torch.Tensor,
-               gt_segments: list[dict], metadata: DatasetMetadata) -> None:
-    """One image's ground truth and detections (contiguous labels -> dataset category ids) for AP."""
-    thing_ids = torch.as_tensor(metadata.thing_ids, device=instances["labels"].device)
-    ap.add_ground_truth(image_id, gt_map, gt_segments)
-    masks = instances["masks"]
-    if isinstance(masks, BoxMasks):  # full size one at a time: K x H x W bytes never exist at once
-        masks = _MasksOneByOne(masks)
-    ap.update(image_id, instances["boxes"], instances["scores"], thing_ids[instances["labels"]], masks)
-
-
-class _MasksOneByOne(Sequence):
-    """Masks kept inside their boxes as a sequence of full-size bool ``[H, W]`` masks, each made
-    when it is read (COCO AP encodes them one by one)."""
-
-    def __init__(self, masks: BoxMasks) -> None:
-        self.masks = masks
-
-    def __len__(self) -> int:
-        return len(self.masks)
-
-    def __getitem__(self, k: int) -> torch.Tensor:
-        if not 0 <= k < len(self.masks):
-            raise IndexError(k)
-        return self.masks.mask(k)
-
-
 def _sum_over_ranks(n: int, device: torch.device) -> int:
     return int(du.all_reduce_sum(torch.tensor([n], dtype=torch.int64, device=device)).item())
-
-
-def _overlay(batch, i, id_map, pred_segments, gt_map, gt_segments, metadata) -> np.ndarray:
-    h, w = batch["image_sizes"][i]
-    image = batch["images"][i, :, :h, :w].float()[None]
-    image = F.interpolate(image, size=tuple(gt_map.shape), mode="bilinear", align_corners=False)
-    image = image[0].permute(1, 2, 0).round().clamp(0, 255).byte().cpu().numpy()
-    pred = panoptic_overlay(image, id_map.cpu().numpy(), pred_segments, metadata)
-    gt = panoptic_overlay(image, gt_map.cpu().numpy(), gt_segments, metadata)
-    return side_by_side(gt, pred, titles=("ground truth", "prediction"))
 
 
 def metrics_to_scalars(metrics: dict) -> dict[str, float]:
@@ -169,4 +105,7 @@ def format_results(metrics: dict) -> str:
         if task in metrics:
             lines.append(f"{task} AP {100 * metrics[task]['AP']:.2f}  AP50 {100 * metrics[task]['AP50']:.2f}"
                          f"  AP75 {100 * metrics[task]['AP75']:.2f}")
+    if "panoptic_by_area" in metrics:
+        lines.append("PQ by area  " + "  ".join(f"{b} {100 * metrics['panoptic_by_area'][b]['All']['pq']:.2f}"
+                                                for b in ("small", "medium", "large")))
     return "\n".join(lines)

@@ -11,14 +11,15 @@ from typing import Sequence
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from panfpn.utils.atomic import atomic_write, save_image_atomic, write_json_atomic
+from panfpn.utils.atomic import write_json_atomic
 from panfpn.engine import distributed as du
 from panfpn.engine.config import ConfigError, validate_config
+from panfpn.engine.eval_context import eval_context
 from panfpn.engine.eval_loop import build_eval_loader, evaluate, format_results
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.model_spec import check_dataset_labels
 from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, setup_logging
-from panfpn.evaluation.image_set import ScoredImages
+from panfpn.evaluation.build import build_evaluators
 from panfpn.utils.json_values import nonfinite_to_null
 
 logger = logging.getLogger("panfpn")
@@ -51,59 +52,19 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
     metadata = built.metadata
     metadata = check_dataset_labels(metadata, build_metadata(cfg), cfg)  # names shown: the dataset's
     model = built.model.to(device)
-    loader = ScoredImages(build_eval_loader(cfg, instantiate(built.cfg.data.val)))  # image ids -> "image_set"
-    writer = None
-    if cfg.eval.save_predictions:
-        from panfpn.evaluation.writer import PanopticPredictionWriter
-
-        writer = PanopticPredictionWriter(out_dir / "predictions", metadata)
-    # --- semantic label PNGs (eval.save_semantic): see panfpn.evaluation.writer ---
-    semantic_writer = None
-    if cfg.eval.get("save_semantic", False):
-        from panfpn.evaluation.writer import SemanticPredictionWriter
-
-        semantic_writer = SemanticPredictionWriter(out_dir / "semantic", metadata)
-    # --- end semantic PNGs ---
-    # --- report.html (eval.report): the lowest per-image PQ images, see panfpn.evaluation.report ---
-    worst = None
-    if cfg.eval.get("report", True):
-        from panfpn.evaluation.worst_images import WorstImages
-
-        worst = WorstImages(metadata.to_coco_categories(), k=REPORT_WORST_IMAGES)
-    # --- end report setup ---
-    metrics = evaluate(model, loader, metadata, device=device, compute_ap=bool(cfg.eval.compute_ap),
-                       max_images=cfg.eval.max_images, num_vis=int(cfg.eval.save_overlays),
-                       progress=True, writer=writer, semantic_writer=semantic_writer, collector=worst)
-    metrics["image_set"] = loader.record(metrics["num_images"])
-    overlays = metrics.pop("overlays", [])
-    if writer is not None:
-        writer.write_json()
+    dataset = instantiate(built.cfg.data.val)
+    loader = build_eval_loader(cfg, dataset)
+    context = eval_context(cfg, built, dataset) if cfg.eval.report and du.is_main_process() else None
+    evaluators = build_evaluators(built.cfg, metadata, out_dir, context=context)
+    metrics = evaluate(model, loader, metadata, evaluators, device=device, max_images=cfg.eval.max_images)
+    metrics.pop("overlays", None)
     if du.is_main_process():
         print(format_results(metrics))
         print(per_class_table(metrics, metadata))
         write_json_atomic(out_dir / "eval_results.json", nonfinite_to_null(json.loads(json.dumps(metrics, default=str))))
         logger.info("wrote %s", out_dir / "eval_results.json")
-        for i, overlay in enumerate(overlays):
-            save_image_atomic(out_dir / "overlays" / f"{i:04d}.png", overlay)
-    # --- report.html (eval.report) ---
-    if worst is not None and du.is_main_process():
-        write_report(out_dir, metrics, metadata, worst.worst(),
-                     title=f"Panoptic evaluation: {Path(str(cfg.weights)).name} on {metadata.name or 'data.val'}")
-    # --- end report.html ---
+        for evaluator in evaluators:  # files that show every result: overlays, report.html
+            getattr(evaluator, "finish", lambda results: None)(metrics)
     return metrics
 
 
-REPORT_WORST_IMAGES = 8  # images with the lowest per-image PQ shown in report.html
-
-
-def write_report(out_dir: Path, metrics: dict, metadata, worst, title: str = "Panoptic evaluation") -> None:
-    """report.html (self-contained page) and categories.json (names for tools/compare_evals.py)
-    beside eval_results.json."""
-    from panfpn.evaluation.report import build_report
-
-    names = {c.id: c.name for c in metadata.categories}
-    write_json_atomic(out_dir / "categories.json",
-                      [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in metadata.categories])
-    page = build_report(json.loads(json.dumps(metrics, default=str)), names, worst, title=title)
-    atomic_write(out_dir / "report.html", lambda f: f.write(page.encode("utf-8")))
-    logger.info("wrote %s", out_dir / "report.html")

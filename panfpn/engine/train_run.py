@@ -36,6 +36,7 @@ from panfpn.engine.run_lock import hold_run_dir
 from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, move_batch, setup_logging
 from panfpn.modeling.build import build_model
 from panfpn.engine.solver import build_optimizer, clip_gradients, scaled_lr
+from panfpn.evaluation.build import build_evaluators
 
 logger = logging.getLogger("panfpn")
 BAD_IMAGES_LOG = "bad_images.txt"  # images data.skip_bad_images skipped: path, image id, error
@@ -372,10 +373,9 @@ class _Loop:
         signum = int(_max_over_ranks([float(self.stop.signum or 0)], self.device)[0])
         if signum:  # came during the checkpoint save just before
             return signum
-        metrics = evaluate(self.model, self.val_loader, self.metadata, device=self.device,
-                           compute_ap=bool(cfg.eval.compute_ap), max_images=cfg.eval.max_images,
-                           num_vis=int(cfg.train.num_vis_images), progress=False,
-                           should_stop=lambda: self.stop.requested)
+        metrics = evaluate(self.model, self.val_loader, self.metadata,
+                           build_evaluators(cfg, self.metadata, training=True), device=self.device,
+                           max_images=cfg.eval.max_images, progress=False, should_stop=lambda: self.stop.requested)
         self.ddp_model.train()
         signum = int(_max_over_ranks([float(self.stop.signum or 0)], self.device)[0])
         if signum:

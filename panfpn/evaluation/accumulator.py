@@ -46,6 +46,38 @@ def _pairs(gt: torch.Tensor, pred: torch.Tensor, image_id: Any, gt_segments: Seq
     return pairs
 
 
+def checked_pairs(pred_id_map: torch.Tensor, gt_id_map: torch.Tensor, image_id: Any,
+                  gt_segments: Sequence, pred_segments: Sequence) -> list[tuple[int, int, int]]:
+    """(gt id, pred id, count) pairs of one image after checking that the two maps are integer
+    ``[H, W]`` maps of one shape (:class:`PQInputError` naming the image otherwise)."""
+    pred_id_map = torch.as_tensor(pred_id_map)
+    gt_id_map = torch.as_tensor(gt_id_map)
+    if pred_id_map.shape != gt_id_map.shape or pred_id_map.dim() != 2:
+        raise PQInputError(
+            f"image {image_id!r}: prediction is {tuple(pred_id_map.shape)} but the ground "
+            f"truth is {tuple(gt_id_map.shape)}; both must be [H, W]"
+        )
+    if pred_id_map.is_floating_point() or gt_id_map.is_floating_point():
+        raise PQInputError(f"image {image_id!r}: id maps must be integer tensors")
+    return _pairs(gt_id_map, pred_id_map, image_id, gt_segments, pred_segments)
+
+
+def reduce_stat(stat: PQStat, cat_ids: Sequence[int]) -> PQStat:
+    """``stat`` summed over ranks (one all-reduce of a [categories, 4] table); itself on one process."""
+    if not is_multiprocess():
+        return stat
+    table = torch.tensor(
+        [[stat.tp.get(c, 0), stat.fp.get(c, 0), stat.fn.get(c, 0), stat.iou.get(c, 0.0)] for c in cat_ids],
+        dtype=torch.float64,
+    ).reshape(len(cat_ids), 4)
+    rows = all_reduce_sum(table).numpy()
+    out = PQStat()
+    for cat, (tp, fp, fn, iou) in zip(cat_ids, rows):
+        out.tp[cat], out.fp[cat], out.fn[cat] = int(tp), int(fp), int(fn)
+        out.iou[cat] = float(iou)
+    return out
+
+
 class PQAccumulator:
     """Panoptic quality summed over images, reduced across ranks on :meth:`compute`.
 
@@ -66,7 +98,7 @@ class PQAccumulator:
     @torch.no_grad()
     def update(self, pred_id_map: torch.Tensor, pred_segments: Sequence[Mapping[str, Any]],
                gt_id_map: torch.Tensor, gt_segments: Sequence[Mapping[str, Any]],
-               image_id: Any = None) -> None:
+               image_id: Any = None, pairs: Sequence[tuple[int, int, int]] | None = None) -> None:
         """Add one image.
 
         Args:
@@ -76,39 +108,21 @@ class PQAccumulator:
             gt_segments: ``[{"id", "category_id", "iscrowd", "area"}]``; a missing ``area`` is
                 counted from ``gt_id_map``.
             image_id: named in error messages.
+            pairs: the image's (gt id, pred id, count) pairs when the caller already counted
+                them with :func:`checked_pairs` (shared by several evaluators); counted here otherwise.
         """
-        pred_id_map = torch.as_tensor(pred_id_map)
-        gt_id_map = torch.as_tensor(gt_id_map)
-        if pred_id_map.shape != gt_id_map.shape or pred_id_map.dim() != 2:
-            raise PQInputError(
-                f"image {image_id!r}: prediction is {tuple(pred_id_map.shape)} but the ground "
-                f"truth is {tuple(gt_id_map.shape)}; both must be [H, W]"
-            )
-        if pred_id_map.is_floating_point() or gt_id_map.is_floating_point():
-            raise PQInputError(f"image {image_id!r}: id maps must be integer tensors")
-        pairs = _pairs(gt_id_map, pred_id_map, image_id, gt_segments, pred_segments)
+        if pairs is None:
+            pairs = checked_pairs(pred_id_map, gt_id_map, image_id, gt_segments, pred_segments)
         accumulate_image(self.stat, image_id, gt_segments, pred_segments, pairs,
                          self.categories, gt_area_from_pixels=True)
         self.num_images += 1
 
     def _reduced_stat(self) -> PQStat:
-        if not is_multiprocess():
-            return self.stat
-        table = torch.tensor(
-            [[self.stat.tp.get(c, 0), self.stat.fp.get(c, 0), self.stat.fn.get(c, 0),
-              self.stat.iou.get(c, 0.0)] for c in self._cat_ids],
-            dtype=torch.float64,
-        ).reshape(len(self._cat_ids), 4)
-        rows = all_reduce_sum(table).numpy()
-        out = PQStat()
-        for cat, (tp, fp, fn, iou) in zip(self._cat_ids, rows):
-            out.tp[cat], out.fp[cat], out.fn[cat] = int(tp), int(fp), int(fn)
-            out.iou[cat] = float(iou)
-        return out
+        return reduce_stat(self.stat, self._cat_ids)
 
     def compute(self) -> dict:
         """The :func:`~panfpn.evaluation.pq.pq_compute` result dict over every rank's images."""
         return pq_results(self._reduced_stat(), self.categories)
 
 
-__all__ = ["PQAccumulator"]
+__all__ = ["PQAccumulator", "checked_pairs", "reduce_stat"]

@@ -15,12 +15,10 @@ Integer 139 and string "139" give the same text: one dataset does not mix the tw
 from __future__ import annotations
 
 import hashlib
-import logging
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Mapping, Sequence
 
+from panfpn.evaluation.evaluator import Evaluator
 from panfpn.utils.dist import all_gather_objects
-
-logger = logging.getLogger("panfpn")
 
 KEY = "image_set"  # the record's key in eval_results.json
 RECIPE = "sha256 of the image ids as text, sorted, joined by newlines, UTF-8"
@@ -37,34 +35,19 @@ def image_set_record(image_ids: Iterable[Any]) -> dict[str, Any]:
     return {"count": len(ids), "sha256": image_set_digest(ids), "recipe": RECIPE}
 
 
-class ScoredImages:
-    """An eval loader that notes the ``image_ids`` of every batch it yields (the eval loop
-    scores every image of a batch it takes); everything else is the loader's."""
+class ScoredImages(Evaluator):
+    """The evaluator behind ``eval_results.json``'s ``"image_set"``: the ids of every image the
+    loop scored (each evaluator sees the same batches), gathered over all ranks."""
 
-    def __init__(self, loader: Any) -> None:
-        self.loader = loader
+    def __init__(self) -> None:
         self.image_ids: list[Any] = []
 
-    def __iter__(self) -> Iterator[dict]:
-        for batch in self.loader:
-            self.image_ids.extend(batch["image_ids"])
-            yield batch
+    def reset(self) -> None:
+        self.image_ids = []
 
-    def __len__(self) -> int:
-        return len(self.loader)
+    def process(self, batch: Mapping[str, Any], outputs: Sequence[Any]) -> None:
+        self.image_ids.extend(image.image_id for image in outputs)
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "loader":  # not set yet (copy, unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.loader, name)
-
-    def record(self, num_scored: int) -> dict[str, Any]:
-        """The record over every rank's images (a collective call: every rank calls it).
-        ``num_scored``: the eval's image count; when the ids seen differ from it, the digest is
-        null (unknown) rather than wrong."""
-        ids = [i for part in all_gather_objects(self.image_ids) for i in part]
-        if len(ids) != int(num_scored):
-            logger.warning("the eval scored %d images but its loader yielded %d: eval_results.json "
-                           "records no image-set digest", num_scored, len(ids))
-            return {"count": int(num_scored), "sha256": None, "recipe": RECIPE}
-        return image_set_record(ids)
+    def evaluate(self) -> dict[str, Any]:
+        """``{"image_set": record}`` over every rank's images (a collective call)."""
+        return {KEY: image_set_record(i for part in all_gather_objects(self.image_ids) for i in part)}

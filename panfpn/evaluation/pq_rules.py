@@ -72,6 +72,34 @@ def index_segments(segments: Sequence[Mapping[str, Any]], image_id: Any, side: s
     return by_id
 
 
+@dataclass
+class ImageOutcome:
+    """How one image's segments were scored: the true positives (ground-truth id, predicted id,
+    IoU, in match order), the ids of the false negatives and of the false positives, and every
+    segment's category and area (ground truth: the area PQ uses; prediction: its pixels in the map)."""
+
+    matches: list[tuple[int, int, float]] = field(default_factory=list)
+    false_negatives: list[int] = field(default_factory=list)
+    false_positives: list[int] = field(default_factory=list)
+    gt_category: dict[int, int] = field(default_factory=dict)
+    pred_category: dict[int, int] = field(default_factory=dict)
+    gt_area: dict[int, int] = field(default_factory=dict)
+    pred_area: dict[int, int] = field(default_factory=dict)
+
+    def add_to(self, stat: PQStat) -> None:
+        """Add this image's TP/FP/FN/IoU to ``stat`` (in place)."""
+        for gt_id, _, iou in self.matches:
+            cat = self.gt_category[gt_id]
+            stat.tp[cat] = stat.tp.get(cat, 0) + 1
+            stat.iou[cat] = stat.iou.get(cat, 0.0) + iou
+        for gt_id in self.false_negatives:
+            cat = self.gt_category[gt_id]
+            stat.fn[cat] = stat.fn.get(cat, 0) + 1
+        for pred_id in self.false_positives:
+            cat = self.pred_category[pred_id]
+            stat.fp[cat] = stat.fp.get(cat, 0) + 1
+
+
 def accumulate_image(
     stat: PQStat,
     image_id: Any,
@@ -82,10 +110,23 @@ def accumulate_image(
     *,
     gt_area_from_pixels: bool = False,
 ) -> None:
-    """Score one image and add its TP/FP/FN/IoU to ``stat``.
+    """Score one image and add its TP/FP/FN/IoU to ``stat`` (arguments as :func:`classify_image`)."""
+    classify_image(image_id, gt_segments, pred_segments, pairs, categories,
+                   gt_area_from_pixels=gt_area_from_pixels).add_to(stat)
+
+
+def classify_image(
+    image_id: Any,
+    gt_segments: Sequence[Mapping[str, Any]],
+    pred_segments: Sequence[Mapping[str, Any]],
+    pairs: Sequence[tuple[int, int, int]],
+    categories: Mapping[int, Any],
+    *,
+    gt_area_from_pixels: bool = False,
+) -> ImageOutcome:
+    """Score one image: which segments are true positives, false negatives, false positives.
 
     Args:
-        stat: the running sums, updated in place.
         image_id: used in error messages only.
         gt_segments: ground-truth ``segments_info`` (``id``, ``category_id``, ``iscrowd``,
             ``area``).
@@ -115,9 +156,15 @@ def accumulate_image(
             return gt_pixels.get(gt_id, 0)
         raise PQInputError(f"image {image_id!r}: ground-truth segment {gt_id} has no 'area'")
 
-    gt_matched, pred_matched = _match(stat, gt_by_id, pred_by_id, counts, pred_area, gt_area)
-    crowd_of_category = _count_false_negatives(stat, gt_by_id, gt_matched)
-    _count_false_positives(stat, pred_by_id, pred_matched, counts, pred_area, crowd_of_category)
+    out = ImageOutcome(gt_category={g: s["category_id"] for g, s in gt_by_id.items()},
+                       pred_category={p: s["category_id"] for p, s in pred_by_id.items()},
+                       pred_area={p: pred_area[p] for p in pred_by_id})
+    gt_matched, pred_matched = _match(out, gt_by_id, pred_by_id, counts, pred_area, gt_area)
+    crowd_of_category = _count_false_negatives(out, gt_by_id, gt_matched)
+    _count_false_positives(out, pred_by_id, pred_matched, counts, pred_area, crowd_of_category)
+    out.gt_area = {g: s["area"] if "area" in s else gt_pixels.get(g, 0)  # (no error here: bucketing only)
+                   for g, s in gt_by_id.items() if s.get("iscrowd", 0) != 1}
+    return out
 
 
 def _areas(pairs: Sequence[tuple[int, int, int]]) -> tuple[dict[int, int], dict[int, int]]:
@@ -155,7 +202,7 @@ def _check_predicted(image_id: Any, pred_by_id: Mapping[int, Mapping[str, Any]],
         )
 
 
-def _match(stat: PQStat, gt_by_id: Mapping[int, Mapping[str, Any]], pred_by_id: Mapping[int, Mapping[str, Any]],
+def _match(out: ImageOutcome, gt_by_id: Mapping[int, Mapping[str, Any]], pred_by_id: Mapping[int, Mapping[str, Any]],
            counts: Mapping[tuple[int, int], int], pred_area: Mapping[int, int],
            gt_area: Callable[[int], int]) -> tuple[set[int], set[int]]:
     """True positives: same category, not crowd, IoU > 0.5 with void pixels of the prediction
@@ -173,14 +220,13 @@ def _match(stat: PQStat, gt_by_id: Mapping[int, Mapping[str, Any]], pred_by_id: 
         union = pred_area[pred_id] + gt_area(gt_id) - inter - counts.get((VOID, pred_id), 0)
         iou = inter / union
         if iou > 0.5:
-            stat.tp[cat] = stat.tp.get(cat, 0) + 1
-            stat.iou[cat] = stat.iou.get(cat, 0.0) + iou
+            out.matches.append((gt_id, pred_id, iou))
             gt_matched.add(gt_id)
             pred_matched.add(pred_id)
     return gt_matched, pred_matched
 
 
-def _count_false_negatives(stat: PQStat, gt_by_id: Mapping[int, Mapping[str, Any]],
+def _count_false_negatives(out: ImageOutcome, gt_by_id: Mapping[int, Mapping[str, Any]],
                            gt_matched: set[int]) -> dict[int, int]:
     """Unmatched non-crowd ground truth counts as FN; returns each category's crowd segment id."""
     crowd_of_category: dict[int, int] = {}
@@ -191,11 +237,11 @@ def _count_false_negatives(stat: PQStat, gt_by_id: Mapping[int, Mapping[str, Any
         if gt_seg.get("iscrowd", 0) == 1:
             crowd_of_category[cat] = gt_id  # the last one listed wins, as in the reference
             continue
-        stat.fn[cat] = stat.fn.get(cat, 0) + 1
+        out.false_negatives.append(gt_id)
     return crowd_of_category
 
 
-def _count_false_positives(stat: PQStat, pred_by_id: Mapping[int, Mapping[str, Any]], pred_matched: set[int],
+def _count_false_positives(out: ImageOutcome, pred_by_id: Mapping[int, Mapping[str, Any]], pred_matched: set[int],
                            counts: Mapping[tuple[int, int], int], pred_area: Mapping[int, int],
                            crowd_of_category: Mapping[int, int]) -> None:
     """Unmatched predictions count as FP unless more than half of them is void or crowd of their category."""
@@ -208,7 +254,7 @@ def _count_false_positives(stat: PQStat, pred_by_id: Mapping[int, Mapping[str, A
             ignored += counts.get((crowd_of_category[cat], pred_id), 0)
         if ignored / pred_area[pred_id] > 0.5:
             continue
-        stat.fp[cat] = stat.fp.get(cat, 0) + 1
+        out.false_positives.append(pred_id)
 
 def _average(stat: PQStat, categories: Mapping[int, Mapping[str, Any]],
              isthing: bool | None) -> tuple[dict, dict]:

@@ -11,12 +11,20 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
+from panfpn.data.metadata import DatasetMetadata
+from panfpn.evaluation.report_sections import STYLE as SECTION_STYLE
+from panfpn.evaluation.report_sections import ReportExtras, browse_section, confusion_table, context_table
 from panfpn.evaluation.worst_images import ImageScore
+from panfpn.utils.atomic import atomic_write, write_json_atomic
+
+logger = logging.getLogger("panfpn")
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
@@ -43,7 +51,7 @@ document.querySelectorAll('table.sortable').forEach(function(t){
 
 def _page(title: str, body: Sequence[str]) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+            f"<title>{html.escape(title)}</title><style>{STYLE}{SECTION_STYLE}</style></head><body>"
             f"<h1>{html.escape(title)}</h1>{''.join(body)}<script>{SORT_JS}</script></body></html>\n")
 
 
@@ -69,16 +77,27 @@ def _scored(r: Mapping[str, Any]) -> bool:
     return int(r["tp"]) + int(r["fp"]) + int(r["fn"]) > 0
 
 
-def per_class_table(per_class: Mapping[Any, Mapping], names: Mapping[int, str]) -> str:
-    """One row per category; click a header to sort by it. Unscored categories show "n/a"."""
-    head = "".join(f'<th class="sortable">{h}</th>' for h in ("category", "PQ", "SQ", "RQ", "TP", "FP", "FN"))
+def per_class_table(per_class: Mapping[Any, Mapping], names: Mapping[int, str],
+                    extras: ReportExtras | None = None) -> str:
+    """One row per category; click a header to sort by it. Unscored categories show "n/a". With
+    ``extras``: thing or stuff, and the counts of predicted and ground-truth segments and of
+    instances dropped by the merge's score threshold."""
+    heads = ["category", "PQ", "SQ", "RQ", "TP", "FP", "FN"]
+    if extras is not None:
+        heads += ["kind", "predicted", "GT", "dropped"]
+    head = "".join(f'<th class="sortable">{h}</th>' for h in heads)
     rows = []
     for cat, r in sorted(per_class.items(), key=lambda kv: -kv[1]["pq"]):
         cells = [_cell(_name(names, cat))]
         cells += [_cell(f"{100 * r[k]:.4f}", f"{100 * r[k]:.2f}") if _scored(r) else _cell(-1, "n/a", "muted")
                   for k in ("pq", "sq", "rq")]
         cells += [_cell(int(r[k])) for k in ("tp", "fp", "fn")]
-        rows.append(f'<tr data-category="{int(cat)}">{"".join(cells)}</tr>')
+        kind = ""
+        if extras is not None:
+            kind = extras.kinds.get(int(cat), "?")
+            cells += [_cell(kind, cls=kind)] + [_cell(n) for n in extras.counts.get(int(cat), [0, 0, 0])]
+        attr = f' data-kind="{kind}"' if kind else ""
+        rows.append(f'<tr data-category="{int(cat)}"{attr}>{"".join(cells)}</tr>')
     return f'<table id="per-class" class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
@@ -146,19 +165,62 @@ def _other_metrics(metrics: Mapping[str, Any]) -> str:
     return f'<table id="other-metrics"><tbody>{"".join(rows)}</tbody></table>' if rows else ""
 
 
+def area_table(by_area: Mapping[str, Any]) -> str:
+    """PQ / SQ / RQ (All, Things, Stuff) and TP / FP / FN of small, medium and large segments."""
+    head = "".join(f"<th>{h}</th>" for h in ("size", "PQ", "SQ", "RQ", "PQ things", "PQ stuff", "TP", "FP", "FN"))
+    limits = by_area.get("thresholds", {})
+    lo, hi = limits.get("small_below", 1024), limits.get("large_above", 9216)
+    sizes = {"small": f"area < {lo}", "medium": f"{lo} ≤ area ≤ {hi}", "large": f"area > {hi}"}
+    rows = []
+    for bucket, label in sizes.items():
+        r = by_area[bucket]
+        cells = [f"{100 * r['All'][k]:.2f}" for k in ("pq", "sq", "rq")]
+        cells += [f"{100 * r[s]['pq']:.2f}" if r[s]["n"] else "n/a" for s in ("Things", "Stuff")]
+        cells += [str(int(r[k])) for k in ("tp", "fp", "fn")]
+        rows.append(f'<tr data-size="{bucket}"><td>{bucket} ({html.escape(label)})</td>'
+                    + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return (f'<table id="pq-by-area"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+            '<p class="muted">A true positive or a missed segment counts in the size of its ground-truth segment, '
+            "a false positive in the size of the prediction.</p>")
+
+
 def build_report(metrics: Mapping[str, Any], names: Mapping[int, str], worst: Sequence[ImageScore] = (),
-                 title: str = "Panoptic evaluation") -> str:
-    """The whole ``report.html`` page (a string)."""
+                 title: str = "Panoptic evaluation", extras: ReportExtras | None = None) -> str:
+    """The whole ``report.html`` page (a string); ``extras`` add the run's context, the per-class
+    counts, the wrong-class confusion and the image browser."""
     pan = metrics["panoptic"]
     per_class = pan["per_class"]
     scored = sorted(((c, r) for c, r in per_class.items() if _scored(r)), key=lambda kv: -kv[1]["pq"])
     chart = bar_chart([(_name(names, c), 100 * r["pq"]) for c, r in scored])
-    body = [f'<p class="muted">{metrics.get("num_images", "?")} images</p>',
+    body = [context_table(extras.context) if extras is not None else "",
+            f'<p class="muted">{metrics.get("num_images", "?")} images</p>',
             "<h2>Panoptic quality</h2>", summary_table(pan), _other_metrics(metrics),
-            "<h2>Per class (click a header to sort)</h2>", per_class_table(per_class, names),
+            *(["<h2>PQ by segment area</h2>", area_table(metrics["panoptic_by_area"])]
+              if "panoptic_by_area" in metrics else []),
+            "<h2>Per class (click a header to sort)</h2>", per_class_table(per_class, names, extras),
             '<h2>PQ per class (categories with ground truth or predictions)</h2><div id="pq-chart">', chart, "</div>",
             f"<h2>Lowest per-image PQ ({len(worst)} images)</h2>", worst_images_section(worst, names)]
+    if extras is not None:
+        body += ["<h2>Wrong-class matches (ground truth → prediction, IoU > 0.5)</h2>",
+                 confusion_table(extras.confusion, names),
+                 f"<h2>All images ({len(extras.images)}, lowest PQ first)</h2>", browse_section(extras.images)]
     return _page(title, body)
 
 
-__all__ = ["build_report", "bar_chart", "png_data_uri", "signed_text"]
+def write_report(out_dir: str | Path, metrics: Mapping[str, Any], metadata: DatasetMetadata,
+                 worst: Sequence[ImageScore], title: str = "Panoptic evaluation",
+                 extras: ReportExtras | None = None) -> None:
+    """report.html (self-contained page) and categories.json (names for tools/compare_evals.py) in
+    ``out_dir``, beside eval_results.json; ``metrics`` as in eval_results.json."""
+    out_dir = Path(out_dir)
+    if extras is not None and not extras.kinds:
+        extras.kinds = {c.id: "thing" if c.isthing else "stuff" for c in metadata.categories}
+    names = {c.id: c.name for c in metadata.categories}
+    write_json_atomic(out_dir / "categories.json",
+                      [{"id": c.id, "name": c.name, "isthing": int(c.isthing)} for c in metadata.categories])
+    page = build_report(metrics, names, worst, title=title, extras=extras)
+    atomic_write(out_dir / "report.html", lambda f: f.write(page.encode("utf-8")))
+    logger.info("wrote %s", out_dir / "report.html")
+
+
+__all__ = ["ReportExtras", "area_table", "bar_chart", "build_report", "png_data_uri", "signed_text", "write_report"]

@@ -1,7 +1,7 @@
 """The images a model does worst on: per-image PQ with the shared rules, and their segment errors.
 
-:class:`WorstImages` is the optional ``collector`` of :func:`panfpn.engine.eval_loop.evaluate`:
-it scores each image alone with :func:`panfpn.evaluation.pq_rules.accumulate_image` (so an
+:class:`WorstImages` is kept by the report's evaluator
+(:class:`panfpn.evaluation.evaluators.ReportCollector`): it scores each image alone with :func:`panfpn.evaluation.pq_rules.accumulate_image` (so an
 image's PQ follows exactly the rules of the dataset PQ) and keeps the ``k`` lowest in a bounded
 heap; the ground truth | prediction overlay is drawn only for images that enter the heap.
 """
@@ -94,15 +94,22 @@ class WorstImages:
 
     def __call__(self, image_id: Any, pred_id_map: torch.Tensor, pred_segments: Sequence[Mapping],
                  gt_id_map: torch.Tensor, gt_segments: Sequence[Mapping],
-                 make_overlay: Callable[[], np.ndarray] | None = None) -> None:
-        """Score one image; draw its overlay only when it is among the ``k`` worst so far."""
+                 make_overlay: Callable[[], np.ndarray] | None = None, *,
+                 pairs: Sequence[tuple[int, int, int]] | None = None) -> None:
+        """Score one image (``pairs``: its (gt id, pred id, count) pairs when already counted);
+        draw its overlay only when it is among the ``k`` worst so far."""
         if self.k <= 0:
             return
-        pairs = _pair_counts(torch.as_tensor(gt_id_map), torch.as_tensor(pred_id_map), gt_segments, pred_segments)
+        if pairs is None:
+            pairs = _pair_counts(torch.as_tensor(gt_id_map), torch.as_tensor(pred_id_map), gt_segments,
+                                 pred_segments)
         score = score_image(image_id, gt_segments, pred_segments, pairs, self.categories)
-        if score is None:
-            return
-        if len(self._heap) >= self.k and score.pq >= -self._heap[0][0]:
+        if score is not None:
+            self.offer(score, make_overlay)
+
+    def offer(self, score: ImageScore, make_overlay: Callable[[], np.ndarray] | None = None) -> None:
+        """Keep an already scored image when it is among the ``k`` worst so far (then draw its overlay)."""
+        if self.k <= 0 or (len(self._heap) >= self.k and score.pq >= -self._heap[0][0]):
             return
         if make_overlay is not None:
             score.overlay = make_overlay()

@@ -110,16 +110,19 @@ def test_a_nan_metric_is_written_as_null(tiny_cfg, tmp_path, weights, monkeypatc
     assert _strict(tmp_path / "eval" / "eval_results.json")["sem_seg"]["IoU"] == [0.5, None]
 
 
-def test_scored_images_records_what_the_loop_took():
+def test_scored_images_records_what_the_loop_gave_it():
+    """The image-set record is an evaluator: it sees exactly the images the loop scored (the eval
+    stops after max_images: a batch never processed is not recorded)."""
+    from types import SimpleNamespace
+
     from panfpn.evaluation.image_set import ScoredImages, image_set_digest
 
-    batches = [{"image_ids": [3, 1]}, {"image_ids": ["b", 2]}, {"image_ids": [9]}]
-    loader = ScoredImages(batches)
-    for n, _ in enumerate(loader):
-        if n == 1:
-            break  # the eval stops after max_images: the third batch is never taken
-    assert loader.record(4) == {"count": 4, "sha256": image_set_digest(["1", "2", "3", "b"]),
-                                "recipe": loader.record(4)["recipe"]}
+    batches = [[3, 1], ["b", 2], [9]]
+    recorder = ScoredImages()
+    recorder.process({"image_ids": batches[0]}, [SimpleNamespace(image_id=i) for i in batches[0]])
+    recorder.process({"image_ids": batches[1]}, [SimpleNamespace(image_id=i) for i in batches[1]])
+    record = recorder.evaluate()["image_set"]
+    assert record["count"] == 4 and record["sha256"] == image_set_digest(["1", "2", "3", "b"])
     assert image_set_digest([3, 1, "b", 2]) == hashlib.sha256(b"1\n2\n3\nb").hexdigest()
-    assert loader.record(5)["sha256"] is None and loader.record(5)["count"] == 5  # not what was scored
-    assert len(loader) == 3
+    recorder.reset()
+    assert recorder.evaluate()["image_set"]["count"] == 0

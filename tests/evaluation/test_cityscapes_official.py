@@ -17,7 +17,7 @@ from panfpn.data.image_files import list_image_files
 from panfpn.engine.eval_loop import evaluate
 from panfpn.engine.predict_run import predict_images
 from panfpn.evaluation import pq_compute
-from panfpn.evaluation.writer import PanopticPredictionWriter, SemanticPredictionWriter
+from panfpn.evaluation.evaluators import PanopticPNGWriter, PanopticQuality, SemanticPNGWriter, SemanticSegmentation
 
 csp = pytest.importorskip("cityscapesscripts.preparation.createPanopticImgs")
 from cityscapes_layout import write_cityscapes_root  # noqa: E402
@@ -64,11 +64,10 @@ def test_semantic_pngs_score_the_same_miou_in_cityscapesscripts(cityscapes_root,
                                                                  use_train_id):
     ds = cityscapes_panoptic_dataset(cityscapes_root, "val", use_train_id=use_train_id, is_train=False)
     loader = DataLoader(ds, batch_size=2, collate_fn=collate_panoptic)
-    sem_writer = SemanticPredictionWriter(tmp_path / "results", ds.metadata)
-    pan_writer = PanopticPredictionWriter(tmp_path / "pan", ds.metadata)
-    metrics = evaluate(NoisyGroundTruthModel(ds.metadata), loader, ds.metadata, device=torch.device("cpu"),
-                       compute_ap=False, progress=False, writer=pan_writer, semantic_writer=sem_writer)
-    pan_writer.write_json()
+    evaluators = [PanopticQuality(ds.metadata), SemanticSegmentation(ds.metadata),
+                  SemanticPNGWriter(ds.metadata, tmp_path / "results"), PanopticPNGWriter(ds.metadata, tmp_path / "pan")]
+    metrics = evaluate(NoisyGroundTruthModel(ds.metadata), loader, ds.metadata, evaluators,
+                       device=torch.device("cpu"), progress=False)
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [f"{f}.png" for f in FRAMES]
     # eval's prediction JSON carries the thing scores
     anns = json.loads((tmp_path / "pan" / "panoptic_pred.json").read_text())["annotations"]

@@ -1,0 +1,86 @@
+"""``build_evaluators(cfg, metadata, out_dir)``: the evaluators a config asks for, one list for
+tools/eval.py and for training-time evaluation.
+
+Always: PQ (``panoptic``), mIoU (``sem_seg``) and the scored image set (``image_set``); COCO AP (``bbox``, ``segm``) with
+``eval.compute_ap``; then every entry of ``eval.evaluators``: a built-in name (:data:`NAMED`) or
+``{_target_: module.Class, ...}``, a class built with ``metadata=`` and the entry's other keys;
+last the overlays (``overlays``). tools/eval.py adds what writes files into ``out_dir``: the
+prediction PNGs + JSON (``eval.save_predictions``), the semantic PNGs (``eval.save_semantic``)
+and report.html (``eval.report``; every image's overlay in ``report_images/`` with
+``eval.report_browse``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from panfpn.data.metadata import DatasetMetadata
+from panfpn.evaluation.evaluator import Evaluator
+from panfpn.evaluation.image_set import ScoredImages
+from panfpn.evaluation.evaluators import (COCOAP, Overlays, PanopticPNGWriter, PanopticQuality, ReportCollector,
+                                          SemanticPNGWriter, SemanticSegmentation)
+from panfpn.utils.errors import ConfigError
+
+# Short names for eval.evaluators (a new metric: its class, one line here, its name in the config).
+NAMED = {"pq_by_area": "panfpn.evaluation.pq_by_area.PQByArea"}
+REPORT_WORST_IMAGES = 8  # images with the lowest per-image PQ shown in report.html
+
+
+def build_evaluators(cfg: DictConfig, metadata: DatasetMetadata, out_dir: str | Path | None = None, *,
+                     training: bool = False, context: dict[str, str] | None = None) -> list[Evaluator]:
+    """The evaluators of ``cfg`` (module docstring). ``training``: those of training-time
+    evaluation (no files; ``train.num_vis_images`` overlays for TensorBoard). ``context``: what the
+    run used, shown at the top of report.html."""
+    evaluators: list[Evaluator] = [PanopticQuality(metadata), SemanticSegmentation(metadata), ScoredImages()]
+    if cfg.eval.compute_ap:
+        evaluators.append(COCOAP(metadata))
+    evaluators += configured_evaluators(cfg.eval.get("evaluators") or [], metadata)
+    if training or out_dir is None:
+        return evaluators + [Overlays(cfg.train.num_vis_images if training else 0)]
+    out_dir = Path(out_dir)
+    if cfg.eval.save_predictions:
+        evaluators.append(PanopticPNGWriter(metadata, out_dir / "predictions"))
+    if cfg.eval.get("save_semantic", False):
+        evaluators.append(SemanticPNGWriter(metadata, out_dir / "semantic"))
+    if cfg.eval.get("report", True):
+        title = f"Panoptic evaluation: {Path(str(cfg.weights)).name} on {metadata.name or 'data.val'}"
+        evaluators.append(ReportCollector(metadata, out_dir, k=REPORT_WORST_IMAGES, title=title, context=context,
+                                          score_thresh=OmegaConf.select(cfg, "model.merge.score_thresh"),
+                                          browse=bool(cfg.eval.get("report_browse", True))))
+    return evaluators + [Overlays(cfg.eval.save_overlays, out_dir / "overlays")]
+
+
+def configured_evaluators(entries: Sequence[Any], metadata: DatasetMetadata) -> list[Evaluator]:
+    """The evaluators of ``eval.evaluators``: names of :data:`NAMED` or ``{_target_: ...}`` entries."""
+    from hydra.utils import get_class, instantiate
+
+    if OmegaConf.is_config(entries):
+        entries = OmegaConf.to_container(entries, resolve=True)
+    out = []
+    for i, entry in enumerate(entries):
+        key = f"eval.evaluators[{i}]"
+        if isinstance(entry, str):
+            if entry not in NAMED:
+                raise ConfigError(f"config key '{key}': unknown evaluator {entry!r}; built-in: {sorted(NAMED)}, "
+                                  "or give {_target_: module.Class}")
+            evaluator = get_class(NAMED[entry])(metadata=metadata)
+        elif isinstance(entry, dict) and "_target_" in entry:
+            try:
+                evaluator = instantiate(entry, metadata=metadata, _convert_="all")
+            except Exception as err:  # hydra wraps import and constructor errors alike
+                raise ConfigError(f"config key '{key}': cannot build {entry['_target_']}: {err}") from err
+        else:
+            raise ConfigError(f"config key '{key}' must be an evaluator name {sorted(NAMED)} or "
+                              f"{{_target_: module.Class, ...}}, got {entry!r}")
+        missing = [m for m in ("reset", "process", "evaluate") if not callable(getattr(evaluator, m, None))]
+        if missing:
+            raise ConfigError(f"config key '{key}': {type(evaluator).__name__} has no {missing} "
+                              "(see panfpn.evaluation.evaluator.Evaluator)")
+        out.append(evaluator)
+    return out
+
+
+__all__ = ["NAMED", "build_evaluators", "configured_evaluators"]

@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
 
 from panfpn.data.loader import build_dataloader
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.targets import semantic_map
 from panfpn.engine import distributed as du
 from panfpn.engine.job_setup import move_batch
+from panfpn.engine.progress import Progress
 from panfpn.evaluation.accumulator import PQAccumulator
 from panfpn.evaluation.coco_ap import COCOAPEvaluator
 from panfpn.evaluation.pq_rules import format_table
@@ -67,7 +67,7 @@ def evaluate(
     ap = COCOAPEvaluator(categories) if compute_ap else None
     overlays: list[np.ndarray] = []
     seen = 0
-    bar = tqdm(loader, desc="eval", disable=not (progress and du.is_main_process()), dynamic_ncols=True)
+    bar = Progress(loader, desc="eval", bar=progress)  # a log line a minute and a summary without the bar
     for batch in bar:
         if should_stop is not None and should_stop():  # e.g. Ctrl-C during a training run's evaluation
             break

@@ -17,6 +17,7 @@ from panfpn.engine.config import ConfigError, validate_config
 from panfpn.engine.eval_loop import build_eval_loader, evaluate, format_results
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.model_spec import same_labels
+from panfpn.engine.progress import bar_enabled
 from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, setup_logging
 
 logger = logging.getLogger("panfpn")
@@ -71,7 +72,7 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
     # --- end report setup ---
     metrics = evaluate(model, loader, metadata, device=device, compute_ap=bool(cfg.eval.compute_ap),
                        max_images=cfg.eval.max_images, num_vis=int(cfg.eval.save_overlays),
-                       progress=True, writer=writer, semantic_writer=semantic_writer, collector=worst)
+                       progress=bar_enabled(cfg.eval.progress_bar), writer=writer, semantic_writer=semantic_writer, collector=worst)
     overlays = metrics.pop("overlays", [])
     if writer is not None:
         writer.write_json()

@@ -34,7 +34,8 @@ KNOWN_KEYS: dict[str, set[str] | None] = {
     "solver": {"optimizer", "base_lr", "ims_per_batch", "weight_decay", "weight_decay_norm",
                "weight_decay_bias", "max_iter", "schedule"},
     "predict": {"input", "output_dir", "batch_size", "num_workers", "overwrite", "overlay", "overlay_alpha",
-                "overlay_format", "write_threads", "recursive", "image_id", "json_every", "semantic"},
+                "overlay_format", "write_threads", "recursive", "image_id", "json_every", "semantic",
+                "progress_bar"},
     "export": {"format", "output", "height", "width", "dynamic", "opset", "verify"},
     "merge": {"semantic_dir", "semantic_json", "instances_json", "images_json", "output_dir", "rules",
               "score_thresh", "overlap_thresh", "stuff_area", "thing_min_remaining_area", "workers",
@@ -200,6 +201,7 @@ CHECKS: dict[str, Check] = {
     "predict.image_id": rule_or_regex(*IMAGE_ID_RULES),
     "predict.json_every": integer(1),
     "predict.semantic": boolean(),
+    "predict.progress_bar": Check("true, false or 'auto'", lambda v: isinstance(v, bool) or v == "auto"),
     # tools/merge.py (its inputs are required by the merge job only)
     "merge.semantic_dir": string(nullable=True),
     "merge.instances_json": string(nullable=True),

@@ -45,6 +45,7 @@ from panfpn.data.image_files import FailedImage, ImageFileDataset, list_image_fi
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.utils.atomic import atomic_write, remove_stale_temp_files, save_image_atomic, write_json_atomic
 from panfpn.engine import distributed as du
+from panfpn.engine.progress import bar_enabled
 from panfpn.engine.config import IMAGE_ID_RULES, ConfigError, section_values, validate_config
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.job_setup import fit_threads_to_cpus, setup_logging
@@ -83,6 +84,7 @@ class PredictOptions:
             ``auto``, ``stem``, ``cityscapes``, ``coco_int`` or a regular expression.
         json_every: rewrite ``panoptic.json`` after every this many finished images (and at the end).
         semantic: also write ``semantic/<stem>.png`` (semantic labels as dataset category ids).
+        progress_bar: ``true``, ``false`` or ``auto`` (a bar only on a terminal).
     """
 
     input: str | list[str] | None
@@ -98,6 +100,7 @@ class PredictOptions:
     image_id: str
     json_every: int
     semantic: bool
+    progress_bar: bool | str
 
 
 def predict_options(cfg: DictConfig) -> PredictOptions:
@@ -215,7 +218,8 @@ def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None)
                           overwrite=bool(opts.overwrite), overlay=bool(opts.overlay),
                           overlay_alpha=float(opts.overlay_alpha), overlay_format=str(opts.overlay_format),
                           write_threads=int(opts.write_threads), image_id=str(opts.image_id),
-                          json_every=int(opts.json_every), semantic=bool(opts.semantic))
+                          json_every=int(opts.json_every), semantic=bool(opts.semantic),
+                          progress=bar_enabled(opts.progress_bar))
 
 
 def collate_predict(items: Sequence[dict | FailedImage]) -> tuple[dict | None, list[FailedImage]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from typing import Any, Sequence
 
-from panfpn.engine.sweep_summary import METRIC_NAMES, best_job
+from panfpn.engine.sweep_summary import METRIC_NAMES, add_params, best_job
 from panfpn.evaluation.report import SORT_JS, STYLE
 
 EXTRA_STYLE = """
@@ -38,7 +38,7 @@ def _metric_cell(value: float | None, top: float) -> str:
 def _row(row: dict, tops: dict[str, float], best: str | None) -> str:
     status = str(row["status"])
     cells = [_td(row["job"], str(row["job"])), _td(status, status, f"status-{status}"),
-             _td(row["overrides"], row["overrides"] or "(defaults)", "overrides")]
+             _td(row["params"], row["params"] or "-", "overrides")]
     cells += [_metric_cell(row.get(name), tops[name]) for name in SHOWN]
     objective = row.get("objective")
     cells.append(_td(-1e30 if objective is None else objective, "-" if objective is None else f"{objective:.4f}"))
@@ -46,7 +46,8 @@ def _row(row: dict, tops: dict[str, float], best: str | None) -> str:
     cells.append(_td(-1 if wall is None else wall, "-" if wall is None else f"{wall:.0f} s"))
     cells.append(_td(row["run_dir"], row["run_dir"], "dir"))
     classes = " ".join(c for c in (status, "best" if row["job"] == best else "") if c)
-    title = f' title="{html.escape(row["error"])}"' if row.get("error") else ""
+    tip = " ".join(row["overrides"]) + (f"\nerror: {row['error']}" if row.get("error") else "")
+    title = f' title="{html.escape(tip)}"' if tip else ""
     return f'<tr class="{classes}"{title}>{"".join(cells)}</tr>'
 
 
@@ -56,9 +57,10 @@ def build_page(rows: Sequence[dict], objective: dict | None, *, title: str = "Sw
     tops = {name: max([float(r[name]) for r in rows if r.get(name) is not None] + [0.0]) for name in SHOWN}
     best = best_job(rows, objective)
     head = "".join(f'<th class="sortable">{html.escape(h)}</th>'
-                   for h in ("job", "status", "overrides", *SHOWN, "objective", "wall time", "run folder"))
+                   for h in ("job", "status", "params", *SHOWN, "objective", "wall time", "run folder"))
     body = "".join(_row(r, tops, best) for r in rows)
     counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("done", "failed", "interrupted", "unknown")}
+    common = add_params(rows)
     intro = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no jobs"
     if objective and objective.get("name"):
         intro += (f". Objective: {objective['name']} ({objective.get('direction', 'maximize')})"
@@ -66,6 +68,7 @@ def build_page(rows: Sequence[dict], objective: dict | None, *, title: str = "Sw
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{STYLE}{EXTRA_STYLE}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p>{len(rows)} jobs: {html.escape(intro)}. Metrics in percent, from "
-            "each job's eval_results.json; click a header to sort.</p>"
+            "each job's eval_results.json; click a header to sort; hover a row for all its overrides.</p>"
+            f'<p class="muted">shared by all jobs: <code>{html.escape(" ".join(common)) or "(none)"}</code></p>'
             f'<table id="jobs" class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
             f"<script>{SORT_JS}</script></body></html>\n")

@@ -35,7 +35,7 @@ METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("AP_box", ("bbox", "AP")),
 )
 METRIC_NAMES = tuple(name for name, _ in METRICS)
-COLUMNS = ("job", "status", "overrides", *METRIC_NAMES, "objective", "iteration", "wall_s", "run_dir", "error")
+COLUMNS = ("job", "status", "params", "overrides", *METRIC_NAMES, "objective", "iteration", "wall_s", "run_dir", "error")
 
 
 def is_run_dir(path: Path) -> bool:
@@ -96,7 +96,7 @@ def job_row(run_dir: Path, base: Path | None = None) -> dict[str, Any]:
         "job": str(run_dir.relative_to(base)) if base is not None and run_dir != base
         and run_dir.is_relative_to(base) else run_dir.name,
         "status": status.get("status", "unknown"),
-        "overrides": " ".join(overrides),
+        "overrides": overrides,
     }
     row.update({name: _dig(results, path) for name, path in METRICS})
     row["objective"] = (status.get("objective") or {}).get("value")
@@ -130,7 +130,20 @@ def collect(roots: Iterable[str | os.PathLike]) -> tuple[list[dict], dict | None
     roots = [Path(r) for r in roots]
     run_dirs = find_run_dirs(roots)
     base = roots[0] if len(roots) == 1 else None
-    return [job_row(d, base) for d in run_dirs], _objective_of(run_dirs)
+    rows = [job_row(d, base) for d in run_dirs]
+    add_params(rows)
+    return rows, _objective_of(run_dirs)
+
+
+def add_params(rows: Sequence[dict]) -> list[str]:
+    """Set each row's ``params``: its overrides that differ between the jobs (what the sweep
+    varies); returns the overrides all jobs share."""
+    keyed = [{o.partition("=")[0]: o for o in r["overrides"]} for r in rows]
+    keys = list(dict.fromkeys(k for overrides in keyed for k in overrides))
+    varying = {k for k in keys if len({overrides.get(k) for overrides in keyed}) > 1}
+    for row, overrides in zip(rows, keyed):
+        row["params"] = " ".join(o for k, o in overrides.items() if k in varying)
+    return [keyed[0][k] for k in keys if k not in varying] if rows else []
 
 
 def to_csv(rows: Sequence[dict]) -> str:
@@ -138,7 +151,8 @@ def to_csv(rows: Sequence[dict]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else " ".join(row[k]) if isinstance(row[k], list) else row[k])
+                         for k in COLUMNS})
     return buffer.getvalue()
 
 
@@ -148,7 +162,7 @@ def _fmt(value: Any) -> str:
 
 def format_table(rows: Sequence[dict], objective: dict | None = None) -> str:
     """The console table: job, status, main metrics, wall time, overrides."""
-    cols = ("job", "status", "PQ", "PQ_th", "PQ_st", "mIoU", "AP_mask", "objective", "wall_s", "overrides")
+    cols = ("job", "status", "PQ", "PQ_th", "PQ_st", "mIoU", "AP_mask", "objective", "wall_s", "params")
     cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()]

@@ -105,6 +105,11 @@ def boolean(*, optional: bool = False) -> Check:
     return Check("a boolean (true/false)", lambda v: isinstance(v, bool), optional)
 
 
+def boolean_or_auto() -> Check:
+    """true, false or 'auto' (decided when the job runs: a progress bar only on a terminal)."""
+    return Check("a boolean (true/false) or 'auto'", lambda v: isinstance(v, bool) or v == "auto")
+
+
 def one_of(*choices: str) -> Check:
     """One of the given strings."""
     return Check(f"one of {sorted(choices)}", lambda v: isinstance(v, str) and v in choices)
@@ -167,7 +172,7 @@ CHECKS: dict[str, Check] = {
     "train.max_consecutive_nonfinite": integer(1),
     "train.max_skipped_fraction": number(at_least=0, at_most=1, nullable=True),
     "train.num_vis_images": integer(0),
-    "train.progress_bar": Check("true, false or 'auto'", lambda v: isinstance(v, bool) or v == "auto"),
+    "train.progress_bar": boolean_or_auto(),
     "train.objective": string(nullable=True),
     "train.objective_direction": one_of("maximize", "minimize"),
     "eval.max_images": integer(1, nullable=True),
@@ -177,7 +182,7 @@ CHECKS: dict[str, Check] = {
     "eval.batch_size": integer(1),
     "eval.save_overlays": integer(0),
     "eval.report": boolean(),
-    "eval.progress_bar": Check("true, false or 'auto'", lambda v: isinstance(v, bool) or v == "auto"),
+    "eval.progress_bar": boolean_or_auto(),
     "solver.base_lr": number(above=0),
     "solver.ims_per_batch": integer(1),
     "solver.weight_decay": number(at_least=0),
@@ -201,7 +206,7 @@ CHECKS: dict[str, Check] = {
     "predict.image_id": rule_or_regex(*IMAGE_ID_RULES),
     "predict.json_every": integer(1),
     "predict.semantic": boolean(),
-    "predict.progress_bar": Check("true, false or 'auto'", lambda v: isinstance(v, bool) or v == "auto"),
+    "predict.progress_bar": boolean_or_auto(),
     # tools/merge.py (its inputs are required by the merge job only)
     "merge.semantic_dir": string(nullable=True),
     "merge.instances_json": string(nullable=True),

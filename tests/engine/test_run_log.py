@@ -104,3 +104,26 @@ def test_silent_training_log_has_start_block_metrics_lines_eval_and_tensorboard(
     assert "final/pq/All" in acc.Tags()["scalars"]
     hparams = session.session_start_info.hparams
     assert hparams["solver.base_lr"].number_value == 0.01 and hparams["train.log_period"].number_value == 2
+
+
+def test_progress_without_a_bar_logs_lines_and_a_summary():
+    import logging
+
+    from panfpn.engine.progress import Progress
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("panfpn")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        for i in Progress(range(3), desc="eval", bar=False, every_s=0.0):
+            if i == 1:
+                break  # evaluate() stops early (eval.max_images, a signal): the summary still comes
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert records[0].startswith("eval: 1/3 batches, ") and "eta" in records[0]
+    assert records[-1] == "eval: 2 batches in 0:00:00"

@@ -14,8 +14,9 @@ from panfpn.engine.sweep_summary import METRIC_NAMES, add_params, best_job
 from panfpn.evaluation.report import SORT_JS, STYLE
 
 EXTRA_STYLE = """
-td.metric{background-repeat:no-repeat;background-size:var(--w) 5px;background-position:right bottom;
- background-image:linear-gradient(#3b6fb6,#3b6fb6)}
+td.metric{background-repeat:no-repeat;background-size:var(--w) 3px;background-position:right bottom;
+ background-image:linear-gradient(#7ea2d6,#7ea2d6);padding-bottom:5px}
+#jobs th:nth-child(2),#jobs th:nth-child(3),#jobs th:last-child,#jobs td:nth-child(2){text-align:left}
 tr.best td{background-color:#eef6ee}tr.failed td:first-child,tr.interrupted td:first-child{border-left:3px solid #b00020}
 td.overrides{text-align:left;font-family:monospace;font-size:12px}td.status-failed{color:#b00020}
 td.status-interrupted{color:#b06000}td.status-unknown{color:#777}td.dir{text-align:left;font-size:11px;color:#777}
@@ -41,7 +42,7 @@ def _row(row: dict, tops: dict[str, float], best: str | None) -> str:
              _td(row["params"], row["params"] or "-", "overrides")]
     cells += [_metric_cell(row.get(name), tops[name]) for name in SHOWN]
     objective = row.get("objective")
-    cells.append(_td(-1e30 if objective is None else objective, "-" if objective is None else f"{objective:.4f}"))
+    cells.append(_td(-1e30 if objective is None else objective, "-" if objective is None else f"{objective:.2f}"))
     wall = row.get("wall_s")
     cells.append(_td(-1 if wall is None else wall, "-" if wall is None else f"{wall:.0f} s"))
     cells.append(_td(row["run_dir"], row["run_dir"], "dir"))

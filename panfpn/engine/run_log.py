@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from panfpn.engine import distributed as du
 from panfpn.engine.eval_loop import format_results, metrics_to_scalars
@@ -44,15 +45,20 @@ def _len(obj: Any) -> str:
         return "?"
 
 
-def write_resolved_config(cfg: DictConfig, run_dir: Path) -> Path:
-    """The config with every interpolation resolved, as ``config.yaml`` in the run dir."""
+def write_resolved_config(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The config with every interpolation resolved, as ``config.yaml`` in the run dir (None, and a
+    warning, when an interpolation cannot be resolved outside the code that reads it)."""
     path = run_dir / RESOLVED_CONFIG
-    text = OmegaConf.to_yaml(cfg, resolve=True)
+    try:
+        text = OmegaConf.to_yaml(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        logger.warning("resolved config not written: %s", err)
+        return None
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return path
 
 
-def start_lines(cfg: DictConfig, *, run_dir: Path, config_file: Path, model: torch.nn.Module, train_set: Any,
+def start_lines(cfg: DictConfig, *, run_dir: Path, config_file: Path | None, model: torch.nn.Module, train_set: Any,
                 val_loader: Any, optimizer: torch.optim.Optimizer, scheduler: Any, resumed: Any,
                 device: torch.device) -> list[str]:
     """The start block's lines (label, value)."""
@@ -70,7 +76,7 @@ def start_lines(cfg: DictConfig, *, run_dir: Path, config_file: Path, model: tor
     amp = f"on ({cfg.train.amp_dtype})" if cfg.train.amp else "off"
     rows = [
         ("run folder", str(run_dir)),
-        ("config", f"{config_file} (resolved)"),
+        ("config", f"{config_file} (resolved)" if config_file else "not written (see the warning)"),
         ("model", f"{type(model).__name__} ({cfg.model.get('_target_', '?')}): {_count(total)} parameters, "
                   f"{_count(trainable)} trainable"),
         ("train data", f"{cfg.data.get('name', '?')} train: {_len(train_set)} images"),
@@ -113,8 +119,8 @@ def log_start(cfg: DictConfig, metrics_log: Any = None, **facts: Any) -> None:
     schedule = getattr(facts["scheduler"], "lr_lambdas", [None])[0]
     for message in schedule_warnings(schedule, int(cfg.solver.max_iter)):
         logger.warning("%s", message)
-    if metrics_log is not None:
-        metrics_log.text("config", OmegaConf.to_yaml(cfg, resolve=True))
+    if metrics_log is not None and config_file is not None:
+        metrics_log.text("config", config_file.read_text())
 
 
 class MetricsLine:

@@ -127,3 +127,22 @@ def test_progress_without_a_bar_logs_lines_and_a_summary():
         logger.setLevel(level)
     assert records[0].startswith("eval: 1/3 batches, ") and "eta" in records[0]
     assert records[-1] == "eval: 2 batches in 0:00:00"
+
+
+@pytest.mark.parametrize("error,status", [(RuntimeError("CUDA out of memory"), "failed"),
+                                          (KeyboardInterrupt(), "interrupted")])
+def test_job_status_is_written_when_the_training_raises(tiny_cfg, tmp_path, monkeypatch, error, status):
+    import json
+
+    from panfpn.engine import train_run
+
+    def boom(cfg):
+        raise error
+
+    monkeypatch.setattr(train_run, "train_from_config", boom)
+    with pytest.raises(type(error)):
+        run_training_job(tiny_cfg())
+    record = json.loads((tmp_path / "run" / "job_status.json").read_text())
+    assert record["status"] == status and record["error"].startswith(type(error).__name__)
+    assert record["objective"] == {"name": "pq/All", "direction": "maximize", "value": None}
+    assert not (tmp_path / "run" / "eval_results.json").exists()

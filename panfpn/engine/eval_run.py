@@ -72,7 +72,8 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
     # --- end report setup ---
     metrics = evaluate(model, loader, metadata, device=device, compute_ap=bool(cfg.eval.compute_ap),
                        max_images=cfg.eval.max_images, num_vis=int(cfg.eval.save_overlays),
-                       progress=bar_enabled(cfg.eval.progress_bar), writer=writer, semantic_writer=semantic_writer, collector=worst)
+                       progress=bar_enabled(cfg.eval.progress_bar), writer=writer, semantic_writer=semantic_writer,
+                       collector=worst)
     overlays = metrics.pop("overlays", [])
     if writer is not None:
         writer.write_json()

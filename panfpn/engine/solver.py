@@ -95,9 +95,10 @@ def schedule_warnings(schedule: object, max_iter: int) -> list[str]:
     out: list[str] = []
     warmup = int(getattr(schedule, "warmup_iters", 0) or 0)
     if warmup >= max_iter:
+        last = _warmup(max_iter - 1, warmup, float(getattr(schedule, "warmup_factor", 0.0)))
         out.append(f"solver.schedule.warmup_iters={warmup} >= solver.max_iter={max_iter}: the warmup is cut short "
-                   f"and the lr never reaches base_lr (it ends at {_warmup(max_iter - 1, warmup, schedule.warmup_factor):.3g}"
-                   " x base_lr); lower solver.schedule.warmup_iters")
+                   f"and the lr never reaches base_lr (it ends at {last:.3g} x base_lr); lower "
+                   "solver.schedule.warmup_iters")
     elif warmup > max_iter // 2:
         out.append(f"solver.schedule.warmup_iters={warmup} is more than half of solver.max_iter={max_iter}")
     late = [s for s in getattr(schedule, "steps", []) if s >= max_iter]
@@ -105,8 +106,8 @@ def schedule_warnings(schedule: object, max_iter: int) -> list[str]:
         out.append(f"solver.schedule.steps {late} are at or past solver.max_iter={max_iter}: never applied")
     horizon = getattr(schedule, "max_iter", None)
     if isinstance(schedule, WarmupCosine) and horizon != max_iter:
-        out.append(f"solver.schedule.max_iter={horizon} differs from solver.max_iter={max_iter}: the cosine "
-                   f"{'is cut off before its end' if horizon > max_iter else 'stays at its final factor from there on'}")
+        what = "is cut off before its end" if horizon > max_iter else "stays at its final factor from there on"
+        out.append(f"solver.schedule.max_iter={horizon} differs from solver.max_iter={max_iter}: the cosine {what}")
     return out
 
 

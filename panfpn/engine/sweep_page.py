@@ -17,7 +17,8 @@ EXTRA_STYLE = """
 td.metric{background-repeat:no-repeat;background-size:var(--w) 3px;background-position:right bottom;
  background-image:linear-gradient(#7ea2d6,#7ea2d6);padding-bottom:5px}
 #jobs th:nth-child(2),#jobs th:nth-child(3),#jobs th:last-child,#jobs td:nth-child(2){text-align:left}
-tr.best td{background-color:#eef6ee}tr.failed td:first-child,tr.interrupted td:first-child{border-left:3px solid #b00020}
+tr.best td{background-color:#eef6ee}
+tr.failed td:first-child,tr.interrupted td:first-child{border-left:3px solid #b00020}
 td.overrides{text-align:left;font-family:monospace;font-size:12px}td.status-failed{color:#b00020}
 td.status-interrupted{color:#b06000}td.status-unknown{color:#777}td.dir{text-align:left;font-size:11px;color:#777}
 """

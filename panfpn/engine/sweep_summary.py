@@ -35,7 +35,8 @@ METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("AP_box", ("bbox", "AP")),
 )
 METRIC_NAMES = tuple(name for name, _ in METRICS)
-COLUMNS = ("job", "status", "params", "overrides", *METRIC_NAMES, "objective", "iteration", "wall_s", "run_dir", "error")
+COLUMNS = ("job", "status", "params", "overrides", *METRIC_NAMES, "objective", "iteration", "wall_s", "run_dir",
+           "error")
 
 
 def is_run_dir(path: Path) -> bool:

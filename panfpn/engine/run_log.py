@@ -87,7 +87,7 @@ def start_lines(cfg: DictConfig, *, run_dir: Path, config_file: Path | None, mod
         ("schedule", f"{_describe_schedule(schedule)}, {cfg.solver.max_iter} iterations, "
                      f"optimizer {type(optimizer).__name__}"),
         ("device", f"{device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-                                  f" ({torch.get_num_threads()} threads)")),
+                                  f" ({torch.get_num_threads()} CPU threads)")),
         ("amp", amp),
         ("seed", str(cfg.seed)),
         ("resume", resume),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 from typing import Any, Sequence
 
+from panfpn.engine.progress import duration
 from panfpn.engine.sweep_summary import METRIC_NAMES, add_params, best_job
 from panfpn.evaluation.report import SORT_JS, STYLE
 
@@ -21,6 +22,7 @@ tr.best td{background-color:#eef6ee}
 tr.failed td:first-child,tr.interrupted td:first-child{border-left:3px solid #b00020}
 td.overrides{text-align:left;font-family:monospace;font-size:12px}td.status-failed{color:#b00020}
 td.status-interrupted{color:#b06000}td.status-unknown{color:#777}td.dir{text-align:left;font-size:11px;color:#777}
+#jobs td{white-space:nowrap}
 """
 SHOWN = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st", "mIoU", "AP_mask", "AP_box")
 
@@ -45,7 +47,7 @@ def _row(row: dict, tops: dict[str, float], best: str | None) -> str:
     objective = row.get("objective")
     cells.append(_td(-1e30 if objective is None else objective, "-" if objective is None else f"{objective:.2f}"))
     wall = row.get("wall_s")
-    cells.append(_td(-1 if wall is None else wall, "-" if wall is None else f"{wall:.0f} s"))
+    cells.append(_td(-1 if wall is None else wall, "-" if wall is None else duration(float(wall))))
     cells.append(_td(row["run_dir"], row["run_dir"], "dir"))
     classes = " ".join(c for c in (status, "best" if row["job"] == best else "") if c)
     tip = " ".join(row["overrides"]) + (f"\nerror: {row['error']}" if row.get("error") else "")

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine.config import ConfigError, section_values
+from panfpn.engine.progress import bar_enabled  # no bar when the output goes to a file
 from panfpn.engine.merge_inputs import BadInput, MergeInputs, as_is
 from panfpn.evaluation.writer import PanopticPredictionWriter, prediction_file_stem
 from panfpn.modeling.merge import BoxMasks, MergeThresholds
@@ -259,7 +260,7 @@ def _merge_all(dataset: MergeInputs, workers: int, rules: MergeThresholds, devic
 
     with _InOrder(0 if in_workers else threads, record) as jobs:
         tick = time.perf_counter()
-        for item in tqdm(loader, total=len(dataset), desc="merge", unit="img"):
+        for item in tqdm(loader, total=len(dataset), desc="merge", unit="img", disable=not bar_enabled("auto")):
             seconds["wait"] += time.perf_counter() - tick
             seconds["read"] += item["seconds"]
             jobs.submit(item, merge_and_write)

@@ -86,13 +86,19 @@ def start_lines(cfg: DictConfig, *, run_dir: Path, config_file: Path | None, mod
         ("lr", f"{lr:.6g} ({scaling})"),
         ("schedule", f"{_describe_schedule(schedule)}, {cfg.solver.max_iter} iterations, "
                      f"optimizer {type(optimizer).__name__}"),
-        ("device", f"{device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else
-                                  f" ({torch.get_num_threads()} CPU threads)")),
+        ("device", f"{device} ({_device_detail(device)})"),
         ("amp", amp),
         ("seed", str(cfg.seed)),
         ("resume", resume),
     ]
     return [f"  {label:<11s} {value}" for label, value in rows]
+
+
+def _device_detail(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    threads = torch.get_num_threads()
+    return f"{threads} CPU thread{'s' if threads != 1 else ''}"
 
 
 def _describe_schedule(schedule: Any) -> str:

@@ -36,6 +36,8 @@ def test_schedule_warnings_for_warmup_past_the_end_and_late_steps():
     assert "never reaches base_lr" in short[0]
     late = schedule_warnings(WarmupMultiStep(steps=[50, 60], warmup_iters=10), 60)
     assert late == ["solver.schedule.steps [60] are at or past solver.max_iter=60: never applied"]
+    # a schedule built without max_iter cannot refuse steps past the end itself
+    assert "steps [70] are at or past" in schedule_warnings(WarmupMultiStep(steps=[50, 70], warmup_iters=10), 60)[0]
     assert "differs from solver.max_iter=60" in schedule_warnings(WarmupCosine(max_iter=100, warmup_iters=0), 60)[0]
     assert schedule_warnings(WarmupMultiStep(steps=[40], warmup_iters=10), 60) == []
 

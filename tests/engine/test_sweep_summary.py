@@ -160,6 +160,7 @@ def test_optuna_sweeper_optimises_the_returned_objective(tmp_path, tiny_args):
     assert f"solver.base_lr={best['best_params']['solver.base_lr']}" in winner["params"]
 
 
+@pytest.mark.slow
 def test_failed_jobs_are_in_the_summary_with_their_errors(tmp_path, tiny_args):
     """Two jobs that fail at start (a misspelt objective): hydra runs both, then reports the failure;
     the summary, refreshed after each job, lists both as failed with the error."""

@@ -2,6 +2,9 @@
 
 Exit status: 0 when training ran to solver.max_iter; 128 + signal (SIGTERM 143, SIGINT 130) when a
 signal stopped it after saving a checkpoint (continue with resume=true); 1 on an error.
+
+Returns ``train.objective`` (e.g. ``pq/All`` of the final evaluation) to hydra, so sweepers such
+as hydra-optuna-sweeper optimise it; `-m` sweeps end with a summary (docs/experiments.md).
 """
 
 import sys
@@ -9,20 +12,32 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from panfpn.engine.train_run import train_from_config
+from panfpn.engine.train_job import TrainingInterrupted, run_training_job
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    result = train_from_config(cfg)
+def main(cfg: DictConfig) -> float | None:
+    result = run_training_job(cfg)
     if result["interrupted"]:
-        print(f"training interrupted by signal {result['signal']} at iteration {result['iteration']}; "
-              f"checkpoint {result['checkpoint']} (continue with resume=true)", file=sys.stderr)
-        sys.exit(128 + int(result["signal"]))
+        stopped = TrainingInterrupted(int(result["signal"]), result["iteration"], result["checkpoint"])
+        if _in_multirun():  # the sweep callback records the job, then stops the sweep
+            raise stopped
+        print(stopped, file=sys.stderr)
+        sys.exit(128 + stopped.signum)
     if result["eval"] is not None:
         from panfpn.engine.eval_loop import format_results
 
         print(format_results(result["eval"]))
+    if result["objective"] is not None:
+        print(f"objective {cfg.train.objective} = {result['objective']:.4f} ({cfg.train.objective_direction})")
+    return result["objective"]
 
 
 if __name__ == "__main__":

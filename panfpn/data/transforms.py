@@ -201,3 +201,83 @@ class LargeScaleJitter:
     def __repr__(self) -> str:
         return (f"LargeScaleJitter(output_size=({self.height}, {self.width}), min_scale="
                 f"{self.min_scale}, max_scale={self.max_scale}, pad_value={self.pad_value})")
+
+
+# Config keys of a hydra node that are not constructor arguments.
+_HYDRA_KEYS = {"_target_", "_partial_", "_args_", "_recursive_", "_convert_"}
+_PREFIX = __name__ + "."
+
+
+def _transform_classes() -> dict[str, type]:
+    return {name: obj for name, obj in globals().items()
+            if isinstance(obj, type) and not name.startswith("_") and callable(getattr(obj, "__call__", None))
+            and obj.__module__ == __name__}
+
+
+def _check_node_keys(node: dict, key: str) -> None:
+    """Unknown ``_target_`` class or constructor argument of one transform node (did-you-mean)."""
+    import difflib
+    import inspect
+
+    from panfpn.utils.errors import ConfigError
+
+    target = str(node["_target_"])
+    classes = _transform_classes()
+    cls = classes.get(target[len(_PREFIX):]) if target.startswith(_PREFIX) else None
+    if cls is None:
+        if not target.startswith(_PREFIX):
+            return  # someone else's transform: its constructor checks its arguments
+        hint = difflib.get_close_matches(target[len(_PREFIX):], sorted(classes), n=1)
+        raise ConfigError(f"config key '{key}._target_': {target} is not a transform"
+                          + (f"; did you mean '{_PREFIX}{hint[0]}'?" if hint else f"; known: {sorted(classes)}"))
+    params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    for name in node:
+        if name not in _HYDRA_KEYS and name not in params:
+            hint = difflib.get_close_matches(name, params, n=1)
+            raise ConfigError(f"config key '{key}.{name}': {cls.__name__} has no parameter '{name}'"
+                              + (f"; did you mean '{hint[0]}'?" if hint else f"; its parameters: {params}"))
+
+
+def _walk(node, key: str):
+    """Every dict with a ``_target_`` inside a plain container, with its dotted config key."""
+    if isinstance(node, dict):
+        if "_target_" in node:
+            yield node, key
+        for k, v in node.items():
+            yield from _walk(v, f"{key}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, f"{key}.{i}")
+
+
+def check_transforms_node(node, key: str) -> None:
+    """Check a transforms config node (plain dict/list, interpolations resolved) before anything
+    is built: unknown classes and misspelt parameters (did-you-mean), then the values, by building
+    the transforms (each constructor checks its ranges). Raises ConfigError naming the key."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from panfpn.utils.errors import ConfigError
+
+    nodes = list(_walk(node, key))
+    for sub, sub_key in nodes:
+        _check_node_keys(sub, sub_key)
+    for sub, sub_key in reversed(nodes):  # the innermost first: the error names that transform's key
+        try:
+            instantiate(sub)
+        except InstantiationException as err:
+            cause = err.__cause__ if isinstance(err.__cause__, (ValueError, TypeError)) else err
+            raise ConfigError(f"config key '{sub_key}': {cause}") from err
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"config key '{sub_key}': {err}") from err
+
+
+def check_data_transforms(cfg) -> None:
+    """:func:`check_transforms_node` on ``data.train.transforms`` and ``data.val.transforms`` of a
+    composed config (those present), so a bad transform stops the job before the model is built."""
+    from omegaconf import OmegaConf
+
+    for split in ("train", "val"):
+        node = OmegaConf.select(cfg, f"data.{split}.transforms", default=None)
+        if node is not None:
+            check_transforms_node(OmegaConf.to_container(node, resolve=True), f"data.{split}.transforms")

@@ -65,6 +65,11 @@ def boolean(*, optional: bool = False) -> Check:
     return Check("a boolean (true/false)", lambda v: isinstance(v, bool), optional)
 
 
+def boolean_or_auto() -> Check:
+    """true, false or 'auto' (decided when the job runs: e.g. a progress bar only on a terminal)."""
+    return Check("a boolean (true/false) or 'auto'", lambda v: isinstance(v, bool) or v == "auto")
+
+
 def one_of(*choices: str) -> Check:
     """One of the given strings."""
     return Check(f"one of {sorted(choices)}", lambda v: isinstance(v, str) and v in choices)

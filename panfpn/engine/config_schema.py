@@ -24,7 +24,7 @@ from typing import Any, Callable, TypeVar
 from omegaconf import DictConfig
 
 from panfpn.engine.config_checks import (
-    Check, boolean, integer, number, one_of, paths, preset_or, rule_or_regex, string,
+    Check, boolean, boolean_or_auto, integer, number, one_of, paths, preset_or, rule_or_regex, string,
 )
 from panfpn.data.image_ids import IMAGE_ID_RULES  # predict.image_id's named rules; else a regex
 from panfpn.modeling.export import MAX_SIZE, MIN_SIZE, SIZE_DIVISIBILITY
@@ -136,7 +136,12 @@ class TrainOptions:
                                                 "more skipped steps than this share of solver.max_iter stop "
                                                 "the run before model_final is written (null: no limit)")
     num_vis_images: int = option(integer(0), "validation overlays sent to TensorBoard at each evaluation")
-    progress_bar: bool = option(boolean(), "a tqdm bar on the main rank")
+    progress_bar: bool | str = option(boolean_or_auto(), "a tqdm bar on the main rank; auto: only on a "
+                                      "terminal (a metrics line every log_period either way)")
+    objective: str | None = option(string(nullable=True), "the eval result tools/train.py returns for "
+                                   "hydra's sweepers, e.g. pq/All, miou, loss/total (null: none)")
+    objective_direction: str = option(one_of("maximize", "minimize"), "the objective's direction (for the "
+                                      "sweeper's config)")
 
 
 @section("eval")
@@ -152,6 +157,8 @@ class EvalOptions:
     batch_size: int = option(integer(1), "images per forward pass")
     save_overlays: int = option(integer(0), "tools/eval.py: ground truth | prediction overlays of the first N images")
     report: bool = option(boolean(), "tools/eval.py: report.html beside eval_results.json")
+    progress_bar: bool | str = option(boolean_or_auto(), "tools/eval.py: auto (on a terminal only) | true | "
+                                      "false (then a log line a minute)")
     allow_renamed_categories: bool = option(boolean(), "evaluate a dataset whose category ids have other "
                                             "names than the checkpoint's (logged; the dataset's names are shown)")
     report_browse: bool = option(boolean(), "tools/eval.py: every image's overlay in report_images/, browsable "
@@ -211,6 +218,8 @@ class PredictOptions(FromConfig):
     image_id: str = option(rule_or_regex(*IMAGE_ID_RULES), "how the JSON's image_id is made from a file name")
     json_every: int = option(integer(1), "rewrite panoptic.json after every N finished images (and at the end)")
     semantic: bool = option(boolean(), "also write semantic/<stem>.png (semantic labels as dataset ids)")
+    progress_bar: bool | str = option(boolean_or_auto(), "auto (on a terminal only) | true | false; a "
+                                      "summary line either way")
 
 
 @section("merge", required=False)

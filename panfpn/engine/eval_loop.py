@@ -14,7 +14,6 @@ from typing import Any, Callable, Sequence
 import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
 
 from panfpn.data.loader import build_dataloader
 from panfpn.data.metadata import DatasetMetadata
@@ -22,6 +21,7 @@ from panfpn.engine import distributed as du
 from panfpn.engine.job_setup import move_batch
 from panfpn.evaluation.evaluator import Evaluator, eval_images
 from panfpn.evaluation.evaluators import MasksOneByOne as _MasksOneByOne  # noqa: F401 (bench/predict_memory.py)
+from panfpn.engine.progress import Progress
 from panfpn.evaluation.pq_rules import format_table
 from panfpn.modeling.postprocess import box_instance_masks
 
@@ -53,7 +53,7 @@ def evaluate(
     for evaluator in evaluators:
         evaluator.reset()
     seen = 0
-    bar = tqdm(loader, desc="eval", disable=not (progress and du.is_main_process()), dynamic_ncols=True)
+    bar = Progress(loader, desc="eval", bar=progress)  # a log line a minute and a summary without the bar
     for batch in bar:
         if should_stop is not None and should_stop():  # e.g. Ctrl-C during a training run's evaluation
             break

@@ -18,6 +18,7 @@ from panfpn.engine.eval_context import eval_context
 from panfpn.engine.eval_loop import build_eval_loader, evaluate, format_results
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.model_spec import check_dataset_labels
+from panfpn.engine.progress import bar_enabled
 from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, setup_logging
 from panfpn.evaluation.build import build_evaluators
 from panfpn.utils.json_values import nonfinite_to_null
@@ -56,7 +57,8 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
     loader = build_eval_loader(cfg, dataset)
     context = eval_context(cfg, built, dataset) if cfg.eval.report and du.is_main_process() else None
     evaluators = build_evaluators(built.cfg, metadata, out_dir, context=context)
-    metrics = evaluate(model, loader, metadata, evaluators, device=device, max_images=cfg.eval.max_images)
+    metrics = evaluate(model, loader, metadata, evaluators, device=device, max_images=cfg.eval.max_images,
+                       progress=bar_enabled(cfg.eval.progress_bar))
     metrics.pop("overlays", None)
     if du.is_main_process():
         print(format_results(metrics))

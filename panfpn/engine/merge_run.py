@@ -30,6 +30,7 @@ from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine.config import ConfigError, section_values
 from panfpn.data.merge_inputs import BadInput, MergeInputs, as_is
 from panfpn.engine.merge_output import earlier_merge_outputs, remove_outputs
+from panfpn.engine.progress import bar_enabled  # no bar when the output goes to a file
 from panfpn.evaluation.writer import PanopticPredictionWriter, prediction_file_stem
 from panfpn.modeling.merge import BoxMasks, MergeThresholds
 from panfpn.modeling.merge_predictions import merge_predictions
@@ -263,7 +264,7 @@ def _merge_all(dataset: MergeInputs, workers: int, rules: MergeThresholds, devic
 
     with _InOrder(0 if in_workers else threads, record) as jobs:
         tick = time.perf_counter()
-        for item in tqdm(loader, total=len(dataset), desc="merge", unit="img"):
+        for item in tqdm(loader, total=len(dataset), desc="merge", unit="img", disable=not bar_enabled("auto")):
             seconds["wait"] += time.perf_counter() - tick
             seconds["read"] += item["seconds"]
             jobs.submit(item, merge_and_write)

@@ -58,6 +58,27 @@ class MetricsLog:
         for i, img in enumerate(images):
             self._tb.add_image(f"{tag}/{i}", img, step, dataformats="HWC")
 
+    def text(self, tag: str, text: str) -> None:
+        """A text (e.g. the resolved config) in TensorBoard's Text tab, shown as preformatted."""
+        if not self.enabled:
+            return
+        self._tb.add_text(tag, "\n".join("    " + line for line in text.splitlines()), 0)
+
+    def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """The run's hyperparameters and final metrics for TensorBoard's HParams tab, in the run's
+        own event files (SummaryWriter.add_hparams would open a sub-folder per call)."""
+        if not self.enabled:
+            return
+        from torch.utils.tensorboard.summary import hparams
+
+        clean = {k: (v if isinstance(v, (int, float, bool, str)) else str(v)) for k, v in params.items()}
+        finite = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+        for summary in hparams(clean, finite):
+            self._tb.file_writer.add_summary(summary)
+        for name, value in finite.items():
+            self._tb.add_scalar(name, value, 0)
+        self._tb.flush()
+
     def close(self) -> None:
         if self.enabled:
             self._tb.close()

@@ -43,6 +43,7 @@ from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine import distributed as du
 from panfpn.engine.config import ConfigError, section_values, validate_config
 from panfpn.engine.config_schema import PredictOptions  # the predict section's declaration
+from panfpn.engine.progress import bar_enabled
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.job_setup import fit_threads_to_cpus, setup_logging
 from panfpn.evaluation.prediction_folder import (OVERLAY_FORMATS, JsonState, PredictionTargets, WriteQueue,
@@ -94,7 +95,8 @@ def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None)
                           overwrite=bool(opts.overwrite), overlay=bool(opts.overlay),
                           overlay_alpha=float(opts.overlay_alpha), overlay_format=str(opts.overlay_format),
                           write_threads=int(opts.write_threads), image_id=str(opts.image_id),
-                          json_every=int(opts.json_every), semantic=bool(opts.semantic))
+                          json_every=int(opts.json_every), semantic=bool(opts.semantic),
+                          progress=bar_enabled(opts.progress_bar))
 
 
 def collate_predict(items: Sequence[dict | FailedImage]) -> tuple[dict | None, list[FailedImage]]:

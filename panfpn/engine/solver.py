@@ -88,6 +88,29 @@ def _warmup(it: int, warmup_iters: int, warmup_factor: float) -> float:
     return warmup_factor * (1 - alpha) + alpha
 
 
+def schedule_warnings(schedule: object, max_iter: int) -> list[str]:
+    """What a schedule silently changes in a run of ``max_iter`` iterations: a warmup that never
+    finishes (the lr never reaches base_lr) or takes a large share of the run, lr steps at or past
+    the end (never applied), a cosine horizon other than the run's length."""
+    out: list[str] = []
+    warmup = int(getattr(schedule, "warmup_iters", 0) or 0)
+    if warmup >= max_iter:
+        last = _warmup(max_iter - 1, warmup, float(getattr(schedule, "warmup_factor", 0.0)))
+        out.append(f"solver.schedule.warmup_iters={warmup} >= solver.max_iter={max_iter}: the warmup is cut short "
+                   f"and the lr never reaches base_lr (it ends at {last:.3g} x base_lr); lower "
+                   "solver.schedule.warmup_iters")
+    elif warmup > max_iter // 2:
+        out.append(f"solver.schedule.warmup_iters={warmup} is more than half of solver.max_iter={max_iter}")
+    late = [s for s in getattr(schedule, "steps", []) if s >= max_iter]
+    if late:
+        out.append(f"solver.schedule.steps {late} are at or past solver.max_iter={max_iter}: never applied")
+    horizon = getattr(schedule, "max_iter", None)
+    if isinstance(schedule, WarmupCosine) and horizon != max_iter:
+        what = "is cut off before its end" if horizon > max_iter else "stays at its final factor from there on"
+        out.append(f"solver.schedule.max_iter={horizon} differs from solver.max_iter={max_iter}: the cosine {what}")
+    return out
+
+
 def set_schedule_iteration(scheduler: torch.optim.lr_scheduler.LambdaLR, iteration: int) -> list[float]:
     """Put a freshly built schedule at ``iteration`` (resume): the optimizer's lrs become the
     current config's ``base_lr * factor(iteration)``, as if it had stepped there; returns them."""

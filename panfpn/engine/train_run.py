@@ -23,12 +23,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from panfpn.data.loader import build_training_loader
+from panfpn.data.transforms import check_data_transforms
 from panfpn.engine import distributed as du
+from panfpn.engine import run_log
 from panfpn.engine.checkpoint import (
     capture_rng_state, find_last_checkpoint, prune_checkpoints, remove_stale_temp_files, save_checkpoint,
 )
 from panfpn.engine.config import validate_config
-from panfpn.engine.eval_loop import build_eval_loader, evaluate, metrics_to_scalars
+from panfpn.engine.eval_loop import build_eval_loader, evaluate
 from panfpn.engine.metrics_log import MetricsLog
 from panfpn.engine.model_spec import describe_model
 from panfpn.engine.resume import Resumed, resume_training
@@ -196,6 +198,7 @@ def train_from_config(cfg: DictConfig) -> dict:
     was saved; ``interrupted`` is then True and tools/train.py exits with 128 + signal).
     """
     validate_config(cfg)
+    check_data_transforms(cfg)
     device = du.init_distributed(cfg.device)
     run_dir = Path(du.shared_run_dir(cfg.output_dir))
     with hold_run_dir(run_dir):  # one live training per run folder, released on every exit
@@ -227,13 +230,17 @@ def _train(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict:
     log = MetricsLog(run_dir, enabled=du.is_main_process(),
                      resumed_at=resumed.iteration if cfg.resume else None)
     bar = tqdm(total=int(cfg.solver.max_iter), initial=resumed.iteration, dynamic_ncols=True, desc="train",
-               disable=not (du.is_main_process() and cfg.train.progress_bar))
+               disable=not (du.is_main_process() and run_log.bar_enabled(cfg.train.progress_bar)))
+    run_log.log_start(cfg, log, run_dir=run_dir, model=model, train_set=train_set, val_loader=val_loader,
+                      optimizer=optimizer, scheduler=scheduler, resumed=resumed, device=device)
     loop = _Loop(cfg, device=device, run_dir=run_dir, model=model, ddp_model=ddp_model,
                  optimizer=optimizer, scheduler=scheduler, scaler=scaler, metadata=metadata, log=log,
                  bar=bar, val_loader=val_loader, resumed=resumed)
     try:
-        with _StopFlag() as stop:
-            return loop.run(loader, stop)
+        with _StopFlag() as stop, run_log.console_above_bar():
+            result = loop.run(loader, stop)
+        run_log.log_end(log, run_dir, result)
+        return result
     finally:
         bar.close()
         log.close()
@@ -340,6 +347,7 @@ class _Loop:
         scalars = _window_scalars(self.window, self.times, self.optimizer, self.device, self.skipped)
         self.result["losses"] = scalars
         self.log.scalars(it, scalars)
+        run_log.log_metrics(it, self.max_iter, scalars)
         self.bar.set_postfix(loss=f"{scalars.get('loss/total', float('nan')):.3f}", lr=f"{scalars['lr']:.2e}")
         self.window, self.times = {}, {"iter": 0.0, "data": 0.0, "n": 0}
 
@@ -382,8 +390,7 @@ class _Loop:
             logger.warning("evaluation at iteration %d interrupted by signal %d: its partial metrics "
                            "are not logged", it, signum)
             return signum
-        self.log.scalars(it, {**metrics_to_scalars(metrics), "time/elapsed_s": time.perf_counter() - t_start},
-                         kind="eval")
+        run_log.log_eval(self.log, it, metrics, self.metadata, **{"time/elapsed_s": time.perf_counter() - t_start})
         if metrics.get("overlays"):
             self.log.images(it, "val/panoptic", metrics["overlays"])
         self.result["eval"] = {k: v for k, v in metrics.items() if k != "overlays"}

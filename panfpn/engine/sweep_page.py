@@ -1,0 +1,78 @@
+"""``summary.html``: a sweep's jobs in one self-contained page, in report.html's style.
+
+Click a column header to sort by it; each metric cell carries a bar scaled to the column's best
+value, so the jobs compare at a glance. Failed and interrupted jobs are marked, the best job
+(by the recorded objective) is highlighted.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any, Sequence
+
+from panfpn.engine.progress import duration
+from panfpn.engine.sweep_summary import METRIC_NAMES, add_params, best_job
+from panfpn.evaluation.report import SORT_JS, STYLE
+
+EXTRA_STYLE = """
+td.metric{background-repeat:no-repeat;background-size:var(--w) 3px;background-position:right bottom;
+ background-image:linear-gradient(#7ea2d6,#7ea2d6);padding-bottom:5px}
+#jobs th:nth-child(2),#jobs th:nth-child(3),#jobs th:last-child,#jobs td:nth-child(2){text-align:left}
+tr.best td{background-color:#eef6ee}
+tr.failed td:first-child,tr.interrupted td:first-child{border-left:3px solid #b00020}
+td.overrides{text-align:left;font-family:monospace;font-size:12px}td.status-failed{color:#b00020}
+td.status-interrupted{color:#b06000}td.status-unknown{color:#777}td.dir{text-align:left;font-size:11px;color:#777}
+#jobs td{white-space:nowrap}
+"""
+SHOWN = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st", "mIoU", "AP_mask", "AP_box")
+
+
+def _td(sort_value: Any, text: str, cls: str = "", style: str = "") -> str:
+    attrs = (f' class="{cls}"' if cls else "") + (f' style="{style}"' if style else "")
+    return f'<td data-v="{html.escape(str(sort_value))}"{attrs}>{html.escape(text)}</td>'
+
+
+def _metric_cell(value: float | None, top: float) -> str:
+    if value is None:
+        return _td(-1, "-", "muted")
+    width = 100.0 * value / top if top > 0 else 0.0
+    return _td(f"{value:.4f}", f"{value:.2f}", "metric", f"--w:{width:.1f}%")
+
+
+def _row(row: dict, tops: dict[str, float], best: str | None) -> str:
+    status = str(row["status"])
+    cells = [_td(row["job"], str(row["job"])), _td(status, status, f"status-{status}"),
+             _td(row["params"], row["params"] or "-", "overrides")]
+    cells += [_metric_cell(row.get(name), tops[name]) for name in SHOWN]
+    objective = row.get("objective")
+    cells.append(_td(-1e30 if objective is None else objective, "-" if objective is None else f"{objective:.2f}"))
+    wall = row.get("wall_s")
+    cells.append(_td(-1 if wall is None else wall, "-" if wall is None else duration(float(wall))))
+    cells.append(_td(row["run_dir"], row["run_dir"], "dir"))
+    classes = " ".join(c for c in (status, "best" if row["job"] == best else "") if c)
+    tip = " ".join(row["overrides"]) + (f"\nerror: {row['error']}" if row.get("error") else "")
+    title = f' title="{html.escape(tip)}"' if tip else ""
+    return f'<tr class="{classes}"{title}>{"".join(cells)}</tr>'
+
+
+def build_page(rows: Sequence[dict], objective: dict | None, *, title: str = "Sweep") -> str:
+    """The whole page as a string."""
+    assert set(SHOWN) <= set(METRIC_NAMES)
+    tops = {name: max([float(r[name]) for r in rows if r.get(name) is not None] + [0.0]) for name in SHOWN}
+    best = best_job(rows, objective)
+    head = "".join(f'<th class="sortable">{html.escape(h)}</th>'
+                   for h in ("job", "status", "params", *SHOWN, "objective", "wall time", "run folder"))
+    body = "".join(_row(r, tops, best) for r in rows)
+    counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("done", "failed", "interrupted", "unknown")}
+    common = add_params(rows)
+    intro = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no jobs"
+    if objective and objective.get("name"):
+        intro += (f". Objective: {objective['name']} ({objective.get('direction', 'maximize')})"
+                  + (f", best job {best}" if best is not None else ""))
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title><style>{STYLE}{EXTRA_STYLE}</style></head><body>"
+            f"<h1>{html.escape(title)}</h1><p>{len(rows)} jobs: {html.escape(intro)}. Metrics in percent, from "
+            "each job's eval_results.json; click a header to sort; hover a row for all its overrides.</p>"
+            f'<p class="muted">shared by all jobs: <code>{html.escape(" ".join(common)) or "(none)"}</code></p>'
+            f'<table id="jobs" class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+            f"<script>{SORT_JS}</script></body></html>\n")

@@ -1,0 +1,191 @@
+"""One table of a sweep's jobs, built from each run folder's own result files.
+
+A row per run folder: its overrides (``.hydra/overrides.yaml``), status (``job_status.json``:
+done / failed / interrupted; ``unknown`` when the job wrote none, e.g. still running or killed),
+the final PQ/SQ/RQ All/Things/Stuff, mIoU and AP (``eval_results.json``, percent), the
+objective, the wall time and the folder. Nothing is recomputed. Written as ``summary.csv``,
+``summary.json`` and ``summary.html`` (:mod:`panfpn.engine.sweep_page`) by :func:`write_summary`,
+which hydra's sweep callback and tools/summarize.py call.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from omegaconf import OmegaConf
+
+from panfpn.engine.train_job import EVAL_RESULTS, JOB_STATUS
+from panfpn.utils.atomic import atomic_write, write_json_atomic
+from panfpn.utils.json_file import JSONFileError, load_json
+
+logger = logging.getLogger("panfpn")
+SUMMARY_FILES = ("summary.csv", "summary.json", "summary.html")
+# (column, eval_results.json path): the metrics of a row, percent.
+METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    *((f"{k.upper()}{suffix}", ("panoptic", split, k))
+      for split, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")) for k in ("pq", "sq", "rq")),
+    ("mIoU", ("sem_seg", "mIoU")),
+    ("AP_mask", ("segm", "AP")),
+    ("AP_box", ("bbox", "AP")),
+)
+METRIC_NAMES = tuple(name for name, _ in METRICS)
+COLUMNS = ("job", "status", "params", "overrides", *METRIC_NAMES, "objective", "iteration", "wall_s", "run_dir",
+           "error")
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder one job wrote: its status, its results or hydra's record of it."""
+    return (path / JOB_STATUS).is_file() or (path / EVAL_RESULTS).is_file() \
+        or (path / ".hydra" / "overrides.yaml").is_file()
+
+
+def find_run_dirs(roots: Iterable[str | os.PathLike]) -> list[Path]:
+    """Every run folder at or below ``roots`` (a sweep folder, run folders, a tree of them), in
+    hydra's job order (numbered folders by number)."""
+    found: list[Path] = []
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: no such folder")
+        if is_run_dir(root):
+            found.append(root)
+            continue
+        found += sorted((p for p in root.rglob("*") if p.is_dir() and p.name != ".hydra" and is_run_dir(p)),
+                        key=_natural_key)
+    return list(dict.fromkeys(found))
+
+
+def _natural_key(path: Path) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def _dig(data: Any, keys: Sequence[str]) -> float | None:
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    try:
+        value = float(data)
+    except (TypeError, ValueError):
+        return None
+    return None if value < 0 else 100.0 * value  # COCOeval's -1: no ground truth
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = load_json(path)
+    except JSONFileError as err:
+        logger.warning("%s", err)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def job_row(run_dir: Path, base: Path | None = None) -> dict[str, Any]:
+    """One row from one run folder's files."""
+    status = _read_json(run_dir / JOB_STATUS) or {}
+    results = _read_json(run_dir / EVAL_RESULTS) or {}
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
+    row: dict[str, Any] = {
+        "job": str(run_dir.relative_to(base)) if base is not None and run_dir != base
+        and run_dir.is_relative_to(base) else run_dir.name,
+        "status": status.get("status", "unknown"),
+        "overrides": overrides,
+    }
+    row.update({name: _dig(results, path) for name, path in METRICS})
+    row["objective"] = (status.get("objective") or {}).get("value")
+    row["iteration"] = status.get("iteration")
+    row["wall_s"] = status.get("wall_s")
+    row["run_dir"] = str(run_dir.resolve())
+    row["error"] = status.get("error")
+    return row
+
+
+def best_job(rows: Sequence[dict], objective: dict | None) -> str | None:
+    """The job with the best objective value (its direction from the job status), if any."""
+    scored = [r for r in rows if r.get("objective") is not None and r["status"] == "done"]
+    if not scored:
+        return None
+    sign = -1.0 if (objective or {}).get("direction") == "minimize" else 1.0
+    return max(scored, key=lambda r: sign * float(r["objective"]))["job"]
+
+
+def _objective_of(run_dirs: Sequence[Path]) -> dict | None:
+    for run_dir in run_dirs:
+        objective = (_read_json(run_dir / JOB_STATUS) or {}).get("objective")
+        if objective and objective.get("name"):
+            return objective
+    return None
+
+
+def collect(roots: Iterable[str | os.PathLike]) -> tuple[list[dict], dict | None]:
+    """``(rows, objective)``: a row per run folder below ``roots``; the objective's name and
+    direction as the jobs recorded them (None when the jobs had none)."""
+    roots = [Path(r) for r in roots]
+    run_dirs = find_run_dirs(roots)
+    base = roots[0] if len(roots) == 1 else None
+    rows = [job_row(d, base) for d in run_dirs]
+    add_params(rows)
+    return rows, _objective_of(run_dirs)
+
+
+def add_params(rows: Sequence[dict]) -> list[str]:
+    """Set each row's ``params``: its overrides that differ between the jobs (what the sweep
+    varies); returns the overrides all jobs share."""
+    keyed = [{o.partition("=")[0]: o for o in r["overrides"]} for r in rows]
+    keys = list(dict.fromkeys(k for overrides in keyed for k in overrides))
+    varying = {k for k in keys if len({overrides.get(k) for overrides in keyed}) > 1}
+    for row, overrides in zip(rows, keyed):
+        row["params"] = " ".join(o for k, o in overrides.items() if k in varying)
+    return [keyed[0][k] for k in keys if k not in varying] if rows else []
+
+
+def to_csv(rows: Sequence[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else " ".join(row[k]) if isinstance(row[k], list) else row[k])
+                         for k in COLUMNS})
+    return buffer.getvalue()
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def format_table(rows: Sequence[dict], objective: dict | None = None) -> str:
+    """The console table: job, status, main metrics, wall time, overrides."""
+    cols = ("job", "status", "PQ", "PQ_th", "PQ_st", "mIoU", "AP_mask", "objective", "wall_s", "params")
+    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    best = best_job(rows, objective)
+    if best is not None:
+        lines.append(f"best {objective['name']} ({objective.get('direction', 'maximize')}): job {best}")
+    return "\n".join(lines)
+
+
+def write_summary(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,
+                  title: str | None = None) -> list[dict]:
+    """Collect the run folders below ``roots`` and write summary.csv / .json / .html into
+    ``out_dir``; returns the rows."""
+    from panfpn.engine.sweep_page import build_page
+
+    out = Path(out_dir)
+    rows, objective = collect(roots)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "summary.csv", lambda f: f.write(to_csv(rows)), mode="w")
+    write_json_atomic(out / "summary.json", {"objective": objective, "best": best_job(rows, objective),
+                                             "columns": list(COLUMNS), "jobs": rows})
+    page = build_page(rows, objective, title=title or f"Sweep: {out.resolve()}")
+    atomic_write(out / "summary.html", lambda f: f.write(page), mode="w")
+    return rows

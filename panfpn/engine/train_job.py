@@ -1,0 +1,133 @@
+"""A training as one job of an experiment (tools/train.py): its result files and its objective.
+
+Each run folder ends with ``job_status.json`` (done / failed / interrupted, iteration, wall time,
+error, objective) and, when it evaluated, ``eval_results.json`` (the final evaluation, the same
+format as tools/eval.py's). Sweep summaries (:mod:`panfpn.engine.sweep_summary`) read these files,
+never recompute them. ``train.objective`` names the number tools/train.py returns to hydra's
+sweepers (Optuna).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Mapping
+
+from omegaconf import DictConfig
+
+from panfpn.engine import distributed as du
+from panfpn.engine.eval_loop import metrics_to_scalars
+from panfpn.utils.atomic import write_json_atomic
+from panfpn.utils.errors import ConfigError
+
+logger = logging.getLogger("panfpn")
+JOB_STATUS = "job_status.json"
+EVAL_RESULTS = "eval_results.json"
+# Scalar names the objective may take without an evaluation (the last logged window).
+LOSS_PREFIX = "loss/"
+
+
+class TrainingInterrupted(Exception):
+    """A signal stopped the training after a checkpoint (raised by tools/train.py in a multirun so
+    that hydra's sweep callback records the job; the callback then stops the sweep)."""
+
+    def __init__(self, signum: int, iteration: int, checkpoint: str | None) -> None:
+        super().__init__(f"training interrupted by signal {signum} at iteration {iteration}; checkpoint "
+                         f"{checkpoint} (continue with resume=true)")
+        self.signum, self.iteration, self.checkpoint = signum, iteration, checkpoint
+
+
+# The objective's possible names: the final evaluation's scalars (as TensorBoard shows them) and losses.
+OBJECTIVE_NAMES = (*(f"{k}/{s}" for k in ("pq", "sq", "rq") for s in ("All", "Things", "Stuff")), "sem_seg/mIoU",
+                   *(f"{t}/{k}" for t in ("bbox", "segm") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")),
+                   "loss/total")
+
+
+def check_objective(cfg: DictConfig) -> str | None:
+    """ConfigError at start for a ``train.objective`` no run can give (did-you-mean), or an AP
+    with ``eval.compute_ap=false``; returns a warning when this run does not evaluate (then the
+    objective is None)."""
+    name = cfg.train.get("objective")
+    if name is None or str(name).startswith(LOSS_PREFIX):
+        return None
+    if name not in OBJECTIVE_NAMES:
+        hint = difflib.get_close_matches(str(name), OBJECTIVE_NAMES, n=1)
+        raise ConfigError(f"config key 'train.objective' is {name!r}, not a metric name"
+                          + (f"; did you mean '{hint[0]}'?" if hint else f"; one of {list(OBJECTIVE_NAMES)} or "
+                             "a 'loss/...' name"))
+    if str(name).split("/")[0] in ("bbox", "segm") and not cfg.eval.compute_ap:
+        raise ConfigError(f"config key 'train.objective' is {name!r} but eval.compute_ap=false")
+    if int(cfg.train.eval_period) < 0:
+        return (f"train.objective={name} needs an evaluation but train.eval_period=-1: this run returns no "
+                "objective (a sweeper counts it as failed)")
+    return None
+
+
+def objective_value(cfg: DictConfig, result: Mapping[str, Any]) -> float | None:
+    """The value of ``train.objective`` in a finished training's result: a scalar name of the
+    final evaluation as TensorBoard shows it (``pq/All``, ``sem_seg/mIoU``, ``segm/AP``, percent)
+    or of the last logged losses (``loss/total``); None when no objective is configured."""
+    name = cfg.train.get("objective")
+    if name is None:
+        return None
+    values = {k: v for k, v in dict(result.get("losses") or {}).items() if k.startswith(LOSS_PREFIX)}
+    if result.get("eval"):
+        values.update(metrics_to_scalars(dict(result["eval"])))
+    if name not in values and not result.get("eval") and not str(name).startswith(LOSS_PREFIX):
+        return None  # no evaluation (check_objective warned)
+    if name not in values:
+        raise ConfigError(f"config key 'train.objective' is {name!r}, not a metric of this run; it has "
+                          f"{sorted(values)}")
+    return float(values[name])
+
+
+def _is_main() -> bool:
+    if du.is_distributed():
+        return du.is_main_process()
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+
+
+def write_job_status(run_dir: Path, status: str, *, started: float, cfg: DictConfig, **facts: Any) -> None:
+    """``job_status.json`` of a run folder (main rank)."""
+    if not _is_main():
+        return
+    record = {"status": status, "max_iter": int(cfg.solver.max_iter),
+              "objective": {"name": cfg.train.get("objective"),
+                            "direction": cfg.train.get("objective_direction", "maximize"),
+                            "value": facts.pop("objective_value", None)},
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+              "wall_s": round(time.time() - started, 3), **facts}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / JOB_STATUS, record)
+
+
+def run_training_job(cfg: DictConfig) -> dict:
+    """``train_from_config(cfg)`` plus the run folder's ``job_status.json`` (also when it fails or
+    is interrupted) and ``eval_results.json`` (final evaluation); the result gets ``objective``."""
+    from panfpn.engine.train_run import train_from_config
+
+    started = time.time()
+    run_dir = Path(str(cfg.output_dir))
+    try:
+        warning = check_objective(cfg)
+        if warning:
+            logger.warning("%s", warning)
+        result = train_from_config(cfg)
+        result["objective"] = objective_value(cfg, result) if not result["interrupted"] else None
+    except BaseException as err:
+        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+        write_job_status(run_dir, status, started=started, cfg=cfg, iteration=None, signal=None,
+                         error=f"{type(err).__name__}: {err}",
+                         traceback=traceback.format_exc(limit=8)[-4000:])
+        raise
+    if result["eval"] is not None and _is_main():
+        write_json_atomic(run_dir / EVAL_RESULTS, json.loads(json.dumps(result["eval"], default=str)))
+    write_job_status(run_dir, "interrupted" if result["interrupted"] else "done", started=started, cfg=cfg,
+                     iteration=result["iteration"], signal=result["signal"], checkpoint=result["checkpoint"],
+                     error=None, objective_value=result["objective"])
+    return result

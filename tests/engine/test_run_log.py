@@ -1,0 +1,150 @@
+"""What a training tells its log (start block, a metrics line every log_period, evaluation results),
+TensorBoard (hparams, per-class PQ, the config), and the warnings about schedules the config changes."""
+
+import io
+import re
+
+import pytest
+
+from panfpn.engine.progress import bar_enabled
+from panfpn.engine.run_log import MetricsLine, hparam_values
+from panfpn.engine.solver import WarmupCosine, WarmupMultiStep, schedule_warnings
+from panfpn.engine.train_job import check_objective, objective_value, run_training_job
+from panfpn.utils.errors import ConfigError
+
+
+class _Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_auto_only_on_a_terminal():
+    assert bar_enabled("auto", _Tty()) and not bar_enabled("auto", io.StringIO())
+    assert bar_enabled(True, io.StringIO()) and not bar_enabled(False, _Tty())
+
+
+def test_metrics_line_has_iteration_eta_losses_lr_times_and_memory():
+    line = MetricsLine(100)(20, {"loss/loss_sem_seg": 0.5, "loss/loss_cls": 0.25, "loss/total": 0.75, "lr": 0.002,
+                                 "time/iter": 0.5, "time/data": 0.01, "memory/max_allocated_mb": 1234.0})
+    assert line.startswith("iter 20/100  eta 0:00:40  loss 0.7500  loss_sem_seg 0.5000  loss_cls 0.2500")
+    assert "lr 0.002" in line and "time 0.500 s/it" in line and "data 0.010 s" in line and "max_mem 1234 MB" in line
+
+
+def test_schedule_warnings_for_warmup_past_the_end_and_late_steps():
+    short = schedule_warnings(WarmupCosine(max_iter=60, warmup_iters=100), 60)
+    assert len(short) == 1 and "warmup_iters=100 >= solver.max_iter=60" in short[0]
+    assert "never reaches base_lr" in short[0]
+    late = schedule_warnings(WarmupMultiStep(steps=[50, 60], warmup_iters=10), 60)
+    assert late == ["solver.schedule.steps [60] are at or past solver.max_iter=60: never applied"]
+    # a schedule built without max_iter cannot refuse steps past the end itself
+    assert "steps [70] are at or past" in schedule_warnings(WarmupMultiStep(steps=[50, 70], warmup_iters=10), 60)[0]
+    assert "differs from solver.max_iter=60" in schedule_warnings(WarmupCosine(max_iter=100, warmup_iters=0), 60)[0]
+    assert schedule_warnings(WarmupMultiStep(steps=[40], warmup_iters=10), 60) == []
+
+
+def test_hparams_from_overrides_keep_types():
+    assert hparam_values(["solver.base_lr=0.001", "model.merge.overlap_thresh=null", "+x=abc", "train.amp=true"]) \
+        == {"solver.base_lr": 0.001, "model.merge.overlap_thresh": "null", "x": "abc", "train.amp": True}
+
+
+def test_objective_names_are_checked_at_start(tiny_cfg):
+    with pytest.raises(ConfigError, match="did you mean 'pq/All'"):
+        check_objective(tiny_cfg("train.objective=pq/all"))
+    with pytest.raises(ConfigError, match="eval.compute_ap=false"):
+        check_objective(tiny_cfg("train.objective=segm/AP", "eval.compute_ap=false"))
+    assert "train.eval_period=-1" in check_objective(tiny_cfg("train.eval_period=-1"))
+    assert check_objective(tiny_cfg("train.objective=loss/total", "train.eval_period=-1")) is None
+    cfg = tiny_cfg("train.objective=sem_seg/mIoU")
+    result = {"losses": {"loss/total": 2.5}, "eval": {"panoptic": {s: {"pq": .1, "sq": .2, "rq": .3}
+                                                                    for s in ("All", "Things", "Stuff")},
+                                                       "sem_seg": {"mIoU": 0.42}}}
+    assert objective_value(cfg, result) == pytest.approx(42.0)
+    assert objective_value(tiny_cfg("train.objective=loss/total"), result) == 2.5
+    assert objective_value(tiny_cfg("train.objective=null"), result) is None
+
+
+def test_silent_training_log_has_start_block_metrics_lines_eval_and_tensorboard(tiny_cfg, tmp_path, capsys):
+    """progress_bar=false: log.txt has the start block, a metrics line every log_period and the
+    evaluation; TensorBoard has hparams (overrides + final metrics), per-class PQ and the config."""
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)  # what hydra writes for a job launched with these overrides
+    (run / ".hydra" / "overrides.yaml").write_text("- solver.base_lr=0.01\n- train.log_period=2\n")
+    result = run_training_job(tiny_cfg("train.log_period=2", "solver.schedule.warmup_iters=10",
+                                       "eval.compute_ap=false"))
+    log = (run / "log.txt").read_text()
+    block = log[log.index("training starts"):]
+    for label in ("run folder", "config", "model", "train data", "val data", "batch", "lr", "schedule",
+                  "device", "amp", "seed", "resume"):
+        assert re.search(rf"^  {label} +\S", block, re.M), label
+    assert f"run folder  {run}" in block and "1 process x 2 images = global batch 2" in block
+    assert "warmup_iters=10 >= solver.max_iter=4" in log  # the cut-short warmup is a warning
+    assert "lr scaling applied" in log
+    lines = re.findall(r"iter (\d+)/4  eta \S+  loss [\d.]+  loss_sem_seg .* lr \S+  time \S+ s/it  data \S+ s  "
+                       r"max_mem \d+ MB", log)
+    assert lines == ["2", "4"]
+    assert "evaluation at iteration 4" in log and "mIoU" in log
+    assert (run / "config.yaml").is_file() and (run / "eval_results.json").is_file()
+    assert result["objective"] == pytest.approx(100 * result["eval"]["panoptic"]["All"]["pq"])
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    per_class = {t for t in acc.Tags()["scalars"] if t.startswith("pq_per_class/")}
+    assert per_class == {f"pq_per_class/{n}" for n in ("ellipse", "rectangle", "triangle", "ring", "gradient",
+                                                        "stripes", "checker", "speckle")}
+    # the values are the evaluation's per-class PQ (percent)
+    ellipse = next(r for c, r in result["eval"]["panoptic"]["per_class"].items() if int(c) == 1)
+    assert acc.Scalars("pq_per_class/ellipse")[-1].value == pytest.approx(100 * ellipse["pq"])
+    assert "config/text_summary" in acc.Tags()["tensors"]
+    assert b"max_iter: 4" in acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0]
+    content = acc.PluginTagToContent("hparams")
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    assert "final/pq/All" in {m.name.tag for m in plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/experiment"]).experiment.metric_infos}
+    assert "final/pq/All" in acc.Tags()["scalars"]
+    hparams = session.session_start_info.hparams
+    assert hparams["solver.base_lr"].number_value == 0.01 and hparams["train.log_period"].number_value == 2
+
+
+def test_progress_without_a_bar_logs_lines_and_a_summary():
+    import logging
+
+    from panfpn.engine.progress import Progress
+
+    records: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logger = logging.getLogger("panfpn")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        for i in Progress(range(3), desc="eval", bar=False, every_s=0.0):
+            if i == 1:
+                break  # evaluate() stops early (eval.max_images, a signal): the summary still comes
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert records[0].startswith("eval: 1/3 batches, ") and "eta" in records[0]
+    assert records[-1] == "eval: 2 batches in 0:00:00"
+
+
+@pytest.mark.parametrize("error,status", [(RuntimeError("CUDA out of memory"), "failed"),
+                                          (KeyboardInterrupt(), "interrupted")])
+def test_job_status_is_written_when_the_training_raises(tiny_cfg, tmp_path, monkeypatch, error, status):
+    import json
+
+    from panfpn.engine import train_run
+
+    def boom(cfg):
+        raise error
+
+    monkeypatch.setattr(train_run, "train_from_config", boom)
+    with pytest.raises(type(error)):
+        run_training_job(tiny_cfg())
+    record = json.loads((tmp_path / "run" / "job_status.json").read_text())
+    assert record["status"] == status and record["error"].startswith(type(error).__name__)
+    assert record["objective"] == {"name": "pq/All", "direction": "maximize", "value": None}
+    assert not (tmp_path / "run" / "eval_results.json").exists()

@@ -1,0 +1,175 @@
+"""Sweep summaries: one row per job from its own files; a real 2x2 multirun, an interrupted sweep,
+an Optuna sweep through tools/train.py's objective."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from panfpn.engine.sweep_summary import METRICS, write_summary
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _eval_results(pq: float) -> dict:
+    split = {"pq": pq, "sq": pq + 0.1, "rq": pq + 0.2, "n": 3}
+    return {"panoptic": {"All": split, "Things": split, "Stuff": split, "per_class": {}},
+            "sem_seg": {"mIoU": 0.5}, "bbox": {"AP": 0.25}, "segm": {"AP": -1.0}}
+
+
+def _fake_run(path: Path, status: str | None, pq: float | None, overrides: list[str]) -> Path:
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    if status is not None:
+        (path / "job_status.json").write_text(json.dumps({
+            "status": status, "wall_s": 12.5, "iteration": 4, "error": "boom" if status == "failed" else None,
+            "objective": {"name": "pq/All", "direction": "maximize", "value": None if pq is None else 100 * pq}}))
+    if pq is not None:
+        (path / "eval_results.json").write_text(json.dumps(_eval_results(pq)))
+    return path
+
+
+def test_summary_rows_come_from_each_jobs_files(tmp_path):
+    sweep = tmp_path / "sweep"
+    _fake_run(sweep / "0", "done", 0.3, ["solver.base_lr=0.01"])
+    _fake_run(sweep / "1", "failed", None, ["solver.base_lr=10"])
+    _fake_run(sweep / "2", None, None, ["solver.base_lr=0.02"])  # killed: no job_status.json
+    _fake_run(sweep / "10", "done", 0.4, ["solver.base_lr=0.03"])
+    rows = write_summary([sweep], sweep)
+    assert [r["job"] for r in rows] == ["0", "1", "2", "10"]
+    assert [r["status"] for r in rows] == ["done", "failed", "unknown", "done"]
+    assert rows[0]["PQ"] == pytest.approx(30.0) and rows[0]["SQ_th"] == pytest.approx(40.0)
+    assert rows[0]["mIoU"] == pytest.approx(50.0) and rows[0]["AP_box"] == pytest.approx(25.0)
+    assert rows[0]["AP_mask"] is None  # COCOeval's -1: not a number to compare
+    assert rows[1]["PQ"] is None and rows[1]["error"] == "boom" and rows[0]["overrides"] == ["solver.base_lr=0.01"]
+    saved = json.loads((sweep / "summary.json").read_text())
+    assert saved["best"] == "10" and saved["jobs"] == rows
+    with open(sweep / "summary.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["status"] for r in table] == ["done", "failed", "unknown", "done"] and table[1]["PQ"] == ""
+    page = (sweep / "summary.html").read_text()
+    assert page.count("<tr class=") == 4 and 'class="done best"' in page and "th class=\"sortable\"" in page
+
+
+def test_summarize_tool_collects_folders_made_separately(tmp_path):
+    a = _fake_run(tmp_path / "slurm_a" / "run", "done", 0.3, ["seed=1"])
+    b = _fake_run(tmp_path / "machine_b", "interrupted", None, ["seed=2"])
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/summarize.py"), str(a.parent), str(b), "--out", str(out)],
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "interrupted" in proc.stdout and "30.00" in proc.stdout
+    rows = json.loads((out / "summary.json").read_text())["jobs"]
+    assert [(r["run_dir"], r["status"]) for r in rows] == [(str(a), "done"), (str(b), "interrupted")]
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _pct(results: dict, path: tuple) -> float | None:
+    for key in path:
+        results = results[key]
+    return None if results < 0 else 100 * results
+
+
+SWEEP_TINY = ["solver.max_iter=2", "solver.schedule.steps=[1]", "solver.schedule.warmup_iters=1",
+              "data.val.num_images=2", "eval.max_images=2", "train.num_vis_images=0", "train.checkpoint_period=100"]
+
+
+@pytest.mark.slow
+def test_two_by_two_multirun_ends_with_a_summary_of_four_jobs(tmp_path, tiny_args):
+    sweep = tmp_path / "sweep"
+    args = [*tiny_args, *SWEEP_TINY, "solver.base_lr=0.01,0.02", "model.merge.score_thresh=0.3,0.6",
+            f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/train.py"), "-m", *args], env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "sweep summary (4 jobs)" in proc.stdout
+    summary = json.loads((sweep / "summary.json").read_text())
+    rows = summary["jobs"]
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
+    assert {r["params"] for r in rows} == {f"solver.base_lr={lr} model.merge.score_thresh={t}"
+                                              for lr in ("0.01", "0.02") for t in ("0.3", "0.6")}
+    for row in rows:
+        results = json.loads((Path(row["run_dir"]) / "eval_results.json").read_text())
+        for name, path in METRICS:
+            assert row[name] == pytest.approx(_pct(results, path)), (row["job"], name)
+        assert row["objective"] == pytest.approx(row["PQ"])  # train.objective=pq/All
+    assert summary["objective"]["name"] == "pq/All"
+    assert (sweep / "summary.csv").is_file() and (sweep / "summary.html").read_text().count("<tr class=") == 4
+
+
+@pytest.mark.slow
+def test_an_interrupted_job_is_in_the_summary_and_stops_the_sweep(tmp_path, tiny_args):
+    sweep = tmp_path / "sweep"
+    args = [*tiny_args, "solver.max_iter=100000", "solver.schedule.steps=[50000]", "train.eval_period=-1",
+            "train.checkpoint_period=100000", "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tools/train.py"), "-m", *args], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        metrics = sweep / "0" / "metrics.jsonl"
+        while time.time() < deadline and proc.poll() is None and not (metrics.is_file() and metrics.read_text()):
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.stdout.read()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-3000:]
+    rows = json.loads((sweep / "summary.json").read_text())["jobs"]
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "interrupted")]  # job 1 never started
+    assert not (sweep / "1").exists()
+    assert "sweep stopped: job 0 was interrupted" in out
+
+
+@pytest.mark.slow
+def test_optuna_sweeper_optimises_the_returned_objective(tmp_path, tiny_args):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper is not installed "
+                        "(pip install 'panfpn[sweep]')")
+    sweep = tmp_path / "optuna"
+    args = [*tiny_args, *SWEEP_TINY, "eval.compute_ap=false", "train.objective=sem_seg/mIoU", "hydra/sweeper=optuna",
+            "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1", "hydra.sweeper.direction=maximize",
+            "hydra.sweeper.sampler.seed=0", "solver.base_lr=interval(0.005,0.02)",
+            "model.merge.score_thresh=choice(0.3,0.6)", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/train.py"), "-m", *args], env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    import yaml
+
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    summary = json.loads((sweep / "summary.json").read_text())
+    rows = summary["jobs"]
+    assert len(rows) == 2 and all(r["status"] == "done" for r in rows)
+    # Optuna saw the values tools/train.py returned: the jobs' mIoU, as their eval_results.json hold it
+    for row in rows:
+        results = json.loads((Path(row["run_dir"]) / "eval_results.json").read_text())
+        assert row["objective"] == pytest.approx(100 * results["sem_seg"]["mIoU"]) == pytest.approx(row["mIoU"])
+    winner = next(r for r in rows if r["job"] == summary["best"])
+    assert best["best_value"] == pytest.approx(winner["objective"])
+    assert f"solver.base_lr={best['best_params']['solver.base_lr']}" in winner["params"]
+
+
+@pytest.mark.slow
+def test_failed_jobs_are_in_the_summary_with_their_errors(tmp_path, tiny_args):
+    """Two jobs that fail at start (a misspelt objective): hydra runs both, then reports the failure;
+    the summary, refreshed after each job, lists both as failed with the error."""
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/train.py"), "-m", *tiny_args,
+                           "train.objective=pq/al,sem_seg/miou", f"hydra.sweep.dir={sweep}"],
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads((sweep / "summary.json").read_text())["jobs"]
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "failed"), ("1", "failed")]
+    assert "did you mean 'pq/All'" in rows[0]["error"] and "did you mean 'sem_seg/mIoU'" in rows[1]["error"]
+    assert rows[0]["params"] == "train.objective=pq/al"

@@ -1,0 +1,42 @@
+"""Summarise training runs made separately: `python tools/summarize.py DIR... [--out OUT]`.
+
+Each DIR is a run folder or a folder holding run folders (a sweep folder, Slurm jobs' output
+folders, copies from other machines). Writes summary.csv, summary.json and summary.html (one row
+per run: overrides, status, final PQ/SQ/RQ, mIoU, AP, objective, wall time, folder) into OUT
+(default: DIR when there is one) and prints the table. Built from each run's own files
+(job_status.json, eval_results.json, .hydra/overrides.yaml), the same as a multirun's summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from panfpn.engine.sweep_summary import collect, format_table, write_summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="run folders or folders holding them")
+    parser.add_argument("--out", type=Path, default=None, help="where the summary files go (default: the one DIR)")
+    parser.add_argument("--title", default=None, help="the HTML page's title")
+    args = parser.parse_args(argv)
+    if args.out is None and len(args.dirs) > 1:
+        parser.error("--out is required with several DIRs")
+    out = args.out or args.dirs[0]
+    try:
+        rows = write_summary(args.dirs, out, title=args.title)
+    except FileNotFoundError as err:
+        parser.error(str(err))
+    if not rows:
+        print(f"no run folders (job_status.json, eval_results.json or .hydra/overrides.yaml) below "
+              f"{', '.join(map(str, args.dirs))}", file=sys.stderr)
+        return 1
+    print(format_table(rows, collect(args.dirs)[1]))
+    print(f"\nwrote {out / 'summary.csv'}, {out / 'summary.json'}, {out / 'summary.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from panfpn.modeling.export import MAX_SIZE, MIN_SIZE, SIZE_DIVISIBILITY
-from panfpn.utils.dist import DEVICE_NAMES, is_device_name
+from panfpn.data.size_limits import MAX_SIZE, MIN_SIZE, SIZE_DIVISIBILITY
+from panfpn.utils.device_names import DEVICE_NAMES, is_device_name
 from panfpn.utils.errors import ConfigError
 
 # Keys the engine reads. model/ and data/ nodes are checked by their constructors (instantiate

@@ -31,7 +31,7 @@ class BadInput(ValueError):
 class MergeInputs:
     """Image ``k`` of ``images`` -> ``{"image", "sem", "crops", "origins", "scores", "labels",
     "error", "seconds"}`` (a map-style dataset for torch's DataLoader; :meth:`read` gives the same
-    with numpy arrays, without torch): ``sem`` int64 ``[H, W]`` dataset category ids (:data:`UNLABELED` where
+    with numpy arrays, without torch): ``sem`` uint8 or int64 ``[H, W]`` dataset category ids (:data:`UNLABELED` where
     nothing is known); the instances with a score of at least ``score_thresh`` (the others can
     never become segments, so their RLEs are checked (size, run lengths) but not decoded): ``crops`` (bool numpy masks inside their boxes) at ``origins``
     ``(y0, x0)``, ``scores`` float64 ``[N]``, ``labels`` int64 ``[N]``; ``error`` (a message)
@@ -131,14 +131,15 @@ def instance_labels(results: Sequence[Mapping[str, Any]], image_id: Any) -> np.n
 
 
 def read_semantic_png(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """int64 ``[H, W]`` category ids of a single-channel label PNG of the image's size."""
+    """uint8 (8-bit PNGs) or int64 ``[H, W]`` category ids of a single-channel label PNG of the image's size."""
     if not path.is_file():
         raise BadInput(f"semantic PNG {path} is missing")
     try:
         with Image.open(path) as img:
             if img.mode not in ("L", "P", "I", "I;16"):
                 raise BadInput(f"semantic PNG {path}: mode {img.mode} is not a single-channel label map")
-            sem = np.asarray(img).astype(np.int64)
+            sem = np.asarray(img)  # L and P: uint8 (kept: 8x less to read than int64)
+            sem = sem if sem.dtype == np.uint8 else sem.astype(np.int64)
     except OSError as err:
         raise BadInput(f"semantic PNG {path}: cannot be read: {err}") from err
     if sem.shape != size:
@@ -242,10 +243,10 @@ def mask_in_box(runs: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, tu
         return np.zeros((0, 0), dtype=bool), (0, 0)
     x0, x1 = int(ends[fg[0]] - runs[fg[0]]) // h, int(ends[fg[-1]] - 1) // h
     lo, hi = x0 * h, (x1 + 1) * h
-    lengths = np.clip(ends, lo, hi) - np.clip(ends - runs, lo, hi)
+    lengths = np.minimum(np.maximum(ends, lo), hi) - np.minimum(np.maximum(ends - runs, lo), hi)
     columns = np.repeat(np.arange(runs.size) % 2 == 1, lengths).reshape(x1 + 1 - x0, h)
     rows = np.flatnonzero(columns.any(0))
-    return np.ascontiguousarray(columns[:, rows[0]:rows[-1] + 1].T), (int(rows[0]), x0)
+    return columns[:, rows[0]:rows[-1] + 1].T, (int(rows[0]), x0)  # a view: rows x columns
 
 
 def boxed_masks(rles: Sequence[dict], whats: Sequence[str]) -> tuple[list[np.ndarray], list[tuple[int, int]]]:

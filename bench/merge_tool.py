@@ -262,7 +262,16 @@ def run_cli(cmd: list[str], png_dir: Path, env: dict, own_timer: str) -> dict:
 def bench_family(family: str, root: Path, args: argparse.Namespace, papi_path: str | None) -> dict:
     """Both command lines alternated over ``args.rounds`` rounds on one input family."""
     t0 = time.perf_counter()
-    paths = write_inputs(root / family, args.images, args.instances, (args.height, args.width), family)
+    if (root / family / "images.json").exists():  # --keep of an earlier run: reuse its inputs
+        paths = {k: root / family / v for k, v in (
+            ("semantic_dir", "semantic"), ("images_json", "images.json"), ("instances_json", "instances.json"),
+            ("semseg_json", "semseg.json"), ("categories_json", "categories.json"))}
+        results = json.loads(paths["instances_json"].read_text())
+        areas = mask_utils.area([r["segmentation"] for r in results])
+        paths["stats"] = {"mean_area": float(np.mean(areas)),
+                          "mean_rle_chars": float(np.mean([len(r["segmentation"]["counts"]) for r in results]))}
+    else:
+        paths = write_inputs(root / family, args.images, args.instances, (args.height, args.width), family)
     print(f"\n[{family}] {args.images} images {args.height}x{args.width}, {args.instances} detections "
           f"each, mean mask area {paths['stats']['mean_area']:.0f} px, mean RLE {paths['stats']['mean_rle_chars']:.0f} "
           f"characters (generated in {time.perf_counter() - t0:.0f} s)")
@@ -271,8 +280,10 @@ def bench_family(family: str, root: Path, args: argparse.Namespace, papi_path: s
     names = ["ours", "panopticapi"] if papi_path else ["ours"]
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(args.rounds):
+        outs: dict[str, Path] = {}
         for name in names if r % 2 == 0 else names[::-1]:
-            out = root / f"{family}_{name}{r}"
+            out = outs[name] = Path(tempfile.mkdtemp(dir=root, prefix=f"{family}_{name}{r}_"))
+            out.rmdir()
             if name == "ours":
                 runs[name].append(run_cli(ours_command(paths, out, args.workers), out / PANOPTIC_NAME, env,
                                           r"seconds: .*total ([0-9.]+)"))
@@ -281,7 +292,7 @@ def bench_family(family: str, root: Path, args: argparse.Namespace, papi_path: s
                 runs[name].append(run_cli(panopticapi_command(paths, out), out / "png", env,
                                           r"Time elapsed: ([0-9.]+) seconds"))
         if papi_path:
-            check_same(root / f"{family}_ours{r}", root / f"{family}_panopticapi{r}")
+            check_same(outs["ours"], outs["panopticapi"])
     for name, rows in runs.items():
         print(f"  {name:12s} wall " + " ".join(f"{x['wall']:5.2f}" for x in rows) + " s; first PNG after "
               + " ".join(f"{x['first']:5.2f}" for x in rows) + " s; own timer "
@@ -334,6 +345,8 @@ def main() -> None:
                         help="merge.workers (panopticapi always uses cpu_count() processes)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--in-process", action="store_true", help="time merge_files in this process instead")
+    parser.add_argument("--keep", default=None, help="generate the inputs into this folder and keep them "
+                        "(a later run reuses them)")
     parser.add_argument("--threads", type=int, default=2, help="--in-process: merge.threads (GPU)")
     parser.add_argument("--device", default="cpu", help="--in-process: where our merge runs (cpu, cuda)")
     args = parser.parse_args()
@@ -345,7 +358,7 @@ def main() -> None:
             in_process(args, Path(tmp))
             return
         for family in args.families:
-            bench_family(family, Path(tmp), args, papi_path)
+            bench_family(family, Path(args.keep or tmp), args, papi_path)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -267,7 +267,8 @@ def bench_family(family: str, root: Path, args: argparse.Namespace, papi_path: s
             ("semantic_dir", "semantic"), ("images_json", "images.json"), ("instances_json", "instances.json"),
             ("semseg_json", "semseg.json"), ("categories_json", "categories.json"))}
         results = json.loads(paths["instances_json"].read_text())
-        areas = mask_utils.area([r["segmentation"] for r in results])
+        areas = [mask_utils.area({"size": r["segmentation"]["size"], "counts": r["segmentation"]["counts"].encode()})
+                 for r in results]
         paths["stats"] = {"mean_area": float(np.mean(areas)),
                           "mean_rle_chars": float(np.mean([len(r["segmentation"]["counts"]) for r in results]))}
     else:

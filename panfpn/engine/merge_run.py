@@ -246,7 +246,7 @@ def _merge_all_cpu(dataset: MergeInputs, workers: int, rules: MergeThresholds,
     this process waiting for them)."""
     seconds = {"read": 0.0, "wait": 0.0, "merge": 0.0, "write": 0.0}
     tick = time.perf_counter()
-    outcomes = merge_images_cpu(dataset, rules, writer.out_dir, PANOPTIC_NAME, workers)
+    outcomes = merge_images_cpu(dataset, rules, writer.out_dir, writer.png_dir.name, workers)
     for out in tqdm(outcomes, total=len(dataset), desc="merge", unit="img"):
         seconds["wait"] += time.perf_counter() - tick
         seconds["read"] += out["seconds"]

@@ -310,6 +310,43 @@ def bench_family(family: str, root: Path, args: argparse.Namespace, papi_path: s
     return runs
 
 
+def startup(args: argparse.Namespace, root: Path) -> None:
+    """Start-up of the tool, fresh processes, interleaved rounds: its imports, and the whole tool on
+    a one-image input through its one-compose path and through ``@hydra.main``; torch's import and
+    panopticapi on the same input for reference."""
+    paths = write_inputs(root / "one", 1, args.instances, (args.height, args.width), args.families[0])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), _panopticapi_path() or "",
+                                                      os.environ.get("PYTHONPATH", "")]))
+    cases = {
+        "import the tool's modules (hydra, merge_run)": [sys.executable, "-c",
+                                                         "import hydra, omegaconf, panfpn.engine.merge_run"],
+        "import torch (no longer imported on the CPU)": [sys.executable, "-c", "import torch"],
+        "tools/merge.py, 1 image, one compose": None,
+        "tools/merge.py, 1 image, @hydra.main": None,
+        "panopticapi converter, 1 image": None,
+    }
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for r in range(args.rounds):
+        for name, cmd in cases.items():
+            out = Path(tempfile.mkdtemp(dir=root, prefix="startup_"))
+            if name.endswith("one compose"):
+                cmd = ours_command(paths, out / "o", 0)[:-1]  # no hydra.run.dir: the one-compose path
+            elif name.endswith("@hydra.main"):
+                cmd = ours_command(paths, out / "o", 0)
+            elif name.startswith("panopticapi"):
+                if not _panopticapi_path():
+                    continue
+                cmd = panopticapi_command(paths, out)
+            start = time.perf_counter()
+            subprocess.run(cmd, env=env, capture_output=True, check=True, cwd=out)  # noqa: S603
+            times[name].append(time.perf_counter() - start)
+    print(f"start-up, fresh processes, {args.rounds} interleaved rounds, seconds min / median / max "
+          f"(load average {os.getloadavg()[0]:.1f}):")
+    for name, values in times.items():
+        if values:
+            print(f"  {name:46s} {min(values):5.2f} / {statistics.median(values):5.2f} / {max(values):5.2f}")
+
+
 def in_process(args: argparse.Namespace, root: Path) -> None:
     """The earlier timing: both in this process, start-up excluded, best of ``args.rounds``."""
     torch.set_num_threads(1)
@@ -346,6 +383,7 @@ def main() -> None:
                         help="merge.workers (panopticapi always uses cpu_count() processes)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--in-process", action="store_true", help="time merge_files in this process instead")
+    parser.add_argument("--startup", action="store_true", help="time the start-up only (one-image runs)")
     parser.add_argument("--keep", default=None, help="generate the inputs into this folder and keep them "
                         "(a later run reuses them)")
     parser.add_argument("--threads", type=int, default=2, help="--in-process: merge.threads (GPU)")
@@ -357,6 +395,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if args.in_process:
             in_process(args, Path(tmp))
+            return
+        if args.startup:
+            startup(args, Path(tmp))
             return
         for family in args.families:
             bench_family(family, Path(args.keep or tmp), args, papi_path)

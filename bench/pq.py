@@ -1,19 +1,22 @@
 """Speed of panfpn's PQ evaluation against hotcoco, panopticapi and the PNG decoding floor.
 
-Generates a COCO-panoptic ground truth and a perturbed prediction (default 300 images of
-640x480, about 30 segments each) in a temporary folder, then times on the same cores:
+Generates COCO-panoptic ground truths and perturbed predictions in two size families (``coco``:
+300 pairs of 640x480, ~30 segments each; ``cityscapes``: 50 pairs of 2048x1024, ~38 segments,
+objects scaled with the image), then times on the same cores, in interleaved rounds (the order
+rotating every round), in this process tree:
 
 * ours: ``panfpn.evaluation.pq_compute`` (cold, and again with a warm ground-truth cache);
 * hotcoco's ``PanopticEval`` (Rust, multi-threaded);
-* panopticapi's ``pq_compute`` when available: importable here, or through
-  ``--panopticapi-python /path/to/python`` of a venv that has it (COCO's panopticapi is not on
-  PyPI: ``pip install --no-deps /path/to/a/checkout/of/cocodataset/panopticapi``; it runs on numpy 2);
-* the floor: reading and decoding the same PNGs with the fastest decoder on all cores;
-* the in-memory ``PQAccumulator`` per 800x1216 image on CPU (and CUDA when available).
+* the floor: reading and decoding the same PNGs with the fastest decoder, as pq_compute's pool;
+* panopticapi's ``pq_compute`` (after the rounds, ``--panopticapi-repeat`` times) when available:
+  importable here, or through ``--panopticapi-python /path/to/python`` of a venv that has it
+  (COCO's panopticapi is not on PyPI: ``pip install --no-deps /path/to/a/checkout/of/
+  cocodataset/panopticapi``, or a checkout on PYTHONPATH; it runs on numpy 2);
+* with ``--accumulator-only``: the in-memory ``PQAccumulator`` per 800x1216 image.
 
-Each figure is the best of ``--repeat`` runs. Usage::
+Every figure is printed as min / median / max over the rounds, with per-round ratios. Usage::
 
-    python bench/pq.py [--images 300] [--workers N] [--panopticapi-python /tmp/papi/bin/python]
+    python bench/pq.py [--families coco cityscapes] [--repeat 5] [--stages] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import json
 import multiprocessing
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,7 +55,8 @@ def scene(rng: np.random.Generator, h: int, w: int, n_stuff: int = 8, n_things: 
     yy, xx = np.mgrid[:h, :w].astype(np.float32)
     bounds = np.sort(rng.uniform(0, h, n_stuff - 1))
     freq, phase = rng.uniform(20, 80, n_stuff - 1), rng.uniform(0, 6, n_stuff - 1)
-    things = [(rng.uniform(0, h), rng.uniform(0, w), *rng.uniform(10, 80, 2))
+    scale = max(1.0, w / 640)  # object sizes grow with the image (Cityscapes-like: 2048 wide)
+    things = [(rng.uniform(0, h), rng.uniform(0, w), *(scale * rng.uniform(10, 80, 2)))
               for _ in range(n_things)]
     stuff_cat = rng.choice(STUFF_IDS, n_stuff, replace=False)
     thing_cat = rng.choice(THING_IDS, n_things)
@@ -91,19 +96,21 @@ def scene(rng: np.random.Generator, h: int, w: int, n_stuff: int = 8, n_things: 
 
 
 def _write_one(args):
-    folder, seed, h, w = args
-    (gt_map, gt_segs), (pred_map, pred_segs) = scene(np.random.default_rng(seed), h, w)
+    folder, seed, h, w, n_things = args
+    (gt_map, gt_segs), (pred_map, pred_segs) = scene(np.random.default_rng(seed), h, w,
+                                                     n_things=n_things)
     name = f"{seed:012d}.png"
     Image.fromarray(id_to_rgb(gt_map)).save(Path(folder) / "gt" / name)
     Image.fromarray(id_to_rgb(pred_map)).save(Path(folder) / "pred" / name)
     return seed, name, gt_segs, pred_segs
 
 
-def write_dataset(folder: Path, n: int, h: int, w: int, workers: int) -> tuple[Path, Path]:
+def write_dataset(folder: Path, n: int, h: int, w: int, workers: int,
+                  n_things: int = 22) -> tuple[Path, Path]:
     (folder / "gt").mkdir(parents=True)
     (folder / "pred").mkdir()
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        rows = pool.map(_write_one, [(str(folder), i, h, w) for i in range(n)])
+        rows = pool.map(_write_one, [(str(folder), i, h, w, n_things) for i in range(n)])
     cats = ([{"id": c, "name": str(c), "isthing": 1} for c in THING_IDS]
             + [{"id": c, "name": str(c), "isthing": 0} for c in STUFF_IDS])
     images = [{"id": i, "file_name": name.replace(".png", ".jpg"), "height": h, "width": w}
@@ -145,7 +152,7 @@ def _decode_files(paths):
 
 
 def decode_floor(paths: list[str], workers: int) -> int:
-    n_chunks = min(len(paths), workers * 4)
+    n_chunks = min(len(paths), workers * 4)  # as pq_compute slices its pairs
     # Same worker set-up as pq_compute's, for a like-for-like floor.
     with multiprocessing.get_context("fork").Pool(workers, initializer=tune_worker_malloc) as pool:
         return sum(pool.map(_decode_files, [paths[i::n_chunks] for i in range(n_chunks)]))
@@ -234,49 +241,35 @@ def bench_accumulator(repeat: int) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", type=int, default=300)
-    ap.add_argument("--height", type=int, default=480)
-    ap.add_argument("--width", type=int, default=640)
-    ap.add_argument("--workers", type=int, default=os.cpu_count())
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--panopticapi-python", default=None,
-                    help="python of a venv with panopticapi (default: try this interpreter)")
-    ap.add_argument("--keep", default=None, help="generate into this folder and keep it")
-    ap.add_argument("--accumulator-only", action="store_true",
-                    help="only time PQAccumulator.update (CPU, and CUDA when available)")
-    args = ap.parse_args()
-    workers = args.workers
-    if args.accumulator_only:
-        for dev, ms in bench_accumulator(args.repeat).items():
-            print(f"PQAccumulator.update, 800x1216 image, {dev}: {ms:.2f} ms/image")
-        return
+FAMILIES = {  # name: (images, height, width, things per image)
+    "coco": (300, 480, 640, 22),
+    "cityscapes": (50, 1024, 2048, 30),
+}
 
-    tmp = None
-    if args.keep:
-        folder = Path(args.keep)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="pq_bench_")
-        folder = Path(tmp.name)
+
+def spread(values: list[float]) -> str:
+    return (f"{min(values):.3f} / {statistics.median(values):.3f} / {max(values):.3f}"
+            if len(values) > 1 else f"{values[0]:.3f}")
+
+
+def bench_family(family: str, folder: Path, args: argparse.Namespace) -> None:
+    """All contenders on one generated dataset, interleaved round by round; spread and ratios."""
+    n, h, w, n_things = FAMILIES[family]
+    n = args.images or n
+    workers = args.workers
     t0 = time.perf_counter()
     if (folder / "pred.json").exists():  # --keep of an earlier run: reuse it
         gt_json, pred_json = folder / "gt.json", folder / "pred.json"
-        args.images = len(json.loads(gt_json.read_text())["annotations"])
     else:
-        gt_json, pred_json = write_dataset(folder, args.images, args.height, args.width, workers)
-    print(f"generated or found {args.images} images {args.height}x{args.width} in "
-          f"{time.perf_counter() - t0:.1f} s; {workers} workers on {os.cpu_count()} cores; "
-          f"decoder: {id_png_decoder()}")
-    n_segs = np.mean([len(a["segments_info"]) for a in
-                      json.loads(gt_json.read_text())["annotations"]])
-    print(f"mean ground-truth segments per image: {n_segs:.1f}")
-
+        gt_json, pred_json = write_dataset(folder, n, h, w, workers, n_things)
+    n = len(json.loads(gt_json.read_text())["annotations"])
+    n_segs = np.mean([len(a["segments_info"]) for a in json.loads(gt_json.read_text())["annotations"]])
+    print(f"\n[{family}] {n} image pairs {h}x{w}, {n_segs:.1f} ground-truth segments per image "
+          f"(generated or found in {time.perf_counter() - t0:.0f} s); {workers} workers on "
+          f"{os.cpu_count()} cores; decoder: {id_png_decoder()}; load average {os.getloadavg()[0]:.1f}")
     cache = folder / "gt_cache"
-    paths = [str(p) for p in sorted((folder / "gt").glob("*.png"))
-             + sorted((folder / "pred").glob("*.png"))]
-    fill_s, _ = best_of(lambda: pq_compute(gt_json, pred_json, workers=workers,
-                                           cache_dir=cache), 1)
+    paths = [str(p) for p in sorted((folder / "gt").glob("*.png")) + sorted((folder / "pred").glob("*.png"))]
+    pq_compute(gt_json, pred_json, workers=workers, cache_dir=cache)  # fill the cache
 
     def hotcoco_run():
         from hotcoco.panoptic import PanopticEval
@@ -288,73 +281,84 @@ def main() -> None:
             return ev.results()
 
     contenders = {
-        "ours (pq_compute)": lambda: pq_compute(gt_json, pred_json, workers=workers),
-        "ours, warm GT cache": lambda: pq_compute(gt_json, pred_json, workers=workers,
-                                                  cache_dir=cache),
-        f"decode floor ({len(paths)} PNGs, {id_png_decoder()})": lambda: decode_floor(paths, workers),
+        "ours, cold": lambda: pq_compute(gt_json, pred_json, workers=workers),
+        "ours, warm GT cache": lambda: pq_compute(gt_json, pred_json, workers=workers, cache_dir=cache),
+        "decode floor": lambda: decode_floor(paths, workers),
     }
     try:
         import hotcoco.panoptic  # noqa: F401
 
-        contenders["hotcoco PanopticEval"] = hotcoco_run
+        contenders["hotcoco"] = hotcoco_run
     except ImportError:
         print("hotcoco: skipped (not installed)")
-    # Interleaved repeats: on a shared machine every contender sees the same load. CPU seconds
-    # (all threads and worker processes) are reported beside wall time: they do not depend on
-    # what else runs on the machine.
-    rows = {name: float("inf") for name in contenders}
-    cpu = {name: float("inf") for name in contenders}
+    # Interleaved rounds, the order rotating: every contender sees the same load. CPU seconds (all
+    # threads and worker processes) beside wall time depend less on what else runs.
+    walls: dict[str, list[float]] = {name: [] for name in contenders}
+    cpus: dict[str, list[float]] = {name: [] for name in contenders}
     outs: dict = {}
-    for _ in range(args.repeat):
-        for name, fn in contenders.items():
-            wall, cpu_s, outs[name] = timed(fn)
-            rows[name] = min(rows[name], wall)
-            cpu[name] = min(cpu[name], cpu_s)
-    ours = outs["ours (pq_compute)"]
+    names = list(contenders)
+    for r in range(args.repeat):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            wall, cpu_s, outs[name] = timed(contenders[name])
+            walls[name].append(wall)
+            cpus[name].append(cpu_s)
+    ours = outs["ours, cold"]
     assert outs["ours, warm GT cache"] == ours
-    if "hotcoco PanopticEval" in outs:
-        assert abs(outs["hotcoco PanopticEval"]["All"]["pq"] - ours["All"]["pq"]) < 1e-12
-    rows["ours, filling the GT cache"] = fill_s
+    if "hotcoco" in outs:
+        assert abs(outs["hotcoco"]["All"]["pq"] - ours["All"]["pq"]) < 1e-12
+    print(f"PQ = {100 * ours['All']['pq']:.2f} (All), the same from every contender; {args.repeat} "
+          "rounds, seconds min / median / max:")
+    for name in contenders:
+        print(f"  {name:20s} wall {spread(walls[name])}  CPU {spread(cpus[name])}")
+    print("per-round ratios, min / median / max (wall; CPU in brackets):")
 
-    papi, why = run_panopticapi(args.panopticapi_python, gt_json, pred_json, args.repeat)
-    papi_s = None
-    if papi is None:
-        print(f"panopticapi: skipped ({why}); pass --panopticapi-python of a venv that has it")
-    else:
-        papi_s = papi[0]
-        rows["panopticapi pq_compute"] = papi_s
-        assert abs(papi[1] - ours["All"]["pq"]) < 1e-12
+    def ratios(a: str, b: str) -> str:
+        wr = [x / y for x, y in zip(walls[a], walls[b])]
+        cr = [x / y for x, y in zip(cpus[a], cpus[b])]
+        return f"{spread(wr)} ({spread(cr)})"
 
-    print(f"\nPQ = {100 * ours['All']['pq']:.2f} (All); best of {args.repeat}: wall time, and "
-          "CPU time of all threads and processes:")
-    for name, sec in rows.items():
-        c = f"{cpu[name]:7.3f} s CPU" if name in cpu else " " * 13
-        print(f"  {name:42s} {sec:7.3f} s wall {1000 * sec / args.images:6.2f} ms/image  {c}")
-    print("ratios, wall (CPU in brackets); > 1 = the other takes longer:")
-    floor_name = f"decode floor ({len(paths)} PNGs, {id_png_decoder()})"
+    print(f"  ours cold / decode floor:   {ratios('ours, cold', 'decode floor')}   (goal <= 1.25)")
+    print(f"  ours warm / decode floor:   {ratios('ours, warm GT cache', 'decode floor')}")
+    if "hotcoco" in walls:
+        print(f"  hotcoco / ours cold:        {ratios('hotcoco', 'ours, cold')}   (goal >= 1.00)")
+    if args.panopticapi_repeat:
+        papi, why = run_panopticapi(args.panopticapi_python, gt_json, pred_json, args.panopticapi_repeat)
+        if papi is None:
+            print(f"panopticapi: skipped ({why}); pass --panopticapi-python of a venv that has it")
+        else:
+            assert abs(papi[1] - ours["All"]["pq"]) < 1e-12
+            print(f"  panopticapi (best of {args.panopticapi_repeat}, after the rounds): {papi[0]:.3f} s wall, "
+                  f"{papi[0] / statistics.median(walls['ours, cold']):.2f}x ours cold (median)")
+    if args.stages:
+        stages = stage_breakdown(folder, gt_json, pred_json, n=min(n, 100))
+        total = sum(stages.values())
+        print("where the time goes, one core, CPU ms per image (GT + prediction PNG):")
+        for k, v in stages.items():
+            print(f"  {k:12s} {v:6.3f} ms  {100 * v / total:5.1f} %")
 
-    def ratio(a: str, b: str) -> str:
-        c = f" ({cpu[a] / cpu[b]:5.2f}x)" if a in cpu and b in cpu else ""
-        return f"{rows[a] / rows[b]:5.2f}x{c}"
 
-    for other in ("hotcoco PanopticEval", "panopticapi pq_compute"):
-        if other in rows:
-            print(f"  {other} / ours: cold {ratio(other, 'ours (pq_compute)')}, "
-                  f"warm cache {ratio(other, 'ours, warm GT cache')}")
-    print(f"  ours / decode floor: cold {ratio('ours (pq_compute)', floor_name)}, "
-          f"warm cache {ratio('ours, warm GT cache', floor_name)}  (1.00 = pure decoding)")
-
-    stages = stage_breakdown(folder, gt_json, pred_json)
-    total = sum(stages.values())
-    print("where the time goes, one core, CPU ms per image (GT + prediction PNG):")
-    for k, v in stages.items():
-        print(f"  {k:12s} {v:6.3f} ms  {100 * v / total:5.1f} %")
-
-    acc = bench_accumulator(args.repeat)
-    for dev, ms in acc.items():
-        print(f"PQAccumulator.update, 800x1216 image, {dev}: {ms:.2f} ms/image")
-    if tmp is not None:
-        tmp.cleanup()
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    ap.add_argument("--images", type=int, default=None, help="default: 300 COCO-like, 50 Cityscapes-like")
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--repeat", type=int, default=5, help="interleaved rounds")
+    ap.add_argument("--panopticapi-python", default=None,
+                    help="python of a venv with panopticapi (default: this interpreter)")
+    ap.add_argument("--panopticapi-repeat", type=int, default=1, help="0: skip panopticapi")
+    ap.add_argument("--stages", action="store_true", help="also the per-stage CPU breakdown")
+    ap.add_argument("--keep", default=None, help="generate into this folder (one subfolder per family) and keep it")
+    ap.add_argument("--accumulator-only", action="store_true",
+                    help="only time PQAccumulator.update (CPU, and CUDA when available)")
+    args = ap.parse_args()
+    if args.accumulator_only:
+        for dev, ms in bench_accumulator(args.repeat).items():
+            print(f"PQAccumulator.update, 800x1216 image, {dev}: {ms:.2f} ms/image")
+        return
+    with tempfile.TemporaryDirectory(prefix="pq_bench_") as tmp:
+        root = Path(args.keep or tmp)
+        for family in args.families:
+            bench_family(family, root / family, args)
 
 
 if __name__ == "__main__":

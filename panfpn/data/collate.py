@@ -8,7 +8,7 @@ import torch
 
 from panfpn.data.metadata import IGNORE_LABEL
 
-SIZE_DIVISIBILITY = 32  # batches are padded to this multiple: the FPN's coarsest stride (P5)
+from panfpn.data.size_limits import SIZE_DIVISIBILITY  # noqa: F401 (re-exported)
 
 
 def _ceil_to(v: int, k: int) -> int:

@@ -27,8 +27,8 @@ from panfpn.engine.config_checks import (
     Check, boolean, boolean_or_auto, integer, number, one_of, paths, preset_or, rule_or_regex, string,
 )
 from panfpn.data.image_ids import IMAGE_ID_RULES  # predict.image_id's named rules; else a regex
-from panfpn.modeling.export import MAX_SIZE, MIN_SIZE, SIZE_DIVISIBILITY
-from panfpn.utils.dist import DEVICE_NAMES, is_device_name
+from panfpn.data.size_limits import MAX_SIZE, MIN_SIZE, SIZE_DIVISIBILITY
+from panfpn.utils.device_names import DEVICE_NAMES, is_device_name
 
 T = TypeVar("T")
 

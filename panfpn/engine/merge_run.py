@@ -5,9 +5,10 @@ our PQ.
 
 The rules are a preset (``merge.rules``) with single fields overridden (``merge.score_thresh`` ...);
 the rules used are logged and written to ``merge_rules.json``. Inputs are read and decoded in
-``merge.workers`` DataLoader workers (:mod:`panfpn.data.merge_inputs`); on the CPU the workers
-also merge and write whole images, on a GPU ``merge.threads`` threads of the main process merge on
-the device and write; the JSON lists the images in their order. An image whose inputs are missing
+``merge.workers`` processes (:mod:`panfpn.data.merge_inputs`); on the CPU they also merge (in numpy)
+and write whole images and torch is never imported (:mod:`panfpn.engine.merge_cpu`), on a GPU they
+are DataLoader workers and ``merge.threads`` threads of the main process merge on the device and
+write; the JSON lists the images in their order. An image whose inputs are missing
 or bad is reported and skipped, never merged; the list goes to ``merge_skipped.json``.
 """
 
@@ -22,20 +23,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine.config import ConfigError, section_values
 from panfpn.data.merge_inputs import BadInput, MergeInputs, as_is
+from panfpn.engine.merge_cpu import cuda_may_be_present, merge_images_cpu
 from panfpn.engine.merge_output import earlier_merge_outputs, remove_outputs
 from panfpn.engine.progress import bar_enabled  # no bar when the output goes to a file
 from panfpn.evaluation.writer import PanopticPredictionWriter, prediction_file_stem
-from panfpn.modeling.merge import BoxMasks, MergeThresholds
-from panfpn.modeling.merge_predictions import merge_predictions
+from panfpn.modeling.merge_thresholds import MergeThresholds
 from panfpn.utils.atomic import write_json_atomic
-from panfpn.utils.dist import resolve_device
 from panfpn.utils.json_file import JSONFileError, load_json
 
 log = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ def merge_from_config(cfg: DictConfig) -> dict[str, Any]:
     summary = merge_files(
         None if opts["semantic_dir"] is None else Path(opts["semantic_dir"]),
         Path(opts["instances_json"]), Path(images_json), out_dir, rules=rules,
-        device=resolve_device(cfg.device), workers=opts["workers"], threads=opts["threads"],
+        device=_device(cfg.device), workers=opts["workers"], threads=opts["threads"],
         rules_origin=origin, remove_first=earlier,
         semantic_json=None if opts["semantic_json"] is None else Path(opts["semantic_json"]))
     if opts["eval_gt_json"] is not None:
@@ -78,6 +77,16 @@ def merge_from_config(cfg: DictConfig) -> dict[str, Any]:
         summary["pq"] = pq_compute(opts["eval_gt_json"], summary["json"], workers=1)
         log.info("PQ %.2f SQ %.2f RQ %.2f", *(100 * summary["pq"]["All"][k] for k in ("pq", "sq", "rq")))
     return summary
+
+
+def _device(name: Any) -> Any:
+    """``"cpu"``, without importing torch, when config key ``device`` means the CPU (``auto`` on a
+    machine without an NVIDIA driver); else the torch device (:func:`panfpn.utils.dist.resolve_device`)."""
+    if name == "cpu" or (name == "auto" and not cuda_may_be_present()):
+        return "cpu"
+    from panfpn.utils.dist import resolve_device
+
+    return resolve_device(name)
 
 
 def merge_rules(opts: Mapping[str, Any]) -> tuple[MergeThresholds, dict[str, Any]]:
@@ -105,13 +114,14 @@ def _load_json(path: Path, what: str) -> Any:
 
 
 def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Path, out_dir: Path, *,
-                rules: MergeThresholds, device: torch.device | str, workers: int = 0,
+                rules: MergeThresholds, device: Any, workers: int = 0,
                 threads: int = 2, semantic_json: Path | None = None,
                 rules_origin: Mapping[str, Any] | None = None, remove_first: Sequence[Path] = ()) -> dict[str, Any]:
     """Merge every image of ``images_json``; semantic input: ``semantic_dir`` (label PNGs) or
     ``semantic_json`` (COCO semantic results), exactly one. ``workers``: DataLoader processes that
     read and decode, and on the CPU also merge and write (0: all in this process); ``threads``: on a
-    GPU or with ``workers=0``, threads that merge and write one image each (0: inline).
+    GPU, threads that merge and write one image each (0: inline); on the CPU (``device`` "cpu" or a
+    CPU torch device) the merge runs in numpy, without torch (:mod:`panfpn.engine.merge_cpu`).
     ``remove_first``: an earlier run's outputs, deleted once the inputs are checked, before the first write.
     Returns ``{"json", "merged", "skipped", "rules", "seconds"}`` (seconds per stage: read, wait,
     merge, write, total)."""
@@ -143,7 +153,10 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
     remove_outputs(list(remove_first))
     write_json_atomic(out_dir / RULES_FILE, rules_record)
     writer = PanopticPredictionWriter(out_dir, metadata, name=PANOPTIC_NAME)
-    seconds = _merge_all(dataset, workers, rules, torch.device(device), writer, skipped, threads)
+    if str(device).split(":")[0] == "cpu":
+        seconds = _merge_all_cpu(dataset, workers, rules, writer, skipped)
+    else:
+        seconds = _merge_all(dataset, workers, rules, device, writer, skipped, threads)
     json_path = writer.write_json()
     write_json_atomic(out_dir / SKIPPED_FILE, skipped)
     seconds["total"] = time.perf_counter() - start
@@ -230,26 +243,48 @@ def _image_id_or_file(images: list[dict]) -> Callable[[dict], Any]:
     return image_of
 
 
-def _merge_all(dataset: MergeInputs, workers: int, rules: MergeThresholds, device: torch.device,
-               writer: PanopticPredictionWriter, skipped: dict[str, str], threads: int) -> dict[str, float]:
-    """Merge the images and list them in the JSON in their order; bad ones go to ``skipped``.
+def _merge_all_cpu(dataset: MergeInputs, workers: int, rules: MergeThresholds,
+                   writer: PanopticPredictionWriter, skipped: dict[str, str]) -> dict[str, float]:
+    """On the CPU: ``workers`` processes (0: this one) each read, merge (numpy) and write whole images,
+    like panopticapi's process pool; they are listed in the JSON in their order, bad ones go to
+    ``skipped``. Returns the seconds per stage (read, merge, write: summed over processes; wait:
+    this process waiting for them)."""
+    seconds = {"read": 0.0, "wait": 0.0, "merge": 0.0, "write": 0.0}
+    tick = time.perf_counter()
+    outcomes = merge_images_cpu(dataset, rules, writer.out_dir, writer.png_dir.name, workers)
+    for out in tqdm(outcomes, total=len(dataset), desc="merge", unit="img"):
+        seconds["wait"] += time.perf_counter() - tick
+        seconds["read"] += out["seconds"]
+        image = dataset.images[out["k"]]
+        if out["error"] is not None:
+            skipped[str(image["id"])] = out["error"]
+            log.warning("skipped image %r: %s", image["id"], out["error"])
+        else:
+            writer.record(out["annotation"], out["entry"])
+            seconds["merge"] += out["merge"]
+            seconds["write"] += out["write"]
+        tick = time.perf_counter()
+    return seconds
 
-    On the CPU with ``workers``: each worker process reads, merges and writes whole images (like
-    panopticapi's process pool). Otherwise the workers (if any) read and decode, and ``threads``
-    threads of this process (0: inline) each merge one image on ``device`` and write its PNG.
-    Returns the seconds per stage (read, merge, write: summed over processes / threads; wait: for
-    the loader)."""
-    in_workers = device.type == "cpu" and workers > 0
-    source = _MergedInWorkers(dataset, rules, writer.out_dir) if in_workers else dataset
-    loader = torch.utils.data.DataLoader(source, batch_size=None, shuffle=False, num_workers=workers,
+
+def _merge_all(dataset: MergeInputs, workers: int, rules: MergeThresholds, device: Any,
+               writer: PanopticPredictionWriter, skipped: dict[str, str], threads: int) -> dict[str, float]:
+    """On a GPU: merge the images and list them in the JSON in their order; bad ones go to ``skipped``.
+
+    The DataLoader workers (if any) read and decode, and ``threads`` threads of this process (0:
+    inline) each merge one image on ``device`` and write its PNG. Returns the seconds per stage
+    (read, merge, write: summed over threads; wait: for the loader)."""
+    import torch
+
+    device = torch.device(device)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
                                          collate_fn=as_is)
     seconds = {"read": 0.0, "wait": 0.0, "merge": 0.0, "write": 0.0}
 
     def merge_and_write(item: dict[str, Any]) -> tuple[dict, dict]:
         if item["error"] is not None:
             raise BadInput(item["error"])
-        return item["result"] if in_workers else _merge_and_write(item, dataset.metadata, rules, device,
-                                                                  writer)
+        return _merge_and_write(item, dataset.metadata, rules, device, writer)
 
     def record(item: dict[str, Any], outcome: Future) -> None:
         try:
@@ -262,7 +297,7 @@ def _merge_all(dataset: MergeInputs, workers: int, rules: MergeThresholds, devic
         seconds["merge"] += info["merge"]
         seconds["write"] += info["write"]
 
-    with _InOrder(0 if in_workers else threads, record) as jobs:
+    with _InOrder(threads, record) as jobs:
         tick = time.perf_counter()
         for item in tqdm(loader, total=len(dataset), desc="merge", unit="img", disable=not bar_enabled("auto")):
             seconds["wait"] += time.perf_counter() - tick
@@ -273,7 +308,7 @@ def _merge_all(dataset: MergeInputs, workers: int, rules: MergeThresholds, devic
 
 
 def _merge_and_write(item: Mapping[str, Any], metadata: DatasetMetadata, rules: MergeThresholds,
-                     device: torch.device, writer: PanopticPredictionWriter) -> tuple[dict, dict]:
+                     device: Any, writer: PanopticPredictionWriter) -> tuple[dict, dict]:
     """Merge one image's decoded inputs and write its PNG (not yet listed in the JSON); returns
     its annotation and ``{"entry" (its images entry), "merge", "write" (seconds)}``."""
     start = time.perf_counter()
@@ -284,32 +319,6 @@ def _merge_and_write(item: Mapping[str, Any], metadata: DatasetMetadata, rules: 
     entry = {"id": image["id"], "file_name": image["file_name"], "height": int(id_map.shape[0]),
              "width": int(id_map.shape[1])}
     return annotation, {"entry": entry, "merge": merged - start, "write": time.perf_counter() - merged}
-
-
-class _MergedInWorkers(torch.utils.data.Dataset):
-    """Image ``k`` read, merged on the CPU and its PNG written, in the calling (worker) process:
-    ``{"image", "error", "seconds", "result"}`` with ``result`` as :func:`_merge_and_write`'s. Each
-    process writes through a writer of its own; the names were checked to be distinct up front."""
-
-    def __init__(self, inputs: MergeInputs, rules: MergeThresholds, out_dir: Path) -> None:
-        self.inputs, self.rules, self.out_dir = inputs, rules, out_dir
-        self._writer: PanopticPredictionWriter | None = None
-
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-    def __getitem__(self, k: int) -> dict[str, Any]:
-        item = self.inputs[k]
-        out = {"image": item["image"], "error": item["error"], "seconds": item["seconds"], "result": None}
-        if item["error"] is None:
-            if self._writer is None:
-                self._writer = PanopticPredictionWriter(self.out_dir, self.inputs.metadata, name=PANOPTIC_NAME)
-            try:
-                out["result"] = _merge_and_write(item, self.inputs.metadata, self.rules, torch.device("cpu"),
-                                                 self._writer)
-            except BadInput as err:
-                out["error"] = str(err)
-        return out
 
 
 class _InOrder:
@@ -349,8 +358,10 @@ class _InOrder:
 
 
 def _merge_one(item: Mapping[str, Any], metadata: DatasetMetadata, rules: MergeThresholds,
-               device: torch.device) -> tuple[Any, list[dict]]:
+               device: Any) -> tuple[Any, list[dict]]:
     """One image's decoded inputs -> (id map on the CPU, segments with dataset ids)."""
+    from panfpn.modeling.merge_predictions import merge_predictions
+
     try:
         id_map, segments = merge_predictions(
             item["sem"].to(device), _box_masks(item, device), item["scores"].to(device),
@@ -362,7 +373,11 @@ def _merge_one(item: Mapping[str, Any], metadata: DatasetMetadata, rules: MergeT
          **({"score": s["score"]} if s["score"] is not None else {})} for s in segments]
 
 
-def _box_masks(item: Mapping[str, Any], device: torch.device) -> BoxMasks:
-    """The item's kept instance masks, inside their boxes, on ``device``."""
+def _box_masks(item: Mapping[str, Any], device: Any) -> Any:
+    """The item's kept instance masks, inside their boxes, on ``device`` (a BoxMasks)."""
+    import torch
+
+    from panfpn.modeling.merge import BoxMasks
+
     return BoxMasks(crops=tuple(torch.from_numpy(c).to(device) for c in item["crops"]),
                     origins=tuple(item["origins"]), size=tuple(item["sem"].shape))

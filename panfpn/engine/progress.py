@@ -9,8 +9,6 @@ import sys
 import time
 from typing import Any, Iterable, Iterator
 
-from panfpn.engine import distributed as du
-
 logger = logging.getLogger("panfpn")
 
 
@@ -36,6 +34,8 @@ class Progress:
     def __init__(self, items: Iterable, *, desc: str, bar: bool, total: int | None = None,
                  every_s: float = 60.0) -> None:
         from tqdm import tqdm
+
+        from panfpn.engine import distributed as du  # torch: only where a loop runs (tools/merge.py's CPU path imports no torch)
 
         self.items, self.desc, self.every_s = items, desc, every_s
         self.main = du.is_main_process()

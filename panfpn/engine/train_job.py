@@ -20,8 +20,6 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig
 
-from panfpn.engine import distributed as du
-from panfpn.engine.eval_loop import metrics_to_scalars
 from panfpn.utils.atomic import write_json_atomic
 from panfpn.utils.errors import ConfigError
 
@@ -77,6 +75,8 @@ def objective_value(cfg: DictConfig, result: Mapping[str, Any]) -> float | None:
         return None
     values = {k: v for k, v in dict(result.get("losses") or {}).items() if k.startswith(LOSS_PREFIX)}
     if result.get("eval"):
+        from panfpn.engine.eval_loop import metrics_to_scalars
+
         values.update(metrics_to_scalars(dict(result["eval"])))
     if name not in values and not result.get("eval") and not str(name).startswith(LOSS_PREFIX):
         return None  # no evaluation (check_objective warned)
@@ -87,6 +87,8 @@ def objective_value(cfg: DictConfig, result: Mapping[str, Any]) -> float | None:
 
 
 def _is_main() -> bool:
+    from panfpn.engine import distributed as du  # torch: not for the sweep callback's imports
+
     if du.is_distributed():
         return du.is_main_process()
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0

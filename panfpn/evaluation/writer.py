@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.utils.atomic import save_image_atomic, write_json_atomic
-from panfpn.utils.dist import all_gather_objects, is_main_process, is_multiprocess
 from panfpn.data.panoptic_io import id_to_rgb, segment_areas_boxes
 from panfpn.evaluation.label_mapping import semantic_pixel_ids
 
@@ -43,7 +42,8 @@ def prediction_file_stem(image_id: Any) -> str:
 
 def _integer_map(values: torch.Tensor | np.ndarray, image_id: Any, what: str) -> np.ndarray:
     """``values`` as an integer ``[H, W]`` numpy array; a ValueError naming the image otherwise."""
-    if isinstance(values, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported: never import it here
+    if torch is not None and isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
     values = np.asarray(values)
     if values.ndim != 2 or not np.issubdtype(values.dtype, np.integer):
@@ -160,7 +160,9 @@ class PanopticPredictionWriter:
     def write_json(self) -> Path:
         """Write the JSON (gathered from every rank to rank 0 under torch.distributed)."""
         images, annotations = self.snapshot()
-        if is_multiprocess():
+        if "torch" in sys.modules and _is_multiprocess():  # no process group exists without torch
+            from panfpn.utils.dist import all_gather_objects, is_main_process
+
             gathered = all_gather_objects((images, annotations))
             if not is_main_process():
                 return self.json_path
@@ -177,6 +179,12 @@ class PanopticPredictionWriter:
     def __exit__(self, *exc) -> None:
         if exc[0] is None:
             self.write_json()
+
+
+def _is_multiprocess() -> bool:
+    from panfpn.utils.dist import is_multiprocess
+
+    return is_multiprocess()
 
 
 class SemanticPredictionWriter:

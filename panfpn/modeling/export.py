@@ -40,6 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from panfpn.data.size_limits import MAX_SIZE, MIN_SIZE
 from panfpn.utils.atomic import atomic_write_path
 from panfpn.modeling.network import FEATURE_NAMES, OUTPUT_NAMES, SIZE_DIVISIBILITY, PanopticNetwork, split_outputs
 from panfpn.modeling.panoptic_fpn import PanopticFPN
@@ -49,8 +50,6 @@ __all__ = ["FEATURE_NAMES", "INPUT_NAME", "OUTPUT_NAMES", "MIN_SIZE", "MAX_SIZE"
            "save_program", "split_outputs"]
 
 INPUT_NAME = "images"
-MIN_SIZE = 96   # P6 (stride 64) must be >= 2 pixels for the traced shapes to stay symbolic
-MAX_SIZE = 4096
 DEFAULT_OPSET = 17
 
 Network = Callable[[torch.Tensor], Sequence[torch.Tensor]]

@@ -8,7 +8,6 @@ is :mod:`panfpn.engine.distributed`. Outside a process group every helper is the
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import torch
@@ -16,9 +15,7 @@ import torch.distributed as dist
 
 from panfpn.utils.errors import ConfigError
 
-# The values config key 'device' takes (configs/config.yaml).
-DEVICE_NAMES = "'auto', 'cpu', 'cuda' or 'cuda:<index>'"
-_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+from panfpn.utils.device_names import DEVICE_NAMES, is_device_name  # noqa: F401 (re-exported)
 
 
 def is_distributed() -> bool:
@@ -105,11 +102,6 @@ def broadcast_object(obj: Any) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def is_device_name(name: Any) -> bool:
-    """Whether ``name`` is one of the values config key ``device`` takes (not whether it is there)."""
-    return isinstance(name, str) and _DEVICE.fullmatch(name) is not None
 
 
 def resolve_device(name: Any, local_rank: int = 0) -> torch.device:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from panfpn.modeling.build import build_model
-from panfpn.modeling.export import (as_network, export_onnx,
+from panfpn.modeling.panoptic_fpn.export import (as_network, export_onnx,
                                     export_program, max_abs_diffs, run_exported)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "modeling"))

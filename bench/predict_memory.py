@@ -84,7 +84,7 @@ def run_case(case: str, stress: bool, threads: int) -> dict:
     with torch.inference_mode():
         if case in ("reference", "model_24mp", "model_24mp_dense"):
             import contextlib
-            from panfpn.modeling.postprocess import box_instance_masks
+            from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks
             boxed = box_instance_masks() if case == "model_24mp" else contextlib.nullcontext()
             with boxed:
                 out = model(_batch(INPUT if case == "reference" else PHOTO))[0]
@@ -95,7 +95,7 @@ def run_case(case: str, stress: bool, threads: int) -> dict:
 
             from panfpn.engine.eval_loop import _MasksOneByOne
             from panfpn.evaluation.coco_ap import COCOAPEvaluator
-            from panfpn.modeling.postprocess import box_instance_masks
+            from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks
 
             dense = case == "eval_24mp_dense"
             with contextlib.nullcontext() if dense else box_instance_masks():

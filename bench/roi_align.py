@@ -22,8 +22,8 @@ from torchvision.ops import roi_align
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from panfpn.modeling.roi_align_sparse import roi_align_sparse  # noqa: E402
-from panfpn.modeling.roi_ops import MultiLevelRoIAlign  # noqa: E402
+from panfpn.modeling.panoptic_fpn.roi_align_sparse import roi_align_sparse  # noqa: E402
+from panfpn.modeling.panoptic_fpn.roi_ops import MultiLevelRoIAlign  # noqa: E402
 
 
 def random_boxes(g: torch.Generator, n: int, h: int, w: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Export the network: `python tools/export.py weights=model.pth [export.format=onnx|torch_export|both]`.
 
 Writes `<export.output or run dir/model>.onnx` / `.pt2` / `.json`; see panfpn/engine/export_run.py
-and panfpn/modeling/export.py (what is exported, and how to run it with the eager remainder).
+and panfpn/modeling/panoptic_fpn/export.py (what is exported, and how to run it with the eager remainder).
 A panfpn checkpoint brings its own model config (see panfpn/engine/inference_model.py).
 """
 

@@ -23,7 +23,7 @@ from panfpn.evaluation.evaluator import Evaluator, eval_images
 from panfpn.evaluation.evaluators import MasksOneByOne as _MasksOneByOne  # noqa: F401 (bench/predict_memory.py)
 from panfpn.engine.progress import Progress
 from panfpn.evaluation.pq_rules import format_table
-from panfpn.modeling.postprocess import box_instance_masks
+from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks
 
 logger = logging.getLogger("panfpn")
 

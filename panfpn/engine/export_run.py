@@ -1,7 +1,7 @@
 """``export_from_config(cfg) -> dict``: the job behind tools/export.py.
 
 Exports the network part of the model (backbone, semantic head, RPN head; see
-panfpn/modeling/export.py for the cut) to ``<stem>.pt2`` (``torch.export``) and/or ``<stem>.onnx``,
+panfpn/modeling/panoptic_fpn/export.py for the cut) to ``<stem>.pt2`` (``torch.export``) and/or ``<stem>.onnx``,
 checks each against the eager network on a random input of another size, and writes
 ``<stem>.json`` describing the inputs, outputs and the measured differences. The eager remainder
 (proposals, RoI heads, merge) is rebuilt from the same config and weights at run time:
@@ -24,7 +24,7 @@ from panfpn.utils.dist import resolve_device
 from panfpn.engine.config import validate_config
 from panfpn.engine.config_schema import ExportOptions  # the export section's declaration
 from panfpn.engine.job_setup import setup_logging
-from panfpn.modeling import export as ex
+from panfpn.modeling.panoptic_fpn import export as ex
 from panfpn.engine.inference_model import build_inference_model
 
 logger = logging.getLogger("panfpn")

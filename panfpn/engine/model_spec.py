@@ -31,6 +31,26 @@ from panfpn.modeling.weights import TORCH_SUFFIXES, read_torch_file
 logger = logging.getLogger("panfpn")
 
 MODEL_SPEC_KEYS = ("model_config", "metadata", "test_transform")
+# Modules that moved (Panoptic FPN's own parts into panfpn/modeling/panoptic_fpn/): the recorded
+# ``_target_``s of checkpoints written before the move are read under the new names.
+MOVED_MODULES = {f"panfpn.modeling.{name}.": f"panfpn.modeling.panoptic_fpn.{name}."
+                 for name in ("network", "postprocess", "rpn", "roi_heads", "box_head", "mask_head",
+                              "semantic_head", "roi_ops", "roi_align_sparse", "detectron2_import", "export")}
+
+
+def relocated_targets(node: Any) -> Any:
+    """``node`` (a plain dict/list tree) with every ``_target_`` of a moved module renamed."""
+    if isinstance(node, dict):
+        out = {k: relocated_targets(v) for k, v in node.items()}
+        target = out.get("_target_")
+        if isinstance(target, str):
+            for old, new in MOVED_MODULES.items():
+                if target.startswith(old):
+                    out["_target_"] = new + target[len(old):]
+        return out
+    if isinstance(node, list):
+        return [relocated_targets(v) for v in node]
+    return node
 
 
 def describe_model(cfg: DictConfig, metadata: DatasetMetadata) -> dict[str, Any]:
@@ -76,7 +96,7 @@ def read_model_record(weights: Any) -> ModelRecord | None:
         meta = obj.get("metadata")
         transform = OmegaConf.create(obj.get("test_transform") or "transforms: null")
         return ModelRecord(
-            str(path), OmegaConf.to_container(OmegaConf.create(obj["model_config"])),
+            str(path), relocated_targets(OmegaConf.to_container(OmegaConf.create(obj["model_config"]))),
             DatasetMetadata.from_coco_categories(meta["categories"], sem_seg_mode=meta["sem_seg_mode"],
                                                  name=meta.get("name", "")) if meta else None,
             OmegaConf.to_container(transform)["transforms"], "test_transform" in obj)
@@ -98,7 +118,7 @@ def _legacy_record(path: Path, config_yaml: str) -> ModelRecord | None:
         return None
     logger.info("%s predates the model record: model and test transform from its training config, "
                 "label metadata from the config's data", path)
-    return ModelRecord(str(path), model, None, transform, True)
+    return ModelRecord(str(path), relocated_targets(model), None, transform, True)
 
 
 def command_line_overrides() -> list[str]:

@@ -49,7 +49,7 @@ from panfpn.engine.job_setup import fit_threads_to_cpus, setup_logging
 from panfpn.evaluation.prediction_folder import (OVERLAY_FORMATS, JsonState, PredictionTargets, WriteQueue,
                                                  plan_outputs, prepare_targets, write_failed, write_one)
 from panfpn.evaluation.label_mapping import model_segments_to_dataset
-from panfpn.modeling.postprocess import box_instance_masks
+from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks
 
 logger = logging.getLogger("panfpn")
 

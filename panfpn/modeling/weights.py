@@ -33,7 +33,7 @@ import torch
 import torchvision
 from torch import nn
 
-from panfpn.modeling.detectron2_import import (
+from panfpn.modeling.panoptic_fpn.detectron2_import import (
     D2_IGNORED, D2_PIXEL_MEAN_BGR, D2_PIXEL_STD_BGR, SEM_PREDICTOR_KEYS, is_d2_state_dict, load_d2_pickle,
     ours_to_d2, remap_d2_semantic_predictor,
 )

@@ -24,7 +24,7 @@ from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.predict_run import predict_from_config
 from panfpn.engine.train_run import train_from_config
 from panfpn.modeling.build import build_model
-from panfpn.modeling.export import as_network, example_input, max_abs_diffs
+from panfpn.modeling.panoptic_fpn.export import as_network, example_input, max_abs_diffs
 from panfpn.modeling.weights import WeightsError
 from process_helpers import run as run_in_group
 

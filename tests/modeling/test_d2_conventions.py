@@ -5,8 +5,8 @@
 import torch
 
 from panfpn.modeling.merge import MergeThresholds
-from panfpn.modeling.postprocess import panoptic_results
-from panfpn.modeling.rpn import RPN, ProposalLimits
+from panfpn.modeling.panoptic_fpn.postprocess import panoptic_results
+from panfpn.modeling.panoptic_fpn.rpn import RPN, ProposalLimits
 
 
 def test_rpn_drops_only_empty_proposals():

@@ -23,14 +23,14 @@ import torch
 
 from panfpn.data.builtin_meta import cityscapes_panoptic_metadata, coco_panoptic_metadata
 from panfpn.modeling.backbone import ResNetFPN
-from panfpn.modeling.box_head import BoxHead
-from panfpn.modeling.detectron2_import import ours_to_d2, remap_d2_semantic_predictor
-from panfpn.modeling.mask_head import MaskHead
+from panfpn.modeling.panoptic_fpn.box_head import BoxHead
+from panfpn.modeling.panoptic_fpn.detectron2_import import ours_to_d2, remap_d2_semantic_predictor
+from panfpn.modeling.panoptic_fpn.mask_head import MaskHead
 from panfpn.modeling.merge import MergeThresholds
 from panfpn.modeling.panoptic_fpn import PanopticFPN
-from panfpn.modeling.roi_heads import RoIHeads, RoISampling
-from panfpn.modeling.rpn import RPN, ProposalLimits
-from panfpn.modeling.semantic_head import SemanticFPNHead
+from panfpn.modeling.panoptic_fpn.roi_heads import RoIHeads, RoISampling
+from panfpn.modeling.panoptic_fpn.rpn import RPN, ProposalLimits
+from panfpn.modeling.panoptic_fpn.semantic_head import SemanticFPNHead
 from panfpn.modeling.weights import load_weights
 
 from modeling_helpers import make_batch

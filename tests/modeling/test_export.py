@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from panfpn.modeling.build import build_model
-from panfpn.modeling.export import (MIN_SIZE, OUTPUT_NAMES, as_network, export_onnx, export_program,
+from panfpn.modeling.panoptic_fpn.export import (MIN_SIZE, OUTPUT_NAMES, as_network, export_onnx, export_program,
                                     run_exported)
 
 from modeling_helpers import check_panoptic, compose_model_config, make_batch

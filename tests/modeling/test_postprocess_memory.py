@@ -14,7 +14,7 @@ import torch
 from panfpn.modeling.merge import BoxMasks, MergeThresholds, merge_panoptic
 from panfpn.modeling.merge_fused import merge_fused
 from panfpn.modeling.merge_reference import merge_panoptic_reference
-from panfpn.modeling.postprocess import (box_instance_masks, panoptic_results, paste_masks, paste_masks_binary,
+from panfpn.modeling.panoptic_fpn.postprocess import (box_instance_masks, panoptic_results, paste_masks, paste_masks_binary,
                                          rescale_boxes, resize_sem_logits, sem_argmax)
 from process_helpers import run as run_in_group
 
@@ -157,7 +157,7 @@ def test_panoptic_results_equal_the_full_size_computation(seed, device):
 PEAK = textwrap.dedent("""
     import json, resource, torch
     from panfpn.modeling.merge import MergeThresholds
-    from panfpn.modeling.postprocess import box_instance_masks, panoptic_results
+    from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks, panoptic_results
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     n, (H, W) = 20, (3000, 4000)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-from panfpn.modeling.roi_align_sparse import _chunks, interpolation_matrix, roi_align_sparse
+from panfpn.modeling.panoptic_fpn.roi_align_sparse import _chunks, interpolation_matrix, roi_align_sparse
 
 
 def _random_rois(g: torch.Generator, n: int, batch: int, extent: float) -> torch.Tensor:

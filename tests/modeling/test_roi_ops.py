@@ -5,8 +5,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from panfpn.modeling.postprocess import paste_masks, rescale_boxes, resize_sem_logits
-from panfpn.modeling.roi_ops import BoxCoder, MultiLevelRoIAlign
+from panfpn.modeling.panoptic_fpn.postprocess import paste_masks, rescale_boxes, resize_sem_logits
+from panfpn.modeling.panoptic_fpn.roi_ops import BoxCoder, MultiLevelRoIAlign
 
 
 def test_fpn_level_rule():
@@ -76,7 +76,7 @@ def test_rescale_boxes():
 
 
 def test_pooler_cpu_fast_path_equals_torchvision_path(monkeypatch):
-    from panfpn.modeling import roi_ops
+    from panfpn.modeling.panoptic_fpn import roi_ops
 
     g = torch.Generator().manual_seed(0)
     feats = {f"p{l}": torch.randn(2, 4, 256 // 2**l, 256 // 2**l, generator=g) for l in range(2, 6)}
@@ -92,7 +92,7 @@ def test_pooler_cpu_fast_path_equals_torchvision_path(monkeypatch):
 
 
 def test_tracing_keeps_torchvision_roi_align():
-    from panfpn.modeling import roi_ops
+    from panfpn.modeling.panoptic_fpn import roi_ops
 
     seen = []
 
@@ -108,7 +108,7 @@ def test_tracing_keeps_torchvision_roi_align():
 
 
 def test_builds_without_sparse_kernels_keep_torchvision_roi_align(monkeypatch):
-    from panfpn.modeling import roi_align_sparse, roi_ops
+    from panfpn.modeling.panoptic_fpn import roi_align_sparse, roi_ops
 
     assert roi_align_sparse.sparse_mm_works("cpu")  # this build (MKL) has them
     monkeypatch.setattr(roi_ops, "sparse_mm_works", lambda device_type: False)
@@ -116,7 +116,7 @@ def test_builds_without_sparse_kernels_keep_torchvision_roi_align(monkeypatch):
 
 
 def test_sparse_probe_reports_a_missing_kernel(monkeypatch):
-    from panfpn.modeling import roi_align_sparse
+    from panfpn.modeling.panoptic_fpn import roi_align_sparse
 
     def missing(*args):
         raise NotImplementedError("addmm_out_sparse_csr not compiled in")

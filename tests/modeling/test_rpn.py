@@ -8,7 +8,7 @@ import torch
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
-from panfpn.modeling.rpn import RPN, FixedStrideAnchorGenerator, ProposalLimits
+from panfpn.modeling.panoptic_fpn.rpn import RPN, FixedStrideAnchorGenerator, ProposalLimits
 
 
 def test_anchor_centres_use_the_true_stride_on_every_level():

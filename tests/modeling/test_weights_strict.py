@@ -12,13 +12,13 @@ import torchvision
 from torchvision.ops import FrozenBatchNorm2d
 
 from panfpn.modeling.backbone import ResNetFPN
-from panfpn.modeling.box_head import BoxHead
-from panfpn.modeling.mask_head import MaskHead
+from panfpn.modeling.panoptic_fpn.box_head import BoxHead
+from panfpn.modeling.panoptic_fpn.mask_head import MaskHead
 from panfpn.modeling.merge import MergeThresholds
 from panfpn.modeling.panoptic_fpn import PanopticFPN
-from panfpn.modeling.roi_heads import RoIHeads, RoISampling
-from panfpn.modeling.rpn import RPN, ProposalLimits
-from panfpn.modeling.semantic_head import SemanticFPNHead
+from panfpn.modeling.panoptic_fpn.roi_heads import RoIHeads, RoISampling
+from panfpn.modeling.panoptic_fpn.rpn import RPN, ProposalLimits
+from panfpn.modeling.panoptic_fpn.semantic_head import SemanticFPNHead
 from panfpn.modeling.weights import WeightsError, load_weights
 
 

@@ -11,12 +11,12 @@ from torchvision.models.detection.image_list import ImageList
 
 from panfpn.modeling.backbone import ResNetFPN
 from panfpn.modeling.merge import MergeThresholds
-from panfpn.modeling.network import (SIZE_DIVISIBILITY, PanopticNetwork, normalize_images, pad_amount,
+from panfpn.modeling.panoptic_fpn.network import (SIZE_DIVISIBILITY, PanopticNetwork, normalize_images, pad_amount,
                                      split_outputs)
-from panfpn.modeling.postprocess import PanopticPostprocessor
-from panfpn.modeling.roi_heads import RoIHeads
-from panfpn.modeling.rpn import RPN
-from panfpn.modeling.semantic_head import SemanticFPNHead
+from panfpn.modeling.panoptic_fpn.postprocess import PanopticPostprocessor
+from panfpn.modeling.panoptic_fpn.roi_heads import RoIHeads
+from panfpn.modeling.panoptic_fpn.rpn import RPN
+from panfpn.modeling.panoptic_fpn.semantic_head import SemanticFPNHead
 
 LOSS_KEYS = ("loss_sem_seg", "loss_rpn_cls", "loss_rpn_loc", "loss_cls", "loss_box_reg", "loss_mask")
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)

@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from panfpn.modeling.backbone import FPN_STRIDES
-from panfpn.modeling.roi_align_sparse import roi_align_sparse, sparse_mm_works
+from panfpn.modeling.panoptic_fpn.roi_align_sparse import roi_align_sparse, sparse_mm_works
 
 # Deltas dw/dh are clamped so exp() cannot overflow for a wild prediction (box growth <= 1000/16).
 _SCALE_CLAMP = math.log(1000.0 / 16)

@@ -1,7 +1,7 @@
 """The network half of Panoptic FPN: normalisation, backbone, semantic head and RPN head -> raw tensors.
 
-This is exactly what is exported (panfpn/modeling/export.py); everything after it (proposals, RoI
-heads, mask pasting, merge) is the postprocessor (:class:`~panfpn.modeling.postprocess.PanopticPostprocessor`).
+This is exactly what is exported (panfpn/modeling/panoptic_fpn/export.py); everything after it (proposals, RoI
+heads, mask pasting, merge) is the postprocessor (:class:`~panfpn.modeling.panoptic_fpn.postprocess.PanopticPostprocessor`).
 """
 
 from __future__ import annotations

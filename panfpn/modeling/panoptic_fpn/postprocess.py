@@ -21,7 +21,7 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
 from panfpn.modeling.merge import BoxMasks, MergeThresholds, merge_panoptic
-from panfpn.modeling.network import split_outputs
+from panfpn.modeling.panoptic_fpn.network import split_outputs
 
 _DENSE_INSTANCE_MASKS: contextvars.ContextVar[bool] = contextvars.ContextVar("dense_instance_masks",
                                                                                default=True)

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from torchvision.ops import box_iou
 
-from panfpn.modeling.box_head import BoxHead
-from panfpn.modeling.mask_head import MaskHead
+from panfpn.modeling.panoptic_fpn.box_head import BoxHead
+from panfpn.modeling.panoptic_fpn.mask_head import MaskHead
 
 
 @dataclass(frozen=True)

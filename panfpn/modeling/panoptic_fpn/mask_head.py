@@ -10,7 +10,7 @@ from torch import nn
 from torchvision.ops import roi_align
 
 from panfpn.modeling.backbone import FPN_STRIDES
-from panfpn.modeling.roi_ops import MultiLevelRoIAlign
+from panfpn.modeling.panoptic_fpn.roi_ops import MultiLevelRoIAlign
 
 
 class MaskHead(nn.Module):

@@ -11,7 +11,7 @@ from torch import nn
 from torchvision.ops import batched_nms
 
 from panfpn.modeling.backbone import FPN_STRIDES
-from panfpn.modeling.roi_ops import BoxCoder, MultiLevelRoIAlign
+from panfpn.modeling.panoptic_fpn.roi_ops import BoxCoder, MultiLevelRoIAlign
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ import torch
 
 from panfpn.data.size_limits import MAX_SIZE, MIN_SIZE
 from panfpn.utils.atomic import atomic_write_path
-from panfpn.modeling.network import FEATURE_NAMES, OUTPUT_NAMES, SIZE_DIVISIBILITY, PanopticNetwork, split_outputs
+from panfpn.modeling.panoptic_fpn.network import FEATURE_NAMES, OUTPUT_NAMES, SIZE_DIVISIBILITY, PanopticNetwork, split_outputs
 from panfpn.modeling.panoptic_fpn import PanopticFPN
 
 __all__ = ["FEATURE_NAMES", "INPUT_NAME", "OUTPUT_NAMES", "MIN_SIZE", "MAX_SIZE", "DEFAULT_OPSET",
@@ -56,7 +56,7 @@ Network = Callable[[torch.Tensor], Sequence[torch.Tensor]]
 
 
 class ProgramNetwork:
-    """A ``torch.export`` program called like :class:`~panfpn.modeling.network.PanopticNetwork`.
+    """A ``torch.export`` program called like :class:`~panfpn.modeling.panoptic_fpn.network.PanopticNetwork`.
 
     ``program.module()`` builds a new GraphModule (tens of ms), so it is done once here; a
     dynamic program refuses inputs below :data:`MIN_SIZE` with a clear message instead of a guard
@@ -76,7 +76,7 @@ class ProgramNetwork:
 
 
 class OnnxNetwork:
-    """An onnxruntime session called like :class:`~panfpn.modeling.network.PanopticNetwork`: tensor in, tensors out (CPU)."""
+    """An onnxruntime session called like :class:`~panfpn.modeling.panoptic_fpn.network.PanopticNetwork`: tensor in, tensors out (CPU)."""
 
     def __init__(self, session: Any) -> None:
         self.session = session
@@ -106,7 +106,7 @@ def run_exported(network: Any, model: PanopticFPN, batch: Mapping[str, Any]) -> 
     own preprocessing and postprocessor around an exported graph (docs/interfaces.md sections 2, 3).
 
     ``network``: ``ExportedProgram``, onnxruntime ``InferenceSession`` or a callable as
-    :class:`~panfpn.modeling.network.PanopticNetwork` (such as :func:`as_network`'s result, best
+    :class:`~panfpn.modeling.panoptic_fpn.network.PanopticNetwork` (such as :func:`as_network`'s result, best
     for repeated calls). ``model`` must be in eval mode.
     """
     if model.training:

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from panfpn.engine.sweep_summary import collect, format_table, write_summary
+from panfpn.engine.sweep.summary import collect, format_table, write_summary
 
 
 def main(argv: list[str] | None = None) -> int:

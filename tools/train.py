@@ -12,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from panfpn.engine.train_job import TrainingInterrupted, run_training_job
+from panfpn.engine.training.job import TrainingInterrupted, run_training_job
 
 
 def _in_multirun() -> bool:

@@ -4,7 +4,7 @@ and the instance results (RLE masks, scores, category ids).
 
 An image whose inputs are missing or bad comes back with an ``error`` message naming the file or
 the image and the problem (a :class:`BadInput`), never as a partial input. No torch here: on the CPU
-the merge tool runs without it (:mod:`panfpn.engine.merge_cpu`); only ``MergeInputs[k]`` (the
+the merge tool runs without it (:mod:`panfpn.engine.merge_tool.cpu`); only ``MergeInputs[k]`` (the
 DataLoader's view, for merging on a GPU) makes tensors.
 """
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from panfpn.utils.atomic import write_json_atomic
 from panfpn.utils.dist import resolve_device
 from panfpn.engine.config import validate_config
-from panfpn.engine.config_schema import ExportOptions  # the export section's declaration
+from panfpn.engine.config.schema import ExportOptions  # the export section's declaration
 from panfpn.engine.job_setup import setup_logging
 from panfpn.modeling.panoptic_fpn import export as ex
 from panfpn.engine.inference_model import build_inference_model

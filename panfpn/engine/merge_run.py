@@ -6,7 +6,7 @@ our PQ.
 The rules are a preset (``merge.rules``) with single fields overridden (``merge.score_thresh`` ...);
 the rules used are logged and written to ``merge_rules.json``. Inputs are read and decoded in
 ``merge.workers`` processes (:mod:`panfpn.data.merge_inputs`); on the CPU they also merge (in numpy)
-and write whole images and torch is never imported (:mod:`panfpn.engine.merge_cpu`), on a GPU they
+and write whole images and torch is never imported (:mod:`panfpn.engine.merge_tool.cpu`), on a GPU they
 are DataLoader workers and ``merge.threads`` threads of the main process merge on the device and
 write; the JSON lists the images in their order. An image whose inputs are missing
 or bad is reported and skipped, never merged; the list goes to ``merge_skipped.json``.
@@ -29,8 +29,8 @@ from tqdm import tqdm
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine.config import ConfigError, section_values
 from panfpn.data.merge_inputs import BadInput, MergeInputs, as_is
-from panfpn.engine.merge_cpu import cuda_may_be_present, merge_images_cpu
-from panfpn.engine.merge_output import earlier_merge_outputs, remove_outputs
+from panfpn.engine.merge_tool.cpu import cuda_may_be_present, merge_images_cpu
+from panfpn.engine.merge_tool.output import earlier_merge_outputs, remove_outputs
 from panfpn.engine.progress import bar_enabled  # no bar when the output goes to a file
 from panfpn.evaluation.writer import PanopticPredictionWriter, prediction_file_stem
 from panfpn.modeling.merge_thresholds import MergeThresholds
@@ -121,7 +121,7 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
     ``semantic_json`` (COCO semantic results), exactly one. ``workers``: DataLoader processes that
     read and decode, and on the CPU also merge and write (0: all in this process); ``threads``: on a
     GPU, threads that merge and write one image each (0: inline); on the CPU (``device`` "cpu" or a
-    CPU torch device) the merge runs in numpy, without torch (:mod:`panfpn.engine.merge_cpu`).
+    CPU torch device) the merge runs in numpy, without torch (:mod:`panfpn.engine.merge_tool.cpu`).
     ``remove_first``: an earlier run's outputs, deleted once the inputs are checked, before the first write.
     Returns ``{"json", "merged", "skipped", "rules", "seconds"}`` (seconds per stage: read, wait,
     merge, write, total)."""

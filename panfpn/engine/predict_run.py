@@ -42,7 +42,7 @@ from panfpn.data.image_ids import image_ids
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine import distributed as du
 from panfpn.engine.config import ConfigError, section_values, validate_config
-from panfpn.engine.config_schema import PredictOptions  # the predict section's declaration
+from panfpn.engine.config.schema import PredictOptions  # the predict section's declaration
 from panfpn.engine.progress import bar_enabled
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.job_setup import fit_threads_to_cpus, setup_logging

@@ -25,19 +25,19 @@ from tqdm import tqdm
 from panfpn.data.loader import build_training_loader
 from panfpn.data.transforms import check_data_transforms
 from panfpn.engine import distributed as du
-from panfpn.engine import run_log
-from panfpn.engine.checkpoint import (
+from panfpn.engine.training import run_log
+from panfpn.engine.training.checkpoint import (
     capture_rng_state, find_last_checkpoint, prune_checkpoints, remove_stale_temp_files, save_checkpoint,
 )
 from panfpn.engine.config import validate_config
 from panfpn.engine.eval_loop import build_eval_loader, evaluate
-from panfpn.engine.metrics_log import MetricsLog
+from panfpn.engine.training.metrics_log import MetricsLog
 from panfpn.engine.model_spec import describe_model
-from panfpn.engine.resume import Resumed, resume_training
-from panfpn.engine.run_lock import hold_run_dir
+from panfpn.engine.training.resume import Resumed, resume_training
+from panfpn.engine.training.run_lock import hold_run_dir
 from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, move_batch, setup_logging
 from panfpn.modeling.build import build_model
-from panfpn.engine.solver import build_optimizer, clip_gradients, scaled_lr
+from panfpn.engine.training.solver import build_optimizer, clip_gradients, scaled_lr
 from panfpn.evaluation.build import build_evaluators
 
 logger = logging.getLogger("panfpn")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from panfpn.engine import checkpoint as ck
+from panfpn.engine.training import checkpoint as ck
 
 
 def test_rng_state_round_trip_loads_weights_only(tmp_path):

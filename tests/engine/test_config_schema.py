@@ -1,4 +1,4 @@
-"""Every engine key is declared once (panfpn/engine/config_schema.py) and its default lives in the
+"""Every engine key is declared once (panfpn/engine/config/schema.py) and its default lives in the
 yaml files only: a yaml key without a declaration, a declaration without a yaml key, a default
 that fails its own check or type, and a stale docs/config.md all fail here."""
 
@@ -12,8 +12,8 @@ from config_helpers import CONFIG_DIR, compose_config
 from omegaconf import OmegaConf
 
 from panfpn.data.resolvers import LABEL_KEYS
-from panfpn.engine import config_doc
-from panfpn.engine.config_schema import (
+from panfpn.engine.config import doc as config_doc
+from panfpn.engine.config.schema import (
     GROUP_SECTIONS, SECTIONS, ExportOptions, PredictOptions, known_keys, options_of,
 )
 
@@ -104,7 +104,7 @@ def test_the_jobs_options_are_the_declared_sections():
 
 def test_docs_config_md_is_up_to_date(tmp_path):
     doc = Path(__file__).resolve().parents[2] / "docs" / "config.md"
-    assert doc.read_text() == config_doc.render(), "run: python -m panfpn.engine.config_doc"
+    assert doc.read_text() == config_doc.render(), "run: python -m panfpn.engine.config.doc"
     assert config_doc.main(["--check", str(doc)]) == 0
     stale = tmp_path / "config.md"
     stale.write_text(doc.read_text().replace("| `train.log_period` |", "| `train.log_periods` |"))

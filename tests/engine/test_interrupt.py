@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from panfpn.engine.checkpoint import find_last_checkpoint, load_training_checkpoint
+from panfpn.engine.training.checkpoint import find_last_checkpoint, load_training_checkpoint
 from panfpn.engine.train_run import train_from_config
 from tests.engine.test_train import wrap_forward
 

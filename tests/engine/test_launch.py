@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from panfpn.engine.checkpoint import find_last_checkpoint, load_training_checkpoint
-from panfpn.engine.run_lock import LOCK_FILE, RunDirLock
+from panfpn.engine.training.checkpoint import find_last_checkpoint, load_training_checkpoint
+from panfpn.engine.training.run_lock import LOCK_FILE, RunDirLock
 from process_helpers import run as run_in_group, started
 
 # Subprocess launches of tools/train.py (tens of seconds each): the quick loop, -m "not slow", skips them.

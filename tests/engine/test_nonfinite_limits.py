@@ -2,7 +2,7 @@
 
 import pytest
 
-from panfpn.engine.checkpoint import load_training_checkpoint
+from panfpn.engine.training.checkpoint import load_training_checkpoint
 from panfpn.engine.train_run import NonFiniteLossError, train_from_config
 from tests.engine.test_train import wrap_forward
 

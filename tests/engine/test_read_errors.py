@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from panfpn.engine.checkpoint import LAST_CHECKPOINT, CheckpointError, load_resumable, load_training_checkpoint
+from panfpn.engine.training.checkpoint import LAST_CHECKPOINT, CheckpointError, load_resumable, load_training_checkpoint
 from panfpn.engine.model_spec import read_model_record
 from panfpn.modeling.weights import WeightsError, load_weights
 

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from panfpn.engine.checkpoint import CheckpointError, LAST_CHECKPOINT, load_training_checkpoint
+from panfpn.engine.training.checkpoint import CheckpointError, LAST_CHECKPOINT, load_training_checkpoint
 from panfpn.engine.config import ConfigError
 from panfpn.engine.train_run import train_from_config
 from config_helpers import compose_config

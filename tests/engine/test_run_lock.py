@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from panfpn.engine.run_lock import LOCK_FILE, RunDirBusyError, RunDirLock, read_record
+from panfpn.engine.training.run_lock import LOCK_FILE, RunDirBusyError, RunDirLock, read_record
 from panfpn.engine.train_run import train_from_config
 from process_helpers import run as run_in_group, started
 from tests.engine.test_train import wrap_forward
@@ -22,7 +22,7 @@ NO_EVAL = ("train.eval_period=-1", "solver.max_iter=2", "solver.schedule.steps=[
 # Holds the lock of argv[1] until killed; says so on stdout.
 HOLDER = """
 import sys, time
-from panfpn.engine.run_lock import RunDirLock
+from panfpn.engine.training.run_lock import RunDirLock
 lock = RunDirLock(sys.argv[1])
 lock.acquire()
 print("locked", flush=True)
@@ -129,7 +129,7 @@ def test_the_lock_of_a_killed_holder_is_taken_over_with_a_warning(tiny_cfg, tmp_
 def test_a_lock_file_removed_by_its_releasing_holder_is_not_locked(tmp_path, monkeypatch):
     """A job that opened the lock file just before its holder released (removed) it must not
     lock that removed file while a third job locks the new one."""
-    from panfpn.engine import run_lock
+    from panfpn.engine.training import run_lock
 
     run = tmp_path / "run"
     first, second, third = RunDirLock(run), RunDirLock(run), RunDirLock(run)
@@ -156,7 +156,7 @@ def _rank_main(rank, world, init_file, free_run, held_run, out_dir):
 
     import torch.distributed as dist
 
-    from panfpn.engine.run_lock import hold_run_dir
+    from panfpn.engine.training.run_lock import hold_run_dir
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:

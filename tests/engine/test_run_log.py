@@ -7,9 +7,9 @@ import re
 import pytest
 
 from panfpn.engine.progress import bar_enabled
-from panfpn.engine.run_log import MetricsLine, hparam_values
-from panfpn.engine.solver import WarmupCosine, WarmupMultiStep, schedule_warnings
-from panfpn.engine.train_job import check_objective, objective_value, run_training_job
+from panfpn.engine.training.run_log import MetricsLine, hparam_values
+from panfpn.engine.training.solver import WarmupCosine, WarmupMultiStep, schedule_warnings
+from panfpn.engine.training.job import check_objective, objective_value, run_training_job
 from panfpn.utils.errors import ConfigError
 
 

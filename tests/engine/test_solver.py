@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from panfpn.engine.solver import WarmupCosine, WarmupMultiStep, build_optimizer, param_groups, scaled_lr
+from panfpn.engine.training.solver import WarmupCosine, WarmupMultiStep, build_optimizer, param_groups, scaled_lr
 
 
 def test_warmup_multistep_factors():

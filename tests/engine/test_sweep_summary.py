@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from panfpn.engine.sweep_summary import METRICS, write_summary
+from panfpn.engine.sweep.summary import METRICS, write_summary
 
 ROOT = Path(__file__).resolve().parents[2]
 

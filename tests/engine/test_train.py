@@ -5,7 +5,7 @@ import signal
 import pytest
 import torch
 
-from panfpn.engine.checkpoint import find_last_checkpoint, load_training_checkpoint
+from panfpn.engine.training.checkpoint import find_last_checkpoint, load_training_checkpoint
 from panfpn.engine.train_run import NonFiniteLossError, train_from_config
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from panfpn.engine import checkpoint as ck
+from panfpn.engine.training import checkpoint as ck
 from panfpn.utils import atomic
 from panfpn.utils.atomic import AtomicWriteError, write_json_atomic
 from process_helpers import run as run_in_group
@@ -95,7 +95,7 @@ def test_a_file_size_limit_of_the_os_names_the_checkpoint(tmp_path):
     _previous_run(run)
     code = f"""
 import resource, signal, torch
-from panfpn.engine.checkpoint import save_checkpoint
+from panfpn.engine.training.checkpoint import save_checkpoint
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get the EFBIG error instead of the signal
 resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000))
 save_checkpoint({str(run)!r}, "model_0000004.pth", {{"iteration": 4, "w": torch.zeros(100000)}})

@@ -19,9 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from panfpn.engine import distributed as du
-from panfpn.engine.checkpoint import load_resumable, restore_rng_state
+from panfpn.engine.training.checkpoint import load_resumable, restore_rng_state
 from panfpn.engine.config import ConfigError
-from panfpn.engine.solver import set_schedule_iteration
+from panfpn.engine.training.solver import set_schedule_iteration
 
 logger = logging.getLogger("panfpn")
 _ABSENT = "<absent>"

@@ -4,7 +4,7 @@ A row per run folder: its overrides (``.hydra/overrides.yaml``), status (``job_s
 done / failed / interrupted; ``unknown`` when the job wrote none, e.g. still running or killed),
 the final PQ/SQ/RQ All/Things/Stuff, mIoU and AP (``eval_results.json``, percent), the
 objective, the wall time and the folder. Nothing is recomputed. Written as ``summary.csv``,
-``summary.json`` and ``summary.html`` (:mod:`panfpn.engine.sweep_page`) by :func:`write_summary`,
+``summary.json`` and ``summary.html`` (:mod:`panfpn.engine.sweep.page`) by :func:`write_summary`,
 which hydra's sweep callback and tools/summarize.py call.
 """
 
@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 
 from omegaconf import OmegaConf
 
-from panfpn.engine.train_job import EVAL_RESULTS, JOB_STATUS
+from panfpn.engine.training.job import EVAL_RESULTS, JOB_STATUS
 from panfpn.utils.atomic import atomic_write, write_json_atomic
 from panfpn.utils.json_file import JSONFileError, load_json
 
@@ -178,7 +178,7 @@ def write_summary(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike
                   title: str | None = None) -> list[dict]:
     """Collect the run folders below ``roots`` and write summary.csv / .json / .html into
     ``out_dir``; returns the rows."""
-    from panfpn.engine.sweep_page import build_page
+    from panfpn.engine.sweep.page import build_page
 
     out = Path(out_dir)
     rows, objective = collect(roots)

@@ -9,7 +9,7 @@ a field declared with :func:`option`::
 From these declarations come the checks of :func:`panfpn.engine.config.validate_config` (unknown
 keys with a did-you-mean, missing keys, types, ranges, choices), the jobs' options objects
 (:class:`PredictOptions` and :class:`ExportOptions` *are* the ``predict`` / ``export`` sections,
-filled by ``from_config``) and docs/config.md (``python -m panfpn.engine.config_doc``).
+filled by ``from_config``) and docs/config.md (``python -m panfpn.engine.config.doc``).
 
 The defaults are not here: they live in configs/config.yaml (and the data / solver groups), the
 one place a hydra user reads and overrides them; tests/engine/test_config_schema.py fails when a
@@ -23,7 +23,7 @@ from typing import Any, Callable, TypeVar
 
 from omegaconf import DictConfig
 
-from panfpn.engine.config_checks import (
+from panfpn.engine.config.checks import (
     Check, boolean, boolean_or_auto, integer, number, one_of, paths, preset_or, rule_or_regex, string,
 )
 from panfpn.data.image_ids import IMAGE_ID_RULES  # predict.image_id's named rules; else a regex
@@ -179,7 +179,7 @@ class SolverOptions:
     weight_decay_norm: float | None = option(number(at_least=0, nullable=True), "for norm layers (null: weight_decay)")
     weight_decay_bias: float | None = option(number(at_least=0, nullable=True), "for biases (null: weight_decay)")
     max_iter: int = option(integer(1), "training iterations")
-    schedule: Any = option(None, "a _target_ learning-rate schedule (panfpn.engine.solver)")
+    schedule: Any = option(None, "a _target_ learning-rate schedule (panfpn.engine.training.solver)")
 
 
 @section("data")

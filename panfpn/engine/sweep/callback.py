@@ -18,8 +18,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from panfpn.engine.sweep_summary import format_table, write_summary
-from panfpn.engine.train_job import JOB_STATUS
+from panfpn.engine.sweep.summary import format_table, write_summary
+from panfpn.engine.training.job import JOB_STATUS
 from panfpn.utils.json_file import JSONFileError, load_json
 
 logger = logging.getLogger("panfpn")
@@ -62,7 +62,7 @@ class SweepSummary(Callback):
             return
         rows = self._write(sweep_dir)
         if self.print_table:
-            from panfpn.engine.sweep_summary import collect
+            from panfpn.engine.sweep.summary import collect
 
             _, objective = collect([sweep_dir])
             print(f"\nsweep summary ({len(rows)} jobs): {sweep_dir}/summary.html\n{format_table(rows, objective)}")

@@ -3,10 +3,10 @@
 Hydra already refuses overriding a key that does not exist; these checks catch what a user's own
 yaml files (experiments, copied configs) add that nothing reads, and values of the wrong type or
 range (``solver.max_iter=abc``, ``resume=maybe``, ``export.format=tflite``) before any work starts.
-Every key is declared once, with its type, check and doc, in :mod:`panfpn.engine.config_schema`
+Every key is declared once, with its type, check and doc, in :mod:`panfpn.engine.config.schema`
 (train, eval, solver, data, predict, merge, export and the run-wide keys); their defaults live in
 configs/config.yaml only, and the jobs read the validated node. docs/config.md is generated from
-the declaration (``python -m panfpn.engine.config_doc``).
+the declaration (``python -m panfpn.engine.config.doc``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, OmegaConf
 
-from panfpn.engine.config_checks import Check
-from panfpn.engine.config_schema import IMAGE_ID_RULES, SECTIONS, known_keys, options_of
+from panfpn.engine.config.checks import Check
+from panfpn.engine.config.schema import IMAGE_ID_RULES, SECTIONS, known_keys, options_of
 from panfpn.utils.errors import ConfigError
 
 __all__ = ["CHECKS", "IMAGE_ID_RULES", "KNOWN_KEYS", "ConfigError", "check_value", "section_values",

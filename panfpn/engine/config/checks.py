@@ -1,4 +1,4 @@
-"""The value checks of the config schema (:mod:`panfpn.engine.config_schema`): each says what it
+"""The value checks of the config schema (:mod:`panfpn.engine.config.schema`): each says what it
 wants, for the error message ("config key 'solver.max_iter' must be an integer >= 1, got 2.5
 (float)"), and whether a value passes. Stricter than OmegaConf's node types on purpose: a bool is
 not an integer, ``1`` or ``'yes'`` is not a boolean, ranges and choices are part of the type."""

@@ -2,7 +2,7 @@
 
 Each run folder ends with ``job_status.json`` (done / failed / interrupted, iteration, wall time,
 error, objective) and, when it evaluated, ``eval_results.json`` (the final evaluation, the same
-format as tools/eval.py's). Sweep summaries (:mod:`panfpn.engine.sweep_summary`) read these files,
+format as tools/eval.py's). Sweep summaries (:mod:`panfpn.engine.sweep.summary`) read these files,
 never recompute them. ``train.objective`` names the number tools/train.py returns to hydra's
 sweepers (Optuna).
 """

@@ -11,7 +11,7 @@ import html
 from typing import Any, Sequence
 
 from panfpn.engine.progress import duration
-from panfpn.engine.sweep_summary import METRIC_NAMES, add_params, best_job
+from panfpn.engine.sweep.summary import METRIC_NAMES, add_params, best_job
 from panfpn.evaluation.report import SORT_JS, STYLE
 
 EXTRA_STYLE = """

@@ -36,6 +36,7 @@ th.sortable{cursor:pointer;background:#f4f4f8}th.sortable:hover{background:#e4e4
 .neg{color:#b00020}.pos{color:#1b7f3a}.muted{color:#777}
 #worst{display:flex;flex-wrap:wrap;gap:8px 24px}figure{margin:8px 0}
 figure img{min-width:360px;max-width:100%;border:1px solid #ccc;image-rendering:pixelated}
+figure figcaption,figure .legend,figure ul.errors{width:0;min-width:100%;box-sizing:border-box;overflow-wrap:anywhere}
 ul.errors{font-size:13px;margin:4px 0}
 """
 

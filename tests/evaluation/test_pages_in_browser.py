@@ -106,3 +106,19 @@ def test_clicking_a_compare_header_sorts_its_column_both_ways(tmp_path):
     assert [float(v) for _, v in up] == sorted(float(v) for _, v in initial)
     assert [r[0] for r in down] == ["person", "road", "car", "sky", "bus"]
     assert [r[0] for r in by_name] == sorted(NAMES.values())  # text columns sort by name
+
+
+FIGURE_SNAPSHOT = """function snapshot(){return Array.from(document.querySelectorAll('figure')).map(function(f){
+ return [f.parentNode.id, f.getBoundingClientRect().width, f.querySelector('img').getBoundingClientRect().width];});}"""
+
+
+def test_long_legends_and_file_names_wrap_under_their_image(tmp_path):
+    """A figure is as wide as its overlay: a long legend, file name or error list wraps beneath it
+    instead of widening the figure (which left gaps in the browser's grid)."""
+    legend = [[f"category number {i}", "#3b6fb6"] for i in range(14)]
+    images = [{"id": str(i), "file": f"{'frankfurt_000000_0002' * 3}_{i}_leftImg8bit.png", "pq": 0.1 * i,
+               "img": f"report_images/{i}.jpg", "legend": legend[: 2 + 4 * i]} for i in range(4)]
+    page = build_report(_metrics({1: 0.8, 2: 0.1}), NAMES, extras=ReportExtras(images=images))
+    figures = _states_after(page, FIGURE_SNAPSHOT + "record();", tmp_path)[0]
+    assert [parent for parent, _, _ in figures] == ["browse"] * 4
+    assert all(abs(figure - img) < 1 for _, figure, img in figures), figures

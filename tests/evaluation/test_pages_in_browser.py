@@ -122,3 +122,21 @@ def test_long_legends_and_file_names_wrap_under_their_image(tmp_path):
     figures = _states_after(page, FIGURE_SNAPSHOT + "record();", tmp_path)[0]
     assert [parent for parent, _, _ in figures] == ["browse"] * 4
     assert all(abs(figure - img) < 1 for _, figure, img in figures), figures
+
+
+WIDTH_SNAPSHOT = """function snapshot(){return {page:document.documentElement.scrollWidth, window:window.innerWidth,
+ boxes:Array.from(document.querySelectorAll('.wide')).map(function(b){return [b.firstChild.id, b.scrollWidth > b.clientWidth];})};}"""
+
+
+def test_wide_tables_scroll_in_their_box_not_the_page(tmp_path):
+    """Many runs (7 columns each) or many long category names: the table scrolls sideways in its
+    box and the page stays as wide as the window (the browser's default 800 px)."""
+    names = {i: f"long category name {i}" for i in range(1, 21)}
+    runs = [_metrics({c: 0.02 * c + 0.01 * k for c in names}) for k in range(5)]
+    compare = build_compare(make_runs(runs, [f"/runs/experiment_{k}/eval/eval_results.json" for k in range(5)]), names)
+    confusion = {(g, p): 1 for g in names for p in names if g != p}
+    report = build_report(runs[0], names, extras=ReportExtras(confusion=confusion, kinds={c: "thing" for c in names}))
+    for page in (compare, report):
+        state = _states_after(page, WIDTH_SNAPSHOT + "record();", tmp_path)[0]
+        assert state["page"] <= state["window"], state
+        assert any(scrolls for _, scrolls in state["boxes"]), state  # the wide table is there, scrolled in its box

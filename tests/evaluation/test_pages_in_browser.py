@@ -66,6 +66,12 @@ BROWSE_SNAPSHOT = """function snapshot(){return {page:document.getElementById('b
  images:Array.from(document.querySelectorAll('#browse img')).map(function(i){return i.getAttribute('src');})};}"""
 
 
+def _captions(images: list[dict]) -> list[str]:
+    """What the browser writes above each image."""
+    return [f"{im['file']} (image {im['id']}): " + ("no segments" if im["pq"] is None else f"PQ {100 * im['pq']:.2f}")
+            for im in images]
+
+
 def test_the_image_browser_pages_through_every_image_lowest_pq_first(tmp_path):
     n = BROWSE_PAGE + 7
     pqs = [round(0.03 * i, 2) for i in range(n - 2)] + [None, None]  # two images with no segments: last
@@ -78,12 +84,9 @@ def test_the_image_browser_pages_through_every_image_lowest_pq_first(tmp_path):
     first, second, past_end, back, before_start = _states_after(page, BROWSE_SNAPSHOT + clicks, tmp_path)
 
     by_pq = sorted(images, key=lambda im: (im["pq"] is None, im["pq"] or 0.0))
-    def shown(items):
-        return [f"{im['file']} (image {im['id']}): " + ("no segments" if im["pq"] is None else f"PQ {100 * im['pq']:.2f}")
-                for im in items]
-    assert first["page"] == "page 1 of 2" and first["captions"] == shown(by_pq[:BROWSE_PAGE])
+    assert first["page"] == "page 1 of 2" and first["captions"] == _captions(by_pq[:BROWSE_PAGE])
     assert first["images"] == [im["img"] for im in by_pq[:BROWSE_PAGE]]  # only this page's overlays load
-    assert second["page"] == "page 2 of 2" and second["captions"] == shown(by_pq[BROWSE_PAGE:])
+    assert second["page"] == "page 2 of 2" and second["captions"] == _captions(by_pq[BROWSE_PAGE:])
     assert all(c.endswith("no segments") for c in second["captions"][-2:])
     assert past_end == second and back == first and before_start == first  # "next" / "previous" stop at the ends
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from panfpn.evaluation.image_set import KEY as IMAGE_SET_KEY
-from panfpn.evaluation.report import _cell, _name, _page, _scored, bar_chart, signed_text
+from panfpn.evaluation.report import _cell, _name, _page, _scored, bar_chart, signed_text, wide
 
 NA = -1e9  # sort value of "n/a" cells
 
@@ -193,11 +193,11 @@ def build_compare(runs: Sequence[Run], names: Mapping[int, str], image_problems:
         raise ValueError(f"compare needs two or more evaluations, got {len(runs)}")
     per = _per_class_of(runs)
     unscored = sorted(c for c in per[0] if not all(_scored(cats[c]) for cats in per))
-    body = [_runs_table(runs), _image_check(runs, image_problems),
+    body = [wide(_runs_table(runs)), _image_check(runs, image_problems),
             '<p class="muted">Δ = run − A, in points; a change that rounds to zero is shown as 0.00 (no '
             'change); n/a: not computed, or the class has no ground truth and no prediction in a run.</p>',
-            "<h2>Summary</h2>", summary_table(runs),
-            "<h2>Per class (sorted by ΔPQ of B, click a header to re-sort)</h2>", per_class_table(runs, names),
+            "<h2>Summary</h2>", wide(summary_table(runs)),
+            "<h2>Per class (sorted by ΔPQ of B, click a header to re-sort)</h2>", wide(per_class_table(runs, names)),
             *_charts(runs, names)]
     if unscored:
         body.append('<p id="unscored" class="muted">no ground truth and no prediction in at least one run '

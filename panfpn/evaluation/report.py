@@ -36,7 +36,10 @@ th.sortable{cursor:pointer;background:#f4f4f8}th.sortable:hover{background:#e4e4
 .neg{color:#b00020}.pos{color:#1b7f3a}.muted{color:#777}
 #worst{display:flex;flex-wrap:wrap;gap:8px 24px}figure{margin:8px 0}
 figure img{min-width:360px;max-width:100%;border:1px solid #ccc;image-rendering:pixelated}
+figure figcaption,figure .legend,figure ul.errors{width:0;min-width:100%;box-sizing:border-box;overflow-wrap:anywhere}
 ul.errors{font-size:13px;margin:4px 0}
+.wide{overflow-x:auto;max-width:100%}
+#runs td:nth-child(2),#runs th:nth-child(2){text-align:left}
 """
 
 SORT_JS = """
@@ -53,6 +56,12 @@ def _page(title: str, body: Sequence[str]) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{STYLE}{SECTION_STYLE}</style></head><body>"
             f"<h1>{html.escape(title)}</h1>{''.join(body)}<script>{SORT_JS}</script></body></html>\n")
+
+
+def wide(table: str) -> str:
+    """``table`` in a box that scrolls sideways when the table is wider than the page (many runs
+    or long category names), so that the page itself never does."""
+    return f'<div class="wide">{table}</div>'
 
 
 def _name(names: Mapping[int, str], cat: Any) -> str:
@@ -197,12 +206,12 @@ def build_report(metrics: Mapping[str, Any], names: Mapping[int, str], worst: Se
             "<h2>Panoptic quality</h2>", summary_table(pan), _other_metrics(metrics),
             *(["<h2>PQ by segment area</h2>", area_table(metrics["panoptic_by_area"])]
               if "panoptic_by_area" in metrics else []),
-            "<h2>Per class (click a header to sort)</h2>", per_class_table(per_class, names, extras),
+            "<h2>Per class (click a header to sort)</h2>", wide(per_class_table(per_class, names, extras)),
             '<h2>PQ per class (categories with ground truth or predictions)</h2><div id="pq-chart">', chart, "</div>",
             f"<h2>Lowest per-image PQ ({len(worst)} images)</h2>", worst_images_section(worst, names)]
     if extras is not None:
         body += ["<h2>Wrong-class matches (ground truth → prediction, IoU > 0.5)</h2>",
-                 confusion_table(extras.confusion, names),
+                 wide(confusion_table(extras.confusion, names)),
                  f"<h2>All images ({len(extras.images)}, lowest PQ first)</h2>", browse_section(extras.images)]
     return _page(title, body)
 
@@ -223,4 +232,4 @@ def write_report(out_dir: str | Path, metrics: Mapping[str, Any], metadata: Data
     logger.info("wrote %s", out_dir / "report.html")
 
 
-__all__ = ["ReportExtras", "area_table", "bar_chart", "build_report", "png_data_uri", "signed_text", "write_report"]
+__all__ = ["ReportExtras", "area_table", "bar_chart", "build_report", "png_data_uri", "signed_text", "wide", "write_report"]

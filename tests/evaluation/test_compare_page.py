@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from panfpn.evaluation.compare_page import build_compare, make_runs
-from panfpn.evaluation.image_set import image_set_record
 from panfpn.evaluation.report import signed_text
 
 from process_helpers import run as run_in_group
+from fake_results import fake_metrics
 from report_parse import PageStructure
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,22 +32,6 @@ def _tool():
     return module
 
 
-def _metrics(pq_by_cat: dict[int, float | None], *, images=range(8), fp: int = 1, miou: float = 0.4,
-             record: bool = True) -> dict:
-    """eval_results.json-like metrics; a None PQ is a category with no segments."""
-    per_class = {str(c): {"pq": v, "sq": min(1.0, v + 0.1), "rq": v / min(1.0, v + 0.1), "tp": 3, "fp": fp,
-                          "fn": 2, "iou": 0.0} if v is not None else
-                 {"pq": 0.0, "sq": 0.0, "rq": 0.0, "tp": 0, "fp": 0, "fn": 0, "iou": 0.0}
-                 for c, v in pq_by_cat.items()}
-    split = {"pq": 0.5, "sq": 0.7, "rq": 0.6, "n": len(pq_by_cat)}
-    out = {"panoptic": {"All": split, "Things": dict(split, n=2), "Stuff": dict(split, n=2), "per_class": per_class},
-           "sem_seg": {"mIoU": miou}, "bbox": {"AP": 0.3, "AP50": 0.5, "AP75": 0.2},
-           "segm": {"AP": 0.25, "AP50": 0.45, "AP75": 0.1}, "num_images": len(images)}
-    if record:
-        out["image_set"] = image_set_record(images)
-    return out
-
-
 def _write(tmp_path: Path, runs: dict[str, dict]) -> list[str]:
     paths = []
     for name, m in runs.items():
@@ -59,8 +43,8 @@ def _write(tmp_path: Path, runs: dict[str, dict]) -> list[str]:
 
 
 def test_two_runs_per_class_changes_sorted_with_zero_as_no_change(tmp_path):
-    a = _metrics({1: 0.8, 2: 0.1, 7: 0.55, 9: 0.9, 11: 0.5})
-    b = _metrics({1: 0.7, 2: 0.4, 7: 0.55, 9: 0.3, 11: None}, fp=2, miou=0.4)
+    a = fake_metrics({1: 0.8, 2: 0.1, 7: 0.55, 9: 0.9, 11: 0.5})
+    b = fake_metrics({1: 0.7, 2: 0.4, 7: 0.55, 9: 0.3, 11: None}, fp=2, miou=0.4)
     out = tmp_path / "compare.html"
     proc = run_in_group([sys.executable, str(REPO / "tools" / "compare_evals.py"), *_write(tmp_path, {"a": a, "b": b}),
                            "--out", str(out)], cwd=tmp_path, capture_output=True, text=True)
@@ -87,8 +71,8 @@ def test_two_runs_per_class_changes_sorted_with_zero_as_no_change(tmp_path):
 
 
 def test_three_runs_each_against_the_first():
-    runs = make_runs([_metrics({1: 0.5, 2: 0.2}), _metrics({1: 0.6, 2: 0.2}, miou=0.5),
-                      _metrics({1: 0.4, 2: 0.3}, miou=0.35)], ["a.json", "b.json", "c.json"])
+    runs = make_runs([fake_metrics({1: 0.5, 2: 0.2}), fake_metrics({1: 0.6, 2: 0.2}, miou=0.5),
+                      fake_metrics({1: 0.4, 2: 0.3}, miou=0.35)], ["a.json", "b.json", "c.json"])
     doc = PageStructure(build_compare(runs, NAMES))
     head = [c["text"] for c in doc.tables["per-class"]["head"][0]]
     assert head[:3] == ["category", "PQ A", "PQ B"] and head[9:11] == ["PQ C", "ΔPQ C"]
@@ -102,7 +86,7 @@ def test_three_runs_each_against_the_first():
 @pytest.mark.parametrize("b_images, words", [(range(16), "scored 8 images and .* scored 16"),
                                              (range(8, 16), "scored 8 images and .* scored 8 .other images")])
 def test_different_image_sets_are_refused_unless_allowed(tmp_path, capsys, b_images, words):
-    paths = _write(tmp_path, {"a": _metrics({1: 0.5}), "b": _metrics({1: 0.6}, images=b_images)})
+    paths = _write(tmp_path, {"a": fake_metrics({1: 0.5}), "b": fake_metrics({1: 0.6}, images=b_images)})
     tool = _tool()
     with pytest.raises(SystemExit) as err:
         tool.main([*paths, "--out", str(tmp_path / "c.html")])
@@ -117,7 +101,7 @@ def test_different_image_sets_are_refused_unless_allowed(tmp_path, capsys, b_ima
 
 
 def test_results_without_an_image_set_record_are_refused_unless_allowed(tmp_path):
-    paths = _write(tmp_path, {"a": _metrics({1: 0.5}), "b": _metrics({1: 0.6}, record=False)})
+    paths = _write(tmp_path, {"a": fake_metrics({1: 0.5}), "b": fake_metrics({1: 0.6}, record=False)})
     proc = run_in_group([sys.executable, str(REPO / "tools" / "compare_evals.py"), *paths, "--out",
                            str(tmp_path / "c.html")], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 1 and f"{paths[1]} records no image set (8 images" in proc.stderr
@@ -128,7 +112,7 @@ def test_results_without_an_image_set_record_are_refused_unless_allowed(tmp_path
 
 def test_runs_with_different_categories_are_refused():
     with pytest.raises(ValueError, match=r"only in A \[9\]"):
-        build_compare(make_runs([_metrics({1: 0.5, 9: 0.2}), _metrics({1: 0.5})], ["a", "b"]), NAMES)
+        build_compare(make_runs([fake_metrics({1: 0.5, 9: 0.2}), fake_metrics({1: 0.5})], ["a", "b"]), NAMES)
 
 
 def test_a_change_that_rounds_to_zero_has_no_sign():

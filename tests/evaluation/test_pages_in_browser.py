@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from panfpn.evaluation.compare_page import build_compare, make_runs
-from panfpn.evaluation.image_set import image_set_record
 from panfpn.evaluation.report import build_report
 from panfpn.evaluation.report_sections import BROWSE_PAGE, ReportExtras
 
+from fake_results import fake_metrics
 from process_helpers import run as run_in_group
 
 
@@ -50,17 +50,6 @@ def _states_after(page: str, actions: str, tmp_path: Path) -> list:
     return json.loads(html.unescape(found.group(1)))
 
 
-def _metrics(pq_by_cat: dict[int, float | None], images=range(8)) -> dict:
-    """eval_results.json-like metrics; a None PQ is a category with no segments."""
-    per_class = {str(c): {"pq": v, "sq": min(1.0, v + 0.1), "rq": v / min(1.0, v + 0.1), "tp": 3, "fp": 1, "fn": 2,
-                          "iou": 0.0} if v is not None else
-                 {"pq": 0.0, "sq": 0.0, "rq": 0.0, "tp": 0, "fp": 0, "fn": 0, "iou": 0.0}
-                 for c, v in pq_by_cat.items()}
-    split = {"pq": 0.5, "sq": 0.7, "rq": 0.6, "n": len(pq_by_cat)}
-    return {"panoptic": {"All": split, "Things": dict(split, n=2), "Stuff": dict(split, n=2), "per_class": per_class},
-            "sem_seg": {"mIoU": 0.4}, "num_images": len(images), "image_set": image_set_record(images)}
-
-
 BROWSE_SNAPSHOT = """function snapshot(){return {page:document.getElementById('browse-page').textContent,
  captions:Array.from(document.querySelectorAll('#browse figcaption')).map(function(c){return c.textContent;}),
  images:Array.from(document.querySelectorAll('#browse img')).map(function(i){return i.getAttribute('src');})};}"""
@@ -78,7 +67,7 @@ def test_the_image_browser_pages_through_every_image_lowest_pq_first(tmp_path):
     random.Random(0).shuffle(pqs)  # the page gets the images in dataset order, not sorted
     images = [{"id": str(i), "file": f"img_{i:03d}.jpg", "pq": pq, "img": f"report_images/{i:03d}.jpg",
                "legend": [["car", "#3b6fb6"]]} for i, pq in enumerate(pqs)]
-    page = build_report(_metrics({1: 0.8, 2: 0.1}), NAMES, extras=ReportExtras(images=images))
+    page = build_report(fake_metrics({1: 0.8, 2: 0.1}), NAMES, extras=ReportExtras(images=images))
     clicks = ("var nx=document.getElementById('browse-next'),pv=document.getElementById('browse-prev');"
               "record();nx.click();record();nx.click();record();pv.click();record();pv.click();record();")
     first, second, past_end, back, before_start = _states_after(page, BROWSE_SNAPSHOT + clicks, tmp_path)
@@ -96,9 +85,9 @@ COMPARE_SNAPSHOT = """function snapshot(){return Array.from(document.querySelect
 
 
 def test_clicking_a_compare_header_sorts_its_column_both_ways(tmp_path):
-    a = _metrics({1: 0.8, 2: 0.1, 7: 0.55, 9: 0.9, 11: None})
-    b = _metrics({1: 0.6, 2: 0.3, 7: 0.56, 9: 0.2, 11: None})
-    c = _metrics({1: 0.7, 2: 0.2, 7: 0.5, 9: 0.95, 11: 0.1})
+    a = fake_metrics({1: 0.8, 2: 0.1, 7: 0.55, 9: 0.9, 11: None})
+    b = fake_metrics({1: 0.6, 2: 0.3, 7: 0.56, 9: 0.2, 11: None})
+    c = fake_metrics({1: 0.7, 2: 0.2, 7: 0.5, 9: 0.95, 11: 0.1})
     page = build_compare(make_runs([a, b, c], ["a.json", "b.json", "c.json"]), NAMES)
     clicks = ("var th=document.querySelectorAll('#per-class thead th');"
               "record();th[2].click();record();th[2].click();record();th[0].click();record();")
@@ -121,7 +110,7 @@ def test_long_legends_and_file_names_wrap_under_their_image(tmp_path):
     legend = [[f"category number {i}", "#3b6fb6"] for i in range(14)]
     images = [{"id": str(i), "file": f"{'frankfurt_000000_0002' * 3}_{i}_leftImg8bit.png", "pq": 0.1 * i,
                "img": f"report_images/{i}.jpg", "legend": legend[: 2 + 4 * i]} for i in range(4)]
-    page = build_report(_metrics({1: 0.8, 2: 0.1}), NAMES, extras=ReportExtras(images=images))
+    page = build_report(fake_metrics({1: 0.8, 2: 0.1}), NAMES, extras=ReportExtras(images=images))
     figures = _states_after(page, FIGURE_SNAPSHOT + "record();", tmp_path)[0]
     assert [parent for parent, _, _ in figures] == ["browse"] * 4
     assert all(abs(figure - img) < 1 for _, figure, img in figures), figures
@@ -135,7 +124,7 @@ def test_wide_tables_scroll_in_their_box_not_the_page(tmp_path):
     """Many runs (7 columns each) or many long category names: the table scrolls sideways in its
     box and the page stays as wide as the window (the browser's default 800 px)."""
     names = {i: f"long category name {i}" for i in range(1, 21)}
-    runs = [_metrics({c: 0.02 * c + 0.01 * k for c in names}) for k in range(5)]
+    runs = [fake_metrics({c: 0.02 * c + 0.01 * k for c in names}) for k in range(5)]
     compare = build_compare(make_runs(runs, [f"/runs/experiment_{k}/eval/eval_results.json" for k in range(5)]), names)
     confusion = {(g, p): 1 for g in names for p in names if g != p}
     report = build_report(runs[0], names, extras=ReportExtras(confusion=confusion, kinds={c: "thing" for c in names}))

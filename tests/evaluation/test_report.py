@@ -15,6 +15,7 @@ from panfpn.evaluation.report import build_report
 from panfpn.evaluation.worst_images import WorstImages, score_image
 
 from process_helpers import run as run_in_group
+from fake_results import fake_metrics
 from report_parse import PageStructure
 
 CATS = [{"id": 1, "name": "person", "isthing": 1, "color": [220, 20, 60]},
@@ -71,18 +72,6 @@ def test_worst_images_keeps_the_k_lowest_and_draws_only_those():
     assert drawn == [0, 1, 3]  # image 0 entered while the heap was not full; 2 and 4 never did
 
 
-def _metrics(pq_by_cat: dict[int, float | None]) -> dict:
-    """eval_results.json-like metrics; a None PQ is a category with no segments (TP = FP = FN = 0)."""
-    per_class = {str(c): {"pq": v, "sq": min(1.0, v + 0.1), "rq": v / min(1.0, v + 0.1), "tp": 3, "fp": 1, "fn": 2,
-                          "iou": 0.0} if v is not None else
-                 {"pq": 0.0, "sq": 0.0, "rq": 0.0, "tp": 0, "fp": 0, "fn": 0, "iou": 0.0}
-                 for c, v in pq_by_cat.items()}
-    split = {"pq": 0.5, "sq": 0.7, "rq": 0.6, "n": len(pq_by_cat)}
-    return {"panoptic": {"All": split, "Things": dict(split, n=2), "Stuff": dict(split, n=2), "per_class": per_class},
-            "sem_seg": {"mIoU": 0.4}, "bbox": {"AP": 0.3, "AP50": 0.5}, "segm": {"AP": 0.25, "AP50": 0.45},
-            "num_images": 3}
-
-
 def _worst_scores(n: int):
     gt, gt_segs, pred, pred_segs = _image_with_errors()
     worst = WorstImages(CATEGORIES, k=n)
@@ -92,7 +81,7 @@ def _worst_scores(n: int):
 
 
 def test_report_page_structure_is_self_contained():
-    metrics = _metrics({1: 0.8, 2: 0.1, 7: 0.55, 9: 0.9, 11: None})
+    metrics = fake_metrics({1: 0.8, 2: 0.1, 7: 0.55, 9: 0.9, 11: None})
     page = build_report(metrics, NAMES, _worst_scores(3))
     doc = PageStructure(page)
     summary = doc.texts("summary")
@@ -123,7 +112,7 @@ def _browser() -> str | None:
 @pytest.mark.skipif(_browser() is None, reason="no headless browser (chromium/google-chrome) installed to render the page")
 def test_report_renders_in_a_headless_browser(tmp_path):
     page = tmp_path / "report.html"
-    page.write_text(build_report(_metrics({1: 0.8, 2: 0.1, 7: 0.55, 9: 0.9}), NAMES, _worst_scores(2)), encoding="utf-8")
+    page.write_text(build_report(fake_metrics({1: 0.8, 2: 0.1, 7: 0.55, 9: 0.9}), NAMES, _worst_scores(2)), encoding="utf-8")
     shot = tmp_path / "shot.png"
     run_in_group([_browser(), "--headless", "--disable-gpu", "--no-sandbox", f"--screenshot={shot}",
                   "--window-size=1200,1600", page.as_uri()], check=True, timeout=120)
@@ -136,7 +125,7 @@ def test_report_renders_in_a_headless_browser(tmp_path):
 
 @pytest.mark.skipif(_browser() is None, reason="no headless browser (chromium/google-chrome) installed to run the page's script")
 def test_clicking_a_header_sorts_the_per_class_table(tmp_path):
-    metrics = _metrics({1: 0.8, 2: 0.1, 7: 0.55, 9: 0.9})
+    metrics = fake_metrics({1: 0.8, 2: 0.1, 7: 0.55, 9: 0.9})
     metrics["panoptic"]["per_class"]["7"]["fn"] = 9
     metrics["panoptic"]["per_class"]["2"]["fn"] = 0
     page = build_report(metrics, NAMES)

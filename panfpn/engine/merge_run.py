@@ -31,7 +31,7 @@ from panfpn.engine.config import ConfigError, section_values
 from panfpn.data.merge_inputs import BadInput, MergeInputs, as_is
 from panfpn.engine.merge_tool.cpu import cuda_may_be_present, merge_images_cpu
 from panfpn.engine.merge_tool.output import earlier_merge_outputs, remove_outputs
-from panfpn.engine.progress import bar_enabled  # no bar when the output goes to a file
+from panfpn.engine.progress import bar_enabled
 from panfpn.evaluation.writer import PanopticPredictionWriter, prediction_file_stem
 from panfpn.modeling.merge_thresholds import MergeThresholds
 from panfpn.utils.atomic import write_json_atomic
@@ -69,7 +69,7 @@ def merge_from_config(cfg: DictConfig) -> dict[str, Any]:
         None if opts["semantic_dir"] is None else Path(opts["semantic_dir"]),
         Path(opts["instances_json"]), Path(images_json), out_dir, rules=rules,
         device=_device(cfg.device), workers=opts["workers"], threads=opts["threads"],
-        rules_origin=origin, remove_first=earlier,
+        rules_origin=origin, remove_first=earlier, progress=opts.get("progress_bar", "auto"),
         semantic_json=None if opts["semantic_json"] is None else Path(opts["semantic_json"]))
     if opts["eval_gt_json"] is not None:
         from panfpn.evaluation.pq import pq_compute
@@ -116,13 +116,15 @@ def _load_json(path: Path, what: str) -> Any:
 def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Path, out_dir: Path, *,
                 rules: MergeThresholds, device: Any, workers: int = 0,
                 threads: int = 2, semantic_json: Path | None = None,
-                rules_origin: Mapping[str, Any] | None = None, remove_first: Sequence[Path] = ()) -> dict[str, Any]:
+                rules_origin: Mapping[str, Any] | None = None, remove_first: Sequence[Path] = (),
+                progress: bool | str = "auto") -> dict[str, Any]:
     """Merge every image of ``images_json``; semantic input: ``semantic_dir`` (label PNGs) or
     ``semantic_json`` (COCO semantic results), exactly one. ``workers``: DataLoader processes that
     read and decode, and on the CPU also merge and write (0: all in this process); ``threads``: on a
     GPU, threads that merge and write one image each (0: inline); on the CPU (``device`` "cpu" or a
     CPU torch device) the merge runs in numpy, without torch (:mod:`panfpn.engine.merge_tool.cpu`).
     ``remove_first``: an earlier run's outputs, deleted once the inputs are checked, before the first write.
+    ``progress``: a progress bar (``auto``: only on a terminal); the summary line is logged either way.
     Returns ``{"json", "merged", "skipped", "rules", "seconds"}`` (seconds per stage: read, wait,
     merge, write, total)."""
     start = time.perf_counter()
@@ -154,9 +156,9 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
     write_json_atomic(out_dir / RULES_FILE, rules_record)
     writer = PanopticPredictionWriter(out_dir, metadata, name=PANOPTIC_NAME)
     if str(device).split(":")[0] == "cpu":
-        seconds = _merge_all_cpu(dataset, workers, rules, writer, skipped)
+        seconds = _merge_all_cpu(dataset, workers, rules, writer, skipped, bar=bar_enabled(progress))
     else:
-        seconds = _merge_all(dataset, workers, rules, device, writer, skipped, threads)
+        seconds = _merge_all(dataset, workers, rules, device, writer, skipped, threads, bar=bar_enabled(progress))
     json_path = writer.write_json()
     write_json_atomic(out_dir / SKIPPED_FILE, skipped)
     seconds["total"] = time.perf_counter() - start
@@ -244,7 +246,7 @@ def _image_id_or_file(images: list[dict]) -> Callable[[dict], Any]:
 
 
 def _merge_all_cpu(dataset: MergeInputs, workers: int, rules: MergeThresholds,
-                   writer: PanopticPredictionWriter, skipped: dict[str, str]) -> dict[str, float]:
+                   writer: PanopticPredictionWriter, skipped: dict[str, str], *, bar: bool) -> dict[str, float]:
     """On the CPU: ``workers`` processes (0: this one) each read, merge (numpy) and write whole images,
     like panopticapi's process pool; they are listed in the JSON in their order, bad ones go to
     ``skipped``. Returns the seconds per stage (read, merge, write: summed over processes; wait:
@@ -252,7 +254,7 @@ def _merge_all_cpu(dataset: MergeInputs, workers: int, rules: MergeThresholds,
     seconds = {"read": 0.0, "wait": 0.0, "merge": 0.0, "write": 0.0}
     tick = time.perf_counter()
     outcomes = merge_images_cpu(dataset, rules, writer.out_dir, writer.png_dir.name, workers)
-    for out in tqdm(outcomes, total=len(dataset), desc="merge", unit="img"):
+    for out in tqdm(outcomes, total=len(dataset), desc="merge", unit="img", disable=not bar):
         seconds["wait"] += time.perf_counter() - tick
         seconds["read"] += out["seconds"]
         image = dataset.images[out["k"]]
@@ -268,7 +270,8 @@ def _merge_all_cpu(dataset: MergeInputs, workers: int, rules: MergeThresholds,
 
 
 def _merge_all(dataset: MergeInputs, workers: int, rules: MergeThresholds, device: Any,
-               writer: PanopticPredictionWriter, skipped: dict[str, str], threads: int) -> dict[str, float]:
+               writer: PanopticPredictionWriter, skipped: dict[str, str], threads: int, *,
+               bar: bool) -> dict[str, float]:
     """On a GPU: merge the images and list them in the JSON in their order; bad ones go to ``skipped``.
 
     The DataLoader workers (if any) read and decode, and ``threads`` threads of this process (0:
@@ -299,7 +302,7 @@ def _merge_all(dataset: MergeInputs, workers: int, rules: MergeThresholds, devic
 
     with _InOrder(threads, record) as jobs:
         tick = time.perf_counter()
-        for item in tqdm(loader, total=len(dataset), desc="merge", unit="img", disable=not bar_enabled("auto")):
+        for item in tqdm(loader, total=len(dataset), desc="merge", unit="img", disable=not bar):
             seconds["wait"] += time.perf_counter() - tick
             seconds["read"] += item["seconds"]
             jobs.submit(item, merge_and_write)

@@ -40,3 +40,17 @@ def test_training_refuses_a_misspelt_transform_before_building_the_model(tmp_pat
     cfg = compose_config(["+data.train.transforms.transforms.1.probability=0.3"], output_dir=tmp_path)
     with pytest.raises(ConfigError, match="RandomHorizontalFlip has no parameter 'probability'"):
         train_run.train_from_config(cfg)
+
+
+@pytest.mark.parametrize("job", ["eval", "predict"])
+def test_eval_and_predict_refuse_a_misspelt_test_transform_before_building_the_model(tmp_path, monkeypatch, job):
+    import panfpn.engine.inference_model as im
+    from panfpn.engine.eval_run import evaluate_from_config
+    from panfpn.engine.predict_run import predict_from_config
+
+    monkeypatch.setattr(im, "instantiate_model", lambda cfg: pytest.fail("the model was built first"))
+    cfg = compose_config(["data.val.transforms._target_=panfpn.data.transforms.ResizeShortestEdg",
+                          "weights=unused.pth", f"predict.input={tmp_path}"], output_dir=tmp_path)
+    run = evaluate_from_config if job == "eval" else predict_from_config
+    with pytest.raises(ConfigError, match=r"data\.val\.transforms.*did you mean 'panfpn.data.transforms.ResizeShortestEdge'"):
+        run(cfg, overrides=[])

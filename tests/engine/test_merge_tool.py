@@ -437,3 +437,13 @@ def test_an_image_entry_without_its_size_names_it(compose_cfg, tmp_path, edit):
     (tmp_path / "images.json").write_text(json.dumps(data))
     with pytest.raises(ConfigError, match=r"images\[2\] = .* needs an id, a file_name and integer height"):
         _run(compose_cfg, tmp_path, tmp_path / "out", "merge.workers=2")
+
+
+@pytest.mark.parametrize("setting", [True, False])
+def test_progress_bar_is_switchable_and_the_summary_line_stays(compose_cfg, tmp_path, capfd, caplog, setting):
+    """merge.progress_bar: the bar only when asked (auto: on a terminal); the summary line always."""
+    _inputs(tmp_path)
+    with caplog.at_level("INFO"):
+        _run(compose_cfg, tmp_path, tmp_path / "out", f"merge.progress_bar={str(setting).lower()}")
+    assert ("merge: 100%" in capfd.readouterr().err) == setting
+    assert any(r.getMessage().startswith("merged ") for r in caplog.records)

@@ -246,6 +246,8 @@ class MergeOptions(FromConfig):
                                       "COCO-panoptic ground truth")
     overwrite: bool = option(boolean(), "replace what an earlier merge wrote into output_dir (any other "
                              "file there is still refused)")
+    progress_bar: bool | str = option(boolean_or_auto(), "auto (on a terminal only) | true | false; a "
+                                      "summary line either way")
 
 
 @section("export", required=False)

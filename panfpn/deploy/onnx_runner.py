@@ -128,9 +128,12 @@ def default_image_id(stems: Sequence[str]) -> list[Any]:
 
 
 def predict_files(session: Any, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-                  stems: Sequence[str] | None = None, image_ids: Sequence[Any] | None = None) -> Path:
+                  stems: Sequence[str] | None = None, image_ids: Sequence[Any] | None = None,
+                  failed: list[tuple[str, str]] | None = None) -> Path:
     """Predict each image file; write ``<out_dir>/panoptic/<stem>.png`` and ``<out_dir>/panoptic.json``.
-    Returns the JSON's path. ``stems``: output names (default the file stems, which must be unique)."""
+    Returns the JSON's path. ``stems``: output names (default the file stems, which must be unique).
+    A file that cannot be decoded is skipped and appended to ``failed`` as ``(path, reason)``
+    (raised when ``failed`` is None)."""
     paths = [Path(p) for p in paths]
     stems = list(stems) if stems is not None else [p.stem for p in paths]
     if len(set(stems)) != len(stems):
@@ -142,7 +145,14 @@ def predict_files(session: Any, paths: Sequence[str | os.PathLike], out_dir: str
     png_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     for path, stem, image_id in zip(paths, stems, ids):
-        outputs = run_image(session, read_rgb(path))
+        try:
+            image = read_rgb(path)
+        except (OSError, ValueError) as e:  # Pillow's errors for missing, truncated, non-image files
+            if failed is None:
+                raise ValueError(f"{path}: cannot read as an image ({type(e).__name__}: {e})") from None
+            failed.append((str(path), f"cannot read as an image ({type(e).__name__}: {e})"))
+            continue
+        outputs = run_image(session, image)
         id_map = outputs["panoptic"]
         _atomic(png_dir / f"{stem}.png", lambda tmp: Image.fromarray(id_to_rgb(id_map)).save(tmp, format="PNG"))
         annotations.append(annotation(image_id, f"{stem}.png", id_map, segments(outputs)))

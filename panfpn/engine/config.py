@@ -33,8 +33,8 @@ KNOWN_KEYS: dict[str, set[str] | None] = {
     "solver": {"optimizer", "base_lr", "ims_per_batch", "weight_decay", "weight_decay_norm",
                "weight_decay_bias", "max_iter", "schedule"},
     "predict": {"input", "output_dir", "batch_size", "num_workers", "overwrite", "overlay", "overlay_alpha",
-                "overlay_format", "write_threads", "recursive", "image_id", "json_every", "semantic"},
-    "export": {"format", "output", "height", "width", "dynamic", "opset", "verify"},
+                "overlay_format", "write_threads", "recursive", "image_id", "json_every", "semantic", "backend"},
+    "export": {"scope", "merge", "format", "output", "height", "width", "dynamic", "opset", "verify"},
     "merge": {"semantic_dir", "semantic_json", "instances_json", "images_json", "output_dir", "rules",
               "score_thresh", "overlap_thresh", "stuff_area", "thing_min_remaining_area", "workers",
               "threads", "eval_gt_json"},
@@ -196,6 +196,7 @@ CHECKS: dict[str, Check] = {
     "predict.image_id": rule_or_regex(*IMAGE_ID_RULES),
     "predict.json_every": integer(1),
     "predict.semantic": boolean(),
+    "predict.backend": one_of("torch", "onnxruntime"),
     # tools/merge.py (its inputs are required by the merge job only)
     "merge.semantic_dir": string(nullable=True),
     "merge.instances_json": string(nullable=True),
@@ -211,6 +212,8 @@ CHECKS: dict[str, Check] = {
     "merge.threads": integer(0),
     "merge.eval_gt_json": string(nullable=True),
     # tools/export.py
+    "export.scope": one_of("pipeline", "network"),
+    "export.merge": one_of("model", "detectron2", "textbook"),
     "export.format": one_of("onnx", "torch_export", "both"),
     "export.output": string(nullable=True),
     "export.height": integer(MIN_SIZE, maximum=MAX_SIZE, multiple_of=SIZE_DIVISIBILITY),

@@ -52,6 +52,7 @@ from panfpn.modeling.postprocess import box_instance_masks
 from panfpn.evaluation.writer import (PanopticPredictionWriter, SemanticPredictionWriter,
                                      model_segments_to_dataset)
 from panfpn.utils.json_file import load_json
+from panfpn.deploy.predict_onnx import predict_onnx
 from panfpn.utils.visualize import panoptic_overlay
 
 logger = logging.getLogger("panfpn")
@@ -83,6 +84,7 @@ class PredictOptions:
             ``auto``, ``stem``, ``cityscapes``, ``coco_int`` or a regular expression.
         json_every: rewrite ``panoptic.json`` after every this many finished images (and at the end).
         semantic: also write ``semantic/<stem>.png`` (semantic labels as dataset category ids).
+        backend: ``torch`` (the model) or ``onnxruntime`` (``weights`` is an exported .onnx pipeline).
     """
 
     input: str | list[str] | None
@@ -98,6 +100,7 @@ class PredictOptions:
     image_id: str
     json_every: int
     semantic: bool
+    backend: str
 
 
 def predict_options(cfg: DictConfig) -> PredictOptions:
@@ -206,6 +209,8 @@ def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None)
     fit_threads_to_cpus()
     paths = list_image_files(opts.input if isinstance(opts.input, str) else list(opts.input),
                              recursive=bool(opts.recursive))
+    if opts.backend == "onnxruntime":  # the exported pipeline: panfpn/deploy/predict_onnx.py
+        return predict_onnx(str(cfg.weights), paths, out_dir, opts)
     built = build_inference_model(cfg, overrides)
     metadata, transforms = built.metadata, built.transform()
     model = built.model.to(device)

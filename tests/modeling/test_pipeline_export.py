@@ -151,3 +151,53 @@ def test_standalone_runner_matches_predict(setup, onnx_files, tmp_path):
         assert (g_ids == w_ids).mean() >= 0.9999
     pq = pq_compute(tmp_path / "eager" / "panoptic.json", tmp_path / "onnx" / "panoptic.json", workers=1)
     assert 100 * pq["All"]["pq"] >= 99.9
+
+    # tools/predict.py predict.backend=onnxruntime runs the same code: the same files.
+    from panfpn.engine.predict_run import predict_from_config
+    from modeling_helpers import compose_model_config
+
+    cfg = compose_model_config("panoptic_fpn_small", "synthetic", (
+        f"weights={onnx_files('detectron2')}", "predict.backend=onnxruntime", "predict.overlay=false",
+        f"predict.input=[{','.join(map(str, paths))}]", f"predict.output_dir={tmp_path / 'tool'}",
+        f"output_dir={tmp_path / 'run'}"))
+    summary = predict_from_config(cfg)
+    assert summary["predicted"] == [p.stem for p in paths] and not summary["failed"]
+    assert json.loads((tmp_path / "tool" / "panoptic.json").read_text()) == got
+    for ann in got["annotations"]:
+        assert (tmp_path / "tool" / "panoptic" / ann["file_name"]).read_bytes() == \
+            (tmp_path / "onnx" / "panoptic" / ann["file_name"]).read_bytes()
+
+
+def test_export_tool_writes_pipeline_by_default(setup, tmp_path):
+    # tools/export.py's job with the default scope: one ONNX file of the whole pipeline from a
+    # checkpoint, its metadata (categories, resize, rules) and its own check against eager.
+    import json
+    import warnings
+
+    from panfpn.engine.config import ConfigError
+    from panfpn.engine.export_run import export_from_config
+    from panfpn.deploy.onnx_runner import model_metadata
+
+    from modeling_helpers import compose_model_config
+    from pipeline_helpers import OVERRIDES
+
+    model, metadata, _, _ = setup
+    weights = tmp_path / "model.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    stem = tmp_path / "out" / "model"
+    overrides = (*OVERRIDES, f"weights={weights}", f"output_dir={tmp_path}", f"export.output={stem}",
+                 "export.merge=textbook", "device=cpu")
+    cfg = compose_model_config("panoptic_fpn_small", "synthetic", overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = export_from_config(cfg)
+    assert summary["scope"] == "pipeline" and set(summary["files"]) == {"onnx"}
+    assert json.loads(stem.with_suffix(".json").read_text()) == summary
+    for check in summary["verify"].values():
+        assert check["same_segments"] and check["pixel_agreement"] >= 0.9999
+    meta = model_metadata(ort.InferenceSession(summary["files"]["onnx"], providers=["CPUExecutionProvider"]))
+    assert meta["categories"] == metadata.to_coco_categories()
+    assert meta["resize"] == [128, 320] and meta["merge"]["overlap_thresh"] is None  # textbook rules
+    bad = compose_model_config("panoptic_fpn_small", "synthetic", (*overrides, "export.format=torch_export"))
+    with pytest.raises(ConfigError, match="export.scope=network"):
+        export_from_config(bad)

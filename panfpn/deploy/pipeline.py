@@ -140,8 +140,9 @@ class PanopticPipeline(nn.Module):
         category_id = torch.where(seg["isthing"], table[seg["category"].clamp(min=0)],
                                   table[(seg["category"] + offset).clamp(min=0)])
         category_id = torch.where(seg["id"] > 0, category_id, -1)
+        category = torch.where(torch.arange(k) < num, self.thing_category_ids[labels], -1)  # -1: padding
         return (id_map, seg["id"], category_id, seg["isthing"], seg["score"], seg["area"], seg["count"],
-                boxes, scores, self.thing_category_ids[labels], num, sem)
+                boxes, scores, category, num, sem)
 
 
 def paste_masks(probs: Tensor, boxes: Tensor, image: Tensor) -> Tensor:

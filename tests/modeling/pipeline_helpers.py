@@ -57,18 +57,23 @@ def sample_images(tmp: Path) -> list[Path]:
 
 
 @torch.no_grad()
-def eager_results(model, transform, paths, rules: MergeThresholds, metadata) -> list[tuple[np.ndarray, list[dict]]]:
-    """Per image, ``model.eval()``'s id map and segments (dataset category ids), under ``rules``."""
+def eager_results(model, transform, paths, rules: MergeThresholds, metadata, *, with_instances: bool = False):
+    """Per image, ``model.eval()``'s id map and segments (dataset category ids), under ``rules``;
+    with ``with_instances`` also per image boxes, scores, labels (dataset ids) and semantic labels."""
     saved = model.merge_thresholds
     model.merge_thresholds = rules
     try:
-        out = []
+        out, extras = [], []
         for sample in ImageFileDataset(paths, transforms=transform, keep_original=False):
             result = model(collate_panoptic([sample]))[0]
             id_map, segs = result["panoptic"]
             out.append((id_map.numpy(), [{**s, "area": seg["area"]} for s, seg in
                                          zip(model_segments_to_dataset(segs, metadata), segs)]))
-        return out
+            inst = result["instances"]
+            extras.append({"boxes": inst["boxes"].numpy(), "scores": inst["scores"].numpy(),
+                           "labels": np.array([metadata.thing_ids[i] for i in inst["labels"].tolist()],
+                                              dtype=np.int64), "sem_seg": result["sem_seg"].numpy()})
+        return (out, extras) if with_instances else out
     finally:
         model.merge_thresholds = saved
 

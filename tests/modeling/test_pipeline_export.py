@@ -86,11 +86,17 @@ def test_pipeline_module_equals_model(setup, tmp_path):
 def test_onnx_pipeline_matches_eager(setup, exported, tmp_path):
     model, metadata, transform, paths = setup
     name, session = exported
-    want = eager_results(model, transform, paths, RULES[name], metadata)
+    want, instances = eager_results(model, transform, paths, RULES[name], metadata, with_instances=True)
     got = []
-    for p in paths:
+    for p, inst in zip(paths, instances):
         outputs = dict(zip(OUTPUT_NAMES, session.run(None, {"image": read_image(p)})))
         got.append((outputs["panoptic"], exported_segments(outputs)))
+        n = int(outputs["num_instances"])  # K rows, the first n valid, the rest padding
+        assert n == len(inst["scores"]) and (outputs["labels"][n:] == -1).all() and (outputs["scores"][n:] < 0).all()
+        np.testing.assert_array_equal(outputs["labels"][:n], inst["labels"])
+        np.testing.assert_allclose(outputs["scores"][:n], inst["scores"], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(outputs["boxes"][:n], inst["boxes"], atol=1e-2, rtol=0)
+        assert (outputs["sem_seg"] == inst["sem_seg"]).mean() >= 0.9999
     assert len({w_map.shape for w_map, _ in want}) >= 2 and max(w_map.shape[0] for w_map, _ in want) > 128
     _compare(got, want, metadata, tmp_path)
 

@@ -75,7 +75,7 @@ class PanopticPipeline(nn.Module):
         pad_h, pad_w = (-h) % SIZE_DIVISIBILITY, (-w) % SIZE_DIVISIBILITY
         x = torch.cat([x, torch.zeros_like(x[:, :, :1, :]).expand(-1, -1, pad_h, -1)], 2)
         x = torch.cat([x, torch.zeros_like(x[:, :, :, :1]).expand(-1, -1, -1, pad_w)], 3)
-        return x, h, w
+        return x.contiguous(memory_format=self.model.memory_format), h, w  # the eager layout
 
     def detect(self, outputs: Sequence[Tensor], h: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Network outputs -> detections ``(boxes [D, 4] input pixels, scores, labels, mask_probs)``."""
@@ -87,9 +87,9 @@ class PanopticPipeline(nn.Module):
         rpn.anchor_generator.set_cell_anchors(maps[0].dtype, maps[0].device)
         anchors = rpn.anchor_generator.grid_anchors(grid, strides)
         boxes, logits, levels = ops.level_proposals(objectness, deltas, anchors, rpn.box_coder,
-                                                    rpn._pre_nms_top_n["testing"])
+                                                    rpn.pre_nms_top_n())
         proposals = ops.filter_proposals(boxes, logits, levels, h, w, len(maps), rpn.nms_thresh,
-                                         rpn._post_nms_top_n["testing"])
+                                         rpn.post_nms_top_n())
         return self.box_predictions([features[f"p{l}"] for l in roi.box_head.pooler.levels], proposals, h, w)
 
     def box_predictions(self, maps: list[Tensor], proposals: Tensor, h: Tensor,
@@ -128,7 +128,7 @@ class PanopticPipeline(nn.Module):
         """Pad the detections to ``K``, merge, and order the outputs as :data:`OUTPUT_NAMES`."""
         k = self.max_detections
         num = torch._shape_as_tensor(scores)[0]
-        masks = torch.cat([masks, torch.zeros_like(masks[:1]).expand(k, -1, -1)])[:k]
+        masks = torch.cat([masks, torch.zeros_like(sem, dtype=torch.bool)[None].expand(k, -1, -1)])[:k]
         scores = torch.cat([scores, torch.full((k,), -1.0)])[:k]
         labels = torch.cat([labels, torch.zeros((k,), dtype=labels.dtype)])[:k]
         boxes = torch.cat([boxes, torch.zeros((k, 4))])[:k]

@@ -174,6 +174,7 @@ def test_standalone_runner_matches_predict(setup, onnx_files, tmp_path):
             (tmp_path / "onnx" / "panoptic" / ann["file_name"]).read_bytes()
 
 
+@pytest.mark.slow  # one more export and its check: ~15-20 s on 2 loaded cores
 def test_export_tool_writes_pipeline_by_default(setup, tmp_path):
     # tools/export.py's job with the default scope: one ONNX file of the whole pipeline from a
     # checkpoint, its metadata (categories, resize, rules) and its own check against eager.
@@ -207,3 +208,25 @@ def test_export_tool_writes_pipeline_by_default(setup, tmp_path):
     bad = compose_model_config("panoptic_fpn_small", "synthetic", (*overrides, "export.format=torch_export"))
     with pytest.raises(ConfigError, match="export.scope=network"):
         export_from_config(bad)
+
+
+def test_no_detection_left(setup):
+    # Every detection below the box head's threshold: the padded merge still runs (stuff only), as
+    # the eager model does (a bug found while exporting: padding was built from the first mask).
+    import dataclasses
+
+    model, metadata, transform, paths = setup
+    box_head = model.roi_heads.box_head
+    saved = box_head.test
+    box_head.test = dataclasses.replace(saved, score_thresh=0.999)
+    try:
+        pipeline = build_pipeline(model, metadata, transform, merge=RULES["textbook"])
+        with torch.no_grad():
+            out = dict(zip(OUTPUT_NAMES, pipeline(torch.from_numpy(read_image(paths[0])))))
+        want = eager_results(model, transform, paths[:1], RULES["textbook"], metadata)[0]
+    finally:
+        box_head.test = saved
+    assert int(out["num_instances"]) == 0 and (out["labels"] == -1).all()
+    got = exported_segments({k: v.numpy() for k, v in out.items()})
+    assert got == want[1] and got and not any(s["isthing"] for s in got)
+    assert np.array_equal(out["panoptic"].numpy(), want[0])

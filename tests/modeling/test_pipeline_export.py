@@ -174,7 +174,6 @@ def test_standalone_runner_matches_predict(setup, onnx_files, tmp_path):
             (tmp_path / "onnx" / "panoptic" / ann["file_name"]).read_bytes()
 
 
-@pytest.mark.slow  # one more export and its check: ~15-20 s on 2 loaded cores
 def test_export_tool_writes_pipeline_by_default(setup, tmp_path):
     # tools/export.py's job with the default scope: one ONNX file of the whole pipeline from a
     # checkpoint, its metadata (categories, resize, rules) and its own check against eager.

@@ -28,7 +28,6 @@ from panfpn.utils.atomic import atomic_write_path
 METADATA_KEY = "panfpn"
 FORMAT = "panfpn-panoptic-pipeline"
 DEFAULT_OPSET = 17  # RoiAlign with half-pixel coordinates needs 16, ScatterElements' add 16
-MIN_SIDE = 16  # smallest image side exported graphs are checked with (smaller ones work, unchecked)
 MAX_SIDE = 4096  # documented maximum side: memory grows as K x H x W (docs/deployment.md)
 
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from panfpn.data.collate import SIZE_DIVISIBILITY
 from panfpn.deploy import static_ops as ops
 from panfpn.deploy.merge_static import merge_static
-from panfpn.deploy.resize import f64, resize_uint8, shortest_edge_size
+from panfpn.deploy.resize import f64, resize_uint8, shortest_edge_size, size_of
 from panfpn.modeling.merge import MergeThresholds
 from panfpn.modeling.network import split_outputs
 from panfpn.modeling.panoptic_fpn import PanopticFPN
@@ -65,16 +65,15 @@ class PanopticPipeline(nn.Module):
     def preprocess(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """uint8 ``[H0, W0, 3]`` -> (normalised padded ``[1, 3, Hp, Wp]``, resized H, W as int64 scalars)."""
         chw = image.permute(2, 0, 1)
-        shape = torch._shape_as_tensor(image)
+        h, w = size_of(image, 0), size_of(image, 1)
         if self.resize is not None:
-            h, w = shortest_edge_size(shape[0], shape[1], *self.resize)
+            h, w = shortest_edge_size(h, w, *self.resize)
             x = resize_uint8(chw, h, w).float()
         else:
-            h, w, x = shape[0], shape[1], chw.float()
+            x = chw.float()
         x = (x[None] - self.model.pixel_mean) / self.model.pixel_std
         pad_h, pad_w = (-h) % SIZE_DIVISIBILITY, (-w) % SIZE_DIVISIBILITY
-        x = torch.cat([x, torch.zeros_like(x[:, :, :1, :]).expand(-1, -1, pad_h, -1)], 2)
-        x = torch.cat([x, torch.zeros_like(x[:, :, :, :1]).expand(-1, -1, -1, pad_w)], 3)
+        x = F.pad(x, (0, pad_w, 0, pad_h))  # no size-specific branch: a pad of 0 or 1 is a pad too
         return x.contiguous(memory_format=self.model.memory_format), h, w  # the eager layout
 
     def detect(self, outputs: Sequence[Tensor], h: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -115,8 +114,7 @@ class PanopticPipeline(nn.Module):
         x, h, w = self.preprocess(image)
         outputs = self.model.network(x)
         boxes, scores, labels, probs = self.detect(outputs, h, w)
-        shape = torch._shape_as_tensor(image)
-        h0, w0 = shape[0], shape[1]
+        h0, w0 = size_of(image, 0), size_of(image, 1)
         scale = torch.cat([f64(w0) / f64(w), f64(h0) / f64(h)]).float()  # float64 ratios, as eager
         boxes = ops.clip_boxes(boxes * scale.repeat(2), h0, w0)
         masks = paste_masks(probs, boxes, image)
@@ -127,11 +125,12 @@ class PanopticPipeline(nn.Module):
                sem: Tensor) -> tuple[Tensor, ...]:
         """Pad the detections to ``K``, merge, and order the outputs as :data:`OUTPUT_NAMES`."""
         k = self.max_detections
-        num = torch._shape_as_tensor(scores)[0]
-        masks = torch.cat([masks, torch.zeros_like(sem, dtype=torch.bool)[None].expand(k, -1, -1)])[:k]
-        scores = torch.cat([scores, torch.full((k,), -1.0)])[:k]
-        labels = torch.cat([labels, torch.zeros((k,), dtype=labels.dtype)])[:k]
-        boxes = torch.cat([boxes, torch.zeros((k, 4))])[:k]
+        first = torch.arange(k)  # the first K rows (index_select: no trace-time decision on D = 0)
+        masks = torch.cat([masks, torch.zeros_like(sem, dtype=torch.bool)[None].expand(k, -1, -1)]).index_select(0, first)
+        scores = torch.cat([scores, torch.full((k,), -1.0)]).index_select(0, first)
+        labels = torch.cat([labels, torch.zeros((k,), dtype=labels.dtype)]).index_select(0, first)
+        boxes = torch.cat([boxes, torch.zeros((k, 4))]).index_select(0, first)
+        num = (scores >= 0).sum()  # a tensor in every mode (detection scores are probabilities)
         id_map, seg = merge_static(masks, scores, labels, sem,
                                    thing_sem_labels=self.model.thing_sem_labels,
                                    num_sem_classes=self.sem_category_ids.shape[0], merge=self.merge)
@@ -156,6 +155,8 @@ def paste_masks(probs: Tensor, boxes: Tensor, image: Tensor) -> Tensor:
 
 def sem_argmax(sem_logits: Tensor, h: Tensor, w: Tensor, image: Tensor) -> Tensor:
     """Semantic logits of the padded input -> int64 ``[H0, W0]``: crop, bilinear resize, argmax."""
-    cropped = sem_logits[:, :, :h, :w].float()
+    # index_select, not slicing: a slice may be the whole axis (no padding), which torch.export would
+    # otherwise decide once at trace time
+    cropped = sem_logits.index_select(2, torch.arange(h)).index_select(3, torch.arange(w)).float()
     up = F.interpolate(cropped, size=(image.shape[0], image.shape[1]), mode="bilinear", align_corners=False)
     return up[0].argmax(0)

@@ -21,15 +21,32 @@ _MAX_PRECISION = 22  # its largest fixed-point precision
 
 
 def f64(value: float | Tensor) -> Tensor:
-    """A float64 ``[1]`` tensor of a number or a scalar tensor (an ONNX export keeps it float64)."""
+    """A float64 ``[1]`` tensor of a number, a size or a scalar tensor (an ONNX export keeps it float64)."""
     if isinstance(value, Tensor):
         return value.reshape(1).double()
-    return torch.tensor([value], dtype=torch.float64)
+    if isinstance(value, (int, float)):
+        return torch.tensor([value], dtype=torch.float64)
+    return torch.ones(1, dtype=torch.float64) * value  # a symbolic size (torch.export)
 
 
-def shortest_edge_size(height: Tensor, width: Tensor, short: int, max_size: int) -> tuple[Tensor, Tensor]:
+def size_of(tensor: Tensor, dim: int) -> Tensor | int:
+    """``tensor.shape[dim]``: an int in eager mode, a symbolic int under ``torch.export``, a traced
+    int64 scalar under ``torch.jit`` tracing (the TorchScript ONNX exporter keeps it dynamic)."""
+    if torch.jit.is_tracing():
+        return torch._shape_as_tensor(tensor)[dim]
+    return tensor.shape[dim]
+
+
+def shortest_edge_size(height: Tensor | int, width: Tensor | int, short: int,
+                       max_size: int) -> tuple[Tensor | int, Tensor | int]:
     """:func:`panfpn.data.transforms.shortest_edge_size` on int64 scalar tensors (float64 arithmetic,
     as Python's): the shorter side becomes ``short``, the longer at most ``max_size``."""
+    if not isinstance(height, Tensor):  # eager ints or torch.export's symbolic ints: Python's float64
+        scale = short / torch.sym_min(height, width)
+        longer = torch.sym_max(height, width)
+        scale = torch.sym_ite(longer * scale > max_size, max_size / longer, scale)
+        return (torch.sym_max(torch.sym_int(height * scale + 0.5), 1),
+                torch.sym_max(torch.sym_int(width * scale + 0.5), 1))
     h, w = f64(height), f64(width)
     scale = f64(short) / torch.minimum(h, w)
     longer = torch.maximum(h, w)
@@ -50,8 +67,8 @@ def _axis_weights(in_size: Tensor, out_size: Tensor) -> tuple[Tensor, Tensor, Te
     centre = scale * (torch.arange(out_size, dtype=torch.float64) + half)
     first = torch.maximum(torch.floor(centre - support + half), zero)
     last = torch.minimum(torch.floor(centre + support + half), n_in)
-    taps = (torch.ceil(support) * f64(2.0) + one).long()  # >= every last - first
-    j = torch.arange(taps[0], dtype=torch.float64)
+    taps = 2 * ((in_size + out_size - 1) // out_size) + 1  # 2 ceil(support) + 1 >= every last - first
+    j = torch.arange(taps, dtype=torch.float64)
     src = first[:, None] + j[None, :]
     x = ((src - centre[:, None]) + half) * invscale
     weights = torch.maximum(one - x.abs(), zero)
@@ -87,6 +104,6 @@ def resize_uint8(image: Tensor, out_h: Tensor, out_w: Tensor) -> Tensor:
     """uint8 (or integer-valued float) ``[3, H, W]`` -> float64 ``[3, out_h, out_w]`` holding the bytes
     ``torchvision`` ``resize(antialias=True)`` gives for a uint8 image (horizontal, then vertical)."""
     x = image.double()
-    h, w = torch._shape_as_tensor(x)[1], torch._shape_as_tensor(x)[2]
+    h, w = size_of(x, 1), size_of(x, 2)
     x = _pass(x, *_axis_weights(w, out_w), dim=2)
     return _pass(x, *_axis_weights(h, out_h), dim=1)

@@ -15,20 +15,23 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms, roi_align
 
+from panfpn.deploy.resize import f64
+
 
 def topk_count(values: Tensor, k: int) -> Tensor | int:
-    """``min(k, len(values))`` as a tensor while tracing (the length stays dynamic), else an int."""
+    """``min(k, len(values))``: a tensor while tracing (the length stays dynamic), else an int
+    (symbolic under ``torch.export``)."""
     if torch.jit.is_tracing():
         n = torch._shape_as_tensor(values)[0]
         return torch.clamp(n, max=k)
-    return min(k, values.shape[0])
+    return torch.sym_min(k, values.shape[0])
 
 
-def clip_boxes(boxes: Tensor, height: Tensor, width: Tensor) -> Tensor:
-    """XYXY boxes clipped to ``[0, width] x [0, height]`` (scalar tensors): ``clamp(0, w)`` per
+def clip_boxes(boxes: Tensor, height: Tensor | int, width: Tensor | int) -> Tensor:
+    """XYXY boxes clipped to ``[0, width] x [0, height]`` (sizes: ints or scalar tensors): ``clamp(0, w)`` per
     coordinate, as ``torchvision.ops.clip_boxes_to_image`` and the box head's clamp."""
-    x = torch.minimum(boxes[..., 0::2].clamp(min=0), width.to(boxes.dtype))
-    y = torch.minimum(boxes[..., 1::2].clamp(min=0), height.to(boxes.dtype))
+    x = torch.minimum(boxes[..., 0::2].clamp(min=0), f64(width).to(boxes.dtype))
+    y = torch.minimum(boxes[..., 1::2].clamp(min=0), f64(height).to(boxes.dtype))
     return torch.stack([x[..., 0], y[..., 0], x[..., 1], y[..., 1]], dim=-1)
 
 

@@ -192,21 +192,24 @@ def test_export_tool_writes_pipeline_by_default(setup, tmp_path):
     torch.save({"model": model.state_dict()}, weights)
     stem = tmp_path / "out" / "model"
     overrides = (*OVERRIDES, f"weights={weights}", f"output_dir={tmp_path}", f"export.output={stem}",
-                 "export.merge=textbook", "device=cpu")
+                 "export.merge=textbook", "export.format=onnx", "device=cpu")
     cfg = compose_model_config("panoptic_fpn_small", "synthetic", overrides)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         summary = export_from_config(cfg)
     assert summary["scope"] == "pipeline" and set(summary["files"]) == {"onnx"}
     assert json.loads(stem.with_suffix(".json").read_text()) == summary
-    for check in summary["verify"].values():
+    for check in summary["verify"]["onnx"].values():
         assert check["same_segments"] and check["pixel_agreement"] >= 0.9999
     meta = model_metadata(ort.InferenceSession(summary["files"]["onnx"], providers=["CPUExecutionProvider"]))
     assert meta["categories"] == metadata.to_coco_categories()
     assert meta["resize"] == [128, 320] and meta["merge"]["overlap_thresh"] is None  # textbook rules
-    bad = compose_model_config("panoptic_fpn_small", "synthetic", (*overrides, "export.format=torch_export"))
-    with pytest.raises(ConfigError, match="export.scope=network"):
+    bad = compose_model_config("panoptic_fpn_small", "synthetic", (*overrides, "export.merge=textbok"))
+    with pytest.raises(ConfigError, match="export.merge"):
         export_from_config(bad)
+    no_pt2 = compose_model_config("panoptic_fpn_small", "synthetic", (*overrides, "export.format=torch_export"))
+    with pytest.raises(ConfigError, match="export.scope=network"):
+        export_from_config(no_pt2)
 
 
 def test_no_detection_left(setup):
@@ -229,3 +232,32 @@ def test_no_detection_left(setup):
     got = exported_segments({k: v.numpy() for k, v in out.items()})
     assert got == want[1] and got and not any(s["isthing"] for s in got)
     assert np.array_equal(out["panoptic"].numpy(), want[0])
+
+
+def test_resize_is_bit_exact(tmp_path):
+    # The in-graph resize gives torchvision's uint8 antialiased bytes, eager and in onnxruntime, on
+    # downscales (several taps; 640 -> 228 needs a tap count that integer truncation got wrong
+    # once), upscales and the identity.
+    import warnings
+
+    from panfpn.data.transforms import resize_pair, shortest_edge_size as eager_size
+    from panfpn.deploy.resize import resize_uint8, shortest_edge_size, size_of
+
+    class Resize(torch.nn.Module):
+        def forward(self, image):
+            h, w = shortest_edge_size(size_of(image, 1), size_of(image, 2), 128, 320)
+            return resize_uint8(image, h, w)
+
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
+              for h, w in ((360, 640), (333, 500), (100, 90), (128, 128), (1000, 37))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Resize(), (images[0],), str(tmp_path / "resize.onnx"), dynamo=False, opset_version=17,
+                          input_names=["image"], dynamic_axes={"image": {1: "h", 2: "w"}})
+    session = ort.InferenceSession(str(tmp_path / "resize.onnx"), providers=["CPUExecutionProvider"])
+    for image in images:
+        size = eager_size(*image.shape[1:], 128, 320)
+        want = resize_pair(image, torch.zeros(image.shape[1:]), *size)[0].numpy()
+        assert np.array_equal(Resize()(image).numpy(), want)
+        assert np.array_equal(session.run(None, {"image": image.numpy()})[0], want)

@@ -129,13 +129,31 @@ def _session(path: Path, providers: list[str], threads: int):
     return ort.InferenceSession(str(path), opts, providers=providers)
 
 
+def _eager_runner(model, transform, image: torch.Tensor, device: torch.device):
+    """What tools/predict.py does per image (test resize, collate, ``model.eval()``) -> the id map."""
+    from panfpn.data.collate import collate_panoptic
+
+    h, w = image.shape[:2]
+
+    def run() -> torch.Tensor:
+        chw, _ = transform(image.permute(2, 0, 1), torch.zeros((h, w), dtype=torch.uint8))
+        sample = {"image": chw, "image_id": 0, "file_name": "x", "orig_size": (h, w),
+                  "instances": {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.long),
+                                "masks": torch.zeros((0, *chw.shape[1:]), dtype=torch.uint8)},
+                  "sem_seg": torch.zeros(chw.shape[1:], dtype=torch.long)}
+        out = model(collate_panoptic([sample]))[0]["panoptic"][0]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return out.cpu()
+    return run
+
+
 def bench_pipeline(args: argparse.Namespace) -> None:
     """Per image: the exported pipeline in onnxruntime vs eager ``model.eval()`` (test resize,
     collate, model) on the same uint8 image, random weights, every detection kept (score
     thresholds 0: the merge loop runs all ``detections_per_image`` slots: the worst case)."""
     from hydra.utils import instantiate
 
-    from panfpn.data.collate import collate_panoptic
     from panfpn.deploy.export import build_pipeline, export_pipeline_onnx
     from panfpn.deploy.pipeline import INPUT_NAME
     from panfpn.engine.job_setup import build_metadata
@@ -158,20 +176,7 @@ def bench_pipeline(args: argparse.Namespace) -> None:
                     for p in _providers(args.device)}
         size_mb = path.stat().st_size / 1e6
     device = torch.device(args.device)
-    model.to(device)
-
-    def eager() -> torch.Tensor:
-        chw, _ = transform(image.permute(2, 0, 1), torch.zeros((h, w), dtype=torch.uint8))
-        sample = {"image": chw, "image_id": 0, "file_name": "x", "orig_size": (h, w),
-                  "instances": {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.long),
-                                "masks": torch.zeros((0, *chw.shape[1:]), dtype=torch.uint8)},
-                  "sem_seg": torch.zeros(chw.shape[1:], dtype=torch.long)}
-        out = model(collate_panoptic([sample]))[0]["panoptic"][0]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return out.cpu()
-
-    runners = {f"eager {device.type}": eager}
+    runners = {f"eager {device.type}": _eager_runner(model.to(device), transform, image, device)}
     for name, session in sessions.items():
         runners[name] = lambda s=session: torch.from_numpy(s.run(["panoptic"], {INPUT_NAME: image.numpy()})[0])
     print(f"{args.model} pipeline {h}x{w}, {args.threads} thread(s), device {args.device}; export "

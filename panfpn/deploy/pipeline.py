@@ -136,8 +136,11 @@ class PanopticPipeline(nn.Module):
                                    num_sem_classes=self.sem_category_ids.shape[0], merge=self.merge)
         table = torch.cat([self.thing_category_ids, self.sem_category_ids])
         offset = self.thing_category_ids.shape[0]
-        category_id = torch.where(seg["isthing"], table[seg["category"].clamp(min=0)],
-                                  table[(seg["category"] + offset).clamp(min=0)])
+        # both branches are evaluated: each index is clamped into the table (COCO: thing label 79 + 80
+        # would be out of range in the stuff branch)
+        last = table.shape[0] - 1
+        category_id = torch.where(seg["isthing"], table[seg["category"].clamp(0, last)],
+                                  table[(seg["category"] + offset).clamp(0, last)])
         category_id = torch.where(seg["id"] > 0, category_id, -1)
         category = torch.where(torch.arange(k) < num, self.thing_category_ids[labels], -1)  # -1: padding
         return (id_map, seg["id"], category_id, seg["isthing"], seg["score"], seg["area"], seg["count"],

@@ -1,7 +1,12 @@
-"""Exported network (torch.export program, onnxruntime CPU) vs the eager network, same input.
+"""Exported network (torch.export program, onnxruntime CPU) vs the eager network, same input; and
+the whole exported pipeline (``--scope pipeline``: one ONNX graph, image in, panoptic result out).
 
     python bench/export.py                          # small model, 512x512, 1 thread
     python bench/export.py --model panoptic_fpn_r50 --data coco_panoptic --size 800 1216
+    python bench/export.py --scope pipeline --model panoptic_fpn_r50 --data coco_panoptic \
+        --size 800 1216 --threads 2 --reps 3       # onnxruntime CPU vs eager CPU, per image
+    python bench/export.py --scope pipeline ... --device cuda   # eager CUDA; onnxruntime's CUDA and
+                                                    # TensorRT providers where installed
 
 Times the network part only (backbone + FPN + semantic head + RPN head: what modeling/export.py
 exports) and the whole pipeline (network + eager remainder) for each backend, with random weights
@@ -25,19 +30,25 @@ from panfpn.modeling.build import build_model
 from panfpn.modeling.panoptic_fpn.export import (as_network, export_onnx,
                                     export_program, max_abs_diffs, run_exported)
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # config_helpers
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "modeling"))
 from modeling_helpers import compose_model_config, make_batch  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scope", choices=("network", "pipeline"), default="network")
     parser.add_argument("--model", default="panoptic_fpn_small")
     parser.add_argument("--data", default="synthetic")
     parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"))
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="pipeline scope: the eager model's device")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.scope == "pipeline":
+        bench_pipeline(args)
+        return
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -92,6 +103,99 @@ def main() -> None:
         net_t, pipe_t = statistics.median(t["network"]), statistics.median(t["pipeline"])
         print(f"  {name:13s} network {1000 * net_t:8.1f} ms ({ref['network'] / net_t:4.2f}x eager)   "
               f"pipeline {1000 * pipe_t:8.1f} ms ({ref['pipeline'] / pipe_t:4.2f}x eager)")
+
+
+def _providers(device: str) -> list[list[str]]:
+    """onnxruntime provider lists to time: the CPU on the CPU; CUDA and TensorRT where installed
+    (none without onnxruntime: then only the eager model is timed)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        print("onnxruntime is not installed: timing the eager model only")
+        return []
+
+    if device == "cpu":
+        return [["CPUExecutionProvider"]]
+    available = ort.get_available_providers()
+    return [[p, "CPUExecutionProvider"] for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+            if p in available]
+
+
+def _session(path: Path, providers: list[str], threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(path), opts, providers=providers)
+
+
+def _eager_runner(model, transform, image: torch.Tensor, device: torch.device):
+    """What tools/predict.py does per image (test resize, collate, ``model.eval()``) -> the id map."""
+    from panfpn.data.collate import collate_panoptic
+
+    h, w = image.shape[:2]
+
+    def run() -> torch.Tensor:
+        chw, _ = transform(image.permute(2, 0, 1), torch.zeros((h, w), dtype=torch.uint8))
+        sample = {"image": chw, "image_id": 0, "file_name": "x", "orig_size": (h, w),
+                  "instances": {"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.long),
+                                "masks": torch.zeros((0, *chw.shape[1:]), dtype=torch.uint8)},
+                  "sem_seg": torch.zeros(chw.shape[1:], dtype=torch.long)}
+        out = model(collate_panoptic([sample]))[0]["panoptic"][0]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return out.cpu()
+    return run
+
+
+def bench_pipeline(args: argparse.Namespace) -> None:
+    """Per image: the exported pipeline in onnxruntime vs eager ``model.eval()`` (test resize,
+    collate, model) on the same uint8 image, random weights, every detection kept (score
+    thresholds 0: the merge loop runs all ``detections_per_image`` slots: the worst case)."""
+    from hydra.utils import instantiate
+
+    from panfpn.deploy.export import build_pipeline, export_pipeline_onnx
+    from panfpn.deploy.pipeline import INPUT_NAME
+    from panfpn.engine.job_setup import build_metadata
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cfg = compose_model_config(args.model, args.data, (
+            "model.backbone.norm=bn", "model.roi_heads.box_head.test.score_thresh=0.0",
+            "model.merge.score_thresh=0.0"))
+        model = build_model(cfg).eval()
+    transform = instantiate(cfg.data.val.transforms)
+    h, w = args.size
+    image = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pipeline = build_pipeline(model, build_metadata(cfg), transform)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        path = export_pipeline_onnx(pipeline, Path(tmp) / "pipeline.onnx")
+        t_export = time.perf_counter() - t0
+        sessions = {f"onnxruntime {p[0].replace('ExecutionProvider', '')}": _session(path, p, args.threads)
+                    for p in _providers(args.device)}
+        size_mb = path.stat().st_size / 1e6
+    device = torch.device(args.device)
+    runners = {f"eager {device.type}": _eager_runner(model.to(device), transform, image, device)}
+    for name, session in sessions.items():
+        runners[name] = lambda s=session: torch.from_numpy(s.run(["panoptic"], {INPUT_NAME: image.numpy()})[0])
+    print(f"{args.model} pipeline {h}x{w}, {args.threads} thread(s), device {args.device}; export "
+          f"{t_export:.1f} s, {size_mb:.0f} MB, {pipeline.max_detections} detection slots")
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    maps = {}
+    with torch.no_grad():
+        for rep in range(args.reps + 1):
+            for name, run in runners.items():  # alternate: every runner sees the same load
+                t0 = time.perf_counter()
+                maps[name] = run()
+                if rep:  # the first repetition warms up
+                    times[name].append(time.perf_counter() - t0)
+    ref_name = f"eager {device.type}"
+    ref = statistics.median(times[ref_name])
+    for name, t in times.items():
+        agree = float((maps[name] == maps[ref_name]).float().mean())
+        print(f"  {name:24s} {1000 * statistics.median(t):9.1f} ms/image ({ref / statistics.median(t):4.2f}x "
+              f"{ref_name}); id map pixels equal to eager: {100 * agree:.4f} %")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Export the network: `python tools/export.py weights=model.pth [export.format=onnx|torch_export|both]`.
+"""Export a model: `python tools/export.py weights=model.pth [export.scope=pipeline|network]`.
 
-Writes `<export.output or run dir/model>.onnx` / `.pt2` / `.json`; see panfpn/engine/export_run.py
-and panfpn/modeling/panoptic_fpn/export.py (what is exported, and how to run it with the eager remainder).
-A panfpn checkpoint brings its own model config (see panfpn/engine/inference_model.py).
+Default (`export.scope=pipeline`): the whole pipeline, decoded uint8 image in, panoptic result out,
+as one ONNX graph `<export.output or run dir/model>.onnx` (+ `.json`), run by
+panfpn/deploy/onnx_runner.py without panfpn or torch (docs/deployment.md; `export.merge` picks the
+merge rules). `export.scope=network`: the network only (`.onnx` / `.pt2`, `export.format`), run with
+the eager remainder (panfpn/modeling/panoptic_fpn/export.py). A panfpn checkpoint brings its own model config
+(see panfpn/engine/inference_model.py).
 """
 
 import hydra

@@ -1,6 +1,7 @@
 """``export_from_config(cfg) -> dict``: the job behind tools/export.py.
 
-Exports the network part of the model (backbone, semantic head, RPN head; see
+``export.scope=pipeline`` (the default) exports the whole pipeline as one ONNX graph
+(:mod:`panfpn.engine.export_pipeline`, docs/deployment.md). ``export.scope=network``: exports the network part of the model (backbone, semantic head, RPN head; see
 panfpn/modeling/panoptic_fpn/export.py for the cut) to ``<stem>.pt2`` (``torch.export``) and/or ``<stem>.onnx``,
 checks each against the eager network on a random input of another size, and writes
 ``<stem>.json`` describing the inputs, outputs and the measured differences. The eager remainder
@@ -26,6 +27,7 @@ from panfpn.engine.config.schema import ExportOptions  # the export section's de
 from panfpn.engine.job_setup import setup_logging
 from panfpn.modeling.panoptic_fpn import export as ex
 from panfpn.engine.inference_model import build_inference_model
+from panfpn.engine.export_pipeline import export_pipeline_from_config
 
 logger = logging.getLogger("panfpn")
 
@@ -40,6 +42,8 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
         logger.warning("no weights given: exporting a randomly initialised model (set weights=path/to/model.pth)")
     stem = Path(opts.output) if opts.output else Path(cfg.output_dir) / "model"
     setup_logging(Path(cfg.output_dir))
+    if opts.scope == "pipeline":
+        return export_pipeline_from_config(cfg, opts, stem, overrides)
     device = resolve_device(cfg.device)
     model = build_inference_model(cfg, overrides, require_heads=False).model.to(device).eval()
     network = model.network

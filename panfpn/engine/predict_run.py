@@ -51,6 +51,8 @@ from panfpn.evaluation.prediction_folder import (OVERLAY_FORMATS, JsonState, Pre
 from panfpn.evaluation.label_mapping import model_segments_to_dataset
 from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks
 
+from panfpn.engine.predict_onnx import predict_onnx
+
 logger = logging.getLogger("panfpn")
 
 
@@ -86,6 +88,8 @@ def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None)
     fit_threads_to_cpus()
     paths = list_image_files(opts.input if isinstance(opts.input, str) else list(opts.input),
                              recursive=bool(opts.recursive))
+    if opts.backend == "onnxruntime":  # the exported pipeline: panfpn/engine/predict_onnx.py
+        return predict_onnx(str(cfg.weights), paths, out_dir, opts)
     built = build_inference_model(cfg, overrides)
     metadata, transforms = built.metadata, built.transform()
     model = built.model.to(device)

@@ -155,6 +155,7 @@ def test_export_from_config_round_trip(setup, tmp_path, monkeypatch):
     torch.save({"model": model.state_dict()}, weights)
     stem = tmp_path / "out" / "net"
     overrides = (*EVAL_ALL, f"weights={weights}", f"output_dir={tmp_path}", f"++export.output={stem}",
+                 "export.scope=network",
                  f"++export.height={TRACE_SIZE[0]}", f"++export.width={TRACE_SIZE[1]}", "device=cpu")
     cfg = compose_model_config("panoptic_fpn_small", "synthetic", overrides)
     with warnings.catch_warnings():

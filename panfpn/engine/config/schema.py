@@ -218,6 +218,8 @@ class PredictOptions(FromConfig):
     image_id: str = option(rule_or_regex(*IMAGE_ID_RULES), "how the JSON's image_id is made from a file name")
     json_every: int = option(integer(1), "rewrite panoptic.json after every N finished images (and at the end)")
     semantic: bool = option(boolean(), "also write semantic/<stem>.png (semantic labels as dataset ids)")
+    backend: str = option(one_of("torch", "onnxruntime"), "onnxruntime: weights is the .onnx file of "
+                          "tools/export.py (PNGs + JSON only)")
     progress_bar: bool | str = option(boolean_or_auto(), "auto (on a terminal only) | true | false; a "
                                       "summary line either way")
 
@@ -252,8 +254,12 @@ class MergeOptions(FromConfig):
 
 @section("export", required=False)
 class ExportOptions(FromConfig):
-    """tools/export.py: ``model.network`` to .pt2 and/or .onnx."""
+    """tools/export.py: the whole pipeline as one ONNX graph, or ``model.network`` to .pt2 and/or .onnx."""
 
+    scope: str = option(one_of("pipeline", "network"), "pipeline: uint8 image in, panoptic result out, one "
+                        "ONNX graph (docs/deployment.md); network: the network's raw tensors (.pt2/.onnx)")
+    merge: str = option(one_of("model", "detectron2", "textbook"), "the pipeline's merge rules: the model's "
+                        "(model.merge) or a preset")
     format: str = option(one_of("onnx", "torch_export", "both"), "which files to write")
     output: str | None = option(string(nullable=True), "path stem (.onnx/.pt2/.json added); "
                                 "null: <run dir>/model")

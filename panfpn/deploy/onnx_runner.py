@@ -1,0 +1,180 @@
+"""Run an exported panfpn pipeline (one ONNX file) on images: COCO-panoptic PNGs + JSON out.
+
+Standalone on purpose: it imports only the standard library, numpy, Pillow and onnxruntime (no
+panfpn, no torch), so it can be copied next to the ``.onnx`` file and run anywhere::
+
+    pip install onnxruntime numpy pillow
+    python onnx_runner.py model.onnx photo1.jpg photo2.png --out results/
+
+writes ``results/panoptic/<stem>.png`` (id = R + 256 G + 256^2 B) and ``results/panoptic.json``
+(``images``, ``annotations`` with ``segments_info``: id, category_id, area, bbox, iscrowd and the
+things' score, ``categories``), the layout of ``tools/predict.py`` that panopticapi and
+``panfpn.evaluation.pq`` read. The graph does the resizing, the network, the detection and the
+merge; this file decodes, runs and writes. docs/deployment.md describes the graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+METADATA_KEY = "panfpn"
+PANOPTIC_NAME = "panoptic"
+
+
+def open_session(model_path: str | os.PathLike, *, threads: int = 0, providers: Sequence[str] | None = None) -> Any:
+    """An onnxruntime session of the exported file (``threads`` 0: onnxruntime's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(model_path), options, providers=list(providers or ["CPUExecutionProvider"]))
+
+
+def model_metadata(session: Any) -> dict[str, Any]:
+    """The export's metadata (categories, resize, limits); ValueError for a file that is not ours."""
+    props = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in props:
+        raise ValueError(f"the ONNX model has no '{METADATA_KEY}' metadata: export it with tools/export.py "
+                         "(export.scope=pipeline)")
+    return json.loads(props[METADATA_KEY])
+
+
+def read_rgb(path: str | os.PathLike) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` RGB, upright (EXIF orientation applied), alpha dropped."""
+    with Image.open(path) as img:
+        img.load()
+        return np.array(ImageOps.exif_transpose(img).convert("RGB"))
+
+
+def run_image(session: Any, image: np.ndarray) -> dict[str, np.ndarray]:
+    """The graph's outputs by name for one uint8 ``[H, W, 3]`` RGB image."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a uint8 [H, W, 3] RGB image, got {image.dtype} {image.shape}")
+    names = [o.name for o in session.get_outputs()]
+    values = session.run(None, {session.get_inputs()[0].name: np.ascontiguousarray(image)})
+    return dict(zip(names, values))
+
+
+def segments(outputs: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The valid rows of the padded segment arrays: ``{"id", "category_id", "isthing", "score"?}``."""
+    out = []
+    for k in range(int(outputs["num_segments"])):
+        seg = {"id": int(outputs["segments_id"][k]), "category_id": int(outputs["segments_category_id"][k]),
+               "isthing": int(bool(outputs["segments_isthing"][k]))}
+        if seg["isthing"]:
+            seg["score"] = float(outputs["segments_score"][k])
+        out.append(seg)
+    return out
+
+
+def areas_boxes(id_map: np.ndarray) -> dict[int, tuple[int, list[int]]]:
+    """Pixel area and COCO box ``[x, y, w, h]`` of every id in ``id_map``."""
+    out = {}
+    for seg_id in np.unique(id_map):
+        ys, xs = np.nonzero(id_map == seg_id)
+        x0, y0 = int(xs.min()), int(ys.min())
+        out[int(seg_id)] = (int(ys.size), [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0])
+    return out
+
+
+def id_to_rgb(id_map: np.ndarray) -> np.ndarray:
+    """int ``[H, W]`` ids -> uint8 ``[H, W, 3]`` (id = R + 256 G + 256^2 B)."""
+    ids = id_map.astype(np.uint32)
+    return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
+
+
+def annotation(image_id: Any, png_name: str, id_map: np.ndarray, segs: list[dict[str, Any]]) -> dict[str, Any]:
+    """COCO-panoptic annotation: ``segments_info`` in id order, segments without pixels left out."""
+    stats = areas_boxes(id_map)
+    info = []
+    for seg in segs:
+        if seg["id"] not in stats:
+            continue
+        area, bbox = stats[seg["id"]]
+        entry = {"id": seg["id"], "category_id": seg["category_id"], "area": area, "bbox": bbox, "iscrowd": 0}
+        if "score" in seg:
+            entry["score"] = seg["score"]
+        info.append(entry)
+    return {"image_id": image_id, "file_name": png_name, "segments_info": info}
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def default_image_id(stems: Sequence[str]) -> list[Any]:
+    """COCO's int ids when every stem is digits (``000000000139`` -> 139) and they are unique, else the stems."""
+    if stems and all(s.isascii() and s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
+        return [int(s) for s in stems]
+    return list(stems)
+
+
+def predict_files(session: Any, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+                  stems: Sequence[str] | None = None, image_ids: Sequence[Any] | None = None,
+                  failed: list[tuple[str, str]] | None = None) -> Path:
+    """Predict each image file; write ``<out_dir>/panoptic/<stem>.png`` and ``<out_dir>/panoptic.json``.
+    Returns the JSON's path. ``stems``: output names (default the file stems, which must be unique).
+    A file that cannot be decoded is skipped and appended to ``failed`` as ``(path, reason)``
+    (raised when ``failed`` is None)."""
+    paths = [Path(p) for p in paths]
+    stems = list(stems) if stems is not None else [p.stem for p in paths]
+    if len(set(stems)) != len(stems):
+        raise ValueError("two inputs have the same file stem; pass distinct stems")
+    ids = list(image_ids) if image_ids is not None else default_image_id(stems)
+    meta = model_metadata(session)
+    out_dir = Path(out_dir)
+    png_dir = out_dir / PANOPTIC_NAME
+    png_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for path, stem, image_id in zip(paths, stems, ids):
+        try:
+            image = read_rgb(path)
+        except (OSError, ValueError) as e:  # Pillow's errors for missing, truncated, non-image files
+            if failed is None:
+                raise ValueError(f"{path}: cannot read as an image ({type(e).__name__}: {e})") from None
+            failed.append((str(path), f"cannot read as an image ({type(e).__name__}: {e})"))
+            continue
+        outputs = run_image(session, image)
+        id_map = outputs["panoptic"]
+        _atomic(png_dir / f"{stem}.png", lambda tmp: Image.fromarray(id_to_rgb(id_map)).save(tmp, format="PNG"))
+        annotations.append(annotation(image_id, f"{stem}.png", id_map, segments(outputs)))
+        h, w = id_map.shape
+        images.append({"id": image_id, "file_name": path.name, "height": int(h), "width": int(w), "path": str(path)})
+    data = {"images": images, "annotations": annotations, "categories": meta["categories"]}
+    json_path = out_dir / f"{PANOPTIC_NAME}.json"
+    _atomic(json_path, lambda tmp: Path(tmp).write_text(json.dumps(data)))
+    return json_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="the exported .onnx file (tools/export.py, export.scope=pipeline)")
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: default)")
+    args = parser.parse_args(argv)
+    json_path = predict_files(open_session(args.model, threads=args.threads), args.images, args.out)
+    print(f"wrote {len(args.images)} image(s): {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

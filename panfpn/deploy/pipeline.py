@@ -1,0 +1,165 @@
+"""The whole panoptic pipeline as one exportable module: decoded uint8 image in, panoptic result out.
+
+:class:`PanopticPipeline` wraps an eval-mode :class:`~panfpn.modeling.panoptic_fpn.PanopticFPN` (its
+own modules, no copies) and does in tensor ops what the eager path does around it::
+
+    image uint8 [H0, W0, 3] RGB
+      -> test resize (shortest edge, bit-exact uint8 antialiased bilinear: deploy/resize.py)
+      -> normalise, zero padding to a multiple of 32 -> model.network (backbone, FPN, heads)
+      -> proposals (top-k per level, NMS per level), box head, per-class NMS, mask head
+      -> boxes to the input's size, mask pasting, semantic resize + argmax -> static merge
+    outputs (OUTPUT_NAMES): the id map [H0, W0], the segments as [K + S] arrays with a count,
+      the instances as [K] arrays with a count, the semantic labels [H0, W0]
+
+``K`` is the box head's ``detections_per_image``; ``S`` the number of semantic classes. Category
+ids are the dataset's (tables from the metadata). Batch 1; H0 and W0 are dynamic.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from panfpn.data.collate import SIZE_DIVISIBILITY
+from panfpn.deploy import static_ops as ops
+from panfpn.deploy.merge_static import merge_static
+from panfpn.deploy.resize import f64, resize_uint8, shortest_edge_size, size_of
+from panfpn.modeling.merge import MergeThresholds
+from panfpn.modeling.panoptic_fpn.network import split_outputs
+from panfpn.modeling.panoptic_fpn import PanopticFPN
+from panfpn.modeling.panoptic_fpn.postprocess import _interp_weights
+
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("panoptic", "segments_id", "segments_category_id", "segments_isthing", "segments_score",
+                "segments_area", "num_segments", "boxes", "scores", "labels", "num_instances", "sem_seg")
+
+
+class PanopticPipeline(nn.Module):
+    """Image to panoptic result (see the module docstring), for ``torch.onnx.export``/``torch.export``.
+
+    Args:
+        model: the eval-mode model (its modules are used, not copied).
+        resize: ``(short_edge, max_size)`` of the test transform, or None (the image is used as is).
+        thing_category_ids: dataset category id of each contiguous thing label.
+        sem_category_ids: dataset category id of each semantic label (-1 for the 'thing' label).
+        merge: the merge rules; default the model's.
+    """
+
+    def __init__(self, model: PanopticFPN, *, resize: tuple[int, int] | None,
+                 thing_category_ids: Sequence[int], sem_category_ids: Sequence[int],
+                 merge: MergeThresholds | None = None) -> None:
+        super().__init__()
+        if model.training:
+            raise ValueError("export an eval-mode model: call model.eval() first")
+        self.model = model
+        self.resize = resize
+        self.merge = merge if merge is not None else model.merge_thresholds
+        self.register_buffer("thing_category_ids", torch.tensor([int(c) for c in thing_category_ids]))
+        self.register_buffer("sem_category_ids", torch.tensor([int(c) for c in sem_category_ids]))
+        self.max_detections = model.roi_heads.box_head.test.detections_per_image
+        self.eval()  # exporters restore the wrapper's mode on every submodule afterwards
+
+    def preprocess(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """uint8 ``[H0, W0, 3]`` -> (normalised padded ``[1, 3, Hp, Wp]``, resized H, W as int64 scalars)."""
+        chw = image.permute(2, 0, 1)
+        h, w = size_of(image, 0), size_of(image, 1)
+        if self.resize is not None:
+            h, w = shortest_edge_size(h, w, *self.resize)
+            x = resize_uint8(chw, h, w).float()
+        else:
+            x = chw.float()
+        x = (x[None] - self.model.pixel_mean) / self.model.pixel_std
+        pad_h, pad_w = (-h) % SIZE_DIVISIBILITY, (-w) % SIZE_DIVISIBILITY
+        x = F.pad(x, (0, pad_w, 0, pad_h))  # no size-specific branch: a pad of 0 or 1 is a pad too
+        return x.contiguous(memory_format=self.model.memory_format), h, w  # the eager layout
+
+    def detect(self, outputs: Sequence[Tensor], h: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Network outputs -> detections ``(boxes [D, 4] input pixels, scores, labels, mask_probs)``."""
+        features, _, objectness, deltas = split_outputs(outputs)
+        rpn, roi = self.model.rpn, self.model.roi_heads
+        maps = list(features.values())
+        grid = [list(f.shape[-2:]) for f in maps]
+        strides = [[torch.tensor(s), torch.tensor(s)] for s in rpn.anchor_generator.strides]
+        rpn.anchor_generator.set_cell_anchors(maps[0].dtype, maps[0].device)
+        anchors = rpn.anchor_generator.grid_anchors(grid, strides)
+        boxes, logits, levels = ops.level_proposals(objectness, deltas, anchors, rpn.box_coder,
+                                                    rpn.pre_nms_top_n())
+        proposals = ops.filter_proposals(boxes, logits, levels, h, w, len(maps), rpn.nms_thresh,
+                                         rpn.post_nms_top_n())
+        return self.box_predictions([features[f"p{l}"] for l in roi.box_head.pooler.levels], proposals, h, w)
+
+    def box_predictions(self, maps: list[Tensor], proposals: Tensor, h: Tensor,
+                        w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`BoxHead.predict` and the mask head on one image's proposals."""
+        box_head, mask_head = self.model.roi_heads.box_head, self.model.roi_heads.mask_head
+        x = box_head.fcs(ops.multilevel_roi_align(maps, proposals, box_head.pooler))
+        class_logits, box_deltas = box_head.cls_score(x), box_head.bbox_pred(x)
+        k = box_head.num_classes
+        scores = F.softmax(class_logits.float(), dim=-1)[:, :k]
+        boxes = ops.clip_boxes(box_head.box_coder.decode(box_deltas, proposals).view(-1, k, 4), h, w)
+        valid = torch.isfinite(boxes).all(dim=-1) & (scores > box_head.test.score_thresh)
+        roi_index, cls = torch.nonzero(valid, as_tuple=True)
+        b, s = boxes[roi_index, cls], scores[roi_index, cls]
+        keep = ops.class_nms(b, s, cls, box_head.test.nms_thresh, k)[: self.max_detections]
+        b, s, cls = b[keep], s[keep], cls[keep]
+        pooled = ops.multilevel_roi_align(maps, b, mask_head.pooler)
+        mask_logits = mask_head.predictor(F.relu(mask_head.deconv(mask_head.convs(pooled))))
+        probs = mask_logits[torch.arange(cls.shape[0]), cls].float().sigmoid()
+        return b, s, cls, probs
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        x, h, w = self.preprocess(image)
+        outputs = self.model.network(x)
+        boxes, scores, labels, probs = self.detect(outputs, h, w)
+        h0, w0 = size_of(image, 0), size_of(image, 1)
+        scale = torch.cat([f64(w0) / f64(w), f64(h0) / f64(h)]).float()  # float64 ratios, as eager
+        boxes = ops.clip_boxes(boxes * scale.repeat(2), h0, w0)
+        masks = paste_masks(probs, boxes, image)
+        sem = sem_argmax(split_outputs(outputs)[1], h, w, image)
+        return self.merged(masks, boxes, scores, labels, sem)
+
+    def merged(self, masks: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor,
+               sem: Tensor) -> tuple[Tensor, ...]:
+        """Pad the detections to ``K``, merge, and order the outputs as :data:`OUTPUT_NAMES`."""
+        k = self.max_detections
+        first = torch.arange(k)  # the first K rows (index_select: no trace-time decision on D = 0)
+        masks = torch.cat([masks, torch.zeros_like(sem, dtype=torch.bool)[None].expand(k, -1, -1)]).index_select(0, first)
+        scores = torch.cat([scores, torch.full((k,), -1.0)]).index_select(0, first)
+        labels = torch.cat([labels, torch.zeros((k,), dtype=labels.dtype)]).index_select(0, first)
+        boxes = torch.cat([boxes, torch.zeros((k, 4))]).index_select(0, first)
+        num = (scores >= 0).sum()  # a tensor in every mode (detection scores are probabilities)
+        id_map, seg = merge_static(masks, scores, labels, sem,
+                                   thing_sem_labels=self.model.thing_sem_labels,
+                                   num_sem_classes=self.sem_category_ids.shape[0], merge=self.merge)
+        table = torch.cat([self.thing_category_ids, self.sem_category_ids])
+        offset = self.thing_category_ids.shape[0]
+        # both branches are evaluated: each index is clamped into the table (COCO: thing label 79 + 80
+        # would be out of range in the stuff branch)
+        last = table.shape[0] - 1
+        category_id = torch.where(seg["isthing"], table[seg["category"].clamp(0, last)],
+                                  table[(seg["category"] + offset).clamp(0, last)])
+        category_id = torch.where(seg["id"] > 0, category_id, -1)
+        category = torch.where(torch.arange(k) < num, self.thing_category_ids[labels], -1)  # -1: padding
+        return (id_map, seg["id"], category_id, seg["isthing"], seg["score"], seg["area"], seg["count"],
+                boxes, scores, category, num, sem)
+
+
+def paste_masks(probs: Tensor, boxes: Tensor, image: Tensor) -> Tensor:
+    """``[D, M, M]`` mask probabilities in their boxes -> bool ``[D, H0, W0]`` (``>= 0.5``), with the
+    weights of :func:`panfpn.modeling.panoptic_fpn.postprocess.paste_masks_binary` over the whole image."""
+    size = probs.shape[-1]
+    wy = _interp_weights(boxes[:, 1], boxes[:, 3], image.shape[0], size)
+    wx = _interp_weights(boxes[:, 0], boxes[:, 2], image.shape[1], size)
+    return (wy @ probs @ wx.transpose(1, 2)) >= 0.5
+
+
+def sem_argmax(sem_logits: Tensor, h: Tensor, w: Tensor, image: Tensor) -> Tensor:
+    """Semantic logits of the padded input -> int64 ``[H0, W0]``: crop, bilinear resize, argmax."""
+    # index_select, not slicing: a slice may be the whole axis (no padding), which torch.export would
+    # otherwise decide once at trace time
+    cropped = sem_logits.index_select(2, torch.arange(h)).index_select(3, torch.arange(w)).float()
+    up = F.interpolate(cropped, size=(image.shape[0], image.shape[1]), mode="bilinear", align_corners=False)
+    return up[0].argmax(0)

@@ -1,0 +1,109 @@
+"""Shortest-edge resizing of a uint8 image with tensor ops only, bit-exact to the eager test transform.
+
+The test transform (:class:`panfpn.data.transforms.ResizeShortestEdge`) resizes uint8 images with
+``torchvision``'s antialiased bilinear resize, which on uint8 runs PyTorch's fixed-point kernel (the
+Pillow algorithm): per axis, triangle-filter weights normalised in float64, rounded to int16 with a
+precision chosen from the largest weight, integer sums rounded and clamped to 0..255; horizontal
+pass first, then vertical. :func:`resize_uint8` does the same arithmetic with gathers and float64
+sums (every partial sum is an integer below ``2**31``, exact in any order), so it traces to
+standard ONNX ops (Gather, Mul, ReduceSum, Floor, Clip) and gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Float64 scalars are one-element float64 tensors, never Python floats or 0-dim tensors: the
+# TorchScript ONNX exporter types those as float32 and computes the expression in float32.
+_INT16_LIMIT = 1 << 15  # weights are int16 in the reference kernel
+_MAX_PRECISION = 22  # its largest fixed-point precision
+
+
+def f64(value: float | Tensor) -> Tensor:
+    """A float64 ``[1]`` tensor of a number, a size or a scalar tensor (an ONNX export keeps it float64)."""
+    if isinstance(value, Tensor):
+        return value.reshape(1).double()
+    if isinstance(value, (int, float)):
+        return torch.tensor([value], dtype=torch.float64)
+    return torch.ones(1, dtype=torch.float64) * value  # a symbolic size (torch.export)
+
+
+def size_of(tensor: Tensor, dim: int) -> Tensor | int:
+    """``tensor.shape[dim]``: an int in eager mode, a symbolic int under ``torch.export``, a traced
+    int64 scalar under ``torch.jit`` tracing (the TorchScript ONNX exporter keeps it dynamic)."""
+    if torch.jit.is_tracing():
+        return torch._shape_as_tensor(tensor)[dim]
+    return tensor.shape[dim]
+
+
+def shortest_edge_size(height: Tensor | int, width: Tensor | int, short: int,
+                       max_size: int) -> tuple[Tensor | int, Tensor | int]:
+    """:func:`panfpn.data.transforms.shortest_edge_size` on int64 scalar tensors (float64 arithmetic,
+    as Python's): the shorter side becomes ``short``, the longer at most ``max_size``."""
+    if not isinstance(height, Tensor):  # eager ints or torch.export's symbolic ints: Python's float64
+        scale = short / torch.sym_min(height, width)
+        longer = torch.sym_max(height, width)
+        scale = torch.sym_ite(longer * scale > max_size, max_size / longer, scale)
+        return (torch.sym_max(torch.sym_int(height * scale + 0.5), 1),
+                torch.sym_max(torch.sym_int(width * scale + 0.5), 1))
+    h, w = f64(height), f64(width)
+    scale = f64(short) / torch.minimum(h, w)
+    longer = torch.maximum(h, w)
+    scale = torch.where(longer * scale > f64(max_size), f64(max_size) / longer, scale)
+    out_h = torch.maximum(torch.floor(h * scale + f64(0.5)), f64(1.0)).long()[0]
+    out_w = torch.maximum(torch.floor(w * scale + f64(0.5)), f64(1.0)).long()[0]
+    return out_h, out_w
+
+
+def _axis_weights(in_size: Tensor, out_size: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Taps of one axis: source indices long ``[out, K]``, integer weights float64 ``[out, K]``
+    (0 on unused taps) and the fixed-point precision ``p`` (float64 ``[1]``, the divisor ``2**p``)."""
+    n_in, n_out = f64(in_size), f64(out_size)
+    one, half, zero = f64(1.0), f64(0.5), f64(0.0)
+    scale = n_in / n_out
+    support = torch.where(scale >= one, scale, one)  # bilinear: half-width 1
+    invscale = torch.where(scale >= one, one / scale, one)
+    centre = scale * (torch.arange(out_size, dtype=torch.float64) + half)
+    first = torch.maximum(torch.floor(centre - support + half), zero)
+    last = torch.minimum(torch.floor(centre + support + half), n_in)
+    taps = 2 * ((in_size + out_size - 1) // out_size) + 1  # 2 ceil(support) + 1 >= every last - first
+    j = torch.arange(taps, dtype=torch.float64)
+    src = first[:, None] + j[None, :]
+    x = ((src - centre[:, None]) + half) * invscale
+    weights = torch.maximum(one - x.abs(), zero)
+    weights = torch.where(src < last[:, None], weights, zero)
+    total = weights.sum(1, keepdim=True)
+    weights = torch.where(total != zero, weights / torch.where(total != zero, total, one), weights)
+    # the precision p <= 22: the first p with round(w_max * 2**(p + 1)) >= 2**15, as the reference kernel
+    w_max = weights.reshape(-1).max(0, keepdim=True).values
+    powers = torch.pow(f64(2.0), torch.arange(1, _MAX_PRECISION + 1, dtype=torch.float64))
+    # the test grows with p, so the leading passes are all the passes
+    precision = f64((torch.floor(half + w_max * powers) < f64(_INT16_LIMIT)).long().sum())
+    scaled = torch.floor(weights * torch.pow(f64(2.0), precision) + half)
+    index = torch.minimum(src, n_in - 1).long()
+    return index, scaled, precision
+
+
+def _pass(x: Tensor, index: Tensor, weights: Tensor, precision: Tensor, dim: int) -> Tensor:
+    """One axis of the separable resize: ``x`` float64 integers, resampled along ``dim`` (1 or 2 of
+    ``[C, H, W]``), rounded and clamped like the fixed-point kernel."""
+    out_n, taps = index.shape
+    if dim == 2:
+        g = x[:, :, index.reshape(-1)].reshape(x.shape[0], x.shape[1], out_n, taps)
+        acc = (g * weights).sum(-1)
+    else:
+        g = x[:, index.reshape(-1), :].reshape(x.shape[0], out_n, taps, x.shape[2])
+        acc = (g * weights[:, :, None]).sum(2)
+    rounding = torch.pow(f64(2.0), precision - f64(1.0))
+    out = torch.floor((acc + rounding) / torch.pow(f64(2.0), precision))
+    return torch.minimum(torch.maximum(out, f64(0.0)), f64(255.0))
+
+
+def resize_uint8(image: Tensor, out_h: Tensor, out_w: Tensor) -> Tensor:
+    """uint8 (or integer-valued float) ``[3, H, W]`` -> float64 ``[3, out_h, out_w]`` holding the bytes
+    ``torchvision`` ``resize(antialias=True)`` gives for a uint8 image (horizontal, then vertical)."""
+    x = image.double()
+    h, w = size_of(x, 1), size_of(x, 2)
+    x = _pass(x, *_axis_weights(w, out_w), dim=2)
+    return _pass(x, *_axis_weights(h, out_h), dim=1)

@@ -1,0 +1,99 @@
+"""``export.scope=pipeline`` of tools/export.py: the whole pipeline (image in, panoptic result out)
+as one ONNX file, checked against the eager pipeline, with a JSON summary beside it. (A
+``torch.export`` program of it is not written yet: see docs/deployment.md.)"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from panfpn.deploy.export import build_pipeline, example_image, export_pipeline_onnx, pipeline_metadata
+from panfpn.deploy.pipeline import INPUT_NAME, OUTPUT_NAMES, PanopticPipeline
+from panfpn.engine.config import ConfigError
+from panfpn.engine.inference_model import build_inference_model
+from panfpn.modeling.merge import MergeThresholds
+from panfpn.utils.atomic import write_json_atomic
+
+logger = logging.getLogger("panfpn")
+
+# Sizes the written file is checked at (other than the traced one): a landscape and a portrait image.
+VERIFY_SIZES = ((96, 200), (300, 180))
+
+
+def merge_rules(name: str, model_rules: MergeThresholds) -> MergeThresholds:
+    """``export.merge``: ``model`` (the model's own rules), ``detectron2`` or ``textbook``."""
+    if name == "model":
+        return model_rules
+    return getattr(MergeThresholds, name)()
+
+
+def export_pipeline_from_config(cfg: DictConfig, opts: Any, stem: Path,
+                                overrides: Sequence[str] | None = None) -> dict[str, Any]:
+    """Write ``<stem>.onnx`` (the pipeline) and ``<stem>.json``; returns the JSON's content."""
+    if opts.format == "torch_export":
+        raise ConfigError("export.scope=pipeline writes ONNX (export.format=onnx); a torch.export program "
+                          "of the whole pipeline is not available yet: use export.scope=network for .pt2")
+    if opts.format == "both":
+        logger.warning("export.scope=pipeline: writing the ONNX file only (no .pt2 of the whole pipeline yet)")
+    built = build_inference_model(cfg, overrides)
+    model = built.model.cpu().eval()  # traced on the CPU; the graph runs on any onnxruntime provider
+    rules = merge_rules(str(opts.merge), model.merge_thresholds)
+    pipeline = build_pipeline(model, built.metadata, built.transform(), merge=rules)
+    files = {"onnx": str(export_pipeline_onnx(pipeline, stem.with_suffix(".onnx"), metadata=built.metadata,
+                                              opset=opts.opset))}
+    logger.info("wrote %s (whole pipeline, merge rules %s)", ", ".join(files.values()), rules)
+    summary = {"scope": "pipeline", "files": files,
+               "input": {"name": INPUT_NAME, "shape": ["height", "width", 3], "dtype": "uint8 RGB"},
+               "outputs": list(OUTPUT_NAMES), "opset": opts.opset,
+               "weights": str(cfg.weights) if cfg.weights else None,
+               "pipeline": pipeline_metadata(pipeline, built.metadata)}
+    if opts.verify:
+        summary["verify"] = verify_files(pipeline, files)
+    write_json_atomic(stem.with_suffix(".json"), summary)
+    return summary
+
+
+def _runners(files: dict[str, str]) -> dict[str, Any]:
+    """Format -> a function image -> outputs (numpy), loading each written file as a user does."""
+    runners: dict[str, Any] = {}
+    if "onnx" in files:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            logger.warning("onnxruntime is not installed: the ONNX pipeline is not verified")
+        else:
+            session = ort.InferenceSession(files["onnx"], providers=["CPUExecutionProvider"])
+            runners["onnx"] = lambda image: session.run(None, {INPUT_NAME: image.numpy()})
+    return runners
+
+
+@torch.no_grad()
+def verify_files(pipeline: PanopticPipeline, files: dict[str, str]) -> dict[str, Any]:
+    """Run the written files and the eager pipeline on random images of :data:`VERIFY_SIZES`: per
+    format and size the share of equal id-map pixels and whether the segment lists (ids,
+    categories) agree."""
+    out: dict[str, Any] = {}
+    for name, run in _runners(files).items():
+        out[name] = {}
+        for h, w in VERIFY_SIZES:
+            out[name][f"{h}x{w}"] = _check(pipeline, run, example_image(h, w), name)
+    return out
+
+
+def _check(pipeline: PanopticPipeline, run: Any, image: torch.Tensor, name: str) -> dict[str, Any]:
+    """One image through the eager pipeline and a written file: equal pixels, equal segments."""
+    h, w = image.shape[:2]
+    want = dict(zip(OUTPUT_NAMES, (t.numpy() for t in pipeline(image))))
+    got = dict(zip(OUTPUT_NAMES, run(image)))
+    n = int(want["num_segments"])
+    same = int(got["num_segments"]) == n and all(
+        np.array_equal(got[k][:n], want[k][:n]) for k in ("segments_id", "segments_category_id"))
+    agree = float((got["panoptic"] == want["panoptic"]).mean())
+    logger.info("%s vs eager pipeline on %dx%d: %.4f%% equal pixels, segments %s", name, h, w, 100 * agree,
+                "equal" if same else "DIFFER")
+    return {"pixel_agreement": agree, "same_segments": bool(same)}

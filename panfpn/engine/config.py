@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
 from omegaconf import DictConfig, OmegaConf
@@ -31,7 +31,7 @@ KNOWN_KEYS: dict[str, set[str] | None] = {
               "progress_bar"},
     "eval": {"max_images", "save_predictions", "save_semantic", "compute_ap", "batch_size", "save_overlays", "report"},
     "solver": {"optimizer", "base_lr", "ims_per_batch", "weight_decay", "weight_decay_norm",
-               "weight_decay_bias", "max_iter", "schedule"},
+               "weight_decay_bias", "max_iter", "schedule", "weight_decay_embed", "lr_multipliers"},
     "predict": {"input", "output_dir", "batch_size", "num_workers", "overwrite", "overlay", "overlay_alpha",
                 "overlay_format", "write_threads", "recursive", "image_id", "json_every", "semantic"},
     "export": {"format", "output", "height", "width", "dynamic", "opset", "verify"},
@@ -179,6 +179,10 @@ CHECKS: dict[str, Check] = {
     "solver.weight_decay_norm": number(at_least=0, nullable=True),
     "solver.weight_decay_bias": number(at_least=0, nullable=True),
     "solver.max_iter": integer(1),
+    "solver.weight_decay_embed": replace(number(at_least=0, nullable=True), optional=True),
+    "solver.lr_multipliers": Check("a mapping of parameter-name prefixes to lr factors > 0, e.g. {backbone: 0.1}",
+                                   lambda v: isinstance(v, dict) and all(_is_number(x) and x > 0 for x in v.values()),
+                                   optional=True),
     "data.batch_size": integer(1),
     "data.num_workers": integer(0),
     "data.skip_bad_images": boolean(optional=True),

@@ -189,6 +189,8 @@ def check_labels_fit_model(model_config: dict[str, Any], metadata: DatasetMetada
         "roi_heads.box_head.num_classes": metadata.num_thing_classes,
         "roi_heads.mask_head.num_classes": metadata.num_thing_classes,
         "thing_sem_labels": list(metadata.thing_sem_labels),
+        "num_thing_classes": metadata.num_thing_classes,  # mask-classification models (Mask2Former)
+        "num_sem_classes": metadata.num_sem_classes,
     }
     flat = flatten(model_config, "")
     for key, value in expected.items():

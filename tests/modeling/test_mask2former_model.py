@@ -18,10 +18,10 @@ def _model(*overrides):
 
 def test_training_steps_lower_the_loss():
     model = _model().train()
-    batch = make_batch([(64, 64), (48, 64)], [(64, 64), (48, 64)], num_things=4, num_sem=5)
+    batch = make_batch([(48, 48), (32, 48)], [(48, 48), (32, 48)], num_things=4, num_sem=5)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     totals = []
-    for _ in range(6):
+    for _ in range(5):
         torch.manual_seed(1)  # the same sampled points each step: the loss itself is compared
         losses = model(batch)
         total = sum(losses.values())
@@ -51,23 +51,28 @@ def test_eval_output_contract():
         assert out["sem_seg"].shape == tuple(size) and out["sem_seg"].dtype == torch.int64
 
 
-def test_engine_evaluation_yields_pq_miou_and_ap(tmp_path):
-    """evaluate_from_config, as tools/eval.py runs it, on a tiny synthetic val split with the weights
-    of an untrained model: the metrics have the evaluator's keys and eval_results.json is written."""
+def test_trained_checkpoint_evaluates_through_the_engine(tmp_path):
+    """train_from_config writes a checkpoint that records its model; evaluate_from_config (as
+    tools/eval.py runs it, the config's own model left at the default Panoptic FPN) rebuilds
+    Mask2Former from that record and yields the evaluator's PQ / mIoU / AP keys."""
     import json
 
     from config_helpers import compose_config
 
     from panfpn.engine.eval_run import evaluate_from_config
+    from panfpn.engine.train_run import train_from_config
 
-    model = _model()
-    weights = tmp_path / "m2f.pth"
-    torch.save(model.state_dict(), weights)
-    cfg = compose_config([
-        "experiment=synthetic_mask2former", *FAST, f"weights={weights}", "data.val.num_images=2",
-        "data.val.height=64", "data.val.width=64", "data.num_workers=0", "eval.save_predictions=true",
-        "model.inference.object_mask_threshold=0.0", "eval.report=false"], output_dir=tmp_path / "eval")
-    metrics = evaluate_from_config(cfg)
+    tiny = ["data.train.num_images=4", "data.train.height=64", "data.train.width=64",
+            "data.train.transforms.transforms.0.short_edge_lengths=[64]", "data.val.num_images=2",
+            "data.val.height=64", "data.val.width=64", "data.batch_size=2", "data.num_workers=0",
+            "train.progress_bar=false", "train.log_period=1", "train.checkpoint_period=2"]
+    train_from_config(compose_config(["experiment=synthetic_mask2former", *FAST, *tiny, "solver.max_iter=2",
+                                      "train.eval_period=-1"], output_dir=tmp_path / "train"))
+    weights = tmp_path / "train" / "model_final.pth"
+    cfg = compose_config([f"weights={weights}", *tiny, "eval.save_predictions=true", "eval.report=false"],
+                         output_dir=tmp_path / "eval")
+    assert cfg.model._target_.endswith("PanopticFPN")  # the record, not the config, gives the model
+    metrics = evaluate_from_config(cfg, overrides=[])
     assert {"All", "Things", "Stuff"} <= set(metrics["panoptic"]) and "pq" in metrics["panoptic"]["All"]
     assert "mIoU" in metrics["sem_seg"] and "AP" in metrics["segm"] and metrics["num_images"] == 2
     saved = json.loads((tmp_path / "eval" / "eval_results.json").read_text())

@@ -44,7 +44,7 @@ class Mask2Former(nn.Module):
                  matcher: HungarianMatcher = HungarianMatcher(), criterion: Mapping[str, Any] | None = None,
                  inference: InferenceConfig = InferenceConfig(),
                  pixel_mean: Sequence[float] = IMAGENET_MEAN_RGB, pixel_std: Sequence[float] = IMAGENET_STD_RGB,
-                 ) -> None:
+                 channels_last: bool = True) -> None:
         """
         Args:
             backbone: the body of a Panoptic FPN backbone (C2..C5).
@@ -56,6 +56,8 @@ class Mask2Former(nn.Module):
             inference: panoptic thresholds and instances per image.
             pixel_mean, pixel_std: RGB normalisation in 0..255 units (the input is padded to a
                 multiple of 32, as for Panoptic FPN).
+            channels_last: run the backbone in NHWC layout (faster convolutions on CPU through
+                oneDNN and with AMP on GPU), as Panoptic FPN.
         """
         super().__init__()
         self.space = build_class_space(num_thing_classes, num_sem_classes, thing_sem_labels, class_order)
@@ -70,14 +72,23 @@ class Mask2Former(nn.Module):
         self.inference_config = inference
         self.register_buffer("pixel_mean", torch.tensor([float(v) for v in pixel_mean]).view(3, 1, 1))
         self.register_buffer("pixel_std", torch.tensor([float(v) for v in pixel_std]).view(3, 1, 1))
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.backbone.to(memory_format=self.memory_format)
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
 
+    @property
+    def network(self) -> nn.Module:
+        """Not split for export: tools/export.py exports Panoptic FPN's network only."""
+        raise NotImplementedError("Mask2Former has no exportable network/postprocessor split yet: "
+                                  "tools/export.py supports Panoptic FPN models only")
+
     def predict(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Normalised float ``[B, 3, H, W]`` -> per decoder layer (class logits, mask logits at 1/4)."""
-        mask_features, scales = self.pixel_decoder(self.backbone(images))
+        features = self.backbone(images.contiguous(memory_format=self.memory_format))
+        mask_features, scales = self.pixel_decoder(features)
         return self.predictor(scales, mask_features)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor] | list[dict[str, Any]]:

@@ -130,3 +130,18 @@ def test_class_orders_are_detectron2s_contiguous_orders():
     space = build_class_space(city.num_thing_classes, city.num_sem_classes, city.thing_sem_labels, "semantic")
     ids = [city.segment_category_id(t, lab) for t, lab in zip(space.isthing, space.label)]
     assert ids == [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
+
+
+@pytest.mark.parametrize("data,counts", [("coco_panoptic", dict(num_thing_classes=80, num_stuff_classes=53)),
+                                         ("cityscapes_panoptic", dict(num_thing_classes=8, num_stuff_classes=11,
+                                                                      sem_seg_mode="all",
+                                                                      thing_sem_labels=range(11, 19)))])
+def test_zoo_model_config_equals_the_composed_one(data, counts):
+    """panfpn.modeling.zoo builds mask2former_r50 from Python with the model node hydra composes."""
+    from omegaconf import OmegaConf
+
+    from panfpn.modeling.zoo import model_config
+
+    ours = model_config("mask2former_r50", **counts)
+    composed = compose_model_config("mask2former_r50", data)
+    assert OmegaConf.to_container(ours.model, resolve=True) == OmegaConf.to_container(composed.model, resolve=True)

@@ -54,8 +54,14 @@ def test_eval_output_contract():
 def test_trained_checkpoint_evaluates_through_the_engine(tmp_path):
     """train_from_config writes a checkpoint that records its model; evaluate_from_config (as
     tools/eval.py runs it, the config's own model left at the default Panoptic FPN) rebuilds
-    Mask2Former from that record and yields the evaluator's PQ / mIoU / AP keys."""
+    Mask2Former from that record and yields the evaluator's PQ / mIoU / AP keys; predict_from_config
+    (tools/predict.py) writes its panoptic PNG + JSON."""
     import json
+
+    import numpy as np
+    from PIL import Image
+
+    from panfpn.engine.predict_run import predict_from_config
 
     from config_helpers import compose_config
 
@@ -78,3 +84,15 @@ def test_trained_checkpoint_evaluates_through_the_engine(tmp_path):
     saved = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
     assert saved["panoptic"]["All"]["pq"] == metrics["panoptic"]["All"]["pq"]
     assert (tmp_path / "eval" / "predictions" / "panoptic_pred.json").is_file()
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(folder / "a.png")
+    thresholds = ["model.inference.object_mask_threshold=0.0", "model.inference.overlap_threshold=0.0"]
+    cfg = compose_config(["experiment=synthetic_mask2former", f"weights={weights}", *tiny, f"++predict.input={folder}",
+                          f"++predict.output_dir={tmp_path / 'pred'}", *thresholds], output_dir=tmp_path / "pred")
+    result = predict_from_config(cfg, overrides=thresholds)
+    assert result["predicted"] == ["a"]
+    data = json.loads((tmp_path / "pred" / "panoptic.json").read_text())
+    assert data["annotations"][0]["segments_info"], "thresholds 0: the image has segments"
+    assert (tmp_path / "pred" / "panoptic" / "a.png").is_file()

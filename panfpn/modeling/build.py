@@ -59,7 +59,9 @@ def load_configured_weights(model: nn.Module, cfg: DictConfig) -> LoadReport | N
 # data.metadata in configs/config.yaml (so they differ only when set by hand).
 LABEL_CONFIG_KEYS = {
     "model": {"semantic_head.num_classes": "num_sem_classes", "roi_heads.box_head.num_classes": "num_thing_classes",
-              "roi_heads.mask_head.num_classes": "num_thing_classes", "thing_sem_labels": "thing_sem_labels"},
+              "roi_heads.mask_head.num_classes": "num_thing_classes", "thing_sem_labels": "thing_sem_labels",
+              # mask-classification models (Mask2Former) take the counts directly
+              "num_thing_classes": "num_thing_classes", "num_sem_classes": "num_sem_classes"},
     "data": {"num_thing_classes": "num_thing_classes", "num_sem_classes": "num_sem_classes",
              "thing_sem_labels": "thing_sem_labels"},
 }

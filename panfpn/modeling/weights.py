@@ -337,6 +337,10 @@ def _load_torchvision_enum(model: nn.Module, source: Any) -> LoadReport:
 
 
 def _load_d2(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+    convert = getattr(model, "convert_official_state", None)
+    if convert is not None:  # a model with its own official layout (Mask2Former's model zoo)
+        report = LoadReport(source, f"official {type(model).__name__}")
+        return _load_into(model, convert(state, report), report, scope="", ignore_missing=("num_batches_tracked",))
     report = LoadReport(source, "detectron2")
     ours = model.state_dict()
     d2_to_ours = {d2: k for k in ours if (d2 := ours_to_d2(k)) is not None}

@@ -19,6 +19,7 @@ NAMES = ["panoptic_fpn_small", "panoptic_fpn_r50", "panoptic_fpn_r101"]
 # torchvision backbones (panfpn.modeling.backbone_tv): built by name with build_named_model
 TV_NAMES = ["panoptic_fpn_convnext_t", "panoptic_fpn_mobilenet_v3_large", "panoptic_fpn_regnety_3_2gf",
             "panoptic_fpn_resnext101_32x8d", "panoptic_fpn_swin_t"]
+MASK2FORMER_NAMES = ["mask2former_r50", "mask2former_small"]  # tests/modeling/test_mask2former_*.py
 
 
 def _shapes(model) -> dict:
@@ -34,7 +35,7 @@ def _quiet(fn, *args, **kwargs):
 def test_packaged_model_configs_are_the_repository_configs():
     """panfpn/configs (the link shipped as package data) is the repository's configs folder."""
     assert MODEL_CONFIG_DIR.resolve() == (Path(CONFIG_DIR) / "model").resolve()
-    assert sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.yaml")) == sorted(NAMES + TV_NAMES)
+    assert sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.yaml")) == sorted(NAMES + TV_NAMES + MASK2FORMER_NAMES)
 
 
 @pytest.mark.parametrize("name", TV_NAMES)

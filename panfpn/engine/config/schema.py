@@ -33,6 +33,12 @@ from panfpn.utils.device_names import DEVICE_NAMES, is_device_name
 T = TypeVar("T")
 
 
+def _lr_multipliers(value: Any) -> bool:
+    """solver.lr_multipliers: parameter-name prefix -> a finite factor > 0."""
+    return isinstance(value, dict) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                           and 0 < x < float("inf") for x in value.values())
+
+
 def _evaluator_list(value: Any) -> bool:
     """eval.evaluators: a list of non-empty names or mappings with a ``_target_``."""
     return isinstance(value, list) and all((isinstance(x, str) and x) or (isinstance(x, dict) and "_target_" in x)
@@ -180,6 +186,12 @@ class SolverOptions:
     weight_decay_bias: float | None = option(number(at_least=0, nullable=True), "for biases (null: weight_decay)")
     max_iter: int = option(integer(1), "training iterations")
     schedule: Any = option(None, "a _target_ learning-rate schedule (panfpn.engine.training.solver)")
+    weight_decay_embed: float | None = option(number(at_least=0, nullable=True), "for embedding parameters "
+                                              "(Mask2Former's queries; null: weight_decay)", optional=True)
+    lr_multipliers: dict | None = option(Check("a mapping of parameter-name prefixes to lr factors > 0, e.g. "
+                                               "{backbone: 0.1}", _lr_multipliers), "lr factor by the "
+                                         "longest matching parameter-name prefix (Mask2Former: backbone 0.1)",
+                                         optional=True)
 
 
 @section("data")

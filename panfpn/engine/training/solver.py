@@ -1,9 +1,9 @@
-"""Optimizer parameter groups and iteration-based learning-rate schedules (warmup + steps or cosine)."""
+"""Optimizer parameter groups and iteration-based learning-rate schedules (warmup + steps, cosine or poly)."""
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -16,33 +16,50 @@ _NORM_TYPES = (
 
 def param_groups(
     model: nn.Module, *, weight_decay: float, weight_decay_norm: float | None = 0.0,
-    weight_decay_bias: float | None = None,
+    weight_decay_bias: float | None = None, weight_decay_embed: float | None = None,
+    lr_multipliers: Mapping[str, float] | None = None,
 ) -> list[dict]:
     """Split trainable parameters by weight decay: norms get ``weight_decay_norm``, biases
-    ``weight_decay_bias`` (None = same as ``weight_decay``); frozen parameters are left out."""
+    ``weight_decay_bias``, embeddings ``weight_decay_embed`` (None = same as ``weight_decay``); and
+    by lr factor: a parameter under a prefix of ``lr_multipliers`` (``{"backbone": 0.1}``, the
+    longest prefix wins) has ``lr_mult`` set in its group. Frozen parameters are left out."""
     wd_norm = weight_decay if weight_decay_norm is None else weight_decay_norm
     wd_bias = weight_decay if weight_decay_bias is None else weight_decay_bias
-    groups: dict[float, list[torch.Tensor]] = {}
+    wd_embed = weight_decay if weight_decay_embed is None else weight_decay_embed
+    groups: dict[tuple[float, float], list[torch.Tensor]] = {}
     seen: set[int] = set()
-    for module in model.modules():
+    for mname, module in model.named_modules():
         is_norm = isinstance(module, _NORM_TYPES)
         for name, p in module.named_parameters(recurse=False):
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            wd = wd_norm if is_norm else (wd_bias if name == "bias" else weight_decay)
-            groups.setdefault(wd, []).append(p)
-    return [{"params": ps, "weight_decay": wd} for wd, ps in groups.items()]
+            wd = wd_norm if is_norm else wd_embed if isinstance(module, nn.Embedding) else (
+                wd_bias if name == "bias" else weight_decay)
+            groups.setdefault((wd, _lr_mult(f"{mname}.{name}" if mname else name, lr_multipliers)), []).append(p)
+    return [{"params": ps, "weight_decay": wd} | ({"lr_mult": mult} if mult != 1.0 else {})
+            for (wd, mult), ps in groups.items()]
+
+
+def _lr_mult(name: str, multipliers: Mapping[str, float] | None) -> float:
+    hits = [p for p in (multipliers or {}) if name == p or name.startswith(p + ".")]
+    return float(multipliers[max(hits, key=len)]) if hits else 1.0
 
 
 def build_optimizer(
     model: nn.Module, optimizer_factory: Callable[..., torch.optim.Optimizer], *, lr: float,
     weight_decay: float, weight_decay_norm: float | None = 0.0,
-    weight_decay_bias: float | None = None,
+    weight_decay_bias: float | None = None, weight_decay_embed: float | None = None,
+    lr_multipliers: Mapping[str, float] | None = None,
 ) -> torch.optim.Optimizer:
-    """Instantiate a ``_partial_`` optimizer (SGD, AdamW, ...) on the model's parameter groups."""
+    """Instantiate a ``_partial_`` optimizer (SGD, AdamW, ...) on the model's parameter groups
+    (a group with ``lr_mult`` gets ``lr * lr_mult``; the schedule scales every group alike)."""
     groups = param_groups(model, weight_decay=weight_decay, weight_decay_norm=weight_decay_norm,
-                          weight_decay_bias=weight_decay_bias)
+                          weight_decay_bias=weight_decay_bias, weight_decay_embed=weight_decay_embed,
+                          lr_multipliers=lr_multipliers)
+    for group in groups:
+        if "lr_mult" in group:
+            group["lr"] = lr * group["lr_mult"]
     return optimizer_factory(groups, lr=lr, weight_decay=weight_decay)
 
 
@@ -79,6 +96,21 @@ class WarmupCosine:
         progress = min(it, self.max_iter) / max(self.max_iter, 1)
         cos = self.final_factor + (1 - self.final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
         return cos * _warmup(it, self.warmup_iters, self.warmup_factor)
+
+
+class WarmupPoly:
+    """lr factor: linear warmup, then ``(1 - it / max_iter) ** power`` (Detectron2's WarmupPolyLR,
+    Mask2Former's Cityscapes / ADE20K schedule), never below ``final_factor``."""
+
+    def __init__(self, *, max_iter: int, power: float = 0.9, warmup_iters: int = 0,
+                 warmup_factor: float = 1.0, final_factor: float = 0.0) -> None:
+        self.max_iter, self.power = max_iter, power
+        self.warmup_iters, self.warmup_factor, self.final_factor = warmup_iters, warmup_factor, final_factor
+
+    def __call__(self, it: int) -> float:
+        progress = min(it, self.max_iter) / max(self.max_iter, 1)
+        poly = max((1 - progress) ** self.power, self.final_factor)
+        return poly * _warmup(it, self.warmup_iters, self.warmup_factor)
 
 
 def _warmup(it: int, warmup_iters: int, warmup_factor: float) -> float:

@@ -1,0 +1,147 @@
+"""Official Mask2Former model-zoo checkpoints load strictly by name.
+
+The official state dict is written here from the official architecture (facebookresearch/Mask2Former:
+Detectron2 ResNet-50, MSDeformAttnPixelDecoder, MultiScaleMaskedTransformerDecoder with the COCO
+panoptic R50 settings), names and shapes only, no download. Its learnable parameters are the
+published model's (~44M); the model built from configs/model/mask2former_r50.yaml must have exactly
+as many, and the file must load strictly with nothing left over.
+"""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from modeling_helpers import compose_model_config
+
+from panfpn.data.builtin_meta import cityscapes_panoptic_metadata, coco_panoptic_metadata
+from panfpn.modeling.build import instantiate_model
+from panfpn.modeling.mask2former.classes import build_class_space
+from panfpn.modeling.weights import WeightsError, load_weights
+
+
+def _norm(prefix, n, frozen=True):
+    keys = ("weight", "bias", "running_mean", "running_var") if frozen else ("weight", "bias")
+    return {f"{prefix}.{k}": (n,) for k in keys}
+
+
+def official_r50_shapes(num_classes=133, queries=100, d=256):
+    """Names and shapes of the official R50 panoptic checkpoint."""
+    s = {"backbone.stem.conv1.weight": (64, 3, 7, 7), **_norm("backbone.stem.conv1.norm", 64)}
+    cin = 64
+    for stage, (blocks, width) in enumerate([(3, 64), (4, 128), (6, 256), (3, 512)], start=2):
+        out = width * 4
+        for b in range(blocks):
+            p = f"backbone.res{stage}.{b}"
+            s |= {f"{p}.conv1.weight": (width, cin if b == 0 else out, 1, 1), **_norm(f"{p}.conv1.norm", width),
+                  f"{p}.conv2.weight": (width, width, 3, 3), **_norm(f"{p}.conv2.norm", width),
+                  f"{p}.conv3.weight": (out, width, 1, 1), **_norm(f"{p}.conv3.norm", out)}
+            if b == 0:
+                s |= {f"{p}.shortcut.weight": (out, cin, 1, 1), **_norm(f"{p}.shortcut.norm", out)}
+        cin = out
+    pd = "sem_seg_head.pixel_decoder"
+    for i, c in enumerate((2048, 1024, 512)):  # res5, res4, res3
+        s |= {f"{pd}.input_proj.{i}.0.weight": (d, c, 1, 1), f"{pd}.input_proj.{i}.0.bias": (d,),
+              f"{pd}.input_proj.{i}.1.weight": (d,), f"{pd}.input_proj.{i}.1.bias": (d,)}
+    s[f"{pd}.transformer.level_embed"] = (3, d)
+    for i in range(6):
+        p = f"{pd}.transformer.encoder.layers.{i}"
+        s |= {f"{p}.self_attn.sampling_offsets.weight": (8 * 3 * 4 * 2, d), f"{p}.self_attn.sampling_offsets.bias": (192,),
+              f"{p}.self_attn.attention_weights.weight": (8 * 3 * 4, d), f"{p}.self_attn.attention_weights.bias": (96,),
+              f"{p}.self_attn.value_proj.weight": (d, d), f"{p}.self_attn.value_proj.bias": (d,),
+              f"{p}.self_attn.output_proj.weight": (d, d), f"{p}.self_attn.output_proj.bias": (d,),
+              **_norm(f"{p}.norm1", d, False), f"{p}.linear1.weight": (1024, d), f"{p}.linear1.bias": (1024,),
+              f"{p}.linear2.weight": (d, 1024), f"{p}.linear2.bias": (d,), **_norm(f"{p}.norm2", d, False)}
+    s |= {f"{pd}.mask_features.weight": (d, d, 1, 1), f"{pd}.mask_features.bias": (d,),
+          f"{pd}.adapter_1.weight": (d, 256, 1, 1), **_norm(f"{pd}.adapter_1.norm", d, False),
+          f"{pd}.layer_1.weight": (d, d, 3, 3), **_norm(f"{pd}.layer_1.norm", d, False)}
+    pr = "sem_seg_head.predictor"
+    for i in range(9):
+        for kind, attn in (("self", "self_attn"), ("cross", "multihead_attn")):
+            p = f"{pr}.transformer_{kind}_attention_layers.{i}"
+            s |= {f"{p}.{attn}.in_proj_weight": (3 * d, d), f"{p}.{attn}.in_proj_bias": (3 * d,),
+                  f"{p}.{attn}.out_proj.weight": (d, d), f"{p}.{attn}.out_proj.bias": (d,), **_norm(f"{p}.norm", d, False)}
+        p = f"{pr}.transformer_ffn_layers.{i}"
+        s |= {f"{p}.linear1.weight": (2048, d), f"{p}.linear1.bias": (2048,), f"{p}.linear2.weight": (d, 2048),
+              f"{p}.linear2.bias": (d,), **_norm(f"{p}.norm", d, False)}
+    s |= {**_norm(f"{pr}.decoder_norm", d, False), f"{pr}.query_feat.weight": (queries, d),
+          f"{pr}.query_embed.weight": (queries, d), f"{pr}.level_embed.weight": (3, d),
+          f"{pr}.class_embed.weight": (num_classes + 1, d), f"{pr}.class_embed.bias": (num_classes + 1,),
+          "criterion.empty_weight": (num_classes + 1,)}
+    for i in range(3):
+        s |= {f"{pr}.mask_embed.layers.{i}.weight": (d, d), f"{pr}.mask_embed.layers.{i}.bias": (d,)}
+    return s
+
+
+def _learnable(shapes):
+    """The official model's parameters: FrozenBN statistics/affine and the criterion's buffer are not."""
+    return sum(int(np.prod(v)) for k, v in shapes.items()
+               if not (k.startswith("backbone.") and ".norm." in k) and k != "criterion.empty_weight")
+
+
+@pytest.fixture(scope="module")
+def r50():
+    torch.manual_seed(0)
+    return instantiate_model(compose_model_config("mask2former_r50", data="coco_panoptic"))
+
+
+def test_parameter_count_equals_the_official_r50_panoptic_model(r50):
+    official = _learnable(official_r50_shapes())
+    assert 43.5e6 < official < 44.5e6  # published: 44M
+    assert sum(p.numel() for p in r50.parameters()) == official
+
+
+def test_official_checkpoint_loads_strictly_by_name(r50, tmp_path):
+    shapes = official_r50_shapes()
+    g = np.random.default_rng(0)
+    state = {k: g.standard_normal(v).astype(np.float16) for k, v in shapes.items()}
+    path = tmp_path / "model_final_94dc52.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": state, "__author__": "FAIR", "matching_heuristics": True}, f)
+    report = load_weights(r50, str(path))
+    assert report.complete and report.format == "official Mask2Former"
+    ours = r50.state_dict()
+    assert torch.equal(ours["predictor.class_embed.weight"],
+                       torch.from_numpy(state["sem_seg_head.predictor.class_embed.weight"]).float())
+    assert torch.equal(ours["backbone.body.layer4.2.bn3.running_var"],
+                       torch.from_numpy(state["backbone.res5.2.conv3.norm.running_var"]).float())
+    assert torch.equal(ours["pixel_decoder.transformer.encoder.layers.5.self_attn.sampling_offsets.bias"],
+                       torch.from_numpy(state[
+                           "sem_seg_head.pixel_decoder.transformer.encoder.layers.5.self_attn.sampling_offsets.bias"]).float())
+    # another class count (Cityscapes' 19 + 1 rows) is refused, naming the head, model unchanged
+    before = r50.state_dict()["predictor.query_feat.weight"].clone()
+    small = {k: v for k, v in state.items()}
+    small["sem_seg_head.predictor.class_embed.weight"] = np.zeros((20, 256), np.float16)
+    with open(path, "wb") as f:
+        pickle.dump({"model": small}, f)
+    with pytest.raises(WeightsError, match="class_embed"):
+        load_weights(r50, str(path))
+    assert torch.equal(r50.state_dict()["predictor.query_feat.weight"], before)
+
+
+def test_class_orders_are_detectron2s_contiguous_orders():
+    """things_first on COCO = the 133 categories by id (Detectron2's contiguous ids); semantic on
+    Cityscapes = the 19 train ids' order (category ids 7 .. 33)."""
+    coco = coco_panoptic_metadata()
+    space = build_class_space(coco.num_thing_classes, coco.num_sem_classes, coco.thing_sem_labels)
+    ids = [coco.segment_category_id(t, lab) for t, lab in zip(space.isthing, space.label)]
+    assert len(ids) == 133 and ids == sorted(ids)
+    city = cityscapes_panoptic_metadata()
+    space = build_class_space(city.num_thing_classes, city.num_sem_classes, city.thing_sem_labels, "semantic")
+    ids = [city.segment_category_id(t, lab) for t, lab in zip(space.isthing, space.label)]
+    assert ids == [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
+
+
+@pytest.mark.parametrize("data,counts", [("coco_panoptic", dict(num_thing_classes=80, num_stuff_classes=53)),
+                                         ("cityscapes_panoptic", dict(num_thing_classes=8, num_stuff_classes=11,
+                                                                      sem_seg_mode="all",
+                                                                      thing_sem_labels=range(11, 19)))])
+def test_zoo_model_config_equals_the_composed_one(data, counts):
+    """panfpn.modeling.zoo builds mask2former_r50 from Python with the model node hydra composes."""
+    from omegaconf import OmegaConf
+
+    from panfpn.modeling.zoo import model_config
+
+    ours = model_config("mask2former_r50", **counts)
+    composed = compose_model_config("mask2former_r50", data)
+    assert OmegaConf.to_container(ours.model, resolve=True) == OmegaConf.to_container(composed.model, resolve=True)

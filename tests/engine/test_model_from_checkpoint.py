@@ -189,8 +189,9 @@ def test_predict_under_the_default_config_gives_the_trained_models_output(traine
 
 def test_export_under_the_default_config_exports_the_trained_model(trained, tmp_path):
     stem = tmp_path / "net"
-    cfg = compose_config([*TINY, f"weights={trained}", "device=cpu", "export.format=torch_export",
-                          f"export.output={stem}", "export.height=96", "export.width=128"], output_dir=tmp_path)
+    cfg = compose_config([*TINY, f"weights={trained}", "device=cpu", "export.scope=network",  # the network's .pt2
+                          "export.format=torch_export", f"export.output={stem}", "export.height=96",
+                          "export.width=128"], output_dir=tmp_path)
     summary = export_from_config(cfg)
     program = torch.export.load(summary["files"]["torch_export"])
     reference = build_model(compose_config([*TINY, *TRAINED_MODEL, f"weights={trained}"], output_dir=tmp_path)).eval()

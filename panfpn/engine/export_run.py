@@ -13,6 +13,7 @@ is the one the checkpoint records (see :mod:`panfpn.engine.inference_model`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -47,6 +48,10 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
     device = resolve_device(cfg.device)
     model = build_inference_model(cfg, overrides, require_heads=False).model.to(device).eval()
     network = model.network
+    if opts.dynamic and not ex.supports_dynamic(network):  # e.g. Mask2Former: one fixed input size
+        logger.warning("%s exports with a fixed input size: exporting %dx%d, batch 1 (export.dynamic ignored)",
+                       type(network).__name__, opts.height, opts.width)
+        opts = dataclasses.replace(opts, dynamic=False)
 
     files: dict[str, str] = {}
     runners: dict[str, Any] = {}
@@ -73,7 +78,7 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
                   "normalisation": {"pixel_mean": model.pixel_mean.flatten().tolist(),
                                     "pixel_std": model.pixel_std.flatten().tolist(),
                                     "channels": "RGB, 0..255; padding set to 0 after normalising"}},
-        "outputs": list(ex.OUTPUT_NAMES),
+        "outputs": list(ex.output_names(network)),
         "weights": str(cfg.weights) if cfg.weights else None,
         "opset": opts.opset if "onnx" in files else None,
     }
@@ -107,7 +112,7 @@ def _verify(network: ex.PanopticNetwork, runners: dict[str, Any], opts: ExportOp
         for name, runner in runners.items():
             if runner is None:
                 continue
-            diffs[name] = ex.max_abs_diffs(ex.as_network(runner)(x), want)
+            diffs[name] = ex.max_abs_diffs(ex.as_network(runner)(x), want, ex.output_names(network))
             logger.info("%s vs eager on %dx%d: max abs diff %.2e (largest output magnitude %.2e)",
                         name, h, w, max(diffs[name].values()), scale)
     return diffs

@@ -12,13 +12,12 @@ from torch import nn
 from panfpn.modeling.mask2former.backbone import BackboneBody
 from panfpn.modeling.mask2former.classes import ClassOrder, build_class_space
 from panfpn.modeling.mask2former.criterion import SetCriterion
-from panfpn.modeling.mask2former.inference import (InferenceConfig, instance_inference, panoptic_inference,
-                                                   resize_masks, semantic_inference)
+from panfpn.modeling.mask2former.inference import InferenceConfig
 from panfpn.modeling.mask2former.matcher import HungarianMatcher
 from panfpn.modeling.mask2former.pixel_decoder import MSDeformAttnPixelDecoder
 from panfpn.modeling.mask2former.targets import build_targets
 from panfpn.modeling.mask2former.transformer_decoder import MaskedTransformerDecoder
-from panfpn.modeling.panoptic_fpn.network import normalize_images
+from panfpn.modeling.mask2former.network import Mask2FormerNetwork, Mask2FormerPostprocessor
 
 IMAGENET_MEAN_RGB = (123.675, 116.28, 103.53)
 IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
@@ -80,39 +79,53 @@ class Mask2Former(nn.Module):
         return self.pixel_mean.device
 
     @property
-    def network(self) -> nn.Module:
-        """Not split for export: tools/export.py exports Panoptic FPN's network only."""
-        raise NotImplementedError("Mask2Former has no exportable network/postprocessor split yet: "
-                                  "tools/export.py supports Panoptic FPN models only")
+    def network(self) -> Mask2FormerNetwork:
+        """The network half over this model's modules and buffers (no copies), built once; what is exported."""
+        return self._halves()[0]
+
+    @property
+    def postprocessor(self) -> Mask2FormerPostprocessor:
+        """The postprocessor half over this model's class space and inference settings, built once."""
+        return self._halves()[1]
+
+    def _halves(self) -> tuple[Mask2FormerNetwork, Mask2FormerPostprocessor]:
+        """The two halves, made on first use and kept outside the module tree (no second set of
+        ``state_dict`` keys), as Panoptic FPN's."""
+        halves = self.__dict__.get("_halves_cache")
+        if halves is None:
+            net = Mask2FormerNetwork(self.backbone, self.pixel_decoder, self.predictor, self.pixel_mean,
+                                     self.pixel_std, memory_format=self.memory_format)
+            post = Mask2FormerPostprocessor(self.space, self.num_sem_classes, self.inference_config)
+            net.training = post.training = self.training  # the flags only: modules keep their own
+            halves = (net, post)
+            object.__setattr__(self, "_halves_cache", halves)
+        net, post = halves
+        # .to()/.cuda() replace this model's buffers; settings may be reassigned after construction.
+        net._buffers["pixel_mean"], net._buffers["pixel_std"] = self.pixel_mean, self.pixel_std
+        post.space, post.num_sem_classes = self.space, self.num_sem_classes
+        post.inference_config = self.inference_config
+        return halves
+
+    def train(self, mode: bool = True) -> "Mask2Former":
+        """Set the mode of the modules and of the two halves (whose flags are not in the tree)."""
+        super().train(mode)
+        for half in self.__dict__.get("_halves_cache") or ():
+            half.training = mode
+        return self
 
     def predict(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Normalised float ``[B, 3, H, W]`` -> per decoder layer (class logits, mask logits at 1/4)."""
-        features = self.backbone(images.contiguous(memory_format=self.memory_format))
-        mask_features, scales = self.pixel_decoder(features)
-        return self.predictor(scales, mask_features)
+        return self.network.predict_all(images)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor] | list[dict[str, Any]]:
-        images = normalize_images(batch["images"].to(self.device, non_blocking=True), batch["image_sizes"],
-                                  self.pixel_mean, self.pixel_std)
-        classes, masks = self.predict(images.tensors)
-        padded = (int(images.tensors.shape[-2]), int(images.tensors.shape[-1]))
+        network = self.network
+        images = network.preprocess(batch["images"], batch["image_sizes"])
         if self.training:
+            classes, masks = network.predict_all(images.tensors)
+            padded = (int(images.tensors.shape[-2]), int(images.tensors.shape[-1]))
             targets = build_targets(batch, self.space, padded, self.device)
             return self.criterion(classes, masks, targets)
-        return self.postprocess(classes[-1], masks[-1], padded, images.image_sizes, batch["orig_sizes"])
-
-    def postprocess(self, logits: torch.Tensor, masks: torch.Tensor, padded: tuple[int, int],
-                    image_sizes: Sequence[Sequence[int]], orig_sizes: Sequence[Sequence[int]]) -> list[dict[str, Any]]:
-        """The final layer's predictions -> the per-image output dicts."""
-        out = []
-        for b, (size, orig) in enumerate(zip(image_sizes, orig_sizes)):
-            full = resize_masks(masks[b], padded, (int(size[0]), int(size[1])), (int(orig[0]), int(orig[1])))
-            out.append({
-                "panoptic": panoptic_inference(logits[b], full, self.space, self.inference_config),
-                "instances": instance_inference(logits[b], full, self.space, self.inference_config),
-                "sem_seg": semantic_inference(logits[b], full, self.space, self.num_sem_classes),
-            })
-        return out
+        return self.postprocessor(network(images.tensors), images.image_sizes, batch["orig_sizes"])
 
     def convert_official_state(self, state: Mapping[str, torch.Tensor], report: Any) -> dict[str, torch.Tensor]:
         """An official Mask2Former checkpoint's tensors under this model's names (weights.py calls it)."""

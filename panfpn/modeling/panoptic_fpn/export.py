@@ -46,8 +46,8 @@ from panfpn.modeling.panoptic_fpn.network import FEATURE_NAMES, OUTPUT_NAMES, SI
 from panfpn.modeling.panoptic_fpn import PanopticFPN
 
 __all__ = ["FEATURE_NAMES", "INPUT_NAME", "OUTPUT_NAMES", "MIN_SIZE", "MAX_SIZE", "DEFAULT_OPSET",
-           "as_network", "example_input", "export_onnx", "export_program", "max_abs_diffs", "run_exported",
-           "save_program", "split_outputs"]
+           "as_network", "example_input", "export_onnx", "export_program", "max_abs_diffs", "output_names",
+           "run_exported", "save_program", "split_outputs", "supports_dynamic"]
 
 INPUT_NAME = "images"
 DEFAULT_OPSET = 17
@@ -135,16 +135,36 @@ def _dynamic_shapes() -> dict[str, dict[int, Any]]:
                          3: step * dim("w32", min=MIN_SIZE // step, max=MAX_SIZE // step)}}
 
 
-def _check_eval(network: PanopticNetwork) -> None:
+def output_names(network: Any) -> tuple[str, ...]:
+    """The names of ``network``'s flat outputs: its ``OUTPUT_NAMES`` (Panoptic FPN's by default)."""
+    return tuple(getattr(network, "OUTPUT_NAMES", OUTPUT_NAMES))
+
+
+def supports_dynamic(network: Any) -> bool:
+    """Whether ``network`` exports with dynamic batch/H/W (``DYNAMIC_SHAPES``, True by default)."""
+    return bool(getattr(network, "DYNAMIC_SHAPES", True))
+
+
+def _output_axes(network: Any) -> dict[str, dict[int, str]]:
+    axes = getattr(network, "OUTPUT_AXES", None)
+    if axes is not None:
+        return dict(axes)
+    return {name: {0: "batch", 2: f"{name}_height", 3: f"{name}_width"} for name in output_names(network)}
+
+
+def _check_eval(network: PanopticNetwork, dynamic: bool = False) -> None:
     if network.training:
         raise ValueError("export an eval-mode network: call model.eval() before taking model.network")
+    if dynamic and not supports_dynamic(network):
+        raise ValueError(f"{type(network).__name__} exports with one fixed input size only: "
+                         "set export.dynamic=false (dynamic=False)")
 
 
 def export_program(network: PanopticNetwork, *, height: int = 800, width: int = 1216,
                    dynamic: bool = True) -> torch.export.ExportedProgram:
     """``torch.export`` of ``network`` traced on a ``[2, 3, height, width]`` input; batch, H and W
     dynamic unless ``dynamic=False`` (then the program only takes ``[1, 3, height, width]``)."""
-    _check_eval(network)
+    _check_eval(network, dynamic)
     device = next(network.parameters()).device
     x = example_input(height, width, batch_size=2 if dynamic else 1, device=device)
     with torch.no_grad():
@@ -160,21 +180,19 @@ def export_onnx(network: PanopticNetwork, path: str | os.PathLike, *, height: in
     model takes ``[1, 3, height, width]`` only). Written to
     a temporary file first, then moved into place.
     """
-    _check_eval(network)
+    _check_eval(network, dynamic)
     if opset < 17:
         raise ValueError(f"ONNX opset must be >= 17, got {opset}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     device = next(network.parameters()).device
     x = example_input(height, width, batch_size=2 if dynamic else 1, device=device)
-    axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}}
-    for name in OUTPUT_NAMES:
-        axes[name] = {0: "batch", 2: f"{name}_height", 3: f"{name}_width"}
+    axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"}, **_output_axes(network)}
 
     def write(tmp: Path) -> None:
         with torch.no_grad():
             torch.onnx.export(network, (x,), str(tmp), dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                              input_names=[INPUT_NAME], output_names=list(output_names(network)),
                               dynamic_axes=axes if dynamic else None)
 
     return atomic_write_path(path, write)
@@ -186,9 +204,11 @@ def save_program(program: torch.export.ExportedProgram, path: str | os.PathLike)
     return atomic_write_path(path, lambda tmp: torch.export.save(program, str(tmp)), suffix=".tmp.pt2")
 
 
-def max_abs_diffs(got: Sequence[Any], want: Sequence[torch.Tensor]) -> dict[str, float]:
-    """Per output name, the largest absolute difference between two flat network outputs."""
+def max_abs_diffs(got: Sequence[Any], want: Sequence[torch.Tensor],
+                  names: Sequence[str] = OUTPUT_NAMES) -> dict[str, float]:
+    """Per output name (``names``: :func:`output_names` of the network), the largest absolute
+    difference between two flat network outputs."""
     if len(got) != len(want):
         raise ValueError(f"output counts differ: {len(got)} vs {len(want)}")
     return {name: float((torch.as_tensor(g).to(w.device).float() - w.float()).abs().max())
-            for name, g, w in zip(OUTPUT_NAMES, got, want)}
+            for name, g, w in zip(names, got, want)}

@@ -109,3 +109,28 @@ def test_exported_network_matches_eager(model, program, onnx_session, fmt):
 def test_dynamic_export_is_refused(model):
     with pytest.raises(ValueError, match="export.dynamic=false"):
         export_program(model.network, height=SIZE[0], width=SIZE[1], dynamic=True)
+
+
+def test_export_from_config_network_scope(model, tmp_path):
+    # tools/export.py export.scope=network on a Mask2Former checkpoint: the default dynamic=true
+    # falls back to the fixed size (with a warning); both files are written and verified.
+    from panfpn.engine.export_run import export_from_config
+
+    weights = tmp_path / "model.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    stem = tmp_path / "out" / "m2f"
+    cfg = compose_model_config("mask2former_small", overrides=(
+        f"weights={weights}", f"output_dir={tmp_path}", f"++export.output={stem}", "export.scope=network",
+        f"++export.height={SIZE[0]}", f"++export.width={SIZE[1]}", "device=cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = export_from_config(cfg)
+    assert set(summary["files"]) == {"onnx", "torch_export"}
+    assert summary["outputs"] == list(OUTPUT_NAMES) and summary["input"]["dynamic"] is False
+    for diffs in summary["max_abs_diff"].values():
+        assert list(diffs) == list(OUTPUT_NAMES) and max(diffs.values()) <= RAW_ATOL
+    assert stem.with_suffix(".json").is_file()
+    program = torch.export.load(summary["files"]["torch_export"])
+    x = torch.randn(1, 3, *SIZE)
+    with torch.no_grad():
+        assert max(max_abs_diffs(as_network(program)(x), model.network(x), OUTPUT_NAMES).values()) <= RAW_ATOL

@@ -266,14 +266,15 @@ _RUN_PT2 = """
 import sys
 sys.modules["panfpn"] = None  # any import of panfpn raises ImportError
 import numpy as np, torch, torchvision
-program = torch.export.load(sys.argv[1]).module()
-data = np.load(sys.argv[2])
-out = {}
-for i in range(int(data["count"])):
-    with torch.no_grad():
-        for j, t in enumerate(program(torch.from_numpy(data[f"image{i}"]))):
-            out[f"{i}_{j}"] = t.numpy()
-np.savez(sys.argv[3], **out)
+for path, inputs, result in zip(*[iter(sys.argv[1:])] * 3):  # (program, images, outputs) triples
+    program = torch.export.load(path).module()
+    data = np.load(inputs)
+    out = {}
+    for i in range(int(data["count"])):
+        with torch.no_grad():
+            for j, t in enumerate(program(torch.from_numpy(data[f"image{i}"]))):
+                out[f"{i}_{j}"] = t.numpy()
+    np.savez(result, **out)
 """
 
 
@@ -333,12 +334,13 @@ def test_torch_export_program_runs_without_panfpn(setup, tmp_path):
     np.savez(tmp_path / "in.npz", count=len(images), **{f"image{i}": im for i, im in enumerate(images)})
     np.savez(tmp_path / "in_empty.npz", count=1, image0=images[0])
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    for program, inputs, expected in ((str(full), "in.npz", want),
-                                      (summary["files"]["torch_export"], "in_empty.npz", want_empty)):
-        result = tmp_path / f"out_{inputs}"
-        subprocess.run([sys.executable, "-I", "-c", _RUN_PT2, program, str(tmp_path / inputs), str(result)],
-                       cwd=tmp_path, env=env, check=True, timeout=300, start_new_session=True)
-        got = np.load(result)
+    runs = ((str(full), "in.npz", want), (summary["files"]["torch_export"], "in_empty.npz", want_empty))
+    args = [a for program, inputs, _ in runs
+            for a in (program, str(tmp_path / inputs), str(tmp_path / f"out_{inputs}"))]
+    subprocess.run([sys.executable, "-I", "-c", _RUN_PT2, *args], cwd=tmp_path, env=env, check=True,
+                   timeout=300, start_new_session=True)
+    for _, inputs, expected in runs:
+        got = np.load(tmp_path / f"out_{inputs}")
         for i, outputs in enumerate(expected):
             for j, (name, w) in enumerate(zip(OUTPUT_NAMES, outputs)):
                 if w.dtype == torch.float32:

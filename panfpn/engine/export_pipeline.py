@@ -1,6 +1,6 @@
 """``export.scope=pipeline`` of tools/export.py: the whole pipeline (image in, panoptic result out)
-as one ONNX file, checked against the eager pipeline, with a JSON summary beside it. (A
-``torch.export`` program of it is not written yet: see docs/deployment.md.)"""
+as one ONNX file and/or one ``torch.export`` program (``.pt2``), checked against the eager pipeline,
+with a JSON summary beside it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from panfpn.deploy.export import build_pipeline, example_image, export_pipeline_onnx, pipeline_metadata
 from panfpn.deploy.pipeline import INPUT_NAME, OUTPUT_NAMES, PanopticPipeline
-from panfpn.engine.config import ConfigError
+from panfpn.deploy.torch_export import export_pipeline_program
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.modeling.merge import MergeThresholds
 from panfpn.utils.atomic import write_json_atomic
@@ -34,18 +34,18 @@ def merge_rules(name: str, model_rules: MergeThresholds) -> MergeThresholds:
 
 def export_pipeline_from_config(cfg: DictConfig, opts: Any, stem: Path,
                                 overrides: Sequence[str] | None = None) -> dict[str, Any]:
-    """Write ``<stem>.onnx`` (the pipeline) and ``<stem>.json``; returns the JSON's content."""
-    if opts.format == "torch_export":
-        raise ConfigError("export.scope=pipeline writes ONNX (export.format=onnx); a torch.export program "
-                          "of the whole pipeline is not available yet: use export.scope=network for .pt2")
-    if opts.format == "both":
-        logger.warning("export.scope=pipeline: writing the ONNX file only (no .pt2 of the whole pipeline yet)")
+    """Write ``<stem>.onnx`` and/or ``<stem>.pt2`` (the pipeline, per ``export.format``) and
+    ``<stem>.json``; returns the JSON's content."""
     built = build_inference_model(cfg, overrides)
     model = built.model.cpu().eval()  # traced on the CPU; the graph runs on any onnxruntime provider
     rules = merge_rules(str(opts.merge), model.merge_thresholds)
     pipeline = build_pipeline(model, built.metadata, built.transform(), merge=rules)
-    files = {"onnx": str(export_pipeline_onnx(pipeline, stem.with_suffix(".onnx"), metadata=built.metadata,
-                                              opset=opts.opset))}
+    files = {}
+    if opts.format in ("onnx", "both"):
+        files["onnx"] = str(export_pipeline_onnx(pipeline, stem.with_suffix(".onnx"), metadata=built.metadata,
+                                                 opset=opts.opset))
+    if opts.format in ("torch_export", "both"):
+        files["torch_export"] = str(export_pipeline_program(pipeline, stem.with_suffix(".pt2")))
     logger.info("wrote %s (whole pipeline, merge rules %s)", ", ".join(files.values()), rules)
     summary = {"scope": "pipeline", "files": files,
                "input": {"name": INPUT_NAME, "shape": ["height", "width", 3], "dtype": "uint8 RGB"},
@@ -69,6 +69,9 @@ def _runners(files: dict[str, str]) -> dict[str, Any]:
         else:
             session = ort.InferenceSession(files["onnx"], providers=["CPUExecutionProvider"])
             runners["onnx"] = lambda image: session.run(None, {INPUT_NAME: image.numpy()})
+    if "torch_export" in files:
+        program = torch.export.load(files["torch_export"]).module()
+        runners["torch_export"] = lambda image: [t.numpy() for t in program(image)]
     return runners
 
 

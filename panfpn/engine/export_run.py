@@ -1,6 +1,6 @@
 """``export_from_config(cfg) -> dict``: the job behind tools/export.py.
 
-``export.scope=pipeline`` (the default) exports the whole pipeline as one ONNX graph
+``export.scope=pipeline`` (the default) exports the whole pipeline as one ONNX graph and/or one .pt2
 (:mod:`panfpn.engine.export_pipeline`, docs/deployment.md). ``export.scope=network``: exports the network part of the model (backbone, semantic head, RPN head; see
 panfpn/modeling/panoptic_fpn/export.py for the cut) to ``<stem>.pt2`` (``torch.export``) and/or ``<stem>.onnx``,
 checks each against the eager network on a random input of another size, and writes

@@ -207,9 +207,6 @@ def test_export_tool_writes_pipeline_by_default(setup, tmp_path):
     bad = compose_model_config("panoptic_fpn_small", "synthetic", (*overrides, "export.merge=textbok"))
     with pytest.raises(ConfigError, match="export.merge"):
         export_from_config(bad)
-    no_pt2 = compose_model_config("panoptic_fpn_small", "synthetic", (*overrides, "export.format=torch_export"))
-    with pytest.raises(ConfigError, match="export.scope=network"):
-        export_from_config(no_pt2)
 
 
 def test_no_detection_left(setup):
@@ -261,3 +258,92 @@ def test_resize_is_bit_exact(tmp_path):
         want = resize_pair(image, torch.zeros(image.shape[1:]), *size)[0].numpy()
         assert np.array_equal(Resize()(image).numpy(), want)
         assert np.array_equal(session.run(None, {"image": image.numpy()})[0], want)
+
+
+# Run in `python -I` from a folder outside the repository, with panfpn blocked (an editable install
+# would otherwise put it on the path): a user's process without panfpn.
+_RUN_PT2 = """
+import sys
+sys.modules["panfpn"] = None  # any import of panfpn raises ImportError
+import numpy as np, torch, torchvision
+for path, inputs, result in zip(*[iter(sys.argv[1:])] * 3):  # (program, images, outputs) triples
+    program = torch.export.load(path).module()
+    data = np.load(inputs)
+    out = {}
+    for i in range(int(data["count"])):
+        with torch.no_grad():
+            for j, t in enumerate(program(torch.from_numpy(data[f"image{i}"]))):
+                out[f"{i}_{j}"] = t.numpy()
+    np.savez(result, **out)
+"""
+
+
+@pytest.mark.slow
+def test_torch_export_program_runs_without_panfpn(setup, tmp_path):
+    # The pipeline as a .pt2: torch.export.load runs it without panfpn on the synthetic images and
+    # the photos of two aspect ratios (one program), and with no detection left (a second one,
+    # written by the export tool with export.format=torch_export and checked there against eager),
+    # with the eager module's outputs. Before: the tool refused the format, and the program failed
+    # with "Runtime assertion failed for expression u10 >= 2" (torchvision's fake nms kernel assumed
+    # >= 2 kept boxes) on the synthetic images.
+    import dataclasses
+    import os
+    import subprocess
+    import sys
+    import warnings
+
+    from panfpn.deploy.torch_export import export_pipeline_program
+    from panfpn.engine.export_run import export_from_config
+    from panfpn.modeling.merge import MergeThresholds
+
+    from modeling_helpers import compose_model_config
+    from pipeline_helpers import OVERRIDES
+
+    model, metadata, transform, paths = setup
+    images = [read_image(p) for p in paths]
+    pipeline = build_pipeline(model, metadata, transform, merge=RULES["detectron2"])
+    with torch.no_grad():
+        want = [pipeline(torch.from_numpy(im)) for im in images]
+    assert all(int(w[OUTPUT_NAMES.index("num_instances")]) > 0 for w in want)
+    full = export_pipeline_program(pipeline, tmp_path / "full.pt2")
+
+    weights = tmp_path / "model.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    stem = tmp_path / "out" / "model"
+    threshold = "model.roi_heads.box_head.test.score_thresh=0.999"
+    cfg = compose_model_config("panoptic_fpn_small", "synthetic", (
+        *OVERRIDES, threshold, f"weights={weights}", f"output_dir={tmp_path}", f"export.output={stem}",
+        "export.merge=detectron2", "export.format=torch_export", "device=cpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = export_from_config(cfg)
+    assert set(summary["files"]) == {"torch_export"} and summary["files"]["torch_export"].endswith(".pt2")
+    for check in summary["verify"]["torch_export"].values():
+        assert check["same_segments"] and check["pixel_agreement"] == 1.0
+    box_head = model.roi_heads.box_head
+    saved = box_head.test
+    box_head.test = dataclasses.replace(saved, score_thresh=0.999)
+    try:
+        with torch.no_grad():
+            empty = build_pipeline(model, metadata, transform, merge=MergeThresholds.detectron2())
+            want_empty = [empty(torch.from_numpy(images[0]))]
+    finally:
+        box_head.test = saved
+    assert int(want_empty[0][OUTPUT_NAMES.index("num_instances")]) == 0
+
+    np.savez(tmp_path / "in.npz", count=len(images), **{f"image{i}": im for i, im in enumerate(images)})
+    np.savez(tmp_path / "in_empty.npz", count=1, image0=images[0])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    runs = ((str(full), "in.npz", want), (summary["files"]["torch_export"], "in_empty.npz", want_empty))
+    args = [a for program, inputs, _ in runs
+            for a in (program, str(tmp_path / inputs), str(tmp_path / f"out_{inputs}"))]
+    subprocess.run([sys.executable, "-I", "-c", _RUN_PT2, *args], cwd=tmp_path, env=env, check=True,
+                   timeout=300, start_new_session=True)
+    for _, inputs, expected in runs:
+        got = np.load(tmp_path / f"out_{inputs}")
+        for i, outputs in enumerate(expected):
+            for j, (name, w) in enumerate(zip(OUTPUT_NAMES, outputs)):
+                if w.dtype == torch.float32:
+                    np.testing.assert_allclose(got[f"{i}_{j}"], w.numpy(), atol=1e-4, err_msg=f"image {i} {name}")
+                else:
+                    assert np.array_equal(got[f"{i}_{j}"], w.numpy()), f"image {i} {name}"

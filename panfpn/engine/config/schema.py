@@ -268,8 +268,8 @@ class MergeOptions(FromConfig):
 class ExportOptions(FromConfig):
     """tools/export.py: the whole pipeline as one ONNX graph, or ``model.network`` to .pt2 and/or .onnx."""
 
-    scope: str = option(one_of("pipeline", "network"), "pipeline: uint8 image in, panoptic result out, one "
-                        "ONNX graph (docs/deployment.md); network: the network's raw tensors (.pt2/.onnx)")
+    scope: str = option(one_of("pipeline", "network"), "pipeline: uint8 image in, panoptic result out, as "
+                        "one ONNX graph and/or .pt2 (docs/deployment.md); network: the network's raw tensors")
     merge: str = option(one_of("model", "detectron2", "textbook"), "the pipeline's merge rules: the model's "
                         "(model.merge) or a preset")
     format: str = option(one_of("onnx", "torch_export", "both"), "which files to write")

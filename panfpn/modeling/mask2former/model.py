@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from panfpn.modeling.halves import cached_halves, set_halves_mode, share_buffers
 from panfpn.modeling.mask2former.backbone import BackboneBody
 from panfpn.modeling.mask2former.classes import ClassOrder, build_class_space
 from panfpn.modeling.mask2former.criterion import SetCriterion
@@ -91,26 +92,20 @@ class Mask2Former(nn.Module):
     def _halves(self) -> tuple[Mask2FormerNetwork, Mask2FormerPostprocessor]:
         """The two halves, made on first use and kept outside the module tree (no second set of
         ``state_dict`` keys), as Panoptic FPN's."""
-        halves = self.__dict__.get("_halves_cache")
-        if halves is None:
-            net = Mask2FormerNetwork(self.backbone, self.pixel_decoder, self.predictor, self.pixel_mean,
-                                     self.pixel_std, memory_format=self.memory_format)
-            post = Mask2FormerPostprocessor(self.space, self.num_sem_classes, self.inference_config)
-            net.training = post.training = self.training  # the flags only: modules keep their own
-            halves = (net, post)
-            object.__setattr__(self, "_halves_cache", halves)
-        net, post = halves
+        net, post = cached_halves(self, lambda: (
+            Mask2FormerNetwork(self.backbone, self.pixel_decoder, self.predictor, self.pixel_mean,
+                               self.pixel_std, memory_format=self.memory_format),
+            Mask2FormerPostprocessor(self.space, self.num_sem_classes, self.inference_config)))
         # .to()/.cuda() replace this model's buffers; settings may be reassigned after construction.
-        net._buffers["pixel_mean"], net._buffers["pixel_std"] = self.pixel_mean, self.pixel_std
+        share_buffers(net, pixel_mean=self.pixel_mean, pixel_std=self.pixel_std)
         post.space, post.num_sem_classes = self.space, self.num_sem_classes
         post.inference_config = self.inference_config
-        return halves
+        return net, post
 
     def train(self, mode: bool = True) -> "Mask2Former":
         """Set the mode of the modules and of the two halves (whose flags are not in the tree)."""
         super().train(mode)
-        for half in self.__dict__.get("_halves_cache") or ():
-            half.training = mode
+        set_halves_mode(self, mode)
         return self
 
     def predict(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

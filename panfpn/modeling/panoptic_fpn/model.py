@@ -10,6 +10,7 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
 from panfpn.modeling.backbone import ResNetFPN
+from panfpn.modeling.halves import cached_halves, set_halves_mode, share_buffers
 from panfpn.modeling.merge import MergeThresholds
 from panfpn.modeling.panoptic_fpn.network import (SIZE_DIVISIBILITY, PanopticNetwork, normalize_images, pad_amount,
                                      split_outputs)
@@ -113,26 +114,20 @@ class PanopticFPN(nn.Module):
     def _halves(self) -> tuple[PanopticNetwork, PanopticPostprocessor]:
         """The two halves, made on first use and kept outside the module tree (no second set of
         ``state_dict`` keys), so ``.eval()`` or hooks set on them persist."""
-        halves = self.__dict__.get("_halves_cache")
-        if halves is None:
-            net = PanopticNetwork(self.backbone, self.semantic_head, self.rpn.head, self.pixel_mean,
-                                  self.pixel_std, memory_format=self.memory_format)
-            post = PanopticPostprocessor(self.rpn, self.roi_heads, thing_sem_labels=self.thing_sem_labels,
-                                         merge=self.merge_thresholds)
-            net.training = post.training = self.training  # the flags only: modules keep their own
-            halves = (net, post)
-            object.__setattr__(self, "_halves_cache", halves)
-        net, post = halves
+        net, post = cached_halves(self, lambda: (
+            PanopticNetwork(self.backbone, self.semantic_head, self.rpn.head, self.pixel_mean, self.pixel_std,
+                            memory_format=self.memory_format),
+            PanopticPostprocessor(self.rpn, self.roi_heads, thing_sem_labels=self.thing_sem_labels,
+                                  merge=self.merge_thresholds)))
         # .to()/.cuda() replace this model's buffers; settings may be reassigned after construction.
-        net._buffers["pixel_mean"], net._buffers["pixel_std"] = self.pixel_mean, self.pixel_std
+        share_buffers(net, pixel_mean=self.pixel_mean, pixel_std=self.pixel_std)
         post.thing_sem_labels, post.merge_thresholds = self.thing_sem_labels, self.merge_thresholds
-        return halves
+        return net, post
 
     def train(self, mode: bool = True) -> PanopticFPN:
         """Set the mode of the modules and of the two halves (whose flags are not in the tree)."""
         super().train(mode)
-        for half in self.__dict__.get("_halves_cache") or ():
-            half.training = mode
+        set_halves_mode(self, mode)
         return self
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor] | list[dict[str, Any]]:

@@ -93,7 +93,7 @@ def run_case(case: str, stress: bool, threads: int) -> dict:
         elif case in ("eval_24mp", "eval_24mp_dense"):
             import contextlib
 
-            from panfpn.engine.eval_loop import _MasksOneByOne
+            from panfpn.evaluation.evaluators import MasksOneByOne
             from panfpn.evaluation.coco_ap import COCOAPEvaluator
             from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks
 
@@ -104,7 +104,7 @@ def run_case(case: str, stress: bool, threads: int) -> dict:
             ap = COCOAPEvaluator(meta.to_coco_categories())
             ap.update("photo", inst["boxes"], inst["scores"],
                       torch.as_tensor(meta.thing_ids)[inst["labels"]],
-                      inst["masks"] if dense else _MasksOneByOne(inst["masks"]))
+                      inst["masks"] if dense else MasksOneByOne(inst["masks"]))
             info.update({"detections": int(inst["scores"].numel()), "encoded": len(ap.dets),
                          "size": list(out["sem_seg"].shape)})
         else:

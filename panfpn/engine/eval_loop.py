@@ -20,7 +20,6 @@ from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine import distributed as du
 from panfpn.engine.job_setup import move_batch
 from panfpn.evaluation.evaluator import Evaluator, eval_images
-from panfpn.evaluation.evaluators import MasksOneByOne as _MasksOneByOne  # noqa: F401 (bench/predict_memory.py)
 from panfpn.engine.progress import Progress
 from panfpn.evaluation.pq_rules import format_table
 from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks

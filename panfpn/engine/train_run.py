@@ -31,6 +31,7 @@ from panfpn.engine.training.checkpoint import (
 )
 from panfpn.engine.config import validate_config
 from panfpn.engine.eval_loop import build_eval_loader, evaluate
+from panfpn.engine.progress import bar_enabled
 from panfpn.engine.training.metrics_log import MetricsLog
 from panfpn.engine.model_spec import describe_model
 from panfpn.engine.training.resume import Resumed, resume_training
@@ -231,7 +232,7 @@ def _train(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict:
     log = MetricsLog(run_dir, enabled=du.is_main_process(),
                      resumed_at=resumed.iteration if cfg.resume else None)
     bar = tqdm(total=int(cfg.solver.max_iter), initial=resumed.iteration, dynamic_ncols=True, desc="train",
-               disable=not (du.is_main_process() and run_log.bar_enabled(cfg.train.progress_bar)))
+               disable=not (du.is_main_process() and bar_enabled(cfg.train.progress_bar)))
     run_log.log_start(cfg, log, run_dir=run_dir, model=model, train_set=train_set, val_loader=val_loader,
                       optimizer=optimizer, scheduler=scheduler, resumed=resumed, device=device)
     loop = _Loop(cfg, device=device, run_dir=run_dir, model=model, ddp_model=ddp_model,

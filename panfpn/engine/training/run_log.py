@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from panfpn.engine import distributed as du
 from panfpn.engine.eval_loop import format_results, metrics_to_scalars
-from panfpn.engine.progress import bar_enabled, duration  # noqa: F401 - the switch train_run reads
+from panfpn.engine.progress import duration
 from panfpn.engine.training.solver import schedule_warnings
 from panfpn.utils.atomic import atomic_write
 

@@ -216,8 +216,7 @@ def _panopticapi_path() -> str | None:
 def ours_command(paths: dict, out: Path, workers: int) -> list[str]:
     return [sys.executable, str(REPO / "tools" / "merge.py"), f"merge.semantic_dir={paths['semantic_dir']}",
             f"merge.instances_json={paths['instances_json']}", f"merge.images_json={paths['images_json']}",
-            "merge.rules=detectron2", f"merge.output_dir={out}", f"merge.workers={workers}", "device=cpu",
-            f"hydra.run.dir={out}_run"]
+            "merge.rules=detectron2", f"merge.output_dir={out}", f"merge.workers={workers}", "device=cpu"]
 
 
 def panopticapi_command(paths: dict, out: Path) -> list[str]:
@@ -312,7 +311,8 @@ def bench_family(family: str, root: Path, args: argparse.Namespace, papi_path: s
 
 def startup(args: argparse.Namespace, root: Path) -> None:
     """Start-up of the tool, fresh processes, interleaved rounds: its imports, and the whole tool on
-    a one-image input through its one-compose path and through ``@hydra.main``; torch's import and
+    a one-image input through each of its three config paths (config.yaml alone, one compose,
+    ``@hydra.main``); torch's import and
     panopticapi on the same input for reference."""
     paths = write_inputs(root / "one", 1, args.instances, (args.height, args.width), args.families[0])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), _panopticapi_path() or "",
@@ -321,6 +321,7 @@ def startup(args: argparse.Namespace, root: Path) -> None:
         "import the tool's modules (hydra, merge_run)": [sys.executable, "-c",
                                                          "import hydra, omegaconf, panfpn.engine.merge_run"],
         "import torch (no longer imported on the CPU)": [sys.executable, "-c", "import torch"],
+        "tools/merge.py, 1 image, config.yaml alone": None,
         "tools/merge.py, 1 image, one compose": None,
         "tools/merge.py, 1 image, @hydra.main": None,
         "panopticapi converter, 1 image": None,
@@ -329,10 +330,12 @@ def startup(args: argparse.Namespace, root: Path) -> None:
     for r in range(args.rounds):
         for name, cmd in cases.items():
             out = Path(tempfile.mkdtemp(dir=root, prefix="startup_"))
-            if name.endswith("one compose"):
-                cmd = ours_command(paths, out / "o", 0)[:-1]  # no hydra.run.dir: the one-compose path
-            elif name.endswith("@hydra.main"):
+            if name.endswith("config.yaml alone"):  # merge.* and device overrides only: docs/merge.md's command
                 cmd = ours_command(paths, out / "o", 0)
+            elif name.endswith("one compose"):  # another key: the whole config tree composed once
+                cmd = ours_command(paths, out / "o", 0) + ["seed=0"]
+            elif name.endswith("@hydra.main"):
+                cmd = ours_command(paths, out / "o", 0) + [f"hydra.run.dir={out / 'run'}"]
             elif name.startswith("panopticapi"):
                 if not _panopticapi_path():
                     continue

@@ -7,10 +7,12 @@ Semantic label PNGs (dataset category ids; or `merge.semantic_json=`, a COCO sem
 `merge.workers=`, `device=`); `merge.eval_gt_json=` also scores the result with our PQ. See panfpn/engine/merge_run.py and docs/merge.md.
 
 Start-up: on the CPU nothing imports torch. With `merge.output_dir=` given and only `key=value`
-overrides (no `hydra.*` key, no flag), the config is composed once with hydra's compose API and
-the log goes to the console only: no run directory (`.hydra/`, `merge.log`) is made, and the
-merge starts ~0.3 s sooner (`@hydra.main` composes the config twice and sets up the run
-directory; bench/RESULTS.md). Any other command line runs through `@hydra.main` as before.
+overrides (no `hydra.*` key, no flag), the config is read once and the log goes to the console
+only: no run directory (`.hydra/`, `merge.log`) is made, and the merge starts ~0.3 s sooner
+(`@hydra.main` composes the config twice and sets up the run directory; bench/RESULTS.md). When
+those overrides are all `merge.*` / `device` keys, config.yaml alone is read
+(panfpn/engine/merge_tool/plain_config.py), else the config is composed with hydra's compose API.
+Any other command line runs through `@hydra.main` as before.
 """
 
 import logging
@@ -21,6 +23,7 @@ import hydra
 from omegaconf import DictConfig
 
 from panfpn.engine.merge_run import merge_from_config
+from panfpn.engine.merge_tool.plain_config import plain_merge_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -40,13 +43,15 @@ def plain_overrides(argv: list[str]) -> bool:
 
 
 def compose_and_merge(argv: list[str]) -> None:
-    """The job of :func:`main` on the config composed once from ``argv``, logging to the console in
-    hydra's format."""
+    """The job of :func:`main` on the config read once from ``argv`` (config.yaml alone when only
+    merge.* / device keys are overridden, else composed), logging to the console in hydra's format."""
     from hydra import compose, initialize_config_dir
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=argv)
+    cfg = plain_merge_config(CONFIG_DIR, argv)
+    if cfg is None:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=argv)
     merge_from_config(cfg)
 
 

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from panfpn.data.metadata import DatasetMetadata
-from panfpn.utils.atomic import save_image_atomic, write_json_atomic
+from panfpn.utils.atomic import save_png_atomic, write_json_atomic
 from panfpn.data.panoptic_io import id_to_rgb, segment_areas_boxes
 from panfpn.evaluation.label_mapping import semantic_pixel_ids
 
@@ -140,7 +140,7 @@ class PanopticPredictionWriter:
             segments_info.append(info)
         png_name = f"{png_stem if png_stem is not None else prediction_file_stem(image_id)}.png"
         self._names.claim(png_name, image_id)
-        save_image_atomic(self.png_dir / png_name, id_to_rgb(id_map))
+        save_png_atomic(self.png_dir / png_name, id_to_rgb(id_map))
         ann = {"image_id": image_id, "file_name": png_name, "segments_info": segments_info}
         if record:
             self.record(ann, {"id": image_id, "file_name": file_name, "height": h, "width": w})
@@ -213,4 +213,4 @@ class SemanticPredictionWriter:
                              f"outside 0..{len(self.lut) - 1}")
         name = f"{png_stem if png_stem is not None else prediction_file_stem(image_id)}.png"
         self._names.claim(name, image_id)
-        return save_image_atomic(self.out_dir / name, self.lut[labels])
+        return save_png_atomic(self.out_dir / name, self.lut[labels])

@@ -118,7 +118,17 @@ def remove_stale_temp_files(folder: str | os.PathLike, targets: Sequence[str] = 
 def write_json_atomic(path: str | os.PathLike, obj: object) -> Path:
     """``obj`` as strict JSON: a NaN or infinite number is a ValueError, never the ``NaN`` /
     ``Infinity`` literals strict parsers reject (see :mod:`panfpn.utils.json_values`)."""
-    return atomic_write(path, lambda f: json.dump(obj, f, allow_nan=False), mode="w")
+    text = json.dumps(obj, allow_nan=False)  # dumps: json's C encoder (dump to a file runs the Python one)
+    return atomic_write(path, lambda f: f.write(text), mode="w")
+
+
+def save_png_atomic(path: str | os.PathLike, array: np.ndarray) -> Path:
+    """Save a uint8 ``[H, W]`` or ``[H, W, 3]`` map as PNG with :func:`panfpn.utils.png.encode_png`
+    (id and label maps: twice as fast as Pillow's encoder, same pixels)."""
+    from panfpn.utils.png import encode_png
+
+    data = encode_png(array)
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def save_image_atomic(path: str | os.PathLike, array: np.ndarray, fmt: str = "PNG", **options: Any) -> Path:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
@@ -59,3 +60,45 @@ def test_cpu_merge_never_imports_torch_and_composes_once(tmp_path):
                  "merge_rules.json", "merge_skipped.json"):
         assert (fast / "out" / name).read_bytes() == (slow / "out" / name).read_bytes(), name
     assert len(json.loads((fast / "out" / "panoptic_merged.json").read_text())["annotations"]) == 2
+
+
+PLAIN_CASES = [
+    [],
+    ["merge.output_dir=/tmp/out dir", "device=cpu", "merge.rules=detectron2"],
+    ["merge.score_thresh=0.3", "merge.overlap_thresh=null", "merge.stuff_area=1024", "merge.workers=0"],
+    ["merge.overlap_thresh=none", "merge.overwrite=true", "merge.progress_bar=false", "device='cuda:1'"],
+    ["merge.semantic_json='a b,c.json'", "merge.threads=3"],
+]
+
+
+def _composed(argv: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose(config_name="config", overrides=argv)
+
+
+@pytest.mark.parametrize("argv", PLAIN_CASES)
+def test_config_yaml_alone_gives_the_composed_merge_config(argv):
+    # The fast path reads config.yaml alone: what the merge job reads (merge.*, device) must equal
+    # the full compose's, defaults (every default group file) and overrides included.
+    from omegaconf import OmegaConf
+
+    from panfpn.engine.merge_tool.plain_config import plain_merge_config
+
+    plain, full = plain_merge_config(ROOT / "configs", argv), _composed(argv)
+    assert plain is not None
+    for key in ("merge", "device"):
+        assert OmegaConf.to_container(plain, resolve=True)[key] == \
+            OmegaConf.to_container(OmegaConf.create({key: full[key]}), resolve=True)[key], key
+
+
+@pytest.mark.parametrize("argv", [
+    ["seed=1"], ["model=panoptic_fpn_r50"], ["+merge.extra=1"], ["~merge.threads"], ["++merge.threads=1"],
+    ["merge.workers=1,2"], ["merge.score_thres=0.3"], ["hydra.run.dir=x"], ["merge=null"],
+    ["merge.rules=[unclosed"],
+])
+def test_anything_else_needs_the_full_compose(argv):
+    from panfpn.engine.merge_tool.plain_config import plain_merge_config
+
+    assert plain_merge_config(ROOT / "configs", argv) is None

@@ -19,6 +19,7 @@ from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from panfpn.modeling.backbone import FPN_STRIDES
+from panfpn.modeling.swin_windows import build_swin
 
 TvNorm = Literal["frozen_bn", "bn", "native"]
 _LEVELS = ("p2", "p3", "p4", "p5")
@@ -32,11 +33,8 @@ _FAMILIES = {
 }
 _LAYER_NORM_FAMILIES = ("convnext", "swin")
 # Architectures built from their torchvision class with the config's arguments (model.backbone.arch),
-# for variants torchvision has no builder for (Swin-L; Swin-B with 12x12 windows): name -> class,
-# fixed arguments. Window sizes may be given as one int (square windows).
-_ARCH_CLASSES: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
-    "swin": (torchvision.models.swin_transformer.SwinTransformer, {"patch_size": [4, 4]}),
-}
+# for variants torchvision has no builder for (Swin-L; Swin-B with 12x12 windows).
+_ARCH_BUILDERS: dict[str, Callable[..., nn.Module]] = {"swin": build_swin}
 
 
 def _family(name: str) -> str | None:
@@ -44,26 +42,24 @@ def _family(name: str) -> str | None:
 
 
 def _build_arch(name: str, norm: TvNorm, arch: Mapping[str, Any]) -> nn.Module:
-    """The torchvision class of ``name`` (``_ARCH_CLASSES``) built with the arguments ``arch``."""
-    if name not in _ARCH_CLASSES:
-        raise ValueError(f"model.backbone.arch is for model.backbone.name in {sorted(_ARCH_CLASSES)}, "
+    """The model ``name`` built by its ``_ARCH_BUILDERS`` entry with the arguments ``arch``."""
+    if name not in _ARCH_BUILDERS:
+        raise ValueError(f"model.backbone.arch is for model.backbone.name in {sorted(_ARCH_BUILDERS)}, "
                          f"got name={name!r}; torchvision builders take no arch (set model.backbone.arch=null)")
     if norm != "native":
         raise ValueError(f"model.backbone.norm={norm!r} does not fit {name} (LayerNorm network): use "
                          "model.backbone.norm=native")
-    cls, fixed = _ARCH_CLASSES[name]
+    build = _ARCH_BUILDERS[name]
     kwargs = {k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in arch.items()}
-    if isinstance(kwargs.get("window_size"), int):
-        kwargs["window_size"] = [kwargs["window_size"]] * 2
     try:
-        return cls(**fixed, **kwargs)
+        return build(**kwargs)
     except TypeError as err:
-        raise ValueError(f"model.backbone.arch={dict(arch)} does not fit {cls.__name__}: {err}") from err
+        raise ValueError(f"model.backbone.arch={dict(arch)} does not fit {name} ({build.__name__}): {err}") from err
 
 
 def _build_classifier(name: str, norm: TvNorm, arch: Mapping[str, Any] | None = None) -> nn.Module:
     """The torchvision model ``name`` with random weights and the norm layer ``norm`` asks for
-    (``arch``: the arguments of its class, for the names in ``_ARCH_CLASSES``)."""
+    (``arch``: the arguments of its builder, for the names in ``_ARCH_BUILDERS``)."""
     if arch is not None:
         return _build_arch(name, norm, arch)
     builder = getattr(torchvision.models, name, None)
@@ -166,7 +162,8 @@ class TorchvisionFPN(nn.Module):
                 (hydra merges, it cannot delete keys): must be null here.
             arch: the arguments of the model's torchvision class instead of a builder, for variants
                 without one: ``name=swin`` with ``embed_dim``, ``depths``, ``num_heads``,
-                ``window_size``, ``stochastic_depth_prob`` (torchvision ``SwinTransformer``, 4x4 patches).
+                ``window_size``, ``stochastic_depth_prob``, ``always_shift``
+                (:func:`~panfpn.modeling.swin_windows.build_swin`: torchvision ``SwinTransformer``).
         """
         super().__init__()
         for key, value in (("depth", depth), ("stride_in_1x1", stride_in_1x1)):

@@ -11,11 +11,11 @@ backbone from those tensors alone, written from the official forward (padding, c
 -100 region mask, window attention with the relative position bias, patch merging in the order
 [0::2, 0::2], [1::2, 0::2], [0::2, 1::2], [1::2, 1::2], output LayerNorms), not through our modules.
 
-Where the two implementations differ (docs/mask2former.md, Official weights): torchvision skips the
-cyclic shift along a side whose padded map is a single window, the official code never does; inputs
-whose sides are not multiples of 4 are cropped by torchvision's patch embedding, padded by the
-official one. The outputs are compared at sizes where neither happens; a single-window size is
-checked to differ, as documented.
+torchvision's own window attention skips the cyclic shift along a side whose padded map is a single
+window, the official code never does: the configs set ``arch.always_shift`` (panfpn/modeling/swin_windows.py),
+and plain torchvision attention is checked to differ exactly there. Inputs whose sides are not
+multiples of 4 are cropped by torchvision's patch embedding and padded by the official one; the
+model always pads its input to a multiple of 32 (docs/mask2former.md).
 """
 
 import pickle
@@ -108,10 +108,10 @@ def _learnable(shapes):
                if not k.endswith("relative_position_index") and k != "criterion.empty_weight")
 
 
-def _tiny_model(arch=TINY):
+def _tiny_model(arch=TINY, always_shift=True):
     torch.manual_seed(0)
     dims = (f"embed_dim:{arch['embed_dim']},depths:{arch['depths']},num_heads:{arch['num_heads']},"
-            f"window_size:{arch['window_size']},stochastic_depth_prob:0.3").replace(" ", "")
+            f"window_size:{arch['window_size']},stochastic_depth_prob:0.3,always_shift:{always_shift}").replace(" ", "")
     overrides = ("model.backbone.name=swin", "model.backbone.depth=null", "model.backbone.norm=native",
                  "+model.backbone.out_norms=true", f"+model.backbone.arch={{{dims}}}")
     return instantiate_model(compose_model_config("mask2former_small", "coco_panoptic", overrides)).eval()
@@ -235,11 +235,12 @@ def tiny(tmp_path_factory):
     return model, state
 
 
-@pytest.mark.parametrize("hw", [(256, 320), (260, 292)])
+@pytest.mark.parametrize("hw", [(64, 64), (96, 128), (224, 320), (260, 292)])
 def test_backbone_outputs_match_the_official_forward(tiny, hw):
     """Four outputs (strides 4..32) of our backbone = the official forward of the same tensors.
-    260x292: maps 65x73 -> 33x37 -> 17x19 -> 9x10, odd sides (patch-merging padding) and no side a
-    multiple of the 7x7 window (window padding); every padded map spans > 1 window."""
+    64x64 / 96x128: the stride 16 / 32 maps are one 7x7 window (shifted and masked as officially);
+    224x320: the stride-32 map 7x10 is one window high; 260x292: maps 65x73 -> 33x37 -> 17x19 -> 9x10,
+    odd sides (patch-merging padding) and no side a multiple of the window (window padding)."""
     model, state = tiny
     x = _images(*hw)
     with torch.no_grad():
@@ -254,12 +255,12 @@ def test_model_forward_feeds_the_official_outputs_to_the_pixel_decoder(tiny):
     """Inside model(batch) (uint8 input, normalised with the ImageNet mean / std the load sets) the
     pixel decoder receives the official backbone outputs, output norms included."""
     model, state = tiny
-    images = torch.randint(0, 256, (1, 3, 256, 256), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    images = torch.randint(0, 256, (1, 3, 96, 128), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
     seen = {}
     hook = model.pixel_decoder.register_forward_pre_hook(lambda m, a: seen.__setitem__("features", a[0]))
     try:
         with torch.no_grad():
-            model({"images": images, "image_sizes": [(256, 256)], "orig_sizes": [(256, 256)]})
+            model({"images": images, "image_sizes": [(96, 128)], "orig_sizes": [(96, 128)]})
     finally:
         hook.remove()
     ref = official_swin_forward(state, (images.float() - IMAGENET_MEAN) / IMAGENET_STD, **TINY)
@@ -270,7 +271,7 @@ def test_the_reference_sees_a_wrong_merge_order_and_missing_output_norms(tiny, t
     """Negative controls: the comparison fails for x1/x2 swapped in a patch merging, and for a
     backbone whose output norms are not applied."""
     model, state = tiny
-    x = _images(256, 320)
+    x = _images(96, 128)
     ref = official_swin_forward(state, x, **TINY)
     swapped = dict(state)
     red = state["backbone.layers.1.downsample.reduction.weight"].reshape(96, 4, 48)
@@ -290,17 +291,21 @@ def test_the_reference_sees_a_wrong_merge_order_and_missing_output_norms(tiny, t
             model.backbone.out_norms = norms
 
 
-def test_single_window_maps_differ_as_documented(tiny):
-    """224x320 gives a 7x10 stride-32 map: its padded height is one 7x7 window, where torchvision
-    skips the shift the official code applies, so the last output differs (docs/mask2former.md);
-    the stride 4..16 outputs, whose maps span several windows, still agree."""
-    model, state = tiny
-    x = _images(224, 320)
-    with torch.no_grad():
-        ours = model.backbone(x)
-    ref = official_swin_forward(state, x, **TINY)
-    assert _max_rel_err(ours[:3], ref[:3]) < 1e-4
-    assert _max_rel_err(ours[3:], ref[3:]) > 1e-3
+def test_torchvision_window_attention_differs_only_on_one_window_maps(tiny, tmp_path):
+    """Without ``always_shift`` (torchvision's attention, the Panoptic FPN swin_t backbone) the same
+    weights give the official outputs where every padded map spans several windows (256x320) and
+    differ where a map is one window on a side (224x320: stride 32; 96x128: strides 16 and 32)."""
+    _, state = tiny
+    model = _tiny_model(always_shift=False)
+    load_weights(model, _write(state, tmp_path / "model_final.pkl"))
+    for hw, agree in (((256, 320), 4), ((224, 320), 3), ((96, 128), 2)):
+        x = _images(*hw)
+        with torch.no_grad():
+            ours = model.backbone(x)
+        ref = official_swin_forward(state, x, **TINY)
+        assert _max_rel_err(ours[:agree], ref[:agree]) < 1e-4
+        if agree < 4:
+            assert _max_rel_err(ours[agree:], ref[agree:]) > 1e-3
 
 
 def test_missing_extra_and_misfit_keys_are_refused_by_name(tmp_path):
@@ -371,7 +376,8 @@ def test_parameter_count_and_names_equal_the_official_model(name, arch, queries,
                                        ("mask2former_swin_l", SWIN_L)])
 def test_swin_configs_are_the_official_ones(name, arch):
     """Each config composes (hydra, and the zoo's defaults merge alike) to the official MODEL.SWIN
-    values, drop path 0.3, output norms, nothing frozen, ImageNet RGB normalisation, COCO's class order."""
+    values, drop path 0.3, the official shift, output norms, nothing frozen, ImageNet RGB normalisation,
+    COCO's class order."""
     from omegaconf import OmegaConf
 
     from panfpn.modeling.zoo import model_config
@@ -380,8 +386,32 @@ def test_swin_configs_are_the_official_ones(name, arch):
     assert OmegaConf.to_container(model_config(name).model, resolve=True) == OmegaConf.to_container(
         composed.model, resolve=True)
     m = composed.model
-    assert dict(m.backbone.arch) == {**arch, "stochastic_depth_prob": 0.3}
+    assert dict(m.backbone.arch) == {**arch, "stochastic_depth_prob": 0.3, "always_shift": True}
     assert (m.backbone.name, m.backbone.out_norms, m.backbone.freeze_at) == ("swin", True, 0)
     assert m.class_order == "things_first"
     assert list(m.pixel_mean) == [123.675, 116.28, 103.53] and list(m.pixel_std) == [58.395, 57.12, 57.375]
     assert m.predictor.num_queries == (200 if name == "mask2former_swin_l" else 100)
+
+
+def test_swin_network_exports_at_a_fixed_size(tiny, tmp_path):
+    """The network half with the official-shift Swin body exports like the ResNet one (torch.export,
+    ONNX) at 96x128, where the stride 16 / 32 maps are one shifted window."""
+    import warnings
+
+    from panfpn.modeling.panoptic_fpn.export import export_onnx, export_program
+
+    model, _ = tiny
+    x = _images(96, 128)[:1]
+    with torch.no_grad():
+        eager = model.network(x)
+        exported = export_program(model.network, height=96, width=128, dynamic=False).module()(x)
+    for a, b in zip(eager, exported):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
+    ort = pytest.importorskip("onnxruntime")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation notice
+        export_onnx(model.network, tmp_path / "swin.onnx", height=96, width=128, dynamic=False)
+    session = ort.InferenceSession(str(tmp_path / "swin.onnx"), providers=["CPUExecutionProvider"])
+    outputs = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    for a, b in zip(eager, outputs):
+        torch.testing.assert_close(torch.from_numpy(b), a, rtol=0, atol=1e-4 * float(a.abs().max()))

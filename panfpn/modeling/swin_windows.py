@@ -5,9 +5,9 @@ along a side whose padded feature map is a single window. The Swin backbone of t
 segmentation code bases (Swin-Transformer-Object-Detection / -Semantic-Segmentation, and Mask2Former's
 ``D2SwinTransformer``, whose checkpoints this repository loads) always shifts in the odd blocks and
 masks attention across the shifted regions (-100 added to the logits), whatever the map size. Both
-agree where every padded map spans more than one window per side (e.g. inputs >= 32 x 8 window
-sides at stride 32); :func:`build_swin` with ``always_shift=True`` gives the official behaviour
-everywhere. Parameter and buffer names are torchvision's in both cases.
+agree where every map with shifted blocks is larger than one window on each side (an input side
+> 32 x window for the stride-32 stage); :func:`build_swin` with ``always_shift=True`` gives the
+official behaviour everywhere. Parameter and buffer names are torchvision's in both cases.
 """
 
 from __future__ import annotations

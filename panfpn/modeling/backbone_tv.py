@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from functools import partial
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import torch
 import torchvision
@@ -19,6 +19,7 @@ from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from panfpn.modeling.backbone import FPN_STRIDES
+from panfpn.modeling.swin_windows import build_swin
 
 TvNorm = Literal["frozen_bn", "bn", "native"]
 _LEVELS = ("p2", "p3", "p4", "p5")
@@ -31,14 +32,36 @@ _FAMILIES = {
     "regnet": (("stem",), tuple(f"trunk_output.block{i}" for i in range(1, 5))),
 }
 _LAYER_NORM_FAMILIES = ("convnext", "swin")
+# Architectures built from their torchvision class with the config's arguments (model.backbone.arch),
+# for variants torchvision has no builder for (Swin-L; Swin-B with 12x12 windows).
+_ARCH_BUILDERS: dict[str, Callable[..., nn.Module]] = {"swin": build_swin}
 
 
 def _family(name: str) -> str | None:
     return next((f for f in (*_FAMILIES, *_LAYER_NORM_FAMILIES) if name.startswith(f)), None)
 
 
-def _build_classifier(name: str, norm: TvNorm) -> nn.Module:
-    """The torchvision model ``name`` with random weights and the norm layer ``norm`` asks for."""
+def _build_arch(name: str, norm: TvNorm, arch: Mapping[str, Any]) -> nn.Module:
+    """The model ``name`` built by its ``_ARCH_BUILDERS`` entry with the arguments ``arch``."""
+    if name not in _ARCH_BUILDERS:
+        raise ValueError(f"model.backbone.arch is for model.backbone.name in {sorted(_ARCH_BUILDERS)}, "
+                         f"got name={name!r}; torchvision builders take no arch (set model.backbone.arch=null)")
+    if norm != "native":
+        raise ValueError(f"model.backbone.norm={norm!r} does not fit {name} (LayerNorm network): use "
+                         "model.backbone.norm=native")
+    build = _ARCH_BUILDERS[name]
+    kwargs = {k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in arch.items()}
+    try:
+        return build(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"model.backbone.arch={dict(arch)} does not fit {name} ({build.__name__}): {err}") from err
+
+
+def _build_classifier(name: str, norm: TvNorm, arch: Mapping[str, Any] | None = None) -> nn.Module:
+    """The torchvision model ``name`` with random weights and the norm layer ``norm`` asks for
+    (``arch``: the arguments of its builder, for the names in ``_ARCH_BUILDERS``)."""
+    if arch is not None:
+        return _build_arch(name, norm, arch)
     builder = getattr(torchvision.models, name, None)
     if builder is None or name not in torchvision.models.list_models(torchvision.models):
         raise ValueError(f"model.backbone.name={name!r} is not a torchvision classification model; "
@@ -124,7 +147,8 @@ class TorchvisionFPN(nn.Module):
 
     def __init__(self, name: str = "convnext_tiny", *, norm: TvNorm = "frozen_bn", freeze_at: int = 2,
                  out_channels: int = 256, return_nodes: Sequence[str] | None = None,
-                 depth: None = None, stride_in_1x1: bool | None = None) -> None:
+                 depth: None = None, stride_in_1x1: bool | None = None,
+                 arch: Mapping[str, Any] | None = None) -> None:
         """
         Args:
             name: torchvision model builder name (``convnext_tiny``, ``swin_t``, ``regnet_y_3_2gf``,
@@ -136,6 +160,10 @@ class TorchvisionFPN(nn.Module):
             return_nodes: 4 node names at strides 4, 8, 16, 32 for models this module does not know.
             depth, stride_in_1x1: ResNetFPN keys that configs built on panoptic_fpn_r50.yaml inherit
                 (hydra merges, it cannot delete keys): must be null here.
+            arch: the arguments of the model's torchvision class instead of a builder, for variants
+                without one: ``name=swin`` with ``embed_dim``, ``depths``, ``num_heads``,
+                ``window_size``, ``stochastic_depth_prob``, ``always_shift``
+                (:func:`~panfpn.modeling.swin_windows.build_swin`: torchvision ``SwinTransformer``).
         """
         super().__init__()
         for key, value in (("depth", depth), ("stride_in_1x1", stride_in_1x1)):
@@ -144,7 +172,7 @@ class TorchvisionFPN(nn.Module):
                                  f"({name}) takes the model by name: set model.backbone.{key}=null")
         if not 0 <= freeze_at <= 5:
             raise ValueError(f"model.backbone.freeze_at must be in 0..5, got {freeze_at}")
-        model = _build_classifier(name, norm)
+        model = _build_classifier(name, norm, arch)
         if return_nodes is None:
             nodes, groups = find_return_nodes(model, name)
         elif len(return_nodes) != 4 or freeze_at:

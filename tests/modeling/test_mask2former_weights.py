@@ -27,6 +27,11 @@ def _norm(prefix, n, frozen=True):
 
 def official_r50_shapes(num_classes=133, queries=100, d=256):
     """Names and shapes of the official R50 panoptic checkpoint."""
+    return {**official_r50_backbone_shapes(), **official_head_shapes((256, 512, 1024, 2048), num_classes, queries, d)}
+
+
+def official_r50_backbone_shapes():
+    """``backbone.*`` of the official R50 checkpoint (Detectron2 ResNet, FrozenBN)."""
     s = {"backbone.stem.conv1.weight": (64, 3, 7, 7), **_norm("backbone.stem.conv1.norm", 64)}
     cin = 64
     for stage, (blocks, width) in enumerate([(3, 64), (4, 128), (6, 256), (3, 512)], start=2):
@@ -39,8 +44,15 @@ def official_r50_shapes(num_classes=133, queries=100, d=256):
             if b == 0:
                 s |= {f"{p}.shortcut.weight": (out, cin, 1, 1), **_norm(f"{p}.shortcut.norm", out)}
         cin = out
+    return s
+
+
+def official_head_shapes(channels, num_classes=133, queries=100, d=256):
+    """``sem_seg_head.*`` and ``criterion.*`` of an official panoptic checkpoint whose backbone gives
+    ``channels`` (res2..res5): MSDeformAttnPixelDecoder (6 layers) + the 9-layer decoder."""
+    s = {}
     pd = "sem_seg_head.pixel_decoder"
-    for i, c in enumerate((2048, 1024, 512)):  # res5, res4, res3
+    for i, c in enumerate(channels[:0:-1]):  # res5, res4, res3
         s |= {f"{pd}.input_proj.{i}.0.weight": (d, c, 1, 1), f"{pd}.input_proj.{i}.0.bias": (d,),
               f"{pd}.input_proj.{i}.1.weight": (d,), f"{pd}.input_proj.{i}.1.bias": (d,)}
     s[f"{pd}.transformer.level_embed"] = (3, d)
@@ -53,7 +65,7 @@ def official_r50_shapes(num_classes=133, queries=100, d=256):
               **_norm(f"{p}.norm1", d, False), f"{p}.linear1.weight": (1024, d), f"{p}.linear1.bias": (1024,),
               f"{p}.linear2.weight": (d, 1024), f"{p}.linear2.bias": (d,), **_norm(f"{p}.norm2", d, False)}
     s |= {f"{pd}.mask_features.weight": (d, d, 1, 1), f"{pd}.mask_features.bias": (d,),
-          f"{pd}.adapter_1.weight": (d, 256, 1, 1), **_norm(f"{pd}.adapter_1.norm", d, False),
+          f"{pd}.adapter_1.weight": (d, channels[0], 1, 1), **_norm(f"{pd}.adapter_1.norm", d, False),
           f"{pd}.layer_1.weight": (d, d, 3, 3), **_norm(f"{pd}.layer_1.norm", d, False)}
     pr = "sem_seg_head.predictor"
     for i in range(9):

@@ -19,7 +19,8 @@ NAMES = ["panoptic_fpn_small", "panoptic_fpn_r50", "panoptic_fpn_r101"]
 # torchvision backbones (panfpn.modeling.backbone_tv): built by name with build_named_model
 TV_NAMES = ["panoptic_fpn_convnext_t", "panoptic_fpn_mobilenet_v3_large", "panoptic_fpn_regnety_3_2gf",
             "panoptic_fpn_resnext101_32x8d", "panoptic_fpn_swin_t"]
-MASK2FORMER_NAMES = ["mask2former_r50", "mask2former_small"]  # tests/modeling/test_mask2former_*.py
+MASK2FORMER_NAMES = ["mask2former_r50", "mask2former_small",  # tests/modeling/test_mask2former_*.py
+                     "mask2former_swin_t", "mask2former_swin_s", "mask2former_swin_b_384", "mask2former_swin_l"]
 
 
 def _shapes(model) -> dict:

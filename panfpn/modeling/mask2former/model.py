@@ -27,9 +27,10 @@ IMAGENET_STD_RGB = (58.395, 57.12, 57.375)
 class Mask2Former(nn.Module):
     """Backbone body -> pixel decoder -> masked transformer decoder -> mask classification.
 
-    ``state_dict`` keys: ``backbone.body.*`` (the backbone's own names), ``pixel_decoder.*``,
-    ``predictor.*`` (the official ``sem_seg_head.pixel_decoder.*`` / ``sem_seg_head.predictor.*``
-    minus the prefix), ``pixel_mean``, ``pixel_std``.
+    ``state_dict`` keys: ``backbone.body.*`` (the backbone's own names), ``backbone.out_norms.*``
+    (Swin's output norms), ``pixel_decoder.*``, ``predictor.*`` (the official
+    ``sem_seg_head.pixel_decoder.*`` / ``sem_seg_head.predictor.*`` minus the prefix),
+    ``pixel_mean``, ``pixel_std``.
 
     * ``model.train()(batch)``: weighted losses ``loss_ce``, ``loss_mask``, ``loss_dice`` and
       ``loss_{ce,mask,dice}_{i}`` of the auxiliary predictions i (deep supervision); the

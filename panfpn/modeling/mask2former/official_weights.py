@@ -1,14 +1,17 @@
 """Official Mask2Former model-zoo checkpoints (facebookresearch/Mask2Former, Detectron2 ``.pkl``)
 by name: ``backbone.stem.* / backbone.resN.*`` (Detectron2 ResNet) -> ``backbone.body.*``
 (torchvision ResNet), ``sem_seg_head.pixel_decoder.*`` -> ``pixel_decoder.*``,
-``sem_seg_head.predictor.*`` -> ``predictor.*`` (same layout below the prefix).
+``sem_seg_head.predictor.*`` -> ``predictor.*`` (same layout below the prefix); the Swin backbones
+(``backbone.patch_embed.* / layers.* / norm{i}.*``, ``D2SwinTransformer``) by
+:mod:`panfpn.modeling.mask2former.official_swin`.
 
 Conventions: the official R50 models take RGB input normalised with the ImageNet mean / std (the
 torchvision R-50 initialisation, ``STRIDE_IN_1X1: False``), as this model does: no channel flip,
-no stride move. The class head has ``num_classes + 1`` rows, "no object" last, classes in
-Detectron2's contiguous order: COCO panoptic = the 133 categories by id (80 things, then 53 stuff:
-``class_order=things_first``), Cityscapes = the 19 train ids (``class_order=semantic``); the load
-checks the shapes, the order is the model config's ``class_order`` (docs/mask2former.md).
+no stride move; the official Swin models take the same input. The class head has ``num_classes + 1``
+rows, "no object" last, classes in Detectron2's contiguous order: COCO panoptic = the 133 categories
+by id (80 things, then 53 stuff: ``class_order=things_first``), Cityscapes = the 19 train ids
+(``class_order=semantic``); the load checks the shapes, the order is the model config's
+``class_order`` (docs/mask2former.md).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from panfpn.modeling.mask2former.official_swin import (SWIN_IGNORED, keep_position_indices, official_swin_name,
+                                                       swin_value)
 from panfpn.modeling.panoptic_fpn.detectron2_import import ours_to_d2
 
 # Entries of official checkpoints that are not weights of ours: the criterion's class weights
@@ -31,6 +36,9 @@ def official_name(name: str) -> str | None:
     """The official checkpoint's name of one of our Mask2Former state-dict keys (None: no counterpart)."""
     if name.startswith(_HEADS):
         return f"sem_seg_head.{name}"
+    swin = official_swin_name(name)
+    if swin is not None:
+        return swin
     if name.startswith("backbone.body."):
         d2 = ours_to_d2(name)  # the Panoptic FPN names: backbone.bottom_up.<Detectron2 ResNet name>
         return d2.replace("backbone.bottom_up.", "backbone.", 1) if d2 else None
@@ -40,13 +48,22 @@ def official_name(name: str) -> str | None:
 def official_to_ours(model: nn.Module, state: Mapping[str, torch.Tensor], report: Any) -> dict[str, torch.Tensor]:
     """``state`` under our names; names with no counterpart go to ``report.unexpected`` (the strict
     load then refuses them), shapes are checked by the loader."""
-    to_ours = {n: k for k in model.state_dict() if (n := official_name(k)) is not None}
+    ours = model.state_dict()
+    to_ours = {n: k for k in ours if (n := official_name(k)) is not None}
     mapped: dict[str, torch.Tensor] = {}
+    skipped_masks = 0
     for name, value in state.items():
         if name in to_ours:
-            mapped[to_ours[name]] = value
+            converted = swin_value(to_ours[name], value, ours, report)
+            if converted is not None:
+                mapped[to_ours[name]] = converted
+        elif SWIN_IGNORED.search(name):
+            skipped_masks += 1
         elif not OFFICIAL_IGNORED.search(name):
             report.unexpected.append(name)
+    if skipped_masks:
+        report.notes.append(f"{skipped_masks} Swin attn_mask buffer(s) not loaded (recomputed for each input size)")
+    keep_position_indices(ours, mapped, report)
     mean = getattr(model, "pixel_mean", None)
     if mean is not None:
         from panfpn.modeling.mask2former.model import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB

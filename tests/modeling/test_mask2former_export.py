@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from panfpn.modeling.build import build_model
 from panfpn.modeling.mask2former.network import OUTPUT_NAMES
@@ -19,11 +20,16 @@ from modeling_helpers import compose_model_config, make_batch
 from process_helpers import run as run_in_group
 
 SIZE = (96, 128)  # the traced size (batch 2); MIN_SIZE is 96
-# (batch, height, width) the exported graphs are checked at: the traced size, its transpose, a
-# taller non-square size with another batch size.
-CHECK_SHAPES = [(1, *SIZE), (1, 128, 96), (3, 160, 96)]
+# (batch, height, width, seed of the random input) the exported graphs are checked at: the traced
+# size, its transpose, a taller non-square size with another batch size. Seeds chosen for MARGIN.
+CHECK_INPUTS = [(1, *SIZE, 27), (1, 128, 96, 6), (2, 160, 96, 13)]
 ATOL = {"torch_export": 1e-5, "onnx": 1e-4}
 RAW_ATOL = 1e-4
+# The decoder thresholds mask probabilities at 0.5 into attention masks: a pixel nearer to 0.5 than
+# the exported graph's rounding (~1e-6) may flip, which moves the outputs by ~1e-3 (eager itself
+# does under 1e-6 input noise). Random weights put many pixels near 0.5, so the inputs compared
+# keep every such probability at least MARGIN away (checked by _mask_margin).
+MARGIN = 2e-5
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +42,25 @@ def model():
     return m
 
 
-def _batch(sizes, orig_sizes):
-    return make_batch(sizes, orig_sizes, num_things=4, num_sem=5, seed=3)
+def _batch(sizes, orig_sizes, seed=3):
+    return make_batch(sizes, orig_sizes, num_things=4, num_sem=5, seed=seed)
+
+
+def _mask_margin(model, images, monkeypatch):
+    """Smallest distance to 0.5 of the mask probabilities the decoder thresholds into attention
+    masks (every prediction but the final one, whose attention mask is not used)."""
+    predict, margins = model.predictor.predict, []
+
+    def recording(queries, mask_features, attn_size):
+        logits, mask, attn_mask = predict(queries, mask_features, attn_size)
+        small = F.interpolate(mask, size=attn_size, mode="bilinear", align_corners=False)
+        margins.append(float((small.sigmoid() - 0.5).abs().min()))
+        return logits, mask, attn_mask
+
+    with monkeypatch.context() as patch, torch.no_grad():
+        patch.setattr(model.predictor, "predict", recording)
+        model.network(images)
+    return min(margins[:-1])
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +115,13 @@ def test_halves_add_no_state_and_follow_mode(model):
 
 
 @pytest.mark.parametrize("fmt", ["torch_export", "onnx"])
-def test_exported_network_matches_eager(model, request, fmt):
+def test_exported_network_matches_eager(model, request, monkeypatch, fmt):
     # One graph traced at 2x3x96x128 runs other batch sizes and other (non-square) sizes.
     exported = request.getfixturevalue("program" if fmt == "torch_export" else "onnx_session")
     runner = as_network(exported)
-    torch.manual_seed(1)
-    for shape in CHECK_SHAPES:
-        x = torch.randn(shape[0], 3, *shape[1:])
+    for *shape, seed in CHECK_INPUTS:
+        x = torch.randn(shape[0], 3, *shape[1:], generator=torch.Generator().manual_seed(seed))
+        assert _mask_margin(model, x, monkeypatch) >= MARGIN
         with torch.no_grad():
             want = model.network(x)
             got = runner(x)
@@ -109,7 +132,9 @@ def test_exported_network_matches_eager(model, request, fmt):
         assert max(diffs.values()) <= ATOL[fmt], (shape, diffs)
     # The model's own preprocessing and postprocessor around the exported graph: same segments,
     # on a padded size that is not the traced one.
-    batch = _batch([(120, 90)], [(240, 180)])
+    batch = _batch([(120, 90)], [(240, 180)], seed=11)
+    assert _mask_margin(model, model.network.preprocess(batch["images"], batch["image_sizes"]).tensors,
+                        monkeypatch) >= MARGIN
     with torch.no_grad():
         expected = model(batch)
     got = run_exported(exported, model, batch)
@@ -132,11 +157,25 @@ def test_onnx_axes_are_symbolic(onnx_session):
 
 
 @pytest.mark.slow  # two dynamic exports: ~15-30 s on 2 shared cores
-def test_export_from_config_network_scope(model, tmp_path):
+def test_export_from_config_network_scope(model, tmp_path, monkeypatch):
     # tools/export.py export.scope=network on a Mask2Former checkpoint: dynamic (the default); both
-    # files are written and verified at another size (128x96).
+    # files are written and verified at another size (128x96, batch 1).
     from panfpn.engine.export_run import export_from_config
+    from panfpn.modeling.panoptic_fpn import export as ex
 
+    # The random inputs of the export (trace, verification) from a seed whose 128x96 input keeps
+    # MARGIN (CHECK_INPUTS[1]), so that the ONNX check cannot meet a flipped attention-mask pixel.
+    example_input, seed = ex.example_input, CHECK_INPUTS[1][-1]
+    verify = torch.randn(1, 3, 128, 96, generator=torch.Generator().manual_seed(seed))
+    assert _mask_margin(model, verify, monkeypatch) >= MARGIN
+
+    shapes = []
+
+    def seeded_input(height, width, **kwargs):
+        shapes.append(tuple(example_input(height, width, **kwargs).shape))  # its size checks
+        return torch.randn(shapes[-1], generator=torch.Generator().manual_seed(seed))
+
+    monkeypatch.setattr(ex, "example_input", seeded_input)
     weights = tmp_path / "model.pth"
     torch.save({"model": model.state_dict()}, weights)
     stem = tmp_path / "out" / "m2f"
@@ -147,6 +186,7 @@ def test_export_from_config_network_scope(model, tmp_path):
         warnings.simplefilter("ignore")
         summary = export_from_config(cfg)
     assert set(summary["files"]) == {"onnx", "torch_export"}
+    assert shapes == [(2, 3, *SIZE), (2, 3, *SIZE), tuple(verify.shape)]  # traced twice, verified once
     assert summary["outputs"] == list(OUTPUT_NAMES) and summary["input"]["dynamic"] is True
     for diffs in summary["max_abs_diff"].values():
         assert list(diffs) == list(OUTPUT_NAMES) and max(diffs.values()) <= RAW_ATOL

@@ -2,7 +2,7 @@
 
 Each query attends to ``n_points`` sampled locations per head and feature level around its
 reference point; values are read with ``F.grid_sample`` (no compiled op), so it runs on any device
-and under ``torch.export``-free eager code alike.
+and exports (``torch.export``, ONNX ``GridSample``) with symbolic level sizes: any input size.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ from panfpn.deploy.pipeline import INPUT_NAME, OUTPUT_NAMES, PanopticPipeline
 from panfpn.deploy.torch_export import export_pipeline_program
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.modeling.merge import MergeThresholds
+from panfpn.modeling.panoptic_fpn import PanopticFPN
 from panfpn.utils.atomic import write_json_atomic
+from panfpn.utils.errors import ConfigError
 
 logger = logging.getLogger("panfpn")
 
@@ -32,11 +34,22 @@ def merge_rules(name: str, model_rules: MergeThresholds) -> MergeThresholds:
     return getattr(MergeThresholds, name)()
 
 
+def check_pipeline_model(model: Any, weights: Any) -> None:
+    """The pipeline holds Panoptic FPN's proposals, RoI heads and merge: refuse another model
+    (Mask2Former) with a :class:`ConfigError` that names ``export.scope=network``, before writing anything."""
+    if not isinstance(model, PanopticFPN):
+        source = f"the model of {weights}" if weights else "the configured model"
+        raise ConfigError(f"config key 'export.scope': 'pipeline' (the default) exports Panoptic FPN models "
+                          f"only, and {source} is a {type(model).__name__}: export its network with "
+                          "export.scope=network (.pt2 / .onnx with dynamic batch and size; docs/mask2former.md)")
+
+
 def export_pipeline_from_config(cfg: DictConfig, opts: Any, stem: Path,
                                 overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Write ``<stem>.onnx`` and/or ``<stem>.pt2`` (the pipeline, per ``export.format``) and
     ``<stem>.json``; returns the JSON's content."""
     built = build_inference_model(cfg, overrides)
+    check_pipeline_model(built.model, cfg.weights)
     model = built.model.cpu().eval()  # traced on the CPU; the graph runs on any onnxruntime provider
     rules = merge_rules(str(opts.merge), model.merge_thresholds)
     pipeline = build_pipeline(model, built.metadata, built.transform(), merge=rules)

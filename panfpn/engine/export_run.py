@@ -13,7 +13,6 @@ is the one the checkpoint records (see :mod:`panfpn.engine.inference_model`).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,10 +47,6 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
     device = resolve_device(cfg.device)
     model = build_inference_model(cfg, overrides, require_heads=False).model.to(device).eval()
     network = model.network
-    if opts.dynamic and not ex.supports_dynamic(network):  # e.g. Mask2Former: one fixed input size
-        logger.warning("%s exports with a fixed input size: exporting %dx%d, batch 1 (export.dynamic ignored)",
-                       type(network).__name__, opts.height, opts.width)
-        opts = dataclasses.replace(opts, dynamic=False)
 
     files: dict[str, str] = {}
     runners: dict[str, Any] = {}

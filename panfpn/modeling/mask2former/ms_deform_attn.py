@@ -2,7 +2,7 @@
 
 Each query attends to ``n_points`` sampled locations per head and feature level around its
 reference point; values are read with ``F.grid_sample`` (no compiled op), so it runs on any device
-and under ``torch.export``-free eager code alike.
+and exports (``torch.export``, ONNX ``GridSample``) with symbolic level sizes: any input size.
 """
 
 from __future__ import annotations
@@ -83,6 +83,16 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(b, q, heads, levels, points, 2)
         attn = self.attention_weights(query).view(b, q, heads, levels * points).softmax(-1)
         attn = attn.view(b, q, heads, levels, points)
-        wh = torch.tensor([[w, h] for h, w in shapes], dtype=query.dtype, device=query.device)
-        locations = reference_points[:, :, None, :, None, :] + offsets / wh[None, None, None, :, None, :]
+        locations = reference_points[:, :, None, :, None, :] + normalize_offsets(offsets, shapes)
         return self.output_proj(deformable_sample(v, shapes, locations, attn))
+
+
+def normalize_offsets(offsets: torch.Tensor, shapes: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Pixel offsets ``[..., L, P, 2]`` (x, y) -> fractions of each level's width / height.
+
+    Divides by the sizes as scalars, not by a tensor built from them, so that symbolic sizes
+    (``torch.export``, ONNX tracing) stay symbolic: the graph takes any input size.
+    """
+    per_level = [torch.stack((offsets[..., lvl, :, 0] / w, offsets[..., lvl, :, 1] / h), -1)
+                 for lvl, (h, w) in enumerate(shapes)]
+    return torch.stack(per_level, -3)

@@ -1,6 +1,6 @@
 """The two halves of Mask2Former for export, as Panoptic FPN's: a network (normalisation, backbone
-body, pixel decoder, transformer decoder -> the final layer's raw predictions, static shapes) and a
-postprocessor (those predictions -> the per-image eval dicts, :mod:`.inference`).
+body, pixel decoder, transformer decoder -> the final layer's raw predictions; exports with dynamic
+batch and size) and a postprocessor (those predictions -> the per-image eval dicts, :mod:`.inference`).
 
 ``model.eval()(batch)`` is ``postprocessor(network(preprocess(batch)))``: the model's own eval path
 goes through these halves, so an exported network plus the postprocessor gives the same results.
@@ -31,14 +31,13 @@ class Mask2FormerNetwork(nn.Module):
     ``forward(images)``: that float ``[B, 3, H, W]`` (multiples of 32) -> ``(pred_logits [B, Q, K+1],
     pred_masks [B, Q, H/4, W/4])``, the final decoder layer's class and mask logits.
 
-    Export takes one fixed input size (:attr:`DYNAMIC_SHAPES` False): the deformable attention and
-    the decoder's attention masks use the feature sizes as Python numbers.
+    Exports with dynamic batch, H and W: every feature size is read from a tensor's shape and used
+    as it is (no ``int()``, no tensor built from sizes), so it stays symbolic in the exported graph.
     """
 
     OUTPUT_NAMES = OUTPUT_NAMES
     OUTPUT_AXES = {"pred_logits": {0: "batch"},
                    "pred_masks": {0: "batch", 2: "pred_masks_height", 3: "pred_masks_width"}}
-    DYNAMIC_SHAPES = False
 
     def __init__(self, backbone: nn.Module, pixel_decoder: nn.Module, predictor: nn.Module,
                  pixel_mean: torch.Tensor, pixel_std: torch.Tensor, *,

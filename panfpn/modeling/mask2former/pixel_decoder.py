@@ -53,7 +53,7 @@ class DeformableEncoder(nn.Module):
 
     def forward(self, srcs: Sequence[torch.Tensor], pos: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Per-level ``[B, C, h, w]`` maps in, the encoded maps of the same shapes out."""
-        shapes = [(int(s.shape[-2]), int(s.shape[-1])) for s in srcs]
+        shapes = [(s.shape[-2], s.shape[-1]) for s in srcs]  # symbolic when exported: no int()
         x = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
         p = torch.cat([q.flatten(2).transpose(1, 2) + self.level_embed[i] for i, q in enumerate(pos)], 1)
         ref = reference_points(shapes, x.device, x.dtype)[None, :, None, :].expand(

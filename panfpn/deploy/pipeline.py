@@ -76,6 +76,8 @@ class PanopticPipeline(nn.Module):
         x = resize_uint8(chw, h, w).float() if self.resize is not None else chw.float()
         x = (x[None] - self.model.pixel_mean) / self.model.pixel_std
         pad_h, pad_w = (-h) % SIZE_DIVISIBILITY, (-w) % SIZE_DIVISIBILITY
+        if isinstance(h, torch.SymInt):  # the padded size as one symbol too
+            pad_h, pad_w = unbacked_size(h + pad_h) - h, unbacked_size(w + pad_w) - w
         x = F.pad(x, (0, pad_w, 0, pad_h))  # no size-specific branch: a pad of 0 or 1 is a pad too
         return x.contiguous(memory_format=self.model.memory_format), h, w  # the eager layout
 

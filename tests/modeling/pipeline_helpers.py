@@ -73,14 +73,17 @@ def sample_images(tmp: Path) -> list[Path]:
     return sorted((root / "images").glob("*.jpg")) + COCO_IMAGES
 
 
-def strip_image(tmp: Path) -> Path:
-    """A 24x640 strip of the first COCO photo (PNG): the test resize makes it 12x320, so P5 is one
-    cell high (the .pt2 refused such inputs with a guard once)."""
+def edge_images(tmp: Path) -> list[Path]:
+    """Two crops of the first COCO photo (PNG) at the edges of the .pt2's range: a 24x640 strip
+    (the test resize makes it 12x320: P5 is one cell high, which a guard refused once) and a 6x9
+    corner (below the 16 px the .pt2 accepted before)."""
     from PIL import Image
 
-    path = tmp / "strip.png"
-    Image.open(COCO_IMAGES[0]).convert("RGB").crop((0, 200, 640, 224)).save(path)
-    return path
+    photo = Image.open(COCO_IMAGES[0]).convert("RGB")
+    paths = [tmp / "strip.png", tmp / "corner.png"]
+    photo.crop((0, 200, 640, 224)).save(paths[0])
+    photo.crop((300, 200, 309, 206)).save(paths[1])
+    return paths
 
 
 @torch.no_grad()

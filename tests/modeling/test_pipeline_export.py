@@ -375,12 +375,14 @@ def test_torch_export_programs_match_eager(setup, tmp_path):
     # The pipeline as .pt2 programs, one per merge rule set: Detectron2's (export_pipeline_program)
     # and the model's own rules set to the textbook ones (tools/export.py export.merge=model), plus
     # one with no detection left. torch.export.load runs them in a process without panfpn on the
-    # synthetic images, the COCO photos and a 24x640 strip (resized to 12x320: P5 one cell high).
+    # synthetic images, the COCO photos, a 24x640 strip (resized to 12x320: P5 one cell high) and
+    # a 6x9 corner.
     # Each output equals the eager pipeline module's (floats within 1e-4), and against eager
     # model.eval() the checks of the ONNX test hold (same segments, >= 99.99 % pixels, PQ >= 99.9);
     # measured: every id map and segment list identical (the .pt2 runs PyTorch's own kernels), scores
     # within ~1e-6 (torchvision's RoIAlign vs the eager CPU path's sparse kernel).
-    # Before: the strip failed a guard on the P5 size ("Guard failed: torch.sym_max(1, 1 + ...") and
+    # Before: the strip failed a guard on the P5 size ("Guard failed: torch.sym_max(1, 1 + ..."), the
+    # corner was below the program's 16 px minimum side, and
     # each program took ~35 s to export and ~50 s to load on 2 shared cores (now ~12 s and ~10 s:
     # the resized size is a fresh symbol, deploy/resize.py unbacked_size).
     import os
@@ -389,12 +391,12 @@ def test_torch_export_programs_match_eager(setup, tmp_path):
 
     from panfpn.deploy.torch_export import export_pipeline_program
 
-    from pipeline_helpers import strip_image
+    from pipeline_helpers import edge_images
 
     model, metadata, transform, paths = setup
-    paths = [*paths, strip_image(tmp_path)]
+    paths = [*paths, *edge_images(tmp_path)]
     images = [read_image(p) for p in paths]
-    assert images[-1].shape[:2] == (24, 640)
+    assert [im.shape[:2] for im in images[-2:]] == [(24, 640), (6, 9)]
     detectron2 = build_pipeline(model, metadata, transform, merge=RULES["detectron2"])
     programs = {"detectron2": export_pipeline_program(detectron2, tmp_path / "detectron2.pt2"),
                 "textbook": _export_program_with_tool(model, tmp_path, RULES["textbook"])}

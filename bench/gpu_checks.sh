@@ -43,7 +43,9 @@ step train_cuda 60 python3 tools/train.py device=cuda solver.max_iter=100 \
 step pq 40 python3 bench/pq.py --repeat 2
 step merge_tool 20 python3 bench/merge_tool.py --device cuda --workers 8 --threads 2 --images 100 --rounds 2
 # issue 22: the exported whole pipeline vs eager CUDA, R50 800x1216; onnxruntime's CUDA/TensorRT
-# providers are timed where onnxruntime-gpu is installed (it is not in .whl: eager CUDA only then)
+# providers are timed where onnxruntime-gpu is installed. The device image's onnxruntime is the CPU
+# build and .whl does not carry onnxruntime-gpu: the step then says so, skips the export and times
+# eager CUDA only.
 step export_pipeline 55 python3 bench/export.py --scope pipeline --model panoptic_fpn_r50 \
     --data coco_panoptic --size 800 1216 --threads 8 --reps 3 --device cuda
 rm -rf "$OUT/run"  # only the logs come back

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from panfpn.data.collate import SIZE_DIVISIBILITY
 from panfpn.deploy import static_ops as ops
 from panfpn.deploy.merge_static import merge_static
-from panfpn.deploy.resize import f64, resize_uint8, shortest_edge_size, size_of
+from panfpn.deploy.resize import f64, resize_uint8, shortest_edge_size, size_of, unbacked_size
 from panfpn.modeling.merge import MergeThresholds
 from panfpn.modeling.panoptic_fpn.network import split_outputs
 from panfpn.modeling.panoptic_fpn import PanopticFPN
@@ -68,11 +68,16 @@ class PanopticPipeline(nn.Module):
         h, w = size_of(image, 0), size_of(image, 1)
         if self.resize is not None:
             h, w = shortest_edge_size(h, w, *self.resize)
-            x = resize_uint8(chw, h, w).float()
-        else:
-            x = chw.float()
+        if isinstance(h, torch.SymInt):  # torch.export: see unbacked_size
+            largest = max(self.resize) if self.resize is not None else None
+            h, w = unbacked_size(h, largest), unbacked_size(w, largest)
+            if self.resize is None:  # the image's own rows and columns, with the sizes' new symbols
+                chw = chw.index_select(1, torch.arange(h)).index_select(2, torch.arange(w))
+        x = resize_uint8(chw, h, w).float() if self.resize is not None else chw.float()
         x = (x[None] - self.model.pixel_mean) / self.model.pixel_std
         pad_h, pad_w = (-h) % SIZE_DIVISIBILITY, (-w) % SIZE_DIVISIBILITY
+        if isinstance(h, torch.SymInt):  # the padded size as one symbol too
+            pad_h, pad_w = unbacked_size(h + pad_h) - h, unbacked_size(w + pad_w) - w
         x = F.pad(x, (0, pad_w, 0, pad_h))  # no size-specific branch: a pad of 0 or 1 is a pad too
         return x.contiguous(memory_format=self.model.memory_format), h, w  # the eager layout
 

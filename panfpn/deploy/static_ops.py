@@ -15,16 +15,17 @@ import torch
 from torch import Tensor
 from torchvision.ops import nms, roi_align
 
-from panfpn.deploy.resize import f64
+from panfpn.deploy.resize import f64, unbacked_size
 
 
 def topk_count(values: Tensor, k: int) -> Tensor | int:
     """``min(k, len(values))``: a tensor while tracing (the length stays dynamic), else an int
-    (symbolic under ``torch.export``)."""
+    (under ``torch.export`` a fresh symbol: see :func:`~panfpn.deploy.resize.unbacked_size`)."""
     if torch.jit.is_tracing():
         n = torch._shape_as_tensor(values)[0]
         return torch.clamp(n, max=k)
-    return torch.sym_min(k, values.shape[0])
+    count = torch.sym_min(k, values.shape[0])
+    return unbacked_size(count, k, smallest=0) if isinstance(count, torch.SymInt) else count
 
 
 def clip_boxes(boxes: Tensor, height: Tensor | int, width: Tensor | int) -> Tensor:

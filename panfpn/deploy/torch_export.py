@@ -6,7 +6,9 @@ the kept indices with ``ctx.create_unbacked_symint()``, whose default lower boun
 the program got a baked-in runtime assertion ``u >= 2`` (``Runtime assertion failed for expression u10
 >= 2`` on an image where an FPN level keeps one proposal). :func:`nms_fake_from_zero` swaps in a fake
 kernel with the true bound (0 to the number of boxes) while exporting; the op in the program is still
-``torchvision::nms``.
+``torchvision::nms``. The pipeline itself turns its derived sizes (resized, padded, top-k counts) into
+fresh symbols under ``torch.export`` (:func:`panfpn.deploy.resize.unbacked_size`): no guard on the
+resize's formula, and a faster export and load.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from panfpn.deploy.export import MAX_SIDE, example_image
 from panfpn.deploy.pipeline import INPUT_NAME, PanopticPipeline
 from panfpn.utils.atomic import atomic_write_path
 
-MIN_SIDE = 16  # smallest exported input side (the guards torch.export adds hold above it)
+MIN_SIDE = 2  # smallest exported input side (torch.export specialises sizes 0 and 1)
 
 
 def _nms_fake(dets: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:

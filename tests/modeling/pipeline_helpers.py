@@ -20,6 +20,7 @@ from modeling_helpers import compose_model_config, make_batch
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 COCO_IMAGES = sorted((ASSETS / "coco_panoptic_sample" / "input_images").glob("*.jpg"))
+COCO_CATEGORIES = ASSETS / "coco_panoptic_sample" / "panoptic_coco_categories.json"  # as COCO publishes it
 # The box head keeps every detection so that a barely trained model still has things to merge.
 OVERRIDES = ("model.roi_heads.box_head.test.score_thresh=0.0",
              "model.roi_heads.box_head.test.detections_per_image=12")
@@ -49,11 +50,40 @@ def tiny_trained_model(steps: int = 3):
     return model.eval(), cfg, synthetic_metadata(), instantiate(cfg.data.val.transforms)
 
 
+def coco_label_space_model():
+    """The small model with COCO panoptic's label space (80 things, 53 stuff + 'thing': 54 semantic
+    labels) and a 128/224 test resize, randomly initialised (seeded), in eval mode, with its
+    metadata and test transform. The class, mask and semantic predictors are re-drawn with a wider
+    spread so that scores (~0.35-0.45), labels and masks are varied rather than near-uniform ties."""
+    cfg = compose_model_config("panoptic_fpn_small", "coco_panoptic", (
+        *OVERRIDES, "data.val.transforms.short_edge_lengths=[128]", "data.val.transforms.max_size=224"))
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        model.roi_heads.box_head.cls_score.weight.normal_(0.0, 0.1)
+        model.roi_heads.mask_head.predictor.weight.normal_(0.0, 0.3)
+        model.semantic_head.predictor.weight.normal_(0.0, 0.3)
+    return model, instantiate(cfg.data.metadata), instantiate(cfg.data.val.transforms)
+
+
 def sample_images(tmp: Path) -> list[Path]:
     """Two synthetic val-style images (128x128: the test resize is the identity) and the two COCO
     sample photos (resized to 128 x ~171 by the test transform, then outputs at their own size)."""
     root = generate_dataset(tmp / "synthetic", num_images=2, seed=1)
     return sorted((root / "images").glob("*.jpg")) + COCO_IMAGES
+
+
+def edge_images(tmp: Path) -> list[Path]:
+    """Two crops of the first COCO photo (PNG) at the edges of the .pt2's range: a 24x640 strip
+    (the test resize makes it 12x320: P5 is one cell high, which a guard refused once) and a 6x9
+    corner (below the 16 px the .pt2 accepted before)."""
+    from PIL import Image
+
+    photo = Image.open(COCO_IMAGES[0]).convert("RGB")
+    paths = [tmp / "strip.png", tmp / "corner.png"]
+    photo.crop((0, 200, 640, 224)).save(paths[0])
+    photo.crop((300, 200, 309, 206)).save(paths[1])
+    return paths
 
 
 @torch.no_grad()

@@ -34,6 +34,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # config
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "modeling"))
 from modeling_helpers import compose_model_config, make_batch  # noqa: E402
 
+COCO_PHOTOS = sorted((Path(__file__).resolve().parents[1] / "tests" / "assets" / "coco_panoptic_sample"
+                      / "input_images").glob("*.jpg"))
+
+
+def spread_heads(model: torch.nn.Module) -> None:
+    """Re-draw the class, mask and semantic predictors with a wider spread (seeded): with their
+    init every mask probability is 0.5 +- 1e-3 and the scores tie to ~1e-4, so float rounding alone
+    flips pixels; these give varied scores, labels and masks, as a trained model has."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for weight, std in ((model.roi_heads.box_head.cls_score.weight, 0.1),
+                            (model.roi_heads.mask_head.predictor.weight, 0.3),
+                            (model.semantic_head.predictor.weight, 0.3)):
+            weight.copy_(torch.randn(weight.shape, generator=gen) * std)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,6 +59,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="pipeline scope: the eager model's device")
+    parser.add_argument("--heads", choices=("informative", "random"), default="informative",
+                        help="pipeline scope: class, mask and semantic predictors re-drawn with a wider "
+                             "spread (varied scores and masks, not near-ties) or left at their init")
+    parser.add_argument("--photos", nargs="*", default=[str(p) for p in COCO_PHOTOS],
+                        help="pipeline scope: images also predicted by both and compared (segments, "
+                             "pixels, PQ of exported vs eager); default: the COCO sample photos")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.scope == "pipeline":
@@ -168,25 +189,31 @@ def bench_pipeline(args: argparse.Namespace) -> None:
             "model.backbone.norm=bn", "model.roi_heads.box_head.test.score_thresh=0.0",
             "model.merge.score_thresh=0.0"))
         model = build_model(cfg).eval()
+    if args.heads == "informative":
+        spread_heads(model)
     transform = instantiate(cfg.data.val.transforms)
     h, w = args.size
     image = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    pipeline = build_pipeline(model, build_metadata(cfg), transform)
+    metadata = build_metadata(cfg)
+    pipeline = build_pipeline(model, metadata, transform)
     providers = _providers(args.device)
     sessions, note = {}, "no onnxruntime provider for this device: not exported"
     if providers:  # no export when only the eager model can be timed (the GPU step's time limit)
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            path = export_pipeline_onnx(pipeline, Path(tmp) / "pipeline.onnx")
+            path = export_pipeline_onnx(pipeline, Path(tmp) / "pipeline.onnx", metadata=metadata)
             note = f"export {time.perf_counter() - t0:.1f} s, {path.stat().st_size / 1e6:.0f} MB"
             sessions = {f"onnxruntime {p[0].replace('ExecutionProvider', '')}": _session(path, p, args.threads)
                         for p in providers}
+            if args.photos:
+                compare_on_photos(model, metadata, transform, next(iter(sessions.values())),
+                                  [Path(p) for p in args.photos], args.device, Path(tmp))
     device = torch.device(args.device)
     runners = {f"eager {device.type}": _eager_runner(model.to(device), transform, image, device)}
     for name, session in sessions.items():
         runners[name] = lambda s=session: torch.from_numpy(s.run(["panoptic"], {INPUT_NAME: image.numpy()})[0])
     print(f"{args.model} pipeline {h}x{w}, {args.threads} thread(s), device {args.device}; {note}; "
-          f"{pipeline.max_detections} detection slots")
+          f"{pipeline.max_detections} detection slots; {args.heads} heads")
     times: dict[str, list[float]] = {k: [] for k in runners}
     maps = {}
     with torch.no_grad():
@@ -202,6 +229,34 @@ def bench_pipeline(args: argparse.Namespace) -> None:
         agree = float((maps[name] == maps[ref_name]).float().mean())
         print(f"  {name:24s} {1000 * statistics.median(t):9.1f} ms/image ({ref / statistics.median(t):4.2f}x "
               f"{ref_name}); id map pixels equal to eager: {100 * agree:.4f} %")
+
+
+def compare_on_photos(model, metadata, transform, session, photos: list[Path], device: str, tmp: Path) -> None:
+    """The exported file through the standalone runner vs ``predict_images`` (eager, batch 1) on
+    ``photos``: segments, id-map pixels, and PQ of the exported output with eager as ground truth."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from panfpn.deploy.onnx_runner import predict_files
+    from panfpn.engine.predict_run import predict_images
+    from panfpn.evaluation.pq import pq_compute
+
+    predict_images(model, photos, metadata, tmp / "eager", transforms=transform, device=device, batch_size=1,
+                   overlay=False, write_threads=0, progress=False)
+    predict_files(session, photos, tmp / "onnx")
+    eager, onnx = (json.loads((tmp / d / "panoptic.json").read_text())["annotations"] for d in ("eager", "onnx"))
+    for e, o in zip(eager, onnx, strict=True):
+        same = [(s["id"], s["category_id"]) for s in e["segments_info"]] == \
+            [(s["id"], s["category_id"]) for s in o["segments_info"]]
+        maps = [np.asarray(Image.open(tmp / d / "panoptic" / e["file_name"]), dtype=np.int64) for d in ("eager", "onnx")]
+        scores = [s["score"] for s in e["segments_info"] if "score" in s]
+        spread = f"thing scores {min(scores):.3f}..{max(scores):.3f}" if scores else "no thing segment"
+        print(f"  {e['file_name']}: {len(e['segments_info'])} segments ({spread}); same segments: {same}; "
+              f"id map pixels equal: {100 * float((maps[0] == maps[1]).mean()):.4f} %")
+    pq = pq_compute(tmp / "eager" / "panoptic.json", tmp / "onnx" / "panoptic.json", workers=1)
+    print(f"  PQ of the exported output, eager as ground truth: {100 * pq['All']['pq']:.3f}")
 
 
 if __name__ == "__main__":

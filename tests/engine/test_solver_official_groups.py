@@ -185,3 +185,39 @@ def test_swin_presets_are_the_r50_recipes_with_the_zoo_swin_models(experiment, t
     assert cfg.solver.schedule.get("steps") == steps
     assert {k: v for k, v in cfg.solver.items() if k not in ("max_iter", "schedule")} == {
         k: v for k, v in r50.solver.items() if k not in ("max_iter", "schedule")}
+
+
+TINY_SWIN = ["model.backbone.arch.embed_dim=16", "model.backbone.arch.depths=[2,2,2,2]",
+             "model.backbone.arch.num_heads=[1,2,2,4]", "model.backbone.arch.window_size=4",
+             "model.backbone.arch.stochastic_depth_prob=0.0",  # else a dropped block gets no gradient
+             "model.pixel_decoder.conv_dim=32", "model.pixel_decoder.mask_dim=32", "model.pixel_decoder.num_layers=1",
+             "model.pixel_decoder.n_heads=2", "model.pixel_decoder.dim_feedforward=64",
+             "model.predictor.hidden_dim=32", "model.predictor.mask_dim=32", "model.predictor.n_heads=2",
+             "model.predictor.dim_feedforward=64", "model.predictor.dec_layers=3", "model.matcher.num_points=256"]
+
+
+def _batch(num_things, num_sem, size=64):
+    g = torch.Generator().manual_seed(0)
+    sem_seg = torch.randint(0, num_sem, (1, size, size), generator=g)
+    masks = torch.zeros((1, size, size), dtype=torch.uint8)
+    masks[0, 8:40, 16:48] = 1
+    return {"images": torch.randint(0, 256, (1, 3, size, size), generator=g, dtype=torch.uint8),
+            "image_sizes": [(size, size)], "orig_sizes": [(size, size)], "sem_seg": sem_seg,
+            "instances": [{"boxes": torch.tensor([[16.0, 8.0, 48.0, 40.0]]), "labels": torch.tensor([num_things - 1]),
+                           "masks": masks}], "image_ids": [0], "file_names": ["0.png"]}
+
+
+def test_the_cityscapes_swin_l_preset_trains_a_step():
+    """The preset (shrunk, without drop path) builds, its optimizer steps with the recipe's clipping, and
+    the step reaches every position table (decay 0 there, so only the gradient moves them)."""
+    cfg, model = build(["experiment=cityscapes_mask2former_swin_l", *TINY_SWIN])
+    optimizer, _, _ = _build_solver(cfg, model, torch.device("cpu"))
+    tables = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("relative_position_bias_table")}
+    losses = model.train()(_batch(cfg.data.num_thing_classes, cfg.data.num_sem_classes))
+    total = sum(losses.values())
+    assert torch.isfinite(total) and len(losses) == 3 * (1 + 3)  # final + 3 auxiliary predictions
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
+    optimizer.step()
+    params = dict(model.named_parameters())
+    assert len(tables) == 8 and all(not torch.equal(params[n], t) for n, t in tables.items())

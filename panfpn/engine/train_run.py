@@ -124,6 +124,7 @@ def _build_solver(cfg: DictConfig, model: torch.nn.Module, device: torch.device)
         model, instantiate(cfg.solver.optimizer), lr=lr, weight_decay=float(cfg.solver.weight_decay),
         weight_decay_norm=cfg.solver.weight_decay_norm, weight_decay_bias=cfg.solver.weight_decay_bias,
         weight_decay_embed=cfg.solver.get("weight_decay_embed"), lr_multipliers=cfg.solver.get("lr_multipliers"),
+        weight_decay_by_name=cfg.solver.get("weight_decay_by_name"),
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, instantiate(cfg.solver.schedule))
     use_scaler = bool(cfg.train.amp) and cfg.train.amp_dtype == "float16"

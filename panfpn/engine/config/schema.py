@@ -39,6 +39,13 @@ def _lr_multipliers(value: Any) -> bool:
                                            and 0 < x < float("inf") for x in value.values())
 
 
+def _weight_decay_by_name(value: Any) -> bool:
+    """solver.weight_decay_by_name: non-empty parameter-name substring -> a finite decay >= 0 (or null)."""
+    return value is None or isinstance(value, dict) and all(
+        isinstance(k, str) and k and isinstance(x, (int, float)) and not isinstance(x, bool)
+        and 0 <= x < float("inf") for k, x in value.items())
+
+
 def _evaluator_list(value: Any) -> bool:
     """eval.evaluators: a list of non-empty names or mappings with a ``_target_``."""
     return isinstance(value, list) and all((isinstance(x, str) and x) or (isinstance(x, dict) and "_target_" in x)
@@ -192,6 +199,11 @@ class SolverOptions:
                                                "{backbone: 0.1}", _lr_multipliers), "lr factor by the "
                                          "longest matching parameter-name prefix (Mask2Former: backbone 0.1)",
                                          optional=True)
+    weight_decay_by_name: dict | None = option(Check("a mapping of parameter-name substrings to weight decays >= 0, "
+                                                     "e.g. {relative_position_bias_table: 0.0}", _weight_decay_by_name),
+                                               "weight decay of parameters whose full name contains a key (the "
+                                               "longest wins; not norms / embeddings; Mask2Former: 0 on Swin's "
+                                               "position tables)", optional=True)
 
 
 @section("data")

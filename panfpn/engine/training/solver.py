@@ -10,19 +10,23 @@ from torch import nn
 
 _NORM_TYPES = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
-    nn.LayerNorm, nn.InstanceNorm2d, nn.LocalResponseNorm,
+    nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm,
 )
 
 
 def param_groups(
     model: nn.Module, *, weight_decay: float, weight_decay_norm: float | None = 0.0,
     weight_decay_bias: float | None = None, weight_decay_embed: float | None = None,
+    weight_decay_by_name: Mapping[str, float] | None = None,
     lr_multipliers: Mapping[str, float] | None = None,
 ) -> list[dict]:
-    """Split trainable parameters by weight decay: norms get ``weight_decay_norm``, biases
-    ``weight_decay_bias``, embeddings ``weight_decay_embed`` (None = same as ``weight_decay``); and
-    by lr factor: a parameter under a prefix of ``lr_multipliers`` (``{"backbone": 0.1}``, the
-    longest prefix wins) has ``lr_mult`` set in its group. Frozen parameters are left out."""
+    """Split trainable parameters by weight decay: norms get ``weight_decay_norm``, embeddings
+    ``weight_decay_embed`` (None = same as ``weight_decay``), a parameter whose full name contains a
+    key of ``weight_decay_by_name`` that key's value (``{"relative_position_bias_table": 0.0}``, the
+    official Mask2Former Swin rule; the longest matching key wins; norms and embeddings keep their
+    own), biases ``weight_decay_bias``; and by lr factor: a parameter under a prefix of
+    ``lr_multipliers`` (``{"backbone": 0.1}``, the longest prefix wins) has ``lr_mult`` set in its
+    group. Frozen parameters are left out."""
     wd_norm = weight_decay if weight_decay_norm is None else weight_decay_norm
     wd_bias = weight_decay if weight_decay_bias is None else weight_decay_bias
     wd_embed = weight_decay if weight_decay_embed is None else weight_decay_embed
@@ -34,11 +38,18 @@ def param_groups(
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
+            full = f"{mname}.{name}" if mname else name
+            by_name = _by_name(full, weight_decay_by_name)
             wd = wd_norm if is_norm else wd_embed if isinstance(module, nn.Embedding) else (
-                wd_bias if name == "bias" else weight_decay)
-            groups.setdefault((wd, _lr_mult(f"{mname}.{name}" if mname else name, lr_multipliers)), []).append(p)
+                by_name if by_name is not None else wd_bias if name == "bias" else weight_decay)
+            groups.setdefault((wd, _lr_mult(full, lr_multipliers)), []).append(p)
     return [{"params": ps, "weight_decay": wd} | ({"lr_mult": mult} if mult != 1.0 else {})
             for (wd, mult), ps in groups.items()]
+
+
+def _by_name(name: str, decays: Mapping[str, float] | None) -> float | None:
+    hits = [k for k in (decays or {}) if k in name]
+    return float(decays[max(hits, key=len)]) if hits else None
 
 
 def _lr_mult(name: str, multipliers: Mapping[str, float] | None) -> float:
@@ -50,13 +61,14 @@ def build_optimizer(
     model: nn.Module, optimizer_factory: Callable[..., torch.optim.Optimizer], *, lr: float,
     weight_decay: float, weight_decay_norm: float | None = 0.0,
     weight_decay_bias: float | None = None, weight_decay_embed: float | None = None,
+    weight_decay_by_name: Mapping[str, float] | None = None,
     lr_multipliers: Mapping[str, float] | None = None,
 ) -> torch.optim.Optimizer:
     """Instantiate a ``_partial_`` optimizer (SGD, AdamW, ...) on the model's parameter groups
     (a group with ``lr_mult`` gets ``lr * lr_mult``; the schedule scales every group alike)."""
     groups = param_groups(model, weight_decay=weight_decay, weight_decay_norm=weight_decay_norm,
                           weight_decay_bias=weight_decay_bias, weight_decay_embed=weight_decay_embed,
-                          lr_multipliers=lr_multipliers)
+                          weight_decay_by_name=weight_decay_by_name, lr_multipliers=lr_multipliers)
     for group in groups:
         if "lr_mult" in group:
             group["lr"] = lr * group["lr_mult"]

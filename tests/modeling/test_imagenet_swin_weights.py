@@ -46,7 +46,8 @@ def classification_swin_state(official, depths, window_size, **_):
         side //= 2
     width = src["layers.3.blocks.0.norm1.weight"].shape[0]
     g = torch.Generator().manual_seed(5)
-    state.update({"norm.weight": 1 + 0.1 * torch.randn(width, generator=g), "norm.bias": torch.randn(width, generator=g),
+    state.update({"norm.weight": 1 + 0.1 * torch.randn(width, generator=g),
+                  "norm.bias": torch.randn(width, generator=g),
                   "head.weight": torch.randn(CLASSES, width, generator=g), "head.bias": torch.zeros(CLASSES)})
     return state
 

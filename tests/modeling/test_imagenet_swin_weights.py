@@ -155,3 +155,18 @@ def test_a_resnet_model_matches_nothing(files):
     model = instantiate_model(compose_model_config("mask2former_small", "coco_panoptic"))
     with pytest.raises(WeightsError, match=r"official imagenet swin\) match nothing"):
         load_weights(model, files[2])
+
+
+def test_eval_refuses_the_file_its_heads_would_be_random(files):
+    """tools/eval.py / predict.py build their model through build_inference_model."""
+    from modeling_helpers import compose_model_config
+
+    from panfpn.engine.inference_model import build_inference_model
+
+    dims = (f"embed_dim:{TINY['embed_dim']},depths:{TINY['depths']},num_heads:{TINY['num_heads']},"
+            f"window_size:{TINY['window_size']},always_shift:true").replace(" ", "")
+    cfg = compose_model_config("mask2former_small", "synthetic", (
+        "model.backbone.name=swin", "model.backbone.depth=null", "model.backbone.norm=native",
+        "+model.backbone.out_norms=true", f"+model.backbone.arch={{{dims}}}", f"weights={files[2]}"))
+    with pytest.raises(WeightsError, match="hold only an ImageNet backbone"):
+        build_inference_model(cfg, [])

@@ -32,9 +32,8 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-from torch import nn
-
 import torch
+from torch import nn
 
 from panfpn.modeling.weights import WeightsError
 

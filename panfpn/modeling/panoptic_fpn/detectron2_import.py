@@ -4,8 +4,9 @@ Detectron2 model-zoo files are pickles of ``{"model": {name: numpy array}, "__au
 third-party files converted with a plain ``pickle.dump`` of torch tensors (the official
 Mask2Former ImageNet Swin ``.pkl``) hold tensors instead. They are read with an unpickler that can
 only rebuild numpy arrays, CPU torch tensors (:mod:`panfpn.modeling.pickled_tensors`: storages read
-by torch's weights-only reader) and plain containers, so a crafted file cannot run code. Names are mapped one by one from ours to Detectron2's
-(:func:`ours_to_d2`); loading inverts that table over the model's own keys.
+by torch's weights-only reader) and plain containers, so a crafted file cannot run code. Names are
+mapped one by one from ours to Detectron2's (:func:`ours_to_d2`); loading inverts that table over
+the model's own keys.
 
 Conventions of those weights that our model does differently, handled in
 :func:`panfpn.modeling.weights.load_weights`:

@@ -10,7 +10,11 @@ Accepted sources:
   - our own checkpoints (``.pth`` / ``.pt``, a bare state dict or a dict with a ``"model"`` key);
   - Detectron2 Panoptic FPN checkpoints: model-zoo ``.pkl`` (read without general unpickling) or
     ``.pth``; converted by name, with their BGR / Caffe-mean and ``stride_in_1x1`` conventions and
-    the semantic head's rows permuted into our label order.
+    the semantic head's rows permuted into our label order;
+  - official Mask2Former model-zoo checkpoints (``.pkl``), by the model's ``convert_official_state``;
+  - ImageNet classification Swin files as the official Mask2Former configs start from
+    (``swin_tiny_patch4_window7_224.pkl`` ...: plain pickles of torch tensors, or the Swin release
+    ``.pth``): loaded into the Swin body (``official_swin.imagenet_swin_to_ours``).
 Tensor files are always read with ``torch.load(weights_only=True)``.
 
 Loading is strict: every model tensor in scope (the whole model; the ResNet body for ImageNet
@@ -44,11 +48,14 @@ _RESNET_KEY = re.compile(r"^(conv1\.weight|bn1\.\w+|layer\d\.\d+\.|fc\.(weight|b
 ACCEPTED_FORMATS = ("a panfpn checkpoint (.pth/.pt)", "a Detectron2 checkpoint (.pkl or .pth)",
                     "a torchvision ResNet state dict (.pth)",
                     "a torchvision classification state dict of the configured backbone (.pth)",
-                    "a torchvision weights name such as ResNet50_Weights.IMAGENET1K_V1")
+                    "a torchvision weights name such as ResNet50_Weights.IMAGENET1K_V1",
+                    "an ImageNet Swin file as the official Mask2Former configs start from "
+                    "(swin_*.pkl, or the Swin release .pth)")
 TORCH_SUFFIXES = (".pth", ".pt")
 # Set from conventions (Detectron2's Caffe mean), not read from the file: they do not count as a match.
 _NORMALISATION = ("pixel_mean", "pixel_std")
-BACKBONE_ONLY_FORMATS = ("torchvision resnet", "torchvision imagenet")
+IMAGENET_SWIN = "official imagenet swin"
+BACKBONE_ONLY_FORMATS = ("torchvision resnet", "torchvision imagenet", IMAGENET_SWIN)
 
 
 class WeightsError(ValueError):
@@ -116,7 +123,7 @@ def load_weights(model: nn.Module, source: str | os.PathLike | torchvision.model
     With ``allow_partial`` those are skipped and listed in the returned (and logged) report. Zero
     tensors matched is always an error. On any error the model is left exactly as it was.
     Raises ``FileNotFoundError`` for a missing file, ``WeightsError`` for an unreadable one or an
-    unknown format, ``pickle.UnpicklingError`` for a pickle holding anything but arrays.
+    unknown format, ``pickle.UnpicklingError`` for a pickle holding anything but arrays or tensors.
     """
     saved = _snapshot(model)
     try:
@@ -134,7 +141,10 @@ def _dispatch(model: nn.Module, source: Any) -> LoadReport:
         return _load_torchvision_enum(model, source)
     path = check_weights_path(source)
     if path.suffix == ".pkl":
-        return _load_d2(model, _read_d2_pickle(path), str(path))
+        pickled = _read_d2_pickle(path)
+        if _is_imagenet_swin(pickled):
+            return _load_imagenet_swin(model, pickled, str(path))
+        return _load_d2(model, pickled, str(path))
     obj = read_torch_file(path)
     state = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -142,6 +152,8 @@ def _dispatch(model: nn.Module, source: Any) -> LoadReport:
                            f"tensors, got {type(state).__name__}; {_formats()}")
     if not state:
         raise WeightsError(f"{path} holds no tensors: it matches nothing in the model")
+    if _is_imagenet_swin(state):
+        return _load_imagenet_swin(model, state, str(path))
     if is_d2_state_dict(state):
         return _load_d2(model, state, str(path))
     if all(_RESNET_KEY.match(k) for k in state):
@@ -152,6 +164,19 @@ def _dispatch(model: nn.Module, source: Any) -> LoadReport:
         return _load_into(model, _map_torchvision_body(model, state),
                           LoadReport(str(path), "torchvision imagenet"), scope="backbone.body.")
     return _load_into(model, dict(state), LoadReport(str(path), "panfpn"), scope="")
+
+
+def _is_imagenet_swin(state: dict[str, Any]) -> bool:
+    """The classification Swin's names (official, without ``backbone.``): patch embedding and stages."""
+    return "patch_embed.proj.weight" in state and any(k.startswith("layers.") for k in state)
+
+
+def _load_imagenet_swin(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+    """Strict within ``backbone.body.``: the rest of the model (output norms, heads) is left as initialised."""
+    from panfpn.modeling.mask2former.official_swin import imagenet_swin_to_ours  # it imports this module
+
+    report = LoadReport(source, IMAGENET_SWIN)
+    return _load_into(model, imagenet_swin_to_ours(model, state, report), report, scope="backbone.body.")
 
 
 # --- torchvision classification state dicts for any backbone (TorchvisionFPN) ---------------------

@@ -209,14 +209,23 @@ def test_malicious_pickle_is_refused(tmp_path, payload):
         obj = {"model": {"x": _Evil(marker)}}
     elif payload == "eval":
         obj = {"model": {"x": np.zeros(2)}, "y": _EvalPayload()}
-    else:  # a torch tensor pickles through torch internals, which are not arrays either
-        obj = {"model": {"x": torch.zeros(2)}}
+    else:  # torch tensors load (their storages through torch's weights-only reader): not one that runs code
+        evil = pickle.dumps(_Evil(marker), protocol=2)
+        obj = {"model": {"x": _TorchPayload(torch.storage._load_from_bytes, evil)}}
     path = tmp_path / "evil.pkl"
     with open(path, "wb") as f:
         pickle.dump(obj, f)
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         load_weights(small_model(), path)
     assert not marker.exists()
+
+
+class _TorchPayload:
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return (self.func, self.args)
 
 
 class _EvalPayload:

@@ -18,6 +18,13 @@ Both patch mergings concatenate the 2x2 neighbours in the same order ([0::2, 0::
 flattened to ``[N * N]``: it is checked against ours, not loaded (ours is kept when the file lacks
 it). ``attn_mask`` buffers (written by the original classification Swin code, size-dependent) are
 recomputed in the forward, not loaded.
+
+The official training starts from ImageNet classification Swin files (``MODEL.WEIGHTS:
+swin_tiny_patch4_window7_224.pkl`` ...: the Swin release ``.pth``'s ``"model"`` written by
+``tools/convert-pretrained-swin-model-to-d2.py`` with ``pickle.dump``). Their names are the same
+without ``backbone.``; they add the classifier (``norm.*``, ``head.*``: not used) and lack the
+output norms (``norm0..3``: ``D2SwinTransformer`` creates them fresh, ours stay at their
+initialisation): :func:`imagenet_swin_to_ours`.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import re
 from typing import Any, Mapping
 
 import torch
+from torch import nn
 
 from panfpn.modeling.weights import WeightsError
 
@@ -43,6 +51,8 @@ _RULES = (
 _MLP = {"mlp.0": "mlp.fc1", "mlp.3": "mlp.fc2"}
 # Size-dependent shift masks that the classification Swin code stores; recomputed in the forward.
 SWIN_IGNORED = re.compile(r"^backbone\.layers\.\d+\.blocks\.\d+\.attn_mask$")
+# The classification Swin's last LayerNorm and classifier, which a segmentation backbone does not have.
+CLASSIFIER = re.compile(r"^(norm|head)\.(weight|bias)$")
 _INDEX = "relative_position_index"
 
 
@@ -86,3 +96,37 @@ def keep_position_indices(ours: Mapping[str, torch.Tensor], mapped: dict[str, to
         mapped[key] = ours[key].clone()
     if kept:
         report.notes.append(f"{len(kept)} relative_position_index buffer(s) not in the file: the model's kept")
+
+
+def imagenet_swin_to_ours(model: nn.Module, state: Mapping[str, torch.Tensor], report: Any) -> dict[str, torch.Tensor]:
+    """An ImageNet classification Swin state dict (official names without ``backbone.``) under our
+    ``backbone.body.*`` names; the classifier and ``attn_mask`` buffers are left out with a note, any
+    other name the body lacks goes to ``report.unexpected`` (the strict load refuses it)."""
+    ours = model.state_dict()
+    to_ours = {n.removeprefix("backbone."): k for k in ours
+               if k.startswith("backbone.body.") and (n := official_swin_name(k)) is not None}
+    mapped: dict[str, torch.Tensor] = {}
+    classifier, masks = [], 0
+    for name, value in state.items():
+        if name in to_ours:
+            converted = swin_value(to_ours[name], value, ours, report)
+            if converted is not None:
+                mapped[to_ours[name]] = converted
+        elif CLASSIFIER.match(name):
+            classifier.append(name)
+        elif SWIN_IGNORED.match(f"backbone.{name}"):
+            masks += 1
+        else:
+            report.unexpected.append(name)
+    report.notes.append("an ImageNet classification Swin (official Mask2Former initialisation, MODEL.WEIGHTS "
+                        "swin_*.pkl): loaded into the backbone body, everything else left as initialised")
+    if classifier:
+        report.notes.append(f"classifier not used: {', '.join(classifier)}")
+    if masks:
+        report.notes.append(f"{masks} attn_mask buffer(s) not loaded (recomputed for each input size)")
+    keep_position_indices(ours, mapped, report)
+    norms = sorted({k.rsplit(".", 1)[0] for k in ours if k.startswith("backbone.out_norms.")})
+    if norms:
+        report.notes.append(f"{len(norms)} output norms ({norms[0]} ..., official norm0..norm{len(norms) - 1}) "
+                            "not in an ImageNet file: left as initialised, as the official training does")
+    return mapped

@@ -1,9 +1,12 @@
 """Detectron2 Panoptic FPN checkpoints: a safe ``.pkl`` reader and the parameter-name mapping.
 
-Detectron2 model-zoo files are pickles of ``{"model": {name: numpy array}, "__author__": ...}``.
-They are read with an unpickler that can only rebuild numpy arrays and plain containers, so a
-crafted file cannot run code. Names are mapped one by one from ours to Detectron2's
-(:func:`ours_to_d2`); loading inverts that table over the model's own keys.
+Detectron2 model-zoo files are pickles of ``{"model": {name: numpy array}, "__author__": ...}``;
+third-party files converted with a plain ``pickle.dump`` of torch tensors (the official
+Mask2Former ImageNet Swin ``.pkl``) hold tensors instead. They are read with an unpickler that can
+only rebuild numpy arrays, CPU torch tensors (:mod:`panfpn.modeling.pickled_tensors`: storages read
+by torch's weights-only reader) and plain containers, so a crafted file cannot run code. Names are
+mapped one by one from ours to Detectron2's (:func:`ours_to_d2`); loading inverts that table over
+the model's own keys.
 
 Conventions of those weights that our model does differently, handled in
 :func:`panfpn.modeling.weights.load_weights`:
@@ -36,6 +39,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from panfpn.modeling.pickled_tensors import LOAD_STORAGE, REBUILD_TENSOR, rebuild_tensor, storage_from_bytes
+
 # Detectron2's input convention for its MSRA-initialised model-zoo models, BGR order.
 D2_PIXEL_MEAN_BGR = (103.530, 116.280, 123.675)
 D2_PIXEL_STD_BGR = (1.0, 1.0, 1.0)
@@ -64,17 +69,22 @@ _ALLOWED = {
 
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Resolves only the globals numpy arrays and OrderedDicts need; anything else is refused."""
+    """Resolves only the globals numpy arrays, CPU torch tensors and OrderedDicts need; anything
+    else is refused."""
 
     def __init__(self, file: io.BufferedIOBase, path: str) -> None:
         super().__init__(file, encoding="latin1")  # latin1: numpy arrays pickled by Python 2
         self._path = path
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == REBUILD_TENSOR:
+            return rebuild_tensor(self._path)
+        if (module, name) == LOAD_STORAGE:
+            return lambda data: storage_from_bytes(data, self._path)
         if (module, name) not in _ALLOWED:
             raise pickle.UnpicklingError(
                 f"refusing to load {module}.{name} from {self._path}: a weights pickle may only "
-                "contain numpy arrays and plain containers (the file may be malicious)")
+                "contain numpy arrays, torch tensors and plain containers (the file may be malicious)")
         if module == "collections":
             return collections.OrderedDict
         return _numpy_global(module, name)
@@ -86,8 +96,8 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 def load_d2_pickle(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a Detectron2 ``.pkl`` checkpoint -> ``{name: tensor}`` (the ``"model"`` entry).
 
-    Raises ``pickle.UnpicklingError`` for any object other than arrays/containers and
-    ``ValueError`` for a file that is not a ``{name: array}`` mapping.
+    Raises ``pickle.UnpicklingError`` for any object other than arrays/tensors/containers and
+    ``ValueError`` for a file that is not a ``{name: array or tensor}`` mapping.
     """
     path = os.fspath(path)
     with open(path, "rb") as f:
@@ -99,6 +109,8 @@ def load_d2_pickle(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     for name, value in state.items():
         if isinstance(value, (np.ndarray, np.generic)) and np.asarray(value).dtype != object:
             out[str(name)] = torch.from_numpy(np.array(value))
+        elif isinstance(value, torch.Tensor):
+            out[str(name)] = value
         else:
             raise ValueError(f"{path}: entry {name!r} is a {type(value).__name__}, not a numeric array")
     return out

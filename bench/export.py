@@ -38,16 +38,31 @@ COCO_PHOTOS = sorted((Path(__file__).resolve().parents[1] / "tests" / "assets" /
                       / "input_images").glob("*.jpg"))
 
 
-def spread_heads(model: torch.nn.Module) -> None:
-    """Re-draw the class, mask and semantic predictors with a wider spread (seeded): with their
-    init every mask probability is 0.5 +- 1e-3 and the scores tie to ~1e-4, so float rounding alone
-    flips pixels; these give varied scores, labels and masks, as a trained model has."""
+def spread_heads(model: torch.nn.Module, run) -> None:
+    """Re-draw the class, mask and semantic predictors (seeded) so that their logits have a spread
+    of a trained model's on this input (std 2, 4 and 4), measured by one eager ``run()``: with their
+    init every mask probability is 0.5 +- 1e-3, and a wider fixed std saturates R50's class scores
+    at 1.0 (60 distinct values among 100 detections), so float rounding alone reorders near-ties."""
+    layers = {"class": (model.roi_heads.box_head.cls_score, 2.0),
+              "mask": (model.roi_heads.mask_head.predictor, 4.0),
+              "semantic": (model.semantic_head.predictor, 4.0)}
+    rms: dict[str, float] = {}
+
+    def measure(key: str):
+        def hook(module, inputs, output) -> None:  # returns None: the output stays as it is
+            rms.setdefault(key, float(inputs[0].pow(2).mean().sqrt()))
+        return hook
+
+    hooks = [layer.register_forward_hook(measure(k)) for k, (layer, _) in layers.items()]
+    with torch.no_grad():
+        run()
+    for hook in hooks:
+        hook.remove()
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for weight, std in ((model.roi_heads.box_head.cls_score.weight, 0.1),
-                            (model.roi_heads.mask_head.predictor.weight, 0.3),
-                            (model.semantic_head.predictor.weight, 0.3)):
-            weight.copy_(torch.randn(weight.shape, generator=gen) * std)
+        for k, (layer, target) in layers.items():
+            fan_in = layer.weight[0].numel()
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * target / (rms[k] * fan_in ** 0.5))
 
 
 def main() -> None:
@@ -188,12 +203,13 @@ def bench_pipeline(args: argparse.Namespace) -> None:
         cfg = compose_model_config(args.model, args.data, (
             "model.backbone.norm=bn", "model.roi_heads.box_head.test.score_thresh=0.0",
             "model.merge.score_thresh=0.0"))
+        torch.manual_seed(0)
         model = build_model(cfg).eval()
-    if args.heads == "informative":
-        spread_heads(model)
     transform = instantiate(cfg.data.val.transforms)
     h, w = args.size
     image = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    if args.heads == "informative":
+        spread_heads(model, _eager_runner(model, transform, image, torch.device("cpu")))
     metadata = build_metadata(cfg)
     pipeline = build_pipeline(model, metadata, transform)
     providers = _providers(args.device)
@@ -252,7 +268,9 @@ def compare_on_photos(model, metadata, transform, session, photos: list[Path], d
             [(s["id"], s["category_id"]) for s in o["segments_info"]]
         maps = [np.asarray(Image.open(tmp / d / "panoptic" / e["file_name"]), dtype=np.int64) for d in ("eager", "onnx")]
         scores = [s["score"] for s in e["segments_info"] if "score" in s]
-        spread = f"thing scores {min(scores):.3f}..{max(scores):.3f}" if scores else "no thing segment"
+        gap = float(np.diff(sorted(scores)).min()) if len(scores) > 1 else float("inf")
+        spread = (f"thing scores {min(scores):.3f}..{max(scores):.3f}, closest two {gap:.1e} apart (a gap "
+                  "under ~1e-5 can swap order under another runtime's float rounding)") if scores else "no thing segment"
         print(f"  {e['file_name']}: {len(e['segments_info'])} segments ({spread}); same segments: {same}; "
               f"id map pixels equal: {100 * float((maps[0] == maps[1]).mean()):.4f} %")
     pq = pq_compute(tmp / "eager" / "panoptic.json", tmp / "onnx" / "panoptic.json", workers=1)

@@ -64,17 +64,8 @@ class PanopticPipeline(nn.Module):
 
     def preprocess(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """uint8 ``[H0, W0, 3]`` -> (normalised padded ``[1, 3, Hp, Wp]``, resized H, W as int64 scalars)."""
-        chw = image.permute(2, 0, 1)
-        h, w = size_of(image, 0), size_of(image, 1)
-        if self.resize is not None:
-            h, w = shortest_edge_size(h, w, *self.resize)
-            x = resize_uint8(chw, h, w).float()
-        else:
-            x = chw.float()
-        x = (x[None] - self.model.pixel_mean) / self.model.pixel_std
-        pad_h, pad_w = (-h) % SIZE_DIVISIBILITY, (-w) % SIZE_DIVISIBILITY
-        x = F.pad(x, (0, pad_w, 0, pad_h))  # no size-specific branch: a pad of 0 or 1 is a pad too
-        return x.contiguous(memory_format=self.model.memory_format), h, w  # the eager layout
+        return preprocess_image(image, self.resize, self.model.pixel_mean, self.model.pixel_std,
+                                self.model.memory_format)
 
     def detect(self, outputs: Sequence[Tensor], h: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Network outputs -> detections ``(boxes [D, 4] input pixels, scores, labels, mask_probs)``."""
@@ -145,6 +136,23 @@ class PanopticPipeline(nn.Module):
         category = torch.where(torch.arange(k) < num, self.thing_category_ids[labels], -1)  # -1: padding
         return (id_map, seg["id"], category_id, seg["isthing"], seg["score"], seg["area"], seg["count"],
                 boxes, scores, category, num, sem)
+
+
+def preprocess_image(image: Tensor, resize: tuple[int, int] | None, pixel_mean: Tensor, pixel_std: Tensor,
+                     memory_format: torch.memory_format = torch.contiguous_format) -> tuple[Tensor, Tensor, Tensor]:
+    """uint8 ``[H0, W0, 3]`` -> (normalised ``[1, 3, Hp, Wp]`` zero-padded to a multiple of 32, resized
+    H, W): the eager test resize, normalisation and collate padding, shared by every pipeline."""
+    chw = image.permute(2, 0, 1)
+    h, w = size_of(image, 0), size_of(image, 1)
+    if resize is not None:
+        h, w = shortest_edge_size(h, w, *resize)
+        x = resize_uint8(chw, h, w).float()
+    else:
+        x = chw.float()
+    x = (x[None] - pixel_mean) / pixel_std
+    pad_h, pad_w = (-h) % SIZE_DIVISIBILITY, (-w) % SIZE_DIVISIBILITY
+    x = F.pad(x, (0, pad_w, 0, pad_h))  # no size-specific branch: a pad of 0 or 1 is a pad too
+    return x.contiguous(memory_format=memory_format), h, w  # the eager layout
 
 
 def paste_masks(probs: Tensor, boxes: Tensor, image: Tensor) -> Tensor:

@@ -205,3 +205,99 @@ def test_segment_ids_follow_kept_query_order():
     assert seg_of_query.tolist() == [1, 2, 0, 1, 3, 4]
     assert new.tolist() == [True, True, False, False, True, True]
     assert new_id.tolist() == [1, 2, 0, 0, 3, 4]
+
+
+@pytest.mark.slow  # export ~80 s, load and run ~70 s on 2 shared cores
+def test_torch_export_program_matches_eager(setup, tmp_path):
+    # The pipeline as a .pt2 that torch.export.load runs: the eager model's outputs (measured:
+    # bit-identical id maps, instances and semantic labels).
+    from panfpn.deploy.torch_export import export_pipeline_program
+
+    model, metadata, transform, paths = setup
+    path = export_pipeline_program(build_pipeline(model, metadata, transform), tmp_path / "m2f.pt2")
+    program = torch.export.load(str(path)).module()
+    for p, want in zip(paths, eager_results(model, transform, paths, metadata)):
+        with torch.no_grad():
+            out = program(torch.from_numpy(read_image(p)))
+        _compare({n: t.numpy() for n, t in zip(OUTPUT_NAMES, out)}, want, exact=False)
+
+
+def test_standalone_runner_matches_predict(setup, onnx_file, tmp_path):
+    # onnx_runner.py copied next to the .onnx file and run where torch and panfpn cannot be imported
+    # writes the PNGs + JSON that tools/predict.py writes with the eager model (stuff segments
+    # without a score, as eager); predict.backend=onnxruntime writes the same files.
+    from panfpn.deploy import onnx_runner
+    from panfpn.engine.predict_run import predict_from_config, predict_images
+
+    from test_pipeline_export import _BLOCKED_RUN
+
+    model, metadata, transform, paths = setup
+    runner = shutil.copy(onnx_runner.__file__, tmp_path / "onnx_runner.py")
+    cmd = [sys.executable, "-c", _BLOCKED_RUN, str(runner), str(onnx_file), *map(str, paths),
+           "--out", str(tmp_path / "onnx")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, start_new_session=True)
+    assert proc.returncode == 0, proc.stderr
+    predict_images(model, paths, metadata, tmp_path / "eager", transforms=transform, overlay=False,
+                   batch_size=1, write_threads=0, progress=False)
+    got = json.loads((tmp_path / "onnx" / "panoptic.json").read_text())
+    want = json.loads((tmp_path / "eager" / "panoptic.json").read_text())
+    assert got["images"] == want["images"] and got["categories"] == want["categories"]
+    for g, w in zip(got["annotations"], want["annotations"], strict=True):
+        assert w["segments_info"] and any("score" not in s for s in w["segments_info"])  # stuff: no score
+        assert [{**s, "score": None} for s in g["segments_info"]] == [{**s, "score": None} for s in w["segments_info"]]
+        assert [s.get("score") for s in g["segments_info"]] == pytest.approx(
+            [s.get("score") for s in w["segments_info"]], abs=1e-5)
+        g_ids, w_ids = (np.asarray(Image.open(tmp_path / d / "panoptic" / g["file_name"]), dtype=np.int64)
+                        for d in ("onnx", "eager"))
+        assert (g_ids == w_ids).mean() >= 0.9999
+
+    cfg = compose_model_config("mask2former_small", "synthetic", (
+        f"weights={onnx_file}", "predict.backend=onnxruntime", "predict.overlay=false",
+        f"predict.input=[{','.join(map(str, paths))}]", f"predict.output_dir={tmp_path / 'tool'}",
+        f"output_dir={tmp_path / 'run'}"))
+    summary = predict_from_config(cfg)
+    assert len(summary["predicted"]) == len(paths) and not summary["failed"]
+    assert json.loads((tmp_path / "tool" / "panoptic.json").read_text()) == got
+
+
+def _tool_config(tmp_path, *overrides):
+    return compose_model_config("mask2former_small", "synthetic", (
+        f"output_dir={tmp_path}", f"export.output={tmp_path / 'out' / 'm2f'}", "device=cpu", *overrides))
+
+
+def test_export_tool_writes_mask2former_pipeline(tmp_path):
+    # tools/export.py with a Mask2Former checkpoint and the default scope: the whole pipeline as one
+    # ONNX file (its metadata names the model and thresholds), checked by the tool against eager.
+    # Before: a ConfigError telling to use export.scope=network.
+    from panfpn.deploy.onnx_runner import model_metadata
+    from panfpn.engine.export_run import export_from_config
+
+    torch.manual_seed(0)
+    model = build_model(compose_model_config("mask2former_small"))
+    weights = tmp_path / "model.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    cfg = _tool_config(tmp_path, f"weights={weights}", "export.format=onnx",
+                       "model.inference.object_mask_threshold=0.0", "model.inference.overlap_threshold=0.0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = export_from_config(cfg)
+    assert summary["scope"] == "pipeline" and set(summary["files"]) == {"onnx"}
+    assert summary["outputs"] == list(OUTPUT_NAMES)
+    assert json.loads((tmp_path / "out" / "m2f.json").read_text()) == summary
+    for check in summary["verify"]["onnx"].values():
+        assert check["same_segments"] and check["pixel_agreement"] >= 0.9999
+    meta = model_metadata(ort.InferenceSession(summary["files"]["onnx"], providers=["CPUExecutionProvider"]))
+    assert meta["model"] == "mask2former" and meta["merge"] is None
+    assert meta["mask_classification"]["object_mask_threshold"] == 0.0
+    assert meta["categories"] == synthetic_metadata().to_coco_categories()
+
+
+def test_export_tool_refuses_merge_rules_for_mask2former(tmp_path):
+    # export.merge picks Panoptic FPN's merge rules; Mask2Former has none: a ConfigError naming the
+    # key, before any file is written.
+    from panfpn.engine.export_run import export_from_config
+    from panfpn.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"export\.merge"):
+        export_from_config(_tool_config(tmp_path, "export.merge=textbook"))
+    assert not (tmp_path / "out").exists()

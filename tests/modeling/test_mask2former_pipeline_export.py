@@ -44,6 +44,7 @@ ort = pytest.importorskip("onnxruntime")
 SIZES = ((64, 96), (112, 80))  # (height, width) of the synthetic images: landscape, portrait
 # The official object-mask threshold; a lower overlap threshold than the official 0.8 so that the
 # random masks, which overlap a lot, leave segments (the ratio test is the same code either way).
+HEAD_SEED = 5  # its images have stuff queries of one class merged (5 -> 3 and 6 -> 3 segments)
 MASK_SCALE, MASK_BIAS = 4.0, -4.0  # sharp masks over ~15 % of the image each
 INFERENCE = InferenceConfig(object_mask_threshold=0.8, overlap_threshold=0.5, topk_instances=30)
 
@@ -83,7 +84,7 @@ def informative_model(inference: InferenceConfig = INFERENCE):
     model = build_model(cfg).eval()
     p = model.predictor
     q, k1 = p.query_feat.num_embeddings, p.class_embed.out_features
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(HEAD_SEED)
     bias = torch.zeros(q, k1)
     bias[torch.arange(q), torch.randint(0, k1, (q,), generator=g)] = 8.0  # k1 - 1: no object
     p.class_embed = PerQueryOffset(p.class_embed, bias)
@@ -162,24 +163,36 @@ def _compare(outputs: dict, want: dict, *, exact: bool) -> None:
 
 
 def _informative(results) -> None:
-    """The comparison means something: thing and stuff segments, dropped and merged queries."""
+    """The comparison means something: thing and stuff segments, both sizes, several semantic labels."""
     segs = [s for r in results for s in r["segments"]]
     assert any(s["isthing"] for s in segs) and any(not s["isthing"] for s in segs)
     assert len({r["panoptic"].shape for r in results}) == len(SIZES)
     assert all(len(np.unique(r["sem_seg"])) >= 2 for r in results)
 
 
-def test_pipeline_module_equals_model(setup):
+def test_pipeline_module_equals_model(setup, monkeypatch):
     # The module itself (eager torch, before export): model.eval()'s outputs bit for bit.
+    from panfpn.deploy import mask2former_pipeline as m2f_pipeline
+
     model, metadata, transform, paths = setup
     pipeline = build_pipeline(model, metadata, transform)
     assert isinstance(pipeline, Mask2FormerPipeline)
     want = eager_results(model, transform, paths, metadata)
     _informative(want)
+    merged = []  # per image: (valid stuff queries, stuff segments they make)
+    segment_ids = m2f_pipeline.segment_ids
+
+    def recording(valid, isthing, labels):
+        seg_of_query, new, new_id = segment_ids(valid, isthing, labels)
+        merged.append((int((valid & ~isthing).sum()), int((new & ~isthing).sum())))
+        return seg_of_query, new, new_id
+
+    monkeypatch.setattr(m2f_pipeline, "segment_ids", recording)
     for path, w in zip(paths, want):
         with torch.no_grad():
             out = pipeline(torch.from_numpy(read_image(path)))
         _compare({n: t.numpy() for n, t in zip(OUTPUT_NAMES, out)}, w, exact=True)
+    assert any(queries > segments for queries, segments in merged), merged  # stuff of one class merged
 
 
 def test_onnx_pipeline_matches_eager(setup, onnx_file):

@@ -2,9 +2,9 @@
 
 Default (`export.scope=pipeline`): the whole pipeline, decoded uint8 image in, panoptic result out,
 as one ONNX graph `<export.output or run dir/model>.onnx` (+ `.json`), run by
-panfpn/deploy/onnx_runner.py without panfpn or torch (docs/deployment.md; `export.merge` picks the
-merge rules of Panoptic FPN; Mask2Former has its own pipeline). `export.scope=network`: the network only (`.onnx` / `.pt2`,
-`export.format`; Panoptic FPN and Mask2Former), run with the eager remainder
+panfpn/deploy/onnx_runner.py without panfpn or torch (docs/deployment.md; Panoptic FPN and
+Mask2Former; `export.merge` picks Panoptic FPN's merge rules). `export.scope=network`: the network
+only (`.onnx` / `.pt2`, `export.format`; Panoptic FPN and Mask2Former), run with the eager remainder
 (panfpn/modeling/panoptic_fpn/export.py). A panfpn checkpoint brings its own model config
 (see panfpn/engine/inference_model.py). A config error (ConfigError) prints its message and exits 2.
 """

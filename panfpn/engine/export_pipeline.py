@@ -102,7 +102,8 @@ def _runners(files: dict[str, str]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def verify_files(pipeline: PanopticPipeline | Mask2FormerPipeline, files: dict[str, str]) -> dict[str, Any]:
+def verify_files(pipeline: PanopticPipeline | Mask2FormerPipeline,
+                 files: dict[str, str]) -> dict[str, Any]:
     """Run the written files and the eager pipeline on random images of :data:`VERIFY_SIZES`: per
     format and size the share of equal id-map pixels and whether the segment lists (ids,
     categories) agree."""
@@ -114,7 +115,8 @@ def verify_files(pipeline: PanopticPipeline | Mask2FormerPipeline, files: dict[s
     return out
 
 
-def _check(pipeline: PanopticPipeline | Mask2FormerPipeline, run: Any, image: torch.Tensor, name: str) -> dict[str, Any]:
+def _check(pipeline: PanopticPipeline | Mask2FormerPipeline, run: Any, image: torch.Tensor,
+           name: str) -> dict[str, Any]:
     """One image through the eager pipeline and a written file: equal pixels, equal segments."""
     h, w = image.shape[:2]
     want = dict(zip(OUTPUT_NAMES, (t.numpy() for t in pipeline(image))))

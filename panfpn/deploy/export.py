@@ -1,5 +1,6 @@
-"""Export :class:`~panfpn.deploy.pipeline.PanopticPipeline` (image in, panoptic result out) as one ONNX
-graph or one ``torch.export`` program.
+"""Export the whole pipeline (image in, panoptic result out) as one ONNX graph or one ``torch.export``
+program: :class:`~panfpn.deploy.pipeline.PanopticPipeline` for Panoptic FPN,
+:class:`~panfpn.deploy.mask2former_pipeline.Mask2FormerPipeline` for Mask2Former (the same outputs).
 
 The ONNX file carries what a runner needs besides the graph, as the metadata entry
 :data:`METADATA_KEY` (JSON): the dataset's COCO categories, the test resize, the merge rules, the
@@ -20,7 +21,9 @@ import torch
 
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.transforms import ResizeShortestEdge
+from panfpn.deploy.mask2former_pipeline import Mask2FormerPipeline
 from panfpn.deploy.pipeline import INPUT_NAME, OUTPUT_NAMES, PanopticPipeline
+from panfpn.modeling.mask2former import Mask2Former
 from panfpn.modeling.merge import MergeThresholds
 from panfpn.modeling.panoptic_fpn import PanopticFPN
 from panfpn.utils.atomic import atomic_write_path
@@ -42,20 +45,28 @@ def resize_of(transform: Any) -> tuple[int, int] | None:
                      f"transform is {transform!r} (set data.val.transforms to such a resize)")
 
 
-def build_pipeline(model: PanopticFPN, metadata: DatasetMetadata, transform: Any = None, *,
-                   merge: MergeThresholds | None = None) -> PanopticPipeline:
-    """The pipeline of an eval-mode ``model`` with its dataset's category ids and test resize."""
+def build_pipeline(model: PanopticFPN | Mask2Former, metadata: DatasetMetadata, transform: Any = None, *,
+                   merge: MergeThresholds | None = None) -> PanopticPipeline | Mask2FormerPipeline:
+    """The pipeline of an eval-mode ``model`` with its dataset's category ids and test resize
+    (``merge``: Panoptic FPN's rules; Mask2Former has none, its thresholds are the model's)."""
     sem_ids = [-1 if c is None else int(c) for c in metadata.sem_label_to_category]
-    return PanopticPipeline(model, resize=resize_of(transform), thing_category_ids=metadata.thing_ids,
-                            sem_category_ids=sem_ids, merge=merge)
+    common = {"resize": resize_of(transform), "thing_category_ids": metadata.thing_ids, "sem_category_ids": sem_ids}
+    if isinstance(model, Mask2Former):
+        if merge is not None:
+            raise ValueError("Mask2Former has no merge rules (its panoptic thresholds are model.inference.*)")
+        return Mask2FormerPipeline(model, **common)
+    return PanopticPipeline(model, merge=merge, **common)
 
 
-def pipeline_metadata(pipeline: PanopticPipeline, metadata: DatasetMetadata) -> dict[str, Any]:
+def pipeline_metadata(pipeline: PanopticPipeline | Mask2FormerPipeline, metadata: DatasetMetadata) -> dict[str, Any]:
     """What a runner needs besides the graph (stored in the ONNX file and the export's JSON)."""
+    m2f = isinstance(pipeline, Mask2FormerPipeline)
     return {"format": FORMAT, "version": 1, "input": INPUT_NAME, "outputs": list(OUTPUT_NAMES),
+            "model": "mask2former" if m2f else "panoptic_fpn",
             "resize": list(pipeline.resize) if pipeline.resize else None,
             "max_detections": pipeline.max_detections, "max_side": MAX_SIDE,
-            "merge": asdict(pipeline.merge), "stuff_score": -1.0,
+            "merge": None if m2f else asdict(pipeline.merge), "stuff_score": -1.0,
+            **({"mask_classification": asdict(pipeline.inference)} if m2f else {}),
             "categories": metadata.to_coco_categories()}
 
 
@@ -65,7 +76,7 @@ def example_image(height: int = 120, width: int = 160) -> torch.Tensor:
     return torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=g)
 
 
-def export_pipeline_onnx(pipeline: PanopticPipeline, path: str | os.PathLike, *,
+def export_pipeline_onnx(pipeline: PanopticPipeline | Mask2FormerPipeline, path: str | os.PathLike, *,
                          metadata: DatasetMetadata | None = None, opset: int = DEFAULT_OPSET) -> Path:
     """Write the pipeline as one ONNX graph (TorchScript-based exporter; standard ops only), with
     :func:`pipeline_metadata` as the metadata entry :data:`METADATA_KEY` when ``metadata`` is given."""

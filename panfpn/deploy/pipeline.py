@@ -64,22 +64,8 @@ class PanopticPipeline(nn.Module):
 
     def preprocess(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """uint8 ``[H0, W0, 3]`` -> (normalised padded ``[1, 3, Hp, Wp]``, resized H, W as int64 scalars)."""
-        chw = image.permute(2, 0, 1)
-        h, w = size_of(image, 0), size_of(image, 1)
-        if self.resize is not None:
-            h, w = shortest_edge_size(h, w, *self.resize)
-        if isinstance(h, torch.SymInt):  # torch.export: see unbacked_size
-            largest = max(self.resize) if self.resize is not None else None
-            h, w = unbacked_size(h, largest), unbacked_size(w, largest)
-            if self.resize is None:  # the image's own rows and columns, with the sizes' new symbols
-                chw = chw.index_select(1, torch.arange(h)).index_select(2, torch.arange(w))
-        x = resize_uint8(chw, h, w).float() if self.resize is not None else chw.float()
-        x = (x[None] - self.model.pixel_mean) / self.model.pixel_std
-        pad_h, pad_w = (-h) % SIZE_DIVISIBILITY, (-w) % SIZE_DIVISIBILITY
-        if isinstance(h, torch.SymInt):  # the padded size as one symbol too
-            pad_h, pad_w = unbacked_size(h + pad_h) - h, unbacked_size(w + pad_w) - w
-        x = F.pad(x, (0, pad_w, 0, pad_h))  # no size-specific branch: a pad of 0 or 1 is a pad too
-        return x.contiguous(memory_format=self.model.memory_format), h, w  # the eager layout
+        return preprocess_image(image, self.resize, self.model.pixel_mean, self.model.pixel_std,
+                                self.model.memory_format)
 
     def detect(self, outputs: Sequence[Tensor], h: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Network outputs -> detections ``(boxes [D, 4] input pixels, scores, labels, mask_probs)``."""
@@ -150,6 +136,28 @@ class PanopticPipeline(nn.Module):
         category = torch.where(torch.arange(k) < num, self.thing_category_ids[labels], -1)  # -1: padding
         return (id_map, seg["id"], category_id, seg["isthing"], seg["score"], seg["area"], seg["count"],
                 boxes, scores, category, num, sem)
+
+
+def preprocess_image(image: Tensor, resize: tuple[int, int] | None, pixel_mean: Tensor, pixel_std: Tensor,
+                     memory_format: torch.memory_format = torch.contiguous_format) -> tuple[Tensor, Tensor, Tensor]:
+    """uint8 ``[H0, W0, 3]`` -> (normalised ``[1, 3, Hp, Wp]`` zero-padded to a multiple of 32, resized
+    H, W): the eager test resize, normalisation and collate padding, shared by every pipeline."""
+    chw = image.permute(2, 0, 1)
+    h, w = size_of(image, 0), size_of(image, 1)
+    if resize is not None:
+        h, w = shortest_edge_size(h, w, *resize)
+    if isinstance(h, torch.SymInt):  # torch.export: see unbacked_size
+        largest = max(resize) if resize is not None else None
+        h, w = unbacked_size(h, largest), unbacked_size(w, largest)
+        if resize is None:  # the image's own rows and columns, with the sizes' new symbols
+            chw = chw.index_select(1, torch.arange(h)).index_select(2, torch.arange(w))
+    x = resize_uint8(chw, h, w).float() if resize is not None else chw.float()
+    x = (x[None] - pixel_mean) / pixel_std
+    pad_h, pad_w = (-h) % SIZE_DIVISIBILITY, (-w) % SIZE_DIVISIBILITY
+    if isinstance(h, torch.SymInt):  # the padded size as one symbol too
+        pad_h, pad_w = unbacked_size(h + pad_h) - h, unbacked_size(w + pad_w) - w
+    x = F.pad(x, (0, pad_w, 0, pad_h))  # no size-specific branch: a pad of 0 or 1 is a pad too
+    return x.contiguous(memory_format=memory_format), h, w  # the eager layout
 
 
 def paste_masks(probs: Tensor, boxes: Tensor, image: Tensor) -> Tensor:

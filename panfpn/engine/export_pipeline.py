@@ -13,9 +13,11 @@ import torch
 from omegaconf import DictConfig
 
 from panfpn.deploy.export import build_pipeline, example_image, export_pipeline_onnx, pipeline_metadata
+from panfpn.deploy.mask2former_pipeline import Mask2FormerPipeline
 from panfpn.deploy.pipeline import INPUT_NAME, OUTPUT_NAMES, PanopticPipeline
 from panfpn.deploy.torch_export import export_pipeline_program
 from panfpn.engine.inference_model import build_inference_model
+from panfpn.modeling.mask2former import Mask2Former
 from panfpn.modeling.merge import MergeThresholds
 from panfpn.modeling.panoptic_fpn import PanopticFPN
 from panfpn.utils.atomic import write_json_atomic
@@ -35,13 +37,25 @@ def merge_rules(name: str, model_rules: MergeThresholds) -> MergeThresholds:
 
 
 def check_pipeline_model(model: Any, weights: Any) -> None:
-    """The pipeline holds Panoptic FPN's proposals, RoI heads and merge: refuse another model
-    (Mask2Former) with a :class:`ConfigError` that names ``export.scope=network``, before writing anything."""
-    if not isinstance(model, PanopticFPN):
+    """The pipeline exists for Panoptic FPN (proposals, RoI heads, merge) and Mask2Former (mask
+    classification): refuse another model with a :class:`ConfigError` that names ``export.scope=network``,
+    before writing anything."""
+    if not isinstance(model, (PanopticFPN, Mask2Former)):
         source = f"the model of {weights}" if weights else "the configured model"
-        raise ConfigError(f"config key 'export.scope': 'pipeline' (the default) exports Panoptic FPN models "
-                          f"only, and {source} is a {type(model).__name__}: export its network with "
-                          "export.scope=network (.pt2 / .onnx with dynamic batch and size; docs/mask2former.md)")
+        raise ConfigError(f"config key 'export.scope': 'pipeline' (the default) exports Panoptic FPN and "
+                          f"Mask2Former models, and {source} is a {type(model).__name__}: export its network "
+                          "with export.scope=network (docs/deployment.md)")
+
+
+def pipeline_of(model: PanopticFPN | Mask2Former, built: Any, merge: str) -> PanopticPipeline | Mask2FormerPipeline:
+    """The model's pipeline; ``export.merge`` (merge rules) applies to Panoptic FPN only."""
+    if isinstance(model, Mask2Former):
+        if merge != "model":
+            raise ConfigError(f"config key 'export.merge': {merge!r} picks Panoptic FPN merge rules; a Mask2Former "
+                              "model has no merge (leave export.merge=model; its panoptic thresholds are "
+                              "model.inference.object_mask_threshold / overlap_threshold)")
+        return build_pipeline(model, built.metadata, built.transform())
+    return build_pipeline(model, built.metadata, built.transform(), merge=merge_rules(merge, model.merge_thresholds))
 
 
 def export_pipeline_from_config(cfg: DictConfig, opts: Any, stem: Path,
@@ -51,15 +65,14 @@ def export_pipeline_from_config(cfg: DictConfig, opts: Any, stem: Path,
     built = build_inference_model(cfg, overrides)
     check_pipeline_model(built.model, cfg.weights)
     model = built.model.cpu().eval()  # traced on the CPU; the graph runs on any onnxruntime provider
-    rules = merge_rules(str(opts.merge), model.merge_thresholds)
-    pipeline = build_pipeline(model, built.metadata, built.transform(), merge=rules)
+    pipeline = pipeline_of(model, built, str(opts.merge))
     files = {}
     if opts.format in ("onnx", "both"):
         files["onnx"] = str(export_pipeline_onnx(pipeline, stem.with_suffix(".onnx"), metadata=built.metadata,
                                                  opset=opts.opset))
     if opts.format in ("torch_export", "both"):
         files["torch_export"] = str(export_pipeline_program(pipeline, stem.with_suffix(".pt2")))
-    logger.info("wrote %s (whole pipeline, merge rules %s)", ", ".join(files.values()), rules)
+    logger.info("wrote %s (whole %s pipeline)", ", ".join(files.values()), type(model).__name__)
     summary = {"scope": "pipeline", "files": files,
                "input": {"name": INPUT_NAME, "shape": ["height", "width", 3], "dtype": "uint8 RGB"},
                "outputs": list(OUTPUT_NAMES), "opset": opts.opset,
@@ -89,7 +102,8 @@ def _runners(files: dict[str, str]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def verify_files(pipeline: PanopticPipeline, files: dict[str, str]) -> dict[str, Any]:
+def verify_files(pipeline: PanopticPipeline | Mask2FormerPipeline,
+                 files: dict[str, str]) -> dict[str, Any]:
     """Run the written files and the eager pipeline on random images of :data:`VERIFY_SIZES`: per
     format and size the share of equal id-map pixels and whether the segment lists (ids,
     categories) agree."""
@@ -101,7 +115,8 @@ def verify_files(pipeline: PanopticPipeline, files: dict[str, str]) -> dict[str,
     return out
 
 
-def _check(pipeline: PanopticPipeline, run: Any, image: torch.Tensor, name: str) -> dict[str, Any]:
+def _check(pipeline: PanopticPipeline | Mask2FormerPipeline, run: Any, image: torch.Tensor,
+           name: str) -> dict[str, Any]:
     """One image through the eager pipeline and a written file: equal pixels, equal segments."""
     h, w = image.shape[:2]
     want = dict(zip(OUTPUT_NAMES, (t.numpy() for t in pipeline(image))))

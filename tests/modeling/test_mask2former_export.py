@@ -1,7 +1,7 @@
 """Mask2Former's network half exports (torch.export, ONNX) with dynamic batch, height and width and
 matches the eager network at sizes other than the traced one; postprocessor(network(preprocess(batch)))
-is exactly model.eval()(batch); the pipeline scope (Panoptic FPN only) refuses it naming
-export.scope=network."""
+is exactly model.eval()(batch); the pipeline scope refuses a model that has no pipeline naming
+export.scope=network (Mask2Former's pipeline: test_mask2former_pipeline_export.py)."""
 
 import sys
 import warnings
@@ -198,31 +198,26 @@ def test_export_from_config_network_scope(model, tmp_path, monkeypatch):
     assert max(diffs.values()) <= ATOL["torch_export"], diffs
 
 
-def _m2f_config(tmp_path, *overrides):
-    return compose_model_config("mask2former_small", overrides=(
-        f"output_dir={tmp_path}", f"++export.output={tmp_path / 'out' / 'm2f'}", "device=cpu", *overrides))
-
-
-def test_pipeline_scope_refuses_mask2former(tmp_path):
-    # The default export.scope=pipeline is Panoptic FPN's (proposals, RoI heads, merge): a clear
-    # ConfigError naming export.scope=network, raised before any file is written.
-    from panfpn.engine.export_run import export_from_config
+def test_pipeline_scope_refuses_a_model_without_pipeline():
+    # The default export.scope=pipeline exists for Panoptic FPN and Mask2Former: any other model gets a
+    # clear ConfigError naming export.scope=network (checked before anything is exported).
+    from panfpn.engine.export_pipeline import check_pipeline_model
     from panfpn.utils.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"export\.scope=network") as err:
-        export_from_config(_m2f_config(tmp_path))
-    assert "Mask2Former" in str(err.value)
-    assert not (tmp_path / "out").exists()
+        check_pipeline_model(torch.nn.Identity(), "model.pth")
+    assert "Identity" in str(err.value) and "model.pth" in str(err.value)
 
 
-def test_export_tool_prints_the_scope_error(tmp_path):
-    # tools/export.py: the message on stderr and exit status 2, no traceback.
+def test_export_tool_prints_the_config_error(tmp_path):
+    # tools/export.py on Mask2Former with Panoptic FPN merge rules (export.merge): the message on
+    # stderr and exit status 2, no traceback, no file written.
     root = Path(__file__).resolve().parents[2]
     cmd = [sys.executable, str(root / "tools" / "export.py"), "model=mask2former_small", "data=synthetic",
-           "device=cpu", f"output_dir={tmp_path}", f"++export.output={tmp_path / 'out' / 'm2f'}",
-           "hydra.run.dir=" + str(tmp_path / "hydra")]
+           "device=cpu", "export.merge=textbook", f"output_dir={tmp_path}",
+           f"++export.output={tmp_path / 'out' / 'm2f'}", "hydra.run.dir=" + str(tmp_path / "hydra")]
     proc = run_in_group(cmd, timeout=120, capture_output=True, text=True, cwd=root)
     assert proc.returncode == 2, proc.stderr
-    assert "export.scope=network" in proc.stderr and "Mask2Former" in proc.stderr
+    assert "export.merge" in proc.stderr and "Mask2Former" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()

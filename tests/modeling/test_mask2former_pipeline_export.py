@@ -207,6 +207,31 @@ def test_onnx_pipeline_matches_eager(setup, onnx_file):
         _compare(dict(zip(OUTPUT_NAMES, session.run(None, {"image": read_image(path)}))), want, exact=False)
 
 
+@pytest.mark.parametrize("threshold, overlap", [(1.0, 0.5), (0.8, 1.0)])
+def test_nothing_kept_gives_the_empty_partition(setup, tmp_path, threshold, overlap):
+    # Edge cases of the static rules: no query passes object_mask_threshold (scores never exceed
+    # 1.0): the graph's id map is all void with no segment, as eager's, while instances and semantic
+    # labels are still given; and overlap_threshold 1.0, which keeps only queries that win every
+    # pixel of their own mask (the ratio test at its edge, in float64 on both sides).
+    import dataclasses
+
+    _, metadata, transform, paths = setup
+    model, _ = informative_model(dataclasses.replace(INFERENCE, object_mask_threshold=threshold,
+                                                      overlap_threshold=overlap))
+    want = eager_results(model, transform, paths[:1], metadata)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = export_pipeline_onnx(build_pipeline(model, metadata, transform), tmp_path / "m.onnx",
+                                    metadata=metadata)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    outputs = dict(zip(OUTPUT_NAMES, session.run(None, {"image": read_image(paths[0])})))
+    if threshold == 1.0:
+        assert want["segments"] == [] and not want["panoptic"].any()
+        assert int(outputs["num_segments"]) == 0 and not outputs["panoptic"].any()
+    _compare(outputs, want, exact=False)
+    assert len(want["scores"]) > 0
+
+
 def test_segment_ids_follow_kept_query_order():
     # Stuff queries of one class share the first one's segment; dropped queries get none.
     from panfpn.deploy.mask2former_pipeline import segment_ids

@@ -98,6 +98,22 @@ def keep_position_indices(ours: Mapping[str, torch.Tensor], mapped: dict[str, to
         report.notes.append(f"{len(kept)} relative_position_index buffer(s) not in the file: the model's kept")
 
 
+def map_by_name(state: Mapping[str, torch.Tensor], to_ours: Mapping[str, str], ours: Mapping[str, torch.Tensor],
+                report: Any) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state``'s tensors under our names (``to_ours``: file name -> ours; values through
+    :func:`swin_value`), and the file's names that have none, in file order, for the caller to sort."""
+    mapped: dict[str, torch.Tensor] = {}
+    others = []
+    for name, value in state.items():
+        if name not in to_ours:
+            others.append(name)
+            continue
+        converted = swin_value(to_ours[name], value, ours, report)
+        if converted is not None:
+            mapped[to_ours[name]] = converted
+    return mapped, others
+
+
 def imagenet_swin_to_ours(model: nn.Module, state: Mapping[str, torch.Tensor], report: Any) -> dict[str, torch.Tensor]:
     """An ImageNet classification Swin state dict (official names without ``backbone.``) under our
     ``backbone.body.*`` names; the classifier and ``attn_mask`` buffers are left out with a note, any
@@ -105,14 +121,10 @@ def imagenet_swin_to_ours(model: nn.Module, state: Mapping[str, torch.Tensor], r
     ours = model.state_dict()
     to_ours = {n.removeprefix("backbone."): k for k in ours
                if k.startswith("backbone.body.") and (n := official_swin_name(k)) is not None}
-    mapped: dict[str, torch.Tensor] = {}
+    mapped, others = map_by_name(state, to_ours, ours, report)
     classifier, masks = [], 0
-    for name, value in state.items():
-        if name in to_ours:
-            converted = swin_value(to_ours[name], value, ours, report)
-            if converted is not None:
-                mapped[to_ours[name]] = converted
-        elif CLASSIFIER.match(name):
+    for name in others:
+        if CLASSIFIER.match(name):
             classifier.append(name)
         elif SWIN_IGNORED.match(f"backbone.{name}"):
             masks += 1

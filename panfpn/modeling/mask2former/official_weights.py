@@ -22,8 +22,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from panfpn.modeling.mask2former.official_swin import (SWIN_IGNORED, keep_position_indices, official_swin_name,
-                                                       swin_value)
+from panfpn.modeling.mask2former.official_swin import (SWIN_IGNORED, keep_position_indices, map_by_name,
+                                                       official_swin_name)
 from panfpn.modeling.panoptic_fpn.detectron2_import import ours_to_d2
 
 # Entries of official checkpoints that are not weights of ours: the criterion's class weights
@@ -50,14 +50,10 @@ def official_to_ours(model: nn.Module, state: Mapping[str, torch.Tensor], report
     load then refuses them), shapes are checked by the loader."""
     ours = model.state_dict()
     to_ours = {n: k for k in ours if (n := official_name(k)) is not None}
-    mapped: dict[str, torch.Tensor] = {}
+    mapped, others = map_by_name(state, to_ours, ours, report)
     skipped_masks = 0
-    for name, value in state.items():
-        if name in to_ours:
-            converted = swin_value(to_ours[name], value, ours, report)
-            if converted is not None:
-                mapped[to_ours[name]] = converted
-        elif SWIN_IGNORED.search(name):
+    for name in others:
+        if SWIN_IGNORED.search(name):
             skipped_masks += 1
         elif not OFFICIAL_IGNORED.search(name):
             report.unexpected.append(name)

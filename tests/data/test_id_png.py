@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from panfpn.data import panoptic_io
+from panfpn.data import panoptic_io, wuffs_png
 from panfpn.data.dataset import PanopticDataset
 from panfpn.data.image_io import ImageReadError
 from panfpn.data.panoptic_io import read_id_png
@@ -63,13 +63,17 @@ def _pillow_ids(path: Path) -> np.ndarray:
     return rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
 
 
-@pytest.fixture(params=["pyspng", "pillow"])
+@pytest.fixture(params=["wuffs", "pyspng", "pillow"])
 def decoder(request, monkeypatch) -> str:
-    """Each decoder of the one reader: pyspng (when installed) and the Pillow fallback."""
+    """Each decoder of the one reader: Wuffs and pyspng (when installed) and the Pillow fallback."""
+    if request.param != "wuffs":
+        monkeypatch.setattr(wuffs_png, "ImageDecoder", None)
     if request.param == "pillow":
         monkeypatch.setattr(panoptic_io, "_pyspng", None)
-    elif panoptic_io._pyspng is None:
-        pytest.skip("pyspng is not installed (the 'fast' extra): only the Pillow path can run")
+    elif request.param == "pyspng" and panoptic_io._pyspng is None:
+        pytest.skip("pyspng is not installed (the 'fast' extra): the pyspng path cannot run")
+    elif request.param == "wuffs" and not wuffs_png.available():
+        pytest.skip("pywuffs is not installed (the 'fast' extra): the Wuffs path cannot run")
     assert panoptic_io.id_png_decoder() == request.param
     return request.param
 

@@ -34,7 +34,7 @@ def available() -> bool:
 def is_plain_rgb(data: bytes) -> bool:
     """Whether a PNG (signature and IHDR already checked) is 8-bit RGB, not interlaced, and has no
     tRNS chunk before its image data: the files whose Wuffs RGB output is exactly their samples."""
-    if data[24] != 8 or data[25] != _TRUECOLOUR or data[28] != _NOT_INTERLACED:
+    if len(data) < 29 or data[24] != 8 or data[25] != _TRUECOLOUR or data[28] != _NOT_INTERLACED:
         return False
     pos = 8
     while pos + 8 <= len(data):

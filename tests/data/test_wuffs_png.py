@@ -88,6 +88,9 @@ def test_truncated_file_is_an_error():
     png = pillow_png(id_map(64, 64))
     with pytest.raises(ValueError, match="truncated"):
         wuffs_png.decode_plain_rgb(png[: len(png) // 2])
+    assert not wuffs_png.is_plain_rgb(png[:28])  # a header cut short is left to the other decoder
+    with pytest.raises(ValueError, match="cannot read as a PNG"):
+        decode_id_png_rgb(png[:28], "cut.png")
 
 
 def test_results_are_independent_arrays_and_threads_have_their_own_decoder():

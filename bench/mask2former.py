@@ -14,7 +14,6 @@ backward + AdamW step on the same batch of random images with 5 box-shaped insta
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import warnings
@@ -24,7 +23,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model import make_data, timed  # noqa: E402  (bench/model.py: the same random batch and timer)
+from model import make_data, parse_timing_args, time_interleaved  # noqa: E402  (bench/model.py: the same batch, options, timing)
 
 from panfpn.modeling.build import build_model  # noqa: E402
 
@@ -42,17 +41,7 @@ def build(name: str, full_load: bool) -> torch.nn.Module:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
-    parser.add_argument("--iters", type=int, default=3, help="timed iterations per model and mode")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--no-full-load", dest="full_load", action="store_false")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_timing_args(__doc__, batch=1)
     device = torch.device(args.device)
     torch.manual_seed(0)
     models = {"mask2former_r50": build("mask2former_r50", args.full_load).to(device),
@@ -72,13 +61,7 @@ def main() -> None:
         with torch.inference_mode():
             models[name].eval()(batch)
 
-    times: dict[tuple[str, str], list[float]] = {}
-    for mode, fn in (("train", train_step), ("infer", infer)):
-        for it in range(args.warmup + args.iters):
-            for name in models:  # interleaved: machine load drifts hit both models alike
-                t = timed(lambda: fn(name), device)
-                if it >= args.warmup:
-                    times.setdefault((mode, name), []).append(t)
+    times = time_interleaved({"train": train_step, "infer": infer}, list(models), args, device)
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()} batch={args.batch} "
           f"size={args.size[0]}x{args.size[1]} iters={args.iters} full_load={args.full_load}")
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}

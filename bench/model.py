@@ -93,10 +93,12 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_timing_args(doc: str, batch: int) -> argparse.Namespace:
+    """The command line of the model timing benches (this one, bench/mask2former.py); sets
+    ``--threads``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=batch)
     parser.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
     parser.add_argument("--iters", type=int, default=3, help="timed iterations per model and mode")
     parser.add_argument("--warmup", type=int, default=1)
@@ -105,6 +107,25 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    return args
+
+
+def time_interleaved(modes: dict, names: list[str], args: argparse.Namespace,
+                     device: torch.device) -> dict[tuple[str, str], list[float]]:
+    """Seconds of ``modes[mode](name)`` per (mode, name) after ``args.warmup`` untimed rounds,
+    ``args.iters`` rounds, the models interleaved so that machine load drifts hit every model alike."""
+    times: dict[tuple[str, str], list[float]] = {}
+    for mode, fn in modes.items():
+        for it in range(args.warmup + args.iters):
+            for name in names:
+                t = timed(lambda: fn(name), device)
+                if it >= args.warmup:
+                    times.setdefault((mode, name), []).append(t)
+    return times
+
+
+def main() -> None:
+    args = parse_timing_args(__doc__, batch=2)
     device = torch.device(args.device)
     size = tuple(args.size)
     torch.manual_seed(0)
@@ -128,13 +149,7 @@ def main() -> None:
         with torch.inference_mode():
             model(ours_batch) if name == "ours" else model(tv_images)
 
-    times: dict[tuple[str, str], list[float]] = {}
-    for mode, fn in (("train", train_step), ("infer", infer)):
-        for it in range(args.warmup + args.iters):
-            for name in models:  # interleaved: machine load drifts hit every model alike
-                t = timed(lambda: fn(name), device)
-                if it >= args.warmup:
-                    times.setdefault((mode, name), []).append(t)
+    times = time_interleaved({"train": train_step, "infer": infer}, list(models), args, device)
 
     print(f"device={device} torch={torch.__version__} torchvision={torchvision.__version__} "
           f"threads={torch.get_num_threads()} batch={args.batch} size={size[0]}x{size[1]} "

@@ -33,9 +33,7 @@ from panfpn.modeling.panoptic_fpn.export import (as_network, export_onnx,
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # config_helpers
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "modeling"))
 from modeling_helpers import compose_model_config, make_batch  # noqa: E402
-
-COCO_PHOTOS = sorted((Path(__file__).resolve().parents[1] / "tests" / "assets" / "coco_panoptic_sample"
-                      / "input_images").glob("*.jpg"))
+from pipeline_helpers import COCO_IMAGES as COCO_PHOTOS  # noqa: E402  (the COCO sample photos the tests use)
 
 
 def spread_heads(model: torch.nn.Module, run) -> None:

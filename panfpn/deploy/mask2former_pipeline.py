@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from panfpn.deploy.merge_static import STUFF_SCORE
-from panfpn.deploy.pipeline import preprocess_image
+from panfpn.deploy.pipeline import crop_to_image, preprocess_image
 from panfpn.deploy.resize import f64, size_of
 from panfpn.modeling.mask2former import Mask2Former
 
@@ -170,9 +170,7 @@ def full_size_masks(mask_logits: Tensor, x: Tensor, h: Tensor, w: Tensor, image:
     input ``x`` -> ``[Q, H0, W0]``: up to the padded size, crop the resized image, up to the input's size."""
     up = F.interpolate(mask_logits[None].float(), size=(x.shape[2], x.shape[3]), mode="bilinear",
                        align_corners=False)
-    # index_select, not slicing: a crop may be the whole axis, which torch.export would decide once
-    cropped = up.index_select(2, torch.arange(h)).index_select(3, torch.arange(w))
-    return F.interpolate(cropped, size=(image.shape[0], image.shape[1]), mode="bilinear", align_corners=False)[0]
+    return crop_to_image(up, h, w, image)[0]
 
 
 def mask_boxes(binary: Tensor) -> Tensor:

@@ -169,10 +169,15 @@ def paste_masks(probs: Tensor, boxes: Tensor, image: Tensor) -> Tensor:
     return (wy @ probs @ wx.transpose(1, 2)) >= 0.5
 
 
-def sem_argmax(sem_logits: Tensor, h: Tensor, w: Tensor, image: Tensor) -> Tensor:
-    """Semantic logits of the padded input -> int64 ``[H0, W0]``: crop, bilinear resize, argmax."""
+def crop_to_image(maps: Tensor, h: Tensor, w: Tensor, image: Tensor) -> Tensor:
+    """``[B, C, Hp, Wp]`` maps over the padded input -> float ``[B, C, H0, W0]``: the resized image's
+    ``h x w`` corner, bilinearly resized to the input image's size (the eager postprocessors' step)."""
     # index_select, not slicing: a slice may be the whole axis (no padding), which torch.export would
     # otherwise decide once at trace time
-    cropped = sem_logits.index_select(2, torch.arange(h)).index_select(3, torch.arange(w)).float()
-    up = F.interpolate(cropped, size=(image.shape[0], image.shape[1]), mode="bilinear", align_corners=False)
-    return up[0].argmax(0)
+    cropped = maps.index_select(2, torch.arange(h)).index_select(3, torch.arange(w)).float()
+    return F.interpolate(cropped, size=(image.shape[0], image.shape[1]), mode="bilinear", align_corners=False)
+
+
+def sem_argmax(sem_logits: Tensor, h: Tensor, w: Tensor, image: Tensor) -> Tensor:
+    """Semantic logits of the padded input -> int64 ``[H0, W0]``: crop, bilinear resize, argmax."""
+    return crop_to_image(sem_logits, h, w, image)[0].argmax(0)

@@ -39,7 +39,7 @@ def storage_from_bytes(data: Any, source: str) -> torch.storage.TypedStorage:
     except pickle.UnpicklingError as err:
         raise pickle.UnpicklingError(
             f"refusing a tensor storage in {source}: torch's weights-only reader refused its bytes "
-            f"({_weights_only_reason(err)}; the file may be malicious)") from err
+            f"({weights_only_reason(err)}; the file may be malicious)") from err
     if not isinstance(obj, torch.storage.TypedStorage):
         raise pickle.UnpicklingError(f"refusing a tensor storage in {source}: its bytes hold a "
                                      f"{type(obj).__name__}, not a tensor storage")
@@ -54,7 +54,7 @@ def _typed_storage_quiet() -> Iterator[None]:
         yield
 
 
-def _weights_only_reason(err: BaseException) -> str:
+def weights_only_reason(err: BaseException) -> str:
     """What torch's weights-only refusal refused, without its paragraphs of general advice."""
     text = str(err).split("WeightsUnpickler error:", 1)[-1]
     advice = ("Weights only load failed", "Check the documentation", "Please file an issue")

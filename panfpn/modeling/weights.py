@@ -41,6 +41,7 @@ from panfpn.modeling.panoptic_fpn.detectron2_import import (
     D2_IGNORED, D2_PIXEL_MEAN_BGR, D2_PIXEL_STD_BGR, SEM_PREDICTOR_KEYS, is_d2_state_dict, load_d2_pickle,
     ours_to_d2, remap_d2_semantic_predictor,
 )
+from panfpn.modeling.pickled_tensors import weights_only_reason
 
 logger = logging.getLogger("panfpn")
 _ENUM_NAME = re.compile(r"^\w+_Weights\.\w+$")
@@ -250,8 +251,7 @@ def load_error_reason(path: str | os.PathLike, err: BaseException) -> str:
     weights-only refusal hides it in a paragraph of advice)."""
     text = str(err)
     if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
-        reason = f"UnpicklingError: the weights-only unpickler refused it: {' '.join(text.split())}"
+        reason = f"UnpicklingError: the weights-only unpickler refused it: {weights_only_reason(err)}"
     else:
         first = text.strip().splitlines()[0] if text.strip() else ""
         reason = f"{type(err).__name__}: {first[:300]}" if first else type(err).__name__

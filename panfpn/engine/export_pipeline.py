@@ -29,13 +29,6 @@ logger = logging.getLogger("panfpn")
 VERIFY_SIZES = ((96, 200), (300, 180))
 
 
-def merge_rules(name: str, model_rules: MergeThresholds) -> MergeThresholds:
-    """``export.merge``: ``model`` (the model's own rules), ``detectron2`` or ``textbook``."""
-    if name == "model":
-        return model_rules
-    return getattr(MergeThresholds, name)()
-
-
 def check_pipeline_model(model: Any, weights: Any) -> None:
     """The pipeline exists for Panoptic FPN (proposals, RoI heads, merge) and Mask2Former (mask
     classification): refuse another model with a :class:`ConfigError` that names ``export.scope=network``,
@@ -48,14 +41,15 @@ def check_pipeline_model(model: Any, weights: Any) -> None:
 
 
 def pipeline_of(model: PanopticFPN | Mask2Former, built: Any, merge: str) -> PanopticPipeline | Mask2FormerPipeline:
-    """The model's pipeline; ``export.merge`` (merge rules) applies to Panoptic FPN only."""
-    if isinstance(model, Mask2Former):
-        if merge != "model":
-            raise ConfigError(f"config key 'export.merge': {merge!r} picks Panoptic FPN merge rules; a Mask2Former "
-                              "model has no merge (leave export.merge=model; its panoptic thresholds are "
-                              "model.inference.object_mask_threshold / overlap_threshold)")
+    """The model's pipeline; ``export.merge``: ``model`` (its own rules or thresholds), or for Panoptic
+    FPN the ``detectron2`` / ``textbook`` merge rules."""
+    if merge == "model":
         return build_pipeline(model, built.metadata, built.transform())
-    return build_pipeline(model, built.metadata, built.transform(), merge=merge_rules(merge, model.merge_thresholds))
+    if isinstance(model, Mask2Former):
+        raise ConfigError(f"config key 'export.merge': {merge!r} picks Panoptic FPN merge rules; a Mask2Former "
+                          "model has no merge (leave export.merge=model; its panoptic thresholds are "
+                          "model.inference.object_mask_threshold / overlap_threshold)")
+    return build_pipeline(model, built.metadata, built.transform(), merge=getattr(MergeThresholds, merge)())
 
 
 def export_pipeline_from_config(cfg: DictConfig, opts: Any, stem: Path,

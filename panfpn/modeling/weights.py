@@ -250,7 +250,9 @@ def load_error_reason(path: str | os.PathLike, err: BaseException) -> str:
     """What is wrong with ``path``, on one line, from the error ``torch.load`` raised on it (torch's
     weights-only refusal hides it in a paragraph of advice)."""
     text = str(err)
-    if "WeightsUnpickler error:" in text:
+    # torch < 2.6 marks the refusal "WeightsUnpickler error:"; later versions open the message
+    # with "Weights only load failed" and give the reason in a paragraph of its own.
+    if "WeightsUnpickler error:" in text or text.lstrip().startswith("Weights only load failed"):
         reason = f"UnpicklingError: the weights-only unpickler refused it: {weights_only_reason(err)}"
     else:
         first = text.strip().splitlines()[0] if text.strip() else ""

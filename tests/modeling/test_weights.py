@@ -21,7 +21,7 @@ from panfpn.modeling.panoptic_fpn import PanopticFPN
 from panfpn.modeling.panoptic_fpn.roi_heads import RoIHeads, RoISampling
 from panfpn.modeling.panoptic_fpn.rpn import RPN, ProposalLimits
 from panfpn.modeling.panoptic_fpn.semantic_head import SemanticFPNHead
-from panfpn.modeling.weights import load_weights
+from panfpn.modeling.weights import WeightsError, load_weights
 
 from modeling_helpers import make_batch
 
@@ -217,6 +217,20 @@ def test_malicious_pickle_is_refused(tmp_path, payload):
         pickle.dump(obj, f)
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         load_weights(small_model(), path)
+    assert not marker.exists()
+
+
+def test_malicious_torch_save_file_names_what_was_refused(tmp_path):
+    """A torch.save zip holding code to run: refused, and the message says what torch refused
+    (the blocked global), not the first line of torch's general advice."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": {"x": torch.zeros(2), "y": _Evil(marker)}}, path)
+    with pytest.raises(WeightsError) as info:
+        load_weights(small_model(), path)
+    text = str(info.value)
+    assert str(path) in text and "weights-only unpickler refused it" in text
+    assert "system" in text and "In PyTorch 2.6" not in text, text
     assert not marker.exists()
 
 

@@ -7,7 +7,8 @@ rotating every round), in this process tree:
 
 * ours: ``panfpn.evaluation.pq_compute`` (cold, and again with a warm ground-truth cache);
 * hotcoco's ``PanopticEval`` (Rust, multi-threaded);
-* the floor: reading and decoding the same PNGs with the fastest decoder, as pq_compute's pool;
+* the floor: reading and decoding the same PNGs with the fastest decoder, as pq_compute's pool
+  (and with pyspng, the fastest when issue 23 set its goal, when that is not already the decoder);
 * panopticapi's ``pq_compute`` (after the rounds, ``--panopticapi-repeat`` times) when available:
   importable here, or through ``--panopticapi-python /path/to/python`` of a venv that has it
   (COCO's panopticapi is not on PyPI: ``pip install --no-deps /path/to/a/checkout/of/
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import json
 import multiprocessing
@@ -144,18 +146,28 @@ def timed(fn) -> tuple[float, float, object]:
     return time.perf_counter() - t0, cpu_seconds() - c0, out
 
 
-def _decode_files(paths):
+def _decode_files(paths, decoder: str = "fastest"):
+    if decoder == "pyspng":
+        import pyspng
+
     for p in paths:
         with open(p, "rb") as f:
-            decode_id_png_rgb(f.read(), p)
+            data = f.read()
+        if decoder == "pyspng":
+            pyspng.load(data, "RGB")
+        else:
+            decode_id_png_rgb(data, p)
     return len(paths)
 
 
-def decode_floor(paths: list[str], workers: int) -> int:
+def decode_floor(paths: list[str], workers: int, decoder: str = "fastest") -> int:
+    """Read and decode ``paths`` on ``workers`` processes with the decoder pq_compute uses
+    (``"fastest"``) or with libspng (``"pyspng"``: the floor as issue 23 first measured it)."""
     n_chunks = min(len(paths), workers * 4)  # as pq_compute slices its pairs
     # Same worker set-up as pq_compute's, for a like-for-like floor.
     with multiprocessing.get_context("fork").Pool(workers, initializer=tune_worker_malloc) as pool:
-        return sum(pool.map(_decode_files, [paths[i::n_chunks] for i in range(n_chunks)]))
+        chunks = [(paths[i::n_chunks], decoder) for i in range(n_chunks)]
+        return sum(pool.starmap(_decode_files, chunks))
 
 
 def stage_breakdown(folder: Path, gt_json: Path, pred_json: Path, n: int = 100) -> dict:
@@ -285,6 +297,8 @@ def bench_family(family: str, folder: Path, args: argparse.Namespace) -> None:
         "ours, warm GT cache": lambda: pq_compute(gt_json, pred_json, workers=workers, cache_dir=cache),
         "decode floor": lambda: decode_floor(paths, workers),
     }
+    if id_png_decoder() != "pyspng" and importlib.util.find_spec("pyspng"):
+        contenders["decode floor, pyspng"] = lambda: decode_floor(paths, workers, "pyspng")
     try:
         import hotcoco.panoptic  # noqa: F401
 
@@ -319,6 +333,9 @@ def bench_family(family: str, folder: Path, args: argparse.Namespace) -> None:
 
     print(f"  ours cold / decode floor:   {ratios('ours, cold', 'decode floor')}   (goal <= 1.25)")
     print(f"  ours warm / decode floor:   {ratios('ours, warm GT cache', 'decode floor')}")
+    if "decode floor, pyspng" in walls:
+        print(f"  ours cold / pyspng floor:   {ratios('ours, cold', 'decode floor, pyspng')}   "
+              "(the floor's decoder when issue 23 was filed)")
     if "hotcoco" in walls:
         print(f"  hotcoco / ours cold:        {ratios('hotcoco', 'ours, cold')}   (goal >= 1.00)")
     if args.panopticapi_repeat:

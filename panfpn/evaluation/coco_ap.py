@@ -1,8 +1,9 @@
 """COCO box and mask AP through pycocotools, with the instance ground truth taken from panoptic GT.
 
 No separate instances JSON is needed: thing segments of the panoptic ground truth become
-instances (``iscrowd`` kept, ``area`` and ``bbox`` from ``segments_info``, the mask from the id
-map as RLE), stuff segments are left out. Predictions are plain arrays per image.
+instances (``iscrowd`` kept, ``area`` and ``bbox`` from ``segments_info`` or, where it has none,
+from the id map, the mask from the id map as RLE), stuff segments are left out. Predictions are
+plain arrays per image.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from panfpn.data.panoptic_io import read_id_png
+from panfpn.data.panoptic_io import read_id_png, segment_areas_boxes
 from panfpn.utils.dist import all_gather_objects, is_multiprocess
 from panfpn.utils.json_file import load_json
 
@@ -38,18 +39,27 @@ def _thing_categories(categories: Sequence[Mapping[str, Any]]) -> list[dict]:
 
 def instances_of_image(image_id: Any, id_map: np.ndarray, segments_info: Sequence[Mapping],
                        thing_ids: set[int], first_ann_id: int = 1) -> list[dict]:
-    """COCO instance annotations of one image's thing segments (``id_map`` int ``[H, W]``)."""
+    """COCO instance annotations of one image's thing segments (``id_map`` int ``[H, W]``).
+
+    ``area`` and ``bbox`` are the segment's JSON values (as panopticapi's detection conversion
+    keeps them); a segment without them (the dataset reads such JSONs: its targets come from the
+    PNG) gets what the format defines them as, its pixel count and tight box in the id map.
+    """
     anns = []
+    measured: dict[int, tuple[int, list[int]]] | None = None  # of the id map, computed once if needed
     for seg in segments_info:
         if int(seg["category_id"]) not in thing_ids:
             continue
+        if measured is None and ("area" not in seg or "bbox" not in seg):
+            measured = segment_areas_boxes(id_map)
+        area, bbox = (measured or {}).get(int(seg["id"]), (0, [0, 0, 0, 0]))
         anns.append({
             "id": first_ann_id + len(anns),
             "image_id": image_id,
             "category_id": int(seg["category_id"]),
             "iscrowd": int(seg.get("iscrowd", 0)),
-            "area": float(seg["area"]),
-            "bbox": [float(v) for v in seg["bbox"]],
+            "area": float(seg.get("area", area)),
+            "bbox": [float(v) for v in seg.get("bbox", bbox)],
             "segmentation": _encode(id_map == seg["id"]),
         })
     return anns

@@ -169,11 +169,12 @@ class LargeScaleJitter:
     """Large-scale jitter (Simple Copy-Paste, Ghiasi et al. 2021): resize to fit the output size
     times a scale drawn uniformly in ``[min_scale, max_scale]`` (aspect kept), take a random
     crop of at most the output size, then pad (image with ``pad_value``, ids with 0 = void) to
-    exactly ``output_size``. Padded pixels are void, so every target ignores them.
+    exactly ``output_size``. Padded pixels are void, so every target ignores them. The default
+    ``pad_value`` 128 is Detectron2's ``FixedSizeCrop``'s (its LSJ recipes and Mask2Former's).
     """
 
     def __init__(self, output_size: int | Sequence[int] = (1024, 1024), min_scale: float = 0.1,
-                 max_scale: float = 2.0, pad_value: int = 0) -> None:
+                 max_scale: float = 2.0, pad_value: int = 128) -> None:
         size = [int(output_size)] * 2 if isinstance(output_size, int) else [int(v) for v in output_size]
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"output_size must be a positive int or (height, width), got {output_size}")

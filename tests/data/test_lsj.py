@@ -61,7 +61,7 @@ def test_padding_is_void_and_ignored_by_targets():
     image, id_map = LargeScaleJitter((120, 160), 0.5, 0.5)(image0, id_map0)
     assert torch.equal(id_map[:60, :80], id_map0) and torch.equal(image[:, :60, :80], image0)
     assert (id_map[60:] == 0).all() and (id_map[:, 80:] == 0).all()
-    assert (image[:, 60:] == 0).all() and (image[:, :, 80:] == 0).all()
+    assert (image[:, 60:] == 128).all() and (image[:, :, 80:] == 128).all()  # Detectron2's FixedSizeCrop grey
     t = panoptic_targets(id_map, SEGMENTS, META)
     assert (t["sem_seg"][60:] == 255).all() and (t["sem_seg"][:, 80:] == 255).all()
     assert t["instances"]["masks"][:, 60:].sum() == 0 and _box(id_map) == [20, 10, 50, 30]
@@ -146,7 +146,7 @@ def test_inside_panoptic_dataset(synthetic_root):
     for i in range(3):
         a, b = plain[i], lsj[i]
         assert b["image"].shape == (3, 2 * h + 8, 2 * w) and b["sem_seg"].shape == (2 * h + 8, 2 * w)
-        assert torch.equal(b["image"][:, :h, :w], a["image"]) and (b["image"][:, h:] == 0).all()
+        assert torch.equal(b["image"][:, :h, :w], a["image"]) and (b["image"][:, h:] == 128).all()
         assert torch.equal(b["sem_seg"][:h, :w], a["sem_seg"]) and (b["sem_seg"][h:] == 255).all()
         assert torch.equal(b["instances"]["boxes"], a["instances"]["boxes"])
         assert b["instances"]["masks"].shape[1:] == (2 * h + 8, 2 * w)

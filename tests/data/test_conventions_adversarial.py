@@ -1,0 +1,62 @@
+"""The data pipeline against Detectron2's conventions, on inputs built in Detectron2's format and
+compared with what Detectron2's code would give (computed here independently)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from panfpn.data.transforms import LargeScaleJitter
+
+# Detectron2's FixedSizeCrop (the LSJ crop of its new_baselines and of Mask2Former's COCO mappers)
+# pads the image at the bottom/right with pad_value=128.0, the segmentation with 255 (ignore).
+D2_FIXED_SIZE_CROP_PAD = 128
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "configs" / "experiment"
+
+
+def _lsj_nodes(node):
+    """Every LargeScaleJitter node of a plain config container."""
+    if isinstance(node, dict):
+        if str(node.get("_target_", "")).endswith(".LargeScaleJitter"):
+            yield node
+        for v in node.values():
+            yield from _lsj_nodes(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _lsj_nodes(v)
+
+
+def _padded(lsj: LargeScaleJitter, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """LSJ at its smallest scale on a random image of ``size``: mostly padding."""
+    lsj.sample_scale = lambda: lsj.min_scale  # type: ignore[method-assign]
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, *size), dtype=torch.uint8)
+    id_map = torch.ones(size, dtype=torch.int32)
+    return lsj(image, id_map)
+
+
+def test_lsj_pads_the_image_with_detectron2s_grey():
+    """LargeScaleJitter padded with black (0): Detectron2's FixedSizeCrop pads with 128."""
+    out, ids = _padded(LargeScaleJitter((64, 64), 0.5, 0.5), (32, 32))
+    assert bool((out[:, 32:, :] == D2_FIXED_SIZE_CROP_PAD).all() and (out[:, :, 32:] == D2_FIXED_SIZE_CROP_PAD).all())
+    assert bool((ids[32:, :] == 0).all() and (ids[:, 32:] == 0).all())  # void: ignored by every target
+
+
+@pytest.mark.parametrize("name", ["coco_r50_lsj_100ep", "coco_r50_lsj_400ep", "coco_mask2former_r50",
+                                  "coco_mask2former_swin_t"])
+def test_lsj_presets_pad_like_detectron2(name, compose_cfg, tmp_path):
+    """The presets that follow Detectron2's new_baselines / Mask2Former LSJ recipes set pad_value: 0,
+    so the model trained on black borders that Detectron2's never shows it."""
+    cfg = compose_cfg([f"experiment={name}"], output_dir=tmp_path)
+    nodes = list(_lsj_nodes(OmegaConf.to_container(cfg.data.train.transforms, resolve=True)))
+    assert len(nodes) == 1
+    lsj = instantiate(nodes[0])
+    out, _ = _padded(lsj, (48, 64))
+    h, w = out.shape[1:]
+    assert (h, w) == (1024, 1024)
+    # scale 0.1 of 1024 x 1024: the 48 x 64 image becomes 77 x 102 at the top left
+    assert bool((out[:, 77:, :] == D2_FIXED_SIZE_CROP_PAD).all() and (out[:, :, 102:] == D2_FIXED_SIZE_CROP_PAD).all())

@@ -37,7 +37,11 @@ def semantic_pixel_ids(metadata: DatasetMetadata, *, void_id: int = 0) -> list[i
     """The PNG value of each semantic label: its dataset category id (COCO category ids,
     Cityscapes label ids), except Cityscapes train-id metadata (``use_train_id``), whose labels
     are written as their label ids too, since the official evaluator reads label ids only. The
-    merged 'thing' label of ``stuff_plus_thing`` metadata (COCO) has no category: ``void_id``."""
+    merged 'thing' label of ``stuff_plus_thing`` metadata (COCO) has no category: ``void_id``,
+    or, when a category has that id (datasets numbering categories from 0), the largest category
+    id + 1, so that no two labels share a value."""
+    if void_id in metadata:
+        void_id = max(c.id for c in metadata.categories) + 1
     ids = [void_id if c is None else int(c) for c in metadata.sem_label_to_category]
     if metadata.name == "cityscapes_panoptic_trainId":
         from panfpn.data.builtin_meta import cityscapes_panoptic_categories

@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -119,6 +120,10 @@ class PanopticPredictionWriter:
         h, w = id_map.shape
         boxes = segment_areas_boxes(id_map)
         by_id = {int(s["id"]): s for s in segments}
+        if len(by_id) != len(segments):
+            repeated = sorted(i for i, n in Counter(int(s["id"]) for s in segments).items() if n > 1)
+            raise ValueError(f"image {image_id!r}: segment ids {repeated} appear more than once in "
+                             "the segments")
         unknown = sorted(set(boxes) - set(by_id) - {0})
         if unknown:
             raise ValueError(f"image {image_id!r}: ids {unknown} are in the id map but not in "

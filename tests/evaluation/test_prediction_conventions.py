@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from panfpn.data.metadata import DatasetMetadata
 from panfpn.evaluation import COCOAPEvaluator
+from panfpn.evaluation.writer import PanopticPredictionWriter, SemanticPredictionWriter
 
 # pycocotools 2.x calls numpy with an old __array__ signature; not our concern here.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -39,3 +42,32 @@ def test_ground_truth_segments_without_area_or_bbox_get_them_from_the_png():
     ev.update("img_a", boxes, np.array([0.9, 0.8]), np.array([3, 3]), masks)
     result = ev.compute()
     assert result["bbox"]["AP"] == pytest.approx(1.0) and result["segm"]["AP"] == pytest.approx(1.0)
+
+
+def test_repeated_segment_id_is_an_error_not_a_silently_dropped_segment(tmp_path):
+    """Two segments with one id: the JSON listed only the last one (its category), with no error;
+    panopticapi and cityscapesscripts index segments by id, so they would score that one only."""
+    writer = PanopticPredictionWriter(tmp_path, CATEGORIES)
+    id_map = np.zeros((4, 4), np.int32)
+    id_map[:2] = 1
+    id_map[2:] = 2
+    segments = [{"id": 1, "category_id": 3, "score": 0.9}, {"id": 2, "category_id": 7},
+                {"id": 1, "category_id": 7}]
+    with pytest.raises(ValueError, match=r"image 'x'.*segment ids \[1\].*more than once"):
+        writer.add("x", "x.jpg", id_map, segments)
+
+
+def test_semantic_png_of_a_dataset_with_category_id_0_keeps_things_apart(tmp_path):
+    """A COCO-style dataset (merged 'thing' label) whose stuff category has id 0: the thing label
+    was written as 0 too, so its semantic PNGs could not tell 'sky' from 'thing'."""
+    meta = DatasetMetadata.from_coco_categories(
+        [{"id": 0, "name": "sky", "isthing": 0}, {"id": 1, "name": "person", "isthing": 1},
+         {"id": 2, "name": "grass", "isthing": 0}], sem_seg_mode="stuff_plus_thing")
+    labels = np.array([[meta.sem_label(0), meta.sem_label(1), meta.sem_label(2)]])  # sky, thing, grass
+    writer = SemanticPredictionWriter(tmp_path, meta)
+    written = np.asarray(Image.open(writer.add("x", labels)))
+    assert written[0, 0] == 0 and written[0, 2] == 2  # stuff: its category id
+    assert written[0, 1] not in {0, 1, 2}  # the merged thing label: no category's id
+    coco = SemanticPredictionWriter(tmp_path / "coco", DatasetMetadata.from_coco_categories(
+        [{"id": 1, "name": "person", "isthing": 1}, {"id": 92, "name": "banner", "isthing": 0}]))
+    assert coco.lut.tolist() == [92, 0]  # COCO (no id 0): unchanged, 0 for the thing label

@@ -42,7 +42,8 @@ def _padded(lsj: LargeScaleJitter, size: tuple[int, int]) -> tuple[torch.Tensor,
 def test_lsj_pads_the_image_with_detectron2s_grey():
     """LargeScaleJitter padded with black (0): Detectron2's FixedSizeCrop pads with 128."""
     out, ids = _padded(LargeScaleJitter((64, 64), 0.5, 0.5), (32, 32))
-    assert bool((out[:, 32:, :] == D2_FIXED_SIZE_CROP_PAD).all() and (out[:, :, 32:] == D2_FIXED_SIZE_CROP_PAD).all())
+    pad = D2_FIXED_SIZE_CROP_PAD
+    assert bool((out[:, 32:, :] == pad).all() and (out[:, :, 32:] == pad).all())
     assert bool((ids[32:, :] == 0).all() and (ids[:, 32:] == 0).all())  # void: ignored by every target
 
 
@@ -59,4 +60,5 @@ def test_lsj_presets_pad_like_detectron2(name, compose_cfg, tmp_path):
     h, w = out.shape[1:]
     assert (h, w) == (1024, 1024)
     # scale 0.1 of 1024 x 1024: the 48 x 64 image becomes 77 x 102 at the top left
-    assert bool((out[:, 77:, :] == D2_FIXED_SIZE_CROP_PAD).all() and (out[:, :, 102:] == D2_FIXED_SIZE_CROP_PAD).all())
+    pad = D2_FIXED_SIZE_CROP_PAD
+    assert bool((out[:, 77:, :] == pad).all() and (out[:, :, 102:] == pad).all())

@@ -45,11 +45,19 @@ def resize_pair(image: torch.Tensor, id_map: torch.Tensor, height: int, width: i
 
 
 def shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-    """Output size when the shorter side becomes ``short`` and the longer at most ``max_size``."""
+    """Output size when the shorter side becomes ``short`` and the longer at most ``max_size``.
+
+    In Detectron2's float order (ResizeShortestEdge): the shorter side is ``short`` exactly, the
+    longer ``short / shorter * longer``; when that passes ``max_size`` both are scaled by
+    ``max_size / longer``; then each is rounded half up. Sizes on a .5 tie depend on that order:
+    a 2:1 image at (800, 1333) becomes 666x1333 as in Detectron2, not 667x1333.
+    """
     scale = short / min(h, w)
-    if max(h, w) * scale > max_size:
-        scale = max_size / max(h, w)
-    return max(1, int(h * scale + 0.5)), max(1, int(w * scale + 0.5))
+    new_h, new_w = (float(short), scale * w) if h < w else (scale * h, float(short))
+    longer = max(new_h, new_w)
+    if longer > max_size:
+        new_h, new_w = new_h * (max_size / longer), new_w * (max_size / longer)
+    return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
 class ResizeShortestEdge:

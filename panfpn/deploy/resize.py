@@ -53,20 +53,29 @@ def unbacked_size(size: torch.SymInt, largest: int | None = None, smallest: int 
 
 def shortest_edge_size(height: Tensor | int, width: Tensor | int, short: int,
                        max_size: int) -> tuple[Tensor | int, Tensor | int]:
-    """:func:`panfpn.data.transforms.shortest_edge_size` on int64 scalar tensors (float64 arithmetic,
-    as Python's): the shorter side becomes ``short``, the longer at most ``max_size``."""
+    """:func:`panfpn.data.transforms.shortest_edge_size` on int64 scalar tensors (float64 arithmetic
+    in the same order, as Python's): the shorter side becomes ``short``, the longer at most
+    ``max_size``."""
     if not isinstance(height, Tensor):  # eager ints or torch.export's symbolic ints: Python's float64
         scale = short / torch.sym_min(height, width)
-        longer = torch.sym_max(height, width)
-        scale = torch.sym_ite(longer * scale > max_size, max_size / longer, scale)
-        return (torch.sym_max(torch.sym_int(height * scale + 0.5), 1),
-                torch.sym_max(torch.sym_int(width * scale + 0.5), 1))
-    h, w = f64(height), f64(width)
-    scale = f64(short) / torch.minimum(h, w)
-    longer = torch.maximum(h, w)
-    scale = torch.where(longer * scale > f64(max_size), f64(max_size) / longer, scale)
-    out_h = torch.maximum(torch.floor(h * scale + f64(0.5)), f64(1.0)).long()[0]
-    out_w = torch.maximum(torch.floor(w * scale + f64(0.5)), f64(1.0)).long()[0]
+        size = scale * 0.0 + short  # == short, symbolic as the other branch (sym_ite takes one type)
+        new_h = torch.sym_ite(height < width, size, height * scale)
+        new_w = torch.sym_ite(height < width, width * scale, size)
+        longer = torch.sym_max(new_h, new_w)
+        new_h = torch.sym_ite(longer > max_size, new_h * (max_size / longer), new_h)
+        new_w = torch.sym_ite(longer > max_size, new_w * (max_size / longer), new_w)
+        return (torch.sym_max(torch.sym_int(new_h + 0.5), 1),
+                torch.sym_max(torch.sym_int(new_w + 0.5), 1))
+    h, w, size = f64(height), f64(width), f64(short)
+    scale = size / torch.minimum(h, w)
+    new_h = torch.where(h < w, size, h * scale)
+    new_w = torch.where(h < w, w * scale, size)
+    longer = torch.maximum(new_h, new_w)
+    over = longer > f64(max_size)
+    new_h = torch.where(over, new_h * (f64(max_size) / longer), new_h)
+    new_w = torch.where(over, new_w * (f64(max_size) / longer), new_w)
+    out_h = torch.maximum(torch.floor(new_h + f64(0.5)), f64(1.0)).long()[0]
+    out_w = torch.maximum(torch.floor(new_w + f64(0.5)), f64(1.0)).long()[0]
     return out_h, out_w
 
 

@@ -77,6 +77,45 @@ def test_resize_scales_box():
     assert set(torch.unique(id_map).tolist()) == {GROUND, BOX, DISC}  # nearest: no blended ids
 
 
+def _detectron2_output_shape(h, w, short, max_size):
+    """Detectron2's ResizeShortestEdge.get_output_shape arithmetic, step by step: the shorter side
+    set to ``short``, the longer scaled; both scaled again past ``max_size``; int(x + 0.5)."""
+    size = short * 1.0
+    scale = size / min(h, w)
+    if h < w:
+        new_h, new_w = size, scale * w
+    else:
+        new_h, new_w = scale * h, size
+    if max(new_h, new_w) > max_size:
+        scale = max_size * 1.0 / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def test_resize_size_equals_detectron2_on_rounding_ties():
+    # 91x182 at (800, 1333): the short side is 666.5 in exact arithmetic; Detectron2's float order
+    # gives 666.4999..., so 666 (one scale factor straight from the original size gave 667).
+    from panfpn.deploy.resize import shortest_edge_size as deploy_size
+
+    assert shortest_edge_size(91, 182, 800, 1333) == (666, 1333)
+    assert shortest_edge_size(182, 91, 800, 1333) == (1333, 666)
+    ties = []
+    for short, max_size in ((800, 1333), (640, 1333), (512, 1024), (1024, 2048)):
+        for h in range(2, 1300, 3):
+            for w in range(h, 2100, 11):
+                for a, b in ((h, w), (w, h)):
+                    want = tuple(max(1, v) for v in _detectron2_output_shape(a, b, short, max_size))
+                    assert shortest_edge_size(a, b, short, max_size) == want, (a, b, short, max_size)
+                    if want != (max(1, int(a * min(short / min(a, b), max_size / max(a, b)) + 0.5)),
+                                max(1, int(b * min(short / min(a, b), max_size / max(a, b)) + 0.5))):
+                        ties.append((a, b, short, max_size, want))
+    assert len(ties) > 10  # the grid holds sizes where the order of the float steps matters
+    for a, b, short, max_size, want in ties[::10]:  # the export's versions: Python ints, int64 tensors
+        assert deploy_size(a, b, short, max_size) == want
+        out = deploy_size(torch.tensor(a), torch.tensor(b), short, max_size)
+        assert (int(out[0]), int(out[1])) == want
+
+
 def test_resize_respects_max_size_and_range():
     assert shortest_edge_size(60, 80, 120, 1000) == (120, 160)
     assert shortest_edge_size(60, 200, 120, 300) == (90, 300)

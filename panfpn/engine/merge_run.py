@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections import defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -178,9 +179,15 @@ def _check_images(images: Any, images_json: Path) -> None:
         sizes_ok = isinstance(image, dict) and all(
             isinstance(image.get(key), int) and not isinstance(image.get(key), bool) and image[key] > 0
             for key in ("height", "width"))
-        if not sizes_ok or "id" not in image or not isinstance(image.get("file_name"), str):
+        if not sizes_ok or not _is_image_id(image.get("id")) or not isinstance(image.get("file_name"), str):
             raise ConfigError(f"merge.images_json {images_json}: images[{k}] = {image!r} needs an id, a "
-                              "file_name and integer height and width > 0")
+                              "file_name and integer height and width > 0 (an id: a number or a string)")
+
+
+def _is_image_id(value: Any) -> bool:
+    """An int, a finite float or a str (what an image id can be: equal ids find each other)."""
+    return (isinstance(value, (int, str)) and not isinstance(value, bool)) or (
+        isinstance(value, float) and math.isfinite(value))
 
 
 def _check_distinct_names(images: list[dict], images_json: Path) -> None:
@@ -205,8 +212,12 @@ def _results_by_image(path: Path, key: str, known: set, images_json: Path, skipp
         raise ConfigError(f"{key} {path}: must be a list of COCO results (objects), got "
                           f"{type(results).__name__}")
     by_image: dict[Any, list[dict]] = defaultdict(list)
-    for r in results:
-        by_image[image_of(r)].append(r)
+    try:
+        for k, r in enumerate(results):
+            by_image[image_of(r)].append(r)
+    except TypeError as err:  # unhashable: a list or an object
+        raise ConfigError(f"{key} {path}: result {k} has image_id {image_of(r)!r}, not an image id "
+                          "(a number or a string)") from err
     _check_id_types(set(by_image) - known, known, key, path, images_json)
     for image_id in sorted(set(by_image) - known, key=str):
         skipped.setdefault(str(image_id), f"{path}: results for image {image_id!r} not in {images_json}")

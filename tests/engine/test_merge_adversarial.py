@@ -1,0 +1,94 @@
+"""tools/merge.py on adversarial inputs written in COCO's / panopticapi's convention (pycocotools
+RLE, COCO results JSON, panopticapi's semantic results JSON): values Python's JSON reader accepts
+but that are no image id, score or category id end as a clear error or a recorded skip, never
+as a traceback; what panopticapi's combine script accepts merges as it does."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from merge_helpers import coco_rle, semantic_entries
+from panfpn.engine.config import ConfigError
+from panfpn.engine.merge_run import merge_files
+from panfpn.modeling.merge_thresholds import MergeThresholds
+
+THINGS, STUFF = [1, 3], [100, 120]
+CATEGORIES = [{"id": c, "name": f"c{c}", "isthing": int(c in THINGS), "color": [c, 0, 0]}
+              for c in THINGS + STUFF]
+H, W = 8, 10
+
+
+def _box(y0: int, y1: int, x0: int, x1: int, size: tuple[int, int] = (H, W)) -> np.ndarray:
+    mask = np.zeros(size, bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def _write(root: Path, images: list[dict], instances: list[dict], semantic: list[dict]) -> dict[str, Path]:
+    paths = {name: root / f"{name}.json" for name in ("images", "instances", "semantic")}
+    paths["images"].write_text(json.dumps({"images": images, "categories": CATEGORIES, "annotations": []}))
+    paths["instances"].write_text(json.dumps(instances))
+    paths["semantic"].write_text(json.dumps(semantic))
+    return paths
+
+
+def _merge(paths: dict[str, Path], out: Path, rules: MergeThresholds | None = None) -> dict:
+    return merge_files(None, paths["instances"], paths["images"], out, semantic_json=paths["semantic"],
+                       rules=rules or MergeThresholds(0.5, 0.5, 4, 0), device="cpu", workers=0,
+                       progress=False)
+
+
+def _two_images(**edit) -> tuple[list[dict], list[dict], list[dict]]:
+    """Images 1 and 2 (stuff halves, two instances each); ``edit`` replaces fields of image 1's
+    first instance."""
+    images = [{"id": i, "file_name": f"im{i}.jpg", "height": H, "width": W} for i in (1, 2)]
+    halves = np.where(np.arange(W) < W // 2, 100, 120)[None].repeat(H, 0)
+    semantic = [e for i in (1, 2) for e in semantic_entries(i, halves)]
+    instances = [{"image_id": i, "category_id": c, "segmentation": coco_rle(m), "score": s}
+                 for i in (1, 2) for c, m, s in ((1, _box(1, 5, 1, 6), 0.9), (3, _box(3, 8, 4, 9), 0.8))]
+    instances[0].update(edit)
+    return images, instances, semantic
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"score": 10 ** 400}, "image 1: instance result 0 has no finite numeric score"),
+    ({"category_id": 10 ** 20}, "image 1: instance result 0 has category_id 100000000000000000000, not"),
+], ids=["score-beyond-float", "category-beyond-int64"])
+def test_integers_beyond_the_number_types_skip_their_image(tmp_path, edit, message):
+    """JSON integers beyond float64 / int64 (Python reads them as exact ints) raised OverflowError
+    out of the merge (a traceback) instead of skipping the image like any other bad value."""
+    summary = _merge(_write(tmp_path, *_two_images(**edit)), tmp_path / "out")
+    assert message in summary["skipped"]["1"], summary["skipped"]
+    assert summary["merged"] == 1 and set(summary["skipped"]) == {"1"}
+
+
+@pytest.mark.parametrize("source", ["instances", "semantic"])
+@pytest.mark.parametrize("bad_id", [[1], {"id": 1}], ids=["list", "object"])
+def test_a_result_whose_image_id_is_no_id_is_a_clear_error(tmp_path, source, bad_id):
+    """A results entry with a list or object as image_id raised TypeError (unhashable) from the
+    grouping by image; now a ConfigError naming the file and the entry."""
+    images, instances, semantic = _two_images()
+    entries = instances if source == "instances" else semantic
+    entries.insert(2, dict(entries[0], image_id=bad_id))
+    paths = _write(tmp_path, images, instances, semantic)
+    with pytest.raises(ConfigError, match=re.escape(f"{paths[source]}: result 2 has image_id {bad_id!r}, "
+                                                    "not an image id (a number or a string)")):
+        _merge(paths, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad_id", [[1], None, True, float("nan")], ids=["list", "null", "bool", "nan"])
+def test_an_image_whose_id_is_no_id_is_a_clear_error(tmp_path, bad_id):
+    """images JSON ids must be numbers or strings: a list raised TypeError (unhashable); null,
+    true or NaN were taken as ids (results without image_id would match null, NaN matches no
+    result)."""
+    images, instances, semantic = _two_images()
+    images[1]["id"] = bad_id
+    paths = _write(tmp_path, images, instances, semantic)
+    with pytest.raises(ConfigError, match=r"images\[1\] = .* needs an id, .* \(an id: a number or a string\)"):
+        _merge(paths, tmp_path / "out")

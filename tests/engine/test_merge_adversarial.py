@@ -92,3 +92,30 @@ def test_an_image_whose_id_is_no_id_is_a_clear_error(tmp_path, bad_id):
     paths = _write(tmp_path, images, instances, semantic)
     with pytest.raises(ConfigError, match=r"images\[1\] = .* needs an id, .* \(an id: a number or a string\)"):
         _merge(paths, tmp_path / "out")
+
+
+@pytest.mark.parametrize("plain", [True, False], ids=["plain-overrides", "hydra-main"])
+def test_the_command_line_reports_a_config_error_without_a_traceback(tmp_path, plain):
+    """tools/merge.py let every ConfigError (a bad input file, an image id of another type, a
+    refused output folder) out as a Python traceback; like tools/export.py it now prints the
+    message and exits 2, on both of its start-up paths."""
+    import os
+    import sys
+
+    from process_helpers import run
+
+    root = Path(__file__).resolve().parents[2]
+    images, instances, semantic = _two_images()
+    instances.append(dict(instances[0], image_id="1"))  # "1" for image 1
+    paths = _write(tmp_path, images, instances, semantic)
+    args = [f"merge.semantic_json={paths['semantic']}", f"merge.instances_json={paths['instances']}",
+            f"merge.images_json={paths['images']}", "device=cpu", "merge.workers=0"]
+    args += [f"merge.output_dir={tmp_path / 'out'}"] if plain else [f"hydra.run.dir={tmp_path / 'run'}"]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = run([sys.executable, str(root / "tools/merge.py"), *args], env=env, capture_output=True,
+               text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"tools/merge.py: merge.instances_json {paths['instances']}: image_id '1' (str) is 1 (int) in "
+        f"{paths['images']}; the ids must be of the same type (1 such id(s))")

@@ -56,7 +56,8 @@ class DatasetMetadata:
     ) -> "DatasetMetadata":
         """Build from COCO-panoptic ``categories`` dicts (id, name, isthing, color).
 
-        Ids must be integers: ``"1"`` or ``1.5`` is a ValueError, never converted.
+        Ids must be integers: ``"1"`` or ``1.5`` is a ValueError, never converted; so is an
+        ``isthing`` other than 0 or 1 (``"0"`` would otherwise be true).
         """
         categories = list(categories)
         for c in categories:
@@ -68,6 +69,9 @@ class DatasetMetadata:
             if not isinstance(c["id"], numbers.Integral) or isinstance(c["id"], bool):
                 raise ValueError(f"category {c.get('name', '?')!r} of metadata {name!r} has id "
                                  f"{c['id']!r} ({type(c['id']).__name__}); ids must be integers")
+            if not isinstance(c["isthing"], numbers.Real) or c["isthing"] not in (0, 1):
+                raise ValueError(f"category {c.get('name', '?')!r} of metadata {name!r} has isthing "
+                                 f"{c['isthing']!r}; it must be 0 or 1")
         cats = tuple(
             Category(
                 id=int(c["id"]),

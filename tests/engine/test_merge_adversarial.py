@@ -119,3 +119,18 @@ def test_the_command_line_reports_a_config_error_without_a_traceback(tmp_path, p
     assert proc.stderr.strip().splitlines()[-1] == (
         f"tools/merge.py: merge.instances_json {paths['instances']}: image_id '1' (str) is 1 (int) in "
         f"{paths['images']}; the ids must be of the same type (1 such id(s))")
+
+
+@pytest.mark.parametrize("isthing", ["0", 2, None], ids=["string", "two", "null"])
+def test_an_isthing_flag_other_than_0_or_1_is_refused(tmp_path, isthing):
+    """COCO's isthing is 0 or 1. "0" (and 2) were read as true: every stuff category became a
+    thing, so the merge silently dropped all stuff (panopticapi tests ``isthing == 1`` and keeps
+    it); null was read as false. Now a ConfigError naming the category."""
+    images, instances, semantic = _two_images()
+    paths = _write(tmp_path, images, instances, semantic)
+    data = json.loads(paths["images"].read_text())
+    data["categories"][2]["isthing"] = isthing  # c100, a stuff category
+    paths["images"].write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=re.escape(f"category 'c100' of metadata '{paths['images']}' has "
+                                                    f"isthing {isthing!r}; it must be 0 or 1")):
+        _merge(paths, tmp_path / "out")

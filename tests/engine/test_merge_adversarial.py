@@ -134,3 +134,18 @@ def test_an_isthing_flag_other_than_0_or_1_is_refused(tmp_path, isthing):
     with pytest.raises(ConfigError, match=re.escape(f"category 'c100' of metadata '{paths['images']}' has "
                                                     f"isthing {isthing!r}; it must be 0 or 1")):
         _merge(paths, tmp_path / "out")
+
+
+def test_a_negative_category_id_is_refused(tmp_path):
+    """A stuff category with id -1 shared the merge's id lookup slot of 'no semantic entry here'
+    (and ids below -1 wrapped around the lookup table): pixels no semantic entry covers became
+    that stuff category, silently (panopticapi paints it only where its entry is). COCO ids are
+    >= 0; a negative one is now a ConfigError naming the category."""
+    images, instances, semantic = _two_images()
+    paths = _write(tmp_path, images, instances, semantic)
+    data = json.loads(paths["images"].read_text())
+    data["categories"].append({"id": -1, "name": "minus", "isthing": 0, "color": [9, 9, 9]})
+    paths["images"].write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=re.escape(f"category 'minus' of metadata '{paths['images']}' has id "
+                                                    "-1 (int); ids must be integers >= 0")):
+        _merge(paths, tmp_path / "out")

@@ -46,6 +46,8 @@ RULES_FILE = "merge_rules.json"
 PRESETS = {"detectron2": MergeThresholds.detectron2, "textbook": MergeThresholds.textbook}
 # merge.<field> keys that override one field of the preset; "preset" keeps the preset's value
 RULE_KEYS = tuple(f.name for f in dataclasses.fields(MergeThresholds))
+# the merge maps category ids to labels through a table indexed by id (1 MB up to this id)
+MAX_CATEGORY_ID = (1 << 20) - 1
 
 __all__ = ["BadInput", "merge_files", "merge_from_config", "merge_rules"]
 
@@ -139,6 +141,10 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
         metadata = DatasetMetadata.from_coco_categories(images_data["categories"], name=str(images_json))
     except ValueError as err:
         raise ConfigError(f"merge.images_json {images_json}: {err}") from err
+    huge = next((c for c in metadata.categories if c.id > MAX_CATEGORY_ID), None)
+    if huge is not None:
+        raise ConfigError(f"merge.images_json {images_json}: category {huge.name!r} has id {huge.id}; the "
+                          f"merge takes ids up to {MAX_CATEGORY_ID} (it looks labels up in a table indexed by id)")
     _check_images(images_data["images"], images_json)
     _check_distinct_names(images_data["images"], images_json)
     known = {img["id"] for img in images_data["images"]}

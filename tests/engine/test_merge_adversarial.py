@@ -149,3 +149,18 @@ def test_a_negative_category_id_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=re.escape(f"category 'minus' of metadata '{paths['images']}' has id "
                                                     "-1 (int); ids must be integers >= 0")):
         _merge(paths, tmp_path / "out")
+
+
+def test_a_category_id_too_large_for_the_label_lookup_is_a_clear_error(tmp_path):
+    """The merge maps category ids to labels through a table indexed by id: a category id of
+    10**13 (panopticapi takes any id) raised MemoryError (9 TiB) on every image as a traceback,
+    and ids around 10**10 would allocate tens of GB per image. Now refused up front, naming it."""
+    images, instances, semantic = _two_images(category_id=10 ** 13)
+    paths = _write(tmp_path, images, instances, semantic)
+    data = json.loads(paths["images"].read_text())
+    data["categories"].append({"id": 10 ** 13, "name": "huge", "isthing": 1, "color": [9, 9, 9]})
+    paths["images"].write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=re.escape(f"merge.images_json {paths['images']}: category 'huge' has "
+                                                    "id 10000000000000; the merge takes ids up to 1048575")):
+        _merge(paths, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

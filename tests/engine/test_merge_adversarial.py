@@ -1,7 +1,9 @@
 """tools/merge.py on adversarial inputs written in COCO's / panopticapi's convention (pycocotools
-RLE, COCO results JSON, panopticapi's semantic results JSON): values Python's JSON reader accepts
-but that are no image id, score or category id end as a clear error or a recorded skip, never
-as a traceback; what panopticapi's combine script accepts merges as it does."""
+RLE, COCO results JSON, panopticapi's semantic results JSON), found by running both tools on them:
+values Python's JSON reader accepts but that are no image id, score or category id, and categories
+the merge would silently misread (isthing "0", a negative or huge id), end as a clear error or a
+recorded skip, never as a traceback or a merge different from panopticapi's. The expected results
+are written here, so these run without panopticapi (not on PyPI)."""
 
 from __future__ import annotations
 
@@ -37,10 +39,9 @@ def _write(root: Path, images: list[dict], instances: list[dict], semantic: list
     return paths
 
 
-def _merge(paths: dict[str, Path], out: Path, rules: MergeThresholds | None = None) -> dict:
+def _merge(paths: dict[str, Path], out: Path) -> dict:
     return merge_files(None, paths["instances"], paths["images"], out, semantic_json=paths["semantic"],
-                       rules=rules or MergeThresholds(0.5, 0.5, 4, 0), device="cpu", workers=0,
-                       progress=False)
+                       rules=MergeThresholds(0.5, 0.5, 4, 0), device="cpu", workers=0, progress=False)
 
 
 def _two_images(**edit) -> tuple[list[dict], list[dict], list[dict]]:

@@ -12,7 +12,8 @@ only: no run directory (`.hydra/`, `merge.log`) is made, and the merge starts ~0
 (`@hydra.main` composes the config twice and sets up the run directory; bench/RESULTS.md). When
 those overrides are all `merge.*` / `device` keys, config.yaml alone is read
 (panfpn/engine/merge_tool/plain_config.py), else the config is composed with hydra's compose API.
-Any other command line runs through `@hydra.main` as before.
+Any other command line runs through `@hydra.main` as before. A config error (ConfigError: a bad
+key, an input file it cannot use, a refused output folder) prints its message and exits 2.
 """
 
 import logging
@@ -24,13 +25,23 @@ from omegaconf import DictConfig
 
 from panfpn.engine.merge_run import merge_from_config
 from panfpn.engine.merge_tool.plain_config import plain_merge_config
+from panfpn.utils.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    merge_from_config(cfg)
+    merge_or_exit(cfg)
+
+
+def merge_or_exit(cfg: DictConfig) -> None:
+    """The merge job; a ConfigError (an input or setting to change): its message, exit 2."""
+    try:
+        merge_from_config(cfg)
+    except ConfigError as err:
+        print(f"tools/merge.py: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def plain_overrides(argv: list[str]) -> bool:
@@ -52,7 +63,7 @@ def compose_and_merge(argv: list[str]) -> None:
     if cfg is None:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=argv)
-    merge_from_config(cfg)
+    merge_or_exit(cfg)
 
 
 if __name__ == "__main__":

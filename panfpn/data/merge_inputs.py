@@ -116,15 +116,24 @@ def as_is(item: dict[str, Any]) -> dict[str, Any]:
 
 def instance_scores(results: Sequence[Mapping[str, Any]], image_id: Any) -> np.ndarray:
     """float64 ``[N]`` scores of the results; BadInput when one has no finite numeric score
-    (NaN and +/-Infinity, which Python's JSON reader accepts, are not scores)."""
+    (NaN and +/-Infinity, which Python's JSON reader accepts, are not scores; nor is an integer
+    beyond float64's range, which it reads exactly)."""
     scores = []
     for k, r in enumerate(results):
         s = r.get("score")
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not _finite(s):
             raise BadInput(f"image {image_id!r}: instance result {k} has no finite numeric score "
                            f"(score={s!r})")
         scores.append(float(s))
     return np.array(scores, dtype=np.float64)
+
+
+def _finite(number: int | float) -> bool:
+    """math.isfinite, False for an int beyond float64 (where it raises OverflowError)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an int too large for a float64
+        return False
 
 
 def instance_labels(results: Sequence[Mapping[str, Any]], image_id: Any) -> np.ndarray:
@@ -133,7 +142,12 @@ def instance_labels(results: Sequence[Mapping[str, Any]], image_id: Any) -> np.n
     for k, c in enumerate(labels):
         if isinstance(c, bool) or not isinstance(c, int):
             raise BadInput(f"image {image_id!r}: instance result {k} has category_id {c!r}, not an integer")
-    return np.array(labels, dtype=np.int64)
+    try:
+        return np.array(labels, dtype=np.int64)
+    except OverflowError:  # no category id is that large
+        k, c = next((k, c) for k, c in enumerate(labels) if not -2 ** 63 <= c < 2 ** 63)
+        raise BadInput(f"image {image_id!r}: instance result {k} has category_id {c!r}, not a "
+                       "category (beyond int64)") from None
 
 
 def read_semantic_png(path: Path, size: tuple[int, int]) -> np.ndarray:

@@ -56,7 +56,9 @@ class DatasetMetadata:
     ) -> "DatasetMetadata":
         """Build from COCO-panoptic ``categories`` dicts (id, name, isthing, color).
 
-        Ids must be integers: ``"1"`` or ``1.5`` is a ValueError, never converted.
+        Ids must be integers >= 0: ``"1"``, ``1.5`` or ``-1`` is a ValueError, never converted (the
+        label lookups index arrays by id); so is an ``isthing`` other than 0 or 1 (``"0"`` would
+        otherwise be true).
         """
         categories = list(categories)
         for c in categories:
@@ -65,9 +67,12 @@ class DatasetMetadata:
                 raise ValueError(f"category {c!r} of metadata {name!r} has no {' or '.join(missing)}: "
                                  "COCO-panoptic categories need id and isthing (a COCO instances JSON "
                                  "has no isthing; use the panoptic one, e.g. panoptic_val2017.json)")
-            if not isinstance(c["id"], numbers.Integral) or isinstance(c["id"], bool):
+            if not isinstance(c["id"], numbers.Integral) or isinstance(c["id"], bool) or c["id"] < 0:
                 raise ValueError(f"category {c.get('name', '?')!r} of metadata {name!r} has id "
-                                 f"{c['id']!r} ({type(c['id']).__name__}); ids must be integers")
+                                 f"{c['id']!r} ({type(c['id']).__name__}); ids must be integers >= 0")
+            if not isinstance(c["isthing"], numbers.Real) or c["isthing"] not in (0, 1):
+                raise ValueError(f"category {c.get('name', '?')!r} of metadata {name!r} has isthing "
+                                 f"{c['isthing']!r}; it must be 0 or 1")
         cats = tuple(
             Category(
                 id=int(c["id"]),

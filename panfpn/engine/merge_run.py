@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections import defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,6 +46,8 @@ RULES_FILE = "merge_rules.json"
 PRESETS = {"detectron2": MergeThresholds.detectron2, "textbook": MergeThresholds.textbook}
 # merge.<field> keys that override one field of the preset; "preset" keeps the preset's value
 RULE_KEYS = tuple(f.name for f in dataclasses.fields(MergeThresholds))
+# the merge maps category ids to labels through a table indexed by id (1 MB up to this id)
+MAX_CATEGORY_ID = (1 << 20) - 1
 
 __all__ = ["BadInput", "merge_files", "merge_from_config", "merge_rules"]
 
@@ -138,6 +141,10 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
         metadata = DatasetMetadata.from_coco_categories(images_data["categories"], name=str(images_json))
     except ValueError as err:
         raise ConfigError(f"merge.images_json {images_json}: {err}") from err
+    huge = next((c for c in metadata.categories if c.id > MAX_CATEGORY_ID), None)
+    if huge is not None:
+        raise ConfigError(f"merge.images_json {images_json}: category {huge.name!r} has id {huge.id}; the "
+                          f"merge takes ids up to {MAX_CATEGORY_ID} (it looks labels up in a table indexed by id)")
     _check_images(images_data["images"], images_json)
     _check_distinct_names(images_data["images"], images_json)
     known = {img["id"] for img in images_data["images"]}
@@ -178,9 +185,15 @@ def _check_images(images: Any, images_json: Path) -> None:
         sizes_ok = isinstance(image, dict) and all(
             isinstance(image.get(key), int) and not isinstance(image.get(key), bool) and image[key] > 0
             for key in ("height", "width"))
-        if not sizes_ok or "id" not in image or not isinstance(image.get("file_name"), str):
+        if not sizes_ok or not _is_image_id(image.get("id")) or not isinstance(image.get("file_name"), str):
             raise ConfigError(f"merge.images_json {images_json}: images[{k}] = {image!r} needs an id, a "
-                              "file_name and integer height and width > 0")
+                              "file_name and integer height and width > 0 (an id: a number or a string)")
+
+
+def _is_image_id(value: Any) -> bool:
+    """An int, a finite float or a str (what an image id can be: equal ids find each other)."""
+    return (isinstance(value, (int, str)) and not isinstance(value, bool)) or (
+        isinstance(value, float) and math.isfinite(value))
 
 
 def _check_distinct_names(images: list[dict], images_json: Path) -> None:
@@ -205,8 +218,12 @@ def _results_by_image(path: Path, key: str, known: set, images_json: Path, skipp
         raise ConfigError(f"{key} {path}: must be a list of COCO results (objects), got "
                           f"{type(results).__name__}")
     by_image: dict[Any, list[dict]] = defaultdict(list)
-    for r in results:
-        by_image[image_of(r)].append(r)
+    try:
+        for k, r in enumerate(results):
+            by_image[image_of(r)].append(r)
+    except TypeError as err:  # unhashable: a list or an object
+        raise ConfigError(f"{key} {path}: result {k} has image_id {image_of(r)!r}, not an image id "
+                          "(a number or a string)") from err
     _check_id_types(set(by_image) - known, known, key, path, images_json)
     for image_id in sorted(set(by_image) - known, key=str):
         skipped.setdefault(str(image_id), f"{path}: results for image {image_id!r} not in {images_json}")

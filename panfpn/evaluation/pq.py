@@ -177,7 +177,8 @@ def pq_compute(gt_json_file: str | os.PathLike, pred_json_file: str | os.PathLik
         gt_folder, pred_folder: PNG folders; default = the JSON path without ``.json``.
         workers: worker processes (default ``os.cpu_count()``). One worker and fewer than 64
             images run in this process instead.
-        cache_dir: keep decoded ground-truth runs here, keyed by (path, mtime, size).
+        cache_dir: keep decoded ground-truth runs here, keyed by the PNG's path, mtime,
+            size, inode and ctime.
         verbose: print the table and the wall time.
 
     Returns:

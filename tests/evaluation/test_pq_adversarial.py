@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from panfpn.data.panoptic_io import decode_id_png_rgb
 from panfpn.evaluation import pq_compute
 from pq_case_gen import CATEGORIES, to_rgb, write_panoptic
 
@@ -66,3 +67,24 @@ def test_cached_ground_truth_rewritten_with_its_size_and_mtime_is_decoded_again(
     fresh = pq_compute(gt_json, pred_json, workers=1)
     assert fresh["All"]["pq"] == 0.0
     assert pq_compute(gt_json, pred_json, workers=1, cache_dir=cache) == fresh
+
+
+def test_animated_png_is_read_as_its_idat_image(tmp_path):
+    """Of an APNG whose IDAT image is not a frame, Wuffs decoded the first frame: PQ 0 where
+    panopticapi (Pillow) and libspng read the IDAT image, PQ 5/6."""
+    gt_json, pred_json = _dataset(tmp_path)
+    png = tmp_path / "pred" / f"{IMAGE}.png"
+    idat, frame = Image.fromarray(to_rgb(PRED)), Image.fromarray(to_rgb(np.where(PRED == 9, 3, 9)))
+    idat.save(png, save_all=True, append_images=[frame], default_image=True)
+    assert b"acTL" in png.read_bytes()
+    np.testing.assert_array_equal(decode_id_png_rgb(png.read_bytes()), to_rgb(PRED))
+    assert pq_compute(gt_json, pred_json, workers=1)["All"]["pq"] == pytest.approx(5 / 6)
+
+
+@pytest.mark.parametrize("alpha", [0, 128])
+def test_rgba_png_alpha_is_ignored_as_by_panopticapi(tmp_path, alpha):
+    gt_json, pred_json = _dataset(tmp_path)
+    rgb = to_rgb(PRED)
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), alpha, np.uint8)], -1)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "pred" / f"{IMAGE}.png")
+    assert pq_compute(gt_json, pred_json, workers=1)["All"]["pq"] == pytest.approx(5 / 6)

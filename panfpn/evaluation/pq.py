@@ -66,6 +66,16 @@ def _read_pngs(image_id: Any, gt_path: str, pred_path: str, cache: RunsCache | N
         raise PQInputError(f"image {image_id!r}: {err}") from None
 
 
+def _check_crowd_flags(image_id: Any, gt_segments: Sequence[Any]) -> None:
+    """Every ground-truth segment of a JSON file says whether it is a crowd region: panopticapi
+    fails on one without ``iscrowd``, so a default would give a number it never gives (the
+    in-memory rules do take 0 for datasets without the key)."""
+    for seg in gt_segments:
+        if isinstance(seg, dict) and "iscrowd" not in seg:
+            raise PQInputError(f"image {image_id!r}: ground-truth segment {seg.get('id')!r} has no "
+                               f"'iscrowd' key: {seg!r:.200}")
+
+
 def _evaluate_chunk(chunk: Sequence[tuple[dict, dict]], gt_folder: str, pred_folder: str,
                     categories: dict, cache_dir: str | None) -> PQStat:
     cache = RunsCache(cache_dir) if cache_dir else None
@@ -74,6 +84,7 @@ def _evaluate_chunk(chunk: Sequence[tuple[dict, dict]], gt_folder: str, pred_fol
         image_id = gt_ann["image_id"]
         gt_path = os.path.join(gt_folder, gt_ann["file_name"])
         pred_path = os.path.join(pred_folder, pred_ann["file_name"])
+        _check_crowd_flags(image_id, gt_ann["segments_info"])
         known = (known_ids(gt_ann["segments_info"]), known_ids(pred_ann["segments_info"]))
         gt, gt_size, pred_rgb = _read_pngs(image_id, gt_path, pred_path, cache)
         pred_size = pred_rgb.shape[:2]
@@ -143,6 +154,9 @@ def _load_json(path: str, what: str) -> dict:
         if not isinstance(ann, dict) or not all(k in ann for k in _ANNOTATION_KEYS):
             raise PQInputError(f"{what} JSON {path}: annotations[{i}] needs the keys "
                                f"{list(_ANNOTATION_KEYS)}, got {ann!r:.200}")
+        if not isinstance(ann["segments_info"], list) or isinstance(ann["image_id"], (list, dict)):
+            raise PQInputError(f"{what} JSON {path}: annotations[{i}] needs a segments_info list "
+                               f"and a number or string image_id, got {ann!r:.200}")
     return data
 
 
@@ -186,9 +200,10 @@ def pq_compute(gt_json_file: str | os.PathLike, pred_json_file: str | os.PathLik
         {"pq", "sq", "rq", "tp", "fp", "fn", "iou"}}}``, scores as fractions.
 
     Raises:
-        PQInputError (a ValueError) naming the image: no prediction for an image, a PNG id
-        without a segment, a segment absent from its PNG, an unknown predicted category,
-        different sizes, a repeated segment id.
+        PQInputError (a ValueError) naming the image or the JSON file: no prediction for an
+        image, a PNG id without a segment, a segment absent from its PNG, an unknown predicted
+        category, different sizes, a repeated segment id, an id or category id that is not an
+        integer, a ground-truth segment without ``iscrowd``, an ``isthing`` other than 0 / 1.
     """
     start = time.perf_counter()
     gt_json_file, pred_json_file = os.fspath(gt_json_file), os.fspath(pred_json_file)
@@ -202,7 +217,10 @@ def pq_compute(gt_json_file: str | os.PathLike, pred_json_file: str | os.PathLik
     for folder, what in ((gt_folder, "ground-truth"), (pred_folder, "prediction")):
         if not os.path.isdir(folder):
             raise FileNotFoundError(f"{what} PNG folder not found: {folder}")
-    categories = normalize_categories(gt_json["categories"])
+    try:
+        categories = normalize_categories(gt_json["categories"])
+    except PQInputError as err:
+        raise PQInputError(f"ground-truth JSON {gt_json_file}: {err}") from None
     pairs = match_annotations(gt_json, pred_json)
     cache = os.fspath(cache_dir) if cache_dir is not None else None
 

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from panfpn.data.panoptic_io import decode_id_png_rgb
-from panfpn.evaluation import pq_compute
+from panfpn.evaluation import PQInputError, pq_compute
 from pq_case_gen import CATEGORIES, to_rgb, write_panoptic
+from process_helpers import run as run_in_group
 
 IMAGE = "frankfurt_000000_000294"
 GT = np.where(np.arange(8)[None, :] < 4, 5, 70000).repeat(6, 0)
@@ -88,3 +90,90 @@ def test_rgba_png_alpha_is_ignored_as_by_panopticapi(tmp_path, alpha):
     rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), alpha, np.uint8)], -1)
     Image.fromarray(rgba, "RGBA").save(tmp_path / "pred" / f"{IMAGE}.png")
     assert pq_compute(gt_json, pred_json, workers=1)["All"]["pq"] == pytest.approx(5 / 6)
+
+
+def _string_categories(data):
+    for cat in data["categories"]:
+        cat["id"] = str(cat["id"])
+
+
+def _set(key, value, side="pred", index=0):
+    return side, lambda d: _segments(d)[index].update({key: value})
+
+
+# (which JSON, its edit, what the error says); panopticapi's behaviour on each in the comment.
+REJECTED = {
+    # a KeyError traceback; we scored "9" as 9: PQ 5/6
+    "pred_id_string": (*_set("id", "9"), "the id of a predicted segment is '9', not an integer"),
+    # a KeyError traceback; int(9.5) made it 9
+    "pred_id_fraction": (*_set("id", 9.5), "the id of a predicted segment is 9.5, not an integer"),
+    # silently PQ 0 (the string matches no PNG id); we gave 5/6
+    "gt_id_string": (*_set("id", "5", "gt"), "the id of a ground-truth segment is '5'"),
+    # silently PQ 0 (never equal to the prediction's 1); so did we
+    "gt_category_string": (*_set("category_id", "1", "gt"),
+                           "the category_id of ground-truth segment 5 is '1', not an integer"),
+    # PQ 5/6 (string keys throughout); we said "unknown category_id 101" of a listed category
+    "category_ids_strings": ("both", None, "a category id is '1', not an integer"),
+    # "0" == 1 is false: a stuff class there; bool("0") made it a thing here
+    "isthing_string": ("gt", lambda d: d["categories"][0].update(isthing="0"),
+                       "category 1: 'isthing' must be 0 or 1, got '0'"),
+    # stuff there (2 != 1), a thing here
+    "isthing_two": ("gt", lambda d: d["categories"][0].update(isthing=2), "got 2"),
+    # a KeyError traceback; we took 0
+    "gt_iscrowd_missing": ("gt", lambda d: _segments(d)[1].pop("iscrowd"),
+                           "ground-truth segment 70000 has no 'iscrowd' key"),
+    # the rest: a traceback there and here
+    "segments_info_null": ("pred", lambda d: d["annotations"][0].update(segments_info=None),
+                           "annotations[0] needs a segments_info list"),
+    "segment_not_a_dict": ("pred", lambda d: _segments(d).append(7), "a predicted segment is not a dict: 7"),
+    "image_id_list": ("both", lambda d: d["annotations"][0].update(image_id=[1]), "image_id"),
+    "area_string": (*_set("area", "24", "gt"), "ground-truth segment 5 has the area '24', not a number"),
+    # there an IoU of inf: predicted 9 lies inside ground truth 5, so the union is 20 + 0 - 20 = 0
+    "area_zero": (*_set("area", 0, "gt"), "ground-truth segment 5 has the area 0, fewer pixels"),
+}
+
+
+@pytest.mark.parametrize("case", REJECTED, ids=str)
+def test_inputs_panopticapi_cannot_score_are_errors_naming_image_or_file(tmp_path, case):
+    which, edit, expected = REJECTED[case]
+    gt_json, pred_json = _dataset(tmp_path)
+    if case == "category_ids_strings":
+        _edit(gt_json, _string_categories)
+        edit = lambda d: [s.update(category_id=str(s["category_id"])) for s in _segments(d)]  # noqa: E731
+    for path in {"gt": [gt_json], "pred": [pred_json], "both": [gt_json, pred_json]}[which]:
+        _edit(path, edit)
+    with pytest.raises(PQInputError) as info:
+        pq_compute(gt_json, pred_json, workers=1)
+    message = str(info.value)
+    assert expected in message
+    assert IMAGE in message or str(gt_json) in message or str(pred_json) in message
+
+
+def test_cli_names_a_malformed_annotation_without_traceback(tmp_path):
+    """segments_info null was a TypeError traceback from the CLI."""
+    gt_json, pred_json = _dataset(tmp_path)
+    _edit(pred_json, lambda d: d["annotations"][0].update(segments_info=None))
+    proc = run_in_group([sys.executable, "-m", "panfpn.evaluation.pq", "--gt-json", str(gt_json),
+                         "--pred-json", str(pred_json), "--workers", "1"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: prediction JSON {pred_json}: annotations[0] needs a segments_info")
+
+
+@pytest.mark.parametrize("edit", ["float_ids", "bool_isthing", "crowd_true"])
+def test_inputs_panopticapi_scores_give_its_number(tmp_path, edit):
+    """JSON may write ids as 5.0 and isthing / iscrowd as booleans: panopticapi compares them with
+    ==, so they score as 5, 1 and 1 there (a crowd ground truth is never matched: grass alone)."""
+    gt_json, pred_json = _dataset(tmp_path)
+    if edit == "float_ids":
+        _edit(gt_json, lambda d: [s.update(id=float(s["id"]), category_id=float(s["category_id"]))
+                                  for s in _segments(d)])
+        _edit(pred_json, lambda d: [s.update(id=float(s["id"])) for s in _segments(d)])
+    elif edit == "bool_isthing":
+        _edit(gt_json, lambda d: [c.update(isthing=bool(c["isthing"])) for c in d["categories"]])
+    else:
+        _edit(gt_json, lambda d: _segments(d)[0].update(iscrowd=True))
+    results = pq_compute(gt_json, pred_json, workers=1)
+    expected = {"All": (5 / 6, 2 - (edit == "crowd_true")), "Stuff": (5 / 6, 1),
+                "Things": (0.0, 0) if edit == "crowd_true" else (5 / 6, 1)}
+    for split, (pq, n) in expected.items():
+        assert (results[split]["pq"], results[split]["n"]) == (pytest.approx(pq), n), split

@@ -190,3 +190,52 @@ def test_result_is_bitwise_the_same_for_any_worker_count(tmp_path):
     few = tmp_path / "few"
     gt_json, pred_json, _ = write_cases(few, 2, 40)
     assert pq_compute(gt_json, pred_json, workers=1) == pq_compute(gt_json, pred_json, workers=3)
+
+
+def _resave(path, how):
+    """Write the colours of the PNG at ``path`` again, in another legitimate PNG encoding."""
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    if how == "rgba":
+        Image.fromarray(np.dstack([rgb, np.zeros(rgb.shape[:2], np.uint8)]), "RGBA").save(path)
+    elif how == "trns":
+        Image.fromarray(rgb).save(path, transparency=tuple(int(v) for v in rgb[0, 0]))
+    elif how == "apng":
+        Image.fromarray(rgb).save(path, save_all=True, append_images=[Image.fromarray(255 - rgb)],
+                                  default_image=True)
+    else:  # ancillary chunks: tEXt, gAMA (sRGB's 1/2.2) and an ICC profile
+        from PIL import ImageCms, PngImagePlugin
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Comment", "ids")
+        info.add(b"gAMA", (45455).to_bytes(4, "big"))
+        icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+        Image.fromarray(rgb).save(path, pnginfo=info, icc_profile=icc)
+
+
+def test_same_numbers_as_panopticapi_on_other_png_encodings(tmp_path):
+    """Generated cases with a quarter of their PNGs re-encoded (RGBA with alpha 0, a tRNS colour,
+    an APNG with a hidden IDAT image, ancillary chunks) against panopticapi itself, when importable
+    (COCO's panopticapi is not on PyPI: put a checkout on PYTHONPATH). It runs in a child process:
+    its pool is never closed."""
+    pytest.importorskip("panopticapi.evaluation", reason="COCO's panopticapi is not installed")
+    gt_json, pred_json, _ = write_cases(tmp_path, 11, 24)
+    hows = ["rgba", "trns", "apng", "chunks"]
+    for i in range(0, 24, 2):
+        folder = tmp_path / ("gt" if i % 4 else "pred")
+        _resave(folder / f"{i}.png", hows[(i // 2) % 4])
+    script = ("import json, sys, contextlib\n"
+              "from panopticapi.evaluation import pq_compute\n"
+              "with contextlib.redirect_stdout(sys.stderr):\n"
+              "    r = pq_compute(sys.argv[1], sys.argv[2])\n"
+              "print(json.dumps(r))\n")
+    proc = run_in_group([sys.executable, "-c", script, str(gt_json), str(pred_json)],
+                        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    theirs = json.loads(proc.stdout)
+    ours = pq_compute(gt_json, pred_json, workers=1)
+    for split in ("All", "Things", "Stuff"):
+        assert ours[split]["n"] == theirs[split]["n"]
+        for m in ("pq", "sq", "rq"):
+            assert ours[split][m] == pytest.approx(theirs[split][m], abs=1e-12), (split, m)
+    for cat, entry in theirs["per_class"].items():
+        for m in ("pq", "sq", "rq"):
+            assert ours["per_class"][int(cat)][m] == pytest.approx(entry[m], abs=1e-12), (cat, m)

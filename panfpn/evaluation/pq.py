@@ -179,9 +179,10 @@ def _load_json(path: str, what: str) -> dict:
         if not isinstance(ann, dict) or not all(k in ann for k in _ANNOTATION_KEYS):
             raise PQInputError(f"{what} JSON {path}: annotations[{i}] needs the keys "
                                f"{list(_ANNOTATION_KEYS)}, got {ann!r:.200}")
-        if not isinstance(ann["segments_info"], list) or isinstance(ann["image_id"], (list, dict)):
-            raise PQInputError(f"{what} JSON {path}: annotations[{i}] needs a segments_info list "
-                               f"and a number or string image_id, got {ann!r:.200}")
+        if (not isinstance(ann["segments_info"], list) or not isinstance(ann["file_name"], str)
+                or isinstance(ann["image_id"], (list, dict))):
+            raise PQInputError(f"{what} JSON {path}: annotations[{i}] needs a segments_info list, "
+                               f"a file_name string and a number or string image_id, got {ann!r:.200}")
     return data
 
 

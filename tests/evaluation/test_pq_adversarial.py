@@ -127,6 +127,7 @@ REJECTED = {
                            "annotations[0] needs a segments_info list"),
     "segment_not_a_dict": ("pred", lambda d: _segments(d).append(7), "a predicted segment is not a dict: 7"),
     "image_id_list": ("both", lambda d: d["annotations"][0].update(image_id=[1]), "image_id"),
+    "file_name_null": ("pred", lambda d: d["annotations"][0].update(file_name=None), "a file_name string"),
     "area_string": (*_set("area", "24", "gt"), "ground-truth segment 5 has the area '24', not a number"),
     # there an IoU of inf: predicted 9 lies inside ground truth 5, so the union is 20 + 0 - 20 = 0
     "area_zero": (*_set("area", 0, "gt"), "ground-truth segment 5 has the area 0, fewer pixels"),

@@ -34,9 +34,10 @@ GT_SEGMENTS = [{"id": 5, "category_id": 1, "iscrowd": 0, "area": 24, "bbox": [0,
 PRED_SEGMENTS = [{"id": 9, "category_id": 1}, {"id": 3, "category_id": 101}]
 
 
-def _dataset(tmp_path, gt_segments=GT_SEGMENTS, pred_segments=PRED_SEGMENTS, categories=CATEGORIES):
-    gt_json = write_panoptic(tmp_path, "gt", [(IMAGE, GT, gt_segments)], categories)
-    pred_json = write_panoptic(tmp_path, "pred", [(IMAGE, PRED, pred_segments)])
+def _dataset(tmp_path):
+    """The base image's ground truth and prediction: (gt.json, pred.json), PNGs in gt/, pred/."""
+    gt_json = write_panoptic(tmp_path, "gt", [(IMAGE, GT, GT_SEGMENTS)], CATEGORIES)
+    pred_json = write_panoptic(tmp_path, "pred", [(IMAGE, PRED, PRED_SEGMENTS)])
     return gt_json, pred_json
 
 

@@ -3,7 +3,9 @@
 On COCO-size panoptic PNGs Wuffs decodes about 2.3x faster than libspng (pyspng) with the same
 pixels (bench/pq.py; tests/data/test_wuffs_png.py). It is used only where its RGB output is the
 file's samples unchanged: 8-bit truecolour PNGs (colour type 2), not interlaced, without a tRNS
-chunk (Wuffs turns a tRNS colour into transparent black where libspng and Pillow keep the colour).
+chunk (Wuffs turns a tRNS colour into transparent black where libspng and Pillow keep the colour)
+and not animated (of an APNG whose IDAT image is not a frame, Wuffs returns the first frame where
+libspng and Pillow, as panopticapi reads it, return the IDAT image).
 Every other PNG, and every machine without pywuffs, takes the caller's other decoder.
 """
 
@@ -33,7 +35,8 @@ def available() -> bool:
 
 def is_plain_rgb(data: bytes) -> bool:
     """Whether a PNG (signature and IHDR already checked) is 8-bit RGB, not interlaced, and has no
-    tRNS chunk before its image data: the files whose Wuffs RGB output is exactly their samples."""
+    tRNS or acTL (animation) chunk before its image data: the files whose Wuffs RGB output is
+    exactly their IDAT samples."""
     if len(data) < 29 or data[24] != 8 or data[25] != _TRUECOLOUR or data[28] != _NOT_INTERLACED:
         return False
     pos = 8
@@ -41,7 +44,7 @@ def is_plain_rgb(data: bytes) -> bool:
         (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
         if kind in (b"IDAT", b"IEND"):
             return True
-        if kind == b"tRNS":
+        if kind in (b"tRNS", b"acTL"):
             return False
         pos += 12 + length
     return True  # cut short before any image data: Wuffs reports the truncation

@@ -19,7 +19,7 @@ from panfpn.evaluation.id_runs import Runs, runs_of_rgb
 from panfpn.utils.atomic import atomic_write_path
 
 _CACHE_MAGIC = 0x50414E5255_4E53  # "PANRUNS"
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: the key holds the inode and ctime too
 
 
 def read_runs(path: str | os.PathLike) -> tuple[Runs, tuple[int, int]]:
@@ -28,12 +28,19 @@ def read_runs(path: str | os.PathLike) -> tuple[Runs, tuple[int, int]]:
     return runs_of_rgb(rgb), rgb.shape[:2]
 
 
+def _file_key(st: os.stat_result) -> list[int]:
+    """What identifies a PNG's content without reading it: mtime and size, and the inode and
+    ctime, which no tool can set back: a PNG rewritten in place with the same size and its old
+    mtime (``cp -p``, ``rsync -t``, ``touch -r``) has a new ctime, a renamed-over one a new inode."""
+    return [st.st_mtime_ns, st.st_size, st.st_ino & (1 << 63) - 1, st.st_ctime_ns]  # int64-safe
+
+
 class RunsCache:
-    """Decoded runs of ground-truth PNGs on disk, keyed by (absolute path, mtime, size).
+    """Decoded runs of ground-truth PNGs on disk, keyed by the absolute path and :func:`_file_key`.
 
     Evaluating many checkpoints against one validation set decodes its ground truth once: a
     later run reads a few tens of kB of runs per image instead of decoding the PNG. An entry
-    is recomputed whenever the PNG's modification time or size changes.
+    is recomputed whenever the PNG's modification time, size, inode or ctime changes.
     """
 
     def __init__(self, cache_dir: str | os.PathLike):
@@ -47,12 +54,12 @@ class RunsCache:
         path = os.path.abspath(path)
         st = os.stat(path)
         entry = self._entry(path)
-        header_len = 7
+        key = [_CACHE_MAGIC, _CACHE_VERSION] + _file_key(st)
+        header_len = len(key) + 3
         try:
             raw = np.fromfile(entry, dtype=np.int64)
-            magic, version, mtime, size, h, w, r = raw[:header_len].tolist()
-            if (magic, version, mtime, size) == (_CACHE_MAGIC, _CACHE_VERSION, st.st_mtime_ns,
-                                                 st.st_size) and raw.shape[0] == header_len + 2 * r:
+            *stored, h, w, r = raw[:header_len].tolist()
+            if stored == key and raw.shape[0] == header_len + 2 * r:
                 starts = raw[header_len:header_len + r]
                 ids = raw[header_len + r:]
                 return (starts, ids, h * w), (h, w)
@@ -60,8 +67,7 @@ class RunsCache:
             pass  # missing or unreadable entry: decode and rewrite it
         runs, (h, w) = read_runs(path)
         starts, ids, _ = runs
-        header = np.array([_CACHE_MAGIC, _CACHE_VERSION, st.st_mtime_ns, st.st_size, h, w,
-                           starts.shape[0]], np.int64)
+        header = np.array(key + [h, w, starts.shape[0]], np.int64)
         data = np.concatenate([header, starts, ids])
         atomic_write_path(entry, data.tofile)
         return runs, (h, w)

@@ -21,6 +21,8 @@ The rules are those of the COCO panoptic API (Kirillov et al., "Panoptic Segment
 
 from __future__ import annotations
 
+import numbers
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -52,13 +54,34 @@ class PQStat:
         return set(self.tp) | set(self.fp) | set(self.fn)
 
 
+def as_integer_id(value: Any, what: str) -> int:
+    """``value`` as an int: an integer, or a float with an integral value (JSON may write 5.0).
+
+    Anything else (``"5"``, 9.5, None) is a PQInputError naming ``what``: the reference API looks
+    ids up by equality, so a string id silently matches nothing there (or fails), and ``int()``
+    would have turned ``"5"`` and 9.5 into ids the reference never sees.
+    """
+    if type(value) is int:
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise PQInputError(f"{what} is {value!r}, not an integer") from None
+
+
 def index_segments(segments: Sequence[Mapping[str, Any]], image_id: Any, side: str) -> dict:
-    """``{segment id: segment}`` in listing order; a repeated id is an error."""
+    """``{segment id: segment}`` in listing order; a repeated id, or an id or category_id that is
+    not an integer, is an error."""
     by_id: dict[int, Mapping[str, Any]] = {}
     for seg in segments:
+        if not isinstance(seg, Mapping):
+            raise PQInputError(f"image {image_id!r}: a {side} segment is not a dict: {seg!r:.200}")
         try:
-            seg_id = int(seg["id"])
-            seg["category_id"]
+            seg_id = as_integer_id(seg["id"], f"image {image_id!r}: the id of a {side} segment")
+            as_integer_id(seg["category_id"],
+                          f"image {image_id!r}: the category_id of {side} segment {seg_id}")
         except KeyError as err:
             raise PQInputError(
                 f"image {image_id!r}: a {side} segment lacks the key {err.args[0]!r}: {dict(seg)}"
@@ -151,6 +174,9 @@ def classify_image(
     def gt_area(gt_id: int) -> int:
         seg = gt_by_id[gt_id]
         if "area" in seg:
+            if not isinstance(seg["area"], numbers.Real):
+                raise PQInputError(f"image {image_id!r}: ground-truth segment {gt_id} has the area "
+                                   f"{seg['area']!r}, not a number")
             return seg["area"]
         if gt_area_from_pixels:
             return gt_pixels.get(gt_id, 0)
@@ -159,7 +185,7 @@ def classify_image(
     out = ImageOutcome(gt_category={g: s["category_id"] for g, s in gt_by_id.items()},
                        pred_category={p: s["category_id"] for p, s in pred_by_id.items()},
                        pred_area={p: pred_area[p] for p in pred_by_id})
-    gt_matched, pred_matched = _match(out, gt_by_id, pred_by_id, counts, pred_area, gt_area)
+    gt_matched, pred_matched = _match(image_id, out, gt_by_id, pred_by_id, counts, pred_area, gt_area)
     crowd_of_category = _count_false_negatives(out, gt_by_id, gt_matched)
     _count_false_positives(out, pred_by_id, pred_matched, counts, pred_area, crowd_of_category)
     out.gt_area = {g: s["area"] if "area" in s else gt_pixels.get(g, 0)  # (no error here: bucketing only)
@@ -202,11 +228,14 @@ def _check_predicted(image_id: Any, pred_by_id: Mapping[int, Mapping[str, Any]],
         )
 
 
-def _match(out: ImageOutcome, gt_by_id: Mapping[int, Mapping[str, Any]], pred_by_id: Mapping[int, Mapping[str, Any]],
+def _match(image_id: Any, out: ImageOutcome, gt_by_id: Mapping[int, Mapping[str, Any]], pred_by_id: Mapping[int, Mapping[str, Any]],
            counts: Mapping[tuple[int, int], int], pred_area: Mapping[int, int],
            gt_area: Callable[[int], int]) -> tuple[set[int], set[int]]:
     """True positives: same category, not crowd, IoU > 0.5 with void pixels of the prediction
-    left out of the union. Returns the matched ground-truth and predicted ids."""
+    left out of the union. Returns the matched ground-truth and predicted ids.
+
+    A union of 0 pixels or fewer can only come from a ground-truth ``area`` smaller than the
+    segment's pixels in the PNG: an error (the reference divides by it: an infinite IoU)."""
     gt_matched: set[int] = set()
     pred_matched: set[int] = set()
     for (gt_id, pred_id), inter in counts.items():
@@ -218,6 +247,12 @@ def _match(out: ImageOutcome, gt_by_id: Mapping[int, Mapping[str, Any]], pred_by
         if cat != pred_seg["category_id"]:
             continue
         union = pred_area[pred_id] + gt_area(gt_id) - inter - counts.get((VOID, pred_id), 0)
+        if union <= 0:
+            raise PQInputError(
+                f"image {image_id!r}: ground-truth segment {gt_id} has the area {gt_area(gt_id)!r}, "
+                f"fewer pixels than it shares with predicted segment {pred_id} ({inter}); the "
+                "union of the two would be empty"
+            )
         iou = inter / union
         if iou > 0.5:
             out.matches.append((gt_id, pred_id, iou))
@@ -300,16 +335,22 @@ def pq_results(stat: PQStat, categories: Mapping[int, Mapping[str, Any]]) -> dic
 
 
 def normalize_categories(categories: Any) -> dict[int, dict]:
-    """``{id: {"isthing": 0/1, ...}}`` from that form or a list of COCO category dicts."""
+    """``{id: {"isthing": 0/1, ...}}`` from that form or a list of COCO category dicts.
+
+    A COCO category's ``id`` must be an integer and every ``isthing`` 0 or 1 (or a bool): the
+    reference API counts only ``isthing == 1`` as a thing, where ``bool("0")`` would be one.
+    """
     if isinstance(categories, Mapping):
         items = [(int(k), dict(v)) for k, v in categories.items()]
     else:
-        items = [(int(c["id"]), dict(c)) for c in categories]
+        items = [(as_integer_id(c["id"], "a category id"), dict(c)) for c in categories]
     out: dict[int, dict] = {}
     for cat_id, info in items:
         if "isthing" not in info:
             raise PQInputError(f"category {cat_id} has no 'isthing' key: {info}")
-        info["isthing"] = int(bool(info["isthing"]))
+        if info["isthing"] not in (0, 1):  # also True / False; not "0", which bool() makes True
+            raise PQInputError(f"category {cat_id}: 'isthing' must be 0 or 1, got {info['isthing']!r}")
+        info["isthing"] = int(info["isthing"])
         out[cat_id] = info
     return out
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from panfpn.engine.merge_run import merge_from_config
+from panfpn.engine.merge_run import SKIPPED_FILE, merge_from_config
 from panfpn.engine.merge_tool.plain_config import plain_merge_config
 from panfpn.utils.errors import ConfigError
 
@@ -36,12 +36,17 @@ def main(cfg: DictConfig) -> None:
 
 
 def merge_or_exit(cfg: DictConfig) -> None:
-    """The merge job; a ConfigError (an input or setting to change): its message, exit 2."""
+    """The merge job; a ConfigError (an input or setting to change): its message, exit 2; no image
+    merged although there were inputs (every one skipped): the count, exit 1."""
     try:
-        merge_from_config(cfg)
+        summary = merge_from_config(cfg)
     except ConfigError as err:
         print(f"tools/merge.py: {err}", file=sys.stderr)
         sys.exit(2)
+    if summary["merged"] == 0 and summary["skipped"]:
+        print(f"tools/merge.py: no image merged: {len(summary['skipped'])} skipped, the reasons in "
+              f"{Path(summary['json']).parent / SKIPPED_FILE}", file=sys.stderr)
+        sys.exit(1)
 
 
 def plain_overrides(argv: list[str]) -> bool:

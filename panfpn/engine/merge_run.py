@@ -74,7 +74,7 @@ def merge_from_config(cfg: DictConfig) -> dict[str, Any]:
         device=_device(cfg.device), workers=opts["workers"], threads=opts["threads"],
         rules_origin=origin, remove_first=earlier, progress=opts.get("progress_bar", "auto"),
         semantic_json=None if opts["semantic_json"] is None else Path(opts["semantic_json"]))
-    if opts["eval_gt_json"] is not None:
+    if opts["eval_gt_json"] is not None and summary["merged"]:
         from panfpn.evaluation.pq import pq_compute
 
         summary["pq"] = pq_compute(opts["eval_gt_json"], summary["json"], workers=1)

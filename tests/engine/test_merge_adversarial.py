@@ -165,3 +165,31 @@ def test_a_category_id_too_large_for_the_label_lookup_is_a_clear_error(tmp_path)
                                                     "id 10000000000000; the merge takes ids up to 1048575")):
         _merge(paths, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_every_image_skipped_is_exit_1_not_success(tmp_path):
+    """A semantic JSON of another split: no image has its semantic entries, so every image is
+    skipped and nothing is merged. The tool said so only in merge_skipped.json and exited 0."""
+    import os
+    import sys
+
+    from process_helpers import run
+
+    root = Path(__file__).resolve().parents[2]
+    images, instances, semantic = _two_images()
+    semantic = [dict(e, image_id=e["image_id"] + 10) for e in semantic]  # images 11 and 12
+    paths = _write(tmp_path, images, instances, semantic)
+    out = tmp_path / "out"
+    args = [f"merge.semantic_json={paths['semantic']}", f"merge.instances_json={paths['instances']}",
+            f"merge.images_json={paths['images']}", "device=cpu", "merge.workers=0",
+            f"merge.output_dir={out}"]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = run([sys.executable, str(root / "tools/merge.py"), *args], env=env, capture_output=True,
+               text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    skipped_file = out / "merge_skipped.json"
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"tools/merge.py: no image merged: 4 skipped, the reasons in {skipped_file}")
+    skipped = json.loads(skipped_file.read_text())
+    assert {"1", "2"} <= set(skipped), skipped

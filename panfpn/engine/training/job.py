@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from panfpn.utils.atomic import write_json_atomic
 from panfpn.utils.errors import ConfigError
+from panfpn.utils.json_values import nonfinite_to_null
 
 logger = logging.getLogger("panfpn")
 JOB_STATUS = "job_status.json"
@@ -105,7 +106,7 @@ def write_job_status(run_dir: Path, status: str, *, started: float, cfg: DictCon
               "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
               "wall_s": round(time.time() - started, 3), **facts}
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / JOB_STATUS, record)
+    write_json_atomic(run_dir / JOB_STATUS, nonfinite_to_null(record))
 
 
 def run_training_job(cfg: DictConfig) -> dict:
@@ -128,7 +129,9 @@ def run_training_job(cfg: DictConfig) -> dict:
                          traceback=traceback.format_exc(limit=8)[-4000:])
         raise
     if result["eval"] is not None and _is_main():
-        write_json_atomic(run_dir / EVAL_RESULTS, json.loads(json.dumps(result["eval"], default=str)))
+        # strict JSON, as tools/eval.py's: an undefined metric (a class absent from the images) is null
+        results = nonfinite_to_null(json.loads(json.dumps(result["eval"], default=str)))
+        write_json_atomic(run_dir / EVAL_RESULTS, results)
     write_job_status(run_dir, "interrupted" if result["interrupted"] else "done", started=started, cfg=cfg,
                      iteration=result["iteration"], signal=result["signal"], checkpoint=result["checkpoint"],
                      error=None, objective_value=result["objective"])

@@ -1,0 +1,57 @@
+"""Adversarial cases for the experiment tooling: what a sweep summary, a run folder's result files
+and the training log say when runs crashed, were resumed, scored other images or were collected
+from several places. Each case once gave a silently wrong answer."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from panfpn.engine.sweep.summary import best_job, collect, format_table, write_summary
+from panfpn.engine.training.job import run_training_job
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _results(pq: float, images: int = 20, digest: str = "a" * 64) -> dict:
+    split = {"pq": pq, "sq": 0.8, "rq": 0.5, "n": 3}
+    return {"panoptic": {"All": split, "Things": split, "Stuff": split, "per_class": {}},
+            "sem_seg": {"mIoU": 0.5}, "image_set": {"count": images, "sha256": digest}}
+
+
+def _run(path: Path, status: str = "done", pq: float | None = 0.3, overrides: tuple = ("seed=0",), *,
+         objective: str = "pq/All", direction: str = "maximize", images: int = 20, digest: str = "a" * 64) -> Path:
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    value = None if pq is None else 100 * pq
+    (path / "job_status.json").write_text(json.dumps({
+        "status": status, "iteration": 100, "wall_s": 1.0, "error": None,
+        "objective": {"name": objective, "direction": direction, "value": value}}))
+    if pq is not None:
+        (path / "eval_results.json").write_text(json.dumps(_results(pq, images, digest)))
+    return path
+
+
+# ----- the run folder's result files ------------------------------------------------------------
+
+def test_a_final_evaluation_with_an_undefined_class_iou_still_writes_the_result_files(tiny_cfg, tmp_path,
+                                                                                      monkeypatch):
+    """A class absent from the scored images has IoU NaN; the strict JSON writer refused it after
+    the training had finished, so the job raised and left no job_status.json (shown as killed)."""
+    from panfpn.engine import train_run
+
+    def trained(cfg):
+        return {"iteration": 4, "interrupted": False, "signal": None, "checkpoint": "model_final.pth",
+                "losses": {"loss/total": 1.0},
+                "eval": {**_results(0.25), "sem_seg": {"mIoU": 0.5, "IoU": [0.5, float("nan")]}}}
+
+    monkeypatch.setattr(train_run, "train_from_config", trained)
+    run_training_job(tiny_cfg())
+    run = tmp_path / "run"
+    assert json.loads((run / "job_status.json").read_text())["status"] == "done"
+    assert json.loads((run / "eval_results.json").read_text())["sem_seg"]["IoU"] == [0.5, None]

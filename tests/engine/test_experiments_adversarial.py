@@ -55,3 +55,20 @@ def test_a_final_evaluation_with_an_undefined_class_iou_still_writes_the_result_
     run = tmp_path / "run"
     assert json.loads((run / "job_status.json").read_text())["status"] == "done"
     assert json.loads((run / "eval_results.json").read_text())["sem_seg"]["IoU"] == [0.5, None]
+
+
+# ----- the sweep summary ------------------------------------------------------------------------
+
+def test_a_resumed_run_that_is_still_running_is_not_reported_done_with_its_old_metrics(tmp_path):
+    """A finished run extended with resume=true keeps the earlier attempt's job_status.json
+    ("done") until it ends; while it runs (or after it was killed outright) the summary showed it
+    done and could call it the best job."""
+    from panfpn.engine.training.run_lock import LOCK_FILE
+
+    sweep = tmp_path / "sweep"
+    _run(sweep / "0", pq=0.3)
+    extended = _run(sweep / "1", pq=0.5)
+    (extended / LOCK_FILE).write_text(json.dumps({"pid": 4242, "host": "n01", "started": "2026-12-06T10:00:00"}))
+    rows, objective = collect([sweep])
+    assert rows[1]["status"] == "running" and "pid 4242 on host n01" in rows[1]["error"]
+    assert best_job(rows, objective) == "0"

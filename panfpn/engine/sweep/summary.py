@@ -1,7 +1,9 @@
 """One table of a sweep's jobs, built from each run folder's own result files.
 
 A row per run folder: its overrides (``.hydra/overrides.yaml``), status (``job_status.json``:
-done / failed / interrupted; ``unknown`` when the job wrote none, e.g. still running or killed),
+done / failed / interrupted; ``running`` while a training holds the folder's ``train.lock``, or
+after one was killed outright holding it, whatever an earlier attempt's job_status.json says;
+``unknown`` when the job wrote none),
 the final PQ/SQ/RQ All/Things/Stuff, mIoU and AP (``eval_results.json``, percent), the
 objective, the wall time and the folder. Nothing is recomputed. Written as ``summary.csv``,
 ``summary.json`` and ``summary.html`` (:mod:`panfpn.engine.sweep.page`) by :func:`write_summary`,
@@ -26,6 +28,7 @@ from panfpn.utils.json_file import JSONFileError, load_json
 
 logger = logging.getLogger("panfpn")
 SUMMARY_FILES = ("summary.csv", "summary.json", "summary.html")
+LOCK_FILE = "train.lock"  # panfpn.engine.training.run_lock's (not imported: it imports torch)
 # (column, eval_results.json path): the metrics of a row, percent.
 METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
     *((f"{k.upper()}{suffix}", ("panoptic", split, k))
@@ -105,7 +108,20 @@ def job_row(run_dir: Path, base: Path | None = None) -> dict[str, Any]:
     row["wall_s"] = status.get("wall_s")
     row["run_dir"] = str(run_dir.resolve())
     row["error"] = status.get("error")
+    if (run_dir / LOCK_FILE).is_file():
+        _mark_running(row, run_dir / LOCK_FILE, bool(status))
     return row
+
+
+def _mark_running(row: dict[str, Any], lock: Path, has_status: bool) -> None:
+    """A training holds (or held, when killed outright) the folder's train.lock: its
+    job_status.json, if any, is an earlier attempt's (a finished run extended with resume=true)."""
+    from panfpn.engine.training.run_lock import describe_holder, read_record
+
+    row["status"] = "running"
+    row["error"] = (f"{lock.name} of {describe_holder(read_record(lock))}: running now, or killed without "
+                    "cleaning up" + ("; job_status.json and the metrics are of an earlier attempt" if has_status
+                                     else ""))
 
 
 def best_job(rows: Sequence[dict], objective: dict | None) -> str | None:

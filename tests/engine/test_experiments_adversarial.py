@@ -72,3 +72,24 @@ def test_a_resumed_run_that_is_still_running_is_not_reported_done_with_its_old_m
     rows, objective = collect([sweep])
     assert rows[1]["status"] == "running" and "pid 4242 on host n01" in rows[1]["error"]
     assert best_job(rows, objective) == "0"
+
+
+def test_two_sweeps_summarised_together_name_their_jobs_apart(tmp_path):
+    """Jobs were named by their folder's name only: two sweeps' job 0 and 1 got the same names and
+    'best: job 1' (and the page's highlight) matched a job of each sweep."""
+    _run(tmp_path / "a" / "0", pq=0.3)
+    _run(tmp_path / "a" / "1", pq=0.2)
+    _run(tmp_path / "b" / "0", pq=0.1)
+    _run(tmp_path / "b" / "1", pq=0.6)
+    rows = write_summary([tmp_path / "a", tmp_path / "b"], tmp_path / "out")
+    assert [r["job"] for r in rows] == ["a/0", "a/1", "b/0", "b/1"]
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["best"] == "b/1"
+    assert (tmp_path / "out" / "summary.html").read_text().count('class="done best"') == 1
+
+
+def test_a_run_folder_given_twice_is_one_row(tmp_path):
+    """The same folder through a symlink or as the sweep and as one of its runs was two rows."""
+    run = _run(tmp_path / "sweep" / "0")
+    (tmp_path / "link").symlink_to(run, target_is_directory=True)
+    rows, _ = collect([tmp_path / "sweep", run, tmp_path / "link"])
+    assert len(rows) == 1 and rows[0]["run_dir"] == str(run.resolve())

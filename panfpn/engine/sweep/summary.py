@@ -60,7 +60,10 @@ def find_run_dirs(roots: Iterable[str | os.PathLike]) -> list[Path]:
             continue
         found += sorted((p for p in root.rglob("*") if p.is_dir() and p.name != ".hydra" and is_run_dir(p)),
                         key=_natural_key)
-    return list(dict.fromkeys(found))
+    unique: dict[Path, Path] = {}  # one row per folder, however it was reached (a symlink, twice)
+    for path in found:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())
 
 
 def _natural_key(path: Path) -> list:
@@ -97,8 +100,7 @@ def job_row(run_dir: Path, base: Path | None = None) -> dict[str, Any]:
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
     row: dict[str, Any] = {
-        "job": str(run_dir.relative_to(base)) if base is not None and run_dir != base
-        and run_dir.is_relative_to(base) else run_dir.name,
+        "job": _job_name(run_dir, base),
         "status": status.get("status", "unknown"),
         "overrides": overrides,
     }
@@ -124,6 +126,14 @@ def _mark_running(row: dict[str, Any], lock: Path, has_status: bool) -> None:
                                      else ""))
 
 
+def _job_name(run_dir: Path, base: Path | None) -> str:
+    """The folder relative to ``base`` (its name when it is ``base`` or outside it)."""
+    path = run_dir.absolute() if base is not None and base.is_absolute() else run_dir
+    if base is None or path == base or not path.is_relative_to(base):
+        return run_dir.name
+    return str(path.relative_to(base))
+
+
 def best_job(rows: Sequence[dict], objective: dict | None) -> str | None:
     """The job with the best objective value (its direction from the job status), if any."""
     scored = [r for r in rows if r.get("objective") is not None and r["status"] == "done"]
@@ -146,7 +156,8 @@ def collect(roots: Iterable[str | os.PathLike]) -> tuple[list[dict], dict | None
     direction as the jobs recorded them (None when the jobs had none)."""
     roots = [Path(r) for r in roots]
     run_dirs = find_run_dirs(roots)
-    base = roots[0] if len(roots) == 1 else None
+    # job names relative to the roots' common folder: two sweeps' job 0 are a/0 and b/0
+    base = roots[0] if len(roots) == 1 else Path(os.path.commonpath([r.absolute() for r in roots]))
     rows = [job_row(d, base) for d in run_dirs]
     add_params(rows)
     return rows, _objective_of(run_dirs)

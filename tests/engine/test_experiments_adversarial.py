@@ -93,3 +93,27 @@ def test_a_run_folder_given_twice_is_one_row(tmp_path):
     (tmp_path / "link").symlink_to(run, target_is_directory=True)
     rows, _ = collect([tmp_path / "sweep", run, tmp_path / "link"])
     assert len(rows) == 1 and rows[0]["run_dir"] == str(run.resolve())
+
+
+def test_no_best_job_across_different_objectives(tmp_path):
+    """Runs made separately can have different train.objective: the best was picked by comparing
+    a PQ with a loss, in the first run's direction."""
+    _run(tmp_path / "0", pq=0.3)
+    loss = _run(tmp_path / "1", pq=0.2, objective="loss/total", direction="minimize")
+    status = json.loads((loss / "job_status.json").read_text())
+    status["objective"]["value"] = 95.0  # a large loss: "best" under maximize
+    (loss / "job_status.json").write_text(json.dumps(status))
+    rows, objective = collect([tmp_path])
+    assert best_job(rows, objective) is None
+    table = format_table(rows, objective)
+    assert "no best job" in table and "pq/All" in table and "loss/total" in table
+
+
+def test_no_best_job_across_different_image_sets(tmp_path):
+    """A run evaluated on 5 images (eval.max_images=5) beat one evaluated on 500 and was called best."""
+    _run(tmp_path / "0", pq=0.3, images=500, digest="a" * 64)
+    _run(tmp_path / "1", pq=0.6, images=5, digest="b" * 64)
+    rows, objective = collect([tmp_path])
+    assert [r["images"] for r in rows] == [500, 5]
+    assert best_job(rows, objective) is None
+    assert "different image sets" in format_table(rows, objective)

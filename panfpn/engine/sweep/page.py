@@ -11,7 +11,7 @@ import html
 from typing import Any, Sequence
 
 from panfpn.engine.progress import duration
-from panfpn.engine.sweep.summary import METRIC_NAMES, add_params, best_job
+from panfpn.engine.sweep.summary import METRIC_NAMES, add_params, best_job, no_best_reason
 from panfpn.evaluation.report import SORT_JS, STYLE
 
 EXTRA_STYLE = """
@@ -42,7 +42,8 @@ def _metric_cell(value: float | None, top: float) -> str:
 def _row(row: dict, tops: dict[str, float], best: str | None) -> str:
     status = str(row["status"])
     cells = [_td(row["job"], str(row["job"])), _td(status, status, f"status-{status}"),
-             _td(row["params"], row["params"] or "-", "overrides")]
+             _td(row["params"], row["params"] or "-", "overrides"),
+             _td(-1 if row.get("images") is None else row["images"], str(row.get("images") or "-"))]
     cells += [_metric_cell(row.get(name), tops[name]) for name in SHOWN]
     objective = row.get("objective")
     cells.append(_td(-1e30 if objective is None else objective, "-" if objective is None else f"{objective:.2f}"))
@@ -61,12 +62,16 @@ def build_page(rows: Sequence[dict], objective: dict | None, *, title: str = "Sw
     tops = {name: max([float(r[name]) for r in rows if r.get(name) is not None] + [0.0]) for name in SHOWN}
     best = best_job(rows, objective)
     head = "".join(f'<th class="sortable">{html.escape(h)}</th>'
-                   for h in ("job", "status", "params", *SHOWN, "objective", "wall time", "run folder"))
+                   for h in ("job", "status", "params", "images", *SHOWN, "objective", "wall time",
+                                         "run folder"))
     body = "".join(_row(r, tops, best) for r in rows)
     counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("done", "failed", "interrupted", "running", "unknown")}
     common = add_params(rows)
     intro = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no jobs"
-    if objective and objective.get("name"):
+    reason = no_best_reason(rows)
+    if reason:
+        intro += f". No best job: {reason}"
+    elif objective and objective.get("name"):
         intro += (f". Objective: {objective['name']} ({objective.get('direction', 'maximize')})"
                   + (f", best job {best}" if best is not None else ""))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

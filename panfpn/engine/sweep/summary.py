@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 from omegaconf import OmegaConf
 
-from panfpn.engine.training.job import EVAL_RESULTS, JOB_STATUS
+from panfpn.engine.training.job import EVAL_RESULTS, JOB_STATUS, LOSS_PREFIX
 from panfpn.utils.atomic import atomic_write, write_json_atomic
 from panfpn.utils.json_file import JSONFileError, load_json
 
@@ -38,8 +38,8 @@ METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("AP_box", ("bbox", "AP")),
 )
 METRIC_NAMES = tuple(name for name, _ in METRICS)
-COLUMNS = ("job", "status", "params", "overrides", *METRIC_NAMES, "objective", "iteration", "wall_s", "run_dir",
-           "error")
+COLUMNS = ("job", "status", "params", "overrides", *METRIC_NAMES, "objective", "objective_name",
+           "objective_direction", "images", "image_set", "iteration", "wall_s", "run_dir", "error")
 
 
 def is_run_dir(path: Path) -> bool:
@@ -105,7 +105,13 @@ def job_row(run_dir: Path, base: Path | None = None) -> dict[str, Any]:
         "overrides": overrides,
     }
     row.update({name: _dig(results, path) for name, path in METRICS})
-    row["objective"] = (status.get("objective") or {}).get("value")
+    objective = status.get("objective") or {}
+    row["objective"] = objective.get("value")
+    row["objective_name"] = objective.get("name")
+    row["objective_direction"] = objective.get("direction", "maximize")
+    image_set = results.get("image_set") if isinstance(results.get("image_set"), dict) else {}
+    row["images"] = image_set.get("count", results.get("num_images"))
+    row["image_set"] = image_set.get("sha256")  # which images were scored (evaluation/image_set.py)
     row["iteration"] = status.get("iteration")
     row["wall_s"] = status.get("wall_s")
     row["run_dir"] = str(run_dir.resolve())
@@ -134,12 +140,35 @@ def _job_name(run_dir: Path, base: Path | None) -> str:
     return str(path.relative_to(base))
 
 
-def best_job(rows: Sequence[dict], objective: dict | None) -> str | None:
-    """The job with the best objective value (its direction from the job status), if any."""
-    scored = [r for r in rows if r.get("objective") is not None and r["status"] == "done"]
-    if not scored:
+def _scored(rows: Sequence[dict]) -> list[dict]:
+    return [r for r in rows if r.get("objective") is not None and r["status"] == "done"]
+
+
+def no_best_reason(rows: Sequence[dict]) -> str | None:
+    """Why no job can be called best although several have an objective value: they optimise
+    different objectives, or an evaluation objective scored different image sets (None: comparable)."""
+    scored = _scored(rows)
+    kinds = sorted({(str(r.get("objective_name")), str(r.get("objective_direction"))) for r in scored})
+    if len(kinds) > 1:
+        return "the jobs have different objectives (" + ", ".join(f"{n} {d}" for n, d in kinds) + ")"
+    if not scored or kinds[0][0].startswith(LOSS_PREFIX):
         return None
-    sign = -1.0 if (objective or {}).get("direction") == "minimize" else 1.0
+    known = all(r.get("image_set") for r in scored)
+    sets = {r.get("image_set") if known else r.get("images") for r in scored} - {None}
+    if len(sets) > 1:
+        counts = sorted({r.get("images") for r in scored if r.get("images") is not None})
+        return (f"the jobs scored different image sets ({', '.join(map(str, counts))} images; "
+                "compare evaluations of the same data.val and eval.max_images)")
+    return None
+
+
+def best_job(rows: Sequence[dict], objective: dict | None = None) -> str | None:
+    """The done job with the best objective value, in the direction its job status recorded;
+    None when none has one or they are not comparable (:func:`no_best_reason`)."""
+    scored = _scored(rows)
+    if not scored or no_best_reason(rows):
+        return None
+    sign = -1.0 if scored[0].get("objective_direction") == "minimize" else 1.0
     return max(scored, key=lambda r: sign * float(r["objective"]))["job"]
 
 
@@ -195,9 +224,12 @@ def format_table(rows: Sequence[dict], objective: dict | None = None) -> str:
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
-    best = best_job(rows, objective)
+    best, reason = best_job(rows, objective), no_best_reason(rows)
     if best is not None:
-        lines.append(f"best {objective['name']} ({objective.get('direction', 'maximize')}): job {best}")
+        row = next(r for r in rows if r["job"] == best)
+        lines.append(f"best {row['objective_name']} ({row['objective_direction']}): job {best}")
+    elif reason:
+        lines.append(f"no best job: {reason}")
     return "\n".join(lines)
 
 
@@ -212,6 +244,7 @@ def write_summary(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "summary.csv", lambda f: f.write(to_csv(rows)), mode="w")
     write_json_atomic(out / "summary.json", {"objective": objective, "best": best_job(rows, objective),
+                                             "no_best_reason": no_best_reason(rows),
                                              "columns": list(COLUMNS), "jobs": rows})
     page = build_page(rows, objective, title=title or f"Sweep: {out.resolve()}")
     atomic_write(out / "summary.html", lambda f: f.write(page), mode="w")

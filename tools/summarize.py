@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from panfpn.engine.sweep.summary import collect, format_table, write_summary
+from panfpn.engine.sweep.summary import collect, find_run_dirs, format_table, write_summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,13 +26,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out is required with several DIRs")
     out = args.out or args.dirs[0]
     try:
-        rows = write_summary(args.dirs, out, title=args.title)
+        found = find_run_dirs(args.dirs)
     except FileNotFoundError as err:
         parser.error(str(err))
-    if not rows:
+    if not found:  # before writing: an earlier summary in OUT is kept
         print(f"no run folders (job_status.json, eval_results.json or .hydra/overrides.yaml) below "
-              f"{', '.join(map(str, args.dirs))}", file=sys.stderr)
+              f"{', '.join(map(str, args.dirs))}; nothing written", file=sys.stderr)
         return 1
+    rows = write_summary(args.dirs, out, title=args.title)
     print(format_table(rows, collect(args.dirs)[1]))
     print(f"\nwrote {out / 'summary.csv'}, {out / 'summary.json'}, {out / 'summary.html'}")
     return 0

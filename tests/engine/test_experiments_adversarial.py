@@ -117,3 +117,17 @@ def test_no_best_job_across_different_image_sets(tmp_path):
     assert [r["images"] for r in rows] == [500, 5]
     assert best_job(rows, objective) is None
     assert "different image sets" in format_table(rows, objective)
+
+
+def test_summarize_writes_nothing_and_fails_when_no_folder_is_a_run(tmp_path):
+    """An empty folder gave exit 1 but first overwrote the summary files in --out with empty ones."""
+    out = tmp_path / "out"
+    _run(tmp_path / "sweep" / "0")
+    write_summary([tmp_path / "sweep"], out)
+    before = (out / "summary.json").read_text()
+    (tmp_path / "empty").mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/summarize.py"), str(tmp_path / "empty"),
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "no run folders" in proc.stderr
+    assert (out / "summary.json").read_text() == before

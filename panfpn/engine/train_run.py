@@ -38,7 +38,7 @@ from panfpn.engine.training.resume import Resumed, resume_training
 from panfpn.engine.training.run_lock import hold_run_dir
 from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, move_batch, setup_logging
 from panfpn.modeling.build import build_model
-from panfpn.engine.training.solver import build_optimizer, clip_gradients, scaled_lr
+from panfpn.engine.training.solver import build_optimizer, clip_gradients, reported_lr, scaled_lr
 from panfpn.evaluation.build import build_evaluators
 
 logger = logging.getLogger("panfpn")
@@ -406,7 +406,7 @@ def _window_scalars(window: dict[str, list[float]], times: dict, optimizer, devi
         scalars["loss/total"] = float(sum(np.mean(v) for v in window.values()))
     scalars = du.all_reduce_mean(scalars, device)
     n = max(times["n"], 1)
-    scalars["lr"] = optimizer.param_groups[0]["lr"]
+    scalars["lr"] = reported_lr(optimizer)  # not a group's with an lr multiplier (backbone x0.1)
     scalars["time/iter"] = times["iter"] / n
     scalars["time/data"] = times["data"] / n
     scalars["skipped_steps"] = float(skipped)

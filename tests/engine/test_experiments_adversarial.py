@@ -131,3 +131,30 @@ def test_summarize_writes_nothing_and_fails_when_no_folder_is_a_run(tmp_path):
                            "--out", str(out)], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "no run folders" in proc.stderr
     assert (out / "summary.json").read_text() == before
+
+
+# ----- the training log -------------------------------------------------------------------------
+
+def test_logged_lr_is_base_lr_not_a_multiplied_groups(tiny_cfg, tmp_path):
+    """With solver.lr_multipliers (Mask2Former's backbone x0.1) the first param group can be the
+    backbone's: the start block said "0.0003 (solver.base_lr scaled linearly)", warned about lr
+    scaling that never happened, and TensorBoard's lr curve was the backbone's."""
+    from panfpn.engine.training.run_log import start_lines
+    from panfpn.engine.training.solver import build_optimizer, reported_lr
+    from panfpn.engine.train_run import _window_scalars
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    optimizer = build_optimizer(model, torch.optim.SGD, lr=0.003, weight_decay=0.0, lr_multipliers={"0": 0.1})
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0003)  # the case: group 0 is multiplied
+    assert reported_lr(optimizer) == pytest.approx(0.003)
+    scalars = _window_scalars({"l": [1.0]}, {"iter": 1.0, "data": 0.0, "n": 1}, optimizer, torch.device("cpu"), 0)
+    assert scalars["lr"] == pytest.approx(0.003)
+    cfg = tiny_cfg("solver.base_lr=0.003", "solver.ims_per_batch=2")
+
+    class _Resumed:
+        checkpoint, iteration = None, 0
+
+    lines = start_lines(cfg, run_dir=tmp_path, config_file=None, model=model, train_set=[0], val_loader=None,
+                        optimizer=optimizer, scheduler=None, resumed=_Resumed(), device=torch.device("cpu"))
+    lr_line = next(line for line in lines if line.strip().startswith("lr "))
+    assert "0.003 (not scaled)" in lr_line

@@ -47,6 +47,15 @@ def param_groups(
             for (wd, mult), ps in groups.items()]
 
 
+def reported_lr(optimizer: torch.optim.Optimizer, key: str = "lr") -> float:
+    """The lr of the run as logs and TensorBoard call it (base_lr x schedule, no group's
+    ``lr_mult``): a group without a multiplier's, else the first group's divided by its own.
+    ``key="initial_lr"``: the lr the schedule starts from."""
+    groups = optimizer.param_groups
+    group = next((g for g in groups if "lr_mult" not in g), groups[0])
+    return float(group.get(key, group["lr"])) / float(group.get("lr_mult", 1.0))
+
+
 def _by_name(name: str, decays: Mapping[str, float] | None) -> float | None:
     hits = [k for k in (decays or {}) if k in name]
     return float(decays[max(hits, key=len)]) if hits else None

@@ -21,7 +21,8 @@ td.metric{background-repeat:no-repeat;background-size:var(--w) 3px;background-po
 tr.best td{background-color:#eef6ee}
 tr.failed td:first-child,tr.interrupted td:first-child{border-left:3px solid #b00020}
 td.overrides{text-align:left;font-family:monospace;font-size:12px}td.status-failed{color:#b00020}
-td.status-interrupted{color:#b06000}td.status-unknown,td.status-running{color:#777}td.dir{text-align:left;font-size:11px;color:#777}
+td.status-interrupted{color:#b06000}td.status-unknown,td.status-running{color:#777}
+td.dir{text-align:left;font-size:11px;color:#777}
 #jobs td{white-space:nowrap}
 """
 SHOWN = ("PQ", "SQ", "RQ", "PQ_th", "SQ_th", "RQ_th", "PQ_st", "SQ_st", "RQ_st", "mIoU", "AP_mask", "AP_box")
@@ -62,10 +63,10 @@ def build_page(rows: Sequence[dict], objective: dict | None, *, title: str = "Sw
     tops = {name: max([float(r[name]) for r in rows if r.get(name) is not None] + [0.0]) for name in SHOWN}
     best = best_job(rows, objective)
     head = "".join(f'<th class="sortable">{html.escape(h)}</th>'
-                   for h in ("job", "status", "params", "images", *SHOWN, "objective", "wall time",
-                                         "run folder"))
+                   for h in ("job", "status", "params", "images", *SHOWN, "objective", "wall time", "run folder"))
     body = "".join(_row(r, tops, best) for r in rows)
-    counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("done", "failed", "interrupted", "running", "unknown")}
+    counts = {s: sum(1 for r in rows if r["status"] == s)
+              for s in ("done", "failed", "interrupted", "running", "unknown")}
     common = add_params(rows)
     intro = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no jobs"
     reason = no_best_reason(rows)

@@ -158,3 +158,17 @@ def test_logged_lr_is_base_lr_not_a_multiplied_groups(tiny_cfg, tmp_path):
                         optimizer=optimizer, scheduler=None, resumed=_Resumed(), device=torch.device("cpu"))
     lr_line = next(line for line in lines if line.strip().startswith("lr "))
     assert "0.003 (not scaled)" in lr_line
+
+
+def test_final_metrics_of_an_extended_run_are_at_their_iterations_not_both_at_step_0(tiny_cfg, tmp_path):
+    """TensorBoard's final/* scalars were logged at step 0: a run extended with resume=true had
+    two final/loss/total points at step 0 (the old and the new end), one drawn over the other."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from panfpn.engine.train_run import train_from_config
+
+    train_from_config(tiny_cfg("train.eval_period=-1"))
+    train_from_config(tiny_cfg("train.eval_period=-1", "solver.max_iter=6", "resume=true"))
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("final/loss/total")] == [4, 6]

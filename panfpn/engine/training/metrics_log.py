@@ -64,9 +64,10 @@ class MetricsLog:
             return
         self._tb.add_text(tag, "\n".join("    " + line for line in text.splitlines()), 0)
 
-    def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+    def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float], step: int = 0) -> None:
         """The run's hyperparameters and final metrics for TensorBoard's HParams tab, in the run's
-        own event files (SummaryWriter.add_hparams would open a sub-folder per call)."""
+        own event files (SummaryWriter.add_hparams would open a sub-folder per call). ``step``: the
+        iteration the run ended at, so an extended run's ends are two points, the newest last."""
         if not self.enabled:
             return
         from torch.utils.tensorboard.summary import hparams
@@ -76,7 +77,7 @@ class MetricsLog:
         for summary in hparams(clean, finite):
             self._tb.file_writer.add_summary(summary)
         for name, value in finite.items():
-            self._tb.add_scalar(name, value, 0)
+            self._tb.add_scalar(name, value, step)
         self._tb.flush()
 
     def close(self) -> None:

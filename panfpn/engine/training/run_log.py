@@ -219,4 +219,4 @@ def log_end(metrics_log: Any, run_dir: Path, result: Mapping[str, Any]) -> None:
     final = {f"final/{k}": v for k, v in dict(result.get("losses") or {}).items() if k.startswith("loss/")}
     if result.get("eval"):
         final.update({f"final/{k}": v for k, v in metrics_to_scalars(dict(result["eval"])).items()})
-    metrics_log.hparams(hparam_values(run_overrides(run_dir)), final)
+    metrics_log.hparams(hparam_values(run_overrides(run_dir)), final, step=int(result.get("iteration") or 0))

@@ -396,7 +396,7 @@ class _Loop:
         run_log.log_eval(self.log, it, metrics, self.metadata, **{"time/elapsed_s": time.perf_counter() - t_start})
         if metrics.get("overlays"):
             self.log.images(it, "val/panoptic", metrics["overlays"])
-        self.result["eval"] = {k: v for k, v in metrics.items() if k != "overlays"}
+        self.result.update(eval={k: v for k, v in metrics.items() if k != "overlays"}, eval_iteration=it)
         return 0
 
 

@@ -172,3 +172,29 @@ def test_final_metrics_of_an_extended_run_are_at_their_iterations_not_both_at_st
     acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("final/loss/total")] == [4, 6]
+
+
+def test_an_interrupted_runs_metrics_say_which_iteration_they_were_evaluated_at(tiny_cfg, tmp_path, monkeypatch):
+    """A run stopped by a signal writes its last evaluation (an earlier iteration) as
+    eval_results.json; the summary showed those metrics as the run's, with nothing saying they
+    were not of where it stopped (nor of an earlier attempt's, after a resumed attempt failed)."""
+    from panfpn.engine import train_run
+
+    def stopped(cfg):
+        return {"iteration": 3, "interrupted": True, "signal": 15, "checkpoint": "model_0000003.pth",
+                "losses": {"loss/total": 1.0}, "eval": _results(0.25), "eval_iteration": 2}
+
+    monkeypatch.setattr(train_run, "train_from_config", stopped)
+    run_training_job(tiny_cfg())
+    run = tmp_path / "run"
+    assert json.loads((run / "eval_results.json").read_text())["iteration"] == 2
+    rows = write_summary([run], tmp_path / "out")
+    assert (rows[0]["status"], rows[0]["iteration"], rows[0]["eval_iteration"]) == ("interrupted", 3, 2)
+    assert "2 (run at 3)" in (tmp_path / "out" / "summary.html").read_text()
+    assert "eval_iteration" in format_table(rows)
+
+
+def test_a_training_records_the_iteration_of_its_last_evaluation(tiny_cfg):
+    from panfpn.engine.train_run import train_from_config
+
+    assert train_from_config(tiny_cfg("train.eval_period=0"))["eval_iteration"] == 4

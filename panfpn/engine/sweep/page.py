@@ -40,6 +40,14 @@ def _metric_cell(value: float | None, top: float) -> str:
     return _td(f"{value:.4f}", f"{value:.2f}", "metric", f"--w:{width:.1f}%")
 
 
+def _eval_at(evaluated: int | None, stopped: int | None) -> str:
+    """The iteration the row's metrics come from, and where the run stopped when that is later."""
+    if evaluated is None:
+        return _td(-1, "-", "muted")
+    later = stopped is not None and int(stopped) != int(evaluated)
+    return _td(evaluated, f"{evaluated} (run at {stopped})" if later else str(evaluated), "neg" if later else "")
+
+
 def _row(row: dict, tops: dict[str, float], best: str | None) -> str:
     status = str(row["status"])
     cells = [_td(row["job"], str(row["job"])), _td(status, status, f"status-{status}"),
@@ -48,6 +56,7 @@ def _row(row: dict, tops: dict[str, float], best: str | None) -> str:
     cells += [_metric_cell(row.get(name), tops[name]) for name in SHOWN]
     objective = row.get("objective")
     cells.append(_td(-1e30 if objective is None else objective, "-" if objective is None else f"{objective:.2f}"))
+    cells.append(_eval_at(row.get("eval_iteration"), row.get("iteration")))
     wall = row.get("wall_s")
     cells.append(_td(-1 if wall is None else wall, "-" if wall is None else duration(float(wall))))
     cells.append(_td(row["run_dir"], row["run_dir"], "dir"))
@@ -63,7 +72,8 @@ def build_page(rows: Sequence[dict], objective: dict | None, *, title: str = "Sw
     tops = {name: max([float(r[name]) for r in rows if r.get(name) is not None] + [0.0]) for name in SHOWN}
     best = best_job(rows, objective)
     head = "".join(f'<th class="sortable">{html.escape(h)}</th>'
-                   for h in ("job", "status", "params", "images", *SHOWN, "objective", "wall time", "run folder"))
+                   for h in ("job", "status", "params", "images", *SHOWN, "objective", "evaluated at", "wall time",
+                                         "run folder"))
     body = "".join(_row(r, tops, best) for r in rows)
     counts = {s: sum(1 for r in rows if r["status"] == s)
               for s in ("done", "failed", "interrupted", "running", "unknown")}
@@ -78,7 +88,8 @@ def build_page(rows: Sequence[dict], objective: dict | None, *, title: str = "Sw
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{STYLE}{EXTRA_STYLE}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p>{len(rows)} jobs: {html.escape(intro)}. Metrics in percent, from "
-            "each job's eval_results.json; click a header to sort; hover a row for all its overrides.</p>"
+            "each job's eval_results.json, of the iteration in 'evaluated at'; click a header to sort; hover a "
+            "row for all its overrides.</p>"
             f'<p class="muted">shared by all jobs: <code>{html.escape(" ".join(common)) or "(none)"}</code></p>'
             f'<table id="jobs" class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
             f"<script>{SORT_JS}</script></body></html>\n")

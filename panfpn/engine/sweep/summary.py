@@ -4,7 +4,8 @@ A row per run folder: its overrides (``.hydra/overrides.yaml``), status (``job_s
 done / failed / interrupted; ``running`` while a training holds the folder's ``train.lock``, or
 after one was killed outright holding it, whatever an earlier attempt's job_status.json says;
 ``unknown`` when the job wrote none),
-the final PQ/SQ/RQ All/Things/Stuff, mIoU and AP (``eval_results.json``, percent), the
+the final PQ/SQ/RQ All/Things/Stuff, mIoU and AP (``eval_results.json``, percent) and the
+iteration they were evaluated at (an interrupted run's last evaluation is earlier than its end), the
 objective, the wall time and the folder. Nothing is recomputed. Written as ``summary.csv``,
 ``summary.json`` and ``summary.html`` (:mod:`panfpn.engine.sweep.page`) by :func:`write_summary`,
 which hydra's sweep callback and tools/summarize.py call.
@@ -39,7 +40,8 @@ METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 METRIC_NAMES = tuple(name for name, _ in METRICS)
 COLUMNS = ("job", "status", "params", "overrides", *METRIC_NAMES, "objective", "objective_name",
-           "objective_direction", "images", "image_set", "iteration", "wall_s", "run_dir", "error")
+           "objective_direction", "images", "image_set", "iteration", "eval_iteration", "wall_s", "run_dir",
+           "error")
 
 
 def is_run_dir(path: Path) -> bool:
@@ -113,6 +115,7 @@ def job_row(run_dir: Path, base: Path | None = None) -> dict[str, Any]:
     row["images"] = image_set.get("count", results.get("num_images"))
     row["image_set"] = image_set.get("sha256")  # which images were scored (evaluation/image_set.py)
     row["iteration"] = status.get("iteration")
+    row["eval_iteration"] = results.get("iteration")  # the metrics' iteration (None: tools/eval.py or older)
     row["wall_s"] = status.get("wall_s")
     row["run_dir"] = str(run_dir.resolve())
     row["error"] = status.get("error")
@@ -219,7 +222,8 @@ def _fmt(value: Any) -> str:
 
 def format_table(rows: Sequence[dict], objective: dict | None = None) -> str:
     """The console table: job, status, main metrics, wall time, overrides."""
-    cols = ("job", "status", "PQ", "PQ_th", "PQ_st", "mIoU", "AP_mask", "objective", "wall_s", "params")
+    cols = ("job", "status", "PQ", "PQ_th", "PQ_st", "mIoU", "AP_mask", "objective", "eval_iteration", "wall_s",
+            "params")
     cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()]

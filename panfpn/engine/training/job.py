@@ -1,8 +1,9 @@
 """A training as one job of an experiment (tools/train.py): its result files and its objective.
 
 Each run folder ends with ``job_status.json`` (done / failed / interrupted, iteration, wall time,
-error, objective) and, when it evaluated, ``eval_results.json`` (the final evaluation, the same
-format as tools/eval.py's). Sweep summaries (:mod:`panfpn.engine.sweep.summary`) read these files,
+error, objective) and, when it evaluated, ``eval_results.json`` (the last evaluation, the same
+format as tools/eval.py's plus ``iteration``, the one it was made at: before the end when a signal
+stopped the run). Sweep summaries (:mod:`panfpn.engine.sweep.summary`) read these files,
 never recompute them. ``train.objective`` names the number tools/train.py returns to hydra's
 sweepers (Optuna).
 """
@@ -131,6 +132,7 @@ def run_training_job(cfg: DictConfig) -> dict:
     if result["eval"] is not None and _is_main():
         # strict JSON, as tools/eval.py's: an undefined metric (a class absent from the images) is null
         results = nonfinite_to_null(json.loads(json.dumps(result["eval"], default=str)))
+        results["iteration"] = result.get("eval_iteration")  # an interrupted run's last evaluation is earlier
         write_json_atomic(run_dir / EVAL_RESULTS, results)
     write_job_status(run_dir, "interrupted" if result["interrupted"] else "done", started=started, cfg=cfg,
                      iteration=result["iteration"], signal=result["signal"], checkpoint=result["checkpoint"],

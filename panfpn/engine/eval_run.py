@@ -55,15 +55,16 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
     model = built.model.to(device)
     dataset = instantiate(built.cfg.data.val)
     loader = build_eval_loader(cfg, dataset)
-    context = eval_context(cfg, built, dataset) if cfg.eval.report and du.is_main_process() else None
-    evaluators = build_evaluators(built.cfg, metadata, out_dir, context=context)
+    context = eval_context(cfg, built, dataset) if du.is_main_process() else None  # report.html, compare.html
+    evaluators = build_evaluators(built.cfg, metadata, out_dir, context=context if cfg.eval.report else None)
     metrics = evaluate(model, loader, metadata, evaluators, device=device, max_images=cfg.eval.max_images,
                        progress=bar_enabled(cfg.eval.progress_bar))
     metrics.pop("overlays", None)
     if du.is_main_process():
         print(format_results(metrics))
         print(per_class_table(metrics, metadata))
-        write_json_atomic(out_dir / "eval_results.json", nonfinite_to_null(json.loads(json.dumps(metrics, default=str))))
+        results = nonfinite_to_null(json.loads(json.dumps({**metrics, "context": context}, default=str)))
+        write_json_atomic(out_dir / "eval_results.json", results)
         logger.info("wrote %s", out_dir / "eval_results.json")
         for evaluator in evaluators:  # files that show every result: overlays, report.html
             getattr(evaluator, "finish", lambda results: None)(metrics)

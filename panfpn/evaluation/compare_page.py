@@ -1,7 +1,8 @@
 """``compare.html``: two or more evaluations (``eval_results.json`` dicts) against the first.
 
 Same self-contained style as ``report.html`` (:mod:`panfpn.evaluation.report`): a table of the runs
-with their image counts and image-set digests, the summary (PQ/SQ/RQ of All/Things/Stuff, mIoU,
+with their image counts and image-set digests, what each evaluation ran with (the settings that
+differ marked), the summary (PQ/SQ/RQ of All/Things/Stuff, mIoU,
 box/mask AP) of each run with its change from the baseline, the per-class PQ/SQ/RQ/TP/FP/FN changes
 (sortable) and one ΔPQ chart per compared run. A change that rounds to zero is shown as ``0.00``
 (grey), never as a ``+0.00`` gain.
@@ -86,6 +87,40 @@ def _image_check(runs: Sequence[Run], problems: Sequence[str]) -> str:
     return (f'<div id="image-check" class="neg"><p>Not checked to be the same images '
             f'(--allow-different-images): the deltas may come from the images, not the models.</p>'
             f'<ul class="errors">{items}</ul></div>')
+
+
+# ----- what each evaluation ran with ------------------------------------------------------------
+
+def _context(run: Run) -> Mapping[str, Any] | None:
+    context = run.metrics.get("context")
+    return context if isinstance(context, Mapping) else None
+
+
+def settings_section(runs: Sequence[Run]) -> str:
+    """Each run's settings (eval_results.json's ``context``: checkpoint, iteration, data, model,
+    merge rules and thresholds, test transform) side by side; the items that differ are marked and
+    named first, so a delta is not read as the model's alone."""
+    contexts = [_context(r) for r in runs]
+    labels = list(dict.fromkeys(k for c in contexts if c for k in c))
+    missing = [r.letter for r, c in zip(runs, contexts) if c is None]
+    if not labels:
+        return ('<p id="settings" class="neg">No evaluation recorded its settings (checkpoint, merge rules and '
+                "thresholds): eval_results.json written before it did, or by a training. Check them before "
+                "reading a change as the model's.</p>")
+    values = {k: [("not recorded" if c is None else str(c.get(k, "-"))) for c in contexts] for k in labels}
+    differ = [k for k in labels if len({str(c.get(k, "-")) for c in contexts if c is not None}) > 1]
+    notes = []
+    if differ:
+        notes.append(f"The evaluations differ in: {', '.join(differ)} (marked): a change may come from these.")
+    if missing:
+        notes.append(f"Settings not recorded by {', '.join(missing)} (eval_results.json written before they were, "
+                     "or by a training).")
+    head = "<th>setting</th>" + "".join(f"<th>{r.letter}</th>" for r in runs)
+    rows = "".join(f'<tr{" class=neg" if k in differ else ""}><th>{html.escape(k)}</th>'
+                   + "".join(f"<td>{html.escape(v)}</td>" for v in values[k]) + "</tr>" for k in labels)
+    note = f'<p class="{"neg" if notes else "muted"}">{html.escape(" ".join(notes) or "Same settings.")}</p>'
+    return (f'<div id="settings">{note}<div class="wide"><table id="settings-table"><thead><tr>{head}</tr>'
+            f"</thead><tbody>{rows}</tbody></table></div></div>")
 
 
 # ----- summary and per-class changes -------------------------------------------------------------
@@ -193,7 +228,7 @@ def build_compare(runs: Sequence[Run], names: Mapping[int, str], image_problems:
         raise ValueError(f"compare needs two or more evaluations, got {len(runs)}")
     per = _per_class_of(runs)
     unscored = sorted(c for c in per[0] if not all(_scored(cats[c]) for cats in per))
-    body = [wide(_runs_table(runs)), _image_check(runs, image_problems),
+    body = [wide(_runs_table(runs)), _image_check(runs, image_problems), settings_section(runs),
             '<p class="muted">Δ = run − A, in points; a change that rounds to zero is shown as 0.00 (no '
             'change); n/a: not computed, or the class has no ground truth and no prediction in a run.</p>',
             "<h2>Summary</h2>", wide(summary_table(runs)),
@@ -205,4 +240,5 @@ def build_compare(runs: Sequence[Run], names: Mapping[int, str], image_problems:
     return _page(f"Panoptic evaluation: comparison of {len(runs)} runs", body)
 
 
-__all__ = ["Run", "build_compare", "image_set_problems", "make_runs", "per_class_table", "summary_table"]
+__all__ = ["Run", "build_compare", "image_set_problems", "make_runs", "per_class_table", "settings_section",
+           "summary_table"]

@@ -198,3 +198,38 @@ def test_a_training_records_the_iteration_of_its_last_evaluation(tiny_cfg):
     from panfpn.engine.train_run import train_from_config
 
     assert train_from_config(tiny_cfg("train.eval_period=0"))["eval_iteration"] == 4
+
+
+# ----- compare.html -----------------------------------------------------------------------------
+
+def _eval_results(context: dict | None) -> dict:
+    per_class = {"1": {"pq": 0.5, "sq": 0.8, "rq": 0.625, "tp": 3, "fp": 1, "fn": 2}}
+    out = {**_results(0.5), "panoptic": {**_results(0.5)["panoptic"], "per_class": per_class}}
+    return out if context is None else {**out, "context": context}
+
+
+def test_compare_page_shows_the_settings_the_evaluations_differ_in():
+    """compare.html showed PQ deltas of evaluations made with other merge thresholds (or another
+    checkpoint) as if only the model changed: eval_results.json did not say what an evaluation ran
+    with, so the page could not either."""
+    from panfpn.evaluation.compare_page import build_compare, make_runs
+
+    a = {"checkpoint": "/runs/a/model_final.pth", "merge": "Detectron2 rules: overlap_thresh=0.5, score_thresh=0.5"}
+    b = {"checkpoint": "/runs/a/model_final.pth", "merge": "Detectron2 rules: overlap_thresh=0.5, score_thresh=0.7"}
+    runs = make_runs([_eval_results(a), _eval_results(b), _eval_results(None)], ["a.json", "b.json", "c.json"])
+    page = build_compare(runs, {1: "person"})
+    assert 'id="settings"' in page and "score_thresh=0.7" in page
+    assert "differ in: merge" in page and "not recorded by C" in page
+
+
+def test_eval_results_json_records_what_the_evaluation_ran_with(tiny_cfg, tmp_path):
+    from panfpn.engine.eval_run import evaluate_from_config
+    from panfpn.engine.train_run import train_from_config
+
+    train_from_config(tiny_cfg("train.eval_period=-1", "solver.max_iter=1", "solver.schedule.steps=[]",
+                               "solver.schedule.warmup_iters=0", run_dir=tmp_path / "train"))
+    cfg = tiny_cfg(f"weights={tmp_path / 'train' / 'model_final.pth'}", "eval.report=false",
+                   "model.merge.score_thresh=0.3", run_dir=tmp_path / "eval")
+    evaluate_from_config(cfg, overrides=["model.merge.score_thresh=0.3"])
+    context = json.loads((tmp_path / "eval" / "eval_results.json").read_text())["context"]
+    assert context["iteration"] == "1" and "score_thresh=0.3" in context["merge"]

@@ -200,6 +200,21 @@ def test_a_training_records_the_iteration_of_its_last_evaluation(tiny_cfg):
     assert train_from_config(tiny_cfg("train.eval_period=0"))["eval_iteration"] == 4
 
 
+def test_config_differences_outside_the_overrides_are_shown(tmp_path):
+    """Runs made separately, config.yaml edited between them (solver.max_iter 150 -> 300): their
+    overrides differed only in the lr, so the summary's params showed the lr alone."""
+    for job, lr, max_iter in (("0", 0.01, 150), ("1", 0.02, 300)):
+        run = _run(tmp_path / job, overrides=(f"solver.base_lr={lr}", "seed=0"))
+        (run / "config.yaml").write_text(f"output_dir: {run}\nseed: 0\nsolver:\n  base_lr: {lr}\n"
+                                         f"  max_iter: {max_iter}\n  steps: [100]\n")
+    rows, objective = collect([tmp_path])
+    assert [r["params"] for r in rows] == ["solver.base_lr=0.01", "solver.base_lr=0.02"]
+    assert [r["config_diff"] for r in rows] == ["solver.max_iter=150", "solver.max_iter=300"]
+    assert "job 1: solver.max_iter=300" in format_table(rows, objective)
+    write_summary([tmp_path], tmp_path)
+    assert "solver.max_iter=300" in (tmp_path / "summary.html").read_text()
+
+
 # ----- compare.html -----------------------------------------------------------------------------
 
 def _eval_results(context: dict | None) -> dict:

@@ -59,6 +59,7 @@ def _row(row: dict, tops: dict[str, float], best: str | None) -> str:
     cells.append(_eval_at(row.get("eval_iteration"), row.get("iteration")))
     wall = row.get("wall_s")
     cells.append(_td(-1 if wall is None else wall, "-" if wall is None else duration(float(wall))))
+    cells.append(_td(row.get("config_diff") or "", row.get("config_diff") or "-", "overrides neg"))
     cells.append(_td(row["run_dir"], row["run_dir"], "dir"))
     classes = " ".join(c for c in (status, "best" if row["job"] == best else "") if c)
     tip = " ".join(row["overrides"]) + (f"\nerror: {row['error']}" if row.get("error") else "")
@@ -73,6 +74,7 @@ def build_page(rows: Sequence[dict], objective: dict | None, *, title: str = "Sw
     best = best_job(rows, objective)
     head = "".join(f'<th class="sortable">{html.escape(h)}</th>'
                    for h in ("job", "status", "params", "images", *SHOWN, "objective", "evaluated at", "wall time",
+                                         "other config",
                                          "run folder"))
     body = "".join(_row(r, tops, best) for r in rows)
     counts = {s: sum(1 for r in rows if r["status"] == s)
@@ -90,6 +92,8 @@ def build_page(rows: Sequence[dict], objective: dict | None, *, title: str = "Sw
             f"<h1>{html.escape(title)}</h1><p>{len(rows)} jobs: {html.escape(intro)}. Metrics in percent, from "
             "each job's eval_results.json, of the iteration in 'evaluated at'; click a header to sort; hover a "
             "row for all its overrides.</p>"
-            f'<p class="muted">shared by all jobs: <code>{html.escape(" ".join(common)) or "(none)"}</code></p>'
+            + ('<p class="neg">config.yaml differs between the jobs outside the overrides that differ: see '
+               '"other config"</p>' if any(r.get("config_diff") for r in rows) else "")
+            + f'<p class="muted">shared by all jobs: <code>{html.escape(" ".join(common)) or "(none)"}</code></p>'
             f'<table id="jobs" class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
             f"<script>{SORT_JS}</script></body></html>\n")

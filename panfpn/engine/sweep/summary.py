@@ -6,9 +6,10 @@ after one was killed outright holding it, whatever an earlier attempt's job_stat
 ``unknown`` when the job wrote none),
 the final PQ/SQ/RQ All/Things/Stuff, mIoU and AP (``eval_results.json``, percent) and the
 iteration they were evaluated at (an interrupted run's last evaluation is earlier than its end), the
-objective, the wall time and the folder. Nothing is recomputed. Written as ``summary.csv``,
-``summary.json`` and ``summary.html`` (:mod:`panfpn.engine.sweep.page`) by :func:`write_summary`,
-which hydra's sweep callback and tools/summarize.py call.
+objective, the wall time, the config keys that differ between the jobs' config.yaml outside the
+overrides that differ (:mod:`panfpn.engine.sweep.config_diff`) and the folder. Nothing is
+recomputed. Written as ``summary.csv``, ``summary.json`` and ``summary.html`` (:mod:`panfpn.engine.sweep.page`) by
+:func:`write_summary`, which hydra's sweep callback and tools/summarize.py call.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, Iterable, Sequence
 
 from omegaconf import OmegaConf
 
+from panfpn.engine.sweep.config_diff import add_config_differences
 from panfpn.engine.training.job import EVAL_RESULTS, JOB_STATUS, LOSS_PREFIX
 from panfpn.utils.atomic import atomic_write, write_json_atomic
 from panfpn.utils.json_file import JSONFileError, load_json
@@ -40,8 +42,8 @@ METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 METRIC_NAMES = tuple(name for name, _ in METRICS)
 COLUMNS = ("job", "status", "params", "overrides", *METRIC_NAMES, "objective", "objective_name",
-           "objective_direction", "images", "image_set", "iteration", "eval_iteration", "wall_s", "run_dir",
-           "error")
+           "objective_direction", "images", "image_set", "iteration", "eval_iteration", "wall_s", "config_diff",
+           "run_dir", "error")
 
 
 def is_run_dir(path: Path) -> bool:
@@ -192,6 +194,7 @@ def collect(roots: Iterable[str | os.PathLike]) -> tuple[list[dict], dict | None
     base = roots[0] if len(roots) == 1 else Path(os.path.commonpath([r.absolute() for r in roots]))
     rows = [job_row(d, base) for d in run_dirs]
     add_params(rows)
+    add_config_differences(rows, run_dirs)
     return rows, _objective_of(run_dirs)
 
 
@@ -234,6 +237,9 @@ def format_table(rows: Sequence[dict], objective: dict | None = None) -> str:
         lines.append(f"best {row['objective_name']} ({row['objective_direction']}): job {best}")
     elif reason:
         lines.append(f"no best job: {reason}")
+    if any(r.get("config_diff") for r in rows):
+        lines += ["config.yaml differs outside the overrides (config_diff):"]
+        lines += [f"  job {r['job']}: {r['config_diff']}" for r in rows if r.get("config_diff")]
     return "\n".join(lines)
 
 

@@ -1,0 +1,83 @@
+"""Config keys that differ between a sweep's jobs although no override of theirs differs there.
+
+Jobs made separately (one by one on Slurm, on other machines, or with config.yaml edited between
+runs) can differ in keys their command lines never named; the summary's ``params`` (the
+overrides that differ) would then hide the difference. Each job's resolved ``config.yaml`` is
+compared key by key; a key under an override key whose value differs between the jobs is
+explained by it (``model=...`` explains ``model.*``), the others are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+logger = logging.getLogger("panfpn")
+CONFIG_FILE = "config.yaml"  # the resolved config tools/train.py writes into the run folder
+IGNORED = ("output_dir", "resume")  # differ between runs by design
+
+
+def flat_config(run_dir: Path) -> dict[str, str] | None:
+    """``{dotted key: value as JSON}`` of the run's resolved config; None when it has none."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except (OmegaConfBaseException, OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable config ({err})") from err
+    out: dict[str, str] = {}
+    _flatten(data, "", out)
+    return out
+
+
+def _flatten(node: Any, prefix: str, out: dict[str, str]) -> None:
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            _flatten(value, f"{prefix}.{key}" if prefix else str(key), out)
+    else:
+        out[prefix] = json.dumps(node, default=str)
+
+
+def _override_key(override: str) -> str:
+    key = override.partition("=")[0].lstrip("+~")
+    return key.partition("@")[0]
+
+
+def _explained(key: str, override_keys: set[str]) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in override_keys)
+
+
+def unexplained_differences(configs: Sequence[dict[str, str] | None],
+                            overrides: Sequence[Sequence[str]]) -> list[str]:
+    """The config keys whose values differ between the jobs with a config, not under an override
+    key that itself differs between the jobs (in config order)."""
+    present = [c for c in configs if c is not None]
+    if len(present) < 2:
+        return []
+    keyed = [{_override_key(o): o for o in job} for job in overrides]
+    varying = {k for k in set().union(*keyed) if len({job.get(k) for job in keyed}) > 1}
+    keys = list(dict.fromkeys(k for c in present for k in c))
+    return [k for k in keys if k.split(".")[0] not in IGNORED and not _explained(k, varying)
+            and len({c.get(k, "<absent>") for c in present}) > 1]
+
+
+def add_config_differences(rows: Sequence[dict], run_dirs: Sequence[Path]) -> list[str]:
+    """Set each row's ``config_diff`` (``key=value`` of the keys :func:`unexplained_differences`
+    finds; empty without a config.yaml) and return those keys."""
+    configs = []
+    for run_dir in run_dirs:
+        try:
+            configs.append(flat_config(run_dir))
+        except ValueError as err:
+            logger.warning("%s: left out of the config comparison", err)
+            configs.append(None)
+    keys = unexplained_differences(configs, [r["overrides"] for r in rows])
+    for row, config in zip(rows, configs):
+        row["config_diff"] = "" if config is None else " ".join(f"{k}={config.get(k, '<absent>')}" for k in keys)
+    return keys

@@ -215,6 +215,22 @@ def test_config_differences_outside_the_overrides_are_shown(tmp_path):
     assert "solver.max_iter=300" in (tmp_path / "summary.html").read_text()
 
 
+def test_nan_in_an_older_runs_files_is_no_value_not_a_crash_nor_the_best(tmp_path):
+    """Files written before panfpn's JSON was strict can hold NaN literals: summary.json then
+    refused to be written (ValueError: the whole summary, and a multirun's callback, failed), and a
+    diverged run's NaN objective (loss/total, minimize) came first and stayed the 'best'."""
+    for job, loss in (("0", "NaN"), ("1", "2.0")):
+        run = tmp_path / job
+        run.mkdir()
+        (run / "job_status.json").write_text('{"status": "done", "objective": {"name": "loss/total", '
+                                             f'"direction": "minimize", "value": {loss}}}}}')
+        (run / "eval_results.json").write_text('{"panoptic": {"All": {"pq": NaN, "sq": 0.5, "rq": Infinity}}}')
+    rows = write_summary([tmp_path], tmp_path)
+    assert [(r["objective"], r["PQ"], r["SQ"], r["RQ"]) for r in rows] == [(None, None, 50.0, None),
+                                                                            (2.0, None, 50.0, None)]
+    assert json.loads((tmp_path / "summary.json").read_text())["best"] == "1"
+
+
 # ----- compare.html -----------------------------------------------------------------------------
 
 def _eval_results(context: dict | None) -> dict:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -28,6 +29,7 @@ from panfpn.engine.sweep.config_diff import add_config_differences
 from panfpn.engine.training.job import EVAL_RESULTS, JOB_STATUS, LOSS_PREFIX
 from panfpn.utils.atomic import atomic_write, write_json_atomic
 from panfpn.utils.json_file import JSONFileError, load_json
+from panfpn.utils.json_values import nonfinite_to_null
 
 logger = logging.getLogger("panfpn")
 SUMMARY_FILES = ("summary.csv", "summary.json", "summary.html")
@@ -79,11 +81,21 @@ def _dig(data: Any, keys: Sequence[str]) -> float | None:
         if not isinstance(data, dict) or key not in data:
             return None
         data = data[key]
+    return _percent(data)
+
+
+def _number(value: Any) -> float | None:
+    """A finite number, or None (missing, null, text, NaN: an older panfpn wrote NaN literals)."""
     try:
-        value = float(data)
+        value = float(value)
     except (TypeError, ValueError):
         return None
-    return None if value < 0 else 100.0 * value  # COCOeval's -1: no ground truth
+    return value if math.isfinite(value) else None
+
+
+def _percent(value: Any) -> float | None:
+    value = _number(value)
+    return None if value is None or value < 0 else 100.0 * value  # COCOeval's -1: no ground truth
 
 
 def _read_json(path: Path) -> dict | None:
@@ -110,7 +122,7 @@ def job_row(run_dir: Path, base: Path | None = None) -> dict[str, Any]:
     }
     row.update({name: _dig(results, path) for name, path in METRICS})
     objective = status.get("objective") or {}
-    row["objective"] = objective.get("value")
+    row["objective"] = _number(objective.get("value"))
     row["objective_name"] = objective.get("name")
     row["objective_direction"] = objective.get("direction", "maximize")
     image_set = results.get("image_set") if isinstance(results.get("image_set"), dict) else {}
@@ -253,9 +265,9 @@ def write_summary(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike
     rows, objective = collect(roots)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "summary.csv", lambda f: f.write(to_csv(rows)), mode="w")
-    write_json_atomic(out / "summary.json", {"objective": objective, "best": best_job(rows, objective),
-                                             "no_best_reason": no_best_reason(rows),
-                                             "columns": list(COLUMNS), "jobs": rows})
+    summary = {"objective": objective, "best": best_job(rows, objective), "no_best_reason": no_best_reason(rows),
+               "columns": list(COLUMNS), "jobs": rows}
+    write_json_atomic(out / "summary.json", nonfinite_to_null(summary))  # NaN in an older run's files: null
     page = build_page(rows, objective, title=title or f"Sweep: {out.resolve()}")
     atomic_write(out / "summary.html", lambda f: f.write(page), mode="w")
     return rows

@@ -231,6 +231,23 @@ def test_nan_in_an_older_runs_files_is_no_value_not_a_crash_nor_the_best(tmp_pat
     assert json.loads((tmp_path / "summary.json").read_text())["best"] == "1"
 
 
+def test_a_run_that_skipped_non_finite_steps_says_so_in_the_summary(tiny_cfg, tmp_path, monkeypatch):
+    """train.on_nonfinite=skip lets up to train.max_skipped_fraction (half) of the steps be skipped
+    for NaN losses; such a run ended 'done' and the summary showed it like a healthy one."""
+    from panfpn.engine import train_run
+
+    def diverging(cfg):
+        return {"iteration": 4, "interrupted": False, "signal": None, "checkpoint": "model_final.pth",
+                "losses": {"loss/total": 1.0, "skipped_steps": 2.0}, "eval": _results(0.25), "eval_iteration": 4}
+
+    monkeypatch.setattr(train_run, "train_from_config", diverging)
+    run_training_job(tiny_cfg())
+    assert json.loads((tmp_path / "run" / "job_status.json").read_text())["skipped_steps"] == 2
+    rows = write_summary([tmp_path / "run"], tmp_path / "out")
+    assert rows[0]["skipped_steps"] == 2 and "done (2 steps skipped)" in format_table(rows)
+    assert "done (2 steps skipped)" in (tmp_path / "out" / "summary.html").read_text()
+
+
 # ----- compare.html -----------------------------------------------------------------------------
 
 def _eval_results(context: dict | None) -> dict:

@@ -11,7 +11,7 @@ import html
 from typing import Any, Sequence
 
 from panfpn.engine.progress import duration
-from panfpn.engine.sweep.summary import METRIC_NAMES, add_params, best_job, no_best_reason
+from panfpn.engine.sweep.summary import METRIC_NAMES, add_params, best_job, no_best_reason, status_text
 from panfpn.evaluation.report import SORT_JS, STYLE
 
 EXTRA_STYLE = """
@@ -50,7 +50,7 @@ def _eval_at(evaluated: int | None, stopped: int | None) -> str:
 
 def _row(row: dict, tops: dict[str, float], best: str | None) -> str:
     status = str(row["status"])
-    cells = [_td(row["job"], str(row["job"])), _td(status, status, f"status-{status}"),
+    cells = [_td(row["job"], str(row["job"])), _td(status, status_text(row), f"status-{status}"),
              _td(row["params"], row["params"] or "-", "overrides"),
              _td(-1 if row.get("images") is None else row["images"], str(row.get("images") or "-"))]
     cells += [_metric_cell(row.get(name), tops[name]) for name in SHOWN]

@@ -44,7 +44,8 @@ METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 METRIC_NAMES = tuple(name for name, _ in METRICS)
 COLUMNS = ("job", "status", "params", "overrides", *METRIC_NAMES, "objective", "objective_name",
-           "objective_direction", "images", "image_set", "iteration", "eval_iteration", "wall_s", "config_diff",
+           "objective_direction", "images", "image_set", "iteration", "eval_iteration", "skipped_steps", "wall_s",
+           "config_diff",
            "run_dir", "error")
 
 
@@ -129,6 +130,7 @@ def job_row(run_dir: Path, base: Path | None = None) -> dict[str, Any]:
     row["images"] = image_set.get("count", results.get("num_images"))
     row["image_set"] = image_set.get("sha256")  # which images were scored (evaluation/image_set.py)
     row["iteration"] = status.get("iteration")
+    row["skipped_steps"] = status.get("skipped_steps")  # train.on_nonfinite=skip: steps not taken
     row["eval_iteration"] = results.get("iteration")  # the metrics' iteration (None: tools/eval.py or older)
     row["wall_s"] = status.get("wall_s")
     row["run_dir"] = str(run_dir.resolve())
@@ -235,11 +237,17 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+def status_text(row: dict) -> str:
+    """The status as shown: with the steps skipped for non-finite losses, when any were."""
+    skipped = row.get("skipped_steps")
+    return f"{row['status']} ({skipped} steps skipped)" if skipped else str(row["status"])
+
+
 def format_table(rows: Sequence[dict], objective: dict | None = None) -> str:
     """The console table: job, status, main metrics, wall time, overrides."""
     cols = ("job", "status", "PQ", "PQ_th", "PQ_st", "mIoU", "AP_mask", "objective", "eval_iteration", "wall_s",
             "params")
-    cells = [[_fmt(r.get(c)) for c in cols] for r in rows]
+    cells = [[status_text(r) if c == "status" else _fmt(r.get(c)) for c in cols] for r in rows]
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]

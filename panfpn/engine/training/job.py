@@ -136,5 +136,6 @@ def run_training_job(cfg: DictConfig) -> dict:
         write_json_atomic(run_dir / EVAL_RESULTS, results)
     write_job_status(run_dir, "interrupted" if result["interrupted"] else "done", started=started, cfg=cfg,
                      iteration=result["iteration"], signal=result["signal"], checkpoint=result["checkpoint"],
+                     skipped_steps=int((result.get("losses") or {}).get("skipped_steps") or 0),
                      error=None, objective_value=result["objective"])
     return result

@@ -119,6 +119,15 @@ def test_no_best_job_across_different_image_sets(tmp_path):
     assert "different image sets" in format_table(rows, objective)
 
 
+def test_jobs_that_tie_on_the_objective_are_not_one_best(tmp_path):
+    """Four tiny jobs all at PQ 0.00 (none learnt anything): the first was 'best' and highlighted."""
+    for job in "012":
+        _run(tmp_path / job, pq=0.0 if job != "2" else None)
+    rows, objective = collect([tmp_path])
+    assert best_job(rows, objective) is None
+    assert "no best job: jobs 0, 1 tie at pq/All = 0" in format_table(rows, objective)
+
+
 def test_summarize_writes_nothing_and_fails_when_no_folder_is_a_run(tmp_path):
     """An empty folder gave exit 1 but first overwrote the summary files in --out with empty ones."""
     out = tmp_path / "out"

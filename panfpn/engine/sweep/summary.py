@@ -165,12 +165,19 @@ def _scored(rows: Sequence[dict]) -> list[dict]:
 
 def no_best_reason(rows: Sequence[dict]) -> str | None:
     """Why no job can be called best although several have an objective value: they optimise
-    different objectives, or an evaluation objective scored different image sets (None: comparable)."""
+    different objectives, an evaluation objective scored different image sets, or several jobs
+    share the best value (None: one job is best)."""
     scored = _scored(rows)
     kinds = sorted({(str(r.get("objective_name")), str(r.get("objective_direction"))) for r in scored})
     if len(kinds) > 1:
         return "the jobs have different objectives (" + ", ".join(f"{n} {d}" for n, d in kinds) + ")"
-    if not scored or kinds[0][0].startswith(LOSS_PREFIX):
+    if not scored:
+        return None
+    top = (min if kinds[0][1] == "minimize" else max)(float(r["objective"]) for r in scored)
+    tied = [str(r["job"]) for r in scored if float(r["objective"]) == top]
+    if len(tied) > 1:
+        return f"jobs {', '.join(tied)} tie at {kinds[0][0]} = {top:.4g}"
+    if kinds[0][0].startswith(LOSS_PREFIX):
         return None
     known = all(r.get("image_set") for r in scored)
     sets = {r.get("image_set") if known else r.get("images") for r in scored} - {None}

@@ -119,13 +119,18 @@ def test_no_best_job_across_different_image_sets(tmp_path):
     assert "different image sets" in format_table(rows, objective)
 
 
-def test_jobs_that_tie_on_the_objective_are_not_one_best(tmp_path):
-    """Four tiny jobs all at PQ 0.00 (none learnt anything): the first was 'best' and highlighted."""
-    for job in "012":
-        _run(tmp_path / job, pq=0.0 if job != "2" else None)
+def test_jobs_that_tie_on_the_objective_are_shown_as_a_tie(tmp_path):
+    """Four tiny jobs all at PQ 0.00 (none learnt anything): 'best pq/All: job 0' and its highlight
+    said job 0 was better. The first of equals stays best (Optuna's best_params are the first
+    trial's too), and the summary says it is a tie."""
+    for job in "0123":
+        _run(tmp_path / job, pq=0.0 if job != "3" else None)
+    write_summary([tmp_path], tmp_path)
     rows, objective = collect([tmp_path])
-    assert best_job(rows, objective) is None
-    assert "no best job: jobs 0, 1 tie at pq/All = 0" in format_table(rows, objective)
+    assert best_job(rows, objective) == "0"
+    assert "job 0 (tied with job 1, 2: the same value)" in format_table(rows, objective)
+    assert "tied with job 1, 2" in (tmp_path / "summary.html").read_text()
+    assert json.loads((tmp_path / "summary.json").read_text())["tied_with_best"] == ["1", "2"]
 
 
 def test_summarize_writes_nothing_and_fails_when_no_folder_is_a_run(tmp_path):

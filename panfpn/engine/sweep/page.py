@@ -11,7 +11,8 @@ import html
 from typing import Any, Sequence
 
 from panfpn.engine.progress import duration
-from panfpn.engine.sweep.summary import METRIC_NAMES, add_params, best_job, no_best_reason, status_text
+from panfpn.engine.sweep.summary import (METRIC_NAMES, add_params, best_job, no_best_reason, status_text,
+                                        tied_with_best)
 from panfpn.evaluation.report import SORT_JS, STYLE
 
 EXTRA_STYLE = """
@@ -86,7 +87,9 @@ def build_page(rows: Sequence[dict], objective: dict | None, *, title: str = "Sw
         intro += f". No best job: {reason}"
     elif objective and objective.get("name"):
         intro += (f". Objective: {objective['name']} ({objective.get('direction', 'maximize')})"
-                  + (f", best job {best}" if best is not None else ""))
+                  + (f", best job {best}" if best is not None else "")
+                  + (f" (tied with job {', '.join(tied_with_best(rows, best))}: the same value)"
+                     if tied_with_best(rows, best) else ""))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{STYLE}{EXTRA_STYLE}</style></head><body>"
             f"<h1>{html.escape(title)}</h1><p>{len(rows)} jobs: {html.escape(intro)}. Metrics in percent, from "

@@ -165,19 +165,12 @@ def _scored(rows: Sequence[dict]) -> list[dict]:
 
 def no_best_reason(rows: Sequence[dict]) -> str | None:
     """Why no job can be called best although several have an objective value: they optimise
-    different objectives, an evaluation objective scored different image sets, or several jobs
-    share the best value (None: one job is best)."""
+    different objectives, or an evaluation objective scored different image sets (None: comparable)."""
     scored = _scored(rows)
     kinds = sorted({(str(r.get("objective_name")), str(r.get("objective_direction"))) for r in scored})
     if len(kinds) > 1:
         return "the jobs have different objectives (" + ", ".join(f"{n} {d}" for n, d in kinds) + ")"
-    if not scored:
-        return None
-    top = (min if kinds[0][1] == "minimize" else max)(float(r["objective"]) for r in scored)
-    tied = [str(r["job"]) for r in scored if float(r["objective"]) == top]
-    if len(tied) > 1:
-        return f"jobs {', '.join(tied)} tie at {kinds[0][0]} = {top:.4g}"
-    if kinds[0][0].startswith(LOSS_PREFIX):
+    if not scored or kinds[0][0].startswith(LOSS_PREFIX):
         return None
     known = all(r.get("image_set") for r in scored)
     sets = {r.get("image_set") if known else r.get("images") for r in scored} - {None}
@@ -186,6 +179,13 @@ def no_best_reason(rows: Sequence[dict]) -> str | None:
         return (f"the jobs scored different image sets ({', '.join(map(str, counts))} images; "
                 "compare evaluations of the same data.val and eval.max_images)")
     return None
+
+
+def tied_with_best(rows: Sequence[dict], best: str | None) -> list[str]:
+    """The other done jobs with the best job's objective value (Optuna, like :func:`best_job`,
+    calls the first of them best: the summary says it is a tie)."""
+    top = next((r["objective"] for r in rows if r["job"] == best), None)
+    return [str(r["job"]) for r in _scored(rows) if top is not None and r["job"] != best and r["objective"] == top]
 
 
 def best_job(rows: Sequence[dict], objective: dict | None = None) -> str | None:
@@ -261,7 +261,9 @@ def format_table(rows: Sequence[dict], objective: dict | None = None) -> str:
     best, reason = best_job(rows, objective), no_best_reason(rows)
     if best is not None:
         row = next(r for r in rows if r["job"] == best)
-        lines.append(f"best {row['objective_name']} ({row['objective_direction']}): job {best}")
+        tied = tied_with_best(rows, best)
+        lines.append(f"best {row['objective_name']} ({row['objective_direction']}): job {best}"
+                     + (f" (tied with job {', '.join(tied)}: the same value)" if tied else ""))
     elif reason:
         lines.append(f"no best job: {reason}")
     if any(r.get("config_diff") for r in rows):
@@ -280,7 +282,9 @@ def write_summary(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike
     rows, objective = collect(roots)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "summary.csv", lambda f: f.write(to_csv(rows)), mode="w")
-    summary = {"objective": objective, "best": best_job(rows, objective), "no_best_reason": no_best_reason(rows),
+    best = best_job(rows, objective)
+    summary = {"objective": objective, "best": best, "tied_with_best": tied_with_best(rows, best),
+               "no_best_reason": no_best_reason(rows),
                "columns": list(COLUMNS), "jobs": rows}
     write_json_atomic(out / "summary.json", nonfinite_to_null(summary))  # NaN in an older run's files: null
     page = build_page(rows, objective, title=title or f"Sweep: {out.resolve()}")

@@ -262,6 +262,20 @@ def test_a_run_that_skipped_non_finite_steps_says_so_in_the_summary(tiny_cfg, tm
     assert "done (2 steps skipped)" in (tmp_path / "out" / "summary.html").read_text()
 
 
+def test_unreadable_files_in_a_run_folder_are_named_not_a_traceback(tmp_path):
+    """A damaged .hydra/overrides.yaml stopped the whole summary with a YAML traceback (in a
+    multirun: the sweep callback); a truncated job_status.json made the row 'unknown' with no word
+    why, beyond a log line."""
+    bad = tmp_path / "0"
+    (bad / ".hydra").mkdir(parents=True)
+    (bad / ".hydra" / "overrides.yaml").write_text("foo: [\n")
+    (bad / "job_status.json").write_text('{"status": "done"')
+    _run(tmp_path / "1")
+    rows = write_summary([tmp_path], tmp_path)
+    assert [r["status"] for r in rows] == ["unknown", "done"]
+    assert "job_status.json" in rows[0]["error"] and "overrides.yaml: unreadable" in rows[0]["error"]
+
+
 # ----- compare.html -----------------------------------------------------------------------------
 
 def _eval_results(context: dict | None) -> dict:

@@ -23,7 +23,9 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from panfpn.engine.sweep.config_diff import add_config_differences
 from panfpn.engine.training.job import EVAL_RESULTS, JOB_STATUS, LOSS_PREFIX
@@ -99,23 +101,47 @@ def _percent(value: Any) -> float | None:
     return None if value is None or value < 0 else 100.0 * value  # COCOeval's -1: no ground truth
 
 
-def _read_json(path: Path) -> dict | None:
+def _read_json(path: Path, problems: list[str] | None = None) -> dict | None:
+    """The JSON object in ``path``; None when missing or unreadable (then the reason is logged
+    and appended to ``problems``)."""
     if not path.is_file():
         return None
     try:
         data = load_json(path)
     except JSONFileError as err:
         logger.warning("%s", err)
+        if problems is not None:
+            problems.append(str(err))
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        if problems is not None:
+            problems.append(f"{path}: not a JSON object")
+        return None
+    return data
+
+
+def _read_overrides(path: Path, problems: list[str]) -> list[str]:
+    """hydra's overrides.yaml (a list of strings); [] and a problem when unreadable, not a traceback
+    that would stop the whole summary (and a multirun's callback)."""
+    if not path.is_file():
+        return []
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path))
+    except (yaml.YAMLError, OmegaConfBaseException, OSError, UnicodeDecodeError) as err:
+        problems.append(f"{path}: unreadable ({type(err).__name__}: {str(err).splitlines()[0]})")
+        return []
+    if not isinstance(data, list):
+        problems.append(f"{path}: not a list of overrides")
+        return []
+    return [str(o) for o in data]
 
 
 def job_row(run_dir: Path, base: Path | None = None) -> dict[str, Any]:
-    """One row from one run folder's files."""
-    status = _read_json(run_dir / JOB_STATUS) or {}
-    results = _read_json(run_dir / EVAL_RESULTS) or {}
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
-    overrides = [str(o) for o in OmegaConf.load(overrides_file)] if overrides_file.is_file() else []
+    """One row from one run folder's files; an unreadable file is named in the row's ``error``."""
+    problems: list[str] = []
+    status = _read_json(run_dir / JOB_STATUS, problems) or {}
+    results = _read_json(run_dir / EVAL_RESULTS, problems) or {}
+    overrides = _read_overrides(run_dir / ".hydra" / "overrides.yaml", problems)
     row: dict[str, Any] = {
         "job": _job_name(run_dir, base),
         "status": status.get("status", "unknown"),
@@ -134,7 +160,7 @@ def job_row(run_dir: Path, base: Path | None = None) -> dict[str, Any]:
     row["eval_iteration"] = results.get("iteration")  # the metrics' iteration (None: tools/eval.py or older)
     row["wall_s"] = status.get("wall_s")
     row["run_dir"] = str(run_dir.resolve())
-    row["error"] = status.get("error")
+    row["error"] = "; ".join([*([status["error"]] if status.get("error") else []), *problems]) or None
     if (run_dir / LOCK_FILE).is_file():
         _mark_running(row, run_dir / LOCK_FILE, bool(status))
     return row

@@ -75,22 +75,30 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
     The file's stem when no other input shares it (``a.jpg`` -> ``a``); otherwise its path
     relative to the inputs' common folder, with the suffix kept and separators as ``__``
     (``x/a.jpg``, ``y/a.jpg`` -> ``x__a_jpg``, ``y__a_jpg``), so outputs never overwrite each other.
+    Names are compared case-insensitively (``A.jpg``, ``a.png`` clash: one folder on macOS or
+    Windows). A path name that another input's name already is (``a.jpg``, ``a.png`` beside
+    ``a_jpg.png``) gets ``~2``, ``~3``, ... appended.
     """
     stems = [p.stem for p in paths]
     counts: dict[str, int] = {}
     for s in stems:
-        counts[s] = counts.get(s, 0) + 1
+        counts[s.casefold()] = counts.get(s.casefold(), 0) + 1
     if all(c == 1 for c in counts.values()):
         return stems
     resolved = [p.resolve() for p in paths]
     root = Path(os.path.commonpath([str(p.parent) for p in resolved]))
+    clashing = [counts[s.casefold()] > 1 for s in stems]
+    taken = {s.casefold() for s, clash in zip(stems, clashing) if not clash}
     out = []
-    for s, p in zip(stems, resolved):
-        if counts[s] == 1:
-            out.append(s)
-        else:
+    for s, p, clash in zip(stems, resolved, clashing):
+        if clash:
             rel = p.relative_to(root)
-            out.append("__".join([*rel.parent.parts, f"{rel.stem}_{rel.suffix.lstrip('.')}"]))
+            s = base = "__".join([*rel.parent.parts, f"{rel.stem}_{rel.suffix.lstrip('.')}"])
+            k = 2
+            while s.casefold() in taken:
+                s, k = f"{base}~{k}", k + 1
+            taken.add(s.casefold())
+        out.append(s)
     return out
 
 

@@ -73,3 +73,85 @@ def test_names_differing_only_in_case_get_distinct_outputs():
     # Before: x/A.jpg and y/a.jpg wrote A.png and a.png: one file on macOS / Windows file systems.
     stems = output_stems([Path("/d/x/A.jpg"), Path("/d/y/a.jpg"), Path("/d/b.jpg")])
     assert len({s.casefold() for s in stems}) == 3 and stems[2] == "b"
+
+
+def test_too_many_pixels_is_skipped_not_a_traceback(exported, tmp_path, monkeypatch):
+    # Before: Pillow's DecompressionBombError (> 2 x Image.MAX_IMAGE_PIXELS, e.g. a 14000 x 14000
+    # scan) escaped the onnxruntime backend and the standalone runner: a traceback, and no JSON for
+    # the images already predicted. The torch backend skipped it; now both do.
+    from panfpn.deploy import onnx_runner
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Image.fromarray(_rgb(8, 8)).save(inp / "a_small.png")
+    Image.fromarray(_rgb(40, 60)).save(inp / "b_huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 2400 pixels > 2 x 1000
+    result = _predict(exported[1], inp, tmp_path / "out")
+    assert result["predicted"] == ["a_small"] and "DecompressionBombError" in result["failed"][0]["error"]
+    with pytest.raises(ValueError, match="DecompressionBombError"):
+        onnx_runner.read_rgb(inp / "b_huge.png")
+
+
+def test_standalone_runner_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    # Before: 2 grey levels left of 256 (Pillow clips I;16 to 0 / 255 in convert("RGB")).
+    from panfpn.data.image_io import read_image
+    from panfpn.deploy.onnx_runner import read_rgb
+
+    grey = np.arange(256, dtype=np.uint16).reshape(16, 16) * 257
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    assert Image.open(tmp_path / "g.png").mode.startswith("I")
+    np.testing.assert_array_equal(read_rgb(tmp_path / "g.png"), read_image(tmp_path / "g.png"))
+
+
+def test_standalone_runner_cli_skips_bad_files_and_refuses_clashing_names(exported, tmp_path, capsys):
+    # Before: one unreadable file among the inputs was a ValueError traceback after the others
+    # were predicted, and no panoptic.json was written; a.jpg + a.png was a traceback saying
+    # "pass distinct stems", which the command line has no way to do.
+    from panfpn.deploy import onnx_runner
+
+    Image.fromarray(_rgb()).save(tmp_path / "a.jpg")
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    out = tmp_path / "out"
+    assert onnx_runner.main([str(exported[1]), str(tmp_path / "a.jpg"), str(tmp_path / "broken.jpg"),
+                             "--out", str(out)]) == 0
+    data = json.loads((out / "panoptic.json").read_text())
+    assert [a["file_name"] for a in data["annotations"]] == ["a.png"] and (out / "panoptic" / "a.png").is_file()
+    assert "skipped" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        onnx_runner.main([str(exported[1]), str(tmp_path / "a.jpg"), str(tmp_path / "a.png"), "--out", str(out)])
+    assert exit_info.value.code == 2 and "a.png" in capsys.readouterr().err
+
+
+class _FailingSession:
+    """An onnxruntime session whose ``fail_at``-th run raises, like an out-of-memory or a Ctrl-C."""
+
+    def __init__(self, session, fail_at: int, error: BaseException):
+        self.session, self.fail_at, self.error, self.calls = session, fail_at, error, 0
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    def run(self, *args):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise self.error
+        return self.session.run(*args)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("onnxruntime: out of memory")])
+def test_runner_stopped_mid_run_lists_what_it_wrote(exported, tmp_path, error):
+    # Before: the JSON was written only after the last image, so a Ctrl-C or an error on image 3
+    # left 2 PNGs and no panoptic.json (or the previous run's JSON, listing other images).
+    from panfpn.deploy import onnx_runner
+
+    paths = []
+    for k in range(3):
+        Image.fromarray(_rgb(seed=k)).save(tmp_path / f"p{k}.png")
+        paths.append(tmp_path / f"p{k}.png")
+    session = _FailingSession(onnx_runner.open_session(exported[1]), 3, error)
+    with pytest.raises(type(error)):
+        onnx_runner.predict_files(session, paths, tmp_path / "out")
+    data = json.loads((tmp_path / "out" / "panoptic.json").read_text())
+    assert [a["file_name"] for a in data["annotations"]] == ["p0.png", "p1.png"]
+    assert sorted(p.name for p in (tmp_path / "out" / "panoptic").iterdir()) == ["p0.png", "p1.png"]

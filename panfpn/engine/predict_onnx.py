@@ -1,5 +1,6 @@
 """``predict.backend=onnxruntime`` of tools/predict.py: the exported pipeline (``weights=model.onnx``)
-run by :mod:`panfpn.deploy.onnx_runner`, the same code a user without panfpn runs."""
+run by :mod:`panfpn.deploy.onnx_runner`, the same code a user without panfpn runs, on the inputs
+as the torch backend reads them (file filter, decoder, output names), so both write the same files."""
 
 from __future__ import annotations
 
@@ -8,30 +9,71 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+import torch
+
+from panfpn.data.image_files import FailedImage, ImageFileDataset, ImageReadError
 from panfpn.deploy import onnx_runner
 from panfpn.engine.config import ConfigError
+from panfpn.evaluation.prediction_folder import write_failed
 
 logger = logging.getLogger("panfpn")
 
 
-def predict_onnx(weights: str, paths: Sequence[Path], out_dir: Path, opts: Any) -> dict[str, Any]:
-    """Predict ``paths`` with the ONNX pipeline ``weights`` into ``out_dir`` (panoptic PNGs + JSON as
-    the torch backend; no overlays or semantic PNGs). Returns the summary of ``predict_images``."""
+def read_like_torch_backend(path: Path) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` of an input as the torch backend reads it (its file filter and decoder:
+    16-bit and float images scaled, not clipped); ImageReadError with the torch backend's reason."""
+    sample = ImageFileDataset([path], keep_original=False, stems=[path.stem])[0]
+    if isinstance(sample, FailedImage):
+        raise ImageReadError.for_file(path, sample.error)
+    return sample["image"].permute(1, 2, 0).numpy()
+
+
+def onnx_providers(device: str) -> list[Any]:
+    """onnxruntime providers for config key ``device``: ``auto`` takes the GPU when torch and
+    onnxruntime (onnxruntime-gpu's CUDA provider) both have one; ``cuda[:N]`` that onnxruntime
+    cannot use is an error, not a silent CPU run."""
+    import onnxruntime as ort
+
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if str(device) == "auto":
+        device = "cuda" if has_cuda and torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return ["CPUExecutionProvider"]
+    if not has_cuda:
+        raise ConfigError(f"config key 'device' is {str(device)!r} but this onnxruntime has no CUDA provider "
+                          "(pip install onnxruntime-gpu, or device=cpu)")
+    return [("CUDAExecutionProvider", {"device_id": dev.index or 0}), "CPUExecutionProvider"]
+
+
+def predict_onnx(weights: str, paths: Sequence[Path], out_dir: Path, opts: Any,
+                 device: str = "cpu") -> dict[str, Any]:
+    """Predict ``paths`` with the ONNX pipeline ``weights`` into ``out_dir`` on config key ``device``
+    (:func:`onnx_providers`): panoptic PNGs + JSON and failed.txt as the torch backend, the inputs
+    read as there; no overlays or semantic PNGs. Returns the summary of ``predict_images``."""
     from panfpn.data.image_files import output_stems
     from panfpn.data.image_ids import image_ids
 
     if not str(weights).endswith(".onnx"):
         raise ConfigError(f"predict.backend=onnxruntime runs an exported pipeline: weights must be a .onnx "
                           f"file written by tools/export.py, got {weights!r}")
-    if opts.overlay or opts.semantic:
+    if opts.semantic:
+        raise ConfigError("predict.backend=onnxruntime writes no semantic PNGs: set predict.semantic=false "
+                          "or use predict.backend=torch")
+    if opts.overlay:
         logger.warning("predict.backend=onnxruntime writes the panoptic PNGs and JSON only "
-                       "(predict.overlay / predict.semantic are ignored)")
+                       "(no overlays: predict.overlay is ignored)")
     stems = output_stems(list(paths))
     ids = image_ids(list(paths), stems, opts.image_id)
-    session = onnx_runner.open_session(weights)
+    session = onnx_runner.open_session(weights, providers=onnx_providers(device))
     failed: list[tuple[str, str]] = []
     start = time.perf_counter()
-    json_path = onnx_runner.predict_files(session, paths, out_dir, stems=stems, image_ids=ids, failed=failed)
+    try:
+        json_path = onnx_runner.predict_files(session, paths, out_dir, stems=stems, image_ids=ids, failed=failed,
+                                              read=read_like_torch_backend)
+    finally:
+        write_failed(out_dir, [FailedImage(p, e) for p, e in failed])
     seconds = time.perf_counter() - start
     bad = {p for p, _ in failed}
     predicted = [s for s, p in zip(stems, paths) if str(p) not in bad]

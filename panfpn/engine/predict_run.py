@@ -89,7 +89,7 @@ def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None)
     paths = list_image_files(opts.input if isinstance(opts.input, str) else list(opts.input),
                              recursive=bool(opts.recursive))
     if opts.backend == "onnxruntime":  # the exported pipeline: panfpn/engine/predict_onnx.py
-        return predict_onnx(str(cfg.weights), paths, out_dir, opts)
+        return predict_onnx(str(cfg.weights), paths, out_dir, opts, str(cfg.device))
     built = build_inference_model(cfg, overrides)
     metadata, transforms = built.metadata, built.transform()
     model = built.model.to(device)

@@ -75,6 +75,34 @@ def test_names_differing_only_in_case_get_distinct_outputs():
     assert len({s.casefold() for s in stems}) == 3 and stems[2] == "b"
 
 
+def _odd_inputs(folder: Path) -> None:
+    folder.mkdir()
+    rgb = _rgb()
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(folder / "grey16.png")  # mode I;16
+    Image.fromarray(rgb).save(folder / "photo.jpg")
+    Image.fromarray(rgb).save(folder / "no_suffix", format="PNG")
+    (folder / "empty.jpg").write_bytes(b"")
+
+
+def test_onnx_backend_reads_and_reports_inputs_like_torch(exported, tmp_path):
+    # Before, with predict.backend=onnxruntime: a 16-bit PNG was clipped to black and white by
+    # Pillow's convert("RGB") (other segments than the torch backend's), a file without an image
+    # suffix was predicted (torch skips it) and no failed.txt / failed.json was written.
+    pth, onnx = exported
+    _odd_inputs(tmp_path / "in")
+    for weights, name in ((pth, "torch"), (onnx, "onnx")):
+        _predict(weights, tmp_path / "in", tmp_path / name)
+    want, got = (json.loads((tmp_path / d / "panoptic.json").read_text()) for d in ("torch", "onnx"))
+    assert [a["file_name"] for a in got["annotations"]] == ["grey16.png", "photo.png"]
+    for g, w in zip(got["annotations"], want["annotations"], strict=True):
+        assert [(s["id"], s["category_id"], s["area"]) for s in g["segments_info"]] == \
+            [(s["id"], s["category_id"], s["area"]) for s in w["segments_info"]]
+        np.testing.assert_array_equal(*(np.asarray(Image.open(tmp_path / d / "panoptic" / g["file_name"]))
+                                        for d in ("onnx", "torch")))
+    assert (tmp_path / "onnx" / "failed.txt").read_text() == (tmp_path / "torch" / "failed.txt").read_text()
+    assert len(json.loads((tmp_path / "onnx" / "failed.json").read_text())["failed"]) == 2
+
+
 def test_too_many_pixels_is_skipped_not_a_traceback(exported, tmp_path, monkeypatch):
     # Before: Pillow's DecompressionBombError (> 2 x Image.MAX_IMAGE_PIXELS, e.g. a 14000 x 14000
     # scan) escaped the onnxruntime backend and the standalone runner: a traceback, and no JSON for
@@ -155,3 +183,21 @@ def test_runner_stopped_mid_run_lists_what_it_wrote(exported, tmp_path, error):
     data = json.loads((tmp_path / "out" / "panoptic.json").read_text())
     assert [a["file_name"] for a in data["annotations"]] == ["p0.png", "p1.png"]
     assert sorted(p.name for p in (tmp_path / "out" / "panoptic").iterdir()) == ["p0.png", "p1.png"]
+
+
+def test_onnx_backend_refuses_options_it_cannot_honour(exported, tmp_path, monkeypatch):
+    # Before: predict.semantic=true only logged a warning (no semantic PNGs), and device=cuda ran
+    # on the CPU provider: both silently not what was asked.
+    import onnxruntime as ort
+
+    from panfpn.engine.predict_onnx import onnx_providers
+
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    with pytest.raises(ConfigError, match="predict.semantic"):
+        _predict(exported[1], tmp_path / "a.png", tmp_path / "out", "predict.semantic=true")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ConfigError, match="device.*onnxruntime-gpu"):
+        onnx_providers("cuda")
+    assert onnx_providers("auto") == onnx_providers("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert onnx_providers("cuda:1")[0] == ("CUDAExecutionProvider", {"device_id": 1})

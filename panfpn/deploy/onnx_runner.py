@@ -140,12 +140,14 @@ def default_image_id(stems: Sequence[str]) -> list[Any]:
 def predict_files(session: Any, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                   stems: Sequence[str] | None = None, image_ids: Sequence[Any] | None = None,
                   failed: list[tuple[str, str]] | None = None,
-                  read: Callable[[Path], np.ndarray] = read_rgb) -> Path:
+                  read: Callable[[Path], np.ndarray] = read_rgb,
+                  previous: Sequence[tuple[dict, dict]] = ()) -> Path:
     """Predict each image file; write ``<out_dir>/panoptic/<stem>.png`` and ``<out_dir>/panoptic.json``.
     Returns the JSON's path. ``stems``: output names (default the file stems, which must be unique).
     A file that ``read`` cannot decode (ValueError or OSError) is skipped and appended to ``failed``
     as ``(path, reason)`` (raised when ``failed`` is None). The JSON is written also when a run
-    stops early (an error, Ctrl-C): it lists the images whose PNG was written."""
+    stops early (an error, Ctrl-C): it lists the images whose PNG was written, after the
+    ``previous`` ``(images entry, annotation)`` pairs (an earlier run's, to keep listing)."""
     paths = [Path(p) for p in paths]
     stems = list(stems) if stems is not None else [p.stem for p in paths]
     counts = Counter(stems)
@@ -157,7 +159,7 @@ def predict_files(session: Any, paths: Sequence[str | os.PathLike], out_dir: str
     out_dir = Path(out_dir)
     png_dir = out_dir / PANOPTIC_NAME
     png_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
+    images, annotations = [img for img, _ in previous], [ann for _, ann in previous]
     json_path = out_dir / f"{PANOPTIC_NAME}.json"
     try:
         for path, stem, image_id in zip(paths, stems, ids):

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 
 from panfpn.data.image_files import FailedImage, ImageFileDataset, ImageReadError
+from panfpn.data.metadata import DatasetMetadata
 from panfpn.deploy import onnx_runner
 from panfpn.engine.config import ConfigError
-from panfpn.evaluation.prediction_folder import write_failed
+from panfpn.evaluation.prediction_folder import plan_outputs, prepare_targets, write_failed
 
 logger = logging.getLogger("panfpn")
 
@@ -67,19 +68,25 @@ def predict_onnx(weights: str, paths: Sequence[Path], out_dir: Path, opts: Any,
     stems = output_stems(list(paths))
     ids = image_ids(list(paths), stems, opts.image_id)
     session = onnx_runner.open_session(weights, providers=onnx_providers(device))
+    metadata = DatasetMetadata.from_coco_categories(onnx_runner.model_metadata(session)["categories"])
+    targets = prepare_targets(out_dir, metadata, overlay=False, overlay_format="png", overlay_alpha=0.0,
+                              semantic=False)
+    # as the torch backend: done images skipped (predict.overwrite), other images' entries kept
+    todo, skipped, kept = plan_outputs(list(paths), stems, dict(zip(stems, ids)), targets, bool(opts.overwrite))
     failed: list[tuple[str, str]] = []
     start = time.perf_counter()
     try:
-        json_path = onnx_runner.predict_files(session, paths, out_dir, stems=stems, image_ids=ids, failed=failed,
-                                              read=read_like_torch_backend)
+        json_path = onnx_runner.predict_files(session, [paths[i] for i in todo], out_dir,
+                                              stems=[stems[i] for i in todo], image_ids=[ids[i] for i in todo],
+                                              failed=failed, read=read_like_torch_backend, previous=kept)
     finally:
         write_failed(out_dir, [FailedImage(p, e) for p, e in failed])
     seconds = time.perf_counter() - start
     bad = {p for p, _ in failed}
-    predicted = [s for s, p in zip(stems, paths) if str(p) not in bad]
+    predicted = [stems[i] for i in todo if str(paths[i]) not in bad]
     for path, error in failed:
         logger.warning("skipped %s: %s", path, error)
     logger.info("predicted %d image(s) with onnxruntime into %s", len(predicted), out_dir)
     return {"output_dir": str(out_dir), "json": str(json_path), "num_inputs": len(paths),
-            "predicted": predicted, "skipped": [], "failed": [{"path": p, "error": e} for p, e in failed],
+            "predicted": predicted, "skipped": skipped, "failed": [{"path": p, "error": e} for p, e in failed],
             "seconds": seconds, "images_per_s": len(predicted) / seconds if seconds > 0 else 0.0}

@@ -201,3 +201,25 @@ def test_onnx_backend_refuses_options_it_cannot_honour(exported, tmp_path, monke
     assert onnx_providers("auto") == onnx_providers("cpu") == ["CPUExecutionProvider"]
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert onnx_providers("cuda:1")[0] == ("CUDAExecutionProvider", {"device_id": 1})
+
+
+def test_onnx_backend_keeps_earlier_images_and_skips_done_ones(exported, tmp_path):
+    # Before, with predict.backend=onnxruntime: predict.overwrite=false was ignored (every image
+    # redone) and panoptic.json was replaced by this run's images only, so the PNGs of an earlier
+    # run into the folder were no longer listed (the torch backend keeps them, docs/predict.md).
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for k, name in enumerate(["a.png", "b.png", "c.png"]):
+        Image.fromarray(_rgb(seed=k)).save(inp / name)
+    first = _predict(exported[1], f"[{inp / 'a.png'},{inp / 'b.png'}]", out)
+    assert first["predicted"] == ["a", "b"]
+    again = _predict(exported[1], f"[{inp / 'a.png'},{inp / 'b.png'}]", out)
+    assert again["predicted"] == [] and again["skipped"] == ["a", "b"]
+    other = _predict(exported[1], inp / "c.png", out)
+    assert other["predicted"] == ["c"]
+    data = json.loads((out / "panoptic.json").read_text())
+    assert sorted(a["file_name"] for a in data["annotations"]) == sorted(p.name for p in (out / "panoptic").iterdir())
+    assert sorted(a["image_id"] for a in data["annotations"]) == ["a", "b", "c"]
+    assert [i["id"] for i in data["images"]] == [a["image_id"] for a in data["annotations"]]
+    redo = _predict(exported[1], inp / "a.png", out, "predict.overwrite=true")
+    assert redo["predicted"] == ["a"]

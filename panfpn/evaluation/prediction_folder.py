@@ -205,6 +205,20 @@ def write_one(targets: PredictionTargets, stem: str, image_id: Any, path: str, i
     targets.writer.record(ann, {"id": image_id, "file_name": Path(path).name, "height": h, "width": w})
 
 
+def without_own_outputs(paths: list[Path], out_dir: Path) -> list[Path]:
+    """``paths`` less the files a predict run writes into ``out_dir`` (its image folders, the JSON,
+    failure lists and log), so that an output folder inside the input folder is not read back as
+    photos on the next run; logs how many were left out."""
+    out_dir = out_dir.resolve()
+    folders = [out_dir / name for name in (PANOPTIC_NAME, OVERLAY_DIR, SEMANTIC_DIR)]
+    files = {out_dir / name for name in (f"{PANOPTIC_NAME}.json", "failed.json", "failed.txt", "log.txt")}
+    kept = [p for p in paths if (r := p.resolve()) not in files and not any(r.is_relative_to(f) for f in folders)]
+    if len(kept) < len(paths):
+        logger.info("left out %d input file(s) that are this run's own outputs in %s",
+                    len(paths) - len(kept), out_dir)
+    return kept
+
+
 def write_failed(out_dir: Path, failed: list[FailedImage]) -> None:
     """failed.json (``{"failed": [{"path", "error"}]}``) and failed.txt (``path<TAB>error`` lines)."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -223,3 +223,19 @@ def test_onnx_backend_keeps_earlier_images_and_skips_done_ones(exported, tmp_pat
     assert [i["id"] for i in data["images"]] == [a["image_id"] for a in data["annotations"]]
     redo = _predict(exported[1], inp / "a.png", out, "predict.overwrite=true")
     assert redo["predicted"] == ["a"]
+
+
+def test_output_folder_inside_the_input_folder_is_not_read_back(exported, tmp_path):
+    # Before: predict.input=photos predict.output_dir=photos/preds predict.recursive=true predicted,
+    # on the rerun, its own panoptic PNGs and overlays as photos; the name clash with them renamed
+    # a.jpg's outputs to a_jpg.png, and log.txt / panoptic.json / failed.* were listed as failures.
+    inp = tmp_path / "photos"
+    inp.mkdir()
+    Image.fromarray(_rgb()).save(inp / "a.jpg")
+    for _ in range(2):
+        result = _predict(exported[0], inp, inp / "preds", "predict.recursive=true", "predict.overlay=true")
+    assert result["predicted"] == [] and result["skipped"] == ["a"] and result["failed"] == []
+    assert sorted(p.name for p in (inp / "preds" / "panoptic").iterdir()) == ["a.png"]
+    # the output folder is the input folder itself: the photos are still read, our files are not
+    result = _predict(exported[0], inp, inp, "predict.overlay=true")
+    assert result["predicted"] == ["a"] and result["failed"] == []

@@ -120,10 +120,15 @@ def annotation(image_id: Any, png_name: str, id_map: np.ndarray, segs: list[dict
 
 
 def _atomic(path: Path, write) -> None:
+    """``write(tmp)`` then rename ``tmp`` over ``path``; the file gets a plain open()'s permissions
+    (mkstemp's are 0600: results unreadable to the group and others)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -239,3 +239,20 @@ def test_output_folder_inside_the_input_folder_is_not_read_back(exported, tmp_pa
     # the output folder is the input folder itself: the photos are still read, our files are not
     result = _predict(exported[0], inp, inp, "predict.overlay=true")
     assert result["predicted"] == ["a"] and result["failed"] == []
+
+
+def test_runner_outputs_get_the_permissions_of_a_plain_write(exported, tmp_path):
+    # Before: the runner's atomic writes renamed mkstemp's 0600 files into place, so with umask 022
+    # panoptic.json and the PNGs were unreadable to the group and others (torch backend: 0644).
+    import os
+
+    from panfpn.deploy import onnx_runner
+
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    old = os.umask(0o022)
+    try:
+        onnx_runner.predict_files(onnx_runner.open_session(exported[1]), [tmp_path / "a.png"], tmp_path / "out")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "out" / "panoptic.json", tmp_path / "out" / "panoptic" / "a.png"):
+        assert path.stat().st_mode & 0o777 == 0o644, path

@@ -48,17 +48,36 @@ def onnx_providers(device: str) -> list[Any]:
     return [("CUDAExecutionProvider", {"device_id": dev.index or 0}), "CPUExecutionProvider"]
 
 
+def refuse_exported_settings(overrides: Sequence[str] | None) -> None:
+    """ConfigError for explicit overrides (``None``: hydra's command line) of what the graph fixed at
+    export: the model's keys (thresholds, detections per image, ...) and the test resize."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from panfpn.engine.model_spec import command_line_overrides
+
+    given = command_line_overrides() if overrides is None else list(overrides)
+    parsed = OverridesParser.create().parse_overrides(given)
+    fixed = [o.input_line for o in parsed if o.key_or_group.split(".")[0] == "model"
+             or o.key_or_group.startswith("data.val.transforms")]
+    if fixed:
+        raise ConfigError(f"predict.backend=onnxruntime runs the exported graph, whose model and test resize "
+                          f"were fixed by tools/export.py: {', '.join(fixed)} would have no effect; export "
+                          "again with it, or use predict.backend=torch")
+
+
 def predict_onnx(weights: str, paths: Sequence[Path], out_dir: Path, opts: Any,
-                 device: str = "cpu") -> dict[str, Any]:
+                 device: str = "cpu", overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Predict ``paths`` with the ONNX pipeline ``weights`` into ``out_dir`` on config key ``device``
     (:func:`onnx_providers`): panoptic PNGs + JSON and failed.txt as the torch backend, the inputs
-    read as there; no overlays or semantic PNGs. Returns the summary of ``predict_images``."""
+    read as there; no overlays or semantic PNGs; ``overrides`` as :func:`refuse_exported_settings`.
+    Returns the summary of ``predict_images``."""
     from panfpn.data.image_files import output_stems
     from panfpn.data.image_ids import image_ids
 
     if not str(weights).endswith(".onnx"):
         raise ConfigError(f"predict.backend=onnxruntime runs an exported pipeline: weights must be a .onnx "
                           f"file written by tools/export.py, got {weights!r}")
+    refuse_exported_settings(overrides)
     if opts.semantic:
         raise ConfigError("predict.backend=onnxruntime writes no semantic PNGs: set predict.semantic=false "
                           "or use predict.backend=torch")

@@ -91,7 +91,7 @@ def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None)
                              recursive=bool(opts.recursive))
     paths = without_own_outputs(paths, out_dir)  # an output folder inside the input is not read back
     if opts.backend == "onnxruntime":  # the exported pipeline: panfpn/engine/predict_onnx.py
-        return predict_onnx(str(cfg.weights), paths, out_dir, opts, str(cfg.device))
+        return predict_onnx(str(cfg.weights), paths, out_dir, opts, str(cfg.device), overrides)
     built = build_inference_model(cfg, overrides)
     metadata, transforms = built.metadata, built.transform()
     model = built.model.to(device)

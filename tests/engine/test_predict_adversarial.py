@@ -256,3 +256,17 @@ def test_runner_outputs_get_the_permissions_of_a_plain_write(exported, tmp_path)
         os.umask(old)
     for path in (tmp_path / "out" / "panoptic.json", tmp_path / "out" / "panoptic" / "a.png"):
         assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+@pytest.mark.parametrize("override", ["model.roi_heads.box_head.test.score_thresh=0.7",
+                                      "data.val.transforms.short_edge_lengths=[64]"])
+def test_onnx_backend_refuses_model_and_resize_overrides(exported, tmp_path, override):
+    # Before: with predict.backend=onnxruntime a command-line score threshold or test resize was
+    # silently ignored (the graph fixes both at export): the user got the exported settings' result.
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    cfg = compose_config([*MODEL, f"weights={exported[1]}", f"++predict.input={tmp_path / 'a.png'}",
+                          f"++predict.output_dir={tmp_path / 'out'}", "predict.backend=onnxruntime",
+                          "predict.overlay=false", "device=cpu"], output_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace("[", r"\[")):
+        predict_from_config(cfg, overrides=[override])
+    assert not (tmp_path / "out" / "panoptic.json").exists()

@@ -270,3 +270,26 @@ def test_onnx_backend_refuses_model_and_resize_overrides(exported, tmp_path, ove
     with pytest.raises(ConfigError, match=override.split("=")[0].replace("[", r"\[")):
         predict_from_config(cfg, overrides=[override])
     assert not (tmp_path / "out" / "panoptic.json").exists()
+
+
+def test_subfolders_not_searched_are_reported(tmp_path, caplog):
+    # Before: without predict.recursive the images of subfolders were left out without a word, a
+    # folder holding only subfolders was "not a file, a folder with files, or a glob" with no hint,
+    # and with it a link to a folder (not followed) was left out silently.
+    import logging
+
+    (tmp_path / "photos" / "day1").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    Image.fromarray(_rgb()).save(tmp_path / "photos" / "a.jpg")
+    Image.fromarray(_rgb()).save(tmp_path / "photos" / "day1" / "b.jpg")
+    Image.fromarray(_rgb()).save(tmp_path / "elsewhere" / "c.jpg")
+    (tmp_path / "photos" / "day2").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with caplog.at_level(logging.INFO, logger="panfpn"):
+        assert [p.name for p in list_image_files(tmp_path / "photos")] == ["a.jpg"]
+        assert "2 subfolder(s) not searched (day1, day2): predict.recursive=true" in caplog.text
+        caplog.clear()
+        assert [p.name for p in list_image_files(tmp_path / "photos", recursive=True)] == ["a.jpg", "b.jpg"]
+        assert "1 subfolder(s) not searched (day2): links to folders are not followed" in caplog.text
+    (tmp_path / "photos" / "a.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="predict.recursive=true"):
+        list_image_files(tmp_path / "photos")

@@ -142,6 +142,22 @@ def default_image_id(stems: Sequence[str]) -> list[Any]:
     return list(stems)
 
 
+def check_output_folder(out_dir: str | os.PathLike) -> None:
+    """ValueError when ``out_dir`` holds a COCO-panoptic ``panoptic.json`` that is not a prediction JSON
+    (its images have no ``path``): a dataset's ground truth in the same layout, whose PNGs a run
+    would overwrite."""
+    json_path = Path(out_dir) / f"{PANOPTIC_NAME}.json"
+    if not json_path.is_file():
+        return
+    try:
+        images = json.loads(json_path.read_text()).get("images") or []
+    except (ValueError, AttributeError):  # not JSON or not an object: no dataset's, replaced
+        return
+    if not all(isinstance(img, dict) and "path" in img for img in images):
+        raise ValueError(f"{json_path} is not a prediction JSON of this runner or tools/predict.py (a dataset's "
+                         "ground truth?): predicting there would overwrite it and its PNGs; choose another --out")
+
+
 def predict_files(session: Any, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                   stems: Sequence[str] | None = None, image_ids: Sequence[Any] | None = None,
                   failed: list[tuple[str, str]] | None = None,
@@ -160,6 +176,7 @@ def predict_files(session: Any, paths: Sequence[str | os.PathLike], out_dir: str
     if same:
         raise ValueError(f"inputs with the same output name (file stem): {', '.join(same)}")
     ids = list(image_ids) if image_ids is not None else default_image_id(stems)
+    check_output_folder(out_dir)
     meta = model_metadata(session)
     out_dir = Path(out_dir)
     png_dir = out_dir / PANOPTIC_NAME
@@ -201,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     same = sorted(str(p) for p in paths if counts[p.stem] > 1)
     if same:
         parser.error(f"inputs with the same file stem would write one output file: {', '.join(same)}")
+    try:
+        check_output_folder(args.out)
+    except ValueError as e:
+        parser.error(str(e))
     failed: list[tuple[str, str]] = []
     json_path = predict_files(open_session(args.model, threads=args.threads), paths, args.out, failed=failed)
     for path, reason in failed:

@@ -185,6 +185,11 @@ def _previous_entries(json_path: Path, overwrite: bool) -> dict[str, tuple[dict,
             return {}
         raise ValueError(f"{e}; it is not a prediction JSON of ours: move it away or set "
                          f"predict.overwrite=true") from None
+    if not all(isinstance(img, dict) and "path" in img for img in data.get("images") or []):
+        # e.g. the ground truth of a dataset laid out as panoptic.json + panoptic/ (data/synthetic.py)
+        raise ValueError(f"{json_path} is not a prediction JSON of tools/predict.py (its images have no "
+                         "'path'): a dataset's ground truth? Predicting there would overwrite its PNGs; "
+                         "choose another predict.output_dir")
     images = {img["id"]: img for img in data.get("images", [])}
     return {ann["file_name"]: (images.get(ann["image_id"], {"id": ann["image_id"]}), ann)
             for ann in data["annotations"]}

@@ -293,3 +293,25 @@ def test_subfolders_not_searched_are_reported(tmp_path, caplog):
     (tmp_path / "photos" / "a.jpg").unlink()
     with pytest.raises(FileNotFoundError, match="predict.recursive=true"):
         list_image_files(tmp_path / "photos")
+
+
+def test_a_datasets_ground_truth_in_the_output_folder_is_never_overwritten(exported, tmp_path, capsys):
+    # Before: predict.input=synth/images predict.output_dir=synth on a synthetic dataset (its layout
+    # is panoptic.json + panoptic/, as predict's) took the ground truth for an earlier run's
+    # predictions: with overlays on, every GT PNG and the GT JSON were overwritten silently; with
+    # predict.overlay=false the images counted as done and the GT was listed as the predictions.
+    # The standalone runner overwrote them too.
+    from panfpn.data.synthetic import generate_dataset
+    from panfpn.deploy import onnx_runner
+
+    root = generate_dataset(tmp_path / "synth", num_images=2, seed=1)
+    before = {p: p.read_bytes() for p in [root / "panoptic.json", *sorted((root / "panoptic").iterdir())]}
+    images = list_image_files(root / "images")
+    for overlay, overwrite in ((True, False), (False, False), (True, True)):
+        with pytest.raises(ValueError, match="not a prediction JSON.*ground truth"):
+            predict_images(StripesModel(), images, synthetic_metadata(), root, overlay=overlay, overwrite=overwrite,
+                           progress=False)
+    with pytest.raises(SystemExit):
+        onnx_runner.main([str(exported[1]), *map(str, images), "--out", str(root)])
+    assert "ground truth" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in before} == before

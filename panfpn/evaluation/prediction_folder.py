@@ -142,10 +142,14 @@ def plan_outputs(paths: list[Path], stems: list[str], ids: dict[str, Any], targe
                            paths[i], targets.writer.json_path)
         todo.append(i)
     new_ids = {ids[stems[i]] for i in todo}
+    new_paths = {str(paths[i]) for i in todo}
     kept = []
     for name, (img, ann) in previous.items():
         if not (targets.writer.png_dir / name).is_file():
             logger.warning("dropping %s from %s: its PNG is missing", name, targets.writer.json_path)
+        elif img.get("path") in new_paths:  # the input is predicted again, under another output name
+            logger.warning("dropping %s from %s: its input %s is now written as another name", name,
+                           targets.writer.json_path, img["path"])
         elif ann["image_id"] in new_ids:
             logger.warning("dropping %s from %s: image id %r is now another input's", name,
                            targets.writer.json_path, ann["image_id"])

@@ -315,3 +315,20 @@ def test_a_datasets_ground_truth_in_the_output_folder_is_never_overwritten(expor
         onnx_runner.main([str(exported[1]), *map(str, images), "--out", str(root)])
     assert "ground truth" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_an_input_renamed_by_a_new_name_clash_is_listed_once(tmp_path):
+    # Before: photos/a.jpg predicted as 'a', then photos/ + more/ (more/a.jpg too) renamed it
+    # photos__a_jpg; the first run's entry 'a' was kept as "an image not in this run's input", so
+    # the JSON listed photos/a.jpg twice, under two image ids.
+    from test_predict_outputs import _photos
+
+    _photos(tmp_path / "photos", ["a.jpg"])
+    _photos(tmp_path / "more", ["a.jpg"])
+    out = tmp_path / "out"
+    predict_images(StripesModel(), list_image_files(tmp_path / "photos"), synthetic_metadata(), out, progress=False)
+    predict_images(StripesModel(), list_image_files([tmp_path / "photos", tmp_path / "more"]), synthetic_metadata(),
+                   out, progress=False)
+    data = json.loads((out / "panoptic.json").read_text())
+    assert sorted(i["id"] for i in data["images"]) == ["more__a_jpg", "photos__a_jpg"]
+    assert [a["image_id"] for a in data["annotations"]] == [i["id"] for i in data["images"]]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 from collections import Counter
@@ -135,10 +136,20 @@ def _atomic(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+# Cityscapes' createPanopticImgs id: the leftImg8bit file's stem less "_leftImg8bit" (<city>_<seq>_<frame>)
+CITYSCAPES_STEM = re.compile(r"(?P<id>[^/\\]+_\d+_\d+)_leftImg8bit")
+
+
 def default_image_id(stems: Sequence[str]) -> list[Any]:
-    """COCO's int ids when every stem is digits (``000000000139`` -> 139) and they are unique, else the stems."""
-    if stems and all(s.isascii() and s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
-        return [int(s) for s in stems]
+    """The ids tools/predict.py gives (``predict.image_id=auto``), so the JSON matches the dataset's
+    ground truth: Cityscapes' ``<city>_<seq>_<frame>`` when every stem is ``..._leftImg8bit``, else
+    COCO's int ids when every stem is digits (``000000000139`` -> 139), else the stems; the stems
+    also when a rule would give two images one id."""
+    city = [m.group("id") if (m := CITYSCAPES_STEM.fullmatch(s)) else None for s in stems]
+    digits = [int(s) if s.isascii() and s.isdigit() else None for s in stems]
+    for ids in (city, digits):
+        if stems and None not in ids:
+            return list(ids) if len(set(ids)) == len(ids) else list(stems)
     return list(stems)
 
 

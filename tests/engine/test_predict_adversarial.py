@@ -332,3 +332,17 @@ def test_an_input_renamed_by_a_new_name_clash_is_listed_once(tmp_path):
     data = json.loads((out / "panoptic.json").read_text())
     assert sorted(i["id"] for i in data["images"]) == ["more__a_jpg", "photos__a_jpg"]
     assert [a["image_id"] for a in data["annotations"]] == [i["id"] for i in data["images"]]
+
+
+def test_standalone_runner_gives_cityscapes_files_the_ids_predict_gives():
+    # Before: the runner's JSON named frankfurt_000000_000019_leftImg8bit.png by its stem, while
+    # tools/predict.py (predict.image_id=auto) and cityscapes_panoptic_val.json use
+    # frankfurt_000000_000019: the runner's predictions matched no ground-truth image.
+    from panfpn.data.image_ids import image_ids
+    from panfpn.deploy.onnx_runner import default_image_id
+
+    for names in (["frankfurt_000000_000019_leftImg8bit.png", "lindau_000001_000019_leftImg8bit.png"],
+                  ["000000000139.jpg", "000000000285.jpg"], ["1.jpg", "001.jpg"], ["a.jpg", "000001.jpg"]):
+        paths = [Path(n) for n in names]
+        stems = [p.stem for p in paths]
+        assert default_image_id(stems) == image_ids(paths, stems, "auto"), names

@@ -9,6 +9,7 @@ stray ``notes.txt``.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ from torch.utils.data import Dataset
 from panfpn.data.image_io import ImageReadError, read_image
 from panfpn.data.metadata import IGNORE_LABEL
 from panfpn.data.transforms import Transform
+
+logger = logging.getLogger("panfpn")
 
 __all__ = ["FailedImage", "ImageFileDataset", "ImageReadError", "image_extensions",
            "list_image_files", "output_stems", "read_image"]
@@ -54,19 +57,33 @@ def list_image_files(inputs: str | os.PathLike | Sequence[str | os.PathLike], *,
         if path.is_file():
             matches = [path]
         elif path.is_dir():
-            walk = path.rglob("*") if recursive else path.iterdir()
-            matches = [p for p in walk if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+            matches = _folder_files(path, recursive)
         elif glob.has_magic(spec):
             matches = [Path(p) for p in glob.glob(spec, recursive=recursive) if Path(p).is_file()]
         else:
             matches = []
         if not matches:
+            hint = " (its subfolders are searched with predict.recursive=true)" if path.is_dir() else ""
             raise FileNotFoundError(f"predict input {spec!r} is not a file, a folder with files, "
-                                    f"or a glob pattern matching files")
+                                    f"or a glob pattern matching files{hint}")
         for p in sorted(matches):
             found.setdefault(p, None)
     return list(found)
+
+
+def _folder_files(folder: Path, recursive: bool) -> list[Path]:
+    """The visible files of ``folder`` (with ``recursive``, of its visible subfolders too). The
+    subfolders not searched (all without ``recursive``; links to folders, which are not followed,
+    with it) are logged, so that their images are not missed silently."""
+    walk = folder.rglob("*") if recursive else folder.iterdir()
+    entries = [p for p in walk if not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    unsearched = sorted(str(p.relative_to(folder)) for p in entries
+                        if p.is_dir() and (p.is_symlink() or not recursive))
+    if unsearched:
+        why = "links to folders are not followed" if recursive else "predict.recursive=true searches them"
+        logger.info("%s: %d subfolder(s) not searched (%s): %s", folder, len(unsearched),
+                    ", ".join(unsearched[:3]) + (", ..." if len(unsearched) > 3 else ""), why)
+    return [p for p in entries if p.is_file()]
 
 
 def output_stems(paths: Sequence[Path]) -> list[str]:
@@ -75,22 +92,30 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
     The file's stem when no other input shares it (``a.jpg`` -> ``a``); otherwise its path
     relative to the inputs' common folder, with the suffix kept and separators as ``__``
     (``x/a.jpg``, ``y/a.jpg`` -> ``x__a_jpg``, ``y__a_jpg``), so outputs never overwrite each other.
+    Names are compared case-insensitively (``A.jpg``, ``a.png`` clash: one folder on macOS or
+    Windows). A path name that another input's name already is (``a.jpg``, ``a.png`` beside
+    ``a_jpg.png``) gets ``~2``, ``~3``, ... appended.
     """
     stems = [p.stem for p in paths]
     counts: dict[str, int] = {}
     for s in stems:
-        counts[s] = counts.get(s, 0) + 1
+        counts[s.casefold()] = counts.get(s.casefold(), 0) + 1
     if all(c == 1 for c in counts.values()):
         return stems
     resolved = [p.resolve() for p in paths]
     root = Path(os.path.commonpath([str(p.parent) for p in resolved]))
+    clashing = [counts[s.casefold()] > 1 for s in stems]
+    taken = {s.casefold() for s, clash in zip(stems, clashing) if not clash}
     out = []
-    for s, p in zip(stems, resolved):
-        if counts[s] == 1:
-            out.append(s)
-        else:
+    for s, p, clash in zip(stems, resolved, clashing):
+        if clash:
             rel = p.relative_to(root)
-            out.append("__".join([*rel.parent.parts, f"{rel.stem}_{rel.suffix.lstrip('.')}"]))
+            s = base = "__".join([*rel.parent.parts, f"{rel.stem}_{rel.suffix.lstrip('.')}"])
+            k = 2
+            while s.casefold() in taken:
+                s, k = f"{base}~{k}", k + 1
+            taken.add(s.casefold())
+        out.append(s)
     return out
 
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -51,10 +53,19 @@ def model_metadata(session: Any) -> dict[str, Any]:
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` RGB, upright (EXIF orientation applied), alpha dropped."""
-    with Image.open(path) as img:
-        img.load()
-        return np.array(ImageOps.exif_transpose(img).convert("RGB"))
+    """uint8 ``[H, W, 3]`` RGB, upright (EXIF orientation applied), alpha dropped; 16-bit greyscale
+    scaled to 8 bits (``>> 8``, as panfpn reads it: Pillow's own conversion clips it to black and
+    white). ValueError naming the reason for a file that is not a decodable image."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            if upright.mode.startswith("I;16") or (upright.mode == "I" and img.format == "PNG"):
+                grey = (np.clip(np.asarray(upright, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+                return np.repeat(grey[..., None], 3, axis=2)
+            return np.array(upright.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # missing, truncated, not an image, too large
+        raise ValueError(f"cannot read as an image ({type(e).__name__}: {e})") from None
 
 
 def run_image(session: Any, image: np.ndarray) -> dict[str, np.ndarray]:
@@ -110,57 +121,99 @@ def annotation(image_id: Any, png_name: str, id_map: np.ndarray, segs: list[dict
 
 
 def _atomic(path: Path, write) -> None:
+    """``write(tmp)`` then rename ``tmp`` over ``path``; the file gets a plain open()'s permissions
+    (mkstemp's are 0600: results unreadable to the group and others)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+# Cityscapes' createPanopticImgs id: the leftImg8bit file's stem less "_leftImg8bit" (<city>_<seq>_<frame>)
+CITYSCAPES_STEM = re.compile(r"(?P<id>[^/\\]+_\d+_\d+)_leftImg8bit")
+
+
 def default_image_id(stems: Sequence[str]) -> list[Any]:
-    """COCO's int ids when every stem is digits (``000000000139`` -> 139) and they are unique, else the stems."""
-    if stems and all(s.isascii() and s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
-        return [int(s) for s in stems]
+    """The ids tools/predict.py gives (``predict.image_id=auto``), so the JSON matches the dataset's
+    ground truth: Cityscapes' ``<city>_<seq>_<frame>`` when every stem is ``..._leftImg8bit``, else
+    COCO's int ids when every stem is digits (``000000000139`` -> 139), else the stems; the stems
+    also when a rule would give two images one id."""
+    city = [m.group("id") if (m := CITYSCAPES_STEM.fullmatch(s)) else None for s in stems]
+    digits = [int(s) if s.isascii() and s.isdigit() else None for s in stems]
+    for ids in (city, digits):
+        if stems and None not in ids:
+            return list(ids) if len(set(ids)) == len(ids) else list(stems)
     return list(stems)
+
+
+def check_output_folder(out_dir: str | os.PathLike) -> None:
+    """ValueError when ``out_dir`` holds a COCO-panoptic ``panoptic.json`` that is not a prediction JSON
+    (its images have no ``path``): a dataset's ground truth in the same layout, whose PNGs a run
+    would overwrite."""
+    json_path = Path(out_dir) / f"{PANOPTIC_NAME}.json"
+    if not json_path.is_file():
+        return
+    try:
+        images = json.loads(json_path.read_text()).get("images") or []
+    except (ValueError, AttributeError):  # not JSON or not an object: no dataset's, replaced
+        return
+    if not all(isinstance(img, dict) and "path" in img for img in images):
+        raise ValueError(f"{json_path} is not a prediction JSON of this runner or tools/predict.py (a dataset's "
+                         "ground truth?): predicting there would overwrite it and its PNGs; choose another --out")
 
 
 def predict_files(session: Any, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                   stems: Sequence[str] | None = None, image_ids: Sequence[Any] | None = None,
-                  failed: list[tuple[str, str]] | None = None) -> Path:
+                  failed: list[tuple[str, str]] | None = None,
+                  read: Callable[[Path], np.ndarray] = read_rgb,
+                  previous: Sequence[tuple[dict, dict]] = ()) -> Path:
     """Predict each image file; write ``<out_dir>/panoptic/<stem>.png`` and ``<out_dir>/panoptic.json``.
     Returns the JSON's path. ``stems``: output names (default the file stems, which must be unique).
-    A file that cannot be decoded is skipped and appended to ``failed`` as ``(path, reason)``
-    (raised when ``failed`` is None)."""
+    A file that ``read`` cannot decode (ValueError or OSError) is skipped and appended to ``failed``
+    as ``(path, reason)`` (raised when ``failed`` is None). The JSON is written also when a run
+    stops early (an error, Ctrl-C): it lists the images whose PNG was written, after the
+    ``previous`` ``(images entry, annotation)`` pairs (an earlier run's, to keep listing)."""
     paths = [Path(p) for p in paths]
     stems = list(stems) if stems is not None else [p.stem for p in paths]
-    if len(set(stems)) != len(stems):
-        raise ValueError("two inputs have the same file stem; pass distinct stems")
+    counts = Counter(stems)
+    same = sorted(str(p) for p, s in zip(paths, stems) if counts[s] > 1)
+    if same:
+        raise ValueError(f"inputs with the same output name (file stem): {', '.join(same)}")
     ids = list(image_ids) if image_ids is not None else default_image_id(stems)
+    check_output_folder(out_dir)
     meta = model_metadata(session)
     out_dir = Path(out_dir)
     png_dir = out_dir / PANOPTIC_NAME
     png_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
-    for path, stem, image_id in zip(paths, stems, ids):
-        try:
-            image = read_rgb(path)
-        except (OSError, ValueError) as e:  # Pillow's errors for missing, truncated, non-image files
-            if failed is None:
-                raise ValueError(f"{path}: cannot read as an image ({type(e).__name__}: {e})") from None
-            failed.append((str(path), f"cannot read as an image ({type(e).__name__}: {e})"))
-            continue
-        outputs = run_image(session, image)
-        id_map = outputs["panoptic"]
-        _atomic(png_dir / f"{stem}.png", lambda tmp: Image.fromarray(id_to_rgb(id_map)).save(tmp, format="PNG"))
-        annotations.append(annotation(image_id, f"{stem}.png", id_map, segments(outputs)))
-        h, w = id_map.shape
-        images.append({"id": image_id, "file_name": path.name, "height": int(h), "width": int(w), "path": str(path)})
-    data = {"images": images, "annotations": annotations, "categories": meta["categories"]}
+    images, annotations = [img for img, _ in previous], [ann for _, ann in previous]
     json_path = out_dir / f"{PANOPTIC_NAME}.json"
-    _atomic(json_path, lambda tmp: Path(tmp).write_text(json.dumps(data)))
+    try:
+        for path, stem, image_id in zip(paths, stems, ids):
+            try:
+                image = read(path)
+            except (OSError, ValueError) as e:
+                reason = str(getattr(e, "reason", None) or e)
+                if failed is None:
+                    raise ValueError(f"{path}: {reason}") from None
+                failed.append((str(path), reason))
+                continue
+            outputs = run_image(session, image)
+            id_map = outputs["panoptic"]
+            _atomic(png_dir / f"{stem}.png", lambda tmp: Image.fromarray(id_to_rgb(id_map)).save(tmp, format="PNG"))
+            annotations.append(annotation(image_id, f"{stem}.png", id_map, segments(outputs)))
+            h, w = id_map.shape
+            images.append({"id": image_id, "file_name": path.name, "height": int(h), "width": int(w),
+                           "path": str(path)})
+    finally:
+        data = {"images": images, "annotations": annotations, "categories": meta["categories"]}
+        _atomic(json_path, lambda tmp: Path(tmp).write_text(json.dumps(data)))
     return json_path
 
 
@@ -171,8 +224,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: default)")
     args = parser.parse_args(argv)
-    json_path = predict_files(open_session(args.model, threads=args.threads), args.images, args.out)
-    print(f"wrote {len(args.images)} image(s): {json_path}")
+    paths = [Path(p) for p in args.images]
+    counts = Counter(p.stem for p in paths)
+    same = sorted(str(p) for p in paths if counts[p.stem] > 1)
+    if same:
+        parser.error(f"inputs with the same file stem would write one output file: {', '.join(same)}")
+    try:
+        check_output_folder(args.out)
+    except ValueError as e:
+        parser.error(str(e))
+    failed: list[tuple[str, str]] = []
+    json_path = predict_files(open_session(args.model, threads=args.threads), paths, args.out, failed=failed)
+    for path, reason in failed:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    print(f"wrote {len(paths) - len(failed)} image(s), skipped {len(failed)}: {json_path}")
     return 0
 
 

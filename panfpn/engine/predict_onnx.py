@@ -1,5 +1,6 @@
 """``predict.backend=onnxruntime`` of tools/predict.py: the exported pipeline (``weights=model.onnx``)
-run by :mod:`panfpn.deploy.onnx_runner`, the same code a user without panfpn runs."""
+run by :mod:`panfpn.deploy.onnx_runner`, the same code a user without panfpn runs, on the inputs
+as the torch backend reads them (file filter, decoder, output names), so both write the same files."""
 
 from __future__ import annotations
 
@@ -8,36 +9,103 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+import torch
+
+from panfpn.data.image_files import FailedImage, ImageFileDataset, ImageReadError
+from panfpn.data.metadata import DatasetMetadata
 from panfpn.deploy import onnx_runner
 from panfpn.engine.config import ConfigError
+from panfpn.evaluation.prediction_folder import plan_outputs, prepare_targets, write_failed
 
 logger = logging.getLogger("panfpn")
 
 
-def predict_onnx(weights: str, paths: Sequence[Path], out_dir: Path, opts: Any) -> dict[str, Any]:
-    """Predict ``paths`` with the ONNX pipeline ``weights`` into ``out_dir`` (panoptic PNGs + JSON as
-    the torch backend; no overlays or semantic PNGs). Returns the summary of ``predict_images``."""
+def read_like_torch_backend(path: Path) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` of an input as the torch backend reads it (its file filter and decoder:
+    16-bit and float images scaled, not clipped); ImageReadError with the torch backend's reason."""
+    sample = ImageFileDataset([path], keep_original=False, stems=[path.stem])[0]
+    if isinstance(sample, FailedImage):
+        raise ImageReadError.for_file(path, sample.error)
+    return sample["image"].permute(1, 2, 0).numpy()
+
+
+def onnx_providers(device: str) -> list[Any]:
+    """onnxruntime providers for config key ``device``: ``auto`` takes the GPU when torch and
+    onnxruntime (onnxruntime-gpu's CUDA provider) both have one; ``cuda[:N]`` that onnxruntime
+    cannot use is an error, not a silent CPU run."""
+    import onnxruntime as ort
+
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if str(device) == "auto":
+        device = "cuda" if has_cuda and torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return ["CPUExecutionProvider"]
+    if not has_cuda:
+        raise ConfigError(f"config key 'device' is {str(device)!r} but this onnxruntime has no CUDA provider "
+                          "(pip install onnxruntime-gpu, or device=cpu)")
+    return [("CUDAExecutionProvider", {"device_id": dev.index or 0}), "CPUExecutionProvider"]
+
+
+def refuse_exported_settings(overrides: Sequence[str] | None) -> None:
+    """ConfigError for explicit overrides (``None``: hydra's command line) of what the graph fixed at
+    export: the model's keys (thresholds, detections per image, ...) and the test resize."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from panfpn.engine.model_spec import command_line_overrides
+
+    given = command_line_overrides() if overrides is None else list(overrides)
+    parsed = OverridesParser.create().parse_overrides(given)
+    fixed = [o.input_line for o in parsed if o.key_or_group.split(".")[0] == "model"
+             or o.key_or_group.startswith("data.val.transforms")]
+    if fixed:
+        raise ConfigError(f"predict.backend=onnxruntime runs the exported graph, whose model and test resize "
+                          f"were fixed by tools/export.py: {', '.join(fixed)} would have no effect; export "
+                          "again with it, or use predict.backend=torch")
+
+
+def predict_onnx(weights: str, paths: Sequence[Path], out_dir: Path, opts: Any,
+                 device: str = "cpu", overrides: Sequence[str] | None = None) -> dict[str, Any]:
+    """Predict ``paths`` with the ONNX pipeline ``weights`` into ``out_dir`` on config key ``device``
+    (:func:`onnx_providers`): panoptic PNGs + JSON and failed.txt as the torch backend, the inputs
+    read as there; no overlays or semantic PNGs; ``overrides`` as :func:`refuse_exported_settings`.
+    Returns the summary of ``predict_images``."""
     from panfpn.data.image_files import output_stems
     from panfpn.data.image_ids import image_ids
 
     if not str(weights).endswith(".onnx"):
         raise ConfigError(f"predict.backend=onnxruntime runs an exported pipeline: weights must be a .onnx "
                           f"file written by tools/export.py, got {weights!r}")
-    if opts.overlay or opts.semantic:
+    refuse_exported_settings(overrides)
+    if opts.semantic:
+        raise ConfigError("predict.backend=onnxruntime writes no semantic PNGs: set predict.semantic=false "
+                          "or use predict.backend=torch")
+    if opts.overlay:
         logger.warning("predict.backend=onnxruntime writes the panoptic PNGs and JSON only "
-                       "(predict.overlay / predict.semantic are ignored)")
+                       "(no overlays: predict.overlay is ignored)")
     stems = output_stems(list(paths))
     ids = image_ids(list(paths), stems, opts.image_id)
-    session = onnx_runner.open_session(weights)
+    session = onnx_runner.open_session(weights, providers=onnx_providers(device))
+    metadata = DatasetMetadata.from_coco_categories(onnx_runner.model_metadata(session)["categories"])
+    targets = prepare_targets(out_dir, metadata, overlay=False, overlay_format="png", overlay_alpha=0.0,
+                              semantic=False)
+    # as the torch backend: done images skipped (predict.overwrite), other images' entries kept
+    todo, skipped, kept = plan_outputs(list(paths), stems, dict(zip(stems, ids)), targets, bool(opts.overwrite))
     failed: list[tuple[str, str]] = []
     start = time.perf_counter()
-    json_path = onnx_runner.predict_files(session, paths, out_dir, stems=stems, image_ids=ids, failed=failed)
+    try:
+        json_path = onnx_runner.predict_files(session, [paths[i] for i in todo], out_dir,
+                                              stems=[stems[i] for i in todo], image_ids=[ids[i] for i in todo],
+                                              failed=failed, read=read_like_torch_backend, previous=kept)
+    finally:
+        write_failed(out_dir, [FailedImage(p, e) for p, e in failed])
     seconds = time.perf_counter() - start
     bad = {p for p, _ in failed}
-    predicted = [s for s, p in zip(stems, paths) if str(p) not in bad]
+    predicted = [stems[i] for i in todo if str(paths[i]) not in bad]
     for path, error in failed:
         logger.warning("skipped %s: %s", path, error)
     logger.info("predicted %d image(s) with onnxruntime into %s", len(predicted), out_dir)
     return {"output_dir": str(out_dir), "json": str(json_path), "num_inputs": len(paths),
-            "predicted": predicted, "skipped": [], "failed": [{"path": p, "error": e} for p, e in failed],
+            "predicted": predicted, "skipped": skipped, "failed": [{"path": p, "error": e} for p, e in failed],
             "seconds": seconds, "images_per_s": len(predicted) / seconds if seconds > 0 else 0.0}

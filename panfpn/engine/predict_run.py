@@ -47,7 +47,8 @@ from panfpn.engine.progress import bar_enabled
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.job_setup import fit_threads_to_cpus, setup_logging
 from panfpn.evaluation.prediction_folder import (OVERLAY_FORMATS, JsonState, PredictionTargets, WriteQueue,
-                                                 plan_outputs, prepare_targets, write_failed, write_one)
+                                                 plan_outputs, prepare_targets, without_own_outputs, write_failed,
+                                                 write_one)
 from panfpn.evaluation.label_mapping import model_segments_to_dataset
 from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks
 
@@ -88,8 +89,9 @@ def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None)
     fit_threads_to_cpus()
     paths = list_image_files(opts.input if isinstance(opts.input, str) else list(opts.input),
                              recursive=bool(opts.recursive))
+    paths = without_own_outputs(paths, out_dir)  # an output folder inside the input is not read back
     if opts.backend == "onnxruntime":  # the exported pipeline: panfpn/engine/predict_onnx.py
-        return predict_onnx(str(cfg.weights), paths, out_dir, opts)
+        return predict_onnx(str(cfg.weights), paths, out_dir, opts, str(cfg.device), overrides)
     built = build_inference_model(cfg, overrides)
     metadata, transforms = built.metadata, built.transform()
     model = built.model.to(device)

@@ -142,10 +142,14 @@ def plan_outputs(paths: list[Path], stems: list[str], ids: dict[str, Any], targe
                            paths[i], targets.writer.json_path)
         todo.append(i)
     new_ids = {ids[stems[i]] for i in todo}
+    new_paths = {str(paths[i]) for i in todo}
     kept = []
     for name, (img, ann) in previous.items():
         if not (targets.writer.png_dir / name).is_file():
             logger.warning("dropping %s from %s: its PNG is missing", name, targets.writer.json_path)
+        elif img.get("path") in new_paths:  # the input is predicted again, under another output name
+            logger.warning("dropping %s from %s: its input %s is now written as another name", name,
+                           targets.writer.json_path, img["path"])
         elif ann["image_id"] in new_ids:
             logger.warning("dropping %s from %s: image id %r is now another input's", name,
                            targets.writer.json_path, ann["image_id"])
@@ -185,6 +189,11 @@ def _previous_entries(json_path: Path, overwrite: bool) -> dict[str, tuple[dict,
             return {}
         raise ValueError(f"{e}; it is not a prediction JSON of ours: move it away or set "
                          f"predict.overwrite=true") from None
+    if not all(isinstance(img, dict) and "path" in img for img in data.get("images") or []):
+        # e.g. the ground truth of a dataset laid out as panoptic.json + panoptic/ (data/synthetic.py)
+        raise ValueError(f"{json_path} is not a prediction JSON of tools/predict.py (its images have no "
+                         "'path'): a dataset's ground truth? Predicting there would overwrite its PNGs; "
+                         "choose another predict.output_dir")
     images = {img["id"]: img for img in data.get("images", [])}
     return {ann["file_name"]: (images.get(ann["image_id"], {"id": ann["image_id"]}), ann)
             for ann in data["annotations"]}
@@ -203,6 +212,20 @@ def write_one(targets: PredictionTargets, stem: str, image_id: Any, path: str, i
         targets.semantic.add(image_id, sem, png_stem=stem)
     h, w = id_map.shape
     targets.writer.record(ann, {"id": image_id, "file_name": Path(path).name, "height": h, "width": w})
+
+
+def without_own_outputs(paths: list[Path], out_dir: Path) -> list[Path]:
+    """``paths`` less the files a predict run writes into ``out_dir`` (its image folders, the JSON,
+    failure lists and log), so that an output folder inside the input folder is not read back as
+    photos on the next run; logs how many were left out."""
+    out_dir = out_dir.resolve()
+    folders = [out_dir / name for name in (PANOPTIC_NAME, OVERLAY_DIR, SEMANTIC_DIR)]
+    files = {out_dir / name for name in (f"{PANOPTIC_NAME}.json", "failed.json", "failed.txt", "log.txt")}
+    kept = [p for p in paths if (r := p.resolve()) not in files and not any(r.is_relative_to(f) for f in folders)]
+    if len(kept) < len(paths):
+        logger.info("left out %d input file(s) that are this run's own outputs in %s",
+                    len(paths) - len(kept), out_dir)
+    return kept
 
 
 def write_failed(out_dir: Path, failed: list[FailedImage]) -> None:

@@ -1,0 +1,348 @@
+"""Odd inputs to tools/predict.py (both backends) and the standalone ONNX runner: what a user asks for
+vs what they get. Each test failed before its fix (named in the test's comment)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from config_helpers import compose_config
+from PIL import Image
+
+from panfpn.data.image_files import list_image_files, output_stems
+from panfpn.data.synthetic import synthetic_metadata
+from panfpn.engine.config import ConfigError
+from panfpn.engine.predict_run import predict_from_config, predict_images
+
+from test_predict_outputs import StripesModel, _assert_json_lists_exactly_the_files
+
+MODEL = ("model=panoptic_fpn_small", "model.roi_heads.box_head.test.score_thresh=0.0",
+         "model.roi_heads.box_head.test.detections_per_image=4")
+
+
+def _rgb(h=40, w=60, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A random small model's checkpoint and its exported ONNX pipeline (~2 s)."""
+    pytest.importorskip("onnxruntime")
+    from hydra.utils import instantiate
+
+    from panfpn.deploy.export import build_pipeline, export_pipeline_onnx
+    from panfpn.modeling.build import build_model
+
+    cfg = compose_config(MODEL, output_dir=tmp_path_factory.mktemp("run"))
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    folder = tmp_path_factory.mktemp("weights")
+    torch.save({"model": model.state_dict()}, folder / "model.pth")
+    pipeline = build_pipeline(model, synthetic_metadata(), instantiate(cfg.data.val.transforms))
+    export_pipeline_onnx(pipeline, folder / "model.onnx", metadata=synthetic_metadata())
+    return folder / "model.pth", folder / "model.onnx"
+
+
+def _predict(weights, inp, out, *extra):
+    backend = "onnxruntime" if str(weights).endswith(".onnx") else "torch"
+    cfg = compose_config([*MODEL, f"weights={weights}", f"++predict.input={inp}", f"++predict.output_dir={out}",
+                          f"predict.backend={backend}", "predict.progress_bar=false", "predict.batch_size=1",
+                          "predict.overlay=false", "device=cpu", *extra], output_dir=out.parent / "run")
+    return predict_from_config(cfg)
+
+
+def test_a_path_name_equal_to_another_inputs_stem_gets_its_own_file(tmp_path):
+    # Before: a.jpg and a.png became a_jpg / a_png, and a_jpg.png kept a_jpg: two images, one PNG
+    # (predict stopped with "prediction PNG a_jpg.png written twice" after writing it once).
+    assert output_stems([Path("/d/a.jpg"), Path("/d/a.png"), Path("/d/a_jpg.png")]) == ["a_jpg~2", "a_png", "a_jpg"]
+    stems = output_stems([Path("/d/x/a.jpg"), Path("/d/y/a.jpg"), Path("/d/x__a.jpg"), Path("/d/z/x__a.jpg")])
+    assert len(set(stems)) == 4
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for k, name in enumerate(["a.jpg", "a.png", "a_jpg.png"]):
+        Image.fromarray(_rgb(12, 16 + k)).save(inp / name)
+    result = predict_images(StripesModel(), list_image_files(inp), synthetic_metadata(), out, progress=False)
+    assert len(result["predicted"]) == 3
+    data = _assert_json_lists_exactly_the_files(out, expected_count=3)
+    widths = {Path(i["path"]).name: i["width"] for i in data["images"]}
+    assert widths == {"a.jpg": 16, "a.png": 17, "a_jpg.png": 18}
+
+
+def test_names_differing_only_in_case_get_distinct_outputs():
+    # Before: x/A.jpg and y/a.jpg wrote A.png and a.png: one file on macOS / Windows file systems.
+    stems = output_stems([Path("/d/x/A.jpg"), Path("/d/y/a.jpg"), Path("/d/b.jpg")])
+    assert len({s.casefold() for s in stems}) == 3 and stems[2] == "b"
+
+
+def _odd_inputs(folder: Path) -> None:
+    folder.mkdir()
+    rgb = _rgb()
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(folder / "grey16.png")  # mode I;16
+    Image.fromarray(rgb).save(folder / "photo.jpg")
+    Image.fromarray(rgb).save(folder / "no_suffix", format="PNG")
+    (folder / "empty.jpg").write_bytes(b"")
+
+
+def test_onnx_backend_reads_and_reports_inputs_like_torch(exported, tmp_path):
+    # Before, with predict.backend=onnxruntime: a 16-bit PNG was clipped to black and white by
+    # Pillow's convert("RGB") (other segments than the torch backend's), a file without an image
+    # suffix was predicted (torch skips it) and no failed.txt / failed.json was written.
+    pth, onnx = exported
+    _odd_inputs(tmp_path / "in")
+    for weights, name in ((pth, "torch"), (onnx, "onnx")):
+        _predict(weights, tmp_path / "in", tmp_path / name)
+    want, got = (json.loads((tmp_path / d / "panoptic.json").read_text()) for d in ("torch", "onnx"))
+    assert [a["file_name"] for a in got["annotations"]] == ["grey16.png", "photo.png"]
+    for g, w in zip(got["annotations"], want["annotations"], strict=True):
+        assert [(s["id"], s["category_id"], s["area"]) for s in g["segments_info"]] == \
+            [(s["id"], s["category_id"], s["area"]) for s in w["segments_info"]]
+        np.testing.assert_array_equal(*(np.asarray(Image.open(tmp_path / d / "panoptic" / g["file_name"]))
+                                        for d in ("onnx", "torch")))
+    assert (tmp_path / "onnx" / "failed.txt").read_text() == (tmp_path / "torch" / "failed.txt").read_text()
+    assert len(json.loads((tmp_path / "onnx" / "failed.json").read_text())["failed"]) == 2
+
+
+def test_too_many_pixels_is_skipped_not_a_traceback(exported, tmp_path, monkeypatch):
+    # Before: Pillow's DecompressionBombError (> 2 x Image.MAX_IMAGE_PIXELS, e.g. a 14000 x 14000
+    # scan) escaped the onnxruntime backend and the standalone runner: a traceback, and no JSON for
+    # the images already predicted. The torch backend skipped it; now both do.
+    from panfpn.deploy import onnx_runner
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Image.fromarray(_rgb(8, 8)).save(inp / "a_small.png")
+    Image.fromarray(_rgb(40, 60)).save(inp / "b_huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 2400 pixels > 2 x 1000
+    result = _predict(exported[1], inp, tmp_path / "out")
+    assert result["predicted"] == ["a_small"] and "DecompressionBombError" in result["failed"][0]["error"]
+    with pytest.raises(ValueError, match="DecompressionBombError"):
+        onnx_runner.read_rgb(inp / "b_huge.png")
+
+
+def test_standalone_runner_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    # Before: 2 grey levels left of 256 (Pillow clips I;16 to 0 / 255 in convert("RGB")).
+    from panfpn.data.image_io import read_image
+    from panfpn.deploy.onnx_runner import read_rgb
+
+    grey = np.arange(256, dtype=np.uint16).reshape(16, 16) * 257
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    assert Image.open(tmp_path / "g.png").mode.startswith("I")
+    np.testing.assert_array_equal(read_rgb(tmp_path / "g.png"), read_image(tmp_path / "g.png"))
+
+
+def test_standalone_runner_cli_skips_bad_files_and_refuses_clashing_names(exported, tmp_path, capsys):
+    # Before: one unreadable file among the inputs was a ValueError traceback after the others
+    # were predicted, and no panoptic.json was written; a.jpg + a.png was a traceback saying
+    # "pass distinct stems", which the command line has no way to do.
+    from panfpn.deploy import onnx_runner
+
+    Image.fromarray(_rgb()).save(tmp_path / "a.jpg")
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    out = tmp_path / "out"
+    assert onnx_runner.main([str(exported[1]), str(tmp_path / "a.jpg"), str(tmp_path / "broken.jpg"),
+                             "--out", str(out)]) == 0
+    data = json.loads((out / "panoptic.json").read_text())
+    assert [a["file_name"] for a in data["annotations"]] == ["a.png"] and (out / "panoptic" / "a.png").is_file()
+    assert "skipped" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        onnx_runner.main([str(exported[1]), str(tmp_path / "a.jpg"), str(tmp_path / "a.png"), "--out", str(out)])
+    assert exit_info.value.code == 2 and "a.png" in capsys.readouterr().err
+
+
+class _FailingSession:
+    """An onnxruntime session whose ``fail_at``-th run raises, like an out-of-memory or a Ctrl-C."""
+
+    def __init__(self, session, fail_at: int, error: BaseException):
+        self.session, self.fail_at, self.error, self.calls = session, fail_at, error, 0
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    def run(self, *args):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise self.error
+        return self.session.run(*args)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("onnxruntime: out of memory")])
+def test_runner_stopped_mid_run_lists_what_it_wrote(exported, tmp_path, error):
+    # Before: the JSON was written only after the last image, so a Ctrl-C or an error on image 3
+    # left 2 PNGs and no panoptic.json (or the previous run's JSON, listing other images).
+    from panfpn.deploy import onnx_runner
+
+    paths = []
+    for k in range(3):
+        Image.fromarray(_rgb(seed=k)).save(tmp_path / f"p{k}.png")
+        paths.append(tmp_path / f"p{k}.png")
+    session = _FailingSession(onnx_runner.open_session(exported[1]), 3, error)
+    with pytest.raises(type(error)):
+        onnx_runner.predict_files(session, paths, tmp_path / "out")
+    data = json.loads((tmp_path / "out" / "panoptic.json").read_text())
+    assert [a["file_name"] for a in data["annotations"]] == ["p0.png", "p1.png"]
+    assert sorted(p.name for p in (tmp_path / "out" / "panoptic").iterdir()) == ["p0.png", "p1.png"]
+
+
+def test_onnx_backend_refuses_options_it_cannot_honour(exported, tmp_path, monkeypatch):
+    # Before: predict.semantic=true only logged a warning (no semantic PNGs), and device=cuda ran
+    # on the CPU provider: both silently not what was asked.
+    import onnxruntime as ort
+
+    from panfpn.engine.predict_onnx import onnx_providers
+
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    with pytest.raises(ConfigError, match="predict.semantic"):
+        _predict(exported[1], tmp_path / "a.png", tmp_path / "out", "predict.semantic=true")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ConfigError, match="device.*onnxruntime-gpu"):
+        onnx_providers("cuda")
+    assert onnx_providers("auto") == onnx_providers("cpu") == ["CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert onnx_providers("cuda:1")[0] == ("CUDAExecutionProvider", {"device_id": 1})
+
+
+def test_onnx_backend_keeps_earlier_images_and_skips_done_ones(exported, tmp_path):
+    # Before, with predict.backend=onnxruntime: predict.overwrite=false was ignored (every image
+    # redone) and panoptic.json was replaced by this run's images only, so the PNGs of an earlier
+    # run into the folder were no longer listed (the torch backend keeps them, docs/predict.md).
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    for k, name in enumerate(["a.png", "b.png", "c.png"]):
+        Image.fromarray(_rgb(seed=k)).save(inp / name)
+    first = _predict(exported[1], f"[{inp / 'a.png'},{inp / 'b.png'}]", out)
+    assert first["predicted"] == ["a", "b"]
+    again = _predict(exported[1], f"[{inp / 'a.png'},{inp / 'b.png'}]", out)
+    assert again["predicted"] == [] and again["skipped"] == ["a", "b"]
+    other = _predict(exported[1], inp / "c.png", out)
+    assert other["predicted"] == ["c"]
+    data = json.loads((out / "panoptic.json").read_text())
+    assert sorted(a["file_name"] for a in data["annotations"]) == sorted(p.name for p in (out / "panoptic").iterdir())
+    assert sorted(a["image_id"] for a in data["annotations"]) == ["a", "b", "c"]
+    assert [i["id"] for i in data["images"]] == [a["image_id"] for a in data["annotations"]]
+    redo = _predict(exported[1], inp / "a.png", out, "predict.overwrite=true")
+    assert redo["predicted"] == ["a"]
+
+
+def test_output_folder_inside_the_input_folder_is_not_read_back(exported, tmp_path):
+    # Before: predict.input=photos predict.output_dir=photos/preds predict.recursive=true predicted,
+    # on the rerun, its own panoptic PNGs and overlays as photos; the name clash with them renamed
+    # a.jpg's outputs to a_jpg.png, and log.txt / panoptic.json / failed.* were listed as failures.
+    inp = tmp_path / "photos"
+    inp.mkdir()
+    Image.fromarray(_rgb()).save(inp / "a.jpg")
+    for _ in range(2):
+        result = _predict(exported[0], inp, inp / "preds", "predict.recursive=true", "predict.overlay=true")
+    assert result["predicted"] == [] and result["skipped"] == ["a"] and result["failed"] == []
+    assert sorted(p.name for p in (inp / "preds" / "panoptic").iterdir()) == ["a.png"]
+    # the output folder is the input folder itself: the photos are still read, our files are not
+    result = _predict(exported[0], inp, inp, "predict.overlay=true")
+    assert result["predicted"] == ["a"] and result["failed"] == []
+
+
+def test_runner_outputs_get_the_permissions_of_a_plain_write(exported, tmp_path):
+    # Before: the runner's atomic writes renamed mkstemp's 0600 files into place, so with umask 022
+    # panoptic.json and the PNGs were unreadable to the group and others (torch backend: 0644).
+    import os
+
+    from panfpn.deploy import onnx_runner
+
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    old = os.umask(0o022)
+    try:
+        onnx_runner.predict_files(onnx_runner.open_session(exported[1]), [tmp_path / "a.png"], tmp_path / "out")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "out" / "panoptic.json", tmp_path / "out" / "panoptic" / "a.png"):
+        assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+@pytest.mark.parametrize("override", ["model.roi_heads.box_head.test.score_thresh=0.7",
+                                      "data.val.transforms.short_edge_lengths=[64]"])
+def test_onnx_backend_refuses_model_and_resize_overrides(exported, tmp_path, override):
+    # Before: with predict.backend=onnxruntime a command-line score threshold or test resize was
+    # silently ignored (the graph fixes both at export): the user got the exported settings' result.
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    cfg = compose_config([*MODEL, f"weights={exported[1]}", f"++predict.input={tmp_path / 'a.png'}",
+                          f"++predict.output_dir={tmp_path / 'out'}", "predict.backend=onnxruntime",
+                          "predict.overlay=false", "device=cpu"], output_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace("[", r"\[")):
+        predict_from_config(cfg, overrides=[override])
+    assert not (tmp_path / "out" / "panoptic.json").exists()
+
+
+def test_subfolders_not_searched_are_reported(tmp_path, caplog):
+    # Before: without predict.recursive the images of subfolders were left out without a word, a
+    # folder holding only subfolders was "not a file, a folder with files, or a glob" with no hint,
+    # and with it a link to a folder (not followed) was left out silently.
+    import logging
+
+    (tmp_path / "photos" / "day1").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    Image.fromarray(_rgb()).save(tmp_path / "photos" / "a.jpg")
+    Image.fromarray(_rgb()).save(tmp_path / "photos" / "day1" / "b.jpg")
+    Image.fromarray(_rgb()).save(tmp_path / "elsewhere" / "c.jpg")
+    (tmp_path / "photos" / "day2").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with caplog.at_level(logging.INFO, logger="panfpn"):
+        assert [p.name for p in list_image_files(tmp_path / "photos")] == ["a.jpg"]
+        assert "2 subfolder(s) not searched (day1, day2): predict.recursive=true" in caplog.text
+        caplog.clear()
+        assert [p.name for p in list_image_files(tmp_path / "photos", recursive=True)] == ["a.jpg", "b.jpg"]
+        assert "1 subfolder(s) not searched (day2): links to folders are not followed" in caplog.text
+    (tmp_path / "photos" / "a.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="predict.recursive=true"):
+        list_image_files(tmp_path / "photos")
+
+
+def test_a_datasets_ground_truth_in_the_output_folder_is_never_overwritten(exported, tmp_path, capsys):
+    # Before: predict.input=synth/images predict.output_dir=synth on a synthetic dataset (its layout
+    # is panoptic.json + panoptic/, as predict's) took the ground truth for an earlier run's
+    # predictions: with overlays on, every GT PNG and the GT JSON were overwritten silently; with
+    # predict.overlay=false the images counted as done and the GT was listed as the predictions.
+    # The standalone runner overwrote them too.
+    from panfpn.data.synthetic import generate_dataset
+    from panfpn.deploy import onnx_runner
+
+    root = generate_dataset(tmp_path / "synth", num_images=2, seed=1)
+    before = {p: p.read_bytes() for p in [root / "panoptic.json", *sorted((root / "panoptic").iterdir())]}
+    images = list_image_files(root / "images")
+    for overlay, overwrite in ((True, False), (False, False), (True, True)):
+        with pytest.raises(ValueError, match="not a prediction JSON.*ground truth"):
+            predict_images(StripesModel(), images, synthetic_metadata(), root, overlay=overlay, overwrite=overwrite,
+                           progress=False)
+    with pytest.raises(SystemExit):
+        onnx_runner.main([str(exported[1]), *map(str, images), "--out", str(root)])
+    assert "ground truth" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_an_input_renamed_by_a_new_name_clash_is_listed_once(tmp_path):
+    # Before: photos/a.jpg predicted as 'a', then photos/ + more/ (more/a.jpg too) renamed it
+    # photos__a_jpg; the first run's entry 'a' was kept as "an image not in this run's input", so
+    # the JSON listed photos/a.jpg twice, under two image ids.
+    from test_predict_outputs import _photos
+
+    _photos(tmp_path / "photos", ["a.jpg"])
+    _photos(tmp_path / "more", ["a.jpg"])
+    out = tmp_path / "out"
+    predict_images(StripesModel(), list_image_files(tmp_path / "photos"), synthetic_metadata(), out, progress=False)
+    predict_images(StripesModel(), list_image_files([tmp_path / "photos", tmp_path / "more"]), synthetic_metadata(),
+                   out, progress=False)
+    data = json.loads((out / "panoptic.json").read_text())
+    assert sorted(i["id"] for i in data["images"]) == ["more__a_jpg", "photos__a_jpg"]
+    assert [a["image_id"] for a in data["annotations"]] == [i["id"] for i in data["images"]]
+
+
+def test_standalone_runner_gives_cityscapes_files_the_ids_predict_gives():
+    # Before: the runner's JSON named frankfurt_000000_000019_leftImg8bit.png by its stem, while
+    # tools/predict.py (predict.image_id=auto) and cityscapes_panoptic_val.json use
+    # frankfurt_000000_000019: the runner's predictions matched no ground-truth image.
+    from panfpn.data.image_ids import image_ids
+    from panfpn.deploy.onnx_runner import default_image_id
+
+    for names in (["frankfurt_000000_000019_leftImg8bit.png", "lindau_000001_000019_leftImg8bit.png"],
+                  ["000000000139.jpg", "000000000285.jpg"], ["1.jpg", "001.jpg"], ["a.jpg", "000001.jpg"]):
+        paths = [Path(n) for n in names]
+        stems = [p.stem for p in paths]
+        assert default_image_id(stems) == image_ids(paths, stems, "auto"), names

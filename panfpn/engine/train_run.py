@@ -27,7 +27,8 @@ from panfpn.data.transforms import check_data_transforms
 from panfpn.engine import distributed as du
 from panfpn.engine.training import run_log
 from panfpn.engine.training.checkpoint import (
-    capture_rng_state, find_last_checkpoint, prune_checkpoints, remove_stale_temp_files, save_checkpoint,
+    capture_rng_state, find_last_checkpoint, prune_checkpoints, remove_stale_temp_files,
+    restore_rng_state, save_checkpoint,
 )
 from panfpn.engine.config import validate_config
 from panfpn.engine.eval_loop import build_eval_loader, evaluate
@@ -384,9 +385,11 @@ class _Loop:
         signum = int(_max_over_ranks([float(self.stop.signum or 0)], self.device)[0])
         if signum:  # came during the checkpoint save just before
             return signum
+        rng = capture_rng_state()  # evaluating must not move training's RNG: resume is exact only then
         metrics = evaluate(self.model, self.val_loader, self.metadata,
                            build_evaluators(cfg, self.metadata, training=True), device=self.device,
                            max_images=cfg.eval.max_images, progress=False, should_stop=lambda: self.stop.requested)
+        restore_rng_state(rng)
         self.ddp_model.train()
         signum = int(_max_over_ranks([float(self.stop.signum or 0)], self.device)[0])
         if signum:

@@ -27,7 +27,7 @@ from panfpn.data.transforms import check_data_transforms
 from panfpn.engine import distributed as du
 from panfpn.engine.training import run_log
 from panfpn.engine.training.checkpoint import (
-    capture_rng_state, find_last_checkpoint, prune_checkpoints, remove_stale_temp_files,
+    FINAL_CHECKPOINT, capture_rng_state, find_last_checkpoint, prune_checkpoints, remove_stale_temp_files,
     restore_rng_state, save_checkpoint,
 )
 from panfpn.engine.config import validate_config
@@ -276,6 +276,8 @@ class _Loop:
         data_iter = iter(loader)
         self.ddp_model.train()
         t_start = t_end = time.perf_counter()
+        if it == self.max_iter and (signum := self.finish_at_end(it, t_start)):  # resumed at the end
+            self.result.update(interrupted=True, signal=signum)
         while it < self.max_iter:
             batch = move_batch(next(data_iter), self.device)
             t_data = time.perf_counter()
@@ -362,6 +364,14 @@ class _Loop:
                                   self.metadata, self.skipped)
         _save(self.run_dir, state, keep=self.cfg.train.keep_checkpoints, final=final)
         self.result["checkpoint"] = str(find_last_checkpoint(self.run_dir))
+
+    def finish_at_end(self, it: int, t_start: float) -> int:
+        """Resumed at solver.max_iter: write model_final.pth when the checkpoint is another one (a
+        lowered max_iter) and run the final evaluation (it may have been interrupted, or never
+        run); returns the signal that stopped it (0: none)."""
+        if Path(str(self.result["checkpoint"])).name != FINAL_CHECKPOINT:
+            self.save(it, final=True)
+        return self.evaluate(it, t_start) if self.eval_due(it) else 0
 
     def check_skipped_fraction(self) -> None:
         """NonFiniteLossError before model_final when too many of the run's steps were skipped."""

@@ -9,6 +9,7 @@ import torch
 
 from panfpn.engine.training.checkpoint import LAST_CHECKPOINT, load_training_checkpoint
 from panfpn.engine.train_run import train_from_config
+from tests.engine.test_interrupt import signal_in_eval_call
 
 
 @pytest.fixture(autouse=True)
@@ -38,3 +39,35 @@ def test_resume_after_a_periodic_evaluation_gives_the_uninterrupted_weights(tiny
     a = load_training_checkpoint(straight / "model_final.pth")["model"]
     b = load_training_checkpoint(resumed / "model_final.pth")["model"]
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+def test_resume_after_the_final_evaluation_was_interrupted_evaluates(tiny_cfg, tmp_path, monkeypatch):
+    """Ctrl-C during the final evaluation exits 130 and says 'continue with resume=true'; that
+    resume found model_final at solver.max_iter, trained nothing and returned without the final
+    evaluation (exit 0, no metrics, no objective)."""
+    overrides = ("train.eval_period=0", "eval.compute_ap=false", "train.num_vis_images=0")
+    signal_in_eval_call(monkeypatch, signal.SIGINT)
+    stopped = train_from_config(tiny_cfg(*overrides))
+    assert stopped["interrupted"] and stopped["iteration"] == 4 and stopped["eval"] is None
+    monkeypatch.undo()
+    result = train_from_config(tiny_cfg(*overrides, "resume=true"))
+    assert not result["interrupted"] and result["iteration"] == 4
+    assert result["eval"] is not None and "panoptic" in result["eval"]
+    assert [r["iter"] for r in records(tmp_path / "run", "eval")] == [4]
+
+
+def test_resume_at_a_lowered_max_iter_writes_model_final_and_evaluates(tiny_cfg, tmp_path):
+    """solver.max_iter lowered to the iteration of the newest periodic checkpoint: the resumed run
+    trained nothing and ended 'successfully' without model_final.pth and without evaluating."""
+    run = tmp_path / "run"
+    train_from_config(tiny_cfg("train.eval_period=-1"))  # checkpoints at 2 and 4 (final)
+    (run / "model_final.pth").unlink()  # as if killed before iteration 4
+    (run / LAST_CHECKPOINT).write_text("model_0000002.pth")
+    result = train_from_config(tiny_cfg("train.eval_period=0", "eval.compute_ap=false", "solver.max_iter=2",
+                                        "solver.schedule.steps=[1]", "solver.schedule.warmup_iters=1",
+                                        "resume=true"))
+    assert result["iteration"] == 2 and result["eval"] is not None
+    final = load_training_checkpoint(run / "model_final.pth")
+    assert final["iteration"] == 2
+    weights = load_training_checkpoint(run / "model_0000002.pth")["model"]
+    assert all(torch.equal(final["model"][k], v) for k, v in weights.items())

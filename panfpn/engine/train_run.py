@@ -259,6 +259,7 @@ class _Loop:
         self.model, self.ddp_model, self.val_loader = model, ddp_model, val_loader
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.log, self.bar = log, bar
+        self.step_lr = float(optimizer.param_groups[0]["lr"])  # the lr of the last step taken
         self.start_iter, self.max_iter = resumed.iteration, int(cfg.solver.max_iter)
         self.skipped, self.consecutive = resumed.skipped_steps, 0
         self.bad_terms: Counter[str] = Counter()
@@ -330,6 +331,7 @@ class _Loop:
             # The schedule follows iterations, also those whose step was skipped (fp16 grad
             # scaler overflow, on_nonfinite=skip); torch warns about that on the first one.
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            self.step_lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used, as logged
             self.scheduler.step()
         return int(signum)
 
@@ -350,7 +352,7 @@ class _Loop:
         logger.warning("%s: step skipped (train.on_nonfinite=skip, %d in a row)", message, self.consecutive)
 
     def log_window(self, it: int) -> None:
-        scalars = _window_scalars(self.window, self.times, self.optimizer, self.device, self.skipped)
+        scalars = _window_scalars(self.window, self.times, self.step_lr, self.device, self.skipped)
         self.result["losses"] = scalars
         self.log.scalars(it, scalars)
         run_log.log_metrics(it, self.max_iter, scalars)
@@ -413,13 +415,13 @@ class _Loop:
         return 0
 
 
-def _window_scalars(window: dict[str, list[float]], times: dict, optimizer, device, skipped: int) -> dict:
+def _window_scalars(window: dict[str, list[float]], times: dict, lr: float, device, skipped: int) -> dict:
     scalars = {f"loss/{k}": float(np.mean(v)) for k, v in window.items()}
     if window:
         scalars["loss/total"] = float(sum(np.mean(v) for v in window.values()))
     scalars = du.all_reduce_mean(scalars, device)
     n = max(times["n"], 1)
-    scalars["lr"] = optimizer.param_groups[0]["lr"]
+    scalars["lr"] = lr
     scalars["time/iter"] = times["iter"] / n
     scalars["time/data"] = times["data"] / n
     scalars["skipped_steps"] = float(skipped)

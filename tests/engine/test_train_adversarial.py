@@ -71,3 +71,22 @@ def test_resume_at_a_lowered_max_iter_writes_model_final_and_evaluates(tiny_cfg,
     assert final["iteration"] == 2
     weights = load_training_checkpoint(run / "model_0000002.pth")["model"]
     assert all(torch.equal(final["model"][k], v) for k, v in weights.items())
+
+
+def test_the_logged_lr_is_the_lr_of_the_logged_steps(tiny_cfg, tmp_path, monkeypatch):
+    """metrics.jsonl / TensorBoard 'lr' at iteration N was read after the scheduler stepped: the
+    lr of step N + 1, not of the step whose losses the row holds (Detectron2 logs the lr the step
+    used). The warmup's first lr never appeared, the step decay showed one iteration early and a
+    cosine run ended at 'lr 0' although its last step used more."""
+    used = []
+    original = torch.optim.SGD.step
+
+    def step(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    train_from_config(tiny_cfg("train.eval_period=-1"))  # warmup 2, step at 3, 4 iterations
+    logged = [r["lr"] for r in records(tmp_path / "run", "train")]
+    assert used == pytest.approx([0.01 * 0.001, 0.01 * (0.001 * 0.5 + 0.5), 0.01, 0.001], rel=1e-9)
+    assert logged == used

@@ -9,6 +9,7 @@ import torch
 
 from panfpn.engine.training.checkpoint import LAST_CHECKPOINT, load_training_checkpoint
 from panfpn.engine.train_run import train_from_config
+from panfpn.engine.training.solver import WarmupMultiStep
 from tests.engine.test_interrupt import signal_in_eval_call
 
 
@@ -90,3 +91,12 @@ def test_the_logged_lr_is_the_lr_of_the_logged_steps(tiny_cfg, tmp_path, monkeyp
     logged = [r["lr"] for r in records(tmp_path / "run", "train")]
     assert used == pytest.approx([0.01 * 0.001, 0.01 * (0.001 * 0.5 + 0.5), 0.01, 0.001], rel=1e-9)
     assert logged == used
+
+
+@pytest.mark.parametrize("steps", [[3, 3], [0, 3], [-1]], ids=["duplicated", "zero", "negative"])
+def test_steps_that_are_no_lr_drop_are_rejected_with_the_key(steps):
+    """steps=[3, 3] (a typo for [3, 4]) passed the 'increasing' check and applied gamma twice at
+    iteration 3 (lr x 0.01); a step at 0 or below decayed the lr from the first iteration. Detectron2
+    (fvcore MultiStepParamScheduler) requires strictly increasing positive milestones."""
+    with pytest.raises(ValueError, match=r"solver\.schedule\.steps"):
+        WarmupMultiStep(steps=steps, gamma=0.1, warmup_iters=0, max_iter=4)

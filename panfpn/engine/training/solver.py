@@ -80,8 +80,8 @@ class WarmupMultiStep:
 
     def __init__(self, *, steps: Sequence[int], gamma: float = 0.1, warmup_iters: int = 1000,
                  warmup_factor: float = 0.001, max_iter: int | None = None) -> None:
-        if list(steps) != sorted(steps):
-            raise ValueError(f"solver.schedule.steps must be increasing, got {list(steps)}")
+        if any(b <= a for a, b in zip([0, *steps], steps)):  # a repeated step would apply gamma twice
+            raise ValueError(f"solver.schedule.steps must be strictly increasing iterations >= 1, got {list(steps)}")
         if max_iter is not None and any(s > max_iter for s in steps):
             raise ValueError(f"solver.schedule.steps {list(steps)} go past solver.max_iter={max_iter}")
         self.steps = list(steps)

@@ -221,7 +221,7 @@ def _train(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict:
     resumed = Resumed()
     if cfg.resume:
         resumed = resume_training(run_dir, cfg, model=model, optimizer=optimizer, scheduler=scheduler,
-                                  scaler=scaler)
+                                  scaler=scaler, metadata=metadata)
     model, ddp_model = _wrap_distributed(model, device)
 
     train_set = instantiate(cfg.data.train)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from panfpn.engine.training.checkpoint import LAST_CHECKPOINT, load_training_checkpoint
+from panfpn.engine.config import ConfigError
 from panfpn.engine.train_run import train_from_config
 from panfpn.engine.training.solver import WarmupMultiStep
 from tests.engine.test_interrupt import signal_in_eval_call
@@ -100,3 +101,39 @@ def test_steps_that_are_no_lr_drop_are_rejected_with_the_key(steps):
     (fvcore MultiStepParamScheduler) requires strictly increasing positive milestones."""
     with pytest.raises(ValueError, match=r"solver\.schedule\.steps"):
         WarmupMultiStep(steps=steps, gamma=0.1, warmup_iters=0, max_iter=4)
+
+
+def _two_iterations(tiny_cfg, *overrides):
+    return train_from_config(tiny_cfg("train.eval_period=-1", "solver.max_iter=2", "solver.schedule.steps=[1]",
+                                      "solver.schedule.warmup_iters=1", *overrides))
+
+
+def test_resume_on_other_categories_is_an_error_naming_them(tiny_cfg, tmp_path):
+    """The model config only records class counts: a run resumed on a dataset with as many classes
+    but other categories (here two thing categories swapped) went on training, the model's class 0
+    now meaning another category, and model_final recorded the new labels."""
+    _two_iterations(tiny_cfg)
+    final = tmp_path / "run" / "model_final.pth"
+    ckpt = load_training_checkpoint(final)
+    cats = ckpt["metadata"]["categories"]
+    cats[0]["id"], cats[1]["id"] = cats[1]["id"], cats[0]["id"]  # the old run's dataset: 1 rectangle, 3 ellipse
+    torch.save(ckpt, final)
+    with pytest.raises(ConfigError) as err:
+        train_from_config(tiny_cfg("train.eval_period=-1", "solver.schedule.warmup_iters=1", "resume=true"))
+    message = str(err.value)
+    assert str(final) in message and "class 0: id 1 'rectangle' (thing) -> id 1 'ellipse' (thing)" in message
+    assert "class 2" not in message  # only what differs
+    assert load_training_checkpoint(final)["iteration"] == 2  # nothing trained
+
+
+def test_resume_with_another_seed_or_training_data_says_so(tiny_cfg, tmp_path):
+    """seed and data.train changed between a run and its resume: the sample order, the augmentation
+    seeds and the images differ from the uninterrupted run's, and nothing said so (only solver.*
+    changes were listed)."""
+    _two_iterations(tiny_cfg)
+    train_from_config(tiny_cfg("train.eval_period=-1", "solver.schedule.warmup_iters=1", "resume=true", "seed=5",
+                               "data.train.num_images=6", "data.num_workers=1"))
+    log = (tmp_path / "run" / "log.txt").read_text()
+    line = next(line for line in log.splitlines() if "training data" in line)
+    assert "WARNING" in line and "seed: 0 -> 5" in line and "data.train.num_images: 8 -> 6" in line
+    assert "num_workers" not in line  # does not change what is read

@@ -1,7 +1,7 @@
 """Resume a run from its run dir: right, or a clear error.
 
 The newest checkpoint that loads is used (a corrupt one is named and skipped); the model config
-must be the checkpoint's; the optimizer, lr schedule and their hyperparameters follow the CURRENT
+and the categories must be the checkpoint's (a changed seed or training data is logged); the optimizer, lr schedule and their hyperparameters follow the CURRENT
 solver config (so ``solver.max_iter`` can be raised to extend a run), and the log says what changed.
 """
 
@@ -18,13 +18,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine import distributed as du
 from panfpn.engine.training.checkpoint import load_resumable, restore_rng_state
 from panfpn.engine.config import ConfigError
+from panfpn.engine.model_spec import renamed_categories, same_labels
 from panfpn.engine.training.solver import set_schedule_iteration
 
 logger = logging.getLogger("panfpn")
 _ABSENT = "<absent>"
+# What decides the samples a run reads (order, images, augmentation seeds); data.num_workers does not.
+DATA_KEYS = ("seed", "data.batch_size", "data.train")
 
 
 @dataclass
@@ -83,6 +87,55 @@ def check_same_model(cfg: DictConfig, ckpt: dict, path: Path) -> None:
                           f"start a new run (another output_dir) with weights={path}")
 
 
+def _label_changes(old: DatasetMetadata, new: DatasetMetadata) -> list[str]:
+    """``class i: id 3 'ellipse' (thing) -> id 1 'ellipse' (thing)`` for each contiguous class
+    index whose category differs, and a changed semantic mode."""
+    def show(c) -> str:
+        return "<absent>" if c is None else f"id {c.id} '{c.name}' ({'thing' if c.isthing else 'stuff'})"
+    a, b = list(old.categories), list(new.categories)
+    pad = [None] * abs(len(a) - len(b))
+    a, b = (a + pad, b) if len(a) < len(b) else (a, b + pad)
+    out = [f"class {i}: {show(x)} -> {show(y)}" for i, (x, y) in enumerate(zip(a, b))
+           if x is None or y is None or (x.id, x.name, x.isthing) != (y.id, y.name, y.isthing)]
+    if old.sem_seg_mode != new.sem_seg_mode:
+        out.append(f"sem_seg_mode: {old.sem_seg_mode} -> {new.sem_seg_mode}")
+    return out
+
+
+def check_same_labels(metadata: DatasetMetadata, ckpt: dict, path: Path) -> None:
+    """ConfigError when data.metadata has other categories than the checkpoint's training: with
+    the same class counts the model config is the same, but its classes would change meaning."""
+    meta = ckpt.get("metadata")
+    if not meta:  # written before checkpoints recorded labels: the class counts were compared
+        return
+    old = DatasetMetadata.from_coco_categories(meta["categories"], sem_seg_mode=meta["sem_seg_mode"],
+                                               name=meta.get("name", ""))
+    if same_labels(old, metadata) and not renamed_categories(old, metadata):
+        return
+    changes = _label_changes(old, metadata)
+    raise ConfigError(f"resume=true: {path} was trained on the categories of '{old.name}' but data.metadata "
+                      f"('{metadata.name}') has others: {'; '.join(changes[:6])}"
+                      f"{f' (and {len(changes) - 6} more)' if len(changes) > 6 else ''}. Resume with the "
+                      f"checkpoint's dataset, or start a new run (another output_dir) with weights={path}")
+
+
+def _warn_data_changes(cfg: DictConfig, ckpt: dict, path: Path) -> None:
+    """Warn when seed or the training data changed: the resumed run reads other samples than
+    the uninterrupted run would (allowed: e.g. the dataset moved to another data.train.root)."""
+    text = ckpt.get("config")
+    if not text:
+        return
+    old_cfg, changes = OmegaConf.create(text), []
+    for key in DATA_KEYS:
+        old, new = OmegaConf.select(old_cfg, key, default=None), OmegaConf.select(cfg, key, default=None)
+        changes += config_changes(_container(old) if OmegaConf.is_config(old) else old,
+                                  _container(new) if OmegaConf.is_config(new) else new, key)
+    if changes:
+        logger.warning("resume: the training data changed since %s (%s): the resumed run reads other samples, "
+                       "or in another order or with other augmentations, than the uninterrupted run would",
+                       path, "; ".join(changes))
+
+
 def _check_solver(cfg: DictConfig, old: dict | None, path: Path) -> list[str]:
     """The solver changes since the checkpoint; ConfigError for those that cannot resume."""
     if old is None:
@@ -121,7 +174,7 @@ def _check_iteration(iteration: int, cfg: DictConfig, path: Path) -> None:
 
 def resume_training(run_dir: str | os.PathLike, cfg: DictConfig, *, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
-                    scaler: torch.amp.GradScaler) -> Resumed:
+                    scaler: torch.amp.GradScaler, metadata: DatasetMetadata | None = None) -> Resumed:
     """Load the newest loadable checkpoint of ``run_dir`` into the training state built from
     ``cfg``; the lr schedule is ``cfg``'s, set to the checkpoint's iteration."""
     found = load_resumable(run_dir)
@@ -131,6 +184,9 @@ def resume_training(run_dir: str | os.PathLike, cfg: DictConfig, *, model: torch
     path, ckpt = found
     iteration = int(ckpt["iteration"])
     check_same_model(cfg, ckpt, path)
+    if metadata is not None:
+        check_same_labels(metadata, ckpt, path)
+    _warn_data_changes(cfg, ckpt, path)
     changes = _check_solver(cfg, checkpoint_section(ckpt, "solver"), path)
     _check_iteration(iteration, cfg, path)
     model.load_state_dict(ckpt["model"])

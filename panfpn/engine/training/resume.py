@@ -169,7 +169,8 @@ def _check_iteration(iteration: int, cfg: DictConfig, path: Path) -> None:
         raise ConfigError(f"resume=true: {path} is at iteration {iteration}, past solver.max_iter={max_iter}; "
                           f"raise solver.max_iter to continue the run")
     if iteration == max_iter:
-        logger.info("%s is at solver.max_iter=%d: nothing left to train", path, max_iter)
+        logger.info("%s is at solver.max_iter=%d: nothing left to train; model_final.pth (when it is "
+                    "another checkpoint) and the final evaluation (unless train.eval_period=-1) follow", path, max_iter)
 
 
 def resume_training(run_dir: str | os.PathLike, cfg: DictConfig, *, model: torch.nn.Module,

@@ -137,3 +137,14 @@ def test_resume_with_another_seed_or_training_data_says_so(tiny_cfg, tmp_path):
     line = next(line for line in log.splitlines() if "training data" in line)
     assert "WARNING" in line and "seed: 0 -> 5" in line and "data.train.num_images: 8 -> 6" in line
     assert "num_workers" not in line  # does not change what is read
+
+
+def test_resume_with_another_amp_or_clipping_says_so(tiny_cfg, tmp_path):
+    """train.clip_grad_norm / train.amp changed on resume changed every later step without a word."""
+    _two_iterations(tiny_cfg)
+    train_from_config(tiny_cfg("train.eval_period=-1", "solver.schedule.warmup_iters=1", "resume=true",
+                               "train.clip_grad_norm=1.0", "train.amp=true"))
+    log = (tmp_path / "run" / "log.txt").read_text()
+    line = next(line for line in log.splitlines() if "training step changed" in line)
+    assert "WARNING" in line and "train.clip_grad_norm: None -> 1.0" in line and "train.amp: False -> True" in line
+    assert "training data changed" not in log

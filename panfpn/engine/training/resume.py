@@ -29,6 +29,8 @@ logger = logging.getLogger("panfpn")
 _ABSENT = "<absent>"
 # What decides the samples a run reads (order, images, augmentation seeds); data.num_workers does not.
 DATA_KEYS = ("seed", "data.batch_size", "data.train")
+# How a step is computed, besides solver.* (listed on its own).
+STEP_KEYS = ("train.amp", "train.amp_dtype", "train.clip_grad_norm", "train.on_nonfinite")
 
 
 @dataclass
@@ -119,21 +121,30 @@ def check_same_labels(metadata: DatasetMetadata, ckpt: dict, path: Path) -> None
                       f"checkpoint's dataset, or start a new run (another output_dir) with weights={path}")
 
 
-def _warn_data_changes(cfg: DictConfig, ckpt: dict, path: Path) -> None:
-    """Warn when seed or the training data changed: the resumed run reads other samples than
-    the uninterrupted run would (allowed: e.g. the dataset moved to another data.train.root)."""
+def _changes(cfg: DictConfig, old_cfg: DictConfig, keys: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    for key in keys:
+        old, new = OmegaConf.select(old_cfg, key, default=None), OmegaConf.select(cfg, key, default=None)
+        out += config_changes(_container(old) if OmegaConf.is_config(old) else old,
+                              _container(new) if OmegaConf.is_config(new) else new, key)
+    return out
+
+
+def _warn_run_changes(cfg: DictConfig, ckpt: dict, path: Path) -> None:
+    """Warn when seed, the training data or how a step is computed (AMP, clipping) changed: the
+    resumed run then differs from the uninterrupted one (allowed: e.g. the dataset moved)."""
     text = ckpt.get("config")
     if not text:
         return
-    old_cfg, changes = OmegaConf.create(text), []
-    for key in DATA_KEYS:
-        old, new = OmegaConf.select(old_cfg, key, default=None), OmegaConf.select(cfg, key, default=None)
-        changes += config_changes(_container(old) if OmegaConf.is_config(old) else old,
-                                  _container(new) if OmegaConf.is_config(new) else new, key)
-    if changes:
+    old_cfg = OmegaConf.create(text)
+    data, step = _changes(cfg, old_cfg, DATA_KEYS), _changes(cfg, old_cfg, STEP_KEYS)
+    if data:
         logger.warning("resume: the training data changed since %s (%s): the resumed run reads other samples, "
                        "or in another order or with other augmentations, than the uninterrupted run would",
-                       path, "; ".join(changes))
+                       path, "; ".join(data))
+    if step:
+        logger.warning("resume: the training step changed since %s (%s): the steps from here on are computed "
+                       "otherwise than the uninterrupted run's", path, "; ".join(step))
 
 
 def _check_solver(cfg: DictConfig, old: dict | None, path: Path) -> list[str]:
@@ -187,7 +198,7 @@ def resume_training(run_dir: str | os.PathLike, cfg: DictConfig, *, model: torch
     check_same_model(cfg, ckpt, path)
     if metadata is not None:
         check_same_labels(metadata, ckpt, path)
-    _warn_data_changes(cfg, ckpt, path)
+    _warn_run_changes(cfg, ckpt, path)
     changes = _check_solver(cfg, checkpoint_section(ckpt, "solver"), path)
     _check_iteration(iteration, cfg, path)
     model.load_state_dict(ckpt["model"])

@@ -35,7 +35,7 @@ from panfpn.engine.eval_loop import build_eval_loader, evaluate
 from panfpn.engine.progress import bar_enabled
 from panfpn.engine.training.metrics_log import MetricsLog
 from panfpn.engine.model_spec import describe_model
-from panfpn.engine.training.resume import Resumed, resume_training
+from panfpn.engine.training.resume import Resumed, resume_training, warn_fresh_start
 from panfpn.engine.training.run_lock import hold_run_dir
 from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, move_batch, setup_logging
 from panfpn.modeling.build import build_model
@@ -219,6 +219,8 @@ def _train(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict:
     model = build_model(cfg).to(device)
     optimizer, scheduler, scaler = _build_solver(cfg, model, device)
     resumed = Resumed()
+    if not cfg.resume and du.is_main_process():
+        warn_fresh_start(run_dir)
     if cfg.resume:
         resumed = resume_training(run_dir, cfg, model=model, optimizer=optimizer, scheduler=scheduler,
                                   scaler=scaler, metadata=metadata)
@@ -231,8 +233,7 @@ def _train(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict:
     val_loader = None
     if cfg.train.eval_period >= 0:
         val_loader = build_eval_loader(cfg, instantiate(cfg.data.val))
-    log = MetricsLog(run_dir, enabled=du.is_main_process(),
-                     resumed_at=resumed.iteration if cfg.resume else None)
+    log = MetricsLog(run_dir, enabled=du.is_main_process(), resumed_at=resumed.iteration)  # fresh: 0
     bar = tqdm(total=int(cfg.solver.max_iter), initial=resumed.iteration, dynamic_ncols=True, desc="train",
                disable=not (du.is_main_process() and bar_enabled(cfg.train.progress_bar)))
     run_log.log_start(cfg, log, run_dir=run_dir, model=model, train_set=train_set, val_loader=val_loader,

@@ -148,3 +148,16 @@ def test_resume_with_another_amp_or_clipping_says_so(tiny_cfg, tmp_path):
     line = next(line for line in log.splitlines() if "training step changed" in line)
     assert "WARNING" in line and "train.clip_grad_norm: None -> 1.0" in line and "train.amp: False -> True" in line
     assert "training data changed" not in log
+
+
+def test_a_fresh_run_in_a_used_folder_says_so_and_logs_only_its_own_iterations(tiny_cfg, tmp_path):
+    """resume=false (e.g. a requeued job without resume=true) in a folder holding a finished run:
+    training restarted from scratch without a word, and metrics.jsonl held both runs (iterations
+    1, 2, 3, 4, 1, 2), which the learning-curve and speed scripts read as one run."""
+    train_from_config(tiny_cfg("train.eval_period=-1"))
+    _two_iterations(tiny_cfg)
+    run = tmp_path / "run"
+    assert [r["iter"] for r in records(run, "train")] == [1, 2]
+    log = (run / "log.txt").read_text()
+    assert any("WARNING" in line and "resume=false" in line and "model_final.pth" in line
+               for line in log.splitlines())

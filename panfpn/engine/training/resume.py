@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine import distributed as du
-from panfpn.engine.training.checkpoint import load_resumable, restore_rng_state
+from panfpn.engine.training.checkpoint import load_resumable, restore_rng_state, resume_candidates
 from panfpn.engine.config import ConfigError
 from panfpn.engine.model_spec import renamed_categories, same_labels
 from panfpn.engine.training.solver import set_schedule_iteration
@@ -182,6 +182,17 @@ def _check_iteration(iteration: int, cfg: DictConfig, path: Path) -> None:
     if iteration == max_iter:
         logger.info("%s is at solver.max_iter=%d: nothing left to train; model_final.pth (when it is "
                     "another checkpoint) and the final evaluation (unless train.eval_period=-1) follow", path, max_iter)
+
+
+def warn_fresh_start(run_dir: str | os.PathLike) -> None:
+    """resume=false in a folder that holds checkpoints (a requeued job without resume=true?): say
+    that this run starts from scratch and replaces the earlier run's logs and checkpoints."""
+    found = resume_candidates(run_dir)
+    if found:
+        logger.warning("resume=false but %s holds checkpoints of an earlier run (%s): this run starts from "
+                       "scratch; its metrics.jsonl and TensorBoard records replace the earlier run's, and its "
+                       "checkpoints overwrite them (resume=true continues the earlier run instead)",
+                       run_dir, ", ".join(p.name for p in found[:3]))
 
 
 def resume_training(run_dir: str | os.PathLike, cfg: DictConfig, *, model: torch.nn.Module,

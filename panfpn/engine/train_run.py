@@ -278,7 +278,7 @@ class _Loop:
         data_iter = iter(loader)
         self.ddp_model.train()
         t_start = t_end = time.perf_counter()
-        if it == self.max_iter and (signum := self.finish_at_end(it, t_start)):  # resumed at the end
+        if it > 0 and (signum := self.catch_up(it, t_start)):  # resumed: what a stop left undone
             self.result.update(interrupted=True, signal=signum)
         while it < self.max_iter:
             batch = move_batch(next(data_iter), self.device)
@@ -368,13 +368,19 @@ class _Loop:
         _save(self.run_dir, state, keep=self.cfg.train.keep_checkpoints, final=final)
         self.result["checkpoint"] = str(find_last_checkpoint(self.run_dir))
 
-    def finish_at_end(self, it: int, t_start: float) -> int:
-        """Resumed at solver.max_iter: write model_final.pth when the checkpoint is another one (a
-        lowered max_iter) and run the final evaluation (it may have been interrupted, or never
-        run); returns the signal that stopped it (0: none)."""
-        if Path(str(self.result["checkpoint"])).name != FINAL_CHECKPOINT:
-            self.save(it, final=True)
-        return self.evaluate(it, t_start) if self.eval_due(it) else 0
+    def catch_up(self, it: int, t_start: float) -> int:
+        """Resumed at ``it``: at solver.max_iter, write model_final.pth when the checkpoint is another
+        one (a lowered max_iter) and run the final evaluation (it may have been interrupted); before
+        it, the evaluation due at ``it`` when it is not logged (a signal stopped it). Returns the
+        signal that stopped this (0: none)."""
+        if it == self.max_iter:
+            if Path(str(self.result["checkpoint"])).name != FINAL_CHECKPOINT:
+                self.save(it, final=True)
+            return self.evaluate(it, t_start) if self.eval_due(it) else 0
+        missing = du.is_main_process() and not self.log.logged(it, "eval")
+        if self.eval_due(it) and _max_over_ranks([float(missing)], self.device)[0]:  # main rank decides
+            return self.evaluate(it, t_start)
+        return 0
 
     def check_skipped_fraction(self) -> None:
         """NonFiniteLossError before model_final when too many of the run's steps were skipped."""

@@ -161,3 +161,17 @@ def test_a_fresh_run_in_a_used_folder_says_so_and_logs_only_its_own_iterations(t
     log = (run / "log.txt").read_text()
     assert any("WARNING" in line and "resume=false" in line and "model_final.pth" in line
                for line in log.splitlines())
+
+
+def test_a_periodic_evaluation_stopped_by_a_signal_is_run_on_resume(tiny_cfg, tmp_path, monkeypatch):
+    """SIGTERM/Ctrl-C during the evaluation at iteration 2 (long evaluations are where a
+    preemption usually lands) saves iteration 2 and drops the partial metrics; the resumed run
+    started training at iteration 3, so the curve silently lacked that evaluation for good."""
+    overrides = ("train.eval_period=2", "train.checkpoint_period=100", "eval.compute_ap=false",
+                 "train.num_vis_images=0")
+    signal_in_eval_call(monkeypatch, signal.SIGINT)
+    stopped = train_from_config(tiny_cfg(*overrides))
+    assert stopped["interrupted"] and stopped["iteration"] == 2
+    monkeypatch.undo()
+    train_from_config(tiny_cfg(*overrides, "resume=true"))
+    assert [r["iter"] for r in records(tmp_path / "run", "eval")] == [2, 4]

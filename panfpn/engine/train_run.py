@@ -39,7 +39,7 @@ from panfpn.engine.training.resume import Resumed, resume_training, warn_fresh_s
 from panfpn.engine.training.run_lock import hold_run_dir
 from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, move_batch, setup_logging
 from panfpn.modeling.build import build_model
-from panfpn.engine.training.solver import build_optimizer, clip_gradients, scaled_lr
+from panfpn.engine.training.solver import base_group, build_optimizer, clip_gradients, scaled_lr
 from panfpn.evaluation.build import build_evaluators
 
 logger = logging.getLogger("panfpn")
@@ -260,7 +260,7 @@ class _Loop:
         self.model, self.ddp_model, self.val_loader = model, ddp_model, val_loader
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.log, self.bar = log, bar
-        self.step_lr = float(optimizer.param_groups[0]["lr"])  # the lr of the last step taken
+        self.step_lr = float(base_group(optimizer)["lr"])  # the lr of the last step taken
         self.start_iter, self.max_iter = resumed.iteration, int(cfg.solver.max_iter)
         self.skipped, self.consecutive = resumed.skipped_steps, 0
         self.bad_terms: Counter[str] = Counter()
@@ -332,7 +332,7 @@ class _Loop:
             # The schedule follows iterations, also those whose step was skipped (fp16 grad
             # scaler overflow, on_nonfinite=skip); torch warns about that on the first one.
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-            self.step_lr = self.optimizer.param_groups[0]["lr"]  # the lr this step used, as logged
+            self.step_lr = base_group(self.optimizer)["lr"]  # the lr this step used, as logged
             self.scheduler.step()
         return int(signum)
 

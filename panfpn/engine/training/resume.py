@@ -23,7 +23,7 @@ from panfpn.engine import distributed as du
 from panfpn.engine.training.checkpoint import load_resumable, restore_rng_state, resume_candidates
 from panfpn.engine.config import ConfigError
 from panfpn.engine.model_spec import renamed_categories, same_labels
-from panfpn.engine.training.solver import set_schedule_iteration
+from panfpn.engine.training.solver import base_group, set_schedule_iteration
 
 logger = logging.getLogger("panfpn")
 _ABSENT = "<absent>"
@@ -217,8 +217,9 @@ def resume_training(run_dir: str | os.PathLike, cfg: DictConfig, *, model: torch
     scaler.load_state_dict(ckpt["scaler"])
     rng = ckpt["rng"]
     restore_rng_state(rng[du.get_rank()] if len(rng) == du.get_world_size() else rng[0])
-    lr = set_schedule_iteration(scheduler, iteration)[0]
-    old_lr = float(ckpt["optimizer"]["param_groups"][0]["lr"])
+    i = next(i for i, g in enumerate(optimizer.param_groups) if g is base_group(optimizer))  # the reported lr
+    lr = set_schedule_iteration(scheduler, iteration)[i]
+    old_lr = float(ckpt["optimizer"]["param_groups"][i]["lr"])
     if changes or not math.isclose(lr, old_lr, rel_tol=1e-9, abs_tol=0.0):
         logger.warning("resume: the solver config changed since %s (%s); the lr schedule follows the "
                        "current config: lr %.6g at iteration %d (the checkpoint had %.6g)", path,

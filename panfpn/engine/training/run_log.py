@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from panfpn.engine import distributed as du
 from panfpn.engine.eval_loop import format_results, metrics_to_scalars
 from panfpn.engine.progress import duration
-from panfpn.engine.training.solver import schedule_warnings
+from panfpn.engine.training.solver import base_group, schedule_warnings
 from panfpn.utils.atomic import atomic_write
 
 logger = logging.getLogger("panfpn")
@@ -66,7 +66,8 @@ def start_lines(cfg: DictConfig, *, run_dir: Path, config_file: Path | None, mod
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     world, per_process = du.get_world_size(), int(cfg.data.batch_size)
     base_lr = float(cfg.solver.base_lr)
-    lr = float(optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"]))
+    group = base_group(optimizer)
+    lr = float(group.get("initial_lr", group["lr"]))
     scaling = "not scaled" if lr == base_lr else f"solver.base_lr={base_lr:g} scaled linearly to the global batch"
     val = "off (train.eval_period=-1)" if val_loader is None else (
         f"{cfg.data.get('name', '?')} val: {_len(val_loader.dataset)} images evaluated per evaluation")
@@ -117,7 +118,7 @@ def log_start(cfg: DictConfig, metrics_log: Any = None, **facts: Any) -> None:
     config_file = write_resolved_config(cfg, run_dir)
     lines = start_lines(cfg, config_file=config_file, **facts)
     logger.info("training starts\n%s", "\n".join(lines))
-    lr = facts["optimizer"].param_groups[0].get("initial_lr")
+    lr = base_group(facts["optimizer"]).get("initial_lr")
     if lr is not None and float(lr) != float(cfg.solver.base_lr):
         logger.warning("lr scaling applied: solver.base_lr=%g is for a global batch of solver.ims_per_batch=%s; "
                        "this run's global batch is %d, so lr=%.6g", cfg.solver.base_lr, cfg.solver.ims_per_batch,

@@ -166,6 +166,12 @@ def set_schedule_iteration(scheduler: torch.optim.lr_scheduler.LambdaLR, iterati
     return lrs
 
 
+def base_group(optimizer: torch.optim.Optimizer) -> dict:
+    """The parameter group at the base lr (no ``lr_mult``; the first group when all have one):
+    the lr the logs report, as Detectron2 reports its main group's, not a backbone's x0.1."""
+    return next((g for g in optimizer.param_groups if "lr_mult" not in g), optimizer.param_groups[0])
+
+
 def scaled_lr(base_lr: float, *, reference_batch: int, global_batch: int) -> float:
     """Linear scaling rule: lr grows with the global batch relative to the recipe's batch."""
     return base_lr * global_batch / reference_batch

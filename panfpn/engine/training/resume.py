@@ -1,8 +1,9 @@
 """Resume a run from its run dir: right, or a clear error.
 
 The newest checkpoint that loads is used (a corrupt one is named and skipped); the model config
-and the categories must be the checkpoint's (a changed seed or training data is logged); the optimizer, lr schedule and their hyperparameters follow the CURRENT
-solver config (so ``solver.max_iter`` can be raised to extend a run), and the log says what changed.
+and the categories must be the checkpoint's (a changed seed, training data, AMP or clipping is
+logged); the optimizer, lr schedule and their hyperparameters follow the CURRENT solver config
+(so ``solver.max_iter`` can be raised to extend a run), and the log says what changed.
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ def check_same_labels(metadata: DatasetMetadata, ckpt: dict, path: Path) -> None
 def _changes(cfg: DictConfig, old_cfg: DictConfig, keys: tuple[str, ...]) -> list[str]:
     out: list[str] = []
     for key in keys:
-        old, new = OmegaConf.select(old_cfg, key, default=None), OmegaConf.select(cfg, key, default=None)
+        old, new = (OmegaConf.select(c, key, default=None, throw_on_resolution_failure=False) for c in (old_cfg, cfg))
         out += config_changes(_container(old) if OmegaConf.is_config(old) else old,
                               _container(new) if OmegaConf.is_config(new) else new, key)
     return out

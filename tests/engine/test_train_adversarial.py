@@ -190,3 +190,12 @@ def test_with_a_backbone_lr_multiplier_the_logs_report_the_base_lr(tiny_cfg, tmp
     log = (run / "log.txt").read_text()
     assert "lr scaling applied" not in log
     assert any(line.strip().startswith("lr") and "0.02 (not scaled)" in line for line in log.splitlines())
+
+
+def test_resume_in_a_folder_without_checkpoints_warns_how_to_point_at_the_run(tiny_cfg, tmp_path):
+    """`python tools/train.py resume=true` without hydra.run.dir runs in a new timestamped folder,
+    so it can never resume: it trained from scratch with only an INFO line saying so."""
+    _two_iterations(tiny_cfg, "resume=true")
+    log = (tmp_path / "run" / "log.txt").read_text()
+    line = next(line for line in log.splitlines() if "holds no checkpoint" in line)
+    assert "WARNING" in line and "hydra.run.dir" in line

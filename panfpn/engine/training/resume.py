@@ -203,7 +203,8 @@ def resume_training(run_dir: str | os.PathLike, cfg: DictConfig, *, model: torch
     ``cfg``; the lr schedule is ``cfg``'s, set to the checkpoint's iteration."""
     found = load_resumable(run_dir)
     if found is None:
-        logger.info("resume=true but %s holds no checkpoint: starting from scratch", run_dir)
+        logger.warning("resume=true but %s holds no checkpoint: starting from scratch (to continue a run, "
+                       "give its folder: hydra.run.dir=<run folder>; without it each run gets a new one)", run_dir)
         return Resumed()
     path, ckpt = found
     iteration = int(ckpt["iteration"])

@@ -199,3 +199,14 @@ def test_resume_in_a_folder_without_checkpoints_warns_how_to_point_at_the_run(ti
     log = (tmp_path / "run" / "log.txt").read_text()
     line = next(line for line in log.splitlines() if "holds no checkpoint" in line)
     assert "WARNING" in line and "hydra.run.dir" in line
+
+
+def test_resume_turning_on_float16_amp_starts_a_fresh_grad_scaler(tiny_cfg, tmp_path):
+    """A checkpoint of a run without float16 AMP holds an empty (disabled) grad scaler state:
+    resuming it with train.amp=true train.amp_dtype=float16 stopped with torch's 'The source state
+    dict is empty' RuntimeError. The scaler starts fresh instead (the change is logged)."""
+    _two_iterations(tiny_cfg)
+    result = train_from_config(tiny_cfg("train.eval_period=-1", "solver.schedule.warmup_iters=1", "resume=true",
+                                        "train.amp=true", "train.amp_dtype=float16"))
+    assert result["iteration"] == 4
+    assert "train.amp_dtype: 'bfloat16' -> 'float16'" in (tmp_path / "run" / "log.txt").read_text()

@@ -216,7 +216,8 @@ def resume_training(run_dir: str | os.PathLike, cfg: DictConfig, *, model: torch
     _check_iteration(iteration, cfg, path)
     model.load_state_dict(ckpt["model"])
     _load_optimizer(optimizer, ckpt["optimizer"], path)
-    scaler.load_state_dict(ckpt["scaler"])
+    if ckpt["scaler"]:  # empty: saved without float16 AMP; a scaler turned on now starts fresh
+        scaler.load_state_dict(ckpt["scaler"])
     rng = ckpt["rng"]
     restore_rng_state(rng[du.get_rank()] if len(rng) == du.get_world_size() else rng[0])
     i = next(i for i, g in enumerate(optimizer.param_groups) if g is base_group(optimizer))  # the reported lr

@@ -27,14 +27,15 @@ from panfpn.data.transforms import check_data_transforms
 from panfpn.engine import distributed as du
 from panfpn.engine.training import run_log
 from panfpn.engine.training.checkpoint import (
-    capture_rng_state, find_last_checkpoint, prune_checkpoints, remove_stale_temp_files, save_checkpoint,
+    FINAL_CHECKPOINT, capture_rng_state, find_last_checkpoint, prune_checkpoints, remove_stale_temp_files,
+    restore_rng_state, save_checkpoint,
 )
 from panfpn.engine.config import validate_config
 from panfpn.engine.eval_loop import build_eval_loader, evaluate
 from panfpn.engine.progress import bar_enabled
 from panfpn.engine.training.metrics_log import MetricsLog
 from panfpn.engine.model_spec import describe_model
-from panfpn.engine.training.resume import Resumed, resume_training
+from panfpn.engine.training.resume import Resumed, resume_training, warn_fresh_start
 from panfpn.engine.training.run_lock import hold_run_dir
 from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, move_batch, setup_logging
 from panfpn.modeling.build import build_model
@@ -218,9 +219,11 @@ def _train(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict:
     model = build_model(cfg).to(device)
     optimizer, scheduler, scaler = _build_solver(cfg, model, device)
     resumed = Resumed()
+    if not cfg.resume and du.is_main_process():
+        warn_fresh_start(run_dir)
     if cfg.resume:
         resumed = resume_training(run_dir, cfg, model=model, optimizer=optimizer, scheduler=scheduler,
-                                  scaler=scaler)
+                                  scaler=scaler, metadata=metadata)
     model, ddp_model = _wrap_distributed(model, device)
 
     train_set = instantiate(cfg.data.train)
@@ -230,8 +233,7 @@ def _train(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict:
     val_loader = None
     if cfg.train.eval_period >= 0:
         val_loader = build_eval_loader(cfg, instantiate(cfg.data.val))
-    log = MetricsLog(run_dir, enabled=du.is_main_process(),
-                     resumed_at=resumed.iteration if cfg.resume else None)
+    log = MetricsLog(run_dir, enabled=du.is_main_process(), resumed_at=resumed.iteration)  # fresh: 0
     bar = tqdm(total=int(cfg.solver.max_iter), initial=resumed.iteration, dynamic_ncols=True, desc="train",
                disable=not (du.is_main_process() and bar_enabled(cfg.train.progress_bar)))
     run_log.log_start(cfg, log, run_dir=run_dir, model=model, train_set=train_set, val_loader=val_loader,
@@ -258,6 +260,7 @@ class _Loop:
         self.model, self.ddp_model, self.val_loader = model, ddp_model, val_loader
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.log, self.bar = log, bar
+        self.step_lr = reported_lr(optimizer)  # the lr of the last step taken
         self.start_iter, self.max_iter = resumed.iteration, int(cfg.solver.max_iter)
         self.skipped, self.consecutive = resumed.skipped_steps, 0
         self.bad_terms: Counter[str] = Counter()
@@ -275,6 +278,8 @@ class _Loop:
         data_iter = iter(loader)
         self.ddp_model.train()
         t_start = t_end = time.perf_counter()
+        if it > 0 and (signum := self.catch_up(it, t_start)):  # resumed: what a stop left undone
+            self.result.update(interrupted=True, signal=signum)
         while it < self.max_iter:
             batch = move_batch(next(data_iter), self.device)
             t_data = time.perf_counter()
@@ -327,6 +332,7 @@ class _Loop:
             # The schedule follows iterations, also those whose step was skipped (fp16 grad
             # scaler overflow, on_nonfinite=skip); torch warns about that on the first one.
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            self.step_lr = reported_lr(self.optimizer)  # the lr this step used, as logged
             self.scheduler.step()
         return int(signum)
 
@@ -347,7 +353,7 @@ class _Loop:
         logger.warning("%s: step skipped (train.on_nonfinite=skip, %d in a row)", message, self.consecutive)
 
     def log_window(self, it: int) -> None:
-        scalars = _window_scalars(self.window, self.times, self.optimizer, self.device, self.skipped)
+        scalars = _window_scalars(self.window, self.times, self.step_lr, self.device, self.skipped)
         self.result["losses"] = scalars
         self.log.scalars(it, scalars)
         run_log.log_metrics(it, self.max_iter, scalars)
@@ -361,6 +367,20 @@ class _Loop:
                                   self.metadata, self.skipped)
         _save(self.run_dir, state, keep=self.cfg.train.keep_checkpoints, final=final)
         self.result["checkpoint"] = str(find_last_checkpoint(self.run_dir))
+
+    def catch_up(self, it: int, t_start: float) -> int:
+        """Resumed at ``it``: at solver.max_iter, write model_final.pth when the checkpoint is another
+        one (a lowered max_iter) and run the final evaluation (it may have been interrupted); before
+        it, the evaluation due at ``it`` when it is not logged (a signal stopped it). Returns the
+        signal that stopped this (0: none)."""
+        if it == self.max_iter:
+            if Path(str(self.result["checkpoint"])).name != FINAL_CHECKPOINT:
+                self.save(it, final=True)
+            return self.evaluate(it, t_start) if self.eval_due(it) else 0
+        missing = du.is_main_process() and not self.log.logged(it, "eval")
+        if self.eval_due(it) and _max_over_ranks([float(missing)], self.device)[0]:  # main rank decides
+            return self.evaluate(it, t_start)
+        return 0
 
     def check_skipped_fraction(self) -> None:
         """NonFiniteLossError before model_final when too many of the run's steps were skipped."""
@@ -384,9 +404,11 @@ class _Loop:
         signum = int(_max_over_ranks([float(self.stop.signum or 0)], self.device)[0])
         if signum:  # came during the checkpoint save just before
             return signum
+        rng = capture_rng_state()  # evaluating must not move training's RNG: resume is exact only then
         metrics = evaluate(self.model, self.val_loader, self.metadata,
                            build_evaluators(cfg, self.metadata, training=True), device=self.device,
                            max_images=cfg.eval.max_images, progress=False, should_stop=lambda: self.stop.requested)
+        restore_rng_state(rng)
         self.ddp_model.train()
         signum = int(_max_over_ranks([float(self.stop.signum or 0)], self.device)[0])
         if signum:
@@ -400,13 +422,13 @@ class _Loop:
         return 0
 
 
-def _window_scalars(window: dict[str, list[float]], times: dict, optimizer, device, skipped: int) -> dict:
+def _window_scalars(window: dict[str, list[float]], times: dict, lr: float, device, skipped: int) -> dict:
     scalars = {f"loss/{k}": float(np.mean(v)) for k, v in window.items()}
     if window:
         scalars["loss/total"] = float(sum(np.mean(v) for v in window.values()))
     scalars = du.all_reduce_mean(scalars, device)
     n = max(times["n"], 1)
-    scalars["lr"] = reported_lr(optimizer)  # not a group's with an lr multiplier (backbone x0.1)
+    scalars["lr"] = lr
     scalars["time/iter"] = times["iter"] / n
     scalars["time/data"] = times["data"] / n
     scalars["skipped_steps"] = float(skipped)

@@ -161,7 +161,8 @@ def test_logged_lr_is_base_lr_not_a_multiplied_groups(tiny_cfg, tmp_path):
     optimizer = build_optimizer(model, torch.optim.SGD, lr=0.003, weight_decay=0.0, lr_multipliers={"0": 0.1})
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0003)  # the case: group 0 is multiplied
     assert reported_lr(optimizer) == pytest.approx(0.003)
-    scalars = _window_scalars({"l": [1.0]}, {"iter": 1.0, "data": 0.0, "n": 1}, optimizer, torch.device("cpu"), 0)
+    scalars = _window_scalars({"l": [1.0]}, {"iter": 1.0, "data": 0.0, "n": 1}, reported_lr(optimizer),
+                              torch.device("cpu"), 0)
     assert scalars["lr"] == pytest.approx(0.003)
     cfg = tiny_cfg("solver.base_lr=0.003", "solver.ims_per_batch=2")
 

@@ -51,6 +51,21 @@ class MetricsLog:
         record.update({k: (v if math.isfinite(v) else str(v)) for k, v in values.items()})
         self._jsonl.write(json.dumps(record) + "\n")
 
+    def logged(self, step: int, kind: str) -> bool:
+        """Whether metrics.jsonl holds a ``kind`` record at iteration ``step`` (False when disabled)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not self.enabled or not path.is_file():
+            return False
+        self._jsonl.flush()
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("kind") == kind and record.get("iter") == step:
+                return True
+        return False
+
     def images(self, step: int, tag: str, images: list[np.ndarray]) -> None:
         """Log HxWx3 uint8 images (e.g. panoptic overlays) under ``tag/i``."""
         if not self.enabled:

@@ -49,10 +49,9 @@ def param_groups(
 
 def reported_lr(optimizer: torch.optim.Optimizer, key: str = "lr") -> float:
     """The lr of the run as logs and TensorBoard call it (base_lr x schedule, no group's
-    ``lr_mult``): a group without a multiplier's, else the first group's divided by its own.
+    ``lr_mult``): :func:`base_group`'s, divided by its multiplier when every group has one.
     ``key="initial_lr"``: the lr the schedule starts from."""
-    groups = optimizer.param_groups
-    group = next((g for g in groups if "lr_mult" not in g), groups[0])
+    group = base_group(optimizer)
     return float(group.get(key, group["lr"])) / float(group.get("lr_mult", 1.0))
 
 
@@ -89,8 +88,8 @@ class WarmupMultiStep:
 
     def __init__(self, *, steps: Sequence[int], gamma: float = 0.1, warmup_iters: int = 1000,
                  warmup_factor: float = 0.001, max_iter: int | None = None) -> None:
-        if list(steps) != sorted(steps):
-            raise ValueError(f"solver.schedule.steps must be increasing, got {list(steps)}")
+        if any(b <= a for a, b in zip([0, *steps], steps)):  # a repeated step would apply gamma twice
+            raise ValueError(f"solver.schedule.steps must be strictly increasing iterations >= 1, got {list(steps)}")
         if max_iter is not None and any(s > max_iter for s in steps):
             raise ValueError(f"solver.schedule.steps {list(steps)} go past solver.max_iter={max_iter}")
         self.steps = list(steps)
@@ -173,6 +172,12 @@ def set_schedule_iteration(scheduler: torch.optim.lr_scheduler.LambdaLR, iterati
         group["lr"] = lr
     scheduler._last_lr = list(lrs)  # what get_last_lr() reports
     return lrs
+
+
+def base_group(optimizer: torch.optim.Optimizer) -> dict:
+    """The parameter group at the base lr (no ``lr_mult``; the first group when all have one):
+    the lr the logs report, as Detectron2 reports its main group's, not a backbone's x0.1."""
+    return next((g for g in optimizer.param_groups if "lr_mult" not in g), optimizer.param_groups[0])
 
 
 def scaled_lr(base_lr: float, *, reference_batch: int, global_batch: int) -> float:

@@ -38,8 +38,8 @@ import torchvision
 from torch import nn
 
 from panfpn.modeling.panoptic_fpn.detectron2_import import (
-    D2_IGNORED, D2_PIXEL_MEAN_BGR, D2_PIXEL_STD_BGR, SEM_PREDICTOR_KEYS, is_d2_state_dict, load_d2_pickle,
-    ours_to_d2, remap_d2_semantic_predictor,
+    D2_IGNORED, D2_PIXEL_MEAN_BGR, D2_PIXEL_STD_BGR, SEM_PREDICTOR_KEYS, d2_normalisation_problem, is_d2_state_dict,
+    load_d2_pickle, ours_to_d2, remap_d2_semantic_predictor,
 )
 from panfpn.modeling.pickled_tensors import weights_only_reason
 
@@ -369,6 +369,9 @@ def _load_d2(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> L
         report = LoadReport(source, f"official {type(model).__name__}")
         return _load_into(model, convert(state, report), report, scope="", ignore_missing=("num_batches_tracked",))
     report = LoadReport(source, "detectron2")
+    problem = d2_normalisation_problem(state)
+    if problem:
+        raise WeightsError(f"weights {source} (detectron2) cannot be converted: {problem}")
     ours = model.state_dict()
     d2_to_ours = {d2: k for k in ours if (d2 := ours_to_d2(k)) is not None}
     mapped: dict[str, torch.Tensor] = {}

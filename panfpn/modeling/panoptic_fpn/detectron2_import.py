@@ -46,6 +46,27 @@ D2_PIXEL_MEAN_BGR = (103.530, 116.280, 123.675)
 D2_PIXEL_STD_BGR = (1.0, 1.0, 1.0)
 
 
+def d2_normalisation_problem(state: dict[str, torch.Tensor]) -> str | None:
+    """Why the ``pixel_mean`` / ``pixel_std`` a Detectron2 file records (older Detectron2 saved them
+    with the weights) rule out the Caffe BGR conversion, or None (not recorded, or the defaults).
+
+    Detectron2 feeds ``(image in INPUT.FORMAT - PIXEL_MEAN) / PIXEL_STD`` to the first conv; the file
+    does not say INPUT.FORMAT, so only the default BGR / Caffe-mean / unit-std setting can be
+    converted (a file trained from torchvision weights uses RGB with ImageNet mean and std).
+    """
+    recorded = {k: state[k].flatten().tolist() for k in ("pixel_mean", "pixel_std") if k in state}
+    if not recorded:
+        return None
+    defaults = {"pixel_mean": D2_PIXEL_MEAN_BGR, "pixel_std": D2_PIXEL_STD_BGR}
+    if all(len(v) == 3 and np.allclose(v, defaults[k], atol=1e-3) for k, v in recorded.items()):
+        return None
+    shown = ", ".join(f"{k} {[round(x, 3) for x in v]}" for k, v in recorded.items())
+    return (f"it was trained with {shown} (Detectron2's MODEL.PIXEL_MEAN / PIXEL_STD, saved with the "
+            f"weights), not Detectron2's default BGR Caffe mean {list(D2_PIXEL_MEAN_BGR)} with std 1, the "
+            "only input convention the Detectron2 import converts (the file does not say INPUT.FORMAT); "
+            "with it the model would see other inputs than in Detectron2")
+
+
 def _numpy_global(module: str, name: str) -> Any:
     # numpy 2 moved numpy.core to numpy._core; pickles written by numpy 1 name the old path.
     for mod in (module, module.replace("numpy.core", "numpy._core")):

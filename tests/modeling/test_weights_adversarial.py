@@ -1,0 +1,179 @@
+"""Weights a user brings that used to load "fine" and then give other outputs than the tool that
+trained them, or that failed with an unclear error. The Detectron2 files are written in Detectron2's
+own names and shapes (its ResNet / FPN / RPN / RoI heads / SemSegFPNHead modules, built here from
+their hyper-parameters), not by converting one of our models."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torchvision.ops import FrozenBatchNorm2d
+
+from panfpn.modeling.backbone import ResNetFPN
+from panfpn.modeling.merge import MergeThresholds
+from panfpn.modeling.panoptic_fpn import PanopticFPN
+from panfpn.modeling.panoptic_fpn.box_head import BoxHead
+from panfpn.modeling.panoptic_fpn.mask_head import MaskHead
+from panfpn.modeling.panoptic_fpn.roi_heads import RoIHeads, RoISampling
+from panfpn.modeling.panoptic_fpn.rpn import RPN, ProposalLimits
+from panfpn.modeling.panoptic_fpn.semantic_head import SemanticFPNHead
+from panfpn.modeling.weights import WeightsError, load_weights
+
+THINGS, SEM = 3, 4  # 3 thing classes; the semantic head: 3 stuff + the merged 'things' label
+FPN, SEM_DIM, FC, MASK_DIM, MASK_CONVS = 32, 32, 64, 32, 2
+CAFFE_MEAN_BGR = [103.530, 116.280, 123.675]
+
+
+def tiny_model(depth: int = 18, stride_in_1x1: bool = False) -> PanopticFPN:
+    """Our Panoptic FPN with the hyper-parameters :func:`d2_state` writes."""
+    torch.manual_seed(0)
+    return PanopticFPN(
+        ResNetFPN(depth, norm="frozen_bn", freeze_at=2, stride_in_1x1=stride_in_1x1, out_channels=FPN),
+        SemanticFPNHead(SEM, in_channels=FPN, conv_channels=SEM_DIM),
+        RPN(in_channels=FPN, limits=ProposalLimits(100, 100, 50, 50)),
+        RoIHeads(BoxHead(THINGS, in_channels=FPN, fc_dim=FC),
+                 MaskHead(THINGS, in_channels=FPN, conv_dim=MASK_DIM, num_convs=MASK_CONVS),
+                 sampling=RoISampling(32)),
+        thing_sem_labels=[SEM - 1], merge=MergeThresholds(0.0, 0.5, 4)).eval()
+
+
+def _conv(out: dict, name: str, shape: tuple, *, norm: str | None = "frozen_bn", bias: bool = False) -> None:
+    """One Detectron2 ``Conv2d`` (weight, optional bias) with its ``norm`` child."""
+    out[f"{name}.weight"] = shape
+    if bias:
+        out[f"{name}.bias"] = (shape[0],)
+    if norm == "frozen_bn":
+        for buf in ("weight", "bias", "running_mean", "running_var"):
+            out[f"{name}.norm.{buf}"] = (shape[0],)
+    elif norm == "gn":
+        out[f"{name}.norm.weight"] = (shape[0],)
+        out[f"{name}.norm.bias"] = (shape[0],)
+
+
+def d2_resnet_shapes(depth: int) -> dict[str, tuple]:
+    """Detectron2's ``build_resnet_backbone`` names under ``backbone.bottom_up.`` (BasicStem, then
+    BasicBlock for R18/34 or BottleneckBlock for R50+, shortcut when the width changes)."""
+    blocks = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}[depth]
+    out: dict[str, tuple] = {}
+    p = "backbone.bottom_up."
+    _conv(out, p + "stem.conv1", (64, 3, 7, 7))
+    in_ch = 64
+    for stage, n in enumerate(blocks):
+        width = 64 * 2 ** stage
+        out_ch = width if depth < 50 else width * 4
+        for i in range(n):
+            name = f"{p}res{stage + 2}.{i}"
+            if in_ch != out_ch:
+                _conv(out, f"{name}.shortcut", (out_ch, in_ch, 1, 1))
+            if depth < 50:
+                _conv(out, f"{name}.conv1", (width, in_ch, 3, 3))
+                _conv(out, f"{name}.conv2", (width, width, 3, 3))
+            else:
+                _conv(out, f"{name}.conv1", (width, in_ch, 1, 1))
+                _conv(out, f"{name}.conv2", (width, width, 3, 3))
+                _conv(out, f"{name}.conv3", (out_ch, width, 1, 1))
+            in_ch = out_ch
+    return out
+
+
+def d2_panoptic_shapes(depth: int = 18) -> dict[str, tuple]:
+    """Every tensor of Detectron2's PanopticFPN (Base-Panoptic-FPN.yaml) with our tiny sizes."""
+    out = d2_resnet_shapes(depth)
+    stage_ch = [64, 128, 256, 512] if depth < 50 else [256, 512, 1024, 2048]
+    for level, ch in zip(range(2, 6), stage_ch):
+        _conv(out, f"backbone.fpn_lateral{level}", (FPN, ch, 1, 1), norm=None, bias=True)
+        _conv(out, f"backbone.fpn_output{level}", (FPN, FPN, 3, 3), norm=None, bias=True)
+    rpn = "proposal_generator.rpn_head."
+    _conv(out, rpn + "conv", (FPN, FPN, 3, 3), norm=None, bias=True)
+    _conv(out, rpn + "objectness_logits", (3, FPN, 1, 1), norm=None, bias=True)
+    _conv(out, rpn + "anchor_deltas", (12, FPN, 1, 1), norm=None, bias=True)
+    _conv(out, "roi_heads.box_head.fc1", (FC, FPN * 7 * 7), norm=None, bias=True)
+    _conv(out, "roi_heads.box_head.fc2", (FC, FC), norm=None, bias=True)
+    _conv(out, "roi_heads.box_predictor.cls_score", (THINGS + 1, FC), norm=None, bias=True)
+    _conv(out, "roi_heads.box_predictor.bbox_pred", (4 * THINGS, FC), norm=None, bias=True)
+    in_ch = FPN
+    for k in range(1, MASK_CONVS + 1):
+        _conv(out, f"roi_heads.mask_head.mask_fcn{k}", (MASK_DIM, in_ch, 3, 3), norm=None, bias=True)
+        in_ch = MASK_DIM
+    _conv(out, "roi_heads.mask_head.deconv", (MASK_DIM, MASK_DIM, 2, 2), norm=None, bias=True)
+    _conv(out, "roi_heads.mask_head.predictor", (THINGS, MASK_DIM, 1, 1), norm=None, bias=True)
+    for level in range(2, 6):  # p2: one conv; pN: N-2 conv+upsample pairs (convs at even indices)
+        for j in range(max(1, level - 2)):
+            _conv(out, f"sem_seg_head.p{level}.{2 * j}", (SEM_DIM, FPN if j == 0 else SEM_DIM, 3, 3), norm="gn")
+    _conv(out, "sem_seg_head.predictor", (SEM, SEM_DIM, 1, 1), norm=None, bias=True)
+    return out
+
+
+def d2_state(depth: int = 18, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float32 arrays in Detectron2's layout (variances positive)."""
+    rng = np.random.default_rng(seed)
+    state = {}
+    for name, shape in d2_panoptic_shapes(depth).items():
+        value = rng.normal(0, 0.05, shape).astype(np.float32)
+        state[name] = np.abs(value) + 0.5 if name.endswith("running_var") else value
+    return state
+
+
+def write_zoo_pkl(path, state: dict) -> str:
+    """A Detectron2 model-zoo .pkl: ``{"model": numpy arrays, "__author__": ...}``."""
+    with open(path, "wb") as f:
+        pickle.dump({"model": state, "__author__": "Detectron2 Model Zoo"}, f)
+    return str(path)
+
+
+def write_training_pth(path, state: dict, **extra_model: torch.Tensor) -> str:
+    """A checkpoint as Detectron2's trainer writes it (fvcore ``Checkpointer.save``)."""
+    model = {k: torch.from_numpy(v) for k, v in state.items()}
+    model.update(extra_model)
+    torch.save({"model": model,
+                "optimizer": {"state": {0: {"momentum_buffer": torch.zeros(3)}},
+                              "param_groups": [{"lr": 0.02, "momentum": 0.9, "params": [0]}]},
+                "scheduler": {"base_lrs": [0.02], "last_epoch": 89999}, "iteration": 89999}, path)
+    return str(path)
+
+
+def test_the_builder_writes_a_complete_detectron2_model(tmp_path):
+    """The layout above loads strictly (so the tests below probe conventions, not names); the
+    model-zoo .pkl and the trainer's .pth give the same model."""
+    state = d2_state()
+    a, b = tiny_model(), tiny_model()
+    assert load_weights(a, write_zoo_pkl(tmp_path / "model_final.pkl", state)).complete
+    assert load_weights(b, write_training_pth(tmp_path / "model_final.pth", state)).complete
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+
+
+# --- input normalisation recorded in a Detectron2 file ---------------------------------------------
+# Detectron2 before its pixel_mean / pixel_std buffers became non-persistent saved them in the
+# model's state: a file trained with INPUT.FORMAT RGB and the torchvision mean/std (the recipe for
+# torchvision-initialised backbones) says so there. Loaded as Caffe BGR, its first conv saw flipped,
+# unscaled inputs: other outputs than in Detectron2, exit 0.
+TORCHVISION_MEAN_RGB = [123.675, 116.280, 103.530]
+TORCHVISION_STD_RGB = [58.395, 57.120, 57.375]
+
+
+@pytest.mark.parametrize("allow_partial", [False, True])
+def test_a_file_trained_with_other_pixel_mean_and_std_is_refused_by_name(tmp_path, allow_partial):
+    path = write_training_pth(tmp_path / "model_final.pth", d2_state(),
+                              pixel_mean=torch.tensor(TORCHVISION_MEAN_RGB).view(3, 1, 1),
+                              pixel_std=torch.tensor(TORCHVISION_STD_RGB).view(3, 1, 1))
+    model = tiny_model()
+    before = model.pixel_mean.clone()
+    with pytest.raises(WeightsError, match=r"pixel_mean \[123\.675, 116\.28, 103\.53\].*pixel_std \[58\.395") as err:
+        load_weights(model, path, allow_partial=allow_partial)
+    assert "model_final.pth" in str(err.value) and "103.53, 116.28, 123.675" in str(err.value)
+    assert torch.equal(model.pixel_mean, before)
+
+
+def test_a_file_recording_detectrons_default_normalisation_loads(tmp_path):
+    """Old Detectron2 files with the default Caffe BGR mean and unit std recorded: nothing to refuse."""
+    path = write_training_pth(tmp_path / "model_final.pth", d2_state(),
+                              pixel_mean=torch.tensor(CAFFE_MEAN_BGR).view(3, 1, 1),
+                              pixel_std=torch.ones(3, 1, 1))
+    model = tiny_model()
+    assert load_weights(model, path).complete
+    assert model.pixel_mean.flatten().tolist() == pytest.approx(CAFFE_MEAN_BGR[::-1])

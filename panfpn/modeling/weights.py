@@ -160,10 +160,12 @@ def _dispatch(model: nn.Module, source: Any) -> LoadReport:
     if all(_RESNET_KEY.match(k) for k in state):
         return _load_into(model, {f"backbone.body.{k}": v for k, v in state.items()
                                   if not k.startswith("fc.")},
-                          LoadReport(str(path), "torchvision resnet"), scope="backbone.body.")
+                          _torchvision_layout(model, LoadReport(str(path), "torchvision resnet")),
+                          scope="backbone.body.")
     if _is_torchvision_body_state(model, state):
         return _load_into(model, _map_torchvision_body(model, state),
-                          LoadReport(str(path), "torchvision imagenet"), scope="backbone.body.")
+                          _torchvision_layout(model, LoadReport(str(path), "torchvision imagenet")),
+                          scope="backbone.body.")
     return _load_into(model, dict(state), LoadReport(str(path), "panfpn"), scope="")
 
 
@@ -359,8 +361,18 @@ def _load_torchvision_enum(model: nn.Module, source: Any) -> LoadReport:
             f"{weights.url} elsewhere and pass the local file as weights=, or put it in "
             f"{os.path.join(torch.hub.get_dir(), 'checkpoints')}") from err
     mapped = _map_torchvision_body(model, state)
-    report = LoadReport(str(weights), "torchvision imagenet")
+    report = _torchvision_layout(model, LoadReport(str(weights), "torchvision imagenet"))
     return _load_into(model, mapped, report, scope="backbone.body.")
+
+
+def _torchvision_layout(model: nn.Module, report: LoadReport) -> LoadReport:
+    """torchvision's bottlenecks downsample in the 3x3 conv: a backbone configured with
+    ``stride_in_1x1`` (Detectron2's default) is switched back, as the Detectron2 import switches it on."""
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None and getattr(backbone, "stride_in_1x1", False):
+        backbone.stride_in_1x1 = False
+        report.notes.append("backbone switched to stride_in_1x1=False (torchvision bottleneck layout)")
+    return report
 
 
 def _load_d2(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:

@@ -177,3 +177,47 @@ def test_a_file_recording_detectrons_default_normalisation_loads(tmp_path):
     model = tiny_model()
     assert load_weights(model, path).complete
     assert model.pixel_mean.flatten().tolist() == pytest.approx(CAFFE_MEAN_BGR[::-1])
+
+
+# --- torchvision ImageNet ResNets and the stride's place --------------------------------------------
+# torchvision's bottleneck downsamples in the 3x3 conv. Detectron2's configs default to
+# STRIDE_IN_1X1: True (MSRA weights), so a config carried over with stride_in_1x1=true took a
+# torchvision ResNet file silently and computed other features than the network it came from.
+def _res5(body: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    x = body.maxpool(body.relu(body.bn1(body.conv1(x))))
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        x = getattr(body, name)(x)
+    return x
+
+
+@pytest.fixture(scope="module")
+def torchvision_r50():
+    torch.manual_seed(1)
+    net = torchvision.models.resnet50().eval()
+    for m in net.modules():  # statistics that are not the identity, so a wrong conv would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return net
+
+
+def test_a_torchvision_resnet_file_computes_torchvisions_features_whatever_the_config_stride(
+        torchvision_r50, tmp_path):
+    path = tmp_path / "resnet50.pth"
+    torch.save(torchvision_r50.state_dict(), path)
+    model = tiny_model(depth=50, stride_in_1x1=True)
+    report = load_weights(model, path)
+    assert report.format == "torchvision resnet" and report.complete
+    assert not model.backbone.stride_in_1x1
+    assert any("stride_in_1x1=False" in n for n in report.notes)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(_res5(model.backbone.body, x), _res5(torchvision_r50, x), rtol=1e-3, atol=1e-3)
+
+
+def test_a_torchvision_weights_name_moves_the_stride_too(torchvision_r50, monkeypatch):
+    state = torchvision_r50.state_dict()
+    monkeypatch.setattr(torchvision.models.ResNet50_Weights, "get_state_dict", lambda self, **_: state)
+    model = tiny_model(depth=50, stride_in_1x1=True)
+    load_weights(model, "ResNet50_Weights.IMAGENET1K_V1")
+    assert not model.backbone.stride_in_1x1

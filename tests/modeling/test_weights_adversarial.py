@@ -221,3 +221,38 @@ def test_a_torchvision_weights_name_moves_the_stride_too(torchvision_r50, monkey
     model = tiny_model(depth=50, stride_in_1x1=True)
     load_weights(model, "ResNet50_Weights.IMAGENET1K_V1")
     assert not model.backbone.stride_in_1x1
+
+
+# --- what a checkpoint records after a Detectron2 initialisation ------------------------------------
+# The Detectron2 import moves the stride to the 1x1 conv on the built model; the checkpoint recorded
+# the config's model node (stride_in_1x1: false), so eval / predict / export rebuilt the trained
+# model with the stride in the 3x3 conv and ran other features than training did, with exit 0.
+R50_TINY = [
+    "model=panoptic_fpn_r50", "model.channels_last=false", "model.backbone.out_channels=32",
+    "model.semantic_head.conv_channels=32", "model.semantic_head.num_groups=8", "model.roi_heads.box_head.fc_dim=32",
+    "model.roi_heads.mask_head.conv_dim=16", "model.roi_heads.sampling.batch_size_per_image=32",
+    "model.rpn.limits.pre_nms_topk_train=50", "model.rpn.limits.post_nms_topk_train=20",
+    "model.rpn.limits.pre_nms_topk_test=50", "model.rpn.limits.post_nms_topk_test=20",
+    "data.train.num_images=2", "data.train.height=64", "data.train.width=64",
+    "data.train.transforms.transforms.0.short_edge_lengths=[64]", "data.train.transforms.transforms.0.max_size=64",
+    "data.val.num_images=1", "data.val.height=64", "data.val.width=64",
+    "data.val.transforms.short_edge_lengths=[64]", "data.val.transforms.max_size=64",
+    "data.batch_size=2", "data.num_workers=0", "solver=synthetic_sgd", "solver.max_iter=1",
+    "solver.schedule.steps=[1]", "solver.schedule.warmup_iters=0", "train.eval_period=-1",
+    "train.checkpoint_period=1", "train.progress_bar=false", "device=cpu",
+]
+
+
+def test_eval_rebuilds_a_model_fine_tuned_from_detectron2_weights_with_its_stride(tmp_path):
+    from config_helpers import compose_config
+
+    from panfpn.engine.inference_model import build_inference_model
+    from panfpn.engine.train_run import train_from_config
+
+    backbone = {k: v for k, v in d2_state(depth=50).items() if k.startswith("backbone.bottom_up.")}
+    init = write_zoo_pkl(tmp_path / "R50-backbone.pkl", backbone)
+    train_from_config(compose_config([*R50_TINY, f"weights={init}", "weights_partial=true"], output_dir=tmp_path / "run"))
+    ckpt = tmp_path / "run" / "model_final.pth"
+    built = build_inference_model(compose_config([*R50_TINY, f"weights={ckpt}"], output_dir=tmp_path / "eval"),
+                                  overrides=[])
+    assert built.model.backbone.stride_in_1x1

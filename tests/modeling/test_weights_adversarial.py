@@ -256,3 +256,24 @@ def test_eval_rebuilds_a_model_fine_tuned_from_detectron2_weights_with_its_strid
     built = build_inference_model(compose_config([*R50_TINY, f"weights={ckpt}"], output_dir=tmp_path / "eval"),
                                   overrides=[])
     assert built.model.backbone.stride_in_1x1
+
+
+# --- weights_partial in eval / predict -------------------------------------------------------------
+# weights_partial=true (fine-tuning) left in a config made eval and predict run a checkpoint that
+# lacks a head with that head random: a warning, then predictions and metrics with exit 0.
+TINY_EVAL = ["data.val.num_images=1", "data.val.height=64", "data.val.width=64", "data.num_workers=0", "device=cpu"]
+
+
+@pytest.mark.parametrize("drop", ["roi_heads.mask_head.", "backbone.body.layer4."])
+def test_eval_and_predict_refuse_a_partial_load_even_with_weights_partial(tmp_path, drop):
+    from config_helpers import compose_config
+
+    from panfpn.engine.inference_model import build_inference_model
+    from panfpn.modeling.build import instantiate_model
+
+    cfg = compose_config([*TINY_EVAL, "weights_partial=true"], output_dir=tmp_path / "run")
+    state = {k: v for k, v in instantiate_model(cfg).state_dict().items() if not k.startswith(drop)}
+    torch.save(state, tmp_path / "no_head.pth")
+    cfg.weights = str(tmp_path / "no_head.pth")
+    with pytest.raises(WeightsError, match=rf"no_head\.pth.*not in the file \({drop}.*weights_partial"):
+        build_inference_model(cfg, overrides=[])

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 import torchvision
+import yaml
 from torch import nn
 
 from panfpn.modeling.panoptic_fpn.detectron2_import import (
@@ -166,7 +167,29 @@ def _dispatch(model: nn.Module, source: Any) -> LoadReport:
         return _load_into(model, _map_torchvision_body(model, state),
                           _torchvision_layout(model, LoadReport(str(path), "torchvision imagenet")),
                           scope="backbone.body.")
-    return _load_into(model, dict(state), LoadReport(str(path), "panfpn"), scope="")
+    report = _recorded_layout(model, obj, LoadReport(str(path), "panfpn"))
+    return _load_into(model, dict(state), report, scope="")
+
+
+def _recorded_layout(model: nn.Module, obj: Any, report: LoadReport) -> LoadReport:
+    """Move the ResNet stride to the 1x1 conv when a panfpn checkpoint's model record says its
+    weights had it there (``backbone.stride_in_1x1: true``, after a Detectron2 initialisation): no
+    tensor tells. A recorded false is not applied: checkpoints written before the record followed
+    the loader said false after a Detectron2 initialisation too."""
+    backbone = getattr(model, "backbone", None)
+    text = obj.get("model_config") if isinstance(obj, dict) else None
+    if not isinstance(text, str) or getattr(backbone, "depth", 0) < 50:
+        return report
+    try:
+        node = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise WeightsError(f"{report.source}: its model record (model_config) is not YAML: {err}") from err
+    node = node.get("backbone") if isinstance(node, dict) else None
+    recorded = node.get("stride_in_1x1") if isinstance(node, dict) else None
+    if recorded is True and not backbone.stride_in_1x1:
+        backbone.stride_in_1x1 = True
+        report.notes.append("backbone switched to stride_in_1x1=True, as the checkpoint records")
+    return report
 
 
 def _is_imagenet_swin(state: dict[str, Any]) -> bool:

@@ -277,3 +277,19 @@ def test_eval_and_predict_refuse_a_partial_load_even_with_weights_partial(tmp_pa
     cfg.weights = str(tmp_path / "no_head.pth")
     with pytest.raises(WeightsError, match=rf"no_head\.pth.*not in the file \({drop}.*weights_partial"):
         build_inference_model(cfg, overrides=[])
+
+
+def test_fine_tuning_from_a_checkpoint_takes_the_stride_it_records(tmp_path):
+    """A checkpoint of a run initialised from Detectron2 weights records stride_in_1x1: true;
+    training (and eval with model_from_checkpoint=false) builds the config's model, stride in the
+    3x3 conv, and loaded its tensors into it silently."""
+    trained = tiny_model(depth=50, stride_in_1x1=True)
+    torch.save({"model": trained.state_dict(), "iteration": 10,
+                "model_config": "backbone:\n  depth: 50\n  stride_in_1x1: true\n"}, tmp_path / "model_final.pth")
+    model = tiny_model(depth=50, stride_in_1x1=False)
+    report = load_weights(model, tmp_path / "model_final.pth")
+    assert report.complete and model.backbone.stride_in_1x1
+    assert any("stride_in_1x1=True" in n for n in report.notes)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(_res5(model.backbone.body, x), _res5(trained.backbone.body, x))

@@ -39,8 +39,8 @@ import yaml
 from torch import nn
 
 from panfpn.modeling.panoptic_fpn.detectron2_import import (
-    D2_IGNORED, D2_PIXEL_MEAN_BGR, D2_PIXEL_STD_BGR, SEM_PREDICTOR_KEYS, d2_normalisation_problem, is_d2_state_dict,
-    load_d2_pickle, ours_to_d2, remap_d2_semantic_predictor,
+    D2_IGNORED, D2_PIXEL_MEAN_BGR, D2_PIXEL_STD_BGR, SEM_PREDICTOR_KEYS, d2_imagenet_layout, d2_normalisation_problem,
+    is_d2_state_dict, load_d2_pickle, ours_to_d2, remap_d2_semantic_predictor,
 )
 from panfpn.modeling.pickled_tensors import weights_only_reason
 
@@ -146,6 +146,13 @@ def _dispatch(model: nn.Module, source: Any) -> LoadReport:
         pickled = _read_d2_pickle(path)
         if _is_imagenet_swin(pickled):
             return _load_imagenet_swin(model, pickled, str(path))
+        layout = d2_imagenet_layout(pickled)
+        if layout:
+            raise WeightsError(
+                f"weights {path} are {layout}, which Detectron2 loads by name-matching heuristics and panfpn "
+                "does not convert. For an ImageNet ResNet give torchvision's: weights=ResNet50_Weights.IMAGENET1K_V1 "
+                "(ResNet101_Weights... for R101) or a torchvision resnet .pth; Detectron2 / Mask2Former model-zoo "
+                "checkpoints (model_final_*.pkl) load as they are")
         return _load_d2(model, pickled, str(path))
     obj = read_torch_file(path)
     state = obj["model"] if isinstance(obj, dict) and "model" in obj else obj

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from torchvision.ops import FrozenBatchNorm2d
 
 from panfpn.modeling.backbone import ResNetFPN
 from panfpn.modeling.merge import MergeThresholds
@@ -251,7 +250,8 @@ def test_eval_rebuilds_a_model_fine_tuned_from_detectron2_weights_with_its_strid
 
     backbone = {k: v for k, v in d2_state(depth=50).items() if k.startswith("backbone.bottom_up.")}
     init = write_zoo_pkl(tmp_path / "R50-backbone.pkl", backbone)
-    train_from_config(compose_config([*R50_TINY, f"weights={init}", "weights_partial=true"], output_dir=tmp_path / "run"))
+    train_from_config(compose_config([*R50_TINY, f"weights={init}", "weights_partial=true"],
+                                     output_dir=tmp_path / "run"))
     ckpt = tmp_path / "run" / "model_final.pth"
     built = build_inference_model(compose_config([*R50_TINY, f"weights={ckpt}"], output_dir=tmp_path / "eval"),
                                   overrides=[])
@@ -293,3 +293,49 @@ def test_fine_tuning_from_a_checkpoint_takes_the_stride_it_records(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(_res5(model.backbone.body, x), _res5(trained.backbone.body, x))
+
+
+# --- Detectron2's ImageNet backbone files ----------------------------------------------------------
+# Detectron2 matches these by name heuristics (c2_model_loading.py); panfpn does not convert them.
+# They were refused as "(detectron2) match nothing in the model", as if a Detectron2 checkpoint
+# were broken, with no word of what the file is or what to use instead.
+def _caffe2_r50_names() -> dict[str, np.ndarray]:
+    """The MSRA ImageNet R-50.pkl: a plain dict of Caffe2 blob names (no 'model', no 'blobs')."""
+    out = {"conv1_w": (64, 3, 7, 7), "res_conv1_bn_s": (64,), "res_conv1_bn_b": (64,),
+           "fc1000_w": (1000, 2048), "fc1000_b": (1000,)}
+    for branch, shape in (("branch2a", (64, 64, 1, 1)), ("branch2b", (64, 64, 3, 3)),
+                          ("branch2c", (256, 64, 1, 1)), ("branch1", (256, 64, 1, 1))):
+        out[f"res2_0_{branch}_w"] = shape
+        out[f"res2_0_{branch}_bn_s"] = out[f"res2_0_{branch}_bn_b"] = (shape[0],)
+    return {k: np.zeros(v, np.float32) for k, v in out.items()}
+
+
+def _torchvision_converted_by_detectron2(net: torch.nn.Module) -> dict:
+    """tools/convert-torchvision-to-d2.py's output: torchvision names renamed stem.* / resN.*."""
+    out = {}
+    for key, value in net.state_dict().items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        parts = key.split(".")
+        if parts[0].startswith("layer"):
+            name = f"res{int(parts[0][5:]) + 1}." + ".".join(parts[1:])
+        else:
+            name = "stem." + key
+        for k in (1, 2, 3):
+            name = name.replace(f"bn{k}.", f"conv{k}.norm.")
+        name = name.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
+        out[name] = value.numpy()
+    return {"model": out, "__author__": "torchvision", "matching_heuristics": True}
+
+
+@pytest.mark.parametrize("kind", ["caffe2", "converted torchvision"])
+def test_detectron2_imagenet_backbone_files_are_named_and_an_alternative_given(tmp_path, kind, torchvision_r50):
+    path = tmp_path / "R-50.pkl"
+    content = _caffe2_r50_names() if kind == "caffe2" else _torchvision_converted_by_detectron2(torchvision_r50)
+    with open(path, "wb") as f:
+        pickle.dump(content, f)
+    with pytest.raises(WeightsError) as err:
+        load_weights(tiny_model(depth=50), path, allow_partial=True)
+    text = str(err.value)
+    assert "R-50.pkl" in text and "ImageNet" in text and "ResNet50_Weights.IMAGENET1K_V1" in text
+    assert ("Caffe2" in text) if kind == "caffe2" else ("convert-torchvision-to-d2" in text)

@@ -72,7 +72,7 @@ def with_loaded_settings(model_config: dict[str, Any], model: Any) -> dict[str, 
     built ``model`` (the Detectron2 import moves the ResNet stride: ``backbone.stride_in_1x1``);
     the state dict alone would rebuild the model with the config's value."""
     backbone = getattr(model, "backbone", None)
-    node = model_config.get("backbone")
+    node = model_config.get("backbone") if isinstance(model_config, dict) else None
     if isinstance(node, dict) and node.get("stride_in_1x1") is not None and hasattr(backbone, "stride_in_1x1"):
         node["stride_in_1x1"] = bool(backbone.stride_in_1x1)
     return model_config

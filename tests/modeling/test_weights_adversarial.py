@@ -256,6 +256,10 @@ def test_eval_rebuilds_a_model_fine_tuned_from_detectron2_weights_with_its_strid
     built = build_inference_model(compose_config([*R50_TINY, f"weights={ckpt}"], output_dir=tmp_path / "eval"),
                                   overrides=[])
     assert built.model.backbone.stride_in_1x1
+    # resuming the run (same command, resume=true, one more step) accepts the record it wrote
+    resumed = train_from_config(compose_config([*R50_TINY, f"weights={init}", "weights_partial=true", "resume=true",
+                                                "solver.max_iter=2"], output_dir=tmp_path / "run"))
+    assert resumed["iteration"] == 2
 
 
 # --- weights_partial in eval / predict -------------------------------------------------------------

@@ -21,6 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from panfpn.engine import distributed as du
 from panfpn.engine.training.checkpoint import load_resumable, restore_rng_state
 from panfpn.engine.config import ConfigError
+from panfpn.engine.model_spec import with_loaded_settings
 from panfpn.engine.training.solver import set_schedule_iteration
 
 logger = logging.getLogger("panfpn")
@@ -67,8 +68,9 @@ def checkpoint_section(ckpt: dict, name: str) -> dict | None:
     return _container(node) if node is not None else None
 
 
-def check_same_model(cfg: DictConfig, ckpt: dict, path: Path) -> None:
-    """ConfigError naming every model key that differs from the checkpoint's model config."""
+def check_same_model(cfg: DictConfig, ckpt: dict, path: Path, model: Any = None) -> None:
+    """ConfigError naming every model key that differs from the checkpoint's model config (``model``:
+    the built model, whose settings loading its weights changed count, as the checkpoint records them)."""
     if ckpt.get("model_config"):
         old = _container(OmegaConf.create(ckpt["model_config"]))
     else:
@@ -76,7 +78,7 @@ def check_same_model(cfg: DictConfig, ckpt: dict, path: Path) -> None:
     if old is None:
         logger.warning("%s records no model config: cannot check that the model is the same", path)
         return
-    changes = config_changes(old, _container(cfg.model), "model")
+    changes = config_changes(old, with_loaded_settings(_container(cfg.model), model), "model")
     if changes:
         raise ConfigError(f"resume=true: the model config differs from the one {path} was trained "
                           f"with: {'; '.join(changes)}. Resume with the checkpoint's model config, or "
@@ -130,7 +132,7 @@ def resume_training(run_dir: str | os.PathLike, cfg: DictConfig, *, model: torch
         return Resumed()
     path, ckpt = found
     iteration = int(ckpt["iteration"])
-    check_same_model(cfg, ckpt, path)
+    check_same_model(cfg, ckpt, path, model)
     changes = _check_solver(cfg, checkpoint_section(ckpt, "solver"), path)
     _check_iteration(iteration, cfg, path)
     model.load_state_dict(ckpt["model"])

@@ -405,7 +405,26 @@ def _torchvision_layout(model: nn.Module, report: LoadReport) -> LoadReport:
     return report
 
 
+def _other_architecture(state: dict[str, torch.Tensor], model: nn.Module) -> str | None:
+    """Which model a Detectron2-layout file that matched nothing is for, when it is the other one."""
+    official = hasattr(model, "convert_official_state")
+    if not official and any(k.startswith(("sem_seg_head.pixel_decoder.", "sem_seg_head.predictor.query_"))
+                            for k in state):
+        return "an official Mask2Former checkpoint: build its model with model=mask2former_r50 (or mask2former_swin_*)"
+    if official and any(k.startswith(("backbone.bottom_up.", "roi_heads.box_predictor.")) for k in state):
+        return "a Detectron2 Panoptic FPN checkpoint: build its model with model=panoptic_fpn_r50 (or panoptic_fpn_r101)"
+    return None
+
+
 def _load_d2(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+    report = _load_d2_layout(model, state, source)
+    other = None if report.matched else _other_architecture(state, model)
+    if other:
+        raise WeightsError(f"weights {source} match nothing in the {type(model).__name__} model: they are {other}")
+    return report
+
+
+def _load_d2_layout(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
     convert = getattr(model, "convert_official_state", None)
     if convert is not None:  # a model with its own official layout (Mask2Former's model zoo)
         report = LoadReport(source, f"official {type(model).__name__}")

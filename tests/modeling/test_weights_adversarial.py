@@ -343,3 +343,33 @@ def test_detectron2_imagenet_backbone_files_are_named_and_an_alternative_given(t
     text = str(err.value)
     assert "R-50.pkl" in text and "ImageNet" in text and "ResNet50_Weights.IMAGENET1K_V1" in text
     assert ("Caffe2" in text) if kind == "caffe2" else ("convert-torchvision-to-d2" in text)
+
+
+# --- a model-zoo checkpoint of the other architecture ----------------------------------------------
+# Both are Detectron2 .pkl files; given to the other model they matched nothing and the error listed
+# hundreds of keys without saying which model the file is for.
+def _mask2former_official_keys() -> dict[str, np.ndarray]:
+    """A few entries of an official Mask2Former R50 checkpoint (Detectron2 ResNet as backbone.resN,
+    MSDeformAttnPixelDecoder and the masked-attention decoder under sem_seg_head)."""
+    shapes = {"backbone.stem.conv1.weight": (64, 3, 7, 7), "backbone.res2.0.conv1.weight": (64, 64, 1, 1),
+              "sem_seg_head.pixel_decoder.mask_features.weight": (256, 256, 1, 1),
+              "sem_seg_head.predictor.query_feat.weight": (100, 256),
+              "sem_seg_head.predictor.class_embed.weight": (134, 256), "criterion.empty_weight": (134,)}
+    return {k: np.zeros(v, np.float32) for k, v in shapes.items()}
+
+
+def test_a_mask2former_checkpoint_given_to_panoptic_fpn_says_which_model_it_is_for(tmp_path):
+    path = write_zoo_pkl(tmp_path / "model_final_94dc52.pkl", _mask2former_official_keys())
+    with pytest.raises(WeightsError, match=r"model_final_94dc52\.pkl.*Mask2Former.*model=mask2former_"):
+        load_weights(tiny_model(depth=50), path, allow_partial=True)
+
+
+def test_a_panoptic_fpn_checkpoint_given_to_mask2former_says_which_model_it_is_for(tmp_path):
+    from modeling_helpers import compose_model_config
+
+    from panfpn.modeling.build import instantiate_model
+
+    model = instantiate_model(compose_model_config("mask2former_small"))
+    path = write_zoo_pkl(tmp_path / "model_final_c10459.pkl", d2_state())
+    with pytest.raises(WeightsError, match=r"model_final_c10459\.pkl.*Panoptic FPN.*model=panoptic_fpn_"):
+        load_weights(model, path, allow_partial=True)

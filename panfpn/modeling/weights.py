@@ -161,6 +161,8 @@ def _dispatch(model: nn.Module, source: Any) -> LoadReport:
                            f"tensors, got {type(state).__name__}; {_formats()}")
     if not state:
         raise WeightsError(f"{path} holds no tensors: it matches nothing in the model")
+    if all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel wrapper
+        state = {k[len("module."):]: v for k, v in state.items()}
     if _is_imagenet_swin(state):
         return _load_imagenet_swin(model, state, str(path))
     if is_d2_state_dict(state):

@@ -373,3 +373,18 @@ def test_a_panoptic_fpn_checkpoint_given_to_mask2former_says_which_model_it_is_f
     path = write_zoo_pkl(tmp_path / "model_final_c10459.pkl", d2_state())
     with pytest.raises(WeightsError, match=r"model_final_c10459\.pkl.*Panoptic FPN.*model=panoptic_fpn_"):
         load_weights(model, path, allow_partial=True)
+
+
+# --- state dicts saved from a DistributedDataParallel wrapper --------------------------------------
+# fvcore's Checkpointer (Detectron2) strips a "module." prefix on every key; here such a file
+# matched nothing, reported as a panfpn checkpoint whatever it held.
+def test_a_state_dict_saved_through_ddp_loads_like_the_unwrapped_one(tmp_path):
+    state = d2_state()
+    plain = tiny_model()
+    load_weights(plain, write_training_pth(tmp_path / "plain.pth", state))
+    torch.save({"model": {f"module.{k}": torch.from_numpy(v) for k, v in state.items()}}, tmp_path / "ddp.pth")
+    wrapped = tiny_model()
+    report = load_weights(wrapped, tmp_path / "ddp.pth")
+    assert report.format == "detectron2" and report.complete
+    for key, value in plain.state_dict().items():
+        assert torch.equal(value, wrapped.state_dict()[key]), key

@@ -15,7 +15,12 @@ Accepted sources:
   - ImageNet classification Swin files as the official Mask2Former configs start from
     (``swin_tiny_patch4_window7_224.pkl`` ...: plain pickles of torch tensors, or the Swin release
     ``.pth``): loaded into the Swin body (``official_swin.imagenet_swin_to_ours``).
-Tensor files are always read with ``torch.load(weights_only=True)``.
+Tensor files are always read with ``torch.load(weights_only=True)``; a state dict saved through
+DistributedDataParallel (every key under ``module.``) is read without the prefix. Settings without a
+tensor follow the file: ``stride_in_1x1`` is set true for Detectron2 weights (and for our checkpoints
+that record it), false for torchvision ones. Detectron2 files recording another input normalisation,
+and Detectron2's ImageNet backbone files (Caffe2 names, or torchvision converted by its tool), are
+refused with what they are.
 
 Loading is strict: every model tensor in scope (the whole model; the ResNet body for ImageNet
 weights) must be loaded and every file tensor used, else :class:`WeightsError`. With
@@ -183,8 +188,8 @@ def _dispatch(model: nn.Module, source: Any) -> LoadReport:
 def _recorded_layout(model: nn.Module, obj: Any, report: LoadReport) -> LoadReport:
     """Move the ResNet stride to the 1x1 conv when a panfpn checkpoint's model record says its
     weights had it there (``backbone.stride_in_1x1: true``, after a Detectron2 initialisation): no
-    tensor tells. A recorded false is not applied: checkpoints written before the record followed
-    the loader said false after a Detectron2 initialisation too."""
+    tensor tells. A recorded false is not applied: checkpoints written before the record took the
+    built model's value recorded false even after a Detectron2 initialisation."""
     backbone = getattr(model, "backbone", None)
     text = obj.get("model_config") if isinstance(obj, dict) else None
     if not isinstance(text, str) or getattr(backbone, "depth", 0) < 50:

@@ -332,17 +332,26 @@ def _torchvision_converted_by_detectron2(net: torch.nn.Module) -> dict:
     return {"model": out, "__author__": "torchvision", "matching_heuristics": True}
 
 
-@pytest.mark.parametrize("kind", ["caffe2", "converted torchvision"])
+def _detectron1_model() -> dict:
+    """A Detectron1 (Caffe2) model-zoo file: its blobs (with SGD momenta) under 'blobs', its config as text."""
+    blobs = _caffe2_r50_names()
+    blobs.update({f"{k}_momentum": v for k, v in list(blobs.items())[:3]})
+    blobs["fpn_inner_res5_2_sum_w"] = np.zeros((256, 2048, 1, 1), np.float32)
+    return {"blobs": blobs, "cfg": "MODEL:\n  TYPE: generalized_rcnn\n"}
+
+
+@pytest.mark.parametrize("kind", ["caffe2", "converted torchvision", "detectron1"])
 def test_detectron2_imagenet_backbone_files_are_named_and_an_alternative_given(tmp_path, kind, torchvision_r50):
     path = tmp_path / "R-50.pkl"
-    content = _caffe2_r50_names() if kind == "caffe2" else _torchvision_converted_by_detectron2(torchvision_r50)
+    content = {"caffe2": _caffe2_r50_names, "detectron1": _detectron1_model}.get(
+        kind, lambda: _torchvision_converted_by_detectron2(torchvision_r50))()
     with open(path, "wb") as f:
         pickle.dump(content, f)
     with pytest.raises(WeightsError) as err:
         load_weights(tiny_model(depth=50), path, allow_partial=True)
     text = str(err.value)
     assert "R-50.pkl" in text and "ImageNet" in text and "ResNet50_Weights.IMAGENET1K_V1" in text
-    assert ("Caffe2" in text) if kind == "caffe2" else ("convert-torchvision-to-d2" in text)
+    assert ("convert-torchvision-to-d2" in text) if kind == "converted torchvision" else ("Caffe2" in text)
 
 
 # --- a model-zoo checkpoint of the other architecture ----------------------------------------------

@@ -124,6 +124,9 @@ def load_d2_pickle(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     with open(path, "rb") as f:
         obj = _ArrayOnlyUnpickler(f, path).load()
     state = obj.get("model", obj) if isinstance(obj, dict) else None
+    if isinstance(state, dict) and "model" not in state and isinstance(state.get("blobs"), dict):
+        # Detectron1 (Caffe2) detection models: blobs and their SGD momenta, as Detectron2 reads them
+        state = {k: v for k, v in state["blobs"].items() if not str(k).endswith("_momentum")}
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a dict of arrays (optionally under 'model'), got {type(obj).__name__}")
     out: dict[str, torch.Tensor] = {}
@@ -156,8 +159,8 @@ def d2_imagenet_layout(state: dict[str, Any]) -> str | None:
         return ("a torchvision ImageNet ResNet converted by Detectron2's tools/convert-torchvision-to-d2.py "
                 "(stem.* / resN.* names, as detectron2://ImageNetPretrained/torchvision/R-50.pkl)")
     if not any("." in k for k in state) and any(_CAFFE2_BLOB.match(k) for k in state):
-        return ("a Caffe2 / Detectron1 ImageNet ResNet (conv1_w, res2_0_branch2a_w ... names, as "
-                "Detectron2's ImageNetPretrained/MSRA/R-50.pkl)")
+        return ("a Caffe2 / Detectron1 file (conv1_w, res2_0_branch2a_w ... names: Detectron2's "
+                "ImageNetPretrained/MSRA/R-50.pkl, or a Detectron1 model)")
     return None
 
 

@@ -57,7 +57,8 @@ def build_inference_model(cfg: DictConfig, overrides: Sequence[str] | None = Non
 
     ``overrides``: the user's explicit overrides (hydra syntax); None: hydra's command line when
     running under hydra, else none (from Python, the recorded model is used as it is).
-    ``require_heads``: refuse backbone-only weights (ImageNet), whose heads would be random.
+    ``require_heads``: refuse backbone-only weights (ImageNet) and partial loads (``weights_partial``),
+    which would leave heads random.
     """
     overrides = command_line_overrides() if overrides is None else list(overrides)
     weights = OmegaConf.select(cfg, "weights", default=None)
@@ -90,6 +91,10 @@ def build_inference_model(cfg: DictConfig, overrides: Sequence[str] | None = Non
     if require_heads and report is not None and report.format in BACKBONE_ONLY_FORMATS:
         raise WeightsError(f"weights {report.source} hold only an ImageNet backbone: the heads would be "
                            "random; give a trained checkpoint (ours or Detectron2's)")
+    if require_heads and report is not None and not report.complete:
+        raise WeightsError(f"weights {report.source} ({report.format}) do not fit the model: {report.problems()}; "
+                           "eval and predict need every tensor from the weights (weights_partial=true "
+                           "is for fine-tuning: what it skips would be random here)")
     return InferenceModel(model, metadata, transform, eff, record if use_record else None, report)
 
 

@@ -53,16 +53,29 @@ def relocated_targets(node: Any) -> Any:
     return node
 
 
-def describe_model(cfg: DictConfig, metadata: DatasetMetadata) -> dict[str, Any]:
-    """The checkpoint entries that let a later job rebuild this run's model and label spaces."""
+def describe_model(cfg: DictConfig, metadata: DatasetMetadata, model: Any = None) -> dict[str, Any]:
+    """The checkpoint entries that let a later job rebuild this run's model and label spaces;
+    ``model``: the trained model, whose settings the weights loader changed win over the config's."""
     transforms = OmegaConf.select(cfg, "data.val.transforms", default=None)
+    model_config = OmegaConf.to_container(cfg.model, resolve=True)
     return {
-        "model_config": OmegaConf.to_yaml(OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))),
+        "model_config": OmegaConf.to_yaml(OmegaConf.create(with_loaded_settings(model_config, model))),
         "metadata": {"name": metadata.name, "sem_seg_mode": metadata.sem_seg_mode,
                      "categories": metadata.to_coco_categories()},
         "test_transform": OmegaConf.to_yaml(OmegaConf.create(
             {"transforms": OmegaConf.to_container(transforms, resolve=True) if transforms is not None else None})),
     }
+
+
+def with_loaded_settings(model_config: dict[str, Any], model: Any) -> dict[str, Any]:
+    """``model_config`` with the settings that have no tensor and that loading weights set on the
+    built ``model`` (the Detectron2 import moves the ResNet stride: ``backbone.stride_in_1x1``);
+    the state dict alone would rebuild the model with the config's value."""
+    backbone = getattr(model, "backbone", None)
+    node = model_config.get("backbone") if isinstance(model_config, dict) else None
+    if isinstance(node, dict) and node.get("stride_in_1x1") is not None and hasattr(backbone, "stride_in_1x1"):
+        node["stride_in_1x1"] = bool(backbone.stride_in_1x1)
+    return model_config
 
 
 # ---------------------------------------------------------------------------------------------

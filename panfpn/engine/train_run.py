@@ -144,7 +144,7 @@ def _checkpoint_state(model, optimizer, scheduler, scaler, iteration: int, cfg: 
         "skipped_steps": skipped_steps,
         "rng": rng_all_ranks,
         "config": OmegaConf.to_yaml(cfg),
-        **describe_model(cfg, metadata),
+        **describe_model(cfg, metadata, model),
     }
 
 

@@ -15,7 +15,12 @@ Accepted sources:
   - ImageNet classification Swin files as the official Mask2Former configs start from
     (``swin_tiny_patch4_window7_224.pkl`` ...: plain pickles of torch tensors, or the Swin release
     ``.pth``): loaded into the Swin body (``official_swin.imagenet_swin_to_ours``).
-Tensor files are always read with ``torch.load(weights_only=True)``.
+Tensor files are always read with ``torch.load(weights_only=True)``; a state dict saved through
+DistributedDataParallel (every key under ``module.``) is read without the prefix. Settings without a
+tensor follow the file: ``stride_in_1x1`` is set true for Detectron2 weights (and for our checkpoints
+that record it), false for torchvision ones. Detectron2 files recording another input normalisation,
+and Detectron2's ImageNet backbone files (Caffe2 names, or torchvision converted by its tool), are
+refused with what they are.
 
 Loading is strict: every model tensor in scope (the whole model; the ResNet body for ImageNet
 weights) must be loaded and every file tensor used, else :class:`WeightsError`. With
@@ -35,11 +40,12 @@ from typing import Any
 
 import torch
 import torchvision
+import yaml
 from torch import nn
 
 from panfpn.modeling.panoptic_fpn.detectron2_import import (
-    D2_IGNORED, D2_PIXEL_MEAN_BGR, D2_PIXEL_STD_BGR, SEM_PREDICTOR_KEYS, is_d2_state_dict, load_d2_pickle,
-    ours_to_d2, remap_d2_semantic_predictor,
+    D2_IGNORED, D2_PIXEL_MEAN_BGR, D2_PIXEL_STD_BGR, SEM_PREDICTOR_KEYS, d2_imagenet_layout, d2_normalisation_problem,
+    is_d2_state_dict, load_d2_pickle, ours_to_d2, remap_d2_semantic_predictor,
 )
 from panfpn.modeling.pickled_tensors import weights_only_reason
 
@@ -145,6 +151,13 @@ def _dispatch(model: nn.Module, source: Any) -> LoadReport:
         pickled = _read_d2_pickle(path)
         if _is_imagenet_swin(pickled):
             return _load_imagenet_swin(model, pickled, str(path))
+        layout = d2_imagenet_layout(pickled)
+        if layout:
+            raise WeightsError(
+                f"weights {path} are {layout}, which Detectron2 loads by name-matching heuristics and panfpn "
+                "does not convert. For an ImageNet ResNet give torchvision's: weights=ResNet50_Weights.IMAGENET1K_V1 "
+                "(ResNet101_Weights... for R101) or a torchvision resnet .pth; Detectron2 / Mask2Former model-zoo "
+                "checkpoints (model_final_*.pkl) load as they are")
         return _load_d2(model, pickled, str(path))
     obj = read_torch_file(path)
     state = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
@@ -153,6 +166,8 @@ def _dispatch(model: nn.Module, source: Any) -> LoadReport:
                            f"tensors, got {type(state).__name__}; {_formats()}")
     if not state:
         raise WeightsError(f"{path} holds no tensors: it matches nothing in the model")
+    if all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel wrapper
+        state = {k[len("module."):]: v for k, v in state.items()}
     if _is_imagenet_swin(state):
         return _load_imagenet_swin(model, state, str(path))
     if is_d2_state_dict(state):
@@ -160,11 +175,35 @@ def _dispatch(model: nn.Module, source: Any) -> LoadReport:
     if all(_RESNET_KEY.match(k) for k in state):
         return _load_into(model, {f"backbone.body.{k}": v for k, v in state.items()
                                   if not k.startswith("fc.")},
-                          LoadReport(str(path), "torchvision resnet"), scope="backbone.body.")
+                          _torchvision_layout(model, LoadReport(str(path), "torchvision resnet")),
+                          scope="backbone.body.")
     if _is_torchvision_body_state(model, state):
         return _load_into(model, _map_torchvision_body(model, state),
-                          LoadReport(str(path), "torchvision imagenet"), scope="backbone.body.")
-    return _load_into(model, dict(state), LoadReport(str(path), "panfpn"), scope="")
+                          _torchvision_layout(model, LoadReport(str(path), "torchvision imagenet")),
+                          scope="backbone.body.")
+    report = _recorded_layout(model, obj, LoadReport(str(path), "panfpn"))
+    return _load_into(model, dict(state), report, scope="")
+
+
+def _recorded_layout(model: nn.Module, obj: Any, report: LoadReport) -> LoadReport:
+    """Move the ResNet stride to the 1x1 conv when a panfpn checkpoint's model record says its
+    weights had it there (``backbone.stride_in_1x1: true``, after a Detectron2 initialisation): no
+    tensor tells. A recorded false is not applied: checkpoints written before the record took the
+    built model's value recorded false even after a Detectron2 initialisation."""
+    backbone = getattr(model, "backbone", None)
+    text = obj.get("model_config") if isinstance(obj, dict) else None
+    if not isinstance(text, str) or getattr(backbone, "depth", 0) < 50:
+        return report
+    try:
+        node = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise WeightsError(f"{report.source}: its model record (model_config) is not YAML: {err}") from err
+    node = node.get("backbone") if isinstance(node, dict) else None
+    recorded = node.get("stride_in_1x1") if isinstance(node, dict) else None
+    if recorded is True and not backbone.stride_in_1x1:
+        backbone.stride_in_1x1 = True
+        report.notes.append("backbone switched to stride_in_1x1=True, as the checkpoint records")
+    return report
 
 
 def _is_imagenet_swin(state: dict[str, Any]) -> bool:
@@ -359,16 +398,48 @@ def _load_torchvision_enum(model: nn.Module, source: Any) -> LoadReport:
             f"{weights.url} elsewhere and pass the local file as weights=, or put it in "
             f"{os.path.join(torch.hub.get_dir(), 'checkpoints')}") from err
     mapped = _map_torchvision_body(model, state)
-    report = LoadReport(str(weights), "torchvision imagenet")
+    report = _torchvision_layout(model, LoadReport(str(weights), "torchvision imagenet"))
     return _load_into(model, mapped, report, scope="backbone.body.")
 
 
+def _torchvision_layout(model: nn.Module, report: LoadReport) -> LoadReport:
+    """torchvision's bottlenecks downsample in the 3x3 conv: a backbone configured with
+    ``stride_in_1x1`` (Detectron2's default) is switched back, as the Detectron2 import switches it on."""
+    backbone = getattr(model, "backbone", None)
+    if backbone is not None and getattr(backbone, "stride_in_1x1", False):
+        backbone.stride_in_1x1 = False
+        report.notes.append("backbone switched to stride_in_1x1=False (torchvision bottleneck layout)")
+    return report
+
+
+def _other_architecture(state: dict[str, torch.Tensor], model: nn.Module) -> str | None:
+    """Which model a Detectron2-layout file that matched nothing is for, when it is the other one."""
+    official = hasattr(model, "convert_official_state")
+    if not official and any(k.startswith(("sem_seg_head.pixel_decoder.", "sem_seg_head.predictor.query_"))
+                            for k in state):
+        return "an official Mask2Former checkpoint: build its model with model=mask2former_r50 (or mask2former_swin_*)"
+    if official and any(k.startswith(("backbone.bottom_up.", "roi_heads.box_predictor.")) for k in state):
+        return "a Detectron2 Panoptic FPN checkpoint: build its model with model=panoptic_fpn_r50 (or panoptic_fpn_r101)"
+    return None
+
+
 def _load_d2(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
+    report = _load_d2_layout(model, state, source)
+    other = None if report.matched else _other_architecture(state, model)
+    if other:
+        raise WeightsError(f"weights {source} match nothing in the {type(model).__name__} model: they are {other}")
+    return report
+
+
+def _load_d2_layout(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> LoadReport:
     convert = getattr(model, "convert_official_state", None)
     if convert is not None:  # a model with its own official layout (Mask2Former's model zoo)
         report = LoadReport(source, f"official {type(model).__name__}")
         return _load_into(model, convert(state, report), report, scope="", ignore_missing=("num_batches_tracked",))
     report = LoadReport(source, "detectron2")
+    problem = d2_normalisation_problem(state)
+    if problem:
+        raise WeightsError(f"weights {source} (detectron2) cannot be converted: {problem}")
     ours = model.state_dict()
     d2_to_ours = {d2: k for k in ours if (d2 := ours_to_d2(k)) is not None}
     mapped: dict[str, torch.Tensor] = {}

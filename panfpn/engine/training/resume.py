@@ -23,7 +23,7 @@ from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine import distributed as du
 from panfpn.engine.training.checkpoint import load_resumable, restore_rng_state, resume_candidates
 from panfpn.engine.config import ConfigError
-from panfpn.engine.model_spec import renamed_categories, same_labels
+from panfpn.engine.model_spec import renamed_categories, same_labels, with_loaded_settings
 from panfpn.engine.training.solver import base_group, set_schedule_iteration
 
 logger = logging.getLogger("panfpn")
@@ -74,8 +74,9 @@ def checkpoint_section(ckpt: dict, name: str) -> dict | None:
     return _container(node) if node is not None else None
 
 
-def check_same_model(cfg: DictConfig, ckpt: dict, path: Path) -> None:
-    """ConfigError naming every model key that differs from the checkpoint's model config."""
+def check_same_model(cfg: DictConfig, ckpt: dict, path: Path, model: Any = None) -> None:
+    """ConfigError naming every model key that differs from the checkpoint's model config (``model``:
+    the built model, whose settings loading its weights changed count, as the checkpoint records them)."""
     if ckpt.get("model_config"):
         old = _container(OmegaConf.create(ckpt["model_config"]))
     else:
@@ -83,7 +84,7 @@ def check_same_model(cfg: DictConfig, ckpt: dict, path: Path) -> None:
     if old is None:
         logger.warning("%s records no model config: cannot check that the model is the same", path)
         return
-    changes = config_changes(old, _container(cfg.model), "model")
+    changes = config_changes(old, with_loaded_settings(_container(cfg.model), model), "model")
     if changes:
         raise ConfigError(f"resume=true: the model config differs from the one {path} was trained "
                           f"with: {'; '.join(changes)}. Resume with the checkpoint's model config, or "
@@ -208,7 +209,7 @@ def resume_training(run_dir: str | os.PathLike, cfg: DictConfig, *, model: torch
         return Resumed()
     path, ckpt = found
     iteration = int(ckpt["iteration"])
-    check_same_model(cfg, ckpt, path)
+    check_same_model(cfg, ckpt, path, model)
     if metadata is not None:
         check_same_labels(metadata, ckpt, path)
     _warn_run_changes(cfg, ckpt, path)

@@ -46,6 +46,27 @@ D2_PIXEL_MEAN_BGR = (103.530, 116.280, 123.675)
 D2_PIXEL_STD_BGR = (1.0, 1.0, 1.0)
 
 
+def d2_normalisation_problem(state: dict[str, torch.Tensor]) -> str | None:
+    """Why the ``pixel_mean`` / ``pixel_std`` a Detectron2 file records (older Detectron2 saved them
+    with the weights) rule out the Caffe BGR conversion, or None (not recorded, or the defaults).
+
+    Detectron2 feeds ``(image in INPUT.FORMAT - PIXEL_MEAN) / PIXEL_STD`` to the first conv; the file
+    does not say INPUT.FORMAT, so only the default BGR / Caffe-mean / unit-std setting can be
+    converted (a file trained from torchvision weights uses RGB with ImageNet mean and std).
+    """
+    recorded = {k: state[k].flatten().tolist() for k in ("pixel_mean", "pixel_std") if k in state}
+    if not recorded:
+        return None
+    defaults = {"pixel_mean": D2_PIXEL_MEAN_BGR, "pixel_std": D2_PIXEL_STD_BGR}
+    if all(len(v) == 3 and np.allclose(v, defaults[k], atol=1e-3) for k, v in recorded.items()):
+        return None
+    shown = ", ".join(f"{k} {[round(x, 3) for x in v]}" for k, v in recorded.items())
+    return (f"it was trained with {shown} (Detectron2's MODEL.PIXEL_MEAN / PIXEL_STD, saved with the "
+            f"weights), not Detectron2's default BGR Caffe mean {list(D2_PIXEL_MEAN_BGR)} with std 1, the "
+            "only input convention the Detectron2 import converts (the file does not say INPUT.FORMAT); "
+            "with it the model would see other inputs than in Detectron2")
+
+
 def _numpy_global(module: str, name: str) -> Any:
     # numpy 2 moved numpy.core to numpy._core; pickles written by numpy 1 name the old path.
     for mod in (module, module.replace("numpy.core", "numpy._core")):
@@ -103,6 +124,9 @@ def load_d2_pickle(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     with open(path, "rb") as f:
         obj = _ArrayOnlyUnpickler(f, path).load()
     state = obj.get("model", obj) if isinstance(obj, dict) else None
+    if isinstance(state, dict) and "model" not in state and isinstance(state.get("blobs"), dict):
+        # Detectron1 (Caffe2) detection models: blobs and their SGD momenta, as Detectron2 reads them
+        state = {k: v for k, v in state["blobs"].items() if not str(k).endswith("_momentum")}
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a dict of arrays (optionally under 'model'), got {type(obj).__name__}")
     out: dict[str, torch.Tensor] = {}
@@ -120,6 +144,24 @@ def is_d2_state_dict(state: dict[str, Any]) -> bool:
     """Whether the names look like a Detectron2 (generalized R-CNN / panoptic) model."""
     return any(k.startswith(("backbone.bottom_up.", "proposal_generator.", "roi_heads.box_predictor.",
                              "sem_seg_head.")) for k in state)
+
+
+_CAFFE2_BLOB = re.compile(r"^(conv1_w|res_conv1_bn_[sb]|res\d_\d+_branch\w+_[wsb]|fc1000_[wb])$")
+_CONVERTED_RESNET = re.compile(r"^(stem|res[2-5])\.")
+
+
+def d2_imagenet_layout(state: dict[str, Any]) -> str | None:
+    """What kind of Detectron2 ImageNet backbone file ``state`` is, for the error that refuses it
+    (Detectron2 matches these by name heuristics, ``c2_model_loading.py``), or None."""
+    if not state:
+        return None
+    if all(_CONVERTED_RESNET.match(k) for k in state):
+        return ("a torchvision ImageNet ResNet converted by Detectron2's tools/convert-torchvision-to-d2.py "
+                "(stem.* / resN.* names, as detectron2://ImageNetPretrained/torchvision/R-50.pkl)")
+    if not any("." in k for k in state) and any(_CAFFE2_BLOB.match(k) for k in state):
+        return ("a Caffe2 / Detectron1 file (conv1_w, res2_0_branch2a_w ... names: Detectron2's "
+                "ImageNetPretrained/MSRA/R-50.pkl, or a Detectron1 model)")
+    return None
 
 
 def _sub(pattern: str, fn: Callable[[re.Match], str]) -> tuple[re.Pattern, Callable[[re.Match], str]]:

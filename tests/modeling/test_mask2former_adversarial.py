@@ -174,3 +174,18 @@ def test_deformable_sampling_at_the_borders_equals_the_official_kernel():
             got = deformable_sample(value, shapes, loc, one)[0, 0]
             assert torch.allclose(got, kernel_bilinear(vmap, x, y), atol=1e-6), (lvl, x, y)
         start += h * w
+
+
+def test_pixel_decoder_feed_forward_weights_start_xavier_uniform():
+    # official MSDeformAttnTransformerEncoderOnly._reset_parameters: xavier_uniform_ on every
+    # parameter with dim > 1 (the FFN's linear1 / linear2 too), then MSDeformAttn's own init.
+    from panfpn.modeling.mask2former.pixel_decoder import DeformableEncoder
+
+    torch.manual_seed(0)
+    enc = DeformableEncoder(64, 3, 4, 2, 1, dim_feedforward=256)
+    for lin in (enc.encoder.layers[0].linear1, enc.encoder.layers[0].linear2):
+        bound = math.sqrt(6.0 / (lin.in_features + lin.out_features))
+        assert float(lin.weight.abs().max()) <= bound
+        assert float(lin.weight.std()) == pytest.approx(bound / math.sqrt(3), rel=0.05)
+    attn = enc.encoder.layers[0].self_attn  # its own init is kept (zero offsets' weight, ring bias)
+    assert not attn.sampling_offsets.weight.any() and not attn.attention_weights.weight.any()

@@ -57,6 +57,13 @@ def test_instance_topk_counts_stuff_pairs_as_the_official_inference():
     assert out["scores"].tolist() == pytest.approx([w[0] for w in want], rel=1e-5)
 
 
+def test_instances_when_the_top_k_are_all_stuff_pairs_are_empty_but_well_formed():
+    logits = _logits([[(3, 9.0)], [(4, 9.0)]])
+    out = instance_inference(logits, torch.randn(2, 5, 4), SPACE, InferenceConfig(topk_instances=2))
+    assert out["scores"].shape == (0,) and out["labels"].shape == (0,)
+    assert out["boxes"].shape == (0, 4) and out["masks"].shape == (0, 5, 4)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_instances_equal_the_official_rule_on_random_heads(seed):
     g = torch.Generator().manual_seed(seed)
@@ -120,7 +127,7 @@ def test_losses_with_no_target_in_the_batch_are_finite_and_only_classify_no_obje
     assert set(losses) == {f"loss_{k}{s}" for k in ("ce", "mask", "dice") for s in ("", "_0")}
     assert float(losses["loss_mask"].detach()) == 0.0 == float(losses["loss_dice"].detach())
     no_object = torch.full((2, 4), 6)
-    assert float(losses["loss_ce"].detach()) == pytest.approx(2.0 * official_criterion_ce(classes[-1], no_object, 0.1),
+    assert float(losses["loss_ce"].detach()) == pytest.approx(2.0 * official_criterion_ce(classes[-1].detach(), no_object, 0.1),
                                                      rel=1e-5)
     sum(losses.values()).backward()  # every prediction stays in the graph
     assert all(t.grad is not None for t in classes + masks)
@@ -184,8 +191,9 @@ def test_pixel_decoder_feed_forward_weights_start_xavier_uniform():
     torch.manual_seed(0)
     enc = DeformableEncoder(64, 3, 4, 2, 1, dim_feedforward=256)
     for lin in (enc.encoder.layers[0].linear1, enc.encoder.layers[0].linear2):
+        weight = lin.weight.detach()
         bound = math.sqrt(6.0 / (lin.in_features + lin.out_features))
-        assert float(lin.weight.abs().max()) <= bound
-        assert float(lin.weight.std()) == pytest.approx(bound / math.sqrt(3), rel=0.05)
+        assert float(weight.abs().max()) <= bound
+        assert float(weight.std()) == pytest.approx(bound / math.sqrt(3), rel=0.05)
     attn = enc.encoder.layers[0].self_attn  # its own init is kept (zero offsets' weight, ring bias)
     assert not attn.sampling_offsets.weight.any() and not attn.attention_weights.weight.any()

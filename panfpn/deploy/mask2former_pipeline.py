@@ -15,8 +15,9 @@ does eagerly (Python loops and boolean indexing there; fixed-size arrays here)::
 
 Segment arrays have ``Q`` rows (a segment per query at most), the first ``num_segments`` valid, in id
 order; stuff segments have the score :data:`~panfpn.deploy.merge_static.STUFF_SCORE` (eager: None).
-Instance arrays have ``min(topk_instances, thing classes x Q)`` rows, all valid (the eager model
-returns that many, whatever their scores). Batch 1; H0 and W0 are dynamic.
+Instance arrays have ``min(topk_instances, classes x Q)`` rows: the top-k (query, class) pairs, the
+first ``num_instances`` (the thing pairs, what the eager model returns) valid, the stuff pairs after
+them with score -1 and label -1. Batch 1; H0 and W0 are dynamic.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class Mask2FormerPipeline(nn.Module):
         space = model.space
         things, sems = [int(c) for c in thing_category_ids], [int(c) for c in sem_category_ids]
         self.num_queries = model.predictor.query_feat.num_embeddings
-        self.max_detections = min(self.inference.topk_instances, sum(space.isthing) * self.num_queries)
+        self.max_detections = min(self.inference.topk_instances, space.num_classes * self.num_queries)
         self.num_classes = space.num_classes
         # per class, plus a last entry for 'no object': isthing, dataset category id of its segments,
         # dataset id of its instance label (the eager labels index the thing ids)
@@ -79,7 +80,7 @@ class Mask2FormerPipeline(nn.Module):
         logits = logits[0].float()
         id_map, seg = self.panoptic(logits, masks)
         boxes, scores, labels = self.instances(logits, masks)
-        num = (scores >= 0).sum()  # every row (probabilities): a tensor in every mode
+        num = (scores >= 0).sum()  # the thing rows (stuff rows: -1): a tensor in every mode
         sem = self.semantic(logits, masks)
         return (id_map, seg["id"], seg["category_id"], seg["isthing"], seg["score"], seg["area"], seg["count"],
                 boxes, scores, labels, num, sem)
@@ -121,17 +122,20 @@ class Mask2FormerPipeline(nn.Module):
 
     def instances(self, logits: Tensor, masks: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """:func:`~panfpn.modeling.mask2former.inference.instance_inference`: ``(boxes [D, 4] XYXY,
-        scores [D], dataset category ids [D])`` by descending score."""
-        probs = logits.softmax(-1)[:, :-1] * self.class_isthing[:-1]  # stuff never becomes an instance
+        scores [D], dataset category ids [D])`` by descending score; the top-k stuff pairs last (score
+        and label -1)."""
+        probs = logits.softmax(-1)[:, :-1]
         scores, flat = probs.flatten().topk(self.max_detections)
         queries, classes = flat // self.num_classes, flat % self.num_classes
         m = masks.index_select(0, queries)
         binary = m > 0
         mask_score = (m.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1).float() + 1e-6)
-        scores = scores * mask_score
+        thing = self.class_isthing[classes]  # stuff never becomes an instance
+        scores = torch.where(thing, scores * mask_score, -1.0)
         order = scores.argsort(descending=True)
         boxes = mask_boxes(binary.index_select(0, order))
-        return boxes, scores[order], self.instance_category_id[classes[order]]
+        labels = torch.where(thing, self.instance_category_id[classes], -1)
+        return boxes, scores[order], labels[order]
 
     def semantic(self, logits: Tensor, masks: Tensor) -> Tensor:
         """:func:`~panfpn.modeling.mask2former.inference.semantic_inference`: int64 ``[H0, W0]``; each

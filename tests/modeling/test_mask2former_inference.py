@@ -95,12 +95,15 @@ def test_instances_are_thing_classes_rescored_by_mask_and_sorted():
     g = torch.Generator().manual_seed(1)
     logits, masks = torch.randn(4, 7, generator=g) * 3, torch.randn(4, 6, 6, generator=g) * 3
     out = instance_inference(logits, masks, SPACE, InferenceConfig(topk_instances=5))
-    assert out["scores"].shape == (5,) and bool((out["scores"][:-1] >= out["scores"][1:]).all())
-    assert bool((out["labels"] < 3).all()) and out["masks"].dtype == torch.bool
     probs = logits.softmax(-1)
+    # official: the top 5 (query, class) pairs over all 6 classes, then the thing pairs (classes 0..2)
+    top = sorted(((q, c) for q in range(4) for c in range(6)), key=lambda qc: -float(probs[qc]))[:5]
+    top = [(q, c) for q, c in top if c < 3]
+    assert out["scores"].shape == (len(top),) and bool((out["scores"][:-1] >= out["scores"][1:]).all())
+    assert bool((out["labels"] < 3).all()) and out["masks"].dtype == torch.bool
     expected = sorted(
         (float(probs[q, c]) * float((masks[q].sigmoid() * (masks[q] > 0)).sum() / ((masks[q] > 0).sum() + 1e-6)))
-        for q, c in sorted(((q, c) for q in range(4) for c in range(3)), key=lambda qc: -float(probs[qc]))[:5])
+        for q, c in top)
     assert out["scores"].tolist() == pytest.approx(sorted(expected, reverse=True), rel=1e-5)
     for box, mask in zip(out["boxes"], out["masks"]):
         if mask.any():

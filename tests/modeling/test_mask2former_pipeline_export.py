@@ -144,7 +144,10 @@ def _compare(outputs: dict, want: dict, *, exact: bool) -> None:
     assert strip(got_segs) == strip(want["segments"])
     assert [s.get("score") for s in got_segs] == pytest.approx([s.get("score") for s in want["segments"]], abs=1e-5)
     n = int(outputs["num_instances"])
-    assert n == len(want["scores"]) == outputs["scores"].shape[0]
+    assert n == len(want["scores"]) <= outputs["scores"].shape[0]
+    # the rows after the valid ones: top-k stuff pairs, score and label -1
+    assert (outputs["scores"][n:] == -1).all() and (outputs["labels"][n:] == -1).all()
+    outputs = {**outputs, **{k: outputs[k][:n] for k in ("boxes", "scores", "labels")}}
     np.testing.assert_array_equal(outputs["labels"], want["labels"])
     if exact:
         assert np.array_equal(got_map, want["panoptic"])

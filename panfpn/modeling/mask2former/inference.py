@@ -92,14 +92,16 @@ def semantic_inference(logits: torch.Tensor, masks: torch.Tensor, space: ClassSp
 
 def instance_inference(logits: torch.Tensor, masks: torch.Tensor, space: ClassSpace,
                        cfg: InferenceConfig) -> dict[str, torch.Tensor]:
-    """Top-k (query, thing class) pairs by class probability, rescored by the mean mask probability
-    inside the mask; boxes from the masks; sorted by descending score."""
+    """Top-k (query, class) pairs by class probability over all classes, then the thing pairs among
+    them (official ``instance_inference`` with ``panoptic_on``: stuff pairs take top-k slots, so
+    fewer than k instances may remain), rescored by the mean mask probability inside the mask;
+    boxes from the masks; sorted by descending score."""
     probs = logits.float().softmax(-1)[:, :-1]
     is_thing = torch.as_tensor(space.isthing, device=probs.device)
-    probs = probs * is_thing  # stuff classes never become instances
-    k = min(cfg.topk_instances, int(is_thing.sum()) * probs.shape[0])
-    scores, flat = probs.flatten().topk(k)
+    scores, flat = probs.flatten().topk(min(cfg.topk_instances, probs.numel()))
     queries, classes = flat // probs.shape[1], flat % probs.shape[1]
+    thing = is_thing[classes]  # stuff classes never become instances
+    scores, queries, classes = scores[thing], queries[thing], classes[thing]
     m = masks[queries].float()
     binary = m > 0
     mask_score = (m.sigmoid() * binary).flatten(1).sum(1) / (binary.flatten(1).sum(1) + 1e-6)

@@ -50,6 +50,9 @@ class DeformableEncoder(nn.Module):
         self.encoder.layers = nn.ModuleList(
             DeformableEncoderLayer(d_model, n_levels, n_heads, n_points, dim_feedforward, dropout)
             for _ in range(num_layers))
+        for layer in self.encoder.layers:  # official: Xavier on every matrix, then MSDeformAttn's own init
+            nn.init.xavier_uniform_(layer.linear1.weight)
+            nn.init.xavier_uniform_(layer.linear2.weight)
 
     def forward(self, srcs: Sequence[torch.Tensor], pos: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Per-level ``[B, C, h, w]`` maps in, the encoded maps of the same shapes out."""

@@ -118,6 +118,7 @@ LSJ_100EP: dict[str, Any] = {
     "solver.schedule.warmup_factor": 0.067,            # 100ep_LSJ.py warmup_factor
     "train.clip_grad_norm": None,                      # no clipping in the lazy config
     "train.amp": True,                                 # 100ep_LSJ.py train.amp.enabled
+    "train.amp_dtype": "float16",                        # detectron2/engine/train_loop.py AMPTrainer precision
     "train.checkpoint_period": 5000,                   # common/train.py checkpointer.period
     "data.train.filter_empty": True,                   # common/data/coco.py get_detection_dataset_dicts default
     "data.train.transforms.transforms.0.output_size": [1024, 1024],  # 100ep_LSJ.py ResizeScale target / crop 1024
@@ -176,6 +177,7 @@ M2F_MODEL: dict[str, Any] = {
     "solver.weight_decay_by_name": {"relative_position_bias_table": 0.0, "absolute_pos_embed": 0.0},  # train_net.py
     "train.clip_grad_norm": 0.01,                        # CLIP_GRADIENTS full_model, CLIP_VALUE 0.01, NORM_TYPE 2
     "train.amp": True,                                   # SOLVER.AMP.ENABLED
+    "train.amp_dtype": "float16",                        # detectron2/engine/train_loop.py AMPTrainer precision
     "train.eval_period": 5000,                           # TEST.EVAL_PERIOD
     "train.checkpoint_period": 5000,                     # defaults.py SOLVER.CHECKPOINT_PERIOD
     "data.train.filter_empty": False,                    # panoptic records carry no 'annotations': none dropped

@@ -12,15 +12,17 @@ Accepted sources:
     ``.pth``; converted by name, with their BGR / Caffe-mean and ``stride_in_1x1`` conventions and
     the semantic head's rows permuted into our label order;
   - official Mask2Former model-zoo checkpoints (``.pkl``), by the model's ``convert_official_state``;
+  - Detectron2's ImageNet ResNet initialisation files (:mod:`panfpn.modeling.d2_imagenet`): the MSRA
+    ``R-50.pkl`` / ``R-101.pkl`` in Caffe2 names (stride in the 1x1 conv, BGR and Caffe mean set as
+    for Detectron2 checkpoints), or a torchvision ResNet converted by its tool (torchvision's layout);
   - ImageNet classification Swin files as the official Mask2Former configs start from
     (``swin_tiny_patch4_window7_224.pkl`` ...: plain pickles of torch tensors, or the Swin release
     ``.pth``): loaded into the Swin body (``official_swin.imagenet_swin_to_ours``).
 Tensor files are always read with ``torch.load(weights_only=True)``; a state dict saved through
 DistributedDataParallel (every key under ``module.``) is read without the prefix. Settings without a
-tensor follow the file: ``stride_in_1x1`` is set true for Detectron2 weights (and for our checkpoints
-that record it), false for torchvision ones. Detectron2 files recording another input normalisation,
-and Detectron2's ImageNet backbone files (Caffe2 names, or torchvision converted by its tool), are
-refused with what they are.
+tensor follow the file: ``stride_in_1x1`` is set true for Detectron2 and MSRA weights (and for our
+checkpoints that record it), false for torchvision ones. Detectron2 files recording another input
+normalisation are refused with what they are.
 
 Loading is strict: every model tensor in scope (the whole model; the ResNet body for ImageNet
 weights) must be loaded and every file tensor used, else :class:`WeightsError`. With
@@ -44,9 +46,14 @@ import yaml
 from torch import nn
 
 from panfpn.modeling.panoptic_fpn.detectron2_import import (
-    D2_IGNORED, D2_PIXEL_MEAN_BGR, D2_PIXEL_STD_BGR, SEM_PREDICTOR_KEYS, d2_imagenet_layout, d2_normalisation_problem,
+    D2_IGNORED, D2_PIXEL_MEAN_BGR, D2_PIXEL_STD_BGR, SEM_PREDICTOR_KEYS, d2_normalisation_problem,
     is_d2_state_dict, load_d2_pickle, ours_to_d2, remap_d2_semantic_predictor,
 )
+from panfpn.modeling.backbone import ResNetFPN
+from panfpn.modeling.d2_imagenet import (
+    CONVERTED_TORCHVISION, MSRA, ImageNetFileError, converted_torchvision_names, imagenet_kind, msra_to_torchvision,
+)
+from panfpn.modeling.panoptic_fpn.model import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from panfpn.modeling.pickled_tensors import weights_only_reason
 
 logger = logging.getLogger("panfpn")
@@ -54,6 +61,7 @@ _ENUM_NAME = re.compile(r"^\w+_Weights\.\w+$")
 _RESNET_KEY = re.compile(r"^(conv1\.weight|bn1\.\w+|layer\d\.\d+\.|fc\.(weight|bias))")
 ACCEPTED_FORMATS = ("a panfpn checkpoint (.pth/.pt)", "a Detectron2 checkpoint (.pkl or .pth)",
                     "a torchvision ResNet state dict (.pth)",
+                    "Detectron2's ImageNet ResNet R-50.pkl / R-101.pkl (MSRA, or torchvision converted by its tool)",
                     "a torchvision classification state dict of the configured backbone (.pth)",
                     "a torchvision weights name such as ResNet50_Weights.IMAGENET1K_V1",
                     "an ImageNet Swin file as the official Mask2Former configs start from "
@@ -151,13 +159,9 @@ def _dispatch(model: nn.Module, source: Any) -> LoadReport:
         pickled = _read_d2_pickle(path)
         if _is_imagenet_swin(pickled):
             return _load_imagenet_swin(model, pickled, str(path))
-        layout = d2_imagenet_layout(pickled)
-        if layout:
-            raise WeightsError(
-                f"weights {path} are {layout}, which Detectron2 loads by name-matching heuristics and panfpn "
-                "does not convert. For an ImageNet ResNet give torchvision's: weights=ResNet50_Weights.IMAGENET1K_V1 "
-                "(ResNet101_Weights... for R101) or a torchvision resnet .pth; Detectron2 / Mask2Former model-zoo "
-                "checkpoints (model_final_*.pkl) load as they are")
+        kind = imagenet_kind(pickled)
+        if kind:
+            return _load_d2_imagenet(model, pickled, str(path), kind)
         return _load_d2(model, pickled, str(path))
     obj = read_torch_file(path)
     state = obj["model"] if isinstance(obj, dict) and "model" in obj else obj
@@ -456,11 +460,8 @@ def _load_d2_layout(model: nn.Module, state: dict[str, torch.Tensor], source: st
     if conv1 in mapped:
         mapped[conv1] = mapped[conv1].flip(1)
         report.notes.append("first conv flipped from BGR to RGB input channels")
-    if hasattr(model, "pixel_mean"):
-        mapped["pixel_mean"] = torch.tensor(D2_PIXEL_MEAN_BGR[::-1]).view(3, 1, 1)
-        mapped["pixel_std"] = torch.tensor(D2_PIXEL_STD_BGR[::-1]).view(3, 1, 1)
-        report.notes.append(f"pixel mean/std set to Detectron2's Caffe values in RGB order "
-                            f"{D2_PIXEL_MEAN_BGR[::-1]} / {D2_PIXEL_STD_BGR}")
+    _set_normalisation(model, mapped, report, D2_PIXEL_MEAN_BGR[::-1], D2_PIXEL_STD_BGR[::-1],
+                       "Detectron2's Caffe values in RGB order")
     sem_key = SEM_PREDICTOR_KEYS[0]
     if sem_key in ours:
         note = remap_d2_semantic_predictor(mapped, ours[sem_key].shape[0],
@@ -471,6 +472,56 @@ def _load_d2_layout(model: nn.Module, state: dict[str, torch.Tensor], source: st
         backbone.stride_in_1x1 = True
         report.notes.append("backbone switched to stride_in_1x1=True (MSRA bottleneck layout)")
     return _load_into(model, mapped, report, scope="", ignore_missing=("num_batches_tracked",))
+
+
+def _set_normalisation(model: nn.Module, mapped: dict[str, torch.Tensor], report: LoadReport,
+                       mean: tuple[float, ...], std: tuple[float, ...], what: str) -> None:
+    """Add the input mean / std the weights were trained with to ``mapped`` (with a note), when the
+    model normalises its input."""
+    if hasattr(model, "pixel_mean"):
+        mapped["pixel_mean"] = torch.tensor(mean).view(3, 1, 1)
+        mapped["pixel_std"] = torch.tensor(std).view(3, 1, 1)
+        report.notes.append(f"pixel mean/std set to {what} {tuple(mean)} / {tuple(std)}")
+
+
+def _load_d2_imagenet(model: nn.Module, state: dict[str, torch.Tensor], source: str, kind: str) -> LoadReport:
+    """Detectron2's ImageNet ResNet files into the ResNet body, with the settings its configs give them:
+    MSRA (Caffe2 names): stride in the 1x1 conv, BGR input (first conv flipped for our RGB) minus
+    the Caffe mean, std 1; converted torchvision: stride in the 3x3 conv, RGB, ImageNet mean / std."""
+    backbone = getattr(model, "backbone", None)
+    built = getattr(backbone, "depth", 0)
+    try:
+        if kind == MSRA:
+            body, depth = msra_to_torchvision(state, source, built)
+        else:
+            body, depth = converted_torchvision_names(state, source), 0
+    except ImageNetFileError as err:
+        raise WeightsError(f"weights {err}") from err
+    if depth and built and depth != built:
+        raise WeightsError(f"weights {source} ({kind}) are an ImageNet ResNet-{depth} (blocks per stage in "
+                           f"the blob names) but the model's backbone is a ResNet-{built}: set "
+                           f"model.backbone.depth={depth}")
+    report = LoadReport(source, kind)
+    if kind == CONVERTED_TORCHVISION:
+        mapped = _map_torchvision_body(model, body)
+        _torchvision_layout(model, report)
+        _set_normalisation(model, mapped, report, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB,
+                           "torchvision's ImageNet values (RGB), as convert-torchvision-to-d2.py says")
+        return _load_into(model, mapped, report, scope="backbone.body.")
+    if not isinstance(backbone, ResNetFPN):
+        raise WeightsError(f"weights {source} ({kind}) need the stride in the bottleneck's 1x1 conv, which only "
+                           f"the Panoptic FPN ResNet backbone can set, not {type(backbone).__name__}; give "
+                           "ImageNetPretrained/torchvision/R-50.pkl or ResNet50_Weights.IMAGENET1K_V1 instead")
+    if not backbone.stride_in_1x1:
+        backbone.stride_in_1x1 = True
+        report.notes.append("backbone switched to stride_in_1x1=True (MSRA bottleneck layout)")
+    mapped = {f"backbone.body.{k}": v for k, v in body.items()}
+    mapped["backbone.body.conv1.weight"] = mapped["backbone.body.conv1.weight"].flip(1)
+    report.notes.append("first conv flipped from BGR to RGB input channels; FrozenBN running mean 0 / var 1 "
+                        "under the file's scale / bias, as Detectron2 loads them")
+    _set_normalisation(model, mapped, report, D2_PIXEL_MEAN_BGR[::-1], D2_PIXEL_STD_BGR[::-1],
+                       "the Caffe values the MSRA weights were trained with, in RGB order")
+    return _load_into(model, mapped, report, scope="backbone.body.")
 
 
 def _load_into(model: nn.Module, mapped: dict[str, torch.Tensor], report: LoadReport, *, scope: str,

@@ -300,11 +300,13 @@ def test_fine_tuning_from_a_checkpoint_takes_the_stride_it_records(tmp_path):
 
 
 # --- Detectron2's ImageNet backbone files ----------------------------------------------------------
-# Detectron2 matches these by name heuristics (c2_model_loading.py); panfpn does not convert them.
-# They were refused as "(detectron2) match nothing in the model", as if a Detectron2 checkpoint
-# were broken, with no word of what the file is or what to use instead.
+# Detectron2 matches these by name heuristics (c2_model_loading.py). They were refused as "(detectron2)
+# match nothing in the model", then refused naming what they are; now they load
+# (test_detectron2_imagenet_weights.py checks the features), and a file that is not a whole ImageNet
+# ResNet (a stub, a Detectron1 detection model) is refused naming the blobs.
 def _caffe2_r50_names() -> dict[str, np.ndarray]:
-    """The MSRA ImageNet R-50.pkl: a plain dict of Caffe2 blob names (no 'model', no 'blobs')."""
+    """The first block of the MSRA ImageNet R-50.pkl: a plain dict of Caffe2 blob names (no 'model', no
+    'blobs'), the other blocks missing."""
     out = {"conv1_w": (64, 3, 7, 7), "res_conv1_bn_s": (64,), "res_conv1_bn_b": (64,),
            "fc1000_w": (1000, 2048), "fc1000_b": (1000,)}
     for branch, shape in (("branch2a", (64, 64, 1, 1)), ("branch2b", (64, 64, 3, 3)),
@@ -341,17 +343,26 @@ def _detectron1_model() -> dict:
 
 
 @pytest.mark.parametrize("kind", ["caffe2", "converted torchvision", "detectron1"])
-def test_detectron2_imagenet_backbone_files_are_named_and_an_alternative_given(tmp_path, kind, torchvision_r50):
+def test_detectron2_imagenet_backbone_files_load_or_name_what_is_wrong(tmp_path, kind, torchvision_r50):
     path = tmp_path / "R-50.pkl"
     content = {"caffe2": _caffe2_r50_names, "detectron1": _detectron1_model}.get(
         kind, lambda: _torchvision_converted_by_detectron2(torchvision_r50))()
     with open(path, "wb") as f:
         pickle.dump(content, f)
+    model = tiny_model(depth=50, stride_in_1x1=True)
+    if kind == "converted torchvision":
+        report = load_weights(model, path)
+        assert report.complete and not model.backbone.stride_in_1x1
+        ours = model.backbone.body.state_dict()
+        assert all(torch.equal(ours[k], v) for k, v in torchvision_r50.state_dict().items()
+                   if not k.startswith("fc.") and not k.endswith("num_batches_tracked"))
+        return
     with pytest.raises(WeightsError) as err:
-        load_weights(tiny_model(depth=50), path, allow_partial=True)
+        load_weights(model, path, allow_partial=True)
     text = str(err.value)
-    assert "R-50.pkl" in text and "ImageNet" in text and "ResNet50_Weights.IMAGENET1K_V1" in text
-    assert ("convert-torchvision-to-d2" in text) if kind == "converted torchvision" else ("Caffe2" in text)
+    assert "R-50.pkl" in text
+    assert ("fpn_inner_res5_2_sum_w" in text and "Detectron1" in text) if kind == "detectron1" else (
+        "not in the file" in text and "res2_1_branch2a_w" in text)
 
 
 # --- a model-zoo checkpoint of the other architecture ----------------------------------------------

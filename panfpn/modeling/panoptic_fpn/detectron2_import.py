@@ -146,24 +146,6 @@ def is_d2_state_dict(state: dict[str, Any]) -> bool:
                              "sem_seg_head.")) for k in state)
 
 
-_CAFFE2_BLOB = re.compile(r"^(conv1_w|res_conv1_bn_[sb]|res\d_\d+_branch\w+_[wsb]|fc1000_[wb])$")
-_CONVERTED_RESNET = re.compile(r"^(stem|res[2-5])\.")
-
-
-def d2_imagenet_layout(state: dict[str, Any]) -> str | None:
-    """What kind of Detectron2 ImageNet backbone file ``state`` is, for the error that refuses it
-    (Detectron2 matches these by name heuristics, ``c2_model_loading.py``), or None."""
-    if not state:
-        return None
-    if all(_CONVERTED_RESNET.match(k) for k in state):
-        return ("a torchvision ImageNet ResNet converted by Detectron2's tools/convert-torchvision-to-d2.py "
-                "(stem.* / resN.* names, as detectron2://ImageNetPretrained/torchvision/R-50.pkl)")
-    if not any("." in k for k in state) and any(_CAFFE2_BLOB.match(k) for k in state):
-        return ("a Caffe2 / Detectron1 file (conv1_w, res2_0_branch2a_w ... names: Detectron2's "
-                "ImageNetPretrained/MSRA/R-50.pkl, or a Detectron1 model)")
-    return None
-
-
 def _sub(pattern: str, fn: Callable[[re.Match], str]) -> tuple[re.Pattern, Callable[[re.Match], str]]:
     return re.compile(pattern), fn
 

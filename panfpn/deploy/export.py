@@ -66,7 +66,8 @@ def pipeline_metadata(pipeline: PanopticPipeline | Mask2FormerPipeline, metadata
             "resize": list(pipeline.resize) if pipeline.resize else None,
             "max_detections": pipeline.max_detections, "max_side": MAX_SIDE,
             "merge": None if m2f else asdict(pipeline.merge), "stuff_score": -1.0,
-            **({"mask_classification": asdict(pipeline.inference)} if m2f else {}),
+            **({"mask_classification": asdict(pipeline.inference)} if m2f else
+               {"detection": asdict(pipeline.model.roi_heads.box_head.test)}),  # the box head's, baked in
             "categories": metadata.to_coco_categories()}
 
 

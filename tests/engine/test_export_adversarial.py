@@ -125,3 +125,15 @@ def test_runner_refuses_an_onnx_file_of_another_kind_without_a_traceback(tmp_pat
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert onnx_runner.FORMAT == FORMAT  # the standalone runner's copy (it imports no panfpn)
+
+
+def test_a_test_resize_the_graph_cannot_reproduce_is_a_config_error(small):
+    # Before: a multi-length test resize (data.val.transforms.short_edge_lengths=[64,96] on the
+    # command line) raised a plain ValueError: tools/export.py, which prints ConfigErrors and exits 2,
+    # showed a traceback; the message did not name the key as a config key.
+    from panfpn.data.transforms import ResizeShortestEdge
+    from panfpn.utils.errors import ConfigError
+
+    model, _, _ = small
+    with pytest.raises(ConfigError, match="config key 'data.val.transforms'"):
+        build_pipeline(model, synthetic_metadata(), ResizeShortestEdge([64, 96], 128))

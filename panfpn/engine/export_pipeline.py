@@ -77,6 +77,9 @@ def export_pipeline_from_config(cfg: DictConfig, opts: Any, stem: Path,
                                 overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Write ``<stem>.onnx`` and/or ``<stem>.pt2`` (the pipeline, per ``export.format``) and
     ``<stem>.json``; returns the JSON's content."""
+    if not opts.dynamic:  # export.height/width/dynamic shape the network scope's graph only
+        logger.warning("export.dynamic=false is not used by export.scope=pipeline (nor export.height/width): "
+                       "the pipeline graph always takes any image size (export.scope=network traces a fixed one)")
     built = build_inference_model(cfg, overrides)
     check_pipeline_model(built.model, cfg.weights)
     model = built.model.cpu().eval()  # traced on the CPU; the graph runs on any onnxruntime provider

@@ -2,6 +2,7 @@
 what they get. Each test failed before its fix (named in the test's comment)."""
 
 import json
+import logging
 import warnings
 
 import pytest
@@ -137,3 +138,21 @@ def test_a_test_resize_the_graph_cannot_reproduce_is_a_config_error(small):
     model, _, _ = small
     with pytest.raises(ConfigError, match="config key 'data.val.transforms'"):
         build_pipeline(model, synthetic_metadata(), ResizeShortestEdge([64, 96], 128))
+
+
+def test_pipeline_scope_says_it_does_not_use_a_fixed_size(small, tmp_path):
+    # Before: export.dynamic=false export.height=96 export.width=96 with the default pipeline scope
+    # wrote a graph taking any size and said nothing: the options are the network scope's only.
+    pytest.importorskip("onnx")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("panfpn")  # it does not propagate to pytest's handler once set up
+    logger.addHandler(handler)
+    try:
+        summary = _export(tmp_path, f"weights={small[2]}", "export.format=onnx", "export.dynamic=false",
+                          "export.height=96", "export.width=96", f"export.output={tmp_path / 'p'}")
+    finally:
+        logger.removeHandler(handler)
+    assert summary["scope"] == "pipeline"
+    assert any("export.dynamic=false is not used by export.scope=pipeline" in r.getMessage() for r in records)

@@ -73,13 +73,20 @@ def pipeline_of(model: PanopticFPN | Mask2Former, built: Any, merge: str) -> Pan
     return build_pipeline(model, built.metadata, built.transform(), merge=getattr(MergeThresholds, merge)())
 
 
+def warn_unused_options(opts: Any) -> None:
+    """Say which set ``export.*`` keys the chosen scope does not use (nothing else would tell)."""
+    if opts.scope == "pipeline" and not opts.dynamic:  # height/width/dynamic shape the network's graph only
+        logger.warning("export.dynamic=false is not used by export.scope=pipeline (nor export.height/width): "
+                       "the pipeline graph always takes any image size (export.scope=network traces a fixed one)")
+    if opts.scope == "network" and opts.merge != "model":
+        logger.warning("export.merge=%s is not used by export.scope=network: the graph ends before the merge, "
+                       "which runs eagerly with the model's own rules (model.merge)", opts.merge)
+
+
 def export_pipeline_from_config(cfg: DictConfig, opts: Any, stem: Path,
                                 overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Write ``<stem>.onnx`` and/or ``<stem>.pt2`` (the pipeline, per ``export.format``) and
     ``<stem>.json``; returns the JSON's content."""
-    if not opts.dynamic:  # export.height/width/dynamic shape the network scope's graph only
-        logger.warning("export.dynamic=false is not used by export.scope=pipeline (nor export.height/width): "
-                       "the pipeline graph always takes any image size (export.scope=network traces a fixed one)")
     built = build_inference_model(cfg, overrides)
     check_pipeline_model(built.model, cfg.weights)
     model = built.model.cpu().eval()  # traced on the CPU; the graph runs on any onnxruntime provider

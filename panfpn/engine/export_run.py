@@ -27,7 +27,8 @@ from panfpn.engine.config.schema import ExportOptions  # the export section's de
 from panfpn.engine.job_setup import setup_logging
 from panfpn.modeling.panoptic_fpn import export as ex
 from panfpn.engine.inference_model import build_inference_model
-from panfpn.engine.export_pipeline import export_pipeline_from_config, output_file, output_stem
+from panfpn.engine.export_pipeline import (export_pipeline_from_config, output_file, output_stem,
+                                            warn_unused_options)
 
 logger = logging.getLogger("panfpn")
 
@@ -42,6 +43,7 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
         logger.warning("no weights given: exporting a randomly initialised model (set weights=path/to/model.pth)")
     stem = output_stem(opts.output, cfg.output_dir)
     setup_logging(Path(cfg.output_dir))
+    warn_unused_options(opts)
     if opts.scope == "pipeline":
         return export_pipeline_from_config(cfg, opts, stem, overrides)
     device = resolve_device(cfg.device)

@@ -140,9 +140,16 @@ def test_a_test_resize_the_graph_cannot_reproduce_is_a_config_error(small):
         build_pipeline(model, synthetic_metadata(), ResizeShortestEdge([64, 96], 128))
 
 
-def test_pipeline_scope_says_it_does_not_use_a_fixed_size(small, tmp_path):
+@pytest.mark.parametrize("scope, extra, message", [
+    ("pipeline", ("export.dynamic=false", "export.height=96", "export.width=96"),
+     "export.dynamic=false is not used by export.scope=pipeline"),
+    ("network", ("export.merge=detectron2", "export.height=96", "export.width=96"),
+     "export.merge=detectron2 is not used by export.scope=network"),
+])
+def test_options_the_scope_does_not_use_are_named(small, tmp_path, scope, extra, message):
     # Before: export.dynamic=false export.height=96 export.width=96 with the default pipeline scope
-    # wrote a graph taking any size and said nothing: the options are the network scope's only.
+    # wrote a graph taking any size, and export.merge=detectron2 with the network scope left the
+    # (eager) merge on the model's rules, both without a word: each option is the other scope's.
     pytest.importorskip("onnx")
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
@@ -150,9 +157,9 @@ def test_pipeline_scope_says_it_does_not_use_a_fixed_size(small, tmp_path):
     logger = logging.getLogger("panfpn")  # it does not propagate to pytest's handler once set up
     logger.addHandler(handler)
     try:
-        summary = _export(tmp_path, f"weights={small[2]}", "export.format=onnx", "export.dynamic=false",
-                          "export.height=96", "export.width=96", f"export.output={tmp_path / 'p'}")
+        summary = _export(tmp_path, f"weights={small[2]}", "export.format=onnx", f"export.scope={scope}", *extra,
+                          f"export.output={tmp_path / 'p'}")
     finally:
         logger.removeHandler(handler)
-    assert summary["scope"] == "pipeline"
-    assert any("export.dynamic=false is not used by export.scope=pipeline" in r.getMessage() for r in records)
+    assert summary["files"] == {"onnx": str(tmp_path / "p.onnx")}
+    assert any(message in r.getMessage() for r in records)

@@ -27,6 +27,7 @@ from panfpn.modeling.mask2former import Mask2Former
 from panfpn.modeling.merge import MergeThresholds
 from panfpn.modeling.panoptic_fpn import PanopticFPN
 from panfpn.utils.atomic import atomic_write_path
+from panfpn.utils.errors import ConfigError
 
 METADATA_KEY = "panfpn"
 FORMAT = "panfpn-panoptic-pipeline"
@@ -35,14 +36,15 @@ MAX_SIDE = 4096  # documented maximum side: memory grows as K x H x W (docs/depl
 
 
 def resize_of(transform: Any) -> tuple[int, int] | None:
-    """``(short_edge, max_size)`` of a test transform, or None for none; any other transform is an
-    error (the graph reproduces only a deterministic shortest-edge resize)."""
+    """``(short_edge, max_size)`` of a test transform, or None for none; any other transform is a
+    :class:`ConfigError` (tools/export.py: a message, exit 2; the graph reproduces only a
+    deterministic shortest-edge resize)."""
     if transform is None:
         return None
     if isinstance(transform, ResizeShortestEdge) and len(transform.lengths) == 1:
         return transform.lengths[0], transform.max_size
-    raise ValueError(f"the exported pipeline resizes like ResizeShortestEdge with one length; the test "
-                     f"transform is {transform!r} (set data.val.transforms to such a resize)")
+    raise ConfigError(f"config key 'data.val.transforms': the exported pipeline resizes like ResizeShortestEdge "
+                      f"with one length; the test transform is {transform!r} (set data.val.transforms to such a resize)")
 
 
 def build_pipeline(model: PanopticFPN | Mask2Former, metadata: DatasetMetadata, transform: Any = None, *,
@@ -66,7 +68,8 @@ def pipeline_metadata(pipeline: PanopticPipeline | Mask2FormerPipeline, metadata
             "resize": list(pipeline.resize) if pipeline.resize else None,
             "max_detections": pipeline.max_detections, "max_side": MAX_SIDE,
             "merge": None if m2f else asdict(pipeline.merge), "stuff_score": -1.0,
-            **({"mask_classification": asdict(pipeline.inference)} if m2f else {}),
+            **({"mask_classification": asdict(pipeline.inference)} if m2f else
+               {"detection": asdict(pipeline.model.roi_heads.box_head.test)}),  # the box head's, baked in
             "categories": metadata.to_coco_categories()}
 
 

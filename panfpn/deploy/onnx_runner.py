@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 METADATA_KEY = "panfpn"
+FORMAT, VERSION = "panfpn-panoptic-pipeline", 1  # panfpn.deploy.export's FORMAT and the version it writes
 PANOPTIC_NAME = "panoptic"
 
 
@@ -49,7 +50,15 @@ def model_metadata(session: Any) -> dict[str, Any]:
     if METADATA_KEY not in props:
         raise ValueError(f"the ONNX model has no '{METADATA_KEY}' metadata: export it with tools/export.py "
                          "(export.scope=pipeline)")
-    return json.loads(props[METADATA_KEY])
+    meta = json.loads(props[METADATA_KEY])
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"the ONNX model's '{METADATA_KEY}' metadata has format {found!r}: not a panfpn pipeline "
+                         f"export ({FORMAT!r}; export it with tools/export.py, export.scope=pipeline)")
+    if meta.get("version") != VERSION:
+        raise ValueError(f"the ONNX model is a {FORMAT} of version {meta.get('version')}; this runner reads "
+                         f"version {VERSION}: use the runner of the panfpn that exported it")
+    return meta
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
@@ -234,7 +243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     failed: list[tuple[str, str]] = []
-    json_path = predict_files(open_session(args.model, threads=args.threads), paths, args.out, failed=failed)
+    session = open_session(args.model, threads=args.threads)
+    try:
+        model_metadata(session)  # a file of another kind: a message, not a traceback, before writing anything
+    except ValueError as e:
+        parser.error(f"{args.model}: {e}")
+    json_path = predict_files(session, paths, args.out, failed=failed)
     for path, reason in failed:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(f"wrote {len(paths) - len(failed)} image(s), skipped {len(failed)}: {json_path}")

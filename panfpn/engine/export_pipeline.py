@@ -25,6 +25,27 @@ from panfpn.utils.errors import ConfigError
 
 logger = logging.getLogger("panfpn")
 
+# Extensions the export writes: an ``export.output`` ending in one is the stem without it.
+OUTPUT_EXTENSIONS = (".onnx", ".pt2", ".json")
+
+
+def output_stem(output: str | None, run_dir: Any) -> Path:
+    """The path stem of ``export.output``: ``<run dir>/model`` when unset, ``<folder>/model`` for an
+    existing folder or a path ending in a separator, the path less a written extension
+    (``model.onnx`` -> ``model``), else the path as given (``panfpn.v2`` stays whole)."""
+    if not output:
+        return Path(run_dir) / "model"
+    path = Path(output)
+    if output.endswith(("/", "\\")) or path.is_dir():
+        return path / "model"
+    return path.with_suffix("") if path.suffix in OUTPUT_EXTENSIONS else path
+
+
+def output_file(stem: Path, extension: str) -> Path:
+    """``<stem><extension>``: appended, not ``with_suffix`` (which would drop a dotted stem's last part)."""
+    return stem.with_name(stem.name + extension)
+
+
 # Sizes the written file is checked at (other than the traced one): a landscape and a portrait image.
 VERIFY_SIZES = ((96, 200), (300, 180))
 
@@ -52,6 +73,16 @@ def pipeline_of(model: PanopticFPN | Mask2Former, built: Any, merge: str) -> Pan
     return build_pipeline(model, built.metadata, built.transform(), merge=getattr(MergeThresholds, merge)())
 
 
+def warn_unused_options(opts: Any) -> None:
+    """Say which set ``export.*`` keys the chosen scope does not use (nothing else would tell)."""
+    if opts.scope == "pipeline" and not opts.dynamic:  # height/width/dynamic shape the network's graph only
+        logger.warning("export.dynamic=false is not used by export.scope=pipeline (nor export.height/width): "
+                       "the pipeline graph always takes any image size (export.scope=network traces a fixed one)")
+    if opts.scope == "network" and opts.merge != "model":
+        logger.warning("export.merge=%s is not used by export.scope=network: the graph ends before the merge, "
+                       "which runs eagerly with the model's own rules (model.merge)", opts.merge)
+
+
 def export_pipeline_from_config(cfg: DictConfig, opts: Any, stem: Path,
                                 overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Write ``<stem>.onnx`` and/or ``<stem>.pt2`` (the pipeline, per ``export.format``) and
@@ -62,10 +93,10 @@ def export_pipeline_from_config(cfg: DictConfig, opts: Any, stem: Path,
     pipeline = pipeline_of(model, built, str(opts.merge))
     files = {}
     if opts.format in ("onnx", "both"):
-        files["onnx"] = str(export_pipeline_onnx(pipeline, stem.with_suffix(".onnx"), metadata=built.metadata,
+        files["onnx"] = str(export_pipeline_onnx(pipeline, output_file(stem, ".onnx"), metadata=built.metadata,
                                                  opset=opts.opset))
     if opts.format in ("torch_export", "both"):
-        files["torch_export"] = str(export_pipeline_program(pipeline, stem.with_suffix(".pt2")))
+        files["torch_export"] = str(export_pipeline_program(pipeline, output_file(stem, ".pt2")))
     logger.info("wrote %s (whole %s pipeline)", ", ".join(files.values()), type(model).__name__)
     summary = {"scope": "pipeline", "files": files,
                "input": {"name": INPUT_NAME, "shape": ["height", "width", 3], "dtype": "uint8 RGB"},
@@ -74,7 +105,7 @@ def export_pipeline_from_config(cfg: DictConfig, opts: Any, stem: Path,
                "pipeline": pipeline_metadata(pipeline, built.metadata)}
     if opts.verify:
         summary["verify"] = verify_files(pipeline, files)
-    write_json_atomic(stem.with_suffix(".json"), summary)
+    write_json_atomic(output_file(stem, ".json"), summary)
     return summary
 
 

@@ -27,7 +27,8 @@ from panfpn.engine.config.schema import ExportOptions  # the export section's de
 from panfpn.engine.job_setup import setup_logging
 from panfpn.modeling.panoptic_fpn import export as ex
 from panfpn.engine.inference_model import build_inference_model
-from panfpn.engine.export_pipeline import export_pipeline_from_config
+from panfpn.engine.export_pipeline import (export_pipeline_from_config, output_file, output_stem,
+                                            warn_unused_options)
 
 logger = logging.getLogger("panfpn")
 
@@ -40,24 +41,25 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
     opts = ExportOptions.from_config(cfg)
     if not cfg.weights:
         logger.warning("no weights given: exporting a randomly initialised model (set weights=path/to/model.pth)")
-    stem = Path(opts.output) if opts.output else Path(cfg.output_dir) / "model"
+    stem = output_stem(opts.output, cfg.output_dir)
     setup_logging(Path(cfg.output_dir))
+    warn_unused_options(opts)
     if opts.scope == "pipeline":
         return export_pipeline_from_config(cfg, opts, stem, overrides)
     device = resolve_device(cfg.device)
-    model = build_inference_model(cfg, overrides, require_heads=False).model.to(device).eval()
+    model = build_inference_model(cfg, overrides).model.to(device).eval()
     network = model.network
 
     files: dict[str, str] = {}
     runners: dict[str, Any] = {}
     if opts.format in ("torch_export", "both"):
         program = ex.export_program(network, height=opts.height, width=opts.width, dynamic=opts.dynamic)
-        files["torch_export"] = str(ex.save_program(program, stem.with_suffix(".pt2")))
+        files["torch_export"] = str(ex.save_program(program, output_file(stem, ".pt2")))
         # verify what a user loads: the saved file, not the program still in memory
         runners["torch_export"] = torch.export.load(files["torch_export"]) if opts.verify else None
         logger.info("wrote %s", files["torch_export"])
     if opts.format in ("onnx", "both"):
-        path = ex.export_onnx(network, stem.with_suffix(".onnx"), height=opts.height, width=opts.width,
+        path = ex.export_onnx(network, output_file(stem, ".onnx"), height=opts.height, width=opts.width,
                               dynamic=opts.dynamic, opset=opts.opset)
         files["onnx"] = str(path)
         runners["onnx"] = _onnx_session(path) if opts.verify else None
@@ -77,7 +79,7 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
         "weights": str(cfg.weights) if cfg.weights else None,
         "opset": opts.opset if "onnx" in files else None,
     }
-    write_json_atomic(stem.with_suffix(".json"), summary)
+    write_json_atomic(output_file(stem, ".json"), summary)
     return summary
 
 

@@ -1,0 +1,165 @@
+"""Odd requests to tools/export.py and odd files to the standalone ONNX runner: what a user asks for vs
+what they get. Each test failed before its fix (named in the test's comment)."""
+
+import json
+import logging
+import warnings
+
+import pytest
+import torch
+from config_helpers import compose_config
+from hydra.utils import instantiate
+
+from panfpn.data.synthetic import synthetic_metadata
+from panfpn.deploy import onnx_runner
+from panfpn.deploy.export import FORMAT, METADATA_KEY, build_pipeline, pipeline_metadata
+from panfpn.engine.export_run import export_from_config
+from panfpn.modeling.build import build_model
+from panfpn.modeling.weights import WeightsError
+
+MODEL = ("model=panoptic_fpn_small", "model.roi_heads.box_head.test.score_thresh=0.25",
+         "model.roi_heads.box_head.test.nms_thresh=0.4", "model.roi_heads.box_head.test.detections_per_image=4")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """The small model (random, seeded), its config and its weights file."""
+    cfg = compose_config(MODEL, output_dir=tmp_path_factory.mktemp("run"))
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    weights = tmp_path_factory.mktemp("weights") / "model.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    return model, cfg, weights
+
+
+def _export(tmp_path, *extra):
+    cfg = compose_config([*MODEL, "device=cpu", "export.verify=false", *extra], output_dir=tmp_path / "run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return export_from_config(cfg, [])
+
+
+def test_output_stem_with_a_dot_keeps_its_name(small, tmp_path):
+    # Before: export.output=out/panfpn.v2 wrote out/panfpn.onnx and out/panfpn.json (with_suffix
+    # replaced ".v2"), and out/model_0.5 wrote out/model_0.onnx: documented as "(.onnx/.pt2/.json added)".
+    pytest.importorskip("onnx")
+    summary = _export(tmp_path, f"weights={small[2]}", "export.scope=network", "export.format=onnx",
+                      "export.height=96", "export.width=96", f"export.output={tmp_path / 'out' / 'panfpn.v2'}")
+    assert summary["files"]["onnx"] == str(tmp_path / "out" / "panfpn.v2.onnx")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["panfpn.v2.json", "panfpn.v2.onnx"]
+
+
+def test_output_given_with_an_export_extension_or_as_a_folder(tmp_path):
+    # A stem given with one of the written extensions stays as before (model.onnx -> model.onnx +
+    # model.json); a folder (existing, or ending in a separator) gets <folder>/model.* instead of
+    # <folder>.onnx beside it (before: export.output=deploy/ wrote deploy.onnx next to the folder).
+    from panfpn.engine.export_pipeline import output_stem, output_file
+
+    assert output_file(output_stem(str(tmp_path / "m.onnx"), tmp_path), ".json") == tmp_path / "m.json"
+    assert output_file(output_stem(str(tmp_path / "m.v2"), tmp_path), ".onnx") == tmp_path / "m.v2.onnx"
+    (tmp_path / "deploy").mkdir()
+    assert output_stem(str(tmp_path / "deploy"), tmp_path) == tmp_path / "deploy" / "model"
+    assert output_stem(str(tmp_path / "new") + "/", tmp_path) == tmp_path / "new" / "model"
+    assert output_stem(None, tmp_path / "run") == tmp_path / "run" / "model"
+
+
+def test_network_scope_refuses_weights_that_leave_heads_random(small, tmp_path):
+    # Before: export.scope=network with weights_partial=true (here: a checkpoint without the semantic
+    # head) logged a warning and wrote a network whose semantic head was random; the pipeline scope
+    # and the eager remainder (build_inference_model) refuse the same weights.
+    model, _, _ = small
+    partial = tmp_path / "partial.pth"
+    torch.save({"model": {k: v for k, v in model.state_dict().items() if not k.startswith("semantic_head")}},
+               partial)
+    with pytest.raises(WeightsError, match="semantic_head"):
+        _export(tmp_path, f"weights={partial}", "weights_partial=true", "export.scope=network",
+                "export.format=onnx", f"export.output={tmp_path / 'net'}")
+    assert not list(tmp_path.glob("net*"))
+
+
+def test_metadata_records_the_detection_thresholds_baked_into_the_graph(small):
+    # Before: the box head's test score / NMS thresholds (e.g. a command-line
+    # model.roi_heads.box_head.test.score_thresh=0.25) were constants in the graph but absent from
+    # its metadata and JSON: nothing told what an exported file drops below which score.
+    model, cfg, _ = small
+    pipeline = build_pipeline(model, synthetic_metadata(), instantiate(cfg.data.val.transforms))
+    meta = pipeline_metadata(pipeline, synthetic_metadata())
+    assert meta["detection"] == {"score_thresh": 0.25, "nms_thresh": 0.4, "detections_per_image": 4}
+    assert meta["max_detections"] == 4
+
+
+def _onnx_file(path, metadata=None):
+    """A trivial ONNX graph (uint8 image in, identity out), with ``metadata`` as the panfpn entry."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["panoptic"])], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.UINT8, [None, None, 3])],
+                              [helper.make_tensor_value_info("panoptic", TensorProto.UINT8, [None, None, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    if metadata is not None:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize("metadata, message", [
+    (None, "no 'panfpn' metadata"),
+    ({"format": "something-else", "version": 1, "categories": []}, "not a panfpn pipeline export"),
+    ({"format": FORMAT, "version": 99, "categories": []}, "version 99"),
+])
+def test_runner_refuses_an_onnx_file_of_another_kind_without_a_traceback(tmp_path, capsys, metadata, message):
+    # Before: a network-scope export (no metadata) stopped the runner's command line with a Python
+    # traceback; a file whose metadata was of another format or a newer version ran anyway and
+    # failed later on a missing output, or wrote results read with the wrong meaning.
+    pytest.importorskip("onnxruntime")
+    from PIL import Image
+
+    model = _onnx_file(tmp_path / "other.onnx", metadata)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 6)).save(image)
+    with pytest.raises(SystemExit) as exit_info:
+        onnx_runner.main([str(model), str(image), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert onnx_runner.FORMAT == FORMAT  # the standalone runner's copy (it imports no panfpn)
+
+
+def test_a_test_resize_the_graph_cannot_reproduce_is_a_config_error(small):
+    # Before: a multi-length test resize (data.val.transforms.short_edge_lengths=[64,96] on the
+    # command line) raised a plain ValueError: tools/export.py, which prints ConfigErrors and exits 2,
+    # showed a traceback; the message did not name the key as a config key.
+    from panfpn.data.transforms import ResizeShortestEdge
+    from panfpn.utils.errors import ConfigError
+
+    model, _, _ = small
+    with pytest.raises(ConfigError, match="config key 'data.val.transforms'"):
+        build_pipeline(model, synthetic_metadata(), ResizeShortestEdge([64, 96], 128))
+
+
+@pytest.mark.parametrize("scope, extra, message", [
+    ("pipeline", ("export.dynamic=false", "export.height=96", "export.width=96"),
+     "export.dynamic=false is not used by export.scope=pipeline"),
+    ("network", ("export.merge=detectron2", "export.height=96", "export.width=96"),
+     "export.merge=detectron2 is not used by export.scope=network"),
+])
+def test_options_the_scope_does_not_use_are_named(small, tmp_path, scope, extra, message):
+    # Before: export.dynamic=false export.height=96 export.width=96 with the default pipeline scope
+    # wrote a graph taking any size, and export.merge=detectron2 with the network scope left the
+    # (eager) merge on the model's rules, both without a word: each option is the other scope's.
+    pytest.importorskip("onnx")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("panfpn")  # it does not propagate to pytest's handler once set up
+    logger.addHandler(handler)
+    try:
+        summary = _export(tmp_path, f"weights={small[2]}", "export.format=onnx", f"export.scope={scope}", *extra,
+                          f"export.output={tmp_path / 'p'}")
+    finally:
+        logger.removeHandler(handler)
+    assert summary["files"] == {"onnx": str(tmp_path / "p.onnx")}
+    assert any(message in r.getMessage() for r in records)

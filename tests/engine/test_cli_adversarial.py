@@ -1,0 +1,64 @@
+"""What a user types on a tool's command line vs what runs: every tool composes the same config,
+so an override of a key the tool never reads used to compose, validate and be ignored in silence."""
+
+import logging
+import re
+
+import pytest
+
+from config_helpers import compose_config
+from panfpn.engine import model_spec
+from panfpn.engine.config import ConfigError
+from panfpn.engine.eval_run import evaluate_from_config
+from panfpn.engine.export_run import export_from_config
+from panfpn.engine.predict_run import predict_from_config
+from panfpn.engine.train_run import train_from_config
+
+
+def test_eval_refuses_another_tools_option(tmp_path):
+    # Before: `tools/eval.py predict.batch_size=4` evaluated as if it was not there (the error
+    # below was about the missing weights, after the run had started).
+    cfg = compose_config(["predict.batch_size=4"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=re.escape("tools/eval.py does not read predict.batch_size=4")):
+        evaluate_from_config(cfg, overrides=["predict.batch_size=4"])
+
+
+def test_predict_refuses_the_eval_batch_and_names_its_own(tmp_path):
+    # `tools/predict.py eval.batch_size=8`: the prediction batch is predict.batch_size (2 by default).
+    overrides = ["eval.batch_size=8"]
+    cfg = compose_config([*overrides, f"predict.input={tmp_path}"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=re.escape("eval.batch_size=8 (its setting is predict.batch_size)")):
+        predict_from_config(cfg, overrides=overrides)
+
+
+def test_predict_still_reads_allow_renamed_categories(tmp_path):
+    overrides = ["eval.allow_renamed_categories=true"]
+    cfg = compose_config([*overrides, f"predict.input={tmp_path}"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="config key 'weights' must name"):  # not refused: it is read
+        predict_from_config(cfg, overrides=overrides)
+
+
+def test_export_refuses_predict_options(tmp_path):
+    overrides = ["predict.batch_size=1"]
+    cfg = compose_config([*overrides, f"weights={tmp_path / 'none.pth'}"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=re.escape("tools/export.py does not read predict.batch_size=1")):
+        export_from_config(cfg, overrides=overrides)
+
+
+def test_train_refuses_predict_options_typed_on_its_command_line(tiny_cfg, monkeypatch, tmp_path):
+    # Before: `tools/train.py predict.input=photos/` trained to the end and never looked at photos/.
+    monkeypatch.setattr(model_spec, "command_line_overrides", lambda: ["predict.input=photos/"])
+    with pytest.raises(ConfigError, match=re.escape("tools/train.py does not read predict.input=photos/")):
+        train_from_config(tiny_cfg("solver.max_iter=1", "solver.schedule.steps=[]", "train.eval_period=-1"))
+    assert not (tmp_path / "run" / "model_final.pth").exists()
+
+
+def test_eval_logs_the_training_only_keys_it_ignores(tmp_path, caplog):
+    # A command line shared with tools/train.py is a habit, so a warning, not an error: but no
+    # longer silent, and data.batch_size is told apart from eval.batch_size.
+    overrides = ["solver.base_lr=0.1", "data.batch_size=16", "eval.max_images=2"]
+    cfg = compose_config(overrides, output_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="panfpn"), pytest.raises(ConfigError, match="'weights'"):
+        evaluate_from_config(cfg, overrides=overrides)
+    assert "tools/eval.py ignores solver.base_lr=0.1, data.batch_size=16 (its setting is eval.batch_size) " \
+           "(training only)" in caplog.text

@@ -62,3 +62,28 @@ def test_eval_logs_the_training_only_keys_it_ignores(tmp_path, caplog):
         evaluate_from_config(cfg, overrides=overrides)
     assert "tools/eval.py ignores solver.base_lr=0.1, data.batch_size=16 (its setting is eval.batch_size) " \
            "(training only)" in caplog.text
+
+
+@pytest.mark.parametrize("override,shown", [
+    ("short_edge_lengths='800'", "'800'"),   # a string (e.g. from ${oc.env:...}) was iterated: [8, 0, 0]
+    ("short_edge_lengths=[0]", "0"),          # 0 or < 0 resized every image to 1 pixel high
+    ("short_edge_lengths=[-5]", "-5"),
+    ("short_edge_lengths=true", "True"),      # a bool was the size 1
+    ("max_size=0", "0"),                      # every image 1 x 1 pixel
+    ("max_size=-1", "-1"),
+    ("max_size='1333'", "'1333'"),
+])
+def test_a_resize_size_that_is_not_a_pixel_count_stops_the_run(tiny_cfg, tmp_path, override, shown):
+    # Before: each of these composed, validated and trained on images of the wrong size.
+    cfg = tiny_cfg(f"data.train.transforms.transforms.0.{override}", "train.eval_period=-1")
+    with pytest.raises(ConfigError, match=re.escape(f"must be a whole number of pixels >= 1, got {shown}")) as err:
+        train_from_config(cfg)
+    assert "data.train.transforms.transforms.0" in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override", ["short_edge_lengths=64", "short_edge_lengths=[64,80]", "max_size=128.0"])
+def test_a_scalar_size_or_a_whole_float_is_still_a_size(tiny_cfg, override):
+    from panfpn.data.transforms import check_data_transforms
+
+    check_data_transforms(tiny_cfg(f"data.train.transforms.transforms.0.{override}"))

@@ -87,3 +87,14 @@ def test_a_scalar_size_or_a_whole_float_is_still_a_size(tiny_cfg, override):
     from panfpn.data.transforms import check_data_transforms
 
     check_data_transforms(tiny_cfg(f"data.train.transforms.transforms.0.{override}"))
+
+
+@pytest.mark.parametrize("override", ["eval.save_predictions=true", "eval.save_semantic=true", "eval.report=false",
+                                      "eval.save_overlays=4"])
+def test_train_refuses_the_eval_tools_file_options(tiny_cfg, monkeypatch, tmp_path, override):
+    # Before: `tools/train.py eval.save_predictions=true` trained and evaluated, and no prediction
+    # file was written (training's evaluations build no writers: build_evaluators(training=True)).
+    monkeypatch.setattr(model_spec, "command_line_overrides", lambda: [override])
+    with pytest.raises(ConfigError, match=re.escape(f"tools/train.py does not read {override}")):
+        train_from_config(tiny_cfg("solver.max_iter=1", "solver.schedule.steps=[]", override))
+    assert not (tmp_path / "run").exists()

@@ -17,8 +17,11 @@ from typing import Sequence
 from panfpn.utils.errors import ConfigError
 
 # tool -> (another tool's options it never reads: refused, the keys under them it does read)
+# tools/eval.py's files and display: training's evaluations write no files (TensorBoard only)
+_EVAL_TOOL_ONLY = ("eval.save_predictions", "eval.save_semantic", "eval.save_overlays", "eval.report",
+                   "eval.report_browse", "eval.progress_bar")
 REFUSED: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "train": (("predict", "merge", "export"), ()),
+    "train": (("predict", "merge", "export", *_EVAL_TOOL_ONLY), ()),
     "eval": (("predict", "merge", "export"), ()),
     "predict": (("eval", "merge", "export"), ("eval.allow_renamed_categories",)),
     "export": (("eval", "predict", "merge"), ("eval.allow_renamed_categories",)),

@@ -98,3 +98,26 @@ def test_train_refuses_the_eval_tools_file_options(tiny_cfg, monkeypatch, tmp_pa
     with pytest.raises(ConfigError, match=re.escape(f"tools/train.py does not read {override}")):
         train_from_config(tiny_cfg("solver.max_iter=1", "solver.schedule.steps=[]", override))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("overrides,shown", [
+    (["model.loss_weights.loss_sem_seg=-1"], "{'loss_sem_seg': -1}"),     # trained the loss up, silently
+    (["model.loss_weights.loss_sem_seg=nan"], "{'loss_sem_seg': nan}"),
+    (["+model.loss_weights.loss_mask=true"], "{'loss_mask': True}"),
+    (["experiment=synthetic_mask2former", "model.criterion.dice_weight=-5"], "{'dice_weight': -5}"),
+    (["experiment=synthetic_mask2former", "model.matcher.class_weight=-2"], "{'class_weight': -2}"),
+])
+def test_a_negative_or_nan_loss_weight_is_refused_when_the_model_is_built(overrides, shown, tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = compose_config(overrides, output_dir=tmp_path)
+    with pytest.raises(Exception, match=re.escape(f"each weight must be a finite number >= 0 (0 turns a loss off), "
+                                                  f"got {shown}")):
+        instantiate(cfg.model)
+
+
+def test_a_zero_loss_weight_still_turns_a_loss_off(tmp_path):
+    from hydra.utils import instantiate
+
+    model = instantiate(compose_config(["model.loss_weights.loss_sem_seg=0"], output_dir=tmp_path).model)
+    assert model.loss_weights["loss_sem_seg"] == 0.0

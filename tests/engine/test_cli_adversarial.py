@@ -121,3 +121,15 @@ def test_a_zero_loss_weight_still_turns_a_loss_off(tmp_path):
 
     model = instantiate(compose_config(["model.loss_weights.loss_sem_seg=0"], output_dir=tmp_path).model)
     assert model.loss_weights["loss_sem_seg"] == 0.0
+
+
+def test_a_data_root_with_the_default_synthetic_data_is_refused(tmp_path):
+    # Before: `tools/train.py data.root=/data/coco` (data=... forgotten) trained on the synthetic
+    # scenes of the default experiment; data.root was never read.
+    from hydra.utils import instantiate
+
+    cfg = compose_config([f"data.root={tmp_path}", "data.val.num_images=2"], output_dir=tmp_path)
+    with pytest.raises(Exception, match=re.escape(f"config key 'data.root' is '{tmp_path}' but data=synthetic "
+                                                  "reads no data root")):
+        instantiate(cfg.data.val)
+    instantiate(compose_config(["data.val.num_images=2"], output_dir=tmp_path).data.val)  # null: fine

@@ -133,3 +133,39 @@ def test_a_data_root_with_the_default_synthetic_data_is_refused(tmp_path):
                                                   "reads no data root")):
         instantiate(cfg.data.val)
     instantiate(compose_config(["data.val.num_images=2"], output_dir=tmp_path).data.val)  # null: fine
+
+
+@pytest.mark.parametrize("direction,objective_direction", [(None, "maximize"), ("maximize", "minimize"),
+                                                           ("[maximize,minimize]", "maximize")])
+def test_a_sweeper_optimising_the_other_way_is_refused(tiny_cfg, monkeypatch, tmp_path, direction,
+                                                       objective_direction):
+    # Before: `-m hydra/sweeper=optuna train.objective=pq/All` (optuna minimises by default) trained
+    # every trial and searched for the worst PQ; the summary's best was optuna's worst.
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from hydra.core.hydra_config import HydraConfig
+
+    from panfpn.engine.training.job import run_training_job
+
+    sweeper = ["hydra/sweeper=optuna"] + ([f"hydra.sweeper.direction={direction}"] if direction else [])
+    hydra_cfg = compose_config(sweeper, output_dir=tmp_path, return_hydra_config=True)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # restored after the test
+    HydraConfig.instance().set_config(hydra_cfg)
+    cfg = tiny_cfg("solver.max_iter=1", "solver.schedule.steps=[]", "train.objective=pq/All",
+                   f"train.objective_direction={objective_direction}")
+    with pytest.raises(ConfigError, match=re.escape(f"train.objective_direction={objective_direction}")):
+        run_training_job(cfg)
+    assert not (tmp_path / "run" / "model_final.pth").exists()
+
+
+def test_a_sweeper_optimising_the_same_way_is_fine(monkeypatch, tmp_path, tiny_cfg):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from hydra.core.hydra_config import HydraConfig
+
+    from panfpn.engine.sweep.direction import check_sweeper_direction
+
+    hydra_cfg = compose_config(["hydra/sweeper=optuna", "hydra.sweeper.direction=maximize"], output_dir=tmp_path,
+                               return_hydra_config=True)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
+    HydraConfig.instance().set_config(hydra_cfg)
+    check_sweeper_direction(tiny_cfg("train.objective=pq/All"))
+    check_sweeper_direction(tiny_cfg("train.objective=null", "train.objective_direction=minimize"))

@@ -27,7 +27,7 @@ from panfpn.engine.config.unread import refuse_unread_overrides
 from panfpn.engine.config.schema import ExportOptions  # the export section's declaration
 from panfpn.engine.job_setup import setup_logging
 from panfpn.modeling.panoptic_fpn import export as ex
-from panfpn.engine.inference_model import build_inference_model
+from panfpn.engine.inference_model import build_inference_model, warn_random_heads
 from panfpn.engine.export_pipeline import export_pipeline_from_config
 
 logger = logging.getLogger("panfpn")
@@ -47,7 +47,9 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
     if opts.scope == "pipeline":
         return export_pipeline_from_config(cfg, opts, stem, overrides)
     device = resolve_device(cfg.device)
-    model = build_inference_model(cfg, overrides, require_heads=False).model.to(device).eval()
+    built = build_inference_model(cfg, overrides, require_heads=False)
+    warn_random_heads(built.report)  # e.g. experiment=coco_r50_1x without weights=: ImageNet backbone only
+    model = built.model.to(device).eval()
     network = model.network
 
     files: dict[str, str] = {}

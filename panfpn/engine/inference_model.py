@@ -98,6 +98,16 @@ def build_inference_model(cfg: DictConfig, overrides: Sequence[str] | None = Non
     return InferenceModel(model, metadata, transform, eff, record if use_record else None, report)
 
 
+def warn_random_heads(report: LoadReport | None) -> None:
+    """Log that a model built with ``require_heads=False`` (tools/export.py's network scope) has
+    random tensors: backbone-only (ImageNet) weights, e.g. an experiment's ``weights`` when no
+    ``weights=`` was typed, or a partial load; before, such an export was silent."""
+    if report is not None and (report.format in BACKBONE_ONLY_FORMATS or not report.complete):
+        logger.warning("weights %s (%s) do not fill the model: its heads (or what did not fit) are random in "
+                       "what is written; give a trained checkpoint (weights=path/to/model_final.pth)",
+                       report.source, report.format)
+
+
 def _note_ignored_config_model(cfg: DictConfig, record: ModelRecord) -> None:
     diffs = config_differences(record.model_config, resolved(cfg, "model"), "model")
     if diffs:

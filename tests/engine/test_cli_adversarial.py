@@ -169,3 +169,26 @@ def test_a_sweeper_optimising_the_same_way_is_fine(monkeypatch, tmp_path, tiny_c
     HydraConfig.instance().set_config(hydra_cfg)
     check_sweeper_direction(tiny_cfg("train.objective=pq/All"))
     check_sweeper_direction(tiny_cfg("train.objective=null", "train.objective_direction=minimize"))
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_network_export_of_backbone_only_weights_says_the_heads_are_random(tmp_path, monkeypatch, capfd):
+    # Before: `tools/export.py experiment=... export.scope=network` with the experiment's ImageNet
+    # weights (no weights= typed) exported random heads without a word (the pipeline scope and
+    # eval / predict refuse such weights; no weights at all was already a warning).
+    import torch
+    import torchvision
+
+    from panfpn.engine import export_run
+
+    backbone = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), backbone)  # the small model's backbone
+    cfg = compose_config([f"weights={backbone}", "export.scope=network", "device=cpu"], output_dir=tmp_path)
+    monkeypatch.setattr(export_run.ex, "export_program", lambda *a, **k: (_ for _ in ()).throw(_Stop()))
+    monkeypatch.setattr(export_run.ex, "export_onnx", lambda *a, **k: (_ for _ in ()).throw(_Stop()))
+    with pytest.raises(_Stop):  # stopped where the export would start: the warning is logged before
+        export_run.export_from_config(cfg, overrides=[])
+    assert f"weights {backbone} (torchvision resnet) do not fill the model: its heads" in capfd.readouterr().err

@@ -44,7 +44,7 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
     (see :func:`panfpn.engine.inference_model.build_inference_model`; ``overrides`` as there).
     """
     validate_config(cfg)
-    refuse_unread_overrides("eval", overrides)  # e.g. data.batch_size: eval reads eval.batch_size
+    refuse_unread_overrides("eval", overrides, cfg)  # e.g. data.batch_size: eval reads eval.batch_size
     if not cfg.weights:
         raise ConfigError("config key 'weights' must name the checkpoint to evaluate (weights=path/to/model.pth)")
     device = du.init_distributed(cfg.device)

@@ -38,7 +38,7 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
     returns ``{"files": {...}, "max_abs_diff": {format: {output name: float}}}`` and writes
     ``<stem>.json`` with the same."""
     validate_config(cfg)
-    refuse_unread_overrides("export", overrides)  # e.g. predict.* typed to tools/export.py
+    refuse_unread_overrides("export", overrides, cfg)  # e.g. predict.* typed to tools/export.py
     opts = ExportOptions.from_config(cfg)
     if not cfg.weights:
         logger.warning("no weights given: exporting a randomly initialised model (set weights=path/to/model.pth)")

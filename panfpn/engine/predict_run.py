@@ -77,7 +77,7 @@ def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None)
     Returns the summary of :func:`predict_images`.
     """
     validate_config(cfg)
-    refuse_unread_overrides("predict", overrides)  # e.g. eval.batch_size: predict reads predict.batch_size
+    refuse_unread_overrides("predict", overrides, cfg)  # e.g. eval.batch_size: predict reads predict.batch_size
     opts = predict_options(cfg)
     if not cfg.weights:
         raise ConfigError("config key 'weights' must name the checkpoint to predict with "

@@ -203,7 +203,7 @@ def train_from_config(cfg: DictConfig) -> dict:
     was saved; ``interrupted`` is then True and tools/train.py exits with 128 + signal).
     """
     validate_config(cfg)
-    refuse_unread_overrides("train")  # predict.* etc. typed to tools/train.py
+    refuse_unread_overrides("train", cfg=cfg)  # predict.* etc. typed to tools/train.py
     check_data_transforms(cfg)
     device = du.init_distributed(cfg.device)
     run_dir = Path(du.shared_run_dir(cfg.output_dir))

@@ -192,3 +192,15 @@ def test_network_export_of_backbone_only_weights_says_the_heads_are_random(tmp_p
     with pytest.raises(_Stop):  # stopped where the export would start: the warning is logged before
         export_run.export_from_config(cfg, overrides=[])
     assert f"weights {backbone} (torchvision resnet) do not fill the model: its heads" in capfd.readouterr().err
+
+
+def test_a_training_key_another_key_interpolates_is_not_called_ignored(tmp_path, caplog):
+    # coco_panoptic_folder's categories (data.metadata.json_file) are ${data.train.json_file}: that
+    # override changes what tools/eval.py evaluates with, so it must not be logged as ignored.
+    from panfpn.engine.config.unread import unread_overrides
+
+    overrides = ["data=coco_panoptic_folder", f"data.root={tmp_path}", f"data.train.json_file={tmp_path}/a.json",
+                 "data.train.image_dir=x"]
+    cfg = compose_config(overrides, output_dir=tmp_path)
+    refused, ignored = unread_overrides("eval", overrides, cfg)
+    assert refused == [] and ignored == [("data.train.image_dir=x", "data.train.image_dir")]

@@ -12,7 +12,10 @@ habit). Keys set by config files (an experiment's ``train.*``) are not concerned
 from __future__ import annotations
 
 import logging
+import re
 from typing import Sequence
+
+from omegaconf import DictConfig, OmegaConf
 
 from panfpn.utils.errors import ConfigError
 
@@ -39,16 +42,27 @@ def _under(key: str, prefixes: Sequence[str]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
-def unread_overrides(tool: str, overrides: Sequence[str]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def unread_overrides(tool: str, overrides: Sequence[str],
+                     cfg: DictConfig | None = None) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """``(override as typed, key)`` of each of ``overrides`` that ``tool`` never reads: those it
-    refuses (another tool's options) and those it ignores (training-only keys)."""
+    refuses (another tool's options) and those it ignores (training-only keys). A key that ``cfg``
+    interpolates elsewhere is read through it (coco_panoptic_folder's categories come from
+    ``${data.train.json_file}``), so it is neither."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     unread, read = REFUSED[tool]
+    used = _interpolated(cfg) if cfg is not None else set()
     parsed = [(o.input_line, o.key_or_group) for o in OverridesParser.create().parse_overrides(list(overrides))]
+    parsed = [(line, key) for line, key in parsed if not any(_under(key, [u]) or _under(u, [key]) for u in used)]
     refused = [(line, key) for line, key in parsed if _under(key, unread) and not _under(key, read)]
     ignored = [(line, key) for line, key in parsed if _under(key, IGNORED[tool])]
     return refused, ignored
+
+
+def _interpolated(cfg: DictConfig) -> set[str]:
+    """The absolute keys ``cfg``'s values interpolate (``${data.train.json_file}``)."""
+    text = OmegaConf.to_yaml(cfg, resolve=False) if OmegaConf.is_config(cfg) else ""
+    return set(re.findall(r"\$\{([A-Za-z_][\w.]*)\}", text))
 
 
 def _named(tool: str, found: list[tuple[str, str]]) -> str:
@@ -60,13 +74,14 @@ def _named(tool: str, found: list[tuple[str, str]]) -> str:
     return ", ".join(parts)
 
 
-def refuse_unread_overrides(tool: str, overrides: Sequence[str] | None = None) -> None:
+def refuse_unread_overrides(tool: str, overrides: Sequence[str] | None = None, cfg: DictConfig | None = None) -> None:
     """ConfigError naming each override (``None``: hydra's command line) of another tool's options
-    that tools/<tool>.py never reads; a logged warning for the training-only keys it ignores."""
+    that tools/<tool>.py never reads; a logged warning for the training-only keys it ignores
+    (``cfg``: the composed config, whose interpolations may read such a key)."""
     from panfpn.engine.model_spec import command_line_overrides
 
     given = command_line_overrides() if overrides is None else list(overrides)
-    refused, ignored = unread_overrides(tool, given)
+    refused, ignored = unread_overrides(tool, given, cfg)
     if refused:
         raise ConfigError(f"tools/{tool}.py does not read {_named(tool, refused)}: the run would ignore "
                           f"{'it' if len(refused) == 1 else 'them'}; remove {'it' if len(refused) == 1 else 'them'}")

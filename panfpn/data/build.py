@@ -18,17 +18,24 @@ from panfpn.data.builtin_meta import cityscapes_panoptic_metadata, coco_panoptic
 from panfpn.data.dataset import PanopticDataset
 from panfpn.data.transforms import Transform
 from panfpn.data.synthetic import ensure_synthetic, synthetic_metadata
+from panfpn.utils.errors import ConfigError
 
 
 def synthetic_dataset(split: str = "train", *, num_images: int, seed: int, height: int = 128,
                       width: int = 128, transforms: Transform | None = None, is_train: bool = True,
                       cache_dir: str | None = None, filter_empty: bool = False,
-                      skip_bad_images: bool = False) -> PanopticDataset:
+                      skip_bad_images: bool = False, root: str | os.PathLike | None = None) -> PanopticDataset:
     """The synthetic dataset with these parameters, generated into the cache on first use.
 
     Splits differ by ``seed`` (the configs give train and val different seeds); ``split`` only
-    names the cache entry.
+    names the cache entry. ``root`` (configs/data/synthetic.yaml passes ``data.root``) must be
+    null: a data root given with the default ``data=synthetic`` meant another dataset, and was
+    silently not read.
     """
+    if root not in (None, ""):
+        raise ConfigError(f"config key 'data.root' is {str(root)!r} but data=synthetic reads no data root (it "
+                          "generates its images into $PANFPN_CACHE): pick the dataset too, e.g. data=coco_panoptic, "
+                          "data=coco_panoptic_folder or an experiment=...")
     root = ensure_synthetic(split, num_images, seed, height, width, cache_dir=cache_dir)
     return PanopticDataset(root / "panoptic.json", root / "images", root / "panoptic",
                            metadata=synthetic_metadata(), transforms=transforms, is_train=is_train,

@@ -11,6 +11,7 @@ loader gives reproducible augmentation.
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable, Iterable, Literal, Sequence
 
 import torch
@@ -60,6 +61,15 @@ def shortest_edge_size(h: int, w: int, short: int, max_size: int) -> tuple[int, 
     return max(1, int(new_h + 0.5)), max(1, int(new_w + 0.5))
 
 
+def _size(value: object, name: str) -> int:
+    """``value`` as a size in pixels: a whole number >= 1 (``'800'``, ``true``, ``0`` or ``-1`` would
+    iterate as ``[8, 0, 0]``, mean 1 or shrink every image to 1 pixel)."""
+    whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not whole or value < 1:
+        raise ValueError(f"{name}: each must be a whole number of pixels >= 1, got {value!r}")
+    return int(value)
+
+
 class ResizeShortestEdge:
     """Resize so the shorter side is a sampled length, the longer at most ``max_size``.
 
@@ -69,8 +79,10 @@ class ResizeShortestEdge:
 
     def __init__(self, short_edge_lengths: int | Sequence[int], max_size: int = 1333,
                  sample_style: Literal["choice", "range"] = "choice") -> None:
-        lengths = ([int(short_edge_lengths)] if isinstance(short_edge_lengths, int)
-                   else [int(v) for v in short_edge_lengths])
+        given = [short_edge_lengths] if not isinstance(short_edge_lengths, Sequence) \
+            or isinstance(short_edge_lengths, str) else list(short_edge_lengths)
+        lengths = [_size(v, "short_edge_lengths") for v in given]
+        max_size = _size(max_size, "max_size")
         if sample_style not in ("choice", "range"):
             raise ValueError(f"sample_style must be 'choice' or 'range', got {sample_style!r}")
         if not lengths or (sample_style == "range" and len(lengths) != 2):

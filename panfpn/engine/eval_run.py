@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from panfpn.utils.atomic import write_json_atomic
 from panfpn.engine import distributed as du
 from panfpn.engine.config import ConfigError, validate_config
+from panfpn.engine.config.unread import refuse_unread_overrides
 from panfpn.engine.eval_context import eval_context
 from panfpn.engine.eval_loop import build_eval_loader, evaluate, format_results
 from panfpn.engine.inference_model import build_inference_model
@@ -43,6 +44,7 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
     (see :func:`panfpn.engine.inference_model.build_inference_model`; ``overrides`` as there).
     """
     validate_config(cfg)
+    refuse_unread_overrides("eval", overrides, cfg)  # e.g. data.batch_size: eval reads eval.batch_size
     if not cfg.weights:
         raise ConfigError("config key 'weights' must name the checkpoint to evaluate (weights=path/to/model.pth)")
     device = du.init_distributed(cfg.device)

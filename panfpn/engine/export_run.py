@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from panfpn.utils.atomic import write_json_atomic
 from panfpn.utils.dist import resolve_device
 from panfpn.engine.config import validate_config
+from panfpn.engine.config.unread import refuse_unread_overrides
 from panfpn.engine.config.schema import ExportOptions  # the export section's declaration
 from panfpn.engine.job_setup import setup_logging
 from panfpn.modeling.panoptic_fpn import export as ex
@@ -38,6 +39,7 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
     returns ``{"files": {...}, "max_abs_diff": {format: {output name: float}}}`` and writes
     ``<stem>.json`` with the same."""
     validate_config(cfg)
+    refuse_unread_overrides("export", overrides, cfg)  # e.g. predict.* typed to tools/export.py
     opts = ExportOptions.from_config(cfg)
     if not cfg.weights:
         logger.warning("no weights given: exporting a randomly initialised model (set weights=path/to/model.pth)")

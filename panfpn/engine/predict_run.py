@@ -42,6 +42,7 @@ from panfpn.data.image_ids import image_ids
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine import distributed as du
 from panfpn.engine.config import ConfigError, section_values, validate_config
+from panfpn.engine.config.unread import refuse_unread_overrides
 from panfpn.engine.config.schema import PredictOptions  # the predict section's declaration
 from panfpn.engine.progress import bar_enabled
 from panfpn.engine.inference_model import build_inference_model
@@ -76,6 +77,7 @@ def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None)
     Returns the summary of :func:`predict_images`.
     """
     validate_config(cfg)
+    refuse_unread_overrides("predict", overrides, cfg)  # e.g. eval.batch_size: predict reads predict.batch_size
     opts = predict_options(cfg)
     if not cfg.weights:
         raise ConfigError("config key 'weights' must name the checkpoint to predict with "

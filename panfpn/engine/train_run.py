@@ -31,6 +31,7 @@ from panfpn.engine.training.checkpoint import (
     restore_rng_state, save_checkpoint,
 )
 from panfpn.engine.config import validate_config
+from panfpn.engine.config.unread import refuse_unread_overrides
 from panfpn.engine.eval_loop import build_eval_loader, evaluate
 from panfpn.engine.progress import bar_enabled
 from panfpn.engine.training.metrics_log import MetricsLog
@@ -202,6 +203,7 @@ def train_from_config(cfg: DictConfig) -> dict:
     was saved; ``interrupted`` is then True and tools/train.py exits with 128 + signal).
     """
     validate_config(cfg)
+    refuse_unread_overrides("train", cfg=cfg)  # predict.* etc. typed to tools/train.py
     check_data_transforms(cfg)
     device = du.init_distributed(cfg.device)
     run_dir = Path(du.shared_run_dir(cfg.output_dir))

@@ -54,6 +54,14 @@ OmegaConf error at composition instead of the message above. Hydra still refuses
 key that does not exist (`train.chekpoint_period=5`); what yaml files or `+key=` add is refused by
 `validate_config` with a did-you-mean.
 
+Every tool composes the whole config, so a typed override of a key the tool never reads is
+checked too (`panfpn/engine/config/unread.py`): another tool's options are refused at start
+(`tools/train.py predict.input=...` or `eval.save_predictions=true`, whose files only
+`tools/eval.py` writes; `tools/predict.py eval.batch_size=8`, whose batch is `predict.batch_size`),
+and training-only keys (`train.*`, `solver.*`, `data.train.*`, `data.batch_size`, `resume`) given
+to `tools/eval.py`, `predict.py` or `export.py` are logged as ignored: one command line shared by
+training and evaluation is a habit.
+
 ## Adding a key
 
 1. One line in the section's class in `panfpn/engine/config/schema.py`:

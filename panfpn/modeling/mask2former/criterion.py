@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from panfpn.modeling.loss_weights import check_loss_weights
 from panfpn.modeling.mask2former.matcher import HungarianMatcher
 from panfpn.modeling.mask2former.points import dice_loss, point_sample, sigmoid_ce_loss, uncertain_point_coords
 from panfpn.utils.dist import get_world_size
@@ -28,6 +29,8 @@ class SetCriterion(nn.Module):
                  num_points: int = 12544, oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75,
                  deep_supervision: bool = True) -> None:
         super().__init__()
+        check_loss_weights({"no_object_weight": no_object_weight, "class_weight": class_weight,
+                            "mask_weight": mask_weight, "dice_weight": dice_weight}, "criterion")
         self.num_classes, self.matcher = num_classes, matcher
         self.weights = {"loss_ce": class_weight, "loss_mask": mask_weight, "loss_dice": dice_weight}
         self.num_points, self.oversample_ratio = num_points, oversample_ratio

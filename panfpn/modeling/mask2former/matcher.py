@@ -13,6 +13,7 @@ from typing import Sequence
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from panfpn.modeling.loss_weights import check_loss_weights
 from panfpn.modeling.mask2former.points import pairwise_dice, pairwise_sigmoid_ce, point_sample
 
 
@@ -24,6 +25,10 @@ class HungarianMatcher:
     mask_weight: float = 5.0
     dice_weight: float = 5.0
     num_points: int = 12544
+
+    def __post_init__(self) -> None:
+        check_loss_weights({"class_weight": self.class_weight, "mask_weight": self.mask_weight,
+                            "dice_weight": self.dice_weight}, "matcher")
 
     def cost_matrix(self, logits: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
                     target_masks: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
 from panfpn.modeling.backbone import ResNetFPN
+from panfpn.modeling.loss_weights import check_loss_weights
 from panfpn.modeling.halves import cached_halves, set_halves_mode, share_buffers
 from panfpn.modeling.merge import MergeThresholds
 from panfpn.modeling.panoptic_fpn.network import (SIZE_DIVISIBILITY, PanopticNetwork, normalize_images, pad_amount,
@@ -90,6 +91,7 @@ class PanopticFPN(nn.Module):
         unknown = set(loss_weights or {}) - set(LOSS_KEYS)
         if unknown:
             raise ValueError(f"loss_weights has unknown keys {sorted(unknown)}; valid keys: {list(LOSS_KEYS)}")
+        check_loss_weights(dict(loss_weights or {}), "loss_weights")
         self.loss_weights = weights | {k: float(v) for k, v in (loss_weights or {}).items()}
         # Persistent buffers: a checkpoint carries the normalisation its weights were trained with.
         self.register_buffer("pixel_mean", torch.tensor([float(v) for v in pixel_mean]).view(3, 1, 1))

@@ -26,6 +26,12 @@ from panfpn.utils.json_file import load_json
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
+def ap_text(value: float) -> str:
+    """An AP fraction as printed percent; ``n/a`` for COCOeval's -1 (no ground truth to average over,
+    which Detectron2 prints as nan), never ``-100.00``."""
+    return f"{100 * value:.2f}" if value >= 0 else "n/a"
+
+
 def _encode(mask: np.ndarray) -> dict:
     rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")

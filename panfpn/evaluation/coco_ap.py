@@ -120,10 +120,21 @@ def detections_of_image(image_id: Any, boxes: np.ndarray, scores: np.ndarray,
     return out
 
 
+def _no_results(gt: COCO) -> COCO:
+    """An empty result set (``loadRes`` cannot load one): COCOeval then scores 0 where there is
+    ground truth and -1 where there is none, e.g. in a size range without objects."""
+    dt = COCO()
+    dt.dataset = {"images": list(gt.dataset["images"]), "categories": list(gt.dataset["categories"]),
+                  "annotations": []}
+    dt.createIndex()
+    return dt
+
+
 def coco_ap(gt_instances: Mapping, detections: Sequence[Mapping],
             iou_types: Sequence[str] = ("bbox", "segm")) -> dict:
     """Run COCOeval. Returns ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl"}}`` (fractions;
-    -1 where COCOeval has nothing to average, e.g. no ground truth of that size)."""
+    -1 where COCOeval has nothing to average, e.g. no ground truth of that size). No detections
+    score 0 where there is ground truth (Detectron2 reports nan for every metric then)."""
     gt = COCO()
     gt.dataset = {k: list(v) for k, v in gt_instances.items()}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -131,15 +142,12 @@ def coco_ap(gt_instances: Mapping, detections: Sequence[Mapping],
     results: dict[str, dict] = {}
     for iou_type in iou_types:
         dets = [d for d in detections if iou_type == "bbox" or "segmentation" in d]
-        if not dets:
-            results[iou_type] = {m: 0.0 for m in METRICS}
-            continue
         # loadRes takes a detection's area (which decides its size range) from its box when it
         # has one; mask AP must use the mask's area, box AP the box's.
         drop = "segmentation" if iou_type == "bbox" else "bbox"
         dets = [{k: v for k, v in d.items() if k != drop} for d in dets]
         with contextlib.redirect_stdout(io.StringIO()):
-            dt = gt.loadRes(dets)
+            dt = gt.loadRes(dets) if dets else _no_results(gt)
             ev = COCOeval(gt, dt, iou_type)
             ev.evaluate()
             ev.accumulate()
@@ -164,6 +172,7 @@ class COCOAPEvaluator:
         self.images: list[dict] = []
         self.gt: list[dict] = []
         self.dets: list[dict] = []
+        self.with_masks = False  # masks were given (even none): mask AP is scored
 
     def add_ground_truth(self, image_id: Any, gt_id_map: torch.Tensor | np.ndarray,
                          segments_info: Sequence[Mapping]) -> None:
@@ -183,18 +192,20 @@ class COCOAPEvaluator:
         def host(x):
             return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
+        self.with_masks = self.with_masks or masks is not None
         if isinstance(masks, (torch.Tensor, np.ndarray)):
             masks = host(masks)
         self.dets += detections_of_image(image_id, host(boxes), host(scores), host(category_ids), masks)
 
     def compute(self) -> dict:
-        images, gt, dets = self.images, self.gt, self.dets
+        images, gt, dets, with_masks = self.images, self.gt, self.dets, self.with_masks
         if is_multiprocess():
-            parts = all_gather_objects((images, gt, dets))
+            parts = all_gather_objects((images, gt, dets, with_masks))
             images = [x for p in parts for x in p[0]]
             gt = [x for p in parts for x in p[1]]
             dets = [x for p in parts for x in p[2]]
+            with_masks = any(p[3] for p in parts)
         gt = [dict(a, id=i + 1) for i, a in enumerate(gt)]  # unique ids across images and ranks
-        iou_types = ("bbox", "segm") if any("segmentation" in d for d in dets) else ("bbox",)
+        iou_types = ("bbox", "segm") if with_masks or any("segmentation" in d for d in dets) else ("bbox",)
         return coco_ap({"images": images, "annotations": gt, "categories": self.categories},
                        dets, iou_types)

@@ -74,6 +74,21 @@ def _one_small_person() -> tuple[np.ndarray, list[dict]]:
     return ids, [{"id": 7, "category_id": 101, "iscrowd": 0}, {"id": 11, "category_id": 1, "iscrowd": 0}]
 
 
+def test_no_detections_at_all_scores_zero_where_there_is_ground_truth():
+    ids, segs = _one_small_person()
+    ev = COCOAPEvaluator(CATEGORIES)
+    ev.add_ground_truth(1, ids, segs)
+    ev.update(1, np.zeros((0, 4)), np.zeros(0), np.zeros(0, int), np.zeros((0, 40, 40), bool))
+    r = ev.compute()
+    # a model with a mask head that finds nothing: both tasks scored (Detectron2 evaluates the
+    # tasks of the model, not of the detections); the person is missed (AP 0), no ground truth is
+    # medium or large (COCOeval's -1, Detectron2's nan), not 0
+    assert set(r) == {"bbox", "segm"}
+    for task in ("bbox", "segm"):
+        assert r[task]["AP"] == 0.0 and r[task]["APs"] == 0.0
+        assert r[task]["APm"] == -1.0 and r[task]["APl"] == -1.0
+
+
 def test_a_category_without_ground_truth_is_left_out_of_the_mean():
     ids, segs = _one_small_person()
     ev = COCOAPEvaluator(CATEGORIES)

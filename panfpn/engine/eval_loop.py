@@ -92,7 +92,7 @@ def metrics_to_scalars(metrics: dict) -> dict[str, float]:
     for task in ("bbox", "segm"):
         if task in metrics:
             for key, value in metrics[task].items():
-                if value >= 0:  # COCOeval reports -1 for an area range with no ground truth
+                if isinstance(value, (int, float)) and value >= 0:  # -1: no ground truth; not per_class
                     scalars[f"{task}/{key}"] = 100.0 * value
     return scalars
 

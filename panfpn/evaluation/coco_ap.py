@@ -132,7 +132,8 @@ def _no_results(gt: COCO) -> COCO:
 
 def coco_ap(gt_instances: Mapping, detections: Sequence[Mapping],
             iou_types: Sequence[str] = ("bbox", "segm")) -> dict:
-    """Run COCOeval. Returns ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl"}}`` (fractions;
+    """Run COCOeval. Returns ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}}``
+    (fractions, ``per_class``: :func:`per_category_ap`;
     -1 where COCOeval has nothing to average, e.g. no ground truth of that size). No detections
     score 0 where there is ground truth (Detectron2 reports nan for every metric then)."""
     gt = COCO()
@@ -153,7 +154,20 @@ def coco_ap(gt_instances: Mapping, detections: Sequence[Mapping],
             ev.accumulate()
             ev.summarize()
         results[iou_type] = {m: float(v) for m, v in zip(METRICS, ev.stats[:6])}
+        results[iou_type]["per_class"] = per_category_ap(ev)
     return results
+
+
+def per_category_ap(ev: COCOeval) -> dict[int, float | None]:
+    """AP of each category (IoU 0.50:0.95, all areas, 100 detections), None for one without
+    ground truth: Detectron2's ``AP-<name>`` (nan there), as a fraction."""
+    precision = ev.eval["precision"]  # [IoU thresholds, recall points, categories, areas, max dets]
+    out: dict[int, float | None] = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        out[int(cat_id)] = float(p.mean()) if p.size else None
+    return out
 
 
 class COCOAPEvaluator:

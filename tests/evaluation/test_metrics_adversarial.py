@@ -104,6 +104,22 @@ def test_a_category_without_ground_truth_is_left_out_of_the_mean():
     assert r["bbox"]["AP"] == pytest.approx(1.0) and r["segm"]["AP"] == pytest.approx(1.0)
 
 
+def test_per_category_ap_as_detectron2_reports_it():
+    ids, segs = _one_small_person()
+    ids[20:30, 20:30] = 12  # a second person, missed
+    segs.append({"id": 12, "category_id": 1, "iscrowd": 0})
+    ev = COCOAPEvaluator(CATEGORIES)
+    ev.add_ground_truth(1, ids, segs)
+    ev.update(1, np.array([[2, 2, 10, 10], [30, 0, 38, 8]], float), np.array([0.9, 0.8]), np.array([1, 3]),
+              np.stack([ids == 11, np.zeros_like(ids, bool)]))
+    r = ev.compute()
+    # Detectron2's AP-person: precision 1 up to recall 0.5 = 51 of 101 recall points; AP-car: nan
+    # (no ground truth), null in eval_results.json
+    for task in ("bbox", "segm"):
+        assert r[task]["per_class"] == {1: pytest.approx(51 / 101), 3: None}
+        assert r[task]["AP"] == pytest.approx(51 / 101)
+
+
 def test_an_empty_predicted_mask_is_a_false_positive_for_mask_ap_only():
     ids, segs = _one_small_person()
     ev = COCOAPEvaluator(CATEGORIES)

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from panfpn.data.metadata import DatasetMetadata
+from panfpn.data.targets import semantic_map
 from panfpn.engine.eval_loop import format_results
 from panfpn.evaluation import COCOAPEvaluator, SemSegEvaluator
 from panfpn.evaluation.report import build_report
@@ -65,7 +67,30 @@ def test_a_class_predicted_but_absent_from_the_ground_truth_is_documented_as_iou
     # panfpn (as Detectron2 v0.6, mmsegmentation, Cityscapes' script): class 1 has IoU 0 and is
     # averaged: (1/4 + 0) / 2; docs/evaluation.md says so
     assert r["IoU"][1] == 0.0 and r["mIoU"] == pytest.approx(0.125)
-    assert r["fwIoU"] == pytest.approx(d2_main["fwIoU"]) and r["pACC"] == pytest.approx(d2_main["pACC"])
+    for key in ("fwIoU", "mACC", "pACC"):
+        assert r[key] == pytest.approx(d2_main[key]), key
+
+
+def test_coco_semantic_ground_truth_is_detectron2s_separated_labels():
+    # datasets/prepare_panoptic_fpn.py: things (crowd too) -> one label, stuff -> its own, void -> 255
+    cats = CATEGORIES + [{"id": 120, "name": "sky", "isthing": 0}]
+    meta = DatasetMetadata.from_coco_categories(cats)
+    ids = torch.tensor([[0, 5, 6, 7], [8, 8, 9, 0]])
+    segs = [{"id": 5, "category_id": 1, "iscrowd": 0}, {"id": 6, "category_id": 3, "iscrowd": 1},
+            {"id": 7, "category_id": 101, "iscrowd": 0}, {"id": 8, "category_id": 120, "iscrowd": 0}]
+    thing, grass, sky = 2, 0, 1  # panfpn's order: stuff by id, then the merged thing label
+    expected = torch.tensor([[255, thing, thing, grass], [sky, sky, 255, 255]])  # id 9: no segment
+    assert meta.num_sem_classes == 3
+    assert torch.equal(semantic_map(ids, segs, meta), expected)
+
+
+def test_no_scored_pixel_gives_zero_not_nan():
+    # every ground-truth pixel void: Detectron2 divides 0 by 0 (nan); panfpn reports 0 (documented)
+    ev = SemSegEvaluator(3)
+    ev.update(torch.tensor([[0, 1, 2]]), torch.tensor([[255, 255, 255]]))
+    r = ev.compute()
+    assert (r["mIoU"], r["fwIoU"], r["mACC"], r["pACC"]) == (0.0, 0.0, 0.0, 0.0)
+    assert all(math.isnan(v) for v in r["IoU"] + r["ACC"])
 
 
 def _one_small_person() -> tuple[np.ndarray, list[dict]]:

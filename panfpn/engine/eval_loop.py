@@ -19,6 +19,7 @@ from panfpn.data.loader import build_dataloader
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine import distributed as du
 from panfpn.engine.job_setup import move_batch
+from panfpn.evaluation.coco_ap import ap_text
 from panfpn.evaluation.evaluator import Evaluator, eval_images
 from panfpn.engine.progress import Progress
 from panfpn.evaluation.pq_rules import format_table
@@ -91,7 +92,7 @@ def metrics_to_scalars(metrics: dict) -> dict[str, float]:
     for task in ("bbox", "segm"):
         if task in metrics:
             for key, value in metrics[task].items():
-                if value >= 0:  # COCOeval reports -1 for an area range with no ground truth
+                if isinstance(value, (int, float)) and value >= 0:  # -1: no ground truth; not per_class
                     scalars[f"{task}/{key}"] = 100.0 * value
     return scalars
 
@@ -102,8 +103,8 @@ def format_results(metrics: dict) -> str:
     lines.append(f"mIoU {100 * metrics['sem_seg']['mIoU']:.2f}")
     for task in ("bbox", "segm"):
         if task in metrics:
-            lines.append(f"{task} AP {100 * metrics[task]['AP']:.2f}  AP50 {100 * metrics[task]['AP50']:.2f}"
-                         f"  AP75 {100 * metrics[task]['AP75']:.2f}")
+            lines.append(f"{task} AP {ap_text(metrics[task]['AP'])}  AP50 {ap_text(metrics[task]['AP50'])}"
+                         f"  AP75 {ap_text(metrics[task]['AP75'])}")
     if "panoptic_by_area" in metrics:
         lines.append("PQ by area  " + "  ".join(f"{b} {100 * metrics['panoptic_by_area'][b]['All']['pq']:.2f}"
                                                 for b in ("small", "medium", "large")))

@@ -26,6 +26,12 @@ from panfpn.utils.json_file import load_json
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
+def ap_text(value: float) -> str:
+    """An AP fraction as printed percent; ``n/a`` for COCOeval's -1 (no ground truth to average over,
+    which Detectron2 prints as nan), never ``-100.00``."""
+    return f"{100 * value:.2f}" if value >= 0 else "n/a"
+
+
 def _encode(mask: np.ndarray) -> dict:
     rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
@@ -114,10 +120,22 @@ def detections_of_image(image_id: Any, boxes: np.ndarray, scores: np.ndarray,
     return out
 
 
+def _no_results(gt: COCO) -> COCO:
+    """An empty result set (``loadRes`` cannot load one): COCOeval then scores 0 where there is
+    ground truth and -1 where there is none, e.g. in a size range without objects."""
+    dt = COCO()
+    dt.dataset = {"images": list(gt.dataset["images"]), "categories": list(gt.dataset["categories"]),
+                  "annotations": []}
+    dt.createIndex()
+    return dt
+
+
 def coco_ap(gt_instances: Mapping, detections: Sequence[Mapping],
             iou_types: Sequence[str] = ("bbox", "segm")) -> dict:
-    """Run COCOeval. Returns ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl"}}`` (fractions;
-    -1 where COCOeval has nothing to average, e.g. no ground truth of that size)."""
+    """Run COCOeval. Returns ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class"}}``
+    (fractions, ``per_class``: :func:`per_category_ap`;
+    -1 where COCOeval has nothing to average, e.g. no ground truth of that size). No detections
+    score 0 where there is ground truth (Detectron2 reports nan for every metric then)."""
     gt = COCO()
     gt.dataset = {k: list(v) for k, v in gt_instances.items()}
     with contextlib.redirect_stdout(io.StringIO()):
@@ -125,21 +143,31 @@ def coco_ap(gt_instances: Mapping, detections: Sequence[Mapping],
     results: dict[str, dict] = {}
     for iou_type in iou_types:
         dets = [d for d in detections if iou_type == "bbox" or "segmentation" in d]
-        if not dets:
-            results[iou_type] = {m: 0.0 for m in METRICS}
-            continue
         # loadRes takes a detection's area (which decides its size range) from its box when it
         # has one; mask AP must use the mask's area, box AP the box's.
         drop = "segmentation" if iou_type == "bbox" else "bbox"
         dets = [{k: v for k, v in d.items() if k != drop} for d in dets]
         with contextlib.redirect_stdout(io.StringIO()):
-            dt = gt.loadRes(dets)
+            dt = gt.loadRes(dets) if dets else _no_results(gt)
             ev = COCOeval(gt, dt, iou_type)
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
         results[iou_type] = {m: float(v) for m, v in zip(METRICS, ev.stats[:6])}
+        results[iou_type]["per_class"] = per_category_ap(ev)
     return results
+
+
+def per_category_ap(ev: COCOeval) -> dict[int, float | None]:
+    """AP of each category (IoU 0.50:0.95, all areas, 100 detections), None for one without
+    ground truth: Detectron2's ``AP-<name>`` (nan there), as a fraction."""
+    precision = ev.eval["precision"]  # [IoU thresholds, recall points, categories, areas, max dets]
+    out: dict[int, float | None] = {}
+    for k, cat_id in enumerate(ev.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        out[int(cat_id)] = float(p.mean()) if p.size else None
+    return out
 
 
 class COCOAPEvaluator:
@@ -158,6 +186,7 @@ class COCOAPEvaluator:
         self.images: list[dict] = []
         self.gt: list[dict] = []
         self.dets: list[dict] = []
+        self.with_masks = False  # masks were given (even none): mask AP is scored
 
     def add_ground_truth(self, image_id: Any, gt_id_map: torch.Tensor | np.ndarray,
                          segments_info: Sequence[Mapping]) -> None:
@@ -177,18 +206,20 @@ class COCOAPEvaluator:
         def host(x):
             return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
+        self.with_masks = self.with_masks or masks is not None
         if isinstance(masks, (torch.Tensor, np.ndarray)):
             masks = host(masks)
         self.dets += detections_of_image(image_id, host(boxes), host(scores), host(category_ids), masks)
 
     def compute(self) -> dict:
-        images, gt, dets = self.images, self.gt, self.dets
+        images, gt, dets, with_masks = self.images, self.gt, self.dets, self.with_masks
         if is_multiprocess():
-            parts = all_gather_objects((images, gt, dets))
+            parts = all_gather_objects((images, gt, dets, with_masks))
             images = [x for p in parts for x in p[0]]
             gt = [x for p in parts for x in p[1]]
             dets = [x for p in parts for x in p[2]]
+            with_masks = any(p[3] for p in parts)
         gt = [dict(a, id=i + 1) for i, a in enumerate(gt)]  # unique ids across images and ranks
-        iou_types = ("bbox", "segm") if any("segmentation" in d for d in dets) else ("bbox",)
+        iou_types = ("bbox", "segm") if with_masks or any("segmentation" in d for d in dets) else ("bbox",)
         return coco_ap({"images": images, "annotations": gt, "categories": self.categories},
                        dets, iou_types)

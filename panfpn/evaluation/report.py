@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from panfpn.data.metadata import DatasetMetadata
+from panfpn.evaluation.coco_ap import ap_text
 from panfpn.evaluation.report_sections import STYLE as SECTION_STYLE
 from panfpn.evaluation.report_sections import ReportExtras, browse_section, confusion_table, context_table
 from panfpn.evaluation.worst_images import ImageScore
@@ -169,8 +170,8 @@ def _other_metrics(metrics: Mapping[str, Any]) -> str:
         rows.append(f"<tr><td>mIoU</td><td>{100 * metrics['sem_seg']['mIoU']:.2f}</td></tr>")
     for task in ("bbox", "segm"):
         if task in metrics:
-            rows.append(f"<tr><td>{task} AP</td><td>{100 * metrics[task]['AP']:.2f}</td></tr>"
-                        f"<tr><td>{task} AP50</td><td>{100 * metrics[task]['AP50']:.2f}</td></tr>")
+            rows.append(f"<tr><td>{task} AP</td><td>{ap_text(metrics[task]['AP'])}</td></tr>"
+                        f"<tr><td>{task} AP50</td><td>{ap_text(metrics[task]['AP50'])}</td></tr>")
     return f'<table id="other-metrics"><tbody>{"".join(rows)}</tbody></table>' if rows else ""
 
 

@@ -68,3 +68,17 @@ def check_panoptic(result: dict, orig_size, *, num_things: int, num_sem: int, th
     assert (inst["boxes"][:, 0::2] <= w0).all() and (inst["boxes"][:, 1::2] <= h0).all()
     assert (inst["boxes"] >= 0).all()
     assert result["sem_seg"].dtype == torch.int64 and tuple(result["sem_seg"].shape) == tuple(orig_size)
+
+
+def random_torchvision_r50(seed: int = 5) -> torch.nn.Module:
+    """A torchvision ResNet-50 in eval mode with random weights and BN statistics that are not the
+    identity, so a misplaced stride, channel order or norm shows in its features."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    net = torchvision.models.resnet50().eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return net

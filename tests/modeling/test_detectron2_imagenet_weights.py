@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from modeling_helpers import compose_model_config
+from modeling_helpers import compose_model_config, random_torchvision_r50
 
 from panfpn.modeling.backbone import ResNetFPN
 from panfpn.modeling.build import instantiate_model
@@ -183,16 +183,6 @@ def converted_by_detectron2(net: torch.nn.Module) -> dict:
             name = name.replace(f"bn{k}", f"conv{k}.norm")
         converted[name.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")] = value.numpy()
     return {"model": converted, "__author__": "torchvision", "matching_heuristics": True}
-
-
-def random_torchvision_r50(seed: int = 5) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    net = torchvision.models.resnet50().eval()
-    for m in net.modules():  # statistics that are not the identity, so a misplaced one would show
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    return net
 
 
 def test_torchvision_file_converted_by_detectron2_gives_torchvision_features(tmp_path):

@@ -22,6 +22,8 @@ from panfpn.modeling.panoptic_fpn.rpn import RPN, ProposalLimits
 from panfpn.modeling.panoptic_fpn.semantic_head import SemanticFPNHead
 from panfpn.modeling.weights import WeightsError, load_weights
 
+from modeling_helpers import random_torchvision_r50
+
 THINGS, SEM = 3, 4  # 3 thing classes; the semantic head: 3 stuff + the merged 'things' label
 FPN, SEM_DIM, FC, MASK_DIM, MASK_CONVS = 32, 32, 64, 32, 2
 CAFFE_MEAN_BGR = [103.530, 116.280, 123.675]
@@ -191,13 +193,7 @@ def _res5(body: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def torchvision_r50():
-    torch.manual_seed(1)
-    net = torchvision.models.resnet50().eval()
-    for m in net.modules():  # statistics that are not the identity, so a wrong conv would show
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-    return net
+    return random_torchvision_r50(seed=1)
 
 
 def test_a_torchvision_resnet_file_computes_torchvisions_features_whatever_the_config_stride(

@@ -63,6 +63,15 @@ def refuse_exported_settings(overrides: Sequence[str] | None) -> None:
         raise ConfigError(f"predict.backend=onnxruntime runs the exported graph, whose model and test resize "
                           f"were fixed by tools/export.py: {', '.join(fixed)} would have no effect; export "
                           "again with it, or use predict.backend=torch")
+    unused = [o.input_line for o in parsed if o.key_or_group in _SPEED_ONLY_KEYS]
+    if unused:  # they change no result, only how the torch backend batches and writes
+        logger.warning("predict.backend=onnxruntime runs one image at a time in this process and writes "
+                       "panoptic.json at the end: %s have no effect (the results are the same)", ", ".join(unused))
+
+
+# predict keys of the torch backend's batching, workers and writing that the onnxruntime backend does not use
+_SPEED_ONLY_KEYS = frozenset(f"predict.{k}" for k in ("batch_size", "num_workers", "write_threads", "json_every",
+                                                      "overlay_alpha", "overlay_format", "progress_bar"))
 
 
 def predict_onnx(weights: str, paths: Sequence[Path], out_dir: Path, opts: Any,

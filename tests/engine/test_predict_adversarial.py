@@ -346,3 +346,21 @@ def test_standalone_runner_gives_cityscapes_files_the_ids_predict_gives():
         paths = [Path(n) for n in names]
         stems = [p.stem for p in paths]
         assert default_image_id(stems) == image_ids(paths, stems, "auto"), names
+
+
+def test_onnx_backend_names_the_speed_options_it_does_not_use(caplog):
+    """predict.batch_size / num_workers / json_every ... typed with predict.backend=onnxruntime were
+    ignored without a word (they change no result: the backend runs one image at a time)."""
+    import logging
+
+    from panfpn.engine.predict_onnx import refuse_exported_settings
+
+    with caplog.at_level(logging.WARNING, logger="panfpn"):
+        refuse_exported_settings(["predict.batch_size=8", "predict.json_every=5", "predict.overwrite=true"])
+    text = caplog.text
+    assert "predict.batch_size=8" in text and "predict.json_every=5" in text, text
+    assert "predict.overwrite" not in text  # honoured by this backend
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="panfpn"):
+        refuse_exported_settings(["predict.overwrite=true"])
+    assert "no effect" not in caplog.text

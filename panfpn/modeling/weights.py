@@ -204,9 +204,8 @@ def _recorded_layout(model: nn.Module, obj: Any, report: LoadReport) -> LoadRepo
         raise WeightsError(f"{report.source}: its model record (model_config) is not YAML: {err}") from err
     node = node.get("backbone") if isinstance(node, dict) else None
     recorded = node.get("stride_in_1x1") if isinstance(node, dict) else None
-    if recorded is True and not backbone.stride_in_1x1:
-        backbone.stride_in_1x1 = True
-        report.notes.append("backbone switched to stride_in_1x1=True, as the checkpoint records")
+    if recorded is True:
+        _move_stride(backbone, True, report, "as the checkpoint records")
     return report
 
 
@@ -410,10 +409,16 @@ def _torchvision_layout(model: nn.Module, report: LoadReport) -> LoadReport:
     """torchvision's bottlenecks downsample in the 3x3 conv: a backbone configured with
     ``stride_in_1x1`` (Detectron2's default) is switched back, as the Detectron2 import switches it on."""
     backbone = getattr(model, "backbone", None)
-    if backbone is not None and getattr(backbone, "stride_in_1x1", False):
-        backbone.stride_in_1x1 = False
-        report.notes.append("backbone switched to stride_in_1x1=False (torchvision bottleneck layout)")
+    if backbone is not None and hasattr(backbone, "stride_in_1x1"):
+        _move_stride(backbone, False, report, "torchvision bottleneck layout")
     return report
+
+
+def _move_stride(backbone: nn.Module, in_1x1: bool, report: LoadReport, why: str) -> None:
+    """Put the ResNet bottlenecks' stride where the weights had it (no tensor tells), with a note."""
+    if bool(backbone.stride_in_1x1) != in_1x1:
+        backbone.stride_in_1x1 = in_1x1
+        report.notes.append(f"backbone switched to stride_in_1x1={in_1x1} ({why})")
 
 
 def _other_architecture(state: dict[str, torch.Tensor], model: nn.Module) -> str | None:
@@ -468,9 +473,8 @@ def _load_d2_layout(model: nn.Module, state: dict[str, torch.Tensor], source: st
                                            getattr(model, "thing_sem_labels", None), source)
         report.notes += [note] if note else []
     backbone = getattr(model, "backbone", None)
-    if backbone is not None and getattr(backbone, "depth", 0) >= 50 and not backbone.stride_in_1x1:
-        backbone.stride_in_1x1 = True
-        report.notes.append("backbone switched to stride_in_1x1=True (MSRA bottleneck layout)")
+    if backbone is not None and getattr(backbone, "depth", 0) >= 50:
+        _move_stride(backbone, True, report, "MSRA bottleneck layout")
     return _load_into(model, mapped, report, scope="", ignore_missing=("num_batches_tracked",))
 
 
@@ -512,9 +516,7 @@ def _load_d2_imagenet(model: nn.Module, state: dict[str, torch.Tensor], source: 
         raise WeightsError(f"weights {source} ({kind}) need the stride in the bottleneck's 1x1 conv, which only "
                            f"the Panoptic FPN ResNet backbone can set, not {type(backbone).__name__}; give "
                            "ImageNetPretrained/torchvision/R-50.pkl or ResNet50_Weights.IMAGENET1K_V1 instead")
-    if not backbone.stride_in_1x1:
-        backbone.stride_in_1x1 = True
-        report.notes.append("backbone switched to stride_in_1x1=True (MSRA bottleneck layout)")
+    _move_stride(backbone, True, report, "MSRA bottleneck layout")
     mapped = {f"backbone.body.{k}": v for k, v in body.items()}
     mapped["backbone.body.conv1.weight"] = mapped["backbone.body.conv1.weight"].flip(1)
     report.notes.append("first conv flipped from BGR to RGB input channels; FrozenBN running mean 0 / var 1 "

@@ -143,7 +143,8 @@ def command_line_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-def _parsed(overrides: Sequence[str]) -> list[Any]:
+def parse_overrides(overrides: Sequence[str]) -> list[Any]:
+    """Hydra's parse of command-line overrides (``key_or_group``, ``input_line``, ...)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     return OverridesParser.create().parse_overrides(list(overrides))
@@ -152,7 +153,7 @@ def _parsed(overrides: Sequence[str]) -> list[Any]:
 def effective_model_config(cfg: DictConfig, record: ModelRecord, overrides: Sequence[str]) -> dict[str, Any]:
     """The recorded model config with the explicit ``model.*`` overrides applied (values taken from
     ``cfg``, resolved); a ``model=<name>`` override replaces it with the config's model."""
-    parsed = _parsed(overrides)
+    parsed = parse_overrides(overrides)
     if any(o.key_or_group == "model" for o in parsed):
         logger.info("model=... given on the command line: the config's model replaces the one recorded in %s",
                     record.source)
@@ -178,7 +179,7 @@ def effective_model_config(cfg: DictConfig, record: ModelRecord, overrides: Sequ
 def transform_overridden(overrides: Sequence[str]) -> bool:
     """Whether the command line sets the test transform (``data.val.transforms...``)."""
     return any(o.key_or_group == "data.val.transforms" or o.key_or_group.startswith("data.val.transforms.")
-               for o in _parsed(overrides))
+               for o in parse_overrides(overrides))
 
 
 def flatten(node: Any, prefix: str) -> dict[str, Any]:

@@ -51,12 +51,10 @@ def onnx_providers(device: str) -> list[Any]:
 def refuse_exported_settings(overrides: Sequence[str] | None) -> None:
     """ConfigError for explicit overrides (``None``: hydra's command line) of what the graph fixed at
     export: the model's keys (thresholds, detections per image, ...) and the test resize."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from panfpn.engine.model_spec import command_line_overrides
+    from panfpn.engine.model_spec import command_line_overrides, parse_overrides
 
     given = command_line_overrides() if overrides is None else list(overrides)
-    parsed = OverridesParser.create().parse_overrides(given)
+    parsed = parse_overrides(given)
     fixed = [o.input_line for o in parsed if o.key_or_group.split(".")[0] == "model"
              or o.key_or_group.startswith("data.val.transforms")]
     if fixed:

@@ -48,11 +48,11 @@ def unread_overrides(tool: str, overrides: Sequence[str],
     refuses (another tool's options) and those it ignores (training-only keys). A key that ``cfg``
     interpolates elsewhere is read through it (coco_panoptic_folder's categories come from
     ``${data.train.json_file}``), so it is neither."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from panfpn.engine.model_spec import parse_overrides
 
     unread, read = REFUSED[tool]
     used = _interpolated(cfg) if cfg is not None else set()
-    parsed = [(o.input_line, o.key_or_group) for o in OverridesParser.create().parse_overrides(list(overrides))]
+    parsed = [(o.input_line, o.key_or_group) for o in parse_overrides(overrides)]
     parsed = [(line, key) for line, key in parsed if not any(_under(key, [u]) or _under(u, [key]) for u in used)]
     refused = [(line, key) for line, key in parsed if _under(key, unread) and not _under(key, read)]
     ignored = [(line, key) for line, key in parsed if _under(key, IGNORED[tool])]

@@ -221,7 +221,8 @@ def resume_training(run_dir: str | os.PathLike, cfg: DictConfig, *, model: torch
         scaler.load_state_dict(ckpt["scaler"])
     rng = ckpt["rng"]
     restore_rng_state(rng[du.get_rank()] if len(rng) == du.get_world_size() else rng[0])
-    i = next(i for i, g in enumerate(optimizer.param_groups) if g is base_group(optimizer))  # the reported lr
+    base = base_group(optimizer)
+    i = next(i for i, g in enumerate(optimizer.param_groups) if g is base)  # the reported lr
     lr = set_schedule_iteration(scheduler, iteration)[i]
     old_lr = float(ckpt["optimizer"]["param_groups"][i]["lr"])
     if changes or not math.isclose(lr, old_lr, rel_tol=1e-9, abs_tol=0.0):

@@ -22,6 +22,7 @@ import torch
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.transforms import ResizeShortestEdge
 from panfpn.deploy.mask2former_pipeline import Mask2FormerPipeline
+from panfpn.deploy.onnx_runner import FORMAT, METADATA_KEY, VERSION  # what the runner reads, defined once
 from panfpn.deploy.pipeline import INPUT_NAME, OUTPUT_NAMES, PanopticPipeline
 from panfpn.modeling.mask2former import Mask2Former
 from panfpn.modeling.merge import MergeThresholds
@@ -29,8 +30,6 @@ from panfpn.modeling.panoptic_fpn import PanopticFPN
 from panfpn.utils.atomic import atomic_write_path
 from panfpn.utils.errors import ConfigError
 
-METADATA_KEY = "panfpn"
-FORMAT = "panfpn-panoptic-pipeline"
 DEFAULT_OPSET = 17  # RoiAlign with half-pixel coordinates needs 16, ScatterElements' add 16
 MAX_SIDE = 4096  # documented maximum side: memory grows as K x H x W (docs/deployment.md)
 
@@ -63,7 +62,7 @@ def build_pipeline(model: PanopticFPN | Mask2Former, metadata: DatasetMetadata, 
 def pipeline_metadata(pipeline: PanopticPipeline | Mask2FormerPipeline, metadata: DatasetMetadata) -> dict[str, Any]:
     """What a runner needs besides the graph (stored in the ONNX file and the export's JSON)."""
     m2f = isinstance(pipeline, Mask2FormerPipeline)
-    return {"format": FORMAT, "version": 1, "input": INPUT_NAME, "outputs": list(OUTPUT_NAMES),
+    return {"format": FORMAT, "version": VERSION, "input": INPUT_NAME, "outputs": list(OUTPUT_NAMES),
             "model": "mask2former" if m2f else "panoptic_fpn",
             "resize": list(pipeline.resize) if pipeline.resize else None,
             "max_detections": pipeline.max_detections, "max_side": MAX_SIDE,
@@ -106,11 +105,3 @@ def _add_metadata(path: Path, data: dict[str, Any]) -> None:
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(data)
     onnx.save(model, str(path))
-
-
-def read_onnx_metadata(session: Any) -> dict[str, Any]:
-    """The :data:`METADATA_KEY` entry of an onnxruntime session's model (ValueError if absent)."""
-    props = session.get_modelmeta().custom_metadata_map
-    if METADATA_KEY not in props:
-        raise ValueError(f"the ONNX model has no '{METADATA_KEY}' metadata: not a panfpn pipeline export")
-    return json.loads(props[METADATA_KEY])

@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 METADATA_KEY = "panfpn"
-FORMAT, VERSION = "panfpn-panoptic-pipeline", 1  # panfpn.deploy.export's FORMAT and the version it writes
+FORMAT, VERSION = "panfpn-panoptic-pipeline", 1  # what panfpn.deploy.export writes (it imports these)
 PANOPTIC_NAME = "panoptic"
 
 
@@ -178,6 +178,12 @@ def check_output_folder(out_dir: str | os.PathLike) -> None:
                          "ground truth?): predicting there would overwrite it and its PNGs; choose another --out")
 
 
+def sharing_a_stem(paths: Sequence[Path], stems: Sequence[str]) -> list[str]:
+    """The inputs (sorted) whose output name (``stems``) another input has too."""
+    counts = Counter(stems)
+    return sorted(str(p) for p, s in zip(paths, stems) if counts[s] > 1)
+
+
 def predict_files(session: Any, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                   stems: Sequence[str] | None = None, image_ids: Sequence[Any] | None = None,
                   failed: list[tuple[str, str]] | None = None,
@@ -191,8 +197,7 @@ def predict_files(session: Any, paths: Sequence[str | os.PathLike], out_dir: str
     ``previous`` ``(images entry, annotation)`` pairs (an earlier run's, to keep listing)."""
     paths = [Path(p) for p in paths]
     stems = list(stems) if stems is not None else [p.stem for p in paths]
-    counts = Counter(stems)
-    same = sorted(str(p) for p, s in zip(paths, stems) if counts[s] > 1)
+    same = sharing_a_stem(paths, stems)
     if same:
         raise ValueError(f"inputs with the same output name (file stem): {', '.join(same)}")
     ids = list(image_ids) if image_ids is not None else default_image_id(stems)
@@ -234,8 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: default)")
     args = parser.parse_args(argv)
     paths = [Path(p) for p in args.images]
-    counts = Counter(p.stem for p in paths)
-    same = sorted(str(p) for p in paths if counts[p.stem] > 1)
+    same = sharing_a_stem(paths, [p.stem for p in paths])
     if same:
         parser.error(f"inputs with the same file stem would write one output file: {', '.join(same)}")
     try:

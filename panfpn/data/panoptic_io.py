@@ -80,6 +80,20 @@ def decode_id_png_rgb(data: bytes, path: str | os.PathLike = "<bytes>") -> np.nd
         ImageReadError: not a PNG, truncated or corrupt (names the file).
         ValueError: a PNG of another mode or bit depth (names the file and the mode).
     """
+    return _decode_id_png(data, path, packed=False)
+
+
+def decode_id_png_packed(data: bytes, path: str | os.PathLike = "<bytes>") -> np.ndarray:
+    """uint32 ``[H, W]`` of an id PNG's bytes whose low 24 bits are each pixel's id (the bytes R, G,
+    B and one more, read as a little-endian word; the top byte is not part of the id).
+
+    The form the PQ evaluator scans: one comparison per pixel finds where ids change. Same files,
+    checks and errors as :func:`decode_id_png_rgb`.
+    """
+    return _decode_id_png(data, path, packed=True)
+
+
+def _decode_id_png(data: bytes, path: str | os.PathLike, packed: bool) -> np.ndarray:
     mode, depth = _png_mode(data, path)
     if mode not in _ID_PNG_MODES or depth == 16:
         bits = " with 16-bit samples" if depth == 16 and mode != "I;16" else ""
@@ -88,8 +102,8 @@ def decode_id_png_rgb(data: bytes, path: str | os.PathLike = "<bytes>") -> np.nd
                          f"{mode!r}{bits}")
     try:
         if mode == "RGB" and wuffs_png.available() and wuffs_png.is_plain_rgb(data):
-            rgb = wuffs_png.decode_plain_rgb(data)
-        elif _pyspng is not None:
+            return wuffs_png.decode_plain_packed(data) if packed else wuffs_png.decode_plain_rgb(data)
+        if _pyspng is not None:
             rgb = _pyspng.load(data, "RGB")
         else:
             with Image.open(io.BytesIO(data)) as img:  # via RGBA: no warning on a tRNS palette
@@ -97,13 +111,28 @@ def decode_id_png_rgb(data: bytes, path: str | os.PathLike = "<bytes>") -> np.nd
                        else np.ascontiguousarray(np.asarray(img.convert("RGBA"))[..., :3]))
     except Exception as e:  # noqa: BLE001 - libspng and Pillow raise many types on bad files
         raise ImageReadError.for_file(path, f"cannot read as a PNG ({type(e).__name__}: {e})") from None
-    return rgb
+    return pack_rgb(rgb) if packed else rgb
+
+
+def pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """uint32 ``[H, W]`` words of uint8 ``[H, W, 3]`` colours, ``word & 0xFFFFFF`` = id (the form of
+    :func:`decode_id_png_packed`)."""
+    words = np.empty((*rgb.shape[:2], 4), np.uint8)
+    words[..., :3] = rgb
+    words[..., 3] = 255
+    return words.view("<u4").reshape(rgb.shape[:2])
 
 
 def read_id_png_rgb(path: str | os.PathLike) -> np.ndarray:
     """uint8 ``[H, W, 3]`` colours of an id PNG file (see :func:`decode_id_png_rgb`)."""
     with open(path, "rb") as f:
         return decode_id_png_rgb(f.read(), path)
+
+
+def read_id_png_packed(path: str | os.PathLike) -> np.ndarray:
+    """uint32 ``[H, W]`` id words of an id PNG file (see :func:`decode_id_png_packed`)."""
+    with open(path, "rb") as f:
+        return decode_id_png_packed(f.read(), path)
 
 
 def read_id_png(path: str | os.PathLike) -> np.ndarray:

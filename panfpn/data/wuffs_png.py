@@ -22,7 +22,7 @@ try:  # optional: pip install "panfpn[fast]"
 except ImportError:  # pragma: no cover - depends on the environment
     ImageDecoder = None
 
-__all__ = ["available", "decode_plain_rgb", "is_plain_rgb"]
+__all__ = ["available", "decode_plain_packed", "decode_plain_rgb", "is_plain_rgb"]
 
 _LOCAL = threading.local()  # one decoder per thread (a decoder holds its buffers between calls)
 _TRUECOLOUR, _NOT_INTERLACED = 2, 0
@@ -50,16 +50,41 @@ def is_plain_rgb(data: bytes) -> bool:
     return True  # cut short before any image data: Wuffs reports the truncation
 
 
-def decode_plain_rgb(data: bytes) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` of a PNG for which :func:`is_plain_rgb` holds; ValueError with Wuffs'
-    message when it cannot decode it (truncated, corrupt)."""
-    decoder = getattr(_LOCAL, "decoder", None)
+def _decoder(pixel_format_name: str):
+    """This thread's Wuffs PNG decoder writing ``pixel_format_name`` (one per thread and format:
+    a decoder keeps its buffers between calls)."""
+    decoders = getattr(_LOCAL, "decoders", None)
+    if decoders is None:
+        decoders = _LOCAL.decoders = {}
+    decoder = decoders.get(pixel_format_name)
     if decoder is None:
         config = ImageDecoderConfig()
         config.enabled_decoders = [ImageDecoderType.PNG]
-        config.pixel_format = PixelFormat.RGB
-        decoder = _LOCAL.decoder = ImageDecoder(config)
-    result = decoder.decode(data)
+        config.pixel_format = getattr(PixelFormat, pixel_format_name)
+        decoder = decoders[pixel_format_name] = ImageDecoder(config)
+    return decoder
+
+
+def _decode(data: bytes, pixel_format_name: str) -> np.ndarray:
+    result = _decoder(pixel_format_name).decode(data)
     if result.error_message:
         raise ValueError(result.error_message)
     return result.pixbuf
+
+
+def decode_plain_rgb(data: bytes) -> np.ndarray:
+    """uint8 ``[H, W, 3]`` of a PNG for which :func:`is_plain_rgb` holds; ValueError with Wuffs'
+    message when it cannot decode it (truncated, corrupt)."""
+    return _decode(data, "RGB")
+
+
+def decode_plain_packed(data: bytes) -> np.ndarray:
+    """uint32 ``[H, W]`` of a PNG for which :func:`is_plain_rgb` holds: each pixel's bytes R, G,
+    B, 255 read as one little-endian word, so ``word & 0xFFFFFF`` is its panoptic id.
+
+    Wuffs writes the 4-byte pixels in one pass (~5 % slower than 3-byte RGB); one word per pixel
+    makes the id maps' change scan one comparison per pixel instead of three. ValueError as
+    :func:`decode_plain_rgb`.
+    """
+    rgba = _decode(data, "RGBA_NONPREMUL")
+    return rgba.view("<u4").reshape(rgba.shape[:2])

@@ -12,6 +12,7 @@ covers flat pixels ``starts[r] .. starts[r+1]-1`` (the last one up to ``n - 1``)
 
 from __future__ import annotations
 
+import threading
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -31,26 +32,11 @@ def runs_of_ids(flat_ids: np.ndarray) -> Runs:
     return starts, flat_ids[starts].astype(np.int64), n
 
 
-def runs_of_rgb(rgb: np.ndarray) -> Runs:
-    """Runs of a COCO-panoptic colour image ``[H, W, 3]`` uint8, id = R + 256 G + 256^2 B.
-
-    Works on the bytes directly: a byte that differs from the byte three places earlier marks
-    a pixel that starts a run, so no full-size id image is ever built.
-    """
-    h, w = rgb.shape[:2]
-    n = h * w
-    if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
-    flat = np.ascontiguousarray(rgb).reshape(-1)
-    changed = np.empty(3 * n, bool)
-    changed[:3] = True  # pixel 0 starts the first run
-    np.not_equal(flat[3:], flat[:-3], out=changed[3:])
-    pixel = np.flatnonzero(changed) // 3
-    keep = np.empty(pixel.shape[0], bool)
-    keep[0] = True
-    np.not_equal(pixel[1:], pixel[:-1], out=keep[1:])
-    starts = pixel[keep]
-    return starts, _ids_at(flat, starts), n
+def runs_of_packed(words: np.ndarray) -> Runs:
+    """Runs of an id map of packed words ``[H, W]`` uint32, id = ``word & 0xFFFFFF`` (the form of
+    :func:`panfpn.data.panoptic_io.decode_id_png_packed`)."""
+    starts, ids, n = runs_of_ids(np.ascontiguousarray(words).reshape(-1))
+    return starts, ids & _ID_BITS, n
 
 
 def known_ids(segments: Sequence[Mapping]) -> np.ndarray | None:
@@ -61,19 +47,46 @@ def known_ids(segments: Sequence[Mapping]) -> np.ndarray | None:
         return None  # malformed segments are reported by the rules, with the image named
 
 
+_ID_BITS = (1 << 24) - 1  # a COCO-panoptic id fills the 24 bits of an RGB colour
+_LOOKUP = threading.local()  # each thread's id -> index table (see _indices_in)
+
+
 def _dense(ids: np.ndarray, known: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """(sorted distinct values, index of each id among them).
 
     ``known`` (sorted ids expected in the map, e.g. from the JSON, plus 0) spares the sort of
     every run id; an id outside it falls back to the exact path.
     """
-    if known is not None and known.shape[0]:
-        idx = np.searchsorted(known, ids)
-        np.minimum(idx, known.shape[0] - 1, out=idx)
-        if np.array_equal(known[idx], ids):
+    if known is not None and 0 < known.shape[0] < 1 << 15 and known[0] >= 0 and known[-1] <= _ID_BITS:
+        idx = _indices_in(ids, known)
+        if idx is not None:
             return known, idx
     vals = np.unique(ids)
     return vals, np.searchsorted(vals, ids)
+
+
+def _indices_in(ids: np.ndarray, known: np.ndarray) -> np.ndarray | None:
+    """Index of each of ``ids`` in ``known`` (sorted, distinct, within 24 bits), or None when one
+    of ``ids`` is not in it.
+
+    One gather from a table over the whole 24-bit id space (int16, 32 MB of address space per
+    thread, of which only the pages of ids seen are ever touched), filled with the known ids'
+    positions and cleared again: 4x faster than a binary search of each run's id.
+    """
+    if ids.shape[0] == 0:
+        return np.zeros(0, np.int64)
+    if ids.min() < 0 or ids.max() > _ID_BITS:
+        return None
+    table = getattr(_LOOKUP, "table", None)
+    if table is None:
+        table = _LOOKUP.table = np.zeros(_ID_BITS + 1, np.int16)  # 0: not a known id
+    table[known] = np.arange(1, known.shape[0] + 1, dtype=np.int16)
+    try:
+        idx = table[ids].astype(np.int64)
+    finally:
+        table[known] = 0
+    idx -= 1
+    return None if idx.min() < 0 else idx
 
 
 def _count(g_ids: np.ndarray, p_ids: np.ndarray, lengths: np.ndarray,
@@ -120,31 +133,14 @@ def pair_counts(gt: Runs, pred: Runs, gt_known: np.ndarray | None = None,
     return _count(g_ids[g_of], p_ids[p_of], np.diff(starts, append=n), gt_known, pred_known)
 
 
-def pair_counts_rgb(gt_rgb: np.ndarray, pred_rgb: np.ndarray, gt_known: np.ndarray | None = None,
-                    pred_known: np.ndarray | None = None) -> list[tuple[int, int, int]]:
-    """:func:`pair_counts` of two colour maps ``[H, W, 3]`` uint8 of one size, in one pass.
-
-    Finding the joint runs directly (a pixel starts one when either map changes) costs one
-    scan instead of two plus a merge.
-    """
-    if gt_rgb.shape != pred_rgb.shape:
-        raise ValueError(f"colour maps of shapes {gt_rgb.shape} and {pred_rgb.shape}")
-    g = np.ascontiguousarray(gt_rgb).reshape(-1)
-    p = np.ascontiguousarray(pred_rgb).reshape(-1)
-    n = g.shape[0] // 3
-    if n == 0:
-        return []
-    changed = np.empty(3 * n, bool)
-    changed[:3] = True
-    np.not_equal(g[3:], g[:-3], out=changed[3:])
-    changed[3:] |= p[3:] != p[:-3]
-    pixel = np.flatnonzero(changed) // 3
-    keep = np.empty(pixel.shape[0], bool)
-    keep[0] = True
-    np.not_equal(pixel[1:], pixel[:-1], out=keep[1:])
-    starts = pixel[keep]
-    return _count(_ids_at(g, starts), _ids_at(p, starts), np.diff(starts, append=n),
-                  gt_known, pred_known)
+def pair_counts_packed(gt_words: np.ndarray, pred_words: np.ndarray,
+                       gt_known: np.ndarray | None = None,
+                       pred_known: np.ndarray | None = None) -> list[tuple[int, int, int]]:
+    """:func:`pair_counts` of two id maps of packed words ``[H, W]`` uint32 of one shape (id =
+    ``word & 0xFFFFFF``, see :func:`runs_of_packed`), in one pass over the pixels."""
+    if gt_words.shape != pred_words.shape:
+        raise ValueError(f"id maps of shapes {gt_words.shape} and {pred_words.shape}")
+    return _joint_counts(gt_words, pred_words, _ID_BITS, gt_known, pred_known)
 
 
 def pair_counts_ids(gt: np.ndarray, pred: np.ndarray, gt_known: np.ndarray | None = None,
@@ -152,22 +148,24 @@ def pair_counts_ids(gt: np.ndarray, pred: np.ndarray, gt_known: np.ndarray | Non
     """:func:`pair_counts` of two integer id maps of one shape, in one pass over the pixels."""
     if gt.shape != pred.shape:
         raise ValueError(f"id maps of shapes {gt.shape} and {pred.shape}")
-    g, p = gt.reshape(-1), pred.reshape(-1)
+    return _joint_counts(gt, pred, None, gt_known, pred_known)
+
+
+def _joint_counts(gt: np.ndarray, pred: np.ndarray, id_mask: int | None,
+                  gt_known: np.ndarray | None, pred_known: np.ndarray | None) -> list:
+    """Counts of two maps of one shape: a pixel starts a joint run when either map changes there;
+    ``id_mask`` takes the id out of each run's value (None: the value is the id)."""
+    g, p = np.ascontiguousarray(gt).reshape(-1), np.ascontiguousarray(pred).reshape(-1)
     n = g.shape[0]
     if n == 0:
         return []
-    changed = g[1:] != g[:-1]
-    changed |= p[1:] != p[:-1]
-    starts = np.empty(int(np.count_nonzero(changed)) + 1, np.int64)
-    starts[0] = 0
-    np.add(np.flatnonzero(changed), 1, out=starts[1:])
-    return _count(g[starts].astype(np.int64), p[starts].astype(np.int64),
-                  np.diff(starts, append=n), gt_known, pred_known)
-
-
-def _ids_at(flat_rgb: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-    at = pixels * 3
-    ids = flat_rgb[at].astype(np.int64)
-    ids |= flat_rgb[at + 1].astype(np.int64) << 8
-    ids |= flat_rgb[at + 2].astype(np.int64) << 16
-    return ids
+    changed = np.empty(n, bool)
+    changed[0] = True
+    np.not_equal(g[1:], g[:-1], out=changed[1:])
+    changed[1:] |= p[1:] != p[:-1]
+    starts = np.flatnonzero(changed)
+    g_ids, p_ids = g[starts].astype(np.int64), p[starts].astype(np.int64)
+    if id_mask is not None:
+        g_ids &= id_mask
+        p_ids &= id_mask
+    return _count(g_ids, p_ids, np.diff(starts, append=n), gt_known, pred_known)

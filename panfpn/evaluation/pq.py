@@ -23,8 +23,8 @@ import sys
 import time
 from typing import Any, Sequence
 
-from panfpn.data.panoptic_io import read_id_png_rgb
-from panfpn.evaluation.id_runs import known_ids, pair_counts, pair_counts_rgb, runs_of_rgb
+from panfpn.data.panoptic_io import read_id_png_packed
+from panfpn.evaluation.id_runs import known_ids, pair_counts, pair_counts_packed, runs_of_packed
 from panfpn.evaluation.panoptic_png import RunsCache
 from panfpn.evaluation.pq_rules import (PQInputError, PQStat, accumulate_image, format_table,
                                         normalize_categories, pq_results)
@@ -51,15 +51,15 @@ def tune_worker_malloc() -> None:
 
 
 def _read_pngs(image_id: Any, gt_path: str, pred_path: str, cache: RunsCache | None) -> tuple:
-    """``(ground truth: its runs when cached, else its colours; its (H, W); predicted colours)``
+    """``(ground truth: its runs when cached, else its id words; its (H, W); predicted id words)``
     of one image. A PNG that is not an 8-bit RGB PNG is a PQInputError naming the image and file."""
     try:
         if cache:
             gt, gt_size = cache.read_runs(gt_path)
         else:
-            gt = read_id_png_rgb(gt_path)
-            gt_size = gt.shape[:2]
-        return gt, gt_size, read_id_png_rgb(pred_path)
+            gt = read_id_png_packed(gt_path)
+            gt_size = gt.shape
+        return gt, gt_size, read_id_png_packed(pred_path)
     except FileNotFoundError:
         raise
     except ValueError as err:  # ImageReadError, or a greyscale / 16-bit PNG: names the file
@@ -86,17 +86,17 @@ def _evaluate_chunk(chunk: Sequence[tuple[dict, dict]], gt_folder: str, pred_fol
         pred_path = os.path.join(pred_folder, pred_ann["file_name"])
         _check_crowd_flags(image_id, gt_ann["segments_info"])
         known = (known_ids(gt_ann["segments_info"]), known_ids(pred_ann["segments_info"]))
-        gt, gt_size, pred_rgb = _read_pngs(image_id, gt_path, pred_path, cache)
-        pred_size = pred_rgb.shape[:2]
+        gt, gt_size, pred_words = _read_pngs(image_id, gt_path, pred_path, cache)
+        pred_size = pred_words.shape
         if gt_size != pred_size:
             raise PQInputError(
                 f"image {image_id!r}: ground truth {gt_path} is {gt_size[0]}x{gt_size[1]} but the "
                 f"prediction {pred_path} is {pred_size[0]}x{pred_size[1]} (HxW)"
             )
         if cache:
-            pairs = pair_counts(gt, runs_of_rgb(pred_rgb), *known)
+            pairs = pair_counts(gt, runs_of_packed(pred_words), *known)
         else:
-            pairs = pair_counts_rgb(gt, pred_rgb, *known)
+            pairs = pair_counts_packed(gt, pred_words, *known)
         accumulate_image(stat, image_id, gt_ann["segments_info"], pred_ann["segments_info"],
                          pairs, categories)
     return stat

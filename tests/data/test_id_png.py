@@ -84,6 +84,9 @@ def test_ids_equal_pillows_on_rgb_rgba_and_palette_pngs(tmp_path, decoder):
         ids = read_id_png(path)
         assert ids.dtype == np.int32 and ids.shape == (9, 13), name
         np.testing.assert_array_equal(ids, _pillow_ids(path), err_msg=name)
+        words = panoptic_io.read_id_png_packed(path)  # the PQ evaluator's form: id in the low 24 bits
+        assert words.dtype == np.uint32 and words.shape == (9, 13), name
+        np.testing.assert_array_equal(words & 0xFFFFFF, ids, err_msg=name)
     assert np.unique(read_id_png(paths["palette_transparent"])).size > 1
 
 
@@ -103,17 +106,19 @@ MODE_MESSAGES = {"L": "got image mode 'L'", "I;16": "got image mode 'I;16'",
 
 def test_greyscale_and_16bit_pngs_are_refused_naming_file_and_mode(tmp_path, decoder):
     for mode, path in _refused_pngs(tmp_path).items():
-        with pytest.raises(ValueError, match="a panoptic id PNG must be RGB") as err:
-            read_id_png(path)
-        assert str(err.value).startswith(f"{path}: ") and MODE_MESSAGES[mode] in str(err.value)
+        for read in (read_id_png, panoptic_io.read_id_png_packed):
+            with pytest.raises(ValueError, match="a panoptic id PNG must be RGB") as err:
+                read(path)
+            assert str(err.value).startswith(f"{path}: ") and MODE_MESSAGES[mode] in str(err.value)
 
 
 def test_truncated_and_non_png_files_name_the_file(tmp_path, decoder):
     path = _id_pngs(tmp_path)["rgb"]
     path.write_bytes(path.read_bytes()[:60])
-    with pytest.raises(ImageReadError, match="cannot read as a PNG") as err:
-        read_id_png(path)
-    assert err.value.path == str(path) and str(err.value).startswith(f"{path}: ")
+    for read in (read_id_png, panoptic_io.read_id_png_packed):
+        with pytest.raises(ImageReadError, match="cannot read as a PNG") as err:
+            read(path)
+        assert err.value.path == str(path) and str(err.value).startswith(f"{path}: ")
     jpeg = tmp_path / "ids.png"
     Image.new("RGB", (8, 8)).save(jpeg, format="JPEG")  # lossy: ids would not survive
     with pytest.raises(ImageReadError, match=r"ids\.png: not a PNG file"):

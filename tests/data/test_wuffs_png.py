@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from panfpn.data import wuffs_png
-from panfpn.data.panoptic_io import decode_id_png_rgb
+from panfpn.data.panoptic_io import decode_id_png_packed, decode_id_png_rgb, rgb_to_id
 from panfpn.utils.png import encode_png
 
 pytestmark = pytest.mark.skipif(not wuffs_png.available(),
@@ -62,6 +62,9 @@ def test_wuffs_gives_the_files_colours(shape):
         got = wuffs_png.decode_plain_rgb(png)
         assert got.dtype == np.uint8 and np.array_equal(got, array), name
         assert np.array_equal(decode_id_png_rgb(png), array), name
+        words = decode_id_png_packed(png)
+        assert words.dtype == np.uint32 and words.shape == shape, name
+        assert np.array_equal(words & 0xFFFFFF, rgb_to_id(array)), name
 
 
 def test_pngs_wuffs_would_read_differently_go_to_the_other_decoder():
@@ -73,6 +76,7 @@ def test_pngs_wuffs_would_read_differently_go_to_the_other_decoder():
     for name, png in (("tRNS", trns), ("interlaced", interlaced), ("RGBA", rgba)):
         assert not wuffs_png.is_plain_rgb(png), name
         assert np.array_equal(decode_id_png_rgb(png), array), name  # the colours as stored
+        assert np.array_equal(decode_id_png_packed(png) & 0xFFFFFF, rgb_to_id(array)), name
     # what the check prevents: Wuffs makes the tRNS colour transparent black
     assert wuffs_png.decode_plain_rgb(trns)[0, 0].tolist() == [0, 0, 0]
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(interlaced))), array)  # the test file is right
@@ -91,6 +95,8 @@ def test_truncated_file_is_an_error():
     assert not wuffs_png.is_plain_rgb(png[:28])  # a header cut short is left to the other decoder
     with pytest.raises(ValueError, match="cannot read as a PNG"):
         decode_id_png_rgb(png[:28], "cut.png")
+    with pytest.raises(ValueError, match="cut.png: .*truncated"):
+        decode_id_png_packed(png[: len(png) // 2], "cut.png")
 
 
 def test_results_are_independent_arrays_and_threads_have_their_own_decoder():

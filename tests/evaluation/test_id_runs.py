@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from panfpn.evaluation.id_runs import (pair_counts, pair_counts_ids, pair_counts_rgb, runs_of_ids,
-                                       runs_of_rgb)
-from panfpn.data.panoptic_io import id_to_rgb, rgb_to_id
+from panfpn.evaluation.id_runs import (pair_counts, pair_counts_ids, pair_counts_packed, runs_of_ids,
+                                       runs_of_packed)
+from panfpn.data.panoptic_io import id_to_rgb, pack_rgb, rgb_to_id
 from pq_case_gen import make_case
 
 
@@ -23,8 +23,8 @@ def test_runs_reproduce_the_map_from_ids_and_colours():
             runs = runs_of_ids(m.reshape(-1))
             assert np.array_equal(_expand(runs), m.reshape(-1))
             assert np.all(runs[1][1:] != runs[1][:-1])  # maximal runs
-            rgb_runs = runs_of_rgb(id_to_rgb(m))
-            assert all(np.array_equal(a, b) for a, b in zip(rgb_runs[:2], runs[:2]))
+            packed_runs = runs_of_packed(_words(m))
+            assert all(np.array_equal(a, b) for a, b in zip(packed_runs[:2], runs[:2]))
             assert np.array_equal(rgb_to_id(id_to_rgb(m)), m)
 
 
@@ -36,18 +36,52 @@ def test_pair_counts_equal_per_pixel_counting():
         expected = list(zip((keys >> 24).tolist(), (keys & 0xFFFFFF).tolist(), counts.tolist()))
         runs = runs_of_ids(gt.reshape(-1)), runs_of_ids(pred.reshape(-1))
         assert pair_counts(*runs) == expected
-        assert pair_counts_rgb(id_to_rgb(gt), id_to_rgb(pred)) == expected
+        assert pair_counts_packed(_words(gt), _words(pred)) == expected
         assert pair_counts_ids(gt, pred) == expected
         # Id hints (from the JSON) change nothing, whether complete or missing an id.
         full = np.unique(gt), np.unique(pred)
         partial = full[0][1:], full[1][:-1]
         for hints in (full, partial):
             assert pair_counts(*runs, *hints) == expected
-            assert pair_counts_rgb(id_to_rgb(gt), id_to_rgb(pred), *hints) == expected
+            assert pair_counts_packed(_words(gt), _words(pred), *hints) == expected
             assert pair_counts_ids(gt, pred, *hints) == expected
+
+
+def _words(id_map: np.ndarray, top_byte: int = 255) -> np.ndarray:
+    """Packed words of an id map, built byte by byte as a decoder writes them: R, G, B, top byte."""
+    rgba = np.empty((*id_map.shape, 4), np.uint8)
+    rgba[..., :3] = id_to_rgb(id_map)
+    rgba[..., 3] = top_byte
+    return rgba.view("<u4").reshape(id_map.shape)
+
+
+def test_packed_words_hold_the_id_in_their_low_24_bits():
+    ids = np.array([[0, 1, 255, 256], [65535, 65536, (1 << 24) - 1, 0x123456]])
+    assert np.array_equal(pack_rgb(id_to_rgb(ids)), _words(ids))
+    assert np.array_equal(pack_rgb(id_to_rgb(ids)) & 0xFFFFFF, ids)
+    # The top byte is not part of the id: a map whose top bytes differ from pixel to pixel
+    # gives the same runs' ids and counts as the plain one.
+    varied = _words(ids, 0).reshape(-1).view(np.uint8).reshape(-1, 4)
+    varied[:, 3] = np.arange(varied.shape[0]) % 3
+    varied = varied.reshape(-1).view("<u4").reshape(ids.shape)
+    assert pair_counts_packed(varied, _words(ids)) == pair_counts_ids(ids, ids)
+
+
+def test_id_hints_outside_24_bits_or_negative_change_nothing():
+    """The hinted fast path looks ids up in a 24-bit table; ids beyond it (int32 id maps of
+    category * 1000 + instance, negative ids) take the exact path with the same counts."""
+    rng = np.random.default_rng(2)
+    gt = rng.choice(np.array([0, 7, 1 << 24, (1 << 30) + 5, -3]), size=(30, 40))
+    pred = rng.choice(np.array([0, 9, 123_456]), size=(30, 40))
+    keys, counts = np.unique(np.stack([gt.reshape(-1), pred.reshape(-1)], 1), axis=0, return_counts=True)
+    expected = [(int(g), int(p), int(c)) for (g, p), c in zip(keys, counts)]
+    for hints in ((np.unique(gt), np.unique(pred)), (np.array([0, 7]), np.array([0, 9])),
+                  (np.array([-3, 0]), None)):
+        assert pair_counts_ids(gt, pred, *hints) == expected
 
 
 def test_empty_maps():
     empty = np.zeros(0, np.int64)
     assert pair_counts(runs_of_ids(empty), runs_of_ids(empty)) == []
-    assert runs_of_rgb(np.zeros((0, 5, 3), np.uint8))[2] == 0
+    assert runs_of_packed(np.zeros((0, 5), np.uint32))[2] == 0
+    assert pair_counts_packed(np.zeros((0, 5), np.uint32), np.zeros((0, 5), np.uint32)) == []

@@ -51,21 +51,23 @@ _ID_BITS = (1 << 24) - 1  # a COCO-panoptic id fills the 24 bits of an RGB colou
 _LOOKUP = threading.local()  # each thread's id -> index table (see _indices_in)
 
 
-def _dense(ids: np.ndarray, known: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+def _dense(ids: np.ndarray, known: np.ndarray | None,
+           in_24_bits: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(sorted distinct values, index of each id among them).
 
     ``known`` (sorted ids expected in the map, e.g. from the JSON, plus 0) spares the sort of
-    every run id; an id outside it falls back to the exact path.
+    every run id; an id outside it falls back to the exact path. ``in_24_bits``: the caller
+    knows every id lies in [0, 2^24) (masked words), so the range check is skipped.
     """
     if known is not None and 0 < known.shape[0] < 1 << 15 and known[0] >= 0 and known[-1] <= _ID_BITS:
-        idx = _indices_in(ids, known)
+        idx = _indices_in(ids, known, in_24_bits)
         if idx is not None:
             return known, idx
     vals = np.unique(ids)
     return vals, np.searchsorted(vals, ids)
 
 
-def _indices_in(ids: np.ndarray, known: np.ndarray) -> np.ndarray | None:
+def _indices_in(ids: np.ndarray, known: np.ndarray, in_24_bits: bool) -> np.ndarray | None:
     """Index of each of ``ids`` in ``known`` (sorted, distinct, within 24 bits), or None when one
     of ``ids`` is not in it.
 
@@ -75,29 +77,36 @@ def _indices_in(ids: np.ndarray, known: np.ndarray) -> np.ndarray | None:
     """
     if ids.shape[0] == 0:
         return np.zeros(0, np.int64)
-    if ids.min() < 0 or ids.max() > _ID_BITS:
+    if not in_24_bits and (ids.min() < 0 or ids.max() > _ID_BITS):
         return None
     table = getattr(_LOOKUP, "table", None)
     if table is None:
         table = _LOOKUP.table = np.zeros(_ID_BITS + 1, np.int16)  # 0: not a known id
     table[known] = np.arange(1, known.shape[0] + 1, dtype=np.int16)
     try:
-        idx = table[ids].astype(np.int64)
+        idx = table.take(ids)
     finally:
         table[known] = 0
-    idx -= 1
-    return None if idx.min() < 0 else idx
+    if not idx.all():  # 0: an id that is not a known one
+        return None
+    return idx
 
 
 def _count(g_ids: np.ndarray, p_ids: np.ndarray, lengths: np.ndarray,
-           gt_known: np.ndarray | None, pred_known: np.ndarray | None) -> list:
-    # Dense per-image indices keep the count table tiny: (#gt ids) x (#pred ids).
-    g_vals, g_dense = _dense(g_ids, gt_known)
-    p_vals, p_dense = _dense(p_ids, pred_known)
-    cell = g_dense * p_vals.shape[0] + p_dense
-    table = np.bincount(cell, weights=lengths, minlength=g_vals.shape[0] * p_vals.shape[0])
+           gt_known: np.ndarray | None, pred_known: np.ndarray | None,
+           in_24_bits: bool = False) -> list:
+    # Dense per-image indices keep the count table tiny: (#gt ids) x (#pred ids). Known ids'
+    # indices come 1-based from the lookup table; the cell arithmetic absorbs the offset.
+    g_vals, g_dense = _dense(g_ids, gt_known, in_24_bits)
+    p_vals, p_dense = _dense(p_ids, pred_known, in_24_bits)
+    n_p = p_vals.shape[0]
+    cell = g_dense.astype(np.int64)
+    cell *= n_p
+    cell += p_dense
+    offset = (n_p if g_dense.dtype == np.int16 else 0) + (1 if p_dense.dtype == np.int16 else 0)
+    table = np.bincount(cell, weights=lengths, minlength=g_vals.shape[0] * n_p + offset)[offset:]
     nz = np.flatnonzero(table)
-    gi, pi = np.divmod(nz, p_vals.shape[0])
+    gi, pi = np.divmod(nz, n_p)
     return list(zip(g_vals[gi].tolist(), p_vals[pi].tolist(), table[nz].astype(np.int64).tolist()))
 
 
@@ -162,10 +171,13 @@ def _joint_counts(gt: np.ndarray, pred: np.ndarray, id_mask: int | None,
     changed = np.empty(n, bool)
     changed[0] = True
     np.not_equal(g[1:], g[:-1], out=changed[1:])
-    changed[1:] |= p[1:] != p[:-1]
+    np.logical_or(changed[1:], np.not_equal(p[1:], p[:-1]), out=changed[1:])
     starts = np.flatnonzero(changed)
-    g_ids, p_ids = g[starts].astype(np.int64), p[starts].astype(np.int64)
+    g_ids, p_ids = g.take(starts), p.take(starts)
     if id_mask is not None:
         g_ids &= id_mask
         p_ids &= id_mask
-    return _count(g_ids, p_ids, np.diff(starts, append=n), gt_known, pred_known)
+    lengths = np.empty(starts.shape[0], np.int64)
+    np.subtract(starts[1:], starts[:-1], out=lengths[:-1])
+    lengths[-1] = n - starts[-1]
+    return _count(g_ids, p_ids, lengths, gt_known, pred_known, in_24_bits=id_mask == _ID_BITS)

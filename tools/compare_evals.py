@@ -1,8 +1,9 @@
 """Compare evaluations: `python tools/compare_evals.py evalA/eval_results.json evalB/eval_results.json [evalC/...] --out compare.html`.
 
 Writes a self-contained page (same style as report.html) comparing every run to the first (A):
-summary changes (PQ/SQ/RQ of All/Things/Stuff, mIoU, box/mask AP) and per-class PQ/SQ/RQ/TP/FP/FN
-changes. The runs must have scored the same images (the "image_set" record tools/eval.py writes in
+summary changes (PQ/SQ/RQ of All/Things/Stuff, mIoU, box/mask AP), per-class PQ/SQ/RQ/TP/FP/FN
+changes and per-category box/mask AP changes ("not evaluated" for a run without them). The runs
+must have scored the same images (the "image_set" record tools/eval.py writes in
 eval_results.json): different image sets, or a run without the record (written before it existed),
 are refused with exit code 1 unless --allow-different-images (then the page says so). Category
 names come from the categories.json tools/eval.py writes beside eval_results.json (ids are shown

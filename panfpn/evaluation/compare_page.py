@@ -4,8 +4,9 @@ Same self-contained style as ``report.html`` (:mod:`panfpn.evaluation.report`): 
 with their image counts and image-set digests, what each evaluation ran with (the settings that
 differ marked), the summary (PQ/SQ/RQ of All/Things/Stuff, mIoU,
 box/mask AP) of each run with its change from the baseline, the per-class PQ/SQ/RQ/TP/FP/FN changes
-(sortable) and one ΔPQ chart per compared run. A change that rounds to zero is shown as ``0.00``
-(grey), never as a ``+0.00`` gain.
+(sortable), the per-category box / mask AP of each run and its change (where recorded; "not
+evaluated" for a run without it) and one ΔPQ chart per compared run. A change that rounds to zero
+is shown as ``0.00`` (grey), never as a ``+0.00`` gain.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from panfpn.evaluation.image_set import KEY as IMAGE_SET_KEY
-from panfpn.evaluation.report import _cell, _name, _page, _scored, bar_chart, signed_text, wide
+from panfpn.evaluation.report import (AP_COLUMNS, _cell, _name, _page, _scored, ap_cell, bar_chart, category_ap,
+                                      signed_text, wide)
 
 NA = -1e9  # sort value of "n/a" cells
+NOT_EVALUATED = "not evaluated"  # a metric the run's eval_results.json does not have
 
 
 @dataclass(frozen=True)
@@ -132,18 +135,34 @@ SUMMARY_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def _value(metrics: Mapping[str, Any], path: Sequence[str]) -> float | None:
-    """The metric at ``path`` in percent; None when absent (AP not computed) or undefined (null,
-    COCO's -1 for no ground truth)."""
+_MISSING = object()
+
+
+def _lookup(metrics: Mapping[str, Any], path: Sequence[str]) -> Any:
+    """The value at ``path``; ``_MISSING`` when the run has none (e.g. evaluated without AP)."""
     node: Any = metrics
     for key in path:
         if not isinstance(node, Mapping) or key not in node:
-            return None
+            return _MISSING
         node = node[key]
+    return node
+
+
+def _value(metrics: Mapping[str, Any], path: Sequence[str]) -> float | None:
+    """The metric at ``path`` in percent; None when absent (AP not computed) or undefined (null,
+    COCO's -1 for no ground truth)."""
+    node = _lookup(metrics, path)
     return None if not isinstance(node, (int, float)) or node < 0 else 100.0 * float(node)
 
 
-def _value_cell(v: float | None) -> str:
+def _absent(metrics: Mapping[str, Any], path: Sequence[str]) -> bool:
+    """The run has no value at ``path`` at all, as opposed to an undefined one (null, -1)."""
+    return _lookup(metrics, path) is _MISSING
+
+
+def _value_cell(v: float | None, absent: bool = False) -> str:
+    if absent:
+        return _cell(NA, NOT_EVALUATED, "muted")
     return _cell(f"{v:.4f}", f"{v:.2f}") if v is not None else _cell(NA, "n/a", "muted")
 
 
@@ -165,9 +184,10 @@ def summary_table(runs: Sequence[Run]) -> str:
         values = [_value(r.metrics, path) for r in runs]
         if all(v is None for v in values):
             continue  # e.g. AP not computed by any run
-        cells = [_cell(label), _value_cell(values[0])]
-        for v in values[1:]:
-            cells += [_value_cell(v), _delta_cell(None if v is None or values[0] is None else v - values[0])]
+        cells = [_cell(label), _value_cell(values[0], _absent(runs[0].metrics, path))]
+        for run, v in zip(runs[1:], values[1:]):
+            cells += [_value_cell(v, _absent(run.metrics, path)),
+                      _delta_cell(None if v is None or values[0] is None else v - values[0])]
         rows.append(f"<tr>{''.join(cells)}</tr>")
     return f'<table id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
@@ -210,6 +230,75 @@ def per_class_table(runs: Sequence[Run], names: Mapping[int, str]) -> str:
             f'<tbody>{"".join(rows)}</tbody></table>')
 
 
+# ----- per-category AP ---------------------------------------------------------------------------
+
+def _ap_change(base: Mapping[int, float | None] | None, other: Mapping[int, float | None] | None,
+               cat: int) -> float | None:
+    """Points of change of a category's AP; None unless both runs have it defined."""
+    a = base.get(cat) if base is not None else None
+    b = other.get(cat) if other is not None else None
+    return None if a is None or b is None else 100.0 * (b - a)
+
+
+def _ap_cell(per: Mapping[int, float | None] | None, cat: int) -> str:
+    return _cell(NA, NOT_EVALUATED, "muted") if per is None else ap_cell(per, cat, absent=NOT_EVALUATED)
+
+
+def per_class_ap_table(runs: Sequence[Run], names: Mapping[int, str]) -> str:
+    """Every category with AP in some run: box / mask AP of A, then each run's AP and its change;
+    sorted by run B's Δ mask AP (box AP when A or B has no mask AP), largest loss first (categories
+    without a change last); empty when no run recorded AP per category."""
+    aps = [category_ap(r.metrics) for r in runs]
+    tasks = [(t, label) for t, label in AP_COLUMNS if any(t in a for a in aps)]
+    if not tasks:
+        return ""
+    cats = sorted({c for a in aps for per in a.values() for c in per})
+    key = "segm" if "segm" in aps[0] and "segm" in aps[1] else "bbox"
+    order = sorted(cats, key=lambda c: ((d := _ap_change(aps[0].get(key), aps[1].get(key), c)) is None, d or 0.0, c))
+    head = ["category", *(f"{label} A" for _, label in tasks)]
+    for r in runs[1:]:
+        head += [h for _, label in tasks for h in (f"{label} {r.letter}", f"Δ{label} {r.letter}")]
+    rows = []
+    for c in order:
+        cells = [_cell(_name(names, c))] + [_ap_cell(aps[0].get(t), c) for t, _ in tasks]
+        for a in aps[1:]:
+            for t, _ in tasks:
+                cells += [_ap_cell(a.get(t), c), _delta_cell(_ap_change(aps[0].get(t), a.get(t), c))]
+        rows.append(f'<tr data-category="{c}">{"".join(cells)}</tr>')
+    thead = "".join(f'<th class="sortable">{html.escape(h)}</th>' for h in head)
+    return (f'<table id="per-class-ap" class="sortable"><thead><tr>{thead}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def ap_absence_notes(runs: Sequence[Run]) -> list[str]:
+    """Why a run's per-category AP column says "not evaluated": evaluated without it, or an older
+    eval_results.json that has the AP summary but no ``per_class``."""
+    notes = []
+    for run in runs:
+        recorded = category_ap(run.metrics)
+        for task, label in AP_COLUMNS:
+            if task in recorded:
+                continue
+            why = ("its eval_results.json has no per-category AP (written before it was recorded)"
+                   if isinstance(run.metrics.get(task), Mapping) else "evaluated without it")
+            notes.append(f"{label} of {run.letter}: {why}")
+    return notes
+
+
+def _ap_section(runs: Sequence[Run], names: Mapping[int, str]) -> list[str]:
+    table = per_class_ap_table(runs, names)
+    if not table:
+        return []
+    notes = ap_absence_notes(runs)
+    note = (f'<p id="ap-absent" class="muted">{NOT_EVALUATED}: {html.escape("; ".join(notes))}.</p>'
+            if notes else "")
+    return ["<h2>AP per category (sorted by ΔAP of B, click a header to re-sort)</h2>",
+            '<p class="muted">COCO AP (IoU 0.50:0.95, all areas) of each thing category, Detectron2\'s '
+            "AP-&lt;name&gt;; sorted by B's Δ mask AP (box AP without masks); n/a: no ground-truth instance in "
+            "the run (Detectron2's nan).</p>",
+            note, wide(table)]
+
+
 def _charts(runs: Sequence[Run], names: Mapping[int, str]) -> list[str]:
     per = _per_class_of(runs)
     parts = []
@@ -230,15 +319,16 @@ def build_compare(runs: Sequence[Run], names: Mapping[int, str], image_problems:
     unscored = sorted(c for c in per[0] if not all(_scored(cats[c]) for cats in per))
     body = [wide(_runs_table(runs)), _image_check(runs, image_problems), settings_section(runs),
             '<p class="muted">Δ = run − A, in points; a change that rounds to zero is shown as 0.00 (no '
-            'change); n/a: not computed, or the class has no ground truth and no prediction in a run.</p>',
+            'change); not evaluated: the run did not compute it; n/a: undefined, e.g. the class has no ground truth '
+            'and no prediction in a run.</p>',
             "<h2>Summary</h2>", wide(summary_table(runs)),
             "<h2>Per class (sorted by ΔPQ of B, click a header to re-sort)</h2>", wide(per_class_table(runs, names)),
-            *_charts(runs, names)]
+            *_ap_section(runs, names), *_charts(runs, names)]
     if unscored:
         body.append('<p id="unscored" class="muted">no ground truth and no prediction in at least one run '
                     "(no PQ change shown): " + html.escape(", ".join(_name(names, c) for c in unscored)) + "</p>")
     return _page(f"Panoptic evaluation: comparison of {len(runs)} runs", body)
 
 
-__all__ = ["Run", "build_compare", "image_set_problems", "make_runs", "per_class_table", "settings_section",
-           "summary_table"]
+__all__ = ["Run", "ap_absence_notes", "build_compare", "image_set_problems", "make_runs", "per_class_ap_table",
+           "per_class_table", "settings_section", "summary_table"]

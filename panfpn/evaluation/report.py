@@ -87,12 +87,39 @@ def _scored(r: Mapping[str, Any]) -> bool:
     return int(r["tp"]) + int(r["fp"]) + int(r["fn"]) > 0
 
 
+AP_COLUMNS = (("bbox", "box AP"), ("segm", "mask AP"))  # eval_results.json task -> column
+
+
+def category_ap(metrics: Mapping[str, Any]) -> dict[str, dict[int, float | None]]:
+    """``{"bbox"|"segm": {category id: AP fraction, None where undefined}}`` from eval_results.json's
+    ``per_class`` (Detectron2's ``AP-<name>``); a task evaluated without AP, or recorded by an older
+    eval_results.json without ``per_class``, is left out."""
+    out: dict[str, dict[int, float | None]] = {}
+    for task, _ in AP_COLUMNS:
+        per = metrics[task].get("per_class") if isinstance(metrics.get(task), Mapping) else None
+        if isinstance(per, Mapping):
+            out[task] = {int(c): float(v) if isinstance(v, (int, float)) and v >= 0 else None for c, v in per.items()}
+    return out
+
+
+def ap_cell(per_category: Mapping[int, float | None], cat: int, absent: str = "–") -> str:
+    """One category's AP in percent; ``n/a`` (as :func:`ap_text` prints COCO's -1) where it has no
+    ground truth; ``absent`` where the category was not scored (a stuff category)."""
+    if int(cat) not in per_category:
+        return _cell(-2, absent, "muted")
+    value = per_category[int(cat)]
+    return _cell(f"{100 * value:.4f}", ap_text(value)) if value is not None else _cell(-1, "n/a", "muted")
+
+
 def per_class_table(per_class: Mapping[Any, Mapping], names: Mapping[int, str],
-                    extras: ReportExtras | None = None) -> str:
+                    extras: ReportExtras | None = None,
+                    ap: Mapping[str, Mapping[int, float | None]] | None = None) -> str:
     """One row per category; click a header to sort by it. Unscored categories show "n/a". With
-    ``extras``: thing or stuff, and the counts of predicted and ground-truth segments and of
-    instances dropped by the merge's score threshold."""
-    heads = ["category", "PQ", "SQ", "RQ", "TP", "FP", "FN"]
+    ``ap`` (:func:`category_ap`): box / mask AP after RQ. With ``extras``: thing or stuff, and the
+    counts of predicted and ground-truth segments and of instances dropped by the merge's score
+    threshold."""
+    ap = ap or {}
+    heads = ["category", "PQ", "SQ", "RQ", *(label for task, label in AP_COLUMNS if task in ap), "TP", "FP", "FN"]
     if extras is not None:
         heads += ["kind", "predicted", "GT", "dropped"]
     head = "".join(f'<th class="sortable">{h}</th>' for h in heads)
@@ -101,6 +128,7 @@ def per_class_table(per_class: Mapping[Any, Mapping], names: Mapping[int, str],
         cells = [_cell(_name(names, cat))]
         cells += [_cell(f"{100 * r[k]:.4f}", f"{100 * r[k]:.2f}") if _scored(r) else _cell(-1, "n/a", "muted")
                   for k in ("pq", "sq", "rq")]
+        cells += [ap_cell(ap[task], int(cat)) for task, _ in AP_COLUMNS if task in ap]
         cells += [_cell(int(r[k])) for k in ("tp", "fp", "fn")]
         kind = ""
         if extras is not None:
@@ -109,6 +137,19 @@ def per_class_table(per_class: Mapping[Any, Mapping], names: Mapping[int, str],
         attr = f' data-kind="{kind}"' if kind else ""
         rows.append(f'<tr data-category="{int(cat)}"{attr}>{"".join(cells)}</tr>')
     return f'<table id="per-class" class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def ap_note(metrics: Mapping[str, Any], ap: Mapping[str, Any]) -> str:
+    """What the per-class table's AP columns mean, or why they are missing though AP was computed."""
+    labels = [label for task, label in AP_COLUMNS if task in ap]
+    if labels:
+        return (f'<p id="ap-note" class="muted">{" / ".join(labels)}: COCO AP (IoU 0.50:0.95, all areas) of the '
+                "category's instances (Detectron2's AP-&lt;name&gt;); n/a: no ground-truth instance; "
+                "–: a stuff category (no instances).</p>")
+    if any(task in metrics for task, _ in AP_COLUMNS):
+        return ('<p id="ap-note" class="muted">AP per category not recorded (eval_results.json written before '
+                "it was).</p>")
+    return ""
 
 
 def signed_text(value: float, decimals: int = 2) -> str:
@@ -202,12 +243,14 @@ def build_report(metrics: Mapping[str, Any], names: Mapping[int, str], worst: Se
     per_class = pan["per_class"]
     scored = sorted(((c, r) for c, r in per_class.items() if _scored(r)), key=lambda kv: -kv[1]["pq"])
     chart = bar_chart([(_name(names, c), 100 * r["pq"]) for c, r in scored])
+    ap = category_ap(metrics)
+    per_class_head = "Per class: PQ and AP (click a header to sort)" if ap else "Per class (click a header to sort)"
     body = [context_table(extras.context) if extras is not None else "",
             f'<p class="muted">{metrics.get("num_images", "?")} images</p>',
             "<h2>Panoptic quality</h2>", summary_table(pan), _other_metrics(metrics),
             *(["<h2>PQ by segment area</h2>", area_table(metrics["panoptic_by_area"])]
               if "panoptic_by_area" in metrics else []),
-            "<h2>Per class (click a header to sort)</h2>", wide(per_class_table(per_class, names, extras)),
+            f"<h2>{per_class_head}</h2>", ap_note(metrics, ap), wide(per_class_table(per_class, names, extras, ap)),
             '<h2>PQ per class (categories with ground truth or predictions)</h2><div id="pq-chart">', chart, "</div>",
             f"<h2>Lowest per-image PQ ({len(worst)} images)</h2>", worst_images_section(worst, names)]
     if extras is not None:
@@ -233,4 +276,5 @@ def write_report(out_dir: str | Path, metrics: Mapping[str, Any], metadata: Data
     logger.info("wrote %s", out_dir / "report.html")
 
 
-__all__ = ["ReportExtras", "area_table", "bar_chart", "build_report", "png_data_uri", "signed_text", "wide", "write_report"]
+__all__ = ["AP_COLUMNS", "ReportExtras", "ap_cell", "ap_note", "area_table", "bar_chart", "build_report", "category_ap",
+           "png_data_uri", "signed_text", "wide", "write_report"]

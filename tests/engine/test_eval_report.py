@@ -27,6 +27,11 @@ def test_eval_writes_a_self_contained_report(tiny_cfg, tmp_path):
     all_pq = doc.texts("summary")[0]
     assert all_pq[0] == "All" and all_pq[1] == f"{100 * metrics['panoptic']['All']['pq']:.2f}"
     assert dict(doc.texts("other-metrics"))["mIoU"] == f"{100 * metrics['sem_seg']['mIoU']:.2f}"
+    head, rows = [c["text"] for c in doc.tables["per-class"]["head"][0]], {r[0]: r for r in doc.texts("per-class")}
+    for task, label in (("bbox", "box AP"), ("segm", "mask AP")):  # per-category AP beside PQ, as in the JSON
+        shown = {name: row[head.index(label)] for name, row in rows.items()}
+        ap = {names[int(c)]: "n/a" if v is None else f"{100 * v:.2f}" for c, v in metrics[task]["per_class"].items()}
+        assert ap and all(shown[n] == text for n, text in ap.items()), (task, shown, ap)
     assert 1 <= len(doc.images) <= 3 and all(i["src"].startswith("data:image/png;base64,") for i in doc.images)
     assert not re.search(r"https?://", page)
 

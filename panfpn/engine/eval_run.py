@@ -22,17 +22,26 @@ from panfpn.engine.model_spec import check_dataset_labels
 from panfpn.engine.progress import bar_enabled
 from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, setup_logging
 from panfpn.evaluation.build import build_evaluators
+from panfpn.evaluation.coco_ap import ap_text
+from panfpn.evaluation.report import AP_COLUMNS, category_ap
 from panfpn.utils.json_values import nonfinite_to_null
 
 logger = logging.getLogger("panfpn")
 
 
 def per_class_table(metrics: dict, metadata) -> str:
-    rows = [f"{'category':24s}{'PQ':>8s}{'SQ':>8s}{'RQ':>8s}{'TP':>6s}{'FP':>6s}{'FN':>6s}"]
+    """The per-class table printed after an evaluation: PQ / SQ / RQ, then box and mask AP per
+    category when AP was computed (n/a: no ground-truth instance; -: a stuff category), TP / FP / FN."""
+    ap = category_ap(metrics)
+    tasks = [(task, label) for task, label in AP_COLUMNS if task in ap]
+    rows = [f"{'category':24s}{'PQ':>8s}{'SQ':>8s}{'RQ':>8s}" + "".join(f"{label:>9s}" for _, label in tasks)
+            + f"{'TP':>6s}{'FP':>6s}{'FN':>6s}"]
     for cat_id, r in sorted(metrics["panoptic"]["per_class"].items(), key=lambda kv: int(kv[0])):
         name = metadata.category(int(cat_id)).name
+        aps = [ap[task].get(int(cat_id), -2.0) for task, _ in tasks]
         rows.append(f"{name[:23]:24s}{100 * r['pq']:8.2f}{100 * r['sq']:8.2f}{100 * r['rq']:8.2f}"
-                    f"{r['tp']:6d}{r['fp']:6d}{r['fn']:6d}")
+                    + "".join(f"{'-' if v == -2.0 else ap_text(-1.0 if v is None else v):>9s}" for v in aps)
+                    + f"{r['tp']:6d}{r['fp']:6d}{r['fn']:6d}")
     return "\n".join(rows)
 
 

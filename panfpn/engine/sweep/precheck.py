@@ -13,6 +13,8 @@ its start (:mod:`panfpn.engine.training.start_checks`); nothing builds a model o
   range. Combinations of values (two keys that must agree) and ``custom_search_space`` are not
   checked (each trial still checks its own config at its start).
 - Other sweepers: not checked (logged).
+
+Only tools/train.py's multiruns are checked (the other tools compose the same config.yaml).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.core.hydra_config import HydraConfig
@@ -30,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 logger = logging.getLogger("panfpn")
 BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+TOOL = "train"  # the checks are tools/train.py's
 FIXED = "every trial (the fixed overrides)"
 
 
@@ -128,31 +132,38 @@ def sweep_candidates(config: DictConfig) -> list[tuple[str, list[str]]] | None:
     return None
 
 
-def _bad_candidates(config: DictConfig, candidates: list[tuple[str, list[str]]]) -> list[tuple[str, list[str], str]]:
-    """``(label, overrides, error)`` of each failing candidate; under Optuna, a value failing as
-    the fixed overrides alone do is not listed again."""
-    bad: list[tuple[str, list[str], str]] = []
-    for num, (label, overrides) in enumerate(candidates):
+def _bad_candidates(config: DictConfig, candidates: list[tuple[str, list[str]]]) -> list[tuple[int, str]]:
+    """``(index, error)`` of each failing candidate; under Optuna, a value failing as the fixed
+    overrides alone do is not listed again."""
+    bad: list[tuple[int, str]] = []
+    for num, (_, overrides) in enumerate(candidates):
         error = check_job(config, overrides, num)
-        if error is not None and not (bad and bad[0][0] == FIXED and bad[0][2] == error):
-            bad.append((label, overrides, error))
+        if error is not None and not (bad and candidates[bad[0][0]][0] == FIXED and bad[0][1] == error):
+            bad.append((num, error))
     return bad
 
 
-def _shown(candidates: list[tuple[str, list[str]]],
-           bad: list[tuple[str, list[str], str]]) -> list[tuple[str, str, str]]:
-    """The bad ones with the overrides that tell the jobs apart (all of them when none differ)."""
+def _training(config: DictConfig) -> bool:
+    """Whether this multirun runs tools/train.py (its script, or hydra's job name for it)."""
+    main = Path(str(getattr(sys.modules.get("__main__"), "__file__", None) or "")).stem
+    return main == TOOL or OmegaConf.select(config, "hydra.job.name", default=None) == TOOL
+
+
+def _shown(candidates: list[tuple[str, list[str]]], bad: list[tuple[int, str]]) -> list[str]:
+    """A line per bad candidate: its label, the overrides that tell the jobs apart (all of them
+    when none differ) and the error."""
     from panfpn.engine.sweep.summary import add_params
 
     rows = [{"overrides": overrides} for _, overrides in candidates]
     add_params(rows)
-    params = {label: row["params"] for (label, _), row in zip(candidates, rows)}
-    return [(label, params[label] or " ".join(overrides), error) for label, overrides, error in bad]
+    return [f"  {candidates[i][0]} [{rows[i]['params'] or ' '.join(candidates[i][1])}]: {error}" for i, error in bad]
 
 
 def refuse_bad_sweep(config: DictConfig) -> None:
     """Check every candidate config; on any failure print one line per bad one (label, the overrides
     that differ between the jobs, error) on stderr and exit with status 1 before any job starts."""
+    if not _training(config):
+        return  # tools/eval.py etc. share configs/config.yaml's callbacks: their jobs check other keys
     started = time.perf_counter()
     try:
         candidates = sweep_candidates(config)
@@ -166,9 +177,7 @@ def refuse_bad_sweep(config: DictConfig) -> None:
     bad = _bad_candidates(config, candidates)
     if bad:
         print(f"sweep refused before any job started: {len(bad)} of {len(candidates)} job configs are invalid",
-              file=sys.stderr)
-        for label, shown, error in _shown(candidates, bad):
-            print(f"  {label} [{shown}]: {error}", file=sys.stderr)
+              *_shown(candidates, bad), sep="\n", file=sys.stderr)
         sys.exit(1)
     logger.info("sweep check: %d job configs valid (%.2f s)", len(candidates), time.perf_counter() - started)
 

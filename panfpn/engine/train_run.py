@@ -23,21 +23,19 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from panfpn.data.loader import build_training_loader
-from panfpn.data.transforms import check_data_transforms
 from panfpn.engine import distributed as du
 from panfpn.engine.training import run_log
 from panfpn.engine.training.checkpoint import (
     FINAL_CHECKPOINT, capture_rng_state, find_last_checkpoint, prune_checkpoints, remove_stale_temp_files,
     restore_rng_state, save_checkpoint,
 )
-from panfpn.engine.config import validate_config
-from panfpn.engine.config.unread import refuse_unread_overrides
 from panfpn.engine.eval_loop import build_eval_loader, evaluate
 from panfpn.engine.progress import bar_enabled
 from panfpn.engine.training.metrics_log import MetricsLog
 from panfpn.engine.model_spec import describe_model
 from panfpn.engine.training.resume import Resumed, resume_training, warn_fresh_start
 from panfpn.engine.training.run_lock import hold_run_dir
+from panfpn.engine.training.start_checks import check_training_config
 from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, move_batch, setup_logging
 from panfpn.modeling.build import build_model
 from panfpn.engine.training.solver import build_optimizer, clip_gradients, reported_lr, scaled_lr
@@ -202,9 +200,7 @@ def train_from_config(cfg: DictConfig) -> dict:
     logged window and ``signal`` the number of the SIGTERM/SIGINT that stopped the run (a checkpoint
     was saved; ``interrupted`` is then True and tools/train.py exits with 128 + signal).
     """
-    validate_config(cfg)
-    refuse_unread_overrides("train", cfg=cfg)  # predict.* etc. typed to tools/train.py
-    check_data_transforms(cfg)
+    check_training_config(cfg)  # the checks a multirun also makes before its first job
     device = du.init_distributed(cfg.device)
     run_dir = Path(du.shared_run_dir(cfg.output_dir))
     with hold_run_dir(run_dir):  # one live training per run folder, released on every exit

@@ -162,14 +162,16 @@ def test_optuna_sweeper_optimises_the_returned_objective(tmp_path, tiny_args):
 
 @pytest.mark.slow
 def test_failed_jobs_are_in_the_summary_with_their_errors(tmp_path, tiny_args):
-    """Two jobs that fail at start (a misspelt objective): hydra runs both, then reports the failure;
+    """Two jobs that fail once running (weights files that do not exist: a config the checks before
+    the sweep pass, tests/engine/test_sweep_check.py): hydra runs both, then reports the failure;
     the summary, refreshed after each job, lists both as failed with the error."""
     sweep = tmp_path / "sweep"
+    missing = [tmp_path / "a.pth", tmp_path / "b.pth"]
     proc = subprocess.run([sys.executable, str(ROOT / "tools/train.py"), "-m", *tiny_args,
-                           "train.objective=pq/al,sem_seg/miou", f"hydra.sweep.dir={sweep}"],
+                           f"weights={missing[0]},{missing[1]}", f"hydra.sweep.dir={sweep}"],
                           env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = json.loads((sweep / "summary.json").read_text())["jobs"]
     assert [(r["job"], r["status"]) for r in rows] == [("0", "failed"), ("1", "failed")]
-    assert "did you mean 'pq/All'" in rows[0]["error"] and "did you mean 'sem_seg/mIoU'" in rows[1]["error"]
-    assert rows[0]["params"] == "train.objective=pq/al"
+    assert f"{missing[0]} does not exist" in rows[0]["error"] and f"{missing[1]} does not exist" in rows[1]["error"]
+    assert rows[0]["params"] == f"weights={missing[0]}"

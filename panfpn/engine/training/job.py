@@ -113,14 +113,13 @@ def write_job_status(run_dir: Path, status: str, *, started: float, cfg: DictCon
 def run_training_job(cfg: DictConfig) -> dict:
     """``train_from_config(cfg)`` plus the run folder's ``job_status.json`` (also when it fails or
     is interrupted) and ``eval_results.json`` (final evaluation); the result gets ``objective``."""
-    from panfpn.engine.sweep.direction import check_sweeper_direction
     from panfpn.engine.train_run import train_from_config
+    from panfpn.engine.training.start_checks import check_job_start
 
     started = time.time()
     run_dir = Path(str(cfg.output_dir))
     try:
-        check_sweeper_direction(cfg)  # optuna minimises by default
-        warning = check_objective(cfg)
+        warning = check_job_start(cfg)
         if warning:
             logger.warning("%s", warning)
         result = train_from_config(cfg)

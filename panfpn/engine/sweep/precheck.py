@@ -1,0 +1,189 @@
+"""Hydra callback (configs/config.yaml ``hydra.callbacks.sweep_check``): a multirun checks every
+job's config before the first job starts, so a bad value in one element of a sweep list
+(``solver.base_lr=0.01,-1``), another tool's option or a wrong type stops the sweep at once,
+naming the job, its overrides and the key, instead of when that job's turn comes hours later.
+
+Each job is composed as hydra's launchers compose it (its override parser, the basic sweeper's
+expansion, the config loader's ``load_sweep_config``) and given the checks a single run makes at
+its start (:mod:`panfpn.engine.training.start_checks`); nothing builds a model or opens a dataset.
+
+- Basic sweeper: every job of the grid.
+- Optuna sweeper: the trials are sampled while the sweep runs, so each value it may take is
+  checked alone on the config of the fixed overrides: each choice, both bounds of an interval or
+  range. Combinations of values (two keys that must agree) and ``custom_search_space`` are not
+  checked (each trial still checks its own config at its start).
+- Other sweepers: not checked (logged).
+
+Only tools/train.py's multiruns are checked (the other tools compose the same config.yaml).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+logger = logging.getLogger("panfpn")
+BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+TOOL = "train"  # the checks are tools/train.py's
+FIXED = "every trial (the fixed overrides)"
+
+
+def _sweeper_arguments(config: DictConfig) -> list[str]:
+    """What hydra hands the sweeper: ``hydra.sweeper.params`` then the command line's overrides."""
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    task = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+    return [f"{k}={v}" for k, v in params.items()] + list(task)
+
+
+def basic_jobs(config: DictConfig) -> list[tuple[str, list[str]]]:
+    """``(label, overrides)`` of every job the basic sweeper will launch, in its order."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(_sweeper_arguments(config))
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    return [(f"job {i}", list(job)) for i, job in enumerate(jobs)]
+
+
+def _values(distribution: Any) -> list[tuple[str, Any]]:
+    """``(what, value)`` of each value of an Optuna distribution worth checking."""
+    choices = getattr(distribution, "choices", None)
+    if choices is not None:
+        return [("choice", c) for c in choices]
+    return [("lower bound", distribution.low), ("upper bound", distribution.high)]
+
+
+def optuna_candidates(config: DictConfig) -> list[tuple[str, list[str]]]:
+    """``(label, overrides)``: the fixed overrides alone, then with each value the Optuna sweeper may
+    give each searched key (parsed by the plugin itself, as its trials are written)."""
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    space, fixed = create_params_from_overrides(_sweeper_arguments(config))
+    base = [f"{k}={v}" for k, v in fixed.items()]
+    out = [(FIXED, base)]
+    for name, distribution in space.items():
+        if name in fixed:
+            continue  # the sweeper drops it from the search space too
+        out += [(f"{what} of {name}", [*base, f"{name}={value}"]) for what, value in _values(distribution)]
+    return out
+
+
+def _job_config(master: DictConfig, overrides: Sequence[str], num: int) -> DictConfig:
+    """The job's config as the launcher composes it (with ``hydra.runtime.output_dir`` set, nothing
+    made on disk); HydraConfig is left set to it."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    cfg = GlobalHydra.instance().config_loader().load_sweep_config(master, list(overrides))
+    with open_dict(cfg):
+        cfg.hydra.job.id = num
+        cfg.hydra.job.num = num
+    HydraConfig.instance().set_config(cfg)
+    out = os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")), str(OmegaConf.select(cfg, "hydra.sweep.subdir")))
+    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+        cfg.hydra.runtime.output_dir = os.path.abspath(out)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def _one_line(err: BaseException) -> str:
+    from panfpn.utils.errors import ConfigError
+
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    return text if isinstance(err, ConfigError) else f"{type(err).__name__}: {text}"
+
+
+def check_job(master: DictConfig, overrides: Sequence[str], num: int) -> str | None:
+    """The error (one line) a job with ``overrides`` would stop with at its start; None when its
+    config passes every start check."""
+    from panfpn.engine.training.start_checks import check_job_start, check_training_config
+
+    saved = HydraConfig.instance().cfg
+    try:
+        task = _job_config(master, overrides, num)
+        with read_write(task), open_dict(task):
+            del task["hydra"]  # as the job gets it; HydraConfig holds its own copy
+        check_job_start(task)
+        check_training_config(task, list(overrides))
+    except Exception as err:  # noqa: BLE001 - whatever stops the job at its start is reported, one line each
+        return _one_line(err)
+    finally:
+        HydraConfig.instance().cfg = saved
+    return None
+
+
+def sweep_candidates(config: DictConfig) -> list[tuple[str, list[str]]] | None:
+    """The configs to check for this multirun's sweeper; None for a sweeper not checked."""
+    target = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
+    if target == BASIC:
+        return basic_jobs(config)
+    if target == OPTUNA:
+        return optuna_candidates(config)
+    return None
+
+
+def _bad_candidates(config: DictConfig, candidates: list[tuple[str, list[str]]]) -> list[tuple[int, str]]:
+    """``(index, error)`` of each failing candidate; under Optuna, a value failing as the fixed
+    overrides alone do is not listed again."""
+    bad: list[tuple[int, str]] = []
+    for num, (_, overrides) in enumerate(candidates):
+        error = check_job(config, overrides, num)
+        if error is not None and not (bad and candidates[bad[0][0]][0] == FIXED and bad[0][1] == error):
+            bad.append((num, error))
+    return bad
+
+
+def _training(config: DictConfig) -> bool:
+    """Whether this multirun runs tools/train.py (its script, or hydra's job name for it)."""
+    main = Path(str(getattr(sys.modules.get("__main__"), "__file__", None) or "")).stem
+    return main == TOOL or OmegaConf.select(config, "hydra.job.name", default=None) == TOOL
+
+
+def _shown(candidates: list[tuple[str, list[str]]], bad: list[tuple[int, str]]) -> list[str]:
+    """A line per bad candidate: its label, the overrides that tell the jobs apart (all of them
+    when none differ) and the error."""
+    from panfpn.engine.sweep.summary import add_params
+
+    rows = [{"overrides": overrides} for _, overrides in candidates]
+    add_params(rows)
+    return [f"  {candidates[i][0]} [{rows[i]['params'] or ' '.join(candidates[i][1])}]: {error}" for i, error in bad]
+
+
+def refuse_bad_sweep(config: DictConfig) -> None:
+    """Check every candidate config; on any failure print one line per bad one (label, the overrides
+    that differ between the jobs, error) on stderr and exit with status 1 before any job starts."""
+    if not _training(config):
+        return  # tools/eval.py etc. share configs/config.yaml's callbacks: their jobs check other keys
+    started = time.perf_counter()
+    try:
+        candidates = sweep_candidates(config)
+    except Exception as err:  # noqa: BLE001 - a sweep hydra cannot expand: its own words, no traceback
+        print(f"sweep refused before any job started: {_one_line(err)}", file=sys.stderr)
+        sys.exit(1)
+    if candidates is None:
+        logger.info("sweep check: hydra.sweeper %s is not checked before its jobs start",
+                    OmegaConf.select(config, "hydra.sweeper._target_", default=None))
+        return
+    bad = _bad_candidates(config, candidates)
+    if bad:
+        print(f"sweep refused before any job started: {len(bad)} of {len(candidates)} job configs are invalid",
+              *_shown(candidates, bad), sep="\n", file=sys.stderr)
+        sys.exit(1)
+    logger.info("sweep check: %d job configs valid (%.2f s)", len(candidates), time.perf_counter() - started)
+
+
+class SweepCheck(Callback):
+    """Refuses a multirun whose jobs' configs fail the start checks, before the first job."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        refuse_bad_sweep(config)

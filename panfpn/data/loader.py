@@ -17,6 +17,7 @@ contiguous, unpadded shard.
 from __future__ import annotations
 
 import functools
+import signal
 from typing import Iterator
 
 import torch
@@ -46,6 +47,20 @@ def _rank_world() -> tuple[int, int]:
     return get_rank(), get_world_size()
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker ignores SIGTERM and SIGINT.
+
+    A stop signal sent to every process (Slurm's scancel and preemption, ``kill -- -PGID``,
+    ``timeout``, Ctrl-C in a terminal) reaches the workers too. torch's worker handler dies on a
+    SIGTERM its parent did not send, and the main process then fails with "DataLoader worker ...
+    killed by signal" instead of saving a checkpoint at the next iteration. The main process
+    decides when to stop and ends its workers itself (a worker whose parent is gone exits on
+    torch's watchdog).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def build_training_loader(dataset: Dataset, *, batch_size: int, seed: int, num_workers: int = 0,
                           start_iter: int = 0, distributed: bool = False,
                           size_divisibility: int = SIZE_DIVISIBILITY, pin_memory: bool = False) -> DataLoader:
@@ -66,7 +81,7 @@ def build_training_loader(dataset: Dataset, *, batch_size: int, seed: int, num_w
         SeededSampleDataset(dataset), batch_size=batch_size, sampler=sampler,
         num_workers=num_workers,
         collate_fn=functools.partial(collate_panoptic, size_divisibility=size_divisibility),
-        persistent_workers=num_workers > 0, pin_memory=pin_memory,
+        persistent_workers=num_workers > 0, pin_memory=pin_memory, worker_init_fn=ignore_stop_signals,
         # Its own generator: creating the iterator must not draw from the global RNG, or a
         # resumed run's model randomness would drift from the uninterrupted run's.
         generator=torch.Generator().manual_seed(seed),
@@ -87,5 +102,5 @@ def build_dataloader(dataset: Dataset, *, batch_size: int, num_workers: int = 0,
         dataset, batch_size=batch_size, sampler=ShardSampler(len(dataset), rank, world),  # type: ignore[arg-type]
         num_workers=num_workers,
         collate_fn=functools.partial(collate_panoptic, size_divisibility=size_divisibility),
-        pin_memory=pin_memory, persistent_workers=False,
+        pin_memory=pin_memory, persistent_workers=False, worker_init_fn=ignore_stop_signals,
     )

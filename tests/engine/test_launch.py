@@ -34,7 +34,10 @@ def _metrics(run_dir: Path) -> list[dict]:
 @pytest.mark.parametrize("sig,workers,whole_group", [
     (signal.SIGTERM, 0, False),  # Slurm / kill: the training process alone
     (signal.SIGINT, 1, True),    # Ctrl-C in a terminal: the process group, DataLoader workers too
-], ids=["sigterm", "ctrl_c"])
+    # Slurm's scancel / preemption, `kill -- -PGID`, `timeout`: every process, DataLoader workers too
+    # (torch's worker handler died on it, and the run failed instead of saving a checkpoint)
+    (signal.SIGTERM, 1, True),
+], ids=["sigterm", "ctrl_c", "sigterm_to_all_processes"])
 def test_signal_saves_a_loadable_checkpoint_and_exits_128_plus_signal(tmp_path, tiny_args, sig, workers,
                                                                      whole_group):
     run = tmp_path / "run"

@@ -78,6 +78,9 @@ def main() -> None:
     parser.add_argument("--photos", nargs="*", default=[str(p) for p in COCO_PHOTOS],
                         help="pipeline scope: images also predicted by both and compared (segments, "
                              "pixels, PQ of exported vs eager); default: the COCO sample photos")
+    parser.add_argument("--profile", type=int, default=0, metavar="RUNS",
+                        help="pipeline scope: also profile RUNS onnxruntime runs (SessionOptions.enable_profiling) "
+                             "and print each op type's share of the node time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.scope == "pipeline":
@@ -159,12 +162,38 @@ def _providers(device: str) -> list[list[str]]:
     return gpu
 
 
-def _session(path: Path, providers: list[str], threads: int):
+def _session(path: Path, providers: list[str], threads: int, profile_prefix: str | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    if profile_prefix is not None:
+        opts.enable_profiling, opts.profile_file_prefix = True, profile_prefix
     return ort.InferenceSession(str(path), opts, providers=providers)
+
+
+def print_profile(path: Path, providers: list[str], threads: int, image: torch.Tensor, runs: int, tmp: Path) -> None:
+    """``runs`` profiled onnxruntime runs (after one warm-up): each op type's share of the summed
+    node time, the largest first (what onnxruntime's own profiler attributes, not wall time)."""
+    import json
+    from collections import Counter
+
+    from panfpn.deploy.pipeline import INPUT_NAME
+
+    session = _session(path, providers, threads, profile_prefix=str(tmp / "ort_profile"))
+    for _ in range(runs + 1):
+        session.run(None, {INPUT_NAME: image.numpy()})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    runs_seen = [e for e in events if e.get("name") == "model_run"][1:]  # skip the warm-up
+    start = min(e["ts"] for e in runs_seen)
+    per_op: Counter[str] = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
+            per_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(per_op.values())
+    wall = sum(e["dur"] for e in runs_seen) / len(runs_seen)
+    top = ", ".join(f"{op} {100 * t / total:.1f} %" for op, t in per_op.most_common(8))
+    print(f"  onnxruntime profile, {runs} run(s), {wall / 1e3:.1f} ms per run, node time by op type: {top}")
 
 
 def _eager_runner(model, transform, image: torch.Tensor, device: torch.device):
@@ -219,6 +248,8 @@ def bench_pipeline(args: argparse.Namespace) -> None:
             note = f"export {time.perf_counter() - t0:.1f} s, {path.stat().st_size / 1e6:.0f} MB"
             sessions = {f"onnxruntime {p[0].replace('ExecutionProvider', '')}": _session(path, p, args.threads)
                         for p in providers}
+            if args.profile:
+                print_profile(path, providers[0], args.threads, image, args.profile, Path(tmp))
             if args.photos:
                 compare_on_photos(model, metadata, transform, next(iter(sessions.values())),
                                   [Path(p) for p in args.photos], args.device, Path(tmp))

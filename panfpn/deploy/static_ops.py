@@ -72,12 +72,16 @@ def filter_proposals(boxes: Tensor, logits: Tensor, levels: Tensor, height: Tens
 
 def multilevel_roi_align(maps: Sequence[Tensor], boxes: Tensor, pooler) -> Tensor:
     """:class:`panfpn.modeling.panoptic_fpn.roi_ops.MultiLevelRoIAlign` for one image's boxes ``[R, 4]``: every
-    RoI pooled from every level, then each takes its own level (static shapes, no scatter)."""
+    level pools all ``R`` rows, then each RoI takes its own level (static shapes, no scatter). On the
+    other levels a RoI is replaced by an empty box at the origin, which costs no samples: with
+    adaptive sampling (``sampling_ratio`` 0) a large RoI on a fine level would take hundreds of
+    samples per bin, and the box head pools its ~1000 proposals on every level."""
     rois = torch.cat([torch.zeros_like(boxes[:, :1]), boxes], dim=1).float()
     level = pooler.level_of(rois)
     out = None
     for i, (fmap, scale) in enumerate(zip(maps, pooler.scales)):
-        pooled = roi_align(fmap.float(), rois, pooler.output_size, spatial_scale=scale,
+        own = torch.where((level == i)[:, None], rois, torch.zeros_like(rois))
+        pooled = roi_align(fmap.float(), own, pooler.output_size, spatial_scale=scale,
                            sampling_ratio=pooler.sampling_ratio, aligned=True)
         out = pooled if out is None else torch.where((level == i)[:, None, None, None], pooled, out)
     return out

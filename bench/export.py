@@ -5,13 +5,16 @@ the whole exported pipeline (``--scope pipeline``: one ONNX graph, image in, pan
     python bench/export.py --model panoptic_fpn_r50 --data coco_panoptic --size 800 1216
     python bench/export.py --scope pipeline --model panoptic_fpn_r50 --data coco_panoptic \
         --size 800 1216 --threads 2 --reps 3       # onnxruntime CPU vs eager CPU, per image
+    python bench/export.py --scope pipeline ... --profile 2   # and onnxruntime's time per op type
     python bench/export.py --scope pipeline ... --device cuda   # eager CUDA; onnxruntime's CUDA and
                                                     # TensorRT providers where installed
 
 Times the network part only (backbone + FPN + semantic head + RPN head: what modeling/export.py
 exports) and the whole pipeline (network + eager remainder) for each backend, with random weights
 in eval mode; prints medians and ratios to eager measured in this run, plus the largest absolute
-difference of the raw outputs. Backends alternate per repetition so all see the same machine load.
+difference of the raw outputs. Backends alternate per repetition so all see the same machine load;
+the pipeline scope also prints each runner's process CPU time (on a machine shared with other jobs
+the 1-thread CPU ratio is steadier than the wall-time one).
 """
 
 from __future__ import annotations
@@ -260,20 +263,23 @@ def bench_pipeline(args: argparse.Namespace) -> None:
     print(f"{args.model} pipeline {h}x{w}, {args.threads} thread(s), device {args.device}; {note}; "
           f"{pipeline.max_detections} detection slots; {args.heads} heads")
     times: dict[str, list[float]] = {k: [] for k in runners}
+    cpu: dict[str, list[float]] = {k: [] for k in runners}  # process CPU time: steadier than wall under load
     maps = {}
     with torch.no_grad():
         for rep in range(args.reps + 1):
             for name, run in runners.items():  # alternate: every runner sees the same load
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 maps[name] = run()
                 if rep:  # the first repetition warms up
                     times[name].append(time.perf_counter() - t0)
+                    cpu[name].append(time.process_time() - c0)
     ref_name = f"eager {device.type}"
-    ref = statistics.median(times[ref_name])
+    ref, ref_cpu = statistics.median(times[ref_name]), statistics.median(cpu[ref_name])
     for name, t in times.items():
         agree = float((maps[name] == maps[ref_name]).float().mean())
-        print(f"  {name:24s} {1000 * statistics.median(t):9.1f} ms/image ({ref / statistics.median(t):4.2f}x "
-              f"{ref_name}); id map pixels equal to eager: {100 * agree:.4f} %")
+        wall, used = statistics.median(t), statistics.median(cpu[name])
+        print(f"  {name:24s} {1000 * wall:9.1f} ms/image ({ref / wall:4.2f}x {ref_name}; CPU {1000 * used:.0f} ms, "
+              f"{ref_cpu / used:4.2f}x); id map pixels equal to eager: {100 * agree:.4f} %")
 
 
 def compare_on_photos(model, metadata, transform, session, photos: list[Path], device: str, tmp: Path) -> None:

@@ -5,8 +5,10 @@ in merge order (descending score, as the box head returns them). The definition 
 instance at a time; a kept instance claims all its free pixels, so the claimed set after step ``i``
 is the union of the kept masks so far, and the keep test of instance ``i`` needs only its overlap
 with that union. :func:`merge_static` runs that as a loop unrolled over the ``K`` slots (a few
-whole-image ops each), then paints every pixel with the first kept instance covering it; the drop
-tests are the fused kernel's exact integer limits (:func:`keep_limits`, as
+whole-image ops each), then paints every pixel with the first kept instance covering it (the
+``.pt2`` program's form); :func:`merge_in_boxes` runs the same loop on masks given inside their
+boxes, each step reading and writing only its box of the id map (the ONNX graph's form: no
+``[K, H, W]`` tensor, which made onnxruntime slower than eager). The drop tests are the fused kernel's exact integer limits (:func:`keep_limits`, as
 :func:`panfpn.modeling.merge_fused._keep_limit`, with float64 constants that survive ONNX export).
 Stuff and the segment list follow as in the fused kernel; the segments come out as fixed-size
 arrays ordered by id, with a count.

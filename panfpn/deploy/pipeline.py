@@ -7,7 +7,8 @@ own modules, no copies) and does in tensor ops what the eager path does around i
       -> test resize (shortest edge, bit-exact uint8 antialiased bilinear: deploy/resize.py)
       -> normalise, zero padding to a multiple of 32 -> model.network (backbone, FPN, heads)
       -> proposals (top-k per level, NMS per level), box head, per-class NMS, mask head
-      -> boxes to the input's size, mask pasting, semantic resize + argmax -> static merge
+      -> boxes to the input's size, semantic resize + argmax, mask pasting and static merge inside
+         the boxes (full-size masks under torch.export: see PanopticPipeline.merged)
     outputs (OUTPUT_NAMES): the id map [H0, W0], the segments as [K + S] arrays with a count,
       the instances as [K] arrays with a count, the semantic labels [H0, W0]
 
@@ -120,19 +121,15 @@ class PanopticPipeline(nn.Module):
         masks (:func:`merge_static`: crop sizes would be data-dependent sizes there). Same outputs."""
         k = self.max_detections
         first = torch.arange(k)  # the first K rows (index_select: no trace-time decision on D = 0)
-        rules = {"thing_sem_labels": self.model.thing_sem_labels,
-                 "num_sem_classes": self.sem_category_ids.shape[0], "merge": self.merge}
-        if torch.compiler.is_exporting():
-            masks = paste_masks(probs, boxes, image)
-            masks = torch.cat([masks, torch.zeros_like(sem, dtype=torch.bool)[None].expand(k, -1, -1)]).index_select(0, first)
-        else:
-            probs = torch.cat([probs, probs.new_zeros((k, *probs.shape[1:]))]).index_select(0, first)
+        probs = torch.cat([probs, probs.new_zeros((k, *probs.shape[1:]))]).index_select(0, first)  # padding: empty
         scores = torch.cat([scores, torch.full((k,), -1.0)]).index_select(0, first)
         labels = torch.cat([labels, torch.zeros((k,), dtype=labels.dtype)]).index_select(0, first)
         boxes = torch.cat([boxes, torch.zeros((k, 4))]).index_select(0, first)
         num = (scores >= 0).sum()  # a tensor in every mode (detection scores are probabilities)
+        rules = {"thing_sem_labels": self.model.thing_sem_labels,
+                 "num_sem_classes": self.sem_category_ids.shape[0], "merge": self.merge}
         if torch.compiler.is_exporting():
-            id_map, seg = merge_static(masks, scores, labels, sem, **rules)
+            id_map, seg = merge_static(paste_masks(probs, boxes, image), scores, labels, sem, **rules)
         else:
             id_map, seg = merge_in_boxes(*paste_in_boxes(probs, boxes, image), scores, labels, sem, **rules)
         table = torch.cat([self.thing_category_ids, self.sem_category_ids])

@@ -5,13 +5,16 @@ the whole exported pipeline (``--scope pipeline``: one ONNX graph, image in, pan
     python bench/export.py --model panoptic_fpn_r50 --data coco_panoptic --size 800 1216
     python bench/export.py --scope pipeline --model panoptic_fpn_r50 --data coco_panoptic \
         --size 800 1216 --threads 2 --reps 3       # onnxruntime CPU vs eager CPU, per image
+    python bench/export.py --scope pipeline ... --profile 2   # and onnxruntime's time per op type
     python bench/export.py --scope pipeline ... --device cuda   # eager CUDA; onnxruntime's CUDA and
                                                     # TensorRT providers where installed
 
 Times the network part only (backbone + FPN + semantic head + RPN head: what modeling/export.py
 exports) and the whole pipeline (network + eager remainder) for each backend, with random weights
 in eval mode; prints medians and ratios to eager measured in this run, plus the largest absolute
-difference of the raw outputs. Backends alternate per repetition so all see the same machine load.
+difference of the raw outputs. Backends alternate per repetition so all see the same machine load;
+the pipeline scope also prints each runner's process CPU time (on a machine shared with other jobs
+the 1-thread CPU ratio is steadier than the wall-time one).
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ def main() -> None:
     parser.add_argument("--photos", nargs="*", default=[str(p) for p in COCO_PHOTOS],
                         help="pipeline scope: images also predicted by both and compared (segments, "
                              "pixels, PQ of exported vs eager); default: the COCO sample photos")
+    parser.add_argument("--profile", type=int, default=0, metavar="RUNS",
+                        help="pipeline scope: also profile RUNS onnxruntime runs (SessionOptions.enable_profiling) "
+                             "and print each op type's share of the node time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.scope == "pipeline":
@@ -159,12 +165,38 @@ def _providers(device: str) -> list[list[str]]:
     return gpu
 
 
-def _session(path: Path, providers: list[str], threads: int):
+def _session(path: Path, providers: list[str], threads: int, profile_prefix: str | None = None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    if profile_prefix is not None:
+        opts.enable_profiling, opts.profile_file_prefix = True, profile_prefix
     return ort.InferenceSession(str(path), opts, providers=providers)
+
+
+def print_profile(path: Path, providers: list[str], threads: int, image: torch.Tensor, runs: int, tmp: Path) -> None:
+    """``runs`` profiled onnxruntime runs (after one warm-up): each op type's share of the summed
+    node time, the largest first (what onnxruntime's own profiler attributes, not wall time)."""
+    import json
+    from collections import Counter
+
+    from panfpn.deploy.pipeline import INPUT_NAME
+
+    session = _session(path, providers, threads, profile_prefix=str(tmp / "ort_profile"))
+    for _ in range(runs + 1):
+        session.run(None, {INPUT_NAME: image.numpy()})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    runs_seen = [e for e in events if e.get("name") == "model_run"][1:]  # skip the warm-up
+    start = min(e["ts"] for e in runs_seen)
+    per_op: Counter[str] = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= start:
+            per_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(per_op.values())
+    wall = sum(e["dur"] for e in runs_seen) / len(runs_seen)
+    top = ", ".join(f"{op} {100 * t / total:.1f} %" for op, t in per_op.most_common(8))
+    print(f"  onnxruntime profile, {runs} run(s), {wall / 1e3:.1f} ms per run, node time by op type: {top}")
 
 
 def _eager_runner(model, transform, image: torch.Tensor, device: torch.device):
@@ -219,6 +251,8 @@ def bench_pipeline(args: argparse.Namespace) -> None:
             note = f"export {time.perf_counter() - t0:.1f} s, {path.stat().st_size / 1e6:.0f} MB"
             sessions = {f"onnxruntime {p[0].replace('ExecutionProvider', '')}": _session(path, p, args.threads)
                         for p in providers}
+            if args.profile:
+                print_profile(path, providers[0], args.threads, image, args.profile, Path(tmp))
             if args.photos:
                 compare_on_photos(model, metadata, transform, next(iter(sessions.values())),
                                   [Path(p) for p in args.photos], args.device, Path(tmp))
@@ -229,20 +263,23 @@ def bench_pipeline(args: argparse.Namespace) -> None:
     print(f"{args.model} pipeline {h}x{w}, {args.threads} thread(s), device {args.device}; {note}; "
           f"{pipeline.max_detections} detection slots; {args.heads} heads")
     times: dict[str, list[float]] = {k: [] for k in runners}
+    cpu: dict[str, list[float]] = {k: [] for k in runners}  # process CPU time: steadier than wall under load
     maps = {}
     with torch.no_grad():
         for rep in range(args.reps + 1):
             for name, run in runners.items():  # alternate: every runner sees the same load
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 maps[name] = run()
                 if rep:  # the first repetition warms up
                     times[name].append(time.perf_counter() - t0)
+                    cpu[name].append(time.process_time() - c0)
     ref_name = f"eager {device.type}"
-    ref = statistics.median(times[ref_name])
+    ref, ref_cpu = statistics.median(times[ref_name]), statistics.median(cpu[ref_name])
     for name, t in times.items():
         agree = float((maps[name] == maps[ref_name]).float().mean())
-        print(f"  {name:24s} {1000 * statistics.median(t):9.1f} ms/image ({ref / statistics.median(t):4.2f}x "
-              f"{ref_name}); id map pixels equal to eager: {100 * agree:.4f} %")
+        wall, used = statistics.median(t), statistics.median(cpu[name])
+        print(f"  {name:24s} {1000 * wall:9.1f} ms/image ({ref / wall:4.2f}x {ref_name}; CPU {1000 * used:.0f} ms, "
+              f"{ref_cpu / used:4.2f}x); id map pixels equal to eager: {100 * agree:.4f} %")
 
 
 def compare_on_photos(model, metadata, transform, session, photos: list[Path], device: str, tmp: Path) -> None:

@@ -31,7 +31,7 @@ from panfpn.utils.atomic import atomic_write_path
 from panfpn.utils.errors import ConfigError
 
 DEFAULT_OPSET = 17  # RoiAlign with half-pixel coordinates needs 16, ScatterElements' add 16
-MAX_SIDE = 4096  # documented maximum side: memory grows as K x H x W (docs/deployment.md)
+MAX_SIDE = 4096  # documented maximum side: the .pt2's memory grows as K x H x W (docs/deployment.md)
 
 
 def resize_of(transform: Any) -> tuple[int, int] | None:

@@ -7,7 +7,8 @@ own modules, no copies) and does in tensor ops what the eager path does around i
       -> test resize (shortest edge, bit-exact uint8 antialiased bilinear: deploy/resize.py)
       -> normalise, zero padding to a multiple of 32 -> model.network (backbone, FPN, heads)
       -> proposals (top-k per level, NMS per level), box head, per-class NMS, mask head
-      -> boxes to the input's size, mask pasting, semantic resize + argmax -> static merge
+      -> boxes to the input's size, semantic resize + argmax, mask pasting and static merge inside
+         the boxes (full-size masks under torch.export: see PanopticPipeline.merged)
     outputs (OUTPUT_NAMES): the id map [H0, W0], the segments as [K + S] arrays with a count,
       the instances as [K] arrays with a count, the semantic labels [H0, W0]
 
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 
 from panfpn.data.collate import SIZE_DIVISIBILITY
 from panfpn.deploy import static_ops as ops
-from panfpn.deploy.merge_static import merge_static
+from panfpn.deploy.merge_static import merge_in_boxes, merge_static
 from panfpn.deploy.resize import f64, resize_uint8, shortest_edge_size, size_of, unbacked_size
 from panfpn.modeling.merge import MergeThresholds
 from panfpn.modeling.panoptic_fpn.network import split_outputs
@@ -108,23 +109,29 @@ class PanopticPipeline(nn.Module):
         h0, w0 = size_of(image, 0), size_of(image, 1)
         scale = torch.cat([f64(w0) / f64(w), f64(h0) / f64(h)]).float()  # float64 ratios, as eager
         boxes = ops.clip_boxes(boxes * scale.repeat(2), h0, w0)
-        masks = paste_masks(probs, boxes, image)
         sem = sem_argmax(split_outputs(outputs)[1], h, w, image)
-        return self.merged(masks, boxes, scores, labels, sem)
+        return self.merged(probs, boxes, scores, labels, sem, image)
 
-    def merged(self, masks: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor,
-               sem: Tensor) -> tuple[Tensor, ...]:
-        """Pad the detections to ``K``, merge, and order the outputs as :data:`OUTPUT_NAMES`."""
+    def merged(self, probs: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor, sem: Tensor,
+               image: Tensor) -> tuple[Tensor, ...]:
+        """Pad the detections to ``K``, paste, merge, and order the outputs as :data:`OUTPUT_NAMES`.
+
+        The ONNX trace (and the module run eagerly) pastes each mask inside its box and merges box
+        by box (:func:`paste_in_boxes`, :func:`merge_in_boxes`); ``torch.export`` pastes full-size
+        masks (:func:`merge_static`: crop sizes would be data-dependent sizes there). Same outputs."""
         k = self.max_detections
         first = torch.arange(k)  # the first K rows (index_select: no trace-time decision on D = 0)
-        masks = torch.cat([masks, torch.zeros_like(sem, dtype=torch.bool)[None].expand(k, -1, -1)]).index_select(0, first)
+        probs = torch.cat([probs, probs.new_zeros((k, *probs.shape[1:]))]).index_select(0, first)  # padding: empty
         scores = torch.cat([scores, torch.full((k,), -1.0)]).index_select(0, first)
         labels = torch.cat([labels, torch.zeros((k,), dtype=labels.dtype)]).index_select(0, first)
         boxes = torch.cat([boxes, torch.zeros((k, 4))]).index_select(0, first)
         num = (scores >= 0).sum()  # a tensor in every mode (detection scores are probabilities)
-        id_map, seg = merge_static(masks, scores, labels, sem,
-                                   thing_sem_labels=self.model.thing_sem_labels,
-                                   num_sem_classes=self.sem_category_ids.shape[0], merge=self.merge)
+        rules = {"thing_sem_labels": self.model.thing_sem_labels,
+                 "num_sem_classes": self.sem_category_ids.shape[0], "merge": self.merge}
+        if torch.compiler.is_exporting():
+            id_map, seg = merge_static(paste_masks(probs, boxes, image), scores, labels, sem, **rules)
+        else:
+            id_map, seg = merge_in_boxes(*paste_in_boxes(probs, boxes, image), scores, labels, sem, **rules)
         table = torch.cat([self.thing_category_ids, self.sem_category_ids])
         offset = self.thing_category_ids.shape[0]
         # both branches are evaluated: each index is clamped into the table (COCO: thing label 79 + 80
@@ -167,6 +174,30 @@ def paste_masks(probs: Tensor, boxes: Tensor, image: Tensor) -> Tensor:
     wy = _interp_weights(boxes[:, 1], boxes[:, 3], image.shape[0], size)
     wx = _interp_weights(boxes[:, 0], boxes[:, 2], image.shape[1], size)
     return (wy @ probs @ wx.transpose(1, 2)) >= 0.5
+
+
+def paste_in_boxes(probs: Tensor, boxes: Tensor, image: Tensor) -> tuple[list[Tensor], Tensor]:
+    """:func:`paste_masks` inside each box: the bool crops and their spans ``[K, 4]`` (first and
+    one-past-last row, then column, its bilinear weights reach; all 0 for an empty mask), as
+    :func:`panfpn.modeling.panoptic_fpn.postprocess.paste_masks_binary` pastes them eagerly."""
+    size = probs.shape[-1]
+    wy = _interp_weights(boxes[:, 1], boxes[:, 3], image.shape[0], size)
+    wx = _interp_weights(boxes[:, 0], boxes[:, 2], image.shape[1], size)
+    spans = torch.cat([weight_span(wy), weight_span(wx)], 1)
+    empty = (spans[:, 1] <= spans[:, 0]) | (spans[:, 3] <= spans[:, 2])
+    spans = torch.where(empty[:, None], 0, spans)
+    crops = [wy[i, y0:y1] @ probs[i] @ wx[i, x0:x1].T >= 0.5 for i, (y0, y1, x0, x1) in enumerate(spans)]
+    return crops, spans
+
+
+def weight_span(weights: Tensor) -> Tensor:
+    """Bilinear weights ``[K, L, M]`` -> int64 ``[K, 2]``: per mask the first and one-past-last of
+    the ``L`` output pixels with a nonzero weight (``(0, 0)`` for none)."""
+    reach = weights.amax(2) > 0
+    index = torch.arange(reach.shape[1])
+    first = torch.where(reach, index, 1 << 40).amin(1)  # a constant bound: no trace-time length
+    last = torch.where(reach, index + 1, 0).amax(1)
+    return torch.where(reach.any(1)[:, None], torch.stack([first, last], 1), 0)
 
 
 def crop_to_image(maps: Tensor, h: Tensor, w: Tensor, image: Tensor) -> Tensor:

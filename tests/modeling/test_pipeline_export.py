@@ -111,6 +111,29 @@ def test_onnx_pipeline_matches_eager(setup, exported, tmp_path):
     _check_against_eager(outputs, model, transform, paths, RULES[name], metadata, tmp_path)
 
 
+def test_onnx_pipeline_has_no_per_instance_image(setup, onnx_files, tmp_path):
+    # The graph pastes and merges inside the boxes: no tensor holds K image-sized planes (the full-size
+    # [K, H0, W0] masks and their int64 cast made onnxruntime slower than eager; bench/RESULTS.md).
+    # Every node's output shapes, from onnxruntime's profiler, on the largest sample photo.
+    import json
+    import math
+    from pathlib import Path
+
+    model, _, _, paths = setup
+    image = max((read_image(p) for p in paths), key=lambda a: a.size)
+    opts = ort.SessionOptions()
+    opts.enable_profiling, opts.profile_file_prefix = True, str(tmp_path / "profile")
+    session = ort.InferenceSession(str(onnx_files("textbook")), opts, providers=["CPUExecutionProvider"])
+    session.run(None, {"image": image})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    shapes = [shape for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+              for out in e["args"].get("output_type_shape", []) for shape in out.values()]
+    assert [1, *image.shape[:2]] in shapes or [*image.shape[:2]] in shapes  # the profile names image sizes
+    k = model.roi_heads.box_head.test.detections_per_image
+    planes = [s for s in shapes if s[-2:] == list(image.shape[:2]) and math.prod(s[:-2]) >= k]
+    assert not planes, f"image-sized tensors with >= {k} planes: {planes[:3]}"
+
+
 def test_onnx_pipeline_coco_label_space(tmp_path):
     # COCO panoptic's real label space (80 things, 53 stuff, ids 1..200 with gaps) in an exported
     # graph: the category ids of segments and detections are COCO's ids, from COCO's own category

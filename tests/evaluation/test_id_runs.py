@@ -85,3 +85,38 @@ def test_empty_maps():
     assert pair_counts(runs_of_ids(empty), runs_of_ids(empty)) == []
     assert runs_of_packed(np.zeros((0, 5), np.uint32))[2] == 0
     assert pair_counts_packed(np.zeros((0, 5), np.uint32), np.zeros((0, 5), np.uint32)) == []
+
+
+def _expected_counts(gt: np.ndarray, pred: np.ndarray) -> list[tuple[int, int, int]]:
+    keys, counts = np.unique(np.stack([gt.reshape(-1), pred.reshape(-1)], 1), axis=0, return_counts=True)
+    return [(int(g), int(p), int(c)) for (g, p), c in zip(keys, counts)]
+
+
+def test_ids_sharing_a_lookup_slot_are_told_apart():
+    """The hinted path looks ids up by their low 16 bits and checks the candidate: ids 16 bits
+    apart (colours differing only in blue), an unhinted id in a hinted id's slot and a hint list
+    whose ids collide must all give the exact counts."""
+    rng = np.random.default_rng(3)
+    base = np.array([0, 5, 5 + (1 << 16), 5 + (7 << 16), 300, 300 + (1 << 20)])
+    gt = rng.choice(base, size=(40, 50))
+    pred = rng.choice(np.array([0, 9, 9 + (1 << 16), 77]), size=(40, 50))
+    expected = _expected_counts(gt, pred)
+    hint_sets = [
+        (np.unique(gt), np.unique(pred)),                  # colliding known ids: exact fallback
+        (np.array([0, 5, 300]), np.array([0, 9, 77])),     # 5 + 2^16 etc. in the map, unhinted,
+    ]                                                      # each in a hinted id's slot
+    for gt_known, pred_known in hint_sets:
+        assert pair_counts_ids(gt, pred, gt_known, pred_known) == expected
+        assert pair_counts_packed(_words(gt), _words(pred), gt_known, pred_known) == expected
+
+
+def test_more_hinted_ids_than_the_table_indexes():
+    """Hint lists of 2^15 ids and more (the table holds int16 indices) take the exact path."""
+    ids = np.arange(40_000, dtype=np.int64) * 7 + 1
+    gt = ids.reshape(200, 200)
+    pred = np.zeros_like(gt)
+    pred[:, 100:] = 3
+    expected = _expected_counts(gt, pred)
+    hints = (np.concatenate([[0], ids]), np.array([0, 3]))
+    assert pair_counts_ids(gt, pred, *hints) == expected
+    assert pair_counts_packed(_words(gt), _words(pred), *hints) == expected

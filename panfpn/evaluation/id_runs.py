@@ -60,19 +60,20 @@ _LOOKUP = threading.local()  # each thread's slot -> index table (see _indices_i
 
 
 def _dense(ids: np.ndarray, known: np.ndarray | None,
-           in_24_bits: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct values, index of each id among them).
+           in_24_bits: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
+    """(sorted distinct values, index of each id among them, the index of the first value: 0 or 1).
 
     ``known`` (sorted ids expected in the map, e.g. from the JSON, plus 0) spares the sort of
-    every run id; an id outside it falls back to the exact path. ``in_24_bits``: the caller
-    knows every id lies in [0, 2^24) (masked words), so the range check is skipped.
+    every run id (its indices come 1-based from the lookup table); an id outside it falls back to
+    the exact path. ``in_24_bits``: the caller knows every id lies in [0, 2^24) (masked words),
+    so the range check is skipped.
     """
     if known is not None and 0 < known.shape[0] < 1 << 15 and known[0] >= 0 and known[-1] <= _ID_BITS:
         idx = _indices_in(ids, known, in_24_bits)
         if idx is not None:
-            return known, idx
+            return known, idx, 1
     vals = np.unique(ids)
-    return vals, np.searchsorted(vals, ids)
+    return vals, np.searchsorted(vals, ids), 0
 
 
 def _indices_in(ids: np.ndarray, known: np.ndarray, in_24_bits: bool) -> np.ndarray | None:
@@ -109,15 +110,15 @@ def _indices_in(ids: np.ndarray, known: np.ndarray, in_24_bits: bool) -> np.ndar
 def _count(g_ids: np.ndarray, p_ids: np.ndarray, lengths: np.ndarray,
            gt_known: np.ndarray | None, pred_known: np.ndarray | None,
            in_24_bits: bool = False) -> list:
-    # Dense per-image indices keep the count table tiny: (#gt ids) x (#pred ids). Known ids'
-    # indices come 1-based from the lookup table; the cell arithmetic absorbs the offset.
-    g_vals, g_dense = _dense(g_ids, gt_known, in_24_bits)
-    p_vals, p_dense = _dense(p_ids, pred_known, in_24_bits)
+    # Dense per-image indices keep the count table tiny: (#gt ids) x (#pred ids); the offset of
+    # 1-based indices is taken off the table, not off every run.
+    g_vals, g_dense, g_first = _dense(g_ids, gt_known, in_24_bits)
+    p_vals, p_dense, p_first = _dense(p_ids, pred_known, in_24_bits)
     n_p = p_vals.shape[0]
     cell = g_dense.astype(np.int64)
     cell *= n_p
     cell += p_dense
-    offset = (n_p if g_dense.dtype == np.int16 else 0) + (1 if p_dense.dtype == np.int16 else 0)
+    offset = g_first * n_p + p_first
     table = np.bincount(cell, weights=lengths, minlength=g_vals.shape[0] * n_p + offset)[offset:]
     nz = np.flatnonzero(table)
     gi, pi = np.divmod(nz, n_p)

@@ -10,9 +10,13 @@ its start (:mod:`panfpn.engine.training.start_checks`); nothing builds a model o
 - Basic sweeper: every job of the grid.
 - Optuna sweeper: the trials are sampled while the sweep runs, so each value it may take is
   checked alone on the config of the fixed overrides: each choice, both bounds of an interval or
-  range. Combinations of values (two keys that must agree) and ``custom_search_space`` are not
+  range (with the GridSampler the ends of its grid). Combinations of values (two keys that must agree) and ``custom_search_space`` are not
   checked (each trial still checks its own config at its start).
 - Other sweepers: not checked (logged).
+
+A job is checked with its ``hydra.job.env_set`` variables set, as hydra sets them around it. With
+a launcher whose jobs run on other machines (not in ``LOCAL_LAUNCHERS``), an error from this
+machine's files or environment (a data folder, ``${oc.env:...}``) is logged, not a refusal.
 
 Only tools/train.py's multiruns are checked (the other tools compose the same config.yaml).
 """
@@ -35,6 +39,11 @@ BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 OPTUNA = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 TOOL = "train"  # the checks are tools/train.py's
 FIXED = "every trial (the fixed overrides)"
+GRID = "optuna.samplers.GridSampler"
+# launchers that run the jobs on this machine: its files and environment are theirs
+LOCAL_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+                   "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+                   "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher")
 
 
 def _sweeper_arguments(config: DictConfig) -> list[str]:
@@ -56,11 +65,19 @@ def basic_jobs(config: DictConfig) -> list[tuple[str, list[str]]]:
     return [(f"job {i}", list(job)) for i, job in enumerate(jobs)]
 
 
-def _values(distribution: Any) -> list[tuple[str, Any]]:
-    """``(what, value)`` of each value of an Optuna distribution worth checking."""
+def _values(distribution: Any, grid: bool = False) -> list[tuple[str, Any]]:
+    """``(what, value)`` of each value of an Optuna distribution worth checking; with ``grid`` (the
+    GridSampler) the ends of the plugin's grid of it, which leaves out the distribution's upper end
+    (``range(0.5,1.1,0.1)``: 0.5 ... 1.0)."""
+    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+
     choices = getattr(distribution, "choices", None)
     if choices is not None:
         return [("choice", c) for c in choices]
+    to_grid = getattr(OptunaSweeperImpl, "_to_grid_sampler_choices", None)
+    if grid and to_grid is not None:
+        values = to_grid(None, distribution)  # the plugin's own grid (no instance state used)
+        return [("lowest grid value", min(values)), ("highest grid value", max(values))] if values else []
     return [("lower bound", distribution.low), ("upper bound", distribution.high)]
 
 
@@ -70,12 +87,13 @@ def optuna_candidates(config: DictConfig) -> list[tuple[str, list[str]]]:
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 
     space, fixed = create_params_from_overrides(_sweeper_arguments(config))
+    grid = OmegaConf.select(config, "hydra.sweeper.sampler._target_", default=None) == GRID
     base = [f"{k}={v}" for k, v in fixed.items()]
     out = [(FIXED, base)]
     for name, distribution in space.items():
         if name in fixed:
             continue  # the sweeper drops it from the search space too
-        out += [(f"{what} of {name}", [*base, f"{name}={value}"]) for what, value in _values(distribution)]
+        out += [(f"{what} of {name}", [*base, f"{name}={value}"]) for what, value in _values(distribution, grid)]
     return out
 
 
@@ -103,20 +121,41 @@ def _one_line(err: BaseException) -> str:
     return text if isinstance(err, ConfigError) else f"{type(err).__name__}: {text}"
 
 
-def check_job(master: DictConfig, overrides: Sequence[str], num: int) -> str | None:
+def _from_this_machine(err: BaseException) -> bool:
+    """Whether ``err`` comes from this machine's files or environment: an OSError (a missing data
+    folder or JSON) or an unset variable (``${oc.env:...}``) anywhere in its chain of causes."""
+    seen: BaseException | None = err
+    for _ in range(16):  # a chain is short; never loop on a cycle
+        if seen is None:
+            break
+        if isinstance(seen, OSError) or (isinstance(seen, KeyError) and "Environment variable" in str(seen)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def check_job(master: DictConfig, overrides: Sequence[str], num: int, here: bool = True) -> str | None:
     """The error (one line) a job with ``overrides`` would stop with at its start; None when its
-    config passes every start check."""
+    config passes every start check. The job's ``hydra.job.env_set`` is set while it is checked (as
+    hydra sets it around the job); with ``here`` False (the jobs run on other machines) an error
+    from this machine's files or environment is logged, not returned."""
+    from hydra.core.utils import env_override
+
     from panfpn.engine.training.start_checks import check_job_start, check_training_config
 
     saved = HydraConfig.instance().cfg
     try:
         task = _job_config(master, overrides, num)
+        env = {str(k): str(v) for k, v in (OmegaConf.select(task, "hydra.job.env_set") or {}).items()}
         with read_write(task), open_dict(task):
             del task["hydra"]  # as the job gets it; HydraConfig holds its own copy
-        check_job_start(task)
-        check_training_config(task, list(overrides))
+        with env_override(env):
+            check_job_start(task)
+            check_training_config(task, list(overrides))
     except Exception as err:  # noqa: BLE001 - whatever stops the job at its start is reported, one line each
-        return _one_line(err)
+        if here or not _from_this_machine(err):
+            return _one_line(err)
+        logger.info("sweep check: job %d not judged on this machine (its jobs run elsewhere): %s", num, _one_line(err))
     finally:
         HydraConfig.instance().cfg = saved
     return None
@@ -136,8 +175,9 @@ def _bad_candidates(config: DictConfig, candidates: list[tuple[str, list[str]]])
     """``(index, error)`` of each failing candidate; under Optuna, a value failing as the fixed
     overrides alone do is not listed again."""
     bad: list[tuple[int, str]] = []
+    here = str(OmegaConf.select(config, "hydra.launcher._target_", default="")) in LOCAL_LAUNCHERS
     for num, (_, overrides) in enumerate(candidates):
-        error = check_job(config, overrides, num)
+        error = check_job(config, overrides, num, here)
         if error is not None and not (bad and candidates[bad[0][0]][0] == FIXED and bad[0][1] == error):
             bad.append((num, error))
     return bad

@@ -60,3 +60,109 @@ def test_class_nms_tie_order_in_onnxruntime(tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"b": boxes.numpy(), "s": scores.numpy(), "l": labels.numpy()})[0]
     assert got.tolist() == batched_nms(boxes, scores, labels, 0.5).tolist()
+
+
+RULES = {
+    "detectron2": dataclasses.replace(MergeThresholds.detectron2(), score_thresh=0.3, stuff_area=3),
+    "textbook": dataclasses.replace(MergeThresholds.textbook(), score_thresh=0.3, stuff_area=3),
+}
+K = 10  # the padded slots (detections_per_image)
+
+
+class Merged(torch.nn.Module):
+    """:meth:`PanopticPipeline.merged` alone (padding, in-box paste and merge, output arrays) on
+    given detections: a small graph to export."""
+
+    merged = PanopticPipeline.merged
+
+    def __init__(self, k: int, rules: MergeThresholds) -> None:
+        super().__init__()
+        self.max_detections, self.merge = k, rules
+        self.model = types.SimpleNamespace(thing_sem_labels=[0])
+        self.register_buffer("thing_category_ids", torch.tensor([1, 2, 3]))
+        self.register_buffer("sem_category_ids", torch.tensor([-1, 10, 11, 12, 13]))
+
+    def forward(self, probs, boxes, scores, labels, sem, image):
+        return self.merged(probs, boxes, scores, labels, sem, image)
+
+
+def _degenerate_cases() -> list[tuple]:
+    """(name, mask probabilities, clipped XYXY boxes, descending scores, labels, semantic labels)."""
+    g = torch.Generator().manual_seed(0)
+
+    def case(name, h, w, boxes, scores=None, probs=None):
+        d = len(boxes)
+        probs = torch.rand((d, 6, 6), generator=g) if probs is None else probs
+        scores = torch.linspace(0.9, 0.35, d) if scores is None else scores
+        boxes = torch.tensor(boxes, dtype=torch.float).reshape(d, 4)
+        boxes = torch.minimum(boxes.clamp(min=0), torch.tensor([w, h, w, h], dtype=torch.float))  # as clip_boxes
+        return (name, probs, boxes, scores, torch.randint(0, 3, (d,), generator=g),
+                torch.randint(0, 5, (h, w), generator=g))
+
+    cases = []
+    for h, w in ((1, 1), (2, 3), (1, 40), (40, 1)):
+        # the whole image twice, past the borders, outside (clipped to a border: no width), at the
+        # origin with no size, one pixel, no width on a pixel centre (reaches one column), no height
+        boxes = [[0, 0, w, h], [0, 0, w, h], [-5, -5, w + 5, h + 5], [w + 3, 0, w + 9, h], [0, 0, 0, 0],
+                 [0, 0, 1, 1], [w / 2, 0, w / 2, h], [0, h / 2, w, h / 2]]
+        cases.append(case(f"{h}x{w}", h, w, boxes))
+    box = [[3, 4, 20, 15]]
+    same = torch.rand((1, 6, 6), generator=g).expand(6, -1, -1)
+    cases.append(case("identical", 20, 30, box * 6, scores=torch.full((6,), 0.7), probs=same))
+    cases.append(case("below_threshold", 20, 30, box * 4, scores=torch.full((4,), 0.29)))
+    cases.append(case("empty_and_half", 20, 30, box * 3, probs=torch.tensor([0.49, 0.5, 0.51])[:, None, None].expand(3, 6, 6)))
+    cases.append(case("none", 20, 30, []))
+    cases.append(case("all_slots", 20, 30, [[i, i, 2 * i + 3, 2 * i + 2] for i in range(K)]))
+    return cases
+
+
+def _eager_merge(probs, boxes, scores, labels, sem, rules):
+    """The eager model's paste and merge (postprocess.panoptic_results' steps)."""
+    masks = paste_masks_binary(probs, boxes, tuple(sem.shape))
+    return merge_panoptic(masks, scores, labels, sem, thing_sem_labels=[0], **dataclasses.asdict(rules))
+
+
+def _assert_equals_eager(outputs, probs, boxes, scores, labels, sem, rules, name):
+    out = dict(zip(OUTPUT_NAMES, (np.asarray(o) for o in outputs)))
+    want_map, want = _eager_merge(probs, boxes, scores, labels, sem, rules)
+    assert np.array_equal(out["panoptic"], want_map.numpy()), name
+    n = int(out["num_segments"])
+    got = [(int(out["segments_id"][i]), bool(out["segments_isthing"][i]), int(out["segments_area"][i]))
+           for i in range(n)]
+    assert got == [(s["id"], s["isthing"], s["area"]) for s in want], name
+    thing_scores = [float(out["segments_score"][i]) for i in range(n) if out["segments_isthing"][i]]
+    assert thing_scores == [float(np.float32(s["score"])) for s in want if s["isthing"]], name
+
+
+@pytest.mark.parametrize("rules", sorted(RULES))
+def test_merged_equals_the_eager_merge_on_degenerate_detections(rules):
+    # PanopticPipeline.merged run eagerly (what the ONNX graph traces) against the eager model's
+    # paste_masks_binary + merge_panoptic, bit for bit.
+    k1 = ("k1", *_degenerate_cases()[0][1:])  # one slot: the 1x1 image's first detection
+    for name, probs, boxes, scores, labels, sem in (*_degenerate_cases(), k1):
+        k = 1 if name == "k1" else K
+        probs, boxes, scores, labels = probs[:k], boxes[:k], scores[:k], labels[:k]
+        image = torch.zeros((*sem.shape, 3), dtype=torch.uint8)
+        with torch.no_grad():
+            outputs = Merged(k, RULES[rules])(probs, boxes, scores, labels, sem, image)
+        _assert_equals_eager(outputs, probs, boxes, scores, labels, sem, RULES[rules], name)
+
+
+def test_merged_in_onnxruntime_on_degenerate_detections(tmp_path):
+    # The same, exported: empty spans (Slice, Range and ScatterND of nothing), one-row and
+    # one-column images, no detection, every slot used.
+    ort = pytest.importorskip("onnxruntime")
+    rules = RULES["detectron2"]
+    _, *example = _degenerate_cases()[-1]
+    image = torch.zeros((*example[-1].shape, 3), dtype=torch.uint8)
+    names = ["i_probs", "i_boxes", "i_scores", "i_labels", "i_sem", "i_image"]
+    axes = {**{n: {0: "d"} for n in names[:4]}, "i_sem": {0: "h", 1: "w"}, "i_image": {0: "h", 1: "w"}}
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Merged(K, rules), (*example, image), str(tmp_path / "merged.onnx"), dynamo=False,
+                          opset_version=17, input_names=names, output_names=list(OUTPUT_NAMES), dynamic_axes=axes)
+    session = ort.InferenceSession(str(tmp_path / "merged.onnx"), providers=["CPUExecutionProvider"])
+    for name, *inputs in _degenerate_cases():
+        image = np.zeros((*inputs[-1].shape, 3), dtype=np.uint8)
+        outputs = session.run(None, {**{n: t.numpy() for n, t in zip(names, inputs)}, "i_image": image})
+        _assert_equals_eager(outputs, *inputs, rules, name)

@@ -110,7 +110,8 @@ def _degenerate_cases() -> list[tuple]:
     same = torch.rand((1, 6, 6), generator=g).expand(6, -1, -1)
     cases.append(case("identical", 20, 30, box * 6, scores=torch.full((6,), 0.7), probs=same))
     cases.append(case("below_threshold", 20, 30, box * 4, scores=torch.full((4,), 0.29)))
-    cases.append(case("empty_and_half", 20, 30, box * 3, probs=torch.tensor([0.49, 0.5, 0.51])[:, None, None].expand(3, 6, 6)))
+    levels = torch.tensor([0.49, 0.5, 0.51])[:, None, None].expand(3, 6, 6)  # empty mask, exactly 0.5, full
+    cases.append(case("empty_and_half", 20, 30, box * 3, probs=levels))
     cases.append(case("none", 20, 30, []))
     cases.append(case("all_slots", 20, 30, [[i, i, 2 * i + 3, 2 * i + 2] for i in range(K)]))
     return cases

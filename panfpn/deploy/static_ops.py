@@ -88,12 +88,21 @@ def multilevel_roi_align(maps: Sequence[Tensor], boxes: Tensor, pooler) -> Tenso
 
 
 def class_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thresh: float, num_classes: int) -> Tensor:
-    """Indices kept by NMS within each class (the eager ``batched_nms`` on many boxes: one NMS per
-    class, no coordinate offsets), by decreasing score."""
+    """Indices kept by NMS within each class (the eager ``batched_nms``: one NMS per class), by
+    decreasing score, ties in input order as the eager box head's (torchvision's stable NMS over
+    class-offset boxes, up to 1000 candidates on the CPU): exactly tied scores (1.0 when saturated)
+    would otherwise swap instances, their segment ids and which of them an overlap goes to."""
     kept = []
     for c in range(num_classes):
         index = torch.nonzero(labels == c).reshape(-1)
         kept.append(index[nms(boxes[index], scores[index], iou_thresh)])
-    kept_index = torch.cat(kept)
-    order = scores[kept_index].sort(descending=True).indices
-    return kept_index[order]
+    kept_index = torch.cat(kept).sort().values  # input order; then a stable sort by score
+    return kept_index[_stable_descending(scores[kept_index])]
+
+
+def _stable_descending(values: Tensor) -> Tensor:
+    """Indices sorting ``values`` in decreasing order, ties by index. Traced, a plain sort: ONNX's
+    TopK puts the lower index first (the exporter refuses ``stable=True``)."""
+    if torch.jit.is_tracing():
+        return values.sort(descending=True).indices
+    return values.sort(descending=True, stable=True).indices

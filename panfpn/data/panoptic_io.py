@@ -100,6 +100,7 @@ def _decode_id_png(data: bytes, path: str | os.PathLike, packed: bool) -> np.nda
         raise ValueError(f"{path}: a panoptic id PNG must be RGB (8 bits per channel; id = R + "
                          f"256 G + 256^2 B; RGBA and palette PNGs are read as RGB), got image mode "
                          f"{mode!r}{bits}")
+    _check_pixel_count(data, path)
     try:
         if mode == "RGB" and wuffs_png.available() and wuffs_png.is_plain_rgb(data):
             return wuffs_png.decode_plain_packed(data) if packed else wuffs_png.decode_plain_rgb(data)
@@ -112,6 +113,18 @@ def _decode_id_png(data: bytes, path: str | os.PathLike, packed: bool) -> np.nda
     except Exception as e:  # noqa: BLE001 - libspng and Pillow raise many types on bad files
         raise ImageReadError.for_file(path, f"cannot read as a PNG ({type(e).__name__}: {e})") from None
     return pack_rgb(rgb) if packed else rgb
+
+
+def _check_pixel_count(data: bytes, path: str | os.PathLike) -> None:
+    """Refuse what Pillow (and so panopticapi) refuses as a decompression bomb: more than twice
+    ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (None: no limit), whichever decoder reads the file; a
+    PNG of a few kB can declare gigabytes of pixels."""
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if limit is not None and width * height > 2 * limit:
+        raise ImageReadError.for_file(
+            path, f"{width}x{height} = {width * height} pixels, more than Pillow reads (2 x "
+                  f"PIL.Image.MAX_IMAGE_PIXELS = {2 * limit}: a decompression bomb?)")
 
 
 def pack_rgb(rgb: np.ndarray) -> np.ndarray:

@@ -74,7 +74,8 @@ def decode_id_png_rgb(data: bytes, path: str | os.PathLike = "<bytes>") -> np.nd
     its colour) are read; greyscale and 16-bit PNGs cannot hold ids and are refused before
     decoding. Wuffs (pywuffs, ~2.3x faster than libspng) decodes plain 8-bit RGB PNGs when installed
     (:mod:`panfpn.data.wuffs_png`), pyspng (libspng, about 1.8x faster than Pillow) the rest when
-    installed, else Pillow; all give the same colours.
+    installed, else Pillow; all give the same colours (a file Wuffs refuses goes to the other
+    decoder). More pixels than Pillow reads (2 x ``PIL.Image.MAX_IMAGE_PIXELS``) are refused.
 
     Raises:
         ImageReadError: not a PNG, truncated or corrupt (names the file).
@@ -101,9 +102,13 @@ def _decode_id_png(data: bytes, path: str | os.PathLike, packed: bool) -> np.nda
                          f"256 G + 256^2 B; RGBA and palette PNGs are read as RGB), got image mode "
                          f"{mode!r}{bits}")
     _check_pixel_count(data, path)
-    try:
-        if mode == "RGB" and wuffs_png.available() and wuffs_png.is_plain_rgb(data):
+    wuffs_error = None
+    if mode == "RGB" and wuffs_png.available() and wuffs_png.is_plain_rgb(data):
+        try:
             return wuffs_png.decode_plain_packed(data) if packed else wuffs_png.decode_plain_rgb(data)
+        except ValueError as e:  # Wuffs refuses some image data libspng and Pillow read (bytes
+            wuffs_error = e  # after the last row, no Adler-32 trailer): theirs is the answer
+    try:
         if _pyspng is not None:
             rgb = _pyspng.load(data, "RGB")
         else:
@@ -111,7 +116,8 @@ def _decode_id_png(data: bytes, path: str | os.PathLike, packed: bool) -> np.nda
                 rgb = (np.asarray(img) if img.mode == "RGB"
                        else np.ascontiguousarray(np.asarray(img.convert("RGBA"))[..., :3]))
     except Exception as e:  # noqa: BLE001 - libspng and Pillow raise many types on bad files
-        raise ImageReadError.for_file(path, f"cannot read as a PNG ({type(e).__name__}: {e})") from None
+        err = wuffs_error or e  # (Wuffs names the problem: "truncated input", ...)
+        raise ImageReadError.for_file(path, f"cannot read as a PNG ({type(err).__name__}: {err})") from None
     return pack_rgb(rgb) if packed else rgb
 
 

@@ -74,7 +74,8 @@ def decode_id_png_rgb(data: bytes, path: str | os.PathLike = "<bytes>") -> np.nd
     its colour) are read; greyscale and 16-bit PNGs cannot hold ids and are refused before
     decoding. Wuffs (pywuffs, ~2.3x faster than libspng) decodes plain 8-bit RGB PNGs when installed
     (:mod:`panfpn.data.wuffs_png`), pyspng (libspng, about 1.8x faster than Pillow) the rest when
-    installed, else Pillow; all give the same colours.
+    installed, else Pillow; all give the same colours (a file Wuffs refuses goes to the other
+    decoder). More pixels than Pillow reads (2 x ``PIL.Image.MAX_IMAGE_PIXELS``) are refused.
 
     Raises:
         ImageReadError: not a PNG, truncated or corrupt (names the file).
@@ -100,9 +101,14 @@ def _decode_id_png(data: bytes, path: str | os.PathLike, packed: bool) -> np.nda
         raise ValueError(f"{path}: a panoptic id PNG must be RGB (8 bits per channel; id = R + "
                          f"256 G + 256^2 B; RGBA and palette PNGs are read as RGB), got image mode "
                          f"{mode!r}{bits}")
-    try:
-        if mode == "RGB" and wuffs_png.available() and wuffs_png.is_plain_rgb(data):
+    _check_pixel_count(data, path)
+    wuffs_error = None
+    if mode == "RGB" and wuffs_png.available() and wuffs_png.is_plain_rgb(data):
+        try:
             return wuffs_png.decode_plain_packed(data) if packed else wuffs_png.decode_plain_rgb(data)
+        except ValueError as e:  # Wuffs refuses some image data libspng and Pillow read (bytes
+            wuffs_error = e  # after the last row, no Adler-32 trailer): theirs is the answer
+    try:
         if _pyspng is not None:
             rgb = _pyspng.load(data, "RGB")
         else:
@@ -110,8 +116,21 @@ def _decode_id_png(data: bytes, path: str | os.PathLike, packed: bool) -> np.nda
                 rgb = (np.asarray(img) if img.mode == "RGB"
                        else np.ascontiguousarray(np.asarray(img.convert("RGBA"))[..., :3]))
     except Exception as e:  # noqa: BLE001 - libspng and Pillow raise many types on bad files
-        raise ImageReadError.for_file(path, f"cannot read as a PNG ({type(e).__name__}: {e})") from None
+        err = wuffs_error or e  # (Wuffs names the problem: "truncated input", ...)
+        raise ImageReadError.for_file(path, f"cannot read as a PNG ({type(err).__name__}: {err})") from None
     return pack_rgb(rgb) if packed else rgb
+
+
+def _check_pixel_count(data: bytes, path: str | os.PathLike) -> None:
+    """Refuse what Pillow (and so panopticapi) refuses as a decompression bomb: more than twice
+    ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (None: no limit), whichever decoder reads the file; a
+    PNG of a few kB can declare gigabytes of pixels."""
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if limit is not None and width * height > 2 * limit:
+        raise ImageReadError.for_file(
+            path, f"{width}x{height} = {width * height} pixels, more than Pillow reads (2 x "
+                  f"PIL.Image.MAX_IMAGE_PIXELS = {2 * limit}: a decompression bomb?)")
 
 
 def pack_rgb(rgb: np.ndarray) -> np.ndarray:

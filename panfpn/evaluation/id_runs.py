@@ -119,10 +119,30 @@ def _count(g_ids: np.ndarray, p_ids: np.ndarray, lengths: np.ndarray,
     cell *= n_p
     cell += p_dense
     offset = g_first * n_p + p_first
-    table = np.bincount(cell, weights=lengths, minlength=g_vals.shape[0] * n_p + offset)[offset:]
-    nz = np.flatnonzero(table)
+    if g_vals.shape[0] * n_p <= max(_DENSE_CELLS, 4 * cell.shape[0]):
+        table = np.bincount(cell, weights=lengths, minlength=g_vals.shape[0] * n_p + offset)[offset:]
+        nz = np.flatnonzero(table)
+        counts = table[nz].astype(np.int64)
+    else:  # thousands of ids on both sides: a table per pair of ids would take gigabytes
+        nz, counts = _sums_by_cell(cell, lengths)
+        nz -= offset
     gi, pi = np.divmod(nz, n_p)
-    return list(zip(g_vals[gi].tolist(), p_vals[pi].tolist(), table[nz].astype(np.int64).tolist()))
+    return list(zip(g_vals[gi].tolist(), p_vals[pi].tolist(), counts.tolist()))
+
+
+_DENSE_CELLS = 1 << 16  # count tables up to this many cells (512 kB), or 4 per run, are dense
+
+
+def _sums_by_cell(cell: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(ascending distinct cells, the summed lengths of each): the sparse form of the count table,
+    in the memory of the runs."""
+    order = np.argsort(cell, kind="stable")
+    cells = cell[order]
+    first = np.empty(cells.shape[0], bool)
+    first[0] = True
+    np.not_equal(cells[1:], cells[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    return cells[starts], np.add.reduceat(lengths[order], starts)
 
 
 def pair_counts(gt: Runs, pred: Runs, gt_known: np.ndarray | None = None,

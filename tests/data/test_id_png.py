@@ -5,6 +5,7 @@ the mode, in the dataset as in the PQ evaluator."""
 from __future__ import annotations
 
 import struct
+from contextlib import nullcontext
 import zlib
 from pathlib import Path
 
@@ -153,3 +154,48 @@ def test_id_to_rgb_follows_cocos_formula(dtype):
     for bad in (-1, 1 << 24):
         with pytest.raises(ValueError, match="2\\^24"):
             id_to_rgb(np.array([[bad]], dtype=np.int64))
+
+
+def test_pngs_pillow_refuses_as_decompression_bombs_are_refused_by_every_decoder(tmp_path, decoder,
+                                                                                monkeypatch):
+    """panopticapi reads id PNGs with Pillow, which refuses more than 2 x Image.MAX_IMAGE_PIXELS
+    pixels (178,956,970 by default: a few-kB PNG can declare them); Wuffs and pyspng decoded them
+    (gigabytes of pixels) and scored what panopticapi refuses. The limit is lowered here so that a
+    small file is over it; under it (where Pillow only warns) every decoder reads."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    over, under = tmp_path / "over.png", tmp_path / "under.png"
+    Image.new("RGB", (50, 41), (1, 2, 3)).save(over)  # 2050 pixels
+    Image.new("RGB", (50, 40), (1, 2, 3)).save(under)  # 2000
+    with pytest.raises(Image.DecompressionBombError), Image.open(over) as img:
+        img.load()
+    for read in (read_id_png, panoptic_io.read_id_png_packed):
+        with pytest.raises(ImageReadError, match=r"over\.png: 50x41 = 2050 pixels, more than") as err:
+            read(over)
+        assert "MAX_IMAGE_PIXELS" in str(err.value)
+        with pytest.warns(Image.DecompressionBombWarning) if decoder == "pillow" else nullcontext():
+            assert (read(under) & 0xFFFFFF == 1 + 2 * 256 + 3 * 65536).all()
+
+
+def _png_with_idat(width: int, height: int, idat: bytes) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_image_data_pillow_reads_but_wuffs_refuses_is_read_with_every_decoder(tmp_path, decoder):
+    """Wuffs refuses a zlib stream holding bytes after the last row ('too much data') or one
+    without its Adler-32 trailer, where Pillow (so panopticapi) and libspng read the rows: with
+    Wuffs installed such PNGs were refused, scored without it."""
+    rgb = np.random.default_rng(6).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    rows = b"".join(b"\x00" + rgb[y].tobytes() for y in range(5))
+    ids = rgb.astype(np.int64) @ np.array([1, 256, 65536])
+    for name, idat in {"extra_row": zlib.compress(rows + b"\x00" + rgb[0].tobytes()),
+                       "no_adler32": zlib.compress(rows)[:-4]}.items():
+        path = tmp_path / f"{name}.png"
+        path.write_bytes(_png_with_idat(6, 5, idat))
+        with Image.open(path) as img:
+            np.testing.assert_array_equal(np.asarray(img), rgb, err_msg=name)
+        np.testing.assert_array_equal(read_id_png(path), ids, err_msg=name)
+        np.testing.assert_array_equal(panoptic_io.read_id_png_packed(path) & 0xFFFFFF, ids, err_msg=name)

@@ -120,3 +120,31 @@ def test_more_hinted_ids_than_the_table_indexes():
     hints = (np.concatenate([[0], ids]), np.array([0, 3]))
     assert pair_counts_ids(gt, pred, *hints) == expected
     assert pair_counts_packed(_words(gt), _words(pred), *hints) == expected
+
+
+def test_many_segments_in_both_maps_are_counted_in_the_memory_of_their_runs():
+    """The count table had a float64 cell per (gt id, pred id) of the image, present together or
+    not: 40,000 one-pixel segments on each side made it 40,001^2 cells (12 GB: a MemoryError
+    where panopticapi counts them), and hint lists just under the lookup table's 2^15 ids made
+    it 30,001^2 cells (7 GB)."""
+    import tracemalloc
+
+    ids = np.random.default_rng(4).choice(np.arange(1, 1 << 24), 40_000, replace=False)
+    gt = ids.reshape(200, 200)
+    pred = np.roll(gt, 1, axis=1)
+    gt_hinted = np.where(np.arange(40_000).reshape(200, 200) < 30_000, gt, 0)
+    pred_hinted = np.roll(gt_hinted, 1, axis=0)
+    cases = [(gt, pred, None, None),
+             (gt_hinted, pred_hinted, np.unique(gt_hinted), np.unique(pred_hinted))]
+    for g, p, g_known, p_known in cases:
+        expected = _expected_counts(g, p)
+        tracemalloc.start()
+        try:
+            got = [pair_counts_ids(g, p, g_known, p_known),
+                   pair_counts_packed(_words(g), _words(p), g_known, p_known),
+                   pair_counts(runs_of_ids(g.reshape(-1)), runs_of_ids(p.reshape(-1)), g_known, p_known)]
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert all(counts == expected for counts in got)
+        assert peak < 64 << 20, f"{peak / 2**20:.0f} MB to count {len(expected)} pairs"

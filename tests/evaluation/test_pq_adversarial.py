@@ -241,3 +241,35 @@ def test_same_numbers_as_panopticapi_on_other_png_encodings(tmp_path):
     for cat, entry in theirs["per_class"].items():
         for m in ("pq", "sq", "rq"):
             assert ours["per_class"][int(cat)][m] == pytest.approx(entry[m], abs=1e-12), (cat, m)
+
+
+def test_forty_thousand_segments_on_both_sides(tmp_path):
+    """A 200x200 image with 40,000 one-pixel segments in the ground truth and the prediction (the
+    same map): counting them took 40,001^2 float64 cells (12 GB, a MemoryError) where panopticapi
+    scores them. Even k: person, odd k: grass; every fifth grass segment is predicted as a person
+    (a grass FN and a person FP), the others match with IoU 1: person 20000 TP and 4000 FP (PQ
+    20000 / 22000), grass 16000 TP and 4000 FN (PQ 16000 / 18000)."""
+    import tracemalloc
+
+    n = 40_000
+    ids = np.random.default_rng(5).choice(np.arange(1, 1 << 24), n, replace=False)
+    id_map = ids.reshape(200, 200)
+    k = np.arange(n)
+    gt_cat = np.where(k % 2 == 0, 1, 101)
+    pred_cat = np.where(k % 10 == 1, 1, gt_cat)
+    gt_segments = [{"id": int(i), "category_id": int(c), "iscrowd": 0, "area": 1, "bbox": [0, 0, 1, 1]}
+                   for i, c in zip(ids, gt_cat)]
+    pred_segments = [{"id": int(i), "category_id": int(c)} for i, c in zip(ids, pred_cat)]
+    gt_json = write_panoptic(tmp_path, "gt", [(IMAGE, id_map, gt_segments)], CATEGORIES)
+    pred_json = write_panoptic(tmp_path, "pred", [(IMAGE, id_map, pred_segments)])
+    tracemalloc.start()
+    try:
+        results = pq_compute(gt_json, pred_json, workers=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    person, grass = results["per_class"][1], results["per_class"][101]
+    assert (person["tp"], person["fp"], person["fn"], person["pq"]) == (20000, 4000, 0, 20000 / 22000)
+    assert (grass["tp"], grass["fp"], grass["fn"], grass["pq"]) == (16000, 0, 4000, 16000 / 18000)
+    assert results["All"]["pq"] == (20000 / 22000 + 16000 / 18000) / 2
+    assert peak < 256 << 20, f"{peak / 2**20:.0f} MB"

@@ -4,7 +4,6 @@ Python's exit use on a worker still running) ends the worker."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import time

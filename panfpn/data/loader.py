@@ -17,7 +17,9 @@ contiguous, unpadded shard.
 from __future__ import annotations
 
 import functools
+import os
 import signal
+import threading
 from typing import Iterator
 
 import torch
@@ -48,17 +50,32 @@ def _rank_world() -> tuple[int, int]:
 
 
 def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: the worker ignores SIGTERM and SIGINT.
+    """DataLoader ``worker_init_fn``: the worker ignores SIGINT, and SIGTERM unless its parent sent it.
 
     A stop signal sent to every process (Slurm's scancel and preemption, ``kill -- -PGID``,
     ``timeout``, Ctrl-C in a terminal) reaches the workers too. torch's worker handler dies on a
     SIGTERM its parent did not send, and the main process then fails with "DataLoader worker ...
     killed by signal" instead of saving a checkpoint at the next iteration. The main process
-    decides when to stop and ends its workers itself (a worker whose parent is gone exits on
-    torch's watchdog).
+    decides when to stop and ends its workers itself: with SIGTERM when one is still running
+    (torch's shutdown, Python's exit after Ctrl-C twice), which must end it, or the parent's exit
+    waits for it forever. A worker whose parent is gone exits on torch's watchdog or any SIGTERM.
     """
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # no sender to tell apart: torch's own handling
+        return
+    parent = os.getppid()
+    # Blocked here (threads started later inherit it), taken by the thread below with its sender.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a thread that does not block it ignores it
+    threading.Thread(target=_exit_on_parents_sigterm, args=(parent,), name="sigterm-from-parent",
+                     daemon=True).start()
+
+
+def _exit_on_parents_sigterm(parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent or os.getppid() != parent:
+            os._exit(0)  # as torch's handler does on its parent's SIGTERM
 
 
 def build_training_loader(dataset: Dataset, *, batch_size: int, seed: int, num_workers: int = 0,

@@ -11,6 +11,7 @@ from PIL import Image
 
 from panfpn.data import wuffs_png
 from panfpn.data.image_io import ImageReadError
+from panfpn.utils.png import png_chunks
 
 try:  # optional (the "fast" extra): about 1.8x faster than Pillow on id PNGs
     import pyspng as _pyspng
@@ -141,18 +142,14 @@ def _check_chunk_crcs(data: bytes, path: str | os.PathLike) -> None:
     other ids without a word, where Pillow (and so panopticapi) fails on the zlib checksum. ~3 us
     per COCO-size file; a file cut short is left to the decoder, which reports the truncation."""
     view = memoryview(data)
-    pos, size = 8, len(data)
-    while pos + 12 <= size:
-        end = pos + 8 + int.from_bytes(view[pos:pos + 4], "big")
-        if end + 4 > size:
+    for pos, kind, end in png_chunks(data):
+        if end + 4 > len(data):
             return
         if zlib.crc32(view[pos + 4:end]) != int.from_bytes(view[end:end + 4], "big"):
-            kind = bytes(view[pos + 4:pos + 8]).decode("latin-1")
-            raise ImageReadError.for_file(path, f"damaged PNG: the checksum of its {kind!r} chunk at byte {pos} "
-                                                "does not match its content")
-        if view[pos + 4:pos + 8] == b"IEND":
+            raise ImageReadError.for_file(path, f"damaged PNG: the checksum of its {kind.decode('latin-1')!r} "
+                                                f"chunk at byte {pos} does not match its content")
+        if kind == b"IEND":
             return
-        pos = end + 4
 
 
 def pack_rgb(rgb: np.ndarray) -> np.ndarray:

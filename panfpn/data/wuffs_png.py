@@ -11,10 +11,11 @@ Every other PNG, and every machine without pywuffs, takes the caller's other dec
 
 from __future__ import annotations
 
-import struct
 import threading
 
 import numpy as np
+
+from panfpn.utils.png import png_chunks
 
 try:  # optional: pip install "panfpn[fast]"
     from pywuffs import ImageDecoderType, PixelFormat
@@ -39,14 +40,11 @@ def is_plain_rgb(data: bytes) -> bool:
     exactly their IDAT samples."""
     if len(data) < 29 or data[24] != 8 or data[25] != _TRUECOLOUR or data[28] != _NOT_INTERLACED:
         return False
-    pos = 8
-    while pos + 8 <= len(data):
-        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+    for _, kind, _ in png_chunks(data):
         if kind in (b"IDAT", b"IEND"):
             return True
         if kind in (b"tRNS", b"acTL"):
             return False
-        pos += 12 + length
     return True  # cut short before any image data: Wuffs reports the truncation
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import Iterator
 
 import numpy as np
 
-__all__ = ["encode_png"]
+__all__ = ["encode_png", "png_chunks"]
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOUR_TYPE = {1: 0, 3: 2}  # channels -> PNG colour type: greyscale, truecolour
@@ -47,3 +48,14 @@ def encode_png(array: np.ndarray, level: int = 6) -> bytes:
     header = struct.pack(">IIBBBBB", w, h, 16 if grey16 else 8, _COLOUR_TYPE[channels], 0, 0, 0)
     return (_SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(filtered.tobytes(), level))
             + _chunk(b"IEND", b""))
+
+
+def png_chunks(data: bytes) -> Iterator[tuple[int, bytes, int]]:
+    """``(offset, type, end)`` of each chunk of a PNG file's bytes after the signature, in file
+    order: where the chunk starts (its length field), its 4-byte type, and where its data ends
+    (its CRC follows; past the end of a file cut short). Stops where no chunk header is left."""
+    pos = len(_SIGNATURE)
+    while pos + 8 <= len(data):
+        end = pos + 8 + int.from_bytes(data[pos:pos + 4], "big")
+        yield pos, bytes(data[pos + 4:pos + 8]), end
+        pos = end + 4

@@ -25,11 +25,17 @@ def runs_of_ids(flat_ids: np.ndarray) -> Runs:
     n = int(flat_ids.shape[0])
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), 0
-    change = np.flatnonzero(flat_ids[1:] != flat_ids[:-1])
-    starts = np.empty(change.shape[0] + 1, np.int64)
-    starts[0] = 0
-    np.add(change, 1, out=starts[1:])
+    starts = np.flatnonzero(_run_heads(flat_ids))
     return starts, flat_ids[starts].astype(np.int64), n
+
+
+def _run_heads(values: np.ndarray) -> np.ndarray:
+    """bool ``[N]`` (N >= 1): True where a run of equal values starts (the first element, and each
+    one that differs from the one before)."""
+    heads = np.empty(values.shape[0], bool)
+    heads[0] = True
+    np.not_equal(values[1:], values[:-1], out=heads[1:])
+    return heads
 
 
 def runs_of_packed(words: np.ndarray) -> Runs:
@@ -48,10 +54,7 @@ def known_ids(segments: Sequence[Mapping]) -> np.ndarray | None:
     # Sorted and deduplicated by hand: np.unique imports numpy.ma on its first call (~10 ms in
     # every fresh PQ worker).
     ids.sort()
-    distinct = np.empty(ids.shape[0], bool)
-    distinct[0] = True
-    np.not_equal(ids[1:], ids[:-1], out=distinct[1:])
-    return ids[distinct]
+    return ids[_run_heads(ids)]
 
 
 _ID_BITS = (1 << 24) - 1  # a COCO-panoptic id fills the 24 bits of an RGB colour
@@ -138,10 +141,7 @@ def _sums_by_cell(cell: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np
     in the memory of the runs."""
     order = np.argsort(cell, kind="stable")
     cells = cell[order]
-    first = np.empty(cells.shape[0], bool)
-    first[0] = True
-    np.not_equal(cells[1:], cells[:-1], out=first[1:])
-    starts = np.flatnonzero(first)
+    starts = np.flatnonzero(_run_heads(cells))
     return cells[starts], np.add.reduceat(lengths[order], starts)
 
 
@@ -203,9 +203,7 @@ def _joint_counts(gt: np.ndarray, pred: np.ndarray, id_mask: int | None,
     n = g.shape[0]
     if n == 0:
         return []
-    changed = np.empty(n, bool)
-    changed[0] = True
-    np.not_equal(g[1:], g[:-1], out=changed[1:])
+    changed = _run_heads(g)
     np.logical_or(changed[1:], np.not_equal(p[1:], p[:-1]), out=changed[1:])
     starts = np.flatnonzero(changed)
     g_ids, p_ids = g.take(starts), p.take(starts)

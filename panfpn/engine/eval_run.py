@@ -38,11 +38,19 @@ def per_class_table(metrics: dict, metadata) -> str:
             + f"{'TP':>6s}{'FP':>6s}{'FN':>6s}"]
     for cat_id, r in sorted(metrics["panoptic"]["per_class"].items(), key=lambda kv: int(kv[0])):
         name = metadata.category(int(cat_id)).name
-        aps = [ap[task].get(int(cat_id), -2.0) for task, _ in tasks]
         rows.append(f"{name[:23]:24s}{100 * r['pq']:8.2f}{100 * r['sq']:8.2f}{100 * r['rq']:8.2f}"
-                    + "".join(f"{'-' if v == -2.0 else ap_text(-1.0 if v is None else v):>9s}" for v in aps)
+                    + "".join(f"{_ap_text(ap[task], int(cat_id)):>9s}" for task, _ in tasks)
                     + f"{r['tp']:6d}{r['fp']:6d}{r['fn']:6d}")
     return "\n".join(rows)
+
+
+def _ap_text(per_category: dict, cat_id: int) -> str:
+    """A category's AP as printed: ``-`` for a category without AP (stuff), ``n/a`` where COCO has
+    no ground truth to average over."""
+    if cat_id not in per_category:
+        return "-"
+    value = per_category[cat_id]
+    return "n/a" if value is None else ap_text(value)
 
 
 def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) -> dict:

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from panfpn.evaluation.id_runs import known_ids, pair_counts_packed  # noqa: E402
 from panfpn.data.panoptic_io import (decode_id_png_packed, decode_id_png_rgb, id_png_decoder,  # noqa: E402
                                     id_to_rgb)
-from panfpn.evaluation.pq import pq_compute, tune_worker_malloc  # noqa: E402
+from panfpn.evaluation.pq import pq_compute, task_bounds, tune_worker_malloc  # noqa: E402
 from panfpn.evaluation.pq_rules import PQStat, accumulate_image  # noqa: E402
 
 THING_IDS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21]
@@ -168,11 +168,14 @@ def decode_floor(paths: list[str], workers: int, decoder: str = "fastest") -> in
     Into 3-byte RGB, the decoders' fastest output, although pq_compute asks Wuffs for 4-byte
     packed words (~5 % slower to decode, repaid by the count): the floor stays the cheapest decode.
     """
-    n_chunks = min(len(paths), workers * 4)  # as pq_compute slices its pairs
-    # Same worker set-up as pq_compute's, for a like-for-like floor.
+    # Same worker set-up and tasks as pq_compute's (interleaved slices, shrinking runs of them),
+    # for a like-for-like floor.
+    n_slices = min(len(paths), 128)
+    bounds = task_bounds(n_slices, workers)
+    chunks = [([p for i in range(first, stop) for p in paths[i::n_slices]], decoder)
+              for first, stop in zip(bounds, bounds[1:])]
     with multiprocessing.get_context("fork").Pool(workers, initializer=tune_worker_malloc) as pool:
-        chunks = [(paths[i::n_chunks], decoder) for i in range(n_chunks)]
-        return sum(pool.starmap(_decode_files, chunks))
+        return sum(pool.starmap(_decode_files, chunks, chunksize=1))
 
 
 def stage_breakdown(folder: Path, gt_json: Path, pred_json: Path, n: int = 100) -> dict:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from panfpn.evaluation.pq import main as pq_main
-from panfpn.evaluation.pq import pq_compute
+from panfpn.evaluation.pq import pq_compute, task_bounds
 from pq_case_gen import THINGS, assert_same, write_cases
 from process_helpers import run as run_in_group
 
@@ -96,6 +96,20 @@ def test_workers_and_cache_give_identical_results(tmp_path):
     fresh = pq_compute(gt_json, pred_json, workers=1)
     assert fresh != single
     assert pq_compute(gt_json, pred_json, workers=1, cache_dir=cache) == fresh
+
+
+@pytest.mark.parametrize("n_slices, workers", [(1, 1), (3, 2), (50, 2), (128, 2), (128, 16), (7, 64)])
+def test_pool_tasks_cover_every_slice_once_and_shrink_to_one(n_slices, workers):
+    """The pool's tasks are runs of consecutive slices that cover each slice once, in order, and
+    shrink so that the last task of each worker is one slice (the workers end within about one
+    slice of each other instead of one equal task: ~45 ms apart on Cityscapes-size images)."""
+    bounds = task_bounds(n_slices, workers)
+    sizes = [stop - first for first, stop in zip(bounds, bounds[1:])]
+    assert bounds[0] == 0 and bounds[-1] == n_slices and min(sizes) >= 1
+    assert sizes == sorted(sizes, reverse=True)
+    assert sizes[-min(workers, n_slices):] == [1] * min(workers, n_slices)
+    if n_slices >= 16 * workers:  # enough slices: far fewer tasks (messages) than slices
+        assert len(sizes) <= n_slices // 2
 
 
 def test_real_sample_ground_truth_against_itself(tmp_path):

@@ -9,6 +9,8 @@ rotating every round), in this process tree:
 * hotcoco's ``PanopticEval`` (Rust, multi-threaded);
 * the floor: reading and decoding the same PNGs with the fastest decoder, as pq_compute's pool
   (and with pyspng, the fastest when issue 23 set its goal, when that is not already the decoder);
+  and each decoder on as many threads of one process as there are workers, the floor as issue 23
+  defined it ("the fastest Python decoder on 2 threads");
 * panopticapi's ``pq_compute`` (after the rounds, ``--panopticapi-repeat`` times) when available:
   importable here, or through ``--panopticapi-python /path/to/python`` of a venv that has it
   (COCO's panopticapi is not on PyPI: ``pip install --no-deps /path/to/a/checkout/of/
@@ -23,6 +25,7 @@ Every figure is printed as min / median / max over the rounds, with per-round ra
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import importlib.util
 import io
@@ -178,6 +181,21 @@ def decode_floor(paths: list[str], workers: int, decoder: str = "fastest") -> in
         return sum(pool.starmap(_decode_files, chunks, chunksize=1))
 
 
+def _decode_on_threads(paths: list[str], threads: int, decoder: str) -> int:
+    n_chunks = min(len(paths), threads * 4)
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return sum(pool.map(lambda i: _decode_files(paths[i::n_chunks], decoder), range(n_chunks)))
+
+
+def decode_floor_threads(paths: list[str], workers: int, decoder: str = "fastest") -> int:
+    """The floor as issue 23 defined it: the PNGs read and decoded on ``workers`` threads of one
+    process (a forked one with pq_compute's worker heap settings: with glibc's defaults the
+    decoders' fresh buffers page-fault, 2x the CPU). pywuffs lets go of the GIL while it decodes
+    (two threads take the time of two processes on a quiet machine); libspng does not."""
+    with multiprocessing.get_context("fork").Pool(1, initializer=tune_worker_malloc) as pool:
+        return pool.apply(_decode_on_threads, (paths, workers, decoder))
+
+
 def stage_breakdown(folder: Path, gt_json: Path, pred_json: Path, n: int = 100) -> dict:
     """Per-image CPU milliseconds of each stage of pq_compute's cold path, on one core.
 
@@ -307,6 +325,7 @@ def bench_family(family: str, folder: Path, args: argparse.Namespace) -> None:
     }
     if id_png_decoder() != "pyspng" and importlib.util.find_spec("pyspng"):
         contenders["decode floor, pyspng"] = lambda: decode_floor(paths, workers, "pyspng")
+    contenders["decode floor, threads"] = lambda: decode_floor_threads(paths, workers)
     try:
         import hotcoco.panoptic  # noqa: F401
 
@@ -344,6 +363,8 @@ def bench_family(family: str, folder: Path, args: argparse.Namespace) -> None:
     if "decode floor, pyspng" in walls:
         print(f"  ours cold / pyspng floor:   {ratios('ours, cold', 'decode floor, pyspng')}   "
               "(the floor's decoder when issue 23 was filed)")
+    print(f"  ours cold / threads floor:  {ratios('ours, cold', 'decode floor, threads')}   (the floor "
+          f"as issue 23 defined it: the fastest decoder on {workers} threads)")
     if "hotcoco" in walls:
         print(f"  hotcoco / ours cold:        {ratios('hotcoco', 'ours, cold')}   (goal >= 1.00)")
     if args.panopticapi_repeat:

@@ -30,13 +30,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from panfpn.engine.training.dry_start import DryStart
+if TYPE_CHECKING:
+    from panfpn.engine.training.dry_start import DryStart
 
 logger = logging.getLogger("panfpn")
 BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -223,6 +224,8 @@ def refuse_bad_sweep(config: DictConfig) -> None:
         logger.info("sweep check: hydra.sweeper %s is not checked before its jobs start",
                     OmegaConf.select(config, "hydra.sweeper._target_", default=None))
         return
+    from panfpn.engine.training.dry_start import DryStart
+
     dry = DryStart()
     bad = _bad_candidates(config, candidates, dry)
     if bad:

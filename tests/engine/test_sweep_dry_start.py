@@ -69,7 +69,8 @@ def test_a_weights_file_that_is_not_a_torch_file_is_refused(capsys, tiny_args, t
     text.write_text("not weights\n")
     lines = _refused(capsys, *tiny_args, f"weights={text}", "seed=1,2")
     assert lines is not None and len(lines) == 2, lines
-    assert lines[0].startswith(f"job 0 [seed=1]: WeightsError: weights={text} cannot be read as a torch weights file: it is text"), lines
+    assert lines[0].startswith(f"job 0 [seed=1]: WeightsError: weights={text} cannot be read as a torch weights "
+                               "file: it is text"), lines
 
 
 def test_model_label_counts_that_differ_from_the_data_s_are_refused(capsys, tiny_args):
@@ -118,8 +119,9 @@ def test_missing_data_files_are_refused_naming_the_key(capsys, tiny_args, tmp_pa
         f"{root / 'annotations' / 'panoptic_train'} is a folder" in lines[0], lines
     # data=synthetic generates its images: a data.root there is refused (it was meant for another dataset)
     lines = _refused(capsys, *tiny_args, f"data.root=null,{root}")
-    assert lines is not None and len(lines) == 1 and lines[0].startswith(f"job 1 [data.root={root}]: config key "
-                                                                         f"'data.root' is '{root}' but data=synthetic"), lines
+    assert lines is not None and len(lines) == 1, lines
+    assert lines[0].startswith(f"job 1 [data.root={root}]: config key 'data.root' is '{root}' but data=synthetic"), \
+        lines
 
 
 def test_files_missing_here_are_not_judged_for_jobs_run_elsewhere(capsys, tiny_args, tmp_path, caplog):
@@ -145,9 +147,11 @@ def test_jobs_with_equal_parts_share_one_build(capsys, tiny_args, monkeypatch, c
 
     monkeypatch.setattr(dry_start, "build_model_cheaply", counting)
     with caplog.at_level(logging.INFO, logger="panfpn"):
-        assert _refused(capsys, *tiny_args, "solver.base_lr=0.01,0.02,0.03", "model.semantic_head.conv_channels=32,64") is None
+        grid = ["solver.base_lr=0.01,0.02,0.03", "model.semantic_head.conv_channels=32,64"]
+        assert _refused(capsys, *tiny_args, *grid) is None
     assert sorted(built) == [32, 64], built
-    assert "6 job configs valid, dry start built 1 data, 2 labels, 1 metadata, 2 model, 6 solver, 1 weights" in caplog.text
+    built_line = "6 job configs valid, dry start built 1 data, 2 labels, 1 metadata, 2 model, 6 solver, 1 weights"
+    assert built_line in caplog.text
 
 
 def test_a_failing_part_is_reported_for_every_job_that_has_it(capsys, tiny_args, monkeypatch):

@@ -180,3 +180,23 @@ def test_every_model_config_dry_starts_without_weights_or_memory(name, tmp_path,
     assert all(p.device.type == device for p in model.parameters())
     assert sum(p.numel() for p in model.parameters()) > 1e6
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+
+def test_jobs_whose_environment_differs_do_not_share_a_check(tmp_path, monkeypatch):
+    """data=coco_panoptic reads $COCO_ROOT when data.root is null: the variables hydra sets around a
+    job (hydra.job.env_set, e.g. from an experiment preset) are part of each part's key."""
+    good = tmp_path / "coco"
+    for split in ("train", "val"):
+        (good / "annotations" / f"panoptic_{split}2017").mkdir(parents=True)
+        (good / "annotations" / f"panoptic_{split}2017.json").write_text("{}")
+        (good / f"{split}2017").mkdir()
+    cfg = compose_config(["data=coco_panoptic", "data.num_workers=0"], output_dir=tmp_path / "run")
+    dry = DryStart()
+    monkeypatch.setenv("COCO_ROOT", str(good))  # as hydra's env_override sets it around the check
+    dry.check(cfg, {"COCO_ROOT": str(good)})
+    missing = tmp_path / "elsewhere"
+    monkeypatch.setenv("COCO_ROOT", str(missing))
+    with pytest.raises(FileNotFoundError, match=f"COCO panoptic annotations: {missing}"):
+        dry.check(cfg, {"COCO_ROOT": str(missing)})
+    assert dry.builds["data"] == 2 and dry.builds["model"] == 2

@@ -160,7 +160,7 @@ def check_job(master: DictConfig, overrides: Sequence[str], num: int, here: bool
             check_job_start(task)
             check_training_config(task, list(overrides))
             if dry is not None:
-                dry.check(task)
+                dry.check(task, env)
     except Exception as err:  # noqa: BLE001 - whatever stops the job at its start is reported, one line each
         if here or not _from_this_machine(err):
             return _one_line(err)

@@ -23,7 +23,7 @@ import logging
 import time
 from collections import Counter
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -164,9 +164,11 @@ class DryStart:
         self.builds: Counter[str] = Counter()
         self.cpu_models = 0
         self.seconds = 0.0  # spent in check(), imports of the first call included
+        self._env = "{}"
 
     def _once(self, part: str, key: str, build: Callable[[], Any]) -> Any:
         """``build()``'s value, computed once per ``(part, key)``; its error raised again each time."""
+        key = self._env + key
         if (part, key) not in self._done:
             self.builds[part] += 1
             try:
@@ -178,9 +180,12 @@ class DryStart:
             raise err
         return value
 
-    def check(self, cfg: DictConfig) -> None:
-        """Raise the first error the job with config ``cfg`` would stop with before its first step."""
+    def check(self, cfg: DictConfig, env: Mapping[str, str] | None = None) -> None:
+        """Raise the first error the job with config ``cfg`` would stop with before its first step;
+        ``env``: the variables hydra sets around the job (``hydra.job.env_set``, set meanwhile by the
+        caller), part of every part's key (a data root may come from ``$COCO_ROOT``)."""
         started = time.perf_counter()
+        self._env = json.dumps(dict(env or {}), sort_keys=True)
         try:
             self._check(cfg)
         finally:

@@ -32,14 +32,19 @@ def synthetic_dataset(split: str = "train", *, num_images: int, seed: int, heigh
     null: a data root given with the default ``data=synthetic`` meant another dataset, and was
     silently not read.
     """
-    if root not in (None, ""):
-        raise ConfigError(f"config key 'data.root' is {str(root)!r} but data=synthetic reads no data root (it "
-                          "generates its images into $PANFPN_CACHE): pick the dataset too, e.g. data=coco_panoptic, "
-                          "data=coco_panoptic_folder or an experiment=...")
+    check_synthetic_root(root)
     root = ensure_synthetic(split, num_images, seed, height, width, cache_dir=cache_dir)
     return PanopticDataset(root / "panoptic.json", root / "images", root / "panoptic",
                            metadata=synthetic_metadata(), transforms=transforms, is_train=is_train,
                            filter_empty=filter_empty, skip_bad_images=skip_bad_images)
+
+
+def check_synthetic_root(root: str | os.PathLike | None) -> None:
+    """ConfigError unless ``root`` is null: data=synthetic generates its images and reads no root."""
+    if root not in (None, ""):
+        raise ConfigError(f"config key 'data.root' is {str(root)!r} but data=synthetic reads no data root (it "
+                          "generates its images into $PANFPN_CACHE): pick the dataset too, e.g. data=coco_panoptic, "
+                          "data=coco_panoptic_folder or an experiment=...")
 
 
 def _resolve_root(root: str | os.PathLike | None, env_vars: tuple[str, ...], subdir: str,
@@ -69,12 +74,7 @@ def coco_panoptic_dataset(root: str | os.PathLike | None = None, split: str = "t
                           filter_empty: bool = False, skip_bad_images: bool = False) -> PanopticDataset:
     """COCO 2017 panoptic: ``root/annotations/panoptic_{split}2017.json``, its PNG folder
     ``root/annotations/panoptic_{split}2017/`` and images ``root/{split}2017/``."""
-    base = _resolve_root(root, ("COCO_ROOT",), "coco", "COCO panoptic")
-    ann = base / "annotations"
-    json_file = _require(ann / f"panoptic_{split}2017.json", "COCO panoptic annotations", base)
-    png_dir = _require(ann / f"panoptic_{split}2017", "COCO panoptic PNG folder (unzip "
-                       f"panoptic_{split}2017.zip there)", base)
-    image_dir = _require(base / f"{split}2017", "COCO images", base)
+    json_file, image_dir, png_dir = coco_panoptic_paths(root, split)
     return PanopticDataset(json_file, image_dir, png_dir, metadata=coco_panoptic_metadata(),
                            transforms=transforms, is_train=is_train, filter_empty=filter_empty,
                            skip_bad_images=skip_bad_images)
@@ -89,6 +89,29 @@ def cityscapes_panoptic_dataset(root: str | os.PathLike | None = None, split: st
 
     ``use_train_id`` selects the ``--use-train-id`` output (category ids = train ids).
     """
+    json_file, image_dir, png_dir = cityscapes_panoptic_paths(root, split, use_train_id)
+    return PanopticDataset(json_file, image_dir, png_dir,
+                           metadata=cityscapes_panoptic_metadata(use_train_id),
+                           transforms=transforms, is_train=is_train, filter_empty=filter_empty,
+                           skip_bad_images=skip_bad_images)
+
+
+def coco_panoptic_paths(root: str | os.PathLike | None = None, split: str = "train") -> tuple[Path, Path, Path]:
+    """``(json_file, image_dir, png_dir)`` of a COCO 2017 panoptic split, each checked to exist
+    (FileNotFoundError naming it and the data root); nothing is read."""
+    base = _resolve_root(root, ("COCO_ROOT",), "coco", "COCO panoptic")
+    ann = base / "annotations"
+    json_file = _require(ann / f"panoptic_{split}2017.json", "COCO panoptic annotations", base)
+    png_dir = _require(ann / f"panoptic_{split}2017", "COCO panoptic PNG folder (unzip "
+                       f"panoptic_{split}2017.zip there)", base)
+    image_dir = _require(base / f"{split}2017", "COCO images", base)
+    return json_file, image_dir, png_dir
+
+
+def cityscapes_panoptic_paths(root: str | os.PathLike | None = None, split: str = "train",
+                              use_train_id: bool = False) -> tuple[Path, Path, Path]:
+    """``(json_file, image_dir, png_dir)`` of a Cityscapes panoptic split, each checked to exist
+    (FileNotFoundError naming it, with a hint when the other ``use_train_id`` output is there)."""
     base = _resolve_root(root, ("CITYSCAPES_DATASET",), "cityscapes", "Cityscapes")
     name = f"cityscapes_panoptic_{split}" + ("_trainId" if use_train_id else "")
     json_file = base / "gtFine" / f"{name}.json"
@@ -102,8 +125,4 @@ def cityscapes_panoptic_dataset(root: str | os.PathLike | None = None, split: st
                                 f"root {base}, config key data.root){hint}")
     png_dir = _require(base / "gtFine" / name, "Cityscapes panoptic PNG folder", base)
     image_dir = _require(base / "leftImg8bit" / split, "Cityscapes images", base)
-    return PanopticDataset(json_file, image_dir, png_dir,
-                           metadata=cityscapes_panoptic_metadata(use_train_id),
-                           transforms=transforms, is_train=is_train, filter_empty=filter_empty,
-                           skip_bad_images=skip_bad_images)
-
+    return json_file, image_dir, png_dir

@@ -121,6 +121,17 @@ def folder_panoptic_dataset(root: str | os.PathLike | None = None, split: str = 
     ``metadata``: the train JSON's (the config passes ``data.metadata``); a split whose JSON
     lists other categories is refused. None: this JSON's own categories.
     """
+    json_path, images, png = folder_panoptic_paths(root, split, json_file=json_file, png_dir=png_dir,
+                                                   image_dir=image_dir)
+    return PanopticDataset(json_path, images, png, metadata=metadata, transforms=transforms,
+                           is_train=is_train, filter_empty=filter_empty, skip_bad_images=skip_bad_images)
+
+
+def folder_panoptic_paths(root: str | os.PathLike | None = None, split: str = "train", *,
+                          json_file: str | os.PathLike | None = None, png_dir: str | os.PathLike | None = None,
+                          image_dir: str | os.PathLike | None = None) -> tuple[Path, Path, Path]:
+    """``(json_file, image_dir, png_dir)`` of a split, unset ones found as the module docstring
+    says; each checked to exist (FileNotFoundError naming the config key), nothing read."""
     json_path = Path(json_file) if json_file not in (None, "") else Path(find_split_json(root, split))
     json_path = json_path.expanduser()
     if not json_path.is_file():
@@ -129,5 +140,4 @@ def folder_panoptic_dataset(root: str | os.PathLike | None = None, split: str = 
     png = _folder(png_dir, [json_path.with_suffix("")], f"data.{split}.png_dir")
     images = _folder(image_dir, [base / c.format(split=split) for c in IMAGE_CANDIDATES],
                      f"data.{split}.image_dir")
-    return PanopticDataset(json_path, images, png, metadata=metadata, transforms=transforms,
-                           is_train=is_train, filter_empty=filter_empty, skip_bad_images=skip_bad_images)
+    return json_path, images, png

@@ -151,8 +151,7 @@ def load_weights(model: nn.Module, source: str | os.PathLike | torchvision.model
 
 
 def _dispatch(model: nn.Module, source: Any) -> LoadReport:
-    if isinstance(source, torchvision.models.WeightsEnum) or (
-            isinstance(source, str) and _ENUM_NAME.match(source) and not os.path.exists(source)):
+    if isinstance(source, torchvision.models.WeightsEnum) or is_weights_name(source):
         return _load_torchvision_enum(model, source)
     path = check_weights_path(source)
     if path.suffix == ".pkl":
@@ -247,6 +246,12 @@ def _map_torchvision_body(model: nn.Module, state: dict[str, torch.Tensor]) -> d
 
 def _formats() -> str:
     return "weights= accepts " + "; ".join(ACCEPTED_FORMATS)
+
+
+def is_weights_name(source: Any) -> bool:
+    """Whether ``source`` is read as a torchvision weights name (``ResNet50_Weights.IMAGENET1K_V1``,
+    not an existing file of that name) rather than a file path."""
+    return isinstance(source, str) and bool(_ENUM_NAME.match(source)) and not os.path.exists(source)
 
 
 def check_weights_path(source: str | os.PathLike) -> Path:

@@ -47,10 +47,12 @@ def _refusal(capsys, *overrides: str) -> str | None:
     return None
 
 
-def test_a_variable_the_jobs_get_from_hydra_job_env_set_is_set_when_they_are_checked(capsys, monkeypatch):
+def test_a_variable_the_jobs_get_from_hydra_job_env_set_is_set_when_they_are_checked(capsys, monkeypatch, tmp_path):
     """hydra sets ``hydra.job.env_set`` around each job: a config reading it (``${oc.env:...}``) is valid."""
     monkeypatch.delenv(VAR, raising=False)
-    assert _refusal(capsys, "seed=1,2", f"+hydra.job.env_set.{VAR}=/models/a.pth", f"weights=${{oc.env:{VAR}}}") is None
+    weights = tmp_path / "a.pth"  # the weights file must exist too (the dry start looks for it)
+    weights.write_bytes(b"PK\x03\x04")
+    assert _refusal(capsys, "seed=1,2", f"+hydra.job.env_set.{VAR}={weights}", f"weights=${{oc.env:{VAR}}}") is None
     assert VAR not in __import__("os").environ  # restored after the check
     err = _refusal(capsys, "seed=1,2", f"weights=${{oc.env:{VAR}}}")  # without it each job stops at its start
     assert err is not None and f"Environment variable '{VAR}' not found" in err, err

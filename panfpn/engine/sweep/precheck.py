@@ -5,7 +5,9 @@ naming the job, its overrides and the key, instead of when that job's turn comes
 
 Each job is composed as hydra's launchers compose it (its override parser, the basic sweeper's
 expansion, the config loader's ``load_sweep_config``) and given the checks a single run makes at
-its start (:mod:`panfpn.engine.training.start_checks`); nothing builds a model or opens a dataset.
+its start (:mod:`panfpn.engine.training.start_checks`), then a dry start of it
+(:mod:`panfpn.engine.training.dry_start`: label metadata, the model on the meta device, ``weights``
+named or present, the solver, the data files present; each distinct config of a part once).
 
 - Basic sweeper: every job of the grid.
 - Optuna sweeper: the trials are sampled while the sweep runs, so each value it may take is
@@ -28,11 +30,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+if TYPE_CHECKING:
+    from panfpn.engine.training.dry_start import DryStart
 
 logger = logging.getLogger("panfpn")
 BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -134,11 +139,13 @@ def _from_this_machine(err: BaseException) -> bool:
     return False
 
 
-def check_job(master: DictConfig, overrides: Sequence[str], num: int, here: bool = True) -> str | None:
+def check_job(master: DictConfig, overrides: Sequence[str], num: int, here: bool = True,
+              dry: DryStart | None = None) -> str | None:
     """The error (one line) a job with ``overrides`` would stop with at its start; None when its
-    config passes every start check. The job's ``hydra.job.env_set`` is set while it is checked (as
-    hydra sets it around the job); with ``here`` False (the jobs run on other machines) an error
-    from this machine's files or environment is logged, not returned."""
+    config passes every start check (and ``dry``'s dry start of it, when given). The job's
+    ``hydra.job.env_set`` is set while it is checked (as hydra sets it around the job); with
+    ``here`` False (the jobs run on other machines) an error from this machine's files or
+    environment is logged, not returned."""
     from hydra.core.utils import env_override
 
     from panfpn.engine.training.start_checks import check_job_start, check_training_config
@@ -152,6 +159,8 @@ def check_job(master: DictConfig, overrides: Sequence[str], num: int, here: bool
         with env_override(env):
             check_job_start(task)
             check_training_config(task, list(overrides))
+            if dry is not None:
+                dry.check(task, env)
     except Exception as err:  # noqa: BLE001 - whatever stops the job at its start is reported, one line each
         if here or not _from_this_machine(err):
             return _one_line(err)
@@ -171,13 +180,14 @@ def sweep_candidates(config: DictConfig) -> list[tuple[str, list[str]]] | None:
     return None
 
 
-def _bad_candidates(config: DictConfig, candidates: list[tuple[str, list[str]]]) -> list[tuple[int, str]]:
+def _bad_candidates(config: DictConfig, candidates: list[tuple[str, list[str]]],
+                    dry: DryStart | None = None) -> list[tuple[int, str]]:
     """``(index, error)`` of each failing candidate; under Optuna, a value failing as the fixed
     overrides alone do is not listed again."""
     bad: list[tuple[int, str]] = []
     here = str(OmegaConf.select(config, "hydra.launcher._target_", default="")) in LOCAL_LAUNCHERS
     for num, (_, overrides) in enumerate(candidates):
-        error = check_job(config, overrides, num, here)
+        error = check_job(config, overrides, num, here, dry)
         if error is not None and not (bad and candidates[bad[0][0]][0] == FIXED and bad[0][1] == error):
             bad.append((num, error))
     return bad
@@ -214,12 +224,16 @@ def refuse_bad_sweep(config: DictConfig) -> None:
         logger.info("sweep check: hydra.sweeper %s is not checked before its jobs start",
                     OmegaConf.select(config, "hydra.sweeper._target_", default=None))
         return
-    bad = _bad_candidates(config, candidates)
+    from panfpn.engine.training.dry_start import DryStart
+
+    dry = DryStart()
+    bad = _bad_candidates(config, candidates, dry)
     if bad:
         print(f"sweep refused before any job started: {len(bad)} of {len(candidates)} job configs are invalid",
               *_shown(candidates, bad), sep="\n", file=sys.stderr)
         sys.exit(1)
-    logger.info("sweep check: %d job configs valid (%.2f s)", len(candidates), time.perf_counter() - started)
+    logger.info("sweep check: %d job configs valid, dry start built %s (%.2f s)", len(candidates), dry.summary(),
+                time.perf_counter() - started)
 
 
 class SweepCheck(Callback):

@@ -1,0 +1,223 @@
+"""A training job's start without the training: what tools/train.py builds before its first step
+(``train_run._train``), built cheaply, so a multirun (:mod:`panfpn.engine.sweep.precheck`) finds
+what would stop a job at its start before the first job runs.
+
+In the job's order: the label metadata (``build_metadata``); the model, on the meta device (no
+memory, no initialisation; a constructor that needs real tensors is built on the CPU), and its
+label counts against the metadata (``check_labels_fit``, as eval/predict/export check a trained
+checkpoint); ``weights``: a file must exist, be a file of a known suffix and (torch files) start
+like one, a torchvision weights name must name a member of its enum (nothing is downloaded or
+loaded); the solver on the built model (parameter groups, lr multipliers, schedule); the files the
+datasets open at their start (annotation JSON, PNG and image folders; checked to exist, not read).
+
+Not built: the resumed checkpoint (``resume=true``), the datasets' records (their JSON is not
+parsed), the loaders, anything on an accelerator. Parts whose config is equal in two jobs are
+built once (:class:`DryStart` keeps each result): a 12-job lr grid builds one model.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import time
+from collections import Counter
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from panfpn.utils.errors import ConfigError
+
+logger = logging.getLogger("panfpn")
+
+
+def _dataset_files() -> dict[str, Callable[..., Any]]:
+    """Dataset builder ``_target_`` -> the function that checks the files it opens at its start."""
+    from panfpn.data.build import check_synthetic_root, cityscapes_panoptic_paths, coco_panoptic_paths
+    from panfpn.data.folder import folder_panoptic_paths
+
+    return {"panfpn.data.build.coco_panoptic_dataset": coco_panoptic_paths,
+            "panfpn.data.build.cityscapes_panoptic_dataset": cityscapes_panoptic_paths,
+            "panfpn.data.folder.folder_panoptic_dataset": folder_panoptic_paths,
+            "panfpn.data.build.synthetic_dataset": check_synthetic_root}
+
+
+def config_key(cfg: DictConfig, *keys: str) -> str:
+    """The resolved values of ``keys`` as one string: equal strings, equal parts of two jobs."""
+    from panfpn.engine.job_setup import resolved
+
+    return json.dumps({key: resolved(cfg, key) for key in keys}, sort_keys=True, default=repr)
+
+
+def _instantiation_error(err: Exception, section: str = "model") -> Exception:
+    """hydra's InstantiationException as a ConfigError naming the config key and the constructor's
+    own error (chained, so its cause still tells a missing file); other errors as they are."""
+    from hydra.errors import InstantiationException
+
+    if not isinstance(err, InstantiationException) or err.__cause__ is None:
+        return err
+    text = str(err)
+    key = text.rpartition("full_key: ")[2].strip() if "full_key: " in text else section
+    cause = err.__cause__
+    out = ConfigError(f"config key '{key}': {type(cause).__name__}: {cause}")
+    out.__cause__ = cause
+    return out
+
+
+def build_model_cheaply(cfg: DictConfig) -> tuple[torch.nn.Module, str]:
+    """``(model, device)``: ``cfg.model`` built on the meta device, or on the CPU (as the job builds
+    it) when that fails: a constructor that computes with tensors (torchvision's RegNet), or a bad
+    value, whose error is then the one the job meets. No weights are loaded."""
+    from panfpn.modeling.build import instantiate_model
+
+    try:
+        with torch.device("meta"):
+            return instantiate_model(cfg), "meta"
+    except Exception as err:  # noqa: BLE001 - any failure is retried as the job builds it
+        logger.debug("sweep check: model not buildable on the meta device (%s); building it on the CPU", err)
+    try:
+        return instantiate_model(cfg), "cpu"
+    except Exception as err:  # noqa: BLE001 - reported with its config key
+        raise _instantiation_error(err) from err
+
+
+def check_weights_source(source: Any) -> None:
+    """What loading ``weights`` would refuse without reading it: a torchvision weights name that
+    names no enum member; a path that is missing, a folder, of an unknown suffix, or not a torch
+    file by its first bytes. Nothing is downloaded."""
+    import torchvision
+
+    from panfpn.modeling.weights import (
+        TORCH_SUFFIXES, WeightsError, check_weights_path, is_weights_name, torch_file_problem,
+    )
+
+    if source in (None, ""):
+        return
+    if is_weights_name(source):
+        try:
+            torchvision.models.get_weight(source)
+        except (KeyError, ValueError) as err:
+            raise ConfigError(f"config key 'weights': {source!r} is neither a file nor a torchvision weights "
+                              f"name ({type(err).__name__}: {err}); e.g. ResNet50_Weights.IMAGENET1K_V1") from err
+        return
+    path = check_weights_path(str(source))
+    problem = torch_file_problem(path) if path.suffix in TORCH_SUFFIXES else None
+    if problem is not None:
+        raise WeightsError(f"weights={path} cannot be read as a torch weights file: {problem}")
+
+
+def check_dataset_files(cfg: DictConfig) -> None:
+    """The files ``data.train`` (and ``data.val`` when the job evaluates) open at their start exist;
+    a builder not known here is not checked (logged)."""
+    from panfpn.engine.job_setup import resolved
+
+    known = _dataset_files()
+    splits = ["data.train"] + (["data.val"] if int(cfg.train.eval_period) >= 0 else [])
+    for split in splits:
+        node = resolved(cfg, split) or {}
+        check = known.get(str(node.get("_target_")))
+        if check is None:
+            logger.info("sweep check: %s._target_=%s: its files are not checked before the job starts",
+                        split, node.get("_target_"))
+            continue
+        wanted = inspect.signature(check).parameters
+        check(**{k: v for k, v in node.items() if k in wanted})
+
+
+def build_solver_cheaply(cfg: DictConfig, model: torch.nn.Module) -> None:
+    """The job's optimizer (parameter groups, lr multipliers), scheduler and grad scaler on ``model``
+    (meta tensors suffice: nothing steps), as ``train_run`` builds them, its lr log line muted."""
+    from panfpn.engine.train_run import _build_solver  # the job's own builder, not a copy of it
+
+    try:
+        with _quiet():
+            _build_solver(cfg, model, torch.device("cpu"))
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the optimizer's own words, with the section that gave them
+        wrapped = _instantiation_error(err, "solver")
+        if wrapped is err:
+            raise ConfigError(f"config section 'solver' (optimizer, parameter groups, schedule): "
+                              f"{type(err).__name__}: {err}") from err
+        raise wrapped from err
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """The panfpn logger at WARNING meanwhile (a line per job of what the job itself logs is noise)."""
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+class DryStart:
+    """Checks jobs' starts (:meth:`check`), each part once per distinct config of it: the results,
+    errors included, are kept, and ``builds`` counts what was built (``model``, ``solver`` ...)."""
+
+    def __init__(self) -> None:
+        self._done: dict[tuple[str, str], tuple[Any, BaseException | None]] = {}
+        self.builds: Counter[str] = Counter()
+        self.cpu_models = 0
+        self.seconds = 0.0  # spent in check(), imports of the first call included
+        self._env = "{}"
+
+    def _once(self, part: str, key: str, build: Callable[[], Any]) -> Any:
+        """``build()``'s value, computed once per ``(part, key)``; its error raised again each time."""
+        key = self._env + key
+        if (part, key) not in self._done:
+            self.builds[part] += 1
+            try:
+                self._done[part, key] = (build(), None)
+            except Exception as err:  # noqa: BLE001 - kept for the next job with this part
+                self._done[part, key] = (None, err)
+        value, err = self._done[part, key]
+        if err is not None:
+            raise err
+        return value
+
+    def check(self, cfg: DictConfig, env: Mapping[str, str] | None = None) -> None:
+        """Raise the first error the job with config ``cfg`` would stop with before its first step;
+        ``env``: the variables hydra sets around the job (``hydra.job.env_set``, set meanwhile by the
+        caller), part of every part's key (a data root may come from ``$COCO_ROOT``)."""
+        started = time.perf_counter()
+        self._env = json.dumps(dict(env or {}), sort_keys=True)
+        try:
+            self._check(cfg)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+    def _check(self, cfg: DictConfig) -> None:
+        from panfpn.engine.job_setup import build_metadata, resolved
+        from panfpn.modeling.build import check_labels_fit
+
+        labels = config_key(cfg, "data.metadata", "data.num_thing_classes", "data.num_sem_classes",
+                            "data.thing_sem_labels")
+        metadata = self._once("metadata", labels, lambda: build_metadata(cfg))
+        model_key = config_key(cfg, "model")
+        model = self._once("model", model_key, lambda: self._model(cfg))
+        self._once("labels", model_key + labels,
+                   lambda: check_labels_fit(resolved(cfg, "model"), metadata, "of data.metadata"))
+        self._once("weights", config_key(cfg, "weights"), lambda: check_weights_source(resolved(cfg, "weights")))
+        solver = config_key(cfg, "solver", "data.batch_size", "train.amp", "train.amp_dtype")
+        self._once("solver", model_key + solver, lambda: build_solver_cheaply(cfg, model))
+        self._once("data", config_key(cfg, "data.train", "data.val", "train.eval_period"),
+                   lambda: check_dataset_files(cfg))
+
+    def _model(self, cfg: DictConfig) -> torch.nn.Module:
+        model, device = build_model_cheaply(cfg)
+        if device != "meta":
+            self.cpu_models += 1
+            logger.info("sweep check: %s built on the CPU (its constructor needs real tensors)",
+                        OmegaConf.select(cfg, "model.backbone._target_", default=None) or "the model")
+        return model
+
+    def summary(self) -> str:
+        """What was built, for the log line: ``1 model (meta), 12 solvers ...``."""
+        parts = [f"{n} {part}" for part, n in sorted(self.builds.items())]
+        cpu = f" ({self.cpu_models} on the CPU)" if self.cpu_models else ""
+        return ", ".join(parts) + cpu + f" in {self.seconds:.2f} s"

@@ -35,7 +35,7 @@ from panfpn.engine.training.metrics_log import MetricsLog
 from panfpn.engine.model_spec import describe_model
 from panfpn.engine.training.resume import Resumed, resume_training, warn_fresh_start
 from panfpn.engine.training.run_lock import hold_run_dir
-from panfpn.engine.training.start_checks import check_training_config
+from panfpn.engine.training.start_checks import check_model_labels, check_training_config
 from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, move_batch, setup_logging
 from panfpn.modeling.build import build_model
 from panfpn.engine.training.solver import build_optimizer, clip_gradients, reported_lr, scaled_lr
@@ -214,6 +214,7 @@ def _train(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict:
     seed_everything(int(cfg.seed) + du.get_rank())
 
     metadata = build_metadata(cfg)
+    check_model_labels(cfg, metadata)
     model = build_model(cfg).to(device)
     optimizer, scheduler, scaler = _build_solver(cfg, model, device)
     resumed = Resumed()

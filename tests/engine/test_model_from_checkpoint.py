@@ -204,14 +204,30 @@ def test_export_under_the_default_config_exports_the_trained_model(trained, tmp_
 
 
 def test_fine_tuning_with_other_class_counts_needs_weights_partial(trained, tmp_path, caplog):
-    other = [*TRAIN, *TRAINED_MODEL, f"weights={trained}", "solver.max_iter=2", "train.checkpoint_period=2",
-             "model.roi_heads.box_head.num_classes=6", "model.roi_heads.mask_head.num_classes=6"]
+    # Weights of a model with 6 thing classes (as trained on another dataset) into the 4-class data's model.
+    six = [*TRAIN, *TRAINED_MODEL, "model.roi_heads.box_head.num_classes=6", "model.roi_heads.mask_head.num_classes=6"]
+    source = tmp_path / "six_classes.pth"
+    torch.save({"model": build_model(compose_config(six, output_dir=tmp_path / "six")).state_dict()}, source)
+    other = [*TRAIN, *TRAINED_MODEL, f"weights={source}", "solver.max_iter=2", "train.checkpoint_period=2"]
     with pytest.raises(WeightsError, match="weights_partial=true"):
         build_model(compose_config(other, output_dir=tmp_path / "strict"))
     with caplog.at_level(logging.INFO, logger="panfpn"):
         result = train_from_config(compose_config([*other, "weights_partial=true"], output_dir=tmp_path / "partial"))
     assert result["iteration"] == 2
-    assert "shape mismatch: roi_heads.box_head.cls_score.weight model [7, 128] vs file [5, 128]" in caplog.text
+    assert "shape mismatch: roi_heads.box_head.cls_score.weight model [5, 128] vs file [7, 128]" in caplog.text
     assert "partial load (weights_partial=true)" in caplog.text
     tuned = torch.load(tmp_path / "partial" / "model_final.pth", weights_only=True)
-    assert tuned["model"]["roi_heads.box_head.cls_score.weight"].shape[0] == 7
+    assert tuned["model"]["roi_heads.box_head.cls_score.weight"].shape[0] == 5
+
+
+def test_training_refuses_model_class_counts_other_than_the_data_s(tmp_path):
+    """A box head with fewer classes than the data's thing classes trained without a word (its
+    targets out of range of its classes), one with more failed at the first evaluation, after
+    the training; both are now refused at the start, naming the key."""
+    for n in (3, 5):
+        cfg = compose_config([*TRAIN, f"model.roi_heads.box_head.num_classes={n}", "solver.max_iter=1"],
+                             output_dir=tmp_path / str(n))
+        with pytest.raises(ConfigError, match=rf"model.roi_heads.box_head.num_classes is {n} but the label "
+                                              r"metadata of data.metadata \('synthetic'\) gives 4"):
+            train_from_config(cfg)
+        assert not list((tmp_path / str(n)).glob("*.pth"))

@@ -4,11 +4,11 @@ what would stop a job at its start before the first job runs.
 
 In the job's order: the label metadata (``build_metadata``); the model, on the meta device (no
 memory, no initialisation; a constructor that needs real tensors is built on the CPU), and its
-label counts against the metadata (``check_labels_fit``, as eval/predict/export check a trained
-checkpoint); ``weights``: a file must exist, be a file of a known suffix and (torch files) start
-like one, a torchvision weights name must name a member of its enum (nothing is downloaded or
-loaded); the solver on the built model (parameter groups, lr multipliers, schedule); the files the
-datasets open at their start (annotation JSON, PNG and image folders; checked to exist, not read).
+label counts against the metadata (``check_model_labels``, as the job checks them); ``weights``:
+a file must exist, be a file of a known suffix and (torch files) start like one, a torchvision
+weights name must name a member of its enum (nothing is downloaded or loaded); the solver on the
+built model (parameter groups, lr multipliers, schedule); the files the datasets open at their
+start (annotation JSON, PNG and image folders; checked to exist, not read).
 
 Not built: the resumed checkpoint (``resume=true``), the datasets' records (their JSON is not
 parsed), the loaders, anything on an accelerator. Parts whose config is equal in two jobs are
@@ -193,15 +193,14 @@ class DryStart:
 
     def _check(self, cfg: DictConfig) -> None:
         from panfpn.engine.job_setup import build_metadata, resolved
-        from panfpn.modeling.build import check_labels_fit
+        from panfpn.engine.training.start_checks import check_model_labels
 
         labels = config_key(cfg, "data.metadata", "data.num_thing_classes", "data.num_sem_classes",
                             "data.thing_sem_labels")
         metadata = self._once("metadata", labels, lambda: build_metadata(cfg))
         model_key = config_key(cfg, "model")
         model = self._once("model", model_key, lambda: self._model(cfg))
-        self._once("labels", model_key + labels,
-                   lambda: check_labels_fit(resolved(cfg, "model"), metadata, "of data.metadata"))
+        self._once("labels", model_key + labels, lambda: check_model_labels(cfg, metadata))
         self._once("weights", config_key(cfg, "weights"), lambda: check_weights_source(resolved(cfg, "weights")))
         solver = config_key(cfg, "solver", "data.batch_size", "train.amp", "train.amp_dtype")
         self._once("solver", model_key + solver, lambda: build_solver_cheaply(cfg, model))

@@ -30,3 +30,15 @@ def check_training_config(cfg: DictConfig, overrides: Sequence[str] | None = Non
     validate_config(cfg)
     refuse_unread_overrides("train", overrides, cfg=cfg)  # predict.* etc. typed to tools/train.py
     check_data_transforms(cfg)
+
+
+def check_model_labels(cfg: DictConfig, metadata) -> None:
+    """The model config's class counts and thing labels are the dataset's (``metadata``): the model
+    configs derive them from ``data.*``, so they differ only when set by hand, and then a model
+    with fewer classes than the data trained silently wrong and one with more failed at its final
+    evaluation. Fine-tuning from weights with other counts is ``weights_partial=true``, not this.
+    Raises ConfigError naming the key."""
+    from panfpn.engine.job_setup import resolved
+    from panfpn.modeling.build import check_labels_fit
+
+    check_labels_fit(resolved(cfg, "model") or {}, metadata, "of data.metadata")

@@ -13,13 +13,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from config_helpers import compose_config
 from panfpn.data.build import synthetic_dataset
 from panfpn.data.sampler import ResumableTrainingSampler
 from panfpn.engine.training.checkpoint import load_training_checkpoint
+from panfpn.evaluation.rank_images import first_over_ranks, lowest_over_ranks
+from panfpn.evaluation.worst_images import ImageScore, WorstImages
 from panfpn.modeling.build import build_model
 from process_helpers import run as run_in_group
 
@@ -65,6 +70,40 @@ def test_resumed_ranks_continue_the_stream_also_with_another_world_size():
     full = _take(ResumableTrainingSampler(5, seed=4), 30)
     assert _interleaved(5, 2, 12, seed=4, start=3) == full[6:30]
     assert _take(ResumableTrainingSampler(5, seed=4, start=6), 24) == full[6:30]
+
+
+# Per-image PQs of 7 images in dataset order, with ties across the two ranks' shards (4 + 3).
+PQS = [0.5, 0.2, 0.9, 0.2, 0.5, 0.2, 0.1]
+
+
+def _pictures_rank_main(rank, world, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        shard = range(0, 4) if rank == 0 else range(4, 7)  # contiguous, as ShardSampler gives them
+        worst = WorstImages({1: {"isthing": 1}}, k=3)
+        for i in shard:
+            worst.offer(ImageScore(i, PQS[i]), lambda i=i: np.full((2, 2, 3), i, np.uint8))
+        lowest = lowest_over_ranks(worst.worst(), 3)
+        first = first_over_ranks([f"overlay{i}" for i in shard][:5], 5)
+        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps({
+            "lowest": [[s.image_id, s.pq, int(s.overlay[0, 0, 0])] for s in lowest], "first": first}))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_pictures_picked_over_two_ranks_are_the_ones_of_one_process(tmp_path):
+    """The report's k lowest-PQ images (ties to the earlier image) and the first n overlays, picked
+    over 2 gloo ranks, equal what one process picks from all the images, overlays included."""
+    single = WorstImages({1: {"isthing": 1}}, k=3)
+    for i, pq in enumerate(PQS):
+        single.offer(ImageScore(i, pq), lambda i=i: np.full((2, 2, 3), i, np.uint8))
+    expected = [[s.image_id, s.pq, int(s.overlay[0, 0, 0])] for s in single.worst()]
+    assert [e[0] for e in expected] == [6, 1, 3]  # the 0.2 on rank 1 (image 5) loses the tie
+    mp.spawn(_pictures_rank_main, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["lowest"] == expected
+        assert got["first"] == [f"overlay{i}" for i in range(5)]
 
 
 def _env(**extra):
@@ -173,3 +212,42 @@ def test_a_bad_image_on_rank_1_ends_the_job_and_rank_0_reports_it(tmp_path):
     assert image.name in status["error"] and "(then rank 0: " in status["error"]
     assert f"rank 1 failed: BadImageError: image id {record.image_id}" in (run / "log.txt").read_text()
     assert not (run / "model_final.pth").exists()
+
+
+def _worst_section(page: str) -> str:
+    start = page.index('<div id="worst">')
+    return page[start:page.index("</div>", start)]
+
+
+@pytest.mark.slow
+def test_two_process_eval_of_5_images_writes_what_one_process_writes(runs, tmp_path):
+    """5 validation images on 2 ranks (3 + 2): the same panoptic JSON (images in dataset order), the
+    same PNG bytes, the same metrics, and the same pictures: the first 4 overlays and the report's
+    lowest-PQ images. Before, those two came from rank 0's 3 images only (3 overlays; the report
+    showed 3 of the 5 images)."""
+    root, _ = runs
+    args = [*DATA_ARGS, "eval.max_images=null", "model.merge.score_thresh=0.0", "model.merge.stuff_area=1",
+            "eval.save_predictions=true", "eval.save_overlays=4", f"weights={root / 'two' / 'model_final.pth'}"]
+    _launch("eval.py", [*args, f"hydra.run.dir={tmp_path / 'one'}"])
+    _launch("eval.py", [*args, f"hydra.run.dir={tmp_path / 'two'}"], nproc=2)
+    one, two = tmp_path / "one", tmp_path / "two"
+    pred_one = json.loads((one / "predictions" / "panoptic_pred.json").read_text())
+    assert [i["id"] for i in pred_one["images"]] == [1, 2, 3, 4, 5]
+    assert json.loads((two / "predictions" / "panoptic_pred.json").read_text()) == pred_one
+    pngs = sorted(p.name for p in (one / "predictions" / "panoptic_pred").iterdir())
+    assert len(pngs) == 5 and sorted(p.name for p in (two / "predictions" / "panoptic_pred").iterdir()) == pngs
+    for name in pngs:
+        assert (two / "predictions" / "panoptic_pred" / name).read_bytes() == \
+            (one / "predictions" / "panoptic_pred" / name).read_bytes()
+    res_one, res_two = (json.loads((d / "eval_results.json").read_text()) for d in (one, two))
+    assert res_two["num_images"] == 5
+    assert {k: res_two[k] for k in ("panoptic", "sem_seg", "segm", "bbox")} == \
+        {k: res_one[k] for k in ("panoptic", "sem_seg", "segm", "bbox")}
+    overlays = sorted(p.name for p in (one / "overlays").iterdir())
+    assert overlays == ["0000.png", "0001.png", "0002.png", "0003.png"]
+    assert sorted(p.name for p in (two / "overlays").iterdir()) == overlays
+    for name in overlays:
+        assert (two / "overlays" / name).read_bytes() == (one / "overlays" / name).read_bytes()
+    worst = _worst_section((one / "report.html").read_text(encoding="utf-8"))
+    assert worst.count("<figure") == 5
+    assert _worst_section((two / "report.html").read_text(encoding="utf-8")) == worst

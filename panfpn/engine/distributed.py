@@ -7,6 +7,7 @@ The rank/world-size checks, collectives and device resolution live in :mod:`panf
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 
 import torch
@@ -45,3 +46,22 @@ def shared_run_dir(run_dir: str | os.PathLike) -> str:
     """Rank 0's run dir on every rank: hydra stamps each process's dir with its own start time,
     so ranks started a second apart would otherwise write (and resume) in different folders."""
     return str(broadcast_object(str(run_dir)))
+
+
+def launch_rank() -> int:
+    """This process's rank as its launcher set it, before the process group exists: torchrun's
+    RANK, else srun's SLURM_PROCID, else 0."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def job_log_on_rank_0_only() -> None:
+    """On ranks > 0, stop writing hydra's job log (``<run dir>/<job name>.log``, a file handler of
+    the root logger): with a shared run dir every rank's hydra appends to the same file, so each
+    line logged before the run's own logging (the start checks' warnings) was written once per
+    rank. Those ranks keep their console."""
+    if launch_rank() == 0:
+        return
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import sys
 import time
@@ -22,6 +23,7 @@ import torch.multiprocessing as mp
 from config_helpers import compose_config
 from panfpn.data.build import synthetic_dataset
 from panfpn.data.sampler import ResumableTrainingSampler
+from panfpn.engine.distributed import job_log_on_rank_0_only
 from panfpn.engine.training.checkpoint import load_training_checkpoint
 from panfpn.evaluation.rank_images import first_over_ranks, lowest_over_ranks
 from panfpn.evaluation.worst_images import ImageScore, WorstImages
@@ -106,6 +108,24 @@ def test_pictures_picked_over_two_ranks_are_the_ones_of_one_process(tmp_path):
         assert got["first"] == [f"overlay{i}" for i in range(5)]
 
 
+@pytest.mark.parametrize("env,kept", [({"RANK": "1"}, False), ({"SLURM_PROCID": "2"}, False),
+                                      ({"RANK": "0", "SLURM_PROCID": "3"}, True), ({}, True)])
+def test_hydra_job_log_is_written_by_rank_0_alone(tmp_path, monkeypatch, env, kept):
+    for name in ("RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    root = logging.getLogger()
+    handler = logging.FileHandler(tmp_path / "train.log")
+    root.addHandler(handler)
+    try:
+        job_log_on_rank_0_only()
+        assert (handler in root.handlers) == kept
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
 def _env(**extra):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -185,6 +205,9 @@ def test_two_process_resume_continues_exactly_and_rank_0_alone_writes(runs):
     log = (root / "two" / "log.txt").read_text()
     assert log.count("iter 4/4") == 1 and log.count("saved checkpoint") == 2
     assert not list((root / "two").glob("rank*_error.json"))
+    # hydra's job log: before, rank 1's hydra appended each start-check warning a second time
+    job_log = (root / "two" / "train.log").read_text().splitlines()
+    assert job_log and len({line.split("]", 1)[1] for line in job_log}) == len(job_log), job_log
 
 
 @pytest.mark.slow
@@ -248,6 +271,8 @@ def test_two_process_eval_of_5_images_writes_what_one_process_writes(runs, tmp_p
     assert sorted(p.name for p in (two / "overlays").iterdir()) == overlays
     for name in overlays:
         assert (two / "overlays" / name).read_bytes() == (one / "overlays" / name).read_bytes()
+    eval_log = (two / "eval.log").read_text().splitlines()  # hydra's: rank 0 alone (2 lines before)
+    assert len(eval_log) == len((one / "eval.log").read_text().splitlines()) == 1
     worst = _worst_section((one / "report.html").read_text(encoding="utf-8"))
     assert worst.count("<figure") == 5
     assert _worst_section((two / "report.html").read_text(encoding="utf-8")) == worst

@@ -24,6 +24,7 @@ from config_helpers import compose_config
 from panfpn.data.build import synthetic_dataset
 from panfpn.data.sampler import ResumableTrainingSampler
 from panfpn.engine.distributed import job_log_on_rank_0_only
+from panfpn.engine.training import rank_errors
 from panfpn.engine.training.checkpoint import load_training_checkpoint
 from panfpn.evaluation.rank_images import first_over_ranks, lowest_over_ranks
 from panfpn.evaluation.worst_images import ImageScore, WorstImages
@@ -124,6 +125,33 @@ def test_hydra_job_log_is_written_by_rank_0_alone(tmp_path, monkeypatch, env, ke
     finally:
         root.removeHandler(handler)
         handler.close()
+
+
+def _as_rank(monkeypatch, rank):
+    monkeypatch.setattr(rank_errors.du, "is_multiprocess", lambda: True)
+    monkeypatch.setattr(rank_errors.du, "get_world_size", lambda: 2)
+    monkeypatch.setattr(rank_errors.du, "get_rank", lambda: rank)
+    monkeypatch.setattr(rank_errors.du, "is_main_process", lambda: rank == 0)
+
+
+def test_rank_0_names_another_ranks_error_only_for_a_failed_collective(tmp_path, monkeypatch):
+    """Rank 1 leaves its error; rank 0's 'Connection closed by peer' becomes OtherRankFailedError
+    naming it, but an error of rank 0's own (all ranks raise NonFiniteLossError together) keeps its
+    type, and a file of an earlier run is not read."""
+    _as_rank(monkeypatch, 1)
+    with pytest.raises(ValueError), rank_errors.told_to_rank_0(tmp_path):
+        raise ValueError("bad image 7")
+    _as_rank(monkeypatch, 0)
+    with pytest.raises(rank_errors.OtherRankFailedError) as told, rank_errors.told_to_rank_0(tmp_path):
+        raise RuntimeError("Connection closed by peer")
+    assert str(told.value) == "rank 1 failed: ValueError: bad image 7 (then rank 0: RuntimeError: Connection closed by peer)"
+    with pytest.raises(FloatingPointError), rank_errors.told_to_rank_0(tmp_path):
+        raise FloatingPointError("non-finite loss at iteration 3")
+    record = json.loads(rank_errors.error_file(tmp_path, 1).read_text())
+    record["time"] -= 3600  # written by an earlier run in this folder
+    rank_errors.error_file(tmp_path, 1).write_text(json.dumps(record))
+    with pytest.raises(RuntimeError, match="^Connection closed by peer$"), rank_errors.told_to_rank_0(tmp_path):
+        raise RuntimeError("Connection closed by peer")
 
 
 def _env(**extra):

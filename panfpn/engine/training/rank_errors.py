@@ -5,8 +5,8 @@ collective fail (gloo: ``Connection closed by peer``; NCCL: a timeout) and torch
 writes the run folder, so ``job_status.json`` and ``log.txt`` named that consequence and never the
 cause, which was only on the failed rank's stderr. Here a failing rank > 0 leaves its error in
 ``rank<r>_error.json`` before it exits (its connections are still open then, so rank 0 cannot fail
-before the file is there), and rank 0, failing in turn, raises :class:`OtherRankFailedError` naming
-it.
+before the file is there), and rank 0, failing in turn in a collective, raises
+:class:`OtherRankFailedError` naming it. An error of rank 0's own keeps its type.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+import torch.distributed as dist
 
 from panfpn.utils import dist as du
 from panfpn.utils.atomic import write_json_atomic
@@ -37,8 +39,9 @@ def error_file(run_dir: Path, rank: int) -> Path:
 
 @contextmanager
 def told_to_rank_0(run_dir: Path) -> Iterator[None]:
-    """Around a multi-process training: a rank > 0 leaves its exception in the run folder; rank 0
-    re-raises its own as :class:`OtherRankFailedError` when other ranks left theirs meanwhile."""
+    """Around a multi-process training: a rank > 0 leaves its exception in the run folder; rank 0,
+    failing in a collective, raises :class:`OtherRankFailedError` when other ranks left theirs
+    meanwhile (its own error otherwise)."""
     started = time.time()
     try:
         yield
@@ -48,12 +51,18 @@ def told_to_rank_0(run_dir: Path) -> Iterator[None]:
         if not du.is_main_process():
             _leave_error(run_dir, du.get_rank(), err)
             raise
-        others = _errors_since(run_dir, started)
-        if not others:
+        others = _errors_since(run_dir, started) if _collective_failure(err) else []
+        if not others:  # rank 0's own error (all ranks raise NonFiniteLossError together): as it is
             raise
         message = "; ".join(f"rank {rank} failed: {text}" for rank, text in others)
         logger.error("%s (then rank 0: %s: %s)", message, type(err).__name__, err)
         raise OtherRankFailedError(f"{message} (then rank 0: {type(err).__name__}: {err})") from err
+
+
+def _collective_failure(err: Exception) -> bool:
+    """Whether ``err`` is how a collective fails when a peer is gone (gloo: a plain RuntimeError
+    'Connection closed by peer'; torch's DistError family), rather than an error of rank 0's own."""
+    return type(err) is RuntimeError or isinstance(err, dist.DistError)
 
 
 def _leave_error(run_dir: Path, rank: int, err: Exception) -> None:

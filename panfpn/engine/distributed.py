@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -17,6 +18,8 @@ from panfpn.utils.dist import (all_gather_objects, all_reduce_max, all_reduce_me
                                all_reduce_sum, barrier, broadcast_object, get_rank, get_world_size, is_distributed,
                                is_main_process, resolve_device)
 from panfpn.utils.errors import ConfigError
+
+logger = logging.getLogger("panfpn")
 
 
 def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> torch.device:
@@ -44,8 +47,38 @@ def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> torch.d
 
 def shared_run_dir(run_dir: str | os.PathLike) -> str:
     """Rank 0's run dir on every rank: hydra stamps each process's dir with its own start time,
-    so ranks started a second apart would otherwise write (and resume) in different folders."""
-    return str(broadcast_object(str(run_dir)))
+    so ranks started a second apart would otherwise write (and resume) in different folders.
+    Such a rank's own folder, holding only what hydra wrote at start, is removed."""
+    shared = str(broadcast_object(str(run_dir)))
+    if shared != str(run_dir):
+        remove_hydra_only_folder(Path(run_dir))
+    return shared
+
+
+# What hydra writes into a run dir when a job starts: its config copies and the empty job log.
+HYDRA_START_FILES = frozenset({".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"})
+
+
+def remove_hydra_only_folder(folder: Path) -> bool:
+    """Remove ``folder`` when it holds nothing but hydra's start files (``.hydra/*.yaml`` and empty
+    ``*.log`` files); anything else there keeps it. Returns True when it was removed."""
+    if not folder.is_dir():
+        return False
+    files = [p for p in folder.rglob("*") if not p.is_dir()]
+    for path in files:
+        name = path.relative_to(folder).as_posix()
+        empty_log = "/" not in name and name.endswith(".log") and path.stat().st_size == 0
+        if name not in HYDRA_START_FILES and not empty_log:
+            return False
+    if any(p.is_dir() and p.relative_to(folder).as_posix() != ".hydra" for p in folder.rglob("*")):
+        return False
+    for path in files:
+        path.unlink()
+    if (folder / ".hydra").is_dir():
+        (folder / ".hydra").rmdir()
+    folder.rmdir()
+    logger.info("removed %s: this rank's hydra folder, unused (rank 0's run dir is shared)", folder)
+    return True
 
 
 def launch_rank() -> int:

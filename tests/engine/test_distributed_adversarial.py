@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 from config_helpers import compose_config
 from panfpn.data.build import synthetic_dataset
 from panfpn.data.sampler import ResumableTrainingSampler
-from panfpn.engine.distributed import job_log_on_rank_0_only
+from panfpn.engine.distributed import job_log_on_rank_0_only, remove_hydra_only_folder
 from panfpn.engine.training import rank_errors
 from panfpn.engine.training.checkpoint import load_training_checkpoint
 from panfpn.evaluation.rank_images import first_over_ranks, lowest_over_ranks
@@ -125,6 +125,23 @@ def test_hydra_job_log_is_written_by_rank_0_alone(tmp_path, monkeypatch, env, ke
     finally:
         root.removeHandler(handler)
         handler.close()
+
+
+def test_a_ranks_own_hydra_folder_is_removed_only_when_hydra_alone_wrote_there(tmp_path):
+    def folder(name, extra=None):
+        path = tmp_path / name
+        (path / ".hydra").mkdir(parents=True)
+        for yaml in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+            (path / ".hydra" / yaml).write_text("a: 1\n")
+        (path / "train.log").write_text("")
+        if extra:
+            (path / extra[0]).write_text(extra[1])
+        return path
+
+    assert remove_hydra_only_folder(folder("rank1")) and not (tmp_path / "rank1").exists()
+    for name, extra in [("logged", ("train.log", "a line\n")), ("data", ("model_final.pth", "x"))]:
+        assert not remove_hydra_only_folder(folder(name, extra)) and (tmp_path / name / ".hydra").is_dir()
+    assert not remove_hydra_only_folder(tmp_path / "missing")
 
 
 def _as_rank(monkeypatch, rank):
@@ -280,8 +297,11 @@ def test_two_process_eval_of_5_images_writes_what_one_process_writes(runs, tmp_p
     args = [*DATA_ARGS, "eval.max_images=null", "model.merge.score_thresh=0.0", "model.merge.stuff_area=1",
             "eval.save_predictions=true", "eval.save_overlays=4", f"weights={root / 'two' / 'model_final.pth'}"]
     _launch("eval.py", [*args, f"hydra.run.dir={tmp_path / 'one'}"])
-    _launch("eval.py", [*args, f"hydra.run.dir={tmp_path / 'two'}"], nproc=2)
-    one, two = tmp_path / "one", tmp_path / "two"
+    # Each rank's hydra gets its own folder, as when ranks start in different seconds
+    # (outputs/<date>/<time>): all is written in rank 0's, and rank 1's is removed.
+    _launch("eval.py", [*args, f"hydra.run.dir={tmp_path}/two_${{oc.env:LOCAL_RANK}}"], nproc=2)
+    one, two = tmp_path / "one", tmp_path / "two_0"
+    assert not (tmp_path / "two_1").exists()
     pred_one = json.loads((one / "predictions" / "panoptic_pred.json").read_text())
     assert [i["id"] for i in pred_one["images"]] == [1, 2, 3, 4, 5]
     assert json.loads((two / "predictions" / "panoptic_pred.json").read_text()) == pred_one

@@ -50,8 +50,9 @@ def shared_run_dir(run_dir: str | os.PathLike) -> str:
     so ranks started a second apart would otherwise write (and resume) in different folders.
     Such a rank's own folder, holding only what hydra wrote at start, is removed."""
     shared = str(broadcast_object(str(run_dir)))
-    if shared != str(run_dir):
-        remove_hydra_only_folder(Path(run_dir))
+    own = Path(run_dir)
+    if shared != str(run_dir) and Path(shared).is_dir() and own.is_dir() and not os.path.samefile(shared, own):
+        remove_hydra_only_folder(own)  # not rank 0's folder under another name (a mount, a link)
     return shared
 
 
@@ -72,11 +73,15 @@ def remove_hydra_only_folder(folder: Path) -> bool:
             return False
     if any(p.is_dir() and p.relative_to(folder).as_posix() != ".hydra" for p in folder.rglob("*")):
         return False
-    for path in files:
-        path.unlink()
-    if (folder / ".hydra").is_dir():
-        (folder / ".hydra").rmdir()
-    folder.rmdir()
+    try:
+        for path in files:
+            path.unlink()
+        if (folder / ".hydra").is_dir():
+            (folder / ".hydra").rmdir()
+        folder.rmdir()
+    except OSError as err:  # something appeared meanwhile: it stays
+        logger.warning("kept %s, this rank's hydra folder: %s", folder, err)
+        return False
     logger.info("removed %s: this rank's hydra folder, unused (rank 0's run dir is shared)", folder)
     return True
 

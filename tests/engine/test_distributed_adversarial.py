@@ -1,8 +1,11 @@
 """Multi-process training and evaluation against Detectron2's conventions, looking for silently wrong
 results: the sample stream of N ranks is the one of a single process with the same global batch
 (also when the dataset size does not divide by N), gradients are averaged (not summed) over ranks,
-resume continues the 2-process stream exactly, only rank 0 writes the run folder, evaluation of an
-odd image count equals one process, and a failure on rank 1 ends the job with rank 1's error."""
+resume continues the 2-process stream exactly, only rank 0 writes the run folder (hydra's job log
+included; another rank's own hydra folder is removed), evaluation of an odd image count writes what
+one process writes (JSON, PNGs, metrics, overlays, the report's lowest-PQ images), and a failure on
+rank 1 ends the job with rank 1's error in job_status.json. torchrun --nproc_per_node 2 with gloo
+on CPU, processes killed with their group (process_helpers)."""
 
 from __future__ import annotations
 

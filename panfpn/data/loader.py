@@ -85,7 +85,7 @@ def build_training_loader(dataset: Dataset, *, batch_size: int, seed: int, num_w
 
     ``batch_size`` is per process; ``start_iter`` iterations of this rank are skipped without
     loading them. With ``distributed=True`` rank and world size come from
-    ``torch.distributed`` and each rank reads a disjoint slice of every epoch.
+    ``torch.distributed`` and rank r takes samples r, r+W, ... of the single-process stream.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -21,7 +21,10 @@ EPOCH_SEED_STRIDE = 1_000_003
 SAMPLE_SEED_STRIDE = 1_000_000_007
 
 class ResumableTrainingSampler(Sampler):
-    """Yields ``(index, sample_seed)`` forever: a fresh permutation per epoch, sharded by rank.
+    """Yields ``(index, sample_seed)`` forever: rank ``r`` of ``W`` takes positions r, r+W, r+2W, ...
+    of one global stream, a fresh permutation per epoch laid end to end (Detectron2's
+    TrainingSampler), so W processes with batch b see exactly the samples of one process with
+    batch W*b, also when the dataset size does not divide by W (no padding within an epoch).
 
     ``start`` is the number of samples this rank has already consumed (iteration × per-rank batch),
     so a resumed run skips them without loading them.
@@ -36,27 +39,22 @@ class ResumableTrainingSampler(Sampler):
 
     def _epoch_order(self, epoch: int) -> list[int]:
         if not self.shuffle:
-            order = list(range(self.size))
-        else:
-            g = torch.Generator().manual_seed(self.seed * EPOCH_SEED_STRIDE + epoch)
-            order = torch.randperm(self.size, generator=g).tolist()
-        # Every rank gets the same number of samples per epoch: pad by wrapping around.
-        per_rank = -(-self.size // self.world_size)
-        order = (order * (per_rank * self.world_size // self.size + 1))[: per_rank * self.world_size]
-        return order[self.rank::self.world_size]
+            return list(range(self.size))
+        g = torch.Generator().manual_seed(self.seed * EPOCH_SEED_STRIDE + epoch)
+        return torch.randperm(self.size, generator=g).tolist()
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        per_rank = -(-self.size // self.world_size)
-        position = self.start
-        epoch, offset = divmod(position, per_rank)
+        position = self.start  # this rank's samples so far
+        epoch, order = -1, []
         while True:
-            order = self._epoch_order(epoch)
-            for idx in order[offset:]:
-                # Seed from the position in the global stream (rank-interleaved), so N processes
-                # with batch b augment exactly like one process with batch N*b.
-                yield idx, self.seed * SAMPLE_SEED_STRIDE + position * self.world_size + self.rank
-                position += 1
-            epoch, offset = epoch + 1, 0
+            global_position = position * self.world_size + self.rank
+            sample_epoch, offset = divmod(global_position, self.size)
+            if sample_epoch != epoch:
+                epoch, order = sample_epoch, self._epoch_order(sample_epoch)
+            # Seeded from the position in the global stream, so N processes with batch b augment
+            # exactly like one process with batch N*b.
+            yield order[offset], self.seed * SAMPLE_SEED_STRIDE + global_position
+            position += 1
 
 
 class SeededSampleDataset(Dataset):

@@ -7,7 +7,9 @@ The rank/world-size checks, collectives and device resolution live in :mod:`panf
 from __future__ import annotations
 
 import datetime
+import logging
 import os
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -16,6 +18,8 @@ from panfpn.utils.dist import (all_gather_objects, all_reduce_max, all_reduce_me
                                all_reduce_sum, barrier, broadcast_object, get_rank, get_world_size, is_distributed,
                                is_main_process, resolve_device)
 from panfpn.utils.errors import ConfigError
+
+logger = logging.getLogger("panfpn")
 
 
 def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> torch.device:
@@ -43,5 +47,59 @@ def init_distributed(device: str = "auto", timeout_minutes: int = 30) -> torch.d
 
 def shared_run_dir(run_dir: str | os.PathLike) -> str:
     """Rank 0's run dir on every rank: hydra stamps each process's dir with its own start time,
-    so ranks started a second apart would otherwise write (and resume) in different folders."""
-    return str(broadcast_object(str(run_dir)))
+    so ranks started a second apart would otherwise write (and resume) in different folders.
+    Such a rank's own folder, holding only what hydra wrote at start, is removed."""
+    shared = str(broadcast_object(str(run_dir)))
+    own = Path(run_dir)
+    if shared != str(run_dir) and Path(shared).is_dir() and own.is_dir() and not os.path.samefile(shared, own):
+        remove_hydra_only_folder(own)  # not rank 0's folder under another name (a mount, a link)
+    return shared
+
+
+# What hydra writes into a run dir when a job starts: its config copies and the empty job log.
+HYDRA_START_FILES = frozenset({".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"})
+
+
+def remove_hydra_only_folder(folder: Path) -> bool:
+    """Remove ``folder`` when it holds nothing but hydra's start files (``.hydra/*.yaml`` and empty
+    ``*.log`` files); anything else there keeps it. Returns True when it was removed."""
+    if not folder.is_dir():
+        return False
+    files = [p for p in folder.rglob("*") if not p.is_dir()]
+    for path in files:
+        name = path.relative_to(folder).as_posix()
+        empty_log = "/" not in name and name.endswith(".log") and path.stat().st_size == 0
+        if name not in HYDRA_START_FILES and not empty_log:
+            return False
+    if any(p.is_dir() and p.relative_to(folder).as_posix() != ".hydra" for p in folder.rglob("*")):
+        return False
+    try:
+        for path in files:
+            path.unlink()
+        if (folder / ".hydra").is_dir():
+            (folder / ".hydra").rmdir()
+        folder.rmdir()
+    except OSError as err:  # something appeared meanwhile: it stays
+        logger.warning("kept %s, this rank's hydra folder: %s", folder, err)
+        return False
+    logger.info("removed %s: this rank's hydra folder, unused (rank 0's run dir is shared)", folder)
+    return True
+
+
+def launch_rank() -> int:
+    """This process's rank as its launcher set it, before the process group exists: torchrun's
+    RANK, else srun's SLURM_PROCID, else 0."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def job_log_on_rank_0_only() -> None:
+    """On ranks > 0, stop writing hydra's job log (``<run dir>/<job name>.log``, a file handler of
+    the root logger): with a shared run dir every rank's hydra appends to the same file, so each
+    line logged before the run's own logging (the start checks' warnings) was written once per
+    rank. Those ranks keep their console."""
+    if launch_rank() == 0:
+        return
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()

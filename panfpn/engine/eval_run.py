@@ -60,6 +60,7 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
     The model, its labels and test transform come from the checkpoint's record when it has one
     (see :func:`panfpn.engine.inference_model.build_inference_model`; ``overrides`` as there).
     """
+    du.job_log_on_rank_0_only()  # hydra's eval.log: one writer
     validate_config(cfg)
     refuse_unread_overrides("eval", overrides, cfg)  # e.g. data.batch_size: eval reads eval.batch_size
     if not cfg.weights:

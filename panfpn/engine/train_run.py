@@ -33,6 +33,7 @@ from panfpn.engine.eval_loop import build_eval_loader, evaluate
 from panfpn.engine.progress import bar_enabled
 from panfpn.engine.training.metrics_log import MetricsLog
 from panfpn.engine.model_spec import describe_model
+from panfpn.engine.training.rank_errors import told_to_rank_0
 from panfpn.engine.training.resume import Resumed, resume_training, warn_fresh_start
 from panfpn.engine.training.run_lock import hold_run_dir
 from panfpn.engine.training.start_checks import check_model_labels, check_training_config
@@ -203,7 +204,7 @@ def train_from_config(cfg: DictConfig) -> dict:
     check_training_config(cfg)  # the checks a multirun also makes before its first job
     device = du.init_distributed(cfg.device)
     run_dir = Path(du.shared_run_dir(cfg.output_dir))
-    with hold_run_dir(run_dir):  # one live training per run folder, released on every exit
+    with hold_run_dir(run_dir), told_to_rank_0(run_dir):  # one live training per run folder
         return _train(cfg, device, run_dir)
 
 

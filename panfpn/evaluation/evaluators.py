@@ -19,10 +19,10 @@ from panfpn.data.metadata import DatasetMetadata
 from panfpn.evaluation.accumulator import PQAccumulator
 from panfpn.evaluation.coco_ap import COCOAPEvaluator
 from panfpn.evaluation.evaluator import EvalImage, Evaluator
+from panfpn.evaluation.rank_images import first_over_ranks
 from panfpn.evaluation.report_collector import ReportCollector
 from panfpn.evaluation.semantic import SemSegEvaluator
 from panfpn.utils.atomic import save_image_atomic
-from panfpn.utils.dist import is_main_process
 
 __all__ = ["COCOAP", "MasksOneByOne", "Overlays", "PanopticPNGWriter", "PanopticQuality",
            "ReportCollector", "SemanticPNGWriter", "SemanticSegmentation"]
@@ -150,8 +150,8 @@ class SemanticPNGWriter(Evaluator):
 
 
 class Overlays(Evaluator):
-    """``{"overlays": [uint8 HxWx3]}``: ground truth | prediction of the first ``n`` images of the
-    main process (TensorBoard in training); with ``out_dir``, :meth:`finish` saves them there as
+    """``{"overlays": [uint8 HxWx3]}``: ground truth | prediction of the first ``n`` images, over all
+    ranks (TensorBoard in training); with ``out_dir``, :meth:`finish` saves them there as
     ``0000.png``, ``0001.png``, ..."""
 
     def __init__(self, n: int, out_dir: str | Path | None = None) -> None:
@@ -163,10 +163,11 @@ class Overlays(Evaluator):
 
     def process(self, batch: Mapping[str, Any], outputs: Sequence[EvalImage]) -> None:
         for img in outputs:
-            if len(self.overlays) < self.n and is_main_process():
+            if len(self.overlays) < self.n:
                 self.overlays.append(img.overlay())
 
     def evaluate(self) -> dict[str, Any]:
+        self.overlays = first_over_ranks(self.overlays, self.n)  # every rank's first, in dataset order
         return {"overlays": list(self.overlays)}
 
     def finish(self, results: Mapping[str, Any]) -> None:

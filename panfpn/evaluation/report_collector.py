@@ -4,8 +4,8 @@ Per image: its PQ (scored alone with the dataset PQ's rules), its wrong-class ma
 of predicted and ground-truth segments per category and of instances the panoptic merge dropped
 for their score, and (``browse``) a ground truth | prediction overlay JPEG in
 ``report_images/`` with the categories it shows. The counts, the confusion of wrong-class
-matches and the image list are gathered from every rank in :meth:`ReportCollector.evaluate`;
-the lowest-PQ images embedded in the page come from the main process.
+matches, the image list and the lowest-PQ images embedded in the page (each rank keeps its own
+``k`` lowest with their overlays) are gathered from every rank in :meth:`ReportCollector.evaluate`.
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from typing import Any, Mapping, Sequence
 
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.evaluation.evaluator import EvalImage, Evaluator
+from panfpn.evaluation.rank_images import lowest_over_ranks
 from panfpn.evaluation.worst_images import ImageScore, WorstImages, score_image
 from panfpn.evaluation.writer import prediction_file_stem
 from panfpn.utils.atomic import save_image_atomic
-from panfpn.utils.dist import all_gather_objects, is_main_process, is_multiprocess
+from panfpn.utils.dist import all_gather_objects, is_multiprocess
 from panfpn.evaluation.visualize import category_color
 
 BROWSE_DIR = "report_images"  # beside report.html: one overlay JPEG per image
@@ -55,6 +56,7 @@ class ReportCollector(Evaluator):
         self.confusion: Counter[tuple[int, int]] = Counter()  # (GT category, predicted category)
         self.images: list[dict] = []
         self.start, self.seconds = time.perf_counter(), None
+        self.lowest: list[ImageScore] | None = None  # the k lowest over all ranks (evaluate)
 
     def process(self, batch: Mapping[str, Any], outputs: Sequence[EvalImage]) -> None:
         for img in outputs:
@@ -64,7 +66,7 @@ class ReportCollector(Evaluator):
                 self.confusion.update(score.wrong_class)
             if self.browse:
                 self.images.append(self._browse_record(img, score))
-            if score is not None and is_main_process():
+            if score is not None:
                 self.worst.offer(score, img.overlay)
 
     def _count(self, img: EvalImage) -> None:
@@ -93,6 +95,7 @@ class ReportCollector(Evaluator):
 
     def evaluate(self) -> dict[str, Any]:
         self.seconds = time.perf_counter() - self.start
+        self.lowest = lowest_over_ranks(self.worst.worst(), self.k)  # every rank's, as one process keeps them
         if is_multiprocess():
             parts = all_gather_objects((self.counts, self.confusion, self.images))
             self.counts, self.confusion, self.images = {}, Counter(), []
@@ -113,7 +116,8 @@ class ReportCollector(Evaluator):
         context = {**self.context, "eval time": f"{self.seconds:.1f} s" if self.seconds is not None else "-"}
         extras = ReportExtras(context=context, counts=self.counts, confusion=dict(self.confusion),
                               images=self.images)
-        write_report(self.out_dir, metrics, self.metadata, self.worst.worst(), title=self.title, extras=extras)
+        lowest = self.worst.worst() if self.lowest is None else self.lowest
+        write_report(self.out_dir, metrics, self.metadata, lowest, title=self.title, extras=extras)
 
 
 __all__ = ["BROWSE_DIR", "ReportCollector"]

@@ -113,11 +113,13 @@ def write_job_status(run_dir: Path, status: str, *, started: float, cfg: DictCon
 def run_training_job(cfg: DictConfig) -> dict:
     """``train_from_config(cfg)`` plus the run folder's ``job_status.json`` (also when it fails or
     is interrupted) and ``eval_results.json`` (final evaluation); the result gets ``objective``."""
+    from panfpn.engine.distributed import job_log_on_rank_0_only
     from panfpn.engine.train_run import train_from_config
     from panfpn.engine.training.start_checks import check_job_start
 
     started = time.time()
     run_dir = Path(str(cfg.output_dir))
+    job_log_on_rank_0_only()
     try:
         warning = check_job_start(cfg)
         if warning:

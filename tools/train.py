@@ -1,7 +1,8 @@
 """Train Panoptic FPN: `python tools/train.py [experiment=...] [key=value ...]` (torchrun for DDP).
 
 Exit status: 0 when training ran to solver.max_iter; 128 + signal (SIGTERM 143, SIGINT 130) when a
-signal stopped it after saving a checkpoint (continue with resume=true); 1 on an error.
+signal stopped it after saving a checkpoint (continue with resume=true), or before the training
+loop started (no checkpoint); 1 on an error.
 
 Returns ``train.objective`` (e.g. ``pq/All`` of the final evaluation) to hydra, so sweepers such
 as hydra-optuna-sweeper optimise it; `-m` sweeps end with a summary (docs/experiments.md).
@@ -13,6 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from panfpn.engine.training.job import TrainingInterrupted, run_training_job
+from panfpn.engine.training.job_signals import JobStopped
 
 
 def _in_multirun() -> bool:
@@ -24,7 +26,13 @@ def _in_multirun() -> bool:
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    result = run_training_job(cfg)
+    try:
+        result = run_training_job(cfg)
+    except JobStopped as stopped:  # while starting, or while a failure was written: no checkpoint
+        if _in_multirun():
+            raise
+        print(f"training {stopped}; job_status.json says interrupted", file=sys.stderr)
+        sys.exit(128 + stopped.signum)
     if result["interrupted"]:
         stopped = TrainingInterrupted(int(result["signal"]), result["iteration"], result["checkpoint"])
         if _in_multirun():  # the sweep callback records the job, then stops the sweep

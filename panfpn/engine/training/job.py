@@ -115,23 +115,26 @@ def run_training_job(cfg: DictConfig) -> dict:
     is interrupted) and ``eval_results.json`` (final evaluation); the result gets ``objective``."""
     from panfpn.engine.distributed import job_log_on_rank_0_only
     from panfpn.engine.train_run import train_from_config
+    from panfpn.engine.training.job_signals import job_stop_signals
     from panfpn.engine.training.start_checks import check_job_start
 
     started = time.time()
     run_dir = Path(str(cfg.output_dir))
     job_log_on_rank_0_only()
-    try:
-        warning = check_job_start(cfg)
-        if warning:
-            logger.warning("%s", warning)
-        result = train_from_config(cfg)
-        result["objective"] = objective_value(cfg, result) if not result["interrupted"] else None
-    except BaseException as err:
-        status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
-        write_job_status(run_dir, status, started=started, cfg=cfg, iteration=None, signal=None,
-                         error=f"{type(err).__name__}: {err}",
-                         traceback=traceback.format_exc(limit=8)[-4000:])
-        raise
+    with job_stop_signals() as signals:  # outside the loop: a stop signal is an error, status written
+        try:
+            warning = check_job_start(cfg)
+            if warning:
+                logger.warning("%s", warning)
+            result = train_from_config(cfg)
+            result["objective"] = objective_value(cfg, result) if not result["interrupted"] else None
+        except BaseException as err:
+            signals.defer()  # e.g. torchrun's SIGTERM after another rank failed: the status first
+            status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            write_job_status(run_dir, status, started=started, cfg=cfg, iteration=None,
+                             signal=getattr(err, "signum", None), error=f"{type(err).__name__}: {err}",
+                             traceback=traceback.format_exc(limit=8)[-4000:])
+            raise
     if result["eval"] is not None and _is_main():
         # strict JSON, as tools/eval.py's: an undefined metric (a class absent from the images) is null
         results = nonfinite_to_null(json.loads(json.dumps(result["eval"], default=str)))

@@ -5,8 +5,9 @@ collective fail (gloo: ``Connection closed by peer``; NCCL: a timeout) and torch
 writes the run folder, so ``job_status.json`` and ``log.txt`` named that consequence and never the
 cause, which was only on the failed rank's stderr. Here a failing rank > 0 leaves its error in
 ``rank<r>_error.json`` before it exits (its connections are still open then, so rank 0 cannot fail
-before the file is there), and rank 0, failing in turn in a collective, raises
-:class:`OtherRankFailedError` naming it. An error of rank 0's own keeps its type.
+before the file is there), and rank 0, failing in turn in a collective (or stopped by the SIGTERM
+torchrun sends the ranks left, which may come first), raises :class:`OtherRankFailedError` naming
+it. An error of rank 0's own keeps its type.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Iterator
 
 import torch.distributed as dist
 
+from panfpn.engine.training.job_signals import defer_stop_signals
 from panfpn.utils import dist as du
 from panfpn.utils.atomic import write_json_atomic
 from panfpn.utils.json_file import JSONFileError, load_json
@@ -45,13 +47,17 @@ def told_to_rank_0(run_dir: Path) -> Iterator[None]:
     started = time.time()
     try:
         yield
-    except Exception as err:
+    except BaseException as err:
         if not du.is_multiprocess():
             raise
+        defer_stop_signals()  # torchrun's SIGTERMs must not replace the error told below
         if not du.is_main_process():
-            _leave_error(run_dir, du.get_rank(), err)
+            if isinstance(err, Exception):  # not a stop signal: this rank failed
+                _leave_error(run_dir, du.get_rank(), err)
             raise
-        others = _errors_since(run_dir, started) if _collective_failure(err) else []
+        # torchrun's SIGTERM to the ranks left, once one failed, may come before rank 0's collective fails
+        consequence = _collective_failure(err) or isinstance(err, KeyboardInterrupt)
+        others = _errors_since(run_dir, started) if consequence else []
         if not others:  # rank 0's own error (all ranks raise NonFiniteLossError together): as it is
             raise
         message = "; ".join(f"rank {rank} failed: {text}" for rank, text in others)

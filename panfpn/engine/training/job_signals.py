@@ -1,0 +1,85 @@
+"""SIGTERM / SIGINT around a training job outside its loop (the loop checkpoints on them:
+``train_run._StopFlag``): while the job starts (config, data, model) and while it ends after an error.
+
+Without a handler there, the default action killed the process at once and ``job_status.json``
+was never written. That is what happened to rank 0 of a torchrun job when another rank failed:
+torchrun sends SIGTERM to the remaining ranks, and rank 0, on its way to writing the failure
+(rank 1's error, read by :mod:`panfpn.engine.training.rank_errors`), died first under load.
+
+:func:`job_stop_signals` makes the first signal raise :class:`JobStopped` (a KeyboardInterrupt,
+so that what handles Ctrl-C handles it too) while the job runs; after :meth:`JobSignals.defer`
+(the job is failing and writes its status) signals are only noted, and the job ends with the
+error it already has. :func:`defer_stop_signals` does that from where a failure is first handled
+(rank 0 reading another rank's error: a second SIGTERM from torchrun replaced that error).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class JobStopped(KeyboardInterrupt):
+    """A stop signal reached the training job outside its loop (no checkpoint is made there)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} outside the training loop (no checkpoint)")
+        self.signum = signum
+
+
+class JobSignals:
+    """The job's handler: raises :class:`JobStopped`, or after :meth:`defer` only notes the signal."""
+
+    def __init__(self) -> None:
+        self.deferred = False
+        self.noted: int | None = None
+        self.pid = os.getpid()
+
+    def defer(self) -> None:
+        """From now on a signal is noted, not raised: the job is writing how it ended."""
+        self.deferred = True
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self.pid:  # a process forked meanwhile (a data pool): the default action
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if self.deferred:
+            self.noted = signum
+            return
+        raise JobStopped(signum)
+
+
+_ACTIVE: JobSignals | None = None  # the running job's handler
+
+
+def defer_stop_signals() -> None:
+    """The running job is failing: a stop signal from now on is noted, not raised (it would replace
+    the error on its way out). Called first thing where a failure is handled."""
+    if _ACTIVE is not None:
+        _ACTIVE.defer()
+
+
+@contextmanager
+def job_stop_signals() -> Iterator[JobSignals]:
+    """SIGTERM and SIGINT handled as :class:`JobSignals` says while the block runs (main thread
+    only; a signal the launcher set to be ignored stays ignored); the previous handlers after."""
+    global _ACTIVE
+    handler, previous = JobSignals(), {}
+    for sig in STOP_SIGNALS:
+        try:
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, handler.handle)
+        except ValueError:  # not the main thread: signals cannot be caught here
+            pass
+    outer, _ACTIVE = _ACTIVE, handler
+    try:
+        yield handler
+    finally:
+        _ACTIVE = outer
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,96 @@
+"""A stop signal outside the training loop: while a job starts, and while it writes how it failed.
+
+Before, the default action killed the process there and job_status.json was never written: a
+torchrun job whose rank 1 failed lost rank 0's report of it when torchrun's SIGTERM to the ranks
+left came before rank 0 had written it (seen under load)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import textwrap
+import time
+
+import pytest
+
+from panfpn.engine.training import rank_errors
+from panfpn.engine.training.job_signals import JobStopped, defer_stop_signals, job_stop_signals
+from process_helpers import run
+
+SCRIPT = textwrap.dedent("""
+    import os, signal, sys, time
+    from omegaconf import OmegaConf
+    import panfpn.engine.train_run as train_run
+    import panfpn.engine.training.job as job
+    import panfpn.engine.training.start_checks as start_checks
+
+    out, mode = sys.argv[1], sys.argv[2]
+
+    def fake_training(cfg):
+        if mode == "starting":  # e.g. scancel while the dataset loads
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(20)
+        raise RuntimeError("Connection closed by peer")  # rank 0's collective after rank 1 failed
+
+    real_write = job.write_job_status
+
+    def write_under_sigterm(*args, **kwargs):  # torchrun's SIGTERM while the failure is written
+        os.kill(os.getpid(), signal.SIGTERM)
+        real_write(*args, **kwargs)
+
+    train_run.train_from_config = fake_training
+    start_checks.check_job_start = lambda cfg: None
+    if mode == "failing":
+        job.write_job_status = write_under_sigterm
+    cfg = OmegaConf.create({"output_dir": out, "solver": {"max_iter": 3}, "train": {"objective": None}})
+    try:
+        job.run_training_job(cfg)
+    except BaseException as err:
+        print("raised", type(err).__name__, getattr(err, "signum", None))
+        sys.exit(3)
+""")
+
+
+@pytest.mark.parametrize("mode, status, raised", [
+    ("starting", "interrupted", "raised JobStopped 15"),
+    ("failing", "failed", "raised RuntimeError None"),
+])
+def test_a_sigterm_outside_the_loop_still_leaves_the_job_status(tmp_path, mode, status, raised):
+    done = run([sys.executable, "-c", SCRIPT, str(tmp_path), mode], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, (done.returncode, done.stderr[-2000:])  # was -15: killed, nothing written
+    assert done.stdout.strip() == raised
+    record = json.loads((tmp_path / "job_status.json").read_text())
+    assert record["status"] == status
+    assert record["signal"] == (signal.SIGTERM if mode == "starting" else None)
+
+
+def test_rank_0_stopped_by_torchrun_names_the_rank_that_failed(tmp_path, monkeypatch):
+    """torchrun's SIGTERM reached rank 0 before its collective failed: rank 1's error is still the
+    one reported."""
+    monkeypatch.setattr(rank_errors.du, "is_multiprocess", lambda: True)
+    monkeypatch.setattr(rank_errors.du, "is_main_process", lambda: True)
+    monkeypatch.setattr(rank_errors.du, "get_world_size", lambda: 2)
+    with pytest.raises(rank_errors.OtherRankFailedError, match=r"^rank 1 failed: BadImageError: image 7"):
+        with rank_errors.told_to_rank_0(tmp_path):
+            (tmp_path / "rank1_error.json").write_text(json.dumps(
+                {"rank": 1, "time": 4e9, "error": "BadImageError: image 7"}))
+            raise JobStopped(signal.SIGTERM)
+    with pytest.raises(JobStopped):  # no other rank failed: a stop is a stop
+        (tmp_path / "rank1_error.json").unlink()
+        with rank_errors.told_to_rank_0(tmp_path):
+            raise JobStopped(signal.SIGTERM)
+
+
+def test_a_failing_job_notes_stop_signals_instead_of_raising_them():
+    """Once a failure is being handled (defer_stop_signals), a SIGTERM is noted: raised, it replaced
+    rank 1's error that rank 0 was about to write (status 'interrupted' instead of 'failed')."""
+    with job_stop_signals() as signals:
+        with pytest.raises(JobStopped):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises before this ends
+        defer_stop_signals()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert signals.noted == signal.SIGTERM
+    defer_stop_signals()  # no job running: nothing to defer, no error

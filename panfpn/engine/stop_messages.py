@@ -72,16 +72,16 @@ def export_stopped(stem: Path, fmt: str) -> Callable[[], str]:
     changed = _snapshot(files)
 
     def describe() -> str:
-        written = [p for p in files if changed(p)]
-        old = [p for p in files if p.exists() and p not in written]
-        text = "; ".join(filter(None, [
-            "wrote " + ", ".join(p.name for p in written) if written else "no file written",
-            "not written: " + ", ".join(p.name for p in files if p not in written)
-            if len(written) < len(files) else ""]))
+        written = [p.name for p in files if changed(p)]
+        missing = [p.name for p in files if p.name not in written]
+        old = [p.name for p in files if p.name in missing and p.exists()]
+        text = f"after writing {', '.join(written)}" if written else "before writing any file"
+        if missing:
+            text += f": {', '.join(missing)} not written"
         if old:
-            text += (f"; {', '.join(p.name for p in old)} in {old[0].parent} "
-                     + ("are" if len(old) > 1 else "is") + " from an earlier export"
-                     + (": do not use them together with the new files" if written else ""))
+            text += (f"; the {', '.join(old)} in {files[0].parent} " + ("are" if len(old) > 1 else "is")
+                     + (" from an earlier export: do not use with the new files" if written else
+                        " from an earlier export, unchanged"))
         return text
     return describe
 

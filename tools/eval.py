@@ -6,7 +6,7 @@ overrides win; `model_from_checkpoint=false` uses the config's); see panfpn/engi
 
 from panfpn.utils.stop_signals import stop_signals
 
-STOP = stop_signals("tools/eval.py")  # first: SIGTERM / SIGINT exit 143 / 130 with a message (docs/evaluation.md)
+STOP = stop_signals("tools/eval.py")  # first: SIGTERM / SIGINT exit 143 / 130 with a message (docs/training.md)
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402

@@ -13,7 +13,7 @@ import sys
 
 from panfpn.utils.stop_signals import stop_signals
 
-STOP = stop_signals("tools/export.py")  # first: SIGTERM / SIGINT exit 143 / 130 with a message (docs/export.md)
+STOP = stop_signals("tools/export.py")  # first: SIGTERM / SIGINT exit 143 / 130 with a message (docs/training.md)
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402

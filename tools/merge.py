@@ -22,7 +22,7 @@ from pathlib import Path
 
 from panfpn.utils.stop_signals import stop_signals
 
-STOP = stop_signals("tools/merge.py")  # first: SIGTERM / SIGINT exit 143 / 130 with a message (docs/merge.md)
+STOP = stop_signals("tools/merge.py")  # first: SIGTERM / SIGINT exit 143 / 130 with a message (docs/training.md)
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402

@@ -7,7 +7,7 @@ test transform (see panfpn/engine/inference_model.py). See panfpn/engine/predict
 
 from panfpn.utils.stop_signals import stop_signals
 
-STOP = stop_signals("tools/predict.py")  # first: SIGTERM / SIGINT exit 143 / 130 with a message (docs/predict.md)
+STOP = stop_signals("tools/predict.py")  # first: SIGTERM / SIGINT exit 143 / 130 with a message (docs/training.md)
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402

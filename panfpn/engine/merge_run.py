@@ -304,8 +304,10 @@ def _merge_all(dataset: MergeInputs, workers: int, rules: MergeThresholds, devic
     import torch
 
     device = torch.device(device)
+    from panfpn.data.loader import ignore_stop_signals  # a group SIGTERM / Ctrl-C: this process ends them
+
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                                         collate_fn=as_is)
+                                         collate_fn=as_is, worker_init_fn=ignore_stop_signals)
     seconds = {"read": 0.0, "wait": 0.0, "merge": 0.0, "write": 0.0}
 
     def merge_and_write(item: dict[str, Any]) -> tuple[dict, dict]:

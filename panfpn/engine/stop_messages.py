@@ -49,7 +49,10 @@ def eval_stopped(out_dir: Path, save_predictions: bool) -> Callable[[], str]:
     """tools/eval.py: whether this run wrote ``eval_results.json`` (only after every image) and
     report.html, and what an earlier run's files are."""
     results, report = out_dir / "eval_results.json", out_dir / "report.html"
-    earlier, written = results.exists(), _snapshot([results, report])
+    # an earlier run's file and the folder of per-image files it describes (rewritten image by image)
+    pairs = [(report, out_dir / "report_images"),
+             (out_dir / "predictions" / "panoptic_pred.json", out_dir / "predictions" / "panoptic_pred")]
+    earlier, written = results.exists(), _snapshot([results, report] + [p for pair in pairs for p in pair])
 
     def describe() -> str:
         if written(results):
@@ -59,6 +62,11 @@ def eval_stopped(out_dir: Path, save_predictions: bool) -> Callable[[], str]:
                 + ("(the earlier one is unchanged)" if earlier else "(no metrics)") + f" in {out_dir}")
         if save_predictions:
             text += "; predictions/ holds the PNGs of the images done, without panoptic_pred.json"
+        stale = [str(f.relative_to(out_dir)) for f, folder in pairs
+                 if f.exists() and not written(f) and written(folder)]
+        if stale:
+            text += (f"; the earlier {' and '.join(stale)} no longer match the images this run rewrote "
+                     "beside them: rerun to the end before using them")
         return text
     return describe
 

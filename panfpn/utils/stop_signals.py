@@ -80,7 +80,7 @@ class StopSignals:
             raise SystemExit(128 + signum)
         if self.signum is not None:  # a second signal: abort at once, as its default action does
             self._say(f"{signal_name(signum)} again: aborted at once; the write in progress may have "
-                      "left a temp file (.<name>.<random>.tmp), which the next run removes")
+                      "left a temp file (.<name>.<random>.tmp...) beside its target")
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return

@@ -172,8 +172,9 @@ def test_eval_stopped_while_its_dataloader_worker_reads_keeps_the_earlier_result
                                                                                  whole_group):
     # Before: exit by the signal without a word (SIGTERM), a traceback (Ctrl-C).
     run, busy = tmp_path / "run", tmp_path / "busy"
-    run.mkdir()
+    (run / "report_images").mkdir(parents=True)
     (run / "eval_results.json").write_text('{"earlier": "complete run"}')
+    (run / "report.html").write_text("earlier report")
     patch = textwrap.dedent(f"""
         from panfpn.data.dataset import PanopticDataset
         _get = PanopticDataset.__getitem__
@@ -185,11 +186,15 @@ def test_eval_stopped_while_its_dataloader_worker_reads_keeps_the_earlier_result
     """)
     args = [f"weights={weights}", "data.val.num_images=5", "data.val.height=64", "data.val.width=64",
             "eval.max_images=null", "data.num_workers=1", "device=cpu", f"hydra.run.dir={run}"]
-    status, err = _run_and_stop("eval", args, patch, busy.exists, sig, whole_group)
+    status, err = _run_and_stop("eval", args, patch,  # the first 2 images scored, the worker reading the 3rd
+                                lambda: busy.exists() and len(list((run / "report_images").glob("*.jpg"))) == 2,
+                                sig, whole_group)
     line = _assert_stopped(status, err, "eval", sig)
     assert "eval_results.json not written (the earlier one is unchanged)" in line
+    # the images done so far replaced their overlays: the earlier page no longer shows its own run
+    assert "the earlier report.html no longer match the images this run rewrote" in line
     assert (run / "eval_results.json").read_text() == '{"earlier": "complete run"}'
-    assert not (run / "report.html").exists() and _temp_files(run) == []
+    assert (run / "report.html").read_text() == "earlier report" and _temp_files(run) == []
 
 
 # ----------------------------------------------------------------------------------------------

@@ -160,6 +160,40 @@ def test_predict_stopped_while_its_dataloader_worker_reads(weights, tmp_path, si
     assert _temp_files(out) == []
 
 
+def test_predict_onnx_backend_stopped_while_reading_an_image(tmp_path):
+    # predict.backend=onnxruntime reads and runs one image at a time in the main process; the
+    # session is a stand-in here (an empty id map per image): the files and the stop are tested.
+    # Before: killed silently by SIGTERM, no panoptic.json although 2 PNGs were written.
+    inp, out, busy = tmp_path / "in", tmp_path / "out", tmp_path / "busy"
+    _photos(inp, 5)
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"stand-in")
+    patch = textwrap.dedent(f"""
+        import numpy as _np
+        from panfpn.deploy import onnx_runner as _runner
+        import panfpn.engine.predict_onnx as _backend
+        _runner.open_session = lambda path, **kw: object()
+        _runner.model_metadata = lambda session: {{"categories": [{{"id": 1, "name": "a", "isthing": 1}}]}}
+        _runner.run_image = lambda session, image: {{"panoptic": _np.zeros(image.shape[:2], _np.int32),
+                                                    "num_segments": 0}}
+        _read, _calls = _backend.read_like_torch_backend, []
+        def _blocking(path):
+            _calls.append(path)
+            if len(_calls) == 3:
+                block({str(busy)!r})
+            return _read(path)
+        _backend.read_like_torch_backend = _blocking
+    """)
+    args = [f"weights={model}", "predict.backend=onnxruntime", "predict.overlay=false", f"predict.input={inp}",
+            f"predict.output_dir={out}", "device=cpu", f"hydra.run.dir={tmp_path / 'run'}"]
+    status, err = _run_and_stop("predict", args, patch, busy.exists, signal.SIGTERM, MAIN_ONLY)
+    line = _assert_stopped(status, err, "predict", signal.SIGTERM)
+    assert "after 2 of 5 images" in line
+    assert [a["file_name"] for a in json.loads((out / "panoptic.json").read_text())["annotations"]] == \
+        ["p0.png", "p1.png"]
+    assert _temp_files(out) == []
+
+
 # ----------------------------------------------------------------------------------------------
 # tools/eval.py
 

@@ -74,9 +74,10 @@ class StopSignals:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if os.getpid() != self.pid:
-            # A forked pool worker: exit quietly, through ``with`` blocks. Killed by the default action,
-            # one waiting for a task would die holding the pool's queue lock, and the parent's
-            # Pool.terminate() would wait for that lock forever (a group SIGTERM hung tools/merge.py).
+            # A forked process that kept this handler (a pool worker before its initializer ran
+            # ignore_foreign_stop_signals, any other fork): exit quietly through ``with`` blocks, which
+            # releases the locks it holds; the default action would not (a pool's queue lock held by
+            # a dead worker makes the parent's Pool.terminate() wait forever).
             raise SystemExit(128 + signum)
         if self.signum is not None:  # a second signal: abort at once, as its default action does
             self._say(f"{signal_name(signum)} again: aborted at once; the write in progress may have "

@@ -5,9 +5,9 @@ signal (SIGTERM 143, SIGINT 130); never 0, never a traceback. tools/train.py has
 
 A tool makes its handler first thing, ``STOP = stop_signals("predict")`` (a signal while torch and
 the config load: the message "stopped ... while starting", exit 128 + signal), and runs its job
-inside ``with STOP:``. There the first signal raises :class:`Stopped` in the main thread: ``finally`` blocks run (predict lists the images it wrote in
-its JSON), an atomic write removes its temp file (:mod:`panfpn.utils.atomic`), DataLoader and
-process pools end their workers. The job says what it writes with :func:`describe_outputs`; the
+inside ``with STOP:``. There the first signal raises :class:`Stopped` in the main thread:
+``finally`` blocks run (predict lists the images it wrote in its JSON), an atomic write removes its
+temp file (:mod:`panfpn.utils.atomic`), DataLoader and process pools end their workers. The job says what it writes with :func:`describe_outputs`; the
 message uses the last description, called after the unwinding, so it tells what is on disk. A
 second signal aborts at once, as the default action would (its message says so). Worker processes
 ignore stop signals from anyone but their parent (:func:`ignore_foreign_stop_signals`: DataLoader

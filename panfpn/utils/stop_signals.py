@@ -9,7 +9,8 @@ inside ``with STOP:``. There the first signal raises :class:`Stopped` in the mai
 ``finally`` blocks run (predict lists the images it wrote in its JSON), an atomic write removes its
 temp file (:mod:`panfpn.utils.atomic`), DataLoader and process pools end their workers. The job
 says what it writes with :func:`describe_outputs`; the message uses the last description, called
-after the unwinding, so it tells what is on disk. A second signal aborts at once, as the default action would (its message says so). Worker processes
+after the unwinding, so it tells what is on disk. A second signal aborts at once, as the default
+action would (its message says so). Worker processes
 ignore stop signals from anyone but their parent (:func:`ignore_foreign_stop_signals`: DataLoader
 ``worker_init_fn``, pool initializers) and are ended by it (:func:`terminate_pool`); another process
 forked with the handler exits quietly on the signal.

@@ -4,15 +4,20 @@ A panfpn checkpoint brings its own model, labels and test transform (command-lin
 overrides win; `model_from_checkpoint=false` uses the config's); see panfpn/engine/inference_model.py.
 """
 
-import hydra
-from omegaconf import DictConfig
+from panfpn.utils.stop_signals import stop_signals
 
-from panfpn.engine.eval_run import evaluate_from_config
+STOP = stop_signals("tools/eval.py")  # first: SIGTERM / SIGINT exit 143 / 130 with a message (docs/training.md)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from panfpn.engine.eval_run import evaluate_from_config  # noqa: E402
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    evaluate_from_config(cfg)
+    with STOP:
+        evaluate_from_config(cfg)
 
 
 if __name__ == "__main__":

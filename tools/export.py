@@ -11,17 +11,22 @@ only (`.onnx` / `.pt2`, `export.format`; Panoptic FPN and Mask2Former), run with
 
 import sys
 
-import hydra
-from omegaconf import DictConfig
+from panfpn.utils.stop_signals import stop_signals
 
-from panfpn.engine.export_run import export_from_config
-from panfpn.utils.errors import ConfigError
+STOP = stop_signals("tools/export.py")  # first: SIGTERM / SIGINT exit 143 / 130 with a message (docs/training.md)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from panfpn.engine.export_run import export_from_config  # noqa: E402
+from panfpn.utils.errors import ConfigError  # noqa: E402
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
-        export_from_config(cfg)
+        with STOP:
+            export_from_config(cfg)
     except ConfigError as err:  # a config to change (e.g. export.merge for Mask2Former): the message, exit 2
         print(f"tools/export.py: {err}", file=sys.stderr)
         sys.exit(2)

@@ -20,12 +20,16 @@ import logging
 import sys
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
+from panfpn.utils.stop_signals import stop_signals
 
-from panfpn.engine.merge_run import SKIPPED_FILE, merge_from_config
-from panfpn.engine.merge_tool.plain_config import plain_merge_config
-from panfpn.utils.errors import ConfigError
+STOP = stop_signals("tools/merge.py")  # first: SIGTERM / SIGINT exit 143 / 130 with a message (docs/training.md)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from panfpn.engine.merge_run import SKIPPED_FILE, merge_from_config  # noqa: E402
+from panfpn.engine.merge_tool.plain_config import plain_merge_config  # noqa: E402
+from panfpn.utils.errors import ConfigError  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -39,7 +43,8 @@ def merge_or_exit(cfg: DictConfig) -> None:
     """The merge job; a ConfigError (an input or setting to change): its message, exit 2; no image
     merged although there were inputs (every one skipped): the count, exit 1."""
     try:
-        summary = merge_from_config(cfg)
+        with STOP:
+            summary = merge_from_config(cfg)
     except ConfigError as err:
         print(f"tools/merge.py: {err}", file=sys.stderr)
         sys.exit(2)

@@ -5,15 +5,20 @@ The input is an image file, a folder or a glob; results (panoptic PNGs + JSON, o
 test transform (see panfpn/engine/inference_model.py). See panfpn/engine/predict_run.py.
 """
 
-import hydra
-from omegaconf import DictConfig
+from panfpn.utils.stop_signals import stop_signals
 
-from panfpn.engine.predict_run import predict_from_config
+STOP = stop_signals("tools/predict.py")  # first: SIGTERM / SIGINT exit 143 / 130 with a message (docs/training.md)
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from panfpn.engine.predict_run import predict_from_config  # noqa: E402
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    predict_from_config(cfg)
+    with STOP:
+        predict_from_config(cfg)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,6 @@ contiguous, unpadded shard.
 from __future__ import annotations
 
 import functools
-import os
-import signal
-import threading
 from typing import Iterator
 
 import torch
@@ -28,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from panfpn.data.collate import SIZE_DIVISIBILITY, collate_panoptic
 from panfpn.data.sampler import ResumableTrainingSampler, SeededSampleDataset
 from panfpn.utils.dist import get_rank, get_world_size
+from panfpn.utils.stop_signals import ignore_foreign_stop_signals
 
 
 class ShardSampler(Sampler[int]):
@@ -60,22 +58,7 @@ def ignore_stop_signals(worker_id: int) -> None:
     (torch's shutdown, Python's exit after Ctrl-C twice), which must end it, or the parent's exit
     waits for it forever. A worker whose parent is gone exits on torch's watchdog or any SIGTERM.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if not hasattr(signal, "sigwaitinfo"):  # no sender to tell apart: torch's own handling
-        return
-    parent = os.getppid()
-    # Blocked here (threads started later inherit it), taken by the thread below with its sender.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a thread that does not block it ignores it
-    threading.Thread(target=_exit_on_parents_sigterm, args=(parent,), name="sigterm-from-parent",
-                     daemon=True).start()
-
-
-def _exit_on_parents_sigterm(parent: int) -> None:
-    while True:
-        info = signal.sigwaitinfo({signal.SIGTERM})
-        if info.si_pid == parent or os.getppid() != parent:
-            os._exit(0)  # as torch's handler does on its parent's SIGTERM
+    ignore_foreign_stop_signals()  # also the pool workers of tools/merge.py and pq_compute
 
 
 def build_training_loader(dataset: Dataset, *, batch_size: int, seed: int, num_workers: int = 0,

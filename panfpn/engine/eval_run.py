@@ -25,6 +25,8 @@ from panfpn.evaluation.build import build_evaluators
 from panfpn.evaluation.coco_ap import ap_text
 from panfpn.evaluation.report import AP_COLUMNS, category_ap
 from panfpn.utils.json_values import nonfinite_to_null
+from panfpn.engine.stop_messages import eval_stopped
+from panfpn.utils.stop_signals import describe_outputs
 
 logger = logging.getLogger("panfpn")
 
@@ -67,6 +69,7 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
         raise ConfigError("config key 'weights' must name the checkpoint to evaluate (weights=path/to/model.pth)")
     device = du.init_distributed(cfg.device)
     out_dir = Path(du.shared_run_dir(cfg.output_dir))
+    describe_outputs(eval_stopped(out_dir, bool(cfg.eval.save_predictions)))  # a stop signal's message
     setup_logging(out_dir if du.is_main_process() else None)
     fit_threads_to_cpus()
     built = build_inference_model(cfg, overrides)

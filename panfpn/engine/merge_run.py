@@ -35,8 +35,10 @@ from panfpn.engine.merge_tool.output import earlier_merge_outputs, remove_output
 from panfpn.engine.progress import bar_enabled
 from panfpn.evaluation.writer import PanopticPredictionWriter, prediction_file_stem
 from panfpn.modeling.merge_thresholds import MergeThresholds
-from panfpn.utils.atomic import write_json_atomic
+from panfpn.utils.atomic import remove_stale_temp_files, write_json_atomic
 from panfpn.utils.json_file import JSONFileError, load_json
+from panfpn.engine.stop_messages import merge_stopped
+from panfpn.utils.stop_signals import describe_outputs
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +161,7 @@ def merge_files(semantic_dir: Path | None, instances_json: Path, images_json: Pa
                           score_thresh=rules.score_thresh)
     rules_record = {"rules": dataclasses.asdict(rules), **(rules_origin or {})}
     log.info("merge rules: %s", json.dumps(rules_record))
+    describe_outputs(merge_stopped(out_dir / PANOPTIC_NAME, out_dir / f"{PANOPTIC_NAME}.json", len(dataset)))
     remove_outputs(list(remove_first))
     write_json_atomic(out_dir / RULES_FILE, rules_record)
     writer = PanopticPredictionWriter(out_dir, metadata, name=PANOPTIC_NAME)
@@ -271,18 +274,22 @@ def _merge_all_cpu(dataset: MergeInputs, workers: int, rules: MergeThresholds,
     seconds = {"read": 0.0, "wait": 0.0, "merge": 0.0, "write": 0.0}
     tick = time.perf_counter()
     outcomes = merge_images_cpu(dataset, rules, writer.out_dir, writer.png_dir.name, workers)
-    for out in tqdm(outcomes, total=len(dataset), desc="merge", unit="img", disable=not bar):
-        seconds["wait"] += time.perf_counter() - tick
-        seconds["read"] += out["seconds"]
-        image = dataset.images[out["k"]]
-        if out["error"] is not None:
-            skipped[str(image["id"])] = out["error"]
-            log.warning("skipped image %r: %s", image["id"], out["error"])
-        else:
-            writer.record(out["annotation"], out["entry"])
-            seconds["merge"] += out["merge"]
-            seconds["write"] += out["write"]
-        tick = time.perf_counter()
+    try:
+        for out in tqdm(outcomes, total=len(dataset), desc="merge", unit="img", disable=not bar):
+            seconds["wait"] += time.perf_counter() - tick
+            seconds["read"] += out["seconds"]
+            image = dataset.images[out["k"]]
+            if out["error"] is not None:
+                skipped[str(image["id"])] = out["error"]
+                log.warning("skipped image %r: %s", image["id"], out["error"])
+            else:
+                writer.record(out["annotation"], out["entry"])
+                seconds["merge"] += out["merge"]
+                seconds["write"] += out["write"]
+            tick = time.perf_counter()
+    finally:  # an error or a stop signal: the pool ends now (its workers exit at once), not at exit
+        outcomes.close()
+        remove_stale_temp_files(writer.png_dir, ("*.png",))  # of the writes those workers were in
     return seconds
 
 
@@ -297,8 +304,10 @@ def _merge_all(dataset: MergeInputs, workers: int, rules: MergeThresholds, devic
     import torch
 
     device = torch.device(device)
+    from panfpn.data.loader import ignore_stop_signals  # a group SIGTERM / Ctrl-C: this process ends them
+
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                                         collate_fn=as_is)
+                                         collate_fn=as_is, worker_init_fn=ignore_stop_signals)
     seconds = {"read": 0.0, "wait": 0.0, "merge": 0.0, "write": 0.0}
 
     def merge_and_write(item: dict[str, Any]) -> tuple[dict, dict]:

@@ -17,6 +17,8 @@ from panfpn.data.metadata import DatasetMetadata
 from panfpn.deploy import onnx_runner
 from panfpn.engine.config import ConfigError
 from panfpn.evaluation.prediction_folder import plan_outputs, prepare_targets, write_failed
+from panfpn.engine.stop_messages import predict_stopped
+from panfpn.utils.stop_signals import describe_outputs
 
 logger = logging.getLogger("panfpn")
 
@@ -100,6 +102,7 @@ def predict_onnx(weights: str, paths: Sequence[Path], out_dir: Path, opts: Any,
     # as the torch backend: done images skipped (predict.overwrite), other images' entries kept
     todo, skipped, kept = plan_outputs(list(paths), stems, dict(zip(stems, ids)), targets, bool(opts.overwrite))
     failed: list[tuple[str, str]] = []
+    describe_outputs(predict_stopped(targets.writer.json_path, len(kept), len(todo)))  # a stop signal's message
     start = time.perf_counter()
     try:
         json_path = onnx_runner.predict_files(session, [paths[i] for i in todo], out_dir,

@@ -54,6 +54,9 @@ from panfpn.evaluation.label_mapping import model_segments_to_dataset
 from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks
 
 from panfpn.engine.predict_onnx import predict_onnx
+from panfpn.data.loader import ignore_stop_signals
+from panfpn.engine.stop_messages import predict_stopped
+from panfpn.utils.stop_signals import describe_outputs
 
 logger = logging.getLogger("panfpn")
 
@@ -150,10 +153,11 @@ def predict_images(
                                overlay_alpha=float(overlay_alpha), semantic=semantic)
     todo, skipped, kept = plan_outputs(paths, stems, ids, targets, overwrite)
     state = JsonState(targets.writer, kept, stems, paths, max(1, int(json_every)))
+    describe_outputs(predict_stopped(targets.writer.json_path, len(kept), len(todo)))  # a stop signal's message
     dataset = ImageFileDataset([paths[i] for i in todo], transforms=transforms, keep_original=overlay,
                                stems=[stems[i] for i in todo])
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_predict,
-                        pin_memory=torch.device(device).type == "cuda")
+                        pin_memory=torch.device(device).type == "cuda", worker_init_fn=ignore_stop_signals)
     model.eval()
     start = time.perf_counter()
     predicted, failed = _predict_all(model, loader, targets, ids, state, write_threads=write_threads,

@@ -29,6 +29,7 @@ from panfpn.evaluation.panoptic_png import RunsCache
 from panfpn.evaluation.pq_rules import (PQInputError, PQStat, accumulate_image, format_table,
                                         normalize_categories, pq_results)
 from panfpn.utils.atomic import atomic_write
+from panfpn.utils.stop_signals import ignore_foreign_stop_signals, terminate_pool
 from panfpn.utils.json_file import JSONFileError, JSONFileNotFoundError, load_json
 
 
@@ -108,6 +109,7 @@ _JOB: tuple | None = None  # a pool worker's (pairs, gt_folder, pred_folder, cat
 def _init_worker(job: tuple) -> None:
     global _JOB
     tune_worker_malloc()
+    ignore_foreign_stop_signals()  # a group SIGTERM / Ctrl-C: the parent stops the pool
     _JOB = job
 
 
@@ -169,9 +171,13 @@ def _evaluate_in_pool(job: tuple, workers: int, n_slices: int) -> list[PQStat]:
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
     with ctx.Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
-        runs = pool.starmap(_evaluate_slices, [(first, stop, n_slices)
-                                               for first, stop in zip(bounds, bounds[1:])],
-                            chunksize=1)
+        try:
+            runs = pool.starmap(_evaluate_slices, [(first, stop, n_slices)
+                                                   for first, stop in zip(bounds, bounds[1:])],
+                                chunksize=1)
+        except BaseException:  # an error or a stop signal (panfpn.utils.stop_signals)
+            terminate_pool(pool)
+            raise
     return [stat for run in runs for stat in run]
 
 

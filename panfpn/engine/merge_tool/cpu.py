@@ -19,6 +19,7 @@ from panfpn.data.merge_inputs import BadInput, MergeInputs
 from panfpn.evaluation.writer import PanopticPredictionWriter
 from panfpn.modeling.merge_numpy import merge_dataset_ids_numpy
 from panfpn.modeling.merge_thresholds import MergeThresholds
+from panfpn.utils.stop_signals import ignore_foreign_stop_signals, terminate_pool
 
 __all__ = ["cuda_may_be_present", "merge_images_cpu"]
 
@@ -72,6 +73,7 @@ _JOB: _MergeOne | None = None  # the job of a forked worker process (set by _ini
 
 def _init_worker(job: _MergeOne) -> None:
     global _JOB
+    ignore_foreign_stop_signals()  # a group SIGTERM / Ctrl-C: the parent stops the pool
     _JOB = job
 
 
@@ -91,4 +93,8 @@ def merge_images_cpu(inputs: MergeInputs, rules: MergeThresholds, out_dir: Path,
     methods = multiprocessing.get_all_start_methods()
     ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
     with ctx.Pool(min(workers, len(inputs)), initializer=_init_worker, initargs=(job,)) as pool:
-        yield from pool.imap(_run_in_worker, range(len(inputs)), chunksize=2)
+        try:
+            yield from pool.imap(_run_in_worker, range(len(inputs)), chunksize=2)
+        except BaseException:  # an error, a stop signal (panfpn.utils.stop_signals), the caller closing us
+            terminate_pool(pool)
+            raise

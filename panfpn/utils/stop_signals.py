@@ -1,0 +1,178 @@
+"""SIGTERM / SIGINT in tools/eval.py, predict.py, export.py and merge.py: stop at once, finish the
+write in progress, say on one stderr line what was stopped and what was (not) written, exit 128 +
+signal (SIGTERM 143, SIGINT 130); never 0, never a traceback. tools/train.py has its own handling
+(a checkpoint at the next iteration: :mod:`panfpn.engine.train_run`).
+
+A tool makes its handler first thing, ``STOP = stop_signals("predict")`` (a signal while torch and
+the config load: the message "stopped ... while starting", exit 128 + signal), and runs its job
+inside ``with STOP:``. There the first signal raises :class:`Stopped` in the main thread:
+``finally`` blocks run (predict lists the images it wrote in its JSON), an atomic write removes its
+temp file (:mod:`panfpn.utils.atomic`), DataLoader and process pools end their workers. The job
+says what it writes with :func:`describe_outputs`; the message uses the last description, called
+after the unwinding, so it tells what is on disk. A second signal aborts at once, as the default
+action would (its message says so). Worker processes
+ignore stop signals from anyone but their parent (:func:`ignore_foreign_stop_signals`: DataLoader
+``worker_init_fn``, pool initializers) and are ended by it (:func:`terminate_pool`); another process
+forked with the handler exits quietly on the signal.
+Standard library only: tools/merge.py imports no torch on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from typing import Any, Callable
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal reached the tool: raised in the main thread by the handler. A KeyboardInterrupt,
+    so that what already handles Ctrl-C (torch's DataLoader, ``except Exception`` skipping it) treats
+    it alike."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal_name(signum)}")
+        self.signum = signum
+
+
+def signal_name(signum: int) -> str:
+    """``SIGTERM`` for 15."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class StopSignals:
+    """The handler of one tool run (see the module docstring); :func:`stop_signals` makes one."""
+
+    def __init__(self, tool: str) -> None:
+        self.tool, self.pid = tool, os.getpid()
+        self.signum: int | None = None
+        self.running = False
+        self.describe: Callable[[], str] | None = None
+        self._previous: dict[int, Any] = {}
+        self._install()
+
+    def _install(self) -> None:
+        for sig in STOP_SIGNALS:
+            try:
+                if sig in self._previous or signal.getsignal(sig) is signal.SIG_IGN:  # nohup: left ignored
+                    continue
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals cannot be caught here
+                pass
+
+    def __enter__(self) -> "StopSignals":
+        global _ACTIVE
+        self._install()  # again for the next job of a hydra multirun
+        self.signum, self.describe = None, None
+        self.running, _ACTIVE = True, self
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self.pid:
+            # A forked process that kept this handler (a pool worker before its initializer ran
+            # ignore_foreign_stop_signals, any other fork): exit quietly through ``with`` blocks, which
+            # releases the locks it holds; the default action would not (a pool's queue lock held by
+            # a dead worker makes the parent's Pool.terminate() wait forever).
+            raise SystemExit(128 + signum)
+        if self.signum is not None:  # a second signal: abort at once, as its default action does
+            self._say(f"{signal_name(signum)} again: aborted at once; the write in progress may have "
+                      "left a temp file (.<name>.<random>.tmp...) beside its target")
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        if not self.running:  # imports, config: nothing started, nothing written
+            self._say(f"stopped by {signal_name(signum)} while starting; nothing written")
+            raise SystemExit(128 + signum)
+        raise Stopped(signum)
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        global _ACTIVE
+        self.running, _ACTIVE = False, None
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+        if self.signum is None:
+            return False  # no signal: any exception goes on as it came
+        text = _call(self.describe) if self.describe is not None else "before writing any output"
+        if exc is not None and not isinstance(exc, (Stopped, SystemExit)):  # e.g. a worker's pipe closing
+            text += f" (then {type(exc).__name__}: {exc})"
+        self._say(f"stopped by {signal_name(self.signum)} {text}")
+        sys.exit(128 + self.signum)
+
+    def _say(self, text: str) -> None:
+        sys.stdout.flush()
+        print(f"{self.tool}: {text}", file=sys.stderr, flush=True)
+
+
+def _call(describe: Callable[[], str]) -> str:
+    try:
+        return describe()
+    except Exception as err:  # the message must still come out: say that the description failed
+        return f"(what was written is unknown: {type(err).__name__}: {err})"
+
+
+_ACTIVE: StopSignals | None = None
+
+
+def stop_signals(tool: str) -> StopSignals:
+    """The tool's handling of SIGTERM / SIGINT, installed now (module docstring); the job runs in
+    ``with`` the result. ``tool`` starts the message."""
+    return StopSignals(tool)
+
+
+def describe_outputs(describe: Callable[[], str]) -> None:
+    """What a stop now leaves written: ``describe()`` (called after the unwinding) continues the
+    message "<tool>: stopped by SIGTERM ...", e.g. ``"after 12 of 40 images; ..."``. No-op outside
+    :func:`stop_signals` (a job called from Python, a test)."""
+    if _ACTIVE is not None:
+        _ACTIVE.describe = describe
+
+
+def ignore_foreign_stop_signals() -> None:
+    """In a worker process (DataLoader ``worker_init_fn``, ``multiprocessing.Pool`` initializer):
+    ignore SIGINT, and SIGTERM unless the parent sent it (its shutdown: the worker exits at once).
+    A signal to the whole group (Slurm, ``kill -- -PGID``, Ctrl-C) thus leaves the stopping to the
+    parent: a pool worker killed mid-way can die holding the pool's queue lock or leave half a
+    result in its pipe, and the parent's ``Pool.terminate()`` then waits forever; a dead DataLoader
+    worker fails the parent with "DataLoader worker ... killed by signal". See
+    :func:`panfpn.data.loader.ignore_stop_signals`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):  # no sender to tell apart: the default handling
+        return
+    parent = os.getppid()
+    # Blocked here (threads started later inherit it), taken by the thread below with its sender.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a thread that does not block it ignores it
+    threading.Thread(target=_exit_on_parents_sigterm, args=(parent,), name="sigterm-from-parent",
+                     daemon=True).start()
+
+
+def _exit_on_parents_sigterm(parent: int) -> None:
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent or os.getppid() != parent:
+            os._exit(0)  # as torch's handler does on its parent's SIGTERM
+
+
+def terminate_pool(pool: Any, timeout: float = 5.0) -> None:
+    """``pool.terminate()`` (a ``multiprocessing.Pool`` whose workers ran
+    :func:`ignore_foreign_stop_signals`) that cannot hang: a worker that misses the parent's SIGTERM
+    (it came while a SIGTERM sent to the whole group was still pending: the two merge into one,
+    from the other sender) is killed after ``timeout`` seconds. Call it on the way out of an error
+    or a stop signal, inside the ``with`` of the pool (whose own terminate() is then a no-op)."""
+    import multiprocessing
+
+    stopping = threading.Thread(target=pool.terminate, name="pool-terminate", daemon=True)
+    stopping.start()
+    stopping.join(timeout)
+    if stopping.is_alive():  # waiting for a worker that ignored the SIGTERM it was meant to get
+        for child in multiprocessing.active_children():
+            child.kill()
+        stopping.join(timeout)

@@ -1,0 +1,392 @@
+"""tools/eval.py, predict.py, export.py and merge.py stopped by SIGTERM (to the main process, to the
+whole process group as Slurm's scancel does) or SIGINT (Ctrl-C: the group) while busy: one stderr
+line saying what was stopped and written, exit 128 + signal, no traceback, no process left behind,
+no temp file, every output complete or absent (an earlier result unchanged).
+
+Each tool runs in its own process group (process_helpers) with one function patched to block at a
+known point (a DataLoader or pool worker reading an input, an atomic write with its temp file on
+disk) after writing a marker file: the test signals once the marker is there, never after a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from config_helpers import compose_config
+from process_helpers import started
+
+ROOT = Path(__file__).resolve().parents[2]
+WHOLE_GROUP, MAIN_ONLY = True, False
+
+# Runs sys.argv[1] as __main__ (a tool) after the patch code in $PANFPN_TEST_PATCH.
+RUNNER = ("import os, runpy, sys; exec(os.environ['PANFPN_TEST_PATCH']); sys.argv = sys.argv[1:]; "
+          "runpy.run_path(sys.argv[0], run_name='__main__')")
+
+# block(marker): write the marker file, then sleep until killed (a stop signal interrupts the sleep).
+BLOCK = textwrap.dedent("""
+    import time as _time
+    from pathlib import Path as _Path
+    def block(marker):
+        _Path(marker).write_text(str(os.getpid()))
+        while True:
+            _time.sleep(0.05)
+""")
+
+
+def _group(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``."""
+    pids = []
+    for name in os.listdir("/proc"):
+        try:
+            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(name))
+    return pids
+
+
+def _run_and_stop(tool: str, args: list[str], patch: str, ready, sig: int, whole_group: bool,
+                  timeout: float = 120) -> tuple[int, str]:
+    """Start ``tools/<tool>.py args`` with ``patch``, wait until ``ready()`` is true, send ``sig``;
+    returns (exit status, stderr) once it exited and its whole group is gone."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PANFPN_TEST_PATCH=BLOCK + patch)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-c", RUNNER, str(ROOT / "tools" / f"{tool}.py"), *args]
+    with started(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, f"{tool} ended before it was busy:\n{proc.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, f"{tool} never got busy"
+            time.sleep(0.02)
+        if whole_group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{tool} hung after {signal.Signals(sig).name}: processes {_group(proc.pid)} left")
+        deadline = time.monotonic() + 10  # pool / DataLoader workers exit after their parent
+        while _group(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _group(proc.pid) == [], f"processes left behind: {_group(proc.pid)}"
+    return proc.returncode, err
+
+
+def _assert_stopped(status: int, err: str, tool: str, sig: int) -> str:
+    """Exit 128 + signal and one line on stderr (after the log lines), no traceback; returns it."""
+    assert status == 128 + sig, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith(f"tools/{tool}.py: stopped by")]
+    assert len(lines) == 1, err[-3000:]
+    assert f"stopped by {signal.Signals(sig).name}" in lines[0]
+    return lines[0]
+
+
+def _temp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob(".*") if ".tmp" in p.name]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Randomly initialised weights of the default (small) model: the I/O is what is tested."""
+    torch.manual_seed(0)
+    from panfpn.modeling.build import build_model
+
+    model = build_model(compose_config(output_dir=tmp_path_factory.mktemp("w")))
+    path = tmp_path_factory.mktemp("ckpt") / "model.pth"
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+def _photos(folder: Path, n: int) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for k in range(n):
+        Image.fromarray(rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(folder / f"p{k}.png")
+
+
+def _listed(json_path: Path) -> int:
+    return len(json.loads(json_path.read_text())["images"]) if json_path.exists() else -1
+
+
+# ----------------------------------------------------------------------------------------------
+# tools/predict.py
+
+
+@pytest.mark.parametrize("sig,whole_group", [
+    pytest.param(signal.SIGTERM, MAIN_ONLY, id="sigterm", marks=pytest.mark.slow),  # ~10 s each: torch starts
+    pytest.param(signal.SIGTERM, WHOLE_GROUP, id="sigterm_to_group"),
+    pytest.param(signal.SIGINT, WHOLE_GROUP, id="ctrl_c", marks=pytest.mark.slow),
+])
+def test_predict_stopped_while_its_dataloader_worker_reads(weights, tmp_path, sig, whole_group):
+    # Before: SIGTERM killed it silently (143 from the shell, no panoptic.json although 2 images were
+    # written); a group SIGTERM also killed the DataLoader worker ("DataLoader worker ... killed by
+    # signal" at exit); Ctrl-C printed a KeyboardInterrupt traceback.
+    inp, out, busy = tmp_path / "in", tmp_path / "out", tmp_path / "busy"
+    _photos(inp, 5)
+    patch = textwrap.dedent(f"""
+        from panfpn.data.image_files import ImageFileDataset
+        _get = ImageFileDataset.__getitem__
+        def _blocking(self, index):
+            if index >= 2:
+                block({str(busy)!r})
+            return _get(self, index)
+        ImageFileDataset.__getitem__ = _blocking
+    """)
+    args = [f"weights={weights}", f"predict.input={inp}", f"predict.output_dir={out}", "predict.batch_size=1",
+            "predict.num_workers=1", "predict.write_threads=0", "predict.json_every=1", "device=cpu",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    status, err = _run_and_stop("predict", args, patch,
+                                lambda: busy.exists() and _listed(out / "panoptic.json") == 2, sig, whole_group)
+    line = _assert_stopped(status, err, "predict", sig)
+    assert "after 2 of 5 images" in line and "a rerun predicts the other 3" in line
+    data = json.loads((out / "panoptic.json").read_text())
+    assert [a["file_name"] for a in data["annotations"]] == ["p0.png", "p1.png"]
+    assert sorted(p.name for p in (out / "panoptic").iterdir()) == ["p0.png", "p1.png"]
+    assert _temp_files(out) == []
+
+
+def test_predict_onnx_backend_stopped_while_reading_an_image(tmp_path):
+    # predict.backend=onnxruntime reads and runs one image at a time in the main process; the
+    # session is a stand-in here (an empty id map per image): the files and the stop are tested.
+    # Before: killed silently by SIGTERM, no panoptic.json although 2 PNGs were written.
+    inp, out, busy = tmp_path / "in", tmp_path / "out", tmp_path / "busy"
+    _photos(inp, 5)
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"stand-in")
+    patch = textwrap.dedent(f"""
+        import numpy as _np
+        from panfpn.deploy import onnx_runner as _runner
+        import panfpn.engine.predict_onnx as _backend
+        _runner.open_session = lambda path, **kw: object()
+        _runner.model_metadata = lambda session: {{"categories": [{{"id": 1, "name": "a", "isthing": 1}}]}}
+        _runner.run_image = lambda session, image: {{"panoptic": _np.zeros(image.shape[:2], _np.int32),
+                                                    "num_segments": 0}}
+        _read, _calls = _backend.read_like_torch_backend, []
+        def _blocking(path):
+            _calls.append(path)
+            if len(_calls) == 3:
+                block({str(busy)!r})
+            return _read(path)
+        _backend.read_like_torch_backend = _blocking
+    """)
+    args = [f"weights={model}", "predict.backend=onnxruntime", "predict.overlay=false", f"predict.input={inp}",
+            f"predict.output_dir={out}", "device=cpu", f"hydra.run.dir={tmp_path / 'run'}"]
+    status, err = _run_and_stop("predict", args, patch, busy.exists, signal.SIGTERM, MAIN_ONLY)
+    line = _assert_stopped(status, err, "predict", signal.SIGTERM)
+    assert "after 2 of 5 images" in line
+    assert [a["file_name"] for a in json.loads((out / "panoptic.json").read_text())["annotations"]] == \
+        ["p0.png", "p1.png"]
+    assert _temp_files(out) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# tools/eval.py
+
+
+@pytest.mark.parametrize("sig,whole_group", [
+    pytest.param(signal.SIGTERM, WHOLE_GROUP, id="sigterm_to_group"),
+    pytest.param(signal.SIGINT, WHOLE_GROUP, id="ctrl_c", marks=pytest.mark.slow),
+])
+def test_eval_stopped_while_its_dataloader_worker_reads_keeps_the_earlier_results(weights, tmp_path, sig,
+                                                                                 whole_group):
+    # Before: exit by the signal without a word (SIGTERM), a traceback (Ctrl-C).
+    run, busy = tmp_path / "run", tmp_path / "busy"
+    (run / "report_images").mkdir(parents=True)
+    (run / "eval_results.json").write_text('{"earlier": "complete run"}')
+    (run / "report.html").write_text("earlier report")
+    patch = textwrap.dedent(f"""
+        from panfpn.data.dataset import PanopticDataset
+        _get = PanopticDataset.__getitem__
+        def _blocking(self, index):
+            if index >= 2:
+                block({str(busy)!r})
+            return _get(self, index)
+        PanopticDataset.__getitem__ = _blocking
+    """)
+    args = [f"weights={weights}", "data.val.num_images=5", "data.val.height=64", "data.val.width=64",
+            "eval.max_images=null", "data.num_workers=1", "device=cpu", f"hydra.run.dir={run}"]
+    status, err = _run_and_stop("eval", args, patch,  # the first 2 images scored, the worker reading the 3rd
+                                lambda: busy.exists() and len(list((run / "report_images").glob("*.jpg"))) == 2,
+                                sig, whole_group)
+    line = _assert_stopped(status, err, "eval", sig)
+    assert "eval_results.json not written (the earlier one is unchanged)" in line
+    # the images done so far replaced their overlays: the earlier page no longer shows its own run
+    assert "the earlier report.html no longer match the images this run rewrote" in line
+    assert (run / "eval_results.json").read_text() == '{"earlier": "complete run"}'
+    assert (run / "report.html").read_text() == "earlier report" and _temp_files(run) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# tools/merge.py (CPU: a fork pool of workers that read, merge and write)
+
+
+def _merge_inputs(root: Path, n: int) -> list[str]:
+    from pycocotools import mask as mask_utils
+
+    cats = [{"id": 1, "name": "a", "isthing": 1}, {"id": 2, "name": "b", "isthing": 0}]
+    images = [{"id": k, "file_name": f"{k}.jpg", "height": 6, "width": 8} for k in range(n)]
+    (root / "sem").mkdir(parents=True)
+    results = []
+    for k in range(n):
+        Image.fromarray(np.full((6, 8), 2, np.uint8)).save(root / "sem" / f"{k}.png")
+        mask = np.zeros((6, 8), np.uint8)
+        mask[1:4, 1:5] = 1
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        results.append({"image_id": k, "category_id": 1, "score": 0.9,
+                        "segmentation": {"size": [6, 8], "counts": rle["counts"].decode()}})
+    (root / "images.json").write_text(json.dumps({"images": images, "categories": cats}))
+    (root / "instances.json").write_text(json.dumps(results))
+    return [f"merge.semantic_dir={root / 'sem'}", f"merge.instances_json={root / 'instances.json'}",
+            f"merge.images_json={root / 'images.json'}", "merge.workers=2", "device=cpu",
+            "merge.stuff_area=0", "merge.thing_min_remaining_area=1", f"merge.output_dir={root / 'out'}"]
+
+
+@pytest.mark.parametrize("sig,whole_group", [(signal.SIGTERM, MAIN_ONLY), (signal.SIGTERM, WHOLE_GROUP),
+                                             (signal.SIGINT, WHOLE_GROUP)],
+                         ids=["sigterm", "sigterm_to_group", "ctrl_c"])
+def test_merge_stopped_while_a_pool_worker_writes_a_png(tmp_path, sig, whole_group):
+    # Image 3's PNG write blocks in its worker with the temp file on disk. Before: the signal
+    # killed the main process silently (or with a KeyboardInterrupt traceback), the workers printed
+    # BrokenPipeError tracebacks, and the temp file stayed; a group SIGTERM could hang the main
+    # process in Pool.terminate().
+    args = _merge_inputs(tmp_path, 12)
+    out, busy = tmp_path / "out", tmp_path / "busy"
+    patch = textwrap.dedent(f"""
+        import panfpn.utils.atomic as _atomic
+        _write = _atomic.atomic_write
+        def _blocking(path, write, **kw):
+            if _Path(path).name == "000000000003.png":
+                def write_then_block(f):
+                    write(f)
+                    f.flush()
+                    block({str(busy)!r})
+                return _write(path, write_then_block, **kw)
+            return _write(path, write, **kw)
+        _atomic.atomic_write = _blocking
+    """)
+    status, err = _run_and_stop("merge", args, patch, busy.exists, sig, whole_group)
+    line = _assert_stopped(status, err, "merge", sig)
+    assert "panoptic_merged.json not written" in line and "merge.overwrite=true" in line
+    assert not (out / "panoptic_merged.json").exists()
+    assert _temp_files(out) == []
+    assert "000000000003.png" not in {p.name for p in (out / "panoptic_merged").iterdir()}
+
+
+def test_merge_pool_worker_that_missed_its_parents_sigterm_does_not_hang_the_stop(tmp_path):
+    # Two SIGTERMs pending at once merge into one, with the first sender's pid: a group SIGTERM still
+    # pending in a pool worker when its parent's Pool.terminate() signals it makes the worker take
+    # it for a foreign one, ignore it, and the parent wait in Pool.terminate() forever (seen once in
+    # ~20 group SIGTERMs on a loaded machine). Here the workers take their signals late, so the two
+    # always merge: terminate_pool kills the worker after its timeout instead.
+    args = _merge_inputs(tmp_path, 12)
+    busy = tmp_path / "busy"
+    patch = textwrap.dedent(f"""
+        import panfpn.utils.stop_signals as _stop
+        _take = _stop._exit_on_parents_sigterm
+        def _late(parent):
+            _time.sleep(3)
+            _take(parent)
+        _stop._exit_on_parents_sigterm = _late
+        from panfpn.data.merge_inputs import MergeInputs
+        _read = MergeInputs.read
+        def _blocking(self, k):
+            if k == 3:
+                block({str(busy)!r})
+            return _read(self, k)
+        MergeInputs.read = _blocking
+    """)
+    status, err = _run_and_stop("merge", args, patch, busy.exists, signal.SIGTERM, WHOLE_GROUP)
+    _assert_stopped(status, err, "merge", signal.SIGTERM)
+
+
+# ----------------------------------------------------------------------------------------------
+# tools/export.py
+
+
+def test_export_stopped_while_writing_the_onnx_file_keeps_the_earlier_export(weights, tmp_path):
+    # The ONNX writer is replaced by one that writes a few bytes into the temp file and blocks (a
+    # real export takes half a minute). Before: exit by the signal, the temp file left beside.
+    stem, busy = tmp_path / "x" / "model", tmp_path / "busy"
+    stem.parent.mkdir()
+    for ext in (".onnx", ".json"):
+        stem.with_name("model" + ext).write_text("earlier export")
+    patch = textwrap.dedent(f"""
+        import torch.onnx
+        def _blocking_export(model, args, f, **kw):
+            _Path(f).write_bytes(b"partial onnx")
+            block({str(busy)!r})
+        torch.onnx.export = _blocking_export
+    """)
+    args = [f"weights={weights}", f"export.output={stem}", "export.format=onnx", "device=cpu",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    status, err = _run_and_stop("export", args, patch, busy.exists, signal.SIGTERM, MAIN_ONLY)
+    line = _assert_stopped(status, err, "export", signal.SIGTERM)
+    assert "before writing any file: model.onnx, model.json not written" in line
+    assert "from an earlier export, unchanged" in line
+    assert [p.read_text() for p in (stem.with_name("model.onnx"), stem.with_name("model.json"))] == \
+        ["earlier export"] * 2
+    assert _temp_files(tmp_path / "x") == []
+
+
+# ----------------------------------------------------------------------------------------------
+# panfpn.utils.stop_signals itself (no torch: fast)
+
+SCRIPT = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from panfpn.utils.stop_signals import describe_outputs, stop_signals
+    STOP = stop_signals("tools/x.py")
+    marker, stage = Path(sys.argv[1]), sys.argv[2]
+    if stage == "starting":
+        marker.write_text("1")
+        time.sleep(60)
+    with STOP:
+        describe_outputs(lambda: "after 1 of 2 items")
+        try:
+            marker.write_text("1")
+            time.sleep(60)
+        finally:  # the cleanup (e.g. writing what is done), which a second signal cuts short
+            Path(str(marker) + ".cleaning").write_text("1")
+            time.sleep(60)
+""")
+
+
+@pytest.mark.parametrize("stage,signals,status,message", [
+    ("starting", [signal.SIGTERM], 143, "tools/x.py: stopped by SIGTERM while starting; nothing written"),
+    ("running", [signal.SIGINT, signal.SIGINT], -signal.SIGINT,
+     "tools/x.py: SIGINT again: aborted at once"),
+], ids=["while_starting", "second_signal_aborts"])
+def test_stop_signal_before_the_job_and_a_second_one(tmp_path, stage, signals, status, message):
+    marker = tmp_path / "busy"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with started([sys.executable, "-c", SCRIPT, str(marker), stage], env=env, stderr=subprocess.PIPE,
+                 text=True) as proc:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.01)
+        proc.send_signal(signals[0])
+        cleaning = Path(str(marker) + ".cleaning")
+        if stage == "running":
+            while not cleaning.exists():
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+                time.sleep(0.01)
+        for sig in signals[1:]:
+            proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status and message in err and "Traceback" not in err, err

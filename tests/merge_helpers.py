@@ -78,3 +78,31 @@ def same_partition(ids_a, cats_a: dict, ids_b, cats_b: dict) -> bool:
     if len(pairs) != len({p[0] for p in pairs}) or len(pairs) != len({p[1] for p in pairs}):
         return False
     return all(cats_a[x] == cats_b[y] for x, y in pairs)
+
+
+def write_tiny_merge_inputs(root, image_ids, shift_masks: bool = False) -> list[str]:
+    """tools/merge.py's three inputs for 6x8 images ``image_ids`` under ``root`` (semantic PNGs of
+    stuff category 2, one thing of category 1 per image: a 3x4 box, moved right by the image id with
+    ``shift_masks``); returns the ``merge.*`` overrides that name them."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+    from pycocotools import mask as mask_utils
+
+    cats = [{"id": 1, "name": "a", "isthing": 1}, {"id": 2, "name": "b", "isthing": 0}]
+    images = [{"id": k, "file_name": f"{k}.jpg", "height": 6, "width": 8} for k in image_ids]
+    (root / "sem").mkdir(parents=True)
+    results = []
+    for k in image_ids:
+        Image.fromarray(np.full((6, 8), 2, np.uint8)).save(root / "sem" / f"{k}.png")
+        mask = np.zeros((6, 8), np.uint8)
+        left = k if shift_masks else 1
+        mask[1:4, left:left + 4] = 1
+        rle = mask_utils.encode(np.asfortranarray(mask))
+        results.append({"image_id": k, "category_id": 1, "score": 0.9,
+                        "segmentation": {"size": [6, 8], "counts": rle["counts"].decode()}})
+    (root / "images.json").write_text(json.dumps({"images": images, "categories": cats}))
+    (root / "instances.json").write_text(json.dumps(results))
+    return [f"merge.semantic_dir={root / 'sem'}", f"merge.instances_json={root / 'instances.json'}",
+            f"merge.images_json={root / 'images.json'}"]

@@ -8,10 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
-from pycocotools import mask as mask_utils
+from merge_helpers import write_tiny_merge_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 # Runs the tool as `python tools/merge.py ARGS` does, then says whether torch got imported.
@@ -21,21 +19,7 @@ RUN = ("import runpy, sys; sys.argv = ['tools/merge.py'] + sys.argv[1:]; "
 
 
 def _inputs(root: Path) -> list[str]:
-    cats = [{"id": 1, "name": "a", "isthing": 1}, {"id": 2, "name": "b", "isthing": 0}]
-    images = [{"id": k, "file_name": f"{k}.jpg", "height": 6, "width": 8} for k in (1, 2)]
-    (root / "sem").mkdir()
-    results = []
-    for k in (1, 2):
-        Image.fromarray(np.full((6, 8), 2, np.uint8)).save(root / "sem" / f"{k}.png")
-        mask = np.zeros((6, 8), np.uint8)
-        mask[1:4, k:k + 4] = 1
-        rle = mask_utils.encode(np.asfortranarray(mask))
-        results.append({"image_id": k, "category_id": 1, "score": 0.9,
-                        "segmentation": {"size": [6, 8], "counts": rle["counts"].decode()}})
-    (root / "images.json").write_text(json.dumps({"images": images, "categories": cats}))
-    (root / "instances.json").write_text(json.dumps(results))
-    return [f"merge.semantic_dir={root / 'sem'}", f"merge.instances_json={root / 'instances.json'}",
-            f"merge.images_json={root / 'images.json'}", "merge.workers=0", "device=cpu",
+    return [*write_tiny_merge_inputs(root, (1, 2), shift_masks=True), "merge.workers=0", "device=cpu",
             "merge.stuff_area=0"]
 
 

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from config_helpers import compose_config
+from merge_helpers import write_tiny_merge_inputs
 from process_helpers import started
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,6 +128,20 @@ def _listed(json_path: Path) -> int:
 # tools/predict.py
 
 
+def _blocking_from_third_item(module: str, dataset: str, busy: Path) -> str:
+    """Code that makes ``dataset.__getitem__`` from the third item on wait in ``block(busy)`` (the
+    tool is then busy reading: the moment to send the signal)."""
+    return textwrap.dedent(f"""
+        from {module} import {dataset}
+        _get = {dataset}.__getitem__
+        def _blocking(self, index):
+            if index >= 2:
+                block({str(busy)!r})
+            return _get(self, index)
+        {dataset}.__getitem__ = _blocking
+    """)
+
+
 @pytest.mark.parametrize("sig,whole_group", [
     pytest.param(signal.SIGTERM, MAIN_ONLY, id="sigterm", marks=pytest.mark.slow),  # ~10 s each: torch starts
     pytest.param(signal.SIGTERM, WHOLE_GROUP, id="sigterm_to_group"),
@@ -138,15 +153,7 @@ def test_predict_stopped_while_its_dataloader_worker_reads(weights, tmp_path, si
     # signal" at exit); Ctrl-C printed a KeyboardInterrupt traceback.
     inp, out, busy = tmp_path / "in", tmp_path / "out", tmp_path / "busy"
     _photos(inp, 5)
-    patch = textwrap.dedent(f"""
-        from panfpn.data.image_files import ImageFileDataset
-        _get = ImageFileDataset.__getitem__
-        def _blocking(self, index):
-            if index >= 2:
-                block({str(busy)!r})
-            return _get(self, index)
-        ImageFileDataset.__getitem__ = _blocking
-    """)
+    patch = _blocking_from_third_item("panfpn.data.image_files", "ImageFileDataset", busy)
     args = [f"weights={weights}", f"predict.input={inp}", f"predict.output_dir={out}", "predict.batch_size=1",
             "predict.num_workers=1", "predict.write_threads=0", "predict.json_every=1", "device=cpu",
             f"hydra.run.dir={tmp_path / 'run'}"]
@@ -209,15 +216,7 @@ def test_eval_stopped_while_its_dataloader_worker_reads_keeps_the_earlier_result
     (run / "report_images").mkdir(parents=True)
     (run / "eval_results.json").write_text('{"earlier": "complete run"}')
     (run / "report.html").write_text("earlier report")
-    patch = textwrap.dedent(f"""
-        from panfpn.data.dataset import PanopticDataset
-        _get = PanopticDataset.__getitem__
-        def _blocking(self, index):
-            if index >= 2:
-                block({str(busy)!r})
-            return _get(self, index)
-        PanopticDataset.__getitem__ = _blocking
-    """)
+    patch = _blocking_from_third_item("panfpn.data.dataset", "PanopticDataset", busy)
     args = [f"weights={weights}", "data.val.num_images=5", "data.val.height=64", "data.val.width=64",
             "eval.max_images=null", "data.num_workers=1", "device=cpu", f"hydra.run.dir={run}"]
     status, err = _run_and_stop("eval", args, patch,  # the first 2 images scored, the worker reading the 3rd
@@ -236,24 +235,8 @@ def test_eval_stopped_while_its_dataloader_worker_reads_keeps_the_earlier_result
 
 
 def _merge_inputs(root: Path, n: int) -> list[str]:
-    from pycocotools import mask as mask_utils
-
-    cats = [{"id": 1, "name": "a", "isthing": 1}, {"id": 2, "name": "b", "isthing": 0}]
-    images = [{"id": k, "file_name": f"{k}.jpg", "height": 6, "width": 8} for k in range(n)]
-    (root / "sem").mkdir(parents=True)
-    results = []
-    for k in range(n):
-        Image.fromarray(np.full((6, 8), 2, np.uint8)).save(root / "sem" / f"{k}.png")
-        mask = np.zeros((6, 8), np.uint8)
-        mask[1:4, 1:5] = 1
-        rle = mask_utils.encode(np.asfortranarray(mask))
-        results.append({"image_id": k, "category_id": 1, "score": 0.9,
-                        "segmentation": {"size": [6, 8], "counts": rle["counts"].decode()}})
-    (root / "images.json").write_text(json.dumps({"images": images, "categories": cats}))
-    (root / "instances.json").write_text(json.dumps(results))
-    return [f"merge.semantic_dir={root / 'sem'}", f"merge.instances_json={root / 'instances.json'}",
-            f"merge.images_json={root / 'images.json'}", "merge.workers=2", "device=cpu",
-            "merge.stuff_area=0", "merge.thing_min_remaining_area=1", f"merge.output_dir={root / 'out'}"]
+    return [*write_tiny_merge_inputs(root, range(n)), "merge.workers=2", "device=cpu", "merge.stuff_area=0",
+            "merge.thing_min_remaining_area=1", f"merge.output_dir={root / 'out'}"]
 
 
 @pytest.mark.parametrize("sig,whole_group", [(signal.SIGTERM, MAIN_ONLY), (signal.SIGTERM, WHOLE_GROUP),

@@ -162,16 +162,21 @@ def test_optuna_sweeper_optimises_the_returned_objective(tmp_path, tiny_args):
 
 @pytest.mark.slow
 def test_failed_jobs_are_in_the_summary_with_their_errors(tmp_path, tiny_args):
-    """Two jobs that fail once running (weights files that do not exist: a config the checks before
-    the sweep pass, tests/engine/test_sweep_check.py): hydra runs both, then reports the failure;
-    the summary, refreshed after each job, lists both as failed with the error."""
+    """Two jobs that fail once running (weights files of another model: torch files the checks
+    before the sweep pass, as they do not read them; tests/engine/test_sweep_dry_start.py): hydra
+    runs both, then reports the failure; the summary, refreshed after each job, lists both as
+    failed with the error."""
+    import torch
+
     sweep = tmp_path / "sweep"
-    missing = [tmp_path / "a.pth", tmp_path / "b.pth"]
+    foreign = [tmp_path / "a.pth", tmp_path / "b.pth"]
+    for path in foreign:
+        torch.save({"model": {"other.weight": torch.zeros(2)}}, path)
     proc = subprocess.run([sys.executable, str(ROOT / "tools/train.py"), "-m", *tiny_args,
-                           f"weights={missing[0]},{missing[1]}", f"hydra.sweep.dir={sweep}"],
+                           f"weights={foreign[0]},{foreign[1]}", f"hydra.sweep.dir={sweep}"],
                           env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = json.loads((sweep / "summary.json").read_text())["jobs"]
     assert [(r["job"], r["status"]) for r in rows] == [("0", "failed"), ("1", "failed")]
-    assert f"{missing[0]} does not exist" in rows[0]["error"] and f"{missing[1]} does not exist" in rows[1]["error"]
-    assert rows[0]["params"] == f"weights={missing[0]}"
+    assert all(str(path) in row["error"] for path, row in zip(foreign, rows)), rows
+    assert rows[0]["params"] == f"weights={foreign[0]}"

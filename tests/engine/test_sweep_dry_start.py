@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from config_helpers import compose_config
 from test_sweep_check import SWEEP_TINY, _refusal_lines, _train_multirun
@@ -62,6 +63,21 @@ def test_an_unknown_torchvision_weights_name_is_refused_without_downloading(caps
     assert lines == ["job 1 [weights=ResNet18_Weights.IMAGENET1K_V9]: config key 'weights': "
                      "'ResNet18_Weights.IMAGENET1K_V9' is neither a file nor a torchvision weights name (KeyError: "
                      "'IMAGENET1K_V9'); e.g. ResNet50_Weights.IMAGENET1K_V1"], lines
+
+
+def test_a_weights_file_of_another_model_is_refused_and_one_of_this_model_loads(capsys, tiny_args, tmp_path):
+    """The file is loaded into a meta-device build of each job's model as the job would load it: a
+    checkpoint of another model (a torch file the first-bytes check passes) stopped its job only at
+    the job's start; one of the job's own model is accepted."""
+    from panfpn.modeling.build import instantiate_model
+
+    other, own = tmp_path / "other.pth", tmp_path / "own.pth"
+    torch.save({"model": {"other.weight": torch.zeros(2)}}, other)
+    with multirun_config(*tiny_args, "seed=1,2") as cfg:
+        torch.save({"model": instantiate_model(cfg).state_dict()}, own)
+    lines = _refused(capsys, *tiny_args, f"weights={own},{other}")
+    assert len(lines) == 1 and lines[0].startswith(f"job 1 [weights={other}]: WeightsError: "), lines
+    assert _refused(capsys, *tiny_args, f"weights={own}", "seed=1,2") is None
 
 
 def test_a_weights_file_that_is_not_a_torch_file_is_refused(capsys, tiny_args, tmp_path):
@@ -150,7 +166,8 @@ def test_jobs_with_equal_parts_share_one_build(capsys, tiny_args, monkeypatch, c
         grid = ["solver.base_lr=0.01,0.02,0.03", "model.semantic_head.conv_channels=32,64"]
         assert _refused(capsys, *tiny_args, *grid) is None
     assert sorted(built) == [32, 64], built
-    built_line = "6 job configs valid, dry start built 1 data, 2 labels, 1 metadata, 2 model, 6 solver, 1 weights"
+    built_line = ("6 job configs valid, dry start built 1 data, 2 labels, 1 metadata, 2 model, 6 solver, 1 weights, "
+                  "2 weights fit")
     assert built_line in caplog.text
 
 

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import torch
 from omegaconf import DictConfig
 
 from panfpn.engine.sweep.precheck import refuse_bad_sweep
+from panfpn.modeling.build import instantiate_model
 
 ROOT = Path(__file__).resolve().parents[2]
 VAR = "PANFPN_TEST_PRECHECK_WEIGHTS"  # never set outside these tests
@@ -50,8 +52,9 @@ def _refusal(capsys, *overrides: str) -> str | None:
 def test_a_variable_the_jobs_get_from_hydra_job_env_set_is_set_when_they_are_checked(capsys, monkeypatch, tmp_path):
     """hydra sets ``hydra.job.env_set`` around each job: a config reading it (``${oc.env:...}``) is valid."""
     monkeypatch.delenv(VAR, raising=False)
-    weights = tmp_path / "a.pth"  # the weights file must exist too (the dry start looks for it)
-    weights.write_bytes(b"PK\x03\x04")
+    weights = tmp_path / "a.pth"  # a file of the model: the dry start loads it into the model
+    with multirun_config("seed=1,2") as cfg:
+        torch.save({"model": instantiate_model(cfg).state_dict()}, weights)
     assert _refusal(capsys, "seed=1,2", f"+hydra.job.env_set.{VAR}={weights}", f"weights=${{oc.env:{VAR}}}") is None
     assert VAR not in __import__("os").environ  # restored after the check
     err = _refusal(capsys, "seed=1,2", f"weights=${{oc.env:{VAR}}}")  # without it each job stops at its start

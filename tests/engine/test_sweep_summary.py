@@ -162,21 +162,26 @@ def test_optuna_sweeper_optimises_the_returned_objective(tmp_path, tiny_args):
 
 @pytest.mark.slow
 def test_failed_jobs_are_in_the_summary_with_their_errors(tmp_path, tiny_args):
-    """Two jobs that fail once running (weights files of another model: torch files the checks
-    before the sweep pass, as they do not read them; tests/engine/test_sweep_dry_start.py): hydra
-    runs both, then reports the failure; the summary, refreshed after each job, lists both as
-    failed with the error."""
+    """Two jobs that fail once running (weights of the job's own model, all NaN: files the checks
+    before the sweep load and accept, tests/engine/test_sweep_dry_start.py; the first step's loss
+    is not finite): hydra runs both, then reports the failure; the summary, refreshed after each
+    job, lists both as failed with the error."""
     import torch
+    from config_helpers import compose_config
+
+    from panfpn.modeling.build import instantiate_model
 
     sweep = tmp_path / "sweep"
-    foreign = [tmp_path / "a.pth", tmp_path / "b.pth"]
-    for path in foreign:
-        torch.save({"model": {"other.weight": torch.zeros(2)}}, path)
+    state = instantiate_model(compose_config(tiny_args, output_dir=tmp_path / "model")).state_dict()
+    nan = {k: v.float().fill_(float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    poisoned = [tmp_path / "a.pth", tmp_path / "b.pth"]
+    for path in poisoned:
+        torch.save({"model": nan}, path)
     proc = subprocess.run([sys.executable, str(ROOT / "tools/train.py"), "-m", *tiny_args,
-                           f"weights={foreign[0]},{foreign[1]}", f"hydra.sweep.dir={sweep}"],
+                           f"weights={poisoned[0]},{poisoned[1]}", f"hydra.sweep.dir={sweep}"],
                           env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     rows = json.loads((sweep / "summary.json").read_text())["jobs"]
     assert [(r["job"], r["status"]) for r in rows] == [("0", "failed"), ("1", "failed")]
-    assert all(str(path) in row["error"] for path, row in zip(foreign, rows)), rows
-    assert rows[0]["params"] == f"weights={foreign[0]}"
+    assert all("NonFiniteLossError: non-finite loss at iteration" in row["error"] for row in rows), rows
+    assert rows[0]["params"] == f"weights={poisoned[0]}"

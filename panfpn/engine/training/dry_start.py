@@ -5,10 +5,11 @@ what would stop a job at its start before the first job runs.
 In the job's order: the label metadata (``build_metadata``); the model, on the meta device (no
 memory, no initialisation; a constructor that needs real tensors is built on the CPU), and its
 label counts against the metadata (``check_model_labels``, as the job checks them); ``weights``:
-a file must exist, be a file of a known suffix and (torch files) start like one, a torchvision
-weights name must name a member of its enum (nothing is downloaded or loaded); the solver on the
-built model (parameter groups, lr multipliers, schedule); the files the datasets open at their
-start (annotation JSON, PNG and image folders; checked to exist, not read).
+a file must exist, be a file of a known suffix and (torch files) start like one, and load into
+a meta-device build of the model as the job loads it (keys and shapes); a torchvision weights
+name must name a member of its enum (nothing is downloaded); the solver on the built model
+(parameter groups, lr multipliers, schedule); the files the datasets open at their start
+(annotation JSON, PNG and image folders; checked to exist, not read).
 
 Not built: the resumed checkpoint (``resume=true``), the datasets' records (their JSON is not
 parsed), the loaders, anything on an accelerator. Parts whose config is equal in two jobs are
@@ -21,6 +22,7 @@ import inspect
 import json
 import logging
 import time
+import warnings
 from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Mapping
@@ -106,6 +108,22 @@ def check_weights_source(source: Any) -> None:
     problem = torch_file_problem(path) if path.suffix in TORCH_SUFFIXES else None
     if problem is not None:
         raise WeightsError(f"weights={path} cannot be read as a torch weights file: {problem}")
+
+
+def check_weights_fit(cfg: DictConfig) -> None:
+    """A ``weights`` file loaded as the job loads it (strict unless ``weights_partial``) into a
+    fresh meta-device build of the job's model: its keys and shapes are checked, its tensors read
+    but copied nowhere. A torchvision weights name is not loaded (that would download it)."""
+    from panfpn.engine.job_setup import resolved
+    from panfpn.modeling.weights import is_weights_name, load_weights
+
+    source = resolved(cfg, "weights")
+    if source in (None, "") or is_weights_name(source):
+        return
+    model, _ = build_model_cheaply(cfg)
+    with warnings.catch_warnings(), _quiet():
+        warnings.simplefilter("ignore")  # "copying ... to a meta parameter ... is a no-op": meant
+        load_weights(model, source, allow_partial=bool(resolved(cfg, "weights_partial")))
 
 
 def check_dataset_files(cfg: DictConfig) -> None:
@@ -201,7 +219,9 @@ class DryStart:
         model_key = config_key(cfg, "model")
         model = self._once("model", model_key, lambda: self._model(cfg))
         self._once("labels", model_key + labels, lambda: check_model_labels(cfg, metadata))
-        self._once("weights", config_key(cfg, "weights"), lambda: check_weights_source(resolved(cfg, "weights")))
+        weights = config_key(cfg, "weights", "weights_partial")
+        self._once("weights", weights, lambda: check_weights_source(resolved(cfg, "weights")))
+        self._once("weights fit", model_key + weights, lambda: check_weights_fit(cfg))
         solver = config_key(cfg, "solver", "data.batch_size", "train.amp", "train.amp_dtype")
         self._once("solver", model_key + solver, lambda: build_solver_cheaply(cfg, model))
         self._once("data", config_key(cfg, "data.train", "data.val", "train.eval_period"),

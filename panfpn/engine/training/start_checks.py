@@ -5,9 +5,12 @@ the config's), and a multirun runs them on every job before the first starts
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from panfpn.data.metadata import DatasetMetadata
 
 
 def check_job_start(cfg: DictConfig) -> str | None:
@@ -32,7 +35,7 @@ def check_training_config(cfg: DictConfig, overrides: Sequence[str] | None = Non
     check_data_transforms(cfg)
 
 
-def check_model_labels(cfg: DictConfig, metadata) -> None:
+def check_model_labels(cfg: DictConfig, metadata: DatasetMetadata) -> None:
     """The model config's class counts and thing labels are the dataset's (``metadata``): the model
     configs derive them from ``data.*``, so they differ only when set by hand, and then a model
     with fewer classes than the data trained silently wrong and one with more failed at its final

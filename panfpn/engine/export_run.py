@@ -31,6 +31,7 @@ from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.export_pipeline import (export_pipeline_from_config, output_file, output_stem,
                                             warn_unused_options)
 from panfpn.engine.stop_messages import export_stopped
+from panfpn.utils.errors import refuse_several_processes
 from panfpn.utils.stop_signals import describe_outputs
 
 logger = logging.getLogger("panfpn")
@@ -40,6 +41,7 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
     ``cfg.model``; ``overrides`` as in :func:`~panfpn.engine.inference_model.build_inference_model`);
     returns ``{"files": {...}, "max_abs_diff": {format: {output name: float}}}`` and writes
     ``<stem>.json`` with the same."""
+    refuse_several_processes("export")
     validate_config(cfg)
     refuse_unread_overrides("export", overrides, cfg)  # e.g. predict.* typed to tools/export.py
     opts = ExportOptions.from_config(cfg)

@@ -36,6 +36,7 @@ from panfpn.engine.progress import bar_enabled
 from panfpn.evaluation.writer import PanopticPredictionWriter, prediction_file_stem
 from panfpn.modeling.merge_thresholds import MergeThresholds
 from panfpn.utils.atomic import remove_stale_temp_files, write_json_atomic
+from panfpn.utils.errors import refuse_several_processes
 from panfpn.utils.json_file import JSONFileError, load_json
 from panfpn.engine.stop_messages import merge_stopped
 from panfpn.utils.stop_signals import describe_outputs
@@ -56,6 +57,7 @@ __all__ = ["BadInput", "merge_files", "merge_from_config", "merge_rules"]
 
 def merge_from_config(cfg: DictConfig) -> dict[str, Any]:
     """Run the merge job of a composed config (section ``merge``, key ``device``)."""
+    refuse_several_processes("merge")
     opts = section_values(cfg, "merge")
     if (opts["semantic_dir"] is None) == (opts["semantic_json"] is None):
         raise ConfigError("tools/merge.py needs exactly one of config keys 'merge.semantic_dir' (label "

@@ -56,6 +56,7 @@ from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks
 from panfpn.engine.predict_onnx import predict_onnx
 from panfpn.data.loader import ignore_stop_signals
 from panfpn.engine.stop_messages import predict_stopped
+from panfpn.utils.errors import refuse_several_processes
 from panfpn.utils.stop_signals import describe_outputs
 
 logger = logging.getLogger("panfpn")
@@ -79,15 +80,13 @@ def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None)
 
     Returns the summary of :func:`predict_images`.
     """
+    refuse_several_processes("predict")
     validate_config(cfg)
     refuse_unread_overrides("predict", overrides, cfg)  # e.g. eval.batch_size: predict reads predict.batch_size
     opts = predict_options(cfg)
     if not cfg.weights:
         raise ConfigError("config key 'weights' must name the checkpoint to predict with "
                           "(weights=path/to/model.pth)")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise RuntimeError("tools/predict.py runs in one process: launch it with python, not torchrun "
-                           f"(WORLD_SIZE={os.environ['WORLD_SIZE']})")
     device = du.init_distributed(cfg.device)
     out_dir = Path(opts.output_dir if opts.output_dir else cfg.output_dir)
     setup_logging(out_dir)

@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from panfpn.engine.training.job import TrainingInterrupted, run_training_job
-from panfpn.engine.training.job_signals import JobStopped
+from panfpn.engine.training.job_signals import JobStopped, JobStoppedError
 
 
 def _in_multirun() -> bool:
@@ -29,8 +29,8 @@ def main(cfg: DictConfig) -> float | None:
     try:
         result = run_training_job(cfg)
     except JobStopped as stopped:  # while starting, or while a failure was written: no checkpoint
-        if _in_multirun():
-            raise
+        if _in_multirun():  # as an Exception: the sweep callback records the job, then stops the sweep
+            raise JobStoppedError(stopped) from None
         print(f"training {stopped}; job_status.json says interrupted", file=sys.stderr)
         sys.exit(128 + stopped.signum)
     if result["interrupted"]:

@@ -31,6 +31,16 @@ class JobStopped(KeyboardInterrupt):
         self.signum = signum
 
 
+class JobStoppedError(Exception):
+    """:class:`JobStopped` as an Exception, raised by tools/train.py in a multirun: hydra's job runner
+    catches only Exception, so a KeyboardInterrupt went past its sweep callback (no summary, a
+    traceback, exit status 130 for a SIGTERM); caught, the callback stops the sweep with 128 + signal."""
+
+    def __init__(self, stopped: JobStopped) -> None:
+        super().__init__(str(stopped))
+        self.signum = stopped.signum
+
+
 class JobSignals:
     """The job's handler: raises :class:`JobStopped`, or after :meth:`defer` only notes the signal."""
 

@@ -11,6 +11,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from process_helpers import run
 from tests.engine.conftest import TINY
 
@@ -50,3 +52,42 @@ def test_a_multirun_job_stopped_while_starting_stops_the_sweep_with_its_summary(
     rows = json.loads((sweep / "summary.json").read_text())["jobs"]
     assert [(r["job"], r["status"]) for r in rows] == [("0", "interrupted")]  # job 1 never started
     assert not (sweep / "1").exists()
+
+
+# run_training_job of a training that finished, with a signal sent while its outcome is written.
+SIGNAL_AT_END = textwrap.dedent("""
+    import os, signal, sys
+    from omegaconf import OmegaConf
+    import panfpn.engine.train_run as train_run
+    import panfpn.engine.training.job as job
+
+    out, signum = sys.argv[1], int(sys.argv[2])
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    train_run.train_from_config = lambda cfg: {
+        "iteration": 3, "interrupted": False, "signal": None, "checkpoint": out + "/model_final.pth",
+        "eval": {"panoptic": {"All": {"pq": 0.5}}}, "eval_iteration": 3, "losses": {}}
+    real = job.nonfinite_to_null
+
+    def signalled_while_writing(record):  # scancel / Ctrl-C as eval_results.json is written
+        os.kill(os.getpid(), signum)
+        return real(record)
+
+    job.nonfinite_to_null = signalled_while_writing
+    cfg = OmegaConf.create({"output_dir": out, "solver": {"max_iter": 3}, "train": {"objective": None}})
+    job.run_training_job(cfg)
+    print("returned")
+""")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_a_finished_job_writes_its_results_leaves_them(tmp_path, signum):
+    """Before: the job's handler was gone once train_from_config returned, so a SIGTERM there killed
+    the process before job_status.json was written (a Ctrl-C: a KeyboardInterrupt traceback, no
+    status either); the sweep summary then said 'unknown' for a training that had finished."""
+    done = run([sys.executable, "-c", SIGNAL_AT_END, str(tmp_path), str(int(signum))], env=_env(),
+               capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "returned", (done.returncode, done.stderr[-2000:])
+    assert "Traceback" not in done.stderr
+    record = json.loads((tmp_path / "job_status.json").read_text())
+    assert record["status"] == "done" and record["iteration"] == 3
+    assert json.loads((tmp_path / "eval_results.json").read_text())["iteration"] == 3

@@ -135,6 +135,13 @@ def run_training_job(cfg: DictConfig) -> dict:
                              signal=getattr(err, "signum", None), error=f"{type(err).__name__}: {err}",
                              traceback=traceback.format_exc(limit=8)[-4000:])
             raise
+        signals.defer()  # finished: a signal now (without a handler it killed us) must not lose the files
+        _write_outcome(cfg, run_dir, result, started)
+    return result
+
+
+def _write_outcome(cfg: DictConfig, run_dir: Path, result: dict, started: float) -> None:
+    """``eval_results.json`` (when it evaluated) and ``job_status.json`` of a training that ended."""
     if result["eval"] is not None and _is_main():
         # strict JSON, as tools/eval.py's: an undefined metric (a class absent from the images) is null
         results = nonfinite_to_null(json.loads(json.dumps(result["eval"], default=str)))
@@ -144,4 +151,3 @@ def run_training_job(cfg: DictConfig) -> dict:
                      iteration=result["iteration"], signal=result["signal"], checkpoint=result["checkpoint"],
                      skipped_steps=int((result.get("losses") or {}).get("skipped_steps") or 0),
                      error=None, objective_value=result["objective"])
-    return result

@@ -1,5 +1,7 @@
 """SIGTERM / SIGINT around a training job outside its loop (the loop checkpoints on them:
-``train_run._StopFlag``): while the job starts (config, data, model) and while it ends after an error.
+``train_run._StopFlag``): while the job starts (config, data, model) and while it writes how it
+ended (``job_status.json``, ``eval_results.json``: after an error, or after the loop; without a
+handler there a SIGTERM killed the process before a finished job's status was written).
 
 Without a handler there, the default action killed the process at once and ``job_status.json``
 was never written. That is what happened to rank 0 of a torchrun job when another rank failed:

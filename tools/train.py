@@ -49,4 +49,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # hydra lets it through: Ctrl-C while a multirun checks its jobs or between two
+        print("sweep stopped by SIGINT outside a training job (summary.json lists the jobs that ended)",
+              file=sys.stderr)
+        sys.exit(130)

@@ -91,3 +91,45 @@ def test_a_signal_while_a_finished_job_writes_its_results_leaves_them(tmp_path, 
     record = json.loads((tmp_path / "job_status.json").read_text())
     assert record["status"] == "done" and record["iteration"] == 3
     assert json.loads((tmp_path / "eval_results.json").read_text())["iteration"] == 3
+
+
+# tools/train.py -m, jobs that finish at once, a Ctrl-C before the first job or between two jobs.
+CTRL_C_IN_SWEEP = textwrap.dedent("""
+    import os, runpy, signal, sys
+    import panfpn.engine.sweep.callback as callback
+    import panfpn.engine.sweep.precheck as precheck
+    import panfpn.engine.train_run as train_run
+
+    where = sys.argv[1]
+    train_run.train_from_config = lambda cfg: {
+        "iteration": 4, "interrupted": False, "signal": None, "checkpoint": None, "eval": None, "losses": {}}
+
+    def ctrl_c_after(real):
+        def wrapped(*args, **kwargs):
+            out = real(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGINT)
+            return out
+        return wrapped
+
+    if where == "sweep check":  # the dry start of the jobs before the first one
+        precheck.refuse_bad_sweep = ctrl_c_after(precheck.refuse_bad_sweep)
+    else:  # after job 0's summary, before job 1
+        callback.SweepSummary._write = ctrl_c_after(callback.SweepSummary._write)
+    sys.argv = sys.argv[2:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+""")
+
+
+@pytest.mark.parametrize("where, jobs", [("sweep check", []), ("between jobs", [("0", "done")])])
+def test_ctrl_c_outside_the_jobs_of_a_multirun_is_one_line_and_130(tmp_path, where, jobs):
+    """Before: hydra lets a KeyboardInterrupt through (it catches Exception), so a Ctrl-C while the
+    sweep checked its jobs or between two jobs ended in a traceback of hydra's internals."""
+    sweep = tmp_path / "sweep"
+    done = run([sys.executable, "-c", CTRL_C_IN_SWEEP, where, str(ROOT / "tools/train.py"), "-m", *TINY,
+                "seed=0,1", f"hydra.sweep.dir={sweep}"], env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 128 + signal.SIGINT, (done.returncode, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert "sweep stopped by SIGINT" in done.stderr
+    rows = json.loads((sweep / "summary.json").read_text())["jobs"] if jobs else []
+    assert [(r["job"], r["status"]) for r in rows] == jobs
+    assert not (sweep / "1").exists()

@@ -7,13 +7,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from process_helpers import run
+from process_helpers import run, started
 from tests.engine.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,3 +135,33 @@ def test_ctrl_c_outside_the_jobs_of_a_multirun_is_one_line_and_130(tmp_path, whe
     rows = json.loads((sweep / "summary.json").read_text())["jobs"] if jobs else []
     assert [(r["job"], r["status"]) for r in rows] == jobs
     assert not (sweep / "1").exists()
+
+
+def _wait_for(path: Path, proc, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not (path.is_file() and path.stat().st_size > 0):
+        time.sleep(0.1)
+    assert proc.poll() is None and path.is_file(), f"{path} not written"
+
+
+def test_a_second_sigterm_to_the_group_in_the_loop_aborts_in_one_true_line(tmp_path):
+    """Slurm's preemption SIGTERM then another: the run aborts at once, exit 143, its DataLoader
+    workers gone. Before, the line said the signal came 'outside the training loop'."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, "solver.max_iter=100000", "solver.schedule.steps=[50000]", "train.eval_period=-1",
+            "train.checkpoint_period=100000", "data.num_workers=2", "train.objective=null",
+            f"hydra.run.dir={run_dir}"]
+    with started([sys.executable, str(ROOT / "tools/train.py"), *args], env=_env(), stdout=subprocess.PIPE,
+                 stderr=subprocess.PIPE, text=True) as proc:
+        _wait_for(run_dir / "metrics.jsonl", proc, 120)  # in the loop: an iteration was logged
+        os.killpg(proc.pid, signal.SIGTERM)
+        time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert left == []  # DataLoader workers ended with their parent
+    assert "Traceback" not in err
+    assert "outside the training loop" not in err
+    assert "training stopped by SIGTERM without saving a checkpoint" in err
+    assert json.loads((run_dir / "job_status.json").read_text())["status"] == "interrupted"

@@ -26,10 +26,12 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class JobStopped(KeyboardInterrupt):
-    """A stop signal reached the training job outside its loop (no checkpoint is made there)."""
+    """A stop signal reached the training job outside its loop, or a second one in it: no checkpoint."""
 
     def __init__(self, signum: int) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name} outside the training loop (no checkpoint)")
+        # outside the loop, or a second signal in it (the first one's checkpoint was not waited for)
+        super().__init__(f"stopped by {signal.Signals(signum).name} without saving a checkpoint (while starting, "
+                         "or a second signal)")
         self.signum = signum
 
 

@@ -52,6 +52,7 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:  # hydra lets it through: Ctrl-C while a multirun checks its jobs or between two
-        print("sweep stopped by SIGINT outside a training job (summary.json lists the jobs that ended)",
-              file=sys.stderr)
+        sweep = bool({"-m", "--multirun"} & set(sys.argv[1:]))
+        print("sweep stopped by SIGINT outside a training job (summary.json lists the jobs that ended)" if sweep
+              else "training stopped by SIGINT before its job started (no job_status.json)", file=sys.stderr)
         sys.exit(130)

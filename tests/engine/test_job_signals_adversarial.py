@@ -165,3 +165,34 @@ def test_a_second_sigterm_to_the_group_in_the_loop_aborts_in_one_true_line(tmp_p
     assert "outside the training loop" not in err
     assert "training stopped by SIGTERM without saving a checkpoint" in err
     assert json.loads((run_dir / "job_status.json").read_text())["status"] == "interrupted"
+
+
+# tools/train.py with a signal sent to itself as the job first imports the training code (torch,
+# torchvision: seconds under load), right after hydra wrote the run folder's .hydra files.
+SIGNAL_AT_IMPORT = textwrap.dedent("""
+    import builtins, os, runpy, signal, sys
+    signum, real_import = int(sys.argv[1]), builtins.__import__
+
+    def importing(name, *args, **kwargs):
+        if name == "panfpn.engine.train_run" and "panfpn.engine.train_run" not in sys.modules:
+            os.kill(os.getpid(), signum)
+        return real_import(name, *args, **kwargs)
+
+    builtins.__import__ = importing
+    sys.argv = sys.argv[2:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+""")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_while_the_job_imports_the_training_code_is_an_interrupted_job(tmp_path, signum):
+    """Before: the job's handler was installed after those imports (1.8 s here), so a SIGTERM there
+    killed the job without job_status.json, and a Ctrl-C gave a traceback."""
+    run_dir = tmp_path / "run"
+    done = run([sys.executable, "-c", SIGNAL_AT_IMPORT, str(int(signum)), str(ROOT / "tools/train.py"), *TINY,
+                f"hydra.run.dir={run_dir}"], env=_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 128 + signum, (done.returncode, done.stderr[-3000:])
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"training stopped by {signal.Signals(signum).name} without saving a checkpoint" in done.stderr
+    record = json.loads((run_dir / "job_status.json").read_text())
+    assert record["status"] == "interrupted" and record["signal"] == signum

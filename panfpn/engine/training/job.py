@@ -113,16 +113,18 @@ def write_job_status(run_dir: Path, status: str, *, started: float, cfg: DictCon
 def run_training_job(cfg: DictConfig) -> dict:
     """``train_from_config(cfg)`` plus the run folder's ``job_status.json`` (also when it fails or
     is interrupted) and ``eval_results.json`` (final evaluation); the result gets ``objective``."""
-    from panfpn.engine.distributed import job_log_on_rank_0_only
-    from panfpn.engine.train_run import train_from_config
     from panfpn.engine.training.job_signals import job_stop_signals
-    from panfpn.engine.training.start_checks import check_job_start
 
     started = time.time()
     run_dir = Path(str(cfg.output_dir))
-    job_log_on_rank_0_only()
     with job_stop_signals() as signals:  # outside the loop: a stop signal is an error, status written
         try:
+            # imported here, under the handler: torch & co take seconds, and a SIGTERM then killed the job
+            from panfpn.engine.distributed import job_log_on_rank_0_only
+            from panfpn.engine.train_run import train_from_config
+            from panfpn.engine.training.start_checks import check_job_start
+
+            job_log_on_rank_0_only()
             warning = check_job_start(cfg)
             if warning:
                 logger.warning("%s", warning)

@@ -2,7 +2,7 @@
 
 Exit status: 0 when training ran to solver.max_iter; 128 + signal (SIGTERM 143, SIGINT 130) when a
 signal stopped it after saving a checkpoint (continue with resume=true), or before the training
-loop started (no checkpoint); 1 on an error.
+loop started or on a second signal (no checkpoint); 1 on an error.
 
 Returns ``train.objective`` (e.g. ``pq/All`` of the final evaluation) to hydra, so sweepers such
 as hydra-optuna-sweeper optimise it; `-m` sweeps end with a summary (docs/experiments.md).

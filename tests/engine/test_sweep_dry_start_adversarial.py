@@ -31,18 +31,23 @@ def _refused(capsys, *overrides: str) -> list[str] | None:
     return None
 
 
-@pytest.fixture
-def official_swin_file(tiny_args, tmp_path):
+@pytest.fixture(params=["official Mask2Former", "imagenet swin"])
+def official_swin_file(request, tiny_args, tmp_path):
     """An official Mask2Former model-zoo ``.pkl`` (its names, numpy arrays, relative position indices
-    included) of the tiny Swin Mask2Former, and the job's own strict load of it succeeding."""
+    included) of the tiny Swin Mask2Former, or the ImageNet classification Swin ``.pkl`` of its body
+    (the official initialisation), and the job's own strict load of it succeeding."""
     with multirun_config(*tiny_args, *SWIN) as cfg:
         model = instantiate_model(cfg)
     state = {official_name(k): v.numpy().copy() for k, v in model.state_dict().items() if official_name(k)}
+    if request.param == "imagenet swin":
+        state = {k.removeprefix("backbone."): v for k, v in state.items()
+                 if k.startswith(("backbone.patch_embed.", "backbone.layers."))}
     assert any(k.endswith("relative_position_index") for k in state)
     path = tmp_path / "model_final_swin.pkl"
     with open(path, "wb") as f:
         pickle.dump({"model": state, "__author__": "FAIR", "matching_heuristics": True}, f)
-    assert load_weights(model, str(path)).complete  # what the job does at its start
+    report = load_weights(model, str(path))  # what the job does at its start
+    assert report.complete and report.format.lower().endswith(request.param.lower()), report.format
     return path
 
 

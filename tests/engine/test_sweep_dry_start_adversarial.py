@@ -62,3 +62,23 @@ def test_an_official_swin_checkpoint_of_another_window_is_still_refused(capsys, 
     lines = _refused(capsys, *tiny_args, *SWIN[:-1], f"weights={official_swin_file}", "seed=1,2",
                      "+model.backbone.arch={embed_dim:24,depths:[2,2,2,2],num_heads:[1,2,3,4],window_size:5}")
     assert lines is not None and len(lines) == 2 and "WeightsError" in lines[0], lines
+
+
+def test_torchvision_weights_of_another_architecture_are_refused_without_downloading(capsys, tiny_args, monkeypatch):
+    """ResNet-50 weights into the ResNet-18 body: the job downloads 100 MB and then refuses them at
+    its start; the check loads the named architecture's own (meta) state dict in their place."""
+    monkeypatch.setattr("torchvision.models.WeightsEnum.get_state_dict",
+                        lambda *a, **k: pytest.fail("the sweep check must not fetch weights"))
+    lines = _refused(capsys, *tiny_args, "weights=ResNet18_Weights.IMAGENET1K_V1,ResNet50_Weights.IMAGENET1K_V2")
+    assert lines is not None and len(lines) == 1, lines
+    assert lines[0].startswith("job 1 [weights=ResNet50_Weights.IMAGENET1K_V2]: WeightsError: weights "
+                               "ResNet50_Weights.IMAGENET1K_V2 (torchvision imagenet) do not fit the model"), lines
+
+
+@pytest.mark.parametrize("model,weights", [("panoptic_fpn_regnety_3_2gf", "RegNet_Y_3_2GF_Weights.IMAGENET1K_V2"),
+                                           ("panoptic_fpn_convnext_t", "ConvNeXt_Tiny_Weights.IMAGENET1K_V1")])
+def test_torchvision_weights_of_the_backbone_are_accepted(capsys, tiny_args, monkeypatch, model, weights):
+    """The presets' own torchvision weights (RegNet's model is built on the CPU, ConvNeXt's on the meta device)."""
+    monkeypatch.setattr("torchvision.models.WeightsEnum.get_state_dict",
+                        lambda *a, **k: pytest.fail("the sweep check must not fetch weights"))
+    assert _refused(capsys, *tiny_args, f"model={model}", f"weights={weights}", "seed=1,2") is None

@@ -112,17 +112,20 @@ def check_weights_fit(cfg: DictConfig) -> None:
     """A ``weights`` file loaded as the job loads it (strict unless ``weights_partial``) into a
     fresh meta-device build of the job's model: its keys and shapes are checked, its tensors read
     but copied nowhere; a loader that needs the model's values (an operator meta tensors lack) gets
-    a CPU build. A torchvision weights name is not loaded (that would download it)."""
+    a CPU build. A torchvision weights name is not downloaded: its architecture's own state dict
+    (torchvision loads its files strictly into it: the same keys and shapes) stands in for it."""
     from panfpn.engine.job_setup import resolved
     from panfpn.modeling.weights import is_weights_name, load_weights
 
     source = resolved(cfg, "weights")
-    if source in (None, "") or is_weights_name(source):
+    if source in (None, ""):
         return
     partial = bool(resolved(cfg, "weights_partial"))
     model, device = build_model_cheaply(cfg)
-    with warnings.catch_warnings(), _quiet():
+    with warnings.catch_warnings(), _quiet(), _torchvision_stand_in(source, device) as stand_in:
         warnings.simplefilter("ignore")  # "copying ... to a meta parameter ... is a no-op": meant
+        if is_weights_name(source) and not stand_in:
+            return
         try:
             load_weights(model, source, allow_partial=partial)
         except (NotImplementedError, RuntimeError) as err:
@@ -131,6 +134,34 @@ def check_weights_fit(cfg: DictConfig) -> None:
             # a loader that compares values (the Swin relative position index) needs real tensors
             logger.info("sweep check: %s is loaded into a CPU build of the model (%s)", source, err)
             load_weights(instantiate_cpu_model(cfg), source, allow_partial=partial)
+
+
+@contextmanager
+def _torchvision_stand_in(source: Any, device: str) -> Iterator[bool]:
+    """Meanwhile, torchvision weights named ``source`` "download" as their architecture's state dict
+    built on ``device`` (no file fetched); yields False (nothing stands in) for a file, or a name
+    whose architecture is not found or not built with its defaults (then not checked, logged)."""
+    import torchvision
+    from unittest import mock
+
+    from panfpn.modeling.weights import is_weights_name
+
+    state = None
+    if is_weights_name(source):
+        try:
+            weights = torchvision.models.get_weight(source)
+            builder = next(name for name in torchvision.models.list_models()
+                           if torchvision.models.get_model_weights(name) is type(weights))
+            with torch.device(device):
+                state = torchvision.models.get_model(builder).state_dict()
+        except Exception as err:  # noqa: BLE001 - a name the check cannot stand in for is left to the job
+            logger.info("sweep check: weights=%s not checked against the model (%s: %s)", source,
+                        type(err).__name__, err)
+    if state is None:
+        yield False
+        return
+    with mock.patch.object(type(weights), "get_state_dict", lambda *args, **kwargs: state):
+        yield True
 
 
 def _meta_limit(err: BaseException) -> bool:

@@ -8,8 +8,9 @@ label counts against the metadata (``check_model_labels``, as the job checks the
 a file must exist, be a file of a known suffix and (torch files) start like one, and load into
 a meta-device build of the model as the job loads it (keys and shapes; a CPU build when the loader
 compares values, as the Swin loaders do the relative position index); a torchvision weights
-name must name a member of its enum (nothing is downloaded); the solver on the built model
-(parameter groups, lr multipliers, schedule); the files the datasets open at their start
+name must name a member of its enum, and its architecture's state dict (standing in for the
+file: nothing is downloaded) load the same way; the solver on the built model (parameter
+groups, lr multipliers, schedule); the files the datasets open at their start
 (annotation JSON, PNG and image folders; checked to exist, not read).
 
 Not built: the resumed checkpoint (``resume=true``), the datasets' records (their JSON is not

@@ -6,9 +6,11 @@ In the job's order: the label metadata (``build_metadata``); the model, on the m
 memory, no initialisation; a constructor that needs real tensors is built on the CPU), and its
 label counts against the metadata (``check_model_labels``, as the job checks them); ``weights``:
 a file must exist, be a file of a known suffix and (torch files) start like one, and load into
-a meta-device build of the model as the job loads it (keys and shapes); a torchvision weights
-name must name a member of its enum (nothing is downloaded); the solver on the built model
-(parameter groups, lr multipliers, schedule); the files the datasets open at their start
+a meta-device build of the model as the job loads it (keys and shapes; a CPU build when the loader
+compares values, as the Swin loaders do the relative position index); a torchvision weights
+name must name a member of its enum, and its architecture's state dict (standing in for the
+file: nothing is downloaded) load the same way; the solver on the built model (parameter
+groups, lr multipliers, schedule); the files the datasets open at their start
 (annotation JSON, PNG and image folders; checked to exist, not read).
 
 Not built: the resumed checkpoint (``resume=true``), the datasets' records (their JSON is not
@@ -79,10 +81,7 @@ def build_model_cheaply(cfg: DictConfig) -> tuple[torch.nn.Module, str]:
             return instantiate_model(cfg), "meta"
     except Exception as err:  # noqa: BLE001 - any failure is retried as the job builds it
         logger.debug("sweep check: model not buildable on the meta device (%s); building it on the CPU", err)
-    try:
-        return instantiate_model(cfg), "cpu"
-    except Exception as err:  # noqa: BLE001 - reported with its config key
-        raise _instantiation_error(err) from err
+    return instantiate_cpu_model(cfg), "cpu"
 
 
 def check_weights_source(source: Any) -> None:
@@ -113,17 +112,73 @@ def check_weights_source(source: Any) -> None:
 def check_weights_fit(cfg: DictConfig) -> None:
     """A ``weights`` file loaded as the job loads it (strict unless ``weights_partial``) into a
     fresh meta-device build of the job's model: its keys and shapes are checked, its tensors read
-    but copied nowhere. A torchvision weights name is not loaded (that would download it)."""
+    but copied nowhere; a loader that needs the model's values (an operator meta tensors lack) gets
+    a CPU build. A torchvision weights name is not downloaded: its architecture's own state dict
+    (torchvision loads its files strictly into it: the same keys and shapes) stands in for it."""
     from panfpn.engine.job_setup import resolved
     from panfpn.modeling.weights import is_weights_name, load_weights
 
     source = resolved(cfg, "weights")
-    if source in (None, "") or is_weights_name(source):
+    if source in (None, ""):
         return
-    model, _ = build_model_cheaply(cfg)
-    with warnings.catch_warnings(), _quiet():
+    partial = bool(resolved(cfg, "weights_partial"))
+    model, device = build_model_cheaply(cfg)
+    with warnings.catch_warnings(), _quiet(), _torchvision_stand_in(source, device) as stand_in:
         warnings.simplefilter("ignore")  # "copying ... to a meta parameter ... is a no-op": meant
-        load_weights(model, source, allow_partial=bool(resolved(cfg, "weights_partial")))
+        if is_weights_name(source) and not stand_in:
+            return
+        try:
+            load_weights(model, source, allow_partial=partial)
+        except (NotImplementedError, RuntimeError) as err:
+            if device != "meta" or not _meta_limit(err):
+                raise
+            # a loader that compares values (the Swin relative position index) needs real tensors
+            logger.info("sweep check: %s is loaded into a CPU build of the model (%s)", source, err)
+            load_weights(instantiate_cpu_model(cfg), source, allow_partial=partial)
+
+
+@contextmanager
+def _torchvision_stand_in(source: Any, device: str) -> Iterator[bool]:
+    """Meanwhile, torchvision weights named ``source`` "download" as their architecture's state dict
+    built on ``device`` (no file fetched); yields False (nothing stands in) for a file, or a name
+    whose architecture is not found or not built with its defaults (then not checked, logged)."""
+    import torchvision
+    from unittest import mock
+
+    from panfpn.modeling.weights import is_weights_name
+
+    state = None
+    if is_weights_name(source):
+        try:
+            weights = torchvision.models.get_weight(source)
+            builder = next(name for name in torchvision.models.list_models()
+                           if torchvision.models.get_model_weights(name) is type(weights))
+            with torch.device(device):
+                state = torchvision.models.get_model(builder).state_dict()
+        except Exception as err:  # noqa: BLE001 - a name the check cannot stand in for is left to the job
+            logger.info("sweep check: weights=%s not checked against the model (%s: %s)", source,
+                        type(err).__name__, err)
+    if state is None:
+        yield False
+        return
+    with mock.patch.object(type(weights), "get_state_dict", lambda *args, **kwargs: state):
+        yield True
+
+
+def _meta_limit(err: BaseException) -> bool:
+    """Whether ``err`` is an operator that meta tensors cannot run (no meta kernel, no data to read),
+    not a verdict on the weights."""
+    return isinstance(err, NotImplementedError) or "meta" in str(err).lower()
+
+
+def instantiate_cpu_model(cfg: DictConfig) -> torch.nn.Module:
+    """``cfg.model`` built on the CPU, as the job builds it (its errors with their config key)."""
+    from panfpn.modeling.build import instantiate_model
+
+    try:
+        return instantiate_model(cfg)
+    except Exception as err:  # noqa: BLE001 - reported with its config key
+        raise _instantiation_error(err) from err
 
 
 def check_dataset_files(cfg: DictConfig) -> None:

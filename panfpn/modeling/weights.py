@@ -38,7 +38,7 @@ import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 import torchvision
@@ -130,7 +130,8 @@ def _short(keys: list[str], limit: int = 12) -> str:
 
 
 def load_weights(model: nn.Module, source: str | os.PathLike | torchvision.models.WeightsEnum, *,
-                 allow_partial: bool = False) -> LoadReport:
+                 allow_partial: bool = False,
+                 torchvision_state: Mapping[str, torch.Tensor] | None = None) -> LoadReport:
     """Load ``source`` into ``model`` (a :class:`~panfpn.modeling.panoptic_fpn.PanopticFPN`) in place.
 
     Strict unless ``allow_partial``: a model tensor in scope left unloaded, a shape mismatch or a
@@ -139,10 +140,12 @@ def load_weights(model: nn.Module, source: str | os.PathLike | torchvision.model
     tensors matched is always an error. On any error the model is left exactly as it was.
     Raises ``FileNotFoundError`` for a missing file, ``WeightsError`` for an unreadable one or an
     unknown format, ``pickle.UnpicklingError`` for a pickle holding anything but arrays or tensors.
+    ``torchvision_state``: for a torchvision weights name, the state dict to load instead of
+    fetching the file (the sweep check's stand-in: the architecture's own keys and shapes).
     """
     saved = _snapshot(model)
     try:
-        report = _dispatch(model, source)
+        report = _dispatch(model, source, torchvision_state)
         _check(report, allow_partial)
     except BaseException:
         _restore(model, saved)
@@ -150,9 +153,9 @@ def load_weights(model: nn.Module, source: str | os.PathLike | torchvision.model
     return report
 
 
-def _dispatch(model: nn.Module, source: Any) -> LoadReport:
+def _dispatch(model: nn.Module, source: Any, torchvision_state: Mapping[str, torch.Tensor] | None) -> LoadReport:
     if isinstance(source, torchvision.models.WeightsEnum) or is_weights_name(source):
-        return _load_torchvision_enum(model, source)
+        return _load_torchvision_enum(model, source, torchvision_state)
     path = check_weights_path(source)
     if path.suffix == ".pkl":
         pickled = _read_d2_pickle(path)
@@ -396,10 +399,10 @@ def _restore(model: nn.Module, saved: tuple[dict[str, torch.Tensor], dict[str, d
             value.copy_(tensors[key])
 
 
-def _load_torchvision_enum(model: nn.Module, source: Any) -> LoadReport:
+def _load_torchvision_enum(model: nn.Module, source: Any, state: Mapping[str, torch.Tensor] | None = None) -> LoadReport:
     weights = torchvision.models.get_weight(source) if isinstance(source, str) else source
     try:
-        state = weights.get_state_dict(progress=True, check_hash=True)
+        state = dict(state) if state is not None else weights.get_state_dict(progress=True, check_hash=True)
     except Exception as err:  # network errors come in many types (URLError, OSError, HTTPError)
         raise RuntimeError(
             f"could not fetch torchvision weights {weights}: {err}. Without internet, download "

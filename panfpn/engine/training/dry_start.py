@@ -123,46 +123,38 @@ def check_weights_fit(cfg: DictConfig) -> None:
         return
     partial = bool(resolved(cfg, "weights_partial"))
     model, device = build_model_cheaply(cfg)
-    with warnings.catch_warnings(), _quiet(), _torchvision_stand_in(source, device) as stand_in:
+    stand_in = torchvision_stand_in(source, device) if is_weights_name(source) else None
+    if is_weights_name(source) and stand_in is None:
+        return
+    with warnings.catch_warnings(), _quiet():
         warnings.simplefilter("ignore")  # "copying ... to a meta parameter ... is a no-op": meant
-        if is_weights_name(source) and not stand_in:
-            return
         try:
-            load_weights(model, source, allow_partial=partial)
+            load_weights(model, source, allow_partial=partial, torchvision_state=stand_in)
         except (NotImplementedError, RuntimeError) as err:
             if device != "meta" or not _meta_limit(err):
                 raise
             # a loader that compares values (the Swin relative position index) needs real tensors
             logger.info("sweep check: %s is loaded into a CPU build of the model (%s)", source, err)
-            load_weights(instantiate_cpu_model(cfg), source, allow_partial=partial)
+            load_weights(instantiate_cpu_model(cfg), source, allow_partial=partial, torchvision_state=stand_in)
 
 
-@contextmanager
-def _torchvision_stand_in(source: Any, device: str) -> Iterator[bool]:
-    """Meanwhile, torchvision weights named ``source`` "download" as their architecture's state dict
-    built on ``device`` (no file fetched); yields False (nothing stands in) for a file, or a name
-    whose architecture is not found or not built with its defaults (then not checked, logged)."""
+def torchvision_stand_in(source: str, device: str) -> dict[str, torch.Tensor] | None:
+    """The state dict of the architecture torchvision weights named ``source`` belong to, built on
+    ``device`` (nothing fetched: torchvision loads its files strictly into that architecture, so
+    the keys and shapes are the file's); None, logged, when the architecture is not found or not
+    built with its defaults (the job's own load then tells)."""
     import torchvision
-    from unittest import mock
 
-    from panfpn.modeling.weights import is_weights_name
-
-    state = None
-    if is_weights_name(source):
-        try:
-            weights = torchvision.models.get_weight(source)
-            builder = next(name for name in torchvision.models.list_models()
-                           if torchvision.models.get_model_weights(name) is type(weights))
-            with torch.device(device):
-                state = torchvision.models.get_model(builder).state_dict()
-        except Exception as err:  # noqa: BLE001 - a name the check cannot stand in for is left to the job
-            logger.info("sweep check: weights=%s not checked against the model (%s: %s)", source,
-                        type(err).__name__, err)
-    if state is None:
-        yield False
-        return
-    with mock.patch.object(type(weights), "get_state_dict", lambda *args, **kwargs: state):
-        yield True
+    try:
+        weights = torchvision.models.get_weight(source)
+        builder = next(name for name in torchvision.models.list_models()
+                       if torchvision.models.get_model_weights(name) is type(weights))
+        with torch.device(device):
+            return torchvision.models.get_model(builder).state_dict()
+    except Exception as err:  # noqa: BLE001 - a name the check cannot stand in for is left to the job
+        logger.info("sweep check: weights=%s not checked against the model (%s: %s)", source,
+                    type(err).__name__, err)
+        return None
 
 
 def _meta_limit(err: BaseException) -> bool:

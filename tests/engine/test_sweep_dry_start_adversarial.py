@@ -7,10 +7,9 @@ import pickle
 
 import pytest
 
-from test_sweep_check import _refusal_lines
+from test_sweep_dry_start import _refused
 from test_sweep_precheck_inputs import multirun_config
 
-from panfpn.engine.sweep.precheck import refuse_bad_sweep
 from panfpn.modeling.build import instantiate_model
 from panfpn.modeling.mask2former.official_weights import official_name
 from panfpn.modeling.weights import load_weights
@@ -19,16 +18,6 @@ from panfpn.modeling.weights import load_weights
 SWIN = ["model=mask2former_small", "model.backbone.name=swin", "model.backbone.depth=null", "model.backbone.norm=native",
         "+model.backbone.out_norms=true",
         "+model.backbone.arch={embed_dim:24,depths:[2,2,2,2],num_heads:[1,2,3,4],window_size:7}"]
-
-
-def _refused(capsys, *overrides: str) -> list[str] | None:
-    with multirun_config(*overrides) as cfg:
-        try:
-            refuse_bad_sweep(cfg)
-        except SystemExit as stop:
-            assert stop.code == 1
-            return _refusal_lines(capsys.readouterr().err)
-    return None
 
 
 @pytest.fixture(params=["official Mask2Former", "imagenet swin"])

@@ -41,6 +41,7 @@ from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, move_ba
 from panfpn.modeling.build import build_model
 from panfpn.engine.training.solver import build_optimizer, clip_gradients, reported_lr, scaled_lr
 from panfpn.evaluation.build import build_evaluators
+from panfpn.utils.stop_signals import install_stop_handler, restore_handlers
 
 logger = logging.getLogger("panfpn")
 BAD_IMAGES_LOG = "bad_images.txt"  # images data.skip_bad_images skipped: path, image id, error
@@ -68,13 +69,7 @@ class _StopFlag:
         return self.signum is not None
 
     def __enter__(self) -> "_StopFlag":
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                if signal.getsignal(sig) is signal.SIG_IGN:  # e.g. nohup: the launcher wants it ignored
-                    continue
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: signals cannot be caught here
-                pass
+        self._previous = install_stop_handler(self._handle)  # nohup's ignored signals stay ignored
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -87,8 +82,7 @@ class _StopFlag:
         signal.signal(signum, self._previous[signum])
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        restore_handlers(self._previous)
 
 
 def seed_everything(seed: int) -> None:

@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Collection, Mapping
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -46,6 +46,26 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
+def install_stop_handler(handler: Callable[[int, Any], Any], skip: Collection[int] = ()) -> dict[int, Any]:
+    """``handler`` for SIGTERM and SIGINT (not those in ``skip``, nor one set to be ignored, as nohup
+    sets it: left ignored); returns the handlers it replaced, for :func:`restore_handlers`. Outside
+    the main thread signals cannot be caught: nothing is installed."""
+    previous: dict[int, Any] = {}
+    for sig in STOP_SIGNALS:
+        try:
+            if sig not in skip and signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread
+            pass
+    return previous
+
+
+def restore_handlers(previous: Mapping[int, Any]) -> None:
+    """Put back the handlers :func:`install_stop_handler` replaced."""
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 class StopSignals:
     """The handler of one tool run (see the module docstring); :func:`stop_signals` makes one."""
 
@@ -58,13 +78,7 @@ class StopSignals:
         self._install()
 
     def _install(self) -> None:
-        for sig in STOP_SIGNALS:
-            try:
-                if sig in self._previous or signal.getsignal(sig) is signal.SIG_IGN:  # nohup: left ignored
-                    continue
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: signals cannot be caught here
-                pass
+        self._previous.update(install_stop_handler(self._handle, skip=self._previous))
 
     def __enter__(self) -> "StopSignals":
         global _ACTIVE
@@ -95,8 +109,7 @@ class StopSignals:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         global _ACTIVE
         self.running, _ACTIVE = False, None
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        restore_handlers(self._previous)
         self._previous.clear()
         if self.signum is None:
             return False  # no signal: any exception goes on as it came

@@ -123,8 +123,9 @@ def check_weights_fit(cfg: DictConfig) -> None:
         return
     partial = bool(resolved(cfg, "weights_partial"))
     model, device = build_model_cheaply(cfg)
-    stand_in = torchvision_stand_in(source, device) if is_weights_name(source) else None
-    if is_weights_name(source) and stand_in is None:
+    named = is_weights_name(source)
+    stand_in = torchvision_stand_in(source, device) if named else None
+    if named and stand_in is None:
         return
     with warnings.catch_warnings(), _quiet():
         warnings.simplefilter("ignore")  # "copying ... to a meta parameter ... is a no-op": meant

@@ -1,7 +1,6 @@
 """SIGTERM / SIGINT around a training job outside its loop (the loop checkpoints on them:
 ``train_run._StopFlag``): while the job starts (config, data, model) and while it writes how it
-ended (``job_status.json``, ``eval_results.json``: after an error, or after the loop; without a
-handler there a SIGTERM killed the process before a finished job's status was written).
+ended (``job_status.json``, ``eval_results.json``: after an error, or after the loop).
 
 Without a handler there, the default action killed the process at once and ``job_status.json``
 was never written. That is what happened to rank 0 of a torchrun job when another rank failed:
@@ -22,7 +21,7 @@ import signal
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+from panfpn.utils.stop_signals import install_stop_handler, restore_handlers, signal_name
 
 
 class JobStopped(KeyboardInterrupt):
@@ -30,7 +29,7 @@ class JobStopped(KeyboardInterrupt):
 
     def __init__(self, signum: int) -> None:
         # outside the loop, or a second signal in it (the first one's checkpoint was not waited for)
-        super().__init__(f"stopped by {signal.Signals(signum).name} without saving a checkpoint (while starting, "
+        super().__init__(f"stopped by {signal_name(signum)} without saving a checkpoint (while starting, "
                          "or a second signal)")
         self.signum = signum
 
@@ -83,17 +82,11 @@ def job_stop_signals() -> Iterator[JobSignals]:
     """SIGTERM and SIGINT handled as :class:`JobSignals` says while the block runs (main thread
     only; a signal the launcher set to be ignored stays ignored); the previous handlers after."""
     global _ACTIVE
-    handler, previous = JobSignals(), {}
-    for sig in STOP_SIGNALS:
-        try:
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                previous[sig] = signal.signal(sig, handler.handle)
-        except ValueError:  # not the main thread: signals cannot be caught here
-            pass
+    handler = JobSignals()
+    previous = install_stop_handler(handler.handle)
     outer, _ACTIVE = _ACTIVE, handler
     try:
         yield handler
     finally:
         _ACTIVE = outer
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        restore_handlers(previous)

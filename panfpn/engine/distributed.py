@@ -65,13 +65,14 @@ def remove_hydra_only_folder(folder: Path) -> bool:
     ``*.log`` files); anything else there keeps it. Returns True when it was removed."""
     if not folder.is_dir():
         return False
-    files = [p for p in folder.rglob("*") if not p.is_dir()]
+    entries = list(folder.rglob("*"))
+    files = [p for p in entries if not p.is_dir()]
     for path in files:
         name = path.relative_to(folder).as_posix()
         empty_log = "/" not in name and name.endswith(".log") and path.stat().st_size == 0
         if name not in HYDRA_START_FILES and not empty_log:
             return False
-    if any(p.is_dir() and p.relative_to(folder).as_posix() != ".hydra" for p in folder.rglob("*")):
+    if any(p.is_dir() and p.relative_to(folder).as_posix() != ".hydra" for p in entries):
         return False
     try:
         for path in files:

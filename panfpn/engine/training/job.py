@@ -13,7 +13,6 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-import os
 import time
 import traceback
 from pathlib import Path
@@ -93,7 +92,7 @@ def _is_main() -> bool:
 
     if du.is_distributed():
         return du.is_main_process()
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+    return du.launch_rank() == 0
 
 
 def write_job_status(run_dir: Path, status: str, *, started: float, cfg: DictConfig, **facts: Any) -> None:

@@ -401,13 +401,14 @@ def _restore(model: nn.Module, saved: tuple[dict[str, torch.Tensor], dict[str, d
 
 def _load_torchvision_enum(model: nn.Module, source: Any, state: Mapping[str, torch.Tensor] | None = None) -> LoadReport:
     weights = torchvision.models.get_weight(source) if isinstance(source, str) else source
-    try:
-        state = dict(state) if state is not None else weights.get_state_dict(progress=True, check_hash=True)
-    except Exception as err:  # network errors come in many types (URLError, OSError, HTTPError)
-        raise RuntimeError(
-            f"could not fetch torchvision weights {weights}: {err}. Without internet, download "
-            f"{weights.url} elsewhere and pass the local file as weights=, or put it in "
-            f"{os.path.join(torch.hub.get_dir(), 'checkpoints')}") from err
+    if state is None:  # not given a stand-in: fetch the file
+        try:
+            state = weights.get_state_dict(progress=True, check_hash=True)
+        except Exception as err:  # network errors come in many types (URLError, OSError, HTTPError)
+            raise RuntimeError(
+                f"could not fetch torchvision weights {weights}: {err}. Without internet, download "
+                f"{weights.url} elsewhere and pass the local file as weights=, or put it in "
+                f"{os.path.join(torch.hub.get_dir(), 'checkpoints')}") from err
     mapped = _map_torchvision_body(model, state)
     report = _torchvision_layout(model, LoadReport(str(weights), "torchvision imagenet"))
     return _load_into(model, mapped, report, scope="backbone.body.")

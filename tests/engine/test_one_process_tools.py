@@ -1,7 +1,7 @@
 """predict, export and merge run as one process with their own workers: started by torchrun as
 several (WORLD_SIZE > 1) each process did the whole job and wrote the same files (export, merge;
-predict already refused it, with a traceback). Now each refuses before doing anything, naming the
-launcher, as a config error (tools/merge.py: its message, exit 2)."""
+predict already refused it, after checking its config). Now each refuses before doing anything,
+naming the launcher, as a config error (tools/merge.py: its message, exit 2)."""
 
 from __future__ import annotations
 

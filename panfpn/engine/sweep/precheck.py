@@ -7,7 +7,10 @@ Each job is composed as hydra's launchers compose it (its override parser, the b
 expansion, the config loader's ``load_sweep_config``) and given the checks a single run makes at
 its start (:mod:`panfpn.engine.training.start_checks`), then a dry start of it
 (:mod:`panfpn.engine.training.dry_start`: label metadata, the model on the meta device, ``weights``
-named or present, the solver, the data files present; each distinct config of a part once).
+named or present, the solver, with ``resume=true`` the job folder's checkpoint, the data files
+present; each distinct config of a part once). A job's folder is hydra's ``hydra.sweep.dir`` /
+``hydra.sweep.subdir`` resolved for that job, as its launcher resolves it (``_job_config``);
+Optuna's checked values are not its trials, so their folders' checkpoints are not checked.
 
 - Basic sweeper: every job of the grid.
 - Optuna sweeper: the trials are sampled while the sweep runs, so each value it may take is
@@ -226,7 +229,7 @@ def refuse_bad_sweep(config: DictConfig) -> None:
         return
     from panfpn.engine.training.dry_start import DryStart
 
-    dry = DryStart()
+    dry = DryStart(job_folders=OmegaConf.select(config, "hydra.sweeper._target_", default=None) == BASIC)
     bad = _bad_candidates(config, candidates, dry)
     if bad:
         print(f"sweep refused before any job started: {len(bad)} of {len(candidates)} job configs are invalid",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -104,14 +105,17 @@ _EXPECTED = ("expected a training checkpoint as tools/train.py writes it (a torc
              f"dict with {', '.join(RESUME_KEYS)})")
 
 
-def load_training_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+def load_training_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                             mmap: bool = False) -> dict:
     """Load one of our training checkpoints; never with the unrestricted unpickler. A file that
-    is not one (empty, text, truncated, another pickle) is a CheckpointError naming it."""
+    is not one (empty, text, truncated, another pickle) is a CheckpointError naming it. ``mmap``:
+    the tensors of a zip-format file are mapped, not read (torch's legacy format is read whole)."""
     problem = torch_file_problem(path)
     if problem is not None:
         raise CheckpointError(f"{path} cannot be loaded: {problem}; {_EXPECTED}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True,
+                          mmap=mmap and zipfile.is_zipfile(path))
     except MemoryError:
         raise
     except Exception as err:  # truncated zip, pickle error, I/O error: the file is unusable
@@ -140,9 +144,9 @@ def resume_candidates(run_dir: str | os.PathLike) -> list[Path]:
     return ours
 
 
-def _load_for_resume(path: Path) -> dict:
+def _load_for_resume(path: Path, mmap: bool = False) -> dict:
     try:
-        ckpt = load_training_checkpoint(path)
+        ckpt = load_training_checkpoint(path, mmap=mmap)
     except OSError as err:  # unreadable (permissions, I/O error)
         raise CheckpointError(f"{path} cannot be read ({err}); {_EXPECTED}") from err
     missing = [k for k in RESUME_KEYS if k not in ckpt]
@@ -151,10 +155,11 @@ def _load_for_resume(path: Path) -> dict:
     return ckpt
 
 
-def load_resumable(run_dir: str | os.PathLike) -> tuple[Path, dict] | None:
+def load_resumable(run_dir: str | os.PathLike, mmap: bool = False) -> tuple[Path, dict] | None:
     """The newest checkpoint of ``run_dir`` that loads, as ``(path, state)``; None when the run
     dir holds no checkpoint. A bad one is logged as an error naming it, and the next older one is
-    tried; CheckpointError when none loads (never a silent fresh start)."""
+    tried; CheckpointError when none loads (never a silent fresh start). ``mmap``: its tensors
+    mapped, not read (for a look at its records)."""
     run_dir = Path(run_dir)
     marker = run_dir / LAST_CHECKPOINT
     if marker.is_file() and not (run_dir / marker.read_text().strip()).is_file():
@@ -162,7 +167,7 @@ def load_resumable(run_dir: str | os.PathLike) -> tuple[Path, dict] | None:
     failures: list[str] = []
     for path in resume_candidates(run_dir):
         try:
-            ckpt = _load_for_resume(path)
+            ckpt = _load_for_resume(path, mmap)
         except CheckpointError as err:
             logger.error("%s", err)
             failures.append(str(err))

@@ -10,16 +10,20 @@ a meta-device build of the model as the job loads it (keys and shapes; a CPU bui
 compares values, as the Swin loaders do the relative position index); a torchvision weights
 name must name a member of its enum, and its architecture's state dict (standing in for the
 file: nothing is downloaded) load the same way; the solver on the built model (parameter
-groups, lr multipliers, schedule); the files the datasets open at their start
-(annotation JSON, PNG and image folders; checked to exist, not read).
+groups, lr multipliers, schedule); with ``resume=true``, the checkpoint of the job's folder
+that the job would resume from, given the refusals resume makes before it loads it (another
+model, other categories, another optimizer, an iteration past ``solver.max_iter``; its tensors
+mapped, not read; nothing loaded into a model or optimizer); the files the datasets open at their
+start (annotation JSON, PNG and image folders; checked to exist, not read).
 
-Not built: the resumed checkpoint (``resume=true``), the datasets' records (their JSON is not
-parsed), the loaders, anything on an accelerator. Parts whose config is equal in two jobs are
+Not built: the datasets' records (their JSON is not parsed), the loaders, anything on an
+accelerator. Parts whose config is equal in two jobs are
 built once (:class:`DryStart` keeps each result): a 12-job lr grid builds one model.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import logging
@@ -27,6 +31,7 @@ import time
 import warnings
 from collections import Counter
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import torch
@@ -109,24 +114,26 @@ def check_weights_source(source: Any) -> None:
         raise WeightsError(f"weights={path} cannot be read as a torch weights file: {problem}")
 
 
-def check_weights_fit(cfg: DictConfig) -> None:
-    """A ``weights`` file loaded as the job loads it (strict unless ``weights_partial``) into a
-    fresh meta-device build of the job's model: its keys and shapes are checked, its tensors read
-    but copied nowhere; a loader that needs the model's values (an operator meta tensors lack) gets
+def check_weights_fit(cfg: DictConfig, built: tuple[torch.nn.Module, str] | None = None) -> torch.nn.Module | None:
+    """A ``weights`` file loaded as the job loads it (strict unless ``weights_partial``) into
+    ``built`` (``(model, device)``: a fresh build of the job's model, changed by the load; a
+    meta-device one is built when None): its keys and shapes are checked, its tensors read but
+    copied nowhere; a loader that needs the model's values (an operator meta tensors lack) gets
     a CPU build. A torchvision weights name is not downloaded: its architecture's own state dict
-    (torchvision loads its files strictly into it: the same keys and shapes) stands in for it."""
+    (torchvision loads its files strictly into it: the same keys and shapes) stands in for it.
+    Returns the model loaded into (its settings as the load left them), None when none was."""
     from panfpn.engine.job_setup import resolved
     from panfpn.modeling.weights import is_weights_name, load_weights
 
     source = resolved(cfg, "weights")
     if source in (None, ""):
-        return
+        return None
     partial = bool(resolved(cfg, "weights_partial"))
-    model, device = build_model_cheaply(cfg)
+    model, device = built or build_model_cheaply(cfg)
     named = is_weights_name(source)
     stand_in = torchvision_stand_in(source, device) if named else None
     if named and stand_in is None:
-        return
+        return None
     with warnings.catch_warnings(), _quiet():
         warnings.simplefilter("ignore")  # "copying ... to a meta parameter ... is a no-op": meant
         try:
@@ -136,7 +143,32 @@ def check_weights_fit(cfg: DictConfig) -> None:
                 raise
             # a loader that compares values (the Swin relative position index) needs real tensors
             logger.info("sweep check: %s is loaded into a CPU build of the model (%s)", source, err)
-            load_weights(instantiate_cpu_model(cfg), source, allow_partial=partial, torchvision_state=stand_in)
+            model = instantiate_cpu_model(cfg)
+            load_weights(model, source, allow_partial=partial, torchvision_state=stand_in)
+    return model
+
+
+def check_resume(cfg: DictConfig, model: torch.nn.Module, metadata: Any) -> Path | None:
+    """What ``resume=true`` refuses at the job's start before it loads anything
+    (:func:`~panfpn.engine.training.resume.check_resume_start`: another model, other categories,
+    another optimizer, an iteration past ``solver.max_iter``), on the checkpoint of the job's
+    folder (``output_dir``) that ``load_resumable`` picks, its tensors mapped, not read; ``model``:
+    the job's model with its weights' settings. The warnings are left to the job. Returns the
+    checkpoint, None when the folder holds none (the job starts from scratch)."""
+    from panfpn.engine.job_setup import resolved
+    from panfpn.engine.training.checkpoint import load_resumable
+    from panfpn.engine.training.resume import check_resume_start
+
+    folder = resolved(cfg, "output_dir")
+    if not folder:
+        return None
+    with _quiet(logging.ERROR):  # what resume only logs, the job logs at its start
+        found = load_resumable(folder, mmap=True)
+        if found is None:
+            return None
+        path, ckpt = found
+        check_resume_start(cfg, ckpt, path, model=model, metadata=metadata)
+    return path
 
 
 def torchvision_stand_in(source: str, device: str) -> dict[str, torch.Tensor] | None:
@@ -211,25 +243,29 @@ def build_solver_cheaply(cfg: DictConfig, model: torch.nn.Module) -> None:
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
-    """The panfpn logger at WARNING meanwhile (a line per job of what the job itself logs is noise)."""
-    level = logger.level
-    logger.setLevel(logging.WARNING)
+def _quiet(level: int = logging.WARNING) -> Iterator[None]:
+    """The panfpn logger at ``level`` meanwhile (a line per job of what the job itself logs is noise)."""
+    saved = logger.level
+    logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.setLevel(saved)
 
 
 class DryStart:
     """Checks jobs' starts (:meth:`check`), each part once per distinct config of it: the results,
-    errors included, are kept, and ``builds`` counts what was built (``model``, ``solver`` ...)."""
+    errors included, are kept, and ``builds`` counts what was built (``model``, ``solver`` ...),
+    ``cpu_models`` the models built on the CPU. ``job_folders``: each checked config's ``output_dir``
+    is its job's folder (the basic sweeper's jobs, not Optuna's candidate values), so with
+    ``resume=true`` the checkpoint there is checked."""
 
-    def __init__(self) -> None:
+    def __init__(self, job_folders: bool = True) -> None:
         self._done: dict[tuple[str, str], tuple[Any, BaseException | None]] = {}
         self.builds: Counter[str] = Counter()
         self.cpu_models = 0
         self.seconds = 0.0  # spent in check(), imports of the first call included
+        self.job_folders = job_folders
         self._env = "{}"
 
     def _once(self, part: str, key: str, build: Callable[[], Any]) -> Any:
@@ -265,23 +301,42 @@ class DryStart:
                             "data.thing_sem_labels")
         metadata = self._once("metadata", labels, lambda: build_metadata(cfg))
         model_key = config_key(cfg, "model")
-        model = self._once("model", model_key, lambda: self._model(cfg))
+        built = self._once("model", model_key, lambda: self._model(cfg))
         self._once("labels", model_key + labels, lambda: check_model_labels(cfg, metadata))
         weights = config_key(cfg, "weights", "weights_partial")
         self._once("weights", weights, lambda: check_weights_source(resolved(cfg, "weights")))
-        self._once("weights fit", model_key + weights, lambda: check_weights_fit(cfg))
+        loaded = self._once("weights fit", model_key + weights, lambda: self._weights_fit(cfg, built))
         solver = config_key(cfg, "solver", "data.batch_size", "train.amp", "train.amp_dtype")
-        self._once("solver", model_key + solver, lambda: build_solver_cheaply(cfg, model))
+        self._once("solver", model_key + solver, lambda: build_solver_cheaply(cfg, built[0]))
+        if self.job_folders and resolved(cfg, "resume"):
+            if check_resume(cfg, built[0] if loaded is None else loaded, metadata) is not None:
+                self.builds["resume checkpoint"] += 1
         self._once("data", config_key(cfg, "data.train", "data.val", "train.eval_period"),
                    lambda: check_dataset_files(cfg))
 
-    def _model(self, cfg: DictConfig) -> torch.nn.Module:
+    def _model(self, cfg: DictConfig) -> tuple[torch.nn.Module, str]:
         model, device = build_model_cheaply(cfg)
         if device != "meta":
             self.cpu_models += 1
             logger.info("sweep check: %s built on the CPU (its constructor needs real tensors)",
                         OmegaConf.select(cfg, "model.backbone._target_", default=None) or "the model")
-        return model
+        return model, device
+
+    def _weights_fit(self, cfg: DictConfig, built: tuple[torch.nn.Module, str]) -> torch.nn.Module | None:
+        """:func:`check_weights_fit` on a deep copy of the job's model (no second build: a CPU-built
+        RegNet costs 0.5 s; the load changes the copy only); the model loaded into, kept on the
+        meta device for its settings (``stride_in_1x1``), None without weights."""
+        from panfpn.engine.job_setup import resolved
+
+        if resolved(cfg, "weights") in (None, ""):
+            return None
+        model, device = built
+        loaded = check_weights_fit(cfg, (copy.deepcopy(model), device))
+        if loaded is None:
+            return None
+        if device == "meta" and any(p.device.type != "meta" for p in loaded.parameters()):
+            self.cpu_models += 1  # a loader that compares values got a CPU build
+        return loaded.to("meta")
 
     def summary(self) -> str:
         """What was built, for the log line: ``1 model (meta), 12 solvers ...``."""

@@ -186,6 +186,21 @@ def _check_iteration(iteration: int, cfg: DictConfig, path: Path) -> None:
                     "another checkpoint) and the final evaluation (unless train.eval_period=-1) follow", path, max_iter)
 
 
+def check_resume_start(cfg: DictConfig, ckpt: dict, path: Path, *, model: Any = None,
+                       metadata: DatasetMetadata | None = None) -> list[str]:
+    """What resuming from checkpoint ``ckpt`` (at ``path``) checks before it loads anything: a
+    ConfigError for another model, other categories, another optimizer or an iteration past
+    ``solver.max_iter``; warnings (logged only) for a changed seed, training data or step. Returns
+    the solver changes. A multirun's dry start runs it too, on a meta model and an mmapped checkpoint."""
+    check_same_model(cfg, ckpt, path, model)
+    if metadata is not None:
+        check_same_labels(metadata, ckpt, path)
+    _warn_run_changes(cfg, ckpt, path)
+    changes = _check_solver(cfg, checkpoint_section(ckpt, "solver"), path)
+    _check_iteration(int(ckpt["iteration"]), cfg, path)
+    return changes
+
+
 def warn_fresh_start(run_dir: str | os.PathLike) -> None:
     """resume=false in a folder that holds checkpoints (a requeued job without resume=true?): say
     that this run starts from scratch and replaces the earlier run's logs and checkpoints."""
@@ -209,12 +224,7 @@ def resume_training(run_dir: str | os.PathLike, cfg: DictConfig, *, model: torch
         return Resumed()
     path, ckpt = found
     iteration = int(ckpt["iteration"])
-    check_same_model(cfg, ckpt, path, model)
-    if metadata is not None:
-        check_same_labels(metadata, ckpt, path)
-    _warn_run_changes(cfg, ckpt, path)
-    changes = _check_solver(cfg, checkpoint_section(ckpt, "solver"), path)
-    _check_iteration(iteration, cfg, path)
+    changes = check_resume_start(cfg, ckpt, path, model=model, metadata=metadata)
     model.load_state_dict(ckpt["model"])
     _load_optimizer(optimizer, ckpt["optimizer"], path)
     if ckpt["scaler"]:  # empty: saved without float16 AMP; a scaler turned on now starts fresh

@@ -175,15 +175,21 @@ def torchvision_stand_in(source: str, device: str) -> dict[str, torch.Tensor] | 
     """The state dict of the architecture torchvision weights named ``source`` belong to, built on
     ``device`` (nothing fetched: torchvision loads its files strictly into that architecture, so
     the keys and shapes are the file's); None, logged, when the architecture is not found or not
-    built with its defaults (the job's own load then tells)."""
+    built with its defaults (the job's own load then tells). A meta-device build that fails (RegNet
+    computes its widths with tensors) is made on the CPU."""
     import torchvision
 
     try:
         weights = torchvision.models.get_weight(source)
         builder = next(name for name in torchvision.models.list_models()
                        if torchvision.models.get_model_weights(name) is type(weights))
-        with torch.device(device):
-            return torchvision.models.get_model(builder).state_dict()
+        try:
+            with torch.device(device):
+                return torchvision.models.get_model(builder).state_dict()
+        except Exception:  # noqa: BLE001 - retried on the CPU, whose error is the one reported
+            if device != "meta":
+                raise
+        return torchvision.models.get_model(builder).state_dict()
     except Exception as err:  # noqa: BLE001 - a name the check cannot stand in for is left to the job
         logger.info("sweep check: weights=%s not checked against the model (%s: %s)", source,
                     type(err).__name__, err)
@@ -301,40 +307,42 @@ class DryStart:
                             "data.thing_sem_labels")
         metadata = self._once("metadata", labels, lambda: build_metadata(cfg))
         model_key = config_key(cfg, "model")
-        built = self._once("model", model_key, lambda: self._model(cfg))
+        model = self._once("model", model_key, lambda: self._model(cfg))
         self._once("labels", model_key + labels, lambda: check_model_labels(cfg, metadata))
         weights = config_key(cfg, "weights", "weights_partial")
         self._once("weights", weights, lambda: check_weights_source(resolved(cfg, "weights")))
-        loaded = self._once("weights fit", model_key + weights, lambda: self._weights_fit(cfg, built))
+        loaded = self._once("weights fit", model_key + weights, lambda: self._weights_fit(cfg, model))
         solver = config_key(cfg, "solver", "data.batch_size", "train.amp", "train.amp_dtype")
-        self._once("solver", model_key + solver, lambda: build_solver_cheaply(cfg, built[0]))
+        self._once("solver", model_key + solver, lambda: build_solver_cheaply(cfg, model))
         if self.job_folders and resolved(cfg, "resume"):
-            if check_resume(cfg, built[0] if loaded is None else loaded, metadata) is not None:
+            if check_resume(cfg, model if loaded is None else loaded, metadata) is not None:
                 self.builds["resume checkpoint"] += 1
         self._once("data", config_key(cfg, "data.train", "data.val", "train.eval_period"),
                    lambda: check_dataset_files(cfg))
 
-    def _model(self, cfg: DictConfig) -> tuple[torch.nn.Module, str]:
+    def _model(self, cfg: DictConfig) -> torch.nn.Module:
+        """The job's model on the meta device: built there, or built on the CPU and moved there
+        (the solver and resume checks read its structure and settings, never its values)."""
         model, device = build_model_cheaply(cfg)
         if device != "meta":
             self.cpu_models += 1
             logger.info("sweep check: %s built on the CPU (its constructor needs real tensors)",
                         OmegaConf.select(cfg, "model.backbone._target_", default=None) or "the model")
-        return model, device
+        return model.to("meta")
 
-    def _weights_fit(self, cfg: DictConfig, built: tuple[torch.nn.Module, str]) -> torch.nn.Module | None:
-        """:func:`check_weights_fit` on a deep copy of the job's model (no second build: a CPU-built
-        RegNet costs 0.5 s; the load changes the copy only); the model loaded into, kept on the
-        meta device for its settings (``stride_in_1x1``), None without weights."""
+    def _weights_fit(self, cfg: DictConfig, model: torch.nn.Module) -> torch.nn.Module | None:
+        """:func:`check_weights_fit` on a deep copy of the job's meta model (no second build: a
+        RegNet is built on the CPU, 0.5 s; the load changes the copy only, not the model the solver
+        check uses); the model loaded into, on the meta device, for its settings
+        (``stride_in_1x1``); None without weights."""
         from panfpn.engine.job_setup import resolved
 
         if resolved(cfg, "weights") in (None, ""):
             return None
-        model, device = built
-        loaded = check_weights_fit(cfg, (copy.deepcopy(model), device))
+        loaded = check_weights_fit(cfg, (copy.deepcopy(model), "meta"))
         if loaded is None:
             return None
-        if device == "meta" and any(p.device.type != "meta" for p in loaded.parameters()):
+        if any(p.device.type != "meta" for p in loaded.parameters()):
             self.cpu_models += 1  # a loader that compares values got a CPU build
         return loaded.to("meta")
 

@@ -7,7 +7,6 @@ resume sweep runs; a job folder without a checkpoint starts from scratch."""
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -61,7 +60,7 @@ def test_a_job_folder_whose_checkpoint_resume_refuses_stops_the_sweep(capsys, tr
                  "optimizer": ["solver.optimizer._target_=torch.optim.Adam", "~solver.optimizer.momentum"]}[change]
     lines = _refused(capsys, *TINY, *NO_EVAL, *overrides, "resume=true", "seed=1,2", f"hydra.sweep.dir={sweep}")
     assert lines is not None and len(lines) == 1, lines  # job 0's folder holds nothing: it starts from scratch
-    assert lines[0].startswith(f"job 1 [seed=2]: resume=true: "), lines
+    assert lines[0].startswith("job 1 [seed=2]: resume=true: "), lines
     assert str(final) in lines[0], lines
     expected = {"depth": "model config differs from the one {} was trained with: model.backbone.depth: 18 -> 34",
                 "classes": "{} was trained on the categories of 'synthetic' but data.metadata ('other') has others: "
@@ -70,6 +69,18 @@ def test_a_job_folder_whose_checkpoint_resume_refuses_stops_the_sweep(capsys, tr
                 "optimizer": "solver.optimizer._target_ is 'torch.optim.Adam' but {} holds the state of "
                              "'torch.optim.SGD'"}[change]
     assert expected.format(final) in lines[0], lines
+
+
+def test_a_job_folder_whose_checkpoints_none_loads_stops_the_sweep(capsys, trained, tmp_path):
+    """resume=true never starts from scratch over checkpoints it cannot read (load_resumable's
+    CheckpointError): the job would stop at its start."""
+    sweep = tmp_path / "sweep"
+    final = _job_folder(trained, sweep, 1) / "model_final.pth"
+    final.write_bytes(final.read_bytes()[:1000])
+    lines = _refused(capsys, *TINY, *NO_EVAL, "resume=true", "seed=1,2", f"hydra.sweep.dir={sweep}")
+    assert lines is not None and len(lines) == 1, lines
+    assert lines[0].startswith(f"job 1 [seed=2]: CheckpointError: resume=true but no checkpoint in {sweep / '1'} "
+                               f"loads: {final} cannot be loaded"), lines
 
 
 def test_the_refusal_comes_before_job_0_trains(trained, tmp_path):

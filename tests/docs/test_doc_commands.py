@@ -1,0 +1,516 @@
+"""The commands and Python snippets of README.md and docs/*.md fit the code as it is, without running them.
+
+Shell commands come from fenced code blocks (and from inline code spans that start with ``python `` or
+``torchrun ``); ``\\`` continues a line, ``#`` starts a comment, ``...`` / ``[...]`` mark placeholders
+and optional parts, ``a|b`` in a value lists alternatives (each is checked). For each command:
+
+- ``tools/{train,eval,predict,export,merge}.py``: the overrides compose with configs/ as the tool
+  composes them (a key that does not exist, a group choice without its yaml file: hydra refuses it),
+  pass the config schema (:func:`panfpn.engine.config.validate_config`: unknown keys, types, ranges)
+  and are not another tool's keys (:func:`panfpn.engine.config.unread.unread_overrides`, the check
+  the tools make at start); a sweep's (``-m``) every value is checked; hydra's own flags exist.
+- argparse CLIs (``tools/compare_evals.py``, ``tools/summarize.py``, ``python -m panfpn...``,
+  ``panfpn/deploy/onnx_runner.py``, ``bench/*.py``, ``torchrun``'s own flags): the command line parses
+  with the program's own parser (flags, required arguments), stopped before it does any work.
+- ``make`` targets are in the Makefile, ``pip install`` extras in pyproject.toml, scripts exist.
+
+Python snippets (```` ```python ```` blocks): every ``panfpn`` import and ``panfpn.x.y`` attribute
+resolves, and calls of panfpn functions bind to their signatures (keyword names, argument counts).
+Inline code spans that name a ``panfpn.x.y`` object or a repository path are checked to exist too.
+
+A command that shows an error on purpose carries the visible marker ``# refused`` in its trailing
+comment: the test then checks that it IS refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib
+import importlib.util
+import inspect
+import json
+import re
+import runpy
+import shlex
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from omegaconf import open_dict
+
+from config_helpers import compose_config
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name != "config.md")]
+REFUSED_MARK = "# refused"  # in a command's trailing comment: the command must be refused
+HYDRA_TOOLS = ("train", "eval", "predict", "export", "merge")
+# scripts the docs run from a copy: docs/deployment.md copies panfpn/deploy/onnx_runner.py to deploy/
+COPIES = {"deploy/onnx_runner.py": "panfpn/deploy/onnx_runner.py"}
+# programs of other packages the docs run; their flags are theirs (cityscapesscripts' evaluation)
+FOREIGN = {"csEvalPanopticSemanticLabeling", "csEvalPixelLevelSemanticLabeling", "cp", "tensorboard"}
+FENCE = re.compile(r"(?ms)^ *```(\w*)\n(.*?)^ *```")
+INLINE = re.compile(r"`([^`\n]+)`")
+# a path of another project's repository: "Detectron2's `tools/...`" (the text says whose it is)
+ANOTHER_PROJECT = re.compile(r"\b(Detectron2|Mask2Former|panopticapi|torchvision)'s\s*$")
+
+
+@dataclass
+class Command:
+    page: str
+    line: int
+    argv: list[str]
+    refused: bool = False  # marked "# refused": it must fail the check
+    text: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.page}:{self.line}: {self.text.strip()}"
+
+
+@dataclass
+class Snippet:
+    page: str
+    line: int
+    code: str
+
+
+# ---------------------------------------------------------------- reading the pages
+
+
+
+def _fenced(page: Path) -> list[tuple[int, str, str]]:
+    """(first line number of the body, language, body) of each fenced block."""
+    text = page.read_text()
+    return [(text[:m.start()].count("\n") + 2, m.group(1), m.group(2)) for m in FENCE.finditer(text)]
+
+
+def _code_and_comment(line: str) -> tuple[str, str, str | None]:
+    """(code, trailing comment, the quote still open at the end or None): a ``#`` after whitespace
+    outside quotes starts the comment."""
+    quote = None
+    for i, ch in enumerate(line):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i], line[i:], None
+    return line, "", quote
+
+
+def _logical_lines(body: str, first: int) -> list[tuple[int, str, str]]:
+    """(line number, code, comment) of each command line: ``\\`` continuations and multi-line
+    quoted strings joined; a comment line that holds a command (``# or: python tools/...``) counts
+    as that command."""
+    out, buf, comments, start, open_quote, commented = [], "", "", first, None, False
+    for i, raw in enumerate(body.splitlines()):
+        if not buf:
+            start = first + i
+            stripped = re.sub(r"^#\s*(or:\s*)?", "", raw.strip())
+            commented = raw.strip().startswith("#")
+            if commented:
+                if not re.match(r"(python|torchrun) ", stripped):
+                    continue
+                raw = stripped
+        elif commented:  # the continuation of a commented-out command
+            raw = raw.strip().lstrip("#")
+        if open_quote:  # inside a quoted string that spans lines: no comment here
+            code, comment = raw, ""
+            open_quote = None if raw.count(open_quote) % 2 else open_quote
+        else:
+            code, comment, open_quote = _code_and_comment(raw)
+        comments += comment
+        if open_quote:
+            buf += code + "\n"
+        elif code.rstrip().endswith("\\"):
+            buf += code.rstrip()[:-1] + " "
+        else:
+            out.append((start, buf + code, comments))
+            buf, comments = "", ""
+    return out
+
+
+def _split(line: str) -> list[str]:
+    """Tokens of a shell line (no comment left in it)."""
+    return shlex.split(line, comments=False, posix=True)
+
+
+def _commands_of_line(page: str, number: int, line: str, comment: str = "") -> list[Command]:
+    tokens = _split(line)
+    commands, current = [], []
+    for tok in [*tokens, "&&"]:
+        if tok in ("&&", ";", "||"):
+            while current and re.fullmatch(r"[A-Z_]+=\S*", current[0]):  # VAR=value before a command
+                current.pop(0)
+            if current:
+                commands.append(Command(page, number, current, REFUSED_MARK in comment, line))
+            current = []
+        else:
+            current.append(tok)
+    return commands
+
+
+def shell_commands() -> list[Command]:
+    """Every shell command of the pages (fenced bash/sh/untyped blocks whose lines are commands,
+    and inline spans that start with ``python `` or ``torchrun ``)."""
+    found: list[Command] = []
+    for page in PAGES:
+        name = str(page.relative_to(ROOT))
+        for first, lang, body in _fenced(page):
+            if lang not in ("bash", "sh", "shell", "console"):
+                continue
+            for number, line, comment in _logical_lines(body, first):
+                found += _commands_of_line(name, number, line, comment)
+        text = re.sub(r"(?ms)^ *```.*?^ *```", lambda m: "\n" * m.group(0).count("\n"), page.read_text())
+        for m in INLINE.finditer(text):
+            span = m.group(1)
+            if re.match(r"(srun )?(python|torchrun) ", span) and re.search(r"\.py\b| -m ", span):
+                found += _commands_of_line(name, text[:m.start()].count("\n") + 1, span)
+    return found
+
+
+def python_snippets() -> list[Snippet]:
+    return [Snippet(str(page.relative_to(ROOT)), first, body) for page in PAGES
+            for first, lang, body in _fenced(page) if lang == "python"]
+
+
+def inline_spans() -> list[tuple[str, int, str, str]]:
+    """(page, line, text, the text just before it) of every inline code span outside fenced blocks."""
+    spans = []
+    for page in PAGES:
+        text = re.sub(r"(?ms)^ *```.*?^ *```", lambda m: "\n" * m.group(0).count("\n"), page.read_text())
+        spans += [(str(page.relative_to(ROOT)), text[:m.start()].count("\n") + 1, m.group(1),
+                   text[max(0, m.start() - 40):m.start()]) for m in INLINE.finditer(text)]
+    return spans
+
+
+# ---------------------------------------------------------------- checking one command
+
+
+def _placeholders_out(argv: list[str]) -> list[str]:
+    """``[optional]`` brackets dropped, ``...`` placeholders removed (``RUN_DIR...``: ``RUN_DIR``),
+    ``<name>`` placeholders given a value."""
+    out = []
+    for tok in argv:
+        tok = re.sub(r"<[\w-]+>", "placeholder", tok)
+        if tok.startswith("[") and not tok.startswith("[["):
+            tok = tok[1:]
+        if tok.endswith("]") and "=[" not in tok and tok.count("[") < tok.count("]"):
+            tok = tok[:-1]
+        if tok.endswith("=..."):  # key=...: a value to fill in
+            tok = tok[:-3] + "placeholder"
+        tok = tok[:-3] if tok.endswith("...") and not tok.endswith("/...") else tok
+        if tok:
+            out.append(tok)
+    return out
+
+
+def _alternatives(overrides: list[str]) -> list[list[str]]:
+    """One override list per choice of the ``key=a|b|c`` alternatives the docs write."""
+    options = []
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        if eq and "|" in value and not value.startswith(("'", '"')):
+            options.append([f"{key}={v}" for v in value.split("|")])
+        else:
+            options.append([o])
+    return [list(c) for c in product(*options)]
+
+
+def _sweep_variants(overrides: list[str]) -> list[list[str]]:
+    """Plain override lists covering each value of each sweep (the others at their first value)."""
+    from panfpn.engine.model_spec import parse_overrides
+
+    parsed = parse_overrides(overrides)
+    values: list[list[str]] = []
+    for o in parsed:
+        key = o.get_key_element()
+        if not o.is_sweep_override():
+            values.append([o.input_line])
+            continue
+        sweep = o.value()
+        if hasattr(sweep, "start") and hasattr(sweep, "end") and not hasattr(sweep, "step"):  # interval()
+            values.append([f"{key}={sweep.start}", f"{key}={sweep.end}"])
+        else:
+            values.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+    variants = [[v[0] for v in values]]
+    for i, vals in enumerate(values):
+        variants += [[*variants[0][:i], v, *variants[0][i + 1:]] for v in vals[1:]]
+    return variants
+
+
+def _with_data_root(overrides: list[str], root: Path) -> list[str]:
+    """``data.root=<anything>`` pointed at a folder holding a minimal COCO-panoptic layout: the
+    folder dataset reads its categories from the train JSON when the config is composed."""
+    return [f"data.root={root}" if o.startswith("data.root=") else o for o in overrides]
+
+
+def check_hydra_tool(tool: str, argv: list[str], data_root: Path, out_dir: Path) -> None:
+    """Raise what tools/<tool>.py would raise at start on this command line's flags and overrides."""
+    from hydra._internal.utils import get_args_parser
+
+    from panfpn.engine.config import validate_config
+    from panfpn.engine.config.unread import REFUSED, unread_overrides
+
+    args = get_args_parser().parse_args(argv)  # hydra's flags (-m, --cfg, ...): SystemExit(2) on an unknown one
+    overrides = _with_data_root(list(args.overrides), data_root)
+    for plain in _alternatives(overrides):
+        for variant in _sweep_variants(plain) if args.multirun else [plain]:
+            cfg = compose_config(variant, output_dir=out_dir, return_hydra_config=True)
+            with open_dict(cfg):
+                del cfg["hydra"]
+            validate_config(cfg)
+            if tool in REFUSED:
+                refused, ignored = unread_overrides(tool, variant, cfg)
+                if refused:
+                    raise AssertionError(f"tools/{tool}.py refuses {[line for line, _ in refused]} (another tool's keys)")
+
+
+class _Parsed(Exception):
+    """Raised by the patched parse_args once the command line parsed: the program stops there."""
+
+
+def check_argparse(run: Callable[[list[str]], Any], argv: list[str], monkeypatch) -> argparse.Namespace:
+    """Parse ``argv`` with the parser that ``run`` builds, stopping before the program does anything
+    else; SystemExit(2) (argparse's error) when a flag or a required argument is wrong."""
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_and_stop(self, args=None, namespace=None):
+        raise _Parsed(original(self, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_and_stop)
+    try:
+        run(argv)
+    except _Parsed as parsed:
+        return parsed.args[0]
+    finally:
+        monkeypatch.undo()
+    raise AssertionError("the program returned without parsing a command line")
+
+
+def _run_script(path: Path) -> Callable[[list[str]], Any]:
+    def run(argv: list[str]) -> None:
+        saved = sys.argv
+        sys.argv = [str(path), *argv]
+        sys.path.insert(0, str(path.parent))  # as python does for a script: its folder's modules import
+        try:
+            runpy.run_path(str(path), run_name="__main__")
+        finally:
+            sys.argv = saved
+            sys.path.remove(str(path.parent))
+    return run
+
+
+def _run_module(name: str) -> Callable[[list[str]], Any]:
+    def run(argv: list[str]) -> None:
+        saved = sys.argv
+        sys.argv = [name, *argv]
+        try:
+            runpy.run_module(name, run_name="__main__", alter_sys=False)
+        finally:
+            sys.argv = saved
+    return run
+
+
+def _script(path: str) -> Path:
+    real = ROOT / COPIES.get(path, path)
+    assert real.is_file(), f"no file {path} in the repository"
+    return real
+
+
+def _check_python(argv: list[str], ctx: dict) -> None:
+    """``python tools/x.py ...``, ``python -m module ...``, ``python bench/x.py ...``."""
+    if argv[0] == "-m":
+        name = argv[1]
+        assert importlib.util.find_spec(name) is not None, f"no module {name}"
+        check_argparse(_run_module(name), argv[2:], ctx["monkeypatch"])
+        return
+    if argv[0] == "-c":
+        return  # inline code of another package (docs/cityscapes.md): not ours to parse
+    path, rest = argv[0], argv[1:]
+    script = _script(path)
+    tool = re.fullmatch(r"tools/(\w+)\.py", path)
+    if tool and tool.group(1) in HYDRA_TOOLS:
+        check_hydra_tool(tool.group(1), rest, ctx["data_root"], ctx["out_dir"])
+        return
+    extra = []
+    if "--" in rest:  # bench/learn_synthetic.py ... -- <overrides of tools/train.py>
+        rest, extra = rest[:rest.index("--")], rest[rest.index("--") + 1:]
+    check_argparse(_run_script(script), rest, ctx["monkeypatch"])
+    if extra:
+        check_hydra_tool("train", extra, ctx["data_root"], ctx["out_dir"])
+
+
+def _check_torchrun(argv: list[str], ctx: dict) -> None:
+    from torch.distributed.run import get_args_parser
+
+    at = next(i for i, t in enumerate(argv) if t.endswith(".py"))
+    get_args_parser().parse_args([*argv[:at], argv[at]])  # torchrun's own flags
+    _check_python(argv[at:], ctx)
+
+
+def _check_make(argv: list[str]) -> None:
+    targets = set(re.findall(r"(?m)^([\w-]+):", (ROOT / "Makefile").read_text()))
+    missing = [t for t in argv if not t.startswith("-") and "=" not in t and t not in targets]
+    assert not missing, f"no make target {missing} in the Makefile"
+
+
+def _check_pip(argv: list[str]) -> None:
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    for spec in argv[1:]:
+        m = re.fullmatch(r"(?:\.|panfpn)\[([\w,]+)\]", spec)
+        if m:
+            unknown = set(m.group(1).split(",")) - extras
+            assert not unknown, f"no extra {sorted(unknown)} in pyproject.toml (extras: {sorted(extras)})"
+
+
+def check_command(cmd: Command, ctx: dict) -> None:
+    """Raise (AssertionError, SystemExit, a config error) where the command would fail at start."""
+    argv = _placeholders_out(cmd.argv)
+    program, rest = argv[0], argv[1:]
+    if program in ("python", "python3"):
+        _check_python(rest, ctx)
+    elif program == "srun":  # srun [its flags] python ...: the command it runs
+        check_command(Command(cmd.page, cmd.line, [t for t in rest if not t.startswith("-")], text=cmd.text), ctx)
+    elif program == "torchrun":
+        _check_torchrun(rest, ctx)
+    elif program == "make":
+        _check_make(rest)
+    elif program == "pip":
+        _check_pip(rest)
+    elif "/" in program:
+        _script(program)
+    else:
+        assert program in FOREIGN, f"unknown program {program!r} (add it to FOREIGN if it is another package's)"
+
+
+# ---------------------------------------------------------------- the tests
+
+
+COMMANDS = shell_commands()
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """A minimal COCO-panoptic folder (the JSONs only): data=coco_panoptic_folder reads its categories."""
+    root = tmp_path_factory.mktemp("data_root")
+    categories = [{"id": 1, "name": "thing", "isthing": 1}, {"id": 2, "name": "stuff", "isthing": 0}]
+    for split in ("train", "val"):
+        (root / "annotations" / f"panoptic_{split}").mkdir(parents=True)
+        (root / "annotations" / f"panoptic_{split}.json").write_text(
+            json.dumps({"images": [], "annotations": [], "categories": categories}))
+    return root
+
+
+def test_the_pages_have_commands_and_snippets():
+    """The parser finds what the pages show (a parsing regression would make every check vacuous)."""
+    assert len(COMMANDS) > 50 and len(python_snippets()) >= 4
+    assert any(c.argv[:2] == ["python", "tools/train.py"] for c in COMMANDS)
+
+
+@pytest.mark.filterwarnings("ignore:'panfpn.:RuntimeWarning")  # runpy of a module the package imported
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: f"{c.page}:{c.line}")
+def test_command_fits_the_code(cmd, data_root, tmp_path, monkeypatch):
+    ctx = {"data_root": data_root, "out_dir": tmp_path, "monkeypatch": monkeypatch}
+    error: BaseException | None = None
+    try:
+        check_command(cmd, ctx)
+    except (Exception, SystemExit) as err:  # argparse exits 2; config errors and hydra's are exceptions
+        error = err
+    if cmd.refused:
+        assert error is not None, f"{cmd}\nis marked '{REFUSED_MARK}' but the check accepts it"
+    elif error is not None:
+        pytest.fail(f"{cmd}\nfails: {type(error).__name__}: {error}", pytrace=False)
+
+
+# -- Python snippets
+
+
+def _bind_panfpn_names(tree: ast.AST) -> dict[str, Any]:
+    """Names the snippet binds to panfpn objects by its imports (an import that fails raises)."""
+    names: dict[str, Any] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "panfpn":
+                    module = importlib.import_module(alias.name)
+                    names[alias.asname or alias.name.split(".")[0]] = module if alias.asname else importlib.import_module("panfpn")
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "panfpn":
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                assert hasattr(module, alias.name), f"from {node.module} import {alias.name}: no such name"
+                names[alias.asname or alias.name] = getattr(module, alias.name)
+    return names
+
+
+def _resolve(node: ast.AST, names: dict[str, Any]) -> tuple[bool, Any, str]:
+    """(whether ``node`` is a panfpn name or attribute chain, the object, its dotted text)."""
+    if isinstance(node, ast.Name):
+        return (node.id in names, names.get(node.id), node.id)
+    if isinstance(node, ast.Attribute):
+        known, obj, text = _resolve(node.value, names)
+        if not known:
+            return False, None, ""
+        assert hasattr(obj, node.attr), f"{text}.{node.attr} does not exist"
+        return True, getattr(obj, node.attr), f"{text}.{node.attr}"
+    return False, None, ""
+
+
+def snippet_problems(code: str) -> list[str]:
+    """What of ``code``'s panfpn imports, attributes and calls does not fit the package."""
+    problems = []
+    tree = ast.parse(code)
+    try:
+        names = _bind_panfpn_names(tree)
+    except (ImportError, AssertionError) as err:
+        return [str(err)]
+    for node in ast.walk(tree):
+        try:
+            if isinstance(node, ast.Attribute):
+                _resolve(node, names)
+            elif isinstance(node, ast.Call):
+                known, func, text = _resolve(node.func, names)
+                if known and callable(func) and not any(isinstance(a, ast.Starred) for a in node.args) \
+                        and all(k.arg is not None for k in node.keywords):
+                    inspect.signature(func).bind(*node.args, **{k.arg: None for k in node.keywords})
+        except (AssertionError, TypeError) as err:
+            problems.append(f"line {getattr(node, 'lineno', '?')}: {err}")
+    return list(dict.fromkeys(problems))  # a call and its attribute report one missing name once
+
+
+@pytest.mark.parametrize("snippet", python_snippets(), ids=lambda s: f"{s.page}:{s.line}")
+def test_python_snippet_fits_the_package(snippet):
+    problems = snippet_problems(snippet.code)
+    assert not problems, f"{snippet.page}:{snippet.line}: " + "; ".join(problems)
+
+
+def _find_object(dotted: str) -> bool:
+    """Whether ``dotted`` (``panfpn.x.y``) names a module, or an attribute of the longest module prefix."""
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+def test_inline_references_exist():
+    """Inline spans naming ``panfpn.x.y`` resolve; spans naming a repository path name a file."""
+    broken = []
+    for page, line, span, context in inline_spans():
+        if re.fullmatch(r"panfpn(\.\w+)+", span) and not _find_object(span):
+            broken.append(f"{page}:{line}: {span}")
+        elif re.fullmatch(r"(panfpn|tools|bench|configs|tests|docs)/[\w./-]+", span) and "*" not in span:
+            if not (ROOT / span.rstrip("/")).exists() and not ANOTHER_PROJECT.search(context):
+                broken.append(f"{page}:{line}: {span} (no such path)")
+    assert not broken, "inline references that do not exist:\n" + "\n".join(broken)

@@ -488,8 +488,9 @@ def test_python_snippet_fits_the_package(snippet):
     assert not problems, f"{snippet.page}:{snippet.line}: " + "; ".join(problems)
 
 
-def _find_object(dotted: str) -> bool:
-    """Whether ``dotted`` (``panfpn.x.y``) names a module, or an attribute of the longest module prefix."""
+def _find_object(dotted: str) -> tuple[bool, Any]:
+    """(whether ``dotted`` (``panfpn.x.y``) names a module or an attribute of its longest module
+    prefix, the object)."""
     parts = dotted.split(".")
     for i in range(len(parts), 0, -1):
         try:
@@ -498,19 +499,43 @@ def _find_object(dotted: str) -> bool:
             continue
         for attr in parts[i:]:
             if not hasattr(obj, attr):
-                return False
+                return False, None
             obj = getattr(obj, attr)
-        return True
-    return False
+        return True, obj
+    return False, None
+
+
+def inline_reference_problem(span: str) -> str | None:
+    """What is wrong with an inline ``panfpn.x.y`` or ``panfpn.x.y(arg, key=...)`` span: a name that
+    does not exist, arguments its signature does not take (``...`` among them: not checked)."""
+    call = re.fullmatch(r"(panfpn(?:\.\w+)+)\((.*)\)", span)
+    dotted = call.group(1) if call else span
+    found, obj = _find_object(dotted)
+    if not found:
+        return f"{dotted} does not exist"
+    if call and call.group(2).strip() and "..." not in call.group(2):
+        node = ast.parse(span, mode="eval").body
+        try:
+            inspect.signature(obj).bind(*node.args, **{k.arg: None for k in node.keywords})
+        except TypeError as err:
+            return f"{span}: {err}"
+    return None
 
 
 def test_inline_references_exist():
-    """Inline spans naming ``panfpn.x.y`` resolve; spans naming a repository path name a file."""
+    """Inline spans naming ``panfpn.x.y`` (or calling it) resolve and bind; spans naming a
+    repository path name a file (``tests/x.py::name``: a function of that file)."""
     broken = []
     for page, line, span, context in inline_spans():
-        if re.fullmatch(r"panfpn(\.\w+)+", span) and not _find_object(span):
-            broken.append(f"{page}:{line}: {span}")
-        elif re.fullmatch(r"(panfpn|tools|bench|configs|tests|docs)/[\w./-]+", span) and "*" not in span:
-            if not (ROOT / span.rstrip("/")).exists() and not ANOTHER_PROJECT.search(context):
-                broken.append(f"{page}:{line}: {span} (no such path)")
+        if re.fullmatch(r"panfpn(\.\w+)+(\(.*\))?", span):
+            problem = inline_reference_problem(span)
+            if problem:
+                broken.append(f"{page}:{line}: {problem}")
+        elif re.fullmatch(r"(panfpn|tools|bench|configs|tests|docs)/[\w./-]+(::\w+)?", span) and "*" not in span:
+            path, _, name = span.partition("::")
+            if not (ROOT / path.rstrip("/")).exists():
+                if not ANOTHER_PROJECT.search(context):
+                    broken.append(f"{page}:{line}: {span} (no such path)")
+            elif name and not re.search(rf"(?m)^\s*(async )?def {name}\b|^class {name}\b", (ROOT / path).read_text()):
+                broken.append(f"{page}:{line}: {span} (no {name} in {path})")
     assert not broken, "inline references that do not exist:\n" + "\n".join(broken)

@@ -30,12 +30,13 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 import re
 import runpy
 import shlex
 import sys
-import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from importlib.metadata import entry_points
 from itertools import product
 from pathlib import Path
 from typing import Any, Callable
@@ -51,8 +52,10 @@ REFUSED_MARK = "# refused"  # in a command's trailing comment: the command must 
 HYDRA_TOOLS = ("train", "eval", "predict", "export", "merge")
 # scripts the docs run from a copy: docs/deployment.md copies panfpn/deploy/onnx_runner.py to deploy/
 COPIES = {"deploy/onnx_runner.py": "panfpn/deploy/onnx_runner.py"}
-# programs of other packages the docs run; their flags are theirs (cityscapesscripts' evaluation)
-FOREIGN = {"csEvalPanopticSemanticLabeling", "csEvalPixelLevelSemanticLabeling", "cp", "tensorboard"}
+# programs of other packages the docs run (console scripts of a dependency: they must be installed
+# with it; their flags are theirs), and shell commands
+FOREIGN = {"csEvalPanopticSemanticLabeling", "csEvalPixelLevelSemanticLabeling", "tensorboard"}
+SHELL = {"cp"}
 FENCE = re.compile(r"(?ms)^ *```(\w*)\n(.*?)^ *```")
 INLINE = re.compile(r"`([^`\n]+)`")
 # a path of another project's repository: "Detectron2's `tools/...`" (the text says whose it is)
@@ -360,7 +363,8 @@ def _check_make(argv: list[str]) -> None:
 
 
 def _check_pip(argv: list[str]) -> None:
-    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    section = (ROOT / "pyproject.toml").read_text().split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+    extras = set(re.findall(r"(?m)^([\w-]+)\s*=", section))  # (tomllib is Python >= 3.11; the project: >= 3.10)
     for spec in argv[1:]:
         m = re.fullmatch(r"(?:\.|panfpn)\[([\w,]+)\]", spec)
         if m:
@@ -382,10 +386,12 @@ def check_command(cmd: Command, ctx: dict) -> None:
         _check_make(rest)
     elif program == "pip":
         _check_pip(rest)
-    elif "/" in program:
-        _script(program)
+    elif "/" in program:  # a script run as a program: it must be executable (git mode 100755)
+        assert os.access(_script(program), os.X_OK), f"{program} is not executable"
+    elif program in FOREIGN:
+        assert entry_points(group="console_scripts", name=program), f"{program}: no such console script installed"
     else:
-        assert program in FOREIGN, f"unknown program {program!r} (add it to FOREIGN if it is another package's)"
+        assert program in SHELL, f"unknown program {program!r} (add it to FOREIGN if it is another package's)"
 
 
 # ---------------------------------------------------------------- the tests

@@ -252,23 +252,38 @@ def _with_data_root(overrides: list[str], root: Path) -> list[str]:
     return [f"data.root={root}" if o.startswith("data.root=") else o for o in overrides]
 
 
-def check_hydra_tool(tool: str, argv: list[str], data_root: Path, out_dir: Path) -> None:
-    """Raise what tools/<tool>.py would raise at start on this command line's flags and overrides."""
+def check_hydra_tool(tool: str, argv: list[str], ctx: dict) -> None:
+    """Raise what tools/<tool>.py would raise at start on this command line's flags and overrides:
+    the config checks of every tool; for tools/train.py also its start checks and the dry start a
+    sweep makes of each job (:class:`panfpn.engine.training.dry_start.DryStart`: the model on the
+    meta device, labels, weights, solver, data files), where a file the command names but that
+    cannot exist here (a dataset, downloaded weights) is no error unless ``ctx["refused"]``."""
     from hydra._internal.utils import get_args_parser
 
     from panfpn.engine.config import validate_config
     from panfpn.engine.config.unread import REFUSED, unread_overrides
+    from panfpn.engine.training.dry_start import DryStart
+    from panfpn.engine.training.start_checks import check_training_config
 
     args = get_args_parser().parse_args(argv)  # hydra's flags (-m, --cfg, ...): SystemExit(2) on an unknown one
-    overrides = _with_data_root(list(args.overrides), data_root)
+    overrides = _with_data_root(list(args.overrides), ctx["data_root"])
+    dry = ctx.setdefault("dry_start", DryStart())  # one for all commands: each model / solver built once
     for plain in _alternatives(overrides):
         for variant in _sweep_variants(plain) if args.multirun else [plain]:
-            cfg = compose_config(variant, output_dir=out_dir, return_hydra_config=True)
+            cfg = compose_config(variant, output_dir=ctx["out_dir"], return_hydra_config=True)
             with open_dict(cfg):
                 del cfg["hydra"]
+            if tool == "train":
+                check_training_config(cfg, variant)
+                try:
+                    dry.check(cfg)
+                except FileNotFoundError:
+                    if ctx.get("refused"):
+                        raise
+                continue
             validate_config(cfg)
             if tool in REFUSED:
-                refused, ignored = unread_overrides(tool, variant, cfg)
+                refused, _ = unread_overrides(tool, variant, cfg)
                 if refused:
                     raise AssertionError(f"tools/{tool}.py refuses {[line for line, _ in refused]} (another tool's keys)")
 
@@ -338,14 +353,14 @@ def _check_python(argv: list[str], ctx: dict) -> None:
     script = _script(path)
     tool = re.fullmatch(r"tools/(\w+)\.py", path)
     if tool and tool.group(1) in HYDRA_TOOLS:
-        check_hydra_tool(tool.group(1), rest, ctx["data_root"], ctx["out_dir"])
+        check_hydra_tool(tool.group(1), rest, ctx)
         return
     extra = []
     if "--" in rest:  # bench/learn_synthetic.py ... -- <overrides of tools/train.py>
         rest, extra = rest[:rest.index("--")], rest[rest.index("--") + 1:]
     check_argparse(_run_script(script), rest, ctx["monkeypatch"])
     if extra:
-        check_hydra_tool("train", extra, ctx["data_root"], ctx["out_dir"])
+        check_hydra_tool("train", extra, ctx)
 
 
 def _check_torchrun(argv: list[str], ctx: dict) -> None:
@@ -412,6 +427,14 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def dry_start():
+    """The sweeps' dry start, shared by every command: a part's config checked once (its result kept)."""
+    from panfpn.engine.training.dry_start import DryStart
+
+    return DryStart()
+
+
 def test_the_pages_have_commands_and_snippets():
     """The parser finds what the pages show (a parsing regression would make every check vacuous)."""
     assert len(COMMANDS) > 50 and len(python_snippets()) >= 4
@@ -420,8 +443,9 @@ def test_the_pages_have_commands_and_snippets():
 
 @pytest.mark.filterwarnings("ignore:'panfpn.:RuntimeWarning")  # runpy of a module the package imported
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: f"{c.page}:{c.line}")
-def test_command_fits_the_code(cmd, data_root, tmp_path, monkeypatch):
-    ctx = {"data_root": data_root, "out_dir": tmp_path, "monkeypatch": monkeypatch}
+def test_command_fits_the_code(cmd, data_root, dry_start, tmp_path, monkeypatch):
+    ctx = {"data_root": data_root, "out_dir": tmp_path, "monkeypatch": monkeypatch, "refused": cmd.refused,
+           "dry_start": dry_start}
     error: BaseException | None = None
     try:
         check_command(cmd, ctx)

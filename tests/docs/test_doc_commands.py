@@ -84,7 +84,6 @@ class Snippet:
 # ---------------------------------------------------------------- reading the pages
 
 
-
 def _fenced(page: Path) -> list[tuple[int, str, str]]:
     """(first line number of the body, language, body) of each fenced block."""
     text = page.read_text()
@@ -143,9 +142,9 @@ def _split(line: str) -> list[str]:
 
 
 def _commands_of_line(page: str, number: int, line: str, comment: str = "") -> list[Command]:
-    tokens = _split(line)
+    """The commands of one shell line (``a && b``), without ``VAR=value`` prefixes."""
     commands, current = [], []
-    for tok in [*tokens, "&&"]:
+    for tok in [*_split(line), "&&"]:
         if tok in ("&&", ";", "||"):
             while current and re.fullmatch(r"[A-Z_]+=\S*", current[0]):  # VAR=value before a command
                 current.pop(0)
@@ -157,38 +156,41 @@ def _commands_of_line(page: str, number: int, line: str, comment: str = "") -> l
     return commands
 
 
-def shell_commands() -> list[Command]:
-    """Every shell command of the pages (fenced bash/sh/untyped blocks whose lines are commands,
-    and inline spans that start with ``python `` or ``torchrun ``)."""
-    found: list[Command] = []
-    for page in PAGES:
-        name = str(page.relative_to(ROOT))
-        for first, lang, body in _fenced(page):
-            if lang not in ("bash", "sh", "shell", "console"):
-                continue
-            for number, line, comment in _logical_lines(body, first):
-                found += _commands_of_line(name, number, line, comment)
-        text = re.sub(r"(?ms)^ *```.*?^ *```", lambda m: "\n" * m.group(0).count("\n"), page.read_text())
-        for m in INLINE.finditer(text):
-            span = m.group(1)
-            if re.match(r"(srun )?(python|torchrun) ", span) and re.search(r"\.py\b| -m ", span):
-                found += _commands_of_line(name, text[:m.start()].count("\n") + 1, span)
-    return found
-
-
-def python_snippets() -> list[Snippet]:
-    return [Snippet(str(page.relative_to(ROOT)), first, body) for page in PAGES
-            for first, lang, body in _fenced(page) if lang == "python"]
+def _without_fences(page: Path) -> str:
+    """The page's text with each fenced block blanked (its line count kept)."""
+    return re.sub(r"(?ms)^ *```.*?^ *```", lambda m: "\n" * m.group(0).count("\n"), page.read_text())
 
 
 def inline_spans() -> list[tuple[str, int, str, str]]:
     """(page, line, text, the text just before it) of every inline code span outside fenced blocks."""
     spans = []
     for page in PAGES:
-        text = re.sub(r"(?ms)^ *```.*?^ *```", lambda m: "\n" * m.group(0).count("\n"), page.read_text())
+        text = _without_fences(page)
         spans += [(str(page.relative_to(ROOT)), text[:m.start()].count("\n") + 1, m.group(1),
                    text[max(0, m.start() - 40):m.start()]) for m in INLINE.finditer(text)]
     return spans
+
+
+def shell_commands() -> list[Command]:
+    """Every shell command of the pages: the lines of fenced ``bash`` / ``sh`` blocks (untyped
+    blocks hold output, trees and diagrams), and inline spans that run a script or module with
+    ``python`` or ``torchrun``."""
+    found: list[Command] = []
+    for page in PAGES:
+        for first, lang, body in _fenced(page):
+            if lang in ("bash", "sh", "shell", "console"):
+                for number, line, comment in _logical_lines(body, first):
+                    found += _commands_of_line(str(page.relative_to(ROOT)), number, line, comment)
+    for page, line, span, _ in inline_spans():
+        if re.match(r"(srun )?(python|torchrun) ", span) and re.search(r"\.py\b| -m ", span):
+            found += _commands_of_line(page, line, span)
+    return found
+
+
+def python_snippets() -> list[Snippet]:
+    """The fenced ``python`` blocks of the pages."""
+    return [Snippet(str(page.relative_to(ROOT)), first, body) for page in PAGES
+            for first, lang, body in _fenced(page) if lang == "python"]
 
 
 # ---------------------------------------------------------------- checking one command
@@ -288,6 +290,13 @@ def check_hydra_tool(tool: str, argv: list[str], ctx: dict) -> None:
                     raise AssertionError(f"tools/{tool}.py refuses {[line for line, _ in refused]} (another tool's keys)")
 
 
+def _require(condition: Any, message: str) -> None:
+    """AssertionError(message) unless ``condition`` (a helper's check: the message alone, no
+    pytest assertion rewriting)."""
+    if not condition:
+        raise AssertionError(message)
+
+
 class _Parsed(Exception):
     """Raised by the patched parse_args once the command line parsed: the program stops there."""
 
@@ -336,7 +345,7 @@ def _run_module(name: str) -> Callable[[list[str]], Any]:
 
 def _script(path: str) -> Path:
     real = ROOT / COPIES.get(path, path)
-    assert real.is_file(), f"no file {path} in the repository"
+    _require(real.is_file(), f"no file {path} in the repository")
     return real
 
 
@@ -344,7 +353,7 @@ def _check_python(argv: list[str], ctx: dict) -> None:
     """``python tools/x.py ...``, ``python -m module ...``, ``python bench/x.py ...``."""
     if argv[0] == "-m":
         name = argv[1]
-        assert importlib.util.find_spec(name) is not None, f"no module {name}"
+        _require(importlib.util.find_spec(name) is not None, f"no module {name}")
         check_argparse(_run_module(name), argv[2:], ctx["monkeypatch"])
         return
     if argv[0] == "-c":
@@ -374,7 +383,7 @@ def _check_torchrun(argv: list[str], ctx: dict) -> None:
 def _check_make(argv: list[str]) -> None:
     targets = set(re.findall(r"(?m)^([\w-]+):", (ROOT / "Makefile").read_text()))
     missing = [t for t in argv if not t.startswith("-") and "=" not in t and t not in targets]
-    assert not missing, f"no make target {missing} in the Makefile"
+    _require(not missing, f"no make target {missing} in the Makefile")
 
 
 def _check_pip(argv: list[str]) -> None:
@@ -384,7 +393,7 @@ def _check_pip(argv: list[str]) -> None:
         m = re.fullmatch(r"(?:\.|panfpn)\[([\w,]+)\]", spec)
         if m:
             unknown = set(m.group(1).split(",")) - extras
-            assert not unknown, f"no extra {sorted(unknown)} in pyproject.toml (extras: {sorted(extras)})"
+            _require(not unknown, f"no extra {sorted(unknown)} in pyproject.toml (extras: {sorted(extras)})")
 
 
 def check_command(cmd: Command, ctx: dict) -> None:
@@ -402,11 +411,11 @@ def check_command(cmd: Command, ctx: dict) -> None:
     elif program == "pip":
         _check_pip(rest)
     elif "/" in program:  # a script run as a program: it must be executable (git mode 100755)
-        assert os.access(_script(program), os.X_OK), f"{program} is not executable"
+        _require(os.access(_script(program), os.X_OK), f"{program} is not executable")
     elif program in FOREIGN:
-        assert entry_points(group="console_scripts", name=program), f"{program}: no such console script installed"
+        _require(entry_points(group="console_scripts", name=program), f"{program}: no such console script installed")
     else:
-        assert program in SHELL, f"unknown program {program!r} (add it to FOREIGN if it is another package's)"
+        _require(program in SHELL, f"unknown program {program!r} (add it to FOREIGN if it is another package's)")
 
 
 # ---------------------------------------------------------------- the tests
@@ -472,7 +481,7 @@ def _bind_panfpn_names(tree: ast.AST) -> dict[str, Any]:
         elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "panfpn":
             module = importlib.import_module(node.module)
             for alias in node.names:
-                assert hasattr(module, alias.name), f"from {node.module} import {alias.name}: no such name"
+                _require(hasattr(module, alias.name), f"from {node.module} import {alias.name}: no such name")
                 names[alias.asname or alias.name] = getattr(module, alias.name)
     return names
 
@@ -485,7 +494,7 @@ def _resolve(node: ast.AST, names: dict[str, Any]) -> tuple[bool, Any, str]:
         known, obj, text = _resolve(node.value, names)
         if not known:
             return False, None, ""
-        assert hasattr(obj, node.attr), f"{text}.{node.attr} does not exist"
+        _require(hasattr(obj, node.attr), f"{text}.{node.attr} does not exist")
         return True, getattr(obj, node.attr), f"{text}.{node.attr}"
     return False, None, ""
 

@@ -57,7 +57,7 @@ COPIES = {"deploy/onnx_runner.py": "panfpn/deploy/onnx_runner.py"}
 FOREIGN = {"csEvalPanopticSemanticLabeling", "csEvalPixelLevelSemanticLabeling", "tensorboard"}
 SHELL = {"cp"}
 FENCE = re.compile(r"(?ms)^ *```(\w*)\n(.*?)^ *```")
-INLINE = re.compile(r"`([^`\n]+)`")
+INLINE = re.compile(r"`([^`]+)`")  # a span may wrap lines (not paragraphs)
 # a path of another project's repository: "Detectron2's `tools/...`" (the text says whose it is)
 ANOTHER_PROJECT = re.compile(r"\b(Detectron2|Mask2Former|panopticapi|torchvision)'s\s*$")
 
@@ -137,8 +137,9 @@ def _logical_lines(body: str, first: int) -> list[tuple[int, str, str]]:
 
 
 def _split(line: str) -> list[str]:
-    """Tokens of a shell line (no comment left in it)."""
-    return shlex.split(line, comments=False, posix=True)
+    """Tokens of a shell line (no comment left in it); a ``$(...)`` command substitution is one
+    placeholder token."""
+    return shlex.split(re.sub(r"\$\([^)]*\)", "placeholder", line), comments=False, posix=True)
 
 
 def _commands_of_line(page: str, number: int, line: str, comment: str = "") -> list[Command]:
@@ -166,8 +167,8 @@ def inline_spans() -> list[tuple[str, int, str, str]]:
     spans = []
     for page in PAGES:
         text = _without_fences(page)
-        spans += [(str(page.relative_to(ROOT)), text[:m.start()].count("\n") + 1, m.group(1),
-                   text[max(0, m.start() - 40):m.start()]) for m in INLINE.finditer(text)]
+        spans += [(str(page.relative_to(ROOT)), text[:m.start()].count("\n") + 1, " ".join(m.group(1).split()),
+                   text[max(0, m.start() - 40):m.start()]) for m in INLINE.finditer(text) if "\n\n" not in m.group(1)]
     return spans
 
 
@@ -198,9 +199,10 @@ def python_snippets() -> list[Snippet]:
 
 def _placeholders_out(argv: list[str]) -> list[str]:
     """``[optional]`` brackets dropped, ``...`` placeholders removed (``RUN_DIR...``: ``RUN_DIR``),
-    ``<name>`` placeholders given a value."""
+    ``<name>`` placeholders given a value, ``N`` (a count) given 1."""
     out = []
     for tok in argv:
+        tok = "1" if tok in ("N", "[N]", "N]") else tok
         tok = re.sub(r"<[\w-]+>", "placeholder", tok)
         if tok.startswith("[") and not tok.startswith("[["):
             tok = tok[1:]
@@ -286,8 +288,7 @@ def check_hydra_tool(tool: str, argv: list[str], ctx: dict) -> None:
             validate_config(cfg)
             if tool in REFUSED:
                 refused, _ = unread_overrides(tool, variant, cfg)
-                if refused:
-                    raise AssertionError(f"tools/{tool}.py refuses {[line for line, _ in refused]} (another tool's keys)")
+                _require(not refused, f"tools/{tool}.py refuses {[line for line, _ in refused]} (another tool's keys)")
 
 
 def _require(condition: Any, message: str) -> None:
@@ -403,7 +404,8 @@ def check_command(cmd: Command, ctx: dict) -> None:
     if program in ("python", "python3"):
         _check_python(rest, ctx)
     elif program == "srun":  # srun [its flags] python ...: the command it runs
-        check_command(Command(cmd.page, cmd.line, [t for t in rest if not t.startswith("-")], text=cmd.text), ctx)
+        at = next(i for i, t in enumerate(rest) if not t.startswith("-"))
+        check_command(Command(cmd.page, cmd.line, rest[at:], text=cmd.text), ctx)
     elif program == "torchrun":
         _check_torchrun(rest, ctx)
     elif program == "make":
@@ -476,8 +478,8 @@ def _bind_panfpn_names(tree: ast.AST) -> dict[str, Any]:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.split(".")[0] == "panfpn":
-                    module = importlib.import_module(alias.name)
-                    names[alias.asname or alias.name.split(".")[0]] = module if alias.asname else importlib.import_module("panfpn")
+                    module = importlib.import_module(alias.name)  # import a.b binds a, import a.b as c binds a.b
+                    names[alias.asname or "panfpn"] = module if alias.asname else importlib.import_module("panfpn")
         elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "panfpn":
             module = importlib.import_module(node.module)
             for alias in node.names:

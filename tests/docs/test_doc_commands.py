@@ -279,16 +279,28 @@ def check_hydra_tool(tool: str, argv: list[str], ctx: dict) -> None:
                 del cfg["hydra"]
             if tool == "train":
                 check_training_config(cfg, variant)
-                try:
-                    dry.check(cfg)
-                except FileNotFoundError:
-                    if ctx.get("refused"):
-                        raise
+                _dry_start(dry, cfg, missing_ok=not ctx.get("refused"))
                 continue
             validate_config(cfg)
             if tool in REFUSED:
                 refused, _ = unread_overrides(tool, variant, cfg)
                 _require(not refused, f"tools/{tool}.py refuses {[line for line, _ in refused]} (another tool's keys)")
+
+
+def _dry_start(dry: Any, cfg: Any, missing_ok: bool) -> None:
+    """``dry.check(cfg)``; with ``missing_ok``, a weights file that cannot exist here is checked
+    no further and the rest of the start (solver, data) is checked without it, and a missing data
+    file is no error."""
+    try:
+        dry.check(cfg)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+        if cfg.weights is None:
+            return
+        with open_dict(cfg):
+            cfg.weights = None
+        _dry_start(dry, cfg, missing_ok)
 
 
 def _require(condition: Any, message: str) -> None:

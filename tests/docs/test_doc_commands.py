@@ -513,6 +513,24 @@ def _resolve(node: ast.AST, names: dict[str, Any]) -> tuple[bool, Any, str]:
     return False, None, ""
 
 
+def _check_zoo_overrides(func: Any, call: ast.Call) -> None:
+    """A model-zoo builder's (``panfpn.panoptic_fpn_r50(...)``) keyword overrides of its yaml keys,
+    when the call's arguments are literals: :func:`panfpn.modeling.zoo.model_config` merges them
+    (ValueError naming an unknown key) and builds nothing."""
+    from panfpn.modeling import zoo
+
+    name = getattr(func, "__name__", "")
+    if getattr(func, "__module__", None) != zoo.__name__ or not (zoo.MODEL_CONFIG_DIR / f"{name}.yaml").is_file():
+        return
+    try:
+        args = [ast.literal_eval(a) for a in call.args]
+        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    except ValueError:
+        return  # a variable among them: the signature check above is all
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("weights", "allow_partial")}
+    zoo.model_config(name, *args, **kwargs)
+
+
 def snippet_problems(code: str) -> list[str]:
     """What of ``code``'s panfpn imports, attributes and calls does not fit the package."""
     problems = []
@@ -530,7 +548,8 @@ def snippet_problems(code: str) -> list[str]:
                 if known and callable(func) and not any(isinstance(a, ast.Starred) for a in node.args) \
                         and all(k.arg is not None for k in node.keywords):
                     inspect.signature(func).bind(*node.args, **{k.arg: None for k in node.keywords})
-        except (AssertionError, TypeError) as err:
+                    _check_zoo_overrides(func, node)
+        except (AssertionError, TypeError, ValueError) as err:
             problems.append(f"line {getattr(node, 'lineno', '?')}: {err}")
     return list(dict.fromkeys(problems))  # a call and its attribute report one missing name once
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import importlib
 import importlib.util
 import inspect
@@ -256,6 +257,22 @@ def _with_data_root(overrides: list[str], root: Path) -> list[str]:
     return [f"data.root={root}" if o.startswith("data.root=") else o for o in overrides]
 
 
+_COMPOSED: dict[tuple[str, ...], Any] = {}
+
+
+def _composed(overrides: list[str]) -> Any:
+    """configs/ composed with ``overrides`` as the tools compose it (hydra's own keys checked, then
+    dropped, as a job's config has none); a copy of a config composed before (some pages repeat
+    a command)."""
+    key = tuple(overrides)
+    if key not in _COMPOSED:
+        cfg = compose_config(overrides, output_dir="/nonexistent/run_dir", return_hydra_config=True)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        _COMPOSED[key] = cfg
+    return copy.deepcopy(_COMPOSED[key])
+
+
 def check_hydra_tool(tool: str, argv: list[str], ctx: dict) -> None:
     """Raise what tools/<tool>.py would raise at start on this command line's flags and overrides:
     the config checks of every tool; for tools/train.py also its start checks and the dry start a
@@ -274,9 +291,7 @@ def check_hydra_tool(tool: str, argv: list[str], ctx: dict) -> None:
     dry = ctx.setdefault("dry_start", DryStart())  # one for all commands: each model / solver built once
     for plain in _alternatives(overrides):
         for variant in _sweep_variants(plain) if args.multirun else [plain]:
-            cfg = compose_config(variant, output_dir=ctx["out_dir"], return_hydra_config=True)
-            with open_dict(cfg):
-                del cfg["hydra"]
+            cfg = _composed(variant)
             if tool == "train":
                 check_training_config(cfg, variant)
                 _dry_start(dry, cfg, missing_ok=not ctx.get("refused"))
@@ -466,8 +481,8 @@ def test_the_pages_have_commands_and_snippets():
 
 @pytest.mark.filterwarnings("ignore:'panfpn.:RuntimeWarning")  # runpy of a module the package imported
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: f"{c.page}:{c.line}")
-def test_command_fits_the_code(cmd, data_root, dry_start, tmp_path, monkeypatch):
-    ctx = {"data_root": data_root, "out_dir": tmp_path, "monkeypatch": monkeypatch, "refused": cmd.refused,
+def test_command_fits_the_code(cmd, data_root, dry_start, monkeypatch):
+    ctx = {"data_root": data_root, "monkeypatch": monkeypatch, "refused": cmd.refused,
            "dry_start": dry_start}
     error: BaseException | None = None
     try:

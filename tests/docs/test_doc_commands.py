@@ -1,27 +1,33 @@
 """The commands and Python snippets of README.md and docs/*.md fit the code as it is, without running them.
 
-Shell commands come from fenced code blocks (and from inline code spans that start with ``python `` or
-``torchrun ``); ``\\`` continues a line, ``#`` starts a comment, ``...`` / ``[...]`` mark placeholders
-and optional parts, ``a|b`` in a value lists alternatives (each is checked). For each command:
+Shell commands come from fenced ``bash`` blocks and from inline code spans that run a script or
+module with ``python`` / ``torchrun``; ``\\`` continues a line, ``#`` starts a comment (``# or:
+python ...`` is a command too), ``...`` / ``[...]`` / ``<name>`` mark placeholders and optional
+parts, ``a|b`` in a value lists alternatives (each is checked). For each command:
 
 - ``tools/{train,eval,predict,export,merge}.py``: the overrides compose with configs/ as the tool
   composes them (a key that does not exist, a group choice without its yaml file: hydra refuses it),
   pass the config schema (:func:`panfpn.engine.config.validate_config`: unknown keys, types, ranges)
   and are not another tool's keys (:func:`panfpn.engine.config.unread.unread_overrides`, the check
   the tools make at start); a sweep's (``-m``) every value is checked; hydra's own flags exist.
+  tools/train.py's also pass its start checks and the dry start its sweeps make of each job (model
+  on the meta device, labels, weights, solver, data files), a dataset or weights file that cannot
+  exist here being no error.
 - argparse CLIs (``tools/compare_evals.py``, ``tools/summarize.py``, ``python -m panfpn...``,
   ``panfpn/deploy/onnx_runner.py``, ``bench/*.py``, ``torchrun``'s own flags): the command line parses
   with the program's own parser (flags, required arguments), stopped before it does any work.
-- ``make`` targets are in the Makefile, ``pip install`` extras in pyproject.toml, scripts exist.
+- ``make`` targets are in the Makefile, ``pip install`` extras in pyproject.toml, scripts exist
+  (and are executable when run as programs), other packages' programs are installed console scripts.
 
 Python snippets (```` ```python ```` blocks): every ``panfpn`` import and ``panfpn.x.y`` attribute
-resolves, and calls of panfpn functions bind to their signatures (keyword names, argument counts).
-Inline code spans that name a ``panfpn.x.y`` object or a repository path are checked to exist too.
+resolves, calls of panfpn functions bind to their signatures (keyword names, argument counts), and
+model-zoo builders' yaml overrides exist. Inline code spans that name a ``panfpn.x.y`` object (or
+call it) or a repository path (``tests/x.py::test_name``) are checked too.
 
 A command that shows an error on purpose carries the visible marker ``# refused`` in its trailing
-comment: the test then checks that it IS refused.
+comment (docs/experiments.md's refused sweep): the test then checks that it IS refused, with the
+files it names missing counting as a refusal.
 """
-
 from __future__ import annotations
 
 import argparse

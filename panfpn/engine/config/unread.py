@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -51,7 +51,8 @@ def unread_overrides(tool: str, overrides: Sequence[str],
     from panfpn.engine.model_spec import parse_overrides
 
     unread, read = REFUSED[tool]
-    used = _interpolated(cfg) if cfg is not None else set()
+    used = _interpolated(cfg, lambda key: _under(key, (*unread, *IGNORED[tool])) and not _under(key, read)) \
+        if cfg is not None else set()
     parsed = [(o.input_line, o.key_or_group) for o in parse_overrides(overrides)]
     parsed = [(line, key) for line, key in parsed if not any(_under(key, [u]) or _under(u, [key]) for u in used)]
     refused = [(line, key) for line, key in parsed if _under(key, unread) and not _under(key, read)]
@@ -59,10 +60,25 @@ def unread_overrides(tool: str, overrides: Sequence[str],
     return refused, ignored
 
 
-def _interpolated(cfg: DictConfig) -> set[str]:
-    """The absolute keys ``cfg``'s values interpolate (``${data.train.json_file}``)."""
-    text = OmegaConf.to_yaml(cfg, resolve=False) if OmegaConf.is_config(cfg) else ""
-    return set(re.findall(r"\$\{([A-Za-z_][\w.]*)\}", text))
+def _interpolated(cfg: DictConfig, unread: Callable[[str], bool]) -> set[str]:
+    """The absolute keys that ``cfg``'s values interpolate (``${data.train.json_file}``), in keys
+    the tool reads: ``solver.schedule.max_iter: ${solver.max_iter}`` does not make tools/eval.py
+    read ``solver.max_iter`` (``unread(key)``: a key the tool never reads)."""
+    found: set[str] = set()
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{key}.{i}")
+        elif isinstance(node, str) and not unread(key):
+            found.update(re.findall(r"\$\{([A-Za-z_][\w.]*)\}", node))
+
+    if OmegaConf.is_config(cfg):
+        walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return found
 
 
 def _named(tool: str, found: list[tuple[str, str]]) -> str:

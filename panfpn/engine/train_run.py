@@ -33,7 +33,7 @@ from panfpn.engine.eval_loop import build_eval_loader, evaluate
 from panfpn.engine.progress import bar_enabled
 from panfpn.engine.training.metrics_log import MetricsLog
 from panfpn.engine.model_spec import describe_model
-from panfpn.engine.training.rank_errors import told_to_rank_0
+from panfpn.engine.rank_errors import told_to_rank_0
 from panfpn.engine.training.resume import Resumed, resume_training, warn_fresh_start
 from panfpn.engine.training.run_lock import hold_run_dir
 from panfpn.engine.training.start_checks import check_model_labels, check_training_config

@@ -14,6 +14,14 @@ action would (its message says so). Worker processes
 ignore stop signals from anyone but their parent (:func:`ignore_foreign_stop_signals`: DataLoader
 ``worker_init_fn``, pool initializers) and are ended by it (:func:`terminate_pool`); another process
 forked with the handler exits quietly on the signal.
+
+In a multi-process job (torchrun: ``RANK`` / ``WORLD_SIZE``), rank 0 alone says the line; a rank
+stopped or failing leaves a note that rank 0 reads (:mod:`panfpn.engine.rank_errors`), and rank 0,
+ending because of it, says :class:`EndedElsewhere`'s one line (``rank 1 was stopped by SIGTERM``,
+``rank 1 failed: BadImageError: ...``) instead of its own consequence (a closed connection, the
+launcher's SIGTERM). A second signal there is the launcher passing the first one on (torchrun
+forwards a Ctrl-C to its ranks): noted, not an abort. :func:`defer_stop_signals` (where a failure
+is being handled) makes the active handlers note signals instead of raising them.
 Standard library only: tools/merge.py imports no torch on the CPU.
 """
 
@@ -23,7 +31,8 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Callable, Collection, Mapping
+from contextlib import contextmanager
+from typing import Any, Callable, Collection, Iterator, Mapping
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -36,6 +45,16 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by {signal_name(signum)}")
         self.signum = signum
+
+
+class EndedElsewhere(Exception):
+    """The job ends because another of its processes failed or was stopped (raised by rank 0:
+    :class:`panfpn.engine.rank_errors.OtherRankFailedError`). A tool says ``summary`` on one stderr
+    line, no traceback (that process printed its own), and exits 128 + ``signum`` when a signal
+    stopped that process, 1 when it failed."""
+
+    summary: str = ""
+    signum: int | None = None
 
 
 def signal_name(signum: int) -> str:
@@ -66,13 +85,42 @@ def restore_handlers(previous: Mapping[int, Any]) -> None:
         signal.signal(sig, handler)
 
 
+_DEFERRABLE: list[Any] = []  # the active handlers with a defer(): the tool's, the training job's
+
+
+@contextmanager
+def deferrable(handler: Any) -> Iterator[None]:
+    """While the block runs, :func:`defer_stop_signals` calls ``handler.defer()``."""
+    _DEFERRABLE.append(handler)
+    try:
+        yield
+    finally:
+        _DEFERRABLE.remove(handler)
+
+
+def defer_stop_signals() -> None:
+    """The running job is failing: a stop signal from now on is noted, not raised (it would replace
+    the error on its way out). Called first thing where a failure is handled."""
+    for handler in _DEFERRABLE:
+        handler.defer()
+
+
+def _launch_rank() -> int:
+    """This process's rank as its launcher set it (0 alone)."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0)
+
+
+def _multiprocess() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+
+
 class StopSignals:
     """The handler of one tool run (see the module docstring); :func:`stop_signals` makes one."""
 
     def __init__(self, tool: str) -> None:
         self.tool, self.pid = tool, os.getpid()
         self.signum: int | None = None
-        self.running = False
+        self.running = self.deferred = False
         self.describe: Callable[[], str] | None = None
         self._previous: dict[int, Any] = {}
         self._install()
@@ -84,8 +132,13 @@ class StopSignals:
         global _ACTIVE
         self._install()  # again for the next job of a hydra multirun
         self.signum, self.describe = None, None
-        self.running, _ACTIVE = True, self
+        self.running, self.deferred, _ACTIVE = True, False, self
+        _DEFERRABLE.append(self)
         return self
+
+    def defer(self) -> None:
+        """From now on a signal is noted, not raised: a failure is being handled."""
+        self.deferred = True
 
     def _handle(self, signum: int, frame: Any) -> None:
         if os.getpid() != self.pid:
@@ -94,6 +147,11 @@ class StopSignals:
             # releases the locks it holds; the default action would not (a pool's queue lock held by
             # a dead worker makes the parent's Pool.terminate() wait forever).
             raise SystemExit(128 + signum)
+        if self.signum is not None and (self.deferred or _multiprocess()):  # the launcher passing it on
+            return
+        if self.deferred:
+            self.signum = signum
+            return
         if self.signum is not None:  # a second signal: abort at once, as its default action does
             self._say(f"{signal_name(signum)} again: aborted at once; the write in progress may have "
                       "left a temp file (.<name>.<random>.tmp...) beside its target")
@@ -109,17 +167,27 @@ class StopSignals:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         global _ACTIVE
         self.running, _ACTIVE = False, None
+        if self in _DEFERRABLE:
+            _DEFERRABLE.remove(self)
         restore_handlers(self._previous)
         self._previous.clear()
+        if isinstance(exc, EndedElsewhere) and self.signum != signal.SIGINT:  # a Ctrl-C stops every rank
+            self._say(f"{exc.summary}; {self._written()}")
+            sys.exit(1 if exc.signum is None else 128 + exc.signum)
         if self.signum is None:
             return False  # no signal: any exception goes on as it came
-        text = _call(self.describe) if self.describe is not None else "before writing any output"
-        if exc is not None and not isinstance(exc, (Stopped, SystemExit)):  # e.g. a worker's pipe closing
+        text = self._written()
+        if exc is not None and not isinstance(exc, (Stopped, SystemExit, EndedElsewhere)):  # e.g. a worker's pipe closing
             text += f" (then {type(exc).__name__}: {exc})"
         self._say(f"stopped by {signal_name(self.signum)} {text}")
         sys.exit(128 + self.signum)
 
+    def _written(self) -> str:
+        return _call(self.describe) if self.describe is not None else "before writing any output"
+
     def _say(self, text: str) -> None:
+        if _launch_rank() != 0:  # rank 0 says it for the job (another rank's stop: EndedElsewhere)
+            return
         sys.stdout.flush()
         print(f"{self.tool}: {text}", file=sys.stderr, flush=True)
 

@@ -1,4 +1,5 @@
-"""The error of another rank, told by rank 0: what job_status.json and log.txt show when a rank fails.
+"""The error of another rank, told by rank 0: what job_status.json and log.txt (training) and
+tools/eval.py's one stderr line show when a rank fails or is stopped alone.
 
 When one rank fails (a bad image in its shard, a loss error), the others only see their next
 collective fail (gloo: ``Connection closed by peer``; NCCL: a timeout) and torchrun stops them. Rank 0
@@ -8,11 +9,16 @@ cause, which was only on the failed rank's stderr. Here a failing rank > 0 leave
 before the file is there), and rank 0, failing in turn in a collective (or stopped by the SIGTERM
 torchrun sends the ranks left, which may come first), raises :class:`OtherRankFailedError` naming
 it. An error of rank 0's own keeps its type.
+
+A rank > 0 stopped by a signal sent to it alone (``kill -TERM <pid>``, the OOM handling of a
+cluster) leaves ``stopped by SIGTERM`` the same way: rank 0 then says ``rank 1 was stopped by
+SIGTERM``. A Ctrl-C reaches every rank: rank 0 stopped by SIGINT itself reports its own stop.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import time
 import traceback
 from contextlib import contextmanager
@@ -21,17 +27,24 @@ from typing import Iterator
 
 import torch.distributed as dist
 
-from panfpn.engine.training.job_signals import defer_stop_signals
 from panfpn.utils import dist as du
 from panfpn.utils.atomic import write_json_atomic
 from panfpn.utils.json_file import JSONFileError, load_json
+from panfpn.utils.stop_signals import EndedElsewhere, defer_stop_signals, signal_name
 
 logger = logging.getLogger("panfpn")
 ERROR_FILE = "rank{rank}_error.json"
 
 
-class OtherRankFailedError(RuntimeError):
-    """Rank 0 failed after another rank had failed: the message starts with that rank's error."""
+class OtherRankFailedError(EndedElsewhere, RuntimeError):
+    """Rank 0 failed after another rank had failed or was stopped: the message starts with that
+    rank's error; ``summary`` is that part alone, ``signum`` the signal that stopped it (None: an error)."""
+
+    def __init__(self, others: list[tuple[int, str, int | None]], err: BaseException) -> None:
+        self.summary = "; ".join(f"rank {rank} " + (f"was {text}" if signum else f"failed: {text}")
+                                 for rank, text, signum in others)
+        self.signum = others[0][2]
+        super().__init__(f"{self.summary} (then rank 0: {type(err).__name__}: {err})")
 
 
 def error_file(run_dir: Path, rank: int) -> Path:
@@ -41,7 +54,8 @@ def error_file(run_dir: Path, rank: int) -> Path:
 
 @contextmanager
 def told_to_rank_0(run_dir: Path) -> Iterator[None]:
-    """Around a multi-process training: a rank > 0 leaves its exception in the run folder; rank 0,
+    """Around a multi-process job (training, tools/eval.py): a rank > 0 leaves its exception (or the
+    signal that stopped it) in the run folder; rank 0,
     failing in a collective, raises :class:`OtherRankFailedError` when other ranks left theirs
     meanwhile (its own error otherwise)."""
     started = time.time()
@@ -52,17 +66,19 @@ def told_to_rank_0(run_dir: Path) -> Iterator[None]:
             raise
         defer_stop_signals()  # torchrun's SIGTERMs must not replace the error told below
         if not du.is_main_process():
-            if isinstance(err, Exception):  # not a stop signal: this rank failed
+            if isinstance(err, (Exception, KeyboardInterrupt)):  # failed, or stopped by a signal
                 _leave_error(run_dir, du.get_rank(), err)
             raise
-        # torchrun's SIGTERM to the ranks left, once one failed, may come before rank 0's collective fails
-        consequence = _collective_failure(err) or isinstance(err, KeyboardInterrupt)
+        # torchrun's SIGTERM to the ranks left, once one failed, may come before rank 0's collective
+        # fails; a Ctrl-C (SIGINT, every rank) is rank 0's own stop
+        consequence = _collective_failure(err) or (
+            isinstance(err, KeyboardInterrupt) and getattr(err, "signum", signal.SIGINT) != signal.SIGINT)
         others = _errors_since(run_dir, started) if consequence else []
         if not others:  # rank 0's own error (all ranks raise NonFiniteLossError together): as it is
             raise
-        message = "; ".join(f"rank {rank} failed: {text}" for rank, text in others)
-        logger.error("%s (then rank 0: %s: %s)", message, type(err).__name__, err)
-        raise OtherRankFailedError(f"{message} (then rank 0: {type(err).__name__}: {err})") from err
+        told = OtherRankFailedError(others, err)
+        logger.error("%s", told.summary)  # rank 0's consequence (a closed connection) is in the error
+        raise told from err
 
 
 def _collective_failure(err: Exception) -> bool:
@@ -71,17 +87,22 @@ def _collective_failure(err: Exception) -> bool:
     return type(err) is RuntimeError or isinstance(err, dist.DistError)
 
 
-def _leave_error(run_dir: Path, rank: int, err: Exception) -> None:
+def _leave_error(run_dir: Path, rank: int, err: BaseException) -> None:
+    """This rank's error, or the signal that stopped it (a KeyboardInterrupt with ``signum``: the
+    tools' and the training job's; a plain one is SIGINT)."""
+    signum = getattr(err, "signum", signal.SIGINT) if isinstance(err, KeyboardInterrupt) else None
+    text = f"stopped by {signal_name(signum)}" if signum else f"{type(err).__name__}: {err}"
     try:
         write_json_atomic(error_file(run_dir, rank), {
-            "rank": rank, "time": time.time(), "error": f"{type(err).__name__}: {err}",
+            "rank": rank, "time": time.time(), "error": text, "signal": signum,
             "traceback": traceback.format_exc(limit=8)[-4000:]})
     except OSError as io_err:  # the original error matters more than this note
         logger.warning("rank %d could not write %s: %s", rank, error_file(run_dir, rank), io_err)
 
 
-def _errors_since(run_dir: Path, started: float) -> list[tuple[int, str]]:
-    """(rank, error) of the other ranks' files written by this job (older ones are a previous run's)."""
+def _errors_since(run_dir: Path, started: float) -> list[tuple[int, str, int | None]]:
+    """(rank, error, signal) of the other ranks' files written by this job (older ones are a
+    previous run's); a rank stopped by SIGINT is left out (a Ctrl-C: rank 0's stop too)."""
     found = []
     for rank in range(1, du.get_world_size()):
         path = error_file(run_dir, rank)
@@ -90,5 +111,7 @@ def _errors_since(run_dir: Path, started: float) -> list[tuple[int, str]]:
         except JSONFileError:
             continue
         if isinstance(record, dict) and float(record.get("time", 0.0)) >= started - 1.0:
-            found.append((rank, str(record.get("error"))))
+            signum = record.get("signal")
+            if signum != signal.SIGINT:
+                found.append((rank, str(record.get("error")), int(signum) if signum else None))
     return found

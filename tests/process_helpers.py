@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 
@@ -23,6 +24,19 @@ def _popen(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
         return subprocess.Popen(cmd, start_new_session=True, **kwargs)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def live_group(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``."""
+    pids = []
+    for name in os.listdir("/proc"):
+        try:
+            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(name))
+    return pids
 
 
 def kill_group(proc: subprocess.Popen) -> None:

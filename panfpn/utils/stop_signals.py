@@ -173,6 +173,7 @@ class StopSignals:
         self._previous.clear()
         if isinstance(exc, EndedElsewhere) and self.signum != signal.SIGINT:  # a Ctrl-C stops every rank
             self._say(f"{exc.summary}; {self._written()}")
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the launcher's, now, would replace the exit status
             sys.exit(1 if exc.signum is None else 128 + exc.signum)
         if self.signum is None:
             return False  # no signal: any exception goes on as it came

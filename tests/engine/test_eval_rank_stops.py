@@ -1,0 +1,190 @@
+"""tools/eval.py under ``torchrun --nproc_per_node 2`` (gloo on CPU) when ONE rank is stopped or
+fails during the evaluation loop: the job ends within seconds, rank 0 says on one stderr line what
+happened to which rank, nothing is written as if complete (an earlier result is kept), no process
+is left. Ctrl-C (SIGINT to the whole group) ends every rank with 130 and one line.
+
+Rank 1 reads its images 3, 4, 5 (contiguous shards of 6): a patch blocks its read of image 4 after
+writing a marker file with its pid (the moment to signal it, never after a sleep); each rank's exit
+status is written to ``rank<r>.exit`` beside it. torchrun's own exit status and report (a
+``ChildFailedError`` table, a ``SignalException`` traceback on Ctrl-C) are torchrun's: the tests
+look at what the ranks say.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from config_helpers import compose_config
+from panfpn.data.build import synthetic_dataset
+from process_helpers import live_group, started
+
+ROOT = Path(__file__).resolve().parents[2]
+# Runs sys.argv[1] (a tool) as __main__ after the patch in $PANFPN_TEST_PATCH; leaves its exit status.
+RUNNER = textwrap.dedent("""
+    import os, runpy, sys
+    exec(os.environ['PANFPN_TEST_PATCH'])
+    sys.argv = sys.argv[1:]
+    _status = 0
+    try:
+        runpy.run_path(sys.argv[0], run_name='__main__')
+    except SystemExit as e:
+        _status = e.code if isinstance(e.code, int) else 1
+        raise
+    except BaseException:
+        _status = 'exception'
+        raise
+    finally:
+        open(os.path.join(os.environ['PANFPN_TEST_OUT'], 'rank' + os.environ['RANK'] + '.exit'), 'w').write(str(_status))
+""")
+# Rank 1's read of dataset image 4 writes the marker (its pid) and waits there until stopped.
+BLOCK_ON_RANK_1 = textwrap.dedent("""
+    import time as _time
+    from pathlib import Path as _Path
+    from panfpn.data.dataset import PanopticDataset
+    _get = PanopticDataset.__getitem__
+    def _blocking(self, index):
+        if os.environ.get('RANK') == '1' and index == 4:
+            _Path(os.environ['PANFPN_TEST_OUT'], 'busy.part').write_text(str(os.getpid()))
+            _Path(os.environ['PANFPN_TEST_OUT'], 'busy.part').rename(_Path(os.environ['PANFPN_TEST_OUT'], 'busy'))
+            while True:
+                _time.sleep(0.05)
+        return _get(self, index)
+    PanopticDataset.__getitem__ = _blocking
+""")
+DATA = ["data.val.num_images=6", "data.val.height=64", "data.val.width=64", "eval.max_images=null",
+        "data.num_workers=0", "device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Randomly initialised weights of the default model (the stopping is tested, not the PQ) and
+    a data cache of this module's own (a test corrupts an image there)."""
+    root = tmp_path_factory.mktemp("evalranks")
+    torch.manual_seed(0)
+    from panfpn.modeling.build import build_model
+
+    torch.save({"model": build_model(compose_config(output_dir=root / "w")).state_dict()}, root / "model.pth")
+    return root / "model.pth", root / "cache"
+
+
+def _launch(tmp_path: Path, setup, patch: str, *, signal_when_busy: tuple[int, bool] | None = None,
+            save_predictions: bool = False) -> tuple[int, str, Path]:
+    """torchrun with 2 ranks on tools/eval.py; with ``signal_when_busy`` ``(sig, whole_group)``,
+    the signal goes to rank 1 alone or to the whole group once rank 1 is busy. Returns (exit
+    status, stderr, run folder) after every process of the group is gone."""
+    weights, cache = setup
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PANFPN_TEST_PATCH=patch,
+               PANFPN_TEST_OUT=str(tmp_path), PANFPN_CACHE=str(cache))
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    args = [f"weights={weights}", *DATA, f"eval.save_predictions={str(save_predictions).lower()}",
+            f"hydra.run.dir={run}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python",
+           sys.executable, "-c", RUNNER, str(ROOT / "tools" / "eval.py"), *args]
+    busy = tmp_path / "busy"
+    with started(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        if signal_when_busy is not None:
+            sig, whole_group = signal_when_busy
+            deadline = time.monotonic() + 120
+            while not busy.exists():
+                assert proc.poll() is None, f"ended before rank 1 was busy:\n{proc.stderr.read()[-3000:]}"
+                assert time.monotonic() < deadline, "rank 1 never got busy"
+                time.sleep(0.02)
+            if whole_group:
+                os.killpg(proc.pid, sig)
+            else:
+                os.kill(int(busy.read_text()), sig)
+        stopped = time.monotonic()
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 60 s later: processes {live_group(proc.pid)}")
+        assert time.monotonic() - stopped < 30, err[-3000:]  # seconds, not gloo's 30-minute timeout
+        deadline = time.monotonic() + 10
+        while live_group(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert live_group(proc.pid) == [], f"processes left behind: {live_group(proc.pid)}"
+    return proc.returncode, err, run
+
+
+def _rank_exits(tmp_path: Path) -> list[str]:
+    return [(tmp_path / f"rank{r}.exit").read_text() for r in range(2)]
+
+
+def _one_line(err: str, tracebacks: int = 0) -> str:
+    """The ranks' single line (tools/eval.py: ...); no closed connection (what rank 0 saw of rank
+    1's end) and ``tracebacks`` tracebacks of the tool (a failing rank's own: its error)."""
+    lines = [line for line in err.splitlines() if line.startswith("tools/eval.py:")]
+    assert len(lines) == 1, err[-4000:]
+    assert "Connection closed by peer" not in err, err[-4000:]
+    assert err.count(f'{ROOT / "tools" / "eval.py"}", line') == tracebacks, err[-4000:]
+    return lines[0]
+
+
+def _earlier_results(run: Path) -> None:
+    (run / "report_images").mkdir(parents=True)
+    (run / "eval_results.json").write_text('{"earlier": "complete run"}')
+    (run / "report.html").write_text("earlier report")
+
+
+def _temp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob(".*") if ".tmp" in p.name]
+
+
+def test_rank_1_stopped_alone_is_said_by_rank_0_and_keeps_the_earlier_results(tmp_path, setup):
+    # Before: rank 0 printed a 'Connection closed by peer' traceback (hydra's 'Error executing
+    # job') and was killed by torchrun's SIGTERM; rank 1 alone said it was stopped.
+    _earlier_results(tmp_path / "run")
+    status, err, run = _launch(tmp_path, setup, BLOCK_ON_RANK_1, signal_when_busy=(signal.SIGTERM, False))
+    line = _one_line(err)
+    assert line.startswith("tools/eval.py: rank 1 was stopped by SIGTERM; "), line
+    assert "eval_results.json not written (the earlier one is unchanged)" in line
+    assert status != 0 and _rank_exits(tmp_path) == ["143", "143"]
+    assert (run / "eval_results.json").read_text() == '{"earlier": "complete run"}'
+    assert (run / "report.html").read_text() == "earlier report"
+    assert json.loads((run / "rank1_error.json").read_text())["error"] == "stopped by SIGTERM"
+    assert _temp_files(run) == []
+
+
+def test_a_bad_image_on_rank_1_is_said_by_rank_0_and_nothing_is_written_as_complete(tmp_path, setup):
+    # Image 4 (rank 1's second) is truncated. Before: rank 0's only word was a 'Connection closed
+    # by peer' traceback; the cause was on rank 1's stderr alone.
+    weights, cache = setup
+    val = synthetic_dataset("val", num_images=6, seed=1, height=64, width=64, cache_dir=str(cache),
+                            is_train=False)  # what data.val builds in the job from this cache
+    record = val.records[4]
+    image = val.image_root / record.file_name
+    good = image.read_bytes()
+    image.write_bytes(good[:200])
+    try:
+        status, err, run = _launch(tmp_path, setup, "", save_predictions=True)
+    finally:
+        image.write_bytes(good)
+    line = _one_line(err, tracebacks=1)  # rank 1's, ending in its BadImageError
+    assert line.startswith(f"tools/eval.py: rank 1 failed: BadImageError: image id {record.image_id} of "), line
+    assert image.name in line and "eval_results.json not written (no metrics)" in line
+    assert "without panoptic_pred.json" in line
+    assert status != 0 and _rank_exits(tmp_path) == ["1", "1"]  # rank 1: hydra after its traceback
+    assert not (run / "eval_results.json").exists() and not (run / "report.html").exists()
+    assert not (run / "predictions" / "panoptic_pred.json").exists()
+    assert _temp_files(run) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_every_rank_with_130_and_one_line(tmp_path, setup):
+    # Before: each rank said its own line (two lines).
+    status, err, run = _launch(tmp_path, setup, BLOCK_ON_RANK_1, signal_when_busy=(signal.SIGINT, True))
+    line = _one_line(err)
+    assert line.startswith("tools/eval.py: stopped by SIGINT before the metrics were complete"), line
+    assert status != 0 and _rank_exits(tmp_path) == ["130", "130"]
+    assert not (run / "eval_results.json").exists()

@@ -188,3 +188,73 @@ def test_ctrl_c_ends_every_rank_with_130_and_one_line(tmp_path, setup):
     assert line.startswith("tools/eval.py: stopped by SIGINT before the metrics were complete"), line
     assert status != 0 and _rank_exits(tmp_path) == ["130", "130"]
     assert not (run / "eval_results.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# the evaluation inside a training run (train.eval_period)
+
+TRAIN = ["data.train.num_images=8", "data.train.height=64", "data.train.width=64",
+         "data.train.transforms.transforms.0.short_edge_lengths=[64]",
+         "data.train.transforms.transforms.0.max_size=128", "data.batch_size=1", "solver=synthetic_sgd",
+         "solver.schedule.warmup_iters=0", "solver.schedule.steps=[]", "model.backbone.norm=gn",
+         "train.log_period=1", "train.checkpoint_period=100", "train.progress_bar=false", "train.eval_period=1",
+         "solver.max_iter=3", "eval.compute_ap=false", "weights=null"]
+# In the evaluation: rank 1's read of image 3 (its first) and rank 0's of image 1 wait for the file
+# 'release'; rank 0 lists the images it reads in 'rank0_reads'.
+HOLD_BOTH = textwrap.dedent("""
+    import time as _time
+    from pathlib import Path as _Path
+    from panfpn.data.dataset import PanopticDataset
+    _get, _out = PanopticDataset.__getitem__, _Path(os.environ['PANFPN_TEST_OUT'])
+    def _holding(self, index):
+        if not self.is_train:
+            rank = os.environ['RANK']
+            if rank == '0':
+                with open(_out / 'rank0_reads', 'a') as f:
+                    f.write(f'{index}\\n')
+            if (rank, index) in (('1', 3), ('0', 1)):
+                if rank == '1':
+                    (_out / 'busy.part').write_text(str(os.getpid()))
+                    (_out / 'busy.part').rename(_out / 'busy')
+                while not (_out / 'release').exists():
+                    _time.sleep(0.02)
+        return _get(self, index)
+    PanopticDataset.__getitem__ = _holding
+""")
+
+
+def test_rank_1_stopped_alone_in_a_training_evaluation_stops_every_rank_at_its_next_batch(tmp_path, setup):
+    """SIGTERM to rank 1 alone while both ranks evaluate at iteration 1: rank 0 stops at its next
+    batch too (it read 2 of its 3 images), the evaluation's partial metrics are not logged, the
+    checkpoint of iteration 1 is written and job_status.json says 'interrupted' by signal 15.
+    Before, rank 0 went on through its whole shard (minutes on a real validation set, gloo's
+    30-minute timeout for rank 1 waiting in the gather) before it learnt of the stop."""
+    _, cache = setup
+    run, log = tmp_path / "run", tmp_path / "stderr.txt"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PANFPN_TEST_PATCH=HOLD_BOTH,
+               PANFPN_TEST_OUT=str(tmp_path), PANFPN_CACHE=str(cache))
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python",
+           sys.executable, "-c", RUNNER, str(ROOT / "tools" / "train.py"), *TRAIN, *DATA, f"hydra.run.dir={run}"]
+    with log.open("w") as err_file, started(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err_file) as proc:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "busy").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.02)
+        os.kill(int((tmp_path / "busy").read_text()), signal.SIGTERM)
+        while "received signal 15" not in log.read_text():  # rank 1's handler ran
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.02)
+        (tmp_path / "release").write_text("")
+        proc.wait(timeout=60)
+        assert live_group(proc.pid) in ([], [proc.pid])
+    err = log.read_text()
+    assert proc.returncode != 0 and _rank_exits(tmp_path) == ["143", "143"], err[-3000:]
+    assert (tmp_path / "rank0_reads").read_text().split() == ["0", "1"]  # not its third image, 2
+    status = json.loads((run / "job_status.json").read_text())
+    assert (status["status"], status["signal"], status["iteration"]) == ("interrupted", 15, 1), status
+    assert Path(status["checkpoint"]).name == "model_0000001.pth" and Path(status["checkpoint"]).is_file()
+    assert "evaluation at iteration 1 interrupted by signal 15" in err
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if r["kind"] == "eval"] == []
+    assert [p.name for p in run.iterdir() if p.name.startswith(".")] == [".hydra"]

@@ -26,6 +26,8 @@ import torch
 
 from config_helpers import compose_config
 from panfpn.data.build import synthetic_dataset
+from panfpn.engine import rank_errors
+from panfpn.utils.stop_signals import EndedElsewhere, Stopped
 from process_helpers import live_group, started
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +65,37 @@ BLOCK_ON_RANK_1 = textwrap.dedent("""
 """)
 DATA = ["data.val.num_images=6", "data.val.height=64", "data.val.width=64", "eval.max_images=null",
         "data.num_workers=0", "device=cpu"]
+
+
+def _as_rank(monkeypatch, rank):
+    for name, value in [("is_multiprocess", True), ("get_world_size", 2), ("get_rank", rank),
+                        ("is_main_process", rank == 0)]:
+        monkeypatch.setattr(rank_errors.du, name, lambda value=value: value)
+
+
+def test_a_rank_stopped_alone_is_named_by_rank_0_but_a_ctrl_c_is_rank_0s_own_stop(tmp_path, monkeypatch):
+    """Rank 1 stopped by SIGTERM leaves it like an error; rank 0, failing in the collective or
+    stopped by torchrun's SIGTERM, raises OtherRankFailedError saying it (the one-line summary
+    without rank 0's closed connection, exit 128 + 15). Stopped by SIGINT, rank 0 keeps its own
+    stop (a Ctrl-C reaches every rank), and a rank's SIGINT note is not another rank's cause."""
+    _as_rank(monkeypatch, 1)
+    with pytest.raises(Stopped), rank_errors.told_to_rank_0(tmp_path):
+        raise Stopped(signal.SIGTERM)
+    assert json.loads(rank_errors.error_file(tmp_path, 1).read_text())["error"] == "stopped by SIGTERM"
+    _as_rank(monkeypatch, 0)
+    for consequence in (RuntimeError("Connection closed by peer"), Stopped(signal.SIGTERM)):
+        with pytest.raises(rank_errors.OtherRankFailedError) as told, rank_errors.told_to_rank_0(tmp_path):
+            raise consequence
+        assert isinstance(told.value, EndedElsewhere)
+        assert (told.value.summary, told.value.signum) == ("rank 1 was stopped by SIGTERM", signal.SIGTERM)
+    with pytest.raises(Stopped), rank_errors.told_to_rank_0(tmp_path):
+        raise Stopped(signal.SIGINT)
+    _as_rank(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt), rank_errors.told_to_rank_0(tmp_path):
+        raise KeyboardInterrupt  # Python's own Ctrl-C
+    _as_rank(monkeypatch, 0)
+    with pytest.raises(RuntimeError, match="^Connection closed by peer$"), rank_errors.told_to_rank_0(tmp_path):
+        raise RuntimeError("Connection closed by peer")
 
 
 @pytest.fixture(scope="module")

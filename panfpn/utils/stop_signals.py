@@ -169,19 +169,22 @@ class StopSignals:
         self.running, _ACTIVE = False, None
         if self in _DEFERRABLE:
             _DEFERRABLE.remove(self)
-        restore_handlers(self._previous)
-        self._previous.clear()
-        if isinstance(exc, EndedElsewhere) and self.signum != signal.SIGINT:  # a Ctrl-C stops every rank
-            self._say(f"{exc.summary}; {self._written()}")
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the launcher's, now, would replace the exit status
-            sys.exit(1 if exc.signum is None else 128 + exc.signum)
-        if self.signum is None:
+        ended = isinstance(exc, EndedElsewhere) and self.signum != signal.SIGINT  # a Ctrl-C stops every rank
+        if self.signum is None and not ended:
+            restore_handlers(self._previous)
+            self._previous.clear()
             return False  # no signal: any exception goes on as it came
+        # Exiting with a message: this handler stays, noting signals (torchrun's SIGTERM to the ranks
+        # left, its forwarded Ctrl-C); the previous one would kill the process before its message.
+        self.deferred = True
+        if ended:
+            self._say(f"{exc.summary}; {self._written()}")  # type: ignore[union-attr]
+            sys.exit(1 if exc.signum is None else 128 + exc.signum)  # type: ignore[union-attr]
         text = self._written()
         if exc is not None and not isinstance(exc, (Stopped, SystemExit, EndedElsewhere)):  # e.g. a worker's pipe closing
             text += f" (then {type(exc).__name__}: {exc})"
         self._say(f"stopped by {signal_name(self.signum)} {text}")
-        sys.exit(128 + self.signum)
+        sys.exit(128 + self.signum)  # type: ignore[operator]
 
     def _written(self) -> str:
         return _call(self.describe) if self.describe is not None else "before writing any output"

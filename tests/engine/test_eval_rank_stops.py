@@ -232,8 +232,9 @@ TRAIN = ["data.train.num_images=8", "data.train.height=64", "data.train.width=64
          "solver.schedule.warmup_iters=0", "solver.schedule.steps=[]", "model.backbone.norm=gn",
          "train.log_period=1", "train.checkpoint_period=100", "train.progress_bar=false", "train.eval_period=1",
          "solver.max_iter=3", "eval.compute_ap=false", "weights=null"]
-# In the evaluation: rank 1's read of image 3 (its first) and rank 0's of image 1 wait for the file
-# 'release'; rank 0 lists the images it reads in 'rank0_reads'.
+# In the evaluation: rank 1's read of image 3 (its first) and rank 0's of image 1 write a marker
+# ('busy' with rank 1's pid, 'rank0_busy') and wait for the file 'release'; rank 0 lists the images
+# it reads in 'rank0_reads'.
 HOLD_BOTH = textwrap.dedent("""
     import time as _time
     from pathlib import Path as _Path
@@ -246,9 +247,10 @@ HOLD_BOTH = textwrap.dedent("""
                 with open(_out / 'rank0_reads', 'a') as f:
                     f.write(f'{index}\\n')
             if (rank, index) in (('1', 3), ('0', 1)):
-                if rank == '1':
-                    (_out / 'busy.part').write_text(str(os.getpid()))
-                    (_out / 'busy.part').rename(_out / 'busy')
+                marker = 'busy' if rank == '1' else 'rank0_busy'
+                (_out / 'busy.part' / rank).parent.mkdir(exist_ok=True)
+                (_out / 'busy.part' / rank).write_text(str(os.getpid()))
+                (_out / 'busy.part' / rank).rename(_out / marker)
                 while not (_out / 'release').exists():
                     _time.sleep(0.02)
         return _get(self, index)
@@ -271,7 +273,7 @@ def test_rank_1_stopped_alone_in_a_training_evaluation_stops_every_rank_at_its_n
            sys.executable, "-c", RUNNER, str(ROOT / "tools" / "train.py"), *TRAIN, *DATA, f"hydra.run.dir={run}"]
     with log.open("w") as err_file, started(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err_file) as proc:
         deadline = time.monotonic() + 120
-        while not (tmp_path / "busy").exists():
+        while not ((tmp_path / "busy").exists() and (tmp_path / "rank0_busy").exists()):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.02)
         os.kill(int((tmp_path / "busy").read_text()), signal.SIGTERM)

@@ -48,16 +48,18 @@ RUNNER = textwrap.dedent("""
     finally:
         open(os.path.join(os.environ['PANFPN_TEST_OUT'], 'rank' + os.environ['RANK'] + '.exit'), 'w').write(str(_status))
 """)
-# Rank 1's read of dataset image 4 writes the marker (its pid) and waits there until stopped.
+# Rank 1's read of dataset image 4 writes the marker 'busy' (its pid) and waits there until
+# stopped; so does rank 0's read of image 2 (its last) when $HOLD_RANK_0 is set.
 BLOCK_ON_RANK_1 = textwrap.dedent("""
     import time as _time
     from pathlib import Path as _Path
     from panfpn.data.dataset import PanopticDataset
     _get = PanopticDataset.__getitem__
     def _blocking(self, index):
-        if os.environ.get('RANK') == '1' and index == 4:
-            _Path(os.environ['PANFPN_TEST_OUT'], 'busy.part').write_text(str(os.getpid()))
-            _Path(os.environ['PANFPN_TEST_OUT'], 'busy.part').rename(_Path(os.environ['PANFPN_TEST_OUT'], 'busy'))
+        if (os.environ.get('RANK'), index) in (('1', 4), ('0', 2) if os.environ.get('HOLD_RANK_0') else ()):
+            if index == 4:
+                _Path(os.environ['PANFPN_TEST_OUT'], 'busy.part').write_text(str(os.getpid()))
+                _Path(os.environ['PANFPN_TEST_OUT'], 'busy.part').rename(_Path(os.environ['PANFPN_TEST_OUT'], 'busy'))
             while True:
                 _time.sleep(0.05)
         return _get(self, index)
@@ -111,26 +113,27 @@ def setup(tmp_path_factory):
 
 
 def _launch(tmp_path: Path, setup, patch: str, *, signal_when_busy: tuple[int, bool] | None = None,
-            save_predictions: bool = False) -> tuple[int, str, Path]:
+            save_predictions: bool = False, hold_rank_0: bool = False,
+            ready: str = "") -> tuple[int, str, Path]:
     """torchrun with 2 ranks on tools/eval.py; with ``signal_when_busy`` ``(sig, whole_group)``,
-    the signal goes to rank 1 alone or to the whole group once rank 1 is busy. Returns (exit
-    status, stderr, run folder) after every process of the group is gone."""
+    the signal goes to rank 1 alone or to the whole group once rank 1 is busy and ``ready`` is on
+    stderr. Returns (exit status, stderr, run folder) after every process of the group is gone."""
     weights, cache = setup
-    run = tmp_path / "run"
+    run, log = tmp_path / "run", tmp_path / "stderr.txt"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PANFPN_TEST_PATCH=patch,
-               PANFPN_TEST_OUT=str(tmp_path), PANFPN_CACHE=str(cache))
+               PANFPN_TEST_OUT=str(tmp_path), PANFPN_CACHE=str(cache), HOLD_RANK_0="1" if hold_rank_0 else "")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     args = [f"weights={weights}", *DATA, f"eval.save_predictions={str(save_predictions).lower()}",
             f"hydra.run.dir={run}"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python",
            sys.executable, "-c", RUNNER, str(ROOT / "tools" / "eval.py"), *args]
     busy = tmp_path / "busy"
-    with started(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+    with log.open("w") as err_file, started(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err_file) as proc:
         if signal_when_busy is not None:
             sig, whole_group = signal_when_busy
             deadline = time.monotonic() + 120
-            while not busy.exists():
-                assert proc.poll() is None, f"ended before rank 1 was busy:\n{proc.stderr.read()[-3000:]}"
+            while not (busy.exists() and ready in log.read_text()):
+                assert proc.poll() is None, f"ended before rank 1 was busy:\n{log.read_text()[-3000:]}"
                 assert time.monotonic() < deadline, "rank 1 never got busy"
                 time.sleep(0.02)
             if whole_group:
@@ -139,9 +142,10 @@ def _launch(tmp_path: Path, setup, patch: str, *, signal_when_busy: tuple[int, b
                 os.kill(int(busy.read_text()), sig)
         stopped = time.monotonic()
         try:
-            _, err = proc.communicate(timeout=60)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             pytest.fail(f"still running 60 s later: processes {live_group(proc.pid)}")
+        err = log.read_text()
         assert time.monotonic() - stopped < 30, err[-3000:]  # seconds, not gloo's 30-minute timeout
         deadline = time.monotonic() + 10
         while live_group(proc.pid) and time.monotonic() < deadline:
@@ -174,11 +178,16 @@ def _temp_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob(".*") if ".tmp" in p.name]
 
 
-def test_rank_1_stopped_alone_is_said_by_rank_0_and_keeps_the_earlier_results(tmp_path, setup):
-    # Before: rank 0 printed a 'Connection closed by peer' traceback (hydra's 'Error executing
-    # job') and was killed by torchrun's SIGTERM; rank 1 alone said it was stopped.
+@pytest.mark.parametrize("rank_0", ["past_its_loop", "mid_loop"])
+def test_rank_1_stopped_alone_is_said_by_rank_0_and_keeps_the_earlier_results(tmp_path, setup, rank_0):
+    # Rank 0 learns of it from its failing gather (past its loop: its 3 images done) or from
+    # torchrun's SIGTERM (held reading its last image). Before: rank 0 printed a 'Connection closed
+    # by peer' traceback (hydra's 'Error executing job') or was killed by torchrun's SIGTERM; rank 1
+    # alone said it was stopped.
     _earlier_results(tmp_path / "run")
-    status, err, run = _launch(tmp_path, setup, BLOCK_ON_RANK_1, signal_when_busy=(signal.SIGTERM, False))
+    mid_loop = rank_0 == "mid_loop"
+    status, err, run = _launch(tmp_path, setup, BLOCK_ON_RANK_1, signal_when_busy=(signal.SIGTERM, False),
+                               hold_rank_0=mid_loop, ready="" if mid_loop else "eval: 3 batches")
     line = _one_line(err)
     assert line.startswith("tools/eval.py: rank 1 was stopped by SIGTERM; "), line
     assert "eval_results.json not written (the earlier one is unchanged)" in line

@@ -34,6 +34,8 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Collection, Iterator, Mapping
 
+from panfpn.utils.launch_env import launch_rank, launched_as_several
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -105,15 +107,6 @@ def defer_stop_signals() -> None:
         handler.defer()
 
 
-def _launch_rank() -> int:
-    """This process's rank as its launcher set it (0 alone)."""
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0)
-
-
-def _multiprocess() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
-
-
 class StopSignals:
     """The handler of one tool run (see the module docstring); :func:`stop_signals` makes one."""
 
@@ -147,7 +140,7 @@ class StopSignals:
             # releases the locks it holds; the default action would not (a pool's queue lock held by
             # a dead worker makes the parent's Pool.terminate() wait forever).
             raise SystemExit(128 + signum)
-        if self.signum is not None and (self.deferred or _multiprocess()):  # the launcher passing it on
+        if self.signum is not None and (self.deferred or launched_as_several()):  # the launcher passing it on
             return
         if self.deferred:
             self.signum = signum
@@ -190,7 +183,7 @@ class StopSignals:
         return _call(self.describe) if self.describe is not None else "before writing any output"
 
     def _say(self, text: str) -> None:
-        if _launch_rank() != 0:  # rank 0 says it for the job (another rank's stop: EndedElsewhere)
+        if launch_rank() != 0:  # rank 0 says it for the job (another rank's stop: EndedElsewhere)
             return
         sys.stdout.flush()
         print(f"{self.tool}: {text}", file=sys.stderr, flush=True)

@@ -12,7 +12,9 @@ it. An error of rank 0's own keeps its type.
 
 A rank > 0 stopped by a signal sent to it alone (``kill -TERM <pid>``, the OOM handling of a
 cluster) leaves ``stopped by SIGTERM`` the same way: rank 0 then says ``rank 1 was stopped by
-SIGTERM``. A Ctrl-C reaches every rank: rank 0 stopped by SIGINT itself reports its own stop.
+SIGTERM``. A Ctrl-C reaches every rank: no rank leaves SIGINT, and rank 0 stopped by it reports
+its own stop. (A SIGTERM to every rank, as scancel sends, may be told as rank 1's when its file is
+there before rank 0 looks.)
 """
 
 from __future__ import annotations
@@ -89,8 +91,11 @@ def _collective_failure(err: Exception) -> bool:
 
 def _leave_error(run_dir: Path, rank: int, err: BaseException) -> None:
     """This rank's error, or the signal that stopped it (a KeyboardInterrupt with ``signum``: the
-    tools' and the training job's; a plain one is SIGINT)."""
+    tools' and the training job's; a plain one is SIGINT); nothing for SIGINT, which reaches every
+    rank (a Ctrl-C): rank 0 tells its own stop."""
     signum = getattr(err, "signum", signal.SIGINT) if isinstance(err, KeyboardInterrupt) else None
+    if signum == signal.SIGINT:
+        return
     text = f"stopped by {signal_name(signum)}" if signum else f"{type(err).__name__}: {err}"
     try:
         write_json_atomic(error_file(run_dir, rank), {
@@ -102,7 +107,7 @@ def _leave_error(run_dir: Path, rank: int, err: BaseException) -> None:
 
 def _errors_since(run_dir: Path, started: float) -> list[tuple[int, str, int | None]]:
     """(rank, error, signal) of the other ranks' files written by this job (older ones are a
-    previous run's); a rank stopped by SIGINT is left out (a Ctrl-C: rank 0's stop too)."""
+    previous run's)."""
     found = []
     for rank in range(1, du.get_world_size()):
         path = error_file(run_dir, rank)
@@ -112,6 +117,5 @@ def _errors_since(run_dir: Path, started: float) -> list[tuple[int, str, int | N
             continue
         if isinstance(record, dict) and float(record.get("time", 0.0)) >= started - 1.0:
             signum = record.get("signal")
-            if signum != signal.SIGINT:
-                found.append((rank, str(record.get("error")), int(signum) if signum else None))
+            found.append((rank, str(record.get("error")), int(signum) if signum else None))
     return found

@@ -100,6 +100,32 @@ def test_a_rank_stopped_alone_is_named_by_rank_0_but_a_ctrl_c_is_rank_0s_own_sto
         assert not rank_errors.error_file(tmp_path, 1).exists()  # nothing left: not another rank's cause
 
 
+def test_a_training_whose_rank_1_was_stopped_alone_is_interrupted_in_its_status(tmp_path, monkeypatch):
+    """Rank 1 stopped by SIGTERM outside the loop (while starting, no checkpoint): job_status.json
+    says 'interrupted' with signal 15 and rank 1's stop, as for a SIGTERM to every rank; it said
+    'failed' (an OtherRankFailedError is an error when another rank failed, not when it was stopped)."""
+    from omegaconf import OmegaConf
+
+    import panfpn.engine.train_run as train_run
+    import panfpn.engine.training.job as job
+    import panfpn.engine.training.start_checks as start_checks
+
+    def rank_0_after_rank_1_stopped(cfg):
+        raise rank_errors.OtherRankFailedError([(1, "stopped by SIGTERM", signal.SIGTERM)],
+                                               RuntimeError("Connection closed by peer"))
+
+    monkeypatch.setattr(train_run, "train_from_config", rank_0_after_rank_1_stopped)
+    monkeypatch.setattr(start_checks, "check_job_start", lambda cfg: None)
+    for name in ("RANK", "SLURM_PROCID", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = OmegaConf.create({"output_dir": str(tmp_path), "solver": {"max_iter": 3}, "train": {"objective": None}})
+    with pytest.raises(rank_errors.OtherRankFailedError):
+        job.run_training_job(cfg)
+    status = json.loads((tmp_path / "job_status.json").read_text())
+    assert (status["status"], status["signal"]) == ("interrupted", signal.SIGTERM)
+    assert status["error"].startswith("OtherRankFailedError: rank 1 was stopped by SIGTERM (then rank 0: ")
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Randomly initialised weights of the default model (the stopping is tested, not the PQ) and

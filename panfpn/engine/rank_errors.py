@@ -57,9 +57,9 @@ def error_file(run_dir: Path, rank: int) -> Path:
 @contextmanager
 def told_to_rank_0(run_dir: Path) -> Iterator[None]:
     """Around a multi-process job (training, tools/eval.py): a rank > 0 leaves its exception (or the
-    signal that stopped it) in the run folder; rank 0,
-    failing in a collective, raises :class:`OtherRankFailedError` when other ranks left theirs
-    meanwhile (its own error otherwise)."""
+    signal that stopped it) in the run folder; rank 0, failing in a collective or stopped by
+    torchrun, raises :class:`OtherRankFailedError` when other ranks left theirs meanwhile (its own
+    error otherwise)."""
     started = time.time()
     try:
         yield

@@ -174,7 +174,7 @@ class StopSignals:
             self._say(f"{exc.summary}; {self._written()}")  # type: ignore[union-attr]
             sys.exit(1 if exc.signum is None else 128 + exc.signum)  # type: ignore[union-attr]
         text = self._written()
-        if exc is not None and not isinstance(exc, (Stopped, SystemExit, EndedElsewhere)):  # e.g. a worker's pipe closing
+        if exc is not None and not isinstance(exc, (Stopped, SystemExit)):  # e.g. a worker's pipe closing
             text += f" (then {type(exc).__name__}: {exc})"
         self._say(f"stopped by {signal_name(self.signum)} {text}")
         sys.exit(128 + self.signum)  # type: ignore[operator]

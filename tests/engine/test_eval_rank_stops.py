@@ -46,7 +46,8 @@ RUNNER = textwrap.dedent("""
         _status = 'exception'
         raise
     finally:
-        open(os.path.join(os.environ['PANFPN_TEST_OUT'], 'rank' + os.environ['RANK'] + '.exit'), 'w').write(str(_status))
+        _exit = os.path.join(os.environ['PANFPN_TEST_OUT'], 'rank' + os.environ['RANK'] + '.exit')
+        open(_exit, 'w').write(str(_status))
 """)
 # Rank 1's read of dataset image 4 writes the marker 'busy' (its pid) and waits there until
 # stopped; so does rank 0's read of image 2 (its last) when $HOLD_RANK_0 is set.

@@ -12,7 +12,7 @@ it. An error of rank 0's own keeps its type.
 
 A rank > 0 stopped by a signal sent to it alone (``kill -TERM <pid>``, the OOM handling of a
 cluster) leaves ``stopped by SIGTERM`` the same way: rank 0 then says ``rank 1 was stopped by
-SIGTERM``. A Ctrl-C reaches every rank: no rank leaves SIGINT, and rank 0 stopped by it reports
+SIGTERM``. A Ctrl-C reaches every rank (torchrun passes it on): no rank leaves SIGINT, and rank 0 stopped by it reports
 its own stop. (A SIGTERM to every rank, as scancel sends, may be told as rank 1's when its file is
 there before rank 0 looks.)
 """

@@ -19,8 +19,9 @@ In a multi-process job (torchrun: ``RANK`` / ``WORLD_SIZE``), rank 0 alone says 
 stopped or failing leaves a note that rank 0 reads (:mod:`panfpn.engine.rank_errors`), and rank 0,
 ending because of it, says :class:`EndedElsewhere`'s one line (``rank 1 was stopped by SIGTERM``,
 ``rank 1 failed: BadImageError: ...``) instead of its own consequence (a closed connection, the
-launcher's SIGTERM). A second signal there is the launcher passing the first one on (torchrun
-forwards a Ctrl-C to its ranks): noted, not an abort. :func:`defer_stop_signals` (where a failure
+launcher's SIGTERM). A second signal there is noted, not an abort: the launcher stops its ranks
+itself (torchrun passes a Ctrl-C or SIGTERM on to each rank, which runs in a session of its own, and
+kills them 30 s later; srun's tasks also get what scancel sends). :func:`defer_stop_signals` (where a failure
 is being handled) makes the active handlers note signals instead of raising them.
 Standard library only: tools/merge.py imports no torch on the CPU.
 """
@@ -140,7 +141,7 @@ class StopSignals:
             # releases the locks it holds; the default action would not (a pool's queue lock held by
             # a dead worker makes the parent's Pool.terminate() wait forever).
             raise SystemExit(128 + signum)
-        if self.signum is not None and (self.deferred or launched_as_several()):  # the launcher passing it on
+        if self.signum is not None and (self.deferred or launched_as_several()):  # the launcher ends it
             return
         if self.deferred:
             self.signum = signum
@@ -162,13 +163,13 @@ class StopSignals:
         self.running, _ACTIVE = False, None
         if self in _DEFERRABLE:
             _DEFERRABLE.remove(self)
-        ended = isinstance(exc, EndedElsewhere) and self.signum != signal.SIGINT  # a Ctrl-C stops every rank
+        ended = isinstance(exc, EndedElsewhere) and self.signum != signal.SIGINT  # a Ctrl-C stops every rank (torchrun passes it on)
         if self.signum is None and not ended:
             restore_handlers(self._previous)
             self._previous.clear()
             return False  # no signal: any exception goes on as it came
         # Exiting with a message: this handler stays, noting signals (torchrun's SIGTERM to the ranks
-        # left, its forwarded Ctrl-C); the previous one would kill the process before its message.
+        # left); the previous one would kill the process before its message.
         self.deferred = True
         if ended:
             self._say(f"{exc.summary}; {self._written()}")  # type: ignore[union-attr]

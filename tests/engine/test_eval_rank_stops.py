@@ -1,7 +1,8 @@
 """tools/eval.py under ``torchrun --nproc_per_node 2`` (gloo on CPU) when ONE rank is stopped or
 fails during the evaluation loop: the job ends within seconds, rank 0 says on one stderr line what
 happened to which rank, nothing is written as if complete (an earlier result is kept), no process
-is left. Ctrl-C (SIGINT to the whole group) ends every rank with 130 and one line.
+is left. Ctrl-C (SIGINT to torchrun's group, which passes it on to each rank: torchrun starts each in
+a session of its own) ends every rank with 130 and one line.
 
 Rank 1 reads its images 3, 4, 5 (contiguous shards of 6): a patch blocks its read of image 4 after
 writing a marker file with its pid (the moment to signal it, never after a sleep); each rank's exit
@@ -28,12 +29,14 @@ from config_helpers import compose_config
 from panfpn.data.build import synthetic_dataset
 from panfpn.engine import rank_errors
 from panfpn.utils.stop_signals import EndedElsewhere, Stopped
-from process_helpers import live_group, started
+from process_helpers import alive, live_group, started
 
 ROOT = Path(__file__).resolve().parents[2]
-# Runs sys.argv[1] (a tool) as __main__ after the patch in $PANFPN_TEST_PATCH; leaves its exit status.
+# Runs sys.argv[1] (a tool) as __main__ after the patch in $PANFPN_TEST_PATCH; leaves its pid and
+# its exit status.
 RUNNER = textwrap.dedent("""
     import os, runpy, sys
+    open(os.path.join(os.environ['PANFPN_TEST_OUT'], 'rank' + os.environ['RANK'] + '.pid'), 'w').write(str(os.getpid()))
     exec(os.environ['PANFPN_TEST_PATCH'])
     sys.argv = sys.argv[1:]
     _status = 0
@@ -178,7 +181,17 @@ def _launch(tmp_path: Path, setup, patch: str, *, signal_when_busy: tuple[int, b
         while live_group(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert live_group(proc.pid) == [], f"processes left behind: {live_group(proc.pid)}"
+        _assert_ranks_gone(tmp_path)
     return proc.returncode, err, run
+
+
+def _assert_ranks_gone(tmp_path: Path) -> None:
+    """torchrun's ranks (each in a session of its own, outside the group) ended too."""
+    pids = [int((tmp_path / f"rank{r}.pid").read_text()) for r in range(2)]
+    deadline = time.monotonic() + 10
+    while any(map(alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(alive, pids)), f"ranks left running: {[p for p in pids if alive(p)]}"
 
 
 def _rank_exits(tmp_path: Path) -> list[str]:
@@ -251,8 +264,9 @@ def test_a_bad_image_on_rank_1_is_said_by_rank_0_and_nothing_is_written_as_compl
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm_to_group"])
 def test_a_stop_of_every_rank_ends_each_with_128_plus_the_signal_and_one_line(tmp_path, setup, sig):
-    """Ctrl-C (SIGINT to the terminal's group, and torchrun passes it on) is rank 0's own stop; a
-    SIGTERM to the group (scancel) may be told as rank 1's when rank 1's note is there first."""
+    """Ctrl-C (SIGINT to torchrun's group, as a terminal sends it; torchrun passes it on) is rank 0's
+    own stop; a SIGTERM to the group (``kill -- -PGID``) may be told as rank 1's when rank 1's note
+    is there first."""
     # Before: each rank said its own line (two lines).
     status, err, run = _launch(tmp_path, setup, BLOCK_ON_RANK_1, signal_when_busy=(sig, True))
     line = _one_line(err)
@@ -326,6 +340,7 @@ def test_rank_1_stopped_alone_in_a_training_evaluation_stops_every_rank_at_its_n
         (tmp_path / "release").write_text("")
         proc.wait(timeout=60)
         assert live_group(proc.pid) in ([], [proc.pid])
+        _assert_ranks_gone(tmp_path)
     err = log.read_text()
     assert proc.returncode != 0 and _rank_exits(tmp_path) == ["143", "143"], err[-3000:]
     assert (tmp_path / "rank0_reads").read_text().split() == ["0", "1"]  # not its third image, 2

@@ -163,7 +163,8 @@ class StopSignals:
         self.running, _ACTIVE = False, None
         if self in _DEFERRABLE:
             _DEFERRABLE.remove(self)
-        ended = isinstance(exc, EndedElsewhere) and self.signum != signal.SIGINT  # a Ctrl-C stops every rank (torchrun passes it on)
+        # another rank's end, unless a Ctrl-C stopped every rank (torchrun passes it on)
+        ended = isinstance(exc, EndedElsewhere) and self.signum != signal.SIGINT
         if self.signum is None and not ended:
             restore_handlers(self._previous)
             self._previous.clear()

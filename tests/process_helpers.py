@@ -1,9 +1,11 @@
 """Start processes from tests so that none outlives its test.
 
 Each child leads a new session (its own process group, so that a signal or a kill reaches the
-workers it starts too: torchrun's ranks, DataLoader workers) and starts with Python's default
+workers it starts too: DataLoader workers) and starts with Python's default
 Ctrl-C handling even when the shell that started pytest ignores SIGINT (``pytest ... &``). When the
-test ends, pass or fail (an assertion, a timeout), the whole group is killed.
+test ends, pass or fail (an assertion, a timeout), the whole group is killed, and every descendant
+in a session of its own: torchrun starts each rank so (``start_new_session``), and a rank that a
+failing test left blocked outlived it, orphaned, when only the group was killed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import signal
 import subprocess
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 
@@ -25,12 +28,54 @@ def _popen(cmd: list[str], **kwargs: Any) -> subprocess.Popen:
         signal.signal(signal.SIGINT, previous)
 
 
+def _processes() -> dict[int, tuple[str, int, int]]:
+    """pid -> (state, parent pid, process group) of every process."""
+    found = {}
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        found[int(name)] = (fields[0], int(fields[1]), int(fields[2]))
+    return found
+
+
+def live_group(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``."""
+    return [pid for pid, (state, _, group) in _processes().items() if group == pgid and state != "Z"]
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    state = _processes().get(pid)
+    return state is not None and state[0] != "Z"
+
+
+def descendants(pid: int) -> list[int]:
+    """The live processes below ``pid`` (children, theirs, ...), whatever their group or session."""
+    table = _processes()
+    below, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        children = [p for p, (state, ppid, _) in table.items() if ppid == parent and state != "Z"]
+        below += children
+        todo += children
+    return below
+
+
 def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the process group ``proc`` leads (whatever is left of it) and reap ``proc``."""
+    """SIGKILL the process group ``proc`` leads (whatever is left of it) and the descendants in
+    sessions of their own, and reap ``proc``."""
+    others = descendants(proc.pid)  # before the kill: their parents' deaths orphan them
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:  # the leader and all its children are gone
         pass
+    for pid in others:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     for stream in (proc.stdout, proc.stderr, proc.stdin):
         if stream is not None:
             stream.close()

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from process_helpers import run, started
+from process_helpers import descendants, run, started
 
 # Prints its own pid and the pid of a grandchild it leaves sleeping, then sleeps itself.
 PARENT_OF_A_SLEEPER = """
@@ -51,6 +51,21 @@ def test_the_whole_process_group_is_killed_when_the_test_fails():
     while _alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.returncode == -signal.SIGKILL
+    assert not _alive(grandchild)
+
+
+def test_a_grandchild_in_a_session_of_its_own_is_killed_too():
+    """As torchrun starts its ranks (start_new_session): before, a rank blocked in a failing test
+    outlived it (found orphaned half an hour later)."""
+    code = PARENT_OF_A_SLEEPER.replace("subprocess.Popen([", "subprocess.Popen(start_new_session=True, args=[")
+    with pytest.raises(AssertionError, match="the test failed"):
+        with started([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as proc:
+            grandchild = int(proc.stdout.readline())
+            assert _alive(grandchild) and descendants(proc.pid) == [grandchild]
+            raise AssertionError("the test failed")
+    deadline = time.monotonic() + 10
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not _alive(grandchild)
 
 

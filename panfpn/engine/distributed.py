@@ -18,6 +18,7 @@ from panfpn.utils.dist import (all_gather_objects, all_reduce_max, all_reduce_me
                                all_reduce_sum, barrier, broadcast_object, get_rank, get_world_size, is_distributed,
                                is_main_process, resolve_device)
 from panfpn.utils.errors import ConfigError
+from panfpn.utils.launch_env import launch_rank  # noqa: F401 - du.launch_rank: the jobs read it here
 
 logger = logging.getLogger("panfpn")
 
@@ -85,12 +86,6 @@ def remove_hydra_only_folder(folder: Path) -> bool:
         return False
     logger.info("removed %s: this rank's hydra folder, unused (rank 0's run dir is shared)", folder)
     return True
-
-
-def launch_rank() -> int:
-    """This process's rank as its launcher set it, before the process group exists: torchrun's
-    RANK, else srun's SLURM_PROCID, else 0."""
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
 def job_log_on_rank_0_only() -> None:

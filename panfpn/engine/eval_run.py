@@ -20,6 +20,7 @@ from panfpn.engine.eval_loop import build_eval_loader, evaluate, format_results
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.model_spec import check_dataset_labels
 from panfpn.engine.progress import bar_enabled
+from panfpn.engine.rank_errors import told_to_rank_0
 from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, setup_logging
 from panfpn.evaluation.build import build_evaluators
 from panfpn.evaluation.coco_ap import ap_text
@@ -69,6 +70,11 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
         raise ConfigError("config key 'weights' must name the checkpoint to evaluate (weights=path/to/model.pth)")
     device = du.init_distributed(cfg.device)
     out_dir = Path(du.shared_run_dir(cfg.output_dir))
+    with told_to_rank_0(out_dir):  # another rank's error or stop, said by rank 0
+        return _evaluate(cfg, overrides, device, out_dir)
+
+
+def _evaluate(cfg: DictConfig, overrides: Sequence[str] | None, device, out_dir: Path) -> dict:
     describe_outputs(eval_stopped(out_dir, bool(cfg.eval.save_predictions)))  # a stop signal's message
     setup_logging(out_dir if du.is_main_process() else None)
     fit_threads_to_cpus()

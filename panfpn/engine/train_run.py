@@ -33,10 +33,11 @@ from panfpn.engine.eval_loop import build_eval_loader, evaluate
 from panfpn.engine.progress import bar_enabled
 from panfpn.engine.training.metrics_log import MetricsLog
 from panfpn.engine.model_spec import describe_model
-from panfpn.engine.training.rank_errors import told_to_rank_0
+from panfpn.engine.rank_errors import told_to_rank_0
 from panfpn.engine.training.resume import Resumed, resume_training, warn_fresh_start
 from panfpn.engine.training.run_lock import hold_run_dir
 from panfpn.engine.training.start_checks import check_model_labels, check_training_config
+from panfpn.engine.training.stop_notes import StopNotes
 from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, move_batch, setup_logging
 from panfpn.modeling.build import build_model
 from panfpn.engine.training.solver import build_optimizer, clip_gradients, reported_lr, scaled_lr
@@ -59,14 +60,19 @@ class _StopFlag:
     inherit the handler and ignore the signal (a terminal's Ctrl-C reaches them too): the main
     process ends them when it stops."""
 
-    def __init__(self) -> None:
+    def __init__(self, notes: StopNotes | None = None) -> None:
         self.signum: int | None = None
+        self.notes = notes  # tell the other ranks' evaluation
         self._previous: dict[int, Any] = {}
         self._pid = os.getpid()
 
     @property
     def requested(self) -> bool:
         return self.signum is not None
+
+    def requested_by_any(self) -> bool:
+        """A signal to this rank, or to another one during an evaluation (its note)."""
+        return self.requested or (self.notes is not None and self.notes.seen())
 
     def __enter__(self) -> "_StopFlag":
         self._previous = install_stop_handler(self._handle)  # nohup's ignored signals stay ignored
@@ -75,6 +81,8 @@ class _StopFlag:
     def _handle(self, signum, frame) -> None:
         if os.getpid() != self._pid:  # a forked DataLoader worker
             return
+        if self.signum is None and self.notes is not None:
+            self.notes.leave(signum)
         logger.warning("received signal %d: saving a checkpoint and stopping (send it again to abort "
                        "at once)", signum)
         if self.signum is None:
@@ -236,8 +244,9 @@ def _train(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict:
                  optimizer=optimizer, scheduler=scheduler, scaler=scaler, metadata=metadata, log=log,
                  bar=bar, val_loader=val_loader, resumed=resumed)
     try:
-        with _StopFlag() as stop, run_log.console_above_bar():
+        with _StopFlag(StopNotes(run_dir)) as stop, run_log.console_above_bar():
             result = loop.run(loader, stop)
+            stop.notes.clear()
         run_log.log_end(log, run_dir, result)
         return result
     finally:
@@ -395,13 +404,15 @@ class _Loop:
         """Evaluate and log; a signal stops it within a batch (then nothing is logged and the
         signal number is returned, 0 otherwise)."""
         cfg = self.cfg
+        if self.stop.notes is not None:
+            self.stop.notes.clear()  # before the collective: no rank looks at an earlier note
         signum = int(_max_over_ranks([float(self.stop.signum or 0)], self.device)[0])
         if signum:  # came during the checkpoint save just before
             return signum
         rng = capture_rng_state()  # evaluating must not move training's RNG: resume is exact only then
         metrics = evaluate(self.model, self.val_loader, self.metadata,
                            build_evaluators(cfg, self.metadata, training=True), device=self.device,
-                           max_images=cfg.eval.max_images, progress=False, should_stop=lambda: self.stop.requested)
+                           max_images=cfg.eval.max_images, progress=False, should_stop=self.stop.requested_by_any)
         restore_rng_state(rng)
         self.ddp_model.train()
         signum = int(_max_over_ranks([float(self.stop.signum or 0)], self.device)[0])

@@ -14,6 +14,15 @@ action would (its message says so). Worker processes
 ignore stop signals from anyone but their parent (:func:`ignore_foreign_stop_signals`: DataLoader
 ``worker_init_fn``, pool initializers) and are ended by it (:func:`terminate_pool`); another process
 forked with the handler exits quietly on the signal.
+
+In a multi-process job (torchrun: ``RANK`` / ``WORLD_SIZE``), rank 0 alone says the line; a rank
+stopped or failing leaves a note that rank 0 reads (:mod:`panfpn.engine.rank_errors`), and rank 0,
+ending because of it, says :class:`EndedElsewhere`'s one line (``rank 1 was stopped by SIGTERM``,
+``rank 1 failed: BadImageError: ...``) instead of its own consequence (a closed connection, the
+launcher's SIGTERM). A second signal there is noted, not an abort: the launcher stops its ranks
+itself (torchrun passes a Ctrl-C or SIGTERM on to each rank, which runs in a session of its own, and
+kills them 30 s later; srun's tasks also get what scancel sends). :func:`defer_stop_signals` (where a failure
+is being handled) makes the active handlers note signals instead of raising them.
 Standard library only: tools/merge.py imports no torch on the CPU.
 """
 
@@ -23,7 +32,10 @@ import os
 import signal
 import sys
 import threading
-from typing import Any, Callable, Collection, Mapping
+from contextlib import contextmanager
+from typing import Any, Callable, Collection, Iterator, Mapping
+
+from panfpn.utils.launch_env import launch_rank, launched_as_several
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -36,6 +48,16 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by {signal_name(signum)}")
         self.signum = signum
+
+
+class EndedElsewhere(Exception):
+    """The job ends because another of its processes failed or was stopped (raised by rank 0:
+    :class:`panfpn.engine.rank_errors.OtherRankFailedError`). A tool says ``summary`` on one stderr
+    line, no traceback (that process printed its own), and exits 128 + ``signum`` when a signal
+    stopped that process, 1 when it failed."""
+
+    summary: str = ""
+    signum: int | None = None
 
 
 def signal_name(signum: int) -> str:
@@ -66,13 +88,33 @@ def restore_handlers(previous: Mapping[int, Any]) -> None:
         signal.signal(sig, handler)
 
 
+_DEFERRABLE: list[Any] = []  # the active handlers with a defer(): the tool's, the training job's
+
+
+@contextmanager
+def deferrable(handler: Any) -> Iterator[None]:
+    """While the block runs, :func:`defer_stop_signals` calls ``handler.defer()``."""
+    _DEFERRABLE.append(handler)
+    try:
+        yield
+    finally:
+        _DEFERRABLE.remove(handler)
+
+
+def defer_stop_signals() -> None:
+    """The running job is failing: a stop signal from now on is noted, not raised (it would replace
+    the error on its way out). Called first thing where a failure is handled."""
+    for handler in _DEFERRABLE:
+        handler.defer()
+
+
 class StopSignals:
     """The handler of one tool run (see the module docstring); :func:`stop_signals` makes one."""
 
     def __init__(self, tool: str) -> None:
         self.tool, self.pid = tool, os.getpid()
         self.signum: int | None = None
-        self.running = False
+        self.running = self.deferred = False
         self.describe: Callable[[], str] | None = None
         self._previous: dict[int, Any] = {}
         self._install()
@@ -84,8 +126,13 @@ class StopSignals:
         global _ACTIVE
         self._install()  # again for the next job of a hydra multirun
         self.signum, self.describe = None, None
-        self.running, _ACTIVE = True, self
+        self.running, self.deferred, _ACTIVE = True, False, self
+        _DEFERRABLE.append(self)
         return self
+
+    def defer(self) -> None:
+        """From now on a signal is noted, not raised: a failure is being handled."""
+        self.deferred = True
 
     def _handle(self, signum: int, frame: Any) -> None:
         if os.getpid() != self.pid:
@@ -94,6 +141,11 @@ class StopSignals:
             # releases the locks it holds; the default action would not (a pool's queue lock held by
             # a dead worker makes the parent's Pool.terminate() wait forever).
             raise SystemExit(128 + signum)
+        if self.signum is not None and (self.deferred or launched_as_several()):  # the launcher ends it
+            return
+        if self.deferred:
+            self.signum = signum
+            return
         if self.signum is not None:  # a second signal: abort at once, as its default action does
             self._say(f"{signal_name(signum)} again: aborted at once; the write in progress may have "
                       "left a temp file (.<name>.<random>.tmp...) beside its target")
@@ -109,17 +161,32 @@ class StopSignals:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         global _ACTIVE
         self.running, _ACTIVE = False, None
-        restore_handlers(self._previous)
-        self._previous.clear()
-        if self.signum is None:
+        if self in _DEFERRABLE:
+            _DEFERRABLE.remove(self)
+        # another rank's end, unless a Ctrl-C stopped every rank (torchrun passes it on)
+        ended = isinstance(exc, EndedElsewhere) and self.signum != signal.SIGINT
+        if self.signum is None and not ended:
+            restore_handlers(self._previous)
+            self._previous.clear()
             return False  # no signal: any exception goes on as it came
-        text = _call(self.describe) if self.describe is not None else "before writing any output"
+        # Exiting with a message: this handler stays, noting signals (torchrun's SIGTERM to the ranks
+        # left); the previous one would kill the process before its message.
+        self.deferred = True
+        if ended:
+            self._say(f"{exc.summary}; {self._written()}")  # type: ignore[union-attr]
+            sys.exit(1 if exc.signum is None else 128 + exc.signum)  # type: ignore[union-attr]
+        text = self._written()
         if exc is not None and not isinstance(exc, (Stopped, SystemExit)):  # e.g. a worker's pipe closing
             text += f" (then {type(exc).__name__}: {exc})"
         self._say(f"stopped by {signal_name(self.signum)} {text}")
-        sys.exit(128 + self.signum)
+        sys.exit(128 + self.signum)  # type: ignore[operator]
+
+    def _written(self) -> str:
+        return _call(self.describe) if self.describe is not None else "before writing any output"
 
     def _say(self, text: str) -> None:
+        if launch_rank() != 0:  # rank 0 says it for the job (another rank's stop: EndedElsewhere)
+            return
         sys.stdout.flush()
         print(f"{self.tool}: {text}", file=sys.stderr, flush=True)
 

@@ -27,7 +27,7 @@ from config_helpers import compose_config
 from panfpn.data.build import synthetic_dataset
 from panfpn.data.sampler import ResumableTrainingSampler
 from panfpn.engine.distributed import job_log_on_rank_0_only, remove_hydra_only_folder
-from panfpn.engine.training import rank_errors
+from panfpn.engine import rank_errors
 from panfpn.engine.training.checkpoint import load_training_checkpoint
 from panfpn.evaluation.rank_images import first_over_ranks, lowest_over_ranks
 from panfpn.evaluation.worst_images import ImageScore, WorstImages

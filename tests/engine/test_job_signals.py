@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from panfpn.engine.training import rank_errors
+from panfpn.engine import rank_errors
 from panfpn.engine.training.job_signals import JobStopped, defer_stop_signals, job_stop_signals
 from process_helpers import run
 

@@ -26,7 +26,7 @@ from PIL import Image
 
 from config_helpers import compose_config
 from merge_helpers import write_tiny_merge_inputs
-from process_helpers import started
+from process_helpers import live_group, started
 
 ROOT = Path(__file__).resolve().parents[2]
 WHOLE_GROUP, MAIN_ONLY = True, False
@@ -44,19 +44,6 @@ BLOCK = textwrap.dedent("""
         while True:
             _time.sleep(0.05)
 """)
-
-
-def _group(pgid: int) -> list[int]:
-    """The live (not zombie) processes of process group ``pgid``."""
-    pids = []
-    for name in os.listdir("/proc"):
-        try:
-            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(name))
-    return pids
 
 
 def _run_and_stop(tool: str, args: list[str], patch: str, ready, sig: int, whole_group: bool,
@@ -79,11 +66,11 @@ def _run_and_stop(tool: str, args: list[str], patch: str, ready, sig: int, whole
         try:
             _, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"{tool} hung after {signal.Signals(sig).name}: processes {_group(proc.pid)} left")
+            pytest.fail(f"{tool} hung after {signal.Signals(sig).name}: processes {live_group(proc.pid)} left")
         deadline = time.monotonic() + 10  # pool / DataLoader workers exit after their parent
-        while _group(proc.pid) and time.monotonic() < deadline:
+        while live_group(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _group(proc.pid) == [], f"processes left behind: {_group(proc.pid)}"
+        assert live_group(proc.pid) == [], f"processes left behind: {live_group(proc.pid)}"
     return proc.returncode, err
 
 

@@ -131,7 +131,8 @@ def run_training_job(cfg: DictConfig) -> dict:
             result["objective"] = objective_value(cfg, result) if not result["interrupted"] else None
         except BaseException as err:
             signals.defer()  # e.g. torchrun's SIGTERM after another rank failed: the status first
-            status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            # stopped by a signal: this rank (a KeyboardInterrupt) or another one alone (OtherRankFailedError)
+            status = "interrupted" if isinstance(err, KeyboardInterrupt) or getattr(err, "signum", None) else "failed"
             write_job_status(run_dir, status, started=started, cfg=cfg, iteration=None,
                              signal=getattr(err, "signum", None), error=f"{type(err).__name__}: {err}",
                              traceback=traceback.format_exc(limit=8)[-4000:])

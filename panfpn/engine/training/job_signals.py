@@ -5,7 +5,7 @@ ended (``job_status.json``, ``eval_results.json``: after an error, or after the 
 Without a handler there, the default action killed the process at once and ``job_status.json``
 was never written. That is what happened to rank 0 of a torchrun job when another rank failed:
 torchrun sends SIGTERM to the remaining ranks, and rank 0, on its way to writing the failure
-(rank 1's error, read by :mod:`panfpn.engine.training.rank_errors`), died first under load.
+(rank 1's error, read by :mod:`panfpn.engine.rank_errors`), died first under load.
 
 :func:`job_stop_signals` makes the first signal raise :class:`JobStopped` (a KeyboardInterrupt,
 so that what handles Ctrl-C handles it too) while the job runs; after :meth:`JobSignals.defer`
@@ -21,7 +21,9 @@ import signal
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from panfpn.utils.stop_signals import install_stop_handler, restore_handlers, signal_name
+from panfpn.utils.stop_signals import (  # noqa: F401 - defer_stop_signals: the job's too
+    defer_stop_signals, deferrable, install_stop_handler, restore_handlers, signal_name,
+)
 
 
 class JobStopped(KeyboardInterrupt):
@@ -67,26 +69,14 @@ class JobSignals:
         raise JobStopped(signum)
 
 
-_ACTIVE: JobSignals | None = None  # the running job's handler
-
-
-def defer_stop_signals() -> None:
-    """The running job is failing: a stop signal from now on is noted, not raised (it would replace
-    the error on its way out). Called first thing where a failure is handled."""
-    if _ACTIVE is not None:
-        _ACTIVE.defer()
-
-
 @contextmanager
 def job_stop_signals() -> Iterator[JobSignals]:
     """SIGTERM and SIGINT handled as :class:`JobSignals` says while the block runs (main thread
     only; a signal the launcher set to be ignored stays ignored); the previous handlers after."""
-    global _ACTIVE
     handler = JobSignals()
     previous = install_stop_handler(handler.handle)
-    outer, _ACTIVE = _ACTIVE, handler
     try:
-        yield handler
+        with deferrable(handler):
+            yield handler
     finally:
-        _ACTIVE = outer
         restore_handlers(previous)

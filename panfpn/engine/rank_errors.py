@@ -1,0 +1,121 @@
+"""The error of another rank, told by rank 0: what job_status.json and log.txt (training) and
+tools/eval.py's one stderr line show when a rank fails or is stopped alone.
+
+When one rank fails (a bad image in its shard, a loss error), the others only see their next
+collective fail (gloo: ``Connection closed by peer``; NCCL: a timeout) and torchrun stops them. Rank 0
+writes the run folder, so ``job_status.json`` and ``log.txt`` named that consequence and never the
+cause, which was only on the failed rank's stderr. Here a failing rank > 0 leaves its error in
+``rank<r>_error.json`` before it exits (its connections are still open then, so rank 0 cannot fail
+before the file is there), and rank 0, failing in turn in a collective (or stopped by the SIGTERM
+torchrun sends the ranks left, which may come first), raises :class:`OtherRankFailedError` naming
+it. An error of rank 0's own keeps its type.
+
+A rank > 0 stopped by a signal sent to it alone (``kill -TERM <pid>``, the OOM handling of a
+cluster) leaves ``stopped by SIGTERM`` the same way: rank 0 then says ``rank 1 was stopped by
+SIGTERM``. A Ctrl-C reaches every rank (torchrun passes it on): no rank leaves SIGINT, and rank 0 stopped by it reports
+its own stop. (A SIGTERM to every rank, as scancel sends, may be told as rank 1's when its file is
+there before rank 0 looks.)
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch.distributed as dist
+
+from panfpn.utils import dist as du
+from panfpn.utils.atomic import write_json_atomic
+from panfpn.utils.json_file import JSONFileError, load_json
+from panfpn.utils.stop_signals import EndedElsewhere, defer_stop_signals, signal_name
+
+logger = logging.getLogger("panfpn")
+ERROR_FILE = "rank{rank}_error.json"
+
+
+class OtherRankFailedError(EndedElsewhere, RuntimeError):
+    """Rank 0 failed after another rank had failed or was stopped: the message starts with that
+    rank's error; ``summary`` is that part alone, ``signum`` the signal that stopped it (None: an error)."""
+
+    def __init__(self, others: list[tuple[int, str, int | None]], err: BaseException) -> None:
+        self.summary = "; ".join(f"rank {rank} " + (f"was {text}" if signum else f"failed: {text}")
+                                 for rank, text, signum in others)
+        self.signum = others[0][2]
+        super().__init__(f"{self.summary} (then rank 0: {type(err).__name__}: {err})")
+
+
+def error_file(run_dir: Path, rank: int) -> Path:
+    """Where rank ``rank`` leaves its error in the run folder."""
+    return run_dir / ERROR_FILE.format(rank=rank)
+
+
+@contextmanager
+def told_to_rank_0(run_dir: Path) -> Iterator[None]:
+    """Around a multi-process job (training, tools/eval.py): a rank > 0 leaves its exception (or the
+    signal that stopped it) in the run folder; rank 0, failing in a collective or stopped by
+    torchrun, raises :class:`OtherRankFailedError` when other ranks left theirs meanwhile (its own
+    error otherwise)."""
+    started = time.time()
+    try:
+        yield
+    except BaseException as err:
+        if not du.is_multiprocess():
+            raise
+        defer_stop_signals()  # torchrun's SIGTERMs must not replace the error told below
+        if not du.is_main_process():
+            if isinstance(err, (Exception, KeyboardInterrupt)):  # failed, or stopped by a signal
+                _leave_error(run_dir, du.get_rank(), err)
+            raise
+        # torchrun's SIGTERM to the ranks left, once one failed, may come before rank 0's collective
+        # fails; a Ctrl-C (SIGINT, every rank) is rank 0's own stop
+        consequence = _collective_failure(err) or (
+            isinstance(err, KeyboardInterrupt) and getattr(err, "signum", signal.SIGINT) != signal.SIGINT)
+        others = _errors_since(run_dir, started) if consequence else []
+        if not others:  # rank 0's own error (all ranks raise NonFiniteLossError together): as it is
+            raise
+        told = OtherRankFailedError(others, err)
+        logger.error("%s", told.summary)  # rank 0's consequence (a closed connection) is in the error
+        raise told from err
+
+
+def _collective_failure(err: Exception) -> bool:
+    """Whether ``err`` is how a collective fails when a peer is gone (gloo: a plain RuntimeError
+    'Connection closed by peer'; torch's DistError family), rather than an error of rank 0's own."""
+    return type(err) is RuntimeError or isinstance(err, dist.DistError)
+
+
+def _leave_error(run_dir: Path, rank: int, err: BaseException) -> None:
+    """This rank's error, or the signal that stopped it (a KeyboardInterrupt with ``signum``: the
+    tools' and the training job's; a plain one is SIGINT); nothing for SIGINT, which reaches every
+    rank (a Ctrl-C): rank 0 tells its own stop."""
+    signum = getattr(err, "signum", signal.SIGINT) if isinstance(err, KeyboardInterrupt) else None
+    if signum == signal.SIGINT:
+        return
+    text = f"stopped by {signal_name(signum)}" if signum else f"{type(err).__name__}: {err}"
+    try:
+        write_json_atomic(error_file(run_dir, rank), {
+            "rank": rank, "time": time.time(), "error": text, "signal": signum,
+            "traceback": traceback.format_exc(limit=8)[-4000:]})
+    except OSError as io_err:  # the original error matters more than this note
+        logger.warning("rank %d could not write %s: %s", rank, error_file(run_dir, rank), io_err)
+
+
+def _errors_since(run_dir: Path, started: float) -> list[tuple[int, str, int | None]]:
+    """(rank, error, signal) of the other ranks' files written by this job (older ones are a
+    previous run's)."""
+    found = []
+    for rank in range(1, du.get_world_size()):
+        path = error_file(run_dir, rank)
+        try:
+            record = load_json(path) if path.is_file() else None
+        except JSONFileError:
+            continue
+        if isinstance(record, dict) and float(record.get("time", 0.0)) >= started - 1.0:
+            signum = record.get("signal")
+            found.append((rank, str(record.get("error")), int(signum) if signum else None))
+    return found

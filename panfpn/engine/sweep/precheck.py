@@ -7,10 +7,11 @@ Each job is composed as hydra's launchers compose it (its override parser, the b
 expansion, the config loader's ``load_sweep_config``) and given the checks a single run makes at
 its start (:mod:`panfpn.engine.training.start_checks`), then a dry start of it
 (:mod:`panfpn.engine.training.dry_start`: label metadata, the model on the meta device, ``weights``
-named or present, the solver, with ``resume=true`` the job folder's checkpoint, the data files
-present; each distinct config of a part once). A job's folder is hydra's ``hydra.sweep.dir`` /
-``hydra.sweep.subdir`` resolved for that job, as its launcher resolves it (``_job_config``);
-Optuna's checked values are not its trials, so their folders' checkpoints are not checked.
+named or present, the solver, the job's folder, with ``resume=true`` its checkpoint, the data
+files present; each distinct config of a part once). A job's folder is hydra's ``hydra.sweep.dir`` /
+``hydra.sweep.subdir`` resolved for that job, as its launcher resolves it (``_job_config``); two jobs
+with one folder are refused (:func:`claim_folder`). Optuna's checked values are not its trials, so
+their folders are not checked.
 
 - Basic sweeper: every job of the grid.
 - Optuna sweeper: the trials are sampled while the sweep runs, so each value it may take is
@@ -142,13 +143,29 @@ def _from_this_machine(err: BaseException) -> bool:
     return False
 
 
+def claim_folder(folders: dict[str, int], task: DictConfig, num: int) -> None:
+    """ConfigError when job ``num``'s folder (its resolved ``output_dir``) is an earlier job's:
+    hydra runs them one after the other there, and the later one continues (``resume=true``) or
+    replaces the earlier one's run; ``folders``: folder -> the first job in it."""
+    from panfpn.utils.errors import ConfigError
+
+    folder = os.path.abspath(str(OmegaConf.select(task, "output_dir")))
+    first = folders.setdefault(folder, num)
+    if first != num:
+        raise ConfigError(f"output_dir {folder} is job {first}'s folder too: this job would "
+                          f"{'continue' if OmegaConf.select(task, 'resume') else 'replace'} job {first}'s run "
+                          "there; give each job its own folder (hydra.sweep.subdir with ${hydra.job.num}, its "
+                          "default, or a key the jobs differ in; no output_dir override)")
+
+
 def check_job(master: DictConfig, overrides: Sequence[str], num: int, here: bool = True,
-              dry: DryStart | None = None) -> str | None:
+              dry: DryStart | None = None, folders: dict[str, int] | None = None) -> str | None:
     """The error (one line) a job with ``overrides`` would stop with at its start; None when its
     config passes every start check (and ``dry``'s dry start of it, when given). The job's
     ``hydra.job.env_set`` is set while it is checked (as hydra sets it around the job); with
     ``here`` False (the jobs run on other machines) an error from this machine's files or
-    environment is logged, not returned."""
+    environment is logged, not returned. ``folders``: the job folders of the jobs checked before
+    (:func:`claim_folder`; None: not compared)."""
     from hydra.core.utils import env_override
 
     from panfpn.engine.training.start_checks import check_job_start, check_training_config
@@ -162,6 +179,8 @@ def check_job(master: DictConfig, overrides: Sequence[str], num: int, here: bool
         with env_override(env):
             check_job_start(task)
             check_training_config(task, list(overrides))
+            if folders is not None:
+                claim_folder(folders, task, num)
             if dry is not None:
                 dry.check(task, env)
     except Exception as err:  # noqa: BLE001 - whatever stops the job at its start is reported, one line each
@@ -189,8 +208,9 @@ def _bad_candidates(config: DictConfig, candidates: list[tuple[str, list[str]]],
     overrides alone do is not listed again."""
     bad: list[tuple[int, str]] = []
     here = str(OmegaConf.select(config, "hydra.launcher._target_", default="")) in LOCAL_LAUNCHERS
+    folders: dict[str, int] | None = {} if dry is not None and dry.job_folders else None  # jobs, not Optuna's values
     for num, (_, overrides) in enumerate(candidates):
-        error = check_job(config, overrides, num, here, dry)
+        error = check_job(config, overrides, num, here, dry, folders)
         if error is not None and not (bad and candidates[bad[0][0]][0] == FIXED and bad[0][1] == error):
             bad.append((num, error))
     return bad

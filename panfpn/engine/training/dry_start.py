@@ -10,7 +10,8 @@ a meta-device build of the model as the job loads it (keys and shapes; a CPU bui
 compares values, as the Swin loaders do the relative position index); a torchvision weights
 name must name a member of its enum, and its architecture's state dict (standing in for the
 file: nothing is downloaded) load the same way; the solver on the built model (parameter
-groups, lr multipliers, schedule); with ``resume=true``, the checkpoint of the job's folder
+groups, lr multipliers, schedule); the job's folder (a file there, another live training's
+lock: :func:`check_job_folder`); with ``resume=true``, the checkpoint of the job's folder
 that the job would resume from, given the refusals resume makes before it loads it (another
 model, other categories, another optimizer, an iteration past ``solver.max_iter``; its tensors
 mapped, not read; nothing loaded into a model or optimizer); the files the datasets open at their
@@ -171,6 +172,20 @@ def check_resume(cfg: DictConfig, model: torch.nn.Module, metadata: Any) -> Path
     return path
 
 
+def check_job_folder(folder: Any) -> None:
+    """What stops a job in its folder (``output_dir``) before it reads anything: a path that is a
+    file (hydra cannot make the folder there), a folder a live training holds (its ``train.lock``:
+    RunDirBusyError, as the job's own lock raises it)."""
+    from panfpn.engine.training.run_lock import check_run_dir_free
+
+    if not folder:
+        return
+    path = Path(str(folder))
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"output_dir {path} is a file, not a folder: the job cannot make its run folder there")
+    check_run_dir_free(path)
+
+
 def torchvision_stand_in(source: str, device: str) -> dict[str, torch.Tensor] | None:
     """The state dict of the architecture torchvision weights named ``source`` belong to, built on
     ``device`` (nothing fetched: torchvision loads its files strictly into that architecture, so
@@ -263,8 +278,8 @@ class DryStart:
     """Checks jobs' starts (:meth:`check`), each part once per distinct config of it: the results,
     errors included, are kept, and ``builds`` counts what was built (``model``, ``solver`` ...),
     ``cpu_models`` the models built on the CPU. ``job_folders``: each checked config's ``output_dir``
-    is its job's folder (the basic sweeper's jobs, not Optuna's candidate values), so with
-    ``resume=true`` the checkpoint there is checked."""
+    is its job's folder (the basic sweeper's jobs, not Optuna's candidate values), so the folder
+    (:func:`check_job_folder`) and with ``resume=true`` the checkpoint there are checked."""
 
     def __init__(self, job_folders: bool = True) -> None:
         self._done: dict[tuple[str, str], tuple[Any, BaseException | None]] = {}
@@ -303,6 +318,8 @@ class DryStart:
         from panfpn.engine.job_setup import build_metadata, resolved
         from panfpn.engine.training.start_checks import check_model_labels
 
+        if self.job_folders:  # hydra makes the folder, then the job locks it: before anything else
+            check_job_folder(resolved(cfg, "output_dir"))
         labels = config_key(cfg, "data.metadata", "data.num_thing_classes", "data.num_sem_classes",
                             "data.thing_sem_labels")
         metadata = self._once("metadata", labels, lambda: build_metadata(cfg))

@@ -61,6 +61,33 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def _busy(run_dir: Path) -> str:
+    """What a training refused for the lock of ``run_dir`` says."""
+    lock = run_dir / LOCK_FILE
+    return (f"{run_dir} is in use by another training: {describe_holder(read_record(lock))} holds {lock}. "
+            "Wait for it to end or stop it, or train into another output_dir (one training per run folder)")
+
+
+def check_run_dir_free(run_dir: str | os.PathLike) -> None:
+    """RunDirBusyError, as a training started now would raise it, when a live process holds the
+    lock of ``run_dir`` (a multirun's check of its job folders). The lock is tested with a shared
+    lock taken and dropped at once; nothing is created or written."""
+    lock = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:  # no lock file (or none readable): nothing to tell; the job's own lock decides
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunDirBusyError(_busy(Path(run_dir))) from None
+    except OSError as err:
+        if err.errno not in _UNSUPPORTED:
+            raise
+    finally:
+        os.close(fd)  # drops the shared lock when it was taken
+
+
 class RunDirLock:
     """The exclusive lock of one run folder (:meth:`acquire`, :meth:`release`)."""
 
@@ -83,10 +110,7 @@ class RunDirLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise RunDirBusyError(
-                    f"{self.run_dir} is in use by another training: {describe_holder(read_record(self.path))} "
-                    f"holds {self.path}. Wait for it to end or stop it, or train into another "
-                    f"output_dir (one training per run folder)") from None
+                raise RunDirBusyError(_busy(self.run_dir)) from None
             except OSError as err:
                 os.close(fd)
                 if err.errno not in _UNSUPPORTED:

@@ -10,6 +10,10 @@ before the file is there), and rank 0, failing in turn in a collective (or stopp
 torchrun sends the ranks left, which may come first), raises :class:`OtherRankFailedError` naming
 it. An error of rank 0's own keeps its type.
 
+A rank killed outright (SIGKILL, the out-of-memory killer) leaves nothing: rank 0, whose collective
+then fails, says ``another rank ended without leaving its error ...`` (when torchrun's SIGTERM
+reaches rank 0 first, rank 0 cannot tell it from a stop of its own and says ``stopped by SIGTERM``).
+
 A rank > 0 stopped by a signal sent to it alone (``kill -TERM <pid>``, the OOM handling of a
 cluster) leaves ``stopped by SIGTERM`` the same way: rank 0 then says ``rank 1 was stopped by
 SIGTERM``. A Ctrl-C reaches every rank (torchrun passes it on): no rank leaves SIGINT, and rank 0 stopped by it reports
@@ -36,14 +40,19 @@ from panfpn.utils.stop_signals import EndedElsewhere, defer_stop_signals, signal
 
 logger = logging.getLogger("panfpn")
 ERROR_FILE = "rank{rank}_error.json"
+# rank 0's collective failed and no rank left its error: one was killed outright
+GONE = ("ended without leaving its error (killed outright: SIGKILL, the out-of-memory killer?); "
+        "torchrun's report gives each rank's exit status")
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
 
 
 class OtherRankFailedError(EndedElsewhere, RuntimeError):
     """Rank 0 failed after another rank had failed or was stopped: the message starts with that
     rank's error; ``summary`` is that part alone, ``signum`` the signal that stopped it (None: an error)."""
 
-    def __init__(self, others: list[tuple[int, str, int | None]], err: BaseException) -> None:
-        self.summary = "; ".join(f"rank {rank} " + (f"was {text}" if signum else f"failed: {text}")
+    def __init__(self, others: list[tuple[int | None, str, int | None]], err: BaseException) -> None:
+        self.summary = "; ".join(f"another rank {text}" if rank is None else
+                                 f"rank {rank} " + (f"was {text}" if signum else f"failed: {text}")
                                  for rank, text, signum in others)
         self.signum = others[0][2]
         super().__init__(f"{self.summary} (then rank 0: {type(err).__name__}: {err})")
@@ -76,6 +85,8 @@ def told_to_rank_0(run_dir: Path) -> Iterator[None]:
         consequence = _collective_failure(err) or (
             isinstance(err, KeyboardInterrupt) and getattr(err, "signum", signal.SIGINT) != signal.SIGINT)
         others = _errors_since(run_dir, started) if consequence else []
+        if not others and _peer_gone(err):  # killed outright (SIGKILL, the OOM killer): no file
+            others = [(None, GONE, None)]
         if not others:  # rank 0's own error (all ranks raise NonFiniteLossError together): as it is
             raise
         told = OtherRankFailedError(others, err)
@@ -87,6 +98,13 @@ def _collective_failure(err: Exception) -> bool:
     """Whether ``err`` is how a collective fails when a peer is gone (gloo: a plain RuntimeError
     'Connection closed by peer'; torch's DistError family), rather than an error of rank 0's own."""
     return type(err) is RuntimeError or isinstance(err, dist.DistError)
+
+
+def _peer_gone(err: BaseException) -> bool:
+    """Whether ``err`` says a peer's connection ended (gloo: 'Connection closed by peer'; torch's
+    DistError family), not merely that rank 0 raised a plain RuntimeError of its own (a torch op's)."""
+    return isinstance(err, dist.DistError) or (
+        type(err) is RuntimeError and any(text in str(err) for text in _PEER_GONE))
 
 
 def _leave_error(run_dir: Path, rank: int, err: BaseException) -> None:

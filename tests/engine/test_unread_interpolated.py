@@ -26,3 +26,15 @@ def test_a_key_that_a_read_key_interpolates_is_still_read(tmp_path):
     cfg = compose_config(overrides, output_dir=tmp_path)
     _, ignored = unread_overrides("eval", overrides, cfg)
     assert ignored == [("solver.max_iter=5", "solver.max_iter")]
+
+
+def test_a_key_read_through_a_chain_of_interpolations_is_read(tmp_path):
+    # eval reads data.metadata.json_file -> ${data.train.json_file} -> ${data.train.root}: the
+    # categories come from data.train.root's folder, so that override is eval's (it was logged as
+    # ignored when only the read keys' own interpolations counted)
+    overrides = ["data=coco_panoptic_folder", f"data.root={tmp_path}", "data.train.json_file=${data.train.root}/a.json",
+                 f"data.train.root={tmp_path}/train", "solver.max_iter=5"]
+    cfg = compose_config(overrides, output_dir=tmp_path)
+    for tool in ("eval", "predict", "export"):
+        refused, ignored = unread_overrides(tool, overrides, cfg)
+        assert refused == [] and ignored == [("solver.max_iter=5", "solver.max_iter")], (tool, ignored)

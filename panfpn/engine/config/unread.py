@@ -61,10 +61,12 @@ def unread_overrides(tool: str, overrides: Sequence[str],
 
 
 def _interpolated(cfg: DictConfig, unread: Callable[[str], bool]) -> set[str]:
-    """The absolute keys that ``cfg``'s values interpolate (``${data.train.json_file}``), in keys
-    the tool reads: ``solver.schedule.max_iter: ${solver.max_iter}`` does not make tools/eval.py
-    read ``solver.max_iter`` (``unread(key)``: a key the tool never reads)."""
-    found: set[str] = set()
+    """The absolute keys that ``cfg``'s values interpolate (``${data.train.json_file}``) in keys
+    the tool reads, and what those keys interpolate in turn: ``solver.schedule.max_iter:
+    ${solver.max_iter}`` does not make tools/eval.py read ``solver.max_iter``, but
+    ``data.metadata.json_file: ${data.train.json_file}`` makes it read what that file path
+    interpolates (``unread(key)``: a key the tool never reads)."""
+    values: dict[str, set[str]] = {}
 
     def walk(node: Any, key: str) -> None:
         if isinstance(node, dict):
@@ -73,11 +75,19 @@ def _interpolated(cfg: DictConfig, unread: Callable[[str], bool]) -> set[str]:
         elif isinstance(node, list):
             for i, v in enumerate(node):
                 walk(v, f"{key}.{i}")
-        elif isinstance(node, str) and not unread(key):
-            found.update(re.findall(r"\$\{([A-Za-z_][\w.]*)\}", node))
+        elif isinstance(node, str):
+            values[key] = set(re.findall(r"\$\{([A-Za-z_][\w.]*)\}", node))
 
     if OmegaConf.is_config(cfg):
         walk(OmegaConf.to_container(cfg, resolve=False), "")
+    found = {ref for key, refs in values.items() if not unread(key) for ref in refs}
+    todo = list(found)
+    while todo:  # a read key's value read through an unread one: that value's keys are read too
+        ref = todo.pop()
+        for key, refs in values.items():
+            if _under(key, [ref]):
+                todo += [r for r in refs - found]
+                found |= refs
     return found
 
 

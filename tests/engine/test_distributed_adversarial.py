@@ -170,8 +170,9 @@ def test_rank_0_names_another_ranks_error_only_for_a_failed_collective(tmp_path,
     record = json.loads(rank_errors.error_file(tmp_path, 1).read_text())
     record["time"] -= 3600  # written by an earlier run in this folder
     rank_errors.error_file(tmp_path, 1).write_text(json.dumps(record))
-    with pytest.raises(RuntimeError, match="^Connection closed by peer$"), rank_errors.told_to_rank_0(tmp_path):
+    with pytest.raises(rank_errors.OtherRankFailedError) as told, rank_errors.told_to_rank_0(tmp_path):
         raise RuntimeError("Connection closed by peer")
+    assert told.value.summary == f"another rank {rank_errors.GONE}"  # not the earlier run's bad image 7
 
 
 def _env(**extra):

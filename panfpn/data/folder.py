@@ -92,9 +92,13 @@ def json_categories(json_file: str | os.PathLike | None) -> list[dict]:
     return _categories_cache[key]
 
 
-def json_metadata(json_file: str | os.PathLike, sem_seg_mode: SemSegMode = "stuff_plus_thing",
-                  name: str | None = None) -> DatasetMetadata:
-    """Metadata of the categories in ``json_file`` (default name: the JSON's file stem)."""
+def json_metadata(json_file: str | os.PathLike | None, sem_seg_mode: SemSegMode = "stuff_plus_thing",
+                  name: str | None = None, root: str | os.PathLike | None = None) -> DatasetMetadata:
+    """Metadata of the categories in ``json_file`` (default name: the JSON's file stem). ``root``:
+    the data root ``json_file`` was looked for under (null when none was found there): the error
+    then names that root and the files tried, not only the null key."""
+    if json_file in (None, "", "None") and root not in (None, ""):
+        json_file = find_split_json(root, "train")  # FileNotFoundError: the root and the files tried
     return DatasetMetadata.from_coco_categories(json_categories(json_file), sem_seg_mode=sem_seg_mode,
                                                 name=name or Path(json_file).stem)
 

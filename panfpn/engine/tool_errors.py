@@ -95,6 +95,12 @@ def _rank() -> int:
     return int(value) if value.strip().isdigit() else 0
 
 
+def error_line(tool: str, err: BaseException) -> str:
+    """``tools/<tool>.py: <message>``; a message that starts with the tool's name is printed as it is."""
+    text = str(err)
+    return text if text.startswith(f"tools/{tool}.py ") else f"tools/{tool}.py: {text}"
+
+
 class InputErrorsExit(ContextDecorator):
     """Around a tool's job (a ``with`` block or a decorator under ``@hydra.main``): a known input
     error prints ``tools/<tool>.py: <message>`` on stderr (rank 0 only) and exits 2; everything
@@ -111,7 +117,7 @@ class InputErrorsExit(ContextDecorator):
         if known is None or os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
             return None
         if _rank() == 0:
-            print(f"tools/{self.tool}.py: {known}", file=sys.stderr, flush=True)
+            print(error_line(self.tool, known), file=sys.stderr, flush=True)
         raise SystemExit(EXIT_INPUT_ERROR)
 
 

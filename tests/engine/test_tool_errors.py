@@ -180,9 +180,9 @@ def test_a_folder_without_annotations_is_named_with_the_files_tried(tmp_path):
         validate_config(cfg)
     known = input_error(err.value)
     assert known is not None, err.value
-    assert str(known) == (f"no train annotations under data.root={tmp_path}: tried "
-                          f"{tmp_path}/annotations/panoptic_train.json, {tmp_path}/annotations/panoptic_train2017.json; "
-                          "set data.train.json_file=PATH for another layout")
+    ann = tmp_path / "annotations"
+    assert str(known) == (f"no train annotations under data.root={tmp_path}: tried {ann}/panoptic_train.json, "
+                          f"{ann}/panoptic_train2017.json; set data.train.json_file=PATH for another layout")
     assert OmegaConf.select(compose_config(["data=coco_panoptic_folder"]), "data.metadata.root") is None
 
 

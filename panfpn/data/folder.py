@@ -18,7 +18,7 @@ from pathlib import Path
 from panfpn.data.dataset import PanopticDataset
 from panfpn.data.transforms import Transform
 from panfpn.data.metadata import DatasetMetadata, SemSegMode
-from panfpn.data.validate import check_categories
+from panfpn.data.validate import AnnotationError, check_categories
 from panfpn.utils.json_file import load_json
 
 # (JSON, image folder) candidates per split, relative to root; the PNG folder is the JSON's path
@@ -85,7 +85,7 @@ def json_categories(json_file: str | os.PathLike | None) -> list[dict]:
     if key not in _categories_cache:
         data = load_json(path, what="annotation file", expect=dict)  # names the file and problem
         if "categories" not in data:
-            raise ValueError(f"{path}: missing top-level key 'categories' (not a COCO-panoptic "
+            raise AnnotationError(f"{path}: missing top-level key 'categories' (not a COCO-panoptic "
                              f"annotation file?)")
         check_categories(data["categories"], path)
         _categories_cache[key] = data["categories"]

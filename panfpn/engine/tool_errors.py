@@ -11,8 +11,9 @@ user's, not the code's):
 - ``CheckpointError``: a training checkpoint that cannot be read or resumed from;
 - ``RunDirBusyError``: another live training holds the run folder;
 - ``ImageReadError`` (``BadImageError``): an image or id PNG that cannot be decoded;
-- ``JSONFileError``: an annotation or other JSON file missing or malformed; ``PQInputError``: PQ
-  inputs that do not match;
+- ``JSONFileError``: an annotation or other JSON file missing or malformed; ``AnnotationError``: a
+  COCO-panoptic annotation file that breaks a rule (ids, categories, segments); ``PQInputError``:
+  PQ inputs that do not match;
 - ``FileNotFoundError`` raised with a message by panfpn's own checks of a named input (a weights
   file, a data root, an annotation JSON, a predict input): no ``errno`` (the operating system's
   own has one, and keeps its traceback: a file the code, not the user, got wrong) and raised in a
@@ -42,6 +43,7 @@ INPUT_ERRORS = (
     ("panfpn.engine.training.checkpoint", "CheckpointError"),
     ("panfpn.engine.training.run_lock", "RunDirBusyError"),
     ("panfpn.data.image_io", "ImageReadError"),
+    ("panfpn.data.validate", "AnnotationError"),
     ("panfpn.utils.json_file", "JSONFileError"),
     ("panfpn.evaluation.pq_rules", "PQInputError"),
 )

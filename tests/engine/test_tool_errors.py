@@ -59,8 +59,12 @@ def test_input_errors_are_ours_and_named_bugs_are_not(tmp_path):
     from hydra.errors import InstantiationException
 
     from panfpn.data.folder import find_split_json
+    from panfpn.data.validate import check_categories
 
     assert input_error(ConfigError("config key 'x'")) is not None
+    with pytest.raises(ValueError) as annotations:  # an annotation file that breaks a rule
+        check_categories([], tmp_path / "panoptic_train.json")
+    assert input_error(annotations.value) is annotations.value
     with pytest.raises(FileNotFoundError) as ours:  # raised by panfpn's check of a named input
         find_split_json(tmp_path, "train")
     assert input_error(ours.value) is ours.value

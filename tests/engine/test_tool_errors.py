@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 
 from config_helpers import compose_config
 from merge_helpers import write_tiny_merge_inputs
+from panfpn.engine import tool_errors
 from panfpn.engine.tool_errors import input_error, input_errors_exit_2
 from panfpn.utils.errors import ConfigError
 from process_helpers import run
@@ -90,6 +91,10 @@ def test_known_error_exits_2_with_one_line_on_rank_0_only(monkeypatch, capsys):
         raise RuntimeError("a bug")
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
     with pytest.raises(ConfigError), input_errors_exit_2("eval"):  # the full trace asked for
+        raise ConfigError("config key 'weights' is bad")
+    monkeypatch.delenv("HYDRA_FULL_ERROR")
+    monkeypatch.setattr(tool_errors, "_in_multirun", lambda: True)
+    with pytest.raises(ConfigError), input_errors_exit_2("train"):  # hydra's sweep callback records the job
         raise ConfigError("config key 'weights' is bad")
 
 

@@ -123,6 +123,18 @@ def test_train_missing_data_root_one_line_exit_2_and_job_status_failed(tmp_path)
     assert status["status"] == "failed" and str(missing) in status["error"]
 
 
+def test_train_folder_without_annotations_job_status_says_what_was_looked_for(tmp_path):
+    (tmp_path / "data").mkdir()
+    run_dir = tmp_path / "run"
+    done = _tool("train", ["data=coco_panoptic_folder", f"data.root={tmp_path / 'data'}", f"hydra.run.dir={run_dir}"],
+                 tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert _one_line(done.stderr).startswith(f"tools/train.py: no train annotations under data.root={tmp_path / 'data'}")
+    status = json.loads((run_dir / "job_status.json").read_text())
+    assert status["error"].startswith(f"FileNotFoundError: no train annotations under data.root={tmp_path / 'data'}: "
+                                      "tried ")  # not OmegaConf's wrapper
+
+
 def test_predict_missing_input_one_line_exit_2(tmp_path):
     done = _tool("predict", ["weights=/no/such.pth", f"predict.input={tmp_path / 'nothing'}",
                              f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)

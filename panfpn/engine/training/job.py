@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig
 
+from panfpn.engine.tool_errors import input_error
 from panfpn.utils.atomic import write_json_atomic
 from panfpn.utils.errors import ConfigError
 from panfpn.utils.json_values import nonfinite_to_null
@@ -132,8 +133,9 @@ def run_training_job(cfg: DictConfig) -> dict:
         except BaseException as err:
             signals.defer()  # e.g. torchrun's SIGTERM after another rank failed: the status first
             status = "interrupted" if isinstance(err, KeyboardInterrupt) else "failed"
+            told = input_error(err) or err  # a known input error by its own words, not its wrapper's
             write_job_status(run_dir, status, started=started, cfg=cfg, iteration=None,
-                             signal=getattr(err, "signum", None), error=f"{type(err).__name__}: {err}",
+                             signal=getattr(err, "signum", None), error=f"{type(told).__name__}: {told}",
                              traceback=traceback.format_exc(limit=8)[-4000:])
             raise
         signals.defer()  # finished: a signal now (without a handler it killed us) must not lose the files

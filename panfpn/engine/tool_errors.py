@@ -49,7 +49,6 @@ INPUT_ERRORS = (
 )
 # errors that carry another one as their cause: hydra's instantiate, OmegaConf's resolvers
 _WRAPPERS = (("hydra.errors", "InstantiationException"), ("omegaconf.errors", "InterpolationResolutionError"))
-_PACKAGE = Path(__file__).resolve().parents[1]  # panfpn/
 EXIT_INPUT_ERROR = 2
 
 
@@ -64,7 +63,7 @@ def _raised_by_panfpn(err: BaseException) -> bool:
         return False
     while tb.tb_next is not None:
         tb = tb.tb_next
-    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(Path(__file__).resolve().parents[1])
 
 
 def input_error(err: BaseException) -> BaseException | None:

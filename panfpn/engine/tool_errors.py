@@ -97,8 +97,11 @@ def _rank() -> int:
 
 
 def error_line(tool: str, err: BaseException) -> str:
-    """``tools/<tool>.py: <message>``; a message that starts with the tool's name is printed as it is."""
+    """``tools/<tool>.py: <message>``; a message that starts with the tool's name is printed as it is,
+    and one a DataLoader worker sent (torch's re-raise puts the worker's traceback in it) by its last line."""
     text = str(err)
+    if "Original Traceback" in text:  # "Caught BadImageError in DataLoader worker ...": the error's own line
+        text = text.strip().splitlines()[-1]
     return text if text.startswith(f"tools/{tool}.py ") else f"tools/{tool}.py: {text}"
 
 

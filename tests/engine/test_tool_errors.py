@@ -79,6 +79,16 @@ def test_input_errors_are_ours_and_named_bugs_are_not(tmp_path):
     assert input_error(wrapped) is ours.value  # hydra's instantiate: told by its cause
 
 
+def test_an_error_from_a_dataloader_worker_is_told_by_its_own_line():
+    from panfpn.data.image_io import ImageReadError
+
+    sent = ImageReadError("Caught ImageReadError in DataLoader worker process 0.\nOriginal Traceback (most "
+                          "recent call last):\n  File \"x.py\", line 1, in f\npanfpn.data.image_io.ImageReadError: "
+                          "a.jpg: cannot identify image file\n")
+    assert tool_errors.error_line("train", sent) == ("tools/train.py: panfpn.data.image_io.ImageReadError: a.jpg: "
+                                                     "cannot identify image file")
+
+
 def test_known_error_exits_2_with_one_line_on_rank_0_only(monkeypatch, capsys):
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     for rank, printed in (("0", "tools/eval.py: config key 'weights' is bad\n"), ("1", "")):

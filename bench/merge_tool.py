@@ -332,8 +332,8 @@ def startup(args: argparse.Namespace, root: Path) -> None:
             out = Path(tempfile.mkdtemp(dir=root, prefix="startup_"))
             if name.endswith("config.yaml alone"):  # merge.* and device overrides only: docs/merge.md's command
                 cmd = ours_command(paths, out / "o", 0)
-            elif name.endswith("one compose"):  # another key: the whole config tree composed once
-                cmd = ours_command(paths, out / "o", 0) + ["seed=0"]
+            elif name.endswith("one compose"):  # a key config.yaml alone does not give: one full compose
+                cmd = ours_command(paths, out / "o", 0) + [f"output_dir={out / 'run'}"]  # (seed=0: now refused)
             elif name.endswith("@hydra.main"):
                 cmd = ours_command(paths, out / "o", 0) + [f"hydra.run.dir={out / 'run'}"]
             elif name.startswith("panopticapi"):

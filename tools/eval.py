@@ -12,9 +12,11 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from panfpn.engine.eval_run import evaluate_from_config  # noqa: E402
+from panfpn.engine.tool_errors import input_errors_exit_2  # noqa: E402
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+@input_errors_exit_2("eval")  # a known input error: one line, exit 2 (panfpn/engine/tool_errors.py)
 def main(cfg: DictConfig) -> None:
     with STOP:
         evaluate_from_config(cfg)

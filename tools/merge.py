@@ -13,7 +13,8 @@ only: no run directory (`.hydra/`, `merge.log`) is made, and the merge starts ~0
 those overrides are all `merge.*` / `device` keys, config.yaml alone is read
 (panfpn/engine/merge_tool/plain_config.py), else the config is composed with hydra's compose API.
 Any other command line runs through `@hydra.main` as before. A config error (ConfigError: a bad
-key, an input file it cannot use, a refused output folder) prints its message and exits 2.
+key, a typed key it never reads such as `eval.batch_size=`, an input file it cannot use, a refused
+output folder) prints its message and exits 2.
 """
 
 import logging
@@ -29,6 +30,8 @@ from omegaconf import DictConfig  # noqa: E402
 
 from panfpn.engine.merge_run import SKIPPED_FILE, merge_from_config  # noqa: E402
 from panfpn.engine.merge_tool.plain_config import plain_merge_config  # noqa: E402
+from panfpn.engine.merge_tool.unread import refuse_unread_keys  # noqa: E402
+from panfpn.engine.tool_errors import error_line  # noqa: E402
 from panfpn.utils.errors import ConfigError  # noqa: E402
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -36,17 +39,21 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    merge_or_exit(cfg)
+    from hydra.core.hydra_config import HydraConfig
+
+    merge_or_exit(cfg, list(HydraConfig.get().overrides.task))
 
 
-def merge_or_exit(cfg: DictConfig) -> None:
-    """The merge job; a ConfigError (an input or setting to change): its message, exit 2; no image
-    merged although there were inputs (every one skipped): the count, exit 1."""
+def merge_or_exit(cfg: DictConfig, overrides: list[str]) -> None:
+    """The merge job; a ConfigError (an input or setting to change, a typed key it never reads in
+    ``overrides``): its message, exit 2; no image merged although there were inputs (every one
+    skipped): the count, exit 1."""
     try:
         with STOP:
+            refuse_unread_keys(overrides)  # e.g. eval.batch_size=8: another tool's key
             summary = merge_from_config(cfg)
     except ConfigError as err:
-        print(f"tools/merge.py: {err}", file=sys.stderr)
+        print(error_line("merge", err), file=sys.stderr)
         sys.exit(2)
     if summary["merged"] == 0 and summary["skipped"]:
         print(f"tools/merge.py: no image merged: {len(summary['skipped'])} skipped, the reasons in "
@@ -73,7 +80,7 @@ def compose_and_merge(argv: list[str]) -> None:
     if cfg is None:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=argv)
-    merge_or_exit(cfg)
+    merge_or_exit(cfg, argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Exit status: 0 when training ran to solver.max_iter; 128 + signal (SIGTERM 143, SIGINT 130) when a
 signal stopped it after saving a checkpoint (continue with resume=true), or before the training
-loop started or on a second signal (no checkpoint); 1 on an error.
+loop started or on a second signal (no checkpoint); 2 on a known input error (a config key, a
+missing data or weights file ...: one line, panfpn/engine/tool_errors.py); 1 on another error.
 
 Returns ``train.objective`` (e.g. ``pq/All`` of the final evaluation) to hydra, so sweepers such
 as hydra-optuna-sweeper optimise it; `-m` sweeps end with a summary (docs/experiments.md).
@@ -15,6 +16,7 @@ from omegaconf import DictConfig
 
 from panfpn.engine.training.job import TrainingInterrupted, run_training_job
 from panfpn.engine.training.job_signals import JobStopped, JobStoppedError
+from panfpn.engine.tool_errors import input_errors_exit_2
 
 
 def _in_multirun() -> bool:
@@ -25,6 +27,7 @@ def _in_multirun() -> bool:
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
+@input_errors_exit_2("train")  # a known input error: one line, exit 2 (job_status.json written first)
 def main(cfg: DictConfig) -> float | None:
     try:
         result = run_training_job(cfg)

@@ -32,7 +32,8 @@ from panfpn.data.record_cache import Parsed, load_records
 from panfpn.data.records import Record, RecordStore
 from panfpn.data.targets import panoptic_targets
 from panfpn.data.transforms import Transform
-from panfpn.data.validate import check_categories, check_same_categories, index_images, pair_annotations
+from panfpn.data.validate import (AnnotationError, check_categories, check_same_categories, index_images,
+                                  pair_annotations)
 from panfpn.utils.json_file import load_json
 
 logger = logging.getLogger(__name__)
@@ -121,7 +122,7 @@ class PanopticDataset(Dataset):
         data = load_json(self.json_file, what="annotation file", expect=dict)
         for key in ("images", "annotations", "categories"):
             if key not in data:
-                raise ValueError(f"{self.json_file}: missing top-level key {key!r} "
+                raise AnnotationError(f"{self.json_file}: missing top-level key {key!r} "
                                  f"(not a COCO-panoptic annotation file?)")
         json_categories = self._set_metadata(data["categories"], metadata, sem_seg_mode)
         images = index_images(data["images"], self.json_file)
@@ -133,7 +134,7 @@ class PanopticDataset(Dataset):
         # (check_same_categories) whether the metadata is given or read from the JSON.
         kept = records.select(np.flatnonzero(records.thing_flags()))
         if not len(kept):
-            raise ValueError(f"{self.json_file}: no image has a non-crowd thing segment, so "
+            raise AnnotationError(f"{self.json_file}: no image has a non-crowd thing segment, so "
                              f"filter_empty would leave nothing to train on")
         if len(kept) < len(records):
             logger.info("%s: dropped %d of %d images without non-crowd thing segments "
@@ -185,10 +186,10 @@ class PanopticDataset(Dataset):
         present = set(present[present != 0].tolist())
         listed = {int(s["id"]) for s in rec.segments}
         if present - listed:
-            raise ValueError(f"{path} (image id {rec.image_id!r}): segment ids "
+            raise AnnotationError(f"{path} (image id {rec.image_id!r}): segment ids "
                              f"{sorted(present - listed)[:10]} are in the PNG but not in {self.json_file}")
         if listed - present:
-            raise ValueError(f"{path} (image id {rec.image_id!r}): segments "
+            raise AnnotationError(f"{path} (image id {rec.image_id!r}): segments "
                              f"{sorted(listed - present)[:10]} listed in {self.json_file} "
                              f"have no pixels in the PNG")
         return id_map

@@ -18,7 +18,7 @@ from pathlib import Path
 from panfpn.data.dataset import PanopticDataset
 from panfpn.data.transforms import Transform
 from panfpn.data.metadata import DatasetMetadata, SemSegMode
-from panfpn.data.validate import check_categories
+from panfpn.data.validate import AnnotationError, check_categories
 from panfpn.utils.json_file import load_json
 
 # (JSON, image folder) candidates per split, relative to root; the PNG folder is the JSON's path
@@ -85,16 +85,20 @@ def json_categories(json_file: str | os.PathLike | None) -> list[dict]:
     if key not in _categories_cache:
         data = load_json(path, what="annotation file", expect=dict)  # names the file and problem
         if "categories" not in data:
-            raise ValueError(f"{path}: missing top-level key 'categories' (not a COCO-panoptic "
+            raise AnnotationError(f"{path}: missing top-level key 'categories' (not a COCO-panoptic "
                              f"annotation file?)")
         check_categories(data["categories"], path)
         _categories_cache[key] = data["categories"]
     return _categories_cache[key]
 
 
-def json_metadata(json_file: str | os.PathLike, sem_seg_mode: SemSegMode = "stuff_plus_thing",
-                  name: str | None = None) -> DatasetMetadata:
-    """Metadata of the categories in ``json_file`` (default name: the JSON's file stem)."""
+def json_metadata(json_file: str | os.PathLike | None, sem_seg_mode: SemSegMode = "stuff_plus_thing",
+                  name: str | None = None, root: str | os.PathLike | None = None) -> DatasetMetadata:
+    """Metadata of the categories in ``json_file`` (default name: the JSON's file stem). ``root``:
+    the data root ``json_file`` was looked for under (null when none was found there): the error
+    then names that root and the files tried, not only the null key."""
+    if json_file in (None, "", "None") and root not in (None, ""):
+        json_file = find_split_json(root, "train")  # FileNotFoundError: the root and the files tried
     return DatasetMetadata.from_coco_categories(json_categories(json_file), sem_seg_mode=sem_seg_mode,
                                                 name=name or Path(json_file).stem)
 

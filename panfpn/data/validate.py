@@ -23,6 +23,10 @@ from typing import Iterable, Mapping
 from panfpn.data.metadata import DatasetMetadata
 
 
+class AnnotationError(ValueError):
+    """A COCO-panoptic annotation file breaks a rule; the message names the file and the entry."""
+
+
 def is_json_int(value: object) -> bool:
     """True for an integer (not a bool, not a float such as 1.0, not a string such as "1")."""
     return isinstance(value, int) and not isinstance(value, bool)
@@ -31,13 +35,13 @@ def is_json_int(value: object) -> bool:
 def check_file_name(name: object, *, json_file: Path, where: str) -> str:
     """``name`` normalised (``a/./b`` -> ``a/b``); refuses absolute names and ones leaving the root."""
     if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"{json_file}: {where} has file_name {name!r}; expected a relative path")
+        raise AnnotationError(f"{json_file}: {where} has file_name {name!r}; expected a relative path")
     if name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
-        raise ValueError(f"{json_file}: {where} has absolute file_name {name!r}; file names are "
+        raise AnnotationError(f"{json_file}: {where} has absolute file_name {name!r}; file names are "
                          f"relative to their folder")
     normal = posixpath.normpath(re.sub(r"[\\/]+", "/", name))
     if normal == ".." or normal.startswith("../"):
-        raise ValueError(f"{json_file}: {where} has file_name {name!r}, which leads outside its "
+        raise AnnotationError(f"{json_file}: {where} has file_name {name!r}, which leads outside its "
                          f"folder ('..'); file names must stay inside it")
     return normal
 
@@ -46,11 +50,11 @@ def check_category_id(value: object, *, json_file: Path, where: str,
                       known: Mapping[int, object] | None = None) -> int:
     """``value`` if it is an integer category id (in ``known`` when given), else ValueError."""
     if not is_json_int(value):
-        raise ValueError(f"{json_file}: {where} has category id {value!r} of type "
+        raise AnnotationError(f"{json_file}: {where} has category id {value!r} of type "
                          f"{type(value).__name__}; category ids must be JSON integers (e.g. 1, not "
                          f"\"1\" or 1.0)")
     if known is not None and value not in known:
-        raise ValueError(f"{json_file}: {where} has unknown category id {value!r} (not in the "
+        raise AnnotationError(f"{json_file}: {where} has unknown category id {value!r} (not in the "
                          f"JSON's 'categories': ids {sorted(known)[:20]})")
     return value  # type: ignore[return-value]
 
@@ -58,17 +62,17 @@ def check_category_id(value: object, *, json_file: Path, where: str,
 def check_categories(categories: object, json_file: Path) -> dict[int, bool]:
     """``{category id: isthing}`` of a JSON's ``categories`` list, validated."""
     if not isinstance(categories, list) or not categories:
-        raise ValueError(f"{json_file}: 'categories' must be a non-empty list, got {categories!r:.80}")
+        raise AnnotationError(f"{json_file}: 'categories' must be a non-empty list, got {categories!r:.80}")
     found: dict[int, bool] = {}
     for i, cat in enumerate(categories):
         where = f"categories[{i}] ({cat.get('name', '?') if isinstance(cat, dict) else cat!r})"
         if not isinstance(cat, dict) or "id" not in cat or "isthing" not in cat:
-            raise ValueError(f"{json_file}: {where} needs 'id' and 'isthing'")
+            raise AnnotationError(f"{json_file}: {where} needs 'id' and 'isthing'")
         cat_id = check_category_id(cat["id"], json_file=json_file, where=where)
         if cat_id in found:
-            raise ValueError(f"{json_file}: category id {cat_id} appears twice in 'categories'")
+            raise AnnotationError(f"{json_file}: category id {cat_id} appears twice in 'categories'")
         if cat["isthing"] not in (0, 1) or isinstance(cat["isthing"], float):
-            raise ValueError(f"{json_file}: {where} has isthing {cat['isthing']!r}; expected 0 or 1")
+            raise AnnotationError(f"{json_file}: {where} has isthing {cat['isthing']!r}; expected 0 or 1")
         found[cat_id] = bool(cat["isthing"])
     return found
 
@@ -81,7 +85,7 @@ def check_same_categories(json_cats: Mapping[int, bool], metadata: DatasetMetada
         return
     extra, missing = sorted(set(json_cats) - set(expected)), sorted(set(expected) - set(json_cats))
     flipped = sorted(k for k in set(json_cats) & set(expected) if json_cats[k] != expected[k])
-    raise ValueError(f"{json_file}: its categories differ from the metadata {metadata.name!r} the "
+    raise AnnotationError(f"{json_file}: its categories differ from the metadata {metadata.name!r} the "
                      f"model is trained with (ids only in the JSON: {extra[:20]}, only in the "
                      f"metadata: {missing[:20]}, thing/stuff differs: {flipped[:20]}); train and "
                      f"val must share one category list")
@@ -90,21 +94,21 @@ def check_same_categories(json_cats: Mapping[int, bool], metadata: DatasetMetada
 def index_images(images: object, json_file: Path) -> dict[int | str, tuple[dict, str]]:
     """``{image id: (entry, normalised file_name)}``; duplicate ids and file names are errors."""
     if not isinstance(images, list):
-        raise ValueError(f"{json_file}: 'images' must be a list")
+        raise AnnotationError(f"{json_file}: 'images' must be a list")
     by_id: dict[int | str, tuple[dict, str]] = {}
     by_name: dict[str, int | str] = {}
     for img in images:
         image_id = img.get("id") if isinstance(img, dict) else None
         if not (is_json_int(image_id) or isinstance(image_id, str)):
-            raise ValueError(f"{json_file}: image entry {img!r:.120} has id {image_id!r}; "
+            raise AnnotationError(f"{json_file}: image entry {img!r:.120} has id {image_id!r}; "
                              f"expected an integer or a string")
         if image_id in by_id:
-            raise ValueError(f"{json_file}: image id {image_id!r} appears twice in 'images' "
+            raise AnnotationError(f"{json_file}: image id {image_id!r} appears twice in 'images' "
                              f"({by_id[image_id][0].get('file_name')!r} and "
                              f"{img.get('file_name')!r}); its annotation could not be paired")
         name = check_file_name(img.get("file_name"), json_file=json_file, where=f"image id {image_id!r}")
         if name in by_name:
-            raise ValueError(f"{json_file}: image ids {by_name[name]!r} and {image_id!r} both have "
+            raise AnnotationError(f"{json_file}: image ids {by_name[name]!r} and {image_id!r} both have "
                              f"file_name {name!r}")
         by_id[image_id] = (img, name)
         by_name[name] = image_id
@@ -115,17 +119,17 @@ def check_segments(segments: object, *, image_id: object, json_file: Path,
                    categories: Mapping[int, bool]) -> tuple[dict, ...]:
     """The annotation's ``segments_info``, validated (ids, category ids)."""
     if not isinstance(segments, list):
-        raise ValueError(f"{json_file}: image id {image_id!r} has segments_info {segments!r:.80}; "
+        raise AnnotationError(f"{json_file}: image id {image_id!r} has segments_info {segments!r:.80}; "
                          f"expected a list")
     seen: set[int] = set()
     for seg in segments:
         seg_id = seg.get("id") if isinstance(seg, dict) else None
         where = f"image id {image_id!r} segment {seg_id!r}"
         if not is_json_int(seg_id) or seg_id <= 0:
-            raise ValueError(f"{json_file}: {where}: segment ids must be positive integers (0 is "
+            raise AnnotationError(f"{json_file}: {where}: segment ids must be positive integers (0 is "
                              f"void in the PNG)")
         if seg_id in seen:
-            raise ValueError(f"{json_file}: image id {image_id!r} has duplicate segment id {seg_id}")
+            raise AnnotationError(f"{json_file}: image id {image_id!r} has duplicate segment id {seg_id}")
         seen.add(seg_id)
         check_category_id(seg.get("category_id"), json_file=json_file, where=where, known=categories)
     return tuple(segments)
@@ -135,22 +139,22 @@ def pair_annotations(annotations: object, images: Mapping[int | str, tuple[dict,
                      json_file: Path, categories: Mapping[int, bool]) -> Iterable[tuple]:
     """Yield ``(image id, image file_name, PNG file_name, segments)`` per annotation, validated."""
     if not isinstance(annotations, list):
-        raise ValueError(f"{json_file}: 'annotations' must be a list")
+        raise AnnotationError(f"{json_file}: 'annotations' must be a list")
     done: set[int | str] = set()
     png_names: dict[str, int | str] = {}
     for ann in annotations:
         image_id = ann.get("image_id") if isinstance(ann, dict) else None
         if image_id not in images:
             name = ann.get("file_name") if isinstance(ann, dict) else ann
-            raise ValueError(f"{json_file}: annotation {name!r} refers to image id {image_id!r}, "
+            raise AnnotationError(f"{json_file}: annotation {name!r} refers to image id {image_id!r}, "
                              f"which has no entry in 'images'")
         if image_id in done:
-            raise ValueError(f"{json_file}: image id {image_id!r} has two annotations")
+            raise AnnotationError(f"{json_file}: image id {image_id!r} has two annotations")
         done.add(image_id)
         png = check_file_name(ann.get("file_name"), json_file=json_file,
                               where=f"the annotation of image id {image_id!r}")
         if png in png_names:
-            raise ValueError(f"{json_file}: the annotations of image ids {png_names[png]!r} and "
+            raise AnnotationError(f"{json_file}: the annotations of image ids {png_names[png]!r} and "
                              f"{image_id!r} both have PNG file_name {png!r}")
         png_names[png] = image_id
         segments = check_segments(ann.get("segments_info"), image_id=image_id, json_file=json_file,
@@ -159,4 +163,4 @@ def pair_annotations(annotations: object, images: Mapping[int | str, tuple[dict,
     missing = set(images) - done
     if missing:
         some = sorted(map(str, missing))[:5]
-        raise ValueError(f"{json_file}: {len(missing)} image(s) have no annotation, e.g. image ids {some}")
+        raise AnnotationError(f"{json_file}: {len(missing)} image(s) have no annotation, e.g. image ids {some}")

@@ -15,6 +15,7 @@ from panfpn.utils.atomic import write_json_atomic
 from panfpn.engine import distributed as du
 from panfpn.engine.config import ConfigError, validate_config
 from panfpn.engine.config.unread import refuse_unread_overrides
+from panfpn.engine.data_files import check_dataset_files
 from panfpn.engine.eval_context import eval_context
 from panfpn.engine.eval_loop import build_eval_loader, evaluate, format_results
 from panfpn.engine.inference_model import build_inference_model
@@ -68,6 +69,7 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
     refuse_unread_overrides("eval", overrides, cfg)  # e.g. data.batch_size: eval reads eval.batch_size
     if not cfg.weights:
         raise ConfigError("config key 'weights' must name the checkpoint to evaluate (weights=path/to/model.pth)")
+    check_dataset_files(cfg, ["data.val"])  # before the model: a missing data root told first
     device = du.init_distributed(cfg.device)
     out_dir = Path(du.shared_run_dir(cfg.output_dir))
     with told_to_rank_0(out_dir):  # another rank's error or stop, said by rank 0

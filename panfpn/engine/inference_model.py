@@ -29,7 +29,8 @@ from panfpn.engine.model_spec import (
 )
 from panfpn.engine.job_setup import build_metadata, resolved
 from panfpn.modeling.build import check_labels_fit, instantiate_model, load_configured_weights
-from panfpn.modeling.weights import BACKBONE_ONLY_FORMATS, LoadReport, WeightsError
+from panfpn.modeling.weights import (BACKBONE_ONLY_FORMATS, LoadReport, WeightsError, check_weights_path,
+                                     is_weights_name)
 
 logger = logging.getLogger("panfpn")
 
@@ -62,6 +63,8 @@ def build_inference_model(cfg: DictConfig, overrides: Sequence[str] | None = Non
     """
     overrides = command_line_overrides() if overrides is None else list(overrides)
     weights = OmegaConf.select(cfg, "weights", default=None)
+    if isinstance(weights, str) and weights and not is_weights_name(weights):
+        check_weights_path(weights)  # a missing file is told first, nothing said of its contents
     record = read_model_record(weights) if weights else None
     use_record = record is not None and bool(OmegaConf.select(cfg, "model_from_checkpoint", default=True))
     config_transform = resolved(cfg, "data.val.transforms")

@@ -29,6 +29,7 @@ from panfpn.engine.training.checkpoint import (
     FINAL_CHECKPOINT, capture_rng_state, find_last_checkpoint, prune_checkpoints, remove_stale_temp_files,
     restore_rng_state, save_checkpoint,
 )
+from panfpn.engine.data_files import check_dataset_files
 from panfpn.engine.eval_loop import build_eval_loader, evaluate
 from panfpn.engine.progress import bar_enabled
 from panfpn.engine.training.metrics_log import MetricsLog
@@ -204,6 +205,7 @@ def train_from_config(cfg: DictConfig) -> dict:
     was saved; ``interrupted`` is then True and tools/train.py exits with 128 + signal).
     """
     check_training_config(cfg)  # the checks a multirun also makes before its first job
+    check_dataset_files(cfg)  # before the model and its weights (a download): a missing data root told first
     device = du.init_distributed(cfg.device)
     run_dir = Path(du.shared_run_dir(cfg.output_dir))
     with hold_run_dir(run_dir), told_to_rank_0(run_dir):  # one live training per run folder

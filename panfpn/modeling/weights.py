@@ -399,16 +399,23 @@ def _restore(model: nn.Module, saved: tuple[dict[str, torch.Tensor], dict[str, d
             value.copy_(tensors[key])
 
 
+def _download_failed(weights: Any, err: Exception) -> str:
+    """What a failed fetch of torchvision weights says: the name, the URL, the error, where torch
+    looks for the file and how to give a local one."""
+    name = os.path.basename(weights.url)
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", name)
+    return (f"torchvision weights {weights} could not be downloaded from {weights.url} ({type(err).__name__}: "
+            f"{err}); torch looks for the file at {cached} ($TORCH_HOME): without internet, download it "
+            f"elsewhere and put it there, or pass the local file as weights=/path/to/{name}")
+
+
 def _load_torchvision_enum(model: nn.Module, source: Any, state: Mapping[str, torch.Tensor] | None = None) -> LoadReport:
     weights = torchvision.models.get_weight(source) if isinstance(source, str) else source
     if state is None:  # not given a stand-in: fetch the file
         try:
             state = weights.get_state_dict(progress=True, check_hash=True)
         except Exception as err:  # network errors come in many types (URLError, OSError, HTTPError)
-            raise RuntimeError(
-                f"could not fetch torchvision weights {weights}: {err}. Without internet, download "
-                f"{weights.url} elsewhere and pass the local file as weights=, or put it in "
-                f"{os.path.join(torch.hub.get_dir(), 'checkpoints')}") from err
+            raise WeightsError(_download_failed(weights, err)) from None  # one message, not urllib's chain
     mapped = _map_torchvision_body(model, state)
     report = _torchvision_layout(model, LoadReport(str(weights), "torchvision imagenet"))
     return _load_into(model, mapped, report, scope="backbone.body.")

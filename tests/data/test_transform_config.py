@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from config_helpers import compose_config
 from panfpn.data.transforms import check_data_transforms
@@ -49,8 +50,10 @@ def test_eval_and_predict_refuse_a_misspelt_test_transform_before_building_the_m
     from panfpn.engine.predict_run import predict_from_config
 
     monkeypatch.setattr(im, "instantiate_model", lambda cfg: pytest.fail("the model was built first"))
+    weights = tmp_path / "unused.pth"  # a file (a missing one is reported before anything else)
+    torch.save({"a": torch.zeros(1)}, weights)
     cfg = compose_config(["data.val.transforms._target_=panfpn.data.transforms.ResizeShortestEdg",
-                          "weights=unused.pth", f"predict.input={tmp_path}"], output_dir=tmp_path)
+                          f"weights={weights}", f"predict.input={tmp_path}"], output_dir=tmp_path)
     run = evaluate_from_config if job == "eval" else predict_from_config
     with pytest.raises(ConfigError, match=r"data\.val\.transforms.*did you mean 'panfpn.data.transforms.ResizeShortestEdge'"):
         run(cfg, overrides=[])

@@ -69,7 +69,7 @@ def test_jobs_run_elsewhere_are_not_judged_by_this_machine_s_files_or_environmen
     monkeypatch.delenv(VAR, raising=False)
     absent = ["data=coco_panoptic_folder", f"data.root={tmp_path / 'on_the_nodes_only'}", "seed=1,2"]
     err = _refusal(capsys, *absent)
-    assert err is not None and "2 of 2" in err and "data.metadata.json_file" in err, err
+    assert err is not None and "2 of 2" in err and "no train annotations under data.root=" in err, err
     with caplog.at_level(logging.INFO, logger="panfpn"):
         assert _refusal(capsys, "hydra/launcher=slurm", *absent) is None
         assert _refusal(capsys, "hydra/launcher=slurm", "seed=1,2", f"weights=${{oc.env:{VAR}}}") is None

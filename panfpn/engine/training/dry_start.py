@@ -25,7 +25,6 @@ built once (:class:`DryStart` keeps each result): a 12-job lr grid builds one mo
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import logging
 import time
@@ -38,20 +37,10 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from panfpn.engine.data_files import check_dataset_files
 from panfpn.utils.errors import ConfigError
 
 logger = logging.getLogger("panfpn")
-
-
-def _dataset_files() -> dict[str, Callable[..., Any]]:
-    """Dataset builder ``_target_`` -> the function that checks the files it opens at its start."""
-    from panfpn.data.build import check_synthetic_root, cityscapes_panoptic_paths, coco_panoptic_paths
-    from panfpn.data.folder import folder_panoptic_paths
-
-    return {"panfpn.data.build.coco_panoptic_dataset": coco_panoptic_paths,
-            "panfpn.data.build.cityscapes_panoptic_dataset": cityscapes_panoptic_paths,
-            "panfpn.data.folder.folder_panoptic_dataset": folder_panoptic_paths,
-            "panfpn.data.build.synthetic_dataset": check_synthetic_root}
 
 
 def config_key(cfg: DictConfig, *keys: str) -> str:
@@ -225,24 +214,6 @@ def instantiate_cpu_model(cfg: DictConfig) -> torch.nn.Module:
         return instantiate_model(cfg)
     except Exception as err:  # noqa: BLE001 - reported with its config key
         raise _instantiation_error(err) from err
-
-
-def check_dataset_files(cfg: DictConfig) -> None:
-    """The files ``data.train`` (and ``data.val`` when the job evaluates) open at their start exist;
-    a builder not known here is not checked (logged)."""
-    from panfpn.engine.job_setup import resolved
-
-    known = _dataset_files()
-    splits = ["data.train"] + (["data.val"] if int(cfg.train.eval_period) >= 0 else [])
-    for split in splits:
-        node = resolved(cfg, split) or {}
-        check = known.get(str(node.get("_target_")))
-        if check is None:
-            logger.info("sweep check: %s._target_=%s: its files are not checked before the job starts",
-                        split, node.get("_target_"))
-            continue
-        wanted = inspect.signature(check).parameters
-        check(**{k: v for k, v in node.items() if k in wanted})
 
 
 def build_solver_cheaply(cfg: DictConfig, model: torch.nn.Module) -> None:

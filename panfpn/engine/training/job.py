@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig
 
+from panfpn.engine.tool_errors import input_error
 from panfpn.utils.atomic import write_json_atomic
 from panfpn.utils.errors import ConfigError
 from panfpn.utils.json_values import nonfinite_to_null
@@ -133,8 +134,9 @@ def run_training_job(cfg: DictConfig) -> dict:
             signals.defer()  # e.g. torchrun's SIGTERM after another rank failed: the status first
             # stopped by a signal: this rank (a KeyboardInterrupt) or another one alone (OtherRankFailedError)
             status = "interrupted" if isinstance(err, KeyboardInterrupt) or getattr(err, "signum", None) else "failed"
+            told = input_error(err) or err  # a known input error by its own words, not its wrapper's
             write_job_status(run_dir, status, started=started, cfg=cfg, iteration=None,
-                             signal=getattr(err, "signum", None), error=f"{type(err).__name__}: {err}",
+                             signal=getattr(err, "signum", None), error=f"{type(told).__name__}: {told}",
                              traceback=traceback.format_exc(limit=8)[-4000:])
             raise
         signals.defer()  # finished: a signal now (without a handler it killed us) must not lose the files

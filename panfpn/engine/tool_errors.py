@@ -34,6 +34,8 @@ from contextlib import ContextDecorator
 from pathlib import Path
 from types import TracebackType
 
+from panfpn.utils.launch_env import launch_rank
+
 # (module, class): looked up among the loaded modules only (an error of a module never imported
 # cannot have been raised), so this module imports none of them.
 INPUT_ERRORS = (
@@ -90,12 +92,6 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _rank() -> int:
-    """The launcher's rank (torchrun's RANK, srun's SLURM_PROCID), 0 without one."""
-    value = os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))
-    return int(value) if value.strip().isdigit() else 0
-
-
 def error_line(tool: str, err: BaseException) -> str:
     """``tools/<tool>.py: <message>``; a message that starts with the tool's name is printed as it is,
     and one a DataLoader worker sent (torch's re-raise puts the worker's traceback in it) by its last line."""
@@ -120,7 +116,7 @@ class InputErrorsExit(ContextDecorator):
         known = input_error(err) if isinstance(err, Exception) else None
         if known is None or os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
             return None
-        if _rank() == 0:
+        if launch_rank() == 0:
             print(error_line(self.tool, known), file=sys.stderr, flush=True)
         raise SystemExit(EXIT_INPUT_ERROR)
 

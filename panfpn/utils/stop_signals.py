@@ -14,7 +14,8 @@ action would (its message says so). Worker processes
 ignore stop signals from anyone but their parent (:func:`ignore_foreign_stop_signals`: DataLoader
 ``worker_init_fn``, pool initializers) and are ended by it (:func:`terminate_pool`); another process
 forked with the handler exits quietly on the signal. A worker also says nothing when the main process,
-stopped while fetching a tensor from it, hangs up on its resource_sharer thread.
+stopped while fetching a tensor from it, hangs up on its resource_sharer thread. A signal during a
+fork (workers starting) is raised after it (:mod:`panfpn.utils.fork_window`).
 
 In a multi-process job (torchrun: ``RANK`` / ``WORLD_SIZE``), rank 0 alone says the line; a rank
 stopped or failing leaves a note that rank 0 reads (:mod:`panfpn.engine.rank_errors`), and rank 0,
@@ -36,6 +37,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Collection, Iterator, Mapping
 
+from panfpn.utils.fork_window import forking, signal_after_fork, watch_forks
 from panfpn.utils.launch_env import launch_rank, launched_as_several
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -126,6 +128,7 @@ class StopSignals:
     def __enter__(self) -> "StopSignals":
         global _ACTIVE
         self._install()  # again for the next job of a hydra multirun
+        watch_forks()  # now that the modules with at-fork callbacks are imported
         self.signum, self.describe = None, None
         self.running, self.deferred, _ACTIVE = True, False, self
         _DEFERRABLE.append(self)
@@ -136,6 +139,9 @@ class StopSignals:
         self.deferred = True
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if forking():  # in an at-fork callback, which would drop the exception: again after the fork
+            signal_after_fork(signum)
+            return
         if os.getpid() != self.pid:
             # A forked process that kept this handler (a pool worker before its initializer ran
             # ignore_foreign_stop_signals, any other fork): exit quietly through ``with`` blocks, which

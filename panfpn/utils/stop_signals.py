@@ -13,7 +13,9 @@ after the unwinding, so it tells what is on disk. A second signal aborts at once
 action would (its message says so). Worker processes
 ignore stop signals from anyone but their parent (:func:`ignore_foreign_stop_signals`: DataLoader
 ``worker_init_fn``, pool initializers) and are ended by it (:func:`terminate_pool`); another process
-forked with the handler exits quietly on the signal.
+forked with the handler exits quietly on the signal. A worker also says nothing when the main process,
+stopped while fetching a tensor from it, hangs up on its resource_sharer thread. A signal during a
+fork (workers starting) is raised after it (:mod:`panfpn.utils.fork_window`).
 
 In a multi-process job (torchrun: ``RANK`` / ``WORLD_SIZE``), rank 0 alone says the line; a rank
 stopped or failing leaves a note that rank 0 reads (:mod:`panfpn.engine.rank_errors`), and rank 0,
@@ -35,6 +37,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Collection, Iterator, Mapping
 
+from panfpn.utils.fork_window import forking, signal_after_fork, watch_forks
 from panfpn.utils.launch_env import launch_rank, launched_as_several
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -125,6 +128,7 @@ class StopSignals:
     def __enter__(self) -> "StopSignals":
         global _ACTIVE
         self._install()  # again for the next job of a hydra multirun
+        watch_forks()  # now that the modules with at-fork callbacks are imported
         self.signum, self.describe = None, None
         self.running, self.deferred, _ACTIVE = True, False, self
         _DEFERRABLE.append(self)
@@ -135,6 +139,9 @@ class StopSignals:
         self.deferred = True
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if forking():  # in an at-fork callback, which would drop the exception: again after the fork
+            signal_after_fork(signum)
+            return
         if os.getpid() != self.pid:
             # A forked process that kept this handler (a pool worker before its initializer ran
             # ignore_foreign_stop_signals, any other fork): exit quietly through ``with`` blocks, which
@@ -224,6 +231,7 @@ def ignore_foreign_stop_signals() -> None:
     worker fails the parent with "DataLoader worker ... killed by signal". See
     :func:`panfpn.data.loader.ignore_stop_signals`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _quiet_when_a_receiver_hangs_up()
     if not hasattr(signal, "sigwaitinfo"):  # no sender to tell apart: the default handling
         return
     parent = os.getppid()
@@ -232,6 +240,26 @@ def ignore_foreign_stop_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a thread that does not block it ignores it
     threading.Thread(target=_exit_on_parents_sigterm, args=(parent,), name="sigterm-from-parent",
                      daemon=True).start()
+
+
+def _quiet_when_a_receiver_hangs_up() -> None:
+    """A worker hands each tensor it sends over as a file descriptor, from multiprocessing's
+    resource_sharer thread, to the process that connects for it. A stop signal in that process in
+    the middle of the handshake breaks the connection off, and the thread printed the EOFError /
+    ConnectionError as a traceback after the tool's one line (seen once in 9 ``timeout -s TERM``
+    runs of tools/eval.py). The receiver tells its own story (its stop message, its own error): a
+    hang-up is left unsaid here; any other error of that thread is printed as before."""
+    from multiprocessing import resource_sharer
+
+    serve = resource_sharer._ResourceSharer._serve.__code__
+    previous = sys.excepthook
+
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        if not (issubclass(exc_type, (EOFError, ConnectionError)) and tb is not None
+                and tb.tb_frame.f_code is serve):
+            previous(exc_type, exc, tb)
+
+    sys.excepthook = hook  # the thread calls sys.excepthook itself (not threading.excepthook)
 
 
 def _exit_on_parents_sigterm(parent: int) -> None:

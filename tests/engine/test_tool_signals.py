@@ -217,6 +217,57 @@ def test_eval_stopped_while_its_dataloader_worker_reads_keeps_the_earlier_result
     assert (run / "report.html").read_text() == "earlier report" and _temp_files(run) == []
 
 
+def test_eval_stopped_while_fetching_a_batch_from_its_dataloader_worker(weights, tmp_path):
+    # A DataLoader worker hands each tensor of a batch over as a file descriptor: the main process
+    # connects to the worker's multiprocessing resource_sharer thread, authenticates, asks for it.
+    # A stop signal in that handshake (here the main process blocks in it) breaks the connection
+    # off, and the worker's thread printed an EOFError traceback from resource_sharer.py after the
+    # "stopped by" line (seen once in 9 `timeout -s TERM` runs of a docs audit).
+    run, busy = tmp_path / "run", tmp_path / "busy"
+    patch = textwrap.dedent(f"""
+        import multiprocessing.connection as _mpc
+        _main, _answer = os.getpid(), _mpc.answer_challenge
+        def _blocking_answer(connection, authkey):
+            if os.getpid() == _main:  # the main process fetching a tensor from the worker
+                block({str(busy)!r})
+            return _answer(connection, authkey)
+        _mpc.answer_challenge = _blocking_answer
+    """)
+    args = [f"weights={weights}", "data.val.num_images=3", "data.val.height=64", "data.val.width=64",
+            "eval.max_images=null", "data.num_workers=1", "device=cpu", f"hydra.run.dir={run}"]
+    status, err = _run_and_stop("eval", args, patch, busy.exists, signal.SIGTERM, MAIN_ONLY)
+    line = _assert_stopped(status, err, "eval", signal.SIGTERM)
+    assert "eval_results.json not written (no metrics)" in line
+
+
+def test_eval_stopped_while_forking_its_dataloader_worker(weights, tmp_path):
+    # A signal during fork() runs its handler in the first Python code after it: an at-fork
+    # callback (logging's _releaseLock; here one like it that waits for the signal). An exception
+    # there is printed as "Exception ignored in ..." and dropped, so eval went on to the end (seen
+    # in 2 of 21 group-SIGTERM runs of tools/eval.py, the signal as the workers started).
+    run, busy = tmp_path / "run", tmp_path / "busy"
+    patch = textwrap.dedent(f"""
+        import panfpn.utils.stop_signals as _stop
+        _handle, _got = _stop.StopSignals._handle, []
+        def _counting(self, signum, frame):
+            _got.append(signum)
+            return _handle(self, signum, frame)
+        _stop.StopSignals._handle = _counting
+        _main = os.getpid()
+        def _after_in_parent():
+            if os.getpid() == _main and _stop._ACTIVE is not None and not _got:
+                _Path({str(busy)!r}).write_text("1")
+                while not _got:
+                    _time.sleep(0.01)
+        os.register_at_fork(after_in_parent=_after_in_parent)
+    """)
+    args = [f"weights={weights}", "data.val.num_images=3", "data.val.height=64", "data.val.width=64",
+            "eval.max_images=null", "data.num_workers=1", "device=cpu", f"hydra.run.dir={run}"]
+    status, err = _run_and_stop("eval", args, patch, busy.exists, signal.SIGTERM, MAIN_ONLY)
+    line = _assert_stopped(status, err, "eval", signal.SIGTERM)
+    assert "eval_results.json not written (no metrics)" in line
+
+
 # ----------------------------------------------------------------------------------------------
 # tools/merge.py (CPU: a fork pool of workers that read, merge and write)
 

@@ -98,7 +98,7 @@ def check_relaunch(task: DictConfig, overrides: Sequence[str], swept: Collection
             f"resume=true would continue the run in output_dir {folder} (checkpoint {checkpoints[0].name}) made with "
             f"other values of the keys this sweep varies: {'; '.join(differ)} (its record {OVERRIDES_RECORD}: "
             f"{' '.join(recorded) or 'no overrides'}); re-launch with that sweep's grid in its order (job k gets "
-            "folder k again; with one swept key, new values after the old ones) or give this launch a new "
+            "folder k again; new values only after the old ones of the first swept key) or give this launch a new "
             "hydra.sweep.dir")
     logger.info("sweep check: %s holds a run made with this job's %s: resume=true continues it", folder,
                 _shown(mine, swept))

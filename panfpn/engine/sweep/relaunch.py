@@ -61,7 +61,7 @@ def _parsed_values(overrides: Sequence[str]) -> dict[str, tuple[str, Any]]:
 
 def _differences(mine: dict[str, tuple[str, Any]], theirs: dict[str, tuple[str, Any]],
                  swept: Collection[str]) -> list[str]:
-    """``key: X there, Y in this job`` for each swept key whose values differ."""
+    """``key=X there, key=Y in this job`` (``no key`` where a side lacks it) for each swept key whose values differ."""
     out = []
     for key in swept:
         here = mine.get(key, (None, ABSENT))
@@ -78,9 +78,10 @@ def check_relaunch(task: DictConfig, overrides: Sequence[str], swept: Collection
     (or none); a folder with checkpoints and no readable record is logged as a warning."""
     from panfpn.engine.training.checkpoint import resume_candidates
 
-    folder = Path(str(OmegaConf.select(task, "output_dir") or ""))
-    if not swept or not OmegaConf.select(task, "resume") or not folder.is_dir():
+    output_dir = OmegaConf.select(task, "output_dir")
+    if not swept or not output_dir or not OmegaConf.select(task, "resume") or not Path(str(output_dir)).is_dir():
         return
+    folder = Path(str(output_dir))
     checkpoints = resume_candidates(folder)
     if not checkpoints:
         return

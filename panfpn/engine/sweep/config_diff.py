@@ -44,7 +44,8 @@ def _flatten(node: Any, prefix: str, out: dict[str, str]) -> None:
         out[prefix] = json.dumps(node, default=str)
 
 
-def _override_key(override: str) -> str:
+def override_key(override: str) -> str:
+    """The config key (or group) an override sets: ``+a.b@pkg=1`` -> ``a.b``."""
     key = override.partition("=")[0].lstrip("+~")
     return key.partition("@")[0]
 
@@ -60,7 +61,7 @@ def unexplained_differences(configs: Sequence[dict[str, str] | None],
     present = [c for c in configs if c is not None]
     if len(present) < 2:
         return []
-    keyed = [{_override_key(o): o for o in job} for job in overrides]
+    keyed = [{override_key(o): o for o in job} for job in overrides]
     varying = {k for k in set().union(*keyed) if len({job.get(k) for job in keyed}) > 1}
     keys = list(dict.fromkeys(k for c in present for k in c))
     return [k for k in keys if k.split(".")[0] not in IGNORED and not _explained(k, varying)

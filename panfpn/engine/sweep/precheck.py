@@ -10,7 +10,9 @@ its start (:mod:`panfpn.engine.training.start_checks`), then a dry start of it
 named or present, the solver, the job's folder, with ``resume=true`` its checkpoint, the data
 files present; each distinct config of a part once). A job's folder is hydra's ``hydra.sweep.dir`` /
 ``hydra.sweep.subdir`` resolved for that job, as its launcher resolves it (``_job_config``); two jobs
-with one folder are refused (:func:`claim_folder`). Optuna's checked values are not its trials, so
+with one folder are refused (:func:`claim_folder`), as is a ``resume=true`` job whose folder holds a run
+made with other values of the keys this launch sweeps (:mod:`panfpn.engine.sweep.relaunch`: a
+re-launch whose grid changed). Optuna's checked values are not its trials, so
 their folders are not checked.
 
 - Basic sweeper: every job of the grid.
@@ -159,15 +161,18 @@ def claim_folder(folders: dict[str, int], task: DictConfig, num: int) -> None:
 
 
 def check_job(master: DictConfig, overrides: Sequence[str], num: int, here: bool = True,
-              dry: DryStart | None = None, folders: dict[str, int] | None = None) -> str | None:
+              dry: DryStart | None = None, folders: dict[str, int] | None = None,
+              swept: Sequence[str] = ()) -> str | None:
     """The error (one line) a job with ``overrides`` would stop with at its start; None when its
     config passes every start check (and ``dry``'s dry start of it, when given). The job's
     ``hydra.job.env_set`` is set while it is checked (as hydra sets it around the job); with
     ``here`` False (the jobs run on other machines) an error from this machine's files or
     environment is logged, not returned. ``folders``: the job folders of the jobs checked before
-    (:func:`claim_folder`; None: not compared)."""
+    (:func:`claim_folder`; None: not compared). ``swept``: the keys this launch sweeps, whose values
+    a ``resume=true`` job's folder must record (:func:`~panfpn.engine.sweep.relaunch.check_relaunch`)."""
     from hydra.core.utils import env_override
 
+    from panfpn.engine.sweep.relaunch import check_relaunch
     from panfpn.engine.training.start_checks import check_job_start, check_training_config
 
     saved = HydraConfig.instance().cfg
@@ -181,6 +186,8 @@ def check_job(master: DictConfig, overrides: Sequence[str], num: int, here: bool
             check_training_config(task, list(overrides))
             if folders is not None:
                 claim_folder(folders, task, num)
+            if swept:
+                check_relaunch(task, overrides, swept)
             if dry is not None:
                 dry.check(task, env)
     except Exception as err:  # noqa: BLE001 - whatever stops the job at its start is reported, one line each
@@ -206,11 +213,14 @@ def _bad_candidates(config: DictConfig, candidates: list[tuple[str, list[str]]],
                     dry: DryStart | None = None) -> list[tuple[int, str]]:
     """``(index, error)`` of each failing candidate; under Optuna, a value failing as the fixed
     overrides alone do is not listed again."""
+    from panfpn.engine.sweep.relaunch import swept_keys
+
     bad: list[tuple[int, str]] = []
     here = str(OmegaConf.select(config, "hydra.launcher._target_", default="")) in LOCAL_LAUNCHERS
     folders: dict[str, int] | None = {} if dry is not None and dry.job_folders else None  # jobs, not Optuna's values
+    swept = swept_keys(_sweeper_arguments(config)) if folders is not None else []
     for num, (_, overrides) in enumerate(candidates):
-        error = check_job(config, overrides, num, here, dry, folders)
+        error = check_job(config, overrides, num, here, dry, folders, swept)
         if error is not None and not (bad and candidates[bad[0][0]][0] == FIXED and bad[0][1] == error):
             bad.append((num, error))
     return bad

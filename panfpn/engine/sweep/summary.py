@@ -35,6 +35,7 @@ from panfpn.utils.json_values import nonfinite_to_null
 
 logger = logging.getLogger("panfpn")
 SUMMARY_FILES = ("summary.csv", "summary.json", "summary.html")
+OVERRIDES_RECORD = Path(".hydra", "overrides.yaml")  # hydra's record of a job's overrides, per job folder
 LOCK_FILE = "train.lock"  # panfpn.engine.training.run_lock's (not imported: it imports torch)
 # (column, eval_results.json path): the metrics of a row, percent.
 METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -54,7 +55,7 @@ COLUMNS = ("job", "status", "params", "overrides", *METRIC_NAMES, "objective", "
 def is_run_dir(path: Path) -> bool:
     """A folder one job wrote: its status, its results or hydra's record of it."""
     return (path / JOB_STATUS).is_file() or (path / EVAL_RESULTS).is_file() \
-        or (path / ".hydra" / "overrides.yaml").is_file()
+        or (path / OVERRIDES_RECORD).is_file()
 
 
 def find_run_dirs(roots: Iterable[str | os.PathLike]) -> list[Path]:
@@ -120,7 +121,7 @@ def _read_json(path: Path, problems: list[str] | None = None) -> dict | None:
     return data
 
 
-def _read_overrides(path: Path, problems: list[str]) -> list[str]:
+def read_overrides(path: Path, problems: list[str]) -> list[str]:
     """hydra's overrides.yaml (a list of strings); [] and a problem when unreadable, not a traceback
     that would stop the whole summary (and a multirun's callback)."""
     if not path.is_file():
@@ -141,7 +142,7 @@ def job_row(run_dir: Path, base: Path | None = None) -> dict[str, Any]:
     problems: list[str] = []
     status = _read_json(run_dir / JOB_STATUS, problems) or {}
     results = _read_json(run_dir / EVAL_RESULTS, problems) or {}
-    overrides = _read_overrides(run_dir / ".hydra" / "overrides.yaml", problems)
+    overrides = read_overrides(run_dir / OVERRIDES_RECORD, problems)
     row: dict[str, Any] = {
         "job": _job_name(run_dir, base),
         "status": status.get("status", "unknown"),

@@ -1,0 +1,109 @@
+"""A re-launched sweep's job folders against this launch's grid (:mod:`panfpn.engine.sweep.precheck`).
+
+A job with ``resume=true`` continues the run its folder (``hydra.sweep.dir``/``hydra.sweep.subdir``,
+``${hydra.job.num}`` by default) holds, under the job's own config: resume only warns at changed
+solver values. A sweep ``solver.base_lr=0.01,0.02`` re-launched as ``solver.base_lr=0.005,0.01,0.02``
+in the same ``hydra.sweep.dir`` would have job 0 (lr 0.005) continue folder 0's lr-0.01 run, and the
+summary pair each folder with the wrong config. So each job whose folder holds checkpoints must
+have, for every key this launch sweeps, the value the folder's hydra record
+(``.hydra/overrides.yaml``, written at each job's start) gives it; a key the record lacks differs.
+
+Swept: a key given a list of values, ``choice``, ``range``, ``interval`` or ``glob`` on the command
+line or in ``hydra.sweeper.params`` (one value in a ``choice`` is still a sweep). Keys given one value
+for every job (``solver.max_iter=8`` to extend the runs, ``resume=true``) are not compared. Values are
+compared as hydra parses them (``0.01`` and ``1e-2`` are one value).
+
+A folder with checkpoints but no readable record (a run copied there, ``hydra.output_subdir=null``)
+is logged as a warning and resumed: nothing tells which config made it, and refusing would stop
+every re-launch of a sweep run without hydra's record.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Collection, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from panfpn.engine.sweep.config_diff import override_key
+from panfpn.engine.sweep.summary import OVERRIDES_RECORD, read_overrides
+from panfpn.utils.errors import ConfigError
+
+logger = logging.getLogger("panfpn")
+ABSENT = object()  # a key the record does not name
+
+
+def swept_keys(arguments: Sequence[str]) -> list[str]:
+    """The keys (groups) the sweeper's ``arguments`` sweep, in their order."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(arguments))
+    return list(dict.fromkeys(override_key(o.get_key_element()) for o in parsed if o.is_sweep_override()))
+
+
+def _parsed_values(overrides: Sequence[str]) -> dict[str, tuple[str, Any]]:
+    """key -> (the text after ``=``, the value as hydra parses it; the text when it cannot)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    out: dict[str, tuple[str, Any]] = {}
+    for text in overrides:
+        value = text.partition("=")[2]
+        try:
+            parsed = parser.parse_override(text).value()
+        except OverrideParseException:
+            parsed = value
+        out[override_key(text)] = (value, parsed)
+    return out
+
+
+def _differences(mine: dict[str, tuple[str, Any]], theirs: dict[str, tuple[str, Any]],
+                 swept: Collection[str]) -> list[str]:
+    """``key=X there, key=Y in this job`` (``no key`` where a side lacks it) for each swept key whose values differ."""
+    out = []
+    for key in swept:
+        here = mine.get(key, (None, ABSENT))
+        there = theirs.get(key, (None, ABSENT))
+        if here[1] != there[1]:
+            shown = [f"{key}={v[0]}" if v[1] is not ABSENT else f"no {key}" for v in (there, here)]
+            out.append(f"{shown[0]} there, {shown[1]} in this job")
+    return out
+
+
+def check_relaunch(task: DictConfig, overrides: Sequence[str], swept: Collection[str]) -> None:
+    """ConfigError when the job (config ``task``, ``overrides``) has ``resume=true`` and its folder
+    (``output_dir``) holds checkpoints whose hydra record gives a key of ``swept`` another value
+    (or none); a folder with checkpoints and no readable record is logged as a warning."""
+    from panfpn.engine.training.checkpoint import resume_candidates
+
+    output_dir = OmegaConf.select(task, "output_dir")
+    if not swept or not output_dir or not OmegaConf.select(task, "resume") or not Path(str(output_dir)).is_dir():
+        return
+    folder = Path(str(output_dir))
+    checkpoints = resume_candidates(folder)
+    if not checkpoints:
+        return
+    mine = _parsed_values(overrides)
+    problems: list[str] = []
+    recorded = read_overrides(folder / OVERRIDES_RECORD, problems)
+    if problems or not (folder / OVERRIDES_RECORD).is_file():
+        logger.warning("sweep check: %s holds checkpoints (%s) but %s: which config made them is not known; "
+                       "resume=true continues them as this job's run (%s)", folder, checkpoints[0].name,
+                       problems[0] if problems else f"no hydra record ({OVERRIDES_RECORD})", _shown(mine, swept))
+        return
+    differ = _differences(mine, _parsed_values(recorded), swept)
+    if differ:
+        raise ConfigError(
+            f"resume=true would continue the run in output_dir {folder} (checkpoint {checkpoints[0].name}) made with "
+            f"other values of the keys this sweep varies: {'; '.join(differ)} (its record {OVERRIDES_RECORD}: "
+            f"{' '.join(recorded) or 'no overrides'}); re-launch with that sweep's grid in its order (job k gets "
+            "folder k again; new values only after the old ones of the first swept key) or give this launch a new "
+            "hydra.sweep.dir")
+    logger.info("sweep check: %s holds a run made with this job's %s: resume=true continues it", folder,
+                _shown(mine, swept))
+
+
+def _shown(values: dict[str, tuple[str, Any]], swept: Collection[str]) -> str:
+    return " ".join(f"{key}={values[key][0]}" for key in swept if key in values)

@@ -251,7 +251,9 @@ def _quiet_when_a_receiver_hangs_up() -> None:
     hang-up is left unsaid here; any other error of that thread is printed as before."""
     from multiprocessing import resource_sharer
 
-    serve = resource_sharer._ResourceSharer._serve.__code__
+    serve = getattr(getattr(getattr(resource_sharer, "_ResourceSharer", None), "_serve", None), "__code__", None)
+    if serve is None:  # another Python's internals: its thread's errors are printed as they come
+        return
     previous = sys.excepthook
 
     def hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:

@@ -16,14 +16,7 @@ from omegaconf import DictConfig
 
 from panfpn.engine.training.job import TrainingInterrupted, run_training_job
 from panfpn.engine.training.job_signals import JobStopped, JobStoppedError
-from panfpn.engine.tool_errors import input_errors_exit_2
-
-
-def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+from panfpn.engine.tool_errors import in_multirun, input_errors_exit_2
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
@@ -32,13 +25,13 @@ def main(cfg: DictConfig) -> float | None:
     try:
         result = run_training_job(cfg)
     except JobStopped as stopped:  # while starting, or while a failure was written: no checkpoint
-        if _in_multirun():  # as an Exception: the sweep callback records the job, then stops the sweep
+        if in_multirun():  # as an Exception: the sweep callback records the job, then stops the sweep
             raise JobStoppedError(stopped) from None
         print(f"training {stopped}; job_status.json says interrupted", file=sys.stderr)
         sys.exit(128 + stopped.signum)
     if result["interrupted"]:
         stopped = TrainingInterrupted(int(result["signal"]), result["iteration"], result["checkpoint"])
-        if _in_multirun():  # the sweep callback records the job, then stops the sweep
+        if in_multirun():  # the sweep callback records the job, then stops the sweep
             raise stopped
         print(stopped, file=sys.stderr)
         sys.exit(128 + stopped.signum)

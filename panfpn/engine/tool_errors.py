@@ -83,7 +83,8 @@ def input_error(err: BaseException) -> BaseException | None:
     return None
 
 
-def _in_multirun() -> bool:
+def in_multirun() -> bool:
+    """Whether hydra runs this job as part of a multirun (``-m``); False before hydra is imported."""
     if "hydra" not in sys.modules:
         return False
     from hydra.core.hydra_config import HydraConfig
@@ -114,7 +115,7 @@ class InputErrorsExit(ContextDecorator):
 
     def __exit__(self, kind: type | None, err: BaseException | None, tb: TracebackType | None) -> None:
         known = input_error(err) if isinstance(err, Exception) else None
-        if known is None or os.environ.get("HYDRA_FULL_ERROR") == "1" or _in_multirun():
+        if known is None or os.environ.get("HYDRA_FULL_ERROR") == "1" or in_multirun():
             return None
         if launch_rank() == 0:
             print(error_line(self.tool, known), file=sys.stderr, flush=True)

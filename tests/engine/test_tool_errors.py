@@ -103,7 +103,7 @@ def test_known_error_exits_2_with_one_line_on_rank_0_only(monkeypatch, capsys):
     with pytest.raises(ConfigError), input_errors_exit_2("eval"):  # the full trace asked for
         raise ConfigError("config key 'weights' is bad")
     monkeypatch.delenv("HYDRA_FULL_ERROR")
-    monkeypatch.setattr(tool_errors, "_in_multirun", lambda: True)
+    monkeypatch.setattr(tool_errors, "in_multirun", lambda: True)
     with pytest.raises(ConfigError), input_errors_exit_2("train"):  # hydra's sweep callback records the job
         raise ConfigError("config key 'weights' is bad")
 

@@ -38,7 +38,8 @@ IGNORED: dict[str, tuple[str, ...]] = {
 }
 
 
-def _under(key: str, prefixes: Sequence[str]) -> bool:
+def under(key: str, prefixes: Sequence[str]) -> bool:
+    """Whether config key ``key`` is one of ``prefixes`` or inside one (``a.b`` is under ``a``)."""
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
@@ -51,12 +52,12 @@ def unread_overrides(tool: str, overrides: Sequence[str],
     from panfpn.engine.model_spec import parse_overrides
 
     unread, read = REFUSED[tool]
-    used = _interpolated(cfg, lambda key: _under(key, (*unread, *IGNORED[tool])) and not _under(key, read)) \
+    used = _interpolated(cfg, lambda key: under(key, (*unread, *IGNORED[tool])) and not under(key, read)) \
         if cfg is not None else set()
     parsed = [(o.input_line, o.key_or_group) for o in parse_overrides(overrides)]
-    parsed = [(line, key) for line, key in parsed if not any(_under(key, [u]) or _under(u, [key]) for u in used)]
-    refused = [(line, key) for line, key in parsed if _under(key, unread) and not _under(key, read)]
-    ignored = [(line, key) for line, key in parsed if _under(key, IGNORED[tool])]
+    parsed = [(line, key) for line, key in parsed if not any(under(key, [u]) or under(u, [key]) for u in used)]
+    refused = [(line, key) for line, key in parsed if under(key, unread) and not under(key, read)]
+    ignored = [(line, key) for line, key in parsed if under(key, IGNORED[tool])]
     return refused, ignored
 
 
@@ -85,7 +86,7 @@ def _interpolated(cfg: DictConfig, unread: Callable[[str], bool]) -> set[str]:
     while todo:  # a read key's value read through an unread one: that value's keys are read too
         ref = todo.pop()
         for key, refs in values.items():
-            if _under(key, [ref]):
+            if under(key, [ref]):
                 todo += [r for r in refs - found]
                 found |= refs
     return found

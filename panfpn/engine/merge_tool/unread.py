@@ -8,21 +8,16 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from panfpn.engine.config.unread import under
+from panfpn.engine.sweep.config_diff import override_key
 from panfpn.utils.errors import ConfigError
 
 READ = ("merge", "device", "output_dir", "hydra")  # the keys (and sections) tools/merge.py reads
 
 
-def override_key(override: str) -> str:
-    """The config key or group of one override as typed: ``+a.b=1`` -> ``a.b``, ``~a`` -> ``a``,
-    ``group@pkg=x`` -> ``group``."""
-    return override.lstrip("~+").split("=", 1)[0].split("@", 1)[0].strip()
-
-
 def refuse_unread_keys(overrides: Sequence[str]) -> None:
     """ConfigError naming each of ``overrides`` whose key tools/merge.py never reads."""
-    refused = [o for o in overrides
-               if not any(override_key(o) == k or override_key(o).startswith(k + ".") for k in READ)]
+    refused = [o for o in overrides if not under(override_key(o), READ)]
     if refused:
         them = "it" if len(refused) == 1 else "them"
         raise ConfigError(f"tools/merge.py does not read {', '.join(refused)}: it reads merge.*, device and "

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from panfpn.engine.config.unread import under
+
 logger = logging.getLogger("panfpn")
 CONFIG_FILE = "config.yaml"  # the resolved config tools/train.py writes into the run folder
 IGNORED = ("output_dir", "resume")  # differ between runs by design
@@ -50,10 +52,6 @@ def override_key(override: str) -> str:
     return key.partition("@")[0]
 
 
-def _explained(key: str, override_keys: set[str]) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in override_keys)
-
-
 def unexplained_differences(configs: Sequence[dict[str, str] | None],
                             overrides: Sequence[Sequence[str]]) -> list[str]:
     """The config keys whose values differ between the jobs with a config, not under an override
@@ -64,7 +62,7 @@ def unexplained_differences(configs: Sequence[dict[str, str] | None],
     keyed = [{override_key(o): o for o in job} for job in overrides]
     varying = {k for k in set().union(*keyed) if len({job.get(k) for job in keyed}) > 1}
     keys = list(dict.fromkeys(k for c in present for k in c))
-    return [k for k in keys if k.split(".")[0] not in IGNORED and not _explained(k, varying)
+    return [k for k in keys if k.split(".")[0] not in IGNORED and not under(k, varying)
             and len({c.get(k, "<absent>") for c in present}) > 1]
 
 

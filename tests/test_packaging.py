@@ -32,7 +32,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
         pytest.skip(f"needs setuptools >= 77 in this environment to build without isolation (has {version})")
     src = tmp_path_factory.mktemp("src")
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
     for name in ("panfpn", "configs"):
         shutil.copytree(ROOT / name, src / name, symlinks=True, ignore=ignore)
@@ -62,7 +62,8 @@ def test_wheel_carries_configs_and_license(wheel: tuple[Path, str]) -> None:
     expected = {"panfpn/configs/" + str(p.relative_to(ROOT / "configs")) for p in (ROOT / "configs").rglob("*.yaml")}
     assert expected and expected <= shipped, sorted(expected - shipped)
     assert "panfpn/data/coco_panoptic_categories.json" in names
-    assert "License-Expression: Apache-2.0" in metadata
+    assert "License-Expression: Apache-2.0" in metadata and "License-File: LICENSE" in metadata
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
 
 def test_installed_wheel_builds_a_zoo_model(wheel: tuple[Path, str], tmp_path: Path) -> None:

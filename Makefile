@@ -31,7 +31,7 @@ device-wheels: $(STAMP)
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 		--platform manylinux2014_x86_64 -d .whl hydra-core==1.3.8 omegaconf==2.3.1 \
-		pycocotools pyspng hotcoco
+		pycocotools pyspng hotcoco scipy  # scipy (~35 MB): Mask2Former's matcher, bench/mask2former.py
 	$(PYTHON) -m pip wheel -q --no-deps -w .whl antlr4-python3-runtime==4.9.3  # sdist only: build it
 
 clean:

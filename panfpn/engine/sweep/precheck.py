@@ -179,6 +179,7 @@ def check_job(master: DictConfig, overrides: Sequence[str], num: int, here: bool
     try:
         task = _job_config(master, overrides, num)
         env = {str(k): str(v) for k, v in (OmegaConf.select(task, "hydra.job.env_set") or {}).items()}
+        record_subdir = OmegaConf.select(task, "hydra.output_subdir")  # where hydra writes the job's record
         with read_write(task), open_dict(task):
             del task["hydra"]  # as the job gets it; HydraConfig holds its own copy
         with env_override(env):
@@ -187,7 +188,7 @@ def check_job(master: DictConfig, overrides: Sequence[str], num: int, here: bool
             if folders is not None:
                 claim_folder(folders, task, num)
             if swept:
-                check_relaunch(task, overrides, swept)
+                check_relaunch(task, overrides, swept, record_subdir)
             if dry is not None:
                 dry.check(task, env)
     except Exception as err:  # noqa: BLE001 - whatever stops the job at its start is reported, one line each

@@ -36,7 +36,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -243,21 +243,30 @@ def _shown(candidates: list[tuple[str, list[str]]], bad: list[tuple[int, str]]) 
     return [f"  {candidates[i][0]} [{rows[i]['params'] or ' '.join(candidates[i][1])}]: {error}" for i, error in bad]
 
 
+def _refuse_on_error(check: Callable[[DictConfig], Any], config: DictConfig) -> Any:
+    """``check(config)``; its error as one line on stderr (no traceback) and exit status 1."""
+    try:
+        return check(config)
+    except Exception as err:  # noqa: BLE001 - whatever refuses the sweep, in one line
+        print(f"sweep refused before any job started: {_one_line(err)}", file=sys.stderr)
+        sys.exit(1)
+
+
 def refuse_bad_sweep(config: DictConfig) -> None:
     """Check every candidate config; on any failure print one line per bad one (label, the overrides
     that differ between the jobs, error) on stderr and exit with status 1 before any job starts."""
     if not _training(config):
         return  # tools/eval.py etc. share configs/config.yaml's callbacks: their jobs check other keys
     started = time.perf_counter()
-    try:
-        candidates = sweep_candidates(config)
-    except Exception as err:  # noqa: BLE001 - a sweep hydra cannot expand: its own words, no traceback
-        print(f"sweep refused before any job started: {_one_line(err)}", file=sys.stderr)
-        sys.exit(1)
+    candidates = _refuse_on_error(sweep_candidates, config)  # a sweep hydra cannot expand: its own words
     if candidates is None:
         logger.info("sweep check: hydra.sweeper %s is not checked before its jobs start",
                     OmegaConf.select(config, "hydra.sweeper._target_", default=None))
         return
+    if OmegaConf.select(config, "hydra.sweeper._target_", default=None) == OPTUNA:
+        from panfpn.engine.sweep.sweep_dir import check_optuna_sweep_dir
+
+        _refuse_on_error(check_optuna_sweep_dir, config)  # trials renumbered from 0: an earlier sweep's folders
     from panfpn.engine.training.dry_start import DryStart
 
     dry = DryStart(job_folders=OmegaConf.select(config, "hydra.sweeper._target_", default=None) == BASIC)

@@ -13,7 +13,8 @@ files present; each distinct config of a part once). A job's folder is hydra's `
 with one folder are refused (:func:`claim_folder`), as is a ``resume=true`` job whose folder holds a run
 made with other values of the keys this launch sweeps (:mod:`panfpn.engine.sweep.relaunch`: a
 re-launch whose grid changed). Optuna's checked values are not its trials, so
-their folders are not checked.
+their folders are not checked one by one; its ``hydra.sweep.dir`` must hold no runs
+(:mod:`panfpn.engine.sweep.sweep_dir`: its trials, numbered from 0 at each launch, would replace them).
 
 - Basic sweeper: every job of the grid.
 - Optuna sweeper: the trials are sampled while the sweep runs, so each value it may take is

@@ -132,8 +132,12 @@ def test_an_optuna_sweep_whose_trial_folder_a_live_training_holds_is_refused(cap
     assert ADVICE in err
 
 
-def test_an_optuna_sweep_into_a_new_folder_is_not_refused_for_its_folder(tmp_path):
+def test_an_optuna_sweep_into_a_new_folder_is_not_refused_for_its_folder(capsys, tmp_path):
     assert _refused_optuna(*FAST, *OPTUNA, f"hydra.sweep.dir={tmp_path / 'new'}") is None
+    (tmp_path / "file").write_text("not a folder")  # before: a FileExistsError traceback from hydra
+    with pytest.raises(SystemExit):
+        _refused_optuna(*FAST, *OPTUNA, f"hydra.sweep.dir={tmp_path / 'file'}")
+    assert f"hydra.sweep.dir {tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
 
 
 def _refused_optuna(*overrides: str) -> None:

@@ -79,6 +79,9 @@ def check_optuna_sweep_dir(config: DictConfig) -> None:
     """ConfigError when the Optuna sweep's ``hydra.sweep.dir`` holds runs or an earlier study's
     results: its trials would replace or continue them, and its summary mix them in."""
     sweep = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
+    if sweep.exists() and not sweep.is_dir():
+        raise ConfigError(f"hydra.sweep.dir {sweep} is a file, not a folder: the trials cannot make their folders "
+                          "there; give this sweep a new hydra.sweep.dir")
     if not sweep.is_dir():
         return  # a new folder: hydra makes it for the first trial
     runs = earlier_runs(sweep, OmegaConf.select(config, "hydra.output_subdir", default=".hydra"))

@@ -107,3 +107,47 @@ def test_a_folder_with_checkpoints_and_no_record_is_resumed_with_a_warning(capsy
     assert "solver.base_lr=0.02 there, solver.base_lr=0.01 in this job" in lines[0], lines
     assert any(f"{sweep / '0'} holds checkpoints (model_final.pth) but no hydra record" in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+def _move_records(sweep: Path, subdir: str) -> None:
+    """Each job's hydra record moved to ``subdir``, as ``hydra.output_subdir=SUBDIR`` writes it
+    (``config.yaml``, ``hydra.yaml``, ``overrides.yaml``; checked by hand with a real sweep)."""
+    for job in ("0", "1"):
+        (sweep / job / ".hydra").rename(sweep / job / subdir)
+
+
+def test_a_record_under_a_non_default_output_subdir_refuses_a_changed_grid(capsys, caplog, first_sweep, tmp_path):
+    """``hydra.output_subdir=.cfg``: the records are in each job's ``.cfg``; they were not looked for
+    there (a warning, and folder k's run continued under job k's other lr)."""
+    sweep = _copy(first_sweep, tmp_path)
+    _move_records(sweep, ".cfg")
+    with caplog.at_level(logging.WARNING, logger="panfpn"):
+        lines = _refused(capsys, *TINY, *NO_EVAL, "seed=1", "solver.base_lr=0.005,0.01,0.02", "resume=true",
+                         "hydra.output_subdir=.cfg", f"hydra.sweep.dir={sweep}")
+    assert lines is not None and [line.split(" [")[0] for line in lines] == ["job 0", "job 1"], lines
+    assert "solver.base_lr=0.01 there, solver.base_lr=0.005 in this job (its record .cfg/overrides.yaml: " in lines[0]
+    assert not any("no hydra record" in r.getMessage() for r in caplog.records)
+
+
+def test_a_record_under_a_non_default_output_subdir_resumes_the_same_grid(capsys, caplog, first_sweep, tmp_path):
+    sweep = _copy(first_sweep, tmp_path)
+    _move_records(sweep, ".cfg")
+    with caplog.at_level(logging.INFO, logger="panfpn"):
+        assert _refused(capsys, *TINY, *NO_EVAL, *GRID, "resume=true", "hydra.output_subdir=.cfg",
+                        f"hydra.sweep.dir={sweep}") is None
+    messages = [r.getMessage() for r in caplog.records]
+    for job, lr in (("0", "0.01"), ("1", "0.02")):
+        assert f"sweep check: {sweep / job} holds a run made with this job's solver.base_lr={lr}: resume=true " \
+               "continues it" in messages, messages
+    assert not any("no hydra record" in m for m in messages), messages
+
+
+def test_a_record_under_another_output_subdir_than_this_launch_is_found(capsys, first_sweep, tmp_path):
+    """The runs were made with ``hydra.output_subdir=.cfg``, the re-launch keeps the default ``.hydra``:
+    the record is found in the job folder's subfolder holding hydra's files."""
+    sweep = _copy(first_sweep, tmp_path)
+    _move_records(sweep, ".cfg")
+    lines = _refused(capsys, *TINY, *NO_EVAL, "seed=1", "solver.base_lr=0.02,0.01", "resume=true",
+                     f"hydra.sweep.dir={sweep}")
+    assert lines is not None and [line.split(" [")[0] for line in lines] == ["job 0", "job 1"], lines
+    assert "solver.base_lr=0.01 there, solver.base_lr=0.02 in this job (its record .cfg/overrides.yaml: " in lines[0]

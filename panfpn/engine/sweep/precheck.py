@@ -13,7 +13,8 @@ files present; each distinct config of a part once). A job's folder is hydra's `
 with one folder are refused (:func:`claim_folder`), as is a ``resume=true`` job whose folder holds a run
 made with other values of the keys this launch sweeps (:mod:`panfpn.engine.sweep.relaunch`: a
 re-launch whose grid changed). Optuna's checked values are not its trials, so
-their folders are not checked.
+their folders are not checked one by one; its ``hydra.sweep.dir`` must hold no runs
+(:mod:`panfpn.engine.sweep.sweep_dir`: its trials, numbered from 0 at each launch, would replace them).
 
 - Basic sweeper: every job of the grid.
 - Optuna sweeper: the trials are sampled while the sweep runs, so each value it may take is
@@ -36,7 +37,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -179,6 +180,7 @@ def check_job(master: DictConfig, overrides: Sequence[str], num: int, here: bool
     try:
         task = _job_config(master, overrides, num)
         env = {str(k): str(v) for k, v in (OmegaConf.select(task, "hydra.job.env_set") or {}).items()}
+        record_subdir = OmegaConf.select(task, "hydra.output_subdir")  # where hydra writes the job's record
         with read_write(task), open_dict(task):
             del task["hydra"]  # as the job gets it; HydraConfig holds its own copy
         with env_override(env):
@@ -187,7 +189,7 @@ def check_job(master: DictConfig, overrides: Sequence[str], num: int, here: bool
             if folders is not None:
                 claim_folder(folders, task, num)
             if swept:
-                check_relaunch(task, overrides, swept)
+                check_relaunch(task, overrides, swept, record_subdir)
             if dry is not None:
                 dry.check(task, env)
     except Exception as err:  # noqa: BLE001 - whatever stops the job at its start is reported, one line each
@@ -242,21 +244,30 @@ def _shown(candidates: list[tuple[str, list[str]]], bad: list[tuple[int, str]]) 
     return [f"  {candidates[i][0]} [{rows[i]['params'] or ' '.join(candidates[i][1])}]: {error}" for i, error in bad]
 
 
+def _refuse_on_error(check: Callable[[DictConfig], Any], config: DictConfig) -> Any:
+    """``check(config)``; its error as one line on stderr (no traceback) and exit status 1."""
+    try:
+        return check(config)
+    except Exception as err:  # noqa: BLE001 - whatever refuses the sweep, in one line
+        print(f"sweep refused before any job started: {_one_line(err)}", file=sys.stderr)
+        sys.exit(1)
+
+
 def refuse_bad_sweep(config: DictConfig) -> None:
     """Check every candidate config; on any failure print one line per bad one (label, the overrides
     that differ between the jobs, error) on stderr and exit with status 1 before any job starts."""
     if not _training(config):
         return  # tools/eval.py etc. share configs/config.yaml's callbacks: their jobs check other keys
     started = time.perf_counter()
-    try:
-        candidates = sweep_candidates(config)
-    except Exception as err:  # noqa: BLE001 - a sweep hydra cannot expand: its own words, no traceback
-        print(f"sweep refused before any job started: {_one_line(err)}", file=sys.stderr)
-        sys.exit(1)
+    candidates = _refuse_on_error(sweep_candidates, config)  # a sweep hydra cannot expand: its own words
     if candidates is None:
         logger.info("sweep check: hydra.sweeper %s is not checked before its jobs start",
                     OmegaConf.select(config, "hydra.sweeper._target_", default=None))
         return
+    if OmegaConf.select(config, "hydra.sweeper._target_", default=None) == OPTUNA:
+        from panfpn.engine.sweep.sweep_dir import check_optuna_sweep_dir
+
+        _refuse_on_error(check_optuna_sweep_dir, config)  # trials renumbered from 0: an earlier sweep's folders
     from panfpn.engine.training.dry_start import DryStart
 
     dry = DryStart(job_folders=OmegaConf.select(config, "hydra.sweeper._target_", default=None) == BASIC)

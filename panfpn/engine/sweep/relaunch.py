@@ -13,9 +13,12 @@ line or in ``hydra.sweeper.params`` (one value in a ``choice`` is still a sweep)
 for every job (``solver.max_iter=8`` to extend the runs, ``resume=true``) are not compared. Values are
 compared as hydra parses them (``0.01`` and ``1e-2`` are one value).
 
-A folder with checkpoints but no readable record (a run copied there, ``hydra.output_subdir=null``)
-is logged as a warning and resumed: nothing tells which config made it, and refusing would stop
-every re-launch of a sweep run without hydra's record.
+The record is looked for where hydra writes it, the job's own ``hydra.output_subdir`` (``.hydra``
+by default, ``.cfg`` with ``hydra.output_subdir=.cfg``), else in any subfolder of the job's folder
+holding hydra's record (``overrides.yaml`` beside ``hydra.yaml``: the run was made with another
+``hydra.output_subdir``). A folder with checkpoints but no readable record (a run copied there,
+``hydra.output_subdir=null``) is logged as a warning and resumed: nothing tells which config made
+it, and refusing would stop every re-launch of a sweep run without hydra's record.
 """
 
 from __future__ import annotations
@@ -32,6 +35,20 @@ from panfpn.utils.errors import ConfigError
 
 logger = logging.getLogger("panfpn")
 ABSENT = object()  # a key the record does not name
+RECORD_FILES = ("overrides.yaml", "hydra.yaml")  # what hydra writes in a job's hydra.output_subdir
+
+
+def find_record(folder: Path, output_subdir: str | None = OVERRIDES_RECORD.parent.name) -> Path | None:
+    """hydra's ``overrides.yaml`` of the job that ran in ``folder``: in ``output_subdir`` (the job's
+    ``hydra.output_subdir``; None: hydra writes no record), else in the first subfolder (by name)
+    holding hydra's record files (a run made with another ``hydra.output_subdir``); None when none."""
+    if output_subdir is not None and (folder / str(output_subdir) / RECORD_FILES[0]).is_file():
+        return folder / str(output_subdir) / RECORD_FILES[0]
+    try:
+        subfolders = sorted(p for p in folder.iterdir() if p.is_dir())
+    except OSError:  # not a folder, or unreadable: no record to read
+        return None
+    return next((p / RECORD_FILES[0] for p in subfolders if all((p / name).is_file() for name in RECORD_FILES)), None)
 
 
 def swept_keys(arguments: Sequence[str]) -> list[str]:
@@ -72,10 +89,12 @@ def _differences(mine: dict[str, tuple[str, Any]], theirs: dict[str, tuple[str, 
     return out
 
 
-def check_relaunch(task: DictConfig, overrides: Sequence[str], swept: Collection[str]) -> None:
+def check_relaunch(task: DictConfig, overrides: Sequence[str], swept: Collection[str],
+                   output_subdir: str | None = OVERRIDES_RECORD.parent.name) -> None:
     """ConfigError when the job (config ``task``, ``overrides``) has ``resume=true`` and its folder
-    (``output_dir``) holds checkpoints whose hydra record gives a key of ``swept`` another value
-    (or none); a folder with checkpoints and no readable record is logged as a warning."""
+    (``output_dir``) holds checkpoints whose hydra record (:func:`find_record`; ``output_subdir``: the
+    job's ``hydra.output_subdir``) gives a key of ``swept`` another value (or none); a folder with
+    checkpoints and no readable record is logged as a warning."""
     from panfpn.engine.training.checkpoint import resume_candidates
 
     output_dir = OmegaConf.select(task, "output_dir")
@@ -87,17 +106,20 @@ def check_relaunch(task: DictConfig, overrides: Sequence[str], swept: Collection
         return
     mine = _parsed_values(overrides)
     problems: list[str] = []
-    recorded = read_overrides(folder / OVERRIDES_RECORD, problems)
-    if problems or not (folder / OVERRIDES_RECORD).is_file():
+    record = find_record(folder, output_subdir)
+    recorded = read_overrides(record, problems) if record is not None else []
+    if problems or record is None:
+        wanted = "hydra.output_subdir=null" if output_subdir is None else Path(str(output_subdir), RECORD_FILES[0])
         logger.warning("sweep check: %s holds checkpoints (%s) but %s: which config made them is not known; "
                        "resume=true continues them as this job's run (%s)", folder, checkpoints[0].name,
-                       problems[0] if problems else f"no hydra record ({OVERRIDES_RECORD})", _shown(mine, swept))
+                       problems[0] if problems else f"no hydra record ({wanted})", _shown(mine, swept))
         return
     differ = _differences(mine, _parsed_values(recorded), swept)
     if differ:
         raise ConfigError(
             f"resume=true would continue the run in output_dir {folder} (checkpoint {checkpoints[0].name}) made with "
-            f"other values of the keys this sweep varies: {'; '.join(differ)} (its record {OVERRIDES_RECORD}: "
+            f"other values of the keys this sweep varies: {'; '.join(differ)} (its record "
+            f"{record.relative_to(folder) if record.is_relative_to(folder) else record}: "
             f"{' '.join(recorded) or 'no overrides'}); re-launch with that sweep's grid in its order (job k gets "
             "folder k again; new values only after the old ones of the first swept key) or give this launch a new "
             "hydra.sweep.dir")

@@ -32,7 +32,7 @@ def test_a_sweep_whose_job_2_is_invalid_is_refused_before_job_0_writes_anything(
     sweep = tmp_path / "sweep"
     proc = _train_multirun(tmp_path, *tiny_args, *SWEEP_TINY, "solver.base_lr=0.01,0.02,-1", f"hydra.sweep.dir={sweep}")
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 1, out[-3000:]
+    assert proc.returncode == 2, out[-3000:]
     assert not sweep.exists(), sorted(str(p) for p in sweep.rglob("*"))  # no job folder, checkpoint, metrics
     assert not list(tmp_path.rglob("metrics.jsonl")) and not list(tmp_path.rglob("*.pth"))
     assert "Traceback" not in out and "training starts" not in out
@@ -49,7 +49,7 @@ def test_each_bad_job_of_a_grid_is_named_with_its_key(tmp_path, tiny_args):
     sweep = tmp_path / "sweep"
     proc = _train_multirun(tmp_path, *tiny_args, "data.train.transforms.transforms.0.short_edge_lengths=[64],[0]",
                            "solver.max_iter=4,abc", f"hydra.sweep.dir={sweep}")
-    assert proc.returncode == 1, (proc.stdout + proc.stderr)[-3000:]
+    assert proc.returncode == 2, (proc.stdout + proc.stderr)[-3000:]
     assert not sweep.exists()
     lines = _refusal_lines(proc.stderr)
     assert [line.split(" [")[0] for line in lines] == ["job 1", "job 2", "job 3"], proc.stderr
@@ -59,7 +59,7 @@ def test_each_bad_job_of_a_grid_is_named_with_its_key(tmp_path, tiny_args):
 
     # hydra writes a job's booleans as False / True (as in its .hydra/overrides.yaml)
     other = _train_multirun(tmp_path, *tiny_args, "eval.save_predictions=false,true", f"hydra.sweep.dir={sweep}")
-    assert other.returncode == 1 and not sweep.exists(), (other.stdout + other.stderr)[-3000:]
+    assert other.returncode == 2 and not sweep.exists(), (other.stdout + other.stderr)[-3000:]
     lines = _refusal_lines(other.stderr)
     assert lines == [f"job {i} [eval.save_predictions={v}]: tools/train.py does not read eval.save_predictions={v}: "
                      "the run would ignore it; remove it" for i, v in enumerate(("False", "True"))], other.stderr
@@ -71,7 +71,7 @@ def test_optuna_values_are_checked_before_the_first_trial(tmp_path, tiny_args):
     proc = _train_multirun(tmp_path, *tiny_args, *SWEEP_TINY, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
                            "hydra.sweeper.direction=maximize", "solver.base_lr=interval(-0.01,0.02)",
                            "train.objective=choice(pq/All,pq/al,sem_seg/miou)", f"hydra.sweep.dir={sweep}")
-    assert proc.returncode == 1, (proc.stdout + proc.stderr)[-3000:]
+    assert proc.returncode == 2, (proc.stdout + proc.stderr)[-3000:]
     assert not sweep.exists()
     lines = _refusal_lines(proc.stderr)
     assert len(lines) == 3, proc.stderr  # the upper bound and pq/All pass

@@ -91,7 +91,7 @@ def test_the_refusal_comes_before_job_0_trains(trained, tmp_path):
     proc = _train_multirun(tmp_path, *TINY, *NO_EVAL, "model.backbone.depth=34", "resume=true", "seed=1,2",
                            f"hydra.sweep.dir={sweep}")
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 1, out[-3000:]
+    assert proc.returncode == 2, out[-3000:]
     assert not (sweep / "0").exists() and "Traceback" not in out and "training starts" not in out
     lines = _refusal_lines(proc.stderr)
     assert len(lines) == 1 and lines[0].startswith(f"job 1 [seed=2]: resume=true: the model config differs from "

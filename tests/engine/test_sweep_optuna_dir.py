@@ -67,7 +67,7 @@ def test_an_optuna_sweep_launched_again_into_its_folder_is_refused(optuna_sweep,
                                         sweep / "optimization_results.yaml")}
     proc = _train_multirun(tmp_path, *FAST, *OPTUNA, "hydra.sweeper.sampler.seed=1", f"hydra.sweep.dir={sweep}")
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 1, out[-3000:]
+    assert proc.returncode == 2, out[-3000:]
     assert "Traceback" not in out and "training starts" not in out, out[-3000:]
     assert (f"sweep refused before any job started: hydra.sweep.dir {sweep} holds the runs of an earlier sweep "
             f"(2: 0, 1) and its optimization_results.yaml: ") in proc.stderr, proc.stderr
@@ -80,7 +80,7 @@ def test_an_optuna_sweep_resumed_in_its_folder_is_refused(capsys, tmp_path):
     sweep = _fake_sweep(tmp_path, 2)
     with pytest.raises(SystemExit) as stop:
         _refused_optuna(*FAST, *OPTUNA, "resume=true", f"hydra.sweep.dir={sweep}")
-    assert stop.value.code == 1
+    assert stop.value.code == 2
     err = capsys.readouterr().err
     assert f"hydra.sweep.dir {sweep} holds the runs of an earlier sweep (2: 0, 1) and its optimization_results." \
            "yaml: " in err and ADVICE in err, err

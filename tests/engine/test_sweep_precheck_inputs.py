@@ -44,7 +44,7 @@ def _refusal(capsys, *overrides: str) -> str | None:
         try:
             refuse_bad_sweep(cfg)
         except SystemExit as stop:
-            assert stop.code == 1
+            assert stop.code in (1, 2)  # 2: every refusal a known input error (test_sweep_exit_status.py)
             return capsys.readouterr().err
     return None
 
@@ -90,3 +90,33 @@ def test_optuna_s_grid_sampler_is_checked_on_the_values_of_its_grid(capsys):
     err = _refusal(capsys, "hydra/sweeper=optuna", "hydra.sweeper.direction=maximize", "hydra/sweeper/sampler=grid",
                    "train.max_skipped_fraction=range(0.2,2.2,1.0)")  # the grid: 0.2, 1.2
     assert err is not None and "[train.max_skipped_fraction=1.2" in err, err
+
+
+def _exit_status(capsys, *overrides: str) -> tuple[int | None, str]:
+    with multirun_config(*overrides) as cfg:
+        try:
+            refuse_bad_sweep(cfg)
+        except SystemExit as stop:
+            return stop.code, capsys.readouterr().err
+    return None, ""
+
+
+def test_a_sweep_refused_for_input_errors_exits_2_and_one_with_a_bug_exits_1(capsys, monkeypatch):
+    """The status each job would end with alone (docs/training.md: 2 for a known input error, 1 for
+    any other exception): 2 when every refusal is an input error, 1 when one is not."""
+    code, err = _exit_status(capsys, "solver.base_lr=0.01,-1,-2")
+    assert code == 2 and "2 of 3 job configs are invalid" in err, err
+
+    from panfpn.engine.training import start_checks
+
+    check = start_checks.check_training_config
+
+    def bug_in_job_1(task, overrides):
+        if "seed=2" in overrides:
+            raise RuntimeError("a bug, not the user's input")
+        return check(task, overrides)
+
+    monkeypatch.setattr(start_checks, "check_training_config", bug_in_job_1)
+    code, err = _exit_status(capsys, "seed=1,2", "solver.base_lr=0.01,-1")
+    assert code == 1 and "RuntimeError: a bug, not the user's input" in err, err
+    assert "must be a finite number > 0, got -1" in err  # the input errors are still listed

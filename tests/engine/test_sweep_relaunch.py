@@ -51,7 +51,7 @@ def test_a_relaunch_whose_grid_changed_is_refused_before_anything_trains(first_s
     proc = _train_multirun(tmp_path, *TINY, *NO_EVAL, "seed=1", "solver.base_lr=0.005,0.01,0.02", "resume=true",
                            f"hydra.sweep.dir={sweep}")
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 1, out[-3000:]
+    assert proc.returncode == 2, out[-3000:]
     assert "Traceback" not in out and "training starts" not in out
     assert "sweep refused before any job started: 2 of 3 job configs are invalid" in proc.stderr, proc.stderr
     lines = _refusal_lines(proc.stderr)

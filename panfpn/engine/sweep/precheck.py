@@ -37,11 +37,13 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from panfpn.engine.tool_errors import EXIT_INPUT_ERROR, input_error
 
 if TYPE_CHECKING:
     from panfpn.engine.training.dry_start import DryStart
@@ -56,6 +58,14 @@ GRID = "optuna.samplers.GridSampler"
 LOCAL_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher",
                    "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
                    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher")
+
+
+class Refusal(NamedTuple):
+    """Why a job would stop at its start: the error in one line, and whether it is a known input
+    error (:func:`panfpn.engine.tool_errors.input_error`: exit 2 alone, as in the sweep's refusal)."""
+
+    line: str
+    input_error: bool
 
 
 def _sweeper_arguments(config: DictConfig) -> list[str]:
@@ -163,8 +173,8 @@ def claim_folder(folders: dict[str, int], task: DictConfig, num: int) -> None:
 
 def check_job(master: DictConfig, overrides: Sequence[str], num: int, here: bool = True,
               dry: DryStart | None = None, folders: dict[str, int] | None = None,
-              swept: Sequence[str] = ()) -> str | None:
-    """The error (one line) a job with ``overrides`` would stop with at its start; None when its
+              swept: Sequence[str] = ()) -> Refusal | None:
+    """The error a job with ``overrides`` would stop with at its start; None when its
     config passes every start check (and ``dry``'s dry start of it, when given). The job's
     ``hydra.job.env_set`` is set while it is checked (as hydra sets it around the job); with
     ``here`` False (the jobs run on other machines) an error from this machine's files or
@@ -194,7 +204,7 @@ def check_job(master: DictConfig, overrides: Sequence[str], num: int, here: bool
                 dry.check(task, env)
     except Exception as err:  # noqa: BLE001 - whatever stops the job at its start is reported, one line each
         if here or not _from_this_machine(err):
-            return _one_line(err)
+            return Refusal(_one_line(err), input_error(err) is not None)
         logger.info("sweep check: job %d not judged on this machine (its jobs run elsewhere): %s", num, _one_line(err))
     finally:
         HydraConfig.instance().cfg = saved
@@ -212,12 +222,12 @@ def sweep_candidates(config: DictConfig) -> list[tuple[str, list[str]]] | None:
 
 
 def _bad_candidates(config: DictConfig, candidates: list[tuple[str, list[str]]],
-                    dry: DryStart | None = None) -> list[tuple[int, str]]:
+                    dry: DryStart | None = None) -> list[tuple[int, Refusal]]:
     """``(index, error)`` of each failing candidate; under Optuna, a value failing as the fixed
     overrides alone do is not listed again."""
     from panfpn.engine.sweep.relaunch import swept_keys
 
-    bad: list[tuple[int, str]] = []
+    bad: list[tuple[int, Refusal]] = []
     here = str(OmegaConf.select(config, "hydra.launcher._target_", default="")) in LOCAL_LAUNCHERS
     folders: dict[str, int] | None = {} if dry is not None and dry.job_folders else None  # jobs, not Optuna's values
     swept = swept_keys(_sweeper_arguments(config)) if folders is not None else []
@@ -234,28 +244,31 @@ def _training(config: DictConfig) -> bool:
     return main == TOOL or OmegaConf.select(config, "hydra.job.name", default=None) == TOOL
 
 
-def _shown(candidates: list[tuple[str, list[str]]], bad: list[tuple[int, str]]) -> list[str]:
+def _shown(candidates: list[tuple[str, list[str]]], bad: list[tuple[int, Refusal]]) -> list[str]:
     """A line per bad candidate: its label, the overrides that tell the jobs apart (all of them
     when none differ) and the error."""
     from panfpn.engine.sweep.summary import add_params
 
     rows = [{"overrides": overrides} for _, overrides in candidates]
     add_params(rows)
-    return [f"  {candidates[i][0]} [{rows[i]['params'] or ' '.join(candidates[i][1])}]: {error}" for i, error in bad]
+    return [f"  {candidates[i][0]} [{rows[i]['params'] or ' '.join(candidates[i][1])}]: {refusal.line}"
+            for i, refusal in bad]
 
 
 def _refuse_on_error(check: Callable[[DictConfig], Any], config: DictConfig) -> Any:
-    """``check(config)``; its error as one line on stderr (no traceback) and exit status 1."""
+    """``check(config)``; its error as one line on stderr (no traceback) and exit status 2 for a
+    known input error (as a single run's), else 1."""
     try:
         return check(config)
     except Exception as err:  # noqa: BLE001 - whatever refuses the sweep, in one line
         print(f"sweep refused before any job started: {_one_line(err)}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_INPUT_ERROR if input_error(err) is not None else 1)
 
 
 def refuse_bad_sweep(config: DictConfig) -> None:
     """Check every candidate config; on any failure print one line per bad one (label, the overrides
-    that differ between the jobs, error) on stderr and exit with status 1 before any job starts."""
+    that differ between the jobs, error) on stderr and exit before any job starts: status 2 when
+    every one is a known input error (the status each job would end with alone), else 1."""
     if not _training(config):
         return  # tools/eval.py etc. share configs/config.yaml's callbacks: their jobs check other keys
     started = time.perf_counter()
@@ -275,7 +288,7 @@ def refuse_bad_sweep(config: DictConfig) -> None:
     if bad:
         print(f"sweep refused before any job started: {len(bad)} of {len(candidates)} job configs are invalid",
               *_shown(candidates, bad), sep="\n", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_INPUT_ERROR if all(refusal.input_error for _, refusal in bad) else 1)
     logger.info("sweep check: %d job configs valid, dry start built %s (%.2f s)", len(candidates), dry.summary(),
                 time.perf_counter() - started)
 

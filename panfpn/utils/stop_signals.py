@@ -10,7 +10,12 @@ inside ``with STOP:``. There the first signal raises :class:`Stopped` in the mai
 temp file (:mod:`panfpn.utils.atomic`), DataLoader and process pools end their workers. The job
 says what it writes with :func:`describe_outputs`; the message uses the last description, called
 after the unwinding, so it tells what is on disk. A second signal aborts at once, as the default
-action would (its message says so). Worker processes
+action would (its message says so). Once the job has returned (every output written), the handler
+stays for what is left of the process (hydra's end, Python's exit): a signal then says so on the
+same kind of line, ``stopped by SIGTERM after the job had finished: every output was written
+(...)``, and exits 128 + signal at once (``os._exit``: nothing is left to finish); before, the
+default action killed the process silently, and a log could not tell whether the outputs were
+complete. Worker processes
 ignore stop signals from anyone but their parent (:func:`ignore_foreign_stop_signals`: DataLoader
 ``worker_init_fn``, pool initializers) and are ended by it (:func:`terminate_pool`); another process
 forked with the handler exits quietly on the signal. A worker also says nothing when the main process,
@@ -117,7 +122,7 @@ class StopSignals:
     def __init__(self, tool: str) -> None:
         self.tool, self.pid = tool, os.getpid()
         self.signum: int | None = None
-        self.running = self.deferred = False
+        self.running = self.deferred = self.finished = False
         self.describe: Callable[[], str] | None = None
         self._previous: dict[int, Any] = {}
         self._install()
@@ -130,7 +135,7 @@ class StopSignals:
         self._install()  # again for the next job of a hydra multirun
         watch_forks()  # now that the modules with at-fork callbacks are imported
         self.signum, self.describe = None, None
-        self.running, self.deferred, _ACTIVE = True, False, self
+        self.running, self.deferred, self.finished, _ACTIVE = True, False, False, self
         _DEFERRABLE.append(self)
         return self
 
@@ -148,6 +153,11 @@ class StopSignals:
             # releases the locks it holds; the default action would not (a pool's queue lock held by
             # a dead worker makes the parent's Pool.terminate() wait forever).
             raise SystemExit(128 + signum)
+        if self.finished:  # the job returned: nothing to unwind, and an exception may be dropped now
+            self._say(f"stopped by {signal_name(signum)} after the job had finished: every output was "
+                      f"written ({self._written()})")
+            sys.stderr.flush()
+            os._exit(128 + signum)
         if self.signum is not None and (self.deferred or launched_as_several()):  # the launcher ends it
             return
         if self.deferred:
@@ -173,6 +183,9 @@ class StopSignals:
         # another rank's end, unless a Ctrl-C stopped every rank (torchrun passes it on)
         ended = isinstance(exc, EndedElsewhere) and self.signum != signal.SIGINT
         if self.signum is None and not ended:
+            if exc is None:  # done: the handler stays for the rest of the process (module docstring)
+                self.finished = True
+                return False
             restore_handlers(self._previous)
             self._previous.clear()
             return False  # no signal: any exception goes on as it came

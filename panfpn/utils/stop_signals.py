@@ -23,9 +23,10 @@ stopped while fetching a tensor from it, hangs up on its resource_sharer thread.
 fork (workers starting) is raised after it (:mod:`panfpn.utils.fork_window`).
 
 In a multi-process job (torchrun: ``RANK`` / ``WORLD_SIZE``), rank 0 alone says the line; a rank
-stopped or failing leaves a note that rank 0 reads (:mod:`panfpn.engine.rank_errors`), and rank 0,
+stopped or failing leaves a note that the others read (:mod:`panfpn.engine.rank_errors`), and rank 0,
 ending because of it, says :class:`EndedElsewhere`'s one line (``rank 1 was stopped by SIGTERM``,
-``rank 1 failed: BadImageError: ...``) instead of its own consequence (a closed connection, the
+``rank 1 failed: BadImageError: ...``; every rank so ended exits as that rank did: 128 + signal, 2
+for an input error, else 1) instead of its own consequence (a closed connection, the
 launcher's SIGTERM). A second signal there is noted, not an abort: the launcher stops its ranks
 itself (torchrun passes a Ctrl-C or SIGTERM on to each rank, which runs in a session of its own, and
 kills them 30 s later; srun's tasks also get what scancel sends). :func:`defer_stop_signals` (where a failure
@@ -59,13 +60,21 @@ class Stopped(KeyboardInterrupt):
 
 
 class EndedElsewhere(Exception):
-    """The job ends because another of its processes failed or was stopped (raised by rank 0:
-    :class:`panfpn.engine.rank_errors.OtherRankFailedError`). A tool says ``summary`` on one stderr
-    line, no traceback (that process printed its own), and exits 128 + ``signum`` when a signal
-    stopped that process, 1 when it failed."""
+    """The job ends because another of its processes failed or was stopped (raised by the ranks
+    that learn of it: :class:`panfpn.engine.rank_errors.OtherRankFailedError`). A tool says
+    ``summary`` on one stderr line (rank 0), no traceback (that process printed its own), and exits
+    with :meth:`exit_status`."""
 
     summary: str = ""
     signum: int | None = None
+    input_error: bool = False  # that process ended on a known input error, with exit status 2
+
+    def exit_status(self) -> int:
+        """128 + the signal that stopped that process; 2 when it ended on a known input error (as
+        that process did: :mod:`panfpn.engine.tool_errors`), so that every rank says "input"; else 1."""
+        if self.signum:
+            return 128 + self.signum
+        return 2 if self.input_error else 1
 
 
 def signal_name(signum: int) -> str:
@@ -94,6 +103,16 @@ def restore_handlers(previous: Mapping[int, Any]) -> None:
     """Put back the handlers :func:`install_stop_handler` replaced."""
     for sig, handler in previous.items():
         signal.signal(sig, handler)
+
+
+def ignore_stop_signals_to_the_end() -> None:
+    """A rank of a multi-process job on its way out with its exit status (an error written, a stop
+    said): SIGTERM and SIGINT ignored from now on. ``SIG_IGN`` outlives Python's exit, which puts a
+    Python handler back to the default action before torch's own teardown (a gloo process group's:
+    seconds); torchrun's SIGTERM to the ranks left, sent as the failed rank's exit closed the
+    connections, then killed the rank there (-15 in torchrun's report, not its 2). The launcher
+    still ends a rank that hangs (torchrun: SIGKILL 30 s after its SIGTERM)."""
+    install_stop_handler(signal.SIG_IGN)
 
 
 _DEFERRABLE: list[Any] = []  # the active handlers with a defer(): the tool's, the training job's
@@ -192,9 +211,11 @@ class StopSignals:
         # Exiting with a message: this handler stays, noting signals (torchrun's SIGTERM to the ranks
         # left); the previous one would kill the process before its message.
         self.deferred = True
+        if launched_as_several():
+            ignore_stop_signals_to_the_end()
         if ended:
             self._say(f"{exc.summary}; {self._written()}")  # type: ignore[union-attr]
-            sys.exit(1 if exc.signum is None else 128 + exc.signum)  # type: ignore[union-attr]
+            sys.exit(exc.exit_status())  # type: ignore[union-attr]
         text = self._written()
         if exc is not None and not isinstance(exc, (Stopped, SystemExit)):  # e.g. a worker's pipe closing
             text += f" (then {type(exc).__name__}: {exc})"

@@ -48,6 +48,9 @@ SCRIPT = textwrap.dedent("""
     try:
         job.run_training_job(cfg)
     except BaseException as err:
+        if mode == "failed_rank":  # torchrun's SIGTERM to the ranks left, as the failed rank exits
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.5)
         print("raised", type(err).__name__, getattr(err, "signum", None))
         sys.exit(3)
 """)
@@ -64,6 +67,19 @@ def test_a_sigterm_outside_the_loop_still_leaves_the_job_status(tmp_path, mode, 
     record = json.loads((tmp_path / "job_status.json").read_text())
     assert record["status"] == status
     assert record["signal"] == (signal.SIGTERM if mode == "starting" else None)
+
+
+def test_a_rank_that_failed_is_not_killed_by_torchruns_sigterm_on_its_way_out(tmp_path):
+    """A rank of a torchrun job (WORLD_SIZE=2) whose job failed (rank 0 after rank 1's bad image:
+    it is to exit 2) gets torchrun's SIGTERM after the job handler's block: the handler stays and
+    notes it, and the rank exits with its own status. Before, the default action was back and
+    killed it (-15 in torchrun's report instead of 2), seen in a 2-rank training under load."""
+    env = dict(os.environ, WORLD_SIZE="2", RANK="0")
+    done = run([sys.executable, "-c", SCRIPT, str(tmp_path), "failed_rank"], capture_output=True, text=True,
+               timeout=60, env=env)
+    assert done.returncode == 3, (done.returncode, done.stderr[-2000:])  # was -15
+    assert done.stdout.strip() == "raised RuntimeError None"
+    assert json.loads((tmp_path / "job_status.json").read_text())["status"] == "failed"
 
 
 def test_rank_0_stopped_by_torchrun_names_the_rank_that_failed(tmp_path, monkeypatch):

@@ -21,8 +21,10 @@ import signal
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from panfpn.utils.launch_env import launched_as_several
 from panfpn.utils.stop_signals import (  # noqa: F401 - defer_stop_signals: the job's too
-    defer_stop_signals, deferrable, install_stop_handler, restore_handlers, signal_name,
+    defer_stop_signals, deferrable, ignore_stop_signals_to_the_end, install_stop_handler, restore_handlers,
+    signal_name,
 )
 
 
@@ -72,11 +74,19 @@ class JobSignals:
 @contextmanager
 def job_stop_signals() -> Iterator[JobSignals]:
     """SIGTERM and SIGINT handled as :class:`JobSignals` says while the block runs (main thread
-    only; a signal the launcher set to be ignored stays ignored); the previous handlers after."""
+    only; a signal the launcher set to be ignored stays ignored); the previous handlers after,
+    except for a rank of a multi-process job that failed (it wrote how, :meth:`JobSignals.defer`):
+    it ignores them to the end (:func:`ignore_stop_signals_to_the_end`), or torchrun's SIGTERM to
+    the ranks left killed it on its way out, before its exit status (2: another rank's input error)."""
     handler = JobSignals()
     previous = install_stop_handler(handler.handle)
+    failed = True
     try:
         with deferrable(handler):
             yield handler
+        failed = False
     finally:
-        restore_handlers(previous)
+        if failed and handler.deferred and launched_as_several() and previous:  # main thread only
+            ignore_stop_signals_to_the_end()
+        else:
+            restore_handlers(previous)

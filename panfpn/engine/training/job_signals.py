@@ -12,6 +12,20 @@ so that what handles Ctrl-C handles it too) while the job runs; after :meth:`Job
 (the job is failing and writes its status) signals are only noted, and the job ends with the
 error it already has. :func:`defer_stop_signals` does that from where a failure is first handled
 (rank 0 reading another rank's error: a second SIGTERM from torchrun replaced that error).
+
+Unlike the tools' handler (:mod:`panfpn.utils.fork_window`), this one has no guard for a signal
+that comes while a process is forked (raised in an at-fork callback, :class:`JobStopped` would be
+dropped and the stop lost): no process is forked while it raises. A training forks its DataLoader
+workers (the training loader's, each evaluation's) inside the loop, where the loop's handler
+(``train_run._StopFlag``) only sets a flag, which an at-fork callback does not lose; its evaluation
+computes PQ in the process (the PQ process pool is :func:`panfpn.evaluation.pq.pq_compute`'s:
+tools/merge.py, the command line); a subprocess (fork + exec) runs no Python code in between. The
+guard is not added anyway because it would be partial here: :func:`~panfpn.utils.fork_window.watch_forks`
+must register after every module's at-fork callbacks (the tools call it once their imports are
+done), and this handler is installed before torch and the job's modules are imported (a SIGTERM
+while they load must be caught). tests/engine/test_job_signals.py pins the claim: a fork under this
+handler (a pool in the start checks, say) fails it; give :meth:`JobSignals.handle` the guard of
+``StopSignals._handle`` (and a late ``watch_forks()``) then.
 """
 
 from __future__ import annotations

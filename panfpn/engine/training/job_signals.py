@@ -19,8 +19,12 @@ dropped and the stop lost): no process is forked while it raises. A training for
 workers (the training loader's, each evaluation's) inside the loop, where the loop's handler
 (``train_run._StopFlag``) only sets a flag, which an at-fork callback does not lose; its evaluation
 computes PQ in the process (the PQ process pool is :func:`panfpn.evaluation.pq.pq_compute`'s:
-tools/merge.py, the command line); a subprocess (fork + exec) runs no Python code in between. The
-guard is not added anyway because it would be partial here: :func:`~panfpn.utils.fork_window.watch_forks`
+tools/merge.py, the command line); a subprocess (fork + exec) runs no Python code in between.
+(After a first signal in the loop this handler is back, for a second one to abort at once; a
+worker can still be forked then, in the milliseconds before the loop stops: the evaluation's
+workers when the signal came just before it started, the training loader's next worker. A second
+signal in that fork loses its abort, not the stop: the loop stops at the next iteration with its
+checkpoint, as on the first signal.) The guard is not added anyway because it would be partial here: :func:`~panfpn.utils.fork_window.watch_forks`
 must register after every module's at-fork callbacks (the tools call it once their imports are
 done), and this handler is installed before torch and the job's modules are imported (a SIGTERM
 while they load must be caught). tests/engine/test_job_signals.py pins the claim: a fork under this

@@ -209,7 +209,8 @@ class StopSignals:
             self._previous.clear()
             return False  # no signal: any exception goes on as it came
         # Exiting with a message: this handler stays, noting signals (torchrun's SIGTERM to the ranks
-        # left); the previous one would kill the process before its message.
+        # left); the previous one would kill the process before its message. A rank of a launched
+        # job ignores them to its very end (torch's teardown comes after Python's handlers are gone).
         self.deferred = True
         if launched_as_several():
             ignore_stop_signals_to_the_end()

@@ -77,7 +77,7 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
 
 
 def _evaluate(cfg: DictConfig, overrides: Sequence[str] | None, device, out_dir: Path) -> dict:
-    describe_outputs(eval_stopped(out_dir, bool(cfg.eval.save_predictions)))  # a stop signal's message
+    describe_outputs(eval_stopped(out_dir, bool(cfg.eval.save_predictions), bool(cfg.eval.report)))  # a stop signal's message
     setup_logging(out_dir if du.is_main_process() else None)
     fit_threads_to_cpus()
     built = build_inference_model(cfg, overrides)

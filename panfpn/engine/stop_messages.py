@@ -45,19 +45,21 @@ def predict_stopped(json_path: Path, kept: int, todo: int) -> Callable[[], str]:
     return describe
 
 
-def eval_stopped(out_dir: Path, save_predictions: bool) -> Callable[[], str]:
+def eval_stopped(out_dir: Path, save_predictions: bool, report_on: bool = True) -> Callable[[], str]:
     """tools/eval.py: whether this run wrote ``eval_results.json`` (only after every image) and
-    report.html, and what an earlier run's files are."""
+    report.html (``eval.report``), and what an earlier run's files are."""
     results, report = out_dir / "eval_results.json", out_dir / "report.html"
+    predictions = out_dir / "predictions" / "panoptic_pred.json"
     # an earlier run's file and the folder of per-image files it describes (rewritten image by image)
     pairs = [(report, out_dir / "report_images"),
-             (out_dir / "predictions" / "panoptic_pred.json", out_dir / "predictions" / "panoptic_pred")]
+             (predictions, out_dir / "predictions" / "panoptic_pred")]
     earlier, written = results.exists(), _snapshot([results, report] + [p for pair in pairs for p in pair])
 
     def describe() -> str:
         if written(results):
-            done = "report.html written" if written(report) else "report.html not written"
-            return f"after writing {results}; {done}"
+            names = [str(f.relative_to(out_dir)) for f in (predictions, results, report) if written(f)]
+            return (f"after writing {', '.join(names)} in {out_dir}"
+                    + ("; report.html not written" if report_on and not written(report) else ""))
         text = (f"before the metrics were complete: {results.name} not written "
                 + ("(the earlier one is unchanged)" if earlier else "(no metrics)") + f" in {out_dir}")
         if save_predictions:

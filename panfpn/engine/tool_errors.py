@@ -22,8 +22,11 @@ user's, not the code's):
 Such an error wrapped by hydra's ``instantiate`` or an OmegaConf interpolation (a resolver that
 reads the dataset's categories) is told by its cause. In a multirun the error is raised as it
 is: hydra's sweep callback records the failed job (summary.json). Under torchrun only rank 0
-prints the line (every rank finds the same input error; another rank's own error is told by rank
-0 as a RuntimeError). Standard library only at import: tools/train.py imports torch later.
+prints the line: every rank finds the same config error, and an input error of one rank alone (a
+bad image in its shard) is left for the others (:mod:`panfpn.engine.rank_errors`), which end
+with an :class:`~panfpn.utils.stop_signals.EndedElsewhere` that counts as that input error: every
+rank exits 2, rank 0's line names the rank and its error (``tools/train.py: rank 1 failed:
+BadImageError: ...``). Standard library only at import: tools/train.py imports torch later.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 from types import TracebackType
 
 from panfpn.utils.launch_env import launch_rank
+from panfpn.utils.stop_signals import EndedElsewhere
 
 # (module, class): looked up among the loaded modules only (an error of a module never imported
 # cannot have been raised), so this module imports none of them.
@@ -73,8 +77,8 @@ def input_error(err: BaseException) -> BaseException | None:
     cause); None for any other exception."""
     seen = 0
     while err is not None and seen < 8:
-        if isinstance(err, _loaded(INPUT_ERRORS)):
-            return err
+        if isinstance(err, _loaded(INPUT_ERRORS)) or (isinstance(err, EndedElsewhere) and err.exit_status() == 2):
+            return err  # the latter: the job ended on another rank's input error
         if isinstance(err, FileNotFoundError) and err.errno is None and _raised_by_panfpn(err):
             return err
         if not isinstance(err, _loaded(_WRAPPERS)):
@@ -93,19 +97,34 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def error_line(tool: str, err: BaseException) -> str:
-    """``tools/<tool>.py: <message>``; a message that starts with the tool's name is printed as it is,
-    and one a DataLoader worker sent (torch's re-raise puts the worker's traceback in it) by its last line."""
-    text = str(err)
+def reported_input_error(err: BaseException) -> BaseException | None:
+    """The known input error that :class:`InputErrorsExit` ends on with its line and exit 2; None
+    for another exception, and with ``HYDRA_FULL_ERROR=1`` or in a multirun (raised as it is)."""
+    if not isinstance(err, Exception) or os.environ.get("HYDRA_FULL_ERROR") == "1" or in_multirun():
+        return None
+    return input_error(err)
+
+
+def error_message(err: BaseException) -> str:
+    """``err``'s message on one line: a DataLoader worker's (torch's re-raise puts the worker's
+    traceback in it) by its last line; another rank's end by its summary (not this rank's consequence)."""
+    text = err.summary if isinstance(err, EndedElsewhere) else str(err)
     if "Original Traceback" in text:  # "Caught BadImageError in DataLoader worker ...": the error's own line
         text = text.strip().splitlines()[-1]
+    return text
+
+
+def error_line(tool: str, err: BaseException) -> str:
+    """``tools/<tool>.py: <message>``; a message that starts with the tool's name is printed as it is."""
+    text = error_message(err)
     return text if text.startswith(f"tools/{tool}.py ") else f"tools/{tool}.py: {text}"
 
 
 class InputErrorsExit(ContextDecorator):
     """Around a tool's job (a ``with`` block or a decorator under ``@hydra.main``): a known input
-    error prints ``tools/<tool>.py: <message>`` on stderr (rank 0 only) and exits 2; everything
-    else, a multirun's job and ``HYDRA_FULL_ERROR=1`` pass the exception on."""
+    error (also another rank's: module docstring) prints ``tools/<tool>.py: <message>`` on stderr
+    (rank 0 only) and exits 2; everything else, a multirun's job and ``HYDRA_FULL_ERROR=1`` pass the
+    exception on."""
 
     def __init__(self, tool: str) -> None:
         self.tool = tool
@@ -114,8 +133,8 @@ class InputErrorsExit(ContextDecorator):
         return self
 
     def __exit__(self, kind: type | None, err: BaseException | None, tb: TracebackType | None) -> None:
-        known = input_error(err) if isinstance(err, Exception) else None
-        if known is None or os.environ.get("HYDRA_FULL_ERROR") == "1" or in_multirun():
+        known = reported_input_error(err) if err is not None else None
+        if known is None:
             return None
         if launch_rank() == 0:
             print(error_line(self.tool, known), file=sys.stderr, flush=True)

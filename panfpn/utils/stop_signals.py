@@ -10,7 +10,12 @@ inside ``with STOP:``. There the first signal raises :class:`Stopped` in the mai
 temp file (:mod:`panfpn.utils.atomic`), DataLoader and process pools end their workers. The job
 says what it writes with :func:`describe_outputs`; the message uses the last description, called
 after the unwinding, so it tells what is on disk. A second signal aborts at once, as the default
-action would (its message says so). Worker processes
+action would (its message says so). Once the job has returned (every output written), the handler
+stays for what is left of the process (hydra's end, Python's exit): a signal then says so on the
+same kind of line, ``stopped by SIGTERM after the job had finished: every output was written
+(...)``, and exits 128 + signal at once (``os._exit``: nothing is left to finish); before, the
+default action killed the process silently, and a log could not tell whether the outputs were
+complete. Worker processes
 ignore stop signals from anyone but their parent (:func:`ignore_foreign_stop_signals`: DataLoader
 ``worker_init_fn``, pool initializers) and are ended by it (:func:`terminate_pool`); another process
 forked with the handler exits quietly on the signal. A worker also says nothing when the main process,
@@ -18,9 +23,10 @@ stopped while fetching a tensor from it, hangs up on its resource_sharer thread.
 fork (workers starting) is raised after it (:mod:`panfpn.utils.fork_window`).
 
 In a multi-process job (torchrun: ``RANK`` / ``WORLD_SIZE``), rank 0 alone says the line; a rank
-stopped or failing leaves a note that rank 0 reads (:mod:`panfpn.engine.rank_errors`), and rank 0,
+stopped or failing leaves a note that the others read (:mod:`panfpn.engine.rank_errors`), and rank 0,
 ending because of it, says :class:`EndedElsewhere`'s one line (``rank 1 was stopped by SIGTERM``,
-``rank 1 failed: BadImageError: ...``) instead of its own consequence (a closed connection, the
+``rank 1 failed: BadImageError: ...``; every rank so ended exits as that rank did: 128 + signal, 2
+for an input error, else 1) instead of its own consequence (a closed connection, the
 launcher's SIGTERM). A second signal there is noted, not an abort: the launcher stops its ranks
 itself (torchrun passes a Ctrl-C or SIGTERM on to each rank, which runs in a session of its own, and
 kills them 30 s later; srun's tasks also get what scancel sends). :func:`defer_stop_signals` (where a failure
@@ -54,13 +60,21 @@ class Stopped(KeyboardInterrupt):
 
 
 class EndedElsewhere(Exception):
-    """The job ends because another of its processes failed or was stopped (raised by rank 0:
-    :class:`panfpn.engine.rank_errors.OtherRankFailedError`). A tool says ``summary`` on one stderr
-    line, no traceback (that process printed its own), and exits 128 + ``signum`` when a signal
-    stopped that process, 1 when it failed."""
+    """The job ends because another of its processes failed or was stopped (raised by the ranks
+    that learn of it: :class:`panfpn.engine.rank_errors.OtherRankFailedError`). A tool says
+    ``summary`` on one stderr line (rank 0), no traceback (that process printed its own), and exits
+    with :meth:`exit_status`."""
 
     summary: str = ""
     signum: int | None = None
+    input_error: bool = False  # that process ended on a known input error, with exit status 2
+
+    def exit_status(self) -> int:
+        """128 + the signal that stopped that process; 2 when it ended on a known input error (as
+        that process did: :mod:`panfpn.engine.tool_errors`), so that every rank says "input"; else 1."""
+        if self.signum:
+            return 128 + self.signum
+        return 2 if self.input_error else 1
 
 
 def signal_name(signum: int) -> str:
@@ -91,6 +105,16 @@ def restore_handlers(previous: Mapping[int, Any]) -> None:
         signal.signal(sig, handler)
 
 
+def ignore_stop_signals_to_the_end() -> None:
+    """A rank of a multi-process job on its way out with its exit status (an error written, a stop
+    said): SIGTERM and SIGINT ignored from now on. ``SIG_IGN`` outlives Python's exit, which puts a
+    Python handler back to the default action before torch's own teardown (a gloo process group's:
+    seconds); torchrun's SIGTERM to the ranks left, sent as the failed rank's exit closed the
+    connections, then killed the rank there (-15 in torchrun's report, not its 2). The launcher
+    still ends a rank that hangs (torchrun: SIGKILL 30 s after its SIGTERM)."""
+    install_stop_handler(signal.SIG_IGN)
+
+
 _DEFERRABLE: list[Any] = []  # the active handlers with a defer(): the tool's, the training job's
 
 
@@ -117,7 +141,7 @@ class StopSignals:
     def __init__(self, tool: str) -> None:
         self.tool, self.pid = tool, os.getpid()
         self.signum: int | None = None
-        self.running = self.deferred = False
+        self.running = self.deferred = self.finished = False
         self.describe: Callable[[], str] | None = None
         self._previous: dict[int, Any] = {}
         self._install()
@@ -130,7 +154,7 @@ class StopSignals:
         self._install()  # again for the next job of a hydra multirun
         watch_forks()  # now that the modules with at-fork callbacks are imported
         self.signum, self.describe = None, None
-        self.running, self.deferred, _ACTIVE = True, False, self
+        self.running, self.deferred, self.finished, _ACTIVE = True, False, False, self
         _DEFERRABLE.append(self)
         return self
 
@@ -148,6 +172,11 @@ class StopSignals:
             # releases the locks it holds; the default action would not (a pool's queue lock held by
             # a dead worker makes the parent's Pool.terminate() wait forever).
             raise SystemExit(128 + signum)
+        if self.finished:  # the job returned: nothing to unwind, and an exception may be dropped now
+            self._say(f"stopped by {signal_name(signum)} after the job had finished: every output was "
+                      f"written ({self._written()})")
+            sys.stderr.flush()
+            os._exit(128 + signum)
         if self.signum is not None and (self.deferred or launched_as_several()):  # the launcher ends it
             return
         if self.deferred:
@@ -173,15 +202,21 @@ class StopSignals:
         # another rank's end, unless a Ctrl-C stopped every rank (torchrun passes it on)
         ended = isinstance(exc, EndedElsewhere) and self.signum != signal.SIGINT
         if self.signum is None and not ended:
+            if exc is None:  # done: the handler stays for the rest of the process (module docstring)
+                self.finished = True
+                return False
             restore_handlers(self._previous)
             self._previous.clear()
             return False  # no signal: any exception goes on as it came
         # Exiting with a message: this handler stays, noting signals (torchrun's SIGTERM to the ranks
-        # left); the previous one would kill the process before its message.
+        # left); the previous one would kill the process before its message. A rank of a launched
+        # job ignores them to its very end (torch's teardown comes after Python's handlers are gone).
         self.deferred = True
+        if launched_as_several():
+            ignore_stop_signals_to_the_end()
         if ended:
             self._say(f"{exc.summary}; {self._written()}")  # type: ignore[union-attr]
-            sys.exit(1 if exc.signum is None else 128 + exc.signum)  # type: ignore[union-attr]
+            sys.exit(exc.exit_status())  # type: ignore[union-attr]
         text = self._written()
         if exc is not None and not isinstance(exc, (Stopped, SystemExit)):  # e.g. a worker's pipe closing
             text += f" (then {type(exc).__name__}: {exc})"

@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -284,6 +285,14 @@ def test_a_bad_image_on_rank_1_ends_the_job_and_rank_0_reports_it(tmp_path):
     assert image.name in status["error"] and "(then rank 0: " in status["error"]
     assert f"rank 1 failed: BadImageError: image id {record.image_id}" in (run / "log.txt").read_text()
     assert not (run / "model_final.pth").exists()
+    # Both ranks exit 2, rank 0 with one line and no traceback (before: hydra's traceback of an
+    # OtherRankFailedError and exit 1); torchrun exits 1, its report giving each rank's exit code.
+    lines = [line for line in done.stderr.splitlines() if line.startswith("tools/train.py:")]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"tools/train.py: rank 1 failed: BadImageError: image id {record.image_id} of "), done.stderr[-3000:]
+    assert "Error executing job" not in done.stderr and "OtherRankFailedError" not in done.stderr, done.stderr[-3000:]
+    exits = dict(re.findall(r"rank\s*: (\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*: (-?\d+)", done.stderr))
+    assert done.returncode == 1 and exits == {"0": "2", "1": "2"}, done.stderr[-3000:]
 
 
 def _worst_section(page: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,10 +74,48 @@ DATA = ["data.val.num_images=6", "data.val.height=64", "data.val.width=64", "eva
         "data.num_workers=0", "device=cpu"]
 
 
-def _as_rank(monkeypatch, rank):
-    for name, value in [("is_multiprocess", True), ("get_world_size", 2), ("get_rank", rank),
+def _as_rank(monkeypatch, rank, world=2):
+    for name, value in [("is_multiprocess", True), ("get_world_size", world), ("get_rank", rank),
                         ("is_main_process", rank == 0)]:
         monkeypatch.setattr(rank_errors.du, name, lambda value=value: value)
+
+
+def test_every_rank_ended_by_another_ranks_input_error_exits_2(tmp_path, monkeypatch):
+    """Rank 1's bad image (an input error: it exits 2) ends rank 0 (its collective fails) and rank 2
+    (torchrun's SIGTERM) with OtherRankFailedError whose exit status is 2, naming rank 1's error on
+    one line; they leave no file of their own (rank 0 named rank 2's consequence as a cause). Rank
+    0's own bad image, left in rank0_error.json, ends rank 1 the same way. Before: rank 0 exited 1,
+    rank 1 / 2 raised their own consequence (a closed connection: exit 1, a traceback)."""
+    from panfpn.data.bad_images import BadImageError
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    bad = "image id 5 of a.json: 000005.jpg: cannot read as an image"
+    _as_rank(monkeypatch, 1, world=3)
+    with pytest.raises(BadImageError), rank_errors.told_to_rank_0(tmp_path):
+        raise BadImageError(bad)
+    assert json.loads(rank_errors.error_file(tmp_path, 1).read_text())["input_error"] is True
+    for rank, consequence in ((2, Stopped(signal.SIGTERM)), (0, RuntimeError("Connection closed by peer"))):
+        _as_rank(monkeypatch, rank, world=3)
+        with pytest.raises(rank_errors.OtherRankFailedError) as told, rank_errors.told_to_rank_0(tmp_path):
+            raise consequence
+        assert (told.value.summary, told.value.exit_status()) == (f"rank 1 failed: BadImageError: {bad}", 2)
+        assert not rank_errors.error_file(tmp_path, rank).exists()
+    rank_errors.error_file(tmp_path, 1).unlink()
+    _as_rank(monkeypatch, 0)
+    with pytest.raises(BadImageError), rank_errors.told_to_rank_0(tmp_path):  # rank 0's own shard
+        raise BadImageError(bad)
+    _as_rank(monkeypatch, 1)
+    with pytest.raises(rank_errors.OtherRankFailedError) as told, rank_errors.told_to_rank_0(tmp_path):
+        raise RuntimeError("Connection closed by peer")
+    assert (told.value.summary, told.value.exit_status()) == (f"rank 0 failed: BadImageError: {bad}", 2)
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the failed rank keeps its traceback and exit 1: so do the others
+    _as_rank(monkeypatch, 0)
+    with pytest.raises(BadImageError), rank_errors.told_to_rank_0(tmp_path):
+        raise BadImageError(bad)
+    _as_rank(monkeypatch, 1)
+    with pytest.raises(rank_errors.OtherRankFailedError) as told, rank_errors.told_to_rank_0(tmp_path):
+        raise RuntimeError("Connection closed by peer")
+    assert told.value.exit_status() == 1
 
 
 def test_a_rank_stopped_alone_is_named_by_rank_0_but_a_ctrl_c_is_rank_0s_own_stop(tmp_path, monkeypatch):
@@ -256,8 +295,12 @@ def test_a_bad_image_on_rank_1_is_said_by_rank_0_and_nothing_is_written_as_compl
     assert line.startswith(f"tools/eval.py: rank 1 failed: BadImageError: image id {record.image_id} of "), line
     assert image.name in line and "eval_results.json not written (no metrics)" in line
     assert "without panoptic_pred.json" in line
-    # rank 1: an input error's exit 2 (panfpn/engine/tool_errors.py), silent off rank 0; rank 0: 1
-    assert status != 0 and _rank_exits(tmp_path) == ["1", "2"]
+    # rank 1: an input error's exit 2 (panfpn/engine/tool_errors.py), silent off rank 0; rank 0 too,
+    # ended by it (before: 1); torchrun's own: 1 (its report names rank 1, exitcode 2, as root cause)
+    assert status == 1 and _rank_exits(tmp_path) == ["2", "2"]
+    # as the processes ended (torchrun's report): rank 0 not killed by torchrun's SIGTERM on its way out
+    assert dict(re.findall(r"rank\s*: (\d+) \(local_rank: \d+\)\s*\n\s*exitcode\s*: (-?\d+)", err)) == \
+        {"0": "2", "1": "2"}, err[-3000:]
     assert not (run / "eval_results.json").exists() and not (run / "report.html").exists()
     assert not (run / "predictions" / "panoptic_pred.json").exists()
     assert _temp_files(run) == []

@@ -108,6 +108,32 @@ def test_known_error_exits_2_with_one_line_on_rank_0_only(monkeypatch, capsys):
         raise ConfigError("config key 'weights' is bad")
 
 
+def test_another_ranks_input_error_exits_2_with_rank_0_naming_it(monkeypatch, capsys):
+    """A rank that ends because another one hit an input error (a bad image in its shard: that rank
+    exits 2) exits 2 too, rank 0 with one line naming the rank and its error (not its own closed
+    connection). Before, it was no input error: hydra's traceback and exit 1 (tools/train.py)."""
+    from panfpn.engine.rank_errors import OtherRankFailedError
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    closed = RuntimeError("Connection closed by peer")
+    told = OtherRankFailedError([(1, "BadImageError: image id 5 of a.json: b.jpg: cannot read", None, True)], closed)
+    for rank, printed in (("0", "tools/train.py: rank 1 failed: BadImageError: image id 5 of a.json: b.jpg: "
+                                "cannot read\n"), ("2", "")):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as done, input_errors_exit_2("train"):
+            raise told
+        assert done.value.code == 2 and capsys.readouterr().err == printed
+    monkeypatch.setenv("RANK", "0")
+    bug = OtherRankFailedError([(1, "ValueError: a bug", None, False)], closed)
+    stopped = OtherRankFailedError([(1, "stopped by SIGTERM", 15, False)], closed)
+    assert (bug.exit_status(), stopped.exit_status(), told.exit_status()) == (1, 143, 2)
+    with pytest.raises(OtherRankFailedError), input_errors_exit_2("train"):  # another rank's bug: its traceback
+        raise bug
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(OtherRankFailedError), input_errors_exit_2("train"):  # the full trace asked for
+        raise told
+
+
 # ---- tools, as run ----
 
 def test_eval_missing_weights_one_line_exit_2_and_nothing_said_of_its_contents(tmp_path):

@@ -217,6 +217,44 @@ def test_eval_stopped_while_its_dataloader_worker_reads_keeps_the_earlier_result
     assert (run / "report.html").read_text() == "earlier report" and _temp_files(run) == []
 
 
+# Blocks once the tool's job has returned (its `with STOP:` over), where hydra's end and Python's
+# exit follow.
+AFTER_THE_JOB = textwrap.dedent("""
+    import panfpn.engine.tool_errors as _tool_errors
+    _exit = _tool_errors.InputErrorsExit.__exit__
+    def _after_the_job(self, kind, err, tb):
+        if kind is None:
+            block(os.environ['PANFPN_TEST_BUSY'])
+        return _exit(self, kind, err, tb)
+    _tool_errors.InputErrorsExit.__exit__ = _after_the_job
+""")
+
+
+@pytest.mark.parametrize("tool", ["eval", pytest.param("predict", marks=pytest.mark.slow)])
+def test_a_signal_after_the_job_has_written_everything_says_so(weights, tmp_path, monkeypatch, tool):
+    # Before: the handler was gone once the job returned, and SIGTERM killed the process silently
+    # (143 from the shell): a log could not tell whether the outputs were complete.
+    run, busy, inp = tmp_path / "run", tmp_path / "busy", tmp_path / "in"
+    monkeypatch.setenv("PANFPN_TEST_BUSY", str(busy))
+    args = [f"weights={weights}", "device=cpu", f"hydra.run.dir={run}"]
+    if tool == "eval":
+        args += ["data.val.num_images=2", "data.val.height=64", "data.val.width=64", "eval.max_images=null",
+                 "data.num_workers=0"]
+    else:
+        _photos(inp, 2)
+        args += [f"predict.input={inp}", f"predict.output_dir={run / 'out'}", "predict.write_threads=0"]
+    status, err = _run_and_stop(tool, args, AFTER_THE_JOB, busy.exists, signal.SIGTERM, MAIN_ONLY)
+    line = _assert_stopped(status, err, tool, signal.SIGTERM)
+    assert line.startswith(f"tools/{tool}.py: stopped by SIGTERM after the job had finished: every output was "
+                           "written ("), line
+    if tool == "eval":
+        assert line.endswith(f"(after writing eval_results.json, report.html in {run})"), line
+        assert json.loads((run / "eval_results.json").read_text())["panoptic"]
+    else:
+        assert f"after 2 of 2 images: panoptic.json lists the 2 whose files are complete in {run / 'out'})" in line
+        assert _listed(run / "out" / "panoptic.json") == 2
+
+
 def test_eval_stopped_while_fetching_a_batch_from_its_dataloader_worker(weights, tmp_path):
     # A DataLoader worker hands each tensor of a batch over as a file descriptor: the main process
     # connects to the worker's multiprocessing resource_sharer thread, authenticates, asks for it.
@@ -377,13 +415,16 @@ SCRIPT = textwrap.dedent("""
         marker.write_text("1")
         time.sleep(60)
     with STOP:
-        describe_outputs(lambda: "after 1 of 2 items")
-        try:
-            marker.write_text("1")
-            time.sleep(60)
-        finally:  # the cleanup (e.g. writing what is done), which a second signal cuts short
-            Path(str(marker) + ".cleaning").write_text("1")
-            time.sleep(60)
+        describe_outputs(lambda: f"after {2 if stage == 'finished' else 1} of 2 items")
+        if stage == "running":
+            try:
+                marker.write_text("1")
+                time.sleep(60)
+            finally:  # the cleanup (e.g. writing what is done), which a second signal cuts short
+                Path(str(marker) + ".cleaning").write_text("1")
+                time.sleep(60)
+    marker.write_text("1")  # finished: the tool's end (hydra's, Python's exit) would run now
+    time.sleep(60)
 """)
 
 
@@ -391,7 +432,13 @@ SCRIPT = textwrap.dedent("""
     ("starting", [signal.SIGTERM], 143, "tools/x.py: stopped by SIGTERM while starting; nothing written"),
     ("running", [signal.SIGINT, signal.SIGINT], -signal.SIGINT,
      "tools/x.py: SIGINT again: aborted at once"),
-], ids=["while_starting", "second_signal_aborts"])
+    # Before: killed silently by the default action once the job had returned (SIGINT: a
+    # KeyboardInterrupt traceback).
+    ("finished", [signal.SIGTERM], 143, "tools/x.py: stopped by SIGTERM after the job had finished: every "
+     "output was written (after 2 of 2 items)\n"),
+    ("finished", [signal.SIGINT], 130, "tools/x.py: stopped by SIGINT after the job had finished: every "
+     "output was written (after 2 of 2 items)\n"),
+], ids=["while_starting", "second_signal_aborts", "sigterm_after_the_job", "sigint_after_the_job"])
 def test_stop_signal_before_the_job_and_a_second_one(tmp_path, stage, signals, status, message):
     marker = tmp_path / "busy"
     env = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -12,6 +12,24 @@ so that what handles Ctrl-C handles it too) while the job runs; after :meth:`Job
 (the job is failing and writes its status) signals are only noted, and the job ends with the
 error it already has. :func:`defer_stop_signals` does that from where a failure is first handled
 (rank 0 reading another rank's error: a second SIGTERM from torchrun replaced that error).
+
+Unlike the tools' handler (:mod:`panfpn.utils.fork_window`), this one has no guard for a signal
+that comes while a process is forked (raised in an at-fork callback, :class:`JobStopped` would be
+dropped and the stop lost): no process is forked while it raises. A training forks its DataLoader
+workers (the training loader's, each evaluation's) inside the loop, where the loop's handler
+(``train_run._StopFlag``) only sets a flag, which an at-fork callback does not lose; its evaluation
+computes PQ in the process (the PQ process pool is :func:`panfpn.evaluation.pq.pq_compute`'s:
+tools/merge.py, the command line); a subprocess (fork + exec) runs no Python code in between.
+(After a first signal in the loop this handler is back, for a second one to abort at once; a
+worker can still be forked then, in the milliseconds before the loop stops: the evaluation's
+workers when the signal came just before it started, the training loader's next worker. A second
+signal in that fork loses its abort, not the stop: the loop stops at the next iteration with its
+checkpoint, as on the first signal.) The guard is not added anyway because it would be partial here: :func:`~panfpn.utils.fork_window.watch_forks`
+must register after every module's at-fork callbacks (the tools call it once their imports are
+done), and this handler is installed before torch and the job's modules are imported (a SIGTERM
+while they load must be caught). tests/engine/test_job_signals.py pins the claim: a fork under this
+handler (a pool in the start checks, say) fails it; give :meth:`JobSignals.handle` the guard of
+``StopSignals._handle`` (and a late ``watch_forks()``) then.
 """
 
 from __future__ import annotations
@@ -21,8 +39,10 @@ import signal
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from panfpn.utils.launch_env import launched_as_several
 from panfpn.utils.stop_signals import (  # noqa: F401 - defer_stop_signals: the job's too
-    defer_stop_signals, deferrable, install_stop_handler, restore_handlers, signal_name,
+    defer_stop_signals, deferrable, ignore_stop_signals_to_the_end, install_stop_handler, restore_handlers,
+    signal_name,
 )
 
 
@@ -72,11 +92,19 @@ class JobSignals:
 @contextmanager
 def job_stop_signals() -> Iterator[JobSignals]:
     """SIGTERM and SIGINT handled as :class:`JobSignals` says while the block runs (main thread
-    only; a signal the launcher set to be ignored stays ignored); the previous handlers after."""
+    only; a signal the launcher set to be ignored stays ignored); the previous handlers after,
+    except for a rank of a multi-process job that failed (it wrote how, :meth:`JobSignals.defer`):
+    it ignores them to the end (:func:`ignore_stop_signals_to_the_end`), or torchrun's SIGTERM to
+    the ranks left killed it on its way out, before its exit status (2: another rank's input error)."""
     handler = JobSignals()
     previous = install_stop_handler(handler.handle)
+    failed = True
     try:
         with deferrable(handler):
             yield handler
+        failed = False
     finally:
-        restore_handlers(previous)
+        if failed and handler.deferred and launched_as_several() and previous:  # main thread only
+            ignore_stop_signals_to_the_end()
+        else:
+            restore_handlers(previous)

@@ -148,3 +148,32 @@ def test_job_status_is_written_when_the_training_raises(tiny_cfg, tmp_path, monk
     assert record["status"] == status and record["error"].startswith(type(error).__name__)
     assert record["objective"] == {"name": "pq/All", "direction": "maximize", "value": None}
     assert not (tmp_path / "run" / "eval_results.json").exists()
+
+
+def test_a_resumed_run_shows_its_own_hparams_and_config_in_tensorboard(tiny_cfg, tmp_path):
+    """TensorBoard keeps the first hparams record it reads in a run: after `resume=true
+    solver.max_iter=4` the HParams tab paired the first attempt's solver.max_iter=2 with the final
+    metrics of iteration 4; and both attempts' configs were texts at step 0 (which is current?).
+    Read with TensorBoard's own multiplexer, as its server does."""
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    common = ("solver.schedule.steps=[1]", "train.eval_period=-1")
+    (run / ".hydra" / "overrides.yaml").write_text("- solver.max_iter=2\n")
+    run_training_job(tiny_cfg("solver.max_iter=2", *common))
+    (run / ".hydra" / "overrides.yaml").write_text("- solver.max_iter=4\n- resume=true\n")
+    run_training_job(tiny_cfg("solver.max_iter=4", "resume=true", *common))
+
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(run / "tensorboard"))
+    mux.Reload()
+    [(name, tags)] = mux.PluginRunToTagToContent("hparams").items()
+    session = plugin_data_pb2.HParamsPluginData.FromString(tags["_hparams_/session_start_info"])
+    assert session.session_start_info.hparams["solver.max_iter"].number_value == 4
+    assert [e.step for e in mux.Tensors(name, "final/loss/total")] == [2, 4]  # each end, as before
+    assert [e.step for e in mux.Tensors(name, "loss/total")] == [1, 2, 3, 4]  # the rewritten file kept its events
+    configs = mux.Tensors(name, "config/text_summary")
+    assert [e.step for e in configs] == [1, 3]  # each attempt's from its first iteration on
+    assert b"max_iter: 4" in configs[-1].tensor_proto.string_val[0]

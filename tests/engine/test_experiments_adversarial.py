@@ -310,3 +310,17 @@ def test_eval_results_json_records_what_the_evaluation_ran_with(tiny_cfg, tmp_pa
     evaluate_from_config(cfg, overrides=["model.merge.score_thresh=0.3"])
     context = json.loads((tmp_path / "eval" / "eval_results.json").read_text())["context"]
     assert context["iteration"] == "1" and "score_thresh=0.3" in context["merge"]
+
+
+def test_no_best_job_across_other_ground_truth_with_the_same_image_ids(tmp_path):
+    """Two jobs evaluated on val sets numbered alike (another data.val.seed, another annotation
+    file of ids 1..N): the id digests matched and the better PQ was called best."""
+    for job, pq, gt in (("0", 0.3, "c"), ("1", 0.6, "d")):
+        _run(tmp_path / job, pq=pq)
+        results = json.loads((tmp_path / job / "eval_results.json").read_text())
+        results["image_set"]["gt_sha256"] = gt * 64
+        (tmp_path / job / "eval_results.json").write_text(json.dumps(results))
+    rows, objective = collect([tmp_path])
+    assert best_job(rows, objective) is None
+    assert "different image sets (20 images each, other ids or ground truth;" in format_table(rows, objective)
+    assert [r["image_gt"] for r in rows] == ["c" * 64, "d" * 64]

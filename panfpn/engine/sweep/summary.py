@@ -47,7 +47,7 @@ METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 METRIC_NAMES = tuple(name for name, _ in METRICS)
 COLUMNS = ("job", "status", "params", "overrides", *METRIC_NAMES, "objective", "objective_name",
-           "objective_direction", "images", "image_set", "iteration", "eval_iteration", "skipped_steps", "wall_s",
+           "objective_direction", "images", "image_set", "image_gt", "iteration", "eval_iteration", "skipped_steps", "wall_s",
            "config_diff",
            "run_dir", "error")
 
@@ -156,6 +156,7 @@ def job_row(run_dir: Path, base: Path | None = None) -> dict[str, Any]:
     image_set = results.get("image_set") if isinstance(results.get("image_set"), dict) else {}
     row["images"] = image_set.get("count", results.get("num_images"))
     row["image_set"] = image_set.get("sha256")  # which images were scored (evaluation/image_set.py)
+    row["image_gt"] = image_set.get("gt_sha256")  # and their ground truth (ids alike, other data: differs)
     row["iteration"] = status.get("iteration")
     row["skipped_steps"] = status.get("skipped_steps")  # train.on_nonfinite=skip: steps not taken
     row["eval_iteration"] = results.get("iteration")  # the metrics' iteration (None: tools/eval.py or older)
@@ -200,10 +201,14 @@ def no_best_reason(rows: Sequence[dict]) -> str | None:
     if not scored or kinds[0][0].startswith(LOSS_PREFIX):
         return None
     known = all(r.get("image_set") for r in scored)
-    sets = {r.get("image_set") if known else r.get("images") for r in scored} - {None}
+    gt_known = all(r.get("image_gt") for r in scored)
+    sets = {(r.get("image_set"), r.get("image_gt") if gt_known else None) if known else r.get("images")
+            for r in scored} - {None}
     if len(sets) > 1:
         counts = sorted({r.get("images") for r in scored if r.get("images") is not None})
-        return (f"the jobs scored different image sets ({', '.join(map(str, counts))} images; "
+        what = f"{counts[0]} images each, other ids or ground truth" if len(counts) == 1 else \
+            f"{', '.join(map(str, counts))} images"
+        return (f"the jobs scored different image sets ({what}; "
                 "compare evaluations of the same data.val and eval.max_images)")
     return None
 

@@ -74,6 +74,30 @@ def test_a_resumed_run_that_is_still_running_is_not_reported_done_with_its_old_m
     assert best_job(rows, objective) == "0"
 
 
+def test_a_lock_left_by_a_killed_training_on_this_host_is_not_shown_running(tmp_path):
+    """A training killed outright (SIGKILL, the OOM killer) leaves its train.lock file, no longer
+    locked: the summary showed the job "running" for ever. On the host that ran it the kernel's lock
+    table tells a held lock from a left file, without taking it; a lock held now stays running."""
+    import fcntl
+    import socket
+
+    from panfpn.engine.training.run_lock import LOCK_FILE
+
+    sweep = tmp_path / "sweep"
+    _run(sweep / "0", pq=0.3)
+    for job in ("1", "2"):
+        (_run(sweep / job, pq=0.5) / LOCK_FILE).write_text(json.dumps(
+            {"pid": 4242, "host": socket.gethostname(), "started": "2026-12-06T10:00:00"}))
+    with open(sweep / "2" / LOCK_FILE) as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # job 2's training runs
+        rows, objective = collect([sweep])
+    assert [r["status"] for r in rows] == ["done", "unknown", "running"]
+    assert "not held: that training ended without releasing it (killed outright?)" in rows[1]["error"]
+    assert "job_status.json and the metrics are of an earlier attempt" in rows[1]["error"]
+    assert "running now (it holds the lock)" in rows[2]["error"]
+    assert best_job(rows, objective) == "0"
+
+
 def test_two_sweeps_summarised_together_name_their_jobs_apart(tmp_path):
     """Jobs were named by their folder's name only: two sweeps' job 0 and 1 got the same names and
     'best: job 1' (and the page's highlight) matched a job of each sweep."""

@@ -170,13 +170,22 @@ def job_row(run_dir: Path, base: Path | None = None) -> dict[str, Any]:
 
 def _mark_running(row: dict[str, Any], lock: Path, has_status: bool) -> None:
     """A training holds (or held, when killed outright) the folder's train.lock: its
-    job_status.json, if any, is an earlier attempt's (a finished run extended with resume=true)."""
+    job_status.json, if any, is an earlier attempt's (a finished run extended with resume=true).
+    When this machine's lock table shows the lock free, its holder was killed: ``unknown``."""
+    from panfpn.engine.sweep.lock_state import lock_held
     from panfpn.engine.training.run_lock import describe_holder, read_record
 
+    record = read_record(lock)
+    earlier = "; job_status.json and the metrics are of an earlier attempt" if has_status else ""
+    held = lock_held(lock, record)
+    if held is False:
+        row["status"] = "unknown"
+        row["error"] = (f"{lock.name} of {describe_holder(record)}, which is not held: that training ended "
+                        f"without releasing it (killed outright?){earlier}")
+        return
     row["status"] = "running"
-    row["error"] = (f"{lock.name} of {describe_holder(read_record(lock))}: running now, or killed without "
-                    "cleaning up" + ("; job_status.json and the metrics are of an earlier attempt" if has_status
-                                     else ""))
+    now = "running now (it holds the lock)" if held else "running now, or killed without cleaning up"
+    row["error"] = f"{lock.name} of {describe_holder(record)}: {now}{earlier}"
 
 
 def _job_name(run_dir: Path, base: Path | None) -> str:

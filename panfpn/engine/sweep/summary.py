@@ -1,9 +1,9 @@
 """One table of a sweep's jobs, built from each run folder's own result files.
 
 A row per run folder: its overrides (``.hydra/overrides.yaml``), status (``job_status.json``:
-done / failed / interrupted; ``running`` while a training holds the folder's ``train.lock``, or
-after one was killed outright holding it, whatever an earlier attempt's job_status.json says;
-``unknown`` when the job wrote none),
+done / failed / interrupted; ``running`` while a training holds the folder's ``train.lock`` (or
+may: a holder on another host cannot be checked), whatever an earlier attempt's job_status.json
+says; ``unknown`` when the job wrote none, or left a lock no process holds: killed outright),
 the final PQ/SQ/RQ All/Things/Stuff, mIoU and AP (``eval_results.json``, percent) and the
 iteration they were evaluated at (an interrupted run's last evaluation is earlier than its end), the
 objective, the wall time, the config keys that differ between the jobs' config.yaml outside the

@@ -98,6 +98,23 @@ def test_a_lock_left_by_a_killed_training_on_this_host_is_not_shown_running(tmp_
     assert best_job(rows, objective) == "0"
 
 
+def test_a_job_killed_before_writing_any_result_file_is_a_row_not_dropped(tmp_path):
+    """A sweep run with hydra.output_subdir=null (no .hydra record) whose job 1 was killed outright
+    mid-training: its folder holds log.txt, metrics.jsonl and checkpoints but none of the files the
+    summary looked for, and the job vanished from the table (2 jobs of 3, none said missing)."""
+    sweep = tmp_path / "sweep"
+    for job in ("0", "2"):
+        _run(sweep / job, pq=0.3)
+        (sweep / job / ".hydra" / "overrides.yaml").unlink()
+    killed = sweep / "1"
+    killed.mkdir()
+    (killed / "log.txt").write_text("training starts\n")
+    (killed / "metrics.jsonl").write_text('{"kind": "train", "iter": 20, "loss/total": 1.5}\n')
+    (killed / "last_checkpoint").write_text("model_0000020.pth")
+    rows, _ = collect([sweep])
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "done"), ("1", "unknown"), ("2", "done")]
+
+
 def test_two_sweeps_summarised_together_name_their_jobs_apart(tmp_path):
     """Jobs were named by their folder's name only: two sweeps' job 0 and 1 got the same names and
     'best: job 1' (and the page's highlight) matched a job of each sweep."""

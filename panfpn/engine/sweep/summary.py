@@ -52,10 +52,13 @@ COLUMNS = ("job", "status", "params", "overrides", *METRIC_NAMES, "objective", "
            "run_dir", "error")
 
 
+TRAINING_MARKS = (JOB_STATUS, EVAL_RESULTS, OVERRIDES_RECORD, LOCK_FILE, "metrics.jsonl", "last_checkpoint")
+
+
 def is_run_dir(path: Path) -> bool:
-    """A folder one job wrote: its status, its results or hydra's record of it."""
-    return (path / JOB_STATUS).is_file() or (path / EVAL_RESULTS).is_file() \
-        or (path / OVERRIDES_RECORD).is_file()
+    """A folder one job wrote: its status, its results, hydra's record of it, or what a training
+    killed outright leaves without the first three (hydra.output_subdir=null: no .hydra)."""
+    return any((path / mark).is_file() for mark in TRAINING_MARKS)
 
 
 def find_run_dirs(roots: Iterable[str | os.PathLike]) -> list[Path]:

@@ -365,3 +365,13 @@ def test_no_best_job_across_other_ground_truth_with_the_same_image_ids(tmp_path)
     assert best_job(rows, objective) is None
     assert "different image sets (20 images each, other ids or ground truth;" in format_table(rows, objective)
     assert [r["image_gt"] for r in rows] == ["c" * 64, "d" * 64]
+
+
+def test_params_compare_override_values_as_hydra_parses_them(tmp_path):
+    """A sweep's jobs record `train.progress_bar=False` where a run made alone records the
+    `train.progress_bar=false` it was given: summarised together, the params column listed it as
+    what told the runs apart (and 0.01 against 1e-2). A deletion given to one run still differs."""
+    _run(tmp_path / "sweep" / "0", overrides=("train.progress_bar=False", "solver.base_lr=0.01", "seed=1"))
+    _run(tmp_path / "alone", overrides=("train.progress_bar=false", "solver.base_lr=1e-2", "seed=2", "~weights"))
+    rows, _ = collect([tmp_path])
+    assert [r["params"] for r in rows] == ["seed=2 ~weights", "seed=1"]

@@ -15,6 +15,7 @@ recomputed. Written as ``summary.csv``, ``summary.json`` and ``summary.html`` (:
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 import math
@@ -268,10 +269,26 @@ def add_params(rows: Sequence[dict]) -> list[str]:
     varies); returns the overrides all jobs share."""
     keyed = [{o.partition("=")[0]: o for o in r["overrides"]} for r in rows]
     keys = list(dict.fromkeys(k for overrides in keyed for k in overrides))
-    varying = {k for k in keys if len({overrides.get(k) for overrides in keyed}) > 1}
+    varying = {k for k in keys if len({_parsed(overrides.get(k)) for overrides in keyed}) > 1}
     for row, overrides in zip(rows, keyed):
         row["params"] = " ".join(o for k, o in overrides.items() if k in varying)
     return [keyed[0][k] for k in keys if k not in varying] if rows else []
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed(override: str | None) -> str | None:
+    """An override's value as hydra parses it, as text: a sweep's jobs record ``x=False`` where a
+    single run records the ``x=false`` it was given, and ``0.01`` is ``1e-2``; the text when it
+    does not parse."""
+    if override is None:
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return "=" + repr(OverridesParser.create().parse_override(override).value())  # "~key": "=None"
+    except (HydraException, ValueError):
+        return override
 
 
 def to_csv(rows: Sequence[dict]) -> str:

@@ -208,4 +208,5 @@ def test_a_sweep_with_a_failed_job_still_ends_with_its_table(tmp_path, tiny_args
     assert "NonFiniteLossError" in proc.stderr  # hydra's report of the failure, as before
     table = proc.stdout[proc.stdout.index(f"sweep summary (1 job): {sweep}/summary.html"):]
     assert table.splitlines()[2].split()[:2] == ["0", "failed"], table
+    assert "notes:\n  job 0 (failed): NonFiniteLossError: non-finite loss at iteration 1:" in table  # why
     assert proc.stdout.count("sweep summary (") == 1

@@ -327,10 +327,18 @@ def format_table(rows: Sequence[dict], objective: dict | None = None) -> str:
                      + (f" (tied with job {', '.join(tied)}: the same value)" if tied else ""))
     elif reason:
         lines.append(f"no best job: {reason}")
+    notes = [r for r in rows if r.get("error")]  # why a job failed, is running or unknown
+    if notes:
+        lines += ["notes:"] + [f"  job {r['job']} ({r['status']}): {_one_line(str(r['error']))}" for r in notes]
     if any(r.get("config_diff") for r in rows):
         lines += ["config.yaml differs outside the overrides (config_diff):"]
         lines += [f"  job {r['job']}: {r['config_diff']}" for r in rows if r.get("config_diff")]
     return "\n".join(lines)
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
 def write_summary(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,

@@ -91,7 +91,10 @@ def test_a_lock_left_by_a_killed_training_on_this_host_is_not_shown_running(tmp_
     with open(sweep / "2" / LOCK_FILE) as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # job 2's training runs
         rows, objective = collect([sweep])
+        write_summary([sweep], sweep)  # the page lists why, not only in a row's tooltip
     assert [r["status"] for r in rows] == ["done", "unknown", "running"]
+    notes = (sweep / "summary.html").read_text().split('<ul id="notes">')[1]
+    assert "job 1 (unknown): <code>train.lock of pid 4242" in notes and "job 2 (running)" in notes
     assert "not held: that training ended without releasing it (killed outright?)" in rows[1]["error"]
     assert "job_status.json and the metrics are of an earlier attempt" in rows[1]["error"]
     assert "running now (it holds the lock)" in rows[2]["error"]

@@ -6,8 +6,9 @@ import json
 import logging
 import math
 import os
+import struct
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
@@ -139,30 +140,44 @@ def drop_records_after(path: Path, iteration: int) -> int:
 def drop_hparams(path: Path) -> bool:
     """Rewrite the TensorBoard event file ``path`` (atomically) without its HParams records, which
     TensorBoard would show instead of a later attempt's (it keeps the first it reads); the other
-    events stay as they were. A file without such records is not rewritten. Returns whether it was."""
-    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    events are copied byte for byte. A file without such records is not rewritten. Returns whether it was."""
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
 
     if not _holds(path, HPARAMS_TAGS):
         return False
 
-    def write(f) -> None:  # streamed: an event file with images can be large
-        writer = RecordWriter(f)
-        for raw in RawEventFileLoader(str(path)).Load():  # a record cut short by a kill ends the file
-            event = event_pb2.Event.FromString(raw)
-            if event.HasField("summary") and any(_is_hparams(v) for v in event.summary.value):
-                values = [v for v in event.summary.value if not _is_hparams(v)]
-                if not values:
+    def write(out) -> None:  # streamed: an event file with images can be large
+        writer = RecordWriter(out)
+        with open(path, "rb") as f:
+            for framed, data in _records(f):
+                if HPARAMS_TAGS not in data:  # most events: copied, not parsed nor checksummed again
+                    out.write(framed)
                     continue
-                del event.summary.value[:]
-                event.summary.value.extend(values)
-                raw = event.SerializeToString()
-            writer.write(raw)
+                event = event_pb2.Event.FromString(data)
+                values = [v for v in event.summary.value if not _is_hparams(v)]
+                if values:
+                    del event.summary.value[:]
+                    event.summary.value.extend(values)
+                    writer.write(event.SerializeToString())
 
     atomic_write(path, write)
     logger.info("%s: removed an earlier attempt's hparams (TensorBoard shows this run's)", path.name)
     return True
+
+
+def _records(f) -> Iterator[tuple[bytes, bytes]]:
+    """``(framed bytes, data)`` of each record of a TFRecord file (an event file: an 8-byte length,
+    its 4-byte checksum, the data, its checksum); a record cut short (a killed writer) ends it."""
+    while True:
+        header = f.read(12)
+        if len(header) < 12:
+            return
+        (length,) = struct.unpack("<Q", header[:8])
+        rest = f.read(length + 4)
+        if len(rest) < length + 4:
+            return
+        yield header + rest, rest[:length]
 
 
 def _is_hparams(value) -> bool:

@@ -4,6 +4,8 @@ TensorBoard (hparams, per-class PQ, the config), and the warnings about schedule
 import io
 import re
 
+import numpy as np
+
 import pytest
 
 from panfpn.engine.progress import bar_enabled
@@ -177,3 +179,31 @@ def test_a_resumed_run_shows_its_own_hparams_and_config_in_tensorboard(tiny_cfg,
     configs = mux.Tensors(name, "config/text_summary")
     assert [e.step for e in configs] == [1, 3]  # each attempt's from its first iteration on
     assert b"max_iter: 4" in configs[-1].tensor_proto.string_val[0]
+
+
+def test_drop_hparams_keeps_every_other_event_of_a_file_cut_short(tmp_path):
+    """The earlier attempt's event file, its last record cut short by a kill: the rewrite keeps
+    every whole event (read back by TensorBoard) and only the hparams records go."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    from panfpn.engine.training.metrics_log import drop_hparams
+
+    writer = SummaryWriter(str(tmp_path))
+    for summary in hparams({"seed": 1}, {"final/pq/All": 5.0}):
+        writer.file_writer.add_summary(summary)
+    for step in range(1, 301):
+        writer.add_scalar("loss/total", 1.0 / step, step)
+    writer.add_image("val/panoptic/0", np.zeros((4, 6, 3), np.uint8), 300, dataformats="HWC")
+    writer.close()
+    [path] = tmp_path.glob("events.out.tfevents.*")
+    with open(path, "ab") as f:
+        f.write(b"\x40\x00\x00\x00\x00")  # a record cut short
+    assert drop_hparams(path) and not drop_hparams(path)  # the second time: nothing to remove
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss/total")] == list(range(1, 301))
+    assert [e.step for e in acc.Images("val/panoptic/0")] == [300]
+    assert "hparams" not in acc.Tags().get("tensors", []) and not any(
+        t.startswith("_hparams_") for t in acc.summary_metadata)

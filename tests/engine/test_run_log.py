@@ -206,3 +206,26 @@ def test_drop_hparams_keeps_every_other_event_of_a_file_cut_short(tmp_path):
     assert [e.step for e in acc.Images("val/panoptic/0")] == [300]
     assert "hparams" not in acc.Tags().get("tensors", []) and not any(
         t.startswith("_hparams_") for t in acc.summary_metadata)
+
+
+def test_a_fresh_start_in_a_used_folder_hides_all_of_the_earlier_run_in_tensorboard(tmp_path):
+    """resume=false into a folder of an earlier run: its events from step 1 on were purged, but not
+    those at step 0 (its config text: two configs showed, the earlier one first)."""
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
+    from panfpn.engine.training.metrics_log import MetricsLog
+
+    earlier = MetricsLog(tmp_path, resumed_at=0)
+    earlier.text("config", "solver:\n  max_iter: 8", step=0)  # where runs before this change wrote it
+    earlier.scalars(8, {"loss/total": 1.0})
+    earlier.close()
+    fresh = MetricsLog(tmp_path, resumed_at=0)
+    fresh.text("config", "solver:\n  max_iter: 2", step=1)
+    fresh.scalars(1, {"loss/total": 2.0})
+    fresh.close()
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(tmp_path / "tensorboard"))
+    mux.Reload()
+    configs = mux.Tensors(".", "config/text_summary")
+    assert [(e.step, b"max_iter: 2" in e.tensor_proto.string_val[0]) for e in configs] == [(1, True)]
+    assert [e.step for e in mux.Tensors(".", "loss/total")] == [1]

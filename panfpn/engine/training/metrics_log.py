@@ -23,8 +23,9 @@ class MetricsLog:
     """Writes scalar dicts to TensorBoard and one JSON line per call to ``metrics.jsonl``.
 
     On non-main ranks every call is a no-op, so callers need no rank checks. ``resumed_at`` (the
-    iteration a resumed run starts from) drops what an earlier attempt logged after it, from
-    ``metrics.jsonl`` (rewritten atomically) and from TensorBoard (``purge_step``). The event files
+    iteration a resumed run starts from; 0: a fresh start) drops what an earlier attempt logged after
+    it, from ``metrics.jsonl`` (rewritten atomically) and from TensorBoard (``purge_step``; all of it
+    on a fresh start, step 0 included). The event files
     already in ``tensorboard/`` are an earlier attempt's: :meth:`hparams` removes their hparams.
     """
 
@@ -41,7 +42,7 @@ class MetricsLog:
             self._earlier = sorted((self.run_dir / "tensorboard").glob(EVENT_FILES))
             purge_step = None
             if resumed_at is not None:
-                purge_step = resumed_at + 1
+                purge_step = resumed_at + 1 if resumed_at else 0  # a fresh start: nothing of an earlier run
                 drop_records_after(self.run_dir / "metrics.jsonl", resumed_at)
             self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge_step)
             self._jsonl = open(self.run_dir / "metrics.jsonl", "a", buffering=1)

@@ -48,7 +48,8 @@ METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 METRIC_NAMES = tuple(name for name, _ in METRICS)
 COLUMNS = ("job", "status", "params", "overrides", *METRIC_NAMES, "objective", "objective_name",
-           "objective_direction", "images", "image_set", "image_gt", "iteration", "eval_iteration", "skipped_steps", "wall_s",
+           "objective_direction", "images", "image_set", "image_gt", "iteration", "eval_iteration", "skipped_steps",
+           "wall_s",
            "config_diff",
            "run_dir", "error")
 

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         parser.error(str(err))
     if not found:  # before writing: an earlier summary in OUT is kept
-        print(f"no run folders (job_status.json, eval_results.json or .hydra/overrides.yaml) below "
+        print(f"no run folders (job_status.json, eval_results.json, .hydra/overrides.yaml, train.lock, "
+              f"metrics.jsonl or last_checkpoint) below "
               f"{', '.join(map(str, args.dirs))}; nothing written", file=sys.stderr)
         return 1
     rows = write_summary(args.dirs, out, title=args.title)

@@ -322,7 +322,7 @@ class _Loop:
             [float(not torch.isfinite(total)), float(self.stop.signum or 0)], self.device)
         self.optimizer.zero_grad(set_to_none=True)
         if nonfinite:
-            self.nonfinite(losses, it)
+            self.nonfinite(losses, it + 1)  # numbered as logged: the first step is iteration 1
         else:
             self.consecutive = 0
             self.scaler.scale(total).backward()

@@ -67,7 +67,16 @@ def image_set_problems(runs: Sequence[Run]) -> list[str]:
             other = "other images" if a["count"] == b["count"] else "a different number of images"
             problems.append(f"{base.source} scored {a['count']} images and {run.source} scored {b['count']} "
                             f"({other}; image-set sha256 {a['sha256'][:12]}… vs {b['sha256'][:12]}…)")
+        elif a.get("gt_sha256") and b.get("gt_sha256") and a["gt_sha256"] != b["gt_sha256"]:
+            problems.append(f"{base.source} and {run.source} scored {a['count']} images of the same ids but with "
+                            "other ground truth (another dataset, split or annotation file numbered alike; "
+                            f"ground-truth sha256 {a['gt_sha256'][:12]}… vs {b['gt_sha256'][:12]}…)")
     return problems
+
+
+def _unchecked_ground_truth(runs: Sequence[Run]) -> list[str]:
+    """The runs whose image-set record has no ground-truth digest (written before it was recorded)."""
+    return [r.letter for r in runs if not (r.metrics.get(IMAGE_SET_KEY) or {}).get("gt_sha256")]
 
 
 def _runs_table(runs: Sequence[Run]) -> str:
@@ -84,8 +93,12 @@ def _runs_table(runs: Sequence[Run]) -> str:
 def _image_check(runs: Sequence[Run], problems: Sequence[str]) -> str:
     if not problems:
         record = runs[0].metrics[IMAGE_SET_KEY]
+        unchecked = _unchecked_ground_truth(runs)
+        how = ("ids and ground truth" if not unchecked else
+               f"by id only: {', '.join(unchecked)} recorded no ground-truth digest (written before it was)")
         return (f'<p id="image-check" class="muted">All {len(runs)} evaluations scored the same '
-                f'{record["count"]} images (image-set sha256 {html.escape(record["sha256"][:16])}…).</p>')
+                f'{record["count"]} images ({html.escape(how)}; image-set sha256 '
+                f'{html.escape(record["sha256"][:16])}…).</p>')
     items = "".join(f"<li>{html.escape(p)}</li>" for p in problems)
     return (f'<div id="image-check" class="neg"><p>Not checked to be the same images '
             f'(--allow-different-images): the deltas may come from the images, not the models.</p>'

@@ -115,14 +115,24 @@ def test_scored_images_records_what_the_loop_gave_it():
     stops after max_images: a batch never processed is not recorded)."""
     from types import SimpleNamespace
 
+    import torch
+
     from panfpn.evaluation.image_set import ScoredImages, image_set_digest
 
     batches = [[3, 1], ["b", 2], [9]]
     recorder = ScoredImages()
-    recorder.process({"image_ids": batches[0]}, [SimpleNamespace(image_id=i) for i in batches[0]])
-    recorder.process({"image_ids": batches[1]}, [SimpleNamespace(image_id=i) for i in batches[1]])
+
+    def images(ids):
+        return [SimpleNamespace(image_id=i, gt_map=torch.zeros(2, 3), gt_segments=[
+            {"id": 5, "category_id": 7, "iscrowd": 0, "area": 4}, {"id": 6, "category_id": 1, "area": 2}])
+            for i in ids]
+
+    recorder.process({"image_ids": batches[0]}, images(batches[0]))
+    recorder.process({"image_ids": batches[1]}, images(batches[1]))
     record = recorder.evaluate()["image_set"]
     assert record["count"] == 4 and record["sha256"] == image_set_digest(["1", "2", "3", "b"])
+    # the ground truth digest: id, map size, segments (category_id:iscrowd:area) sorted
+    assert record["gt_sha256"] == image_set_digest([f"{i}\t2x3\t1:0:2 7:0:4" for i in (1, 2, 3, "b")])
     assert image_set_digest([3, 1, "b", 2]) == hashlib.sha256(b"1\n2\n3\nb").hexdigest()
     recorder.reset()
     assert recorder.evaluate()["image_set"]["count"] == 0

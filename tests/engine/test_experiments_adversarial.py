@@ -74,6 +74,50 @@ def test_a_resumed_run_that_is_still_running_is_not_reported_done_with_its_old_m
     assert best_job(rows, objective) == "0"
 
 
+def test_a_lock_left_by_a_killed_training_on_this_host_is_not_shown_running(tmp_path):
+    """A training killed outright (SIGKILL, the OOM killer) leaves its train.lock file, no longer
+    locked: the summary showed the job "running" for ever. On the host that ran it the kernel's lock
+    table tells a held lock from a left file, without taking it; a lock held now stays running."""
+    import fcntl
+    import socket
+
+    from panfpn.engine.training.run_lock import LOCK_FILE
+
+    sweep = tmp_path / "sweep"
+    _run(sweep / "0", pq=0.3)
+    for job in ("1", "2"):
+        (_run(sweep / job, pq=0.5) / LOCK_FILE).write_text(json.dumps(
+            {"pid": 4242, "host": socket.gethostname(), "started": "2026-12-06T10:00:00"}))
+    with open(sweep / "2" / LOCK_FILE) as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # job 2's training runs
+        rows, objective = collect([sweep])
+        write_summary([sweep], sweep)  # the page lists why, not only in a row's tooltip
+    assert [r["status"] for r in rows] == ["done", "unknown", "running"]
+    notes = (sweep / "summary.html").read_text().split('<ul id="notes">')[1]
+    assert "job 1 (unknown): <code>train.lock of pid 4242" in notes and "job 2 (running)" in notes
+    assert "not held: that training ended without releasing it (killed outright?)" in rows[1]["error"]
+    assert "job_status.json and the metrics are of an earlier attempt" in rows[1]["error"]
+    assert "running now (it holds the lock)" in rows[2]["error"]
+    assert best_job(rows, objective) == "0"
+
+
+def test_a_job_killed_before_writing_any_result_file_is_a_row_not_dropped(tmp_path):
+    """A sweep run with hydra.output_subdir=null (no .hydra record) whose job 1 was killed outright
+    mid-training: its folder holds log.txt, metrics.jsonl and checkpoints but none of the files the
+    summary looked for, and the job vanished from the table (2 jobs of 3, none said missing)."""
+    sweep = tmp_path / "sweep"
+    for job in ("0", "2"):
+        _run(sweep / job, pq=0.3)
+        (sweep / job / ".hydra" / "overrides.yaml").unlink()
+    killed = sweep / "1"
+    killed.mkdir()
+    (killed / "log.txt").write_text("training starts\n")
+    (killed / "metrics.jsonl").write_text('{"kind": "train", "iter": 20, "loss/total": 1.5}\n')
+    (killed / "last_checkpoint").write_text("model_0000020.pth")
+    rows, _ = collect([sweep])
+    assert [(r["job"], r["status"]) for r in rows] == [("0", "done"), ("1", "unknown"), ("2", "done")]
+
+
 def test_two_sweeps_summarised_together_name_their_jobs_apart(tmp_path):
     """Jobs were named by their folder's name only: two sweeps' job 0 and 1 got the same names and
     'best: job 1' (and the page's highlight) matched a job of each sweep."""
@@ -310,3 +354,27 @@ def test_eval_results_json_records_what_the_evaluation_ran_with(tiny_cfg, tmp_pa
     evaluate_from_config(cfg, overrides=["model.merge.score_thresh=0.3"])
     context = json.loads((tmp_path / "eval" / "eval_results.json").read_text())["context"]
     assert context["iteration"] == "1" and "score_thresh=0.3" in context["merge"]
+
+
+def test_no_best_job_across_other_ground_truth_with_the_same_image_ids(tmp_path):
+    """Two jobs evaluated on val sets numbered alike (another data.val.seed, another annotation
+    file of ids 1..N): the id digests matched and the better PQ was called best."""
+    for job, pq, gt in (("0", 0.3, "c"), ("1", 0.6, "d")):
+        _run(tmp_path / job, pq=pq)
+        results = json.loads((tmp_path / job / "eval_results.json").read_text())
+        results["image_set"]["gt_sha256"] = gt * 64
+        (tmp_path / job / "eval_results.json").write_text(json.dumps(results))
+    rows, objective = collect([tmp_path])
+    assert best_job(rows, objective) is None
+    assert "different image sets (20 images each, other ids or ground truth;" in format_table(rows, objective)
+    assert [r["image_gt"] for r in rows] == ["c" * 64, "d" * 64]
+
+
+def test_params_compare_override_values_as_hydra_parses_them(tmp_path):
+    """A sweep's jobs record `train.progress_bar=False` where a run made alone records the
+    `train.progress_bar=false` it was given: summarised together, the params column listed it as
+    what told the runs apart (and 0.01 against 1e-2). A deletion given to one run still differs."""
+    _run(tmp_path / "sweep" / "0", overrides=("train.progress_bar=False", "solver.base_lr=0.01", "seed=1"))
+    _run(tmp_path / "alone", overrides=("train.progress_bar=false", "solver.base_lr=1e-2", "seed=2", "~weights"))
+    rows, _ = collect([tmp_path])
+    assert [r["params"] for r in rows] == ["seed=2 ~weights", "seed=1"]

@@ -17,9 +17,11 @@ def nan_mask_loss_when(pred):
 
 
 def test_skip_gives_up_after_the_default_five_in_a_row(tiny_cfg, tmp_path, monkeypatch):
-    wrap_forward(monkeypatch, nan_mask_loss_when(lambda n: n >= 2))  # 9 of 10 steps non-finite
+    # 9 of 10 steps non-finite: steps 2..6 are the five in a row. The message numbers the step as
+    # the log and checkpoints do (the first step is "iter 1"; it said iteration 5, the 0-based count)
+    wrap_forward(monkeypatch, nan_mask_loss_when(lambda n: n >= 2))
     with pytest.raises(NonFiniteLossError,
-                       match=r"iteration 5: loss_mask=nan: 5 non-finite steps in a row "
+                       match=r"iteration 6: loss_mask=nan: 5 non-finite steps in a row "
                              r"\(train\.max_consecutive_nonfinite=5\)"):
         train_from_config(tiny_cfg(*SKIP))
     assert not (tmp_path / "run" / "model_final.pth").exists()
@@ -27,7 +29,7 @@ def test_skip_gives_up_after_the_default_five_in_a_row(tiny_cfg, tmp_path, monke
 
 def test_the_consecutive_limit_is_configurable(tiny_cfg, tmp_path, monkeypatch):
     wrap_forward(monkeypatch, nan_mask_loss_when(lambda n: n in (2, 4, 5)))
-    with pytest.raises(NonFiniteLossError, match=r"iteration 4: .*2 non-finite steps in a row"):
+    with pytest.raises(NonFiniteLossError, match=r"iteration 5: .*2 non-finite steps in a row"):
         train_from_config(tiny_cfg(*SKIP, "train.max_consecutive_nonfinite=2"))
     assert not (tmp_path / "run" / "model_final.pth").exists()
 

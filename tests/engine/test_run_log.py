@@ -4,6 +4,7 @@ TensorBoard (hparams, per-class PQ, the config), and the warnings about schedule
 import io
 import re
 
+import numpy as np
 import pytest
 
 from panfpn.engine.progress import bar_enabled
@@ -148,3 +149,83 @@ def test_job_status_is_written_when_the_training_raises(tiny_cfg, tmp_path, monk
     assert record["status"] == status and record["error"].startswith(type(error).__name__)
     assert record["objective"] == {"name": "pq/All", "direction": "maximize", "value": None}
     assert not (tmp_path / "run" / "eval_results.json").exists()
+
+
+def test_a_resumed_run_shows_its_own_hparams_and_config_in_tensorboard(tiny_cfg, tmp_path):
+    """TensorBoard keeps the first hparams record it reads in a run: after `resume=true
+    solver.max_iter=4` the HParams tab paired the first attempt's solver.max_iter=2 with the final
+    metrics of iteration 4; and both attempts' configs were texts at step 0 (which is current?).
+    Read with TensorBoard's own multiplexer, as its server does."""
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    common = ("solver.schedule.steps=[1]", "train.eval_period=-1")
+    (run / ".hydra" / "overrides.yaml").write_text("- solver.max_iter=2\n")
+    run_training_job(tiny_cfg("solver.max_iter=2", *common))
+    (run / ".hydra" / "overrides.yaml").write_text("- solver.max_iter=4\n- resume=true\n")
+    run_training_job(tiny_cfg("solver.max_iter=4", "resume=true", *common))
+
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(run / "tensorboard"))
+    mux.Reload()
+    [(name, tags)] = mux.PluginRunToTagToContent("hparams").items()
+    session = plugin_data_pb2.HParamsPluginData.FromString(tags["_hparams_/session_start_info"])
+    assert session.session_start_info.hparams["solver.max_iter"].number_value == 4
+    assert [e.step for e in mux.Tensors(name, "final/loss/total")] == [2, 4]  # each end, as before
+    assert [e.step for e in mux.Tensors(name, "loss/total")] == [1, 2, 3, 4]  # the rewritten file kept its events
+    configs = mux.Tensors(name, "config/text_summary")
+    assert [e.step for e in configs] == [1, 3]  # each attempt's from its first iteration on
+    assert b"max_iter: 4" in configs[-1].tensor_proto.string_val[0]
+
+
+def test_drop_hparams_keeps_every_other_event_of_a_file_cut_short(tmp_path):
+    """The earlier attempt's event file, its last record cut short by a kill: the rewrite keeps
+    every whole event (read back by TensorBoard) and only the hparams records go."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    from panfpn.engine.training.metrics_log import drop_hparams
+
+    writer = SummaryWriter(str(tmp_path))
+    for summary in hparams({"seed": 1}, {"final/pq/All": 5.0}):
+        writer.file_writer.add_summary(summary)
+    for step in range(1, 301):
+        writer.add_scalar("loss/total", 1.0 / step, step)
+    writer.add_image("val/panoptic/0", np.zeros((4, 6, 3), np.uint8), 300, dataformats="HWC")
+    writer.close()
+    [path] = tmp_path.glob("events.out.tfevents.*")
+    with open(path, "ab") as f:
+        f.write(b"\x40\x00\x00\x00\x00")  # a record cut short
+    assert drop_hparams(path) and not drop_hparams(path)  # the second time: nothing to remove
+    acc = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss/total")] == list(range(1, 301))
+    assert [e.step for e in acc.Images("val/panoptic/0")] == [300]
+    assert "hparams" not in acc.Tags().get("tensors", []) and not any(
+        t.startswith("_hparams_") for t in acc.summary_metadata)
+
+
+def test_a_fresh_start_in_a_used_folder_hides_all_of_the_earlier_run_in_tensorboard(tmp_path):
+    """resume=false into a folder of an earlier run: its events from step 1 on were purged, but not
+    those at step 0 (its config text: two configs showed, the earlier one first)."""
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+
+    from panfpn.engine.training.metrics_log import MetricsLog
+
+    earlier = MetricsLog(tmp_path, resumed_at=0)
+    earlier.text("config", "solver:\n  max_iter: 8", step=0)  # where runs before this change wrote it
+    earlier.scalars(8, {"loss/total": 1.0})
+    earlier.close()
+    fresh = MetricsLog(tmp_path, resumed_at=0)
+    fresh.text("config", "solver:\n  max_iter: 2", step=1)
+    fresh.scalars(1, {"loss/total": 2.0})
+    fresh.close()
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(tmp_path / "tensorboard"))
+    mux.Reload()
+    configs = mux.Tensors(".", "config/text_summary")
+    assert [(e.step, b"max_iter: 2" in e.tensor_proto.string_val[0]) for e in configs] == [(1, True)]
+    assert [e.step for e in mux.Tensors(".", "loss/total")] == [1]

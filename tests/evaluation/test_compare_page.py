@@ -119,3 +119,21 @@ def test_a_change_that_rounds_to_zero_has_no_sign():
     assert [signed_text(v) for v in (0.0, -0.0, -0.004, 0.004, 0.02, -1.5)] == \
         ["0.00", "0.00", "0.00", "0.00", "+0.02", "-1.50"]
     assert signed_text(0, 0) == "0" and signed_text(-2, 0) == "-2"
+
+
+def test_the_same_image_ids_with_other_ground_truth_are_refused_unless_allowed(tmp_path):
+    """Two datasets numbered alike (ids 1..N of a labelling tool's export, the synthetic data with
+    another seed) passed the id check: the page said "scored the same 8 images" of evaluations of
+    different images. The ground-truth digest tells them apart; equal ground truth still compares."""
+    paths = _write(tmp_path, {"a": fake_metrics({1: 0.5}, gt="1:0:40"), "b": fake_metrics({1: 0.6}, gt="1:0:41"),
+                              "c": fake_metrics({1: 0.7}, gt="1:0:40")})
+    tool = _tool()
+    with pytest.raises(SystemExit) as err:
+        tool.main([paths[0], paths[1], "--out", str(tmp_path / "ab.html")])
+    assert f"{paths[0]} and {paths[1]} scored 8 images of the same ids but with other ground truth" \
+        in str(err.value.code)
+    assert not (tmp_path / "ab.html").exists()
+    tool.main([paths[0], paths[2], "--out", str(tmp_path / "ac.html")])
+    assert "same 8 images (ids and ground truth;" in (tmp_path / "ac.html").read_text(encoding="utf-8")
+    tool.main([paths[0], paths[1], "--out", str(tmp_path / "ab.html"), "--allow-different-images"])
+    assert "not checked to be the same images" in (tmp_path / "ab.html").read_text(encoding="utf-8").lower()

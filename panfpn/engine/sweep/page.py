@@ -92,11 +92,18 @@ def build_page(rows: Sequence[dict], objective: dict | None, *, title: str = "Sw
                      if tied_with_best(rows, best) else ""))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(title)}</title><style>{STYLE}{EXTRA_STYLE}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><p>{len(rows)} jobs: {html.escape(intro)}. Metrics in percent, from "
-            "each job's eval_results.json, of the iteration in 'evaluated at'; click a header to sort; hover a "
-            "row for all its overrides.</p>"
+            f"<h1>{html.escape(title)}</h1><p>{len(rows)} job{'s' * (len(rows) != 1)}: {html.escape(intro)}. "
+            "Metrics in percent, from each job's eval_results.json, of the iteration in 'evaluated at'; "
+            "click a header to sort; hover a row for all its overrides.</p>"
             + ('<p class="neg">config.yaml differs between the jobs outside the overrides that differ: see '
                '"other config"</p>' if any(r.get("config_diff") for r in rows) else "")
             + f'<p class="muted">shared by all jobs: <code>{html.escape(" ".join(common)) or "(none)"}</code></p>'
             f'<table id="jobs" class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-            f"<script>{SORT_JS}</script></body></html>\n")
+            + _notes(rows) + f"<script>{SORT_JS}</script></body></html>\n")
+
+
+def _notes(rows: Sequence[dict]) -> str:
+    """Each failed, running or unknown job's error or note, in full (the row's tooltip has it too)."""
+    items = "".join(f"<li>job {html.escape(str(r['job']))} ({html.escape(str(r['status']))}): "
+                    f"<code>{html.escape(str(r['error']))}</code></li>" for r in rows if r.get("error"))
+    return f'<h2>Notes</h2><ul id="notes">{items}</ul>' if items else ""

@@ -1,9 +1,9 @@
 """One table of a sweep's jobs, built from each run folder's own result files.
 
 A row per run folder: its overrides (``.hydra/overrides.yaml``), status (``job_status.json``:
-done / failed / interrupted; ``running`` while a training holds the folder's ``train.lock``, or
-after one was killed outright holding it, whatever an earlier attempt's job_status.json says;
-``unknown`` when the job wrote none),
+done / failed / interrupted; ``running`` while a training holds the folder's ``train.lock`` (or
+may: a holder on another host cannot be checked), whatever an earlier attempt's job_status.json
+says; ``unknown`` when the job wrote none, or left a lock no process holds: killed outright),
 the final PQ/SQ/RQ All/Things/Stuff, mIoU and AP (``eval_results.json``, percent) and the
 iteration they were evaluated at (an interrupted run's last evaluation is earlier than its end), the
 objective, the wall time, the config keys that differ between the jobs' config.yaml outside the
@@ -15,6 +15,7 @@ recomputed. Written as ``summary.csv``, ``summary.json`` and ``summary.html`` (:
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 import math
@@ -47,15 +48,19 @@ METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 METRIC_NAMES = tuple(name for name, _ in METRICS)
 COLUMNS = ("job", "status", "params", "overrides", *METRIC_NAMES, "objective", "objective_name",
-           "objective_direction", "images", "image_set", "iteration", "eval_iteration", "skipped_steps", "wall_s",
+           "objective_direction", "images", "image_set", "image_gt", "iteration", "eval_iteration", "skipped_steps",
+           "wall_s",
            "config_diff",
            "run_dir", "error")
 
 
+TRAINING_MARKS = (JOB_STATUS, EVAL_RESULTS, OVERRIDES_RECORD, LOCK_FILE, "metrics.jsonl", "last_checkpoint")
+
+
 def is_run_dir(path: Path) -> bool:
-    """A folder one job wrote: its status, its results or hydra's record of it."""
-    return (path / JOB_STATUS).is_file() or (path / EVAL_RESULTS).is_file() \
-        or (path / OVERRIDES_RECORD).is_file()
+    """A folder one job wrote: its status, its results, hydra's record of it, or what a training
+    killed outright leaves without the first three (hydra.output_subdir=null: no .hydra)."""
+    return any((path / mark).is_file() for mark in TRAINING_MARKS)
 
 
 def find_run_dirs(roots: Iterable[str | os.PathLike]) -> list[Path]:
@@ -156,6 +161,7 @@ def job_row(run_dir: Path, base: Path | None = None) -> dict[str, Any]:
     image_set = results.get("image_set") if isinstance(results.get("image_set"), dict) else {}
     row["images"] = image_set.get("count", results.get("num_images"))
     row["image_set"] = image_set.get("sha256")  # which images were scored (evaluation/image_set.py)
+    row["image_gt"] = image_set.get("gt_sha256")  # and their ground truth (ids alike, other data: differs)
     row["iteration"] = status.get("iteration")
     row["skipped_steps"] = status.get("skipped_steps")  # train.on_nonfinite=skip: steps not taken
     row["eval_iteration"] = results.get("iteration")  # the metrics' iteration (None: tools/eval.py or older)
@@ -169,13 +175,22 @@ def job_row(run_dir: Path, base: Path | None = None) -> dict[str, Any]:
 
 def _mark_running(row: dict[str, Any], lock: Path, has_status: bool) -> None:
     """A training holds (or held, when killed outright) the folder's train.lock: its
-    job_status.json, if any, is an earlier attempt's (a finished run extended with resume=true)."""
+    job_status.json, if any, is an earlier attempt's (a finished run extended with resume=true).
+    When this machine's lock table shows the lock free, its holder was killed: ``unknown``."""
+    from panfpn.engine.sweep.lock_state import lock_held
     from panfpn.engine.training.run_lock import describe_holder, read_record
 
+    record = read_record(lock)
+    earlier = "; job_status.json and the metrics are of an earlier attempt" if has_status else ""
+    held = lock_held(lock, record)
+    if held is False:
+        row["status"] = "unknown"
+        row["error"] = (f"{lock.name} of {describe_holder(record)}, which is not held: that training ended "
+                        f"without releasing it (killed outright?){earlier}")
+        return
     row["status"] = "running"
-    row["error"] = (f"{lock.name} of {describe_holder(read_record(lock))}: running now, or killed without "
-                    "cleaning up" + ("; job_status.json and the metrics are of an earlier attempt" if has_status
-                                     else ""))
+    now = "running now (it holds the lock)" if held else "running now, or killed without cleaning up"
+    row["error"] = f"{lock.name} of {describe_holder(record)}: {now}{earlier}"
 
 
 def _job_name(run_dir: Path, base: Path | None) -> str:
@@ -200,10 +215,14 @@ def no_best_reason(rows: Sequence[dict]) -> str | None:
     if not scored or kinds[0][0].startswith(LOSS_PREFIX):
         return None
     known = all(r.get("image_set") for r in scored)
-    sets = {r.get("image_set") if known else r.get("images") for r in scored} - {None}
+    gt_known = all(r.get("image_gt") for r in scored)
+    sets = {(r.get("image_set"), r.get("image_gt") if gt_known else None) if known else r.get("images")
+            for r in scored} - {None}
     if len(sets) > 1:
         counts = sorted({r.get("images") for r in scored if r.get("images") is not None})
-        return (f"the jobs scored different image sets ({', '.join(map(str, counts))} images; "
+        what = f"{counts[0]} images each, other ids or ground truth" if len(counts) == 1 else \
+            f"{', '.join(map(str, counts))} images"
+        return (f"the jobs scored different image sets ({what}; "
                 "compare evaluations of the same data.val and eval.max_images)")
     return None
 
@@ -251,10 +270,26 @@ def add_params(rows: Sequence[dict]) -> list[str]:
     varies); returns the overrides all jobs share."""
     keyed = [{o.partition("=")[0]: o for o in r["overrides"]} for r in rows]
     keys = list(dict.fromkeys(k for overrides in keyed for k in overrides))
-    varying = {k for k in keys if len({overrides.get(k) for overrides in keyed}) > 1}
+    varying = {k for k in keys if len({_parsed(overrides.get(k)) for overrides in keyed}) > 1}
     for row, overrides in zip(rows, keyed):
         row["params"] = " ".join(o for k, o in overrides.items() if k in varying)
     return [keyed[0][k] for k in keys if k not in varying] if rows else []
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed(override: str | None) -> str | None:
+    """An override's value as hydra parses it, as text: a sweep's jobs record ``x=False`` where a
+    single run records the ``x=false`` it was given, and ``0.01`` is ``1e-2``; the text when it
+    does not parse."""
+    if override is None:
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return "=" + repr(OverridesParser.create().parse_override(override).value())  # "~key": "=None"
+    except (HydraException, ValueError):
+        return override
 
 
 def to_csv(rows: Sequence[dict]) -> str:
@@ -293,10 +328,18 @@ def format_table(rows: Sequence[dict], objective: dict | None = None) -> str:
                      + (f" (tied with job {', '.join(tied)}: the same value)" if tied else ""))
     elif reason:
         lines.append(f"no best job: {reason}")
+    notes = [r for r in rows if r.get("error")]  # why a job failed, is running or unknown
+    if notes:
+        lines += ["notes:"] + [f"  job {r['job']} ({r['status']}): {_one_line(str(r['error']))}" for r in notes]
     if any(r.get("config_diff") for r in rows):
         lines += ["config.yaml differs outside the overrides (config_diff):"]
         lines += [f"  job {r['job']}: {r['config_diff']}" for r in rows if r.get("config_diff")]
     return "\n".join(lines)
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
 def write_summary(roots: Iterable[str | os.PathLike], out_dir: str | os.PathLike, *,

@@ -125,8 +125,9 @@ def log_start(cfg: DictConfig, metrics_log: Any = None, **facts: Any) -> None:
     schedule = getattr(facts["scheduler"], "lr_lambdas", [None])[0]
     for message in schedule_warnings(schedule, int(cfg.solver.max_iter)):
         logger.warning("%s", message)
-    if metrics_log is not None and config_file is not None:
-        metrics_log.text("config", config_file.read_text())
+    if metrics_log is not None and config_file is not None:  # at this attempt's first iteration: a resumed
+        # run's config is not a second text at step 0, and a later resume from here purges it
+        metrics_log.text("config", config_file.read_text(), step=int(facts["resumed"].iteration) + 1)
 
 
 class MetricsLine:

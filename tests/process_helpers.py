@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -91,6 +93,24 @@ def started(cmd: list[str], **kwargs: Any) -> Iterator[subprocess.Popen]:
         yield proc
     finally:
         kill_group(proc)
+
+
+@contextmanager
+def run_lock_held(folder: Path) -> Iterator[subprocess.Popen]:
+    """A live process holding ``folder``'s run lock (``train.lock``, as a training does) while the
+    ``with`` block runs; it is killed after, its lock record left behind."""
+    root = Path(__file__).resolve().parents[1]
+    holder = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(root)!r})
+        from panfpn.engine.training.run_lock import RunDirLock
+        RunDirLock({str(folder)!r}).acquire()
+        print('held', flush=True)
+        time.sleep(120)
+    """)
+    with started([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc
 
 
 def run(cmd: list[str], *, timeout: float | None = None, capture_output: bool = False, check: bool = False,

@@ -7,17 +7,13 @@ that is a file (hydra cannot make the folder: a FileExistsError traceback) refus
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 
+from process_helpers import run_lock_held
 from test_sweep_dry_start import _refused
 from tests.engine.conftest import TINY
 
-ROOT = Path(__file__).resolve().parents[2]
 NO_EVAL = ["train.eval_period=-1", "train.checkpoint_period=100"]
 
 
@@ -45,22 +41,9 @@ def test_distinct_folders_of_a_subdir_key_pass(capsys, tmp_path):
 
 def test_a_job_folder_held_by_a_live_training_stops_the_sweep(capsys, tmp_path):
     folder = tmp_path / "sweep" / "1"
-    holder = textwrap.dedent(f"""
-        import sys, time
-        sys.path.insert(0, {str(ROOT)!r})
-        from panfpn.engine.training.run_lock import RunDirLock
-        RunDirLock({str(folder)!r}).acquire()
-        print('held', flush=True)
-        time.sleep(120)
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "held"
+    with run_lock_held(folder) as proc:
         lines = _refused(capsys, *TINY, *NO_EVAL, "resume=true", "seed=1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}")
         lock = (folder / "train.lock").read_bytes()
-    finally:
-        proc.kill()
-        proc.wait()
     assert lines is not None and len(lines) == 1, lines
     assert lines[0].startswith(f"job 1 [seed=2]: RunDirBusyError: {folder} is in use by another training: "
                                f"pid {proc.pid} on host "), lines

@@ -8,20 +8,16 @@ trials before it trained. Each is refused before the first trial, naming hydra.s
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from process_helpers import started
+from process_helpers import run_lock_held
 from test_sweep_check import _train_multirun
 from tests.engine.conftest import TINY
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper is not installed")
 
-ROOT = Path(__file__).resolve().parents[2]
 FAST = [*TINY, "solver.max_iter=2", "solver.schedule.steps=[1]", "solver.schedule.warmup_iters=1",
         "train.eval_period=-1", "train.checkpoint_period=100", "train.num_vis_images=0",
         "train.objective=loss/total", "train.objective_direction=minimize"]
@@ -114,16 +110,7 @@ def test_records_alone_are_runs(capsys, tmp_path):
 def test_an_optuna_sweep_whose_trial_folder_a_live_training_holds_is_refused(capsys, tmp_path):
     """Before: trial 0 trained, then trial 1 failed with a RunDirBusyError traceback."""
     folder = tmp_path / "sweep" / "1"
-    holder = textwrap.dedent(f"""
-        import sys, time
-        sys.path.insert(0, {str(ROOT)!r})
-        from panfpn.engine.training.run_lock import RunDirLock
-        RunDirLock({str(folder)!r}).acquire()
-        print('held', flush=True)
-        time.sleep(120)
-    """)
-    with started([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True) as proc:
-        assert proc.stdout.readline().strip() == "held"
+    with run_lock_held(folder) as proc:
         with pytest.raises(SystemExit):
             _refused_optuna(*FAST, *OPTUNA, f"hydra.sweep.dir={tmp_path / 'sweep'}")
     err = capsys.readouterr().err

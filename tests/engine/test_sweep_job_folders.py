@@ -7,7 +7,6 @@ that is a file (hydra cannot make the folder: a FileExistsError traceback) refus
 
 from __future__ import annotations
 
-
 import pytest
 
 from process_helpers import run_lock_held

@@ -4,7 +4,8 @@ Each DIR is a run folder or a folder holding run folders (a sweep folder, Slurm 
 folders, copies from other machines). Writes summary.csv, summary.json and summary.html (one row
 per run: overrides, status, final PQ/SQ/RQ, mIoU, AP, objective, wall time, folder) into OUT
 (default: DIR when there is one) and prints the table. Built from each run's own files
-(job_status.json, eval_results.json, .hydra/overrides.yaml), the same as a multirun's summary.
+(job_status.json, eval_results.json, hydra's overrides.yaml in .hydra/ or another
+hydra.output_subdir), the same as a multirun's summary.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         parser.error(str(err))
     if not found:  # before writing: an earlier summary in OUT is kept
-        print(f"no run folders (job_status.json, eval_results.json, .hydra/overrides.yaml, train.lock, "
+        print(f"no run folders (job_status.json, eval_results.json, hydra's overrides.yaml, train.lock, "
               f"metrics.jsonl or last_checkpoint) below "
               f"{', '.join(map(str, args.dirs))}; nothing written", file=sys.stderr)
         return 1

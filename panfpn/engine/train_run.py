@@ -32,6 +32,7 @@ from panfpn.engine.training.checkpoint import (
 from panfpn.engine.data_files import check_dataset_files
 from panfpn.engine.eval_loop import build_eval_loader, evaluate
 from panfpn.engine.progress import bar_enabled
+from panfpn.engine.training.elapsed import ELAPSED_KEY, ElapsedTime
 from panfpn.engine.training.metrics_log import MetricsLog
 from panfpn.engine.model_spec import describe_model
 from panfpn.engine.rank_errors import told_to_rank_0
@@ -136,7 +137,7 @@ def _build_solver(cfg: DictConfig, model: torch.nn.Module, device: torch.device)
 
 
 def _checkpoint_state(model, optimizer, scheduler, scaler, iteration: int, cfg: DictConfig,
-                      metadata, skipped_steps: int = 0) -> dict:
+                      metadata, skipped_steps: int = 0, elapsed_s: float = 0.0) -> dict:
     rng_all_ranks = du.all_gather_objects(capture_rng_state())
     return {
         "model": model.state_dict(),
@@ -145,6 +146,7 @@ def _checkpoint_state(model, optimizer, scheduler, scaler, iteration: int, cfg: 
         "scaler": scaler.state_dict(),
         "iteration": iteration,
         "skipped_steps": skipped_steps,
+        ELAPSED_KEY: elapsed_s,  # a resumed run's time/elapsed_s continues from it
         "rng": rng_all_ranks,
         "config": OmegaConf.to_yaml(cfg),
         **describe_model(cfg, metadata, model),
@@ -272,6 +274,7 @@ class _Loop:
         self.window: dict[str, list[float]] = {}
         self.times = {"iter": 0.0, "data": 0.0, "n": 0}
         self.stop = _StopFlag()
+        self.elapsed = ElapsedTime(resumed.elapsed_s)
         self.result: dict[str, Any] = {
             "iteration": self.start_iter, "interrupted": False, "signal": None, "eval": None, "losses": {},
             "checkpoint": str(resumed.checkpoint) if resumed.checkpoint else None}
@@ -282,8 +285,8 @@ class _Loop:
         it, period = self.start_iter, int(self.cfg.train.checkpoint_period)
         data_iter = iter(loader)
         self.ddp_model.train()
-        t_start = t_end = time.perf_counter()
-        if it > 0 and (signum := self.catch_up(it, t_start)):  # resumed: what a stop left undone
+        t_end = self.elapsed.start()
+        if it > 0 and (signum := self.catch_up(it)):  # resumed: what a stop left undone
             self.result.update(interrupted=True, signal=signum)
         while it < self.max_iter:
             batch = move_batch(next(data_iter), self.device)
@@ -302,7 +305,7 @@ class _Loop:
             if saved:
                 self.save(it, final=it == self.max_iter)
             if not signum and self.eval_due(it):
-                signum = self.evaluate(it, t_start)
+                signum = self.evaluate(it)
                 if signum and not saved:  # stopped during the evaluation: keep this iteration
                     self.save(it, final=False)
             if signum:
@@ -369,11 +372,11 @@ class _Loop:
         if final:
             self.check_skipped_fraction()
         state = _checkpoint_state(self.model, self.optimizer, self.scheduler, self.scaler, it, self.cfg,
-                                  self.metadata, self.skipped)
+                                  self.metadata, self.skipped, self.elapsed())
         _save(self.run_dir, state, keep=self.cfg.train.keep_checkpoints, final=final)
         self.result["checkpoint"] = str(find_last_checkpoint(self.run_dir))
 
-    def catch_up(self, it: int, t_start: float) -> int:
+    def catch_up(self, it: int) -> int:
         """Resumed at ``it``: at solver.max_iter, write model_final.pth when the checkpoint is another
         one (a lowered max_iter) and run the final evaluation (it may have been interrupted); before
         it, the evaluation due at ``it`` when it is not logged (a signal stopped it). Returns the
@@ -381,10 +384,10 @@ class _Loop:
         if it == self.max_iter:
             if Path(str(self.result["checkpoint"])).name != FINAL_CHECKPOINT:
                 self.save(it, final=True)
-            return self.evaluate(it, t_start) if self.eval_due(it) else 0
+            return self.evaluate(it) if self.eval_due(it) else 0
         missing = du.is_main_process() and not self.log.logged(it, "eval")
         if self.eval_due(it) and _max_over_ranks([float(missing)], self.device)[0]:  # main rank decides
-            return self.evaluate(it, t_start)
+            return self.evaluate(it)
         return 0
 
     def check_skipped_fraction(self) -> None:
@@ -402,7 +405,7 @@ class _Loop:
         period = int(self.cfg.train.eval_period)
         return self.val_loader is not None and (it == self.max_iter or (period > 0 and it % period == 0))
 
-    def evaluate(self, it: int, t_start: float) -> int:
+    def evaluate(self, it: int) -> int:
         """Evaluate and log; a signal stops it within a batch (then nothing is logged and the
         signal number is returned, 0 otherwise)."""
         cfg = self.cfg
@@ -422,7 +425,7 @@ class _Loop:
             logger.warning("evaluation at iteration %d interrupted by signal %d: its partial metrics "
                            "are not logged", it, signum)
             return signum
-        run_log.log_eval(self.log, it, metrics, self.metadata, **{"time/elapsed_s": time.perf_counter() - t_start})
+        run_log.log_eval(self.log, it, metrics, self.metadata, **{"time/elapsed_s": self.elapsed()})
         if metrics.get("overlays"):
             self.log.images(it, "val/panoptic", metrics["overlays"])
         self.result.update(eval={k: v for k, v in metrics.items() if k != "overlays"}, eval_iteration=it)

@@ -210,3 +210,53 @@ def test_a_sweep_with_a_failed_job_still_ends_with_its_table(tmp_path, tiny_args
     assert table.splitlines()[2].split()[:2] == ["0", "failed"], table
     assert "notes:\n  job 0 (failed): NonFiniteLossError: non-finite loss at iteration 1:" in table  # why
     assert proc.stdout.count("sweep summary (") == 1
+
+
+def _table_rows(text: str, start: str) -> dict[str, str]:
+    """job -> its line of the table printed after ``start``."""
+    lines = text[text.index(start):].splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("job  status"))
+    return {line.split()[0]: line for line in lines[header + 1:] if line[:1].isdigit()}
+
+
+def test_a_sweep_with_another_hydra_output_subdir_shows_its_params(tmp_path, tiny_args, monkeypatch):
+    """``hydra.output_subdir=.cfg``: hydra's record of each job is ``<job>/.cfg/overrides.yaml``
+    (no ``.hydra``). The end-of-sweep table, summary.csv/json, tools/summarize.py and the hparams
+    fallback read it there; a job folder holding only that record (killed while starting) is a row.
+    Before: empty params, and no row for such a folder."""
+    sweep = tmp_path / "sweep"
+    args = [*tiny_args, *SWEEP_TINY, "train.eval_period=-1", "train.objective=null", "solver.base_lr=0.01,0.02",
+            "hydra.output_subdir=.cfg", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/train.py"), "-m", *args], env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (sweep / "0" / ".cfg" / "overrides.yaml").is_file() and not (sweep / "0" / ".hydra").exists()
+    params = ["solver.base_lr=0.01", "solver.base_lr=0.02"]
+    assert [r["params"] for r in json.loads((sweep / "summary.json").read_text())["jobs"]] == params
+    with open(sweep / "summary.csv") as f:
+        assert [r["params"] for r in csv.DictReader(f)] == params
+    printed = _table_rows(proc.stdout, "sweep summary (2 jobs)")
+    assert [printed[job].split()[-1] for job in ("0", "1")] == params, proc.stdout[-2000:]
+
+    killed = sweep / "2" / ".cfg"  # hydra wrote its record, then the job was killed before anything else
+    killed.mkdir(parents=True)
+    for name in ("hydra.yaml", "config.yaml"):
+        (killed / name).write_bytes((sweep / "1" / ".cfg" / name).read_bytes())
+    record = (sweep / "1" / ".cfg" / "overrides.yaml").read_text()
+    (killed / "overrides.yaml").write_text(record.replace("solver.base_lr=0.02", "solver.base_lr=0.03"))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/summarize.py"), str(sweep), "--out", str(out)],
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((out / "summary.json").read_text())["jobs"]
+    assert [(r["job"], r["status"], r["params"]) for r in rows] == [
+        ("0", "done", params[0]), ("1", "done", params[1]), ("2", "unknown", "solver.base_lr=0.03")]
+    printed = _table_rows(proc.stdout, "job  status")
+    assert printed["2"].split()[:2] == ["2", "unknown"] and printed["2"].endswith("solver.base_lr=0.03")
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from panfpn.engine.training.run_log import run_overrides
+
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: False))  # train_from_config outside hydra
+    assert "solver.base_lr=0.01" in run_overrides(sweep / "0")

@@ -1,6 +1,7 @@
 """One table of a sweep's jobs, built from each run folder's own result files.
 
-A row per run folder: its overrides (``.hydra/overrides.yaml``), status (``job_status.json``:
+A row per run folder: its overrides (hydra's record: ``.hydra/overrides.yaml``, or the
+``overrides.yaml`` beside ``hydra.yaml`` in another subfolder, from ``hydra.output_subdir=.cfg``), status (``job_status.json``:
 done / failed / interrupted; ``running`` while a training holds the folder's ``train.lock`` (or
 may: a holder on another host cannot be checked), whatever an earlier attempt's job_status.json
 says; ``unknown`` when the job wrote none, or left a lock no process holds: killed outright),
@@ -54,13 +55,22 @@ COLUMNS = ("job", "status", "params", "overrides", *METRIC_NAMES, "objective", "
            "run_dir", "error")
 
 
-TRAINING_MARKS = (JOB_STATUS, EVAL_RESULTS, OVERRIDES_RECORD, LOCK_FILE, "metrics.jsonl", "last_checkpoint")
+TRAINING_MARKS = (JOB_STATUS, EVAL_RESULTS, LOCK_FILE, "metrics.jsonl", "last_checkpoint")
+
+
+def overrides_record(run_dir: Path) -> Path | None:
+    """hydra's ``overrides.yaml`` of the job that ran in ``run_dir``: ``.hydra/``, else a subfolder
+    holding it beside ``hydra.yaml`` (``hydra.output_subdir=.cfg``); None when there is none."""
+    from panfpn.engine.sweep.relaunch import find_record  # not at the top: relaunch imports this module
+
+    return find_record(run_dir)
 
 
 def is_run_dir(path: Path) -> bool:
-    """A folder one job wrote: its status, its results, hydra's record of it, or what a training
-    killed outright leaves without the first three (hydra.output_subdir=null: no .hydra)."""
-    return any((path / mark).is_file() for mark in TRAINING_MARKS)
+    """A folder one job wrote: its status, its results, hydra's record of it (in any
+    hydra.output_subdir), or what a training killed outright leaves without the first three
+    (hydra.output_subdir=null: no record)."""
+    return any((path / mark).is_file() for mark in TRAINING_MARKS) or overrides_record(path) is not None
 
 
 def find_run_dirs(roots: Iterable[str | os.PathLike]) -> list[Path]:
@@ -147,7 +157,8 @@ def job_row(run_dir: Path, base: Path | None = None) -> dict[str, Any]:
     problems: list[str] = []
     status = _read_json(run_dir / JOB_STATUS, problems) or {}
     results = _read_json(run_dir / EVAL_RESULTS, problems) or {}
-    overrides = read_overrides(run_dir / OVERRIDES_RECORD, problems)
+    record = overrides_record(run_dir)
+    overrides = read_overrides(record, problems) if record is not None else []
     row: dict[str, Any] = {
         "job": _job_name(run_dir, base),
         "status": status.get("status", "unknown"),

@@ -1,4 +1,5 @@
-"""Training checkpoints: full state (model, optimizer, scheduler, scaler, iteration, RNG), atomic writes."""
+"""Training checkpoints: full state (model, optimizer, scheduler, scaler, iteration, RNG, elapsed training
+time), atomic writes."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine import distributed as du
 from panfpn.engine.training.checkpoint import load_resumable, restore_rng_state, resume_candidates
+from panfpn.engine.training.elapsed import recorded_elapsed
 from panfpn.engine.config import ConfigError
 from panfpn.engine.model_spec import renamed_categories, same_labels, with_loaded_settings
 from panfpn.engine.training.solver import base_group, set_schedule_iteration
@@ -41,6 +42,7 @@ class Resumed:
     iteration: int = 0
     skipped_steps: int = 0
     checkpoint: Path | None = None
+    elapsed_s: float = 0.0  # training time up to the checkpoint, over its attempts
 
 
 def _flatten(node: Any, prefix: str) -> dict[str, Any]:
@@ -240,4 +242,4 @@ def resume_training(run_dir: str | os.PathLike, cfg: DictConfig, *, model: torch
                        "current config: lr %.6g at iteration %d (the checkpoint had %.6g)", path,
                        "; ".join(changes) or "only the lr scaling for the global batch", lr, iteration, old_lr)
     logger.info("resumed from %s at iteration %d (lr %.6g)", path, iteration, lr)
-    return Resumed(iteration, int(ckpt.get("skipped_steps", 0)), path)
+    return Resumed(iteration, int(ckpt.get("skipped_steps", 0)), path, recorded_elapsed(ckpt, path))

@@ -183,7 +183,8 @@ def log_eval(metrics_log: Any, it: int, metrics: Mapping[str, Any], metadata: An
 
 
 def run_overrides(run_dir: Path) -> list[str]:
-    """The run's command-line overrides: hydra's record of this job (``.hydra/overrides.yaml``)."""
+    """The run's command-line overrides: hydra's record of this job (``.hydra/overrides.yaml``, or
+    in the subfolder another ``hydra.output_subdir`` named)."""
     try:
         from hydra.core.hydra_config import HydraConfig
 
@@ -191,8 +192,10 @@ def run_overrides(run_dir: Path) -> list[str]:
             return [str(o) for o in HydraConfig.get().overrides.task]
     except (ImportError, ValueError):
         pass
-    path = run_dir / ".hydra" / "overrides.yaml"
-    return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+    from panfpn.engine.sweep.relaunch import find_record
+
+    path = find_record(run_dir)
+    return [str(o) for o in OmegaConf.load(path)] if path is not None else []
 
 
 def hparam_values(overrides: Iterable[str]) -> dict[str, Any]:

@@ -2,14 +2,17 @@
 
 Exit status: 0 when training ran to solver.max_iter; 128 + signal (SIGTERM 143, SIGINT 130) when a
 signal stopped it after saving a checkpoint (continue with resume=true), or before the training
-loop started or on a second signal (no checkpoint); 2 on a known input error (a config key, a
-missing data or weights file ...: one line, panfpn/engine/tool_errors.py); 1 on another error.
+loop started or on a second signal (no checkpoint), or when it came after the training had
+finished ("tools/train.py: stopped by SIGTERM after the job had finished: every output was written
+(...)"); 2 on a known input error (a config key, a missing data or weights file ...: one line,
+panfpn/engine/tool_errors.py); 1 on another error.
 
 Returns ``train.objective`` (e.g. ``pq/All`` of the final evaluation) to hydra, so sweepers such
 as hydra-optuna-sweeper optimise it; `-m` sweeps end with a summary (docs/experiments.md).
 """
 
 import sys
+from contextlib import AbstractContextManager, nullcontext
 
 import hydra
 from omegaconf import DictConfig
@@ -17,13 +20,21 @@ from omegaconf import DictConfig
 from panfpn.engine.training.job import TrainingInterrupted, run_training_job
 from panfpn.engine.training.job_signals import JobStopped, JobStoppedError
 from panfpn.engine.tool_errors import in_multirun, input_errors_exit_2
+from panfpn.utils.stop_signals import stop_signals_after_its_job
+
+
+def _after_the_job() -> AbstractContextManager:
+    """A single run: a stop signal once the training has finished (hydra's and Python's end) says so
+    in one line, exit 128 + signal (docs/training.md); a multirun leaves it to the sweep."""
+    return nullcontext() if in_multirun() else stop_signals_after_its_job("tools/train.py")
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 @input_errors_exit_2("train")  # a known input error: one line, exit 2 (job_status.json written first)
 def main(cfg: DictConfig) -> float | None:
     try:
-        result = run_training_job(cfg)
+        with _after_the_job():
+            result = run_training_job(cfg)
     except JobStopped as stopped:  # while starting, or while a failure was written: no checkpoint
         if in_multirun():  # as an Exception: the sweep callback records the job, then stops the sweep
             raise JobStoppedError(stopped) from None

@@ -42,7 +42,7 @@ from typing import Any, Iterator
 from panfpn.utils.launch_env import launched_as_several
 from panfpn.utils.stop_signals import (  # noqa: F401 - defer_stop_signals: the job's too
     defer_stop_signals, deferrable, ignore_stop_signals_to_the_end, install_stop_handler, restore_handlers,
-    signal_name,
+    signal_name, stopped_after_the_job,
 )
 
 
@@ -95,7 +95,10 @@ def job_stop_signals() -> Iterator[JobSignals]:
     only; a signal the launcher set to be ignored stays ignored); the previous handlers after,
     except for a rank of a multi-process job that failed (it wrote how, :meth:`JobSignals.defer`):
     it ignores them to the end (:func:`ignore_stop_signals_to_the_end`), or torchrun's SIGTERM to
-    the ranks left killed it on its way out, before its exit status (2: another rank's input error)."""
+    the ranks left killed it on its way out, before its exit status (2: another rank's input error).
+    A signal noted while a finished job wrote its outcome goes, once it is written, to tools/train.py's
+    handler for after the job (:func:`~panfpn.utils.stop_signals.stopped_after_the_job`: its line,
+    exit 128 + signal); from Python it stays noted and the job returns."""
     handler = JobSignals()
     previous = install_stop_handler(handler.handle)
     failed = True
@@ -108,3 +111,5 @@ def job_stop_signals() -> Iterator[JobSignals]:
             ignore_stop_signals_to_the_end()
         else:
             restore_handlers(previous)
+        if not failed and handler.noted is not None:  # while a finished job wrote its outcome
+            stopped_after_the_job(handler.noted)

@@ -11,11 +11,12 @@ Returns ``train.objective`` (e.g. ``pq/All`` of the final evaluation) to hydra, 
 as hydra-optuna-sweeper optimise it; `-m` sweeps end with a summary (docs/experiments.md).
 """
 
+import signal
 import sys
 from contextlib import AbstractContextManager, nullcontext
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from panfpn.engine.training.job import TrainingInterrupted, run_training_job
 from panfpn.engine.training.job_signals import JobStopped, JobStoppedError
@@ -23,10 +24,30 @@ from panfpn.engine.tool_errors import in_multirun, input_errors_exit_2
 from panfpn.utils.stop_signals import stop_signals_after_its_job
 
 
+_SWEEP: list[DictConfig] = []  # a multirun's hydra config, once a job started: its summary on a Ctrl-C
+
+
 def _after_the_job() -> AbstractContextManager:
     """A single run: a stop signal once the training has finished (hydra's and Python's end) says so
     in one line, exit 128 + signal (docs/training.md); a multirun leaves it to the sweep."""
-    return nullcontext() if in_multirun() else stop_signals_after_its_job("tools/train.py")
+    if not in_multirun():
+        return stop_signals_after_its_job("tools/train.py")
+    from hydra.core.hydra_config import HydraConfig
+
+    _SWEEP[:] = [OmegaConf.create({"hydra": HydraConfig.get()})]
+    return nullcontext()
+
+
+def _summary_of_a_stopped_sweep() -> None:
+    """A Ctrl-C between two jobs of a multirun: the sweep summary callback's end of the sweep, so that
+    summary.json lists the job that had just finished too (the Ctrl-C may have come before hydra's
+    on_job_end wrote it; measured: none written after job 0's job_status.json said done)."""
+    target = _SWEEP[0].hydra.callbacks.get("sweep_summary") if _SWEEP else None
+    if target is not None:  # the callback is configured
+        from hydra.utils import instantiate
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # another Ctrl-C: not a traceback, not half a summary
+        instantiate(target).on_multirun_end(_SWEEP[0])
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
@@ -60,6 +81,8 @@ if __name__ == "__main__":
         main()
     except KeyboardInterrupt:  # hydra lets it through: Ctrl-C while a multirun checks its jobs or between two
         sweep = bool({"-m", "--multirun"} & set(sys.argv[1:]))
+        if sweep:
+            _summary_of_a_stopped_sweep()
         print("sweep stopped by SIGINT outside a training job (summary.json lists the jobs that ended)" if sweep
               else "training stopped by SIGINT before its job started (no job_status.json)", file=sys.stderr)
         sys.exit(130)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from process_helpers import run, started
+from process_helpers import alive, descendants, run, started
 from tests.engine.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,6 +115,9 @@ CTRL_C_IN_SWEEP = textwrap.dedent("""
 
     if where == "sweep check":  # the dry start of the jobs before the first one
         precheck.refuse_bad_sweep = ctrl_c_after(precheck.refuse_bad_sweep)
+    elif where == "job 0 writing its status":  # noted by the job's handler, passed on once written
+        import panfpn.engine.training.job as job
+        job.write_job_status = ctrl_c_after(job.write_job_status)
     elif where == "job 0 returned":  # job 0 done, before hydra's on_job_end writes the summary
         import panfpn.engine.tool_errors as tool_errors
         tool_errors.InputErrorsExit.__exit__ = ctrl_c_after(tool_errors.InputErrorsExit.__exit__)
@@ -125,13 +128,14 @@ CTRL_C_IN_SWEEP = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("where, jobs", [("sweep check", []), ("job 0 returned", [("0", "done")]),
-                                         ("between jobs", [("0", "done")])])
+@pytest.mark.parametrize("where, jobs", [("sweep check", []), ("job 0 writing its status", [("0", "done")]),
+                                         ("job 0 returned", [("0", "done")]), ("between jobs", [("0", "done")])])
 def test_ctrl_c_outside_the_jobs_of_a_multirun_is_one_line_and_130(tmp_path, where, jobs):
     """Before: hydra lets a KeyboardInterrupt through (it catches Exception), so a Ctrl-C while the
     sweep checked its jobs or between two jobs ended in a traceback of hydra's internals. A Ctrl-C
     as job 0 returned (its job_status.json done), before hydra's on_job_end: the line said that
-    summary.json lists the jobs that ended, and there was no summary.json (its callback never ran)."""
+    summary.json lists the jobs that ended, and there was no summary.json (its callback never ran).
+    A Ctrl-C while job 0 wrote job_status.json was noted, then dropped: the sweep went on (exit 0)."""
     sweep = tmp_path / "sweep"
     done = run([sys.executable, "-c", CTRL_C_IN_SWEEP, where, str(ROOT / "tools/train.py"), "-m", *TINY,
                 "seed=0,1", f"hydra.sweep.dir={sweep}"], env=_env(), capture_output=True, text=True, timeout=120)
@@ -241,15 +245,17 @@ WHILE_WRITING_THE_OUTCOME = textwrap.dedent("""
 """)
 
 
-def _finished_line(err: str, signum: int, run_dir: Path, evaluated: bool = True) -> None:
-    """One line (rank 0's), the status 128 + signal is the caller's to check; no traceback."""
+def _finished_line(err: str, signum: int, run_dir: Path, evaluated: bool = True, torchrun: bool = False) -> None:
+    """One line (rank 0's), no traceback (but torchrun's own, of its SignalException); the exit
+    status is the caller's to check."""
     lines = [line for line in err.splitlines() if line.startswith("tools/train.py:")]
     assert lines == [f"tools/train.py: stopped by {signal.Signals(signum).name} after the job had finished: every "
                      f"output was written (final checkpoint {run_dir / 'model_final.pth'}; in {run_dir}: "
                      + ("eval_results.json, " if evaluated else "")
                      + f"job_status.json says done at iteration {4 if evaluated else 2} of "
                      f"{4 if evaluated else 2})"], err[-3000:]
-    assert "Traceback" not in err.replace("torch.distributed.elastic", ""), err[-3000:]
+    assert err.count("Traceback") == torchrun, err[-3000:]
+    assert not torchrun or "SignalException: Process" in err.split("Traceback")[1], err[-3000:]
     assert "before its job started" not in err, err[-3000:]
 
 
@@ -279,4 +285,35 @@ def test_a_signal_after_the_training_finished_says_so_in_one_line(tmp_path, patc
     assert proc.returncode == 128 + signum, (proc.returncode, err[-3000:])
     _finished_line(err, signum, run_dir)
     assert left == []  # the DataLoader workers were gone before
+    assert json.loads((run_dir / "job_status.json").read_text())["status"] == "done"
+
+
+@pytest.mark.slow
+def test_a_sigterm_after_a_torchrun_training_finished_is_said_by_rank_0_alone(tmp_path):
+    """torchrun --nproc_per_node 2, both ranks past their job (rank 0 wrote model_final.pth and
+    job_status.json), torchrun gets SIGTERM and passes it on to each rank: one line, rank 0's.
+    Before: no line at all (each rank killed by the signal), only torchrun's own SignalException."""
+    run_dir, busy = tmp_path / "run", tmp_path / "busy"
+    wrapper = tmp_path / "train_after_the_job.py"  # what torchrun runs on each rank: the patch, then the tool
+    wrapper.write_text(AFTER_THE_JOB + f"\nimport runpy\nrunpy.run_path({str(ROOT / 'tools/train.py')!r}, "
+                       "run_name='__main__')\n")
+    args = [*TINY, "data.batch_size=1", "solver.max_iter=2", "solver.schedule.steps=[]", "train.eval_period=-1",
+            "train.objective=null", "solver.schedule.warmup_iters=0",
+            "model.backbone.norm=gn", f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(wrapper), *args]
+    with started(cmd, env=dict(_env(), PANFPN_TEST_BUSY=str(busy)), stdout=subprocess.DEVNULL,
+                 stderr=subprocess.PIPE, text=True) as proc:
+        deadline = time.monotonic() + 180
+        while not (Path(f"{busy}0").exists() and Path(f"{busy}1").exists()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+            time.sleep(0.02)
+        ranks = descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in ranks) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(pid) for pid in ranks), err[-3000:]
+    assert proc.returncode != 0, err[-3000:]  # torchrun's own end on a signal (1, its SignalException)
+    _finished_line(err, signal.SIGTERM, run_dir, evaluated=False, torchrun=True)
     assert json.loads((run_dir / "job_status.json").read_text())["status"] == "done"

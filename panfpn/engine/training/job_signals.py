@@ -39,6 +39,7 @@ import signal
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from panfpn.engine.tool_errors import in_multirun
 from panfpn.utils.launch_env import launched_as_several
 from panfpn.utils.stop_signals import (  # noqa: F401 - defer_stop_signals: the job's too
     defer_stop_signals, deferrable, ignore_stop_signals_to_the_end, install_stop_handler, restore_handlers,
@@ -96,9 +97,7 @@ def job_stop_signals() -> Iterator[JobSignals]:
     except for a rank of a multi-process job that failed (it wrote how, :meth:`JobSignals.defer`):
     it ignores them to the end (:func:`ignore_stop_signals_to_the_end`), or torchrun's SIGTERM to
     the ranks left killed it on its way out, before its exit status (2: another rank's input error).
-    A signal noted while a finished job wrote its outcome goes, once it is written, to tools/train.py's
-    handler for after the job (:func:`~panfpn.utils.stop_signals.stopped_after_the_job`: its line,
-    exit 128 + signal); from Python it stays noted and the job returns."""
+    A signal noted while a finished job wrote its outcome is passed on once it is written (:func:`_pass_on`)."""
     handler = JobSignals()
     previous = install_stop_handler(handler.handle)
     failed = True
@@ -112,4 +111,15 @@ def job_stop_signals() -> Iterator[JobSignals]:
         else:
             restore_handlers(previous)
         if not failed and handler.noted is not None:  # while a finished job wrote its outcome
-            stopped_after_the_job(handler.noted)
+            _pass_on(handler.noted)
+
+
+def _pass_on(signum: int) -> None:
+    """A signal noted while a finished job wrote its outcome, now that it is written: tools/train.py's
+    handler for after the job says its line; in a multirun, the handlers the sweep runs under get
+    it (a Ctrl-C stops the sweep with its summary, a SIGTERM ends the process, as between two jobs);
+    from Python it stays noted and the job returns (it is done)."""
+    if in_multirun():
+        signal.raise_signal(signum)
+    else:
+        stopped_after_the_job(signum)

@@ -11,7 +11,10 @@ torchrun sends SIGTERM to the remaining ranks, and rank 0, on its way to writing
 so that what handles Ctrl-C handles it too) while the job runs; after :meth:`JobSignals.defer`
 (the job is failing and writes its status) signals are only noted, and the job ends with the
 error it already has. :func:`defer_stop_signals` does that from where a failure is first handled
-(rank 0 reading another rank's error: a second SIGTERM from torchrun replaced that error).
+(rank 0 reading another rank's error: a second SIGTERM from torchrun replaced that error). Once a
+finished job has written its outcome, tools/train.py's own handler takes over for the rest of the
+process (:func:`panfpn.utils.stop_signals.stop_signals_after_its_job`: one line, exit 128 + signal);
+a signal noted while the outcome was written goes to it then (:func:`_pass_on`).
 
 Unlike the tools' handler (:mod:`panfpn.utils.fork_window`), this one has no guard for a signal
 that comes while a process is forked (raised in an at-fork callback, :class:`JobStopped` would be

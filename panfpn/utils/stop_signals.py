@@ -17,9 +17,10 @@ same kind of line, ``stopped by SIGTERM after the job had finished: every output
 default action killed the process silently, and a log could not tell whether the outputs were
 complete. tools/train.py, whose job handles signals itself (its loop checkpoints), gets the same
 end with :func:`stop_signals_after_its_job` (the job calls :func:`job_finished` once its last file
-is written). Worker processes ignore stop signals from anyone but their parent (:func:`ignore_foreign_stop_signals`: DataLoader
-``worker_init_fn``, pool initializers) and are ended by it (:func:`terminate_pool`); another process
-forked with the handler exits quietly on the signal. A worker also says nothing when the main process,
+is written). Worker processes ignore stop signals from anyone but their parent
+(:func:`ignore_foreign_stop_signals`: DataLoader ``worker_init_fn``, pool initializers) and are
+ended by it (:func:`terminate_pool`); another process forked with the handler exits quietly on the
+signal. A worker also says nothing when the main process,
 stopped while fetching a tensor from it, hangs up on its resource_sharer thread. A signal during a
 fork (workers starting) is raised after it (:mod:`panfpn.utils.fork_window`).
 

@@ -2,28 +2,60 @@
 
 Exit status: 0 when training ran to solver.max_iter; 128 + signal (SIGTERM 143, SIGINT 130) when a
 signal stopped it after saving a checkpoint (continue with resume=true), or before the training
-loop started or on a second signal (no checkpoint); 2 on a known input error (a config key, a
-missing data or weights file ...: one line, panfpn/engine/tool_errors.py); 1 on another error.
+loop started or on a second signal (no checkpoint), or when it came after the training had
+finished ("tools/train.py: stopped by SIGTERM after the job had finished: every output was written
+(...)"); 2 on a known input error (a config key, a missing data or weights file ...: one line,
+panfpn/engine/tool_errors.py); 1 on another error.
 
 Returns ``train.objective`` (e.g. ``pq/All`` of the final evaluation) to hydra, so sweepers such
 as hydra-optuna-sweeper optimise it; `-m` sweeps end with a summary (docs/experiments.md).
 """
 
+import signal
 import sys
+from contextlib import AbstractContextManager, nullcontext
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from panfpn.engine.training.job import TrainingInterrupted, run_training_job
 from panfpn.engine.training.job_signals import JobStopped, JobStoppedError
 from panfpn.engine.tool_errors import in_multirun, input_errors_exit_2
+from panfpn.utils.stop_signals import stop_signals_after_its_job
+
+
+_SWEEP: list[DictConfig] = []  # a multirun's hydra config, once a job started: its summary on a Ctrl-C
+
+
+def _after_the_job() -> AbstractContextManager:
+    """A single run: a stop signal once the training has finished (hydra's and Python's end) says so
+    in one line, exit 128 + signal (docs/training.md); a multirun leaves it to the sweep."""
+    if not in_multirun():
+        return stop_signals_after_its_job("tools/train.py")
+    from hydra.core.hydra_config import HydraConfig
+
+    _SWEEP[:] = [OmegaConf.create({"hydra": HydraConfig.get()})]
+    return nullcontext()
+
+
+def _summary_of_a_stopped_sweep() -> None:
+    """A Ctrl-C between two jobs of a multirun: the sweep summary callback's end of the sweep, so that
+    summary.json lists the job that had just finished too (the Ctrl-C may have come before hydra's
+    on_job_end wrote it; measured: none written after job 0's job_status.json said done)."""
+    target = _SWEEP[0].hydra.callbacks.get("sweep_summary") if _SWEEP else None
+    if target is not None:  # the callback is configured
+        from hydra.utils import instantiate
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # another Ctrl-C: not a traceback, not half a summary
+        instantiate(target).on_multirun_end(_SWEEP[0])
 
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 @input_errors_exit_2("train")  # a known input error: one line, exit 2 (job_status.json written first)
 def main(cfg: DictConfig) -> float | None:
     try:
-        result = run_training_job(cfg)
+        with _after_the_job():
+            result = run_training_job(cfg)
     except JobStopped as stopped:  # while starting, or while a failure was written: no checkpoint
         if in_multirun():  # as an Exception: the sweep callback records the job, then stops the sweep
             raise JobStoppedError(stopped) from None
@@ -49,6 +81,8 @@ if __name__ == "__main__":
         main()
     except KeyboardInterrupt:  # hydra lets it through: Ctrl-C while a multirun checks its jobs or between two
         sweep = bool({"-m", "--multirun"} & set(sys.argv[1:]))
+        if sweep:
+            _summary_of_a_stopped_sweep()
         print("sweep stopped by SIGINT outside a training job (summary.json lists the jobs that ended)" if sweep
               else "training stopped by SIGINT before its job started (no job_status.json)", file=sys.stderr)
         sys.exit(130)

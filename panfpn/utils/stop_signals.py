@@ -15,10 +15,12 @@ stays for what is left of the process (hydra's end, Python's exit): a signal the
 same kind of line, ``stopped by SIGTERM after the job had finished: every output was written
 (...)``, and exits 128 + signal at once (``os._exit``: nothing is left to finish); before, the
 default action killed the process silently, and a log could not tell whether the outputs were
-complete. Worker processes
-ignore stop signals from anyone but their parent (:func:`ignore_foreign_stop_signals`: DataLoader
-``worker_init_fn``, pool initializers) and are ended by it (:func:`terminate_pool`); another process
-forked with the handler exits quietly on the signal. A worker also says nothing when the main process,
+complete. tools/train.py, whose job handles signals itself (its loop checkpoints), gets the same
+end with :func:`stop_signals_after_its_job` (the job calls :func:`job_finished` once its last file
+is written). Worker processes ignore stop signals from anyone but their parent
+(:func:`ignore_foreign_stop_signals`: DataLoader ``worker_init_fn``, pool initializers) and are
+ended by it (:func:`terminate_pool`); another process forked with the handler exits quietly on the
+signal. A worker also says nothing when the main process,
 stopped while fetching a tensor from it, hangs up on its resource_sharer thread. A signal during a
 fork (workers starting) is raised after it (:mod:`panfpn.utils.fork_window`).
 
@@ -247,6 +249,44 @@ def stop_signals(tool: str) -> StopSignals:
     """The tool's handling of SIGTERM / SIGINT, installed now (module docstring); the job runs in
     ``with`` the result. ``tool`` starts the message."""
     return StopSignals(tool)
+
+
+_AFTER: StopSignals | None = None  # the handler of stop_signals_after_its_job, while its block runs
+
+
+@contextmanager
+def stop_signals_after_its_job(tool: str) -> Iterator[StopSignals]:
+    """For a tool whose job handles SIGTERM / SIGINT itself (tools/train.py: its loop checkpoints):
+    the tool's handler, installed now, under the job's own handlers (which put it back as they
+    end). Once the job has called :func:`job_finished`, it stays for the rest of the process, as
+    after the job of a ``with`` :func:`stop_signals` (module docstring); otherwise the previous
+    handlers are back when the block ends. A signal before the job installs its own ends the tool
+    as one while starting does."""
+    global _AFTER
+    handler = _AFTER = StopSignals(tool)
+    try:
+        yield handler
+    finally:
+        _AFTER = None
+        if not handler.finished:  # stopped, failed or interrupted: the job's own ending says it
+            restore_handlers(handler._previous)
+
+
+def job_finished(describe: Callable[[], str]) -> None:
+    """The job has written every output (``describe()`` says what, as for :func:`describe_outputs`):
+    from now on a stop signal to the tool of :func:`stop_signals_after_its_job` says ``stopped by
+    SIGTERM after the job had finished: every output was written (...)`` and exits 128 + signal.
+    No-op outside that block (a job called from Python, a multirun's job: the sweep goes on)."""
+    if _AFTER is not None:
+        _AFTER.describe, _AFTER.finished = describe, True
+
+
+def stopped_after_the_job(signum: int) -> None:
+    """A signal that the job's handler noted while the job wrote its last outputs, passed on once
+    they are written and its handler is gone: the tool of :func:`job_finished` says its line and
+    exits now; anywhere else nothing happens (from Python the job returns: it is done)."""
+    if _AFTER is not None and _AFTER.finished:
+        _AFTER._handle(signum, None)
 
 
 def describe_outputs(describe: Callable[[], str]) -> None:

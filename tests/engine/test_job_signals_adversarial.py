@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from process_helpers import run, started
+from process_helpers import alive, descendants, run, started
 from tests.engine.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,6 +115,12 @@ CTRL_C_IN_SWEEP = textwrap.dedent("""
 
     if where == "sweep check":  # the dry start of the jobs before the first one
         precheck.refuse_bad_sweep = ctrl_c_after(precheck.refuse_bad_sweep)
+    elif where == "job 0 writing its status":  # noted by the job's handler, passed on once written
+        import panfpn.engine.training.job as job
+        job.write_job_status = ctrl_c_after(job.write_job_status)
+    elif where == "job 0 returned":  # job 0 done, before hydra's on_job_end writes the summary
+        import panfpn.engine.tool_errors as tool_errors
+        tool_errors.InputErrorsExit.__exit__ = ctrl_c_after(tool_errors.InputErrorsExit.__exit__)
     else:  # after job 0's summary, before job 1
         callback.SweepSummary._write = ctrl_c_after(callback.SweepSummary._write)
     sys.argv = sys.argv[2:]
@@ -122,10 +128,14 @@ CTRL_C_IN_SWEEP = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("where, jobs", [("sweep check", []), ("between jobs", [("0", "done")])])
+@pytest.mark.parametrize("where, jobs", [("sweep check", []), ("job 0 writing its status", [("0", "done")]),
+                                         ("job 0 returned", [("0", "done")]), ("between jobs", [("0", "done")])])
 def test_ctrl_c_outside_the_jobs_of_a_multirun_is_one_line_and_130(tmp_path, where, jobs):
     """Before: hydra lets a KeyboardInterrupt through (it catches Exception), so a Ctrl-C while the
-    sweep checked its jobs or between two jobs ended in a traceback of hydra's internals."""
+    sweep checked its jobs or between two jobs ended in a traceback of hydra's internals. A Ctrl-C
+    as job 0 returned (its job_status.json done), before hydra's on_job_end: the line said that
+    summary.json lists the jobs that ended, and there was no summary.json (its callback never ran).
+    A Ctrl-C while job 0 wrote job_status.json was noted, then dropped: the sweep went on (exit 0)."""
     sweep = tmp_path / "sweep"
     done = run([sys.executable, "-c", CTRL_C_IN_SWEEP, where, str(ROOT / "tools/train.py"), "-m", *TINY,
                 "seed=0,1", f"hydra.sweep.dir={sweep}"], env=_env(), capture_output=True, text=True, timeout=120)
@@ -196,3 +206,124 @@ def test_a_signal_while_the_job_imports_the_training_code_is_an_interrupted_job(
     assert f"training stopped by {signal.Signals(signum).name} without saving a checkpoint" in done.stderr
     record = json.loads((run_dir / "job_status.json").read_text())
     assert record["status"] == "interrupted" and record["signal"] == signum
+
+
+# tools/train.py with a patch (in $PANFPN_TEST_PATCH) run first.
+PATCHED = ("import os, runpy, sys; exec(os.environ['PANFPN_TEST_PATCH']); sys.argv = sys.argv[1:]; "
+           "runpy.run_path(sys.argv[0], run_name='__main__')")
+# Blocks once the training's main() has returned (hydra's end and Python's exit would follow),
+# after writing $PANFPN_TEST_BUSY<RANK>; every rank of a torchrun job.
+AFTER_THE_JOB = textwrap.dedent("""
+    import os, time
+    from pathlib import Path
+    import panfpn.engine.tool_errors as tool_errors
+    real_exit = tool_errors.InputErrorsExit.__exit__
+
+    def after_the_job(self, kind, err, tb):
+        if kind is None:
+            Path(os.environ['PANFPN_TEST_BUSY'] + os.environ.get('RANK', '0')).write_text('1')
+            while True:
+                time.sleep(0.05)
+        return real_exit(self, kind, err, tb)
+
+    tool_errors.InputErrorsExit.__exit__ = after_the_job
+""")
+# Sends $PANFPN_TEST_SIGNAL to itself as the finished training writes job_status.json.
+WHILE_WRITING_THE_OUTCOME = textwrap.dedent("""
+    import os
+    from pathlib import Path
+    import panfpn.engine.training.job as job
+    real_write = job.write_job_status
+
+    def signalled_while_writing(run_dir, status, **kwargs):
+        if status == 'done':
+            os.kill(os.getpid(), int(os.environ['PANFPN_TEST_SIGNAL']))
+        real_write(run_dir, status, **kwargs)
+        Path(os.environ['PANFPN_TEST_BUSY'] + '0').write_text('1')
+
+    job.write_job_status = signalled_while_writing
+""")
+
+
+def _finished_line(err: str, signum: int, run_dir: Path, evaluated: bool = True, torchrun: bool = False) -> None:
+    """One line (rank 0's), no traceback (but torchrun's own, of its SignalException); the exit
+    status is the caller's to check."""
+    lines = [line for line in err.splitlines() if line.startswith("tools/train.py:")]
+    assert lines == [f"tools/train.py: stopped by {signal.Signals(signum).name} after the job had finished: every "
+                     f"output was written (final checkpoint {run_dir / 'model_final.pth'}; in {run_dir}: "
+                     + ("eval_results.json, " if evaluated else "")
+                     + f"job_status.json says done at iteration {4 if evaluated else 2} of "
+                     f"{4 if evaluated else 2})"], err[-3000:]
+    assert err.count("Traceback") == torchrun, err[-3000:]
+    assert not torchrun or "SignalException: Process" in err.split("Traceback")[1], err[-3000:]
+    assert "before its job started" not in err, err[-3000:]
+
+
+def _says_done(status: Path) -> bool:
+    try:
+        return json.loads(status.read_text())["status"] == "done"
+    except (OSError, ValueError):  # not there yet
+        return False
+
+
+@pytest.mark.parametrize("patch, signum", [
+    (AFTER_THE_JOB, signal.SIGTERM), (AFTER_THE_JOB, signal.SIGINT), (WHILE_WRITING_THE_OUTCOME, signal.SIGTERM),
+    ("", signal.SIGTERM),
+], ids=["sigterm_after_the_job", "sigint_after_the_job", "sigterm_while_writing_the_outcome",
+        "sigterm_as_job_status_says_done"])
+def test_a_signal_after_the_training_finished_says_so_in_one_line(tmp_path, patch, signum):
+    """The training wrote model_final.pth, eval_results.json and job_status.json (done); hydra and
+    Python are ending (which takes seconds with torch). Before: a SIGTERM killed the process
+    silently (-15: a scheduler's log could not tell that the run had completed), a Ctrl-C printed
+    'training stopped by SIGINT before its job started (no job_status.json)' (false) with 130,
+    or a KeyboardInterrupt traceback from an atexit callback of torch with 0; a signal noted while
+    job_status.json was written was dropped (exit 0, no line). Unpatched, a signal sent as soon as
+    job_status.json says done (polled) comes within the second or so that the process still runs."""
+    run_dir, busy = tmp_path / "run", tmp_path / "busy"
+    env = dict(_env(), PANFPN_TEST_PATCH=patch, PANFPN_TEST_BUSY=str(busy), PANFPN_TEST_SIGNAL=str(int(signum)))
+    args = [*TINY, "data.num_workers=1", f"hydra.run.dir={run_dir}"]
+    with started([sys.executable, "-c", PATCHED, str(ROOT / "tools/train.py"), *args], env=env,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        deadline = time.monotonic() + 120
+        while not (Path(f"{busy}0").exists() if patch else _says_done(run_dir / "job_status.json")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+            time.sleep(0.005)
+        if patch is not WHILE_WRITING_THE_OUTCOME:  # that one signals itself
+            proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+        left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert proc.returncode == 128 + signum, (proc.returncode, err[-3000:])
+    _finished_line(err, signum, run_dir)
+    assert left == []  # the DataLoader workers were gone before
+    assert json.loads((run_dir / "job_status.json").read_text())["status"] == "done"
+
+
+@pytest.mark.slow
+def test_a_sigterm_after_a_torchrun_training_finished_is_said_by_rank_0_alone(tmp_path):
+    """torchrun --nproc_per_node 2, both ranks past their job (rank 0 wrote model_final.pth and
+    job_status.json), torchrun gets SIGTERM and passes it on to each rank: one line, rank 0's.
+    Before: no line at all (each rank killed by the signal), only torchrun's own SignalException."""
+    run_dir, busy = tmp_path / "run", tmp_path / "busy"
+    wrapper = tmp_path / "train_after_the_job.py"  # what torchrun runs on each rank: the patch, then the tool
+    wrapper.write_text(AFTER_THE_JOB + f"\nimport runpy\nrunpy.run_path({str(ROOT / 'tools/train.py')!r}, "
+                       "run_name='__main__')\n")
+    args = [*TINY, "data.batch_size=1", "solver.max_iter=2", "solver.schedule.steps=[]", "train.eval_period=-1",
+            "train.objective=null", "solver.schedule.warmup_iters=0",
+            "model.backbone.norm=gn", f"hydra.run.dir={run_dir}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(wrapper), *args]
+    with started(cmd, env=dict(_env(), PANFPN_TEST_BUSY=str(busy)), stdout=subprocess.DEVNULL,
+                 stderr=subprocess.PIPE, text=True) as proc:
+        deadline = time.monotonic() + 180
+        while not (Path(f"{busy}0").exists() and Path(f"{busy}1").exists()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+            time.sleep(0.02)
+        ranks = descendants(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        deadline = time.monotonic() + 10
+        while any(alive(pid) for pid in ranks) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(pid) for pid in ranks), err[-3000:]
+    assert proc.returncode != 0, err[-3000:]  # torchrun's own end on a signal (1, its SignalException)
+    _finished_line(err, signal.SIGTERM, run_dir, evaluated=False, torchrun=True)
+    assert json.loads((run_dir / "job_status.json").read_text())["status"] == "done"

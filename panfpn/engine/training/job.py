@@ -16,7 +16,7 @@ import logging
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from omegaconf import DictConfig
 
@@ -24,6 +24,7 @@ from panfpn.engine.tool_errors import input_error
 from panfpn.utils.atomic import write_json_atomic
 from panfpn.utils.errors import ConfigError
 from panfpn.utils.json_values import nonfinite_to_null
+from panfpn.utils.stop_signals import job_finished
 
 logger = logging.getLogger("panfpn")
 JOB_STATUS = "job_status.json"
@@ -141,7 +142,24 @@ def run_training_job(cfg: DictConfig) -> dict:
             raise
         signals.defer()  # finished: a signal now (without a handler it killed us) must not lose the files
         _write_outcome(cfg, run_dir, result, started)
+        if not result["interrupted"]:  # tools/train.py: a signal from now on says the training is done
+            job_finished(finished_training(run_dir, result["checkpoint"], result["eval"] is not None))
     return result
+
+
+def finished_training(run_dir: Path, checkpoint: str | None, evaluated: bool) -> Callable[[], str]:
+    """What a finished training left, for the line of a stop signal after it (tools/train.py),
+    e.g. ``final checkpoint runs/x/model_final.pth; in runs/x: eval_results.json, job_status.json
+    says done at iteration 4 of 4``: read from disk when the signal comes."""
+    def describe() -> str:
+        try:
+            record = json.loads((run_dir / JOB_STATUS).read_text())
+            said = f"{JOB_STATUS} says {record['status']} at iteration {record['iteration']} of {record['max_iter']}"
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            said = f"{JOB_STATUS} unreadable ({type(err).__name__}: {err})"
+        final = f"final checkpoint {checkpoint}" if checkpoint and Path(checkpoint).is_file() else "no checkpoint"
+        return f"{final}; in {run_dir}: " + (f"{EVAL_RESULTS}, " if evaluated else "") + said
+    return describe
 
 
 def _write_outcome(cfg: DictConfig, run_dir: Path, result: dict, started: float) -> None:

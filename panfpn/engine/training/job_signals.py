@@ -11,7 +11,10 @@ torchrun sends SIGTERM to the remaining ranks, and rank 0, on its way to writing
 so that what handles Ctrl-C handles it too) while the job runs; after :meth:`JobSignals.defer`
 (the job is failing and writes its status) signals are only noted, and the job ends with the
 error it already has. :func:`defer_stop_signals` does that from where a failure is first handled
-(rank 0 reading another rank's error: a second SIGTERM from torchrun replaced that error).
+(rank 0 reading another rank's error: a second SIGTERM from torchrun replaced that error). Once a
+finished job has written its outcome, tools/train.py's own handler takes over for the rest of the
+process (:func:`panfpn.utils.stop_signals.stop_signals_after_its_job`: one line, exit 128 + signal);
+a signal noted while the outcome was written goes to it then (:func:`_pass_on`).
 
 Unlike the tools' handler (:mod:`panfpn.utils.fork_window`), this one has no guard for a signal
 that comes while a process is forked (raised in an at-fork callback, :class:`JobStopped` would be
@@ -39,10 +42,11 @@ import signal
 from contextlib import contextmanager
 from typing import Any, Iterator
 
+from panfpn.engine.tool_errors import in_multirun
 from panfpn.utils.launch_env import launched_as_several
 from panfpn.utils.stop_signals import (  # noqa: F401 - defer_stop_signals: the job's too
     defer_stop_signals, deferrable, ignore_stop_signals_to_the_end, install_stop_handler, restore_handlers,
-    signal_name,
+    signal_name, stopped_after_the_job,
 )
 
 
@@ -95,7 +99,8 @@ def job_stop_signals() -> Iterator[JobSignals]:
     only; a signal the launcher set to be ignored stays ignored); the previous handlers after,
     except for a rank of a multi-process job that failed (it wrote how, :meth:`JobSignals.defer`):
     it ignores them to the end (:func:`ignore_stop_signals_to_the_end`), or torchrun's SIGTERM to
-    the ranks left killed it on its way out, before its exit status (2: another rank's input error)."""
+    the ranks left killed it on its way out, before its exit status (2: another rank's input error).
+    A signal noted while a finished job wrote its outcome is passed on once it is written (:func:`_pass_on`)."""
     handler = JobSignals()
     previous = install_stop_handler(handler.handle)
     failed = True
@@ -108,3 +113,16 @@ def job_stop_signals() -> Iterator[JobSignals]:
             ignore_stop_signals_to_the_end()
         else:
             restore_handlers(previous)
+        if not failed and handler.noted is not None:  # while a finished job wrote its outcome
+            _pass_on(handler.noted)
+
+
+def _pass_on(signum: int) -> None:
+    """A signal noted while a finished job wrote its outcome, now that it is written: tools/train.py's
+    handler for after the job says its line; in a multirun, the handlers the sweep runs under get
+    it (a Ctrl-C stops the sweep with its summary, a SIGTERM ends the process, as between two jobs);
+    from Python it stays noted and the job returns (it is done)."""
+    if in_multirun():
+        signal.raise_signal(signum)
+    else:
+        stopped_after_the_job(signum)

@@ -14,6 +14,7 @@ from panfpn.data.synthetic import synthetic_metadata
 from panfpn.deploy import onnx_runner
 from panfpn.deploy.export import FORMAT, METADATA_KEY, build_pipeline, pipeline_metadata
 from panfpn.engine.export_run import export_from_config
+from panfpn.utils.errors import ConfigError
 from panfpn.modeling.build import build_model
 from panfpn.modeling.weights import WeightsError
 
@@ -163,3 +164,15 @@ def test_options_the_scope_does_not_use_are_named(small, tmp_path, scope, extra,
         logger.removeHandler(handler)
     assert summary["files"] == {"onnx": str(tmp_path / "p.onnx")}
     assert any(message in r.getMessage() for r in records)
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_exporting(small, tmp_path, monkeypatch):
+    # Before: export.output under a file (or in a read-only folder) built and traced the model, then
+    # failed with an AtomicWriteError traceback (exit 1) when writing the file.
+    import panfpn.engine.export_run as export_run
+
+    (tmp_path / "taken").write_text("a file")
+    monkeypatch.setattr(export_run, "build_inference_model", lambda *a: pytest.fail("built before the check"))
+    monkeypatch.setattr(export_run, "export_pipeline_from_config", lambda *a: pytest.fail("exported before the check"))
+    with pytest.raises(ConfigError, match="'export.output': .*taken is a file"):
+        _export(tmp_path, f"weights={small[2]}", f"export.output={tmp_path / 'taken' / 'model'}")

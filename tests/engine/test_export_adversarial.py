@@ -176,3 +176,15 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_exporting(sma
     monkeypatch.setattr(export_run, "export_pipeline_from_config", lambda *a: pytest.fail("exported before the check"))
     with pytest.raises(ConfigError, match="'export.output': .*taken is a file"):
         _export(tmp_path, f"weights={small[2]}", f"export.output={tmp_path / 'taken' / 'model'}")
+
+
+def test_merge_overrides_that_fixed_merge_rules_would_ignore_are_refused(small, tmp_path):
+    # Before: export.merge=detectron2 with model.merge.score_thresh=0.2 baked Detectron2's 0.5 into
+    # the graph (and its metadata) without a word: the threshold asked for was silently dropped.
+    overrides = ["export.merge=detectron2", "model.merge.score_thresh=0.2"]
+    cfg = compose_config([*MODEL, f"weights={small[2]}", "device=cpu", "export.verify=false",
+                          "export.format=onnx", f"export.output={tmp_path / 'm'}", *overrides],
+                         output_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match="model.merge.score_thresh=0.2 would have no effect"):
+        export_from_config(cfg, overrides)
+    assert not list(tmp_path.glob("m.*"))

@@ -4,7 +4,7 @@ Standalone on purpose: it imports only the standard library, numpy, Pillow and o
 panfpn, no torch), so it can be copied next to the ``.onnx`` file and run anywhere::
 
     pip install onnxruntime numpy pillow
-    python onnx_runner.py model.onnx photo1.jpg photo2.png --out results/
+    python onnx_runner.py model.onnx photo1.jpg photo2.png photos/ --out results/
 
 writes ``results/panoptic/<stem>.png`` (id = R + 256 G + 256^2 B) and ``results/panoptic.json``
 (``images``, ``annotations`` with ``segments_info``: id, category_id, area, bbox, iscrowd and the

@@ -324,8 +324,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         parser.error(str(e))
     failed: list[tuple[str, str]] = []
-    json_path = predict_files(session, paths, args.out, stems=stems, image_ids=ids, failed=failed,
-                              previous=earlier_entries(args.out, stems, ids, meta["categories"]))
+    try:
+        json_path = predict_files(session, paths, args.out, stems=stems, image_ids=ids, failed=failed,
+                                  previous=earlier_entries(args.out, stems, ids, meta["categories"]))
+    except KeyboardInterrupt:  # Ctrl-C: what was written is listed (predict_files' finally), no traceback
+        print(f"stopped by Ctrl-C: {Path(args.out) / f'{PANOPTIC_NAME}.json'} lists the images written "
+              "until then; run the same command again to redo the rest", file=sys.stderr)
+        return 130
     for path, reason in failed:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(f"wrote {len(paths) - len(failed)} image(s), skipped {len(failed)}: {json_path}")

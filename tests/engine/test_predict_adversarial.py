@@ -507,3 +507,30 @@ def test_onnx_backend_logs_the_settings_fixed_at_export(exported, tmp_path, capl
     with caplog.at_level(logging.INFO, logger="panfpn"):
         _predict(exported[1], tmp_path / "a.png", tmp_path / "out")
     assert "settings fixed at export" in caplog.text and "'score_thresh': 0.0" in caplog.text
+
+
+def test_standalone_runner_ctrl_c_is_a_message_and_exit_130(exported, tmp_path, capsys, monkeypatch):
+    # Before: Ctrl-C in the middle of a folder ended the command line with a KeyboardInterrupt
+    # traceback (the JSON listing the images written was already saved).
+    from panfpn.deploy import onnx_runner
+
+    for k in range(3):
+        Image.fromarray(_rgb(seed=k)).save(tmp_path / f"p{k}.png")
+    real, calls = onnx_runner.run_image, []
+
+    def run_or_stop(session, image):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(session, image)
+
+    monkeypatch.setattr(onnx_runner, "run_image", run_or_stop)
+    try:
+        status = onnx_runner.main([str(exported[1]), *(str(tmp_path / f"p{k}.png") for k in range(3)),
+                                   "--out", str(tmp_path / "out")])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt left main()")
+    assert status == 130
+    assert "stopped by Ctrl-C" in capsys.readouterr().err
+    data = json.loads((tmp_path / "out" / "panoptic.json").read_text())
+    assert [a["file_name"] for a in data["annotations"]] == ["p0.png"]

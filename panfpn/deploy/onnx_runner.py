@@ -245,9 +245,10 @@ def earlier_entries(out_dir: str | os.PathLike, stems: Sequence[str], image_ids:
 
 
 def sharing_a_stem(paths: Sequence[Path], stems: Sequence[str]) -> list[str]:
-    """The inputs (sorted) whose output name (``stems``) another input has too."""
-    counts = Counter(stems)
-    return sorted(str(p) for p, s in zip(paths, stems) if counts[s] > 1)
+    """The inputs (sorted) whose output name (``stems``) another input has too, ignoring case as
+    macOS and Windows file systems do (``a.jpg`` and ``A.png`` would write one ``a.png`` there)."""
+    counts = Counter(s.casefold() for s in stems)
+    return sorted(str(p) for p, s in zip(paths, stems) if counts[s.casefold()] > 1)
 
 
 def predict_files(session: Any, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,

@@ -534,3 +534,15 @@ def test_standalone_runner_ctrl_c_is_a_message_and_exit_130(exported, tmp_path, 
     assert "stopped by Ctrl-C" in capsys.readouterr().err
     data = json.loads((tmp_path / "out" / "panoptic.json").read_text())
     assert [a["file_name"] for a in data["annotations"]] == ["p0.png"]
+
+
+def test_standalone_runner_refuses_names_differing_only_in_case(exported, tmp_path, capsys):
+    # Before: a.jpg and A.png were both predicted; on macOS / Windows file systems A.png then
+    # overwrote a.png while panoptic.json listed both (tools/predict.py compares ignoring case).
+    from panfpn.deploy import onnx_runner
+
+    Image.fromarray(_rgb()).save(tmp_path / "a.jpg")
+    Image.fromarray(_rgb(seed=1)).save(tmp_path / "A.png")
+    with pytest.raises(SystemExit) as exit_info:
+        onnx_runner.main([str(exported[1]), str(tmp_path / "a.jpg"), str(tmp_path / "A.png"), "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2 and "A.png" in capsys.readouterr().err

@@ -12,16 +12,17 @@ from panfpn.utils.errors import ConfigError
 
 
 def check_writable_folder(path: str | os.PathLike, key: str) -> None:
-    """Create ``path`` (and its parents) and write and remove a probe file in it; ConfigError naming
-    config key ``key`` and the reason when either fails."""
-    folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise ConfigError(f"config key '{key}': {folder} is a file, not a folder; choose another folder")
+    """ConfigError naming config key ``key`` unless ``path`` is a folder a file can be written in,
+    or could be created as one: a probe file is written and removed in it, or in its nearest
+    existing parent (nothing is created, so a later refusal leaves no empty folder behind)."""
+    folder = Path(path).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor))
+    if not existing.is_dir():
+        raise ConfigError(f"config key '{key}': {existing} is a file, not a folder; choose another folder")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ConfigError(f"config key '{key}': cannot write into {folder} ({type(e).__name__}: "
+        raise ConfigError(f"config key '{key}': cannot write into {existing} ({type(e).__name__}: "
                           f"{e.strerror or e}); choose another folder") from None

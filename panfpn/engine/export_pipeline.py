@@ -48,6 +48,7 @@ def output_file(stem: Path, extension: str) -> Path:
 
 # Sizes the written file is checked at (other than the traced one): a landscape and a portrait image.
 VERIFY_SIZES = ((96, 200), (300, 180))
+VERIFY_MIN_AGREEMENT = 0.999  # share of equal id-map pixels below which the check is a WARNING
 
 
 def check_pipeline_model(model: Any, weights: Any) -> None:
@@ -167,6 +168,9 @@ def _check(pipeline: PanopticPipeline | Mask2FormerPipeline, run: Any, image: to
     same = int(got["num_segments"]) == n and all(
         np.array_equal(got[k][:n], want[k][:n]) for k in ("segments_id", "segments_category_id"))
     agree = float((got["panoptic"] == want["panoptic"]).mean())
-    logger.info("%s vs eager pipeline on %dx%d: %.4f%% equal pixels, segments %s", name, h, w, 100 * agree,
-                "equal" if same else "DIFFER")
+    # a tie flips a pixel now and then (docs/deployment.md, Exactness); more is a written file to distrust
+    level = logging.INFO if same and agree >= VERIFY_MIN_AGREEMENT else logging.WARNING
+    logger.log(level, "%s vs eager pipeline on %dx%d: %.4f%% equal pixels, segments %s%s", name, h, w, 100 * agree,
+               "equal" if same else "DIFFER", "" if level == logging.INFO else
+               " (the written file does not reproduce the model: see verify in the export's JSON)")
     return {"pixel_agreement": agree, "same_segments": bool(same)}

@@ -188,3 +188,24 @@ def test_merge_overrides_that_fixed_merge_rules_would_ignore_are_refused(small, 
     with pytest.raises(ConfigError, match="model.merge.score_thresh=0.2 would have no effect"):
         export_from_config(cfg, overrides)
     assert not list(tmp_path.glob("m.*"))
+
+
+def test_a_written_file_that_disagrees_with_eager_is_a_warning(small, caplog):
+    # Before: the export's own check logged "segments DIFFER" (or 60 % equal pixels) at INFO,
+    # like a passing check: a broken file was reported as quietly as a good one.
+    import numpy as np
+
+    from panfpn.deploy.pipeline import OUTPUT_NAMES
+    from panfpn.engine.export_pipeline import _check
+
+    model, cfg, _ = small
+    pipeline = build_pipeline(model, synthetic_metadata(), instantiate(cfg.data.val.transforms))
+    image = torch.randint(0, 256, (40, 60, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = [t.numpy() for t in pipeline(image)]
+    broken = [o + 1 if n == "panoptic" else o for n, o in zip(OUTPUT_NAMES, want)]
+    with caplog.at_level(logging.INFO, logger="panfpn"), torch.no_grad():
+        assert _check(pipeline, lambda img: want, image, "onnx")["pixel_agreement"] == 1.0
+        assert _check(pipeline, lambda img: broken, image, "onnx")["pixel_agreement"] == 0.0
+    levels = [r.levelname for r in caplog.records if "vs eager pipeline" in r.getMessage()]
+    assert levels == ["INFO", "WARNING"]

@@ -4,7 +4,7 @@ Standalone on purpose: it imports only the standard library, numpy, Pillow and o
 panfpn, no torch), so it can be copied next to the ``.onnx`` file and run anywhere::
 
     pip install onnxruntime numpy pillow
-    python onnx_runner.py model.onnx photo1.jpg photo2.png --out results/
+    python onnx_runner.py model.onnx photo1.jpg photo2.png photos/ --out results/
 
 writes ``results/panoptic/<stem>.png`` (id = R + 256 G + 256^2 B) and ``results/panoptic.json``
 (``images``, ``annotations`` with ``segments_info``: id, category_id, area, bbox, iscrowd and the
@@ -34,14 +34,25 @@ PANOPTIC_NAME = "panoptic"
 
 
 def open_session(model_path: str | os.PathLike, *, threads: int = 0, providers: Sequence[str] | None = None) -> Any:
-    """An onnxruntime session of the exported file (``threads`` 0: onnxruntime's default)."""
+    """An onnxruntime session of the exported file (``threads`` 0: onnxruntime's default);
+    ValueError naming the file when it is missing or not an ONNX model onnxruntime can load."""
     import onnxruntime as ort
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
+    if not Path(model_path).is_file():
+        raise ValueError(f"{model_path}: no such file (the .onnx file tools/export.py wrote)")
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(model_path), options, providers=list(providers or ["CPUExecutionProvider"]))
+    load_errors = tuple(getattr(ort_state, name) for name in ("InvalidProtobuf", "InvalidGraph", "Fail", "NoSuchFile")
+                        if hasattr(ort_state, name))
+    try:
+        return ort.InferenceSession(str(model_path), options,
+                                    providers=list(providers or ["CPUExecutionProvider"]))
+    except load_errors as e:  # truncated, not ONNX, an opset this onnxruntime lacks
+        raise ValueError(f"{model_path}: onnxruntime cannot load it as an ONNX model "
+                         f"({type(e).__name__}: {str(e).strip()})") from None
 
 
 def model_metadata(session: Any) -> dict[str, Any]:
@@ -178,10 +189,66 @@ def check_output_folder(out_dir: str | os.PathLike) -> None:
                          "ground truth?): predicting there would overwrite it and its PNGs; choose another --out")
 
 
+def prepare_output_folder(out_dir: str | os.PathLike) -> None:
+    """Create ``out_dir/panoptic`` and check a file can be written there: ValueError naming the
+    folder (a file of that name, no permission, a read-only disk) before any image is run."""
+    png_dir = Path(out_dir) / PANOPTIC_NAME
+    try:
+        png_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=png_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"cannot write the results into {out_dir} ({type(e).__name__}: "
+                         f"{e.strerror or e}): choose another --out") from None
+
+
+def input_files(args: Sequence[str], out_dir: str | os.PathLike) -> list[Path]:
+    """The image paths of the command line: files as given, each folder's files (sorted, not its
+    subfolders, hidden files and this runner's own ``panoptic.json`` left out); ValueError naming
+    the paths that do not exist and the folders without files."""
+    missing = [a for a in args if not Path(a).exists()]
+    if missing:
+        raise ValueError(f"no such file or folder: {', '.join(missing)}")
+    own = (Path(out_dir) / f"{PANOPTIC_NAME}.json").resolve()
+    paths: list[Path] = []
+    for arg in args:
+        path = Path(arg)
+        if not path.is_dir():
+            paths.append(path)
+            continue
+        files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith(".") and f.resolve() != own)
+        if not files:
+            raise ValueError(f"folder {arg} holds no files (subfolders are not searched)")
+        paths += files
+    return paths
+
+
+def earlier_entries(out_dir: str | os.PathLike, stems: Sequence[str], image_ids: Sequence[Any],
+                    categories: list[dict[str, Any]]) -> list[tuple[dict, dict]]:
+    """``(images entry, annotation)`` pairs of an earlier run's prediction JSON in ``out_dir`` to keep
+    listing: those whose PNG is still there and that this run neither rewrites (``stems``) nor
+    gives an image id again (``image_ids``); none when the earlier run's categories differ."""
+    json_path = Path(out_dir) / f"{PANOPTIC_NAME}.json"
+    try:
+        data = json.loads(json_path.read_text())
+        images = {img["id"]: img for img in data["images"]}
+        pairs = [(images[ann["image_id"]], ann) for ann in data["annotations"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # none yet, or unreadable: replaced
+        return []
+    if data.get("categories") != categories:
+        print(f"{json_path} lists the results of a model with other categories: replaced", file=sys.stderr)
+        return []
+    new_files, new_ids = {f"{s}.png" for s in stems}, set(image_ids)
+    return [(img, ann) for img, ann in pairs if ann["file_name"] not in new_files and ann["image_id"] not in new_ids
+            and (Path(out_dir) / PANOPTIC_NAME / ann["file_name"]).is_file()]
+
+
 def sharing_a_stem(paths: Sequence[Path], stems: Sequence[str]) -> list[str]:
-    """The inputs (sorted) whose output name (``stems``) another input has too."""
-    counts = Counter(stems)
-    return sorted(str(p) for p, s in zip(paths, stems) if counts[s] > 1)
+    """The inputs (sorted) whose output name (``stems``) another input has too, ignoring case as
+    macOS and Windows file systems do (``a.jpg`` and ``A.png`` would write one ``a.png`` there)."""
+    counts = Counter(s.casefold() for s in stems)
+    return sorted(str(p) for p, s in zip(paths, stems) if counts[s.casefold()] > 1)
 
 
 def predict_files(session: Any, paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
@@ -234,25 +301,37 @@ def predict_files(session: Any, paths: Sequence[str | os.PathLike], out_dir: str
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="the exported .onnx file (tools/export.py, export.scope=pipeline)")
-    parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("images", nargs="+", help="image files or folders (a folder's files, not its subfolders)")
+    parser.add_argument("--out", required=True, help="output folder (earlier results there stay listed)")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: default)")
     args = parser.parse_args(argv)
-    paths = [Path(p) for p in args.images]
-    same = sharing_a_stem(paths, [p.stem for p in paths])
-    if same:
-        parser.error(f"inputs with the same file stem would write one output file: {', '.join(same)}")
-    try:
+    try:  # every refusal is a message (exit 2) before anything is written
+        paths = input_files(args.images, args.out)
+        same = sharing_a_stem(paths, [p.stem for p in paths])
+        if same:
+            raise ValueError(f"inputs with the same file stem would write one output file: {', '.join(same)}")
         check_output_folder(args.out)
     except ValueError as e:
         parser.error(str(e))
-    failed: list[tuple[str, str]] = []
-    session = open_session(args.model, threads=args.threads)
     try:
-        model_metadata(session)  # a file of another kind: a message, not a traceback, before writing anything
+        session = open_session(args.model, threads=args.threads)
+        meta = model_metadata(session)  # a file of another kind: a message, not a traceback
     except ValueError as e:
-        parser.error(f"{args.model}: {e}")
-    json_path = predict_files(session, paths, args.out, failed=failed)
+        parser.error(str(e) if str(e).startswith(str(args.model)) else f"{args.model}: {e}")
+    stems = [p.stem for p in paths]
+    ids = default_image_id(stems)
+    try:
+        prepare_output_folder(args.out)
+    except ValueError as e:
+        parser.error(str(e))
+    failed: list[tuple[str, str]] = []
+    try:
+        json_path = predict_files(session, paths, args.out, stems=stems, image_ids=ids, failed=failed,
+                                  previous=earlier_entries(args.out, stems, ids, meta["categories"]))
+    except KeyboardInterrupt:  # Ctrl-C: what was written is listed (predict_files' finally), no traceback
+        print(f"stopped by Ctrl-C: {Path(args.out) / f'{PANOPTIC_NAME}.json'} lists the images written "
+              "until then; run the same command again to redo the rest", file=sys.stderr)
+        return 130
     for path, reason in failed:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(f"wrote {len(paths) - len(failed)} image(s), skipped {len(failed)}: {json_path}")

@@ -30,6 +30,7 @@ from panfpn.modeling.panoptic_fpn import export as ex
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.export_pipeline import (export_pipeline_from_config, output_file, output_stem,
                                             warn_unused_options)
+from panfpn.engine.output_folder import check_writable_folder
 from panfpn.engine.stop_messages import export_stopped
 from panfpn.utils.errors import refuse_several_processes
 from panfpn.utils.stop_signals import describe_outputs
@@ -48,6 +49,7 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
     if not cfg.weights:
         logger.warning("no weights given: exporting a randomly initialised model (set weights=path/to/model.pth)")
     stem = output_stem(opts.output, cfg.output_dir)
+    check_writable_folder(stem.parent, "export.output")  # a file, read-only: a message before the export
     describe_outputs(export_stopped(stem, opts.format))  # a stop signal's message
     setup_logging(Path(cfg.output_dir))
     warn_unused_options(opts)

@@ -70,7 +70,7 @@ def build_inference_model(cfg: DictConfig, overrides: Sequence[str] | None = Non
     config_transform = resolved(cfg, "data.val.transforms")
     if use_record:
         model_cfg = effective_model_config(cfg, record, overrides)
-        _note_ignored_config_model(cfg, record)
+        _note_ignored_config_model(cfg, record, model_cfg)
         metadata = record.metadata if record.metadata is not None else build_metadata(cfg)
         keep = record.has_transform and not transform_overridden(overrides)
         transform = record.test_transform if keep else config_transform
@@ -101,8 +101,10 @@ def build_inference_model(cfg: DictConfig, overrides: Sequence[str] | None = Non
     return InferenceModel(model, metadata, transform, eff, record if use_record else None, report)
 
 
-def _note_ignored_config_model(cfg: DictConfig, record: ModelRecord) -> None:
-    diffs = config_differences(record.model_config, resolved(cfg, "model"), "model")
+def _note_ignored_config_model(cfg: DictConfig, record: ModelRecord, used: dict[str, Any]) -> None:
+    """Log the config's model keys that the model used (``used``: the record with the command line's
+    overrides) does not take: those the record sets otherwise, not those overridden (they are used)."""
+    diffs = config_differences(used, resolved(cfg, "model"), "model")
     if diffs:
         logger.info("model from %s; the config's own model differs in %d key(s) (%s), not used "
                     "(model_from_checkpoint=false uses it)", record.source, len(diffs),

@@ -74,6 +74,34 @@ _SPEED_ONLY_KEYS = frozenset(f"predict.{k}" for k in ("batch_size", "num_workers
                                                       "overlay_alpha", "overlay_format", "progress_bar"))
 
 
+def check_backend_weights(weights: str, backend: str) -> None:
+    """ConfigError for an exported file given to the torch backend, which reads checkpoints only:
+    the message names ``predict.backend=onnxruntime`` (the generic one lists checkpoint formats)."""
+    if backend == "torch" and weights.endswith((".onnx", ".pt2")):
+        runs = ("runs with predict.backend=onnxruntime" if weights.endswith(".onnx") else
+                "is run with torch.export.load (docs/deployment.md); predict.backend=onnxruntime runs the .onnx")
+        raise ConfigError(f"config key 'weights': {weights} is an exported pipeline, which {runs}; "
+                          "predict.backend=torch (the default) needs the checkpoint (.pth)")
+
+
+def open_exported(weights: str, device: str) -> tuple[Any, dict[str, Any]]:
+    """The onnxruntime session of ``weights`` and its export metadata; ConfigError naming config key
+    ``weights`` for a missing file, one onnxruntime cannot load, or an ONNX file of another kind.
+    Logs the settings the graph fixed at export (the config's model keys do not apply)."""
+    try:
+        session = onnx_runner.open_session(weights, providers=onnx_providers(device))
+        meta = onnx_runner.model_metadata(session)
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        named = str(e) if str(e).startswith(weights) else f"{weights}: {e}"
+        raise ConfigError(f"config key 'weights': {named}") from None
+    fixed = {k: meta.get(k) for k in ("detection", "merge", "mask_classification", "resize") if meta.get(k) is not None}
+    logger.info("%s: settings fixed at export (the config's model.* keys are not used): %s", weights,
+                ", ".join(f"{k} {v}" for k, v in fixed.items()))
+    return session, meta
+
+
 def predict_onnx(weights: str, paths: Sequence[Path], out_dir: Path, opts: Any,
                  device: str = "cpu", overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Predict ``paths`` with the ONNX pipeline ``weights`` into ``out_dir`` on config key ``device``
@@ -95,8 +123,8 @@ def predict_onnx(weights: str, paths: Sequence[Path], out_dir: Path, opts: Any,
                        "(no overlays: predict.overlay is ignored)")
     stems = output_stems(list(paths))
     ids = image_ids(list(paths), stems, opts.image_id)
-    session = onnx_runner.open_session(weights, providers=onnx_providers(device))
-    metadata = DatasetMetadata.from_coco_categories(onnx_runner.model_metadata(session)["categories"])
+    session, meta = open_exported(weights, device)
+    metadata = DatasetMetadata.from_coco_categories(meta["categories"])
     targets = prepare_targets(out_dir, metadata, overlay=False, overlay_format="png", overlay_alpha=0.0,
                               semantic=False)
     # as the torch backend: done images skipped (predict.overwrite), other images' entries kept

@@ -53,7 +53,8 @@ from panfpn.evaluation.prediction_folder import (OVERLAY_FORMATS, JsonState, Pre
 from panfpn.evaluation.label_mapping import model_segments_to_dataset
 from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks
 
-from panfpn.engine.predict_onnx import predict_onnx
+from panfpn.engine.output_folder import check_writable_folder
+from panfpn.engine.predict_onnx import check_backend_weights, predict_onnx
 from panfpn.data.loader import ignore_stop_signals
 from panfpn.engine.stop_messages import predict_stopped
 from panfpn.utils.errors import refuse_several_processes
@@ -87,8 +88,10 @@ def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None)
     if not cfg.weights:
         raise ConfigError("config key 'weights' must name the checkpoint to predict with "
                           "(weights=path/to/model.pth)")
+    check_backend_weights(str(cfg.weights), opts.backend)  # an exported .onnx with the torch backend
     device = du.init_distributed(cfg.device)
     out_dir = Path(opts.output_dir if opts.output_dir else cfg.output_dir)
+    check_writable_folder(out_dir, "predict.output_dir")  # a file, read-only: a message before the model runs
     setup_logging(out_dir)
     fit_threads_to_cpus()
     paths = list_image_files(opts.input if isinstance(opts.input, str) else list(opts.input),

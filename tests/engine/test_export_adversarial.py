@@ -14,6 +14,7 @@ from panfpn.data.synthetic import synthetic_metadata
 from panfpn.deploy import onnx_runner
 from panfpn.deploy.export import FORMAT, METADATA_KEY, build_pipeline, pipeline_metadata
 from panfpn.engine.export_run import export_from_config
+from panfpn.utils.errors import ConfigError
 from panfpn.modeling.build import build_model
 from panfpn.modeling.weights import WeightsError
 
@@ -163,3 +164,48 @@ def test_options_the_scope_does_not_use_are_named(small, tmp_path, scope, extra,
         logger.removeHandler(handler)
     assert summary["files"] == {"onnx": str(tmp_path / "p.onnx")}
     assert any(message in r.getMessage() for r in records)
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_exporting(small, tmp_path, monkeypatch):
+    # Before: export.output under a file (or in a read-only folder) built and traced the model, then
+    # failed with an AtomicWriteError traceback (exit 1) when writing the file.
+    import panfpn.engine.export_run as export_run
+
+    (tmp_path / "taken").write_text("a file")
+    monkeypatch.setattr(export_run, "build_inference_model", lambda *a: pytest.fail("built before the check"))
+    monkeypatch.setattr(export_run, "export_pipeline_from_config", lambda *a: pytest.fail("exported before the check"))
+    with pytest.raises(ConfigError, match="'export.output': .*taken is a file"):
+        _export(tmp_path, f"weights={small[2]}", f"export.output={tmp_path / 'taken' / 'model'}")
+
+
+def test_merge_overrides_that_fixed_merge_rules_would_ignore_are_refused(small, tmp_path):
+    # Before: export.merge=detectron2 with model.merge.score_thresh=0.2 baked Detectron2's 0.5 into
+    # the graph (and its metadata) without a word: the threshold asked for was silently dropped.
+    overrides = ["export.merge=detectron2", "model.merge.score_thresh=0.2"]
+    cfg = compose_config([*MODEL, f"weights={small[2]}", "device=cpu", "export.verify=false",
+                          "export.format=onnx", f"export.output={tmp_path / 'm'}", *overrides],
+                         output_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match="model.merge.score_thresh=0.2 would have no effect"):
+        export_from_config(cfg, overrides)
+    assert not list(tmp_path.glob("m.*"))
+
+
+def test_a_written_file_that_disagrees_with_eager_is_a_warning(small, caplog):
+    # Before: the export's own check logged "segments DIFFER" (or 60 % equal pixels) at INFO,
+    # like a passing check: a broken file was reported as quietly as a good one.
+    import numpy as np
+
+    from panfpn.deploy.pipeline import OUTPUT_NAMES
+    from panfpn.engine.export_pipeline import _check
+
+    model, cfg, _ = small
+    pipeline = build_pipeline(model, synthetic_metadata(), instantiate(cfg.data.val.transforms))
+    image = torch.randint(0, 256, (40, 60, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = [t.numpy() for t in pipeline(image)]
+    broken = [o + 1 if n == "panoptic" else o for n, o in zip(OUTPUT_NAMES, want)]
+    with caplog.at_level(logging.INFO, logger="panfpn"), torch.no_grad():
+        assert _check(pipeline, lambda img: want, image, "onnx")["pixel_agreement"] == 1.0
+        assert _check(pipeline, lambda img: broken, image, "onnx")["pixel_agreement"] == 0.0
+    levels = [r.levelname for r in caplog.records if "vs eager pipeline" in r.getMessage()]
+    assert levels == ["INFO", "WARNING"]

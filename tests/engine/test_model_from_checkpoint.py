@@ -105,6 +105,11 @@ def test_overrides_win_and_differences_are_listed(trained, tmp_path, caplog):
     assert listed == ["model.merge.score_thresh: checkpoint 0.0, used 0.3",
                       "model.roi_heads.box_head.test.detections_per_image: checkpoint 50, used 7"]
     assert built.test_transform["short_edge_lengths"] == [64]
+    # The note on the config's own model names the keys it does not take, not the overridden
+    # ones, which are used (before: "differs in 7 key(s) (..., model.merge.score_thresh, ...), not used").
+    note = next(r.getMessage() for r in caplog.records if "the config's own model differs" in r.getMessage())
+    assert "model.merge.score_thresh" not in note and "detections_per_image" not in note
+    assert "model.backbone.out_channels" in note
 
     # Without the overrides (a Python caller passing none) the recorded model is used as it is.
     plain = build_inference_model(cfg, [])

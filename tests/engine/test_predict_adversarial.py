@@ -364,3 +364,185 @@ def test_onnx_backend_names_the_speed_options_it_does_not_use(caplog):
     with caplog.at_level(logging.WARNING, logger="panfpn"):
         refuse_exported_settings(["predict.overwrite=true"])
     assert "no effect" not in caplog.text
+
+
+@pytest.mark.parametrize("content", [None, b"not an onnx file"])
+def test_a_missing_or_corrupt_model_file_is_a_message_not_a_traceback(exported, tmp_path, capsys, content):
+    # Before: onnxruntime's NoSuchFile / InvalidProtobuf reached the user as a traceback (exit 1),
+    # from the standalone runner and from predict.backend=onnxruntime alike.
+    from panfpn.deploy import onnx_runner
+
+    model = tmp_path / "model.onnx"
+    if content is not None:
+        model.write_bytes(content)
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit) as exit_info:
+        onnx_runner.main([str(model), str(tmp_path / "a.png"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and str(model) in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ConfigError, match=f"'weights': {model}"):
+        _predict(model, tmp_path / "a.png", tmp_path / "out2")
+
+
+def test_onnx_backend_names_the_file_of_another_kind(exported, tmp_path):
+    # Before: an ONNX file without panfpn's metadata (a network-scope export) was a ValueError
+    # traceback from tools/predict.py; the standalone runner already said it in one line.
+    from test_export_adversarial import _onnx_file
+
+    model = _onnx_file(tmp_path / "network.onnx")
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    with pytest.raises(ConfigError, match=r"'weights': .*network.onnx: the ONNX model has no 'panfpn' metadata"):
+        _predict(model, tmp_path / "a.png", tmp_path / "out")
+
+
+@pytest.mark.parametrize("suffix", [".onnx", ".pt2"])
+def test_an_exported_file_given_to_the_torch_backend_names_the_onnx_backend(tmp_path, suffix):
+    # Before: weights=model.onnx (predict.backend left at torch) listed every checkpoint format
+    # weights= accepts, not that the exported file runs with predict.backend=onnxruntime.
+    model = tmp_path / f"model{suffix}"
+    model.write_bytes(b"x")
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    cfg = compose_config([*MODEL, f"weights={model}", f"++predict.input={tmp_path / 'a.png'}", "device=cpu"],
+                         output_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match="predict.backend=onnxruntime"):
+        predict_from_config(cfg)
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_an_output_folder_that_is_a_file_is_refused_before_predicting(exported, tmp_path, backend):
+    # Before: predict.output_dir naming a file was a FileExistsError traceback (exit 1).
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    (tmp_path / "taken").write_text("a file")
+    weights = exported[1] if backend == "onnxruntime" else exported[0]
+    with pytest.raises(ConfigError, match="'predict.output_dir': .*taken is a file"):
+        _predict(weights, tmp_path / "a.png", tmp_path / "taken")
+    assert (tmp_path / "taken").read_text() == "a file"
+
+
+def test_an_output_folder_without_write_permission_is_refused(tmp_path, capsys, exported):
+    # Before: a read-only --out / predict.output_dir was a PermissionError traceback.
+    import os
+
+    from panfpn.deploy import onnx_runner
+    from panfpn.engine.output_folder import check_writable_folder
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as root: a read-only folder is writable")
+        with pytest.raises(ConfigError, match="'predict.output_dir': cannot write into"):
+            check_writable_folder(locked / "sub", "predict.output_dir")
+        Image.fromarray(_rgb()).save(tmp_path / "a.png")
+        with pytest.raises(SystemExit) as exit_info:
+            onnx_runner.main([str(exported[1]), str(tmp_path / "a.png"), "--out", str(locked)])
+        assert exit_info.value.code == 2 and "cannot write the results into" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o755)
+
+
+def test_standalone_runner_refuses_an_out_that_is_a_file(exported, tmp_path, capsys):
+    # Before: --out naming a file was a NotADirectoryError traceback.
+    from panfpn.deploy import onnx_runner
+
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    with pytest.raises(SystemExit) as exit_info:
+        onnx_runner.main([str(exported[1]), str(tmp_path / "a.png"), "--out", str(tmp_path / "a.png")])
+    assert exit_info.value.code == 2 and "cannot write the results into" in capsys.readouterr().err
+
+
+def test_standalone_runner_takes_folders_and_refuses_missing_paths(exported, tmp_path, capsys):
+    # Before: a folder was "skipped ... IsADirectoryError" and a mistyped file "skipped ...
+    # FileNotFoundError", both with exit status 0 and nothing predicted.
+    from panfpn.deploy import onnx_runner
+
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    for name in ("b.png", "a.jpg", "sub/c.png"):
+        Image.fromarray(_rgb()).save(photos / name)
+    with pytest.raises(SystemExit) as exit_info:
+        onnx_runner.main([str(exported[1]), str(photos / "a.jpg"), str(tmp_path / "typo.jpg"), "--out", str(photos)])
+    assert exit_info.value.code == 2 and "no such file or folder: " + str(tmp_path / "typo.jpg") in capsys.readouterr().err
+    assert not (photos / "panoptic").exists()
+    for _ in range(2):  # the output folder is the input folder: its panoptic.json is not an input the second time
+        assert onnx_runner.main([str(exported[1]), str(photos), "--out", str(photos)]) == 0
+        assert "skipped" not in capsys.readouterr().err
+    data = json.loads((photos / "panoptic.json").read_text())
+    assert [a["file_name"] for a in data["annotations"]] == ["a.png", "b.png"]
+    (photos / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        onnx_runner.main([str(exported[1]), str(photos / "empty"), "--out", str(tmp_path / "o")])
+    assert "holds no files" in capsys.readouterr().err
+
+
+def test_standalone_runner_rerun_keeps_the_earlier_results_listed(exported, tmp_path):
+    # Before: a second run into the same --out replaced panoptic.json by its own images: the
+    # first run's PNGs stayed on disk but were no longer listed (panopticapi then reports those
+    # images as missing). Now they stay listed, as tools/predict.py keeps them; an image redone
+    # (same name) or a new image with an earlier image id replaces the earlier entry.
+    from panfpn.deploy import onnx_runner
+
+    for name in ("000001.png", "000002.png", "x.png"):
+        Image.fromarray(_rgb(seed=len(name))).save(tmp_path / name)
+    out = tmp_path / "out"
+    onnx_runner.main([str(exported[1]), str(tmp_path / "000001.png"), str(tmp_path / "000002.png"), "--out", str(out)])
+    onnx_runner.main([str(exported[1]), str(tmp_path / "x.png"), str(tmp_path / "000002.png"), "--out", str(out)])
+    data = json.loads((out / "panoptic.json").read_text())
+    assert [(a["file_name"], a["image_id"]) for a in data["annotations"]] == [
+        ("000001.png", 1), ("x.png", "x"), ("000002.png", "000002")]
+    assert sorted(i["id"] for i in data["images"] if isinstance(i["id"], int)) == [1]
+    (out / "panoptic" / "000001.png").unlink()  # an entry whose PNG is gone is not kept
+    onnx_runner.main([str(exported[1]), str(tmp_path / "x.png"), "--out", str(out)])
+    data = json.loads((out / "panoptic.json").read_text())
+    assert [a["file_name"] for a in data["annotations"]] == ["000002.png", "x.png"]
+
+
+def test_onnx_backend_logs_the_settings_fixed_at_export(exported, tmp_path, caplog):
+    # Before: nothing said which thresholds the graph had baked in; the config's model.* keys
+    # (e.g. from a config file) silently had no effect.
+    import logging
+
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    with caplog.at_level(logging.INFO, logger="panfpn"):
+        _predict(exported[1], tmp_path / "a.png", tmp_path / "out")
+    assert "settings fixed at export" in caplog.text and "'score_thresh': 0.0" in caplog.text
+
+
+def test_standalone_runner_ctrl_c_is_a_message_and_exit_130(exported, tmp_path, capsys, monkeypatch):
+    # Before: Ctrl-C in the middle of a folder ended the command line with a KeyboardInterrupt
+    # traceback (the JSON listing the images written was already saved).
+    from panfpn.deploy import onnx_runner
+
+    for k in range(3):
+        Image.fromarray(_rgb(seed=k)).save(tmp_path / f"p{k}.png")
+    real, calls = onnx_runner.run_image, []
+
+    def run_or_stop(session, image):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(session, image)
+
+    monkeypatch.setattr(onnx_runner, "run_image", run_or_stop)
+    try:
+        status = onnx_runner.main([str(exported[1]), *(str(tmp_path / f"p{k}.png") for k in range(3)),
+                                   "--out", str(tmp_path / "out")])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt left main()")
+    assert status == 130
+    assert "stopped by Ctrl-C" in capsys.readouterr().err
+    data = json.loads((tmp_path / "out" / "panoptic.json").read_text())
+    assert [a["file_name"] for a in data["annotations"]] == ["p0.png"]
+
+
+def test_standalone_runner_refuses_names_differing_only_in_case(exported, tmp_path, capsys):
+    # Before: a.jpg and A.png were both predicted; on macOS / Windows file systems A.png then
+    # overwrote a.png while panoptic.json listed both (tools/predict.py compares ignoring case).
+    from panfpn.deploy import onnx_runner
+
+    Image.fromarray(_rgb()).save(tmp_path / "a.jpg")
+    Image.fromarray(_rgb(seed=1)).save(tmp_path / "A.png")
+    with pytest.raises(SystemExit) as exit_info:
+        onnx_runner.main([str(exported[1]), str(tmp_path / "a.jpg"), str(tmp_path / "A.png"), "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2 and "A.png" in capsys.readouterr().err

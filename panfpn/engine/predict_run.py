@@ -129,7 +129,7 @@ def collate_predict(items: Sequence[dict | FailedImage]) -> tuple[dict | None, l
 def predict_images(
     model: torch.nn.Module, paths: Sequence[str | os.PathLike], metadata: DatasetMetadata,
     out_dir: str | os.PathLike, *, transforms: Callable | None = None, device: torch.device | str = "cpu",
-    batch_size: int = 2, num_workers: int = 0, overwrite: bool = False, overlay: bool = True,
+    batch_size: int = 1, num_workers: int = 0, overwrite: bool = False, overlay: bool = True,
     overlay_alpha: float = 0.55, overlay_format: str = "jpg", write_threads: int = 2, progress: bool = True,
     image_id: str = "auto", json_every: int = 50, semantic: bool = False,
 ) -> dict[str, Any]:

@@ -286,3 +286,18 @@ def test_error_mid_run_still_lists_what_was_written(tmp_path):
     data = json.loads((out / "panoptic.json").read_text())
     assert [a["image_id"] for a in data["annotations"]] == ["img0", "img1"]
     assert not list(out.rglob(".*tmp*"))  # no temporary files left behind
+
+
+def test_by_default_each_image_is_predicted_alone(tmp_path):
+    """An image's result must not depend on the images beside it: batches pad every image to the
+    largest one (docs/predict.md, Batches), so tools/predict.py and predict_images default to
+    batches of 1, as tools/eval.py and Detectron2's DefaultPredictor (it was 2)."""
+    from panfpn.engine.predict_run import predict_images
+
+    assert compose_config(["experiment=synthetic_cpu"]).predict.batch_size == 1
+    folder = tmp_path / "in"
+    _images(folder, sizes=((64, 96), (48, 100), (40, 56)))
+    model = _FakeModel()
+    predict_images(model, list_image_files(folder), synthetic_metadata(), tmp_path / "out", overlay=False,
+                   progress=False)
+    assert [shape[0] for shape, _ in model.seen] == [1, 1, 1], model.seen

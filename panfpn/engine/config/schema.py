@@ -231,7 +231,8 @@ class PredictOptions(FromConfig):
     input: str | list[str] | None = option(paths(nullable=True), "image file, folder, glob "
                                            "('photos/**/*.jpg' with recursive) or a list of them")
     output_dir: str | None = option(string(nullable=True), "where results go (null: the run dir)")
-    batch_size: int = option(integer(1), "images per forward pass")
+    batch_size: int = option(integer(1), "images per forward pass (> 1: each image's result depends on "
+                                         "the padding to its batch's largest image)")
     num_workers: int = option(integer(0), "DataLoader workers decoding and resizing images (0: the main process)")
     overwrite: bool = option(boolean(), "redo images whose outputs exist (else they are skipped)")
     overlay: bool = option(boolean(), "also write the coloured overlays")

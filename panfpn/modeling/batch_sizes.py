@@ -41,3 +41,13 @@ def check_sizes(sizes: Sequence[Sequence[int]], key: str, count: int,
     if len(out) != count:
         raise ValueError(f"batch['{key}'] has {len(out)} sizes for {count} images")
     return out
+
+
+def check_targets(batch: Any, keys: Sequence[str]) -> None:
+    """In train mode a model computes losses: a batch without ``keys`` (an inference batch given
+    to a model left in train mode, as built) is an error saying to call ``model.eval()``."""
+    missing = [k for k in keys if k not in batch]
+    if missing:
+        raise ValueError(f"the model is in training mode, which computes losses from the targets "
+                         f"{', '.join(repr(k) for k in missing)} the batch lacks; for inference call "
+                         "model.eval() first (models are built in training mode)")

@@ -46,3 +46,14 @@ def test_fitting_batch_gives_one_output_per_image_at_its_original_size(model):
         out = model(_batch(image_sizes=[(64, 96), (40, 70)], orig_sizes=[(128, 192), (20, 35)]))
     assert [tuple(o["panoptic"][0].shape) for o in out] == [(128, 192), (20, 35)]
     assert [tuple(o["sem_seg"].shape) for o in out] == [(128, 192), (20, 35)]
+
+
+def test_inference_batch_in_train_mode_says_call_eval(model):
+    """Models are built in train mode; an inference batch there was a bare KeyError ('sem_seg' /
+    'instances')."""
+    model.train()
+    try:
+        with pytest.raises(ValueError, match=r"model\.eval\(\)"):
+            model(_batch())
+    finally:
+        model.eval()

@@ -10,6 +10,7 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
 from panfpn.modeling.backbone import ResNetFPN
+from panfpn.modeling.batch_sizes import check_targets
 from panfpn.modeling.loss_weights import check_loss_weights
 from panfpn.modeling.halves import cached_halves, set_halves_mode, share_buffers
 from panfpn.modeling.merge import MergeThresholds
@@ -137,6 +138,7 @@ class PanopticFPN(nn.Module):
         images = network.preprocess(batch["images"], batch["image_sizes"])
         outputs = network(images.tensors)
         if self.training:
+            check_targets(batch, ("sem_seg", "instances"))
             return self.losses(batch, images, outputs)
         return self.postprocessor(outputs, images.image_sizes, batch["orig_sizes"])
 

@@ -1,0 +1,61 @@
+"""The evaluation API as a Python user calls it (docs/evaluation.md "Evaluators"): the model gets its
+mode back when the loop fails, and a batch without ground truth (a training dataset) says so."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from noisy_model import NoisyGroundTruthModel
+from panfpn.data.build import synthetic_dataset
+from panfpn.data.collate import collate_panoptic
+from panfpn.engine.eval_loop import evaluate
+from panfpn.evaluation.evaluator import Evaluator
+from panfpn.evaluation.evaluators import PanopticQuality
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    kw = dict(num_images=2, seed=5, height=48, width=64, cache_dir=root)
+    return synthetic_dataset("val", is_train=False, **kw), synthetic_dataset("val", is_train=True, **kw)
+
+
+class Failing(Evaluator):
+    def reset(self):
+        pass
+
+    def process(self, batch, outputs):
+        raise RuntimeError("evaluator failed")
+
+    def evaluate(self):
+        return {}
+
+
+class EmptyPrediction(torch.nn.Module):
+    """Predicts void everywhere, reading only the images (as a real model does)."""
+
+    def forward(self, batch):
+        return [{"panoptic": (torch.zeros(tuple(size), dtype=torch.int32), []), "instances": {},
+                 "sem_seg": torch.zeros(tuple(size), dtype=torch.int64)} for size in batch["orig_sizes"]]
+
+
+def _loader(ds):
+    return DataLoader(ds, batch_size=2, collate_fn=collate_panoptic)
+
+
+def test_model_gets_its_training_mode_back_when_an_evaluator_fails(datasets):
+    val, _ = datasets
+    model = NoisyGroundTruthModel(val.metadata).train()
+    with pytest.raises(RuntimeError, match="evaluator failed"):
+        evaluate(model, _loader(val), val.metadata, [Failing()], device=torch.device("cpu"), progress=False)
+    assert model.training  # before: left in eval mode
+
+
+def test_a_training_dataset_is_refused_naming_the_missing_ground_truth(datasets):
+    _, train = datasets
+    model = EmptyPrediction()
+    with pytest.raises(ValueError, match=r"no 'gt_panoptic', 'segments_info'.*is_train=False"):
+        evaluate(model, _loader(train), train.metadata, [PanopticQuality(train.metadata)],
+                 device=torch.device("cpu"), progress=False)

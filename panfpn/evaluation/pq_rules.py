@@ -51,6 +51,7 @@ class PQStat:
         return self
 
     def categories(self) -> set[int]:
+        """Category ids with at least one TP, FP or FN."""
         return set(self.tp) | set(self.fp) | set(self.fn)
 
 

@@ -59,3 +59,19 @@ def test_a_training_dataset_is_refused_naming_the_missing_ground_truth(datasets)
     with pytest.raises(ValueError, match=r"no 'gt_panoptic', 'segments_info'.*is_train=False"):
         evaluate(model, _loader(train), train.metadata, [PanopticQuality(train.metadata)],
                  device=torch.device("cpu"), progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
+def test_accumulator_takes_id_maps_of_any_integer_type(dtype):
+    """interfaces.md: id maps are int tensors; uint8 / int16 ones overflowed in the pair counting."""
+    from panfpn.evaluation import PQAccumulator
+    gt = torch.zeros(6, 6, dtype=torch.int32)
+    gt[:, :3], gt[:, 3:] = 1, 200
+    pred = gt.clone()
+    pred[0, :] = 0  # void in the prediction
+    acc = PQAccumulator({1: {"isthing": 1}, 7: {"isthing": 0}})
+    acc.update(pred.to(dtype), [{"id": 1, "category_id": 1}, {"id": 200, "category_id": 7}], gt.to(dtype),
+               [{"id": 1, "category_id": 1, "iscrowd": 0, "area": 18}, {"id": 200, "category_id": 7, "iscrowd": 0, "area": 18}],
+               image_id=3)
+    result = acc.compute()
+    assert result["All"]["rq"] == 1.0 and abs(result["All"]["sq"] - 15 / 18) < 1e-12

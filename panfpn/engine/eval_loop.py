@@ -23,6 +23,7 @@ from panfpn.evaluation.coco_ap import ap_text
 from panfpn.evaluation.evaluator import Evaluator, eval_images
 from panfpn.engine.progress import Progress
 from panfpn.evaluation.pq_rules import format_table
+from panfpn.modeling.build import check_labels_fit, model_labels
 from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks
 
 logger = logging.getLogger("panfpn")
@@ -48,6 +49,7 @@ def evaluate(
     {"mIoU", "IoU", ...}, "bbox"/"segm": COCO AP dicts, "overlays": [uint8 HxWx3], "num_images"}``.
     The model runs in eval mode and gets its own mode back, also when an error stops the loop.
     """
+    check_labels_fit(model_labels(model), metadata, "given to evaluate()")  # a model of other classes
     was_training = model.training
     model.eval()
     try:

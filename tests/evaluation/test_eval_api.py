@@ -75,3 +75,36 @@ def test_accumulator_takes_id_maps_of_any_integer_type(dtype):
                image_id=3)
     result = acc.compute()
     assert result["All"]["rq"] == 1.0 and abs(result["All"]["sq"] - 15 / 18) < 1e-12
+
+
+@pytest.mark.parametrize("name", ["panoptic_fpn_small", "mask2former_small"])
+@pytest.mark.parametrize("mode, things, stuff, thing_sem", [("stuff_plus_thing", 4, 4, None), ("all", 2, 3, [1, 3])])
+def test_model_labels_fit_their_own_metadata(name, mode, things, stuff, thing_sem):
+    import warnings
+
+    from panfpn.modeling.build import check_labels_fit, model_labels
+    from panfpn.modeling.zoo import build_named_model, counts_metadata
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_named_model(name, things, stuff, sem_seg_mode=mode, thing_sem_labels=thing_sem)
+    labels = model_labels(model)
+    assert labels
+    check_labels_fit(labels, counts_metadata(things, stuff, mode, thing_sem), "of the test")
+
+
+@pytest.mark.parametrize("name", ["panoptic_fpn_small", "mask2former_small"])
+def test_a_model_of_other_classes_is_refused_before_it_runs(datasets, name):
+    """A zoo model built with other class counts than the dataset's scored silently (3 thing classes
+    against the synthetic data's 4: labels mapped to the wrong categories) or failed with a bare
+    IndexError (COCO's 80 / 53)."""
+    import warnings
+
+    from panfpn.modeling.zoo import build_named_model
+    from panfpn.utils.errors import ConfigError
+    val, _ = datasets
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_named_model(name, 3, 4)
+    with pytest.raises(ConfigError, match="num_(classes|thing_classes) is 3 but the label metadata given to evaluate"):
+        evaluate(model, _loader(val), val.metadata, [PanopticQuality(val.metadata)],
+                 device=torch.device("cpu"), progress=False)

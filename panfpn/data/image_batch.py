@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from panfpn.data.size_limits import SIZE_DIVISIBILITY
-from panfpn.data.transforms import Transform
+from panfpn.data.transforms import LargeScaleJitter, RandomCrop, RandomHorizontalFlip, Transform
 
 __all__ = ["image_batch"]
 
@@ -43,6 +43,19 @@ def _as_chw(image: Any, index: int) -> torch.Tensor:
     return tensor
 
 
+def _check_test_transform(transform: Transform) -> None:
+    """Refuse a transform that moves pixels (a flip, a crop, large-scale jitter: a training
+    transform): the outputs come back at the original size by scaling alone, so they would be
+    mirrored or shifted without a word."""
+    for step in getattr(transform, "transforms", [transform]):
+        moves = (isinstance(step, RandomHorizontalFlip) and step.prob > 0) or isinstance(
+            step, (RandomCrop, LargeScaleJitter))
+        if moves:
+            raise ValueError(f"transform {step!r} flips or crops the image: outputs are mapped back to the "
+                             "original size by scaling only, so give the test transform (a resize), "
+                             "e.g. the checkpoint's data.val.transforms")
+
+
 def image_batch(images: Sequence[Any], *, transform: Transform | None = None,
                 channels: Literal["RGB", "BGR"] = "RGB",
                 size_divisibility: int = SIZE_DIVISIBILITY) -> dict[str, Any]:
@@ -51,13 +64,16 @@ def image_batch(images: Sequence[Any], *, transform: Transform | None = None,
     Args:
         images: uint8 torch ``[3, H, W]`` or numpy ``[H, W, 3]``, any sizes; not modified.
         transform: the test transform, e.g. ``ResizeShortestEdge([800], max_size=1333)``; None
-            keeps each size. The outputs come back at each image's size as given.
+            keeps each size. The outputs come back at each image's size as given. A flip or a
+            crop (a training transform) is refused: the outputs would be mirrored or shifted.
         channels: ``"BGR"`` for OpenCV / Detectron2-style arrays (flipped to the models' RGB).
         size_divisibility: the padded size is a multiple of this (the models need 32).
 
     Returns:
         ``{"images": uint8 [B, 3, Hp, Wp], "image_sizes": [(H, W)], "orig_sizes": [(H0, W0)]}``.
     """
+    if transform is not None:
+        _check_test_transform(transform)
     if channels not in ("RGB", "BGR"):
         raise ValueError(f"channels must be 'RGB' or 'BGR', got {channels!r}")
     if isinstance(images, (torch.Tensor, np.ndarray)) or not len(images):

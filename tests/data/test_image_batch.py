@@ -75,3 +75,15 @@ def test_model_outputs_match_the_dataset_path(tmp_path):
         assert a["panoptic"][0].shape == (48, 80)
         assert torch.equal(a["panoptic"][0], b["panoptic"][0]) and a["panoptic"][1] == b["panoptic"][1]
         assert torch.equal(a["instances"]["boxes"], b["instances"]["boxes"])
+
+
+@pytest.mark.parametrize("transform", [
+    "RandomHorizontalFlip(0.5)", "RandomCrop(16, 16)", "LargeScaleJitter((64, 64))",
+    "Compose([ResizeShortestEdge([64], 128), RandomHorizontalFlip(1.0)])"])
+def test_a_training_transform_is_refused(transform):
+    """A flip or crop would mirror / shift the outputs, which come back at the original size by
+    scaling alone."""
+    from panfpn.data import transforms as T
+    with pytest.raises(ValueError, match="flips or crops"):
+        image_batch(_images(), transform=eval(transform, vars(T)))
+    image_batch(_images(), transform=T.Compose([T.ResizeShortestEdge([64], 128), T.RandomHorizontalFlip(0.0)]))

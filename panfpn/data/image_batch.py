@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from panfpn.data.size_limits import SIZE_DIVISIBILITY
-from panfpn.data.transforms import LargeScaleJitter, RandomCrop, RandomHorizontalFlip, Transform
+from panfpn.data.transforms import Transform, check_test_transform
 
 __all__ = ["image_batch"]
 
@@ -43,19 +43,6 @@ def _as_chw(image: Any, index: int) -> torch.Tensor:
     return tensor
 
 
-def _check_test_transform(transform: Transform) -> None:
-    """Refuse a transform that moves pixels (a flip, a crop, large-scale jitter: a training
-    transform): the outputs come back at the original size by scaling alone, so they would be
-    mirrored or shifted without a word."""
-    for step in getattr(transform, "transforms", [transform]):
-        moves = (isinstance(step, RandomHorizontalFlip) and step.prob > 0) or isinstance(
-            step, (RandomCrop, LargeScaleJitter))
-        if moves:
-            raise ValueError(f"transform {step!r} flips or crops the image: outputs are mapped back to the "
-                             "original size by scaling only, so give the test transform (a resize), "
-                             "e.g. the checkpoint's data.val.transforms")
-
-
 def image_batch(images: Sequence[Any], *, transform: Transform | None = None,
                 channels: Literal["RGB", "BGR"] = "RGB",
                 size_divisibility: int = SIZE_DIVISIBILITY) -> dict[str, Any]:
@@ -73,7 +60,7 @@ def image_batch(images: Sequence[Any], *, transform: Transform | None = None,
         ``{"images": uint8 [B, 3, Hp, Wp], "image_sizes": [(H, W)], "orig_sizes": [(H0, W0)]}``.
     """
     if transform is not None:
-        _check_test_transform(transform)
+        check_test_transform(transform, "image_batch's transform")
     if channels not in ("RGB", "BGR"):
         raise ValueError(f"channels must be 'RGB' or 'BGR', got {channels!r}")
     if isinstance(images, (torch.Tensor, np.ndarray)) or not len(images):

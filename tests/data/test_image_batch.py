@@ -87,3 +87,14 @@ def test_a_training_transform_is_refused(transform):
     with pytest.raises(ValueError, match="flips or crops"):
         image_batch(_images(), transform=eval(transform, vars(T)))
     image_batch(_images(), transform=T.Compose([T.ResizeShortestEdge([64], 128), T.RandomHorizontalFlip(0.0)]))
+
+
+def test_an_eval_dataset_refuses_a_training_transform(tmp_path):
+    """Eval outputs are scored against the untransformed ground truth at the original size: a
+    flipping transform scored mirrored predictions silently."""
+    from panfpn.data.transforms import RandomHorizontalFlip
+    with pytest.raises(ValueError, match="eval dataset of .*flips or crops"):
+        synthetic_dataset("val", num_images=1, seed=3, height=32, width=32, is_train=False,
+                          transforms=RandomHorizontalFlip(1.0), cache_dir=str(tmp_path))
+    synthetic_dataset("train", num_images=1, seed=3, height=32, width=32, is_train=True,
+                      transforms=RandomHorizontalFlip(1.0), cache_dir=str(tmp_path))

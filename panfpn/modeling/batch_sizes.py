@@ -1,4 +1,4 @@
-"""Checks of a hand-made eval batch (docs/interfaces.md section 2) that every model runs first.
+"""Checks of a hand-made batch (docs/interfaces.md section 2) that every model runs first.
 
 From Python a batch is often built by hand; a size that is not the image's would give outputs
 without a word (an ``image_sizes`` entry larger than the padded tensor reads the padding as image,
@@ -7,7 +7,7 @@ an ``orig_sizes`` list one short drops an image). These checks name the key and 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -51,3 +51,16 @@ def check_targets(batch: Any, keys: Sequence[str]) -> None:
         raise ValueError(f"the model is in training mode, which computes losses from the targets "
                          f"{', '.join(repr(k) for k in missing)} the batch lacks; for inference call "
                          "model.eval() first (models are built in training mode)")
+
+
+def check_batch(batch: Any, training: bool) -> None:
+    """A model's input is one batch dict (docs/interfaces.md section 2), not Detectron2's list of
+    per-image dicts; in eval it needs ``images``, ``image_sizes`` and ``orig_sizes``."""
+    if not isinstance(batch, Mapping):
+        raise TypeError(f"a model takes one batch dict with 'images', 'image_sizes' and 'orig_sizes' "
+                        f"(docs/interfaces.md section 2), got {type(batch).__name__}; from images in memory "
+                        "use panfpn.data.image_batch.image_batch(images)")
+    missing = [k for k in ("images", "image_sizes") + (() if training else ("orig_sizes",)) if k not in batch]
+    if missing:
+        raise KeyError(f"the batch lacks {', '.join(repr(k) for k in missing)} (docs/interfaces.md section 2; "
+                       "panfpn.data.image_batch.image_batch(images) makes one from images)")

@@ -57,3 +57,12 @@ def test_inference_batch_in_train_mode_says_call_eval(model):
             model(_batch())
     finally:
         model.eval()
+
+
+def test_detectron2_style_list_input_points_to_image_batch(model):
+    """Detectron2 models take a list of per-image dicts; ours one batch dict (a bare TypeError
+    'list indices must be integers' before)."""
+    with torch.no_grad(), pytest.raises(TypeError, match="image_batch"):
+        model([{"image": torch.zeros(3, 32, 32, dtype=torch.uint8)}])
+    with torch.no_grad(), pytest.raises(KeyError, match="lacks 'orig_sizes'"):
+        model({k: v for k, v in _batch().items() if k != "orig_sizes"})

@@ -170,7 +170,8 @@ def check_test_transform(transform: Transform, what: str) -> None:
     training transform) where outputs are mapped back to the original size by scaling alone
     (evaluation, inference): they would be mirrored or shifted against the image without a word."""
     for step in getattr(transform, "transforms", [transform]):
-        if (isinstance(step, RandomHorizontalFlip) and step.prob > 0) or isinstance(step, (RandomCrop, LargeScaleJitter)):
+        flips = isinstance(step, RandomHorizontalFlip) and step.prob > 0
+        if flips or isinstance(step, (RandomCrop, LargeScaleJitter)):
             raise ValueError(f"{what}: {step!r} flips or crops the image, but the outputs are mapped back to "
                              "the original size by scaling only; give the test transform (a resize)")
 

@@ -61,7 +61,8 @@ def checked_pairs(pred_id_map: torch.Tensor, gt_id_map: torch.Tensor, image_id: 
         raise PQInputError(f"image {image_id!r}: id maps must be integer tensors")
     # uint8 / int16 / uint16 maps (a small id map, a single-channel PNG) are counted as int64:
     # the pair counting's shifts and sentinels overflow in 8 or 16 bits
-    pred_id_map, gt_id_map = (m if m.dtype in (torch.int32, torch.int64) else m.long() for m in (pred_id_map, gt_id_map))
+    pred_id_map, gt_id_map = (m if m.dtype in (torch.int32, torch.int64) else m.long()
+                              for m in (pred_id_map, gt_id_map))
     return _pairs(gt_id_map, pred_id_map, image_id, gt_segments, pred_segments)
 
 

@@ -71,7 +71,8 @@ def test_accumulator_takes_id_maps_of_any_integer_type(dtype):
     pred[0, :] = 0  # void in the prediction
     acc = PQAccumulator({1: {"isthing": 1}, 7: {"isthing": 0}})
     acc.update(pred.to(dtype), [{"id": 1, "category_id": 1}, {"id": 200, "category_id": 7}], gt.to(dtype),
-               [{"id": 1, "category_id": 1, "iscrowd": 0, "area": 18}, {"id": 200, "category_id": 7, "iscrowd": 0, "area": 18}],
+               [{"id": 1, "category_id": 1, "iscrowd": 0, "area": 18},
+                {"id": 200, "category_id": 7, "iscrowd": 0, "area": 18}],
                image_id=3)
     result = acc.compute()
     assert result["All"]["rq"] == 1.0 and abs(result["All"]["sq"] - 15 / 18) < 1e-12

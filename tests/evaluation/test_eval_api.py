@@ -109,3 +109,14 @@ def test_a_model_of_other_classes_is_refused_before_it_runs(datasets, name):
     with pytest.raises(ConfigError, match="num_(classes|thing_classes) is 3 but the label metadata given to evaluate"):
         evaluate(model, _loader(val), val.metadata, [PanopticQuality(val.metadata)],
                  device=torch.device("cpu"), progress=False)
+
+
+def test_model_output_segments_given_to_the_accumulator_point_at_the_label_mapping():
+    """The model's segments ('category', contiguous labels) are not the PQ's ('category_id',
+    dataset ids); the error said only that the key is missing."""
+    from panfpn.evaluation import PQAccumulator
+    gt = torch.ones(4, 4, dtype=torch.int32)
+    acc = PQAccumulator({1: {"isthing": 1}})
+    with pytest.raises(ValueError, match="model_segments_to_dataset"):
+        acc.update(gt, [{"id": 1, "isthing": True, "category": 0, "score": 0.9, "area": 16}], gt,
+                   [{"id": 1, "category_id": 1, "iscrowd": 0, "area": 16}], image_id=5)

@@ -31,7 +31,7 @@ from panfpn.data.panoptic_io import read_id_png
 from panfpn.data.record_cache import Parsed, load_records
 from panfpn.data.records import Record, RecordStore
 from panfpn.data.targets import panoptic_targets
-from panfpn.data.transforms import Transform
+from panfpn.data.transforms import Transform, check_test_transform
 from panfpn.data.validate import (AnnotationError, check_categories, check_same_categories, index_images,
                                   pair_annotations)
 from panfpn.utils.json_file import load_json
@@ -86,6 +86,8 @@ class PanopticDataset(Dataset):
         self.json_file = Path(json_file)
         self.image_root = Path(image_root)
         self.panoptic_root = Path(panoptic_root)
+        if not is_train and transforms is not None:  # eval outputs are scored at the original size
+            check_test_transform(transforms, f"the eval dataset of {json_file}")
         self.transforms = transforms
         self.is_train = is_train
         self.skip_bad_images = bool(skip_bad_images)

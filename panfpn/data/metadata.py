@@ -95,6 +95,7 @@ class DatasetMetadata:
 
     # ----- lookups --------------------------------------------------------------------------
     def category(self, category_id: int) -> Category:
+        """The category of a dataset id; a KeyError naming the id and the metadata otherwise."""
         try:
             return self._by_id[category_id]
         except KeyError:
@@ -110,10 +111,12 @@ class DatasetMetadata:
 
     @property
     def stuff_ids(self) -> list[int]:
+        """Dataset ids of the stuff categories, in category order."""
         return [c.id for c in self.categories if not c.isthing]
 
     @property
     def num_thing_classes(self) -> int:
+        """How many thing categories (the box / mask heads' classes)."""
         return len(self.thing_ids)
 
     @property
@@ -125,6 +128,7 @@ class DatasetMetadata:
 
     @property
     def num_sem_classes(self) -> int:
+        """How many semantic labels (stuff plus the merged thing label, or every category in ``all``)."""
         return len(self.sem_label_to_category)
 
     @property

@@ -165,6 +165,17 @@ class Compose:
         return f"Compose({self.transforms})"
 
 
+def check_test_transform(transform: Transform, what: str) -> None:
+    """Refuse, as ``what``, a transform that moves pixels (a flip, a crop, large-scale jitter: a
+    training transform) where outputs are mapped back to the original size by scaling alone
+    (evaluation, inference): they would be mirrored or shifted against the image without a word."""
+    for step in getattr(transform, "transforms", [transform]):
+        flips = isinstance(step, RandomHorizontalFlip) and step.prob > 0
+        if flips or isinstance(step, (RandomCrop, LargeScaleJitter)):
+            raise ValueError(f"{what}: {step!r} flips or crops the image, but the outputs are mapped back to "
+                             "the original size by scaling only; give the test transform (a resize)")
+
+
 def scaled_size(h: int, w: int, target_h: int, target_w: int, scale: float) -> tuple[int, int]:
     """Size of an ``h x w`` image scaled (aspect kept) to fit ``scale`` times the target size."""
     factor = min(target_h * scale / h, target_w * scale / w)

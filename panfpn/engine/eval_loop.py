@@ -23,6 +23,7 @@ from panfpn.evaluation.coco_ap import ap_text
 from panfpn.evaluation.evaluator import Evaluator, eval_images
 from panfpn.engine.progress import Progress
 from panfpn.evaluation.pq_rules import format_table
+from panfpn.modeling.build import check_labels_fit, model_labels
 from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks
 
 logger = logging.getLogger("panfpn")
@@ -37,7 +38,6 @@ def build_eval_loader(cfg: DictConfig, dataset: Dataset) -> DataLoader:
                             num_workers=int(cfg.data.num_workers), distributed=True)
 
 
-@torch.no_grad()
 def evaluate(
     model: torch.nn.Module, loader: DataLoader, metadata: DatasetMetadata, evaluators: Sequence[Evaluator], *,
     device: torch.device, max_images: int | None = None, progress: bool = True,
@@ -47,9 +47,22 @@ def evaluate(
     :func:`panfpn.evaluation.build.build_evaluators`); returns their results, reduced over ranks,
     merged into one dict, plus ``num_images``: e.g. ``{"panoptic": pq_compute-style dict, "sem_seg":
     {"mIoU", "IoU", ...}, "bbox"/"segm": COCO AP dicts, "overlays": [uint8 HxWx3], "num_images"}``.
+    The model runs in eval mode and gets its own mode back, also when an error stops the loop.
     """
+    check_labels_fit(model_labels(model), metadata, "given to evaluate()")  # a model of other classes
     was_training = model.training
     model.eval()
+    try:
+        return _evaluate(model, loader, metadata, evaluators, device=device, max_images=max_images,
+                         progress=progress, should_stop=should_stop)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def _evaluate(model: torch.nn.Module, loader: DataLoader, metadata: DatasetMetadata, evaluators: Sequence[Evaluator],
+              *, device: torch.device, max_images: int | None, progress: bool,
+              should_stop: Callable[[], bool] | None) -> dict[str, Any]:
     for evaluator in evaluators:
         evaluator.reset()
     seen = 0
@@ -73,8 +86,6 @@ def evaluate(
             raise ValueError(f"{type(evaluator).__name__} returns {clash}, already returned by another evaluator")
         results.update(part)
     results["num_images"] = _sum_over_ranks(seen, device)
-    if was_training:
-        model.train()
     return results
 
 

@@ -57,8 +57,12 @@ def checked_pairs(pred_id_map: torch.Tensor, gt_id_map: torch.Tensor, image_id: 
             f"image {image_id!r}: prediction is {tuple(pred_id_map.shape)} but the ground "
             f"truth is {tuple(gt_id_map.shape)}; both must be [H, W]"
         )
-    if pred_id_map.is_floating_point() or gt_id_map.is_floating_point():
+    if any(m.is_floating_point() or m.is_complex() or m.dtype == torch.bool for m in (pred_id_map, gt_id_map)):
         raise PQInputError(f"image {image_id!r}: id maps must be integer tensors")
+    # uint8 / int16 / uint16 maps (a small id map, a single-channel PNG) are counted as int64:
+    # the pair counting's shifts and sentinels overflow in 8 or 16 bits
+    pred_id_map, gt_id_map = (m if m.dtype in (torch.int32, torch.int64) else m.long()
+                              for m in (pred_id_map, gt_id_map))
     return _pairs(gt_id_map, pred_id_map, image_id, gt_segments, pred_segments)
 
 

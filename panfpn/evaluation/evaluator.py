@@ -84,6 +84,11 @@ class EvalImage:
 def eval_images(batch: Mapping[str, Any], outputs: Sequence[Mapping[str, Any]], metadata: DatasetMetadata,
                 device: torch.device | None = None) -> list[EvalImage]:
     """The :class:`EvalImage` of every image of a batch (ground truth moved to ``device``)."""
+    missing = [k for k in ("gt_panoptic", "segments_info", "image_ids", "file_names") if k not in batch]
+    if missing:
+        raise ValueError(f"the batch has no {', '.join(repr(k) for k in missing)}: evaluation needs the "
+                         "ground truth of an eval dataset (PanopticDataset(..., is_train=False), "
+                         "collated by collate_panoptic)")
     return [EvalImage(batch, i, out, metadata, device) for i, out in enumerate(outputs)]
 
 

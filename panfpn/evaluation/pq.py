@@ -280,6 +280,7 @@ def pq_compute(gt_json_file: str | os.PathLike, pred_json_file: str | os.PathLik
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
+    """``python -m panfpn.evaluation.pq``: score PNG folders, print the table, optionally write JSON."""
     parser = argparse.ArgumentParser(description="Panoptic quality of COCO-panoptic predictions")
     parser.add_argument("--gt-json", required=True)
     parser.add_argument("--pred-json", required=True)

@@ -51,6 +51,7 @@ class PQStat:
         return self
 
     def categories(self) -> set[int]:
+        """Category ids with at least one TP, FP or FN."""
         return set(self.tp) | set(self.fp) | set(self.fn)
 
 
@@ -81,8 +82,11 @@ def index_segments(segments: Sequence[Mapping[str, Any]], image_id: Any, side: s
         try:
             seg_id, category_id = seg["id"], seg["category_id"]
         except KeyError as err:
+            hint = ("; a model's output segments hold contiguous labels under 'category': "
+                    "panfpn.evaluation.label_mapping.model_segments_to_dataset(segments, metadata) gives "
+                    "dataset category_ids") if "category" in seg and err.args[0] == "category_id" else ""
             raise PQInputError(
-                f"image {image_id!r}: a {side} segment lacks the key {err.args[0]!r}: {dict(seg)}"
+                f"image {image_id!r}: a {side} segment lacks the key {err.args[0]!r}: {dict(seg)}{hint}"
             ) from None
         if type(seg_id) is not int:  # (messages built only when needed: this runs per segment)
             seg_id = as_integer_id(seg_id, f"image {image_id!r}: the id of a {side} segment")

@@ -84,3 +84,22 @@ def check_labels_fit(config: Mapping[str, Any], metadata: DatasetMetadata, where
         if got != (list(wants) if prop == "thing_sem_labels" else wants):
             raise ConfigError(f"{node}.{key} is {got!r} but the label metadata {where} "
                               f"('{metadata.name}') gives {wants!r}")
+
+
+def model_labels(model: Any) -> dict[str, Any]:
+    """The label facts a built model holds, in :data:`LABEL_CONFIG_KEYS` ``model`` keys, for
+    :func:`check_labels_fit` (the one check, also for a model built from Python): Panoptic FPN's
+    head sizes and thing labels, Mask2Former's class space. ``{}`` for another model (nothing checked)."""
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    space = getattr(model, "space", None)
+    if space is not None and hasattr(model, "num_sem_classes"):  # Mask2Former
+        thing_sem = [s for s, t in zip(space.sem_label, space.isthing) if t]
+        return {"num_thing_classes": len(thing_sem), "num_sem_classes": int(model.num_sem_classes),
+                "thing_sem_labels": sorted(set(thing_sem)) if len(set(thing_sem)) == 1 else thing_sem}
+    box_head = getattr(getattr(model, "roi_heads", None), "box_head", None)
+    predictor = getattr(getattr(model, "semantic_head", None), "predictor", None)
+    if box_head is None or predictor is None or not hasattr(model, "thing_sem_labels"):
+        return {}
+    return {"semantic_head": {"num_classes": int(predictor.out_channels)},
+            "roi_heads": {"box_head": {"num_classes": int(box_head.num_classes)}},
+            "thing_sem_labels": [int(x) for x in model.thing_sem_labels]}

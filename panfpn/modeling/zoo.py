@@ -110,13 +110,18 @@ def build_named_model(name: str, num_thing_classes: int = 80, num_stuff_classes:
     """The model of ``configs/model/<name>.yaml`` built as ``build_model`` builds it, then
     ``weights`` loaded by :func:`panfpn.modeling.weights.load_weights` (strict unless ``allow_partial``)."""
     from panfpn.modeling.build import build_model, instantiate_model
-    from panfpn.modeling.weights import load_weights
+    from panfpn.modeling.weights import WeightsError, load_weights
 
     cfg = model_config(name, num_thing_classes, num_stuff_classes, **kwargs)
     if weights is None:
         return build_model(cfg)  # warns like the tools when frozen BN gets no weights
     model = instantiate_model(cfg)
-    load_weights(model, weights, allow_partial=allow_partial)
+    try:
+        load_weights(model, weights, allow_partial=allow_partial)
+    except WeightsError as err:
+        raise WeightsError(f"{err} [from Python: allow_partial=True is weights_partial=true; a tools/train.py "
+                           "checkpoint records its own model, which panfpn.engine.inference_model."
+                           "build_inference_model(OmegaConf.create({'weights': path}), overrides=[]) builds]") from None
     return model
 
 

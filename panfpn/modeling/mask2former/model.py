@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from panfpn.modeling.batch_sizes import check_batch, check_targets
 from panfpn.modeling.halves import cached_halves, set_halves_mode, share_buffers
 from panfpn.modeling.mask2former.backbone import BackboneBody
 from panfpn.modeling.mask2former.classes import ClassOrder, build_class_space
@@ -114,9 +115,11 @@ class Mask2Former(nn.Module):
         return self.network.predict_all(images)
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor] | list[dict[str, Any]]:
+        check_batch(batch, self.training)
         network = self.network
         images = network.preprocess(batch["images"], batch["image_sizes"])
         if self.training:
+            check_targets(batch, ("sem_seg", "instances"))
             classes, masks = network.predict_all(images.tensors)
             padded = (int(images.tensors.shape[-2]), int(images.tensors.shape[-1]))
             targets = build_targets(batch, self.space, padded, self.device)

@@ -17,6 +17,7 @@ from torchvision.models.detection.image_list import ImageList
 from panfpn.modeling.mask2former.classes import ClassSpace
 from panfpn.modeling.mask2former.inference import (InferenceConfig, instance_inference, panoptic_inference,
                                                    resize_masks, semantic_inference)
+from panfpn.modeling.batch_sizes import check_images, check_sizes
 from panfpn.modeling.panoptic_fpn.network import normalize_images
 
 OUTPUT_NAMES = ("pred_logits", "pred_masks")
@@ -52,7 +53,7 @@ class Mask2FormerNetwork(nn.Module):
 
     def preprocess(self, images: torch.Tensor, image_sizes: Sequence[Sequence[int]]) -> ImageList:
         """uint8 RGB ``[B, 3, Hp, Wp]`` -> normalised float ``ImageList``, padding zeroed, size a multiple of 32."""
-        return normalize_images(images.to(self.pixel_mean.device, non_blocking=True), image_sizes,
+        return normalize_images(check_images(images).to(self.pixel_mean.device, non_blocking=True), image_sizes,
                                 self.pixel_mean, self.pixel_std)
 
     def predict_all(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -84,6 +85,8 @@ class Mask2FormerPostprocessor:
                              f"got {len(outputs)}")
         logits, masks = (torch.as_tensor(t) for t in outputs)
         padded = (int(masks.shape[-2]) * MASK_STRIDE, int(masks.shape[-1]) * MASK_STRIDE)
+        image_sizes = check_sizes(image_sizes, "image_sizes", int(masks.shape[0]), padded)
+        orig_sizes = check_sizes(orig_sizes, "orig_sizes", int(masks.shape[0]))
         cfg = self.inference_config
         out = []
         for b, (size, orig) in enumerate(zip(image_sizes, orig_sizes)):

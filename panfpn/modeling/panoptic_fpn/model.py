@@ -10,6 +10,7 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
 from panfpn.modeling.backbone import ResNetFPN
+from panfpn.modeling.batch_sizes import check_batch, check_targets
 from panfpn.modeling.loss_weights import check_loss_weights
 from panfpn.modeling.halves import cached_halves, set_halves_mode, share_buffers
 from panfpn.modeling.merge import MergeThresholds
@@ -133,10 +134,12 @@ class PanopticFPN(nn.Module):
         return self
 
     def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor] | list[dict[str, Any]]:
+        check_batch(batch, self.training)
         network = self.network
         images = network.preprocess(batch["images"], batch["image_sizes"])
         outputs = network(images.tensors)
         if self.training:
+            check_targets(batch, ("sem_seg", "instances"))
             return self.losses(batch, images, outputs)
         return self.postprocessor(outputs, images.image_sizes, batch["orig_sizes"])
 

@@ -14,6 +14,7 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
 from panfpn.data.collate import SIZE_DIVISIBILITY  # the batch contract: P5 stride, FPN levels align
+from panfpn.modeling.batch_sizes import check_images, check_sizes
 
 FEATURE_NAMES = ("p2", "p3", "p4", "p5", "p6")
 OUTPUT_NAMES = (*FEATURE_NAMES, "sem_logits", *(f"objectness_{n}" for n in FEATURE_NAMES),
@@ -44,7 +45,7 @@ class PanopticNetwork(nn.Module):
 
     def preprocess(self, images: torch.Tensor, image_sizes: Sequence[Sequence[int]]) -> ImageList:
         """uint8 RGB ``[B, 3, Hp, Wp]`` -> normalised float ``ImageList``, padding zeroed, size a multiple of 32."""
-        return normalize_images(images.to(self.pixel_mean.device, non_blocking=True), image_sizes,
+        return normalize_images(check_images(images).to(self.pixel_mean.device, non_blocking=True), image_sizes,
                                 self.pixel_mean, self.pixel_std, memory_format=self.memory_format)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -74,11 +75,9 @@ def normalize_images(images: torch.Tensor, image_sizes: Sequence[Sequence[int]],
 
     ``pixel_mean``, ``pixel_std``: ``[3, 1, 1]`` in 0..255 units, on the images' device.
     """
-    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"batch['images'] must be uint8 [B, 3, H, W], got {images.dtype} "
-                         f"{list(images.shape)}")
+    check_images(images)
+    sizes = check_sizes(image_sizes, "image_sizes", images.shape[0], (images.shape[-2], images.shape[-1]))
     x = (images.float() - pixel_mean) / pixel_std
-    sizes = [(int(h), int(w)) for h, w in image_sizes]
     # The collate pads with black; zero in normalised space (the mean colour) is what the
     # weights were trained with (Detectron2 pads after normalising).
     for i, (h, w) in enumerate(sizes):

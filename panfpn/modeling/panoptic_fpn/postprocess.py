@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
+from panfpn.modeling.batch_sizes import check_sizes
 from panfpn.modeling.merge import BoxMasks, MergeThresholds, merge_panoptic
 from panfpn.modeling.panoptic_fpn.network import split_outputs
 
@@ -225,11 +226,9 @@ class PanopticPostprocessor(nn.Module):
         device = next(self.roi_heads.parameters()).device
         features, sem_logits, objectness, deltas = split_outputs([torch.as_tensor(t).to(device)
                                                                   for t in outputs])
-        sizes = [(int(h), int(w)) for h, w in image_sizes]
         batch, height, width = sem_logits.shape[0], sem_logits.shape[-2], sem_logits.shape[-1]
-        if len(sizes) != batch or len(orig_sizes) != batch:
-            raise ValueError(f"network outputs are for {batch} images but got {len(sizes)} image_sizes "
-                             f"and {len(orig_sizes)} orig_sizes")
+        sizes = check_sizes(image_sizes, "image_sizes", batch, (height, width))
+        orig_sizes = check_sizes(orig_sizes, "orig_sizes", batch)
         if self.rpn.training or self.roi_heads.training:
             raise RuntimeError("the postprocessor runs in eval mode only; call model.eval()")
         # The anchors and proposal clipping read only the image sizes, not the pixels.

@@ -98,7 +98,9 @@ def build_inference_model(cfg: DictConfig, overrides: Sequence[str] | None = Non
         raise WeightsError(f"weights {report.source} ({report.format}) do not fit the model: {report.problems()}; "
                            "eval and predict need every tensor from the weights (weights_partial=true "
                            "is for fine-tuning: what it skips would be random here)")
-    return InferenceModel(model, metadata, transform, eff, record if use_record else None, report)
+    # in eval mode: a model built for inference (a Python caller would otherwise run it in train mode,
+    # where it asks for targets; the tools set the mode again anyway)
+    return InferenceModel(model.eval(), metadata, transform, eff, record if use_record else None, report)
 
 
 def _note_ignored_config_model(cfg: DictConfig, record: ModelRecord, used: dict[str, Any]) -> None:

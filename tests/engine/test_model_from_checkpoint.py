@@ -100,6 +100,7 @@ def test_overrides_win_and_differences_are_listed(trained, tmp_path, caplog):
         built = build_inference_model(cfg, overrides)
     assert built.model.merge_thresholds.score_thresh == 0.3
     assert built.model.roi_heads.box_head.test.detections_per_image == 7
+    assert not any(m.training for m in built.model.modules())  # an inference model: in eval mode
     assert built.model.backbone.out_channels == 32 and built.model.merge_thresholds.stuff_area == 1
     listed = [r.getMessage().strip() for r in caplog.records if r.getMessage().startswith("  ")]
     assert listed == ["model.merge.score_thresh: checkpoint 0.0, used 0.3",

@@ -10,17 +10,25 @@ Each problem is a ValueError naming the JSON, the image and the bad value:
   are refused, ``1.0`` included: an id is matched against integers from the PNG and written
   back into prediction JSON, so a converted value could hide a writer's bug. Every segment's
   category must be in ``categories``;
-- segment ids: positive integers, unique within an image.
+- segment ids: positive integers, unique within an image;
+- ``iscrowd`` (optional, 0 when absent): 0, 1, ``false`` or ``true``. Any other value (``"0"``,
+  2, null) is refused: training reads a truthy value as crowd while panopticapi's PQ counts only
+  ``== 1``, so the two would disagree on that segment;
+- images listed without an annotation are left out with a warning (unlabelled images: panopticapi
+  and Detectron2 ignore them too); an annotation whose image is not listed is an error.
 """
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import re
 from pathlib import Path, PureWindowsPath
 from typing import Iterable, Mapping
 
 from panfpn.data.metadata import DatasetMetadata
+
+logger = logging.getLogger(__name__)
 
 
 class AnnotationError(ValueError):
@@ -132,6 +140,9 @@ def check_segments(segments: object, *, image_id: object, json_file: Path,
             raise AnnotationError(f"{json_file}: image id {image_id!r} has duplicate segment id {seg_id}")
         seen.add(seg_id)
         check_category_id(seg.get("category_id"), json_file=json_file, where=where, known=categories)
+        if "iscrowd" in seg and not (seg["iscrowd"] in (0, 1) and isinstance(seg["iscrowd"], int)):
+            raise AnnotationError(f"{json_file}: {where} has iscrowd {seg['iscrowd']!r}; expected 0 or 1 "
+                                  f"(or false / true, or no key for 0)")
     return tuple(segments)
 
 
@@ -160,7 +171,12 @@ def pair_annotations(annotations: object, images: Mapping[int | str, tuple[dict,
         segments = check_segments(ann.get("segments_info"), image_id=image_id, json_file=json_file,
                                   categories=categories)
         yield image_id, images[image_id][1], png, segments
+    if images and not done:
+        raise AnnotationError(f"{json_file}: 'annotations' is empty ({len(images)} image(s) listed): "
+                              f"nothing to train or evaluate on")
     missing = set(images) - done
     if missing:
         some = sorted(map(str, missing))[:5]
-        raise AnnotationError(f"{json_file}: {len(missing)} image(s) have no annotation, e.g. image ids {some}")
+        logger.warning("%s: %d of %d image(s) have no annotation and are left out (unlabelled; "
+                       "panopticapi ignores them too), e.g. image ids %s", json_file, len(missing),
+                       len(images), some)

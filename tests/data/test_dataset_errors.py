@@ -105,10 +105,41 @@ def test_annotation_without_image_entry(ds_root):
         _load(ds_root)
 
 
-def test_image_without_annotation(ds_root):
+def test_image_without_annotation_is_left_out_with_a_warning(ds_root, caplog):
+    # An unlabelled image listed in 'images' (labelling tools export them): panopticapi and
+    # Detectron2 ignore it; it was refused before.
     _edit_json(ds_root, lambda d: d["annotations"].pop(0))
-    with pytest.raises(ValueError, match=r"no annotation, e\.g\. image ids \['1'\]"):
+    with caplog.at_level("WARNING"):
+        ds = _load(ds_root)
+    assert [ds[i]["image_id"] for i in range(len(ds))] == [2, 3]
+    assert "1 of 3 image(s) have no annotation and are left out" in caplog.text
+    assert "e.g. image ids ['1']" in caplog.text
+
+
+def test_no_annotation_at_all(ds_root):
+    _edit_json(ds_root, lambda d: d.update(annotations=[]))
+    with pytest.raises(ValueError, match=r"panoptic\.json: 'annotations' is empty \(3 image\(s\) listed\)"):
         _load(ds_root)
+
+
+@pytest.mark.parametrize("value", ["0", "1", 2, None, 1.0])
+def test_iscrowd_other_than_0_or_1(ds_root, value):
+    # "0" used to train as a crowd region (truthy) while panopticapi's PQ counts only == 1.
+    def edit(d):
+        d["annotations"][1]["segments_info"][0]["iscrowd"] = value
+    _edit_json(ds_root, edit)
+    with pytest.raises(ValueError, match=r"image id 2 segment \d+ has iscrowd .*expected 0 or 1"):
+        _load(ds_root)
+
+
+def test_iscrowd_bool_or_absent_loads(ds_root):
+    def edit(d):
+        segs = d["annotations"][0]["segments_info"]
+        segs[0]["iscrowd"] = bool(segs[0]["iscrowd"])
+        for seg in segs[1:]:
+            seg.pop("iscrowd")
+    _edit_json(ds_root, edit)
+    assert len(_load(ds_root)) == 3
 
 
 def test_duplicate_segment_id(ds_root):

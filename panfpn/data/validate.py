@@ -87,12 +87,21 @@ def check_categories(categories: object, json_file: Path) -> dict[int, bool]:
 
 def check_same_categories(json_cats: Mapping[int, bool], metadata: DatasetMetadata,
                           json_file: Path) -> None:
-    """The JSON's categories (ids and thing/stuff) must be the metadata's, or labels would shift."""
+    """The JSON's categories (ids and thing/stuff) must be the metadata's, or labels would shift.
+
+    A JSON listing only some of them (an export of a split that lists the categories it uses) is
+    accepted with a warning: its segments use ids of the metadata, so the labels are the same as
+    those of a JSON listing every category and using some."""
     expected = {c.id: c.isthing for c in metadata.categories}
     if dict(json_cats) == expected:
         return
     extra, missing = sorted(set(json_cats) - set(expected)), sorted(set(expected) - set(json_cats))
     flipped = sorted(k for k in set(json_cats) & set(expected) if json_cats[k] != expected[k])
+    if not extra and not flipped:
+        logger.warning("%s lists %d of the %d categories of the metadata %r (not: ids %s); its "
+                       "segments use the metadata's ids, so the labels are the same", json_file,
+                       len(json_cats), len(expected), metadata.name, missing[:20])
+        return
     raise AnnotationError(f"{json_file}: its categories differ from the metadata {metadata.name!r} the "
                      f"model is trained with (ids only in the JSON: {extra[:20]}, only in the "
                      f"metadata: {missing[:20]}, thing/stuff differs: {flipped[:20]}); train and "

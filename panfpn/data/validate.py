@@ -14,6 +14,7 @@ Each problem is a ValueError naming the JSON, the image and the bad value:
 - ``iscrowd`` (optional, 0 when absent): 0, 1, ``false`` or ``true``. Any other value (``"0"``,
   2, null) is refused: training reads a truthy value as crowd while panopticapi's PQ counts only
   ``== 1``, so the two would disagree on that segment;
+- ``area`` and ``bbox`` (optional): a number >= 0 and ``[x, y, w, h]`` of numbers (w, h >= 0);
 - images listed without an annotation are left out with a warning (unlabelled images: panopticapi
   and Detectron2 ignore them too); an annotation whose image is not listed is an error.
 """
@@ -152,7 +153,25 @@ def check_segments(segments: object, *, image_id: object, json_file: Path,
         if "iscrowd" in seg and not (seg["iscrowd"] in (0, 1) and isinstance(seg["iscrowd"], int)):
             raise AnnotationError(f"{json_file}: {where} has iscrowd {seg['iscrowd']!r}; expected 0 or 1 "
                                   f"(or false / true, or no key for 0)")
+        _check_area_bbox(seg, json_file=json_file, where=where)
     return tuple(segments)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def _check_area_bbox(seg: Mapping, *, json_file: Path, where: str) -> None:
+    """An ``area`` (a number >= 0) and a ``bbox`` ([x, y, w, h] numbers, w and h >= 0) when given:
+    COCO AP scores against them (a null or a 3-number box failed there with a traceback)."""
+    area, bbox = seg.get("area", 0), seg.get("bbox", [0, 0, 0, 0])
+    hint = "; it may be left out (then taken from the PNG)"
+    if not (_is_number(area) and area >= 0):
+        raise AnnotationError(f"{json_file}: {where} has area {area!r}; expected a number >= 0{hint}")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))
+            and bbox[2] >= 0 and bbox[3] >= 0):
+        raise AnnotationError(f"{json_file}: {where} has bbox {bbox!r:.80}; expected [x, y, width, "
+                              f"height], 4 numbers, width and height >= 0{hint}")
 
 
 def pair_annotations(annotations: object, images: Mapping[int | str, tuple[dict, str]],

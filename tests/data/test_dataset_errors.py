@@ -156,3 +156,15 @@ def test_sem_seg_mode_conflicting_with_metadata(ds_root):
     with pytest.raises(ValueError, match="sem_seg_mode='all' contradicts"):
         PanopticDataset(ds_root / "panoptic.json", ds_root / "images", ds_root / "panoptic",
                         metadata=synthetic_metadata(), sem_seg_mode="all")
+
+
+@pytest.mark.parametrize("key,value", [("area", None), ("area", "12"), ("area", -1), ("bbox", None),
+                                       ("bbox", [1, 2, 3]), ("bbox", [0, 0, -1, 2]), ("bbox", [0, 0, "1", 2])])
+def test_area_bbox_of_another_form(ds_root, key, value):
+    # COCO AP scores against them: null failed there with a TypeError traceback, a 3-number box
+    # went to pycocotools unchecked.
+    def edit(d):
+        d["annotations"][2]["segments_info"][1][key] = value
+    _edit_json(ds_root, edit)
+    with pytest.raises(ValueError, match=rf"image id 3 segment \d+ has {key} .*expected.*may be left out"):
+        _load(ds_root)

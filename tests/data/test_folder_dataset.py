@@ -110,12 +110,13 @@ def test_custom_folder_trains_then_evaluates(custom_root, tmp_path):
 def test_val_with_other_categories_is_refused(custom_root):
     val_json = custom_root / "annotations" / "panoptic_val.json"
     data = json.loads(val_json.read_text())
-    data["categories"] = [c for c in data["categories"] if c["id"] != 9]
+    # a category the train JSON lacks (listing only some of them is accepted: test_dataset_validation)
+    data["categories"].append({"id": 999, "name": "extra", "isthing": 1})
     val_json.write_text(json.dumps(data))
     cfg = _compose("data=coco_panoptic_folder", f"data.root={custom_root}")
     instantiate(cfg.data.train)
     with pytest.raises(InstantiationException, match=r"panoptic_val\.json: its categories differ from the "
-                                                     r"metadata 'panoptic_train'.*only in the metadata: \[9\]"):
+                                                     r"metadata 'panoptic_train'.*ids only in the JSON: \[999\]"):
         instantiate(cfg.data.val)
 
 

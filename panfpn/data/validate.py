@@ -187,6 +187,7 @@ def pair_annotations(annotations: object, images: Mapping[int | str, tuple[dict,
             name = ann.get("file_name") if isinstance(ann, dict) else ann
             raise AnnotationError(f"{json_file}: annotation {name!r} refers to image id {image_id!r}, "
                              f"which has no entry in 'images'")
+        image_id = images[image_id][0]["id"]  # the image's own id: an annotation's 1.0 or true is 1
         if image_id in done:
             raise AnnotationError(f"{json_file}: image id {image_id!r} has two annotations")
         done.add(image_id)

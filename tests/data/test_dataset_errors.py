@@ -168,3 +168,12 @@ def test_area_bbox_of_another_form(ds_root, key, value):
     _edit_json(ds_root, edit)
     with pytest.raises(ValueError, match=rf"image id 3 segment \d+ has {key} .*expected.*may be left out"):
         _load(ds_root)
+
+
+@pytest.mark.parametrize("value", [1.0, True])
+def test_annotation_image_id_equal_to_the_image_id_takes_the_image_id(ds_root, value):
+    # panopticapi pairs by dict lookup (1.0 == True == 1); the sample kept the annotation's 1.0 /
+    # true, which then went into prediction files and the image set.
+    _edit_json(ds_root, lambda d: d["annotations"][0].update(image_id=value))
+    image_id = _load(ds_root)[0]["image_id"]
+    assert image_id == 1 and type(image_id) is int

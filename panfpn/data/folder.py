@@ -123,7 +123,8 @@ def folder_panoptic_dataset(root: str | os.PathLike | None = None, split: str = 
     """A split of a COCO-panoptic folder; unset paths follow the layout of the module docstring.
 
     ``metadata``: the train JSON's (the config passes ``data.metadata``); a split whose JSON
-    lists other categories is refused. None: this JSON's own categories.
+    lists a category id it lacks, or another thing/stuff flag, is refused (one listing only some
+    of its categories is accepted with a warning). None: this JSON's own categories.
     """
     json_path, images, png = folder_panoptic_paths(root, split, json_file=json_file, png_dir=png_dir,
                                                    image_dir=image_dir)

@@ -15,6 +15,8 @@ Each problem is a ValueError naming the JSON, the image and the bad value:
   2, null) is refused: training reads a truthy value as crowd while panopticapi's PQ counts only
   ``== 1``, so the two would disagree on that segment;
 - ``area`` and ``bbox`` (optional): a number >= 0 and ``[x, y, w, h]`` of numbers (w, h >= 0);
+- a stuff category in several segments of one image gives a warning (COCO has one per image:
+  PQ matches each piece alone);
 - images listed without an annotation are left out with a warning (unlabelled images: panopticapi
   and Detectron2 ignore them too); an annotation whose image is not listed is an error.
 """
@@ -174,6 +176,17 @@ def _check_area_bbox(seg: Mapping, *, json_file: Path, where: str) -> None:
                               f"height], 4 numbers, width and height >= 0{hint}")
 
 
+def _repeated_stuff(segments: Iterable[Mapping], categories: Mapping[int, bool]) -> list[int]:
+    """The stuff category ids that more than one of an image's segments has."""
+    seen: set[int] = set()
+    repeated: set[int] = set()
+    for seg in segments:
+        cat = seg["category_id"]
+        if not categories[cat]:
+            (repeated if cat in seen else seen).add(cat)
+    return sorted(repeated)
+
+
 def pair_annotations(annotations: object, images: Mapping[int | str, tuple[dict, str]],
                      json_file: Path, categories: Mapping[int, bool]) -> Iterable[tuple]:
     """Yield ``(image id, image file_name, PNG file_name, segments)`` per annotation, validated."""
@@ -181,6 +194,7 @@ def pair_annotations(annotations: object, images: Mapping[int | str, tuple[dict,
         raise AnnotationError(f"{json_file}: 'annotations' must be a list")
     done: set[int | str] = set()
     png_names: dict[str, int | str] = {}
+    split_stuff: list[tuple[int | str, list[int]]] = []  # images with a stuff class in pieces
     for ann in annotations:
         image_id = ann.get("image_id") if isinstance(ann, dict) else None
         if image_id not in images:
@@ -199,7 +213,16 @@ def pair_annotations(annotations: object, images: Mapping[int | str, tuple[dict,
         png_names[png] = image_id
         segments = check_segments(ann.get("segments_info"), image_id=image_id, json_file=json_file,
                                   categories=categories)
+        repeated = _repeated_stuff(segments, categories)
+        if repeated:
+            split_stuff.append((image_id, repeated))
         yield image_id, images[image_id][1], png, segments
+    if split_stuff:
+        logger.warning("%s: %d image(s) have a stuff category in several segments, e.g. image id "
+                       "%r: categories %s; PQ (here as in panopticapi) matches each segment alone, "
+                       "so the pieces a prediction does not cover by IoU > 0.5 count as missed: "
+                       "COCO panoptic has one segment per stuff category and image, merge them",
+                       json_file, len(split_stuff), split_stuff[0][0], split_stuff[0][1][:10])
     if images and not done:
         raise AnnotationError(f"{json_file}: 'annotations' is empty ({len(images)} image(s) listed): "
                               f"nothing to train or evaluate on")

@@ -177,3 +177,27 @@ def test_annotation_image_id_equal_to_the_image_id_takes_the_image_id(ds_root, v
     _edit_json(ds_root, lambda d: d["annotations"][0].update(image_id=value))
     image_id = _load(ds_root)[0]["image_id"]
     assert image_id == 1 and type(image_id) is int
+
+
+def test_stuff_category_in_several_segments_is_warned_about(ds_root, caplog):
+    # An exporter writing one segment per polygon splits a stuff class; PQ then counts each
+    # piece on its own (missed where a prediction does not cover it by IoU > 0.5): usable, odd.
+    from panfpn.data.panoptic_io import id_to_rgb, read_id_png
+
+    data = json.loads((ds_root / "panoptic.json").read_text())
+    stuff = {c["id"] for c in data["categories"] if not c["isthing"]}
+    ann = data["annotations"][1]
+    seg = next(s for s in ann["segments_info"] if s["category_id"] in stuff)
+    ids = read_id_png(ds_root / "panoptic" / ann["file_name"])
+    piece = np.flatnonzero(ids.reshape(-1) == seg["id"])[:5]
+    new_id = int(ids.max()) + 1
+    ids.reshape(-1)[piece] = new_id
+    Image.fromarray(id_to_rgb(ids)).save(ds_root / "panoptic" / ann["file_name"])
+    seg.pop("area", None), seg.pop("bbox", None)
+    ann["segments_info"].append({"id": new_id, "category_id": seg["category_id"], "iscrowd": 0})
+    (ds_root / "panoptic.json").write_text(json.dumps(data))
+    with caplog.at_level("WARNING"):
+        ds = _load(ds_root)
+    ds[1]  # the labels themselves are usable
+    assert (f"1 image(s) have a stuff category in several segments, e.g. image id 2: categories "
+            f"[{seg['category_id']}]") in caplog.text

@@ -24,6 +24,7 @@ Each problem is a ValueError naming the JSON, the image and the bad value:
 from __future__ import annotations
 
 import logging
+import math
 import posixpath
 import re
 from pathlib import Path, PureWindowsPath
@@ -160,7 +161,10 @@ def check_segments(segments: object, *, image_id: object, json_file: Path,
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    """A finite JSON number (Python's JSON reader also accepts NaN and Infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
 
 
 def _check_area_bbox(seg: Mapping, *, json_file: Path, where: str) -> None:

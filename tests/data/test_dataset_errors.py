@@ -159,7 +159,8 @@ def test_sem_seg_mode_conflicting_with_metadata(ds_root):
 
 
 @pytest.mark.parametrize("key,value", [("area", None), ("area", "12"), ("area", -1), ("bbox", None),
-                                       ("bbox", [1, 2, 3]), ("bbox", [0, 0, -1, 2]), ("bbox", [0, 0, "1", 2])])
+                                       ("bbox", [1, 2, 3]), ("bbox", [0, 0, -1, 2]), ("bbox", [0, 0, "1", 2]),
+                                       ("area", float("nan")), ("bbox", [0, 0, float("inf"), 2])])
 def test_area_bbox_of_another_form(ds_root, key, value):
     # COCO AP scores against them: null failed there with a TypeError traceback, a 3-number box
     # went to pycocotools unchecked.

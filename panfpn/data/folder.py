@@ -53,9 +53,10 @@ def find_split_json(root: str | os.PathLike | None, split: str, *, required: boo
             return str(path)
     if not required:
         return None
+    without = "; a training without a val split: train.eval_period=-1" if split == "val" else ""
     raise FileNotFoundError(f"no {split} annotations under data.root={root}: tried "
                             f"{', '.join(map(str, tried))}; set data.{split}.json_file=PATH for "
-                            f"another layout")
+                            f"another layout{without}")
 
 
 def _folder(given: str | os.PathLike | None, candidates: list[Path], key: str) -> Path:

@@ -220,3 +220,17 @@ def test_training_run_skips_and_lists_a_truncated_image(custom_root, tmp_path):
     assert train_from_config(cfg)["iteration"] == 4
     lines = (tmp_path / "run" / "bad_images.txt").read_text().splitlines()
     assert len(lines) == 1 and lines[0].split("\t")[0] == str(bad)
+
+
+def test_a_missing_val_split_names_how_to_train_without_it(tmp_path):
+    # a team with only a train export: the error said where it looked, not how to go on
+    from panfpn.data.folder import find_split_json
+
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "panoptic_train.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"no val annotations under .*panoptic_val2017\.json; "
+                                                 r"set data\.val\.json_file=PATH for another layout; a "
+                                                 r"training without a val split: train\.eval_period=-1"):
+        find_split_json(tmp_path, "val")
+    with pytest.raises(FileNotFoundError, match=r"another layout$"):
+        find_split_json(tmp_path, "test")

@@ -108,8 +108,10 @@ def check_same_categories(json_cats: Mapping[int, bool], metadata: DatasetMetada
         return
     raise AnnotationError(f"{json_file}: its categories differ from the metadata {metadata.name!r} the "
                      f"model is trained with (ids only in the JSON: {extra[:20]}, only in the "
-                     f"metadata: {missing[:20]}, thing/stuff differs: {flipped[:20]}); train and "
-                     f"val must share one category list")
+                     f"metadata: {missing[:20]}, thing/stuff differs: {flipped[:20]}); a JSON may "
+                     f"list some of the metadata's categories, not others (with "
+                     f"data=coco_panoptic_folder the metadata is data.metadata.json_file's, "
+                     f"default the train JSON: point it at the JSON listing every category)")
 
 
 def index_images(images: object, json_file: Path) -> dict[int | str, tuple[dict, str]]:

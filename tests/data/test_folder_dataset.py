@@ -116,8 +116,14 @@ def test_val_with_other_categories_is_refused(custom_root):
     cfg = _compose("data=coco_panoptic_folder", f"data.root={custom_root}")
     instantiate(cfg.data.train)
     with pytest.raises(InstantiationException, match=r"panoptic_val\.json: its categories differ from the "
-                                                     r"metadata 'panoptic_train'.*ids only in the JSON: \[999\]"):
+                                                     r"metadata 'panoptic_train'.*ids only in the JSON: \[999\].*"
+                                                     r"point it at the JSON listing every category"):
         instantiate(cfg.data.val)
+    # what the message says to do: the val JSON's categories for both splits (train lists some)
+    cfg = _compose("data=coco_panoptic_folder", f"data.root={custom_root}",
+                   f"data.metadata.json_file={val_json}")
+    assert 999 in [c.id for c in instantiate(cfg.data.train).metadata.categories]
+    assert len(instantiate(cfg.data.val)) > 0
 
 
 def test_coco_names_and_explicit_paths(tmp_path):

@@ -53,9 +53,10 @@ def find_split_json(root: str | os.PathLike | None, split: str, *, required: boo
             return str(path)
     if not required:
         return None
+    without = "; a training without a val split: train.eval_period=-1" if split == "val" else ""
     raise FileNotFoundError(f"no {split} annotations under data.root={root}: tried "
                             f"{', '.join(map(str, tried))}; set data.{split}.json_file=PATH for "
-                            f"another layout")
+                            f"another layout{without}")
 
 
 def _folder(given: str | os.PathLike | None, candidates: list[Path], key: str) -> Path:
@@ -123,7 +124,8 @@ def folder_panoptic_dataset(root: str | os.PathLike | None = None, split: str = 
     """A split of a COCO-panoptic folder; unset paths follow the layout of the module docstring.
 
     ``metadata``: the train JSON's (the config passes ``data.metadata``); a split whose JSON
-    lists other categories is refused. None: this JSON's own categories.
+    lists a category id it lacks, or another thing/stuff flag, is refused (one listing only some
+    of its categories is accepted with a warning). None: this JSON's own categories.
     """
     json_path, images, png = folder_panoptic_paths(root, split, json_file=json_file, png_dir=png_dir,
                                                    image_dir=image_dir)

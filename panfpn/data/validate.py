@@ -10,17 +10,29 @@ Each problem is a ValueError naming the JSON, the image and the bad value:
   are refused, ``1.0`` included: an id is matched against integers from the PNG and written
   back into prediction JSON, so a converted value could hide a writer's bug. Every segment's
   category must be in ``categories``;
-- segment ids: positive integers, unique within an image.
+- segment ids: positive integers, unique within an image;
+- ``iscrowd`` (optional, 0 when absent): 0, 1, ``false`` or ``true``. Any other value (``"0"``,
+  2, null) is refused: training reads a truthy value as crowd while panopticapi's PQ counts only
+  ``== 1``, so the two would disagree on that segment;
+- ``area`` and ``bbox`` (optional): a number >= 0 and ``[x, y, w, h]`` of numbers (w, h >= 0);
+- a stuff category in several segments of one image gives a warning (COCO has one per image:
+  PQ matches each piece alone);
+- images listed without an annotation are left out with a warning (unlabelled images: panopticapi
+  and Detectron2 ignore them too); an annotation whose image is not listed is an error.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import posixpath
 import re
 from pathlib import Path, PureWindowsPath
 from typing import Iterable, Mapping
 
 from panfpn.data.metadata import DatasetMetadata
+
+logger = logging.getLogger(__name__)
 
 
 class AnnotationError(ValueError):
@@ -79,16 +91,27 @@ def check_categories(categories: object, json_file: Path) -> dict[int, bool]:
 
 def check_same_categories(json_cats: Mapping[int, bool], metadata: DatasetMetadata,
                           json_file: Path) -> None:
-    """The JSON's categories (ids and thing/stuff) must be the metadata's, or labels would shift."""
+    """The JSON's categories (ids and thing/stuff) must be the metadata's, or labels would shift.
+
+    A JSON listing only some of them (an export of a split that lists the categories it uses) is
+    accepted with a warning: its segments use ids of the metadata, so the labels are the same as
+    those of a JSON listing every category and using some."""
     expected = {c.id: c.isthing for c in metadata.categories}
     if dict(json_cats) == expected:
         return
     extra, missing = sorted(set(json_cats) - set(expected)), sorted(set(expected) - set(json_cats))
     flipped = sorted(k for k in set(json_cats) & set(expected) if json_cats[k] != expected[k])
+    if not extra and not flipped:
+        logger.warning("%s lists %d of the %d categories of the metadata %r (not: ids %s); its "
+                       "segments use the metadata's ids, so the labels are the same", json_file,
+                       len(json_cats), len(expected), metadata.name, missing[:20])
+        return
     raise AnnotationError(f"{json_file}: its categories differ from the metadata {metadata.name!r} the "
                      f"model is trained with (ids only in the JSON: {extra[:20]}, only in the "
-                     f"metadata: {missing[:20]}, thing/stuff differs: {flipped[:20]}); train and "
-                     f"val must share one category list")
+                     f"metadata: {missing[:20]}, thing/stuff differs: {flipped[:20]}); a JSON may "
+                     f"list some of the metadata's categories, not others (with "
+                     f"data=coco_panoptic_folder the metadata is data.metadata.json_file's, "
+                     f"default the train JSON: point it at the JSON listing every category)")
 
 
 def index_images(images: object, json_file: Path) -> dict[int | str, tuple[dict, str]]:
@@ -132,7 +155,42 @@ def check_segments(segments: object, *, image_id: object, json_file: Path,
             raise AnnotationError(f"{json_file}: image id {image_id!r} has duplicate segment id {seg_id}")
         seen.add(seg_id)
         check_category_id(seg.get("category_id"), json_file=json_file, where=where, known=categories)
+        if "iscrowd" in seg and not (seg["iscrowd"] in (0, 1) and isinstance(seg["iscrowd"], int)):
+            raise AnnotationError(f"{json_file}: {where} has iscrowd {seg['iscrowd']!r}; expected 0 or 1 "
+                                  f"(or false / true, or no key for 0)")
+        _check_area_bbox(seg, json_file=json_file, where=where)
     return tuple(segments)
+
+
+def _is_number(value: object) -> bool:
+    """A finite JSON number (Python's JSON reader also accepts NaN and Infinity)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, int) or math.isfinite(value)
+
+
+def _check_area_bbox(seg: Mapping, *, json_file: Path, where: str) -> None:
+    """An ``area`` (a number >= 0) and a ``bbox`` ([x, y, w, h] numbers, w and h >= 0) when given:
+    COCO AP scores against them (a null or a 3-number box failed there with a traceback)."""
+    area, bbox = seg.get("area", 0), seg.get("bbox", [0, 0, 0, 0])
+    hint = "; it may be left out (then taken from the PNG)"
+    if not (_is_number(area) and area >= 0):
+        raise AnnotationError(f"{json_file}: {where} has area {area!r}; expected a number >= 0{hint}")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(map(_is_number, bbox))
+            and bbox[2] >= 0 and bbox[3] >= 0):
+        raise AnnotationError(f"{json_file}: {where} has bbox {bbox!r:.80}; expected [x, y, width, "
+                              f"height], 4 numbers, width and height >= 0{hint}")
+
+
+def _repeated_stuff(segments: Iterable[Mapping], categories: Mapping[int, bool]) -> list[int]:
+    """The stuff category ids that more than one of an image's segments has."""
+    seen: set[int] = set()
+    repeated: set[int] = set()
+    for seg in segments:
+        cat = seg["category_id"]
+        if not categories[cat]:
+            (repeated if cat in seen else seen).add(cat)
+    return sorted(repeated)
 
 
 def pair_annotations(annotations: object, images: Mapping[int | str, tuple[dict, str]],
@@ -142,12 +200,14 @@ def pair_annotations(annotations: object, images: Mapping[int | str, tuple[dict,
         raise AnnotationError(f"{json_file}: 'annotations' must be a list")
     done: set[int | str] = set()
     png_names: dict[str, int | str] = {}
+    split_stuff: list[tuple[int | str, list[int]]] = []  # images with a stuff class in pieces
     for ann in annotations:
         image_id = ann.get("image_id") if isinstance(ann, dict) else None
         if image_id not in images:
             name = ann.get("file_name") if isinstance(ann, dict) else ann
             raise AnnotationError(f"{json_file}: annotation {name!r} refers to image id {image_id!r}, "
                              f"which has no entry in 'images'")
+        image_id = images[image_id][0]["id"]  # the image's own id: an annotation's 1.0 or true is 1
         if image_id in done:
             raise AnnotationError(f"{json_file}: image id {image_id!r} has two annotations")
         done.add(image_id)
@@ -159,8 +219,22 @@ def pair_annotations(annotations: object, images: Mapping[int | str, tuple[dict,
         png_names[png] = image_id
         segments = check_segments(ann.get("segments_info"), image_id=image_id, json_file=json_file,
                                   categories=categories)
+        repeated = _repeated_stuff(segments, categories)
+        if repeated:
+            split_stuff.append((image_id, repeated))
         yield image_id, images[image_id][1], png, segments
+    if split_stuff:
+        logger.warning("%s: %d image(s) have a stuff category in several segments, e.g. image id "
+                       "%r: categories %s; PQ (here as in panopticapi) matches each segment alone, "
+                       "so the pieces a prediction does not cover by IoU > 0.5 count as missed: "
+                       "COCO panoptic has one segment per stuff category and image, merge them",
+                       json_file, len(split_stuff), split_stuff[0][0], split_stuff[0][1][:10])
+    if images and not done:
+        raise AnnotationError(f"{json_file}: 'annotations' is empty ({len(images)} image(s) listed): "
+                              f"nothing to train or evaluate on")
     missing = set(images) - done
     if missing:
         some = sorted(map(str, missing))[:5]
-        raise AnnotationError(f"{json_file}: {len(missing)} image(s) have no annotation, e.g. image ids {some}")
+        logger.warning("%s: %d of %d image(s) have no annotation and are left out (unlabelled; "
+                       "panopticapi ignores them too), e.g. image ids %s", json_file, len(missing),
+                       len(images), some)

@@ -105,10 +105,41 @@ def test_annotation_without_image_entry(ds_root):
         _load(ds_root)
 
 
-def test_image_without_annotation(ds_root):
+def test_image_without_annotation_is_left_out_with_a_warning(ds_root, caplog):
+    # An unlabelled image listed in 'images' (labelling tools export them): panopticapi and
+    # Detectron2 ignore it; it was refused before.
     _edit_json(ds_root, lambda d: d["annotations"].pop(0))
-    with pytest.raises(ValueError, match=r"no annotation, e\.g\. image ids \['1'\]"):
+    with caplog.at_level("WARNING"):
+        ds = _load(ds_root)
+    assert [ds[i]["image_id"] for i in range(len(ds))] == [2, 3]
+    assert "1 of 3 image(s) have no annotation and are left out" in caplog.text
+    assert "e.g. image ids ['1']" in caplog.text
+
+
+def test_no_annotation_at_all(ds_root):
+    _edit_json(ds_root, lambda d: d.update(annotations=[]))
+    with pytest.raises(ValueError, match=r"panoptic\.json: 'annotations' is empty \(3 image\(s\) listed\)"):
         _load(ds_root)
+
+
+@pytest.mark.parametrize("value", ["0", "1", 2, None, 1.0])
+def test_iscrowd_other_than_0_or_1(ds_root, value):
+    # "0" used to train as a crowd region (truthy) while panopticapi's PQ counts only == 1.
+    def edit(d):
+        d["annotations"][1]["segments_info"][0]["iscrowd"] = value
+    _edit_json(ds_root, edit)
+    with pytest.raises(ValueError, match=r"image id 2 segment \d+ has iscrowd .*expected 0 or 1"):
+        _load(ds_root)
+
+
+def test_iscrowd_bool_or_absent_loads(ds_root):
+    def edit(d):
+        segs = d["annotations"][0]["segments_info"]
+        segs[0]["iscrowd"] = bool(segs[0]["iscrowd"])
+        for seg in segs[1:]:
+            seg.pop("iscrowd")
+    _edit_json(ds_root, edit)
+    assert len(_load(ds_root)) == 3
 
 
 def test_duplicate_segment_id(ds_root):
@@ -125,3 +156,49 @@ def test_sem_seg_mode_conflicting_with_metadata(ds_root):
     with pytest.raises(ValueError, match="sem_seg_mode='all' contradicts"):
         PanopticDataset(ds_root / "panoptic.json", ds_root / "images", ds_root / "panoptic",
                         metadata=synthetic_metadata(), sem_seg_mode="all")
+
+
+@pytest.mark.parametrize("key,value", [("area", None), ("area", "12"), ("area", -1), ("bbox", None),
+                                       ("bbox", [1, 2, 3]), ("bbox", [0, 0, -1, 2]), ("bbox", [0, 0, "1", 2]),
+                                       ("area", float("nan")), ("bbox", [0, 0, float("inf"), 2])])
+def test_area_bbox_of_another_form(ds_root, key, value):
+    # COCO AP scores against them: null failed there with a TypeError traceback, a 3-number box
+    # went to pycocotools unchecked.
+    def edit(d):
+        d["annotations"][2]["segments_info"][1][key] = value
+    _edit_json(ds_root, edit)
+    with pytest.raises(ValueError, match=rf"image id 3 segment \d+ has {key} .*expected.*may be left out"):
+        _load(ds_root)
+
+
+@pytest.mark.parametrize("value", [1.0, True])
+def test_annotation_image_id_equal_to_the_image_id_takes_the_image_id(ds_root, value):
+    # panopticapi pairs by dict lookup (1.0 == True == 1); the sample kept the annotation's 1.0 /
+    # true, which then went into prediction files and the image set.
+    _edit_json(ds_root, lambda d: d["annotations"][0].update(image_id=value))
+    image_id = _load(ds_root)[0]["image_id"]
+    assert image_id == 1 and type(image_id) is int
+
+
+def test_stuff_category_in_several_segments_is_warned_about(ds_root, caplog):
+    # An exporter writing one segment per polygon splits a stuff class; PQ then counts each
+    # piece on its own (missed where a prediction does not cover it by IoU > 0.5): usable, odd.
+    from panfpn.data.panoptic_io import id_to_rgb, read_id_png
+
+    data = json.loads((ds_root / "panoptic.json").read_text())
+    stuff = {c["id"] for c in data["categories"] if not c["isthing"]}
+    ann = data["annotations"][1]
+    seg = next(s for s in ann["segments_info"] if s["category_id"] in stuff)
+    ids = read_id_png(ds_root / "panoptic" / ann["file_name"])
+    piece = np.flatnonzero(ids.reshape(-1) == seg["id"])[:5]
+    new_id = int(ids.max()) + 1
+    ids.reshape(-1)[piece] = new_id
+    Image.fromarray(id_to_rgb(ids)).save(ds_root / "panoptic" / ann["file_name"])
+    seg.pop("area", None), seg.pop("bbox", None)
+    ann["segments_info"].append({"id": new_id, "category_id": seg["category_id"], "iscrowd": 0})
+    (ds_root / "panoptic.json").write_text(json.dumps(data))
+    with caplog.at_level("WARNING"):
+        ds = _load(ds_root)
+    ds[1]  # the labels themselves are usable
+    assert (f"1 image(s) have a stuff category in several segments, e.g. image id 2: categories "
+            f"[{seg['category_id']}]") in caplog.text

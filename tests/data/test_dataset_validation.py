@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 
 from panfpn.data.dataset import PanopticDataset
@@ -107,6 +108,31 @@ def test_categories_differing_from_the_given_metadata_are_refused(small_copy):
     _opening_fails(small_copy, lambda data: data["categories"][0].update(isthing=0),
                    r"panoptic\.json: its categories differ from the metadata 'synthetic'.*thing/stuff "
                    r"differs: \[1\]", metadata=synthetic_metadata())
+
+
+def test_a_json_listing_some_of_the_metadata_categories_is_accepted(small_copy, caplog):
+    """A split exported with only the categories it uses (same ids) has the same labels as one
+    listing all and using some: a warning, not an error (it was refused)."""
+    from PIL import Image
+
+    from panfpn.data.panoptic_io import id_to_rgb, read_id_png
+
+    root, data = small_copy
+    dropped = data["categories"].pop(0)["id"]  # its segments become void
+    for ann in data["annotations"]:
+        gone = [s["id"] for s in ann["segments_info"] if s["category_id"] == dropped]
+        ann["segments_info"] = [s for s in ann["segments_info"] if s["id"] not in gone]
+        ids = read_id_png(root / "panoptic" / ann["file_name"])
+        ids[np.isin(ids, gone)] = 0
+        Image.fromarray(id_to_rgb(ids)).save(root / "panoptic" / ann["file_name"])
+    _write(root, data)
+    used, unused = {c["id"] for c in data["categories"]}, [dropped]
+    with caplog.at_level("WARNING"):
+        ds = _open(root, metadata=synthetic_metadata())
+    assert len(ds) == 3 and ds.metadata == synthetic_metadata()
+    assert all(ds[i]["image_id"] == i + 1 for i in range(3))
+    assert f"lists {len(used)} of the {len(used) + len(unused)} categories" in caplog.text
+    assert f"(not: ids {sorted(unused)})" in caplog.text
 
 
 def test_greyscale_id_png_is_refused_with_its_mode(small_copy):

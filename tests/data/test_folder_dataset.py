@@ -110,13 +110,20 @@ def test_custom_folder_trains_then_evaluates(custom_root, tmp_path):
 def test_val_with_other_categories_is_refused(custom_root):
     val_json = custom_root / "annotations" / "panoptic_val.json"
     data = json.loads(val_json.read_text())
-    data["categories"] = [c for c in data["categories"] if c["id"] != 9]
+    # a category the train JSON lacks (listing only some of them is accepted: test_dataset_validation)
+    data["categories"].append({"id": 999, "name": "extra", "isthing": 1})
     val_json.write_text(json.dumps(data))
     cfg = _compose("data=coco_panoptic_folder", f"data.root={custom_root}")
     instantiate(cfg.data.train)
     with pytest.raises(InstantiationException, match=r"panoptic_val\.json: its categories differ from the "
-                                                     r"metadata 'panoptic_train'.*only in the metadata: \[9\]"):
+                                                     r"metadata 'panoptic_train'.*ids only in the JSON: \[999\].*"
+                                                     r"point it at the JSON listing every category"):
         instantiate(cfg.data.val)
+    # what the message says to do: the val JSON's categories for both splits (train lists some)
+    cfg = _compose("data=coco_panoptic_folder", f"data.root={custom_root}",
+                   f"data.metadata.json_file={val_json}")
+    assert 999 in [c.id for c in instantiate(cfg.data.train).metadata.categories]
+    assert len(instantiate(cfg.data.val)) > 0
 
 
 def test_coco_names_and_explicit_paths(tmp_path):
@@ -219,3 +226,17 @@ def test_training_run_skips_and_lists_a_truncated_image(custom_root, tmp_path):
     assert train_from_config(cfg)["iteration"] == 4
     lines = (tmp_path / "run" / "bad_images.txt").read_text().splitlines()
     assert len(lines) == 1 and lines[0].split("\t")[0] == str(bad)
+
+
+def test_a_missing_val_split_names_how_to_train_without_it(tmp_path):
+    # a team with only a train export: the error said where it looked, not how to go on
+    from panfpn.data.folder import find_split_json
+
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "panoptic_train.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"no val annotations under .*panoptic_val2017\.json; "
+                                                 r"set data\.val\.json_file=PATH for another layout; a "
+                                                 r"training without a val split: train\.eval_period=-1"):
+        find_split_json(tmp_path, "val")
+    with pytest.raises(FileNotFoundError, match=r"another layout$"):
+        find_split_json(tmp_path, "test")

@@ -186,3 +186,20 @@ def test_unwritable_cache_dir_still_opens(ds_json, tmp_path, caplog):
     ds = _open(json_file, blocked)
     assert [r.image_id for r in ds.records] == [img["id"] for img in data["images"]]
     assert "building without it" in caplog.text and "cannot write the record cache" in caplog.text
+
+
+def test_a_cache_validated_by_older_rules_is_rebuilt(ds_json, tmp_path, monkeypatch):
+    """A cache written before iscrowd / area / bbox were checked (format 1) holds records those
+    checks refuse (iscrowd "0" trained as crowd): it is not read, the JSON is checked again."""
+    import panfpn.data.record_cache as record_cache
+    import panfpn.data.validate as validate
+
+    json_file, data = ds_json
+    data["annotations"][0]["segments_info"][0]["iscrowd"] = "0"
+    json_file.write_text(json.dumps(data))
+    with monkeypatch.context() as old_rules:
+        old_rules.setattr(record_cache, "FORMAT_VERSION", 1)
+        old_rules.setattr(validate, "check_segments", lambda segments, **kw: tuple(segments))
+        assert len(_open(json_file, tmp_path / "cache")) == 3
+    with pytest.raises(ValueError, match=r"image id 1 segment \d+ has iscrowd '0'"):
+        _open(json_file, tmp_path / "cache")

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from panfpn.data.image_io import ImageReadError, read_image
 from panfpn.data.metadata import IGNORE_LABEL
-from panfpn.data.transforms import Transform
+from panfpn.data.transforms import Transform, check_test_transform
 
 logger = logging.getLogger("panfpn")
 
@@ -149,6 +149,8 @@ class ImageFileDataset(Dataset):
         self.stems = list(stems) if stems is not None else output_stems(self.paths)
         if len(self.stems) != len(self.paths):
             raise ValueError(f"got {len(self.stems)} stems for {len(self.paths)} paths")
+        if transforms is not None:
+            check_test_transform(transforms, "the image files' transform")
         self.transforms = transforms
         self.keep_original = keep_original
         self._extensions = image_extensions()

@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from panfpn.data.metadata import DatasetMetadata
-from panfpn.data.transforms import check_transforms_node
+from panfpn.data.transforms import check_test_transform, check_transforms_node
+from panfpn.utils.errors import ConfigError
 from panfpn.engine.model_spec import (
     ModelRecord, command_line_overrides, config_differences, effective_model_config,
     log_differences, read_model_record, transform_overridden,
@@ -87,7 +88,12 @@ def build_inference_model(cfg: DictConfig, overrides: Sequence[str] | None = Non
         log_differences(record, diffs)
     check_labels_fit(model_cfg, metadata, "of the checkpoint" if use_record else "of data.metadata")
     if transform is not None:  # a misspelt or bad transform stops the job before the model is built
-        check_transforms_node(transform, "data.val.transforms" + (" (recorded)" if use_record and keep else ""))
+        key = "data.val.transforms" + (" (recorded)" if use_record and keep else "")
+        check_transforms_node(transform, key)
+        try:  # a flip or crop: outputs mapped back by scaling alone would be mirrored or shifted
+            check_test_transform(instantiate(transform), f"config key '{key}'")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     eff = _with_model(cfg, model_cfg, transform)
     model = instantiate_model(eff)
     report = load_configured_weights(model, eff)

@@ -43,6 +43,20 @@ logger = logging.getLogger(__name__)
 _Record = Record  # the name this module used before records.py
 
 
+def _palette_hint(path: Path) -> str:
+    """For an id mismatch: a palette PNG's colours were read as ids (id = R + 256 G + 256^2 B), not
+    its palette indices (a labelme-style "index = segment id" PNG is not a COCO-panoptic one)."""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(26)
+    except OSError:
+        return ""
+    if len(header) == 26 and header[12:16] == b"IHDR" and header[25] == 3:
+        return ("; it is a palette PNG: its colours were read as ids (R + 256 G + 256^2 B, as panopticapi's "
+                "rgb2id), not its palette indices")
+    return ""
+
+
 class PanopticDataset(Dataset):
     """COCO-panoptic dataset.
 
@@ -179,7 +193,10 @@ class PanopticDataset(Dataset):
         rec = self.records[index]
         path = self.panoptic_root / rec.png_name
         if not path.is_file():
-            raise FileNotFoundError(f"panoptic PNG of image id {rec.image_id!r} not found: {path}")
+            png = path.with_suffix(".png")
+            hint = (f"; {png.name} is there: the annotation's file_name must name the id PNG (panopticapi's "
+                    "converters write <image stem>.png)") if png != path and png.is_file() else ""
+            raise FileNotFoundError(f"panoptic PNG of image id {rec.image_id!r} not found: {path}{hint}")
         try:
             id_map = read_id_png(path)
         except ImageReadError as e:
@@ -189,11 +206,12 @@ class PanopticDataset(Dataset):
         listed = {int(s["id"]) for s in rec.segments}
         if present - listed:
             raise AnnotationError(f"{path} (image id {rec.image_id!r}): segment ids "
-                             f"{sorted(present - listed)[:10]} are in the PNG but not in {self.json_file}")
+                             f"{sorted(present - listed)[:10]} are in the PNG but not in {self.json_file}"
+                             + _palette_hint(path))
         if listed - present:
             raise AnnotationError(f"{path} (image id {rec.image_id!r}): segments "
                              f"{sorted(listed - present)[:10]} listed in {self.json_file} "
-                             f"have no pixels in the PNG")
+                             f"have no pixels in the PNG" + _palette_hint(path))
         return id_map
 
     def read_image(self, index: int) -> tuple[Path, np.ndarray]:

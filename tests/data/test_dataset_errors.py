@@ -202,3 +202,29 @@ def test_stuff_category_in_several_segments_is_warned_about(ds_root, caplog):
     ds[1]  # the labels themselves are usable
     assert (f"1 image(s) have a stuff category in several segments, e.g. image id 2: categories "
             f"[{seg['category_id']}]") in caplog.text
+
+
+def test_an_annotation_naming_the_photo_instead_of_the_png_gets_a_hint(ds_root):
+    """Exporters that copy the image's file_name into the annotation: panopticapi's converters
+    write '<stem>.png'; the error says so where that PNG is there."""
+    def jpg_names(d):
+        d["annotations"][2]["file_name"] = "000003.jpg"
+    _edit_json(ds_root, jpg_names)
+    with pytest.raises(FileNotFoundError, match=r"000003\.jpg; 000003\.png is there: the annotation's file_name must "
+                                                r"name the id PNG"):
+        _load(ds_root)[2]
+
+
+def test_a_palette_png_of_segment_indices_says_its_colours_were_read(ds_root):
+    """A labelme-style PNG whose palette index is the segment id: read by its colours (as panopticapi
+    does), its ids do not match the JSON's, and the error says why."""
+    path = ds_root / "panoptic" / "000001.png"
+    ids = read_id_png(path)
+    index = np.zeros(ids.shape, np.uint8)
+    for n, value in enumerate(np.unique(ids)):
+        index[ids == value] = n
+    png = Image.fromarray(index, mode="P")
+    png.putpalette([v for n in range(256) for v in (n, n, n)])  # grey: colour n, not id n
+    png.save(path)
+    with pytest.raises(ValueError, match=r"palette PNG: its colours were read as ids"):
+        _load(ds_root)[0]

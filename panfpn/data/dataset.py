@@ -233,6 +233,24 @@ class PanopticDataset(Dataset):
                         f"PNG follows the stored pixels, not the image as viewers show it")
         return ValueError(message)
 
+    def sample_problems(self, index: int) -> list[tuple[str, Exception]]:
+        """Every problem :meth:`load` meets in sample ``index`` (its reads and size check) as
+        ``(stage, error)``, stage ``"image"``, ``"panoptic"`` or ``"size"``: the image and the id PNG
+        are both read even when one fails (the whole-dataset check, :mod:`panfpn.data.check`)."""
+        problems: list[tuple[str, Exception]] = []
+        image = id_map = None
+        try:
+            image_path, image = self.read_image(index)
+        except (OSError, ValueError) as e:  # missing or undecodable: named with the image id
+            problems.append(("image", e))
+        try:
+            id_map = self.read_panoptic(index)
+        except (OSError, ValueError) as e:  # missing, undecodable, not RGB, ids unlike the JSON's
+            problems.append(("panoptic", e))
+        if image is not None and id_map is not None and image.shape[:2] != id_map.shape:
+            problems.append(("size", self._size_mismatch(index, image_path, image.shape[:2], id_map.shape)))
+        return problems
+
     def load(self, index: int) -> dict:
         """Sample ``index`` (docs/interfaces.md section 1); raises BadImageError on a bad file."""
         rec = self.records[index]

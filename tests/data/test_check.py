@@ -1,0 +1,141 @@
+"""`python -m panfpn.data.check`: every problem of a dataset in one run, before training."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from process_helpers import live_group, run, started
+
+from panfpn.data.check import Split, check_splits
+from panfpn.data.synthetic import generate_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(scope="module")
+def four_images(tmp_path_factory) -> Path:
+    """A generated dataset of 4 images (images/, panoptic/, panoptic.json)."""
+    return generate_dataset(tmp_path_factory.mktemp("check") / "ds", 4, 3, height=48, width=64)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _break_three(ds: Path) -> dict:
+    """A PNG segment missing from the JSON (image 1), a PNG of the wrong size (image 2), a missing
+    image file (image 3); returns the JSON."""
+    data = json.loads((ds / "panoptic.json").read_text())
+    anns = data["annotations"]
+    anns[0]["segments_info"].pop()
+    png = ds / "panoptic" / anns[1]["file_name"]
+    Image.open(png).resize((32, 24), Image.NEAREST).save(png)
+    (ds / "images" / data["images"][2]["file_name"]).unlink()
+    (ds / "panoptic.json").write_text(json.dumps(data))
+    return data
+
+
+def _check(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "panfpn.data.check", *args], cwd=ROOT, env=ENV, timeout=timeout,
+               capture_output=True, text=True)
+
+
+def _explicit(ds: Path, json_file: Path | None = None) -> list[str]:
+    return ["--json", str(json_file or ds / "panoptic.json"), "--images", str(ds / "images"),
+            "--panoptic", str(ds / "panoptic")]
+
+
+def test_clean_folder_layout_exits_0_with_the_summary(four_images, tmp_path):
+    root = tmp_path / "root"
+    for split in ("train", "val"):  # the data=coco_panoptic_folder layout (docs/data.md)
+        shutil.copytree(four_images / "images", root / "images" / split)
+        shutil.copytree(four_images / "panoptic", root / "annotations" / f"panoptic_{split}")
+        shutil.copy(four_images / "panoptic.json", root / "annotations" / f"panoptic_{split}.json")
+    done = _check("--root", str(root), "--workers", "0")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "checked 8 images (train 4, val 4): 0 with problems"
+
+
+def test_three_problems_in_three_images_are_all_reported(four_images, tmp_path):
+    ds = _copy(four_images, tmp_path / "ds")
+    data = _break_three(ds)
+    out = tmp_path / "report.json"
+    done = _check(*_explicit(ds), "--workers", "2", "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    lines = done.stdout.splitlines()
+    ids = [img["id"] for img in data["images"]]
+    assert lines[0].startswith(f"train: image id {ids[0]!r}: [segment ids] ")
+    assert "are in the PNG but not in" in lines[0]
+    assert lines[1].startswith(f"train: image id {ids[1]!r}: [size mismatch] ")
+    assert lines[2].startswith(f"train: image id {ids[2]!r}: [missing image] ")
+    assert lines[3] == ("checked 4 images (train 4): 3 with problems; by kind: missing image 1, "
+                        "segment ids 1, size mismatch 1")
+    report = json.loads(out.read_text())
+    assert [(p["image_id"], p["kind"]) for p in report["problems"]] == [
+        (ids[0], "segment ids"), (ids[1], "size mismatch"), (ids[2], "missing image")]
+    assert report["problems"][2]["file"] == str(ds / "images" / data["images"][2]["file_name"])
+    assert report["images_checked"] == 4 and report["images_with_problems"] == 3
+
+
+def test_a_broken_json_is_one_line_and_exit_2(four_images, tmp_path):
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"images": [')
+    done = _check(*_explicit(four_images, bad), "--workers", "0")
+    assert done.returncode == 2, done.stderr
+    assert done.stdout.splitlines() == [done.stdout.strip()]
+    assert done.stdout.startswith(f"train: split: [annotation file] {bad}: ") and "not valid JSON" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_workers_and_in_process_give_the_same_report(four_images, tmp_path):
+    ds = _copy(four_images, tmp_path / "ds")
+    data = _break_three(ds)
+    (ds / "panoptic" / data["annotations"][2]["file_name"]).unlink()  # image 3: no image and no PNG
+    split = [Split("train", ds / "panoptic.json", ds / "images", ds / "panoptic")]
+    in_process = check_splits(split, 0)
+    assert check_splits(split, 2) == in_process
+    assert in_process["by_kind"] == {"missing PNG": 1, "missing image": 1, "segment ids": 1, "size mismatch": 1}
+    assert in_process["images_with_problems"] == 3
+
+
+SLOW = textwrap.dedent("""
+    import sys, time
+    from panfpn.data import check, dataset
+    read = dataset.PanopticDataset.sample_problems
+    def slow(self, index):
+        print("reading", index, flush=True)
+        time.sleep(0.5)
+        return read(self, index)
+    dataset.PanopticDataset.sample_problems = slow
+    sys.exit(check.main(sys.argv[1:]))
+""")
+
+
+def test_ctrl_c_ends_the_check_and_its_workers_with_130(four_images, tmp_path):
+    cmd = [sys.executable, "-c", SLOW, *_explicit(four_images), "--workers", "2",
+           "--out", str(tmp_path / "report.json")]
+    with started(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout.readline().startswith("reading")
+        os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C: the whole foreground group
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err
+        assert err.splitlines()[-1].startswith("python -m panfpn.data.check: stopped by SIGINT after ")
+        assert err.splitlines()[-1].endswith("images checked; no report written")
+        assert "Traceback" not in err
+        deadline = time.monotonic() + 10
+        while live_group(proc.pid) and time.monotonic() < deadline:  # the pool's workers end too
+            time.sleep(0.1)
+        assert not live_group(proc.pid)
+    assert not (tmp_path / "report.json").exists()

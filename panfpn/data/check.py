@@ -43,12 +43,14 @@ SPLITS = ("train", "val")  # of the coco_panoptic_folder layout
 
 @dataclass(frozen=True)
 class Split:
-    """One split to check: its name, annotation JSON, image folder and id PNG folder."""
+    """One split to check: its name, annotation JSON, image folder and id PNG folder; ``missing``:
+    why its folders were not found (the split is then one problem)."""
 
     name: str
     json_file: Path
     image_dir: Path
     png_dir: Path
+    missing: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,15 +71,20 @@ class Problem:
 
 def root_splits(root: str | Path) -> list[Split]:
     """The train and val splits of the ``coco_panoptic_folder`` layout under ``root`` (those whose
-    JSON is there); FileNotFoundError naming the files tried when neither is."""
+    JSON is there; one without its folders has ``missing`` set); FileNotFoundError naming the files
+    tried when neither is."""
     found = [s for s in SPLITS if find_split_json(root, s, required=False)]
     if not found:
         tried = [str(p) for s in SPLITS for p in split_json_candidates(root, s)]
         raise FileNotFoundError(f"no train or val annotations under {root}: tried {', '.join(tried)}")
     splits = []
     for name in found:
-        json_file, image_dir, png_dir = folder_panoptic_paths(root, name)
-        splits.append(Split(name, json_file, image_dir, png_dir))
+        try:
+            splits.append(Split(name, *folder_panoptic_paths(root, name)))
+        except FileNotFoundError as err:  # the JSON is there, a folder is not: the other split goes on
+            json_file = Path(find_split_json(root, name))
+            splits.append(Split(name, json_file, Path(root) / "images" / name, json_file.with_suffix(""),
+                                missing=str(err)))
     return splits
 
 
@@ -144,12 +151,14 @@ def _each_sample(dataset: PanopticDataset, workers: int) -> Iterator[list[tuple]
             raise
 
 
-def _open(split: Split, metadata: DatasetMetadata | None) -> PanopticDataset:
+def _missing_folder(split: Split) -> tuple[str, str] | None:
+    """``(folder, message)`` when the split's image or PNG folder is not there."""
+    if split.missing:
+        return str(split.json_file.parent), split.missing
     for key, folder in (("--images", split.image_dir), ("--panoptic", split.png_dir)):
         if not folder.is_dir():
-            raise FileNotFoundError(f"{key} {folder} is not a folder")
-    return PanopticDataset(split.json_file, split.image_dir, split.png_dir, metadata=metadata,
-                           is_train=split.name != "val")
+            return str(folder), f"{key} {folder} is not a folder"
+    return None
 
 
 def open_splits(splits: list[Split]) -> tuple[list[tuple[Split, PanopticDataset]], list[Problem]]:
@@ -158,8 +167,13 @@ def open_splits(splits: list[Split]) -> tuple[list[tuple[Split, PanopticDataset]
     opened, problems = [], []
     metadata = None
     for split in splits:
+        missing = _missing_folder(split)
+        if missing is not None:
+            problems.append(Problem(split.name, None, missing[0], "missing folder", missing[1]))
+            continue
         try:
-            dataset = _open(split, metadata)
+            dataset = PanopticDataset(split.json_file, split.image_dir, split.png_dir, metadata=metadata,
+                                      is_train=split.name != "val")
         except (OSError, ValueError) as err:  # the JSON is unusable: one line for the split
             problems.append(Problem(split.name, None, str(split.json_file), "annotation file", str(err)))
             continue
@@ -179,6 +193,8 @@ def check_splits(splits: list[Split], workers: int, *, bar: bool = False,
     opened, problems = open_splits(splits)
     total = sum(len(d) for _, d in opened)
     bad, done = 0, 0
+    if on_progress is not None:
+        on_progress(0, total)
     with tqdm(total=total, desc="checking", unit="img", dynamic_ncols=True, disable=not bar) as progress:
         for split, dataset in opened:
             for found in _each_sample(dataset, workers):
@@ -248,9 +264,10 @@ def main(argv: list[str] | None = None) -> int:
         except FileNotFoundError as err:  # --root without its layout
             print(f"{TOOL}: {err}", file=sys.stderr)
             return 2
-        progress = {"done": 0, "total": 0}
-        describe_outputs(lambda: f"after {progress['done']} of {progress['total']} images checked; "
-                                 f"no report written")
+        progress = {"done": 0, "total": None}
+        describe_outputs(lambda: (f"after {progress['done']} of {progress['total']} images checked"
+                                  if progress["total"] is not None else "while opening the annotation files")
+                         + "; no report written")
         report = check_splits(splits, default_num_workers() if args.workers is None else args.workers,
                               bar=sys.stderr.isatty(),
                               on_progress=lambda done, total: progress.update(done=done, total=total))
@@ -260,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             print(summary_line(report))
         if args.out is not None:
             write_json_atomic(args.out, report)
+            describe_outputs(lambda: f"the report {args.out} written")
             print(f"wrote {args.out}")
     return 2 if report["problems"] else 0
 

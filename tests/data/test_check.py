@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from process_helpers import live_group, run, started
 
-from panfpn.data.check import Split, check_splits
+from panfpn.data.check import Split, check_splits, root_splits
 from panfpn.data.synthetic import generate_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,6 +66,18 @@ def test_clean_folder_layout_exits_0_with_the_summary(four_images, tmp_path):
     done = _check("--root", str(root), "--workers", "0")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "checked 8 images (train 4, val 4): 0 with problems"
+
+
+def test_a_split_without_its_folders_is_one_problem_and_the_other_is_checked(four_images, tmp_path):
+    root = tmp_path / "root"
+    shutil.copytree(four_images / "images", root / "images" / "train")
+    shutil.copytree(four_images / "panoptic", root / "annotations" / "panoptic_train")
+    for split in ("train", "val"):  # val: its JSON, no PNG or image folder
+        shutil.copy(four_images / "panoptic.json", root / "annotations" / f"panoptic_{split}.json")
+    report = check_splits(root_splits(root), 0)
+    assert report["images_checked"] == 4 and report["by_kind"] == {"missing folder": 1}
+    assert [(p["split"], p["image_id"]) for p in report["problems"]] == [("val", None)]
+    assert "panoptic_val" in report["problems"][0]["message"]
 
 
 def test_three_problems_in_three_images_are_all_reported(four_images, tmp_path):

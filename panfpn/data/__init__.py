@@ -3,7 +3,8 @@
 - ``metadata``: category ids <-> contiguous labels (DatasetMetadata)
 - ``builtin_meta``: COCO panoptic and Cityscapes categories
 - ``dataset``: PanopticDataset (JSON + id PNGs + images -> samples, docs/interfaces.md section 1);
-  ``validate``: the JSON checks made when one opens; ``bad_images``: undecodable files
+  ``validate``: the JSON checks made when one opens; ``bad_images``: undecodable files;
+  ``check``: ``python -m panfpn.data.check``, every problem of a dataset's files in one run
 - ``image_io``: the one image reader (every Pillow mode, EXIF orientation) of datasets and predict
 - ``folder``: any COCO-panoptic folder, categories read from its JSON; ``resolvers``: the
   ``panfpn.*`` OmegaConf resolvers of configs/data (registered on import of this package)

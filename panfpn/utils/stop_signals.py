@@ -114,7 +114,12 @@ def ignore_stop_signals_to_the_end() -> None:
     seconds); torchrun's SIGTERM to the ranks left, sent as the failed rank's exit closed the
     connections, then killed the rank there (-15 in torchrun's report, not its 2). The launcher
     still ends a rank that hangs (torchrun: SIGKILL 30 s after its SIGTERM)."""
+    global _IGNORED_TO_THE_END
+    _IGNORED_TO_THE_END = True  # no handler put back on the way out (stop_signals_after_its_job)
     install_stop_handler(signal.SIG_IGN)
+
+
+_IGNORED_TO_THE_END = False  # set by ignore_stop_signals_to_the_end: SIG_IGN stays
 
 
 _DEFERRABLE: list[Any] = []  # the active handlers with a defer(): the tool's, the training job's
@@ -268,7 +273,9 @@ def stop_signals_after_its_job(tool: str) -> Iterator[StopSignals]:
         yield handler
     finally:
         _AFTER = None
-        if not handler.finished:  # stopped, failed or interrupted: the job's own ending says it
+        # stopped, failed or interrupted: the job's own ending says it; a failed rank of a
+        # multi-process job keeps ignoring the launcher's SIGTERM (ignore_stop_signals_to_the_end)
+        if not handler.finished and not _IGNORED_TO_THE_END:
             restore_handlers(handler._previous)
 
 

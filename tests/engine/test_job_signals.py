@@ -169,3 +169,26 @@ def test_no_process_is_forked_where_the_job_level_handler_raises(tmp_path):
     assert forks.count("job canary") == 1, forks  # the witness sees a fork under the job handler
     others = [f for f in forks if not f.endswith("canary")]
     assert "_StopFlag" in others and set(others) <= {"_StopFlag"}, forks  # DataLoader workers, the PQ pool
+
+
+def test_a_failed_rank_keeps_ignoring_sigterm_past_tools_train_s_after_job_handler(monkeypatch):
+    """tools/train.py's after-the-job handler (stop_signals_after_its_job) used to put the default
+    SIGTERM action back when a failed rank's job ended, undoing ignore_stop_signals_to_the_end:
+    torchrun's SIGTERM then killed rank 0 on its way out (-15 in its report, not 2; seen in a full
+    CI run of test_distributed_adversarial's bad-image test)."""
+    import signal
+
+    from panfpn.utils import stop_signals
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    monkeypatch.setattr(stop_signals, "_IGNORED_TO_THE_END", False)
+    try:
+        with pytest.raises(RuntimeError):
+            with stop_signals.stop_signals_after_its_job("tools/train.py"):
+                stop_signals.ignore_stop_signals_to_the_end()  # the failed rank, in job_stop_signals
+                raise RuntimeError("rank 1 failed")
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)

@@ -84,14 +84,15 @@ def find_run_dirs(roots: Iterable[str | os.PathLike]) -> list[Path]:
             found.append(root)
             continue
         found += sorted((p for p in root.rglob("*") if p.is_dir() and p.name != ".hydra" and is_run_dir(p)),
-                        key=_natural_key)
+                        key=natural_key)
     unique: dict[Path, Path] = {}  # one row per folder, however it was reached (a symlink, twice)
     for path in found:
         unique.setdefault(path.resolve(), path)
     return list(unique.values())
 
 
-def _natural_key(path: Path) -> list:
+def natural_key(path: Path) -> list:
+    """Sort key of a path: its text with runs of digits as numbers (job 2 before job 10)."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
 
 

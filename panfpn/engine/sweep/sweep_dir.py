@@ -22,12 +22,12 @@ another) and the earlier study's ``optimization_results.yaml``.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from panfpn.engine.sweep.relaunch import find_record
+from panfpn.engine.sweep.summary import natural_key
 from panfpn.utils.errors import ConfigError
 
 OPTUNA_RESULTS = "optimization_results.yaml"  # what hydra-optuna-sweeper writes in the sweep folder
@@ -56,7 +56,7 @@ def earlier_runs(folder: Path, output_subdir: str | None = ".hydra", depth: int 
     except OSError:  # unreadable: its runs are not known here
         return []
     found: list[Path] = []
-    for sub in sorted(subfolders, key=lambda p: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", p.name)]):
+    for sub in sorted(subfolders, key=natural_key):  # siblings: by name, numbers as numbers
         found += earlier_runs(sub, output_subdir, depth - 1)
     return found
 

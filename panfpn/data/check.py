@@ -9,17 +9,21 @@ upright image, a missing or undecodable image or PNG) was found only when traini
 sample, one at a time. Here every sample is read as training and evaluation read it
 (:meth:`panfpn.data.dataset.PanopticDataset.sample_problems`: the same reads and checks, no
 targets) and every problem is listed, one line each (split, image id, file, kind, message), then a
-summary. A JSON that cannot be used at all is one line for its split. ``--root`` checks the train
-and val splits of the ``data=coco_panoptic_folder`` layout found there (docs/data.md), val against
-the train JSON's categories as training does.
+summary. A JSON that cannot be used at all is one line for its split. What opening a split only
+warns of (images without an annotation, which training leaves out; a stuff category split into
+several segments; a JSON listing some of the categories) is listed too, as ``[warning]`` lines and
+under ``warnings`` in the report: training logs them once among its start-up lines, where they are
+easily missed. ``--root`` checks the train and val splits of the ``data=coco_panoptic_folder``
+layout found there (docs/data.md), val against the train JSON's categories as training does.
 
-Exit status: 0 clean, 2 problems, 1 a bug; SIGINT / SIGTERM: one line, 130 / 143
-(:mod:`panfpn.utils.stop_signals`).
+Exit status: 0 clean (warnings alone included, unless ``--strict``), 2 problems, 1 a bug;
+SIGINT / SIGTERM: one line, 130 / 143 (:mod:`panfpn.utils.stop_signals`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import multiprocessing
 import sys
@@ -161,36 +165,68 @@ def _missing_folder(split: Split) -> tuple[str, str] | None:
     return None
 
 
-def open_splits(splits: list[Split]) -> tuple[list[tuple[Split, PanopticDataset]], list[Problem]]:
+class _Collect(logging.Handler):
+    """Keeps the messages of the WARNING records it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def warnings_of(logger_name: str) -> Iterator[list[str]]:
+    """The messages ``logger_name`` (and the loggers below it) warns of in the block, kept instead of
+    logged: the report lists them."""
+    logger, collect = logging.getLogger(logger_name), _Collect()
+    propagate = logger.propagate
+    logger.addHandler(collect)
+    logger.propagate = False
+    try:
+        yield collect.messages
+    finally:
+        logger.removeHandler(collect)
+        logger.propagate = propagate
+
+
+def open_splits(splits: list[Split]) -> tuple[list[tuple[Split, PanopticDataset]], list[Problem], list[Problem]]:
     """The datasets that open (their JSON checked; val against the train JSON's categories, as
-    training does), and one problem per split that does not."""
-    opened, problems = [], []
+    training does), one problem per split that does not, and what opening them warned of (kind
+    ``warning``, a problem only with ``--strict``)."""
+    opened, problems, warnings = [], [], []
     metadata = None
     for split in splits:
         missing = _missing_folder(split)
         if missing is not None:
             problems.append(Problem(split.name, None, missing[0], "missing folder", missing[1]))
             continue
-        try:
-            dataset = PanopticDataset(split.json_file, split.image_dir, split.png_dir, metadata=metadata,
-                                      is_train=split.name != "val")
-        except (OSError, ValueError) as err:  # the JSON is unusable: one line for the split
-            problems.append(Problem(split.name, None, str(split.json_file), "annotation file", str(err)))
-            continue
+        with warnings_of("panfpn.data") as messages:
+            try:
+                dataset = PanopticDataset(split.json_file, split.image_dir, split.png_dir, metadata=metadata,
+                                          is_train=split.name != "val")
+            except (OSError, ValueError) as err:  # the JSON is unusable: one line for the split
+                problems.append(Problem(split.name, None, str(split.json_file), "annotation file", str(err)))
+                continue
+            finally:
+                warnings.extend(Problem(split.name, None, str(split.json_file), "warning", m)
+                                for m in messages)
         opened.append((split, dataset))
         if split.name == "train":
             metadata = dataset.metadata
-    return opened, problems
+    return opened, problems, warnings
 
 
 def check_splits(splits: list[Split], workers: int, *, bar: bool = False,
                  on_progress: Callable[[int, int], Any] | None = None) -> dict:
     """The report of every split: ``splits``, ``images_checked``, ``images_with_problems``,
-    ``by_kind``, ``problems`` (dicts of :class:`Problem`, in split and dataset order).
+    ``by_kind``, ``problems`` (dicts of :class:`Problem`, in split and dataset order) and
+    ``warnings`` (the same form, kind ``warning``: what opening the splits warned of).
     ``on_progress(done, total)`` after each image; ``bar``: a tqdm bar on stderr."""
     from tqdm import tqdm
 
-    opened, problems = open_splits(splits)
+    opened, problems, warnings = open_splits(splits)
     total = sum(len(d) for _, d in opened)
     bad, done = 0, 0
     if on_progress is not None:
@@ -208,7 +244,7 @@ def check_splits(splits: list[Split], workers: int, *, bar: bool = False,
                         "images": next((len(d) for o, d in opened if o == s), None)} for s in splits],
             "images_checked": done, "images_with_problems": bad,
             "by_kind": dict(sorted(Counter(p.kind for p in problems).items())),
-            "problems": [asdict(p) for p in problems]}
+            "problems": [asdict(p) for p in problems], "warnings": [asdict(w) for w in warnings]}
 
 
 def summary_line(report: dict) -> str:
@@ -219,6 +255,8 @@ def summary_line(report: dict) -> str:
             f"{report['images_with_problems']} with problems")
     if report["by_kind"]:
         text += "; by kind: " + ", ".join(f"{k} {n}" for k, n in report["by_kind"].items())
+    if report["warnings"]:
+        text += f"; {len(report['warnings'])} warning(s)"
     return text
 
 
@@ -234,6 +272,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None,
                         help="processes reading the samples (default: up to 4 CPUs; 0: in this process)")
     parser.add_argument("--out", type=Path, default=None, help="also write the report as JSON here")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 2 on warnings too (images without an annotation, split stuff, ...)")
     return parser
 
 
@@ -271,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         report = check_splits(splits, default_num_workers() if args.workers is None else args.workers,
                               bar=sys.stderr.isatty(),
                               on_progress=lambda done, total: progress.update(done=done, total=total))
-        for problem in report["problems"]:
+        for problem in report["warnings"] + report["problems"]:
             print(Problem(**problem).line())
         if any(s["images"] is not None for s in report["splits"]):  # else the JSON lines say it all
             print(summary_line(report))
@@ -279,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             write_json_atomic(args.out, report)
             describe_outputs(lambda: f"the report {args.out} written")
             print(f"wrote {args.out}")
-    return 2 if report["problems"] else 0
+    return 2 if report["problems"] or (args.strict and report["warnings"]) else 0
 
 
 if __name__ == "__main__":

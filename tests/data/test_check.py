@@ -122,6 +122,44 @@ def test_workers_and_in_process_give_the_same_report(four_images, tmp_path):
     assert in_process["images_with_problems"] == 3
 
 
+def _stuff_split_in_two(data: dict) -> int:
+    """Give one image's second stuff segment the category of its first (two pieces of one stuff
+    category, both still in the PNG); returns that image's id."""
+    stuff = {c["id"] for c in data["categories"] if not c["isthing"]}
+    for ann in data["annotations"]:
+        segs = [s for s in ann["segments_info"] if s["category_id"] in stuff]
+        if len(segs) >= 2:
+            segs[1]["category_id"] = segs[0]["category_id"]
+            return ann["image_id"]
+    raise AssertionError("no image with two stuff segments in the generated dataset")
+
+
+def test_what_opening_a_split_warns_of_is_listed_and_exit_stays_0(four_images, tmp_path):
+    # Before: an image without an annotation (left out of training) and a stuff category split into
+    # two segments were only log lines on stderr; the report and its JSON said nothing.
+    ds = _copy(four_images, tmp_path / "ds")
+    data = json.loads((ds / "panoptic.json").read_text())
+    split_image = _stuff_split_in_two(data)
+    data["images"].append({**data["images"][0], "id": 999, "file_name": "unlabelled.jpg"})
+    (ds / "panoptic.json").write_text(json.dumps(data))
+    out = tmp_path / "report.json"
+    done = _check(*_explicit(ds), "--workers", "0", "--out", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    json_file = ds / "panoptic.json"
+    assert lines[0].startswith(f"train: split: [warning] {json_file}: {json_file}: 1 image(s) have a stuff "
+                               f"category in several segments, e.g. image id {split_image!r}")
+    assert lines[1].startswith(f"train: split: [warning] {json_file}: {json_file}: 1 of 5 image(s) have no "
+                               "annotation and are left out")
+    assert lines[2] == "checked 4 images (train 4): 0 with problems; 2 warning(s)"
+    assert "WARNING" not in done.stderr  # listed once, in the report, not also as log lines
+    report = json.loads(out.read_text())
+    assert report["problems"] == [] and [w["kind"] for w in report["warnings"]] == ["warning"] * 2
+    assert "999" in report["warnings"][1]["message"]
+    strict = _check(*_explicit(ds), "--workers", "0", "--strict")
+    assert strict.returncode == 2 and strict.stdout == done.stdout.replace(f"wrote {out}\n", "")
+
+
 SLOW = textwrap.dedent("""
     import sys, time
     from panfpn.data import check, dataset

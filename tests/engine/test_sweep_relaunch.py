@@ -151,3 +151,17 @@ def test_a_record_under_another_output_subdir_than_this_launch_is_found(capsys, 
                      f"hydra.sweep.dir={sweep}")
     assert lines is not None and [line.split(" [")[0] for line in lines] == ["job 0", "job 1"], lines
     assert "solver.base_lr=0.01 there, solver.base_lr=0.02 in this job (its record .cfg/overrides.yaml: " in lines[0]
+
+
+def test_a_record_written_into_the_job_folder_itself_is_found(capsys, first_sweep, tmp_path):
+    """``hydra.output_subdir=.``: hydra's files lie in the job folder itself; they were not looked
+    for there (the runs counted as made without a record, and a changed grid was only warned of)."""
+    sweep = _copy(first_sweep, tmp_path)
+    for job in ("0", "1"):
+        for record in (sweep / job / ".hydra").iterdir():
+            record.rename(sweep / job / record.name)
+        (sweep / job / ".hydra").rmdir()
+    lines = _refused(capsys, *TINY, *NO_EVAL, "seed=1", "solver.base_lr=0.02,0.01", "resume=true",
+                     f"hydra.sweep.dir={sweep}")
+    assert lines is not None and [line.split(" [")[0] for line in lines] == ["job 0", "job 1"], lines
+    assert "solver.base_lr=0.01 there, solver.base_lr=0.02 in this job (its record overrides.yaml: " in lines[0]

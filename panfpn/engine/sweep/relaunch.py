@@ -40,15 +40,17 @@ RECORD_FILES = ("overrides.yaml", "hydra.yaml")  # what hydra writes in a job's 
 
 def find_record(folder: Path, output_subdir: str | None = OVERRIDES_RECORD.parent.name) -> Path | None:
     """hydra's ``overrides.yaml`` of the job that ran in ``folder``: in ``output_subdir`` (the job's
-    ``hydra.output_subdir``; None: hydra writes no record), else in the first subfolder (by name)
-    holding hydra's record files (a run made with another ``hydra.output_subdir``); None when none."""
+    ``hydra.output_subdir``; None: hydra writes no record), else in ``folder`` itself or its first
+    subfolder (by name) holding hydra's record files (a run made with another
+    ``hydra.output_subdir``, ``.`` among them); None when none."""
     if output_subdir is not None and (folder / str(output_subdir) / RECORD_FILES[0]).is_file():
         return folder / str(output_subdir) / RECORD_FILES[0]
     try:
         subfolders = sorted(p for p in folder.iterdir() if p.is_dir())
     except OSError:  # not a folder, or unreadable: no record to read
         return None
-    return next((p / RECORD_FILES[0] for p in subfolders if all((p / name).is_file() for name in RECORD_FILES)), None)
+    return next((p / RECORD_FILES[0] for p in [folder, *subfolders]
+                 if all((p / name).is_file() for name in RECORD_FILES)), None)
 
 
 def swept_keys(arguments: Sequence[str]) -> list[str]:

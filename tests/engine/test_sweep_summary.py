@@ -260,3 +260,20 @@ def test_a_sweep_with_another_hydra_output_subdir_shows_its_params(tmp_path, tin
 
     monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: False))  # train_from_config outside hydra
     assert "solver.base_lr=0.01" in run_overrides(sweep / "0")
+
+
+def test_a_sweep_writing_hydra_records_into_its_job_folders_shows_its_params(tmp_path, tiny_args):
+    """``hydra.output_subdir=.``: hydra's ``overrides.yaml``, ``hydra.yaml`` and ``config.yaml`` lie in
+    each job folder itself. Before: empty params in the table and summary files."""
+    sweep = tmp_path / "sweep"
+    args = [*tiny_args, *SWEEP_TINY, "train.eval_period=-1", "train.objective=null", "solver.base_lr=0.01,0.02",
+            "hydra.output_subdir=.", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/train.py"), "-m", *args], env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (sweep / "0" / "overrides.yaml").is_file() and not (sweep / "0" / ".hydra").exists()
+    params = ["solver.base_lr=0.01", "solver.base_lr=0.02"]
+    rows = json.loads((sweep / "summary.json").read_text())["jobs"]
+    assert [(r["job"], r["params"]) for r in rows] == [("0", params[0]), ("1", params[1])]
+    printed = _table_rows(proc.stdout, "sweep summary (2 jobs)")
+    assert [printed[job].split()[-1] for job in ("0", "1")] == params, proc.stdout[-2000:]

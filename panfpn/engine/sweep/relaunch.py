@@ -36,21 +36,40 @@ from panfpn.utils.errors import ConfigError
 logger = logging.getLogger("panfpn")
 ABSENT = object()  # a key the record does not name
 RECORD_FILES = ("overrides.yaml", "hydra.yaml")  # what hydra writes in a job's hydra.output_subdir
+HYDRA_RECORD = frozenset(RECORD_FILES + ("config.yaml",))  # all of it
 
 
 def find_record(folder: Path, output_subdir: str | None = OVERRIDES_RECORD.parent.name) -> Path | None:
     """hydra's ``overrides.yaml`` of the job that ran in ``folder``: in ``output_subdir`` (the job's
-    ``hydra.output_subdir``; None: hydra writes no record), else in ``folder`` itself or its first
-    subfolder (by name) holding hydra's record files (a run made with another
-    ``hydra.output_subdir``, ``.`` among them); None when none."""
+    ``hydra.output_subdir``; None: hydra writes no record), else in the first subfolder (by name)
+    holding hydra's record files and nothing else (a run made with another ``hydra.output_subdir``),
+    else in ``folder`` itself (``hydra.output_subdir=.``); None when none.
+
+    A folder holding the record beside other files is a job folder of ``hydra.output_subdir=.``, a
+    folder holding only the record is a job's record folder: so a sweep folder is not taken for a
+    job because its job folders hold records, nor a ``.cfg`` folder for a job of its own."""
     if output_subdir is not None and (folder / str(output_subdir) / RECORD_FILES[0]).is_file():
         return folder / str(output_subdir) / RECORD_FILES[0]
     try:
         subfolders = sorted(p for p in folder.iterdir() if p.is_dir())
     except OSError:  # not a folder, or unreadable: no record to read
         return None
-    return next((p / RECORD_FILES[0] for p in [folder, *subfolders]
-                 if all((p / name).is_file() for name in RECORD_FILES)), None)
+    record = next((p for p in subfolders if _holds_record(p) == "only"), None)
+    if record is None and _holds_record(folder) == "beside":
+        record = folder
+    return record / RECORD_FILES[0] if record is not None else None
+
+
+def _holds_record(folder: Path) -> str | None:
+    """``"only"``: ``folder`` holds hydra's record files and nothing else; ``"beside"``: them and
+    more; None: not them (or unreadable)."""
+    try:
+        names = {p.name for p in folder.iterdir()}
+    except OSError:
+        return None
+    if not all(name in names and (folder / name).is_file() for name in RECORD_FILES):
+        return None
+    return "only" if names <= HYDRA_RECORD else "beside"
 
 
 def swept_keys(arguments: Sequence[str]) -> list[str]:

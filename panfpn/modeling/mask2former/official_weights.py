@@ -12,6 +12,10 @@ rows, "no object" last, classes in Detectron2's contiguous order: COCO panoptic 
 by id (80 things, then 53 stuff: ``class_order=things_first``), Cityscapes = the 19 train ids
 (``class_order=semantic``); the load checks the shapes, the order is the model config's
 ``class_order`` (docs/mask2former.md).
+
+The released model-zoo files name the decoder's learnable query features ``static_query`` (written
+before the official decoder renamed them ``query_feat``; its ``_load_from_state_dict`` renames them
+when loading a file without version metadata, which every ``.pkl`` is): both names load.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from panfpn.modeling.panoptic_fpn.detectron2_import import ours_to_d2
 # (set by the config), BN bookkeeping, normalisation (non-persistent there; ImageNet RGB here).
 OFFICIAL_IGNORED = re.compile(r"^criterion\.empty_weight$|num_batches_tracked$|^pixel_(mean|std)$")
 _HEADS = ("pixel_decoder.", "predictor.")
+# The model-zoo files' older name -> the official decoder's current name.
+LEGACY_NAMES = {"sem_seg_head.predictor.static_query.weight": "sem_seg_head.predictor.query_feat.weight"}
 
 
 def official_name(name: str) -> str | None:
@@ -45,11 +51,23 @@ def official_name(name: str) -> str | None:
     return None
 
 
+def legacy_renamed(state: Mapping[str, torch.Tensor], report: Any) -> Mapping[str, torch.Tensor]:
+    """``state`` with the model-zoo files' older names (:data:`LEGACY_NAMES`) under the current ones,
+    with a note; a file holding both names keeps both, so the strict load refuses the older one by name."""
+    old = [n for n, new in LEGACY_NAMES.items() if n in state and new not in state]
+    if not old:
+        return state
+    report.notes.append(", ".join(f"{n} loaded as {LEGACY_NAMES[n]}" for n in old)
+                        + " (the model-zoo files' older name, renamed as the official decoder does)")
+    return {LEGACY_NAMES.get(n, n) if n in old else n: v for n, v in state.items()}
+
+
 def official_to_ours(model: nn.Module, state: Mapping[str, torch.Tensor], report: Any) -> dict[str, torch.Tensor]:
     """``state`` under our names; names with no counterpart go to ``report.unexpected`` (the strict
     load then refuses them), shapes are checked by the loader."""
     ours = model.state_dict()
     to_ours = {n: k for k in ours if (n := official_name(k)) is not None}
+    state = legacy_renamed(state, report)
     mapped, others = map_by_name(state, to_ours, ours, report)
     skipped_masks = 0
     for name in others:

@@ -29,6 +29,7 @@ from torch import nn
 from panfpn.modeling.mask2former.official_swin import (SWIN_IGNORED, keep_position_indices, map_by_name,
                                                        official_swin_name)
 from panfpn.modeling.panoptic_fpn.detectron2_import import ours_to_d2
+from panfpn.modeling.weights import WeightsError
 
 # Entries of official checkpoints that are not weights of ours: the criterion's class weights
 # (set by the config), BN bookkeeping, normalisation (non-persistent there; ImageNet RGB here).
@@ -62,11 +63,30 @@ def legacy_renamed(state: Mapping[str, torch.Tensor], report: Any) -> Mapping[st
     return {LEGACY_NAMES.get(n, n) if n in old else n: v for n, v in state.items()}
 
 
+def check_class_order(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse an official class head whose rows the model would read in another order.
+
+    In ``sem_seg_mode: all`` (each category its own semantic label) Detectron2's contiguous order, the
+    official head's, is the semantic label order (Cityscapes: the train ids, 11 stuff then 8 things);
+    a model whose class k is not semantic label k (``class_order: things_first`` on such data) would
+    silently give every official class another category. Other class counts are left to the loader."""
+    space = getattr(model, "space", None)
+    head = state.get("sem_seg_head.predictor.class_embed.weight")
+    if space is None or head is None or int(head.shape[0]) != space.num_classes + 1:
+        return
+    sem = list(space.sem_label)
+    if len(set(sem)) == len(sem) and sem != sorted(sem):
+        raise WeightsError(f"weights {source}: official Mask2Former classes are in Detectron2's contiguous order, "
+                           "here the semantic labels (Cityscapes: the train ids), but model.class_order=things_first "
+                           "puts the thing classes first: set model.class_order=semantic")
+
+
 def official_to_ours(model: nn.Module, state: Mapping[str, torch.Tensor], report: Any) -> dict[str, torch.Tensor]:
     """``state`` under our names; names with no counterpart go to ``report.unexpected`` (the strict
     load then refuses them), shapes are checked by the loader."""
     ours = model.state_dict()
     to_ours = {n: k for k in ours if (n := official_name(k)) is not None}
+    check_class_order(model, state, report.source)
     state = legacy_renamed(state, report)
     mapped, others = map_by_name(state, to_ours, ours, report)
     skipped_masks = 0

@@ -197,3 +197,37 @@ def test_pixel_decoder_feed_forward_weights_start_xavier_uniform():
         assert float(weight.std()) == pytest.approx(bound / math.sqrt(3), rel=0.05)
     attn = enc.encoder.layers[0].self_attn  # its own init is kept (zero offsets' weight, ring bias)
     assert not attn.sampling_offsets.weight.any() and not attn.attention_weights.weight.any()
+
+
+def _official_sine(h: int, w: int, feats: int) -> torch.Tensor:
+    """The official decoder's position encoding (PositionEmbeddingSine(hidden_dim // 2, normalize=True)),
+    ``[2 * feats, h, w]``: y then x, each 1..n scaled to (0, 2 pi], sin / cos interleaved."""
+    y = torch.arange(1, h + 1, dtype=torch.float32)[:, None].expand(h, w) / (h + 1e-6) * 2 * math.pi
+    x = torch.arange(1, w + 1, dtype=torch.float32)[None, :].expand(h, w) / (w + 1e-6) * 2 * math.pi
+    dim_t = 10000 ** (2 * (torch.arange(feats) // 2).float() / feats)
+    out = []
+    for p in (y, x):
+        v = p[..., None] / dim_t
+        out.append(torch.stack((v[..., 0::2].sin(), v[..., 1::2].cos()), -1).flatten(-2))
+    return torch.cat(out, -1).permute(2, 0, 1)
+
+
+def test_decoder_keys_take_a_hidden_dim_position_encoding_when_the_pixel_decoder_is_narrower():
+    """Official decoder: keys = input_proj(scale) + level_embed + sine encoding of hidden_dim // 2 per
+    axis (its pe_layer is built from hidden_dim). With a pixel decoder of another width (conv 1x1
+    input_proj) the encoding must still have hidden_dim channels (it used the scale's width: crash)."""
+    from panfpn.modeling.mask2former.transformer_decoder import MaskedTransformerDecoder
+
+    torch.manual_seed(0)
+    dec = MaskedTransformerDecoder(32, 5, hidden_dim=64, num_queries=4, n_heads=4, dim_feedforward=32,
+                                   dec_layers=3, mask_dim=16).eval()
+    scales = [torch.randn(2, 32, 2, 3), torch.randn(2, 32, 4, 6), torch.randn(2, 32, 8, 12)]
+    seen = {}
+    dec.transformer_cross_attention_layers[0].multihead_attn.register_forward_hook(
+        lambda m, args, out: seen.setdefault("key", args[1]))
+    with torch.no_grad():
+        classes, masks = dec(scales, torch.randn(2, 16, 32, 48))
+        src = dec.input_proj[0](scales[0]) + dec.level_embed.weight[0][None, :, None, None]
+        want = (src + _official_sine(2, 3, 32)[None]).flatten(2).permute(2, 0, 1)
+    assert classes[-1].shape == (2, 4, 6) and masks[-1].shape == (2, 4, 32, 48) and len(classes) == 4
+    torch.testing.assert_close(seen["key"], want)

@@ -118,3 +118,23 @@ def test_class_order_semantic_follows_the_semantic_labels():
     assert space.label == (0, 1, 2, 0, 1) and space.sem_label == (0, 1, 2, 3, 4)
     with pytest.raises(ValueError, match="class_order=semantic"):
         build_class_space(3, 4, [3], "semantic")
+
+
+def test_coco_all_mode_semantic_output_is_the_official_133_class_argmax():
+    """docs/mask2former.md: with COCO's categories in sem_seg_mode all (data=coco_panoptic_folder
+    data.sem_seg_mode=all), the semantic output is the official one's argmax: class k of an official
+    checkpoint is COCO's k-th category by id, and the official semantic map at a pixel is the category
+    whose class maximises sum_q softmax(logits)[q, k] * sigmoid(mask)[q]."""
+    from panfpn.data.builtin_meta import coco_panoptic_categories
+    from panfpn.data.metadata import DatasetMetadata
+
+    meta = DatasetMetadata.from_coco_categories(coco_panoptic_categories(), sem_seg_mode="all")
+    by_id = [c["id"] for c in sorted(coco_panoptic_categories(), key=lambda c: c["id"])]
+    space = build_class_space(meta.num_thing_classes, meta.num_sem_classes, meta.thing_sem_labels)
+    assert meta.num_sem_classes == 133
+    g = torch.Generator().manual_seed(3)
+    logits, masks = torch.randn(10, 134, generator=g) * 4, torch.randn(10, 5, 6, generator=g) * 3
+    official = torch.einsum("qk,qhw->khw", logits.softmax(-1)[:, :-1], masks.sigmoid()).argmax(0)
+    ours = semantic_inference(logits, masks, space, meta.num_sem_classes)
+    got = [[meta.sem_label_to_category[int(v)] for v in row] for row in ours]
+    assert got == [[by_id[int(v)] for v in row] for row in official]

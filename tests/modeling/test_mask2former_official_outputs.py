@@ -30,7 +30,7 @@ from panfpn.data.builtin_meta import (cityscapes_panoptic_metadata, coco_panopti
                                       coco_panoptic_metadata)
 from panfpn.modeling.build import instantiate_model
 from panfpn.modeling.mask2former.official_weights import official_name
-from panfpn.modeling.weights import load_weights
+from panfpn.modeling.weights import WeightsError, load_weights
 
 PR = "sem_seg_head.predictor"
 PD = "sem_seg_head.pixel_decoder"
@@ -203,14 +203,16 @@ def test_coco_class_k_is_the_kth_category_by_id(tmp_path):
 
 @pytest.mark.parametrize("order", ["semantic", "things_first"])
 def test_cityscapes_class_k_is_train_id_k(tmp_path, order):
-    """class_order=semantic gives the official order; things_first (the COCO convention) must not."""
+    """class_order=semantic gives the official order; things_first (the COCO convention) would read
+    every official class as another category, so the official file is refused naming the key."""
     city = cityscapes_panoptic_metadata()
     model = _build("cityscapes_panoptic", f"model.class_order={order}")
+    if order == "things_first":
+        with pytest.raises(WeightsError, match="model.class_order=semantic"):
+            _load(model, official_state(model), tmp_path / "model_final_cc.pkl")
+        return
     got = _categories(model, city, tmp_path, list(range(19)))
     ids = [next(iter(got[k][0])) for k in range(19)]
     assert all(len(got[k][0]) == 1 for k in range(19))
-    if order == "semantic":
-        assert ids == CITYSCAPES_BY_TRAIN_ID
-        assert [got[k][1] for k in range(19)] == [{k} for k in range(19)]  # semantic label = train id
-    else:
-        assert ids != CITYSCAPES_BY_TRAIN_ID
+    assert ids == CITYSCAPES_BY_TRAIN_ID
+    assert [got[k][1] for k in range(19)] == [{k} for k in range(19)]  # semantic label = train id

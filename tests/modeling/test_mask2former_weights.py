@@ -131,6 +131,32 @@ def test_official_checkpoint_loads_strictly_by_name(r50, tmp_path):
     assert torch.equal(r50.state_dict()["predictor.query_feat.weight"], before)
 
 
+def test_model_zoo_static_query_name_loads_as_query_feat(r50, tmp_path):
+    """The released model-zoo .pkl files hold the learnable query features as
+    ``sem_seg_head.predictor.static_query.weight`` (no ``query_feat``); the official decoder renames it
+    on load. Such a file loads completely, the tensor in ``predictor.query_feat``; a file with both
+    names is refused naming the older one."""
+    shapes = official_r50_shapes()
+    g = np.random.default_rng(1)
+    state = {k: g.standard_normal(v).astype(np.float32) for k, v in shapes.items()}
+    legacy = {("sem_seg_head.predictor.static_query.weight" if k == "sem_seg_head.predictor.query_feat.weight"
+               else k): v for k, v in state.items()}
+    assert "sem_seg_head.predictor.query_feat.weight" not in legacy
+    path = tmp_path / "model_final_94dc52.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": legacy, "__author__": "FAIR", "matching_heuristics": True}, f)
+    report = load_weights(r50, str(path))
+    assert report.complete and report.format == "official Mask2Former"
+    assert any("static_query" in n for n in report.notes)
+    assert torch.equal(r50.state_dict()["predictor.query_feat.weight"],
+                       torch.from_numpy(legacy["sem_seg_head.predictor.static_query.weight"]))
+    both = {**state, "sem_seg_head.predictor.static_query.weight": np.zeros((100, 256), np.float32)}
+    with open(path, "wb") as f:
+        pickle.dump({"model": both}, f)
+    with pytest.raises(WeightsError, match="static_query"):
+        load_weights(r50, str(path))
+
+
 def test_class_orders_are_detectron2s_contiguous_orders():
     """things_first on COCO = the 133 categories by id (Detectron2's contiguous ids); semantic on
     Cityscapes = the 19 train ids' order (category ids 7 .. 33)."""

@@ -12,6 +12,10 @@ rows, "no object" last, classes in Detectron2's contiguous order: COCO panoptic 
 by id (80 things, then 53 stuff: ``class_order=things_first``), Cityscapes = the 19 train ids
 (``class_order=semantic``); the load checks the shapes, the order is the model config's
 ``class_order`` (docs/mask2former.md).
+
+The released model-zoo files name the decoder's learnable query features ``static_query`` (written
+before the official decoder renamed them ``query_feat``; its ``_load_from_state_dict`` renames them
+when loading a file without version metadata, which every ``.pkl`` is): both names load.
 """
 
 from __future__ import annotations
@@ -25,11 +29,14 @@ from torch import nn
 from panfpn.modeling.mask2former.official_swin import (SWIN_IGNORED, keep_position_indices, map_by_name,
                                                        official_swin_name)
 from panfpn.modeling.panoptic_fpn.detectron2_import import ours_to_d2
+from panfpn.modeling.weights import WeightsError
 
 # Entries of official checkpoints that are not weights of ours: the criterion's class weights
 # (set by the config), BN bookkeeping, normalisation (non-persistent there; ImageNet RGB here).
 OFFICIAL_IGNORED = re.compile(r"^criterion\.empty_weight$|num_batches_tracked$|^pixel_(mean|std)$")
 _HEADS = ("pixel_decoder.", "predictor.")
+# The model-zoo files' older name -> the official decoder's current name.
+LEGACY_NAMES = {"sem_seg_head.predictor.static_query.weight": "sem_seg_head.predictor.query_feat.weight"}
 
 
 def official_name(name: str) -> str | None:
@@ -45,11 +52,42 @@ def official_name(name: str) -> str | None:
     return None
 
 
+def legacy_renamed(state: Mapping[str, torch.Tensor], report: Any) -> Mapping[str, torch.Tensor]:
+    """``state`` with the model-zoo files' older names (:data:`LEGACY_NAMES`) under the current ones,
+    with a note; a file holding both names keeps both, so the strict load refuses the older one by name."""
+    old = [n for n, new in LEGACY_NAMES.items() if n in state and new not in state]
+    if not old:
+        return state
+    report.notes.append(", ".join(f"{n} loaded as {LEGACY_NAMES[n]}" for n in old)
+                        + " (the model-zoo files' older name, renamed as the official decoder does)")
+    return {LEGACY_NAMES.get(n, n) if n in old else n: v for n, v in state.items()}
+
+
+def check_class_order(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse an official class head whose rows the model would read in another order.
+
+    In ``sem_seg_mode: all`` (each category its own semantic label) Detectron2's contiguous order, the
+    official head's, is the semantic label order (Cityscapes: the train ids, 11 stuff then 8 things);
+    a model whose class k is not semantic label k (``class_order: things_first`` on such data) would
+    silently give every official class another category. Other class counts are left to the loader."""
+    space = getattr(model, "space", None)
+    head = state.get("sem_seg_head.predictor.class_embed.weight")
+    if space is None or head is None or int(head.shape[0]) != space.num_classes + 1:
+        return
+    sem = list(space.sem_label)
+    if len(set(sem)) == len(sem) and sem != sorted(sem):
+        raise WeightsError(f"weights {source}: official Mask2Former classes are in Detectron2's contiguous order, "
+                           "here the semantic labels (Cityscapes: the train ids), but model.class_order=things_first "
+                           "puts the thing classes first: set model.class_order=semantic")
+
+
 def official_to_ours(model: nn.Module, state: Mapping[str, torch.Tensor], report: Any) -> dict[str, torch.Tensor]:
     """``state`` under our names; names with no counterpart go to ``report.unexpected`` (the strict
     load then refuses them), shapes are checked by the loader."""
     ours = model.state_dict()
     to_ours = {n: k for k in ours if (n := official_name(k)) is not None}
+    check_class_order(model, state, report.source)
+    state = legacy_renamed(state, report)
     mapped, others = map_by_name(state, to_ours, ours, report)
     skipped_masks = 0
     for name in others:

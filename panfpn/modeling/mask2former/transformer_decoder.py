@@ -76,6 +76,7 @@ class MaskedTransformerDecoder(nn.Module):
                  num_scales: int = 3, dropout: float = 0.0) -> None:
         super().__init__()
         self.num_heads, self.num_layers, self.num_scales = n_heads, dec_layers, num_scales
+        self.hidden_dim = hidden_dim
         self.transformer_self_attention_layers = nn.ModuleList(
             SelfAttentionLayer(hidden_dim, n_heads, dropout) for _ in range(dec_layers))
         self.transformer_cross_attention_layers = nn.ModuleList(
@@ -108,7 +109,9 @@ class MaskedTransformerDecoder(nn.Module):
         srcs, pos, sizes = [], [], []
         for i, x in enumerate(scales[:self.num_scales]):
             sizes.append(tuple(x.shape[-2:]))
-            pos.append(sine_position_encoding(x, x.shape[1] // 2).flatten(2).permute(2, 0, 1))
+            # the keys' position encoding has the width of the projected maps (hidden_dim), not of the
+            # pixel decoder's (conv_dim): they differ when input_proj is a 1x1 conv
+            pos.append(sine_position_encoding(x, self.hidden_dim // 2).flatten(2).permute(2, 0, 1))
             src = self.input_proj[i](x).flatten(2) + self.level_embed.weight[i][None, :, None]
             srcs.append(src.permute(2, 0, 1))  # [HW, B, C]
         query_pos = self.query_embed.weight[:, None].expand(-1, b, -1)

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from panfpn.data.build import cityscapes_panoptic_dataset
 from panfpn.data.builtin_meta import cityscapes_panoptic_categories, cityscapes_panoptic_metadata
 
 csp = pytest.importorskip("cityscapesscripts.preparation.createPanopticImgs")
-from cityscapes_layout import H, W, instance_ids, write_cityscapes_root  # noqa: E402
+from cityscapes_layout import H, W, create_panoptic_imgs, instance_ids, write_cityscapes_root, write_gt_fine  # noqa: E402,E501
 from cityscapesscripts.helpers.labels import id2label, labels  # noqa: E402
 
 FRAMES = ("frankfurt_000000_000294", "lindau_000001_000019")
@@ -78,3 +79,67 @@ def test_missing_variant_names_the_other(cityscapes_root, tmp_path):
     (tmp_path / "gtFine" / json_file.name).write_text(json_file.read_text())
     with pytest.raises(FileNotFoundError, match="cityscapes_panoptic_val_trainId.json exists"):
         cityscapes_panoptic_dataset(tmp_path, "val", use_train_id=False)
+
+
+def _copy(root: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(root, tmp_path / "cityscapes"))
+
+
+def test_a_missing_image_is_named_where_the_download_puts_it(cityscapes_root, tmp_path):
+    """createPanopticImgs' file_name '<frame>_gtFine_leftImg8bit.png' is no path of the download:
+    the error and data.check's report name leftImg8bit/val/<city>/<frame>_leftImg8bit.png."""
+    from panfpn.data.check import Split, check_splits
+
+    root = _copy(cityscapes_root, tmp_path)
+    frame = FRAMES[1]
+    expected = root / "leftImg8bit" / "val" / "lindau" / f"{frame}_leftImg8bit.png"
+    expected.unlink()
+    ds = cityscapes_panoptic_dataset(root, "val", is_train=False)
+    with pytest.raises(FileNotFoundError) as err:
+        ds[1]
+    assert str(err.value).startswith(f"image of image id {frame!r} not found: {expected} (file_name "
+                                     f"'{frame}_gtFine_leftImg8bit.png' in ")
+    split = Split("val", ds.json_file, ds.image_root, ds.panoptic_root)
+    report = check_splits([split], 0)
+    assert [(p["image_id"], p["kind"], p["file"]) for p in report["problems"]] == [
+        (frame, "missing image", str(expected))]
+
+
+def test_a_wrong_size_image_names_the_image_and_its_png(cityscapes_root, tmp_path):
+    root = _copy(cityscapes_root, tmp_path)
+    image = root / "leftImg8bit" / "val" / "lindau" / f"{FRAMES[1]}_leftImg8bit.png"
+    Image.fromarray(np.zeros((H // 2, W, 3), dtype=np.uint8)).save(image)
+    ds = cityscapes_panoptic_dataset(root, "val", is_train=False)
+    with pytest.raises(ValueError, match=rf"image id '{FRAMES[1]}': image {image} is {H // 2}x{W} .* but its "
+                                         rf"panoptic PNG {FRAMES[1]}_gtFine_panoptic.png is {H}x{W}"):
+        ds[1]
+
+
+def test_images_of_a_city_without_gtfine_are_warned_about(tmp_path, caplog):
+    """A city missing from gtFine when createPanopticImgs ran is missing from its JSON: its images
+    would be left out of training and of every PQ without a word."""
+    frames = {f: instance_ids(k) for k, f in enumerate(FRAMES + ("munster_000002_000019", "munster_000003_000019"))}
+    write_gt_fine(tmp_path, "val", frames)
+    ds = cityscapes_panoptic_dataset(_complete(tmp_path), "val", is_train=False)
+    assert len(ds) == 4 and not [r for r in caplog.records if r.levelname == "WARNING"]
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "gtFine")
+    write_gt_fine(tmp_path, "val", {f: m for f, m in frames.items() if not f.startswith("munster")})
+    create_panoptic_imgs(tmp_path, "val")
+    caplog.clear()
+    for use_train_id in (False, True):
+        ds = cityscapes_panoptic_dataset(tmp_path, "val", use_train_id=use_train_id, is_train=False)
+        assert len(ds) == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and all(w.startswith(f"2 images under {tmp_path / 'leftImg8bit' / 'val'} have no "
+                                                   "ground truth in ") for w in warnings)
+    assert "(per city: munster (2))" in warnings[0]
+
+
+def _complete(root: Path) -> Path:
+    create_panoptic_imgs(root, "val")
+    return root

@@ -143,3 +143,51 @@ def test_images_of_a_city_without_gtfine_are_warned_about(tmp_path, caplog):
 def _complete(root: Path) -> Path:
     create_panoptic_imgs(root, "val")
     return root
+
+
+def _rect(x0: int, y0: int, x1: int, y1: int) -> list:
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+
+
+def test_semantic_targets_equal_the_official_label_train_ids(tmp_path):
+    """From the annotators' format on: a ``*_gtFine_polygons.json`` drawn by cityscapesscripts'
+    json2labelImg (label ids, train ids) and createInstanceImage, then createPanopticImgs. Our
+    semantic targets equal its ``*_gtFine_labelTrainIds.png`` pixel for pixel (the license plate
+    stays car, groups keep their class, ignored labels are 255) and the instances are the
+    non-group things."""
+    from cityscapesscripts.helpers.annotation import Annotation
+    from cityscapesscripts.preparation.json2instanceImg import createInstanceImage
+    from cityscapesscripts.preparation.json2labelImg import json2labelImg
+
+    objects = [("sky", _rect(0, 0, 63, 15)), ("road", _rect(0, 16, 63, 31)), ("building", _rect(0, 2, 20, 10)),
+               ("car", _rect(4, 18, 14, 24)), ("license plate", _rect(7, 22, 10, 23)), ("car", _rect(30, 18, 44, 26)),
+               ("cargroup", _rect(20, 4, 34, 12)), ("persongroup", _rect(40, 4, 50, 12)),
+               ("person", _rect(44, 6, 48, 14)), ("ego vehicle", [[0, 31], [63, 31], [63, 28], [30, 26], [0, 28]]),
+               ("rectification border", _rect(0, 0, 1, 31)), ("caravan", _rect(50, 16, 60, 22)),
+               ("polegroup", _rect(55, 0, 57, 15)), ("bicycle", _rect(16, 20, 28, 28)), ("rider", _rect(18, 14, 24, 24))]
+    frame = FRAMES[0]
+    gt_dir, img_dir = tmp_path / "gtFine" / "val" / "frankfurt", tmp_path / "leftImg8bit" / "val" / "frankfurt"
+    gt_dir.mkdir(parents=True)
+    img_dir.mkdir(parents=True)
+    polygons = gt_dir / f"{frame}_gtFine_polygons.json"
+    polygons.write_text(json.dumps({"imgHeight": H, "imgWidth": W,
+                                    "objects": [{"label": name, "polygon": p} for name, p in objects]}))
+    json2labelImg(str(polygons), str(gt_dir / f"{frame}_gtFine_labelIds.png"), "ids")
+    json2labelImg(str(polygons), str(gt_dir / f"{frame}_gtFine_labelTrainIds.png"), "trainIds")
+    annotation = Annotation()
+    annotation.fromJsonFile(str(polygons))
+    # json2instanceImg saves PIL mode "I", which Pillow 13 no longer writes as PNG: the same image as 16 bits
+    instance = np.array(createInstanceImage(annotation, "ids")).astype(np.uint16)
+    Image.fromarray(instance).save(gt_dir / f"{frame}_gtFine_instanceIds.png")
+    Image.fromarray(np.zeros((H, W, 3), dtype=np.uint8)).save(img_dir / f"{frame}_leftImg8bit.png")
+    create_panoptic_imgs(tmp_path, "val")
+    assert {26, 24} <= set(np.unique(instance).tolist())  # the two groups, as ids < 1000
+
+    train_ids = np.array(Image.open(gt_dir / f"{frame}_gtFine_labelTrainIds.png")).astype(np.int64)
+    for use_train_id in (False, True):
+        ds = cityscapes_panoptic_dataset(tmp_path, "val", use_train_id=use_train_id, is_train=False)
+        sample = ds[0]
+        assert np.array_equal(sample["sem_seg"].numpy(), train_ids)
+        thing_names = sorted(ds.metadata.category(ds.metadata.thing_ids[k]).name
+                             for k in sample["instances"]["labels"].tolist())
+        assert thing_names == ["bicycle", "car", "car", "person", "rider"]

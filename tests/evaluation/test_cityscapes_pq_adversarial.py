@@ -3,7 +3,8 @@ truth written by its createPanopticImgs and predictions made to hit its rules: v
 rectification border, 'unlabeled', caravan) left out of the union and ignoring a segment, crowd
 regions ('car group', a train and a person group: instance id < 1000) ignoring a prediction of their
 class only, an IoU of exactly 0.5 (no match), a wrong class, a missed segment, a class in no ground
-truth, images of three sizes. Both the in-memory evaluator and the files our writer leaves."""
+truth, images of three sizes. Both the in-memory evaluator and the files our writer leaves. The
+semantic PNGs of the same predictions give evalPixelLevelSemanticLabeling's class IoUs and mean."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from panfpn.data.build import cityscapes_panoptic_dataset
 from panfpn.data.collate import collate_panoptic
 from panfpn.engine.eval_loop import evaluate
 from panfpn.evaluation import pq_compute
-from panfpn.evaluation.evaluators import PanopticPNGWriter, PanopticQuality
+from panfpn.evaluation.evaluators import PanopticPNGWriter, PanopticQuality, SemanticPNGWriter, SemanticSegmentation
 
 official = pytest.importorskip("cityscapesscripts.evaluation.evalPanopticSemanticLabeling")
 from cityscapes_layout import create_panoptic_imgs, write_gt_fine  # noqa: E402
@@ -96,7 +97,8 @@ def _predictions(image_id: str) -> list[tuple[str, np.ndarray]]:
 
 
 class ScriptedModel(torch.nn.Module):
-    """The segments of :func:`_predictions`, in the model's output format."""
+    """The segments of :func:`_predictions`, in the model's output format; semantic labels: each
+    segment's class, terrain elsewhere (void and crowd pixels included)."""
 
     def __init__(self, metadata) -> None:
         super().__init__()
@@ -107,14 +109,17 @@ class ScriptedModel(torch.nn.Module):
         by_name = {c.name: c for c in meta.categories}
         for image_id in batch["image_ids"]:
             pred = np.zeros(GT[image_id].shape, dtype=np.int32)
+            sem = np.full(GT[image_id].shape, meta.sem_label(by_name["terrain"].id), dtype=np.int64)
             segments = []
             for k, (name, mask) in enumerate(_predictions(image_id), start=1):
                 pred[mask] = k
                 cat = by_name[name]
                 label = meta.thing_label(cat.id) if cat.isthing else meta.sem_label(cat.id)
+                sem[mask] = meta.sem_label(cat.id)
                 segments.append({"id": k, "isthing": cat.isthing, "category": label, "score": 0.9})
             present = set(np.unique(pred).tolist())
-            outputs.append({"panoptic": (torch.from_numpy(pred), [s for s in segments if s["id"] in present])})
+            outputs.append({"panoptic": (torch.from_numpy(pred), [s for s in segments if s["id"] in present]),
+                            "sem_seg": torch.from_numpy(sem)})
         return outputs
 
 
@@ -170,3 +175,31 @@ def test_pq_equals_the_official_evaluator_class_by_class(cityscapes_root, tmp_pa
     assert counts["train"] == (0, 0, 0) and counts["wall"] == (0, 1, 0)
     assert counts["sky"] == (2, 0, 0)
     assert (ref["All"]["n"], ref["Things"]["n"], ref["Stuff"]["n"]) == (13, 6, 7)
+
+
+@pytest.mark.parametrize("use_train_id", [False, True])
+def test_miou_equals_the_official_pixel_level_evaluator(cityscapes_root, tmp_path, monkeypatch, use_train_id):
+    """The same predictions' semantic PNGs, scored by evalPixelLevelSemanticLabeling against the
+    ``*_gtFine_labelIds.png``: its class IoUs and average equal our sem_seg IoU and mIoU (classes
+    predicted without ground truth: 0; in neither: left out)."""
+    ds = cityscapes_panoptic_dataset(cityscapes_root, "val", use_train_id=use_train_id, is_train=False)
+    meta = ds.metadata
+    loader = DataLoader(ds, batch_size=2, collate_fn=collate_panoptic)
+    metrics = evaluate(ScriptedModel(meta), loader, meta, [SemanticSegmentation(meta), SemanticPNGWriter(meta, tmp_path)],
+                       device=torch.device("cpu"), progress=False)["sem_seg"]
+    from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as pixel_eval
+
+    args = pixel_eval.args
+    for key, value in (("quiet", True), ("JSONOutput", False), ("evalInstLevelScore", False),
+                       ("predictionPath", str(tmp_path)), ("predictionWalk", None)):
+        monkeypatch.setattr(args, key, value)  # iIoU off: np.in1d, removed in numpy 2.4
+    gts = sorted(str(p) for p in (cityscapes_root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
+    ref = pixel_eval.evaluateImgLists([pixel_eval.getPrediction(args, gt) for gt in gts], gts, args)
+    ours = dict(zip([c.name for c in meta.categories], metrics["IoU"]))
+    scored = {name: iou for name, iou in ref["classScores"].items() if iou == iou}  # not nan
+    assert set(scored) == {name for name, iou in ours.items() if iou == iou}
+    for name, iou in scored.items():
+        assert ours[name] == pytest.approx(iou, abs=1e-12), name
+    assert metrics["mIoU"] == pytest.approx(ref["averageScoreClasses"], abs=1e-12)
+    assert scored["wall"] == 0.0 and scored["building"] == 0.0  # predicted without ground truth; missed
+    assert scored["train"] > 0 and "pole" not in scored  # the train group has its class; pole is in neither

@@ -11,19 +11,15 @@ variable cityscapesscripts reads), else ``$PANFPN_DATA/cityscapes``.
 
 from __future__ import annotations
 
-import logging
 import os
-from collections import Counter
 from pathlib import Path
-from typing import Iterable
 
 from panfpn.data.builtin_meta import cityscapes_panoptic_metadata, coco_panoptic_metadata
+from panfpn.data.cityscapes_files import check_cityscapes_images
 from panfpn.data.dataset import PanopticDataset
 from panfpn.data.transforms import Transform
 from panfpn.data.synthetic import ensure_synthetic, synthetic_metadata
 from panfpn.utils.errors import ConfigError
-
-logger = logging.getLogger(__name__)
 
 
 def synthetic_dataset(split: str = "train", *, num_images: int, seed: int, height: int = 128,
@@ -92,37 +88,18 @@ def cityscapes_panoptic_dataset(root: str | os.PathLike | None = None, split: st
     """Cityscapes as ``createPanopticImgs`` leaves it: ``root/gtFine/cityscapes_panoptic_{split}
     [_trainId].json`` + PNG folder of the same name, images ``root/leftImg8bit/{split}/<city>/``.
 
-    ``use_train_id`` selects the ``--use-train-id`` output (category ids = train ids).
+    ``use_train_id`` selects the ``--use-train-id`` output (category ids = train ids). Opening it
+    checks the images against the JSON (:mod:`panfpn.data.cityscapes_files`): missing ones are an
+    error, ones without ground truth a warning.
     """
     json_file, image_dir, png_dir = cityscapes_panoptic_paths(root, split, use_train_id)
     dataset = PanopticDataset(json_file, image_dir, png_dir,
                               metadata=cityscapes_panoptic_metadata(use_train_id),
                               transforms=transforms, is_train=is_train, filter_empty=filter_empty,
                               skip_bad_images=skip_bad_images)
-    if not filter_empty:  # (filtered records no longer list every annotated frame)
-        warn_frames_without_ground_truth(image_dir, (r.image_id for r in dataset.records), json_file)
+    # filtered records no longer name every annotated frame: no warning about frames without them
+    check_cityscapes_images(dataset, warn_unannotated=not filter_empty)
     return dataset
-
-
-def frames_without_ground_truth(image_dir: Path, image_ids: Iterable) -> Counter:
-    """How many ``<city>/<frame>_leftImg8bit.png`` of ``image_dir`` have no image id among
-    ``image_ids`` (createPanopticImgs' ids are the frames), per city folder."""
-    ids = {str(i) for i in image_ids}
-    suffix = "_leftImg8bit.png"
-    return Counter(p.parent.name for p in image_dir.glob(f"*/*{suffix}") if p.name[:-len(suffix)] not in ids)
-
-
-def warn_frames_without_ground_truth(image_dir: Path, image_ids: Iterable, json_file: Path) -> None:
-    """Warn when Cityscapes images have no ground truth in the panoptic JSON: createPanopticImgs
-    converts the gtFine city folders it finds, so a city missing from gtFine when it ran (a partial
-    extraction) silently drops that city from training and from every PQ, ours and the official."""
-    missing = frames_without_ground_truth(image_dir, image_ids)
-    if missing:
-        cities = ", ".join(f"{city} ({n})" for city, n in sorted(missing.items()))
-        logger.warning("%d images under %s have no ground truth in %s and are left out (per city: %s): "
-                       "were their gtFine folders missing when createPanopticImgs ran? Rerun it once gtFine "
-                       "is complete",
-                       sum(missing.values()), image_dir, json_file, cities)
 
 
 def coco_panoptic_paths(root: str | os.PathLike | None = None, split: str = "train") -> tuple[Path, Path, Path]:

@@ -89,14 +89,17 @@ def _copy(root: Path, tmp_path: Path) -> Path:
 
 def test_a_missing_image_is_named_where_the_download_puts_it(cityscapes_root, tmp_path):
     """createPanopticImgs' file_name '<frame>_gtFine_leftImg8bit.png' is no path of the download:
-    the error and data.check's report name leftImg8bit/val/<city>/<frame>_leftImg8bit.png."""
+    the errors and data.check's report name leftImg8bit/val/<city>/<frame>_leftImg8bit.png."""
     from panfpn.data.check import Split, check_splits
+    from panfpn.data.dataset import PanopticDataset
 
     root = _copy(cityscapes_root, tmp_path)
     frame = FRAMES[1]
     expected = root / "leftImg8bit" / "val" / "lindau" / f"{frame}_leftImg8bit.png"
     expected.unlink()
-    ds = cityscapes_panoptic_dataset(root, "val", is_train=False)
+    json_file = root / "gtFine" / "cityscapes_panoptic_val.json"
+    ds = PanopticDataset(json_file, root / "leftImg8bit" / "val", root / "gtFine" / "cityscapes_panoptic_val",
+                         metadata=cityscapes_panoptic_metadata(), is_train=False)
     with pytest.raises(FileNotFoundError) as err:
         ds[1]
     assert str(err.value).startswith(f"image of image id {frame!r} not found: {expected} (file_name "
@@ -105,6 +108,23 @@ def test_a_missing_image_is_named_where_the_download_puts_it(cityscapes_root, tm
     report = check_splits([split], 0)
     assert [(p["image_id"], p["kind"], p["file"]) for p in report["problems"]] == [
         (frame, "missing image", str(expected))]
+
+
+def test_a_missing_leftimg8bit_city_stops_the_dataset_when_it_opens(cityscapes_root, tmp_path):
+    """gtFine complete, leftImg8bit not: found when the dataset opens, not at the city's first image
+    in training or evaluation."""
+    import shutil
+
+    root = _copy(cityscapes_root, tmp_path)
+    shutil.rmtree(root / "leftImg8bit" / "val" / "lindau")
+    expected = root / "leftImg8bit" / "val" / "lindau" / f"{FRAMES[1]}_leftImg8bit.png"
+    for use_train_id in (False, True):
+        with pytest.raises(FileNotFoundError) as err:
+            cityscapes_panoptic_dataset(root, "val", use_train_id=use_train_id, is_train=False)
+        assert str(err.value) == (
+            f"1 of the 2 images of {root / 'gtFine'}/cityscapes_panoptic_val{'_trainId' if use_train_id else ''}.json "
+            f"are missing under {root / 'leftImg8bit' / 'val'} (per city: lindau (1)), e.g. {expected}: is "
+            "leftImg8bit extracted completely?")
 
 
 def test_a_wrong_size_image_names_the_image_and_its_png(cityscapes_root, tmp_path):

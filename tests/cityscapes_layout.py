@@ -4,7 +4,7 @@ real cityscapesscripts createPanopticImgs, for the data and official-evaluator t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -27,23 +27,34 @@ def instance_ids(k: int) -> np.ndarray:
     return m
 
 
+def write_gt_fine(root: Path, split: str, frames: Mapping[str, np.ndarray], seed: int = 0) -> None:
+    """Write ``gtFine/<split>/<city>/<frame>_gtFine_{instanceIds,labelIds}.png`` (instanceIds in
+    Cityscapes' encoding, labelIds = its label ids) and a random ``leftImg8bit`` image of the same
+    size for each frame, in the folders of a Cityscapes download."""
+    for k, (frame, inst) in enumerate(frames.items()):
+        city = frame.split("_")[0]
+        gt_dir, img_dir = root / "gtFine" / split / city, root / "leftImg8bit" / split / city
+        gt_dir.mkdir(parents=True, exist_ok=True)
+        img_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(inst.astype(np.uint16)).save(gt_dir / f"{frame}_gtFine_instanceIds.png")
+        label_ids = np.where(inst >= 1000, inst // 1000, inst).astype(np.uint8)
+        Image.fromarray(label_ids).save(gt_dir / f"{frame}_gtFine_labelIds.png")
+        rgb = np.random.default_rng(seed + k).integers(0, 255, (*inst.shape, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(img_dir / f"{frame}_leftImg8bit.png")
+
+
+def create_panoptic_imgs(root: Path, split: str = "val") -> None:
+    """Run cityscapesscripts' createPanopticImgs on ``root/gtFine`` (label ids and train ids)."""
+    from cityscapesscripts.preparation.createPanopticImgs import convert2panoptic
+
+    for use_train_id in (False, True):
+        convert2panoptic(cityscapesPath=str(root / "gtFine"), outputFolder=str(root / "gtFine"),
+                         useTrainId=use_train_id, setNames=[split])
+
+
 def write_cityscapes_root(root: Path, frames: Sequence[str]) -> Path:
     """Write the val split of ``frames`` under ``root`` and run createPanopticImgs (label ids and
     train ids) on it, as a user would."""
-    from cityscapesscripts.preparation.createPanopticImgs import convert2panoptic
-
-    for k, frame in enumerate(frames):
-        city = frame.split("_")[0]
-        gt_dir, img_dir = root / "gtFine" / "val" / city, root / "leftImg8bit" / "val" / city
-        gt_dir.mkdir(parents=True, exist_ok=True)
-        img_dir.mkdir(parents=True, exist_ok=True)
-        inst = instance_ids(k)
-        Image.fromarray(inst).save(gt_dir / f"{frame}_gtFine_instanceIds.png")
-        label_ids = np.where(inst >= 1000, inst // 1000, inst).astype(np.uint8)
-        Image.fromarray(label_ids).save(gt_dir / f"{frame}_gtFine_labelIds.png")
-        rgb = np.random.default_rng(k).integers(0, 255, (H, W, 3), dtype=np.uint8)
-        Image.fromarray(rgb).save(img_dir / f"{frame}_leftImg8bit.png")
-    for use_train_id in (False, True):
-        convert2panoptic(cityscapesPath=str(root / "gtFine"), outputFolder=str(root / "gtFine"),
-                         useTrainId=use_train_id, setNames=["val"])
+    write_gt_fine(root, "val", {frame: instance_ids(k) for k, frame in enumerate(frames)})
+    create_panoptic_imgs(root, "val")
     return root

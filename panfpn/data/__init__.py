@@ -11,7 +11,8 @@
 - ``transforms`` / ``targets``: joint resize/flip/crop, then targets derived from the id map
 - ``collate`` / ``loader`` / ``sampler``: padded batches (section 2); the endless, exactly
   resumable training loader and the ordered, sharded evaluation loader
-- ``synthetic``: the default generated dataset; ``build``: hydra ``_target_`` builders
+- ``synthetic``: the default generated dataset; ``build``: hydra ``_target_`` builders;
+  ``cityscapes_files``: a Cityscapes split's images against its JSON, when it opens
 """
 
 from panfpn.data import resolvers as _resolvers  # noqa: E402,F401 - registers the panfpn.* config resolvers

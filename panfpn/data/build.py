@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from panfpn.data.builtin_meta import cityscapes_panoptic_metadata, coco_panoptic_metadata
+from panfpn.data.cityscapes_files import check_cityscapes_images
 from panfpn.data.dataset import PanopticDataset
 from panfpn.data.transforms import Transform
 from panfpn.data.synthetic import ensure_synthetic, synthetic_metadata
@@ -87,13 +88,18 @@ def cityscapes_panoptic_dataset(root: str | os.PathLike | None = None, split: st
     """Cityscapes as ``createPanopticImgs`` leaves it: ``root/gtFine/cityscapes_panoptic_{split}
     [_trainId].json`` + PNG folder of the same name, images ``root/leftImg8bit/{split}/<city>/``.
 
-    ``use_train_id`` selects the ``--use-train-id`` output (category ids = train ids).
+    ``use_train_id`` selects the ``--use-train-id`` output (category ids = train ids). Opening it
+    checks the images against the JSON (:mod:`panfpn.data.cityscapes_files`): missing ones are an
+    error, ones without ground truth a warning.
     """
     json_file, image_dir, png_dir = cityscapes_panoptic_paths(root, split, use_train_id)
-    return PanopticDataset(json_file, image_dir, png_dir,
-                           metadata=cityscapes_panoptic_metadata(use_train_id),
-                           transforms=transforms, is_train=is_train, filter_empty=filter_empty,
-                           skip_bad_images=skip_bad_images)
+    dataset = PanopticDataset(json_file, image_dir, png_dir,
+                              metadata=cityscapes_panoptic_metadata(use_train_id),
+                              transforms=transforms, is_train=is_train, filter_empty=filter_empty,
+                              skip_bad_images=skip_bad_images)
+    # filtered records no longer name every annotated frame: no warning about frames without them
+    check_cityscapes_images(dataset, warn_unannotated=not filter_empty)
+    return dataset
 
 
 def coco_panoptic_paths(root: str | os.PathLike | None = None, split: str = "train") -> tuple[Path, Path, Path]:

@@ -109,7 +109,7 @@ def classify(stage: str, error: Exception) -> str:
 def _problem_file(dataset: PanopticDataset, index: int, stage: str, error: Exception) -> str:
     rec = dataset.records[index]
     if stage == "image":
-        return getattr(error, "path", None) or str(dataset.image_root / rec.file_name)
+        return str(getattr(error, "path", None) or dataset.expected_image_path(index))
     return str(dataset.panoptic_root / rec.png_name)
 
 

@@ -161,7 +161,8 @@ class PanopticDataset(Dataset):
         return len(self.records)
 
     def image_path(self, index: int) -> Path:
-        """Path of the image of sample ``index`` (raises FileNotFoundError naming the id)."""
+        """Path of the image of sample ``index``; FileNotFoundError naming the id and where the image
+        belongs (:meth:`expected_image_path`, also its ``path`` attribute) when no candidate exists."""
         rec = self.records[index]
         candidates = [self.image_root / rec.file_name]
         name = Path(rec.file_name).name
@@ -177,9 +178,24 @@ class PanopticDataset(Dataset):
         for path in candidates:
             if path.is_file():
                 return path
-        raise FileNotFoundError(f"image of image id {rec.image_id!r} not found (file_name "
-                                f"{rec.file_name!r} in {self.json_file}); tried "
-                                f"{', '.join(map(str, candidates))}")
+        expected = self.expected_image_path(index)
+        others = [str(c) for c in candidates if c != expected]
+        also = f"; also tried {', '.join(others)}" if others else ""
+        error = FileNotFoundError(f"image of image id {rec.image_id!r} not found: {expected} (file_name "
+                                  f"{rec.file_name!r} in {self.json_file}{also})")
+        error.path = str(expected)  # type: ignore[attr-defined]
+        raise error
+
+    def expected_image_path(self, index: int) -> Path:
+        """Where the image of sample ``index`` belongs: ``image_root/file_name``, except for
+        createPanopticImgs' ``<frame>_gtFine_leftImg8bit.png`` names: the Cityscapes download's
+        ``image_root/<city>/<frame>_leftImg8bit.png`` (the JSON's name is a path no download has)."""
+        file_name = self.records[index].file_name
+        name = Path(file_name).name
+        if name == file_name and name.endswith("_gtFine_leftImg8bit.png"):
+            fixed = name.replace("_gtFine_leftImg8bit", "_leftImg8bit")
+            return self.image_root / fixed.split("_")[0] / fixed
+        return self.image_root / file_name
 
     def _bad(self, path: Path, index: int, error: ImageReadError) -> BadImageError:
         image_id = self.records[index].image_id

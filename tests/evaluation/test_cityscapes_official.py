@@ -80,7 +80,7 @@ def test_semantic_pngs_score_the_same_miou_in_cityscapesscripts(cityscapes_root,
     args = pixel_eval.args
     monkeypatch.setattr(args, "quiet", True)
     monkeypatch.setattr(args, "JSONOutput", False)
-    # iIoU is not compared (we report IoU only), and its code calls np.in1d, gone in numpy 2
+    # iIoU is not compared (we report IoU only), and its code calls np.in1d, removed in numpy 2.4
     monkeypatch.setattr(args, "evalInstLevelScore", False)
     monkeypatch.setattr(args, "predictionPath", str(tmp_path / "results"))
     monkeypatch.setattr(args, "predictionWalk", None)

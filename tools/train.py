@@ -38,6 +38,20 @@ def _after_the_job() -> AbstractContextManager:
     return nullcontext()
 
 
+class SweepSignal(BaseException):
+    """A SIGTERM outside the jobs of a multirun (hydra's start, the sweep's checks, between two jobs,
+    as a job has just finished): ends the sweep as a Ctrl-C there does (not an Exception: hydra's job
+    runner catches those)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_sweep_signal(signum: int, frame: object) -> None:
+    raise SweepSignal(signum)
+
+
 def _summary_of_a_stopped_sweep() -> None:
     """A Ctrl-C between two jobs of a multirun: the sweep summary callback's end of the sweep, so that
     summary.json lists the job that had just finished too (the Ctrl-C may have come before hydra's
@@ -46,7 +60,8 @@ def _summary_of_a_stopped_sweep() -> None:
     if target is not None:  # the callback is configured
         from hydra.utils import instantiate
 
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # another Ctrl-C: not a traceback, not half a summary
+        for signum in (signal.SIGINT, signal.SIGTERM):  # another signal: not a traceback, not half a summary
+            signal.signal(signum, signal.SIG_IGN)
         instantiate(target).on_multirun_end(_SWEEP[0])
 
 
@@ -77,12 +92,15 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    sweep = bool({"-m", "--multirun"} & set(sys.argv[1:]))
+    if sweep and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # a job's own handler puts it back
+        signal.signal(signal.SIGTERM, _raise_sweep_signal)
     try:
         main()
-    except KeyboardInterrupt:  # hydra lets it through: Ctrl-C while a multirun checks its jobs or between two
-        sweep = bool({"-m", "--multirun"} & set(sys.argv[1:]))
+    except (KeyboardInterrupt, SweepSignal) as stop:  # hydra lets both through (it catches Exception)
+        name = "SIGTERM" if isinstance(stop, SweepSignal) else "SIGINT"
         if sweep:
             _summary_of_a_stopped_sweep()
-        print("sweep stopped by SIGINT outside a training job (summary.json lists the jobs that ended)" if sweep
+        print(f"sweep stopped by {name} outside a training job (summary.json lists the jobs that ended)" if sweep
               else "training stopped by SIGINT before its job started (no job_status.json)", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(128 + (signal.SIGTERM if isinstance(stop, SweepSignal) else signal.SIGINT))

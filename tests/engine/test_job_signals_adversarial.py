@@ -102,14 +102,14 @@ CTRL_C_IN_SWEEP = textwrap.dedent("""
     import panfpn.engine.sweep.precheck as precheck
     import panfpn.engine.train_run as train_run
 
-    where = sys.argv[1]
+    where, signum = sys.argv[1], int(sys.argv[2])
     train_run.train_from_config = lambda cfg: {
         "iteration": 4, "interrupted": False, "signal": None, "checkpoint": None, "eval": None, "losses": {}}
 
     def ctrl_c_after(real):
         def wrapped(*args, **kwargs):
             out = real(*args, **kwargs)
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
             return out
         return wrapped
 
@@ -123,25 +123,29 @@ CTRL_C_IN_SWEEP = textwrap.dedent("""
         tool_errors.InputErrorsExit.__exit__ = ctrl_c_after(tool_errors.InputErrorsExit.__exit__)
     else:  # after job 0's summary, before job 1
         callback.SweepSummary._write = ctrl_c_after(callback.SweepSummary._write)
-    sys.argv = sys.argv[2:]
+    sys.argv = sys.argv[3:]
     runpy.run_path(sys.argv[0], run_name="__main__")
 """)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
 @pytest.mark.parametrize("where, jobs", [("sweep check", []), ("job 0 writing its status", [("0", "done")]),
                                          ("job 0 returned", [("0", "done")]), ("between jobs", [("0", "done")])])
-def test_ctrl_c_outside_the_jobs_of_a_multirun_is_one_line_and_130(tmp_path, where, jobs):
+def test_a_stop_signal_outside_the_jobs_of_a_multirun_is_one_line_and_128_plus_signal(tmp_path, where, jobs, signum):
     """Before: hydra lets a KeyboardInterrupt through (it catches Exception), so a Ctrl-C while the
     sweep checked its jobs or between two jobs ended in a traceback of hydra's internals. A Ctrl-C
     as job 0 returned (its job_status.json done), before hydra's on_job_end: the line said that
     summary.json lists the jobs that ended, and there was no summary.json (its callback never ran).
-    A Ctrl-C while job 0 wrote job_status.json was noted, then dropped: the sweep went on (exit 0)."""
+    A Ctrl-C while job 0 wrote job_status.json was noted, then dropped: the sweep went on (exit 0).
+    A SIGTERM at any of these points killed the sweep without a word (-15), leaving the summary of
+    the job before (none at all after job 0 returned)."""
     sweep = tmp_path / "sweep"
-    done = run([sys.executable, "-c", CTRL_C_IN_SWEEP, where, str(ROOT / "tools/train.py"), "-m", *TINY,
-                "seed=0,1", f"hydra.sweep.dir={sweep}"], env=_env(), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 128 + signal.SIGINT, (done.returncode, done.stderr[-3000:])
+    done = run([sys.executable, "-c", CTRL_C_IN_SWEEP, where, str(int(signum)), str(ROOT / "tools/train.py"), "-m",
+                *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}"], env=_env(), capture_output=True, text=True,
+               timeout=120)
+    assert done.returncode == 128 + signum, (done.returncode, done.stderr[-3000:])
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    assert "sweep stopped by SIGINT" in done.stderr
+    assert f"sweep stopped by {signal.Signals(signum).name} outside a training job" in done.stderr
     rows = json.loads((sweep / "summary.json").read_text())["jobs"] if jobs else []
     assert [(r["job"], r["status"]) for r in rows] == jobs
     assert not (sweep / "1").exists()

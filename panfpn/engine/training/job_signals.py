@@ -120,7 +120,7 @@ def job_stop_signals() -> Iterator[JobSignals]:
 def _pass_on(signum: int) -> None:
     """A signal noted while a finished job wrote its outcome, now that it is written: tools/train.py's
     handler for after the job says its line; in a multirun, the handlers the sweep runs under get
-    it (a Ctrl-C stops the sweep with its summary, a SIGTERM ends the process, as between two jobs);
+    it (a Ctrl-C or SIGTERM stops the sweep with its summary, as between two jobs);
     from Python it stays noted and the job returns (it is done)."""
     if in_multirun():
         signal.raise_signal(signum)

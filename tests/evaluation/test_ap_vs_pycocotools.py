@@ -264,3 +264,54 @@ def test_ranks_with_uneven_shards_give_the_single_process_numbers(case, monkeypa
     monkeypatch.setattr(coco_ap, "is_multiprocess", lambda: True)
     monkeypatch.setattr(coco_ap, "all_gather_objects", lambda obj: parts)
     _assert_same(_as_detectron2(ranks[1].evaluate()), reference)
+
+
+SAMPLE = Path(__file__).parents[1] / "assets" / "coco_panoptic_sample"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools on numpy 2
+def test_detectron2_results_scored_as_docs_evaluation_md_says_give_our_numbers(tmp_path):
+    # docs/evaluation.md: Detectron2's coco_instances_results.json against instances_from_panoptic's
+    # instances, by pycocotools, gives eval_results.json's AP (two real COCO val images)
+    from panfpn.data.panoptic_io import read_id_png
+    from panfpn.evaluation import instances_from_panoptic
+
+    panoptic = json.loads((SAMPLE / "panoptic_examples.json").read_text())
+    metadata = DatasetMetadata.from_coco_categories(panoptic["categories"])
+    rng = np.random.RandomState(1)
+    images, dets = [], {}
+    for ann in panoptic["annotations"]:
+        ids = read_id_png(SAMPLE / "panoptic_examples" / ann["file_name"])
+        images.append({"id": ann["image_id"], "ids": ids, "segs": ann["segments_info"]})
+        boxes, scores, cats, masks = [], [], [], []
+        for seg in ann["segments_info"]:
+            if seg["category_id"] in metadata.thing_ids and rng.uniform() < 0.8:  # some missed
+                x, y, w, h = seg["bbox"]
+                d = rng.uniform(-0.2, 0.2, 4) * [w, h, w, h]
+                boxes.append([x + d[0], y + d[1], x + w + d[2], y + h + d[3]])
+                masks.append(np.roll(ids == seg["id"], rng.randint(-4, 5, 2), axis=(0, 1)))
+                scores.append(rng.uniform(0.05, 1))
+                cats.append(seg["category_id"] if rng.uniform() < 0.9 else metadata.thing_ids[0])
+        dets[ann["image_id"]] = {"boxes": np.array(boxes, np.float32), "scores": np.array(scores, np.float32),
+                                 "cats": np.array(cats, np.int64), "masks": np.array(masks, bool)}
+    evaluator = COCOAP(metadata)
+    evaluator.reset()
+    evaluator.process({}, _evaluator_outputs(images, dets, metadata))
+    ours = evaluator.evaluate()
+
+    _, results_path = _write_reference_files(images, dets, tmp_path)  # its instances.json unused
+    gt = COCO()
+    gt.dataset = instances_from_panoptic(SAMPLE / "panoptic_examples.json")
+    gt.dataset = json.loads(json.dumps(gt.dataset))  # as a file holds it
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    results = json.loads(results_path.read_text())
+    for task in ("bbox", "segm"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev = COCOeval(gt, gt.loadRes([{k: v for k, v in r.items() if task == "bbox" or k != "bbox"}
+                                          for r in results]), task)
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        assert 0 < ev.stats[0] < 1
+        assert [ours[task][m] for m in METRICS] == pytest.approx(list(ev.stats[:6]), abs=1e-12), task

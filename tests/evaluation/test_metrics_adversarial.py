@@ -105,9 +105,10 @@ def test_no_detections_at_all_scores_zero_where_there_is_ground_truth():
     ev.add_ground_truth(1, ids, segs)
     ev.update(1, np.zeros((0, 4)), np.zeros(0), np.zeros(0, int), np.zeros((0, 40, 40), bool))
     r = ev.compute()
-    # a model with a mask head that finds nothing: both tasks scored (Detectron2 evaluates the
-    # tasks of the model, not of the detections); the person is missed (AP 0), no ground truth is
-    # medium or large (COCOeval's -1, Detectron2's nan), not 0
+    # a model with a mask head that finds nothing: both tasks scored (deliberate, docs/evaluation.md:
+    # Detectron2's COCOEvaluator without `tasks` takes them from the detections and reports box AP
+    # only, all nan); the person is missed (AP 0), no ground truth is medium or large (COCOeval's
+    # -1, Detectron2's nan), not 0
     assert set(r) == {"bbox", "segm"}
     for task in ("bbox", "segm"):
         assert r[task]["AP"] == 0.0 and r[task]["APs"] == 0.0

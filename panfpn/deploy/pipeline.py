@@ -4,7 +4,7 @@
 own modules, no copies) and does in tensor ops what the eager path does around it::
 
     image uint8 [H0, W0, 3] RGB
-      -> test resize (shortest edge, bit-exact uint8 antialiased bilinear: deploy/resize.py)
+      -> test resize (shortest edge, Pillow's uint8 bilinear bit for bit: deploy/resize.py)
       -> normalise, zero padding to a multiple of 32 -> model.network (backbone, FPN, heads)
       -> proposals (top-k per level, NMS per level), box head, per-class NMS, mask head
       -> boxes to the input's size, semantic resize + argmax, mask pasting and static merge inside

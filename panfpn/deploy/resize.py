@@ -1,12 +1,19 @@
 """Shortest-edge resizing of a uint8 image with tensor ops only, bit-exact to the eager test transform.
 
 The test transform (:class:`panfpn.data.transforms.ResizeShortestEdge`) resizes uint8 images with
-``torchvision``'s antialiased bilinear resize, which on uint8 runs PyTorch's fixed-point kernel (the
-Pillow algorithm): per axis, triangle-filter weights normalised in float64, rounded to int16 with a
-precision chosen from the largest weight, integer sums rounded and clamped to 0..255; horizontal
-pass first, then vertical. :func:`resize_uint8` does the same arithmetic with gathers and float64
-sums (every partial sum is an integer below ``2**31``, exact in any order), so it traces to
-standard ONNX ops (Gather, Mul, ReduceSum, Floor, Clip) and gives the same bytes.
+Pillow's ``BILINEAR`` resize, as Detectron2's ``ResizeTransform`` does
+(:func:`panfpn.data.transforms.resize_image`). Its fixed-point arithmetic, per axis: triangle-filter
+weights normalised in float64, scaled by ``2**22`` and rounded half up to integers, integer sums
+plus ``2**21`` shifted right by 22 and clamped to 0..255; horizontal pass first (into bytes), then
+vertical. :func:`resize_uint8` does the same arithmetic with gathers and float64 sums (every partial
+sum is an integer below ``2**31``, exact in any order), so it traces to standard ONNX ops (Gather,
+Mul, ReduceSum, Floor, Clip) and gives the same bytes.
+
+One exception: Pillow >= 13 runs the vertical pass first when the height shrinks by more than
+twice as many pixels as the width (:func:`pillow_runs_vertical_first`: portraits taller than 2:1
+being shrunk); the other order rounds other intermediate bytes, so there about a third of the
+output bytes of such an image differ by 1 from the eager transform (older Pillow, like this graph,
+always runs the horizontal pass first).
 """
 
 from __future__ import annotations
@@ -16,8 +23,7 @@ from torch import Tensor
 
 # Float64 scalars are one-element float64 tensors, never Python floats or 0-dim tensors: the
 # TorchScript ONNX exporter types those as float32 and computes the expression in float32.
-_INT16_LIMIT = 1 << 15  # weights are int16 in the reference kernel
-_MAX_PRECISION = 22  # its largest fixed-point precision
+_PRECISION = 22  # Pillow's fixed-point precision for 8-bit images (32 - 8 - 2 bits)
 
 
 def f64(value: float | Tensor) -> Tensor:
@@ -81,7 +87,8 @@ def shortest_edge_size(height: Tensor | int, width: Tensor | int, short: int,
 
 def _axis_weights(in_size: Tensor, out_size: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Taps of one axis: source indices long ``[out, K]``, integer weights float64 ``[out, K]``
-    (0 on unused taps) and the fixed-point precision ``p`` (float64 ``[1]``, the divisor ``2**p``)."""
+    (0 on unused taps) and the fixed-point precision ``p`` (float64 ``[1]``, the divisor ``2**p``:
+    Pillow's 22)."""
     n_in, n_out = f64(in_size), f64(out_size)
     one, half, zero = f64(1.0), f64(0.5), f64(0.0)
     scale = n_in / n_out
@@ -98,12 +105,8 @@ def _axis_weights(in_size: Tensor, out_size: Tensor) -> tuple[Tensor, Tensor, Te
     weights = torch.where(src < last[:, None], weights, zero)
     total = weights.sum(1, keepdim=True)
     weights = torch.where(total != zero, weights / torch.where(total != zero, total, one), weights)
-    # the precision p <= 22: the first p with round(w_max * 2**(p + 1)) >= 2**15, as the reference kernel
-    w_max = weights.reshape(-1).max(0, keepdim=True).values
-    powers = torch.pow(f64(2.0), torch.arange(1, _MAX_PRECISION + 1, dtype=torch.float64))
-    # the test grows with p, so the leading passes are all the passes
-    precision = f64((torch.floor(half + w_max * powers) < f64(_INT16_LIMIT)).long().sum())
-    scaled = torch.floor(weights * torch.pow(f64(2.0), precision) + half)
+    precision = f64(float(_PRECISION))
+    scaled = torch.floor(weights * torch.pow(f64(2.0), precision) + half)  # weights >= 0: half up
     index = torch.minimum(src, n_in - 1).long()
     return index, scaled, precision
 
@@ -123,9 +126,15 @@ def _pass(x: Tensor, index: Tensor, weights: Tensor, precision: Tensor, dim: int
     return torch.minimum(torch.maximum(out, f64(0.0)), f64(255.0))
 
 
+def pillow_runs_vertical_first(in_h: int, in_w: int, out_h: int, out_w: int) -> bool:
+    """Whether Pillow >= 13 resizes ``in_h x in_w`` to ``out_h x out_w`` vertical pass first: when
+    the height shrinks, by more than twice as many pixels as the width (its speed rule)."""
+    return in_h - out_h > 0 and in_h - out_h > 2 * (in_w - out_w)
+
+
 def resize_uint8(image: Tensor, out_h: Tensor, out_w: Tensor) -> Tensor:
     """uint8 (or integer-valued float) ``[3, H, W]`` -> float64 ``[3, out_h, out_w]`` holding the bytes
-    ``torchvision`` ``resize(antialias=True)`` gives for a uint8 image (horizontal, then vertical)."""
+    Pillow's ``BILINEAR`` resize gives (horizontal, then vertical; see the module docstring)."""
     x = image.double()
     h, w = size_of(x, 1), size_of(x, 2)
     x = _pass(x, *_axis_weights(w, out_w), dim=2)

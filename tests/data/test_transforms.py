@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -182,3 +183,35 @@ def test_shape_mismatch_is_rejected():
     image, id_map = _scene()
     with pytest.raises(ValueError, match="same size"):
         RandomHorizontalFlip(1.0)(image, id_map[:-1])
+
+
+PIL_MAJOR = int(__import__("PIL").__version__.split(".")[0])
+
+
+@pytest.mark.parametrize("size", [(360, 640), (333, 500), (1000, 37), (64, 64), (37, 1000)])
+def test_uint8_resize_equals_pillow_bilinear_as_detectron2_resizes(size):
+    # Detectron2's ResizeTransform.apply_image resizes a uint8 HWC array with
+    # PIL.Image.fromarray(img).resize((new_w, new_h), Image.BILINEAR) (ResizeShortestEdge's default
+    # interpolation). Before: torchvision's uint8 kernel (int16 weights, lower precision) left ~18 % of
+    # a COCO photo's bytes 1 off, so the network saw another input than Detectron2's.
+    from PIL import Image
+
+    from panfpn.data.transforms import ResizeShortestEdge, shortest_edge_size
+    from panfpn.deploy.resize import pillow_runs_vertical_first, resize_uint8
+
+    g = torch.Generator().manual_seed(sum(size))
+    h, w = size
+    smooth = (torch.linspace(0, 255, w)[None, None, :] * torch.linspace(0.2, 1, h)[None, :, None]).expand(3, h, w)
+    noise = torch.randint(-20, 21, (3, h, w), generator=g)
+    image = (smooth + noise).clamp(0, 255).to(torch.uint8)
+    for short, longest in ((800, 1333), (128, 320), (47, 100)):
+        new_h, new_w = shortest_edge_size(h, w, short, longest)
+        hwc = np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+        want = np.asarray(Image.fromarray(hwc).resize((new_w, new_h), Image.BILINEAR)).transpose(2, 0, 1)
+        got, _ = ResizeShortestEdge(short, longest)(image, torch.zeros(h, w, dtype=torch.int64))
+        assert np.array_equal(got.numpy(), want), (size, short)
+        in_graph = resize_uint8(image, new_h, new_w).numpy()
+        if PIL_MAJOR >= 13 and pillow_runs_vertical_first(h, w, new_h, new_w):  # documented exception
+            assert not np.array_equal(in_graph, want) and np.abs(in_graph - want).max() == 1
+        else:
+            assert np.array_equal(in_graph, want), (size, short)

@@ -22,7 +22,9 @@ is written). Worker processes ignore stop signals from anyone but their parent
 ended by it (:func:`terminate_pool`); another process forked with the handler exits quietly on the
 signal. A worker also says nothing when the main process,
 stopped while fetching a tensor from it, hangs up on its resource_sharer thread. A signal during a
-fork (workers starting) is raised after it (:mod:`panfpn.utils.fork_window`).
+fork (workers starting) is raised after it (:mod:`panfpn.utils.fork_window`), and one in a Python
+``__enter__`` / ``__exit__`` (a ``threading.Condition`` taking its lock) once out of it
+(:mod:`panfpn.utils.enter_exit_window`: the lock left held hung the DataLoader's shutdown).
 
 In a multi-process job (torchrun: ``RANK`` / ``WORLD_SIZE``), rank 0 alone says the line; a rank
 stopped or failing leaves a note that the others read (:mod:`panfpn.engine.rank_errors`), and rank 0,
@@ -45,6 +47,7 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Collection, Iterator, Mapping
 
+from panfpn.utils.enter_exit_window import signal_when_out
 from panfpn.utils.fork_window import forking, signal_after_fork, watch_forks
 from panfpn.utils.launch_env import launch_rank, launched_as_several
 
@@ -178,6 +181,8 @@ class StopSignals:
             # ignore_foreign_stop_signals, any other fork): exit quietly through ``with`` blocks, which
             # releases the locks it holds; the default action would not (a pool's queue lock held by
             # a dead worker makes the parent's Pool.terminate() wait forever).
+            if signal_when_out(signum, frame):  # not from a lock's __enter__: again once out of it
+                return
             raise SystemExit(128 + signum)
         if self.finished:  # the job returned: nothing to unwind, and an exception may be dropped now
             self._say(f"stopped by {signal_name(signum)} after the job had finished: every output was "
@@ -194,6 +199,8 @@ class StopSignals:
                       "left a temp file (.<name>.<random>.tmp...) beside its target")
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
+            return
+        if signal_when_out(signum, frame):  # raised in an __enter__, it would leave its lock held
             return
         self.signum = signum
         if not self.running:  # imports, config: nothing started, nothing written

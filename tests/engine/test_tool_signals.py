@@ -47,9 +47,10 @@ BLOCK = textwrap.dedent("""
 
 
 def _run_and_stop(tool: str, args: list[str], patch: str, ready, sig: int, whole_group: bool,
-                  timeout: float = 120) -> tuple[int, str]:
+                  timeout: float = 120, exit_within: float = 60) -> tuple[int, str]:
     """Start ``tools/<tool>.py args`` with ``patch``, wait until ``ready()`` is true, send ``sig``;
-    returns (exit status, stderr) once it exited and its whole group is gone."""
+    returns (exit status, stderr) once it exited (within ``exit_within`` seconds, else the test
+    fails) and its whole group is gone."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PANFPN_TEST_PATCH=BLOCK + patch)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, "-c", RUNNER, str(ROOT / "tools" / f"{tool}.py"), *args]
@@ -64,7 +65,7 @@ def _run_and_stop(tool: str, args: list[str], patch: str, ready, sig: int, whole
         else:
             proc.send_signal(sig)
         try:
-            _, err = proc.communicate(timeout=60)
+            _, err = proc.communicate(timeout=exit_within)
         except subprocess.TimeoutExpired:
             pytest.fail(f"{tool} hung after {signal.Signals(sig).name}: processes {live_group(proc.pid)} left")
         deadline = time.monotonic() + 10  # pool / DataLoader workers exit after their parent
@@ -302,6 +303,46 @@ def test_eval_stopped_while_forking_its_dataloader_worker(weights, tmp_path):
     args = [f"weights={weights}", "data.val.num_images=3", "data.val.height=64", "data.val.width=64",
             "eval.max_images=null", "data.num_workers=1", "device=cpu", f"hydra.run.dir={run}"]
     status, err = _run_and_stop("eval", args, patch, busy.exists, signal.SIGTERM, MAIN_ONLY)
+    line = _assert_stopped(status, err, "eval", signal.SIGTERM)
+    assert "eval_results.json not written (no metrics)" in line
+
+
+def test_eval_stopped_as_its_dataloader_takes_a_queue_lock_after_the_fork(weights, tmp_path):
+    # The signal deferred during the worker's fork comes again as the DataLoader puts the first
+    # indices in the worker's queue: here inside threading.Condition.__enter__, its lock taken
+    # (a wrapper that waits there for the signal widens that window of microseconds). Raised
+    # there, the stop left the lock held: eval said its stop line, then the iterator's __del__
+    # waited forever for that lock to put its end marker (3 of 30 runs of the test above under load).
+    run, busy = tmp_path / "run", tmp_path / "busy"
+    patch = textwrap.dedent(f"""
+        import sys as _sys, threading as _threading
+        import multiprocessing.queues as _queues
+        import panfpn.utils.stop_signals as _stop
+        _handle, _got = _stop.StopSignals._handle, []
+        def _counting(self, signum, frame):
+            _got.append(signum)
+            return _handle(self, signum, frame)
+        _stop.StopSignals._handle = _counting
+        _main = os.getpid()
+        def _after_in_parent():
+            if os.getpid() == _main and _stop._ACTIVE is not None and not _got:
+                _Path({str(busy)!r}).write_text("1")
+                while not _got:
+                    _time.sleep(0.01)
+        os.register_at_fork(after_in_parent=_after_in_parent)
+        _enter, _put = _threading.Condition.__enter__, _queues.Queue.put.__code__
+        def __enter__(self):
+            held = _enter(self)  # the lock is taken: the signal sent again after the fork comes now
+            if (_got and os.getpid() == _main and not _stop.forking()
+                    and _sys._getframe(1).f_code is _put and len(_got) == 1):
+                while len(_got) == 1:
+                    _time.sleep(0.001)
+            return held
+        _threading.Condition.__enter__ = __enter__
+    """)
+    args = [f"weights={weights}", "data.val.num_images=3", "data.val.height=64", "data.val.width=64",
+            "eval.max_images=null", "data.num_workers=1", "device=cpu", f"hydra.run.dir={run}"]
+    status, err = _run_and_stop("eval", args, patch, busy.exists, signal.SIGTERM, MAIN_ONLY, exit_within=20)
     line = _assert_stopped(status, err, "eval", signal.SIGTERM)
     assert "eval_results.json not written (no metrics)" in line
 

@@ -14,6 +14,7 @@ as hydra-optuna-sweeper optimise it; `-m` sweeps end with a summary (docs/experi
 import signal
 import sys
 from contextlib import AbstractContextManager, nullcontext
+from types import FrameType
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from panfpn.engine.training.job import TrainingInterrupted, run_training_job
 from panfpn.engine.training.job_signals import JobStopped, JobStoppedError
 from panfpn.engine.tool_errors import in_multirun, input_errors_exit_2
+from panfpn.utils.enter_exit_window import signal_when_out
 from panfpn.utils.stop_signals import stop_signals_after_its_job
 
 
@@ -48,7 +50,9 @@ class SweepSignal(BaseException):
         self.signum = signum
 
 
-def _raise_sweep_signal(signum: int, frame: object) -> None:
+def _raise_sweep_signal(signum: int, frame: FrameType | None) -> None:
+    if signal_when_out(signum, frame):  # not out of a lock's __enter__ (it would stay held): soon again
+        return
     raise SweepSignal(signum)
 
 

@@ -90,3 +90,41 @@ def test_a_process_blocked_in_an_enter_is_still_stopped():
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert err.strip() == "t: stopped by SIGTERM before writing any output"
     assert took < 15, took  # LIMIT_S and a loaded machine
+
+
+# The same in a training job's start (panfpn.engine.training.job_signals: JobStopped, raised outside
+# the loop): the signal comes inside __enter__ once the lock is taken.
+JOB_SIGNAL_IN_ENTER = textwrap.dedent("""
+    import os, signal, threading, time
+    from panfpn.engine.training.job_signals import JobSignals, JobStopped, job_stop_signals
+    got, handle = [], JobSignals.handle
+    def counting(self, signum, frame):
+        got.append(signum)
+        return handle(self, signum, frame)
+    JobSignals.handle = counting
+    lock = threading.Lock()
+    class Holding:
+        def __enter__(self):
+            lock.acquire()
+            os.kill(os.getpid(), signal.SIGTERM)
+            while not got:
+                time.sleep(0.001)
+            return self
+        def __exit__(self, *exc):
+            lock.release()
+    try:
+        with job_stop_signals():
+            with Holding():
+                while True:
+                    time.sleep(0.01)
+    except JobStopped as stopped:
+        print("stopped", stopped.signum, flush=True)
+    print("lock held" if lock.locked() else "lock released", flush=True)
+""")
+
+
+def test_a_training_job_stopped_in_an_enter_that_took_a_lock_releases_it():
+    # Before: JobStopped came out of __enter__ and the lock stayed held.
+    done = run([sys.executable, "-c", JOB_SIGNAL_IN_ENTER], env=_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"stopped {int(signal.SIGTERM)}\nlock released\n", done.stdout + done.stderr

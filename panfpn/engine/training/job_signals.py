@@ -43,6 +43,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from panfpn.engine.tool_errors import in_multirun
+from panfpn.utils.enter_exit_window import signal_when_out
 from panfpn.utils.launch_env import launched_as_several
 from panfpn.utils.stop_signals import (  # noqa: F401 - defer_stop_signals: the job's too
     defer_stop_signals, deferrable, ignore_stop_signals_to_the_end, install_stop_handler, restore_handlers,
@@ -89,6 +90,8 @@ class JobSignals:
             return
         if self.deferred:
             self.noted = signum
+            return
+        if signal_when_out(signum, frame):  # raised in a lock's __enter__, it would leave the lock held
             return
         raise JobStopped(signum)
 

@@ -279,13 +279,10 @@ def test_eval_stopped_while_fetching_a_batch_from_its_dataloader_worker(weights,
     assert "eval_results.json not written (no metrics)" in line
 
 
-def test_eval_stopped_while_forking_its_dataloader_worker(weights, tmp_path):
-    # A signal during fork() runs its handler in the first Python code after it: an at-fork
-    # callback (logging's _releaseLock; here one like it that waits for the signal). An exception
-    # there is printed as "Exception ignored in ..." and dropped, so eval went on to the end (seen
-    # in 2 of 21 group-SIGTERM runs of tools/eval.py, the signal as the workers started).
-    run, busy = tmp_path / "run", tmp_path / "busy"
-    patch = textwrap.dedent(f"""
+def _signal_after_the_workers_fork(busy: Path) -> str:
+    """Patch: the main process waits in an at-fork callback (after a DataLoader worker's fork) until
+    the tool's handler has run once, after writing ``busy`` (the test sends the signal then)."""
+    return textwrap.dedent(f"""
         import panfpn.utils.stop_signals as _stop
         _handle, _got = _stop.StopSignals._handle, []
         def _counting(self, signum, frame):
@@ -300,9 +297,22 @@ def test_eval_stopped_while_forking_its_dataloader_worker(weights, tmp_path):
                     _time.sleep(0.01)
         os.register_at_fork(after_in_parent=_after_in_parent)
     """)
-    args = [f"weights={weights}", "data.val.num_images=3", "data.val.height=64", "data.val.width=64",
+
+
+def _eval_one_worker(weights: Path, run: Path) -> list[str]:
+    """tools/eval.py on 3 tiny images with one DataLoader worker."""
+    return [f"weights={weights}", "data.val.num_images=3", "data.val.height=64", "data.val.width=64",
             "eval.max_images=null", "data.num_workers=1", "device=cpu", f"hydra.run.dir={run}"]
-    status, err = _run_and_stop("eval", args, patch, busy.exists, signal.SIGTERM, MAIN_ONLY)
+
+
+def test_eval_stopped_while_forking_its_dataloader_worker(weights, tmp_path):
+    # A signal during fork() runs its handler in the first Python code after it: an at-fork
+    # callback (logging's _releaseLock; here one like it that waits for the signal). An exception
+    # there is printed as "Exception ignored in ..." and dropped, so eval went on to the end (seen
+    # in 2 of 21 group-SIGTERM runs of tools/eval.py, the signal as the workers started).
+    run, busy = tmp_path / "run", tmp_path / "busy"
+    patch = _signal_after_the_workers_fork(busy)
+    status, err = _run_and_stop("eval", _eval_one_worker(weights, run), patch, busy.exists, signal.SIGTERM, MAIN_ONLY)
     line = _assert_stopped(status, err, "eval", signal.SIGTERM)
     assert "eval_results.json not written (no metrics)" in line
 
@@ -314,22 +324,9 @@ def test_eval_stopped_as_its_dataloader_takes_a_queue_lock_after_the_fork(weight
     # there, the stop left the lock held: eval said its stop line, then the iterator's __del__
     # waited forever for that lock to put its end marker (3 of 30 runs of the test above under load).
     run, busy = tmp_path / "run", tmp_path / "busy"
-    patch = textwrap.dedent(f"""
+    patch = _signal_after_the_workers_fork(busy) + textwrap.dedent("""
         import sys as _sys, threading as _threading
         import multiprocessing.queues as _queues
-        import panfpn.utils.stop_signals as _stop
-        _handle, _got = _stop.StopSignals._handle, []
-        def _counting(self, signum, frame):
-            _got.append(signum)
-            return _handle(self, signum, frame)
-        _stop.StopSignals._handle = _counting
-        _main = os.getpid()
-        def _after_in_parent():
-            if os.getpid() == _main and _stop._ACTIVE is not None and not _got:
-                _Path({str(busy)!r}).write_text("1")
-                while not _got:
-                    _time.sleep(0.01)
-        os.register_at_fork(after_in_parent=_after_in_parent)
         _enter, _put = _threading.Condition.__enter__, _queues.Queue.put.__code__
         def __enter__(self):
             held = _enter(self)  # the lock is taken: the signal sent again after the fork comes now
@@ -340,9 +337,8 @@ def test_eval_stopped_as_its_dataloader_takes_a_queue_lock_after_the_fork(weight
             return held
         _threading.Condition.__enter__ = __enter__
     """)
-    args = [f"weights={weights}", "data.val.num_images=3", "data.val.height=64", "data.val.width=64",
-            "eval.max_images=null", "data.num_workers=1", "device=cpu", f"hydra.run.dir={run}"]
-    status, err = _run_and_stop("eval", args, patch, busy.exists, signal.SIGTERM, MAIN_ONLY, exit_within=20)
+    status, err = _run_and_stop("eval", _eval_one_worker(weights, run), patch, busy.exists, signal.SIGTERM,
+                                MAIN_ONLY, exit_within=20)
     line = _assert_stopped(status, err, "eval", signal.SIGTERM)
     assert "eval_results.json not written (no metrics)" in line
 

@@ -30,7 +30,8 @@ PRELUDE = textwrap.dedent("""
 """)
 
 # The signal comes inside __enter__, once the lock is taken (as in threading.Condition.__enter__).
-SIGNAL_IN_ENTER = PRELUDE + textwrap.dedent("""
+# takes the lock, then signals itself and waits for the handler (a Condition's __enter__, widened)
+HOLDING = textwrap.dedent("""
     class Holding:
         def __enter__(self):
             lock.acquire()
@@ -40,6 +41,8 @@ SIGNAL_IN_ENTER = PRELUDE + textwrap.dedent("""
             return self
         def __exit__(self, *exc):
             lock.release()
+""")
+SIGNAL_IN_ENTER = PRELUDE + HOLDING + textwrap.dedent("""
     try:
         with STOP:
             with Holding():
@@ -103,15 +106,7 @@ JOB_SIGNAL_IN_ENTER = textwrap.dedent("""
         return handle(self, signum, frame)
     JobSignals.handle = counting
     lock = threading.Lock()
-    class Holding:
-        def __enter__(self):
-            lock.acquire()
-            os.kill(os.getpid(), signal.SIGTERM)
-            while not got:
-                time.sleep(0.001)
-            return self
-        def __exit__(self, *exc):
-            lock.release()
+""") + HOLDING + textwrap.dedent("""
     try:
         with job_stop_signals():
             with Holding():

@@ -92,6 +92,7 @@ def test_three_problems_in_three_images_are_all_reported(four_images, tmp_path):
     assert "are in the PNG but not in" in lines[0]
     assert lines[1].startswith(f"train: image id {ids[1]!r}: [size mismatch] ")
     assert lines[2].startswith(f"train: image id {ids[2]!r}: [missing image] ")
+    assert lines[2].count(str(ds / "images" / data["images"][2]["file_name"])) == 1  # not repeated after 'not found:'
     assert lines[3] == ("checked 4 images (train 4): 3 with problems; by kind: missing image 1, "
                         "segment ids 1, size mismatch 1")
     report = json.loads(out.read_text())
@@ -108,6 +109,7 @@ def test_a_broken_json_is_one_line_and_exit_2(four_images, tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stdout.splitlines() == [done.stdout.strip()]
     assert done.stdout.startswith(f"train: split: [annotation file] {bad}: ") and "not valid JSON" in done.stdout
+    assert done.stdout.count(str(bad)) == 1  # the loader's message named the file again: said twice
     assert "Traceback" not in done.stderr
 
 

@@ -149,9 +149,10 @@ def test_what_opening_a_split_warns_of_is_listed_and_exit_stays_0(four_images, t
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     json_file = ds / "panoptic.json"
-    assert lines[0].startswith(f"train: split: [warning] {json_file}: {json_file}: 1 image(s) have a stuff "
+    # the JSON named once (before: "[warning] F: F: 1 image(s) ...")
+    assert lines[0].startswith(f"train: split: [warning] {json_file}: 1 image(s) have a stuff "
                                f"category in several segments, e.g. image id {split_image!r}")
-    assert lines[1].startswith(f"train: split: [warning] {json_file}: {json_file}: 1 of 5 image(s) have no "
+    assert lines[1].startswith(f"train: split: [warning] {json_file}: 1 of 5 image(s) have no "
                                "annotation and are left out")
     assert lines[2] == "checked 4 images (train 4): 0 with problems; 2 warning(s)"
     assert "WARNING" not in done.stderr  # listed once, in the report, not also as log lines

@@ -70,7 +70,11 @@ class Problem:
     def line(self) -> str:
         """One line naming the split, the image id (when there is one), the kind and the file."""
         where = f"image id {self.image_id!r}" if self.image_id is not None else "split"
-        return f"{self.split}: {where}: [{self.kind}] {self.file}: {' '.join(self.message.split())}"
+        message = " ".join(self.message.split())
+        # the reader's errors name the file too (at the start, or after 'not found:'): said once here
+        message = (message.removeprefix(f"{self.file}: ").replace(f"not found: {self.file}", "not found")
+                   .replace(f"annotation file {self.file} is", "it is"))
+        return f"{self.split}: {where}: [{self.kind}] {self.file}: {message}"
 
 
 def root_splits(root: str | Path) -> list[Split]:

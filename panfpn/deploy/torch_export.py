@@ -56,4 +56,17 @@ def export_pipeline_program(pipeline: PanopticPipeline, path: str | os.PathLike)
         warnings.simplefilter("ignore")  # torch.export's notes on unbacked sizes
         program = torch.export.export(pipeline, (example_image(),), strict=False,
                                       dynamic_shapes={INPUT_NAME: {0: height, 1: width}})
-    return atomic_write_path(path, lambda tmp: torch.export.save(program, str(tmp)), suffix=".tmp.pt2")
+    return atomic_write_path(path, lambda tmp: save_program(program, tmp), suffix=".tmp.pt2")
+
+
+def save_program(program: torch.export.ExportedProgram, path: str | os.PathLike) -> None:
+    """``torch.export.save`` without its note on channels_last weights (the convolutions' NHWC layout).
+
+    torch 2.9+ takes a weight that is not contiguous for a slice of a larger tensor and warns "No
+    complete tensor found in the group! ... may cause issues when your weights are not on CPU"; an
+    NHWC weight fills its whole storage, is saved and loads back with its strides (the program is
+    compared with eager after export). Only that message is silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No complete tensor found in the group", category=UserWarning)
+        torch.export.save(program, str(path))

@@ -10,6 +10,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import panfpn
+from panfpn.evaluation.build import evaluated_dataset
 from panfpn.modeling.weights import read_torch_file
 
 logger = logging.getLogger("panfpn")
@@ -27,7 +28,9 @@ def eval_context(cfg: DictConfig, built: Any, dataset: Any) -> dict[str, str]:
         "checkpoint": str(weights.resolve() if weights.exists() else weights),
         "iteration": _iteration(weights),
         "training folder": str(weights.resolve().parent) if weights.exists() else "-",
-        "dataset": built.metadata.name or str(data_val.get("_target_", "data.val")),
+        "dataset": evaluated_dataset(built.cfg),
+        "labels": f"{built.metadata.name}: {len(built.metadata.categories)} categories"
+                  + (" (recorded in the checkpoint)" if built.record is not None else " (from the config)"),
         "split": f"{data_val.get('split', '-')}: {len(dataset)} images"
                  + (f", the first {cfg.eval.max_images} evaluated (eval.max_images)" if cfg.eval.max_images else ""),
         "model": f"{_model_name(model_cfg)}, {n_params / 1e6:.2f} M parameters"

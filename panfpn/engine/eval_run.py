@@ -34,7 +34,8 @@ logger = logging.getLogger("panfpn")
 
 
 def per_class_table(metrics: dict, metadata) -> str:
-    """The per-class table printed after an evaluation: PQ / SQ / RQ, then box and mask AP per
+    """The per-class table printed after an evaluation: PQ / SQ / RQ (n/a: a category without
+    ground truth or prediction, left out of the means), then box and mask AP per
     category when AP was computed (n/a: no ground-truth instance; -: a stuff category), TP / FP / FN."""
     ap = category_ap(metrics)
     tasks = [(task, label) for task, label in AP_COLUMNS if task in ap]
@@ -42,7 +43,9 @@ def per_class_table(metrics: dict, metadata) -> str:
             + f"{'TP':>6s}{'FP':>6s}{'FN':>6s}"]
     for cat_id, r in sorted(metrics["panoptic"]["per_class"].items(), key=lambda kv: int(kv[0])):
         name = metadata.category(int(cat_id)).name
-        rows.append(f"{name[:23]:24s}{100 * r['pq']:8.2f}{100 * r['sq']:8.2f}{100 * r['rq']:8.2f}"
+        scored = r["tp"] + r["fp"] + r["fn"] > 0  # else no PQ: left out of the means, n/a as in report.html
+        rows.append(f"{name[:23]:24s}" + "".join(f"{100 * r[k]:8.2f}" if scored else f"{'n/a':>8s}"
+                                                 for k in ("pq", "sq", "rq"))
                     + "".join(f"{_ap_text(ap[task], int(cat_id)):>9s}" for task, _ in tasks)
                     + f"{r['tp']:6d}{r['fp']:6d}{r['fn']:6d}")
     return "\n".join(rows)

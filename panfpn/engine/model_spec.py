@@ -235,6 +235,26 @@ def renamed_categories(model_labels: DatasetMetadata, dataset_labels: DatasetMet
                   if c.id in theirs and not _same_name(c.name, theirs[c.id]))
 
 
+def _trained_on(weights: Path) -> str:
+    """`` (data=... data.root=... in its training folder's config.yaml)``, or '' where the weights'
+    folder holds no readable training config: the overrides that evaluate on the training data."""
+    config = weights.parent / "config.yaml"
+    if not config.is_file():
+        return ""
+    import yaml
+
+    try:
+        loaded = OmegaConf.load(config)
+        name = OmegaConf.select(loaded, "data.name") if isinstance(loaded, DictConfig) else None
+        root = OmegaConf.select(loaded, "data.root") if name else None
+    except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as err:  # a hint only: the error it joins is the one to report
+        logger.info("%s: no training data named from it (%s)", config, err)
+        return ""
+    if not name:
+        return ""
+    return f" (data={name}" + (f" data.root={root}" if root else "") + f", as in {config})"
+
+
 def check_dataset_labels(model_labels: DatasetMetadata, dataset_labels: DatasetMetadata,
                          cfg: DictConfig) -> DatasetMetadata:
     """The labels to evaluate and report with. A model evaluated on another label space (other
@@ -247,7 +267,8 @@ def check_dataset_labels(model_labels: DatasetMetadata, dataset_labels: DatasetM
             f"the model of {cfg.weights} predicts the categories of '{model_labels.name}' "
             f"({len(model_labels.categories)} categories, ids {[c.id for c in model_labels.categories][:8]}...) but "
             f"data.val is '{dataset_labels.name}' ({len(dataset_labels.categories)} categories, ids "
-            f"{[c.id for c in dataset_labels.categories][:8]}...): evaluate on the dataset it was trained for")
+            f"{[c.id for c in dataset_labels.categories][:8]}...): evaluate on the dataset it was trained for"
+            + _trained_on(Path(str(cfg.weights))))
     renamed = renamed_categories(model_labels, dataset_labels)
     if not renamed:
         return model_labels

@@ -69,6 +69,13 @@ def refuse_exported_settings(overrides: Sequence[str] | None) -> None:
                        "panoptic.json at the end: %s have no effect (the results are the same)", ", ".join(unused))
 
 
+def _given_keys(overrides: Sequence[str] | None) -> set[str]:
+    """The config keys set by ``overrides`` (``None``: hydra's command line)."""
+    from panfpn.engine.model_spec import command_line_overrides, parse_overrides
+
+    return {o.key_or_group for o in parse_overrides(command_line_overrides() if overrides is None else list(overrides))}
+
+
 # predict keys of the torch backend's batching, workers and writing that the onnxruntime backend does not use
 _SPEED_ONLY_KEYS = frozenset(f"predict.{k}" for k in ("batch_size", "num_workers", "write_threads", "json_every",
                                                       "overlay_alpha", "overlay_format", "progress_bar"))
@@ -118,9 +125,11 @@ def predict_onnx(weights: str, paths: Sequence[Path], out_dir: Path, opts: Any,
     if opts.semantic:
         raise ConfigError("predict.backend=onnxruntime writes no semantic PNGs: set predict.semantic=false "
                           "or use predict.backend=torch")
-    if opts.overlay:
-        logger.warning("predict.backend=onnxruntime writes the panoptic PNGs and JSON only "
-                       "(no overlays: predict.overlay is ignored)")
+    if opts.overlay:  # the default: said, a warning only where the command line asked for overlays
+        asked = "predict.overlay" in _given_keys(overrides)
+        (logger.warning if asked else logger.info)(
+            "predict.backend=onnxruntime writes the panoptic PNGs and JSON only (no overlays%s)",
+            ": predict.overlay is ignored" if asked else "")
     stems = output_stems(list(paths))
     ids = image_ids(list(paths), stems, opts.image_id)
     session, meta = open_exported(weights, device)

@@ -121,10 +121,7 @@ def _build_solver(cfg: DictConfig, model: torch.nn.Module, device: torch.device)
     global_batch = int(cfg.data.batch_size) * world
     lr = scaled_lr(float(cfg.solver.base_lr), reference_batch=int(cfg.solver.ims_per_batch),
                    global_batch=global_batch)
-    if global_batch != int(cfg.solver.ims_per_batch):
-        logger.info("global batch %d (%d per process x %d) differs from solver.ims_per_batch=%d: "
-                    "lr scaled linearly %.6g -> %.6g", global_batch, cfg.data.batch_size, world,
-                    cfg.solver.ims_per_batch, cfg.solver.base_lr, lr)
+    # a scaled lr is said once, by the start block's lr line and its warning (training.run_log.log_start)
     optimizer = build_optimizer(
         model, instantiate(cfg.solver.optimizer), lr=lr, weight_decay=float(cfg.solver.weight_decay),
         weight_decay_norm=cfg.solver.weight_decay_norm, weight_decay_bias=cfg.solver.weight_decay_bias,

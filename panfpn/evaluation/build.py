@@ -46,11 +46,27 @@ def build_evaluators(cfg: DictConfig, metadata: DatasetMetadata, out_dir: str | 
     if cfg.eval.get("save_semantic", False):
         evaluators.append(SemanticPNGWriter(metadata, out_dir / "semantic"))
     if cfg.eval.get("report", True):
-        title = f"Panoptic evaluation: {Path(str(cfg.weights)).name} on {metadata.name or 'data.val'}"
+        title = f"Panoptic evaluation: {Path(str(cfg.weights)).name} on {evaluated_split(cfg)}"
         evaluators.append(ReportCollector(metadata, out_dir, k=REPORT_WORST_IMAGES, title=title, context=context,
                                           score_thresh=OmegaConf.select(cfg, "model.merge.score_thresh"),
                                           browse=bool(cfg.eval.get("report_browse", True))))
     return evaluators + [Overlays(cfg.eval.save_overlays, out_dir / "overlays")]
+
+
+def evaluated_split(cfg: DictConfig) -> str:
+    """The data an evaluation scores, as report.html's title names it: the data group and its
+    ``data.val`` split (not the label set's name, which for a folder dataset is the train JSON's)."""
+    name = OmegaConf.select(cfg, "data.name") or "data.val"
+    split = OmegaConf.select(cfg, "data.val.split")
+    return f"{name} {split}" if split else str(name)
+
+
+def evaluated_dataset(cfg: DictConfig) -> str:
+    """The evaluated dataset as report.html's context lists it: the data group, and the val JSON
+    where the config names one (``data=coco_panoptic_folder``)."""
+    name = str(OmegaConf.select(cfg, "data.name") or "data.val")
+    json_file = OmegaConf.select(cfg, "data.val.json_file")
+    return f"{name} ({json_file})" if json_file else name
 
 
 def configured_evaluators(entries: Sequence[Any], metadata: DatasetMetadata) -> list[Evaluator]:

@@ -291,14 +291,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--cache-dir", default=None,
                         help="cache decoded ground truth here (for evaluating many checkpoints)")
     args = parser.parse_args(argv)
+    start = time.perf_counter()
     try:
         results = pq_compute(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder,
-                             workers=args.workers, cache_dir=args.cache_dir, verbose=True)
+                             workers=args.workers, cache_dir=args.cache_dir)
     except (PQInputError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    if args.out:
+    if args.out:  # before printing: a reader that closes early (`| head`) must not cost the file
         atomic_write(args.out, lambda f: json.dump(results, f, indent=1, allow_nan=False), mode="w")
+    try:
+        print(format_table(results))
+        print(f"PQ evaluation took {time.perf_counter() - start:.2f} s", flush=True)
+    except BrokenPipeError:  # stdout closed by its reader: the results are written, nothing else to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
     return results
 
 

@@ -92,6 +92,7 @@ def test_three_problems_in_three_images_are_all_reported(four_images, tmp_path):
     assert "are in the PNG but not in" in lines[0]
     assert lines[1].startswith(f"train: image id {ids[1]!r}: [size mismatch] ")
     assert lines[2].startswith(f"train: image id {ids[2]!r}: [missing image] ")
+    assert lines[2].count(str(ds / "images" / data["images"][2]["file_name"])) == 1  # not repeated after 'not found:'
     assert lines[3] == ("checked 4 images (train 4): 3 with problems; by kind: missing image 1, "
                         "segment ids 1, size mismatch 1")
     report = json.loads(out.read_text())
@@ -108,6 +109,7 @@ def test_a_broken_json_is_one_line_and_exit_2(four_images, tmp_path):
     assert done.returncode == 2, done.stderr
     assert done.stdout.splitlines() == [done.stdout.strip()]
     assert done.stdout.startswith(f"train: split: [annotation file] {bad}: ") and "not valid JSON" in done.stdout
+    assert done.stdout.count(str(bad)) == 1  # the loader's message named the file again: said twice
     assert "Traceback" not in done.stderr
 
 
@@ -147,9 +149,10 @@ def test_what_opening_a_split_warns_of_is_listed_and_exit_stays_0(four_images, t
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     json_file = ds / "panoptic.json"
-    assert lines[0].startswith(f"train: split: [warning] {json_file}: {json_file}: 1 image(s) have a stuff "
+    # the JSON named once (before: "[warning] F: F: 1 image(s) ...")
+    assert lines[0].startswith(f"train: split: [warning] {json_file}: 1 image(s) have a stuff "
                                f"category in several segments, e.g. image id {split_image!r}")
-    assert lines[1].startswith(f"train: split: [warning] {json_file}: {json_file}: 1 of 5 image(s) have no "
+    assert lines[1].startswith(f"train: split: [warning] {json_file}: 1 of 5 image(s) have no "
                                "annotation and are left out")
     assert lines[2] == "checked 4 images (train 4): 0 with problems; 2 warning(s)"
     assert "WARNING" not in done.stderr  # listed once, in the report, not also as log lines

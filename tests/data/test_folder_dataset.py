@@ -104,7 +104,14 @@ def test_custom_folder_trains_then_evaluates(custom_root, tmp_path):
     weights = tmp_path / "run" / "model_final.pth"
     metrics = evaluate_from_config(_compose(*base, f"weights={weights}", f"output_dir={tmp_path / 'eval'}"))
     assert 0.0 <= metrics["panoptic"]["All"]["pq"] <= 1.0
-    assert (tmp_path / "eval" / "eval_results.json").is_file()
+    saved = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    # The evaluated split is the val JSON, not the label set's name (the train JSON's stem): the
+    # report and compare.html said 'dataset panoptic_train' for an evaluation of the val split.
+    context = saved["context"]
+    assert context["dataset"] == f"coco_panoptic_folder ({custom_root / 'annotations' / 'panoptic_val.json'})"
+    assert context["labels"] == "panoptic_train: 8 categories (recorded in the checkpoint)"
+    page = (tmp_path / "eval" / "report.html").read_text(encoding="utf-8")
+    assert "<title>Panoptic evaluation: model_final.pth on coco_panoptic_folder val</title>" in page
 
 
 def test_val_with_other_categories_is_refused(custom_root):

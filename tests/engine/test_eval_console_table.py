@@ -29,3 +29,13 @@ def test_without_ap_the_table_is_pq_only():
     rows = _rows(per_class_table({"panoptic": PANOPTIC}, META))
     assert rows["head"] == ["category", "PQ", "SQ", "RQ", "TP", "FP", "FN"]
     assert rows["person"] == ["50.00", "80.00", "62.50", "5", "2", "4"]
+
+
+def test_a_category_without_ground_truth_or_prediction_has_no_pq():
+    # As PanopticQuality returns it (panopticapi's per_class too): zeros, left out of the means; the
+    # console said 0.00 for the 100+ COCO categories absent from a small val set, report.html n/a.
+    absent = {"pq": 0.0, "sq": 0.0, "rq": 0.0, "tp": 0, "fp": 0, "fn": 0}
+    missed = {"pq": 0.0, "sq": 0.0, "rq": 0.0, "tp": 0, "fp": 0, "fn": 3}
+    rows = _rows(per_class_table({"panoptic": {"per_class": {1: missed, 11: absent, 92: absent}}}, META))
+    assert rows["person"] == ["0.00", "0.00", "0.00", "0", "0", "3"]  # scored: a real 0
+    assert rows["bus"] == rows["sky"] == ["n/a", "n/a", "n/a", "0", "0", "0"]

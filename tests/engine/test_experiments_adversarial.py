@@ -274,6 +274,26 @@ def test_config_differences_outside_the_overrides_are_shown(tmp_path):
     assert "solver.max_iter=300" in (tmp_path / "summary.html").read_text()
 
 
+def test_an_override_of_one_list_item_explains_that_items_difference(tmp_path):
+    """Two runs on COCO photos, one with the train transform's sizes overridden by index
+    (data.train.transforms.transforms.0.short_edge_lengths=[160]): the summary said config.yaml
+    differed outside the overrides in data.train.transforms.transforms (the list compared whole)."""
+    for job, sizes, max_size, max_iter in (("0", [640, 800], 1333, 150), ("1", [160], 256, 300)):
+        item = [f"data.train.transforms.transforms.0.short_edge_lengths=[{sizes[0]}]",
+                f"data.train.transforms.transforms.0.max_size={max_size}"]
+        run = _run(tmp_path / job, overrides=(*item, "seed=0") if job == "1" else ("seed=0",))
+        transforms = [{"_target_": "ResizeShortestEdge", "short_edge_lengths": sizes, "max_size": max_size},
+                      {"_target_": "RandomHorizontalFlip", "prob": 0.5}]
+        (run / "config.yaml").write_text(json.dumps({  # JSON is YAML
+            "output_dir": str(run), "seed": 0, "solver": {"max_iter": max_iter},
+            "data": {"train": {"transforms": {"transforms": transforms}}}}))
+    rows, _ = collect([tmp_path])
+    assert rows[1]["params"] == ("data.train.transforms.transforms.0.short_edge_lengths=[160] "
+                                 "data.train.transforms.transforms.0.max_size=256")
+    # the transform's keys are explained by the overrides; an edit outside them is still shown
+    assert [r["config_diff"] for r in rows] == ["solver.max_iter=150", "solver.max_iter=300"]
+
+
 def test_nan_in_an_older_runs_files_is_no_value_not_a_crash_nor_the_best(tmp_path):
     """Files written before panfpn's JSON was strict can hold NaN literals: summary.json then
     refused to be written (ValueError: the whole summary, and a multirun's callback, failed), and a

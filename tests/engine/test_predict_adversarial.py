@@ -366,6 +366,33 @@ def test_onnx_backend_names_the_speed_options_it_does_not_use(caplog):
     assert "no effect" not in caplog.text
 
 
+def test_onnx_backend_warns_of_overlays_only_when_asked_for_them(exported, tmp_path):
+    """The documented command (weights=model.onnx predict.backend=onnxruntime predict.input=photos/)
+    warned "predict.overlay is ignored" on every run: predict.overlay is true by default."""
+    import logging
+
+    inp = tmp_path / "in"
+    inp.mkdir()
+    Image.fromarray(np.full((40, 50, 3), 90, np.uint8)).save(inp / "a.png")
+    for typed, level in (([], logging.INFO), (["predict.overlay=true"], logging.WARNING)):
+        cfg = compose_config([*MODEL, f"weights={exported[1]}", f"++predict.input={inp}",
+                              f"++predict.output_dir={tmp_path / 'out'}", "predict.backend=onnxruntime",
+                              "predict.progress_bar=false", "predict.overwrite=true", "device=cpu", *typed],
+                             output_dir=tmp_path / "run")
+        assert cfg.predict.overlay is True
+        records: list[logging.LogRecord] = []
+        handler = logging.Handler(logging.INFO)  # the panfpn logger does not propagate once set up
+        handler.emit = records.append
+        logging.getLogger("panfpn").addHandler(handler)
+        try:
+            predict_from_config(cfg, overrides=["predict.backend=onnxruntime", *typed])
+        finally:
+            logging.getLogger("panfpn").removeHandler(handler)
+        said = [r for r in records if "no overlays" in r.getMessage()]
+        assert [r.levelno for r in said] == [level], typed
+        assert ("predict.overlay is ignored" in said[0].getMessage()) == bool(typed)
+
+
 @pytest.mark.parametrize("content", [None, b"not an onnx file"])
 def test_a_missing_or_corrupt_model_file_is_a_message_not_a_traceback(exported, tmp_path, capsys, content):
     # Before: onnxruntime's NoSuchFile / InvalidProtobuf reached the user as a traceback (exit 1),

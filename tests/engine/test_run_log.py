@@ -80,6 +80,8 @@ def test_silent_training_log_has_start_block_metrics_lines_eval_and_tensorboard(
     assert f"run folder  {run}" in block and "1 process x 2 images = global batch 2" in block
     assert "warmup_iters=10 >= solver.max_iter=4" in log  # the cut-short warmup is a warning
     assert "lr scaling applied" in log
+    # said once: an INFO line before the start block said it too ("lr scaled linearly 0.002 -> 0.001")
+    assert "lr scaled linearly" not in log and log.count("solver.ims_per_batch=4") == 2  # batch line, warning
     lines = re.findall(r"iter (\d+)/4  eta \S+  loss [\d.]+  loss_sem_seg .* lr \S+  time \S+ s/it  data \S+ s  "
                        r"max_mem \d+ MB", log)
     assert lines == ["2", "4"]

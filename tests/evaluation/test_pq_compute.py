@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -169,3 +170,22 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "image 1" in proc.stderr and "no prediction" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_writes_out_when_its_reader_closes_stdout_early(tmp_path):
+    # `python -m panfpn.evaluation.pq ... --out res.json | head -3`: the table's print raised
+    # BrokenPipeError before --out was written (a traceback, and no res.json).
+    gt_json, pred_json, _ = write_cases(tmp_path, 3, 3)
+    out = tmp_path / "res.json"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line
+    try:
+        proc = run_in_group([sys.executable, "-m", "panfpn.evaluation.pq", "--gt-json", str(gt_json),
+                             "--pred-json", str(pred_json), "--workers", "1", "--out", str(out)],
+                            stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120,
+                            cwd=Path(__file__).parents[2])
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0
+    assert set(json.loads(out.read_text())) >= {"All", "Things", "Stuff"}

@@ -3,8 +3,10 @@
 Jobs made separately (one by one on Slurm, on other machines, or with config.yaml edited between
 runs) can differ in keys their command lines never named; the summary's ``params`` (the
 overrides that differ) would then hide the difference. Each job's resolved ``config.yaml`` is
-compared key by key; a key under an override key whose value differs between the jobs is
-explained by it (``model=...`` explains ``model.*``), the others are reported.
+compared key by key (a list of mappings, such as the transforms, item by item); a key under an
+override key whose value differs between the jobs is explained by it (``model=...`` explains
+``model.*``, ``data.train.transforms.transforms.0.max_size=256`` that transform's ``max_size``), the
+others are reported.
 """
 
 from __future__ import annotations
@@ -39,9 +41,14 @@ def flat_config(run_dir: Path) -> dict[str, str] | None:
 
 
 def _flatten(node: Any, prefix: str, out: dict[str, str]) -> None:
+    """Mappings by key; lists holding a mapping by index (``data.train.transforms.transforms.0.max_size``,
+    the key an override of one transform names); other lists and values whole."""
     if isinstance(node, dict) and node:
         for key, value in node.items():
             _flatten(value, f"{prefix}.{key}" if prefix else str(key), out)
+    elif isinstance(node, list) and any(isinstance(item, dict) for item in node):
+        for i, item in enumerate(node):
+            _flatten(item, f"{prefix}.{i}", out)
     else:
         out[prefix] = json.dumps(node, default=str)
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from panfpn.engine.sweep.summary import collect, find_run_dirs, format_table, write_summary
+from panfpn.utils.closed_stdout import stdout_reader_may_leave
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{', '.join(map(str, args.dirs))}; nothing written", file=sys.stderr)
         return 1
     rows = write_summary(args.dirs, out, title=args.title)
-    print(format_table(rows, collect(args.dirs)[1]))
-    print(f"\nwrote {out / 'summary.csv'}, {out / 'summary.json'}, {out / 'summary.html'}")
+    with stdout_reader_may_leave():  # `| head`: the files are written
+        print(format_table(rows, collect(args.dirs)[1]))
+        print(f"\nwrote {out / 'summary.csv'}, {out / 'summary.json'}, {out / 'summary.html'}")
     return 0
 
 

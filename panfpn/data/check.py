@@ -39,6 +39,7 @@ from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.resolvers import default_num_workers
 from panfpn.data.validate import AnnotationError
 from panfpn.utils.atomic import write_json_atomic
+from panfpn.utils.closed_stdout import stdout_reader_may_leave
 from panfpn.utils.stop_signals import describe_outputs, ignore_foreign_stop_signals, stop_signals, terminate_pool
 
 TOOL = "python -m panfpn.data.check"
@@ -315,14 +316,16 @@ def main(argv: list[str] | None = None) -> int:
         report = check_splits(splits, default_num_workers() if args.workers is None else args.workers,
                               bar=sys.stderr.isatty(),
                               on_progress=lambda done, total: progress.update(done=done, total=total))
-        for problem in report["warnings"] + report["problems"]:
-            print(Problem(**problem).line())
-        if any(s["images"] is not None for s in report["splits"]):  # else the JSON lines say it all
-            print(summary_line(report))
-        if args.out is not None:
+        if args.out is not None:  # before the lines: a reader that closes early (`| head`) must not cost it
             write_json_atomic(args.out, report)
             describe_outputs(lambda: f"the report {args.out} written")
-            print(f"wrote {args.out}")
+        with stdout_reader_may_leave():
+            for problem in report["warnings"] + report["problems"]:
+                print(Problem(**problem).line())
+            if any(s["images"] is not None for s in report["splits"]):  # else the JSON lines say it all
+                print(summary_line(report))
+            if args.out is not None:
+                print(f"wrote {args.out}")
     return 2 if report["problems"] or (args.strict and report["warnings"]) else 0
 
 

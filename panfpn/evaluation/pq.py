@@ -29,6 +29,7 @@ from panfpn.evaluation.panoptic_png import RunsCache
 from panfpn.evaluation.pq_rules import (PQInputError, PQStat, accumulate_image, format_table,
                                         normalize_categories, pq_results)
 from panfpn.utils.atomic import atomic_write
+from panfpn.utils.closed_stdout import stdout_reader_may_leave
 from panfpn.utils.stop_signals import ignore_foreign_stop_signals, terminate_pool
 from panfpn.utils.json_file import JSONFileError, JSONFileNotFoundError, load_json
 
@@ -300,11 +301,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         raise SystemExit(2) from None
     if args.out:  # before printing: a reader that closes early (`| head`) must not cost the file
         atomic_write(args.out, lambda f: json.dump(results, f, indent=1, allow_nan=False), mode="w")
-    try:
+    with stdout_reader_may_leave():  # `| head`: the results are written, nothing else to say
         print(format_table(results))
-        print(f"PQ evaluation took {time.perf_counter() - start:.2f} s", flush=True)
-    except BrokenPipeError:  # stdout closed by its reader: the results are written, nothing else to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        print(f"PQ evaluation took {time.perf_counter() - start:.2f} s")
     return results
 
 

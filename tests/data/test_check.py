@@ -192,3 +192,21 @@ def test_ctrl_c_ends_the_check_and_its_workers_with_130(four_images, tmp_path):
             time.sleep(0.1)
         assert not live_group(proc.pid)
     assert not (tmp_path / "report.json").exists()
+
+
+def test_report_is_written_when_the_reader_closes_stdout_early(four_images, tmp_path):
+    # `python -m panfpn.data.check ... --out report.json | head -3`: the problem lines' print raised
+    # BrokenPipeError before --out was written (a traceback, exit 1, and no report).
+    ds = _copy(four_images, tmp_path / "ds")
+    _break_three(ds)
+    out = tmp_path / "report.json"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line
+    try:
+        done = run([sys.executable, "-m", "panfpn.data.check", *_explicit(ds), "--workers", "0", "--out", str(out)],
+                   cwd=ROOT, env=ENV, timeout=120, stdout=write_end, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 2  # the problems' status, not a crash's
+    assert json.loads(out.read_text())["images_with_problems"] == 3

@@ -219,17 +219,24 @@ def _table_rows(text: str, start: str) -> dict[str, str]:
     return {line.split()[0]: line for line in lines[header + 1:] if line[:1].isdigit()}
 
 
+def _two_job_sweep(sweep: Path, tiny_args: list[str], *more: str) -> subprocess.CompletedProcess:
+    """tools/train.py -m: two tiny jobs (solver.base_lr=0.01,0.02) into ``sweep``, no evaluation; asserts
+    that it succeeded."""
+    args = [*tiny_args, *SWEEP_TINY, "train.eval_period=-1", "train.objective=null", "solver.base_lr=0.01,0.02",
+            *more, f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/train.py"), "-m", *args], env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
 def test_a_sweep_with_another_hydra_output_subdir_shows_its_params(tmp_path, tiny_args, monkeypatch):
     """``hydra.output_subdir=.cfg``: hydra's record of each job is ``<job>/.cfg/overrides.yaml``
     (no ``.hydra``). The end-of-sweep table, summary.csv/json, tools/summarize.py and the hparams
     fallback read it there; a job folder holding only that record (killed while starting) is a row.
     Before: empty params, and no row for such a folder."""
     sweep = tmp_path / "sweep"
-    args = [*tiny_args, *SWEEP_TINY, "train.eval_period=-1", "train.objective=null", "solver.base_lr=0.01,0.02",
-            "hydra.output_subdir=.cfg", f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.run([sys.executable, str(ROOT / "tools/train.py"), "-m", *args], env=_env(),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _two_job_sweep(sweep, tiny_args, "hydra.output_subdir=.cfg")
     assert (sweep / "0" / ".cfg" / "overrides.yaml").is_file() and not (sweep / "0" / ".hydra").exists()
     params = ["solver.base_lr=0.01", "solver.base_lr=0.02"]
     assert [r["params"] for r in json.loads((sweep / "summary.json").read_text())["jobs"]] == params
@@ -266,11 +273,7 @@ def test_a_sweep_writing_hydra_records_into_its_job_folders_shows_its_params(tmp
     """``hydra.output_subdir=.``: hydra's ``overrides.yaml``, ``hydra.yaml`` and ``config.yaml`` lie in
     each job folder itself. Before: empty params in the table and summary files."""
     sweep = tmp_path / "sweep"
-    args = [*tiny_args, *SWEEP_TINY, "train.eval_period=-1", "train.objective=null", "solver.base_lr=0.01,0.02",
-            "hydra.output_subdir=.", f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.run([sys.executable, str(ROOT / "tools/train.py"), "-m", *args], env=_env(),
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _two_job_sweep(sweep, tiny_args, "hydra.output_subdir=.")
     assert (sweep / "0" / "overrides.yaml").is_file() and not (sweep / "0" / ".hydra").exists()
     params = ["solver.base_lr=0.01", "solver.base_lr=0.02"]
     rows = json.loads((sweep / "summary.json").read_text())["jobs"]

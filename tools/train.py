@@ -102,9 +102,10 @@ if __name__ == "__main__":
     try:
         main()
     except (KeyboardInterrupt, SweepSignal) as stop:  # hydra lets both through (it catches Exception)
-        name = "SIGTERM" if isinstance(stop, SweepSignal) else "SIGINT"
+        signum = stop.signum if isinstance(stop, SweepSignal) else signal.SIGINT
         if sweep:
             _summary_of_a_stopped_sweep()
-        print(f"sweep stopped by {name} outside a training job (summary.json lists the jobs that ended)" if sweep
-              else "training stopped by SIGINT before its job started (no job_status.json)", file=sys.stderr)
-        sys.exit(128 + (signal.SIGTERM if isinstance(stop, SweepSignal) else signal.SIGINT))
+        print(f"sweep stopped by {signal.Signals(signum).name} outside a training job (summary.json lists the jobs "
+              "that ended)" if sweep else "training stopped by SIGINT before its job started (no job_status.json)",
+              file=sys.stderr)
+        sys.exit(128 + signum)

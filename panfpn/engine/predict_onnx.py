@@ -53,10 +53,7 @@ def onnx_providers(device: str) -> list[Any]:
 def refuse_exported_settings(overrides: Sequence[str] | None) -> None:
     """ConfigError for explicit overrides (``None``: hydra's command line) of what the graph fixed at
     export: the model's keys (thresholds, detections per image, ...) and the test resize."""
-    from panfpn.engine.model_spec import command_line_overrides, parse_overrides
-
-    given = command_line_overrides() if overrides is None else list(overrides)
-    parsed = parse_overrides(given)
+    parsed = _typed_overrides(overrides)
     fixed = [o.input_line for o in parsed if o.key_or_group.split(".")[0] == "model"
              or o.key_or_group.startswith("data.val.transforms")]
     if fixed:
@@ -69,11 +66,11 @@ def refuse_exported_settings(overrides: Sequence[str] | None) -> None:
                        "panoptic.json at the end: %s have no effect (the results are the same)", ", ".join(unused))
 
 
-def _given_keys(overrides: Sequence[str] | None) -> set[str]:
-    """The config keys set by ``overrides`` (``None``: hydra's command line)."""
+def _typed_overrides(overrides: Sequence[str] | None) -> list:
+    """hydra's parse of ``overrides`` (``None``: hydra's command line)."""
     from panfpn.engine.model_spec import command_line_overrides, parse_overrides
 
-    return {o.key_or_group for o in parse_overrides(command_line_overrides() if overrides is None else list(overrides))}
+    return parse_overrides(command_line_overrides() if overrides is None else list(overrides))
 
 
 # predict keys of the torch backend's batching, workers and writing that the onnxruntime backend does not use
@@ -126,7 +123,7 @@ def predict_onnx(weights: str, paths: Sequence[Path], out_dir: Path, opts: Any,
         raise ConfigError("predict.backend=onnxruntime writes no semantic PNGs: set predict.semantic=false "
                           "or use predict.backend=torch")
     if opts.overlay:  # the default: said, a warning only where the command line asked for overlays
-        asked = "predict.overlay" in _given_keys(overrides)
+        asked = any(o.key_or_group == "predict.overlay" for o in _typed_overrides(overrides))
         (logger.warning if asked else logger.info)(
             "predict.backend=onnxruntime writes the panoptic PNGs and JSON only (no overlays%s)",
             ": predict.overlay is ignored" if asked else "")

@@ -51,24 +51,26 @@ def find_record(folder: Path, output_subdir: str | None = OVERRIDES_RECORD.paren
     if output_subdir is not None and (folder / str(output_subdir) / RECORD_FILES[0]).is_file():
         return folder / str(output_subdir) / RECORD_FILES[0]
     try:
-        subfolders = sorted(p for p in folder.iterdir() if p.is_dir())
+        entries = sorted(folder.iterdir())
     except OSError:  # not a folder, or unreadable: no record to read
         return None
-    record = next((p for p in subfolders if _holds_record(p) == "only"), None)
-    if record is None and _holds_record(folder) == "beside":
+    record = next((p for p in entries if p.is_dir() and _holds_record(p) == "only"), None)
+    if record is None and _holds_record(folder, {p.name for p in entries}) == "beside":
         record = folder
     return record / RECORD_FILES[0] if record is not None else None
 
 
-def _holds_record(folder: Path) -> str | None:
+def _holds_record(folder: Path, names: set[str] | None = None) -> str | None:
     """``"only"``: ``folder`` holds hydra's record files and nothing else; ``"beside"``: them and
-    more; None: not them (or unreadable)."""
-    try:
-        names = {p.name for p in folder.iterdir()}
-    except OSError:
+    more; None: not them (or unreadable). ``names``: its entries, when already listed. A folder
+    without the record files is not listed (summaries scan every folder of a tree: overlays too)."""
+    if not all((folder / name).is_file() for name in RECORD_FILES):
         return None
-    if not all(name in names and (folder / name).is_file() for name in RECORD_FILES):
-        return None
+    if names is None:
+        try:
+            names = {p.name for p in folder.iterdir()}
+        except OSError:
+            return None
     return "only" if names <= HYDRA_RECORD else "beside"
 
 

@@ -14,12 +14,13 @@ as hydra-optuna-sweeper optimise it; `-m` sweeps end with a summary (docs/experi
 import signal
 import sys
 from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from types import FrameType
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from panfpn.engine.training.job import TrainingInterrupted, run_training_job
+from panfpn.engine.training.job import TrainingInterrupted, finished_training, is_main_rank, run_training_job
 from panfpn.engine.training.job_signals import JobStopped, JobStoppedError
 from panfpn.engine.tool_errors import in_multirun, input_errors_exit_2
 from panfpn.utils.enter_exit_window import signal_when_out
@@ -86,12 +87,10 @@ def main(cfg: DictConfig) -> float | None:
             raise stopped
         print(stopped, file=sys.stderr)
         sys.exit(128 + stopped.signum)
-    if result["eval"] is not None:
-        from panfpn.engine.eval_loop import format_results
-
-        print(format_results(result["eval"]))
-    if result["objective"] is not None:
-        print(f"objective {cfg.train.objective} = {result['objective']:.4f} ({cfg.train.objective_direction})")
+    if is_main_rank():  # the final evaluation's table is in the log already: where things are, once
+        print(finished_training(Path(str(cfg.output_dir)), result["checkpoint"], result["eval"] is not None)())
+        if result["objective"] is not None:
+            print(f"objective {cfg.train.objective} = {result['objective']:.4f} ({cfg.train.objective_direction})")
     return result["objective"]
 
 

@@ -89,7 +89,9 @@ def objective_value(cfg: DictConfig, result: Mapping[str, Any]) -> float | None:
     return float(values[name])
 
 
-def _is_main() -> bool:
+def is_main_rank() -> bool:
+    """Whether this process writes the run's files and says the run's last line: rank 0 of a group,
+    or of a launch (torchrun's RANK) whose group has ended."""
     from panfpn.engine import distributed as du  # torch: not for the sweep callback's imports
 
     if du.is_distributed():
@@ -99,7 +101,7 @@ def _is_main() -> bool:
 
 def write_job_status(run_dir: Path, status: str, *, started: float, cfg: DictConfig, **facts: Any) -> None:
     """``job_status.json`` of a run folder (main rank)."""
-    if not _is_main():
+    if not is_main_rank():
         return
     record = {"status": status, "max_iter": int(cfg.solver.max_iter),
               "objective": {"name": cfg.train.get("objective"),
@@ -164,7 +166,7 @@ def finished_training(run_dir: Path, checkpoint: str | None, evaluated: bool) ->
 
 def _write_outcome(cfg: DictConfig, run_dir: Path, result: dict, started: float) -> None:
     """``eval_results.json`` (when it evaluated) and ``job_status.json`` of a training that ended."""
-    if result["eval"] is not None and _is_main():
+    if result["eval"] is not None and is_main_rank():
         # strict JSON, as tools/eval.py's: an undefined metric (a class absent from the images) is null
         results = nonfinite_to_null(json.loads(json.dumps(result["eval"], default=str)))
         results["iteration"] = result.get("eval_iteration")  # an interrupted run's last evaluation is earlier

@@ -234,3 +234,78 @@ def test_cityscapes_ap_is_a_named_evaluator():
 def test_refused_on_a_dataset_without_the_cityscapes_instance_classes():
     with pytest.raises(ConfigError, match=r"eval\.evaluators.*cityscapes_ap.*coco_panoptic"):
         configured_evaluators(["cityscapes_ap"], coco_panoptic_metadata())
+
+
+@pytest.mark.parametrize("experiment", ["cityscapes_r50", "cityscapes_mask2former_r50", "cityscapes_mask2former_swin_t"])
+def test_on_by_default_in_the_cityscapes_presets_only(experiment):
+    from config_helpers import compose_config
+
+    assert "cityscapes_ap" in compose_config([f"experiment={experiment}"]).eval.evaluators
+    assert "cityscapes_ap" not in compose_config(["experiment=coco_r50_1x"]).eval.evaluators
+
+
+def test_save_predictions_writes_the_official_files(cityscapes_root, tmp_path):
+    """eval.save_predictions with cityscapes_ap: predictions/cityscapes_instances/ holds the
+    script's files (one text file per image, mask PNGs 0/255)."""
+    from config_helpers import compose_config
+    from PIL import Image
+
+    from panfpn.evaluation.build import build_evaluators
+
+    cfg = compose_config(["experiment=cityscapes_r50", "eval.save_predictions=true", "eval.report=false"])
+    ds = cityscapes_panoptic_dataset(cityscapes_root, "val", is_train=False)
+    evaluators = build_evaluators(cfg, ds.metadata, tmp_path)
+    [cs] = [e for e in evaluators if isinstance(e, CityscapesAP)]
+    assert cs.write_dir == tmp_path / "predictions" / "cityscapes_instances"
+    evaluate(FixedInstances(ds.metadata), DataLoader(ds, batch_size=2, collate_fn=collate_panoptic), ds.metadata,
+             [cs], device=torch.device("cpu"), progress=False)
+    out = tmp_path / "predictions" / "cityscapes_instances"
+    assert sorted(p.name for p in out.glob("*.txt")) == [f"{f}_pred.txt" for f in sorted(frames())]
+    first = (out / "frankfurt_000000_000294_pred.txt").read_text().splitlines()[0].split(" ")
+    assert first == ["masks/frankfurt_000000_000294_0.png", "26", repr(float(np.float32(0.9)))]
+    mask = np.asarray(Image.open(out / first[0]))
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 255}
+    assert np.array_equal(mask == 255, frames()["frankfurt_000000_000294"][1][0][2])
+
+
+def test_printed_and_logged_in_percent():
+    from panfpn.engine.eval_loop import format_results, metrics_to_scalars
+
+    split = {"pq": 0.5, "sq": 0.8, "rq": 0.625, "n": 1}
+    metrics = {"panoptic": {"All": split, "Things": split, "Stuff": split, "per_class": {}},
+               "sem_seg": {"mIoU": 0.5},
+               "cityscapes_ap": {"AP": 0.25, "AP50": 0.5, "per_class": {24: {"name": "person", "AP": 0.25,
+                                                                             "AP50": 0.5}}}}
+    scalars = metrics_to_scalars(metrics)
+    assert scalars["cityscapes_ap/AP"] == 25.0 and scalars["cityscapes_ap/AP50"] == 50.0
+    assert "Cityscapes instance AP AP 25.00  AP50 50.00" in format_results(metrics)
+    metrics["cityscapes_ap"] = {"AP": None, "AP50": None, "per_class": {}}  # no class with ground truth
+    assert "cityscapes_ap/AP" not in metrics_to_scalars(metrics)
+    assert "Cityscapes instance AP AP n/a  AP50 n/a" in format_results(metrics)
+
+
+def test_shown_in_report_html():
+    from report_parse import PageStructure
+
+    from panfpn.evaluation.report import build_report
+
+    split = {"pq": 0.5, "sq": 0.8, "rq": 0.625, "n": 1}
+    metrics = {"panoptic": {"All": split, "Things": split, "Stuff": split, "per_class": {}},
+               "sem_seg": {"mIoU": 0.5}, "cityscapes_ap": {"AP": 0.25, "AP50": None, "per_class": {}}}
+    other = dict(PageStructure(build_report(metrics, {})).texts("other-metrics"))
+    assert other["Cityscapes AP"] == "25.00" and other["Cityscapes AP50"] == "n/a"
+
+
+def test_a_training_objective_when_configured():
+    from config_helpers import compose_config
+
+    from panfpn.engine.training.job import check_objective, objective_value
+
+    with pytest.raises(ConfigError, match="eval.evaluators has no cityscapes_ap"):
+        check_objective(compose_config(["train.objective=cityscapes_ap/AP"]))
+    cfg = compose_config(["experiment=cityscapes_r50", "train.objective=cityscapes_ap/AP50"])
+    assert check_objective(cfg) is None
+    split = {"pq": 0.5, "sq": 0.8, "rq": 0.625}
+    result = {"eval": {"panoptic": {"All": split, "Things": split, "Stuff": split}, "sem_seg": {"mIoU": 0.5},
+                       "cityscapes_ap": {"AP": 0.25, "AP50": 0.375, "per_class": {}}}}
+    assert objective_value(cfg, result) == 37.5

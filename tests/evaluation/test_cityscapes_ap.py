@@ -309,3 +309,24 @@ def test_a_training_objective_when_configured():
     result = {"eval": {"panoptic": {"All": split, "Things": split, "Stuff": split}, "sem_seg": {"mIoU": 0.5},
                        "cityscapes_ap": {"AP": 0.25, "AP50": 0.375, "per_class": {}}}}
     assert objective_value(cfg, result) == 37.5
+
+
+def test_ranks_gather_to_the_single_process_result(cityscapes_root, monkeypatch):
+    """Images split over two ranks: evaluate() gathers both ranks' entries (all_gather_objects)
+    and gives the one-process numbers."""
+    from panfpn.evaluation import cityscapes_ap as cs
+
+    ds = cityscapes_panoptic_dataset(cityscapes_root, "val", is_train=False)
+    preds = frames()
+    whole, rank0, rank1 = (CityscapesAP(ds.metadata) for _ in range(3))
+    for i in range(len(ds)):
+        sample = ds[i]
+        p = preds[sample["image_id"]][1]
+        args = (sample["gt_panoptic"], sample["segments_info"], [LABEL_ID[n] for n, _, _ in p],
+                [float(np.float32(s)) for _, s, _ in p], np.stack([m for _, _, m in p]))
+        whole.add_image(*args)
+        (rank0 if i == 0 else rank1).add_image(*args)
+    expected = whole.evaluate()
+    monkeypatch.setattr(cs, "is_multiprocess", lambda: True)
+    monkeypatch.setattr(cs, "all_gather_objects", lambda own: [own, (rank1.entries, rank1.have_gt, rank1.have_pred)])
+    assert rank0.evaluate() == expected

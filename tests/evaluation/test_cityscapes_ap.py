@@ -236,7 +236,8 @@ def test_refused_on_a_dataset_without_the_cityscapes_instance_classes():
         configured_evaluators(["cityscapes_ap"], coco_panoptic_metadata())
 
 
-@pytest.mark.parametrize("experiment", ["cityscapes_r50", "cityscapes_mask2former_r50", "cityscapes_mask2former_swin_t"])
+@pytest.mark.parametrize("experiment", ["cityscapes_r50", "cityscapes_mask2former_r50",
+                                        "cityscapes_mask2former_swin_t"])
 def test_on_by_default_in_the_cityscapes_presets_only(experiment):
     from config_helpers import compose_config
 

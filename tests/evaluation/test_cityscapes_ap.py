@@ -331,3 +331,41 @@ def test_ranks_gather_to_the_single_process_result(cityscapes_root, monkeypatch)
     monkeypatch.setattr(cs, "is_multiprocess", lambda: True)
     monkeypatch.setattr(cs, "all_gather_objects", lambda own: [own, (rank1.entries, rank1.have_gt, rank1.have_pred)])
     assert rank0.evaluate() == expected
+
+
+def _one_frame_ap(tmp_path: Path, inst: np.ndarray, preds: list) -> tuple[dict, Path]:
+    """Our result on one frame (``preds``: class, score, mask) and the folder of its written files."""
+    frame = "frankfurt_000000_000294"
+    write_gt_fine(tmp_path, "val", {frame: inst})
+    create_panoptic_imgs(tmp_path, "val")
+    ds = cityscapes_panoptic_dataset(tmp_path, "val", is_train=False)
+    sample, results = ds[0], tmp_path / "results"
+    evaluator = CityscapesAP(ds.metadata, results)
+    evaluator.add_image(sample["gt_panoptic"], sample["segments_info"], [LABEL_ID[n] for n, _, _ in preds],
+                        [s for _, s, _ in preds], np.stack([m for _, _, m in preds]))
+    from panfpn.evaluation.cityscapes_instance_files import write_instance_files
+
+    write_instance_files(results, frame, [LABEL_ID[n] for n, _, _ in preds], [s for _, s, _ in preds],
+                         np.stack([m for _, _, m in preds]), evaluator.classes)
+    return evaluator.evaluate()["cityscapes_ap"], results
+
+
+def test_the_two_documented_differences(tmp_path, monkeypatch):
+    """docs/cityscapes.md: (1) a caravan instance is void in the panoptic ground truth but not for the
+    script, so a car prediction on it is ignored here and a false positive there; (2) a class with
+    ground truth and predictions but no scored entry stops the script (IndexError) and scores 0 here."""
+    inst = np.full((H, W), 7, np.int32)
+    inst[2:14, 2:14] = 26000                   # car
+    inst[20:32, 40:60] = 29000                 # caravan instance (an ignored class)
+    ours, results = _one_frame_ap(tmp_path / "a", inst,
+                                  [("car", 0.9, box(2, 14, 2, 14)), ("car", 0.95, box(20, 32, 40, 60))])
+    official = official_instance_ap(tmp_path / "a", results, tmp_path / "a", monkeypatch)
+    assert ours["per_class"][26]["AP"] == 1.0 and official["classes"]["car"]["ap"] < 1.0
+
+    inst = np.full((H, W), 7, np.int32)
+    inst[2:14, 2:14] = 26000                   # car, never found
+    inst[20:32, 40:60] = 1                     # ego vehicle: void
+    ours, results = _one_frame_ap(tmp_path / "b", inst, [("car", 0.9, box(20, 32, 40, 60))])
+    with pytest.raises(IndexError):
+        official_instance_ap(tmp_path / "b", results, tmp_path / "b", monkeypatch)
+    assert ours["per_class"][26] == {"name": "car", "AP": 0.0, "AP50": 0.0}

@@ -105,6 +105,10 @@ def metrics_to_scalars(metrics: dict) -> dict[str, float]:
             for key, value in metrics[task].items():
                 if isinstance(value, (int, float)) and value >= 0:  # -1: no ground truth; not per_class
                     scalars[f"{task}/{key}"] = 100.0 * value
+    for key in ("AP", "AP50"):  # cityscapesScripts' instance-level AP (None: no class with ground truth)
+        value = metrics.get("cityscapes_ap", {}).get(key)
+        if value is not None:
+            scalars[f"cityscapes_ap/{key}"] = 100.0 * value
     return scalars
 
 
@@ -116,6 +120,10 @@ def format_results(metrics: dict) -> str:
         if task in metrics:
             lines.append(f"{task} AP {ap_text(metrics[task]['AP'])}  AP50 {ap_text(metrics[task]['AP50'])}"
                          f"  AP75 {ap_text(metrics[task]['AP75'])}")
+    if "cityscapes_ap" in metrics:
+        cs = metrics["cityscapes_ap"]
+        lines.append("Cityscapes instance AP " + "  ".join(
+            f"{key} {'n/a' if cs[key] is None else f'{100 * cs[key]:.2f}'}" for key in ("AP", "AP50")))
     if "panoptic_by_area" in metrics:
         lines.append("PQ by area  " + "  ".join(f"{b} {100 * metrics['panoptic_by_area'][b]['All']['pq']:.2f}"
                                                 for b in ("small", "medium", "large")))

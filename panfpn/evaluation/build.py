@@ -7,7 +7,8 @@ Always: PQ (``panoptic``), mIoU (``sem_seg``) and the scored image set (``image_
 last the overlays (``overlays``). tools/eval.py adds what writes files into ``out_dir``: the
 prediction PNGs + JSON (``eval.save_predictions``), the semantic PNGs (``eval.save_semantic``)
 and report.html (``eval.report``; every image's overlay in ``report_images/`` with
-``eval.report_browse``).
+``eval.report_browse``); with ``eval.save_predictions`` a ``cityscapes_ap`` evaluator also writes
+cityscapesScripts' instance-level prediction files into ``predictions/cityscapes_instances``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from panfpn.data.metadata import DatasetMetadata
+from panfpn.evaluation.cityscapes_ap import CityscapesAP
 from panfpn.evaluation.evaluator import Evaluator
 from panfpn.evaluation.image_set import ScoredImages
 from panfpn.evaluation.evaluators import (COCOAP, Overlays, PanopticPNGWriter, PanopticQuality, ReportCollector,
@@ -25,7 +27,9 @@ from panfpn.evaluation.evaluators import (COCOAP, Overlays, PanopticPNGWriter, P
 from panfpn.utils.errors import ConfigError
 
 # Short names for eval.evaluators (a new metric: its class, one line here, its name in the config).
-NAMED = {"pq_by_area": "panfpn.evaluation.pq_by_area.PQByArea"}
+NAMED = {"pq_by_area": "panfpn.evaluation.pq_by_area.PQByArea",
+         "cityscapes_ap": "panfpn.evaluation.cityscapes_ap.CityscapesAP"}
+CITYSCAPES_INSTANCE_DIR = "cityscapes_instances"  # eval.save_predictions + cityscapes_ap: <run dir>/predictions/<this>
 REPORT_WORST_IMAGES = 8  # images with the lowest per-image PQ shown in report.html
 
 
@@ -43,6 +47,9 @@ def build_evaluators(cfg: DictConfig, metadata: DatasetMetadata, out_dir: str | 
     out_dir = Path(out_dir)
     if cfg.eval.save_predictions:
         evaluators.append(PanopticPNGWriter(metadata, out_dir / "predictions"))
+        for evaluator in evaluators:  # cityscapes_ap: also the official instance-level prediction files
+            if isinstance(evaluator, CityscapesAP) and evaluator.write_dir is None:
+                evaluator.write_dir = out_dir / "predictions" / CITYSCAPES_INSTANCE_DIR
     if cfg.eval.get("save_semantic", False):
         evaluators.append(SemanticPNGWriter(metadata, out_dir / "semantic"))
     if cfg.eval.get("report", True):

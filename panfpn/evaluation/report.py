@@ -213,6 +213,9 @@ def _other_metrics(metrics: Mapping[str, Any]) -> str:
         if task in metrics:
             rows.append(f"<tr><td>{task} AP</td><td>{ap_text(metrics[task]['AP'])}</td></tr>"
                         f"<tr><td>{task} AP50</td><td>{ap_text(metrics[task]['AP50'])}</td></tr>")
+    for key in ("AP", "AP50") if "cityscapes_ap" in metrics else ():  # cityscapesScripts' instance-level AP
+        value = metrics["cityscapes_ap"][key]
+        rows.append(f"<tr><td>Cityscapes {key}</td><td>{'n/a' if value is None else f'{100 * value:.2f}'}</td></tr>")
     return f'<table id="other-metrics"><tbody>{"".join(rows)}</tbody></table>' if rows else ""
 
 

@@ -163,7 +163,8 @@ class EvalOptions:
 
     max_images: int | None = option(integer(1, nullable=True), "evaluate on the first N validation images only")
     save_predictions: bool = option(boolean(), "<run dir>/predictions/panoptic_pred.json + "
-                                    "panoptic_pred/<image id>.png (with thing scores)")
+                                    "panoptic_pred/<image id>.png (with thing scores); with cityscapes_ap "
+                                    "also cityscapes_instances/ (the official instance-level files)")
     save_semantic: bool = option(boolean(), "<run dir>/semantic/<image id>.png: semantic labels as "
                                  "dataset category ids")
     compute_ap: bool = option(boolean(), "COCO box and mask AP beside PQ and mIoU")
@@ -177,8 +178,8 @@ class EvalOptions:
     report_browse: bool = option(boolean(), "tools/eval.py: every image's overlay in report_images/, browsable "
                                  "in report.html (paged, sorted by per-image PQ)")
     evaluators: list = option(Check("a list of evaluator names (e.g. pq_by_area) or {_target_: module.Class} entries",
-                                    _evaluator_list), "metrics beyond PQ / mIoU / AP: built-in names or "
-                              "{_target_: module.Class} entries (docs/evaluation.md#evaluators)")
+                                    _evaluator_list), "metrics beyond PQ / mIoU / AP: built-in names (pq_by_area, "
+                              "cityscapes_ap) or {_target_: module.Class} entries (docs/evaluation.md#evaluators)")
 
 
 @section("solver")

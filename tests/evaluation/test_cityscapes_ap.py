@@ -1,0 +1,371 @@
+"""cityscapes_ap gives the numbers of cityscapesScripts' own instance-level evaluator
+(evalInstanceLevelSemanticLabeling): a tiny gtFine set in the official layout, its panoptic ground
+truth made by the real createPanopticImgs, predictions that exercise each of the script's rules,
+scored by our evaluator (which also writes the script's prediction files) and by the script on
+those files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from panfpn.data.build import cityscapes_panoptic_dataset
+from panfpn.data.builtin_meta import cityscapes_panoptic_metadata, coco_panoptic_metadata
+from panfpn.data.collate import collate_panoptic
+from panfpn.engine.eval_loop import evaluate
+from panfpn.evaluation.build import configured_evaluators
+from panfpn.evaluation.cityscapes_ap import CityscapesAP, Entries, average_precision
+from panfpn.modeling.box_masks import BoxMasks
+from panfpn.utils.errors import ConfigError
+
+pytest.importorskip("cityscapesscripts.preparation.createPanopticImgs")
+from cityscapes_layout import create_panoptic_imgs, write_gt_fine  # noqa: E402
+
+H, W = 40, 80
+LABEL_ID = {"person": 24, "rider": 25, "car": 26, "truck": 27, "bus": 28, "train": 31}
+
+
+def box(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    m = np.zeros((H, W), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def frames() -> dict[str, tuple[np.ndarray, list[tuple[str, float, np.ndarray]]]]:
+    """Per frame: ``*_gtFine_instanceIds.png`` content and the predictions (class, score, mask)."""
+    out = {}
+    # frame 0: duplicates, IoU exactly 0.5, a small instance, groups, void
+    inst = np.full((H, W), 23, np.int32)                  # sky
+    inst[20:] = 7                                          # road
+    inst[2:14, 2:14] = 26000                               # car A, 144 px
+    inst[2:12, 20:30] = 26001                              # car B, 100 px: counted (>= 100)
+    inst[22:31, 2:11] = 26002                              # car, 81 px: too small to count
+    inst[22:34, 20:32] = 26                                # car group, 144 px
+    inst[2:22, 40:50] = 24000                              # person, 200 px
+    inst[30:38, 40:48] = 27                                # truck group, 64 px (< 100: counted twice)
+    inst[30:40, 60:80] = 1                                 # ego vehicle: void
+    inst[0:2, 60:80] = 9                                   # parking: void
+    car_a_shifted = box(3, 15, 2, 14)                      # IoU 132/156 with car A
+    preds = [("car", 0.9, box(2, 14, 2, 14)),              # car A exactly
+             ("car", 0.7, car_a_shifted),                  # duplicate of car A (lower score)
+             ("car", 0.6, box(2, 12, 20, 25)),             # half of car B: IoU exactly 0.5
+             ("car", 0.8, box(22, 31, 2, 11)),             # exactly the small car: never counted
+             ("car", 0.4, box(22, 31, 2, 15)),             # the small car plus road: 81/117 ignored
+             ("car", 0.85, box(22, 34, 20, 32)),           # exactly the car group
+             ("car", 0.3, box(20, 34, 20, 32)),            # group 144 of 168 px
+             ("car", 0.35, box(28, 40, 55, 80)),           # 200 of 300 px on ego vehicle (void)
+             ("car", 0.2, np.zeros((H, W), bool)),         # empty: skipped
+             ("person", 0.75, box(2, 17, 40, 50)),         # IoU exactly 0.75 (threshold 0.75000...02)
+             ("truck", 0.5, box(30, 40, 40, 50)),          # truck group (64 px, counted twice) + road
+             ("rider", 0.9, box(24, 30, 70, 78))]          # no rider anywhere: rider is undefined
+    out["frankfurt_000000_000294"] = (inst, preds)
+    # frame 1: ties in score across true and false positives, a bus without predictions
+    inst = np.full((H, W), 7, np.int32)
+    inst[2:17, 2:12] = 27000                               # truck, 150 px
+    inst[2:14, 20:30] = 28000                              # bus, 120 px, never predicted
+    inst[20:40, 2:12] = 24000                              # person, 200 px
+    inst[20:30, 30:40] = 24001                             # person, 100 px, never found
+    inst[20:30, 50:70] = 0                                 # unlabeled: void
+    preds = [("truck", 0.5, box(2, 16, 2, 12)),            # IoU 140/150
+             ("person", 0.5, box(20, 40, 2, 12)),          # exactly the person
+             ("person", 0.5, box(0, 10, 60, 75)),          # on road: false positive, same score
+             ("person", 0.6, box(18, 30, 45, 60)),         # 50 of 180 px on void
+             ("car", 0.5, box(30, 38, 60, 78))]            # car false positive, score tied with TPs
+    out["lindau_000001_000019"] = (inst, preds)
+    # frame 2: a miss beside a misplaced prediction; BoxMasks masks
+    inst = np.full((H, W), 7, np.int32)
+    inst[5:25, 5:15] = 24000                               # person, 200 px
+    inst[5:15, 40:60] = 26000                              # car, 200 px
+    preds = [("person", 0.95, box(5, 22, 5, 15)),          # IoU 0.85
+             ("car", 0.3, box(5, 15, 48, 68)),             # IoU 120/280: false positive + miss
+             ("car", 0.65, box(5, 15, 41, 60))]            # IoU 0.95
+    out["munster_000002_000019"] = (inst, preds)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cityscapes_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cs_ap")
+    write_gt_fine(root, "val", {name: inst for name, (inst, _) in frames().items()})
+    create_panoptic_imgs(root, "val")
+    return root
+
+
+class FixedInstances(torch.nn.Module):
+    """Outputs the instances of :func:`frames` for each image of the batch (masks as one tensor,
+    or for the last frame as BoxMasks as the eval loop's merge keeps them)."""
+
+    def __init__(self, metadata):
+        super().__init__()
+        self.meta, self.preds = metadata, {k: p for k, (_, p) in frames().items()}
+
+    def forward(self, batch):
+        outputs = []
+        for image_id in batch["image_ids"]:
+            preds = self.preds[image_id]
+            names = {c.id: c.name for c in self.meta.categories}
+            thing = [names[i] for i in self.meta.thing_ids]
+            masks = torch.from_numpy(np.stack([m for _, _, m in preds]))
+            if image_id.startswith("munster"):
+                crops, origins = [], []
+                for m in masks:
+                    ys, xs = torch.nonzero(m, as_tuple=True)
+                    y0, x0 = int(ys.min()), int(xs.min())
+                    crops.append(m[y0:int(ys.max()) + 1, x0:int(xs.max()) + 1])
+                    origins.append((y0, x0))
+                masks = BoxMasks(tuple(crops), tuple(origins), (H, W))
+            outputs.append({
+                "panoptic": (torch.zeros((H, W), dtype=torch.int32), []),
+                "instances": {"boxes": torch.zeros((len(preds), 4)),
+                              "scores": torch.tensor([s for _, s, _ in preds], dtype=torch.float32),
+                              "labels": torch.tensor([thing.index(n) for n, _, _ in preds]),
+                              "masks": masks}})
+        return outputs
+
+
+def official_instance_ap(root: Path, results: Path, tmp_path: Path, monkeypatch) -> dict:
+    """evalInstanceLevelSemanticLabeling on ``results`` through its Python API."""
+    from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as inst_eval
+
+    args = inst_eval.args
+    for key, value in (("quiet", True), ("JSONOutput", False), ("predictionPath", str(results.resolve())),
+                       ("predictionWalk", None), ("gtInstancesFile", str(tmp_path / "gtInstances.json"))):
+        monkeypatch.setattr(args, key, value)
+    monkeypatch.setattr(np, "in1d", np.isin, raising=False)  # removed in numpy 2.4; the script calls it
+    # its debug dump (matches.json) holds numpy 2's np.int64 pixel counts, which its JSON writer cannot encode
+    monkeypatch.setattr(inst_eval, "writeDict2JSON", lambda d, path: Path(path).write_text(
+        json.dumps(d, default=lambda o: o.item() if isinstance(o, np.generic) else o.__dict__)))
+    monkeypatch.chdir(tmp_path)  # the script writes matches.json into the working directory
+    gts = sorted(str(p) for p in (root / "gtFine" / "val").glob("*/*_gtFine_instanceIds.png"))
+    preds = [inst_eval.getPrediction(gt, args) for gt in gts]
+    return inst_eval.evaluateImgLists(preds, gts, args)["averages"]
+
+
+@pytest.mark.parametrize("use_train_id", [False, True])
+def test_native_ap_equals_the_official_script(cityscapes_root, tmp_path, monkeypatch, use_train_id):
+    ds = cityscapes_panoptic_dataset(cityscapes_root, "val", use_train_id=use_train_id, is_train=False)
+    loader = DataLoader(ds, batch_size=2, collate_fn=collate_panoptic)
+    results = tmp_path / "results"
+    metrics = evaluate(FixedInstances(ds.metadata), loader, ds.metadata, [CityscapesAP(ds.metadata, results)],
+                       device=torch.device("cpu"), progress=False)["cityscapes_ap"]
+    lines = (results / "lindau_000001_000019_pred.txt").read_text().splitlines()
+    assert lines[0] == "masks/lindau_000001_000019_0.png 27 0.5"  # label id (truck), also with train ids
+    official = official_instance_ap(cityscapes_root, results, tmp_path, monkeypatch)
+
+    assert metrics["AP"] == pytest.approx(official["allAp"], abs=1e-9)
+    assert metrics["AP50"] == pytest.approx(official["allAp50%"], abs=1e-9)
+    names = {c.id: c.name for c in ds.metadata.categories}
+    assert {names[c] for c in metrics["per_class"]} == set(official["classes"])
+    for cat, ours in metrics["per_class"].items():
+        theirs = official["classes"][names[cat]]
+        if math.isnan(theirs["ap"]):
+            assert ours is None, names[cat]
+        else:
+            assert ours["AP"] == pytest.approx(theirs["ap"], abs=1e-9), names[cat]
+            assert ours["AP50"] == pytest.approx(theirs["ap50%"], abs=1e-9), names[cat]
+    # the cases are not trivial: classes undefined (rider: predictions only; train...: nothing),
+    # zero (bus: never predicted), between 0 and 1, and AP differs from AP50
+    by_name = {names[c]: r for c, r in metrics["per_class"].items()}
+    assert by_name["rider"] is None and by_name["train"] is None
+    assert by_name["bus"] == {"name": "bus", "AP": 0.0, "AP50": 0.0}
+    assert 0 < by_name["car"]["AP"] < by_name["car"]["AP50"] < 1
+    assert 0 < by_name["person"]["AP"] < 1 and 0 < by_name["truck"]["AP"] < 1
+    assert 0 < metrics["AP"] < metrics["AP50"] < 1
+
+
+def test_the_cases_sit_on_the_rules_edges(cityscapes_root):
+    """The comparison above decides each rule: moved by one pixel or one float step, the 100-pixel
+    limit and the strict overlap test change the result, and the small truck group's pixels count
+    twice (counted once, the truck prediction on it would be a false positive at 0.95)."""
+    from panfpn.evaluation import cityscapes_ap as cs
+
+    ds = cityscapes_panoptic_dataset(cityscapes_root, "val", is_train=False)
+    model = FixedInstances(ds.metadata)
+
+    def run() -> dict:
+        loader = DataLoader(ds, batch_size=3, collate_fn=collate_panoptic)
+        return evaluate(model, loader, ds.metadata, [CityscapesAP(ds.metadata)], device=torch.device("cpu"),
+                        progress=False)["cityscapes_ap"]
+
+    base = run()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cs, "MIN_REGION_SIZE", 101)  # car B (exactly 100 px) no longer counted
+        assert run()["per_class"][26] != base["per_class"][26]
+    with pytest.MonkeyPatch.context() as mp:  # thresholds one float step lower: IoU 0.5 matches
+        mp.setattr(cs, "OVERLAPS", np.nextafter(cs.OVERLAPS, 0))
+        assert run()["per_class"][26]["AP50"] > base["per_class"][26]["AP50"]
+
+    sample = ds[0]
+    assert sample["image_id"] == "frankfurt_000000_000294"
+    preds = frames()["frankfurt_000000_000294"][1]
+    classes = cs.cityscapes_classes(ds.metadata)
+    truck = cs.image_classes(sample["gt_panoptic"], sample["segments_info"], [LABEL_ID.get(n, 0) for n, _, _ in preds],
+                             [s for _, s, _ in preds], np.stack([m for _, _, m in preds]), classes)[3]
+    assert truck.gt_area == [64] and truck.gt_group == [True] and truck.pred_area == [100]
+    entries = Entries()
+    cs.score_class(truck, 0.95, entries)
+    assert entries.scores == [] and entries.missed == 0  # ignored: 2 * 64 / 100 > 0.95
+
+
+def test_no_entry_at_all_scores_zero():
+    """Ground truth and predictions, but every instance missed and every prediction ignored: the
+    official script raises IndexError there; the class scores 0."""
+    assert average_precision(Entries([], [], missed=3)) == 0.0
+    # one threshold (precision 0.5, recall 1) and the last point (precision 1, recall 0) get half of
+    # the recall range each: 0.5 * 0.5 + 1 * 0.5 (the script's step widths, not COCO's envelope)
+    assert average_precision(Entries([0.5, 0.5], [True, False], missed=0)) == 0.75
+
+
+def test_cityscapes_ap_is_a_named_evaluator():
+    """Unknown on the previous code ('unknown evaluator')."""
+    [evaluator] = configured_evaluators(OmegaConf.create(["cityscapes_ap"]), cityscapes_panoptic_metadata())
+    assert isinstance(evaluator, CityscapesAP)
+    [evaluator] = configured_evaluators(["cityscapes_ap"], cityscapes_panoptic_metadata(use_train_id=True))
+    assert evaluator.category_ids == [11, 12, 13, 14, 15, 16, 17, 18]
+
+
+def test_refused_on_a_dataset_without_the_cityscapes_instance_classes():
+    with pytest.raises(ConfigError, match=r"eval\.evaluators.*cityscapes_ap.*coco_panoptic"):
+        configured_evaluators(["cityscapes_ap"], coco_panoptic_metadata())
+
+
+@pytest.mark.parametrize("experiment", ["cityscapes_r50", "cityscapes_mask2former_r50",
+                                        "cityscapes_mask2former_swin_t"])
+def test_on_by_default_in_the_cityscapes_presets_only(experiment):
+    from config_helpers import compose_config
+
+    assert "cityscapes_ap" in compose_config([f"experiment={experiment}"]).eval.evaluators
+    assert "cityscapes_ap" not in compose_config(["experiment=coco_r50_1x"]).eval.evaluators
+
+
+def test_save_predictions_writes_the_official_files(cityscapes_root, tmp_path):
+    """eval.save_predictions with cityscapes_ap: predictions/cityscapes_instances/ holds the
+    script's files (one text file per image, mask PNGs 0/255)."""
+    from config_helpers import compose_config
+    from PIL import Image
+
+    from panfpn.evaluation.build import build_evaluators
+
+    cfg = compose_config(["experiment=cityscapes_r50", "eval.save_predictions=true", "eval.report=false"])
+    ds = cityscapes_panoptic_dataset(cityscapes_root, "val", is_train=False)
+    evaluators = build_evaluators(cfg, ds.metadata, tmp_path)
+    [cs] = [e for e in evaluators if isinstance(e, CityscapesAP)]
+    assert cs.write_dir == tmp_path / "predictions" / "cityscapes_instances"
+    evaluate(FixedInstances(ds.metadata), DataLoader(ds, batch_size=2, collate_fn=collate_panoptic), ds.metadata,
+             [cs], device=torch.device("cpu"), progress=False)
+    out = tmp_path / "predictions" / "cityscapes_instances"
+    assert sorted(p.name for p in out.glob("*.txt")) == [f"{f}_pred.txt" for f in sorted(frames())]
+    first = (out / "frankfurt_000000_000294_pred.txt").read_text().splitlines()[0].split(" ")
+    assert first == ["masks/frankfurt_000000_000294_0.png", "26", repr(float(np.float32(0.9)))]
+    mask = np.asarray(Image.open(out / first[0]))
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 255}
+    assert np.array_equal(mask == 255, frames()["frankfurt_000000_000294"][1][0][2])
+
+
+def test_printed_and_logged_in_percent():
+    from panfpn.engine.eval_loop import format_results, metrics_to_scalars
+
+    split = {"pq": 0.5, "sq": 0.8, "rq": 0.625, "n": 1}
+    metrics = {"panoptic": {"All": split, "Things": split, "Stuff": split, "per_class": {}},
+               "sem_seg": {"mIoU": 0.5},
+               "cityscapes_ap": {"AP": 0.25, "AP50": 0.5, "per_class": {24: {"name": "person", "AP": 0.25,
+                                                                             "AP50": 0.5}}}}
+    scalars = metrics_to_scalars(metrics)
+    assert scalars["cityscapes_ap/AP"] == 25.0 and scalars["cityscapes_ap/AP50"] == 50.0
+    assert "Cityscapes instance AP AP 25.00  AP50 50.00" in format_results(metrics)
+    metrics["cityscapes_ap"] = {"AP": None, "AP50": None, "per_class": {}}  # no class with ground truth
+    assert "cityscapes_ap/AP" not in metrics_to_scalars(metrics)
+    assert "Cityscapes instance AP AP n/a  AP50 n/a" in format_results(metrics)
+
+
+def test_shown_in_report_html():
+    from report_parse import PageStructure
+
+    from panfpn.evaluation.report import build_report
+
+    split = {"pq": 0.5, "sq": 0.8, "rq": 0.625, "n": 1}
+    metrics = {"panoptic": {"All": split, "Things": split, "Stuff": split, "per_class": {}},
+               "sem_seg": {"mIoU": 0.5}, "cityscapes_ap": {"AP": 0.25, "AP50": None, "per_class": {}}}
+    other = dict(PageStructure(build_report(metrics, {})).texts("other-metrics"))
+    assert other["Cityscapes AP"] == "25.00" and other["Cityscapes AP50"] == "n/a"
+
+
+def test_a_training_objective_when_configured():
+    from config_helpers import compose_config
+
+    from panfpn.engine.training.job import check_objective, objective_value
+
+    with pytest.raises(ConfigError, match="eval.evaluators has no cityscapes_ap"):
+        check_objective(compose_config(["train.objective=cityscapes_ap/AP"]))
+    cfg = compose_config(["experiment=cityscapes_r50", "train.objective=cityscapes_ap/AP50"])
+    assert check_objective(cfg) is None
+    split = {"pq": 0.5, "sq": 0.8, "rq": 0.625}
+    result = {"eval": {"panoptic": {"All": split, "Things": split, "Stuff": split}, "sem_seg": {"mIoU": 0.5},
+                       "cityscapes_ap": {"AP": 0.25, "AP50": 0.375, "per_class": {}}}}
+    assert objective_value(cfg, result) == 37.5
+
+
+def test_ranks_gather_to_the_single_process_result(cityscapes_root, monkeypatch):
+    """Images split over two ranks: evaluate() gathers both ranks' entries (all_gather_objects)
+    and gives the one-process numbers."""
+    from panfpn.evaluation import cityscapes_ap as cs
+
+    ds = cityscapes_panoptic_dataset(cityscapes_root, "val", is_train=False)
+    preds = frames()
+    whole, rank0, rank1 = (CityscapesAP(ds.metadata) for _ in range(3))
+    for i in range(len(ds)):
+        sample = ds[i]
+        p = preds[sample["image_id"]][1]
+        args = (sample["gt_panoptic"], sample["segments_info"], [LABEL_ID[n] for n, _, _ in p],
+                [float(np.float32(s)) for _, s, _ in p], np.stack([m for _, _, m in p]))
+        whole.add_image(*args)
+        (rank0 if i == 0 else rank1).add_image(*args)
+    expected = whole.evaluate()
+    monkeypatch.setattr(cs, "is_multiprocess", lambda: True)
+    monkeypatch.setattr(cs, "all_gather_objects", lambda own: [own, (rank1.entries, rank1.have_gt, rank1.have_pred)])
+    assert rank0.evaluate() == expected
+
+
+def _one_frame_ap(tmp_path: Path, inst: np.ndarray, preds: list) -> tuple[dict, Path]:
+    """Our result on one frame (``preds``: class, score, mask) and the folder of its written files."""
+    frame = "frankfurt_000000_000294"
+    write_gt_fine(tmp_path, "val", {frame: inst})
+    create_panoptic_imgs(tmp_path, "val")
+    ds = cityscapes_panoptic_dataset(tmp_path, "val", is_train=False)
+    sample, results = ds[0], tmp_path / "results"
+    evaluator = CityscapesAP(ds.metadata, results)
+    evaluator.add_image(sample["gt_panoptic"], sample["segments_info"], [LABEL_ID[n] for n, _, _ in preds],
+                        [s for _, s, _ in preds], np.stack([m for _, _, m in preds]))
+    from panfpn.evaluation.cityscapes_instance_files import write_instance_files
+
+    write_instance_files(results, frame, [LABEL_ID[n] for n, _, _ in preds], [s for _, s, _ in preds],
+                         np.stack([m for _, _, m in preds]), evaluator.classes)
+    return evaluator.evaluate()["cityscapes_ap"], results
+
+
+def test_the_two_documented_differences(tmp_path, monkeypatch):
+    """docs/cityscapes.md: (1) a caravan instance is void in the panoptic ground truth but not for the
+    script, so a car prediction on it is ignored here and a false positive there; (2) a class with
+    ground truth and predictions but no scored entry stops the script (IndexError) and scores 0 here."""
+    inst = np.full((H, W), 7, np.int32)
+    inst[2:14, 2:14] = 26000                   # car
+    inst[20:32, 40:60] = 29000                 # caravan instance (an ignored class)
+    ours, results = _one_frame_ap(tmp_path / "a", inst,
+                                  [("car", 0.9, box(2, 14, 2, 14)), ("car", 0.95, box(20, 32, 40, 60))])
+    official = official_instance_ap(tmp_path / "a", results, tmp_path / "a", monkeypatch)
+    assert ours["per_class"][26]["AP"] == 1.0 and official["classes"]["car"]["ap"] < 1.0
+
+    inst = np.full((H, W), 7, np.int32)
+    inst[2:14, 2:14] = 26000                   # car, never found
+    inst[20:32, 40:60] = 1                     # ego vehicle: void
+    ours, results = _one_frame_ap(tmp_path / "b", inst, [("car", 0.9, box(20, 32, 40, 60))])
+    with pytest.raises(IndexError):
+        official_instance_ap(tmp_path / "b", results, tmp_path / "b", monkeypatch)
+    assert ours["per_class"][26] == {"name": "car", "AP": 0.0, "AP50": 0.0}

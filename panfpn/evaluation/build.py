@@ -25,7 +25,8 @@ from panfpn.evaluation.evaluators import (COCOAP, Overlays, PanopticPNGWriter, P
 from panfpn.utils.errors import ConfigError
 
 # Short names for eval.evaluators (a new metric: its class, one line here, its name in the config).
-NAMED = {"pq_by_area": "panfpn.evaluation.pq_by_area.PQByArea"}
+NAMED = {"pq_by_area": "panfpn.evaluation.pq_by_area.PQByArea",
+         "cityscapes_sem_seg": "panfpn.evaluation.cityscapes_pixel.CityscapesSemSeg"}
 REPORT_WORST_IMAGES = 8  # images with the lowest per-image PQ shown in report.html
 
 

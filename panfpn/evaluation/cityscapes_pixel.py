@@ -62,6 +62,7 @@ AVG_CLASS_SIZE = {
 }
 CATEGORIES = ("flat", "construction", "object", "nature", "sky", "human", "vehicle")
 NAME = "cityscapes_sem_seg"
+SCORES = ("IoU", "iIoU", "IoU_sup", "iIoU_sup")  # the averages, in Detectron2's order
 
 
 def cityscapes_categories_of(metadata: DatasetMetadata) -> list[str] | None:
@@ -212,4 +213,4 @@ class CityscapesSemSeg(Evaluator):
         return {NAME: self.scores.compute()}
 
 
-__all__ = ["AVG_CLASS_SIZE", "CATEGORIES", "CityscapesPixelScores", "CityscapesSemSeg", "cityscapes_categories_of"]
+__all__ = ["AVG_CLASS_SIZE", "CATEGORIES", "SCORES", "CityscapesPixelScores", "CityscapesSemSeg", "cityscapes_categories_of"]

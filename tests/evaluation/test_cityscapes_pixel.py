@@ -192,3 +192,17 @@ def test_on_by_default_for_cityscapes_only(compose_cfg):
         assert "cityscapes_sem_seg" in compose_cfg([f"experiment={experiment}"]).eval.evaluators, experiment
     for experiment in ("coco_r50_1x", "synthetic_cpu"):
         assert "cityscapes_sem_seg" not in compose_cfg([f"experiment={experiment}"]).eval.evaluators, experiment
+
+
+def test_tables_and_scalars_show_the_four_scores_in_percent():
+    from panfpn.engine.eval_loop import format_results, metrics_to_scalars
+
+    split = {"pq": 0.5, "sq": 0.7, "rq": 0.6, "n": 1}
+    metrics = {"panoptic": {"All": split, "Things": split, "Stuff": split, "per_class": {}},
+               "sem_seg": {"mIoU": 0.5},
+               "cityscapes_sem_seg": {"IoU": 0.5, "iIoU": 0.25, "IoU_sup": 0.75, "iIoU_sup": float("nan")}}
+    assert "Cityscapes  IoU 50.00  iIoU 25.00  IoU_sup 75.00  iIoU_sup n/a" in format_results(metrics).splitlines()
+    scalars = metrics_to_scalars(metrics)
+    assert scalars["cityscapes_sem_seg/iIoU"] == 25.0 and "cityscapes_sem_seg/iIoU_sup" not in scalars
+    metrics["cityscapes_sem_seg"]["iIoU_sup"] = None  # as eval_results.json holds a NaN
+    assert "iIoU_sup n/a" in format_results(metrics)

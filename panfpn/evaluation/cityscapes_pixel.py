@@ -115,7 +115,7 @@ class CityscapesPixelScores:
     def reset(self) -> None:
         c = len(self.names)
         self.confusion.reset()
-        # rows: tp_w, fn_w per class, then tp_w, fn_w per category
+        # row 0: weighted tp, row 1: weighted fn; per semantic label, and per category of CATEGORIES
         self.class_sums = torch.zeros(2, c, dtype=torch.float64)
         self.category_sums = torch.zeros(2, len(CATEGORIES), dtype=torch.float64)
 

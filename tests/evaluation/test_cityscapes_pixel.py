@@ -4,12 +4,14 @@ whose panoptic ground truth the official createPanopticImgs made."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -19,10 +21,12 @@ from panfpn.data.collate import collate_panoptic
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine.eval_loop import evaluate
 from panfpn.evaluation.build import configured_evaluators
+from panfpn.evaluation.cityscapes_pixel import CityscapesPixelScores
 from panfpn.utils.errors import ConfigError
 
 pytest.importorskip("cityscapesscripts.preparation.createPanopticImgs")
 from cityscapes_layout import create_panoptic_imgs, write_gt_fine  # noqa: E402
+from cityscapes_pixel_ranks import feed, random_image, rank_main  # noqa: E402
 
 H, W = 40, 80
 LABEL_TO_TRAIN = {c["id"]: t["id"] for c, t in zip(cityscapes_panoptic_categories(False),
@@ -206,3 +210,25 @@ def test_tables_and_scalars_show_the_four_scores_in_percent():
     assert scalars["cityscapes_sem_seg/iIoU"] == 25.0 and "cityscapes_sem_seg/iIoU_sup" not in scalars
     metrics["cityscapes_sem_seg"]["iIoU_sup"] = None  # as eval_results.json holds a NaN
     assert "iIoU_sup n/a" in format_results(metrics)
+
+
+def test_ranks_reduce_to_the_single_process_scores(tmp_path):
+    rng = np.random.default_rng(3)
+    images = [random_image(rng) for _ in range(8)]
+    mp.spawn(rank_main, args=(2, str(tmp_path / "init"), images, str(tmp_path)), nprocs=2)
+    single = CityscapesPixelScores(cityscapes_panoptic_metadata())
+    feed(single, images)
+    expected = single.compute()
+    assert 0 < expected["iIoU"] < 1
+    for rank in range(2):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert flat(got).keys() == flat(expected).keys()
+        assert all(same(v, flat(expected)[k]) for k, v in flat(got).items()), rank
+
+
+def flat(tree: dict, prefix: str = "") -> dict[str, float]:
+    """The numbers of a nested result dict by their /-joined key path."""
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        out.update(flat(value, f"{prefix}{key}/") if isinstance(value, dict) else {prefix + key: value})
+    return out

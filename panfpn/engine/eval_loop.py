@@ -9,6 +9,7 @@ resolution); predictions never round-trip through PNG files.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -19,6 +20,7 @@ from panfpn.data.loader import build_dataloader
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.engine import distributed as du
 from panfpn.engine.job_setup import move_batch
+from panfpn.evaluation.cityscapes_pixel import SCORES as CITYSCAPES_PIXEL_SCORES
 from panfpn.evaluation.coco_ap import ap_text
 from panfpn.evaluation.evaluator import Evaluator, eval_images
 from panfpn.engine.progress import Progress
@@ -93,6 +95,14 @@ def _sum_over_ranks(n: int, device: torch.device) -> int:
     return int(du.all_reduce_sum(torch.tensor([n], dtype=torch.int64, device=device)).item())
 
 
+def _cityscapes_pixel_scores(metrics: dict) -> dict[str, float | None]:
+    """IoU, iIoU, IoU_sup, iIoU_sup of ``cityscapes_sem_seg`` in percent; None where undefined (NaN,
+    or null once the results went through JSON); empty when that evaluator did not run."""
+    scores = metrics.get("cityscapes_sem_seg") or {}
+    return {k: 100.0 * v if isinstance(v, (int, float)) and math.isfinite(v) else None
+            for k, v in ((k, scores.get(k)) for k in CITYSCAPES_PIXEL_SCORES)} if scores else {}
+
+
 def metrics_to_scalars(metrics: dict) -> dict[str, float]:
     """Flatten evaluation results into TensorBoard scalar names (percent, like papers report)."""
     scalars: dict[str, float] = {}
@@ -100,6 +110,9 @@ def metrics_to_scalars(metrics: dict) -> dict[str, float]:
         for key in ("pq", "sq", "rq"):
             scalars[f"{key}/{split}"] = 100.0 * metrics["panoptic"][split][key]
     scalars["sem_seg/mIoU"] = 100.0 * metrics["sem_seg"]["mIoU"]
+    for key, value in _cityscapes_pixel_scores(metrics).items():
+        if value is not None:
+            scalars[f"cityscapes_sem_seg/{key}"] = value
     for task in ("bbox", "segm"):
         if task in metrics:
             for key, value in metrics[task].items():
@@ -116,6 +129,9 @@ def format_results(metrics: dict) -> str:
     """The familiar PQ table plus mIoU and AP lines, as printed by tools/eval.py and the demo."""
     lines = [format_table(metrics["panoptic"], decimals=2)]
     lines.append(f"mIoU {100 * metrics['sem_seg']['mIoU']:.2f}")
+    if "cityscapes_sem_seg" in metrics:
+        lines.append("Cityscapes  " + "  ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}"
+                                                for k, v in _cityscapes_pixel_scores(metrics).items()))
     for task in ("bbox", "segm"):
         if task in metrics:
             lines.append(f"{task} AP {ap_text(metrics[task]['AP'])}  AP50 {ap_text(metrics[task]['AP50'])}"

@@ -28,7 +28,8 @@ from panfpn.utils.errors import ConfigError
 
 # Short names for eval.evaluators (a new metric: its class, one line here, its name in the config).
 NAMED = {"pq_by_area": "panfpn.evaluation.pq_by_area.PQByArea",
-         "cityscapes_ap": "panfpn.evaluation.cityscapes_ap.CityscapesAP"}
+         "cityscapes_ap": "panfpn.evaluation.cityscapes_ap.CityscapesAP",
+         "cityscapes_sem_seg": "panfpn.evaluation.cityscapes_pixel.CityscapesSemSeg"}
 CITYSCAPES_INSTANCE_DIR = "cityscapes_instances"  # eval.save_predictions + cityscapes_ap: <run dir>/predictions/<this>
 REPORT_WORST_IMAGES = 8  # images with the lowest per-image PQ shown in report.html
 

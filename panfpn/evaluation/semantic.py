@@ -49,7 +49,9 @@ class SemSegEvaluator:
         else:
             self.confusion += counts.to(self.confusion.device)
 
-    def _reduced(self) -> torch.Tensor:
+    def reduced_confusion(self) -> torch.Tensor:
+        """float64 ``[C, C + 1]`` counts summed over ranks: rows = scored ground-truth labels, columns =
+        predicted labels (column C: out-of-range predictions)."""
         c = self.num_classes
         conf = self.confusion if self.confusion is not None else torch.zeros(
             c + 1, c + 1, dtype=torch.long)
@@ -63,7 +65,7 @@ class SemSegEvaluator:
             prediction and ground truth), "ACC": [C] (nan for a class absent from the ground
             truth)}``; the means are over classes whose value is not nan.
         """
-        conf = self._reduced()
+        conf = self.reduced_confusion()
         c = self.num_classes
         tp = conf.diagonal()[:c]
         gt_count = conf.sum(1)

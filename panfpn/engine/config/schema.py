@@ -179,7 +179,7 @@ class EvalOptions:
                                  "in report.html (paged, sorted by per-image PQ)")
     evaluators: list = option(Check("a list of evaluator names (e.g. pq_by_area) or {_target_: module.Class} entries",
                                     _evaluator_list), "metrics beyond PQ / mIoU / AP: built-in names (pq_by_area, "
-                              "cityscapes_ap) or {_target_: module.Class} entries (docs/evaluation.md#evaluators)")
+                              "cityscapes_ap, cityscapes_sem_seg) or {_target_: module.Class} entries (docs/evaluation.md#evaluators)")
 
 
 @section("solver")

@@ -46,7 +46,8 @@ class TrainingInterrupted(Exception):
 # The objective's possible names: the final evaluation's scalars (as TensorBoard shows them) and losses.
 OBJECTIVE_NAMES = (*(f"{k}/{s}" for k in ("pq", "sq", "rq") for s in ("All", "Things", "Stuff")), "sem_seg/mIoU",
                    *(f"{t}/{k}" for t in ("bbox", "segm") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")),
-                   "cityscapes_ap/AP", "cityscapes_ap/AP50", "loss/total")
+                   "cityscapes_ap/AP", "cityscapes_ap/AP50",
+                   *(f"cityscapes_sem_seg/{k}" for k in ("IoU", "iIoU", "IoU_sup", "iIoU_sup")), "loss/total")
 
 
 def check_objective(cfg: DictConfig) -> str | None:
@@ -63,8 +64,9 @@ def check_objective(cfg: DictConfig) -> str | None:
                              "a 'loss/...' name"))
     if str(name).split("/")[0] in ("bbox", "segm") and not cfg.eval.compute_ap:
         raise ConfigError(f"config key 'train.objective' is {name!r} but eval.compute_ap=false")
-    if str(name).startswith("cityscapes_ap/") and "cityscapes_ap" not in list(cfg.eval.get("evaluators") or []):
-        raise ConfigError(f"config key 'train.objective' is {name!r} but eval.evaluators has no cityscapes_ap")
+    evaluator = str(name).split("/")[0]
+    if evaluator in ("cityscapes_ap", "cityscapes_sem_seg") and evaluator not in list(cfg.eval.get("evaluators") or []):
+        raise ConfigError(f"config key 'train.objective' is {name!r} but eval.evaluators has no {evaluator}")
     if int(cfg.train.eval_period) < 0:
         return (f"train.objective={name} needs an evaluation but train.eval_period=-1: this run returns no "
                 "objective (a sweeper counts it as failed)")

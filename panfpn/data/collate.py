@@ -21,7 +21,7 @@ def collate_panoptic(samples: Sequence[dict], size_divisibility: int = SIZE_DIVI
     Images are zero-padded and ``sem_seg`` is padded with 255 at the bottom/right to the
     batch's largest size rounded up to ``size_divisibility``: ``images`` uint8
     ``[B, 3, Hp, Wp]``, ``sem_seg`` int64 ``[B, Hp, Wp]``. Per-image entries (instances,
-    sizes, ids, and for eval samples ``gt_panoptic``/``segments_info``) are lists.
+    sizes, ids, and for eval samples ``gt_panoptic``/``segments_info``/``image_paths``) are lists.
     """
     if not samples:
         raise ValueError("collate_panoptic got an empty list of samples")
@@ -45,4 +45,5 @@ def collate_panoptic(samples: Sequence[dict], size_divisibility: int = SIZE_DIVI
     if all("gt_panoptic" in s for s in samples):
         batch["gt_panoptic"] = [s["gt_panoptic"] for s in samples]
         batch["segments_info"] = [s["segments_info"] for s in samples]
+        batch["image_paths"] = [s.get("image_path") for s in samples]
     return batch

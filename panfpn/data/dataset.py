@@ -285,6 +285,7 @@ class PanopticDataset(Dataset):
         if not self.is_train:
             sample["gt_panoptic"] = gt_panoptic
             sample["segments_info"] = [dict(s) for s in rec.segments]
+            sample["image_path"] = str(image_path)
         return sample
 
     def _skip(self, index: int, error: BadImageError) -> None:

@@ -38,18 +38,23 @@ Ground truth from createPanopticImgs' panoptic files. The official script reads
 instance. createPanopticImgs makes one segment per value of that image, with the value as the
 segment id: an instance (value >= 1000) of a thing class is a non-crowd segment, a group (a thing
 label's id, < 1000) a crowd segment, and every value whose label is ignored in evaluation is left out
-(id 0). So a non-crowd thing segment here is the official instance (same pixels, same count), a
-crowd thing segment its group, and pixels outside every segment its void (the ignored label ids).
-One difference: caravan and trailer are ignored classes that have instances; their instance pixels
-(29000 + n, 30000 + n) are left out of the panoptic files like void, but the official void test
-(value equal to an ignored label id) does not count them. A prediction lying on a caravan or trailer
-instance therefore has a larger ignored share here; on images without such instances the numbers
-are the official ones (``tests/evaluation/test_cityscapes_ap.py`` compares them with the official
-script on the cases above).
+(id 0). So a non-crowd thing segment here is the official instance (same pixels, same count) and a
+crowd thing segment its group. Void is the official one, read from the image's instanceIds PNG
+(:mod:`panfpn.evaluation.cityscapes_void`: a value equal to an ignored label id; caravan and trailer
+instances, 29000 + n and 30000 + n, are ignored classes left out of the panoptic files but not void
+for the script) wherever the download's layout has it beside the image (``gtFine/<split>/<city>/``
+for ``leftImg8bit/<split>/<city>/``). For an image without it, void is every pixel outside the
+panoptic segments, caravan and trailer instances included: a prediction lying on one has a larger
+ignored share there, and may be dropped where the script counts a false positive. The evaluation
+logs how many images took that fallback and records it as ``void_from``: ``"instanceIds"`` (every
+image: the official numbers), ``"panoptic"`` (none) or ``"mixed"``, with the count in
+``images_void_from_panoptic`` (``tests/evaluation/test_cityscapes_ap.py`` compares the numbers with
+the official script on the cases above).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -58,9 +63,12 @@ import numpy as np
 import torch
 
 from panfpn.data.metadata import DatasetMetadata
+from panfpn.evaluation.cityscapes_void import instance_ids_path, official_void
 from panfpn.evaluation.evaluator import EvalImage, Evaluator
-from panfpn.utils.dist import all_gather_objects, is_multiprocess
+from panfpn.utils.dist import all_gather_objects, is_main_process, is_multiprocess
 from panfpn.utils.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 OVERLAPS = np.arange(0.5, 1.0, 0.05)  # the official thresholds, bit for bit
 MIN_REGION_SIZE = 100                 # ground-truth instances under this many pixels are not counted
@@ -154,10 +162,15 @@ def average_precision(entries: Entries) -> float:
 
 
 def image_classes(gt_map: torch.Tensor, gt_segments: Sequence[Mapping], labels: Sequence[int],
-                  scores: Sequence[float], masks: Any, classes: Mapping[int, int]) -> list[ImageClass]:
+                  scores: Sequence[float], masks: Any, classes: Mapping[int, int],
+                  void: torch.Tensor | None = None) -> list[ImageClass]:
     """One :class:`ImageClass` per scored class of one image. ``labels``: dataset category ids of
     the predictions; ``masks``: bool ``[K, H, W]``, a sequence of ``K`` bool ``[H, W]`` or a
-    ``BoxMasks`` (read inside each box: no full-size mask is made)."""
+    ``BoxMasks`` (read inside each box: no full-size mask is made); ``void``: bool ``[H, W]``, the
+    official void pixels (:func:`panfpn.evaluation.cityscapes_void.official_void`), or None for the
+    pixels outside every segment of ``gt_map``."""
+    if void is not None:
+        void = torch.as_tensor(void, device=gt_map.device)
     out = [ImageClass() for _ in INSTANCE_CLASSES]
     ids, counts = torch.unique(gt_map, return_counts=True)
     area = dict(zip(ids.tolist(), counts.tolist()))
@@ -178,22 +191,24 @@ def image_classes(gt_map: torch.Tensor, gt_segments: Sequence[Mapping], labels: 
             continue
         if boxed:
             crop, (y0, x0) = masks.crops[j], masks.origins[j]
-            under = gt_map[y0:y0 + crop.shape[0], x0:x0 + crop.shape[1]][crop.to(gt_map.device)]
+            window = (slice(y0, y0 + crop.shape[0]), slice(x0, x0 + crop.shape[1]))
+            mask = crop.to(gt_map.device)
         else:
-            under = gt_map[torch.as_tensor(masks[j], device=gt_map.device).bool()]
+            window, mask = (slice(None), slice(None)), torch.as_tensor(masks[j], device=gt_map.device).bool()
+        under = gt_map[window][mask]
         if under.numel() == 0:
             continue
         hit_ids, hit_counts = torch.unique(under, return_counts=True)
         cls, p = out[k], len(out[k].pred_score)
         cls.pred_score.append(float(score))
         cls.pred_area.append(int(under.numel()))
-        void = 0
+        outside = 0  # pixels outside every segment
         for seg_id, n in zip(hit_ids.tolist(), hit_counts.tolist()):
             if seg_id not in labelled:
-                void += n
+                outside += n
             elif seg_id in gt_index and gt_index[seg_id][0] == k:
                 cls.overlaps[(gt_index[seg_id][1], p)] = n
-        cls.pred_void.append(void)
+        cls.pred_void.append(outside if void is None else int(void[window][mask].sum()))
     return out
 
 
@@ -214,10 +229,10 @@ def summarize(entries: Sequence[Sequence[Entries]], have_gt: Sequence[bool], hav
 
 
 class CityscapesAP(Evaluator):
-    """``{"cityscapes_ap": {"AP", "AP50", "per_class"}}``: cityscapesScripts' instance-level AP of
-    the model's instances (module docstring), fractions like ``segm``; per image only the scored
-    entries are kept. ``write_dir``: also write the official prediction files there
-    (:mod:`panfpn.evaluation.cityscapes_instance_files`)."""
+    """``{"cityscapes_ap": {"AP", "AP50", "per_class", "void_from", "images_void_from_panoptic"}}``:
+    cityscapesScripts' instance-level AP of the model's instances (module docstring), fractions like
+    ``segm``; per image only the scored entries are kept. ``write_dir``: also write the official
+    prediction files there (:mod:`panfpn.evaluation.cityscapes_instance_files`)."""
 
     def __init__(self, metadata: DatasetMetadata, write_dir: str | Path | None = None) -> None:
         self.classes = cityscapes_classes(metadata)
@@ -230,38 +245,70 @@ class CityscapesAP(Evaluator):
         self.entries = [[Entries() for _ in OVERLAPS] for _ in INSTANCE_CLASSES]
         self.have_gt = [False] * len(INSTANCE_CLASSES)
         self.have_pred = [False] * len(INSTANCE_CLASSES)
+        self.void_counts = {"instanceIds": 0, "panoptic": 0}  # images by where their void came from
+        self.without_ids: str | None = None  # the first image whose void came from the panoptic files
 
     def process(self, batch: Mapping[str, Any], outputs: Sequence[EvalImage]) -> None:
         for img in outputs:
             instances = img.output["instances"]
             labels = self.thing_ids.to(instances["labels"].device)[instances["labels"]].tolist()
             scores = instances["scores"].tolist()
-            self.add_image(img.gt_map, img.gt_segments, labels, scores, instances["masks"])
+            ids_path = instance_ids_path(img.image_path)
+            void, name = None, None
+            if ids_path is not None and ids_path.is_file():
+                void = torch.from_numpy(official_void(ids_path, tuple(img.gt_map.shape), img.image_id))
+            elif ids_path is not None:
+                name = f"image id {img.image_id!r}: no {ids_path}"
+            else:
+                name = (f"image id {img.image_id!r}: {img.image_path or 'image path unknown'} is not in the "
+                        "leftImg8bit/<split>/<city>/ layout")
+            self.add_image(img.gt_map, img.gt_segments, labels, scores, instances["masks"], void=void, image=name)
             if self.write_dir is not None:
                 from panfpn.evaluation.cityscapes_instance_files import write_instance_files
 
                 write_instance_files(self.write_dir, img.image_id, labels, scores, instances["masks"], self.classes)
 
     def add_image(self, gt_map: torch.Tensor, gt_segments: Sequence[Mapping], labels: Sequence[int],
-                  scores: Sequence[float], masks: Any) -> None:
-        """Score one image: ground truth as the dataset gives it, predictions in dataset ids."""
-        for k, cls in enumerate(image_classes(gt_map, gt_segments, labels, scores, masks, self.classes)):
+                  scores: Sequence[float], masks: Any, void: torch.Tensor | None = None,
+                  image: str | None = None) -> None:
+        """Score one image: ground truth as the dataset gives it, predictions in dataset ids, ``void``
+        the official void pixels or None (the panoptic files' void; ``image`` names it in the log)."""
+        self.void_counts["panoptic" if void is None else "instanceIds"] += 1
+        if void is None and self.without_ids is None:
+            self.without_ids = image or f"image {sum(self.void_counts.values())} given to add_image"
+        for k, cls in enumerate(image_classes(gt_map, gt_segments, labels, scores, masks, self.classes, void)):
             self.have_gt[k] |= any(not g and a >= MIN_REGION_SIZE for a, g in zip(cls.gt_area, cls.gt_group))
             self.have_pred[k] |= bool(cls.pred_score)
             for t, out in zip(OVERLAPS, self.entries[k]):
                 score_class(cls, float(t), out)
 
+    def local_state(self) -> tuple:
+        """What :meth:`evaluate` gathers from each rank."""
+        return self.entries, self.have_gt, self.have_pred, self.void_counts, self.without_ids
+
     def evaluate(self) -> dict[str, Any]:
-        entries, have_gt, have_pred = self.entries, self.have_gt, self.have_pred
+        entries, have_gt, have_pred, counts, without_ids = self.local_state()
         if is_multiprocess():
-            parts = all_gather_objects((entries, have_gt, have_pred))
+            parts = all_gather_objects(self.local_state())
             entries = [[Entries([s for p in parts for s in p[0][k][i].scores],
                                 [b for p in parts for b in p[0][k][i].true],
                                 sum(p[0][k][i].missed for p in parts))
                         for i in range(len(OVERLAPS))] for k in range(len(INSTANCE_CLASSES))]
             have_gt = [any(p[1][k] for p in parts) for k in range(len(INSTANCE_CLASSES))]
             have_pred = [any(p[2][k] for p in parts) for k in range(len(INSTANCE_CLASSES))]
-        return {"cityscapes_ap": summarize(entries, have_gt, have_pred, self.category_ids)}
+            counts = {key: sum(p[3][key] for p in parts) for key in counts}
+            without_ids = next((p[4] for p in parts if p[4] is not None), None)
+        exact, fallback = counts["instanceIds"], counts["panoptic"]
+        if fallback and is_main_process():
+            logger.warning("cityscapes_ap: %d of %d images have no gtFine instanceIds PNG beside their image (first: "
+                           "%s); their void is the panoptic files', where caravan and trailer instances are void "
+                           "too, so AP may differ from the official script's (void_from=%s)", fallback,
+                           exact + fallback, without_ids, "panoptic" if not exact else "mixed")
+        result = summarize(entries, have_gt, have_pred, self.category_ids)
+        result["void_from"] = (None if not exact + fallback else "instanceIds" if not fallback
+                               else "panoptic" if not exact else "mixed")
+        result["images_void_from_panoptic"] = fallback
+        return {"cityscapes_ap": result}
 
 
 __all__ = ["CityscapesAP", "INSTANCE_CLASSES", "MIN_REGION_SIZE", "OVERLAPS", "average_precision",

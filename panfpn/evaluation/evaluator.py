@@ -43,6 +43,8 @@ class EvalImage:
         self.batch, self.index, self.output, self.metadata = batch, index, output, metadata
         self.image_id = batch["image_ids"][index]
         self.file_name = batch["file_names"][index]
+        paths = batch.get("image_paths")  # where the image was read (eval datasets); None when not known
+        self.image_path: str | None = paths[index] if paths is not None else None
         self.pred_map, segments = output["panoptic"]
         self.pred_segments = model_segments_to_dataset(segments, metadata)
         gt_map = batch["gt_panoptic"][index]

@@ -102,9 +102,10 @@ class FixedInstances(torch.nn.Module):
     """Outputs the instances of :func:`frames` for each image of the batch (masks as one tensor,
     or for the last frame as BoxMasks as the eval loop's merge keeps them)."""
 
-    def __init__(self, metadata):
+    def __init__(self, metadata, preds=None):
         super().__init__()
-        self.meta, self.preds = metadata, {k: p for k, (_, p) in frames().items()}
+        self.meta = metadata
+        self.preds = preds if preds is not None else {k: p for k, (_, p) in frames().items()}
 
     def forward(self, batch):
         outputs = []
@@ -161,6 +162,7 @@ def test_native_ap_equals_the_official_script(cityscapes_root, tmp_path, monkeyp
 
     assert metrics["AP"] == pytest.approx(official["allAp"], abs=1e-9)
     assert metrics["AP50"] == pytest.approx(official["allAp50%"], abs=1e-9)
+    assert metrics["void_from"] == "instanceIds" and metrics["images_void_from_panoptic"] == 0
     names = {c.id: c.name for c in ds.metadata.categories}
     assert {names[c] for c in metrics["per_class"]} == set(official["classes"])
     for cat, ours in metrics["per_class"].items():
@@ -329,43 +331,141 @@ def test_ranks_gather_to_the_single_process_result(cityscapes_root, monkeypatch)
         (rank0 if i == 0 else rank1).add_image(*args)
     expected = whole.evaluate()
     monkeypatch.setattr(cs, "is_multiprocess", lambda: True)
-    monkeypatch.setattr(cs, "all_gather_objects", lambda own: [own, (rank1.entries, rank1.have_gt, rank1.have_pred)])
+    monkeypatch.setattr(cs, "all_gather_objects", lambda own: [own, rank1.local_state()])
     assert rank0.evaluate() == expected
+    assert expected["cityscapes_ap"]["void_from"] == "panoptic"  # add_image without the official void
+    assert expected["cityscapes_ap"]["images_void_from_panoptic"] == 3
 
 
-def _one_frame_ap(tmp_path: Path, inst: np.ndarray, preds: list) -> tuple[dict, Path]:
-    """Our result on one frame (``preds``: class, score, mask) and the folder of its written files."""
-    frame = "frankfurt_000000_000294"
-    write_gt_fine(tmp_path, "val", {frame: inst})
-    create_panoptic_imgs(tmp_path, "val")
-    ds = cityscapes_panoptic_dataset(tmp_path, "val", is_train=False)
-    sample, results = ds[0], tmp_path / "results"
-    evaluator = CityscapesAP(ds.metadata, results)
-    evaluator.add_image(sample["gt_panoptic"], sample["segments_info"], [LABEL_ID[n] for n, _, _ in preds],
-                        [s for _, s, _ in preds], np.stack([m for _, _, m in preds]))
-    from panfpn.evaluation.cityscapes_instance_files import write_instance_files
+def _eval_frames(root: Path, gt: dict[str, np.ndarray], preds: dict[str, list], *,
+                 drop_instance_ids: tuple[str, ...] = ()) -> tuple[dict, Path]:
+    """Our result on the frames ``gt`` (instanceIds content) with ``preds`` (class, score, mask),
+    evaluated one image per batch from the dataset (which gives the image paths), and the folder
+    of the written prediction files. ``drop_instance_ids``: frames whose instanceIds PNG is deleted
+    after createPanopticImgs ran."""
+    write_gt_fine(root, "val", gt)
+    create_panoptic_imgs(root, "val")
+    for frame in drop_instance_ids:
+        (root / "gtFine" / "val" / frame.split("_")[0] / f"{frame}_gtFine_instanceIds.png").unlink()
+    ds = cityscapes_panoptic_dataset(root, "val", is_train=False)
+    results = root / "results"
+    loader = DataLoader(ds, batch_size=1, collate_fn=collate_panoptic)
+    metrics = evaluate(FixedInstances(ds.metadata, preds), loader, ds.metadata, [CityscapesAP(ds.metadata, results)],
+                       device=torch.device("cpu"), progress=False)
+    return metrics["cityscapes_ap"], results
 
-    write_instance_files(results, frame, [LABEL_ID[n] for n, _, _ in preds], [s for _, s, _ in preds],
-                         np.stack([m for _, _, m in preds]), evaluator.classes)
-    return evaluator.evaluate()["cityscapes_ap"], results
+
+CARAVAN_FRAME = "frankfurt_000000_000294"
 
 
-def test_the_two_documented_differences(tmp_path, monkeypatch):
-    """docs/cityscapes.md: (1) a caravan instance is void in the panoptic ground truth but not for the
-    script, so a car prediction on it is ignored here and a false positive there; (2) a class with
-    ground truth and predictions but no scored entry stops the script (IndexError) and scores 0 here."""
+def caravan_frame() -> tuple[np.ndarray, list]:
+    """A car, a caravan and a trailer instance (ignored classes with instances), a caravan group
+    (void for the script too); car predictions on each."""
     inst = np.full((H, W), 7, np.int32)
     inst[2:14, 2:14] = 26000                   # car
-    inst[20:32, 40:60] = 29000                 # caravan instance (an ignored class)
-    ours, results = _one_frame_ap(tmp_path / "a", inst,
-                                  [("car", 0.9, box(2, 14, 2, 14)), ("car", 0.95, box(20, 32, 40, 60))])
-    official = official_instance_ap(tmp_path / "a", results, tmp_path / "a", monkeypatch)
-    assert ours["per_class"][26]["AP"] == 1.0 and official["classes"]["car"]["ap"] < 1.0
+    inst[20:32, 40:60] = 29000                 # caravan instance: not void for the script
+    inst[2:12, 60:76] = 30001                  # trailer instance: not void for the script
+    inst[30:40, 2:12] = 29                     # caravan group: void
+    preds = [("car", 0.9, box(2, 14, 2, 14)),          # the car
+             ("car", 0.95, box(20, 32, 40, 60)),       # on the caravan: a false positive for the script
+             ("car", 0.8, box(2, 12, 60, 76)),         # on the trailer: a false positive for the script
+             ("car", 0.85, box(30, 40, 2, 12))]        # on the caravan group: ignored by both
+    return inst, preds
 
+
+def test_caravan_and_trailer_instances_are_not_void(tmp_path, monkeypatch):
+    """With the instanceIds PNGs beside the images (the download's layout) void is the script's:
+    car predictions on a caravan and a trailer instance are false positives, as for the script
+    (the panoptic files alone make them void: the previous code gave car AP 1.0 here)."""
+    inst, preds = caravan_frame()
+    ours, results = _eval_frames(tmp_path, {CARAVAN_FRAME: inst}, {CARAVAN_FRAME: preds})
+    official = official_instance_ap(tmp_path, results, tmp_path, monkeypatch)
+    assert official["classes"]["car"]["ap"] < 0.5
+    assert ours["per_class"][26]["AP"] == pytest.approx(official["classes"]["car"]["ap"], abs=1e-9)
+    assert ours["per_class"][26]["AP50"] == pytest.approx(official["classes"]["car"]["ap50%"], abs=1e-9)
+    assert ours["AP"] == pytest.approx(official["allAp"], abs=1e-9)
+    assert ours["void_from"] == "instanceIds" and ours["images_void_from_panoptic"] == 0
+
+
+def test_without_instance_ids_void_comes_from_the_panoptic_files(tmp_path, caplog):
+    """No instanceIds PNG for one of two frames: that frame's void is the panoptic files' (the
+    predictions on the caravan and the trailer are ignored), the result says so ("mixed", 1 image)
+    and one warning per evaluation names the missing file."""
+    inst, preds = caravan_frame()
+    other = "lindau_000001_000019"
+    other_inst = np.full((H, W), 7, np.int32)
+    other_inst[5:25, 5:15] = 24000             # person, found exactly
+    gt, all_preds = {CARAVAN_FRAME: inst, other: other_inst}, {CARAVAN_FRAME: preds,
+                                                               other: [("person", 0.9, box(5, 25, 5, 15))]}
+    with caplog.at_level("WARNING", logger="panfpn.evaluation.cityscapes_ap"):
+        ours, _ = _eval_frames(tmp_path, gt, all_preds, drop_instance_ids=(CARAVAN_FRAME,))
+    assert ours["per_class"][26]["AP"] == 1.0  # the car found, every other car prediction ignored
+    assert ours["void_from"] == "mixed" and ours["images_void_from_panoptic"] == 1
+    warnings = [r.getMessage() for r in caplog.records if r.name == "panfpn.evaluation.cityscapes_ap"]
+    missing = tmp_path / "gtFine" / "val" / "frankfurt" / f"{CARAVAN_FRAME}_gtFine_instanceIds.png"
+    assert len(warnings) == 1 and "1 of 2 images" in warnings[0] and str(missing) in warnings[0]
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="panfpn.evaluation.cityscapes_ap"):
+        ours, _ = _eval_frames(tmp_path / "none", {CARAVAN_FRAME: inst}, {CARAVAN_FRAME: preds},
+                               drop_instance_ids=(CARAVAN_FRAME,))
+    assert ours["void_from"] == "panoptic" and ours["images_void_from_panoptic"] == 1
+    assert len([r for r in caplog.records if r.name == "panfpn.evaluation.cityscapes_ap"]) == 1
+
+
+def test_an_instance_ids_png_of_another_size_is_an_error_naming_it(tmp_path):
+    from PIL import Image
+
+    inst, preds = caravan_frame()
+    write_gt_fine(tmp_path, "val", {CARAVAN_FRAME: inst})
+    create_panoptic_imgs(tmp_path, "val")
+    png = tmp_path / "gtFine" / "val" / "frankfurt" / f"{CARAVAN_FRAME}_gtFine_instanceIds.png"
+    Image.fromarray(np.full((H, W + 1), 7, np.uint16)).save(png)
+    ds = cityscapes_panoptic_dataset(tmp_path, "val", is_train=False)
+    loader = DataLoader(ds, batch_size=1, collate_fn=collate_panoptic)
+    with pytest.raises(ValueError, match=rf"instanceIds PNG {png} is {H}x{W + 1} but the panoptic ground truth "
+                                         rf"of image id '{CARAVAN_FRAME}' is {H}x{W}"):
+        evaluate(FixedInstances(ds.metadata, {CARAVAN_FRAME: preds}), loader, ds.metadata,
+                 [CityscapesAP(ds.metadata)], device=torch.device("cpu"), progress=False)
+
+
+def test_instance_ids_are_read_exactly(tmp_path, monkeypatch):
+    """Every 16-bit value comes back as it is, by Wuffs (when installed) and by Pillow; the void
+    ids are labels.py's ignoreInEval ids; a colour PNG is refused naming the file."""
+    from cityscapesscripts.helpers.labels import labels
+    from PIL import Image
+
+    from panfpn.data import wuffs_png
+    from panfpn.evaluation import cityscapes_void as cv
+
+    assert set(cv.VOID_LABEL_IDS) == {lb.id for lb in labels if lb.ignoreInEval and lb.id >= 0}
+    values = np.random.default_rng(0).integers(0, 1 << 16, (37, 53)).astype(np.uint16)
+    values[0, :3] = (0, 65535, 29000)
+    Image.fromarray(values).save(tmp_path / "ids.png")
+    readers = [True, False] if wuffs_png.available() else [False]
+    for use_wuffs in readers:
+        monkeypatch.setattr(wuffs_png, "available", lambda use=use_wuffs: use)
+        got = cv.read_instance_ids(tmp_path / "ids.png")
+        assert np.array_equal(got.astype(np.int64), values.astype(np.int64)), use_wuffs
+        void = cv.official_void(tmp_path / "ids.png", values.shape, "x")
+        assert np.array_equal(void, np.isin(values, [lb.id for lb in labels if lb.ignoreInEval]))
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match=rf"instanceIds PNG {tmp_path / 'rgb.png'} is PNG mode RGB"):
+        cv.read_instance_ids(tmp_path / "rgb.png")
+    image = tmp_path / "cs" / "leftImg8bit" / "val" / "lindau" / "lindau_000001_000019_leftImg8bit.png"
+    assert cv.instance_ids_path(image) == (tmp_path / "cs" / "gtFine" / "val" / "lindau" /
+                                           "lindau_000001_000019_gtFine_instanceIds.png")
+    assert cv.instance_ids_path(tmp_path / "lindau_000001_000019_leftImg8bit.png") is None
+    assert cv.instance_ids_path(None) is None
+
+
+def test_a_class_without_any_scored_entry_scores_zero(tmp_path, monkeypatch):
+    """docs/cityscapes.md: a class with ground truth and predictions but no scored entry stops the
+    script (IndexError) and scores 0 here."""
     inst = np.full((H, W), 7, np.int32)
     inst[2:14, 2:14] = 26000                   # car, never found
     inst[20:32, 40:60] = 1                     # ego vehicle: void
-    ours, results = _one_frame_ap(tmp_path / "b", inst, [("car", 0.9, box(20, 32, 40, 60))])
+    ours, results = _eval_frames(tmp_path, {CARAVAN_FRAME: inst}, {CARAVAN_FRAME: [("car", 0.9, box(20, 32, 40, 60))]})
     with pytest.raises(IndexError):
-        official_instance_ap(tmp_path / "b", results, tmp_path / "b", monkeypatch)
+        official_instance_ap(tmp_path, results, tmp_path, monkeypatch)
     assert ours["per_class"][26] == {"name": "car", "AP": 0.0, "AP50": 0.0}

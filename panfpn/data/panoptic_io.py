@@ -103,8 +103,7 @@ def _decode_id_png(data: bytes, path: str | os.PathLike, packed: bool) -> np.nda
         raise ValueError(f"{path}: a panoptic id PNG must be RGB (8 bits per channel; id = R + "
                          f"256 G + 256^2 B; RGBA and palette PNGs are read as RGB), got image mode "
                          f"{mode!r}{bits}")
-    _check_pixel_count(data, path)
-    _check_chunk_crcs(data, path)
+    check_png_before_fast_decoding(data, path)
     wuffs_error = None
     if mode == "RGB" and wuffs_png.available() and wuffs_png.is_plain_rgb(data):
         try:
@@ -122,6 +121,13 @@ def _decode_id_png(data: bytes, path: str | os.PathLike, packed: bool) -> np.nda
         err = wuffs_error or e  # (Wuffs names the problem: "truncated input", ...)
         raise ImageReadError.for_file(path, f"cannot read as a PNG ({type(err).__name__}: {err})") from None
     return pack_rgb(rgb) if packed else rgb
+
+
+def check_png_before_fast_decoding(data: bytes, path: str | os.PathLike) -> None:
+    """What Pillow checks and Wuffs / libspng do not, for a PNG (signature and IHDR checked) about
+    to be decoded by them: its pixel count and its chunk checksums (ImageReadError naming the file)."""
+    _check_pixel_count(data, path)
+    _check_chunk_crcs(data, path)
 
 
 def _check_pixel_count(data: bytes, path: str | os.PathLike) -> None:

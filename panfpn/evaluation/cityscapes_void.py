@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from panfpn.data import wuffs_png
+from panfpn.data.panoptic_io import check_png_before_fast_decoding
 
 # labels.py's labels with ignoreInEval, by id: unlabeled, ego vehicle, rectification border, out of
 # roi, static, dynamic, ground, parking, rail track, guard rail, bridge, tunnel, polegroup, caravan,
@@ -51,10 +52,11 @@ def read_instance_ids(path: Path) -> np.ndarray:
     data = path.read_bytes()
     if (wuffs_png.available() and data[:8] == _PNG_SIGNATURE and data[12:16] == b"IHDR"
             and wuffs_png.is_plain_grey16(data)):
+        check_png_before_fast_decoding(data, path)  # Wuffs checks neither size nor checksums
         try:
             return wuffs_png.decode_plain_grey16(data)
-        except ValueError as err:
-            raise ValueError(f"cannot read instanceIds PNG {path}: {err}") from None
+        except ValueError:  # Wuffs refuses some data Pillow reads (bytes after the last row): Pillow's answer
+            pass
     try:
         with Image.open(path) as img:
             if img.format != "PNG" or img.mode not in _GREY_MODES:

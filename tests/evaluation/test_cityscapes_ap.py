@@ -459,6 +459,41 @@ def test_instance_ids_are_read_exactly(tmp_path, monkeypatch):
     assert cv.instance_ids_path(None) is None
 
 
+def test_a_damaged_instance_ids_png_is_an_error_not_other_void(tmp_path):
+    """Wuffs skips PNG checksums: a flipped bit in the image data must stop the run naming the file
+    (as Pillow and the official script's reader do), not give other void pixels."""
+    from PIL import Image
+
+    from panfpn.data import wuffs_png
+    from panfpn.data.image_io import ImageReadError
+    from panfpn.evaluation import cityscapes_void as cv
+    from panfpn.utils.png import png_chunks
+
+    if not wuffs_png.available():
+        pytest.skip("pywuffs is not installed: Pillow, which checks the checksums, reads the file")
+
+    values = np.full((40, 60), 26000, np.uint16)
+    values[:, :30] = 7
+    Image.fromarray(values).save(tmp_path / "ids.png")
+    data = (tmp_path / "ids.png").read_bytes()
+    pos = next(p for p, kind, _ in png_chunks(data) if kind == b"IDAT")
+    damaged = None
+    for offset in range(8, 60):  # a flipped bit in the zlib stream that Wuffs decodes to other values
+        candidate = bytearray(data)
+        candidate[pos + offset] ^= 0x01
+        try:
+            silently_other = not np.array_equal(wuffs_png.decode_plain_grey16(bytes(candidate)), values)
+        except ValueError:
+            continue
+        if silently_other:
+            damaged = bytes(candidate)
+            break
+    assert damaged is not None, "no silently-wrong flip found: the case this test is for"
+    (tmp_path / "ids.png").write_bytes(damaged)
+    with pytest.raises(ImageReadError, match=r"ids\.png.*checksum"):
+        cv.read_instance_ids(tmp_path / "ids.png")
+
+
 def test_a_class_without_any_scored_entry_scores_zero(tmp_path, monkeypatch):
     """docs/cityscapes.md: a class with ground truth and predictions but no scored entry stops the
     script (IndexError) and scores 0 here."""

@@ -272,6 +272,7 @@ def test_export_tool_writes_pipeline_by_default(setup, tmp_path):
     from panfpn.engine.config import ConfigError
     from panfpn.engine.export_run import export_from_config
     from panfpn.deploy.onnx_runner import model_metadata
+    from panfpn.deploy.resize import installed_pass_order
 
     from modeling_helpers import compose_model_config
     from pipeline_helpers import OVERRIDES
@@ -293,6 +294,7 @@ def test_export_tool_writes_pipeline_by_default(setup, tmp_path):
     meta = model_metadata(ort.InferenceSession(summary["files"]["onnx"], providers=["CPUExecutionProvider"]))
     assert meta["categories"] == metadata.to_coco_categories()
     assert meta["resize"] == [128, 320] and meta["merge"]["overlap_thresh"] is None  # textbook rules
+    assert meta["resize_pass_order"] == installed_pass_order()  # the rule the graph's resize follows
     bad = compose_model_config("panoptic_fpn_small", "synthetic", (*overrides, "export.merge=textbok"))
     with pytest.raises(ConfigError, match="export.merge"):
         export_from_config(bad)
@@ -432,8 +434,9 @@ def test_torch_export_programs_match_eager(setup, tmp_path):
     # The pipeline as .pt2 programs, one per merge rule set: Detectron2's (export_pipeline_program)
     # and the model's own rules set to the textbook ones (tools/export.py export.merge=model), plus
     # one with no detection left. torch.export.load runs them in a process without panfpn on the
-    # synthetic images, the COCO photos, a 24x640 strip (resized to 12x320: P5 one cell high) and
-    # a 6x9 corner.
+    # synthetic images, the COCO photos, a 24x640 strip (resized to 12x320: P5 one cell high), a
+    # 6x9 corner and the strip turned upright (640x24 -> 320x12: resized vertical pass first by
+    # Pillow >= 13, which the program selects from the sizes).
     # Each output equals the eager pipeline module's (floats within 1e-4), and against eager
     # model.eval() the checks of the ONNX test hold (same segments, >= 99.99 % pixels, PQ >= 99.9);
     # measured: every id map and segment list identical (the .pt2 runs PyTorch's own kernels), scores
@@ -452,8 +455,10 @@ def test_torch_export_programs_match_eager(setup, tmp_path):
 
     model, metadata, transform, paths = setup
     paths = [*paths, *edge_images(tmp_path)]
+    paths.append(tmp_path / "upright.png")
+    Image.open(paths[-3]).transpose(Image.Transpose.TRANSPOSE).save(paths[-1])
     images = [read_image(p) for p in paths]
-    assert [im.shape[:2] for im in images[-2:]] == [(24, 640), (6, 9)]
+    assert [im.shape[:2] for im in images[-3:]] == [(24, 640), (6, 9), (640, 24)]
     detectron2 = build_pipeline(model, metadata, transform, merge=RULES["detectron2"])
     programs = {"detectron2": export_pipeline_program(detectron2, tmp_path / "detectron2.pt2"),
                 "textbook": _export_program_with_tool(model, tmp_path, RULES["textbook"])}

@@ -4,8 +4,9 @@ program: :class:`~panfpn.deploy.pipeline.PanopticPipeline` for Panoptic FPN,
 
 The ONNX file carries what a runner needs besides the graph, as the metadata entry
 :data:`METADATA_KEY` (JSON): the dataset's COCO categories, the test resize and its pass order
-(that of the Pillow installed where it was exported), the merge rules, the output names and limits. ``panfpn/deploy/onnx_runner.py`` reads it (no panfpn or torch needed);
-docs/deployment.md describes inputs, outputs and ops.
+(that of the Pillow installed where it was exported), the merge rules, the output names and
+limits. ``panfpn/deploy/onnx_runner.py`` reads it (no panfpn or torch needed); docs/deployment.md
+describes inputs, outputs and ops.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@ program: :class:`~panfpn.deploy.pipeline.PanopticPipeline` for Panoptic FPN,
 :class:`~panfpn.deploy.mask2former_pipeline.Mask2FormerPipeline` for Mask2Former (the same outputs).
 
 The ONNX file carries what a runner needs besides the graph, as the metadata entry
-:data:`METADATA_KEY` (JSON): the dataset's COCO categories, the test resize, the merge rules, the
-output names and limits. ``panfpn/deploy/onnx_runner.py`` reads it (no panfpn or torch needed);
-docs/deployment.md describes inputs, outputs and ops.
+:data:`METADATA_KEY` (JSON): the dataset's COCO categories, the test resize and its pass order
+(that of the Pillow installed where it was exported), the merge rules, the output names and
+limits. ``panfpn/deploy/onnx_runner.py`` reads it (no panfpn or torch needed); docs/deployment.md
+describes inputs, outputs and ops.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def pipeline_metadata(pipeline: PanopticPipeline | Mask2FormerPipeline, metadata
     return {"format": FORMAT, "version": VERSION, "input": INPUT_NAME, "outputs": list(OUTPUT_NAMES),
             "model": "mask2former" if m2f else "panoptic_fpn",
             "resize": list(pipeline.resize) if pipeline.resize else None,
+            "resize_pass_order": pipeline.resize_order if pipeline.resize else None,  # the exporting Pillow's
             "max_detections": pipeline.max_detections, "max_side": MAX_SIDE,
             "merge": None if m2f else asdict(pipeline.merge), "stuff_score": -1.0,
             **({"mask_classification": asdict(pipeline.inference)} if m2f else

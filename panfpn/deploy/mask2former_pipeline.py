@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from panfpn.deploy.merge_static import STUFF_SCORE
 from panfpn.deploy.pipeline import crop_to_image, preprocess_image
-from panfpn.deploy.resize import f64, size_of
+from panfpn.deploy.resize import f64, pass_order, size_of
 from panfpn.modeling.mask2former import Mask2Former
 
 _ABSENT = 1 << 40  # the sort key of query slots that start no segment (after every id)
@@ -45,15 +45,19 @@ class Mask2FormerPipeline(nn.Module):
         resize: ``(short_edge, max_size)`` of the test transform, or None (the image is used as is).
         thing_category_ids: dataset category id of each contiguous thing label.
         sem_category_ids: dataset category id of each semantic label (-1 for the 'thing' label).
+        resize_order: the resize's pass order (``panfpn.deploy.resize.PASS_ORDERS``); default that of
+            the installed Pillow, which the eager test transform uses.
     """
 
     def __init__(self, model: Mask2Former, *, resize: tuple[int, int] | None,
-                 thing_category_ids: Sequence[int], sem_category_ids: Sequence[int]) -> None:
+                 thing_category_ids: Sequence[int], sem_category_ids: Sequence[int],
+                 resize_order: str | None = None) -> None:
         super().__init__()
         if model.training:
             raise ValueError("export an eval-mode model: call model.eval() first")
         self.model = model
         self.resize = resize
+        self.resize_order = pass_order(resize_order)
         self.inference = model.inference_config
         space = model.space
         things, sems = [int(c) for c in thing_category_ids], [int(c) for c in sem_category_ids]
@@ -74,7 +78,8 @@ class Mask2FormerPipeline(nn.Module):
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         net = self.model.network
-        x, h, w = preprocess_image(image, self.resize, net.pixel_mean, net.pixel_std, net.memory_format)
+        x, h, w = preprocess_image(image, self.resize, net.pixel_mean, net.pixel_std, net.memory_format,
+                                   self.resize_order)
         logits, masks = net(x)
         masks = full_size_masks(masks[0], x, h, w, image)
         logits = logits[0].float()

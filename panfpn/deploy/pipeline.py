@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from panfpn.data.collate import SIZE_DIVISIBILITY
 from panfpn.deploy import static_ops as ops
 from panfpn.deploy.merge_static import merge_in_boxes, merge_static
-from panfpn.deploy.resize import f64, resize_uint8, shortest_edge_size, size_of, unbacked_size
+from panfpn.deploy.resize import f64, pass_order, resize_uint8, shortest_edge_size, size_of, unbacked_size
 from panfpn.modeling.merge import MergeThresholds
 from panfpn.modeling.panoptic_fpn.network import split_outputs
 from panfpn.modeling.panoptic_fpn import PanopticFPN
@@ -47,16 +47,19 @@ class PanopticPipeline(nn.Module):
         thing_category_ids: dataset category id of each contiguous thing label.
         sem_category_ids: dataset category id of each semantic label (-1 for the 'thing' label).
         merge: the merge rules; default the model's.
+        resize_order: the resize's pass order (``panfpn.deploy.resize.PASS_ORDERS``); default that of
+            the installed Pillow, which the eager test transform uses.
     """
 
     def __init__(self, model: PanopticFPN, *, resize: tuple[int, int] | None,
                  thing_category_ids: Sequence[int], sem_category_ids: Sequence[int],
-                 merge: MergeThresholds | None = None) -> None:
+                 merge: MergeThresholds | None = None, resize_order: str | None = None) -> None:
         super().__init__()
         if model.training:
             raise ValueError("export an eval-mode model: call model.eval() first")
         self.model = model
         self.resize = resize
+        self.resize_order = pass_order(resize_order)
         self.merge = merge if merge is not None else model.merge_thresholds
         self.register_buffer("thing_category_ids", torch.tensor([int(c) for c in thing_category_ids]))
         self.register_buffer("sem_category_ids", torch.tensor([int(c) for c in sem_category_ids]))
@@ -66,7 +69,7 @@ class PanopticPipeline(nn.Module):
     def preprocess(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """uint8 ``[H0, W0, 3]`` -> (normalised padded ``[1, 3, Hp, Wp]``, resized H, W as int64 scalars)."""
         return preprocess_image(image, self.resize, self.model.pixel_mean, self.model.pixel_std,
-                                self.model.memory_format)
+                                self.model.memory_format, self.resize_order)
 
     def detect(self, outputs: Sequence[Tensor], h: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Network outputs -> detections ``(boxes [D, 4] input pixels, scores, labels, mask_probs)``."""
@@ -146,9 +149,11 @@ class PanopticPipeline(nn.Module):
 
 
 def preprocess_image(image: Tensor, resize: tuple[int, int] | None, pixel_mean: Tensor, pixel_std: Tensor,
-                     memory_format: torch.memory_format = torch.contiguous_format) -> tuple[Tensor, Tensor, Tensor]:
+                     memory_format: torch.memory_format = torch.contiguous_format,
+                     resize_order: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """uint8 ``[H0, W0, 3]`` -> (normalised ``[1, 3, Hp, Wp]`` zero-padded to a multiple of 32, resized
-    H, W): the eager test resize, normalisation and collate padding, shared by every pipeline."""
+    H, W): the eager test resize (passes in ``resize_order``, default the installed Pillow's),
+    normalisation and collate padding, shared by every pipeline."""
     chw = image.permute(2, 0, 1)
     h, w = size_of(image, 0), size_of(image, 1)
     if resize is not None:
@@ -158,7 +163,7 @@ def preprocess_image(image: Tensor, resize: tuple[int, int] | None, pixel_mean: 
         h, w = unbacked_size(h, largest), unbacked_size(w, largest)
         if resize is None:  # the image's own rows and columns, with the sizes' new symbols
             chw = chw.index_select(1, torch.arange(h)).index_select(2, torch.arange(w))
-    x = resize_uint8(chw, h, w).float() if resize is not None else chw.float()
+    x = resize_uint8(chw, h, w, resize_order).float() if resize is not None else chw.float()
     x = (x[None] - pixel_mean) / pixel_std
     pad_h, pad_w = (-h) % SIZE_DIVISIBILITY, (-w) % SIZE_DIVISIBILITY
     if isinstance(h, torch.SymInt):  # the padded size as one symbol too

@@ -4,16 +4,21 @@ The test transform (:class:`panfpn.data.transforms.ResizeShortestEdge`) resizes 
 Pillow's ``BILINEAR`` resize, as Detectron2's ``ResizeTransform`` does
 (:func:`panfpn.data.transforms.resize_image`). Its fixed-point arithmetic, per axis: triangle-filter
 weights normalised in float64, scaled by ``2**22`` and rounded half up to integers, integer sums
-plus ``2**21`` shifted right by 22 and clamped to 0..255; horizontal pass first (into bytes), then
-vertical. :func:`resize_uint8` does the same arithmetic with gathers and float64 sums (every partial
-sum is an integer below ``2**31``, exact in any order), so it traces to standard ONNX ops (Gather,
-Mul, ReduceSum, Floor, Clip) and gives the same bytes.
+plus ``2**21`` shifted right by 22 and clamped to 0..255; one axis into bytes, then the other.
+:func:`resize_uint8` does the same arithmetic with gathers and float64 sums (every partial sum is
+an integer below ``2**31``, exact in any order), so it traces to standard ONNX ops (Gather, Mul,
+ReduceSum, Floor, Clip, Where) and gives the same bytes.
 
-One exception: Pillow >= 13 runs the vertical pass first when the height shrinks by more than
-twice as many pixels as the width (:func:`pillow_runs_vertical_first`: portraits taller than 2:1
-being shrunk); the other order rounds other intermediate bytes, so there about a third of the
-output bytes of such an image differ by 1 from the eager transform (older Pillow, like this graph,
-always runs the horizontal pass first).
+Pass order: Pillow < 13 always runs the horizontal pass first; Pillow >= 13 runs the vertical pass
+first when the height shrinks by more than twice as many pixels as the width
+(:func:`pillow_runs_vertical_first`: portraits taller than about 2:1 being shrunk). Each pass rounds
+and clamps to bytes, so the two orders differ by 1 in about a third of such an image's bytes.
+:func:`resize_uint8` follows the order it is given (:func:`installed_pass_order`: that of the Pillow
+the eager transform uses here). The size-dependent order is decided from the sizes inside the graph:
+a Python branch on eager ints; traced (int64 tensors) or exported (``torch.export``'s symbolic
+sizes) it computes both orders and selects with ``torch.where``, so no size is specialised or
+guarded (``torch.cond`` is not taken: the TorchScript ONNX exporter refuses it). A pass whose axis
+keeps its size is skipped by Pillow; here it runs with weight ``2**22`` on one tap, the identity.
 """
 
 from __future__ import annotations
@@ -126,16 +131,49 @@ def _pass(x: Tensor, index: Tensor, weights: Tensor, precision: Tensor, dim: int
     return torch.minimum(torch.maximum(out, f64(0.0)), f64(255.0))
 
 
+HORIZONTAL_FIRST = "horizontal_first"  # Pillow < 13: every resize
+PILLOW13 = "vertical_first_if_height_shrinks_most"  # Pillow >= 13: pillow_runs_vertical_first
+PASS_ORDERS = (HORIZONTAL_FIRST, PILLOW13)
+
+
+def installed_pass_order() -> str:
+    """The pass order of the installed Pillow (the one the eager test transform resizes with)."""
+    import PIL
+
+    return PILLOW13 if int(PIL.__version__.split(".")[0]) >= 13 else HORIZONTAL_FIRST
+
+
+def pass_order(order: str | None) -> str:
+    """``order`` checked against :data:`PASS_ORDERS`; None: :func:`installed_pass_order`."""
+    if order is None:
+        return installed_pass_order()
+    if order not in PASS_ORDERS:
+        raise ValueError(f"resize pass order {order!r}: expected one of {PASS_ORDERS}")
+    return order
+
+
 def pillow_runs_vertical_first(in_h: int, in_w: int, out_h: int, out_w: int) -> bool:
     """Whether Pillow >= 13 resizes ``in_h x in_w`` to ``out_h x out_w`` vertical pass first: when
-    the height shrinks, by more than twice as many pixels as the width (its speed rule)."""
+    the height shrinks, by more than twice as many pixels as the width (its speed rule; a width that
+    grows counts negative)."""
     return in_h - out_h > 0 and in_h - out_h > 2 * (in_w - out_w)
 
 
-def resize_uint8(image: Tensor, out_h: Tensor, out_w: Tensor) -> Tensor:
+def resize_uint8(image: Tensor, out_h: Tensor | int, out_w: Tensor | int, order: str | None = None) -> Tensor:
     """uint8 (or integer-valued float) ``[3, H, W]`` -> float64 ``[3, out_h, out_w]`` holding the bytes
-    Pillow's ``BILINEAR`` resize gives (horizontal, then vertical; see the module docstring)."""
+    Pillow's ``BILINEAR`` resize gives, its passes in ``order`` (:data:`PASS_ORDERS`; default the
+    installed Pillow's; see the module docstring)."""
+    order = pass_order(order)
     x = image.double()
     h, w = size_of(x, 1), size_of(x, 2)
-    x = _pass(x, *_axis_weights(w, out_w), dim=2)
-    return _pass(x, *_axis_weights(h, out_h), dim=1)
+    across, down = _axis_weights(w, out_w), _axis_weights(h, out_h)
+    horizontal_first = lambda: _pass(_pass(x, *across, dim=2), *down, dim=1)  # noqa: E731
+    vertical_first = lambda: _pass(_pass(x, *down, dim=1), *across, dim=2)  # noqa: E731
+    if order == HORIZONTAL_FIRST:
+        return horizontal_first()
+    if all(isinstance(n, int) for n in (h, w, out_h, out_w)):  # eager: one order
+        return vertical_first() if pillow_runs_vertical_first(h, w, out_h, out_w) else horizontal_first()
+    # traced or exported sizes: both orders, selected by a tensor condition (no guard on the sizes)
+    shrink_h, shrink_w = f64(h) - f64(out_h), f64(w) - f64(out_w)
+    vertical = (shrink_h > f64(0.0)) & (shrink_h > f64(2.0) * shrink_w)
+    return torch.where(vertical, vertical_first(), horizontal_first())

@@ -100,7 +100,7 @@ def open_exported(weights: str, device: str) -> tuple[Any, dict[str, Any]]:
             raise
         named = str(e) if str(e).startswith(weights) else f"{weights}: {e}"
         raise ConfigError(f"config key 'weights': {named}") from None
-    fixed = {k: meta.get(k) for k in ("detection", "merge", "mask_classification", "resize") if meta.get(k) is not None}
+    fixed = {k: meta.get(k) for k in ("detection", "merge", "mask_classification", "resize", "resize_pass_order") if meta.get(k) is not None}
     logger.info("%s: settings fixed at export (the config's model.* keys are not used): %s", weights,
                 ", ".join(f"{k} {v}" for k, v in fixed.items()))
     return session, meta

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -197,7 +199,7 @@ def test_uint8_resize_equals_pillow_bilinear_as_detectron2_resizes(size):
     from PIL import Image
 
     from panfpn.data.transforms import ResizeShortestEdge, shortest_edge_size
-    from panfpn.deploy.resize import pillow_runs_vertical_first, resize_uint8
+    from panfpn.deploy.resize import resize_uint8
 
     g = torch.Generator().manual_seed(sum(size))
     h, w = size
@@ -210,8 +212,47 @@ def test_uint8_resize_equals_pillow_bilinear_as_detectron2_resizes(size):
         want = np.asarray(Image.fromarray(hwc).resize((new_w, new_h), Image.BILINEAR)).transpose(2, 0, 1)
         got, _ = ResizeShortestEdge(short, longest)(image, torch.zeros(h, w, dtype=torch.int64))
         assert np.array_equal(got.numpy(), want), (size, short)
-        in_graph = resize_uint8(image, new_h, new_w).numpy()
-        if PIL_MAJOR >= 13 and pillow_runs_vertical_first(h, w, new_h, new_w):  # documented exception
-            assert not np.array_equal(in_graph, want) and np.abs(in_graph - want).max() == 1
-        else:
-            assert np.array_equal(in_graph, want), (size, short)
+        # the graph's resize, its passes in the installed Pillow's order: (1000, 37) is shrunk
+        # vertical pass first by Pillow >= 13 (before, always horizontal first: ~1/3 of the bytes 1 off)
+        assert np.array_equal(resize_uint8(image, new_h, new_w).numpy(), want), (size, short)
+
+
+def test_pillow_pass_order_rule_at_its_boundary():
+    # Pillow >= 13 (src/libImaging/Resample.c) runs the vertical pass first iff the height shrinks
+    # and by more than twice as many pixels as the width; a width that grows counts negative.
+    from panfpn.deploy.resize import pillow_runs_vertical_first
+
+    assert not pillow_runs_vertical_first(100, 50, 80, 40)  # 20 == 2 * 10: horizontal first
+    assert pillow_runs_vertical_first(100, 50, 79, 40)  # 21 > 2 * 10
+    assert pillow_runs_vertical_first(100, 50, 99, 60)  # the width grows: any height shrink
+    assert pillow_runs_vertical_first(100, 50, 80, 50)  # only the height changes
+    assert not pillow_runs_vertical_first(100, 50, 100, 40)  # the height keeps its size
+    assert not pillow_runs_vertical_first(100, 50, 120, 200)  # both grow
+    assert not pillow_runs_vertical_first(100, 50, 60, 30)  # 40 == 2 * 20
+
+
+@pytest.mark.skipif(PIL_MAJOR < 13, reason="the size-dependent pass order is Pillow >= 13's")
+@pytest.mark.parametrize("out_size, vertical_first", [((80, 40), False), ((79, 40), True), ((99, 60), True),
+                                                      ((60, 30), False), ((59, 30), True), ((80, 50), True),
+                                                      ((100, 40), False)])
+def test_uint8_resize_follows_pillow_13_pass_order(out_size, vertical_first):
+    # At the rule's boundary (a height shrink of exactly 2x the width's, and one pixel more), with a
+    # growing width, and with one axis unchanged (Pillow skips that pass; here it is the identity),
+    # eager and traced (both orders computed, torch.where) give Pillow's bytes. Where both axes
+    # change, the other order gives other bytes, so each case tells the orders apart.
+    from PIL import Image
+
+    from panfpn.deploy.resize import HORIZONTAL_FIRST, PILLOW13, pillow_runs_vertical_first, resize_uint8, size_of
+
+    assert pillow_runs_vertical_first(100, 50, *out_size) == vertical_first
+    image = torch.randint(0, 256, (3, 100, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    want = np.stack([np.asarray(Image.fromarray(p).resize(out_size[::-1], Image.BILINEAR)) for p in image.numpy()])
+    assert np.array_equal(resize_uint8(image, *out_size).numpy(), want)
+    assert np.array_equal(resize_uint8(image, *out_size, PILLOW13).numpy(), want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.trace's deprecation and constant notes
+        traced = torch.jit.trace(lambda x: resize_uint8(x, size_of(x, 1) - 100 + out_size[0],
+                                                        size_of(x, 2) - 50 + out_size[1]), image)
+    assert np.array_equal(traced(image).numpy(), want)
+    old = resize_uint8(image, *out_size, HORIZONTAL_FIRST).numpy()
+    assert np.array_equal(old, want) == (not vertical_first or 100 in out_size or 50 in out_size)

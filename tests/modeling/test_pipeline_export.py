@@ -272,6 +272,7 @@ def test_export_tool_writes_pipeline_by_default(setup, tmp_path):
     from panfpn.engine.config import ConfigError
     from panfpn.engine.export_run import export_from_config
     from panfpn.deploy.onnx_runner import model_metadata
+    from panfpn.deploy.resize import installed_pass_order
 
     from modeling_helpers import compose_model_config
     from pipeline_helpers import OVERRIDES
@@ -293,6 +294,7 @@ def test_export_tool_writes_pipeline_by_default(setup, tmp_path):
     meta = model_metadata(ort.InferenceSession(summary["files"]["onnx"], providers=["CPUExecutionProvider"]))
     assert meta["categories"] == metadata.to_coco_categories()
     assert meta["resize"] == [128, 320] and meta["merge"]["overlap_thresh"] is None  # textbook rules
+    assert meta["resize_pass_order"] == installed_pass_order()  # the rule the graph's resize follows
     bad = compose_model_config("panoptic_fpn_small", "synthetic", (*overrides, "export.merge=textbok"))
     with pytest.raises(ConfigError, match="export.merge"):
         export_from_config(bad)
@@ -321,14 +323,13 @@ def test_no_detection_left(setup):
 def test_resize_is_bit_exact(tmp_path):
     # The in-graph resize gives the eager transform's bytes (Pillow's BILINEAR, as Detectron2), eager
     # and in onnxruntime, on downscales (several taps; 640 -> 228 needs a tap count that integer
-    # truncation got wrong once), upscales and the identity. (1000, 37) is shrunk vertical pass
-    # first by Pillow >= 13 (resize.pillow_runs_vertical_first): there the graph is 1 off in places.
+    # truncation got wrong once), upscales and the identity. (1000, 37) and (400, 150) are shrunk
+    # vertical pass first by Pillow >= 13 (resize.pillow_runs_vertical_first); the graph computes
+    # both orders and selects by its sizes (before: horizontal first, ~1/3 of their bytes 1 off).
     import warnings
 
-    import PIL
-
     from panfpn.data.transforms import resize_pair, shortest_edge_size as eager_size
-    from panfpn.deploy.resize import pillow_runs_vertical_first, resize_uint8, shortest_edge_size, size_of
+    from panfpn.deploy.resize import resize_uint8, shortest_edge_size, size_of
 
     class Resize(torch.nn.Module):
         def forward(self, image):
@@ -337,7 +338,7 @@ def test_resize_is_bit_exact(tmp_path):
 
     g = torch.Generator().manual_seed(0)
     images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g)
-              for h, w in ((360, 640), (333, 500), (100, 90), (128, 128), (1000, 37))]
+              for h, w in ((360, 640), (333, 500), (100, 90), (128, 128), (1000, 37), (400, 150))]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(Resize(), (images[0],), str(tmp_path / "resize.onnx"), dynamo=False, opset_version=17,
@@ -346,12 +347,40 @@ def test_resize_is_bit_exact(tmp_path):
     for image in images:
         size = eager_size(*image.shape[1:], 128, 320)
         want = resize_pair(image, torch.zeros(image.shape[1:]), *size)[0].numpy()
-        got = Resize()(image).numpy()
-        assert np.array_equal(session.run(None, {"image": image.numpy()})[0], got)
-        if pillow_runs_vertical_first(*image.shape[1:], *size) and int(PIL.__version__.split(".")[0]) >= 13:
-            assert np.abs(got - want).max() == 1
-        else:
-            assert np.array_equal(got, want), image.shape
+        assert np.array_equal(Resize()(image).numpy(), want), image.shape
+        assert np.array_equal(session.run(None, {"image": image.numpy()})[0], want), image.shape
+
+
+def test_exported_program_resize_is_bit_exact():
+    # torch.export of the pipeline's preprocessing (shortest-edge resize to (128, 320), identity
+    # normalisation, padding) with dynamic sizes over the .pt2's range: no guard narrows the range
+    # (the pass order is a torch.where on the sizes, not a Python branch), and the program gives
+    # Pillow's bytes on a portrait shrunk vertical pass first, a landscape and an upscale.
+    import warnings
+
+    from panfpn.data.transforms import resize_pair, shortest_edge_size as eager_size
+    from panfpn.deploy.pipeline import preprocess_image
+    from panfpn.deploy.torch_export import MAX_SIDE, MIN_SIDE
+
+    class Preprocess(torch.nn.Module):
+        def forward(self, image):
+            return preprocess_image(image, (128, 320), torch.zeros(3, 1, 1), torch.ones(3, 1, 1))[0]
+
+    dims = {0: torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE),
+            1: torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.export's notes on unbacked sizes
+        program = torch.export.export(Preprocess(), (torch.zeros(120, 160, 3, dtype=torch.uint8),),
+                                      dynamic_shapes={"image": dims}, strict=False)
+    ranges = [(int(r.lower), int(r.upper)) for s, r in program.range_constraints.items() if not str(s).startswith("u")]
+    assert ranges == [(MIN_SIDE, MAX_SIDE)] * 2
+    g = torch.Generator().manual_seed(0)
+    for h, w in ((1000, 37), (360, 640), (50, 40)):
+        image = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g)
+        size = eager_size(h, w, 128, 320)
+        want = resize_pair(image.permute(2, 0, 1), torch.zeros(h, w), *size)[0].numpy()
+        got = program.module()(image)[0, :, :size[0], :size[1]]
+        assert np.array_equal(got.numpy(), want), (h, w)
 
 
 # Run in `python -I` from a folder outside the repository, with panfpn blocked (an editable install
@@ -405,8 +434,9 @@ def test_torch_export_programs_match_eager(setup, tmp_path):
     # The pipeline as .pt2 programs, one per merge rule set: Detectron2's (export_pipeline_program)
     # and the model's own rules set to the textbook ones (tools/export.py export.merge=model), plus
     # one with no detection left. torch.export.load runs them in a process without panfpn on the
-    # synthetic images, the COCO photos, a 24x640 strip (resized to 12x320: P5 one cell high) and
-    # a 6x9 corner.
+    # synthetic images, the COCO photos, a 24x640 strip (resized to 12x320: P5 one cell high), a
+    # 6x9 corner and the strip turned upright (640x24 -> 320x12: resized vertical pass first by
+    # Pillow >= 13, which the program selects from the sizes).
     # Each output equals the eager pipeline module's (floats within 1e-4), and against eager
     # model.eval() the checks of the ONNX test hold (same segments, >= 99.99 % pixels, PQ >= 99.9);
     # measured: every id map and segment list identical (the .pt2 runs PyTorch's own kernels), scores
@@ -425,8 +455,10 @@ def test_torch_export_programs_match_eager(setup, tmp_path):
 
     model, metadata, transform, paths = setup
     paths = [*paths, *edge_images(tmp_path)]
+    paths.append(tmp_path / "upright.png")
+    Image.open(paths[-3]).transpose(Image.Transpose.TRANSPOSE).save(paths[-1])
     images = [read_image(p) for p in paths]
-    assert [im.shape[:2] for im in images[-2:]] == [(24, 640), (6, 9)]
+    assert [im.shape[:2] for im in images[-3:]] == [(24, 640), (6, 9), (640, 24)]
     detectron2 = build_pipeline(model, metadata, transform, merge=RULES["detectron2"])
     programs = {"detectron2": export_pipeline_program(detectron2, tmp_path / "detectron2.pt2"),
                 "textbook": _export_program_with_tool(model, tmp_path, RULES["textbook"])}

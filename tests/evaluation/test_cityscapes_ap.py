@@ -299,19 +299,25 @@ def test_shown_in_report_html():
     assert other["Cityscapes AP"] == "25.00" and other["Cityscapes AP50"] == "n/a"
 
 
-def test_a_training_objective_when_configured():
+@pytest.mark.parametrize("objective,scores,percent", [
+    ("cityscapes_ap/AP50", {"cityscapes_ap": {"AP": 0.25, "AP50": 0.375, "per_class": {}}}, 37.5),
+    ("cityscapes_sem_seg/iIoU", {"cityscapes_sem_seg": {"IoU": 0.5, "iIoU": 0.25, "IoU_sup": 0.75,
+                                                         "iIoU_sup": float("nan")}}, 25.0)])
+def test_a_training_objective_when_configured(objective, scores, percent):
+    # Both Cityscapes evaluators' scores are objectives, refused at start without their evaluator.
     from config_helpers import compose_config
 
     from panfpn.engine.training.job import check_objective, objective_value
 
-    with pytest.raises(ConfigError, match="eval.evaluators has no cityscapes_ap"):
-        check_objective(compose_config(["train.objective=cityscapes_ap/AP"]))
-    cfg = compose_config(["experiment=cityscapes_r50", "train.objective=cityscapes_ap/AP50"])
+    evaluator = objective.split("/")[0]
+    with pytest.raises(ConfigError, match=f"eval.evaluators has no {evaluator}"):
+        check_objective(compose_config([f"train.objective={objective}"]))
+    cfg = compose_config(["experiment=cityscapes_r50", f"train.objective={objective}"])
     assert check_objective(cfg) is None
     split = {"pq": 0.5, "sq": 0.8, "rq": 0.625}
     result = {"eval": {"panoptic": {"All": split, "Things": split, "Stuff": split}, "sem_seg": {"mIoU": 0.5},
-                       "cityscapes_ap": {"AP": 0.25, "AP50": 0.375, "per_class": {}}}}
-    assert objective_value(cfg, result) == 37.5
+                       **scores}}
+    assert objective_value(cfg, result) == percent
 
 
 def test_ranks_gather_to_the_single_process_result(cityscapes_root, monkeypatch):

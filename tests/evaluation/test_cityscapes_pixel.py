@@ -233,17 +233,3 @@ def flat(tree: dict, prefix: str = "") -> dict[str, float]:
         out.update(flat(value, f"{prefix}{key}/") if isinstance(value, dict) else {prefix + key: value})
     return out
 
-
-def test_a_training_objective_when_configured():
-    from config_helpers import compose_config
-
-    from panfpn.engine.training.job import check_objective, objective_value
-
-    with pytest.raises(ConfigError, match="eval.evaluators has no cityscapes_sem_seg"):
-        check_objective(compose_config(["train.objective=cityscapes_sem_seg/iIoU"]))
-    cfg = compose_config(["experiment=cityscapes_r50", "train.objective=cityscapes_sem_seg/iIoU"])
-    assert check_objective(cfg) is None
-    split = {"pq": 0.5, "sq": 0.8, "rq": 0.625}
-    result = {"eval": {"panoptic": {"All": split, "Things": split, "Stuff": split}, "sem_seg": {"mIoU": 0.5},
-                       "cityscapes_sem_seg": {"IoU": 0.5, "iIoU": 0.25, "IoU_sup": 0.75, "iIoU_sup": float("nan")}}}
-    assert objective_value(cfg, result) == 25.0

@@ -121,10 +121,15 @@ class CityscapesPixelScores:
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, sem_gt: torch.Tensor, gt_map: torch.Tensor,
-               gt_segments: Sequence[Mapping]) -> None:
+               gt_segments: Sequence[Mapping], confusion: torch.Tensor | None = None) -> None:
         """Add one image: ``pred`` int ``[H, W]`` semantic labels, ``sem_gt`` its semantic ground
-        truth (255 = not scored), ``gt_map`` + ``gt_segments`` its panoptic ground truth."""
-        self.confusion.update(pred, sem_gt)
+        truth (255 = not scored), ``gt_map`` + ``gt_segments`` its panoptic ground truth;
+        ``confusion``: the image's :func:`~panfpn.evaluation.semantic.confusion_counts` when
+        already computed (``EvalImage.sem_confusion``)."""
+        if confusion is None:
+            self.confusion.update(pred, sem_gt)
+        else:
+            self.confusion.add(confusion)
         labelled = ((int(s["id"]), self.label_of[int(s["category_id"])]) for s in gt_segments if not s.get("iscrowd", 0))
         instances = [(i, label) for i, label in labelled if self.names[label] in AVG_CLASS_SIZE]
         if not instances:
@@ -207,7 +212,7 @@ class CityscapesSemSeg(Evaluator):
 
     def process(self, batch: Mapping[str, Any], outputs: Sequence[EvalImage]) -> None:
         for img in outputs:
-            self.scores.update(img.output["sem_seg"], img.sem_gt, img.gt_map, img.gt_segments)
+            self.scores.update(img.output["sem_seg"], img.sem_gt, img.gt_map, img.gt_segments, img.sem_confusion)
 
     def evaluate(self) -> dict[str, Any]:
         return {NAME: self.scores.compute()}

@@ -28,6 +28,7 @@ from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.targets import semantic_map
 from panfpn.evaluation.accumulator import checked_pairs
 from panfpn.evaluation.label_mapping import model_segments_to_dataset
+from panfpn.evaluation.semantic import confusion_counts
 from panfpn.evaluation.visualize import panoptic_overlay, side_by_side
 
 
@@ -60,6 +61,13 @@ class EvalImage:
     def sem_gt(self) -> torch.Tensor:
         """int64 ``[H, W]`` semantic labels of the ground truth (255 = ignore), on the gt map's device."""
         return semantic_map(self.gt_map, self.gt_segments, self.metadata).to(self.gt_map.device)
+
+    @cached_property
+    def sem_confusion(self) -> torch.Tensor:
+        """int64 ``[C + 1, C + 1]`` (ground-truth label, predicted label) pixel counts of the semantic
+        argmax (:func:`panfpn.evaluation.semantic.confusion_counts`), for every evaluator that
+        scores it (``sem_seg``, ``cityscapes_sem_seg``): one pass over the pixels per image."""
+        return confusion_counts(self.output["sem_seg"], self.sem_gt, self.metadata.num_sem_classes)
 
     def overlay(self, max_width: int | None = None) -> np.ndarray:
         """uint8 ``[H, 2W + gap, 3]``: ground truth | prediction drawn over the image, at the

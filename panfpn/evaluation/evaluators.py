@@ -57,7 +57,7 @@ class SemanticSegmentation(Evaluator):
 
     def process(self, batch: Mapping[str, Any], outputs: Sequence[EvalImage]) -> None:
         for img in outputs:
-            self.sem.update(img.output["sem_seg"], img.sem_gt)
+            self.sem.add(img.sem_confusion)
 
     def evaluate(self) -> dict[str, Any]:
         return {"sem_seg": self.sem.compute()}

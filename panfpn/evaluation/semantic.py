@@ -12,6 +12,22 @@ from panfpn.data.metadata import IGNORE_LABEL
 from panfpn.utils.dist import all_reduce_sum
 
 
+@torch.no_grad()
+def confusion_counts(pred: torch.Tensor, gt: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """int64 ``[C + 1, C + 1]`` pixel counts of (ground-truth label, predicted label) of ``pred`` and
+    ``gt`` (int ``[..., H, W]`` of one shape); row / column C: labels outside ``0..C-1`` (the
+    unscored ground truth, out-of-range predictions)."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and ground truth "
+                         f"{tuple(gt.shape)} differ in shape")
+    c = num_classes
+    pred = pred.to(gt.device).reshape(-1).long()
+    gt = gt.reshape(-1).long()
+    gt = torch.where((gt >= 0) & (gt < c), gt, c)
+    pred = torch.where((pred >= 0) & (pred < c), pred, c)
+    return torch.bincount(gt * (c + 1) + pred, minlength=(c + 1) ** 2).reshape(c + 1, c + 1)
+
+
 class SemSegEvaluator:
     """Confusion-matrix semantic segmentation evaluation.
 
@@ -32,20 +48,15 @@ class SemSegEvaluator:
         # Row/column C collects unscored ground truth and out-of-range predictions.
         self.confusion: torch.Tensor | None = None
 
-    @torch.no_grad()
     def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
         """Add one image (or a batch): ``pred`` and ``gt`` int ``[..., H, W]`` of one shape."""
-        if pred.shape != gt.shape:
-            raise ValueError(f"prediction {tuple(pred.shape)} and ground truth "
-                             f"{tuple(gt.shape)} differ in shape")
-        c = self.num_classes
-        pred = pred.to(gt.device).reshape(-1).long()
-        gt = gt.reshape(-1).long()
-        gt = torch.where((gt >= 0) & (gt < c), gt, c)
-        pred = torch.where((pred >= 0) & (pred < c), pred, c)
-        counts = torch.bincount(gt * (c + 1) + pred, minlength=(c + 1) ** 2).reshape(c + 1, c + 1)
+        self.add(confusion_counts(pred, gt, self.num_classes))
+
+    def add(self, counts: torch.Tensor) -> None:
+        """Add the :func:`confusion_counts` of one image (computed once for every evaluator that
+        needs them: :attr:`panfpn.evaluation.evaluator.EvalImage.sem_confusion`)."""
         if self.confusion is None:
-            self.confusion = counts
+            self.confusion = counts.clone()
         else:
             self.confusion += counts.to(self.confusion.device)
 

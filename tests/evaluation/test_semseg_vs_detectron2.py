@@ -94,8 +94,9 @@ def _ours(images, preds, n, metadata, ranks: int = 1, monkeypatch=None) -> dict:
         e.reset()
     for k, ((ids, segs), pred) in enumerate(zip(images, preds)):
         gt_map = torch.from_numpy(ids)
-        img = SimpleNamespace(output={"sem_seg": torch.from_numpy(_to_panfpn_labels(pred, n))},
-                              sem_gt=semantic_map(gt_map, segs, metadata))
+        labels, sem_gt = torch.from_numpy(_to_panfpn_labels(pred, n)), semantic_map(gt_map, segs, metadata)
+        img = SimpleNamespace(output={"sem_seg": labels}, sem_gt=sem_gt,  # EvalImage's fields the evaluator reads
+                              sem_confusion=semantic.confusion_counts(labels, sem_gt, metadata.num_sem_classes))
         evaluators[k * ranks // len(images)].process({}, [img])
     if ranks > 1:  # every rank's confusion matrix summed, as all_reduce_sum does
         total = sum(e.sem.confusion for e in evaluators)

@@ -94,7 +94,10 @@ def root_splits(root: str | Path) -> list[Split]:
         if cityscapes:
             return cityscapes
         tried = [str(p) for s in SPLITS for p in split_json_candidates(root, s) + cityscapes_json_candidates(root, s)]
-        raise FileNotFoundError(f"no train or val annotations under {root}: tried {', '.join(tried)}")
+        gt_fine = Path(root) / "gtFine"
+        hint = (f"; for Cityscapes, create its panoptic annotations first: csCreatePanopticImgs --dataset-folder "
+                f"{gt_fine} --set-names train val" if gt_fine.is_dir() else "")
+        raise FileNotFoundError(f"no train or val annotations under {root}: tried {', '.join(tried)}{hint}")
     splits = []
     for name in found:
         try:

@@ -235,3 +235,14 @@ def test_a_cityscapes_root_is_checked_as_training_reads_it(tmp_path):
     assert lines[1].startswith("val: image id 'lindau_000000_000019': [missing image] "
                                f"{root / 'leftImg8bit' / 'val' / 'lindau' / 'lindau_000000_000019_leftImg8bit.png'}")
     assert lines[2:] == ["checked 2 images (val 2): 1 with problems; by kind: missing image 1, missing images 1"]
+
+
+def test_a_cityscapes_root_without_create_panoptic_imgs_output_is_told_the_command(tmp_path):
+    from panfpn.data.check import root_splits
+
+    (tmp_path / "gtFine" / "val" / "frankfurt").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError) as err:
+        root_splits(tmp_path)
+    assert f"{tmp_path / 'gtFine' / 'cityscapes_panoptic_val.json'}" in str(err.value)
+    assert str(err.value).endswith(f"; for Cityscapes, create its panoptic annotations first: csCreatePanopticImgs "
+                                   f"--dataset-folder {tmp_path / 'gtFine'} --set-names train val")

@@ -14,7 +14,10 @@ warns of (images without an annotation, which training leaves out; a stuff categ
 several segments; a JSON listing some of the categories) is listed too, as ``[warning]`` lines and
 under ``warnings`` in the report: training logs them once among its start-up lines, where they are
 easily missed. ``--root`` checks the train and val splits of the ``data=coco_panoptic_folder``
-layout found there (docs/data.md), val against the train JSON's categories as training does.
+layout found there (docs/data.md), val against the train JSON's categories as training does; on a
+Cityscapes root (createPanopticImgs' ``gtFine/cityscapes_panoptic_{split}.json``, else its
+``_trainId`` output) those splits as ``data=cityscapes_panoptic`` reads them: its 19 classes, the
+leftImg8bit images checked against the JSON per city (docs/cityscapes.md).
 
 Exit status: 0 clean (warnings alone included, unless ``--strict``), 2 problems, 1 a bug;
 SIGINT / SIGTERM: one line, 130 / 143 (:mod:`panfpn.utils.stop_signals`).
@@ -32,6 +35,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from panfpn.data.builtin_meta import cityscapes_panoptic_metadata
+from panfpn.data.cityscapes_files import check_cityscapes_images
 from panfpn.data.dataset import PanopticDataset
 from panfpn.data.folder import find_split_json, folder_panoptic_paths, split_json_candidates
 from panfpn.data.image_io import ImageReadError
@@ -56,6 +61,7 @@ class Split:
     image_dir: Path
     png_dir: Path
     missing: str | None = None
+    cityscapes: bool = False  # createPanopticImgs' output: its 19 classes, images checked per city
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,14 @@ def root_splits(root: str | Path) -> list[Split]:
     tried when neither is."""
     found = [s for s in SPLITS if find_split_json(root, s, required=False)]
     if not found:
-        tried = [str(p) for s in SPLITS for p in split_json_candidates(root, s)]
-        raise FileNotFoundError(f"no train or val annotations under {root}: tried {', '.join(tried)}")
+        cityscapes = cityscapes_splits(root)
+        if cityscapes:
+            return cityscapes
+        tried = [str(p) for s in SPLITS for p in split_json_candidates(root, s) + cityscapes_json_candidates(root, s)]
+        gt_fine = Path(root) / "gtFine"
+        hint = (f"; for Cityscapes, create its panoptic annotations first: csCreatePanopticImgs --dataset-folder "
+                f"{gt_fine} --set-names train val" if gt_fine.is_dir() else "")
+        raise FileNotFoundError(f"no train or val annotations under {root}: tried {', '.join(tried)}{hint}")
     splits = []
     for name in found:
         try:
@@ -95,6 +107,39 @@ def root_splits(root: str | Path) -> list[Split]:
             splits.append(Split(name, json_file, Path(root) / "images" / name, json_file.with_suffix(""),
                                 missing=str(err)))
     return splits
+
+
+def cityscapes_json_candidates(root: str | Path, split: str) -> list[Path]:
+    """createPanopticImgs' JSONs of ``split`` under a Cityscapes root: label ids, then train ids."""
+    return [Path(root) / "gtFine" / f"cityscapes_panoptic_{split}{suffix}.json" for suffix in ("", "_trainId")]
+
+
+def cityscapes_splits(root: str | Path) -> list[Split]:
+    """The train and val splits of a Cityscapes root (``gtFine/cityscapes_panoptic_{split}.json``, or
+    its ``_trainId`` output, with ``leftImg8bit/{split}/``), as ``data=cityscapes_panoptic`` reads them."""
+    splits = []
+    for name in SPLITS:
+        json_file = next((p for p in cityscapes_json_candidates(root, name) if p.is_file()), None)
+        if json_file is not None:
+            splits.append(Split(name, json_file, Path(root) / "leftImg8bit" / name, json_file.with_suffix(""),
+                                cityscapes=True))
+    return splits
+
+
+def _open_dataset(split: Split, metadata: DatasetMetadata | None) -> tuple[PanopticDataset, Problem | None]:
+    """The split's dataset; for Cityscapes with its metadata and its images checked against the JSON
+    per city (the problem returned when some are missing: each is listed again by its sample)."""
+    if not split.cityscapes:
+        return PanopticDataset(split.json_file, split.image_dir, split.png_dir, metadata=metadata,
+                               is_train=split.name != "val"), None
+    use_train_id = split.json_file.stem.endswith("_trainId")
+    dataset = PanopticDataset(split.json_file, split.image_dir, split.png_dir,
+                              metadata=cityscapes_panoptic_metadata(use_train_id), is_train=split.name != "val")
+    try:
+        check_cityscapes_images(dataset)
+    except FileNotFoundError as err:
+        return dataset, Problem(split.name, None, str(split.image_dir), "missing images", str(err))
+    return dataset, None
 
 
 def classify(stage: str, error: Exception) -> str:
@@ -209,8 +254,7 @@ def open_splits(splits: list[Split]) -> tuple[list[tuple[Split, PanopticDataset]
             continue
         with warnings_of("panfpn.data") as messages:
             try:
-                dataset = PanopticDataset(split.json_file, split.image_dir, split.png_dir, metadata=metadata,
-                                          is_train=split.name != "val")
+                dataset, missing_images = _open_dataset(split, metadata)
             except (OSError, ValueError) as err:  # the JSON is unusable: one line for the split
                 problems.append(Problem(split.name, None, str(split.json_file), "annotation file", str(err)))
                 continue
@@ -218,6 +262,8 @@ def open_splits(splits: list[Split]) -> tuple[list[tuple[Split, PanopticDataset]
                 warnings.extend(Problem(split.name, None, str(split.json_file), "warning", m)
                                 for m in messages)
         opened.append((split, dataset))
+        if missing_images is not None:
+            problems.append(missing_images)
         if split.name == "train":
             metadata = dataset.metadata
     return opened, problems, warnings
@@ -268,7 +314,9 @@ def summary_line(report: dict) -> str:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=TOOL, description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, help="dataset folder in the data=coco_panoptic_folder layout "
-                        "(annotations/panoptic_{train,val}.json, their PNG folders, images/{train,val}/)")
+                        "(annotations/panoptic_{train,val}.json, their PNG folders, images/{train,val}/), "
+                        "or a Cityscapes root (gtFine/cityscapes_panoptic_{train,val}.json of "
+                        "createPanopticImgs, leftImg8bit/{train,val}/)")
     parser.add_argument("--json", type=Path, help="one split's COCO-panoptic JSON (instead of --root)")
     parser.add_argument("--images", type=Path, help="that split's image folder")
     parser.add_argument("--panoptic", type=Path, help="that split's id PNG folder")

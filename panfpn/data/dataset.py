@@ -238,7 +238,7 @@ class PanopticDataset(Dataset):
         except ImageReadError as e:
             raise self._bad(path, index, e) from None
 
-    def _size_mismatch(self, index: int, path: Path, image_hw: tuple, map_hw: tuple) -> ValueError:
+    def _size_mismatch(self, index: int, path: Path, image_hw: tuple, map_hw: tuple) -> AnnotationError:
         rec = self.records[index]
         message = (f"image id {rec.image_id!r}: image {path} is {image_hw[0]}x{image_hw[1]} (EXIF "
                    f"orientation applied) but its panoptic PNG {rec.png_name} is {map_hw[0]}x{map_hw[1]}")
@@ -247,7 +247,7 @@ class PanopticDataset(Dataset):
         if orientation in SWAPPING_ORIENTATIONS and image_hw == map_hw[::-1]:
             message += (f"; the image's EXIF orientation {orientation} turns it by 90 degrees: the "
                         f"PNG follows the stored pixels, not the image as viewers show it")
-        return ValueError(message)
+        return AnnotationError(message)  # an input error: the tools print its line and exit 2
 
     def sample_problems(self, index: int) -> list[tuple[str, Exception]]:
         """Every problem :meth:`load` meets in sample ``index`` (its reads and size check) as

@@ -236,8 +236,9 @@ def renamed_categories(model_labels: DatasetMetadata, dataset_labels: DatasetMet
 
 
 def _trained_on(weights: Path) -> str:
-    """`` (data=... data.root=... in its training folder's config.yaml)``, or '' where the weights'
-    folder holds no readable training config: the overrides that evaluate on the training data."""
+    """`` (data=... data.root=... [data.metadata.use_train_id=...], as in its training folder's
+    config.yaml)``, or '' where the weights' folder holds no readable training config: the overrides
+    that evaluate on the training data (Cityscapes: the same data with label or train ids)."""
     config = weights.parent / "config.yaml"
     if not config.is_file():
         return ""
@@ -247,12 +248,14 @@ def _trained_on(weights: Path) -> str:
         loaded = OmegaConf.load(config)
         name = OmegaConf.select(loaded, "data.name") if isinstance(loaded, DictConfig) else None
         root = OmegaConf.select(loaded, "data.root") if name else None
+        train_id = OmegaConf.select(loaded, "data.metadata.use_train_id") if name else None
     except (OSError, ValueError, yaml.YAMLError, OmegaConfBaseException) as err:  # a hint only: the error it joins is the one to report
         logger.info("%s: no training data named from it (%s)", config, err)
         return ""
     if not name:
         return ""
-    return f" (data={name}" + (f" data.root={root}" if root else "") + f", as in {config})"
+    train_id_text = f" data.metadata.use_train_id={str(train_id).lower()}" if isinstance(train_id, bool) else ""
+    return f" (data={name}" + (f" data.root={root}" if root else "") + train_id_text + f", as in {config})"
 
 
 def check_dataset_labels(model_labels: DatasetMetadata, dataset_labels: DatasetMetadata,

@@ -210,3 +210,39 @@ def test_report_is_written_when_the_reader_closes_stdout_early(four_images, tmp_
     assert "Traceback" not in done.stderr, done.stderr
     assert done.returncode == 2  # the problems' status, not a crash's
     assert json.loads(out.read_text())["images_with_problems"] == 3
+
+
+def test_a_cityscapes_root_is_checked_as_training_reads_it(tmp_path):
+    """`--root $CITYSCAPES_DATASET` after createPanopticImgs: its splits found, an image without
+    ground truth a warning (exit 0), a leftImg8bit city missing named per city and per image."""
+    from cityscapes_layout import write_cityscapes_root
+
+    root = write_cityscapes_root(tmp_path / "cs", ["frankfurt_000000_000294", "lindau_000000_000019"])
+    frankfurt = root / "leftImg8bit" / "val" / "frankfurt"
+    shutil.copy(frankfurt / "frankfurt_000000_000294_leftImg8bit.png", frankfurt / "frankfurt_000001_000294_leftImg8bit.png")
+    warned = _check("--root", str(root), "--workers", "0")
+    assert warned.returncode == 0, warned.stderr
+    lines = warned.stdout.splitlines()
+    assert lines[0].startswith(f"val: split: [warning] {root / 'gtFine' / 'cityscapes_panoptic_val.json'}: 1 images")
+    assert "(per city: frankfurt (1))" in lines[0]
+    assert lines[1:] == ["checked 2 images (val 2): 0 with problems; 1 warning(s)"]
+    shutil.rmtree(root / "leftImg8bit" / "val" / "lindau")
+    broken = _check("--root", str(root), "--workers", "0")
+    assert broken.returncode == 2, broken.stderr
+    lines = broken.stdout.splitlines()
+    assert lines[0].startswith(f"val: split: [missing images] {root / 'leftImg8bit' / 'val'}: 1 of the 2 images")
+    assert "(per city: lindau (1))" in lines[0]
+    assert lines[1].startswith("val: image id 'lindau_000000_000019': [missing image] "
+                               f"{root / 'leftImg8bit' / 'val' / 'lindau' / 'lindau_000000_000019_leftImg8bit.png'}")
+    assert lines[2:] == ["checked 2 images (val 2): 1 with problems; by kind: missing image 1, missing images 1"]
+
+
+def test_a_cityscapes_root_without_create_panoptic_imgs_output_is_told_the_command(tmp_path):
+    from panfpn.data.check import root_splits
+
+    (tmp_path / "gtFine" / "val" / "frankfurt").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError) as err:
+        root_splits(tmp_path)
+    assert f"{tmp_path / 'gtFine' / 'cityscapes_panoptic_val.json'}" in str(err.value)
+    assert str(err.value).endswith(f"; for Cityscapes, create its panoptic annotations first: csCreatePanopticImgs "
+                                   f"--dataset-folder {tmp_path / 'gtFine'} --set-names train val")

@@ -128,13 +128,18 @@ def test_a_missing_leftimg8bit_city_stops_the_dataset_when_it_opens(cityscapes_r
 
 
 def test_a_wrong_size_image_names_the_image_and_its_png(cityscapes_root, tmp_path):
+    """...as a known input error: tools/train.py and eval.py print its one line and exit 2 (it was a
+    plain ValueError: hydra's traceback, exit 1, as for a bug)."""
+    from panfpn.engine.tool_errors import input_error
+
     root = _copy(cityscapes_root, tmp_path)
     image = root / "leftImg8bit" / "val" / "lindau" / f"{FRAMES[1]}_leftImg8bit.png"
     Image.fromarray(np.zeros((H // 2, W, 3), dtype=np.uint8)).save(image)
     ds = cityscapes_panoptic_dataset(root, "val", is_train=False)
     with pytest.raises(ValueError, match=rf"image id '{FRAMES[1]}': image {image} is {H // 2}x{W} .* but its "
-                                         rf"panoptic PNG {FRAMES[1]}_gtFine_panoptic.png is {H}x{W}"):
+                                         rf"panoptic PNG {FRAMES[1]}_gtFine_panoptic.png is {H}x{W}") as err:
         ds[1]
+    assert input_error(err.value) is err.value
 
 
 def test_images_of_a_city_without_gtfine_are_warned_about(tmp_path, caplog):

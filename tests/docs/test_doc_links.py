@@ -44,3 +44,15 @@ def test_every_docs_page_is_linked_from_the_readme():
     readme = {Path(t.partition("#")[0]).name for t in links(ROOT / "README.md") if t.startswith("docs/")}
     missing = [p.name for p in PAGES[1:] if p.name not in readme]
     assert not missing, f"docs pages the README does not link: {missing}"
+
+
+def test_every_built_in_evaluator_is_in_the_evaluation_pages_table():
+    """A name of eval.evaluators (build.NAMED) missing from evaluation.md's table of evaluators went
+    unnoticed (cityscapes_sem_seg was not there)."""
+    from panfpn.evaluation.build import NAMED
+
+    text = (ROOT / "docs" / "evaluation.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| each entry of `eval.evaluators` |"))
+    missing = [name for name, target in NAMED.items()
+               if f"`{name}` (`{target.rsplit('.', 1)[1]}`, `{target.split('.')[-2]}.py`)" not in row]
+    assert not missing, f"docs/evaluation.md's evaluator table lacks {missing}"

@@ -35,3 +35,20 @@ def test_without_a_readable_training_config_the_error_is_as_before(tmp_path, con
     with pytest.raises(ConfigError) as err:
         check_dataset_labels(COCO_LIKE, SYNTHETIC, cfg)
     assert str(err.value).endswith("evaluate on the dataset it was trained for")
+
+
+def test_a_cityscapes_model_names_the_ids_it_was_trained_with(tmp_path):
+    # A Cityscapes model trained with label ids evaluated with data.metadata.use_train_id=true: the
+    # hint said "data=cityscapes_panoptic data.root=..." (what the user had given) without the key
+    # that differs.
+    from panfpn.data.builtin_meta import cityscapes_panoptic_metadata
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("data:\n  name: cityscapes_panoptic\n  root: /data/cs\n"
+                                     "  metadata:\n    use_train_id: false\n")
+    cfg = OmegaConf.create({"weights": str(run / "model_final.pth")})
+    with pytest.raises(ConfigError) as err:
+        check_dataset_labels(cityscapes_panoptic_metadata(False), cityscapes_panoptic_metadata(True), cfg)
+    assert str(err.value).endswith("evaluate on the dataset it was trained for (data=cityscapes_panoptic "
+                                   f"data.root=/data/cs data.metadata.use_train_id=false, as in {run / 'config.yaml'})")

@@ -510,3 +510,23 @@ def test_a_class_without_any_scored_entry_scores_zero(tmp_path, monkeypatch):
     with pytest.raises(IndexError):
         official_instance_ap(tmp_path, results, tmp_path, monkeypatch)
     assert ours["per_class"][26] == {"name": "car", "AP": 0.0, "AP50": 0.0}
+
+
+def test_a_bad_instance_ids_png_is_a_tools_input_error(tmp_path):
+    """tools/eval.py on a gtFine/<split>/<city>/*_gtFine_instanceIds.png that is not a PNG, not
+    greyscale or of another size: one line naming it, exit 2 (before: a plain ValueError, hydra's
+    traceback and exit 1, as for a bug)."""
+    from PIL import Image
+
+    from panfpn.engine.tool_errors import input_error
+    from panfpn.evaluation import cityscapes_void as cv
+
+    (tmp_path / "text.png").write_text("not a png")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
+    Image.fromarray(np.zeros((4, 5), np.uint16)).save(tmp_path / "wide.png")
+    for name, read in (("text.png", cv.read_instance_ids), ("rgb.png", cv.read_instance_ids),
+                       ("wide.png", lambda p: cv.official_void(p, (4, 4), CARAVAN_FRAME))):
+        with pytest.raises(ValueError) as err:
+            read(tmp_path / name)
+        assert input_error(err.value) is err.value, name
+        assert str(tmp_path / name) in str(err.value)

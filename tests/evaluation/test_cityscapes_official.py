@@ -117,3 +117,99 @@ def test_predict_cityscapes_ids_are_scored_by_cityscapesscripts(cityscapes_root,
     for split in ("All", "Things", "Stuff"):
         for key in ("pq", "sq", "rq"):
             assert official[split][key] == pytest.approx(ours[split][key], abs=1e-12), (split, key)
+
+
+def eval_config(root: Path, out: Path):
+    """tools/eval.py's config for ``root`` (experiment=cityscapes_r50 with the small model, 32 px test size)."""
+    from config_helpers import compose_config
+
+    def cfg(*extra, weights="null"):
+        return compose_config(["experiment=cityscapes_r50", "model=panoptic_fpn_small", f"data.root={root}",
+                               f"weights={weights}",
+                               "data.val.transforms.short_edge_lengths=[32]", "data.val.transforms.max_size=64",
+                               "data.num_workers=0", "eval.report=false", "model.merge.score_thresh=0.0", *extra],
+                              output_dir=out)
+    return cfg
+
+
+def random_small_model(folder: Path) -> Path:
+    """A checkpoint of the small Panoptic FPN with Cityscapes' classes, randomly initialised."""
+    from config_helpers import compose_config
+
+    from panfpn.modeling.build import build_model
+
+    torch.manual_seed(0)
+    weights = folder / "model.pth"
+    torch.save({"model": build_model(compose_config(["experiment=cityscapes_r50", "model=panoptic_fpn_small",
+                                                     "weights=null"])).state_dict()}, weights)
+    return weights
+
+
+def test_an_earlier_evaluations_files_are_not_left_for_the_official_scripts(cityscapes_root, tmp_path):
+    """tools/eval.py twice into one run folder (docs/cityscapes.md's hydra.run.dir=runs/cs_eval), the
+    second on fewer images: the scripts glob the folders, so the first run's semantic PNGs and
+    instance files of the other frames were scored as the second's predictions."""
+    from panfpn.engine.eval_run import evaluate_from_config
+
+    cfg = eval_config(cityscapes_root, tmp_path / "cs_eval")
+    weights = random_small_model(tmp_path)
+    saving = ["eval.save_predictions=true", "eval.save_semantic=true"]
+    evaluate_from_config(cfg(*saving, weights=weights))
+    out = tmp_path / "cs_eval"
+    assert sorted(p.name for p in (out / "semantic").iterdir()) == [f"{f}.png" for f in FRAMES]
+    assert sorted(p.name for p in (out / "predictions" / "cityscapes_instances").glob("*.txt")) == \
+        [f"{f}_pred.txt" for f in FRAMES]
+    evaluate_from_config(cfg(*saving, "eval.max_images=1", weights=weights))
+    first = FRAMES[0]
+    assert [p.name for p in (out / "semantic").iterdir()] == [f"{first}.png"]
+    instances = out / "predictions" / "cityscapes_instances"
+    assert [p.name for p in instances.glob("*.txt")] == [f"{first}_pred.txt"]
+    assert all(p.name.startswith(f"{first}_") for p in (instances / "masks").iterdir())
+    assert [p.name for p in (out / "predictions" / "panoptic_pred").iterdir()] == [f"{first}.png"]
+
+
+def test_folders_this_evaluation_does_not_write_are_kept_with_a_warning(tmp_path, caplog):
+    from panfpn.evaluation.earlier_outputs import remove_earlier_predictions
+
+    (tmp_path / "semantic").mkdir()
+    (tmp_path / "semantic" / f"{FRAMES[0]}.png").write_bytes(b"")
+    masks = tmp_path / "predictions" / "cityscapes_instances" / "masks"
+    masks.mkdir(parents=True)
+    (masks / f"{FRAMES[0]}_0.png").write_bytes(b"")
+    (masks.parent / f"{FRAMES[0]}_pred.txt").write_text("")
+    (masks.parent / "notes.md").write_text("mine")  # not a kind the writers write: kept
+    with caplog.at_level("WARNING", logger="panfpn.evaluation.earlier_outputs"):
+        assert remove_earlier_predictions(tmp_path, save_predictions=True, save_semantic=False) == 2
+    assert sorted(p.name for p in masks.parent.rglob("*")) == ["masks", "notes.md"]
+    assert (tmp_path / "semantic" / f"{FRAMES[0]}.png").exists()
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        f"removed 2 file(s) of an earlier evaluation from {masks.parent}",
+        f"{tmp_path / 'semantic'} holds 1 file(s) of an earlier evaluation, not written by this one"]
+
+
+def test_the_test_split_gives_the_test_servers_files(tmp_path):
+    """docs/cityscapes.md's test-server recipe: gtFine/test (no labels: all void) converted by
+    createPanopticImgs, tools/eval.py with data.val.split=test writes every frame's instance-level
+    text file, panoptic PNG and label-id semantic PNG (its scores have no ground truth: null)."""
+    import numpy as np
+    from PIL import Image
+
+    from cityscapes_layout import H, W, create_panoptic_imgs, write_gt_fine
+    from panfpn.engine.eval_run import evaluate_from_config
+
+    frames = ("berlin_000000_000019", "bielefeld_000000_000321")
+    root = tmp_path / "cs"
+    write_gt_fine(root, "test", {f: np.zeros((H, W), np.uint16) for f in frames})
+    create_panoptic_imgs(root, "test")
+    cfg = eval_config(root, tmp_path / "cs_test")
+    metrics = evaluate_from_config(cfg("data.val.split=test", "eval.save_predictions=true", "eval.save_semantic=true",
+                                       weights=random_small_model(tmp_path)))
+    out = tmp_path / "cs_test"
+    assert metrics["cityscapes_ap"]["AP"] is None and metrics["panoptic"]["All"]["n"] == 0
+    assert sorted(p.name for p in (out / "predictions" / "cityscapes_instances").glob("*.txt")) == \
+        [f"{f}_pred.txt" for f in frames]
+    assert sorted(p.name for p in (out / "predictions" / "panoptic_pred").iterdir()) == [f"{f}.png" for f in frames]
+    labels = {c.id for c in cityscapes_panoptic_metadata().categories}
+    for f in frames:
+        png = np.array(Image.open(out / "semantic" / f"{f}.png"))
+        assert png.shape == (H, W) and set(np.unique(png).tolist()) <= labels

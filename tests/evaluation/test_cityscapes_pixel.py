@@ -260,3 +260,19 @@ def flat(tree: dict, prefix: str = "") -> dict[str, float]:
         out.update(flat(value, f"{prefix}{key}/") if isinstance(value, dict) else {prefix + key: value})
     return out
 
+
+
+def test_shown_in_report_html():
+    from report_parse import PageStructure
+
+    from panfpn.evaluation.report import build_report
+
+    split = {"pq": 0.5, "sq": 0.8, "rq": 0.625, "n": 1}
+    metrics = {"panoptic": {"All": split, "Things": split, "Stuff": split, "per_class": {}},
+               "sem_seg": {"mIoU": 0.5},
+               "cityscapes_sem_seg": {"IoU": 0.5, "iIoU": 0.25, "IoU_sup": 0.75, "iIoU_sup": None}}
+    other = dict(PageStructure(build_report(metrics, {})).texts("other-metrics"))
+    assert (other["Cityscapes IoU"], other["Cityscapes iIoU"], other["Cityscapes IoU_sup"],
+            other["Cityscapes iIoU_sup"]) == ("50.00", "25.00", "75.00", "n/a")
+    metrics["cityscapes_sem_seg"]["iIoU_sup"] = float("nan")  # as the in-memory result holds it
+    assert dict(PageStructure(build_report(metrics, {})).texts("other-metrics"))["Cityscapes iIoU_sup"] == "n/a"

@@ -1,0 +1,61 @@
+"""A Mask2Former checkpoint's own model keys set on the command line of the tools, under the default
+(Panoptic FPN) config: docs/checkpoints.md says explicit ``model.*`` overrides win over the record.
+Before panfpn/engine/record_overrides.py hydra refused ``model.inference.object_mask_threshold=0.0``
+(``Key 'inference' is not in struct``) before the tool ran."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from config_helpers import compose_config
+from process_helpers import run as run_in_group
+
+from panfpn.engine.job_setup import build_metadata
+from panfpn.engine.model_spec import describe_model
+from panfpn.engine.record_overrides import force_recorded_model_keys
+from panfpn.modeling.build import build_model
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["model.matcher.num_points=64", "model.predictor.num_queries=4", "model.predictor.dec_layers=1",
+         "model.pixel_decoder.num_layers=1"]
+
+
+def _mask2former_checkpoint(path: Path) -> Path:
+    """A checkpoint as training writes its model part: weights + the model record."""
+    cfg = compose_config(["experiment=synthetic_mask2former", *SMALL], output_dir=path.parent / "run")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    torch.save({"model": model.state_dict(), **describe_model(cfg, build_metadata(cfg), model)}, path)
+    return path
+
+
+def test_recorded_keys_become_forced_overrides_and_nothing_else(tmp_path):
+    ckpt = _mask2former_checkpoint(tmp_path / "m2f.pth")
+    args = [f"weights={ckpt}", "model.inference.object_mask_threshold=0.3", "model.inference.object_mask_thresh=0.3",
+            "+model.inference.topk_instances=5", "data.val.num_images=2", "-m"]
+    assert force_recorded_model_keys(args) == [
+        args[0], "++model.inference.object_mask_threshold=0.3", *args[2:]]  # a typo stays hydra's error
+    for extra in ("model=mask2former_small", "model_from_checkpoint=false"):  # the config's model is built
+        assert force_recorded_model_keys([*args, extra]) == [*args, extra]
+    detectron2 = tmp_path / "model_final.pkl"
+    detectron2.write_bytes(b"not read")
+    assert force_recorded_model_keys([f"weights={detectron2}", args[1]]) == [f"weights={detectron2}", args[1]]
+
+
+def test_predict_takes_a_mask2former_checkpoints_threshold_under_the_default_config(tmp_path):
+    ckpt = _mask2former_checkpoint(tmp_path / "m2f.pth")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    out = tmp_path / "pred"
+    cmd = [sys.executable, str(ROOT / "tools" / "predict.py"), f"weights={ckpt}", f"predict.input={tmp_path / 'a.png'}",
+           f"predict.output_dir={out}", "device=cpu", "model.inference.object_mask_threshold=0.0",
+           "model.inference.overlap_threshold=0.0", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    proc = run_in_group(cmd, timeout=120, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = (out / "log.txt").read_text()
+    assert "model.inference.object_mask_threshold: checkpoint 0.8, used 0.0" in log
+    segments = json.loads((out / "panoptic.json").read_text())["annotations"][0]["segments_info"]
+    assert segments, "thresholds 0: the image has segments (the recorded 0.8 would keep none of 4 random queries)"

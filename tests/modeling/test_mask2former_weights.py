@@ -183,3 +183,29 @@ def test_zoo_model_config_equals_the_composed_one(data, counts):
     ours = model_config("mask2former_r50", **counts)
     composed = compose_model_config("mask2former_r50", data)
     assert OmegaConf.to_container(ours.model, resolve=True) == OmegaConf.to_container(composed.model, resolve=True)
+
+
+def test_a_file_recording_other_normalisation_is_refused_naming_it(tmp_path):
+    """The official code does not save pixel_mean / pixel_std; a file that holds them states the input
+    its model was trained with. The ImageNet RGB values load (and are set, as always); others (here
+    Detectron2's BGR Caffe mean) are refused naming them. Before, they were skipped without a word and
+    the model normalised with the ImageNet values."""
+    from panfpn.modeling.mask2former.official_weights import official_name
+
+    torch.manual_seed(0)
+    model = instantiate_model(compose_model_config("mask2former_small", overrides=(
+        "model.predictor.num_queries=4", "model.predictor.dec_layers=1", "model.pixel_decoder.num_layers=1")))
+    state = {official_name(k): v.numpy() for k, v in model.state_dict().items() if official_name(k)}
+    path = tmp_path / "model_final.pkl"
+    imagenet = {"pixel_mean": np.array([123.675, 116.28, 103.53]).reshape(3, 1, 1),
+                "pixel_std": np.array([58.395, 57.12, 57.375]).reshape(3, 1, 1)}
+    for extra, refused in ((imagenet, None), ({**imagenet, "pixel_mean": np.array([103.53, 116.28, 123.675])}, "pixel_mean"),
+                           ({**imagenet, "pixel_std": np.ones(3)}, "pixel_std")):
+        with open(path, "wb") as f:
+            pickle.dump({"model": {**state, **extra}, "__author__": "FAIR"}, f)
+        if refused is None:
+            assert load_weights(model, str(path)).complete
+        else:
+            with pytest.raises(WeightsError, match=rf"{path}.* record {refused} \["):
+                load_weights(model, str(path))
+    assert torch.equal(model.pixel_mean.flatten(), torch.tensor([123.675, 116.28, 103.53]))

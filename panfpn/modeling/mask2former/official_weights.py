@@ -32,7 +32,8 @@ from panfpn.modeling.panoptic_fpn.detectron2_import import ours_to_d2
 from panfpn.modeling.weights import WeightsError
 
 # Entries of official checkpoints that are not weights of ours: the criterion's class weights
-# (set by the config), BN bookkeeping, normalisation (non-persistent there; ImageNet RGB here).
+# (set by the config), BN bookkeeping, normalisation (non-persistent there; ImageNet RGB here: a file
+# that holds other values is refused, check_recorded_normalisation).
 OFFICIAL_IGNORED = re.compile(r"^criterion\.empty_weight$|num_batches_tracked$|^pixel_(mean|std)$")
 _HEADS = ("pixel_decoder.", "predictor.")
 # The model-zoo files' older name -> the official decoder's current name.
@@ -81,6 +82,24 @@ def check_class_order(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
                            "puts the thing classes first: set model.class_order=semantic")
 
 
+def check_recorded_normalisation(state: Mapping[str, torch.Tensor], source: str,
+                                 expected: Mapping[str, tuple[float, ...]]) -> None:
+    """Refuse a file that records another ``pixel_mean`` / ``pixel_std`` than the official models'
+    (the official code does not save them; a file that does states what its model was trained with,
+    which the load would otherwise replace by the ImageNet values without a word)."""
+    other = []
+    for name, values in expected.items():
+        recorded = state.get(name)
+        if recorded is not None and not torch.allclose(torch.as_tensor(recorded, dtype=torch.float64).flatten(),
+                                                       torch.tensor(values, dtype=torch.float64), atol=1e-3):
+            other.append(f"{name} {[round(float(v), 3) for v in torch.as_tensor(recorded).flatten()]}")
+    if other:
+        raise WeightsError(f"weights {source} record {', '.join(other)}, not the ImageNet RGB values "
+                           f"{tuple(expected['pixel_mean'])} / {tuple(expected['pixel_std'])} that the official "
+                           "Mask2Former models take and this loader sets: a model trained with other input "
+                           "normalisation (or BGR input) would get wrong inputs")
+
+
 def official_to_ours(model: nn.Module, state: Mapping[str, torch.Tensor], report: Any) -> dict[str, torch.Tensor]:
     """``state`` under our names; names with no counterpart go to ``report.unexpected`` (the strict
     load then refuses them), shapes are checked by the loader."""
@@ -102,6 +121,8 @@ def official_to_ours(model: nn.Module, state: Mapping[str, torch.Tensor], report
     if mean is not None:
         from panfpn.modeling.mask2former.model import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 
+        check_recorded_normalisation(state, report.source, {"pixel_mean": IMAGENET_MEAN_RGB,
+                                                            "pixel_std": IMAGENET_STD_RGB})
         mapped["pixel_mean"] = torch.tensor(IMAGENET_MEAN_RGB).view(3, 1, 1)
         mapped["pixel_std"] = torch.tensor(IMAGENET_STD_RGB).view(3, 1, 1)
         report.notes.append("pixel mean/std set to the official ImageNet RGB values")

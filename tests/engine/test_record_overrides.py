@@ -59,3 +59,24 @@ def test_predict_takes_a_mask2former_checkpoints_threshold_under_the_default_con
     assert "model.inference.object_mask_threshold: checkpoint 0.8, used 0.0" in log
     segments = json.loads((out / "panoptic.json").read_text())["annotations"][0]["segments_info"]
     assert segments, "thresholds 0: the image has segments (the recorded 0.8 would keep none of 4 random queries)"
+
+
+def test_a_normalisation_override_that_the_checkpoint_replaces_is_refused(tmp_path):
+    """``model.pixel_mean=[0,0,0]`` with a checkpoint: the checkpoint's pixel_mean buffer is loaded over
+    it. Before, the log said 'model.pixel_mean: checkpoint [123.675, ...], used [0, 0, 0]' and the outputs
+    were those of the recorded mean; now a ConfigError names the key. The recorded value itself is fine."""
+    import pytest
+
+    from panfpn.engine.inference_model import build_inference_model
+    from panfpn.utils.errors import ConfigError
+
+    ckpt = _mask2former_checkpoint(tmp_path / "m2f.pth")
+    for value, refused in (("[0,0,0]", True), ("[123.675,116.28,103.53]", False)):
+        override = f"model.pixel_mean={value}"
+        cfg = compose_config([f"weights={ckpt}", override], output_dir=tmp_path / "eval")
+        if refused:
+            with pytest.raises(ConfigError, match=r"model\.pixel_mean=\[0\.0, 0\.0, 0\.0\] is not used: the weights .*m2f\.pth"):
+                build_inference_model(cfg, [override])
+        else:
+            built = build_inference_model(cfg, [override])
+            assert torch.allclose(built.model.pixel_mean.flatten(), torch.tensor([123.675, 116.28, 103.53]))

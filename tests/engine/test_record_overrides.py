@@ -80,3 +80,22 @@ def test_a_normalisation_override_that_the_checkpoint_replaces_is_refused(tmp_pa
         else:
             built = build_inference_model(cfg, [override])
             assert torch.allclose(built.model.pixel_mean.flatten(), torch.tensor([123.675, 116.28, 103.53]))
+
+
+def test_the_config_models_key_on_another_models_checkpoint_is_a_config_error(tmp_path):
+    """``model.merge.score_thresh=0.3`` (Panoptic FPN's, docs/checkpoints.md's example) with a Mask2Former
+    checkpoint under the default config: hydra takes it (the config's model has it), the record took it
+    too and Mask2Former's constructor failed (TypeError 'unexpected keyword argument merge', exit 1).
+    Now a ConfigError names the key and both models; the same key of the record's model still works."""
+    import pytest
+
+    from panfpn.engine.inference_model import build_inference_model
+    from panfpn.utils.errors import ConfigError
+
+    ckpt = _mask2former_checkpoint(tmp_path / "m2f.pth")
+    cfg = compose_config([f"weights={ckpt}", "model.merge.score_thresh=0.3"], output_dir=tmp_path / "eval")
+    with pytest.raises(ConfigError, match=r"model\.merge\.score_thresh=0\.3: model\.merge is a key of the config's "
+                                          r"model \(.*PanopticFPN\), not of the model recorded in .*Mask2Former"):
+        build_inference_model(cfg, ["model.merge.score_thresh=0.3"])
+    cfg = compose_config([f"weights={ckpt}", "++model.inference.topk_instances=7"], output_dir=tmp_path / "eval")
+    assert build_inference_model(cfg, ["++model.inference.topk_instances=7"]).model.inference_config.topk_instances == 7

@@ -209,3 +209,21 @@ def test_a_file_recording_other_normalisation_is_refused_naming_it(tmp_path):
             with pytest.raises(WeightsError, match=rf"{path}.* record {refused} \["):
                 load_weights(model, str(path))
     assert torch.equal(model.pixel_mean.flatten(), torch.tensor([123.675, 116.28, 103.53]))
+
+
+def test_an_official_file_with_its_normalisation_into_panoptic_fpn_names_the_model_to_build(tmp_path):
+    """An official Mask2Former file that records its (ImageNet RGB) pixel_mean, given to the default
+    Panoptic FPN model (model=mask2former_r50 forgotten): the error says which model to build. Before, it
+    said the file's pixel_mean was not Detectron2's BGR Caffe mean, as if it were a Detectron2 file."""
+    from panfpn.modeling.mask2former.official_weights import official_name
+
+    small = ("model.predictor.num_queries=4", "model.predictor.dec_layers=1", "model.pixel_decoder.num_layers=1")
+    m2f = instantiate_model(compose_model_config("mask2former_small", overrides=small))
+    state = {official_name(k): v.numpy() for k, v in m2f.state_dict().items() if official_name(k)}
+    state["pixel_mean"] = np.array([123.675, 116.28, 103.53]).reshape(3, 1, 1)
+    path = tmp_path / "model_final.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": state, "__author__": "FAIR"}, f)
+    fpn = instantiate_model(compose_model_config("panoptic_fpn_small"))
+    with pytest.raises(WeightsError, match="official Mask2Former checkpoint: build its model with model=mask2former_r50"):
+        load_weights(fpn, str(path))

@@ -227,3 +227,26 @@ def test_an_official_file_with_its_normalisation_into_panoptic_fpn_names_the_mod
     fpn = instantiate_model(compose_model_config("panoptic_fpn_small"))
     with pytest.raises(WeightsError, match="official Mask2Former checkpoint: build its model with model=mask2former_r50"):
         load_weights(fpn, str(path))
+
+
+def test_an_official_r101_file_names_the_depth_to_set_and_loads_with_it(tmp_path):
+    """The official R101 panoptic model (maskformer2_R101_bs16_50ep) into model=mask2former_r50: the error
+    names model.backbone.depth=101 (before: 255 'file tensors the model does not have'); with it set, the
+    file loads strictly."""
+    from panfpn.modeling.mask2former.official_weights import official_name
+
+    heads = ("model.predictor.num_queries=4", "model.predictor.dec_layers=1", "model.pixel_decoder.num_layers=1",
+             "model.predictor.hidden_dim=32", "model.pixel_decoder.conv_dim=32", "model.pixel_decoder.mask_dim=32",
+             "model.predictor.mask_dim=32")
+    torch.manual_seed(0)
+    r101 = instantiate_model(compose_model_config("mask2former_r50", overrides=(*heads, "model.backbone.depth=101")))
+    state = {official_name(k): v.numpy() for k, v in r101.state_dict().items() if official_name(k)}
+    assert "backbone.res4.22.conv3.norm.running_var" in state
+    path = tmp_path / "model_final_b807bd.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": state, "__author__": "FAIR"}, f)
+    r50 = instantiate_model(compose_model_config("mask2former_r50", overrides=heads))
+    with pytest.raises(WeightsError, match=r"ResNet-101 backbone \(23 res4 blocks\) but the model's is a ResNet-50: "
+                                           r"set model.backbone.depth=101"):
+        load_weights(r50, str(path))
+    assert load_weights(r101, str(path)).complete

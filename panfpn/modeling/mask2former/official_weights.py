@@ -100,12 +100,30 @@ def check_recorded_normalisation(state: Mapping[str, torch.Tensor], source: str,
                            "normalisation (or BGR input) would get wrong inputs")
 
 
+# (bottleneck blocks?, res4 blocks) -> ResNet depth, Detectron2's stage layouts
+_RESNET_DEPTHS = {(False, 2): 18, (False, 6): 34, (True, 6): 50, (True, 23): 101, (True, 36): 152}
+
+
+def check_resnet_depth(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse a ResNet file of another depth naming the key to set (official R101: ``model=mask2former_r50
+    model.backbone.depth=101``), instead of a list of hundreds of ``backbone.res4.*`` tensors."""
+    built = getattr(getattr(model, "backbone", None), "depth", 0)
+    blocks = {m.group(1) for n in state if (m := re.match(r"backbone\.res4\.(\d+)\.", n))}
+    bottleneck = any(re.match(r"backbone\.res\d\.\d+\.conv3\.", n) for n in state)
+    depth = _RESNET_DEPTHS.get((bottleneck, len(blocks)))
+    if built and depth and depth != built:
+        raise WeightsError(f"weights {source} are an official Mask2Former with a ResNet-{depth} backbone "
+                           f"({len(blocks)} res4 blocks) but the model's is a ResNet-{built}: set "
+                           f"model.backbone.depth={depth}")
+
+
 def official_to_ours(model: nn.Module, state: Mapping[str, torch.Tensor], report: Any) -> dict[str, torch.Tensor]:
     """``state`` under our names; names with no counterpart go to ``report.unexpected`` (the strict
     load then refuses them), shapes are checked by the loader."""
     ours = model.state_dict()
     to_ours = {n: k for k in ours if (n := official_name(k)) is not None}
     check_class_order(model, state, report.source)
+    check_resnet_depth(model, state, report.source)
     state = legacy_renamed(state, report)
     mapped, others = map_by_name(state, to_ours, ours, report)
     skipped_masks = 0

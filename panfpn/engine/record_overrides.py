@@ -32,8 +32,8 @@ def _parsed(arg: str) -> Any:
 
 
 def force_recorded_model_keys(args: Sequence[str]) -> list[str]:
-    """``args`` with each plain ``model.<key>=<value>`` whose key the ``weights=`` checkpoint's
-    recorded model has written ``++model.<key>=<value>`` (unchanged without such a checkpoint, with
+    """``args`` with each plain ``model.<key>=<value>`` whose key the ``weights=`` checkpoint's (every
+    one of a multirun's ``weights=a,b``) recorded model has written ``++model.<key>=<value>`` (unchanged without such a checkpoint, with
     ``model=<name>`` or ``model_from_checkpoint=false``: then the config's model is the one built)."""
     args = list(args)
     parsed = [_parsed(a) for a in args]
@@ -47,17 +47,20 @@ def force_recorded_model_keys(args: Sequence[str]) -> list[str]:
             weights = o.value()
     plain = [i for i, o in enumerate(parsed) if o is not None and o.key_or_group.startswith("model.")
              and not (o.is_add() or o.is_force_add() or o.is_delete())]
-    if not plain or not isinstance(weights, str) or Path(weights).suffix not in TORCH_SUFFIXES:
+    files = list(weights.list) if isinstance(getattr(weights, "list", None), list) else [weights]  # -m weights=a,b
+    if not plain or not files or not all(isinstance(w, str) and Path(w).suffix in TORCH_SUFFIXES for w in files):
         return args
-    try:
-        record = read_model_record(weights)
-    except WeightsError:
-        return args  # the tool names the unreadable file when it loads the weights
-    if record is None:
-        return args
-    node = OmegaConf.create(record.model_config)
+    nodes = []
+    for w in files:
+        try:
+            record = read_model_record(w)
+        except WeightsError:
+            return args  # the tool names the unreadable file when it loads the weights
+        if record is None:
+            return args
+        nodes.append(OmegaConf.create(record.model_config))
     for i in plain:
         key = parsed[i].key_or_group[len("model."):]
-        if OmegaConf.select(node, key, default=_ABSENT) is not _ABSENT:
+        if all(OmegaConf.select(node, key, default=_ABSENT) is not _ABSENT for node in nodes):
             args[i] = "++" + args[i]
     return args

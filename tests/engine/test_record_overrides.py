@@ -44,6 +44,10 @@ def test_recorded_keys_become_forced_overrides_and_nothing_else(tmp_path):
     detectron2 = tmp_path / "model_final.pkl"
     detectron2.write_bytes(b"not read")
     assert force_recorded_model_keys([f"weights={detectron2}", args[1]]) == [f"weights={detectron2}", args[1]]
+    other = _mask2former_checkpoint(tmp_path / "other.pth")  # a multirun over checkpoints: each has the key
+    swept = [f"weights={ckpt},{other}", "model.inference.overlap_threshold=0.1,0.2", "-m"]
+    assert force_recorded_model_keys(swept) == [swept[0], "++" + swept[1], "-m"]
+    assert force_recorded_model_keys([f"weights={ckpt},{detectron2}", swept[1]]) == [f"weights={ckpt},{detectron2}", swept[1]]
 
 
 def test_predict_takes_a_mask2former_checkpoints_threshold_under_the_default_config(tmp_path):

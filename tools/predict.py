@@ -9,10 +9,13 @@ from panfpn.utils.stop_signals import stop_signals
 
 STOP = stop_signals("tools/predict.py")  # first: SIGTERM / SIGINT exit 143 / 130 with a message (docs/training.md)
 
+import sys  # noqa: E402
+
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from panfpn.engine.predict_run import predict_from_config  # noqa: E402
+from panfpn.engine.record_overrides import force_recorded_model_keys  # noqa: E402
 from panfpn.engine.tool_errors import input_errors_exit_2  # noqa: E402
 
 
@@ -24,4 +27,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    # model.* keys of the checkpoint's recorded model that the config's model lacks (a Mask2Former
+    # checkpoint under the default Panoptic FPN config): as ++ overrides (panfpn/engine/record_overrides.py)
+    sys.argv[1:] = force_recorded_model_keys(sys.argv[1:])
     main()

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+import torch
 from torch import nn
 
 from panfpn.data.metadata import DatasetMetadata
@@ -26,7 +27,7 @@ from panfpn.data.transforms import check_test_transform, check_transforms_node
 from panfpn.utils.errors import ConfigError
 from panfpn.engine.model_spec import (
     ModelRecord, command_line_overrides, config_differences, effective_model_config,
-    log_differences, read_model_record, transform_overridden,
+    log_differences, parse_overrides, read_model_record, transform_overridden,
 )
 from panfpn.engine.job_setup import build_metadata, resolved
 from panfpn.modeling.build import check_labels_fit, instantiate_model, load_configured_weights
@@ -97,6 +98,8 @@ def build_inference_model(cfg: DictConfig, overrides: Sequence[str] | None = Non
     eff = _with_model(cfg, model_cfg, transform)
     model = instantiate_model(eff)
     report = load_configured_weights(model, eff)
+    if report is not None:
+        refuse_replaced_normalisation(model, model_cfg, overrides, report.source)
     if require_heads and report is not None and report.format in BACKBONE_ONLY_FORMATS:
         raise WeightsError(f"weights {report.source} hold only an ImageNet backbone: the heads would be "
                            "random; give a trained checkpoint (ours or Detectron2's)")
@@ -107,6 +110,24 @@ def build_inference_model(cfg: DictConfig, overrides: Sequence[str] | None = Non
     # in eval mode: a model built for inference (a Python caller would otherwise run it in train mode,
     # where it asks for targets; the tools set the mode again anyway)
     return InferenceModel(model.eval(), metadata, transform, eff, record if use_record else None, report)
+
+
+def refuse_replaced_normalisation(model: nn.Module, model_cfg: dict[str, Any], overrides: Sequence[str],
+                                  source: str) -> None:
+    """An explicit ``model.pixel_mean`` / ``model.pixel_std`` that the weights replaced (a checkpoint holds
+    its model's as buffers; Detectron2 and official files set the ones their models take) is a
+    ConfigError naming the key: else the run would log the override as used and normalise with the file's."""
+    given = {o.key_or_group for o in parse_overrides(overrides)}
+    for name in ("pixel_mean", "pixel_std"):
+        loaded = getattr(model, name, None)
+        if f"model.{name}" not in given or model_cfg.get(name) is None or not isinstance(loaded, torch.Tensor):
+            continue
+        wanted = torch.tensor([float(v) for v in model_cfg[name]], dtype=torch.float64)
+        loaded = loaded.detach().to("cpu", torch.float64).flatten()
+        if wanted.shape != loaded.shape or not torch.allclose(wanted, loaded, atol=1e-4):
+            raise ConfigError(f"model.{name}={[float(v) for v in model_cfg[name]]} is not used: the weights {source} "
+                              f"set {name} to {[round(v, 4) for v in loaded.tolist()]}, the input normalisation "
+                              "their model was trained with; remove the override")
 
 
 def _note_ignored_config_model(cfg: DictConfig, record: ModelRecord, used: dict[str, Any]) -> None:

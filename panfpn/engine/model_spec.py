@@ -164,6 +164,7 @@ def effective_model_config(cfg: DictConfig, record: ModelRecord, overrides: Sequ
         if not key.startswith("model."):
             continue
         sub = key[len("model."):]
+        refuse_other_models_key(cfg, record, node, o)
         if o.is_delete():
             parent, _, leaf = sub.rpartition(".")
             holder = OmegaConf.select(node, parent) if parent else node
@@ -174,6 +175,22 @@ def effective_model_config(cfg: DictConfig, record: ModelRecord, overrides: Sequ
         value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
         OmegaConf.update(node, sub, value, merge=False, force_add=True)
     return OmegaConf.to_container(node)
+
+
+def refuse_other_models_key(cfg: DictConfig, record: ModelRecord, node: Any, override: Any) -> None:
+    """A ``model.<section>...`` override whose section the recorded model lacks while the config's model,
+    another architecture, has it (``model.merge.score_thresh=0.3``, Panoptic FPN's, with a Mask2Former
+    checkpoint under the default config): a ConfigError naming both models, not the constructor's
+    TypeError ('unexpected keyword argument merge') after the record took the key."""
+    section = override.key_or_group[len("model."):].split(".")[0]
+    if override.is_delete() or section in node:
+        return
+    ours, theirs = node.get("_target_"), OmegaConf.select(cfg, "model._target_", default=None)
+    if theirs is None or str(ours).rsplit(".", 1)[-1] == str(theirs).rsplit(".", 1)[-1]:
+        return  # the same class (possibly by another module path): a key the record predates
+    raise ConfigError(f"{override.input_line}: model.{section} is a key of the config's model ({theirs}), not of "
+                      f"the model recorded in {record.source} ({ours}), which is the one built; remove it "
+                      "(model_from_checkpoint=false builds the config's model instead)")
 
 
 def transform_overridden(overrides: Sequence[str]) -> bool:

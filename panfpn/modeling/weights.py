@@ -463,6 +463,8 @@ def _load_d2_layout(model: nn.Module, state: dict[str, torch.Tensor], source: st
         return _load_into(model, convert(state, report), report, scope="", ignore_missing=("num_batches_tracked",))
     report = LoadReport(source, "detectron2")
     problem = d2_normalisation_problem(state)
+    if problem and (other := _other_architecture(state, model)):  # the other model's file: say that, not its mean
+        raise WeightsError(f"weights {source} match nothing in the {type(model).__name__} model: they are {other}")
     if problem:
         raise WeightsError(f"weights {source} (detectron2) cannot be converted: {problem}")
     ours = model.state_dict()

@@ -183,3 +183,70 @@ def test_zoo_model_config_equals_the_composed_one(data, counts):
     ours = model_config("mask2former_r50", **counts)
     composed = compose_model_config("mask2former_r50", data)
     assert OmegaConf.to_container(ours.model, resolve=True) == OmegaConf.to_container(composed.model, resolve=True)
+
+
+def test_a_file_recording_other_normalisation_is_refused_naming_it(tmp_path):
+    """The official code does not save pixel_mean / pixel_std; a file that holds them states the input
+    its model was trained with. The ImageNet RGB values load (and are set, as always); others (here
+    Detectron2's BGR Caffe mean) are refused naming them. Before, they were skipped without a word and
+    the model normalised with the ImageNet values."""
+    from panfpn.modeling.mask2former.official_weights import official_name
+
+    torch.manual_seed(0)
+    model = instantiate_model(compose_model_config("mask2former_small", overrides=(
+        "model.predictor.num_queries=4", "model.predictor.dec_layers=1", "model.pixel_decoder.num_layers=1")))
+    state = {official_name(k): v.numpy() for k, v in model.state_dict().items() if official_name(k)}
+    path = tmp_path / "model_final.pkl"
+    imagenet = {"pixel_mean": np.array([123.675, 116.28, 103.53]).reshape(3, 1, 1),
+                "pixel_std": np.array([58.395, 57.12, 57.375]).reshape(3, 1, 1)}
+    for extra, refused in ((imagenet, None), ({**imagenet, "pixel_mean": np.array([103.53, 116.28, 123.675])}, "pixel_mean"),
+                           ({**imagenet, "pixel_std": np.ones(3)}, "pixel_std")):
+        with open(path, "wb") as f:
+            pickle.dump({"model": {**state, **extra}, "__author__": "FAIR"}, f)
+        if refused is None:
+            assert load_weights(model, str(path)).complete
+        else:
+            with pytest.raises(WeightsError, match=rf"{path}.* record {refused} \["):
+                load_weights(model, str(path))
+    assert torch.equal(model.pixel_mean.flatten(), torch.tensor([123.675, 116.28, 103.53]))
+
+
+def test_an_official_file_with_its_normalisation_into_panoptic_fpn_names_the_model_to_build(tmp_path):
+    """An official Mask2Former file that records its (ImageNet RGB) pixel_mean, given to the default
+    Panoptic FPN model (model=mask2former_r50 forgotten): the error says which model to build. Before, it
+    said the file's pixel_mean was not Detectron2's BGR Caffe mean, as if it were a Detectron2 file."""
+    from panfpn.modeling.mask2former.official_weights import official_name
+
+    small = ("model.predictor.num_queries=4", "model.predictor.dec_layers=1", "model.pixel_decoder.num_layers=1")
+    m2f = instantiate_model(compose_model_config("mask2former_small", overrides=small))
+    state = {official_name(k): v.numpy() for k, v in m2f.state_dict().items() if official_name(k)}
+    state["pixel_mean"] = np.array([123.675, 116.28, 103.53]).reshape(3, 1, 1)
+    path = tmp_path / "model_final.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": state, "__author__": "FAIR"}, f)
+    fpn = instantiate_model(compose_model_config("panoptic_fpn_small"))
+    with pytest.raises(WeightsError, match="official Mask2Former checkpoint: build its model with model=mask2former_r50"):
+        load_weights(fpn, str(path))
+
+
+def test_an_official_r101_file_names_the_depth_to_set_and_loads_with_it(tmp_path):
+    """The official R101 panoptic model (maskformer2_R101_bs16_50ep) into model=mask2former_r50: the error
+    names model.backbone.depth=101 (before: 255 'file tensors the model does not have'); with it set, the
+    file loads strictly."""
+    from panfpn.modeling.mask2former.official_weights import official_name
+
+    heads = ("model.predictor.num_queries=4", "model.predictor.dec_layers=1", "model.pixel_decoder.num_layers=1",
+             "model.predictor.hidden_dim=32", "model.pixel_decoder.conv_dim=32", "model.pixel_decoder.mask_dim=32",
+             "model.predictor.mask_dim=32")
+    torch.manual_seed(0)
+    r101 = instantiate_model(compose_model_config("mask2former_r50", overrides=(*heads, "model.backbone.depth=101")))
+    state = {official_name(k): v.numpy() for k, v in r101.state_dict().items() if official_name(k)}
+    assert "backbone.res4.22.conv3.norm.running_var" in state
+    path = tmp_path / "model_final_b807bd.pkl"
+    with open(path, "wb") as f:
+        pickle.dump({"model": state, "__author__": "FAIR"}, f)
+    r50 = instantiate_model(compose_model_config("mask2former_r50", overrides=heads))
+    with pytest.raises(WeightsError, match=r"ResNet-101 backbone \(23 res4 blocks\) but the model's is a ResNet-50: "
+                                           r"set model.backbone.depth=101"):
+        load_weights(r50, str(path))
+    assert load_weights(r101, str(path)).complete

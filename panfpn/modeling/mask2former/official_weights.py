@@ -32,7 +32,8 @@ from panfpn.modeling.panoptic_fpn.detectron2_import import ours_to_d2
 from panfpn.modeling.weights import WeightsError
 
 # Entries of official checkpoints that are not weights of ours: the criterion's class weights
-# (set by the config), BN bookkeeping, normalisation (non-persistent there; ImageNet RGB here).
+# (set by the config), BN bookkeeping, normalisation (non-persistent there; ImageNet RGB here: a file
+# that holds other values is refused, check_recorded_normalisation).
 OFFICIAL_IGNORED = re.compile(r"^criterion\.empty_weight$|num_batches_tracked$|^pixel_(mean|std)$")
 _HEADS = ("pixel_decoder.", "predictor.")
 # The model-zoo files' older name -> the official decoder's current name.
@@ -81,12 +82,48 @@ def check_class_order(model: nn.Module, state: Mapping[str, torch.Tensor], sourc
                            "puts the thing classes first: set model.class_order=semantic")
 
 
+def check_recorded_normalisation(state: Mapping[str, torch.Tensor], source: str,
+                                 expected: Mapping[str, tuple[float, ...]]) -> None:
+    """Refuse a file that records another ``pixel_mean`` / ``pixel_std`` than the official models'
+    (the official code does not save them; a file that does states what its model was trained with,
+    which the load would otherwise replace by the ImageNet values without a word)."""
+    other = []
+    for name, values in expected.items():
+        recorded = state.get(name)
+        if recorded is not None and not torch.allclose(torch.as_tensor(recorded, dtype=torch.float64).flatten(),
+                                                       torch.tensor(values, dtype=torch.float64), atol=1e-3):
+            other.append(f"{name} {[round(float(v), 3) for v in torch.as_tensor(recorded).flatten()]}")
+    if other:
+        raise WeightsError(f"weights {source} record {', '.join(other)}, not the ImageNet RGB values "
+                           f"{tuple(expected['pixel_mean'])} / {tuple(expected['pixel_std'])} that the official "
+                           "Mask2Former models take and this loader sets: a model trained with other input "
+                           "normalisation (or BGR input) would get wrong inputs")
+
+
+# (bottleneck blocks?, res4 blocks) -> ResNet depth, Detectron2's stage layouts
+_RESNET_DEPTHS = {(False, 2): 18, (False, 6): 34, (True, 6): 50, (True, 23): 101, (True, 36): 152}
+
+
+def check_resnet_depth(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse a ResNet file of another depth naming the key to set (official R101: ``model=mask2former_r50
+    model.backbone.depth=101``), instead of a list of hundreds of ``backbone.res4.*`` tensors."""
+    built = getattr(getattr(model, "backbone", None), "depth", 0)
+    blocks = {m.group(1) for n in state if (m := re.match(r"backbone\.res4\.(\d+)\.", n))}
+    bottleneck = any(re.match(r"backbone\.res\d\.\d+\.conv3\.", n) for n in state)
+    depth = _RESNET_DEPTHS.get((bottleneck, len(blocks)))
+    if built and depth and depth != built:
+        raise WeightsError(f"weights {source} are an official Mask2Former with a ResNet-{depth} backbone "
+                           f"({len(blocks)} res4 blocks) but the model's is a ResNet-{built}: set "
+                           f"model.backbone.depth={depth}")
+
+
 def official_to_ours(model: nn.Module, state: Mapping[str, torch.Tensor], report: Any) -> dict[str, torch.Tensor]:
     """``state`` under our names; names with no counterpart go to ``report.unexpected`` (the strict
     load then refuses them), shapes are checked by the loader."""
     ours = model.state_dict()
     to_ours = {n: k for k in ours if (n := official_name(k)) is not None}
     check_class_order(model, state, report.source)
+    check_resnet_depth(model, state, report.source)
     state = legacy_renamed(state, report)
     mapped, others = map_by_name(state, to_ours, ours, report)
     skipped_masks = 0
@@ -102,6 +139,8 @@ def official_to_ours(model: nn.Module, state: Mapping[str, torch.Tensor], report
     if mean is not None:
         from panfpn.modeling.mask2former.model import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 
+        check_recorded_normalisation(state, report.source, {"pixel_mean": IMAGENET_MEAN_RGB,
+                                                            "pixel_std": IMAGENET_STD_RGB})
         mapped["pixel_mean"] = torch.tensor(IMAGENET_MEAN_RGB).view(3, 1, 1)
         mapped["pixel_std"] = torch.tensor(IMAGENET_STD_RGB).view(3, 1, 1)
         report.notes.append("pixel mean/std set to the official ImageNet RGB values")

@@ -34,13 +34,14 @@ from panfpn.engine.eval_loop import build_eval_loader, evaluate
 from panfpn.engine.progress import bar_enabled
 from panfpn.engine.training.elapsed import ELAPSED_KEY, ElapsedTime
 from panfpn.engine.training.metrics_log import MetricsLog
-from panfpn.engine.model_spec import describe_model
+from panfpn.engine.inference_model import refuse_replaced_normalisation
+from panfpn.engine.model_spec import command_line_overrides, describe_model
 from panfpn.engine.rank_errors import told_to_rank_0
 from panfpn.engine.training.resume import Resumed, resume_training, warn_fresh_start
 from panfpn.engine.training.run_lock import hold_run_dir
 from panfpn.engine.training.start_checks import check_model_labels, check_training_config
 from panfpn.engine.training.stop_notes import StopNotes
-from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, move_batch, setup_logging
+from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, move_batch, resolved, setup_logging
 from panfpn.modeling.build import build_model
 from panfpn.engine.training.solver import build_optimizer, clip_gradients, reported_lr, scaled_lr
 from panfpn.evaluation.build import build_evaluators
@@ -220,6 +221,8 @@ def _train(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict:
     metadata = build_metadata(cfg)
     check_model_labels(cfg, metadata)
     model = build_model(cfg).to(device)
+    if OmegaConf.select(cfg, "weights"):  # an explicit normalisation the weights replaced: not what was asked
+        refuse_replaced_normalisation(model, resolved(cfg, "model") or {}, command_line_overrides(), str(cfg.weights))
     optimizer, scheduler, scaler = _build_solver(cfg, model, device)
     resumed = Resumed()
     if not cfg.resume and du.is_main_process():

@@ -103,3 +103,32 @@ def test_the_config_models_key_on_another_models_checkpoint_is_a_config_error(tm
         build_inference_model(cfg, ["model.merge.score_thresh=0.3"])
     cfg = compose_config([f"weights={ckpt}", "++model.inference.topk_instances=7"], output_dir=tmp_path / "eval")
     assert build_inference_model(cfg, ["++model.inference.topk_instances=7"]).model.inference_config.topk_instances == 7
+
+
+def test_training_refuses_a_normalisation_override_that_its_weights_replace(tiny_cfg, tmp_path, monkeypatch):
+    """tools/train.py weights=<checkpoint> model.pixel_mean=[0,0,0]: the checkpoint's pixel_mean buffer
+    was loaded over the override and training ran with the recorded mean, a log note only. Now the
+    job stops before its first step naming the key; the recorded value itself is accepted."""
+    import pytest
+
+    from panfpn.engine import train_run
+    from panfpn.engine.train_run import train_from_config
+    from panfpn.utils.errors import ConfigError
+
+    first = tmp_path / "first"
+    train_from_config(tiny_cfg("solver.max_iter=1", "solver.schedule.steps=[]", "train.eval_period=-1",
+                               run_dir=first))
+    ckpt = first / "model_final.pth"
+    for value, refused in (("[0,0,0]", True), ("[123.675,116.28,103.53]", False)):
+        override = f"model.pixel_mean={value}"
+        monkeypatch.setattr(train_run, "command_line_overrides", lambda o=override: [f"weights={ckpt}", o])
+        run_dir = tmp_path / ("refused" if refused else "accepted")
+        cfg = tiny_cfg(f"weights={ckpt}", override, "solver.max_iter=1", "solver.schedule.steps=[]",
+                       "train.eval_period=-1", run_dir=run_dir)
+        if refused:
+            with pytest.raises(ConfigError, match=r"model\.pixel_mean=\[0\.0, 0\.0, 0\.0\] is not used: the weights"):
+                train_from_config(cfg)
+            assert not (run_dir / "model_final.pth").exists()
+        else:
+            train_from_config(cfg)
+            assert (run_dir / "model_final.pth").is_file()

@@ -46,6 +46,12 @@ def test_schedule_warnings_for_warmup_past_the_end_and_late_steps():
 def test_hparams_from_overrides_keep_types():
     assert hparam_values(["solver.base_lr=0.001", "model.merge.overlap_thresh=null", "+x=abc", "train.amp=true"]) \
         == {"solver.base_lr": 0.001, "model.merge.overlap_thresh": "null", "x": "abc", "train.amp": True}
+    # each value as hydra gives it to the config: YAML 1.1 kept '1e-3' as text (a text column in
+    # TensorBoard's HParams beside a run's 0.002) and made 'on' a boolean
+    assert hparam_values(["solver.base_lr=1e-3", "solver.weight_decay=5e-4", "data.val.name=on", "x=inf",
+                          "solver.schedule.steps=[1, 2]"]) \
+        == {"solver.base_lr": 0.001, "solver.weight_decay": 0.0005, "data.val.name": "on", "x": "inf",
+            "solver.schedule.steps": "[1, 2]"}
 
 
 def test_objective_names_are_checked_at_start(tiny_cfg):

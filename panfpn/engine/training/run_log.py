@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -199,19 +200,24 @@ def run_overrides(run_dir: Path) -> list[str]:
 
 
 def hparam_values(overrides: Iterable[str]) -> dict[str, Any]:
-    """``key=value`` overrides as TensorBoard hparams (numbers, booleans, else strings)."""
-    import yaml
+    """``key=value`` overrides as TensorBoard hparams (numbers, booleans, else strings), each value as
+    hydra parsed it for the config: ``1e-3`` is the number 0.001 (YAML 1.1 would keep the text
+    ``'1e-3'``), ``on`` stays text; a null, a list, a non-finite number: the override's text."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
 
+    parser = OverridesParser.create()
     out: dict[str, Any] = {}
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
             continue
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
+            value = parser.parse_override(item).value()
+        except (HydraException, ValueError):
             value = raw
-        out[key.lstrip("+~")] = value if isinstance(value, (int, float, bool, str)) else raw
+        finite = not isinstance(value, float) or math.isfinite(value)
+        out[key.lstrip("+~")] = value if isinstance(value, (int, float, bool, str)) and finite else raw
     return out
 
 

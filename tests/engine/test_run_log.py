@@ -2,6 +2,7 @@
 TensorBoard (hparams, per-class PQ, the config), and the warnings about schedules the config changes."""
 
 import io
+import json
 import re
 
 import numpy as np
@@ -237,3 +238,34 @@ def test_a_fresh_start_in_a_used_folder_hides_all_of_the_earlier_run_in_tensorbo
     configs = mux.Tensors(".", "config/text_summary")
     assert [(e.step, b"max_iter: 2" in e.tensor_proto.string_val[0]) for e in configs] == [(1, True)]
     assert [e.step for e in mux.Tensors(".", "loss/total")] == [1]
+
+
+@pytest.mark.parametrize("objective,scores", [
+    ("cityscapes_ap/AP", {"cityscapes_ap": {"AP": None, "AP50": None, "per_class": {}}}),
+    ("cityscapes_sem_seg/iIoU", {"cityscapes_sem_seg": {"IoU": 0.5, "iIoU": float("nan"), "IoU_sup": 0.75,
+                                                         "iIoU_sup": float("nan")}}),
+    ("bbox/APs", {"bbox": {"AP": 0.25, "AP50": 0.5, "AP75": 0.25, "APs": -1.0, "APm": 0.25, "APl": 0.25}})])
+def test_an_objective_undefined_on_the_scored_images_leaves_a_done_run(objective, scores, tmp_path, monkeypatch,
+                                                                       caplog):
+    """A Cityscapes AP with no instance in the scored images (None), an iIoU of NaN, a COCO APs of -1
+    (no small object): the finished training raised "config key 'train.objective' ... not a metric of
+    this run", so job_status.json said failed and eval_results.json was never written; it is a done run
+    that returns no objective (as one without an evaluation), with a warning naming the key."""
+    from config_helpers import compose_config
+
+    from panfpn.engine import train_run
+
+    split = {"pq": 0.5, "sq": 0.8, "rq": 0.625, "n": 1}
+    evaluated = {"panoptic": {"All": split, "Things": split, "Stuff": split, "per_class": {}},
+                 "sem_seg": {"mIoU": 0.5}, **scores}
+    monkeypatch.setattr(train_run, "train_from_config", lambda cfg: {
+        "iteration": 4, "interrupted": False, "signal": None, "checkpoint": None, "losses": {"loss/total": 1.0},
+        "eval": evaluated, "eval_iteration": 4})
+    cfg = compose_config(["experiment=cityscapes_r50", f"train.objective={objective}"], output_dir=tmp_path)
+    with caplog.at_level("WARNING", logger="panfpn"):
+        result = run_training_job(cfg)
+    assert result["objective"] is None
+    assert f"config key 'train.objective': {objective} is undefined in the final evaluation" in caplog.text
+    status = json.loads((tmp_path / "job_status.json").read_text())
+    assert status["status"] == "done" and status["objective"]["value"] is None
+    assert json.loads((tmp_path / "eval_results.json").read_text())["sem_seg"]["mIoU"] == 0.5

@@ -87,6 +87,14 @@ def objective_value(cfg: DictConfig, result: Mapping[str, Any]) -> float | None:
         values.update(metrics_to_scalars(dict(result["eval"])))
     if name not in values and not result.get("eval") and not str(name).startswith(LOSS_PREFIX):
         return None  # no evaluation (check_objective warned)
+    if name not in values and name in OBJECTIVE_NAMES and not str(name).startswith(LOSS_PREFIX):
+        # its evaluator ran (check_objective), but the score is undefined on these images (a COCO AP
+        # of an area without ground truth, a Cityscapes AP or iIoU without instances): the training
+        # is done, its files are written; it returns no objective, as without an evaluation
+        logger.warning("config key 'train.objective': %s is undefined in the final evaluation (no ground truth "
+                       "of it in the scored images): this run returns no objective (a sweeper counts it as "
+                       "failed); eval_results.json has the other metrics", name)
+        return None
     if name not in values:
         raise ConfigError(f"config key 'train.objective' is {name!r}, not a metric of this run; it has "
                           f"{sorted(values)}")

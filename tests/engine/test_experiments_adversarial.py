@@ -398,3 +398,14 @@ def test_params_compare_override_values_as_hydra_parses_them(tmp_path):
     _run(tmp_path / "alone", overrides=("train.progress_bar=false", "solver.base_lr=1e-2", "seed=2", "~weights"))
     rows, _ = collect([tmp_path])
     assert [r["params"] for r in rows] == ["seed=2 ~weights", "seed=1"]
+
+
+def test_the_summary_objective_is_a_name_and_direction_not_the_first_jobs_value(tmp_path):
+    """summary.json's top-level objective was job 0's whole record, value included: a sweep whose
+    best job is 1 read as if its objective value were job 0's."""
+    _run(tmp_path / "0", pq=0.2)
+    _run(tmp_path / "1", pq=0.6)
+    write_summary([tmp_path], tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["objective"] == {"name": "pq/All", "direction": "maximize"}
+    assert summary["best"] == "1"

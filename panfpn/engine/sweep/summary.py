@@ -257,10 +257,12 @@ def best_job(rows: Sequence[dict], objective: dict | None = None) -> str | None:
 
 
 def _objective_of(run_dirs: Sequence[Path]) -> dict | None:
+    """The first recorded objective's name and direction: not its value, which is that job's, not
+    the sweep's (summary.json's ``best`` names the best job; each row has its own value)."""
     for run_dir in run_dirs:
         objective = (_read_json(run_dir / JOB_STATUS) or {}).get("objective")
-        if objective and objective.get("name"):
-            return objective
+        if isinstance(objective, dict) and objective.get("name"):
+            return {"name": objective["name"], "direction": objective.get("direction", "maximize")}
     return None
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from panfpn.engine.sweep.summary import best_job, collect, format_table, write_summary
+from panfpn.engine.sweep.summary import best_job, collect, format_table, objective_decimals, write_summary
 from panfpn.engine.training.job import run_training_job
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -409,3 +409,21 @@ def test_the_summary_objective_is_a_name_and_direction_not_the_first_jobs_value(
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["objective"] == {"name": "pq/All", "direction": "maximize"}
     assert summary["best"] == "1"
+
+
+def test_the_objective_is_shown_with_the_decimals_that_tell_the_best_job(tmp_path):
+    """Two loss/total jobs at 4.2888 and 4.2906 (minimize) were both shown as 4.29 in the table and the
+    page, which named job 0 best and no tie: as many decimals as tell them apart (2 when they do)."""
+    for job, loss in (("0", 4.2888), ("1", 4.2906)):
+        run = _run(tmp_path / job, pq=0.0, objective="loss/total", direction="minimize")
+        status = json.loads((run / "job_status.json").read_text())
+        status["objective"]["value"] = loss
+        (run / "job_status.json").write_text(json.dumps(status))
+    write_summary([tmp_path], tmp_path)
+    rows, objective = collect([tmp_path])
+    table = format_table(rows, objective)
+    assert "4.289" in table and "4.291" in table and "best loss/total (minimize): job 0" in table
+    page = (tmp_path / "summary.html").read_text()
+    assert ">4.289<" in page and ">4.291<" in page
+    # values that 2 decimals tell apart keep 2 decimals
+    assert [objective_decimals(r) for r in ([{"objective": 65.3}, {"objective": 61.3}], rows)] == [2, 3]

@@ -11,8 +11,8 @@ import html
 from typing import Any, Sequence
 
 from panfpn.engine.progress import duration
-from panfpn.engine.sweep.summary import (METRIC_NAMES, add_params, best_job, no_best_reason, status_text,
-                                        tied_with_best)
+from panfpn.engine.sweep.summary import (METRIC_NAMES, add_params, best_job, no_best_reason,
+                                        objective_decimals, status_text, tied_with_best)
 from panfpn.evaluation.report import SORT_JS, STYLE
 
 EXTRA_STYLE = """
@@ -49,14 +49,15 @@ def _eval_at(evaluated: int | None, stopped: int | None) -> str:
     return _td(evaluated, f"{evaluated} (run at {stopped})" if later else str(evaluated), "neg" if later else "")
 
 
-def _row(row: dict, tops: dict[str, float], best: str | None) -> str:
+def _row(row: dict, tops: dict[str, float], best: str | None, decimals: int = 2) -> str:
     status = str(row["status"])
     cells = [_td(row["job"], str(row["job"])), _td(status, status_text(row), f"status-{status}"),
              _td(row["params"], row["params"] or "-", "overrides"),
              _td(-1 if row.get("images") is None else row["images"], str(row.get("images") or "-"))]
     cells += [_metric_cell(row.get(name), tops[name]) for name in SHOWN]
     objective = row.get("objective")
-    cells.append(_td(-1e30 if objective is None else objective, "-" if objective is None else f"{objective:.2f}"))
+    shown = "-" if objective is None else f"{objective:.{decimals}f}"
+    cells.append(_td(-1e30 if objective is None else objective, shown))
     cells.append(_eval_at(row.get("eval_iteration"), row.get("iteration")))
     wall = row.get("wall_s")
     cells.append(_td(-1 if wall is None else wall, "-" if wall is None else duration(float(wall))))
@@ -77,7 +78,7 @@ def build_page(rows: Sequence[dict], objective: dict | None, *, title: str = "Sw
                    for h in ("job", "status", "params", "images", *SHOWN, "objective", "evaluated at", "wall time",
                                          "other config",
                                          "run folder"))
-    body = "".join(_row(r, tops, best) for r in rows)
+    body = "".join(_row(r, tops, best, objective_decimals(rows)) for r in rows)
     counts = {s: sum(1 for r in rows if r["status"] == s)
               for s in ("done", "failed", "interrupted", "running", "unknown")}
     common = add_params(rows)

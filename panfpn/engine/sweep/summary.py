@@ -316,8 +316,18 @@ def to_csv(rows: Sequence[dict]) -> str:
     return buffer.getvalue()
 
 
-def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
+def _fmt(value: Any, decimals: int = 2) -> str:
+    return "-" if value is None else f"{value:.{decimals}f}" if isinstance(value, float) else str(value)
+
+
+def objective_decimals(rows: Sequence[dict]) -> int:
+    """The decimals the objective column needs: 2, or more (up to 6) when two different values
+    would look alike (losses of 4.2888 and 4.2906 both showed 4.29, one of them called best)."""
+    values = {float(r["objective"]) for r in rows if isinstance(r.get("objective"), (int, float))}
+    for decimals in range(2, 7):
+        if len({f"{v:.{decimals}f}" for v in values}) == len(values):
+            return decimals
+    return 6
 
 
 def status_text(row: dict) -> str:
@@ -330,7 +340,8 @@ def format_table(rows: Sequence[dict], objective: dict | None = None) -> str:
     """The console table: job, status, main metrics, wall time, overrides."""
     cols = ("job", "status", "PQ", "PQ_th", "PQ_st", "mIoU", "AP_mask", "objective", "eval_iteration", "wall_s",
             "params")
-    cells = [[status_text(r) if c == "status" else _fmt(r.get(c)) for c in cols] for r in rows]
+    decimals = {"objective": objective_decimals(rows)}
+    cells = [[status_text(r) if c == "status" else _fmt(r.get(c), decimals.get(c, 2)) for c in cols] for r in rows]
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]

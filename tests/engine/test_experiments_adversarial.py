@@ -427,3 +427,20 @@ def test_the_objective_is_shown_with_the_decimals_that_tell_the_best_job(tmp_pat
     assert ">4.289<" in page and ">4.291<" in page
     # values that 2 decimals tell apart keep 2 decimals
     assert [objective_decimals(r) for r in ([{"objective": 65.3}, {"objective": 61.3}], rows)] == [2, 3]
+
+
+def test_a_key_interpolated_from_a_swept_key_is_not_an_other_config_difference(tmp_path):
+    """A sweep over solver.max_iter=150,300: config.yaml's solver.schedule.max_iter (${solver.max_iter}
+    in hydra's record) differs too, and every job's "other config" listed it as changed outside the
+    overrides. A key set by an interpolation of keys follows them; an env resolver does not."""
+    for job, max_iter, root in (("0", 150, "/a"), ("1", 300, "/b")):
+        run = _run(tmp_path / job, overrides=(f"solver.max_iter={max_iter}", "seed=0"))
+        (run / "config.yaml").write_text(f"seed: 0\ndata:\n  root: {root}\nsolver:\n  max_iter: {max_iter}\n"
+                                         f"  schedule:\n    max_iter: {max_iter}\n")
+        (run / ".hydra" / "config.yaml").write_text(
+            "seed: 0\ndata:\n  root: ${oc.env:DATA}\nsolver:\n  max_iter: 100\n"
+            "  schedule:\n    max_iter: ${solver.max_iter}\n")
+        (run / ".hydra" / "hydra.yaml").write_text("hydra: {}\n")
+    rows, _ = collect([tmp_path])
+    assert [r["params"] for r in rows] == ["solver.max_iter=150", "solver.max_iter=300"]
+    assert [r["config_diff"] for r in rows] == ["data.root=\"/a\"", "data.root=\"/b\""]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,7 +29,31 @@ IGNORED = ("output_dir", "resume")  # differ between runs by design
 
 def flat_config(run_dir: Path) -> dict[str, str] | None:
     """``{dotted key: value as JSON}`` of the run's resolved config; None when it has none."""
-    path = run_dir / CONFIG_FILE
+    return _flat_file(run_dir / CONFIG_FILE)
+
+
+def interpolated_keys(run_dir: Path) -> dict[str, str] | None:
+    """``{dotted key: interpolation}`` of the keys hydra's record of the job (its unresolved
+    ``config.yaml`` beside ``overrides.yaml``) sets by interpolation (``solver.schedule.max_iter:
+    ${solver.max_iter}``); None without a readable record."""
+    from panfpn.engine.sweep.relaunch import find_record  # not at the top: relaunch imports the summary
+
+    record = find_record(run_dir)
+    try:
+        flat = _flat_file(record.parent / CONFIG_FILE) if record is not None else None
+    except ValueError:
+        return None
+    return None if flat is None else {k: v for k, v in flat.items() if _references_keys_only(v)}
+
+
+def _references_keys_only(text: str) -> bool:
+    """Whether a recorded value is an interpolation of config keys alone: ``${solver.max_iter}``,
+    not a resolver such as ``${oc.env:DATA}``, whose value may differ between machines unseen."""
+    refs = re.findall(r"\$\{([^}]*)\}", text)
+    return bool(refs) and all(":" not in ref for ref in refs)
+
+
+def _flat_file(path: Path) -> dict[str, str] | None:
     if not path.is_file():
         return None
     try:
@@ -60,16 +85,23 @@ def override_key(override: str) -> str:
 
 
 def unexplained_differences(configs: Sequence[dict[str, str] | None],
-                            overrides: Sequence[Sequence[str]]) -> list[str]:
+                            overrides: Sequence[Sequence[str]],
+                            interpolations: Sequence[dict[str, str] | None] = ()) -> list[str]:
     """The config keys whose values differ between the jobs with a config, not under an override
-    key that itself differs between the jobs (in config order)."""
+    key that itself differs between the jobs, nor set by the same interpolation in every job's
+    record (``solver.schedule.max_iter: ${solver.max_iter}`` follows ``solver.max_iter``, which is
+    reported or explained itself) (in config order)."""
     present = [c for c in configs if c is not None]
     if len(present) < 2:
         return []
     keyed = [{override_key(o): o for o in job} for job in overrides]
     varying = {k for k in set().union(*keyed) if len({job.get(k) for job in keyed}) > 1}
     keys = list(dict.fromkeys(k for c in present for k in c))
-    return [k for k in keys if k.split(".")[0] not in IGNORED and not under(k, varying)
+    records = [r for r, c in zip(interpolations, configs) if c is not None]
+    derived = set()
+    if len(records) == len(present) and all(r is not None for r in records):
+        derived = {k for k in records[0] if len({r.get(k) for r in records}) == 1}
+    return [k for k in keys if k.split(".")[0] not in IGNORED and not under(k, varying) and k not in derived
             and len({c.get(k, "<absent>") for c in present}) > 1]
 
 
@@ -83,7 +115,7 @@ def add_config_differences(rows: Sequence[dict], run_dirs: Sequence[Path]) -> li
         except ValueError as err:
             logger.warning("%s: left out of the config comparison", err)
             configs.append(None)
-    keys = unexplained_differences(configs, [r["overrides"] for r in rows])
+    keys = unexplained_differences(configs, [r["overrides"] for r in rows], [interpolated_keys(d) for d in run_dirs])
     for row, config in zip(rows, configs):
         row["config_diff"] = "" if config is None else " ".join(f"{k}={config.get(k, '<absent>')}" for k in keys)
     return keys

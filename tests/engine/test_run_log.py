@@ -269,3 +269,24 @@ def test_an_objective_undefined_on_the_scored_images_leaves_a_done_run(objective
     status = json.loads((tmp_path / "job_status.json").read_text())
     assert status["status"] == "done" and status["objective"]["value"] is None
     assert json.loads((tmp_path / "eval_results.json").read_text())["sem_seg"]["mIoU"] == 0.5
+
+
+def test_an_interrupted_runs_final_metrics_are_at_the_iteration_of_their_evaluation(tmp_path):
+    """A run stopped at iteration 7 whose last evaluation was at 4: TensorBoard had final/pq/All at
+    step 7, a step no evaluation was made at (the summary's eval_iteration says 4). The losses are
+    the last window's, at 7. Read with TensorBoard's own EventAccumulator."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from panfpn.engine.training.metrics_log import MetricsLog
+    from panfpn.engine.training.run_log import log_end
+
+    split = {"pq": 0.5, "sq": 0.8, "rq": 0.625, "n": 1}
+    log = MetricsLog(tmp_path, resumed_at=0)
+    evaluated = {"panoptic": {s: split for s in ("All", "Things", "Stuff")}, "sem_seg": {"mIoU": 0.5}}
+    log_end(log, tmp_path, {"iteration": 7, "eval_iteration": 4, "losses": {"loss/total": 2.5}, "eval": evaluated})
+    log.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("final/pq/All")] == [(4, 50.0)]
+    assert [(e.step, e.value) for e in events.Scalars("final/sem_seg/mIoU")] == [(4, 50.0)]
+    assert [(e.step, e.value) for e in events.Scalars("final/loss/total")] == [(7, 2.5)]

@@ -85,12 +85,14 @@ class MetricsLog:
             return
         self._tb.add_text(tag, "\n".join("    " + line for line in text.splitlines()), step)
 
-    def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float], step: int = 0) -> None:
+    def hparams(self, params: Mapping[str, Any], metrics: Mapping[str, float], step: int = 0,
+                steps: Mapping[str, int] | None = None) -> None:
         """The run's hyperparameters and final metrics for TensorBoard's HParams tab, in the run's
         own event files (SummaryWriter.add_hparams would open a sub-folder per call). ``step``: the
         iteration the run ended at, so an extended run's ends are two points, the newest last.
-        TensorBoard keeps the first hparams record of a run it reads: an earlier attempt's (a
-        resumed run, a fresh start in a used folder) are removed from its event files first."""
+        ``steps``: another step for some metrics (an interrupted run's last evaluation, made before
+        it stopped). TensorBoard keeps the first hparams record of a run it reads: an earlier
+        attempt's (a resumed run, a fresh start in a used folder) are removed from its event files first."""
         if not self.enabled:
             return
         from torch.utils.tensorboard.summary import hparams
@@ -102,7 +104,7 @@ class MetricsLog:
         for summary in hparams(clean, finite):
             self._tb.file_writer.add_summary(summary)
         for name, value in finite.items():
-            self._tb.add_scalar(name, value, step)
+            self._tb.add_scalar(name, value, (steps or {}).get(name, step))
         self._tb.flush()
 
     def close(self) -> None:

@@ -227,6 +227,11 @@ def log_end(metrics_log: Any, run_dir: Path, result: Mapping[str, Any]) -> None:
     if not du.is_main_process():
         return
     final = {f"final/{k}": v for k, v in dict(result.get("losses") or {}).items() if k.startswith("loss/")}
+    evaluated: dict[str, float] = {}
     if result.get("eval"):
-        final.update({f"final/{k}": v for k, v in metrics_to_scalars(dict(result["eval"])).items()})
-    metrics_log.hparams(hparam_values(run_overrides(run_dir)), final, step=int(result.get("iteration") or 0))
+        evaluated = {f"final/{k}": v for k, v in metrics_to_scalars(dict(result["eval"])).items()}
+    ended = int(result.get("iteration") or 0)
+    # the evaluation's metrics at the iteration it was made (an interrupted run's last one is earlier)
+    at = int(result.get("eval_iteration") or ended)
+    metrics_log.hparams(hparam_values(run_overrides(run_dir)), {**final, **evaluated}, step=ended,
+                        steps={name: at for name in evaluated})

@@ -444,3 +444,20 @@ def test_a_key_interpolated_from_a_swept_key_is_not_an_other_config_difference(t
     rows, _ = collect([tmp_path])
     assert [r["params"] for r in rows] == ["solver.max_iter=150", "solver.max_iter=300"]
     assert [r["config_diff"] for r in rows] == ["data.root=\"/a\"", "data.root=\"/b\""]
+
+
+def test_a_sweep_stopped_after_its_first_job_shows_that_jobs_swept_values(tmp_path):
+    """-m solver.base_lr=0.01,0.02 stopped by SIGTERM in job 0: the summary had one row whose params
+    were empty (no other job differed yet), so which lr it trained with was not shown; the page
+    listed the lr as 'shared by all jobs'. hydra's multirun.yaml names the swept keys."""
+    _run(tmp_path / "0", status="interrupted", overrides=("solver.base_lr=0.01", "seed=0"))
+    (tmp_path / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task:\n    - solver.base_lr=0.01,0.02\n    - seed=0\n"
+        "    - 'model.merge.score_thresh=choice(0.3,0.6)'\n")
+    write_summary([tmp_path], tmp_path)
+    rows, objective = collect([tmp_path])
+    assert [r["params"] for r in rows] == ["solver.base_lr=0.01"]
+    assert "solver.base_lr=0.01" in format_table(rows, objective).splitlines()[1]
+    assert json.loads((tmp_path / "summary.json").read_text())["jobs"][0]["params"] == "solver.base_lr=0.01"
+    page = (tmp_path / "summary.html").read_text()
+    assert "shared by all jobs: <code>seed=0</code>" in page

@@ -11,8 +11,8 @@ import html
 from typing import Any, Sequence
 
 from panfpn.engine.progress import duration
-from panfpn.engine.sweep.summary import (METRIC_NAMES, add_params, best_job, no_best_reason,
-                                        objective_decimals, status_text, tied_with_best)
+from panfpn.engine.sweep.summary import (METRIC_NAMES, best_job, no_best_reason, objective_decimals,
+                                        shared_overrides, status_text, tied_with_best)
 from panfpn.evaluation.report import SORT_JS, STYLE
 
 EXTRA_STYLE = """
@@ -81,7 +81,7 @@ def build_page(rows: Sequence[dict], objective: dict | None, *, title: str = "Sw
     body = "".join(_row(r, tops, best, objective_decimals(rows)) for r in rows)
     counts = {s: sum(1 for r in rows if r["status"] == s)
               for s in ("done", "failed", "interrupted", "running", "unknown")}
-    common = add_params(rows)
+    common = shared_overrides(rows)
     intro = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no jobs"
     reason = no_best_reason(rows)
     if reason:

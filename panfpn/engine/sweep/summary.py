@@ -23,7 +23,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Collection, Iterable, Sequence
 
 import yaml
 from omegaconf import OmegaConf
@@ -274,20 +274,60 @@ def collect(roots: Iterable[str | os.PathLike]) -> tuple[list[dict], dict | None
     # job names relative to the roots' common folder: two sweeps' job 0 are a/0 and b/0
     base = roots[0] if len(roots) == 1 else Path(os.path.commonpath([r.absolute() for r in roots]))
     rows = [job_row(d, base) for d in run_dirs]
-    add_params(rows)
+    add_params(rows, swept_keys(roots))
     add_config_differences(rows, run_dirs)
     return rows, _objective_of(run_dirs)
 
 
-def add_params(rows: Sequence[dict]) -> list[str]:
-    """Set each row's ``params``: its overrides that differ between the jobs (what the sweep
-    varies); returns the overrides all jobs share."""
+MULTIRUN_RECORD = "multirun.yaml"  # hydra's record of a multirun, in its sweep folder
+
+
+def swept_keys(roots: Iterable[Path]) -> set[str]:
+    """The keys a multirun's command line swept (``solver.base_lr=0.01,0.02``, ``interval(...)``),
+    from hydra's ``multirun.yaml`` in each root that has one: a sweep stopped after its first job
+    still shows that job's swept values as its params, although no other job differs yet."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from panfpn.engine.sweep.config_diff import override_key
+
+    keys: set[str] = set()
+    for root in roots:
+        path = Path(root) / MULTIRUN_RECORD
+        if not path.is_file():
+            continue
+        try:
+            task = ((yaml.safe_load(path.read_text()) or {}).get("hydra") or {}).get("overrides", {}).get("task")
+            parsed = OverridesParser.create().parse_overrides([str(o) for o in task or []])
+        except (yaml.YAMLError, OSError, UnicodeDecodeError, AttributeError, HydraException) as err:
+            logger.warning("%s: swept keys not read (%s: %s)", path, type(err).__name__, err)
+            continue
+        keys |= {override_key(o.input_line or "") for o in parsed if o.is_sweep_override()}
+    return keys
+
+
+def add_params(rows: Sequence[dict], swept: Collection[str] = ()) -> list[str]:
+    """Set each row's ``params``: its overrides that differ between the jobs, or whose key the
+    multirun swept (``swept``: :func:`swept_keys`; what the sweep varies); returns the overrides all
+    jobs share."""
+    from panfpn.engine.sweep.config_diff import override_key
+
     keyed = [{o.partition("=")[0]: o for o in r["overrides"]} for r in rows]
     keys = list(dict.fromkeys(k for overrides in keyed for k in overrides))
-    varying = {k for k in keys if len({_parsed(overrides.get(k)) for overrides in keyed}) > 1}
+    varying = {k for k in keys if len({_parsed(overrides.get(k)) for overrides in keyed}) > 1
+               or override_key(k) in swept}
     for row, overrides in zip(rows, keyed):
         row["params"] = " ".join(o for k, o in overrides.items() if k in varying)
     return [keyed[0][k] for k in keys if k not in varying] if rows else []
+
+
+def shared_overrides(rows: Sequence[dict]) -> list[str]:
+    """The overrides of the first job that are not among its ``params`` (set by :func:`add_params`):
+    those every job shares."""
+    if not rows:
+        return []
+    params = f" {rows[0].get('params') or ''} "
+    return [o for o in rows[0]["overrides"] if f" {o} " not in params]
 
 
 @functools.lru_cache(maxsize=None)

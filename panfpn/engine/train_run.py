@@ -37,7 +37,7 @@ from panfpn.engine.training.metrics_log import MetricsLog
 from panfpn.engine.inference_model import refuse_replaced_normalisation
 from panfpn.engine.model_spec import command_line_overrides, describe_model
 from panfpn.engine.rank_errors import told_to_rank_0
-from panfpn.engine.training.resume import Resumed, resume_training, warn_fresh_start
+from panfpn.engine.training.resume import Resumed, drop_earlier_results, resume_training, warn_fresh_start
 from panfpn.engine.training.run_lock import hold_run_dir
 from panfpn.engine.training.start_checks import check_model_labels, check_training_config
 from panfpn.engine.training.stop_notes import StopNotes
@@ -216,6 +216,8 @@ def _train(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict:
     setup_logging(run_dir if du.is_main_process() else None)
     fit_threads_to_cpus()
     _remove_stale_temp_files(run_dir)
+    if not cfg.resume and du.is_main_process():  # before anything can fail: not shown as this run's
+        drop_earlier_results(run_dir)
     seed_everything(int(cfg.seed) + du.get_rank())
 
     metadata = build_metadata(cfg)
@@ -230,6 +232,8 @@ def _train(cfg: DictConfig, device: torch.device, run_dir: Path) -> dict:
     if cfg.resume:
         resumed = resume_training(run_dir, cfg, model=model, optimizer=optimizer, scheduler=scheduler,
                                   scaler=scaler, metadata=metadata)
+    if cfg.resume and resumed.iteration == 0 and du.is_main_process():  # resume=true found no checkpoint
+        drop_earlier_results(run_dir)
     model, ddp_model = _wrap_distributed(model, device)
 
     train_set = instantiate(cfg.data.train)

@@ -290,3 +290,21 @@ def test_an_interrupted_runs_final_metrics_are_at_the_iteration_of_their_evaluat
     assert [(e.step, e.value) for e in events.Scalars("final/pq/All")] == [(4, 50.0)]
     assert [(e.step, e.value) for e in events.Scalars("final/sem_seg/mIoU")] == [(4, 50.0)]
     assert [(e.step, e.value) for e in events.Scalars("final/loss/total")] == [(7, 2.5)]
+
+
+def test_a_fresh_start_in_a_used_folder_removes_the_earlier_runs_results(tiny_cfg, tmp_path):
+    """A sweep re-launched without resume=true into its folder: a job that then failed, or ran with
+    train.eval_period=-1, kept the earlier run's eval_results.json, and the summary showed its
+    metrics for the new run (a failed row with PQ, a done row with another config's PQ)."""
+    from panfpn.engine.sweep.summary import collect
+
+    run = tmp_path / "run"
+    run.mkdir()
+    split = {"pq": 0.9, "sq": 0.9, "rq": 0.9, "n": 1}
+    (run / "eval_results.json").write_text(json.dumps({
+        "panoptic": {s: split for s in ("All", "Things", "Stuff")}, "sem_seg": {"mIoU": 0.9}, "iteration": 4}))
+    run_training_job(tiny_cfg("train.eval_period=-1", "train.objective=loss/total", "solver.max_iter=1",
+                              "solver.schedule.steps=[]", "solver.schedule.warmup_iters=0"))
+    assert not (run / "eval_results.json").exists()
+    [row], _ = collect([run])
+    assert row["status"] == "done" and row["PQ"] is None and row["objective"] is not None

@@ -214,6 +214,17 @@ def warn_fresh_start(run_dir: str | os.PathLike) -> None:
                        run_dir, ", ".join(p.name for p in found[:3]))
 
 
+def drop_earlier_results(run_dir: str | os.PathLike) -> None:
+    """A fresh start in a used folder: remove the earlier run's ``eval_results.json`` (its final
+    evaluation), which this run replaces only if it evaluates; left there, a sweep summary showed
+    a failed (or never evaluated) new run with the earlier run's metrics."""
+    path = Path(run_dir) / "eval_results.json"  # panfpn.engine.training.job.EVAL_RESULTS
+    if path.is_file():
+        path.unlink()
+        logger.warning("removed %s of an earlier run in this folder: this run starts from scratch and writes "
+                       "its own when it evaluates", path)
+
+
 def resume_training(run_dir: str | os.PathLike, cfg: DictConfig, *, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
                     scaler: torch.amp.GradScaler, metadata: DatasetMetadata | None = None) -> Resumed:

@@ -111,8 +111,9 @@ def test_silent_training_log_has_start_block_metrics_lines_eval_and_tensorboard(
     assert b"max_iter: 4" in acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0]
     content = acc.PluginTagToContent("hparams")
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
-    assert "final/pq/All" in {m.name.tag for m in plugin_data_pb2.HParamsPluginData.FromString(
-        content["_hparams_/experiment"]).experiment.metric_infos}
+    # no experiment record: TensorBoard builds the HParams tab from every run's session and scalars
+    # (test_the_hparams_tab_joins_the_hparams_and_metrics_of_every_run_of_a_logdir)
+    assert "_hparams_/experiment" not in content and "_hparams_/session_end_info" in content
     assert "final/pq/All" in acc.Tags()["scalars"]
     hparams = session.session_start_info.hparams
     assert hparams["solver.base_lr"].number_value == 0.01 and hparams["train.log_period"].number_value == 2
@@ -308,3 +309,38 @@ def test_a_fresh_start_in_a_used_folder_removes_the_earlier_runs_results(tiny_cf
     assert not (run / "eval_results.json").exists()
     [row], _ = collect([run])
     assert row["status"] == "done" and row["PQ"] is None and row["objective"] is not None
+
+
+def test_the_hparams_tab_joins_the_hparams_and_metrics_of_every_run_of_a_logdir(tmp_path):
+    """Each run wrote an HParams experiment record; TensorBoard takes the first it finds for the whole
+    logdir, so `tensorboard --logdir <sweep>` lacked the hparams and metrics of the other runs (a job
+    re-run with resume=true: no `resume` column; a first job that never evaluated: no final/pq/All).
+    Read with TensorBoard's own HParams backend, as its server does."""
+    import warnings
+
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context
+
+    from panfpn.engine.training.metrics_log import MetricsLog
+
+    for run, params, metrics in (("0", {"solver.base_lr": 0.01}, {"final/loss/total": 2.0}),
+                                 ("1", {"solver.base_lr": 0.02, "resume": True},
+                                  {"final/loss/total": 1.5, "final/pq/All": 40.0})):
+        log = MetricsLog(tmp_path / run, resumed_at=0)
+        log.hparams(params, metrics, step=4)
+        log.close()
+    mux = plugin_event_multiplexer.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(tmp_path))
+    mux.Reload()
+    provider = data_provider.MultiplexerDataProvider(mux, str(tmp_path))
+    backend = backend_context.Context(base_plugin.TBContext(logdir=str(tmp_path), multiplexer=mux,
+                                                            data_provider=provider))
+    ctx = context.RequestContext()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        experiment = backend.experiment_from_metadata(ctx, "", True, backend.hparams_metadata(ctx, ""),
+                                                      backend.hparams_from_data_provider(ctx, "", None))
+    assert {h.name for h in experiment.hparam_infos} == {"solver.base_lr", "resume"}
+    assert {"final/loss/total", "final/pq/All"} <= {m.name.tag for m in experiment.metric_infos}

@@ -101,7 +101,11 @@ class MetricsLog:
             drop_hparams(path)
         clean = {k: (v if isinstance(v, (int, float, bool, str)) else str(v)) for k, v in params.items()}
         finite = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
-        for summary in hparams(clean, finite):
+        # the session's hparams and end, not the experiment record: TensorBoard takes the first
+        # experiment record it finds in a logdir for every run (a sweep's other jobs' hparams and
+        # metrics missing from the HParams tab); without one it joins all runs' sessions
+        _, session_start, session_end = hparams(clean, finite)
+        for summary in (session_start, session_end):
             self._tb.file_writer.add_summary(summary)
         for name, value in finite.items():
             self._tb.add_scalar(name, value, (steps or {}).get(name, step))

@@ -91,9 +91,12 @@ def objective_value(cfg: DictConfig, result: Mapping[str, Any]) -> float | None:
         # its evaluator ran (check_objective), but the score is undefined on these images (a COCO AP
         # of an area without ground truth, a Cityscapes AP or iIoU without instances): the training
         # is done, its files are written; it returns no objective, as without an evaluation
-        logger.warning("config key 'train.objective': %s is undefined in the final evaluation (no ground truth "
-                       "of it in the scored images): this run returns no objective (a sweeper counts it as "
-                       "failed); eval_results.json has the other metrics", name)
+        section = str(name).split("/")[0]
+        why = ("no ground truth of it in the scored images" if section in result["eval"]
+               else f"the evaluation has no {section} results")
+        logger.warning("config key 'train.objective': %s is undefined in the final evaluation (%s): this run "
+                       "returns no objective (a sweeper counts it as failed); eval_results.json has the other "
+                       "metrics", name, why)
         return None
     if name not in values:
         raise ConfigError(f"config key 'train.objective' is {name!r}, not a metric of this run; it has "

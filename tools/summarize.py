@@ -36,7 +36,13 @@ def main(argv: list[str] | None = None) -> int:
               f"metrics.jsonl or last_checkpoint) below "
               f"{', '.join(map(str, args.dirs))}; nothing written", file=sys.stderr)
         return 1
-    rows = write_summary(args.dirs, out, title=args.title)
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out}: not a folder (the summary files go into it)")
+    try:
+        rows = write_summary(args.dirs, out, title=args.title)
+    except OSError as err:  # a read-only or full place: one line naming it, not a traceback
+        print(f"tools/summarize.py: cannot write the summary into {out}: {err}", file=sys.stderr)
+        return 2
     with stdout_reader_may_leave():  # `| head`: the files are written
         print(format_table(rows, collect(args.dirs)[1]))
         print(f"\nwrote {out / 'summary.csv'}, {out / 'summary.json'}, {out / 'summary.html'}")

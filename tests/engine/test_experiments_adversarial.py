@@ -191,6 +191,18 @@ def test_summarize_writes_nothing_and_fails_when_no_folder_is_a_run(tmp_path):
     assert (out / "summary.json").read_text() == before
 
 
+def test_summarize_names_an_out_it_cannot_write_in_one_line(tmp_path):
+    """--out naming a file (or a read-only place): a FileExistsError traceback from mkdir, exit 1."""
+    _run(tmp_path / "sweep" / "0")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for out, says in ((tmp_path / "sweep" / "0" / "job_status.json", "not a folder"),
+                      (tmp_path / "sweep" / "0" / "job_status.json" / "sub", "cannot write the summary into")):
+        proc = subprocess.run([sys.executable, str(ROOT / "tools/summarize.py"), str(tmp_path / "sweep"),
+                               "--out", str(out)], env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"{out}" in proc.stderr and says in proc.stderr
+
+
 # ----- the training log -------------------------------------------------------------------------
 
 def test_logged_lr_is_base_lr_not_a_multiplied_groups(tiny_cfg, tmp_path):

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from panfpn.engine.sweep.summary import collect, find_run_dirs, format_table, write_summary
+from panfpn.engine.sweep.summary import find_run_dirs, format_table, objective_of, write_summary
 from panfpn.utils.closed_stdout import stdout_reader_may_leave
 
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tools/summarize.py: cannot write the summary into {out}: {err}", file=sys.stderr)
         return 2
     with stdout_reader_may_leave():  # `| head`: the files are written
-        print(format_table(rows, collect(args.dirs)[1]))
+        print(format_table(rows, objective_of(rows)))
         print(f"\nwrote {out / 'summary.csv'}, {out / 'summary.json'}, {out / 'summary.html'}")
     return 0
 

@@ -203,6 +203,18 @@ def test_summarize_names_an_out_it_cannot_write_in_one_line(tmp_path):
         assert f"{out}" in proc.stderr and says in proc.stderr
 
 
+def test_summarize_warns_once_about_an_unreadable_file(tmp_path):
+    """A run's job_status.json cut short was warned about four times (the files were read again for
+    the objective and for the printed table)."""
+    run = _run(tmp_path / "0")
+    (run / "job_status.json").write_text("{not json")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/summarize.py"), str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count(f"{run / 'job_status.json'} is not valid JSON") == 1, proc.stderr
+
+
 # ----- the training log -------------------------------------------------------------------------
 
 def test_logged_lr_is_base_lr_not_a_multiplied_groups(tiny_cfg, tmp_path):

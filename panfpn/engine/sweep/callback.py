@@ -73,10 +73,10 @@ class SweepSummary(Callback):
             self._print(sweep_dir, rows)
 
     def _print(self, sweep_dir: Path, rows: list[dict]) -> None:
-        from panfpn.engine.sweep.summary import collect
+        from panfpn.engine.sweep.summary import objective_of
 
         self._unprinted = None
-        _, objective = collect([sweep_dir])
+        objective = objective_of(rows)
         print(f"\nsweep summary ({len(rows)} job{'s' if len(rows) != 1 else ''}): {sweep_dir}/summary.html\n"
               f"{format_table(rows, objective)}", flush=True)
 

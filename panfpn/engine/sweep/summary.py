@@ -256,13 +256,13 @@ def best_job(rows: Sequence[dict], objective: dict | None = None) -> str | None:
     return max(scored, key=lambda r: sign * float(r["objective"]))["job"]
 
 
-def _objective_of(run_dirs: Sequence[Path]) -> dict | None:
-    """The first recorded objective's name and direction: not its value, which is that job's, not
-    the sweep's (summary.json's ``best`` names the best job; each row has its own value)."""
-    for run_dir in run_dirs:
-        objective = (_read_json(run_dir / JOB_STATUS) or {}).get("objective")
-        if isinstance(objective, dict) and objective.get("name"):
-            return {"name": objective["name"], "direction": objective.get("direction", "maximize")}
+def objective_of(rows: Sequence[dict]) -> dict | None:
+    """The first recorded objective's name and direction (from the rows, not read again: an
+    unreadable file is warned about once): not its value, which is that job's, not the sweep's
+    (summary.json's ``best`` names the best job; each row has its own value)."""
+    for row in rows:
+        if row.get("objective_name"):
+            return {"name": row["objective_name"], "direction": row.get("objective_direction") or "maximize"}
     return None
 
 
@@ -276,7 +276,7 @@ def collect(roots: Iterable[str | os.PathLike]) -> tuple[list[dict], dict | None
     rows = [job_row(d, base) for d in run_dirs]
     add_params(rows, swept_keys(roots))
     add_config_differences(rows, run_dirs)
-    return rows, _objective_of(run_dirs)
+    return rows, objective_of(rows)
 
 
 MULTIRUN_RECORD = "multirun.yaml"  # hydra's record of a multirun, in its sweep folder

@@ -485,3 +485,17 @@ def test_a_sweep_stopped_after_its_first_job_shows_that_jobs_swept_values(tmp_pa
     assert json.loads((tmp_path / "summary.json").read_text())["jobs"][0]["params"] == "solver.base_lr=0.01"
     page = (tmp_path / "summary.html").read_text()
     assert "shared by all jobs: <code>seed=0</code>" in page
+
+
+def test_a_job_without_an_objective_sorts_last_on_the_page_whatever_the_direction(tmp_path):
+    """loss/total (minimize): a failed job's empty objective cell sorted as -1e30, first in the
+    ascending (best-first) order, above the best job."""
+    for job, value in (("0", 3.2), ("1", None)):
+        run = _run(tmp_path / job, pq=0.1, objective="loss/total", direction="minimize",
+                   status="done" if value is not None else "failed")
+        status = json.loads((run / "job_status.json").read_text())
+        status["objective"]["value"] = value
+        (run / "job_status.json").write_text(json.dumps(status))
+    write_summary([tmp_path], tmp_path)
+    page = (tmp_path / "summary.html").read_text()
+    assert '<td data-v="1e+30">-</td>' in page and '<td data-v="3.2">3.20</td>' in page

@@ -57,7 +57,9 @@ def _row(row: dict, tops: dict[str, float], best: str | None, decimals: int = 2)
     cells += [_metric_cell(row.get(name), tops[name]) for name in SHOWN]
     objective = row.get("objective")
     shown = "-" if objective is None else f"{objective:.{decimals}f}"
-    cells.append(_td(-1e30 if objective is None else objective, shown))
+    # a job without a value sorts after the worst one, in the objective's direction
+    worst = 1e30 if row.get("objective_direction") == "minimize" else -1e30
+    cells.append(_td(worst if objective is None else objective, shown))
     cells.append(_eval_at(row.get("eval_iteration"), row.get("iteration")))
     wall = row.get("wall_s")
     cells.append(_td(-1 if wall is None else wall, "-" if wall is None else duration(float(wall))))

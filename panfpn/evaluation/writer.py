@@ -53,6 +53,10 @@ def _integer_map(values: torch.Tensor | np.ndarray, image_id: Any, what: str) ->
     return values
 
 
+class PredictionNameError(ValueError):
+    """Two images whose ids give one file name (a user's ids, e.g. ``a/b`` and ``a_b``)."""
+
+
 class _NameRegistry:
     """Thread-safe record of written file names -> image id; a name reused by another image (or
     one image written twice) is an error naming both, never a silent overwrite."""
@@ -66,9 +70,12 @@ class _NameRegistry:
         with self._lock:
             if name in self._owner:
                 other = self._owner[name]
-                why = ("written twice" if other == image_id
-                       else f"would overwrite the one of image {other!r}")
-                raise ValueError(f"image {image_id!r}: {self.what} {name} {why}")
+                if other == image_id:
+                    raise ValueError(f"image {image_id!r}: {self.what} {name} written twice")
+                raise PredictionNameError(
+                    f"image {image_id!r}: {self.what} {name} would overwrite the one of image {other!r} "
+                    f"(files are named by image id, characters other than A-Z a-z 0-9 . _ - as _): "
+                    f"give the two images distinct ids in the JSON")
             self._owner[name] = image_id
 
 

@@ -122,9 +122,9 @@ def index_images(images: object, json_file: Path) -> dict[int | str, tuple[dict,
     by_name: dict[str, int | str] = {}
     for img in images:
         image_id = img.get("id") if isinstance(img, dict) else None
-        if not (is_json_int(image_id) or isinstance(image_id, str)):
+        if not (is_json_int(image_id) or (isinstance(image_id, str) and image_id)):
             raise AnnotationError(f"{json_file}: image entry {img!r:.120} has id {image_id!r}; "
-                             f"expected an integer or a string")
+                             f"expected an integer or a non-empty string")
         if image_id in by_id:
             raise AnnotationError(f"{json_file}: image id {image_id!r} appears twice in 'images' "
                              f"({by_id[image_id][0].get('file_name')!r} and "

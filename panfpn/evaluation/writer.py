@@ -30,6 +30,11 @@ from panfpn.evaluation.label_mapping import semantic_pixel_ids
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
+class PredictionNameError(ValueError):
+    """An image id that gives no file name, or two that give one (a user's ids: ``''``, ``a/b`` and
+    ``a_b``)."""
+
+
 def prediction_file_stem(image_id: Any) -> str:
     """File stem for an image id: COCO int ids as 12 digits (COCO's own image file stems), string
     ids (Cityscapes ``<city>_<seq>_<frame>``) as they are, other characters replaced by ``_``."""
@@ -37,7 +42,8 @@ def prediction_file_stem(image_id: Any) -> str:
         return f"{int(image_id):012d}" if image_id >= 0 else str(int(image_id))
     stem = _UNSAFE.sub("_", str(image_id))
     if not stem or stem in (".", ".."):
-        raise ValueError(f"image id {image_id!r} gives no usable file name")
+        raise PredictionNameError(f"image id {image_id!r} gives no usable file name for its predictions: "
+                                  f"give the image another id in the JSON")
     return stem
 
 
@@ -51,10 +57,6 @@ def _integer_map(values: torch.Tensor | np.ndarray, image_id: Any, what: str) ->
         raise ValueError(f"image {image_id!r}: {what} must be an integer [H, W] array, "
                          f"got {values.dtype} {values.shape}")
     return values
-
-
-class PredictionNameError(ValueError):
-    """Two images whose ids give one file name (a user's ids, e.g. ``a/b`` and ``a_b``)."""
 
 
 class _NameRegistry:

@@ -44,6 +44,15 @@ def test_duplicate_image_id_is_refused(small_copy):
                                      r"\('000002\.jpg' and '000003\.jpg'\)")
 
 
+def test_an_empty_string_image_id_is_refused(small_copy):
+    """An exporter's "" id opened, trained and was found only when evaluation named its files."""
+    def edit(data):
+        data["images"][0]["id"] = data["annotations"][0]["image_id"] = ""
+
+    _opening_fails(small_copy, edit, r"panoptic\.json: image entry .* has id ''; expected an integer or a "
+                                     r"non-empty string")
+
+
 def test_two_annotations_for_one_image_are_refused(small_copy):
     _opening_fails(small_copy, lambda data: data["annotations"][2].update(image_id=1),
                    r"panoptic\.json: image id 1 has two annotations")

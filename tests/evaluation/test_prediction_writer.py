@@ -141,6 +141,9 @@ def test_a_reused_file_name_is_an_error_not_an_overwrite(tmp_path):
     from panfpn.engine.tool_errors import input_error
 
     assert input_error(err.value) is err.value and "give the two images distinct ids" in str(err.value)
+    with pytest.raises(ValueError, match=r"image id '' gives no usable file name") as err:  # was a traceback too
+        writer.add("", "3.jpg", _stripes(1), [{"id": 1, "category_id": 1}])
+    assert input_error(err.value) is err.value
     with pytest.raises(ValueError, match="image 'a/b'.*written twice"):
         writer.add("a/b", "1.jpg", _stripes(1), [{"id": 1, "category_id": 1}])
     assert np.array_equal(rgb_to_id(np.array(Image.open(tmp_path / "p" / "a_b.png"))), _stripes(0))

@@ -151,7 +151,8 @@ class PanopticDataset(Dataset):
         kept = records.select(np.flatnonzero(records.thing_flags()))
         if not len(kept):
             raise AnnotationError(f"{self.json_file}: no image has a non-crowd thing segment, so "
-                             f"filter_empty would leave nothing to train on")
+                             f"filter_empty would leave nothing to train on (data.train.filter_empty=false "
+                             f"keeps every image)")
         if len(kept) < len(records):
             logger.info("%s: dropped %d of %d images without non-crowd thing segments "
                         "(filter_empty=true)", self.json_file, len(records) - len(kept), len(records))

@@ -270,3 +270,21 @@ def test_a_stuff_only_label_set_is_refused_when_the_model_is_built(custom_root):
                        match=r"model\.roi_heads\.box_head\.num_classes=0: Panoptic FPN needs at least one "
                              r"thing category \(isthing=1\)"):
         instantiate_model(cfg)
+
+
+def test_a_split_whose_things_are_all_crowd_names_the_key_that_keeps_its_images(custom_root):
+    # an export marking every object iscrowd=1 (a 'group' tool): the error named filter_empty,
+    # not the config key that trains on the images anyway
+    json_file = custom_root / "annotations" / "panoptic_train.json"
+    data = json.loads(json_file.read_text())
+    for ann in data["annotations"]:
+        for seg in ann["segments_info"]:
+            seg["iscrowd"] = int(seg["category_id"] >= 40)
+    json_file.write_text(json.dumps(data))
+    cfg = _compose("data=coco_panoptic_folder", f"data.root={custom_root}")
+    with pytest.raises(InstantiationException, match=r"panoptic_train\.json: no image has a non-crowd thing "
+                                                     r"segment.*\(data\.train\.filter_empty=false keeps every "
+                                                     r"image\)"):
+        instantiate(cfg.data.train)
+    assert len(instantiate(_compose("data=coco_panoptic_folder", f"data.root={custom_root}",
+                                    "data.train.filter_empty=false").data.train)) == 6

@@ -33,7 +33,7 @@ from panfpn.data.records import Record, RecordStore
 from panfpn.data.targets import panoptic_targets
 from panfpn.data.transforms import Transform, check_test_transform
 from panfpn.data.validate import (AnnotationError, check_categories, check_same_categories, index_images,
-                                  pair_annotations)
+                                  pair_annotations, warn_renamed_categories)
 from panfpn.utils.json_file import load_json
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ class PanopticDataset(Dataset):
                              f"{metadata.sem_seg_mode!r}")
         else:
             check_same_categories(json_categories, metadata, self.json_file)
+            warn_renamed_categories(categories, metadata, self.json_file)  # type: ignore[arg-type]
         self.metadata = metadata
         return json_categories
 

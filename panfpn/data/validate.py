@@ -28,7 +28,7 @@ import math
 import posixpath
 import re
 from pathlib import Path, PureWindowsPath
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from panfpn.data.metadata import DatasetMetadata
 
@@ -87,6 +87,19 @@ def check_categories(categories: object, json_file: Path) -> dict[int, bool]:
             raise AnnotationError(f"{json_file}: {where} has isthing {cat['isthing']!r}; expected 0 or 1")
         found[cat_id] = bool(cat["isthing"])
     return found
+
+
+def warn_renamed_categories(categories: Sequence[Mapping[str, Any]], metadata: DatasetMetadata,
+                            json_file: Path) -> None:
+    """Warn of categories whose name in the JSON differs from the metadata's (a val export with its
+    own names): the ids decide the labels, the metadata's names are the ones reports show."""
+    renamed = [(c["id"], str(c.get("name", c["id"])), metadata.category(c["id"]).name) for c in categories
+               if c["id"] in metadata and str(c.get("name", c["id"])) != metadata.category(c["id"]).name]
+    if renamed:
+        shown = ", ".join(f"{i} {mine!r} (metadata: {theirs!r})" for i, mine, theirs in renamed[:5])
+        logger.warning("%s names %d categories otherwise than the metadata %r: %s%s; the ids decide the "
+                       "labels, reports use the metadata's names", json_file, len(renamed), metadata.name,
+                       shown, " ..." if len(renamed) > 5 else "")
 
 
 def check_same_categories(json_cats: Mapping[int, bool], metadata: DatasetMetadata,

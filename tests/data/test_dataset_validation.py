@@ -144,6 +144,26 @@ def test_a_json_listing_some_of_the_metadata_categories_is_accepted(small_copy, 
     assert f"(not: ids {sorted(unused)})" in caplog.text
 
 
+def test_a_json_naming_a_category_otherwise_than_the_metadata_is_warned_of(small_copy, caplog):
+    """A val export whose tool renamed a category (same id): the labels are the id's, the reports
+    show the metadata's name; it was accepted without a word."""
+    root, data = small_copy
+    data["categories"][0]["name"] = "oval"
+    _write(root, data)
+    metadata = synthetic_metadata()
+    with caplog.at_level("WARNING"):
+        _open(root, metadata=metadata)
+    first = metadata.categories[0]
+    assert (f"panoptic.json names 1 categories otherwise than the metadata 'synthetic': {first.id} 'oval' "
+            f"(metadata: {first.name!r}); the ids decide the labels, reports use the metadata's names") in caplog.text
+    caplog.clear()
+    data["categories"][0]["name"] = first.name
+    _write(root, data)
+    with caplog.at_level("WARNING"):
+        _open(root, metadata=metadata)
+    assert "otherwise than the metadata" not in caplog.text
+
+
 def test_greyscale_id_png_is_refused_with_its_mode(small_copy):
     """A greyscale PNG cannot hold R + 256 G + 256^2 B ids; its mode is named, not a wrong id."""
     from PIL import Image

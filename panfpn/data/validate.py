@@ -148,6 +148,12 @@ def index_images(images: object, json_file: Path) -> dict[int | str, tuple[dict,
                              f"file_name {name!r}")
         by_id[image_id] = (img, name)
         by_name[name] = image_id
+    kinds: dict[bool, int | str] = {}
+    for image_id in by_id:  # the first id of each type
+        kinds.setdefault(isinstance(image_id, str), image_id)
+    if len(kinds) == 2:  # COCO AP (pycocotools) sorts the ids: a TypeError after the whole evaluation
+        raise AnnotationError(f"{json_file}: image ids mix integers (e.g. {kinds[False]!r}) and strings (e.g. "
+                              f"{kinds[True]!r}); write them all as integers or all as strings")
     return by_id
 
 

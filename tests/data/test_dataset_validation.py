@@ -53,6 +53,16 @@ def test_an_empty_string_image_id_is_refused(small_copy):
                                      r"non-empty string")
 
 
+def test_image_ids_mixing_integers_and_strings_are_refused(small_copy):
+    """An export with 2 and "3": training ran and evaluation stopped in COCO AP (pycocotools sorts
+    the ids) with a TypeError traceback."""
+    def edit(data):
+        data["images"][2]["id"] = data["annotations"][2]["image_id"] = "3"
+
+    _opening_fails(small_copy, edit, r"panoptic\.json: image ids mix integers \(e\.g\. 1\) and strings "
+                                     r"\(e\.g\. '3'\); write them all as integers or all as strings")
+
+
 def test_two_annotations_for_one_image_are_refused(small_copy):
     _opening_fails(small_copy, lambda data: data["annotations"][2].update(image_id=1),
                    r"panoptic\.json: image id 1 has two annotations")

@@ -23,6 +23,7 @@ import numpy as np
 
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.utils.atomic import save_png_atomic, write_json_atomic
+from panfpn.utils.errors import ConfigError
 from panfpn.data.panoptic_io import id_to_rgb, segment_areas_boxes
 from panfpn.evaluation.label_mapping import semantic_pixel_ids
 
@@ -212,8 +213,10 @@ class SemanticPredictionWriter:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         ids = semantic_pixel_ids(metadata, void_id=void_id)
-        if min(ids) < 0 or max(ids) >= 1 << 16:
-            raise ValueError(f"semantic category ids must lie in [0, 65535] for a PNG, got {ids}")
+        if min(ids) < 0 or max(ids) >= 1 << 16:  # a dataset numbering its categories 100000+
+            raise ConfigError(f"eval.save_semantic: a semantic PNG holds values 0..65535, and the categories of "
+                              f"{metadata.name!r} need {max(ids)} (PNG values {ids[:8]}{' ...' if len(ids) > 8 else ''}); "
+                              f"set eval.save_semantic=false (the panoptic predictions name any id)")
         self.dtype = np.uint8 if max(ids) < 256 else np.uint16
         self.lut = np.asarray(ids, dtype=self.dtype)
         self._names = _NameRegistry("semantic PNG")

@@ -146,6 +146,8 @@ def classify(stage: str, error: Exception) -> str:
     """The kind of a :meth:`PanopticDataset.sample_problems` problem (the summary counts them)."""
     if stage == "size":
         return "size mismatch"
+    if stage == "area":
+        return "segment area"
     what = "image" if stage == "image" else "PNG"
     if isinstance(error, FileNotFoundError):
         return f"missing {what}"

@@ -33,7 +33,7 @@ from panfpn.data.records import Record, RecordStore
 from panfpn.data.targets import panoptic_targets
 from panfpn.data.transforms import Transform, check_test_transform
 from panfpn.data.validate import (AnnotationError, check_categories, check_same_categories, index_images,
-                                  pair_annotations)
+                                  pair_annotations, warn_renamed_categories)
 from panfpn.utils.json_file import load_json
 
 logger = logging.getLogger(__name__)
@@ -130,6 +130,7 @@ class PanopticDataset(Dataset):
                              f"{metadata.sem_seg_mode!r}")
         else:
             check_same_categories(json_categories, metadata, self.json_file)
+            warn_renamed_categories(categories, metadata, self.json_file)  # type: ignore[arg-type]
         self.metadata = metadata
         return json_categories
 
@@ -151,7 +152,8 @@ class PanopticDataset(Dataset):
         kept = records.select(np.flatnonzero(records.thing_flags()))
         if not len(kept):
             raise AnnotationError(f"{self.json_file}: no image has a non-crowd thing segment, so "
-                             f"filter_empty would leave nothing to train on")
+                             f"filter_empty would leave nothing to train on (data.train.filter_empty=false "
+                             f"keeps every image)")
         if len(kept) < len(records):
             logger.info("%s: dropped %d of %d images without non-crowd thing segments "
                         "(filter_empty=true)", self.json_file, len(records) - len(kept), len(records))
@@ -251,8 +253,9 @@ class PanopticDataset(Dataset):
 
     def sample_problems(self, index: int) -> list[tuple[str, Exception]]:
         """Every problem :meth:`load` meets in sample ``index`` (its reads and size check) as
-        ``(stage, error)``, stage ``"image"``, ``"panoptic"`` or ``"size"``: the image and the id PNG
-        are both read even when one fails (the whole-dataset check, :mod:`panfpn.data.check`)."""
+        ``(stage, error)``, stage ``"image"``, ``"panoptic"`` or ``"size"``, and ``"area"`` (one that
+        evaluation meets): the image and the id PNG are both read even when one fails (the
+        whole-dataset check, :mod:`panfpn.data.check`)."""
         problems: list[tuple[str, Exception]] = []
         image = id_map = None
         try:
@@ -265,7 +268,24 @@ class PanopticDataset(Dataset):
             problems.append(("panoptic", e))
         if image is not None and id_map is not None and image.shape[:2] != id_map.shape:
             problems.append(("size", self._size_mismatch(index, image_path, image.shape[:2], id_map.shape)))
+        if id_map is not None and (error := self._areas_below_pixels(index, id_map)) is not None:
+            problems.append(("area", error))
         return problems
+
+    def _areas_below_pixels(self, index: int, id_map: np.ndarray) -> AnnotationError | None:
+        """The segments whose ``area`` is smaller than their pixels in the PNG, as one error:
+        training ignores ``area``, but evaluation refuses it (the PQ reference scores IoUs above 1)."""
+        rec = self.records[index]
+        ids, counts = np.unique(id_map, return_counts=True)
+        pixels = dict(zip(ids.tolist(), counts.tolist()))
+        low = [f"{s['id']} (area {s['area']!r}, {pixels[int(s['id'])]} pixels)" for s in rec.segments
+               if "area" in s and s["area"] < pixels.get(int(s["id"]), 0)]
+        if not low:
+            return None
+        return AnnotationError(f"{self.panoptic_root / rec.png_name} (image id {rec.image_id!r}): segments "
+                               f"{', '.join(low[:5])}{' ...' if len(low) > 5 else ''} have a smaller area in "
+                               f"{self.json_file} than their pixels in the PNG; evaluation refuses such an "
+                               f"area (IoUs above 1)")
 
     def load(self, index: int) -> dict:
         """Sample ``index`` (docs/interfaces.md section 1); raises BadImageError on a bad file."""

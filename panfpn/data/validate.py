@@ -28,7 +28,7 @@ import math
 import posixpath
 import re
 from pathlib import Path, PureWindowsPath
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from panfpn.data.metadata import DatasetMetadata
 
@@ -89,6 +89,19 @@ def check_categories(categories: object, json_file: Path) -> dict[int, bool]:
     return found
 
 
+def warn_renamed_categories(categories: Sequence[Mapping[str, Any]], metadata: DatasetMetadata,
+                            json_file: Path) -> None:
+    """Warn of categories whose name in the JSON differs from the metadata's (a val export with its
+    own names): the ids decide the labels, the metadata's names are the ones reports show."""
+    renamed = [(c["id"], str(c.get("name", c["id"])), metadata.category(c["id"]).name) for c in categories
+               if c["id"] in metadata and str(c.get("name", c["id"])) != metadata.category(c["id"]).name]
+    if renamed:
+        shown = ", ".join(f"{i} {mine!r} (metadata: {theirs!r})" for i, mine, theirs in renamed[:5])
+        logger.warning("%s names %d categories otherwise than the metadata %r: %s%s; the ids decide the "
+                       "labels, reports use the metadata's names", json_file, len(renamed), metadata.name,
+                       shown, " ..." if len(renamed) > 5 else "")
+
+
 def check_same_categories(json_cats: Mapping[int, bool], metadata: DatasetMetadata,
                           json_file: Path) -> None:
     """The JSON's categories (ids and thing/stuff) must be the metadata's, or labels would shift.
@@ -122,9 +135,9 @@ def index_images(images: object, json_file: Path) -> dict[int | str, tuple[dict,
     by_name: dict[str, int | str] = {}
     for img in images:
         image_id = img.get("id") if isinstance(img, dict) else None
-        if not (is_json_int(image_id) or isinstance(image_id, str)):
+        if not (is_json_int(image_id) or (isinstance(image_id, str) and image_id)):
             raise AnnotationError(f"{json_file}: image entry {img!r:.120} has id {image_id!r}; "
-                             f"expected an integer or a string")
+                             f"expected an integer or a non-empty string")
         if image_id in by_id:
             raise AnnotationError(f"{json_file}: image id {image_id!r} appears twice in 'images' "
                              f"({by_id[image_id][0].get('file_name')!r} and "
@@ -135,6 +148,12 @@ def index_images(images: object, json_file: Path) -> dict[int | str, tuple[dict,
                              f"file_name {name!r}")
         by_id[image_id] = (img, name)
         by_name[name] = image_id
+    kinds: dict[bool, int | str] = {}
+    for image_id in by_id:  # the first id of each type
+        kinds.setdefault(isinstance(image_id, str), image_id)
+    if len(kinds) == 2:  # COCO AP (pycocotools) sorts the ids: a TypeError after the whole evaluation
+        raise AnnotationError(f"{json_file}: image ids mix integers (e.g. {kinds[False]!r}) and strings (e.g. "
+                              f"{kinds[True]!r}); write them all as integers or all as strings")
     return by_id
 
 

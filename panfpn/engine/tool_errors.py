@@ -13,7 +13,8 @@ user's, not the code's):
 - ``ImageReadError`` (``BadImageError``): an image or id PNG that cannot be decoded;
 - ``JSONFileError``: an annotation or other JSON file missing or malformed; ``AnnotationError``: a
   COCO-panoptic annotation file that breaks a rule (ids, categories, segments); ``PQInputError``:
-  PQ inputs that do not match;
+  PQ inputs that do not match; ``PredictionNameError``: two image ids that give one prediction
+  file name;
 - ``FileNotFoundError`` raised with a message by panfpn's own checks of a named input (a weights
   file, a data root, an annotation JSON, a predict input): no ``errno`` (the operating system's
   own has one, and keeps its traceback: a file the code, not the user, got wrong) and raised in a
@@ -52,6 +53,7 @@ INPUT_ERRORS = (
     ("panfpn.data.validate", "AnnotationError"),
     ("panfpn.utils.json_file", "JSONFileError"),
     ("panfpn.evaluation.pq_rules", "PQInputError"),
+    ("panfpn.evaluation.writer", "PredictionNameError"),
 )
 # errors that carry another one as their cause: hydra's instantiate, OmegaConf's resolvers
 _WRAPPERS = (("hydra.errors", "InstantiationException"), ("omegaconf.errors", "InterpolationResolutionError"))

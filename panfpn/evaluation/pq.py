@@ -221,9 +221,22 @@ def match_annotations(gt_json: dict, pred_json: dict) -> list[tuple[dict, dict]]
     for gt_ann in gt_json["annotations"]:
         image_id = gt_ann["image_id"]
         if image_id not in preds:
-            raise PQInputError(f"image {image_id!r}: no prediction for this image")
+            raise PQInputError(f"image {image_id!r}: no prediction for this image{_id_type_hint(image_id, preds)}")
         pairs.append((gt_ann, preds[image_id]))
     return pairs
+
+
+def _id_type_hint(image_id: Any, preds: dict[Any, dict]) -> str:
+    """A note when the predictions hold the same id as another JSON type (101 vs "101"): ids are
+    matched as they are, as panopticapi does, and an exporter may have written them as text."""
+    same = [p for p in preds if str(p) == str(image_id)]
+    if not same:
+        return ""
+    def kind(value: Any) -> str:
+        return "a string" if isinstance(value, str) else "a number"
+
+    return (f" (the predictions have image id {same[0]!r}, {kind(same[0])}, the ground truth {image_id!r}, "
+            f"{kind(image_id)}: ids must be written alike in both JSONs)")
 
 
 def pq_compute(gt_json_file: str | os.PathLike, pred_json_file: str | os.PathLike,

@@ -14,7 +14,8 @@ The rules are those of the COCO panoptic API (Kirillov et al., "Panoptic Segment
   image's ``segments_info``, as in the reference implementation).
 * A match needs the same category and IoU > 0.5 (strictly).
 * The ground-truth area comes from ``segments_info`` (``area``); the predicted area is counted
-  from the predicted id map.
+  from the predicted id map. An ``area`` smaller than the segment's pixels in the ground-truth PNG
+  is an error here (the reference scores IoUs above 1 with it).
 * PQ/SQ/RQ per category; a category with TP + FP + FN == 0 gets zeros and is left out of the
   means, which are split into All / Things / Stuff.
 """
@@ -183,6 +184,11 @@ def classify_image(
             if not isinstance(seg["area"], numbers.Real):
                 raise PQInputError(f"image {image_id!r}: ground-truth segment {gt_id} has the area "
                                    f"{seg['area']!r}, not a number")
+            if seg["area"] < gt_pixels.get(gt_id, 0):  # the reference would score an IoU above 1
+                raise PQInputError(
+                    f"image {image_id!r}: ground-truth segment {gt_id} has the area {seg['area']!r} in "
+                    f"segments_info but {gt_pixels[gt_id]} pixels in the ground-truth PNG; an area "
+                    "smaller than the segment's pixels gives IoUs above 1: fix 'area' in the ground-truth JSON")
             return seg["area"]
         if gt_area_from_pixels:
             return gt_pixels.get(gt_id, 0)
@@ -240,8 +246,8 @@ def _match(image_id: Any, out: ImageOutcome, gt_by_id: Mapping[int, Mapping[str,
     """True positives: same category, not crowd, IoU > 0.5 with void pixels of the prediction
     left out of the union. Returns the matched ground-truth and predicted ids.
 
-    A union of 0 pixels or fewer can only come from a ground-truth ``area`` smaller than the
-    segment's pixels in the PNG: an error (the reference divides by it: an infinite IoU)."""
+    ``gt_area`` refuses an ``area`` smaller than the segment's pixels in the PNG, so the union is
+    at least the intersection (the reference scores IoUs above 1 there, or divides by zero)."""
     gt_matched: set[int] = set()
     pred_matched: set[int] = set()
     for (gt_id, pred_id), inter in counts.items():
@@ -253,12 +259,6 @@ def _match(image_id: Any, out: ImageOutcome, gt_by_id: Mapping[int, Mapping[str,
         if cat != pred_seg["category_id"]:
             continue
         union = pred_area[pred_id] + gt_area(gt_id) - inter - counts.get((VOID, pred_id), 0)
-        if union <= 0:
-            raise PQInputError(
-                f"image {image_id!r}: ground-truth segment {gt_id} has the area {gt_area(gt_id)!r}, "
-                f"fewer pixels than it shares with predicted segment {pred_id} ({inter}); the "
-                "union of the two would be empty"
-            )
         iou = inter / union
         if iou > 0.5:
             out.matches.append((gt_id, pred_id, iou))

@@ -23,11 +23,17 @@ import numpy as np
 
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.utils.atomic import save_png_atomic, write_json_atomic
+from panfpn.utils.errors import ConfigError
 from panfpn.data.panoptic_io import id_to_rgb, segment_areas_boxes
 from panfpn.evaluation.label_mapping import semantic_pixel_ids
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class PredictionNameError(ValueError):
+    """An image id that gives no file name, or two that give one (a user's ids: ``''``, ``a/b`` and
+    ``a_b``)."""
 
 
 def prediction_file_stem(image_id: Any) -> str:
@@ -37,7 +43,8 @@ def prediction_file_stem(image_id: Any) -> str:
         return f"{int(image_id):012d}" if image_id >= 0 else str(int(image_id))
     stem = _UNSAFE.sub("_", str(image_id))
     if not stem or stem in (".", ".."):
-        raise ValueError(f"image id {image_id!r} gives no usable file name")
+        raise PredictionNameError(f"image id {image_id!r} gives no usable file name for its predictions: "
+                                  f"give the image another id in the JSON")
     return stem
 
 
@@ -66,9 +73,12 @@ class _NameRegistry:
         with self._lock:
             if name in self._owner:
                 other = self._owner[name]
-                why = ("written twice" if other == image_id
-                       else f"would overwrite the one of image {other!r}")
-                raise ValueError(f"image {image_id!r}: {self.what} {name} {why}")
+                if other == image_id:
+                    raise ValueError(f"image {image_id!r}: {self.what} {name} written twice")
+                raise PredictionNameError(
+                    f"image {image_id!r}: {self.what} {name} would overwrite the one of image {other!r} "
+                    f"(files are named by image id, characters other than A-Z a-z 0-9 . _ - as _): "
+                    f"give the two images distinct ids in the JSON")
             self._owner[name] = image_id
 
 
@@ -203,8 +213,10 @@ class SemanticPredictionWriter:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         ids = semantic_pixel_ids(metadata, void_id=void_id)
-        if min(ids) < 0 or max(ids) >= 1 << 16:
-            raise ValueError(f"semantic category ids must lie in [0, 65535] for a PNG, got {ids}")
+        if min(ids) < 0 or max(ids) >= 1 << 16:  # a dataset numbering its categories 100000+
+            raise ConfigError(f"eval.save_semantic: a semantic PNG holds values 0..65535, and the categories of "
+                              f"{metadata.name!r} need {max(ids)} (PNG values {ids[:8]}{' ...' if len(ids) > 8 else ''}); "
+                              f"set eval.save_semantic=false (the panoptic predictions name any id)")
         self.dtype = np.uint8 if max(ids) < 256 else np.uint16
         self.lut = np.asarray(ids, dtype=self.dtype)
         self._names = _NameRegistry("semantic PNG")

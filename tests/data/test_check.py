@@ -246,3 +246,21 @@ def test_a_cityscapes_root_without_create_panoptic_imgs_output_is_told_the_comma
     assert f"{tmp_path / 'gtFine' / 'cityscapes_panoptic_val.json'}" in str(err.value)
     assert str(err.value).endswith(f"; for Cityscapes, create its panoptic annotations first: csCreatePanopticImgs "
                                    f"--dataset-folder {tmp_path / 'gtFine'} --set-names train val")
+
+
+def test_an_area_smaller_than_the_segments_pixels_is_a_problem(four_images, tmp_path):
+    # an exporter's area (a polygon's, or a constant) below the PNG's pixel count: training ignores
+    # it and evaluation now refuses it (the PQ reference scores IoUs above 1), so the check names it
+    ds = _copy(four_images, tmp_path / "ds")
+    data = json.loads((ds / "panoptic.json").read_text())
+    seg = data["annotations"][1]["segments_info"][0]
+    seg["area"] = 1
+    data["annotations"][2]["segments_info"][0]["area"] += 7  # larger: accepted, as panopticapi does
+    (ds / "panoptic.json").write_text(json.dumps(data))
+    done = _check(*_explicit(ds), "--workers", "0")
+    assert done.returncode == 2, done.stderr
+    lines = done.stdout.splitlines()
+    image_id = data["images"][1]["id"]
+    assert lines[0].startswith(f"train: image id {image_id!r}: [segment area] ")
+    assert f"segments {seg['id']} (area 1, " in lines[0] and "than their pixels in the PNG" in lines[0]
+    assert lines[1] == "checked 4 images (train 4): 1 with problems; by kind: segment area 1"

@@ -44,6 +44,25 @@ def test_duplicate_image_id_is_refused(small_copy):
                                      r"\('000002\.jpg' and '000003\.jpg'\)")
 
 
+def test_an_empty_string_image_id_is_refused(small_copy):
+    """An exporter's "" id opened, trained and was found only when evaluation named its files."""
+    def edit(data):
+        data["images"][0]["id"] = data["annotations"][0]["image_id"] = ""
+
+    _opening_fails(small_copy, edit, r"panoptic\.json: image entry .* has id ''; expected an integer or a "
+                                     r"non-empty string")
+
+
+def test_image_ids_mixing_integers_and_strings_are_refused(small_copy):
+    """An export with 2 and "3": training ran and evaluation stopped in COCO AP (pycocotools sorts
+    the ids) with a TypeError traceback."""
+    def edit(data):
+        data["images"][2]["id"] = data["annotations"][2]["image_id"] = "3"
+
+    _opening_fails(small_copy, edit, r"panoptic\.json: image ids mix integers \(e\.g\. 1\) and strings "
+                                     r"\(e\.g\. '3'\); write them all as integers or all as strings")
+
+
 def test_two_annotations_for_one_image_are_refused(small_copy):
     _opening_fails(small_copy, lambda data: data["annotations"][2].update(image_id=1),
                    r"panoptic\.json: image id 1 has two annotations")
@@ -133,6 +152,26 @@ def test_a_json_listing_some_of_the_metadata_categories_is_accepted(small_copy, 
     assert all(ds[i]["image_id"] == i + 1 for i in range(3))
     assert f"lists {len(used)} of the {len(used) + len(unused)} categories" in caplog.text
     assert f"(not: ids {sorted(unused)})" in caplog.text
+
+
+def test_a_json_naming_a_category_otherwise_than_the_metadata_is_warned_of(small_copy, caplog):
+    """A val export whose tool renamed a category (same id): the labels are the id's, the reports
+    show the metadata's name; it was accepted without a word."""
+    root, data = small_copy
+    data["categories"][0]["name"] = "oval"
+    _write(root, data)
+    metadata = synthetic_metadata()
+    with caplog.at_level("WARNING"):
+        _open(root, metadata=metadata)
+    first = metadata.categories[0]
+    assert (f"panoptic.json names 1 categories otherwise than the metadata 'synthetic': {first.id} 'oval' "
+            f"(metadata: {first.name!r}); the ids decide the labels, reports use the metadata's names") in caplog.text
+    caplog.clear()
+    data["categories"][0]["name"] = first.name
+    _write(root, data)
+    with caplog.at_level("WARNING"):
+        _open(root, metadata=metadata)
+    assert "otherwise than the metadata" not in caplog.text
 
 
 def test_greyscale_id_png_is_refused_with_its_mode(small_copy):

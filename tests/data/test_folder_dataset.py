@@ -247,3 +247,44 @@ def test_a_missing_val_split_names_how_to_train_without_it(tmp_path):
         find_split_json(tmp_path, "val")
     with pytest.raises(FileNotFoundError, match=r"another layout$"):
         find_split_json(tmp_path, "test")
+
+
+def test_a_stuff_only_label_set_is_refused_when_the_model_is_built(custom_root):
+    # an export with no isthing=1 category (a pure 'stuff' labelling job): the box and mask heads
+    # were built with 0 outputs and training stopped at the first step with a conv2d traceback
+    # (data.train.filter_empty=false), or with a filter_empty error that did not say why
+    from panfpn.modeling.build import instantiate_model
+    from panfpn.utils.errors import ConfigError
+
+    for split in ("train", "val"):
+        json_file = custom_root / "annotations" / f"panoptic_{split}.json"
+        data = json.loads(json_file.read_text())
+        data["categories"] = [c for c in data["categories"] if not c["isthing"]]
+        for ann in data["annotations"]:
+            ann["segments_info"] = [s for s in ann["segments_info"] if s["category_id"] < 40]
+        json_file.write_text(json.dumps(data))
+    cfg = _compose("data=coco_panoptic_folder", f"data.root={custom_root}", "model=panoptic_fpn_small",
+                   "data.train.filter_empty=false")
+    assert cfg.data.num_thing_classes == 0
+    with pytest.raises((ConfigError, InstantiationException),
+                       match=r"model\.roi_heads\.box_head\.num_classes=0: Panoptic FPN needs at least one "
+                             r"thing category \(isthing=1\)"):
+        instantiate_model(cfg)
+
+
+def test_a_split_whose_things_are_all_crowd_names_the_key_that_keeps_its_images(custom_root):
+    # an export marking every object iscrowd=1 (a 'group' tool): the error named filter_empty,
+    # not the config key that trains on the images anyway
+    json_file = custom_root / "annotations" / "panoptic_train.json"
+    data = json.loads(json_file.read_text())
+    for ann in data["annotations"]:
+        for seg in ann["segments_info"]:
+            seg["iscrowd"] = int(seg["category_id"] >= 40)
+    json_file.write_text(json.dumps(data))
+    cfg = _compose("data=coco_panoptic_folder", f"data.root={custom_root}")
+    with pytest.raises(InstantiationException, match=r"panoptic_train\.json: no image has a non-crowd thing "
+                                                     r"segment.*\(data\.train\.filter_empty=false keeps every "
+                                                     r"image\)"):
+        instantiate(cfg.data.train)
+    assert len(instantiate(_compose("data=coco_panoptic_folder", f"data.root={custom_root}",
+                                    "data.train.filter_empty=false").data.train)) == 6

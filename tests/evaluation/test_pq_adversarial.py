@@ -131,7 +131,12 @@ REJECTED = {
     "file_name_null": ("pred", lambda d: d["annotations"][0].update(file_name=None), "a file_name string"),
     "area_string": (*_set("area", "24", "gt"), "ground-truth segment 5 has the area '24', not a number"),
     # there an IoU of inf: predicted 9 lies inside ground truth 5, so the union is 20 + 0 - 20 = 0
-    "area_zero": (*_set("area", 0, "gt"), "ground-truth segment 5 has the area 0, fewer pixels"),
+    "area_zero": (*_set("area", 0, "gt"), "ground-truth segment 5 has the area 0 in segments_info but 24 "
+                                          "pixels in the ground-truth PNG"),
+    # there an IoU of 20 (union 20 + 1 - 20 = 1), a PQ of 2000 % that was reported as it is
+    "area_below_pixels": (*_set("area", 1, "gt"), "ground-truth segment 5 has the area 1 in segments_info "
+                                                  "but 24 pixels in the ground-truth PNG; an area smaller "
+                                                  "than the segment's pixels gives IoUs above 1"),
 }
 
 

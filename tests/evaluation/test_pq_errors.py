@@ -97,6 +97,23 @@ def test_pq_compute_rejects(tmp_path, case, workers):
     assert expected in str(info.value)
 
 
+def test_an_image_id_written_as_text_in_one_json_is_named_as_such(tmp_path):
+    # an exporter writing "7" in the predictions for the ground truth's 7: panopticapi (and we)
+    # match ids as they are; the error said only 'no prediction', as if the image were missing
+    gt_json, pred_json = _dataset(tmp_path)
+    for path, new_id in ((gt_json, 7), (pred_json, "7")):
+        data = json.loads(path.read_text())
+        data["annotations"][1]["image_id"] = new_id
+        for image in data.get("images", []):
+            if image["id"] == BAD:
+                image["id"] = new_id
+        path.write_text(json.dumps(data))
+    with pytest.raises(PQInputError, match=r"image 7: no prediction for this image \(the predictions have "
+                                           r"image id '7', a string, the ground truth 7, a number: ids must "
+                                           r"be written alike in both JSONs\)"):
+        pq_compute(gt_json, pred_json, workers=1)
+
+
 def test_missing_folder_and_png_are_named(tmp_path):
     gt_json, pred_json = _dataset(tmp_path)
     with pytest.raises(FileNotFoundError, match="nowhere"):

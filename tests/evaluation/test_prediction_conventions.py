@@ -71,3 +71,16 @@ def test_semantic_png_of_a_dataset_with_category_id_0_keeps_things_apart(tmp_pat
     coco = SemanticPredictionWriter(tmp_path / "coco", DatasetMetadata.from_coco_categories(
         [{"id": 1, "name": "person", "isthing": 1}, {"id": 92, "name": "banner", "isthing": 0}]))
     assert coco.lut.tolist() == [92, 0]  # COCO (no id 0): unchanged, 0 for the thing label
+
+
+def test_semantic_pngs_of_category_ids_above_65535_are_a_config_error(tmp_path):
+    # an export numbering its categories from 100000: tools/eval.py eval.save_semantic=true stopped
+    # with a ValueError traceback; now the tools' one line, naming the key to change
+    from panfpn.engine.tool_errors import input_error
+
+    meta = DatasetMetadata.from_coco_categories(
+        [{"id": 100001, "name": "cup", "isthing": 1}, {"id": 100002, "name": "table", "isthing": 0}])
+    with pytest.raises(ValueError, match=r"eval\.save_semantic: a semantic PNG holds values 0\.\.65535, and "
+                                         r"the categories of .* need 100002 .*set eval\.save_semantic=false") as err:
+        SemanticPredictionWriter(tmp_path, meta)
+    assert input_error(err.value) is err.value

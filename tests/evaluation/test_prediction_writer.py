@@ -134,8 +134,16 @@ def test_images_sharing_a_file_stem_keep_their_own_png(tmp_path):
 def test_a_reused_file_name_is_an_error_not_an_overwrite(tmp_path):
     writer = PanopticPredictionWriter(tmp_path, CATEGORIES, name="p")
     writer.add("a/b", "1.jpg", _stripes(0), [{"id": 1, "category_id": 1}])
-    with pytest.raises(ValueError, match="image 'a_b'.*a_b.png would overwrite the one of image 'a/b'"):
+    with pytest.raises(ValueError, match="image 'a_b'.*a_b.png would overwrite the one of image 'a/b'") as err:
         writer.add("a_b", "2.jpg", _stripes(1), [{"id": 1, "category_id": 1}])
+    # a user's ids (an exporter's 'cam0/frame' and 'cam0_frame'): tools/eval.py printed a traceback;
+    # now its one line (a known input error) that says what to change
+    from panfpn.engine.tool_errors import input_error
+
+    assert input_error(err.value) is err.value and "give the two images distinct ids" in str(err.value)
+    with pytest.raises(ValueError, match=r"image id '' gives no usable file name") as err:  # was a traceback too
+        writer.add("", "3.jpg", _stripes(1), [{"id": 1, "category_id": 1}])
+    assert input_error(err.value) is err.value
     with pytest.raises(ValueError, match="image 'a/b'.*written twice"):
         writer.add("a/b", "1.jpg", _stripes(1), [{"id": 1, "category_id": 1}])
     assert np.array_equal(rgb_to_id(np.array(Image.open(tmp_path / "p" / "a_b.png"))), _stripes(0))

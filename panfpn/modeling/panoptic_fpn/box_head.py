@@ -12,6 +12,7 @@ from torchvision.ops import batched_nms
 
 from panfpn.modeling.backbone import FPN_STRIDES
 from panfpn.modeling.panoptic_fpn.roi_ops import BoxCoder, MultiLevelRoIAlign
+from panfpn.utils.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,11 @@ class BoxHead(nn.Module):
         test: BoxTestConfig = BoxTestConfig(),
     ) -> None:
         super().__init__()
+        if num_classes < 1:  # a stuff-only label set: nn.Linear/Conv2d with 0 outputs fail mid-step
+            raise ConfigError(
+                f"model.roi_heads.box_head.num_classes={num_classes}: Panoptic FPN needs at least one thing "
+                f"category (isthing=1) to detect, and the dataset's categories (data.metadata, "
+                f"data.num_thing_classes) have none")
         self.num_classes = num_classes
         self.pooler = MultiLevelRoIAlign(pooler_resolution, feature_strides=feature_strides)
         layers: list[nn.Module] = []

@@ -268,6 +268,11 @@ def open_splits(splits: list[Split]) -> tuple[list[tuple[Split, PanopticDataset]
             problems.append(missing_images)
         if split.name == "train":
             metadata = dataset.metadata
+            if not split.cityscapes and not dataset.records.thing_flags().any():
+                warnings.append(Problem(split.name, None, str(split.json_file), "warning", (
+                    f"{split.json_file}: no image has a non-crowd thing segment, so data.train.filter_empty=true "
+                    "(the default of data=coco_panoptic_folder) would leave nothing to train on: training "
+                    "stops at its start (data.train.filter_empty=false keeps every image)")))
     return opened, problems, warnings
 
 

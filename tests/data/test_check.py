@@ -163,6 +163,27 @@ def test_what_opening_a_split_warns_of_is_listed_and_exit_stays_0(four_images, t
     assert strict.returncode == 2 and strict.stdout == done.stdout.replace(f"wrote {out}\n", "")
 
 
+def test_a_train_split_that_filter_empty_would_empty_is_a_warning(four_images, tmp_path):
+    # Every thing segment is a crowd (an exporter marking groups): before, data.check said nothing and
+    # training with data=coco_panoptic_folder (filter_empty=true) stopped at its start.
+    ds = _copy(four_images, tmp_path / "ds")
+    data = json.loads((ds / "panoptic.json").read_text())
+    things = {c["id"] for c in data["categories"] if c["isthing"]}
+    for ann in data["annotations"]:
+        for seg in ann["segments_info"]:
+            if seg["category_id"] in things:
+                seg["iscrowd"] = 1
+    (ds / "panoptic.json").write_text(json.dumps(data))
+    done = _check(*_explicit(ds), "--workers", "0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (f"train: split: [warning] {ds / 'panoptic.json'}: no image has a non-crowd thing segment, so "
+            "data.train.filter_empty=true") in done.stdout
+    assert "data.train.filter_empty=false keeps every image" in done.stdout
+    assert _check(*_explicit(ds), "--workers", "0", "--strict").returncode == 2
+    clean = _check(*_explicit(four_images), "--workers", "0")
+    assert "non-crowd thing" not in clean.stdout
+
+
 SLOW = textwrap.dedent("""
     import sys, time
     from panfpn.data import check, dataset

@@ -163,7 +163,7 @@ def average_precision(entries: Entries) -> float:
 
 def image_classes(gt_map: torch.Tensor, gt_segments: Sequence[Mapping], labels: Sequence[int],
                   scores: Sequence[float], masks: Any, classes: Mapping[int, int],
-                  void: torch.Tensor | None = None) -> list[ImageClass]:
+                  void: np.ndarray | torch.Tensor | None = None) -> list[ImageClass]:
     """One :class:`ImageClass` per scored class of one image. ``labels``: dataset category ids of
     the predictions; ``masks``: bool ``[K, H, W]``, a sequence of ``K`` bool ``[H, W]`` or a
     ``BoxMasks`` (read inside each box: no full-size mask is made); ``void``: bool ``[H, W]``, the
@@ -282,7 +282,7 @@ class CityscapesAP(Evaluator):
             ids_path = instance_ids_path(img.image_path)
             void, name = None, None
             if ids_path is not None and ids_path.is_file():
-                void = torch.from_numpy(official_void(ids_path, tuple(img.gt_map.shape), img.image_id))
+                void = official_void(ids_path, tuple(img.gt_map.shape), img.image_id)
             elif ids_path is not None:
                 name = f"image id {img.image_id!r}: no {ids_path}"
             else:
@@ -295,7 +295,7 @@ class CityscapesAP(Evaluator):
                 write_instance_files(self.write_dir, img.image_id, labels, scores, instances["masks"], self.classes)
 
     def add_image(self, gt_map: torch.Tensor, gt_segments: Sequence[Mapping], labels: Sequence[int],
-                  scores: Sequence[float], masks: Any, void: torch.Tensor | None = None,
+                  scores: Sequence[float], masks: Any, void: np.ndarray | torch.Tensor | None = None,
                   image: str | None = None) -> None:
         """Score one image: ground truth as the dataset gives it, predictions in dataset ids, ``void``
         the official void pixels or None (the panoptic files' void; ``image`` names it in the log)."""

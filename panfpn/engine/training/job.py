@@ -62,11 +62,11 @@ def check_objective(cfg: DictConfig) -> str | None:
         raise ConfigError(f"config key 'train.objective' is {name!r}, not a metric name"
                           + (f"; did you mean '{hint[0]}'?" if hint else f"; one of {list(OBJECTIVE_NAMES)} or "
                              "a 'loss/...' name"))
-    if str(name).split("/")[0] in ("bbox", "segm") and not cfg.eval.compute_ap:
+    section = str(name).split("/")[0]  # the results section (and so the evaluator) the objective is read from
+    if section in ("bbox", "segm") and not cfg.eval.compute_ap:
         raise ConfigError(f"config key 'train.objective' is {name!r} but eval.compute_ap=false")
-    evaluator = str(name).split("/")[0]
-    if evaluator in ("cityscapes_ap", "cityscapes_sem_seg") and evaluator not in list(cfg.eval.get("evaluators") or []):
-        raise ConfigError(f"config key 'train.objective' is {name!r} but eval.evaluators has no {evaluator}")
+    if section in ("cityscapes_ap", "cityscapes_sem_seg") and section not in list(cfg.eval.get("evaluators") or []):
+        raise ConfigError(f"config key 'train.objective' is {name!r} but eval.evaluators has no {section}")
     if int(cfg.train.eval_period) < 0:
         return (f"train.objective={name} needs an evaluation but train.eval_period=-1: this run returns no "
                 "objective (a sweeper counts it as failed)")

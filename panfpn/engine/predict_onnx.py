@@ -54,7 +54,8 @@ def refuse_exported_settings(overrides: Sequence[str] | None) -> None:
     """ConfigError for explicit overrides (``None``: hydra's command line) of what the graph fixed at
     export: the model's keys (thresholds, detections per image, ...) and the test resize."""
     parsed = _typed_overrides(overrides)
-    fixed = [o.input_line for o in parsed if o.key_or_group.split(".")[0] == "model"
+    # tools/predict.py hands them over as ++ overrides (panfpn/engine/record_overrides.py): named as typed
+    fixed = [o.input_line.removeprefix("++") for o in parsed if o.key_or_group.split(".")[0] == "model"
              or o.key_or_group.startswith("data.val.transforms")]
     if fixed:
         raise ConfigError(f"predict.backend=onnxruntime runs the exported graph, whose model and test resize "

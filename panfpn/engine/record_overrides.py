@@ -6,6 +6,9 @@ record), but hydra composes the config's own model first, Panoptic FPN by defaul
 ``model.inference`` and refuses the override (``Key 'inference' is not in struct``) before the tool
 runs. :func:`force_recorded_model_keys` rewrites such an override to hydra's ``++`` form, so the
 config takes it and the record's model uses it; a key the record lacks is left to hydra's refusal.
+With an exported file (``weights=model.onnx`` / ``.pt2``) every plain ``model.*`` override is
+rewritten, so the tool's own refusal (the graph fixed the model at export) names it, not hydra's
+struct error.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from panfpn.engine.model_spec import parse_overrides, read_model_record
 from panfpn.modeling.weights import TORCH_SUFFIXES, WeightsError
 
 _ABSENT = object()
+EXPORTED_SUFFIXES = (".onnx", ".pt2")  # tools/export.py's pipelines: their model is fixed in the graph
 
 
 def _parsed(arg: str) -> Any:
@@ -34,7 +38,8 @@ def _parsed(arg: str) -> Any:
 def force_recorded_model_keys(args: Sequence[str]) -> list[str]:
     """``args`` with each plain ``model.<key>=<value>`` whose key the ``weights=`` checkpoint's (every
     one of a multirun's ``weights=a,b``) recorded model has written ``++model.<key>=<value>`` (unchanged without such a checkpoint, with
-    ``model=<name>`` or ``model_from_checkpoint=false``: then the config's model is the one built)."""
+    ``model=<name>`` or ``model_from_checkpoint=false``: then the config's model is the one built); with
+    exported files every plain ``model.<key>`` override, for the tool to refuse by name."""
     args = list(args)
     parsed = [_parsed(a) for a in args]
     weights = None
@@ -48,6 +53,8 @@ def force_recorded_model_keys(args: Sequence[str]) -> list[str]:
     plain = [i for i, o in enumerate(parsed) if o is not None and o.key_or_group.startswith("model.")
              and not (o.is_add() or o.is_force_add() or o.is_delete())]
     files = list(weights.list) if isinstance(getattr(weights, "list", None), list) else [weights]  # -m weights=a,b
+    if plain and files and all(isinstance(w, str) and Path(w).suffix in EXPORTED_SUFFIXES for w in files):
+        return [("++" + a) if i in plain else a for i, a in enumerate(args)]
     if not plain or not files or not all(isinstance(w, str) and Path(w).suffix in TORCH_SUFFIXES for w in files):
         return args
     nodes = []

@@ -132,3 +132,21 @@ def test_training_refuses_a_normalisation_override_that_its_weights_replace(tiny
         else:
             train_from_config(cfg)
             assert (run_dir / "model_final.pth").is_file()
+
+
+def test_a_model_key_with_an_exported_pipeline_gets_the_tools_refusal_not_hydras(tmp_path):
+    """``tools/predict.py weights=model.onnx predict.backend=onnxruntime model.inference.object_mask_threshold=0.5``
+    (a Mask2Former graph's key, under the default Panoptic FPN config): before, hydra's ``Key 'inference' is
+    not in struct`` (exit 1). Now the tool's own refusal names the key as typed: the graph fixed it at export."""
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"not read: the override is refused first")
+    key = "model.inference.object_mask_threshold=0.5"
+    assert force_recorded_model_keys([f"weights={onnx}", key, "model.merge.score_thresh=0.1", "device=cpu"]) == [
+        f"weights={onnx}", "++" + key, "++model.merge.score_thresh=0.1", "device=cpu"]
+    cmd = [sys.executable, str(ROOT / "tools" / "predict.py"), f"weights={onnx}", "predict.backend=onnxruntime",
+           f"predict.input={tmp_path}", f"predict.output_dir={tmp_path / 'pred'}", key,
+           f"hydra.run.dir={tmp_path / 'hydra'}"]
+    proc = run_in_group(cmd, timeout=120, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "not in struct" not in proc.stderr
+    assert f"fixed by tools/export.py: {key} would have no effect" in proc.stderr.splitlines()[-1]

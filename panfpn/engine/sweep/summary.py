@@ -66,11 +66,25 @@ def overrides_record(run_dir: Path) -> Path | None:
     return find_record(run_dir)
 
 
-def is_run_dir(path: Path) -> bool:
-    """A folder one job wrote: its status, its results, hydra's record of it (in any
-    hydra.output_subdir), or what a training killed outright leaves without the first three
-    (hydra.output_subdir=null: no record)."""
-    return any((path / mark).is_file() for mark in TRAINING_MARKS) or overrides_record(path) is not None
+def is_run_dir(path: Path, output_subdir: str | None = OVERRIDES_RECORD.parent.name, *,
+               checkpoints: bool = False) -> bool:
+    """A folder one job wrote: its status, its results, hydra's record of it (in ``output_subdir``,
+    the job's ``hydra.output_subdir``, or another subfolder), or what a training killed outright
+    leaves without the first three (hydra.output_subdir=null: no record). ``checkpoints``: a
+    training checkpoint alone counts too (an Optuna sweep folder's check: a trial would replace or
+    continue it); a summary has no row to show for a folder of weights. The one test of a run
+    folder, for the summaries and the sweep folder's check alike (a run one counted and the other
+    did not was mixed into a new sweep's summary)."""
+    if any((path / mark).is_file() for mark in TRAINING_MARKS):
+        return True
+    if checkpoints:
+        from panfpn.engine.training.checkpoint import resume_candidates  # torch: not for the summaries
+
+        if resume_candidates(path):
+            return True
+    from panfpn.engine.sweep.relaunch import find_record  # not at the top: relaunch imports this module
+
+    return find_record(path, output_subdir) is not None
 
 
 def find_run_dirs(roots: Iterable[str | os.PathLike]) -> list[Path]:

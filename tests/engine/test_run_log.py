@@ -316,13 +316,6 @@ def test_the_hparams_tab_joins_the_hparams_and_metrics_of_every_run_of_a_logdir(
     logdir, so `tensorboard --logdir <sweep>` lacked the hparams and metrics of the other runs (a job
     re-run with resume=true: no `resume` column; a first job that never evaluated: no final/pq/All).
     Read with TensorBoard's own HParams backend, as its server does."""
-    import warnings
-
-    from tensorboard import context
-    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-    from tensorboard.plugins import base_plugin
-    from tensorboard.plugins.hparams import backend_context
-
     from panfpn.engine.training.metrics_log import MetricsLog
 
     for run, params, metrics in (("0", {"solver.base_lr": 0.01}, {"final/loss/total": 2.0}),
@@ -331,16 +324,57 @@ def test_the_hparams_tab_joins_the_hparams_and_metrics_of_every_run_of_a_logdir(
         log = MetricsLog(tmp_path / run, resumed_at=0)
         log.hparams(params, metrics, step=4)
         log.close()
+    experiment = _hparams_experiment(tmp_path)
+    assert {h.name for h in experiment.hparam_infos} == {"solver.base_lr", "resume"}
+    assert {"final/loss/total", "final/pq/All"} <= {m.name.tag for m in experiment.metric_infos}
+
+
+def _hparams_experiment(logdir):
+    """The HParams experiment TensorBoard's own backend makes of ``logdir``, as its server does."""
+    import warnings
+
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context
+
     mux = plugin_event_multiplexer.EventMultiplexer()
-    mux.AddRunsFromDirectory(str(tmp_path))
+    mux.AddRunsFromDirectory(str(logdir))
     mux.Reload()
-    provider = data_provider.MultiplexerDataProvider(mux, str(tmp_path))
-    backend = backend_context.Context(base_plugin.TBContext(logdir=str(tmp_path), multiplexer=mux,
+    provider = data_provider.MultiplexerDataProvider(mux, str(logdir))
+    backend = backend_context.Context(base_plugin.TBContext(logdir=str(logdir), multiplexer=mux,
                                                             data_provider=provider))
     ctx = context.RequestContext()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        experiment = backend.experiment_from_metadata(ctx, "", True, backend.hparams_metadata(ctx, ""),
-                                                      backend.hparams_from_data_provider(ctx, "", None))
-    assert {h.name for h in experiment.hparam_infos} == {"solver.base_lr", "resume"}
-    assert {"final/loss/total", "final/pq/All"} <= {m.name.tag for m in experiment.metric_infos}
+        return backend.experiment_from_metadata(ctx, "", True, backend.hparams_metadata(ctx, ""),
+                                                backend.hparams_from_data_provider(ctx, "", None))
+
+
+def test_boolean_hparams_are_booleans_in_tensorboard(tmp_path):
+    """torch's hparams() tests for a number before a bool (a bool is an int): `train.amp=true` was
+    the number 1 in TensorBoard's HParams (a float column of 0 and 1). Read back with TensorBoard's
+    own multiplexer and HParams backend."""
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    from panfpn.engine.training.metrics_log import MetricsLog
+
+    for run, amp in (("0", True), ("1", False)):
+        log = MetricsLog(tmp_path / run, resumed_at=0)
+        log.hparams(hparam_values([f"train.amp={str(amp).lower()}", "solver.base_lr=0.01", "seed=3"]),
+                    {"final/loss/total": 1.0}, step=2)
+        log.close()
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(tmp_path))
+    mux.Reload()
+    contents = {name.split("/")[0]: tags for name, tags in mux.PluginRunToTagToContent("hparams").items()}
+    for run, amp in (("0", True), ("1", False)):
+        content = contents[run]["_hparams_/session_start_info"]
+        values = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+        assert values["train.amp"].WhichOneof("kind") == "bool_value" and values["train.amp"].bool_value is amp
+        assert values["solver.base_lr"].number_value == 0.01 and values["seed"].number_value == 3
+    infos = {h.name: h for h in _hparams_experiment(tmp_path).hparam_infos}
+    assert infos["train.amp"].type == api_pb2.DATA_TYPE_BOOL
+    assert [v.bool_value for v in infos["train.amp"].domain_discrete.values] == [False, True]
+    assert infos["solver.base_lr"].type == api_pb2.DATA_TYPE_FLOAT64

@@ -378,3 +378,41 @@ def test_boolean_hparams_are_booleans_in_tensorboard(tmp_path):
     assert infos["train.amp"].type == api_pb2.DATA_TYPE_BOOL
     assert [v.bool_value for v in infos["train.amp"].domain_discrete.values] == [False, True]
     assert infos["solver.base_lr"].type == api_pb2.DATA_TYPE_FLOAT64
+
+
+def test_job_status_wall_time_adds_up_the_attempts_of_a_resumed_run(tiny_cfg, tmp_path, monkeypatch):
+    """job_status.json's wall_s was the last attempt's: a run resumed (a re-launched sweep's job)
+    after 2 hours showed the minutes of its last attempt, and so did the summary's wall_s. It is
+    now the run's total over its attempts, attempt_wall_s the attempt's own; a fresh start counts
+    from 0 again."""
+    from panfpn.engine import train_run
+    from panfpn.engine.sweep.summary import collect
+
+    run = tmp_path / "run"
+    common = ("solver.schedule.steps=[1]", "train.eval_period=-1")
+    run_training_job(tiny_cfg("solver.max_iter=2", *common))
+    first = json.loads((run / "job_status.json").read_text())
+    assert first["attempts"] == 1 and first["wall_s"] == first["attempt_wall_s"] > 0
+    run_training_job(tiny_cfg("solver.max_iter=4", "resume=true", *common))
+    second = json.loads((run / "job_status.json").read_text())
+    assert second["status"] == "done" and second["iteration"] == 4 and second["attempts"] == 2
+    assert 0 < second["attempt_wall_s"] < second["wall_s"]
+    assert second["wall_s"] == pytest.approx(first["wall_s"] + second["attempt_wall_s"], abs=2e-3)
+    [row], _ = collect([run])
+    assert row["wall_s"] == second["wall_s"]  # the summary's wall_s: the whole run's
+
+    def boom(cfg):
+        raise RuntimeError("CUDA out of memory")
+
+    # an attempt that fails counts too; a record of an older panfpn (wall_s: its attempt's) is its start
+    (run / "job_status.json").write_text(json.dumps({"status": "done", "wall_s": 100.0, "iteration": 4}))
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError):
+        patch.setattr(train_run, "train_from_config", boom)
+        run_training_job(tiny_cfg("solver.max_iter=6", "resume=true", *common))
+    failed = json.loads((run / "job_status.json").read_text())
+    assert failed["status"] == "failed" and failed["attempts"] == 2
+    assert failed["wall_s"] == pytest.approx(100.0 + failed["attempt_wall_s"], abs=2e-3)
+
+    run_training_job(tiny_cfg("solver.max_iter=2", *common))  # resume=false: a new run in the folder
+    fresh = json.loads((run / "job_status.json").read_text())
+    assert fresh["attempts"] == 1 and fresh["wall_s"] == fresh["attempt_wall_s"]

@@ -3,9 +3,9 @@
 Each run folder ends with ``job_status.json`` (done / failed / interrupted, iteration, wall time
 of the attempt and of the run over its attempts, error, objective) and, when it evaluated,
 ``eval_results.json`` (the last evaluation, the same format as tools/eval.py's plus ``iteration``,
-the one it was made at: before the end when a signal stopped the run). Sweep summaries (:mod:`panfpn.engine.sweep.summary`) read these files,
-never recompute them. ``train.objective`` names the number tools/train.py returns to hydra's
-sweepers (Optuna).
+the one it was made at: before the end when a signal stopped the run). Sweep summaries
+(:mod:`panfpn.engine.sweep.summary`) read these files, never recompute them. ``train.objective``
+names the number tools/train.py returns to hydra's sweepers (Optuna).
 """
 
 from __future__ import annotations
@@ -230,6 +230,7 @@ def _write_outcome(cfg: DictConfig, run_dir: Path, result: dict, started: float,
         results["iteration"] = result.get("eval_iteration")  # an interrupted run's last evaluation is earlier
         write_json_atomic(run_dir / EVAL_RESULTS, results)
     write_job_status(run_dir, "interrupted" if result["interrupted"] else "done", started=started, cfg=cfg,
-                     earlier=earlier, iteration=result["iteration"], signal=result["signal"], checkpoint=result["checkpoint"],
+                     earlier=earlier, iteration=result["iteration"], signal=result["signal"],
+                     checkpoint=result["checkpoint"],
                      skipped_steps=int((result.get("losses") or {}).get("skipped_steps") or 0),
                      error=None, objective_value=result["objective"])

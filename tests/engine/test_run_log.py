@@ -316,13 +316,6 @@ def test_the_hparams_tab_joins_the_hparams_and_metrics_of_every_run_of_a_logdir(
     logdir, so `tensorboard --logdir <sweep>` lacked the hparams and metrics of the other runs (a job
     re-run with resume=true: no `resume` column; a first job that never evaluated: no final/pq/All).
     Read with TensorBoard's own HParams backend, as its server does."""
-    import warnings
-
-    from tensorboard import context
-    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
-    from tensorboard.plugins import base_plugin
-    from tensorboard.plugins.hparams import backend_context
-
     from panfpn.engine.training.metrics_log import MetricsLog
 
     for run, params, metrics in (("0", {"solver.base_lr": 0.01}, {"final/loss/total": 2.0}),
@@ -331,16 +324,95 @@ def test_the_hparams_tab_joins_the_hparams_and_metrics_of_every_run_of_a_logdir(
         log = MetricsLog(tmp_path / run, resumed_at=0)
         log.hparams(params, metrics, step=4)
         log.close()
+    experiment = _hparams_experiment(tmp_path)
+    assert {h.name for h in experiment.hparam_infos} == {"solver.base_lr", "resume"}
+    assert {"final/loss/total", "final/pq/All"} <= {m.name.tag for m in experiment.metric_infos}
+
+
+def _hparams_experiment(logdir):
+    """The HParams experiment TensorBoard's own backend makes of ``logdir``, as its server does."""
+    import warnings
+
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context
+
     mux = plugin_event_multiplexer.EventMultiplexer()
-    mux.AddRunsFromDirectory(str(tmp_path))
+    mux.AddRunsFromDirectory(str(logdir))
     mux.Reload()
-    provider = data_provider.MultiplexerDataProvider(mux, str(tmp_path))
-    backend = backend_context.Context(base_plugin.TBContext(logdir=str(tmp_path), multiplexer=mux,
+    provider = data_provider.MultiplexerDataProvider(mux, str(logdir))
+    backend = backend_context.Context(base_plugin.TBContext(logdir=str(logdir), multiplexer=mux,
                                                             data_provider=provider))
     ctx = context.RequestContext()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        experiment = backend.experiment_from_metadata(ctx, "", True, backend.hparams_metadata(ctx, ""),
-                                                      backend.hparams_from_data_provider(ctx, "", None))
-    assert {h.name for h in experiment.hparam_infos} == {"solver.base_lr", "resume"}
-    assert {"final/loss/total", "final/pq/All"} <= {m.name.tag for m in experiment.metric_infos}
+        return backend.experiment_from_metadata(ctx, "", True, backend.hparams_metadata(ctx, ""),
+                                                backend.hparams_from_data_provider(ctx, "", None))
+
+
+def test_boolean_hparams_are_booleans_in_tensorboard(tmp_path):
+    """torch's hparams() tests for a number before a bool (a bool is an int): `train.amp=true` was
+    the number 1 in TensorBoard's HParams (a float column of 0 and 1). Read back with TensorBoard's
+    own multiplexer and HParams backend."""
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    from panfpn.engine.training.metrics_log import MetricsLog
+
+    for run, amp in (("0", True), ("1", False)):
+        log = MetricsLog(tmp_path / run, resumed_at=0)
+        log.hparams(hparam_values([f"train.amp={str(amp).lower()}", "solver.base_lr=0.01", "seed=3"]),
+                    {"final/loss/total": 1.0}, step=2)
+        log.close()
+    mux = EventMultiplexer()
+    mux.AddRunsFromDirectory(str(tmp_path))
+    mux.Reload()
+    contents = {name.split("/")[0]: tags for name, tags in mux.PluginRunToTagToContent("hparams").items()}
+    for run, amp in (("0", True), ("1", False)):
+        content = contents[run]["_hparams_/session_start_info"]
+        values = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+        assert values["train.amp"].WhichOneof("kind") == "bool_value" and values["train.amp"].bool_value is amp
+        assert values["solver.base_lr"].number_value == 0.01 and values["seed"].number_value == 3
+    infos = {h.name: h for h in _hparams_experiment(tmp_path).hparam_infos}
+    assert infos["train.amp"].type == api_pb2.DATA_TYPE_BOOL
+    assert [v.bool_value for v in infos["train.amp"].domain_discrete.values] == [False, True]
+    assert infos["solver.base_lr"].type == api_pb2.DATA_TYPE_FLOAT64
+
+
+def test_job_status_wall_time_adds_up_the_attempts_of_a_resumed_run(tiny_cfg, tmp_path, monkeypatch):
+    """job_status.json's wall_s was the last attempt's: a run resumed (a re-launched sweep's job)
+    after 2 hours showed the minutes of its last attempt, and so did the summary's wall_s. It is
+    now the run's total over its attempts, attempt_wall_s the attempt's own; a fresh start counts
+    from 0 again."""
+    from panfpn.engine import train_run
+    from panfpn.engine.sweep.summary import collect
+
+    run = tmp_path / "run"
+    common = ("solver.schedule.steps=[1]", "train.eval_period=-1")
+    run_training_job(tiny_cfg("solver.max_iter=2", *common))
+    first = json.loads((run / "job_status.json").read_text())
+    assert first["attempts"] == 1 and first["wall_s"] == first["attempt_wall_s"] > 0
+    run_training_job(tiny_cfg("solver.max_iter=4", "resume=true", *common))
+    second = json.loads((run / "job_status.json").read_text())
+    assert second["status"] == "done" and second["iteration"] == 4 and second["attempts"] == 2
+    assert 0 < second["attempt_wall_s"] < second["wall_s"]
+    assert second["wall_s"] == pytest.approx(first["wall_s"] + second["attempt_wall_s"], abs=2e-3)
+    [row], _ = collect([run])
+    assert row["wall_s"] == second["wall_s"]  # the summary's wall_s: the whole run's
+
+    def boom(cfg):
+        raise RuntimeError("CUDA out of memory")
+
+    # an attempt that fails counts too; a record of an older panfpn (wall_s: its attempt's) is its start
+    (run / "job_status.json").write_text(json.dumps({"status": "done", "wall_s": 100.0, "iteration": 4}))
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError):
+        patch.setattr(train_run, "train_from_config", boom)
+        run_training_job(tiny_cfg("solver.max_iter=6", "resume=true", *common))
+    failed = json.loads((run / "job_status.json").read_text())
+    assert failed["status"] == "failed" and failed["attempts"] == 2
+    assert failed["wall_s"] == pytest.approx(100.0 + failed["attempt_wall_s"], abs=2e-3)
+
+    run_training_job(tiny_cfg("solver.max_iter=2", *common))  # resume=false: a new run in the folder
+    fresh = json.loads((run / "job_status.json").read_text())
+    assert fresh["attempts"] == 1 and fresh["wall_s"] == fresh["attempt_wall_s"]

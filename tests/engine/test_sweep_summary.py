@@ -280,3 +280,49 @@ def test_a_sweep_writing_hydra_records_into_its_job_folders_shows_its_params(tmp
     assert [(r["job"], r["params"]) for r in rows] == [("0", params[0]), ("1", params[1])]
     printed = _table_rows(proc.stdout, "sweep summary (2 jobs)")
     assert [printed[job].split()[-1] for job in ("0", "1")] == params, proc.stdout[-2000:]
+
+
+def _swept(sweep: Path) -> None:
+    """Three jobs: two keys swept, one shared, one job with a key of its own (added), one deleting
+    one, one setting a key named like a summary column."""
+    _fake_run(sweep / "0", "done", 0.3, ["solver.base_lr=0.01", "model.merge.score_thresh=0.3", "seed=1",
+                                         "train.amp=true"])
+    _fake_run(sweep / "1", "done", 0.4, ["solver.base_lr=1e-3", "model.merge.score_thresh=0.7", "seed=1",
+                                         "+model.x=5", "train.amp=false", "+status=fast"])
+    _fake_run(sweep / "2", "failed", None, ["solver.base_lr=0.02", "model.merge.score_thresh=0.3", "seed=1",
+                                            "~weights", "train.amp=true"])
+    write_summary([sweep], sweep)
+
+
+def test_summary_csv_has_a_column_per_param(tmp_path):
+    """summary.csv had a job's params in one cell (`solver.base_lr=0.01 model.merge.score_thresh=0.3`):
+    a spreadsheet or pandas could not sort or plot by a swept value. Each param now has its column
+    (every job's keys; empty where a job lacks it), its value as the job's override wrote it."""
+    sweep = tmp_path / "sweep"
+    _swept(sweep)
+    with open(sweep / "summary.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        header, table = reader.fieldnames, list(reader)
+    assert header[:9] == ["job", "status", "params", "solver.base_lr", "model.merge.score_thresh", "train.amp",
+                          "model.x", "param:status", "weights"]
+    assert header[9] == "overrides" and "seed" not in header  # shared by every job: not a param
+    assert [r["solver.base_lr"] for r in table] == ["0.01", "1e-3", "0.02"]
+    assert [r["model.merge.score_thresh"] for r in table] == ["0.3", "0.7", "0.3"]
+    assert [r["train.amp"] for r in table] == ["true", "false", "true"]
+    assert [r["model.x"] for r in table] == ["", "5", ""]
+    assert [r["weights"] for r in table] == ["", "", "~"]  # deleted in job 2
+    assert [r["param:status"] for r in table] == ["", "fast", ""]
+    assert [r["status"] for r in table] == ["done", "done", "failed"]  # the summary's own column kept
+    assert table[1]["params"] == ("solver.base_lr=1e-3 model.merge.score_thresh=0.7 +model.x=5 train.amp=false "
+                                  "+status=fast")
+    assert json.loads((sweep / "summary.json").read_text())["jobs"][1]["param_values"]["model.x"] == "5"
+
+
+def test_summary_csv_param_columns_read_as_typed_values_in_pandas(tmp_path):
+    pd = pytest.importorskip("pandas", reason="pandas is not installed (not a panfpn dependency)")
+    sweep = tmp_path / "sweep"
+    _swept(sweep)
+    table = pd.read_csv(sweep / "summary.csv")
+    assert table["solver.base_lr"].tolist() == [0.01, 0.001, 0.02]
+    assert table["train.amp"].tolist() == [True, False, True]
+    assert table["model.x"].isna().tolist() == [True, False, True] and table["model.x"][1] == 5

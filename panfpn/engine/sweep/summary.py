@@ -66,11 +66,25 @@ def overrides_record(run_dir: Path) -> Path | None:
     return find_record(run_dir)
 
 
-def is_run_dir(path: Path) -> bool:
-    """A folder one job wrote: its status, its results, hydra's record of it (in any
-    hydra.output_subdir), or what a training killed outright leaves without the first three
-    (hydra.output_subdir=null: no record)."""
-    return any((path / mark).is_file() for mark in TRAINING_MARKS) or overrides_record(path) is not None
+def is_run_dir(path: Path, output_subdir: str | None = OVERRIDES_RECORD.parent.name, *,
+               checkpoints: bool = False) -> bool:
+    """A folder one job wrote: its status, its results, hydra's record of it (in ``output_subdir``,
+    the job's ``hydra.output_subdir``, or another subfolder), or what a training killed outright
+    leaves without the first three (hydra.output_subdir=null: no record). ``checkpoints``: a
+    training checkpoint alone counts too (an Optuna sweep folder's check: a trial would replace or
+    continue it); a summary has no row to show for a folder of weights. The one test of a run
+    folder, for the summaries and the sweep folder's check alike (a run one counted and the other
+    did not was mixed into a new sweep's summary)."""
+    if any((path / mark).is_file() for mark in TRAINING_MARKS):
+        return True
+    if checkpoints:
+        from panfpn.engine.training.checkpoint import resume_candidates  # torch: not for the summaries
+
+        if resume_candidates(path):
+            return True
+    from panfpn.engine.sweep.relaunch import find_record  # not at the top: relaunch imports this module
+
+    return find_record(path, output_subdir) is not None
 
 
 def find_run_dirs(roots: Iterable[str | os.PathLike]) -> list[Path]:
@@ -318,7 +332,25 @@ def add_params(rows: Sequence[dict], swept: Collection[str] = ()) -> list[str]:
                or override_key(k) in swept}
     for row, overrides in zip(rows, keyed):
         row["params"] = " ".join(o for k, o in overrides.items() if k in varying)
+        row["param_values"] = dict(_param_cell(o) for k, o in overrides.items() if k in varying)
     return [keyed[0][k] for k in keys if k not in varying] if rows else []
+
+
+DELETED = "~"  # a param's cell when the job's override deletes the key (``~weights``)
+
+
+def _param_cell(override: str) -> tuple[str, str]:
+    """``(column, cell)`` of a param in summary.csv: the key without hydra's ``+``/``++``/``~``, the
+    value as the job's override wrote it (``solver.base_lr=1e-2``: ``1e-2``); ``~`` for a deletion."""
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), DELETED if key.startswith("~") else value
+
+
+def param_columns(rows: Sequence[dict]) -> dict[str, str]:
+    """summary.csv's param columns, ``{column: key}``: every job's params' keys (first seen first),
+    each column named by its key, or ``param:<key>`` for a key named like one of :data:`COLUMNS`."""
+    keys = dict.fromkeys(k for r in rows for k in r.get("param_values") or {})
+    return {f"param:{k}" if k in COLUMNS else k: k for k in keys}
 
 
 def shared_overrides(rows: Sequence[dict]) -> list[str]:
@@ -347,12 +379,21 @@ def _parsed(override: str | None) -> str | None:
 
 
 def to_csv(rows: Sequence[dict]) -> str:
+    """summary.csv: :data:`COLUMNS`, and after ``params`` a column per param (:func:`param_columns`)
+    holding each job's value as written, empty for a job without it (one column per swept key,
+    for pandas or a spreadsheet)."""
+    extra = param_columns(rows)
+    at = COLUMNS.index("params") + 1
+    fields = [*COLUMNS[:at], *extra, *COLUMNS[at:]]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else " ".join(row[k]) if isinstance(row[k], list) else row[k])
-                         for k in COLUMNS})
+        cells = {k: ("" if row.get(k) is None else " ".join(row[k]) if isinstance(row[k], list) else row[k])
+                 for k in COLUMNS}
+        values = row.get("param_values") or {}
+        cells.update({column: values.get(key, "") for column, key in extra.items()})
+        writer.writerow(cells)
     return buffer.getvalue()
 
 

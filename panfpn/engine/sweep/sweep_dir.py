@@ -26,28 +26,18 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from panfpn.engine.sweep.relaunch import find_record
-from panfpn.engine.sweep.summary import natural_key
+from panfpn.engine.sweep.summary import is_run_dir, natural_key
 from panfpn.utils.errors import ConfigError
 
 OPTUNA_RESULTS = "optimization_results.yaml"  # what hydra-optuna-sweeper writes in the sweep folder
-RUN_FILES = ("job_status.json", "eval_results.json", "train.lock", "last_checkpoint")
 MAX_DEPTH = 4  # hydra.sweep.subdir levels searched (``${hydra.job.num}``: one)
 SHOWN = 5  # run folders named in the refusal
-
-
-def _holds_run(folder: Path, output_subdir: str | None) -> bool:
-    """A folder a training job wrote: a status, results, lock, checkpoint or hydra's record."""
-    from panfpn.engine.training.checkpoint import resume_candidates
-
-    return any((folder / name).exists() for name in RUN_FILES) or bool(resume_candidates(folder)) \
-        or find_record(folder, output_subdir) is not None
 
 
 def earlier_runs(folder: Path, output_subdir: str | None = ".hydra", depth: int = MAX_DEPTH) -> list[Path]:
     """The run folders at or below ``folder`` (``depth`` levels; none below a run folder), numbered
     folders by number."""
-    if _holds_run(folder, output_subdir):
+    if is_run_dir(folder, output_subdir, checkpoints=True):
         return [folder]
     if depth <= 0:
         return []

@@ -1,11 +1,11 @@
 """A training as one job of an experiment (tools/train.py): its result files and its objective.
 
-Each run folder ends with ``job_status.json`` (done / failed / interrupted, iteration, wall time,
-error, objective) and, when it evaluated, ``eval_results.json`` (the last evaluation, the same
-format as tools/eval.py's plus ``iteration``, the one it was made at: before the end when a signal
-stopped the run). Sweep summaries (:mod:`panfpn.engine.sweep.summary`) read these files,
-never recompute them. ``train.objective`` names the number tools/train.py returns to hydra's
-sweepers (Optuna).
+Each run folder ends with ``job_status.json`` (done / failed / interrupted, iteration, wall time
+of the attempt and of the run over its attempts, error, objective) and, when it evaluated,
+``eval_results.json`` (the last evaluation, the same format as tools/eval.py's plus ``iteration``,
+the one it was made at: before the end when a signal stopped the run). Sweep summaries
+(:mod:`panfpn.engine.sweep.summary`) read these files, never recompute them. ``train.objective``
+names the number tools/train.py returns to hydra's sweepers (Optuna).
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from __future__ import annotations
 import difflib
 import json
 import logging
+import math
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -23,6 +25,7 @@ from omegaconf import DictConfig
 from panfpn.engine.tool_errors import input_error
 from panfpn.utils.atomic import write_json_atomic
 from panfpn.utils.errors import ConfigError
+from panfpn.utils.json_file import JSONFileError, load_json
 from panfpn.utils.json_values import nonfinite_to_null
 from panfpn.utils.stop_signals import job_finished
 
@@ -114,16 +117,54 @@ def is_main_rank() -> bool:
     return du.launch_rank() == 0
 
 
-def write_job_status(run_dir: Path, status: str, *, started: float, cfg: DictConfig, **facts: Any) -> None:
-    """``job_status.json`` of a run folder (main rank)."""
+@dataclass(frozen=True)
+class EarlierAttempts:
+    """The attempts before this one of the run it continues (``resume=true`` from a checkpoint):
+    their wall time and count, from the job_status.json the last of them wrote."""
+
+    wall_s: float = 0.0
+    attempts: int = 0
+
+
+def earlier_attempts(cfg: DictConfig, run_dir: Path) -> EarlierAttempts:
+    """What the earlier attempts of this run took, when this attempt continues it (``resume=true``
+    and the folder holds a checkpoint); none for a fresh start, whatever the folder holds. An
+    attempt killed outright wrote no job_status.json: its time is not known. An unreadable record
+    is a warning naming it, and counts as none."""
+    from panfpn.engine.training.checkpoint import resume_candidates  # torch: not for the sweep callback
+
+    path = run_dir / JOB_STATUS
+    if not cfg.get("resume") or not path.is_file() or not resume_candidates(run_dir):
+        return EarlierAttempts()
+    try:
+        record = load_json(path)
+        wall = float(record["wall_s"])  # the total over its attempts (before attempt_wall_s: its own)
+        attempts = int(record.get("attempts", 1))
+    except (JSONFileError, KeyError, TypeError, ValueError) as err:
+        logger.warning("%s: the earlier attempts' wall time is not read (%s: %s); wall_s counts this attempt only",
+                       path, type(err).__name__, err)
+        return EarlierAttempts()
+    if not math.isfinite(wall) or wall < 0 or attempts < 1:
+        logger.warning("%s: wall_s %r / attempts %r are not a time and a count; wall_s counts this attempt only",
+                       path, record.get("wall_s"), record.get("attempts"))
+        return EarlierAttempts()
+    return EarlierAttempts(wall, attempts)
+
+
+def write_job_status(run_dir: Path, status: str, *, started: float, cfg: DictConfig,
+                     earlier: EarlierAttempts = EarlierAttempts(), **facts: Any) -> None:
+    """``job_status.json`` of a run folder (main rank): ``attempt_wall_s`` is this attempt's wall
+    time, ``wall_s`` the run's over its ``attempts`` (``earlier`` ones included: a resumed run)."""
     if not is_main_rank():
         return
+    attempt = round(time.time() - started, 3)
     record = {"status": status, "max_iter": int(cfg.solver.max_iter),
               "objective": {"name": cfg.train.get("objective"),
                             "direction": cfg.train.get("objective_direction", "maximize"),
                             "value": facts.pop("objective_value", None)},
               "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-              "wall_s": round(time.time() - started, 3), **facts}
+              "wall_s": round(earlier.wall_s + attempt, 3), "attempt_wall_s": attempt,
+              "attempts": earlier.attempts + 1, **facts}
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run_dir / JOB_STATUS, nonfinite_to_null(record))
 
@@ -135,6 +176,7 @@ def run_training_job(cfg: DictConfig) -> dict:
 
     started = time.time()
     run_dir = Path(str(cfg.output_dir))
+    earlier = EarlierAttempts()
     with job_stop_signals() as signals:  # outside the loop: a stop signal is an error, status written
         try:
             # imported here, under the handler: torch & co take seconds, and a SIGTERM then killed the job
@@ -143,6 +185,7 @@ def run_training_job(cfg: DictConfig) -> dict:
             from panfpn.engine.training.start_checks import check_job_start
 
             job_log_on_rank_0_only()
+            earlier = earlier_attempts(cfg, run_dir)  # before this attempt writes its own record
             warning = check_job_start(cfg)
             if warning:
                 logger.warning("%s", warning)
@@ -153,12 +196,12 @@ def run_training_job(cfg: DictConfig) -> dict:
             # stopped by a signal: this rank (a KeyboardInterrupt) or another one alone (OtherRankFailedError)
             status = "interrupted" if isinstance(err, KeyboardInterrupt) or getattr(err, "signum", None) else "failed"
             told = input_error(err) or err  # a known input error by its own words, not its wrapper's
-            write_job_status(run_dir, status, started=started, cfg=cfg, iteration=None,
+            write_job_status(run_dir, status, started=started, cfg=cfg, earlier=earlier, iteration=None,
                              signal=getattr(err, "signum", None), error=f"{type(told).__name__}: {told}",
                              traceback=traceback.format_exc(limit=8)[-4000:])
             raise
         signals.defer()  # finished: a signal now (without a handler it killed us) must not lose the files
-        _write_outcome(cfg, run_dir, result, started)
+        _write_outcome(cfg, run_dir, result, started, earlier)
         if not result["interrupted"]:  # tools/train.py: a signal from now on says the training is done
             job_finished(finished_training(run_dir, result["checkpoint"], result["eval"] is not None))
     return result
@@ -179,7 +222,7 @@ def finished_training(run_dir: Path, checkpoint: str | None, evaluated: bool) ->
     return describe
 
 
-def _write_outcome(cfg: DictConfig, run_dir: Path, result: dict, started: float) -> None:
+def _write_outcome(cfg: DictConfig, run_dir: Path, result: dict, started: float, earlier: EarlierAttempts) -> None:
     """``eval_results.json`` (when it evaluated) and ``job_status.json`` of a training that ended."""
     if result["eval"] is not None and is_main_rank():
         # strict JSON, as tools/eval.py's: an undefined metric (a class absent from the images) is null
@@ -187,6 +230,7 @@ def _write_outcome(cfg: DictConfig, run_dir: Path, result: dict, started: float)
         results["iteration"] = result.get("eval_iteration")  # an interrupted run's last evaluation is earlier
         write_json_atomic(run_dir / EVAL_RESULTS, results)
     write_job_status(run_dir, "interrupted" if result["interrupted"] else "done", started=started, cfg=cfg,
-                     iteration=result["iteration"], signal=result["signal"], checkpoint=result["checkpoint"],
+                     earlier=earlier, iteration=result["iteration"], signal=result["signal"],
+                     checkpoint=result["checkpoint"],
                      skipped_steps=int((result.get("losses") or {}).get("skipped_steps") or 0),
                      error=None, objective_value=result["objective"])

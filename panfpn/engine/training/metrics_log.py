@@ -105,7 +105,7 @@ class MetricsLog:
         # experiment record it finds in a logdir for every run (a sweep's other jobs' hparams and
         # metrics missing from the HParams tab); without one it joins all runs' sessions
         _, session_start, session_end = hparams(clean, finite)
-        for summary in (session_start, session_end):
+        for summary in (_with_booleans(session_start, clean), session_end):
             self._tb.file_writer.add_summary(summary)
         for name, value in finite.items():
             self._tb.add_scalar(name, value, (steps or {}).get(name, step))
@@ -116,6 +116,22 @@ class MetricsLog:
             self._tb.close()
             self._jsonl.close()
             self.enabled = False
+
+
+def _with_booleans(session_start, params: Mapping[str, Any]):
+    """The session start record with each boolean hparam as a boolean: torch's ``hparams`` tests for
+    a number first, and a bool is one, so TensorBoard's HParams showed ``train.amp=true`` as 1."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    flags = {k: v for k, v in params.items() if isinstance(v, bool)}
+    if not flags:
+        return session_start
+    [value] = session_start.value
+    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    for name, flag in flags.items():
+        data.session_start_info.hparams[name].bool_value = flag
+    value.metadata.plugin_data.content = data.SerializeToString()
+    return session_start
 
 
 def drop_records_after(path: Path, iteration: int) -> int:

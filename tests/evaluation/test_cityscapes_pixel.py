@@ -286,6 +286,25 @@ def test_tables_and_scalars_show_the_four_scores_in_percent():
     assert "iIoU_sup n/a" in format_results(metrics)
 
 
+def test_every_results_line_and_the_report_say_n_a_for_an_undefined_score():
+    # One rule (panfpn.utils.percent) for the printed lines and the report; before, the printed
+    # Cityscapes instance AP line showed "nan" where the report and the pixel-level line showed "n/a".
+    from report_parse import PageStructure
+
+    from panfpn.engine.eval_loop import format_results
+    from panfpn.evaluation.report import build_report
+
+    split = {"pq": 0.5, "sq": 0.8, "rq": 0.625, "n": 1}
+    metrics = {"panoptic": {"All": split, "Things": split, "Stuff": split, "per_class": {}},
+               "sem_seg": {"mIoU": 0.5}, "cityscapes_ap": {"AP": float("nan"), "AP50": 0.5, "per_class": {}},
+               "cityscapes_sem_seg": {"IoU": 0.5, "iIoU": float("nan"), "IoU_sup": None, "iIoU_sup": 0.125}}
+    lines = format_results(metrics).splitlines()
+    assert "Cityscapes instance AP AP n/a  AP50 50.00" in lines  # before: "AP nan"
+    assert "Cityscapes  IoU 50.00  iIoU n/a  IoU_sup n/a  iIoU_sup 12.50" in lines
+    other = dict(PageStructure(build_report(metrics, {})).texts("other-metrics"))
+    assert other["Cityscapes AP"] == "n/a" and other["Cityscapes AP50"] == "50.00"
+    assert other["Cityscapes iIoU"] == "n/a" and other["Cityscapes iIoU_sup"] == "12.50"
+
 def test_ranks_reduce_to_the_single_process_scores(tmp_path):
     rng = np.random.default_rng(3)
     images = [random_image(rng) for _ in range(8)]

@@ -5,7 +5,13 @@ The test and training transforms resize in the DataLoader workers, where torch r
 (``--threads 1``, the default); ``--threads N`` shows the main process's case. Interleaved rounds,
 median of each; the ratio is Pillow's time over torchvision's.
 
+``--onnx``: the exported graph's resize instead (panfpn/deploy/resize.py ``resize_uint8``, traced to
+ONNX with dynamic sizes as the pipeline exports it, run in onnxruntime CPU with ``--threads``
+threads): Pillow < 13's one pass order (horizontal first) vs Pillow >= 13's size-dependent order,
+same run; the ratio is the second over the first.
+
     python bench/resize.py [--size 480 640] [--to 800 1067] [--threads 1] [--rounds 9]
+    python bench/resize.py --onnx [--size 1000 37] [--to 800 30] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +40,40 @@ def per_call_ms(fn, calls: int) -> float:
     return (time.perf_counter() - start) / calls * 1e3
 
 
+def onnx_contenders(image: torch.Tensor, out_h: int, out_w: int, threads: int, folder: Path) -> dict:
+    """One onnxruntime call per pass order of the in-graph resize, sizes as graph inputs."""
+    import warnings
+
+    import onnxruntime as ort
+
+    from panfpn.deploy.resize import HORIZONTAL_FIRST, PILLOW13, resize_uint8, size_of
+
+    class Resize(torch.nn.Module):
+        def __init__(self, order: str):
+            super().__init__()
+            self.order = order
+
+        def forward(self, image: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+            size_of(image, 1)  # the traced sizes stay dynamic (size_of); the output's come from `size`
+            return resize_uint8(image, size[0], size[1], self.order)
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = threads
+    feed = {"image": image.numpy(), "size": torch.tensor([out_h, out_w]).numpy()}
+    contenders = {}
+    for name, order in (("onnx horizontal first (Pillow < 13)", HORIZONTAL_FIRST),
+                        ("onnx Pillow >= 13 order", PILLOW13)):
+        path = folder / f"{order}.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(Resize(order), (image, torch.tensor([out_h, out_w])), str(path), dynamo=False,
+                              opset_version=17, input_names=["image", "size"],
+                              dynamic_axes={"image": {1: "h", 2: "w"}})
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        contenders[name] = lambda session=session: session.run(None, feed)
+    return contenders
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, nargs=2, default=[480, 640], metavar=("H", "W"))
@@ -40,6 +81,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--calls", type=int, default=10, help="calls per round and contender")
+    ap.add_argument("--onnx", action="store_true", help="time the exported graph's resize (both pass orders)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     image = torch.randint(0, 256, (3, *args.size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -49,6 +91,9 @@ def main() -> None:
         "torchvision antialias": lambda: TF.resize(image, [out_h, out_w], interpolation=InterpolationMode.BILINEAR,
                                                    antialias=True),
     }
+    folder = tempfile.TemporaryDirectory()
+    if args.onnx:
+        contenders = onnx_contenders(image, out_h, out_w, args.threads, Path(folder.name))
     for fn in contenders.values():
         fn()  # warm-up
     times = {name: [] for name in contenders}
@@ -60,9 +105,12 @@ def main() -> None:
     medians = {name: statistics.median(t) for name, t in times.items()}
     for name, ms in medians.items():
         print(f"  {name:38s} {ms:8.2f} ms")
-    pillow, tv = medians.values()
-    ratios = sorted(p / t for p, t in zip(*times.values()))
-    print(f"  pillow / torchvision: {pillow / tv:.2f} (per-round {ratios[0]:.2f}..{ratios[-1]:.2f})")
+    first, second = medians.values()  # onnx: the ratio is the second over the first (the extra order's cost)
+    top, bottom, label = ((second, first, "Pillow >= 13 / horizontal first") if args.onnx
+                          else (first, second, "pillow / torchvision"))
+    ratios = sorted((b / a if args.onnx else a / b) for a, b in zip(*times.values()))
+    print(f"  {label}: {top / bottom:.2f} (per-round {ratios[0]:.2f}..{ratios[-1]:.2f})")
+    folder.cleanup()
 
 
 if __name__ == "__main__":

@@ -16,9 +16,12 @@ and clamps to bytes, so the two orders differ by 1 in about a third of such an i
 :func:`resize_uint8` follows the order it is given (:func:`installed_pass_order`: that of the Pillow
 the eager transform uses here). The size-dependent order is decided from the sizes inside the graph:
 a Python branch on eager ints; traced (int64 tensors) or exported (``torch.export``'s symbolic
-sizes) it computes both orders and selects with ``torch.where``, so no size is specialised or
-guarded (``torch.cond`` is not taken: the TorchScript ONNX exporter refuses it). A pass whose axis
-keeps its size is skipped by Pillow; here it runs with weight ``2**22`` on one tap, the identity.
+sizes) both orders are in the graph, each on a number of rows computed from the sizes: the order
+taken on all ``out_h`` output rows (and all input rows), the other on 0, concatenated. So no size
+is specialised or guarded, and the resize costs one order's work (computing both in full and
+selecting with ``torch.where`` doubled it). ``torch.cond`` is not taken: the TorchScript ONNX
+exporter refuses it. A pass whose axis keeps its size is skipped by Pillow; here it runs with
+weight ``2**22`` on one tap, the identity.
 """
 
 from __future__ import annotations
@@ -90,16 +93,16 @@ def shortest_edge_size(height: Tensor | int, width: Tensor | int, short: int,
     return out_h, out_w
 
 
-def _axis_weights(in_size: Tensor, out_size: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Taps of one axis: source indices long ``[out, K]``, integer weights float64 ``[out, K]``
+def _axis_weights(in_size: Tensor, out_size: Tensor, rows: Tensor | int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Taps of one axis: source indices long ``[rows, K]``, integer weights float64 ``[rows, K]``
     (0 on unused taps) and the fixed-point precision ``p`` (float64 ``[1]``, the divisor ``2**p``:
-    Pillow's 22)."""
+    Pillow's 22). ``rows``: the first that many output positions (default all ``out_size``)."""
     n_in, n_out = f64(in_size), f64(out_size)
     one, half, zero = f64(1.0), f64(0.5), f64(0.0)
     scale = n_in / n_out
     support = torch.where(scale >= one, scale, one)  # bilinear: half-width 1
     invscale = torch.where(scale >= one, one / scale, one)
-    centre = scale * (torch.arange(out_size, dtype=torch.float64) + half)
+    centre = scale * (torch.arange(out_size if rows is None else rows, dtype=torch.float64) + half)
     first = torch.maximum(torch.floor(centre - support + half), zero)
     last = torch.minimum(torch.floor(centre + support + half), n_in)
     taps = 2 * ((in_size + out_size - 1) // out_size) + 1  # 2 ceil(support) + 1 >= every last - first
@@ -166,14 +169,25 @@ def resize_uint8(image: Tensor, out_h: Tensor | int, out_w: Tensor | int, order:
     order = pass_order(order)
     x = image.double()
     h, w = size_of(x, 1), size_of(x, 2)
-    across, down = _axis_weights(w, out_w), _axis_weights(h, out_h)
-    horizontal_first = lambda: _pass(_pass(x, *across, dim=2), *down, dim=1)  # noqa: E731
-    vertical_first = lambda: _pass(_pass(x, *down, dim=1), *across, dim=2)  # noqa: E731
+    across = _axis_weights(w, out_w)
     if order == HORIZONTAL_FIRST:
-        return horizontal_first()
+        return _pass(_pass(x, *across, dim=2), *_axis_weights(h, out_h), dim=1)
     if all(isinstance(n, int) for n in (h, w, out_h, out_w)):  # eager: one order
-        return vertical_first() if pillow_runs_vertical_first(h, w, out_h, out_w) else horizontal_first()
-    # traced or exported sizes: both orders, selected by a tensor condition (no guard on the sizes)
+        if pillow_runs_vertical_first(h, w, out_h, out_w):
+            return _pass(_pass(x, *_axis_weights(h, out_h), dim=1), *across, dim=2)
+        return _pass(_pass(x, *across, dim=2), *_axis_weights(h, out_h), dim=1)
+    # traced or exported sizes: both orders in the graph, the unused one on 0 rows (no guard on the sizes)
     shrink_h, shrink_w = f64(h) - f64(out_h), f64(w) - f64(out_w)
-    vertical = (shrink_h > f64(0.0)) & (shrink_h > f64(2.0) * shrink_w)
-    return torch.where(vertical, vertical_first(), horizontal_first())
+    vertical = ((shrink_h > f64(0.0)) & (shrink_h > f64(2.0) * shrink_w)).long()
+    rows_v = out_h * vertical[0]  # output rows of the vertical-first order: out_h or 0
+    kept = h - h * vertical[0]  # input rows the horizontal-first order reads: all or none
+    if not torch.jit.is_tracing():  # torch.export: fresh size symbols (as unbacked_size)
+        rows_v, kept = rows_v.item(), kept.item()
+        torch._check(rows_v >= 0)
+        torch._check(rows_v <= out_h)
+        torch._check(kept >= 0)
+        torch._check(kept <= h)
+    rows_h = out_h - rows_v  # output rows of the horizontal-first order: the rest
+    first = _pass(_pass(x.index_select(1, torch.arange(kept)), *across, dim=2), *_axis_weights(h, out_h, rows_h), dim=1)
+    second = _pass(_pass(x, *_axis_weights(h, out_h, rows_v), dim=1), *across, dim=2)
+    return torch.cat([first, second], dim=1)

@@ -9,7 +9,6 @@ resolution); predictions never round-trip through PNG files.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -27,6 +26,7 @@ from panfpn.engine.progress import Progress
 from panfpn.evaluation.pq_rules import format_table
 from panfpn.modeling.build import check_labels_fit, model_labels
 from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks
+from panfpn.utils.percent import percent, percent_text
 
 logger = logging.getLogger("panfpn")
 
@@ -99,8 +99,7 @@ def _cityscapes_pixel_scores(metrics: dict) -> dict[str, float | None]:
     """IoU, iIoU, IoU_sup, iIoU_sup of ``cityscapes_sem_seg`` in percent; None where undefined (NaN,
     or null once the results went through JSON); empty when that evaluator did not run."""
     scores = metrics.get("cityscapes_sem_seg") or {}
-    return {k: 100.0 * v if isinstance(v, (int, float)) and math.isfinite(v) else None
-            for k, v in ((k, scores.get(k)) for k in CITYSCAPES_PIXEL_SCORES)} if scores else {}
+    return {k: percent(scores.get(k)) for k in CITYSCAPES_PIXEL_SCORES} if scores else {}
 
 
 def metrics_to_scalars(metrics: dict) -> dict[str, float]:
@@ -130,16 +129,16 @@ def format_results(metrics: dict) -> str:
     lines = [format_table(metrics["panoptic"], decimals=2)]
     lines.append(f"mIoU {100 * metrics['sem_seg']['mIoU']:.2f}")
     if "cityscapes_sem_seg" in metrics:
-        lines.append("Cityscapes  " + "  ".join(f"{k} {'n/a' if v is None else f'{v:.2f}'}"
-                                                for k, v in _cityscapes_pixel_scores(metrics).items()))
+        scores = metrics["cityscapes_sem_seg"] or {}
+        lines.append("Cityscapes  " + "  ".join(f"{k} {percent_text(scores.get(k))}"
+                                                for k in (CITYSCAPES_PIXEL_SCORES if scores else ())))
     for task in ("bbox", "segm"):
         if task in metrics:
             lines.append(f"{task} AP {ap_text(metrics[task]['AP'])}  AP50 {ap_text(metrics[task]['AP50'])}"
                          f"  AP75 {ap_text(metrics[task]['AP75'])}")
     if "cityscapes_ap" in metrics:
         cs = metrics["cityscapes_ap"]
-        lines.append("Cityscapes instance AP " + "  ".join(
-            f"{key} {'n/a' if cs[key] is None else f'{100 * cs[key]:.2f}'}" for key in ("AP", "AP50")))
+        lines.append("Cityscapes instance AP " + "  ".join(f"{key} {percent_text(cs[key])}" for key in ("AP", "AP50")))
     if "panoptic_by_area" in metrics:
         lines.append("PQ by area  " + "  ".join(f"{b} {100 * metrics['panoptic_by_area'][b]['All']['pq']:.2f}"
                                                 for b in ("small", "medium", "large")))

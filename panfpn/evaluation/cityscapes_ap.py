@@ -65,6 +65,7 @@ import torch
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.evaluation.cityscapes_void import instance_ids_path, official_void
 from panfpn.evaluation.evaluator import EvalImage, Evaluator
+from panfpn.evaluation.gt_positions import segment_positions
 from panfpn.utils.dist import all_gather_objects, is_main_process, is_multiprocess
 from panfpn.utils.errors import ConfigError
 
@@ -163,17 +164,20 @@ def average_precision(entries: Entries) -> float:
 
 def image_classes(gt_map: torch.Tensor, gt_segments: Sequence[Mapping], labels: Sequence[int],
                   scores: Sequence[float], masks: Any, classes: Mapping[int, int],
-                  void: np.ndarray | torch.Tensor | None = None) -> list[ImageClass]:
+                  void: np.ndarray | torch.Tensor | None = None,
+                  positions: np.ndarray | None = None) -> list[ImageClass]:
     """One :class:`ImageClass` per scored class of one image. ``labels``: dataset category ids of
     the predictions; ``masks``: bool ``[K, H, W]``, a sequence of ``K`` bool ``[H, W]`` or a
     ``BoxMasks`` (read inside each box: no full-size mask is made); ``void``: bool ``[H, W]``, the
     official void pixels (:func:`panfpn.evaluation.cityscapes_void.official_void`), or None for the
-    pixels outside every segment of ``gt_map``."""
-    gt = _host(gt_map)
+    pixels outside every segment of ``gt_map``; ``positions``: ``gt_map``'s
+    :func:`~panfpn.evaluation.gt_positions.segment_positions` in ``gt_segments`` when already
+    computed (``EvalImage.gt_positions``)."""
     void = None if void is None else _host(void).astype(bool, copy=False)
     out = [ImageClass() for _ in INSTANCE_CLASSES]
     seg_ids = [int(seg["id"]) for seg in gt_segments]
-    dense = segment_positions(gt, seg_ids)  # each pixel's segment (len(seg_ids): none)
+    # each pixel's segment (len(seg_ids): none)
+    dense = segment_positions(_host(gt_map), seg_ids) if positions is None else positions
     area = np.bincount(dense.reshape(-1), minlength=len(seg_ids) + 1).tolist()
     slot: dict[int, tuple[int, int]] = {}  # position in gt_segments -> (class, index in its class)
     for i, seg in enumerate(gt_segments):
@@ -214,18 +218,6 @@ def _host(array: Any) -> np.ndarray:
     """A tensor (any device) or array as a numpy array on the host: the per-mask work below is
     numpy's (torch's CPU reductions over bool maps were 100x slower here)."""
     return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
-
-
-def segment_positions(gt_map: np.ndarray, seg_ids: Sequence[int]) -> np.ndarray:
-    """int64 map of ``gt_map``'s shape: each pixel's position in ``seg_ids`` (distinct), or
-    ``len(seg_ids)`` for an id that is none of them (void). No sort of the pixels."""
-    n = len(seg_ids)
-    if n == 0:
-        return np.zeros(gt_map.shape, dtype=np.int64)
-    ids = np.asarray(seg_ids, dtype=np.int64)
-    order = np.argsort(ids, kind="stable")
-    pos = np.minimum(np.searchsorted(ids[order], gt_map), n - 1)
-    return np.where(ids[order][pos] == gt_map, order[pos], n)
 
 
 def _extent(mask: np.ndarray) -> tuple[slice, slice] | None:
@@ -288,7 +280,8 @@ class CityscapesAP(Evaluator):
             else:
                 name = (f"image id {img.image_id!r}: {img.image_path or 'image path unknown'} is not in the "
                         "leftImg8bit/<split>/<city>/ layout")
-            self.add_image(img.gt_map, img.gt_segments, labels, scores, instances["masks"], void=void, image=name)
+            self.add_image(img.gt_map, img.gt_segments, labels, scores, instances["masks"], void=void, image=name,
+                           positions=img.gt_positions)
             if self.write_dir is not None:
                 from panfpn.evaluation.cityscapes_instance_files import write_instance_files
 
@@ -296,13 +289,15 @@ class CityscapesAP(Evaluator):
 
     def add_image(self, gt_map: torch.Tensor, gt_segments: Sequence[Mapping], labels: Sequence[int],
                   scores: Sequence[float], masks: Any, void: np.ndarray | torch.Tensor | None = None,
-                  image: str | None = None) -> None:
+                  image: str | None = None, positions: np.ndarray | None = None) -> None:
         """Score one image: ground truth as the dataset gives it, predictions in dataset ids, ``void``
-        the official void pixels or None (the panoptic files' void; ``image`` names it in the log)."""
+        the official void pixels or None (the panoptic files' void; ``image`` names it in the log),
+        ``positions`` as :func:`image_classes` takes them."""
         self.void_counts["panoptic" if void is None else "instanceIds"] += 1
         if void is None and self.without_ids is None:
             self.without_ids = image or f"image {sum(self.void_counts.values())} given to add_image"
-        for k, cls in enumerate(image_classes(gt_map, gt_segments, labels, scores, masks, self.classes, void)):
+        classes = image_classes(gt_map, gt_segments, labels, scores, masks, self.classes, void, positions)
+        for k, cls in enumerate(classes):
             self.have_gt[k] |= any(not g and a >= MIN_REGION_SIZE for a, g in zip(cls.gt_area, cls.gt_group))
             self.have_pred[k] |= bool(cls.pred_score)
             for t, out in zip(OVERLAPS, self.entries[k]):
@@ -338,4 +333,4 @@ class CityscapesAP(Evaluator):
 
 
 __all__ = ["CityscapesAP", "INSTANCE_CLASSES", "MIN_REGION_SIZE", "OVERLAPS", "average_precision",
-           "cityscapes_classes", "image_classes", "score_class", "segment_positions", "summarize"]
+           "cityscapes_classes", "image_classes", "score_class", "summarize"]

@@ -44,11 +44,13 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from panfpn.data.builtin_meta import cityscapes_panoptic_categories
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.evaluation.evaluator import EvalImage, Evaluator
+from panfpn.evaluation.gt_positions import segment_positions
 from panfpn.evaluation.semantic import SemSegEvaluator
 from panfpn.utils.dist import all_reduce_sum
 from panfpn.utils.errors import ConfigError
@@ -121,31 +123,35 @@ class CityscapesPixelScores:
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, sem_gt: torch.Tensor, gt_map: torch.Tensor,
-               gt_segments: Sequence[Mapping], confusion: torch.Tensor | None = None) -> None:
+               gt_segments: Sequence[Mapping], confusion: torch.Tensor | None = None,
+               positions: np.ndarray | None = None) -> None:
         """Add one image: ``pred`` int ``[H, W]`` semantic labels, ``sem_gt`` its semantic ground
         truth (255 = not scored), ``gt_map`` + ``gt_segments`` its panoptic ground truth;
-        ``confusion``: the image's :func:`~panfpn.evaluation.semantic.confusion_counts` when
-        already computed (``EvalImage.sem_confusion``)."""
+        ``confusion``: the image's :func:`~panfpn.evaluation.semantic.confusion_counts` and
+        ``positions``: ``gt_map``'s :func:`~panfpn.evaluation.gt_positions.segment_positions` in
+        ``gt_segments``, when already computed (``EvalImage.sem_confusion``, ``gt_positions``)."""
         if confusion is None:
             self.confusion.update(pred, sem_gt)
         else:
             self.confusion.add(confusion)
-        labelled = ((int(s["id"]), self.label_of[int(s["category_id"])]) for s in gt_segments if not s.get("iscrowd", 0))
+        # (position in gt_segments, semantic label) of the instances iIoU weighs
+        labelled = ((i, self.label_of[int(s["category_id"])]) for i, s in enumerate(gt_segments)
+                    if not s.get("iscrowd", 0))
         instances = [(i, label) for i, label in labelled if self.names[label] in AVG_CLASS_SIZE]
         if not instances:
             return
         c = len(self.names)
-        ids = torch.tensor([i for i, _ in instances], dtype=torch.int64, device=gt_map.device)
-        order = torch.argsort(ids)
-        flat = gt_map.reshape(-1).to(torch.int64)
-        idx = torch.searchsorted(ids[order], flat).clamp_(max=len(ids) - 1)
-        inside = ids[order][idx] == flat
-        p = pred.to(gt_map.device).reshape(-1).long()
+        if positions is None:
+            positions = segment_positions(gt_map.cpu().numpy(), [int(s["id"]) for s in gt_segments])
+        instance_of = np.full(len(gt_segments) + 1, -1, dtype=np.int64)  # segment position -> instance, -1: none
+        instance_of[[i for i, _ in instances]] = np.arange(len(instances))
+        inst = torch.from_numpy(instance_of[positions].reshape(-1))
+        inside = inst >= 0
+        p = pred.cpu().reshape(-1).long()
         p = torch.where((p >= 0) & (p < c), p, c)[inside]
-        inst = order[idx[inside]]
         # counts[n, l]: pixels of instance n predicted as semantic label l (column c: out of range)
-        counts = torch.bincount(inst * (c + 1) + p, minlength=len(ids) * (c + 1))
-        counts = counts.reshape(len(ids), c + 1).cpu().double()
+        counts = torch.bincount(inst[inside] * (c + 1) + p, minlength=len(instances) * (c + 1))
+        counts = counts.reshape(len(instances), c + 1).double()
         sizes = counts.sum(1)
         labels = torch.tensor([label for _, label in instances], dtype=torch.int64)
         keep = sizes > 0  # a segment listed without pixels is no instance for the official script
@@ -212,7 +218,8 @@ class CityscapesSemSeg(Evaluator):
 
     def process(self, batch: Mapping[str, Any], outputs: Sequence[EvalImage]) -> None:
         for img in outputs:
-            self.scores.update(img.output["sem_seg"], img.sem_gt, img.gt_map, img.gt_segments, img.sem_confusion)
+            self.scores.update(img.output["sem_seg"], img.sem_gt, img.gt_map, img.gt_segments, img.sem_confusion,
+                               img.gt_positions)
 
     def evaluate(self) -> dict[str, Any]:
         return {NAME: self.scores.compute()}

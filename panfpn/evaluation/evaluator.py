@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.targets import semantic_map
 from panfpn.evaluation.accumulator import checked_pairs
+from panfpn.evaluation.gt_positions import segment_positions
 from panfpn.evaluation.label_mapping import model_segments_to_dataset
 from panfpn.evaluation.semantic import confusion_counts
 from panfpn.evaluation.visualize import panoptic_overlay, side_by_side
@@ -36,8 +37,8 @@ class EvalImage:
     """One image of a batch as the evaluators read it: the model's output (``output``, the dict of
     docs/interfaces.md section 3), its panoptic prediction in dataset category ids and the image's
     ground truth at the same (original) resolution. What several evaluators need is computed once
-    on first use: ``pairs`` (the (gt id, pred id, pixel count) pairs of the two id maps) and
-    ``sem_gt`` (the semantic ground truth)."""
+    on first use: ``pairs`` (the (gt id, pred id, pixel count) pairs of the two id maps),
+    ``sem_gt`` (the semantic ground truth), ``sem_confusion`` and ``gt_positions``."""
 
     def __init__(self, batch: Mapping[str, Any], index: int, output: Mapping[str, Any],
                  metadata: DatasetMetadata, device: torch.device | None = None) -> None:
@@ -68,6 +69,13 @@ class EvalImage:
         argmax (:func:`panfpn.evaluation.semantic.confusion_counts`), for every evaluator that
         scores it (``sem_seg``, ``cityscapes_sem_seg``): one pass over the pixels per image."""
         return confusion_counts(self.output["sem_seg"], self.sem_gt, self.metadata.num_sem_classes)
+
+    @cached_property
+    def gt_positions(self) -> np.ndarray:
+        """int64 ``[H, W]`` on the host: each ground-truth pixel's position in ``gt_segments``
+        (``len(gt_segments)``: none), for ``cityscapes_ap`` and ``cityscapes_sem_seg``: one pass
+        over the pixels per image for both."""
+        return segment_positions(self.gt_map.cpu().numpy(), [int(s["id"]) for s in self.gt_segments])
 
     def overlay(self, max_width: int | None = None) -> np.ndarray:
         """uint8 ``[H, 2W + gap, 3]``: ground truth | prediction drawn over the image, at the

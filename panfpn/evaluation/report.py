@@ -24,6 +24,7 @@ from panfpn.evaluation.report_sections import STYLE as SECTION_STYLE
 from panfpn.evaluation.report_sections import ReportExtras, browse_section, confusion_table, context_table
 from panfpn.evaluation.worst_images import ImageScore
 from panfpn.utils.atomic import atomic_write, write_json_atomic
+from panfpn.utils.percent import percent_text
 
 logger = logging.getLogger("panfpn")
 
@@ -205,11 +206,6 @@ def worst_images_section(worst: Sequence[ImageScore], names: Mapping[int, str]) 
     return '<div id="worst">' + "".join(figs) + "</div>" if figs else '<p class="muted">no images kept</p>'
 
 
-def _percent(value: float | None) -> str:
-    """A fraction in percent; ``n/a`` for None or NaN (a score with nothing to average)."""
-    return "n/a" if value is None or value != value else f"{100 * value:.2f}"
-
-
 def _other_metrics(metrics: Mapping[str, Any]) -> str:
     rows = []
     if "sem_seg" in metrics:
@@ -219,9 +215,9 @@ def _other_metrics(metrics: Mapping[str, Any]) -> str:
             rows.append(f"<tr><td>{task} AP</td><td>{ap_text(metrics[task]['AP'])}</td></tr>"
                         f"<tr><td>{task} AP50</td><td>{ap_text(metrics[task]['AP50'])}</td></tr>")
     for key in ("AP", "AP50") if "cityscapes_ap" in metrics else ():  # cityscapesScripts' instance-level AP
-        rows.append(f"<tr><td>Cityscapes {key}</td><td>{_percent(metrics['cityscapes_ap'][key])}</td></tr>")
+        rows.append(f"<tr><td>Cityscapes {key}</td><td>{percent_text(metrics['cityscapes_ap'][key])}</td></tr>")
     for key in ("IoU", "iIoU", "IoU_sup", "iIoU_sup") if "cityscapes_sem_seg" in metrics else ():  # its pixel level
-        rows.append(f"<tr><td>Cityscapes {key}</td><td>{_percent(metrics['cityscapes_sem_seg'][key])}</td></tr>")
+        rows.append(f"<tr><td>Cityscapes {key}</td><td>{percent_text(metrics['cityscapes_sem_seg'][key])}</td></tr>")
     return f'<table id="other-metrics"><tbody>{"".join(rows)}</tbody></table>' if rows else ""
 
 

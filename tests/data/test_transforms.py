@@ -238,7 +238,7 @@ def test_pillow_pass_order_rule_at_its_boundary():
 def test_uint8_resize_follows_pillow_13_pass_order(out_size, vertical_first):
     # At the rule's boundary (a height shrink of exactly 2x the width's, and one pixel more), with a
     # growing width, and with one axis unchanged (Pillow skips that pass; here it is the identity),
-    # eager and traced (both orders computed, torch.where) give Pillow's bytes. Where both axes
+    # eager and traced (both orders in the graph, the other one on 0 rows) give Pillow's bytes. Where both axes
     # change, the other order gives other bytes, so each case tells the orders apart.
     from PIL import Image
 

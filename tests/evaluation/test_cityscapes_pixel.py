@@ -209,6 +209,53 @@ def test_the_image_confusion_is_counted_once_for_sem_seg_and_cityscapes_sem_seg(
     assert cityscapes.evaluate()["cityscapes_sem_seg"]["per_class"]["car"]["IoU"] == pytest.approx(16 / 32)
 
 
+def test_the_segment_positions_are_computed_once_for_cityscapes_ap_and_cityscapes_sem_seg(monkeypatch):
+    # Both count pixels per ground-truth segment: one mapping of the gt map to segment positions per
+    # image (EvalImage.gt_positions), not one each; the numbers are those of each evaluator alone.
+    from panfpn.evaluation import evaluator as evaluator_module
+    from panfpn.evaluation.evaluator import EvalImage
+
+    meta = cityscapes_panoptic_metadata()
+    gt_map = torch.full((40, 40), 7, dtype=torch.int32)
+    gt_map[0:20, 0:20] = 26000  # a car, half found
+    gt_map[24:36, 24:36] = 24000  # a person, found
+    gt_map[0:2, 30:40] = 0  # void
+    segments = [{"id": 7, "category_id": 7, "iscrowd": 0}, {"id": 26000, "category_id": 26, "iscrowd": 0},
+                {"id": 24000, "category_id": 24, "iscrowd": 0}]
+    pred = torch.full((40, 40), meta.sem_label(7))
+    pred[0:10, 0:20] = meta.sem_label(26)
+    pred[24:36, 24:36] = meta.sem_label(24)
+    masks = torch.zeros((2, 40, 40), dtype=torch.bool)
+    masks[0, 0:10, 0:20] = True
+    masks[1, 24:36, 24:36] = True
+    instances = {"labels": torch.tensor([meta.thing_ids.index(26), meta.thing_ids.index(24)]),
+                 "scores": torch.tensor([0.9, 0.8]), "masks": masks}
+    batch = {"image_ids": ["x"], "file_names": ["x.png"], "gt_panoptic": [gt_map], "segments_info": [segments]}
+
+    def image() -> EvalImage:
+        return EvalImage(batch, 0, {"panoptic": (torch.zeros((40, 40), dtype=torch.int32), []), "sem_seg": pred,
+                                    "instances": instances}, meta)
+
+    alone = {}
+    for name in ("cityscapes_ap", "cityscapes_sem_seg"):
+        (evaluator,) = configured_evaluators([name], meta)
+        evaluator.process(batch, [image()])
+        alone.update(evaluator.evaluate())
+    calls = []
+    mapping = evaluator_module.segment_positions
+    monkeypatch.setattr(evaluator_module, "segment_positions", lambda *a: calls.append(1) or mapping(*a))
+    both = configured_evaluators(["cityscapes_ap", "cityscapes_sem_seg"], meta)
+    img = image()
+    for evaluator in both:
+        evaluator.process(batch, [img])
+    assert len(calls) == 1
+    assert {k: v for e in both for k, v in e.evaluate().items()} == alone
+    car = alone["cityscapes_sem_seg"]["per_class"]["car"]
+    assert car["IoU"] == pytest.approx(50 / 100) and car["iIoU"] == pytest.approx(50 / 100)
+    assert alone["cityscapes_ap"]["per_class"][24]["AP"] == 1.0  # the person matched (IoU 1)
+    assert alone["cityscapes_ap"]["per_class"][26]["AP50"] == 0.0  # the car at IoU 0.5 exactly: not > 0.5
+
+
 @pytest.mark.parametrize("metadata", [coco_panoptic_metadata(), DatasetMetadata.from_coco_categories(
     [{"id": 7, "name": "road", "isthing": 0}, {"id": 26, "name": "car", "isthing": 1}], sem_seg_mode="all",
     name="two_classes")])
@@ -238,6 +285,25 @@ def test_tables_and_scalars_show_the_four_scores_in_percent():
     metrics["cityscapes_sem_seg"]["iIoU_sup"] = None  # as eval_results.json holds a NaN
     assert "iIoU_sup n/a" in format_results(metrics)
 
+
+def test_every_results_line_and_the_report_say_n_a_for_an_undefined_score():
+    # One rule (panfpn.utils.percent) for the printed lines and the report; before, the printed
+    # Cityscapes instance AP line showed "nan" where the report and the pixel-level line showed "n/a".
+    from report_parse import PageStructure
+
+    from panfpn.engine.eval_loop import format_results
+    from panfpn.evaluation.report import build_report
+
+    split = {"pq": 0.5, "sq": 0.8, "rq": 0.625, "n": 1}
+    metrics = {"panoptic": {"All": split, "Things": split, "Stuff": split, "per_class": {}},
+               "sem_seg": {"mIoU": 0.5}, "cityscapes_ap": {"AP": float("nan"), "AP50": 0.5, "per_class": {}},
+               "cityscapes_sem_seg": {"IoU": 0.5, "iIoU": float("nan"), "IoU_sup": None, "iIoU_sup": 0.125}}
+    lines = format_results(metrics).splitlines()
+    assert "Cityscapes instance AP AP n/a  AP50 50.00" in lines  # before: "AP nan"
+    assert "Cityscapes  IoU 50.00  iIoU n/a  IoU_sup n/a  iIoU_sup 12.50" in lines
+    other = dict(PageStructure(build_report(metrics, {})).texts("other-metrics"))
+    assert other["Cityscapes AP"] == "n/a" and other["Cityscapes AP50"] == "50.00"
+    assert other["Cityscapes iIoU"] == "n/a" and other["Cityscapes iIoU_sup"] == "12.50"
 
 def test_ranks_reduce_to_the_single_process_scores(tmp_path):
     rng = np.random.default_rng(3)

@@ -324,8 +324,9 @@ def test_resize_is_bit_exact(tmp_path):
     # The in-graph resize gives the eager transform's bytes (Pillow's BILINEAR, as Detectron2), eager
     # and in onnxruntime, on downscales (several taps; 640 -> 228 needs a tap count that integer
     # truncation got wrong once), upscales and the identity. (1000, 37) and (400, 150) are shrunk
-    # vertical pass first by Pillow >= 13 (resize.pillow_runs_vertical_first); the graph computes
-    # both orders and selects by its sizes (before: horizontal first, ~1/3 of their bytes 1 off).
+    # vertical pass first by Pillow >= 13 (resize.pillow_runs_vertical_first); the graph holds
+    # both orders, the one its sizes select on all rows, the other on none (before: horizontal
+    # first, ~1/3 of their bytes 1 off).
     import warnings
 
     from panfpn.data.transforms import resize_pair, shortest_edge_size as eager_size
@@ -354,7 +355,7 @@ def test_resize_is_bit_exact(tmp_path):
 def test_exported_program_resize_is_bit_exact():
     # torch.export of the pipeline's preprocessing (shortest-edge resize to (128, 320), identity
     # normalisation, padding) with dynamic sizes over the .pt2's range: no guard narrows the range
-    # (the pass order is a torch.where on the sizes, not a Python branch), and the program gives
+    # (the pass order is row counts computed from the sizes, not a Python branch), and the program gives
     # Pillow's bytes on a portrait shrunk vertical pass first, a landscape and an upscale.
     import warnings
 
@@ -382,6 +383,57 @@ def test_exported_program_resize_is_bit_exact():
         got = program.module()(image)[0, :, :size[0], :size[1]]
         assert np.array_equal(got.numpy(), want), (h, w)
 
+
+def test_exported_resize_does_one_pass_orders_work():
+    # The program selects Pillow >= 13's pass order from the sizes without a guard; the order it does
+    # not take runs on 0 rows (deploy/resize.py), so the program computes about what a program
+    # with one fixed order computes, on a portrait resized vertical pass first and on a landscape.
+    # Counted: elements of every op's outputs while the program runs. Before, both orders ran in
+    # full and torch.where picked one: 1.81x the single order's elements on the portrait (onnxruntime:
+    # ~2x the time, bench/resize.py --onnx); now 1.00x / 1.07x (the row selection and the concatenation).
+    import warnings
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    from panfpn.deploy.pipeline import preprocess_image
+    from panfpn.deploy.resize import HORIZONTAL_FIRST, PILLOW13
+    from panfpn.deploy.torch_export import MAX_SIDE, MIN_SIDE
+
+    class Preprocess(torch.nn.Module):
+        def __init__(self, order: str):
+            super().__init__()
+            self.order = order
+
+        def forward(self, image):
+            return preprocess_image(image, (128, 320), torch.zeros(3, 1, 1), torch.ones(3, 1, 1),
+                                    resize_order=self.order)[0]
+
+    class Work(TorchDispatchMode):
+        elements = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.elements += sum(t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+            return out
+
+    dims = {0: torch.export.Dim("height", min=MIN_SIDE, max=MAX_SIDE),
+            1: torch.export.Dim("width", min=MIN_SIDE, max=MAX_SIDE)}
+    programs = {}
+    for order in (HORIZONTAL_FIRST, PILLOW13):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.export's notes on unbacked sizes
+            programs[order] = torch.export.export(Preprocess(order), (torch.zeros(120, 160, 3, dtype=torch.uint8),),
+                                                  dynamic_shapes={"image": dims}, strict=False).module()
+    g = torch.Generator().manual_seed(0)
+    for h, w in ((1000, 37), (360, 640)):
+        image = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g)
+        work = {}
+        for order, program in programs.items():
+            with Work() as counted:
+                program(image)
+            work[order] = counted.elements
+        assert work[PILLOW13] <= 1.1 * work[HORIZONTAL_FIRST], ((h, w), work)
 
 # Run in `python -I` from a folder outside the repository, with panfpn blocked (an editable install
 # would otherwise put it on the path): a user's process without panfpn.

@@ -258,8 +258,18 @@ def test_a_json_without_width_height_or_with_one_right_is_not_checked(ds_root):
         _load(ds_root)[2]
 
 
-@pytest.mark.parametrize("value", [0, -3, 12.0, "128", True])
+@pytest.mark.parametrize("value", [0, -3, 12.5, "128", True])
 def test_a_width_other_than_a_positive_integer_is_refused_at_open(ds_root, value):
     _edit_json(ds_root, lambda d: d["images"][0].update(width=value))
     with pytest.raises(ValueError, match=r"panoptic.json: image id 1 has width .*expected a positive integer"):
         _load(ds_root)
+
+
+def test_a_whole_float_size_counts_as_its_integer(ds_root):
+    """width 128.0 (an exporter writing floats; Detectron2 compares it equal to 128): accepted, and
+    still checked against the image."""
+    _edit_json(ds_root, lambda d: d["images"][0].update(width=128.0, height=128.0))
+    assert _load(ds_root)[0]["image_id"] == 1
+    _edit_json(ds_root, lambda d: d["images"][0].update(width=127.0))
+    with pytest.raises(ValueError, match=r"image id 1: .*JSON says width 127, height 128"):
+        _load(ds_root)[0]

@@ -5,7 +5,7 @@ Or one split given by its paths: ``--json F --images DIR --panoptic DIR``; ``--w
 
 Opening a dataset checks its JSON (:mod:`panfpn.data.validate`); a problem between the JSON and
 the files (a segment id in a PNG and not in the JSON or the reverse, a PNG of another size than its
-upright image, a missing or undecodable image or PNG) was found only when training reached that
+upright image, a JSON width/height other than the image's, a missing or undecodable image or PNG) was found only when training reached that
 sample, one at a time. Here every sample is read as training and evaluation read it
 (:meth:`panfpn.data.dataset.PanopticDataset.sample_problems`: the same reads and checks, no
 targets) and every problem is listed, one line each (split, image id, file, kind, message), then a
@@ -146,6 +146,8 @@ def classify(stage: str, error: Exception) -> str:
     """The kind of a :meth:`PanopticDataset.sample_problems` problem (the summary counts them)."""
     if stage == "size":
         return "size mismatch"
+    if stage == "json size":
+        return "json size"
     if stage == "area":
         return "segment area"
     what = "image" if stage == "image" else "PNG"
@@ -162,6 +164,8 @@ def _problem_file(dataset: PanopticDataset, index: int, stage: str, error: Excep
     rec = dataset.records[index]
     if stage == "image":
         return str(getattr(error, "path", None) or dataset.expected_image_path(index))
+    if stage == "json size":  # the file the JSON's size was compared with: the image, else the PNG
+        return str(getattr(error, "path"))
     return str(dataset.panoptic_root / rec.png_name)
 
 

@@ -6,7 +6,8 @@ derived from the PNG and the JSON alone; the sample format is docs/interfaces.md
 
 Opening a dataset validates its JSON (:mod:`panfpn.data.validate`). Images are read upright
 (EXIF orientation applied, :func:`panfpn.data.image_io.read_image`); the id PNG is read as stored
-and must have the upright image's size: annotations are drawn on the image as viewers show it.
+and must have the upright image's size: annotations are drawn on the image as viewers show it. So
+must the JSON's ``width``/``height`` of the image when given (Detectron2 refuses another size too).
 
 Records are kept compactly (:class:`panfpn.data.records.RecordStore`: shared by forked workers,
 not copied) and JSONs of 1 MB or more are parsed once per machine: their validated records are
@@ -251,9 +252,30 @@ class PanopticDataset(Dataset):
                         f"PNG follows the stored pixels, not the image as viewers show it")
         return AnnotationError(message)  # an input error: the tools print its line and exit 2
 
+    def json_size_mismatch(self, index: int, path: Path, hw: tuple, what: str = "image") -> AnnotationError | None:
+        """The error when the JSON's ``height``/``width`` of sample ``index`` (those given) differ from
+        ``hw``, the size of its upright image (or, ``what="panoptic PNG"``, of its id PNG) as read;
+        None when they agree or the entry has neither. Detectron2 refuses such an image too."""
+        rec = self.records[index]
+        if rec.size is None or all(want in (None, got) for want, got in zip(rec.size, hw)):
+            return None
+        height, width = ("?" if v is None else v for v in rec.size)
+        message = (f"{self.json_file}: image id {rec.image_id!r}: {what} {path} is width {hw[1]}, height "
+                   f"{hw[0]}{' (EXIF orientation applied)' if what == 'image' else ''} but the JSON says "
+                   f"width {width}, height {height}; check the width/height in the annotation file")
+        if what == "image" and tuple(rec.size) == tuple(hw[::-1]):
+            with Image.open(path) as img:
+                orientation = exif_orientation(img)
+            if orientation in SWAPPING_ORIENTATIONS:
+                message += (f" (the image's EXIF orientation {orientation} turns it by 90 degrees: the JSON "
+                            f"has the stored pixels' size, not the upright one)")
+        error = AnnotationError(message)  # an input error, as the image/PNG size mismatch
+        error.path = str(path)  # type: ignore[attr-defined]
+        return error
+
     def sample_problems(self, index: int) -> list[tuple[str, Exception]]:
         """Every problem :meth:`load` meets in sample ``index`` (its reads and size check) as
-        ``(stage, error)``, stage ``"image"``, ``"panoptic"`` or ``"size"``, and ``"area"`` (one that
+        ``(stage, error)``, stage ``"image"``, ``"panoptic"``, ``"size"`` or ``"json size"``, and ``"area"`` (one that
         evaluation meets): the image and the id PNG are both read even when one fails (the
         whole-dataset check, :mod:`panfpn.data.check`)."""
         problems: list[tuple[str, Exception]] = []
@@ -266,6 +288,15 @@ class PanopticDataset(Dataset):
             id_map = self.read_panoptic(index)
         except (OSError, ValueError) as e:  # missing, undecodable, not RGB, ids unlike the JSON's
             problems.append(("panoptic", e))
+        if image is not None:  # the id PNG stands in when the image cannot be read
+            json_size = self.json_size_mismatch(index, image_path, image.shape[:2])
+        elif id_map is not None:
+            json_size = self.json_size_mismatch(index, self.panoptic_root / self.records[index].png_name,
+                                                id_map.shape, "panoptic PNG")
+        else:
+            json_size = None
+        if json_size is not None:
+            problems.append(("json size", json_size))
         if image is not None and id_map is not None and image.shape[:2] != id_map.shape:
             problems.append(("size", self._size_mismatch(index, image_path, image.shape[:2], id_map.shape)))
         if id_map is not None and (error := self._areas_below_pixels(index, id_map)) is not None:
@@ -294,6 +325,9 @@ class PanopticDataset(Dataset):
         id_map_np = self.read_panoptic(index)
         if image_np.shape[:2] != id_map_np.shape:
             raise self._size_mismatch(index, image_path, image_np.shape[:2], id_map_np.shape)
+        json_size = self.json_size_mismatch(index, image_path, image_np.shape[:2])
+        if json_size is not None:
+            raise json_size
         gt_panoptic = torch.from_numpy(id_map_np)
         image = torch.from_numpy(image_np).permute(2, 0, 1).contiguous()
         id_map = gt_panoptic

@@ -34,9 +34,9 @@ from panfpn.utils.cache_dir import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
-# 2: iscrowd, area and bbox checked; 3: image ids non-empty and of one type. A cache of records
-# validated by older rules is rebuilt.
-FORMAT_VERSION = 3
+# 2: iscrowd, area and bbox checked; 3: image ids non-empty and of one type; 4: records carry the
+# image entry's height and width. A cache of records validated by older rules is rebuilt.
+FORMAT_VERSION = 4
 # JSONs smaller than this parse in well under a second: they are kept in memory, not cached.
 MIN_CACHE_BYTES = 1 << 20
 _DTYPES = (np.dtype(np.uint8), np.dtype(np.int64), np.dtype(bool), np.dtype(np.uint8))

@@ -26,6 +26,9 @@ class Record:
     file_name: str  # image file name from the JSON's image entry (normalised)
     png_name: str  # annotation (id PNG) file name (normalised)
     segments: tuple[dict, ...]
+    # (height, width) from the JSON's image entry, either None where the entry lacks it; None: both
+    # lacking. Checked against the image as read (EXIF orientation applied) when it is loaded.
+    size: tuple[int | None, int | None] | None = None
 
 
 def has_non_crowd_thing(segments: Iterable[Mapping], isthing: Mapping[int, bool]) -> bool:
@@ -48,12 +51,13 @@ class RecordStore(Sequence[Record]):
 
     @classmethod
     def from_rows(cls, rows: Iterable[tuple], isthing: Mapping[int, bool]) -> "RecordStore":
-        """Encode ``(image_id, file_name, png_name, segments)`` rows (validated) into a store."""
+        """Encode ``(image_id, file_name, png_name, segments[, size])`` rows (validated) into a store."""
         encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps
         chunks: list[bytes] = []  # with arguments would build one per record (4x slower)
         flags: list[bool] = []
-        for image_id, file_name, png_name, segments in rows:
-            chunks.append(encode([image_id, file_name, png_name, list(segments)]).encode())
+        for image_id, file_name, png_name, segments, *size in rows:
+            chunks.append(encode([image_id, file_name, png_name, list(segments),
+                                  list(size[0]) if size and size[0] is not None else None]).encode())
             flags.append(has_non_crowd_thing(segments, isthing))
         offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
         np.cumsum([len(c) for c in chunks], out=offsets[1:])
@@ -80,8 +84,8 @@ class RecordStore(Sequence[Record]):
             return [self[j] for j in range(*i.indices(len(self)))]
         k = self._position(int(i))
         raw = self.data[int(self.offsets[k]):int(self.offsets[k + 1])].tobytes()
-        image_id, file_name, png_name, segments = json.loads(raw)
-        return Record(image_id, file_name, png_name, tuple(segments))
+        image_id, file_name, png_name, segments, size = json.loads(raw)
+        return Record(image_id, file_name, png_name, tuple(segments), tuple(size) if size else None)
 
     def __iter__(self) -> Iterator[Record]:
         return (self[i] for i in range(len(self)))

@@ -15,6 +15,8 @@ Each problem is a ValueError naming the JSON, the image and the bad value:
   2, null) is refused: training reads a truthy value as crowd while panopticapi's PQ counts only
   ``== 1``, so the two would disagree on that segment;
 - ``area`` and ``bbox`` (optional): a number >= 0 and ``[x, y, w, h]`` of numbers (w, h >= 0);
+- an image's ``width`` and ``height`` (optional, null taken as absent): positive integers (a whole float counts as one); they are
+  checked against the image file when it is read (:meth:`panfpn.data.dataset.PanopticDataset.load`);
 - a stuff category in several segments of one image gives a warning (COCO has one per image:
   PQ matches each piece alone);
 - images listed without an annotation are left out with a warning (unlabelled images: panopticapi
@@ -157,6 +159,21 @@ def index_images(images: object, json_file: Path) -> dict[int | str, tuple[dict,
     return by_id
 
 
+def image_size(entry: Mapping, *, json_file: Path) -> tuple[int | None, int | None] | None:
+    """``(height, width)`` of an image entry, either None where absent or null; None when both are.
+    A whole float counts as its integer; any other value than a positive integer is an error: the size is checked against the file."""
+    size = []
+    for key in ("height", "width"):
+        value = entry.get(key)
+        if isinstance(value, float) and value.is_integer():  # 640.0: some exporters write floats; Detectron2 takes them
+            value = int(value)
+        if value is not None and not (is_json_int(value) and value > 0):
+            raise AnnotationError(f"{json_file}: image id {entry.get('id')!r} has {key} {value!r:.40}; "
+                                  f"expected a positive integer (or no {key})")
+        size.append(value)
+    return None if size == [None, None] else (size[0], size[1])
+
+
 def check_segments(segments: object, *, image_id: object, json_file: Path,
                    categories: Mapping[int, bool]) -> tuple[dict, ...]:
     """The annotation's ``segments_info``, validated (ids, category ids)."""
@@ -214,7 +231,8 @@ def _repeated_stuff(segments: Iterable[Mapping], categories: Mapping[int, bool])
 
 def pair_annotations(annotations: object, images: Mapping[int | str, tuple[dict, str]],
                      json_file: Path, categories: Mapping[int, bool]) -> Iterable[tuple]:
-    """Yield ``(image id, image file_name, PNG file_name, segments)`` per annotation, validated."""
+    """Yield ``(image id, image file_name, PNG file_name, segments, (height, width) or None)`` per
+    annotation, validated."""
     if not isinstance(annotations, list):
         raise AnnotationError(f"{json_file}: 'annotations' must be a list")
     done: set[int | str] = set()
@@ -241,7 +259,7 @@ def pair_annotations(annotations: object, images: Mapping[int | str, tuple[dict,
         repeated = _repeated_stuff(segments, categories)
         if repeated:
             split_stuff.append((image_id, repeated))
-        yield image_id, images[image_id][1], png, segments
+        yield image_id, images[image_id][1], png, segments, image_size(images[image_id][0], json_file=json_file)
     if split_stuff:
         logger.warning("%s: %d image(s) have a stuff category in several segments, e.g. image id "
                        "%r: categories %s; PQ (here as in panopticapi) matches each segment alone, "

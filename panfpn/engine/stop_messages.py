@@ -62,8 +62,10 @@ def eval_stopped(out_dir: Path, save_predictions: bool, report_on: bool = True) 
                     + ("; report.html not written" if report_on and not written(report) else ""))
         text = (f"before the metrics were complete: {results.name} not written "
                 + ("(the earlier one is unchanged)" if earlier else "(no metrics)") + f" in {out_dir}")
-        if save_predictions:
-            text += "; predictions/ holds the PNGs of the images done, without panoptic_pred.json"
+        if save_predictions:  # an evaluation that ends early removes its own (panfpn.evaluation.earlier_outputs)
+            left = any(f.is_file() for f in (out_dir / "predictions").rglob("*"))
+            text += ("; predictions/ holds an earlier evaluation's files, not this one's" if left else
+                     "; predictions/ holds no prediction file (a stopped evaluation leaves no partial set)")
         stale = [str(f.relative_to(out_dir)) for f, folder in pairs
                  if f.exists() and not written(f) and written(folder)]
         if stale:

@@ -285,3 +285,32 @@ def test_an_area_smaller_than_the_segments_pixels_is_a_problem(four_images, tmp_
     assert lines[0].startswith(f"train: image id {image_id!r}: [segment area] ")
     assert f"segments {seg['id']} (area 1, " in lines[0] and "than their pixels in the PNG" in lines[0]
     assert lines[1] == "checked 4 images (train 4): 1 with problems; by kind: segment area 1"
+
+
+def test_a_json_width_height_unlike_the_files_is_a_problem_in_the_report(four_images, tmp_path):
+    # Before: the check passed (exit 0) while the JSON gave another size than the image and its PNG
+    ds = _copy(four_images, tmp_path / "ds")
+    data = json.loads((ds / "panoptic.json").read_text())
+    data["images"][1].update(width=640, height=480)
+    data["images"][2].update(width=32)
+    (ds / "images" / data["images"][2]["file_name"]).unlink()  # compared with its PNG instead
+    (ds / "panoptic.json").write_text(json.dumps(data))
+    out = tmp_path / "report.json"
+    done = _check(*_explicit(ds), "--workers", "0", "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    lines = done.stdout.splitlines()
+    image = ds / "images" / data["images"][1]["file_name"]
+    png = ds / "panoptic" / data["annotations"][2]["file_name"]
+    assert lines[0] == (f"train: image id {data['images'][1]['id']!r}: [json size] {image}: {ds / 'panoptic.json'}: "
+                        f"image id {data['images'][1]['id']!r}: image {image} is width 64, height 48 (EXIF "
+                        f"orientation applied) but the JSON says width 640, height 480; check the width/height "
+                        f"in the annotation file")
+    assert lines[1].startswith(f"train: image id {data['images'][2]['id']!r}: [missing image] ")
+    assert lines[2].startswith(f"train: image id {data['images'][2]['id']!r}: [json size] {png}: ")
+    assert f"panoptic PNG {png} is width 64, height 48 but the JSON says width 32, height 48" in lines[2]
+    assert lines[3] == "checked 4 images (train 4): 2 with problems; by kind: json size 2, missing image 1"
+    report = json.loads(out.read_text())
+    assert [(p["image_id"], p["kind"], p["file"]) for p in report["problems"]] == [
+        (data["images"][1]["id"], "json size", str(image)),
+        (data["images"][2]["id"], "missing image", str(ds / "images" / data["images"][2]["file_name"])),
+        (data["images"][2]["id"], "json size", str(png))]

@@ -228,3 +228,48 @@ def test_a_palette_png_of_segment_indices_says_its_colours_were_read(ds_root):
     png.save(path)
     with pytest.raises(ValueError, match=r"palette PNG: its colours were read as ids"):
         _load(ds_root)[0]
+
+
+def test_a_json_width_height_unlike_the_image_is_refused_naming_both(ds_root):
+    # Before: images[].width/height were not read at all, so a JSON of another size than its
+    # files trained and evaluated in silence (Detectron2 refuses it: SizeMismatchError)
+    _edit_json(ds_root, lambda d: d["images"][1].update(width=640, height=480))
+    ds = _load(ds_root)
+    assert ds[0]["image_id"] == 1  # the other images load
+    with pytest.raises(ValueError) as caught:
+        ds[1]
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"{ds_root / 'panoptic.json'}: image id 2: image {ds_root / 'images' / '000002.jpg'} "
+                              "is width 128, height 128 (EXIF orientation applied) but the JSON says width 640, "
+                              "height 480; check the width/height in the annotation file")
+
+
+def test_a_json_without_width_height_or_with_one_right_is_not_checked(ds_root):
+    def strip(d):
+        del d["images"][0]["width"], d["images"][0]["height"]
+        d["images"][1]["height"] = None  # null: as absent
+        del d["images"][2]["width"]
+    _edit_json(ds_root, strip)
+    ds = _load(ds_root)
+    assert [ds[i]["image_id"] for i in range(3)] == [1, 2, 3]
+    _edit_json(ds_root, lambda d: d["images"][2].update(height=127))  # the one given is checked
+    with pytest.raises(ValueError, match=r"image id 3: .*is width 128, height 128 .*JSON says width \?, height 127"):
+        _load(ds_root)[2]
+
+
+@pytest.mark.parametrize("value", [0, -3, 12.5, "128", True])
+def test_a_width_other_than_a_positive_integer_is_refused_at_open(ds_root, value):
+    _edit_json(ds_root, lambda d: d["images"][0].update(width=value))
+    with pytest.raises(ValueError, match=r"panoptic.json: image id 1 has width .*expected a positive integer"):
+        _load(ds_root)
+
+
+def test_a_whole_float_size_counts_as_its_integer(ds_root):
+    """width 128.0 (an exporter writing floats; Detectron2 compares it equal to 128): accepted, and
+    still checked against the image."""
+    _edit_json(ds_root, lambda d: d["images"][0].update(width=128.0, height=128.0))
+    assert _load(ds_root)[0]["image_id"] == 1
+    _edit_json(ds_root, lambda d: d["images"][0].update(width=127.0))
+    with pytest.raises(ValueError, match=r"image id 1: .*JSON says width 127, height 128"):
+        _load(ds_root)[0]

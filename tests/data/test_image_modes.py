@@ -146,3 +146,17 @@ def test_png_following_stored_pixels_of_rotated_image_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"image id 1: image .*img\.png is 6x4 \(EXIF orientation "
                                          r"applied\).*4x6.*EXIF orientation 6"):
         ds[0]
+
+
+def test_a_json_size_of_the_stored_pixels_of_a_rotated_image_is_refused_with_the_reason(tmp_path):
+    """The JSON's width/height are compared with the upright image, as Detectron2 does."""
+    path, expected = _write(tmp_path, "RGB")  # stored H x W, shown W x H (EXIF orientation 6)
+    _one_image_dataset(tmp_path, path, expected.shape[:2])  # the upright size: right in the PNG
+    data = json.loads((tmp_path / "ds.json").read_text())
+    data["images"][0].update(height=H, width=W)  # the stored size, as some exporters write
+    (tmp_path / "ds.json").write_text(json.dumps(data))
+    ds = PanopticDataset(tmp_path / "ds.json", path.parent, tmp_path / "pan", is_train=False)
+    with pytest.raises(ValueError, match=rf"ds\.json: image id 1: image .*img\.png is width {H}, height {W} "
+                                         rf"\(EXIF orientation applied\) but the JSON says width {W}, height {H}.*"
+                                         r"EXIF orientation 6 turns it by 90 degrees"):
+        ds[0]

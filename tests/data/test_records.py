@@ -128,8 +128,8 @@ def test_cityscapes_string_ids_give_the_same_samples(cityscapes, tmp_path):
 
 
 def test_store_is_a_read_only_sequence():
-    rows = [(1, "a.jpg", "a.png", ({"id": 1, "category_id": 1},)),
-            ("x_1", "é.jpg", "b.png", ({"id": 2, "category_id": 2, "iscrowd": 1, "f": 0.1},))]
+    rows = [(1, "a.jpg", "a.png", ({"id": 1, "category_id": 1},), (480, None)),  # the JSON's (height, width)
+            ("x_1", "é.jpg", "b.png", ({"id": 2, "category_id": 2, "iscrowd": 1, "f": 0.1},), None)]
     store = RecordStore.from_rows(rows, {1: True, 2: True})
     assert [tuple(vars(r).values()) for r in store] == rows
     assert store[-1].image_id == "x_1" and store[0:1] == [store[0]]

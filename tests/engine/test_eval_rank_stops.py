@@ -294,7 +294,8 @@ def test_a_bad_image_on_rank_1_is_said_by_rank_0_and_nothing_is_written_as_compl
     line = _one_line(err, tracebacks=0)  # rank 1's input error: no traceback, rank 0's line says it
     assert line.startswith(f"tools/eval.py: rank 1 failed: BadImageError: image id {record.image_id} of "), line
     assert image.name in line and "eval_results.json not written (no metrics)" in line
-    assert "without panoptic_pred.json" in line
+    # each rank's PNGs of the images done were removed (before: left beside no panoptic_pred.json)
+    assert "predictions/ holds no prediction file (a stopped evaluation leaves no partial set)" in line
     # rank 1: an input error's exit 2 (panfpn/engine/tool_errors.py), silent off rank 0; rank 0 too,
     # ended by it (before: 1); torchrun's own: 1 (its report names rank 1, exitcode 2, as root cause)
     assert status == 1 and _rank_exits(tmp_path) == ["2", "2"]
@@ -303,6 +304,7 @@ def test_a_bad_image_on_rank_1_is_said_by_rank_0_and_nothing_is_written_as_compl
         {"0": "2", "1": "2"}, err[-3000:]
     assert not (run / "eval_results.json").exists() and not (run / "report.html").exists()
     assert not (run / "predictions" / "panoptic_pred.json").exists()
+    assert [p for p in (run / "predictions").rglob("*") if p.is_file()] == []
     assert _temp_files(run) == []
 
 

@@ -76,3 +76,47 @@ def test_eval_encodes_instance_masks_one_at_a_time_with_the_same_ap(tiny_cfg, tm
     dense, dense_metrics = detections(False)
     assert len(boxed) >= 30 and all("segmentation" in d for d in boxed)
     assert boxed == dense and boxed_metrics["segm"] == dense_metrics["segm"]
+
+
+def test_an_evaluation_failing_part_way_leaves_no_partial_prediction_set(tiny_cfg, tmp_path, monkeypatch):
+    # Before: the PNGs of the images done before the error stayed in predictions/panoptic_pred/ and
+    # semantic/ (cleared of an earlier evaluation's at the start), and an official script globbing
+    # those folders scored the partial set as the whole.
+    import torch
+
+    from panfpn.data.bad_images import BadImageError
+    from panfpn.data.build import synthetic_dataset
+    from panfpn.modeling.build import build_model
+
+    monkeypatch.setenv("PANFPN_CACHE", str(tmp_path / "cache"))  # a private val set, free to corrupt
+    val = synthetic_dataset("val", num_images=4, seed=1, height=64, width=64, is_train=False)
+    bad = val.image_root / val.records[2].file_name
+    bad.write_bytes(bad.read_bytes()[:200])  # the third image is truncated
+    torch.manual_seed(0)
+    weights = tmp_path / "model.pth"  # random weights: the files are what is tested
+    torch.save({"model": build_model(tiny_cfg()).state_dict()}, weights)
+    run = tmp_path / "eval"
+    earlier = run / "predictions" / "panoptic_pred" / "000099.png"  # an earlier evaluation's: removed at start
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"earlier")
+    (run / "predictions" / "panoptic_pred.json").write_text("{}")  # lists those PNGs: removed with them
+    cfg = tiny_cfg(f"weights={weights}", "data.val.num_images=4", "eval.max_images=null", "eval.save_predictions=true",
+                   "eval.save_semantic=true", "eval.compute_ap=false", "eval.report=false", run_dir=run)
+    written = []
+    from panfpn.evaluation import writer
+
+    add = writer.PanopticPredictionWriter.add
+    monkeypatch.setattr(writer.PanopticPredictionWriter, "add",
+                        lambda self, *a, **k: (add(self, *a, **k), written.append(a[0]))[0])
+    with pytest.raises(BadImageError, match=bad.name):
+        evaluate_from_config(cfg)
+    assert written == [1, 2]  # two images were done (and their files written) before the error
+    assert [p for folder in ("predictions", "semantic") for p in (run / folder).rglob("*") if p.is_file()] == []
+    assert not (run / "eval_results.json").exists()
+    log = (run / "log.txt").read_text()  # the run's log (stderr's handler may be an earlier test's)
+    removed = [line for line in log.splitlines() if "this evaluation had written" in line]
+    assert len(removed) == 2, log
+    assert all("it failed (BadImageError) before every image was scored" in m for m in removed)
+    assert any(f"2 prediction file(s) this evaluation had written to {run / 'predictions' / 'panoptic_pred'}" in m
+               for m in removed)
+    assert any(f"to {run / 'semantic'}" in m for m in removed)

@@ -218,6 +218,24 @@ def test_eval_stopped_while_its_dataloader_worker_reads_keeps_the_earlier_result
     assert (run / "report.html").read_text() == "earlier report" and _temp_files(run) == []
 
 
+def test_eval_stopped_part_way_leaves_no_partial_prediction_set(weights, tmp_path):
+    # Before: predictions/panoptic_pred/ and semantic/ kept the PNGs of the images done before the
+    # stop, which the official scripts (globbing those folders) scored as the whole set.
+    run, busy = tmp_path / "run", tmp_path / "busy"
+    pngs = run / "predictions" / "panoptic_pred"
+    patch = _blocking_from_third_item("panfpn.data.dataset", "PanopticDataset", busy)
+    args = [f"weights={weights}", "data.val.num_images=5", "data.val.height=64", "data.val.width=64",
+            "eval.max_images=null", "data.num_workers=1", "device=cpu", "eval.save_predictions=true",
+            "eval.save_semantic=true", "eval.report=false", "eval.compute_ap=false", f"hydra.run.dir={run}"]
+    status, err = _run_and_stop("eval", args, patch, lambda: busy.exists() and len(list(pngs.glob("*.png"))) == 2,
+                                signal.SIGTERM, WHOLE_GROUP)
+    line = _assert_stopped(status, err, "eval", signal.SIGTERM)
+    assert "predictions/ holds no prediction file (a stopped evaluation leaves no partial set)" in line
+    assert [p for folder in ("predictions", "semantic") for p in (run / folder).rglob("*") if p.is_file()] == []
+    assert f"removed the 2 prediction file(s) this evaluation had written to {pngs}: it was stopped" in err
+    assert _temp_files(run) == []
+
+
 # Blocks once the tool's job has returned (its `with STOP:` over), where hydra's end and Python's
 # exit follow.
 AFTER_THE_JOB = textwrap.dedent("""

@@ -168,6 +168,28 @@ def test_an_earlier_evaluations_files_are_not_left_for_the_official_scripts(city
     assert [p.name for p in (out / "predictions" / "panoptic_pred").iterdir()] == [f"{first}.png"]
 
 
+def test_an_evaluation_failing_part_way_leaves_none_of_its_files_for_the_official_scripts(tmp_path):
+    """The third frame's image is truncated: before, the semantic PNGs, the instance-level files and
+    the panoptic PNGs of the first two stayed, and the scripts (globbing the folders) scored them as
+    the whole split."""
+    from panfpn.data.bad_images import BadImageError
+    from panfpn.engine.eval_run import evaluate_from_config
+
+    root = write_cityscapes_root(tmp_path / "cityscapes", FRAMES)
+    bad = next((root / "leftImg8bit").rglob(f"{FRAMES[2]}_leftImg8bit.png"))
+    bad.write_bytes(bad.read_bytes()[:100])
+    out = tmp_path / "cs_eval"
+    cfg = eval_config(root, out)("eval.save_predictions=true", "eval.save_semantic=true",
+                                 weights=random_small_model(tmp_path))
+    with pytest.raises(BadImageError, match=bad.name):
+        evaluate_from_config(cfg)
+    assert [p.name for p in out.rglob("*") if p.is_file()] == ["log.txt"]  # the run's log alone
+    log = (out / "log.txt").read_text()  # the run's log (stderr's handler may be an earlier test's)
+    for folder in ("semantic", "predictions/cityscapes_instances", "predictions/panoptic_pred"):
+        assert f"prediction file(s) this evaluation had written to {out / folder}: it failed (BadImageError)" in log, log
+    assert "removed the 2 prediction file(s) this evaluation had written to " + str(out / "semantic") in log
+
+
 def test_folders_this_evaluation_does_not_write_are_kept_with_a_warning(tmp_path, caplog):
     from panfpn.evaluation.earlier_outputs import remove_earlier_predictions
 

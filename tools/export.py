@@ -20,6 +20,7 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from panfpn.engine.export_run import export_from_config  # noqa: E402
+from panfpn.engine.config.misspelt import refuse_misspelt_keys  # noqa: E402
 from panfpn.engine.record_overrides import force_recorded_model_keys  # noqa: E402
 from panfpn.engine.tool_errors import input_errors_exit_2  # noqa: E402
 
@@ -32,6 +33,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_misspelt_keys("export", sys.argv[1:])  # solver.max_itr=3: one line, exit 2, not hydra's block
     # model.* keys of the checkpoint's recorded model that the config's model lacks (a Mask2Former
     # checkpoint under the default Panoptic FPN config): as ++ overrides (panfpn/engine/record_overrides.py)
     sys.argv[1:] = force_recorded_model_keys(sys.argv[1:])

@@ -20,6 +20,7 @@ from types import FrameType
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from panfpn.engine.config.misspelt import refuse_misspelt_keys
 from panfpn.engine.training.job import TrainingInterrupted, finished_training, is_main_rank, run_training_job
 from panfpn.engine.training.job_signals import JobStopped, JobStoppedError
 from panfpn.engine.tool_errors import in_multirun, input_errors_exit_2
@@ -96,6 +97,7 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     sweep = bool({"-m", "--multirun"} & set(sys.argv[1:]))
+    refuse_misspelt_keys("train", sys.argv[1:])  # solver.max_itr=3: one line, exit 2, not hydra's block
     if sweep and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # a job's own handler puts it back
         signal.signal(signal.SIGTERM, _raise_sweep_signal)
     try:

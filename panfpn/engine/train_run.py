@@ -117,7 +117,21 @@ def _autocast(cfg: DictConfig, device: torch.device):
 
 
 def _build_solver(cfg: DictConfig, model: torch.nn.Module, device: torch.device):
-    """``(optimizer, scheduler, scaler)`` from the solver config, lr scaled to the global batch."""
+    """``(optimizer, scheduler, scaler)`` from the solver config, lr scaled to the global batch. A
+    value the optimizer's or the schedule's constructor refuses (``solver.schedule.steps`` past
+    ``solver.max_iter``, ``momentum`` given to AdamW) is a ConfigError naming the key, as a
+    multirun's dry start reports it (:func:`panfpn.engine.training.dry_start.solver_config_error`)."""
+    from hydra.errors import InstantiationException
+
+    from panfpn.engine.training.dry_start import solver_config_error
+
+    try:
+        return _solver_parts(cfg, model, device)
+    except (InstantiationException, TypeError, ValueError) as err:
+        raise solver_config_error(err) from err
+
+
+def _solver_parts(cfg: DictConfig, model: torch.nn.Module, device: torch.device):
     world = du.get_world_size()
     global_batch = int(cfg.data.batch_size) * world
     lr = scaled_lr(float(cfg.solver.base_lr), reference_batch=int(cfg.solver.ims_per_batch),

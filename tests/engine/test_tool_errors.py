@@ -178,6 +178,37 @@ def test_predict_missing_input_one_line_exit_2(tmp_path):
     assert _one_line(done.stderr).startswith(f"tools/predict.py: predict input '{tmp_path / 'nothing'}'")
 
 
+def test_train_a_schedule_step_past_max_iter_one_line_exit_2_and_job_status_failed(tmp_path):
+    """``solver.schedule.steps`` past ``solver.max_iter`` (a Detectron2 user shortening a preset with
+    ``solver.max_iter=2``): the schedule's constructor refuses it. Before, a single run exited 1 with
+    hydra's ``Error in call to target ...WarmupMultiStep`` block (a multirun's dry start already said
+    it in one line); now one line, exit 2, as docs/training.md promises for a bad config value."""
+    from tests.engine.conftest import TINY
+
+    run_dir = tmp_path / "run"
+    done = _tool("train", [*TINY, "solver.max_iter=2", "train.eval_period=-1", "train.objective=null",
+                           f"hydra.run.dir={run_dir}"], tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert _one_line(done.stderr) == ("tools/train.py: config key 'solver.schedule': ValueError: "
+                                      "solver.schedule.steps [3] go past solver.max_iter=2")
+    status = json.loads((run_dir / "job_status.json").read_text())
+    assert status["status"] == "failed" and "go past solver.max_iter=2" in status["error"]
+    assert not list(run_dir.glob("model_*.pth"))
+
+
+def test_train_an_optimizer_argument_the_optimizer_lacks_is_a_config_error(tmp_path):
+    """``solver.optimizer._target_=torch.optim.AdamW`` over an SGD solver keeps its ``momentum``: the
+    optimizer's TypeError was a bug's traceback (exit 1); it is a ConfigError naming the section."""
+    from panfpn.engine.train_run import train_from_config
+    from tests.engine.conftest import TINY
+
+    cfg = compose_config([*TINY, "solver.optimizer._target_=torch.optim.AdamW"], output_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"^config section 'solver' \(optimizer, parameter groups, schedule\): "
+                                          r"TypeError: .*unexpected keyword argument 'momentum'") as err:
+        train_from_config(cfg)
+    assert input_error(err.value) is err.value and isinstance(err.value.__cause__, TypeError)
+
+
 # ---- data files before the model and its weights ----
 
 def _no_model(*args, **kwargs):

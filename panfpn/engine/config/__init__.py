@@ -1,6 +1,7 @@
 """Checks on the composed hydra config, so a typo or a bad value fails at start with the key's name.
 
-Hydra already refuses overriding a key that does not exist; these checks catch what a user's own
+A typed override of an undeclared key is refused before hydra composes (:mod:`.misspelt`), and hydra
+refuses one that a group's node lacks; these checks catch what a user's own
 yaml files (experiments, copied configs) add that nothing reads, and values of the wrong type or
 range (``solver.max_iter=abc``, ``resume=maybe``, ``export.format=tflite``) before any work starts.
 Every key is declared once, with its type, check and doc, in :mod:`panfpn.engine.config.schema`

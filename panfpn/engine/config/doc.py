@@ -50,9 +50,12 @@ default fails its own check or type, and when this page is out of date.
 The dataclasses are not registered in hydra's ConfigStore as a typed schema on purpose: OmegaConf's
 node types are looser than these checks (a `bool` node takes `yes` and `1`, an `int` node takes
 `"3"`) and know no ranges or choices, and a typed schema would turn `solver.max_iter=2.5` into an
-OmegaConf error at composition instead of the message above. Hydra still refuses an override of a
-key that does not exist (`train.chekpoint_period=5`); what yaml files or `+key=` add is refused by
-`validate_config` with a did-you-mean.
+OmegaConf error at composition instead of the message above. A typed override of an undeclared
+key of these sections (`train.chekpoint_period=5`) is refused by the tools before hydra composes
+(`panfpn/engine/config/misspelt.py`: `unknown config key 'train.chekpoint_period'; did you mean
+'checkpoint_period'?`, exit 2); hydra still refuses a key that a group's node lacks
+(`model.backbone.nrom=bn`: `Key 'nrom' is not in struct`, exit 1); what yaml files or `+key=` add
+is refused by `validate_config` with a did-you-mean.
 
 Every tool composes the whole config, so a typed override of a key the tool never reads is
 checked too (`panfpn/engine/config/unread.py`): another tool's options are refused at start

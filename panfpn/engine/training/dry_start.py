@@ -227,11 +227,19 @@ def build_solver_cheaply(cfg: DictConfig, model: torch.nn.Module) -> None:
     except ConfigError:
         raise
     except Exception as err:  # noqa: BLE001 - the optimizer's own words, with the section that gave them
-        wrapped = _instantiation_error(err, "solver")
-        if wrapped is err:
-            raise ConfigError(f"config section 'solver' (optimizer, parameter groups, schedule): "
-                              f"{type(err).__name__}: {err}") from err
-        raise wrapped from err
+        raise solver_config_error(err) from err
+
+
+def solver_config_error(err: Exception) -> ConfigError:
+    """What the optimizer's or the schedule's constructor refused, as a ConfigError naming the key
+    (``config key 'solver.schedule': ValueError: ...``) or the solver section; the job and a
+    multirun's dry start report it alike (tools/train.py: one line, exit 2)."""
+    wrapped = _instantiation_error(err, "solver")
+    if isinstance(wrapped, ConfigError):
+        return wrapped
+    out = ConfigError(f"config section 'solver' (optimizer, parameter groups, schedule): {type(err).__name__}: {err}")
+    out.__cause__ = err
+    return out
 
 
 @contextmanager

@@ -22,7 +22,8 @@ parts, ``a|b`` in a value lists alternatives (each is checked). For each command
 Python snippets (```` ```python ```` blocks): every ``panfpn`` import and ``panfpn.x.y`` attribute
 resolves, calls of panfpn functions bind to their signatures (keyword names, argument counts), and
 model-zoo builders' yaml overrides exist. Inline code spans that name a ``panfpn.x.y`` object (or
-call it) or a repository path (``tests/x.py::test_name``) are checked too.
+call it), a repository path (``tests/x.py::test_name``) or a module path relative to its package
+(``training/run_lock.py``) are checked too.
 
 A command that shows an error on purpose carries the visible marker ``# refused`` in its trailing
 comment (docs/experiments.md's refused sweep): the test then checks that it IS refused, with the
@@ -615,9 +616,14 @@ def inline_reference_problem(span: str) -> str | None:
     return None
 
 
+PACKAGE_MODULES = sorted((ROOT / "panfpn").rglob("*.py"))
+
+
 def test_inline_references_exist():
     """Inline spans naming ``panfpn.x.y`` (or calling it) resolve and bind; spans naming a
-    repository path name a file (``tests/x.py::name``: a function of that file)."""
+    repository path name a file (``tests/x.py::name``: a function of that file); a module path
+    relative to its package (``training/run_lock.py``, docs/architecture.md's way) names a module
+    of panfpn/ (another project's file is preceded by its name: "Detectron2's `tools/...`")."""
     broken = []
     for page, line, span, context in inline_spans():
         if re.fullmatch(r"panfpn(\.\w+)+(\(.*\))?", span):
@@ -631,4 +637,8 @@ def test_inline_references_exist():
                     broken.append(f"{page}:{line}: {span} (no such path)")
             elif name and not re.search(rf"(?m)^\s*(async )?def {name}\b|^class {name}\b", (ROOT / path).read_text()):
                 broken.append(f"{page}:{line}: {span} (no {name} in {path})")
+        elif re.fullmatch(r"\w+(/\w+)*/\w+\.py", span) and not ANOTHER_PROJECT.search(context):
+            # a module named relative to its package (`training/run_lock.py`, `engine/eval_run.py`)
+            if not any(str(p.relative_to(ROOT)).endswith("/" + span) for p in PACKAGE_MODULES):
+                broken.append(f"{page}:{line}: {span} (no such module under panfpn/)")
     assert not broken, "inline references that do not exist:\n" + "\n".join(broken)

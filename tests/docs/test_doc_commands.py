@@ -23,7 +23,8 @@ Python snippets (```` ```python ```` blocks): every ``panfpn`` import and ``panf
 resolves, calls of panfpn functions bind to their signatures (keyword names, argument counts), and
 model-zoo builders' yaml overrides exist. Inline code spans that name a ``panfpn.x.y`` object (or
 call it), a repository path (``tests/x.py::test_name``) or a module path relative to its package
-(``training/run_lock.py``) are checked too.
+(``training/run_lock.py``) are checked too, and so are spans naming a config key of the engine's
+sections (``eval.compute_ap``, ``data.metadata.use_train_id=true``): some data group or experiment has it.
 
 A command that shows an error on purpose carries the visible marker ``# refused`` in its trailing
 comment (docs/experiments.md's refused sweep): the test then checks that it IS refused, with the
@@ -642,3 +643,46 @@ def test_inline_references_exist():
             if not any(str(p.relative_to(ROOT)).endswith("/" + span) for p in PACKAGE_MODULES):
                 broken.append(f"{page}:{line}: {span} (no such module under panfpn/)")
     assert not broken, "inline references that do not exist:\n" + "\n".join(broken)
+
+
+# an inline span that is a config key of the engine's sections, alone or as an override (`key=value`,
+# `+key=...`, `~key`); a key of another project's config says whose it is ("official `train.ddp...`")
+CONFIG_KEY_SPAN = re.compile(r"[+~]{0,2}((?:train|eval|predict|export|merge|data|solver)\.[A-Za-z_]\w*(?:\.\w+)*)(=\S*)?")
+FILE_NAME = re.compile(r"\.(py|log|lock|json|jsonl|onnx|pt2|yaml|txt|md|html)$")  # train.log, eval.py: files
+OFFICIAL = re.compile(r"\bofficial\s*$")
+
+
+def _flat_keys(node: Any, prefix: str, out: set[str]) -> None:
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        out.add(f"{prefix}{k}")
+        _flat_keys(v, f"{prefix}{k}.", out)
+
+
+def config_keys() -> set[str]:
+    """Every key (dotted, list items by index) of the root config composed with each data group and
+    each experiment, the model group left out (its keys are the model's, checked by the commands)."""
+    from omegaconf import OmegaConf
+
+    keys: set[str] = set()
+    choices = [[]] + [[f"{group}={p.stem}", "data.root=/x"] for group in ("data", "experiment")
+                      for p in sorted((ROOT / "configs" / group).glob("*.yaml"))]
+    for overrides in choices:
+        tree = OmegaConf.to_container(compose_config(overrides, output_dir="/tmp/x"), resolve=False)
+        tree.pop("model", None)
+        _flat_keys(tree, "", keys)
+    return keys
+
+
+def test_inline_config_keys_exist():
+    """Inline spans naming a config key (`eval.compute_ap`, `data.metadata.use_train_id=true`) name a key
+    that some data group or experiment composes: only the fenced and tool commands were checked, so a
+    renamed key stayed in the prose."""
+    keys = config_keys()
+    unknown = []
+    for page, line, span, context in inline_spans():
+        m = CONFIG_KEY_SPAN.fullmatch(span.strip("'\""))
+        if m and not FILE_NAME.search(m.group(1)) and not OFFICIAL.search(context) \
+                and not ANOTHER_PROJECT.search(context) and m.group(1) not in keys:
+            unknown.append(f"{page}:{line}: {span}")
+    assert not unknown, "config keys in the docs that no config has:\n" + "\n".join(unknown)

@@ -28,6 +28,7 @@ STOP = stop_signals("tools/merge.py")  # first: SIGTERM / SIGINT exit 143 / 130 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from panfpn.engine.config.misspelt import refuse_misspelt_keys  # noqa: E402
 from panfpn.engine.merge_run import SKIPPED_FILE, merge_from_config  # noqa: E402
 from panfpn.engine.merge_tool.plain_config import plain_merge_config  # noqa: E402
 from panfpn.engine.merge_tool.unread import refuse_unread_keys  # noqa: E402
@@ -84,6 +85,7 @@ def compose_and_merge(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    refuse_misspelt_keys("merge", sys.argv[1:])  # merge.wrkers=2: one line, exit 2, not hydra's block or traceback
     if plain_overrides(sys.argv[1:]):
         compose_and_merge(sys.argv[1:])
     else:

@@ -71,3 +71,14 @@ def test_a_sweep_is_refused_alike(tmp_path):
 def test_hydra_full_error_leaves_it_to_hydra(tmp_path):
     done = _tool("train", ["solver.max_itr=3", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, HYDRA_FULL_ERROR="1")
     assert done.returncode == 1 and "Key 'max_itr' is not in struct" in done.stderr and "Traceback" in done.stderr
+
+
+@pytest.mark.parametrize("output_dir", [False, True])
+def test_the_merge_tool_says_it_in_one_line_too(tmp_path, output_dir):
+    """tools/merge.py merge.wrkers=2: hydra's block and exit 1, and with merge.output_dir= (the tool's
+    compose-once path) a full traceback. Now the same one line and exit 2 as the other tools."""
+    out = [f"merge.output_dir={tmp_path / 'out'}"] if output_dir else [f"hydra.run.dir={tmp_path / 'run'}"]
+    done = _tool("merge", ["merge.wrkers=2", *out], tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.strip() == "tools/merge.py: unknown config key 'merge.wrkers'; did you mean 'workers'?"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()

@@ -48,8 +48,8 @@ from panfpn.engine.progress import bar_enabled
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.job_setup import fit_threads_to_cpus, setup_logging
 from panfpn.evaluation.prediction_folder import (OVERLAY_FORMATS, JsonState, PredictionTargets, WriteQueue,
-                                                 plan_outputs, prepare_targets, without_own_outputs, write_failed,
-                                                 write_one)
+                                                 check_output_json, plan_outputs, prepare_targets,
+                                                 without_own_outputs, write_failed, write_one)
 from panfpn.evaluation.label_mapping import model_segments_to_dataset
 from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks
 
@@ -92,6 +92,7 @@ def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None)
     device = du.init_distributed(cfg.device)
     out_dir = Path(opts.output_dir if opts.output_dir else cfg.output_dir)
     check_writable_folder(out_dir, "predict.output_dir")  # a file, read-only: a message before the model runs
+    check_output_json(out_dir, bool(opts.overwrite))  # a dataset's ground truth there: refused before anything
     setup_logging(out_dir)
     fit_threads_to_cpus()
     paths = list_image_files(opts.input if isinstance(opts.input, str) else list(opts.input),

@@ -21,6 +21,7 @@ from panfpn.data.image_files import FailedImage
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.evaluation.visualize import panoptic_overlay
 from panfpn.evaluation.writer import PanopticPredictionWriter, SemanticPredictionWriter
+from panfpn.utils.errors import ConfigError
 from panfpn.utils.atomic import atomic_write, remove_stale_temp_files, save_image_atomic, write_json_atomic
 from panfpn.utils.json_file import load_json
 
@@ -175,8 +176,16 @@ def _is_done(entry: tuple[dict, dict], path: Path, image_id: Any, files: list[Pa
     return same_input and all(p.exists() for p in files)
 
 
-def _previous_entries(json_path: Path, overwrite: bool) -> dict[str, tuple[dict, dict]]:
-    """PNG file name -> (images entry, annotation) of an existing prediction JSON."""
+def check_output_json(out_dir: Path, overwrite: bool) -> None:
+    """ConfigError naming ``predict.output_dir`` when its ``panoptic.json`` is no prediction JSON of
+    ours (a dataset's ground truth; unreadable without ``overwrite``): tools/predict.py calls it
+    before the model is loaded or anything is written there."""
+    _previous_entries(out_dir / f"{PANOPTIC_NAME}.json", overwrite, warn=False)
+
+
+def _previous_entries(json_path: Path, overwrite: bool, warn: bool = True) -> dict[str, tuple[dict, dict]]:
+    """PNG file name -> (images entry, annotation) of an existing prediction JSON; ConfigError
+    (a ValueError) for a JSON that is not one."""
     if not json_path.is_file():
         return {}
     try:
@@ -185,15 +194,16 @@ def _previous_entries(json_path: Path, overwrite: bool) -> dict[str, tuple[dict,
             raise ValueError(f"{json_path} has no 'annotations' list")
     except ValueError as e:
         if overwrite:
-            logger.warning("replacing unreadable %s (%s)", json_path, e)
+            if warn:
+                logger.warning("replacing unreadable %s (%s)", json_path, e)
             return {}
-        raise ValueError(f"{e}; it is not a prediction JSON of ours: move it away or set "
-                         f"predict.overwrite=true") from None
+        raise ConfigError(f"config key 'predict.output_dir': {e}; it is not a prediction JSON of ours: "
+                          "move it away or set predict.overwrite=true") from None
     if not all(isinstance(img, dict) and "path" in img for img in data.get("images") or []):
         # e.g. the ground truth of a dataset laid out as panoptic.json + panoptic/ (data/synthetic.py)
-        raise ValueError(f"{json_path} is not a prediction JSON of tools/predict.py (its images have no "
-                         "'path'): a dataset's ground truth? Predicting there would overwrite its PNGs; "
-                         "choose another predict.output_dir")
+        raise ConfigError(f"config key 'predict.output_dir': {json_path} is not a prediction JSON of "
+                          "tools/predict.py (its images have no 'path'): a dataset's ground truth? Predicting "
+                          "there would overwrite its PNGs; choose another predict.output_dir")
     images = {img["id"]: img for img in data.get("images", [])}
     return {ann["file_name"]: (images.get(ann["image_id"], {"id": ann["image_id"]}), ann)
             for ann in data["annotations"]}

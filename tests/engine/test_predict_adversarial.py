@@ -317,6 +317,32 @@ def test_a_datasets_ground_truth_in_the_output_folder_is_never_overwritten(expor
     assert {p: p.read_bytes() for p in before} == before
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_tools_predict_refuses_a_datasets_ground_truth_folder_before_writing_there(exported, tmp_path, backend,
+                                                                                   overwrite):
+    # Before: tools/predict.py predict.output_dir=<a synthetic dataset> loaded the model, wrote log.txt
+    # and overlays/ into the dataset folder, then stopped with a ValueError traceback (exit 1), not the
+    # one line and exit 2 of a bad input (a ConfigError naming predict.output_dir).
+    from panfpn.data.synthetic import generate_dataset
+
+    root = generate_dataset(tmp_path / "synth", num_images=2, seed=1)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    weights = exported[1] if backend == "onnxruntime" else exported[0]
+    with pytest.raises(ConfigError, match="'predict.output_dir': .*not a prediction JSON.*ground truth"):
+        _predict(weights, root / "images", root, "predict.overlay=true", f"predict.overwrite={overwrite}")
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_tools_predict_refuses_an_unreadable_output_json_naming_the_key(exported, tmp_path):
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "panoptic.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="'predict.output_dir': .*predict.overwrite=true"):
+        _predict(exported[0], tmp_path / "a.png", tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["panoptic.json"]
+
+
 def test_an_input_renamed_by_a_new_name_clash_is_listed_once(tmp_path):
     # Before: photos/a.jpg predicted as 'a', then photos/ + more/ (more/a.jpg too) renamed it
     # photos__a_jpg; the first run's entry 'a' was kept as "an image not in this run's input", so

@@ -16,7 +16,7 @@ from panfpn.data.image_files import FailedImage, ImageFileDataset, ImageReadErro
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.deploy import onnx_runner
 from panfpn.engine.config import ConfigError
-from panfpn.evaluation.prediction_folder import plan_outputs, prepare_targets, write_failed
+from panfpn.evaluation.prediction_folder import log_summary, plan_outputs, prepare_targets, write_failed
 from panfpn.engine.stop_messages import predict_stopped
 from panfpn.utils.stop_signals import describe_outputs
 
@@ -64,7 +64,8 @@ def refuse_exported_settings(overrides: Sequence[str] | None) -> None:
     unused = [o.input_line for o in parsed if o.key_or_group in _SPEED_ONLY_KEYS]
     if unused:  # they change no result, only how the torch backend batches and writes
         logger.warning("predict.backend=onnxruntime runs one image at a time in this process and writes "
-                       "panoptic.json at the end: %s have no effect (the results are the same)", ", ".join(unused))
+                       "panoptic.json at the end: %s %s no effect (the results are the same)", ", ".join(unused),
+                       "has" if len(unused) == 1 else "have")
 
 
 def _typed_overrides(overrides: Sequence[str] | None) -> list:
@@ -150,7 +151,7 @@ def predict_onnx(weights: str, paths: Sequence[Path], out_dir: Path, opts: Any,
     predicted = [stems[i] for i in todo if str(paths[i]) not in bad]
     for path, error in failed:
         logger.warning("skipped %s: %s", path, error)
-    logger.info("predicted %d image(s) with onnxruntime into %s", len(predicted), out_dir)
+    log_summary(out_dir, len(predicted), len(skipped), len(failed), backend="onnxruntime")
     return {"output_dir": str(out_dir), "json": str(json_path), "num_inputs": len(paths),
             "predicted": predicted, "skipped": skipped, "failed": [{"path": p, "error": e} for p, e in failed],
             "seconds": seconds, "images_per_s": len(predicted) / seconds if seconds > 0 else 0.0}

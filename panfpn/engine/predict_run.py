@@ -48,7 +48,7 @@ from panfpn.engine.progress import bar_enabled
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.job_setup import fit_threads_to_cpus, setup_logging
 from panfpn.evaluation.prediction_folder import (OVERLAY_FORMATS, JsonState, PredictionTargets, WriteQueue,
-                                                 check_output_json, plan_outputs, prepare_targets,
+                                                 check_output_json, log_summary, plan_outputs, prepare_targets,
                                                  without_own_outputs, write_failed, write_one)
 from panfpn.evaluation.label_mapping import model_segments_to_dataset
 from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks
@@ -199,10 +199,7 @@ def _summary(targets: PredictionTargets, num_inputs: int, predicted: list[str], 
              failed: list[FailedImage], seconds: float) -> dict[str, Any]:
     """Log the run's counts and return :func:`predict_images`'s result dict."""
     out_dir = targets.writer.out_dir
-    logger.info("predicted %d image(s), skipped %d existing, %d failed; results in %s",
-                len(predicted), len(skipped), len(failed), out_dir)
-    if failed:
-        logger.warning("%d input(s) could not be read; listed in %s", len(failed), out_dir / "failed.txt")
+    log_summary(out_dir, len(predicted), len(skipped), len(failed))
     return {"output_dir": str(out_dir), "json": str(targets.writer.json_path), "num_inputs": num_inputs,
             "predicted": predicted, "skipped": skipped,
             "failed": [dataclasses.asdict(f) for f in failed], "seconds": seconds,

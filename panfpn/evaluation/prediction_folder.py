@@ -238,6 +238,15 @@ def without_own_outputs(paths: list[Path], out_dir: Path) -> list[Path]:
     return kept
 
 
+def log_summary(out_dir: Path, predicted: int, skipped: int, failed: int, backend: str = "") -> None:
+    """The run's last lines, the same for both tools/predict.py backends: counts, and where the
+    unreadable inputs are listed."""
+    logger.info("predicted %d image(s)%s, skipped %d existing, %d failed; results in %s",
+                predicted, f" with {backend}" if backend else "", skipped, failed, out_dir)
+    if failed:
+        logger.warning("%d input(s) could not be read; listed in %s", failed, out_dir / "failed.txt")
+
+
 def write_failed(out_dir: Path, failed: list[FailedImage]) -> None:
     """failed.json (``{"failed": [{"path", "error"}]}``) and failed.txt (``path<TAB>error`` lines)."""
     out_dir.mkdir(parents=True, exist_ok=True)

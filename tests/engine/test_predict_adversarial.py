@@ -103,6 +103,27 @@ def test_onnx_backend_reads_and_reports_inputs_like_torch(exported, tmp_path):
     assert len(json.loads((tmp_path / "onnx" / "failed.json").read_text())["failed"]) == 2
 
 
+def test_onnx_backend_reports_the_run_as_the_torch_backend(exported, tmp_path):
+    # Before: the onnxruntime backend ended with "predicted N image(s) with onnxruntime into DIR" only:
+    # neither the images skipped as done nor the unreadable inputs were counted, and failed.txt was not
+    # pointed to, where the torch backend says all three.
+    pth, onnx = exported
+    _odd_inputs(tmp_path / "in")
+    lines = {}
+    for weights, name in ((pth, "torch"), (onnx, "onnx")):
+        out = tmp_path / name
+        for run in (1, 2):  # the second run skips the images the first predicted
+            seen = len((out / "log.txt").read_text().splitlines()) if out.exists() else 0
+            _predict(weights, tmp_path / "in", out)
+            new = [line.split("] ", 1)[1] for line in (out / "log.txt").read_text().splitlines()[seen:]]
+            lines[name, run] = [line.replace(" with onnxruntime", "").replace(str(out), "OUT")
+                                for line in new if line.startswith(("predicted ", "2 input"))]
+    assert lines["onnx", 1] == lines["torch", 1] == [
+        "predicted 2 image(s), skipped 0 existing, 2 failed; results in OUT",
+        "2 input(s) could not be read; listed in OUT/failed.txt"], lines
+    assert lines["onnx", 2] == lines["torch", 2] and "skipped 2 existing" in lines["onnx", 2][0], lines
+
+
 def test_too_many_pixels_is_skipped_not_a_traceback(exported, tmp_path, monkeypatch):
     # Before: Pillow's DecompressionBombError (> 2 x Image.MAX_IMAGE_PIXELS, e.g. a 14000 x 14000
     # scan) escaped the onnxruntime backend and the standalone runner: a traceback, and no JSON for

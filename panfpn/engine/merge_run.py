@@ -69,6 +69,8 @@ def merge_from_config(cfg: DictConfig) -> dict[str, Any]:
     if images_json is None:
         raise ConfigError("config key 'merge.images_json' (or merge.eval_gt_json) must name a "
                           "COCO-panoptic JSON with the images and categories")
+    if opts["eval_gt_json"] is not None and not Path(opts["eval_gt_json"]).is_file():  # told before merging
+        raise ConfigError(f"config key 'merge.eval_gt_json': {opts['eval_gt_json']} is not a file")
     out_dir = Path(opts["output_dir"] or cfg.output_dir)
     rules, origin = merge_rules(opts)
     earlier = earlier_merge_outputs(out_dir, bool(opts.get("overwrite", False)))  # refused unless ours + overwrite
@@ -79,11 +81,27 @@ def merge_from_config(cfg: DictConfig) -> dict[str, Any]:
         rules_origin=origin, remove_first=earlier, progress=opts.get("progress_bar", "auto"),
         semantic_json=None if opts["semantic_json"] is None else Path(opts["semantic_json"]))
     if opts["eval_gt_json"] is not None and summary["merged"]:
-        from panfpn.evaluation.pq import pq_compute
-
-        summary["pq"] = pq_compute(opts["eval_gt_json"], summary["json"], workers=1)
+        summary["pq"] = _score(Path(opts["eval_gt_json"]), summary)
         log.info("PQ %.2f SQ %.2f RQ %.2f", *(100 * summary["pq"]["All"][k] for k in ("pq", "sq", "rq")))
     return summary
+
+
+def _score(gt_json: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """PQ of the merged output against ``merge.eval_gt_json``; a ground truth it cannot be scored
+    against (e.g. one listing an image the merge skipped) is a ConfigError naming the key and saying
+    that the merge's files are written, not a traceback."""
+    from panfpn.evaluation.pq import pq_compute
+    from panfpn.evaluation.pq_rules import PQInputError
+
+    try:
+        return pq_compute(gt_json, summary["json"], workers=1)
+    except (PQInputError, JSONFileError, FileNotFoundError) as err:  # the last: its PNG folder
+        skipped = summary["skipped"]
+        hint = (f"; the merge skipped {len(skipped)} image(s) (the reasons in "
+                f"{Path(summary['json']).parent / SKIPPED_FILE}): the ground truth must not list them"
+                if skipped else "")
+        raise ConfigError(f"config key 'merge.eval_gt_json': {gt_json}: {err}{hint}; no PQ computed (the merged "
+                          f"output is written: {summary['json']})") from None
 
 
 def _device(name: Any) -> Any:

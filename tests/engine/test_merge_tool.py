@@ -138,6 +138,55 @@ def _tool_inputs(tmp_path: Path) -> list[str]:
             f"merge.images_json={tmp_path / 'images.json'}", "device=cpu"]
 
 
+def _listing_image_102(gt_json: Path, images) -> Path:
+    """``gt_json`` with an annotation for image 102 too, which the merge skips (no semantic PNG)."""
+    gt = json.loads(gt_json.read_text())
+    (gt_json.parent / "gt" / "img102.png").write_bytes((gt_json.parent / "gt" / "img100.png").read_bytes())
+    gt["annotations"].append({**gt["annotations"][0], "image_id": 102, "file_name": "img102.png"})
+    gt_json.write_text(json.dumps({**gt, "images": images[:3]}))
+    return gt_json
+
+
+def test_a_ground_truth_listing_a_skipped_image_is_one_line_and_exit_2(tmp_path):
+    # Before: merge.eval_gt_json listing an image the merge skipped (docs/merge.md: it must not) ended
+    # tools/merge.py with a PQInputError traceback, exit 1; one without its PNG folder beside it with a
+    # FileNotFoundError traceback; one that does not exist with a JSONFileNotFoundError traceback, after
+    # merging. Now: one line naming the key, exit 2; the skip named and the merged output kept in the
+    # first case, nothing merged in the last.
+    images, expected = _inputs(tmp_path)
+    gt_json = _listing_image_102(_ground_truth(tmp_path, images, expected), images)
+    gt = json.loads(gt_json.read_text())
+    (tmp_path / "no_pngs.json").write_text(json.dumps(gt))
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    last = {}
+    for gt_path, out in ((gt_json, tmp_path / "out"), (tmp_path / "no_pngs.json", tmp_path / "out1"),
+                         (tmp_path / "missing.json", tmp_path / "out2")):
+        proc = run_in_group([sys.executable, str(ROOT / "tools/merge.py"), *_tool_inputs(tmp_path),
+                             f"merge.output_dir={out}", f"merge.eval_gt_json={gt_path}"],
+                            env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        last[out.name] = proc.stderr.strip().splitlines()[-1]
+        assert last[out.name].startswith(f"tools/merge.py: config key 'merge.eval_gt_json': {gt_path}"), last
+    assert "image 102" in last["out"] and "merge_skipped.json" in last["out"], last
+    assert (tmp_path / "out" / "panoptic_merged.json").is_file()  # the merge itself is kept
+    assert "PNG folder not found" in last["out1"], last
+    assert "is not a file" in last["out2"] and not (tmp_path / "out2").exists(), last  # refused before merging
+
+
+def test_merge_from_config_names_the_skipped_images_a_ground_truth_lists(compose_cfg, tmp_path):
+    from panfpn.engine.config import ConfigError
+    from panfpn.engine.merge_run import merge_from_config
+
+    images, expected = _inputs(tmp_path)
+    gt_json = _listing_image_102(_ground_truth(tmp_path, images, expected), images)
+    cfg = compose_cfg([*_tool_inputs(tmp_path), f"merge.eval_gt_json={gt_json}",
+                       "merge.workers=0"], output_dir=tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"'merge.eval_gt_json': .*image 102.*skipped 3 image.*merge_skipped.json"):
+        merge_from_config(cfg)
+    assert sorted(a["image_id"] for a in json.loads(
+        (tmp_path / "out" / "panoptic_merged.json").read_text())["annotations"]) == [100, 101]
+
+
 def test_rule_overrides_from_the_command_line_are_used_and_recorded(compose_cfg, tmp_path):
     from panfpn.engine.merge_run import merge_from_config
 

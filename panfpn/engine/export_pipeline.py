@@ -90,11 +90,20 @@ def refuse_unused_merge_overrides(merge: str, overrides: Sequence[str] | None) -
                           "the model's merge rules with them")
 
 
-def warn_unused_options(opts: Any) -> None:
-    """Say which set ``export.*`` keys the chosen scope does not use (nothing else would tell)."""
+def warn_unused_options(opts: Any, overrides: Sequence[str] | None = None) -> None:
+    """Say which set ``export.*`` keys the chosen scope does not use (nothing else would tell);
+    ``overrides``: the user's (``None``: hydra's command line), for keys typed at their default value."""
+    from panfpn.engine.model_spec import command_line_overrides, parse_overrides
+
+    typed = [o.input_line for o in parse_overrides(command_line_overrides() if overrides is None else overrides)
+             if o.key_or_group in ("export.height", "export.width")]
     if opts.scope == "pipeline" and not opts.dynamic:  # height/width/dynamic shape the network's graph only
         logger.warning("export.dynamic=false is not used by export.scope=pipeline (nor export.height/width): "
                        "the pipeline graph always takes any image size (export.scope=network traces a fixed one)")
+    elif opts.scope == "pipeline" and typed:
+        logger.warning("%s %s not used by export.scope=pipeline: the pipeline graph always takes any image size "
+                       "(export.scope=network traces at that size)", " and ".join(typed),
+                       "is" if len(typed) == 1 else "are")
     if opts.scope == "network" and opts.merge != "model":
         logger.warning("export.merge=%s is not used by export.scope=network: the graph ends before the merge, "
                        "which runs eagerly with the model's own rules (model.merge)", opts.merge)

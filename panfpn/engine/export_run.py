@@ -52,7 +52,7 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
     check_writable_folder(stem.parent, "export.output")  # a file, read-only: a message before the export
     describe_outputs(export_stopped(stem, opts.format))  # a stop signal's message
     setup_logging(Path(cfg.output_dir))
-    warn_unused_options(opts)
+    warn_unused_options(opts, overrides)
     if opts.scope == "pipeline":
         return export_pipeline_from_config(cfg, opts, stem, overrides)
     device = resolve_device(cfg.device)

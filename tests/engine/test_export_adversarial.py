@@ -166,6 +166,33 @@ def test_options_the_scope_does_not_use_are_named(small, tmp_path, scope, extra,
     assert any(message in r.getMessage() for r in records)
 
 
+@pytest.mark.parametrize("typed, message", [
+    (["export.height=512"], "export.height=512 is not used by export.scope=pipeline"),
+    (["export.height=800", "export.width=640"], "export.height=800 and export.width=640 are not used"),
+    ([], None),
+])
+def test_a_traced_size_typed_for_the_pipeline_scope_is_named(caplog, typed, message):
+    # Before: export.height=512 (or export.width) typed with the default pipeline scope was ignored
+    # without a word unless export.dynamic=false was typed too: the pipeline graph takes any size.
+    from types import SimpleNamespace
+
+    from panfpn.engine.export_pipeline import warn_unused_options
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("panfpn")  # it does not propagate to pytest's handler once set up
+    logger.addHandler(handler)
+    try:
+        warn_unused_options(SimpleNamespace(scope="pipeline", dynamic=True, merge="model"), typed)
+        warn_unused_options(SimpleNamespace(scope="network", dynamic=True, merge="model"), typed)  # used there
+    finally:
+        logger.removeHandler(handler)
+    messages = [r.getMessage() for r in records]
+    assert messages == ([] if message is None else [messages[0]]), messages
+    assert message is None or message in messages[0], messages
+
+
 def test_an_output_folder_that_cannot_be_written_is_refused_before_exporting(small, tmp_path, monkeypatch):
     # Before: export.output under a file (or in a read-only folder) built and traced the model, then
     # failed with an AtomicWriteError traceback (exit 1) when writing the file.

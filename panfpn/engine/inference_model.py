@@ -105,7 +105,7 @@ def build_inference_model(cfg: DictConfig, overrides: Sequence[str] | None = Non
                            "random; give a trained checkpoint (ours or Detectron2's)")
     if require_heads and report is not None and not report.complete:
         raise WeightsError(f"weights {report.source} ({report.format}) do not fit the model: {report.problems()}; "
-                           "eval and predict need every tensor from the weights (weights_partial=true "
+                           "eval, predict and export need every tensor from the weights (weights_partial=true "
                            "is for fine-tuning: what it skips would be random here)")
     # in eval mode: a model built for inference (a Python caller would otherwise run it in train mode,
     # where it asks for targets; the tools set the mode again anyway)

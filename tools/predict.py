@@ -14,8 +14,8 @@ import sys  # noqa: E402
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from panfpn.engine.predict_run import predict_from_config  # noqa: E402
 from panfpn.engine.config.misspelt import refuse_misspelt_keys  # noqa: E402
+from panfpn.engine.predict_run import nothing_predicted, predict_from_config  # noqa: E402
 from panfpn.engine.record_overrides import force_recorded_model_keys  # noqa: E402
 from panfpn.engine.tool_errors import input_errors_exit_2  # noqa: E402
 
@@ -24,7 +24,11 @@ from panfpn.engine.tool_errors import input_errors_exit_2  # noqa: E402
 @input_errors_exit_2("predict")  # a known input error: one line, exit 2 (panfpn/engine/tool_errors.py)
 def main(cfg: DictConfig) -> None:
     with STOP:
-        predict_from_config(cfg)
+        summary = predict_from_config(cfg)
+    failed_all = nothing_predicted(summary)
+    if failed_all:  # every input unreadable: not a success (as tools/merge.py's "no image merged")
+        print(f"tools/predict.py: {failed_all}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

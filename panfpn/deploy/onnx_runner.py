@@ -335,6 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path, reason in failed:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     print(f"wrote {len(paths) - len(failed)} image(s), skipped {len(failed)}: {json_path}")
+    if failed and len(failed) == len(paths):  # every input unreadable: not a success
+        print(f"onnx_runner.py: no image written: every input ({len(failed)}) could not be read", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -113,6 +113,15 @@ def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None)
                           progress=bar_enabled(opts.progress_bar))
 
 
+def nothing_predicted(summary: dict[str, Any]) -> str | None:
+    """The message tools/predict.py ends with (exit status 1) when every input failed to be read:
+    nothing predicted, nothing done earlier (as tools/merge.py's 'no image merged'); else None."""
+    if summary["predicted"] or summary["skipped"] or not summary["failed"]:
+        return None
+    return (f"no image predicted: every input ({len(summary['failed'])}) could not be read, listed in "
+            f"{Path(summary['output_dir']) / 'failed.txt'}")
+
+
 def collate_predict(items: Sequence[dict | FailedImage]) -> tuple[dict | None, list[FailedImage]]:
     """Batch the readable samples (``collate_panoptic`` + ``paths`` and ``orig_images`` lists) and
     pass the failures through; the batch is None when no file of the chunk could be read."""

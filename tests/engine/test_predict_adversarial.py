@@ -124,6 +124,50 @@ def test_onnx_backend_reports_the_run_as_the_torch_backend(exported, tmp_path):
     assert lines["onnx", 2] == lines["torch", 2] and "skipped 2 existing" in lines["onnx", 2][0], lines
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_tools_predict_exits_1_when_no_input_could_be_read(exported, tmp_path, backend):
+    # Before: tools/predict.py on inputs none of which could be read (the standalone runner too)
+    # exited 0 with an empty panoptic.json, as if it had done the job; tools/merge.py exits 1 when
+    # every image is skipped. Now: exit 1 and a line naming failed.txt; one readable input is exit 0.
+    import os
+    import sys
+
+    from process_helpers import run as run_in_group
+
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "broken.jpg").write_bytes(b"not a jpeg")
+    weights = exported[1] if backend == "onnxruntime" else exported[0]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+    def predict(out):
+        model = MODEL if backend == "torch" else ()  # the graph fixed them: the onnx backend refuses them
+        return run_in_group([sys.executable, str(root / "tools/predict.py"), *model, f"weights={weights}",
+                             f"predict.input={tmp_path / 'in'}", f"predict.output_dir={out}",
+                             f"predict.backend={backend}", "predict.overlay=false", "device=cpu",
+                             f"hydra.run.dir={tmp_path / 'run'}"], env=env, capture_output=True, text=True,
+                            timeout=300)
+
+    proc = predict(tmp_path / "out")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"tools/predict.py: no image predicted: every input (1) could not be read, listed in "
+        f"{tmp_path / 'out' / 'failed.txt'}"), proc.stderr[-3000:]
+    Image.fromarray(_rgb()).save(tmp_path / "in" / "good.png")
+    assert predict(tmp_path / "out2").returncode == 0
+
+
+def test_standalone_runner_exits_1_when_no_input_could_be_read(exported, tmp_path, capsys):
+    from panfpn.deploy import onnx_runner
+
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    assert onnx_runner.main([str(exported[1]), str(tmp_path / "broken.jpg"), "--out", str(tmp_path / "o")]) == 1
+    assert "no image written: every input (1) could not be read" in capsys.readouterr().err
+    Image.fromarray(_rgb()).save(tmp_path / "good.png")
+    assert onnx_runner.main([str(exported[1]), str(tmp_path / "broken.jpg"), str(tmp_path / "good.png"),
+                             "--out", str(tmp_path / "o2")]) == 0
+
+
 def test_too_many_pixels_is_skipped_not_a_traceback(exported, tmp_path, monkeypatch):
     # Before: Pillow's DecompressionBombError (> 2 x Image.MAX_IMAGE_PIXELS, e.g. a 14000 x 14000
     # scan) escaped the onnxruntime backend and the standalone runner: a traceback, and no JSON for

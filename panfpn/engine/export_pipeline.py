@@ -83,7 +83,9 @@ def refuse_unused_merge_overrides(merge: str, overrides: Sequence[str] | None) -
     if merge == "model":
         return
     given = command_line_overrides() if overrides is None else list(overrides)
-    unused = [o.input_line for o in parse_overrides(given) if o.key_or_group.startswith("model.merge.")]
+    # tools/export.py hands them over as ++ overrides (panfpn/engine/record_overrides.py): named as typed
+    unused = [o.input_line.removeprefix("++") for o in parse_overrides(given)
+              if o.key_or_group.startswith("model.merge.")]
     if unused:
         raise ConfigError(f"config key 'export.merge': {merge!r} bakes MergeThresholds.{merge}() into the graph, "
                           f"so {', '.join(unused)} would have no effect; set export.merge=model to export "

@@ -218,6 +218,16 @@ def test_merge_overrides_that_fixed_merge_rules_would_ignore_are_refused(small, 
     assert not list(tmp_path.glob("m.*"))
 
 
+def test_a_refused_merge_override_is_named_as_typed():
+    # Before: tools/export.py, which passes a checkpoint's model.* keys to hydra as ++ overrides,
+    # answered `export.merge=textbook model.merge.score_thresh=0.3` with "so ++model.merge.score_thresh=0.3
+    # would have no effect": a form the user never typed.
+    from panfpn.engine.export_pipeline import refuse_unused_merge_overrides
+
+    with pytest.raises(ConfigError, match=r"so model\.merge\.score_thresh=0\.3 would have no effect"):
+        refuse_unused_merge_overrides("textbook", ["export.merge=textbook", "++model.merge.score_thresh=0.3"])
+
+
 def test_a_written_file_that_disagrees_with_eager_is_a_warning(small, caplog):
     # Before: the export's own check logged "segments DIFFER" (or 60 % equal pixels) at INFO,
     # like a passing check: a broken file was reported as quietly as a good one.

@@ -1,9 +1,11 @@
 """Odd requests to tools/export.py and odd files to the standalone ONNX runner: what a user asks for vs
 what they get. Each test failed before its fix (named in the test's comment)."""
 
+import contextlib
 import json
 import logging
 import warnings
+from typing import Iterator
 
 import pytest
 import torch
@@ -142,6 +144,21 @@ def test_a_test_resize_the_graph_cannot_reproduce_is_a_config_error(small):
         build_pipeline(model, synthetic_metadata(), ResizeShortestEdge([64, 96], 128))
 
 
+@contextlib.contextmanager
+def _panfpn_warnings() -> Iterator[list[logging.LogRecord]]:
+    """The warnings logged to the "panfpn" logger inside the block (it does not propagate to
+    pytest's handler once the tool set it up, so caplog misses them)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("panfpn")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
 @pytest.mark.parametrize("scope, extra, message", [
     ("pipeline", ("export.dynamic=false", "export.height=96", "export.width=96"),
      "export.dynamic=false is not used by export.scope=pipeline"),
@@ -153,16 +170,9 @@ def test_options_the_scope_does_not_use_are_named(small, tmp_path, scope, extra,
     # wrote a graph taking any size, and export.merge=detectron2 with the network scope left the
     # (eager) merge on the model's rules, both without a word: each option is the other scope's.
     pytest.importorskip("onnx")
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    logger = logging.getLogger("panfpn")  # it does not propagate to pytest's handler once set up
-    logger.addHandler(handler)
-    try:
+    with _panfpn_warnings() as records:
         summary = _export(tmp_path, f"weights={small[2]}", "export.format=onnx", f"export.scope={scope}", *extra,
                           f"export.output={tmp_path / 'p'}")
-    finally:
-        logger.removeHandler(handler)
     assert summary["files"] == {"onnx": str(tmp_path / "p.onnx")}
     assert any(message in r.getMessage() for r in records)
 
@@ -172,23 +182,16 @@ def test_options_the_scope_does_not_use_are_named(small, tmp_path, scope, extra,
     (["export.height=800", "export.width=640"], "export.height=800 and export.width=640 are not used"),
     ([], None),
 ])
-def test_a_traced_size_typed_for_the_pipeline_scope_is_named(caplog, typed, message):
+def test_a_traced_size_typed_for_the_pipeline_scope_is_named(typed, message):
     # Before: export.height=512 (or export.width) typed with the default pipeline scope was ignored
     # without a word unless export.dynamic=false was typed too: the pipeline graph takes any size.
     from types import SimpleNamespace
 
     from panfpn.engine.export_pipeline import warn_unused_options
 
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    logger = logging.getLogger("panfpn")  # it does not propagate to pytest's handler once set up
-    logger.addHandler(handler)
-    try:
+    with _panfpn_warnings() as records:
         warn_unused_options(SimpleNamespace(scope="pipeline", dynamic=True, merge="model"), typed)
         warn_unused_options(SimpleNamespace(scope="network", dynamic=True, merge="model"), typed)  # used there
-    finally:
-        logger.removeHandler(handler)
     messages = [r.getMessage() for r in records]
     assert messages == ([] if message is None else [messages[0]]), messages
     assert message is None or message in messages[0], messages

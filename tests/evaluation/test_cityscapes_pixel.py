@@ -305,6 +305,7 @@ def test_every_results_line_and_the_report_say_n_a_for_an_undefined_score():
     assert other["Cityscapes AP"] == "n/a" and other["Cityscapes AP50"] == "50.00"
     assert other["Cityscapes iIoU"] == "n/a" and other["Cityscapes iIoU_sup"] == "12.50"
 
+
 def test_ranks_reduce_to_the_single_process_scores(tmp_path):
     rng = np.random.default_rng(3)
     images = [random_image(rng) for _ in range(8)]

@@ -3,21 +3,22 @@
 Or one split given by its paths: ``--json F --images DIR --panoptic DIR``; ``--workers N``
 (default: a few processes, 0: in this process); ``--out report.json`` (optional).
 
-Opening a dataset checks its JSON (:mod:`panfpn.data.validate`); a problem between the JSON and
-the files (a segment id in a PNG and not in the JSON or the reverse, a PNG of another size than its
-upright image, a JSON width/height other than the image's, a missing or undecodable image or PNG) was found only when training reached that
-sample, one at a time. Here every sample is read as training and evaluation read it
-(:meth:`panfpn.data.dataset.PanopticDataset.sample_problems`: the same reads and checks, no
-targets) and every problem is listed, one line each (split, image id, file, kind, message), then a
-summary. A JSON that cannot be used at all is one line for its split. What opening a split only
-warns of (images without an annotation, which training leaves out; a stuff category split into
-several segments; a JSON listing some of the categories) is listed too, as ``[warning]`` lines and
-under ``warnings`` in the report: training logs them once among its start-up lines, where they are
-easily missed. ``--root`` checks the train and val splits of the ``data=coco_panoptic_folder``
-layout found there (docs/data.md), val against the train JSON's categories as training does; on a
-Cityscapes root (createPanopticImgs' ``gtFine/cityscapes_panoptic_{split}.json``, else its
-``_trainId`` output) those splits as ``data=cityscapes_panoptic`` reads them: its 19 classes, the
-leftImg8bit images checked against the JSON per city (docs/cityscapes.md).
+Opening a dataset checks its JSON (:mod:`panfpn.data.validate`); a problem between the JSON and the
+files (a segment id in a PNG and not in the JSON or the reverse, a PNG of another size than its
+upright image, a JSON width/height other than the image's, a missing or undecodable image or PNG)
+was found only when training reached that sample, one at a time. Here every sample is read as
+training and evaluation read it (:meth:`panfpn.data.dataset.PanopticDataset.sample_problems`: the
+same reads and checks, no targets) and every problem is listed, one line each (split, image id,
+file, kind, message), then a summary. A JSON that cannot be used at all is one line for its split.
+What opening a split only warns of (images without an annotation, which training leaves out; a stuff
+category split into several segments; a JSON listing some of the categories) is listed too, as
+``[warning]`` lines and under ``warnings`` in the report: training logs them once among its start-up
+lines, where they are easily missed. ``--root`` checks the train and val splits of the
+``data=coco_panoptic_folder`` layout found there (docs/data.md), val against the train JSON's
+categories as training does; on a Cityscapes root (createPanopticImgs'
+``gtFine/cityscapes_panoptic_{split}.json``, else its ``_trainId`` output) those splits as
+``data=cityscapes_panoptic`` reads them: its 19 classes, the leftImg8bit images checked against the
+JSON per city (docs/cityscapes.md).
 
 Exit status: 0 clean (warnings alone included, unless ``--strict``), 2 problems, 1 a bug;
 SIGINT / SIGTERM: one line, 130 / 143 (:mod:`panfpn.utils.stop_signals`).

@@ -15,8 +15,9 @@ Each problem is a ValueError naming the JSON, the image and the bad value:
   2, null) is refused: training reads a truthy value as crowd while panopticapi's PQ counts only
   ``== 1``, so the two would disagree on that segment;
 - ``area`` and ``bbox`` (optional): a number >= 0 and ``[x, y, w, h]`` of numbers (w, h >= 0);
-- an image's ``width`` and ``height`` (optional, null taken as absent): positive integers (a whole float counts as one); they are
-  checked against the image file when it is read (:meth:`panfpn.data.dataset.PanopticDataset.load`);
+- an image's ``width`` and ``height`` (optional, null taken as absent): positive integers (a whole
+  float counts as one); they are checked against the image file when it is read
+  (:meth:`panfpn.data.dataset.PanopticDataset.load`);
 - a stuff category in several segments of one image gives a warning (COCO has one per image:
   PQ matches each piece alone);
 - images listed without an annotation are left out with a warning (unlabelled images: panopticapi
@@ -161,7 +162,8 @@ def index_images(images: object, json_file: Path) -> dict[int | str, tuple[dict,
 
 def image_size(entry: Mapping, *, json_file: Path) -> tuple[int | None, int | None] | None:
     """``(height, width)`` of an image entry, either None where absent or null; None when both are.
-    A whole float counts as its integer; any other value than a positive integer is an error: the size is checked against the file."""
+    A whole float counts as its integer; any other value than a positive integer is an error: the
+    size is checked against the file."""
     size = []
     for key in ("height", "width"):
         value = entry.get(key)

@@ -86,7 +86,11 @@ def _size(value: object, name: str) -> int:
     iterate as ``[8, 0, 0]``, mean 1 or shrink every image to 1 pixel)."""
     whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
     if isinstance(value, bool) or not whole or value < 1:
-        raise ValueError(f"{name}: each must be a whole number of pixels >= 1, got {value!r}")
+        # Detectron2 reads a short edge of 0 as "no resize" (INPUT.MIN_SIZE_TEST: 0): say how to get that here
+        no_resize = name == "short_edge_lengths" and not isinstance(value, bool) and whole and value == 0
+        hint = ("; Detectron2's 0 = no resize is not taken: leave the resize out (at test time "
+                "data.val.transforms=null)") if no_resize else ""
+        raise ValueError(f"{name}: each must be a whole number of pixels >= 1, got {value!r}{hint}")
     return int(value)
 
 

@@ -119,6 +119,28 @@ def test_resize_size_equals_detectron2_on_rounding_ties():
         assert (int(out[0]), int(out[1])) == want
 
 
+@pytest.mark.parametrize("h,w", [(1, 1), (2, 2), (7, 9), (31, 33), (1, 500), (500, 1), (20, 3000), (3000, 20),
+                                 (1, 3000), (3000, 1), (2, 5333), (10000, 10000), (10000, 9999)])
+def test_resize_of_tiny_and_strip_images_is_detectron2s(h, w):
+    # Detectron2's sizes wherever they are >= 1; where its max_size scaling rounds a side to 0 (a
+    # ratio past 2 * max_size : 1, e.g. 1x3000 at max_size 1333) it would fail, here the side is 1.
+    # The resize itself gives that size (image and id map), eager and the export's float64 version.
+    from panfpn.deploy.resize import shortest_edge_size as deploy_size
+
+    for short, max_size in ((800, 1333), (128, 320), (32, 64)):
+        d2 = _detectron2_output_shape(h, w, short, max_size)
+        want = tuple(max(1, v) for v in d2)
+        assert shortest_edge_size(h, w, short, max_size) == want
+        out = deploy_size(torch.tensor(h), torch.tensor(w), short, max_size)
+        assert (int(out[0]), int(out[1])) == want
+        if min(h, w) == 1 and max(h, w) == 3000 and max_size == 1333:
+            assert 0 in d2  # the case Detectron2 cannot resize
+        if h * w <= 3000 * 20:
+            image, ids = ResizeShortestEdge([short], max_size=max_size)(
+                torch.zeros((3, h, w), dtype=torch.uint8), torch.zeros((h, w), dtype=torch.int32))
+            assert tuple(image.shape[1:]) == tuple(ids.shape) == want
+
+
 def test_resize_respects_max_size_and_range():
     assert shortest_edge_size(60, 80, 120, 1000) == (120, 160)
     assert shortest_edge_size(60, 200, 120, 300) == (90, 300)

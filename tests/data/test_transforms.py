@@ -203,6 +203,24 @@ def test_resize_nearest_integer_factor_repeats():
     assert torch.equal(resize_nearest(m, 4, 6), m.repeat_interleave(2, 0).repeat_interleave(2, 1))
 
 
+@pytest.mark.parametrize("h,w,short,max_size", [(427, 640, 128, 320), (427, 640, 32, 64), (480, 640, 800, 1333),
+                                                 (333, 500, 640, 1333), (1, 500, 800, 1333), (500, 1, 800, 1333),
+                                                 (20, 3000, 128, 320), (7, 9, 800, 1333), (1, 1, 32, 64)])
+def test_resize_nearest_picks_the_pixels_detectron2_does(h, w, short, max_size):
+    # Detectron2 resizes the panoptic PNG (RGB-encoded ids) with Pillow's NEAREST
+    # (ResizeTransform.apply_segmentation). Before: the ids were sampled at (i + 0.5) * H / height
+    # (multiplied), Pillow steps by adding: on exact ties other pixels were picked, e.g. 19 % of a
+    # 427x640 map resized to 128x192 (every third column one pixel off), 0.07 % of 1x500 -> 3x1333.
+    from PIL import Image
+
+    ids = np.random.default_rng(h * w).integers(0, 2**24, (h, w)).astype(np.int32)
+    out_h, out_w = shortest_edge_size(h, w, short, max_size)
+    rgb = (ids[..., None] >> np.array([0, 8, 16]) & 255).astype(np.uint8)
+    d2 = np.asarray(Image.fromarray(rgb).resize((out_w, out_h), Image.Resampling.NEAREST)).astype(np.int32)
+    want = d2[..., 0] + 256 * d2[..., 1] + 65536 * d2[..., 2]
+    assert np.array_equal(resize_nearest(torch.from_numpy(ids), out_h, out_w).numpy(), want)
+
+
 def test_shape_mismatch_is_rejected():
     image, id_map = _scene()
     with pytest.raises(ValueError, match="same size"):

@@ -213,9 +213,13 @@ def check_test_transform(transform: Transform, what: str) -> None:
 
 
 def scaled_size(h: int, w: int, target_h: int, target_w: int, scale: float) -> tuple[int, int]:
-    """Size of an ``h x w`` image scaled (aspect kept) to fit ``scale`` times the target size."""
+    """Size of an ``h x w`` image scaled (aspect kept) to fit ``scale`` times the target size.
+
+    Detectron2's ``ResizeScale`` arithmetic: rounded half to even (``np.round``; a 128x5 image at
+    64x64, scale 1, is 64x2, not 64x3), except that a side is never 0 (Detectron2 would fail on it).
+    """
     factor = min(target_h * scale / h, target_w * scale / w)
-    return max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5))
+    return max(1, round(h * factor)), max(1, round(w * factor))
 
 
 def pad_pair(image: torch.Tensor, id_map: torch.Tensor, height: int, width: int,

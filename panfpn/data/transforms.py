@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Literal, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -29,12 +30,24 @@ def _check_pair(image: torch.Tensor, id_map: torch.Tensor) -> None:
                          f"{tuple(image.shape)} and {tuple(id_map.shape)}")
 
 
+def nearest_indices(n_in: int, n_out: int) -> torch.Tensor:
+    """Source index of each of ``n_out`` positions when Pillow's ``NEAREST`` resizes ``n_in`` to ``n_out``.
+
+    Pillow steps a float64 pixel-centre position by ``n_in / n_out`` (adding, not multiplying), so on
+    exact ties (640 -> 192: positions 5.0, 15.0, ...) it can pick the pixel before the one
+    ``(i + 0.5) * n_in / n_out`` names; Pillow itself resizing ``0..n_in-1`` gives its choice exactly.
+    """
+    indices = Image.fromarray(np.arange(n_in, dtype=np.int32)[:, None]).resize((1, n_out), Image.Resampling.NEAREST)
+    return torch.from_numpy(np.asarray(indices, dtype=np.int64)[:, 0].copy())
+
+
 def resize_nearest(id_map: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Nearest-neighbour resize of an integer map ``[H, W]`` sampling at pixel centres."""
+    """Nearest-neighbour resize of an integer map ``[H, W]``: the pixels Pillow's ``NEAREST`` picks,
+    as Detectron2 resizes segmentation maps (``ResizeTransform.apply_segmentation``), so training
+    targets are its targets. A multiplied ``(i + 0.5) * H / height`` differed on exact ties: 19 % of
+    a 427x640 map resized to 128x192 (whole columns one pixel off)."""
     h, w = id_map.shape
-    rows = ((torch.arange(height, dtype=torch.float64) + 0.5) * (h / height)).long().clamp_(max=h - 1)
-    cols = ((torch.arange(width, dtype=torch.float64) + 0.5) * (w / width)).long().clamp_(max=w - 1)
-    return id_map.index_select(0, rows).index_select(1, cols)
+    return id_map.index_select(0, nearest_indices(h, height)).index_select(1, nearest_indices(w, width))
 
 
 def resize_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -47,7 +60,6 @@ def resize_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """
     if image.dtype != torch.uint8:
         return TF.resize(image, [height, width], interpolation=InterpolationMode.BILINEAR, antialias=True)
-    from PIL import Image
 
     # Channel by channel as greyscale images: Pillow resamples each band alone, so the bytes are
     # those of the RGB image, without transposing to HWC and back (2.5x faster at 640x480).
@@ -86,7 +98,11 @@ def _size(value: object, name: str) -> int:
     iterate as ``[8, 0, 0]``, mean 1 or shrink every image to 1 pixel)."""
     whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
     if isinstance(value, bool) or not whole or value < 1:
-        raise ValueError(f"{name}: each must be a whole number of pixels >= 1, got {value!r}")
+        # Detectron2 reads a short edge of 0 as "no resize" (INPUT.MIN_SIZE_TEST: 0): say how to get that here
+        no_resize = name == "short_edge_lengths" and not isinstance(value, bool) and whole and value == 0
+        hint = ("; Detectron2's 0 = no resize is not taken: leave the resize out (at test time "
+                "data.val.transforms=null)") if no_resize else ""
+        raise ValueError(f"{name}: each must be a whole number of pixels >= 1, got {value!r}{hint}")
     return int(value)
 
 
@@ -197,9 +213,13 @@ def check_test_transform(transform: Transform, what: str) -> None:
 
 
 def scaled_size(h: int, w: int, target_h: int, target_w: int, scale: float) -> tuple[int, int]:
-    """Size of an ``h x w`` image scaled (aspect kept) to fit ``scale`` times the target size."""
+    """Size of an ``h x w`` image scaled (aspect kept) to fit ``scale`` times the target size.
+
+    Detectron2's ``ResizeScale`` arithmetic: rounded half to even (``np.round``; a 128x5 image at
+    64x64, scale 1, is 64x2, not 64x3), except that a side is never 0 (Detectron2 would fail on it).
+    """
     factor = min(target_h * scale / h, target_w * scale / w)
-    return max(1, int(h * factor + 0.5)), max(1, int(w * factor + 0.5))
+    return max(1, round(h * factor)), max(1, round(w * factor))
 
 
 def pad_pair(image: torch.Tensor, id_map: torch.Tensor, height: int, width: int,

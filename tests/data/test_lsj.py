@@ -12,7 +12,7 @@ from panfpn.data.dataset import PanopticDataset
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.data.synthetic import synthetic_metadata
 from panfpn.data.targets import masks_to_boxes, panoptic_targets
-from panfpn.data.transforms import Compose, LargeScaleJitter, RandomHorizontalFlip, resize_nearest
+from panfpn.data.transforms import Compose, LargeScaleJitter, RandomHorizontalFlip, resize_nearest, scaled_size
 from panfpn.engine.config import validate_config
 
 META = DatasetMetadata.from_coco_categories([
@@ -184,3 +184,29 @@ def test_lsj_preset_composes_validates_and_jitters_to_its_size(name, tmp_path, c
         image, id_map = _scene(*shape)
         out_image, out_ids = transforms(image, id_map)
         assert out_image.shape == (3, 1024, 1024) and out_ids.shape == (1024, 1024)
+
+
+def _detectron2_resize_scale(h, w, target_h, target_w, scale):
+    """Detectron2's ResizeScale._get_resize output size, step by step: the target scaled, the
+    smaller ratio, the input times it, np.round (half to even)."""
+    import numpy as np
+
+    target = np.multiply((target_h, target_w), scale)
+    ratio = np.minimum(target[0] / h, target[1] / w)
+    return tuple(int(v) for v in np.round(np.multiply((h, w), ratio)).astype(int))
+
+
+def test_lsj_resize_size_is_detectron2s_resize_scale():
+    # Before: int(x + 0.5) (half up): where Detectron2's np.round ties to even the side was 1 px
+    # longer, e.g. a 128x5 image at 64x64, scale 1: 64x3 against Detectron2's 64x2.
+    assert scaled_size(128, 5, 64, 64, 1.0) == (64, 2)
+    ties = 0
+    for h in range(1, 200, 3):
+        for w in (1, 2, 3, 5, 7, 9, 40, 128, 500, 3000):
+            for scale in (0.1, 0.5, 1.0, 1.5, 2.0):
+                for a, b in ((h, w), (w, h)):
+                    want = _detectron2_resize_scale(a, b, 64, 64, scale)
+                    assert scaled_size(a, b, 64, 64, scale) == tuple(max(1, v) for v in want), (a, b, scale)
+                    factor = min(64 * scale / a, 64 * scale / b)
+                    ties += (int(a * factor + 0.5), int(b * factor + 0.5)) != want
+    assert ties > 5  # the grid holds half-way sizes

@@ -119,6 +119,28 @@ def test_resize_size_equals_detectron2_on_rounding_ties():
         assert (int(out[0]), int(out[1])) == want
 
 
+@pytest.mark.parametrize("h,w", [(1, 1), (2, 2), (7, 9), (31, 33), (1, 500), (500, 1), (20, 3000), (3000, 20),
+                                 (1, 3000), (3000, 1), (2, 5333), (10000, 10000), (10000, 9999)])
+def test_resize_of_tiny_and_strip_images_is_detectron2s(h, w):
+    # Detectron2's sizes wherever they are >= 1; where its max_size scaling rounds a side to 0 (a
+    # ratio past 2 * max_size : 1, e.g. 1x3000 at max_size 1333) it would fail, here the side is 1.
+    # The resize itself gives that size (image and id map), eager and the export's float64 version.
+    from panfpn.deploy.resize import shortest_edge_size as deploy_size
+
+    for short, max_size in ((800, 1333), (128, 320), (32, 64)):
+        d2 = _detectron2_output_shape(h, w, short, max_size)
+        want = tuple(max(1, v) for v in d2)
+        assert shortest_edge_size(h, w, short, max_size) == want
+        out = deploy_size(torch.tensor(h), torch.tensor(w), short, max_size)
+        assert (int(out[0]), int(out[1])) == want
+        if min(h, w) == 1 and max(h, w) == 3000 and max_size == 1333:
+            assert 0 in d2  # the case Detectron2 cannot resize
+        if h * w <= 3000 * 20:
+            image, ids = ResizeShortestEdge([short], max_size=max_size)(
+                torch.zeros((3, h, w), dtype=torch.uint8), torch.zeros((h, w), dtype=torch.int32))
+            assert tuple(image.shape[1:]) == tuple(ids.shape) == want
+
+
 def test_resize_respects_max_size_and_range():
     assert shortest_edge_size(60, 80, 120, 1000) == (120, 160)
     assert shortest_edge_size(60, 200, 120, 300) == (90, 300)
@@ -179,6 +201,24 @@ def test_transforms_follow_torch_seed():
 def test_resize_nearest_integer_factor_repeats():
     m = torch.arange(6, dtype=torch.int32).reshape(2, 3)
     assert torch.equal(resize_nearest(m, 4, 6), m.repeat_interleave(2, 0).repeat_interleave(2, 1))
+
+
+@pytest.mark.parametrize("h,w,short,max_size", [(427, 640, 128, 320), (427, 640, 32, 64), (480, 640, 800, 1333),
+                                                 (333, 500, 640, 1333), (1, 500, 800, 1333), (500, 1, 800, 1333),
+                                                 (20, 3000, 128, 320), (7, 9, 800, 1333), (1, 1, 32, 64)])
+def test_resize_nearest_picks_the_pixels_detectron2_does(h, w, short, max_size):
+    # Detectron2 resizes the panoptic PNG (RGB-encoded ids) with Pillow's NEAREST
+    # (ResizeTransform.apply_segmentation). Before: the ids were sampled at (i + 0.5) * H / height
+    # (multiplied), Pillow steps by adding: on exact ties other pixels were picked, e.g. 19 % of a
+    # 427x640 map resized to 128x192 (every third column one pixel off), 0.07 % of 1x500 -> 3x1333.
+    from PIL import Image
+
+    ids = np.random.default_rng(h * w).integers(0, 2**24, (h, w)).astype(np.int32)
+    out_h, out_w = shortest_edge_size(h, w, short, max_size)
+    rgb = (ids[..., None] >> np.array([0, 8, 16]) & 255).astype(np.uint8)
+    d2 = np.asarray(Image.fromarray(rgb).resize((out_w, out_h), Image.Resampling.NEAREST)).astype(np.int32)
+    want = d2[..., 0] + 256 * d2[..., 1] + 65536 * d2[..., 2]
+    assert np.array_equal(resize_nearest(torch.from_numpy(ids), out_h, out_w).numpy(), want)
 
 
 def test_shape_mismatch_is_rejected():

@@ -82,6 +82,21 @@ def test_a_resize_size_that_is_not_a_pixel_count_stops_the_run(tiny_cfg, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+def test_a_detectron2_short_edge_of_0_says_how_to_skip_the_resize(tiny_cfg):
+    # Detectron2 takes INPUT.MIN_SIZE_TEST: 0 as "do not resize"; here 0 is refused (a 0 from a typo
+    # would shrink every image to 1 pixel). Before: the refusal did not say how to skip the resize.
+    from panfpn.data.transforms import check_data_transforms
+
+    with pytest.raises(ConfigError, match=re.escape("Detectron2's 0 = no resize is not taken: leave the resize "
+                                                    "out (at test time data.val.transforms=null)")) as err:
+        check_data_transforms(tiny_cfg("data.val.transforms.short_edge_lengths=[0]"))
+    assert str(err.value).startswith("config key 'data.val.transforms': short_edge_lengths:")
+    check_data_transforms(tiny_cfg("data.val.transforms=null"))  # the way the message names is taken
+    with pytest.raises(ConfigError) as err:  # no hint where 0 is not a short edge
+        check_data_transforms(tiny_cfg("data.val.transforms.max_size=0"))
+    assert "Detectron2" not in str(err.value)
+
+
 @pytest.mark.parametrize("override", ["short_edge_lengths=64", "short_edge_lengths=[64,80]", "max_size=128.0"])
 def test_a_scalar_size_or_a_whole_float_is_still_a_size(tiny_cfg, override):
     from panfpn.data.transforms import check_data_transforms

@@ -51,13 +51,13 @@ class RecordStore(Sequence[Record]):
 
     @classmethod
     def from_rows(cls, rows: Iterable[tuple], isthing: Mapping[int, bool]) -> "RecordStore":
-        """Encode ``(image_id, file_name, png_name, segments[, size])`` rows (validated) into a store."""
+        """Encode ``(image_id, file_name, png_name, segments, size)`` rows (validated) into a store."""
         encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder: json.dumps
         chunks: list[bytes] = []  # with arguments would build one per record (4x slower)
         flags: list[bool] = []
-        for image_id, file_name, png_name, segments, *size in rows:
+        for image_id, file_name, png_name, segments, size in rows:
             chunks.append(encode([image_id, file_name, png_name, list(segments),
-                                  list(size[0]) if size and size[0] is not None else None]).encode())
+                                  None if size is None else list(size)]).encode())
             flags.append(has_non_crowd_thing(segments, isthing))
         offsets = np.zeros(len(chunks) + 1, dtype=np.int64)
         np.cumsum([len(c) for c in chunks], out=offsets[1:])

@@ -20,6 +20,7 @@ from PIL import Image
 
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.evaluation.coco_ap import ap_text
+from panfpn.evaluation.cityscapes_pixel import SCORES as CITYSCAPES_PIXEL_SCORES
 from panfpn.evaluation.report_sections import STYLE as SECTION_STYLE
 from panfpn.evaluation.report_sections import ReportExtras, browse_section, confusion_table, context_table
 from panfpn.evaluation.worst_images import ImageScore
@@ -216,7 +217,7 @@ def _other_metrics(metrics: Mapping[str, Any]) -> str:
                         f"<tr><td>{task} AP50</td><td>{ap_text(metrics[task]['AP50'])}</td></tr>")
     for key in ("AP", "AP50") if "cityscapes_ap" in metrics else ():  # cityscapesScripts' instance-level AP
         rows.append(f"<tr><td>Cityscapes {key}</td><td>{percent_text(metrics['cityscapes_ap'][key])}</td></tr>")
-    for key in ("IoU", "iIoU", "IoU_sup", "iIoU_sup") if "cityscapes_sem_seg" in metrics else ():  # its pixel level
+    for key in CITYSCAPES_PIXEL_SCORES if "cityscapes_sem_seg" in metrics else ():  # its pixel level
         rows.append(f"<tr><td>Cityscapes {key}</td><td>{percent_text(metrics['cityscapes_sem_seg'][key])}</td></tr>")
     return f'<table id="other-metrics"><tbody>{"".join(rows)}</tbody></table>' if rows else ""
 

@@ -16,6 +16,7 @@ from panfpn.deploy.export import build_pipeline, example_image, export_pipeline_
 from panfpn.deploy.mask2former_pipeline import Mask2FormerPipeline
 from panfpn.deploy.pipeline import INPUT_NAME, OUTPUT_NAMES, PanopticPipeline
 from panfpn.deploy.torch_export import export_pipeline_program
+from panfpn.engine.config.typed_overrides import as_typed
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.modeling.mask2former import Mask2Former
 from panfpn.modeling.merge import MergeThresholds
@@ -83,8 +84,7 @@ def refuse_unused_merge_overrides(merge: str, overrides: Sequence[str] | None) -
     if merge == "model":
         return
     given = command_line_overrides() if overrides is None else list(overrides)
-    # tools/export.py hands them over as ++ overrides (panfpn/engine/record_overrides.py): named as typed
-    unused = [o.input_line.removeprefix("++") for o in parse_overrides(given)
+    unused = [as_typed(o.input_line) for o in parse_overrides(given)
               if o.key_or_group.startswith("model.merge.")]
     if unused:
         raise ConfigError(f"config key 'export.merge': {merge!r} bakes MergeThresholds.{merge}() into the graph, "

@@ -16,6 +16,7 @@ from panfpn.data.image_files import FailedImage, ImageFileDataset, ImageReadErro
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.deploy import onnx_runner
 from panfpn.engine.config import ConfigError
+from panfpn.engine.config.typed_overrides import as_typed
 from panfpn.evaluation.prediction_folder import log_summary, plan_outputs, prepare_targets, write_failed
 from panfpn.engine.stop_messages import predict_stopped
 from panfpn.utils.stop_signals import describe_outputs
@@ -54,8 +55,7 @@ def refuse_exported_settings(overrides: Sequence[str] | None) -> None:
     """ConfigError for explicit overrides (``None``: hydra's command line) of what the graph fixed at
     export: the model's keys (thresholds, detections per image, ...) and the test resize."""
     parsed = _typed_overrides(overrides)
-    # tools/predict.py hands them over as ++ overrides (panfpn/engine/record_overrides.py): named as typed
-    fixed = [o.input_line.removeprefix("++") for o in parsed if o.key_or_group.split(".")[0] == "model"
+    fixed = [as_typed(o.input_line) for o in parsed if o.key_or_group.split(".")[0] == "model"
              or o.key_or_group.startswith("data.val.transforms")]
     if fixed:
         raise ConfigError(f"predict.backend=onnxruntime runs the exported graph, whose model and test resize "

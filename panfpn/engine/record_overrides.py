@@ -14,25 +14,16 @@ struct error.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from omegaconf import OmegaConf
 
-from panfpn.engine.model_spec import parse_overrides, read_model_record
+from panfpn.engine.config.typed_overrides import parsed_override
+from panfpn.engine.model_spec import read_model_record
 from panfpn.modeling.weights import TORCH_SUFFIXES, WeightsError
 
 _ABSENT = object()
 EXPORTED_SUFFIXES = (".onnx", ".pt2")  # tools/export.py's pipelines: their model is fixed in the graph
-
-
-def _parsed(arg: str) -> Any:
-    """Hydra's parse of one command-line override, or None for flags and what hydra will refuse itself."""
-    if arg.startswith("-") or "=" not in arg:
-        return None
-    try:
-        return parse_overrides([arg])[0]
-    except Exception:  # noqa: BLE001 - hydra reports its own parse error for this argument when it composes
-        return None
 
 
 def force_recorded_model_keys(args: Sequence[str]) -> list[str]:
@@ -41,7 +32,7 @@ def force_recorded_model_keys(args: Sequence[str]) -> list[str]:
     ``model=<name>`` or ``model_from_checkpoint=false``: then the config's model is the one built); with
     exported files every plain ``model.<key>`` override, for the tool to refuse by name."""
     args = list(args)
-    parsed = [_parsed(a) for a in args]
+    parsed = [parsed_override(a) for a in args]
     weights = None
     for o in parsed:
         if o is None:

@@ -18,19 +18,15 @@ import sys
 from typing import Sequence
 
 from panfpn.engine.config import KNOWN_KEYS, _unknown
+from panfpn.engine.config.typed_overrides import parsed_override
 from panfpn.utils.errors import ConfigError
 
 
 def _override_key(arg: str) -> str | None:
     """The key a plain ``key=value`` command-line override sets; None for flags, ``+`` / ``++`` / ``~``
     overrides, packages (``key@pkg``), hydra's own keys and what hydra cannot parse (it says so)."""
-    if arg.startswith(("-", "+", "~")) or "=" not in arg:
-        return None
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        override = OverridesParser.create().parse_overrides([arg])[0]
-    except Exception:  # noqa: BLE001 - hydra reports its own parse error for this argument
+    override = None if arg.startswith(("+", "~")) else parsed_override(arg)
+    if override is None:
         return None
     key = override.key_or_group
     if override.package is not None or key.startswith("hydra") or "/" in key:

@@ -6,6 +6,9 @@ objects scaled with the image), then times on the same cores, in interleaved rou
 rotating every round), in this process tree:
 
 * ours: ``panfpn.evaluation.pq_compute`` (cold, and again with a warm ground-truth cache);
+* ours with no counting: the same cold evaluation with its pair counting and PQ rules replaced by
+  no-ops, what the rest of it costs (JSON files, pool, reads, decoding into packed words): a lower
+  bound for any counting code, to hold against the floor goal;
 * hotcoco's ``PanopticEval`` (Rust, multi-threaded);
 * the floor: reading and decoding the same PNGs with the fastest decoder, as pq_compute's pool
   (and with pyspng, the fastest when issue 23 set its goal, when that is not already the decoder);
@@ -40,6 +43,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 from PIL import Image
@@ -49,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from panfpn.evaluation.id_runs import known_ids, pair_counts_packed  # noqa: E402
 from panfpn.data.panoptic_io import (decode_id_png_packed, decode_id_png_rgb, id_png_decoder,  # noqa: E402
                                     id_to_rgb)
+import panfpn.evaluation.pq as pq_module  # noqa: E402
 from panfpn.evaluation.pq import pq_compute, task_bounds, tune_worker_malloc  # noqa: E402
 from panfpn.evaluation.pq_rules import PQStat, accumulate_image  # noqa: E402
 
@@ -179,6 +184,15 @@ def decode_floor(paths: list[str], workers: int, decoder: str = "fastest") -> in
               for first, stop in zip(bounds, bounds[1:])]
     with multiprocessing.get_context("fork").Pool(workers, initializer=tune_worker_malloc) as pool:
         return sum(pool.starmap(_decode_files, chunks, chunksize=1))
+
+
+def pq_compute_without_counting(gt_json: Path, pred_json: Path, workers: int) -> dict:
+    """pq_compute's cold evaluation with its pair counting and PQ rules made no-ops (the forked
+    workers inherit the patch): the time of everything else, so the least any counting code could
+    give. Its result is all zeros; only its time is of use."""
+    with mock.patch.object(pq_module, "pair_counts_packed", lambda *args: []), \
+            mock.patch.object(pq_module, "accumulate_image", lambda *args: None):
+        return pq_compute(gt_json, pred_json, workers=workers)
 
 
 def _decode_on_threads(paths: list[str], threads: int, decoder: str) -> int:
@@ -321,6 +335,7 @@ def bench_family(family: str, folder: Path, args: argparse.Namespace) -> None:
     contenders = {
         "ours, cold": lambda: pq_compute(gt_json, pred_json, workers=workers),
         "ours, warm GT cache": lambda: pq_compute(gt_json, pred_json, workers=workers, cache_dir=cache),
+        "ours, no counting": lambda: pq_compute_without_counting(gt_json, pred_json, workers),
         "decode floor": lambda: decode_floor(paths, workers),
     }
     if id_png_decoder() != "pyspng" and importlib.util.find_spec("pyspng"):
@@ -345,6 +360,7 @@ def bench_family(family: str, folder: Path, args: argparse.Namespace) -> None:
             cpus[name].append(cpu_s)
     ours = outs["ours, cold"]
     assert outs["ours, warm GT cache"] == ours
+    assert outs["ours, no counting"]["All"]["n"] == 0  # the patch took effect in the workers
     if "hotcoco" in outs:
         assert abs(outs["hotcoco"]["All"]["pq"] - ours["All"]["pq"]) < 1e-12
     print(f"PQ = {100 * ours['All']['pq']:.2f} (All), the same from every contender; {args.repeat} "
@@ -360,6 +376,8 @@ def bench_family(family: str, folder: Path, args: argparse.Namespace) -> None:
 
     print(f"  ours cold / decode floor:   {ratios('ours, cold', 'decode floor')}   (goal <= 1.25)")
     print(f"  ours warm / decode floor:   {ratios('ours, warm GT cache', 'decode floor')}")
+    print(f"  no counting / decode floor: {ratios('ours, no counting', 'decode floor')}   (the least "
+          "cold / floor any counting could reach: counting and rules in no time)")
     if "decode floor, pyspng" in walls:
         print(f"  ours cold / pyspng floor:   {ratios('ours, cold', 'decode floor, pyspng')}   "
               "(the floor's decoder when issue 23 was filed)")

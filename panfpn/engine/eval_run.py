@@ -25,7 +25,9 @@ from panfpn.engine.rank_errors import told_to_rank_0
 from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, setup_logging
 from panfpn.evaluation.build import build_evaluators
 from panfpn.evaluation.coco_ap import ap_text
-from panfpn.evaluation.earlier_outputs import predictions_removed_on_failure, remove_earlier_predictions
+from panfpn.evaluation.earlier_outputs import (fill_aside, move_predictions_into_place, predictions_removed_on_failure,
+                                               remove_earlier_predictions, remove_killed_evaluations_files)
+from panfpn.evaluation.partial_predictions import partial_dir
 from panfpn.evaluation.report import AP_COLUMNS, category_ap
 from panfpn.utils.json_values import nonfinite_to_null
 from panfpn.engine.stop_messages import eval_stopped
@@ -91,23 +93,31 @@ def _evaluate(cfg: DictConfig, overrides: Sequence[str] | None, device, out_dir:
     dataset = instantiate(built.cfg.data.val)
     loader = build_eval_loader(cfg, dataset)
     context = eval_context(cfg, built, dataset) if du.is_main_process() else None  # report.html, compare.html
-    evaluators = build_evaluators(built.cfg, metadata, out_dir, context=context if cfg.eval.report else None)
+    if du.is_main_process():  # before the writers make their folders there
+        remove_killed_evaluations_files(out_dir)
+    du.barrier()
+    # the prediction folders are filled aside and renamed into place whole (partial_predictions)
+    evaluators = build_evaluators(built.cfg, metadata, out_dir, context=context if cfg.eval.report else None,
+                                  fill_dir=partial_dir(out_dir))
     written = {"save_predictions": bool(cfg.eval.save_predictions),
                "save_semantic": bool(cfg.eval.get("save_semantic", False))}
     if du.is_main_process():  # before any rank writes: the official scripts read whole folders
         remove_earlier_predictions(out_dir, **written)
+        fill_aside(out_dir, **written)
     du.barrier()
     # until the metrics are written, an error or a stop leaves no partial set of prediction files
-    with predictions_removed_on_failure(out_dir, **written):
+    with predictions_removed_on_failure(out_dir, **written, main=du.is_main_process()):
         metrics = evaluate(model, loader, metadata, evaluators, device=device, max_images=cfg.eval.max_images,
                            progress=bar_enabled(cfg.eval.progress_bar))
         metrics.pop("overlays", None)
+        du.barrier()  # every rank has written its prediction files
         if du.is_main_process():
             print(format_results(metrics))
             print(per_class_table(metrics, metadata))
             results = nonfinite_to_null(json.loads(json.dumps({**metrics, "context": context}, default=str)))
             write_json_atomic(out_dir / "eval_results.json", results)
             logger.info("wrote %s", out_dir / "eval_results.json")
+            move_predictions_into_place(out_dir, **written)
     if du.is_main_process():
         for evaluator in evaluators:  # files that show every result: overlays, report.html
             getattr(evaluator, "finish", lambda results: None)(metrics)

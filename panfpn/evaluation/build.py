@@ -35,10 +35,13 @@ REPORT_WORST_IMAGES = 8  # images with the lowest per-image PQ shown in report.h
 
 
 def build_evaluators(cfg: DictConfig, metadata: DatasetMetadata, out_dir: str | Path | None = None, *,
-                     training: bool = False, context: dict[str, str] | None = None) -> list[Evaluator]:
+                     training: bool = False, context: dict[str, str] | None = None,
+                     fill_dir: str | Path | None = None) -> list[Evaluator]:
     """The evaluators of ``cfg`` (module docstring). ``training``: those of training-time
     evaluation (no files; ``train.num_vis_images`` overlays for TensorBoard). ``context``: what the
-    run used, shown at the top of report.html."""
+    run used, shown at the top of report.html. ``fill_dir``: where the prediction folders
+    (``predictions/``, ``semantic/``) are written, default ``out_dir`` (tools/eval.py: the hidden
+    folder they are renamed into place from, :mod:`panfpn.evaluation.partial_predictions`)."""
     evaluators: list[Evaluator] = [PanopticQuality(metadata), SemanticSegmentation(metadata), ScoredImages()]
     if cfg.eval.compute_ap:
         evaluators.append(COCOAP(metadata))
@@ -46,13 +49,14 @@ def build_evaluators(cfg: DictConfig, metadata: DatasetMetadata, out_dir: str | 
     if training or out_dir is None:
         return evaluators + [Overlays(cfg.train.num_vis_images if training else 0)]
     out_dir = Path(out_dir)
+    fill_dir = out_dir if fill_dir is None else Path(fill_dir)
     if cfg.eval.save_predictions:
-        evaluators.append(PanopticPNGWriter(metadata, out_dir / "predictions"))
+        evaluators.append(PanopticPNGWriter(metadata, fill_dir / "predictions"))
         for evaluator in evaluators:  # cityscapes_ap: also the official instance-level prediction files
             if isinstance(evaluator, CityscapesAP) and evaluator.write_dir is None:
-                evaluator.write_dir = out_dir / "predictions" / CITYSCAPES_INSTANCE_DIR
+                evaluator.write_dir = fill_dir / "predictions" / CITYSCAPES_INSTANCE_DIR
     if cfg.eval.get("save_semantic", False):
-        evaluators.append(SemanticPNGWriter(metadata, out_dir / "semantic"))
+        evaluators.append(SemanticPNGWriter(metadata, fill_dir / "semantic"))
     if cfg.eval.get("report", True):
         title = f"Panoptic evaluation: {Path(str(cfg.weights)).name} on {evaluated_split(cfg)}"
         evaluators.append(ReportCollector(metadata, out_dir, k=REPORT_WORST_IMAGES, title=title, context=context,

@@ -102,6 +102,13 @@ def atomic_write_path(path: str | os.PathLike, write: Callable[[Path], Any], *, 
 _TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[A-Za-z0-9_]+\.tmp")
 
 
+def temp_file_target(name: str) -> str | None:
+    """The file name a temp file of :func:`atomic_write_path` named ``name`` was to become; None
+    when ``name`` is not such a temp file."""
+    m = _TEMP_NAME.fullmatch(name)
+    return m["target"] if m else None
+
+
 def remove_stale_temp_files(folder: str | os.PathLike, targets: Sequence[str] = ("*",)) -> list[Path]:
     """Delete the temp files that writes killed mid-way (crash, ``kill -9``) left in ``folder``,
     for target file names matching one of the glob patterns ``targets``; returns them, sorted."""

@@ -117,6 +117,7 @@ def test_an_evaluation_failing_part_way_leaves_no_partial_prediction_set(tiny_cf
     removed = [line for line in log.splitlines() if "this evaluation had written" in line]
     assert len(removed) == 2, log
     assert all("it failed (BadImageError) before every image was scored" in m for m in removed)
-    assert any(f"2 prediction file(s) this evaluation had written to {run / 'predictions' / 'panoptic_pred'}" in m
+    assert any(f"2 prediction file(s) this evaluation had written for {run / 'predictions' / 'panoptic_pred'}" in m
                for m in removed)
-    assert any(f"to {run / 'semantic'}" in m for m in removed)
+    assert any(f"for {run / 'semantic'} (in {run / '.partial_predictions' / 'semantic'}" in m for m in removed)
+    assert not (run / ".partial_predictions").exists()  # the folders it was filling are gone with their files

@@ -186,8 +186,10 @@ def test_an_evaluation_failing_part_way_leaves_none_of_its_files_for_the_officia
     assert [p.name for p in out.rglob("*") if p.is_file()] == ["log.txt"]  # the run's log alone
     log = (out / "log.txt").read_text()  # the run's log (stderr's handler may be an earlier test's)
     for folder in ("semantic", "predictions/cityscapes_instances", "predictions/panoptic_pred"):
-        assert f"prediction file(s) this evaluation had written to {out / folder}: it failed (BadImageError)" in log, log
-    assert "removed the 2 prediction file(s) this evaluation had written to " + str(out / "semantic") in log
+        assert (f"prediction file(s) this evaluation had written for {out / folder} (in "
+                f"{out / '.partial_predictions' / folder}, where it is filled until every image is scored): it failed "
+                "(BadImageError)") in log, log
+    assert "removed the 2 prediction file(s) this evaluation had written for " + str(out / "semantic") in log
 
 
 def test_folders_this_evaluation_does_not_write_are_kept_with_a_warning(tmp_path, caplog):

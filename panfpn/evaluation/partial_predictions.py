@@ -1,0 +1,120 @@
+"""An evaluation's prediction folders filled under ``<run dir>/.partial_predictions/`` and renamed
+into place, each whole, once every rank has written every image and the metrics are computed.
+
+cityscapesScripts' pixel- and instance-level scripts walk every folder below ``CITYSCAPES_RESULTS``
+(``os.walk``: hidden ones too) and score each ``<city>_<seq>_<frame>*`` file they find; an evaluation
+killed outright (SIGKILL, the out-of-memory killer, a power cut) runs no cleanup, so a folder it was
+filling in place held a partial set that the scripts scored as the whole. The folders are therefore
+filled in a hidden folder of the run folder, beside and never inside the folders the scripts are
+pointed at (``semantic/``, ``predictions/``, ``predictions/cityscapes_instances/``), with the same
+layout below it (``predictions/panoptic_pred/``, ``predictions/panoptic_pred.json``,
+``predictions/cityscapes_instances/``, ``semantic/``). Rank 0 renames each folder into place (one
+``rename`` each, after ``os.sync`` so that a power cut cannot leave renamed folders of empty files),
+``predictions/panoptic_pred.json`` last. What a killed evaluation left there is removed by the next
+one when it starts (logged with its count); a file of another kind that was in a folder being filled
+(a user's, moved aside with the folder) is put back.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from pathlib import Path
+from typing import Iterable
+
+from panfpn.utils.atomic import temp_file_target
+
+logger = logging.getLogger(__name__)
+
+PARTIAL_DIR = ".partial_predictions"  # below the run folder; holds the folders being filled
+
+
+def partial_dir(out_dir: str | Path) -> Path:
+    """The folder an evaluation into ``out_dir`` fills its prediction folders in."""
+    return Path(out_dir) / PARTIAL_DIR
+
+
+def prediction_files(folder: Path, patterns: Iterable[str]) -> list[Path]:
+    """The files of ``folder`` an evaluation writes: those matching ``patterns`` (``*.png``,
+    ``masks/*.png``) and the temp files of their atomic writes; sorted."""
+    found: set[Path] = set()
+    for pattern in patterns:
+        found.update(f for f in folder.glob(pattern) if f.is_file())
+        sub, _, name = pattern.rpartition("/")
+        if (folder / sub).is_dir():
+            found.update(f for f in (folder / sub).iterdir() if f.is_file()
+                         and (target := temp_file_target(f.name)) is not None and Path(target).match(name))
+    return sorted(found)
+
+
+def remove_empty_folders(root: Path) -> None:
+    """Remove ``root`` and the folders below it that hold no file, deepest first; a folder that
+    holds one is kept (also one that another rank of a stopped evaluation, cleaning up at the same
+    time, wrote a file into since: that rank removes its own files, the next evaluation the rest),
+    one that another rank removed first is skipped."""
+    if not root.is_dir():
+        return
+    for folder, _, _ in sorted(os.walk(root), key=lambda entry: -len(Path(entry[0]).parts)):
+        try:
+            os.rmdir(folder)
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+
+
+def put_back(aside: Path, folder: Path, patterns: Iterable[str]) -> int:
+    """Move the files of ``aside`` that are not prediction files (a user's, moved aside with their
+    folder while it was filled) back to the same place below ``folder``; returns their count. A
+    name taken there already is an error naming both files."""
+    keep = set(prediction_files(aside, patterns))
+    moved = 0
+    for path in sorted(p for p in aside.rglob("*") if p.is_file() and p not in keep):
+        target = folder / path.relative_to(aside)
+        if target.exists():
+            raise FileExistsError(f"cannot put {path} back into {folder}: {target} exists; move one of the two "
+                                  f"and run the evaluation again")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(path, target)
+        moved += 1
+    return moved
+
+
+def set_aside(folder: Path, aside: Path) -> bool:
+    """Make ``aside`` (an empty folder or none) the folder filled in place of ``folder``: ``folder``,
+    when it still holds files once emptied of predictions (a user's: kept), is moved there with them
+    and renamed back at the end; else its empty folders are removed, so that the filled one can take
+    its place. Returns whether it was moved."""
+    remove_empty_folders(folder)
+    if not folder.exists():
+        return False
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(folder, aside)  # onto an empty folder (the writers made it) or none: one step
+    logger.info("moved %s (its files other than predictions) to %s while this evaluation fills it", folder, aside)
+    return True
+
+
+def move_into_place(out_dir: str | Path, folders: Iterable[str], last: Iterable[str]) -> list[Path]:
+    """Rename each of ``folders`` (paths below the run folder) filled in :func:`partial_dir` to its
+    place in ``out_dir``, then each file of ``last`` (the JSON listing a folder's PNGs), then remove
+    the emptied partial folder; returns the paths put in place. Rank 0, once every rank wrote its
+    files: a folder in place is complete."""
+    out_dir = Path(out_dir)
+    root = partial_dir(out_dir)
+    moves = [(root / f, out_dir / f) for f in folders if (root / f).is_dir()]
+    moves += [(root / f, out_dir / f) for f in last if (root / f).is_file()]
+    if moves and hasattr(os, "sync"):
+        os.sync()  # the files' data on disk before the renames that show them
+    for src, dst in moves:
+        if src.is_dir():
+            remove_empty_folders(dst)  # emptied when this evaluation started
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)  # a folder that holds files at dst: OSError (Directory not empty) naming both
+    remove_empty_folders(root)
+    return [dst for _, dst in moves]
+
+
+__all__ = ["PARTIAL_DIR", "move_into_place", "partial_dir", "prediction_files", "put_back", "remove_empty_folders",
+           "set_aside"]

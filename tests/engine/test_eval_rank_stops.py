@@ -305,6 +305,8 @@ def test_a_bad_image_on_rank_1_is_said_by_rank_0_and_nothing_is_written_as_compl
     assert not (run / "eval_results.json").exists() and not (run / "report.html").exists()
     assert not (run / "predictions" / "panoptic_pred.json").exists()
     assert [p for p in (run / "predictions").rglob("*") if p.is_file()] == []
+    # nor where the ranks were filling the folders (each removes its own files on its way out)
+    assert [p for p in (run / ".partial_predictions").rglob("*") if p.is_file()] == []
     assert _temp_files(run) == []
 
 

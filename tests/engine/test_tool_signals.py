@@ -227,13 +227,15 @@ def test_eval_stopped_part_way_leaves_no_partial_prediction_set(weights, tmp_pat
     args = [f"weights={weights}", "data.val.num_images=5", "data.val.height=64", "data.val.width=64",
             "eval.max_images=null", "data.num_workers=1", "device=cpu", "eval.save_predictions=true",
             "eval.save_semantic=true", "eval.report=false", "eval.compute_ap=false", f"hydra.run.dir={run}"]
-    status, err = _run_and_stop("eval", args, patch, lambda: busy.exists() and len(list(pngs.glob("*.png"))) == 2,
+    status, err = _run_and_stop("eval", args, patch,  # the PNGs are filled in a hidden folder, then moved
+                                lambda: busy.exists() and len(list(run.rglob("panoptic_pred/*.png"))) == 2,
                                 signal.SIGTERM, WHOLE_GROUP)
     line = _assert_stopped(status, err, "eval", signal.SIGTERM)
     assert "predictions/ holds no prediction file (a stopped evaluation leaves no partial set)" in line
     assert [p for folder in ("predictions", "semantic") for p in (run / folder).rglob("*") if p.is_file()] == []
-    assert f"removed the 2 prediction file(s) this evaluation had written to {pngs}: it was stopped" in err
-    assert _temp_files(run) == []
+    assert f"removed the 2 prediction file(s) this evaluation had written for {pngs} (in " in err
+    assert "it was stopped before every image was scored" in err
+    assert _temp_files(run) == [] and not (run / ".partial_predictions").exists()
 
 
 # Blocks once the tool's job has returned (its `with STOP:` over), where hydra's end and Python's

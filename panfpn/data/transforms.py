@@ -241,7 +241,8 @@ class LargeScaleJitter:
     times a scale drawn uniformly in ``[min_scale, max_scale]`` (aspect kept), take a random
     crop of at most the output size, then pad (image with ``pad_value``, ids with 0 = void) to
     exactly ``output_size``. Padded pixels are void, so every target ignores them. The default
-    ``pad_value`` 128 is Detectron2's ``FixedSizeCrop``'s (its LSJ recipes and Mask2Former's).
+    ``pad_value`` 128 is Detectron2's ``FixedSizeCrop``'s (its LSJ recipes and Mask2Former's), and
+    so is the crop's position (:meth:`crop_offset`): one draw for both axes, not one per axis.
     """
 
     def __init__(self, output_size: int | Sequence[int] = (1024, 1024), min_scale: float = 0.1,
@@ -256,18 +257,28 @@ class LargeScaleJitter:
             raise ValueError(f"pad_value must be a uint8 value (0..255), got {pad_value}")
         self.height, self.width = size
         self.min_scale, self.max_scale, self.pad_value = float(min_scale), float(max_scale), int(pad_value)
-        self._crop = RandomCrop(self.height, self.width)
 
     def sample_scale(self) -> float:
         """One scale drawn uniformly in ``[min_scale, max_scale]`` from torch's global generator."""
         return self.min_scale + (self.max_scale - self.min_scale) * float(torch.rand(()).item())
+
+    def crop_offset(self, h: int, w: int) -> tuple[int, int]:
+        """Top-left ``(y0, x0)`` of the crop of an ``h x w`` scaled image, as Detectron2's
+        ``FixedSizeCrop`` places it: one uniform ``u`` in [0, 1) for both axes, each offset ``u``
+        times the room on its axis rounded half to even (``np.round``). The crop thus slides along
+        the diagonal of the room, and an offset at either end is half as likely as one inside. ``u``
+        is drawn (from torch's global generator) also when there is no room, as Detectron2 draws it."""
+        u = float(torch.rand((), dtype=torch.float64).item())
+        return round(max(h - self.height, 0) * u), round(max(w - self.width, 0) * u)
 
     def __call__(self, image: torch.Tensor, id_map: torch.Tensor) -> Pair:
         _check_pair(image, id_map)
         h, w = id_map.shape
         size = scaled_size(h, w, self.height, self.width, self.sample_scale())
         image, id_map = resize_pair(image, id_map, *size)
-        image, id_map = self._crop(image, id_map)
+        y0, x0 = self.crop_offset(*size)
+        image = image[:, y0:y0 + self.height, x0:x0 + self.width]
+        id_map = id_map[y0:y0 + self.height, x0:x0 + self.width]
         return pad_pair(image, id_map, self.height, self.width, self.pad_value)
 
     def __repr__(self) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -55,13 +55,15 @@ class InferenceModel:
 
 
 def build_inference_model(cfg: DictConfig, overrides: Sequence[str] | None = None, *,
-                          require_heads: bool = True) -> InferenceModel:
+                          require_heads: bool = True,
+                          check_metadata: Callable[[DatasetMetadata], Any] | None = None) -> InferenceModel:
     """Build the model to run ``cfg.weights`` with (see the module doc for which config wins).
 
     ``overrides``: the user's explicit overrides (hydra syntax); None: hydra's command line when
     running under hydra, else none (from Python, the recorded model is used as it is).
     ``require_heads``: refuse backbone-only weights (ImageNet) and partial loads (``weights_partial``),
-    which would leave heads random.
+    which would leave heads random. ``check_metadata``: called with the label metadata the model
+    will have, before it is built (a job's refusal of labels it cannot use: a ConfigError).
     """
     overrides = command_line_overrides() if overrides is None else list(overrides)
     weights = OmegaConf.select(cfg, "weights", default=None)
@@ -88,6 +90,8 @@ def build_inference_model(cfg: DictConfig, overrides: Sequence[str] | None = Non
             diffs.append(("data.val.transforms", record.test_transform, transform))
         log_differences(record, diffs)
     check_labels_fit(model_cfg, metadata, "of the checkpoint" if use_record else "of data.metadata")
+    if check_metadata is not None:
+        check_metadata(metadata)
     if transform is not None:  # a misspelt or bad transform stops the job before the model is built
         key = "data.val.transforms" + (" (recorded)" if use_record and keep else "")
         check_transforms_node(transform, key)

@@ -112,7 +112,7 @@ def predict_onnx(weights: str, paths: Sequence[Path], out_dir: Path, opts: Any,
                  device: str = "cpu", overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Predict ``paths`` with the ONNX pipeline ``weights`` into ``out_dir`` on config key ``device``
     (:func:`onnx_providers`): panoptic PNGs + JSON and failed.txt as the torch backend, the inputs
-    read as there; no overlays or semantic PNGs; ``overrides`` as :func:`refuse_exported_settings`.
+    read as there; no overlays, semantic PNGs or instance files; ``overrides`` as :func:`refuse_exported_settings`.
     Returns the summary of ``predict_images``."""
     from panfpn.data.image_files import output_stems
     from panfpn.data.image_ids import image_ids
@@ -124,6 +124,11 @@ def predict_onnx(weights: str, paths: Sequence[Path], out_dir: Path, opts: Any,
     if opts.semantic:
         raise ConfigError("predict.backend=onnxruntime writes no semantic PNGs: set predict.semantic=false "
                           "or use predict.backend=torch")
+    if opts.cityscapes_instances:  # the graph's instance outputs are boxes, scores, labels: no masks
+        raise ConfigError("config key 'predict.cityscapes_instances': predict.backend=onnxruntime cannot write "
+                          "cityscapesScripts' instance files: the exported pipeline outputs the instances' boxes, "
+                          "scores and labels but not their masks; use predict.backend=torch with the checkpoint "
+                          "(.pth), or set predict.cityscapes_instances=false")
     if opts.overlay:  # the default: said, a warning only where the command line asked for overlays
         asked = any(o.key_or_group == "predict.overlay" for o in _typed_overrides(overrides))
         (logger.warning if asked else logger.info)(

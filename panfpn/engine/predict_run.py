@@ -6,6 +6,8 @@ Runs a model on image files (a file, a folder or a glob) and writes, into the ou
     panoptic.json           one COCO-panoptic JSON for the run: images, annotations, categories
     overlays/<stem>.jpg     the image with coloured segments, outlines and labels (or .png)
     semantic/<stem>.png     with predict.semantic=true: semantic labels as dataset category ids
+    cityscapes_instances/   with predict.cityscapes_instances=true: cityscapesScripts' instance-level
+                            files, <city>_<seq>_<frame>_pred.txt + masks/ (the model's instances)
     failed.json, failed.txt inputs that were skipped because they could not be read, and why
 
 ``<stem>`` is unique per input (:func:`output_stems`); the JSON's ``image_id`` follows
@@ -48,8 +50,9 @@ from panfpn.engine.progress import bar_enabled
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.job_setup import fit_threads_to_cpus, setup_logging
 from panfpn.evaluation.prediction_folder import (OVERLAY_FORMATS, JsonState, PredictionTargets, WriteQueue,
-                                                 check_output_json, log_summary, plan_outputs, prepare_targets,
-                                                 without_own_outputs, write_failed, write_one)
+                                                 check_output_json, cityscapes_instance_classes,
+                                                 cityscapes_instance_ids, log_summary, plan_outputs,
+                                                 prepare_targets, without_own_outputs, write_failed, write_one)
 from panfpn.evaluation.label_mapping import model_segments_to_dataset
 from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks
 
@@ -100,7 +103,10 @@ def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None)
     paths = without_own_outputs(paths, out_dir)  # an output folder inside the input is not read back
     if opts.backend == "onnxruntime":  # the exported pipeline: panfpn/engine/predict_onnx.py
         return predict_onnx(str(cfg.weights), paths, out_dir, opts, str(cfg.device), overrides)
-    built = build_inference_model(cfg, overrides)
+    if opts.cityscapes_instances:  # inputs and labels checked before the model is built
+        cityscapes_instance_ids(paths)
+    built = build_inference_model(cfg, overrides, check_metadata=cityscapes_instance_classes
+                                  if opts.cityscapes_instances else None)
     metadata, transforms = built.metadata, built.transform()
     model = built.model.to(device)
     logger.info("predicting %d input file(s) into %s (test transform: %s)", len(paths), out_dir, transforms)
@@ -110,6 +116,7 @@ def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None)
                           overlay_alpha=float(opts.overlay_alpha), overlay_format=str(opts.overlay_format),
                           write_threads=int(opts.write_threads), image_id=str(opts.image_id),
                           json_every=int(opts.json_every), semantic=bool(opts.semantic),
+                          cityscapes_instances=bool(opts.cityscapes_instances),
                           progress=bar_enabled(opts.progress_bar))
 
 
@@ -141,7 +148,7 @@ def predict_images(
     out_dir: str | os.PathLike, *, transforms: Callable | None = None, device: torch.device | str = "cpu",
     batch_size: int = 1, num_workers: int = 0, overwrite: bool = False, overlay: bool = True,
     overlay_alpha: float = 0.55, overlay_format: str = "jpg", write_threads: int = 2, progress: bool = True,
-    image_id: str = "auto", json_every: int = 50, semantic: bool = False,
+    image_id: str = "auto", json_every: int = 50, semantic: bool = False, cityscapes_instances: bool = False,
 ) -> dict[str, Any]:
     """Run ``model`` (eval output of docs/interfaces.md section 3) on image files; write results.
 
@@ -149,7 +156,9 @@ def predict_images(
     drawing overlays runs in ``write_threads`` threads (0: inline) while the
     model works on the next batch; the JSON lists the images in input order all the same.
     ``image_id`` is the rule of :func:`panfpn.data.image_ids.image_ids`; the JSON is rewritten every ``json_every``
-    finished images; ``semantic`` also writes semantic label PNGs.
+    finished images; ``semantic`` also writes semantic label PNGs; ``cityscapes_instances`` also
+    writes cityscapesScripts' instance-level files of the model's instances (Cityscapes inputs and
+    labels only: :func:`cityscapes_instance_ids`, :func:`cityscapes_instance_classes`).
 
     Returns ``{"output_dir", "json", "num_inputs", "predicted": [stem], "skipped": [stem],
     "failed": [{"path", "error"}], "seconds", "images_per_s"}`` (``images_per_s`` counts the
@@ -161,9 +170,14 @@ def predict_images(
     paths = [Path(p) for p in paths]
     stems = output_stems(paths)
     ids = dict(zip(stems, image_ids(paths, stems, image_id)))
+    cs_ids = dict(zip(stems, cityscapes_instance_ids(paths))) if cityscapes_instances else None
     targets = prepare_targets(out_dir, metadata, overlay=overlay, overlay_format=overlay_format,
-                               overlay_alpha=float(overlay_alpha), semantic=semantic)
+                               overlay_alpha=float(overlay_alpha), semantic=semantic, cityscapes_ids=cs_ids)
     todo, skipped, kept = plan_outputs(paths, stems, ids, targets, overwrite)
+    if targets.instances is not None:  # an image redone loses its earlier instance files first
+        removed = targets.instances.remove_earlier([stems[i] for i in todo])
+        if removed:
+            logger.info("removed %d instance file(s) of images now redone from %s", removed, targets.instances.out_dir)
     state = JsonState(targets.writer, kept, stems, paths, max(1, int(json_every)))
     describe_outputs(predict_stopped(targets.writer.json_path, len(kept), len(todo)))  # a stop signal's message
     dataset = ImageFileDataset([paths[i] for i in todo], transforms=transforms, keep_original=overlay,
@@ -220,17 +234,33 @@ def _predict_batch(model: torch.nn.Module, batch: dict | None, targets: Predicti
     """Run the model on one batch and queue the writes of its images; returns their stems."""
     if batch is None:
         return []
-    with box_instance_masks():  # predict never reads instance masks: keep them in boxes
+    with box_instance_masks():  # full-size masks are made one at a time, when written
         outputs = model(batch)
     stems = []
     for i, out in enumerate(outputs):
         stem = batch["image_ids"][i]
         id_map, segments = out["panoptic"]
         sem = out["sem_seg"].cpu().numpy() if targets.semantic is not None else None
+        instances = _instances(out) if targets.instances is not None else None
         queue.submit(functools.partial(write_one, targets, stem, ids[stem], batch["paths"][i],
                                        id_map.cpu().numpy(), model_segments_to_dataset(segments, metadata),
-                                       batch["orig_images"][i], sem))
+                                       batch["orig_images"][i], sem, instances))
         stems.append(stem)
     return stems
 
 
+
+
+def _instances(output: dict[str, Any]) -> tuple[list[int], list[float], Any]:
+    """(contiguous thing labels, scores, masks) of one image's ``instances``, the Mask R-CNN /
+    Mask2Former instances before the panoptic merge that tools/eval.py's cityscapes_ap scores
+    (dense masks moved to the CPU; ``BoxMasks`` stay in their boxes); a ConfigError naming
+    ``model`` for a model whose outputs have none."""
+    instances = output.get("instances")
+    if not isinstance(instances, dict) or not {"labels", "scores", "masks"} <= set(instances):
+        raise ConfigError("config key 'predict.cityscapes_instances': the model (config key 'model') gives no "
+                          "'instances' with labels, scores and masks (docs/interfaces.md section 3) to write; "
+                          "set predict.cityscapes_instances=false")
+    masks = instances["masks"]
+    return (instances["labels"].tolist(), instances["scores"].tolist(),
+            masks.cpu() if isinstance(masks, torch.Tensor) else masks)

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from panfpn.data.image_files import FailedImage
+from panfpn.data.image_ids import id_of
 from panfpn.data.metadata import DatasetMetadata
+from panfpn.evaluation.cityscapes_ap import INSTANCE_CLASSES, cityscapes_classes
+from panfpn.evaluation.cityscapes_instance_files import write_instance_files
 from panfpn.evaluation.visualize import panoptic_overlay
 from panfpn.evaluation.writer import PanopticPredictionWriter, SemanticPredictionWriter
 from panfpn.utils.errors import ConfigError
@@ -30,8 +34,90 @@ logger = logging.getLogger("panfpn")
 PANOPTIC_NAME = "panoptic"  # panoptic.json + panoptic/ (the writer's layout)
 OVERLAY_DIR = "overlays"
 SEMANTIC_DIR = "semantic"
+INSTANCES_DIR = "cityscapes_instances"  # cityscapesScripts' instance-level files (predict.cityscapes_instances)
 # Overlays are photos: JPEG encodes an 800x1216 one in ~8 ms at ~400 KB, PNG in 200-440 ms at ~1.9 MB.
 OVERLAY_FORMATS = {"jpg": ("JPEG", {"quality": 92}), "png": ("PNG", {"compress_level": 1})}
+
+
+def cityscapes_instance_ids(paths: Sequence[Path]) -> list[str]:
+    """createPanopticImgs' ``<city>_<seq>_<frame>`` of each input, the name cityscapesScripts'
+    instance-level evaluator matches its ``<id>*.txt`` by (whatever ``predict.image_id`` gives the
+    JSON); a ConfigError naming ``predict.cityscapes_instances`` for a file not named
+    ``<city>_<seq>_<frame>_leftImg8bit.*`` or two files of one id (the script refuses both)."""
+    ids: list[str] = []
+    owner: dict[str, Path] = {}
+    for path in paths:
+        image_id = id_of(Path(path), "cityscapes")
+        if image_id is None:
+            raise ConfigError(f"config key 'predict.cityscapes_instances': {path} is not named as a Cityscapes "
+                              "image (<city>_<seq>_<frame>_leftImg8bit.png), whose id names the instance files; "
+                              "predict the leftImg8bit folder or set predict.cityscapes_instances=false")
+        if image_id in owner:
+            raise ConfigError(f"config key 'predict.cityscapes_instances': {owner[image_id]} and {path} are both "
+                              f"frame {image_id!r}, and the official script refuses two prediction files of one "
+                              "frame; predict one of them")
+        owner[image_id] = Path(path)
+        ids.append(str(image_id))
+    return ids
+
+
+def cityscapes_instance_classes(metadata: DatasetMetadata) -> dict[int, int]:
+    """Dataset category id -> scored class index of Cityscapes metadata (label or train ids); a
+    ConfigError naming ``predict.cityscapes_instances`` for other labels (no Cityscapes label ids)."""
+    try:
+        return cityscapes_classes(metadata)
+    except ConfigError:
+        things = sorted((c.id, c.name) for c in metadata.categories if c.isthing)
+        expected = ", ".join(f"{name} {label_id}" for name, label_id, _ in INSTANCE_CLASSES)
+        raise ConfigError(
+            f"config key 'predict.cityscapes_instances': cityscapesScripts' instance files hold Cityscapes' 8 "
+            f"instance classes ({expected}, or train ids 11..18), but the model's labels "
+            f"({metadata.name or 'unnamed'}) have thing categories {things[:10]}{' ...' if len(things) > 10 else ''}; "
+            "set predict.cityscapes_instances=false") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceFiles:
+    """Where and how one run writes cityscapesScripts' instance-level files: ``out_dir``, the
+    scored classes (:func:`cityscapes_instance_classes`), the model's thing labels -> dataset ids
+    and each output stem's Cityscapes id (:func:`cityscapes_instance_ids`)."""
+
+    out_dir: Path
+    classes: dict[int, int]
+    thing_ids: tuple[int, ...]
+    ids: Mapping[str, str]
+
+    def text_file(self, stem: str) -> Path:
+        """The image's ``_pred.txt``: written after its masks, so it marks the image's files done."""
+        return self.out_dir / f"{self.ids[stem]}_pred.txt"
+
+    def remove_earlier(self, stems: Sequence[str]) -> int:
+        """Delete the text files, then the masks, that an earlier run wrote for these images (they
+        are redone: a new result may have fewer instances, and a zip must not carry the old
+        masks); returns how many files were removed."""
+        wanted = {self.ids[stem] for stem in stems}
+        removed = 0
+        for stem in stems:
+            path = self.text_file(stem)
+            if path.exists():
+                path.unlink()
+                removed += 1
+        masks = self.out_dir / "masks"
+        if masks.is_dir() and wanted:
+            for entry in list(masks.iterdir()):
+                m = _MASK_NAME.fullmatch(entry.name)
+                if m is not None and m.group(1) in wanted:
+                    entry.unlink()
+                    removed += 1
+        return removed
+
+    def write(self, stem: str, labels: Sequence[int], scores: Sequence[float], masks: Any) -> None:
+        """One image's mask PNGs, then its text file (contiguous thing ``labels`` as the model gives them)."""
+        dataset_ids = [self.thing_ids[int(label)] for label in labels]
+        write_instance_files(self.out_dir, self.ids[stem], dataset_ids, scores, masks, self.classes)
+
+
+_MASK_NAME = re.compile(r"(.+)_\d+\.png")  # masks/<image id>_<k>.png
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +130,15 @@ class PredictionTargets:
     overlay_format: str
     alpha: float
     semantic: SemanticPredictionWriter | None = None
+    instances: InstanceFiles | None = None
 
     def files(self, stem: str) -> list[Path]:
-        """Every file one image's outputs consist of."""
+        """Every file one image's outputs consist of (of its instance files the text file, written
+        after the masks it names)."""
         overlay = [self.overlay_dir / f"{stem}.{self.overlay_format}"] if self.overlay_dir else []
         semantic = [self.semantic.out_dir / f"{stem}.png"] if self.semantic else []
-        return [self.writer.png_dir / f"{stem}.png", *overlay, *semantic]
+        instances = [self.instances.text_file(stem)] if self.instances else []
+        return [self.writer.png_dir / f"{stem}.png", *overlay, *semantic, *instances]
 
 
 class JsonState:
@@ -80,15 +169,23 @@ class JsonState:
 
 
 def prepare_targets(out_dir: Path, metadata: DatasetMetadata, *, overlay: bool, overlay_format: str,
-                     overlay_alpha: float, semantic: bool) -> PredictionTargets:
-    """The run's writers and folders; temp files a killed earlier run left there are removed."""
+                     overlay_alpha: float, semantic: bool,
+                     cityscapes_ids: Mapping[str, str] | None = None) -> PredictionTargets:
+    """The run's writers and folders; temp files a killed earlier run left there are removed.
+    ``cityscapes_ids`` (stem -> ``<city>_<seq>_<frame>``): also write cityscapesScripts' instance
+    files into ``cityscapes_instances/`` (ConfigError for metadata that is not Cityscapes')."""
+    instances = None
+    if cityscapes_ids is not None:
+        instances = InstanceFiles(out_dir / INSTANCES_DIR, cityscapes_instance_classes(metadata),
+                                  tuple(metadata.thing_ids), dict(cityscapes_ids))
     targets = PredictionTargets(PanopticPredictionWriter(out_dir, metadata, name=PANOPTIC_NAME), metadata,
                        out_dir / OVERLAY_DIR if overlay else None, overlay_format, overlay_alpha,
-                       SemanticPredictionWriter(out_dir / SEMANTIC_DIR, metadata) if semantic else None)
+                       SemanticPredictionWriter(out_dir / SEMANTIC_DIR, metadata) if semantic else None, instances)
     if targets.overlay_dir is not None:
         targets.overlay_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps([out_dir, targets.writer.png_dir, targets.overlay_dir,
-                         targets.semantic.out_dir if targets.semantic else None])
+                         targets.semantic.out_dir if targets.semantic else None,
+                         instances.out_dir if instances else None, instances.out_dir / "masks" if instances else None])
     return targets
 
 
@@ -210,9 +307,11 @@ def _previous_entries(json_path: Path, overwrite: bool, warn: bool = True) -> di
 
 
 def write_one(targets: PredictionTargets, stem: str, image_id: Any, path: str, id_map: np.ndarray,
-               segments: list[dict], image: np.ndarray | None, sem: np.ndarray | None) -> None:
-    """PNG, overlay and semantic PNG of one image, then its JSON entry (listed only once every file
-    exists); thread-safe (distinct files, locked lists)."""
+               segments: list[dict], image: np.ndarray | None, sem: np.ndarray | None,
+               instances: tuple[list[int], list[float], Any] | None = None) -> None:
+    """PNG, overlay, semantic PNG and instance files (``(labels, scores, masks)`` as the model gives
+    them) of one image, then its JSON entry (listed only once every file exists); thread-safe
+    (distinct files, locked lists)."""
     ann = targets.writer.add(image_id, Path(path).name, id_map, segments, png_stem=stem, record=False)
     if targets.overlay_dir is not None and image is not None:
         vis = panoptic_overlay(image, id_map, segments, targets.metadata, alpha=targets.alpha)
@@ -220,6 +319,8 @@ def write_one(targets: PredictionTargets, stem: str, image_id: Any, path: str, i
         save_image_atomic(targets.overlay_dir / f"{stem}.{targets.overlay_format}", vis, fmt, **options)
     if targets.semantic is not None and sem is not None:
         targets.semantic.add(image_id, sem, png_stem=stem)
+    if targets.instances is not None and instances is not None:
+        targets.instances.write(stem, *instances)
     h, w = id_map.shape
     targets.writer.record(ann, {"id": image_id, "file_name": Path(path).name, "height": h, "width": w})
 
@@ -229,7 +330,7 @@ def without_own_outputs(paths: list[Path], out_dir: Path) -> list[Path]:
     failure lists and log), so that an output folder inside the input folder is not read back as
     photos on the next run; logs how many were left out."""
     out_dir = out_dir.resolve()
-    folders = [out_dir / name for name in (PANOPTIC_NAME, OVERLAY_DIR, SEMANTIC_DIR)]
+    folders = [out_dir / name for name in (PANOPTIC_NAME, OVERLAY_DIR, SEMANTIC_DIR, INSTANCES_DIR)]
     files = {out_dir / name for name in (f"{PANOPTIC_NAME}.json", "failed.json", "failed.txt", "log.txt")}
     kept = [p for p in paths if (r := p.resolve()) not in files and not any(r.is_relative_to(f) for f in folders)]
     if len(kept) < len(paths):

@@ -244,6 +244,9 @@ class PredictOptions(FromConfig):
     image_id: str = option(rule_or_regex(*IMAGE_ID_RULES), "how the JSON's image_id is made from a file name")
     json_every: int = option(integer(1), "rewrite panoptic.json after every N finished images (and at the end)")
     semantic: bool = option(boolean(), "also write semantic/<stem>.png (semantic labels as dataset ids)")
+    cityscapes_instances: bool = option(boolean(), "also write cityscapes_instances/<city>_<seq>_<frame>_pred.txt "
+                                        "+ masks/ (cityscapesScripts' instance-level files; Cityscapes "
+                                        "labels, torch backend)")
     backend: str = option(one_of("torch", "onnxruntime"), "onnxruntime: weights is the .onnx file of "
                           "tools/export.py (PNGs + JSON only)")
     progress_bar: bool | str = option(boolean_or_auto(), "auto (on a terminal only) | true | false; a "

@@ -49,10 +49,10 @@ from panfpn.engine.config.schema import PredictOptions  # the predict section's 
 from panfpn.engine.progress import bar_enabled
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.job_setup import fit_threads_to_cpus, setup_logging
+from panfpn.evaluation.cityscapes_instance_folder import cityscapes_instance_classes, cityscapes_instance_ids
 from panfpn.evaluation.prediction_folder import (OVERLAY_FORMATS, JsonState, PredictionTargets, WriteQueue,
-                                                 check_output_json, cityscapes_instance_classes,
-                                                 cityscapes_instance_ids, log_summary, plan_outputs,
-                                                 prepare_targets, without_own_outputs, write_failed, write_one)
+                                                 check_output_json, log_summary, plan_outputs, prepare_targets,
+                                                 without_own_outputs, write_failed, write_one)
 from panfpn.evaluation.label_mapping import model_segments_to_dataset
 from panfpn.modeling.panoptic_fpn.postprocess import box_instance_masks
 
@@ -177,7 +177,8 @@ def predict_images(
     if targets.instances is not None:  # an image redone loses its earlier instance files first
         removed = targets.instances.remove_earlier([stems[i] for i in todo])
         if removed:
-            logger.info("removed %d instance file(s) of images now redone from %s", removed, targets.instances.out_dir)
+            logger.info("removed %d instance file(s) of images now redone from %s", removed,
+                        targets.instances.out_dir)
     state = JsonState(targets.writer, kept, stems, paths, max(1, int(json_every)))
     describe_outputs(predict_stopped(targets.writer.json_path, len(kept), len(todo)))  # a stop signal's message
     dataset = ImageFileDataset([paths[i] for i in todo], transforms=transforms, keep_original=overlay,
@@ -247,8 +248,6 @@ def _predict_batch(model: torch.nn.Module, batch: dict | None, targets: Predicti
                                        batch["orig_images"][i], sem, instances))
         stems.append(stem)
     return stems
-
-
 
 
 def _instances(output: dict[str, Any]) -> tuple[list[int], list[float], Any]:

@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from panfpn.data.image_files import FailedImage
-from panfpn.data.image_ids import id_of
 from panfpn.data.metadata import DatasetMetadata
-from panfpn.evaluation.cityscapes_ap import INSTANCE_CLASSES, cityscapes_classes
-from panfpn.evaluation.cityscapes_instance_files import write_instance_files
+from panfpn.evaluation.cityscapes_instance_folder import INSTANCES_DIR, InstanceFiles, cityscapes_instance_classes
 from panfpn.evaluation.visualize import panoptic_overlay
 from panfpn.evaluation.writer import PanopticPredictionWriter, SemanticPredictionWriter
 from panfpn.utils.errors import ConfigError
@@ -34,90 +31,8 @@ logger = logging.getLogger("panfpn")
 PANOPTIC_NAME = "panoptic"  # panoptic.json + panoptic/ (the writer's layout)
 OVERLAY_DIR = "overlays"
 SEMANTIC_DIR = "semantic"
-INSTANCES_DIR = "cityscapes_instances"  # cityscapesScripts' instance-level files (predict.cityscapes_instances)
 # Overlays are photos: JPEG encodes an 800x1216 one in ~8 ms at ~400 KB, PNG in 200-440 ms at ~1.9 MB.
 OVERLAY_FORMATS = {"jpg": ("JPEG", {"quality": 92}), "png": ("PNG", {"compress_level": 1})}
-
-
-def cityscapes_instance_ids(paths: Sequence[Path]) -> list[str]:
-    """createPanopticImgs' ``<city>_<seq>_<frame>`` of each input, the name cityscapesScripts'
-    instance-level evaluator matches its ``<id>*.txt`` by (whatever ``predict.image_id`` gives the
-    JSON); a ConfigError naming ``predict.cityscapes_instances`` for a file not named
-    ``<city>_<seq>_<frame>_leftImg8bit.*`` or two files of one id (the script refuses both)."""
-    ids: list[str] = []
-    owner: dict[str, Path] = {}
-    for path in paths:
-        image_id = id_of(Path(path), "cityscapes")
-        if image_id is None:
-            raise ConfigError(f"config key 'predict.cityscapes_instances': {path} is not named as a Cityscapes "
-                              "image (<city>_<seq>_<frame>_leftImg8bit.png), whose id names the instance files; "
-                              "predict the leftImg8bit folder or set predict.cityscapes_instances=false")
-        if image_id in owner:
-            raise ConfigError(f"config key 'predict.cityscapes_instances': {owner[image_id]} and {path} are both "
-                              f"frame {image_id!r}, and the official script refuses two prediction files of one "
-                              "frame; predict one of them")
-        owner[image_id] = Path(path)
-        ids.append(str(image_id))
-    return ids
-
-
-def cityscapes_instance_classes(metadata: DatasetMetadata) -> dict[int, int]:
-    """Dataset category id -> scored class index of Cityscapes metadata (label or train ids); a
-    ConfigError naming ``predict.cityscapes_instances`` for other labels (no Cityscapes label ids)."""
-    try:
-        return cityscapes_classes(metadata)
-    except ConfigError:
-        things = sorted((c.id, c.name) for c in metadata.categories if c.isthing)
-        expected = ", ".join(f"{name} {label_id}" for name, label_id, _ in INSTANCE_CLASSES)
-        raise ConfigError(
-            f"config key 'predict.cityscapes_instances': cityscapesScripts' instance files hold Cityscapes' 8 "
-            f"instance classes ({expected}, or train ids 11..18), but the model's labels "
-            f"({metadata.name or 'unnamed'}) have thing categories {things[:10]}{' ...' if len(things) > 10 else ''}; "
-            "set predict.cityscapes_instances=false") from None
-
-
-@dataclasses.dataclass(frozen=True)
-class InstanceFiles:
-    """Where and how one run writes cityscapesScripts' instance-level files: ``out_dir``, the
-    scored classes (:func:`cityscapes_instance_classes`), the model's thing labels -> dataset ids
-    and each output stem's Cityscapes id (:func:`cityscapes_instance_ids`)."""
-
-    out_dir: Path
-    classes: dict[int, int]
-    thing_ids: tuple[int, ...]
-    ids: Mapping[str, str]
-
-    def text_file(self, stem: str) -> Path:
-        """The image's ``_pred.txt``: written after its masks, so it marks the image's files done."""
-        return self.out_dir / f"{self.ids[stem]}_pred.txt"
-
-    def remove_earlier(self, stems: Sequence[str]) -> int:
-        """Delete the text files, then the masks, that an earlier run wrote for these images (they
-        are redone: a new result may have fewer instances, and a zip must not carry the old
-        masks); returns how many files were removed."""
-        wanted = {self.ids[stem] for stem in stems}
-        removed = 0
-        for stem in stems:
-            path = self.text_file(stem)
-            if path.exists():
-                path.unlink()
-                removed += 1
-        masks = self.out_dir / "masks"
-        if masks.is_dir() and wanted:
-            for entry in list(masks.iterdir()):
-                m = _MASK_NAME.fullmatch(entry.name)
-                if m is not None and m.group(1) in wanted:
-                    entry.unlink()
-                    removed += 1
-        return removed
-
-    def write(self, stem: str, labels: Sequence[int], scores: Sequence[float], masks: Any) -> None:
-        """One image's mask PNGs, then its text file (contiguous thing ``labels`` as the model gives them)."""
-        dataset_ids = [self.thing_ids[int(label)] for label in labels]
-        write_instance_files(self.out_dir, self.ids[stem], dataset_ids, scores, masks, self.classes)
-
-
-_MASK_NAME = re.compile(r"(.+)_\d+\.png")  # masks/<image id>_<k>.png
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,13 +25,13 @@ from panfpn.engine.config import ConfigError
 from panfpn.engine.eval_loop import evaluate
 from panfpn.engine.predict_run import predict_from_config, predict_images
 from panfpn.evaluation.cityscapes_ap import CityscapesAP
+from panfpn.evaluation.prediction_folder import without_own_outputs
 
 pytest.importorskip("cityscapesscripts.preparation.createPanopticImgs")
 pytest.importorskip("cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling")
 from cityscapes_layout import create_panoptic_imgs, write_cityscapes_root, write_gt_fine  # noqa: E402
 # tests/evaluation's cases: frames whose instances exercise every rule of the script, its runner
 from evaluation.test_cityscapes_ap import FixedInstances, frames, official_instance_ap  # noqa: E402
-from evaluation.test_cityscapes_official import eval_config, random_small_model  # noqa: E402
 
 FRAMES = sorted(frames())
 
@@ -45,15 +45,15 @@ def cityscapes_root(tmp_path_factory) -> Path:
 
 
 class FramesModel(FixedInstances):
-    """:class:`FixedInstances` keyed by predict's batch ids (the file stems, ``<frame>_leftImg8bit``)."""
-
-    def __init__(self, metadata):
-        super().__init__(metadata)
-        self.calls = 0
+    """:class:`FixedInstances` keyed by predict's batch ids (the file stems, ``<frame>_leftImg8bit``),
+    and semantic labels: car everywhere."""
 
     def forward(self, batch):
-        self.calls += 1
-        return super().forward({**batch, "image_ids": [i.removesuffix("_leftImg8bit") for i in batch["image_ids"]]})
+        outputs = super().forward({**batch, "image_ids": [i.removesuffix("_leftImg8bit") for i in batch["image_ids"]]})
+        car = self.meta.sem_label(next(c.id for c in self.meta.categories if c.name == "car"))
+        for out, (h, w) in zip(outputs, batch["orig_sizes"]):
+            out["sem_seg"] = torch.full((int(h), int(w)), car, dtype=torch.int64)
+        return outputs
 
 
 def _images(root: Path) -> list[Path]:
@@ -73,8 +73,11 @@ def _folder(folder: Path) -> dict[str, bytes]:
 def test_official_script_scores_predicts_files_as_evals_cityscapes_ap(cityscapes_root, tmp_path, monkeypatch,
                                                                        use_train_id):
     ds = cityscapes_panoptic_dataset(cityscapes_root, "val", use_train_id=use_train_id, is_train=False)
-    summary = _predict(cityscapes_root, tmp_path / "pred", ds.metadata)
+    summary = _predict(cityscapes_root, tmp_path / "pred", ds.metadata, semantic=True)
     assert summary["predicted"] == [f"{f}_leftImg8bit" for f in FRAMES]
+    for frame in FRAMES:  # predict.semantic: label ids (car 26), also from train ids (car 13)
+        sem = np.asarray(Image.open(tmp_path / "pred" / "semantic" / f"{frame}_leftImg8bit.png"))
+        assert np.unique(sem).tolist() == [26]
     ours = tmp_path / "pred" / "cityscapes_instances"
     assert sorted(p.name for p in ours.glob("*.txt")) == [f"{f}_pred.txt" for f in FRAMES]
 
@@ -93,29 +96,52 @@ def test_official_script_scores_predicts_files_as_evals_cityscapes_ap(cityscapes
             assert official["classes"][names[cat]]["ap"] == pytest.approx(result["AP"], abs=1e-9), names[cat]
 
 
-def test_tools_predict_and_tools_eval_write_the_same_files_for_a_checkpoint(tmp_path, monkeypatch):
+ARCHITECTURES = {  # the small model of each architecture, detections of any score kept (random weights)
+    "panoptic_fpn": ("experiment=cityscapes_r50", "model=panoptic_fpn_small", "model.merge.score_thresh=0.0",
+                     "model.roi_heads.box_head.test.score_thresh=0.0",
+                     "model.roi_heads.box_head.test.detections_per_image=5"),
+    "mask2former": ("experiment=cityscapes_mask2former_r50", "model=mask2former_small",
+                    "model.inference.topk_instances=5"),
+}
+
+
+def _cityscapes_config(root: Path, out: Path, architecture: str):
+    """tools/eval.py's and tools/predict.py's config on ``root`` (32 px test size, CPU)."""
+    from config_helpers import compose_config
+
+    def cfg(*extra, weights="null"):
+        return compose_config([*ARCHITECTURES[architecture], f"data.root={root}", f"weights={weights}",
+                               "data.val.transforms.short_edge_lengths=[32]", "data.val.transforms.max_size=64",
+                               "data.num_workers=0", "eval.report=false", "device=cpu", *extra], output_dir=out)
+    return cfg
+
+
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_tools_predict_and_tools_eval_write_the_same_files_for_a_checkpoint(tmp_path, monkeypatch, architecture):
     """The user's commands (docs/cityscapes.md): tools/eval.py with eval.save_predictions on val and
-    tools/predict.py with predict.cityscapes_instances on the leftImg8bit images, same checkpoint:
-    the same instance files, semantic PNGs with the same label ids, and the official script's AP on
-    predict's folder is eval's cityscapes_ap."""
+    tools/predict.py with predict.cityscapes_instances on the leftImg8bit images, same checkpoint
+    (random weights: AP 0 here; the AP cases are the test above): the same instance files (Panoptic
+    FPN's masks kept in their boxes, Mask2Former's dense), semantic PNGs with the same label ids,
+    and the official script's AP on predict's folder is eval's cityscapes_ap."""
     from panfpn.engine.eval_run import evaluate_from_config
+    from panfpn.modeling.build import build_model
 
     cs_frames = ("frankfurt_000000_000294", "lindau_000001_000019")
     root = write_cityscapes_root(tmp_path / "cs", cs_frames)
-    weights = random_small_model(tmp_path)
-    cfg = eval_config(root, tmp_path / "cs_eval")
-    detect = ("model.roi_heads.box_head.test.score_thresh=0.0", "model.roi_heads.box_head.test.detections_per_image=5")
-    metrics = evaluate_from_config(cfg(*detect, "eval.save_predictions=true", "eval.save_semantic=true",
-                                       weights=weights))
+    cfg = _cityscapes_config(root, tmp_path / "cs_eval", architecture)
+    torch.manual_seed(0)
+    weights = tmp_path / "model.pth"
+    torch.save({"model": build_model(cfg()).state_dict()}, weights)
+    metrics = evaluate_from_config(cfg("eval.save_predictions=true", "eval.save_semantic=true", weights=weights))
     out = tmp_path / "cs_pred"
-    summary = predict_from_config(cfg(*detect, f"++predict.input={root / 'leftImg8bit' / 'val'}",
-                                      "predict.recursive=true", f"++predict.output_dir={out}",
-                                      "predict.cityscapes_instances=true", "predict.semantic=true",
-                                      "predict.overlay=false", "predict.progress_bar=false", "device=cpu",
+    summary = predict_from_config(cfg(f"++predict.input={root / 'leftImg8bit' / 'val'}", "predict.recursive=true",
+                                      f"++predict.output_dir={out}", "predict.cityscapes_instances=true",
+                                      "predict.semantic=true", "predict.overlay=false", "predict.progress_bar=false",
                                       weights=weights))
     assert len(summary["predicted"]) == 2
-    ours, theirs = _folder(out / "cityscapes_instances"), _folder(tmp_path / "cs_eval" / "predictions" / "cityscapes_instances")
-    assert ours == theirs and sum(k.startswith("masks/") for k in ours) >= 4
+    ours = _folder(out / "cityscapes_instances")
+    assert ours == _folder(tmp_path / "cs_eval" / "predictions" / "cityscapes_instances")
+    assert sum(k.startswith("masks/") for k in ours) >= 4  # instances were written
     for frame in cs_frames:  # label ids (car 26), not train ids, in both
         sem = np.asarray(Image.open(out / "semantic" / f"{frame}_leftImg8bit.png"))
         assert np.array_equal(sem, np.asarray(Image.open(tmp_path / "cs_eval" / "semantic" / f"{frame}.png")))
@@ -155,10 +181,7 @@ def test_output_folder_inside_the_input_folder_is_not_read_back(cityscapes_root,
     shutil.copytree(cityscapes_root / "leftImg8bit", inp)
     out = inp / "val" / "preds"
     for run in range(2):  # the second run would read masks/<frame>_<k>.png as (badly named) inputs
-        paths = list_image_files(inp, recursive=True)
-        from panfpn.evaluation.prediction_folder import without_own_outputs
-
-        paths = without_own_outputs(paths, out)
+        paths = without_own_outputs(list_image_files(inp, recursive=True), out)  # as predict_from_config
         summary = predict_images(FramesModel(cityscapes_panoptic_metadata()), paths, cityscapes_panoptic_metadata(),
                                  out, overlay=False, progress=False, cityscapes_instances=True)
         assert summary["num_inputs"] == 3 and len(summary["skipped"]) == 3 * run
@@ -171,12 +194,19 @@ def test_refused_for_labels_that_are_not_cityscapes(cityscapes_root, tmp_path):
     assert not (tmp_path / "pred" / "cityscapes_instances").exists()
 
 
-def test_refused_for_files_not_named_as_cityscapes_images(cityscapes_root, tmp_path):
+def test_refused_for_files_not_named_as_cityscapes_images_or_of_one_frame(cityscapes_root, tmp_path):
     photo = tmp_path / "photo.png"
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(photo)
+    meta = cityscapes_panoptic_metadata()
     with pytest.raises(ConfigError, match=r"predict.cityscapes_instances.*photo.png is not named as a Cityscapes"):
-        predict_images(FramesModel(cityscapes_panoptic_metadata()), [photo], cityscapes_panoptic_metadata(),
-                       tmp_path / "pred", progress=False, cityscapes_instances=True)
+        predict_images(FramesModel(meta), [photo], meta, tmp_path / "pred", progress=False, cityscapes_instances=True)
+    frame = _images(cityscapes_root)[0]
+    (tmp_path / "copy").mkdir()
+    copy = tmp_path / "copy" / frame.name  # the same frame twice: the script refuses two text files of one frame
+    copy.write_bytes(frame.read_bytes())
+    with pytest.raises(ConfigError, match=r"predict.cityscapes_instances.*are both frame 'frankfurt_000000_000294'"):
+        predict_images(FramesModel(meta), [frame, copy], meta, tmp_path / "pred", progress=False,
+                       cityscapes_instances=True)
 
 
 def test_a_model_without_instances_is_named(cityscapes_root, tmp_path):
@@ -207,7 +237,8 @@ def test_tools_predict_refuses_before_the_model_is_built(cityscapes_root, tmp_pa
 
     monkeypatch.setattr(inference_model, "instantiate_model", built)
     images = cityscapes_root / "leftImg8bit" / "val"
-    base = ["model=panoptic_fpn_small", f"weights={_weights(tmp_path)}", "predict.recursive=true", "predict.cityscapes_instances=true",
+    base = ["model=panoptic_fpn_small", f"weights={_weights(tmp_path)}", "predict.recursive=true",
+            "predict.cityscapes_instances=true",
             f"++predict.output_dir={tmp_path / 'out'}", "device=cpu"]
     with pytest.raises(ConfigError, match=r"'predict.cityscapes_instances': .*thing categories"):
         predict_from_config(compose_config([*base, f"++predict.input={images}"], output_dir=tmp_path / "run"))
@@ -228,7 +259,7 @@ def test_tools_predict_refusal_is_one_line_and_exit_2(cityscapes_root, tmp_path)
                          f"predict.input={cityscapes_root / 'leftImg8bit' / 'val'}", "predict.recursive=true",
                          "predict.cityscapes_instances=true", f"predict.output_dir={tmp_path / 'out'}", "device=cpu",
                          f"hydra.run.dir={tmp_path / 'run'}"], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("tools/predict.py: config key 'predict.cityscapes_instances': "), proc.stderr[-3000:]
 

@@ -5,9 +5,14 @@ Pillow's ``BILINEAR`` resize, as Detectron2's ``ResizeTransform`` does
 (:func:`panfpn.data.transforms.resize_image`). Its fixed-point arithmetic, per axis: triangle-filter
 weights normalised in float64, scaled by ``2**22`` and rounded half up to integers, integer sums
 plus ``2**21`` shifted right by 22 and clamped to 0..255; one axis into bytes, then the other.
-:func:`resize_uint8` does the same arithmetic with gathers and float64 sums (every partial sum is
-an integer below ``2**31``, exact in any order), so it traces to standard ONNX ops (Gather, Mul,
-ReduceSum, Floor, Clip, Where) and gives the same bytes.
+:func:`resize_uint8` does the same arithmetic with gathers and int32 sums, so it traces to standard
+ONNX ops (Gather, Cast, MatMul, Clip, Where) and gives the same bytes. The weights (float64 until
+rounded) are at most ``2**22`` and each row's sum is ``2**22`` give or take the taps' rounding, so with
+bytes below 256 every product and partial sum is an integer below ``2**31``: exact in int32 in any
+order. Memory: one channel at a time, its taps gathered as bytes and widened to int32 for a batched
+matrix product (``[n, 1, K] @ [n, K, M]``, no product tensor): about 20 bytes per input pixel in
+onnxruntime on a large downscale, where gathering all channels in float64 and multiplying took 155
+(bench/RESULTS.md, session 15).
 
 Pass order: Pillow < 13 always runs the horizontal pass first; Pillow >= 13 runs the vertical pass
 first when the height shrinks by more than twice as many pixels as the width
@@ -93,10 +98,10 @@ def shortest_edge_size(height: Tensor | int, width: Tensor | int, short: int,
     return out_h, out_w
 
 
-def _axis_weights(in_size: Tensor, out_size: Tensor, rows: Tensor | int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Taps of one axis: source indices long ``[rows, K]``, integer weights float64 ``[rows, K]``
-    (0 on unused taps) and the fixed-point precision ``p`` (float64 ``[1]``, the divisor ``2**p``:
-    Pillow's 22). ``rows``: the first that many output positions (default all ``out_size``)."""
+def _axis_weights(in_size: Tensor, out_size: Tensor, rows: Tensor | int | None = None) -> tuple[Tensor, Tensor]:
+    """Taps of one axis: source indices long ``[rows, K]`` and integer weights int32 ``[rows, K]``
+    (0 on unused taps; each row sums to about ``2**22``). ``rows``: the first that many output
+    positions (default all ``out_size``)."""
     n_in, n_out = f64(in_size), f64(out_size)
     one, half, zero = f64(1.0), f64(0.5), f64(0.0)
     scale = n_in / n_out
@@ -113,25 +118,36 @@ def _axis_weights(in_size: Tensor, out_size: Tensor, rows: Tensor | int | None =
     weights = torch.where(src < last[:, None], weights, zero)
     total = weights.sum(1, keepdim=True)
     weights = torch.where(total != zero, weights / torch.where(total != zero, total, one), weights)
-    precision = f64(float(_PRECISION))
-    scaled = torch.floor(weights * torch.pow(f64(2.0), precision) + half)  # weights >= 0: half up
+    scaled = torch.floor(weights * f64(float(1 << _PRECISION)) + half)  # weights >= 0: half up
     index = torch.minimum(src, n_in - 1).long()
-    return index, scaled, precision
+    return index, scaled.int()
 
 
-def _pass(x: Tensor, index: Tensor, weights: Tensor, precision: Tensor, dim: int) -> Tensor:
-    """One axis of the separable resize: ``x`` float64 integers, resampled along ``dim`` (1 or 2 of
-    ``[C, H, W]``), rounded and clamped like the fixed-point kernel."""
-    out_n, taps = index.shape
-    if dim == 2:
-        g = x[:, :, index.reshape(-1)].reshape(x.shape[0], x.shape[1], out_n, taps)
-        acc = (g * weights).sum(-1)
-    else:
-        g = x[:, index.reshape(-1), :].reshape(x.shape[0], out_n, taps, x.shape[2])
-        acc = (g * weights[:, :, None]).sum(2)
-    rounding = torch.pow(f64(2.0), precision - f64(1.0))
-    out = torch.floor((acc + rounding) / torch.pow(f64(2.0), precision))
-    return torch.minimum(torch.maximum(out, f64(0.0)), f64(255.0))
+def _pass(rows: Tensor, index: Tensor, weights: Tensor) -> Tensor:
+    """One axis of the separable resize on one channel: uint8 ``[N, M]`` resampled along its rows
+    (dim 0) -> uint8 ``[n, M]``, rounded and clamped like the fixed-point kernel. The taps are
+    gathered as bytes, widened to int32 and summed by a batched product ``[n, 1, K] @ [n, K, M]``:
+    every product and partial sum is an integer below ``2**31`` (weights below ``2**22 + K``, bytes
+    below 256), so int32 is exact in any order, and no ``[n, K, M]`` product is materialised."""
+    g = rows[index].int()  # a 2-D index gathers [n, K, M] directly (no reshape: n or M may be 0)
+    acc = torch.matmul(weights[:, None, :], g)[:, 0, :]
+    return ((acc + (1 << (_PRECISION - 1))) >> _PRECISION).clamp(max=255).to(torch.uint8)
+
+
+def _horizontal_first(channel: Tensor, across: tuple[Tensor, Tensor], down: tuple[Tensor, Tensor]) -> Tensor:
+    """uint8 ``[H, W]`` -> ``[out_h, out_w]``: the columns' pass (on the transposed channel), then the rows'."""
+    return _pass(_pass(channel.t(), *across).t(), *down)
+
+
+def _vertical_first(channel: Tensor, across: tuple[Tensor, Tensor], down: tuple[Tensor, Tensor]) -> Tensor:
+    """uint8 ``[H, W]`` -> ``[out_h, out_w]``: the rows' pass, then the columns' (on the transpose)."""
+    return _pass(_pass(channel, *down).t(), *across).t()
+
+
+def _per_channel(image: Tensor, resize, *weights: tuple[Tensor, Tensor]) -> Tensor:
+    """``resize`` on each channel of uint8 ``[C, H, W]`` in turn, stacked: one channel's gather
+    temporaries at a time."""
+    return torch.stack([resize(channel, *weights) for channel in image.unbind(0)])
 
 
 HORIZONTAL_FIRST = "horizontal_first"  # Pillow < 13: every resize
@@ -163,19 +179,18 @@ def pillow_runs_vertical_first(in_h: int, in_w: int, out_h: int, out_w: int) -> 
 
 
 def resize_uint8(image: Tensor, out_h: Tensor | int, out_w: Tensor | int, order: str | None = None) -> Tensor:
-    """uint8 (or integer-valued float) ``[3, H, W]`` -> float64 ``[3, out_h, out_w]`` holding the bytes
-    Pillow's ``BILINEAR`` resize gives, its passes in ``order`` (:data:`PASS_ORDERS`; default the
-    installed Pillow's; see the module docstring)."""
+    """uint8 (or integer-valued float) ``[3, H, W]`` -> uint8 ``[3, out_h, out_w]``: the bytes Pillow's
+    ``BILINEAR`` resize gives, its passes in ``order`` (:data:`PASS_ORDERS`; default the installed
+    Pillow's; see the module docstring)."""
     order = pass_order(order)
-    x = image.double()
+    x = image.to(torch.uint8)
     h, w = size_of(x, 1), size_of(x, 2)
     across = _axis_weights(w, out_w)
     if order == HORIZONTAL_FIRST:
-        return _pass(_pass(x, *across, dim=2), *_axis_weights(h, out_h), dim=1)
+        return _per_channel(x, _horizontal_first, across, _axis_weights(h, out_h))
     if all(isinstance(n, int) for n in (h, w, out_h, out_w)):  # eager: one order
-        if pillow_runs_vertical_first(h, w, out_h, out_w):
-            return _pass(_pass(x, *_axis_weights(h, out_h), dim=1), *across, dim=2)
-        return _pass(_pass(x, *across, dim=2), *_axis_weights(h, out_h), dim=1)
+        first = _vertical_first if pillow_runs_vertical_first(h, w, out_h, out_w) else _horizontal_first
+        return _per_channel(x, first, across, _axis_weights(h, out_h))
     # traced or exported sizes: both orders in the graph, the unused one on 0 rows (no guard on the sizes)
     shrink_h, shrink_w = f64(h) - f64(out_h), f64(w) - f64(out_w)
     vertical = ((shrink_h > f64(0.0)) & (shrink_h > f64(2.0) * shrink_w)).long()
@@ -188,6 +203,9 @@ def resize_uint8(image: Tensor, out_h: Tensor | int, out_w: Tensor | int, order:
         torch._check(kept >= 0)
         torch._check(kept <= h)
     rows_h = out_h - rows_v  # output rows of the horizontal-first order: the rest
-    first = _pass(_pass(x.index_select(1, torch.arange(kept)), *across, dim=2), *_axis_weights(h, out_h, rows_h), dim=1)
-    second = _pass(_pass(x, *_axis_weights(h, out_h, rows_v), dim=1), *across, dim=2)
-    return torch.cat([first, second], dim=1)
+    down_h, down_v, kept_rows = _axis_weights(h, out_h, rows_h), _axis_weights(h, out_h, rows_v), torch.arange(kept)
+
+    def both_orders(channel: Tensor, across: tuple[Tensor, Tensor]) -> Tensor:
+        first = _horizontal_first(channel.index_select(0, kept_rows), across, down_h)
+        return torch.cat([first, _vertical_first(channel, across, down_v)], dim=0)
+    return _per_channel(x, both_orders, across)

@@ -435,6 +435,85 @@ def test_exported_resize_does_one_pass_orders_work():
             work[order] = counted.elements
         assert work[PILLOW13] <= 1.1 * work[HORIZONTAL_FIRST], ((h, w), work)
 
+
+class _SizedResize(torch.nn.Module):
+    """The in-graph resize to a size given as a graph input (int64 ``[2]``), sizes traced dynamic."""
+
+    def forward(self, image, size):
+        from panfpn.deploy.resize import resize_uint8, size_of
+
+        size_of(image, 1)  # the image's sizes stay dynamic in the trace
+        return resize_uint8(image, size[0], size[1])
+
+
+def _export_sized_resize(path):
+    """``_SizedResize`` traced to ONNX with a dynamic image size -> an onnxruntime CPU session."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_SizedResize(), (torch.zeros(3, 60, 50, dtype=torch.uint8), torch.tensor([30, 20])),
+                          str(path), dynamo=False, opset_version=17, input_names=["image", "size"],
+                          dynamic_axes={"image": {1: "h", 2: "w"}})
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_resize_gathers_bytes_one_channel_at_a_time(tmp_path):
+    # The resize's memory on a large image is its gathered taps (about 2 per input pixel and pass on
+    # a downscale, 3 per output pixel on an upscale). Before: every channel gathered at once in
+    # float64 and multiplied (a float64 Gather of the image in the ONNX graph; the largest tensor 51
+    # bytes per input pixel here, 72 per output pixel upscaled; onnxruntime's peak 155 bytes per
+    # input pixel at 4096x4096: bench/RESULTS.md, session 15). Now: bytes gathered one channel at a
+    # time, widened to int32 and summed by an int32 MatMul: no float64 Gather, the largest tensor
+    # at most 13 bytes per pixel (input or output, the larger).
+    import onnx
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    from panfpn.deploy.resize import resize_uint8
+
+    class Largest(TorchDispatchMode):
+        nbytes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            sizes = [t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+            self.nbytes = max([self.nbytes, *sizes])
+            return out
+
+    image = torch.randint(0, 256, (3, 512, 512), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for size in ((64, 64), (400, 96), (800, 800)):  # down (both orders), up
+        with Largest() as largest:
+            resize_uint8(image, *size)
+        pixels = max(512 * 512, size[0] * size[1])  # an upscale gathers per output pixel
+        assert largest.nbytes <= 13 * pixels, (size, largest.nbytes / pixels)
+    _export_sized_resize(tmp_path / "resize.onnx")
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(tmp_path / "resize.onnx"))).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output]}
+    gathered = {types.get(n.output[0]) for n in graph.node if n.op_type == "Gather"}
+    assert onnx.TensorProto.DOUBLE not in gathered and onnx.TensorProto.UINT8 in gathered
+    assert {types.get(n.output[0]) for n in graph.node if n.op_type == "MatMul"} == {onnx.TensorProto.INT32}
+
+
+@pytest.mark.parametrize("fill", ["255", "stripes", "noise"])
+def test_resize_extreme_scales_equal_pillow(fill, tmp_path):
+    # int32 sums at their largest: 2000 -> 1 sums ~4000 taps (each weight rounded, the row's sum a
+    # little off 2**22) of 255s; 3 -> 1000 upscales. Eager and onnxruntime give Pillow's bytes.
+    image = torch.full((3, 2000, 2000), 255, dtype=torch.uint8)
+    if fill == "stripes":
+        image[:, :, ::2] = 0
+    elif fill == "noise":
+        image = torch.randint(0, 256, image.shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    from panfpn.deploy.resize import resize_uint8
+
+    session = _export_sized_resize(tmp_path / "resize.onnx")
+    for src, size in (((2000, 2000), (1, 1)), ((2000, 2000), (2, 3)), ((2000, 7), (1, 1000)),
+                      ((3, 3), (1000, 1000)), ((3, 2000), (1000, 1))):
+        x = image[:, :src[0], :src[1]].contiguous()
+        want = np.stack([np.asarray(Image.fromarray(c).resize(size[::-1], Image.BILINEAR)) for c in x.numpy()])
+        assert np.array_equal(resize_uint8(x, *size).numpy(), want), (src, size)
+        assert np.array_equal(session.run(None, {"image": x.numpy(), "size": np.array(size)})[0], want), (src, size)
+
 # Run in `python -I` from a folder outside the repository, with panfpn blocked (an editable install
 # would otherwise put it on the path): a user's process without panfpn.
 _RUN_PT2 = """

@@ -8,6 +8,7 @@ the whole exported pipeline (``--scope pipeline``: one ONNX graph, image in, pan
     python bench/export.py --scope pipeline ... --profile 2   # and onnxruntime's time per op type
     python bench/export.py --scope pipeline ... --device cuda   # eager CUDA; onnxruntime's CUDA and
                                                     # TensorRT providers where installed
+    python bench/export.py --scope pipeline --memory 4096 4096 4000 6000   # peak RSS per input size
 
 Times the network part only (backbone + FPN + semantic head + RPN head: what modeling/export.py
 exports) and the whole pipeline (network + eager remainder) for each backend, with random weights
@@ -15,6 +16,11 @@ in eval mode; prints medians and ratios to eager measured in this run, plus the 
 difference of the raw outputs. Backends alternate per repetition so all see the same machine load;
 the pipeline scope also prints each runner's process CPU time (on a machine shared with other jobs
 the 1-thread CPU ratio is steadier than the wall-time one).
+
+``--memory H W [H W ...]``: instead of timing, the exported pipeline's peak resident memory in
+onnxruntime CPU per input size (random uint8 image), each size in a fresh process that imports only
+onnxruntime and numpy: peak RSS (``VmHWM``), the RSS with the session loaded before the run, and
+their difference per input pixel (what the run itself costs).
 """
 
 from __future__ import annotations
@@ -81,10 +87,18 @@ def main() -> None:
     parser.add_argument("--photos", nargs="*", default=[str(p) for p in COCO_PHOTOS],
                         help="pipeline scope: images also predicted by both and compared (segments, "
                              "pixels, PQ of exported vs eager); default: the COCO sample photos")
+    parser.add_argument("--memory", type=int, nargs="+", default=None, metavar="H W",
+                        help="pipeline scope: peak RSS of one onnxruntime run per input size (pairs H W)")
+    parser.add_argument("--memory-child", nargs=4, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--profile", type=int, default=0, metavar="RUNS",
                         help="pipeline scope: also profile RUNS onnxruntime runs (SessionOptions.enable_profiling) "
                              "and print each op type's share of the node time")
     args = parser.parse_args()
+    if args.memory_child:
+        memory_child(*args.memory_child)
+        return
+    if args.memory is not None and (len(args.memory) % 2 or args.scope != "pipeline"):
+        parser.error("--memory takes pairs H W, with --scope pipeline")
     torch.set_num_threads(args.threads)
     if args.scope == "pipeline":
         bench_pipeline(args)
@@ -236,6 +250,10 @@ def bench_pipeline(args: argparse.Namespace) -> None:
         torch.manual_seed(0)
         model = build_model(cfg).eval()
     transform = instantiate(cfg.data.val.transforms)
+    if args.memory is not None:
+        memory_peaks(model, build_metadata(cfg), transform, list(zip(args.memory[::2], args.memory[1::2])),
+                     args.threads)
+        return
     h, w = args.size
     image = torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     if args.heads == "informative":
@@ -280,6 +298,54 @@ def bench_pipeline(args: argparse.Namespace) -> None:
         wall, used = statistics.median(t), statistics.median(cpu[name])
         print(f"  {name:24s} {1000 * wall:9.1f} ms/image ({ref / wall:4.2f}x {ref_name}; CPU {1000 * used:.0f} ms, "
               f"{ref_cpu / used:4.2f}x); id map pixels equal to eager: {100 * agree:.4f} %")
+
+
+def memory_child(path: str, height: str, width: str, threads: str) -> None:
+    """One onnxruntime run of the pipeline at ``height x width`` in this process: prints the RSS
+    (MiB) with the session loaded and the peak after the run (``VmHWM``; ``ru_maxrss`` would keep
+    the forking parent's peak across exec), as JSON."""
+    import json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    def status(key: str) -> float:
+        return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith(key)) / 1024
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    image = np.random.default_rng(0).integers(0, 256, (int(height), int(width), 3), dtype=np.uint8)
+    loaded = status("VmRSS:")
+    t0 = time.perf_counter()
+    session.run(None, {session.get_inputs()[0].name: image})
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"loaded_mib": loaded, "peak_mib": status("VmHWM:"), "seconds": seconds}))
+
+
+def memory_peaks(model, metadata, transform, sizes: list[tuple[int, int]], threads: int) -> None:
+    """Export the pipeline once, then one fresh process per size (:func:`memory_child`): its peak RSS."""
+    import json
+    import subprocess
+
+    from panfpn.deploy.export import build_pipeline, export_pipeline_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_pipeline_onnx(build_pipeline(model, metadata, transform), Path(tmp) / "pipeline.onnx",
+                                    metadata=metadata)
+        print(f"pipeline exported ({path.stat().st_size / 1e6:.0f} MB); onnxruntime CPU, {threads} thread(s)")
+        print(f"  {'input':>11s} {'peak RSS MiB':>13s} {'loaded MiB':>11s} {'run bytes/pixel':>16s} {'s':>6s}")
+        for h, w in sizes:
+            cmd = [sys.executable, __file__, "--memory-child", str(path), str(h), str(w), str(threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"  {h:>5d}x{w:<5d} failed (rc {proc.returncode}): {proc.stderr.strip()[-300:]}")
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            per_pixel = (r["peak_mib"] - r["loaded_mib"]) * 2**20 / (h * w)
+            print(f"  {h:>5d}x{w:<5d} {r['peak_mib']:13.0f} {r['loaded_mib']:11.0f} {per_pixel:16.1f} "
+                  f"{r['seconds']:6.1f}", flush=True)
 
 
 def compare_on_photos(model, metadata, transform, session, photos: list[Path], device: str, tmp: Path) -> None:

@@ -215,5 +215,6 @@ def crop_to_image(maps: Tensor, h: Tensor, w: Tensor, image: Tensor) -> Tensor:
 
 
 def sem_argmax(sem_logits: Tensor, h: Tensor, w: Tensor, image: Tensor) -> Tensor:
-    """Semantic logits of the padded input -> int64 ``[H0, W0]``: crop, bilinear resize, argmax."""
-    return crop_to_image(sem_logits, h, w, image)[0].argmax(0)
+    """Semantic logits of the padded input -> int64 ``[H0, W0]``: crop, bilinear resize, argmax (before
+    dropping the batch axis: indexing ``[0]`` first copies the ``[S, H0, W0]`` float32 logits in ONNX)."""
+    return crop_to_image(sem_logits, h, w, image).argmax(1)[0]

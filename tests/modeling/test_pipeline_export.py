@@ -134,6 +134,30 @@ def test_onnx_pipeline_has_no_per_instance_image(setup, onnx_files, tmp_path):
     assert not planes, f"image-sized tensors with >= {k} planes: {planes[:3]}"
 
 
+def test_onnx_pipeline_holds_one_full_size_copy_of_the_semantic_logits(setup, onnx_files, tmp_path):
+    # On a large image the semantic logits resized to the input's size ([1, S, H0, W0] float32, 4 S
+    # bytes per pixel) are the pipeline's largest tensor. Before, the graph took [0] of them (an
+    # onnxruntime Gather: a second full copy) and then argmax; now argmax, then [0] of the labels
+    # (COCO's 54 labels at 2048x2048: 543 -> 324 bytes per input pixel, bench/RESULTS.md session 15).
+    import json
+    import math
+    from pathlib import Path
+
+    model, _, _, paths = setup
+    image = max((read_image(p) for p in paths), key=lambda a: a.size)
+    opts = ort.SessionOptions()
+    opts.enable_profiling, opts.profile_file_prefix = True, str(tmp_path / "profile")
+    session = ort.InferenceSession(str(onnx_files("textbook")), opts, providers=["CPUExecutionProvider"])
+    session.run(None, {"image": image})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    labels = model.semantic_head.predictor.out_channels
+    logits = [(e["args"]["op_name"], shape) for e in events
+              if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+              for out in e["args"].get("output_type_shape", []) for shape in out.values()
+              if shape[-2:] == list(image.shape[:2]) and math.prod(shape[:-2]) == labels]
+    assert len(logits) == 1, logits  # the bilinear Resize's output only
+
+
 def test_onnx_pipeline_coco_label_space(tmp_path):
     # COCO panoptic's real label space (80 things, 53 stuff, ids 1..200 with gaps) in an exported
     # graph: the category ids of segments and detections are COCO's ids, from COCO's own category

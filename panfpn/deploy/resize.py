@@ -31,6 +31,8 @@ weight ``2**22`` on one tap, the identity.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -127,8 +129,9 @@ def _pass(rows: Tensor, index: Tensor, weights: Tensor) -> Tensor:
     """One axis of the separable resize on one channel: uint8 ``[N, M]`` resampled along its rows
     (dim 0) -> uint8 ``[n, M]``, rounded and clamped like the fixed-point kernel. The taps are
     gathered as bytes, widened to int32 and summed by a batched product ``[n, 1, K] @ [n, K, M]``:
-    every product and partial sum is an integer below ``2**31`` (weights below ``2**22 + K``, bytes
-    below 256), so int32 is exact in any order, and no ``[n, K, M]`` product is materialised."""
+    every product and partial sum is an integer below ``2**31`` (weights at most ``2**22``, a row's
+    sum at most ``2**22 + K / 2`` after rounding, bytes below 256: true for any ``K`` below 8
+    million taps), so int32 is exact in any order, and no ``[n, K, M]`` product is materialised."""
     g = rows[index].int()  # a 2-D index gathers [n, K, M] directly (no reshape: n or M may be 0)
     acc = torch.matmul(weights[:, None, :], g)[:, 0, :]
     return ((acc + (1 << (_PRECISION - 1))) >> _PRECISION).clamp(max=255).to(torch.uint8)
@@ -144,7 +147,7 @@ def _vertical_first(channel: Tensor, across: tuple[Tensor, Tensor], down: tuple[
     return _pass(_pass(channel, *down).t(), *across).t()
 
 
-def _per_channel(image: Tensor, resize, *weights: tuple[Tensor, Tensor]) -> Tensor:
+def _per_channel(image: Tensor, resize: Callable[..., Tensor], *weights: tuple[Tensor, Tensor]) -> Tensor:
     """``resize`` on each channel of uint8 ``[C, H, W]`` in turn, stacked: one channel's gather
     temporaries at a time."""
     return torch.stack([resize(channel, *weights) for channel in image.unbind(0)])

@@ -5,12 +5,12 @@ Pillow's ``BILINEAR`` resize, as Detectron2's ``ResizeTransform`` does
 (:func:`panfpn.data.transforms.resize_image`). Its fixed-point arithmetic, per axis: triangle-filter
 weights normalised in float64, scaled by ``2**22`` and rounded half up to integers, integer sums
 plus ``2**21`` shifted right by 22 and clamped to 0..255; one axis into bytes, then the other.
-:func:`resize_uint8` does the same arithmetic with gathers and int32 sums, so it traces to standard
-ONNX ops (Gather, Cast, MatMul, Clip, Where) and gives the same bytes. The weights (float64 until
+:func:`resize_uint8` does the same arithmetic with gathers and float64 sums, so it traces to standard
+ONNX ops (Gather, Cast, MatMul, Floor, Clip, Where) and gives the same bytes. The weights (float64 until
 rounded) are at most ``2**22`` and each row's sum is ``2**22`` give or take the taps' rounding, so with
-bytes below 256 every product and partial sum is an integer below ``2**31``: exact in int32 in any
-order. Memory: one channel at a time, its taps gathered as bytes and widened to int32 for a batched
-matrix product (``[n, 1, K] @ [n, K, M]``, no product tensor): about 20 bytes per input pixel in
+bytes below 256 every product and partial sum is an integer below ``2**31``: exact in float64 in any
+order. Memory: one channel at a time, its taps gathered as bytes and widened to float64 for a batched
+matrix product (``[n, 1, K] @ [n, K, M]``, no product tensor): about 26 bytes per input pixel in
 onnxruntime on a large downscale, where gathering all channels in float64 and multiplying took 155
 (bench/RESULTS.md, session 15).
 
@@ -101,7 +101,7 @@ def shortest_edge_size(height: Tensor | int, width: Tensor | int, short: int,
 
 
 def _axis_weights(in_size: Tensor, out_size: Tensor, rows: Tensor | int | None = None) -> tuple[Tensor, Tensor]:
-    """Taps of one axis: source indices long ``[rows, K]`` and integer weights int32 ``[rows, K]``
+    """Taps of one axis: source indices long ``[rows, K]`` and integer weights float64 ``[rows, K]``
     (0 on unused taps; each row sums to about ``2**22``). ``rows``: the first that many output
     positions (default all ``out_size``)."""
     n_in, n_out = f64(in_size), f64(out_size)
@@ -122,19 +122,24 @@ def _axis_weights(in_size: Tensor, out_size: Tensor, rows: Tensor | int | None =
     weights = torch.where(total != zero, weights / torch.where(total != zero, total, one), weights)
     scaled = torch.floor(weights * f64(float(1 << _PRECISION)) + half)  # weights >= 0: half up
     index = torch.minimum(src, n_in - 1).long()
-    return index, scaled.int()
+    return index, scaled
+
+
+_UNIT, _HALF_UNIT = float(1 << _PRECISION), float(1 << (_PRECISION - 1))  # the fixed point's 1 and rounding
 
 
 def _pass(rows: Tensor, index: Tensor, weights: Tensor) -> Tensor:
     """One axis of the separable resize on one channel: uint8 ``[N, M]`` resampled along its rows
     (dim 0) -> uint8 ``[n, M]``, rounded and clamped like the fixed-point kernel. The taps are
-    gathered as bytes, widened to int32 and summed by a batched product ``[n, 1, K] @ [n, K, M]``:
-    every product and partial sum is an integer below ``2**31`` (weights at most ``2**22``, a row's
-    sum at most ``2**22 + K / 2`` after rounding, bytes below 256: true for any ``K`` below 8
-    million taps), so int32 is exact in any order, and no ``[n, K, M]`` product is materialised."""
-    g = rows[index].int()  # a 2-D index gathers [n, K, M] directly (no reshape: n or M may be 0)
+    gathered as bytes, widened to float64 and summed by a batched product ``[n, 1, K] @ [n, K, M]``
+    (no ``[n, K, M]`` product is materialised): every product and partial sum is an integer below
+    ``2**31`` (weights at most ``2**22``, a row's sum at most ``2**22 + K / 2`` after rounding, bytes
+    below 256), exact in float64 in any order. Not int32: PyTorch has no integer matrix product on
+    CUDA and onnxruntime's CUDA provider none either (it would run the node on the CPU); float64's
+    is on both, at ~1.6x the int32 product's memory and time on the CPU (bench/RESULTS.md, session 15)."""
+    g = rows[index].double()  # a 2-D index gathers [n, K, M] directly (no reshape: n or M may be 0)
     acc = torch.matmul(weights[:, None, :], g)[:, 0, :]
-    return ((acc + (1 << (_PRECISION - 1))) >> _PRECISION).clamp(max=255).to(torch.uint8)
+    return torch.floor((acc + _HALF_UNIT) / _UNIT).clamp(max=255.0).to(torch.uint8)
 
 
 def _horizontal_first(channel: Tensor, across: tuple[Tensor, Tensor], down: tuple[Tensor, Tensor]) -> Tensor:

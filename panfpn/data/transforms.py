@@ -12,6 +12,7 @@ loader gives reproducible augmentation.
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 from typing import Callable, Iterable, Literal, Sequence
 
 import numpy as np
@@ -19,6 +20,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
+
+from panfpn.data.hsv8 import hsv8_to_rgb, rgb_to_hsv8
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 Transform = Callable[[torch.Tensor, torch.Tensor], Pair]  # what every joint transform is
@@ -183,6 +186,115 @@ class RandomCrop:
         return f"RandomCrop({self.height}, {self.width})"
 
 
+@dataclass(frozen=True)
+class ColorDraws:
+    """The random choices of one :class:`ColorAugSSD` call; ``None``: that step is skipped."""
+
+    brightness: float | None      # added to every byte
+    contrast_first: bool          # contrast before saturation and hue (else after them)
+    contrast: float | None        # every byte multiplied by it
+    saturation: float | None      # the HSV saturation multiplied by it
+    hue: int | None               # added to the 8-bit hue (0..179), modulo 180
+
+
+def _coin() -> bool:
+    return bool(torch.randint(2, ()).item())
+
+
+def _uniform(low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), dtype=torch.float64).item())
+
+
+def _scale_bytes(planes: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    """``planes * alpha + beta`` in float32, clipped to 0..255 and truncated to uint8."""
+    out = planes.astype(np.float32) * np.float32(alpha) + np.float32(beta)
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+class ColorAugSSD:
+    """SSD's photometric distortion, as Detectron2's ``ColorAugSSDTransform`` (PointRend; Mask2Former's
+    Cityscapes recipes, ``INPUT.COLOR_AUG_SSD``) gives it: byte for byte the same image for the same
+    draws, the id map untouched.
+
+    Each step runs with probability 1/2: brightness (``+ U(-brightness_delta, brightness_delta)``),
+    then, in one of two orders chosen by a coin, contrast (``x U(contrast_low, contrast_high)``) and
+    saturation (``x U(saturation_low, saturation_high)``, on OpenCV's 8-bit HSV) then hue (``+ an
+    integer in [-hue_delta, hue_delta]``, modulo 180), or saturation, hue, then contrast. Each
+    multiply / add is float32, clipped and truncated to uint8; saturation and hue each convert to
+    HSV and back (:mod:`panfpn.data.hsv8`, OpenCV's arithmetic). Draws come from torch's global
+    generator in the source's order (:meth:`sample`), so the stream is its structure, not its
+    numbers (the source draws from Python's ``random``).
+    """
+
+    def __init__(self, brightness_delta: float = 32, contrast_low: float = 0.5, contrast_high: float = 1.5,
+                 saturation_low: float = 0.5, saturation_high: float = 1.5, hue_delta: int = 18) -> None:
+        if not 0 <= brightness_delta <= 255:
+            raise ValueError(f"brightness_delta must be in [0, 255], got {brightness_delta}")
+        for name, low, high in (("contrast", contrast_low, contrast_high),
+                                ("saturation", saturation_low, saturation_high)):
+            if not 0 <= low <= high:
+                raise ValueError(f"{name}_low / {name}_high must satisfy 0 <= low <= high, got {low}, {high}")
+        if isinstance(hue_delta, bool) or not isinstance(hue_delta, numbers.Integral) or not 0 <= hue_delta < 180:
+            raise ValueError(f"hue_delta must be a whole number in [0, 180) (8-bit hue steps), got {hue_delta!r}")
+        self.brightness_delta = float(brightness_delta)
+        self.contrast_range = (float(contrast_low), float(contrast_high))
+        self.saturation_range = (float(saturation_low), float(saturation_high))
+        self.hue_delta = int(hue_delta)
+
+    def sample(self) -> ColorDraws:
+        """One call's choices, drawn as the source draws them: the brightness coin (and value), the
+        order coin, then each later step's coin (and value) in the order the steps run."""
+        brightness = _uniform(-self.brightness_delta, self.brightness_delta) if _coin() else None
+        contrast_first = _coin()
+
+        def contrast() -> float | None:
+            return _uniform(*self.contrast_range) if _coin() else None
+
+        first = contrast() if contrast_first else None
+        saturation = _uniform(*self.saturation_range) if _coin() else None
+        hue = int(torch.randint(-self.hue_delta, self.hue_delta + 1, ()).item()) if _coin() else None
+        last = None if contrast_first else contrast()
+        return ColorDraws(brightness, contrast_first, first if contrast_first else last, saturation, hue)
+
+    @staticmethod
+    def apply(image: torch.Tensor, draws: ColorDraws) -> torch.Tensor:
+        """``image`` (uint8 ``[3, H, W]`` RGB) distorted by ``draws``."""
+        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"ColorAugSSD takes uint8 RGB images [3, H, W], got {image.dtype} "
+                             f"{tuple(image.shape)}")
+        planes = image.numpy()
+
+        def contrast(x: np.ndarray) -> np.ndarray:
+            return x if draws.contrast is None else _scale_bytes(x, alpha=draws.contrast)
+
+        def saturation(x: np.ndarray) -> np.ndarray:
+            if draws.saturation is None:
+                return x
+            h, s, v = rgb_to_hsv8(*x)
+            return np.stack(hsv8_to_rgb(h, _scale_bytes(s, alpha=draws.saturation), v))
+
+        def hue(x: np.ndarray) -> np.ndarray:
+            if draws.hue is None:
+                return x
+            h, s, v = rgb_to_hsv8(*x)
+            return np.stack(hsv8_to_rgb(((h.astype(np.int64) + draws.hue) % 180).astype(np.uint8), s, v))
+
+        if draws.brightness is not None:
+            planes = _scale_bytes(planes, beta=draws.brightness)
+        steps = (contrast, saturation, hue) if draws.contrast_first else (saturation, hue, contrast)
+        for step in steps:
+            planes = step(planes)
+        return torch.from_numpy(np.ascontiguousarray(planes))
+
+    def __call__(self, image: torch.Tensor, id_map: torch.Tensor) -> Pair:
+        _check_pair(image, id_map)
+        return self.apply(image, self.sample()), id_map
+
+    def __repr__(self) -> str:
+        return (f"ColorAugSSD(brightness_delta={self.brightness_delta:g}, contrast={self.contrast_range}, "
+                f"saturation={self.saturation_range}, hue_delta={self.hue_delta})")
+
+
 class Compose:
     """Apply transforms in order."""
 
@@ -293,8 +405,8 @@ _PREFIX = __name__ + "."
 
 def _transform_classes() -> dict[str, type]:
     return {name: obj for name, obj in globals().items()
-            if isinstance(obj, type) and not name.startswith("_") and callable(getattr(obj, "__call__", None))
-            and obj.__module__ == __name__}
+            if isinstance(obj, type) and not name.startswith("_") and "__call__" in vars(obj)
+            and obj.__module__ == __name__}  # classes defining __call__: not ColorDraws
 
 
 def _check_node_keys(node: dict, key: str) -> None:

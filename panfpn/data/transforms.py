@@ -1,4 +1,4 @@
-"""Joint geometric transforms of an image and its panoptic id map.
+"""Joint geometric transforms of an image and its panoptic id map, and a colour one of the image alone.
 
 Every transform is a callable ``(image, id_map) -> (image, id_map)`` with ``image`` uint8
 ``[3, H, W]`` and ``id_map`` int ``[H, W]``. The image is resampled bilinearly and the id map

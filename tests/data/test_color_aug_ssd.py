@@ -265,3 +265,29 @@ def test_config_node_is_checked_like_the_other_transforms():
         check_transforms_node({"_target_": "panfpn.data.transforms.ColorAugSSD", "hue_delta": 400}, "t")
     with pytest.raises(ConfigError, match="is not a transform"):   # the draws record is no transform
         check_transforms_node({"_target_": "panfpn.data.transforms.ColorDraws"}, "t")
+
+
+def test_cityscapes_mask2former_preset_runs_its_official_pipeline():
+    from config_helpers import compose_config
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = compose_config(["experiment=cityscapes_mask2former_r50"])
+    transform = instantiate(OmegaConf.to_container(cfg.data.train.transforms, resolve=True))
+    image = _as_chw(np.random.default_rng(0).integers(0, 256, (64, 128, 3)).astype(np.uint8))
+    ids = torch.arange(64 * 128).reshape(64, 128) // 128          # one id per row
+    torch.manual_seed(0)
+    out, out_ids = transform(image, ids)
+    assert tuple(out.shape) == (3, 512, 1024) and tuple(out_ids.shape) == (512, 1024)
+    sizes = transform.transforms[0].lengths
+    assert len(sizes) == 16 and sizes[0] == 512 and sizes[-1] == 2048
+    # the colour step changed bytes (some draw in 5 seeds) but never the ids
+    changed = False
+    for seed in range(5):
+        torch.manual_seed(seed)
+        colour = transform.transforms[2]
+        before = out.clone()
+        after, kept = colour(before, out_ids)
+        changed |= not torch.equal(after, before)
+        assert kept is out_ids
+    assert changed

@@ -3,7 +3,7 @@
 Each expected value below is copied from the official config it cites (Detectron2 or Mask2Former,
 file and key named in the comment), so a preset that drifts from its source fails here. Differences
 the presets declare as deliberate (torchvision ImageNet weights instead of MSRA .pkl files, the
-heads the LSJ presets keep, the Cityscapes scale range, ...) are not asserted; the preset comments
+heads the LSJ presets keep, ...) are not asserted; the preset comments
 and docs/mask2former.md list them. Composing configs only: no model is built.
 """
 
@@ -194,11 +194,13 @@ M2F_COCO_R50: dict[str, Any] = {
     "solver.schedule.warmup_iters": 10,                  # Base-COCO-Panoptic SOLVER.WARMUP_ITERS
     "solver.schedule.warmup_factor": 1.0,                # Base-COCO-Panoptic SOLVER.WARMUP_FACTOR
     "data.batch_size": 2,                                # 16 images on 8 GPUs
-    "data.train.transforms.transforms.0.output_size": [1024, 1024],  # INPUT.IMAGE_SIZE
-    "data.train.transforms.transforms.0.min_scale": 0.1,             # INPUT.MIN_SCALE
-    "data.train.transforms.transforms.0.max_scale": 2.0,             # INPUT.MAX_SCALE
-    "data.train.transforms.transforms.0.pad_value": 128,             # T.FixedSizeCrop pad_value default
-    "data.train.transforms.transforms.1.prob": 0.5,                  # INPUT.RANDOM_FLIP horizontal
+    # coco_panoptic_new_baseline_dataset_mapper.py build_transform_gen: RandomFlip, then ResizeScale
+    # and FixedSizeCrop (the flip first, unlike Detectron2's LSJ recipe)
+    "data.train.transforms.transforms.0.prob": 0.5,                  # INPUT.RANDOM_FLIP horizontal
+    "data.train.transforms.transforms.1.output_size": [1024, 1024],  # INPUT.IMAGE_SIZE
+    "data.train.transforms.transforms.1.min_scale": 0.1,             # INPUT.MIN_SCALE
+    "data.train.transforms.transforms.1.max_scale": 2.0,             # INPUT.MAX_SCALE
+    "data.train.transforms.transforms.1.pad_value": 128,             # T.FixedSizeCrop pad_value default
     "data.val.transforms.short_edge_lengths": [800],                 # defaults.py INPUT.MIN_SIZE_TEST
     "data.val.transforms.max_size": 1333,                            # defaults.py INPUT.MAX_SIZE_TEST
 }
@@ -217,10 +219,20 @@ M2F_CITYSCAPES_R50: dict[str, Any] = {
     "solver.schedule.warmup_iters": 0,                   # Base-Cityscapes-Panoptic SOLVER.WARMUP_ITERS
     "solver.schedule.warmup_factor": 1.0,                # Base-Cityscapes-Panoptic SOLVER.WARMUP_FACTOR
     "data.batch_size": 2,
+    # mask_former_semantic_dataset_mapper.py from_config (the panoptic mapper's): ResizeShortestEdge,
+    # RandomCrop_CategoryAreaConstraint, ColorAugSSDTransform, RandomFlip
+    "data.train.transforms.transforms.0.short_edge_lengths": [int(x * 0.1 * 1024) for x in range(5, 21)],  # MIN_SIZE_TRAIN
+    "data.train.transforms.transforms.0.sample_style": "choice",  # INPUT.MIN_SIZE_TRAIN_SAMPLING
     "data.train.transforms.transforms.0.max_size": 4096,   # INPUT.MAX_SIZE_TRAIN
-    "data.train.transforms.transforms.1.height": 512,      # INPUT.CROP absolute SIZE (512, 1024)
-    "data.train.transforms.transforms.1.width": 1024,
-    "data.train.transforms.transforms.2.prob": 0.5,        # INPUT.RANDOM_FLIP horizontal
+    "data.train.transforms.transforms.1.height": 512,      # INPUT.CROP absolute SIZE (512, 1024); its
+    "data.train.transforms.transforms.1.width": 1024,      # SINGLE_CATEGORY_MAX_AREA 1.0: a plain RandomCrop
+    "data.train.transforms.transforms.2.brightness_delta": 32,    # INPUT.COLOR_AUG_SSD: ColorAugSSDTransform
+    "data.train.transforms.transforms.2.contrast_low": 0.5,       # defaults (point_rend/color_augmentation.py)
+    "data.train.transforms.transforms.2.contrast_high": 1.5,
+    "data.train.transforms.transforms.2.saturation_low": 0.5,
+    "data.train.transforms.transforms.2.saturation_high": 1.5,
+    "data.train.transforms.transforms.2.hue_delta": 18,
+    "data.train.transforms.transforms.3.prob": 0.5,        # INPUT.RANDOM_FLIP horizontal
     "data.val.transforms.short_edge_lengths": [1024],      # INPUT.MIN_SIZE_TEST
     "data.val.transforms.max_size": 2048,                  # INPUT.MAX_SIZE_TEST
 }
@@ -243,9 +255,11 @@ def _swin(base: dict[str, Any], arch: dict[str, Any], **extra: Any) -> dict[str,
     return {**out, **arch, **extra}
 
 
-# No official Panoptic FPN Cityscapes config exists (Detectron2 has Mask R-CNN only); cityscapes_r50
-# states the Panoptic FPN paper's recipe (Kirillov et al., CVPR 2019; not re-read here) and keeps the
-# Detectron2 model defaults above, evaluated at the native 1024x2048.
+# No official Panoptic FPN Cityscapes config exists (Detectron2's Cityscapes configs are Mask R-CNN
+# (shorter side "choice" of 800..1024, no crop), DeepLab and Panoptic-DeepLab, all "choice" sampling);
+# cityscapes_r50 states the Panoptic FPN paper's recipe (Kirillov et al., CVPR 2019; not re-read
+# here: its scale range 512..2048 is not asserted) and keeps the Detectron2 model defaults above,
+# evaluated at the native 1024x2048.
 CITYSCAPES_PANOPTIC_FPN: dict[str, Any] = {
     **{k: v for k, v in PANOPTIC_FPN_1X.items()
        if not k.startswith(("data.", "solver.max_iter", "solver.base_lr", "solver.ims_per_batch",
@@ -302,8 +316,27 @@ def test_preset_composes_to_the_official_values(preset: str) -> None:
     assert not wrong, f"experiment={preset}: key: (ours, official) " + repr(wrong)
 
 
+def _train_transform_names(preset: str) -> list[str]:
+    cfg = compose_config([f"experiment={preset}"])
+    return [t["_target_"].rsplit(".", 1)[1] for t in cfg.data.train.transforms.transforms]
+
+
 def test_lsj_train_transform_is_resize_scale_then_fixed_crop_then_flip() -> None:
     # 100ep_LSJ.py dataloader.train.mapper.augmentations: ResizeScale, FixedSizeCrop, RandomFlip.
-    cfg = compose_config(["experiment=coco_r50_lsj_100ep"])
-    names = [t["_target_"].rsplit(".", 1)[1] for t in cfg.data.train.transforms.transforms]
-    assert names == ["LargeScaleJitter", "RandomHorizontalFlip"]
+    assert _train_transform_names("coco_r50_lsj_100ep") == ["LargeScaleJitter", "RandomHorizontalFlip"]
+
+
+@pytest.mark.parametrize("preset", sorted(p for p in OFFICIAL if p.startswith("coco_mask2former")))
+def test_mask2former_coco_flips_before_the_large_scale_jitter(preset: str) -> None:
+    # coco_panoptic_new_baseline_dataset_mapper.py build_transform_gen: RandomFlip, ResizeScale,
+    # FixedSizeCrop. The crop's offset is one draw for both axes (FixedSizeCrop), so flipping after it
+    # would pair the offsets along the other diagonal of the room than the official flipped images.
+    assert _train_transform_names(preset) == ["RandomHorizontalFlip", "LargeScaleJitter"]
+
+
+@pytest.mark.parametrize("preset", sorted(p for p in OFFICIAL if p.startswith("cityscapes_mask2former")))
+def test_mask2former_cityscapes_augments_in_the_official_mappers_order(preset: str) -> None:
+    # mask_former_semantic_dataset_mapper.py from_config: ResizeShortestEdge,
+    # RandomCrop_CategoryAreaConstraint, ColorAugSSDTransform (COLOR_AUG_SSD True), RandomFlip.
+    assert _train_transform_names(preset) == ["ResizeShortestEdge", "RandomCrop", "ColorAugSSD",
+                                              "RandomHorizontalFlip"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -25,9 +26,10 @@ from panfpn.engine.rank_errors import told_to_rank_0
 from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, setup_logging
 from panfpn.evaluation.build import build_evaluators
 from panfpn.evaluation.coco_ap import ap_text
-from panfpn.evaluation.earlier_outputs import (fill_aside, move_predictions_into_place, predictions_removed_on_failure,
-                                               remove_earlier_predictions, remove_killed_evaluations_files)
-from panfpn.evaluation.partial_predictions import partial_dir
+from panfpn.evaluation.earlier_outputs import (check_fill_aside, fill_aside, move_predictions_into_place,
+                                               predictions_removed_on_failure, remove_earlier_predictions,
+                                               remove_killed_evaluations_files)
+from panfpn.evaluation.partial_predictions import fill_lock, partial_dir
 from panfpn.evaluation.report import AP_COLUMNS, category_ap
 from panfpn.utils.json_values import nonfinite_to_null
 from panfpn.engine.stop_messages import eval_stopped
@@ -79,7 +81,9 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
     device = du.init_distributed(cfg.device)
     out_dir = Path(du.shared_run_dir(cfg.output_dir))
     with told_to_rank_0(out_dir):  # another rank's error or stop, said by rank 0
-        return _evaluate(cfg, overrides, device, out_dir)
+        # one evaluation at a time fills the run folder's prediction folders (partial_predictions)
+        with fill_lock(out_dir) if du.is_main_process() else contextlib.nullcontext():
+            return _evaluate(cfg, overrides, device, out_dir)
 
 
 def _evaluate(cfg: DictConfig, overrides: Sequence[str] | None, device, out_dir: Path) -> dict:
@@ -93,14 +97,15 @@ def _evaluate(cfg: DictConfig, overrides: Sequence[str] | None, device, out_dir:
     dataset = instantiate(built.cfg.data.val)
     loader = build_eval_loader(cfg, dataset)
     context = eval_context(cfg, built, dataset) if du.is_main_process() else None  # report.html, compare.html
+    written = {"save_predictions": bool(cfg.eval.save_predictions),
+               "save_semantic": bool(cfg.eval.get("save_semantic", False))}
     if du.is_main_process():  # before the writers make their folders there
+        check_fill_aside(out_dir, **written)  # a link to another disk: refused now, not at the renames
         remove_killed_evaluations_files(out_dir)
     du.barrier()
     # the prediction folders are filled aside and renamed into place whole (partial_predictions)
     evaluators = build_evaluators(built.cfg, metadata, out_dir, context=context if cfg.eval.report else None,
                                   fill_dir=partial_dir(out_dir))
-    written = {"save_predictions": bool(cfg.eval.save_predictions),
-               "save_semantic": bool(cfg.eval.get("save_semantic", False))}
     if du.is_main_process():  # before any rank writes: the official scripts read whole folders
         remove_earlier_predictions(out_dir, **written)
         fill_aside(out_dir, **written)

@@ -26,8 +26,8 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from panfpn.evaluation.partial_predictions import (move_into_place, partial_dir, prediction_files, put_back,
-                                                   remove_empty_folders, set_aside)
+from panfpn.evaluation.partial_predictions import (check_renamable, move_into_place, partial_dir, prediction_files,
+                                                   put_back, remove_empty_folders, set_aside)
 from panfpn.utils.stop_signals import defer_stop_signals
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,13 @@ def remove_killed_evaluations_files(out_dir: str | Path) -> int:
     return removed
 
 
+def check_fill_aside(out_dir: str | Path, *, save_predictions: bool, save_semantic: bool) -> None:
+    """ConfigError naming the path when a folder this evaluation writes cannot be filled aside and
+    renamed into place (:func:`~panfpn.evaluation.partial_predictions.check_renamable`: a file or
+    link there, another file system, not writable); rank 0, before anything is removed or evaluated."""
+    check_renamable(out_dir, _written(save_predictions, save_semantic))
+
+
 def fill_aside(out_dir: str | Path, *, save_predictions: bool, save_semantic: bool) -> None:
     """Prepare the folders this evaluation writes to be filled in
     :func:`~panfpn.evaluation.partial_predictions.partial_dir` and renamed into place: each,
@@ -175,5 +182,5 @@ def predictions_removed_on_failure(out_dir: str | Path, *, save_predictions: boo
         raise
 
 
-__all__ = ["fill_aside", "move_predictions_into_place", "predictions_removed_on_failure", "remove_earlier_predictions",
+__all__ = ["check_fill_aside", "fill_aside", "move_predictions_into_place", "predictions_removed_on_failure", "remove_earlier_predictions",
            "remove_killed_evaluations_files", "remove_partial_predictions"]

@@ -17,17 +17,21 @@ one when it starts (logged with its count); a file of another kind that was in a
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import logging
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from panfpn.utils.atomic import temp_file_target
+from panfpn.utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 PARTIAL_DIR = ".partial_predictions"  # below the run folder; holds the folders being filled
+FILL_LOCK = ".partial_predictions.lock"  # beside it: flock'd by the evaluation filling it
 
 
 def partial_dir(out_dir: str | Path) -> Path:
@@ -82,6 +86,73 @@ def put_back(aside: Path, folder: Path, patterns: Iterable[str]) -> int:
     return moved
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (symbolic links followed)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_renamable(out_dir: str | Path, folders: Iterable[str]) -> None:
+    """ConfigError naming the path, before anything is moved or evaluated, when one of ``folders``
+    (paths below the run folder) cannot be filled aside and renamed into place: a file or a symbolic
+    link where the folder goes (the rename would fail, or replace the link instead of filling its
+    target), a folder on another file system than the run folder (``predictions/`` a link to another
+    disk: a rename cannot cross file systems, EXDEV, and an evaluation's predictions would be lost
+    at its very end), or one this process cannot write."""
+    out_dir = Path(out_dir)
+    root = _nearest_existing(partial_dir(out_dir))
+    device = os.stat(root).st_dev
+    for folder in folders:
+        path = out_dir
+        for part in Path(folder).parts:
+            path = path / part
+            if path.is_symlink() and path == out_dir / folder:
+                raise ConfigError(f"{path} is a symbolic link (to {os.readlink(path)}): tools/eval.py fills {folder}/ "
+                                  f"in {partial_dir(out_dir)} and renames it into place, which would replace the link; "
+                                  "remove the link (or link the whole run folder, hydra.run.dir, instead)")
+            if path.exists() and not path.is_dir():
+                raise ConfigError(f"{path} is a file where tools/eval.py writes the folder {folder}/: move it away "
+                                  "or evaluate into another hydra.run.dir")
+        parent = _nearest_existing((out_dir / folder).parent)
+        if os.stat(parent).st_dev != device:
+            raise ConfigError(f"{parent} is on another file system than {root} (a symbolic link to another disk?): "
+                              f"tools/eval.py fills {folder}/ in {partial_dir(out_dir)} and renames it into place, "
+                              "which cannot cross file systems; keep the prediction folders in the run folder or "
+                              "link the whole run folder (hydra.run.dir) to that disk")
+        for writable in {parent, root}:
+            if not os.access(writable, os.W_OK | os.X_OK):
+                raise ConfigError(f"{writable} is not writable: tools/eval.py fills {folder}/ in "
+                                  f"{partial_dir(out_dir)} and renames it into place; make it writable or evaluate "
+                                  "into another hydra.run.dir")
+
+
+@contextlib.contextmanager
+def fill_lock(out_dir: str | Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``<run dir>/.partial_predictions.lock`` while the block runs:
+    a second evaluation into the same run folder at once would remove the first one's folders
+    being filled as a killed evaluation's (and both would write into them), so it is refused, a
+    ConfigError naming the folder. The kernel drops the lock when the process dies, however."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / FILL_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{out_dir} is in use by another evaluation (a live process holds {path}): wait "
+                              "for it to end, or evaluate into another hydra.run.dir") from None
+        except OSError as err:  # a file system without flock (NFS with nolock): said, not refused
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            logger.warning("cannot lock %s (%s): a second evaluation into %s at once would not be refused",
+                           path, err, out_dir)
+        yield
+    finally:
+        os.close(fd)  # drops the lock; the empty file stays (removing it would race with the next one)
+
+
 def set_aside(folder: Path, aside: Path) -> bool:
     """Make ``aside`` (an empty folder or none) the folder filled in place of ``folder``: ``folder``,
     when it still holds files once emptied of predictions (a user's: kept), is moved there with them
@@ -116,5 +187,5 @@ def move_into_place(out_dir: str | Path, folders: Iterable[str], last: Iterable[
     return [dst for _, dst in moves]
 
 
-__all__ = ["PARTIAL_DIR", "move_into_place", "partial_dir", "prediction_files", "put_back", "remove_empty_folders",
+__all__ = ["FILL_LOCK", "PARTIAL_DIR", "check_renamable", "fill_lock", "move_into_place", "partial_dir", "prediction_files", "put_back", "remove_empty_folders",
            "set_aside"]

@@ -1,0 +1,116 @@
+"""tools/eval.py fills its prediction folders in ``<run dir>/.partial_predictions/`` and renames them
+into place at the end; what would make those renames fail, or two evaluations share the folder, is
+refused on one line before anything is evaluated or removed.
+
+Before: ``predictions/`` linked to another disk ran the whole evaluation, then the rename failed
+(EXDEV) and every prediction file was removed as a failed evaluation's (eval_results.json written);
+a file or a link where a folder goes failed with a bare OSError; a second evaluation into the same
+run folder removed the first one's folders being filled as those of a killed evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from config_helpers import compose_config
+from process_helpers import started
+
+from panfpn.engine.config import ConfigError
+
+OTHER_FS = Path("/dev/shm")  # a tmpfs on Linux: another file system than the test's tmp folder
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    from panfpn.modeling.build import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "model.pth"
+    torch.save({"model": build_model(compose_config(["weights=null"])).state_dict()}, path)
+    return path
+
+
+def _evaluate(weights: Path, run: Path) -> dict:
+    from panfpn.engine.eval_run import evaluate_from_config
+
+    cfg = compose_config(["data.val.num_images=2", "data.val.height=64", "data.val.width=64", "data.num_workers=0",
+                          "eval.max_images=null", "eval.report=false", "device=cpu", f"weights={weights}",
+                          "eval.save_predictions=true", "eval.save_semantic=true"], output_dir=run)
+    return evaluate_from_config(cfg)
+
+
+def _other_file_system_folder(tmp_path: Path) -> Path:
+    if not OTHER_FS.is_dir() or os.stat(OTHER_FS).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip(f"needs {OTHER_FS} on another file system than {tmp_path} to link predictions/ to")
+    folder = OTHER_FS / f"panfpn_test_{os.getpid()}_{tmp_path.name}"
+    folder.mkdir()
+    return folder
+
+
+def test_predictions_linked_to_another_disk_is_refused_before_evaluating(weights, tmp_path):
+    other = _other_file_system_folder(tmp_path)
+    try:
+        run = tmp_path / "run"
+        run.mkdir()
+        (run / "predictions").symlink_to(other)
+        (other / "notes.md").write_text("mine")
+        with pytest.raises(ConfigError, match=r"predictions is on another file system .* cannot cross file "
+                                              r"systems") as err:
+            _evaluate(weights, run)
+        assert "\n" not in str(err.value)
+        assert not (run / "eval_results.json").exists() and not (run / ".partial_predictions").exists()
+        assert sorted(p.name for p in other.iterdir()) == ["notes.md"]
+    finally:
+        for f in other.iterdir():
+            f.unlink()
+        other.rmdir()
+
+
+@pytest.mark.parametrize("what", ["file", "link"])
+def test_a_file_or_a_link_where_a_prediction_folder_goes_is_refused(weights, tmp_path, what):
+    run = tmp_path / "run"
+    (run / "predictions").mkdir(parents=True)
+    target = run / "predictions" / "panoptic_pred"
+    if what == "file":
+        target.write_text("mine")
+        expected = r"predictions/panoptic_pred is a file where tools/eval.py writes the folder"
+    else:
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "elsewhere" / "notes.md").write_text("mine")
+        target.symlink_to(tmp_path / "elsewhere")
+        expected = r"predictions/panoptic_pred is a symbolic link \(to .*elsewhere\): .*would replace the link"
+    with pytest.raises(ConfigError, match=expected):
+        _evaluate(weights, run)
+    assert (target.read_text() if what == "file" else (target / "notes.md").read_text()) == "mine"
+    assert not (run / "eval_results.json").exists() and not (run / ".partial_predictions").exists()
+
+
+def test_a_second_evaluation_into_a_run_folder_being_filled_is_refused(weights, tmp_path):
+    run = tmp_path / "run"
+    filling = run / ".partial_predictions" / "semantic" / "0001.png"  # the first evaluation's, part way
+    filling.parent.mkdir(parents=True)
+    filling.write_bytes(b"png")
+    holder = textwrap.dedent(f"""
+        import fcntl, os, time
+        fd = os.open({str(run / ".partial_predictions.lock")!r}, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a live evaluation into the folder holds it
+        print('held', flush=True)
+        time.sleep(120)
+    """)
+    with started([sys.executable, "-c", holder], stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=r"run is in use by another evaluation \(a live process holds "
+                                              r".*\.partial_predictions\.lock\)"):
+            _evaluate(weights, run)
+        assert filling.read_bytes() == b"png"  # not removed as a killed evaluation's
+    proc.wait(timeout=30)
+    _evaluate(weights, run)  # the holder gone (killed: the kernel dropped its lock), the next one runs
+    assert not (run / ".partial_predictions").exists()
+    assert len(list((run / "semantic").glob("*.png"))) == 2

@@ -120,9 +120,11 @@ def _evaluate(cfg: DictConfig, overrides: Sequence[str] | None, device, out_dir:
             print(format_results(metrics))
             print(per_class_table(metrics, metadata))
             results = nonfinite_to_null(json.loads(json.dumps({**metrics, "context": context}, default=str)))
+            # the predictions first: a stop during the renames (os.sync can take seconds) removes them and
+            # leaves no eval_results.json of this run, never one whose predictions were removed
+            move_predictions_into_place(out_dir, **written)
             write_json_atomic(out_dir / "eval_results.json", results)
             logger.info("wrote %s", out_dir / "eval_results.json")
-            move_predictions_into_place(out_dir, **written)
     if du.is_main_process():
         for evaluator in evaluators:  # files that show every result: overlays, report.html
             getattr(evaluator, "finish", lambda results: None)(metrics)

@@ -114,3 +114,23 @@ def test_a_second_evaluation_into_a_run_folder_being_filled_is_refused(weights, 
     _evaluate(weights, run)  # the holder gone (killed: the kernel dropped its lock), the next one runs
     assert not (run / ".partial_predictions").exists()
     assert len(list((run / "semantic").glob("*.png"))) == 2
+
+
+def test_a_stop_during_the_renames_leaves_no_results_of_this_run(weights, tmp_path, monkeypatch):
+    """Ctrl-C while rank 0 syncs and renames the filled folders into place (os.sync can take seconds
+    with many PNGs): the predictions are removed (no partial set), and no eval_results.json says the
+    run was complete. Before, eval_results.json was written first and stayed, its predictions gone."""
+    from panfpn.evaluation import partial_predictions
+
+    def stopped():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(partial_predictions.os, "sync", stopped)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        _evaluate(weights, run)
+    assert not (run / "eval_results.json").exists()
+    assert [p for p in run.rglob("*") if p.is_file() and p.suffix in (".png", ".json")] == []
+    monkeypatch.undo()
+    _evaluate(weights, run)  # the next one completes: results and their predictions
+    assert (run / "eval_results.json").is_file() and (run / "predictions" / "panoptic_pred.json").is_file()

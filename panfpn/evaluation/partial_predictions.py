@@ -101,6 +101,10 @@ def check_renamable(out_dir: str | Path, folders: Iterable[str]) -> None:
     disk: a rename cannot cross file systems, EXDEV, and an evaluation's predictions would be lost
     at its very end), or one this process cannot write."""
     out_dir = Path(out_dir)
+    if partial_dir(out_dir).is_symlink() or (partial_dir(out_dir).exists() and not partial_dir(out_dir).is_dir()):
+        raise ConfigError(f"{partial_dir(out_dir)} is a symbolic link or a file: tools/eval.py fills its prediction "
+                          "folders in that folder of its own and removes what a killed evaluation left there; "
+                          "remove it")
     root = _nearest_existing(partial_dir(out_dir))
     device = os.stat(root).st_dev
     for folder in folders:

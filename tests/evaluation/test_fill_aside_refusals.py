@@ -134,3 +134,16 @@ def test_a_stop_during_the_renames_leaves_no_results_of_this_run(weights, tmp_pa
     monkeypatch.undo()
     _evaluate(weights, run)  # the next one completes: results and their predictions
     assert (run / "eval_results.json").is_file() and (run / "predictions" / "panoptic_pred.json").is_file()
+
+
+def test_a_link_in_place_of_the_hidden_folder_is_refused(weights, tmp_path):
+    """Its content is removed as a killed evaluation's: a link there (to a bigger disk, say) would
+    have that disk's folder emptied; before, shutil.rmtree stopped on it with a bare OSError."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "notes.md").write_text("mine")
+    (run / ".partial_predictions").symlink_to(tmp_path / "big")
+    with pytest.raises(ConfigError, match=r"\.partial_predictions is a symbolic link or a file: .*remove it"):
+        _evaluate(weights, run)
+    assert (tmp_path / "big" / "notes.md").read_text() == "mine" and not (run / "eval_results.json").exists()

@@ -49,7 +49,8 @@ from panfpn.engine.config.schema import PredictOptions  # the predict section's 
 from panfpn.engine.progress import bar_enabled
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.job_setup import fit_threads_to_cpus, setup_logging
-from panfpn.evaluation.cityscapes_instance_folder import cityscapes_instance_classes, cityscapes_instance_ids
+from panfpn.evaluation.cityscapes_instance_folder import (INSTANCES_DIR, cityscapes_instance_classes,
+                                                          cityscapes_instance_ids, earlier_instance_files)
 from panfpn.evaluation.prediction_folder import (OVERLAY_FORMATS, JsonState, PredictionTargets, WriteQueue,
                                                  check_output_json, log_summary, plan_outputs, prepare_targets,
                                                  without_own_outputs, write_failed, write_one)
@@ -179,6 +180,11 @@ def predict_images(
         if removed:
             logger.info("removed %d instance file(s) of images now redone from %s", removed,
                         targets.instances.out_dir)
+    elif stale := earlier_instance_files(out_dir / INSTANCES_DIR, [paths[i] for i in todo]):
+        logger.warning("%s holds the instance files of %d image(s) redone now without predict.cityscapes_instances "
+                       "(%s, ...): an earlier run's, not this run's predictions; set predict.cityscapes_instances=true "
+                       "to redo them too, or remove them before submitting the folder", out_dir / INSTANCES_DIR,
+                       len(stale), stale[0].name)
     state = JsonState(targets.writer, kept, stems, paths, max(1, int(json_every)))
     describe_outputs(predict_stopped(targets.writer.json_path, len(kept), len(todo)))  # a stop signal's message
     dataset = ImageFileDataset([paths[i] for i in todo], transforms=transforms, keep_original=overlay,

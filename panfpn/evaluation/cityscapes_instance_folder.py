@@ -100,4 +100,16 @@ class InstanceFiles:
 _MASK_NAME = re.compile(r"(.+)_\d+\.png")  # masks/<image id>_<k>.png
 
 
-__all__ = ["INSTANCES_DIR", "InstanceFiles", "cityscapes_instance_classes", "cityscapes_instance_ids"]
+def earlier_instance_files(out_dir: Path, paths: Sequence[Path]) -> list[Path]:
+    """The ``_pred.txt`` files in ``out_dir`` (a predict folder's ``cityscapes_instances/``) of these
+    inputs' frames: an earlier run's, left as they were by a run without ``predict.cityscapes_instances``
+    that redoes the images (another checkpoint's instances beside this run's panoptic and semantic
+    files, were the folder submitted)."""
+    if not out_dir.is_dir():
+        return []
+    frames = {str(i) for p in paths if (i := id_of(Path(p), "cityscapes")) is not None}
+    return sorted(f for f in out_dir.glob("*_pred.txt") if f.name.removesuffix("_pred.txt") in frames)
+
+
+__all__ = ["INSTANCES_DIR", "InstanceFiles", "cityscapes_instance_classes", "cityscapes_instance_ids",
+           "earlier_instance_files"]

@@ -294,3 +294,22 @@ def test_the_done_marker_is_listed_and_mask_names_parse(tmp_path):
         (masks / name).write_bytes(b"")
     assert targets.instances.remove_earlier(["a_leftImg8bit"]) == 2
     assert sorted(p.name for p in masks.iterdir()) == ["frankfurt_000000_000294_x.png", "frankfurt_000000_000295_0.png"]
+
+
+def test_a_run_without_the_option_redoing_images_warns_of_their_earlier_instance_files(cityscapes_root, tmp_path,
+                                                                                         caplog):
+    """predict.overwrite=true (another checkpoint, say) without predict.cityscapes_instances redoes the
+    panoptic and semantic files but leaves cityscapes_instances/ as the earlier run wrote it: said, so
+    that the folder is not submitted as one model's. Before, nothing was said."""
+    meta = cityscapes_panoptic_metadata()
+    out = tmp_path / "pred"
+    _predict(cityscapes_root, out, meta)
+    before = _folder(out / "cityscapes_instances")
+    with caplog.at_level("WARNING", logger="panfpn"):
+        assert len(_predict(cityscapes_root, out, meta, cityscapes_instances=False)["skipped"]) == 3
+    assert "redone now without" not in caplog.text  # nothing redone: the files still match the listed images
+    with caplog.at_level("WARNING", logger="panfpn"):
+        _predict(cityscapes_root, out, meta, cityscapes_instances=False, overwrite=True)
+    assert (f"{out / 'cityscapes_instances'} holds the instance files of 3 image(s) redone now without "
+            f"predict.cityscapes_instances ({FRAMES[0]}_pred.txt, ...): an earlier run's") in caplog.text
+    assert _folder(out / "cityscapes_instances") == before  # kept: this run was not asked for them

@@ -72,14 +72,14 @@ def remove_empty_folders(root: Path) -> None:
 def put_back(aside: Path, folder: Path, patterns: Iterable[str]) -> int:
     """Move the files of ``aside`` that are not prediction files (a user's, moved aside with their
     folder while it was filled) back to the same place below ``folder``; returns their count. A
-    name taken there already is an error naming both files."""
+    name taken there already is a ConfigError naming both files."""
     keep = set(prediction_files(aside, patterns))
     moved = 0
     for path in sorted(p for p in aside.rglob("*") if p.is_file() and p not in keep):
         target = folder / path.relative_to(aside)
-        if target.exists():
-            raise FileExistsError(f"cannot put {path} back into {folder}: {target} exists; move one of the two "
-                                  f"and run the evaluation again")
+        if target.exists():  # a ConfigError: tools/eval.py's one line, exit 2 (the fix is the user's)
+            raise ConfigError(f"cannot put {path} back into {folder}: {target} exists; move one of the two "
+                              f"and run the evaluation again")
         target.parent.mkdir(parents=True, exist_ok=True)
         os.rename(path, target)
         moved += 1

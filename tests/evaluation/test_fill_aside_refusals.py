@@ -147,3 +147,23 @@ def test_a_link_in_place_of_the_hidden_folder_is_refused(weights, tmp_path):
     with pytest.raises(ConfigError, match=r"\.partial_predictions is a symbolic link or a file: .*remove it"):
         _evaluate(weights, run)
     assert (tmp_path / "big" / "notes.md").read_text() == "mine" and not (run / "eval_results.json").exists()
+
+
+def test_a_users_file_that_cannot_be_put_back_is_one_line_naming_both(tmp_path):
+    """A killed evaluation had moved predictions/panoptic_pred/ (with the user's notes.md) aside; the
+    user made a new notes.md there since: the next evaluation names both files in a ConfigError
+    (tools/eval.py's one line, exit 2), and neither file is lost. Before: a bare FileExistsError,
+    a traceback."""
+    from panfpn.evaluation.earlier_outputs import remove_killed_evaluations_files
+
+    run = tmp_path / "run"
+    aside = run / ".partial_predictions" / "predictions" / "panoptic_pred"
+    aside.mkdir(parents=True)
+    (aside / "notes.md").write_text("old")
+    (aside / "0001.png").write_bytes(b"png")  # the killed evaluation's
+    (run / "predictions" / "panoptic_pred").mkdir(parents=True)
+    (run / "predictions" / "panoptic_pred" / "notes.md").write_text("new")
+    with pytest.raises(ConfigError, match=r"cannot put .*notes.md back into .*panoptic_pred: .*notes.md exists"):
+        remove_killed_evaluations_files(run)
+    assert (aside / "notes.md").read_text() == "old"
+    assert (run / "predictions" / "panoptic_pred" / "notes.md").read_text() == "new"

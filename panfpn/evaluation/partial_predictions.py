@@ -22,6 +22,7 @@ import errno
 import fcntl
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -119,16 +120,32 @@ def check_renamable(out_dir: str | Path, folders: Iterable[str]) -> None:
                 raise ConfigError(f"{path} is a file where tools/eval.py writes the folder {folder}/: move it away "
                                   "or evaluate into another hydra.run.dir")
         parent = _nearest_existing((out_dir / folder).parent)
-        if os.stat(parent).st_dev != device:
-            raise ConfigError(f"{parent} is on another file system than {root} (a symbolic link to another disk?): "
-                              f"tools/eval.py fills {folder}/ in {partial_dir(out_dir)} and renames it into place, "
-                              "which cannot cross file systems; keep the prediction folders in the run folder or "
-                              "link the whole run folder (hydra.run.dir) to that disk")
-        for writable in {parent, root}:
-            if not os.access(writable, os.W_OK | os.X_OK):
-                raise ConfigError(f"{writable} is not writable: tools/eval.py fills {folder}/ in "
-                                  f"{partial_dir(out_dir)} and renames it into place; make it writable or evaluate "
-                                  "into another hydra.run.dir")
+        err = _rename_probe(root, parent) if os.stat(parent).st_dev == device else OSError(errno.EXDEV, "")
+        if err is not None and err.errno == errno.EXDEV:  # also a bind mount of the same disk
+            raise ConfigError(f"{parent} is on another file system than {root} (a symbolic link to another disk, "
+                              f"a mount?): tools/eval.py fills {folder}/ in {partial_dir(out_dir)} and renames it "
+                              "into place, which cannot cross file systems; keep the prediction folders in the run "
+                              "folder or link the whole run folder (hydra.run.dir) to that disk")
+        if err is not None:
+            raise ConfigError(f"cannot rename a folder from {root} into {parent} ({err.strerror or err}): tools/eval.py "
+                              f"fills {folder}/ in {partial_dir(out_dir)} and renames it into place; make both "
+                              "writable or evaluate into another hydra.run.dir")
+
+
+def _rename_probe(root: Path, parent: Path) -> OSError | None:
+    """What renaming a folder from ``root`` into ``parent`` gives, tried with an empty one made for it
+    and removed at once: None, or the OSError (not writable, read-only, another mount: EXDEV)."""
+    try:
+        src = Path(tempfile.mkdtemp(prefix=".rename_probe.", dir=root))
+    except OSError as err:
+        return err
+    try:
+        os.rename(src, parent / src.name)
+    except OSError as err:
+        os.rmdir(src)
+        return err
+    os.rmdir(parent / src.name)
+    return None
 
 
 @contextlib.contextmanager

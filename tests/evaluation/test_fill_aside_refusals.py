@@ -167,3 +167,22 @@ def test_a_users_file_that_cannot_be_put_back_is_one_line_naming_both(tmp_path):
         remove_killed_evaluations_files(run)
     assert (aside / "notes.md").read_text() == "old"
     assert (run / "predictions" / "panoptic_pred" / "notes.md").read_text() == "new"
+
+
+def test_predictions_bind_mounted_from_the_same_disk_is_refused_before_evaluating(weights, tmp_path):
+    """A bind mount has the run folder's st_dev, but a rename across it fails (EXDEV) all the same:
+    the check tries the rename itself. Needs the right to mount (root in a container that allows it)."""
+    run, source = tmp_path / "run", tmp_path / "source"
+    (run / "predictions").mkdir(parents=True)
+    source.mkdir()
+    mounted = subprocess.run(["mount", "--bind", str(source), str(run / "predictions")], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"mount --bind is not permitted here: {mounted.stderr.strip()}")
+    try:
+        assert os.stat(run / "predictions").st_dev == os.stat(run).st_dev  # what a device check would compare
+        with pytest.raises(ConfigError, match=r"predictions is on another file system .* cannot cross file systems"):
+            _evaluate(weights, run)
+        assert not (run / "eval_results.json").exists()
+        assert list(source.iterdir()) == []  # the probe's folder is gone
+    finally:
+        subprocess.run(["umount", str(run / "predictions")], check=True)

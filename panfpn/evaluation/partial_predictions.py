@@ -153,25 +153,44 @@ def fill_lock(out_dir: str | Path) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``<run dir>/.partial_predictions.lock`` while the block runs:
     a second evaluation into the same run folder at once would remove the first one's folders
     being filled as a killed evaluation's (and both would write into them), so it is refused, a
-    ConfigError naming the folder. The kernel drops the lock when the process dies, however."""
+    ConfigError naming the folder. The kernel drops the lock when the process dies, however; the
+    file is removed at the end (one a killed holder left is simply locked again)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / FILL_LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = _locked(path, out_dir)
     try:
+        yield
+    finally:
+        if fd is not None:
+            path.unlink(missing_ok=True)  # before the lock is dropped: a waiting opener sees another file
+            os.close(fd)
+
+
+def _locked(path: Path, out_dir: Path) -> int | None:
+    """The open, flock'd ``path`` (None on a file system without flock: said in a warning)."""
+    for _ in range(10):  # the holder may remove the file between our open and our flock
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise ConfigError(f"{out_dir} is in use by another evaluation (a live process holds {path}): wait "
                               "for it to end, or evaluate into another hydra.run.dir") from None
-        except OSError as err:  # a file system without flock (NFS with nolock): said, not refused
+        except OSError as err:  # NFS mounted with nolock: said, not refused
+            os.close(fd)
             if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
             logger.warning("cannot lock %s (%s): a second evaluation into %s at once would not be refused",
                            path, err, out_dir)
-        yield
-    finally:
-        os.close(fd)  # drops the lock; the empty file stays (removing it would race with the next one)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    raise ConfigError(f"{path} keeps being replaced by other processes: cannot lock {out_dir}")
 
 
 def set_aside(folder: Path, aside: Path) -> bool:

@@ -12,7 +12,9 @@ layout below it (``predictions/panoptic_pred/``, ``predictions/panoptic_pred.jso
 ``rename`` each, after ``os.sync`` so that a power cut cannot leave renamed folders of empty files),
 ``predictions/panoptic_pred.json`` last. What a killed evaluation left there is removed by the next
 one when it starts (logged with its count); a file of another kind that was in a folder being filled
-(a user's, moved aside with the folder) is put back.
+(a user's, moved aside with the folder) is put back. What would make the renames fail at the end
+(another file system, a file or link in the way, no write access) is refused before anything is
+evaluated (:func:`check_renamable`), and one evaluation at a time fills a run folder (:func:`fill_lock`).
 """
 
 from __future__ import annotations
@@ -227,5 +229,5 @@ def move_into_place(out_dir: str | Path, folders: Iterable[str], last: Iterable[
     return [dst for _, dst in moves]
 
 
-__all__ = ["FILL_LOCK", "PARTIAL_DIR", "check_renamable", "fill_lock", "move_into_place", "partial_dir", "prediction_files", "put_back", "remove_empty_folders",
-           "set_aside"]
+__all__ = ["FILL_LOCK", "PARTIAL_DIR", "check_renamable", "fill_lock", "move_into_place", "partial_dir",
+           "prediction_files", "put_back", "remove_empty_folders", "set_aside"]

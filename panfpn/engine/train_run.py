@@ -11,8 +11,9 @@ import time
 import warnings
 from collections import Counter
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -118,34 +119,65 @@ def _autocast(cfg: DictConfig, device: torch.device):
 
 def _build_solver(cfg: DictConfig, model: torch.nn.Module, device: torch.device):
     """``(optimizer, scheduler, scaler)`` from the solver config, lr scaled to the global batch. A
-    value the optimizer's or the schedule's constructor refuses (``solver.schedule.steps`` past
-    ``solver.max_iter``, ``momentum`` given to AdamW) is a ConfigError naming the key, as a
-    multirun's dry start reports it (:func:`panfpn.engine.training.dry_start.solver_config_error`)."""
-    from hydra.errors import InstantiationException
-
-    from panfpn.engine.training.dry_start import solver_config_error
-
-    try:
-        return _solver_parts(cfg, model, device)
-    except (InstantiationException, TypeError, ValueError) as err:
-        raise solver_config_error(err) from err
-
-
-def _solver_parts(cfg: DictConfig, model: torch.nn.Module, device: torch.device):
+    value a constructor the config reaches refuses (hydra's instantiate of ``solver.optimizer`` or
+    ``solver.schedule``, the optimizer's own argument checks, LambdaLR's: ``solver.schedule.steps``
+    past ``solver.max_iter``, ``momentum`` given to AdamW) is a ConfigError naming the key, as a
+    multirun's dry start reports it (:func:`panfpn.engine.training.dry_start.solver_config_error`);
+    an error anywhere else (the parameter groups, a schedule's lr factor) keeps its traceback."""
     world = du.get_world_size()
     global_batch = int(cfg.data.batch_size) * world
     lr = scaled_lr(float(cfg.solver.base_lr), reference_batch=int(cfg.solver.ims_per_batch),
                    global_batch=global_batch)
     # a scaled lr is said once, by the start block's lr line and its warning (training.run_log.log_start)
+    optimizer_factory = partial(_config_refusals, _config_refusals(instantiate, cfg.solver.optimizer))
     optimizer = build_optimizer(
-        model, instantiate(cfg.solver.optimizer), lr=lr, weight_decay=float(cfg.solver.weight_decay),
+        model, optimizer_factory, lr=lr, weight_decay=float(cfg.solver.weight_decay),
         weight_decay_norm=cfg.solver.weight_decay_norm, weight_decay_bias=cfg.solver.weight_decay_bias,
         weight_decay_embed=cfg.solver.get("weight_decay_embed"), lr_multipliers=cfg.solver.get("lr_multipliers"),
         weight_decay_by_name=cfg.solver.get("weight_decay_by_name"),
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, instantiate(cfg.solver.schedule))
+    scheduler = _lambda_lr(optimizer, _config_refusals(instantiate, cfg.solver.schedule))
     use_scaler = bool(cfg.train.amp) and cfg.train.amp_dtype == "float16"
     return optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=use_scaler)
+
+
+def _config_refusals(build: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``build(*args, **kwargs)``, a constructor the solver config reaches: its refusal
+    (hydra's InstantiationException, a TypeError or ValueError) as a ConfigError naming the key."""
+    from hydra.errors import InstantiationException
+
+    from panfpn.engine.training.dry_start import solver_config_error
+
+    try:
+        return build(*args, **kwargs)
+    except (InstantiationException, TypeError, ValueError) as err:
+        raise solver_config_error(err) from err
+
+
+_LAMBDA_LR_CHECKS = (torch.optim.lr_scheduler.LambdaLR.__init__.__code__,
+                     torch.optim.lr_scheduler.LRScheduler.__init__.__code__)
+
+
+def _lambda_lr(optimizer: torch.optim.Optimizer, schedule: Any) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR on the configured schedule; its own argument checks' refusals (an object the
+    optimizer's target built that is no Optimizer) as ConfigErrors, an error raised while it calls
+    the schedule for the first lr (the schedule's own code) as it is."""
+    from panfpn.engine.training.dry_start import solver_config_error
+
+    try:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    except (TypeError, ValueError) as err:
+        if _raised_in(err) not in _LAMBDA_LR_CHECKS:
+            raise
+        raise solver_config_error(err) from err
+
+
+def _raised_in(err: BaseException) -> Any:
+    """The code object of the frame that raised ``err`` (the innermost of its traceback)."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return None if tb is None else tb.tb_frame.f_code
 
 
 def _checkpoint_state(model, optimizer, scheduler, scaler, iteration: int, cfg: DictConfig,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 import urllib.error
 from pathlib import Path
 
@@ -207,6 +208,36 @@ def test_train_an_optimizer_argument_the_optimizer_lacks_is_a_config_error(tmp_p
                                           r"TypeError: .*unexpected keyword argument 'momentum'") as err:
         train_from_config(cfg)
     assert input_error(err.value) is err.value and isinstance(err.value.__cause__, TypeError)
+
+
+
+def _internal_bug(*args, **kwargs):
+    raise TypeError("unsupported operand type(s) for *: 'NoneType' and 'float'")
+
+
+@pytest.mark.parametrize("target", ["panfpn.engine.training.solver.param_groups",
+                                    "panfpn.engine.training.solver.WarmupMultiStep.__call__"])
+def test_a_bug_in_panfpn_s_solver_code_keeps_its_traceback(monkeypatch, tmp_path, target):
+    """A TypeError raised inside panfpn's own code while the solver is built (the parameter groups, the
+    schedule's lr factor LambdaLR asks for at once) is a bug, not a config value: it was a one-line
+    ConfigError ('config section solver') with its traceback hidden, in the job and in a multirun's dry
+    start; now both raise it as it is (not an input error: exit 1 with its traceback)."""
+    import torch
+
+    from panfpn.engine.train_run import _build_solver
+    from panfpn.engine.training.dry_start import build_solver_cheaply
+    from panfpn.modeling.build import instantiate_model
+    from tests.engine.conftest import TINY
+
+    cfg = compose_config(list(TINY), output_dir=tmp_path / "run")
+    model = instantiate_model(cfg)
+    monkeypatch.setattr(target, _internal_bug)
+    for build in (lambda: _build_solver(cfg, model, torch.device("cpu")), lambda: build_solver_cheaply(cfg, model)):
+        with pytest.raises(TypeError, match="unsupported operand") as err:
+            build()
+        assert input_error(err.value) is None
+        assert err.value.__traceback__ is not None and any(
+            frame.f_code is _internal_bug.__code__ for frame, _ in traceback.walk_tb(err.value.__traceback__))
 
 
 # ---- data files before the model and its weights ----

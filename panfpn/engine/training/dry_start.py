@@ -218,16 +218,12 @@ def instantiate_cpu_model(cfg: DictConfig) -> torch.nn.Module:
 
 def build_solver_cheaply(cfg: DictConfig, model: torch.nn.Module) -> None:
     """The job's optimizer (parameter groups, lr multipliers), scheduler and grad scaler on ``model``
-    (meta tensors suffice: nothing steps), as ``train_run`` builds them, its lr log line muted."""
+    (meta tensors suffice: nothing steps), as ``train_run`` builds them, its lr log line muted; what
+    the constructors refuse is the job's ConfigError, any other error the job's own (not an input error)."""
     from panfpn.engine.train_run import _build_solver  # the job's own builder, not a copy of it
 
-    try:
-        with _quiet():
-            _build_solver(cfg, model, torch.device("cpu"))
-    except ConfigError:
-        raise
-    except Exception as err:  # noqa: BLE001 - the optimizer's own words, with the section that gave them
-        raise solver_config_error(err) from err
+    with _quiet():
+        _build_solver(cfg, model, torch.device("cpu"))
 
 
 def solver_config_error(err: Exception) -> ConfigError:

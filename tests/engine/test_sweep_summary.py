@@ -326,3 +326,20 @@ def test_summary_csv_param_columns_read_as_typed_values_in_pandas(tmp_path):
     assert table["solver.base_lr"].tolist() == [0.01, 0.001, 0.02]
     assert table["train.amp"].tolist() == [True, False, True]
     assert table["model.x"].isna().tolist() == [True, False, True] and table["model.x"][1] == 5
+
+
+def test_shared_overrides_compare_keys_not_the_params_text():
+    """What the page lists as shared by all jobs: by the params' keys. The text match listed a
+    swept key given twice on the command line (``seed=1`` before ``seed=2,3``: the last one counts)
+    as shared, and hid a shared override whose text is inside a param's value (a path with a space)."""
+    from panfpn.engine.sweep.summary import add_params, shared_overrides
+
+    rows = [{"overrides": ["seed=1", "seed=2", "solver.max_iter=4"]},
+            {"overrides": ["seed=1", "seed=3", "solver.max_iter=4"]}]
+    add_params(rows)
+    assert rows[0]["params"] == "seed=2"
+    assert shared_overrides(rows) == ["solver.max_iter=4"]
+    rows = [{"overrides": ["seed=1", "data.root='/data/copy seed=1 b'"]}, {"overrides": ["seed=1", "data.root=/d"]}]
+    add_params(rows)
+    assert rows[0]["params"] == "data.root='/data/copy seed=1 b'"
+    assert shared_overrides(rows) == ["seed=1"]

@@ -354,12 +354,16 @@ def param_columns(rows: Sequence[dict]) -> dict[str, str]:
 
 
 def shared_overrides(rows: Sequence[dict]) -> list[str]:
-    """The overrides of the first job that are not among its ``params`` (set by :func:`add_params`):
-    those every job shares."""
+    """The overrides of the first job whose config key is none of its params' keys (set by
+    :func:`add_params`): those every job shares. Compared by key, not by the params' text: a key
+    given twice (the last one counts) or a value with a space that holds another override's text
+    were listed as shared, or hidden."""
+    from panfpn.engine.sweep.config_diff import override_key
+
     if not rows:
         return []
-    params = f" {rows[0].get('params') or ''} "
-    return [o for o in rows[0]["overrides"] if f" {o} " not in params]
+    varying = {override_key(k) for k in rows[0].get("param_values") or {}}
+    return [o for o in rows[0]["overrides"] if override_key(o) not in varying]
 
 
 @functools.lru_cache(maxsize=None)

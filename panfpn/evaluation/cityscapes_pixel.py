@@ -49,6 +49,7 @@ import torch
 
 from panfpn.data.builtin_meta import cityscapes_panoptic_categories
 from panfpn.data.metadata import DatasetMetadata
+from panfpn.evaluation.cityscapes_pixel_names import NAME, SCORES
 from panfpn.evaluation.evaluator import EvalImage, Evaluator
 from panfpn.evaluation.gt_positions import segment_positions
 from panfpn.evaluation.semantic import SemSegEvaluator
@@ -63,8 +64,6 @@ AVG_CLASS_SIZE = {
     "motorcycle": 6298.7200839748, "bicycle": 4672.3249222261,
 }
 CATEGORIES = ("flat", "construction", "object", "nature", "sky", "human", "vehicle")
-NAME = "cityscapes_sem_seg"
-SCORES = ("IoU", "iIoU", "IoU_sup", "iIoU_sup")  # the averages, in Detectron2's order
 
 
 def cityscapes_categories_of(metadata: DatasetMetadata) -> list[str] | None:

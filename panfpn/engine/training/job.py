@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 from omegaconf import DictConfig
 
 from panfpn.engine.tool_errors import input_error
+from panfpn.evaluation.cityscapes_pixel_names import NAME as CITYSCAPES_PIXEL, SCORES as CITYSCAPES_PIXEL_SCORES
 from panfpn.utils.atomic import write_json_atomic
 from panfpn.utils.errors import ConfigError
 from panfpn.utils.json_file import JSONFileError, load_json
@@ -50,7 +51,7 @@ class TrainingInterrupted(Exception):
 OBJECTIVE_NAMES = (*(f"{k}/{s}" for k in ("pq", "sq", "rq") for s in ("All", "Things", "Stuff")), "sem_seg/mIoU",
                    *(f"{t}/{k}" for t in ("bbox", "segm") for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")),
                    "cityscapes_ap/AP", "cityscapes_ap/AP50",
-                   *(f"cityscapes_sem_seg/{k}" for k in ("IoU", "iIoU", "IoU_sup", "iIoU_sup")), "loss/total")
+                   *(f"{CITYSCAPES_PIXEL}/{k}" for k in CITYSCAPES_PIXEL_SCORES), "loss/total")
 
 
 def check_objective(cfg: DictConfig) -> str | None:

@@ -50,8 +50,7 @@ import torch
 from panfpn.data.builtin_meta import cityscapes_panoptic_categories
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.evaluation.cityscapes_pixel_names import NAME, SCORES
-from panfpn.evaluation.evaluator import EvalImage, Evaluator
-from panfpn.evaluation.gt_positions import segment_positions
+from panfpn.evaluation.evaluator import EvalImage, Evaluator, gt_positions_of
 from panfpn.evaluation.semantic import SemSegEvaluator
 from panfpn.utils.dist import all_reduce_sum
 from panfpn.utils.errors import ConfigError
@@ -127,7 +126,7 @@ class CityscapesPixelScores:
         """Add one image: ``pred`` int ``[H, W]`` semantic labels, ``sem_gt`` its semantic ground
         truth (255 = not scored), ``gt_map`` + ``gt_segments`` its panoptic ground truth;
         ``confusion``: the image's :func:`~panfpn.evaluation.semantic.confusion_counts` and
-        ``positions``: ``gt_map``'s :func:`~panfpn.evaluation.gt_positions.segment_positions` in
+        ``positions``: :func:`~panfpn.evaluation.evaluator.gt_positions_of` of ``gt_map`` in
         ``gt_segments``, when already computed (``EvalImage.sem_confusion``, ``gt_positions``)."""
         if confusion is None:
             self.confusion.update(pred, sem_gt)
@@ -141,7 +140,7 @@ class CityscapesPixelScores:
             return
         c = len(self.names)
         if positions is None:
-            positions = segment_positions(gt_map.cpu().numpy(), [int(s["id"]) for s in gt_segments])
+            positions = gt_positions_of(gt_map, gt_segments)
         instance_of = np.full(len(gt_segments) + 1, -1, dtype=np.int64)  # segment position -> instance, -1: none
         instance_of[[i for i, _ in instances]] = np.arange(len(instances))
         inst = torch.from_numpy(instance_of[positions].reshape(-1))

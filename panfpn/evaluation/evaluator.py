@@ -33,6 +33,13 @@ from panfpn.evaluation.semantic import confusion_counts
 from panfpn.evaluation.visualize import panoptic_overlay, side_by_side
 
 
+def gt_positions_of(gt_map: torch.Tensor, gt_segments: Sequence[Mapping]) -> np.ndarray:
+    """int64 ``[H, W]`` on the host: each pixel of the panoptic ground truth ``gt_map`` (any device)
+    as its position in ``gt_segments`` (``len(gt_segments)``: none); :attr:`EvalImage.gt_positions`,
+    or an evaluator's own when it is given none."""
+    return segment_positions(gt_map.cpu().numpy(), [int(s["id"]) for s in gt_segments])
+
+
 class EvalImage:
     """One image of a batch as the evaluators read it: the model's output (``output``, the dict of
     docs/interfaces.md section 3), its panoptic prediction in dataset category ids and the image's
@@ -75,7 +82,7 @@ class EvalImage:
         """int64 ``[H, W]`` on the host: each ground-truth pixel's position in ``gt_segments``
         (``len(gt_segments)``: none), for ``cityscapes_ap`` and ``cityscapes_sem_seg``: one pass
         over the pixels per image for both."""
-        return segment_positions(self.gt_map.cpu().numpy(), [int(s["id"]) for s in self.gt_segments])
+        return gt_positions_of(self.gt_map, self.gt_segments)
 
     def overlay(self, max_width: int | None = None) -> np.ndarray:
         """uint8 ``[H, 2W + gap, 3]``: ground truth | prediction drawn over the image, at the
@@ -130,4 +137,4 @@ class Evaluator:
         """Main process, after eval_results.json: ``results`` holds every evaluator's results."""
 
 
-__all__ = ["EvalImage", "Evaluator", "eval_images"]
+__all__ = ["EvalImage", "Evaluator", "eval_images", "gt_positions_of"]

@@ -23,7 +23,7 @@ from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.model_spec import check_dataset_labels
 from panfpn.engine.progress import bar_enabled
 from panfpn.engine.rank_errors import told_to_rank_0
-from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, setup_logging
+from panfpn.engine.job_setup import build_metadata, fit_threads_to_cpus, setup_logging, start_job_logging
 from panfpn.evaluation.build import build_evaluators
 from panfpn.evaluation.coco_ap import ap_text
 from panfpn.evaluation.earlier_outputs import (check_fill_aside, fill_aside, move_predictions_into_place,
@@ -73,6 +73,7 @@ def evaluate_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None
     (see :func:`panfpn.engine.inference_model.build_inference_model`; ``overrides`` as there).
     """
     du.job_log_on_rank_0_only()  # hydra's eval.log: one writer
+    start_job_logging()  # what the checks below log (a folder moved aside): the tool's format, stderr and log.txt
     validate_config(cfg)
     refuse_unread_overrides("eval", overrides, cfg)  # e.g. data.batch_size: eval reads eval.batch_size
     if not cfg.weights:

@@ -25,7 +25,7 @@ from panfpn.utils.dist import resolve_device
 from panfpn.engine.config import validate_config
 from panfpn.engine.config.unread import refuse_unread_overrides
 from panfpn.engine.config.schema import ExportOptions  # the export section's declaration
-from panfpn.engine.job_setup import setup_logging
+from panfpn.engine.job_setup import setup_logging, start_job_logging
 from panfpn.modeling.panoptic_fpn import export as ex
 from panfpn.engine.inference_model import build_inference_model
 from panfpn.engine.export_pipeline import (export_pipeline_from_config, output_file, output_stem,
@@ -43,6 +43,7 @@ def export_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None) 
     returns ``{"files": {...}, "max_abs_diff": {format: {output name: float}}}`` and writes
     ``<stem>.json`` with the same."""
     refuse_several_processes("export")
+    start_job_logging()  # the no-weights warning below: the tool's format, stderr and log.txt
     validate_config(cfg)
     refuse_unread_overrides("export", overrides, cfg)  # e.g. predict.* typed to tools/export.py
     opts = ExportOptions.from_config(cfg)

@@ -19,21 +19,56 @@ from panfpn.utils.cpus import cpus_per_local_process
 logger = logging.getLogger("panfpn")
 
 
-def setup_logging(run_dir: Path | None) -> None:
-    """Console logging on every rank at INFO; a ``log.txt`` in the run dir on the main rank."""
+_FORMAT = "[%(asctime)s %(levelname)s] %(message)s"
+
+
+class _Held(logging.Handler):
+    """The records logged from the job's start until its run folder's ``log.txt`` is opened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def start_job_logging() -> None:
+    """The console of :func:`setup_logging` from a job's first line, before its run folder is known:
+    what its start checks say (a warning, a lock taken over) is printed once, in the tools' format on
+    stderr, not by hydra's handler on stdout; and held for ``log.txt`` (an earlier job's held lines
+    dropped: one job's log)."""
+    _console()
+    for held in [h for h in logger.handlers if isinstance(h, _Held)]:
+        logger.removeHandler(held)
+    logger.addHandler(_Held())
+
+
+def _console() -> None:
     logger.setLevel(logging.INFO)
     if not any(getattr(h, "_panfpn", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", "%H:%M:%S"))
+        handler.setFormatter(logging.Formatter(_FORMAT, "%H:%M:%S"))
         handler._panfpn = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
         logger.propagate = False
+
+
+def setup_logging(run_dir: Path | None) -> None:
+    """Console logging on every rank at INFO; a ``log.txt`` in the run dir on the main rank, which
+    starts with what the job logged since :func:`start_job_logging`."""
+    _console()
+    held = [h for h in logger.handlers if isinstance(h, _Held)]
+    for handler in held:
+        logger.removeHandler(handler)
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         path = run_dir / "log.txt"
         if not any(getattr(h, "baseFilename", None) == str(path.resolve()) for h in logger.handlers):
             file_handler = logging.FileHandler(path)
-            file_handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s"))
+            file_handler.setFormatter(logging.Formatter(_FORMAT))
+            for record in (r for h in held for r in h.records):
+                file_handler.handle(record)
             logger.addHandler(file_handler)
 
 

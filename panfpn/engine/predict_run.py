@@ -48,7 +48,7 @@ from panfpn.engine.config.unread import refuse_unread_overrides
 from panfpn.engine.config.schema import PredictOptions  # the predict section's declaration
 from panfpn.engine.progress import bar_enabled
 from panfpn.engine.inference_model import build_inference_model
-from panfpn.engine.job_setup import fit_threads_to_cpus, setup_logging
+from panfpn.engine.job_setup import fit_threads_to_cpus, setup_logging, start_job_logging
 from panfpn.evaluation.cityscapes_instance_folder import (INSTANCES_DIR, cityscapes_instance_classes,
                                                           cityscapes_instance_ids, earlier_instance_files)
 from panfpn.evaluation.prediction_folder import (OVERLAY_FORMATS, JsonState, PredictionTargets, WriteQueue,
@@ -86,6 +86,7 @@ def predict_from_config(cfg: DictConfig, overrides: Sequence[str] | None = None)
     Returns the summary of :func:`predict_images`.
     """
     refuse_several_processes("predict")
+    start_job_logging()  # what the checks below log: the tool's format, stderr and log.txt
     validate_config(cfg)
     refuse_unread_overrides("predict", overrides, cfg)  # e.g. eval.batch_size: predict reads predict.batch_size
     opts = predict_options(cfg)

@@ -255,9 +255,11 @@ def test_two_process_resume_continues_exactly_and_rank_0_alone_writes(runs):
     log = (root / "two" / "log.txt").read_text()
     assert log.count("iter 4/4") == 1 and log.count("saved checkpoint") == 2
     assert not list((root / "two").glob("rank*_error.json"))
-    # hydra's job log: before, rank 1's hydra appended each start-check warning a second time
+    # the start check's warning (train.eval_period=-1): once, in log.txt (rank 0's); it went to hydra's job
+    # log, where rank 1's hydra appended it a second time, then (job_log_on_rank_0_only) to it alone
+    assert log.count("needs an evaluation but train.eval_period=-1") == 1
     job_log = (root / "two" / "train.log").read_text().splitlines()
-    assert job_log and len({line.split("]", 1)[1] for line in job_log}) == len(job_log), job_log
+    assert len({line.split("]", 1)[1] for line in job_log}) == len(job_log), job_log
 
 
 @pytest.mark.slow

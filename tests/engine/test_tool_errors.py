@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import traceback
 import urllib.error
@@ -238,6 +239,49 @@ def test_a_bug_in_panfpn_s_solver_code_keeps_its_traceback(monkeypatch, tmp_path
         assert input_error(err.value) is None
         assert err.value.__traceback__ is not None and any(
             frame.f_code is _internal_bug.__code__ for frame, _ in traceback.walk_tb(err.value.__traceback__))
+
+
+
+def test_a_start_check_warning_is_said_once_in_the_tool_s_format_on_stderr_and_in_log_txt(tmp_path):
+    """train.eval_period=-1 with the default train.objective: the start check warns before the run's
+    logging was set up. Before, hydra's handler printed it on stdout in its format ("[date][panfpn]
+    [WARNING] - ..."), and log.txt lacked it (hydra's train.log had it)."""
+    from tests.engine.conftest import TINY
+
+    run_dir = tmp_path / "run"
+    done = _tool("train", [*TINY, "solver.max_iter=2", "solver.schedule.steps=[1]", "train.eval_period=-1",
+                           f"hydra.run.dir={run_dir}"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = "train.objective=pq/All needs an evaluation but train.eval_period=-1"
+    assert said not in done.stdout, done.stdout
+    lines = [line for line in done.stderr.splitlines() if said in line]
+    assert len(lines) == 1 and re.match(r"\[\d\d:\d\d:\d\d WARNING\] train\.objective", lines[0]), done.stderr[-3000:]
+    log = (run_dir / "log.txt").read_text().splitlines()
+    assert sum(said in line for line in log) == 1 and said in log[0], log[:3]
+
+
+def test_a_job_s_log_txt_starts_with_its_own_start_lines_only(tmp_path):
+    """What a job logs before its log.txt opens is written there, not what an earlier job of the same
+    process (a multirun) logged before it failed at its start."""
+    import logging
+
+    from panfpn.engine.job_setup import setup_logging, start_job_logging
+
+    logger = logging.getLogger("panfpn")
+    before = list(logger.handlers)
+    try:
+        start_job_logging()
+        logger.warning("job 0's start warning")  # job 0 stops before its log.txt
+        start_job_logging()
+        logger.warning("job 1's start warning")
+        setup_logging(tmp_path)
+        logger.info("job 1 runs")
+    finally:
+        for handler in [h for h in logger.handlers if h not in before]:
+            logger.removeHandler(handler)
+            handler.close()
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == ["job 1's start warning", "job 1 runs"], lines
 
 
 # ---- data files before the model and its weights ----

@@ -182,10 +182,12 @@ def run_training_job(cfg: DictConfig) -> dict:
         try:
             # imported here, under the handler: torch & co take seconds, and a SIGTERM then killed the job
             from panfpn.engine.distributed import job_log_on_rank_0_only
+            from panfpn.engine.job_setup import start_job_logging
             from panfpn.engine.train_run import train_from_config
             from panfpn.engine.training.start_checks import check_job_start
 
             job_log_on_rank_0_only()
+            start_job_logging()  # the start checks' warnings: the tool's format, stderr and log.txt
             earlier = earlier_attempts(cfg, run_dir)  # before this attempt writes its own record
             warning = check_job_start(cfg)
             if warning:

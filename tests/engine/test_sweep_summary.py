@@ -69,6 +69,23 @@ def test_summarize_tool_collects_folders_made_separately(tmp_path):
     assert [(r["run_dir"], r["status"]) for r in rows] == [(str(a), "done"), (str(b), "interrupted")]
 
 
+def test_summarize_tool_imports_no_torch(tmp_path):
+    # A summary is JSON, CSV and HTML: tools/summarize.py starts without torch's second or two.
+    sweep = tmp_path / "sweep"
+    _fake_run(sweep / "0", "done", 0.3, ["seed=1"])
+    _fake_run(sweep / "1", "failed", None, ["seed=2"])
+    run = ("import runpy, sys; sys.argv = ['tools/summarize.py'] + sys.argv[1:]\n"
+           "try:\n"
+           f"    runpy.run_path({str(ROOT / 'tools' / 'summarize.py')!r}, run_name='__main__')\n"
+           "except SystemExit as exit:\n"
+           "    assert exit.code in (0, None), exit.code\n"
+           "print('TORCH_IMPORTED', 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", run, str(sweep)], env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (sweep / "summary.html").is_file() and "TORCH_IMPORTED False" in proc.stdout
+
+
 def _env():
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

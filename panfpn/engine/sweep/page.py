@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from panfpn.engine.progress import duration
 from panfpn.engine.sweep.summary import (METRIC_NAMES, best_job, no_best_reason, objective_decimals,
                                         shared_overrides, status_text, tied_with_best)
-from panfpn.evaluation.report import SORT_JS, STYLE
+from panfpn.evaluation.page_style import SORT_JS, STYLE
 
 EXTRA_STYLE = """
 td.metric{background-repeat:no-repeat;background-size:var(--w) 3px;background-position:right bottom;

@@ -64,8 +64,7 @@ import torch
 
 from panfpn.data.metadata import DatasetMetadata
 from panfpn.evaluation.cityscapes_void import instance_ids_path, official_void
-from panfpn.evaluation.evaluator import EvalImage, Evaluator
-from panfpn.evaluation.gt_positions import segment_positions
+from panfpn.evaluation.evaluator import EvalImage, Evaluator, gt_positions_of
 from panfpn.utils.dist import all_gather_objects, is_main_process, is_multiprocess
 from panfpn.utils.errors import ConfigError
 
@@ -170,14 +169,14 @@ def image_classes(gt_map: torch.Tensor, gt_segments: Sequence[Mapping], labels: 
     the predictions; ``masks``: bool ``[K, H, W]``, a sequence of ``K`` bool ``[H, W]`` or a
     ``BoxMasks`` (read inside each box: no full-size mask is made); ``void``: bool ``[H, W]``, the
     official void pixels (:func:`panfpn.evaluation.cityscapes_void.official_void`), or None for the
-    pixels outside every segment of ``gt_map``; ``positions``: ``gt_map``'s
-    :func:`~panfpn.evaluation.gt_positions.segment_positions` in ``gt_segments`` when already
-    computed (``EvalImage.gt_positions``)."""
+    pixels outside every segment of ``gt_map``; ``positions``:
+    :func:`~panfpn.evaluation.evaluator.gt_positions_of` of ``gt_map`` in ``gt_segments`` when
+    already computed (``EvalImage.gt_positions``)."""
     void = None if void is None else _host(void).astype(bool, copy=False)
     out = [ImageClass() for _ in INSTANCE_CLASSES]
     seg_ids = [int(seg["id"]) for seg in gt_segments]
     # each pixel's segment (len(seg_ids): none)
-    dense = segment_positions(_host(gt_map), seg_ids) if positions is None else positions
+    dense = gt_positions_of(gt_map, gt_segments) if positions is None else positions
     area = np.bincount(dense.reshape(-1), minlength=len(seg_ids) + 1).tolist()
     slot: dict[int, tuple[int, int]] = {}  # position in gt_segments -> (class, index in its class)
     for i, seg in enumerate(gt_segments):

@@ -112,17 +112,20 @@ def _evaluate(cfg: DictConfig, overrides: Sequence[str] | None, device, out_dir:
         fill_aside(out_dir, **written)
     du.barrier()
     # until the metrics are written, an error or a stop leaves no partial set of prediction files
-    with predictions_removed_on_failure(out_dir, **written, main=du.is_main_process()):
+    with predictions_removed_on_failure(out_dir, **written, main=du.is_main_process()) as filling:
         metrics = evaluate(model, loader, metadata, evaluators, device=device, max_images=cfg.eval.max_images,
                            progress=bar_enabled(cfg.eval.progress_bar))
         metrics.pop("overlays", None)
         du.barrier()  # every rank has written its prediction files
+        filling.scored = True
         if du.is_main_process():
             print(format_results(metrics))
             print(per_class_table(metrics, metadata))
             results = nonfinite_to_null(json.loads(json.dumps({**metrics, "context": context}, default=str)))
             # the predictions first: a stop during the renames (os.sync can take seconds) removes them and
-            # leaves no eval_results.json of this run, never one whose predictions were removed
+            # leaves no eval_results.json of this run, never one whose predictions were removed; a rename
+            # that fails (a folder made in the way meanwhile) keeps them aside, complete, and says where
+            filling.renaming = True
             move_predictions_into_place(out_dir, **written)
             write_json_atomic(out_dir / "eval_results.json", results)
             logger.info("wrote %s", out_dir / "eval_results.json")

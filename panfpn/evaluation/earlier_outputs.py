@@ -23,11 +23,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from panfpn.evaluation.partial_predictions import (check_renamable, move_into_place, partial_dir, prediction_files,
-                                                   put_back, remove_empty_folders, set_aside)
+from panfpn.evaluation.partial_predictions import (PredictionsKeptAside, check_renamable, move_into_place, partial_dir,
+                                                   prediction_files, put_back, remove_empty_folders, set_aside)
 from panfpn.utils.stop_signals import defer_stop_signals
 
 logger = logging.getLogger(__name__)
@@ -78,9 +79,9 @@ def remove_earlier_predictions(out_dir: str | Path, *, save_predictions: bool, s
 
 
 def remove_killed_evaluations_files(out_dir: str | Path) -> int:
-    """Remove what an evaluation killed before every image was scored left in
-    :func:`~panfpn.evaluation.partial_predictions.partial_dir` (logged with its count; the official
-    scripts never read it), putting the files of other kinds that were moved aside with their folder
+    """Remove what an evaluation killed before every image was scored (or one whose folders could
+    not be renamed into place) left in :func:`~panfpn.evaluation.partial_predictions.partial_dir`
+    (logged with its count; the official scripts never read it), putting the files of other kinds that were moved aside with their folder
     back. Rank 0, before any rank writes; returns the count removed."""
     out_dir, root = Path(out_dir), partial_dir(out_dir)
     if not root.exists():
@@ -98,8 +99,9 @@ def remove_killed_evaluations_files(out_dir: str | Path) -> int:
     rest = [f for f in root.rglob("*") if not f.is_dir()]  # panoptic_pred.json (and its write's temp file)
     shutil.rmtree(root)
     removed += len(rest)
-    logger.warning("removed %s: %d file(s) of an evaluation killed before every image was scored (the folders "
-                   "it was filling; the official scripts do not read them)", root, removed)
+    logger.warning("removed %s: %d file(s) of an evaluation killed before every image was scored, or whose "
+                   "complete folders were kept there as they could not be renamed into place (the official "
+                   "scripts do not read them)", root, removed)
     return removed
 
 
@@ -165,22 +167,40 @@ def remove_partial_predictions(out_dir: str | Path, *, save_predictions: bool, s
     return removed
 
 
+@dataclass
+class Filling:
+    """How far :func:`predictions_removed_on_failure`'s block got, which an error's or a stop's log
+    line says: ``scored`` once every rank scored every image, ``renaming`` once the folders are being
+    renamed into place."""
+
+    scored: bool = False
+    renaming: bool = False
+
+
 @contextlib.contextmanager
 def predictions_removed_on_failure(out_dir: str | Path, *, save_predictions: bool, save_semantic: bool,
-                                   main: bool = True) -> Iterator[None]:
+                                   main: bool = True) -> Iterator[Filling]:
     """Run the block; when it raises (an error, a stop signal's exception), remove the prediction
     files this evaluation wrote (:func:`remove_partial_predictions`, ``main``: the rank that puts
-    other files back) and raise it on."""
+    other files back) and raise it on; except
+    :class:`~panfpn.evaluation.partial_predictions.PredictionsKeptAside`: the folders of an evaluation
+    that scored every image, which its message tells where to find, are kept."""
+    filling = Filling()
     try:
-        yield
+        yield filling
+    except PredictionsKeptAside:
+        raise
     except BaseException as err:
         defer_stop_signals()  # a second signal must not cut the removal short
         why = ("was stopped" if isinstance(err, KeyboardInterrupt)
                else f"failed ({type(err).__name__})")
+        when = (" after every image was scored, while its prediction folders were renamed into place"
+                if filling.renaming else " after every image was scored" if filling.scored
+                else " before every image was scored")
         remove_partial_predictions(out_dir, save_predictions=save_predictions, save_semantic=save_semantic,
-                                   why=why + " before every image was scored", put_back_others=main)
+                                   why=why + when, put_back_others=main)
         raise
 
 
-__all__ = ["check_fill_aside", "fill_aside", "move_predictions_into_place", "predictions_removed_on_failure", "remove_earlier_predictions",
+__all__ = ["Filling", "check_fill_aside", "fill_aside", "move_predictions_into_place", "predictions_removed_on_failure", "remove_earlier_predictions",
            "remove_killed_evaluations_files", "remove_partial_predictions"]

@@ -14,7 +14,9 @@ layout below it (``predictions/panoptic_pred/``, ``predictions/panoptic_pred.jso
 one when it starts (logged with its count); a file of another kind that was in a folder being filled
 (a user's, moved aside with the folder) is put back. What would make the renames fail at the end
 (another file system, a file or link in the way, no write access) is refused before anything is
-evaluated (:func:`check_renamable`), and one evaluation at a time fills a run folder (:func:`fill_lock`).
+evaluated (:func:`check_renamable`), and one evaluation at a time fills a run folder (:func:`fill_lock`);
+what gets in the way during the run (a folder with files made where one goes) keeps the complete
+folders here (:class:`PredictionsKeptAside`), for the user to move, or the next evaluation to remove.
 """
 
 from __future__ import annotations
@@ -220,14 +222,32 @@ def move_into_place(out_dir: str | Path, folders: Iterable[str], last: Iterable[
     moves += [(root / f, out_dir / f) for f in last if (root / f).is_file()]
     if moves and hasattr(os, "sync"):
         os.sync()  # the files' data on disk before the renames that show them
-    for src, dst in moves:
-        if src.is_dir():
-            remove_empty_folders(dst)  # emptied when this evaluation started
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dst)  # a folder that holds files at dst: OSError (Directory not empty) naming both
+    for i, (src, dst) in enumerate(moves):
+        try:
+            if src.is_dir():
+                remove_empty_folders(dst)  # emptied when this evaluation started
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+        except OSError as err:  # in the way since the start (a user's folder with files there: ENOTEMPTY)
+            raise PredictionsKeptAside(_kept_aside_message(root, out_dir, moves[i:], err)) from err
     remove_empty_folders(root)
     return [dst for _, dst in moves]
 
 
-__all__ = ["FILL_LOCK", "PARTIAL_DIR", "check_renamable", "fill_lock", "move_into_place", "partial_dir",
+class PredictionsKeptAside(ConfigError):
+    """The prediction folders of an evaluation that scored every image could not be renamed into
+    place (something got in the way during the run): they are kept, complete, in :func:`partial_dir`.
+    A ConfigError: tools/eval.py's one line and exit 2 (the fix is the user's)."""
+
+
+def _kept_aside_message(root: Path, out_dir: Path, left: list[tuple[Path, Path]], err: OSError) -> str:
+    """One line: which rename failed and why, where the complete predictions are and what to do."""
+    src, dst = left[0]
+    names = ", ".join(str(s.relative_to(root)) for s, _ in left)
+    return (f"every image was scored, but {src} could not be renamed to {dst} ({err.strerror or err}): the complete "
+            f"predictions not yet in place ({names}) are kept in {root}; move {dst} away and move them into "
+            f"{out_dir} by hand in that order, or run the evaluation again (it removes them and starts afresh)")
+
+
+__all__ = ["FILL_LOCK", "PARTIAL_DIR", "PredictionsKeptAside", "check_renamable", "fill_lock", "move_into_place", "partial_dir",
            "prediction_files", "put_back", "remove_empty_folders", "set_aside"]

@@ -130,10 +130,50 @@ def test_a_stop_during_the_renames_leaves_no_results_of_this_run(weights, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         _evaluate(weights, run)
     assert not (run / "eval_results.json").exists()
+    assert ("it was stopped after every image was scored, while its prediction folders were renamed into place"
+            in (run / "log.txt").read_text())
     assert [p for p in run.rglob("*") if p.is_file() and p.suffix in (".png", ".json")] == []
     monkeypatch.undo()
     _evaluate(weights, run)  # the next one completes: results and their predictions
     assert (run / "eval_results.json").is_file() and (run / "predictions" / "panoptic_pred.json").is_file()
+
+
+def test_a_folder_made_in_the_way_during_the_run_keeps_the_complete_predictions_aside(weights, tmp_path,
+                                                                                        monkeypatch):
+    """The user makes predictions/panoptic_pred/ with a file in it while the evaluation runs: its
+    rename into place fails (ENOTEMPTY) after every image was scored. The complete folders stay in
+    .partial_predictions/, one line (a ConfigError: exit 2) names both paths and what to do, and the
+    next evaluation removes them and starts afresh. Before: they were removed as those of an
+    evaluation that "failed (OSError) before every image was scored"."""
+    from panfpn.engine import eval_run
+
+    run = tmp_path / "run"
+    blocker = run / "predictions" / "panoptic_pred" / "mine.txt"
+    printed = eval_run.format_results
+
+    def user_makes_the_folder(metrics):  # after every image was scored, before the renames
+        blocker.parent.mkdir(parents=True)
+        blocker.write_text("mine")
+        return printed(metrics)
+
+    monkeypatch.setattr(eval_run, "format_results", user_makes_the_folder)
+    with pytest.raises(ConfigError) as err:
+        _evaluate(weights, run)
+    partial, placed = run / ".partial_predictions", run / "predictions" / "panoptic_pred"
+    line = str(err.value)
+    assert "\n" not in line and isinstance(err.value.__cause__, OSError)
+    assert f"{partial / 'predictions' / 'panoptic_pred'} could not be renamed to {placed} (Directory not empty)" in line
+    assert f"kept in {partial}; move {placed} away" in line and "run the evaluation again" in line
+    assert len(list((partial / "predictions" / "panoptic_pred").glob("*.png"))) == 2  # complete: both images
+    assert (partial / "predictions" / "panoptic_pred.json").is_file()
+    assert len(list((run / "semantic").glob("*.png"))) == 2  # renamed before: complete, in place
+    assert blocker.read_text() == "mine" and not (run / "eval_results.json").exists()
+    assert "removed the" not in (run / "log.txt").read_text()
+    monkeypatch.undo()
+    _evaluate(weights, run)  # the next one: removes the kept folders, fills and renames afresh
+    assert not partial.exists() and (run / "eval_results.json").is_file()
+    assert len(list(placed.glob("*.png"))) == 2 and blocker.read_text() == "mine"  # the user's file put back
+    assert f"removed {partial}: " in (run / "log.txt").read_text()
 
 
 def test_a_link_in_place_of_the_hidden_folder_is_refused(weights, tmp_path):

@@ -134,9 +134,10 @@ def _pass(rows: Tensor, index: Tensor, weights: Tensor) -> Tensor:
     gathered as bytes, widened to float64 and summed by a batched product ``[n, 1, K] @ [n, K, M]``
     (no ``[n, K, M]`` product is materialised): every product and partial sum is an integer below
     ``2**31`` (weights at most ``2**22``, a row's sum at most ``2**22 + K / 2`` after rounding, bytes
-    below 256), exact in float64 in any order. Not int32: PyTorch has no integer matrix product on
-    CUDA and onnxruntime's CUDA provider none either (it would run the node on the CPU); float64's
-    is on both, at ~1.6x the int32 product's memory and time on the CPU (bench/RESULTS.md, session 15)."""
+    below 256), exact in float64 in any order. Not int32: onnxruntime's CUDA provider has no integer
+    MatMul (it would run the node on the CPU provider, copying the taps across) nor has PyTorch on
+    CUDA; float64's is on both, at ~1.6x the int32 product's memory and time on the CPU
+    (bench/RESULTS.md, session 15)."""
     g = rows[index].double()  # a 2-D index gathers [n, K, M] directly (no reshape: n or M may be 0)
     acc = torch.matmul(weights[:, None, :], g)[:, 0, :]
     return torch.floor((acc + _HALF_UNIT) / _UNIT).clamp(max=255.0).to(torch.uint8)

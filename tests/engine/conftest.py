@@ -1,5 +1,7 @@
 """Compose the project's hydra config with tiny CPU overrides, as the tools would."""
 
+from pathlib import Path
+
 import pytest
 
 from config_helpers import compose_config
@@ -15,6 +17,17 @@ TINY = [
     "train.log_period=1", "train.checkpoint_period=2", "train.progress_bar=false",
     "eval.max_images=2",
 ]
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """model_final.pth of one tiny training without evaluation (TINY, train.eval_period=-1), trained
+    once per session for the tests that only read a real checkpoint; do not write to its folder."""
+    from panfpn.engine.train_run import train_from_config
+
+    run_dir = tmp_path_factory.mktemp("tiny_train")
+    train_from_config(compose_config([*TINY, "train.eval_period=-1"], output_dir=run_dir))
+    return run_dir / "model_final.pth"
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from panfpn.engine import eval_run
 from panfpn.engine.config import ConfigError
 from panfpn.engine.eval_run import evaluate_from_config
 from panfpn.engine.model_spec import renamed_categories
-from panfpn.engine.train_run import train_from_config
 
 
 def _renamed(names: dict[int, str]) -> DatasetMetadata:
@@ -35,9 +34,8 @@ def _swapped() -> tuple[DatasetMetadata, dict[int, str]]:
 
 
 @pytest.fixture
-def weights(tiny_cfg, tmp_path) -> Path:
-    train_from_config(tiny_cfg("train.eval_period=-1", run_dir=tmp_path / "train"))
-    return tmp_path / "train" / "model_final.pth"
+def weights(tiny_weights) -> Path:
+    return tiny_weights  # one tiny training of the session, read only
 
 
 def _strict(path: Path):

@@ -6,15 +6,13 @@ import sys
 from pathlib import Path
 
 from panfpn.engine.eval_run import evaluate_from_config
-from panfpn.engine.train_run import train_from_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluation"))
 from report_parse import PageStructure  # noqa: E402
 
 
-def test_eval_writes_a_self_contained_report(tiny_cfg, tmp_path):
-    train_from_config(tiny_cfg("train.eval_period=-1", run_dir=tmp_path / "train"))
-    weights = tmp_path / "train" / "model_final.pth"
+def test_eval_writes_a_self_contained_report(tiny_cfg, tiny_weights, tmp_path):
+    weights = tiny_weights
     overrides = ["model.merge.score_thresh=0.0", "model.merge.stuff_area=1"]
     cfg = tiny_cfg(f"weights={weights}", "eval.max_images=null", *overrides, run_dir=tmp_path / "eval")
     metrics = evaluate_from_config(cfg, overrides=overrides)
@@ -36,8 +34,7 @@ def test_eval_writes_a_self_contained_report(tiny_cfg, tmp_path):
     assert not re.search(r"https?://", page)
 
 
-def test_eval_report_false_writes_none(tiny_cfg, tmp_path):
-    train_from_config(tiny_cfg("train.eval_period=-1", run_dir=tmp_path / "train"))
-    cfg = tiny_cfg(f"weights={tmp_path / 'train' / 'model_final.pth'}", "eval.report=false", run_dir=tmp_path / "eval")
+def test_eval_report_false_writes_none(tiny_cfg, tiny_weights, tmp_path):
+    cfg = tiny_cfg(f"weights={tiny_weights}", "eval.report=false", run_dir=tmp_path / "eval")
     evaluate_from_config(cfg)
     assert (tmp_path / "eval" / "eval_results.json").is_file() and not (tmp_path / "eval" / "report.html").exists()

@@ -7,13 +7,11 @@ from PIL import Image
 from hydra.utils import instantiate
 
 from panfpn.engine.eval_run import evaluate_from_config
-from panfpn.engine.train_run import train_from_config
 from panfpn.evaluation import pq_compute
 
 
-def test_eval_writes_results_and_predictions_consistent_with_pq_compute(tiny_cfg, tmp_path):
-    train_from_config(tiny_cfg("train.eval_period=-1", run_dir=tmp_path / "train"))
-    weights = tmp_path / "train" / "model_final.pth"
+def test_eval_writes_results_and_predictions_consistent_with_pq_compute(tiny_cfg, tiny_weights, tmp_path):
+    weights = tiny_weights
     merge_overrides = ["model.merge.score_thresh=0.0", "model.merge.stuff_area=1"]  # many segments
     cfg = tiny_cfg(f"weights={weights}", "eval.save_predictions=true", "eval.max_images=null", "eval.save_overlays=2",
                    *merge_overrides, run_dir=tmp_path / "eval")
@@ -44,7 +42,7 @@ def test_eval_without_weights_names_the_key(tiny_cfg):
         evaluate_from_config(tiny_cfg())
 
 
-def test_eval_encodes_instance_masks_one_at_a_time_with_the_same_ap(tiny_cfg, tmp_path, monkeypatch):
+def test_eval_encodes_instance_masks_one_at_a_time_with_the_same_ap(tiny_cfg, tiny_weights, tmp_path, monkeypatch):
     """Eval keeps instance masks inside their boxes and makes each full-size mask only when COCO AP
     encodes it (a 24 MP image with 100 instances held 2.3 GiB of dense masks): the detections AP
     sees (RLEs included) are exactly those of the dense path, and no dense [K, H, W] stack is built."""
@@ -54,9 +52,8 @@ def test_eval_encodes_instance_masks_one_at_a_time_with_the_same_ap(tiny_cfg, tm
     from panfpn.evaluation import coco_ap
     from panfpn.modeling.merge import BoxMasks
 
-    train_from_config(tiny_cfg("train.eval_period=-1", run_dir=tmp_path / "train"))
     overrides = ["model.merge.score_thresh=0.0", "model.roi_heads.box_head.test.score_thresh=0.0"]
-    cfg = tiny_cfg(f"weights={tmp_path / 'train' / 'model_final.pth'}", "eval.max_images=null", *overrides,
+    cfg = tiny_cfg(f"weights={tiny_weights}", "eval.max_images=null", *overrides,
                    run_dir=tmp_path / "eval")
     seen: list[list[dict]] = []
     original = coco_ap.detections_of_image

@@ -52,6 +52,24 @@ def _check(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                capture_output=True, text=True)
 
 
+def _check_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """What ``_check`` returns, from ``check.main`` in this process: for tests of the report's lines and
+    exit status (~3 s less than a new interpreter each); the command itself is run by the others."""
+    import logging
+
+    from panfpn.data import check
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level  # main's logging.basicConfig must not outlive it
+    capsys.readouterr()
+    try:
+        status = check.main(list(args))
+    finally:
+        root.handlers[:], root.level = handlers, level
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["panfpn.data.check", *args], status, out, err)
+
+
 def _explicit(ds: Path, json_file: Path | None = None) -> list[str]:
     return ["--json", str(json_file or ds / "panoptic.json"), "--images", str(ds / "images"),
             "--panoptic", str(ds / "panoptic")]
@@ -163,7 +181,7 @@ def test_what_opening_a_split_warns_of_is_listed_and_exit_stays_0(four_images, t
     assert strict.returncode == 2 and strict.stdout == done.stdout.replace(f"wrote {out}\n", "")
 
 
-def test_a_train_split_that_filter_empty_would_empty_is_a_warning(four_images, tmp_path):
+def test_a_train_split_that_filter_empty_would_empty_is_a_warning(four_images, tmp_path, capsys):
     # Every thing segment is a crowd (an exporter marking groups): before, data.check said nothing and
     # training with data=coco_panoptic_folder (filter_empty=true) stopped at its start.
     ds = _copy(four_images, tmp_path / "ds")
@@ -174,13 +192,13 @@ def test_a_train_split_that_filter_empty_would_empty_is_a_warning(four_images, t
             if seg["category_id"] in things:
                 seg["iscrowd"] = 1
     (ds / "panoptic.json").write_text(json.dumps(data))
-    done = _check(*_explicit(ds), "--workers", "0")
+    done = _check_here(capsys, *_explicit(ds), "--workers", "0")
     assert done.returncode == 0, done.stdout + done.stderr
     assert (f"train: split: [warning] {ds / 'panoptic.json'}: no image has a non-crowd thing segment, so "
             "data.train.filter_empty=true") in done.stdout
     assert "data.train.filter_empty=false keeps every image" in done.stdout
-    assert _check(*_explicit(ds), "--workers", "0", "--strict").returncode == 2
-    clean = _check(*_explicit(four_images), "--workers", "0")
+    assert _check_here(capsys, *_explicit(ds), "--workers", "0", "--strict").returncode == 2
+    clean = _check_here(capsys, *_explicit(four_images), "--workers", "0")
     assert "non-crowd thing" not in clean.stdout
 
 
@@ -233,7 +251,7 @@ def test_report_is_written_when_the_reader_closes_stdout_early(four_images, tmp_
     assert json.loads(out.read_text())["images_with_problems"] == 3
 
 
-def test_a_cityscapes_root_is_checked_as_training_reads_it(tmp_path):
+def test_a_cityscapes_root_is_checked_as_training_reads_it(tmp_path, capsys):
     """`--root $CITYSCAPES_DATASET` after createPanopticImgs: its splits found, an image without
     ground truth a warning (exit 0), a leftImg8bit city missing named per city and per image."""
     from cityscapes_layout import write_cityscapes_root
@@ -241,14 +259,14 @@ def test_a_cityscapes_root_is_checked_as_training_reads_it(tmp_path):
     root = write_cityscapes_root(tmp_path / "cs", ["frankfurt_000000_000294", "lindau_000000_000019"])
     frankfurt = root / "leftImg8bit" / "val" / "frankfurt"
     shutil.copy(frankfurt / "frankfurt_000000_000294_leftImg8bit.png", frankfurt / "frankfurt_000001_000294_leftImg8bit.png")
-    warned = _check("--root", str(root), "--workers", "0")
+    warned = _check_here(capsys, "--root", str(root), "--workers", "0")
     assert warned.returncode == 0, warned.stderr
     lines = warned.stdout.splitlines()
     assert lines[0].startswith(f"val: split: [warning] {root / 'gtFine' / 'cityscapes_panoptic_val.json'}: 1 images")
     assert "(per city: frankfurt (1))" in lines[0]
     assert lines[1:] == ["checked 2 images (val 2): 0 with problems; 1 warning(s)"]
     shutil.rmtree(root / "leftImg8bit" / "val" / "lindau")
-    broken = _check("--root", str(root), "--workers", "0")
+    broken = _check_here(capsys, "--root", str(root), "--workers", "0")
     assert broken.returncode == 2, broken.stderr
     lines = broken.stdout.splitlines()
     assert lines[0].startswith(f"val: split: [missing images] {root / 'leftImg8bit' / 'val'}: 1 of the 2 images")

@@ -21,8 +21,7 @@ TINY = [
 
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
-    """model_final.pth of one tiny training without evaluation (TINY, train.eval_period=-1), trained
-    once per session for the tests that only read a real checkpoint; do not write to its folder."""
+    """model_final.pth of one tiny training (TINY, no evaluation), trained once per session: read it only."""
     from panfpn.engine.train_run import train_from_config
 
     run_dir = tmp_path_factory.mktemp("tiny_train")

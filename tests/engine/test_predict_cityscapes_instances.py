@@ -29,19 +29,12 @@ from panfpn.evaluation.prediction_folder import without_own_outputs
 
 pytest.importorskip("cityscapesscripts.preparation.createPanopticImgs")
 pytest.importorskip("cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling")
-from cityscapes_layout import create_panoptic_imgs, write_cityscapes_root, write_gt_fine  # noqa: E402
+from cityscapes_layout import write_cityscapes_root  # noqa: E402
 # tests/evaluation's cases: frames whose instances exercise every rule of the script, its runner
-from evaluation.test_cityscapes_ap import FixedInstances, frames, official_instance_ap  # noqa: E402
+from evaluation.test_cityscapes_ap import (FixedInstances, cityscapes_root, frames,  # noqa: E402,F401 (a fixture)
+                                          official_instance_ap)
 
 FRAMES = sorted(frames())
-
-
-@pytest.fixture(scope="module")
-def cityscapes_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cs_predict")
-    write_gt_fine(root, "val", {name: inst for name, (inst, _) in frames().items()})
-    create_panoptic_imgs(root, "val")
-    return root
 
 
 class FramesModel(FixedInstances):

@@ -111,23 +111,31 @@ def test_onnx_pipeline_matches_eager(setup, exported, tmp_path):
     _check_against_eager(outputs, model, transform, paths, RULES[name], metadata, tmp_path)
 
 
+def _node_output_shapes(onnx_file, image, tmp_path) -> list[tuple[str, list[int]]]:
+    """(op type, output shape) of every node output of one onnxruntime CPU run of ``image``, from
+    its profiler."""
+    import json
+    from pathlib import Path
+
+    opts = ort.SessionOptions()
+    opts.enable_profiling, opts.profile_file_prefix = True, str(tmp_path / "profile")
+    session = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
+    session.run(None, {"image": image})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    return [(e["args"]["op_name"], shape) for e in events
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+            for out in e["args"].get("output_type_shape", []) for shape in out.values()]
+
+
 def test_onnx_pipeline_has_no_per_instance_image(setup, onnx_files, tmp_path):
     # The graph pastes and merges inside the boxes: no tensor holds K image-sized planes (the full-size
     # [K, H0, W0] masks and their int64 cast made onnxruntime slower than eager; bench/RESULTS.md).
     # Every node's output shapes, from onnxruntime's profiler, on the largest sample photo.
-    import json
     import math
-    from pathlib import Path
 
     model, _, _, paths = setup
     image = max((read_image(p) for p in paths), key=lambda a: a.size)
-    opts = ort.SessionOptions()
-    opts.enable_profiling, opts.profile_file_prefix = True, str(tmp_path / "profile")
-    session = ort.InferenceSession(str(onnx_files("textbook")), opts, providers=["CPUExecutionProvider"])
-    session.run(None, {"image": image})
-    events = json.loads(Path(session.end_profiling()).read_text())
-    shapes = [shape for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
-              for out in e["args"].get("output_type_shape", []) for shape in out.values()]
+    shapes = [shape for _, shape in _node_output_shapes(onnx_files("textbook"), image, tmp_path)]
     assert [1, *image.shape[:2]] in shapes or [*image.shape[:2]] in shapes  # the profile names image sizes
     k = model.roi_heads.box_head.test.detections_per_image
     planes = [s for s in shapes if s[-2:] == list(image.shape[:2]) and math.prod(s[:-2]) >= k]
@@ -139,21 +147,12 @@ def test_onnx_pipeline_holds_one_full_size_copy_of_the_semantic_logits(setup, on
     # bytes per pixel) are the pipeline's largest tensor. Before, the graph took [0] of them (an
     # onnxruntime Gather: a second full copy) and then argmax; now argmax, then [0] of the labels
     # (COCO's 54 labels at 2048x2048: 543 -> 324 bytes per input pixel, bench/RESULTS.md session 15).
-    import json
     import math
-    from pathlib import Path
 
     model, _, _, paths = setup
     image = max((read_image(p) for p in paths), key=lambda a: a.size)
-    opts = ort.SessionOptions()
-    opts.enable_profiling, opts.profile_file_prefix = True, str(tmp_path / "profile")
-    session = ort.InferenceSession(str(onnx_files("textbook")), opts, providers=["CPUExecutionProvider"])
-    session.run(None, {"image": image})
-    events = json.loads(Path(session.end_profiling()).read_text())
     labels = model.semantic_head.predictor.out_channels
-    logits = [(e["args"]["op_name"], shape) for e in events
-              if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
-              for out in e["args"].get("output_type_shape", []) for shape in out.values()
+    logits = [(op, shape) for op, shape in _node_output_shapes(onnx_files("textbook"), image, tmp_path)
               if shape[-2:] == list(image.shape[:2]) and math.prod(shape[:-2]) == labels]
     assert len(logits) == 1, logits  # the bilinear Resize's output only
 

@@ -334,8 +334,12 @@ def test_two_process_eval_of_5_images_writes_what_one_process_writes(runs, tmp_p
     assert sorted(p.name for p in (two / "overlays").iterdir()) == overlays
     for name in overlays:
         assert (two / "overlays" / name).read_bytes() == (one / "overlays" / name).read_bytes()
-    eval_log = (two / "eval.log").read_text().splitlines()  # hydra's: rank 0 alone (2 lines before)
-    assert len(eval_log) == len((one / "eval.log").read_text().splitlines()) == 1
+    # hydra's job log: rank 0's alone (each line twice before); the start warnings (the merge keys
+    # differ from the checkpoint's) now go to log.txt, written by rank 0 alone: each once
+    assert (two / "eval.log").read_text().splitlines() == (one / "eval.log").read_text().splitlines()
+    warnings = [[line.split("] ", 1)[1] for line in (d / "log.txt").read_text().splitlines() if "WARNING]" in line]
+                for d in (one, two)]
+    assert warnings[0] == warnings[1] and any("model.merge.score_thresh" in w for w in warnings[0]), warnings
     worst = _worst_section((one / "report.html").read_text(encoding="utf-8"))
     assert worst.count("<figure") == 5
     assert _worst_section((two / "report.html").read_text(encoding="utf-8")) == worst

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import logging
 import os
 import tempfile
@@ -32,6 +31,7 @@ from typing import Iterable, Iterator
 
 from panfpn.utils.atomic import temp_file_target
 from panfpn.utils.errors import ConfigError
+from panfpn.utils.file_lock import UNSUPPORTED, locked_fd
 
 logger = logging.getLogger(__name__)
 
@@ -173,28 +173,20 @@ def fill_lock(out_dir: str | Path) -> Iterator[None]:
 
 def _locked(path: Path, out_dir: Path) -> int | None:
     """The open, flock'd ``path`` (None on a file system without flock: said in a warning)."""
-    for _ in range(10):  # the holder may remove the file between our open and our flock
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ConfigError(f"{out_dir} is in use by another evaluation (a live process holds {path}): wait "
-                              "for it to end, or evaluate into another hydra.run.dir") from None
-        except OSError as err:  # NFS mounted with nolock: said, not refused
-            os.close(fd)
-            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                raise
-            logger.warning("cannot lock %s (%s): a second evaluation into %s at once would not be refused",
-                           path, err, out_dir)
-            return None
-        try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    raise ConfigError(f"{path} keeps being replaced by other processes: cannot lock {out_dir}")
+    try:
+        fd = locked_fd(path)
+    except BlockingIOError:
+        raise ConfigError(f"{out_dir} is in use by another evaluation (a live process holds {path}): wait "
+                          "for it to end, or evaluate into another hydra.run.dir") from None
+    except OSError as err:  # NFS mounted with nolock: said, not refused
+        if err.errno not in UNSUPPORTED:
+            raise
+        logger.warning("cannot lock %s (%s): a second evaluation into %s at once would not be refused",
+                       path, err, out_dir)
+        return None
+    if fd is None:
+        raise ConfigError(f"{path} keeps being replaced by other processes: cannot lock {out_dir}")
+    return fd
 
 
 def set_aside(folder: Path, aside: Path) -> bool:

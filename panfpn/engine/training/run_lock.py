@@ -14,7 +14,6 @@ a handled SIGTERM the lock file is removed.
 from __future__ import annotations
 
 import datetime
-import errno
 import fcntl
 import json
 import logging
@@ -25,11 +24,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from panfpn.engine import distributed as du
+from panfpn.utils.file_lock import UNSUPPORTED, locked_fd
 
 logger = logging.getLogger("panfpn")
 LOCK_FILE = "train.lock"
-# flock errors that mean "this filesystem cannot lock" (e.g. NFS mounted with nolock), not "locked".
-_UNSUPPORTED = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
 class RunDirBusyError(RuntimeError):
@@ -82,7 +80,7 @@ def check_run_dir_free(run_dir: str | os.PathLike) -> None:
     except BlockingIOError:
         raise RunDirBusyError(_busy(Path(run_dir))) from None
     except OSError as err:
-        if err.errno not in _UNSUPPORTED:
+        if err.errno not in UNSUPPORTED:
             raise
     finally:
         os.close(fd)  # drops the shared lock when it was taken
@@ -104,32 +102,20 @@ class RunDirLock:
         """Take the lock; returns the stale record it took over (None when there was none).
         RunDirBusyError naming the folder and the holder when a live process holds it."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for _ in range(10):  # the holder may remove the file between our open and our flock
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise RunDirBusyError(_busy(self.run_dir)) from None
-            except OSError as err:
-                os.close(fd)
-                if err.errno not in _UNSUPPORTED:
-                    raise
-                logger.warning("cannot lock %s (%s): this filesystem does not support flock, so a second "
-                               "training into %s would not be refused", self.path, err, self.run_dir)
-                return None
-            if self._same_file(fd):
-                self._fd = fd
-                return self._take_over()
-            os.close(fd)
-        raise RunDirBusyError(f"{self.path} keeps being replaced by other processes: cannot lock {self.run_dir}")
-
-    def _same_file(self, fd: int) -> bool:
-        """Whether ``fd`` is still the file at ``self.path`` (not one a releasing holder removed)."""
         try:
-            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            return False
+            fd = locked_fd(self.path)
+        except BlockingIOError:
+            raise RunDirBusyError(_busy(self.run_dir)) from None
+        except OSError as err:
+            if err.errno not in UNSUPPORTED:
+                raise
+            logger.warning("cannot lock %s (%s): this filesystem does not support flock, so a second "
+                           "training into %s would not be refused", self.path, err, self.run_dir)
+            return None
+        if fd is None:
+            raise RunDirBusyError(f"{self.path} keeps being replaced by other processes: cannot lock {self.run_dir}")
+        self._fd = fd
+        return self._take_over()
 
     def _take_over(self) -> dict[str, Any] | None:
         """Write our record over what the file held; warn when that was a dead holder's."""
